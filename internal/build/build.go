@@ -1,0 +1,420 @@
+// Package build is the domain of builds: the persisted state machine
+// (running → succeeded | failed | canceled), handing out builder
+// connections with per-build client certificates, health tracking with the
+// timeout that cancels abandoned builds, and the steps clients report. It
+// knows nothing of Connect or HTTP.
+package build
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/builder"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/project"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// Fleet is what builds need of the builder fleet.
+type Fleet interface {
+	Ensure(spec builder.Spec) (builder.Endpoint, bool, error)
+	Lease(projectID, platform, leaseID string)
+	Release(projectID, platform, leaseID string)
+}
+
+// Certs issues per-build client certificates for a project's builders.
+type Certs interface {
+	IssueClient(projectID, commonName string, ttl time.Duration) (certPEM, keyPEM []byte, err error)
+}
+
+// Config tunes the service; zero values take the defaults noted.
+type Config struct {
+	HealthTimeout time.Duration // no health report for this long cancels a build; 0 → 5m (Depot's)
+	ClientCertTTL time.Duration // lifetime of per-build client certs; 0 → 4h
+	TokenTTL      time.Duration // lifetime of build tokens; 0 → 24h
+	BuildURL      func(buildID string) string
+	// WaitMs is what GetBuildKitConnection answers while a builder starts.
+	WaitMs int32
+}
+
+// Service implements build operations.
+type Service struct {
+	store  store.Store
+	fleet  Fleet
+	certs  Certs
+	cfg    Config
+	logger *slog.Logger
+
+	// mu guards leases: build id → platforms it holds a builder lease on.
+	// The store keeps the same set (Build.Platforms) so a restart can tell.
+	mu     sync.Mutex
+	leases map[string][]string
+}
+
+// NewService wires the build domain.
+func NewService(st store.Store, fleet Fleet, certs Certs, cfg Config, logger *slog.Logger) *Service {
+	if cfg.HealthTimeout <= 0 {
+		cfg.HealthTimeout = 5 * time.Minute
+	}
+	if cfg.ClientCertTTL <= 0 {
+		cfg.ClientCertTTL = 4 * time.Hour
+	}
+	if cfg.TokenTTL <= 0 {
+		cfg.TokenTTL = 24 * time.Hour
+	}
+	if cfg.WaitMs <= 0 {
+		cfg.WaitMs = 250
+	}
+	if cfg.BuildURL == nil {
+		cfg.BuildURL = func(string) string { return "" }
+	}
+	return &Service{store: st, fleet: fleet, certs: certs, cfg: cfg, logger: logger, leases: map[string][]string{}}
+}
+
+// URL is the build's page, if the server has one.
+func (s *Service) URL(id string) string { return s.cfg.BuildURL(id) }
+
+// Create starts a build in a project and returns it with its build token
+// (shown once; it reaches only this build).
+func (s *Service) Create(ctx context.Context, p auth.Principal, projectID string, command int32, options any) (store.Build, string, error) {
+	if projectID == "" && p.Kind == store.TokenProject {
+		projectID = p.ProjectID
+	}
+	if projectID == "" {
+		return store.Build{}, "", fmt.Errorf("no project: pass --project, set KILN_PROJECT_ID, or add kiln.json: %w", errdefs.ErrInvalid)
+	}
+	proj, err := s.store.GetProject(ctx, projectID)
+	if err != nil {
+		return store.Build{}, "", err
+	}
+	if !p.CanBuild(proj) {
+		if p.Kind == store.TokenBuild {
+			return store.Build{}, "", fmt.Errorf("build tokens cannot create builds: %w", errdefs.ErrPermission)
+		}
+		return store.Build{}, "", fmt.Errorf("project %q: %w", projectID, errdefs.ErrNotFound)
+	}
+	opts, _ := json.Marshal(options)
+	now := time.Now().UTC()
+	b := store.Build{ID: project.NewID(), ProjectID: proj.ID, OrgID: proj.OrgID, Status: store.BuildRunning,
+		Command: command, Options: string(opts), CreatedAt: now, StartedAt: now, LastHealthAt: now}
+	if err := s.store.CreateBuild(ctx, b); err != nil {
+		return store.Build{}, "", err
+	}
+	secret, hash := auth.NewSecret(store.TokenBuild)
+	t := store.Token{ID: "tok_" + project.NewID(), Kind: store.TokenBuild, OrgID: proj.OrgID, ProjectID: proj.ID,
+		BuildID: b.ID, SecretHash: hash, CreatedAt: now, ExpiresAt: now.Add(s.cfg.TokenTTL)}
+	if err := s.store.CreateToken(ctx, t); err != nil {
+		return store.Build{}, "", err
+	}
+	s.logger.InfoContext(ctx, "build created", "build_id", b.ID, "project_id", proj.ID)
+	return b, secret, nil
+}
+
+// Get returns a build the principal may see.
+func (s *Service) Get(ctx context.Context, p auth.Principal, id string) (store.Build, error) {
+	if id == "" {
+		return store.Build{}, fmt.Errorf("build id is required: %w", errdefs.ErrInvalid)
+	}
+	b, err := s.store.GetBuild(ctx, id)
+	if err != nil {
+		return store.Build{}, err
+	}
+	if !p.CanUseBuild(b) {
+		if p.Kind == store.TokenBuild {
+			return store.Build{}, fmt.Errorf("this build token is for another build: %w", errdefs.ErrPermission)
+		}
+		return store.Build{}, fmt.Errorf("build %q: %w", id, errdefs.ErrNotFound)
+	}
+	return b, nil
+}
+
+// List lists a project's builds, newest first.
+func (s *Service) List(ctx context.Context, p auth.Principal, projectID string, before time.Time, limit int) ([]store.Build, error) {
+	proj, err := s.store.GetProject(ctx, projectID)
+	if err != nil {
+		return nil, err
+	}
+	if !p.CanManageProject(proj) {
+		if p.Kind == store.TokenBuild {
+			return nil, fmt.Errorf("build tokens cannot list builds: %w", errdefs.ErrPermission)
+		}
+		return nil, fmt.Errorf("project %q: %w", projectID, errdefs.ErrNotFound)
+	}
+	if limit <= 0 || limit > 100 {
+		limit = 100
+	}
+	return s.store.ListBuilds(ctx, projectID, before, limit)
+}
+
+// Connection is the answer to GetBuildKitConnection.
+type Connection struct {
+	Ready    bool
+	WaitMs   int32
+	Endpoint builder.Endpoint
+	CertPEM  string
+	KeyPEM   string
+}
+
+// NormalizePlatform maps "amd64", "linux/amd64", "arm64", "aarch64" … to an
+// OCI platform string.
+func NormalizePlatform(p string) (string, error) {
+	switch strings.ToLower(strings.TrimPrefix(strings.ToLower(p), "linux/")) {
+	case "", "amd64", "x86_64":
+		return "linux/amd64", nil
+	case "arm64", "aarch64", "arm64/v8":
+		return "linux/arm64", nil
+	}
+	return "", fmt.Errorf("platform %q: kiln builders run linux/amd64 or linux/arm64: %w", p, errdefs.ErrInvalid)
+}
+
+// Connect answers whether the build's builder for platform is ready; when
+// it is, it leases the builder to the build and issues a client
+// certificate good only for that project's builders.
+func (s *Service) Connect(ctx context.Context, p auth.Principal, buildID, platform string) (Connection, error) {
+	b, err := s.Get(ctx, p, buildID)
+	if err != nil {
+		return Connection{}, err
+	}
+	if b.Terminal() {
+		return Connection{}, fmt.Errorf("build %q already %s: %w", buildID, b.Status, errdefs.ErrFailedPrecondition)
+	}
+	platform, err = NormalizePlatform(platform)
+	if err != nil {
+		return Connection{}, err
+	}
+	proj, err := s.store.GetProject(ctx, b.ProjectID)
+	if err != nil {
+		return Connection{}, err
+	}
+	if err := s.touch(ctx, b.ID, platform); err != nil {
+		return Connection{}, err
+	}
+	s.lease(b.ProjectID, platform, b.ID)
+	ep, ready, err := s.fleet.Ensure(SpecFor(proj, platform))
+	if err != nil {
+		return Connection{}, err
+	}
+	if !ready {
+		return Connection{WaitMs: s.cfg.WaitMs}, nil
+	}
+	cert, key, err := s.certs.IssueClient(b.ProjectID, "build:"+b.ID, s.cfg.ClientCertTTL)
+	if err != nil {
+		return Connection{}, fmt.Errorf("issue client certificate: %w", err)
+	}
+	return Connection{Ready: true, Endpoint: ep, CertPEM: string(cert), KeyPEM: string(key)}, nil
+}
+
+// SpecFor turns a project's cache policy into a builder spec.
+func SpecFor(proj store.Project, platform string) builder.Spec {
+	return builder.Spec{ProjectID: proj.ID, Platform: platform,
+		KeepBytes:    int64(proj.KeepGB) << 30,
+		KeepDuration: time.Duration(proj.KeepDays) * 24 * time.Hour}
+}
+
+func (s *Service) lease(projectID, platform, buildID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if slices.Contains(s.leases[buildID], platform) {
+		return
+	}
+	s.leases[buildID] = append(s.leases[buildID], platform)
+	s.fleet.Lease(projectID, platform, buildID)
+}
+
+// releaseAll drops every builder lease the build holds.
+func (s *Service) releaseAll(b store.Build) {
+	s.mu.Lock()
+	platforms := s.leases[b.ID]
+	delete(s.leases, b.ID)
+	s.mu.Unlock()
+	for _, pl := range strings.Split(b.Platforms, ",") {
+		if pl != "" && !slices.Contains(platforms, pl) {
+			platforms = append(platforms, pl)
+		}
+	}
+	for _, pl := range platforms {
+		s.fleet.Release(b.ProjectID, pl, b.ID)
+	}
+}
+
+// touch records activity (and the platform used) for the health timeout.
+func (s *Service) touch(ctx context.Context, id, platform string) error {
+	_, err := s.store.UpdateBuild(ctx, id, func(b *store.Build) error {
+		if b.Terminal() {
+			return fmt.Errorf("build %q already %s: %w", id, b.Status, errdefs.ErrFailedPrecondition)
+		}
+		b.LastHealthAt = time.Now().UTC()
+		if platform != "" && !slices.Contains(strings.Split(b.Platforms, ","), platform) {
+			b.Platforms = strings.Trim(b.Platforms+","+platform, ",")
+		}
+		return nil
+	})
+	return err
+}
+
+// Health records that the client is alive. The answer is when the build
+// will be canceled if no further report arrives; a finished build answers
+// its finish time so the client stops.
+func (s *Service) Health(ctx context.Context, p auth.Principal, buildID string) (time.Time, error) {
+	b, err := s.Get(ctx, p, buildID)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if b.Terminal() {
+		return b.FinishedAt, nil
+	}
+	if err := s.touch(ctx, b.ID, ""); err != nil {
+		if errdefs.IsNotFound(err) {
+			return time.Time{}, err
+		}
+		return b.FinishedAt, nil
+	}
+	return time.Now().UTC().Add(s.cfg.HealthTimeout), nil
+}
+
+// Result is how a client says its build ended.
+type Result struct {
+	Status string // store.BuildSucceeded, BuildFailed or BuildCanceled
+	Error  string
+}
+
+// Finish ends a build and releases its builders. It is idempotent: the
+// first result wins and later calls change nothing.
+func (s *Service) Finish(ctx context.Context, p auth.Principal, buildID string, r Result) error {
+	if _, err := s.Get(ctx, p, buildID); err != nil {
+		return err
+	}
+	if len(r.Error) > 64<<10 {
+		r.Error = r.Error[:64<<10]
+	}
+	_, err := s.end(ctx, buildID, r)
+	return err
+}
+
+// end moves a running build to a terminal status and releases its leases.
+func (s *Service) end(ctx context.Context, id string, r Result) (store.Build, error) {
+	b, err := s.store.UpdateBuild(ctx, id, func(b *store.Build) error {
+		if b.Terminal() {
+			return nil
+		}
+		b.Status, b.Error, b.FinishedAt = r.Status, r.Error, time.Now().UTC()
+		return nil
+	})
+	if err != nil {
+		return b, err
+	}
+	s.releaseAll(b)
+	s.logger.InfoContext(ctx, "build finished", "build_id", id, "project_id", b.ProjectID, "status", b.Status)
+	return b, nil
+}
+
+// Release gives back one platform's builder early (depot.buildkit.v1
+// ReleaseEndpoint); the build itself stays open.
+func (s *Service) Release(ctx context.Context, p auth.Principal, buildID, platform string) error {
+	b, err := s.Get(ctx, p, buildID)
+	if err != nil {
+		return err
+	}
+	platform, err = NormalizePlatform(platform)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.leases[b.ID] = slices.DeleteFunc(s.leases[b.ID], func(x string) bool { return x == platform })
+	s.mu.Unlock()
+	s.fleet.Release(b.ProjectID, platform, b.ID)
+	return nil
+}
+
+// ReportSteps stores steps a client reported.
+func (s *Service) ReportSteps(ctx context.Context, p auth.Principal, buildID string, steps []store.Step, logs []store.LogLine) error {
+	if _, err := s.Get(ctx, p, buildID); err != nil {
+		return err
+	}
+	if len(steps) > 10000 || len(logs) > 100000 {
+		return fmt.Errorf("too many steps or log lines in one report: %w", errdefs.ErrInvalid)
+	}
+	if len(steps) > 0 {
+		if err := s.store.PutSteps(ctx, buildID, steps); err != nil {
+			return err
+		}
+	}
+	if len(logs) > 0 {
+		return s.store.AppendLogs(ctx, buildID, logs)
+	}
+	return nil
+}
+
+// Steps lists a build's reported steps.
+func (s *Service) Steps(ctx context.Context, p auth.Principal, buildID string) ([]store.Step, error) {
+	if _, err := s.Get(ctx, p, buildID); err != nil {
+		return nil, err
+	}
+	return s.store.ListSteps(ctx, buildID)
+}
+
+// Logs pages through one step's log lines.
+func (s *Service) Logs(ctx context.Context, p auth.Principal, buildID, digest string, after, limit int) ([]store.LogLine, int, error) {
+	if _, err := s.Get(ctx, p, buildID); err != nil {
+		return nil, 0, err
+	}
+	return s.store.ListLogs(ctx, buildID, digest, after, limit)
+}
+
+// BuilderLost fails the builds that were using a builder that died. It is
+// the fleet's OnExit callback.
+func (s *Service) BuilderLost(projectID, platform string, leases []string, cause error) {
+	ctx := context.Background()
+	for _, id := range leases {
+		msg := fmt.Sprintf("builder lost: the %s builder of project %s exited unexpectedly (%v); retry the build", platform, projectID, cause)
+		if _, err := s.end(ctx, id, Result{Status: store.BuildFailed, Error: msg}); err != nil {
+			s.logger.Error("fail build after builder loss", "build_id", id, "err", err)
+		}
+	}
+}
+
+// ReapAbandoned cancels running builds whose client has not reported
+// health within the timeout, releasing their builders.
+func (s *Service) ReapAbandoned(ctx context.Context) error {
+	running, err := s.store.ListBuildsByStatus(ctx, store.BuildRunning)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(-s.cfg.HealthTimeout)
+	for _, b := range running {
+		if b.LastHealthAt.After(deadline) {
+			continue
+		}
+		msg := fmt.Sprintf("no health report for %s: the client went away; build canceled", s.cfg.HealthTimeout)
+		if _, err := s.end(ctx, b.ID, Result{Status: store.BuildCanceled, Error: msg}); err != nil {
+			return err
+		}
+		s.logger.Warn("abandoned build canceled", "build_id", b.ID, "project_id", b.ProjectID)
+	}
+	return nil
+}
+
+// Run reaps abandoned builds until ctx ends. The interval follows the
+// timeout so a short test timeout is honoured promptly.
+func (s *Service) Run(ctx context.Context) {
+	every := min(s.cfg.HealthTimeout/4, 15*time.Second)
+	t := time.NewTicker(max(every, 100*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.ReapAbandoned(ctx); err != nil && ctx.Err() == nil {
+				s.logger.Error("reap abandoned builds", "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,102 @@
+package builder
+
+import (
+	"bytes"
+	"fmt"
+	"strconv"
+	"text/template"
+	"time"
+)
+
+// Cache GC defaults for a Spec that leaves them 0.
+const (
+	DefaultKeepBytes    int64         = 10 << 30
+	DefaultKeepDuration time.Duration = 14 * 24 * time.Hour
+)
+
+// gcRule is one [[worker.oci.gcpolicy]] entry of buildkitd.toml (BuildKit
+// v0.26 field names: filters, all, keepDuration, maxUsedSpace). BuildKit
+// applies the rules in order at each GC run; a rule with both keepDuration and
+// maxUsedSpace only deletes records older than keepDuration, and only while
+// the cache is over maxUsedSpace.
+type gcRule struct {
+	Filters      []string
+	All          bool
+	KeepDuration time.Duration
+	MaxUsedSpace int64
+}
+
+// gcPolicy turns the Spec's two knobs into rules shaped like BuildKit's own
+// default policy, with the Spec's numbers:
+//
+//  1. build contexts, cache mounts and git checkouts (cheap to recreate,
+//     quick to pile up on a shared builder) go after 2 days when they use
+//     more than 512 MB;
+//  2. anything not used for KeepDuration goes;
+//  3. the cache is kept under KeepBytes, least recently used first;
+//  4. if that was not enough, BuildKit's internal and frontend records are
+//     deleted too.
+func gcPolicy(keepBytes int64, keepDuration time.Duration) []gcRule {
+	return []gcRule{
+		{
+			Filters:      []string{"type==source.local", "type==exec.cachemount", "type==source.git.checkout"},
+			KeepDuration: min(48*time.Hour, keepDuration),
+			MaxUsedSpace: min(512<<20, keepBytes),
+		},
+		{KeepDuration: keepDuration},
+		{MaxUsedSpace: keepBytes},
+		{All: true, MaxUsedSpace: keepBytes},
+	}
+}
+
+// configTmpl renders buildkitd.toml. Listening addresses, TLS files, the
+// state root and the platform are passed as flags instead (see args), so the
+// file holds only what does not change between starts of one spec.
+//
+// Durations and sizes are written as strings: BuildKit parses them with
+// time.ParseDuration and go-units (a bare number is bytes).
+var configTmpl = template.Must(template.New("buildkitd.toml").Funcs(template.FuncMap{
+	"q": strconv.Quote,
+	"dur": func(d time.Duration) string {
+		return strconv.Quote(d.String())
+	},
+	"bytes": func(n int64) string {
+		return strconv.Quote(strconv.FormatInt(n, 10))
+	},
+}).Parse(`# Written by kiln at every start of this builder; edits are overwritten.
+# Builds may not ask for network.host or security.insecure.
+insecure-entitlements = []
+
+[worker.oci]
+  enabled = true
+  snapshotter = "overlayfs"
+  gc = true
+{{- range .GC}}
+
+  [[worker.oci.gcpolicy]]
+{{- if .All}}
+    all = true
+{{- end}}
+{{- if .Filters}}
+    filters = [{{range $i, $f := .Filters}}{{if $i}}, {{end}}{{q $f}}{{end}}]
+{{- end}}
+{{- if .KeepDuration}}
+    keepDuration = {{dur .KeepDuration}}
+{{- end}}
+{{- if .MaxUsedSpace}}
+    maxUsedSpace = {{bytes .MaxUsedSpace}}
+{{- end}}
+{{- end}}
+
+[worker.containerd]
+  enabled = false
+`))
+
+func renderConfig(spec Spec) ([]byte, error) {
+	var b bytes.Buffer
+	err := configTmpl.Execute(&b, struct{ GC []gcRule }{gcPolicy(spec.KeepBytes, spec.KeepDuration)})
+	if err != nil {
+		return nil, fmt.Errorf("render buildkitd.toml: %w", err)
+	}
+	return b.Bytes(), nil
+}

@@ -1,0 +1,584 @@
+package builder
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/pki"
+)
+
+// Spec says which builder is wanted and how its cache is collected.
+type Spec struct {
+	ProjectID    string
+	Platform     string        // "linux/amd64" or "linux/arm64" (any "linux/<arch>[/<variant>]" is accepted)
+	KeepBytes    int64         // GC: cache size cap; 0 → DefaultKeepBytes (10 GiB)
+	KeepDuration time.Duration // GC: keep cache records this long; 0 → DefaultKeepDuration (14 days)
+}
+
+// Endpoint is how a build client reaches a builder: TCP with mutual TLS.
+// The client presents a certificate from pki.Authority.IssueClient for the
+// same project and verifies the server against CACertPEM as ServerName.
+type Endpoint struct {
+	Addr       string // "tcp://127.0.0.1:PORT"
+	ServerName string // TLS name in the server cert, e.g. "<project>-amd64.builder.kiln"
+	CACertPEM  string // the project CA: clients verify the server with it
+}
+
+// Config configures a Fleet. Zero durations take the documented defaults.
+type Config struct {
+	Root          string // state root, e.g. DATA/builders; each builder gets Root/<project>/<arch>/
+	BuildkitdPath string // path of the buildkitd binary; its directory is put first on buildkitd's PATH (for runc)
+	CA            *pki.Authority
+	IdleTTL       time.Duration // stop a builder with no leases after this long (state kept); 0 → 10m
+	StartTimeout  time.Duration // 0 → 60s
+	Logger        *slog.Logger  // nil → discard
+	// OnExit is called (from a fleet goroutine) when a builder's process exits without having been asked to stop,
+	// with the lease IDs (build IDs) that were using it. kiln fails those builds ("builder lost").
+	// The builder is restarted after OnExit returns (or sooner, by an Ensure).
+	OnExit func(projectID, platform string, leases []string, err error)
+}
+
+// State is a builder's lifecycle state as reported by Status.
+type State string
+
+const (
+	StateStarting State = "starting" // buildkitd launched, not answering yet
+	StateReady    State = "ready"    // answering; Endpoint usable
+	StateStopped  State = "stopped"  // not running (or being stopped: PID still set), cache kept
+	StateCrashed  State = "crashed"  // exited unasked or failed to start; Status.Err says why
+)
+
+// Status describes one builder.
+type Status struct {
+	ProjectID string
+	Platform  string
+	State     State
+	PID       int    // buildkitd's pid; 0 when no process
+	Addr      string // "tcp://127.0.0.1:PORT" of the last start; "" before the first
+	Leases    []string
+	StateDir  string // the builder's directory, Root/<project>/<arch>; buildkitd's --root is StateDir/state
+	LogPath   string // buildkitd's log, StateDir/buildkitd.log
+	Err       string // why the last start failed or the process exited, if it did
+}
+
+const (
+	defaultIdleTTL      = 10 * time.Minute
+	defaultStartTimeout = 60 * time.Second
+	// stopGrace is how long a builder gets to exit after SIGTERM before its
+	// whole tree is killed.
+	stopGrace = 10 * time.Second
+	// startRetryBackoff: after a failed start, Ensure reports that failure
+	// for this long instead of starting again, so a broken builder is not
+	// relaunched in a tight loop by polling callers.
+	startRetryBackoff = 5 * time.Second
+	// serverCertTTL is the builder's server certificate lifetime; a new one
+	// is issued at every start, and an idle builder whose certificate has
+	// less than certRenewBefore left is stopped, so that the next use
+	// restarts it with a fresh one.
+	serverCertTTL   = 365 * 24 * time.Hour
+	certRenewBefore = 30 * 24 * time.Hour
+	// maxSocketPath is the longest unix socket path buildkitd accepts
+	// (containerd's sys.CreateUnixSocket checks for the BSD limit, 104,
+	// which is below Linux's 108).
+	maxSocketPath = 104
+)
+
+// Fleet runs the builders. All methods are safe for concurrent use.
+//
+// Locking: mu guards builders, closed, resetting and every mutable field of
+// every builder and run (the fields marked "guarded by Fleet.mu"). Nothing
+// slow happens under mu: launching, probing, signalling, waiting, killing
+// and unmounting are done by per-builder goroutines (runBuilder) or by the
+// caller (stops) with mu released. A builder has at most one run at a time
+// (b.run != nil from launch until its process tree is cleaned up), which is
+// what keeps two buildkitd processes from sharing one state directory.
+type Fleet struct {
+	cfg  Config
+	root string // cfg.Root made absolute with symlinks resolved, to compare with /proc links
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	builders  map[key]*builder
+	resetting map[string]int // project → Resets in progress
+	closed    bool
+
+	quit chan struct{}  // closed by Close; stops the reaper
+	wg   sync.WaitGroup // runBuilder goroutines, the reaper, background stops
+}
+
+type key struct{ project, platform string }
+
+// builder is one (project, platform). The first group of fields never
+// changes after creation.
+type builder struct {
+	projectID  string
+	platform   string // normalized
+	arch       string // directory name: "amd64", "arm64", "arm-v7"
+	dir        string // Root/<project>/<arch>
+	sockDir    string // dir, or a short directory when dir is too long for sockets
+	serverName string
+
+	// guarded by Fleet.mu
+	spec       Spec   // the latest Ensure's; applied at the next start
+	caPEM      string // the project CA, for Endpoint
+	state      State
+	port       int
+	run        *run
+	leases     map[string]struct{}
+	lastUsed   time.Time // last Ensure or Release to zero leases; idle time counts from here
+	certExpiry time.Time
+	lastErr    error
+	retryAt    time.Time     // after a failed start, Ensure returns lastErr until then
+	restart    bool          // start again once the current run is gone (Ensure during a stop)
+	changed    chan struct{} // closed and replaced at every state change; Acquire waits on it
+}
+
+// run is one buildkitd process of a builder, from launch to cleanup.
+type run struct {
+	stop chan struct{} // closed when a stop is requested
+	done chan struct{} // closed once the process exited and its tree was cleaned up
+
+	// guarded by Fleet.mu
+	stopping bool        // stop has been closed
+	proc     *os.Process // nil until launched
+}
+
+func (b *builder) stateDir() string { return filepath.Join(b.dir, "state") }
+func (b *builder) certsDir() string { return filepath.Join(b.dir, "certs") }
+func (b *builder) logPath() string  { return filepath.Join(b.dir, "buildkitd.log") }
+func (b *builder) sock() string     { return filepath.Join(b.sockDir, "buildkitd.sock") }
+func (b *builder) otelSock() string { return filepath.Join(b.sockDir, "otel-grpc.sock") }
+
+// endpoint is guarded by Fleet.mu.
+func (b *builder) endpoint() Endpoint {
+	return Endpoint{Addr: b.addr(), ServerName: b.serverName, CACertPEM: b.caPEM}
+}
+
+func (b *builder) addr() string {
+	if b.port == 0 {
+		return ""
+	}
+	return "tcp://127.0.0.1:" + strconv.Itoa(b.port)
+}
+
+// broadcastLocked wakes everything waiting on a change of b.
+func (b *builder) broadcastLocked() {
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+// NewFleet checks cfg and returns a Fleet with no builder running. Processes
+// and mounts left under Root by a previous kiln process (RUN containers
+// survive their buildkitd) are cleaned up first: Root belongs to one Fleet.
+func NewFleet(cfg Config) (*Fleet, error) {
+	if cfg.Root == "" || cfg.BuildkitdPath == "" || cfg.CA == nil {
+		return nil, fmt.Errorf("builder: Root, BuildkitdPath and CA are required: %w", errdefs.ErrInvalid)
+	}
+	bin, err := filepath.Abs(cfg.BuildkitdPath)
+	if err != nil {
+		return nil, fmt.Errorf("builder: %w", err)
+	}
+	st, err := os.Stat(bin)
+	if err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
+		return nil, fmt.Errorf("builder: buildkitd binary %s is not an executable file: %w", bin, errdefs.ErrInvalid)
+	}
+	cfg.BuildkitdPath = bin
+	if cfg.IdleTTL <= 0 {
+		cfg.IdleTTL = defaultIdleTTL
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = defaultStartTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
+		return nil, fmt.Errorf("builder: %w", err)
+	}
+	root, err := filepath.Abs(cfg.Root)
+	if err == nil {
+		root, err = filepath.EvalSymlinks(root)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("builder: %w", err)
+	}
+	if n, err := cleanupTree(root, 0); n > 0 || err != nil {
+		log.Warn("cleaned up leftovers of a previous run", "root", root, "killed", n, "err", err)
+	}
+	f := &Fleet{
+		cfg:       cfg,
+		root:      root,
+		log:       log,
+		builders:  map[key]*builder{},
+		resetting: map[string]int{},
+		quit:      make(chan struct{}),
+	}
+	f.wg.Add(1)
+	go f.reap()
+	return f, nil
+}
+
+// Ensure starts the builder for spec if it is not running (in the background)
+// and reports whether it is ready now. It never blocks on startup; Endpoint is
+// filled in either way. Concurrent calls for one (project, platform) share one
+// builder. A changed GC policy in spec is applied at the next start. Ensure
+// counts as use: it restarts the idle clock of a builder without leases.
+//
+// After a failed start, Ensure returns that error (wrapping
+// errdefs.ErrUnavailable and naming the log file) for a few seconds, then
+// tries again.
+func (f *Fleet) Ensure(spec Spec) (ep Endpoint, ready bool, err error) {
+	ep, ready, _, err = f.ensure(spec)
+	return ep, ready, err
+}
+
+// Acquire is Ensure that waits until the builder is ready, its start fails,
+// or ctx is done.
+func (f *Fleet) Acquire(ctx context.Context, spec Spec) (Endpoint, error) {
+	for {
+		ep, ready, changed, err := f.ensure(spec)
+		if err != nil || ready {
+			return ep, err
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return Endpoint{}, fmt.Errorf("builder %s/%s not ready: %w: %w", spec.ProjectID, spec.Platform, errdefs.ErrUnavailable, context.Cause(ctx))
+		}
+	}
+}
+
+// ensure is Ensure that also returns a channel closed at the builder's next
+// state change.
+func (f *Fleet) ensure(spec Spec) (Endpoint, bool, <-chan struct{}, error) {
+	platform, arch, ok := parsePlatform(spec.Platform)
+	if !ok {
+		return Endpoint{}, false, nil, fmt.Errorf("builder: platform %q: %w", spec.Platform, errdefs.ErrInvalid)
+	}
+	spec.Platform = platform
+	if spec.KeepBytes < 0 || spec.KeepDuration < 0 {
+		return Endpoint{}, false, nil, fmt.Errorf("builder: negative GC setting: %w", errdefs.ErrInvalid)
+	}
+	if spec.KeepBytes == 0 {
+		spec.KeepBytes = DefaultKeepBytes
+	}
+	if spec.KeepDuration == 0 {
+		spec.KeepDuration = DefaultKeepDuration
+	}
+	// Outside mu: the first call for a project creates its CA on disk. It
+	// also validates the project id (errdefs.ErrInvalid).
+	caPEM, err := f.cfg.CA.ProjectCA(spec.ProjectID)
+	if err != nil {
+		return Endpoint{}, false, nil, fmt.Errorf("builder: %w", err)
+	}
+
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return Endpoint{}, false, nil, fmt.Errorf("builder: fleet is closed: %w", errdefs.ErrUnavailable)
+	}
+	b := f.builderLocked(spec.ProjectID, platform, arch)
+	b.spec = spec
+	b.caPEM = string(caPEM)
+	if len(b.leases) == 0 {
+		b.lastUsed = time.Now()
+	}
+	switch {
+	case b.state == StateReady:
+		return b.endpoint(), true, b.changed, nil
+	case b.state == StateStarting:
+		return b.endpoint(), false, b.changed, nil
+	case b.run != nil || f.resetting[b.projectID] > 0:
+		// Being stopped or reset: start again when that is done.
+		b.restart = true
+		return b.endpoint(), false, b.changed, nil
+	case b.state == StateCrashed && time.Now().Before(b.retryAt):
+		return b.endpoint(), false, b.changed, b.lastErr
+	}
+	f.startLocked(b)
+	return b.endpoint(), false, b.changed, nil
+}
+
+// builderLocked returns the builder for (project, platform), creating its
+// record (not its process) on first use.
+func (f *Fleet) builderLocked(projectID, platform, arch string) *builder {
+	k := key{projectID, platform}
+	if b, ok := f.builders[k]; ok {
+		return b
+	}
+	dir := filepath.Join(f.root, projectID, arch)
+	b := &builder{
+		projectID:  projectID,
+		platform:   platform,
+		arch:       arch,
+		dir:        dir,
+		sockDir:    socketDir(dir),
+		serverName: projectID + "-" + arch + ".builder.kiln",
+		state:      StateStopped,
+		leases:     map[string]struct{}{},
+		changed:    make(chan struct{}),
+	}
+	f.builders[k] = b
+	return b
+}
+
+// Lease marks the builder in use by leaseID (a build id): it is not stopped
+// for idleness while it has leases, and OnExit reports them if it crashes.
+// Leasing a builder that is not running is allowed (and records it).
+func (f *Fleet) Lease(projectID, platform, leaseID string) {
+	platform, arch, ok := parsePlatform(platform)
+	if !ok || !pki.ValidProjectID(projectID) {
+		f.log.Warn("lease for an invalid builder ignored", "project", projectID, "platform", platform, "lease", leaseID)
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.builderLocked(projectID, platform, arch).leases[leaseID] = struct{}{}
+}
+
+// Release ends a lease. Idle time counts from the release of the last one.
+// Releasing an unknown lease is a no-op.
+func (f *Fleet) Release(projectID, platform, leaseID string) {
+	platform, _, _ = parsePlatform(platform)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, ok := f.builders[key{projectID, platform}]
+	if !ok {
+		return
+	}
+	if _, ok := b.leases[leaseID]; !ok {
+		return
+	}
+	delete(b.leases, leaseID)
+	if len(b.leases) == 0 {
+		b.lastUsed = time.Now()
+	}
+}
+
+// Reset stops every builder of the project (builds on them fail, and OnExit
+// is not called: the stop was asked for) and deletes Root/<project>, emptying
+// its caches. Builders requested during the reset start when it is done.
+func (f *Fleet) Reset(ctx context.Context, projectID string) error {
+	if !pki.ValidProjectID(projectID) {
+		return fmt.Errorf("builder: project id %q: %w", projectID, errdefs.ErrInvalid)
+	}
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return fmt.Errorf("builder: fleet is closed: %w", errdefs.ErrUnavailable)
+	}
+	f.resetting[projectID]++
+	var runs []*run
+	var sockDirs []string
+	for _, b := range f.builders {
+		if b.projectID != projectID {
+			continue
+		}
+		if r := f.requestStopLocked(b); r != nil {
+			runs = append(runs, r)
+		}
+		if b.sockDir != b.dir {
+			sockDirs = append(sockDirs, b.sockDir)
+		}
+	}
+	f.mu.Unlock()
+
+	f.stopAll(ctx, runs)
+	dir := filepath.Join(f.root, projectID)
+	// Also catches processes and mounts of builders this Fleet never ran
+	// (a previous kiln process, another platform).
+	_, cerr := cleanupTree(dir, 0)
+	rerr := os.RemoveAll(dir)
+	for _, d := range sockDirs {
+		_ = os.RemoveAll(d)
+	}
+
+	f.mu.Lock()
+	f.resetting[projectID]--
+	if f.resetting[projectID] == 0 {
+		delete(f.resetting, projectID)
+	}
+	for _, b := range f.builders {
+		if b.projectID != projectID || b.run != nil {
+			continue
+		}
+		b.state, b.lastErr, b.retryAt, b.certExpiry = StateStopped, nil, time.Time{}, time.Time{}
+		if b.restart && !f.closed && f.resetting[projectID] == 0 {
+			f.startLocked(b)
+		}
+		b.broadcastLocked()
+	}
+	f.mu.Unlock()
+
+	if err := errors.Join(cerr, rerr); err != nil {
+		return fmt.Errorf("builder: reset %s: %w", projectID, err)
+	}
+	f.log.Info("project builders reset", "project", projectID)
+	return nil
+}
+
+// Status lists all builders the fleet knows, by project then platform.
+func (f *Fleet) Status() []Status {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]Status, 0, len(f.builders))
+	for _, b := range f.builders {
+		s := Status{
+			ProjectID: b.projectID,
+			Platform:  b.platform,
+			State:     b.state,
+			Addr:      b.addr(),
+			StateDir:  b.dir,
+			LogPath:   b.logPath(),
+		}
+		if b.run != nil && b.run.proc != nil {
+			s.PID = b.run.proc.Pid
+		}
+		for l := range b.leases {
+			s.Leases = append(s.Leases, l)
+		}
+		slices.Sort(s.Leases)
+		if b.lastErr != nil {
+			s.Err = b.lastErr.Error()
+		}
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].ProjectID != out[j].ProjectID {
+			return out[i].ProjectID < out[j].ProjectID
+		}
+		return out[i].Platform < out[j].Platform
+	})
+	return out
+}
+
+// Close stops all builders (SIGTERM, then the whole process tree is killed
+// after a grace period or when ctx is done) and waits for their cleanup.
+// Caches stay on disk. After Close, Ensure fails with ErrUnavailable.
+func (f *Fleet) Close(ctx context.Context) error {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return nil
+	}
+	f.closed = true
+	var runs []*run
+	var sockDirs []string
+	for _, b := range f.builders {
+		if r := f.requestStopLocked(b); r != nil {
+			runs = append(runs, r)
+		}
+		if b.sockDir != b.dir {
+			sockDirs = append(sockDirs, b.sockDir)
+		}
+	}
+	f.mu.Unlock()
+	close(f.quit)
+
+	f.stopAll(ctx, runs)
+	done := make(chan struct{})
+	go func() { f.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("builder: close: %w", context.Cause(ctx))
+	}
+	for _, d := range sockDirs {
+		_ = os.RemoveAll(d)
+	}
+	return nil
+}
+
+// reap stops builders that have been idle (no leases) for IdleTTL, and idle
+// builders whose server certificate is about to expire.
+func (f *Fleet) reap() {
+	defer f.wg.Done()
+	interval := min(max(f.cfg.IdleTTL/4, 50*time.Millisecond), 30*time.Second)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.quit:
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		var runs []*run
+		f.mu.Lock()
+		for _, b := range f.builders {
+			if b.state != StateReady || len(b.leases) > 0 {
+				continue
+			}
+			idle := now.Sub(b.lastUsed) >= f.cfg.IdleTTL
+			certDue := !b.certExpiry.IsZero() && b.certExpiry.Sub(now) < certRenewBefore
+			if !idle && !certDue {
+				continue
+			}
+			if r := f.requestStopLocked(b); r != nil {
+				f.log.Info("stopping idle builder", "project", b.projectID, "platform", b.platform, "idle", now.Sub(b.lastUsed).Round(time.Second), "cert_due", certDue)
+				runs = append(runs, r)
+			}
+		}
+		f.mu.Unlock()
+		if len(runs) > 0 {
+			// Not inline: a slow stop must not delay the next scan.
+			f.wg.Add(1)
+			go func() {
+				defer f.wg.Done()
+				f.stopAll(context.Background(), runs)
+			}()
+		}
+	}
+}
+
+var platformRe = regexp.MustCompile(`^linux/([a-z0-9]+)(?:/(v[0-9]+))?$`)
+
+// parsePlatform normalizes "linux/<arch>[/<variant>]" and returns the
+// directory name for it. arm64's default variant v8 is dropped.
+func parsePlatform(p string) (platform, arch string, ok bool) {
+	m := platformRe.FindStringSubmatch(p)
+	if m == nil {
+		return p, "", false
+	}
+	arch, variant := m[1], m[2]
+	if arch == "arm64" && variant == "v8" {
+		variant = ""
+	}
+	platform = "linux/" + arch
+	if variant != "" {
+		platform += "/" + variant
+		arch += "-" + variant
+	}
+	return platform, arch, true
+}
+
+// socketDir is where a builder's unix sockets go: its own directory when the
+// socket paths fit, otherwise /run/kiln/<hash of dir> (or the same under
+// os.TempDir when /run/kiln cannot be created).
+func socketDir(dir string) string {
+	const longest = "/otel-grpc.sock" // the longer of the two socket names
+	if len(dir)+len(longest) <= maxSocketPath {
+		return dir
+	}
+	sum := sha256.Sum256([]byte(dir))
+	name := hex.EncodeToString(sum[:8])
+	base := "/run/kiln"
+	if err := os.MkdirAll(base, 0o700); err != nil {
+		base = filepath.Join(os.TempDir(), "kiln")
+	}
+	return filepath.Join(base, name)
+}

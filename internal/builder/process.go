@@ -1,0 +1,383 @@
+package builder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/moby/buildkit/client"
+	"golang.org/x/sys/unix"
+
+	"github.com/kiln-dev/kiln/internal/errdefs"
+)
+
+// startLocked begins a run of b in the background. Caller holds f.mu and has
+// checked that b has no run.
+func (f *Fleet) startLocked(b *builder) {
+	b.restart = false
+	port, err := freePort(b.port)
+	if err != nil {
+		b.state = StateCrashed
+		b.lastErr = fmt.Errorf("builder %s/%s: no free port: %v: %w", b.projectID, b.platform, err, errdefs.ErrUnavailable)
+		b.retryAt = time.Now().Add(startRetryBackoff)
+		b.broadcastLocked()
+		return
+	}
+	b.port = port
+	b.state = StateStarting
+	r := &run{stop: make(chan struct{}), done: make(chan struct{})}
+	b.run = r
+	f.wg.Add(1)
+	go f.runBuilder(b, r, b.spec, port)
+	b.broadcastLocked()
+}
+
+// requestStopLocked marks b's run as asked to stop and returns it, or nil if b
+// has no run. The signalling and waiting is stopAll's, without f.mu.
+func (f *Fleet) requestStopLocked(b *builder) *run {
+	r := b.run
+	if r == nil {
+		return nil
+	}
+	if !r.stopping {
+		r.stopping = true
+		close(r.stop)
+		b.state = StateStopped
+		b.broadcastLocked()
+	}
+	return r
+}
+
+// stopAll stops runs concurrently: SIGTERM to buildkitd, then, after
+// stopGrace or when ctx is done, SIGKILL to its process group. runBuilder
+// sees the exit and cleans up the rest of the tree; stopAll returns when it
+// has (or, should that hang, a while after the kill).
+func (f *Fleet) stopAll(ctx context.Context, runs []*run) {
+	var wg sync.WaitGroup
+	for _, r := range runs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.mu.Lock()
+			proc := r.proc // nil: still launching; runBuilder sees r.stop and kills it
+			f.mu.Unlock()
+			if proc != nil {
+				_ = proc.Signal(unix.SIGTERM)
+			}
+			grace := time.NewTimer(stopGrace)
+			defer grace.Stop()
+			select {
+			case <-r.done:
+				return
+			case <-grace.C:
+			case <-ctx.Done():
+			}
+			f.mu.Lock()
+			proc = r.proc
+			f.mu.Unlock()
+			if proc != nil {
+				_ = unix.Kill(-proc.Pid, unix.SIGKILL)
+				_ = proc.Kill()
+			}
+			select {
+			case <-r.done:
+			case <-time.After(15 * time.Second):
+				f.log.Error("builder did not finish cleaning up after kill")
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// runBuilder is the life of one run: launch buildkitd, wait until it answers,
+// wait for it to exit, clean up its tree, then record the outcome.
+func (f *Fleet) runBuilder(b *builder, r *run, spec Spec, port int) {
+	defer f.wg.Done()
+	log := f.log.With("project", b.projectID, "platform", b.platform)
+
+	cmd, expiry, err := f.launch(b, spec, port)
+	if err != nil {
+		f.finishRun(b, r, fmt.Errorf("builder %s/%s: start buildkitd: %w: %w", b.projectID, b.platform, err, errdefs.ErrUnavailable), true)
+		return
+	}
+	pgid := cmd.Process.Pid // Setpgid: buildkitd leads its own group
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	f.mu.Lock()
+	r.proc = cmd.Process
+	b.certExpiry = expiry
+	b.broadcastLocked()
+	f.mu.Unlock()
+	log.Info("buildkitd started", "pid", pgid, "addr", "tcp://127.0.0.1:"+strconv.Itoa(port))
+
+	start := time.Now()
+	if err, gone := f.waitReady(b, r, exited); err != nil {
+		_ = cmd.Process.Kill()
+		if !gone {
+			<-exited
+		}
+		f.cleanup(b, pgid)
+		f.finishRun(b, r, err, true)
+		return
+	}
+	f.mu.Lock()
+	if !r.stopping {
+		b.state = StateReady
+		b.lastErr = nil
+		if len(b.leases) == 0 {
+			b.lastUsed = time.Now()
+		}
+		b.broadcastLocked()
+	}
+	f.mu.Unlock()
+	log.Info("builder ready", "took", time.Since(start).Round(time.Millisecond))
+
+	werr := <-exited
+	f.cleanup(b, pgid)
+	if werr == nil {
+		werr = errors.New("exit status 0")
+	}
+	f.finishRun(b, r, fmt.Errorf("builder %s/%s lost: buildkitd %v (last log line: %q; see %s): %w",
+		b.projectID, b.platform, werr, lastLine(b.logPath()), b.logPath(), errdefs.ErrUnavailable), false)
+}
+
+// cleanup kills what is left of a run's process tree and detaches its mounts.
+func (f *Fleet) cleanup(b *builder, pgid int) {
+	n, err := cleanupTree(b.dir, pgid)
+	if n > 0 || err != nil {
+		f.log.Info("builder process tree cleaned up", "project", b.projectID, "platform", b.platform, "stragglers_killed", n, "err", err)
+	}
+}
+
+// finishRun records the end of run r. duringStart says it never became
+// ready. A run that ends unasked after having been ready is a crash: its
+// leases go to OnExit and the builder is started again.
+func (f *Fleet) finishRun(b *builder, r *run, err error, duringStart bool) {
+	f.mu.Lock()
+	b.run = nil
+	close(r.done)
+	crashed := !r.stopping && !duringStart
+	var leases []string
+	switch {
+	case r.stopping:
+		b.state = StateStopped
+	case duringStart:
+		b.state = StateCrashed
+		b.lastErr = err
+		b.retryAt = time.Now().Add(startRetryBackoff)
+		f.log.Warn("builder failed to start", "project", b.projectID, "platform", b.platform, "err", err)
+	default:
+		b.state = StateCrashed
+		b.lastErr = err
+		for l := range b.leases {
+			leases = append(leases, l)
+		}
+		clear(b.leases)
+		b.lastUsed = time.Now()
+		f.log.Warn("builder crashed", "project", b.projectID, "platform", b.platform, "leases", leases, "err", err)
+	}
+	canStart := !f.closed && f.resetting[b.projectID] == 0
+	if canStart && r.stopping && b.restart {
+		f.startLocked(b)
+	}
+	b.broadcastLocked()
+	f.mu.Unlock()
+
+	if !crashed {
+		return
+	}
+	if f.cfg.OnExit != nil {
+		f.cfg.OnExit(b.projectID, b.platform, leases, err)
+	}
+	// Restart only now, so that OnExit sees the old run fully gone. An
+	// Ensure may have restarted it already.
+	f.mu.Lock()
+	if b.run == nil && b.state == StateCrashed && !f.closed && f.resetting[b.projectID] == 0 {
+		f.startLocked(b)
+	}
+	f.mu.Unlock()
+}
+
+// launch prepares b's directory (certificates, config, log) and starts
+// buildkitd. It returns the server certificate's expiry with the command.
+func (f *Fleet) launch(b *builder, spec Spec, port int) (*exec.Cmd, time.Time, error) {
+	for _, d := range []string{b.dir, b.stateDir(), b.certsDir(), b.sockDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, time.Time{}, err
+		}
+	}
+	caPEM, err := f.cfg.CA.ProjectCA(b.projectID)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	expiry := time.Now().Add(serverCertTTL)
+	certPEM, keyPEM, err := f.cfg.CA.IssueServer(b.projectID, b.serverName, []net.IP{net.IPv4(127, 0, 0, 1)}, serverCertTTL)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	conf, err := renderConfig(spec)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	files := []struct {
+		name string
+		data []byte
+	}{
+		{filepath.Join(b.certsDir(), "ca.crt"), caPEM},
+		{filepath.Join(b.certsDir(), "server.crt"), certPEM},
+		{filepath.Join(b.certsDir(), "server.key"), keyPEM},
+		{filepath.Join(b.dir, "buildkitd.toml"), conf},
+	}
+	for _, fl := range files {
+		if err := os.WriteFile(fl.name, fl.data, 0o600); err != nil {
+			return nil, time.Time{}, err
+		}
+	}
+
+	args := []string{
+		"--config", filepath.Join(b.dir, "buildkitd.toml"),
+		"--root", b.stateDir(),
+		// buildkitd serves unix sockets without TLS (getListener in
+		// cmd/buildkitd/main.go); kiln's readiness probe uses this one.
+		"--addr", "unix://" + b.sock(),
+		"--addr", "tcp://127.0.0.1:" + strconv.Itoa(port),
+		"--tlscert", filepath.Join(b.certsDir(), "server.crt"),
+		"--tlskey", filepath.Join(b.certsDir(), "server.key"),
+		// With a CA, buildkitd requires and verifies client certificates.
+		"--tlscacert", filepath.Join(b.certsDir(), "ca.crt"),
+		// The default, /run/buildkit/otel-grpc.sock, would be shared by
+		// all builders.
+		"--otel-socket-path", b.otelSock(),
+		"--oci-worker-platform", spec.Platform,
+	}
+
+	logf, err := openLog(b.logPath())
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	fmt.Fprintf(logf, "kiln: %s starting %s %s\n", time.Now().Format(time.RFC3339), f.cfg.BuildkitdPath, strings.Join(args, " "))
+	// Our own pipe rather than an io.Writer in cmd.Stdout: exec would then
+	// make Wait wait for the output copy, which descendants holding the
+	// pipe could delay past buildkitd's exit.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		logf.Close()
+		return nil, time.Time{}, err
+	}
+	cmd := exec.Command(f.cfg.BuildkitdPath, args...)
+	cmd.Dir = b.dir // so buildkitd's cwd marks it as this builder's too
+	cmd.Env = buildkitdEnv(filepath.Dir(f.cfg.BuildkitdPath))
+	cmd.Stdout, cmd.Stderr = pw, pw
+	// Own process group, so the tree can be signalled as one; SIGKILL if
+	// kiln dies. (Pdeathsig fires when the OS thread that forked exits; Go
+	// only retires threads locked with LockOSThread, which kiln does not
+	// use around here.)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	err = cmd.Start()
+	pw.Close()
+	if err != nil {
+		pr.Close()
+		logf.Close()
+		return nil, time.Time{}, err
+	}
+	go func() {
+		_, _ = io.Copy(logf, pr)
+		pr.Close()
+		logf.Close()
+	}()
+	return cmd, expiry, nil
+}
+
+// waitReady polls buildkitd over the unix socket until it lists a worker.
+// It fails when buildkitd exits (gone reports that exited was consumed),
+// when a stop is requested, or after StartTimeout.
+func (f *Fleet) waitReady(b *builder, r *run, exited <-chan error) (err error, gone bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), f.cfg.StartTimeout)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case werr := <-exited:
+			return fmt.Errorf("builder %s/%s: buildkitd exited while starting: %v (last log line: %q; see %s): %w",
+				b.projectID, b.platform, werr, lastLine(b.logPath()), b.logPath(), errdefs.ErrUnavailable), true
+		case <-r.stop:
+			return fmt.Errorf("builder %s/%s: stopped while starting: %w", b.projectID, b.platform, errdefs.ErrUnavailable), false
+		case <-ctx.Done():
+			return fmt.Errorf("builder %s/%s: buildkitd not ready within %s (see %s): %w",
+				b.projectID, b.platform, f.cfg.StartTimeout, b.logPath(), errdefs.ErrUnavailable), false
+		case <-tick.C:
+			if probe(ctx, b.sock()) {
+				return nil, false
+			}
+		}
+	}
+}
+
+// probe reports whether buildkitd answers ListWorkers on sock with at least
+// one worker (it exits when it has none, but not before serving).
+func probe(ctx context.Context, sock string) bool {
+	if _, err := os.Stat(sock); err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := client.New(ctx, "unix://"+sock)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	ws, err := c.ListWorkers(ctx)
+	return err == nil && len(ws) > 0
+}
+
+// freePort returns a TCP port on 127.0.0.1 that is free now, preferring the
+// builder's previous one so that endpoints stay the same across restarts.
+// Another process could take it before buildkitd binds it; buildkitd then
+// fails to start and the next Ensure picks another.
+func freePort(prefer int) (int, error) {
+	if prefer > 0 {
+		if l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(prefer)); err == nil {
+			l.Close()
+			return prefer, nil
+		}
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// buildkitdEnv is kiln's environment for buildkitd, with binDir first on
+// PATH (buildkitd looks up runc there) and without variables that would make
+// buildkitd act for kiln: NOTIFY_SOCKET (it would tell systemd it is ready)
+// and BUILDKITD_* (e.g. BUILDKITD_DEBUGADDR, one port for all builders).
+func buildkitdEnv(binDir string) []string {
+	path := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	var env []string
+	for _, kv := range os.Environ() {
+		switch {
+		case strings.HasPrefix(kv, "PATH="):
+			if p := kv[len("PATH="):]; p != "" {
+				path = p
+			}
+		case strings.HasPrefix(kv, "NOTIFY_SOCKET="), strings.HasPrefix(kv, "BUILDKITD_"):
+		default:
+			env = append(env, kv)
+		}
+	}
+	return append(env, "PATH="+binDir+string(os.PathListSeparator)+path)
+}

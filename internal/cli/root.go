@@ -1,0 +1,144 @@
+// Package cli holds kiln's commands (cobra). Client commands talk to a kiln
+// server through internal/client and drive builds through internal/engine;
+// `kiln serve` wires internal/server. Only this package and cmd/ print.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	corev1 "buf.build/gen/go/depot/api/protocolbuffers/go/depot/core/v1"
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+
+	"github.com/kiln-dev/kiln/internal/client"
+)
+
+// Version is set at link time (-X github.com/kiln-dev/kiln/internal/cli.Version=…).
+var Version = "dev"
+
+// globals are the flags every client command shares.
+type globals struct {
+	apiURL string
+	token  string
+}
+
+func (g *globals) register(cmd *cobra.Command) {
+	cmd.PersistentFlags().StringVar(&g.apiURL, "api-url", "", "kiln API URL (env KILN_API_URL, DEPOT_API_URL; default "+client.DefaultAPIURL+")")
+	cmd.PersistentFlags().StringVar(&g.token, "token", "", "API token (env KILN_TOKEN, DEPOT_TOKEN; or `kiln login`)")
+}
+
+func (g *globals) config() (client.Config, error) { return client.Resolve(g.apiURL, g.token) }
+
+// NewRoot builds the kiln command tree.
+func NewRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "kiln",
+		Short: "Self-hosted remote container builds with a persistent per-project cache",
+		Long: `kiln runs BuildKit builders per project with an isolated, persistent layer cache,
+and speaks Depot's API so the depot CLI and depot-go work against it too.
+
+Start a server with 'kiln serve', then build with 'kiln build'.`,
+		Example: `  kiln serve --data /var/lib/kiln
+  kiln projects create my-app
+  kiln build --project <id> -o type=oci,dest=out.tar .`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	g.register(root)
+	root.AddCommand(newServeCmd(), newBuildCmd(g), newProjectsCmd(g), newLoginCmd(g), newVersionCmd())
+	return root
+}
+
+// Main runs the CLI and returns the process exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := NewRoot()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintf(stderr, "kiln: %s\n", describe(err))
+		var ee exitError
+		if errors.As(err, &ee) {
+			return int(ee)
+		}
+		return 1
+	}
+	return 0
+}
+
+type exitError int
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// describe turns API errors into one readable line with a next step.
+func describe(err error) string {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return err.Error()
+	}
+	msg := ce.Message()
+	switch ce.Code() {
+	case connect.CodeUnauthenticated:
+		return msg + " (check --token / KILN_TOKEN)"
+	case connect.CodeUnavailable:
+		if msg == "" {
+			msg = "server unavailable"
+		}
+		return msg + " (is `kiln serve` running at the --api-url?)"
+	case connect.CodeUnknown, connect.CodeInternal:
+		if msg == "" {
+			return err.Error()
+		}
+	}
+	return msg
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "version",
+		Short:   "Print kiln's version",
+		Example: "  kiln version",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintf(cmd.OutOrStdout(), "kiln %s\n", Version)
+			return nil
+		},
+	}
+}
+
+func newLoginCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "login --token TOKEN [--api-url URL]",
+		Short: "Save an API URL and token for later commands",
+		Example: `  kiln login --token "$(cat /var/lib/kiln/admin.token)"
+  kiln login --api-url https://kiln.example.com --token kiln_prj_...`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if g.token == "" {
+				return errors.New("--token is required (device login comes in a later version)")
+			}
+			c, err := client.Resolve(g.apiURL, g.token)
+			if err != nil {
+				return err
+			}
+			// Check the token before saving it.
+			if _, err := c.Projects().ListProjects(cmd.Context(), connect.NewRequest(&corev1.ListProjectsRequest{})); err != nil {
+				return fmt.Errorf("token check against %s failed: %w", c.APIURL, err)
+			}
+			if err := client.SaveLogin(client.Login{APIURL: c.APIURL, Token: c.Token}); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "logged in to %s (saved in %s)\n", c.APIURL, client.LoginFile())
+			return nil
+		},
+	}
+}

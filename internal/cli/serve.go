@@ -1,0 +1,78 @@
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kiln-dev/kiln/internal/client"
+	"github.com/kiln-dev/kiln/internal/server"
+)
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// defaultBuildkitd finds buildkitd next to the kiln binary, then on PATH.
+func defaultBuildkitd() string {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "buildkitd")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("buildkitd"); err == nil {
+		return p
+	}
+	return "buildkitd"
+}
+
+func newServeCmd() *cobra.Command {
+	var cfg server.Config
+	var logLevel string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the kiln server: API, builders and their caches",
+		Long: `Run the kiln control plane on one address (HTTP/1.1 and h2c): Depot's Connect
+services, /healthz and /readyz. Builders (buildkitd) start on demand per project.
+On first start it creates an organization and writes its admin token to
+DATA/admin.token (mode 0600); the token is never logged.`,
+		Example: `  kiln serve
+  kiln serve --data /srv/kiln --addr 127.0.0.1:7420
+  KILN_DATA=/tmp/kiln kiln serve --health-timeout 1m`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
+			}
+			cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			s, err := server.New(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			addr, err := s.Listen()
+			if err != nil {
+				return err
+			}
+			cfg.Logger.Info("kiln serving", "addr", addr.String(), "data", cfg.DataDir, "version", Version)
+			return s.Serve(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data", client.DefaultDataDir(), "data directory (env KILN_DATA)")
+	f.StringVar(&cfg.Addr, "addr", envOr("KILN_ADDR", client.DefaultAddr), "listen address host:port (env KILN_ADDR)")
+	f.StringVar(&cfg.BuildkitdPath, "buildkitd", envOr("KILN_BUILDKITD", defaultBuildkitd()), "buildkitd binary for builders (env KILN_BUILDKITD)")
+	f.DurationVar(&cfg.HealthTimeout, "health-timeout", 5*time.Minute, "cancel a build whose client has not reported health for this long")
+	f.DurationVar(&cfg.BuilderIdle, "builder-idle-timeout", 10*time.Minute, "stop a builder idle this long (its cache is kept)")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	return cmd
+}

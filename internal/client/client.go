@@ -1,0 +1,198 @@
+// Package client is the CLI side's view of a kiln server: where it is,
+// which token and project to use (flags, environment, kiln.json/depot.json,
+// the login file), and Connect clients for the Depot services. It never
+// imports server packages.
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"buf.build/gen/go/depot/api/connectrpc/go/depot/core/v1/corev1connect"
+	"connectrpc.com/connect"
+	"github.com/depot/depot-go/proto/depot/cli/v1/cliv1connect"
+)
+
+// DefaultAddr is where `kiln serve` listens unless told otherwise.
+const DefaultAddr = "127.0.0.1:7420"
+
+// DefaultAPIURL is the local server.
+const DefaultAPIURL = "http://" + DefaultAddr
+
+// DefaultDataDir is the server's data directory: /var/lib/kiln for root,
+// else under the user's XDG data dir.
+func DefaultDataDir() string {
+	if d := os.Getenv("KILN_DATA"); d != "" {
+		return d
+	}
+	if os.Geteuid() == 0 {
+		return "/var/lib/kiln"
+	}
+	if x := os.Getenv("XDG_DATA_HOME"); x != "" {
+		return filepath.Join(x, "kiln")
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".local", "share", "kiln")
+}
+
+// LoginFile is where `kiln login` keeps the API URL and token.
+func LoginFile() string {
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		dir = os.TempDir()
+	}
+	return filepath.Join(dir, "kiln", "config.json")
+}
+
+// Login is the saved login.
+type Login struct {
+	APIURL string `json:"api_url,omitempty"`
+	Token  string `json:"token,omitempty"`
+}
+
+// ReadLogin reads the login file; a missing file is an empty login.
+func ReadLogin() Login {
+	var l Login
+	b, err := os.ReadFile(LoginFile())
+	if err == nil {
+		_ = json.Unmarshal(b, &l)
+	}
+	return l
+}
+
+// SaveLogin writes the login file (0600).
+func SaveLogin(l Login) error {
+	path := LoginFile()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	b, _ := json.MarshalIndent(l, "", "  ")
+	return os.WriteFile(path, append(b, '\n'), 0o600)
+}
+
+// Config is a resolved client configuration.
+type Config struct {
+	APIURL string
+	Token  string
+}
+
+func firstNonEmpty(vals ...string) string {
+	for _, v := range vals {
+		if v = strings.TrimSpace(v); v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// Resolve picks the API URL and token: flag, then KILN_*, then DEPOT_*,
+// then the login file; a local server's admin token is the last resort so
+// `kiln build` works on one machine with no setup.
+func Resolve(apiURLFlag, tokenFlag string) (Config, error) {
+	login := ReadLogin()
+	c := Config{
+		APIURL: firstNonEmpty(apiURLFlag, os.Getenv("KILN_API_URL"), os.Getenv("DEPOT_API_URL"), login.APIURL, DefaultAPIURL),
+		Token:  firstNonEmpty(tokenFlag, os.Getenv("KILN_TOKEN"), os.Getenv("DEPOT_TOKEN"), login.Token),
+	}
+	c.APIURL = strings.TrimRight(c.APIURL, "/")
+	if !strings.HasPrefix(c.APIURL, "http://") && !strings.HasPrefix(c.APIURL, "https://") {
+		return c, fmt.Errorf("API URL %q must start with http:// or https://", c.APIURL)
+	}
+	if c.Token == "" && c.APIURL == DefaultAPIURL {
+		if b, err := os.ReadFile(filepath.Join(DefaultDataDir(), "admin.token")); err == nil {
+			c.Token = strings.TrimSpace(string(b))
+		}
+	}
+	if c.Token == "" {
+		return c, errors.New("no token: pass --token, set KILN_TOKEN (or DEPOT_TOKEN), or run `kiln login --token TOKEN`")
+	}
+	return c, nil
+}
+
+// ProjectFile is the contents of kiln.json / depot.json.
+type ProjectFile struct {
+	ID string `json:"id"`
+}
+
+// FindProject returns the project id: flag, KILN_PROJECT_ID,
+// DEPOT_PROJECT_ID, then kiln.json or depot.json found walking up from dir.
+func FindProject(flag, dir string) (string, error) {
+	if id := firstNonEmpty(flag, os.Getenv("KILN_PROJECT_ID"), os.Getenv("DEPOT_PROJECT_ID")); id != "" {
+		return id, nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	for d := abs; ; d = filepath.Dir(d) {
+		for _, name := range []string{"kiln.json", "depot.json"} {
+			b, err := os.ReadFile(filepath.Join(d, name))
+			if err != nil {
+				continue
+			}
+			var pf ProjectFile
+			if err := json.Unmarshal(b, &pf); err != nil {
+				return "", fmt.Errorf("%s: %v", filepath.Join(d, name), err)
+			}
+			if pf.ID == "" {
+				return "", fmt.Errorf("%s: no \"id\"", filepath.Join(d, name))
+			}
+			return pf.ID, nil
+		}
+		if d == filepath.Dir(d) {
+			break
+		}
+	}
+	return "", errors.New("no project: pass --project, set KILN_PROJECT_ID, or write kiln.json with {\"id\": \"...\"} (create one with `kiln projects create NAME`)")
+}
+
+type bearer string
+
+func (b bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if req.Header().Get("Authorization") == "" {
+			req.Header().Set("Authorization", "Bearer "+string(b))
+		}
+		return next(ctx, req)
+	}
+}
+
+func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		if conn.RequestHeader().Get("Authorization") == "" {
+			conn.RequestHeader().Set("Authorization", "Bearer "+string(b))
+		}
+		return conn
+	}
+}
+
+func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
+
+// WithToken overrides the bearer token of one request (build tokens).
+func WithToken[T any](req *connect.Request[T], token string) *connect.Request[T] {
+	req.Header().Set("Authorization", "Bearer "+token)
+	return req
+}
+
+func (c Config) opts() []connect.ClientOption {
+	return []connect.ClientOption{connect.WithInterceptors(bearer(c.Token))}
+}
+
+// Projects is a depot.core.v1.ProjectService client.
+func (c Config) Projects() corev1connect.ProjectServiceClient {
+	return corev1connect.NewProjectServiceClient(http.DefaultClient, c.APIURL, c.opts()...)
+}
+
+// Builds is a depot.cli.v1.BuildService client.
+func (c Config) Builds() cliv1connect.BuildServiceClient {
+	return cliv1connect.NewBuildServiceClient(http.DefaultClient, c.APIURL, c.opts()...)
+}

@@ -1,0 +1,14 @@
+// Package engine is the client side of `kiln build`: it turns the flags a
+// user typed (the same syntax as `docker buildx build`) into a validated
+// [Request], dials a BuildKit builder ([Dial]), runs the build with the
+// Dockerfile frontend built into buildkitd ([Solve]) while rendering
+// progress, and writes the build's outputs and metadata files
+// ([WriteIIDFile], [WriteMetadataFile]).
+//
+// Everything a user can get wrong is checked by [Prepare] before anything
+// talks to a server. Such errors wrap errdefs.ErrInvalid and name the flag
+// and the offending value.
+//
+// The package is a library: it never prints on its own and writes only to
+// the io.Writers it is given. It does not depend on any kiln server package.
+package engine

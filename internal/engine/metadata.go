@@ -1,0 +1,109 @@
+package engine
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/moby/buildkit/client"
+	"github.com/moby/buildkit/exporter/containerimage/exptypes"
+)
+
+// WriteIIDFile implements --iidfile: it writes the image ID of the build
+// result to path. Like buildx, the image ID is the config digest
+// (containerimage.config.digest) when the exporter reports one, and the
+// image digest (containerimage.digest) otherwise. It is an error, wrapping
+// errdefs.ErrFailedPrecondition, when the output produced no image (e.g.
+// type=local or type=tar).
+func WriteIIDFile(path string, resp *client.SolveResponse) error {
+	if resp == nil {
+		return errors.New("--iidfile: no build result")
+	}
+	id := resp.ExporterResponse[exptypes.ExporterImageConfigDigestKey]
+	if id == "" {
+		id = resp.ExporterResponse[exptypes.ExporterImageDigestKey]
+	}
+	if id == "" {
+		return kindWrap(errdefs.ErrFailedPrecondition, nil,
+			"--iidfile %s: the build output produced no image digest (use an image-producing output such as type=oci or type=docker)", path)
+	}
+	if err := writeFileAtomic(path, []byte(id)); err != nil {
+		return fmt.Errorf("--iidfile %s: %w", path, err)
+	}
+	return nil
+}
+
+// WriteMetadataFile implements --metadata-file: it writes the exporter
+// response to path as a JSON object. Like buildx, values that are base64
+// encoded JSON objects (or lists of objects), such as
+// containerimage.descriptor, are embedded decoded; all other values are
+// kept as strings.
+func WriteMetadataFile(path string, resp *client.SolveResponse) error {
+	if resp == nil {
+		return errors.New("--metadata-file: no build result")
+	}
+	dt, err := json.MarshalIndent(decodeExporterResponse(resp.ExporterResponse), "", "  ")
+	if err != nil {
+		return fmt.Errorf("--metadata-file %s: %w", path, err)
+	}
+	if err := writeFileAtomic(path, dt); err != nil {
+		return fmt.Errorf("--metadata-file %s: %w", path, err)
+	}
+	return nil
+}
+
+func decodeExporterResponse(resp map[string]string) map[string]any {
+	out := make(map[string]any, len(resp))
+	for k, v := range resp {
+		out[k] = v
+		var dt []byte
+		if k == "result.json" {
+			dt = []byte(v) // already JSON
+		} else {
+			b, err := base64.StdEncoding.DecodeString(v)
+			if err != nil {
+				continue
+			}
+			dt = b
+		}
+		var obj map[string]any
+		if err := json.Unmarshal(dt, &obj); err == nil && len(obj) > 0 {
+			out[k] = json.RawMessage(dt)
+			continue
+		}
+		var list []map[string]any
+		if err := json.Unmarshal(dt, &list); err == nil && len(list) > 0 {
+			out[k] = json.RawMessage(dt)
+		}
+	}
+	return out
+}
+
+// writeFileAtomic writes dt to path through a temporary file in the same
+// directory, so readers never see a partial file.
+func writeFileAtomic(path string, dt []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(dt)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+	}
+	return err
+}

@@ -1,0 +1,251 @@
+// Package project is the domain of projects and their tokens: creation,
+// cache policy, deletion (which empties the project's builders) and the
+// bootstrap of the first organization. It knows nothing of Connect or HTTP;
+// callers pass the authenticated auth.Principal and get errdefs kinds back.
+package project
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// BuilderResetter empties a project's builder state (its layer cache).
+type BuilderResetter interface {
+	Reset(ctx context.Context, projectID string) error
+}
+
+// Service implements project and token operations.
+type Service struct {
+	Store    store.Store
+	Builders BuilderResetter
+}
+
+// NewID returns a lowercase id like Depot's ("k3v9x0ab2mqd").
+func NewID() string { return strings.ToLower(auth.RandomString(12)) }
+
+func validName(name string) error {
+	name = strings.TrimSpace(name)
+	if name == "" || len(name) > 100 || !utf8.ValidString(name) || strings.ContainsAny(name, "\x00\n\r") {
+		return fmt.Errorf("project name must be 1-100 printable characters: %w", errdefs.ErrInvalid)
+	}
+	return nil
+}
+
+// denied hides whether a project exists from callers who may not see it.
+func denied(id string) error {
+	return fmt.Errorf("project %q: %w", id, errdefs.ErrNotFound)
+}
+
+// Get returns a project the principal may see.
+func (s *Service) Get(ctx context.Context, p auth.Principal, id string) (store.Project, error) {
+	if id == "" {
+		return store.Project{}, fmt.Errorf("project id is required: %w", errdefs.ErrInvalid)
+	}
+	proj, err := s.Store.GetProject(ctx, id)
+	if err != nil {
+		return store.Project{}, err
+	}
+	if !p.CanManageProject(proj) {
+		if p.Kind == store.TokenBuild {
+			return store.Project{}, fmt.Errorf("build tokens reach only their build: %w", errdefs.ErrPermission)
+		}
+		return store.Project{}, denied(id)
+	}
+	return proj, nil
+}
+
+// List returns the projects the principal may see.
+func (s *Service) List(ctx context.Context, p auth.Principal) ([]store.Project, error) {
+	switch p.Kind {
+	case store.TokenOrg:
+		return s.Store.ListProjects(ctx, p.OrgID)
+	case store.TokenProject:
+		proj, err := s.Store.GetProject(ctx, p.ProjectID)
+		if err != nil {
+			return nil, err
+		}
+		return []store.Project{proj}, nil
+	}
+	return nil, fmt.Errorf("build tokens cannot list projects: %w", errdefs.ErrPermission)
+}
+
+func requireOrg(p auth.Principal, what string) error {
+	if !p.IsOrg() {
+		return fmt.Errorf("%s needs an organization token: %w", what, errdefs.ErrPermission)
+	}
+	return nil
+}
+
+// Create makes a project in the principal's organization.
+func (s *Service) Create(ctx context.Context, p auth.Principal, proj store.Project) (store.Project, error) {
+	if err := requireOrg(p, "creating a project"); err != nil {
+		return store.Project{}, err
+	}
+	if proj.OrgID != "" && proj.OrgID != p.OrgID {
+		return store.Project{}, fmt.Errorf("organization %q: %w", proj.OrgID, errdefs.ErrPermission)
+	}
+	if err := validName(proj.Name); err != nil {
+		return store.Project{}, err
+	}
+	if err := validPolicy(proj); err != nil {
+		return store.Project{}, err
+	}
+	proj.ID, proj.OrgID, proj.CreatedAt = NewID(), p.OrgID, time.Now().UTC()
+	proj.Name = strings.TrimSpace(proj.Name)
+	if err := s.Store.CreateProject(ctx, proj); err != nil {
+		return store.Project{}, err
+	}
+	return proj, nil
+}
+
+func validPolicy(proj store.Project) error {
+	if proj.KeepGB < 0 || proj.KeepDays < 0 || proj.KeepGB > 100000 || proj.KeepDays > 3650 {
+		return fmt.Errorf("cache policy keep_gb must be 0-100000 and keep_days 0-3650: %w", errdefs.ErrInvalid)
+	}
+	return nil
+}
+
+// Update applies fn to a project the principal manages.
+func (s *Service) Update(ctx context.Context, p auth.Principal, id string, fn func(*store.Project)) (store.Project, error) {
+	proj, err := s.Get(ctx, p, id)
+	if err != nil {
+		return store.Project{}, err
+	}
+	fn(&proj)
+	if err := validName(proj.Name); err != nil {
+		return store.Project{}, err
+	}
+	if err := validPolicy(proj); err != nil {
+		return store.Project{}, err
+	}
+	return proj, s.Store.UpdateProject(ctx, proj)
+}
+
+// Delete removes a project, its tokens and builds, and its builders' state.
+func (s *Service) Delete(ctx context.Context, p auth.Principal, id string) error {
+	if err := requireOrg(p, "deleting a project"); err != nil {
+		return err
+	}
+	if _, err := s.Get(ctx, p, id); err != nil {
+		return err
+	}
+	if err := s.Builders.Reset(ctx, id); err != nil {
+		return fmt.Errorf("empty builders of project %q: %w", id, err)
+	}
+	return s.Store.DeleteProject(ctx, id)
+}
+
+// ResetCache empties the project's builder state: the next build starts cold.
+func (s *Service) ResetCache(ctx context.Context, p auth.Principal, id string) (store.Project, error) {
+	proj, err := s.Get(ctx, p, id)
+	if err != nil {
+		return store.Project{}, err
+	}
+	return proj, s.Builders.Reset(ctx, id)
+}
+
+// ListTokens lists a project's tokens (never their secrets).
+func (s *Service) ListTokens(ctx context.Context, p auth.Principal, projectID string) ([]store.Token, error) {
+	proj, err := s.Get(ctx, p, projectID)
+	if err != nil {
+		return nil, err
+	}
+	return s.Store.ListTokens(ctx, proj.OrgID, proj.ID)
+}
+
+// CreateToken mints a project token; the secret is returned once.
+func (s *Service) CreateToken(ctx context.Context, p auth.Principal, projectID, description string, ttl time.Duration) (store.Token, string, error) {
+	proj, err := s.Get(ctx, p, projectID)
+	if err != nil {
+		return store.Token{}, "", err
+	}
+	if len(description) > 500 {
+		return store.Token{}, "", fmt.Errorf("token description longer than 500 characters: %w", errdefs.ErrInvalid)
+	}
+	secret, hash := auth.NewSecret(store.TokenProject)
+	t := store.Token{ID: "tok_" + NewID(), Kind: store.TokenProject, OrgID: proj.OrgID, ProjectID: proj.ID,
+		Description: description, SecretHash: hash, CreatedAt: time.Now().UTC()}
+	if ttl > 0 {
+		t.ExpiresAt = t.CreatedAt.Add(ttl)
+	}
+	return t, secret, s.Store.CreateToken(ctx, t)
+}
+
+// tokenFor returns a token the principal may manage.
+func (s *Service) tokenFor(ctx context.Context, p auth.Principal, id string) (store.Token, error) {
+	t, err := s.Store.GetToken(ctx, id)
+	if err != nil {
+		return store.Token{}, err
+	}
+	if t.Kind == store.TokenBuild || t.OrgID != p.OrgID {
+		return store.Token{}, fmt.Errorf("token %q: %w", id, errdefs.ErrNotFound)
+	}
+	if t.ProjectID == "" {
+		if !p.IsOrg() {
+			return store.Token{}, fmt.Errorf("token %q: %w", id, errdefs.ErrNotFound)
+		}
+		return t, nil
+	}
+	if _, err := s.Get(ctx, p, t.ProjectID); err != nil {
+		return store.Token{}, fmt.Errorf("token %q: %w", id, errdefs.ErrNotFound)
+	}
+	return t, nil
+}
+
+// UpdateToken changes a token's description.
+func (s *Service) UpdateToken(ctx context.Context, p auth.Principal, id, description string) error {
+	if _, err := s.tokenFor(ctx, p, id); err != nil {
+		return err
+	}
+	return s.Store.UpdateToken(ctx, id, description)
+}
+
+// DeleteToken revokes a token; the next request with it is refused.
+func (s *Service) DeleteToken(ctx context.Context, p auth.Principal, id string) error {
+	if _, err := s.tokenFor(ctx, p, id); err != nil {
+		return err
+	}
+	return s.Store.DeleteToken(ctx, id)
+}
+
+// Bootstrap creates the first organization and its admin token when the
+// store has none, writing the token to tokenPath (0600). It never logs the
+// token. It reports whether it created anything.
+func Bootstrap(ctx context.Context, st store.Store, tokenPath string) (bool, error) {
+	orgs, err := st.ListOrganizations(ctx)
+	if err != nil {
+		return false, err
+	}
+	if len(orgs) > 0 {
+		if _, err := os.Stat(tokenPath); errors.Is(err, os.ErrNotExist) {
+			return false, nil // the operator moved the token away; that is fine
+		}
+		return false, nil
+	}
+	org := store.Organization{ID: "org_" + NewID(), Name: "default", CreatedAt: time.Now().UTC()}
+	secret, hash := auth.NewSecret(store.TokenOrg)
+	// Write the file first: a crash between the two leaves no org without a
+	// token, and the next start simply writes a new one.
+	if err := os.MkdirAll(filepath.Dir(tokenPath), 0o700); err != nil {
+		return false, err
+	}
+	if err := os.WriteFile(tokenPath, []byte(secret+"\n"), 0o600); err != nil {
+		return false, fmt.Errorf("write admin token: %w", err)
+	}
+	if err := st.CreateOrganization(ctx, org); err != nil {
+		return false, err
+	}
+	t := store.Token{ID: "tok_" + NewID(), Kind: store.TokenOrg, OrgID: org.ID, Description: "bootstrap admin",
+		SecretHash: hash, CreatedAt: org.CreatedAt}
+	return true, st.CreateToken(ctx, t)
+}

@@ -1,0 +1,242 @@
+// Package server composes kiln's control plane: it opens the data
+// directory (database, CA, builder state), bootstraps the first admin
+// token, wires the domain services to the builder fleet, and serves every
+// API on one listener (HTTP/1.1 and h2c; Connect, gRPC and gRPC-Web).
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/kiln-dev/kiln/internal/api/depot"
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/builder"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/pki"
+	"github.com/kiln-dev/kiln/internal/project"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// Config is `kiln serve`'s configuration.
+type Config struct {
+	DataDir       string
+	Addr          string        // host:port to listen on
+	BuildkitdPath string        // the buildkitd binary builders run
+	HealthTimeout time.Duration // cancel builds silent this long; 0 → 5m
+	BuilderIdle   time.Duration // stop builders idle this long; 0 → 10m
+	Logger        *slog.Logger
+}
+
+// Server is a running control plane.
+type Server struct {
+	cfg      Config
+	store    store.Store
+	fleet    *builder.Fleet
+	builds   *build.Service
+	http     *http.Server
+	listener net.Listener
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+// AdminTokenPath is where the bootstrap admin token is written.
+func AdminTokenPath(dataDir string) string { return filepath.Join(dataDir, "admin.token") }
+
+// New opens the data directory and prepares every service; Serve starts
+// answering.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if _, err := os.Stat(cfg.BuildkitdPath); err != nil {
+		return nil, fmt.Errorf("buildkitd not found at %q (run ./hack/setup.sh or pass --buildkitd): %w", cfg.BuildkitdPath, err)
+	}
+	st, err := store.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "kiln.db"))
+	if err != nil {
+		return nil, err
+	}
+	created, err := project.Bootstrap(ctx, st, AdminTokenPath(cfg.DataDir))
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("bootstrap: %w", err)
+	}
+	if created {
+		cfg.Logger.Info("bootstrapped organization; admin token written", "path", AdminTokenPath(cfg.DataDir))
+	}
+	ca, err := pki.Open(filepath.Join(cfg.DataDir, "pki"))
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	s := &Server{cfg: cfg, store: st, done: make(chan struct{})}
+	// The fleet calls back into the build service when a builder dies; the
+	// service is created right after, before any builder can start.
+	var builds *build.Service
+	fleet, err := builder.NewFleet(builder.Config{
+		Root:          filepath.Join(cfg.DataDir, "builders"),
+		BuildkitdPath: cfg.BuildkitdPath,
+		CA:            ca,
+		IdleTTL:       cfg.BuilderIdle,
+		Logger:        cfg.Logger,
+		OnExit: func(projectID, platform string, leases []string, err error) {
+			builds.BuilderLost(projectID, platform, leases, err)
+		},
+	})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	builds = build.NewService(st, fleet, ca, build.Config{HealthTimeout: cfg.HealthTimeout}, cfg.Logger)
+	projects := &project.Service{Store: st, Builders: fleet}
+	s.fleet, s.builds = fleet, builds
+
+	authn := &auth.Authenticator{Store: st}
+	mux := http.NewServeMux()
+	depot.Mount(mux, projects, builds, cfg.Logger, connect.WithInterceptors(authInterceptor(authn, cfg.Logger)), connect.WithReadMaxBytes(16<<20))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.Handle("GET /debug/builders", s.requireOrg(authn, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(fleet.Status())
+	})))
+
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	s.http = &http.Server{
+		Handler:           mux,
+		Protocols:         protocols,
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	return s, nil
+}
+
+// requireOrg guards operator-only HTTP endpoints with an org token.
+func (s *Server) requireOrg(authn *auth.Authenticator, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, err := authn.Authenticate(r.Context(), bearer(r.Header.Get("Authorization")))
+		if err != nil {
+			http.Error(w, "unauthenticated", http.StatusUnauthorized)
+			return
+		}
+		if !p.IsOrg() {
+			http.Error(w, "needs an organization token", http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func bearer(h string) string {
+	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
+}
+
+// authInterceptor authenticates every Connect call and puts the principal
+// in the context. Handlers authorize against the resource they touch.
+func authInterceptor(authn *auth.Authenticator, logger *slog.Logger) connect.Interceptor {
+	authenticate := func(ctx context.Context, h http.Header, procedure string) (context.Context, error) {
+		p, err := authn.Authenticate(ctx, bearer(h.Get("Authorization")))
+		if err != nil {
+			logger.InfoContext(ctx, "request denied", "procedure", procedure, "reason", "unauthenticated")
+			return ctx, depot.ToConnect(ctx, logger, err)
+		}
+		return auth.WithPrincipal(ctx, p), nil
+	}
+	return &interceptor{authenticate: authenticate}
+}
+
+type interceptor struct {
+	authenticate func(ctx context.Context, h http.Header, procedure string) (context.Context, error)
+}
+
+func (i *interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		ctx, err := i.authenticate(ctx, req.Header(), req.Spec().Procedure)
+		if err != nil {
+			return nil, err
+		}
+		return next(ctx, req)
+	}
+}
+
+func (i *interceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (i *interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		ctx, err := i.authenticate(ctx, conn.RequestHeader(), conn.Spec().Procedure)
+		if err != nil {
+			return err
+		}
+		return next(ctx, conn)
+	}
+}
+
+// Listen binds the address (so callers learn the real port of ":0").
+func (s *Server) Listen() (net.Addr, error) {
+	l, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", s.cfg.Addr, err)
+	}
+	s.listener = l
+	return l.Addr(), nil
+}
+
+// Serve answers requests until ctx is canceled, then shuts down gracefully:
+// in-flight requests finish (bounded), builders stop, the database closes.
+func (s *Server) Serve(ctx context.Context) error {
+	if s.listener == nil {
+		if _, err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	bg, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.builds.Run(bg)
+
+	errc := make(chan error, 1)
+	go func() { errc <- s.http.Serve(s.listener) }()
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	s.cfg.Logger.Info("shutting down")
+	shutdownCtx, stop := context.WithTimeout(context.Background(), 15*time.Second)
+	defer stop()
+	_ = s.http.Shutdown(shutdownCtx)
+	cancel()
+	if err := s.fleet.Close(shutdownCtx); err != nil {
+		s.cfg.Logger.Error("stop builders", "err", err)
+	}
+	if err := s.store.Close(); err != nil {
+		s.cfg.Logger.Error("close database", "err", err)
+	}
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return serveErr
+	}
+	return nil
+}
+
+var _ = errdefs.ErrInvalid

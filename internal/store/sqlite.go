@@ -1,0 +1,408 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+	"time"
+
+	"github.com/pressly/goose/v3"
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/kiln-dev/kiln/internal/errdefs"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// SQLite is the embedded Store: one database file in the data directory.
+type SQLite struct {
+	db *sql.DB
+}
+
+var _ Store = (*SQLite)(nil)
+
+// OpenSQLite opens (creating if needed) the database at path and runs any
+// pending migrations once.
+func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
+	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	// SQLite has one writer; one connection serialises transactions instead
+	// of failing them with SQLITE_BUSY.
+	db.SetMaxOpenConns(1)
+	if err := migrate(ctx, db, goose.DialectSQLite3); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &SQLite{db: db}, nil
+}
+
+func migrate(ctx context.Context, db *sql.DB, dialect goose.Dialect) error {
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return err
+	}
+	p, err := goose.NewProvider(dialect, db, sub)
+	if err != nil {
+		return fmt.Errorf("migrations: %w", err)
+	}
+	if _, err := p.Up(ctx); err != nil {
+		return fmt.Errorf("migrate database: %w", err)
+	}
+	return nil
+}
+
+func (s *SQLite) Close() error { return s.db.Close() }
+
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func fromMs(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(v).UTC()
+}
+
+// notFound turns sql.ErrNoRows into the errdefs kind.
+func notFound(err error, what, id string) error {
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("%s %q: %w", what, id, errdefs.ErrNotFound)
+	}
+	return err
+}
+
+func uniqueViolation(err error, what, id string) error {
+	if err != nil && strings.Contains(err.Error(), "UNIQUE constraint") {
+		return fmt.Errorf("%s %q: %w", what, id, errdefs.ErrAlreadyExists)
+	}
+	return err
+}
+
+func (s *SQLite) CreateOrganization(ctx context.Context, o Organization) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO organizations (id, name, created_at) VALUES (?, ?, ?)`, o.ID, o.Name, ms(o.CreatedAt))
+	return uniqueViolation(err, "organization", o.ID)
+}
+
+func (s *SQLite) GetOrganization(ctx context.Context, id string) (Organization, error) {
+	var o Organization
+	var created int64
+	err := s.db.QueryRowContext(ctx, `SELECT id, name, created_at FROM organizations WHERE id = ?`, id).Scan(&o.ID, &o.Name, &created)
+	o.CreatedAt = fromMs(created)
+	return o, notFound(err, "organization", id)
+}
+
+func (s *SQLite) ListOrganizations(ctx context.Context) ([]Organization, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, name, created_at FROM organizations ORDER BY created_at, id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Organization
+	for rows.Next() {
+		var o Organization
+		var created int64
+		if err := rows.Scan(&o.ID, &o.Name, &created); err != nil {
+			return nil, err
+		}
+		o.CreatedAt = fromMs(created)
+		out = append(out, o)
+	}
+	return out, rows.Err()
+}
+
+const projectCols = `id, org_id, name, region_id, hardware, keep_gb, keep_days, created_at`
+
+func scanProject(sc interface{ Scan(...any) error }) (Project, error) {
+	var p Project
+	var created int64
+	err := sc.Scan(&p.ID, &p.OrgID, &p.Name, &p.RegionID, &p.Hardware, &p.KeepGB, &p.KeepDays, &created)
+	p.CreatedAt = fromMs(created)
+	return p, err
+}
+
+func (s *SQLite) CreateProject(ctx context.Context, p Project) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO projects (`+projectCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		p.ID, p.OrgID, p.Name, p.RegionID, p.Hardware, p.KeepGB, p.KeepDays, ms(p.CreatedAt))
+	return uniqueViolation(err, "project", p.ID)
+}
+
+func (s *SQLite) GetProject(ctx context.Context, id string) (Project, error) {
+	p, err := scanProject(s.db.QueryRowContext(ctx, `SELECT `+projectCols+` FROM projects WHERE id = ?`, id))
+	return p, notFound(err, "project", id)
+}
+
+func (s *SQLite) ListProjects(ctx context.Context, orgID string) ([]Project, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+projectCols+` FROM projects WHERE org_id = ? ORDER BY created_at, id`, orgID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Project
+	for rows.Next() {
+		p, err := scanProject(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+func (s *SQLite) UpdateProject(ctx context.Context, p Project) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE projects SET name = ?, region_id = ?, hardware = ?, keep_gb = ?, keep_days = ? WHERE id = ?`,
+		p.Name, p.RegionID, p.Hardware, p.KeepGB, p.KeepDays, p.ID)
+	return affected(res, err, "project", p.ID)
+}
+
+func affected(res sql.Result, err error, what, id string) error {
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err == nil && n == 0 {
+		return fmt.Errorf("%s %q: %w", what, id, errdefs.ErrNotFound)
+	}
+	return nil
+}
+
+func (s *SQLite) DeleteProject(ctx context.Context, id string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		for _, q := range []string{
+			`DELETE FROM build_logs WHERE build_id IN (SELECT id FROM builds WHERE project_id = ?)`,
+			`DELETE FROM build_steps WHERE build_id IN (SELECT id FROM builds WHERE project_id = ?)`,
+			`DELETE FROM builds WHERE project_id = ?`,
+			`DELETE FROM tokens WHERE project_id = ?`,
+		} {
+			if _, err := tx.ExecContext(ctx, q, id); err != nil {
+				return err
+			}
+		}
+		res, err := tx.ExecContext(ctx, `DELETE FROM projects WHERE id = ?`, id)
+		return affected(res, err, "project", id)
+	})
+}
+
+func (s *SQLite) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+const tokenCols = `id, kind, org_id, project_id, build_id, description, secret_hash, created_at, expires_at`
+
+func scanToken(sc interface{ Scan(...any) error }) (Token, error) {
+	var t Token
+	var created, expires int64
+	err := sc.Scan(&t.ID, &t.Kind, &t.OrgID, &t.ProjectID, &t.BuildID, &t.Description, &t.SecretHash, &created, &expires)
+	t.CreatedAt, t.ExpiresAt = fromMs(created), fromMs(expires)
+	return t, err
+}
+
+func (s *SQLite) CreateToken(ctx context.Context, t Token) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens (`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		t.ID, t.Kind, t.OrgID, t.ProjectID, t.BuildID, t.Description, t.SecretHash, ms(t.CreatedAt), ms(t.ExpiresAt))
+	return uniqueViolation(err, "token", t.ID)
+}
+
+func (s *SQLite) GetTokenByHash(ctx context.Context, hash string) (Token, error) {
+	t, err := scanToken(s.db.QueryRowContext(ctx, `SELECT `+tokenCols+` FROM tokens WHERE secret_hash = ?`, hash))
+	return t, notFound(err, "token", "")
+}
+
+func (s *SQLite) GetToken(ctx context.Context, id string) (Token, error) {
+	t, err := scanToken(s.db.QueryRowContext(ctx, `SELECT `+tokenCols+` FROM tokens WHERE id = ?`, id))
+	return t, notFound(err, "token", id)
+}
+
+func (s *SQLite) ListTokens(ctx context.Context, orgID, projectID string) ([]Token, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+tokenCols+` FROM tokens WHERE org_id = ? AND project_id = ? AND kind <> ? ORDER BY created_at, id`,
+		orgID, projectID, TokenBuild)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Token
+	for rows.Next() {
+		t, err := scanToken(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+func (s *SQLite) UpdateToken(ctx context.Context, id, description string) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE tokens SET description = ? WHERE id = ?`, description, id)
+	return affected(res, err, "token", id)
+}
+
+func (s *SQLite) DeleteToken(ctx context.Context, id string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM tokens WHERE id = ?`, id)
+	return affected(res, err, "token", id)
+}
+
+const buildCols = `id, project_id, org_id, status, command, options, error, platforms, created_at, started_at, finished_at, last_health_at`
+
+func scanBuild(sc interface{ Scan(...any) error }) (Build, error) {
+	var b Build
+	var created, started, finished, health int64
+	err := sc.Scan(&b.ID, &b.ProjectID, &b.OrgID, &b.Status, &b.Command, &b.Options, &b.Error, &b.Platforms, &created, &started, &finished, &health)
+	b.CreatedAt, b.StartedAt, b.FinishedAt, b.LastHealthAt = fromMs(created), fromMs(started), fromMs(finished), fromMs(health)
+	return b, err
+}
+
+func (s *SQLite) CreateBuild(ctx context.Context, b Build) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO builds (`+buildCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		b.ID, b.ProjectID, b.OrgID, b.Status, b.Command, b.Options, b.Error, b.Platforms, ms(b.CreatedAt), ms(b.StartedAt), ms(b.FinishedAt), ms(b.LastHealthAt))
+	return uniqueViolation(err, "build", b.ID)
+}
+
+func (s *SQLite) GetBuild(ctx context.Context, id string) (Build, error) {
+	b, err := scanBuild(s.db.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds WHERE id = ?`, id))
+	return b, notFound(err, "build", id)
+}
+
+func (s *SQLite) queryBuilds(ctx context.Context, q string, args ...any) ([]Build, error) {
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Build
+	for rows.Next() {
+		b, err := scanBuild(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, rows.Err()
+}
+
+func (s *SQLite) ListBuilds(ctx context.Context, projectID string, before time.Time, limit int) ([]Build, error) {
+	if before.IsZero() {
+		before = time.Now().Add(time.Hour)
+	}
+	return s.queryBuilds(ctx, `SELECT `+buildCols+` FROM builds WHERE project_id = ? AND created_at < ? ORDER BY created_at DESC, id DESC LIMIT ?`,
+		projectID, ms(before), limit)
+}
+
+func (s *SQLite) ListBuildsByStatus(ctx context.Context, status string) ([]Build, error) {
+	return s.queryBuilds(ctx, `SELECT `+buildCols+` FROM builds WHERE status = ? ORDER BY created_at, id`, status)
+}
+
+func (s *SQLite) UpdateBuild(ctx context.Context, id string, fn func(*Build) error) (Build, error) {
+	var b Build
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		b, err = scanBuild(tx.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds WHERE id = ?`, id))
+		if err != nil {
+			return notFound(err, "build", id)
+		}
+		if err := fn(&b); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE builds SET status = ?, error = ?, platforms = ?, started_at = ?, finished_at = ?, last_health_at = ? WHERE id = ?`,
+			b.Status, b.Error, b.Platforms, ms(b.StartedAt), ms(b.FinishedAt), ms(b.LastHealthAt), id)
+		return err
+	})
+	return b, err
+}
+
+func (s *SQLite) PutSteps(ctx context.Context, buildID string, steps []Step) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var next int
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM build_steps WHERE build_id = ?`, buildID).Scan(&next); err != nil {
+			return err
+		}
+		for _, st := range steps {
+			next++
+			_, err := tx.ExecContext(ctx, `INSERT INTO build_steps (build_id, digest, seq, name, cached, started_at, completed_at, error)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+				ON CONFLICT (build_id, digest) DO UPDATE SET name = excluded.name, cached = excluded.cached,
+					started_at = excluded.started_at, completed_at = excluded.completed_at, error = excluded.error`,
+				buildID, st.Digest, next, st.Name, st.Cached, ms(st.StartedAt), ms(st.CompletedAt), st.Error)
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (s *SQLite) ListSteps(ctx context.Context, buildID string) ([]Step, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT digest, name, cached, started_at, completed_at, error FROM build_steps WHERE build_id = ? ORDER BY seq`, buildID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Step
+	for rows.Next() {
+		var st Step
+		var started, completed int64
+		if err := rows.Scan(&st.Digest, &st.Name, &st.Cached, &started, &completed, &st.Error); err != nil {
+			return nil, err
+		}
+		st.StartedAt, st.CompletedAt = fromMs(started), fromMs(completed)
+		out = append(out, st)
+	}
+	return out, rows.Err()
+}
+
+func (s *SQLite) AppendLogs(ctx context.Context, buildID string, lines []LogLine) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var next int
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM build_logs WHERE build_id = ?`, buildID).Scan(&next); err != nil {
+			return err
+		}
+		for _, l := range lines {
+			next++
+			if _, err := tx.ExecContext(ctx, `INSERT INTO build_logs (build_id, digest, seq, at, message) VALUES (?, ?, ?, ?, ?)`,
+				buildID, l.Digest, next, ms(l.At), l.Message); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// ListLogs returns up to limit lines of one step after sequence number
+// `after`, and the sequence number to pass to get the next page.
+func (s *SQLite) ListLogs(ctx context.Context, buildID, digest string, after, limit int) ([]LogLine, int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, at, message FROM build_logs WHERE build_id = ? AND digest = ? AND seq > ? ORDER BY seq LIMIT ?`,
+		buildID, digest, after, limit)
+	if err != nil {
+		return nil, after, err
+	}
+	defer rows.Close()
+	var out []LogLine
+	last := after
+	for rows.Next() {
+		var l LogLine
+		var at int64
+		if err := rows.Scan(&last, &at, &l.Message); err != nil {
+			return nil, after, err
+		}
+		l.Digest, l.At = digest, fromMs(at)
+		out = append(out, l)
+	}
+	return out, last, rows.Err()
+}

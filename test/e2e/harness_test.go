@@ -1,0 +1,282 @@
+// Package e2e drives kiln as a user does: the real kiln binary, real
+// buildkitd + runc builders, and real clients (kiln's CLI, depot-go, plain
+// HTTP). Every component is required: a missing one fails the run, unless
+// a developer opts out locally with KILN_SKIP_MISSING=1.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	repoRoot  string
+	kilnBin   string
+	buildkitd string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	wd, _ := os.Getwd()
+	repoRoot = filepath.Clean(filepath.Join(wd, "..", ".."))
+	buildkitd = os.Getenv("KILN_BUILDKITD")
+	if buildkitd == "" {
+		buildkitd = filepath.Join(repoRoot, "bin", "buildkitd")
+	}
+	var missing []string
+	if _, err := os.Stat(buildkitd); err != nil {
+		missing = append(missing, "buildkitd at "+buildkitd+" (run hack/setup.sh)")
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		missing = append(missing, "runc (apt-get install runc)")
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		missing = append(missing, "/bin/busybox (apt-get install busybox-static)")
+	}
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root (builders run rootful buildkitd)")
+	}
+	if len(missing) > 0 {
+		if os.Getenv("KILN_SKIP_MISSING") == "1" {
+			fmt.Fprintf(os.Stderr, "e2e: SKIPPING end-to-end tests (KILN_SKIP_MISSING=1); missing: %s\n", strings.Join(missing, ", "))
+			return 0
+		}
+		fmt.Fprintf(os.Stderr, "e2e: missing components: %s\nRun hack/setup.sh, or set KILN_SKIP_MISSING=1 to skip locally.\n", strings.Join(missing, ", "))
+		return 1
+	}
+	tmp, err := os.MkdirTemp("", "kiln-e2e-bin")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(tmp)
+	kilnBin = filepath.Join(tmp, "kiln")
+	build := exec.Command("go", "build", "-o", kilnBin, "./cmd/kiln")
+	build.Dir = repoRoot
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: go build kiln: %v\n", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// server is one `kiln serve` process on a loopback port with its own data
+// directory.
+type server struct {
+	URL   string
+	Data  string
+	Token string // the bootstrap admin (org) token
+	cmd   *exec.Cmd
+	log   string
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startServer runs kiln serve; it is stopped (SIGTERM, then SIGKILL) when
+// the test ends, and its log is printed if the test failed.
+func startServer(t *testing.T, args ...string) *server {
+	t.Helper()
+	// A short data path keeps builders' unix socket paths within limits.
+	data, err := os.MkdirTemp("", "kiln-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	s := &server{URL: "http://" + addr, Data: data, log: filepath.Join(data, "serve.log")}
+	logf, err := os.Create(s.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.cmd = exec.Command(kilnBin, append([]string{"serve", "--data", data, "--addr", addr, "--buildkitd", buildkitd, "--log-level", "debug"}, args...)...)
+	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { s.cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		s.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			t.Errorf("kiln serve did not stop within 30s of SIGTERM")
+			syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+			<-exited
+		}
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(s.log)
+			t.Logf("kiln serve log:\n%s", tail(string(b), 12000))
+		}
+		os.RemoveAll(data)
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if res, err := http.Get(s.URL + "/healthz"); err == nil {
+			res.Body.Close()
+			break
+		}
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(s.log)
+			t.Fatalf("kiln serve exited at start:\n%s", b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("kiln serve did not answer /healthz within 20s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	tok, err := os.ReadFile(filepath.Join(data, "admin.token"))
+	if err != nil {
+		t.Fatalf("admin token: %v", err)
+	}
+	if fi, _ := os.Stat(filepath.Join(data, "admin.token")); fi.Mode().Perm() != 0o600 {
+		t.Errorf("admin.token mode = %v, want 0600", fi.Mode().Perm())
+	}
+	s.Token = strings.TrimSpace(string(tok))
+	if b, _ := os.ReadFile(s.log); bytes.Contains(b, []byte(s.Token)) {
+		t.Errorf("the admin token appears in the server log")
+	}
+	return s
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
+}
+
+// result of one CLI run.
+type result struct {
+	Stdout, Stderr string
+	Err            error
+	Took           time.Duration
+}
+
+// kiln runs the CLI against s from dir with the admin token (override
+// with "KILN_TOKEN=…" entries in env).
+func (s *server) kiln(t *testing.T, dir string, env []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, kilnBin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "KILN_API_URL="+s.URL, "KILN_TOKEN="+s.Token, "HOME="+t.TempDir(), "KILN_PROJECT_ID=", "DEPOT_PROJECT_ID=", "DEPOT_TOKEN=")
+	cmd.Env = append(cmd.Env, env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	err := cmd.Run()
+	return result{Stdout: out.String(), Stderr: errb.String(), Err: err, Took: time.Since(start)}
+}
+
+// mustKiln is kiln that fails the test on a non-zero exit.
+func (s *server) mustKiln(t *testing.T, dir string, args ...string) result {
+	t.Helper()
+	r := s.kiln(t, dir, nil, args...)
+	if r.Err != nil {
+		t.Fatalf("kiln %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.Err, r.Stdout, tail(r.Stderr, 8000))
+	}
+	return r
+}
+
+func (s *server) createProject(t *testing.T, name string) string {
+	t.Helper()
+	r := s.mustKiln(t, t.TempDir(), "projects", "create", name, "--quiet")
+	id := strings.TrimSpace(r.Stdout)
+	if id == "" {
+		t.Fatalf("projects create printed no id")
+	}
+	return id
+}
+
+// builders reads the operator endpoint listing builder processes.
+type builderStatus struct {
+	ProjectID string
+	Platform  string
+	State     string
+	PID       int
+	Addr      string
+	Leases    []string
+	StateDir  string
+}
+
+func (s *server) builders(t *testing.T) []builderStatus {
+	t.Helper()
+	req, _ := http.NewRequest("GET", s.URL+"/debug/builders", nil)
+	req.Header.Set("Authorization", "Bearer "+s.Token)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var out []builderStatus
+	if err := json.NewDecoder(res.Body).Decode(&out); err != nil {
+		t.Fatalf("decode /debug/builders: %v", err)
+	}
+	return out
+}
+
+// writeContext makes a build context with busybox and the given files.
+func writeContext(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "busybox"), bb, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range files {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// baseStages is the locally made busybox base every test Dockerfile starts from.
+const baseStages = `FROM scratch AS busybox
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+`
+
+// eventually polls cond until it holds or the timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
