@@ -1,0 +1,588 @@
+package builder
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moby/buildkit/client"
+	"github.com/moby/buildkit/client/llb"
+	"github.com/tonistiigi/fsutil"
+	"golang.org/x/sys/unix"
+
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/pki"
+)
+
+// These tests run the real buildkitd: as root, with runc on PATH, from
+// KILN_BUILDKITD or bin/buildkitd at the repository root. A missing binary
+// fails them unless KILN_SKIP_MISSING=1.
+
+func buildkitdPath(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (buildkitd's OCI worker)")
+	}
+	p := os.Getenv("KILN_BUILDKITD")
+	if p == "" {
+		dir, err := os.Getwd()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for {
+			if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+				break
+			}
+			parent := filepath.Dir(dir)
+			if parent == dir {
+				t.Fatal("repository root (go.mod) not found")
+			}
+			dir = parent
+		}
+		p = filepath.Join(dir, "bin", "buildkitd")
+	}
+	if _, err := os.Stat(p); err != nil {
+		if os.Getenv("KILN_SKIP_MISSING") == "1" {
+			t.Skipf("buildkitd missing: %v", err)
+		}
+		t.Fatalf("buildkitd missing (set KILN_BUILDKITD, or KILN_SKIP_MISSING=1 to skip): %v", err)
+	}
+	return p
+}
+
+type testEnv struct {
+	fleet *Fleet
+	ca    *pki.Authority
+	root  string
+}
+
+func newEnv(t *testing.T, mutate func(*Config)) *testEnv {
+	t.Helper()
+	bin := buildkitdPath(t)
+	base := t.TempDir()
+	ca, err := pki.Open(filepath.Join(base, "pki"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{
+		Root:          filepath.Join(base, "builders"),
+		BuildkitdPath: bin,
+		CA:            ca,
+		StartTimeout:  60 * time.Second,
+		Logger:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	f, err := NewFleet(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if err := f.Close(ctx); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		// Nothing may outlive Close.
+		if pids := processesUnder(f.root); len(pids) > 0 {
+			t.Errorf("processes left under %s after Close: %v", f.root, pids)
+		}
+		if mps, _ := mountsUnder(f.root); len(mps) > 0 {
+			t.Errorf("mounts left after Close: %v", mps)
+		}
+	})
+	return &testEnv{fleet: f, ca: ca, root: f.root}
+}
+
+// testWriter sends the fleet's log to t.Log, while the test runs.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// dial connects to ep the way a remote build client would: TLS with a client
+// certificate, verifying the server against the project CA.
+func dial(t *testing.T, ctx context.Context, ep Endpoint, certPEM, keyPEM []byte) *client.Client {
+	t.Helper()
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM([]byte(ep.CACertPEM)) {
+		t.Fatal("bad CA PEM in endpoint")
+	}
+	tc := &tls.Config{RootCAs: roots, ServerName: ep.ServerName, NextProtos: []string{"h2"}}
+	if certPEM != nil {
+		pair, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Always present it, even when the server's list of acceptable CAs
+		// does not name its issuer: the server must do the refusing.
+		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &pair, nil }
+	}
+	addr := strings.TrimPrefix(ep.Addr, "tcp://")
+	c, err := client.New(ctx, "", client.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+		d := tls.Dialer{Config: tc}
+		return d.DialContext(ctx, "tcp", addr)
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func clientFor(t *testing.T, ctx context.Context, env *testEnv, project string, ep Endpoint) *client.Client {
+	t.Helper()
+	certPEM, keyPEM, err := env.ca.IssueClient(project, "test", 10*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dial(t, ctx, ep, certPEM, keyPEM)
+}
+
+// solveRun runs args in a scratch image holding only busybox, the way a
+// remote build would: the binary arrives through a local build context.
+func solveRun(ctx context.Context, t *testing.T, c *client.Client, args ...string) error {
+	t.Helper()
+	ctxDir := t.TempDir()
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatalf("busybox-static is needed: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(ctxDir, "busybox"), bb, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	st := llb.Scratch().
+		File(llb.Copy(llb.Local("ctx"), "busybox", "/bin/busybox", &llb.CopyInfo{CreateDestPath: true})).
+		Run(llb.Args(args), llb.Network(llb.NetModeNone)).Root()
+	def, err := st.Marshal(ctx, llb.LinuxAmd64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs, err := fsutil.NewFS(ctxDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Solve(ctx, def, client.SolveOpt{LocalMounts: map[string]fsutil.FS{"ctx": fs}}, nil)
+	return err
+}
+
+func status(t *testing.T, f *Fleet, project, platform string) Status {
+	t.Helper()
+	for _, s := range f.Status() {
+		if s.ProjectID == project && s.Platform == platform {
+			return s
+		}
+	}
+	t.Fatalf("no status for %s/%s", project, platform)
+	return Status{}
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// buildkitdPIDs lists buildkitd processes whose cwd is dir.
+func buildkitdPIDs(dir string) []int {
+	var out []int
+	for _, pid := range processesUnder(dir) {
+		exe, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+		cwd, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/cwd")
+		if filepath.Base(exe) == "buildkitd" && cwd == dir {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+func TestAcquireTLSAndProjectIsolation(t *testing.T) {
+	env := newEnv(t, nil)
+	ctx := ctxTimeout(t, 2*time.Minute)
+	spec := Spec{ProjectID: "proj-a", Platform: "linux/amd64", KeepBytes: 3 << 30, KeepDuration: 72 * time.Hour}
+
+	ep, ready, err := env.fleet.Ensure(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ready {
+		t.Fatal("ready before any start")
+	}
+	if ep.Addr == "" || ep.ServerName != "proj-a-amd64.builder.kiln" || ep.CACertPEM == "" {
+		t.Fatalf("endpoint while starting: %+v", ep)
+	}
+	ep2, err := env.fleet.Acquire(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep2 != ep {
+		t.Fatalf("endpoint changed: %+v vs %+v", ep2, ep)
+	}
+	if _, ready, _ := env.fleet.Ensure(spec); !ready {
+		t.Fatal("Ensure not ready after Acquire")
+	}
+
+	st := status(t, env.fleet, "proj-a", "linux/amd64")
+	if st.State != StateReady || st.PID == 0 || st.Addr != ep.Addr {
+		t.Fatalf("status: %+v", st)
+	}
+	for _, p := range []string{"state", "certs/server.crt", "certs/server.key", "certs/ca.crt", "buildkitd.toml", "buildkitd.log"} {
+		if _, err := os.Stat(filepath.Join(st.StateDir, p)); err != nil {
+			t.Errorf("builder dir: %v", err)
+		}
+	}
+
+	c := clientFor(t, ctx, env, "proj-a", ep)
+	ws, err := c.ListWorkers(ctx)
+	if err != nil {
+		t.Fatalf("ListWorkers with project A's client cert: %v", err)
+	}
+	if len(ws) != 1 {
+		t.Fatalf("%d workers, want 1", len(ws))
+	}
+	w := ws[0]
+	if len(w.Platforms) == 0 || w.Platforms[0].Architecture != "amd64" {
+		t.Errorf("worker platforms %v", w.Platforms)
+	}
+	if !strings.Contains(w.Labels["org.mobyproject.buildkit.worker.snapshotter"], "overlayfs") {
+		t.Errorf("snapshotter label: %v", w.Labels)
+	}
+	// The GC policy from the Spec reached buildkitd (so the TOML names are right).
+	var sawCap, sawDuration bool
+	for _, p := range w.GCPolicy {
+		sawCap = sawCap || p.MaxUsedSpace == 3<<30
+		sawDuration = sawDuration || (p.KeepDuration == 72*time.Hour && len(p.Filter) == 0)
+	}
+	if !sawCap || !sawDuration {
+		t.Errorf("GC policy not applied: %+v", w.GCPolicy)
+	}
+
+	// A client certificate for another project is refused, and so is none.
+	other := clientFor(t, ctx, env, "proj-b", ep)
+	if _, err := other.ListWorkers(ctx); err == nil {
+		t.Fatal("project B's client cert accepted by project A's builder")
+	} else {
+		t.Logf("other project's cert refused: %v", err)
+	}
+	anon := dial(t, ctx, ep, nil, nil)
+	if _, err := anon.ListWorkers(ctx); err == nil {
+		t.Fatal("client without certificate accepted")
+	}
+}
+
+func TestConcurrentAcquireSharesOneBuilder(t *testing.T) {
+	env := newEnv(t, nil)
+	ctx := ctxTimeout(t, 2*time.Minute)
+	spec := Spec{ProjectID: "proj", Platform: "linux/amd64"}
+
+	const n = 6
+	eps := make([]Endpoint, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			eps[i], errs[i] = env.fleet.Acquire(ctx, spec)
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		if eps[i] != eps[0] {
+			t.Fatalf("endpoints differ: %+v vs %+v", eps[i], eps[0])
+		}
+	}
+	st := status(t, env.fleet, "proj", "linux/amd64")
+	if pids := buildkitdPIDs(st.StateDir); len(pids) != 1 || pids[0] != st.PID {
+		t.Fatalf("buildkitd processes %v, status pid %d", pids, st.PID)
+	}
+	if got := len(env.fleet.Status()); got != 1 {
+		t.Fatalf("%d builders", got)
+	}
+}
+
+func TestCrashCleansUpAndRestarts(t *testing.T) {
+	type exit struct {
+		project, platform string
+		leases            []string
+		err               error
+		procs             []int
+		mounts            []string
+	}
+	exits := make(chan exit, 4)
+	var dirMu sync.Mutex
+	var builderDir string
+	env := newEnv(t, func(c *Config) {
+		c.OnExit = func(project, platform string, leases []string, err error) {
+			// What is left must be checked now: the restart follows OnExit.
+			dirMu.Lock()
+			dir := builderDir
+			dirMu.Unlock()
+			mps, _ := mountsUnder(dir)
+			exits <- exit{project, platform, leases, err, processesUnder(dir), mps}
+		}
+	})
+	ctx := ctxTimeout(t, 3*time.Minute)
+	spec := Spec{ProjectID: "crashy", Platform: "linux/amd64"}
+	ep, err := env.fleet.Acquire(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := status(t, env.fleet, "crashy", "linux/amd64")
+	dirMu.Lock()
+	builderDir = st.StateDir
+	dirMu.Unlock()
+	env.fleet.Lease("crashy", "linux/amd64", "build-1")
+
+	c := clientFor(t, ctx, env, "crashy", ep)
+	solveErr := make(chan error, 1)
+	go func() { solveErr <- solveRun(ctx, t, c, "/bin/busybox", "sleep", "300") }()
+
+	var sleepPID int
+	waitFor(t, 60*time.Second, "the RUN step's sleep process", func() bool {
+		for _, pid := range processesUnder(st.StateDir) {
+			cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+			if bytes.Equal(cmdline, []byte("/bin/busybox\x00sleep\x00300\x00")) {
+				sleepPID = pid
+				return true
+			}
+		}
+		select {
+		case err := <-solveErr:
+			t.Fatalf("solve ended early: %v", err)
+		default:
+		}
+		return false
+	})
+	sleepPGID, _ := unix.Getpgid(sleepPID)
+	root, _ := os.Readlink(fmt.Sprintf("/proc/%d/root", sleepPID))
+	mps, _ := mountsUnder(st.StateDir)
+	t.Logf("sleep pid %d pgid %d (buildkitd pgid %d), root %s; %d mounts under the builder dir", sleepPID, sleepPGID, st.PID, root, len(mps))
+	if sleepPGID == st.PID {
+		t.Log("the RUN process stayed in buildkitd's process group")
+	} else {
+		t.Log("the RUN process escaped buildkitd's process group")
+	}
+
+	if err := unix.Kill(st.PID, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var e exit
+	select {
+	case e = <-exits:
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnExit not called within 5s of the crash")
+	}
+	if e.project != "crashy" || e.platform != "linux/amd64" || len(e.leases) != 1 || e.leases[0] != "build-1" {
+		t.Fatalf("OnExit(%q, %q, %v)", e.project, e.platform, e.leases)
+	}
+	if !errors.Is(e.err, errdefs.ErrUnavailable) {
+		t.Errorf("OnExit err %v does not wrap ErrUnavailable", e.err)
+	}
+	t.Logf("OnExit err: %v", e.err)
+	if len(e.procs) != 0 {
+		t.Errorf("processes left under the builder dir after the crash: %v", e.procs)
+	}
+	if len(e.mounts) != 0 {
+		t.Errorf("mounts left under the builder dir after the crash: %v", e.mounts)
+	}
+	if err := unix.Kill(sleepPID, 0); err == nil {
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", sleepPID))
+		if !strings.Contains(string(stat), ") Z ") {
+			t.Errorf("sleep %d still alive: %s", sleepPID, stat)
+		}
+	}
+	select {
+	case err := <-solveErr:
+		if err == nil {
+			t.Error("solve succeeded on a killed builder")
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("solve did not fail after the crash")
+	}
+	if st := status(t, env.fleet, "crashy", "linux/amd64"); len(st.Leases) != 0 {
+		t.Errorf("leases not cleared: %v", st.Leases)
+	}
+
+	// It comes back by itself and builds again.
+	waitFor(t, 60*time.Second, "restart", func() bool {
+		return status(t, env.fleet, "crashy", "linux/amd64").State == StateReady
+	})
+	ep2, err := env.fleet.Acquire(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st2 := status(t, env.fleet, "crashy", "linux/amd64"); st2.PID == st.PID {
+		t.Fatal("same pid after restart")
+	}
+	c2 := clientFor(t, ctx, env, "crashy", ep2)
+	if err := solveRun(ctx, t, c2, "/bin/busybox", "sh", "-c", "echo again "+strconv.FormatInt(time.Now().UnixNano(), 10)); err != nil {
+		t.Fatalf("solve after restart: %v", err)
+	}
+}
+
+func TestIdleStopKeepsState(t *testing.T) {
+	env := newEnv(t, func(c *Config) { c.IdleTTL = time.Second })
+	ctx := ctxTimeout(t, 2*time.Minute)
+	spec := Spec{ProjectID: "idle", Platform: "linux/amd64"}
+	ep, err := env.fleet.Acquire(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := clientFor(t, ctx, env, "idle", ep)
+	if err := solveRun(ctx, t, c, "/bin/busybox", "true"); err != nil {
+		t.Fatal(err)
+	}
+
+	// A lease holds it up past the TTL.
+	env.fleet.Lease("idle", "linux/amd64", "b1")
+	time.Sleep(2 * time.Second)
+	if st := status(t, env.fleet, "idle", "linux/amd64"); st.State != StateReady {
+		t.Fatalf("leased builder stopped: %+v", st)
+	}
+	env.fleet.Release("idle", "linux/amd64", "b1")
+	env.fleet.Release("idle", "linux/amd64", "unknown") // no-op
+
+	waitFor(t, 30*time.Second, "idle stop", func() bool {
+		st := status(t, env.fleet, "idle", "linux/amd64")
+		return st.State == StateStopped && st.PID == 0
+	})
+	st := status(t, env.fleet, "idle", "linux/amd64")
+	if pids := processesUnder(st.StateDir); len(pids) != 0 {
+		t.Fatalf("processes left after idle stop: %v", pids)
+	}
+	if _, err := os.Stat(filepath.Join(st.StateDir, "state", "cache.db")); err != nil {
+		t.Fatalf("state not kept: %v", err)
+	}
+
+	ep2, err := env.fleet.Acquire(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2 := clientFor(t, ctx, env, "idle", ep2)
+	du, err := c2.DiskUsage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(du) == 0 {
+		t.Fatal("cache empty after an idle stop")
+	}
+}
+
+func TestResetRemovesState(t *testing.T) {
+	env := newEnv(t, nil)
+	ctx := ctxTimeout(t, 2*time.Minute)
+	spec := Spec{ProjectID: "wipe", Platform: "linux/amd64"}
+	if _, err := env.fleet.Acquire(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	st := status(t, env.fleet, "wipe", "linux/amd64")
+	if err := env.fleet.Reset(ctx, "wipe"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(env.root, "wipe")); !os.IsNotExist(err) {
+		t.Fatalf("project dir still there: %v", err)
+	}
+	if pids := processesUnder(st.StateDir); len(pids) != 0 {
+		t.Fatalf("processes left after reset: %v", pids)
+	}
+	if st := status(t, env.fleet, "wipe", "linux/amd64"); st.State != StateStopped || st.PID != 0 {
+		t.Fatalf("status after reset: %+v", st)
+	}
+	if _, err := env.fleet.Acquire(ctx, spec); err != nil {
+		t.Fatalf("Acquire after reset: %v", err)
+	}
+	if err := env.fleet.Reset(ctx, "Not_Valid"); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Fatalf("Reset with a bad id: %v", err)
+	}
+}
+
+func TestStartFailureNamesLog(t *testing.T) {
+	// A "buildkitd" that exits at once.
+	fake := filepath.Join(t.TempDir(), "buildkitd")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho 'fake buildkitd: boom' >&2\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KILN_BUILDKITD", fake)
+	env := newEnv(t, nil)
+	ctx := ctxTimeout(t, 30*time.Second)
+	_, err := env.fleet.Acquire(ctx, Spec{ProjectID: "p", Platform: "linux/amd64"})
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "buildkitd.log") || !strings.Contains(err.Error(), "boom") {
+		t.Fatalf("Acquire err = %v", err)
+	}
+	// Within the backoff, Ensure reports the failure instead of relaunching.
+	if _, _, err := env.fleet.Ensure(Spec{ProjectID: "p", Platform: "linux/amd64"}); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("Ensure err = %v", err)
+	}
+	if st := status(t, env.fleet, "p", "linux/amd64"); st.State != StateCrashed {
+		t.Fatalf("state %s", st.State)
+	}
+}
+
+func TestStartTimeout(t *testing.T) {
+	// A "buildkitd" that never answers.
+	fake := filepath.Join(t.TempDir(), "buildkitd")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\nexec sleep 600\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KILN_BUILDKITD", fake)
+	env := newEnv(t, func(c *Config) { c.StartTimeout = 500 * time.Millisecond })
+	ctx := ctxTimeout(t, 30*time.Second)
+	_, err := env.fleet.Acquire(ctx, Spec{ProjectID: "p", Platform: "linux/amd64"})
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "not ready within") {
+		t.Fatalf("Acquire err = %v", err)
+	}
+	st := status(t, env.fleet, "p", "linux/amd64")
+	if st.State != StateCrashed || st.PID != 0 {
+		t.Fatalf("status %+v", st)
+	}
+	if pids := processesUnder(st.StateDir); len(pids) != 0 {
+		t.Fatalf("timed-out process not killed: %v", pids)
+	}
+}
+
+func TestEnsureValidates(t *testing.T) {
+	env := newEnv(t, nil)
+	for _, s := range []Spec{
+		{ProjectID: "p", Platform: "windows/amd64"},
+		{ProjectID: "p", Platform: "amd64"},
+		{ProjectID: "P!", Platform: "linux/amd64"},
+		{ProjectID: "p", Platform: "linux/amd64", KeepBytes: -1},
+	} {
+		if _, _, err := env.fleet.Ensure(s); !errors.Is(err, errdefs.ErrInvalid) {
+			t.Errorf("Ensure(%+v) = %v, want ErrInvalid", s, err)
+		}
+	}
+	if len(env.fleet.Status()) != 0 {
+		t.Fatal("invalid specs created builders")
+	}
+}
