@@ -1,0 +1,72 @@
+package auth_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+func TestAuthenticate(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now()
+	live, liveHash := auth.NewSecret(store.TokenProject)
+	old, oldHash := auth.NewSecret(store.TokenBuild)
+	st.CreateToken(ctx, store.Token{ID: "t1", Kind: store.TokenProject, OrgID: "o", ProjectID: "p", SecretHash: liveHash, CreatedAt: now})
+	st.CreateToken(ctx, store.Token{ID: "t2", Kind: store.TokenBuild, OrgID: "o", ProjectID: "p", BuildID: "b", SecretHash: oldHash,
+		CreatedAt: now.Add(-2 * time.Hour), ExpiresAt: now.Add(-time.Hour)})
+	a := &auth.Authenticator{Store: st}
+
+	p, err := a.Authenticate(ctx, live)
+	if err != nil || p.Kind != store.TokenProject || p.ProjectID != "p" || p.TokenID != "t1" {
+		t.Fatalf("live token: %+v, %v", p, err)
+	}
+	if !strings.HasPrefix(live, "kiln_prj_") || strings.Contains(liveHash, live) {
+		t.Errorf("token %q / hash %q: want a prefixed token stored only hashed", live, liveHash)
+	}
+	forged := "kiln_org_" + strings.Repeat("a", 40)
+	for name, secret := range map[string]string{
+		"expired": old, "unknown": forged, "empty": "", "no prefix": "hello",
+		"huge": "kiln_org_" + strings.Repeat("x", 10000), "hash as token": liveHash,
+	} {
+		if _, err := a.Authenticate(ctx, secret); !errors.Is(err, errdefs.ErrUnauthenticated) {
+			t.Errorf("%s: %v, want ErrUnauthenticated", name, err)
+		}
+	}
+	st.DeleteToken(ctx, "t1")
+	if _, err := a.Authenticate(ctx, live); !errors.Is(err, errdefs.ErrUnauthenticated) {
+		t.Errorf("deleted token still accepted: %v", err)
+	}
+}
+
+func TestScopes(t *testing.T) {
+	pa := store.Project{ID: "pa", OrgID: "o"}
+	pb := store.Project{ID: "pb", OrgID: "o"}
+	other := store.Project{ID: "px", OrgID: "o2"}
+	org := auth.Principal{Kind: store.TokenOrg, OrgID: "o"}
+	prj := auth.Principal{Kind: store.TokenProject, OrgID: "o", ProjectID: "pa"}
+	bld := auth.Principal{Kind: store.TokenBuild, OrgID: "o", ProjectID: "pa", BuildID: "b1"}
+	if !org.CanManageProject(pa) || org.CanManageProject(other) {
+		t.Error("org token scope")
+	}
+	if !prj.CanManageProject(pa) || prj.CanManageProject(pb) {
+		t.Error("project token scope")
+	}
+	if bld.CanManageProject(pa) {
+		t.Error("build tokens manage no project")
+	}
+	if !bld.CanUseBuild(store.Build{ID: "b1", ProjectID: "pa", OrgID: "o"}) || bld.CanUseBuild(store.Build{ID: "b2", ProjectID: "pa", OrgID: "o"}) {
+		t.Error("build token reaches exactly its build")
+	}
+}

@@ -1,0 +1,212 @@
+package build_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/builder"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// fakeFleet records leases; builders are ready after `pending` Ensure calls.
+type fakeFleet struct {
+	mu      sync.Mutex
+	pending int
+	leases  map[string]bool
+	specs   []builder.Spec
+}
+
+func (f *fakeFleet) Ensure(spec builder.Spec) (builder.Endpoint, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.specs = append(f.specs, spec)
+	if f.pending > 0 {
+		f.pending--
+		return builder.Endpoint{}, false, nil
+	}
+	return builder.Endpoint{Addr: "tcp://127.0.0.1:1", ServerName: spec.ProjectID, CACertPEM: "ca"}, true, nil
+}
+
+func (f *fakeFleet) Lease(p, pl, id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.leases[p+"/"+pl+"/"+id] = true
+}
+
+func (f *fakeFleet) Release(p, pl, id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.leases, p+"/"+pl+"/"+id)
+}
+
+func (f *fakeFleet) leaseCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.leases)
+}
+
+type fakeCerts struct{}
+
+func (fakeCerts) IssueClient(projectID, cn string, ttl time.Duration) ([]byte, []byte, error) {
+	return []byte("cert:" + projectID), []byte("key"), nil
+}
+
+type env struct {
+	svc   *build.Service
+	fleet *fakeFleet
+	st    store.Store
+	org   auth.Principal
+}
+
+func setup(t *testing.T, timeout time.Duration) env {
+	t.Helper()
+	ctx := context.Background()
+	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	st.CreateOrganization(ctx, store.Organization{ID: "o", Name: "o"})
+	for _, p := range []string{"pa", "pb"} {
+		st.CreateProject(ctx, store.Project{ID: p, OrgID: "o", Name: p, KeepGB: 3, KeepDays: 2})
+	}
+	f := &fakeFleet{pending: 1, leases: map[string]bool{}}
+	svc := build.NewService(st, f, fakeCerts{}, build.Config{HealthTimeout: timeout}, slog.New(slog.DiscardHandler))
+	return env{svc: svc, fleet: f, st: st, org: auth.Principal{Kind: store.TokenOrg, OrgID: "o"}}
+}
+
+// principalOf authenticates a build token the way the server does.
+func principalOf(t *testing.T, st store.Store, secret string) auth.Principal {
+	t.Helper()
+	p, err := (&auth.Authenticator{Store: st}).Authenticate(context.Background(), secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestConnectPendingThenActiveWithProjectPolicy(t *testing.T) {
+	e := setup(t, time.Minute)
+	ctx := context.Background()
+	b, secret, err := e.svc.Create(ctx, e.org, "pa", 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := principalOf(t, e.st, secret)
+	c, err := e.svc.Connect(ctx, p, b.ID, "amd64")
+	if err != nil || c.Ready || c.WaitMs <= 0 {
+		t.Fatalf("first connect = %+v, %v; want pending with wait_ms", c, err)
+	}
+	c, err = e.svc.Connect(ctx, p, b.ID, "linux/amd64")
+	if err != nil || !c.Ready || c.CertPEM != "cert:pa" {
+		t.Fatalf("second connect = %+v, %v", c, err)
+	}
+	spec := e.fleet.specs[0]
+	if spec.KeepBytes != 3<<30 || spec.KeepDuration != 48*time.Hour || spec.Platform != "linux/amd64" {
+		t.Errorf("cache policy → spec = %+v", spec)
+	}
+	if e.fleet.leaseCount() != 1 {
+		t.Errorf("leases = %d, want 1", e.fleet.leaseCount())
+	}
+	if _, err := e.svc.Connect(ctx, p, b.ID, "s390x"); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("unsupported platform: %v", err)
+	}
+}
+
+func TestBuildTokenReachesOnlyItsBuild(t *testing.T) {
+	e := setup(t, time.Minute)
+	ctx := context.Background()
+	a, secretA, _ := e.svc.Create(ctx, e.org, "pa", 1, nil)
+	b, _, _ := e.svc.Create(ctx, e.org, "pb", 1, nil)
+	pa := principalOf(t, e.st, secretA)
+	if _, err := e.svc.Connect(ctx, pa, b.ID, "amd64"); !errors.Is(err, errdefs.ErrPermission) {
+		t.Errorf("A's token on B's build: %v", err)
+	}
+	if err := e.svc.Finish(ctx, pa, b.ID, build.Result{Status: store.BuildSucceeded}); !errors.Is(err, errdefs.ErrPermission) {
+		t.Errorf("A's token finishing B: %v", err)
+	}
+	if _, _, err := e.svc.Create(ctx, pa, "pa", 1, nil); !errors.Is(err, errdefs.ErrPermission) {
+		t.Errorf("build token creating builds: %v", err)
+	}
+	if _, err := e.svc.List(ctx, pa, "pa", time.Time{}, 10); !errors.Is(err, errdefs.ErrPermission) {
+		t.Errorf("build token listing: %v", err)
+	}
+	// A project token of A sees nothing of B (NotFound, no enumeration).
+	projA := auth.Principal{Kind: store.TokenProject, OrgID: "o", ProjectID: "pa"}
+	if _, err := e.svc.Get(ctx, projA, b.ID); !errdefs.IsNotFound(err) {
+		t.Errorf("A's project token on B's build: %v", err)
+	}
+	if _, _, err := e.svc.Create(ctx, projA, "pb", 1, nil); !errdefs.IsNotFound(err) {
+		t.Errorf("A's project token creating in B: %v", err)
+	}
+	if _, err := e.svc.Get(ctx, pa, a.ID); err != nil {
+		t.Errorf("own build: %v", err)
+	}
+}
+
+func TestFinishIsIdempotentAndReleases(t *testing.T) {
+	e := setup(t, time.Minute)
+	ctx := context.Background()
+	b, secret, _ := e.svc.Create(ctx, e.org, "pa", 1, nil)
+	p := principalOf(t, e.st, secret)
+	e.svc.Connect(ctx, p, b.ID, "amd64")
+	if err := e.svc.Finish(ctx, p, b.ID, build.Result{Status: store.BuildFailed, Error: "boom"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.Finish(ctx, p, b.ID, build.Result{Status: store.BuildSucceeded}); err != nil {
+		t.Fatalf("second finish: %v", err)
+	}
+	got, _ := e.svc.Get(ctx, p, b.ID)
+	if got.Status != store.BuildFailed || got.Error != "boom" || got.FinishedAt.IsZero() {
+		t.Errorf("after two finishes: %+v (first result must win)", got)
+	}
+	if e.fleet.leaseCount() != 0 {
+		t.Errorf("leases after finish = %d", e.fleet.leaseCount())
+	}
+	if _, err := e.svc.Connect(ctx, p, b.ID, "amd64"); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("connect after finish: %v", err)
+	}
+	if at, err := e.svc.Health(ctx, p, b.ID); err != nil || at.After(time.Now()) {
+		t.Errorf("health after finish = %v, %v; want a past cancels_at", at, err)
+	}
+}
+
+func TestSilentBuildsAreReaped(t *testing.T) {
+	e := setup(t, 50*time.Millisecond)
+	ctx := context.Background()
+	quiet, qs, _ := e.svc.Create(ctx, e.org, "pa", 1, nil)
+	e.svc.Connect(ctx, principalOf(t, e.st, qs), quiet.ID, "amd64")
+	time.Sleep(80 * time.Millisecond)
+	alive, as, _ := e.svc.Create(ctx, e.org, "pb", 1, nil)
+	e.svc.Health(ctx, principalOf(t, e.st, as), alive.ID)
+	if err := e.svc.ReapAbandoned(ctx); err != nil {
+		t.Fatal(err)
+	}
+	q, _ := e.st.GetBuild(ctx, quiet.ID)
+	a, _ := e.st.GetBuild(ctx, alive.ID)
+	if q.Status != store.BuildCanceled || a.Status != store.BuildRunning {
+		t.Errorf("quiet=%s alive=%s; want canceled, running", q.Status, a.Status)
+	}
+	if e.fleet.leaseCount() != 0 {
+		t.Errorf("the reaped build still holds %d leases", e.fleet.leaseCount())
+	}
+}
+
+func TestBuilderLostFailsItsBuilds(t *testing.T) {
+	e := setup(t, time.Minute)
+	ctx := context.Background()
+	b, _, _ := e.svc.Create(ctx, e.org, "pa", 1, nil)
+	e.svc.BuilderLost("pa", "linux/amd64", []string{b.ID}, errors.New("signal: killed"))
+	got, _ := e.st.GetBuild(ctx, b.ID)
+	if got.Status != store.BuildFailed || got.Error == "" {
+		t.Errorf("after builder loss: %+v", got)
+	}
+}
