@@ -108,7 +108,7 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stderr io.Writer)
 	if err != nil {
 		return fmt.Errorf("create build in project %s: %w", projectID, err)
 	}
-	b := &remoteBuild{api: api, id: created.Msg.BuildId, token: created.Msg.BuildToken, platform: platformOf(req.Platform())}
+	b := &remoteBuild{api: api, apiURL: cfg.APIURL, id: created.Msg.BuildId, token: created.Msg.BuildToken, platform: platformOf(req.Platform())}
 	fmt.Fprintf(stderr, "kiln: build %s in project %s\n", b.id, projectID)
 
 	solveErr := b.run(ctx, req, bf, stderr)
@@ -144,6 +144,7 @@ func platformOf(p string) cliv1.BuilderPlatform {
 // remoteBuild is one build's conversation with the kiln API.
 type remoteBuild struct {
 	api      cliv1connect.BuildServiceClient
+	apiURL   string
 	id       string
 	token    string
 	platform cliv1.BuilderPlatform
@@ -166,7 +167,12 @@ func (b *remoteBuild) run(ctx context.Context, req *engine.Request, bf *buildFla
 	}
 	defer c.Close()
 	b.steps = engine.NewStepRecorder()
-	resp, err := engine.Solve(ctx, c, req, stderr, b.steps.Observe)
+	status := startStatusReporter(b.apiURL, b.id, b.token)
+	resp, err := engine.Solve(ctx, c, req, stderr, func(st *bkclient.SolveStatus) {
+		b.steps.Observe(st)
+		status.observe(st)
+	})
+	status.close()
 	b.reportTimings()
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		return cause

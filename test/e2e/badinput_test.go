@@ -60,6 +60,23 @@ func TestBadInput(t *testing.T) {
 	if st := s.buildStatusByIndex(t, proj, 0); st.String() != "BUILD_STATUS_FAILED" {
 		t.Errorf("failing build recorded as %v", st)
 	}
+	// Its step, error and log are stored on the server.
+	id := s.latestBuild(t, proj)
+	var failed string
+	for _, st := range s.steps(t, proj, id) {
+		if strings.Contains(st.Name, "about to fail") {
+			failed = st.Digest
+			if st.GetError() == "" {
+				t.Errorf("stored failing step has no error")
+			}
+		}
+	}
+	if failed == "" {
+		t.Fatalf("failing step not stored")
+	}
+	if logs := s.stepLogs(t, proj, id, failed); !strings.Contains(logs, "about to fail") {
+		t.Errorf("stored log of the failing step = %q", logs)
+	}
 
 	// None of it affected the server: a good build still works.
 	s.mustKiln(t, good, "build", "--project", proj, "--progress", "plain", ".")

@@ -81,6 +81,19 @@ func TestBuildOutputsCacheAndIsolation(t *testing.T) {
 	if got := ociFile(t, ociPath, "app/combined"); got != "hello kiln\nhello from the context\n" {
 		t.Errorf("oci output /app/combined = %q", got)
 	}
+	// The server stored the steps the client streamed, cached ones marked.
+	stored := 0
+	for _, st := range s.steps(t, projA, s.latestBuild(t, projA)) {
+		if strings.HasPrefix(st.Name, "[") && !strings.HasPrefix(st.Name, "[internal]") {
+			stored++
+			if st.CacheState.String() != "CACHE_STATE_CACHED" {
+				t.Errorf("stored step %q: %v, want CACHED", st.Name, st.CacheState)
+			}
+		}
+	}
+	if stored != len(steps) {
+		t.Errorf("server stored %d Dockerfile steps, the client saw %d", stored, len(steps))
+	}
 	// The plain progress shows CACHED like buildx.
 	plain := s.mustKiln(t, ctxDir, "build", "--project", projA, "--target", "final", "--build-arg", "GREETING=hello kiln",
 		"--secret", "id=tok,src="+secret, "--progress", "plain", ".")

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 
+	buildv1 "buf.build/gen/go/depot/api/protocolbuffers/go/depot/build/v1"
+	"buf.build/gen/go/depot/api/connectrpc/go/depot/build/v1/buildv1connect"
 	"connectrpc.com/connect"
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
 	"github.com/depot/depot-go/proto/depot/cli/v1/cliv1connect"
@@ -190,4 +192,38 @@ func (s *server) buildStatus(t *testing.T, project, buildID string) cliv1.BuildS
 	}
 	t.Fatalf("build %s not in ListBuilds of %s", buildID, project)
 	return 0
+}
+
+// steps returns what the server stored for a build (depot.build.v1).
+func (s *server) steps(t *testing.T, project, buildID string) []*buildv1.GetBuildStepsResponse_BuildStep {
+	t.Helper()
+	c := buildv1connect.NewBuildServiceClient(http.DefaultClient, s.URL)
+	res, err := c.GetBuildSteps(t.Context(), bearer(&buildv1.GetBuildStepsRequest{ProjectId: project, BuildId: buildID}, s.Token))
+	if err != nil {
+		t.Fatalf("GetBuildSteps: %v", err)
+	}
+	return res.Msg.BuildSteps
+}
+
+func (s *server) stepLogs(t *testing.T, project, buildID, digest string) string {
+	t.Helper()
+	c := buildv1connect.NewBuildServiceClient(http.DefaultClient, s.URL)
+	res, err := c.GetBuildStepLogs(t.Context(), bearer(&buildv1.GetBuildStepLogsRequest{ProjectId: project, BuildId: buildID, BuildStepDigest: digest}, s.Token))
+	if err != nil {
+		t.Fatalf("GetBuildStepLogs: %v", err)
+	}
+	var sb strings.Builder
+	for _, l := range res.Msg.Logs {
+		sb.WriteString(l.Message)
+	}
+	return sb.String()
+}
+
+func (s *server) latestBuild(t *testing.T, project string) string {
+	t.Helper()
+	res, err := s.api().ListBuilds(t.Context(), bearer(&cliv1.ListBuildsRequest{ProjectId: project}, s.Token))
+	if err != nil || len(res.Msg.Builds) == 0 {
+		t.Fatalf("ListBuilds(%s): %v", project, err)
+	}
+	return res.Msg.Builds[0].Id
 }
