@@ -2,6 +2,7 @@ package builder
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -14,45 +15,71 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// runcRoot is where runc keeps container state when run as root without
+// --root, which is how BuildKit's runc executor runs it.
+const runcRoot = "/run/runc"
+
 // cleanupTree kills every process that belongs to a builder and detaches every
 // mount under dir. pgid, if not 0, is buildkitd's process group: buildkitd
-// itself and helpers that did not change group. The rest (runc and the
-// containers of RUN steps, which BuildKit puts in their own process groups)
-// are found by path. Killing before unmounting matters: a live container
-// would keep using a lazily detached overlay.
+// itself and helpers that did not change group. The rest is found from dir
+// (see processesUnder and containersUnder): BuildKit starts runc with a
+// process group of its own, and the RUN step inside the container lives in
+// another mount namespace, where its root, cwd and exe all read as "/...".
+// Killing before unmounting matters: a live container would keep using a
+// lazily detached overlay.
 //
-// It returns the number of processes found by path and an error joining the
+// It returns the number of processes found from dir and an error joining the
 // mounts that could not be detached.
 func cleanupTree(dir string, pgid int) (killed int, err error) {
 	if pgid > 0 {
 		_ = unix.Kill(-pgid, unix.SIGKILL) // ESRCH: the group is already gone
 	}
-	// SIGKILLed processes disappear from the scan once they are zombies (a
-	// zombie has no root or cwd), so a few rounds suffice; the loop also
-	// catches a process forked by one that was being killed.
+	containers := containersUnder(dir)
+	// SIGKILLed processes drop out of the scan once they are zombies (a
+	// zombie has no root or cwd, and leaves its cgroup), so a few rounds
+	// suffice; the loop also catches a process forked by one being killed.
+	seen := map[int]bool{}
 	for round := 0; round < 40; round++ {
 		pids := processesUnder(dir)
+		for _, c := range containers {
+			pids = append(pids, c.pids()...)
+		}
 		if len(pids) == 0 {
 			break
 		}
 		for _, pid := range pids {
-			if unix.Kill(pid, unix.SIGKILL) == nil && round == 0 {
+			if unix.Kill(pid, unix.SIGKILL) == nil && !seen[pid] {
+				seen[pid] = true
 				killed++
 			}
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
+	// What `runc delete` would do, now that the processes are gone: drop
+	// the (v1, per-controller) cgroup directories and the state directory,
+	// which BuildKit would otherwise leave behind forever.
+	for _, c := range containers {
+		for _, p := range c.cgroups() {
+			_ = os.Remove(p)
+		}
+		_ = os.RemoveAll(filepath.Join(runcRoot, c.ID))
+	}
 	return killed, unmountUnder(dir)
 }
 
-// processesUnder lists processes whose root, cwd or executable is dir or
-// below it, excluding this process. Processes that vanish mid-scan or whose
-// links cannot be read are skipped.
+// processesUnder lists processes that belong under dir, excluding this
+// process: those whose root, cwd or executable path is dir or below it (this
+// finds buildkitd and runc), and those whose root or cwd is on a filesystem
+// mounted only under dir (this finds container processes, whose root is an
+// overlay mounted at dir/state/.../rootfs). A device that is also mounted
+// outside dir (the host's disk, seen through bind mounts) proves nothing and
+// is ignored. Processes that vanish mid-scan are skipped.
 func processesUnder(dir string) []int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
 	}
+	devs := devicesOnlyUnder(dir)
 	self := os.Getpid()
 	var pids []int
 	for _, e := range ents {
@@ -60,18 +87,120 @@ func processesUnder(dir string) []int {
 		if err != nil || pid == self {
 			continue
 		}
-		for _, l := range [...]string{"root", "cwd", "exe"} {
-			target, err := os.Readlink("/proc/" + e.Name() + "/" + l)
-			if err != nil {
-				continue
-			}
-			if isUnder(strings.TrimSuffix(target, " (deleted)"), dir) {
-				pids = append(pids, pid)
-				break
-			}
+		if procUnder("/proc/"+e.Name(), dir, devs) {
+			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+func procUnder(proc, dir string, devs map[uint64]bool) bool {
+	for _, l := range [...]string{"root", "cwd", "exe"} {
+		target, err := os.Readlink(proc + "/" + l)
+		if err == nil && isUnder(strings.TrimSuffix(target, " (deleted)"), dir) {
+			return true
+		}
+	}
+	if len(devs) == 0 {
+		return false
+	}
+	for _, l := range [...]string{"root", "cwd"} {
+		var st unix.Stat_t
+		if unix.Stat(proc+"/"+l, &st) == nil && devs[st.Dev] {
+			return true
+		}
+	}
+	return false
+}
+
+// runcContainer is the part of runc's state.json that cleanup needs.
+type runcContainer struct {
+	ID          string            `json:"id"`
+	InitPID     int               `json:"init_process_pid"`
+	InitStart   uint64            `json:"init_process_start"`
+	CgroupPaths map[string]string `json:"cgroup_paths"`
+	Config      struct {
+		Rootfs string `json:"rootfs"`
+	} `json:"config"`
+}
+
+// containersUnder lists runc containers whose rootfs is under dir.
+func containersUnder(dir string) []runcContainer {
+	ents, err := os.ReadDir(runcRoot)
+	if err != nil {
+		return nil
+	}
+	var out []runcContainer
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(runcRoot, e.Name(), "state.json"))
+		if err != nil {
+			continue
+		}
+		var c runcContainer
+		if json.Unmarshal(b, &c) != nil || c.ID != e.Name() || !filepath.IsAbs(c.Config.Rootfs) {
+			continue
+		}
+		if isUnder(filepath.Clean(c.Config.Rootfs), dir) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// cgroups returns the container's cgroup directories, ignoring any path
+// outside /sys/fs/cgroup.
+func (c runcContainer) cgroups() []string {
+	var out []string
+	for _, p := range c.CgroupPaths {
+		if p = filepath.Clean(p); isUnder(p, "/sys/fs/cgroup") && p != "/sys/fs/cgroup" {
+			out = append(out, p)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// pids lists the container's live processes: those in its cgroups, and its
+// init process if that pid still names the same process (same start time).
+func (c runcContainer) pids() []int {
+	var pids []int
+	for _, p := range c.cgroups() {
+		b, err := os.ReadFile(filepath.Join(p, "cgroup.procs"))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+		break // every controller holds the same processes
+	}
+	if c.InitPID > 0 && c.InitStart != 0 && startTime(c.InitPID) == c.InitStart {
+		pids = append(pids, c.InitPID)
+	}
+	return pids
+}
+
+// startTime reads field 22 of /proc/pid/stat (start time in clock ticks), or
+// 0 if the process is gone.
+func startTime(pid int) uint64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces; fields resume after ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return 0
+	}
+	v, _ := strconv.ParseUint(f[19], 10, 64)
+	return v
 }
 
 // unmountUnder detaches every mount point at or below dir, deepest first, so
@@ -91,16 +220,19 @@ func unmountUnder(dir string) error {
 	return errors.Join(errs...)
 }
 
-// mountsUnder returns the mount points at or below dir from
-// /proc/self/mountinfo, deepest first. A path mounted several times appears
-// once per mount, so each is detached in turn.
-func mountsUnder(dir string) ([]string, error) {
+type mount struct {
+	dev uint64 // as in stat's st_dev
+	mp  string
+}
+
+// mounts parses /proc/self/mountinfo.
+func mounts() ([]mount, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var mps []string
+	var out []mount
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
@@ -109,18 +241,53 @@ func mountsUnder(dir string) ([]string, error) {
 		if len(fields) < 5 {
 			continue
 		}
-		mp := unescapeMountinfo(fields[4])
-		if isUnder(mp, dir) {
-			mps = append(mps, mp)
+		var major, minor uint32
+		if _, err := fmt.Sscanf(fields[2], "%d:%d", &major, &minor); err != nil {
+			continue
 		}
+		out = append(out, mount{dev: unix.Mkdev(major, minor), mp: unescapeMountinfo(fields[4])})
 	}
-	if err := sc.Err(); err != nil {
+	return out, sc.Err()
+}
+
+// mountsUnder returns the mount points at or below dir, deepest first. A path
+// mounted several times appears once per mount, so each is detached in turn.
+func mountsUnder(dir string) ([]string, error) {
+	ms, err := mounts()
+	if err != nil {
 		return nil, err
+	}
+	var mps []string
+	for _, m := range ms {
+		if isUnder(m.mp, dir) {
+			mps = append(mps, m.mp)
+		}
 	}
 	sort.SliceStable(mps, func(i, j int) bool {
 		return strings.Count(mps[i], "/") > strings.Count(mps[j], "/")
 	})
 	return mps, nil
+}
+
+// devicesOnlyUnder returns the devices of filesystems mounted under dir and
+// nowhere else.
+func devicesOnlyUnder(dir string) map[uint64]bool {
+	ms, err := mounts()
+	if err != nil {
+		return nil
+	}
+	under, elsewhere := map[uint64]bool{}, map[uint64]bool{}
+	for _, m := range ms {
+		if isUnder(m.mp, dir) {
+			under[m.dev] = true
+		} else {
+			elsewhere[m.dev] = true
+		}
+	}
+	for d := range elsewhere {
+		delete(under, d)
+	}
+	return under
 }
 
 // unescapeMountinfo undoes the kernel's octal escapes (\040 for a space, and

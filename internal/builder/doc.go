@@ -21,10 +21,15 @@
 //
 // buildkitd's RUN steps execute under runc, which BuildKit starts in a process
 // group of its own; when buildkitd dies those processes are orphaned, not
-// killed, and their overlay mounts stay. The fleet therefore cleans up by
-// path: after a builder's process exits it kills every process whose root,
-// working directory or executable lies under the builder's directory and
-// detaches every mount there.
+// killed, and their overlay mounts stay. Inside their mount namespace their
+// root, cwd and exe read as "/" and "/bin/...", so paths alone do not find
+// them. After a builder's process exits the fleet therefore kills, besides
+// buildkitd's process group: processes whose root, cwd or executable path is
+// under the builder's directory, processes whose root or cwd is on a
+// filesystem mounted only under it (a container's overlay rootfs), and the
+// processes of runc containers whose rootfs is under it (from runc's state in
+// /run/runc, which it then removes with the containers' cgroups). Last, it
+// detaches every mount under the directory.
 //
 // The package only works as root on Linux, as buildkitd's OCI worker does.
 package builder

@@ -337,6 +337,7 @@ func TestCrashCleansUpAndRestarts(t *testing.T) {
 		err               error
 		procs             []int
 		mounts            []string
+		containers        []runcContainer
 	}
 	exits := make(chan exit, 4)
 	var dirMu sync.Mutex
@@ -348,7 +349,7 @@ func TestCrashCleansUpAndRestarts(t *testing.T) {
 			dir := builderDir
 			dirMu.Unlock()
 			mps, _ := mountsUnder(dir)
-			exits <- exit{project, platform, leases, err, processesUnder(dir), mps}
+			exits <- exit{project, platform, leases, err, processesUnder(dir), mps, containersUnder(dir)}
 		}
 	})
 	ctx := ctxTimeout(t, 3*time.Minute)
@@ -387,6 +388,9 @@ func TestCrashCleansUpAndRestarts(t *testing.T) {
 	root, _ := os.Readlink(fmt.Sprintf("/proc/%d/root", sleepPID))
 	mps, _ := mountsUnder(st.StateDir)
 	t.Logf("sleep pid %d pgid %d (buildkitd pgid %d), root %s; %d mounts under the builder dir", sleepPID, sleepPGID, st.PID, root, len(mps))
+	if cs := containersUnder(st.StateDir); len(cs) != 1 {
+		t.Errorf("runc containers under the builder dir while running: %+v", cs)
+	}
 	if sleepPGID == st.PID {
 		t.Log("the RUN process stayed in buildkitd's process group")
 	} else {
@@ -414,6 +418,9 @@ func TestCrashCleansUpAndRestarts(t *testing.T) {
 	}
 	if len(e.mounts) != 0 {
 		t.Errorf("mounts left under the builder dir after the crash: %v", e.mounts)
+	}
+	if len(e.containers) != 0 {
+		t.Errorf("runc containers left after the crash: %+v", e.containers)
 	}
 	if err := unix.Kill(sleepPID, 0); err == nil {
 		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", sleepPID))
@@ -584,5 +591,47 @@ func TestEnsureValidates(t *testing.T) {
 	}
 	if len(env.fleet.Status()) != 0 {
 		t.Fatal("invalid specs created builders")
+	}
+}
+
+// Platforms of one project are separate builders; a Root too long for unix
+// sockets moves the sockets elsewhere.
+func TestPlatformsAndLongRoot(t *testing.T) {
+	env := newEnv(t, func(c *Config) {
+		c.Root = filepath.Join(c.Root, strings.Repeat("long-directory-name-", 5))
+	})
+	ctx := ctxTimeout(t, 2*time.Minute)
+	var eps [2]Endpoint
+	var errs [2]error
+	var wg sync.WaitGroup
+	for i, p := range []string{"linux/amd64", "linux/arm64"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			eps[i], errs[i] = env.fleet.Acquire(ctx, Spec{ProjectID: "multi", Platform: p})
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if eps[0].Addr == eps[1].Addr || eps[1].ServerName != "multi-arm64.builder.kiln" {
+		t.Fatalf("endpoints %+v", eps)
+	}
+	st := status(t, env.fleet, "multi", "linux/arm64")
+	if len(filepath.Join(st.StateDir, "buildkitd.sock")) <= maxSocketPath {
+		t.Fatalf("root not long enough for this test: %s", st.StateDir)
+	}
+	ws, err := clientFor(t, ctx, env, "multi", eps[1]).ListWorkers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ws) != 1 || len(ws[0].Platforms) == 0 || ws[0].Platforms[0].Architecture != "arm64" {
+		t.Fatalf("arm64 builder's workers: %+v", ws)
+	}
+	if a, b := status(t, env.fleet, "multi", "linux/amd64"), st; a.PID == b.PID || a.StateDir == b.StateDir {
+		t.Fatalf("platforms share a builder: %+v %+v", a, b)
 	}
 }

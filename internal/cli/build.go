@@ -19,6 +19,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/engine"
+	"github.com/kiln-dev/kiln/internal/errdefs"
 )
 
 type buildFlags struct {
@@ -157,13 +158,9 @@ func (b *remoteBuild) run(ctx context.Context, req *engine.Request, bf *buildFla
 	defer cancel(nil)
 	go b.reportHealth(ctx, cancel)
 
-	conn, err := b.connect(ctx, bf.wait, stderr)
+	c, err := b.dial(ctx, bf.wait, stderr)
 	if err != nil {
 		return err
-	}
-	c, err := engine.Dial(ctx, conn)
-	if err != nil {
-		return fmt.Errorf("connect to builder %s: %w", conn.Endpoint, err)
 	}
 	defer c.Close()
 	b.steps = engine.NewStepRecorder()
@@ -182,6 +179,32 @@ func (b *remoteBuild) run(ctx context.Context, req *engine.Request, bf *buildFla
 	}
 	b.resp = resp
 	return nil
+}
+
+// dial connects to the project's builder. A builder that is unreachable
+// before the solve starts (it is restarting after a crash, say) is asked
+// for again with bounded backoff; once a solve starts it is never retried.
+func (b *remoteBuild) dial(ctx context.Context, wait time.Duration, stderr io.Writer) (*bkclient.Client, error) {
+	delay := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		conn, err := b.connect(ctx, wait, stderr)
+		if err != nil {
+			return nil, err
+		}
+		c, err := engine.Dial(ctx, conn)
+		if err == nil {
+			return c, nil
+		}
+		if !errdefs.IsUnavailable(err) || attempt == 5 {
+			return nil, fmt.Errorf("connect to builder %s: %w", conn.Endpoint, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		case <-time.After(delay):
+		}
+		delay *= 2
+	}
 }
 
 // connect waits for the project's builder and returns its connection.
