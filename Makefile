@@ -1,4 +1,3 @@
-export GOFLAGS := -mod=mod
 export GONOSUMDB := buf.build/gen/go
 
 .PHONY: all setup demo test unit e2e generate vet

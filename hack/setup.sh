@@ -5,7 +5,7 @@
 # Safe to run again; it only rebuilds what is missing or stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export GOFLAGS=-mod=mod GONOSUMDB=buf.build/gen/go
+export GONOSUMDB=buf.build/gen/go
 BUILDKIT_VERSION=v0.26.3
 
 need_pkgs=()
