@@ -6,6 +6,7 @@ package auth
 
 import (
 	"context"
+	"slices"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -57,42 +58,60 @@ func Hash(secret string) string {
 // Principal is an authenticated caller.
 type Principal struct {
 	TokenID   string
-	Kind      string // store.TokenOrg, TokenProject or TokenBuild
+	Kind      string // store.TokenOrg, TokenProject, TokenBuild or TokenOIDC
 	OrgID     string
 	ProjectID string // project and build tokens
 	BuildID   string // build tokens
+	// ProjectIDs are the projects an OIDC-authenticated CI job may build in:
+	// those whose trust policies its token matched.
+	ProjectIDs []string
 }
 
 // IsOrg reports an organization (admin) token.
 func (p Principal) IsOrg() bool { return p.Kind == store.TokenOrg }
 
-// CanManageProject: org tokens manage every project of their org; project
-// tokens only their own. Build tokens manage nothing.
-func (p Principal) CanManageProject(proj store.Project) bool {
+// inProject reports whether a project-scoped principal is scoped to id.
+func (p Principal) inProject(id string) bool {
 	switch p.Kind {
-	case store.TokenOrg:
-		return proj.OrgID == p.OrgID
 	case store.TokenProject:
-		return proj.ID == p.ProjectID && proj.OrgID == p.OrgID
+		return p.ProjectID == id
+	case store.TokenOIDC:
+		return slices.Contains(p.ProjectIDs, id)
 	}
 	return false
 }
 
-// CanBuild: may create builds in the project.
-func (p Principal) CanBuild(proj store.Project) bool { return p.CanManageProject(proj) }
+// CanSeeProject: org tokens see every project of their org; project and
+// OIDC principals only their own. Build tokens see none.
+func (p Principal) CanSeeProject(proj store.Project) bool {
+	if proj.OrgID != p.OrgID {
+		return false
+	}
+	return p.IsOrg() || p.inProject(proj.ID)
+}
+
+// CanBuild: may create builds in the project (and read its builds).
+func (p Principal) CanBuild(proj store.Project) bool { return p.CanSeeProject(proj) }
+
+// CanAdminProject: may change the project itself (settings, tokens, trust
+// policies, deletion). Only organization tokens may.
+func (p Principal) CanAdminProject(proj store.Project) bool {
+	return p.IsOrg() && proj.OrgID == p.OrgID
+}
 
 // CanUseBuild: may act on one existing build (connection, health, finish,
 // status). A build token reaches exactly its build.
 func (p Principal) CanUseBuild(b store.Build) bool {
+	if b.OrgID != p.OrgID {
+		return false
+	}
 	switch p.Kind {
 	case store.TokenOrg:
-		return b.OrgID == p.OrgID
-	case store.TokenProject:
-		return b.ProjectID == p.ProjectID && b.OrgID == p.OrgID
+		return true
 	case store.TokenBuild:
 		return b.ID == p.BuildID && b.ProjectID == p.ProjectID
 	}
-	return false
+	return p.inProject(b.ProjectID)
 }
 
 // Authenticator resolves bearer tokens to principals.

@@ -57,14 +57,18 @@ func TestScopes(t *testing.T) {
 	org := auth.Principal{Kind: store.TokenOrg, OrgID: "o"}
 	prj := auth.Principal{Kind: store.TokenProject, OrgID: "o", ProjectID: "pa"}
 	bld := auth.Principal{Kind: store.TokenBuild, OrgID: "o", ProjectID: "pa", BuildID: "b1"}
-	if !org.CanManageProject(pa) || org.CanManageProject(other) {
+	if !org.CanAdminProject(pa) || org.CanSeeProject(other) || org.CanAdminProject(other) {
 		t.Error("org token scope")
 	}
-	if !prj.CanManageProject(pa) || prj.CanManageProject(pb) {
-		t.Error("project token scope")
+	if !prj.CanBuild(pa) || prj.CanSeeProject(pb) || prj.CanAdminProject(pa) {
+		t.Error("project token scope: builds in its project, administers nothing")
 	}
-	if bld.CanManageProject(pa) {
-		t.Error("build tokens manage no project")
+	oidc := auth.Principal{Kind: store.TokenOIDC, OrgID: "o", ProjectIDs: []string{"pb"}}
+	if !oidc.CanBuild(pb) || oidc.CanBuild(pa) || oidc.CanAdminProject(pb) {
+		t.Error("OIDC scope: builds in matched projects only")
+	}
+	if bld.CanSeeProject(pa) || bld.CanBuild(pa) {
+		t.Error("build tokens see no project")
 	}
 	if !bld.CanUseBuild(store.Build{ID: "b1", ProjectID: "pa", OrgID: "o"}) || bld.CanUseBuild(store.Build{ID: "b2", ProjectID: "pa", OrgID: "o"}) {
 		t.Error("build token reaches exactly its build")

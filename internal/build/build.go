@@ -141,7 +141,7 @@ func (s *Service) List(ctx context.Context, p auth.Principal, projectID string, 
 	if err != nil {
 		return nil, err
 	}
-	if !p.CanManageProject(proj) {
+	if !p.CanSeeProject(proj) {
 		if p.Kind == store.TokenBuild {
 			return nil, fmt.Errorf("build tokens cannot list builds: %w", errdefs.ErrPermission)
 		}

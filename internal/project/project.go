@@ -55,7 +55,7 @@ func (s *Service) Get(ctx context.Context, p auth.Principal, id string) (store.P
 	if err != nil {
 		return store.Project{}, err
 	}
-	if !p.CanManageProject(proj) {
+	if !p.CanSeeProject(proj) {
 		if p.Kind == store.TokenBuild {
 			return store.Project{}, fmt.Errorf("build tokens reach only their build: %w", errdefs.ErrPermission)
 		}
@@ -69,12 +69,23 @@ func (s *Service) List(ctx context.Context, p auth.Principal) ([]store.Project, 
 	switch p.Kind {
 	case store.TokenOrg:
 		return s.Store.ListProjects(ctx, p.OrgID)
-	case store.TokenProject:
-		proj, err := s.Store.GetProject(ctx, p.ProjectID)
-		if err != nil {
-			return nil, err
+	case store.TokenProject, store.TokenOIDC:
+		ids := p.ProjectIDs
+		if p.Kind == store.TokenProject {
+			ids = []string{p.ProjectID}
 		}
-		return []store.Project{proj}, nil
+		var out []store.Project
+		for _, id := range ids {
+			proj, err := s.Store.GetProject(ctx, id)
+			if errdefs.IsNotFound(err) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, proj)
+		}
+		return out, nil
 	}
 	return nil, fmt.Errorf("build tokens cannot list projects: %w", errdefs.ErrPermission)
 }
@@ -115,9 +126,21 @@ func validPolicy(proj store.Project) error {
 	return nil
 }
 
-// Update applies fn to a project the principal manages.
-func (s *Service) Update(ctx context.Context, p auth.Principal, id string, fn func(*store.Project)) (store.Project, error) {
+// admin returns a project the principal may administer.
+func (s *Service) admin(ctx context.Context, p auth.Principal, id, what string) (store.Project, error) {
 	proj, err := s.Get(ctx, p, id)
+	if err != nil {
+		return store.Project{}, err
+	}
+	if !p.CanAdminProject(proj) {
+		return store.Project{}, fmt.Errorf("%s needs an organization token: %w", what, errdefs.ErrPermission)
+	}
+	return proj, nil
+}
+
+// Update applies fn to a project the principal administers.
+func (s *Service) Update(ctx context.Context, p auth.Principal, id string, fn func(*store.Project)) (store.Project, error) {
+	proj, err := s.admin(ctx, p, id, "changing a project")
 	if err != nil {
 		return store.Project{}, err
 	}
@@ -156,7 +179,7 @@ func (s *Service) ResetCache(ctx context.Context, p auth.Principal, id string) (
 
 // ListTokens lists a project's tokens (never their secrets).
 func (s *Service) ListTokens(ctx context.Context, p auth.Principal, projectID string) ([]store.Token, error) {
-	proj, err := s.Get(ctx, p, projectID)
+	proj, err := s.admin(ctx, p, projectID, "listing tokens")
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +188,7 @@ func (s *Service) ListTokens(ctx context.Context, p auth.Principal, projectID st
 
 // CreateToken mints a project token; the secret is returned once.
 func (s *Service) CreateToken(ctx context.Context, p auth.Principal, projectID, description string, ttl time.Duration) (store.Token, string, error) {
-	proj, err := s.Get(ctx, p, projectID)
+	proj, err := s.admin(ctx, p, projectID, "creating a token")
 	if err != nil {
 		return store.Token{}, "", err
 	}
@@ -196,7 +219,7 @@ func (s *Service) tokenFor(ctx context.Context, p auth.Principal, id string) (st
 		}
 		return t, nil
 	}
-	if _, err := s.Get(ctx, p, t.ProjectID); err != nil {
+	if _, err := s.admin(ctx, p, t.ProjectID, "managing tokens"); err != nil {
 		return store.Token{}, fmt.Errorf("token %q: %w", id, errdefs.ErrNotFound)
 	}
 	return t, nil

@@ -29,6 +29,9 @@ const (
 	TokenOrg     = "org"
 	TokenProject = "project"
 	TokenBuild   = "build"
+	// TokenOIDC marks a principal authenticated by a CI provider's OIDC
+	// token matching a trust policy; such tokens are verified, never stored.
+	TokenOIDC = "oidc"
 )
 
 // Token is a stored credential; the secret itself is never stored, only
