@@ -53,6 +53,7 @@ Start a server with 'kiln serve', then build with 'kiln build'.`,
 	}
 	g.register(root)
 	root.AddCommand(newServeCmd(), newBuildCmd(g), newProjectsCmd(g), newLoginCmd(g), newVersionCmd())
+	root.AddCommand(newDoctorCmd(g), newConfigureDockerCmd())
 	return root
 }
 
@@ -60,6 +61,10 @@ Start a server with 'kiln serve', then build with 'kiln build'.`,
 func Main(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	args, handled := dockerPluginMain(args, stdout)
+	if handled {
+		return 0
+	}
 	root := NewRoot()
 	root.SetArgs(args)
 	root.SetOut(stdout)

@@ -1,0 +1,221 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/kiln-dev/kiln/internal/client"
+)
+
+// Security floors kiln doctor checks against (see ../shared/DEPENDENCIES.md).
+var (
+	// BuildKit v0.31.2 fixes GHSA-g2h8-426c-7976 (a malicious client bypassing
+	// destination checks on local source upload); v0.28.1 CVE-2026-33747.
+	buildkitFloor = semver{0, 31, 2}
+	// runc 1.2.8 fixes the November 2025 container escapes
+	// (CVE-2025-31133, CVE-2025-52565, CVE-2025-52881).
+	runcFloor = semver{1, 2, 8}
+)
+
+type semver [3]int
+
+var versionRE = regexp.MustCompile(`v?(\d+)\.(\d+)\.(\d+)`)
+
+func parseSemver(s string) (semver, bool) {
+	m := versionRE.FindStringSubmatch(s)
+	if m == nil {
+		return semver{}, false
+	}
+	var v semver
+	for i := range v {
+		v[i], _ = strconv.Atoi(m[i+1])
+	}
+	return v, true
+}
+
+func (v semver) less(o semver) bool {
+	for i := range v {
+		if v[i] != o[i] {
+			return v[i] < o[i]
+		}
+	}
+	return false
+}
+
+func (v semver) String() string { return fmt.Sprintf("%d.%d.%d", v[0], v[1], v[2]) }
+
+// check is one doctor finding.
+type check struct {
+	level  string // "ok", "warn", "fail"
+	name   string
+	detail string
+	fix    string // what to do, for warn and fail
+}
+
+type doctor struct {
+	buildkitd string
+	dataDir   string
+	apiURL    string
+	token     string
+	run       func(name string, args ...string) (string, error)
+	now       func() time.Time
+}
+
+func (d *doctor) checks(ctx context.Context) []check {
+	var out []check
+	out = append(out, d.versionCheck("buildkitd", d.buildkitd, buildkitFloor,
+		"BuildKit before v0.31.2 lets a malicious client bypass destination checks on local source upload (GHSA-g2h8-426c-7976)",
+		"build a newer buildkitd (hack/setup.sh pins the version) and point kiln serve --buildkitd at it"))
+	out = append(out, d.versionCheck("runc", "runc", runcFloor,
+		"runc before 1.2.8 has the November 2025 container escapes (CVE-2025-31133, CVE-2025-52565, CVE-2025-52881)",
+		"install runc ≥ 1.2.8 (e.g. build github.com/opencontainers/runc with libseccomp-dev) ahead of Debian's on PATH"))
+	out = append(out, d.kernelChecks()...)
+	out = append(out, d.diskCheck())
+	out = append(out, d.serverCheck(ctx))
+	return out
+}
+
+func (d *doctor) versionCheck(name, bin string, floor semver, risk, fix string) check {
+	text, err := d.run(bin, "--version")
+	if err != nil {
+		return check{"fail", name, fmt.Sprintf("%s not runnable: %v", bin, err), "run hack/setup.sh (it installs runc and builds buildkitd)"}
+	}
+	first := strings.SplitN(strings.TrimSpace(text), "\n", 2)[0]
+	v, ok := parseSemver(first)
+	if !ok {
+		return check{"warn", name, fmt.Sprintf("cannot read a version from %q", first), "check the binary is the real " + name}
+	}
+	if v.less(floor) {
+		return check{"warn", name, fmt.Sprintf("%s %s is older than %s: %s", name, v, floor, risk), fix}
+	}
+	return check{"ok", name, fmt.Sprintf("%s %s", name, v), ""}
+}
+
+func (d *doctor) kernelChecks() []check {
+	var out []check
+	fs, _ := os.ReadFile("/proc/filesystems")
+	if strings.Contains(string(fs), "overlay") {
+		out = append(out, check{"ok", "overlayfs", "the kernel supports overlayfs (builders' snapshotter)", ""})
+	} else {
+		out = append(out, check{"fail", "overlayfs", "overlayfs is not available", "load it: modprobe overlay"})
+	}
+	if b, err := os.ReadFile("/proc/sys/user/max_user_namespaces"); err == nil && strings.TrimSpace(string(b)) != "0" {
+		out = append(out, check{"ok", "user namespaces", "enabled (max " + strings.TrimSpace(string(b)) + ")", ""})
+	} else {
+		out = append(out, check{"warn", "user namespaces", "disabled or unknown", "sysctl -w user.max_user_namespaces=15000 (needed for rootless builders)"})
+	}
+	foreign := map[string]string{"amd64": "qemu-aarch64", "arm64": "qemu-x86_64"}[runtime.GOARCH]
+	if foreign != "" {
+		if _, err := os.Stat(filepath.Join("/proc/sys/fs/binfmt_misc", foreign)); err == nil {
+			out = append(out, check{"ok", "binfmt", foreign + " is registered: foreign-platform builds run under emulation", ""})
+		} else {
+			out = append(out, check{"warn", "binfmt", "no " + foreign + " handler: builds for the other architecture will fail",
+				"apt-get install qemu-user-static binfmt-support (mount binfmt_misc first if /proc/sys/fs/binfmt_misc is empty)"})
+		}
+	}
+	return out
+}
+
+func (d *doctor) diskCheck() check {
+	dir := d.dataDir
+	for dir != "/" {
+		if _, err := os.Stat(dir); err == nil {
+			break
+		}
+		dir = filepath.Dir(dir)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return check{"warn", "disk", fmt.Sprintf("cannot stat %s: %v", dir, err), "check the data directory (--data / KILN_DATA)"}
+	}
+	free := float64(st.Bavail) * float64(st.Bsize) / (1 << 30)
+	detail := fmt.Sprintf("%.1f GiB free at %s (data dir %s)", free, dir, d.dataDir)
+	switch {
+	case free < 1:
+		return check{"fail", "disk", detail, "free space: builders wedge when their disk fills; lower projects' keep_gb or move --data"}
+	case free < 10:
+		return check{"warn", "disk", detail, "builder caches need room; consider more space or smaller keep_gb"}
+	}
+	return check{"ok", "disk", detail, ""}
+}
+
+func (d *doctor) serverCheck(ctx context.Context) check {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", d.apiURL+"/healthz", nil)
+	if err != nil {
+		return check{"fail", "server", err.Error(), "fix --api-url / KILN_API_URL"}
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return check{"fail", "server", fmt.Sprintf("%s is not reachable: %v", d.apiURL, err), "start it with `kiln serve`, or set --api-url / KILN_API_URL"}
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 {
+		return check{"fail", "server", fmt.Sprintf("%s/healthz answered %s", d.apiURL, res.Status), "see the server log"}
+	}
+	if d.token == "" {
+		return check{"warn", "server", d.apiURL + " is up, but no token is configured", "run `kiln login` or set KILN_TOKEN"}
+	}
+	return check{"ok", "server", d.apiURL + " is up", ""}
+}
+
+func printChecks(w io.Writer, checks []check) (failed bool) {
+	marks := map[string]string{"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+	for _, c := range checks {
+		fmt.Fprintf(w, "[%s] %-16s %s\n", marks[c.level], c.name, c.detail)
+		if c.fix != "" {
+			fmt.Fprintf(w, "       %-16s → %s\n", "", c.fix)
+		}
+		failed = failed || c.level == "fail"
+	}
+	return failed
+}
+
+func newDoctorCmd(g *globals) *cobra.Command {
+	d := &doctor{}
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Check this machine and the server for what kiln needs",
+		Long: `Check buildkitd and runc versions against known security fixes, kernel features
+(overlayfs, user namespaces, binfmt for foreign platforms), disk space in the
+data directory, and that the server answers. Each finding says what to do.
+Exits non-zero only when something would stop builds from working.`,
+		Example: `  kiln doctor
+  kiln doctor --buildkitd /usr/local/bin/buildkitd --data /srv/kiln`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, _ := g.config() // a missing token is itself a finding
+			d.apiURL, d.token = cfg.APIURL, cfg.Token
+			if d.apiURL == "" {
+				d.apiURL = client.DefaultAPIURL
+			}
+			d.run = func(name string, args ...string) (string, error) {
+				ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+				defer cancel()
+				out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+				return string(out), err
+			}
+			if printChecks(cmd.OutOrStdout(), d.checks(cmd.Context())) {
+				return exitError(1)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&d.buildkitd, "buildkitd", envOr("KILN_BUILDKITD", defaultBuildkitd()), "buildkitd binary to check")
+	cmd.Flags().StringVar(&d.dataDir, "data", client.DefaultDataDir(), "data directory to check for disk space")
+	return cmd
+}
