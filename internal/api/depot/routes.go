@@ -10,6 +10,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/depot/depot-go/proto/depot/cli/v1/cliv1connect"
 
+	"github.com/kiln-dev/kiln/gen/depot/cli/v1/cliv1extraconnect"
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/project"
 )
@@ -27,6 +28,9 @@ func Mount(mux *http.ServeMux, projects *project.Service, builds *build.Service,
 	mux.Handle(svc+"GetBuild", connect.NewUnaryHandler(svc+"GetBuild", cli.GetBuild, opts...))
 	mux.Handle(svc+"ReportStatus", connect.NewUnaryHandler(svc+"ReportStatus", cli.ReportStatus, opts...))
 	mux.Handle(svc+"ReportStatusStream", connect.NewClientStreamHandler(svc+"ReportStatusStream", cli.ReportStatusStream, opts...))
+	mux.Handle(svc+"GetPullInfo", connect.NewUnaryHandler(svc+"GetPullInfo", cli.GetPullInfo, opts...))
+	mux.Handle(cliv1extraconnect.NewPushServiceHandler(PushService{}, opts...))
+	mux.Handle(buildv1connect.NewRegistryServiceHandler(RegistryService{}, opts...))
 
 	mux.Handle(buildv1connect.NewBuildServiceHandler(&PublicBuildService{Builds: builds, Logger: logger}, opts...))
 	mux.Handle(buildkitv1connect.NewBuildKitServiceHandler(&BuildKitService{Builds: builds, Logger: logger}, opts...))

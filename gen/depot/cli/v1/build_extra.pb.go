@@ -13,6 +13,7 @@
 package cliv1extra
 
 import (
+	v1 "github.com/depot/depot-go/proto/depot/cli/v1"
 	control "github.com/moby/buildkit/api/services/control"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -324,11 +325,131 @@ func (*ReportStatusStreamResponse) Descriptor() ([]byte, []int) {
 	return file_depot_cli_v1_build_extra_proto_rawDescGZIP(), []int{5}
 }
 
+type GetPullInfoRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BuildId       string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPullInfoRequest) Reset() {
+	*x = GetPullInfoRequest{}
+	mi := &file_depot_cli_v1_build_extra_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPullInfoRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPullInfoRequest) ProtoMessage() {}
+
+func (x *GetPullInfoRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_depot_cli_v1_build_extra_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPullInfoRequest.ProtoReflect.Descriptor instead.
+func (*GetPullInfoRequest) Descriptor() ([]byte, []int) {
+	return file_depot_cli_v1_build_extra_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GetPullInfoRequest) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+type GetPullInfoResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reference     string                 `protobuf:"bytes,1,opt,name=reference,proto3" json:"reference,omitempty"`
+	Username      string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	Password      string                 `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	Options       []*v1.BuildOptions     `protobuf:"bytes,4,rep,name=options,proto3" json:"options,omitempty"`
+	SaveForLoad   bool                   `protobuf:"varint,5,opt,name=save_for_load,json=saveForLoad,proto3" json:"save_for_load,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPullInfoResponse) Reset() {
+	*x = GetPullInfoResponse{}
+	mi := &file_depot_cli_v1_build_extra_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPullInfoResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPullInfoResponse) ProtoMessage() {}
+
+func (x *GetPullInfoResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_depot_cli_v1_build_extra_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPullInfoResponse.ProtoReflect.Descriptor instead.
+func (*GetPullInfoResponse) Descriptor() ([]byte, []int) {
+	return file_depot_cli_v1_build_extra_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GetPullInfoResponse) GetReference() string {
+	if x != nil {
+		return x.Reference
+	}
+	return ""
+}
+
+func (x *GetPullInfoResponse) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *GetPullInfoResponse) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *GetPullInfoResponse) GetOptions() []*v1.BuildOptions {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+func (x *GetPullInfoResponse) GetSaveForLoad() bool {
+	if x != nil {
+		return x.SaveForLoad
+	}
+	return false
+}
+
 var File_depot_cli_v1_build_extra_proto protoreflect.FileDescriptor
 
 const file_depot_cli_v1_build_extra_proto_rawDesc = "" +
 	"\n" +
-	"\x1edepot/cli/v1/build_extra.proto\x12\fdepot.cli.v1\x1a;github.com/moby/buildkit/api/services/control/control.proto\",\n" +
+	"\x1edepot/cli/v1/build_extra.proto\x12\fdepot.cli.v1\x1a\x18depot/cli/v1/build.proto\x1a;github.com/moby/buildkit/api/services/control/control.proto\",\n" +
 	"\x0fGetBuildRequest\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\"i\n" +
 	"\x10GetBuildResponse\x12\x19\n" +
@@ -351,7 +472,15 @@ const file_depot_cli_v1_build_extra_proto_rawDesc = "" +
 	"\x12StableDigestsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x1c\n" +
-	"\x1aReportStatusStreamResponseB6Z4github.com/kiln-dev/kiln/gen/depot/cli/v1;cliv1extrab\x06proto3"
+	"\x1aReportStatusStreamResponse\"/\n" +
+	"\x12GetPullInfoRequest\x12\x19\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\"\xc5\x01\n" +
+	"\x13GetPullInfoResponse\x12\x1c\n" +
+	"\treference\x18\x01 \x01(\tR\treference\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +
+	"\bpassword\x18\x03 \x01(\tR\bpassword\x124\n" +
+	"\aoptions\x18\x04 \x03(\v2\x1a.depot.cli.v1.BuildOptionsR\aoptions\x12\"\n" +
+	"\rsave_for_load\x18\x05 \x01(\bR\vsaveForLoadB6Z4github.com/kiln-dev/kiln/gen/depot/cli/v1;cliv1extrab\x06proto3"
 
 var (
 	file_depot_cli_v1_build_extra_proto_rawDescOnce sync.Once
@@ -365,7 +494,7 @@ func file_depot_cli_v1_build_extra_proto_rawDescGZIP() []byte {
 	return file_depot_cli_v1_build_extra_proto_rawDescData
 }
 
-var file_depot_cli_v1_build_extra_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_depot_cli_v1_build_extra_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_depot_cli_v1_build_extra_proto_goTypes = []any{
 	(*GetBuildRequest)(nil),            // 0: depot.cli.v1.GetBuildRequest
 	(*GetBuildResponse)(nil),           // 1: depot.cli.v1.GetBuildResponse
@@ -373,20 +502,24 @@ var file_depot_cli_v1_build_extra_proto_goTypes = []any{
 	(*ReportStatusResponse)(nil),       // 3: depot.cli.v1.ReportStatusResponse
 	(*ReportStatusStreamRequest)(nil),  // 4: depot.cli.v1.ReportStatusStreamRequest
 	(*ReportStatusStreamResponse)(nil), // 5: depot.cli.v1.ReportStatusStreamResponse
-	nil,                                // 6: depot.cli.v1.ReportStatusRequest.StableDigestsEntry
-	nil,                                // 7: depot.cli.v1.ReportStatusStreamRequest.StableDigestsEntry
-	(*control.StatusResponse)(nil),     // 8: moby.buildkit.v1.StatusResponse
+	(*GetPullInfoRequest)(nil),         // 6: depot.cli.v1.GetPullInfoRequest
+	(*GetPullInfoResponse)(nil),        // 7: depot.cli.v1.GetPullInfoResponse
+	nil,                                // 8: depot.cli.v1.ReportStatusRequest.StableDigestsEntry
+	nil,                                // 9: depot.cli.v1.ReportStatusStreamRequest.StableDigestsEntry
+	(*control.StatusResponse)(nil),     // 10: moby.buildkit.v1.StatusResponse
+	(*v1.BuildOptions)(nil),            // 11: depot.cli.v1.BuildOptions
 }
 var file_depot_cli_v1_build_extra_proto_depIdxs = []int32{
-	8, // 0: depot.cli.v1.ReportStatusRequest.statuses:type_name -> moby.buildkit.v1.StatusResponse
-	6, // 1: depot.cli.v1.ReportStatusRequest.stable_digests:type_name -> depot.cli.v1.ReportStatusRequest.StableDigestsEntry
-	8, // 2: depot.cli.v1.ReportStatusStreamRequest.statuses:type_name -> moby.buildkit.v1.StatusResponse
-	7, // 3: depot.cli.v1.ReportStatusStreamRequest.stable_digests:type_name -> depot.cli.v1.ReportStatusStreamRequest.StableDigestsEntry
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	10, // 0: depot.cli.v1.ReportStatusRequest.statuses:type_name -> moby.buildkit.v1.StatusResponse
+	8,  // 1: depot.cli.v1.ReportStatusRequest.stable_digests:type_name -> depot.cli.v1.ReportStatusRequest.StableDigestsEntry
+	10, // 2: depot.cli.v1.ReportStatusStreamRequest.statuses:type_name -> moby.buildkit.v1.StatusResponse
+	9,  // 3: depot.cli.v1.ReportStatusStreamRequest.stable_digests:type_name -> depot.cli.v1.ReportStatusStreamRequest.StableDigestsEntry
+	11, // 4: depot.cli.v1.GetPullInfoResponse.options:type_name -> depot.cli.v1.BuildOptions
+	5,  // [5:5] is the sub-list for method output_type
+	5,  // [5:5] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_depot_cli_v1_build_extra_proto_init() }
@@ -400,7 +533,7 @@ func file_depot_cli_v1_build_extra_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_depot_cli_v1_build_extra_proto_rawDesc), len(file_depot_cli_v1_build_extra_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
