@@ -12,8 +12,8 @@ need_pkgs=()
 for p in runc busybox-static ca-certificates make git curl; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
-# The Docker CLI (for `docker kiln …`, the CLI-plugin tests); any recent one will do.
-command -v docker >/dev/null || need_pkgs+=(docker.io)
+# A Docker engine and CLI: --load targets and the CLI-plugin tests.
+{ command -v dockerd && command -v docker; } >/dev/null || need_pkgs+=(docker.io)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: installing ${need_pkgs[*]} needs root (sudo $0)" >&2; exit 1
