@@ -14,8 +14,8 @@ import (
 
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry/handlers"
-	"github.com/sirupsen/logrus"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory" // registers "inmemory"
+	"github.com/sirupsen/logrus"
 )
 
 // startRegistry serves an OCI registry (distribution, in memory) on a

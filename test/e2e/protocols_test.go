@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	corev1 "buf.build/gen/go/depot/api/protocolbuffers/go/depot/core/v1"
 	"buf.build/gen/go/depot/api/connectrpc/go/depot/core/v1/corev1connect"
+	corev1 "buf.build/gen/go/depot/api/protocolbuffers/go/depot/core/v1"
 	"connectrpc.com/connect"
 )
 

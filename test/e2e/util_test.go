@@ -12,8 +12,8 @@ import (
 	"strings"
 	"testing"
 
-	buildv1 "buf.build/gen/go/depot/api/protocolbuffers/go/depot/build/v1"
 	"buf.build/gen/go/depot/api/connectrpc/go/depot/build/v1/buildv1connect"
+	buildv1 "buf.build/gen/go/depot/api/protocolbuffers/go/depot/build/v1"
 	"connectrpc.com/connect"
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
 	"github.com/depot/depot-go/proto/depot/cli/v1/cliv1connect"
