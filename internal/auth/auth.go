@@ -6,16 +6,17 @@ package auth
 
 import (
 	"context"
-	"slices"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
 	"math/big"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/kiln-dev/kiln/internal/auth/oidc"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/store"
 )
@@ -25,6 +26,7 @@ var prefixes = map[string]string{
 	store.TokenOrg:     "kiln_org_",
 	store.TokenProject: "kiln_prj_",
 	store.TokenBuild:   "kiln_bld_",
+	store.TokenPull:    "kiln_pul_",
 }
 
 const alphabet = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -118,6 +120,11 @@ func (p Principal) CanUseBuild(b store.Build) bool {
 type Authenticator struct {
 	Store store.Store
 	Now   func() time.Time
+	// OIDC verifies CI providers' JWTs (see trust.go); nil refuses them.
+	OIDC OIDCVerifier
+	// Audit, if set, is told of security events: trust-policy matches and
+	// OIDC denials (see trust.go for the events and their attributes).
+	Audit func(ctx context.Context, event string, attrs ...any)
 }
 
 // Authenticate checks a bearer secret. Every failure is the same
@@ -126,6 +133,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, secret string) (Princi
 	bad := fmt.Errorf("invalid or expired token: %w", errdefs.ErrUnauthenticated)
 	if secret == "" {
 		return Principal{}, fmt.Errorf("missing token (pass --token, KILN_TOKEN or DEPOT_TOKEN): %w", errdefs.ErrUnauthenticated)
+	}
+	if oidc.LooksLikeJWT(secret) {
+		return a.authenticateOIDC(ctx, secret)
 	}
 	kindOK := false
 	for _, p := range prefixes {

@@ -40,6 +40,9 @@ type Config struct {
 	ClientCertTTL time.Duration // lifetime of per-build client certs; 0 → 4h
 	TokenTTL      time.Duration // lifetime of build tokens; 0 → 24h
 	BuildURL      func(buildID string) string
+	// ShareURL is the public URL of a build share token (ShareBuild);
+	// nil → the server-relative "/shared/<token>".
+	ShareURL func(token string) string
 	// WaitMs is what GetBuildKitConnection answers while a builder starts.
 	WaitMs int32
 }

@@ -3,9 +3,13 @@ package builder
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"strconv"
+	"strings"
 	"text/template"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/errdefs"
 )
 
 // Cache GC defaults for a Spec that leaves them 0.
@@ -90,13 +94,64 @@ insecure-entitlements = []
 
 [worker.containerd]
   enabled = false
+{{- range .InsecureRegistries}}
+
+# Reached over plain HTTP (kiln serve --insecure-registry).
+[registry.{{q .}}]
+  http = true
+{{- end}}
 `))
 
-func renderConfig(spec Spec) ([]byte, error) {
+// renderConfig renders buildkitd.toml for spec; insecureRegistries have
+// been checked with checkRegistryHost (NewFleet does).
+func renderConfig(spec Spec, insecureRegistries []string) ([]byte, error) {
 	var b bytes.Buffer
-	err := configTmpl.Execute(&b, struct{ GC []gcRule }{gcPolicy(spec.KeepBytes, spec.KeepDuration)})
+	err := configTmpl.Execute(&b, struct {
+		GC                 []gcRule
+		InsecureRegistries []string
+	}{gcPolicy(spec.KeepBytes, spec.KeepDuration), insecureRegistries})
 	if err != nil {
 		return nil, fmt.Errorf("render buildkitd.toml: %w", err)
 	}
 	return b.Bytes(), nil
+}
+
+// checkRegistryHost accepts a registry as BuildKit's [registry."…"] keys
+// name it: a host name or IP address, with an optional port, nothing else
+// (no scheme, path or quoting characters), so that it cannot change the
+// meaning of the TOML it is written into.
+//
+// Bracketed IPv6 addresses ("[::1]:5000") are refused: BuildKit's TOML
+// parser cannot read a key containing ']'.
+func checkRegistryHost(h string) error {
+	if strings.ContainsAny(h, "[]") {
+		return fmt.Errorf("bracketed IPv6 addresses cannot be configured (BuildKit's config cannot name them): %w", errdefs.ErrInvalid)
+	}
+	host, port := h, ""
+	if strings.Count(h, ":") == 1 {
+		var err error
+		if host, port, err = net.SplitHostPort(h); err != nil {
+			return fmt.Errorf("want host or host:port: %w", errdefs.ErrInvalid)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("port %q: want 1-65535: %w", port, errdefs.ErrInvalid)
+		}
+	}
+	if net.ParseIP(host) != nil {
+		return nil
+	}
+	if host == "" || len(host) > 253 {
+		return fmt.Errorf("want host or host:port: %w", errdefs.ErrInvalid)
+	}
+	for _, label := range strings.Split(host, ".") {
+		if label == "" || len(label) > 63 || strings.HasPrefix(label, "-") || strings.HasSuffix(label, "-") {
+			return fmt.Errorf("%q is not a host name: %w", host, errdefs.ErrInvalid)
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return fmt.Errorf("%q is not a host name: %w", host, errdefs.ErrInvalid)
+			}
+		}
+	}
+	return nil
 }

@@ -49,6 +49,10 @@ type Config struct {
 	// with the lease IDs (build IDs) that were using it. kiln fails those builds ("builder lost").
 	// The builder is restarted after OnExit returns (or sooner, by an Ensure).
 	OnExit func(projectID, platform string, leases []string, err error)
+	// InsecureRegistries are registries ("host" or "host:port") builders
+	// reach over plain HTTP, e.g. kiln's own registry on loopback under a
+	// name BuildKit does not already treat as local. Applied at each start.
+	InsecureRegistries []string
 }
 
 // State is a builder's lifecycle state as reported by Status.
@@ -196,6 +200,11 @@ func NewFleet(cfg Config) (*Fleet, error) {
 		return nil, fmt.Errorf("builder: buildkitd binary %s is not an executable file: %w", bin, errdefs.ErrInvalid)
 	}
 	cfg.BuildkitdPath = bin
+	for _, h := range cfg.InsecureRegistries {
+		if err := checkRegistryHost(h); err != nil {
+			return nil, fmt.Errorf("builder: insecure registry %q: %w", h, err)
+		}
+	}
 	if cfg.IdleTTL <= 0 {
 		cfg.IdleTTL = defaultIdleTTL
 	}

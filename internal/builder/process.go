@@ -226,7 +226,7 @@ func (f *Fleet) launch(b *builder, spec Spec, port int) (*exec.Cmd, time.Time, e
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	conf, err := renderConfig(spec)
+	conf, err := renderConfig(spec, f.cfg.InsecureRegistries)
 	if err != nil {
 		return nil, time.Time{}, err
 	}

@@ -12,7 +12,7 @@ import (
 
 // The rendered file must mean to BuildKit's own config loader what we think.
 func TestRenderConfigParsesAsBuildKit(t *testing.T) {
-	b, err := renderConfig(Spec{KeepBytes: 5 << 30, KeepDuration: 36 * time.Hour})
+	b, err := renderConfig(Spec{KeepBytes: 5 << 30, KeepDuration: 36 * time.Hour}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

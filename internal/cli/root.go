@@ -12,7 +12,6 @@ import (
 	"os/signal"
 	"syscall"
 
-	corev1 "buf.build/gen/go/depot/api/protocolbuffers/go/depot/core/v1"
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 
@@ -54,6 +53,10 @@ Start a server with 'kiln serve', then build with 'kiln build'.`,
 	g.register(root)
 	root.AddCommand(newServeCmd(), newBuildCmd(g), newProjectsCmd(g), newLoginCmd(g), newVersionCmd())
 	root.AddCommand(newDoctorCmd(g), newConfigureDockerCmd())
+	root.AddCommand(newCacheCmd(g))
+	root.AddCommand(newTrustPoliciesCmd(g))
+	root.AddCommand(newAuditCmd(g))
+	root.AddCommand(newTokensCmd(g))
 	return root
 }
 
@@ -115,34 +118,6 @@ func newVersionCmd() *cobra.Command {
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			fmt.Fprintf(cmd.OutOrStdout(), "kiln %s\n", Version)
-			return nil
-		},
-	}
-}
-
-func newLoginCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "login --token TOKEN [--api-url URL]",
-		Short: "Save an API URL and token for later commands",
-		Example: `  kiln login --token "$(cat /var/lib/kiln/admin.token)"
-  kiln login --api-url https://kiln.example.com --token kiln_prj_...`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if g.token == "" {
-				return errors.New("--token is required (device login comes in a later version)")
-			}
-			c, err := client.Resolve(g.apiURL, g.token)
-			if err != nil {
-				return err
-			}
-			// Check the token before saving it.
-			if _, err := c.Projects().ListProjects(cmd.Context(), connect.NewRequest(&corev1.ListProjectsRequest{})); err != nil {
-				return fmt.Errorf("token check against %s failed: %w", c.APIURL, err)
-			}
-			if err := client.SaveLogin(client.Login{APIURL: c.APIURL, Token: c.Token}); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "logged in to %s (saved in %s)\n", c.APIURL, client.LoginFile())
 			return nil
 		},
 	}

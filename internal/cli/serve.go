@@ -47,7 +47,8 @@ On first start it creates an organization and writes its admin token to
 DATA/admin.token (mode 0600); the token is never logged.`,
 		Example: `  kiln serve
   kiln serve --data /srv/kiln --addr 127.0.0.1:7420
-  KILN_DATA=/tmp/kiln kiln serve --health-timeout 1m`,
+  KILN_DATA=/tmp/kiln kiln serve --health-timeout 1m
+  kiln serve --addr 0.0.0.0:7420 --public-url https://kiln.example.com` + oidcServeExample,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var level slog.Level
@@ -70,9 +71,13 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 	f := cmd.Flags()
 	f.StringVar(&cfg.DataDir, "data", client.DefaultDataDir(), "data directory (env KILN_DATA)")
 	f.StringVar(&cfg.Addr, "addr", envOr("KILN_ADDR", client.DefaultAddr), "listen address host:port (env KILN_ADDR)")
+	f.StringVar(&cfg.PublicURL, "public-url", os.Getenv("KILN_PUBLIC_URL"), "base URL users reach this server at, for login approve and build share links (env KILN_PUBLIC_URL; default http://ADDR)")
 	f.StringVar(&cfg.BuildkitdPath, "buildkitd", envOr("KILN_BUILDKITD", defaultBuildkitd()), "buildkitd binary for builders (env KILN_BUILDKITD)")
 	f.DurationVar(&cfg.HealthTimeout, "health-timeout", 5*time.Minute, "cancel a build whose client has not reported health for this long")
 	f.DurationVar(&cfg.BuilderIdle, "builder-idle-timeout", 10*time.Minute, "stop a builder idle this long (its cache is kept)")
+	f.DurationVar(&cfg.AuditRetention, "audit-retention", 90*24*time.Hour, "prune audit log events older than this (the newest 1,000,000 are kept at most)")
+	f.StringArrayVar(&cfg.InsecureRegistries, "insecure-registry", nil, "registry HOST[:PORT] builders reach over plain HTTP, e.g. kiln's registry on loopback (repeatable)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	registerOIDCFlags(f, &cfg.OIDC)
 	return cmd
 }

@@ -95,14 +95,10 @@ func firstNonEmpty(vals ...string) string {
 // then the login file; a local server's admin token is the last resort so
 // `kiln build` works on one machine with no setup.
 func Resolve(apiURLFlag, tokenFlag string) (Config, error) {
-	login := ReadLogin()
-	c := Config{
-		APIURL: firstNonEmpty(apiURLFlag, os.Getenv("KILN_API_URL"), os.Getenv("DEPOT_API_URL"), login.APIURL, DefaultAPIURL),
-		Token:  firstNonEmpty(tokenFlag, os.Getenv("KILN_TOKEN"), os.Getenv("DEPOT_TOKEN"), login.Token),
-	}
-	c.APIURL = strings.TrimRight(c.APIURL, "/")
-	if !strings.HasPrefix(c.APIURL, "http://") && !strings.HasPrefix(c.APIURL, "https://") {
-		return c, fmt.Errorf("API URL %q must start with http:// or https://", c.APIURL)
+	apiURL, err := ResolveAPIURL(apiURLFlag)
+	c := Config{APIURL: apiURL, Token: firstNonEmpty(tokenFlag, os.Getenv("KILN_TOKEN"), os.Getenv("DEPOT_TOKEN"), ReadLogin().Token)}
+	if err != nil {
+		return c, err
 	}
 	if c.Token == "" && c.APIURL == DefaultAPIURL {
 		if b, err := os.ReadFile(filepath.Join(DefaultDataDir(), "admin.token")); err == nil {
@@ -110,7 +106,7 @@ func Resolve(apiURLFlag, tokenFlag string) (Config, error) {
 		}
 	}
 	if c.Token == "" {
-		return c, errors.New("no token: pass --token, set KILN_TOKEN (or DEPOT_TOKEN), or run `kiln login --token TOKEN`")
+		return c, errors.New("no token: pass --token, set KILN_TOKEN (or DEPOT_TOKEN), or run `kiln login`")
 	}
 	return c, nil
 }

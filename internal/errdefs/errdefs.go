@@ -16,6 +16,8 @@ var (
 	ErrUnavailable        = errors.New("unavailable")
 	ErrExhausted          = errors.New("resource exhausted")
 	ErrCanceled           = errors.New("canceled")
+	// ErrExpired: something had a deadline and it passed (a device login).
+	ErrExpired = errors.New("expired")
 )
 
 // IsNotFound and friends read a wrapped kind.

@@ -14,6 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/store"
@@ -28,6 +29,8 @@ type BuilderResetter interface {
 type Service struct {
 	Store    store.Store
 	Builders BuilderResetter
+	// Audit records token creation and deletion; nil records nothing.
+	Audit *audit.Recorder
 }
 
 // NewID returns a lowercase id like Depot's ("k3v9x0ab2mqd").
@@ -188,20 +191,81 @@ func (s *Service) ListTokens(ctx context.Context, p auth.Principal, projectID st
 
 // CreateToken mints a project token; the secret is returned once.
 func (s *Service) CreateToken(ctx context.Context, p auth.Principal, projectID, description string, ttl time.Duration) (store.Token, string, error) {
-	proj, err := s.admin(ctx, p, projectID, "creating a token")
-	if err != nil {
-		return store.Token{}, "", err
-	}
-	if len(description) > 500 {
+	return s.MintToken(ctx, p, Mint{Kind: store.TokenProject, ProjectID: projectID, Description: description, TTL: ttl})
+}
+
+// Mint describes a token to create.
+type Mint struct {
+	Kind        string // store.TokenProject, TokenPull or TokenOrg
+	ProjectID   string // project and pull tokens
+	Description string
+	TTL         time.Duration // 0: never expires
+}
+
+// MaxTokenTTL bounds token lifetimes (ten years reads as "no expiry" to a
+// user; anything longer is a typo).
+const MaxTokenTTL = 10 * 365 * 24 * time.Hour
+
+// MintToken creates a token of any user-facing kind. Organization and
+// project tokens need an organization token; a pull token (read-only
+// registry access) may be minted by anyone who can see the project, so a
+// CI job can hand a deploy target a short-lived pull credential.
+func (s *Service) MintToken(ctx context.Context, p auth.Principal, m Mint) (store.Token, string, error) {
+	if len(m.Description) > 500 {
 		return store.Token{}, "", fmt.Errorf("token description longer than 500 characters: %w", errdefs.ErrInvalid)
 	}
-	secret, hash := auth.NewSecret(store.TokenProject)
-	t := store.Token{ID: "tok_" + NewID(), Kind: store.TokenProject, OrgID: proj.OrgID, ProjectID: proj.ID,
-		Description: description, SecretHash: hash, CreatedAt: time.Now().UTC()}
-	if ttl > 0 {
-		t.ExpiresAt = t.CreatedAt.Add(ttl)
+	if m.TTL < 0 || m.TTL > MaxTokenTTL {
+		return store.Token{}, "", fmt.Errorf("token lifetime %s: must be between 0 (no expiry) and 10 years: %w", m.TTL, errdefs.ErrInvalid)
 	}
-	return t, secret, s.Store.CreateToken(ctx, t)
+	t := store.Token{ID: "tok_" + NewID(), Kind: m.Kind, OrgID: p.OrgID, Description: m.Description, CreatedAt: time.Now().UTC()}
+	switch m.Kind {
+	case store.TokenOrg:
+		if m.ProjectID != "" {
+			return store.Token{}, "", fmt.Errorf("organization tokens belong to no project; leave the project empty: %w", errdefs.ErrInvalid)
+		}
+		if err := requireOrg(p, "creating an organization token"); err != nil {
+			return store.Token{}, "", err
+		}
+	case store.TokenProject:
+		proj, err := s.admin(ctx, p, m.ProjectID, "creating a project token")
+		if err != nil {
+			return store.Token{}, "", err
+		}
+		t.ProjectID = proj.ID
+	case store.TokenPull:
+		var proj store.Project
+		var err error
+		if p.Kind == store.TokenBuild && p.ProjectID == m.ProjectID {
+			// A build may hand out read access to what it built.
+			proj, err = s.Store.GetProject(ctx, m.ProjectID)
+		} else {
+			proj, err = s.Get(ctx, p, m.ProjectID)
+		}
+		if err != nil {
+			return store.Token{}, "", err
+		}
+		t.ProjectID = proj.ID
+	default:
+		return store.Token{}, "", fmt.Errorf("token kind %q: use project, pull or organization: %w", m.Kind, errdefs.ErrInvalid)
+	}
+	if m.TTL > 0 {
+		t.ExpiresAt = t.CreatedAt.Add(m.TTL)
+	}
+	secret, hash := auth.NewSecret(m.Kind)
+	t.SecretHash = hash
+	if err := s.Store.CreateToken(ctx, t); err != nil {
+		return store.Token{}, "", err
+	}
+	s.auditToken(ctx, audit.KindTokenCreated, p, t)
+	return t, secret, nil
+}
+
+// ListOrgTokens lists the organization's own tokens (not projects').
+func (s *Service) ListOrgTokens(ctx context.Context, p auth.Principal) ([]store.Token, error) {
+	if err := requireOrg(p, "listing organization tokens"); err != nil {
+		return nil, err
+	}
+	return s.Store.ListTokens(ctx, p.OrgID, "")
 }
 
 // tokenFor returns a token the principal may manage.
@@ -235,10 +299,15 @@ func (s *Service) UpdateToken(ctx context.Context, p auth.Principal, id, descrip
 
 // DeleteToken revokes a token; the next request with it is refused.
 func (s *Service) DeleteToken(ctx context.Context, p auth.Principal, id string) error {
-	if _, err := s.tokenFor(ctx, p, id); err != nil {
+	t, err := s.tokenFor(ctx, p, id)
+	if err != nil {
 		return err
 	}
-	return s.Store.DeleteToken(ctx, id)
+	if err := s.Store.DeleteToken(ctx, id); err != nil {
+		return err
+	}
+	s.auditToken(ctx, audit.KindTokenDeleted, p, t)
+	return nil
 }
 
 // Bootstrap creates the first organization and its admin token when the

@@ -20,7 +20,9 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/kiln-dev/kiln/internal/api/depot"
+	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/auth/oidc"
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/builder"
 	"github.com/kiln-dev/kiln/internal/errdefs"
@@ -36,7 +38,18 @@ type Config struct {
 	BuildkitdPath string        // the buildkitd binary builders run
 	HealthTimeout time.Duration // cancel builds silent this long; 0 → 5m
 	BuilderIdle   time.Duration // stop builders idle this long; 0 → 10m
-	Logger        *slog.Logger
+	// PublicURL is the base URL users reach the server at (device-login
+	// approve links); "" → http://<bound listen address>.
+	PublicURL string
+	// AuditRetention: audit events older than this are pruned; 0 → 90 days.
+	AuditRetention time.Duration
+	// InsecureRegistries are registries ("host[:port]") builders push to
+	// and pull from over plain HTTP, e.g. kiln's own registry on loopback.
+	InsecureRegistries []string
+	// OIDC says which CI providers' tokens are trusted (issuers, audience);
+	// the zero value trusts none.
+	OIDC   oidc.Config
+	Logger *slog.Logger
 }
 
 // Server is a running control plane.
@@ -47,6 +60,7 @@ type Server struct {
 	builds   *build.Service
 	http     *http.Server
 	listener net.Listener
+	audit    *audit.Recorder
 	cancel   context.CancelFunc
 	done     chan struct{}
 }
@@ -59,6 +73,10 @@ func AdminTokenPath(dataDir string) string { return filepath.Join(dataDir, "admi
 func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	var err error
+	if cfg.PublicURL, err = checkPublicURL(cfg.PublicURL); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
@@ -84,6 +102,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, store: st, done: make(chan struct{})}
+	s.audit = audit.New(st, audit.Config{Retention: cfg.AuditRetention}, cfg.Logger)
 	// The fleet calls back into the build service when a builder dies; the
 	// service is created right after, before any builder can start.
 	var builds *build.Service
@@ -93,6 +112,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		CA:            ca,
 		IdleTTL:       cfg.BuilderIdle,
 		Logger:        cfg.Logger,
+		// Only the operator's flag reaches buildkitd.toml; builds cannot.
+		InsecureRegistries: cfg.InsecureRegistries,
 		OnExit: func(projectID, platform string, leases []string, err error) {
 			builds.BuilderLost(projectID, platform, leases, err)
 		},
@@ -101,13 +122,23 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
-	builds = build.NewService(st, fleet, ca, build.Config{HealthTimeout: cfg.HealthTimeout}, cfg.Logger)
-	projects := &project.Service{Store: st, Builders: fleet}
+	builds = build.NewService(st, fleet, ca, build.Config{HealthTimeout: cfg.HealthTimeout,
+		ShareURL: func(token string) string { return s.publicURL() + "/shared/" + token }}, cfg.Logger)
+	projects := &project.Service{Store: st, Builders: fleet, Audit: s.audit}
 	s.fleet, s.builds = fleet, builds
 
 	authn := &auth.Authenticator{Store: st}
+	authn.Audit = s.audit.AuthEvent // trust-policy matches; the interceptor's denials (auditDenied)
+	if err := s.setupOIDC(authn); err != nil {
+		st.Close()
+		return nil, err
+	}
 	mux := http.NewServeMux()
 	depot.Mount(mux, projects, builds, cfg.Logger, connect.WithInterceptors(authInterceptor(authn, cfg.Logger)), connect.WithReadMaxBytes(16<<20))
+	logins := s.mountLogin(mux, st, authn, projects)
+	s.mountAudit(mux, authn)
+	s.mountTrustPolicies(mux, authn, projects)
+	s.mountTokens(mux, authn, projects)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.Handle("GET /debug/builders", s.requireOrg(authn, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -125,6 +156,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
+	s.http.RegisterOnShutdown(logins.Close) // waiting logins would hold Shutdown up
 	return s, nil
 }
 
@@ -153,7 +185,10 @@ func bearer(h string) string {
 
 // publicProcedures answer without a token (the device-login flow starts
 // before the caller has one). Handlers of these must not expect a principal.
-var publicProcedures = map[string]bool{}
+var publicProcedures = map[string]bool{
+	"/depot.cli.v1beta1.LoginService/StartLogin":  true,
+	"/depot.cli.v1beta1.LoginService/FinishLogin": true,
+}
 
 // authInterceptor authenticates every Connect call and puts the principal
 // in the context. Handlers authorize against the resource they touch.
@@ -169,20 +204,31 @@ func authInterceptor(authn *auth.Authenticator, logger *slog.Logger) connect.Int
 		}
 		return auth.WithPrincipal(ctx, p), nil
 	}
-	return &interceptor{authenticate: authenticate}
+	denied := func(ctx context.Context, procedure, peer string, err error) {
+		auditDenied(ctx, authn, procedure, peer, err)
+	}
+	return &interceptor{authenticate: authenticate, denied: denied}
 }
 
 type interceptor struct {
 	authenticate func(ctx context.Context, h http.Header, procedure string) (context.Context, error)
+	// denied sees every call's error (the authentication's or the
+	// handler's) and audits the refusals among them.
+	denied func(ctx context.Context, procedure, peer string, err error)
 }
 
 func (i *interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		ctx, err := i.authenticate(ctx, req.Header(), req.Spec().Procedure)
 		if err != nil {
+			i.denied(ctx, req.Spec().Procedure, req.Peer().Addr, err)
 			return nil, err
 		}
-		return next(ctx, req)
+		res, err := next(ctx, req)
+		if err != nil {
+			i.denied(ctx, req.Spec().Procedure, req.Peer().Addr, err)
+		}
+		return res, err
 	}
 }
 
@@ -193,10 +239,13 @@ func (i *interceptor) WrapStreamingClient(next connect.StreamingClientFunc) conn
 func (i *interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
 		ctx, err := i.authenticate(ctx, conn.RequestHeader(), conn.Spec().Procedure)
-		if err != nil {
-			return err
+		if err == nil {
+			err = next(ctx, conn)
 		}
-		return next(ctx, conn)
+		if err != nil {
+			i.denied(ctx, conn.Spec().Procedure, conn.Peer().Addr, err)
+		}
+		return err
 	}
 }
 
@@ -221,6 +270,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	bg, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go s.builds.Run(bg)
+	go s.audit.Run(bg)
 
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.listener) }()

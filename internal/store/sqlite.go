@@ -181,8 +181,10 @@ func (s *SQLite) DeleteProject(ctx context.Context, id string) error {
 		for _, q := range []string{
 			`DELETE FROM build_logs WHERE build_id IN (SELECT id FROM builds WHERE project_id = ?)`,
 			`DELETE FROM build_steps WHERE build_id IN (SELECT id FROM builds WHERE project_id = ?)`,
+			`DELETE FROM build_shares WHERE build_id IN (SELECT id FROM builds WHERE project_id = ?)`,
 			`DELETE FROM builds WHERE project_id = ?`,
 			`DELETE FROM tokens WHERE project_id = ?`,
+			`DELETE FROM trust_policies WHERE project_id = ?`,
 		} {
 			if _, err := tx.ExecContext(ctx, q, id); err != nil {
 				return err

@@ -32,6 +32,9 @@ const (
 	// TokenOIDC marks a principal authenticated by a CI provider's OIDC
 	// token matching a trust policy; such tokens are verified, never stored.
 	TokenOIDC = "oidc"
+	// TokenPull reads one project's images from kiln's registry and
+	// nothing else: no Connect API accepts it.
+	TokenPull = "pull"
 )
 
 // Token is a stored credential; the secret itself is never stored, only
@@ -95,6 +98,11 @@ type LogLine struct {
 
 // Store is kiln's persistence. Implementations are safe for concurrent use.
 type Store interface {
+	TrustPolicies
+	Logins
+	AuditLog
+	BuildStats
+
 	CreateOrganization(ctx context.Context, o Organization) error
 	GetOrganization(ctx context.Context, id string) (Organization, error)
 	ListOrganizations(ctx context.Context) ([]Organization, error)
@@ -103,7 +111,8 @@ type Store interface {
 	GetProject(ctx context.Context, id string) (Project, error)
 	ListProjects(ctx context.Context, orgID string) ([]Project, error)
 	UpdateProject(ctx context.Context, p Project) error
-	// DeleteProject removes the project with its tokens, builds and steps.
+	// DeleteProject removes the project with its tokens, builds, steps and
+	// trust policies.
 	DeleteProject(ctx context.Context, id string) error
 
 	CreateToken(ctx context.Context, t Token) error

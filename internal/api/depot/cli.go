@@ -17,14 +17,17 @@ import (
 	cliv1extra "github.com/kiln-dev/kiln/gen/depot/cli/v1"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // CLIBuildService serves depot.cli.v1.BuildService: what the depot CLI,
 // depot-go and kiln's own CLI speak.
 type CLIBuildService struct {
-	Builds *build.Service
-	Logger *slog.Logger
+	Builds   *build.Service
+	Projects *project.Service
+	Logger   *slog.Logger
 }
 
 var _ cliv1connect.BuildServiceHandler = (*CLIBuildService)(nil)
@@ -192,8 +195,36 @@ func (s *CLIBuildService) ListBuilds(ctx context.Context, req *connect.Request[c
 	return connect.NewResponse(out), nil
 }
 
-func (s *CLIBuildService) GetPullToken(context.Context, *connect.Request[cliv1.GetPullTokenRequest]) (*connect.Response[cliv1.GetPullTokenResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kiln's registry is not available in this version"))
+// pullTokenTTL is the lifetime of pull tokens GetPullToken hands out.
+const pullTokenTTL = time.Hour
+
+// GetPullToken mints a short-lived pull (registry read-only) token for a
+// project, or for the project of a build.
+func (s *CLIBuildService) GetPullToken(ctx context.Context, req *connect.Request[cliv1.GetPullTokenRequest]) (*connect.Response[cliv1.GetPullTokenResponse], error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	projectID := req.Msg.GetProjectId()
+	if id := req.Msg.GetBuildId(); id != "" {
+		b, err := s.Builds.Get(ctx, p, id)
+		if err != nil {
+			return nil, s.err(ctx, err)
+		}
+		if projectID != "" && projectID != b.ProjectID {
+			return nil, s.err(ctx, fmt.Errorf("build %q: %w", id, errdefs.ErrNotFound))
+		}
+		projectID = b.ProjectID
+	}
+	if projectID == "" && p.Kind == store.TokenProject {
+		projectID = p.ProjectID
+	}
+	_, secret, err := s.Projects.MintToken(ctx, p, project.Mint{Kind: store.TokenPull, ProjectID: projectID,
+		Description: "pull token (GetPullToken)", TTL: pullTokenTTL})
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	return connect.NewResponse(&cliv1.GetPullTokenResponse{Token: secret}), nil
 }
 
 // GetBuild is depot.cli.v1.BuildService/GetBuild (missing from depot-go).

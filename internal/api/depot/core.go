@@ -2,7 +2,6 @@ package depot
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"time"
 
@@ -135,20 +134,6 @@ func (s *ProjectService) ResetProject(ctx context.Context, req *connect.Request[
 		return nil, s.err(ctx, err)
 	}
 	return connect.NewResponse(&corev1.ResetProjectResponse{}), nil
-}
-
-var errTrustPolicies = connect.NewError(connect.CodeUnimplemented, errors.New("trust policies are not supported by this kiln version yet"))
-
-func (s *ProjectService) ListTrustPolicies(context.Context, *connect.Request[corev1.ListTrustPoliciesRequest]) (*connect.Response[corev1.ListTrustPoliciesResponse], error) {
-	return nil, errTrustPolicies
-}
-
-func (s *ProjectService) AddTrustPolicy(context.Context, *connect.Request[corev1.AddTrustPolicyRequest]) (*connect.Response[corev1.AddTrustPolicyResponse], error) {
-	return nil, errTrustPolicies
-}
-
-func (s *ProjectService) RemoveTrustPolicy(context.Context, *connect.Request[corev1.RemoveTrustPolicyRequest]) (*connect.Response[corev1.RemoveTrustPolicyResponse], error) {
-	return nil, errTrustPolicies
 }
 
 func (s *ProjectService) ListTokens(ctx context.Context, req *connect.Request[corev1.ListTokensRequest]) (*connect.Response[corev1.ListTokensResponse], error) {

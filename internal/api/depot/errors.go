@@ -39,6 +39,7 @@ func ToConnect(ctx context.Context, logger *slog.Logger, err error) error {
 		{errdefs.ErrUnavailable, connect.CodeUnavailable},
 		{errdefs.ErrExhausted, connect.CodeResourceExhausted},
 		{errdefs.ErrCanceled, connect.CodeCanceled},
+		{errdefs.ErrExpired, connect.CodeDeadlineExceeded},
 	}
 	for _, k := range kinds {
 		if errors.Is(err, k.kind) {

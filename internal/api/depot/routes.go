@@ -19,8 +19,13 @@ import (
 // (authentication, logging) every handler runs behind.
 func Mount(mux *http.ServeMux, projects *project.Service, builds *build.Service, logger *slog.Logger, opts ...connect.HandlerOption) {
 	mux.Handle(corev1connect.NewProjectServiceHandler(&ProjectService{Projects: projects, Logger: logger}, opts...))
+	mux.Handle(corev1connect.NewBuildServiceHandler(&CoreBuildService{Builds: builds, Logger: logger}, opts...))
+	mux.Handle(corev1connect.NewOrganizationServiceHandler(&OrganizationService{Projects: projects, Logger: logger}, opts...))
+	mux.Handle(corev1connect.NewUsageServiceHandler(&UsageService{Projects: projects, Builds: builds, Logger: logger}, opts...))
+	// ShareBuild's links: public, the token in the path is the capability.
+	mux.Handle("GET /shared/{token}", &SharePage{Builds: builds, Logger: logger})
 
-	cli := &CLIBuildService{Builds: builds, Logger: logger}
+	cli := &CLIBuildService{Builds: builds, Projects: projects, Logger: logger}
 	mux.Handle(cliv1connect.NewBuildServiceHandler(cli, opts...))
 	// depot-go's generated service lacks these methods of depot.cli.v1.BuildService;
 	// the more specific paths take precedence over the service prefix.

@@ -27,6 +27,9 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"ConcurrentBuildUpdates", concurrentUpdates},
 		{"StepsAndLogs", stepsAndLogs},
 		{"DeleteProjectCascades", deleteCascades},
+		{"TrustPolicies", trustPolicies},
+		{"Logins", logins},
+		{"UsageAndShares", usageAndShares}, {"AuditLog", auditLog},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })

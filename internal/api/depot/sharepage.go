@@ -1,0 +1,157 @@
+package depot
+
+import (
+	"context"
+	"encoding/json"
+	"html/template"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+)
+
+// SharePage serves GET /shared/{token}, the URL ShareBuild hands out: a
+// read-only summary of one build (status, times, step counts, its steps;
+// never logs, project or organization names). It takes no token: the
+// share token in the path is the capability, and a revoked, unknown or
+// malformed one is a plain 404. HTML by default; JSON for
+// `Accept: application/json` or `?format=json`.
+type SharePage struct {
+	Builds *build.Service
+	Logger *slog.Logger
+}
+
+// maxSharedSteps bounds the page for builds with very many vertices.
+const maxSharedSteps = 1000
+
+type sharedStep struct {
+	Name        string     `json:"name"`
+	Cached      bool       `json:"cached"`
+	StartedAt   *time.Time `json:"started_at,omitempty"`
+	CompletedAt *time.Time `json:"completed_at,omitempty"`
+	DurationMs  int64      `json:"duration_ms"`
+	Error       string     `json:"error,omitempty"`
+}
+
+type sharedView struct {
+	BuildID              string       `json:"build_id"`
+	Status               string       `json:"status"`
+	CreatedAt            time.Time    `json:"created_at"`
+	StartedAt            *time.Time   `json:"started_at,omitempty"`
+	FinishedAt           *time.Time   `json:"finished_at,omitempty"`
+	BuildDurationSeconds int32        `json:"build_duration_seconds"`
+	SavedDurationSeconds int32        `json:"saved_duration_seconds"`
+	CachedSteps          int          `json:"cached_steps"`
+	TotalSteps           int          `json:"total_steps"`
+	Error                string       `json:"error,omitempty"`
+	Steps                []sharedStep `json:"steps"`
+	StepsTruncated       bool         `json:"steps_truncated,omitempty"`
+}
+
+// CreatedAtPtr lets the template format every time the same way.
+func (v sharedView) CreatedAtPtr() *time.Time { return &v.CreatedAt }
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func shareView(sb build.SharedBuild) sharedView {
+	b := sb.Build
+	v := sharedView{
+		BuildID:              b.ID,
+		Status:               strings.ToLower(strings.TrimPrefix(coreStatus[b.Status].String(), "STATUS_")),
+		CreatedAt:            b.CreatedAt,
+		StartedAt:            timePtr(b.StartedAt),
+		FinishedAt:           timePtr(b.FinishedAt),
+		BuildDurationSeconds: build.Seconds(sb.Stats.Duration),
+		SavedDurationSeconds: build.Seconds(sb.Stats.Saved),
+		CachedSteps:          sb.Stats.CachedSteps,
+		TotalSteps:           sb.Stats.TotalSteps,
+		Error:                b.Error,
+		Steps:                []sharedStep{},
+	}
+	for _, st := range build.CountedSteps(sb.Steps) {
+		if len(v.Steps) == maxSharedSteps {
+			v.StepsTruncated = true
+			break
+		}
+		s := sharedStep{Name: st.Name, Cached: st.Cached, StartedAt: timePtr(st.StartedAt), CompletedAt: timePtr(st.CompletedAt), Error: st.Error}
+		if !st.StartedAt.IsZero() && st.CompletedAt.After(st.StartedAt) {
+			s.DurationMs = st.CompletedAt.Sub(st.StartedAt).Milliseconds()
+		}
+		v.Steps = append(v.Steps, s)
+	}
+	return v
+}
+
+var sharePageTmpl = template.Must(template.New("shared").Funcs(template.FuncMap{
+	"ts": func(t *time.Time) string {
+		if t == nil {
+			return "—"
+		}
+		return t.UTC().Format(time.RFC3339)
+	},
+}).Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="robots" content="noindex">
+<title>kiln build {{.BuildID}}</title>
+<style>body{font:14px/1.4 system-ui,sans-serif;margin:2em;max-width:60em}td,th{padding:.2em .8em;text-align:left;vertical-align:top}
+.cached{color:#2a7}.error{color:#c33;white-space:pre-wrap}code{font-size:13px}</style></head>
+<body>
+<h1>Build <code>{{.BuildID}}</code>: {{.Status}}</h1>
+<table>
+<tr><th>Created</th><td>{{ts .CreatedAtPtr}}</td></tr>
+<tr><th>Started</th><td>{{ts .StartedAt}}</td></tr>
+<tr><th>Finished</th><td>{{ts .FinishedAt}}</td></tr>
+<tr><th>Build time</th><td>{{.BuildDurationSeconds}} s</td></tr>
+<tr><th>Steps</th><td>{{.TotalSteps}} ({{.CachedSteps}} cached, about {{.SavedDurationSeconds}} s saved)</td></tr>
+{{if .Error}}<tr><th>Error</th><td class="error">{{.Error}}</td></tr>{{end}}
+</table>
+<h2>Steps</h2>
+<table>
+<tr><th>Step</th><th>Result</th><th>Time</th></tr>
+{{range .Steps}}<tr><td><code>{{.Name}}</code></td><td>{{if .Error}}<span class="error">{{.Error}}</span>{{else if .Cached}}<span class="cached">CACHED</span>{{else}}done{{end}}</td><td>{{.DurationMs}} ms</td></tr>
+{{end}}</table>
+{{if .StepsTruncated}}<p>(more steps not shown)</p>{{end}}
+</body></html>
+`))
+
+func (h *SharePage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	hdr := w.Header()
+	// The URL is the secret: keep it out of Referer headers and caches,
+	// and let nothing on the page run or load.
+	hdr.Set("Referrer-Policy", "no-referrer")
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	hdr.Set("X-Frame-Options", "DENY")
+	hdr.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	sb, err := h.Builds.Shared(ctx, r.PathValue("token"))
+	if errdefs.IsNotFound(err) {
+		http.Error(w, "404 not found", http.StatusNotFound)
+		return
+	}
+	if err != nil {
+		h.Logger.ErrorContext(ctx, "shared build page", "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	v := shareView(sb)
+	if r.URL.Query().Get("format") == "json" || strings.Contains(r.Header.Get("Accept"), "application/json") {
+		hdr.Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(v)
+		return
+	}
+	hdr.Set("Content-Type", "text/html; charset=utf-8")
+	if err := sharePageTmpl.Execute(w, v); err != nil {
+		h.Logger.WarnContext(ctx, "render shared build page", "err", err)
+	}
+}

@@ -1,0 +1,112 @@
+package kiln
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
+	"github.com/kiln-dev/kiln/internal/api/depot"
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/project"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// TrustPolicyService serves kiln.v1.TrustPolicyService: trust policies of
+// all four providers (`kiln trust-policies`).
+type TrustPolicyService struct {
+	Projects *project.Service
+	Logger   *slog.Logger
+}
+
+var _ kilnv1connect.TrustPolicyServiceHandler = (*TrustPolicyService)(nil)
+
+// MountTrustPolicies registers kiln.v1.TrustPolicyService on mux.
+func MountTrustPolicies(mux *http.ServeMux, svc *TrustPolicyService, opts ...connect.HandlerOption) {
+	mux.Handle(kilnv1connect.NewTrustPolicyServiceHandler(svc, opts...))
+}
+
+// TrustPolicyPB converts a stored policy.
+func TrustPolicyPB(tp store.TrustPolicy) *kilnv1.TrustPolicy {
+	out := &kilnv1.TrustPolicy{TrustPolicyId: tp.ID, ProjectId: tp.ProjectID, CreatedAt: timestamppb.New(tp.CreatedAt)}
+	switch tp.Provider {
+	case store.ProviderGitHub:
+		out.Provider = &kilnv1.TrustPolicy_Github{Github: &kilnv1.TrustPolicy_GitHub{RepositoryOwner: tp.Owner, Repository: tp.Repo}}
+	case store.ProviderCircleCI:
+		out.Provider = &kilnv1.TrustPolicy_Circleci{Circleci: &kilnv1.TrustPolicy_CircleCI{OrganizationUuid: tp.Owner, ProjectUuid: tp.Repo}}
+	case store.ProviderBuildkite:
+		out.Provider = &kilnv1.TrustPolicy_Buildkite_{Buildkite: &kilnv1.TrustPolicy_Buildkite{OrganizationSlug: tp.Owner, PipelineSlug: tp.Repo}}
+	case store.ProviderGitLab:
+		out.Provider = &kilnv1.TrustPolicy_Gitlab{Gitlab: &kilnv1.TrustPolicy_GitLab{NamespacePath: tp.Owner, ProjectPath: tp.Repo}}
+	}
+	return out
+}
+
+func trustCaller(ctx context.Context) (auth.Principal, error) {
+	p, ok := auth.FromContext(ctx)
+	if !ok {
+		return auth.Principal{}, connect.NewError(connect.CodeUnauthenticated, errors.New("missing token"))
+	}
+	return p, nil
+}
+
+func (s *TrustPolicyService) ListTrustPolicies(ctx context.Context, req *connect.Request[kilnv1.ListTrustPoliciesRequest]) (*connect.Response[kilnv1.ListTrustPoliciesResponse], error) {
+	p, err := trustCaller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	tps, err := s.Projects.ListTrustPolicies(ctx, p, req.Msg.ProjectId)
+	if err != nil {
+		return nil, depot.ToConnect(ctx, s.Logger, err)
+	}
+	out := &kilnv1.ListTrustPoliciesResponse{}
+	for _, tp := range tps {
+		out.TrustPolicies = append(out.TrustPolicies, TrustPolicyPB(tp))
+	}
+	return connect.NewResponse(out), nil
+}
+
+func (s *TrustPolicyService) AddTrustPolicy(ctx context.Context, req *connect.Request[kilnv1.AddTrustPolicyRequest]) (*connect.Response[kilnv1.AddTrustPolicyResponse], error) {
+	p, err := trustCaller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var in store.TrustPolicy
+	switch pr := req.Msg.Provider.(type) {
+	case *kilnv1.AddTrustPolicyRequest_Github:
+		in = store.TrustPolicy{Provider: store.ProviderGitHub, Owner: pr.Github.GetRepositoryOwner(), Repo: pr.Github.GetRepository()}
+	case *kilnv1.AddTrustPolicyRequest_Circleci:
+		in = store.TrustPolicy{Provider: store.ProviderCircleCI, Owner: pr.Circleci.GetOrganizationUuid(), Repo: pr.Circleci.GetProjectUuid()}
+	case *kilnv1.AddTrustPolicyRequest_Buildkite:
+		in = store.TrustPolicy{Provider: store.ProviderBuildkite, Owner: pr.Buildkite.GetOrganizationSlug(), Repo: pr.Buildkite.GetPipelineSlug()}
+	case *kilnv1.AddTrustPolicyRequest_Gitlab:
+		in = store.TrustPolicy{Provider: store.ProviderGitLab, Owner: pr.Gitlab.GetNamespacePath(), Repo: pr.Gitlab.GetProjectPath()}
+	default:
+		return nil, depot.ToConnect(ctx, s.Logger, fmt.Errorf("a trust policy needs one of github, circleci, buildkite or gitlab: %w", errdefs.ErrInvalid))
+	}
+	tp, err := s.Projects.AddTrustPolicy(ctx, p, req.Msg.ProjectId, in)
+	if err != nil {
+		return nil, depot.ToConnect(ctx, s.Logger, err)
+	}
+	s.Logger.InfoContext(ctx, "trust policy added", "project_id", tp.ProjectID, "trust_policy_id", tp.ID, "provider", tp.Provider, "owner", tp.Owner, "repo", tp.Repo)
+	return connect.NewResponse(&kilnv1.AddTrustPolicyResponse{TrustPolicy: TrustPolicyPB(tp)}), nil
+}
+
+func (s *TrustPolicyService) RemoveTrustPolicy(ctx context.Context, req *connect.Request[kilnv1.RemoveTrustPolicyRequest]) (*connect.Response[kilnv1.RemoveTrustPolicyResponse], error) {
+	p, err := trustCaller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Projects.RemoveTrustPolicy(ctx, p, req.Msg.ProjectId, req.Msg.TrustPolicyId); err != nil {
+		return nil, depot.ToConnect(ctx, s.Logger, err)
+	}
+	s.Logger.InfoContext(ctx, "trust policy removed", "project_id", req.Msg.ProjectId, "trust_policy_id", req.Msg.TrustPolicyId)
+	return connect.NewResponse(&kilnv1.RemoveTrustPolicyResponse{}), nil
+}

@@ -1,0 +1,124 @@
+package build
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// Sharing a build makes a read-only summary of it (status, times, steps;
+// not logs) readable without authentication at a URL with a random token:
+// Config.ShareURL(token), by default "/shared/<token>" on the server. A
+// build has at most one share; sharing again returns the same URL, and
+// StopSharing revokes it at once.
+
+// shareTokenLen random characters of [0-9A-Za-z]: about 190 bits.
+const shareTokenLen = 32
+
+// ValidShareToken reports whether tok has the shape of a share token, so
+// that garbage is turned away before it reaches the store.
+func ValidShareToken(tok string) bool {
+	if len(tok) != shareTokenLen {
+		return false
+	}
+	for i := 0; i < len(tok); i++ {
+		c := tok[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+// shareable returns a build the principal may share: org tokens any build
+// of their organization, project and CI principals their projects' builds.
+// Build tokens may not: they exist to run one build, not to publish it.
+func (s *Service) shareable(ctx context.Context, p auth.Principal, buildID string) (store.Build, error) {
+	if p.Kind == store.TokenBuild {
+		return store.Build{}, fmt.Errorf("build tokens cannot share builds: %w", errdefs.ErrPermission)
+	}
+	return s.Get(ctx, p, buildID)
+}
+
+func (s *Service) shareURL(token string) string {
+	if s.cfg.ShareURL != nil {
+		return s.cfg.ShareURL(token)
+	}
+	return "/shared/" + token
+}
+
+// Share makes the build readable by anyone with the returned URL.
+func (s *Service) Share(ctx context.Context, p auth.Principal, buildID string) (string, error) {
+	b, err := s.shareable(ctx, p, buildID)
+	if err != nil {
+		return "", err
+	}
+	if sh, err := s.store.GetBuildShare(ctx, b.ID); err == nil {
+		return s.shareURL(sh.Token), nil
+	} else if !errdefs.IsNotFound(err) {
+		return "", err
+	}
+	sh := store.BuildShare{BuildID: b.ID, Token: auth.RandomString(shareTokenLen), CreatedBy: p.TokenID, CreatedAt: time.Now().UTC()}
+	if err := s.store.CreateBuildShare(ctx, sh); err != nil {
+		// A concurrent Share won: answer its URL.
+		if existing, gerr := s.store.GetBuildShare(ctx, b.ID); gerr == nil {
+			return s.shareURL(existing.Token), nil
+		}
+		return "", err
+	}
+	s.logger.InfoContext(ctx, "build shared", "build_id", b.ID, "project_id", b.ProjectID, "token_id", p.TokenID)
+	return s.shareURL(sh.Token), nil
+}
+
+// StopSharing revokes the build's share URL. Revoking a build that is not
+// shared succeeds (the outcome the caller wants holds).
+func (s *Service) StopSharing(ctx context.Context, p auth.Principal, buildID string) error {
+	b, err := s.shareable(ctx, p, buildID)
+	if err != nil {
+		return err
+	}
+	if err := s.store.DeleteBuildShare(ctx, b.ID); err != nil && !errdefs.IsNotFound(err) {
+		return err
+	}
+	s.logger.InfoContext(ctx, "build unshared", "build_id", b.ID, "project_id", b.ProjectID, "token_id", p.TokenID)
+	return nil
+}
+
+// SharedBuild is what a share URL shows.
+type SharedBuild struct {
+	Build store.Build
+	Stats Stats
+	Steps []store.Step
+}
+
+// Shared resolves a share token without authentication. Any token that is
+// malformed, unknown or revoked is the same ErrNotFound.
+func (s *Service) Shared(ctx context.Context, token string) (SharedBuild, error) {
+	notFound := fmt.Errorf("shared build: %w", errdefs.ErrNotFound)
+	if !ValidShareToken(token) {
+		return SharedBuild{}, notFound
+	}
+	sh, err := s.store.GetBuildShareByToken(ctx, token)
+	if errdefs.IsNotFound(err) {
+		return SharedBuild{}, notFound
+	}
+	if err != nil {
+		return SharedBuild{}, err
+	}
+	b, err := s.store.GetBuild(ctx, sh.BuildID)
+	if errdefs.IsNotFound(err) {
+		return SharedBuild{}, notFound
+	}
+	if err != nil {
+		return SharedBuild{}, err
+	}
+	st, steps, err := s.stats(ctx, b)
+	if err != nil {
+		return SharedBuild{}, err
+	}
+	return SharedBuild{Build: b, Stats: st, Steps: steps}, nil
+}

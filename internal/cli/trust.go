@@ -1,0 +1,233 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+	"github.com/kiln-dev/kiln/internal/client"
+)
+
+const trustLong = `Trust policies let CI jobs build in a project without a stored secret: the job
+sends its CI provider's OIDC token as its kiln token (KILN_TOKEN or DEPOT_TOKEN),
+kiln verifies it against the provider's published keys and, if its repository
+or pipeline matches a policy of the project, lets the job build there (and do
+nothing else). Managing policies needs an organization token.
+
+The token's audience must be the server's --oidc-audience (default "kiln"):
+  GitHub Actions  permissions: id-token: write, then
+                  KILN_TOKEN=$(curl -sH "Authorization: bearer $ACTIONS_ID_TOKEN_REQUEST_TOKEN" \
+                    "$ACTIONS_ID_TOKEN_REQUEST_URL&audience=kiln" | jq -r .value)
+  GitLab CI       id_tokens: { KILN_TOKEN: { aud: kiln } }
+  CircleCI        KILN_TOKEN=$(circleci run oidc get --claims '{"aud":"kiln"}')
+  Buildkite       KILN_TOKEN=$(buildkite-agent oidc request-token --audience kiln)
+
+What a policy matches:
+  --github OWNER/REPO          claims repository_owner and repository
+  --gitlab GROUP[/SUB]/PROJECT claims namespace_path and project_path
+  --circleci ORG_ID/PROJECT_ID claims oidc.circleci.com/org-id and project-id (UUIDs)
+  --buildkite ORG/PIPELINE     claims organization_slug and pipeline_slug
+Names are compared ignoring case; there are no wildcards.`
+
+func newTrustPoliciesCmd(g *globals) *cobra.Command {
+	var projectFlag string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "trust-policies",
+		Aliases: []string{"trust-policy", "trust"},
+		Short:   "Let CI jobs (GitHub, GitLab, CircleCI, Buildkite) build with their OIDC token",
+		Long:    trustLong,
+		Example: `  kiln trust-policies add --project k3v9x0ab2mqd --github acme/app
+  kiln trust-policies add --project k3v9x0ab2mqd --gitlab acme/backend/api
+  kiln trust-policies list --project k3v9x0ab2mqd
+  kiln trust-policies remove --project k3v9x0ab2mqd tp_h2k9d0s8a1lq`,
+	}
+	cmd.PersistentFlags().StringVar(&projectFlag, "project", "", "project ID (env KILN_PROJECT_ID, or kiln.json)")
+	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print JSON")
+	setup := func() (client.Config, string, error) {
+		c, err := g.config()
+		if err != nil {
+			return c, "", err
+		}
+		proj, err := client.FindProject(projectFlag, ".")
+		return c, proj, err
+	}
+	print := func(w io.Writer, tps ...*kilnv1.TrustPolicy) error {
+		if asJSON {
+			var out []json.RawMessage
+			for _, tp := range tps {
+				b, err := protojson.Marshal(tp)
+				if err != nil {
+					return err
+				}
+				out = append(out, b)
+			}
+			enc := json.NewEncoder(w)
+			enc.SetIndent("", "  ")
+			if len(tps) == 1 {
+				return enc.Encode(out[0])
+			}
+			if out == nil {
+				out = []json.RawMessage{}
+			}
+			return enc.Encode(out)
+		}
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tPROVIDER\tMATCHES\tCREATED")
+		for _, tp := range tps {
+			provider, match := describeTrustPolicy(tp)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", tp.TrustPolicyId, provider, match, tp.CreatedAt.AsTime().Local().Format(time.RFC3339))
+		}
+		return tw.Flush()
+	}
+
+	cmd.AddCommand(&cobra.Command{
+		Use:     "list",
+		Short:   "List a project's trust policies",
+		Example: "  kiln trust-policies list --project k3v9x0ab2mqd --json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, proj, err := setup()
+			if err != nil {
+				return err
+			}
+			res, err := c.TrustPolicies().ListTrustPolicies(cmd.Context(), connect.NewRequest(&kilnv1.ListTrustPoliciesRequest{ProjectId: proj}))
+			if err != nil {
+				return err
+			}
+			return print(cmd.OutOrStdout(), res.Msg.TrustPolicies...)
+		},
+	})
+
+	var github, gitlab, circleci, buildkite string
+	add := &cobra.Command{
+		Use:   "add (--github OWNER/REPO | --gitlab GROUP/PROJECT | --circleci ORG_ID/PROJECT_ID | --buildkite ORG/PIPELINE)",
+		Short: "Let the CI jobs of one repository or pipeline build in a project",
+		Example: `  kiln trust-policies add --project k3v9x0ab2mqd --github acme/app
+  kiln trust-policies add --project k3v9x0ab2mqd --gitlab acme/backend/api
+  kiln trust-policies add --project k3v9x0ab2mqd --circleci 6b1f3a4e-5c7d-4e8f-9a0b-1c2d3e4f5a6b/0c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f
+  kiln trust-policies add --project k3v9x0ab2mqd --buildkite acme/deploy`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			req, err := trustPolicyRequest(github, gitlab, circleci, buildkite)
+			if err != nil {
+				return err
+			}
+			c, proj, err := setup()
+			if err != nil {
+				return err
+			}
+			req.ProjectId = proj
+			res, err := c.TrustPolicies().AddTrustPolicy(cmd.Context(), connect.NewRequest(req))
+			if err != nil {
+				return err
+			}
+			return print(cmd.OutOrStdout(), res.Msg.TrustPolicy)
+		},
+	}
+	add.Flags().StringVar(&github, "github", "", "GitHub repository OWNER/REPO")
+	add.Flags().StringVar(&gitlab, "gitlab", "", "GitLab project path GROUP[/SUBGROUP…]/PROJECT")
+	add.Flags().StringVar(&circleci, "circleci", "", "CircleCI ORGANIZATION_ID/PROJECT_ID (UUIDs, from the organization's and project's settings)")
+	add.Flags().StringVar(&buildkite, "buildkite", "", "Buildkite ORGANIZATION_SLUG/PIPELINE_SLUG")
+	cmd.AddCommand(add)
+
+	cmd.AddCommand(&cobra.Command{
+		Use:     "remove ID",
+		Aliases: []string{"rm", "delete"},
+		Short:   "Remove a trust policy; jobs it admitted are refused from their next request",
+		Example: "  kiln trust-policies remove --project k3v9x0ab2mqd tp_h2k9d0s8a1lq",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, proj, err := setup()
+			if err != nil {
+				return err
+			}
+			if _, err := c.TrustPolicies().RemoveTrustPolicy(cmd.Context(), connect.NewRequest(&kilnv1.RemoveTrustPolicyRequest{
+				ProjectId: proj, TrustPolicyId: args[0]})); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed trust policy %s\n", args[0])
+			return nil
+		},
+	})
+	return cmd
+}
+
+// trustPolicyRequest builds an AddTrustPolicyRequest from exactly one of
+// the provider flags. Field syntax is checked by the server; here only the
+// shape A/B.
+func trustPolicyRequest(github, gitlab, circleci, buildkite string) (*kilnv1.AddTrustPolicyRequest, error) {
+	set := 0
+	for _, v := range []string{github, gitlab, circleci, buildkite} {
+		if v != "" {
+			set++
+		}
+	}
+	if set != 1 {
+		return nil, errors.New("pass exactly one of --github OWNER/REPO, --gitlab GROUP/PROJECT, --circleci ORG_ID/PROJECT_ID, --buildkite ORG/PIPELINE")
+	}
+	pair := func(flag, v, want string) (string, string, error) {
+		a, b, ok := strings.Cut(v, "/")
+		if !ok || a == "" || b == "" || strings.Contains(b, "/") {
+			return "", "", fmt.Errorf("--%s %q: want %s", flag, v, want)
+		}
+		return a, b, nil
+	}
+	req := &kilnv1.AddTrustPolicyRequest{}
+	switch {
+	case github != "":
+		owner, repo, err := pair("github", github, "OWNER/REPO")
+		if err != nil {
+			return nil, err
+		}
+		// Depot's convention: the repository without its owner.
+		req.Provider = &kilnv1.AddTrustPolicyRequest_Github{Github: &kilnv1.TrustPolicy_GitHub{RepositoryOwner: owner, Repository: repo}}
+	case gitlab != "":
+		i := strings.LastIndex(gitlab, "/")
+		if i <= 0 || i == len(gitlab)-1 {
+			return nil, fmt.Errorf("--gitlab %q: want GROUP[/SUBGROUP…]/PROJECT", gitlab)
+		}
+		req.Provider = &kilnv1.AddTrustPolicyRequest_Gitlab{Gitlab: &kilnv1.TrustPolicy_GitLab{NamespacePath: gitlab[:i], ProjectPath: gitlab}}
+	case circleci != "":
+		org, proj, err := pair("circleci", circleci, "ORGANIZATION_ID/PROJECT_ID")
+		if err != nil {
+			return nil, err
+		}
+		req.Provider = &kilnv1.AddTrustPolicyRequest_Circleci{Circleci: &kilnv1.TrustPolicy_CircleCI{OrganizationUuid: org, ProjectUuid: proj}}
+	default:
+		org, pipeline, err := pair("buildkite", buildkite, "ORGANIZATION_SLUG/PIPELINE_SLUG")
+		if err != nil {
+			return nil, err
+		}
+		req.Provider = &kilnv1.AddTrustPolicyRequest_Buildkite{Buildkite: &kilnv1.TrustPolicy_Buildkite{OrganizationSlug: org, PipelineSlug: pipeline}}
+	}
+	return req, nil
+}
+
+// describeTrustPolicy says what a policy matches, as the add flags spell it.
+func describeTrustPolicy(tp *kilnv1.TrustPolicy) (provider, match string) {
+	switch {
+	case tp.GetGithub() != nil:
+		repo := tp.GetGithub().Repository
+		if !strings.Contains(repo, "/") {
+			repo = tp.GetGithub().RepositoryOwner + "/" + repo
+		}
+		return "github", repo
+	case tp.GetGitlab() != nil:
+		return "gitlab", tp.GetGitlab().ProjectPath
+	case tp.GetCircleci() != nil:
+		return "circleci", tp.GetCircleci().OrganizationUuid + "/" + tp.GetCircleci().ProjectUuid
+	case tp.GetBuildkite() != nil:
+		return "buildkite", tp.GetBuildkite().OrganizationSlug + "/" + tp.GetBuildkite().PipelineSlug
+	}
+	return "?", ""
+}

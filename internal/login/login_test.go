@@ -1,0 +1,421 @@
+package login
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"math"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// clock is a settable test clock, safe for concurrent use.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func newStore(t *testing.T) *store.SQLite {
+	t.Helper()
+	st, err := store.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "kiln.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ctx := context.Background()
+	st.CreateOrganization(ctx, store.Organization{ID: "org_a", Name: "a", CreatedAt: time.Now()})
+	st.CreateOrganization(ctx, store.Organization{ID: "org_b", Name: "b", CreatedAt: time.Now()})
+	return st
+}
+
+var (
+	admin    = auth.Principal{TokenID: "tok_admin", Kind: store.TokenOrg, OrgID: "org_a"}
+	prjToken = auth.Principal{TokenID: "tok_prj", Kind: store.TokenProject, OrgID: "org_a", ProjectID: "p1"}
+)
+
+// finishAsync runs Finish in the background.
+func finishAsync(ctx context.Context, s *Service, id string) <-chan result {
+	out := make(chan result, 1)
+	go func() {
+		tok, err := s.Finish(ctx, id)
+		out <- result{tok, err}
+	}()
+	return out
+}
+
+type result struct {
+	token string
+	err   error
+}
+
+func within(t *testing.T, c <-chan result, d time.Duration, what string) result {
+	t.Helper()
+	select {
+	case r := <-c:
+		return r
+	case <-time.After(d):
+		t.Fatalf("%s: Finish did not return within %s", what, d)
+		return result{}
+	}
+}
+
+func notYet(t *testing.T, c <-chan result, what string) {
+	t.Helper()
+	select {
+	case r := <-c:
+		t.Fatalf("%s: Finish returned early: %+v", what, r)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+func TestApproveThenFinishOnce(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	// An hour between polls: only the in-process wake-up can end the wait.
+	s := New(st, Config{PollInterval: time.Hour}, quiet)
+	started, err := s.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if started.Code != strings.ToUpper(started.ApprovalID[:4]+"-"+started.ApprovalID[4:8]) {
+		t.Errorf("code %q does not match approval id %q", started.Code, started.ApprovalID)
+	}
+	if info, err := s.Lookup(ctx, started.ApprovalID); err != nil || info.Status != store.LoginPending || info.Code != started.Code {
+		t.Errorf("Lookup = %+v, %v", info, err)
+	}
+
+	waiting := finishAsync(ctx, s, started.ID)
+	notYet(t, waiting, "pending login")
+
+	if _, err := s.Approve(ctx, prjToken, started.ApprovalID); !errors.Is(err, errdefs.ErrPermission) {
+		t.Errorf("a project token approved a login: %v", err)
+	}
+	approved, err := s.Approve(ctx, admin, started.ApprovalID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if approved.Code != started.Code || approved.OrgID != "org_a" || !strings.HasPrefix(approved.TokenID, "tok_") {
+		t.Errorf("Approve = %+v", approved)
+	}
+	if got := time.Until(approved.TokenExpiresAt); got < 29*24*time.Hour || got > 31*24*time.Hour {
+		t.Errorf("token expires in %s, want about 30 days", got)
+	}
+	if _, err := s.Approve(ctx, admin, started.ApprovalID); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("second Approve: %v, want ErrFailedPrecondition", err)
+	}
+	if _, err := s.Deny(ctx, admin, started.ApprovalID); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("Deny after Approve: %v, want ErrFailedPrecondition", err)
+	}
+
+	r := within(t, waiting, 5*time.Second, "approved login")
+	if r.err != nil {
+		t.Fatalf("Finish: %v", r.err)
+	}
+	// The token is a new organization token of the approver's org.
+	p, err := (&auth.Authenticator{Store: st}).Authenticate(ctx, r.token)
+	if err != nil {
+		t.Fatalf("minted token does not authenticate: %v", err)
+	}
+	if !p.IsOrg() || p.OrgID != "org_a" || p.TokenID != approved.TokenID {
+		t.Errorf("minted token principal = %+v, want an org token of org_a with id %s", p, approved.TokenID)
+	}
+	tok, _ := st.GetToken(ctx, approved.TokenID)
+	if !strings.HasPrefix(tok.Description, "device login 20") || !tok.ExpiresAt.Equal(approved.TokenExpiresAt.Truncate(time.Millisecond)) {
+		t.Errorf("minted token = %+v", tok)
+	}
+
+	// Finished once: the token is never handed out again.
+	if _, err := s.Finish(ctx, started.ID); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("second Finish: %v, want ErrFailedPrecondition", err)
+	}
+	if info, _ := s.Lookup(ctx, started.ApprovalID); info.Status != store.LoginFinished {
+		t.Errorf("Lookup after finish: %+v", info)
+	}
+	if s.waiters != 0 || len(s.watches) != 0 {
+		t.Errorf("waiters left behind: %d, %v", s.waiters, s.watches)
+	}
+}
+
+func TestUnknownAndMalformedIDs(t *testing.T) {
+	ctx := context.Background()
+	s := New(newStore(t), Config{}, quiet)
+	started, _ := s.Start(ctx)
+	hostile := []string{
+		"", "x", strings.Repeat("a", 31), strings.Repeat("a", 33), strings.Repeat("a", 100000),
+		"../../../../etc/passwd", "<script>alert(1)</script>", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\x00",
+		"ааааааааааааааааааааааааааааааа", // Cyrillic
+		strings.Repeat("A", 26),
+		strings.ToUpper(started.ID[:1]) + started.ID[1:], // ids are case-sensitive
+	}
+	for _, id := range hostile {
+		if id == started.ID {
+			continue
+		}
+		if _, err := s.Finish(ctx, id); !errdefs.IsNotFound(err) {
+			t.Errorf("Finish(%.40q): %v, want NotFound", id, err)
+		}
+		if _, err := s.Approve(ctx, admin, id); !errdefs.IsNotFound(err) {
+			t.Errorf("Approve(%.40q): %v, want NotFound", id, err)
+		}
+		if _, err := s.Lookup(ctx, id); !errdefs.IsNotFound(err) {
+			t.Errorf("Lookup(%.40q): %v, want NotFound", id, err)
+		}
+	}
+	// Well-formed but unknown.
+	if _, err := s.Finish(ctx, auth.RandomString(32)); !errdefs.IsNotFound(err) {
+		t.Errorf("Finish(unknown): %v", err)
+	}
+	if _, err := s.Approve(ctx, admin, newApprovalID()); !errdefs.IsNotFound(err) {
+		t.Errorf("Approve(unknown): %v", err)
+	}
+	// Neither id is accepted where the other is expected.
+	if _, err := s.Finish(ctx, started.ApprovalID); !errdefs.IsNotFound(err) {
+		t.Errorf("Finish(approval id): %v", err)
+	}
+	if _, err := s.Approve(ctx, admin, started.ID); !errdefs.IsNotFound(err) {
+		t.Errorf("Approve(login id): %v", err)
+	}
+}
+
+func TestIDEntropyAndFormat(t *testing.T) {
+	ctx := context.Background()
+	s := New(newStore(t), Config{}, quiet)
+	// 32 of 62 symbols and 26 of 32 symbols: both well over 128 bits.
+	if bits := idLen * math.Log2(62); bits < 128 {
+		t.Errorf("login id has %.0f bits", bits)
+	}
+	if bits := approvalLen * math.Log2(float64(len(approvalAlphabet))); bits < 128 {
+		t.Errorf("approval id has %.0f bits", bits)
+	}
+	seen := map[string]bool{}
+	symbols := map[rune]int{}
+	const n = 300
+	for i := 0; i < n; i++ {
+		st, err := s.Start(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ValidID(st.ID) || !ValidApprovalID(st.ApprovalID) {
+			t.Fatalf("malformed ids: %q %q", st.ID, st.ApprovalID)
+		}
+		if seen[st.ID] || seen[st.ApprovalID] {
+			t.Fatalf("id repeated after %d logins", i)
+		}
+		seen[st.ID], seen[st.ApprovalID] = true, true
+		for _, r := range st.ApprovalID {
+			symbols[r]++
+		}
+	}
+	// Every letter of the approval alphabet turns up, roughly uniformly
+	// (expected n*26/32 ≈ 244 each; a broken generator is far off).
+	for _, r := range approvalAlphabet {
+		if c := symbols[r]; c < 150 || c > 350 {
+			t.Errorf("approval id letter %q appeared %d times in %d ids", r, c, n)
+		}
+	}
+}
+
+func TestExpiry(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{t: time.Now()}
+	s := New(newStore(t), Config{TTL: 10 * time.Minute, Now: clk.Now}, quiet)
+	a, _ := s.Start(ctx)
+	b, _ := s.Start(ctx)
+	if _, err := s.Approve(ctx, admin, b.ApprovalID); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(10*time.Minute + time.Second)
+	if _, err := s.Approve(ctx, admin, a.ApprovalID); !errors.Is(err, errdefs.ErrExpired) {
+		t.Errorf("Approve after expiry: %v, want ErrExpired", err)
+	}
+	if _, err := s.Finish(ctx, a.ID); !errors.Is(err, errdefs.ErrExpired) {
+		t.Errorf("Finish of expired pending login: %v, want ErrExpired", err)
+	}
+	if _, err := s.Finish(ctx, b.ID); !errors.Is(err, errdefs.ErrExpired) {
+		t.Errorf("Finish of an approved login collected too late: %v, want ErrExpired", err)
+	}
+	if info, _ := s.Lookup(ctx, a.ApprovalID); info.Status != StatusExpired {
+		t.Errorf("Lookup of expired login: %+v", info)
+	}
+	// Ended logins are forgotten after Keep; then the id is unknown.
+	clk.Add(2 * time.Hour)
+	s.Start(ctx) // sweeps
+	if _, err := s.Finish(ctx, a.ID); !errdefs.IsNotFound(err) {
+		t.Errorf("Finish of a forgotten login: %v, want NotFound", err)
+	}
+}
+
+func TestWaiterEndsAtExpiry(t *testing.T) {
+	ctx := context.Background()
+	s := New(newStore(t), Config{TTL: 300 * time.Millisecond, PollInterval: time.Hour}, quiet)
+	st, _ := s.Start(ctx)
+	start := time.Now()
+	r := within(t, finishAsync(ctx, s, st.ID), 5*time.Second, "expiring login")
+	if !errors.Is(r.err, errdefs.ErrExpired) {
+		t.Errorf("Finish: %v, want ErrExpired", r.err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("waiter noticed expiry after %s", took)
+	}
+}
+
+func TestDeny(t *testing.T) {
+	ctx := context.Background()
+	s := New(newStore(t), Config{PollInterval: time.Hour}, quiet)
+	st, _ := s.Start(ctx)
+	waiting := finishAsync(ctx, s, st.ID)
+	notYet(t, waiting, "pending login")
+	if _, err := s.Deny(ctx, prjToken, st.ApprovalID); !errors.Is(err, errdefs.ErrPermission) {
+		t.Errorf("a project token denied a login: %v", err)
+	}
+	if code, err := s.Deny(ctx, admin, st.ApprovalID); err != nil || code != st.Code {
+		t.Fatalf("Deny = %q, %v", code, err)
+	}
+	if r := within(t, waiting, 5*time.Second, "denied login"); !errors.Is(r.err, errdefs.ErrPermission) {
+		t.Errorf("Finish of denied login: %v, want ErrPermission", r.err)
+	}
+	if _, err := s.Approve(ctx, admin, st.ApprovalID); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("Approve after Deny: %v", err)
+	}
+}
+
+func TestConcurrentFinishers(t *testing.T) {
+	ctx := context.Background()
+	s := New(newStore(t), Config{PollInterval: time.Hour, MaxPerLogin: 4}, quiet)
+	st, _ := s.Start(ctx)
+	var waiting []<-chan result
+	for i := 0; i < 4; i++ {
+		waiting = append(waiting, finishAsync(ctx, s, st.ID))
+	}
+	time.Sleep(100 * time.Millisecond)
+	// A fifth waiter on the same login is refused, not queued.
+	if _, err := s.Finish(ctx, st.ID); !errors.Is(err, errdefs.ErrExhausted) {
+		t.Errorf("fifth waiter: %v, want ErrExhausted", err)
+	}
+	if _, err := s.Approve(ctx, admin, st.ApprovalID); err != nil {
+		t.Fatal(err)
+	}
+	tokens := 0
+	for _, w := range waiting {
+		r := within(t, w, 5*time.Second, "concurrent finisher")
+		switch {
+		case r.err == nil && r.token != "":
+			tokens++
+		case errors.Is(r.err, errdefs.ErrFailedPrecondition):
+		default:
+			t.Errorf("finisher: %+v", r)
+		}
+	}
+	if tokens != 1 {
+		t.Errorf("%d finishers got a token, want exactly 1", tokens)
+	}
+}
+
+func TestOtherReplicaApproves(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	// Two services on one store stand for two control-plane replicas: the
+	// waiter on a sees b's approval on its next poll.
+	a := New(st, Config{PollInterval: 50 * time.Millisecond}, quiet)
+	b := New(st, Config{}, quiet)
+	started, _ := a.Start(ctx)
+	waiting := finishAsync(ctx, a, started.ID)
+	notYet(t, waiting, "pending login")
+	if _, err := b.Approve(ctx, admin, started.ApprovalID); err != nil {
+		t.Fatal(err)
+	}
+	if r := within(t, waiting, 5*time.Second, "approved elsewhere"); r.err != nil || r.token == "" {
+		t.Errorf("Finish = %+v", r)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	ctx := context.Background()
+	s := New(newStore(t), Config{MaxPending: 3, MaxWaiters: 2, PollInterval: time.Hour}, quiet)
+	var ids []Started
+	for i := 0; i < 3; i++ {
+		st, err := s.Start(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, st)
+	}
+	if _, err := s.Start(ctx); !errors.Is(err, errdefs.ErrExhausted) {
+		t.Errorf("Start beyond MaxPending: %v, want ErrExhausted", err)
+	}
+
+	wctx, cancel := context.WithCancel(ctx)
+	w1, w2 := finishAsync(wctx, s, ids[0].ID), finishAsync(wctx, s, ids[1].ID)
+	time.Sleep(100 * time.Millisecond)
+	if _, err := s.Finish(ctx, ids[2].ID); !errors.Is(err, errdefs.ErrExhausted) {
+		t.Errorf("waiter beyond MaxWaiters: %v, want ErrExhausted", err)
+	}
+	// A caller going away frees its slot and leaves the login collectable.
+	cancel()
+	for _, w := range []<-chan result{w1, w2} {
+		if r := within(t, w, 5*time.Second, "canceled waiter"); !errors.Is(r.err, context.Canceled) {
+			t.Errorf("canceled Finish: %v", r.err)
+		}
+	}
+	s.mu.Lock()
+	left := s.waiters
+	s.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d waiters left after cancel", left)
+	}
+	if _, err := s.Approve(ctx, admin, ids[0].ApprovalID); err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := s.Finish(ctx, ids[0].ID); err != nil || tok == "" {
+		t.Errorf("Finish after a canceled wait: %q, %v", tok, err)
+	}
+}
+
+func TestCode(t *testing.T) {
+	if got := Code("abcdefghijkmnpqrstuvwxyz23"); got != "ABCD-EFGH" {
+		t.Errorf("Code = %q", got)
+	}
+	for _, bad := range []string{"", "ABCDEFGHIJKMNPQRSTUVWXYZ23", "abcdefghijkmnpqrstuvwxyz2", "abcdefghijkmnpqrstuvwxyz0o"} {
+		if got := Code(bad); got != "" {
+			t.Errorf("Code(%q) = %q, want empty", bad, got)
+		}
+	}
+}
+
+func TestCloseEndsWaiters(t *testing.T) {
+	ctx := context.Background()
+	s := New(newStore(t), Config{PollInterval: time.Hour}, quiet)
+	st, _ := s.Start(ctx)
+	waiting := finishAsync(ctx, s, st.ID)
+	notYet(t, waiting, "pending login")
+	s.Close()
+	s.Close() // idempotent
+	if r := within(t, waiting, 5*time.Second, "closed service"); !errors.Is(r.err, errdefs.ErrUnavailable) {
+		t.Errorf("Finish after Close: %v, want ErrUnavailable", r.err)
+	}
+	// The login survives for a restarted server (another Service, same store).
+	s2 := New(s.store, Config{}, quiet)
+	if _, err := s2.Approve(ctx, admin, st.ApprovalID); err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := s2.Finish(ctx, st.ID); err != nil || tok == "" {
+		t.Errorf("Finish on the restarted service: %q, %v", tok, err)
+	}
+}

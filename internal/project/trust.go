@@ -1,0 +1,183 @@
+package project
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// MaxTrustPolicies bounds one project's policies.
+const MaxTrustPolicies = 100
+
+// ListTrustPolicies lists a project's trust policies. Like tokens, they
+// are the project's administration: organization tokens only.
+func (s *Service) ListTrustPolicies(ctx context.Context, p auth.Principal, projectID string) ([]store.TrustPolicy, error) {
+	proj, err := s.admin(ctx, p, projectID, "listing trust policies")
+	if err != nil {
+		return nil, err
+	}
+	return s.Store.ListTrustPolicies(ctx, proj.ID)
+}
+
+// AddTrustPolicy lets CI jobs matching in (Provider, Owner, Repo; see
+// store.TrustPolicy) build in the project. Adding a policy the project
+// already has (ignoring case) returns the existing one, so CI setup
+// scripts can run it again.
+func (s *Service) AddTrustPolicy(ctx context.Context, p auth.Principal, projectID string, in store.TrustPolicy) (store.TrustPolicy, error) {
+	proj, err := s.admin(ctx, p, projectID, "adding a trust policy")
+	if err != nil {
+		return store.TrustPolicy{}, err
+	}
+	owner, repo, err := NormalizeTrustPolicy(in.Provider, in.Owner, in.Repo)
+	if err != nil {
+		return store.TrustPolicy{}, err
+	}
+	have, err := s.Store.ListTrustPolicies(ctx, proj.ID)
+	if err != nil {
+		return store.TrustPolicy{}, err
+	}
+	for _, tp := range have {
+		if tp.Provider == in.Provider && strings.EqualFold(tp.Owner, owner) && strings.EqualFold(tp.Repo, repo) {
+			return tp, nil
+		}
+	}
+	if len(have) >= MaxTrustPolicies {
+		return store.TrustPolicy{}, fmt.Errorf("project %q has %d trust policies, the most allowed: %w", proj.ID, len(have), errdefs.ErrExhausted)
+	}
+	tp := store.TrustPolicy{ID: "tp_" + NewID(), ProjectID: proj.ID, OrgID: proj.OrgID, Provider: in.Provider,
+		Owner: owner, Repo: repo, CreatedAt: time.Now().UTC()}
+	return tp, s.Store.CreateTrustPolicy(ctx, tp)
+}
+
+// RemoveTrustPolicy deletes one of the project's policies; CI jobs it
+// admitted are refused from their next request on.
+func (s *Service) RemoveTrustPolicy(ctx context.Context, p auth.Principal, projectID, policyID string) error {
+	proj, err := s.admin(ctx, p, projectID, "removing a trust policy")
+	if err != nil {
+		return err
+	}
+	if policyID == "" {
+		return fmt.Errorf("trust policy id is required: %w", errdefs.ErrInvalid)
+	}
+	tp, err := s.Store.GetTrustPolicy(ctx, policyID)
+	if err != nil {
+		return err
+	}
+	if tp.ProjectID != proj.ID {
+		// Another project's policy is as absent as a missing one.
+		return fmt.Errorf("trust policy %q: %w", policyID, errdefs.ErrNotFound)
+	}
+	return s.Store.DeleteTrustPolicy(ctx, policyID)
+}
+
+var (
+	// GitHub owners are alphanumerics and hyphens; GitHub Enterprise
+	// Server also allows underscores and dots from identity providers.
+	ghOwner = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$`)
+	ghRepo  = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,100}$`)
+	uuidRE  = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	bkSlug  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$`)
+	// One GitLab path segment (a group, subgroup or project path).
+	glSegment = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$`)
+)
+
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf(format+": %w", append(args, errdefs.ErrInvalid)...)
+}
+
+func validSlug(re *regexp.Regexp, s string) bool {
+	return re.MatchString(s) && s != "." && s != ".."
+}
+
+// NormalizeTrustPolicy checks a policy's two match fields for its
+// provider and returns them in stored form (trimmed; CircleCI UUIDs
+// lowercased; GitLab's project as its full path).
+func NormalizeTrustPolicy(provider, owner, repo string) (string, string, error) {
+	owner, repo = strings.TrimSpace(owner), strings.TrimSpace(repo)
+	switch provider {
+	case store.ProviderGitHub:
+		if !validSlug(ghOwner, owner) {
+			return "", "", invalidf("GitHub repository owner %q: want 1-100 letters, digits, '-', '_' or '.'", truncInput(owner))
+		}
+		name := repo
+		if o, n, ok := strings.Cut(repo, "/"); ok {
+			if !strings.EqualFold(o, owner) {
+				return "", "", invalidf("GitHub repository %q is not under owner %q", truncInput(repo), owner)
+			}
+			name = n
+		}
+		if !validSlug(ghRepo, name) {
+			return "", "", invalidf("GitHub repository %q: want \"repo\" or \"owner/repo\" (letters, digits, '-', '_', '.')", truncInput(repo))
+		}
+		return owner, repo, nil
+	case store.ProviderCircleCI:
+		if !uuidRE.MatchString(owner) {
+			return "", "", invalidf("CircleCI organization %q: want the organization's UUID (Organization Settings → Overview)", truncInput(owner))
+		}
+		if !uuidRE.MatchString(repo) {
+			return "", "", invalidf("CircleCI project %q: want the project's UUID (Project Settings → Overview)", truncInput(repo))
+		}
+		return strings.ToLower(owner), strings.ToLower(repo), nil
+	case store.ProviderBuildkite:
+		if !validSlug(bkSlug, owner) {
+			return "", "", invalidf("Buildkite organization slug %q: want 1-100 letters, digits, '-', '_' or '.'", truncInput(owner))
+		}
+		if !validSlug(bkSlug, repo) {
+			return "", "", invalidf("Buildkite pipeline slug %q: want 1-100 letters, digits, '-', '_' or '.'", truncInput(repo))
+		}
+		return owner, repo, nil
+	case store.ProviderGitLab:
+		if !validGitLabPath(owner, 20) {
+			return "", "", invalidf("GitLab namespace %q: want a group path like \"group\" or \"group/subgroup\"", truncInput(owner))
+		}
+		full := repo
+		if !strings.Contains(repo, "/") {
+			full = owner + "/" + repo
+		}
+		ns, name, _ := cutLast(full, "/")
+		if !strings.EqualFold(ns, owner) || !validGitLabPath(name, 1) {
+			return "", "", invalidf("GitLab project %q: want \"project\" or its full path under namespace %q", truncInput(repo), owner)
+		}
+		return owner, full, nil
+	case "":
+		return "", "", invalidf("a trust policy needs a provider (github, circleci, buildkite or gitlab)")
+	}
+	return "", "", invalidf("unknown trust policy provider %q (github, circleci, buildkite or gitlab)", truncInput(provider))
+}
+
+func validGitLabPath(p string, maxSegments int) bool {
+	if p == "" || len(p) > 255 {
+		return false
+	}
+	segs := strings.Split(p, "/")
+	if len(segs) > maxSegments {
+		return false
+	}
+	for _, s := range segs {
+		if !validSlug(glSegment, s) || strings.HasSuffix(s, ".") || strings.HasSuffix(strings.ToLower(s), ".git") {
+			return false
+		}
+	}
+	return true
+}
+
+func cutLast(s, sep string) (before, after string, found bool) {
+	if i := strings.LastIndex(s, sep); i >= 0 {
+		return s[:i], s[i+len(sep):], true
+	}
+	return "", s, false
+}
+
+// trunc bounds user input echoed in messages.
+func truncInput(s string) string {
+	if len(s) > 100 {
+		return s[:100] + "…"
+	}
+	return s
+}

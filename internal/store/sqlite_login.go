@@ -1,0 +1,70 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"time"
+)
+
+var _ Logins = (*SQLite)(nil)
+
+const loginCols = `id_hash, approval_id, status, org_id, approved_by, token_id, created_at, expires_at, updated_at`
+
+func scanLogin(sc interface{ Scan(...any) error }) (Login, error) {
+	var l Login
+	var created, expires, updated int64
+	err := sc.Scan(&l.IDHash, &l.ApprovalID, &l.Status, &l.OrgID, &l.ApprovedBy, &l.TokenID, &created, &expires, &updated)
+	l.CreatedAt, l.ExpiresAt, l.UpdatedAt = fromMs(created), fromMs(expires), fromMs(updated)
+	return l, err
+}
+
+func (s *SQLite) CreateLogin(ctx context.Context, l Login) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO logins (`+loginCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		l.IDHash, l.ApprovalID, l.Status, l.OrgID, l.ApprovedBy, l.TokenID, ms(l.CreatedAt), ms(l.ExpiresAt), ms(l.UpdatedAt))
+	// The ids are random; a collision is reported, never overwritten.
+	return uniqueViolation(err, "login", l.ApprovalID)
+}
+
+func (s *SQLite) GetLogin(ctx context.Context, idHash string) (Login, error) {
+	l, err := scanLogin(s.db.QueryRowContext(ctx, `SELECT `+loginCols+` FROM logins WHERE id_hash = ?`, idHash))
+	// The message never repeats the hash: it is derived from a secret.
+	return l, notFound(err, "login", "")
+}
+
+func (s *SQLite) GetLoginByApproval(ctx context.Context, approvalID string) (Login, error) {
+	l, err := scanLogin(s.db.QueryRowContext(ctx, `SELECT `+loginCols+` FROM logins WHERE approval_id = ?`, approvalID))
+	return l, notFound(err, "login", approvalID)
+}
+
+func (s *SQLite) UpdateLogin(ctx context.Context, idHash string, fn func(*Login) error) (Login, error) {
+	var l Login
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		l, err = scanLogin(tx.QueryRowContext(ctx, `SELECT `+loginCols+` FROM logins WHERE id_hash = ?`, idHash))
+		if err != nil {
+			return notFound(err, "login", "")
+		}
+		if err := fn(&l); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE logins SET status = ?, org_id = ?, approved_by = ?, token_id = ?, expires_at = ?, updated_at = ? WHERE id_hash = ?`,
+			l.Status, l.OrgID, l.ApprovedBy, l.TokenID, ms(l.ExpiresAt), ms(l.UpdatedAt), idHash)
+		return err
+	})
+	return l, err
+}
+
+func (s *SQLite) CountLogins(ctx context.Context, expiresAfter time.Time) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM logins WHERE expires_at > ?`, ms(expiresAfter)).Scan(&n)
+	return n, err
+}
+
+func (s *SQLite) DeleteLogins(ctx context.Context, expiredBefore time.Time) (int, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM logins WHERE expires_at < ?`, ms(expiredBefore))
+	if err != nil {
+		return 0, err
+	}
+	n, err := res.RowsAffected()
+	return int(n), err
+}
