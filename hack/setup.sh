@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what kiln needs on Debian 12 and builds its binaries into bin/:
 #   runc (builders' container runtime), busybox-static (local base images),
-#   buildkitd + buildctl v0.26.3 (from the pinned Go module), and kiln.
+#   buildkitd + buildctl v0.26.3 (from the pinned Go module), and kiln; QEMU binfmt
+#   emulation and bin/busybox-<foreign arch> for multi-platform builds (setup-multiplatform.sh).
 # Safe to run again; it only rebuilds what is missing or stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,8 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 command -v go >/dev/null || { echo "setup: Go 1.26 is required (https://go.dev/dl)" >&2; exit 1; }
+# QEMU binfmt emulation and the foreign-arch busybox for multi-platform builds.
+bash hack/setup-multiplatform.sh
 
 mkdir -p bin
 if [ ! -x bin/buildkitd ] || [ ! -x bin/buildctl ] || [ "$(bin/buildkitd --version 2>/dev/null | awk '{print $3}')" != "$BUILDKIT_VERSION" ]; then

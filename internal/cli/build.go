@@ -5,13 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
 	"github.com/depot/depot-go/proto/depot/cli/v1/cliv1connect"
 	bkclient "github.com/moby/buildkit/client"
+	"github.com/moby/buildkit/exporter/containerimage/exptypes"
 	"github.com/moby/buildkit/util/grpcerrors"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
@@ -28,6 +32,7 @@ type buildFlags struct {
 	iidfile  string
 	metadata string
 	wait     time.Duration
+	check    bool // --check: --call=check
 }
 
 func newBuildCmd(g *globals) *cobra.Command {
@@ -40,7 +45,13 @@ The context is sent incrementally (.dockerignore honoured) and the layer cache
 persists in the project, so rebuilds are fast on any machine.
 
 PATH is a directory, or - to read a tar archive (or a lone Dockerfile) from stdin.`,
-		Example: `  kiln build -o type=oci,dest=out.tar .
+		Example: `  kiln build -t app:dev --load .
+  kiln build -t registry.example.com/app:1.2 --push --cache-to type=registry,ref=registry.example.com/app:cache,mode=max .
+  kiln build -t app -o type=image,name=127.0.0.1:5000/app,push=true,compression=zstd,oci-mediatypes=true .
+  kiln build -o type=oci,dest=out.tar --provenance=mode=max --metadata-file meta.json .
+  kiln build --platform linux/amd64,linux/arm64 -t registry.example.com/app:1.2 --push .
+  kiln build --lint -t app --load .
+  kiln build --call=check .
   kiln build -t app:dev --target runtime --build-arg VERSION=1.2 -o type=docker,dest=app.tar .
   kiln build --secret id=npm,src=$HOME/.npmrc -o type=local,dest=out/ .
   tar -c . | kiln build -o type=tar,dest=- - > rootfs.tar`,
@@ -49,7 +60,7 @@ PATH is a directory, or - to read a tar archive (or a lone Dockerfile) from stdi
 			bf.opts.ContextPath = args[0]
 			bf.opts.Stdin = cmd.InOrStdin()
 			bf.opts.Stdout = cmd.OutOrStdout()
-			return runBuild(cmd.Context(), g, &bf, cmd.ErrOrStderr())
+			return runBuild(cmd.Context(), g, &bf, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
@@ -65,23 +76,61 @@ PATH is a directory, or - to read a tar archive (or a lone Dockerfile) from stdi
 	f.StringArrayVar(&o.NoCacheFilter, "no-cache-filter", nil, "do not cache these stages")
 	f.StringArrayVar(&o.BuildContexts, "build-context", nil, "additional context NAME=PATH|docker-image://REF (repeatable)")
 	f.StringVar(&o.Network, "network", "default", "network for RUN: default | none")
-	f.StringVar(&o.Platform, "platform", "", "target platform, e.g. linux/amd64")
-	f.StringArrayVarP(&o.Outputs, "output", "o", nil, "output: type=local|tar|oci|docker,dest=PATH")
+	f.StringVar(&o.Platform, "platform", "", "target platform(s), e.g. linux/amd64 or linux/amd64,linux/arm64 (one image index)")
+	f.StringVar(&o.BuildPlatform, "build-platform", engine.BuildPlatformDynamic, "builder to run on: dynamic (each platform on its own architecture's builder) | linux/amd64 | linux/arm64")
+	f.StringArrayVarP(&o.Outputs, "output", "o", nil, "output (repeatable): type=local|tar|oci|docker,dest=PATH | type=docker (load) | type=image|registry,name=REF[,push=true][,compression=gzip|zstd|estargz]")
+	f.BoolVar(&o.Push, "push", false, `push the image to the -t names (shorthand for "--output=type=registry")`)
+	f.BoolVar(&o.Load, "load", false, `load the image into the Docker engine at DOCKER_HOST (shorthand for "--output=type=docker")`)
+	f.StringVar(&o.Provenance, "provenance", "", `provenance attestation: true | false | min | max | mode=min|max,... (default: min, attached to pushed images)`)
+	f.StringVar(&o.SBOM, "sbom", "", `SBOM attestation: true | false | generator=IMAGE (the scanner image is pulled by the builder)`)
+	f.StringArrayVar(&o.Attests, "attest", nil, "attestation: type=provenance|sbom[,disabled=true][,KEY=VALUE] (repeatable)")
+	f.StringArrayVar(&o.CacheFrom, "cache-from", nil, "import cache: type=registry,ref=REF | REF (gha and local are ignored: the project cache is persistent)")
+	f.StringArrayVar(&o.CacheTo, "cache-to", nil, "export cache: type=registry,ref=REF[,mode=min|max] | type=inline")
+	f.StringVar(&o.Call, "call", "build", "method to run: build | check | outline | targets [,format=json]")
+	f.BoolVar(&bf.check, "check", false, `shorthand for "--call=check"`)
+	f.BoolVar(&o.Lint, "lint", false, "run the Dockerfile checks before building; violations print with file:line")
+	f.StringVar(&o.LintFailOn, "lint-fail-on", "error", "with --lint, fail the build on: error | warn | none")
 	f.StringVar(&o.Progress, "progress", "auto", "progress output: auto | plain | tty | quiet | rawjson")
 	f.StringVar(&bf.project, "project", "", "project id (env KILN_PROJECT_ID, DEPOT_PROJECT_ID, or kiln.json)")
-	f.StringVar(&bf.iidfile, "iidfile", "", "write the image digest to this file")
+	f.StringVar(&bf.iidfile, "iidfile", "", "write the image ID (config digest; an index's digest for an index) to this file")
 	f.StringVar(&bf.metadata, "metadata-file", "", "write build result metadata (JSON) to this file")
 	f.DurationVar(&bf.wait, "builder-wait", 3*time.Minute, "how long to wait for the builder to start")
 	return cmd
 }
 
-func runBuild(ctx context.Context, g *globals, bf *buildFlags, stderr io.Writer) error {
+func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io.Writer) error {
+	if bf.check {
+		if c := bf.opts.Call; c != "" && c != "build" && !strings.HasPrefix(c, "check") {
+			return fmt.Errorf("--check and --call=%s: give one: %w", c, errdefs.ErrInvalid)
+		}
+		if bf.opts.Call == "" || bf.opts.Call == "build" {
+			bf.opts.Call = "check"
+		}
+	}
 	// Validate everything local before talking to the server.
 	req, err := engine.Prepare(bf.opts)
 	if err != nil {
 		return err
 	}
 	defer req.Close()
+	if bf.iidfile != "" && !req.IsCall() {
+		if !req.ProducesImage() {
+			return fmt.Errorf("--iidfile: the build has no image output (use --load, --push, -o type=image, oci or docker): %w", errdefs.ErrInvalid)
+		}
+		// As buildx: a failed build must not leave an old image ID behind.
+		if err := os.Remove(bf.iidfile); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("--iidfile: %w", err)
+		}
+	}
+	for _, w := range req.Warnings() {
+		fmt.Fprintf(stderr, "kiln: warning: %s\n", w)
+	}
+	if !req.IsCall() {
+		// The Docker engine is checked before a builder is taken.
+		if err := req.CheckDocker(ctx); err != nil {
+			return err
+		}
+	}
 	projectDir := bf.opts.ContextPath
 	if projectDir == "-" {
 		projectDir = "."
@@ -97,49 +146,93 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stderr io.Writer)
 	api := cfg.Builds()
 
 	var outputs []*cliv1.BuildOutput
-	if t := req.OutputType(); t != "" {
-		outputs = append(outputs, &cliv1.BuildOutput{Kind: t, Attributes: map[string]string{"dest": req.OutputDest()}})
+	for _, o := range req.Outputs() {
+		attrs := map[string]string{}
+		if o.Dest != "" {
+			attrs["dest"] = o.Dest
+		}
+		if len(o.Names) > 0 {
+			attrs["name"] = strings.Join(o.Names, ",")
+		}
+		if o.Push {
+			attrs["push"] = "true"
+		}
+		outputs = append(outputs, &cliv1.BuildOutput{Kind: o.Type, Attributes: attrs})
 	}
+	buildOpts := &cliv1.BuildOptions{Command: cliv1.Command_COMMAND_BUILD, Tags: req.Tags(), Outputs: outputs,
+		Push: req.Pushes(), Load: req.Loads(), Lint: bf.opts.Lint}
 	created, err := retryUnavailable(ctx, func() (*connect.Response[cliv1.CreateBuildResponse], error) {
 		return api.CreateBuild(ctx, connect.NewRequest(&cliv1.CreateBuildRequest{
 			ProjectId: projectID,
-			Options:   []*cliv1.BuildOptions{{Command: cliv1.Command_COMMAND_BUILD, Tags: req.Tags(), Outputs: outputs}},
+			Options:   []*cliv1.BuildOptions{buildOpts},
 		}))
 	})
 	if err != nil {
 		return fmt.Errorf("create build in project %s: %w", projectID, err)
 	}
-	b := &remoteBuild{api: api, apiURL: cfg.APIURL, id: created.Msg.BuildId, token: created.Msg.BuildToken, platform: platformOf(req.Platform())}
+	b := &remoteBuild{api: api, apiURL: cfg.APIURL, id: created.Msg.BuildId, token: created.Msg.BuildToken, platform: builderPlatform(req.BuilderPlatform(req.Platform()))}
 	fmt.Fprintf(stderr, "kiln: build %s in project %s\n", b.id, projectID)
 
-	solveErr := b.run(ctx, req, bf, stderr)
+	run := b.run
+	if req.MultiPlatform() {
+		run = b.runMultiPlatform // one builder per platform, results merged (multiplatform.go)
+	}
+	solveErr := run(ctx, req, bf, stderr)
 	b.finish(solveErr)
 	if solveErr != nil {
 		return solveErr
 	}
-	if bf.iidfile != "" {
+	if bf.iidfile != "" && !req.IsCall() {
 		if err := engine.WriteIIDFile(bf.iidfile, b.resp); err != nil {
 			return err
 		}
 	}
 	if bf.metadata != "" {
-		if err := engine.WriteMetadataFile(bf.metadata, b.resp); err != nil {
+		if err := engine.WriteBuildMetadataFile(bf.metadata, b.resp, engine.BuildRef{ProjectID: projectID, BuildID: b.id}); err != nil {
 			return err
 		}
 	}
-	if dest := req.OutputDest(); dest != "" && dest != "-" {
-		fmt.Fprintf(stderr, "kiln: build %s finished: %s output written to %s\n", b.id, req.OutputType(), dest)
-	} else {
-		fmt.Fprintf(stderr, "kiln: build %s finished\n", b.id)
+	if req.IsCall() {
+		code, err := engine.PrintCallResult(stdout, req, b.resp)
+		if err != nil {
+			return err
+		}
+		if code != 0 {
+			return exitError(code)
+		}
+		return nil
 	}
+	fmt.Fprintf(stderr, "kiln: build %s finished%s\n", b.id, describeOutputs(req.Outputs(), b.resp))
 	return nil
 }
 
-func platformOf(p string) cliv1.BuilderPlatform {
-	if strings.Contains(p, "arm64") || strings.Contains(p, "aarch64") {
-		return cliv1.BuilderPlatform_BUILDER_PLATFORM_ARM64
+// describeOutputs says where the result went, for the last line of a build.
+func describeOutputs(outs []engine.Output, resp *bkclient.SolveResponse) string {
+	var parts []string
+	digest := ""
+	if resp != nil {
+		digest = resp.ExporterResponse[exptypes.ExporterImageDigestKey]
 	}
-	return cliv1.BuilderPlatform_BUILDER_PLATFORM_AMD64
+	for _, o := range outs {
+		switch {
+		case o.Push:
+			parts = append(parts, fmt.Sprintf("pushed %s (%s)", strings.Join(o.Names, ", "), digest))
+		case o.Load && len(o.Names) > 0:
+			parts = append(parts, "loaded into Docker as "+strings.Join(o.Names, ", "))
+		case o.Load:
+			parts = append(parts, "loaded into Docker (untagged; see the image ID above)")
+		case o.Dest == "-":
+			parts = append(parts, o.Type+" output written to stdout")
+		case o.Dest != "":
+			parts = append(parts, o.Type+" output written to "+o.Dest)
+		case o.Type == "image":
+			parts = append(parts, "image kept on the builder (not pushed; add --push)")
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return ": " + strings.Join(parts, "; ")
 }
 
 // remoteBuild is one build's conversation with the kiln API.
@@ -302,14 +395,15 @@ func (b *remoteBuild) finish(buildErr error) {
 	})
 }
 
-// retryUnavailable retries calls that failed before reaching the server's
-// logic (Unavailable) with bounded exponential backoff. Nothing else is
-// retried: a call that did something is never silently repeated.
+// retryUnavailable retries calls that failed with a transient error (see
+// isTransient) with bounded exponential backoff: 5 attempts over about 3 s.
+// Nothing else is retried: a call the server answered is never silently
+// repeated.
 func retryUnavailable[T any](ctx context.Context, call func() (*connect.Response[T], error)) (*connect.Response[T], error) {
 	delay := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		res, err := call()
-		if err == nil || connect.CodeOf(err) != connect.CodeUnavailable || attempt == 5 {
+		if err == nil || !isTransient(err) || attempt == 5 {
 			return res, err
 		}
 		select {
@@ -319,4 +413,13 @@ func retryUnavailable[T any](ctx context.Context, call func() (*connect.Response
 		}
 		delay *= 2
 	}
+}
+
+// isTransient reports whether err means the call did not get an answer
+// from the server: Connect's Unavailable (connection refused or reset,
+// server restarting) or a connection reset or refused that surfaced with
+// another code. Typed errors only; messages are never matched.
+func isTransient(err error) bool {
+	return connect.CodeOf(err) == connect.CodeUnavailable ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED)
 }

@@ -3,7 +3,13 @@
 // [Request], dials a BuildKit builder ([Dial]), runs the build with the
 // Dockerfile frontend built into buildkitd ([Solve]) while rendering
 // progress, and writes the build's outputs and metadata files
-// ([WriteIIDFile], [WriteMetadataFile]).
+// ([WriteIIDFile], [WriteMetadataFile]). Outputs are files and
+// directories on the client, images the builder pushes with the user's
+// registry credentials, or an image streamed into the local Docker engine
+// ([Request.CheckDocker]); --call runs a frontend method instead of the
+// build ([PrintCallResult]). A multi-platform build runs one
+// solve per platform, on one builder per architecture, and merges the
+// results into one image index ([SolveMulti]).
 //
 // Everything a user can get wrong is checked by [Prepare] before anything
 // talks to a server. Such errors wrap errdefs.ErrInvalid and name the flag

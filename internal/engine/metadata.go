@@ -43,10 +43,29 @@ func WriteIIDFile(path string, resp *client.SolveResponse) error {
 // containerimage.descriptor, are embedded decoded; all other values are
 // kept as strings.
 func WriteMetadataFile(path string, resp *client.SolveResponse) error {
+	return WriteBuildMetadataFile(path, resp, BuildRef{})
+}
+
+// BuildRef names the kiln build a result came from.
+type BuildRef struct {
+	ProjectID, BuildID string
+}
+
+// WriteBuildMetadataFile is [WriteMetadataFile] with the build named the
+// way tools reading buildx's and depot's metadata expect:
+// "buildx.build.ref" is "kiln/<project>/<build>" (buildx writes
+// "<builder>/<node>/<ref>"), and "depot.build" holds buildID and projectID
+// as depot build writes them.
+func WriteBuildMetadataFile(path string, resp *client.SolveResponse, ref BuildRef) error {
 	if resp == nil {
 		return errors.New("--metadata-file: no build result")
 	}
-	dt, err := json.MarshalIndent(decodeExporterResponse(resp.ExporterResponse), "", "  ")
+	out := decodeExporterResponse(resp.ExporterResponse)
+	if ref.BuildID != "" {
+		out["buildx.build.ref"] = "kiln/" + ref.ProjectID + "/" + ref.BuildID
+		out["depot.build"] = map[string]string{"buildID": ref.BuildID, "projectID": ref.ProjectID}
+	}
+	dt, err := json.MarshalIndent(out, "", "  ")
 	if err != nil {
 		return fmt.Errorf("--metadata-file %s: %w", path, err)
 	}

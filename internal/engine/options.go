@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/containerd/platforms"
 	"github.com/distribution/reference"
 	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/session/secrets/secretsprovider"
@@ -62,12 +61,49 @@ type Options struct {
 	BuildContexts []string
 	// Network is --network: "", "default" or "none".
 	Network string
-	// Platform is --platform; one platform only in this version.
+	// Platform is --platform: one platform, or a comma-separated list for
+	// a multi-platform build ("linux/amd64,linux/arm64").
 	Platform string
-	// Outputs are -o values: "type=local,dest=dir", "type=tar,dest=f",
-	// "type=oci,dest=f", "type=docker,dest=f"; dest "-" is Stdout. A bare
-	// path means type=local,dest=path and a bare "-" means type=tar,dest=-.
+	// BuildPlatform is --build-platform: "" or "dynamic" (each platform on
+	// the builder of its architecture), "linux/amd64" or "linux/arm64"
+	// (every platform on that builder, foreign ones under emulation).
+	BuildPlatform string
+	// Outputs are -o values in buildx syntax: "type=local,dest=dir",
+	// "type=tar,dest=f", "type=oci,dest=f", "type=docker[,dest=f]" (no
+	// dest: load into the Docker engine), "type=image,name=ref[,push=true]",
+	// "type=registry[,name=ref]" (push), "type=cacheonly"; dest "-" (the
+	// default for tar and oci) is Stdout. A bare path means
+	// type=local,dest=path and a bare "-" means type=tar,dest=-. Several
+	// outputs may be given.
 	Outputs []string
+	// Push is --push: push=true on every image output, or a type=image
+	// output pushing to the -t names when there is none.
+	Push bool
+	// Load is --load: a type=docker output loaded into the Docker engine
+	// (DOCKER_HOST, or the current Docker context).
+	Load bool
+	// Provenance is --provenance: "" (buildx's default: min provenance,
+	// attached to image outputs), "true", "false", "min", "max" or
+	// attributes such as "mode=max,builder-id=x".
+	Provenance string
+	// SBOM is --sbom: "", "true", "false" or attributes such as
+	// "generator=image".
+	SBOM string
+	// Attests are --attest values: "type=provenance|sbom[,disabled=true][,k=v...]".
+	Attests []string
+	// CacheFrom and CacheTo are --cache-from and --cache-to values:
+	// "type=registry,ref=R[,mode=min|max]", a bare reference, or
+	// "type=inline" (--cache-to); gha, local, s3 and azblob are accepted
+	// and ignored with a warning (see [Request.Warnings]).
+	CacheFrom, CacheTo []string
+	// Call is --call: "" or "build" (build), "check", "outline" or
+	// "targets", optionally with ",format=json" and ",ignorestatus=true".
+	Call string
+	// Lint is --lint: run the Dockerfile frontend's checks before the
+	// build and print violations; LintFailOn ("error", the default, "warn"
+	// or "none") says which violations stop the build.
+	Lint       bool
+	LintFailOn string
 	// Progress is --progress: "auto" (or ""), "plain", "tty", "quiet" or
 	// "rawjson".
 	Progress string
@@ -96,19 +132,21 @@ type Request struct {
 	ociStores      map[string]string // store id → oci layout directory
 	secrets        []secretsprovider.Source
 	ssh            []sshprovider.AgentConfig
-	output         *outputSpec // nil: build only
+	outputs        []*outputSpec // none: build only
+	attests        []string      // attestation types explicitly enabled (provenance, sbom)
+	cacheImports   []client.CacheOptionsEntry
+	cacheExports   []client.CacheOptionsEntry
+	call           *callFunc     // --call other than build
+	lintFailOn     string        // --lint's level; "" without --lint
+	warnings       []string      // accepted flags that do nothing, for the user
+	docker         *dockerEngine // the --load engine, once CheckDocker reached it
 	stdout         io.Writer
 	progress       progressui.DisplayMode
 	tags           []string
 	platform       string
-	tmpDir         string // removed by Close; "" if none
-}
-
-// outputSpec is one parsed -o value.
-type outputSpec struct {
-	typ   string // client.ExporterLocal, ExporterTar, ExporterOCI, ExporterDocker
-	dest  string // absolute path, or "-" for stdout
-	attrs map[string]string
+	platforms      []string // --platform list, normalized; see multiplatform.go
+	buildPlatform  string   // forced builder platform; "" is dynamic
+	tmpDir         string   // removed by Close; "" if none
 }
 
 // ContextDir is the local directory sent as the build context (for a stdin
@@ -132,28 +170,38 @@ func (r *Request) Platform() string { return r.platform }
 // ProgressMode is the requested progress mode ("auto" when none was given).
 func (r *Request) ProgressMode() string { return string(r.progress) }
 
-// OutputType is the exporter of the -o value ("local", "tar", "oci",
-// "docker"), or "" when the build has no output.
+// OutputType is the exporter of the first output ("local", "tar", "oci",
+// "docker", "image"), or "" when the build has no output. See
+// [Request.Outputs] for all of them.
 func (r *Request) OutputType() string {
-	if r.output == nil {
+	if len(r.outputs) == 0 {
 		return ""
 	}
-	return r.output.typ
+	return r.outputs[0].typ
 }
 
-// OutputDest is the absolute destination of the -o value, "-" for stdout,
-// or "" when the build has no output.
+// OutputDest is the absolute destination of the first output, "-" for
+// stdout, or "" when the build has no output or the output is an image
+// (pushed, loaded, or kept on the builder).
 func (r *Request) OutputDest() string {
-	if r.output == nil {
+	if len(r.outputs) == 0 {
 		return ""
 	}
-	return r.output.dest
+	return r.outputs[0].dest
 }
 
-// Close removes temporary files (e.g. the extracted stdin archive). It is
-// safe to call more than once.
+// Close removes temporary files (e.g. the extracted stdin archive) and
+// closes the connection to the Docker engine, if any. It is safe to call
+// more than once.
 func (r *Request) Close() error {
-	if r == nil || r.tmpDir == "" {
+	if r == nil {
+		return nil
+	}
+	if r.docker != nil {
+		_ = r.docker.api.Close()
+		r.docker = nil
+	}
+	if r.tmpDir == "" {
 		return nil
 	}
 	dir := r.tmpDir
@@ -201,10 +249,30 @@ func Prepare(o Options) (_ *Request, retErr error) {
 	if err := r.parseNetwork(o.Network); err != nil {
 		return nil, err
 	}
-	if err := r.parsePlatform(o.Platform); err != nil {
+	if err := r.parsePlatformFlags(o.Platform, o.BuildPlatform); err != nil {
 		return nil, err
 	}
-	if err := r.parseOutputs(o.Outputs, o.Tags, o.Stdout); err != nil {
+	if err := r.parseOutputs(o.Outputs, o.Push, o.Load, o.Tags, o.Stdout); err != nil {
+		return nil, err
+	}
+	if err := r.parseAttests(o.Attests, o.Provenance, o.SBOM); err != nil {
+		return nil, err
+	}
+	if err := r.parseCache(o.CacheFrom, o.CacheTo); err != nil {
+		return nil, err
+	}
+	call, err := parseCall(o.Call)
+	if err != nil {
+		return nil, err
+	}
+	r.call = call
+	if err := r.parseLint(o.Lint, o.LintFailOn); err != nil {
+		return nil, err
+	}
+	if r.call != nil && o.Lint {
+		return nil, invalidf("--lint and --call=%s: give one (--call=check prints the same checks without building)", o.Call)
+	}
+	if err := r.checkMultiPlatformOutput(); err != nil {
 		return nil, err
 	}
 	if o.Target != "" {
@@ -470,22 +538,6 @@ func (r *Request) parseNetwork(n string) error {
 	return nil
 }
 
-func (r *Request) parsePlatform(p string) error {
-	if p == "" {
-		return nil
-	}
-	if strings.Contains(p, ",") {
-		return invalidf("--platform %q: multi-platform builds are not supported yet; give a single platform", p)
-	}
-	spec, err := platforms.Parse(p)
-	if err != nil {
-		return invalidf("--platform %q: not a valid platform (want os/arch[/variant], e.g. linux/arm64)", p)
-	}
-	r.platform = platforms.Format(platforms.Normalize(spec))
-	r.frontendAttrs["platform"] = r.platform
-	return nil
-}
-
 // parseCSV splits a comma-separated flag value the way buildx does (CSV,
 // so a field may be quoted to contain a comma).
 func parseCSV(v string) ([]string, error) {
@@ -496,90 +548,6 @@ func parseCSV(v string) ([]string, error) {
 		return nil, err
 	}
 	return fields, nil
-}
-
-var supportedOutputs = "local, tar, oci, docker"
-
-func (r *Request) parseOutputs(outs, tags []string, stdout io.Writer) error {
-	if len(outs) == 0 {
-		return nil
-	}
-	if len(outs) > 1 {
-		return invalidf("-o %q: only one output is supported in this version (got %d)", strings.Join(outs, " "), len(outs))
-	}
-	v := outs[0]
-	spec := &outputSpec{attrs: map[string]string{}}
-	switch {
-	case v == "":
-		return invalidf("-o %q: empty output", v)
-	case v == "-":
-		spec.typ, spec.dest = client.ExporterTar, "-"
-	case !strings.Contains(v, "="):
-		spec.typ, spec.dest = client.ExporterLocal, v
-	default:
-		fields, err := parseCSV(v)
-		if err != nil {
-			return invalidWrap(err, "-o %q", v)
-		}
-		for _, f := range fields {
-			k, val, ok := strings.Cut(f, "=")
-			if !ok || k == "" {
-				return invalidf("-o %q: field %q is not key=value", v, f)
-			}
-			switch strings.ToLower(k) {
-			case "type":
-				spec.typ = val
-			case "dest":
-				spec.dest = val
-			default:
-				spec.attrs[k] = val
-			}
-		}
-	}
-
-	switch spec.typ {
-	case "":
-		return invalidf("-o %q: missing type= (supported: %s)", v, supportedOutputs)
-	case client.ExporterLocal, client.ExporterTar, client.ExporterOCI, client.ExporterDocker:
-	case client.ExporterImage, "registry", "cacheonly":
-		return invalidf("-o %q: type=%s is not supported yet (supported: %s)", v, spec.typ, supportedOutputs)
-	default:
-		return invalidf("-o %q: unknown output type %q (supported: %s)", v, spec.typ, supportedOutputs)
-	}
-	if spec.dest == "" {
-		return invalidf("-o %q: missing dest= (a path, or \"-\" for stdout)", v)
-	}
-	if spec.dest == "-" {
-		if spec.typ == client.ExporterLocal {
-			return invalidf("-o %q: type=local writes a directory and cannot use dest=-; use type=tar", v)
-		}
-		if stdout == nil {
-			return invalidf("-o %q: dest=- needs a stdout to write to", v)
-		}
-		if isTerminal(stdout) {
-			return invalidf("-o %q: refusing to write an archive to a terminal; redirect stdout or give dest=<file>", v)
-		}
-	} else {
-		abs, err := filepath.Abs(spec.dest)
-		if err != nil {
-			return invalidWrap(err, "-o %q", v)
-		}
-		spec.dest = abs
-		if spec.typ == client.ExporterLocal {
-			if fi, err := os.Stat(abs); err == nil && !fi.IsDir() {
-				return invalidf("-o %q: dest %s exists and is not a directory", v, abs)
-			}
-		} else if fi, err := os.Stat(abs); err == nil && fi.IsDir() {
-			return invalidf("-o %q: dest %s is a directory; type=%s writes a file", v, abs, spec.typ)
-		}
-	}
-	if spec.typ == client.ExporterDocker && len(tags) > 0 {
-		if _, ok := spec.attrs["name"]; !ok {
-			spec.attrs["name"] = tags[0]
-		}
-	}
-	r.output = spec
-	return nil
 }
 
 func (r *Request) parseSecrets(values []string) error {

@@ -89,14 +89,14 @@ func TestPrepareInvalid(t *testing.T) {
 		{"build-context oci missing", func(o *Options) { o.BuildContexts = []string{"base=oci-layout:///nonexistent/kiln:v1"} }, []string{`--build-context "base=oci-layout:///nonexistent/kiln:v1"`, "no OCI layout"}},
 		{"network host", func(o *Options) { o.Network = "host" }, []string{`--network "host"`}},
 		{"network bogus", func(o *Options) { o.Network = "bridge0" }, []string{`--network "bridge0"`}},
-		{"multi platform", func(o *Options) { o.Platform = "linux/amd64,linux/arm64" }, []string{`--platform "linux/amd64,linux/arm64"`, "multi-platform", "not supported yet"}},
+		{"platform no builder", func(o *Options) { o.Platform = "linux/amd64,linux/riscv64" }, []string{`--platform "linux/amd64,linux/riscv64"`, "no kiln builder or emulator runs linux/riscv64"}},
 		{"bad platform", func(o *Options) { o.Platform = "linux/amd64/v9/x" }, []string{`--platform "linux/amd64/v9/x"`}},
-		{"two outputs", func(o *Options) { o.Outputs = []string{"type=local,dest=a", "type=tar,dest=b"} }, []string{"-o", "only one output"}},
-		{"output unknown type", func(o *Options) { o.Outputs = []string{"type=foo,dest=x"} }, []string{`-o "type=foo,dest=x"`, `unknown output type "foo"`, "local, tar, oci, docker"}},
-		{"output image", func(o *Options) { o.Outputs = []string{"type=image,name=foo"} }, []string{`-o "type=image,name=foo"`, "type=image is not supported yet"}},
-		{"output registry", func(o *Options) { o.Outputs = []string{"type=registry"} }, []string{"type=registry is not supported yet"}},
+		{"two outputs to stdout", func(o *Options) { o.Outputs = []string{"type=oci", "type=tar,dest=-"}; o.Stdout = &bytes.Buffer{} }, []string{"-o", "only one output can be written to stdout"}},
+		{"output unknown type", func(o *Options) { o.Outputs = []string{"type=foo,dest=x"} }, []string{`-o "type=foo,dest=x"`, `unknown output type "foo"`, "local, tar, oci, docker, image, registry"}},
+		{"output registry without name", func(o *Options) { o.Outputs = []string{"type=registry"} }, []string{`-o "type=registry"`, "a tag is needed when pushing"}},
 		{"output no type", func(o *Options) { o.Outputs = []string{"dest=x"} }, []string{`-o "dest=x"`, "missing type="}},
-		{"output no dest", func(o *Options) { o.Outputs = []string{"type=tar"} }, []string{`-o "type=tar"`, "missing dest="}},
+		{"output no dest, no stdout", func(o *Options) { o.Outputs = []string{"type=tar"} }, []string{`-o "type=tar"`, "stdout"}},
+		{"output local no dest", func(o *Options) { o.Outputs = []string{"type=local"} }, []string{`-o "type=local"`, "missing dest="}},
 		{"output bad field", func(o *Options) { o.Outputs = []string{"type=tar,foo"} }, []string{`-o "type=tar,foo"`, `field "foo"`}},
 		{"output local stdout", func(o *Options) { o.Outputs = []string{"type=local,dest=-"} }, []string{`-o "type=local,dest=-"`}},
 		{"output stdout without writer", func(o *Options) { o.Outputs = []string{"type=tar,dest=-"} }, []string{`-o "type=tar,dest=-"`, "stdout"}},
@@ -168,6 +168,7 @@ func TestPrepareAttrs(t *testing.T) {
 		"context:alpine":          "docker-image://busybox:1",
 		"context:context":         "local:_context",
 		"context:src":             "https://github.com/moby/buildkit.git",
+		"attest:provenance":       "mode=min,inline-only=true", // buildx's default
 	}
 	got := r.FrontendAttrs()
 	for k, v := range want {
@@ -200,7 +201,7 @@ func TestPrepareDefaults(t *testing.T) {
 	ctxDir := newContext(t)
 	r := mustPrepare(t, Options{ContextPath: ctxDir, NoCache: true, NoCacheFilter: []string{"x"}})
 	got := r.FrontendAttrs()
-	if got["filename"] != "Dockerfile" || got["no-cache"] != "" || len(got) != 2 {
+	if got["filename"] != "Dockerfile" || got["no-cache"] != "" || got["attest:provenance"] != "mode=min,inline-only=true" || len(got) != 3 {
 		t.Errorf("attrs = %v", got)
 	}
 	if _, ok := got["no-cache"]; !ok {
@@ -221,7 +222,7 @@ func TestPrepareOutputs(t *testing.T) {
 	}{
 		{"-", client.ExporterTar, "-", map[string]string{}},
 		{"type=tar,dest=-", client.ExporterTar, "-", map[string]string{}},
-		{"type=oci,dest=" + dir + "/img.tar,oci-mediatypes=true", client.ExporterOCI, dir + "/img.tar", map[string]string{"oci-mediatypes": "true"}},
+		{"type=oci,dest=" + dir + "/img.tar,oci-mediatypes=true", client.ExporterOCI, dir + "/img.tar", map[string]string{"oci-mediatypes": "true", "name": "app:1"}},
 		{"type=docker,dest=" + dir + "/d.tar", client.ExporterDocker, dir + "/d.tar", map[string]string{"name": "app:1"}},
 		{"type=docker,dest=" + dir + "/d.tar,name=other", client.ExporterDocker, dir + "/d.tar", map[string]string{"name": "other"}},
 		{"type=local,dest=" + dir + "/x", client.ExporterLocal, dir + "/x", map[string]string{}},
@@ -231,12 +232,12 @@ func TestPrepareOutputs(t *testing.T) {
 		if r.OutputType() != tc.typ || r.OutputDest() != tc.dest {
 			t.Errorf("%s: got %s %s", tc.out, r.OutputType(), r.OutputDest())
 		}
-		if len(r.output.attrs) != len(tc.attrs) {
-			t.Errorf("%s: attrs %v, want %v", tc.out, r.output.attrs, tc.attrs)
+		if len(r.outputs[0].attrs) != len(tc.attrs) {
+			t.Errorf("%s: attrs %v, want %v", tc.out, r.outputs[0].attrs, tc.attrs)
 		}
 		for k, v := range tc.attrs {
-			if r.output.attrs[k] != v {
-				t.Errorf("%s: attr %s = %q, want %q", tc.out, k, r.output.attrs[k], v)
+			if r.outputs[0].attrs[k] != v {
+				t.Errorf("%s: attr %s = %q, want %q", tc.out, k, r.outputs[0].attrs[k], v)
 			}
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/containerd/containerd/v2/core/content"
 	contentlocal "github.com/containerd/containerd/v2/plugins/content/local"
@@ -29,7 +31,14 @@ const dockerfileFrontend = "dockerfile.v0"
 // built into buildkitd. The context, Dockerfile directory and local named
 // contexts are sent from disk (.dockerignore is applied by the frontend
 // during the transfer); secrets, SSH agents (only with --ssh) and registry
-// credentials from the user's Docker config are served over the session.
+// credentials from the user's Docker config are served over the session
+// (so the builder pushes and pulls as the user).
+//
+// With --lint the frontend's checks run first and may refuse the build;
+// with --call the frontend method runs instead of the build and the
+// response holds its result (print it with [PrintCallResult]). A --load
+// output streams the image into the Docker engine while BuildKit exports
+// it; Solve returns once the engine has loaded it.
 //
 // Progress is rendered on progressOut in the request's mode (auto is a tty
 // display when progressOut is a terminal, plain otherwise), and every
@@ -44,15 +53,53 @@ func Solve(ctx context.Context, c *client.Client, r *Request, progressOut io.Wri
 	if progressOut == nil {
 		progressOut = io.Discard
 	}
+	if r.call != nil {
+		return r.runCall(ctx, c, progressOut, observe)
+	}
+	if r.lintFailOn != "" {
+		if err := r.runLint(ctx, c, progressOut, observe); err != nil {
+			return nil, err
+		}
+	}
+	var loads []*dockerLoad
+	opt, err := r.solveOptWith(progressOut, func(o *outputSpec) (*dockerLoad, error) {
+		if r.docker == nil {
+			if err := r.CheckDocker(ctx); err != nil {
+				return nil, err
+			}
+		}
+		l := &dockerLoad{engine: r.docker, ctx: ctx, done: make(chan struct{})}
+		loads = append(loads, l)
+		return l, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp, err := r.withProgress(ctx, progressOut, observe, func(ch chan *client.SolveStatus) (*client.SolveResponse, error) {
+		return c.Solve(ctx, nil, opt, ch)
+	})
+	for _, l := range loads {
+		err = l.finish(err)
+		if err == nil && r.progress != progressui.QuietMode && r.progress != progressui.RawJSONMode {
+			for _, m := range l.Messages() {
+				fmt.Fprintf(progressOut, "%s (Docker engine at %s)\n", m, l.engine.host)
+			}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// withProgress runs one solve (run gets the status channel and must close
+// it, as client.Solve and client.Build do) while rendering its progress,
+// and prints the frontend's warnings once it ended.
+func (r *Request) withProgress(ctx context.Context, progressOut io.Writer, observe func(*client.SolveStatus), run func(chan *client.SolveStatus) (*client.SolveResponse, error)) (*client.SolveResponse, error) {
 	display, err := progressui.NewDisplay(progressOut, r.progress)
 	if err != nil {
 		return nil, invalidWrap(err, "--progress %q", string(r.progress))
 	}
-	opt, err := r.solveOpt(progressOut)
-	if err != nil {
-		return nil, err
-	}
-
 	statusCh := make(chan *client.SolveStatus)
 	displayCh := make(chan *client.SolveStatus)
 	var (
@@ -62,8 +109,7 @@ func Solve(ctx context.Context, c *client.Client, r *Request, progressOut io.Wri
 	)
 	go func() {
 		defer close(solved)
-		// client.Solve closes statusCh when it returns.
-		resp, solveErr = c.Solve(ctx, nil, opt, statusCh)
+		resp, solveErr = run(statusCh)
 	}()
 	go func() {
 		defer close(displayCh)
@@ -91,9 +137,31 @@ func Solve(ctx context.Context, c *client.Client, r *Request, progressOut io.Wri
 	return resp, nil
 }
 
-// solveOpt assembles the BuildKit solve options for r. Files an output
-// writes are only created when the exporter asks for them.
+// solveOpt assembles the BuildKit solve options for r: the session
+// (context, secrets, SSH, registry credentials), the frontend attributes
+// (with attestations), cache imports and exports, and one export entry per
+// output, in order. Files an output writes are only created when the
+// exporter asks for them. A Docker load output needs [Request.solveOptWith].
 func (r *Request) solveOpt(progressOut io.Writer) (client.SolveOpt, error) {
+	return r.solveOptWith(progressOut, nil)
+}
+
+// solveOptWith is solveOpt; newLoad makes the Docker load a load output
+// streams into (nil: a load output is an error).
+func (r *Request) solveOptWith(progressOut io.Writer, newLoad func(*outputSpec) (*dockerLoad, error)) (client.SolveOpt, error) {
+	opt, err := r.sessionSolveOpt(progressOut)
+	if err != nil {
+		return client.SolveOpt{}, err
+	}
+	if opt.Exports, err = r.exportEntries(newLoad); err != nil {
+		return client.SolveOpt{}, err
+	}
+	return opt, nil
+}
+
+// sessionSolveOpt is the solve options without exports: the session, the
+// frontend attributes and the cache imports and exports.
+func (r *Request) sessionSolveOpt(progressOut io.Writer) (client.SolveOpt, error) {
 	mounts := make(map[string]fsutil.FS, len(r.locals))
 	for name, dir := range r.locals {
 		fs, err := fsutil.NewFS(dir)
@@ -137,15 +205,44 @@ func (r *Request) solveOpt(progressOut io.Writer) (client.SolveOpt, error) {
 		attachables = append(attachables, sp)
 	}
 
+	return client.SolveOpt{
+		Frontend:      dockerfileFrontend,
+		FrontendAttrs: maps.Clone(r.frontendAttrs),
+		LocalMounts:   mounts,
+		OCIStores:     ociStores,
+		Session:       attachables,
+		CacheImports:  slices.Clone(r.cacheImports),
+		CacheExports:  slices.Clone(r.cacheExports),
+	}, nil
+}
+
+// exportEntries turns the outputs into BuildKit export entries.
+func (r *Request) exportEntries(newLoad func(*outputSpec) (*dockerLoad, error)) ([]client.ExportEntry, error) {
 	var exports []client.ExportEntry
-	if out := r.output; out != nil {
+	for _, out := range r.outputs {
 		entry := client.ExportEntry{Type: out.typ, Attrs: maps.Clone(out.attrs)}
-		if out.typ == client.ExporterLocal {
+		switch {
+		case out.isLoad():
+			if newLoad == nil {
+				return nil, errors.New("engine: a --load output needs a Docker engine (internal error)")
+			}
+			l, err := newLoad(out)
+			if err != nil {
+				return nil, err
+			}
+			delete(entry.Attrs, "context") // the Docker context, read by CheckDocker
+			if l.engine.containerdStore {
+				// The containerd image store loads OCI archives, index
+				// and attestations included (buildx does the same).
+				entry.Type = client.ExporterOCI
+			}
+			entry.Output = l.writer
+		case out.dir():
 			if err := os.MkdirAll(out.dest, 0o755); err != nil {
-				return client.SolveOpt{}, fmt.Errorf("-o: creating %s: %w", out.dest, err)
+				return nil, fmt.Errorf("%s: creating %s: %w", out.flag, out.dest, err)
 			}
 			entry.OutputDir = out.dest
-		} else {
+		case out.dest != "":
 			dest, stdout := out.dest, r.stdout
 			entry.Output = func(map[string]string) (io.WriteCloser, error) {
 				if dest == "-" {
@@ -159,15 +256,7 @@ func (r *Request) solveOpt(progressOut io.Writer) (client.SolveOpt, error) {
 		}
 		exports = append(exports, entry)
 	}
-
-	return client.SolveOpt{
-		Frontend:      dockerfileFrontend,
-		FrontendAttrs: maps.Clone(r.frontendAttrs),
-		LocalMounts:   mounts,
-		OCIStores:     ociStores,
-		Session:       attachables,
-		Exports:       exports,
-	}, nil
+	return exports, nil
 }
 
 type nopWriteCloser struct{ io.Writer }
@@ -184,6 +273,9 @@ func printWarnings(w io.Writer, warnings []client.VertexWarning) {
 		line := ""
 		if len(wn.Range) > 0 && wn.Range[0] != nil && wn.Range[0].Start != nil {
 			line = fmt.Sprintf(" (line %d)", wn.Range[0].Start.Line)
+		}
+		if strings.HasSuffix(string(wn.Short), line) {
+			line = "" // the frontend's checks name the line themselves
 		}
 		fmt.Fprintf(w, " - %s%s\n", wn.Short, line)
 	}
