@@ -105,14 +105,23 @@ func (f *Fleet) runBuilder(b *builder, r *run, spec Spec, port int) {
 	defer f.wg.Done()
 	log := f.log.With("project", b.projectID, "platform", b.platform)
 
-	cmd, expiry, err := f.launch(b, spec, port)
+	cmd, expiry, logDone, err := f.launch(b, spec, port)
 	if err != nil {
 		f.finishRun(b, r, fmt.Errorf("builder %s/%s: start buildkitd: %w: %w", b.projectID, b.platform, err, errdefs.ErrUnavailable), true)
 		return
 	}
 	pgid := cmd.Process.Pid // Setpgid: buildkitd leads its own group
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	go func() {
+		err := cmd.Wait()
+		// Let the log copy catch up so the error can quote buildkitd's last
+		// line; descendants holding the pipe must not delay it for long.
+		select {
+		case <-logDone:
+		case <-time.After(time.Second):
+		}
+		exited <- err
+	}()
 
 	f.mu.Lock()
 	r.proc = cmd.Process
@@ -211,24 +220,24 @@ func (f *Fleet) finishRun(b *builder, r *run, err error, duringStart bool) {
 
 // launch prepares b's directory (certificates, config, log) and starts
 // buildkitd. It returns the server certificate's expiry with the command.
-func (f *Fleet) launch(b *builder, spec Spec, port int) (*exec.Cmd, time.Time, error) {
+func (f *Fleet) launch(b *builder, spec Spec, port int) (*exec.Cmd, time.Time, <-chan struct{}, error) {
 	for _, d := range []string{b.dir, b.stateDir(), b.certsDir(), b.sockDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, time.Time{}, err
+			return nil, time.Time{}, nil, err
 		}
 	}
 	caPEM, err := f.cfg.CA.ProjectCA(b.projectID)
 	if err != nil {
-		return nil, time.Time{}, err
+		return nil, time.Time{}, nil, err
 	}
 	expiry := time.Now().Add(serverCertTTL)
 	certPEM, keyPEM, err := f.cfg.CA.IssueServer(b.projectID, b.serverName, []net.IP{net.IPv4(127, 0, 0, 1)}, serverCertTTL)
 	if err != nil {
-		return nil, time.Time{}, err
+		return nil, time.Time{}, nil, err
 	}
 	conf, err := renderConfig(spec, f.cfg.InsecureRegistries)
 	if err != nil {
-		return nil, time.Time{}, err
+		return nil, time.Time{}, nil, err
 	}
 	files := []struct {
 		name string
@@ -241,7 +250,7 @@ func (f *Fleet) launch(b *builder, spec Spec, port int) (*exec.Cmd, time.Time, e
 	}
 	for _, fl := range files {
 		if err := os.WriteFile(fl.name, fl.data, 0o600); err != nil {
-			return nil, time.Time{}, err
+			return nil, time.Time{}, nil, err
 		}
 	}
 
@@ -264,7 +273,7 @@ func (f *Fleet) launch(b *builder, spec Spec, port int) (*exec.Cmd, time.Time, e
 
 	logf, err := openLog(b.logPath())
 	if err != nil {
-		return nil, time.Time{}, err
+		return nil, time.Time{}, nil, err
 	}
 	fmt.Fprintf(logf, "kiln: %s starting %s %s\n", time.Now().Format(time.RFC3339), f.cfg.BuildkitdPath, strings.Join(args, " "))
 	// Our own pipe rather than an io.Writer in cmd.Stdout: exec would then
@@ -273,7 +282,7 @@ func (f *Fleet) launch(b *builder, spec Spec, port int) (*exec.Cmd, time.Time, e
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		logf.Close()
-		return nil, time.Time{}, err
+		return nil, time.Time{}, nil, err
 	}
 	cmd := exec.Command(f.cfg.BuildkitdPath, args...)
 	cmd.Dir = b.dir // so buildkitd's cwd marks it as this builder's too
@@ -289,14 +298,16 @@ func (f *Fleet) launch(b *builder, spec Spec, port int) (*exec.Cmd, time.Time, e
 	if err != nil {
 		pr.Close()
 		logf.Close()
-		return nil, time.Time{}, err
+		return nil, time.Time{}, nil, err
 	}
+	logDone := make(chan struct{})
 	go func() {
+		defer close(logDone)
 		_, _ = io.Copy(logf, pr)
 		pr.Close()
 		logf.Close()
 	}()
-	return cmd, expiry, nil
+	return cmd, expiry, logDone, nil
 }
 
 // waitReady polls buildkitd over the unix socket until it lists a worker.
