@@ -152,14 +152,33 @@ func TestDockerLoadEngineRefuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var werr error
-	for i := 0; i < 1000 && werr == nil; i++ {
-		_, werr = w.Write(bytes.Repeat([]byte("x"), 1024))
+	// BuildKit keeps writing while the engine, having read a few bytes,
+	// refuses the archive. (The HTTP server may drain some of the body
+	// before it answers, so the writer is fed until the answer is in.)
+	werr := make(chan error, 1)
+	go func() {
+		chunk := bytes.Repeat([]byte("x"), 64<<10)
+		for i := 0; i < 4096; i++ { // at most 256 MiB
+			if _, err := w.Write(chunk); err != nil {
+				werr <- err
+				return
+			}
+		}
+		werr <- nil
+	}()
+	select {
+	case <-l.done:
+	case <-ctx.Done():
+		t.Fatal("the engine's refusal never arrived")
 	}
-	if werr == nil {
-		t.Fatal("writes kept succeeding after the engine refused the archive")
+	select {
+	case err := <-werr:
+		if err == nil {
+			t.Fatal("writes kept succeeding after the engine refused the archive")
+		}
+	case <-ctx.Done():
+		t.Fatal("a write blocked after the engine refused the archive")
 	}
-	<-l.done
 	err = l.finish(errors.New("rpc error: failed to copy: io: read/write on closed pipe"))
 	if err == nil || !strings.Contains(err.Error(), "invalid tar header") || !strings.Contains(err.Error(), "--load") {
 		t.Errorf("finish = %v, want the engine's reason", err)
