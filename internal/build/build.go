@@ -45,6 +45,10 @@ type Config struct {
 	ShareURL func(token string) string
 	// WaitMs is what GetBuildKitConnection answers while a builder starts.
 	WaitMs int32
+	// RegistryHost is the host[:port] of kiln's registry as clients and
+	// builders reach it, where --save pushes (see saved.go); nil or "" → the
+	// server has no registry and refuses --save.
+	RegistryHost func() string
 }
 
 // Service implements build operations.

@@ -32,7 +32,9 @@ type buildFlags struct {
 	iidfile  string
 	metadata string
 	wait     time.Duration
-	check    bool // --check: --call=check
+	check    bool     // --check: --call=check
+	save     bool     // --save: push to kiln's registry (save.go)
+	saveTags []string // --save-tag (implies --save)
 }
 
 func newBuildCmd(g *globals) *cobra.Command {
@@ -50,6 +52,7 @@ PATH is a directory, or - to read a tar archive (or a lone Dockerfile) from stdi
   kiln build -t app -o type=image,name=127.0.0.1:5000/app,push=true,compression=zstd,oci-mediatypes=true .
   kiln build -o type=oci,dest=out.tar --provenance=mode=max --metadata-file meta.json .
   kiln build --platform linux/amd64,linux/arm64 -t registry.example.com/app:1.2 --push .
+  kiln build --save --save-tag v1 .            # then: kiln pull <build id> -t app:v1
   kiln build --lint -t app --load .
   kiln build --call=check .
   kiln build -t app:dev --target runtime --build-arg VERSION=1.2 -o type=docker,dest=app.tar .
@@ -91,6 +94,8 @@ PATH is a directory, or - to read a tar archive (or a lone Dockerfile) from stdi
 	f.BoolVar(&o.Lint, "lint", false, "run the Dockerfile checks before building; violations print with file:line")
 	f.StringVar(&o.LintFailOn, "lint-fail-on", "error", "with --lint, fail the build on: error | warn | none")
 	f.StringVar(&o.Progress, "progress", "auto", "progress output: auto | plain | tty | quiet | rawjson")
+	f.BoolVar(&bf.save, "save", false, "save the image to kiln's registry as <project>:<build id> (then: kiln pull, kiln push)")
+	f.StringArrayVar(&bf.saveTags, "save-tag", nil, "also save the image as <project>:TAG (repeatable; implies --save)")
 	f.StringVar(&bf.project, "project", "", "project id (env KILN_PROJECT_ID, DEPOT_PROJECT_ID, or kiln.json)")
 	f.StringVar(&bf.iidfile, "iidfile", "", "write the image ID (config digest; an index's digest for an index) to this file")
 	f.StringVar(&bf.metadata, "metadata-file", "", "write build result metadata (JSON) to this file")
@@ -114,13 +119,16 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 	}
 	defer req.Close()
 	if bf.iidfile != "" && !req.IsCall() {
-		if !req.ProducesImage() {
-			return fmt.Errorf("--iidfile: the build has no image output (use --load, --push, -o type=image, oci or docker): %w", errdefs.ErrInvalid)
+		if !req.ProducesImage() && !bf.saving() {
+			return fmt.Errorf("--iidfile: the build has no image output (use --load, --push, --save, -o type=image, oci or docker): %w", errdefs.ErrInvalid)
 		}
 		// As buildx: a failed build must not leave an old image ID behind.
 		if err := os.Remove(bf.iidfile); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("--iidfile: %w", err)
 		}
+	}
+	if err := checkSaveFlags(bf, req); err != nil {
+		return err
 	}
 	for _, w := range req.Warnings() {
 		fmt.Fprintf(stderr, "kiln: warning: %s\n", w)
@@ -145,22 +153,9 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 	}
 	api := cfg.Builds()
 
-	var outputs []*cliv1.BuildOutput
-	for _, o := range req.Outputs() {
-		attrs := map[string]string{}
-		if o.Dest != "" {
-			attrs["dest"] = o.Dest
-		}
-		if len(o.Names) > 0 {
-			attrs["name"] = strings.Join(o.Names, ",")
-		}
-		if o.Push {
-			attrs["push"] = "true"
-		}
-		outputs = append(outputs, &cliv1.BuildOutput{Kind: o.Type, Attributes: attrs})
-	}
-	buildOpts := &cliv1.BuildOptions{Command: cliv1.Command_COMMAND_BUILD, Tags: req.Tags(), Outputs: outputs,
+	buildOpts := &cliv1.BuildOptions{Command: cliv1.Command_COMMAND_BUILD, Tags: req.Tags(), Outputs: buildOutputs(req.Outputs()),
 		Push: req.Pushes(), Load: req.Loads(), Lint: bf.opts.Lint}
+	requestSave(bf, buildOpts)
 	created, err := retryUnavailable(ctx, func() (*connect.Response[cliv1.CreateBuildResponse], error) {
 		return api.CreateBuild(ctx, connect.NewRequest(&cliv1.CreateBuildRequest{
 			ProjectId: projectID,
@@ -172,6 +167,13 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 	}
 	b := &remoteBuild{api: api, apiURL: cfg.APIURL, id: created.Msg.BuildId, token: created.Msg.BuildToken, platform: builderPlatform(req.BuilderPlatform(req.Platform()))}
 	fmt.Fprintf(stderr, "kiln: build %s in project %s\n", b.id, projectID)
+	var saved []string
+	if bf.saving() {
+		if saved, err = applySave(req, created.Msg); err != nil {
+			b.finish(err)
+			return err
+		}
+	}
 
 	run := b.run
 	if req.MultiPlatform() {
@@ -203,7 +205,28 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 		return nil
 	}
 	fmt.Fprintf(stderr, "kiln: build %s finished%s\n", b.id, describeOutputs(req.Outputs(), b.resp))
+	printSaved(stderr, saved, b.id)
 	return nil
+}
+
+// buildOutputs are a build's outputs as the server records them
+// (CreateBuild's BuildOptions.outputs).
+func buildOutputs(outs []engine.Output) []*cliv1.BuildOutput {
+	var outputs []*cliv1.BuildOutput
+	for _, o := range outs {
+		attrs := map[string]string{}
+		if o.Dest != "" {
+			attrs["dest"] = o.Dest
+		}
+		if len(o.Names) > 0 {
+			attrs["name"] = strings.Join(o.Names, ",")
+		}
+		if o.Push {
+			attrs["push"] = "true"
+		}
+		outputs = append(outputs, &cliv1.BuildOutput{Kind: o.Type, Attributes: attrs})
+	}
+	return outputs
 }
 
 // describeOutputs says where the result went, for the last line of a build.
@@ -215,6 +238,7 @@ func describeOutputs(outs []engine.Output, resp *bkclient.SolveResponse) string 
 	}
 	for _, o := range outs {
 		switch {
+		case o.Save: // printSaved says where
 		case o.Push:
 			parts = append(parts, fmt.Sprintf("pushed %s (%s)", strings.Join(o.Names, ", "), digest))
 		case o.Load && len(o.Names) > 0:
@@ -244,6 +268,25 @@ type remoteBuild struct {
 	platform cliv1.BuilderPlatform
 	steps    *engine.StepRecorder
 	resp     *bkclient.SolveResponse
+	// tap, when set, sees each status of the solve first and returns the
+	// status to record and report in its place, or nil to drop it (kiln
+	// bake names the target in every step and feeds its shared progress
+	// display).
+	tap func(*bkclient.SolveStatus) *bkclient.SolveStatus
+}
+
+// observer is what a solve reports its statuses to: the step recorder and
+// the server's status stream, after tap.
+func (b *remoteBuild) observer(status *statusReporter) func(*bkclient.SolveStatus) {
+	return func(st *bkclient.SolveStatus) {
+		if b.tap != nil {
+			if st = b.tap(st); st == nil {
+				return
+			}
+		}
+		b.steps.Observe(st)
+		status.observe(st)
+	}
 }
 
 func (b *remoteBuild) run(ctx context.Context, req *engine.Request, bf *buildFlags, stderr io.Writer) error {
@@ -258,10 +301,7 @@ func (b *remoteBuild) run(ctx context.Context, req *engine.Request, bf *buildFla
 	defer c.Close()
 	b.steps = engine.NewStepRecorder()
 	status := startStatusReporter(b.apiURL, b.id, b.token)
-	resp, err := engine.Solve(ctx, c, req, stderr, func(st *bkclient.SolveStatus) {
-		b.steps.Observe(st)
-		status.observe(st)
-	})
+	resp, err := engine.Solve(ctx, c, req, stderr, b.observer(status))
 	status.close()
 	b.reportTimings()
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {

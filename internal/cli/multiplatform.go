@@ -80,10 +80,7 @@ func (b *remoteBuild) runMultiPlatform(ctx context.Context, req *engine.Request,
 
 	b.steps = engine.NewStepRecorder()
 	status := startStatusReporter(b.apiURL, b.id, b.token)
-	resp, err := engine.SolveMulti(ctx, targets, req, stderr, func(st *bkclient.SolveStatus) {
-		b.steps.Observe(st)
-		status.observe(st)
-	})
+	resp, err := engine.SolveMulti(ctx, targets, req, stderr, b.observer(status))
 	status.close()
 	b.reportTimings()
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {

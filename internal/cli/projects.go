@@ -111,14 +111,18 @@ func newProjectsCmd(g *globals) *cobra.Command {
 
 	var name string
 	var upGB, upDays int32
+	var setRetention retentionSetter
 	update := &cobra.Command{
 		Use:     "update ID",
-		Short:   "Rename a project or change its cache policy",
-		Example: "  kiln projects update k3v9x0ab2mqd --name web --keep-gb 20",
+		Short:   "Rename a project or change its cache policy or registry retention",
+		Example: "  kiln projects update k3v9x0ab2mqd --name web --keep-gb 20\n  kiln projects update k3v9x0ab2mqd --registry-retention 14d",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.config()
 			if err != nil {
+				return err
+			}
+			if err := setRetention(cmd, c, args[0]); err != nil {
 				return err
 			}
 			req := &corev1.UpdateProjectRequest{ProjectId: args[0]}
@@ -149,6 +153,7 @@ func newProjectsCmd(g *globals) *cobra.Command {
 	update.Flags().StringVar(&name, "name", "", "new name")
 	update.Flags().Int32Var(&upGB, "keep-gb", 0, "cache size cap in GB")
 	update.Flags().Int32Var(&upDays, "keep-days", 0, "cache age cap in days")
+	setRetention = addRetentionFlag(update)
 	cmd.AddCommand(update)
 
 	cmd.AddCommand(&cobra.Command{

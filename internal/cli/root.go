@@ -57,6 +57,7 @@ Start a server with 'kiln serve', then build with 'kiln build'.`,
 	root.AddCommand(newTrustPoliciesCmd(g))
 	root.AddCommand(newAuditCmd(g))
 	root.AddCommand(newTokensCmd(g))
+	root.AddCommand(newPullCmd(g), newPushCmd(g))
 	return root
 }
 

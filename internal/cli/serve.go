@@ -42,13 +42,14 @@ func newServeCmd() *cobra.Command {
 		Use:   "serve",
 		Short: "Run the kiln server: API, builders and their caches",
 		Long: `Run the kiln control plane on one address (HTTP/1.1 and h2c): Depot's Connect
-services, /healthz and /readyz. Builders (buildkitd) start on demand per project.
+services, kiln's OCI registry at /v2/, /healthz and /readyz. Builders (buildkitd)
+start on demand per project.
 On first start it creates an organization and writes its admin token to
 DATA/admin.token (mode 0600); the token is never logged.`,
 		Example: `  kiln serve
   kiln serve --data /srv/kiln --addr 127.0.0.1:7420
   KILN_DATA=/tmp/kiln kiln serve --health-timeout 1m
-  kiln serve --addr 0.0.0.0:7420 --public-url https://kiln.example.com` + oidcServeExample,
+  kiln serve --addr 0.0.0.0:7420 --public-url https://kiln.example.com` + oidcServeExample + registryServeExample,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var level slog.Level
@@ -79,5 +80,6 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 	f.StringArrayVar(&cfg.InsecureRegistries, "insecure-registry", nil, "registry HOST[:PORT] builders reach over plain HTTP, e.g. kiln's registry on loopback (repeatable)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	registerOIDCFlags(f, &cfg.OIDC)
+	registerRegistryFlags(f, &cfg.Registry)
 	return cmd
 }

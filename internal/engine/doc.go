@@ -9,7 +9,9 @@
 // ([Request.CheckDocker]); --call runs a frontend method instead of the
 // build ([PrintCallResult]). A multi-platform build runs one
 // solve per platform, on one builder per architecture, and merges the
-// results into one image index ([SolveMulti]).
+// results into one image index ([SolveMulti]). --save pushes to kiln's
+// registry with credentials the server lends ([Request.AddSave]); `kiln
+// pull` and `kiln push` use [PullIntoDocker] and [CopyImage].
 //
 // Everything a user can get wrong is checked by [Prepare] before anything
 // talks to a server. Such errors wrap errdefs.ErrInvalid and name the flag

@@ -40,15 +40,16 @@ type dockerEngine struct {
 // context is named; else the context contextName, DOCKER_CONTEXT or the
 // Docker config's currentContext; else the default socket. It asks the
 // engine for its info, so an unreachable engine is reported (wrapping
-// errdefs.ErrUnavailable) before anything is built.
-func connectDocker(ctx context.Context, contextName string) (*dockerEngine, error) {
-	opts, host, err := dockerClientOpts(contextName)
+// errdefs.ErrUnavailable) before anything is built. purpose names the
+// command or flag needing the engine ("--load", "kiln pull") in errors.
+func connectDocker(ctx context.Context, contextName, purpose string) (*dockerEngine, error) {
+	opts, host, err := dockerClientOpts(contextName, purpose)
 	if err != nil {
 		return nil, err
 	}
 	api, err := dockerclient.NewClientWithOpts(opts...)
 	if err != nil {
-		return nil, invalidWrap(err, "--load: Docker engine %s", host)
+		return nil, invalidWrap(err, "%s: Docker engine %s", purpose, host)
 	}
 	if h := api.DaemonHost(); h != "" {
 		host = h
@@ -58,7 +59,7 @@ func connectDocker(ctx context.Context, contextName string) (*dockerEngine, erro
 	info, err := api.Info(ctx)
 	if err != nil {
 		_ = api.Close()
-		return nil, kindWrap(errdefs.ErrUnavailable, err, "--load: cannot reach the Docker engine at %s (set DOCKER_HOST or a Docker context)", host)
+		return nil, kindWrap(errdefs.ErrUnavailable, err, "%s: cannot reach the Docker engine at %s (set DOCKER_HOST or a Docker context)", purpose, host)
 	}
 	e := &dockerEngine{api: api, host: host}
 	for _, kv := range info.DriverStatus {
@@ -71,7 +72,7 @@ func connectDocker(ctx context.Context, contextName string) (*dockerEngine, erro
 
 // dockerClientOpts returns the client options for the engine to load into,
 // and its address for messages.
-func dockerClientOpts(contextName string) ([]dockerclient.Opt, string, error) {
+func dockerClientOpts(contextName, purpose string) ([]dockerclient.Opt, string, error) {
 	fromEnv := []dockerclient.Opt{dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation()}
 	if contextName == "" {
 		if h := os.Getenv("DOCKER_HOST"); h != "" {
@@ -91,19 +92,19 @@ func dockerClientOpts(contextName string) ([]dockerclient.Opt, string, error) {
 	))
 	meta, err := st.GetMetadata(contextName)
 	if err != nil {
-		return nil, "", invalidWrap(err, "--load: Docker context %q", contextName)
+		return nil, "", invalidWrap(err, "%s: Docker context %q", purpose, contextName)
 	}
 	epMeta, err := ctxdocker.EndpointFromContext(meta)
 	if err != nil {
-		return nil, "", invalidWrap(err, "--load: Docker context %q", contextName)
+		return nil, "", invalidWrap(err, "%s: Docker context %q", purpose, contextName)
 	}
 	ep, err := ctxdocker.WithTLSData(st, contextName, epMeta)
 	if err != nil {
-		return nil, "", invalidWrap(err, "--load: Docker context %q", contextName)
+		return nil, "", invalidWrap(err, "%s: Docker context %q", purpose, contextName)
 	}
 	opts, err := ep.ClientOpts()
 	if err != nil {
-		return nil, "", invalidWrap(err, "--load: Docker context %q", contextName)
+		return nil, "", invalidWrap(err, "%s: Docker context %q", purpose, contextName)
 	}
 	return opts, ep.Host, nil
 }
@@ -255,7 +256,7 @@ func (r *Request) CheckDocker(ctx context.Context) error {
 	if load == nil || r.docker != nil {
 		return nil
 	}
-	e, err := connectDocker(ctx, load.attrs["context"])
+	e, err := connectDocker(ctx, load.attrs["context"], "--load")
 	if err != nil {
 		return err
 	}

@@ -83,7 +83,7 @@ func (f *fakeDockerd) okLoad(w http.ResponseWriter, r *http.Request) {
 
 func newLoad(t *testing.T, ctx context.Context) *dockerLoad {
 	t.Helper()
-	e, err := connectDocker(ctx, "")
+	e, err := connectDocker(ctx, "", "--load")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -60,12 +60,7 @@ func WriteBuildMetadataFile(path string, resp *client.SolveResponse, ref BuildRe
 	if resp == nil {
 		return errors.New("--metadata-file: no build result")
 	}
-	out := decodeExporterResponse(resp.ExporterResponse)
-	if ref.BuildID != "" {
-		out["buildx.build.ref"] = "kiln/" + ref.ProjectID + "/" + ref.BuildID
-		out["depot.build"] = map[string]string{"buildID": ref.BuildID, "projectID": ref.ProjectID}
-	}
-	dt, err := json.MarshalIndent(out, "", "  ")
+	dt, err := json.MarshalIndent(buildMetadata(resp, ref), "", "  ")
 	if err != nil {
 		return fmt.Errorf("--metadata-file %s: %w", path, err)
 	}
@@ -73,6 +68,17 @@ func WriteBuildMetadataFile(path string, resp *client.SolveResponse, ref BuildRe
 		return fmt.Errorf("--metadata-file %s: %w", path, err)
 	}
 	return nil
+}
+
+// buildMetadata is the metadata file's object for one build: the decoded
+// exporter response and, when ref names a build, the keys naming it.
+func buildMetadata(resp *client.SolveResponse, ref BuildRef) map[string]any {
+	out := decodeExporterResponse(resp.ExporterResponse)
+	if ref.BuildID != "" {
+		out["buildx.build.ref"] = "kiln/" + ref.ProjectID + "/" + ref.BuildID
+		out["depot.build"] = map[string]string{"buildID": ref.BuildID, "projectID": ref.ProjectID}
+	}
+	return out
 }
 
 func decodeExporterResponse(resp map[string]string) map[string]any {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/client/ociindex"
 	"github.com/moby/buildkit/exporter/containerimage/exptypes"
@@ -86,8 +87,8 @@ func planPlatformExports(work string, i int, platform string, user []client.Expo
 // outputs, in the order of the user's exports, and returns the build's
 // exporter response: the merged image's digest, descriptor and names (what
 // --iidfile and --metadata-file read). Outputs that hold no image (local,
-// tar) add nothing to it.
-func finishPlatformExports(ctx context.Context, user []client.ExportEntry, plans []*platformPlan, responses []*client.SolveResponse) (*client.SolveResponse, error) {
+// tar) add nothing to it. Index pushes authenticate with kc.
+func finishPlatformExports(ctx context.Context, kc authn.Keychain, user []client.ExportEntry, plans []*platformPlan, responses []*client.SolveResponse) (*client.SolveResponse, error) {
 	resp := map[string]string{}
 	for j, ue := range user {
 		switch plans[0].kinds[j] {
@@ -116,7 +117,7 @@ func finishPlatformExports(ctx context.Context, user []client.ExportEntry, plans
 			if err != nil {
 				return nil, invalidWrap(err, "--push")
 			}
-			desc, err := pushIndex(ctx, names, imgs, attrTrue(ue.Attrs, "registry.insecure"))
+			desc, err := pushIndex(ctx, kc, names, imgs, attrTrue(ue.Attrs, "registry.insecure"))
 			if err != nil {
 				return nil, err
 			}

@@ -361,7 +361,7 @@ func TestFinishPlatformExports(t *testing.T) {
 		{platform: "linux/amd64", kinds: []int{partOCI, partOCI, partTar, partInPlace}, parts: []string{amd.dir, amd.dir, amdTar, ""}},
 		{platform: "linux/arm64", kinds: []int{partOCI, partOCI, partTar, partInPlace}, parts: []string{arm.dir, arm.dir, armTar, ""}},
 	}
-	resp, err := finishPlatformExports(t.Context(), user, plans, make([]*client.SolveResponse, 2))
+	resp, err := finishPlatformExports(t.Context(), nil, user, plans, make([]*client.SolveResponse, 2))
 	if err != nil {
 		t.Fatal(err)
 	}

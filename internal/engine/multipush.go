@@ -60,18 +60,22 @@ func repositories(attr string) ([]string, error) {
 // platform's manifest and attestation manifests, which the builders
 // already pushed by digest to each repository — and pushes it under every
 // name in names (tagged references). It talks to the registries from the
-// client, with the user's Docker credentials (~/.docker/config.json and
-// credential helpers); loopback registries are plain HTTP, and insecure
+// client, with kc's credentials — the user's Docker credentials
+// (~/.docker/config.json and credential helpers) when kc is nil, and
+// --save's over them (Request.keychain); loopback registries are plain HTTP, and insecure
 // (registry.insecure=true) allows plain HTTP anywhere. Only the index is
 // uploaded: go-containerregistry checks each child with a HEAD and, as the
 // builders pushed every child to every repository, finds it there.
 // Temporary registry errors are retried by go-containerregistry itself.
-func pushIndex(ctx context.Context, names []string, imgs []platformImage, insecure bool) (ocispecs.Descriptor, error) {
+func pushIndex(ctx context.Context, kc authn.Keychain, names []string, imgs []platformImage, insecure bool) (ocispecs.Descriptor, error) {
+	if kc == nil {
+		kc = authn.DefaultKeychain
+	}
 	var nameOpts []name.Option
 	if insecure {
 		nameOpts = append(nameOpts, name.Insecure)
 	}
-	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(authn.DefaultKeychain)}
+	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(kc)}
 	if len(names) == 0 || len(imgs) == 0 {
 		return ocispecs.Descriptor{}, fmt.Errorf("--push: nothing to push")
 	}

@@ -93,7 +93,7 @@ func TestPushIndex(t *testing.T) {
 	}
 
 	names := []string{repo + ":1", repo + ":latest"}
-	desc, err := pushIndex(t.Context(), names, []platformImage{
+	desc, err := pushIndex(t.Context(), nil, names, []platformImage{
 		{Platform: "linux/amd64", Desc: descOf(t, amd)},
 		{Platform: "linux/arm64", Desc: descOf(t, armIdx)},
 	}, false)
@@ -132,7 +132,7 @@ func TestPushIndex(t *testing.T) {
 	if err := remote.Write(mustRef(t, repo+"@"+dockDigest.String()), dock); err != nil {
 		t.Fatal(err)
 	}
-	d2, err := pushIndex(t.Context(), []string{repo + ":docker"}, []platformImage{{Platform: "linux/amd64", Desc: descOf(t, dock)}}, false)
+	d2, err := pushIndex(t.Context(), nil, []string{repo + ":docker"}, []platformImage{{Platform: "linux/amd64", Desc: descOf(t, dock)}}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,16 +144,16 @@ func TestPushIndex(t *testing.T) {
 func TestPushIndexErrors(t *testing.T) {
 	reg := testRegistry(t)
 	missing := ocispecs.Descriptor{Digest: digest.FromString("never pushed"), MediaType: ocispecs.MediaTypeImageManifest}
-	_, err := pushIndex(t.Context(), []string{reg + "/app:1"}, []platformImage{{Platform: "linux/amd64", Desc: missing}}, false)
+	_, err := pushIndex(t.Context(), nil, []string{reg + "/app:1"}, []platformImage{{Platform: "linux/amd64", Desc: missing}}, false)
 	if err == nil || !strings.Contains(err.Error(), "linux/amd64") {
 		t.Errorf("missing platform image: err = %v", err)
 	}
 	// Nothing listens here: unavailable, a kind callers may retry.
-	_, err = pushIndex(t.Context(), []string{"127.0.0.1:1/app:1"}, []platformImage{{Platform: "linux/amd64", Desc: missing}}, false)
+	_, err = pushIndex(t.Context(), nil, []string{"127.0.0.1:1/app:1"}, []platformImage{{Platform: "linux/amd64", Desc: missing}}, false)
 	if !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Errorf("unreachable registry: err = %v, want ErrUnavailable", err)
 	}
-	if _, err := pushIndex(t.Context(), nil, nil, false); err == nil {
+	if _, err := pushIndex(t.Context(), nil, nil, nil, false); err == nil {
 		t.Errorf("pushIndex with nothing succeeded")
 	}
 }

@@ -139,7 +139,7 @@ func SolveMulti(ctx context.Context, targets []Target, r *Request, progressOut i
 	if err != nil {
 		return nil, err
 	}
-	return finishPlatformExports(ctx, userExports, plans, responses)
+	return finishPlatformExports(ctx, r.keychain(), userExports, plans, responses)
 }
 
 // platformError names the platform whose solve failed. It unwraps to

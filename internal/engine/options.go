@@ -136,10 +136,11 @@ type Request struct {
 	attests        []string      // attestation types explicitly enabled (provenance, sbom)
 	cacheImports   []client.CacheOptionsEntry
 	cacheExports   []client.CacheOptionsEntry
-	call           *callFunc     // --call other than build
-	lintFailOn     string        // --lint's level; "" without --lint
-	warnings       []string      // accepted flags that do nothing, for the user
-	docker         *dockerEngine // the --load engine, once CheckDocker reached it
+	call           *callFunc            // --call other than build
+	lintFailOn     string               // --lint's level; "" without --lint
+	warnings       []string             // accepted flags that do nothing, for the user
+	docker         *dockerEngine        // the --load engine, once CheckDocker reached it
+	registryAuth   []RegistryCredential // --save's registry credentials (save.go)
 	stdout         io.Writer
 	progress       progressui.DisplayMode
 	tags           []string

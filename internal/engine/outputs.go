@@ -29,6 +29,8 @@ type outputSpec struct {
 	// flag is how the user asked for it ("-o VALUE", "--push", "--load"),
 	// for messages.
 	flag string
+	// save marks the push to kiln's registry that --save adds (save.go).
+	save bool
 }
 
 // isLoad reports whether o loads the image into the local Docker engine.
@@ -83,6 +85,9 @@ type Output struct {
 	Push bool
 	// Load is set when the image is loaded into the local Docker engine.
 	Load bool
+	// Save is set for the push to kiln's registry that --save adds
+	// ([Request.AddSave]); Push is set too.
+	Save bool
 }
 
 // Outputs lists the build's outputs in the order they were given.
@@ -93,7 +98,7 @@ func (r *Request) Outputs() []Output {
 		if n := o.attrs["name"]; n != "" {
 			names = strings.Split(n, ",")
 		}
-		out = append(out, Output{Type: o.typ, Dest: o.dest, Names: names, Push: o.isPush(), Load: o.isLoad()})
+		out = append(out, Output{Type: o.typ, Dest: o.dest, Names: names, Push: o.isPush(), Load: o.isLoad(), Save: o.save})
 	}
 	return out
 }

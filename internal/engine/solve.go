@@ -193,7 +193,8 @@ func (r *Request) sessionSolveOpt(progressOut io.Writer) (client.SolveOpt, error
 	}
 	attachables := []session.Attachable{
 		authprovider.NewDockerAuthProvider(authprovider.DockerAuthProviderConfig{
-			ConfigFile: config.LoadDefaultConfigFile(configWarnings),
+			// --save's credentials over the user's Docker config (save.go).
+			ConfigFile: layerDockerConfig(config.LoadDefaultConfigFile(configWarnings), r.registryAuth),
 		}),
 		secretsprovider.NewSecretProvider(secretStore),
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/pki"
 	"github.com/kiln-dev/kiln/internal/project"
+	"github.com/kiln-dev/kiln/internal/registry"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -48,8 +49,10 @@ type Config struct {
 	InsecureRegistries []string
 	// OIDC says which CI providers' tokens are trusted (issuers, audience);
 	// the zero value trusts none.
-	OIDC   oidc.Config
-	Logger *slog.Logger
+	OIDC oidc.Config
+	// Registry configures kiln's registry at /v2/ (registry.go).
+	Registry RegistryConfig
+	Logger   *slog.Logger
 }
 
 // Server is a running control plane.
@@ -61,6 +64,7 @@ type Server struct {
 	http     *http.Server
 	listener net.Listener
 	audit    *audit.Recorder
+	registry *registry.Registry
 	cancel   context.CancelFunc
 	done     chan struct{}
 }
@@ -112,8 +116,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		CA:            ca,
 		IdleTTL:       cfg.BuilderIdle,
 		Logger:        cfg.Logger,
-		// Only the operator's flag reaches buildkitd.toml; builds cannot.
-		InsecureRegistries: cfg.InsecureRegistries,
+		// Only the operator's flag (and kiln's own registry on loopback
+		// http, registryhost.go) reaches buildkitd.toml; builds cannot.
+		InsecureRegistries: withOwnRegistry(cfg.InsecureRegistries, cfg.PublicURL, cfg.Addr),
 		OnExit: func(projectID, platform string, leases []string, err error) {
 			builds.BuilderLost(projectID, platform, leases, err)
 		},
@@ -123,7 +128,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	builds = build.NewService(st, fleet, ca, build.Config{HealthTimeout: cfg.HealthTimeout,
-		ShareURL: func(token string) string { return s.publicURL() + "/shared/" + token }}, cfg.Logger)
+		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
+		RegistryHost: s.registryHost}, cfg.Logger)
 	projects := &project.Service{Store: st, Builders: fleet, Audit: s.audit}
 	s.fleet, s.builds = fleet, builds
 
@@ -139,6 +145,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.mountAudit(mux, authn)
 	s.mountTrustPolicies(mux, authn, projects)
 	s.mountTokens(mux, authn, projects)
+	if s.registry, err = s.openRegistry(ctx, st, authn); err != nil {
+		st.Close()
+		return nil, err
+	}
+	s.mountRegistry(mux, authn, s.registry)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.Handle("GET /debug/builders", s.requireOrg(authn, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -271,6 +282,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer cancel()
 	go s.builds.Run(bg)
 	go s.audit.Run(bg)
+	go s.registry.Run(bg)
 
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.listener) }()
@@ -284,6 +296,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer stop()
 	_ = s.http.Shutdown(shutdownCtx)
 	cancel()
+	s.registry.Close()
 	if err := s.fleet.Close(shutdownCtx); err != nil {
 		s.cfg.Logger.Error("stop builders", "err", err)
 	}

@@ -185,6 +185,9 @@ func (s *SQLite) DeleteProject(ctx context.Context, id string) error {
 			`DELETE FROM builds WHERE project_id = ?`,
 			`DELETE FROM tokens WHERE project_id = ?`,
 			`DELETE FROM trust_policies WHERE project_id = ?`,
+			`DELETE FROM registry_tags WHERE project_id = ?`,
+			`DELETE FROM registry_manifests WHERE project_id = ?`,
+			`DELETE FROM registry_settings WHERE project_id = ?`,
 		} {
 			if _, err := tx.ExecContext(ctx, q, id); err != nil {
 				return err

@@ -102,6 +102,7 @@ type Store interface {
 	Logins
 	AuditLog
 	BuildStats
+	RegistryIndex
 
 	CreateOrganization(ctx context.Context, o Organization) error
 	GetOrganization(ctx context.Context, id string) (Organization, error)

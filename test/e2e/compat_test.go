@@ -51,7 +51,7 @@ func TestEveryDepotRPC(t *testing.T) {
 	buildID, buildTok := s.createBuild(t, proj, s.Token)
 	admin := s.Token
 
-	var tokenID, policyID string
+	var tokenID, policyID, pushID string
 	unimplemented := "unimplemented"
 	calls := []struct {
 		procedure string
@@ -74,18 +74,19 @@ func TestEveryDepotRPC(t *testing.T) {
 		{"depot.cli.v1.BuildService/ReportBuildContext", buildTok, map[string]any{"buildId": buildID,
 			"dockerfiles": []any{map[string]any{"filename": "Dockerfile", "contents": "FROM scratch\n"}}}, "", nil},
 		{"depot.cli.v1.BuildService/ListBuilds", admin, map[string]any{"projectId": proj}, "", nil},
-		{"depot.cli.v1.BuildService/GetPullInfo", buildTok, map[string]any{"buildId": buildID}, unimplemented, nil},
+		{"depot.cli.v1.BuildService/GetPullInfo", buildTok, map[string]any{"buildId": buildID}, "", nil},
 		{"depot.cli.v1.BuildService/GetPullToken", admin, map[string]any{"projectId": proj}, "", nil},
-		{"depot.cli.v1.PushService/StartPush", buildTok, map[string]any{"buildId": buildID, "tag": "x"}, unimplemented, nil},
-		{"depot.cli.v1.PushService/FinishPush", buildTok, map[string]any{"buildId": buildID, "pushId": "x"}, unimplemented, nil},
+		{"depot.cli.v1.PushService/StartPush", buildTok, map[string]any{"buildId": buildID, "tag": "registry.example.com/app:1"}, "",
+			func(m map[string]any) { pushID, _ = m["pushId"].(string) }},
+		{"depot.cli.v1.PushService/FinishPush", buildTok, map[string]any{"buildId": buildID, "pushId": &pushID}, "", nil},
 		{"depot.core.v1.UsageService/ListProjectUsage", admin, map[string]any{}, "", nil},
 		{"depot.core.v1.UsageService/GetProjectUsage", admin, map[string]any{"projectId": proj}, "", nil},
 		{"depot.core.v1.UsageService/GetUsage", admin, map[string]any{}, "", nil},
 		{"depot.buildkit.v1.BuildKitService/ReleaseEndpoint", buildTok, map[string]any{"buildId": buildID, "platform": "PLATFORM_AMD64"}, "", nil},
 		{"depot.build.v1.BuildService/GetBuildSteps", admin, map[string]any{"projectId": proj, "buildId": buildID}, "", nil},
 		{"depot.build.v1.BuildService/GetBuildStepLogs", admin, map[string]any{"projectId": proj, "buildId": buildID, "buildStepDigest": "sha256:bb"}, "", nil},
-		{"depot.build.v1.RegistryService/ListImages", admin, map[string]any{"projectId": proj}, unimplemented, nil},
-		{"depot.build.v1.RegistryService/DeleteImage", admin, map[string]any{"projectId": proj, "imageTags": []string{"x"}}, unimplemented, nil},
+		{"depot.build.v1.RegistryService/ListImages", admin, map[string]any{"projectId": proj}, "", nil},
+		{"depot.build.v1.RegistryService/DeleteImage", admin, map[string]any{"projectId": proj, "imageTags": []string{"x"}}, "", nil},
 		{"depot.core.v1.BuildService/ListBuilds", admin, map[string]any{"projectId": proj}, "", nil},
 		{"depot.core.v1.BuildService/GetBuild", admin, map[string]any{"buildId": buildID}, "", nil},
 		{"depot.core.v1.BuildService/ShareBuild", admin, map[string]any{"buildId": buildID}, "", nil},

@@ -45,17 +45,27 @@ func (s *CLIBuildService) CreateBuild(ctx context.Context, req *connect.Request[
 	if len(req.Msg.Options) > 0 {
 		command = int32(req.Msg.Options[0].Command)
 	}
+	save, saveTags := saveRequest(req.Msg.Options)
+	if save {
+		if err := s.Builds.CheckSave(saveTags); err != nil {
+			return nil, s.err(ctx, err)
+		}
+	}
 	b, token, err := s.Builds.Create(ctx, p, req.Msg.GetProjectId(), command, req.Msg.Options)
 	if err != nil {
 		return nil, s.err(ctx, err)
 	}
-	return connect.NewResponse(&cliv1.CreateBuildResponse{
+	res := &cliv1.CreateBuildResponse{
 		BuildId:    b.ID,
 		BuildToken: token,
 		ProjectId:  b.ProjectID,
 		BuildUrl:   s.Builds.URL(b.ID),
 		Registry:   &cliv1.Registry{},
-	}), nil
+	}
+	if save { // --save: see save.go
+		addSaveTargets(res, s.Builds.RegistryHost(), s.Builds.SaveRefs(b, saveTags), token)
+	}
+	return connect.NewResponse(res), nil
 }
 
 func finishResult(msg *cliv1.FinishBuildRequest) build.Result {

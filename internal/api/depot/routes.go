@@ -34,8 +34,9 @@ func Mount(mux *http.ServeMux, projects *project.Service, builds *build.Service,
 	mux.Handle(svc+"ReportStatus", connect.NewUnaryHandler(svc+"ReportStatus", cli.ReportStatus, opts...))
 	mux.Handle(svc+"ReportStatusStream", connect.NewClientStreamHandler(svc+"ReportStatusStream", cli.ReportStatusStream, opts...))
 	mux.Handle(svc+"GetPullInfo", connect.NewUnaryHandler(svc+"GetPullInfo", cli.GetPullInfo, opts...))
-	mux.Handle(cliv1extraconnect.NewPushServiceHandler(PushService{}, opts...))
-	mux.Handle(buildv1connect.NewRegistryServiceHandler(RegistryService{}, opts...))
+	mux.Handle(cliv1extraconnect.NewPushServiceHandler(&PushService{Builds: builds, Logger: logger}, opts...))
+	// depot.build.v1.RegistryService is mounted by the server with kiln's
+	// registry (internal/server/registry.go).
 
 	mux.Handle(buildv1connect.NewBuildServiceHandler(&PublicBuildService{Builds: builds, Logger: logger}, opts...))
 	mux.Handle(buildkitv1connect.NewBuildKitServiceHandler(&BuildKitService{Builds: builds, Logger: logger}, opts...))

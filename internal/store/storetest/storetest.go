@@ -30,6 +30,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"TrustPolicies", trustPolicies},
 		{"Logins", logins},
 		{"UsageAndShares", usageAndShares}, {"AuditLog", auditLog},
+		{"RegistryIndex", registryIndex},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })

@@ -1,0 +1,60 @@
+package depot
+
+import (
+	"context"
+	"encoding/json"
+
+	"connectrpc.com/connect"
+	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
+
+	cliv1extra "github.com/kiln-dev/kiln/gen/depot/cli/v1"
+	"github.com/kiln-dev/kiln/internal/project"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// GetPullInfo is depot.cli.v1.BuildService/GetPullInfo (missing from
+// depot-go): where a build's saved image is and credentials to pull it —
+// the reference <registry host>/<project id>:<build id>, user "x-token" and
+// a fresh pull token (registry read-only, the build's project, 1 h). Any
+// caller that may use the build gets it, its own build token included.
+//
+// It answers whether or not the build was saved (or its image has expired):
+// the registry is the authority on that, and a pull of a missing image
+// fails there with "manifest unknown". save_for_load is always false: kiln
+// never saves a build only to load it (it does not ask clients to load
+// through the registry).
+func (s *CLIBuildService) GetPullInfo(ctx context.Context, req *connect.Request[cliv1extra.GetPullInfoRequest]) (*connect.Response[cliv1extra.GetPullInfoResponse], error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	b, err := s.Builds.Get(ctx, p, req.Msg.BuildId)
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	if err := s.Builds.CheckSave(nil); err != nil { // the server has a registry
+		return nil, s.err(ctx, err)
+	}
+	_, secret, err := s.Projects.MintToken(ctx, p, project.Mint{Kind: store.TokenPull, ProjectID: b.ProjectID,
+		Description: "pull token (GetPullInfo " + b.ID + ")", TTL: pullTokenTTL})
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	return connect.NewResponse(&cliv1extra.GetPullInfoResponse{
+		Reference: s.Builds.SavedRef(b),
+		Username:  registryUser,
+		Password:  secret,
+		Options:   storedOptions(b),
+	}), nil
+}
+
+// storedOptions are the BuildOptions the client sent at CreateBuild, as
+// the build record keeps them (JSON); none for builds created without
+// (depot.build.v1) or with options of another shape.
+func storedOptions(b store.Build) []*cliv1.BuildOptions {
+	var opts []*cliv1.BuildOptions
+	if json.Unmarshal([]byte(b.Options), &opts) != nil {
+		return nil
+	}
+	return opts
+}

@@ -1,0 +1,87 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
+
+	"github.com/kiln-dev/kiln/internal/client"
+	"github.com/kiln-dev/kiln/internal/depotext"
+	"github.com/kiln-dev/kiln/internal/engine"
+)
+
+// kiln build --save: the server names where the build is saved in its
+// registry (CreateBuildResponse.additional_tags: <project>:<build id> and
+// one per --save-tag) and lends the build token to push with
+// (additional_credentials); the builder pushes there as it exports, with
+// those credentials layered over the user's Docker credentials in memory.
+
+// maxSaveTags matches the server's limit (build.MaxSaveTags).
+const maxSaveTags = 20
+
+func (bf *buildFlags) saving() bool { return bf.save || len(bf.saveTags) > 0 }
+
+// checkSaveFlags validates --save and --save-tag before the server is
+// asked for anything.
+func checkSaveFlags(bf *buildFlags, req *engine.Request) error {
+	if !bf.saving() {
+		return nil
+	}
+	if req.IsCall() {
+		return errors.New("--save: --call runs a frontend method and builds nothing to save")
+	}
+	if len(bf.saveTags) > maxSaveTags {
+		return fmt.Errorf("--save-tag given %d times; at most %d", len(bf.saveTags), maxSaveTags)
+	}
+	for _, t := range bf.saveTags {
+		if err := client.CheckTag(t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// requestSave asks CreateBuild to save the build (BuildOptions.save and
+// save_tags, as the depot CLI sends them).
+func requestSave(bf *buildFlags, o *cliv1.BuildOptions) {
+	if !bf.saving() {
+		return
+	}
+	o.Save = true
+	depotext.SetSaveTags(o, bf.saveTags)
+}
+
+// applySave adds the save push to req from the server's answer and
+// returns the references the image will be saved as.
+func applySave(req *engine.Request, res *cliv1.CreateBuildResponse) ([]string, error) {
+	var refs []string
+	for _, t := range res.GetAdditionalTags() {
+		if t.GetPush() {
+			refs = append(refs, t.GetTag())
+		}
+	}
+	if len(refs) == 0 {
+		return nil, fmt.Errorf("--save: the server did not say where to save the image (it has no registry, or is not a kiln server that supports --save)")
+	}
+	var creds []engine.RegistryCredential
+	for _, c := range res.GetAdditionalCredentials() {
+		cr, err := engine.DecodeRegistryCredential(c.GetHost(), c.GetToken())
+		if err != nil {
+			return nil, fmt.Errorf("--save: the server's %w", err)
+		}
+		creds = append(creds, cr)
+	}
+	return refs, req.AddSave(refs, creds)
+}
+
+// printSaved says where a saved build is and how to get it.
+func printSaved(w io.Writer, refs []string, buildID string) {
+	if len(refs) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "kiln: saved to kiln's registry as %s\n", strings.Join(refs, ", "))
+	fmt.Fprintf(w, "kiln: pull it with `kiln pull %s -t NAME`; copy it to another registry with `kiln push %s -t REGISTRY/REPO:TAG`\n", buildID, buildID)
+}

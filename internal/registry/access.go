@@ -1,0 +1,220 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// action is a set of registry actions, as in Docker token scopes.
+type action uint8
+
+const (
+	actPull action = 1 << iota
+	actPush
+	actDelete
+
+	actAll = actPull | actPush | actDelete
+)
+
+// parseActions reads a scope's action list ("pull,push", "*"); unknown
+// actions are ignored, as token servers do.
+func parseActions(s string) action {
+	var a action
+	for _, f := range strings.Split(s, ",") {
+		switch strings.TrimSpace(f) {
+		case "pull":
+			a |= actPull
+		case "push":
+			a |= actPush
+		case "delete":
+			a |= actDelete
+		case "*":
+			a |= actAll
+		}
+	}
+	return a
+}
+
+func (a action) list() []string {
+	var out []string
+	for _, x := range []struct {
+		a    action
+		name string
+	}{{actPull, "pull"}, {actPush, "push"}, {actDelete, "delete"}} {
+		if a&x.a != 0 {
+			out = append(out, x.name)
+		}
+	}
+	return out
+}
+
+func (a action) String() string { return strings.Join(a.list(), ",") }
+
+// rightsIn is what p may do in the repositories of proj:
+//
+//	organization token        pull, push, delete (any project of its org)
+//	project token, OIDC job   pull, push, delete (its project(s))
+//	build token               pull, push (its build's project)
+//	pull token                pull (its project)
+//
+// Nothing outside the principal's organization.
+func rightsIn(p auth.Principal, proj store.Project) action {
+	if proj.OrgID != p.OrgID || p.OrgID == "" {
+		return 0
+	}
+	switch p.Kind {
+	case store.TokenOrg:
+		return actAll
+	case store.TokenProject:
+		if p.ProjectID == proj.ID {
+			return actAll
+		}
+	case store.TokenOIDC:
+		if slices.Contains(p.ProjectIDs, proj.ID) {
+			return actAll
+		}
+	case store.TokenBuild:
+		if p.ProjectID == proj.ID {
+			return actPull | actPush
+		}
+	case store.TokenPull:
+		if p.ProjectID == proj.ID {
+			return actPull
+		}
+	}
+	return 0
+}
+
+// caller is who made a registry request.
+type caller struct {
+	anonymous bool
+	p         auth.Principal
+	// grants is set when the caller presented a registry token (JWT): its
+	// access caps what the caller may do with it, even where the principal
+	// could do more (the client then asks the token endpoint for more).
+	grants map[string]action
+}
+
+// scopeCatalog keys the catalog in grants.
+const scopeCatalog = "registry:catalog"
+
+// Authenticator resolves a kiln token (or a CI job's OIDC token) to a
+// principal; *auth.Authenticator is one.
+type Authenticator interface {
+	Authenticate(ctx context.Context, secret string) (auth.Principal, error)
+}
+
+// errBadCredentials: the request carried credentials that are not valid.
+var errBadCredentials = errors.New("invalid or expired credentials")
+
+// authenticate reads the request's credentials: none (anonymous), Basic
+// (any username, the password a kiln token), or Bearer (a registry token
+// this registry issued, or a kiln token). Invalid credentials are
+// errBadCredentials; anything else is a server error.
+func (r *Registry) authenticate(req *http.Request) (caller, error) {
+	h := req.Header.Get("Authorization")
+	if h == "" {
+		return caller{anonymous: true}, nil
+	}
+	scheme, val, _ := strings.Cut(h, " ")
+	val = strings.TrimSpace(val)
+	var secret string
+	switch strings.ToLower(scheme) {
+	case "basic":
+		_, pass, ok := req.BasicAuth()
+		if !ok || pass == "" {
+			return caller{}, errBadCredentials
+		}
+		secret = pass
+	case "bearer":
+		if r.tokens.issued(val) {
+			c, err := r.tokens.verify(val, time.Now())
+			if err != nil {
+				return caller{}, errBadCredentials
+			}
+			if err := r.stillValid(req.Context(), c.p); err != nil {
+				return caller{}, err
+			}
+			return c, nil
+		}
+		secret = val
+	default:
+		return caller{}, errBadCredentials
+	}
+	p, err := r.cfg.Authn.Authenticate(req.Context(), secret)
+	if err != nil {
+		if isAuthRefusal(err) {
+			return caller{}, errBadCredentials
+		}
+		return caller{}, err
+	}
+	return caller{p: p}, nil
+}
+
+// stillValid re-checks the stored token behind a registry token, so that
+// deleting or expiring a kiln token ends its registry tokens at once (they
+// live minutes, but nothing should outlive a revocation). OIDC principals
+// are not stored; their registry tokens simply expire.
+func (r *Registry) stillValid(ctx context.Context, p auth.Principal) error {
+	if p.Kind == store.TokenOIDC {
+		return nil
+	}
+	t, err := r.cfg.Store.GetToken(ctx, p.TokenID)
+	if errdefs.IsNotFound(err) {
+		return errBadCredentials
+	}
+	if err != nil {
+		return fmt.Errorf("look up token: %w", err)
+	}
+	if t.Kind != p.Kind || t.OrgID != p.OrgID || (!t.ExpiresAt.IsZero() && time.Now().After(t.ExpiresAt)) {
+		return errBadCredentials
+	}
+	return nil
+}
+
+// rightsCache memoizes project lookups within one request.
+type rightsCache map[string]action
+
+// rights is what c may do in the repositories of project id (0 for a
+// project that does not exist: the same as one the caller may not see).
+func (r *Registry) rights(ctx context.Context, c caller, id string, cache rightsCache) (action, error) {
+	if c.anonymous {
+		return 0, nil
+	}
+	if a, ok := cache[id]; ok {
+		return a, nil
+	}
+	proj, err := r.cfg.Store.GetProject(ctx, id)
+	if errdefs.IsNotFound(err) {
+		cache[id] = 0
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("look up project: %w", err)
+	}
+	a := rightsIn(c.p, proj)
+	cache[id] = a
+	return a, nil
+}
+
+// projectOf is a repository's first path segment.
+func projectOf(repo string) string {
+	p, _, _ := strings.Cut(repo, "/")
+	return p
+}
+
+// isAuthRefusal reports the authenticator refusing a token (unknown,
+// expired, or a CI job's token no trust policy matches), as opposed to
+// failing to check it.
+func isAuthRefusal(err error) bool {
+	return errors.Is(err, errdefs.ErrUnauthenticated) || errors.Is(err, errdefs.ErrPermission)
+}

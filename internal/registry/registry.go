@@ -1,0 +1,369 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/distribution/distribution/v3"
+	"github.com/distribution/distribution/v3/registry/handlers"
+	"github.com/distribution/distribution/v3/registry/storage"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kiln-dev/kiln/internal/audit"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// Defaults for Config's zero values.
+const (
+	DefaultRetention  = 7 * 24 * time.Hour
+	DefaultGCInterval = time.Hour
+	DefaultGCGrace    = time.Hour
+)
+
+// Store is what the registry needs of kiln's store.
+type Store interface {
+	GetProject(ctx context.Context, id string) (store.Project, error)
+	ListProjects(ctx context.Context, orgID string) ([]store.Project, error)
+	GetToken(ctx context.Context, id string) (store.Token, error)
+	store.RegistryIndex
+}
+
+// Config configures a Registry.
+type Config struct {
+	// Dir holds the registry's keys (token-key.pem, upload-secret) and,
+	// unless S3 is set, its content. Usually DATA/registry.
+	Dir string
+	// S3, if set with a bucket, stores content in S3 instead of Dir.
+	S3 *S3Config
+	// PublicURL returns the base URL clients reach kiln at; the token
+	// realm is its scheme and host + "/v2/token". Nil or "" → the scheme and host
+	// the request came to.
+	PublicURL func() string
+	Store     Store
+	Authn     Authenticator
+	// Audit, if set, records refused requests (audit.KindDenied events, as
+	// the Connect API's): bad credentials and 403s, never the anonymous
+	// first request every client makes before it authenticates.
+	Audit func(ctx context.Context, event string, attrs ...any)
+	// Retention is how long saved images are kept in a project that sets
+	// none; 0 → DefaultRetention.
+	Retention time.Duration
+	// GCInterval is the time between garbage collections; 0 → DefaultGCInterval.
+	GCInterval time.Duration
+	// GCGrace: the collector never deletes a blob, manifest, tag or upload
+	// session used within this long, and purges upload sessions idle
+	// longer; 0 → DefaultGCGrace. A push must finish within it.
+	GCGrace time.Duration
+	Logger  *slog.Logger
+}
+
+// Registry is kiln's OCI registry. It is an http.Handler for "/v2/".
+type Registry struct {
+	cfg    Config
+	log    *slog.Logger
+	app    *handlers.App
+	driver storagedriver.StorageDriver
+	// ns is distribution's view of the same storage, for the collector
+	// and the image calls.
+	ns     distribution.Namespace
+	tokens *tokenSigner
+	pins   *pins
+	// gcMu: one collection at a time (the loop, CollectGarbage).
+	gcMu sync.Mutex
+}
+
+// New opens the registry's storage and keys.
+func New(ctx context.Context, cfg Config) (reg *Registry, err error) {
+	if cfg.Dir == "" || cfg.Store == nil || cfg.Authn == nil {
+		return nil, errors.New("registry: Dir, Store and Authn are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Retention <= 0 {
+		cfg.Retention = DefaultRetention
+	}
+	if cfg.GCInterval <= 0 {
+		cfg.GCInterval = DefaultGCInterval
+	}
+	if cfg.GCGrace <= 0 {
+		cfg.GCGrace = DefaultGCGrace
+	}
+	r := &Registry{cfg: cfg, log: cfg.Logger.With("component", "registry"), pins: newPins()}
+	if r.tokens, err = loadOrCreateKey(filepath.Join(cfg.Dir, "token-key.pem")); err != nil {
+		return nil, err
+	}
+	secret, err := loadOrCreateSecret(filepath.Join(cfg.Dir, "upload-secret"))
+	if err != nil {
+		return nil, err
+	}
+	if r.driver, err = newDriver(ctx, cfg.Dir, cfg.S3); err != nil {
+		return nil, err
+	}
+	bridgeLogs(r.log)
+	// distribution panics on configuration it cannot use.
+	defer func() {
+		if p := recover(); p != nil {
+			reg, err = nil, fmt.Errorf("registry: %v", p)
+		}
+	}()
+	r.app = handlers.NewApp(context.WithoutCancel(ctx), appConfig(r.driver, secret))
+	if r.ns, err = storage.NewRegistry(context.WithoutCancel(ctx), r.driver, storage.EnableDelete); err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	return r, nil
+}
+
+// Close stops distribution's background work.
+func (r *Registry) Close() error { return r.app.Shutdown() }
+
+// need is one access a request requires.
+type need struct {
+	repo string
+	act  action
+	// optional: without it the request still proceeds, only without the
+	// part that needs it (a cross-repository mount source).
+	optional bool
+}
+
+// needsOf lists what a request on rt requires.
+func needsOf(rt route, req *http.Request) []need {
+	read := req.Method == http.MethodGet || req.Method == http.MethodHead
+	switch rt.kind {
+	case routeTags, routeReferrers:
+		return []need{{repo: rt.name, act: actPull}}
+	case routeManifest, routeBlob:
+		switch {
+		case read:
+			return []need{{repo: rt.name, act: actPull}}
+		case req.Method == http.MethodDelete:
+			return []need{{repo: rt.name, act: actDelete}}
+		}
+		return []need{{repo: rt.name, act: actPush}}
+	case routeUploadStart:
+		n := []need{{repo: rt.name, act: actPush}}
+		if from := req.URL.Query().Get("from"); from != "" && req.URL.Query().Get("mount") != "" {
+			n = append(n, need{repo: from, act: actPull, optional: true})
+		}
+		return n
+	case routeUpload:
+		return []need{{repo: rt.name, act: actPush}}
+	}
+	return nil
+}
+
+// ServeHTTP serves /v2/: the token endpoint, then authentication and
+// authorization of every other request, then kiln's own endpoints
+// (referrers, catalog) or distribution.
+func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	rt, oerr := parseRoute(req.URL.Path)
+	if oerr != nil {
+		oerr.write(w)
+		return
+	}
+	if rt.kind == routeToken {
+		r.serveToken(w, req)
+		return
+	}
+	ctx := req.Context()
+	c, err := r.authenticate(req)
+	if err != nil {
+		if errors.Is(err, errBadCredentials) {
+			r.auditDenied(ctx, req, caller{}, rt, "invalid or expired credentials")
+			r.challenge(w, rt, req, "invalid_token", "invalid or expired credentials")
+			return
+		}
+		r.internalError(ctx, w, "authenticate", err)
+		return
+	}
+	if c.anonymous && (rt.kind == routeBase || rt.kind == routeCatalog) {
+		r.challenge(w, rt, req, "", "authentication required")
+		return
+	}
+	cache := rightsCache{}
+	for _, n := range needsOf(rt, req) {
+		if n.optional && !validRepository(n.repo) {
+			dropMount(req)
+			continue
+		}
+		have, err := r.rights(ctx, c, projectOf(n.repo), cache)
+		if err != nil {
+			r.internalError(ctx, w, "authorize", err)
+			return
+		}
+		if have&n.act != n.act {
+			if n.optional {
+				// Mounting from a repository the caller may not read is not
+				// refused, only not done: the client gets an upload session,
+				// the same answer as for a blob the source does not have.
+				dropMount(req)
+				continue
+			}
+			if c.anonymous {
+				r.challenge(w, rt, req, "", "authentication required")
+				return
+			}
+			r.auditDenied(ctx, req, c, rt, "no "+n.act.String()+" access to the repository")
+			errDenied.write(w)
+			return
+		}
+		if c.grants != nil && c.grants[n.repo]&n.act != n.act {
+			if n.optional {
+				dropMount(req)
+				continue
+			}
+			// The principal may, but its registry token does not say so:
+			// the client asks the token endpoint for this scope and retries.
+			r.challenge(w, rt, req, "insufficient_scope", "the registry token does not grant "+n.act.String()+" on "+n.repo)
+			return
+		}
+	}
+	switch rt.kind {
+	case routeCatalog:
+		r.serveCatalog(w, req, c)
+	case routeReferrers:
+		r.serveReferrers(w, req, rt)
+	case routeManifest:
+		switch req.Method {
+		case http.MethodPut:
+			r.putManifest(w, req, rt)
+		case http.MethodDelete:
+			r.deleteManifest(w, req, rt)
+		default:
+			if rt.dgst != "" {
+				r.pins.touch(digestKey(rt.dgst.String()))
+			}
+			r.app.ServeHTTP(w, req)
+		}
+	case routeBlob:
+		r.pins.touch(digestKey(rt.dgst.String()))
+		r.app.ServeHTTP(w, req)
+	case routeUploadStart:
+		q := req.URL.Query()
+		var keys []string
+		for _, d := range []string{q.Get("mount"), q.Get("digest")} {
+			if _, err := digest.Parse(d); err == nil {
+				keys = append(keys, digestKey(d))
+			}
+		}
+		end := r.pins.begin(keys...)
+		r.app.ServeHTTP(w, req)
+		end()
+		if id := w.Header().Get("Docker-Upload-UUID"); id != "" {
+			r.pins.touch(uploadKey(rt.name, id))
+		}
+	case routeUpload:
+		// An upload that does not exist (never started, finished, purged)
+		// is BLOB_UPLOAD_UNKNOWN, whatever state the URL carries.
+		if _, err := r.driver.Stat(ctx, repoPath(rt.name, "_uploads", rt.ref, "startedat")); isNotFound(err) {
+			newOCIError(http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry").write(w)
+			return
+		}
+		keys := []string{uploadKey(rt.name, rt.ref)}
+		if d := req.URL.Query().Get("digest"); d != "" {
+			if _, err := digest.Parse(d); err == nil {
+				keys = append(keys, digestKey(d))
+			}
+		}
+		end := r.pins.begin(keys...)
+		defer end()
+		r.app.ServeHTTP(w, req)
+	default:
+		r.app.ServeHTTP(w, req)
+	}
+}
+
+// dropMount turns a mount request into a plain upload start.
+func dropMount(req *http.Request) {
+	q := req.URL.Query()
+	q.Del("mount")
+	q.Del("from")
+	req.URL.RawQuery = q.Encode()
+}
+
+// challenge answers 401 with the bearer challenge for what rt needs.
+// errCode is "" (no credentials), "invalid_token" or "insufficient_scope".
+func (r *Registry) challenge(w http.ResponseWriter, rt route, req *http.Request, errCode, msg string) {
+	realm := r.baseURL(req) + "/v2/token"
+	h := fmt.Sprintf(`Bearer realm=%q,service=%q`, realm, service)
+	if needs := needsOf(rt, req); len(needs) > 0 {
+		a := needs[0].act
+		if a&actPush != 0 {
+			a |= actPull // pushing clients HEAD first; one token serves both
+		}
+		h += fmt.Sprintf(`,scope="repository:%s:%s"`, needs[0].repo, a)
+	} else if rt.kind == routeCatalog {
+		h += `,scope="registry:catalog:*"`
+	}
+	if errCode != "" {
+		h += fmt.Sprintf(`,error=%q`, errCode)
+	}
+	w.Header().Set("WWW-Authenticate", h)
+	newOCIError(http.StatusUnauthorized, "UNAUTHORIZED", msg).write(w)
+}
+
+// internalError logs err and answers 500 without internals.
+func (r *Registry) internalError(ctx context.Context, w http.ResponseWriter, what string, err error) {
+	r.log.ErrorContext(ctx, "registry request failed", "what", what, "err", err)
+	newOCIError(http.StatusInternalServerError, "UNKNOWN", "internal error; see the server log").write(w)
+}
+
+// badCredentials reports an authenticator refusal (as opposed to a failure).
+func (r *Registry) badCredentials(err error) bool {
+	return errors.Is(err, errBadCredentials) || isAuthRefusal(err)
+}
+
+// auditDenied records a refused request. The procedure names the route
+// kind (the server's vocabulary); the repository is a validated name.
+func (r *Registry) auditDenied(ctx context.Context, req *http.Request, c caller, rt route, reason string) {
+	if r.cfg.Audit == nil {
+		return
+	}
+	code := "PermissionDenied"
+	if c.p.OrgID == "" {
+		code = "Unauthenticated"
+	}
+	attrs := []any{"procedure", "registry " + req.Method + " " + routeNames[rt.kind], "code", code, "reason", reason, "peer", req.RemoteAddr}
+	if rt.name != "" {
+		attrs = append(attrs, "repository", rt.name)
+	}
+	if c.p.OrgID != "" {
+		attrs = append(attrs, "org_id", c.p.OrgID, "actor", c.p.TokenID, "token_kind", c.p.Kind)
+		if c.p.ProjectID != "" {
+			attrs = append(attrs, "project_id", c.p.ProjectID)
+		}
+	}
+	r.cfg.Audit(ctx, audit.KindDenied, attrs...)
+}
+
+var routeNames = map[routeKind]string{
+	routeBase: "base", routeToken: "token", routeCatalog: "catalog", routeTags: "tags",
+	routeManifest: "manifest", routeBlob: "blob", routeUploadStart: "upload", routeUpload: "upload",
+	routeReferrers: "referrers",
+}
+
+// baseURL is the configured public URL, else the scheme and host the
+// request came to (a client that sends a bogus Host only misleads itself).
+func (r *Registry) baseURL(req *http.Request) string {
+	if r.cfg.PublicURL != nil {
+		// The registry answers at the root (/v2/), whatever path the
+		// public URL has.
+		if u, err := url.Parse(r.cfg.PublicURL()); err == nil && u.Scheme != "" && u.Host != "" {
+			return u.Scheme + "://" + u.Host
+		}
+	}
+	scheme := "http"
+	if req.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + req.Host
+}
