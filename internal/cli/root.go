@@ -58,6 +58,7 @@ Start a server with 'kiln serve', then build with 'kiln build'.`,
 	root.AddCommand(newAuditCmd(g))
 	root.AddCommand(newTokensCmd(g))
 	root.AddCommand(newPullCmd(g), newPushCmd(g))
+	root.AddCommand(newBakeCmd(g))
 	return root
 }
 

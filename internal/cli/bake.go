@@ -1,0 +1,723 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
+	"github.com/distribution/reference"
+	bkclient "github.com/moby/buildkit/client"
+	bkerrdefs "github.com/moby/buildkit/solver/errdefs"
+	"github.com/moby/buildkit/util/progress/progressui"
+	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kiln-dev/kiln/internal/bake"
+	"github.com/kiln-dev/kiln/internal/client"
+	"github.com/kiln-dev/kiln/internal/engine"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+)
+
+type bakeFlags struct {
+	files      []string
+	sets       []string
+	print      bool
+	load       bool
+	push       bool
+	save       bool
+	saveTags   []string
+	noCache    bool
+	progress   string
+	metadata   string
+	provenance string
+	project    string
+	wait       time.Duration
+}
+
+func newBakeCmd(g *globals) *cobra.Command {
+	var bf bakeFlags
+	cmd := &cobra.Command{
+		Use:   "bake [OPTIONS] [TARGET...]",
+		Short: "Build the targets of a bake file (HCL, JSON or Compose) on kiln builders",
+		Long: `Build the targets of a bake file like 'docker buildx bake' (and 'depot bake'),
+on the projects' remote BuildKit builders.
+
+Files: -f FILE (repeatable, - for stdin), or every one of compose.yaml, compose.yml,
+docker-compose.yml, docker-compose.yaml, docker-bake.json, docker-bake.override.json,
+docker-bake.hcl, docker-bake.override.hcl found in the working directory (later files
+override earlier ones). TARGET names targets or groups (default: the "default" group).
+The file language is buildx's: variables (overridden by the environment, e.g.
+TAG=v2 kiln bake), functions, groups, inherits, matrix, --set, and
+contexts = { app = "target:app" } to build FROM another target's result.
+
+Projects: a target's project is its project_id attribute (HCL/JSON), or
+x-depot.project-id / x-kiln.project-id in a Compose service's build section;
+other targets use --project (KILN_PROJECT_ID, kiln.json). Each project gets one
+kiln build holding all of its targets; projects build in parallel, and a
+project's targets build in parallel on its builders. A "target:" context must
+name a target of the same project.
+
+Failure: as in buildx, one failing target fails the bake. The other targets are
+canceled, every target's outcome is listed, and kiln exits non-zero.
+--load, --push and --save apply to the targets asked for, never to targets built
+only as another target's context.`,
+		Example: `  kiln bake
+  kiln bake --print
+  TAG=v2 kiln bake --push app worker
+  kiln bake -f docker-bake.hcl -f ci.hcl --set '*.platform=linux/arm64' --set app.args.V=2
+  kiln bake -f compose.yaml --load
+  kiln bake --save --save-tag main --metadata-file meta.json`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runBake(cmd.Context(), g, &bf, args, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVarP(&bf.files, "file", "f", nil, "bake file: HCL, JSON or Compose (repeatable; - reads stdin)")
+	f.StringArrayVar(&bf.sets, "set", nil, `override a target attribute: TARGET.KEY=VALUE, e.g. "*.platform=linux/arm64", app.args.V=2, app.project_id=ID (repeatable; KEY+=VALUE appends)`)
+	f.BoolVar(&bf.print, "print", false, "print the resolved targets as JSON and exit: nothing is built, no server is contacted")
+	f.BoolVar(&bf.load, "load", false, `load the images into the Docker engine at DOCKER_HOST (shorthand for "--set=*.output=type=docker")`)
+	f.BoolVar(&bf.push, "push", false, `push the images to their tags (shorthand for "--set=*.output=type=registry")`)
+	f.BoolVar(&bf.save, "save", false, "save the images in kiln's registry, each as <registry>/<project>:<build id>-<target>")
+	f.StringArrayVar(&bf.saveTags, "save-tag", nil, "also save each image as <registry>/<project>:<TAG>-<target> (repeatable; implies --save)")
+	f.BoolVar(&bf.noCache, "no-cache", false, "do not use the cache when building any target")
+	f.StringVar(&bf.progress, "progress", "auto", "progress output: auto | plain | tty | quiet | rawjson")
+	f.StringVar(&bf.metadata, "metadata-file", "", "write the build result metadata of every target (a JSON object keyed by target) to this file")
+	f.StringVar(&bf.provenance, "provenance", "", `provenance attestation for every target: true | false | min | max | mode=min|max,... (shorthand for "--set=*.attest=type=provenance,...")`)
+	f.StringVar(&bf.project, "project", "", "project of the targets that name none (env KILN_PROJECT_ID, DEPOT_PROJECT_ID, or kiln.json)")
+	f.DurationVar(&bf.wait, "builder-wait", 3*time.Minute, "how long to wait for a builder to start")
+	return cmd
+}
+
+// bakeOverrides are the --set values plus the ones kiln bake's own flags
+// stand for, the way buildx derives them.
+func bakeOverrides(bf *bakeFlags) []string {
+	out := slices.Clone(bf.sets)
+	if bf.push {
+		out = append(out, "*.push=true")
+	}
+	if bf.load {
+		out = append(out, "*.load=true")
+	}
+	if bf.noCache {
+		out = append(out, "*.no-cache=true")
+	}
+	if p := bf.provenance; p != "" {
+		switch p {
+		case "min", "max": // kiln build's shorthands
+			p = "mode=" + p
+		case "true", "false":
+			p = "disabled=" + map[string]string{"true": "false", "false": "true"}[p]
+		}
+		out = append(out, "*.attest=type=provenance,"+p)
+	}
+	return out
+}
+
+// bakeTarget is one target during a bake.
+type bakeTarget struct {
+	*bake.Build
+	project *bakeProject
+	// layoutDir receives the target's image as an OCI layout when another
+	// target uses it as a `target:` context; "" otherwise. layoutRef is
+	// the oci-layout:// context value once it is built.
+	layoutDir, layoutRef string
+	// separateLayout is set when the layout is exported by a solve of its
+	// own, after the one that makes the user's outputs (see handOver).
+	separateLayout bool
+	serverOpts     *cliv1.BuildOptions
+	done           chan struct{} // closed when the target has an outcome
+
+	// Set by the target's goroutine before done is closed.
+	state   string // targetDone, targetFailed, targetCanceled
+	err     error
+	resp    *bkclient.SolveResponse
+	outputs []engine.Output
+	saved   []string // where --save put the image
+}
+
+const (
+	targetDone     = "done"
+	targetFailed   = "FAILED"
+	targetCanceled = "canceled"
+)
+
+// bakeProject is one project's kiln build.
+type bakeProject struct {
+	id      string
+	targets []*bakeTarget
+	remote  *remoteBuild
+	// saveRefs and saveCreds are where --save pushes (CreateBuild's
+	// additional tags and credentials), before the per-target suffix.
+	saveRefs  []string
+	saveCreds []engine.RegistryCredential
+}
+
+type bakeRun struct {
+	bf       *bakeFlags
+	stdout   io.Writer
+	stderr   io.Writer
+	targets  map[string]*bakeTarget
+	order    []*bakeTarget // by name
+	projects []*bakeProject
+	display  chan *bkclient.SolveStatus
+}
+
+func runBake(ctx context.Context, g *globals, bf *bakeFlags, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	mode, err := bakeProgressMode(bf.progress)
+	if err != nil {
+		return err
+	}
+	def, err := bake.Load(ctx, bake.LoadOptions{Files: bf.files, Stdin: stdin, Targets: args, Overrides: bakeOverrides(bf)})
+	if err != nil {
+		printSources(stderr, err)
+		return err
+	}
+	if bf.print {
+		return def.WriteJSON(stdout)
+	}
+	if len(bf.saveTags) > 0 {
+		bf.save = true
+	}
+
+	tmp, err := os.MkdirTemp("", "kiln-bake-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	builds, err := def.Builds(tmp)
+	if err != nil {
+		return err
+	}
+	r := &bakeRun{bf: bf, stdout: stdout, stderr: stderr, targets: map[string]*bakeTarget{}}
+	for _, b := range builds {
+		t := &bakeTarget{Build: b, done: make(chan struct{})}
+		r.targets[b.Name] = t
+		r.order = append(r.order, t)
+	}
+	for _, t := range r.order {
+		for _, dep := range t.Links {
+			if d := r.targets[dep]; d != nil && d.layoutDir == "" {
+				d.layoutDir = filepath.Join(tmp, "links", d.Name)
+			}
+		}
+	}
+
+	// Everything local is checked before any build is created: each
+	// target's options (as `kiln build` checks its flags), the Docker
+	// engine for --load, and the projects.
+	stdoutUsers := 0
+	for _, t := range r.order {
+		for _, w := range t.Warnings {
+			fmt.Fprintf(stderr, "kiln: warning: target %q: %s\n", t.Name, w)
+		}
+		n, err := r.validate(ctx, t)
+		if err != nil {
+			return err
+		}
+		stdoutUsers += n
+	}
+	if stdoutUsers > 1 {
+		return fmt.Errorf("bake: only one target can write its output to stdout (dest=-): %w", errdefs.ErrInvalid)
+	}
+	defaultProject := ""
+	if bake.NeedsDefaultProject(builds) {
+		if defaultProject, err = client.FindProject(bf.project, "."); err != nil {
+			return err
+		}
+	}
+	groups, err := bake.Group(builds, defaultProject)
+	if err != nil {
+		return err
+	}
+	for _, gp := range groups {
+		p := &bakeProject{id: gp.ProjectID}
+		for _, b := range gp.Builds {
+			t := r.targets[b.Name]
+			t.project = p
+			p.targets = append(p.targets, t)
+		}
+		r.projects = append(r.projects, p)
+	}
+
+	display, err := progressui.NewDisplay(stderr, mode)
+	if err != nil {
+		return fmt.Errorf("--progress %s: %w", mode, err)
+	}
+	cfg, err := g.config()
+	if err != nil {
+		return err
+	}
+	if err := r.createBuilds(ctx, cfg); err != nil {
+		return err
+	}
+	return r.run(ctx, display, mode)
+}
+
+// bakeProgressMode checks --progress before anything is read.
+func bakeProgressMode(v string) (progressui.DisplayMode, error) {
+	switch m := progressui.DisplayMode(v); m {
+	case "":
+		return progressui.AutoMode, nil
+	case progressui.AutoMode, progressui.PlainMode, progressui.TtyMode, progressui.QuietMode, progressui.RawJSONMode:
+		return m, nil
+	}
+	return "", fmt.Errorf("--progress %q: unknown mode (supported: auto, plain, tty, quiet, rawjson): %w", v, errdefs.ErrInvalid)
+}
+
+// printSources prints the lines of a bake file an error points at, as
+// buildx does under its error message.
+func printSources(w io.Writer, err error) {
+	for _, s := range bkerrdefs.Sources(err) {
+		_ = s.Print(w)
+	}
+}
+
+// options are the engine options t is built with: its own outputs and,
+// when withLayout, the OCI layout its dependent targets read. Contexts from
+// targets not built yet are left out (validation runs before anything is
+// built).
+func (r *bakeRun) options(t *bakeTarget, withLayout bool) engine.Options {
+	o := t.Options
+	o.Stdout = r.stdout
+	o.BuildContexts = slices.Clone(o.BuildContexts)
+	if withLayout {
+		o.Outputs = append(slices.Clone(o.Outputs), layoutOutput(t.layoutDir))
+	}
+	for _, name := range sortedNames(t.Links) {
+		if ref := r.targets[t.Links[name]].layoutRef; ref != "" {
+			o.BuildContexts = append(o.BuildContexts, name+"="+ref)
+		}
+	}
+	return o
+}
+
+// layoutOutput is the output that hands a target's image to the targets
+// using it as a `target:` context: an OCI layout directory on this
+// machine, passed to them as an oci-layout:// named context. It works
+// whichever builders the targets run on (a two-platform dependency is one
+// index; each dependent platform picks its own image from it).
+func layoutOutput(dir string) string { return "type=oci,tar=false,dest=" + dir }
+
+// validate prepares t once, as it will be built, and keeps what the
+// server is told about it; it returns how many outputs write to stdout.
+func (r *bakeRun) validate(ctx context.Context, t *bakeTarget) (int, error) {
+	o := r.options(t, false)
+	o.Progress = r.bf.progress
+	req, err := engine.Prepare(o)
+	if err != nil {
+		return 0, fmt.Errorf("target %q: %w", t.Name, err)
+	}
+	defer req.Close()
+	for _, w := range req.Warnings() {
+		fmt.Fprintf(r.stderr, "kiln: warning: target %q: %s\n", t.Name, w)
+	}
+	if req.Loads() {
+		if err := req.CheckDocker(ctx); err != nil {
+			return 0, fmt.Errorf("target %q: %w", t.Name, err)
+		}
+	}
+	if r.saves(t) {
+		if err := checkSaveFlags(&buildFlags{save: true, saveTags: r.bf.saveTags}, req); err != nil {
+			return 0, fmt.Errorf("target %q: %w", t.Name, err)
+		}
+		for _, tag := range r.bf.saveTags {
+			if err := client.CheckTag(tag + "-" + t.Name); err != nil {
+				return 0, fmt.Errorf("target %q: each target is saved as TAG-TARGET: %w", t.Name, err)
+			}
+		}
+	}
+	outs := req.Outputs()
+	if t.layoutDir != "" {
+		// BuildKit's client names the image of an OCI layout directory
+		// from the solve's response, which is the last exporter's: with
+		// other outputs in the same solve the layout would name their
+		// image, and --metadata-file would report the layout's. So a
+		// target with outputs of its own hands its image over in a second,
+		// fully cached solve.
+		t.separateLayout = len(outs) > 0 || r.saves(t)
+		lo := o
+		lo.Outputs = []string{layoutOutput(t.layoutDir)}
+		lreq, err := engine.Prepare(lo)
+		if err != nil {
+			return 0, fmt.Errorf("target %q: %w", t.Name, err)
+		}
+		lreq.Close()
+	}
+	name := t.Name
+	t.serverOpts = &cliv1.BuildOptions{Command: cliv1.Command_COMMAND_BAKE, TargetName: &name, Tags: req.Tags(),
+		Outputs: buildOutputs(outs), Push: req.Pushes(), Load: req.Loads(), Save: r.saves(t)}
+	n := 0
+	for _, out := range outs {
+		if out.Dest == "-" {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// saves reports whether t is saved: --save applies to the targets asked for.
+func (r *bakeRun) saves(t *bakeTarget) bool { return r.bf.save && t.Requested }
+
+// createBuilds creates every project's kiln build, in parallel, before any
+// target starts. If one cannot be created, the others are finished as
+// canceled and nothing is built.
+func (r *bakeRun) createBuilds(ctx context.Context, cfg client.Config) error {
+	api := cfg.Builds()
+	g, gctx := errgroup.WithContext(ctx)
+	for _, p := range r.projects {
+		g.Go(func() error {
+			var opts []*cliv1.BuildOptions
+			saving := false
+			for _, t := range p.targets {
+				o := t.serverOpts
+				if o.Save {
+					// The server collects --save-tag values from every
+					// entry; they are the bake's, so they are sent once.
+					tags := r.bf.saveTags
+					if saving {
+						tags = nil
+					}
+					requestSave(&buildFlags{save: true, saveTags: tags}, o)
+					saving = true
+				}
+				opts = append(opts, o)
+			}
+			res, err := retryUnavailable(gctx, func() (*connect.Response[cliv1.CreateBuildResponse], error) {
+				return api.CreateBuild(gctx, connect.NewRequest(&cliv1.CreateBuildRequest{ProjectId: p.id, Options: opts}))
+			})
+			if err != nil {
+				return fmt.Errorf("create build in project %s: %w", p.id, err)
+			}
+			p.remote = &remoteBuild{api: api, apiURL: cfg.APIURL, id: res.Msg.BuildId, token: res.Msg.BuildToken}
+			for _, tag := range res.Msg.GetAdditionalTags() {
+				if tag.GetPush() {
+					p.saveRefs = append(p.saveRefs, tag.GetTag())
+				}
+			}
+			for _, c := range res.Msg.GetAdditionalCredentials() {
+				cred, err := engine.DecodeRegistryCredential(c.GetHost(), c.GetToken())
+				if err != nil {
+					return fmt.Errorf("project %s: --save: the server's %w", p.id, err)
+				}
+				p.saveCreds = append(p.saveCreds, cred)
+			}
+			if saving && len(p.saveRefs) == 0 {
+				return fmt.Errorf("project %s: --save: the server did not say where to save the images (it has no registry, or is not a kiln server that supports --save)", p.id)
+			}
+			return nil
+		})
+	}
+	err := g.Wait()
+	if err != nil {
+		for _, p := range r.projects {
+			if p.remote != nil {
+				p.remote.finish(context.Canceled)
+			}
+		}
+		return err
+	}
+	for _, p := range r.projects {
+		names := make([]string, len(p.targets))
+		for i, t := range p.targets {
+			names[i] = t.Name
+		}
+		fmt.Fprintf(r.stderr, "kiln: build %s in project %s: %s\n", p.remote.id, p.id, strings.Join(names, ", "))
+	}
+	return nil
+}
+
+// run builds every target, each as soon as the targets it uses as
+// contexts are built, and reports the outcome. The first failure cancels
+// the rest of the bake (buildx's policy).
+func (r *bakeRun) run(ctx context.Context, display progressui.Display, mode progressui.DisplayMode) error {
+	r.display = make(chan *bkclient.SolveStatus)
+	var warnings []bkclient.VertexWarning
+	displayed := make(chan struct{})
+	go func() {
+		defer close(displayed)
+		// Drains until every target is done, even once ctx is canceled,
+		// so the failing step is always shown.
+		warnings, _ = display.UpdateFrom(context.WithoutCancel(ctx), r.display)
+	}()
+
+	bctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	for _, t := range r.order {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(t.done)
+			r.runTarget(bctx, cancel, t)
+		}()
+	}
+	wg.Wait()
+	close(r.display)
+	<-displayed
+	if mode != progressui.QuietMode && mode != progressui.RawJSONMode {
+		engine.PrintWarnings(r.stderr, warnings)
+	}
+
+	for _, p := range r.projects {
+		p.remote.finish(p.outcome())
+	}
+	return r.report()
+}
+
+// runTarget waits for the targets t uses as contexts, then builds t.
+func (r *bakeRun) runTarget(ctx context.Context, cancel context.CancelCauseFunc, t *bakeTarget) {
+	for _, name := range sortedNames(t.Links) {
+		dep := r.targets[t.Links[name]]
+		select {
+		case <-dep.done:
+		case <-ctx.Done():
+		}
+		if dep.state != targetDone {
+			t.state, t.err = targetCanceled, fmt.Errorf("not built: target %q (context %q) did not build", dep.Name, name)
+			return
+		}
+	}
+	if ctx.Err() != nil {
+		t.state, t.err = targetCanceled, context.Cause(ctx)
+		return
+	}
+	err := r.build(ctx, t)
+	switch {
+	case err == nil:
+		t.state = targetDone
+	case ctx.Err() != nil:
+		// Canceled because another target failed (or the user
+		// interrupted): not this target's failure.
+		t.state, t.err = targetCanceled, context.Cause(ctx)
+	default:
+		t.state, t.err = targetFailed, err
+		cancel(fmt.Errorf("canceled: target %q failed", t.Name))
+	}
+}
+
+// build runs one target on its project's build, through the same remote
+// build code as `kiln build` (builder connection, health, status and
+// timings reports).
+func (r *bakeRun) build(ctx context.Context, t *bakeTarget) error {
+	withLayout := t.layoutDir != "" && !t.separateLayout
+	req, err := r.solve(ctx, t, r.options(t, withLayout), t.Name, false)
+	if err != nil {
+		return err
+	}
+	defer req.Close()
+	t.outputs = req.Outputs()
+	if withLayout {
+		t.outputs = slices.DeleteFunc(t.outputs, func(o engine.Output) bool { return o.Dest == t.layoutDir })
+	}
+	if t.separateLayout {
+		o := r.options(t, false)
+		o.Outputs = []string{layoutOutput(t.layoutDir)}
+		lreq, err := r.solve(ctx, t, o, t.Name+" (as context)", true)
+		if err != nil {
+			return fmt.Errorf("handing the image over to the targets using it: %w", err)
+		}
+		lreq.Close()
+	}
+	if t.layoutDir != "" {
+		d, err := layoutDigest(t.layoutDir)
+		if err != nil {
+			return fmt.Errorf("reading the image handed to dependent targets: %w", err)
+		}
+		t.layoutRef = "oci-layout://" + t.layoutDir + "@" + d
+	}
+	return nil
+}
+
+// solve prepares o and runs it on t's build, its steps shown under prefix.
+// The hand-over solve (handOver) is only displayed: its steps are the
+// main solve's, all cached, and are not reported to the server again.
+// The main solve sets t.resp. The caller closes the returned request.
+func (r *bakeRun) solve(ctx context.Context, t *bakeTarget, o engine.Options, prefix string, handOver bool) (*engine.Request, error) {
+	o.Progress = string(progressui.QuietMode) // the bake renders one display for all targets
+	req, err := engine.Prepare(o)
+	if err != nil {
+		return nil, err
+	}
+	if r.saves(t) && !handOver {
+		refs, err := targetRefs(t.project.saveRefs, t.Name)
+		if err == nil {
+			err = req.AddSave(refs, t.project.saveCreds)
+		}
+		if err != nil {
+			req.Close()
+			return nil, err
+		}
+		t.saved = refs
+	}
+
+	tb := *t.project.remote // a copy per solve: run records steps and the result in it
+	tb.platform = builderPlatform(req.BuilderPlatform(req.Platform()))
+	tb.tap = func(st *bkclient.SolveStatus) *bkclient.SolveStatus {
+		st = engine.PrefixStatus(prefix, st)
+		r.display <- st
+		if handOver {
+			return nil
+		}
+		return st
+	}
+	run := tb.run
+	if req.MultiPlatform() {
+		run = tb.runMultiPlatform
+	}
+	var msgs io.Writer = targetWriter{w: r.stderr, target: t.Name}
+	if handOver {
+		msgs = io.Discard // the main solve said it all
+	}
+	if err := run(ctx, req, &buildFlags{wait: r.bf.wait}, msgs); err != nil {
+		req.Close()
+		return nil, err
+	}
+	if !handOver {
+		t.resp = tb.resp
+	}
+	return req, nil
+}
+
+// targetRefs suffixes the tag of each saved reference with the target
+// name (<registry>/<project>:<build id>-<target>), so the targets of one
+// build do not overwrite each other.
+func targetRefs(refs []string, target string) ([]string, error) {
+	var out []string
+	for _, ref := range refs {
+		named, err := reference.ParseNormalizedNamed(ref)
+		if err != nil {
+			return nil, fmt.Errorf("--save: the server's image name %q: %w", ref, err)
+		}
+		tagged, ok := named.(reference.Tagged)
+		if !ok {
+			return nil, fmt.Errorf("--save: the server's image name %q has no tag", ref)
+		}
+		withTarget, err := reference.WithTag(reference.TrimNamed(named), tagged.Tag()+"-"+target)
+		if err != nil {
+			return nil, fmt.Errorf("--save: tag %s-%s: %w", tagged.Tag(), target, err)
+		}
+		out = append(out, withTarget.String())
+	}
+	return out, nil
+}
+
+// layoutDigest is the image an OCI layout directory holds: the manifest
+// (or index) BuildKit's client listed in index.json, under each name.
+func layoutDigest(dir string) (string, error) {
+	dt, err := os.ReadFile(filepath.Join(dir, ocispecs.ImageIndexFile))
+	if err != nil {
+		return "", err
+	}
+	var idx ocispecs.Index
+	if err := json.Unmarshal(dt, &idx); err != nil {
+		return "", err
+	}
+	if len(idx.Manifests) == 0 {
+		return "", errors.New("the OCI layout lists no image")
+	}
+	return idx.Manifests[0].Digest.String(), nil
+}
+
+// outcome is how a project's build ended, for FinishBuild: the error of a
+// target that failed, canceled if a target was canceled, else success.
+func (p *bakeProject) outcome() error {
+	var canceled bool
+	for _, t := range p.targets {
+		switch t.state {
+		case targetFailed:
+			return fmt.Errorf("target %q: %w", t.Name, t.err)
+		case targetCanceled:
+			canceled = true
+		}
+	}
+	if canceled {
+		return context.Canceled
+	}
+	return nil
+}
+
+// report prints every target's outcome and writes --metadata-file; the
+// error names the failed targets.
+func (r *bakeRun) report() error {
+	var failed []*bakeTarget
+	canceled := 0
+	for _, t := range r.order {
+		where := fmt.Sprintf("build %s, project %s", t.project.remote.id, t.project.id)
+		switch t.state {
+		case targetDone:
+			fmt.Fprintf(r.stderr, "kiln: target %s: done (%s)%s\n", t.Name, where, describeOutputs(t.outputs, t.resp))
+			if len(t.saved) > 0 {
+				fmt.Fprintf(r.stderr, "kiln: target %s: saved to kiln's registry as %s (kiln pull %s:%s-%s)\n",
+					t.Name, strings.Join(t.saved, ", "), t.project.id, t.project.remote.id, t.Name)
+			}
+		case targetFailed:
+			failed = append(failed, t)
+			fmt.Fprintf(r.stderr, "kiln: target %s: FAILED (%s): %v\n", t.Name, where, t.err)
+		default:
+			canceled++
+			fmt.Fprintf(r.stderr, "kiln: target %s: canceled (%s): %v\n", t.Name, where, t.err)
+		}
+	}
+	switch {
+	case len(failed) == 1:
+		return fmt.Errorf("bake failed: target %q: %w", failed[0].Name, failed[0].err)
+	case len(failed) > 1:
+		names := make([]string, len(failed))
+		for i, t := range failed {
+			names[i] = t.Name
+		}
+		return fmt.Errorf("bake failed: targets %s failed; first: %w", strings.Join(names, ", "), failed[0].err)
+	case canceled > 0:
+		return fmt.Errorf("bake canceled: %w", errdefs.ErrCanceled)
+	}
+	if r.bf.metadata != "" {
+		results := map[string]engine.TargetResult{}
+		for _, t := range r.order {
+			results[t.Name] = engine.TargetResult{Resp: t.resp, Ref: engine.BuildRef{ProjectID: t.project.id, BuildID: t.project.remote.id}}
+		}
+		if err := engine.WriteBakeMetadataFile(r.bf.metadata, results); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// targetWriter names the target in the "kiln: …" lines the remote build
+// code prints (waiting for a builder, which builder builds what). Each of
+// those lines is one Write.
+type targetWriter struct {
+	w      io.Writer
+	target string
+}
+
+func (tw targetWriter) Write(p []byte) (int, error) {
+	rest, ok := bytes.CutPrefix(p, []byte("kiln: "))
+	if !ok {
+		return tw.w.Write(p)
+	}
+	if _, err := fmt.Fprintf(tw.w, "kiln: target %s: %s", tw.target, rest); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func sortedNames(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
