@@ -141,7 +141,7 @@ type builder struct {
 	state      State
 	port       int
 	run        *run
-	leases     map[string]struct{}
+	leases     map[string]time.Time // lease id → when it was taken
 	lastUsed   time.Time // last Ensure or Release to zero leases; idle time counts from here
 	certExpiry time.Time
 	lastErr    error
@@ -338,7 +338,7 @@ func (f *Fleet) builderLocked(projectID, platform, arch string) *builder {
 		sockDir:    socketDir(dir),
 		serverName: projectID + "-" + arch + ".builder.kiln",
 		state:      StateStopped,
-		leases:     map[string]struct{}{},
+		leases:     map[string]time.Time{},
 		changed:    make(chan struct{}),
 	}
 	f.builders[k] = b
@@ -356,7 +356,10 @@ func (f *Fleet) Lease(projectID, platform, leaseID string) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.builderLocked(projectID, platform, arch).leases[leaseID] = struct{}{}
+	b := f.builderLocked(projectID, platform, arch)
+	if _, ok := b.leases[leaseID]; !ok {
+		b.leases[leaseID] = time.Now()
+	}
 }
 
 // Release ends a lease. Idle time counts from the release of the last one.

@@ -107,21 +107,12 @@ func (f *Fleet) runBuilder(b *builder, r *run, spec Spec, port int) {
 
 	cmd, expiry, logDone, err := f.launch(b, spec, port)
 	if err != nil {
-		f.finishRun(b, r, fmt.Errorf("builder %s/%s: start buildkitd: %w: %w", b.projectID, b.platform, err, errdefs.ErrUnavailable), true)
+		f.finishRun(b, r, fmt.Errorf("builder %s/%s: start buildkitd: %w: %w", b.projectID, b.platform, err, errdefs.ErrUnavailable), true, time.Now())
 		return
 	}
 	pgid := cmd.Process.Pid // Setpgid: buildkitd leads its own group
 	exited := make(chan error, 1)
-	go func() {
-		err := cmd.Wait()
-		// Let the log copy catch up so the error can quote buildkitd's last
-		// line; descendants holding the pipe must not delay it for long.
-		select {
-		case <-logDone:
-		case <-time.After(time.Second):
-		}
-		exited <- err
-	}()
+	go func() { exited <- cmd.Wait() }()
 
 	f.mu.Lock()
 	r.proc = cmd.Process
@@ -131,13 +122,13 @@ func (f *Fleet) runBuilder(b *builder, r *run, spec Spec, port int) {
 	log.Info("buildkitd started", "pid", pgid, "addr", "tcp://127.0.0.1:"+strconv.Itoa(port))
 
 	start := time.Now()
-	if err, gone := f.waitReady(b, r, exited); err != nil {
+	if err, gone := f.waitReady(b, r, exited, logDone); err != nil {
 		_ = cmd.Process.Kill()
 		if !gone {
 			<-exited
 		}
 		f.cleanup(b, pgid)
-		f.finishRun(b, r, err, true)
+		f.finishRun(b, r, err, true, time.Now())
 		return
 	}
 	f.mu.Lock()
@@ -153,12 +144,24 @@ func (f *Fleet) runBuilder(b *builder, r *run, spec Spec, port int) {
 	log.Info("builder ready", "took", time.Since(start).Round(time.Millisecond))
 
 	werr := <-exited
+	diedAt := time.Now()
+	// From now on Ensure answers "not ready" (and asks for a restart), so
+	// no new build is handed the dead endpoint while the tree is cleaned up.
+	f.mu.Lock()
+	if !r.stopping {
+		b.state = StateCrashed
+		b.broadcastLocked()
+	}
+	f.mu.Unlock()
 	f.cleanup(b, pgid)
+	// The cleanup killed whatever held the log pipe; let the copy catch up
+	// so the error can quote buildkitd's last line.
+	waitLog(logDone)
 	if werr == nil {
 		werr = errors.New("exit status 0")
 	}
 	f.finishRun(b, r, fmt.Errorf("builder %s/%s lost: buildkitd %v (last log line: %q; see %s): %w",
-		b.projectID, b.platform, werr, lastLine(b.logPath()), b.logPath(), errdefs.ErrUnavailable), false)
+		b.projectID, b.platform, werr, lastLine(b.logPath()), b.logPath(), errdefs.ErrUnavailable), false, diedAt)
 }
 
 // cleanup kills what is left of a run's process tree and detaches its mounts.
@@ -172,7 +175,18 @@ func (f *Fleet) cleanup(b *builder, pgid int) {
 // finishRun records the end of run r. duringStart says it never became
 // ready. A run that ends unasked after having been ready is a crash: its
 // leases go to OnExit and the builder is started again.
-func (f *Fleet) finishRun(b *builder, r *run, err error, duringStart bool) {
+// waitLog gives the log copy a moment to drain after buildkitd exited.
+func waitLog(logDone <-chan struct{}) {
+	select {
+	case <-logDone:
+	case <-time.After(time.Second):
+	}
+}
+
+// finishRun records the end of a run. diedAt is when the process exited:
+// leases taken after it (a build handed the builder while it was being
+// cleaned up) are not the lost ones; they carry over to the restart.
+func (f *Fleet) finishRun(b *builder, r *run, err error, duringStart bool, diedAt time.Time) {
 	f.mu.Lock()
 	b.run = nil
 	close(r.done)
@@ -189,10 +203,12 @@ func (f *Fleet) finishRun(b *builder, r *run, err error, duringStart bool) {
 	default:
 		b.state = StateCrashed
 		b.lastErr = err
-		for l := range b.leases {
-			leases = append(leases, l)
+		for l, at := range b.leases {
+			if !at.After(diedAt) {
+				leases = append(leases, l)
+				delete(b.leases, l)
+			}
 		}
-		clear(b.leases)
 		b.lastUsed = time.Now()
 		f.log.Warn("builder crashed", "project", b.projectID, "platform", b.platform, "leases", leases, "err", err)
 	}
@@ -313,7 +329,7 @@ func (f *Fleet) launch(b *builder, spec Spec, port int) (*exec.Cmd, time.Time, <
 // waitReady polls buildkitd over the unix socket until it lists a worker.
 // It fails when buildkitd exits (gone reports that exited was consumed),
 // when a stop is requested, or after StartTimeout.
-func (f *Fleet) waitReady(b *builder, r *run, exited <-chan error) (err error, gone bool) {
+func (f *Fleet) waitReady(b *builder, r *run, exited <-chan error, logDone <-chan struct{}) (err error, gone bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), f.cfg.StartTimeout)
 	defer cancel()
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -321,6 +337,7 @@ func (f *Fleet) waitReady(b *builder, r *run, exited <-chan error) (err error, g
 	for {
 		select {
 		case werr := <-exited:
+			waitLog(logDone)
 			return fmt.Errorf("builder %s/%s: buildkitd exited while starting: %v (last log line: %q; see %s): %w",
 				b.projectID, b.platform, werr, lastLine(b.logPath()), b.logPath(), errdefs.ErrUnavailable), true
 		case <-r.stop:
