@@ -142,7 +142,7 @@ type builder struct {
 	port       int
 	run        *run
 	leases     map[string]time.Time // lease id → when it was taken
-	lastUsed   time.Time // last Ensure or Release to zero leases; idle time counts from here
+	lastUsed   time.Time            // last Ensure or Release to zero leases; idle time counts from here
 	certExpiry time.Time
 	lastErr    error
 	retryAt    time.Time     // after a failed start, Ensure returns lastErr until then
