@@ -299,9 +299,19 @@ func (b *remoteBuild) run(ctx context.Context, req *engine.Request, bf *buildFla
 		return err
 	}
 	defer c.Close()
+	return b.solve(ctx, func(observe func(*bkclient.SolveStatus)) (*bkclient.SolveResponse, error) {
+		return engine.Solve(ctx, c, req, stderr, observe)
+	})
+}
+
+// solve runs one solve (single- or multi-platform) while recording its
+// steps and streaming its status to the server, then reports the timings.
+// A cause set on ctx (the server ended the build) wins over the solve's
+// own error, which would only say "canceled".
+func (b *remoteBuild) solve(ctx context.Context, run func(observe func(*bkclient.SolveStatus)) (*bkclient.SolveResponse, error)) error {
 	b.steps = engine.NewStepRecorder()
 	status := startStatusReporter(b.apiURL, b.id, b.token)
-	resp, err := engine.Solve(ctx, c, req, stderr, b.observer(status))
+	resp, err := run(b.observer(status))
 	status.close()
 	b.reportTimings()
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {

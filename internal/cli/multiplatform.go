@@ -78,17 +78,7 @@ func (b *remoteBuild) runMultiPlatform(ctx context.Context, req *engine.Request,
 	}
 	fmt.Fprintf(stderr, "kiln: building %s\n", strings.Join(plan, ", "))
 
-	b.steps = engine.NewStepRecorder()
-	status := startStatusReporter(b.apiURL, b.id, b.token)
-	resp, err := engine.SolveMulti(ctx, targets, req, stderr, b.observer(status))
-	status.close()
-	b.reportTimings()
-	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
-		return cause
-	}
-	if err != nil {
-		return fmt.Errorf("build %s failed: %w", b.id, err)
-	}
-	b.resp = resp
-	return nil
+	return b.solve(ctx, func(observe func(*bkclient.SolveStatus)) (*bkclient.SolveResponse, error) {
+		return engine.SolveMulti(ctx, targets, req, stderr, observe)
+	})
 }
