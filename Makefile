@@ -1,6 +1,6 @@
 export GONOSUMDB := buf.build/gen/go
 
-.PHONY: all setup demo test unit e2e generate vet
+.PHONY: all setup demo test unit e2e generate vet bench bench-smoke
 
 all: setup
 
@@ -25,3 +25,11 @@ vet:
 
 generate:
 	bash hack/generate.sh
+
+# Benchmarks against plain buildctl -> buildkitd (bench/RESULTS.md, ~15 min).
+# The smoke mode (tiny sizes, one run) also runs in `make test` (bench/bench_test.go).
+bench: setup
+	go run ./bench -kiln bin/kiln
+
+bench-smoke: setup
+	go run ./bench -smoke -kiln bin/kiln

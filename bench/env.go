@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// repoRoot finds the kiln module root from the working directory up.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && strings.Contains(string(b), "module github.com/kiln-dev/kiln\n") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("not inside the kiln repository (no go.mod of github.com/kiln-dev/kiln above the working directory)")
+		}
+		dir = parent
+	}
+}
+
+// checkComponents lists what the runner needs and is missing.
+func checkComponents(buildkitd, buildctl string) []string {
+	var missing []string
+	for _, f := range []struct{ path, hint string }{
+		{buildkitd, "run hack/setup.sh"},
+		{buildctl, "run hack/setup.sh"},
+		{"/bin/busybox", "apt-get install busybox-static"},
+	} {
+		if _, err := os.Stat(f.path); err != nil {
+			missing = append(missing, f.path+" ("+f.hint+")")
+		}
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		missing = append(missing, "runc (apt-get install runc)")
+	}
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root (builders run rootful buildkitd)")
+	}
+	return missing
+}
+
+// buildKiln compiles ./cmd/kiln into dir, so the numbers are those of the
+// code in the tree, not of a stale bin/kiln.
+func buildKiln(ctx context.Context, root, dir string) (string, error) {
+	out := filepath.Join(dir, "kiln")
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/kiln")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/kiln: %w\n%s", err, b)
+	}
+	return out, nil
+}
+
+// cleanEnv is the runner's environment without anything that would point a
+// client elsewhere (KILN_*, DEPOT_*, BUILDKIT_HOST, DOCKER_HOST); callers
+// append their own settings.
+func cleanEnv(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "KILN_") || strings.HasPrefix(k, "DEPOT_") || k == "BUILDKIT_HOST" ||
+			k == "DOCKER_HOST" || k == "DOCKER_CONFIG" || k == "DOCKER_CONTEXT" || k == "BUILDX_BUILDER" {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, extra...)
+}
+
+// sortedMap ranges over m in key order (stable command lines).
+func sortedMap(m map[string]string) iter.Seq2[string, string] {
+	return func(yield func(string, string) bool) {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			if !yield(k, m[k]) {
+				return
+			}
+		}
+	}
+}

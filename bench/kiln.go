@@ -1,0 +1,266 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
+	"github.com/depot/depot-go/proto/depot/cli/v1/cliv1connect"
+	bkclient "github.com/moby/buildkit/client"
+
+	"github.com/kiln-dev/kiln/internal/engine"
+)
+
+// kilnServer is one `kiln serve` on a loopback port with its own data
+// directory, plus the kiln CLI pointed at it.
+type kilnServer struct {
+	URL   string
+	Addr  string // host:port
+	Data  string
+	Token string // the bootstrap organization token
+	bin   string
+	home  string // HOME (and Docker config) of CLI runs
+	proc  *proc
+	http  *http.Client
+	api   cliv1connect.BuildServiceClient
+}
+
+// startKiln runs `kiln serve` and waits for /healthz.
+func startKiln(ctx context.Context, bin, buildkitd, data string, extra ...string) (*kilnServer, error) {
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	s := &kilnServer{URL: "http://" + addr, Addr: addr, Data: data, bin: bin, home: filepath.Join(data, "home"),
+		http: &http.Client{Timeout: 30 * time.Second}}
+	if err := os.MkdirAll(filepath.Join(s.home, ".docker"), 0o700); err != nil {
+		return nil, err
+	}
+	args := append([]string{"serve", "--data", data, "--addr", addr, "--buildkitd", buildkitd, "--log-level", "info"}, extra...)
+	p, err := startProc("kiln serve", filepath.Join(data, "serve.log"), data, cleanEnv(), bin, args...)
+	if err != nil {
+		return nil, err
+	}
+	s.proc = p
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if res, err := s.http.Get(s.URL + "/healthz"); err == nil {
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if !p.alive() || time.Now().After(deadline) || ctx.Err() != nil {
+			s.stop()
+			return nil, fmt.Errorf("kiln serve did not come up (%v):\n%s", p.err, tailFile(filepath.Join(data, "serve.log"), 20))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tok, err := os.ReadFile(filepath.Join(data, "admin.token"))
+	if err != nil {
+		s.stop()
+		return nil, err
+	}
+	s.Token = strings.TrimSpace(string(tok))
+	s.api = cliv1connect.NewBuildServiceClient(s.http, s.URL)
+	return s, nil
+}
+
+// stop ends kiln serve (it stops its builders) and cleans up what a crash
+// might have left under its data directory.
+func (s *kilnServer) stop() {
+	if s.proc == nil {
+		return
+	}
+	s.proc.stop(30 * time.Second)
+	s.proc = nil
+	killUnder(s.Data)
+	_ = unmountUnder(s.Data)
+}
+
+func (s *kilnServer) env() []string {
+	return cleanEnv("KILN_API_URL="+s.URL, "KILN_TOKEN="+s.Token, "HOME="+s.home, "DOCKER_CONFIG="+filepath.Join(s.home, ".docker"))
+}
+
+// cli runs the kiln CLI against s.
+func (s *kilnServer) cli(ctx context.Context, timeout time.Duration, dir string, args ...string) (runResult, error) {
+	return runCmd(ctx, timeout, dir, s.env(), s.bin, args...)
+}
+
+func (s *kilnServer) createProject(ctx context.Context, name string) (string, error) {
+	r, err := s.cli(ctx, time.Minute, s.home, "projects", "create", name, "--quiet")
+	if err != nil {
+		return "", err
+	}
+	id := strings.TrimSpace(r.Output)
+	if id == "" || strings.ContainsAny(id, " \n") {
+		return "", fmt.Errorf("projects create printed %q, want an id", r.Output)
+	}
+	return id, nil
+}
+
+// build runs `kiln build` in project with the spec's context.
+func (s *kilnServer) build(ctx context.Context, timeout time.Duration, project string, b buildSpec) (runResult, error) {
+	args := []string{"build", "--project", project, "--progress", "plain"}
+	for k, v := range sortedMap(b.BuildArgs) {
+		args = append(args, "--build-arg", k+"="+v)
+	}
+	if b.Output != "" {
+		// buildctl attaches no attestations; kiln build, like buildx,
+		// adds min provenance to pushed images unless told not to.
+		args = append(args, "-o", b.Output, "--provenance=false")
+	}
+	args = append(args, b.Context)
+	return s.cli(ctx, timeout, b.Context, args...)
+}
+
+// builderStatus is an entry of GET /debug/builders.
+type builderStatus struct {
+	ProjectID string
+	Platform  string
+	State     string
+	PID       int
+	Addr      string
+	StateDir  string
+	LogPath   string
+	Leases    []string
+}
+
+func (s *kilnServer) builders(ctx context.Context) ([]builderStatus, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", s.URL+"/debug/builders", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+s.Token)
+	res, err := s.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /debug/builders: %s", res.Status)
+	}
+	var out []builderStatus
+	return out, json.NewDecoder(res.Body).Decode(&out)
+}
+
+// builder returns the amd64 builder of project as /debug/builders shows it.
+func (s *kilnServer) builder(ctx context.Context, project string) (builderStatus, error) {
+	bs, err := s.builders(ctx)
+	if err != nil {
+		return builderStatus{}, err
+	}
+	for _, b := range bs {
+		if b.ProjectID == project && b.Platform == "linux/amd64" {
+			return b, nil
+		}
+	}
+	return builderStatus{}, fmt.Errorf("project %s has no builder in /debug/builders", project)
+}
+
+// waitBuilder polls /debug/builders until cond holds for project's builder.
+func (s *kilnServer) waitBuilder(ctx context.Context, project string, timeout time.Duration, what string, cond func(builderStatus) bool) (builderStatus, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		b, err := s.builder(ctx, project)
+		if err == nil && cond(b) {
+			return b, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return b, fmt.Errorf("builder of %s: not %s within %s (last: %+v, %v)", project, what, timeout, b, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// acquisition is one CreateBuild + GetBuildKitConnection until active.
+type acquisition struct {
+	BuildID, Token string
+	Conn           engine.Connection
+	Took           time.Duration // CreateBuild sent → active connection received
+	Polls          int           // GetBuildKitConnection calls
+}
+
+// acquire gets a builder for a new build in project as a Depot client does:
+// CreateBuild, then GetBuildKitConnection until it answers active, waiting
+// the wait_ms each pending answer asks for (at least 50 ms, as kiln's CLI).
+// A poll > 0 waits that long between calls instead, ignoring wait_ms (to
+// tell kiln's own latency from the polling interval it asks for).
+func (s *kilnServer) acquire(ctx context.Context, project string, timeout, poll time.Duration) (acquisition, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var a acquisition
+	start := time.Now()
+	req := connect.NewRequest(&cliv1.CreateBuildRequest{ProjectId: project,
+		Options: []*cliv1.BuildOptions{{Command: cliv1.Command_COMMAND_BUILD}}})
+	req.Header().Set("Authorization", "Bearer "+s.Token)
+	created, err := s.api.CreateBuild(ctx, req)
+	if err != nil {
+		return a, fmt.Errorf("CreateBuild: %w", err)
+	}
+	a.BuildID, a.Token = created.Msg.BuildId, created.Msg.BuildToken
+	for {
+		a.Polls++
+		req := connect.NewRequest(&cliv1.GetBuildKitConnectionRequest{BuildId: a.BuildID, Platform: cliv1.BuilderPlatform_BUILDER_PLATFORM_AMD64})
+		req.Header().Set("Authorization", "Bearer "+a.Token)
+		res, err := s.api.GetBuildKitConnection(ctx, req)
+		if err != nil {
+			s.finish(a)
+			return a, fmt.Errorf("GetBuildKitConnection: %w", err)
+		}
+		if act := res.Msg.GetActive(); act != nil {
+			a.Took = time.Since(start)
+			a.Conn = engine.Connection{Endpoint: act.Endpoint, ServerName: act.ServerName,
+				CertPEM: act.GetCert().GetCert(), KeyPEM: act.GetCert().GetKey(), CACertPEM: act.GetCaCert().GetCert()}
+			return a, nil
+		}
+		wait := time.Duration(max(res.Msg.GetPending().GetWaitMs(), 50)) * time.Millisecond
+		if poll > 0 {
+			wait = poll
+		}
+		select {
+		case <-ctx.Done():
+			s.finish(a)
+			return a, fmt.Errorf("builder of %s not active: %w", project, ctx.Err())
+		case <-time.After(wait):
+		}
+	}
+}
+
+// finish ends a build the runner created through the API (success).
+func (s *kilnServer) finish(a acquisition) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	req := connect.NewRequest(&cliv1.FinishBuildRequest{BuildId: a.BuildID,
+		Result: &cliv1.FinishBuildRequest_Success{Success: &cliv1.FinishBuildRequest_BuildSuccess{}}})
+	req.Header().Set("Authorization", "Bearer "+a.Token)
+	_, _ = s.api.FinishBuild(ctx, req)
+}
+
+// withBuilder dials project's builder through the API (a build is
+// created and finished around it), for maintenance such as pruning.
+func (s *kilnServer) withBuilder(ctx context.Context, project string, fn func(*bkclient.Client) error) error {
+	a, err := s.acquire(ctx, project, 2*time.Minute, 0)
+	if err != nil {
+		return err
+	}
+	defer s.finish(a)
+	c, err := engine.Dial(ctx, a.Conn)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return fn(c)
+}
