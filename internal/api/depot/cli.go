@@ -37,7 +37,7 @@ func (s *CLIBuildService) err(ctx context.Context, err error) error {
 }
 
 func (s *CLIBuildService) CreateBuild(ctx context.Context, req *connect.Request[cliv1.CreateBuildRequest]) (*connect.Response[cliv1.CreateBuildResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +79,7 @@ func finishResult(msg *cliv1.FinishBuildRequest) build.Result {
 }
 
 func (s *CLIBuildService) FinishBuild(ctx context.Context, req *connect.Request[cliv1.FinishBuildRequest]) (*connect.Response[cliv1.FinishBuildResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -97,7 +97,7 @@ func platformName(p cliv1.BuilderPlatform) string {
 }
 
 func (s *CLIBuildService) GetBuildKitConnection(ctx context.Context, req *connect.Request[cliv1.GetBuildKitConnectionRequest]) (*connect.Response[cliv1.GetBuildKitConnectionResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -122,7 +122,7 @@ func (s *CLIBuildService) GetBuildKitConnection(ctx context.Context, req *connec
 }
 
 func (s *CLIBuildService) ReportBuildHealth(ctx context.Context, req *connect.Request[cliv1.ReportBuildHealthRequest]) (*connect.Response[cliv1.ReportBuildHealthResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +134,7 @@ func (s *CLIBuildService) ReportBuildHealth(ctx context.Context, req *connect.Re
 }
 
 func (s *CLIBuildService) ReportTimings(ctx context.Context, req *connect.Request[cliv1.ReportTimingsRequest]) (*connect.Response[cliv1.ReportTimingsResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -157,7 +157,7 @@ func (s *CLIBuildService) ReportTimings(ctx context.Context, req *connect.Reques
 }
 
 func (s *CLIBuildService) ReportBuildContext(ctx context.Context, req *connect.Request[cliv1.ReportBuildContextRequest]) (*connect.Response[cliv1.ReportBuildContextResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -182,7 +182,7 @@ func tsOrNil(t time.Time) *timestamppb.Timestamp {
 }
 
 func (s *CLIBuildService) ListBuilds(ctx context.Context, req *connect.Request[cliv1.ListBuildsRequest]) (*connect.Response[cliv1.ListBuildsResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -211,7 +211,7 @@ const pullTokenTTL = time.Hour
 // GetPullToken mints a short-lived pull (registry read-only) token for a
 // project, or for the project of a build.
 func (s *CLIBuildService) GetPullToken(ctx context.Context, req *connect.Request[cliv1.GetPullTokenRequest]) (*connect.Response[cliv1.GetPullTokenResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -239,7 +239,7 @@ func (s *CLIBuildService) GetPullToken(ctx context.Context, req *connect.Request
 
 // GetBuild is depot.cli.v1.BuildService/GetBuild (missing from depot-go).
 func (s *CLIBuildService) GetBuild(ctx context.Context, req *connect.Request[cliv1extra.GetBuildRequest]) (*connect.Response[cliv1extra.GetBuildResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -283,7 +283,7 @@ func (s *CLIBuildService) reportStatus(ctx context.Context, p auth.Principal, bu
 
 // ReportStatus stores one batch of BuildKit status updates.
 func (s *CLIBuildService) ReportStatus(ctx context.Context, req *connect.Request[cliv1extra.ReportStatusRequest]) (*connect.Response[cliv1extra.ReportStatusResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -296,7 +296,7 @@ func (s *CLIBuildService) ReportStatus(ctx context.Context, req *connect.Request
 // ReportStatusStream stores BuildKit status updates as the client streams
 // them. Each message names its build; all must be builds the caller may use.
 func (s *CLIBuildService) ReportStatusStream(ctx context.Context, stream *connect.ClientStream[cliv1extra.ReportStatusStreamRequest]) (*connect.Response[cliv1extra.ReportStatusStreamResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -79,7 +79,7 @@ func (s *CLIProjectsService) orgName(ctx context.Context, id string, cache map[s
 }
 
 func (s *CLIProjectsService) ListProjects(ctx context.Context, _ *connect.Request[cliv1beta1.ListProjectsRequest]) (*connect.Response[cliv1beta1.ListProjectsResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -103,7 +103,7 @@ func (s *CLIProjectsService) ListProjects(ctx context.Context, _ *connect.Reques
 // tokens and the project's own project (or OIDC) principals may; build
 // tokens may not.
 func (s *CLIProjectsService) ResetProjectCache(ctx context.Context, req *connect.Request[cliv1beta1.ResetProjectCacheRequest]) (*connect.Response[cliv1beta1.ResetProjectCacheResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -46,7 +46,7 @@ func (s *ProjectService) err(ctx context.Context, err error) error {
 }
 
 func (s *ProjectService) ListProjects(ctx context.Context, req *connect.Request[corev1.ListProjectsRequest]) (*connect.Response[corev1.ListProjectsResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +65,7 @@ func (s *ProjectService) ListProjects(ctx context.Context, req *connect.Request[
 }
 
 func (s *ProjectService) GetProject(ctx context.Context, req *connect.Request[corev1.GetProjectRequest]) (*connect.Response[corev1.GetProjectResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +77,7 @@ func (s *ProjectService) GetProject(ctx context.Context, req *connect.Request[co
 }
 
 func (s *ProjectService) CreateProject(ctx context.Context, req *connect.Request[corev1.CreateProjectRequest]) (*connect.Response[corev1.CreateProjectResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +91,7 @@ func (s *ProjectService) CreateProject(ctx context.Context, req *connect.Request
 }
 
 func (s *ProjectService) UpdateProject(ctx context.Context, req *connect.Request[corev1.UpdateProjectRequest]) (*connect.Response[corev1.UpdateProjectResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +115,7 @@ func (s *ProjectService) UpdateProject(ctx context.Context, req *connect.Request
 }
 
 func (s *ProjectService) DeleteProject(ctx context.Context, req *connect.Request[corev1.DeleteProjectRequest]) (*connect.Response[corev1.DeleteProjectResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +126,7 @@ func (s *ProjectService) DeleteProject(ctx context.Context, req *connect.Request
 }
 
 func (s *ProjectService) ResetProject(ctx context.Context, req *connect.Request[corev1.ResetProjectRequest]) (*connect.Response[corev1.ResetProjectResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +137,7 @@ func (s *ProjectService) ResetProject(ctx context.Context, req *connect.Request[
 }
 
 func (s *ProjectService) ListTokens(ctx context.Context, req *connect.Request[corev1.ListTokensRequest]) (*connect.Response[corev1.ListTokensResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +153,7 @@ func (s *ProjectService) ListTokens(ctx context.Context, req *connect.Request[co
 }
 
 func (s *ProjectService) CreateToken(ctx context.Context, req *connect.Request[corev1.CreateTokenRequest]) (*connect.Response[corev1.CreateTokenResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +165,7 @@ func (s *ProjectService) CreateToken(ctx context.Context, req *connect.Request[c
 }
 
 func (s *ProjectService) UpdateToken(ctx context.Context, req *connect.Request[corev1.UpdateTokenRequest]) (*connect.Response[corev1.UpdateTokenResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -176,7 +176,7 @@ func (s *ProjectService) UpdateToken(ctx context.Context, req *connect.Request[c
 }
 
 func (s *ProjectService) DeleteToken(ctx context.Context, req *connect.Request[corev1.DeleteTokenRequest]) (*connect.Response[corev1.DeleteTokenResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}

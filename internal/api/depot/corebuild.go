@@ -55,7 +55,7 @@ func coreBuild(b store.Build, stats *build.Stats) *corev1.Build {
 }
 
 func (s *CoreBuildService) ListBuilds(ctx context.Context, req *connect.Request[corev1.ListBuildsRequest]) (*connect.Response[corev1.ListBuildsResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -71,7 +71,7 @@ func (s *CoreBuildService) ListBuilds(ctx context.Context, req *connect.Request[
 }
 
 func (s *CoreBuildService) GetBuild(ctx context.Context, req *connect.Request[corev1.GetBuildRequest]) (*connect.Response[corev1.GetBuildResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +83,7 @@ func (s *CoreBuildService) GetBuild(ctx context.Context, req *connect.Request[co
 }
 
 func (s *CoreBuildService) ShareBuild(ctx context.Context, req *connect.Request[corev1.ShareBuildRequest]) (*connect.Response[corev1.ShareBuildResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +95,7 @@ func (s *CoreBuildService) ShareBuild(ctx context.Context, req *connect.Request[
 }
 
 func (s *CoreBuildService) StopSharingBuild(ctx context.Context, req *connect.Request[corev1.StopSharingBuildRequest]) (*connect.Response[corev1.StopSharingBuildResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}

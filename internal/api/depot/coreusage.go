@@ -29,7 +29,7 @@ var _ corev1connect.OrganizationServiceHandler = (*OrganizationService)(nil)
 // ListOrganizations answers the caller's organization: a kiln token
 // belongs to exactly one.
 func (s *OrganizationService) ListOrganizations(ctx context.Context, _ *connect.Request[corev1.ListOrganizationsRequest]) (*connect.Response[corev1.ListOrganizationsResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -90,7 +90,7 @@ func projectUsagePB(u build.Usage) *corev1.ProjectUsage {
 }
 
 func (s *UsageService) GetProjectUsage(ctx context.Context, req *connect.Request[corev1.GetProjectUsageRequest]) (*connect.Response[corev1.GetProjectUsageResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +112,7 @@ func (s *UsageService) GetProjectUsage(ctx context.Context, req *connect.Request
 // ListProjectUsage pages through the caller's projects in creation order;
 // the page token is the index of the next project ("" on the last page).
 func (s *UsageService) ListProjectUsage(ctx context.Context, req *connect.Request[corev1.ListProjectUsageRequest]) (*connect.Response[corev1.ListProjectUsageResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +162,7 @@ func (s *UsageService) ListProjectUsage(ctx context.Context, req *connect.Reques
 // the layer cache as storage. kiln runs no GitHub Actions runners or agent
 // sandboxes: those sections are empty.
 func (s *UsageService) GetUsage(ctx context.Context, req *connect.Request[corev1.GetUsageRequest]) (*connect.Response[corev1.GetUsageResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -56,9 +56,10 @@ func ToConnect(ctx context.Context, logger *slog.Logger, err error) error {
 	return connect.NewError(connect.CodeInternal, errors.New("internal error; see the server log"))
 }
 
-// principal returns the authenticated caller; the auth interceptor has run
-// before every handler, so a missing one is a wiring bug answered safely.
-func principal(ctx context.Context) (auth.Principal, error) {
+// Caller returns the authenticated caller of a Connect handler (kiln.v1's
+// too); the auth interceptor has run before every handler, so a missing one
+// is a wiring bug answered safely.
+func Caller(ctx context.Context) (auth.Principal, error) {
 	p, ok := auth.FromContext(ctx)
 	if !ok {
 		return auth.Principal{}, connect.NewError(connect.CodeUnauthenticated, errors.New("missing token"))

@@ -27,7 +27,7 @@ func (s *PublicBuildService) err(ctx context.Context, err error) error {
 }
 
 func (s *PublicBuildService) CreateBuild(ctx context.Context, req *connect.Request[buildv1.CreateBuildRequest]) (*connect.Response[buildv1.CreateBuildResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -39,7 +39,7 @@ func (s *PublicBuildService) CreateBuild(ctx context.Context, req *connect.Reque
 }
 
 func (s *PublicBuildService) FinishBuild(ctx context.Context, req *connect.Request[buildv1.FinishBuildRequest]) (*connect.Response[buildv1.FinishBuildResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +63,7 @@ func checkProject(b store.Build, projectID string) error {
 }
 
 func (s *PublicBuildService) GetBuildSteps(ctx context.Context, req *connect.Request[buildv1.GetBuildStepsRequest]) (*connect.Response[buildv1.GetBuildStepsResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +95,7 @@ func (s *PublicBuildService) GetBuildSteps(ctx context.Context, req *connect.Req
 }
 
 func (s *PublicBuildService) GetBuildStepLogs(ctx context.Context, req *connect.Request[buildv1.GetBuildStepLogsRequest]) (*connect.Response[buildv1.GetBuildStepLogsResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +143,7 @@ func bkPlatform(p buildkitv1.Platform) string {
 
 // GetEndpoint streams pending until the builder is ready, then active.
 func (s *BuildKitService) GetEndpoint(ctx context.Context, req *connect.Request[buildkitv1.GetEndpointRequest], stream *connect.ServerStream[buildkitv1.GetEndpointResponse]) error {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return err
 	}
@@ -181,7 +181,7 @@ func (s *BuildKitService) GetEndpoint(ctx context.Context, req *connect.Request[
 
 // ReportHealth takes a stream of health reports; each one extends the build.
 func (s *BuildKitService) ReportHealth(ctx context.Context, stream *connect.ClientStream[buildkitv1.ReportHealthRequest]) (*connect.Response[buildkitv1.ReportHealthResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -197,7 +197,7 @@ func (s *BuildKitService) ReportHealth(ctx context.Context, stream *connect.Clie
 }
 
 func (s *BuildKitService) ReleaseEndpoint(ctx context.Context, req *connect.Request[buildkitv1.ReleaseEndpointRequest]) (*connect.Response[buildkitv1.ReleaseEndpointResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -24,7 +24,7 @@ import (
 // never saves a build only to load it (it does not ask clients to load
 // through the registry).
 func (s *CLIBuildService) GetPullInfo(ctx context.Context, req *connect.Request[cliv1extra.GetPullInfoRequest]) (*connect.Response[cliv1extra.GetPullInfoResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -23,7 +23,7 @@ type PushService struct {
 var _ cliv1extraconnect.PushServiceHandler = (*PushService)(nil)
 
 func (s *PushService) StartPush(ctx context.Context, req *connect.Request[cliv1extra.StartPushRequest]) (*connect.Response[cliv1extra.StartPushResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -35,7 +35,7 @@ func (s *PushService) StartPush(ctx context.Context, req *connect.Request[cliv1e
 }
 
 func (s *PushService) FinishPush(ctx context.Context, req *connect.Request[cliv1extra.FinishPushRequest]) (*connect.Response[cliv1extra.FinishPushResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -33,7 +33,7 @@ type RegistryService struct {
 // registryCaller is the principal; pull tokens read the registry itself,
 // never an API.
 func registryCaller(ctx context.Context) (auth.Principal, error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return p, err
 	}

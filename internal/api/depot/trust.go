@@ -34,7 +34,7 @@ func trustPolicyPB(tp store.TrustPolicy) (*corev1.TrustPolicy, bool) {
 }
 
 func (s *ProjectService) ListTrustPolicies(ctx context.Context, req *connect.Request[corev1.ListTrustPoliciesRequest]) (*connect.Response[corev1.ListTrustPoliciesResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -52,7 +52,7 @@ func (s *ProjectService) ListTrustPolicies(ctx context.Context, req *connect.Req
 }
 
 func (s *ProjectService) AddTrustPolicy(ctx context.Context, req *connect.Request[corev1.AddTrustPolicyRequest]) (*connect.Response[corev1.AddTrustPolicyResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +77,7 @@ func (s *ProjectService) AddTrustPolicy(ctx context.Context, req *connect.Reques
 }
 
 func (s *ProjectService) RemoveTrustPolicy(ctx context.Context, req *connect.Request[corev1.RemoveTrustPolicyRequest]) (*connect.Response[corev1.RemoveTrustPolicyResponse], error) {
-	p, err := principal(ctx)
+	p, err := Caller(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
 	"github.com/kiln-dev/kiln/internal/api/depot"
 	"github.com/kiln-dev/kiln/internal/audit"
-	"github.com/kiln-dev/kiln/internal/auth"
 )
 
 // AuditService serves kiln.v1.AuditService (`kiln audit`).
@@ -24,9 +23,9 @@ type AuditService struct {
 var _ kilnv1connect.AuditServiceHandler = (*AuditService)(nil)
 
 func (s *AuditService) ListAuditEvents(ctx context.Context, req *connect.Request[kilnv1.ListAuditEventsRequest]) (*connect.Response[kilnv1.ListAuditEventsResponse], error) {
-	p, ok := auth.FromContext(ctx)
-	if !ok {
-		return nil, connect.NewError(connect.CodeUnauthenticated, nil)
+	p, err := depot.Caller(ctx)
+	if err != nil {
+		return nil, err
 	}
 	q := audit.Query{Kinds: req.Msg.Kinds, PageSize: int(req.Msg.PageSize), PageToken: req.Msg.PageToken}
 	if req.Msg.Since != nil {

@@ -16,7 +16,6 @@ import (
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
 	"github.com/kiln-dev/kiln/internal/api/depot"
-	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/login"
 )
 
@@ -40,9 +39,9 @@ func approvalID(s string) string {
 }
 
 func (s *LoginAdminService) ApproveLogin(ctx context.Context, req *connect.Request[kilnv1.ApproveLoginRequest]) (*connect.Response[kilnv1.ApproveLoginResponse], error) {
-	p, ok := auth.FromContext(ctx)
-	if !ok {
-		return nil, connect.NewError(connect.CodeUnauthenticated, nil)
+	p, err := depot.Caller(ctx)
+	if err != nil {
+		return nil, err
 	}
 	a, err := s.Logins.Approve(ctx, p, approvalID(req.Msg.ApprovalId))
 	if err != nil {
@@ -53,9 +52,9 @@ func (s *LoginAdminService) ApproveLogin(ctx context.Context, req *connect.Reque
 }
 
 func (s *LoginAdminService) DenyLogin(ctx context.Context, req *connect.Request[kilnv1.DenyLoginRequest]) (*connect.Response[kilnv1.DenyLoginResponse], error) {
-	p, ok := auth.FromContext(ctx)
-	if !ok {
-		return nil, connect.NewError(connect.CodeUnauthenticated, nil)
+	p, err := depot.Caller(ctx)
+	if err != nil {
+		return nil, err
 	}
 	code, err := s.Logins.Deny(ctx, p, approvalID(req.Msg.ApprovalId))
 	if err != nil {

@@ -33,7 +33,7 @@ type RegistryAdminService struct {
 var _ kilnv1connect.RegistryAdminServiceHandler = (*RegistryAdminService)(nil)
 
 func registryCaller(ctx context.Context) (auth.Principal, error) {
-	p, err := trustCaller(ctx)
+	p, err := depot.Caller(ctx)
 	if err == nil && p.Kind == store.TokenPull {
 		err = connect.NewError(connect.CodePermissionDenied, errors.New("pull tokens are for the registry only; use a project or organization token"))
 	}

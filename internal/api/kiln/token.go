@@ -48,7 +48,7 @@ func tsOrNil(t time.Time) *timestamppb.Timestamp {
 }
 
 func (s *TokenService) CreateToken(ctx context.Context, req *connect.Request[kilnv1.CreateTokenRequest]) (*connect.Response[kilnv1.CreateTokenResponse], error) {
-	p, err := trustCaller(ctx)
+	p, err := depot.Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +65,7 @@ func (s *TokenService) CreateToken(ctx context.Context, req *connect.Request[kil
 }
 
 func (s *TokenService) ListTokens(ctx context.Context, req *connect.Request[kilnv1.ListTokensRequest]) (*connect.Response[kilnv1.ListTokensResponse], error) {
-	p, err := trustCaller(ctx)
+	p, err := depot.Caller(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -2,7 +2,6 @@ package kiln
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -13,7 +12,6 @@ import (
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
 	"github.com/kiln-dev/kiln/internal/api/depot"
-	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
@@ -49,16 +47,8 @@ func TrustPolicyPB(tp store.TrustPolicy) *kilnv1.TrustPolicy {
 	return out
 }
 
-func trustCaller(ctx context.Context) (auth.Principal, error) {
-	p, ok := auth.FromContext(ctx)
-	if !ok {
-		return auth.Principal{}, connect.NewError(connect.CodeUnauthenticated, errors.New("missing token"))
-	}
-	return p, nil
-}
-
 func (s *TrustPolicyService) ListTrustPolicies(ctx context.Context, req *connect.Request[kilnv1.ListTrustPoliciesRequest]) (*connect.Response[kilnv1.ListTrustPoliciesResponse], error) {
-	p, err := trustCaller(ctx)
+	p, err := depot.Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -74,7 +64,7 @@ func (s *TrustPolicyService) ListTrustPolicies(ctx context.Context, req *connect
 }
 
 func (s *TrustPolicyService) AddTrustPolicy(ctx context.Context, req *connect.Request[kilnv1.AddTrustPolicyRequest]) (*connect.Response[kilnv1.AddTrustPolicyResponse], error) {
-	p, err := trustCaller(ctx)
+	p, err := depot.Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +90,7 @@ func (s *TrustPolicyService) AddTrustPolicy(ctx context.Context, req *connect.Re
 }
 
 func (s *TrustPolicyService) RemoveTrustPolicy(ctx context.Context, req *connect.Request[kilnv1.RemoveTrustPolicyRequest]) (*connect.Response[kilnv1.RemoveTrustPolicyResponse], error) {
-	p, err := trustCaller(ctx)
+	p, err := depot.Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
