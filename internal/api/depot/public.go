@@ -11,6 +11,7 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/store"
@@ -53,13 +54,15 @@ func (s *PublicBuildService) FinishBuild(ctx context.Context, req *connect.Reque
 	return connect.NewResponse(&buildv1.FinishBuildResponse{}), nil
 }
 
-// checkProject makes sure a request's project_id matches the build's, so a
-// project token for A cannot name B's build through A's project.
-func checkProject(b store.Build, projectID string) error {
-	if projectID != "" && projectID != b.ProjectID {
-		return errdefs.ErrNotFound
+// buildIn returns a build the caller may see, checking that the request's
+// project_id (when given) is the build's, so a project token for A cannot
+// name B's build through A's project.
+func (s *PublicBuildService) buildIn(ctx context.Context, p auth.Principal, buildID, projectID string) (store.Build, error) {
+	b, err := s.Builds.Get(ctx, p, buildID)
+	if err == nil && projectID != "" && projectID != b.ProjectID {
+		err = errdefs.ErrNotFound
 	}
-	return nil
+	return b, err
 }
 
 func (s *PublicBuildService) GetBuildSteps(ctx context.Context, req *connect.Request[buildv1.GetBuildStepsRequest]) (*connect.Response[buildv1.GetBuildStepsResponse], error) {
@@ -67,10 +70,7 @@ func (s *PublicBuildService) GetBuildSteps(ctx context.Context, req *connect.Req
 	if err != nil {
 		return nil, err
 	}
-	b, err := s.Builds.Get(ctx, p, req.Msg.BuildId)
-	if err == nil {
-		err = checkProject(b, req.Msg.ProjectId)
-	}
+	b, err := s.buildIn(ctx, p, req.Msg.BuildId, req.Msg.ProjectId)
 	if err != nil {
 		return nil, s.err(ctx, err)
 	}
@@ -99,10 +99,7 @@ func (s *PublicBuildService) GetBuildStepLogs(ctx context.Context, req *connect.
 	if err != nil {
 		return nil, err
 	}
-	b, err := s.Builds.Get(ctx, p, req.Msg.BuildId)
-	if err == nil {
-		err = checkProject(b, req.Msg.ProjectId)
-	}
+	b, err := s.buildIn(ctx, p, req.Msg.BuildId, req.Msg.ProjectId)
 	if err != nil {
 		return nil, s.err(ctx, err)
 	}
