@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kiln-dev/kiln/internal/archive"
 	"github.com/moby/buildkit/client"
 	digest "github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
@@ -371,7 +372,7 @@ func TestFinishPlatformExports(t *testing.T) {
 
 	// The OCI archive: one named index of both platforms.
 	extracted := t.TempDir()
-	if err := extractTar(bytes.NewReader(ociOut.Bytes()), extracted, tarLimits{entries: 1000, bytes: 1 << 30}); err != nil {
+	if _, err := archive.Extract(bytes.NewReader(ociOut.Bytes()), extracted, archive.Limits{}, archive.Policy{}); err != nil {
 		t.Fatal(err)
 	}
 	idx, err := readOCIIndex(extracted)

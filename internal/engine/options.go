@@ -17,6 +17,8 @@ import (
 	"github.com/moby/buildkit/session/secrets/secretsprovider"
 	"github.com/moby/buildkit/session/sshforward/sshprovider"
 	"github.com/moby/buildkit/util/progress/progressui"
+
+	"github.com/kiln-dev/kiln/internal/archive"
 )
 
 // Options are `kiln build` flags as the user typed them.
@@ -427,8 +429,8 @@ func (r *Request) prepareStdinContext(o Options) error {
 		}
 		return r.dockerfileFromReader(rd, "build context \"-\"")
 	}
-	if err := extractTar(rd, root, tarLimits{entries: maxStdinEntries, bytes: maxStdinBytes}); err != nil {
-		return invalidWrap(err, "build context \"-\"")
+	if _, err := archive.Extract(rd, root, stdinLimits(), archive.Policy{}); err != nil {
+		return fmt.Errorf("build context \"-\": %w", err)
 	}
 
 	name := o.Dockerfile
@@ -439,7 +441,7 @@ func (r *Request) prepareStdinContext(o Options) error {
 	if filepath.IsAbs(name) {
 		return invalidf("-f %q: with a stdin archive, -f names a file inside the archive and must be relative", name)
 	}
-	resolved, err := resolveInRoot(root, rel)
+	resolved, err := archive.ResolveInRoot(root, rel)
 	if err != nil {
 		return invalidWrap(err, "-f %q", name)
 	}
