@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what kiln needs on Debian 12 and builds its binaries into bin/:
 #   runc (builders' container runtime), busybox-static (local base images),
-#   buildkitd + buildctl v0.26.3 (from the pinned Go module), and kiln; QEMU binfmt
-#   emulation and bin/busybox-<foreign arch> for multi-platform builds (setup-multiplatform.sh).
+#   buildkitd + buildctl v0.26.3 (from the pinned Go module), versitygw (an S3 server for tests,
+#   from tools/versitygw/go.mod) and kiln; QEMU binfmt emulation and bin/busybox-<foreign arch>
+#   for multi-platform builds (setup-multiplatform.sh).
 # Safe to run again; it only rebuilds what is missing or stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,14 @@ if [ ! -x bin/buildkitd ] || [ ! -x bin/buildctl ] || [ "$(bin/buildkitd --versi
   echo "setup: building buildkitd and buildctl $BUILDKIT_VERSION (a few minutes the first time)"
   go build -ldflags "-X github.com/moby/buildkit/version.Version=$BUILDKIT_VERSION" -o bin/ \
     github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl
+fi
+# versitygw: a real S3 server (posix backend) for the S3 blob store's tests and e2e. It has its own
+# tool modfile so its dependencies don't move kiln's; its version is the one pinned there.
+VERSITYGW_VERSION=$(go list -modfile=tools/versitygw/go.mod -m -f '{{.Version}}' github.com/versity/versitygw)
+if [ ! -x bin/versitygw ] || [ "$(bin/versitygw --version 2>/dev/null | awk '/^Version/{print $3}')" != "$VERSITYGW_VERSION" ]; then
+  echo "setup: building versitygw $VERSITYGW_VERSION (about a minute the first time)"
+  go build -modfile=tools/versitygw/go.mod -ldflags "-X main.Version=$VERSITYGW_VERSION" -o bin/versitygw \
+    github.com/versity/versitygw/cmd/versitygw
 fi
 echo "setup: building kiln"
 go build -ldflags "-X github.com/kiln-dev/kiln/internal/cli.Version=$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/kiln ./cmd/kiln

@@ -1,0 +1,227 @@
+// Package s3test runs a real S3 server for tests: versitygw (built into
+// bin/versitygw by hack/setup.sh) with its posix backend in a temp
+// directory, on a loopback port. Unlike an in-memory fake, it checks SigV4
+// signatures, expiry and signed headers, so presigned-URL tests mean
+// something. Unit tests of internal/blob and the e2e harness share it.
+//
+// A missing binary fails the test, unless KILN_SKIP_MISSING=1 (then it is
+// skipped). $KILN_VERSITYGW names another binary.
+package s3test
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Server is one running versitygw.
+type Server struct {
+	// Endpoint is "http://127.0.0.1:<port>".
+	Endpoint string
+	// LocalhostEndpoint is the same server as "http://localhost:<port>": a
+	// second host name for tests that a URL signed for one host fails at
+	// another (use it as the public endpoint).
+	LocalhostEndpoint string
+	AccessKey         string
+	SecretKey         string
+	Region            string
+	// Bucket exists and is empty when Start returns.
+	Bucket string
+	// Root is the posix backend's directory: object K of bucket B is the
+	// file Root/B/K.
+	Root string
+
+	cmd    *exec.Cmd
+	exited chan struct{}
+	log    string
+	stop   sync.Once
+}
+
+const stopGrace = 10 * time.Second
+
+// Start runs versitygw for the test and stops it when the test ends,
+// printing its log if the test failed.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin := binary(t)
+	dir := t.TempDir()
+	s := &Server{
+		AccessKey: "kiln-test",
+		SecretKey: randomHex(20),
+		Region:    "us-east-1",
+		Bucket:    "kiln-test",
+		Root:      filepath.Join(dir, "root"),
+		log:       filepath.Join(dir, "versitygw.log"),
+	}
+	// A bucket of the posix backend is a directory under its root.
+	if err := os.MkdirAll(filepath.Join(s.Root, s.Bucket), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(s.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	_, port, _ := net.SplitHostPort(addr)
+	s.Endpoint = "http://" + addr
+	s.LocalhostEndpoint = "http://localhost:" + port
+	s.cmd = exec.Command(bin,
+		"--access", s.AccessKey, "--secret", s.SecretKey, "--region", s.Region,
+		"--port", addr, "posix", s.Root)
+	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	if err := s.cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatalf("start %s: %v", bin, err)
+	}
+	s.exited = make(chan struct{})
+	go func() { s.cmd.Wait(); logf.Close(); close(s.exited) }()
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			t.Logf("versitygw (%s) log:\n%s", strings.Join(s.cmd.Args, " "), s.Log())
+		}
+	})
+	if err := s.waitReady(30 * time.Second); err != nil {
+		t.Fatalf("versitygw on %s: %v\n%s", addr, err, s.Log())
+	}
+	return s
+}
+
+// Stop ends versitygw (SIGTERM, then SIGKILL after a grace period) and
+// waits for it. Tests call it to make S3 unavailable; calling it again
+// does nothing.
+func (s *Server) Stop() {
+	s.stop.Do(func() {
+		s.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.exited:
+		case <-time.After(stopGrace):
+			s.cmd.Process.Kill()
+			<-s.exited
+		}
+	})
+}
+
+// Log is what versitygw printed so far.
+func (s *Server) Log() string {
+	b, _ := os.ReadFile(s.log)
+	const max = 16 << 10
+	if len(b) > max {
+		b = append([]byte("...\n"), b[len(b)-max:]...)
+	}
+	return string(b)
+}
+
+// waitReady polls until the server answers HTTP (an anonymous request gets
+// a 403, which is an answer) or exits.
+func (s *Server) waitReady(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	client := &http.Client{Timeout: time.Second}
+	for {
+		res, err := client.Get(s.Endpoint + "/")
+		if err == nil {
+			res.Body.Close()
+			return nil
+		}
+		select {
+		case <-s.exited:
+			return fmt.Errorf("versitygw exited before it answered: %v", s.cmd.ProcessState)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			s.Stop()
+			return fmt.Errorf("no answer within %v: %v", timeout, err)
+		}
+	}
+}
+
+// binary finds versitygw: $KILN_VERSITYGW, else bin/versitygw at the root
+// of kiln's repository above the working directory.
+func binary(t testing.TB) string {
+	t.Helper()
+	bin := os.Getenv("KILN_VERSITYGW")
+	if bin == "" {
+		root, err := repoRoot()
+		if err != nil {
+			missing(t, "versitygw not found: %v: run hack/setup.sh", err)
+		}
+		bin = filepath.Join(root, "bin", "versitygw")
+	}
+	if fi, err := os.Stat(bin); err != nil || fi.IsDir() {
+		missing(t, "versitygw not found at %s: run hack/setup.sh", bin)
+	}
+	return bin
+}
+
+func missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if os.Getenv("KILN_SKIP_MISSING") == "1" {
+		t.Skip("SKIPPING (KILN_SKIP_MISSING=1): " + msg)
+	}
+	t.Fatal(msg + " (or set KILN_SKIP_MISSING=1 to skip tests that need it)")
+}
+
+const kilnModule = "github.com/kiln-dev/kiln"
+
+// repoRoot walks up from the working directory to the directory whose
+// go.mod declares kiln's module.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if modulePath(filepath.Join(dir, "go.mod")) == kilnModule {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod of module " + kilnModule + " above the working directory")
+		}
+		dir = parent
+	}
+}
+
+func modulePath(gomod string) string {
+	f, err := os.Open(gomod)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "module "); ok {
+			return strings.Trim(strings.TrimSpace(rest), `"`)
+		}
+	}
+	return ""
+}
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
