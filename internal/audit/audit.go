@@ -34,10 +34,13 @@ const (
 	KindTokenDeleted       = "token_deleted"
 	KindDenied             = "denied"
 	KindTrustPolicyMatched = "trust_policy_matched"
+	// KindCustomerProjectCreated: a source build's customer id named no
+	// project yet, so one was created.
+	KindCustomerProjectCreated = "customer_project_created"
 )
 
 // Kinds lists every kind, for validation and help texts.
-var Kinds = []string{KindTokenCreated, KindTokenDeleted, KindDenied, KindTrustPolicyMatched}
+var Kinds = []string{KindTokenCreated, KindTokenDeleted, KindDenied, KindTrustPolicyMatched, KindCustomerProjectCreated}
 
 // Event is one thing that happened.
 type Event struct {

@@ -142,6 +142,20 @@ func (s *Service) Get(ctx context.Context, p auth.Principal, id string) (store.B
 	return b, nil
 }
 
+// clientBuild is Get for the calls only a build's client makes (builder
+// connections, health, status reports, finishing): kiln runs source builds
+// itself, and their clients may only watch or cancel them.
+func (s *Service) clientBuild(ctx context.Context, p auth.Principal, id string) (store.Build, error) {
+	b, err := s.Get(ctx, p, id)
+	if err != nil {
+		return store.Build{}, err
+	}
+	if b.IsSource() {
+		return store.Build{}, fmt.Errorf("build %q is run by kiln from an uploaded context; watch it with WatchBuild or stop it with CancelBuild: %w", id, errdefs.ErrFailedPrecondition)
+	}
+	return b, nil
+}
+
 // List lists a project's builds, newest first.
 func (s *Service) List(ctx context.Context, p auth.Principal, projectID string, before time.Time, limit int) ([]store.Build, error) {
 	proj, err := s.store.GetProject(ctx, projectID)
@@ -185,7 +199,7 @@ func NormalizePlatform(p string) (string, error) {
 // it is, it leases the builder to the build and issues a client
 // certificate good only for that project's builders.
 func (s *Service) Connect(ctx context.Context, p auth.Principal, buildID, platform string) (Connection, error) {
-	b, err := s.Get(ctx, p, buildID)
+	b, err := s.clientBuild(ctx, p, buildID)
 	if err != nil {
 		return Connection{}, err
 	}
@@ -196,6 +210,12 @@ func (s *Service) Connect(ctx context.Context, p auth.Principal, buildID, platfo
 	if err != nil {
 		return Connection{}, err
 	}
+	return s.connect(ctx, b, platform)
+}
+
+// connect leases the project's builder for platform to build b and, once
+// the builder is ready, issues a client certificate for it.
+func (s *Service) connect(ctx context.Context, b store.Build, platform string) (Connection, error) {
 	proj, err := s.store.GetProject(ctx, b.ProjectID)
 	if err != nil {
 		return Connection{}, err
@@ -270,7 +290,7 @@ func (s *Service) touch(ctx context.Context, id, platform string) error {
 // will be canceled if no further report arrives; a finished build answers
 // its finish time so the client stops.
 func (s *Service) Health(ctx context.Context, p auth.Principal, buildID string) (time.Time, error) {
-	b, err := s.Get(ctx, p, buildID)
+	b, err := s.clientBuild(ctx, p, buildID)
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -295,7 +315,7 @@ type Result struct {
 // Finish ends a build and releases its builders. It is idempotent: the
 // first result wins and later calls change nothing.
 func (s *Service) Finish(ctx context.Context, p auth.Principal, buildID string, r Result) error {
-	if _, err := s.Get(ctx, p, buildID); err != nil {
+	if _, err := s.clientBuild(ctx, p, buildID); err != nil {
 		return err
 	}
 	if len(r.Error) > 64<<10 {
@@ -325,7 +345,7 @@ func (s *Service) end(ctx context.Context, id string, r Result) (store.Build, er
 // Release gives back one platform's builder early (depot.buildkit.v1
 // ReleaseEndpoint); the build itself stays open.
 func (s *Service) Release(ctx context.Context, p auth.Principal, buildID, platform string) error {
-	b, err := s.Get(ctx, p, buildID)
+	b, err := s.clientBuild(ctx, p, buildID)
 	if err != nil {
 		return err
 	}
@@ -342,7 +362,7 @@ func (s *Service) Release(ctx context.Context, p auth.Principal, buildID, platfo
 
 // ReportSteps stores steps a client reported.
 func (s *Service) ReportSteps(ctx context.Context, p auth.Principal, buildID string, steps []store.Step, logs []store.LogLine) error {
-	if _, err := s.Get(ctx, p, buildID); err != nil {
+	if _, err := s.clientBuild(ctx, p, buildID); err != nil {
 		return err
 	}
 	if len(steps) > 10000 || len(logs) > 100000 {
@@ -396,7 +416,8 @@ func (s *Service) ReapAbandoned(ctx context.Context) error {
 	}
 	deadline := time.Now().Add(-s.cfg.HealthTimeout)
 	for _, b := range running {
-		if b.LastHealthAt.After(deadline) {
+		if b.IsSource() || b.LastHealthAt.After(deadline) {
+			// kiln's own runner ends source builds (internal/runner).
 			continue
 		}
 		msg := fmt.Sprintf("no health report for %s: the client went away; build canceled", s.cfg.HealthTimeout)

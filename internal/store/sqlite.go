@@ -122,20 +122,40 @@ func (s *SQLite) ListOrganizations(ctx context.Context) ([]Organization, error) 
 	return out, rows.Err()
 }
 
-const projectCols = `id, org_id, name, region_id, hardware, keep_gb, keep_days, created_at`
+const projectCols = `id, org_id, name, region_id, hardware, keep_gb, keep_days, created_at, customer_id`
 
 func scanProject(sc interface{ Scan(...any) error }) (Project, error) {
 	var p Project
 	var created int64
-	err := sc.Scan(&p.ID, &p.OrgID, &p.Name, &p.RegionID, &p.Hardware, &p.KeepGB, &p.KeepDays, &created)
+	err := sc.Scan(&p.ID, &p.OrgID, &p.Name, &p.RegionID, &p.Hardware, &p.KeepGB, &p.KeepDays, &created, &p.CustomerID)
 	p.CreatedAt = fromMs(created)
 	return p, err
 }
 
 func (s *SQLite) CreateProject(ctx context.Context, p Project) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO projects (`+projectCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-		p.ID, p.OrgID, p.Name, p.RegionID, p.Hardware, p.KeepGB, p.KeepDays, ms(p.CreatedAt))
+	_, err := s.db.ExecContext(ctx, `INSERT INTO projects (`+projectCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		p.ID, p.OrgID, p.Name, p.RegionID, p.Hardware, p.KeepGB, p.KeepDays, ms(p.CreatedAt), p.CustomerID)
 	return uniqueViolation(err, "project", p.ID)
+}
+
+// GetOrCreateCustomerProject inserts p unless the organization already has
+// a project for the customer; the unique index decides between racers.
+func (s *SQLite) GetOrCreateCustomerProject(ctx context.Context, p Project) (Project, bool, error) {
+	if p.OrgID == "" || p.CustomerID == "" {
+		return Project{}, false, fmt.Errorf("customer project needs an organization and a customer id: %w", errdefs.ErrInvalid)
+	}
+	res, err := s.db.ExecContext(ctx, `INSERT INTO projects (`+projectCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (org_id, customer_id) WHERE customer_id <> '' DO NOTHING`,
+		p.ID, p.OrgID, p.Name, p.RegionID, p.Hardware, p.KeepGB, p.KeepDays, ms(p.CreatedAt), p.CustomerID)
+	if err != nil {
+		return Project{}, false, uniqueViolation(err, "project", p.ID)
+	}
+	n, _ := res.RowsAffected()
+	got, err := scanProject(s.db.QueryRowContext(ctx, `SELECT `+projectCols+` FROM projects WHERE org_id = ? AND customer_id = ?`, p.OrgID, p.CustomerID))
+	if err != nil {
+		return Project{}, false, notFound(err, "customer", p.CustomerID)
+	}
+	return got, n == 1, nil
 }
 
 func (s *SQLite) GetProject(ctx context.Context, id string) (Project, error) {
@@ -188,6 +208,8 @@ func (s *SQLite) DeleteProject(ctx context.Context, id string) error {
 			`DELETE FROM registry_tags WHERE project_id = ?`,
 			`DELETE FROM registry_manifests WHERE project_id = ?`,
 			`DELETE FROM registry_settings WHERE project_id = ?`,
+			// The contexts' blobs go with the next retention sweep.
+			`UPDATE build_contexts SET expires_at = 0 WHERE project_id = ?`,
 		} {
 			if _, err := tx.ExecContext(ctx, q, id); err != nil {
 				return err
@@ -264,19 +286,33 @@ func (s *SQLite) DeleteToken(ctx context.Context, id string) error {
 	return affected(res, err, "token", id)
 }
 
-const buildCols = `id, project_id, org_id, status, command, options, error, platforms, created_at, started_at, finished_at, last_health_at`
+const buildCols = `id, project_id, org_id, status, command, options, error, platforms, created_at, started_at, finished_at, last_health_at,
+	kind, spec, secrets, image_refs, image_digest`
 
 func scanBuild(sc interface{ Scan(...any) error }) (Build, error) {
 	var b Build
 	var created, started, finished, health int64
-	err := sc.Scan(&b.ID, &b.ProjectID, &b.OrgID, &b.Status, &b.Command, &b.Options, &b.Error, &b.Platforms, &created, &started, &finished, &health)
+	var refs string
+	err := sc.Scan(&b.ID, &b.ProjectID, &b.OrgID, &b.Status, &b.Command, &b.Options, &b.Error, &b.Platforms, &created, &started, &finished, &health,
+		&b.Kind, &b.Spec, &b.Secrets, &refs, &b.ImageDigest)
 	b.CreatedAt, b.StartedAt, b.FinishedAt, b.LastHealthAt = fromMs(created), fromMs(started), fromMs(finished), fromMs(health)
+	if refs != "" {
+		b.ImageRefs = strings.Split(refs, "\n")
+	}
 	return b, err
 }
 
+func buildKind(k string) string {
+	if k == "" {
+		return BuildKindClient
+	}
+	return k
+}
+
 func (s *SQLite) CreateBuild(ctx context.Context, b Build) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO builds (`+buildCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		b.ID, b.ProjectID, b.OrgID, b.Status, b.Command, b.Options, b.Error, b.Platforms, ms(b.CreatedAt), ms(b.StartedAt), ms(b.FinishedAt), ms(b.LastHealthAt))
+	_, err := s.db.ExecContext(ctx, `INSERT INTO builds (`+buildCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		b.ID, b.ProjectID, b.OrgID, b.Status, b.Command, b.Options, b.Error, b.Platforms, ms(b.CreatedAt), ms(b.StartedAt), ms(b.FinishedAt), ms(b.LastHealthAt),
+		buildKind(b.Kind), b.Spec, b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest)
 	return uniqueViolation(err, "build", b.ID)
 }
 
@@ -325,8 +361,10 @@ func (s *SQLite) UpdateBuild(ctx context.Context, id string, fn func(*Build) err
 		if err := fn(&b); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `UPDATE builds SET status = ?, error = ?, platforms = ?, started_at = ?, finished_at = ?, last_health_at = ? WHERE id = ?`,
-			b.Status, b.Error, b.Platforms, ms(b.StartedAt), ms(b.FinishedAt), ms(b.LastHealthAt), id)
+		_, err = tx.ExecContext(ctx, `UPDATE builds SET status = ?, error = ?, platforms = ?, started_at = ?, finished_at = ?, last_health_at = ?,
+			secrets = ?, image_refs = ?, image_digest = ? WHERE id = ?`,
+			b.Status, b.Error, b.Platforms, ms(b.StartedAt), ms(b.FinishedAt), ms(b.LastHealthAt),
+			b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest, id)
 		return err
 	})
 	return b, err
@@ -389,6 +427,26 @@ func (s *SQLite) AppendLogs(ctx context.Context, buildID string, lines []LogLine
 	})
 }
 
+func (s *SQLite) ListBuildLogs(ctx context.Context, buildID string, after, limit int) ([]LogLine, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, digest, at, message FROM build_logs WHERE build_id = ? AND seq > ? ORDER BY seq LIMIT ?`,
+		buildID, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []LogLine
+	for rows.Next() {
+		var l LogLine
+		var at int64
+		if err := rows.Scan(&l.Seq, &l.Digest, &at, &l.Message); err != nil {
+			return nil, err
+		}
+		l.At = fromMs(at)
+		out = append(out, l)
+	}
+	return out, rows.Err()
+}
+
 // ListLogs returns up to limit lines of one step after sequence number
 // `after`, and the sequence number to pass to get the next page.
 func (s *SQLite) ListLogs(ctx context.Context, buildID, digest string, after, limit int) ([]LogLine, int, error) {
@@ -406,7 +464,7 @@ func (s *SQLite) ListLogs(ctx context.Context, buildID, digest string, after, li
 		if err := rows.Scan(&last, &at, &l.Message); err != nil {
 			return nil, after, err
 		}
-		l.Digest, l.At = digest, fromMs(at)
+		l.Digest, l.At, l.Seq = digest, fromMs(at), last
 		out = append(out, l)
 	}
 	return out, last, rows.Err()

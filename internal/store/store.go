@@ -14,14 +14,17 @@ type Organization struct {
 
 // Project is the unit of isolation: its own builders, cache and tokens.
 type Project struct {
-	ID        string
-	OrgID     string
-	Name      string
-	RegionID  string
-	Hardware  int32
-	KeepGB    int32 // cache size cap in GB; 0 = the server default
-	KeepDays  int32 // cache age cap in days; 0 = the server default
-	CreatedAt time.Time
+	ID       string
+	OrgID    string
+	Name     string
+	RegionID string
+	Hardware int32
+	KeepGB   int32 // cache size cap in GB; 0 = the server default
+	KeepDays int32 // cache age cap in days; 0 = the server default
+	// CustomerID is a platform's own id for the customer this project
+	// builds for (source builds); unique in the organization, "" for none.
+	CustomerID string
+	CreatedAt  time.Time
 }
 
 // Token kinds.
@@ -51,13 +54,25 @@ type Token struct {
 	ExpiresAt   time.Time // zero: never
 }
 
-// Build statuses. A build is created running (a client holds it) and ends in
-// exactly one of the other three; terminal statuses never change.
+// Build statuses. A client build is created running (a client holds it); a
+// source build is created queued, runs, pushes. Every build ends in exactly
+// one of succeeded, failed or canceled, and terminal statuses never change.
 const (
+	BuildQueued    = "queued"
 	BuildRunning   = "running"
+	BuildPushing   = "pushing"
 	BuildSucceeded = "succeeded"
 	BuildFailed    = "failed"
 	BuildCanceled  = "canceled"
+)
+
+// Build kinds: who runs the build.
+const (
+	// BuildKindClient: a client (kiln build, depot build) runs the solve on
+	// the project's builder and reports health, status and the result.
+	BuildKindClient = "client"
+	// BuildKindSource: kiln runs the build itself from an uploaded context.
+	BuildKindSource = "source"
 )
 
 // Build is one CreateBuild: a client's build on a project's builders.
@@ -74,10 +89,29 @@ type Build struct {
 	StartedAt    time.Time
 	FinishedAt   time.Time
 	LastHealthAt time.Time
+	// Kind is BuildKindClient ("" reads as client) or BuildKindSource.
+	Kind string
+	// Spec is a source build's request (the runner's JSON); "" otherwise.
+	Spec string
+	// Secrets are a source build's secrets, sealed with the server's key;
+	// cleared when the build ends.
+	Secrets string
+	// ImageRefs and ImageDigest are what a source build pushed.
+	ImageRefs   []string
+	ImageDigest string
 }
 
 // Terminal reports whether the build has ended.
-func (b Build) Terminal() bool { return b.Status != BuildRunning }
+func (b Build) Terminal() bool {
+	switch b.Status {
+	case BuildSucceeded, BuildFailed, BuildCanceled:
+		return true
+	}
+	return false
+}
+
+// IsSource reports a build kiln runs itself from an uploaded context.
+func (b Build) IsSource() bool { return b.Kind == BuildKindSource }
 
 // Step is one BuildKit vertex of a build as reported by its client.
 type Step struct {
@@ -94,6 +128,22 @@ type LogLine struct {
 	Digest  string
 	At      time.Time
 	Message string
+	// Seq numbers a build's lines from 1 in the order they were stored;
+	// set by the List methods.
+	Seq int
+}
+
+// Context is an uploaded build context: a blob in the project's storage,
+// named by an opaque key the uploader was given.
+type Context struct {
+	Key       string
+	OrgID     string
+	ProjectID string
+	BlobKey   string
+	Size      int64  // declared size; 0 = not declared
+	SHA256    string // declared hex digest; "" = not declared
+	CreatedAt time.Time
+	ExpiresAt time.Time // the context (and its blob) are deleted after this
 }
 
 // Store is kiln's persistence. Implementations are safe for concurrent use.
@@ -103,6 +153,7 @@ type Store interface {
 	AuditLog
 	BuildStats
 	RegistryIndex
+	Contexts
 
 	CreateOrganization(ctx context.Context, o Organization) error
 	GetOrganization(ctx context.Context, id string) (Organization, error)
@@ -111,6 +162,10 @@ type Store interface {
 	CreateProject(ctx context.Context, p Project) error
 	GetProject(ctx context.Context, id string) (Project, error)
 	ListProjects(ctx context.Context, orgID string) ([]Project, error)
+	// GetOrCreateCustomerProject returns the organization's project for a
+	// customer id, creating p (whose OrgID and CustomerID must be set) if
+	// there is none. Concurrent calls for one customer create one project.
+	GetOrCreateCustomerProject(ctx context.Context, p Project) (Project, bool, error)
 	UpdateProject(ctx context.Context, p Project) error
 	// DeleteProject removes the project with its tokens, builds, steps and
 	// trust policies.
@@ -141,6 +196,18 @@ type Store interface {
 	ListSteps(ctx context.Context, buildID string) ([]Step, error)
 	AppendLogs(ctx context.Context, buildID string, lines []LogLine) error
 	ListLogs(ctx context.Context, buildID, digest string, after int, limit int) ([]LogLine, int, error)
+	// ListBuildLogs returns up to limit lines of every step of a build after
+	// sequence number `after`, in the order they were stored.
+	ListBuildLogs(ctx context.Context, buildID string, after int, limit int) ([]LogLine, error)
 
 	Close() error
+}
+
+// Contexts records uploaded build contexts for authorization and retention.
+type Contexts interface {
+	CreateContext(ctx context.Context, c Context) error
+	GetContext(ctx context.Context, key string) (Context, error)
+	// ListExpiredContexts lists contexts that expired before t, oldest first.
+	ListExpiredContexts(ctx context.Context, t time.Time, limit int) ([]Context, error)
+	DeleteContext(ctx context.Context, key string) error
 }

@@ -168,7 +168,9 @@ func (s *CLIBuildService) ReportBuildContext(ctx context.Context, req *connect.R
 }
 
 var cliStatus = map[string]cliv1.BuildStatus{
+	store.BuildQueued:    cliv1.BuildStatus_BUILD_STATUS_RUNNING,
 	store.BuildRunning:   cliv1.BuildStatus_BUILD_STATUS_RUNNING,
+	store.BuildPushing:   cliv1.BuildStatus_BUILD_STATUS_RUNNING,
 	store.BuildSucceeded: cliv1.BuildStatus_BUILD_STATUS_FINISHED,
 	store.BuildFailed:    cliv1.BuildStatus_BUILD_STATUS_FAILED,
 	store.BuildCanceled:  cliv1.BuildStatus_BUILD_STATUS_CANCELED,

@@ -26,8 +26,12 @@ var _ corev1connect.BuildServiceHandler = (*CoreBuildService)(nil)
 // coreStatus maps kiln's build statuses. STATUS_ERROR is not used: kiln
 // does not tell a build that failed from one whose infrastructure failed
 // (a lost builder fails the build with a message saying so).
+// Depot has no queued or pushing status: a source build waiting for its
+// turn or pushing its image reads as running.
 var coreStatus = map[string]corev1.Build_Status{
+	store.BuildQueued:    corev1.Build_STATUS_RUNNING,
 	store.BuildRunning:   corev1.Build_STATUS_RUNNING,
+	store.BuildPushing:   corev1.Build_STATUS_RUNNING,
 	store.BuildSucceeded: corev1.Build_STATUS_SUCCESS,
 	store.BuildFailed:    corev1.Build_STATUS_FAILED,
 	store.BuildCanceled:  corev1.Build_STATUS_CANCELED,

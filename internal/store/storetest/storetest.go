@@ -31,6 +31,10 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Logins", logins},
 		{"UsageAndShares", usageAndShares}, {"AuditLog", auditLog},
 		{"RegistryIndex", registryIndex},
+		{"CustomerProjects", customerProjects},
+		{"SourceBuilds", sourceBuilds},
+		{"BuildLogs", buildLogs},
+		{"Contexts", contexts},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })

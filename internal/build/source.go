@@ -1,0 +1,132 @@
+package build
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/project"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// Source builds: kiln runs them itself from an uploaded context
+// (internal/runner drives them). Their life is queued → running → pushing
+// → succeeded | failed | canceled; every transition is written before the
+// runner acts on it, and the first terminal status wins, so a cancel, a
+// lost builder and the runner's own result can race safely.
+
+// NewID returns a fresh build id.
+func NewID() string { return project.NewID() }
+
+// CreateSource records a queued source build with id (from NewID) in proj.
+// spec is the runner's description of the build (JSON), sealed its sealed
+// secrets.
+func (s *Service) CreateSource(ctx context.Context, proj store.Project, id, spec, sealed string) (store.Build, error) {
+	b := store.Build{ID: id, ProjectID: proj.ID, OrgID: proj.OrgID, Status: store.BuildQueued,
+		Kind: store.BuildKindSource, Spec: spec, Secrets: sealed, CreatedAt: time.Now().UTC()}
+	if err := s.store.CreateBuild(ctx, b); err != nil {
+		return store.Build{}, err
+	}
+	s.logger.InfoContext(ctx, "source build queued", "build_id", b.ID, "project_id", proj.ID)
+	return b, nil
+}
+
+// StartSource moves a queued source build to running. ok is false when the
+// build is no longer queued (it was canceled while it waited).
+func (s *Service) StartSource(ctx context.Context, id string) (b store.Build, ok bool, err error) {
+	b, err = s.store.UpdateBuild(ctx, id, func(b *store.Build) error {
+		if b.Status != store.BuildQueued {
+			return nil
+		}
+		ok = true
+		now := time.Now().UTC()
+		b.Status, b.StartedAt, b.LastHealthAt = store.BuildRunning, now, now
+		return nil
+	})
+	return b, ok, err
+}
+
+// SetPushing records that a running source build is exporting its image.
+func (s *Service) SetPushing(ctx context.Context, id string) error {
+	_, err := s.store.UpdateBuild(ctx, id, func(b *store.Build) error {
+		if b.Status == store.BuildRunning {
+			b.Status = store.BuildPushing
+		}
+		return nil
+	})
+	return err
+}
+
+// Outcome is how a source build ended.
+type Outcome struct {
+	Result
+	ImageRefs   []string
+	ImageDigest string
+}
+
+// FinishSource ends a source build unless it already ended, forgets its
+// secrets and releases its builders. The build as stored is returned.
+func (s *Service) FinishSource(ctx context.Context, id string, o Outcome) (store.Build, error) {
+	if len(o.Error) > 64<<10 {
+		o.Error = o.Error[:64<<10]
+	}
+	ended := false
+	b, err := s.store.UpdateBuild(ctx, id, func(b *store.Build) error {
+		b.Secrets = ""
+		if b.Terminal() {
+			return nil
+		}
+		ended = true
+		b.Status, b.Error, b.FinishedAt = o.Status, o.Error, time.Now().UTC()
+		if o.Status == store.BuildSucceeded {
+			b.ImageRefs, b.ImageDigest = o.ImageRefs, o.ImageDigest
+		}
+		return nil
+	})
+	if err != nil {
+		return b, err
+	}
+	s.releaseAll(b)
+	if ended {
+		s.logger.InfoContext(ctx, "source build finished", "build_id", id, "project_id", b.ProjectID, "status", b.Status)
+	}
+	return b, nil
+}
+
+// ConnectSource is Connect for kiln's runner: it leases the project's
+// builder for platform to a running source build and, once the builder is
+// ready, issues a client certificate. WaitMs > 0 means "ask again".
+func (s *Service) ConnectSource(ctx context.Context, b store.Build, platform string) (Connection, error) {
+	if !b.IsSource() {
+		return Connection{}, fmt.Errorf("build %q is not a source build: %w", b.ID, errdefs.ErrFailedPrecondition)
+	}
+	return s.connect(ctx, b, platform)
+}
+
+// PushToken mints a build token for b alone, for its runner to push the
+// image to kiln's registry with. It expires after ttl.
+func (s *Service) PushToken(ctx context.Context, b store.Build, ttl time.Duration) (string, error) {
+	secret, hash := auth.NewSecret(store.TokenBuild)
+	now := time.Now().UTC()
+	t := store.Token{ID: "tok_" + project.NewID(), Kind: store.TokenBuild, OrgID: b.OrgID, ProjectID: b.ProjectID,
+		BuildID: b.ID, Description: "source build push", SecretHash: hash, CreatedAt: now, ExpiresAt: now.Add(ttl)}
+	if err := s.store.CreateToken(ctx, t); err != nil {
+		return "", err
+	}
+	return secret, nil
+}
+
+// StoreSteps records steps and log lines kiln's runner observed.
+func (s *Service) StoreSteps(ctx context.Context, buildID string, steps []store.Step, logs []store.LogLine) error {
+	if len(steps) > 0 {
+		if err := s.store.PutSteps(ctx, buildID, steps); err != nil {
+			return err
+		}
+	}
+	if len(logs) > 0 {
+		return s.store.AppendLogs(ctx, buildID, logs)
+	}
+	return nil
+}
