@@ -49,7 +49,7 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 		Example: `  kiln serve
   kiln serve --data /srv/kiln --addr 127.0.0.1:7420
   KILN_DATA=/tmp/kiln kiln serve --health-timeout 1m
-  kiln serve --addr 0.0.0.0:7420 --public-url https://kiln.example.com` + oidcServeExample + registryServeExample,
+  kiln serve --addr 0.0.0.0:7420 --public-url https://kiln.example.com` + oidcServeExample + registryServeExample + sourceServeExample,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var level slog.Level
@@ -81,5 +81,6 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	registerOIDCFlags(f, &cfg.OIDC)
 	registerRegistryFlags(f, &cfg.Registry)
+	registerSourceFlags(f, &cfg.Source)
 	return cmd
 }

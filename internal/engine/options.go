@@ -150,6 +150,10 @@ type Request struct {
 	platforms      []string // --platform list, normalized; see multiplatform.go
 	buildPlatform  string   // forced builder platform; "" is dynamic
 	tmpDir         string   // removed by Close; "" if none
+	// serverSide: a source build on kiln's server (isolate.go): no Docker
+	// config of the server's user, secrets from secretValues only.
+	serverSide   bool
+	secretValues map[string][]byte
 }
 
 // ContextDir is the local directory sent as the build context (for a stdin

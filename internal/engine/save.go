@@ -146,9 +146,9 @@ func layerDockerConfig(base *configfile.ConfigFile, creds []RegistryCredential) 
 // user's Docker credentials for the rest.
 func (r *Request) keychain() authn.Keychain {
 	if len(r.registryAuth) == 0 {
-		return authn.DefaultKeychain
+		return r.baseKeychain()
 	}
-	return authn.NewMultiKeychain(staticKeychain(r.registryAuth), authn.DefaultKeychain)
+	return authn.NewMultiKeychain(staticKeychain(r.registryAuth), r.baseKeychain())
 }
 
 // staticKeychain answers for the hosts it holds and is anonymous (so a

@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	contentlocal "github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/docker/cli/cli/config"
+	"github.com/docker/cli/cli/config/configfile"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/session"
@@ -183,9 +184,15 @@ func (r *Request) sessionSolveOpt(progressOut io.Writer) (client.SolveOpt, error
 		ociStores[id] = store
 	}
 
-	secretStore, err := secretsprovider.NewStore(r.secrets)
-	if err != nil {
-		return client.SolveOpt{}, invalidWrap(err, "--secret")
+	var secretProvider session.Attachable
+	if r.serverSide {
+		secretProvider = secretsprovider.FromMap(r.secretValues)
+	} else {
+		secretStore, err := secretsprovider.NewStore(r.secrets)
+		if err != nil {
+			return client.SolveOpt{}, invalidWrap(err, "--secret")
+		}
+		secretProvider = secretsprovider.NewSecretProvider(secretStore)
 	}
 	configWarnings := progressOut
 	if r.progress == progressui.QuietMode || r.progress == progressui.RawJSONMode {
@@ -193,10 +200,11 @@ func (r *Request) sessionSolveOpt(progressOut io.Writer) (client.SolveOpt, error
 	}
 	attachables := []session.Attachable{
 		authprovider.NewDockerAuthProvider(authprovider.DockerAuthProviderConfig{
-			// --save's credentials over the user's Docker config (save.go).
-			ConfigFile: layerDockerConfig(config.LoadDefaultConfigFile(configWarnings), r.registryAuth),
+			// --save's credentials over the user's Docker config (save.go);
+			// on the server, over nothing (isolate.go).
+			ConfigFile: r.dockerConfig(func() *configfile.ConfigFile { return config.LoadDefaultConfigFile(configWarnings) }),
 		}),
-		secretsprovider.NewSecretProvider(secretStore),
+		secretProvider,
 	}
 	if len(r.ssh) > 0 {
 		sp, err := sshprovider.NewSSHAgentProvider(r.ssh)

@@ -29,6 +29,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/pki"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/registry"
+	"github.com/kiln-dev/kiln/internal/runner"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -52,7 +53,9 @@ type Config struct {
 	OIDC oidc.Config
 	// Registry configures kiln's registry at /v2/ (registry.go).
 	Registry RegistryConfig
-	Logger   *slog.Logger
+	// Source configures builds from uploaded source (source.go).
+	Source SourceConfig
+	Logger *slog.Logger
 }
 
 // Server is a running control plane.
@@ -65,6 +68,7 @@ type Server struct {
 	listener net.Listener
 	audit    *audit.Recorder
 	registry *registry.Registry
+	runner   *runner.Runner
 	cancel   context.CancelFunc
 	done     chan struct{}
 }
@@ -150,6 +154,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.mountRegistry(mux, authn, s.registry)
+	if err := s.openSource(ctx, mux, st, authn, builds, projects); err != nil {
+		s.registry.Close()
+		st.Close()
+		return nil, err
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.Handle("GET /debug/builders", s.requireOrg(authn, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -283,6 +292,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	go s.builds.Run(bg)
 	go s.audit.Run(bg)
 	go s.registry.Run(bg)
+	// Source builds left queued or running by a previous server are
+	// resumed or failed before anyone can ask about them.
+	if err := s.runner.Start(ctx); err != nil {
+		return fmt.Errorf("resume source builds: %w", err)
+	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.listener) }()
@@ -294,6 +308,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.cfg.Logger.Info("shutting down")
 	shutdownCtx, stop := context.WithTimeout(context.Background(), 15*time.Second)
 	defer stop()
+	// Source builds stop first: running ones record that they were
+	// interrupted, and their watchers see it before the listener closes.
+	s.runner.Close(shutdownCtx)
 	_ = s.http.Shutdown(shutdownCtx)
 	cancel()
 	s.registry.Close()

@@ -1,0 +1,405 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	bkclient "github.com/moby/buildkit/client"
+
+	"github.com/kiln-dev/kiln/internal/archive"
+	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/engine"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// Steps kiln itself adds to a source build's record, before BuildKit's.
+const (
+	stepContext = "kiln:context"
+	stepBuilder = "kiln:builder"
+)
+
+// pushTokenTTL bounds the build token the builder pushes the image with.
+const pushTokenTTL = 6 * time.Hour
+
+// execute drives one running build: fetch and check the context, connect
+// to the project's builders, solve and push. It returns the outcome; the
+// caller records it.
+func (r *Runner) execute(ctx context.Context, b store.Build, work string) build.Outcome {
+	fail := func(err error) build.Outcome {
+		return build.Outcome{Result: build.Result{Status: store.BuildFailed, Error: err.Error()}}
+	}
+	spec, err := decodeSpec(b.Spec)
+	if err != nil {
+		return fail(err)
+	}
+	secrets, err := r.seal.open(b.ID, b.Secrets)
+	if err != nil {
+		return fail(fmt.Errorf("build secrets: %w", err))
+	}
+	rec := r.newRecorder(b.ID)
+	defer rec.close()
+
+	if err := os.MkdirAll(work, 0o700); err != nil {
+		return fail(fmt.Errorf("scratch directory: %w", err))
+	}
+	root := filepath.Join(work, "context")
+	rec.begin(stepContext, "[kiln] fetch and check the build context")
+	stats, err := r.fetchContext(ctx, b, spec, work, root)
+	if err != nil {
+		rec.end(stepContext, err)
+		return fail(fmt.Errorf("build context: %w", err))
+	}
+	rec.log(stepContext, fmt.Sprintf("%d entries, %s, sha256:%s\n", stats.Entries, humanBytes(stats.Bytes), stats.SHA256))
+	dockerfile, err := findDockerfile(root, spec.Dockerfile)
+	if err != nil {
+		rec.end(stepContext, err)
+		return fail(err)
+	}
+	rec.end(stepContext, nil)
+
+	refs, err := refs(r.cfg.RegistryHost(), b.ProjectID, b.ID, spec.Tags, r.pushHosts())
+	if err != nil {
+		return fail(err)
+	}
+	req, err := r.prepare(ctx, b, spec, root, dockerfile, refs, secrets)
+	if err != nil {
+		return fail(err)
+	}
+	defer req.Close()
+
+	rec.begin(stepBuilder, "[kiln] start the project's builder ("+strings.Join(spec.Platforms, ", ")+")")
+	targets, closeAll, err := r.connect(ctx, b, spec.Platforms)
+	rec.end(stepBuilder, err)
+	if err != nil {
+		return fail(err)
+	}
+	defer closeAll()
+
+	var resp *bkclient.SolveResponse
+	if len(targets) == 1 {
+		resp, err = engine.Solve(ctx, targets[0].Client, req, io.Discard, rec.observe)
+	} else {
+		resp, err = engine.SolveMulti(ctx, targets, req, io.Discard, rec.observe)
+	}
+	if err != nil {
+		return fail(err)
+	}
+	return build.Outcome{Result: build.Result{Status: store.BuildSucceeded}, ImageRefs: refs,
+		ImageDigest: resp.ExporterResponse["containerimage.digest"]}
+}
+
+// fetchContext copies the build's context from blob storage into work,
+// checks its size and digest before reading a byte of it as an archive,
+// then extracts it safely into root.
+func (r *Runner) fetchContext(ctx context.Context, b store.Build, spec Spec, work, root string) (archive.Stats, error) {
+	c, err := r.store.GetContext(ctx, spec.ContextKey)
+	if err != nil || c.ProjectID != b.ProjectID {
+		return archive.Stats{}, fmt.Errorf("context %q not found: %w", spec.ContextKey, errdefs.ErrNotFound)
+	}
+	if time.Now().After(c.ExpiresAt) {
+		return archive.Stats{}, fmt.Errorf("context %q expired at %s; upload it again: %w", c.Key, c.ExpiresAt.Format(time.RFC3339), errdefs.ErrFailedPrecondition)
+	}
+	rc, info, err := r.blobs.Open(ctx, c.BlobKey)
+	if errdefs.IsNotFound(err) {
+		return archive.Stats{}, fmt.Errorf("context %q was never uploaded: PUT it to the upload URL first: %w", c.Key, errdefs.ErrFailedPrecondition)
+	}
+	if err != nil {
+		return archive.Stats{}, fmt.Errorf("reading context %q from storage: %w", c.Key, err)
+	}
+	defer rc.Close()
+	max := r.cfg.Archive.CompressedBytes
+	if info.Size > max {
+		return archive.Stats{}, fmt.Errorf("the upload is %d bytes; this server accepts at most %d: %w", info.Size, max, errdefs.ErrInvalid)
+	}
+	if c.Size > 0 && info.Size != c.Size {
+		return archive.Stats{}, fmt.Errorf("the upload is %d bytes but %d were declared: upload it again: %w", info.Size, c.Size, errdefs.ErrInvalid)
+	}
+	tmp := filepath.Join(work, "context.archive")
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return archive.Stats{}, err
+	}
+	defer f.Close()
+	sum, n, err := archive.CopyHashed(f, rc, max)
+	if err != nil {
+		return archive.Stats{}, fmt.Errorf("reading the upload: %w", err)
+	}
+	if c.Size > 0 && n != c.Size {
+		return archive.Stats{}, fmt.Errorf("the upload is %d bytes but %d were declared: upload it again: %w", n, c.Size, errdefs.ErrInvalid)
+	}
+	if c.SHA256 != "" && !strings.EqualFold(sum, c.SHA256) {
+		return archive.Stats{}, fmt.Errorf("the upload's sha256 is %s but %s was declared: it was corrupted or replaced; upload it again: %w", sum, c.SHA256, errdefs.ErrInvalid)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return archive.Stats{}, err
+	}
+	if err := os.Mkdir(root, 0o700); err != nil {
+		return archive.Stats{}, err
+	}
+	stats, err := archive.Extract(f, root, r.cfg.Archive, archive.Policy{RejectSpecialBits: true})
+	if err != nil {
+		return archive.Stats{}, err
+	}
+	return stats, nil
+}
+
+// findDockerfile returns the absolute path of the Dockerfile inside the
+// extracted context. The archive was checked, so links inside the context
+// stay inside it; the result is checked again anyway.
+func findDockerfile(root, rel string) (string, error) {
+	p := filepath.Join(root, filepath.FromSlash(rel))
+	real, err := filepath.EvalSymlinks(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("dockerfile %q is not in the build context: %w", rel, errdefs.ErrInvalid)
+	}
+	if err != nil {
+		return "", fmt.Errorf("dockerfile %q: %w", rel, errdefs.ErrInvalid)
+	}
+	realRoot, _ := filepath.EvalSymlinks(root)
+	if !strings.HasPrefix(real, realRoot+string(filepath.Separator)) {
+		return "", fmt.Errorf("dockerfile %q leaves the build context: %w", rel, errdefs.ErrInvalid)
+	}
+	fi, err := os.Stat(real)
+	if err != nil || !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("dockerfile %q is not a regular file: %w", rel, errdefs.ErrInvalid)
+	}
+	return real, nil
+}
+
+// prepare turns the spec into an engine request that pushes to refs.
+func (r *Runner) prepare(ctx context.Context, b store.Build, spec Spec, root, dockerfile string, refs []string, secrets map[string][]byte) (*engine.Request, error) {
+	var args []string
+	for k, v := range spec.BuildArgs {
+		args = append(args, k+"="+v)
+	}
+	req, err := engine.Prepare(engine.Options{
+		ContextPath: root,
+		Dockerfile:  dockerfile,
+		Target:      spec.Target,
+		BuildArgs:   args,
+		NoCache:     spec.NoCache,
+		Platform:    strings.Join(spec.Platforms, ","),
+		Progress:    "quiet",
+	})
+	if err != nil {
+		return nil, err
+	}
+	token, err := r.builds.PushToken(ctx, b, pushTokenTTL)
+	if err != nil {
+		req.Close()
+		return nil, err
+	}
+	creds := append([]engine.RegistryCredential{{Host: r.cfg.RegistryHost(), Username: "x-token", Password: token}}, r.cfg.PushAuth...)
+	if err := req.AddSave(refs, creds); err != nil {
+		req.Close()
+		return nil, err
+	}
+	req.ServerSide(secrets)
+	return req, nil
+}
+
+func (r *Runner) pushHosts() []string {
+	var hosts []string
+	for _, c := range r.cfg.PushAuth {
+		hosts = append(hosts, c.Host)
+	}
+	return hosts
+}
+
+// connect gets a ready builder for every platform of the build and dials
+// it with a certificate for this build. The caller calls closeAll.
+func (r *Runner) connect(ctx context.Context, b store.Build, platforms []string) (_ []engine.Target, closeAll func(), _ error) {
+	var targets []engine.Target
+	closeAll = func() {
+		for _, t := range targets {
+			t.Client.Close()
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.BuilderWait)
+	defer cancel()
+	for _, pl := range platforms {
+		var conn build.Connection
+		for {
+			var err error
+			conn, err = r.builds.ConnectSource(ctx, b, pl)
+			if err != nil {
+				closeAll()
+				return nil, nil, fmt.Errorf("builder for %s: %w", pl, err)
+			}
+			if conn.Ready {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				closeAll()
+				if context.Cause(ctx) != nil && !errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+					return nil, nil, context.Cause(ctx)
+				}
+				return nil, nil, fmt.Errorf("the project's %s builder did not start within %s: %w", pl, r.cfg.BuilderWait, errdefs.ErrUnavailable)
+			case <-time.After(time.Duration(conn.WaitMs) * time.Millisecond):
+			}
+		}
+		c, err := engine.Dial(ctx, engine.Connection{Endpoint: conn.Endpoint.Addr, ServerName: conn.Endpoint.ServerName,
+			CertPEM: conn.CertPEM, KeyPEM: conn.KeyPEM, CACertPEM: conn.Endpoint.CACertPEM})
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("builder for %s: %w", pl, err)
+		}
+		targets = append(targets, engine.Target{Platform: pl, Client: c})
+	}
+	return targets, closeAll, nil
+}
+
+// recorder stores what a build shows as it runs: BuildKit's status
+// updates and kiln's own steps, batched, waking the build's watchers after
+// each write. The first sign of the image export marks the build pushing.
+type recorder struct {
+	r       *Runner
+	buildID string
+
+	mu      sync.Mutex
+	state   map[string]store.Step // digest → everything known of the step
+	dirty   []string              // digests changed since the last flush, first-seen order
+	logs    []store.LogLine
+	pushing bool // exporting seen; SetPushing done or pending
+	flagged bool // SetPushing pending
+
+	stopc chan struct{}
+	done  chan struct{}
+}
+
+func (r *Runner) newRecorder(buildID string) *recorder {
+	rec := &recorder{r: r, buildID: buildID, state: map[string]store.Step{}, stopc: make(chan struct{}), done: make(chan struct{})}
+	go rec.loop()
+	return rec
+}
+
+func (rec *recorder) loop() {
+	defer close(rec.done)
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-rec.stopc:
+			rec.flush()
+			return
+		case <-t.C:
+			rec.flush()
+		}
+	}
+}
+
+func (rec *recorder) flush() {
+	rec.mu.Lock()
+	steps := make([]store.Step, 0, len(rec.dirty))
+	for _, d := range rec.dirty {
+		steps = append(steps, rec.state[d])
+	}
+	logs, flagged := rec.logs, rec.flagged
+	rec.dirty, rec.logs, rec.flagged = nil, nil, false
+	rec.mu.Unlock()
+	if len(steps) == 0 && len(logs) == 0 && !flagged {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := rec.r.builds.StoreSteps(ctx, rec.buildID, steps, logs); err != nil {
+		rec.r.log.Warn("store build steps", "build_id", rec.buildID, "err", err)
+	}
+	if flagged {
+		if err := rec.r.builds.SetPushing(ctx, rec.buildID); err != nil {
+			rec.r.log.Warn("mark build pushing", "build_id", rec.buildID, "err", err)
+		}
+	}
+	rec.r.hub.notify(rec.buildID)
+}
+
+// put merges steps by digest into what is known of them and marks them for
+// the next flush, which stores each step whole: an update may carry only
+// what changed (a completion without the start), and the store replaces.
+func (rec *recorder) put(steps []store.Step, logs []store.LogLine, exporting bool) {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for _, st := range steps {
+		old, seen := rec.state[st.Digest]
+		if seen {
+			st = mergeStep(old, st)
+		}
+		rec.state[st.Digest] = st
+		if !slices.Contains(rec.dirty, st.Digest) {
+			rec.dirty = append(rec.dirty, st.Digest)
+		}
+	}
+	rec.logs = append(rec.logs, logs...)
+	if exporting && !rec.pushing {
+		rec.pushing, rec.flagged = true, true
+	}
+}
+
+func mergeStep(old, st store.Step) store.Step {
+	if st.Name == "" {
+		st.Name = old.Name
+	}
+	st.Cached = st.Cached || old.Cached
+	if st.StartedAt.IsZero() {
+		st.StartedAt = old.StartedAt
+	}
+	if st.CompletedAt.IsZero() {
+		st.CompletedAt = old.CompletedAt
+	}
+	if st.Error == "" {
+		st.Error = old.Error
+	}
+	return st
+}
+
+func (rec *recorder) observe(st *bkclient.SolveStatus) {
+	if st == nil {
+		return
+	}
+	rec.put(statusRecords(st))
+}
+
+func (rec *recorder) begin(digest, name string) {
+	rec.put([]store.Step{{Digest: digest, Name: name, StartedAt: time.Now().UTC()}}, nil, false)
+}
+
+func (rec *recorder) end(digest string, err error) {
+	st := store.Step{Digest: digest, CompletedAt: time.Now().UTC()}
+	if err != nil {
+		st.Error = err.Error()
+	}
+	rec.put([]store.Step{st}, nil, false)
+}
+
+func (rec *recorder) log(digest, msg string) {
+	rec.put(nil, []store.LogLine{{Digest: digest, At: time.Now().UTC(), Message: msg}}, false)
+}
+
+// close stores what is pending and stops the recorder.
+func (rec *recorder) close() {
+	close(rec.stopc)
+	<-rec.done
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}

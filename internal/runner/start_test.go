@@ -1,0 +1,84 @@
+package runner
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/blob"
+	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/project"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// After a crash, Start fails the source builds the store still says are
+// running or pushing (their solve died with the server), leaves client
+// builds alone, and runs the queued ones.
+func TestStartReconcilesAfterCrash(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, err := store.OpenSQLite(ctx, filepath.Join(dir, "kiln.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.CreateOrganization(ctx, store.Organization{ID: "o1", Name: "o1"})
+	st.CreateProject(ctx, store.Project{ID: "p1", OrgID: "o1", Name: "p1"})
+	now := time.Now().UTC()
+	mk := func(id, status, kind string) {
+		spec := Spec{ContextKey: "ctx_gone", Dockerfile: "Dockerfile", Platforms: []string{"linux/amd64"}}.encode()
+		if err := st.CreateBuild(ctx, store.Build{ID: id, ProjectID: "p1", OrgID: "o1", Status: status, Kind: kind, Spec: spec,
+			CreatedAt: now, LastHealthAt: now}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("running", store.BuildRunning, store.BuildKindSource)
+	mk("pushing", store.BuildPushing, store.BuildKindSource)
+	mk("queued", store.BuildQueued, store.BuildKindSource)
+	mk("client", store.BuildRunning, store.BuildKindClient)
+
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	builds := build.NewService(st, nil, nil, build.Config{}, logger)
+	blobs, err := blob.NewLocal(blob.LocalConfig{Root: filepath.Join(dir, "blobs"), Secret: []byte(strings.Repeat("s", 32)),
+		BaseURL: func() string { return "http://127.0.0.1:1" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(st, blobs, builds, &project.Service{Store: st}, Config{WorkDir: filepath.Join(dir, "work"),
+		SecretsKey: []byte(strings.Repeat("k", 32)), Logger: logger, RegistryHost: func() string { return "127.0.0.1:1" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(ctx)
+	for _, id := range []string{"running", "pushing"} {
+		b, _ := st.GetBuild(ctx, id)
+		if b.Status != store.BuildFailed || !strings.Contains(b.Error, "interrupted") || !strings.Contains(b.Error, "RebuildBuild") {
+			t.Errorf("%s after restart: %s %q", id, b.Status, b.Error)
+		}
+	}
+	if b, _ := st.GetBuild(ctx, "client"); b.Status != store.BuildRunning {
+		t.Errorf("a client build was touched: %s", b.Status)
+	}
+	// The queued build ran: its context is gone, so it fails saying so.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := st.GetBuild(ctx, "queued")
+		if b.Terminal() {
+			if b.Status != store.BuildFailed || !strings.Contains(b.Error, `context "ctx_gone" not found`) {
+				t.Errorf("queued build ended %s %q", b.Status, b.Error)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the queued build is still %s", b.Status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

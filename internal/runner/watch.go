@@ -1,0 +1,113 @@
+package runner
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// Event is one thing WatchBuild sends: exactly one field is set.
+type Event struct {
+	Build *store.Build
+	Step  *store.Step
+	Log   *store.LogLine
+}
+
+// watchPoll bounds how long a watcher sleeps without a wake-up: client
+// builds store their steps through the Depot API, which does not wake
+// watchers.
+const watchPoll = time.Second
+
+// logPage is how many log lines a watcher reads from the store at once.
+const logPage = 1000
+
+// Watch sends a build's record as events: the build, then every step and
+// log line stored so far, then — with follow — changes as they are stored,
+// until the build has ended and everything it recorded was sent, or ctx
+// ends, or the server shuts down (Unavailable: watch again). A watcher that
+// starts late misses nothing: the store is read from the first line, and
+// the hub only says when to read again.
+func (r *Runner) Watch(ctx context.Context, p auth.Principal, id string, follow bool, send func(Event) error) error {
+	if _, err := r.builds.Get(ctx, p, id); err != nil {
+		return err
+	}
+	w := &watcher{r: r, id: id, send: send, steps: map[string]store.Step{}}
+	for {
+		wake := r.hub.wait(id)
+		ended, err := w.sendNew(ctx)
+		if err != nil || ended || !follow {
+			r.hub.release(id, wake)
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			r.hub.release(id, wake)
+			return ctx.Err()
+		case <-r.base.Done():
+			r.hub.release(id, wake)
+			return fmt.Errorf("kiln serve is shutting down; watch the build again in a moment: %w", errdefs.ErrUnavailable)
+		case <-wake:
+		case <-time.After(watchPoll):
+		}
+	}
+}
+
+// watcher remembers what one Watch has sent.
+type watcher struct {
+	r      *Runner
+	id     string
+	send   func(Event) error
+	status string                // the last status sent
+	steps  map[string]store.Step // digest → the step as last sent
+	cursor int                   // seq of the last log line sent
+}
+
+// sendNew sends what changed since the last call. ended is true once the
+// build has ended and everything it recorded was sent.
+func (w *watcher) sendNew(ctx context.Context) (ended bool, err error) {
+	// Read the build first: if it had ended, everything it recorded was
+	// stored before, and the reads below see all of it.
+	b, err := w.r.store.GetBuild(ctx, w.id)
+	if err != nil {
+		return false, err
+	}
+	if b.Status != w.status {
+		w.status = b.Status
+		b.Secrets = ""
+		if err := w.send(Event{Build: &b}); err != nil {
+			return false, err
+		}
+	}
+	steps, err := w.r.store.ListSteps(ctx, w.id)
+	if err != nil {
+		return false, err
+	}
+	for _, st := range steps {
+		if old, ok := w.steps[st.Digest]; ok && old == st {
+			continue
+		}
+		w.steps[st.Digest] = st
+		if err := w.send(Event{Step: &st}); err != nil {
+			return false, err
+		}
+	}
+	for {
+		lines, err := w.r.store.ListBuildLogs(ctx, w.id, w.cursor, logPage)
+		if err != nil {
+			return false, err
+		}
+		for i := range lines {
+			if err := w.send(Event{Log: &lines[i]}); err != nil {
+				return false, err
+			}
+			w.cursor = lines[i].Seq
+		}
+		if len(lines) < logPage {
+			return b.Terminal(), nil
+		}
+	}
+}

@@ -1,0 +1,135 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/docker/cli/cli/config/configfile"
+
+	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
+	kilnapi "github.com/kiln-dev/kiln/internal/api/kiln"
+	"github.com/kiln-dev/kiln/internal/archive"
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/blob"
+	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/engine"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/project"
+	"github.com/kiln-dev/kiln/internal/runner"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// SourceConfig configures builds from uploaded source (kiln.v1.SourceBuildService).
+type SourceConfig struct {
+	// S3 stores uploaded contexts in a bucket; an empty Bucket keeps them
+	// on local disk (DATA/blobs) behind URLs kiln signs and serves itself.
+	S3 blob.S3Config
+	// MaxConcurrent and MaxPerProject bound running source builds; 0 → 4 and 2.
+	MaxConcurrent, MaxPerProject int
+	// ContextRetention: uploaded contexts are deleted this long after their
+	// upload URL was made; 0 → 7 days.
+	ContextRetention time.Duration
+	// UploadTTL is how long an upload URL works; 0 → 15 minutes.
+	UploadTTL time.Duration
+	// MaxUpload is the largest context accepted, in bytes; 0 → 1 GiB.
+	MaxUpload int64
+	// PushAuthFile is a Docker config.json whose "auths" are registries
+	// source builds may push to besides kiln's own; "" → none.
+	PushAuthFile string
+}
+
+// openSource wires the blob store and the runner, and mounts the upload
+// URLs (local store) and kiln.v1.SourceBuildService.
+func (s *Server) openSource(ctx context.Context, mux *http.ServeMux, st store.Store, authn *auth.Authenticator, builds *build.Service, projects *project.Service) error {
+	cfg := s.cfg.Source
+	var blobs blob.Store
+	if cfg.S3.Bucket != "" {
+		s3, err := blob.NewS3(ctx, cfg.S3)
+		if err != nil {
+			return fmt.Errorf("context storage: %w", err)
+		}
+		blobs = s3
+	} else {
+		secret, err := blob.LoadOrCreateSecret(filepath.Join(s.cfg.DataDir, "blob.key"))
+		if err != nil {
+			return err
+		}
+		local, err := blob.NewLocal(blob.LocalConfig{Root: filepath.Join(s.cfg.DataDir, "blobs"), Secret: secret, BaseURL: s.publicURL})
+		if err != nil {
+			return err
+		}
+		mux.Handle("/blobs/", local.Handler())
+		blobs = local
+	}
+	pushAuth, err := loadPushAuth(cfg.PushAuthFile)
+	if err != nil {
+		return err
+	}
+	key, err := blob.LoadOrCreateSecret(filepath.Join(s.cfg.DataDir, "secrets.key"))
+	if err != nil {
+		return err
+	}
+	s.runner, err = runner.New(st, blobs, builds, projects, runner.Config{
+		WorkDir:          filepath.Join(s.cfg.DataDir, "work"),
+		MaxConcurrent:    cfg.MaxConcurrent,
+		MaxPerProject:    cfg.MaxPerProject,
+		ContextRetention: cfg.ContextRetention,
+		UploadTTL:        cfg.UploadTTL,
+		Archive:          archive.Limits{CompressedBytes: cfg.MaxUpload},
+		RegistryHost:     s.registryHost,
+		PushAuth:         pushAuth,
+		SecretsKey:       key,
+		Logger:           s.cfg.Logger,
+	})
+	if err != nil {
+		return err
+	}
+	svc := &kilnapi.SourceBuildService{Runner: s.runner, Logger: s.cfg.Logger,
+		CustomerOf: func(ctx context.Context, projectID string) string {
+			p, err := st.GetProject(ctx, projectID)
+			if err != nil {
+				return ""
+			}
+			return p.CustomerID
+		}}
+	// Secrets and build args ride in CreateBuild: a few MiB at most.
+	mux.Handle(kilnv1connect.NewSourceBuildServiceHandler(svc,
+		connect.WithInterceptors(authInterceptor(authn, s.cfg.Logger)), connect.WithReadMaxBytes(4<<20)))
+	return nil
+}
+
+// loadPushAuth reads registry credentials from a Docker config.json.
+func loadPushAuth(path string) ([]engine.RegistryCredential, error) {
+	if path == "" {
+		return nil, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("--push-auth-file: %w", err)
+	}
+	defer f.Close()
+	cf := configfile.New(path)
+	if err := cf.LoadFromReader(f); err != nil {
+		return nil, fmt.Errorf("--push-auth-file %s: not a Docker config.json: %w", path, err)
+	}
+	var out []engine.RegistryCredential
+	for host, a := range cf.AuthConfigs {
+		if a.Username == "" || a.Password == "" {
+			return nil, fmt.Errorf("--push-auth-file %s: registry %s has no user name and password (identity tokens and credential helpers are not supported): %w", path, host, errdefs.ErrInvalid)
+		}
+		out = append(out, engine.RegistryCredential{Host: host, Username: a.Username, Password: a.Password})
+	}
+	slices.SortFunc(out, func(a, b engine.RegistryCredential) int {
+		if a.Host < b.Host {
+			return -1
+		}
+		return 1
+	})
+	return out, nil
+}
