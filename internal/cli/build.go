@@ -35,6 +35,8 @@ type buildFlags struct {
 	check    bool     // --check: --call=check
 	save     bool     // --save: push to kiln's registry (save.go)
 	saveTags []string // --save-tag (implies --save)
+	detach   bool     // --detach: upload the context, queue a server build (detach.go)
+	customer string   // --customer: with --detach, the platform customer's project
 }
 
 func newBuildCmd(g *globals) *cobra.Command {
@@ -46,7 +48,11 @@ func newBuildCmd(g *globals) *cobra.Command {
 The context is sent incrementally (.dockerignore honoured) and the layer cache
 persists in the project, so rebuilds are fast on any machine.
 
-PATH is a directory, or - to read a tar archive (or a lone Dockerfile) from stdin.`,
+PATH is a directory, or - to read a tar archive (or a lone Dockerfile) from stdin.
+
+With --detach, the context is packed and uploaded, and kiln runs the build
+itself and pushes the image to its registry; the command prints the build id
+and returns at once (see 'kiln builds').`,
 		Example: `  kiln build -t app:dev --load .
   kiln build -t registry.example.com/app:1.2 --push --cache-to type=registry,ref=registry.example.com/app:cache,mode=max .
   kiln build -t app -o type=image,name=127.0.0.1:5000/app,push=true,compression=zstd,oci-mediatypes=true .
@@ -57,12 +63,17 @@ PATH is a directory, or - to read a tar archive (or a lone Dockerfile) from stdi
   kiln build --call=check .
   kiln build -t app:dev --target runtime --build-arg VERSION=1.2 -o type=docker,dest=app.tar .
   kiln build --secret id=npm,src=$HOME/.npmrc -o type=local,dest=out/ .
-  tar -c . | kiln build -o type=tar,dest=- - > rootfs.tar`,
+  tar -c . | kiln build -o type=tar,dest=- - > rootfs.tar
+  id=$(kiln build --detach -t v1 .) && kiln builds logs -f "$id"
+  kiln build --detach --customer acme-42 --platform linux/amd64,linux/arm64 .`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			bf.opts.ContextPath = args[0]
 			bf.opts.Stdin = cmd.InOrStdin()
 			bf.opts.Stdout = cmd.OutOrStdout()
+			if bf.detach || cmd.Flags().Changed("customer") {
+				return runDetach(cmd.Context(), g, &bf, cmd.Flags(), cmd.OutOrStdout(), cmd.ErrOrStderr())
+			}
 			return runBuild(cmd.Context(), g, &bf, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
@@ -99,6 +110,8 @@ PATH is a directory, or - to read a tar archive (or a lone Dockerfile) from stdi
 	f.StringVar(&bf.project, "project", "", "project id (env KILN_PROJECT_ID, DEPOT_PROJECT_ID, or kiln.json)")
 	f.StringVar(&bf.iidfile, "iidfile", "", "write the image ID (config digest; an index's digest for an index) to this file")
 	f.StringVar(&bf.metadata, "metadata-file", "", "write build result metadata (JSON) to this file")
+	f.BoolVar(&bf.detach, "detach", false, "upload the context and queue a build that kiln runs and pushes itself; print its id and return (follow it with: kiln builds logs -f ID)")
+	f.StringVar(&bf.customer, "customer", "", "with --detach: build in this platform customer's project (created on first use) instead of --project")
 	f.DurationVar(&bf.wait, "builder-wait", 3*time.Minute, "how long to wait for the builder to start")
 	return cmd
 }

@@ -59,6 +59,7 @@ Start a server with 'kiln serve', then build with 'kiln build'.`,
 	root.AddCommand(newTokensCmd(g))
 	root.AddCommand(newPullCmd(g), newPushCmd(g))
 	root.AddCommand(newBakeCmd(g))
+	root.AddCommand(newBuildsCmd(g))
 	return root
 }
 

@@ -1,0 +1,700 @@
+package cli
+
+// kiln build --detach: pack the context, upload it, and queue a build that
+// kiln runs itself (the platform API, kiln.v1.SourceBuildService). The
+// command ends once the build is queued; `kiln builds logs -f ID` follows it.
+
+import (
+	"archive/tar"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/csv"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/moby/patternmatcher"
+	"github.com/moby/patternmatcher/ignorefile"
+	"github.com/spf13/pflag"
+
+	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+	"github.com/kiln-dev/kiln/internal/client"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+)
+
+// outsideDockerfile is where a -f Dockerfile from outside the context goes
+// in the archive.
+const outsideDockerfile = ".kiln/Dockerfile"
+
+// maxSecretSize is the largest --secret value sent, as BuildKit's own
+// limit for a secret.
+const maxSecretSize = 500 * 1024
+
+const imagePushedWhy = "the image is pushed to kiln's registry as <project>:<build id> and the -t tags"
+
+// detachUnsupported are `kiln build` flags a server-side build cannot
+// honour, and why. A flag is refused when it is set to anything but its
+// default.
+var detachUnsupported = []struct{ flag, why string }{
+	{"load", imagePushedWhy},
+	{"push", imagePushedWhy},
+	{"output", imagePushedWhy},
+	{"save", imagePushedWhy},
+	{"save-tag", imagePushedWhy + " (use -t)"},
+	{"iidfile", "the build finishes after this command returns (see `kiln builds get ID` for the digest)"},
+	{"metadata-file", "the build finishes after this command returns (see `kiln builds get ID --json`)"},
+	{"ssh", "the build runs on the server, out of reach of this machine's SSH agent and keys"},
+	{"build-context", "only the one uploaded context is sent"},
+	{"cache-from", "a server build uses the project's persistent cache"},
+	{"cache-to", "a server build uses the project's persistent cache"},
+	{"no-cache-filter", "a server build takes only --no-cache, for the whole build"},
+	{"call", "a server build only builds and pushes the image"},
+	{"check", "a server build only builds and pushes the image"},
+	{"lint", "a server build only builds and pushes the image"},
+	{"lint-fail-on", "a server build only builds and pushes the image"},
+	{"label", "a server build takes no labels; set them with LABEL in the Dockerfile"},
+	{"attest", "the server decides the attestations of the image it pushes"},
+	{"provenance", "the server decides the attestations of the image it pushes"},
+	{"sbom", "the server decides the attestations of the image it pushes"},
+	{"network", "RUN steps of a server build use the default network"},
+	{"build-platform", "the server picks the builder for each platform"},
+}
+
+// checkDetachFlags refuses flags that cannot apply to a detached build,
+// --customer without --detach, and --customer with --project.
+func checkDetachFlags(bf *buildFlags, flags *pflag.FlagSet) error {
+	if !bf.detach {
+		return fmt.Errorf("--customer needs --detach: a customer's project builds only from an uploaded context: %w", errdefs.ErrInvalid)
+	}
+	if flags.Changed("customer") && flags.Changed("project") {
+		return fmt.Errorf("--customer and --project: give one (a customer id names its own project): %w", errdefs.ErrInvalid)
+	}
+	if flags.Changed("customer") && strings.TrimSpace(bf.customer) == "" {
+		return fmt.Errorf("--customer: empty customer id: %w", errdefs.ErrInvalid)
+	}
+	for _, u := range detachUnsupported {
+		f := flags.Lookup(u.flag)
+		if f == nil || !f.Changed || f.Value.String() == f.DefValue {
+			continue
+		}
+		return fmt.Errorf("--%s cannot be used with --detach: %s: %w", u.flag, u.why, errdefs.ErrInvalid)
+	}
+	switch bf.opts.Progress {
+	case "", "auto", "plain", "tty", "quiet", "rawjson":
+	default:
+		return fmt.Errorf("--progress %q: unknown mode (supported: auto, plain, tty, quiet, rawjson): %w", bf.opts.Progress, errdefs.ErrInvalid)
+	}
+	if bf.opts.ContextPath == "-" {
+		return fmt.Errorf("--detach needs a context directory, not \"-\" (stdin): %w", errdefs.ErrInvalid)
+	}
+	if bf.opts.Dockerfile == "-" {
+		return fmt.Errorf("-f \"-\" cannot be used with --detach: give the Dockerfile's path: %w", errdefs.ErrInvalid)
+	}
+	return nil
+}
+
+// runDetach uploads the context and queues a server-side build. Only the
+// build id goes to stdout, so `id=$(kiln build --detach .)` works.
+func runDetach(ctx context.Context, g *globals, bf *buildFlags, flags *pflag.FlagSet, stdout, stderr io.Writer) error {
+	if err := checkDetachFlags(bf, flags); err != nil {
+		return err
+	}
+	// Everything local is checked before talking to the server.
+	contextDir, dockerfile, err := detachPaths(bf.opts.ContextPath, bf.opts.Dockerfile)
+	if err != nil {
+		return err
+	}
+	req := &kilnv1.CreateBuildRequest{Target: bf.opts.Target, Tags: bf.opts.Tags, NoCache: bf.opts.NoCache}
+	if req.BuildArgs, err = detachBuildArgs(bf.opts.BuildArgs); err != nil {
+		return err
+	}
+	if req.Secrets, err = detachSecrets(bf.opts.Secrets); err != nil {
+		return err
+	}
+	if req.Platforms, err = detachPlatforms(bf.opts.Platform); err != nil {
+		return err
+	}
+	for _, t := range req.Tags {
+		if strings.TrimSpace(t) == "" {
+			return fmt.Errorf("-t %q: empty tag: %w", t, errdefs.ErrInvalid)
+		}
+	}
+	ref := &kilnv1.ProjectRef{}
+	if bf.customer != "" {
+		ref.Ref = &kilnv1.ProjectRef_CustomerId{CustomerId: bf.customer}
+	} else {
+		projectID, err := client.FindProject(bf.project, contextDir)
+		if err != nil {
+			return err
+		}
+		ref.Ref = &kilnv1.ProjectRef_ProjectId{ProjectId: projectID}
+	}
+	cfg, err := g.config()
+	if err != nil {
+		return err
+	}
+
+	archive, err := packContext(contextDir, dockerfile, func(msg string) { fmt.Fprintf(stderr, "kiln: warning: %s\n", msg) })
+	if err != nil {
+		return err
+	}
+	defer archive.Close()
+	req.Dockerfile = archive.dockerfile
+
+	api := cfg.SourceBuilds()
+	up, err := retryUnavailable(ctx, func() (*connect.Response[kilnv1.GenerateUploadURLResponse], error) {
+		return api.GenerateUploadURL(ctx, connect.NewRequest(&kilnv1.GenerateUploadURLRequest{Project: ref, Size: archive.size, Sha256: archive.sha256}))
+	})
+	if err != nil {
+		return fmt.Errorf("get an upload URL for the context: %w", err)
+	}
+	if limit := up.Msg.MaxSize; limit > 0 && archive.size > limit {
+		return fmt.Errorf("build context is %s packed; the server accepts at most %s (add large files to .dockerignore): %w",
+			formatBytes(archive.size), formatBytes(limit), errdefs.ErrExhausted)
+	}
+	progress := newUploadProgress(stderr, uploadProgressStyle(bf.opts.Progress, stderr), "context", archive.size)
+	if err := putArchive(ctx, up.Msg.Url, up.Msg.Headers, archive, progress); err != nil {
+		return err
+	}
+
+	req.Project = ref // as given: a customer's build is recorded with its customer id
+	req.ContextKey = up.Msg.ContextKey
+	created, err := retryUnavailable(ctx, func() (*connect.Response[kilnv1.CreateBuildResponse], error) {
+		return api.CreateBuild(ctx, connect.NewRequest(req))
+	})
+	if err != nil {
+		return fmt.Errorf("create build: %w", err)
+	}
+	id := created.Msg.BuildId
+	fmt.Fprintln(stdout, id)
+	fmt.Fprintf(stderr, "build %s queued in project %s; follow it with: kiln builds logs -f %s\n", id, created.Msg.ProjectId, id)
+	return nil
+}
+
+// detachPaths returns the context directory and the Dockerfile, both
+// absolute. A relative -f is relative to the working directory, as with
+// buildx.
+func detachPaths(contextPath, dockerfile string) (contextDir, dockerfilePath string, err error) {
+	if contextPath == "" {
+		return "", "", fmt.Errorf("build context: a directory is required: %w", errdefs.ErrInvalid)
+	}
+	contextDir, err = filepath.Abs(contextPath)
+	if err != nil {
+		return "", "", fmt.Errorf("build context %q: %v: %w", contextPath, err, errdefs.ErrInvalid)
+	}
+	// Links are resolved so the walk starts in a directory (it follows no
+	// link) and the Dockerfile is found inside the context or not.
+	resolved, err := filepath.EvalSymlinks(contextDir)
+	if err == nil {
+		contextDir = resolved
+	}
+	fi, err := os.Stat(contextDir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return "", "", fmt.Errorf("build context %q: no such directory: %w", contextPath, errdefs.ErrInvalid)
+	case err != nil:
+		return "", "", fmt.Errorf("build context %q: %v: %w", contextPath, err, errdefs.ErrInvalid)
+	case !fi.IsDir():
+		return "", "", fmt.Errorf("build context %q: not a directory: %w", contextPath, errdefs.ErrInvalid)
+	}
+	dockerfilePath = filepath.Join(contextDir, "Dockerfile")
+	if dockerfile != "" {
+		if dockerfilePath, err = filepath.Abs(dockerfile); err != nil {
+			return "", "", fmt.Errorf("-f %q: %v: %w", dockerfile, err, errdefs.ErrInvalid)
+		}
+		if d, err := filepath.EvalSymlinks(filepath.Dir(dockerfilePath)); err == nil {
+			dockerfilePath = filepath.Join(d, filepath.Base(dockerfilePath))
+		}
+	}
+	fi, err = os.Stat(dockerfilePath)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return "", "", fmt.Errorf("Dockerfile not found: %s (give its path with -f): %w", dockerfilePath, errdefs.ErrInvalid)
+	case err != nil:
+		return "", "", fmt.Errorf("Dockerfile %s: %v: %w", dockerfilePath, err, errdefs.ErrInvalid)
+	case !fi.Mode().IsRegular():
+		return "", "", fmt.Errorf("Dockerfile %s: not a regular file: %w", dockerfilePath, errdefs.ErrInvalid)
+	}
+	return contextDir, dockerfilePath, nil
+}
+
+// detachBuildArgs reads --build-arg K=V, or K to take K from the
+// environment (skipped when unset, like buildx).
+func detachBuildArgs(args []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, a := range args {
+		k, v, ok := strings.Cut(a, "=")
+		if k == "" || strings.TrimSpace(k) != k {
+			return nil, fmt.Errorf("--build-arg %q: missing or malformed name (want NAME=VALUE or NAME): %w", a, errdefs.ErrInvalid)
+		}
+		if !ok {
+			env, set := os.LookupEnv(k)
+			if !set {
+				continue
+			}
+			v = env
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// detachSecrets reads each --secret's value here, with buildx's syntax:
+// id=X,src=PATH | id=X,env=VAR | id=X (env var X if set, else file X),
+// optionally with type=file|env. The values travel in CreateBuild.
+func detachSecrets(values []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, v := range values {
+		invalid := func(format string, a ...any) error {
+			return fmt.Errorf("--secret %q: %s: %w", v, fmt.Sprintf(format, a...), errdefs.ErrInvalid)
+		}
+		fields, err := csv.NewReader(strings.NewReader(v)).Read()
+		if err != nil {
+			return nil, invalid("%v", err)
+		}
+		var id, src, env, typ string
+		for _, f := range fields {
+			k, val, ok := strings.Cut(f, "=")
+			if !ok {
+				return nil, invalid("field %q is not key=value", f)
+			}
+			switch strings.ToLower(k) {
+			case "type":
+				if val != "file" && val != "env" {
+					return nil, invalid("unsupported type %q (supported: file, env)", val)
+				}
+				typ = val
+			case "id":
+				id = val
+			case "src", "source":
+				src = val
+			case "env":
+				env = val
+			default:
+				return nil, invalid("unknown key %q (supported: id, src, env, type)", k)
+			}
+		}
+		switch {
+		case id == "":
+			return nil, invalid("missing id=")
+		case typ == "env" && env == "":
+			env, src = cmpOr(src, id), "" // type=env,id=x,src=VAR names the variable through src
+		case typ == "file" && env != "":
+			return nil, invalid("type=file cannot take env=")
+		case typ == "file" && src == "":
+			src = id
+		}
+		if env != "" && src != "" {
+			return nil, invalid("give either src= or env=, not both")
+		}
+		if _, dup := out[id]; dup {
+			return nil, invalid("duplicate secret id %q", id)
+		}
+		if env == "" && src == "" {
+			// id=X alone: the variable X if set, else the file X.
+			if _, set := os.LookupEnv(id); set {
+				env = id
+			} else {
+				src = id
+			}
+		}
+		if env != "" {
+			val, set := os.LookupEnv(env)
+			if !set {
+				return nil, invalid("environment variable %s is not set", env)
+			}
+			out[id] = val
+			continue
+		}
+		val, err := readSecretFile(src)
+		if err != nil {
+			return nil, invalid("%v", err)
+		}
+		out[id] = val
+	}
+	return out, nil
+}
+
+func readSecretFile(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxSecretSize+1))
+	if err != nil {
+		return "", err
+	}
+	if len(b) > maxSecretSize {
+		return "", fmt.Errorf("file %s is larger than %s", p, formatBytes(maxSecretSize))
+	}
+	return string(b), nil
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// detachPlatforms splits --platform's comma list; the server checks the
+// names (linux/amd64, linux/arm64).
+func detachPlatforms(v string) ([]string, error) {
+	if v == "" {
+		return nil, nil
+	}
+	var out []string
+	for _, p := range strings.Split(v, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			return nil, fmt.Errorf("--platform %q: empty platform in the list: %w", v, errdefs.ErrInvalid)
+		}
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// contextArchive is a build context packed as a gzip'd tar in a temp file.
+type contextArchive struct {
+	path       string
+	size       int64
+	sha256     string // hex, of the file's bytes
+	dockerfile string // the Dockerfile's path in the archive
+}
+
+func (a *contextArchive) Close() error { return os.Remove(a.path) }
+
+// archiveEntry is one file of the context to pack.
+type archiveEntry struct {
+	name   string // slash path in the archive, no trailing slash
+	source string // absolute path on disk; "" for a directory made up here
+	follow bool   // read through a symlink (the Dockerfile)
+}
+
+// packContext packs dir into a gzip'd tar, honouring .dockerignore (or
+// <Dockerfile>.dockerignore next to the Dockerfile, as buildx): regular
+// files, directories and symlinks, in sorted order, owned by 0:0, with
+// mtimes in whole seconds, so the same tree packs to the same bytes.
+// The Dockerfile and the ignore file are always included. A Dockerfile
+// outside dir is added as .kiln/Dockerfile. Other file types are skipped
+// with a warning.
+func packContext(dir, dockerfile string, warn func(string)) (_ *contextArchive, retErr error) {
+	ignorePath := dockerfile + ".dockerignore"
+	if _, err := os.Stat(ignorePath); err != nil {
+		ignorePath = filepath.Join(dir, ".dockerignore")
+	}
+	var patterns []string
+	if f, err := os.Open(ignorePath); err == nil {
+		patterns, err = ignorefile.ReadAll(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", ignorePath, err)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read %s: %w", ignorePath, err)
+	}
+	pm, err := patternmatcher.New(patterns)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v: %w", ignorePath, err, errdefs.ErrInvalid)
+	}
+
+	archive := &contextArchive{}
+	forced := map[string]bool{} // always packed
+	if rel, ok := insideDir(dir, ignorePath); ok {
+		forced[rel] = true
+	}
+	dockerfileRel, inside := insideDir(dir, dockerfile)
+	if inside {
+		forced[dockerfileRel] = true
+		archive.dockerfile = dockerfileRel
+	} else {
+		archive.dockerfile = outsideDockerfile
+	}
+
+	tmp, err := os.CreateTemp("", "kiln-context-*.tar.gz")
+	if err != nil {
+		return nil, fmt.Errorf("create the context archive: %w", err)
+	}
+	archive.path = tmp.Name()
+	defer func() {
+		if retErr != nil {
+			tmp.Close()
+			os.Remove(archive.path)
+		}
+	}()
+	tmpAbs, err := filepath.EvalSymlinks(tmp.Name()) // skipped if the context holds it
+	if err != nil {
+		tmpAbs = tmp.Name()
+	}
+
+	entries := map[string]archiveEntry{}
+	matches := map[string]patternmatcher.MatchInfo{}
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("read the build context: %w", err)
+		}
+		if p == dir || p == tmpAbs {
+			return nil
+		}
+		rel, _ := filepath.Rel(dir, p)
+		rel = filepath.ToSlash(rel)
+		ignored, info, err := pm.MatchesUsingParentResults(rel, matches[path.Dir(rel)])
+		if err != nil {
+			return fmt.Errorf("%s: %v: %w", ignorePath, err, errdefs.ErrInvalid)
+		}
+		if d.IsDir() {
+			matches[rel] = info
+		}
+		if ignored && !forced[rel] {
+			// A directory is still walked when a "!" pattern or a forced
+			// file may bring back something inside it.
+			if d.IsDir() && !pm.Exclusions() && !holdsForced(rel, forced) {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !inside && rel == outsideDockerfile {
+			warn(fmt.Sprintf("%s in the build context is replaced by the -f Dockerfile", outsideDockerfile))
+			return nil
+		}
+		switch t := d.Type(); {
+		case t.IsDir(), t.IsRegular(), t&fs.ModeSymlink != 0:
+		default:
+			warn(fmt.Sprintf("skipping %s: a %s cannot be sent in a build context", rel, fileKind(t)))
+			return nil
+		}
+		entries[rel] = archiveEntry{name: rel, source: p, follow: forced[rel] && rel == dockerfileRel}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !inside {
+		entries[outsideDockerfile] = archiveEntry{name: outsideDockerfile, source: dockerfile, follow: true}
+	}
+	// Every entry's parent directories are in the archive, even ignored
+	// ones that a "!" pattern or a forced file reached through.
+	for name := range entries {
+		for d := path.Dir(name); d != "."; d = path.Dir(d) {
+			if _, ok := entries[d]; ok {
+				continue
+			}
+			src := filepath.Join(dir, filepath.FromSlash(d))
+			if _, err := os.Lstat(src); err != nil {
+				src = "" // .kiln, made up for an outside Dockerfile
+			}
+			entries[d] = archiveEntry{name: d, source: src}
+		}
+	}
+	names := make([]string, 0, len(entries))
+	for name := range entries {
+		names = append(names, name)
+	}
+	slices.Sort(names) // a parent sorts before its children
+
+	hash := sha256.New()
+	count := &countingWriter{}
+	gz := gzip.NewWriter(io.MultiWriter(tmp, hash, count))
+	tw := tar.NewWriter(gz)
+	for _, name := range names {
+		if err := writeArchiveEntry(tw, entries[name]); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, fmt.Errorf("write the context archive: %w", err)
+	}
+	if err := gz.Close(); err != nil {
+		return nil, fmt.Errorf("write the context archive: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return nil, fmt.Errorf("write the context archive: %w", err)
+	}
+	archive.size = count.n
+	archive.sha256 = hex.EncodeToString(hash.Sum(nil))
+	return archive, nil
+}
+
+// writeArchiveEntry writes one entry's header and content.
+func writeArchiveEntry(tw *tar.Writer, e archiveEntry) error {
+	if e.name == "" || path.IsAbs(e.name) || e.name == ".." || strings.HasPrefix(e.name, "../") || strings.Contains(e.name, "/../") {
+		return fmt.Errorf("context entry %q: not a relative path inside the context", e.name)
+	}
+	if e.source == "" {
+		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: e.name + "/", Mode: 0o755, ModTime: time.Unix(0, 0)})
+	}
+	stat := os.Lstat
+	if e.follow {
+		stat = os.Stat
+	}
+	fi, err := stat(e.source)
+	if err != nil {
+		return fmt.Errorf("read the build context: %w", err)
+	}
+	link := ""
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		if link, err = os.Readlink(e.source); err != nil {
+			return fmt.Errorf("read the build context: %w", err)
+		}
+	}
+	hdr, err := tar.FileInfoHeader(fi, link)
+	if err != nil {
+		return fmt.Errorf("context entry %s: %w", e.name, err)
+	}
+	hdr.Name = e.name
+	if fi.IsDir() {
+		hdr.Name += "/"
+	}
+	hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "", ""
+	// Permission bits only: kiln refuses setuid, setgid and sticky bits in
+	// uploads, and a setgid directory (shared group folders) is common.
+	hdr.Mode &= 0o777
+	hdr.ModTime = fi.ModTime().Truncate(time.Second)
+	hdr.AccessTime, hdr.ChangeTime = time.Time{}, time.Time{}
+	hdr.Format = tar.FormatUnknown
+	if err := tw.WriteHeader(hdr); err != nil {
+		return fmt.Errorf("context entry %s: %w", e.name, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil
+	}
+	f, err := os.Open(e.source)
+	if err != nil {
+		return fmt.Errorf("read the build context: %w (add the file to .dockerignore to leave it out)", err)
+	}
+	defer f.Close()
+	n, err := io.Copy(tw, io.LimitReader(f, hdr.Size))
+	if err != nil {
+		return fmt.Errorf("read the build context: %s: %w", e.name, err)
+	}
+	if n != hdr.Size {
+		return fmt.Errorf("build context file %s shrank while it was packed; try again: %w", e.name, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// insideDir returns p relative to dir as a slash path, and whether p is
+// inside dir.
+func insideDir(dir, p string) (string, bool) {
+	rel, err := filepath.Rel(dir, p)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) || filepath.IsAbs(rel) {
+		return "", false
+	}
+	return filepath.ToSlash(rel), true
+}
+
+// holdsForced reports whether directory rel contains a forced path.
+func holdsForced(rel string, forced map[string]bool) bool {
+	for f := range forced {
+		if strings.HasPrefix(f, rel+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+func fileKind(t fs.FileMode) string {
+	switch {
+	case t&fs.ModeSocket != 0:
+		return "socket"
+	case t&fs.ModeNamedPipe != 0:
+		return "named pipe"
+	case t&fs.ModeDevice != 0:
+		return "device"
+	}
+	return "special file"
+}
+
+type countingWriter struct{ n int64 }
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	c.n += int64(len(b))
+	return len(b), nil
+}
+
+// putArchive PUTs the archive to the upload URL with the headers the
+// server asked for. A transient failure (a reset connection, a 5xx) is
+// tried again, 3 attempts in all; a presigned URL takes the same PUT again.
+// The URL is never printed: it carries a signature.
+func putArchive(ctx context.Context, uploadURL string, headers map[string]string, a *contextArchive, progress *uploadProgress) error {
+	delay := 500 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		retry, err := putOnce(ctx, uploadURL, headers, a, progress)
+		if err == nil {
+			progress.Done()
+			return nil
+		}
+		progress.Abort()
+		if !retry || attempt == 3 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay *= 2
+	}
+}
+
+// putOnce makes one PUT; retry says whether a failure is worth another.
+func putOnce(ctx context.Context, uploadURL string, headers map[string]string, a *contextArchive, progress *uploadProgress) (retry bool, _ error) {
+	f, err := os.Open(a.path)
+	if err != nil {
+		return false, fmt.Errorf("upload the context: %w", err)
+	}
+	defer f.Close()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, uploadURL, io.NopCloser(progress.Reader(f)))
+	if err != nil {
+		return false, fmt.Errorf("upload the context: the server's upload URL is not usable: %w", errdefs.ErrInvalid)
+	}
+	req.ContentLength = a.size
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) { // it names the URL; keep its cause only
+			err = ue.Err
+		}
+		return isTransient(err), fmt.Errorf("upload the context: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 == 2 {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return false, nil
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	msg := fmt.Sprintf("upload the context: the upload URL answered %s", resp.Status)
+	if s := strings.TrimSpace(string(body)); s != "" {
+		msg += ": " + s
+	}
+	kind := errdefs.ErrUnavailable
+	switch {
+	case resp.StatusCode == http.StatusRequestEntityTooLarge:
+		kind = errdefs.ErrExhausted
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		kind = errdefs.ErrPermission
+	case resp.StatusCode/100 == 4:
+		kind = errdefs.ErrInvalid
+	}
+	retry = resp.StatusCode == http.StatusInternalServerError || resp.StatusCode == http.StatusBadGateway ||
+		resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusGatewayTimeout
+	return retry, fmt.Errorf("%s: %w", msg, kind)
+}
