@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command: install what kiln needs, start `kiln serve` on
 # its embedded defaults (SQLite, local builders, default data dir and
-# address), and run a real build of examples/hello through it.
+# address), and run real builds of examples/hello through it: a client build
+# (twice: the second is all CACHED) and a source build kiln runs itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash hack/setup.sh
@@ -31,9 +32,13 @@ mkdir -p out
 "$KILN" build --progress plain -o type=oci,dest=out/hello.oci.tar .
 echo "demo: rebuilding: every step should now be CACHED"
 "$KILN" build --progress plain -o type=local,dest=out/rootfs .
+echo "demo: the platform flow: upload the source, let kiln build and push it for customer demo-co"
+build_id=$("$KILN" build --detach --customer demo-co -t demo .)
+"$KILN" builds logs -f "$build_id"
 echo
 echo "demo: done."
 echo "  OCI image archive:  $PWD/out/hello.oci.tar"
 echo "  image filesystem:   $PWD/out/rootfs (cat $PWD/out/rootfs/app/greeting.txt)"
+echo "  source build:       $build_id, pushed to kiln's registry (kiln builds get $build_id)"
 echo "  server:             http://$ADDR (pid $(cat "$DATA/serve.pid" 2>/dev/null || echo '?'), log $DATA/serve.log; stop with: kill \$(cat $DATA/serve.pid))"
 cat out/rootfs/app/greeting.txt

@@ -77,11 +77,15 @@ func run(m *testing.M) int {
 // server is one `kiln serve` process on a loopback port with its own data
 // directory.
 type server struct {
-	URL   string
-	Data  string
-	Token string // the bootstrap admin (org) token
-	cmd   *exec.Cmd
-	log   string
+	URL    string
+	Data   string
+	Token  string // the bootstrap admin (org) token
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when cmd has exited
+	log    string
+	addr   string
+	args   []string
+	env    []string
 }
 
 func freeAddr(t *testing.T) string {
@@ -98,41 +102,60 @@ func freeAddr(t *testing.T) string {
 // the test ends, and its log is printed if the test failed.
 func startServer(t *testing.T, args ...string) *server {
 	t.Helper()
+	return startServerEnv(t, nil, args...)
+}
+
+// startServerEnv is startServer with extra environment variables.
+func startServerEnv(t *testing.T, env []string, args ...string) *server {
+	t.Helper()
 	// A short data path keeps builders' unix socket paths within limits.
 	data, err := os.MkdirTemp("", "kiln-e2e-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := freeAddr(t)
-	s := &server{URL: "http://" + addr, Data: data, log: filepath.Join(data, "serve.log")}
-	logf, err := os.Create(s.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.cmd = exec.Command(kilnBin, append([]string{"serve", "--data", data, "--addr", addr, "--buildkitd", buildkitd, "--log-level", "debug"}, args...)...)
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { s.cmd.Wait(); close(exited) }()
+	s := &server{URL: "http://" + addr, Data: data, log: filepath.Join(data, "serve.log"), addr: addr, args: args, env: env}
 	t.Cleanup(func() {
-		s.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			t.Errorf("kiln serve did not stop within 30s of SIGTERM")
-			syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
-		logf.Close()
+		s.stop(t)
 		if t.Failed() {
 			b, _ := os.ReadFile(s.log)
 			t.Logf("kiln serve log:\n%s", tail(string(b), 12000))
 		}
 		os.RemoveAll(data)
 	})
+	s.start(t)
+	tok, err := os.ReadFile(filepath.Join(data, "admin.token"))
+	if err != nil {
+		t.Fatalf("admin token: %v", err)
+	}
+	if fi, _ := os.Stat(filepath.Join(data, "admin.token")); fi.Mode().Perm() != 0o600 {
+		t.Errorf("admin.token mode = %v, want 0600", fi.Mode().Perm())
+	}
+	s.Token = strings.TrimSpace(string(tok))
+	if b, _ := os.ReadFile(s.log); bytes.Contains(b, []byte(s.Token)) {
+		t.Errorf("the admin token appears in the server log")
+	}
+	return s
+}
+
+// start runs `kiln serve` on the server's address and data directory and
+// waits until it answers /healthz. Its output is appended to the log.
+func (s *server) start(t *testing.T) {
+	t.Helper()
+	logf, err := os.OpenFile(s.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.cmd = exec.Command(kilnBin, append([]string{"serve", "--data", s.Data, "--addr", s.addr, "--buildkitd", buildkitd, "--log-level", "debug"}, s.args...)...)
+	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	s.cmd.Env = append(os.Environ(), s.env...)
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	s.exited = exited
+	go func() { s.cmd.Wait(); logf.Close(); close(exited) }()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if res, err := http.Get(s.URL + "/healthz"); err == nil {
@@ -150,18 +173,32 @@ func startServer(t *testing.T, args ...string) *server {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	tok, err := os.ReadFile(filepath.Join(data, "admin.token"))
-	if err != nil {
-		t.Fatalf("admin token: %v", err)
+}
+
+// stop ends kiln serve gracefully (SIGTERM), or kills its process group
+// if it does not stop within 30s. Stopping a stopped server does nothing.
+func (s *server) stop(t *testing.T) {
+	t.Helper()
+	if s.cmd == nil {
+		return
 	}
-	if fi, _ := os.Stat(filepath.Join(data, "admin.token")); fi.Mode().Perm() != 0o600 {
-		t.Errorf("admin.token mode = %v, want 0600", fi.Mode().Perm())
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.exited:
+	case <-time.After(30 * time.Second):
+		t.Errorf("kiln serve did not stop within 30s of SIGTERM")
+		syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+		<-s.exited
 	}
-	s.Token = strings.TrimSpace(string(tok))
-	if b, _ := os.ReadFile(s.log); bytes.Contains(b, []byte(s.Token)) {
-		t.Errorf("the admin token appears in the server log")
-	}
-	return s
+	s.cmd = nil
+}
+
+// restart stops kiln serve and starts it again on the same address and
+// data directory, as an operator's restart does.
+func (s *server) restart(t *testing.T) {
+	t.Helper()
+	s.stop(t)
+	s.start(t)
 }
 
 func tail(s string, n int) string {
