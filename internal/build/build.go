@@ -368,15 +368,7 @@ func (s *Service) ReportSteps(ctx context.Context, p auth.Principal, buildID str
 	if len(steps) > 10000 || len(logs) > 100000 {
 		return fmt.Errorf("too many steps or log lines in one report: %w", errdefs.ErrInvalid)
 	}
-	if len(steps) > 0 {
-		if err := s.store.PutSteps(ctx, buildID, steps); err != nil {
-			return err
-		}
-	}
-	if len(logs) > 0 {
-		return s.store.AppendLogs(ctx, buildID, logs)
-	}
-	return nil
+	return s.StoreSteps(ctx, buildID, steps, logs)
 }
 
 // Steps lists a build's reported steps.

@@ -118,7 +118,8 @@ func (s *Service) PushToken(ctx context.Context, b store.Build, ttl time.Duratio
 	return secret, nil
 }
 
-// StoreSteps records steps and log lines kiln's runner observed.
+// StoreSteps records steps and log lines of a build: what kiln's runner
+// observed, or what a client reported (ReportSteps, after its checks).
 func (s *Service) StoreSteps(ctx context.Context, buildID string, steps []store.Step, logs []store.LogLine) error {
 	if len(steps) > 0 {
 		if err := s.store.PutSteps(ctx, buildID, steps); err != nil {

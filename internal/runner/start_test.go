@@ -15,17 +15,29 @@ import (
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
+// testStores opens a SQLite store and a local blob store in a temp dir.
+func testStores(t *testing.T) (*store.SQLite, *blob.Local, string) {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := store.OpenSQLite(context.Background(), filepath.Join(dir, "kiln.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	blobs, err := blob.NewLocal(blob.LocalConfig{Root: filepath.Join(dir, "blobs"), Secret: []byte(strings.Repeat("s", 32)),
+		BaseURL: func() string { return "http://127.0.0.1:1" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, blobs, dir
+}
+
 // After a crash, Start fails the source builds the store still says are
 // running or pushing (their solve died with the server), leaves client
 // builds alone, and runs the queued ones.
 func TestStartReconcilesAfterCrash(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	st, err := store.OpenSQLite(ctx, filepath.Join(dir, "kiln.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st, blobs, dir := testStores(t)
 	st.CreateOrganization(ctx, store.Organization{ID: "o1", Name: "o1"})
 	st.CreateProject(ctx, store.Project{ID: "p1", OrgID: "o1", Name: "p1"})
 	now := time.Now().UTC()
@@ -43,11 +55,6 @@ func TestStartReconcilesAfterCrash(t *testing.T) {
 
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	builds := build.NewService(st, nil, nil, build.Config{}, logger)
-	blobs, err := blob.NewLocal(blob.LocalConfig{Root: filepath.Join(dir, "blobs"), Secret: []byte(strings.Repeat("s", 32)),
-		BaseURL: func() string { return "http://127.0.0.1:1" }})
-	if err != nil {
-		t.Fatal(err)
-	}
 	r, err := New(st, blobs, builds, &project.Service{Store: st}, Config{WorkDir: filepath.Join(dir, "work"),
 		SecretsKey: []byte(strings.Repeat("k", 32)), Logger: logger, RegistryHost: func() string { return "127.0.0.1:1" }})
 	if err != nil {
@@ -80,5 +87,46 @@ func TestStartReconcilesAfterCrash(t *testing.T) {
 			t.Fatalf("the queued build is still %s", b.Status)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Contexts whose retention ended are deleted with their blobs; others stay.
+func TestSweepContextsDeletesExpired(t *testing.T) {
+	ctx := context.Background()
+	st, blobs, _ := testStores(t)
+	now := time.Now().UTC()
+	for _, c := range []store.Context{
+		{Key: "ctx_old", ProjectID: "p1", BlobKey: "contexts/p1/ctx_old", ExpiresAt: now.Add(-time.Minute)},
+		{Key: "ctx_never_uploaded", ProjectID: "p1", BlobKey: "contexts/p1/ctx_never_uploaded", ExpiresAt: now.Add(-time.Minute)},
+		{Key: "ctx_new", ProjectID: "p1", BlobKey: "contexts/p1/ctx_new", ExpiresAt: now.Add(time.Hour)},
+	} {
+		c.OrgID, c.CreatedAt = "o1", now.Add(-time.Hour)
+		if err := st.CreateContext(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		if c.Key != "ctx_never_uploaded" {
+			if err := blobs.Put(ctx, c.BlobKey, strings.NewReader("data"), 4); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	r := &Runner{store: st, blobs: blobs, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if err := r.SweepContexts(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.GetContext(ctx, "ctx_old"); err == nil {
+		t.Error("the expired context's record is still there")
+	}
+	if _, err := blobs.Stat(ctx, "contexts/p1/ctx_old"); err == nil {
+		t.Error("the expired context's blob is still there")
+	}
+	if _, err := st.GetContext(ctx, "ctx_never_uploaded"); err == nil {
+		t.Error("an expired context that was never uploaded is still recorded")
+	}
+	if _, err := blobs.Stat(ctx, "contexts/p1/ctx_new"); err != nil {
+		t.Errorf("a retained context's blob was deleted: %v", err)
+	}
+	if _, err := st.GetContext(ctx, "ctx_new"); err != nil {
+		t.Errorf("a retained context's record was deleted: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -27,6 +28,8 @@ import (
 	"buf.build/gen/go/depot/api/connectrpc/go/depot/build/v1/buildv1connect"
 	buildv1 "buf.build/gen/go/depot/api/protocolbuffers/go/depot/build/v1"
 	"connectrpc.com/connect"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
@@ -329,6 +332,29 @@ func TestSourceBuildFlowS3(t *testing.T) {
 		t.Fatalf("upload URL %s is not on the public endpoint %s", res.Msg.Url, public)
 	}
 	sourceFlow(t, s)
+
+	// S3 can't check a digest on a presigned PUT: a body of the declared
+	// size but other bytes is stored, and the build refuses it before
+	// reading it as an archive, naming both digests.
+	good := contextArchive(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\n"})
+	up, err := s.sourceAPI().GenerateUploadURL(t.Context(), bearer(&kilnv1.GenerateUploadURLRequest{Project: customer("acme-corp"),
+		Size: int64(len(good)), Sha256: sha256Hex(good)}, s.Token))
+	if err != nil {
+		t.Fatal(err)
+	}
+	swapped := bytes.Clone(good)
+	swapped[len(swapped)/2] ^= 0xff
+	if code, body := curlPut(t, up.Msg.Url, up.Msg.Headers, swapped); code != 200 {
+		t.Fatalf("PUT to S3: %d %s", code, body)
+	}
+	cr, err := s.sourceAPI().CreateBuild(t.Context(), bearer(&kilnv1.CreateBuildRequest{Project: customer("acme-corp"), ContextKey: up.Msg.ContextKey}, s.Token))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := s.watch(t, s.Token, cr.Msg.BuildId, time.Minute)
+	if w.last.Status != kilnv1.BuildStatus_BUILD_STATUS_FAILED || !strings.Contains(w.last.Error, "sha256") || !strings.Contains(w.last.Error, sha256Hex(good)) {
+		t.Errorf("a swapped upload: %v %q; want failed naming the declared digest", w.last.Status, w.last.Error)
+	}
 }
 
 func withS3Env(gw *s3test.Server) []string {
@@ -725,5 +751,78 @@ func TestSourceBuildCLIDetach(t *testing.T) {
 	}
 	if bad := s.kiln(t, dir, env, "build", "--detach", "--load", "."); bad.Err == nil || !strings.Contains(bad.Stderr, "--load") {
 		t.Errorf("--detach --load: %v\n%s", bad.Err, bad.Stderr)
+	}
+}
+
+// A source build pushes to a registry the operator gave credentials for
+// (--push-auth-file), and to no other.
+func TestSourceBuildPushesToConfiguredRegistry(t *testing.T) {
+	reg := startRegistry(t)
+	cfg := filepath.Join(t.TempDir(), "config.json")
+	auth := base64.StdEncoding.EncodeToString([]byte("ci-user:ci-password"))
+	if err := os.WriteFile(cfg, []byte(`{"auths":{"`+reg+`":{"auth":"`+auth+`"}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, "--push-auth-file", cfg, "--insecure-registry", reg)
+	key, code, body := s.upload(t, s.Token, customer("extco"), contextArchive(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo external > /x\n"}), true)
+	if code != 200 {
+		t.Fatalf("upload: %d %s", code, body)
+	}
+	res, err := s.sourceAPI().CreateBuild(t.Context(), bearer(&kilnv1.CreateBuildRequest{Project: customer("extco"), ContextKey: key,
+		Tags: []string{reg + "/team/app:v2"}}, s.Token))
+	if err != nil {
+		t.Fatalf("CreateBuild: %v", err)
+	}
+	w := s.watch(t, s.Token, res.Msg.BuildId, 3*time.Minute)
+	if w.last.Status != kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED {
+		t.Fatalf("build: %v %s", w.last.Status, w.last.Error)
+	}
+	if got := mpRemoteDigest(t, reg+"/team/app:v2"); got != w.last.ImageDigest {
+		t.Errorf("the external registry has %s, the build says %s", got, w.last.ImageDigest)
+	}
+	_, err = s.sourceAPI().CreateBuild(t.Context(), bearer(&kilnv1.CreateBuildRequest{Project: customer("extco"), ContextKey: key,
+		Tags: []string{"registry.example.com/app:v2"}}, s.Token))
+	if connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "no credentials for registry registry.example.com") {
+		t.Errorf("a tag on a registry without credentials: %v", err)
+	}
+}
+
+// A multi-platform source build: each platform on the customer's builder
+// for it, one image index pushed to kiln's registry.
+func TestSourceBuildMultiPlatform(t *testing.T) {
+	s := startServer(t)
+	dir := writeMultiContext(t)
+	env := []string{"KILN_API_URL=" + s.URL, "KILN_TOKEN=" + s.Token}
+	res := s.kiln(t, dir, env, "build", "--detach", "--customer", "multi-co", "--platform", twoPlatforms, "--progress", "quiet", ".")
+	if res.Err != nil {
+		t.Fatalf("kiln build --detach: %v\n%s", res.Err, res.Stderr)
+	}
+	w := s.watch(t, s.Token, strings.TrimSpace(res.Stdout), 6*time.Minute)
+	if w.last.Status != kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED {
+		t.Fatalf("build: %v %s", w.last.Status, w.last.Error)
+	}
+	idx, err := remote.Index(mpRef(t, w.last.ImageRefs[0]), remote.WithAuth(&authn.Basic{Username: "x-token", Password: s.Token}))
+	if err != nil {
+		t.Fatalf("read index %s: %v", w.last.ImageRefs[0], err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range im.Manifests {
+		if m.Platform != nil && m.Platform.OS == "linux" {
+			got = append(got, m.Platform.OS+"/"+m.Platform.Architecture)
+		}
+	}
+	sort.Strings(got)
+	if strings.Join(got, ",") != twoPlatforms {
+		t.Errorf("index platforms = %v, want %s", got, twoPlatforms)
+	}
+	if d, _ := idx.Digest(); d.String() != w.last.ImageDigest {
+		t.Errorf("index digest %s, build says %s", d, w.last.ImageDigest)
+	}
+	if plats := s.mpBuilderPlatforms(t, w.last.ProjectId); len(plats) != 2 {
+		t.Errorf("builders used: %v, want one per platform", plats)
 	}
 }
