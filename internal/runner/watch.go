@@ -86,12 +86,29 @@ func (w *watcher) sendNew(ctx context.Context) (ended bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	// New steps go before the log lines read with them and finished ones
+	// after, so a reader sees a step start, then its lines, then its end.
+	var starts, ends []store.Step
 	for _, st := range steps {
-		if old, ok := w.steps[st.Digest]; ok && old == st {
+		old, seen := w.steps[st.Digest]
+		if seen && old == st {
 			continue
 		}
+		done := !st.CompletedAt.IsZero() || st.Error != ""
+		if !seen && done {
+			start := st
+			start.CompletedAt, start.Error = time.Time{}, ""
+			starts = append(starts, start)
+		}
+		if done {
+			ends = append(ends, st)
+		} else {
+			starts = append(starts, st)
+		}
 		w.steps[st.Digest] = st
-		if err := w.send(Event{Step: &st}); err != nil {
+	}
+	for i := range starts {
+		if err := w.send(Event{Step: &starts[i]}); err != nil {
 			return false, err
 		}
 	}
@@ -107,7 +124,13 @@ func (w *watcher) sendNew(ctx context.Context) (ended bool, err error) {
 			w.cursor = lines[i].Seq
 		}
 		if len(lines) < logPage {
-			return b.Terminal(), nil
+			break
 		}
 	}
+	for i := range ends {
+		if err := w.send(Event{Step: &ends[i]}); err != nil {
+			return false, err
+		}
+	}
+	return b.Terminal(), nil
 }

@@ -1,0 +1,66 @@
+package runner
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/project"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// A watcher that comes after the build sees it whole, in reading order: the
+// build, each step's start, the log lines, each step's end; another
+// project's token sees nothing.
+func TestWatchReplaysInOrder(t *testing.T) {
+	ctx := context.Background()
+	st, blobs, dir := testStores(t)
+	st.CreateOrganization(ctx, store.Organization{ID: "o1", Name: "o1"})
+	st.CreateProject(ctx, store.Project{ID: "p1", OrgID: "o1", Name: "p1"})
+	st.CreateProject(ctx, store.Project{ID: "p2", OrgID: "o1", Name: "p2"})
+	now := time.Now().UTC()
+	st.CreateBuild(ctx, store.Build{ID: "b1", ProjectID: "p1", OrgID: "o1", Status: store.BuildSucceeded, Kind: store.BuildKindSource, CreatedAt: now})
+	st.PutSteps(ctx, "b1", []store.Step{{Digest: "d1", Name: "RUN one", StartedAt: now, CompletedAt: now.Add(time.Second)}})
+	st.AppendLogs(ctx, "b1", []store.LogLine{{Digest: "d1", At: now, Message: "line 1\n"}, {Digest: "d1", At: now, Message: "line 2\n"}})
+
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	r, err := New(st, blobs, build.NewService(st, nil, nil, build.Config{}, logger), &project.Service{Store: st},
+		Config{WorkDir: dir + "/work", SecretsKey: []byte(strings.Repeat("k", 32)), Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	err = r.Watch(ctx, auth.Principal{Kind: store.TokenProject, OrgID: "o1", ProjectID: "p1"}, "b1", true, func(e Event) error {
+		switch {
+		case e.Build != nil:
+			got = append(got, "build "+e.Build.Status)
+		case e.Step != nil && e.Step.CompletedAt.IsZero():
+			got = append(got, "start "+e.Step.Name)
+		case e.Step != nil:
+			got = append(got, "end "+e.Step.Name)
+		case e.Log != nil:
+			got = append(got, "log "+strings.TrimSpace(e.Log.Message))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "build succeeded|start RUN one|log line 1|log line 2|end RUN one"
+	if strings.Join(got, "|") != want {
+		t.Errorf("events:\n%s\nwant\n%s", strings.Join(got, "|"), want)
+	}
+	err = r.Watch(ctx, auth.Principal{Kind: store.TokenProject, OrgID: "o1", ProjectID: "p2"}, "b1", true, func(Event) error {
+		t.Error("another project's token got an event")
+		return nil
+	})
+	if !errdefs.IsNotFound(err) {
+		t.Errorf("another project's token: %v, want NotFound", err)
+	}
+}
