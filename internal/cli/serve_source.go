@@ -31,6 +31,7 @@ func registerSourceFlags(f *pflag.FlagSet, cfg *server.SourceConfig) {
 	cfg.S3.AccessKey, cfg.S3.SecretKey = os.Getenv("KILN_S3_ACCESS_KEY"), os.Getenv("KILN_S3_SECRET_KEY")
 	f.IntVar(&cfg.MaxConcurrent, "source-builds", 4, "source builds running at once, over all projects")
 	f.IntVar(&cfg.MaxPerProject, "source-builds-per-project", 2, "source builds of one project running at once (more wait in the queue)")
+	f.IntVar(&cfg.MaxQueuedPerProject, "source-queue-per-project", 100, "source builds one project may have waiting; more are refused (ResourceExhausted) until some start")
 	f.DurationVar(&cfg.ContextRetention, "context-retention", 7*24*time.Hour, "delete uploaded build contexts this long after upload (RebuildBuild works until then)")
 	f.DurationVar(&cfg.UploadTTL, "upload-url-ttl", 15*time.Minute, "how long an upload URL accepts its PUT")
 	f.Int64Var(&cfg.MaxUpload, "max-context-size", 1<<30, "largest build context upload accepted, in bytes")

@@ -28,6 +28,9 @@ type Config struct {
 	MaxConcurrent int
 	// MaxPerProject bounds those of one project; 0 → 2.
 	MaxPerProject int
+	// MaxQueuedPerProject bounds the builds one project may have waiting;
+	// CreateBuild beyond it is ResourceExhausted. 0 → 100.
+	MaxQueuedPerProject int
 	// ContextRetention: an uploaded context (and RebuildBuild with it) is
 	// kept this long after its upload URL was made; 0 → 7 days.
 	ContextRetention time.Duration
@@ -98,6 +101,9 @@ func New(st store.Store, blobs blob.Store, builds *build.Service, projects *proj
 	}
 	if cfg.MaxPerProject <= 0 {
 		cfg.MaxPerProject = 2
+	}
+	if cfg.MaxQueuedPerProject <= 0 {
+		cfg.MaxQueuedPerProject = 100
 	}
 	if cfg.ContextRetention <= 0 {
 		cfg.ContextRetention = 7 * 24 * time.Hour

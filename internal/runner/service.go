@@ -112,10 +112,14 @@ func (r *Runner) queue(ctx context.Context, proj store.Project, spec Spec, secre
 		return store.Build{}, err
 	}
 	r.mu.Lock()
-	closed := r.closed
+	closed, waiting := r.closed, len(r.queues[proj.ID])
 	r.mu.Unlock()
 	if closed {
 		return store.Build{}, fmt.Errorf("kiln serve is shutting down; retry in a moment: %w", errdefs.ErrUnavailable)
+	}
+	if waiting >= r.cfg.MaxQueuedPerProject {
+		return store.Build{}, fmt.Errorf("project %s already has %d builds waiting; retry when some have started, or cancel some: %w",
+			proj.ID, waiting, errdefs.ErrExhausted)
 	}
 	id := build.NewID()
 	sealed, err := r.seal.seal(id, secrets)

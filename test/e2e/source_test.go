@@ -489,9 +489,9 @@ func TestSourceBuildCancelMidBuild(t *testing.T) {
 
 // A restart with one build running and others queued behind it (one build
 // per project at a time) ends the running one, saying why, and runs the
-// queued ones; nothing stays running.
+// queued ones; nothing stays running. A full queue refuses more.
 func TestSourceBuildRestartResumesQueue(t *testing.T) {
-	s := startServer(t, "--source-builds-per-project", "1")
+	s := startServer(t, "--source-builds-per-project", "1", "--source-queue-per-project", "2")
 	slow := s.createSource(t, s.Token, customer("restartco"), contextArchive(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN sleep 318\n"}))
 	s.waitStepStarted(t, slow.BuildId, "RUN sleep 318")
 	var queued []string
@@ -501,6 +501,11 @@ func TestSourceBuildRestartResumesQueue(t *testing.T) {
 			t.Fatalf("build %d is %v, want queued behind the running one", i, got.Status)
 		}
 		queued = append(queued, b.BuildId)
+	}
+	// The project's queue is full: more builds are refused, not piled up.
+	key, _, _ := s.upload(t, s.Token, customer("restartco"), contextArchive(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\n"}), true)
+	if _, err := s.sourceAPI().CreateBuild(t.Context(), bearer(&kilnv1.CreateBuildRequest{Project: customer("restartco"), ContextKey: key}, s.Token)); connect.CodeOf(err) != connect.CodeResourceExhausted {
+		t.Errorf("a third waiting build: %v; want ResourceExhausted", err)
 	}
 	s.restart(t)
 	if got := s.getSourceBuild(t, s.Token, slow.BuildId); got.Status != kilnv1.BuildStatus_BUILD_STATUS_FAILED || !strings.Contains(got.Error, "RebuildBuild") {
