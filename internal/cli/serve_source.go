@@ -34,6 +34,7 @@ func registerSourceFlags(f *pflag.FlagSet, cfg *server.SourceConfig) {
 	f.IntVar(&cfg.MaxQueuedPerProject, "source-queue-per-project", 100, "source builds one project may have waiting; more are refused (ResourceExhausted) until some start")
 	f.DurationVar(&cfg.ContextRetention, "context-retention", 7*24*time.Hour, "delete uploaded build contexts this long after upload (RebuildBuild works until then)")
 	f.DurationVar(&cfg.UploadTTL, "upload-url-ttl", 15*time.Minute, "how long an upload URL accepts its PUT")
+	f.IntVar(&cfg.MaxContextsPerProject, "max-contexts-per-project", 10000, "uploaded contexts one project may have retained; more upload URLs are refused (ResourceExhausted)")
 	f.Int64Var(&cfg.MaxUpload, "max-context-size", 1<<30, "largest build context upload accepted, in bytes")
 	f.StringVar(&cfg.PushAuthFile, "push-auth-file", os.Getenv("KILN_PUSH_AUTH_FILE"),
 		"Docker config.json with credentials (\"auths\") of registries source builds may push to besides kiln's own (env KILN_PUSH_AUTH_FILE)")

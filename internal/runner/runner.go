@@ -31,6 +31,9 @@ type Config struct {
 	// MaxQueuedPerProject bounds the builds one project may have waiting;
 	// CreateBuild beyond it is ResourceExhausted. 0 → 100.
 	MaxQueuedPerProject int
+	// MaxContextsPerProject bounds a project's retained contexts;
+	// GenerateUploadURL beyond it is ResourceExhausted. 0 → 10,000.
+	MaxContextsPerProject int
 	// ContextRetention: an uploaded context (and RebuildBuild with it) is
 	// kept this long after its upload URL was made; 0 → 7 days.
 	ContextRetention time.Duration
@@ -104,6 +107,9 @@ func New(st store.Store, blobs blob.Store, builds *build.Service, projects *proj
 	}
 	if cfg.MaxQueuedPerProject <= 0 {
 		cfg.MaxQueuedPerProject = 100
+	}
+	if cfg.MaxContextsPerProject <= 0 {
+		cfg.MaxContextsPerProject = 10_000
 	}
 	if cfg.ContextRetention <= 0 {
 		cfg.ContextRetention = 7 * 24 * time.Hour

@@ -51,6 +51,12 @@ func (r *Runner) Upload(ctx context.Context, p auth.Principal, projectID, custom
 		}
 	}
 	now := time.Now().UTC()
+	if n, err := r.store.CountContexts(ctx, proj.ID, now); err != nil {
+		return Upload{}, err
+	} else if n >= r.cfg.MaxContextsPerProject {
+		return Upload{}, fmt.Errorf("project %s already has %d uploaded contexts retained; they are deleted %s after upload: %w",
+			proj.ID, n, r.cfg.ContextRetention, errdefs.ErrExhausted)
+	}
 	key := contextKeyPrefix + strings.ToLower(auth.RandomString(24))
 	c := store.Context{Key: key, OrgID: proj.OrgID, ProjectID: proj.ID, BlobKey: "contexts/" + proj.ID + "/" + key,
 		Size: size, SHA256: sha256, CreatedAt: now, ExpiresAt: now.Add(r.cfg.ContextRetention)}

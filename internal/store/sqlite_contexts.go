@@ -26,6 +26,12 @@ func (s *SQLite) GetContext(ctx context.Context, key string) (Context, error) {
 	return c, notFound(err, "context", key)
 }
 
+func (s *SQLite) CountContexts(ctx context.Context, projectID string, t time.Time) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM build_contexts WHERE project_id = ? AND expires_at >= ?`, projectID, t.UnixMilli()).Scan(&n)
+	return n, err
+}
+
 func (s *SQLite) ListExpiredContexts(ctx context.Context, t time.Time, limit int) ([]Context, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+contextCols+` FROM build_contexts WHERE expires_at < ? ORDER BY expires_at, key LIMIT ?`, t.UnixMilli(), limit)
 	if err != nil {

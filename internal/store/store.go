@@ -207,6 +207,8 @@ type Store interface {
 type Contexts interface {
 	CreateContext(ctx context.Context, c Context) error
 	GetContext(ctx context.Context, key string) (Context, error)
+	// CountContexts counts a project's contexts that expire after t.
+	CountContexts(ctx context.Context, projectID string, t time.Time) (int, error)
 	// ListExpiredContexts lists contexts that expired before t, oldest first.
 	ListExpiredContexts(ctx context.Context, t time.Time, limit int) ([]Context, error)
 	DeleteContext(ctx context.Context, key string) error

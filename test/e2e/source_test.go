@@ -642,7 +642,7 @@ func TestSourceBuildHostileUploads(t *testing.T) {
 // logs, steps, cancel, rebuild. Every answer is NotFound, as for ids that
 // don't exist.
 func TestSourceBuildCustomerIsolation(t *testing.T) {
-	s := startServer(t)
+	s := startServer(t, "--max-contexts-per-project", "2")
 	data := contextArchive(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo private-log-line-of-bob\n"})
 	alice := s.createSource(t, s.Token, customer("alice"), data)
 	bob := s.createSource(t, s.Token, customer("bob"), data)
@@ -705,6 +705,14 @@ func TestSourceBuildCustomerIsolation(t *testing.T) {
 	}
 	if w := s.watch(t, aliceToken, alice.BuildId, time.Minute); w.last.Status != kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED {
 		t.Errorf("alice watching her own build: %v", w.last.Status)
+	}
+	// Bob has two contexts retained, the limit here: a third is refused,
+	// and alice (one) can still upload.
+	if _, err := api.GenerateUploadURL(ctx, bearer(&kilnv1.GenerateUploadURLRequest{Project: customer("bob")}, s.Token)); connect.CodeOf(err) != connect.CodeResourceExhausted {
+		t.Errorf("bob's third context: %v; want ResourceExhausted", err)
+	}
+	if _, err := api.GenerateUploadURL(ctx, bearer(&kilnv1.GenerateUploadURLRequest{}, aliceToken)); err != nil {
+		t.Errorf("alice's second context: %v", err)
 	}
 }
 

@@ -168,6 +168,12 @@ func contexts(t *testing.T, s store.Store) {
 	if _, err := s.GetContext(ctx, "nope"); !errdefs.IsNotFound(err) {
 		t.Errorf("missing context: %v", err)
 	}
+	if n, err := s.CountContexts(ctx, "p1", now.Add(90*time.Minute)); err != nil || n != 1 {
+		t.Errorf("p1's contexts retained at +90m: %d, %v; want 1", n, err)
+	}
+	if n, _ := s.CountContexts(ctx, "p2", now); n != 1 {
+		t.Errorf("p2's contexts: %d, want 1", n)
+	}
 	exp, _ := s.ListExpiredContexts(ctx, now.Add(150*time.Minute), 10)
 	if len(exp) != 2 || exp[0].Key != "k1" || exp[1].Key != "k2" {
 		t.Errorf("expired = %+v", exp)
