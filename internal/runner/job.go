@@ -36,7 +36,11 @@ const pushTokenTTL = 6 * time.Hour
 // caller records it.
 func (r *Runner) execute(ctx context.Context, b store.Build, work string) build.Outcome {
 	fail := func(err error) build.Outcome {
-		return build.Outcome{Result: build.Result{Status: store.BuildFailed, Error: err.Error()}}
+		// Errors from the disk or BuildKit may name the scratch dir: the
+		// caller sees paths relative to its context only.
+		msg := strings.ReplaceAll(err.Error(), filepath.Join(work, "context")+"/", "")
+		msg = strings.ReplaceAll(msg, r.cfg.WorkDir, "<work>")
+		return build.Outcome{Result: build.Result{Status: store.BuildFailed, Error: msg}}
 	}
 	spec, err := decodeSpec(b.Spec)
 	if err != nil {

@@ -331,6 +331,8 @@ func (r *Runner) run(ctx context.Context, id, projectID string) {
 		r.log.Warn("remove build scratch dir", "build_id", id, "err", err)
 	}
 	switch cause := context.Cause(ctx); {
+	case out.Status == store.BuildSucceeded:
+		// Pushed before the cancel or shutdown arrived: it stands.
 	case errors.Is(cause, errShutdown):
 		out = build.Outcome{Result: build.Result{Status: store.BuildFailed,
 			Error: "interrupted: kiln serve shut down while this build was running; start it again with RebuildBuild"}}

@@ -157,7 +157,8 @@ func decodeSpec(v string) (Spec, error) {
 // the build's own reference first (<registry>/<project>:<build id>), then
 //
 //   - "v1" → <registry>/<project>:v1
-//   - "app:v1" or "app" → <registry>/<project>/app:v1 (or :latest)
+//   - "app:v1" or "org/app" → <registry>/<project>/app:v1 (or
+//     <project>/org/app:latest); a bare "app" is a tag, like "v1"
 //   - a full reference on kiln's registry, inside the project's namespace
 //   - a full reference on a registry the operator gave credentials for.
 //
