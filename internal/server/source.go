@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -131,11 +132,6 @@ func loadPushAuth(path string) ([]engine.RegistryCredential, error) {
 		}
 		out = append(out, engine.RegistryCredential{Host: host, Username: a.Username, Password: a.Password})
 	}
-	slices.SortFunc(out, func(a, b engine.RegistryCredential) int {
-		if a.Host < b.Host {
-			return -1
-		}
-		return 1
-	})
+	slices.SortFunc(out, func(a, b engine.RegistryCredential) int { return strings.Compare(a.Host, b.Host) })
 	return out, nil
 }
