@@ -15,7 +15,9 @@
 //     tokens pull and push in their build's project; pull tokens pull in
 //     theirs; anonymous callers nothing. Refusals are OCI error JSON (401
 //     UNAUTHORIZED, 403 DENIED) that never say whether another project's
-//     repository exists.
+//     repository exists. Authorization reads the URL query only, so a
+//     request with a form body (which distribution's r.FormValue would read,
+//     and prefer) is refused with 415 UNSUPPORTED first (params.go).
 //   - The OCI 1.1 referrers API (GET /v2/<name>/referrers/<digest>, the
 //     OCI-Subject header on manifest PUT), indexed in the store on every
 //     successful manifest PUT and dropped with the manifest.

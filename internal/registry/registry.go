@@ -185,6 +185,13 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		r.internalError(ctx, w, "authenticate", err)
 		return
 	}
+	if formBody(req) {
+		// Before authorization: what it checks (the query) must be all
+		// distribution reads (params.go).
+		r.auditDenied(ctx, req, c, rt, "form-encoded body")
+		errFormBody.write(w)
+		return
+	}
 	if c.anonymous && (rt.kind == routeBase || rt.kind == routeCatalog) {
 		r.challenge(w, rt, req, "", "authentication required")
 		return
