@@ -79,6 +79,8 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 	f.DurationVar(&cfg.AuditRetention, "audit-retention", 90*24*time.Hour, "prune audit log events older than this (the newest 1,000,000 are kept at most)")
 	f.StringArrayVar(&cfg.InsecureRegistries, "insecure-registry", nil, "registry HOST[:PORT] builders reach over plain HTTP, e.g. kiln's registry on loopback (repeatable)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.DurationVar(&cfg.BodyTimeout, "body-timeout", server.DefaultBodyTimeout, "drop a request whose body sends nothing for this long (uploads that keep moving are not cut)")
+	f.DurationVar(&cfg.StreamBodyTimeout, "stream-body-timeout", server.DefaultStreamBodyTimeout, "the same for client streams (build status, health), whose messages may be minutes apart")
 	registerOIDCFlags(f, &cfg.OIDC)
 	registerRegistryFlags(f, &cfg.Registry)
 	registerSourceFlags(f, &cfg.Source)

@@ -56,6 +56,11 @@ type Config struct {
 	// Source configures builds from uploaded source (source.go).
 	Source SourceConfig
 	Logger *slog.Logger
+
+	// BodyTimeout drops a request whose body sends nothing for this long;
+	// StreamBodyTimeout is the same for client-streaming procedures, whose
+	// messages may be minutes apart (guard.go). 0 → 30s and 10m.
+	BodyTimeout, StreamBodyTimeout time.Duration
 }
 
 // Server is a running control plane.
@@ -170,7 +175,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
 	s.http = &http.Server{
-		Handler:           mux,
+		Handler:           newGuard(mux, authn, cfg), // authentication and body deadlines: guard.go
 		Protocols:         protocols,
 		ReadHeaderTimeout: 10 * time.Second,
 		MaxHeaderBytes:    64 << 10,
@@ -216,6 +221,9 @@ func authInterceptor(authn *auth.Authenticator, logger *slog.Logger) connect.Int
 	authenticate := func(ctx context.Context, h http.Header, procedure string) (context.Context, error) {
 		if publicProcedures[procedure] {
 			return ctx, nil
+		}
+		if _, ok := auth.FromContext(ctx); ok {
+			return ctx, nil // the guard authenticated the request before its body was read
 		}
 		p, err := authn.Authenticate(ctx, bearer(h.Get("Authorization")))
 		if err != nil {
