@@ -23,6 +23,11 @@ type statusReporter struct {
 
 const statusProcedure = "/depot.cli.v1.BuildService/ReportStatusStream"
 
+// statusKeepalive: with nothing to report for this long (a RUN step that
+// prints nothing), an empty update is sent, so the server, which drops
+// client streams silent for --stream-body-timeout (10m), keeps the stream.
+const statusKeepalive = time.Minute
+
 func startStatusReporter(apiURL, buildID, token string) *statusReporter {
 	r := &statusReporter{ch: make(chan *bkclient.SolveStatus, 4096), done: make(chan struct{})}
 	c := connect.NewClient[cliv1extra.ReportStatusStreamRequest, cliv1extra.ReportStatusStreamResponse](http.DefaultClient, apiURL+statusProcedure)
@@ -36,12 +41,13 @@ func startStatusReporter(apiURL, buildID, token string) *statusReporter {
 		tick := time.NewTicker(500 * time.Millisecond)
 		defer tick.Stop()
 		var batch []*controlapi.StatusResponse
+		lastSent := time.Now()
 		flush := func() bool {
-			if len(batch) == 0 {
+			if len(batch) == 0 && time.Since(lastSent) < statusKeepalive {
 				return true
 			}
 			err := stream.Send(&cliv1extra.ReportStatusStreamRequest{BuildId: buildID, Statuses: batch})
-			batch = nil
+			batch, lastSent = nil, time.Now()
 			return err == nil
 		}
 		ok := true
