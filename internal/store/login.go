@@ -27,6 +27,7 @@ type Login struct {
 	OrgID      string // approved and finished: the approving admin's organization
 	ApprovedBy string // approved and finished: the approving admin's token id
 	TokenID    string // approved and finished: the id the minted token gets
+	Source     string // where it was started from (internal/login's form: IPv4 address, IPv6 /64)
 	CreatedAt  time.Time
 	ExpiresAt  time.Time
 	UpdatedAt  time.Time
@@ -46,6 +47,9 @@ type Logins interface {
 	// CountLogins counts logins that expire after t (the live ones when t
 	// is now).
 	CountLogins(ctx context.Context, expiresAfter time.Time) (int, error)
+	// CountPendingLogins counts the pending logins of one source that
+	// expire after t.
+	CountPendingLogins(ctx context.Context, source string, expiresAfter time.Time) (int, error)
 	// DeleteLogins removes logins that expired before t and reports how many.
 	DeleteLogins(ctx context.Context, expiredBefore time.Time) (int, error)
 }

@@ -5,19 +5,19 @@ import (
 	"time"
 )
 
-const contextCols = `key, org_id, project_id, blob_key, size, sha256, created_at, expires_at`
+const contextCols = `key, org_id, project_id, blob_key, size, sha256, charged, settled, created_at, expires_at`
 
 func scanContext(sc interface{ Scan(...any) error }) (Context, error) {
 	var c Context
 	var created, expires int64
-	err := sc.Scan(&c.Key, &c.OrgID, &c.ProjectID, &c.BlobKey, &c.Size, &c.SHA256, &created, &expires)
+	err := sc.Scan(&c.Key, &c.OrgID, &c.ProjectID, &c.BlobKey, &c.Size, &c.SHA256, &c.Charged, &c.Settled, &created, &expires)
 	c.CreatedAt, c.ExpiresAt = fromMs(created), fromMs(expires)
 	return c, err
 }
 
 func (s *SQLite) CreateContext(ctx context.Context, c Context) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO build_contexts (`+contextCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-		c.Key, c.OrgID, c.ProjectID, c.BlobKey, c.Size, c.SHA256, ms(c.CreatedAt), ms(c.ExpiresAt))
+	_, err := s.db.ExecContext(ctx, `INSERT INTO build_contexts (`+contextCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		c.Key, c.OrgID, c.ProjectID, c.BlobKey, c.Size, c.SHA256, c.Charged, c.Settled, ms(c.CreatedAt), ms(c.ExpiresAt))
 	return uniqueViolation(err, "context", c.Key)
 }
 
@@ -32,8 +32,37 @@ func (s *SQLite) CountContexts(ctx context.Context, projectID string, t time.Tim
 	return n, err
 }
 
+func (s *SQLite) ContextBytes(ctx context.Context, projectID string, t time.Time) (int64, error) {
+	var n int64
+	err := s.db.QueryRowContext(ctx, `SELECT COALESCE(SUM(charged), 0) FROM build_contexts WHERE project_id = ? AND expires_at >= ?`, projectID, t.UnixMilli()).Scan(&n)
+	return n, err
+}
+
+func (s *SQLite) ListUnsettledContexts(ctx context.Context, projectID string, createdBefore time.Time, limit int) ([]Context, error) {
+	return s.listContexts(ctx, `SELECT `+contextCols+` FROM build_contexts WHERE project_id = ? AND settled = 0 AND created_at < ? ORDER BY created_at, key LIMIT ?`,
+		projectID, createdBefore.UnixMilli(), limit)
+}
+
+func (s *SQLite) SettleContext(ctx context.Context, key string, charged int64) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE build_contexts SET charged = ?, settled = 1 WHERE key = ? AND settled = 0`, charged, key)
+	return err
+}
+
+func (s *SQLite) PinContextDigest(ctx context.Context, key, sha256 string) (string, error) {
+	if _, err := s.db.ExecContext(ctx, `UPDATE build_contexts SET sha256 = ? WHERE key = ? AND sha256 = ''`, sha256, key); err != nil {
+		return "", err
+	}
+	var pinned string
+	err := s.db.QueryRowContext(ctx, `SELECT sha256 FROM build_contexts WHERE key = ?`, key).Scan(&pinned)
+	return pinned, notFound(err, "context", key)
+}
+
 func (s *SQLite) ListExpiredContexts(ctx context.Context, t time.Time, limit int) ([]Context, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+contextCols+` FROM build_contexts WHERE expires_at < ? ORDER BY expires_at, key LIMIT ?`, t.UnixMilli(), limit)
+	return s.listContexts(ctx, `SELECT `+contextCols+` FROM build_contexts WHERE expires_at < ? ORDER BY expires_at, key LIMIT ?`, t.UnixMilli(), limit)
+}
+
+func (s *SQLite) listContexts(ctx context.Context, query string, args ...any) ([]Context, error) {
+	rows, err := s.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -8,19 +8,19 @@ import (
 
 var _ Logins = (*SQLite)(nil)
 
-const loginCols = `id_hash, approval_id, status, org_id, approved_by, token_id, created_at, expires_at, updated_at`
+const loginCols = `id_hash, approval_id, status, org_id, approved_by, token_id, source, created_at, expires_at, updated_at`
 
 func scanLogin(sc interface{ Scan(...any) error }) (Login, error) {
 	var l Login
 	var created, expires, updated int64
-	err := sc.Scan(&l.IDHash, &l.ApprovalID, &l.Status, &l.OrgID, &l.ApprovedBy, &l.TokenID, &created, &expires, &updated)
+	err := sc.Scan(&l.IDHash, &l.ApprovalID, &l.Status, &l.OrgID, &l.ApprovedBy, &l.TokenID, &l.Source, &created, &expires, &updated)
 	l.CreatedAt, l.ExpiresAt, l.UpdatedAt = fromMs(created), fromMs(expires), fromMs(updated)
 	return l, err
 }
 
 func (s *SQLite) CreateLogin(ctx context.Context, l Login) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO logins (`+loginCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		l.IDHash, l.ApprovalID, l.Status, l.OrgID, l.ApprovedBy, l.TokenID, ms(l.CreatedAt), ms(l.ExpiresAt), ms(l.UpdatedAt))
+	_, err := s.db.ExecContext(ctx, `INSERT INTO logins (`+loginCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		l.IDHash, l.ApprovalID, l.Status, l.OrgID, l.ApprovedBy, l.TokenID, l.Source, ms(l.CreatedAt), ms(l.ExpiresAt), ms(l.UpdatedAt))
 	// The ids are random; a collision is reported, never overwritten.
 	return uniqueViolation(err, "login", l.ApprovalID)
 }
@@ -57,6 +57,13 @@ func (s *SQLite) UpdateLogin(ctx context.Context, idHash string, fn func(*Login)
 func (s *SQLite) CountLogins(ctx context.Context, expiresAfter time.Time) (int, error) {
 	var n int
 	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM logins WHERE expires_at > ?`, ms(expiresAfter)).Scan(&n)
+	return n, err
+}
+
+func (s *SQLite) CountPendingLogins(ctx context.Context, source string, expiresAfter time.Time) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM logins WHERE source = ? AND expires_at > ? AND status = ?`,
+		source, ms(expiresAfter), LoginPending).Scan(&n)
 	return n, err
 }
 

@@ -140,8 +140,15 @@ type Context struct {
 	OrgID     string
 	ProjectID string
 	BlobKey   string
-	Size      int64  // declared size; 0 = not declared
-	SHA256    string // declared hex digest; "" = not declared
+	Size      int64 // declared size; 0 = not declared
+	// SHA256 is the hex digest the context must have: the declared one, or
+	// the one its first build read ("" until then). PinContextDigest sets it.
+	SHA256 string
+	// Charged is what the context counts against its project's upload
+	// quota: the declared size, or the most its upload URL accepts, until
+	// Settled; then its stored size (0 if it was never uploaded).
+	Charged   int64
+	Settled   bool
 	CreatedAt time.Time
 	ExpiresAt time.Time // the context (and its blob) are deleted after this
 }
@@ -209,6 +216,19 @@ type Contexts interface {
 	GetContext(ctx context.Context, key string) (Context, error)
 	// CountContexts counts a project's contexts that expire after t.
 	CountContexts(ctx context.Context, projectID string, t time.Time) (int, error)
+	// ContextBytes sums what a project's contexts that expire after t are
+	// charged.
+	ContextBytes(ctx context.Context, projectID string, t time.Time) (int64, error)
+	// ListUnsettledContexts lists a project's contexts created before t
+	// that are not settled, oldest first.
+	ListUnsettledContexts(ctx context.Context, projectID string, createdBefore time.Time, limit int) ([]Context, error)
+	// SettleContext charges a context what it stores; settled once, later
+	// calls change nothing.
+	SettleContext(ctx context.Context, key string, charged int64) error
+	// PinContextDigest records sha256 as the context's digest unless it
+	// has one, and returns the digest it has now. A missing context is
+	// ErrNotFound.
+	PinContextDigest(ctx context.Context, key, sha256 string) (string, error)
 	// ListExpiredContexts lists contexts that expired before t, oldest first.
 	ListExpiredContexts(ctx context.Context, t time.Time, limit int) ([]Context, error)
 	DeleteContext(ctx context.Context, key string) error

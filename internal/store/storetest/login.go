@@ -93,8 +93,34 @@ func logins(t *testing.T, s store.Store) {
 	if n, err := s.CountLogins(ctx, now.Add(2*time.Minute)); err != nil || n != 1 {
 		t.Errorf("CountLogins(now+2m) = %d, %v; want 1", n, err)
 	}
-	if n, err := s.DeleteLogins(ctx, now.Add(2*time.Minute)); err != nil || n != 1 {
-		t.Errorf("DeleteLogins = %d, %v; want 1", n, err)
+	// Pending logins are counted by source.
+	for i, src := range []string{"10.0.0.1", "10.0.0.1", "10.0.0.2"} {
+		l := store.Login{IDHash: fmt.Sprintf("s%d", i), ApprovalID: fmt.Sprintf("sa%d", i), Status: store.LoginPending, Source: src,
+			CreatedAt: now, ExpiresAt: now.Add(time.Minute)}
+		if err := s.CreateLogin(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, _ := s.GetLogin(ctx, "s2"); got.Source != "10.0.0.2" {
+		t.Errorf("source not kept: %+v", got)
+	}
+	if _, err := s.UpdateLogin(ctx, "s1", func(l *store.Login) error { l.Status = store.LoginDenied; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for src, want := range map[string]int{"10.0.0.1": 1, "10.0.0.2": 1, "10.0.0.3": 0} {
+		if n, err := s.CountPendingLogins(ctx, src, now); err != nil || n != want {
+			t.Errorf("CountPendingLogins(%s) = %d, %v; want %d", src, n, err, want)
+		}
+	}
+	if n, _ := s.CountPendingLogins(ctx, "10.0.0.1", now.Add(2*time.Minute)); n != 0 {
+		t.Errorf("expired logins counted as pending: %d", n)
+	}
+	for _, h := range []string{"s0", "s1", "s2"} {
+		s.UpdateLogin(ctx, h, func(l *store.Login) error { l.ExpiresAt = now.Add(time.Second); return nil })
+	}
+
+	if n, err := s.DeleteLogins(ctx, now.Add(2*time.Minute)); err != nil || n != 4 {
+		t.Errorf("DeleteLogins = %d, %v; want 4", n, err)
 	}
 	if _, err := s.GetLogin(ctx, "h2"); !errdefs.IsNotFound(err) {
 		t.Errorf("expired login survived DeleteLogins: %v", err)

@@ -192,3 +192,61 @@ func contexts(t *testing.T, s store.Store) {
 		t.Errorf("after deleting p2, expired = %+v; want its context k3", exp)
 	}
 }
+
+// contextQuota: what contexts are charged, settling them, and pinning the
+// digest of one uploaded without a declared digest.
+func contextQuota(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	seed(t, s, "o1", "p1", "p2")
+	for _, c := range []store.Context{
+		{Key: "declared", ProjectID: "p1", Size: 100, Charged: 100, SHA256: "aa", CreatedAt: now, ExpiresAt: now.Add(time.Hour)},
+		{Key: "reserved", ProjectID: "p1", Charged: 1000, CreatedAt: now.Add(time.Second), ExpiresAt: now.Add(time.Hour)},
+		{Key: "late", ProjectID: "p1", Charged: 5, CreatedAt: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour)},
+		{Key: "expired", ProjectID: "p1", Charged: 1 << 40, CreatedAt: now, ExpiresAt: now.Add(-time.Second)},
+		{Key: "other", ProjectID: "p2", Charged: 7, CreatedAt: now, ExpiresAt: now.Add(time.Hour)},
+	} {
+		c.OrgID, c.BlobKey = "o1", "contexts/"+c.ProjectID+"/"+c.Key
+		if err := s.CreateContext(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := s.ContextBytes(ctx, "p1", now); err != nil || n != 1105 {
+		t.Errorf("ContextBytes(p1) = %d, %v; want 1105 (retained contexts only)", n, err)
+	}
+	if n, _ := s.ContextBytes(ctx, "nobody", now); n != 0 {
+		t.Errorf("ContextBytes of a project without contexts = %d", n)
+	}
+	list, err := s.ListUnsettledContexts(ctx, "p1", now.Add(30*time.Second), 10)
+	if err != nil || len(list) != 3 || list[0].Key != "declared" || list[1].Key != "expired" || list[2].Key != "reserved" {
+		t.Errorf("ListUnsettledContexts = %+v, %v", list, err)
+	}
+	if err := s.SettleContext(ctx, "reserved", 300); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SettleContext(ctx, "reserved", 999); err != nil { // settled once
+		t.Fatal(err)
+	}
+	if c, _ := s.GetContext(ctx, "reserved"); c.Charged != 300 || !c.Settled {
+		t.Errorf("after settling: %+v", c)
+	}
+	if n, _ := s.ContextBytes(ctx, "p1", now); n != 405 {
+		t.Errorf("ContextBytes(p1) after settling = %d, want 405", n)
+	}
+	if list, _ := s.ListUnsettledContexts(ctx, "p1", now.Add(time.Hour), 10); len(list) != 3 {
+		t.Errorf("unsettled after settling one: %+v", list)
+	}
+
+	// The first digest sticks; a declared one is never replaced.
+	if got, err := s.PinContextDigest(ctx, "reserved", "11"); err != nil || got != "11" {
+		t.Errorf("first pin = %q, %v", got, err)
+	}
+	if got, err := s.PinContextDigest(ctx, "reserved", "22"); err != nil || got != "11" {
+		t.Errorf("second pin = %q, %v; want the first, 11", got, err)
+	}
+	if got, _ := s.PinContextDigest(ctx, "declared", "33"); got != "aa" {
+		t.Errorf("pin over a declared digest = %q, want aa", got)
+	}
+	if _, err := s.PinContextDigest(ctx, "nope", "11"); !errdefs.IsNotFound(err) {
+		t.Errorf("pin of a missing context: %v", err)
+	}
+}
