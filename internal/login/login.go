@@ -27,6 +27,8 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -55,6 +57,11 @@ type Config struct {
 	// Finish hears "expired" or "already finished" rather than "not found" [1h].
 	Keep time.Duration
 	Now  func() time.Time
+
+	// MaxPendingPerSource bounds the pending logins started from one
+	// address (see Source), so one caller cannot take every slot of
+	// MaxPending from the others [10].
+	MaxPendingPerSource int
 }
 
 // Service runs device logins.
@@ -62,6 +69,10 @@ type Service struct {
 	store  Store
 	cfg    Config
 	logger *slog.Logger
+
+	// startMu makes Start's count and create one step in this process, so
+	// concurrent starts from one source cannot all see room.
+	startMu sync.Mutex
 
 	// mu guards the fields below. watches holds, per login (by id hash)
 	// with at least one waiter, a channel closed on the next change this
@@ -94,6 +105,9 @@ func New(st Store, cfg Config, logger *slog.Logger) *Service {
 	def(&cfg.Keep, time.Hour)
 	if cfg.MaxPending <= 0 {
 		cfg.MaxPending = 1000
+	}
+	if cfg.MaxPendingPerSource <= 0 {
+		cfg.MaxPendingPerSource = 10
 	}
 	if cfg.MaxWaiters <= 0 {
 		cfg.MaxWaiters = 256
@@ -181,14 +195,26 @@ type Started struct {
 
 func (s *Service) now() time.Time { return s.cfg.Now().UTC() }
 
-// Start opens a pending login. It needs no principal: the caller has no
-// token yet. The number of live logins is capped (MaxPending) since anyone
-// may call it.
-func (s *Service) Start(ctx context.Context) (Started, error) {
+// Start opens a pending login for a caller at peer (its network address,
+// "host:port" or "host"). It needs no principal: the caller has no token
+// yet. Since anyone may call it, live logins are capped (MaxPending), and
+// so are the pending logins of one source (MaxPendingPerSource; see
+// Source), so that one address filling its share leaves the others theirs.
+func (s *Service) Start(ctx context.Context, peer string) (Started, error) {
 	now := s.now()
 	s.sweep(ctx, now)
-	n, err := s.store.CountLogins(ctx, now)
+	source := Source(peer)
+	s.startMu.Lock()
+	defer s.startMu.Unlock()
+	n, err := s.store.CountPendingLogins(ctx, source, now)
 	if err != nil {
+		return Started{}, fmt.Errorf("count logins: %w", err)
+	}
+	if n >= s.cfg.MaxPendingPerSource {
+		return Started{}, fmt.Errorf("%d logins started from your address are waiting for approval, the most one address may have; have one approved or denied, or wait up to %s for them to expire: %w",
+			n, s.cfg.TTL, errdefs.ErrExhausted)
+	}
+	if n, err = s.store.CountLogins(ctx, now); err != nil {
 		return Started{}, fmt.Errorf("count logins: %w", err)
 	}
 	if n >= s.cfg.MaxPending {
@@ -197,12 +223,32 @@ func (s *Service) Start(ctx context.Context) (Started, error) {
 	st := Started{ID: auth.RandomString(idLen), ApprovalID: newApprovalID(), ExpiresAt: now.Add(s.cfg.TTL)}
 	st.Code = Code(st.ApprovalID)
 	err = s.store.CreateLogin(ctx, store.Login{IDHash: auth.Hash(st.ID), ApprovalID: st.ApprovalID,
-		Status: store.LoginPending, CreatedAt: now, ExpiresAt: st.ExpiresAt, UpdatedAt: now})
+		Status: store.LoginPending, Source: source, CreatedAt: now, ExpiresAt: st.ExpiresAt, UpdatedAt: now})
 	if err != nil {
 		return Started{}, fmt.Errorf("create login: %w", err)
 	}
-	s.logger.InfoContext(ctx, "device login started", "approval_id", st.ApprovalID, "expires_at", st.ExpiresAt)
+	s.logger.InfoContext(ctx, "device login started", "approval_id", st.ApprovalID, "source", source, "expires_at", st.ExpiresAt)
 	return st, nil
+}
+
+// Source is the key logins are counted under for a peer address: an IPv4
+// address as it is, an IPv6 address by its /64 (one host usually holds a
+// whole /64), "unknown" for what does not parse. kiln takes the address of
+// the connection: behind a reverse proxy every login shares the proxy's.
+func Source(peer string) string {
+	host := peer
+	if h, _, err := net.SplitHostPort(peer); err == nil {
+		host = h
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return "unknown"
+	}
+	a = a.Unmap().WithZone("")
+	if a.Is4() {
+		return a.String()
+	}
+	return netip.PrefixFrom(a, 64).Masked().String()
 }
 
 // sweep forgets logins ended longer than Keep ago, at most once a minute.

@@ -3,12 +3,14 @@ package login
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -90,7 +92,7 @@ func TestApproveThenFinishOnce(t *testing.T) {
 	st := newStore(t)
 	// An hour between polls: only the in-process wake-up can end the wait.
 	s := New(st, Config{PollInterval: time.Hour}, quiet)
-	started, err := s.Start(ctx)
+	started, err := s.Start(ctx, testPeer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +158,7 @@ func TestApproveThenFinishOnce(t *testing.T) {
 func TestUnknownAndMalformedIDs(t *testing.T) {
 	ctx := context.Background()
 	s := New(newStore(t), Config{}, quiet)
-	started, _ := s.Start(ctx)
+	started, _ := s.Start(ctx, testPeer)
 	hostile := []string{
 		"", "x", strings.Repeat("a", 31), strings.Repeat("a", 33), strings.Repeat("a", 100000),
 		"../../../../etc/passwd", "<script>alert(1)</script>", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\x00",
@@ -196,7 +198,7 @@ func TestUnknownAndMalformedIDs(t *testing.T) {
 
 func TestIDEntropyAndFormat(t *testing.T) {
 	ctx := context.Background()
-	s := New(newStore(t), Config{}, quiet)
+	s := New(newStore(t), Config{MaxPendingPerSource: 1000}, quiet)
 	// 32 of 62 symbols and 26 of 32 symbols: both well over 128 bits.
 	if bits := idLen * math.Log2(62); bits < 128 {
 		t.Errorf("login id has %.0f bits", bits)
@@ -208,7 +210,7 @@ func TestIDEntropyAndFormat(t *testing.T) {
 	symbols := map[rune]int{}
 	const n = 300
 	for i := 0; i < n; i++ {
-		st, err := s.Start(ctx)
+		st, err := s.Start(ctx, testPeer)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -236,8 +238,8 @@ func TestExpiry(t *testing.T) {
 	ctx := context.Background()
 	clk := &clock{t: time.Now()}
 	s := New(newStore(t), Config{TTL: 10 * time.Minute, Now: clk.Now}, quiet)
-	a, _ := s.Start(ctx)
-	b, _ := s.Start(ctx)
+	a, _ := s.Start(ctx, testPeer)
+	b, _ := s.Start(ctx, testPeer)
 	if _, err := s.Approve(ctx, admin, b.ApprovalID); err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +258,7 @@ func TestExpiry(t *testing.T) {
 	}
 	// Ended logins are forgotten after Keep; then the id is unknown.
 	clk.Add(2 * time.Hour)
-	s.Start(ctx) // sweeps
+	s.Start(ctx, testPeer) // sweeps
 	if _, err := s.Finish(ctx, a.ID); !errdefs.IsNotFound(err) {
 		t.Errorf("Finish of a forgotten login: %v, want NotFound", err)
 	}
@@ -265,7 +267,7 @@ func TestExpiry(t *testing.T) {
 func TestWaiterEndsAtExpiry(t *testing.T) {
 	ctx := context.Background()
 	s := New(newStore(t), Config{TTL: 300 * time.Millisecond, PollInterval: time.Hour}, quiet)
-	st, _ := s.Start(ctx)
+	st, _ := s.Start(ctx, testPeer)
 	start := time.Now()
 	r := within(t, finishAsync(ctx, s, st.ID), 5*time.Second, "expiring login")
 	if !errors.Is(r.err, errdefs.ErrExpired) {
@@ -279,7 +281,7 @@ func TestWaiterEndsAtExpiry(t *testing.T) {
 func TestDeny(t *testing.T) {
 	ctx := context.Background()
 	s := New(newStore(t), Config{PollInterval: time.Hour}, quiet)
-	st, _ := s.Start(ctx)
+	st, _ := s.Start(ctx, testPeer)
 	waiting := finishAsync(ctx, s, st.ID)
 	notYet(t, waiting, "pending login")
 	if _, err := s.Deny(ctx, prjToken, st.ApprovalID); !errors.Is(err, errdefs.ErrPermission) {
@@ -299,7 +301,7 @@ func TestDeny(t *testing.T) {
 func TestConcurrentFinishers(t *testing.T) {
 	ctx := context.Background()
 	s := New(newStore(t), Config{PollInterval: time.Hour, MaxPerLogin: 4}, quiet)
-	st, _ := s.Start(ctx)
+	st, _ := s.Start(ctx, testPeer)
 	var waiting []<-chan result
 	for i := 0; i < 4; i++ {
 		waiting = append(waiting, finishAsync(ctx, s, st.ID))
@@ -335,7 +337,7 @@ func TestOtherReplicaApproves(t *testing.T) {
 	// waiter on a sees b's approval on its next poll.
 	a := New(st, Config{PollInterval: 50 * time.Millisecond}, quiet)
 	b := New(st, Config{}, quiet)
-	started, _ := a.Start(ctx)
+	started, _ := a.Start(ctx, testPeer)
 	waiting := finishAsync(ctx, a, started.ID)
 	notYet(t, waiting, "pending login")
 	if _, err := b.Approve(ctx, admin, started.ApprovalID); err != nil {
@@ -351,13 +353,13 @@ func TestLimits(t *testing.T) {
 	s := New(newStore(t), Config{MaxPending: 3, MaxWaiters: 2, PollInterval: time.Hour}, quiet)
 	var ids []Started
 	for i := 0; i < 3; i++ {
-		st, err := s.Start(ctx)
+		st, err := s.Start(ctx, testPeer)
 		if err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, st)
 	}
-	if _, err := s.Start(ctx); !errors.Is(err, errdefs.ErrExhausted) {
+	if _, err := s.Start(ctx, testPeer); !errors.Is(err, errdefs.ErrExhausted) {
 		t.Errorf("Start beyond MaxPending: %v, want ErrExhausted", err)
 	}
 
@@ -402,7 +404,7 @@ func TestCode(t *testing.T) {
 func TestCloseEndsWaiters(t *testing.T) {
 	ctx := context.Background()
 	s := New(newStore(t), Config{PollInterval: time.Hour}, quiet)
-	st, _ := s.Start(ctx)
+	st, _ := s.Start(ctx, testPeer)
 	waiting := finishAsync(ctx, s, st.ID)
 	notYet(t, waiting, "pending login")
 	s.Close()
@@ -417,5 +419,96 @@ func TestCloseEndsWaiters(t *testing.T) {
 	}
 	if tok, err := s2.Finish(ctx, st.ID); err != nil || tok == "" {
 		t.Errorf("Finish on the restarted service: %q, %v", tok, err)
+	}
+}
+
+const testPeer = "192.0.2.1:40000"
+
+// An attacker at one address takes every login slot it can: it gets its
+// share (MaxPendingPerSource) and a clear ResourceExhausted after, while
+// callers at other addresses still start logins; an approved or denied
+// login frees its slot, and so does expiry.
+func TestPendingLoginsPerSource(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{t: time.Now()}
+	s := New(newStore(t), Config{MaxPendingPerSource: 3, Now: clk.Now, PollInterval: time.Hour}, quiet)
+	var mine []Started
+	for i := range 3 {
+		st, err := s.Start(ctx, fmt.Sprintf("203.0.113.7:%d", 1000+i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mine = append(mine, st)
+	}
+	_, err := s.Start(ctx, "203.0.113.7:2000")
+	if !errors.Is(err, errdefs.ErrExhausted) || !strings.Contains(err.Error(), "from your address") {
+		t.Errorf("Start beyond the address's share: %v; want ErrExhausted naming the address's share", err)
+	}
+	// The same host over IPv4-mapped IPv6 is the same source.
+	if _, err := s.Start(ctx, "[::ffff:203.0.113.7]:2001"); !errors.Is(err, errdefs.ErrExhausted) {
+		t.Errorf("the attacker as an IPv4-mapped address: %v", err)
+	}
+	// Other addresses are untouched.
+	for _, peer := range []string{"203.0.113.8:1", "127.0.0.1:5", "[2001:db8:1:2::1]:7"} {
+		if _, err := s.Start(ctx, peer); err != nil {
+			t.Errorf("Start from %s while 203.0.113.7 is full: %v", peer, err)
+		}
+	}
+	// An IPv6 attacker counts by /64: rotating addresses in it gains nothing.
+	for i := range 2 {
+		if _, err := s.Start(ctx, fmt.Sprintf("[2001:db8:1:2::%x]:1", 100+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Start(ctx, "[2001:db8:1:2:ffff::9]:1"); !errors.Is(err, errdefs.ErrExhausted) {
+		t.Errorf("a fourth login from one /64: %v, want ErrExhausted", err)
+	}
+	if _, err := s.Start(ctx, "[2001:db8:1:3::1]:1"); err != nil {
+		t.Errorf("another /64: %v", err)
+	}
+	// A decided login frees its slot.
+	if _, err := s.Deny(ctx, admin, mine[0].ApprovalID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Start(ctx, "203.0.113.7:3000"); err != nil {
+		t.Errorf("Start after one login was denied: %v", err)
+	}
+	// Concurrent starts cannot all slip through the count.
+	var wg sync.WaitGroup
+	var ok atomic.Int32
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := s.Start(ctx, fmt.Sprintf("198.51.100.1:%d", i)); err == nil {
+				ok.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() != 3 {
+		t.Errorf("%d of 20 concurrent starts from one address succeeded, want 3", ok.Load())
+	}
+	// Expiry frees the rest.
+	clk.Add(11 * time.Minute)
+	if _, err := s.Start(ctx, "203.0.113.7:4000"); err != nil {
+		t.Errorf("Start after the address's logins expired: %v", err)
+	}
+}
+
+func TestSource(t *testing.T) {
+	for in, want := range map[string]string{
+		"203.0.113.7:1234":            "203.0.113.7",
+		"203.0.113.7":                 "203.0.113.7",
+		"[::ffff:10.1.2.3]:9":         "10.1.2.3",
+		"[2001:db8:a:b:c:d:e:f]:1":    "2001:db8:a:b::/64",
+		"[fe80::1%eth0]:1":            "fe80::/64",
+		"":                            "unknown",
+		"not an address":              "unknown",
+		"[2001:db8::1]:notaport:more": "unknown",
+	} {
+		if got := Source(in); got != want {
+			t.Errorf("Source(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

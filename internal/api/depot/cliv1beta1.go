@@ -32,8 +32,8 @@ type LoginService struct {
 
 var _ cliv1beta1connect.LoginServiceHandler = (*LoginService)(nil)
 
-func (s *LoginService) StartLogin(ctx context.Context, _ *connect.Request[cliv1beta1.StartLoginRequest]) (*connect.Response[cliv1beta1.StartLoginResponse], error) {
-	st, err := s.Logins.Start(ctx)
+func (s *LoginService) StartLogin(ctx context.Context, req *connect.Request[cliv1beta1.StartLoginRequest]) (*connect.Response[cliv1beta1.StartLoginResponse], error) {
+	st, err := s.Logins.Start(ctx, req.Peer().Addr)
 	if err != nil {
 		return nil, ToConnect(ctx, s.Logger, err)
 	}

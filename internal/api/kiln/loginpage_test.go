@@ -60,7 +60,7 @@ func postForm(t *testing.T, u string, body string) (int, string) {
 
 func TestLoginPageRefusesBadForms(t *testing.T) {
 	srv, logins := newPage(t)
-	started, err := logins.Start(context.Background())
+	started, err := logins.Start(context.Background(), "192.0.2.1:40000")
 	if err != nil {
 		t.Fatal(err)
 	}
