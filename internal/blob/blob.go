@@ -13,9 +13,13 @@ import (
 
 // Store holds objects by key. Implementations are safe for concurrent use.
 type Store interface {
-	// PresignPut returns a request that lets its holder upload key, with
-	// no other credentials, until it expires. Each upload replaces the
-	// object whole.
+	// PresignPut returns a request that lets its holder upload key once,
+	// with no other credentials, until it expires: an upload when key has
+	// an object is refused (a 4xx), so the first upload stays what is
+	// stored. Key should be new. (S3 enforces this with a conditional
+	// write, an If-None-Match: * header the client sends as one of
+	// Presigned.Headers; a server that ignores the header lets a second
+	// upload replace the first.)
 	PresignPut(ctx context.Context, key string, o PutOptions) (Presigned, error)
 	// Put writes key from r, which must yield exactly size bytes; nothing
 	// is stored if it does not (ErrInvalid). A reader that sees the object
@@ -57,8 +61,8 @@ type PutOptions struct {
 	MaxSize int64
 	// SHA256, if set, is the hex SHA-256 the upload must have. The local
 	// store verifies it and keeps nothing on a mismatch. S3 does not (that
-	// would need an extra request header, and a plain `curl -T` must
-	// work); whoever reads the object verifies the digest anyway.
+	// would need a checksum header in the client's own encoding); whoever
+	// reads the object verifies the digest anyway.
 	SHA256 string
 }
 

@@ -266,7 +266,12 @@ type putLimits struct {
 	size   int64  // exact length; < 0: any
 	max    int64  // largest length; 0: no limit
 	sha256 string // expected hex digest; "": any
+	// once refuses to replace an existing object (presigned uploads).
+	once bool
 }
+
+// msgUploaded refuses a second upload to an upload URL.
+const msgUploaded = "this upload URL was already used: it takes one upload; ask for a new one with GenerateUploadURL"
 
 // uploadError is a failure caused by the body or the limits it broke, not
 // by storage; its message is safe to show the uploader.
@@ -330,7 +335,7 @@ func (l *Local) write(ctx context.Context, key string, r io.Reader, lim putLimit
 	if err := f.Close(); err != nil {
 		return "", storageErr(err)
 	}
-	if err := l.commit(f.Name(), key); err != nil {
+	if err := l.commit(f.Name(), key, lim.once); err != nil {
 		return "", err
 	}
 	committed = true
@@ -362,17 +367,27 @@ func copyBody(f *os.File, h hash.Hash, src io.Reader) (int64, error) {
 	}
 }
 
-// commit renames the finished temp file to key's path. A concurrent Delete
-// may remove the parent directory between MkdirAll and Rename; then it
-// tries again.
-func (l *Local) commit(tmp, key string) error {
+// commit renames the finished temp file to key's path; with once, it
+// links it there instead, which fails if the key has an object (of two
+// racing uploads, one wins). A concurrent Delete may remove the parent
+// directory between MkdirAll and Rename; then it tries again.
+func (l *Local) commit(tmp, key string, once bool) error {
 	dst := l.path(key)
 	var err error
 	for range 5 {
 		if err = os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 			break
 		}
-		if err = os.Rename(tmp, dst); err == nil {
+		if once {
+			if err = os.Link(tmp, dst); err == nil {
+				os.Remove(tmp)
+			} else if fi, serr := os.Lstat(dst); errors.Is(err, fs.ErrExist) && serr == nil && fi.Mode().IsRegular() {
+				return &uploadError{409, errdefs.ErrAlreadyExists, msgUploaded}
+			}
+		} else {
+			err = os.Rename(tmp, dst)
+		}
+		if err == nil {
 			syncDir(filepath.Dir(dst))
 			return nil
 		}

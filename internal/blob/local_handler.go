@@ -44,7 +44,8 @@ func (l *Local) sign(method, key string, p uploadParams) []byte {
 }
 
 // PresignPut returns a URL on kiln's own listener (cfg.BaseURL + /blobs/)
-// that accepts one PUT of key within o's limits until it expires.
+// that accepts one PUT of key within o's limits until it expires: once
+// key has an object, the URL is refused (409).
 func (l *Local) PresignPut(ctx context.Context, key string, o PutOptions) (Presigned, error) {
 	if err := ValidKey(key); err != nil {
 		return Presigned{}, err
@@ -86,9 +87,10 @@ func (l *Local) PresignPut(ctx context.Context, key string, o PutOptions) (Presi
 //
 // Mount it with mux.Handle("/blobs/", l.Handler()). It needs no other
 // authentication: the signature is the credential. It answers 200 with the
-// body's digest in X-Kiln-SHA256; 403 for an altered or expired URL; 413
-// for a body over the limit; 400 for a wrong size or digest or a bad key;
-// 405 for other methods. The body is checked against the limits before it
+// body's digest in X-Kiln-SHA256; 403 for an altered or expired URL; 409
+// once the key has an object (an upload URL takes one upload); 413 for a
+// body over the limit; 400 for a wrong size or digest or a bad key; 405
+// for other methods. The body is checked against the limits before it
 // is read when its Content-Length allows, and while it streams otherwise;
 // nothing is stored unless every check passes.
 func (l *Local) Handler() http.Handler { return http.HandlerFunc(l.servePut) }
@@ -117,6 +119,11 @@ func (l *Local) servePut(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf(msgExpired, exp.UTC().Format(time.RFC3339)), http.StatusForbidden)
 		return
 	}
+	if _, err := l.Stat(r.Context(), key); err == nil {
+		// Refused before a byte is read; commit checks again, atomically.
+		http.Error(w, msgUploaded, http.StatusConflict)
+		return
+	}
 	if n := r.ContentLength; n >= 0 {
 		switch {
 		case p.max > 0 && n > p.max:
@@ -131,7 +138,7 @@ func (l *Local) servePut(w http.ResponseWriter, r *http.Request) {
 	if p.size > 0 {
 		size = p.size
 	}
-	digest, err := l.write(r.Context(), key, r.Body, putLimits{size: size, max: p.max, sha256: p.sha256})
+	digest, err := l.write(r.Context(), key, r.Body, putLimits{size: size, max: p.max, sha256: p.sha256, once: true})
 	var ue *uploadError
 	switch {
 	case err == nil:

@@ -50,9 +50,10 @@ type S3Config struct {
 // through the internal one.
 //
 // Of PutOptions, S3 enforces TTL and Size (signed as the Content-Length),
-// not MaxSize or SHA256: that would take a POST form or an extra checksum
-// header, and a plain `curl -T file URL` must work. Bound uploads with
-// Size, and verify digests when reading.
+// not MaxSize or SHA256: that would take a POST form or a checksum header.
+// Bound uploads with Size, and verify digests when reading. A URL takes one
+// upload: it signs If-None-Match: *, which the uploader sends (it is in
+// Presigned.Headers: `curl -T file -H 'If-None-Match: *' URL`).
 type S3 struct {
 	client  *s3.Client        // internal endpoint
 	presign *s3.PresignClient // public endpoint
@@ -126,9 +127,10 @@ func headBucketErr(err error) error {
 	return err
 }
 
-// PresignPut returns a URL on the public endpoint for a PUT of key. The
-// client sends the body with no other headers (plus Content-Length, which
-// must equal o.Size when that is set).
+// PresignPut returns a URL on the public endpoint for one PUT of key. The
+// client sends the body with the headers in Presigned.Headers
+// (If-None-Match: *) and Content-Length, which must equal o.Size when that
+// is set.
 func (s *S3) PresignPut(ctx context.Context, key string, o PutOptions) (Presigned, error) {
 	if err := ValidKey(key); err != nil {
 		return Presigned{}, err
@@ -137,7 +139,10 @@ func (s *S3) PresignPut(ctx context.Context, key string, o PutOptions) (Presigne
 	if err != nil {
 		return Presigned{}, err
 	}
-	in := &s3.PutObjectInput{Bucket: &s.bucket, Key: aws.String(s.prefix + key)}
+	// If-None-Match: * makes the URL good for one upload: S3 refuses a PUT
+	// over an existing object (412). The header is signed, so a client
+	// must send it.
+	in := &s3.PutObjectInput{Bucket: &s.bucket, Key: aws.String(s.prefix + key), IfNoneMatch: aws.String("*")}
 	if o.Size > 0 {
 		in.ContentLength = aws.Int64(o.Size)
 	}

@@ -37,7 +37,7 @@ func Run(t *testing.T, newStore func(t *testing.T) blob.Store) {
 		{"PresignedUpload", testPresignedUpload},
 		{"PresignedUploadExactSize", testPresignedExactSize},
 		{"PresignedUploadSizeMismatch", testPresignedSizeMismatch},
-		{"PresignedUploadReplaces", testPresignedReplaces},
+		{"PresignedUploadOnce", testPresignedOnce},
 		{"PresignedUploadExpired", testPresignedExpired},
 		{"PresignedUploadTampered", testPresignedTampered},
 		{"PresignedUploadOtherKey", testPresignedOtherKey},
@@ -208,15 +208,50 @@ func testPresignedSizeMismatch(t *testing.T, s blob.Store) {
 	mustBeMissing(t, s, "sized")
 }
 
-func testPresignedReplaces(t *testing.T, s blob.Store) {
+// testPresignedOnce: a URL takes one upload; a second, sequential or
+// racing, is refused and the first stays what is stored.
+func testPresignedOnce(t *testing.T, s blob.Store) {
 	p := presign(t, s, "ctx", blob.PutOptions{})
 	first, second := random(t, 1000), random(t, 700)
-	for _, data := range [][]byte{first, second} {
-		if status, msg := Upload(t, p, "", data); status != http.StatusOK {
-			t.Fatalf("upload: status %d: %s", status, msg)
+	if status, msg := Upload(t, p, "", first); status != http.StatusOK {
+		t.Fatalf("upload: status %d: %s", status, msg)
+	}
+	status, msg := Upload(t, p, "", second)
+	wantRefused(t, "a second upload to the same URL", status, msg)
+	mustRead(t, s, "ctx", first)
+	// Another URL for the same key is refused as well.
+	status, msg = Upload(t, presign(t, s, "ctx", blob.PutOptions{}), "", second)
+	wantRefused(t, "an upload over an existing object", status, msg)
+	mustRead(t, s, "ctx", first)
+
+	p = presign(t, s, "race", blob.PutOptions{})
+	var wg sync.WaitGroup
+	codes := make([]int, 4)
+	bodies := make([][]byte, len(codes))
+	for i := range codes {
+		bodies[i] = random(t, 64<<10)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i], _ = Upload(t, p, "", bodies[i])
+		}()
+	}
+	wg.Wait()
+	won := -1
+	for i, c := range codes {
+		switch {
+		case c == http.StatusOK && won >= 0:
+			t.Errorf("racing uploads: both %d and %d succeeded (%v)", won, i, codes)
+		case c == http.StatusOK:
+			won = i
+		case c < 400 || c > 499:
+			t.Errorf("racing upload %d: status %d", i, c)
 		}
 	}
-	mustRead(t, s, "ctx", second)
+	if won < 0 {
+		t.Fatalf("no racing upload succeeded: %v", codes)
+	}
+	mustRead(t, s, "race", bodies[won])
 }
 
 func testPresignedExpired(t *testing.T, s blob.Store) {
