@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/kiln-dev/kiln/internal/runner"
 	"github.com/kiln-dev/kiln/internal/server"
 )
 
@@ -36,6 +37,8 @@ func registerSourceFlags(f *pflag.FlagSet, cfg *server.SourceConfig) {
 	f.DurationVar(&cfg.UploadTTL, "upload-url-ttl", 15*time.Minute, "how long an upload URL accepts its PUT")
 	f.IntVar(&cfg.MaxContextsPerProject, "max-contexts-per-project", 10000, "uploaded contexts one project may have retained; more upload URLs are refused (ResourceExhausted)")
 	f.Int64Var(&cfg.MaxUpload, "max-context-size", 1<<30, "largest build context upload accepted, in bytes")
+	f.Int64Var(&cfg.MaxContextBytesPerProject, "max-context-bytes-per-project", runner.DefaultContextBytesPerProject,
+		"bytes of uploaded contexts one project may have retained (an upload of undeclared size reserves what is left); more upload URLs are refused (ResourceExhausted)")
 	f.StringVar(&cfg.PushAuthFile, "push-auth-file", os.Getenv("KILN_PUSH_AUTH_FILE"),
 		"Docker config.json with credentials (\"auths\") of registries source builds may push to besides kiln's own (env KILN_PUSH_AUTH_FILE)")
 }

@@ -144,6 +144,18 @@ func (r *Runner) fetchContext(ctx context.Context, b store.Build, spec Spec, wor
 	if c.SHA256 != "" && !strings.EqualFold(sum, c.SHA256) {
 		return archive.Stats{}, fmt.Errorf("the upload's sha256 is %s but %s was declared: it was corrupted or replaced; upload it again: %w", sum, c.SHA256, errdefs.ErrInvalid)
 	}
+	r.settleOne(ctx, c, n)
+	if c.SHA256 == "" {
+		// No digest was declared: the first build's becomes the context's,
+		// so a rebuild reads what this build reads or fails.
+		pinned, err := r.store.PinContextDigest(ctx, c.Key, sum)
+		if err != nil {
+			return archive.Stats{}, fmt.Errorf("record the context's digest: %w", err)
+		}
+		if !strings.EqualFold(pinned, sum) {
+			return archive.Stats{}, fmt.Errorf("the upload's sha256 is %s but an earlier build of this context read sha256:%s: it was replaced since; upload it again: %w", sum, pinned, errdefs.ErrInvalid)
+		}
+	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return archive.Stats{}, err
 	}

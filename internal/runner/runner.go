@@ -34,6 +34,10 @@ type Config struct {
 	// MaxContextsPerProject bounds a project's retained contexts;
 	// GenerateUploadURL beyond it is ResourceExhausted. 0 → 10,000.
 	MaxContextsPerProject int
+	// MaxContextBytesPerProject bounds the bytes of a project's retained
+	// contexts (quota.go); GenerateUploadURL beyond it is
+	// ResourceExhausted. 0 → 10 GiB.
+	MaxContextBytesPerProject int64
 	// ContextRetention: an uploaded context (and RebuildBuild with it) is
 	// kept this long after its upload URL was made; 0 → 7 days.
 	ContextRetention time.Duration
@@ -79,6 +83,11 @@ type Runner struct {
 	running    map[string]*job     // build id → its job
 	perProject map[string]int      // project id → its running builds
 	closed     bool
+
+	// uploadMu guards uploadLocks: per project, held while an upload URL
+	// is reserved against the quota and recorded (quota.go).
+	uploadMu    sync.Mutex
+	uploadLocks map[string]*projectLock
 }
 
 type queued struct {
@@ -111,6 +120,9 @@ func New(st store.Store, blobs blob.Store, builds *build.Service, projects *proj
 	if cfg.MaxContextsPerProject <= 0 {
 		cfg.MaxContextsPerProject = 10_000
 	}
+	if cfg.MaxContextBytesPerProject <= 0 {
+		cfg.MaxContextBytesPerProject = DefaultContextBytesPerProject
+	}
 	if cfg.ContextRetention <= 0 {
 		cfg.ContextRetention = 7 * 24 * time.Hour
 	}
@@ -139,7 +151,7 @@ func New(st store.Store, blobs blob.Store, builds *build.Service, projects *proj
 	base, stop := context.WithCancelCause(context.Background())
 	return &Runner{cfg: cfg, store: st, blobs: blobs, builds: builds, projects: projects, seal: seal, hub: newHub(),
 		log: cfg.Logger, base: base, stop: stop,
-		queues: map[string][]queued{}, running: map[string]*job{}, perProject: map[string]int{}}, nil
+		queues: map[string][]queued{}, running: map[string]*job{}, perProject: map[string]int{}, uploadLocks: map[string]*projectLock{}}, nil
 }
 
 // Start reconciles what a previous server left behind and starts work:

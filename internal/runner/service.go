@@ -50,6 +50,10 @@ func (r *Runner) Upload(ctx context.Context, p auth.Principal, projectID, custom
 			return Upload{}, fmt.Errorf("sha256 %q: want 64 hex digits: %w", clip(sha256, 80), errdefs.ErrInvalid)
 		}
 	}
+	// Counting, reserving and recording are one step per project, so
+	// concurrent uploads can't each see the same room.
+	unlock := r.lockProject(proj.ID)
+	defer unlock()
 	now := time.Now().UTC()
 	if n, err := r.store.CountContexts(ctx, proj.ID, now); err != nil {
 		return Upload{}, err
@@ -57,9 +61,13 @@ func (r *Runner) Upload(ctx context.Context, p auth.Principal, projectID, custom
 		return Upload{}, fmt.Errorf("project %s already has %d uploaded contexts retained; they are deleted %s after upload: %w",
 			proj.ID, n, r.cfg.ContextRetention, errdefs.ErrExhausted)
 	}
+	charge, max, err := r.reserve(ctx, proj.ID, size, now)
+	if err != nil {
+		return Upload{}, err
+	}
 	key := contextKeyPrefix + strings.ToLower(auth.RandomString(24))
 	c := store.Context{Key: key, OrgID: proj.OrgID, ProjectID: proj.ID, BlobKey: "contexts/" + proj.ID + "/" + key,
-		Size: size, SHA256: sha256, CreatedAt: now, ExpiresAt: now.Add(r.cfg.ContextRetention)}
+		Size: size, SHA256: sha256, Charged: charge, CreatedAt: now, ExpiresAt: now.Add(r.cfg.ContextRetention)}
 	ps, err := r.blobs.PresignPut(ctx, c.BlobKey, blob.PutOptions{TTL: r.cfg.UploadTTL, Size: size, MaxSize: max, SHA256: sha256})
 	if err != nil {
 		return Upload{}, err
@@ -67,7 +75,7 @@ func (r *Runner) Upload(ctx context.Context, p auth.Principal, projectID, custom
 	if err := r.store.CreateContext(ctx, c); err != nil {
 		return Upload{}, err
 	}
-	r.log.InfoContext(ctx, "upload URL issued", "project_id", proj.ID, "context_key", key, "size", size)
+	r.log.InfoContext(ctx, "upload URL issued", "project_id", proj.ID, "context_key", key, "size", size, "charged", charge)
 	return Upload{Presigned: ps, ContextKey: key, ProjectID: proj.ID, MaxSize: max}, nil
 }
 
@@ -109,6 +117,7 @@ func (r *Runner) usableContext(ctx context.Context, projectID, key string) (stor
 	if c.Size > 0 && info.Size != c.Size {
 		return store.Context{}, fmt.Errorf("context %q is %d bytes but %d were declared: upload it again: %w", key, info.Size, c.Size, errdefs.ErrInvalid)
 	}
+	r.settleOne(ctx, c, info.Size)
 	return c, nil
 }
 

@@ -37,6 +37,9 @@ type SourceConfig struct {
 	MaxQueuedPerProject int
 	// MaxContextsPerProject bounds one project's retained uploads; 0 → 10,000.
 	MaxContextsPerProject int
+	// MaxContextBytesPerProject bounds the bytes of one project's retained
+	// uploads; 0 → 10 GiB.
+	MaxContextBytesPerProject int64
 	// ContextRetention: uploaded contexts are deleted this long after their
 	// upload URL was made; 0 → 7 days.
 	ContextRetention time.Duration
@@ -81,18 +84,19 @@ func (s *Server) openSource(ctx context.Context, mux *http.ServeMux, st store.St
 		return err
 	}
 	s.runner, err = runner.New(st, blobs, builds, projects, runner.Config{
-		WorkDir:               filepath.Join(s.cfg.DataDir, "work"),
-		MaxConcurrent:         cfg.MaxConcurrent,
-		MaxPerProject:         cfg.MaxPerProject,
-		MaxQueuedPerProject:   cfg.MaxQueuedPerProject,
-		MaxContextsPerProject: cfg.MaxContextsPerProject,
-		ContextRetention:      cfg.ContextRetention,
-		UploadTTL:             cfg.UploadTTL,
-		Archive:               archive.Limits{CompressedBytes: cfg.MaxUpload},
-		RegistryHost:          s.registryHost,
-		PushAuth:              pushAuth,
-		SecretsKey:            key,
-		Logger:                s.cfg.Logger,
+		WorkDir:                   filepath.Join(s.cfg.DataDir, "work"),
+		MaxConcurrent:             cfg.MaxConcurrent,
+		MaxPerProject:             cfg.MaxPerProject,
+		MaxQueuedPerProject:       cfg.MaxQueuedPerProject,
+		MaxContextsPerProject:     cfg.MaxContextsPerProject,
+		MaxContextBytesPerProject: cfg.MaxContextBytesPerProject,
+		ContextRetention:          cfg.ContextRetention,
+		UploadTTL:                 cfg.UploadTTL,
+		Archive:                   archive.Limits{CompressedBytes: cfg.MaxUpload},
+		RegistryHost:              s.registryHost,
+		PushAuth:                  pushAuth,
+		SecretsKey:                key,
+		Logger:                    s.cfg.Logger,
 	})
 	if err != nil {
 		return err
