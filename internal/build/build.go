@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/builder"
 	"github.com/kiln-dev/kiln/internal/errdefs"
@@ -49,6 +50,10 @@ type Config struct {
 	// builders reach it, where --save pushes (see saved.go); nil or "" → the
 	// server has no registry and refuses --save.
 	RegistryHost func() string
+	// Audit, if set, records refusals the caller hears as NotFound (a
+	// build of another project of its organization), which the Connect
+	// edge cannot tell from real misses; audit.Recorder.AuthEvent is one.
+	Audit func(ctx context.Context, event string, attrs ...any)
 }
 
 // Service implements build operations.
@@ -97,14 +102,15 @@ func (s *Service) Create(ctx context.Context, p auth.Principal, projectID string
 	if projectID == "" {
 		return store.Build{}, "", fmt.Errorf("no project: pass --project, set KILN_PROJECT_ID, or add kiln.json: %w", errdefs.ErrInvalid)
 	}
+	if p.Kind == store.TokenBuild {
+		// Before the lookup, so the answer is the same for any project id.
+		return store.Build{}, "", fmt.Errorf("build tokens cannot create builds: %w", errdefs.ErrPermission)
+	}
 	proj, err := s.store.GetProject(ctx, projectID)
 	if err != nil {
 		return store.Build{}, "", err
 	}
 	if !p.CanBuild(proj) {
-		if p.Kind == store.TokenBuild {
-			return store.Build{}, "", fmt.Errorf("build tokens cannot create builds: %w", errdefs.ErrPermission)
-		}
 		return store.Build{}, "", fmt.Errorf("project %q: %w", projectID, errdefs.ErrNotFound)
 	}
 	opts, _ := json.Marshal(options)
@@ -134,8 +140,13 @@ func (s *Service) Get(ctx context.Context, p auth.Principal, id string) (store.B
 		return store.Build{}, err
 	}
 	if !p.CanUseBuild(b) {
-		if p.Kind == store.TokenBuild {
-			return store.Build{}, fmt.Errorf("this build token is for another build: %w", errdefs.ErrPermission)
+		// The answer for a build that does not exist, for every kind of
+		// token (a build token's too): it must not learn which ids exist.
+		// Audited only within the caller's organization: another's
+		// administrators would learn the same from their audit log.
+		if s.cfg.Audit != nil && b.OrgID == p.OrgID {
+			s.cfg.Audit(ctx, audit.KindDenied, "code", "NotFound", "reason", "a build of another project (answered as not found)",
+				"build_id", id, "org_id", p.OrgID, "actor", p.TokenID, "token_kind", p.Kind)
 		}
 		return store.Build{}, fmt.Errorf("build %q: %w", id, errdefs.ErrNotFound)
 	}
@@ -158,14 +169,15 @@ func (s *Service) clientBuild(ctx context.Context, p auth.Principal, id string) 
 
 // List lists a project's builds, newest first.
 func (s *Service) List(ctx context.Context, p auth.Principal, projectID string, before time.Time, limit int) ([]store.Build, error) {
+	if p.Kind == store.TokenBuild {
+		// Before the lookup, so the answer is the same for any project id.
+		return nil, fmt.Errorf("build tokens cannot list builds: %w", errdefs.ErrPermission)
+	}
 	proj, err := s.store.GetProject(ctx, projectID)
 	if err != nil {
 		return nil, err
 	}
 	if !p.CanSeeProject(proj) {
-		if p.Kind == store.TokenBuild {
-			return nil, fmt.Errorf("build tokens cannot list builds: %w", errdefs.ErrPermission)
-		}
 		return nil, fmt.Errorf("project %q: %w", projectID, errdefs.ErrNotFound)
 	}
 	if limit <= 0 || limit > 100 {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -127,17 +128,38 @@ func TestBuildTokenReachesOnlyItsBuild(t *testing.T) {
 	a, secretA, _ := e.svc.Create(ctx, e.org, "pa", 1, nil)
 	b, _, _ := e.svc.Create(ctx, e.org, "pb", 1, nil)
 	pa := principalOf(t, e.st, secretA)
-	if _, err := e.svc.Connect(ctx, pa, b.ID, "amd64"); !errors.Is(err, errdefs.ErrPermission) {
-		t.Errorf("A's token on B's build: %v", err)
+	// Another tenant's build answers exactly as a build that does not
+	// exist: a build token learns nothing of which ids exist.
+	for _, c := range []struct {
+		what string
+		call func(id string) error
+	}{
+		{"Get", func(id string) error { _, err := e.svc.Get(ctx, pa, id); return err }},
+		{"Connect", func(id string) error { _, err := e.svc.Connect(ctx, pa, id, "amd64"); return err }},
+		{"Finish", func(id string) error { return e.svc.Finish(ctx, pa, id, build.Result{Status: store.BuildSucceeded}) }},
+		{"Health", func(id string) error { _, err := e.svc.Health(ctx, pa, id); return err }},
+	} {
+		other, missing := c.call(b.ID), c.call("nosuchbuild1")
+		if !errdefs.IsNotFound(other) || !errdefs.IsNotFound(missing) ||
+			strings.Replace(other.Error(), b.ID, "ID", 1) != strings.Replace(missing.Error(), "nosuchbuild1", "ID", 1) {
+			t.Errorf("%s with A's build token: B's build %v, a missing build %v; want the same NotFound", c.what, other, missing)
+		}
 	}
-	if err := e.svc.Finish(ctx, pa, b.ID, build.Result{Status: store.BuildSucceeded}); !errors.Is(err, errdefs.ErrPermission) {
-		t.Errorf("A's token finishing B: %v", err)
+	if got, _ := e.st.GetBuild(ctx, b.ID); got.Status != b.Status {
+		t.Errorf("B's build changed: %s", got.Status)
 	}
-	if _, _, err := e.svc.Create(ctx, pa, "pa", 1, nil); !errors.Is(err, errdefs.ErrPermission) {
-		t.Errorf("build token creating builds: %v", err)
+	for _, proj := range []string{"pa", "pb", "nosuchproject"} {
+		if _, _, err := e.svc.Create(ctx, pa, proj, 1, nil); !errors.Is(err, errdefs.ErrPermission) {
+			t.Errorf("build token creating builds in %s: %v; want the same PermissionDenied for any project", proj, err)
+		}
 	}
-	if _, err := e.svc.List(ctx, pa, "pa", time.Time{}, 10); !errors.Is(err, errdefs.ErrPermission) {
-		t.Errorf("build token listing: %v", err)
+	for _, proj := range []string{"pa", "pb", "nosuchproject"} {
+		if _, err := e.svc.List(ctx, pa, proj, time.Time{}, 10); !errors.Is(err, errdefs.ErrPermission) {
+			t.Errorf("build token listing %s: %v; want the same PermissionDenied for any project", proj, err)
+		}
+		if _, _, err := e.svc.Page(ctx, pa, proj, 10, ""); !errors.Is(err, errdefs.ErrPermission) {
+			t.Errorf("build token paging %s: %v; want the same PermissionDenied for any project", proj, err)
+		}
 	}
 	// A project token of A sees nothing of B (NotFound, no enumeration).
 	projA := auth.Principal{Kind: store.TokenProject, OrgID: "o", ProjectID: "pa"}

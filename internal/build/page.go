@@ -57,14 +57,15 @@ func (s *Service) Page(ctx context.Context, p auth.Principal, projectID string, 
 	if projectID == "" {
 		return nil, "", fmt.Errorf("project id is required: %w", errdefs.ErrInvalid)
 	}
+	if p.Kind == store.TokenBuild {
+		// Before the lookup, so the answer is the same for any project id.
+		return nil, "", fmt.Errorf("build tokens cannot list builds: %w", errdefs.ErrPermission)
+	}
 	proj, err := s.store.GetProject(ctx, projectID)
 	if err != nil {
 		return nil, "", err
 	}
 	if !p.CanSeeProject(proj) {
-		if p.Kind == store.TokenBuild {
-			return nil, "", fmt.Errorf("build tokens cannot list builds: %w", errdefs.ErrPermission)
-		}
 		return nil, "", fmt.Errorf("project %q: %w", projectID, errdefs.ErrNotFound)
 	}
 	if pageSize < 0 {

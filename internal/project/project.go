@@ -54,14 +54,15 @@ func (s *Service) Get(ctx context.Context, p auth.Principal, id string) (store.P
 	if id == "" {
 		return store.Project{}, fmt.Errorf("project id is required: %w", errdefs.ErrInvalid)
 	}
+	if p.Kind == store.TokenBuild {
+		// Before the lookup, so the answer is the same for any project id.
+		return store.Project{}, fmt.Errorf("build tokens reach only their build: %w", errdefs.ErrPermission)
+	}
 	proj, err := s.Store.GetProject(ctx, id)
 	if err != nil {
 		return store.Project{}, err
 	}
 	if !p.CanSeeProject(proj) {
-		if p.Kind == store.TokenBuild {
-			return store.Project{}, fmt.Errorf("build tokens reach only their build: %w", errdefs.ErrPermission)
-		}
 		return store.Project{}, denied(id)
 	}
 	return proj, nil

@@ -138,7 +138,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	builds = build.NewService(st, fleet, ca, build.Config{HealthTimeout: cfg.HealthTimeout,
 		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
-		RegistryHost: s.registryHost}, cfg.Logger)
+		RegistryHost: s.registryHost, Audit: s.audit.AuthEvent}, cfg.Logger)
 	projects := &project.Service{Store: st, Builders: fleet, Audit: s.audit}
 	s.fleet, s.builds = fleet, builds
 

@@ -181,8 +181,8 @@ func TestEveryDepotRPC(t *testing.T) {
 		s.URL+"/depot.cli.v1.BuildService/ReportStatusStream").CallClientStream(ctx)
 	rs.RequestHeader().Set("Authorization", "Bearer "+tok2)
 	rs.Send(&cliv1extra.ReportStatusStreamRequest{BuildId: buildID})
-	if _, err := rs.CloseAndReceive(); connect.CodeOf(err) != connect.CodePermissionDenied {
-		t.Errorf("ReportStatusStream into another build: %v, want PermissionDenied", err)
+	if _, err := rs.CloseAndReceive(); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Errorf("ReportStatusStream into another build: %v, want NotFound (as for a missing build)", err)
 	}
 }
 

@@ -196,7 +196,7 @@ func TestSaveAndPull(t *testing.T) {
 		// The build's own token may ask too; another project's build is hidden.
 		other := s.createProject(t, "saved-other")
 		otherBuild, otherTok := s.createBuild(t, other, s.Token)
-		if _, err := s.pullInfo(t, id, otherTok); connect.CodeOf(err) != connect.CodePermissionDenied {
+		if _, err := s.pullInfo(t, id, otherTok); connect.CodeOf(err) != connect.CodeNotFound {
 			t.Errorf("GetPullInfo of A's build with B's build token: %v", err)
 		}
 		if _, err := s.pullInfo(t, otherBuild, otherTok); err != nil {
