@@ -246,7 +246,7 @@ func loadOrCreate(dir string, create func() (*x509.Certificate, *ecdsa.PrivateKe
 		if err := writeFileAtomic(keyPath, keyPEM, 0o600); err != nil {
 			return nil, err
 		}
-		if err := writeFileAtomic(certPath, certPEM, 0o644); err != nil {
+		if err := writeFileAtomic(certPath, certPEM, 0o600); err != nil { // the data dir is the owner's only
 			return nil, err
 		}
 		return &signer{cert: cert, key: key, certPEM: certPEM}, nil

@@ -2,9 +2,11 @@ package registry
 
 import (
 	"bytes"
+	"io/fs"
 	"mime/multipart"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -109,4 +111,36 @@ func readAll(res *http.Response) string {
 	var b bytes.Buffer
 	b.ReadFrom(res.Body)
 	return b.String()
+}
+
+// What the registry writes (content, upload sessions, keys) is its
+// owner's only, although distribution creates files 0666 and
+// directories 0777 less the umask.
+func TestStorageOwnerOnly(t *testing.T) {
+	var dir string
+	f := newFixture(t, func(c *Config) { dir = c.Dir })
+	org := basic(f.token(store.TokenOrg, "o1", ""))
+	f.image(org, "p1/app", "v1", "content")
+	res := f.do("POST", "/v2/p1/app/blobs/uploads/", org, nil) // a session left open
+	res.Body.Close()
+	files := 0
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == dir {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			files++
+		}
+		if want := fs.FileMode(0o600); d.IsDir() && fi.Mode().Perm() != 0o700 || !d.IsDir() && fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %v", strings.TrimPrefix(p, dir), fi.Mode().Perm())
+		}
+		return nil
+	})
+	if files < 8 {
+		t.Errorf("only %d files under the registry's directory; the walk missed the content", files)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -66,7 +67,66 @@ func newDriver(ctx context.Context, dir string, s3cfg *S3Config) (storagedriver.
 	if err != nil {
 		return nil, fmt.Errorf("registry storage: %w", err)
 	}
-	return d, nil
+	return ownerOnlyDriver{StorageDriver: d, root: filepath.Clean(dir)}, nil
+}
+
+// ownerOnlyDriver is distribution's filesystem driver with what it writes
+// made the owner's only: it creates files 0666 and directories 0777 (less
+// the umask), and nothing in kiln's data directory is for other users.
+// Each write restricts its file (0600) and the directories above it that
+// are not yet (0700).
+type ownerOnlyDriver struct {
+	storagedriver.StorageDriver
+	root string
+}
+
+func (d ownerOnlyDriver) PutContent(ctx context.Context, p string, content []byte) error {
+	if err := d.StorageDriver.PutContent(ctx, p, content); err != nil {
+		return err
+	}
+	return d.restrict(p)
+}
+
+func (d ownerOnlyDriver) Writer(ctx context.Context, p string, append bool) (storagedriver.FileWriter, error) {
+	w, err := d.StorageDriver.Writer(ctx, p, append)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.restrict(p); err != nil {
+		w.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+func (d ownerOnlyDriver) Move(ctx context.Context, src, dst string) error {
+	if err := d.StorageDriver.Move(ctx, src, dst); err != nil {
+		return err
+	}
+	return d.restrict(dst)
+}
+
+// restrict makes p's file 0600 and its directories up to the root 0700,
+// stopping at the first that already is (those above it were restricted
+// with it).
+func (d ownerOnlyDriver) restrict(p string) error {
+	full := filepath.Join(d.root, filepath.FromSlash(p))
+	if err := os.Chmod(full, 0o600); err != nil {
+		return fmt.Errorf("registry storage: %w", err)
+	}
+	for dir := filepath.Dir(full); strings.HasPrefix(dir, d.root+string(filepath.Separator)); dir = filepath.Dir(dir) {
+		fi, err := os.Lstat(dir)
+		if err != nil {
+			return fmt.Errorf("registry storage: %w", err)
+		}
+		if fi.Mode().Perm() == 0o700 {
+			break
+		}
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("registry storage: %w", err)
+		}
+	}
+	return nil
 }
 
 // sharedDriver is the storage driver factory distribution's App is

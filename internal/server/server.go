@@ -94,6 +94,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
+	// The owner's only, also a data dir made before kiln ran.
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
 	if _, err := os.Stat(cfg.BuildkitdPath); err != nil {
 		return nil, fmt.Errorf("buildkitd not found at %q (run ./hack/setup.sh or pass --buildkitd): %w", cfg.BuildkitdPath, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"strings"
 	"time"
 
@@ -27,8 +28,12 @@ type SQLite struct {
 var _ Store = (*SQLite)(nil)
 
 // OpenSQLite opens (creating if needed) the database at path and runs any
-// pending migrations once.
+// pending migrations once. The database and its -wal and -shm files are
+// the owner's only (0600): they hold token hashes and sealed secrets.
 func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
+	if err := ownerOnly(path); err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
 	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
@@ -42,6 +47,23 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 		return nil, err
 	}
 	return &SQLite{db: db}, nil
+}
+
+// ownerOnly creates the database file 0600 if it is missing (SQLite
+// creates its -wal and -shm files with the database file's mode) and
+// makes existing ones, from a kiln that left them 0644, 0600.
+func ownerOnly(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	for _, p := range []string{path, path + "-wal", path + "-shm", path + "-journal"} {
+		if err := os.Chmod(p, 0o600); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 func migrate(ctx context.Context, db *sql.DB, dialect goose.Dialect) error {

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -38,4 +39,53 @@ func TestSQLiteReopenKeepsData(t *testing.T) {
 	if _, err := s.GetOrganization(ctx, "o"); err != nil {
 		t.Errorf("after reopen: %v", err)
 	}
+}
+
+// The database and the files SQLite keeps beside it are the owner's only,
+// also when an older kiln left them readable by others.
+func TestSQLiteFilesOwnerOnly(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "kiln.db")
+	check := func(when string) {
+		t.Helper()
+		entries, _ := os.ReadDir(dir)
+		if len(entries) < 3 {
+			t.Fatalf("%s: want kiln.db, -wal and -shm, have %d files", when, len(entries))
+		}
+		for _, e := range entries {
+			fi, err := e.Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Perm()&0o077 != 0 {
+				t.Errorf("%s: %s is mode %v, want 0600", when, e.Name(), fi.Mode().Perm())
+			}
+		}
+	}
+	st, err := store.OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateOrganization(ctx, store.Organization{ID: "o1", Name: "o1"}); err != nil {
+		t.Fatal(err)
+	}
+	check("new database")
+	st.Close()
+
+	// As an older kiln left it: the database 0644, and a (empty) WAL too.
+	os.Chmod(path, 0o644)
+	if f, err := os.OpenFile(path+"-wal", os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err == nil {
+		f.Close()
+	}
+	os.Chmod(path+"-wal", 0o644)
+	st, err = store.OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.GetOrganization(ctx, "o1"); err != nil {
+		t.Fatal(err)
+	}
+	check("database left 0644")
 }
