@@ -839,3 +839,100 @@ func TestSourceBuildMultiPlatform(t *testing.T) {
 		t.Errorf("builders used: %v, want one per platform", plats)
 	}
 }
+
+// An attacker with project A's token tries to hog upload storage, reuse an
+// upload URL, and have a rebuild build substituted content. The quota
+// stops it with ResourceExhausted saying what to do, and leaves project B
+// its own; a URL takes one upload; a context without a declared digest is
+// pinned to what its first build read.
+func TestSourceBuildUploadLimitsFromTheAttackersSide(t *testing.T) {
+	first := contextArchive(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo first-upload\n"})
+	second := contextArchive(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo second-upload\n"})
+	n := int64(max(len(first), len(second)))
+	quota := 2*n + n/2
+	s := startServer(t, "--max-context-size", fmt.Sprint(n), "--max-context-bytes-per-project", fmt.Sprint(quota))
+	projA, projB, projC := s.createProject(t, "hog"), s.createProject(t, "neighbour"), s.createProject(t, "pinned")
+	tokA := s.projectToken(t, projA)
+	api := s.sourceAPI()
+	gen := func(tok, proj string, size int64, sum string) (*kilnv1.GenerateUploadURLResponse, error) {
+		res, err := api.GenerateUploadURL(t.Context(), bearer(&kilnv1.GenerateUploadURLRequest{Project: projectRef(proj), Size: size, Sha256: sum}, tok))
+		if err != nil {
+			return nil, err
+		}
+		return res.Msg, nil
+	}
+
+	// Quota: two contexts of n fit in 2.5n; a third is refused.
+	up1, err := gen(tokA, projA, int64(len(first)), sha256Hex(first))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gen(tokA, projA, n, ""); err != nil {
+		t.Fatal(err)
+	}
+	_, err = gen(tokA, projA, n, "")
+	if connect.CodeOf(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), "quota") || !strings.Contains(err.Error(), "--max-context-bytes-per-project") {
+		t.Errorf("an upload over the quota: %v; want ResourceExhausted naming the quota and what to do", err)
+	}
+	// An undeclared upload gets a URL for what is left, and no more.
+	rest, err := gen(tokA, projA, 0, "")
+	if err != nil || rest.MaxSize != quota-2*n {
+		t.Fatalf("undeclared upload: max %d, %v; want the %d bytes left", rest.GetMaxSize(), err, quota-2*n)
+	}
+	if code, body := curlPut(t, rest.Url, rest.Headers, bytes.Repeat([]byte("x"), int(n))); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("PUT of %d bytes to a URL for %d: HTTP %d %s; want 413", n, rest.MaxSize, code, body)
+	}
+	if _, err := gen(tokA, projA, 0, ""); connect.CodeOf(err) != connect.CodeResourceExhausted {
+		t.Errorf("undeclared upload with nothing left: %v; want ResourceExhausted", err)
+	}
+	// B is untouched.
+	if _, err := gen(s.Token, projB, n, ""); err != nil {
+		t.Errorf("project B's upload while A is at its quota: %v", err)
+	}
+
+	// One upload per URL: the second PUT is refused, the first stays.
+	if code, body := curlPut(t, up1.Url, up1.Headers, first); code != http.StatusOK {
+		t.Fatalf("first upload: HTTP %d %s", code, body)
+	}
+	if code, body := curlPut(t, up1.Url, up1.Headers, second); code != http.StatusConflict || !strings.Contains(body, "already used") {
+		t.Errorf("second PUT to the same URL: HTTP %d %q; want 409 saying it was used", code, body)
+	}
+	cr, err := api.CreateBuild(t.Context(), bearer(&kilnv1.CreateBuildRequest{Project: projectRef(projA), ContextKey: up1.ContextKey}, tokA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := s.watch(t, tokA, cr.Msg.BuildId, 3*time.Minute)
+	if w.last.Status != kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED || w.stepNamed("echo first-upload") == nil || w.stepNamed("echo second-upload") != nil {
+		t.Errorf("build of the first upload: %v %q, steps %v", w.last.Status, w.last.Error, stepNames(w))
+	}
+
+	// Pinning: a context uploaded without a digest, built once, then
+	// replaced in storage (as a store that ignores If-None-Match would let
+	// a leaked URL do): the rebuild refuses it.
+	key, code, body := s.upload(t, s.Token, projectRef(projC), first, false)
+	if code != http.StatusOK {
+		t.Fatalf("undeclared upload: HTTP %d %s", code, body)
+	}
+	cr, err = api.CreateBuild(t.Context(), bearer(&kilnv1.CreateBuildRequest{Project: projectRef(projC), ContextKey: key}, s.Token))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := s.watch(t, s.Token, cr.Msg.BuildId, 3*time.Minute); w.last.Status != kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED {
+		t.Fatalf("first build of the undeclared context: %v %s", w.last.Status, w.last.Error)
+	}
+	if err := os.WriteFile(filepath.Join(s.Data, "blobs", "objects", "contexts", projC, key), second, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rb, err := api.RebuildBuild(t.Context(), bearer(&kilnv1.RebuildBuildRequest{BuildId: cr.Msg.BuildId}, s.Token))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w = s.watch(t, s.Token, rb.Msg.BuildId, 3*time.Minute)
+	if w.last.Status != kilnv1.BuildStatus_BUILD_STATUS_FAILED || !strings.Contains(w.last.Error, "replaced") ||
+		!strings.Contains(w.last.Error, sha256Hex(first)) || !strings.Contains(w.last.Error, sha256Hex(second)) {
+		t.Errorf("rebuild of substituted content: %v %q; want failed naming both digests", w.last.Status, w.last.Error)
+	}
+	if w.stepNamed("echo second-upload") != nil {
+		t.Errorf("the substituted Dockerfile was built")
+	}
+}
