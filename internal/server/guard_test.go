@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -414,5 +415,51 @@ func TestClientStreamsListed(t *testing.T) {
 		if knownProcedure(p) {
 			t.Errorf("knownProcedure(%q) = true", p)
 		}
+	}
+}
+
+// Over h2c a stalled body is cut the same way (the stream is reset), and
+// the connection's other streams go on.
+func TestSlowBodyOverH2C(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	cut := make(chan error, 1)
+	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err := io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/blobs/stall" {
+			cut <- err
+		}
+		fmt.Fprintf(w, "read %d", n)
+	})
+	g := newGuarded(t, Config{BodyTimeout: timeout}, inner)
+	protocols := new(http.Protocols)
+	protocols.SetUnencryptedHTTP2(true)
+	client := &http.Client{Transport: &http.Transport{Protocols: protocols}, Timeout: 10 * time.Second}
+	defer client.CloseIdleConnections()
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go func() { pw.Write([]byte("x")) }() // one byte, then nothing
+	start := time.Now()
+	go func() {
+		req, _ := http.NewRequest("POST", g.url+"/blobs/stall", pr)
+		if res, err := client.Do(req); err == nil {
+			res.Body.Close()
+		}
+	}()
+	select {
+	case err := <-cut:
+		if d := time.Since(start); !errors.Is(err, os.ErrDeadlineExceeded) || d < timeout*7/8 || d > timeout+2*time.Second {
+			t.Errorf("stalled h2c body: read ended after %v with %v; want a deadline after about %v", d, err, timeout)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a stalled h2c body was not cut")
+	}
+	res, err := client.Post(g.url+"/blobs/ok", "application/octet-stream", strings.NewReader("hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.ProtoMajor != 2 || string(b) != "read 5" {
+		t.Errorf("h2c request after a cut stream: %s %q", res.Proto, b)
 	}
 }
