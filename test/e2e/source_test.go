@@ -875,9 +875,10 @@ func TestSourceBuildUploadLimitsFromTheAttackersSide(t *testing.T) {
 		t.Errorf("an upload over the quota: %v; want ResourceExhausted naming the quota and what to do", err)
 	}
 	// An undeclared upload gets a URL for what is left, and no more.
+	left := quota - int64(len(first)) - n
 	rest, err := gen(tokA, projA, 0, "")
-	if err != nil || rest.MaxSize != quota-2*n {
-		t.Fatalf("undeclared upload: max %d, %v; want the %d bytes left", rest.GetMaxSize(), err, quota-2*n)
+	if err != nil || rest.MaxSize != left {
+		t.Fatalf("undeclared upload: max %d, %v; want the %d bytes left", rest.GetMaxSize(), err, left)
 	}
 	if code, body := curlPut(t, rest.Url, rest.Headers, bytes.Repeat([]byte("x"), int(n))); code != http.StatusRequestEntityTooLarge {
 		t.Errorf("PUT of %d bytes to a URL for %d: HTTP %d %s; want 413", n, rest.MaxSize, code, body)
