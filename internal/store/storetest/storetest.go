@@ -35,6 +35,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"SourceBuilds", sourceBuilds},
 		{"BuildLogs", buildLogs},
 		{"Contexts", contexts},
+		{"EgressAllow", egressAllow},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
