@@ -149,6 +149,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.mountAudit(mux, authn)
 	s.mountTrustPolicies(mux, authn, projects)
 	s.mountTokens(mux, authn, projects)
+	s.mountProjectNetwork(mux, authn, projects)
 	if s.registry, err = s.openRegistry(ctx, st, authn); err != nil {
 		st.Close()
 		return nil, err
