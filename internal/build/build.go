@@ -49,6 +49,13 @@ type Config struct {
 	// builders reach it, where --save pushes (see saved.go); nil or "" → the
 	// server has no registry and refuses --save.
 	RegistryHost func() string
+	// GatewayAddr is the builder gateway's address as clients reach it,
+	// "tcp://host:port" (kiln serve's own listener): every builder
+	// connection goes there.
+	GatewayAddr func() string
+	// Revoke cuts a build's builder connections (the gateway's Revoke); it
+	// is called whenever a build ends. nil: nothing to cut.
+	Revoke func(buildID string)
 }
 
 // Service implements build operations.
@@ -82,6 +89,12 @@ func NewService(st store.Store, fleet Fleet, certs Certs, cfg Config, logger *sl
 	if cfg.BuildURL == nil {
 		cfg.BuildURL = func(string) string { return "" }
 	}
+	if cfg.GatewayAddr == nil {
+		cfg.GatewayAddr = func() string { return "" }
+	}
+	if cfg.Revoke == nil {
+		cfg.Revoke = func(string) {}
+	}
 	return &Service{store: st, fleet: fleet, certs: certs, cfg: cfg, logger: logger, leases: map[string][]string{}}
 }
 
@@ -111,6 +124,9 @@ func (s *Service) Create(ctx context.Context, p auth.Principal, projectID string
 	now := time.Now().UTC()
 	b := store.Build{ID: project.NewID(), ProjectID: proj.ID, OrgID: proj.OrgID, Status: store.BuildRunning,
 		Command: command, Options: string(opts), CreatedAt: now, StartedAt: now, LastHealthAt: now}
+	if p.Kind == store.TokenOrg || p.Kind == store.TokenProject {
+		b.CreatedBy = p.TokenID // deleting that token ends the build (EndCreatedBy)
+	}
 	if err := s.store.CreateBuild(ctx, b); err != nil {
 		return store.Build{}, "", err
 	}
@@ -174,10 +190,13 @@ func (s *Service) List(ctx context.Context, p auth.Principal, projectID string, 
 	return s.store.ListBuilds(ctx, projectID, before, limit)
 }
 
-// Connection is the answer to GetBuildKitConnection.
+// Connection is the answer to GetBuildKitConnection: the gateway's
+// address, the name of the builder behind it, and the build's client
+// certificate.
 type Connection struct {
 	Ready    bool
 	WaitMs   int32
+	Addr     string // the gateway, "tcp://host:port"
 	Endpoint builder.Endpoint
 	CertPEM  string
 	KeyPEM   string
@@ -235,7 +254,56 @@ func (s *Service) connect(ctx context.Context, b store.Build, platform string) (
 	if err != nil {
 		return Connection{}, fmt.Errorf("issue client certificate: %w", err)
 	}
-	return Connection{Ready: true, Endpoint: ep, CertPEM: string(cert), KeyPEM: string(key)}, nil
+	return Connection{Ready: true, Addr: s.cfg.GatewayAddr(), Endpoint: ep, CertPEM: string(cert), KeyPEM: string(key)}, nil
+}
+
+// BuilderAccess is the gateway's question for every connection (and again
+// while it lasts): may build buildID use project projectID's builders now?
+// Only while the build is in that project and has not ended, and the token
+// that created it has not been deleted. A store failure is
+// errdefs.ErrUnavailable, which refuses a new connection but does not cut
+// a live one.
+func (s *Service) BuilderAccess(ctx context.Context, projectID, buildID string) error {
+	b, err := s.store.GetBuild(ctx, buildID)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return fmt.Errorf("build %q: %w", buildID, errdefs.ErrNotFound)
+		}
+		return fmt.Errorf("look up build: %v: %w", err, errdefs.ErrUnavailable)
+	}
+	if b.ProjectID != projectID {
+		return fmt.Errorf("build %q is not in project %q: %w", buildID, projectID, errdefs.ErrPermission)
+	}
+	if b.Terminal() {
+		return fmt.Errorf("build %q already %s: %w", buildID, b.Status, errdefs.ErrFailedPrecondition)
+	}
+	if b.CreatedBy != "" {
+		if _, err := s.store.GetToken(ctx, b.CreatedBy); errdefs.IsNotFound(err) {
+			return fmt.Errorf("build %q: the token that created it was deleted: %w", buildID, errdefs.ErrPermission)
+		}
+	}
+	return nil
+}
+
+// EndCreatedBy cancels the running client builds a deleted token created:
+// their build tokens stop working and their builder connections are cut.
+func (s *Service) EndCreatedBy(ctx context.Context, tokenID string) error {
+	if tokenID == "" {
+		return nil
+	}
+	running, err := s.store.ListBuildsByStatus(ctx, store.BuildRunning)
+	if err != nil {
+		return err
+	}
+	for _, b := range running {
+		if b.CreatedBy != tokenID || b.IsSource() {
+			continue
+		}
+		if _, err := s.end(ctx, b.ID, Result{Status: store.BuildCanceled, Error: "canceled: the token that started this build was deleted"}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // SpecFor turns a project's cache policy into a builder spec.
@@ -255,8 +323,10 @@ func (s *Service) lease(projectID, platform, buildID string) {
 	s.fleet.Lease(projectID, platform, buildID)
 }
 
-// releaseAll drops every builder lease the build holds.
+// releaseAll drops every builder lease the build holds and cuts its
+// builder connections. Only ended builds get here.
 func (s *Service) releaseAll(b store.Build) {
+	s.cfg.Revoke(b.ID)
 	s.mu.Lock()
 	platforms := s.leases[b.ID]
 	delete(s.leases, b.ID)

@@ -310,14 +310,14 @@ func (s *SQLite) DeleteToken(ctx context.Context, id string) error {
 }
 
 const buildCols = `id, project_id, org_id, status, command, options, error, platforms, created_at, started_at, finished_at, last_health_at,
-	kind, spec, secrets, image_refs, image_digest`
+	kind, spec, secrets, image_refs, image_digest, created_by`
 
 func scanBuild(sc interface{ Scan(...any) error }) (Build, error) {
 	var b Build
 	var created, started, finished, health int64
 	var refs string
 	err := sc.Scan(&b.ID, &b.ProjectID, &b.OrgID, &b.Status, &b.Command, &b.Options, &b.Error, &b.Platforms, &created, &started, &finished, &health,
-		&b.Kind, &b.Spec, &b.Secrets, &refs, &b.ImageDigest)
+		&b.Kind, &b.Spec, &b.Secrets, &refs, &b.ImageDigest, &b.CreatedBy)
 	b.CreatedAt, b.StartedAt, b.FinishedAt, b.LastHealthAt = fromMs(created), fromMs(started), fromMs(finished), fromMs(health)
 	if refs != "" {
 		b.ImageRefs = strings.Split(refs, "\n")
@@ -333,9 +333,9 @@ func buildKind(k string) string {
 }
 
 func (s *SQLite) CreateBuild(ctx context.Context, b Build) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO builds (`+buildCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := s.db.ExecContext(ctx, `INSERT INTO builds (`+buildCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		b.ID, b.ProjectID, b.OrgID, b.Status, b.Command, b.Options, b.Error, b.Platforms, ms(b.CreatedAt), ms(b.StartedAt), ms(b.FinishedAt), ms(b.LastHealthAt),
-		buildKind(b.Kind), b.Spec, b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest)
+		buildKind(b.Kind), b.Spec, b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest, b.CreatedBy)
 	return uniqueViolation(err, "build", b.ID)
 }
 

@@ -105,6 +105,9 @@ type Build struct {
 	// ImageRefs and ImageDigest are what a source build pushed.
 	ImageRefs   []string
 	ImageDigest string
+	// CreatedBy is the id of the stored token that created a client build;
+	// "" for OIDC callers and source builds.
+	CreatedBy string
 }
 
 // Terminal reports whether the build has ended.

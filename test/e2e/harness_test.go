@@ -14,7 +14,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -98,6 +100,18 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// builderPools counts the servers started, so that each gets its own
+// builder subnets: servers running at once must not share bridges or
+// egress chains.
+var builderPools atomic.Int32
+
+// nextBuilderSubnets is a /20 (16 builders) of 10.128.0.0/9 no other
+// server of this test run has.
+func nextBuilderSubnets() string {
+	i := builderPools.Add(1) % 2048
+	return fmt.Sprintf("10.%d.%d.0/20", 128+i/16, (i%16)*16)
+}
+
 // startServer runs kiln serve; it is stopped (SIGTERM, then SIGKILL) when
 // the test ends, and its log is printed if the test failed.
 func startServer(t *testing.T, args ...string) *server {
@@ -114,6 +128,9 @@ func startServerEnv(t *testing.T, env []string, args ...string) *server {
 		t.Fatal(err)
 	}
 	addr := freeAddr(t)
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--builder-subnets") }) {
+		args = append(args, "--builder-subnets", nextBuilderSubnets())
+	}
 	s := &server{URL: "http://" + addr, Data: data, log: filepath.Join(data, "serve.log"), addr: addr, args: args, env: env}
 	t.Cleanup(func() {
 		s.stop(t)
@@ -258,7 +275,9 @@ type builderStatus struct {
 	Platform  string
 	State     string
 	PID       int
-	Addr      string
+	Socket    string
+	Bridge    string // the bridge of its RUN steps' network
+	Subnet    string
 	Leases    []string
 	StateDir  string
 }
