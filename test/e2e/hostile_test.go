@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -54,6 +55,27 @@ func (s *server) builderPool(t *testing.T) netip.Prefix {
 	}
 	t.Fatalf("the server was started without --builder-subnets: %v", s.args)
 	return netip.Prefix{}
+}
+
+// isolatedPool is a random /20 of 172.16.0.0/12 for a server's builders
+// (kiln serve --builder-subnets). startServer's own pools are counted
+// from the same start in every test binary, so test runs of two
+// developers at once would share pools, and with them bridges and egress
+// chains (see TestHostileTwoServersOnePool); these tests judge one
+// server's isolation and must not see another run's servers.
+func isolatedPool(t *testing.T) string {
+	t.Helper()
+	hostIPs, _ := hostAddrs(t)
+	for range 50 {
+		b := make([]byte, 2)
+		rand.Read(b)
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 16 + b[0]%16, (b[1] % 16) * 16, 0}), 20)
+		if !slices.ContainsFunc(hostIPs, p.Contains) {
+			return p.String()
+		}
+	}
+	t.Fatal("no free /20 in 172.16.0.0/12")
+	return ""
 }
 
 var (
@@ -379,7 +401,8 @@ func excerpt(data []byte, at, n int) string {
 func TestHostileNetwork(t *testing.T) {
 	nonce := randomHex(t, 6)
 	canary := "kiln-canary-" + nonce
-	s := startServerEnv(t, []string{"AWS_SECRET_ACCESS_KEY=" + canary, "AWS_ACCESS_KEY_ID=AKIA" + canary, "KILN_E2E_CANARY=" + canary})
+	s := startServerEnv(t, []string{"AWS_SECRET_ACCESS_KEY=" + canary, "AWS_ACCESS_KEY_ID=AKIA" + canary, "KILN_E2E_CANARY=" + canary},
+		"--builder-subnets", isolatedPool(t))
 	s.requireRegistry(t)
 	projA := s.createProject(t, "hostile-a")
 	projB := s.createProject(t, "hostile-b")
@@ -631,6 +654,7 @@ func TestHostileNetwork(t *testing.T) {
 	t.Run("connect probes all fail", func(t *testing.T) {
 		byOutcome := map[string]int{}
 		for _, p := range rep.Probes {
+			t.Logf("%-4s %-28s %-12s %5dms  %s", p.Kind, p.Addr, p.Outcome, p.Ms, p.Label)
 			byOutcome[p.Outcome]++
 			switch {
 			case p.Outcome == "connected":
@@ -762,7 +786,7 @@ func checkOnlyLoopback(t *testing.T, path, what string) {
 
 // `kiln build --network none`: every RUN step has loopback only.
 func TestHostileNetworkNone(t *testing.T) {
-	s := startServer(t)
+	s := startServer(t, "--builder-subnets", isolatedPool(t))
 	proj := s.createProject(t, "hostile-none")
 	dir := probeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox AS probe\nCOPY kiln-probe /\n" +
 		"RUN " + execForm("/kiln-probe", "ifaces", "-out", "/out/ifaces.json") + "\n" +
@@ -864,7 +888,7 @@ func startMirror(t *testing.T) mirror {
 // clears A's list A's next build does not either.
 func TestHostileEgressAllowList(t *testing.T) {
 	m := startMirror(t)
-	s := startServer(t)
+	s := startServer(t, "--builder-subnets", isolatedPool(t))
 	projA := s.createProject(t, "egress-allowed")
 	projB := s.createProject(t, "egress-denied")
 	s.mustKiln(t, t.TempDir(), "projects", "update", projA, "--egress-allow", m.CIDR)
@@ -874,7 +898,7 @@ func TestHostileEgressAllowList(t *testing.T) {
 	// 1.35's wget -T crashes: timeout bounds it instead.)
 	fetch := func(project, out string) *asyncKiln {
 		dir := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox AS fetch\n" +
-			"RUN mkdir /out && echo " + randomHex(t, 4) + " > /out/nonce && { timeout 8 wget -q -O /out/body " + m.URL + " > /out/log 2>&1; echo \"rc=$?\" > /out/rc; }\n" +
+			"RUN mkdir /out && echo " + randomHex(t, 4) + " > /out/nonce && { timeout 5 wget -q -O /out/body " + m.URL + " > /out/log 2>&1; echo \"rc=$?\" > /out/rc; }\n" +
 			"FROM scratch\nCOPY --from=fetch /out /\n"})
 		return s.kilnAsync(t, dir, nil, "build", "--project", project, "-o", "type=local,dest="+out, "--progress", "plain", ".")
 	}
@@ -911,5 +935,143 @@ func TestHostileEgressAllowList(t *testing.T) {
 	}
 	if again.rc == "" || again.rc == "rc=139" {
 		t.Errorf("project A's fetch after revoking left no meaningful exit status (%s, wget: %q)", again.rc, again.log)
+	}
+}
+
+// startServerMayFail starts one more `kiln serve` with args, like
+// startServer, but a server that exits at start is an answer here, not a
+// failure: it returns nil and the server's output.
+func startServerMayFail(t *testing.T, args ...string) (*server, string) {
+	t.Helper()
+	data, err := os.MkdirTemp("", "kiln-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(data) })
+	addr := freeAddr(t)
+	s := &server{URL: "http://" + addr, Data: data, log: filepath.Join(data, "serve.log"), addr: addr, args: args}
+	logf, err := os.Create(s.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.cmd = exec.Command(kilnBin, append([]string{"serve", "--data", data, "--addr", addr, "--buildkitd", buildkitd, "--log-level", "debug"}, args...)...)
+	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	s.exited = exited
+	go func() { s.cmd.Wait(); logf.Close(); close(exited) }()
+	t.Cleanup(func() { s.stop(t) })
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if res, err := http.Get(s.URL + "/healthz"); err == nil {
+			res.Body.Close()
+			break
+		}
+		select {
+		case <-exited:
+			s.cmd = nil
+			b, _ := os.ReadFile(s.log)
+			return nil, string(b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("kiln serve did not answer /healthz within 20s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	tok, err := os.ReadFile(filepath.Join(data, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Token = strings.TrimSpace(string(tok))
+	return s, ""
+}
+
+func bridgeOf(t *testing.T, s *server, project string) string {
+	t.Helper()
+	for _, b := range s.builders(t) {
+		if b.ProjectID == project {
+			return b.Bridge
+		}
+	}
+	t.Fatalf("no builder of project %s: %+v", project, s.builders(t))
+	return ""
+}
+
+// Two kiln serves given one --builder-subnets (an operator's slip, an
+// upgrade that starts the new server before the old one has stopped, two
+// developers' test runs at once): the second must refuse the pool, or keep
+// bridges of its own; and when one stops, the other's RUN steps must stay
+// behind their egress policy.
+func TestHostileTwoServersOnePool(t *testing.T) {
+	m := startMirror(t)
+	pool := isolatedPool(t)
+	s1 := startServer(t, "--builder-subnets", pool)
+	p1 := s1.createProject(t, "pool-first")
+	// The mirror is the positive control: a step that cannot reach it has
+	// no working network, and then its failed probes prove nothing.
+	s1.mustKiln(t, t.TempDir(), "projects", "update", p1, "--egress-allow", m.CIDR)
+	mirrorAddr := strings.TrimPrefix(strings.TrimSuffix(m.URL, "/mirror.txt"), "http://")
+	warm := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN true\n"})
+	s1.mustKiln(t, warm, "build", "--project", p1, "--progress", "quiet", ".")
+	bridge1 := bridgeOf(t, s1, p1)
+
+	s2, refused := startServerMayFail(t, "--builder-subnets", pool)
+	if s2 == nil {
+		t.Logf("a second kiln serve with the pool %s in use refused to start:\n%s", pool, tail(refused, 2000))
+		return
+	}
+	p2 := s2.createProject(t, "pool-second")
+	if r := s2.kiln(t, warm, nil, "build", "--project", p2, "--progress", "quiet", "."); r.Err != nil {
+		t.Logf("the second server's build with the pool %s in use failed: %s", pool, tail(r.Stderr, 2000))
+	} else if bridge2 := bridgeOf(t, s2, p2); bridge2 == bridge1 {
+		t.Errorf("ISOLATION: two kiln serves with --builder-subnets %s both put a builder on bridge %s: the RUN steps of one server's tenants share a link with the other's", pool, bridge1)
+	}
+	s2.stop(t)
+
+	if _, err := net.InterfaceByName(bridge1); err != nil {
+		t.Errorf("ISOLATION: stopping the second server deleted the first server's bridge %s (%v), which its running builder uses", bridge1, err)
+	}
+	// The first server's steps are still fenced in.
+	hostNS := netnsOf(t, "self")
+	hostIPs, _ := hostAddrs(t)
+	_, kilnPort, _ := net.SplitHostPort(s1.addr)
+	port, _ := strconv.Atoi(kilnPort)
+	tg := probeTargets{HostNetNS: hostNS, GatewayPorts: []int{port},
+		TCP: []probeTarget{{"cloud metadata (169.254.169.254:80)", "169.254.169.254:80"},
+			{"the mirror its project may reach", mirrorAddr}},
+		ICMP: []probeTarget{{"cloud metadata (169.254.169.254)", "169.254.169.254"}}}
+	for _, ip := range hostIPs {
+		if ip.Is4() {
+			tg.ICMP = append(tg.ICMP, probeTarget{"the host's address " + ip.String(), ip.String()})
+		}
+	}
+	targets, _ := json.Marshal(tg)
+	dir := probeContext(t, map[string]string{"targets.json": string(targets),
+		"Dockerfile": baseStages + "FROM busybox AS attack\nCOPY kiln-probe targets.json /\n" +
+			"RUN " + execForm("/kiln-probe", "attack", "-nonce", randomHex(t, 4), "-targets", "/targets.json", "-out", "/out",
+			"-pool", pool, "-max", "3s") + "\n" +
+			"FROM scratch\nCOPY --from=attack /out /\n"})
+	out := t.TempDir()
+	s1.mustKiln(t, dir, "build", "--project", p1, "-o", "type=local,dest="+out, "--progress", "plain", ".")
+	var rep probeReport
+	if b, err := os.ReadFile(filepath.Join(out, "report.json")); err != nil || json.Unmarshal(b, &rep) != nil {
+		t.Fatalf("the probe's report: %v", err)
+	}
+	for _, p := range rep.Probes {
+		t.Logf("%-4s %-28s %-12s %5dms  %s", p.Kind, p.Addr, p.Outcome, p.Ms, p.Label)
+		switch {
+		case p.Addr == mirrorAddr:
+			if p.Outcome != "connected" {
+				t.Errorf("after a second server with the same pool stopped, the first server's RUN step cannot reach the mirror its project may reach (%s): its network is broken, so its other probes prove nothing", p.Outcome)
+			}
+		case p.Outcome == "connected" || p.Outcome == "answered":
+			t.Errorf("ISOLATION: after a second server with the same pool stopped, the first server's RUN step reached %s at %s (%s): its egress policy is gone", p.Label, p.Addr, p.Outcome)
+		}
+	}
+	if rep.OnHostNet {
+		t.Errorf("ISOLATION: after a second server with the same pool stopped, the first server's RUN step is on the host's network")
 	}
 }

@@ -319,8 +319,8 @@ func classify(err error) string {
 
 // pingProbe sends ICMP echo requests on a raw socket (a RUN step has
 // CAP_NET_RAW) and waits for a reply from the target.
-func pingProbe(t Target, id uint16) Result {
-	r := Result{Kind: "icmp", Label: t.Label, Addr: t.Addr}
+func pingProbe(t Target, id uint16) (r Result) {
+	r = Result{Kind: "icmp", Label: t.Label, Addr: t.Addr}
 	ip, err := netip.ParseAddr(t.Addr)
 	if err != nil || !ip.Is4() {
 		r.Outcome = "skipped: ICMP probes are IPv4 only"
