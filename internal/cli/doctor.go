@@ -121,14 +121,15 @@ func (d *doctor) versionCheck(name, bin string, floor semver, risk, fix string) 
 // builder.buildkitdEnv), so a runc there wins over the system's.
 func runcBeside(buildkitd string) string {
 	if !strings.ContainsRune(buildkitd, os.PathSeparator) {
-		p, err := exec.LookPath(buildkitd)
-		if err != nil {
-			return "runc"
-		}
-		buildkitd = p
+		buildkitd, _ = exec.LookPath(buildkitd) // "" when not found: no directory to look in
 	}
-	p := filepath.Join(filepath.Dir(buildkitd), "runc")
-	if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+	if buildkitd != "" {
+		p := filepath.Join(filepath.Dir(buildkitd), "runc")
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("runc"); err == nil {
 		return p
 	}
 	return "runc"

@@ -76,6 +76,7 @@ func TestRuncSeccomp(t *testing.T) {
 func TestRuncBesideBuildkitd(t *testing.T) {
 	dir := t.TempDir()
 	bk := filepath.Join(dir, "buildkitd")
+	t.Setenv("PATH", t.TempDir()) // no runc on PATH either
 	if got := runcBeside(bk); got != "runc" {
 		t.Errorf("no runc beside buildkitd: got %q, want PATH's runc", got)
 	}
@@ -90,6 +91,10 @@ func TestRuncBesideBuildkitd(t *testing.T) {
 	}
 	if got, want := runcBeside(bk), filepath.Join(dir, "runc"); got != want {
 		t.Errorf("runc beside buildkitd: got %q, want %q", got, want)
+	}
+	t.Chdir(dir) // a bare name not on PATH has no directory, not the working one
+	if got := runcBeside("buildkitd"); got != "runc" {
+		t.Errorf("buildkitd not on PATH: got %q, want PATH's runc", got)
 	}
 }
 
