@@ -174,8 +174,12 @@ func (a *Authenticator) Authenticate(ctx context.Context, secret string) (Princi
 		if err != nil && !errdefs.IsNotFound(err) {
 			return Principal{}, fmt.Errorf("look up build: %w", err)
 		}
-		if err != nil || b.Terminal() {
+		if err != nil {
 			return Principal{}, bad
+		}
+		if b.Terminal() {
+			// Only the token's holder learns this, of a build it knows.
+			return Principal{}, fmt.Errorf("this build token's build has ended; build tokens work only while their build runs: %w", errdefs.ErrUnauthenticated)
 		}
 	}
 	return Principal{TokenID: t.ID, Kind: t.Kind, OrgID: t.OrgID, ProjectID: t.ProjectID, BuildID: t.BuildID}, nil

@@ -207,6 +207,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
+	protocols.SetHTTP2(true) // over TLS, by ALPN (listen.go)
 	s.http = &http.Server{
 		Handler:           mux,
 		Protocols:         protocols,
