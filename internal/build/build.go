@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -306,11 +307,19 @@ func (s *Service) EndCreatedBy(ctx context.Context, tokenID string) error {
 	return nil
 }
 
-// SpecFor turns a project's cache policy into a builder spec.
+// SpecFor turns a project's cache policy and egress allow-list into a
+// builder spec. The list was validated when it was set; an entry that no
+// longer parses is skipped (and so stays blocked).
 func SpecFor(proj store.Project, platform string) builder.Spec {
-	return builder.Spec{ProjectID: proj.ID, Platform: platform,
+	spec := builder.Spec{ProjectID: proj.ID, Platform: platform,
 		KeepBytes:    int64(proj.KeepGB) << 30,
 		KeepDuration: time.Duration(proj.KeepDays) * 24 * time.Hour}
+	for _, c := range proj.EgressAllow {
+		if p, err := netip.ParsePrefix(c); err == nil {
+			spec.EgressAllow = append(spec.EgressAllow, p)
+		}
+	}
+	return spec
 }
 
 func (s *Service) lease(projectID, platform, buildID string) {

@@ -142,6 +142,8 @@ type Fleet struct {
 
 	// egressMu serializes writes of the egress rules (network.go).
 	egressMu sync.Mutex
+	// releasePool gives up the claim on Network.Pool (Close).
+	releasePool func()
 
 	quit chan struct{}  // closed by Close; stops the reaper
 	wg   sync.WaitGroup // runBuilder goroutines, the reaper, background stops
@@ -250,14 +252,19 @@ func NewFleet(cfg Config) (*Fleet, error) {
 	if n, err := cleanupTree(root, 0); n > 0 || err != nil {
 		log.Warn("cleaned up leftovers of a previous run", "root", root, "killed", n, "err", err)
 	}
+	release, err := cfg.Network.claim()
+	if err != nil {
+		return nil, fmt.Errorf("builder: %w", err)
+	}
 	f := &Fleet{
-		cfg:       cfg,
-		root:      root,
-		log:       log,
-		builders:  map[key]*builder{},
-		names:     map[string]*builder{},
-		resetting: map[string]int{},
-		quit:      make(chan struct{}),
+		releasePool: release,
+		cfg:         cfg,
+		root:        root,
+		log:         log,
+		builders:    map[key]*builder{},
+		names:       map[string]*builder{},
+		resetting:   map[string]int{},
+		quit:        make(chan struct{}),
 	}
 	f.wg.Add(1)
 	go f.reap()
@@ -558,6 +565,7 @@ func (f *Fleet) Close(ctx context.Context) error {
 		_ = os.RemoveAll(d)
 	}
 	f.removeNetworks()
+	f.releasePool()
 	return nil
 }
 

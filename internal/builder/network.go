@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -11,6 +12,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
 )
@@ -150,6 +153,54 @@ func (n Network) checkCNI() error {
 	return nil
 }
 
+// claim makes the pool this process's: an exclusive lock on
+// /run/kiln/pool-<tag>.lock, held until release, so a second kiln serve
+// given the same --builder-subnets fails at start instead of sharing
+// bridges and rewriting the first one's egress policy; and no address of
+// the host inside the pool but on this pool's own bridges (a pool that
+// overlaps another kiln's, or a network of the host, would be routed
+// wrongly).
+func (n Network) claim() (release func(), err error) {
+	dir := "/run/kiln"
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		dir = filepath.Join(os.TempDir(), "kiln")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	path := filepath.Join(dir, "pool-"+n.tag()+".lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("build network pool %s is in use by another kiln process (%s): give each kiln serve its own --builder-subnets: %w",
+			n.Pool, path, errdefs.ErrFailedPrecondition)
+	}
+	ifaces, _ := net.Interfaces()
+	own := strings.TrimSuffix(n.bridgeMatch(), "+")
+	for _, ifc := range ifaces {
+		if strings.HasPrefix(ifc.Name, own) {
+			continue
+		}
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(ipn.IP)
+			if ok && n.Pool.Contains(ip.Unmap()) {
+				f.Close()
+				return nil, fmt.Errorf("build network pool %s overlaps %s on interface %s: choose other --builder-subnets: %w",
+					n.Pool, ipn, ifc.Name, errdefs.ErrFailedPrecondition)
+			}
+		}
+	}
+	return func() { f.Close() }, nil
+}
+
 // netLocked gives b a build network if it has none: the lowest index no
 // other builder holds. Caller holds f.mu.
 func (f *Fleet) netLocked(b *builder) error {
@@ -188,6 +239,8 @@ func (n Network) egressRules(builders []egressRule, resolvers []netip.Addr) []by
 		}
 	}
 	fmt.Fprintf(&b, "-A %s -i %s -j DROP\n", in, all)
+	// Other builders first: no allow-list opens the pool.
+	fmt.Fprintf(&b, "-A %s -i %s -d %s -j DROP\n", eg, all, n.Pool)
 	for _, r := range builders {
 		for _, p := range r.allow {
 			if p.Addr().Is4() {
@@ -200,7 +253,7 @@ func (n Network) egressRules(builders []egressRule, resolvers []netip.Addr) []by
 			fmt.Fprintf(&b, "-A %s -i %s -d %s/32 -p %s --dport 53 -j RETURN\n", eg, all, ns, proto)
 		}
 	}
-	for _, d := range append([]string{n.Pool.String()}, denied...) {
+	for _, d := range denied {
 		fmt.Fprintf(&b, "-A %s -i %s -d %s -j DROP\n", eg, all, d)
 	}
 	b.WriteString("COMMIT\n")
@@ -312,6 +365,77 @@ func (f *Fleet) removeNetworks() {
 	}
 	for _, br := range bridges {
 		_ = runCmd(nil, "ip", "link", "delete", br)
+		n.removeCNIRules(br)
+	}
+	for _, b := range f.builders {
+		if b.net >= 0 {
+			n.releaseAddrs(b.net)
+		}
+	}
+}
+
+// removeCNIRules deletes what the CNI firewall plugin added for a bridge
+// (its same-bridge isolation rules), which CNI itself never removes.
+func (n Network) removeCNIRules(bridge string) {
+	for _, chain := range []string{"CNI-ISOLATION-STAGE-1", "CNI-ISOLATION-STAGE-2"} {
+		out, err := exec.Command(n.Iptables, "-w", "-S", chain).Output()
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			spec, ok := strings.CutPrefix(line, "-A "+chain+" ")
+			if !ok || !strings.Contains(" "+spec+" ", " "+bridge+" ") {
+				continue
+			}
+			args := append([]string{"-w", "-D", chain}, shellFields(spec)...)
+			_ = runCmd(nil, n.Iptables, args...)
+		}
+	}
+}
+
+// shellFields splits an iptables -S rule, keeping quoted comments whole.
+func shellFields(s string) []string {
+	var out []string
+	var cur strings.Builder
+	quoted, have := false, false
+	for _, r := range s {
+		switch {
+		case r == '"':
+			quoted, have = !quoted, true
+		case r == ' ' && !quoted:
+			if have {
+				out = append(out, cur.String())
+				cur.Reset()
+				have = false
+			}
+		default:
+			cur.WriteRune(r)
+			have = true
+		}
+	}
+	if have {
+		out = append(out, cur.String())
+	}
+	return out
+}
+
+// ipamDir is where the CNI host-local plugin records the addresses it
+// handed out on BuildKit's network (named "buildkit" on every builder).
+const ipamDir = "/var/lib/cni/networks/buildkit"
+
+// releaseAddrs forgets the host-local reservations in network i's subnet.
+// Only a builder that is not running calls it (a killed buildkitd never
+// releases its steps' addresses), so none of them is in use.
+func (n Network) releaseAddrs(i int) {
+	sub := n.subnet(i)
+	ents, err := os.ReadDir(ipamDir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if a, err := netip.ParseAddr(e.Name()); err == nil && sub.Contains(a) {
+			_ = os.Remove(filepath.Join(ipamDir, e.Name()))
+		}
 	}
 }
 

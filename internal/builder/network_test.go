@@ -69,6 +69,9 @@ func TestEgressRules(t *testing.T) {
 	if allowAt > privAt || dnsAt > privAt {
 		t.Errorf("allowed destinations must come before the drops:\n%s", rules)
 	}
+	if poolAt > allowAt {
+		t.Errorf("no allow-list may open the builders' pool: its drop must come first:\n%s", rules)
+	}
 	if strings.Contains(rules, "fd00::") {
 		t.Errorf("an IPv6 CIDR reached the IPv4 table:\n%s", rules)
 	}
@@ -93,5 +96,31 @@ func TestBuildkitdEnvAllowList(t *testing.T) {
 	want := []string{"PATH=/opt/kiln/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/b", "TMPDIR=/b/tmp", "AWS_EC2_METADATA_DISABLED=true", "HTTPS_PROXY=http://proxy:3128"}
 	if !slices.Equal(env, want) {
 		t.Fatalf("env %q, want %q", env, want)
+	}
+}
+
+// A second kiln process cannot take a pool the first holds.
+func TestClaimPool(t *testing.T) {
+	n, _ := Network{Pool: netip.MustParsePrefix("10.61.240.0/20")}.withDefaults()
+	release, err := n.claim()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.claim(); err == nil || !strings.Contains(err.Error(), "in use by another kiln process") {
+		t.Fatalf("second claim: %v", err)
+	}
+	release()
+	release2, err := n.claim()
+	if err != nil {
+		t.Fatalf("claim after release: %v", err)
+	}
+	release2()
+}
+
+func TestShellFields(t *testing.T) {
+	got := shellFields(`-i k0a-1 ! -o k0a-1 -m comment --comment "CNI firewall plugin rules" -j DROP`)
+	want := []string{"-i", "k0a-1", "!", "-o", "k0a-1", "-m", "comment", "--comment", "CNI firewall plugin rules", "-j", "DROP"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("%q", got)
 	}
 }

@@ -243,6 +243,8 @@ func (f *Fleet) launch(b *builder, spec Spec, netIndex int) (*exec.Cmd, <-chan s
 	if err := n.checkCNI(); err != nil {
 		return nil, nil, err
 	}
+	// Reservations a killed run left would exhaust the subnet in time.
+	n.releaseAddrs(netIndex)
 	// Before buildkitd exists: no step may run before its traffic is
 	// filtered.
 	if err := f.applyEgress(); err != nil {

@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -16,7 +17,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -91,6 +91,10 @@ type server struct {
 	addr   string
 	args   []string
 	env    []string
+	// autoPool: the harness chose --builder-subnets (the last argument)
+	// and may choose again when another kiln process holds it.
+	autoPool    bool
+	poolRetries int
 }
 
 func freeAddr(t *testing.T) string {
@@ -103,15 +107,12 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// builderPools counts the servers started, so that each gets its own
-// builder subnets: servers running at once must not share bridges or
-// egress chains.
-var builderPools atomic.Int32
-
-// nextBuilderSubnets is a /20 (16 builders) of 10.128.0.0/9 no other
-// server of this test run has.
+// nextBuilderSubnets is a random /20 (16 builders) of 10.128.0.0/9. kiln
+// serve refuses a pool another kiln process holds (servers running at once,
+// here or in another test binary, must not share bridges or egress
+// chains); start then picks another.
 func nextBuilderSubnets() string {
-	i := builderPools.Add(1) % 2048
+	i := rand.IntN(2048)
 	return fmt.Sprintf("10.%d.%d.0/20", 128+i/16, (i%16)*16)
 }
 
@@ -131,10 +132,11 @@ func startServerEnv(t *testing.T, env []string, args ...string) *server {
 		t.Fatal(err)
 	}
 	addr := freeAddr(t)
-	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--builder-subnets") }) {
-		args = append(args, "--builder-subnets", nextBuilderSubnets())
+	autoPool := !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--builder-subnets") })
+	if autoPool {
+		args = append(slices.Clip(args), "--builder-subnets", nextBuilderSubnets())
 	}
-	s := &server{URL: "http://" + addr, Data: data, log: filepath.Join(data, "serve.log"), addr: addr, args: args, env: env}
+	s := &server{URL: "http://" + addr, Data: data, log: filepath.Join(data, "serve.log"), addr: addr, args: args, env: env, autoPool: autoPool}
 	t.Cleanup(func() {
 		s.stop(t)
 		if t.Failed() {
@@ -185,6 +187,12 @@ func (s *server) start(t *testing.T) {
 		select {
 		case <-exited:
 			b, _ := os.ReadFile(s.log)
+			if s.autoPool && s.poolRetries < 5 && (bytes.Contains(b, []byte("in use by another kiln process")) || bytes.Contains(b, []byte("choose other --builder-subnets"))) {
+				s.poolRetries++
+				s.args[len(s.args)-1] = nextBuilderSubnets()
+				s.start(t)
+				return
+			}
 			t.Fatalf("kiln serve exited at start:\n%s", b)
 		default:
 		}

@@ -58,11 +58,10 @@ func (s *server) builderPool(t *testing.T) netip.Prefix {
 }
 
 // isolatedPool is a random /20 of 172.16.0.0/12 for a server's builders
-// (kiln serve --builder-subnets). startServer's own pools are counted
-// from the same start in every test binary, so test runs of two
-// developers at once would share pools, and with them bridges and egress
-// chains (see TestHostileTwoServersOnePool); these tests judge one
-// server's isolation and must not see another run's servers.
+// (kiln serve --builder-subnets), apart from the 10.128.0.0/9 the harness
+// draws from: these tests judge one server's isolation and must not see
+// another run's servers (kiln serve also refuses a pool another kiln
+// process holds; see TestHostileTwoServersOnePool).
 func isolatedPool(t *testing.T) string {
 	t.Helper()
 	hostIPs, _ := hostAddrs(t)
