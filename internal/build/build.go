@@ -308,18 +308,26 @@ func (s *Service) EndCreatedBy(ctx context.Context, tokenID string) error {
 }
 
 // SpecFor turns a project's cache policy and egress allow-list into a
-// builder spec. The list was validated when it was set; an entry that no
-// longer parses is skipped (and so stays blocked).
+// builder spec.
 func SpecFor(proj store.Project, platform string) builder.Spec {
 	spec := builder.Spec{ProjectID: proj.ID, Platform: platform,
 		KeepBytes:    int64(proj.KeepGB) << 30,
 		KeepDuration: time.Duration(proj.KeepDays) * 24 * time.Hour}
-	for _, c := range proj.EgressAllow {
+	spec.EgressAllow = EgressPrefixes(proj.EgressAllow)
+	return spec
+}
+
+// EgressPrefixes parses a project's egress allow-list (validated when it
+// was set); an entry that no longer parses is skipped, and so stays
+// blocked.
+func EgressPrefixes(cidrs []string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, c := range cidrs {
 		if p, err := netip.ParsePrefix(c); err == nil {
-			spec.EgressAllow = append(spec.EgressAllow, p)
+			out = append(out, p)
 		}
 	}
-	return spec
+	return out
 }
 
 func (s *Service) lease(projectID, platform, buildID string) {

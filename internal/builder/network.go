@@ -439,6 +439,24 @@ func (n Network) releaseAddrs(i int) {
 	}
 }
 
+// SetEgressAllow changes the private destinations a project's RUN steps may
+// reach, on its running builders at once (and at their next starts).
+func (f *Fleet) SetEgressAllow(projectID string, allow []netip.Prefix) error {
+	f.mu.Lock()
+	live := false
+	for _, b := range f.builders {
+		if b.projectID == projectID {
+			b.spec.EgressAllow = slices.Clone(allow)
+			live = live || b.net >= 0
+		}
+	}
+	f.mu.Unlock()
+	if !live {
+		return nil
+	}
+	return f.applyEgress()
+}
+
 // applyEgressLogged is applyEgress for callers that cannot return its error.
 func (f *Fleet) applyEgressLogged() {
 	if err := f.applyEgress(); err != nil {

@@ -2,6 +2,7 @@ package project
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -124,6 +125,12 @@ func (s *Service) SetEgressAllow(ctx context.Context, p auth.Principal, projectI
 	}
 	previous := proj.EgressAllow
 	proj.EgressAllow = norm
+	if s.Network != nil {
+		// Stored first: a builder starting now reads the new list anyway.
+		if err := s.Network.SetEgressAllow(proj.ID, norm); err != nil {
+			return store.Project{}, fmt.Errorf("allow-list saved, but applying it to the running builders failed (it applies at their next start): %w", err)
+		}
+	}
 	s.Audit.Record(ctx, audit.Event{Kind: audit.KindProjectEgressChanged, OrgID: proj.OrgID, ProjectID: proj.ID, Actor: p.TokenID,
 		Detail: map[string]string{
 			"egress_allow": strings.Join(norm, ","),

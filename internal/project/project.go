@@ -36,6 +36,14 @@ type Service struct {
 	// token created end, a project's builder connections are cut. nil:
 	// nobody to tell.
 	Revoked Revoker
+	// Network applies a changed egress allow-list to the project's running
+	// builders; nil: it applies at their next start.
+	Network EgressApplier
+}
+
+// EgressApplier applies a project's egress allow-list (canonical CIDRs).
+type EgressApplier interface {
+	SetEgressAllow(projectID string, cidrs []string) error
 }
 
 // Revoker ends what a deleted token or project still holds.

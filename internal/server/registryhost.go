@@ -1,14 +1,11 @@
 package server
 
 import (
-	"context"
 	"net"
 	"net/url"
 	"strings"
 
-	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/builder"
-	"github.com/kiln-dev/kiln/internal/gateway"
 )
 
 // registryHost is kiln's registry as clients and builders reach it (see
@@ -73,19 +70,4 @@ func (s *Server) gatewayAddr() string {
 		}
 	}
 	return "tcp://" + net.JoinHostPort(host, port)
-}
-
-// revoker ends what deleted tokens and projects still hold: the builds a
-// token created, the project's builder connections.
-type revoker struct {
-	builds  *build.Service
-	gateway *gateway.Gateway
-}
-
-func (r revoker) TokenDeleted(ctx context.Context, tokenID string) error {
-	return r.builds.EndCreatedBy(ctx, tokenID)
-}
-
-func (r revoker) ProjectDeleted(_ context.Context, projectID string) {
-	r.gateway.RevokeProject(projectID)
 }

@@ -171,7 +171,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
-	projects := &project.Service{Store: st, Builders: fleet, Audit: s.audit, Revoked: revoker{builds, s.gateway}}
+	projects := &project.Service{Store: st, Builders: fleet, Audit: s.audit, Revoked: revoker{builds, s.gateway}, Network: egressApplier{fleet}}
 	s.fleet, s.builds = fleet, builds
 
 	authn := &auth.Authenticator{Store: st}

@@ -925,8 +925,15 @@ func TestHostileEgressAllowList(t *testing.T) {
 		t.Errorf("project B's fetch left no meaningful exit status (%s, wget: %q)", b.rc, b.log)
 	}
 
-	// The operator takes the range back: A's next build is refused too.
+	// The operator takes the range back: at once on A's running builder
+	// (its egress chain no longer names the range), and A's next build is
+	// refused too.
 	s.mustKiln(t, t.TempDir(), "projects", "update", projA, "--egress-allow", "none")
+	if rules, err := exec.Command("iptables", "-w", "-S").Output(); err != nil {
+		t.Fatalf("iptables -S: %v", err)
+	} else if strings.Contains(string(rules), " -d "+m.CIDR+" ") {
+		t.Errorf("ISOLATION: right after --egress-allow none the host's rules still let a builder reach %s:\n%s", m.CIDR, rules)
+	}
 	outA2 := t.TempDir()
 	again := outcome(fetch(projA, outA2), outA2, "project A after --egress-allow none")
 	if again.rc == "rc=0" || strings.Contains(again.body, m.Body) {
