@@ -95,6 +95,7 @@ func (d *doctor) checks(ctx context.Context) []check {
 		"run hack/setup.sh (it builds runc ≥ 1.5 with seccomp into bin/, next to bin/buildkitd, where builders look first)"))
 	out = append(out, d.seccompCheck(runc)...)
 	out = append(out, d.kernelChecks()...)
+	out = append(out, d.networkChecks()...)
 	out = append(out, d.diskCheck())
 	out = append(out, d.serverCheck(ctx))
 	return out
@@ -175,6 +176,41 @@ func (d *doctor) kernelChecks() []check {
 			out = append(out, check{"warn", "binfmt", "no " + foreign + " handler: builds for the other architecture will fail",
 				"apt-get install qemu-user-static binfmt-support (mount binfmt_misc first if /proc/sys/fs/binfmt_misc is empty)"})
 		}
+	}
+	return out
+}
+
+// networkChecks: builders run RUN steps in private networks (the CNI
+// bridge plugins) behind kiln's egress policy (iptables); without either a
+// builder refuses to start rather than run steps on the host's network.
+func (d *doctor) networkChecks() []check {
+	var out []check
+	dir := ""
+	for _, cand := range []string{"/usr/lib/cni", "/opt/cni/bin"} {
+		if _, err := os.Stat(filepath.Join(cand, "bridge")); err == nil {
+			dir = cand
+			break
+		}
+	}
+	var missing []string
+	for _, p := range []string{"bridge", "host-local", "loopback", "firewall"} {
+		if dir == "" {
+			missing = append(missing, p)
+		} else if _, err := os.Stat(filepath.Join(dir, p)); err != nil {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) > 0 {
+		out = append(out, check{"fail", "build networks", "CNI plugins missing: " + strings.Join(missing, ", ") + " (builders will not start: RUN steps never get the host's network)",
+			"apt-get install containernetworking-plugins (hack/setup.sh does), or pass kiln serve --cni-bin-dir"})
+	} else {
+		out = append(out, check{"ok", "build networks", "CNI plugins in " + dir + ": RUN steps get private networks", ""})
+	}
+	if _, err := d.run("iptables", "-w", "-L", "-n"); err != nil {
+		out = append(out, check{"fail", "egress policy", "iptables is not usable: " + err.Error(),
+			"apt-get install iptables (hack/setup.sh does); kiln serve runs as root"})
+	} else {
+		out = append(out, check{"ok", "egress policy", "iptables works: kiln can keep RUN steps from the host and private ranges", ""})
 	}
 	return out
 }
