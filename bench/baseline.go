@@ -7,8 +7,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	bkclient "github.com/moby/buildkit/client"
@@ -19,9 +21,10 @@ import (
 
 // baseline is a plain buildkitd the runner starts itself, with kiln's
 // builder configuration: the buildkitd.toml kiln wrote for its own builder
-// (copied verbatim) and the flags kiln passed (paths replaced by this
-// daemon's). buildctl reaches it as kiln's CLI reaches a builder: TCP on
-// loopback with mutual TLS.
+// (copied, with a bridge and subnet of its own for RUN steps) and the flags
+// kiln passed (paths replaced by this daemon's). buildctl reaches it
+// directly, TCP on loopback with mutual TLS, where kiln's CLI goes through
+// kiln's builder gateway to its builder's unix socket.
 type baseline struct {
 	dir        string // everything of this daemon: state, certs, socket, log
 	bin        string
@@ -63,7 +66,7 @@ func newBaseline(dir, buildkitd, buildctl string, kilnArgs []string, kilnConfig 
 	}
 	files := map[string][]byte{
 		"certs/ca.crt": caPEM, "certs/server.crt": srvCert, "certs/server.key": srvKey,
-		"certs/client.crt": cliCert, "certs/client.key": cliKey, "buildkitd.toml": kilnConfig,
+		"certs/client.crt": cliCert, "certs/client.key": cliKey, "buildkitd.toml": ownNetwork(kilnConfig),
 	}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
@@ -80,6 +83,23 @@ func newBaseline(dir, buildkitd, buildctl string, kilnArgs []string, kilnConfig 
 }
 
 func (b *baseline) addr() string { return "tcp://127.0.0.1:" + strconv.Itoa(b.port) }
+
+// baselines counts the baseline daemons, each of which gets its own bridge.
+var baselines atomic.Int32
+
+var (
+	bridgeNameRe   = regexp.MustCompile(`(?m)^(\s*bridgeName\s*=\s*)".*"$`)
+	bridgeSubnetRe = regexp.MustCompile(`(?m)^(\s*bridgeSubnet\s*=\s*)".*"$`)
+)
+
+// ownNetwork gives a copy of kiln's buildkitd.toml a bridge and subnet no
+// kiln builder and no other baseline uses (RUN steps still get a network
+// namespace each on a bridge, as on kiln's builders).
+func ownNetwork(conf []byte) []byte {
+	n := baselines.Add(1) % 250
+	conf = bridgeNameRe.ReplaceAll(conf, []byte(fmt.Sprintf(`${1}"kbench%d"`, n)))
+	return bridgeSubnetRe.ReplaceAll(conf, []byte(fmt.Sprintf(`${1}"10.61.%d.0/24"`, n)))
+}
 
 // translate maps kiln's builder flags to this daemon's paths; flags it does
 // not know are passed on unchanged, so a flag kiln adds later reaches the
@@ -115,7 +135,13 @@ func (b *baseline) translate(kilnArgs []string) []string {
 		}
 		out = append(out, flag, val)
 	}
-	return out
+	// kiln's builders serve only a unix socket (kiln's gateway terminates
+	// TLS); the baseline serves buildctl directly, as buildkitd would
+	// without kiln.
+	return append(out, "--addr", b.addr(),
+		"--tlscert", filepath.Join(b.dir, "certs", "server.crt"),
+		"--tlskey", filepath.Join(b.dir, "certs", "server.key"),
+		"--tlscacert", filepath.Join(b.dir, "certs", "ca.crt"))
 }
 
 // start launches buildkitd and waits until it answers over mTLS.

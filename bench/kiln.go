@@ -48,7 +48,10 @@ func startKiln(ctx context.Context, bin, buildkitd, data string, extra ...string
 	if err := os.MkdirAll(filepath.Join(s.home, ".docker"), 0o700); err != nil {
 		return nil, err
 	}
-	args := append([]string{"serve", "--data", data, "--addr", addr, "--buildkitd", buildkitd, "--log-level", "info"}, extra...)
+	// Its own builder subnets, so a bench run beside the tests' servers
+	// shares no bridge or egress chain with them.
+	args := append([]string{"serve", "--data", data, "--addr", addr, "--buildkitd", buildkitd, "--log-level", "info",
+		"--builder-subnets", "10.62.0.0/16"}, extra...)
 	p, err := startProc("kiln serve", filepath.Join(data, "serve.log"), data, cleanEnv(), bin, args...)
 	if err != nil {
 		return nil, err

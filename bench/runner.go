@@ -93,8 +93,8 @@ func (r *runner) setup(ctx context.Context) error {
 	}
 	r.rep.Setup.KilnBuilderArgs = kilnArgs
 	r.rep.Setup.ConfigIdentical = true
-	r.rep.Setup.ConfigNote = "Its buildkitd.toml is a verbatim copy of the one kiln wrote for its builder (OCI worker, overlayfs snapshotter, runc, kiln's GC policy, no insecure entitlements), and its flags are kiln's with this daemon's paths and port"
-	r.rep.Setup.Transport = "both sides reach buildkitd over TCP on 127.0.0.1 with mutual TLS (ECDSA P-256 certificates from kiln's pki package); the clients run as separate processes (buildctl, kiln build)"
+	r.rep.Setup.ConfigNote = "Its buildkitd.toml is a copy of the one kiln wrote for its builder (OCI worker, overlayfs snapshotter, runc, kiln's GC policy, no insecure entitlements, bridge networking for RUN steps) with a bridge and subnet of its own, and its flags are kiln's with this daemon's paths plus a TCP listener with mutual TLS"
+	r.rep.Setup.Transport = "buildctl reaches the baseline buildkitd directly over TCP on 127.0.0.1 with mutual TLS; kiln build reaches kiln's builder gateway (kiln serve's port, mutual TLS, the per-build certificate authorized against the build) which splices to the builder's unix socket. Certificates are ECDSA P-256 from kiln's pki package; the clients run as separate processes (buildctl, kiln build)"
 
 	r.logf("starting the baseline buildkitd")
 	b, err := newBaseline(filepath.Join(r.state, "b"), r.cfg.buildkitd, r.cfg.buildctl, kilnArgs, toml)

@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Installs what kiln needs on Debian 12 and builds its binaries into bin/:
-#   runc (builders' container runtime), busybox-static (local base images),
-#   buildkitd + buildctl v0.26.3 (from the pinned Go module), versitygw (an S3 server for tests,
-#   from tools/versitygw/go.mod) and kiln; QEMU binfmt emulation and bin/busybox-<foreign arch>
-#   for multi-platform builds (setup-multiplatform.sh).
+#   buildkitd + buildctl v0.34.2 (from tools/buildkit/go.mod), runc v1.5.3 with seccomp (from
+#   tools/runc/go.mod; the builders' container runtime: kiln puts bin/ first on buildkitd's PATH,
+#   so Debian's older runc, which docker.io pulls in, is not used by builders), versitygw (an S3
+#   server for tests, from tools/versitygw/go.mod) and kiln; busybox-static (local base images),
+#   the CNI plugins and iptables (bridge networking for RUN steps), libseccomp-dev + pkg-config
+#   (to build runc); QEMU binfmt emulation and bin/busybox-<foreign arch> for multi-platform
+#   builds (setup-multiplatform.sh).
+# The daemons' versions are the ones pinned in their tool modfiles, at or above the security
+# floors kiln doctor checks (BuildKit >= v0.34.2, runc >= 1.5.0 built with seccomp).
 # Safe to run again; it only rebuilds what is missing or stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GONOSUMDB=buf.build/gen/go
-BUILDKIT_VERSION=v0.26.3
 
 need_pkgs=()
-for p in runc busybox-static ca-certificates make git curl; do
+for p in busybox-static ca-certificates make git curl gcc libc6-dev libseccomp-dev pkg-config \
+         containernetworking-plugins iptables; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 # A Docker engine and CLI: --load targets and the CLI-plugin tests.
@@ -29,10 +34,26 @@ command -v go >/dev/null || { echo "setup: Go 1.26 is required (https://go.dev/d
 bash hack/setup-multiplatform.sh
 
 mkdir -p bin
-if [ ! -x bin/buildkitd ] || [ ! -x bin/buildctl ] || [ "$(bin/buildkitd --version 2>/dev/null | awk '{print $3}')" != "$BUILDKIT_VERSION" ]; then
+# buildkitd and buildctl: BuildKit's go.mod has exclude lines, so `go install pkg@version` refuses
+# it; they are built through their own tool modfile, which also keeps the daemon's dependencies
+# apart from the client-side BuildKit that kiln itself links.
+BUILDKIT_VERSION=$(go list -modfile=tools/buildkit/go.mod -m -f '{{.Version}}' github.com/moby/buildkit)
+if [ ! -x bin/buildkitd ] || [ ! -x bin/buildctl ] \
+   || [ "$(bin/buildkitd --version 2>/dev/null | awk '{print $3}')" != "$BUILDKIT_VERSION" ] \
+   || [ "$(bin/buildctl --version 2>/dev/null | awk '{print $3}')" != "$BUILDKIT_VERSION" ]; then
   echo "setup: building buildkitd and buildctl $BUILDKIT_VERSION (a few minutes the first time)"
-  go build -ldflags "-X github.com/moby/buildkit/version.Version=$BUILDKIT_VERSION" -o bin/ \
-    github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl
+  go build -modfile=tools/buildkit/go.mod -ldflags "-X github.com/moby/buildkit/version.Version=$BUILDKIT_VERSION" \
+    -o bin/ github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl
+fi
+# runc: cgo with the seccomp tag (libseccomp), or it builds fine and runs every step without a
+# seccomp filter; `runc --version` prints a libseccomp line only when the filter is compiled in.
+# Its version comes from the module's embedded VERSION file; gitCommit records the module tag.
+RUNC_VERSION=$(go list -modfile=tools/runc/go.mod -m -f '{{.Version}}' github.com/opencontainers/runc)
+if [ ! -x bin/runc ] || [ "$(bin/runc --version 2>/dev/null | awk 'NR==1{print $3}')" != "${RUNC_VERSION#v}" ] \
+   || ! bin/runc --version 2>/dev/null | grep -q '^libseccomp: '; then
+  echo "setup: building runc $RUNC_VERSION with seccomp"
+  CGO_ENABLED=1 go build -modfile=tools/runc/go.mod -trimpath -buildmode=pie -tags "seccomp urfave_cli_no_docs" \
+    -ldflags "-X main.gitCommit=$RUNC_VERSION" -o bin/runc github.com/opencontainers/runc
 fi
 # versitygw: a real S3 server (posix backend) for the S3 blob store's tests and e2e. It has its own
 # tool modfile so its dependencies don't move kiln's; its version is the one pinned there.
@@ -44,4 +65,4 @@ if [ ! -x bin/versitygw ] || [ "$(bin/versitygw --version 2>/dev/null | awk '/^V
 fi
 echo "setup: building kiln"
 go build -ldflags "-X github.com/kiln-dev/kiln/internal/cli.Version=$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/kiln ./cmd/kiln
-echo "setup: done: $(bin/kiln version), buildkitd $(bin/buildkitd --version | awk '{print $3}'), $(runc --version | head -1)"
+echo "setup: done: $(bin/kiln version), buildkitd $(bin/buildkitd --version | awk '{print $3}'), $(bin/runc --version | head -1) ($(bin/runc --version | grep '^libseccomp:'))"

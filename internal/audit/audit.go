@@ -37,10 +37,14 @@ const (
 	// KindCustomerProjectCreated: a source build's customer id named no
 	// project yet, so one was created.
 	KindCustomerProjectCreated = "customer_project_created"
+	// KindProjectEgressChanged: an organization token replaced a project's
+	// egress allow-list (the private ranges its RUN steps may reach).
+	KindProjectEgressChanged = "project_egress_changed"
 )
 
 // Kinds lists every kind, for validation and help texts.
-var Kinds = []string{KindTokenCreated, KindTokenDeleted, KindDenied, KindTrustPolicyMatched, KindCustomerProjectCreated}
+var Kinds = []string{KindTokenCreated, KindTokenDeleted, KindDenied, KindTrustPolicyMatched, KindCustomerProjectCreated,
+	KindProjectEgressChanged}
 
 // Event is one thing that happened.
 type Event struct {

@@ -166,6 +166,22 @@ func (a *Authenticator) Authenticate(ctx context.Context, secret string) (Princi
 	if !t.ExpiresAt.IsZero() && now().After(t.ExpiresAt) {
 		return Principal{}, bad
 	}
+	if t.Kind == store.TokenBuild {
+		// A build token reaches one build, and only while it runs: once the
+		// build ended (its --save push comes before FinishBuild), the token
+		// and every registry token minted from it are dead.
+		b, err := a.Store.GetBuild(ctx, t.BuildID)
+		if err != nil && !errdefs.IsNotFound(err) {
+			return Principal{}, fmt.Errorf("look up build: %w", err)
+		}
+		if err != nil {
+			return Principal{}, bad
+		}
+		if b.Terminal() {
+			// Only the token's holder learns this, of a build it knows.
+			return Principal{}, fmt.Errorf("this build token's build has ended; build tokens work only while their build runs: %w", errdefs.ErrUnauthenticated)
+		}
+	}
 	return Principal{TokenID: t.ID, Kind: t.Kind, OrgID: t.OrgID, ProjectID: t.ProjectID, BuildID: t.BuildID}, nil
 }
 

@@ -50,6 +50,34 @@ func TestAuthenticate(t *testing.T) {
 	}
 }
 
+// A build token reaches its build only while the build runs: after it
+// ended (or if it never existed) the token is as good as unknown.
+func TestBuildTokenDiesWithItsBuild(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now()
+	st.CreateBuild(ctx, store.Build{ID: "b1", ProjectID: "p", OrgID: "o", Status: store.BuildRunning, CreatedAt: now})
+	tok, hash := auth.NewSecret(store.TokenBuild)
+	st.CreateToken(ctx, store.Token{ID: "t1", Kind: store.TokenBuild, OrgID: "o", ProjectID: "p", BuildID: "b1", SecretHash: hash, CreatedAt: now})
+	orphan, orphanHash := auth.NewSecret(store.TokenBuild)
+	st.CreateToken(ctx, store.Token{ID: "t2", Kind: store.TokenBuild, OrgID: "o", ProjectID: "p", BuildID: "gone", SecretHash: orphanHash, CreatedAt: now})
+	a := &auth.Authenticator{Store: st}
+	if p, err := a.Authenticate(ctx, tok); err != nil || p.BuildID != "b1" {
+		t.Fatalf("running build's token: %+v, %v", p, err)
+	}
+	st.UpdateBuild(ctx, "b1", func(b *store.Build) error { b.Status = store.BuildSucceeded; return nil })
+	if _, err := a.Authenticate(ctx, tok); !errors.Is(err, errdefs.ErrUnauthenticated) {
+		t.Errorf("token of a finished build: %v, want ErrUnauthenticated", err)
+	}
+	if _, err := a.Authenticate(ctx, orphan); !errors.Is(err, errdefs.ErrUnauthenticated) {
+		t.Errorf("token of a missing build: %v, want ErrUnauthenticated", err)
+	}
+}
+
 func TestScopes(t *testing.T) {
 	pa := store.Project{ID: "pa", OrgID: "o"}
 	pb := store.Project{ID: "pb", OrgID: "o"}

@@ -88,8 +88,11 @@ func Load(ctx context.Context, o LoadOptions) (*Definition, error) {
 	// buildx records in ent which paths and entitlements the targets use,
 	// to ask the user before it builds; kiln reads and writes only what the
 	// user's own files and flags name, and grants no entitlements.
+	// No --var values (nil): variables come from the environment, as in
+	// buildx without --var; paths stay relative to the working directory
+	// (no ParseOpt.FileRelativePaths, buildx's default).
 	ent := &bx.EntitlementConf{}
-	tgts, grps, err := bx.ReadTargets(ctx, files, targets, overrides, defaults, ent)
+	tgts, grps, err := bx.ReadTargets(ctx, files, targets, overrides, defaults, nil, ent)
 	if err != nil {
 		return nil, invalid(err)
 	}

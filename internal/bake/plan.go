@@ -10,8 +10,8 @@ import (
 	"strings"
 
 	bx "github.com/docker/buildx/bake"
-	bxbuild "github.com/docker/buildx/build"
 	"github.com/docker/buildx/util/buildflags"
+	"github.com/docker/buildx/util/urlutil"
 
 	"github.com/kiln-dev/kiln/internal/engine"
 	"github.com/kiln-dev/kiln/internal/errdefs"
@@ -77,7 +77,7 @@ func translate(name string, t *bx.Target, tmpDir string) (*Build, error) {
 	switch {
 	case ctxPath == "-":
 		return nil, fmt.Errorf("context \"-\": a context from stdin is not allowed in bake: %w", errdefs.ErrInvalid)
-	case bxbuild.IsRemoteURL(ctxPath):
+	case urlutil.IsRemoteURL(ctxPath):
 		return nil, fmt.Errorf("context %q: remote contexts are not supported by kiln bake; use a local directory: %w", ctxPath, errdefs.ErrInvalid)
 	}
 	o.ContextPath = filepath.Clean(ctxPath)

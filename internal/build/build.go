@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -54,6 +55,13 @@ type Config struct {
 	// build of another project of its organization), which the Connect
 	// edge cannot tell from real misses; audit.Recorder.AuthEvent is one.
 	Audit func(ctx context.Context, event string, attrs ...any)
+	// GatewayAddr is the builder gateway's address as clients reach it,
+	// "tcp://host:port" (kiln serve's own listener): every builder
+	// connection goes there.
+	GatewayAddr func() string
+	// Revoke cuts a build's builder connections (the gateway's Revoke); it
+	// is called whenever a build ends. nil: nothing to cut.
+	Revoke func(buildID string)
 }
 
 // Service implements build operations.
@@ -87,6 +95,12 @@ func NewService(st store.Store, fleet Fleet, certs Certs, cfg Config, logger *sl
 	if cfg.BuildURL == nil {
 		cfg.BuildURL = func(string) string { return "" }
 	}
+	if cfg.GatewayAddr == nil {
+		cfg.GatewayAddr = func() string { return "" }
+	}
+	if cfg.Revoke == nil {
+		cfg.Revoke = func(string) {}
+	}
 	return &Service{store: st, fleet: fleet, certs: certs, cfg: cfg, logger: logger, leases: map[string][]string{}}
 }
 
@@ -117,6 +131,9 @@ func (s *Service) Create(ctx context.Context, p auth.Principal, projectID string
 	now := time.Now().UTC()
 	b := store.Build{ID: project.NewID(), ProjectID: proj.ID, OrgID: proj.OrgID, Status: store.BuildRunning,
 		Command: command, Options: string(opts), CreatedAt: now, StartedAt: now, LastHealthAt: now}
+	if p.Kind == store.TokenOrg || p.Kind == store.TokenProject {
+		b.CreatedBy = p.TokenID // deleting that token ends the build (EndCreatedBy)
+	}
 	if err := s.store.CreateBuild(ctx, b); err != nil {
 		return store.Build{}, "", err
 	}
@@ -186,10 +203,13 @@ func (s *Service) List(ctx context.Context, p auth.Principal, projectID string, 
 	return s.store.ListBuilds(ctx, projectID, before, limit)
 }
 
-// Connection is the answer to GetBuildKitConnection.
+// Connection is the answer to GetBuildKitConnection: the gateway's
+// address, the name of the builder behind it, and the build's client
+// certificate.
 type Connection struct {
 	Ready    bool
 	WaitMs   int32
+	Addr     string // the gateway, "tcp://host:port"
 	Endpoint builder.Endpoint
 	CertPEM  string
 	KeyPEM   string
@@ -247,14 +267,79 @@ func (s *Service) connect(ctx context.Context, b store.Build, platform string) (
 	if err != nil {
 		return Connection{}, fmt.Errorf("issue client certificate: %w", err)
 	}
-	return Connection{Ready: true, Endpoint: ep, CertPEM: string(cert), KeyPEM: string(key)}, nil
+	return Connection{Ready: true, Addr: s.cfg.GatewayAddr(), Endpoint: ep, CertPEM: string(cert), KeyPEM: string(key)}, nil
 }
 
-// SpecFor turns a project's cache policy into a builder spec.
+// BuilderAccess is the gateway's question for every connection (and again
+// while it lasts): may build buildID use project projectID's builders now?
+// Only while the build is in that project and has not ended, and the token
+// that created it has not been deleted. A store failure is
+// errdefs.ErrUnavailable, which refuses a new connection but does not cut
+// a live one.
+func (s *Service) BuilderAccess(ctx context.Context, projectID, buildID string) error {
+	b, err := s.store.GetBuild(ctx, buildID)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return fmt.Errorf("build %q: %w", buildID, errdefs.ErrNotFound)
+		}
+		return fmt.Errorf("look up build: %v: %w", err, errdefs.ErrUnavailable)
+	}
+	if b.ProjectID != projectID {
+		return fmt.Errorf("build %q is not in project %q: %w", buildID, projectID, errdefs.ErrPermission)
+	}
+	if b.Terminal() {
+		return fmt.Errorf("build %q already %s: %w", buildID, b.Status, errdefs.ErrFailedPrecondition)
+	}
+	if b.CreatedBy != "" {
+		if _, err := s.store.GetToken(ctx, b.CreatedBy); errdefs.IsNotFound(err) {
+			return fmt.Errorf("build %q: the token that created it was deleted: %w", buildID, errdefs.ErrPermission)
+		}
+	}
+	return nil
+}
+
+// EndCreatedBy cancels the running client builds a deleted token created:
+// their build tokens stop working and their builder connections are cut.
+func (s *Service) EndCreatedBy(ctx context.Context, tokenID string) error {
+	if tokenID == "" {
+		return nil
+	}
+	running, err := s.store.ListBuildsByStatus(ctx, store.BuildRunning)
+	if err != nil {
+		return err
+	}
+	for _, b := range running {
+		if b.CreatedBy != tokenID || b.IsSource() {
+			continue
+		}
+		if _, err := s.end(ctx, b.ID, Result{Status: store.BuildCanceled, Error: "canceled: the token that started this build was deleted"}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SpecFor turns a project's cache policy and egress allow-list into a
+// builder spec.
 func SpecFor(proj store.Project, platform string) builder.Spec {
-	return builder.Spec{ProjectID: proj.ID, Platform: platform,
+	spec := builder.Spec{ProjectID: proj.ID, Platform: platform,
 		KeepBytes:    int64(proj.KeepGB) << 30,
 		KeepDuration: time.Duration(proj.KeepDays) * 24 * time.Hour}
+	spec.EgressAllow = EgressPrefixes(proj.EgressAllow)
+	return spec
+}
+
+// EgressPrefixes parses a project's egress allow-list (validated when it
+// was set); an entry that no longer parses is skipped, and so stays
+// blocked.
+func EgressPrefixes(cidrs []string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, c := range cidrs {
+		if p, err := netip.ParsePrefix(c); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func (s *Service) lease(projectID, platform, buildID string) {
@@ -267,8 +352,10 @@ func (s *Service) lease(projectID, platform, buildID string) {
 	s.fleet.Lease(projectID, platform, buildID)
 }
 
-// releaseAll drops every builder lease the build holds.
+// releaseAll drops every builder lease the build holds and cuts its
+// builder connections. Only ended builds get here.
 func (s *Service) releaseAll(b store.Build) {
+	s.cfg.Revoke(b.ID)
 	s.mu.Lock()
 	platforms := s.leases[b.ID]
 	delete(s.leases, b.ID)

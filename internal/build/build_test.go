@@ -33,7 +33,7 @@ func (f *fakeFleet) Ensure(spec builder.Spec) (builder.Endpoint, bool, error) {
 		f.pending--
 		return builder.Endpoint{}, false, nil
 	}
-	return builder.Endpoint{Addr: "tcp://127.0.0.1:1", ServerName: spec.ProjectID, CACertPEM: "ca"}, true, nil
+	return builder.Endpoint{Socket: "/nonexistent.sock", ServerName: spec.ProjectID, CACertPEM: "ca"}, true, nil
 }
 
 func (f *fakeFleet) Lease(p, pl, id string) {

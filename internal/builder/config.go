@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"text/template"
@@ -75,6 +76,13 @@ insecure-entitlements = []
   enabled = true
   snapshotter = "overlayfs"
   gc = true
+  # RUN steps get a network namespace each on this builder's own bridge
+  # (kiln's egress policy filters it); never the host's network.
+  networkMode = "bridge"
+  cniBinaryPath = {{q .Net.CNIBinDir}}
+  bridgeName = {{q .Net.Bridge}}
+  bridgeSubnet = {{q .Net.Subnet}}
+  cniPoolSize = 4
 {{- range .GC}}
 
   [[worker.oci.gcpolicy]]
@@ -100,16 +108,33 @@ insecure-entitlements = []
 [registry.{{q .}}]
   http = true
 {{- end}}
+{{- with .OwnRegistry}}{{if .Host}}
+
+# kiln's own registry: TLS with kiln's CA, never plain HTTP.
+[registry.{{q .Host}}]
+  http = false
+  ca = [{{range $i, $f := .CAFiles}}{{if $i}}, {{end}}{{q $f}}{{end}}]
+{{- end}}{{end}}
 `))
 
-// renderConfig renders buildkitd.toml for spec; insecureRegistries have
-// been checked with checkRegistryHost (NewFleet does).
-func renderConfig(spec Spec, insecureRegistries []string) ([]byte, error) {
+// netSettings are a builder's network settings in buildkitd.toml.
+type netSettings struct {
+	CNIBinDir, Bridge, Subnet string
+}
+
+// renderConfig renders buildkitd.toml for spec; insecureRegistries and
+// own.Host have been checked with checkRegistryHost (NewFleet does).
+func renderConfig(spec Spec, insecureRegistries []string, own OwnRegistry, net netSettings) ([]byte, error) {
+	if slices.Contains(insecureRegistries, own.Host) {
+		own = OwnRegistry{} // the operator's --insecure-registry wins (one TOML table per host)
+	}
 	var b bytes.Buffer
 	err := configTmpl.Execute(&b, struct {
 		GC                 []gcRule
 		InsecureRegistries []string
-	}{gcPolicy(spec.KeepBytes, spec.KeepDuration), insecureRegistries})
+		OwnRegistry        OwnRegistry
+		Net                netSettings
+	}{gcPolicy(spec.KeepBytes, spec.KeepDuration), insecureRegistries, own, net})
 	if err != nil {
 		return nil, fmt.Errorf("render buildkitd.toml: %w", err)
 	}

@@ -7,34 +7,42 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/gateway"
 	"github.com/kiln-dev/kiln/internal/pki"
 )
 
-// Spec says which builder is wanted and how its cache is collected.
+// Spec says which builder is wanted, how its cache is collected and where
+// its RUN steps may connect.
 type Spec struct {
 	ProjectID    string
 	Platform     string        // "linux/amd64" or "linux/arm64" (any "linux/<arch>[/<variant>]" is accepted)
 	KeepBytes    int64         // GC: cache size cap; 0 → DefaultKeepBytes (10 GiB)
 	KeepDuration time.Duration // GC: keep cache records this long; 0 → DefaultKeepDuration (14 days)
+	// EgressAllow are private destinations the operator lets this
+	// project's RUN steps reach (a package mirror); see network.go. Applied
+	// at once, also to a running builder.
+	EgressAllow []netip.Prefix
 }
 
-// Endpoint is how a build client reaches a builder: TCP with mutual TLS.
-// The client presents a certificate from pki.Authority.IssueClient for the
-// same project and verifies the server against CACertPEM as ServerName.
+// Endpoint is how a build reaches a builder. buildkitd serves only Socket,
+// a unix socket on kiln's machine; clients reach it through kiln's builder
+// gateway (internal/gateway) at the control plane's address, asking for
+// ServerName and verifying the gateway's certificate against CACertPEM. They
+// present a certificate from pki.Authority.IssueClient for the same project.
 type Endpoint struct {
-	Addr       string // "tcp://127.0.0.1:PORT"
-	ServerName string // TLS name in the server cert, e.g. "<project>-amd64.builder.kiln"
-	CACertPEM  string // the project CA: clients verify the server with it
+	ServerName string // TLS name the gateway routes by, e.g. "<project>-amd64.builder.kiln"
+	CACertPEM  string // the project CA: clients verify the gateway with it
+	Socket     string // buildkitd's unix socket (plain gRPC): the gateway's side, never handed out
 }
 
 // Config configures a Fleet. Zero durations take the documented defaults.
@@ -50,9 +58,25 @@ type Config struct {
 	// The builder is restarted after OnExit returns (or sooner, by an Ensure).
 	OnExit func(projectID, platform string, leases []string, err error)
 	// InsecureRegistries are registries ("host" or "host:port") builders
-	// reach over plain HTTP, e.g. kiln's own registry on loopback under a
-	// name BuildKit does not already treat as local. Applied at each start.
+	// reach over plain HTTP (kiln serve --insecure-registry). Applied at
+	// each start.
 	InsecureRegistries []string
+	// OwnRegistry is kiln's registry as builders reach it: over TLS, never
+	// plain HTTP. Asked at each start (kiln's port may be known only once it
+	// listens); nil or a zero answer: not configured.
+	OwnRegistry func() OwnRegistry
+	// Network places RUN steps in private networks (network.go).
+	Network Network
+	// PassEnv names variables of kiln's environment that builders get (an
+	// operator's proxy settings). Nothing else of kiln's environment reaches
+	// a builder: see buildkitdEnv.
+	PassEnv []string
+}
+
+// OwnRegistry is how builders reach kiln's own registry.
+type OwnRegistry struct {
+	Host    string   // host[:port] as in image references, e.g. "127.0.0.1:7420"
+	CAFiles []string // PEM files of the CAs its TLS certificate may chain to (besides the system's)
 }
 
 // State is a builder's lifecycle state as reported by Status.
@@ -71,7 +95,9 @@ type Status struct {
 	Platform  string
 	State     State
 	PID       int    // buildkitd's pid; 0 when no process
-	Addr      string // "tcp://127.0.0.1:PORT" of the last start; "" before the first
+	Socket    string // buildkitd's unix socket
+	Bridge    string // the bridge of its RUN steps' network, "" before the first start
+	Subnet    string // that network's subnet
 	Leases    []string
 	StateDir  string // the builder's directory, Root/<project>/<arch>; buildkitd's --root is StateDir/state
 	LogPath   string // buildkitd's log, StateDir/buildkitd.log
@@ -88,12 +114,6 @@ const (
 	// for this long instead of starting again, so a broken builder is not
 	// relaunched in a tight loop by polling callers.
 	startRetryBackoff = 5 * time.Second
-	// serverCertTTL is the builder's server certificate lifetime; a new one
-	// is issued at every start, and an idle builder whose certificate has
-	// less than certRenewBefore left is stopped, so that the next use
-	// restarts it with a fresh one.
-	serverCertTTL   = 365 * 24 * time.Hour
-	certRenewBefore = 30 * 24 * time.Hour
 	// maxSocketPath is the longest unix socket path buildkitd accepts
 	// (containerd's sys.CreateUnixSocket checks for the BSD limit, 104,
 	// which is below Linux's 108).
@@ -116,8 +136,14 @@ type Fleet struct {
 
 	mu        sync.Mutex
 	builders  map[key]*builder
-	resetting map[string]int // project → Resets in progress
+	names     map[string]*builder // server name → builder, for the gateway
+	resetting map[string]int      // project → Resets in progress
 	closed    bool
+
+	// egressMu serializes writes of the egress rules (network.go).
+	egressMu sync.Mutex
+	// releasePool gives up the claim on Network.Pool (Close).
+	releasePool func()
 
 	quit chan struct{}  // closed by Close; stops the reaper
 	wg   sync.WaitGroup // runBuilder goroutines, the reaper, background stops
@@ -136,18 +162,17 @@ type builder struct {
 	serverName string
 
 	// guarded by Fleet.mu
-	spec       Spec   // the latest Ensure's; applied at the next start
-	caPEM      string // the project CA, for Endpoint
-	state      State
-	port       int
-	run        *run
-	leases     map[string]time.Time // lease id → when it was taken
-	lastUsed   time.Time            // last Ensure or Release to zero leases; idle time counts from here
-	certExpiry time.Time
-	lastErr    error
-	retryAt    time.Time     // after a failed start, Ensure returns lastErr until then
-	restart    bool          // start again once the current run is gone (Ensure during a stop)
-	changed    chan struct{} // closed and replaced at every state change; Acquire waits on it
+	spec     Spec   // the latest Ensure's; applied at the next start (its egress at once)
+	caPEM    string // the project CA, for Endpoint
+	state    State
+	net      int // index of its build network in Network.Pool; -1 until the first start
+	run      *run
+	leases   map[string]time.Time // lease id → when it was taken
+	lastUsed time.Time            // last Ensure or Release to zero leases; idle time counts from here
+	lastErr  error
+	retryAt  time.Time     // after a failed start, Ensure returns lastErr until then
+	restart  bool          // start again once the current run is gone (Ensure during a stop)
+	changed  chan struct{} // closed and replaced at every state change; Acquire waits on it
 }
 
 // run is one buildkitd process of a builder, from launch to cleanup.
@@ -161,21 +186,14 @@ type run struct {
 }
 
 func (b *builder) stateDir() string { return filepath.Join(b.dir, "state") }
-func (b *builder) certsDir() string { return filepath.Join(b.dir, "certs") }
+func (b *builder) tmpDir() string   { return filepath.Join(b.dir, "tmp") }
 func (b *builder) logPath() string  { return filepath.Join(b.dir, "buildkitd.log") }
 func (b *builder) sock() string     { return filepath.Join(b.sockDir, "buildkitd.sock") }
 func (b *builder) otelSock() string { return filepath.Join(b.sockDir, "otel-grpc.sock") }
 
 // endpoint is guarded by Fleet.mu.
 func (b *builder) endpoint() Endpoint {
-	return Endpoint{Addr: b.addr(), ServerName: b.serverName, CACertPEM: b.caPEM}
-}
-
-func (b *builder) addr() string {
-	if b.port == 0 {
-		return ""
-	}
-	return "tcp://127.0.0.1:" + strconv.Itoa(b.port)
+	return Endpoint{ServerName: b.serverName, CACertPEM: b.caPEM, Socket: b.sock()}
 }
 
 // broadcastLocked wakes everything waiting on a change of b.
@@ -200,6 +218,12 @@ func NewFleet(cfg Config) (*Fleet, error) {
 		return nil, fmt.Errorf("builder: buildkitd binary %s is not an executable file: %w", bin, errdefs.ErrInvalid)
 	}
 	cfg.BuildkitdPath = bin
+	if cfg.Network, err = cfg.Network.withDefaults(); err != nil {
+		return nil, fmt.Errorf("builder: %w", err)
+	}
+	if cfg.OwnRegistry == nil {
+		cfg.OwnRegistry = func() OwnRegistry { return OwnRegistry{} }
+	}
 	for _, h := range cfg.InsecureRegistries {
 		if err := checkRegistryHost(h); err != nil {
 			return nil, fmt.Errorf("builder: insecure registry %q: %w", h, err)
@@ -228,13 +252,19 @@ func NewFleet(cfg Config) (*Fleet, error) {
 	if n, err := cleanupTree(root, 0); n > 0 || err != nil {
 		log.Warn("cleaned up leftovers of a previous run", "root", root, "killed", n, "err", err)
 	}
+	release, err := cfg.Network.claim()
+	if err != nil {
+		return nil, fmt.Errorf("builder: %w", err)
+	}
 	f := &Fleet{
-		cfg:       cfg,
-		root:      root,
-		log:       log,
-		builders:  map[key]*builder{},
-		resetting: map[string]int{},
-		quit:      make(chan struct{}),
+		releasePool: release,
+		cfg:         cfg,
+		root:        root,
+		log:         log,
+		builders:    map[key]*builder{},
+		names:       map[string]*builder{},
+		resetting:   map[string]int{},
+		quit:        make(chan struct{}),
 	}
 	f.wg.Add(1)
 	go f.reap()
@@ -301,8 +331,13 @@ func (f *Fleet) ensure(spec Spec) (Endpoint, bool, <-chan struct{}, error) {
 		return Endpoint{}, false, nil, fmt.Errorf("builder: fleet is closed: %w", errdefs.ErrUnavailable)
 	}
 	b := f.builderLocked(spec.ProjectID, platform, arch)
+	egressChanged := b.net >= 0 && !slices.Equal(b.spec.EgressAllow, spec.EgressAllow)
 	b.spec = spec
 	b.caPEM = string(caPEM)
+	if egressChanged {
+		// Applied to the running builder at once, after mu is released.
+		defer func() { go f.applyEgressLogged() }()
+	}
 	if len(b.leases) == 0 {
 		b.lastUsed = time.Now()
 	}
@@ -336,13 +371,27 @@ func (f *Fleet) builderLocked(projectID, platform, arch string) *builder {
 		arch:       arch,
 		dir:        dir,
 		sockDir:    socketDir(dir),
-		serverName: projectID + "-" + arch + ".builder.kiln",
+		serverName: projectID + "-" + arch + gateway.ServerNameSuffix,
 		state:      StateStopped,
+		net:        -1,
 		leases:     map[string]time.Time{},
 		changed:    make(chan struct{}),
 	}
 	f.builders[k] = b
+	f.names[b.serverName] = b
 	return b
+}
+
+// Lookup returns the project and socket of the builder named serverName
+// (Endpoint.ServerName): what the gateway splices a connection to.
+func (f *Fleet) Lookup(serverName string) (projectID, socket string, ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, ok := f.names[serverName]
+	if !ok {
+		return "", "", false
+	}
+	return b.projectID, b.sock(), true
 }
 
 // Lease marks the builder in use by leaseID (a build id): it is not stopped
@@ -428,7 +477,7 @@ func (f *Fleet) Reset(ctx context.Context, projectID string) error {
 		if b.projectID != projectID || b.run != nil {
 			continue
 		}
-		b.state, b.lastErr, b.retryAt, b.certExpiry = StateStopped, nil, time.Time{}, time.Time{}
+		b.state, b.lastErr, b.retryAt = StateStopped, nil, time.Time{}
 		if b.restart && !f.closed && f.resetting[projectID] == 0 {
 			f.startLocked(b)
 		}
@@ -453,12 +502,15 @@ func (f *Fleet) Status() []Status {
 			ProjectID: b.projectID,
 			Platform:  b.platform,
 			State:     b.state,
-			Addr:      b.addr(),
+			Socket:    b.sock(),
 			StateDir:  b.dir,
 			LogPath:   b.logPath(),
 		}
 		if b.run != nil && b.run.proc != nil {
 			s.PID = b.run.proc.Pid
+		}
+		if b.net >= 0 {
+			s.Bridge, s.Subnet = f.cfg.Network.bridge(b.net), f.cfg.Network.subnet(b.net).String()
 		}
 		for l := range b.leases {
 			s.Leases = append(s.Leases, l)
@@ -512,11 +564,12 @@ func (f *Fleet) Close(ctx context.Context) error {
 	for _, d := range sockDirs {
 		_ = os.RemoveAll(d)
 	}
+	f.removeNetworks()
+	f.releasePool()
 	return nil
 }
 
-// reap stops builders that have been idle (no leases) for IdleTTL, and idle
-// builders whose server certificate is about to expire.
+// reap stops builders that have been idle (no leases) for IdleTTL.
 func (f *Fleet) reap() {
 	defer f.wg.Done()
 	interval := min(max(f.cfg.IdleTTL/4, 50*time.Millisecond), 30*time.Second)
@@ -535,13 +588,11 @@ func (f *Fleet) reap() {
 			if b.state != StateReady || len(b.leases) > 0 {
 				continue
 			}
-			idle := now.Sub(b.lastUsed) >= f.cfg.IdleTTL
-			certDue := !b.certExpiry.IsZero() && b.certExpiry.Sub(now) < certRenewBefore
-			if !idle && !certDue {
+			if now.Sub(b.lastUsed) < f.cfg.IdleTTL {
 				continue
 			}
 			if r := f.requestStopLocked(b); r != nil {
-				f.log.Info("stopping idle builder", "project", b.projectID, "platform", b.platform, "idle", now.Sub(b.lastUsed).Round(time.Second), "cert_due", certDue)
+				f.log.Info("stopping idle builder", "project", b.projectID, "platform", b.platform, "idle", now.Sub(b.lastUsed).Round(time.Second))
 				runs = append(runs, r)
 			}
 		}

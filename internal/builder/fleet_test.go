@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -23,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/gateway"
 	"github.com/kiln-dev/kiln/internal/pki"
 )
 
@@ -66,6 +68,7 @@ type testEnv struct {
 	fleet *Fleet
 	ca    *pki.Authority
 	root  string
+	gw    string // address of a builder gateway in front of the fleet, as kiln serve has
 }
 
 func newEnv(t *testing.T, mutate func(*Config)) *testEnv {
@@ -81,7 +84,9 @@ func newEnv(t *testing.T, mutate func(*Config)) *testEnv {
 		BuildkitdPath: bin,
 		CA:            ca,
 		StartTimeout:  60 * time.Second,
-		Logger:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		// Not the default pool: kiln serve may run beside these tests.
+		Network: Network{Pool: netip.MustParsePrefix("10.60.0.0/20")},
+		Logger:  slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if mutate != nil {
 		mutate(&cfg)
@@ -104,7 +109,34 @@ func newEnv(t *testing.T, mutate func(*Config)) *testEnv {
 			t.Errorf("mounts left after Close: %v", mps)
 		}
 	})
-	return &testEnv{fleet: f, ca: ca, root: f.root}
+	return &testEnv{fleet: f, ca: ca, root: f.root, gw: serveGateway(t, f, ca)}
+}
+
+// serveGateway puts a builder gateway in front of f on a loopback port, the
+// way kiln serve's listener does, letting every per-build certificate of a
+// builder's project through.
+func serveGateway(t *testing.T, f *Fleet, ca *pki.Authority) string {
+	t.Helper()
+	gw, err := gateway.New(gateway.Config{Builders: f, Certs: ca,
+		Authorize: func(context.Context, string, string) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go gw.Serve(tls.Server(c, &tls.Config{GetConfigForClient: gw.TLSConfig}))
+		}
+	}()
+	return l.Addr().String()
 }
 
 // testWriter sends the fleet's log to t.Log, while the test runs.
@@ -121,9 +153,10 @@ func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// dial connects to ep the way a remote build client would: TLS with a client
-// certificate, verifying the server against the project CA.
-func dial(t *testing.T, ctx context.Context, ep Endpoint, certPEM, keyPEM []byte) *client.Client {
+// dial connects to ep the way a remote build client would: through the
+// gateway, TLS with a client certificate, verifying the server against the
+// project CA.
+func dial(t *testing.T, ctx context.Context, env *testEnv, ep Endpoint, certPEM, keyPEM []byte) *client.Client {
 	t.Helper()
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM([]byte(ep.CACertPEM)) {
@@ -139,7 +172,7 @@ func dial(t *testing.T, ctx context.Context, ep Endpoint, certPEM, keyPEM []byte
 		// does not name its issuer: the server must do the refusing.
 		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &pair, nil }
 	}
-	addr := strings.TrimPrefix(ep.Addr, "tcp://")
+	addr := env.gw
 	c, err := client.New(ctx, "", client.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
 		d := tls.Dialer{Config: tc}
 		return d.DialContext(ctx, "tcp", addr)
@@ -153,11 +186,11 @@ func dial(t *testing.T, ctx context.Context, ep Endpoint, certPEM, keyPEM []byte
 
 func clientFor(t *testing.T, ctx context.Context, env *testEnv, project string, ep Endpoint) *client.Client {
 	t.Helper()
-	certPEM, keyPEM, err := env.ca.IssueClient(project, "test", 10*time.Minute)
+	certPEM, keyPEM, err := env.ca.IssueClient(project, "build:test", 10*time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return dial(t, ctx, ep, certPEM, keyPEM)
+	return dial(t, ctx, env, ep, certPEM, keyPEM)
 }
 
 // solveRun runs args in a scratch image holding only busybox, the way a
@@ -234,7 +267,7 @@ func TestAcquireTLSAndProjectIsolation(t *testing.T) {
 	if ready {
 		t.Fatal("ready before any start")
 	}
-	if ep.Addr == "" || ep.ServerName != "proj-a-amd64.builder.kiln" || ep.CACertPEM == "" {
+	if ep.Socket == "" || ep.ServerName != "proj-a-amd64.builder.kiln" || ep.CACertPEM == "" {
 		t.Fatalf("endpoint while starting: %+v", ep)
 	}
 	ep2, err := env.fleet.Acquire(ctx, spec)
@@ -249,10 +282,10 @@ func TestAcquireTLSAndProjectIsolation(t *testing.T) {
 	}
 
 	st := status(t, env.fleet, "proj-a", "linux/amd64")
-	if st.State != StateReady || st.PID == 0 || st.Addr != ep.Addr {
+	if st.State != StateReady || st.PID == 0 || st.Socket != ep.Socket || st.Bridge == "" || st.Subnet == "" {
 		t.Fatalf("status: %+v", st)
 	}
-	for _, p := range []string{"state", "certs/server.crt", "certs/server.key", "certs/ca.crt", "buildkitd.toml", "buildkitd.log"} {
+	for _, p := range []string{"state", "tmp", "buildkitd.toml", "buildkitd.log"} {
 		if _, err := os.Stat(filepath.Join(st.StateDir, p)); err != nil {
 			t.Errorf("builder dir: %v", err)
 		}
@@ -290,7 +323,7 @@ func TestAcquireTLSAndProjectIsolation(t *testing.T) {
 	} else {
 		t.Logf("other project's cert refused: %v", err)
 	}
-	anon := dial(t, ctx, ep, nil, nil)
+	anon := dial(t, ctx, env, ep, nil, nil)
 	if _, err := anon.ListWorkers(ctx); err == nil {
 		t.Fatal("client without certificate accepted")
 	}
@@ -617,7 +650,7 @@ func TestPlatformsAndLongRoot(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if eps[0].Addr == eps[1].Addr || eps[1].ServerName != "multi-arm64.builder.kiln" {
+	if eps[0].Socket == eps[1].Socket || eps[1].ServerName != "multi-arm64.builder.kiln" {
 		t.Fatalf("endpoints %+v", eps)
 	}
 	st := status(t, env.fleet, "multi", "linux/arm64")

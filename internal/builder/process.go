@@ -5,11 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,20 +23,18 @@ import (
 // checked that b has no run.
 func (f *Fleet) startLocked(b *builder) {
 	b.restart = false
-	port, err := freePort(b.port)
-	if err != nil {
+	if err := f.netLocked(b); err != nil {
 		b.state = StateCrashed
-		b.lastErr = fmt.Errorf("builder %s/%s: no free port: %v: %w", b.projectID, b.platform, err, errdefs.ErrUnavailable)
+		b.lastErr = fmt.Errorf("builder %s/%s: %w", b.projectID, b.platform, err)
 		b.retryAt = time.Now().Add(startRetryBackoff)
 		b.broadcastLocked()
 		return
 	}
-	b.port = port
 	b.state = StateStarting
 	r := &run{stop: make(chan struct{}), done: make(chan struct{})}
 	b.run = r
 	f.wg.Add(1)
-	go f.runBuilder(b, r, b.spec, port)
+	go f.runBuilder(b, r, b.spec, b.net)
 	b.broadcastLocked()
 }
 
@@ -101,11 +97,11 @@ func (f *Fleet) stopAll(ctx context.Context, runs []*run) {
 
 // runBuilder is the life of one run: launch buildkitd, wait until it answers,
 // wait for it to exit, clean up its tree, then record the outcome.
-func (f *Fleet) runBuilder(b *builder, r *run, spec Spec, port int) {
+func (f *Fleet) runBuilder(b *builder, r *run, spec Spec, netIndex int) {
 	defer f.wg.Done()
 	log := f.log.With("project", b.projectID, "platform", b.platform)
 
-	cmd, expiry, logDone, err := f.launch(b, spec, port)
+	cmd, logDone, err := f.launch(b, spec, netIndex)
 	if err != nil {
 		f.finishRun(b, r, fmt.Errorf("builder %s/%s: start buildkitd: %w: %w", b.projectID, b.platform, err, errdefs.ErrUnavailable), true, time.Now())
 		return
@@ -116,10 +112,9 @@ func (f *Fleet) runBuilder(b *builder, r *run, spec Spec, port int) {
 
 	f.mu.Lock()
 	r.proc = cmd.Process
-	b.certExpiry = expiry
 	b.broadcastLocked()
 	f.mu.Unlock()
-	log.Info("buildkitd started", "pid", pgid, "addr", "tcp://127.0.0.1:"+strconv.Itoa(port))
+	log.Info("buildkitd started", "pid", pgid, "socket", b.sock(), "bridge", f.cfg.Network.bridge(netIndex), "subnet", f.cfg.Network.subnet(netIndex))
 
 	start := time.Now()
 	if err, gone := f.waitReady(b, r, exited, logDone); err != nil {
@@ -234,53 +229,49 @@ func (f *Fleet) finishRun(b *builder, r *run, err error, duringStart bool, diedA
 	f.mu.Unlock()
 }
 
-// launch prepares b's directory (certificates, config, log) and starts
-// buildkitd. It returns the server certificate's expiry with the command.
-func (f *Fleet) launch(b *builder, spec Spec, port int) (*exec.Cmd, time.Time, <-chan struct{}, error) {
-	for _, d := range []string{b.dir, b.stateDir(), b.certsDir(), b.sockDir} {
+// launch prepares b's directory (config, log, temporary files), applies
+// the egress policy for its build network and starts buildkitd.
+func (f *Fleet) launch(b *builder, spec Spec, netIndex int) (*exec.Cmd, <-chan struct{}, error) {
+	for _, d := range []string{b.dir, b.stateDir(), b.tmpDir(), b.sockDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, time.Time{}, nil, err
+			return nil, nil, err
 		}
 	}
-	caPEM, err := f.cfg.CA.ProjectCA(b.projectID)
-	if err != nil {
-		return nil, time.Time{}, nil, err
+	// Certificates of earlier kiln versions: buildkitd serves no TLS now.
+	_ = os.RemoveAll(filepath.Join(b.dir, "certs"))
+	n := f.cfg.Network
+	if err := n.checkCNI(); err != nil {
+		return nil, nil, err
 	}
-	expiry := time.Now().Add(serverCertTTL)
-	certPEM, keyPEM, err := f.cfg.CA.IssueServer(b.projectID, b.serverName, []net.IP{net.IPv4(127, 0, 0, 1)}, serverCertTTL)
-	if err != nil {
-		return nil, time.Time{}, nil, err
+	// Reservations a killed run left would exhaust the subnet in time.
+	n.releaseAddrs(netIndex)
+	// Before buildkitd exists: no step may run before its traffic is
+	// filtered.
+	if err := f.applyEgress(); err != nil {
+		return nil, nil, err
 	}
-	conf, err := renderConfig(spec, f.cfg.InsecureRegistries)
-	if err != nil {
-		return nil, time.Time{}, nil, err
-	}
-	files := []struct {
-		name string
-		data []byte
-	}{
-		{filepath.Join(b.certsDir(), "ca.crt"), caPEM},
-		{filepath.Join(b.certsDir(), "server.crt"), certPEM},
-		{filepath.Join(b.certsDir(), "server.key"), keyPEM},
-		{filepath.Join(b.dir, "buildkitd.toml"), conf},
-	}
-	for _, fl := range files {
-		if err := os.WriteFile(fl.name, fl.data, 0o600); err != nil {
-			return nil, time.Time{}, nil, err
+	own := f.cfg.OwnRegistry()
+	if own.Host != "" {
+		if err := checkRegistryHost(own.Host); err != nil {
+			return nil, nil, fmt.Errorf("kiln's registry %q: %w", own.Host, err)
 		}
+	}
+	conf, err := renderConfig(spec, f.cfg.InsecureRegistries, own,
+		netSettings{CNIBinDir: n.CNIBinDir, Bridge: n.bridge(netIndex), Subnet: n.subnet(netIndex).String()})
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := os.WriteFile(filepath.Join(b.dir, "buildkitd.toml"), conf, 0o600); err != nil {
+		return nil, nil, err
 	}
 
 	args := []string{
 		"--config", filepath.Join(b.dir, "buildkitd.toml"),
 		"--root", b.stateDir(),
-		// buildkitd serves unix sockets without TLS (getListener in
-		// cmd/buildkitd/main.go); kiln's readiness probe uses this one.
+		// The only listener: a unix socket in a 0700 directory, served
+		// without TLS. Builds reach it through kiln's gateway, which
+		// authorizes each connection; kiln's readiness probe uses it too.
 		"--addr", "unix://" + b.sock(),
-		"--addr", "tcp://127.0.0.1:" + strconv.Itoa(port),
-		"--tlscert", filepath.Join(b.certsDir(), "server.crt"),
-		"--tlskey", filepath.Join(b.certsDir(), "server.key"),
-		// With a CA, buildkitd requires and verifies client certificates.
-		"--tlscacert", filepath.Join(b.certsDir(), "ca.crt"),
 		// The default, /run/buildkit/otel-grpc.sock, would be shared by
 		// all builders.
 		"--otel-socket-path", b.otelSock(),
@@ -289,7 +280,7 @@ func (f *Fleet) launch(b *builder, spec Spec, port int) (*exec.Cmd, time.Time, <
 
 	logf, err := openLog(b.logPath())
 	if err != nil {
-		return nil, time.Time{}, nil, err
+		return nil, nil, err
 	}
 	fmt.Fprintf(logf, "kiln: %s starting %s %s\n", time.Now().Format(time.RFC3339), f.cfg.BuildkitdPath, strings.Join(args, " "))
 	// Our own pipe rather than an io.Writer in cmd.Stdout: exec would then
@@ -298,11 +289,11 @@ func (f *Fleet) launch(b *builder, spec Spec, port int) (*exec.Cmd, time.Time, <
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		logf.Close()
-		return nil, time.Time{}, nil, err
+		return nil, nil, err
 	}
 	cmd := exec.Command(f.cfg.BuildkitdPath, args...)
 	cmd.Dir = b.dir // so buildkitd's cwd marks it as this builder's too
-	cmd.Env = buildkitdEnv(filepath.Dir(f.cfg.BuildkitdPath))
+	cmd.Env = buildkitdEnv(filepath.Dir(f.cfg.BuildkitdPath), b.dir, b.tmpDir(), f.cfg.PassEnv)
 	cmd.Stdout, cmd.Stderr = pw, pw
 	// Own process group, so the tree can be signalled as one; SIGKILL if
 	// kiln dies. (Pdeathsig fires when the OS thread that forked exits; Go
@@ -314,7 +305,7 @@ func (f *Fleet) launch(b *builder, spec Spec, port int) (*exec.Cmd, time.Time, <
 	if err != nil {
 		pr.Close()
 		logf.Close()
-		return nil, time.Time{}, nil, err
+		return nil, nil, err
 	}
 	logDone := make(chan struct{})
 	go func() {
@@ -323,7 +314,7 @@ func (f *Fleet) launch(b *builder, spec Spec, port int) (*exec.Cmd, time.Time, <
 		pr.Close()
 		logf.Close()
 	}()
-	return cmd, expiry, logDone, nil
+	return cmd, logDone, nil
 }
 
 // waitReady polls buildkitd over the unix socket until it lists a worker.
@@ -370,42 +361,31 @@ func probe(ctx context.Context, sock string) bool {
 	return err == nil && len(ws) > 0
 }
 
-// freePort returns a TCP port on 127.0.0.1 that is free now, preferring the
-// builder's previous one so that endpoints stay the same across restarts.
-// Another process could take it before buildkitd binds it; buildkitd then
-// fails to start and the next Ensure picks another.
-func freePort(prefer int) (int, error) {
-	if prefer > 0 {
-		if l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(prefer)); err == nil {
-			l.Close()
-			return prefer, nil
-		}
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// buildkitdEnv is kiln's environment for buildkitd, with binDir first on
-// PATH (buildkitd looks up runc there) and without variables that would make
-// buildkitd act for kiln: NOTIFY_SOCKET (it would tell systemd it is ready)
-// and BUILDKITD_* (e.g. BUILDKITD_DEBUGADDR, one port for all builders).
-func buildkitdEnv(binDir string) []string {
+// buildkitdEnv is the whole environment of a builder: PATH with binDir
+// first (buildkitd looks up runc there), HOME and TMPDIR in the builder's
+// own directory, and the variables of kiln's environment the operator
+// named in pass (proxy settings, say). Nothing else of kiln's environment
+// reaches a builder: not its cloud credentials (AWS_*), its own settings
+// (KILN_*), NOTIFY_SOCKET or BUILDKITD_*. The AWS SDK in buildkitd (S3
+// cache exports a build may ask for) is also kept from the machine's
+// instance role: it would otherwise fetch kiln's host credentials from the
+// metadata service.
+func buildkitdEnv(binDir, home, tmp string, pass []string) []string {
 	path := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-	var env []string
-	for _, kv := range os.Environ() {
-		switch {
-		case strings.HasPrefix(kv, "PATH="):
-			if p := kv[len("PATH="):]; p != "" {
-				path = p
-			}
-		case strings.HasPrefix(kv, "NOTIFY_SOCKET="), strings.HasPrefix(kv, "BUILDKITD_"):
-		default:
-			env = append(env, kv)
+	env := []string{
+		"PATH=" + binDir + string(os.PathListSeparator) + path,
+		"HOME=" + home,
+		"TMPDIR=" + tmp,
+		"AWS_EC2_METADATA_DISABLED=true",
+	}
+	for _, name := range pass {
+		switch name {
+		case "PATH", "HOME", "TMPDIR", "AWS_EC2_METADATA_DISABLED":
+			continue
+		}
+		if v, ok := os.LookupEnv(name); ok {
+			env = append(env, name+"="+v)
 		}
 	}
-	return append(env, "PATH="+binDir+string(os.PathListSeparator)+path)
+	return env
 }

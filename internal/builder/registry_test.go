@@ -10,11 +10,41 @@ import (
 	bkconfig "github.com/moby/buildkit/cmd/buildkitd/config"
 )
 
+// kiln's own registry is reached over TLS with kiln's CA, even on
+// loopback (where BuildKit would otherwise speak plain HTTP).
+func TestRenderConfigOwnRegistryTLS(t *testing.T) {
+	own := OwnRegistry{Host: "127.0.0.1:7420", CAFiles: []string{"/data/pki/ca.crt", "/etc/kiln/tls.crt"}}
+	b, err := renderConfig(Spec{}, []string{"r.local:5000"}, own, testNet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := bkconfig.Load(strings.NewReader(string(b)))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, b)
+	}
+	r, ok := cfg.Registries["127.0.0.1:7420"]
+	if !ok || r.PlainHTTP == nil || *r.PlainHTTP || len(r.RootCAs) != 2 || r.RootCAs[0] != "/data/pki/ca.crt" {
+		t.Fatalf("kiln's registry: %+v\n%s", r, b)
+	}
+	// An operator who insists on --insecure-registry for it wins (BuildKit
+	// would refuse two tables for one host).
+	b, err = renderConfig(Spec{}, []string{"127.0.0.1:7420"}, own, testNet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err = bkconfig.Load(strings.NewReader(string(b))); err != nil {
+		t.Fatalf("%v\n%s", err, b)
+	}
+	if r := cfg.Registries["127.0.0.1:7420"]; r.PlainHTTP == nil || !*r.PlainHTTP {
+		t.Fatalf("--insecure-registry lost: %+v", r)
+	}
+}
+
 // kiln serve --insecure-registry reaches buildkitd as [registry."host"]
 // http = true, which BuildKit's own loader reads as plain HTTP.
 func TestRenderConfigInsecureRegistries(t *testing.T) {
 	regs := []string{"127.0.0.1:5000", "kiln.internal", "::1"}
-	b, err := renderConfig(Spec{KeepBytes: 1 << 30, KeepDuration: time.Hour}, regs)
+	b, err := renderConfig(Spec{KeepBytes: 1 << 30, KeepDuration: time.Hour}, regs, OwnRegistry{}, testNet)
 	if err != nil {
 		t.Fatal(err)
 	}

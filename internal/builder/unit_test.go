@@ -10,9 +10,11 @@ import (
 	bkconfig "github.com/moby/buildkit/cmd/buildkitd/config"
 )
 
+var testNet = netSettings{CNIBinDir: "/usr/lib/cni", Bridge: "k0ac800-3", Subnet: "10.200.3.0/24"}
+
 // The rendered file must mean to BuildKit's own config loader what we think.
 func TestRenderConfigParsesAsBuildKit(t *testing.T) {
-	b, err := renderConfig(Spec{KeepBytes: 5 << 30, KeepDuration: 36 * time.Hour}, nil)
+	b, err := renderConfig(Spec{KeepBytes: 5 << 30, KeepDuration: 36 * time.Hour}, nil, OwnRegistry{}, testNet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,6 +25,11 @@ func TestRenderConfigParsesAsBuildKit(t *testing.T) {
 	oci := cfg.Workers.OCI
 	if oci.Enabled == nil || !*oci.Enabled || oci.Snapshotter != "overlayfs" || oci.GC == nil || !*oci.GC {
 		t.Fatalf("oci worker: %+v", oci)
+	}
+	// RUN steps never get the host's network: bridge mode on the builder's
+	// own bridge and subnet.
+	if n := oci.NetworkConfig; n.Mode != "bridge" || n.BridgeName != testNet.Bridge || n.BridgeSubnet != testNet.Subnet || n.CNIBinaryPath != testNet.CNIBinDir {
+		t.Fatalf("network: %+v", n)
 	}
 	if e := cfg.Workers.Containerd.Enabled; e == nil || *e {
 		t.Fatal("containerd worker not disabled")

@@ -76,7 +76,9 @@ func newAuditCmd(g *globals) *cobra.Command {
 
 Kinds: token_created, token_deleted, denied (a request refused as
 Unauthenticated or PermissionDenied), trust_policy_matched (a CI job's OIDC
-token admitted by a project's trust policy; once per job and 10 minutes).
+token admitted by a project's trust policy; once per job and 10 minutes),
+customer_project_created (a source build's customer got a project),
+project_egress_changed (a project's --egress-allow list was replaced).
 Requests with an unknown token
 belong to no organization; they are shown to every organization's admins.
 Events are kept for the server's --audit-retention (default 90 days).`,

@@ -20,14 +20,17 @@ import (
 	"github.com/kiln-dev/kiln/internal/client"
 )
 
-// Security floors kiln doctor checks against (see ../shared/DEPENDENCIES.md).
+// Security floors kiln doctor checks against (see ../shared/DEPENDENCIES.md);
+// hack/setup.sh builds versions at or above them into bin/.
 var (
-	// BuildKit v0.31.2 fixes GHSA-g2h8-426c-7976 (a malicious client bypassing
-	// destination checks on local source upload); v0.28.1 CVE-2026-33747.
-	buildkitFloor = semver{0, 31, 2}
-	// runc 1.2.8 fixes the November 2025 container escapes
-	// (CVE-2025-31133, CVE-2025-52565, CVE-2025-52881).
-	runcFloor = semver{1, 2, 8}
+	// BuildKit v0.34.2 fixes GHSA-w26x-xg27-7qjc; v0.31.2 GHSA-g2h8-426c-7976
+	// (a malicious client bypassing destination checks on local source
+	// upload), v0.31.1 GHSA-7236-3392-c5c6, v0.28.1 CVE-2026-33747/33748.
+	buildkitFloor = semver{0, 34, 2}
+	// runc 1.5.0 carries the 2026 container-escape fixes on top of the
+	// November 2025 ones (CVE-2025-31133, CVE-2025-52565, CVE-2025-52881,
+	// fixed in 1.2.8).
+	runcFloor = semver{1, 5, 0}
 )
 
 type semver [3]int
@@ -67,22 +70,32 @@ type check struct {
 
 type doctor struct {
 	buildkitd string
-	dataDir   string
-	apiURL    string
-	token     string
-	run       func(name string, args ...string) (string, error)
-	now       func() time.Time
+	// runc is the runc buildkitd will run steps with: the one next to
+	// buildkitd, which kiln puts first on buildkitd's PATH, else PATH's.
+	// Empty means runcBeside(buildkitd).
+	runc    string
+	dataDir string
+	apiURL  string
+	token   string
+	run     func(name string, args ...string) (string, error)
+	now     func() time.Time
 }
 
 func (d *doctor) checks(ctx context.Context) []check {
 	var out []check
 	out = append(out, d.versionCheck("buildkitd", d.buildkitd, buildkitFloor,
-		"BuildKit before v0.31.2 lets a malicious client bypass destination checks on local source upload (GHSA-g2h8-426c-7976)",
-		"build a newer buildkitd (hack/setup.sh pins the version) and point kiln serve --buildkitd at it"))
-	out = append(out, d.versionCheck("runc", "runc", runcFloor,
-		"runc before 1.2.8 has the November 2025 container escapes (CVE-2025-31133, CVE-2025-52565, CVE-2025-52881)",
-		"install runc ≥ 1.2.8 (e.g. build github.com/opencontainers/runc with libseccomp-dev) ahead of Debian's on PATH"))
+		"BuildKit before v0.34.2 has known build-isolation flaws a hostile client can use (GHSA-w26x-xg27-7qjc, GHSA-g2h8-426c-7976, GHSA-7236-3392-c5c6, CVE-2026-33747/33748)",
+		"run hack/setup.sh (it builds the pinned buildkitd into bin/) and point kiln serve --buildkitd at bin/buildkitd"))
+	runc := d.runc
+	if runc == "" {
+		runc = runcBeside(d.buildkitd)
+	}
+	out = append(out, d.versionCheck("runc", runc, runcFloor,
+		"runc before 1.5.0 has known container escapes (the November 2025 ones: CVE-2025-31133, CVE-2025-52565, CVE-2025-52881, and the 2026 ones)",
+		"run hack/setup.sh (it builds runc ≥ 1.5 with seccomp into bin/, next to bin/buildkitd, where builders look first)"))
+	out = append(out, d.seccompCheck(runc)...)
 	out = append(out, d.kernelChecks()...)
+	out = append(out, d.networkChecks()...)
 	out = append(out, d.diskCheck())
 	out = append(out, d.serverCheck(ctx))
 	return out
@@ -91,7 +104,7 @@ func (d *doctor) checks(ctx context.Context) []check {
 func (d *doctor) versionCheck(name, bin string, floor semver, risk, fix string) check {
 	text, err := d.run(bin, "--version")
 	if err != nil {
-		return check{"fail", name, fmt.Sprintf("%s not runnable: %v", bin, err), "run hack/setup.sh (it installs runc and builds buildkitd)"}
+		return check{"fail", name, fmt.Sprintf("%s not runnable: %v", bin, err), "run hack/setup.sh (it builds buildkitd and runc into bin/)"}
 	}
 	first := strings.SplitN(strings.TrimSpace(text), "\n", 2)[0]
 	v, ok := parseSemver(first)
@@ -99,9 +112,47 @@ func (d *doctor) versionCheck(name, bin string, floor semver, risk, fix string) 
 		return check{"warn", name, fmt.Sprintf("cannot read a version from %q", first), "check the binary is the real " + name}
 	}
 	if v.less(floor) {
-		return check{"warn", name, fmt.Sprintf("%s %s is older than %s: %s", name, v, floor, risk), fix}
+		return check{"warn", name, fmt.Sprintf("%s %s (%s) is older than %s: %s", name, v, bin, floor, risk), fix}
 	}
-	return check{"ok", name, fmt.Sprintf("%s %s", name, v), ""}
+	return check{"ok", name, fmt.Sprintf("%s %s (%s)", name, v, bin), ""}
+}
+
+// runcBeside names the runc buildkitd at buildkitd will find: kiln starts
+// buildkitd with buildkitd's own directory first on its PATH (see
+// builder.buildkitdEnv), so a runc there wins over the system's.
+func runcBeside(buildkitd string) string {
+	if !strings.ContainsRune(buildkitd, os.PathSeparator) {
+		buildkitd, _ = exec.LookPath(buildkitd) // "" when not found: no directory to look in
+	}
+	if buildkitd != "" {
+		p := filepath.Join(filepath.Dir(buildkitd), "runc")
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("runc"); err == nil {
+		return p
+	}
+	return "runc"
+}
+
+// seccompCheck reports whether runc was built with seccomp support: runc
+// built without it (no cgo or no seccomp build tag) still runs, but every
+// build step then runs without the default syscall filter. `runc --version`
+// prints a libseccomp line only when the filter is compiled in. A runc that
+// does not run is already reported by its version check.
+func (d *doctor) seccompCheck(bin string) []check {
+	text, err := d.run(bin, "--version")
+	if err != nil {
+		return nil
+	}
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "libseccomp:"); ok {
+			return []check{{"ok", "runc seccomp", "built with libseccomp " + strings.TrimSpace(v), ""}}
+		}
+	}
+	return []check{{"warn", "runc seccomp", bin + " was built without seccomp: build steps run with no syscall filter",
+		"run hack/setup.sh (it builds runc with cgo, the seccomp tag and libseccomp-dev into bin/)"}}
 }
 
 func (d *doctor) kernelChecks() []check {
@@ -125,6 +176,41 @@ func (d *doctor) kernelChecks() []check {
 			out = append(out, check{"warn", "binfmt", "no " + foreign + " handler: builds for the other architecture will fail",
 				"apt-get install qemu-user-static binfmt-support (mount binfmt_misc first if /proc/sys/fs/binfmt_misc is empty)"})
 		}
+	}
+	return out
+}
+
+// networkChecks: builders run RUN steps in private networks (the CNI
+// bridge plugins) behind kiln's egress policy (iptables); without either a
+// builder refuses to start rather than run steps on the host's network.
+func (d *doctor) networkChecks() []check {
+	var out []check
+	dir := ""
+	for _, cand := range []string{"/usr/lib/cni", "/opt/cni/bin"} {
+		if _, err := os.Stat(filepath.Join(cand, "bridge")); err == nil {
+			dir = cand
+			break
+		}
+	}
+	var missing []string
+	for _, p := range []string{"bridge", "host-local", "loopback", "firewall"} {
+		if dir == "" {
+			missing = append(missing, p)
+		} else if _, err := os.Stat(filepath.Join(dir, p)); err != nil {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) > 0 {
+		out = append(out, check{"fail", "build networks", "CNI plugins missing: " + strings.Join(missing, ", ") + " (builders will not start: RUN steps never get the host's network)",
+			"apt-get install containernetworking-plugins (hack/setup.sh does), or pass kiln serve --cni-bin-dir"})
+	} else {
+		out = append(out, check{"ok", "build networks", "CNI plugins in " + dir + ": RUN steps get private networks", ""})
+	}
+	if _, err := d.run("iptables", "-w", "-L", "-n"); err != nil {
+		out = append(out, check{"fail", "egress policy", "iptables is not usable: " + err.Error(),
+			"apt-get install iptables (hack/setup.sh does); kiln serve runs as root"})
+	} else {
+		out = append(out, check{"ok", "egress policy", "iptables works: kiln can keep RUN steps from the host and private ranges", ""})
 	}
 	return out
 }
@@ -190,7 +276,9 @@ func newDoctorCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "doctor",
 		Short: "Check this machine and the server for what kiln needs",
-		Long: `Check buildkitd and runc versions against known security fixes, kernel features
+		Long: `Check buildkitd and runc versions against known security fixes (and that runc
+filters build steps' syscalls with seccomp; the runc checked is the one next to
+buildkitd, which builders use first, else PATH's), kernel features
 (overlayfs, user namespaces, binfmt for foreign platforms), disk space in the
 data directory, and that the server answers. Each finding says what to do.
 Exits non-zero only when something would stop builds from working.`,

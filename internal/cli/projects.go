@@ -4,12 +4,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	corev1 "buf.build/gen/go/depot/api/protocolbuffers/go/depot/core/v1"
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
+
+	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+	"github.com/kiln-dev/kiln/internal/client"
 )
 
 func newProjectsCmd(g *globals) *cobra.Command {
@@ -22,32 +26,28 @@ func newProjectsCmd(g *globals) *cobra.Command {
   kiln projects create my-app --keep-gb 20 --keep-days 7
   kiln projects get k3v9x0ab2mqd
   kiln projects update k3v9x0ab2mqd --name renamed
+  kiln projects update k3v9x0ab2mqd --egress-allow 10.9.0.0/16
   kiln projects delete k3v9x0ab2mqd`,
 	}
 	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.PersistentFlags().BoolVarP(&quiet, "quiet", "q", false, "print only project IDs")
 	print := func(w io.Writer, projects ...*corev1.Project) error {
-		if quiet {
-			for _, p := range projects {
-				fmt.Fprintln(w, p.ProjectId)
+		return printProjects(w, quiet, asJSON, nil, projects...)
+	}
+	// printOne shows one project with its egress allow-list (net: nil asks
+	// the server for it).
+	printOne := func(cmd *cobra.Command, c client.Config, p *corev1.Project, net *kilnv1.ProjectNetwork) error {
+		if net == nil && !quiet {
+			res, err := c.ProjectNetwork().GetProjectNetwork(cmd.Context(), connect.NewRequest(&kilnv1.GetProjectNetworkRequest{ProjectId: p.ProjectId}))
+			switch {
+			case connect.CodeOf(err) == connect.CodeUnimplemented: // an older server: no allow-list to show
+			case err != nil:
+				return err
+			default:
+				net = res.Msg.Network
 			}
-			return nil
 		}
-		if asJSON {
-			enc := json.NewEncoder(w)
-			enc.SetIndent("", "  ")
-			if len(projects) == 1 {
-				return enc.Encode(projects[0])
-			}
-			return enc.Encode(projects)
-		}
-		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tNAME\tKEEP GB\tKEEP DAYS\tCREATED")
-		for _, p := range projects {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", p.ProjectId, p.Name, p.GetCachePolicy().GetKeepGb(), p.GetCachePolicy().GetKeepDays(),
-				p.CreatedAt.AsTime().Local().Format(time.RFC3339))
-		}
-		return tw.Flush()
+		return printProjects(cmd.OutOrStdout(), quiet, asJSON, net, p)
 	}
 
 	cmd.AddCommand(&cobra.Command{
@@ -92,9 +92,12 @@ func newProjectsCmd(g *globals) *cobra.Command {
 	cmd.AddCommand(create)
 
 	cmd.AddCommand(&cobra.Command{
-		Use:     "get ID",
-		Short:   "Show a project",
-		Example: "  kiln projects get k3v9x0ab2mqd",
+		Use:   "get ID",
+		Short: "Show a project, with the private ranges its builds may reach",
+		Long: `Show a project: its name, cache policy, creation time and egress
+allow-list (EGRESS ALLOW: the private CIDRs its RUN steps may reach besides
+public destinations; "none" when there are none).`,
+		Example: "  kiln projects get k3v9x0ab2mqd\n  kiln projects get k3v9x0ab2mqd --json",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.config()
@@ -105,22 +108,54 @@ func newProjectsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return print(cmd.OutOrStdout(), res.Msg.Project)
+			return printOne(cmd, c, res.Msg.Project, nil)
 		},
 	})
 
 	var name string
 	var upGB, upDays int32
+	var egress []string
 	var setRetention retentionSetter
 	update := &cobra.Command{
-		Use:     "update ID",
-		Short:   "Rename a project or change its cache policy or registry retention",
-		Example: "  kiln projects update k3v9x0ab2mqd --name web --keep-gb 20\n  kiln projects update k3v9x0ab2mqd --registry-retention 14d",
-		Args:    cobra.ExactArgs(1),
+		Use:   "update ID",
+		Short: "Rename a project or change its cache policy, registry retention or egress allow-list",
+		Long: `Rename a project or change its cache policy, registry retention or egress
+allow-list. Flags not given leave their setting as it is.
+
+RUN steps run in a private network: they reach public destinations, but not
+the builder host, loopback, cloud metadata (169.254.169.254), other builders
+or private ranges (10/8, 172.16/12, 192.168/16, 100.64/10). --egress-allow lets
+this project's builds reach private CIDRs too, such as a package mirror or a
+registry on your network. It is repeatable (or comma-separated) and replaces
+the whole list; --egress-allow none clears it. Each entry is a CIDR with no
+bits set past its prefix length (10.9.0.0/16, fd00:9::/64, 10.9.4.2/32), at
+most 32; 0.0.0.0/0 and ::/0 are refused (public destinations need no entry),
+as is anything touching loopback, link-local or cloud metadata. Changing
+the list needs an organization token and is recorded in the audit log.`,
+		Example: `  kiln projects update k3v9x0ab2mqd --name web --keep-gb 20
+  kiln projects update k3v9x0ab2mqd --registry-retention 14d
+  kiln projects update k3v9x0ab2mqd --egress-allow 10.9.0.0/16 --egress-allow 192.168.7.10/32
+  kiln projects update k3v9x0ab2mqd --egress-allow none`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.config()
 			if err != nil {
 				return err
+			}
+			// The allow-list goes first: it is what the server most likely
+			// refuses (a bad CIDR), before anything else has changed.
+			var net *kilnv1.ProjectNetwork
+			if cmd.Flags().Changed("egress-allow") {
+				list, err := egressList(egress)
+				if err != nil {
+					return err
+				}
+				res, err := c.ProjectNetwork().SetEgressAllow(cmd.Context(), connect.NewRequest(&kilnv1.SetEgressAllowRequest{
+					ProjectId: args[0], EgressAllow: list}))
+				if err != nil {
+					return err
+				}
+				net = res.Msg.Network
 			}
 			if err := setRetention(cmd, c, args[0]); err != nil {
 				return err
@@ -147,12 +182,14 @@ func newProjectsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return print(cmd.OutOrStdout(), res.Msg.Project)
+			return printOne(cmd, c, res.Msg.Project, net)
 		},
 	}
 	update.Flags().StringVar(&name, "name", "", "new name")
 	update.Flags().Int32Var(&upGB, "keep-gb", 0, "cache size cap in GB")
 	update.Flags().Int32Var(&upDays, "keep-days", 0, "cache age cap in days")
+	update.Flags().StringSliceVar(&egress, "egress-allow", nil,
+		"a private CIDR this project's RUN steps may reach (repeatable; replaces the list; \"none\" clears it)")
 	setRetention = addRetentionFlag(update)
 	cmd.AddCommand(update)
 
@@ -174,4 +211,69 @@ func newProjectsCmd(g *globals) *cobra.Command {
 		},
 	})
 	return cmd
+}
+
+// egressList turns --egress-allow values into the list to send: "none"
+// alone is the empty list.
+func egressList(values []string) ([]string, error) {
+	var out []string
+	for _, v := range values {
+		v = strings.TrimSpace(v)
+		if strings.EqualFold(v, "none") {
+			if len(values) > 1 {
+				return nil, fmt.Errorf("--egress-allow none clears the list; it cannot be combined with CIDRs")
+			}
+			return []string{}, nil
+		}
+		if v == "" {
+			return nil, fmt.Errorf("--egress-allow: empty value (use --egress-allow none to clear the list)")
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// printProjects prints projects as IDs (quiet), JSON or a table. With net
+// (one project's network), the table has an EGRESS ALLOW column and the
+// JSON an "egress_allow" field.
+func printProjects(w io.Writer, quiet, asJSON bool, net *kilnv1.ProjectNetwork, projects ...*corev1.Project) error {
+	if quiet {
+		for _, p := range projects {
+			fmt.Fprintln(w, p.ProjectId)
+		}
+		return nil
+	}
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if len(projects) == 1 {
+			if net != nil {
+				return enc.Encode(struct {
+					*corev1.Project
+					EgressAllow []string `json:"egress_allow"`
+				}{projects[0], append([]string{}, net.EgressAllow...)})
+			}
+			return enc.Encode(projects[0])
+		}
+		return enc.Encode(projects)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	header := "ID\tNAME\tKEEP GB\tKEEP DAYS\tCREATED"
+	if net != nil {
+		header += "\tEGRESS ALLOW"
+	}
+	fmt.Fprintln(tw, header)
+	for _, p := range projects {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s", p.ProjectId, p.Name, p.GetCachePolicy().GetKeepGb(), p.GetCachePolicy().GetKeepDays(),
+			p.CreatedAt.AsTime().Local().Format(time.RFC3339))
+		if net != nil {
+			allow := "none"
+			if len(net.EgressAllow) > 0 {
+				allow = strings.Join(net.EgressAllow, ",")
+			}
+			fmt.Fprintf(tw, "\t%s", allow)
+		}
+		fmt.Fprintln(tw)
+	}
+	return tw.Flush()
 }

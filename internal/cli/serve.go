@@ -41,15 +41,17 @@ func newServeCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the kiln server: API, builders and their caches",
-		Long: `Run the kiln control plane on one address (HTTP/1.1 and h2c): Depot's Connect
-services, kiln's OCI registry at /v2/, /healthz and /readyz. Builders (buildkitd)
-start on demand per project.
+		Long: `Run the kiln control plane on one address (HTTP/1.1 and h2c, and TLS): Depot's
+Connect services, kiln's OCI registry at /v2/, /healthz and /readyz, and the builder
+gateway through which builds reach their project's builder. Builders (buildkitd) start
+on demand per project, listen only on unix sockets, and run RUN steps in private
+networks that cannot reach this machine or private ranges.
 On first start it creates an organization and writes its admin token to
 DATA/admin.token (mode 0600); the token is never logged.`,
 		Example: `  kiln serve
   kiln serve --data /srv/kiln --addr 127.0.0.1:7420
   KILN_DATA=/tmp/kiln kiln serve --health-timeout 1m
-  kiln serve --addr 0.0.0.0:7420 --public-url https://kiln.example.com` + oidcServeExample + registryServeExample + sourceServeExample,
+  kiln serve --addr 0.0.0.0:7420 --public-url https://kiln.example.com` + oidcServeExample + registryServeExample + sourceServeExample + isolationServeExample,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var level slog.Level
@@ -57,6 +59,9 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
 			}
 			cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			if err := resolveTLS(&cfg); err != nil {
+				return err
+			}
 			s, err := server.New(cmd.Context(), cfg)
 			if err != nil {
 				return err
@@ -77,12 +82,13 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 	f.DurationVar(&cfg.HealthTimeout, "health-timeout", 5*time.Minute, "cancel a build whose client has not reported health for this long")
 	f.DurationVar(&cfg.BuilderIdle, "builder-idle-timeout", 10*time.Minute, "stop a builder idle this long (its cache is kept)")
 	f.DurationVar(&cfg.AuditRetention, "audit-retention", 90*24*time.Hour, "prune audit log events older than this (the newest 1,000,000 are kept at most)")
-	f.StringArrayVar(&cfg.InsecureRegistries, "insecure-registry", nil, "registry HOST[:PORT] builders reach over plain HTTP, e.g. kiln's registry on loopback (repeatable)")
+	f.StringArrayVar(&cfg.InsecureRegistries, "insecure-registry", nil, "registry HOST[:PORT] builders reach over plain HTTP (repeatable); kiln's own registry is always reached over TLS")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.DurationVar(&cfg.BodyTimeout, "body-timeout", server.DefaultBodyTimeout, "drop a request whose body sends nothing for this long (uploads that keep moving are not cut)")
 	f.DurationVar(&cfg.StreamBodyTimeout, "stream-body-timeout", server.DefaultStreamBodyTimeout, "the same for client streams (build status, health), whose messages may be minutes apart")
 	registerOIDCFlags(f, &cfg.OIDC)
 	registerRegistryFlags(f, &cfg.Registry)
 	registerSourceFlags(f, &cfg.Source)
+	registerIsolationFlags(f, &cfg)
 	return cmd
 }

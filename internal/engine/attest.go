@@ -17,12 +17,12 @@ const (
 	attestSBOM       = "sbom"
 )
 
-// defaultProvenance is what buildx v0.30 asks for when no provenance flag
-// is given: min provenance, inline only, so it is attached to image
-// outputs (pushed images get an attestation manifest) but not written next
-// to local or tar outputs. BuildKit's oci and docker exporters leave
-// inline-only attestations out too, so a --load or type=oci archive holds
-// just the image.
+// defaultProvenance is what buildx (v0.30 through v0.38) asks for when no
+// provenance flag is given: min provenance, inline only, so it is attached
+// to image outputs (pushed images get an attestation manifest) but not
+// written next to local or tar outputs. BuildKit's oci and docker exporters
+// leave inline-only attestations out too, so a --load or type=oci archive
+// holds just the image.
 const defaultProvenance = "mode=min,inline-only=true"
 
 // noDefaultAttestationsEnv turns the default provenance off, as in buildx.

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,8 +15,8 @@ import (
 	"github.com/docker/cli/cli/config"
 	ctxdocker "github.com/docker/cli/cli/context/docker"
 	ctxstore "github.com/docker/cli/cli/context/store"
-	dockerclient "github.com/docker/docker/client"
-	"github.com/docker/docker/pkg/jsonmessage"
+	"github.com/moby/moby/api/types/jsonstream"
+	dockerclient "github.com/moby/moby/client"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
 )
@@ -47,7 +48,7 @@ func connectDocker(ctx context.Context, contextName, purpose string) (*dockerEng
 	if err != nil {
 		return nil, err
 	}
-	api, err := dockerclient.NewClientWithOpts(opts...)
+	api, err := dockerclient.New(opts...)
 	if err != nil {
 		return nil, invalidWrap(err, "%s: Docker engine %s", purpose, host)
 	}
@@ -56,13 +57,13 @@ func connectDocker(ctx context.Context, contextName, purpose string) (*dockerEng
 	}
 	ctx, cancel := context.WithTimeout(ctx, dockerCheckTimeout)
 	defer cancel()
-	info, err := api.Info(ctx)
+	res, err := api.Info(ctx, dockerclient.InfoOptions{})
 	if err != nil {
 		_ = api.Close()
 		return nil, kindWrap(errdefs.ErrUnavailable, err, "%s: cannot reach the Docker engine at %s (set DOCKER_HOST or a Docker context)", purpose, host)
 	}
 	e := &dockerEngine{api: api, host: host}
-	for _, kv := range info.DriverStatus {
+	for _, kv := range res.Info.DriverStatus {
 		if kv[0] == "driver-type" && kv[1] == "io.containerd.snapshotter.v1" {
 			e.containerdStore = true
 		}
@@ -73,7 +74,8 @@ func connectDocker(ctx context.Context, contextName, purpose string) (*dockerEng
 // dockerClientOpts returns the client options for the engine to load into,
 // and its address for messages.
 func dockerClientOpts(contextName, purpose string) ([]dockerclient.Opt, string, error) {
-	fromEnv := []dockerclient.Opt{dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation()}
+	// The client negotiates the API version with the engine by default.
+	fromEnv := []dockerclient.Opt{dockerclient.FromEnv}
 	if contextName == "" {
 		if h := os.Getenv("DOCKER_HOST"); h != "" {
 			return fromEnv, h, nil
@@ -161,17 +163,21 @@ func (l *dockerLoad) run(archive io.Reader) error {
 	if err != nil {
 		return kindWrap(errdefs.ErrUnavailable, err, "--load: loading the image into the Docker engine at %s", l.engine.host)
 	}
-	defer res.Body.Close()
-	if !res.JSON {
-		dt, _ := io.ReadAll(io.LimitReader(res.Body, 64<<10))
+	defer res.Close()
+	// Engines answer with a JSON message stream; one that answers with
+	// plain text has its text kept as the messages. (The client no longer
+	// exposes the response's content type, so the first byte tells.)
+	body := bufio.NewReader(res)
+	if first, err := peekNonSpace(body); err != nil || first != '{' {
+		dt, _ := io.ReadAll(io.LimitReader(body, 64<<10))
 		if s := strings.TrimSpace(string(dt)); s != "" {
 			l.addMessage(s)
 		}
 		return nil
 	}
-	dec := json.NewDecoder(res.Body)
+	dec := json.NewDecoder(body)
 	for {
-		var m jsonmessage.JSONMessage
+		var m jsonstream.Message
 		if err := dec.Decode(&m); err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil
@@ -184,6 +190,21 @@ func (l *dockerLoad) run(archive io.Reader) error {
 		if s := strings.TrimSpace(m.Stream); s != "" {
 			l.addMessage(s)
 		}
+	}
+}
+
+// peekNonSpace skips leading white space in r and returns, without
+// consuming it, the first other byte.
+func peekNonSpace(r *bufio.Reader) (byte, error) {
+	for {
+		b, err := r.Peek(1)
+		if err != nil {
+			return 0, err
+		}
+		if !strings.ContainsRune(" \t\r\n", rune(b[0])) {
+			return b[0], nil
+		}
+		_, _ = r.Discard(1)
 	}
 }
 

@@ -203,7 +203,7 @@ func (r *Request) parseOutputs(outs []string, push, load bool, tags []string, st
 	case loads > 1:
 		return invalidf("--load: only one output can load into the Docker engine")
 	case stores > 1:
-		// BuildKit v0.26 names the session's OCI layout store "export".
+		// BuildKit (v0.26 through v0.34) names the session's OCI layout store "export".
 		return invalidf("-o: only one OCI layout directory output (tar=false) is supported per build")
 	}
 	r.outputs = specs

@@ -9,9 +9,12 @@ import (
 
 	"github.com/containerd/platforms"
 	"github.com/distribution/reference"
-	"github.com/docker/docker/api/types/image"
-	"github.com/docker/docker/api/types/registry"
-	"github.com/docker/docker/pkg/jsonmessage"
+	"github.com/moby/moby/api/pkg/authconfig"
+	"github.com/moby/moby/api/types/jsonstream"
+	"github.com/moby/moby/api/types/registry"
+	dockerclient "github.com/moby/moby/client"
+	"github.com/moby/moby/client/pkg/jsonmessage"
+	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
 )
@@ -84,11 +87,19 @@ func PullIntoDocker(ctx context.Context, o PullOptions) (string, error) {
 		return "", err
 	}
 	defer e.api.Close()
-	auth, err := registry.EncodeAuthConfig(registry.AuthConfig{Username: o.Username, Password: o.Password, ServerAddress: reference.Domain(named)})
+	auth, err := authconfig.Encode(registry.AuthConfig{Username: o.Username, Password: o.Password, ServerAddress: reference.Domain(named)})
 	if err != nil {
 		return "", err
 	}
-	body, err := e.api.ImagePull(ctx, o.Ref, image.PullOptions{RegistryAuth: auth, Platform: o.Platform})
+	pull := dockerclient.ImagePullOptions{RegistryAuth: auth}
+	if o.Platform != "" {
+		p, err := platforms.Parse(o.Platform) // checked by CheckPlatform
+		if err != nil {
+			return "", invalidWrap(err, "--platform %q", clip(o.Platform, 80))
+		}
+		pull.Platforms = []ocispecs.Platform{p}
+	}
+	body, err := e.api.ImagePull(ctx, o.Ref, pull)
 	if err != nil {
 		return "", fmt.Errorf("the Docker engine at %s could not pull %s: %w", e.host, o.Ref, err)
 	}
@@ -103,7 +114,7 @@ func PullIntoDocker(ctx context.Context, o PullOptions) (string, error) {
 		fd = f.Fd()
 	}
 	if err := jsonmessage.DisplayJSONMessagesStream(body, out, fd, tty, nil); err != nil {
-		var jerr *jsonmessage.JSONError
+		var jerr *jsonstream.Error
 		if errors.As(err, &jerr) {
 			return "", fmt.Errorf("the Docker engine at %s could not pull %s: %s", e.host, o.Ref, jerr.Message)
 		}
@@ -115,7 +126,7 @@ func PullIntoDocker(ctx context.Context, o PullOptions) (string, error) {
 	}
 	keep := len(o.Names) == 0
 	for _, n := range o.Names {
-		if err := e.api.ImageTag(ctx, inspect.ID, n); err != nil {
+		if _, err := e.api.ImageTag(ctx, dockerclient.ImageTagOptions{Source: inspect.ID, Target: n}); err != nil {
 			return "", fmt.Errorf("tagging the pulled image as %s: %w", n, err)
 		}
 		if sameName(n, o.Ref) {
@@ -124,7 +135,7 @@ func PullIntoDocker(ctx context.Context, o PullOptions) (string, error) {
 	}
 	if !keep {
 		// Untag only: the image stays, under the user's names.
-		if _, err := e.api.ImageRemove(ctx, o.Ref, image.RemoveOptions{PruneChildren: false}); err != nil {
+		if _, err := e.api.ImageRemove(ctx, o.Ref, dockerclient.ImageRemoveOptions{PruneChildren: false}); err != nil {
 			return "", fmt.Errorf("removing the pull reference %s: %w", o.Ref, err)
 		}
 	}

@@ -133,7 +133,7 @@ func TestLayerDockerConfig(t *testing.T) {
 
 	layered := layerDockerConfig(base, []RegistryCredential{testSaveCred})
 	creds := func(cfg *configfile.ConfigFile, host string) (*auth.CredentialsResponse, error) {
-		ap := authprovider.NewDockerAuthProvider(authprovider.DockerAuthProviderConfig{ConfigFile: cfg}).(auth.AuthServer)
+		ap := authprovider.NewDockerAuthProvider(authprovider.DockerAuthProviderConfig{AuthConfigProvider: authprovider.LoadAuthConfig(cfg)}).(auth.AuthServer)
 		return ap.Credentials(context.Background(), &auth.CredentialsRequest{Host: host})
 	}
 	got, err := creds(layered, "127.0.0.1:7420")

@@ -202,7 +202,7 @@ func (r *Request) sessionSolveOpt(progressOut io.Writer) (client.SolveOpt, error
 		authprovider.NewDockerAuthProvider(authprovider.DockerAuthProviderConfig{
 			// --save's credentials over the user's Docker config (save.go);
 			// on the server, over nothing (isolate.go).
-			ConfigFile: r.dockerConfig(func() *configfile.ConfigFile { return config.LoadDefaultConfigFile(configWarnings) }),
+			AuthConfigProvider: authprovider.LoadAuthConfig(r.dockerConfig(func() *configfile.ConfigFile { return config.LoadDefaultConfigFile(configWarnings) })),
 		}),
 		secretProvider,
 	}

@@ -117,6 +117,54 @@ func (a *Authority) IssueServer(projectID, serverName string, ips []net.IP, ttl 
 	})
 }
 
+// RootPath is the file holding the root CA's certificate: what a client
+// trusts to reach `kiln serve --tls auto` (SSL_CERT_FILE), and what builders
+// trust to reach kiln's registry over TLS.
+func (a *Authority) RootPath() string { return filepath.Join(a.dir, "ca.crt") }
+
+// IssueControlPlane signs kiln serve's own TLS server certificate with the
+// root CA: DNS SANs names, IP SANs ips, valid for ttl. Builder certificates
+// come from project CAs instead, so a project's CA can never vouch for the
+// control plane, and the root vouches for nothing a build holds a key to.
+func (a *Authority) IssueControlPlane(names []string, ips []net.IP, ttl time.Duration) (certPEM, keyPEM []byte, err error) {
+	if len(names) == 0 && len(ips) == 0 {
+		return nil, nil, fmt.Errorf("pki: control plane certificate without names: %w", errdefs.ErrInvalid)
+	}
+	if ttl <= 0 {
+		return nil, nil, fmt.Errorf("pki: ttl %s: %w", ttl, errdefs.ErrInvalid)
+	}
+	key, err := newKey()
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: %w", err)
+	}
+	now := time.Now()
+	cn := "kiln control plane"
+	if len(names) > 0 {
+		cn = names[0]
+	}
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: cn, Organization: []string{"kiln"}},
+		DNSNames:    names,
+		IPAddresses: ips,
+		NotBefore:   now.Add(-clockSkew),
+		NotAfter:    now.Add(ttl),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	if tmpl.NotAfter.After(a.root.cert.NotAfter) {
+		tmpl.NotAfter = a.root.cert.NotAfter
+	}
+	cert, err := sign(tmpl, key, a.root.cert, a.root.key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: control plane certificate: %w", err)
+	}
+	keyPEM, err = encodeKey(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: %w", err)
+	}
+	return encodeCert(cert), keyPEM, nil
+}
+
 // IssueClient signs a client certificate (ExtKeyUsageClientAuth) with the
 // project CA: CN=commonName, OU=projectID, valid for ttl. Only the project's
 // builders accept it.

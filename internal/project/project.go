@@ -31,6 +31,25 @@ type Service struct {
 	Builders BuilderResetter
 	// Audit records token creation and deletion; nil records nothing.
 	Audit *audit.Recorder
+	// Revoked is told when a token or a project is deleted, after the
+	// store forgot it, so that nothing they made outlives them: builds a
+	// token created end, a project's builder connections are cut. nil:
+	// nobody to tell.
+	Revoked Revoker
+	// Network applies a changed egress allow-list to the project's running
+	// builders; nil: it applies at their next start.
+	Network EgressApplier
+}
+
+// EgressApplier applies a project's egress allow-list (canonical CIDRs).
+type EgressApplier interface {
+	SetEgressAllow(projectID string, cidrs []string) error
+}
+
+// Revoker ends what a deleted token or project still holds.
+type Revoker interface {
+	TokenDeleted(ctx context.Context, tokenID string) error
+	ProjectDeleted(ctx context.Context, projectID string)
 }
 
 // NewID returns a lowercase id like Depot's ("k3v9x0ab2mqd").
@@ -169,7 +188,13 @@ func (s *Service) Delete(ctx context.Context, p auth.Principal, id string) error
 	if err := s.Builders.Reset(ctx, id); err != nil {
 		return fmt.Errorf("empty builders of project %q: %w", id, err)
 	}
-	return s.Store.DeleteProject(ctx, id)
+	if err := s.Store.DeleteProject(ctx, id); err != nil {
+		return err
+	}
+	if s.Revoked != nil {
+		s.Revoked.ProjectDeleted(ctx, id)
+	}
+	return nil
 }
 
 // ResetCache empties the project's builder state: the next build starts cold.
@@ -308,6 +333,11 @@ func (s *Service) DeleteToken(ctx context.Context, p auth.Principal, id string) 
 		return err
 	}
 	s.auditToken(ctx, audit.KindTokenDeleted, p, t)
+	if s.Revoked != nil {
+		if err := s.Revoked.TokenDeleted(ctx, id); err != nil {
+			return fmt.Errorf("token deleted, but ending the builds it started failed (they end at their health timeout): %w", err)
+		}
+	}
 	return nil
 }
 

@@ -47,8 +47,14 @@ type Config struct {
 	// realm is its scheme and host + "/v2/token". Nil or "" → the scheme and host
 	// the request came to.
 	PublicURL func() string
-	Store     Store
-	Authn     Authenticator
+	// RealmScheme, if set, is the token realm's scheme when PublicURL is
+	// not set, whatever the request came over: "http" on a server that
+	// serves plain HTTP to its clients and TLS to its builders, so that the
+	// client fetching a token (the build's session) reaches the realm the
+	// way it reaches the API.
+	RealmScheme string
+	Store       Store
+	Authn       Authenticator
 	// Audit, if set, records refused requests (audit.KindDenied events, as
 	// the Connect API's): bad credentials and 403s, never the anonymous
 	// first request every client makes before it authenticates.
@@ -371,6 +377,9 @@ func (r *Registry) baseURL(req *http.Request) string {
 	scheme := "http"
 	if req.TLS != nil {
 		scheme = "https"
+	}
+	if r.cfg.RealmScheme != "" {
+		scheme = r.cfg.RealmScheme
 	}
 	return scheme + "://" + req.Host
 }

@@ -73,7 +73,12 @@ func (f *fixture) token(kind, org, project string) string {
 	secret, hash := auth.NewSecret(kind)
 	tok := store.Token{ID: "tok_" + auth.RandomString(8), Kind: kind, OrgID: org, ProjectID: project, SecretHash: hash, CreatedAt: time.Now()}
 	if kind == store.TokenBuild {
+		// A build token works only while its build runs.
 		tok.BuildID = "b_" + auth.RandomString(6)
+		b := store.Build{ID: tok.BuildID, ProjectID: project, OrgID: org, Status: store.BuildRunning, CreatedAt: time.Now()}
+		if err := f.st.CreateBuild(context.Background(), b); err != nil {
+			f.t.Fatal(err)
+		}
 	}
 	if err := f.st.CreateToken(context.Background(), tok); err != nil {
 		f.t.Fatal(err)

@@ -265,7 +265,7 @@ func (r *Runner) connect(ctx context.Context, b store.Build, platforms []string)
 			case <-time.After(time.Duration(conn.WaitMs) * time.Millisecond):
 			}
 		}
-		c, err := engine.Dial(ctx, engine.Connection{Endpoint: conn.Endpoint.Addr, ServerName: conn.Endpoint.ServerName,
+		c, err := engine.Dial(ctx, engine.Connection{Endpoint: conn.Addr, ServerName: conn.Endpoint.ServerName,
 			CertPEM: conn.CertPEM, KeyPEM: conn.KeyPEM, CACertPEM: conn.Endpoint.CACertPEM})
 		if err != nil {
 			closeAll()

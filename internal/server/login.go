@@ -38,10 +38,14 @@ func (s *Server) publicURL() string {
 	if s.cfg.PublicURL != "" {
 		return s.cfg.PublicURL
 	}
-	if s.listener != nil {
-		return "http://" + s.listener.Addr().String()
+	scheme := "http://"
+	if s.cfg.TLS != TLSDefault {
+		scheme = "https://"
 	}
-	return "http://" + s.cfg.Addr
+	if s.listener != nil {
+		return scheme + s.listener.Addr().String()
+	}
+	return scheme + s.cfg.Addr
 }
 
 // checkPublicURL validates --public-url and drops a trailing slash.

@@ -42,14 +42,17 @@ func (s *Server) openRegistry(ctx context.Context, st store.Store, authn *auth.A
 		S3:  s3,
 		// With no --public-url the token realm follows the host the client
 		// reached the registry at.
-		PublicURL:  func() string { return s.cfg.PublicURL },
-		Store:      st,
-		Authn:      authn,
-		Audit:      authn.Audit,
-		Retention:  rc.Retention,
-		GCInterval: rc.GCInterval,
-		GCGrace:    rc.GCGrace,
-		Logger:     s.cfg.Logger,
+		PublicURL: func() string { return s.cfg.PublicURL },
+		Store:     st,
+		// Builders come over TLS, clients (who fetch the tokens) over plain
+		// HTTP on a default server; see listen.go.
+		RealmScheme: s.realmScheme(),
+		Authn:       authn,
+		Audit:       authn.Audit,
+		Retention:   rc.Retention,
+		GCInterval:  rc.GCInterval,
+		GCGrace:     rc.GCGrace,
+		Logger:      s.cfg.Logger,
 	})
 }
 
@@ -61,4 +64,14 @@ func (s *Server) mountRegistry(mux *http.ServeMux, authn *auth.Authenticator, re
 	opts := []connect.HandlerOption{connect.WithInterceptors(authInterceptor(authn, s.cfg.Logger)), connect.WithReadMaxBytes(1 << 20)}
 	mux.Handle(buildv1connect.NewRegistryServiceHandler(&depot.RegistryService{Images: reg, Logger: s.cfg.Logger}, opts...))
 	mux.Handle(kilnv1connect.NewRegistryAdminServiceHandler(&kilnapi.RegistryAdminService{Registry: reg, Logger: s.cfg.Logger}, opts...))
+}
+
+// realmScheme is "http" on a default server, whose clients speak plain HTTP
+// on loopback while its builders reach the registry over TLS; "" (follow
+// the request) on a TLS-only one.
+func (s *Server) realmScheme() string {
+	if s.cfg.TLS == TLSDefault {
+		return "http"
+	}
+	return ""
 }

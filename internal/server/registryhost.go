@@ -3,8 +3,9 @@ package server
 import (
 	"net"
 	"net/url"
-	"slices"
 	"strings"
+
+	"github.com/kiln-dev/kiln/internal/builder"
 )
 
 // registryHost is kiln's registry as clients and builders reach it (see
@@ -33,37 +34,40 @@ func registryHostFor(base string) string {
 	return net.JoinHostPort(host, port)
 }
 
-// withOwnRegistry adds kiln's own registry to the registries builders
-// reach over plain HTTP when it is served that way on loopback (the
-// default, http://127.0.0.1:7420), so a --save push and a FROM of a saved
-// image work with no flags. It is decided before listening, from
-// --public-url or the listen address. A port the kernel picks (":0"), an
-// IPv6 literal (BuildKit's config cannot name one) or a non-loopback host
-// is left to --insecure-registry.
-func withOwnRegistry(insecure []string, publicURL, addr string) []string {
-	base := publicURL
-	if base == "" {
-		base = "http://" + addr
+// ownRegistry is kiln's registry as builders reach it: over TLS, trusting
+// kiln's root CA (the certificate kiln made for itself) and, with the
+// operator's certificate, that file's chain and the system's roots. A port
+// the kernel has not picked yet (":0" before Listen) or a bracketed IPv6
+// literal (BuildKit's config cannot name one) leaves it unconfigured.
+func (s *Server) ownRegistry() builder.OwnRegistry {
+	h := s.registryHost()
+	if h == "" || strings.HasSuffix(h, ":0") || strings.ContainsAny(h, "[]") {
+		return builder.OwnRegistry{}
 	}
-	if !strings.HasPrefix(base, "http://") {
-		return insecure
+	cas := []string{s.ca.RootPath()}
+	if s.cfg.TLS == TLSFiles {
+		cas = append(cas, s.cfg.TLSCert)
 	}
-	h := registryHostFor(base)
-	host, port, err := net.SplitHostPort(h)
-	if err != nil {
-		host, port = h, ""
-	}
-	if port == "0" || strings.ContainsAny(host, ":[]") || !isLoopback(host) || slices.Contains(insecure, h) {
-		return insecure
-	}
-	return append(slices.Clone(insecure), h)
+	return builder.OwnRegistry{Host: h, CAFiles: cas}
 }
 
-// isLoopback: "localhost" or a loopback IP literal.
-func isLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
+// gatewayAddr is the builder gateway as clients reach it: kiln's own
+// listener, at the public URL's host and port (its scheme's default port
+// when it names none).
+func (s *Server) gatewayAddr() string {
+	u, err := url.Parse(s.publicURL())
+	if err != nil {
+		return ""
 	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	host, port := u.Hostname(), u.Port()
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	if port == "" {
+		port = "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+	}
+	return "tcp://" + net.JoinHostPort(host, port)
 }

@@ -6,6 +6,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,6 +27,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/builder"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/gateway"
 	"github.com/kiln-dev/kiln/internal/pki"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/registry"
@@ -46,8 +48,20 @@ type Config struct {
 	// AuditRetention: audit events older than this are pruned; 0 → 90 days.
 	AuditRetention time.Duration
 	// InsecureRegistries are registries ("host[:port]") builders push to
-	// and pull from over plain HTTP, e.g. kiln's own registry on loopback.
+	// and pull from over plain HTTP. kiln's own registry is never one:
+	// builders reach it over TLS (listen.go).
 	InsecureRegistries []string
+	// TLS is the listener's mode: TLSDefault (plain HTTP, and TLS with
+	// kiln's certificate on the same port), TLSAuto or TLSFiles (TLS only;
+	// see listen.go). TLSCert and TLSKey are the operator's files for
+	// TLSFiles.
+	TLS             string
+	TLSCert, TLSKey string
+	// BuilderNetwork configures the private networks of RUN steps.
+	BuilderNetwork builder.Network
+	// BuilderEnv names variables of kiln's environment builders get (proxy
+	// settings); nothing else of it reaches them.
+	BuilderEnv []string
 	// OIDC says which CI providers' tokens are trusted (issuers, audience);
 	// the zero value trusts none.
 	OIDC oidc.Config
@@ -69,8 +83,11 @@ type Server struct {
 	store    store.Store
 	fleet    *builder.Fleet
 	builds   *build.Service
+	gateway  *gateway.Gateway
+	ca       *pki.Authority
 	http     *http.Server
-	listener net.Listener
+	listener net.Listener // the TCP listener; the HTTP server serves mux
+	mux      *connMux
 	audit    *audit.Recorder
 	registry *registry.Registry
 	runner   *runner.Runner
@@ -118,7 +135,18 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
-	s := &Server{cfg: cfg, store: st, done: make(chan struct{})}
+	switch cfg.TLS {
+	case TLSDefault, TLSAuto:
+	case TLSFiles:
+		if _, err := loadTLSFiles(cfg.TLSCert, cfg.TLSKey); err != nil {
+			st.Close()
+			return nil, err
+		}
+	default:
+		st.Close()
+		return nil, fmt.Errorf("--tls %q: want auto (or --tls-cert and --tls-key): %w", cfg.TLS, errdefs.ErrInvalid)
+	}
+	s := &Server{cfg: cfg, store: st, ca: ca, done: make(chan struct{})}
 	s.audit = audit.New(st, audit.Config{Retention: cfg.AuditRetention}, cfg.Logger)
 	// The fleet calls back into the build service when a builder dies; the
 	// service is created right after, before any builder can start.
@@ -129,9 +157,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		CA:            ca,
 		IdleTTL:       cfg.BuilderIdle,
 		Logger:        cfg.Logger,
-		// Only the operator's flag (and kiln's own registry on loopback
-		// http, registryhost.go) reaches buildkitd.toml; builds cannot.
-		InsecureRegistries: withOwnRegistry(cfg.InsecureRegistries, cfg.PublicURL, cfg.Addr),
+		// Only the operator's flags reach buildkitd.toml; builds cannot.
+		InsecureRegistries: cfg.InsecureRegistries,
+		OwnRegistry:        s.ownRegistry,
+		Network:            cfg.BuilderNetwork,
+		PassEnv:            cfg.BuilderEnv,
 		OnExit: func(projectID, platform string, leases []string, err error) {
 			builds.BuilderLost(projectID, platform, leases, err)
 		},
@@ -142,8 +172,16 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	builds = build.NewService(st, fleet, ca, build.Config{HealthTimeout: cfg.HealthTimeout,
 		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
-		RegistryHost: s.registryHost, Audit: s.audit.AuthEvent}, cfg.Logger)
-	projects := &project.Service{Store: st, Builders: fleet, Audit: s.audit}
+		RegistryHost: s.registryHost,
+		GatewayAddr:  s.gatewayAddr,
+		Revoke:       func(buildID string) { s.gateway.Revoke(buildID) },
+		Audit:        s.audit.AuthEvent}, cfg.Logger)
+	s.gateway, err = gateway.New(gateway.Config{Builders: fleet, Certs: ca, Authorize: builds.BuilderAccess, Logger: cfg.Logger})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	projects := &project.Service{Store: st, Builders: fleet, Audit: s.audit, Revoked: revoker{builds, s.gateway}, Network: egressApplier{fleet}}
 	s.fleet, s.builds = fleet, builds
 
 	authn := &auth.Authenticator{Store: st}
@@ -158,6 +196,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.mountAudit(mux, authn)
 	s.mountTrustPolicies(mux, authn, projects)
 	s.mountTokens(mux, authn, projects)
+	s.mountProjectNetwork(mux, authn, projects)
 	if s.registry, err = s.openRegistry(ctx, st, authn); err != nil {
 		st.Close()
 		return nil, err
@@ -178,6 +217,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
+	protocols.SetHTTP2(true) // over TLS, by ALPN (listen.go)
 	s.http = &http.Server{
 		Handler:           newGuard(mux, authn, cfg), // authentication and body deadlines: guard.go
 		Protocols:         protocols,
@@ -281,13 +321,25 @@ func (i *interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) co
 	}
 }
 
-// Listen binds the address (so callers learn the real port of ":0").
+// Listen binds the address (so callers learn the real port of ":0") and
+// prepares the listener's TLS.
 func (s *Server) Listen() (net.Addr, error) {
 	l, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", s.cfg.Addr, err)
 	}
+	var cert tls.Certificate
+	if s.cfg.TLS == TLSFiles {
+		cert, err = loadTLSFiles(s.cfg.TLSCert, s.cfg.TLSKey)
+	} else {
+		cert, err = controlPlaneCert(s.ca, l.Addr(), s.cfg.PublicURL)
+	}
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("TLS certificate: %w", err)
+	}
 	s.listener = l
+	s.mux = newConnMux(l, serverTLS(s.gateway, cert), s.gateway, s.cfg.TLS == TLSDefault)
 	return l.Addr(), nil
 }
 
@@ -304,6 +356,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	go s.builds.Run(bg)
 	go s.audit.Run(bg)
 	go s.registry.Run(bg)
+	go s.gateway.Run(bg)
 	// Source builds left queued or running by a previous server are
 	// resumed or failed before anyone can ask about them.
 	if err := s.runner.Start(ctx); err != nil {
@@ -311,7 +364,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 
 	errc := make(chan error, 1)
-	go func() { errc <- s.http.Serve(s.listener) }()
+	go func() { errc <- s.http.Serve(s.mux) }()
 	var serveErr error
 	select {
 	case <-ctx.Done():

@@ -144,19 +144,32 @@ func (s *SQLite) ListOrganizations(ctx context.Context) ([]Organization, error) 
 	return out, rows.Err()
 }
 
-const projectCols = `id, org_id, name, region_id, hardware, keep_gb, keep_days, created_at, customer_id`
+const projectCols = `id, org_id, name, region_id, hardware, keep_gb, keep_days, created_at, customer_id, egress_allow`
 
 func scanProject(sc interface{ Scan(...any) error }) (Project, error) {
 	var p Project
 	var created int64
-	err := sc.Scan(&p.ID, &p.OrgID, &p.Name, &p.RegionID, &p.Hardware, &p.KeepGB, &p.KeepDays, &created, &p.CustomerID)
+	var egress string
+	err := sc.Scan(&p.ID, &p.OrgID, &p.Name, &p.RegionID, &p.Hardware, &p.KeepGB, &p.KeepDays, &created, &p.CustomerID, &egress)
 	p.CreatedAt = fromMs(created)
+	p.EgressAllow = splitList(egress)
 	return p, err
 }
 
+// joinList and splitList store a list of strings without newlines in one
+// column ("" for none).
+func joinList(l []string) string { return strings.Join(l, "\n") }
+
+func splitList(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, "\n")
+}
+
 func (s *SQLite) CreateProject(ctx context.Context, p Project) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO projects (`+projectCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		p.ID, p.OrgID, p.Name, p.RegionID, p.Hardware, p.KeepGB, p.KeepDays, ms(p.CreatedAt), p.CustomerID)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO projects (`+projectCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		p.ID, p.OrgID, p.Name, p.RegionID, p.Hardware, p.KeepGB, p.KeepDays, ms(p.CreatedAt), p.CustomerID, joinList(p.EgressAllow))
 	return uniqueViolation(err, "project", p.ID)
 }
 
@@ -166,9 +179,9 @@ func (s *SQLite) GetOrCreateCustomerProject(ctx context.Context, p Project) (Pro
 	if p.OrgID == "" || p.CustomerID == "" {
 		return Project{}, false, fmt.Errorf("customer project needs an organization and a customer id: %w", errdefs.ErrInvalid)
 	}
-	res, err := s.db.ExecContext(ctx, `INSERT INTO projects (`+projectCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+	res, err := s.db.ExecContext(ctx, `INSERT INTO projects (`+projectCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (org_id, customer_id) WHERE customer_id <> '' DO NOTHING`,
-		p.ID, p.OrgID, p.Name, p.RegionID, p.Hardware, p.KeepGB, p.KeepDays, ms(p.CreatedAt), p.CustomerID)
+		p.ID, p.OrgID, p.Name, p.RegionID, p.Hardware, p.KeepGB, p.KeepDays, ms(p.CreatedAt), p.CustomerID, joinList(p.EgressAllow))
 	if err != nil {
 		return Project{}, false, uniqueViolation(err, "project", p.ID)
 	}
@@ -206,6 +219,16 @@ func (s *SQLite) UpdateProject(ctx context.Context, p Project) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE projects SET name = ?, region_id = ?, hardware = ?, keep_gb = ?, keep_days = ? WHERE id = ?`,
 		p.Name, p.RegionID, p.Hardware, p.KeepGB, p.KeepDays, p.ID)
 	return affected(res, err, "project", p.ID)
+}
+
+func (s *SQLite) SetProjectEgressAllow(ctx context.Context, id string, cidrs []string) error {
+	for _, c := range cidrs {
+		if c == "" || strings.ContainsAny(c, "\n\r") {
+			return fmt.Errorf("egress CIDR %q: %w", c, errdefs.ErrInvalid)
+		}
+	}
+	res, err := s.db.ExecContext(ctx, `UPDATE projects SET egress_allow = ? WHERE id = ?`, joinList(cidrs), id)
+	return affected(res, err, "project", id)
 }
 
 func affected(res sql.Result, err error, what, id string) error {
@@ -309,14 +332,14 @@ func (s *SQLite) DeleteToken(ctx context.Context, id string) error {
 }
 
 const buildCols = `id, project_id, org_id, status, command, options, error, platforms, created_at, started_at, finished_at, last_health_at,
-	kind, spec, secrets, image_refs, image_digest`
+	kind, spec, secrets, image_refs, image_digest, created_by`
 
 func scanBuild(sc interface{ Scan(...any) error }) (Build, error) {
 	var b Build
 	var created, started, finished, health int64
 	var refs string
 	err := sc.Scan(&b.ID, &b.ProjectID, &b.OrgID, &b.Status, &b.Command, &b.Options, &b.Error, &b.Platforms, &created, &started, &finished, &health,
-		&b.Kind, &b.Spec, &b.Secrets, &refs, &b.ImageDigest)
+		&b.Kind, &b.Spec, &b.Secrets, &refs, &b.ImageDigest, &b.CreatedBy)
 	b.CreatedAt, b.StartedAt, b.FinishedAt, b.LastHealthAt = fromMs(created), fromMs(started), fromMs(finished), fromMs(health)
 	if refs != "" {
 		b.ImageRefs = strings.Split(refs, "\n")
@@ -332,9 +355,9 @@ func buildKind(k string) string {
 }
 
 func (s *SQLite) CreateBuild(ctx context.Context, b Build) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO builds (`+buildCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := s.db.ExecContext(ctx, `INSERT INTO builds (`+buildCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		b.ID, b.ProjectID, b.OrgID, b.Status, b.Command, b.Options, b.Error, b.Platforms, ms(b.CreatedAt), ms(b.StartedAt), ms(b.FinishedAt), ms(b.LastHealthAt),
-		buildKind(b.Kind), b.Spec, b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest)
+		buildKind(b.Kind), b.Spec, b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest, b.CreatedBy)
 	return uniqueViolation(err, "build", b.ID)
 }
 

@@ -24,7 +24,13 @@ type Project struct {
 	// CustomerID is a platform's own id for the customer this project
 	// builds for (source builds); unique in the organization, "" for none.
 	CustomerID string
-	CreatedAt  time.Time
+	// EgressAllow are the CIDRs (canonical strings: "10.9.0.0/16",
+	// "fd00:9::/64") the operator lets this project's RUN steps reach
+	// although kiln's egress policy blocks private ranges; nil for none.
+	// Only SetProjectEgressAllow changes it: UpdateProject leaves it alone,
+	// so a rename racing with a change of the list cannot undo it.
+	EgressAllow []string
+	CreatedAt   time.Time
 }
 
 // Token kinds.
@@ -99,6 +105,9 @@ type Build struct {
 	// ImageRefs and ImageDigest are what a source build pushed.
 	ImageRefs   []string
 	ImageDigest string
+	// CreatedBy is the id of the stored token that created a client build;
+	// "" for OIDC callers and source builds.
+	CreatedBy string
 }
 
 // Terminal reports whether the build has ended.
@@ -173,7 +182,12 @@ type Store interface {
 	// customer id, creating p (whose OrgID and CustomerID must be set) if
 	// there is none. Concurrent calls for one customer create one project.
 	GetOrCreateCustomerProject(ctx context.Context, p Project) (Project, bool, error)
+	// UpdateProject writes p's name, region, hardware and cache policy
+	// (not its customer id or egress allow-list).
 	UpdateProject(ctx context.Context, p Project) error
+	// SetProjectEgressAllow replaces the project's egress allow-list
+	// (canonical CIDRs, validated by the caller); nil or empty clears it.
+	SetProjectEgressAllow(ctx context.Context, id string, cidrs []string) error
 	// DeleteProject removes the project with its tokens, builds, steps and
 	// trust policies.
 	DeleteProject(ctx context.Context, id string) error

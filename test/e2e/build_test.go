@@ -207,8 +207,8 @@ RUN --mount=type=secret,id=tok,required=false (cat /run/secrets/tok 2>/dev/null 
 	if err := dial(connA.Cert.Cert, connA.Cert.Key); err == nil {
 		t.Errorf("B's builder accepted a client certificate issued for project A")
 	}
-	if connA.Endpoint == connB.Endpoint {
-		t.Errorf("projects A and B share a builder endpoint %s", connA.Endpoint)
+	if connA.ServerName == connB.ServerName {
+		t.Errorf("projects A and B share a builder name %s", connA.ServerName)
 	}
 	for _, b := range [][2]string{{buildA, tokA}, {buildB, tokB}} {
 		api.FinishBuild(ctx, bearer(&cliv1.FinishBuildRequest{BuildId: b[0]}, b[1]))

@@ -9,11 +9,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -41,8 +43,11 @@ func run(m *testing.M) int {
 	if _, err := os.Stat(buildkitd); err != nil {
 		missing = append(missing, "buildkitd at "+buildkitd+" (run hack/setup.sh)")
 	}
-	if _, err := exec.LookPath("runc"); err != nil {
-		missing = append(missing, "runc (apt-get install runc)")
+	// Builders run the runc beside buildkitd (kiln puts buildkitd's directory
+	// first on its PATH): hack/setup.sh builds it with seccomp, at or above
+	// the security floor; Debian's older runc on PATH must not stand in.
+	if _, err := os.Stat(filepath.Join(filepath.Dir(buildkitd), "runc")); err != nil {
+		missing = append(missing, "runc at "+filepath.Join(filepath.Dir(buildkitd), "runc")+" (run hack/setup.sh)")
 	}
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		missing = append(missing, "/bin/busybox (apt-get install busybox-static)")
@@ -86,6 +91,10 @@ type server struct {
 	addr   string
 	args   []string
 	env    []string
+	// autoPool: the harness chose --builder-subnets (the last argument)
+	// and may choose again when another kiln process holds it.
+	autoPool    bool
+	poolRetries int
 }
 
 func freeAddr(t *testing.T) string {
@@ -96,6 +105,15 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// nextBuilderSubnets is a random /20 (16 builders) of 10.128.0.0/9. kiln
+// serve refuses a pool another kiln process holds (servers running at once,
+// here or in another test binary, must not share bridges or egress
+// chains); start then picks another.
+func nextBuilderSubnets() string {
+	i := rand.IntN(2048)
+	return fmt.Sprintf("10.%d.%d.0/20", 128+i/16, (i%16)*16)
 }
 
 // startServer runs kiln serve; it is stopped (SIGTERM, then SIGKILL) when
@@ -114,7 +132,11 @@ func startServerEnv(t *testing.T, env []string, args ...string) *server {
 		t.Fatal(err)
 	}
 	addr := freeAddr(t)
-	s := &server{URL: "http://" + addr, Data: data, log: filepath.Join(data, "serve.log"), addr: addr, args: args, env: env}
+	autoPool := !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--builder-subnets") })
+	if autoPool {
+		args = append(slices.Clip(args), "--builder-subnets", nextBuilderSubnets())
+	}
+	s := &server{URL: "http://" + addr, Data: data, log: filepath.Join(data, "serve.log"), addr: addr, args: args, env: env, autoPool: autoPool}
 	t.Cleanup(func() {
 		s.stop(t)
 		if t.Failed() {
@@ -165,6 +187,12 @@ func (s *server) start(t *testing.T) {
 		select {
 		case <-exited:
 			b, _ := os.ReadFile(s.log)
+			if s.autoPool && s.poolRetries < 5 && (bytes.Contains(b, []byte("in use by another kiln process")) || bytes.Contains(b, []byte("choose other --builder-subnets"))) {
+				s.poolRetries++
+				s.args[len(s.args)-1] = nextBuilderSubnets()
+				s.start(t)
+				return
+			}
 			t.Fatalf("kiln serve exited at start:\n%s", b)
 		default:
 		}
@@ -258,7 +286,9 @@ type builderStatus struct {
 	Platform  string
 	State     string
 	PID       int
-	Addr      string
+	Socket    string
+	Bridge    string // the bridge of its RUN steps' network
+	Subnet    string
 	Leases    []string
 	StateDir  string
 }

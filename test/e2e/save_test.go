@@ -126,11 +126,13 @@ func TestSaveAndPull(t *testing.T) {
 			t.Errorf("kiln build --save output lacks %q:\n%s", want, tail(r.Stderr, 4000))
 		}
 	}
-	// The builders reach kiln's registry over plain HTTP with no flag.
+	// The builders reach kiln's registry over TLS with kiln's CA, never
+	// plain HTTP, with no flag.
 	confs, _ := filepath.Glob(filepath.Join(s.Data, "builders", "*", "*", "buildkitd.toml"))
 	for _, c := range confs {
-		if b, _ := os.ReadFile(c); !strings.Contains(string(b), "[registry.\""+host+"\"]\n  http = true") {
-			t.Errorf("%s does not make kiln's registry %s plain HTTP:\n%s", c, host, b)
+		want := "[registry.\"" + host + "\"]\n  http = false\n  ca = [\"" + filepath.Join(s.Data, "pki", "ca.crt") + "\"]"
+		if b, _ := os.ReadFile(c); !strings.Contains(string(b), want) {
+			t.Errorf("%s does not make builders reach kiln's registry %s over TLS with kiln's CA:\n%s", c, host, b)
 		}
 	}
 

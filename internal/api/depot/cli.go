@@ -114,7 +114,7 @@ func (s *CLIBuildService) GetBuildKitConnection(ctx context.Context, req *connec
 	}
 	return connect.NewResponse(&cliv1.GetBuildKitConnectionResponse{Connection: &cliv1.GetBuildKitConnectionResponse_Active{
 		Active: &cliv1.GetBuildKitConnectionResponse_ActiveConnection{
-			Endpoint:   c.Endpoint.Addr,
+			Endpoint:   c.Addr,
 			ServerName: c.Endpoint.ServerName,
 			Cert:       &cliv1.Cert{Cert: c.CertPEM, Key: c.KeyPEM},
 			CaCert:     &cliv1.Cert{Cert: c.Endpoint.CACertPEM},

@@ -156,7 +156,7 @@ func (s *BuildKitService) GetEndpoint(ctx context.Context, req *connect.Request[
 		if c.Ready {
 			return stream.Send(&buildkitv1.GetEndpointResponse{Connection: &buildkitv1.GetEndpointResponse_Active{
 				Active: &buildkitv1.GetEndpointResponse_ActiveConnection{
-					Endpoint:   c.Endpoint.Addr,
+					Endpoint:   c.Addr,
 					ServerName: c.Endpoint.ServerName,
 					Cert: &buildkitv1.CertificatePair{
 						Cert: &buildkitv1.PublicCertificate{Cert: c.CertPEM},

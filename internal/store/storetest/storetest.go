@@ -36,6 +36,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"BuildLogs", buildLogs},
 		{"Contexts", contexts},
 		{"ContextQuota", contextQuota},
+		{"EgressAllow", egressAllow},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })

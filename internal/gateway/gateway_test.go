@@ -1,0 +1,265 @@
+package gateway_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/gateway"
+	"github.com/kiln-dev/kiln/internal/pki"
+)
+
+// builders is a fake fleet: each name is an echo server on a unix socket.
+type builders struct {
+	dir     string
+	sockets map[string][2]string // server name → project, socket
+}
+
+func (b *builders) Lookup(name string) (string, string, bool) {
+	v, ok := b.sockets[name]
+	return v[0], v[1], ok
+}
+
+// echo serves lines back on a unix socket until the test ends.
+func echo(t *testing.T, path string) {
+	t.Helper()
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+}
+
+// access is a switchable Authorizer.
+type access struct {
+	mu     sync.Mutex
+	denied map[string]error // build id → why not
+}
+
+func (a *access) authorize(_ context.Context, projectID, buildID string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.denied[buildID]
+}
+
+func (a *access) deny(buildID string, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.denied[buildID] = err
+}
+
+type env struct {
+	ca   *pki.Authority
+	gw   *gateway.Gateway
+	addr string
+	acc  *access
+}
+
+func newEnv(t *testing.T, recheck time.Duration) *env {
+	t.Helper()
+	dir := t.TempDir()
+	ca, err := pki.Open(filepath.Join(dir, "pki"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &builders{dir: dir, sockets: map[string][2]string{}}
+	for _, p := range []string{"proj-a", "proj-b"} {
+		sock := filepath.Join(dir, p+".sock")
+		echo(t, sock)
+		b.sockets[p+"-amd64.builder.kiln"] = [2]string{p, sock}
+	}
+	acc := &access{denied: map[string]error{}}
+	gw, err := gateway.New(gateway.Config{Builders: b, Certs: ca, Authorize: acc.authorize, Recheck: recheck})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go gw.Run(ctx)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go gw.Serve(tls.Server(c, &tls.Config{GetConfigForClient: gw.TLSConfig}))
+		}
+	}()
+	return &env{ca: ca, gw: gw, addr: l.Addr().String(), acc: acc}
+}
+
+// dial connects as a build client: a certificate of certProject with
+// common name cn, to the builder named name.
+func (e *env) dial(t *testing.T, certProject, cn, name string) (net.Conn, error) {
+	t.Helper()
+	certPEM, keyPEM, err := e.ca.IssueClient(certProject, cn, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, _ := e.ca.ProjectCA("proj-a")
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", e.addr, &tls.Config{
+		ServerName: name, RootCAs: roots, NextProtos: []string{"h2"},
+		// Present it even when the server names other acceptable CAs: the
+		// gateway must do the refusing.
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &pair, nil },
+		InsecureSkipVerify:   name != "proj-a-amd64.builder.kiln", // this test checks the server side only
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// roundTrip sends a line and reads it back: the splice to the builder works.
+func roundTrip(c net.Conn) error {
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintln(c, "ping"); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if line != "ping\n" {
+		return fmt.Errorf("echo %q", line)
+	}
+	return nil
+}
+
+func TestGatewaySplicesAuthorizedBuilds(t *testing.T) {
+	e := newEnv(t, time.Hour)
+	c, err := e.dial(t, "proj-a", "build:b1", "proj-a-amd64.builder.kiln")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := roundTrip(c); err != nil {
+		t.Fatalf("splice: %v", err)
+	}
+	if e.gw.Conns() != 1 {
+		t.Errorf("%d connections tracked, want 1", e.gw.Conns())
+	}
+}
+
+// From the attacker's side: every credential that is not a live build's
+// own, for this builder's project, gets nowhere.
+func TestGatewayRefuses(t *testing.T) {
+	e := newEnv(t, time.Hour)
+	e.acc.deny("ended", fmt.Errorf("build ended: %w", errdefs.ErrFailedPrecondition))
+	cases := []struct {
+		name, project, cn, builder string
+	}{
+		{"another project's certificate", "proj-b", "build:b1", "proj-a-amd64.builder.kiln"},
+		{"not a per-build certificate", "proj-a", "admin", "proj-a-amd64.builder.kiln"},
+		{"an ended build", "proj-a", "build:ended", "proj-a-amd64.builder.kiln"},
+		{"a builder that does not exist", "proj-a", "build:b1", "proj-z-amd64.builder.kiln"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := e.dial(t, tc.project, tc.cn, tc.builder)
+			if err == nil {
+				err = roundTrip(c)
+				c.Close()
+			}
+			if err == nil {
+				t.Fatalf("%s reached the builder", tc.name)
+			}
+		})
+	}
+	// No certificate at all.
+	c, err := tls.Dial("tcp", e.addr, &tls.Config{ServerName: "proj-a-amd64.builder.kiln", InsecureSkipVerify: true})
+	if err == nil {
+		err = roundTrip(c)
+		c.Close()
+	}
+	if err == nil {
+		t.Fatal("a client without a certificate reached the builder")
+	}
+}
+
+func TestGatewayRevokeCutsLiveConnections(t *testing.T) {
+	e := newEnv(t, time.Hour)
+	a, err := e.dial(t, "proj-a", "build:b1", "proj-a-amd64.builder.kiln")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	other, err := e.dial(t, "proj-a", "build:b2", "proj-a-amd64.builder.kiln")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	for _, c := range []net.Conn{a, other} {
+		if err := roundTrip(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := e.gw.Revoke("b1"); n != 1 {
+		t.Fatalf("Revoke closed %d connections, want 1", n)
+	}
+	if err := roundTrip(a); err == nil {
+		t.Error("a revoked build's connection still reaches the builder")
+	}
+	if err := roundTrip(other); err != nil {
+		t.Errorf("revoking b1 cut b2: %v", err)
+	}
+	if n := e.gw.RevokeProject("proj-a"); n != 1 {
+		t.Errorf("RevokeProject closed %d, want 1", n)
+	}
+}
+
+// A revocation nobody announced (the token deleted on another path) ends
+// the connection at the next recheck; a store hiccup does not.
+func TestGatewayRecheck(t *testing.T) {
+	e := newEnv(t, 50*time.Millisecond)
+	c, err := e.dial(t, "proj-a", "build:b1", "proj-a-amd64.builder.kiln")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := roundTrip(c); err != nil {
+		t.Fatal(err)
+	}
+	e.acc.deny("b1", fmt.Errorf("database locked: %w", errdefs.ErrUnavailable))
+	time.Sleep(300 * time.Millisecond)
+	if err := roundTrip(c); err != nil {
+		t.Fatalf("an unavailable store cut a live connection: %v", err)
+	}
+	e.acc.deny("b1", fmt.Errorf("token deleted: %w", errdefs.ErrPermission))
+	deadline := time.Now().Add(5 * time.Second)
+	for e.gw.Conns() > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := roundTrip(c); err == nil {
+		t.Fatal("the connection outlived its revocation")
+	}
+}
