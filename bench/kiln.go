@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -33,6 +34,9 @@ type kilnServer struct {
 	api   cliv1connect.BuildServiceClient
 }
 
+// kilnServers counts the kiln serves started, for their builder subnets.
+var kilnServers atomic.Int32
+
 // startKiln runs `kiln serve` and waits for /healthz.
 func startKiln(ctx context.Context, bin, buildkitd, data string, extra ...string) (*kilnServer, error) {
 	if err := os.MkdirAll(data, 0o700); err != nil {
@@ -48,10 +52,11 @@ func startKiln(ctx context.Context, bin, buildkitd, data string, extra ...string
 	if err := os.MkdirAll(filepath.Join(s.home, ".docker"), 0o700); err != nil {
 		return nil, err
 	}
-	// Its own builder subnets, so a bench run beside the tests' servers
-	// shares no bridge or egress chain with them.
+	// Builder subnets of its own (kiln serve refuses a pool another kiln
+	// holds): a /20 of 10.62.0.0/16 per server, apart from the tests'.
+	pool := fmt.Sprintf("10.62.%d.0/20", 16*(kilnServers.Add(1)%16))
 	args := append([]string{"serve", "--data", data, "--addr", addr, "--buildkitd", buildkitd, "--log-level", "info",
-		"--builder-subnets", "10.62.0.0/16"}, extra...)
+		"--builder-subnets", pool}, extra...)
 	p, err := startProc("kiln serve", filepath.Join(data, "serve.log"), data, cleanEnv(), bin, args...)
 	if err != nil {
 		return nil, err
