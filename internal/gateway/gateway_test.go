@@ -263,3 +263,93 @@ func TestGatewayRecheck(t *testing.T) {
 		t.Fatal("the connection outlived its revocation")
 	}
 }
+
+// BenchmarkSplice measures the gateway's data path: a client streaming
+// through TLS and the splice to a unix socket that discards what it reads.
+func BenchmarkSplice(b *testing.B) {
+	dir := b.TempDir()
+	ca, err := pki.Open(filepath.Join(dir, "pki"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	sock := filepath.Join(dir, "sink.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	bs := &builders{sockets: map[string][2]string{"p-amd64.builder.kiln": {"p", sock}}}
+	gw, _ := gateway.New(gateway.Config{Builders: bs, Certs: ca, Authorize: func(context.Context, string, string) error { return nil }})
+	tl, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer tl.Close()
+	go func() {
+		for {
+			c, err := tl.Accept()
+			if err != nil {
+				return
+			}
+			go gw.Serve(tls.Server(c, &tls.Config{GetConfigForClient: gw.TLSConfig}))
+		}
+	}()
+	certPEM, keyPEM, _ := ca.IssueClient("p", "build:x", time.Hour)
+	pair, _ := tls.X509KeyPair(certPEM, keyPEM)
+	c, err := tls.Dial("tcp", tl.Addr().String(), &tls.Config{ServerName: "p-amd64.builder.kiln", InsecureSkipVerify: true, Certificates: []tls.Certificate{pair}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 1<<20)
+	b.SetBytes(int64(len(buf)))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := c.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkDirectTLS is BenchmarkSplice's baseline: the same client
+// streaming to a TLS server that discards what it reads (what a builder
+// listening on TCP with TLS itself does).
+func BenchmarkDirectTLS(b *testing.B) {
+	dir := b.TempDir()
+	ca, err := pki.Open(filepath.Join(dir, "pki"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	certPEM, keyPEM, _ := ca.IssueServer("p", "p-amd64.builder.kiln", nil, time.Hour)
+	srv, _ := tls.X509KeyPair(certPEM, keyPEM)
+	tl, _ := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{srv}})
+	defer tl.Close()
+	go func() {
+		for {
+			c, err := tl.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	c, err := tls.Dial("tcp", tl.Addr().String(), &tls.Config{ServerName: "p-amd64.builder.kiln", InsecureSkipVerify: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 1<<20)
+	b.SetBytes(int64(len(buf)))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := c.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
