@@ -8,16 +8,22 @@
 //
 // Each builder lives in Root/<project>/<arch>/:
 //
-//	state/            buildkitd --root: snapshots, cache metadata
-//	certs/            server.crt, server.key and ca.crt (the project CA)
-//	buildkitd.toml    worker and GC settings, rewritten at every start
+//	state/            buildkitd --root: snapshots, cache metadata, its steps' network namespaces
+//	tmp/              its TMPDIR
+//	buildkitd.toml    worker, GC, network and registry settings, rewritten at every start
 //	buildkitd.log     buildkitd's stdout and stderr (previous: buildkitd.log.1)
 //	buildkitd.sock    unix socket, unless the path is too long for one
 //
-// Builds reach a builder over TCP on 127.0.0.1 with mutual TLS: the server
-// trusts only its project's CA, so only client certificates issued for that
-// project (pki.Authority.IssueClient) are accepted. kiln itself probes
-// readiness over the unix socket, which buildkitd serves without TLS.
+// buildkitd listens on that unix socket only (plain gRPC, in a 0700
+// directory). Builds reach it through kiln's builder gateway
+// (internal/gateway), which terminates mutual TLS with the project's CA and
+// splices each authorized connection to the socket; Lookup is how the
+// gateway finds a builder by its TLS server name. kiln itself probes
+// readiness over the socket.
+//
+// RUN steps run in private network namespaces on a bridge and subnet of the
+// builder's own, behind an egress policy kiln writes (network.go); builders
+// get a minimal environment (buildkitdEnv), never kiln's.
 //
 // buildkitd's RUN steps execute under runc, which BuildKit starts in a process
 // group of its own; when buildkitd dies those processes are orphaned, not
