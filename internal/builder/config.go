@@ -20,7 +20,7 @@ const (
 )
 
 // gcRule is one [[worker.oci.gcpolicy]] entry of buildkitd.toml (BuildKit
-// v0.26 field names: filters, all, keepDuration, maxUsedSpace). BuildKit
+// v0.34 field names, unchanged since v0.26: filters, all, keepDuration, maxUsedSpace). BuildKit
 // applies the rules in order at each GC run; a rule with both keepDuration and
 // maxUsedSpace only deletes records older than keepDuration, and only while
 // the cache is over maxUsedSpace.
