@@ -2,6 +2,8 @@ package gateway_test
 
 import (
 	"bufio"
+	"bytes"
+	"errors"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -11,6 +13,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
@@ -351,5 +354,25 @@ func BenchmarkDirectTLS(b *testing.B) {
 		if _, err := c.Write(buf); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// pump delivers every byte in order, however the reads are cut, and passes
+// the source's error on.
+func TestPumpDeliversEverything(t *testing.T) {
+	data := make([]byte, 3<<20+17)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	var out bytes.Buffer
+	if err := gateway.Pump(&out, iotest.HalfReader(bytes.NewReader(data))); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out.Bytes(), data) {
+		t.Fatalf("pumped %d bytes, not the %d read", out.Len(), len(data))
+	}
+	boom := errors.New("boom")
+	if err := gateway.Pump(io.Discard, iotest.ErrReader(boom)); !errors.Is(err, boom) {
+		t.Fatalf("source error: %v", err)
 	}
 }
