@@ -232,12 +232,15 @@ type egressRule struct {
 func (n Network) egressRules(builders []egressRule, resolvers []netip.Addr) []byte {
 	in, eg, all := n.inputChain(), n.egressChain(), n.bridgeMatch()
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "*filter\n:%s - [0:0]\n:%s - [0:0]\n", eg, in)
-	for _, ns := range resolvers {
-		for _, proto := range []string{"udp", "tcp"} {
-			fmt.Fprintf(&b, "-A %s -i %s -d %s/32 -p %s --dport 53 -j RETURN\n", in, all, ns, proto)
+	dns := func(chain string) {
+		for _, ns := range resolvers {
+			for _, proto := range []string{"udp", "tcp"} {
+				fmt.Fprintf(&b, "-A %s -i %s -d %s/32 -p %s --dport 53 -j RETURN\n", chain, all, ns, proto)
+			}
 		}
 	}
+	fmt.Fprintf(&b, "*filter\n:%s - [0:0]\n:%s - [0:0]\n", eg, in)
+	dns(in)
 	fmt.Fprintf(&b, "-A %s -i %s -j DROP\n", in, all)
 	// Other builders first: no allow-list opens the pool.
 	fmt.Fprintf(&b, "-A %s -i %s -d %s -j DROP\n", eg, all, n.Pool)
@@ -248,11 +251,7 @@ func (n Network) egressRules(builders []egressRule, resolvers []netip.Addr) []by
 			}
 		}
 	}
-	for _, ns := range resolvers {
-		for _, proto := range []string{"udp", "tcp"} {
-			fmt.Fprintf(&b, "-A %s -i %s -d %s/32 -p %s --dport 53 -j RETURN\n", eg, all, ns, proto)
-		}
-	}
+	dns(eg)
 	for _, d := range denied {
 		fmt.Fprintf(&b, "-A %s -i %s -d %s -j DROP\n", eg, all, d)
 	}
@@ -341,10 +340,10 @@ func (f *Fleet) applyEgress() error {
 // this Fleet started; Close calls it once every builder has stopped.
 func (f *Fleet) removeNetworks() {
 	f.mu.Lock()
-	var bridges []string
+	var nets []int
 	for _, b := range f.builders {
 		if b.net >= 0 {
-			bridges = append(bridges, f.cfg.Network.bridge(b.net))
+			nets = append(nets, b.net)
 		}
 	}
 	f.mu.Unlock()
@@ -363,14 +362,10 @@ func (f *Fleet) removeNetworks() {
 		for runCmd(nil, n.Ip6tables, "-w", "-D", chain, "-i", n.bridgeMatch(), "-j", "DROP") == nil {
 		}
 	}
-	for _, br := range bridges {
-		_ = runCmd(nil, "ip", "link", "delete", br)
-		n.removeCNIRules(br)
-	}
-	for _, b := range f.builders {
-		if b.net >= 0 {
-			n.releaseAddrs(b.net)
-		}
+	for _, i := range nets {
+		_ = runCmd(nil, "ip", "link", "delete", n.bridge(i))
+		n.removeCNIRules(n.bridge(i))
+		n.releaseAddrs(i)
 	}
 }
 
