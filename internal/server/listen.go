@@ -50,18 +50,16 @@ type connMux struct {
 	conns chan net.Conn
 	once  sync.Once
 	done  chan struct{}
-	wg    sync.WaitGroup // the accept loop
 }
 
 func newConnMux(ln net.Listener, cfg *tls.Config, gw *gateway.Gateway, allowPlain bool) *connMux {
 	m := &connMux{ln: ln, tlsConfig: cfg, gw: gw, allowPlain: allowPlain, conns: make(chan net.Conn), done: make(chan struct{})}
-	m.wg.Add(1)
 	go m.acceptLoop()
 	return m
 }
 
+// acceptLoop runs until the listener is closed (Close).
 func (m *connMux) acceptLoop() {
-	defer m.wg.Done()
 	var backoff time.Duration
 	for {
 		c, err := m.ln.Accept()

@@ -55,19 +55,17 @@ func (s *Server) ownRegistry() builder.OwnRegistry {
 // listener, at the public URL's host and port (its scheme's default port
 // when it names none).
 func (s *Server) gatewayAddr() string {
-	u, err := url.Parse(s.publicURL())
-	if err != nil {
+	base := s.publicURL()
+	h := registryHostFor(base)
+	if h == "" {
 		return ""
 	}
-	host, port := u.Hostname(), u.Port()
-	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
-		host = "127.0.0.1"
-	}
-	if port == "" {
-		port = "80"
-		if u.Scheme == "https" {
+	if _, _, err := net.SplitHostPort(h); err != nil { // no port in the URL
+		port := "80"
+		if strings.HasPrefix(base, "https://") {
 			port = "443"
 		}
+		h = net.JoinHostPort(strings.Trim(h, "[]"), port)
 	}
-	return "tcp://" + net.JoinHostPort(host, port)
+	return "tcp://" + h
 }
