@@ -108,9 +108,9 @@ func (s *Service) EgressAllow(ctx context.Context, p auth.Principal, projectID s
 // SetEgressAllow replaces the CIDRs the project's RUN steps may reach
 // beyond public destinations (see NormalizeEgressAllow); an empty list
 // clears it. It is the operator's decision: organization tokens only.
-// The change is audited (audit.KindProjectEgressChanged). The builders
-// read the list from the project (internal/build turns it into their
-// spec); this method only records it.
+// The change is audited (audit.KindProjectEgressChanged) and handed to
+// the project's running builders (Network); builders starting later read
+// it from the project (internal/build turns it into their spec).
 func (s *Service) SetEgressAllow(ctx context.Context, p auth.Principal, projectID string, cidrs []string) (store.Project, error) {
 	proj, err := s.admin(ctx, p, projectID, "changing a project's egress allow-list")
 	if err != nil {
