@@ -253,4 +253,3 @@ func describeOutputs(outs []engine.Output, resp *bkclient.SolveResponse) string 
 	}
 	return ": " + strings.Join(parts, "; ")
 }
-

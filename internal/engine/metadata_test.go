@@ -12,7 +12,6 @@ import (
 	"github.com/moby/buildkit/client"
 )
 
-
 func TestWriteMetadataFile(t *testing.T) {
 	desc := `{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:abc","size":10}`
 	resp := &client.SolveResponse{ExporterResponse: map[string]string{

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-
 	"github.com/kiln-dev/kiln/internal/archive"
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/engine"
