@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"connectrpc.com/connect"
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
 	"github.com/distribution/reference"
 	bkclient "github.com/moby/buildkit/client"
@@ -28,6 +27,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/engine"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/session"
 )
 
 type bakeFlags struct {
@@ -157,11 +157,7 @@ const (
 type bakeProject struct {
 	id      string
 	targets []*bakeTarget
-	remote  *remoteBuild
-	// saveRefs and saveCreds are where --save pushes (CreateBuild's
-	// additional tags and credentials), before the per-target suffix.
-	saveRefs  []string
-	saveCreds []engine.RegistryCredential
+	remote  *session.Remote // its SaveRefs get a per-target suffix
 }
 
 type bakeRun struct {
@@ -374,7 +370,6 @@ func (r *bakeRun) saves(t *bakeTarget) bool { return r.bf.save && t.Requested }
 // target starts. If one cannot be created, the others are finished as
 // canceled and nothing is built.
 func (r *bakeRun) createBuilds(ctx context.Context, cfg client.Config) error {
-	api := cfg.Builds()
 	g, gctx := errgroup.WithContext(ctx)
 	for _, p := range r.projects {
 		g.Go(func() error {
@@ -394,26 +389,12 @@ func (r *bakeRun) createBuilds(ctx context.Context, cfg client.Config) error {
 				}
 				opts = append(opts, o)
 			}
-			res, err := retryUnavailable(gctx, func() (*connect.Response[cliv1.CreateBuildResponse], error) {
-				return api.CreateBuild(gctx, connect.NewRequest(&cliv1.CreateBuildRequest{ProjectId: p.id, Options: opts}))
-			})
+			remote, err := session.Create(gctx, cfg, p.id, opts...)
 			if err != nil {
-				return fmt.Errorf("create build in project %s: %w", p.id, err)
+				return err
 			}
-			p.remote = &remoteBuild{api: api, apiURL: cfg.APIURL, id: res.Msg.BuildId, token: res.Msg.BuildToken}
-			for _, tag := range res.Msg.GetAdditionalTags() {
-				if tag.GetPush() {
-					p.saveRefs = append(p.saveRefs, tag.GetTag())
-				}
-			}
-			for _, c := range res.Msg.GetAdditionalCredentials() {
-				cred, err := engine.DecodeRegistryCredential(c.GetHost(), c.GetToken())
-				if err != nil {
-					return fmt.Errorf("project %s: --save: the server's %w", p.id, err)
-				}
-				p.saveCreds = append(p.saveCreds, cred)
-			}
-			if saving && len(p.saveRefs) == 0 {
+			p.remote = remote
+			if saving && len(p.remote.SaveRefs) == 0 {
 				return fmt.Errorf("project %s: --save: the server did not say where to save the images (it has no registry, or is not a kiln server that supports --save)", p.id)
 			}
 			return nil
@@ -423,7 +404,7 @@ func (r *bakeRun) createBuilds(ctx context.Context, cfg client.Config) error {
 	if err != nil {
 		for _, p := range r.projects {
 			if p.remote != nil {
-				p.remote.finish(context.Canceled)
+				p.remote.Finish(context.Canceled)
 			}
 		}
 		return err
@@ -433,7 +414,7 @@ func (r *bakeRun) createBuilds(ctx context.Context, cfg client.Config) error {
 		for i, t := range p.targets {
 			names[i] = t.Name
 		}
-		fmt.Fprintf(r.stderr, "kiln: build %s in project %s: %s\n", p.remote.id, p.id, strings.Join(names, ", "))
+		fmt.Fprintf(r.stderr, "kiln: build %s in project %s: %s\n", p.remote.ID, p.id, strings.Join(names, ", "))
 	}
 	return nil
 }
@@ -471,7 +452,7 @@ func (r *bakeRun) run(ctx context.Context, display progressui.Display, mode prog
 	}
 
 	for _, p := range r.projects {
-		p.remote.finish(p.outcome())
+		p.remote.Finish(p.outcome())
 	}
 	return r.report()
 }
@@ -551,9 +532,9 @@ func (r *bakeRun) solve(ctx context.Context, t *bakeTarget, o engine.Options, pr
 		return nil, err
 	}
 	if r.saves(t) && !handOver {
-		refs, err := targetRefs(t.project.saveRefs, t.Name)
+		refs, err := targetRefs(t.project.remote.SaveRefs, t.Name)
 		if err == nil {
-			err = req.AddSave(refs, t.project.saveCreds)
+			err = req.AddSave(refs, t.project.remote.SaveCreds)
 		}
 		if err != nil {
 			req.Close()
@@ -562,9 +543,7 @@ func (r *bakeRun) solve(ctx context.Context, t *bakeTarget, o engine.Options, pr
 		t.saved = refs
 	}
 
-	tb := *t.project.remote // a copy per solve: run records steps and the result in it
-	tb.platform = builderPlatform(req.BuilderPlatform(req.Platform()))
-	tb.tap = func(st *bkclient.SolveStatus) *bkclient.SolveStatus {
+	tap := func(st *bkclient.SolveStatus) *bkclient.SolveStatus {
 		st = engine.PrefixStatus(prefix, st)
 		r.display <- st
 		if handOver {
@@ -572,20 +551,17 @@ func (r *bakeRun) solve(ctx context.Context, t *bakeTarget, o engine.Options, pr
 		}
 		return st
 	}
-	run := tb.run
-	if req.MultiPlatform() {
-		run = tb.runMultiPlatform
-	}
 	var msgs io.Writer = targetWriter{w: r.stderr, target: t.Name}
 	if handOver {
 		msgs = io.Discard // the main solve said it all
 	}
-	if err := run(ctx, req, &buildFlags{wait: r.bf.wait}, msgs); err != nil {
+	resp, err := t.project.remote.Run(ctx, req, session.RunOptions{Wait: r.bf.wait, Messages: msgs, Tap: tap})
+	if err != nil {
 		req.Close()
 		return nil, err
 	}
 	if !handOver {
-		t.resp = tb.resp
+		t.resp = resp
 	}
 	return req, nil
 }
@@ -654,13 +630,13 @@ func (r *bakeRun) report() error {
 	var failed []*bakeTarget
 	canceled := 0
 	for _, t := range r.order {
-		where := fmt.Sprintf("build %s, project %s", t.project.remote.id, t.project.id)
+		where := fmt.Sprintf("build %s, project %s", t.project.remote.ID, t.project.id)
 		switch t.state {
 		case targetDone:
 			fmt.Fprintf(r.stderr, "kiln: target %s: done (%s)%s\n", t.Name, where, describeOutputs(t.outputs, t.resp))
 			if len(t.saved) > 0 {
 				fmt.Fprintf(r.stderr, "kiln: target %s: saved to kiln's registry as %s (kiln pull %s:%s-%s)\n",
-					t.Name, strings.Join(t.saved, ", "), t.project.id, t.project.remote.id, t.Name)
+					t.Name, strings.Join(t.saved, ", "), t.project.id, t.project.remote.ID, t.Name)
 			}
 		case targetFailed:
 			failed = append(failed, t)
@@ -685,7 +661,7 @@ func (r *bakeRun) report() error {
 	if r.bf.metadata != "" {
 		results := map[string]engine.TargetResult{}
 		for _, t := range r.order {
-			results[t.Name] = engine.TargetResult{Resp: t.resp, Ref: engine.BuildRef{ProjectID: t.project.id, BuildID: t.project.remote.id}}
+			results[t.Name] = engine.TargetResult{Resp: t.resp, Ref: engine.BuildRef{ProjectID: t.project.id, BuildID: t.project.remote.ID}}
 		}
 		if err := engine.WriteBakeMetadataFile(r.bf.metadata, results); err != nil {
 			return err

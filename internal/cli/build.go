@@ -8,22 +8,17 @@ import (
 	"io/fs"
 	"os"
 	"strings"
-	"syscall"
 	"time"
 
-	"connectrpc.com/connect"
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
-	"github.com/depot/depot-go/proto/depot/cli/v1/cliv1connect"
 	bkclient "github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/exporter/containerimage/exptypes"
-	"github.com/moby/buildkit/util/grpcerrors"
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/engine"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/session"
 )
 
 type buildFlags struct {
@@ -164,51 +159,38 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 	if err != nil {
 		return err
 	}
-	api := cfg.Builds()
-
 	buildOpts := &cliv1.BuildOptions{Command: cliv1.Command_COMMAND_BUILD, Tags: req.Tags(), Outputs: buildOutputs(req.Outputs()),
 		Push: req.Pushes(), Load: req.Loads(), Lint: bf.opts.Lint}
 	requestSave(bf, buildOpts)
-	created, err := retryUnavailable(ctx, func() (*connect.Response[cliv1.CreateBuildResponse], error) {
-		return api.CreateBuild(ctx, connect.NewRequest(&cliv1.CreateBuildRequest{
-			ProjectId: projectID,
-			Options:   []*cliv1.BuildOptions{buildOpts},
-		}))
-	})
+	b, err := session.Create(ctx, cfg, projectID, buildOpts)
 	if err != nil {
-		return fmt.Errorf("create build in project %s: %w", projectID, err)
+		return err
 	}
-	b := &remoteBuild{api: api, apiURL: cfg.APIURL, id: created.Msg.BuildId, token: created.Msg.BuildToken, platform: builderPlatform(req.BuilderPlatform(req.Platform()))}
-	fmt.Fprintf(stderr, "kiln: build %s in project %s\n", b.id, projectID)
+	fmt.Fprintf(stderr, "kiln: build %s in project %s\n", b.ID, projectID)
 	var saved []string
 	if bf.saving() {
-		if saved, err = applySave(req, created.Msg); err != nil {
-			b.finish(err)
+		if saved, err = applySave(req, b); err != nil {
+			b.Finish(err)
 			return err
 		}
 	}
-
-	run := b.run
-	if req.MultiPlatform() {
-		run = b.runMultiPlatform // one builder per platform, results merged (multiplatform.go)
-	}
-	solveErr := run(ctx, req, bf, stderr)
-	b.finish(solveErr)
+	resp, solveErr := b.Run(ctx, req, session.RunOptions{Wait: bf.wait, Messages: stderr})
+	b.Finish(solveErr)
 	if solveErr != nil {
 		return solveErr
 	}
 	if bf.iidfile != "" && !req.IsCall() {
-		if err := engine.WriteIIDFile(bf.iidfile, b.resp); err != nil {
+		if err := engine.WriteIIDFile(bf.iidfile, resp); err != nil {
 			return err
 		}
 	}
 	if bf.metadata != "" {
-		if err := engine.WriteBuildMetadataFile(bf.metadata, b.resp, engine.BuildRef{ProjectID: projectID, BuildID: b.id}); err != nil {
+		if err := engine.WriteBuildMetadataFile(bf.metadata, resp, engine.BuildRef{ProjectID: projectID, BuildID: b.ID}); err != nil {
 			return err
 		}
 	}
 	if req.IsCall() {
-		code, err := engine.PrintCallResult(stdout, req, b.resp)
+		code, err := engine.PrintCallResult(stdout, req, resp)
 		if err != nil {
 			return err
 		}
@@ -217,8 +199,8 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 		}
 		return nil
 	}
-	fmt.Fprintf(stderr, "kiln: build %s finished%s\n", b.id, describeOutputs(req.Outputs(), b.resp))
-	printSaved(stderr, saved, b.id)
+	fmt.Fprintf(stderr, "kiln: build %s finished%s\n", b.ID, describeOutputs(req.Outputs(), resp))
+	printSaved(stderr, saved, b.ID)
 	return nil
 }
 
@@ -270,219 +252,4 @@ func describeOutputs(outs []engine.Output, resp *bkclient.SolveResponse) string 
 		return ""
 	}
 	return ": " + strings.Join(parts, "; ")
-}
-
-// remoteBuild is one build's conversation with the kiln API.
-type remoteBuild struct {
-	api      cliv1connect.BuildServiceClient
-	apiURL   string
-	id       string
-	token    string
-	platform cliv1.BuilderPlatform
-	steps    *engine.StepRecorder
-	resp     *bkclient.SolveResponse
-	// tap, when set, sees each status of the solve first and returns the
-	// status to record and report in its place, or nil to drop it (kiln
-	// bake names the target in every step and feeds its shared progress
-	// display).
-	tap func(*bkclient.SolveStatus) *bkclient.SolveStatus
-}
-
-// observer is what a solve reports its statuses to: the step recorder and
-// the server's status stream, after tap.
-func (b *remoteBuild) observer(status *statusReporter) func(*bkclient.SolveStatus) {
-	return func(st *bkclient.SolveStatus) {
-		if b.tap != nil {
-			if st = b.tap(st); st == nil {
-				return
-			}
-		}
-		b.steps.Observe(st)
-		status.observe(st)
-	}
-}
-
-func (b *remoteBuild) run(ctx context.Context, req *engine.Request, bf *buildFlags, stderr io.Writer) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	go b.reportHealth(ctx, cancel)
-
-	c, err := b.dial(ctx, bf.wait, stderr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	return b.solve(ctx, func(observe func(*bkclient.SolveStatus)) (*bkclient.SolveResponse, error) {
-		return engine.Solve(ctx, c, req, stderr, observe)
-	})
-}
-
-// solve runs one solve (single- or multi-platform) while recording its
-// steps and streaming its status to the server, then reports the timings.
-// A cause set on ctx (the server ended the build) wins over the solve's
-// own error, which would only say "canceled".
-func (b *remoteBuild) solve(ctx context.Context, run func(observe func(*bkclient.SolveStatus)) (*bkclient.SolveResponse, error)) error {
-	b.steps = engine.NewStepRecorder()
-	status := startStatusReporter(b.apiURL, b.id, b.token)
-	resp, err := run(b.observer(status))
-	status.close()
-	b.reportTimings()
-	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
-		return cause
-	}
-	if err != nil {
-		return fmt.Errorf("build %s failed: %w", b.id, err)
-	}
-	b.resp = resp
-	return nil
-}
-
-// dial connects to the project's builder. A builder that is unreachable
-// before the solve starts (it is restarting after a crash, say) is asked
-// for again with bounded backoff; once a solve starts it is never retried.
-func (b *remoteBuild) dial(ctx context.Context, wait time.Duration, stderr io.Writer) (*bkclient.Client, error) {
-	delay := 250 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		conn, err := b.connect(ctx, wait, stderr)
-		if err != nil {
-			return nil, err
-		}
-		c, err := engine.Dial(ctx, conn)
-		if err == nil {
-			return c, nil
-		}
-		if !errdefs.IsUnavailable(err) || attempt == 5 {
-			return nil, fmt.Errorf("connect to builder %s: %w", conn.Endpoint, err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, context.Cause(ctx)
-		case <-time.After(delay):
-		}
-		delay *= 2
-	}
-}
-
-// connect waits for the project's builder and returns its connection.
-func (b *remoteBuild) connect(ctx context.Context, wait time.Duration, stderr io.Writer) (engine.Connection, error) {
-	deadline := time.Now().Add(wait)
-	announced := false
-	for {
-		res, err := retryUnavailable(ctx, func() (*connect.Response[cliv1.GetBuildKitConnectionResponse], error) {
-			return b.api.GetBuildKitConnection(ctx, client.WithToken(connect.NewRequest(&cliv1.GetBuildKitConnectionRequest{BuildId: b.id, Platform: b.platform}), b.token))
-		})
-		if err != nil {
-			return engine.Connection{}, fmt.Errorf("get builder connection: %w", err)
-		}
-		if a := res.Msg.GetActive(); a != nil {
-			return engine.Connection{Endpoint: a.Endpoint, ServerName: a.ServerName, CertPEM: a.GetCert().GetCert(),
-				KeyPEM: a.GetCert().GetKey(), CACertPEM: a.GetCaCert().GetCert()}, nil
-		}
-		if !announced {
-			fmt.Fprintln(stderr, "kiln: waiting for the project's builder to start...")
-			announced = true
-		}
-		if time.Now().After(deadline) {
-			return engine.Connection{}, fmt.Errorf("builder did not start within %s (see the server log; raise --builder-wait)", wait)
-		}
-		waitMs := max(res.Msg.GetPending().GetWaitMs(), 50)
-		select {
-		case <-ctx.Done():
-			return engine.Connection{}, context.Cause(ctx)
-		case <-time.After(time.Duration(waitMs) * time.Millisecond):
-		}
-	}
-}
-
-// reportHealth keeps the build alive every 5 s; if the server says the
-// build is over (cancels_at in the past), the solve is canceled.
-func (b *remoteBuild) reportHealth(ctx context.Context, cancel context.CancelCauseFunc) {
-	t := time.NewTicker(5 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		res, err := b.api.ReportBuildHealth(ctx, client.WithToken(connect.NewRequest(&cliv1.ReportBuildHealthRequest{BuildId: b.id, Platform: b.platform}), b.token))
-		if err != nil {
-			continue // transient; the server tolerates missed reports up to its timeout
-		}
-		if at := res.Msg.GetCancelsAt(); at != nil && at.AsTime().Before(time.Now()) {
-			cancel(fmt.Errorf("build %s was ended by the server (canceled or its builder was lost)", b.id))
-			return
-		}
-	}
-}
-
-func (b *remoteBuild) reportTimings() {
-	if b.steps == nil {
-		return
-	}
-	var steps []*cliv1.BuildStep
-	for _, s := range b.steps.Steps() {
-		st := &cliv1.BuildStep{Name: s.Name, Cached: s.Cached, StableDigest: &s.Digest}
-		if s.Started != nil {
-			st.StartTime = timestamppb.New(*s.Started)
-			if s.Completed != nil {
-				st.DurationMs = int32(s.Completed.Sub(*s.Started).Milliseconds())
-			}
-		}
-		if s.Error != "" {
-			e := s.Error
-			st.Error = &e
-		}
-		steps = append(steps, st)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_, _ = b.api.ReportTimings(ctx, client.WithToken(connect.NewRequest(&cliv1.ReportTimingsRequest{BuildId: b.id, BuildSteps: steps}), b.token))
-}
-
-// finish tells the server how the build ended; it runs even if the user
-// interrupted the build so the builder is released at once.
-func (b *remoteBuild) finish(buildErr error) {
-	req := &cliv1.FinishBuildRequest{BuildId: b.id, Result: &cliv1.FinishBuildRequest_Success{Success: &cliv1.FinishBuildRequest_BuildSuccess{}}}
-	if buildErr != nil {
-		if st, ok := grpcerrors.AsGRPCStatus(buildErr); errors.Is(buildErr, context.Canceled) || (ok && st.Code() == codes.Canceled) {
-			req.Result = &cliv1.FinishBuildRequest_Canceled{Canceled: &cliv1.FinishBuildRequest_BuildCanceled{}}
-		} else {
-			req.Result = &cliv1.FinishBuildRequest_Error{Error: &cliv1.FinishBuildRequest_BuildError{Error: buildErr.Error()}}
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	_, _ = retryUnavailable(ctx, func() (*connect.Response[cliv1.FinishBuildResponse], error) {
-		return b.api.FinishBuild(ctx, client.WithToken(connect.NewRequest(req), b.token))
-	})
-}
-
-// retryUnavailable retries calls that failed with a transient error (see
-// isTransient) with bounded exponential backoff: 5 attempts over about 3 s.
-// Nothing else is retried: a call the server answered is never silently
-// repeated.
-func retryUnavailable[T any](ctx context.Context, call func() (*connect.Response[T], error)) (*connect.Response[T], error) {
-	delay := 200 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		res, err := call()
-		if err == nil || !isTransient(err) || attempt == 5 {
-			return res, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, err
-		case <-time.After(delay):
-		}
-		delay *= 2
-	}
-}
-
-// isTransient reports whether err means the call did not get an answer
-// from the server: Connect's Unavailable (connection refused or reset,
-// server restarting) or a connection reset or refused that surfaced with
-// another code. Typed errors only; messages are never matched.
-func isTransient(err error) bool {
-	return connect.CodeOf(err) == connect.CodeUnavailable ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED)
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/depotext"
 	"github.com/kiln-dev/kiln/internal/engine"
+	"github.com/kiln-dev/kiln/internal/session"
 )
 
 // kiln build --save: the server names where the build is saved in its
@@ -56,25 +57,11 @@ func requestSave(bf *buildFlags, o *cliv1.BuildOptions) {
 
 // applySave adds the save push to req from the server's answer and
 // returns the references the image will be saved as.
-func applySave(req *engine.Request, res *cliv1.CreateBuildResponse) ([]string, error) {
-	var refs []string
-	for _, t := range res.GetAdditionalTags() {
-		if t.GetPush() {
-			refs = append(refs, t.GetTag())
-		}
-	}
-	if len(refs) == 0 {
+func applySave(req *engine.Request, b *session.Remote) ([]string, error) {
+	if len(b.SaveRefs) == 0 {
 		return nil, fmt.Errorf("--save: the server did not say where to save the image (it has no registry, or is not a kiln server that supports --save)")
 	}
-	var creds []engine.RegistryCredential
-	for _, c := range res.GetAdditionalCredentials() {
-		cr, err := engine.DecodeRegistryCredential(c.GetHost(), c.GetToken())
-		if err != nil {
-			return nil, fmt.Errorf("--save: the server's %w", err)
-		}
-		creds = append(creds, cr)
-	}
-	return refs, req.AddSave(refs, creds)
+	return b.SaveRefs, req.AddSave(b.SaveRefs, b.SaveCreds)
 }
 
 // printSaved says where a saved build is and how to get it.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/steps"
 	"github.com/moby/buildkit/client"
 )
 
@@ -121,7 +122,7 @@ func startBuildkitd(t *testing.T) *client.Client {
 
 // build prepares o and solves it, returning the response, the rendered
 // progress and the recorded steps.
-func build(t *testing.T, c *client.Client, o Options) (*client.SolveResponse, string, []Step, error) {
+func build(t *testing.T, c *client.Client, o Options) (*client.SolveResponse, string, []steps.Step, error) {
 	t.Helper()
 	r, err := Prepare(o)
 	if err != nil {
@@ -131,7 +132,7 @@ func build(t *testing.T, c *client.Client, o Options) (*client.SolveResponse, st
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var progress bytes.Buffer
-	rec := NewStepRecorder()
+	rec := steps.NewRecorder(false)
 	resp, err := Solve(ctx, c, r, &progress, rec.Observe)
 	return resp, progress.String(), rec.Steps(), err
 }
@@ -175,7 +176,7 @@ func TestIntegrationBuild(t *testing.T) {
 	writeTestFile(t, secretFile, "s3cret-token")
 
 	rootfs := filepath.Join(t.TempDir(), "rootfs")
-	resp, progress, steps, err := build(t, c, Options{
+	resp, progress, recorded, err := build(t, c, Options{
 		ContextPath: ctxDir,
 		BuildArgs:   []string{"GREETING=hello-kiln"},
 		Secrets:     []string{"id=tok,src=" + secretFile},
@@ -212,13 +213,13 @@ func TestIntegrationBuild(t *testing.T) {
 		t.Errorf("plain progress does not show the RUN step:\n%s", progress)
 	}
 	var sawRun bool
-	for _, s := range steps {
+	for _, s := range recorded {
 		if strings.Contains(s.Name, "RUN --mount=type=secret") {
-			sawRun = s.Started != nil && s.Completed != nil && s.Error == ""
+			sawRun = !s.Started.IsZero() && !s.Completed.IsZero() && s.Error == ""
 		}
 	}
 	if !sawRun {
-		t.Errorf("steps do not record the completed RUN step: %+v", steps)
+		t.Errorf("steps do not record the completed RUN step: %+v", recorded)
 	}
 
 	// A local directory passed as a named context works as a FROM base
@@ -245,7 +246,7 @@ func TestIntegrationBuild(t *testing.T) {
 	t.Run("failing RUN", func(t *testing.T) {
 		dir := t.TempDir()
 		writeTestFile(t, filepath.Join(dir, "Dockerfile"), "FROM rootfs\nRUN exit 3\n")
-		_, progress, steps, err := build(t, c, Options{
+		_, progress, recorded, err := build(t, c, Options{
 			ContextPath:   dir,
 			BuildContexts: []string{"rootfs=" + rootfs},
 			Progress:      "plain",
@@ -259,13 +260,13 @@ func TestIntegrationBuild(t *testing.T) {
 			t.Errorf("progress does not show the failing step:\n%s", progress)
 		}
 		var failed bool
-		for _, s := range steps {
+		for _, s := range recorded {
 			if strings.Contains(s.Name, "RUN exit 3") && s.Error != "" {
 				failed = true
 			}
 		}
 		if !failed {
-			t.Errorf("no failed step recorded: %+v", steps)
+			t.Errorf("no failed step recorded: %+v", recorded)
 		}
 	})
 

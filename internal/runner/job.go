@@ -8,17 +8,16 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
 	"time"
-
-	bkclient "github.com/moby/buildkit/client"
 
 	"github.com/kiln-dev/kiln/internal/archive"
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/engine"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/platform"
+	"github.com/kiln-dev/kiln/internal/session"
+	"github.com/kiln-dev/kiln/internal/steps"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -57,19 +56,19 @@ func (r *Runner) execute(ctx context.Context, b store.Build, work string) build.
 		return fail(fmt.Errorf("scratch directory: %w", err))
 	}
 	root := filepath.Join(work, "context")
-	rec.begin(stepContext, "[kiln] fetch and check the build context")
+	rec.Begin(stepContext, "[kiln] fetch and check the build context")
 	stats, err := r.fetchContext(ctx, b, spec, work, root)
 	if err != nil {
-		rec.end(stepContext, err)
+		rec.End(stepContext, err)
 		return fail(fmt.Errorf("build context: %w", err))
 	}
-	rec.log(stepContext, fmt.Sprintf("%d entries, %s, sha256:%s\n", stats.Entries, humanBytes(stats.Bytes), stats.SHA256))
+	rec.Log(stepContext, fmt.Sprintf("%d entries, %s, sha256:%s\n", stats.Entries, humanBytes(stats.Bytes), stats.SHA256))
 	dockerfile, err := findDockerfile(root, spec.Dockerfile)
 	if err != nil {
-		rec.end(stepContext, err)
+		rec.End(stepContext, err)
 		return fail(err)
 	}
-	rec.end(stepContext, nil)
+	rec.End(stepContext, nil)
 
 	refs, err := refs(r.cfg.RegistryHost(), b.ProjectID, b.ID, spec.Tags, r.pushHosts())
 	if err != nil {
@@ -81,20 +80,19 @@ func (r *Runner) execute(ctx context.Context, b store.Build, work string) build.
 	}
 	defer req.Close()
 
-	rec.begin(stepBuilder, "[kiln] start the project's builder ("+strings.Join(spec.Platforms, ", ")+")")
-	targets, closeAll, err := r.connect(ctx, b, spec.Platforms)
-	rec.end(stepBuilder, err)
+	rec.Begin(stepBuilder, "[kiln] start the project's builder ("+strings.Join(spec.Platforms, ", ")+")")
+	builders, err := session.BuilderPlatforms(req)
+	var bs *session.Builders
+	if err == nil {
+		bs, err = session.Connect(ctx, sourceAcquirer{r, b}, builders, session.ConnectOptions{Wait: r.cfg.BuilderWait})
+	}
+	rec.End(stepBuilder, err)
 	if err != nil {
 		return fail(err)
 	}
-	defer closeAll()
+	defer bs.Close()
 
-	var resp *bkclient.SolveResponse
-	if len(targets) == 1 {
-		resp, err = engine.Solve(ctx, targets[0].Client, req, io.Discard, rec.observe)
-	} else {
-		resp, err = engine.SolveMulti(ctx, targets, req, io.Discard, rec.observe)
-	}
+	resp, err := session.Solve(ctx, bs, req, io.Discard, rec.Observe)
 	if err != nil {
 		return fail(err)
 	}
@@ -232,70 +230,39 @@ func (r *Runner) pushHosts() []string {
 	return hosts
 }
 
-// connect gets a ready builder for every platform of the build and dials
-// it with a certificate for this build. The caller calls closeAll.
-func (r *Runner) connect(ctx context.Context, b store.Build, platforms []string) (_ []engine.Target, closeAll func(), _ error) {
-	var targets []engine.Target
-	closeAll = func() {
-		for _, t := range targets {
-			t.Client.Close()
-		}
-	}
-	ctx, cancel := context.WithTimeout(ctx, r.cfg.BuilderWait)
-	defer cancel()
-	for _, pl := range platforms {
-		var conn build.Connection
-		for {
-			var err error
-			conn, err = r.builds.ConnectSource(ctx, b, pl)
-			if err != nil {
-				closeAll()
-				return nil, nil, fmt.Errorf("builder for %s: %w", pl, err)
-			}
-			if conn.Ready {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				closeAll()
-				if context.Cause(ctx) != nil && !errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
-					return nil, nil, context.Cause(ctx)
-				}
-				return nil, nil, fmt.Errorf("the project's %s builder did not start within %s: %w", pl, r.cfg.BuilderWait, errdefs.ErrUnavailable)
-			case <-time.After(time.Duration(conn.WaitMs) * time.Millisecond):
-			}
-		}
-		c, err := engine.Dial(ctx, engine.Connection{Endpoint: conn.Addr, ServerName: conn.Endpoint.ServerName,
-			CertPEM: conn.CertPEM, KeyPEM: conn.KeyPEM, CACertPEM: conn.Endpoint.CACertPEM})
-		if err != nil {
-			closeAll()
-			return nil, nil, fmt.Errorf("builder for %s: %w", pl, err)
-		}
-		targets = append(targets, engine.Target{Platform: pl, Client: c})
-	}
-	return targets, closeAll, nil
+// sourceAcquirer hands a source build its builders: the build service's
+// ConnectSource, with a certificate for this build.
+type sourceAcquirer struct {
+	r *Runner
+	b store.Build
 }
 
-// recorder stores what a build shows as it runs: BuildKit's status
-// updates and kiln's own steps, batched, waking the build's watchers after
-// each write. The first sign of the image export marks the build pushing.
+func (a sourceAcquirer) Acquire(ctx context.Context, pl platform.Platform) (session.Lease, error) {
+	conn, err := a.r.builds.ConnectSource(ctx, a.b, pl.String())
+	if err != nil {
+		return session.Lease{}, fmt.Errorf("builder for %s: %w", pl, err)
+	}
+	if !conn.Ready {
+		return session.Lease{Wait: time.Duration(conn.WaitMs) * time.Millisecond}, nil
+	}
+	return session.Lease{Ready: true, Conn: engine.Connection{Endpoint: conn.Addr, ServerName: conn.Endpoint.ServerName,
+		CertPEM: conn.CertPEM, KeyPEM: conn.KeyPEM, CACertPEM: conn.Endpoint.CACertPEM}}, nil
+}
+
+// recorder stores what a source build shows as it runs — BuildKit's
+// status and kiln's own steps, folded by a [steps.Recorder] — every
+// 200 ms, waking the build's watchers after each write. The first sign of
+// the image export marks the build pushing.
 type recorder struct {
+	*steps.Recorder
 	r       *Runner
 	buildID string
-
-	mu      sync.Mutex
-	state   map[string]store.Step // digest → everything known of the step
-	dirty   []string              // digests changed since the last flush, first-seen order
-	logs    []store.LogLine
-	pushing bool // exporting seen; SetPushing done or pending
-	flagged bool // SetPushing pending
-
-	stopc chan struct{}
-	done  chan struct{}
+	stopc   chan struct{}
+	done    chan struct{}
 }
 
 func (r *Runner) newRecorder(buildID string) *recorder {
-	rec := &recorder{r: r, buildID: buildID, state: map[string]store.Step{}, stopc: make(chan struct{}), done: make(chan struct{})}
+	rec := &recorder{Recorder: steps.NewRecorder(true), r: r, buildID: buildID, stopc: make(chan struct{}), done: make(chan struct{})}
 	go rec.loop()
 	return rec
 }
@@ -316,23 +283,16 @@ func (rec *recorder) loop() {
 }
 
 func (rec *recorder) flush() {
-	rec.mu.Lock()
-	steps := make([]store.Step, 0, len(rec.dirty))
-	for _, d := range rec.dirty {
-		steps = append(steps, rec.state[d])
-	}
-	logs, flagged := rec.logs, rec.flagged
-	rec.dirty, rec.logs, rec.flagged = nil, nil, false
-	rec.mu.Unlock()
-	if len(steps) == 0 && len(logs) == 0 && !flagged {
+	steps, logs, exportStarted := rec.Drain()
+	if len(steps) == 0 && len(logs) == 0 && !exportStarted {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := rec.r.builds.StoreSteps(ctx, rec.buildID, steps, logs); err != nil {
+	if err := rec.r.builds.StoreSteps(ctx, rec.buildID, storeSteps(steps), storeLogs(logs)); err != nil {
 		rec.r.log.Warn("store build steps", "build_id", rec.buildID, "err", err)
 	}
-	if flagged {
+	if exportStarted {
 		if err := rec.r.builds.SetPushing(ctx, rec.buildID); err != nil {
 			rec.r.log.Warn("mark build pushing", "build_id", rec.buildID, "err", err)
 		}
@@ -340,72 +300,26 @@ func (rec *recorder) flush() {
 	rec.r.hub.notify(rec.buildID)
 }
 
-// put merges steps by digest into what is known of them and marks them for
-// the next flush, which stores each step whole: an update may carry only
-// what changed (a completion without the start), and the store replaces.
-func (rec *recorder) put(steps []store.Step, logs []store.LogLine, exporting bool) {
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	for _, st := range steps {
-		old, seen := rec.state[st.Digest]
-		if seen {
-			st = mergeStep(old, st)
-		}
-		rec.state[st.Digest] = st
-		if !slices.Contains(rec.dirty, st.Digest) {
-			rec.dirty = append(rec.dirty, st.Digest)
-		}
-	}
-	rec.logs = append(rec.logs, logs...)
-	if exporting && !rec.pushing {
-		rec.pushing, rec.flagged = true, true
-	}
-}
-
-func mergeStep(old, st store.Step) store.Step {
-	if st.Name == "" {
-		st.Name = old.Name
-	}
-	st.Cached = st.Cached || old.Cached
-	if st.StartedAt.IsZero() {
-		st.StartedAt = old.StartedAt
-	}
-	if st.CompletedAt.IsZero() {
-		st.CompletedAt = old.CompletedAt
-	}
-	if st.Error == "" {
-		st.Error = old.Error
-	}
-	return st
-}
-
-func (rec *recorder) observe(st *bkclient.SolveStatus) {
-	if st == nil {
-		return
-	}
-	rec.put(statusRecords(st))
-}
-
-func (rec *recorder) begin(digest, name string) {
-	rec.put([]store.Step{{Digest: digest, Name: name, StartedAt: time.Now().UTC()}}, nil, false)
-}
-
-func (rec *recorder) end(digest string, err error) {
-	st := store.Step{Digest: digest, CompletedAt: time.Now().UTC()}
-	if err != nil {
-		st.Error = err.Error()
-	}
-	rec.put([]store.Step{st}, nil, false)
-}
-
-func (rec *recorder) log(digest, msg string) {
-	rec.put(nil, []store.LogLine{{Digest: digest, At: time.Now().UTC(), Message: msg}}, false)
-}
-
 // close stores what is pending and stops the recorder.
 func (rec *recorder) close() {
 	close(rec.stopc)
 	<-rec.done
+}
+
+func storeSteps(recorded []steps.Step) []store.Step {
+	out := make([]store.Step, len(recorded))
+	for i, s := range recorded {
+		out[i] = store.Step{Digest: s.Digest, Name: s.Name, Cached: s.Cached, StartedAt: s.Started, CompletedAt: s.Completed, Error: s.Error}
+	}
+	return out
+}
+
+func storeLogs(logs []steps.LogLine) []store.LogLine {
+	out := make([]store.LogLine, len(logs))
+	for i, l := range logs {
+		out[i] = store.LogLine{Digest: l.Digest, At: l.At, Message: l.Message}
+	}
+	return out
 }
 
 func humanBytes(n int64) string {

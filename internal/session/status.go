@@ -1,4 +1,4 @@
-package cli
+package session
 
 import (
 	"context"
@@ -12,11 +12,11 @@ import (
 	cliv1extra "github.com/kiln-dev/kiln/gen/depot/cli/v1"
 )
 
-// statusReporter streams a build's BuildKit status to the server
+// statusStream streams a build's BuildKit status to the server
 // (depot.cli.v1.BuildService/ReportStatusStream, as the depot CLI does) so
 // steps and their logs are stored. It is best effort: it never slows or
 // fails the build; if the server lags, updates beyond the buffer are dropped.
-type statusReporter struct {
+type statusStream struct {
 	ch   chan *bkclient.SolveStatus
 	done chan struct{}
 }
@@ -28,8 +28,8 @@ const statusProcedure = "/depot.cli.v1.BuildService/ReportStatusStream"
 // client streams silent for --stream-body-timeout (10m), keeps the stream.
 const statusKeepalive = time.Minute
 
-func startStatusReporter(apiURL, buildID, token string) *statusReporter {
-	r := &statusReporter{ch: make(chan *bkclient.SolveStatus, 4096), done: make(chan struct{})}
+func startStatusStream(apiURL, buildID, token string) *statusStream {
+	r := &statusStream{ch: make(chan *bkclient.SolveStatus, 4096), done: make(chan struct{})}
 	c := connect.NewClient[cliv1extra.ReportStatusStreamRequest, cliv1extra.ReportStatusStreamResponse](http.DefaultClient, apiURL+statusProcedure)
 	go func() {
 		defer close(r.done)
@@ -72,7 +72,7 @@ func startStatusReporter(apiURL, buildID, token string) *statusReporter {
 	return r
 }
 
-func (r *statusReporter) observe(st *bkclient.SolveStatus) {
+func (r *statusStream) observe(st *bkclient.SolveStatus) {
 	select {
 	case r.ch <- st:
 	default:
@@ -80,7 +80,7 @@ func (r *statusReporter) observe(st *bkclient.SolveStatus) {
 }
 
 // close flushes what is buffered and ends the stream (bounded wait).
-func (r *statusReporter) close() {
+func (r *statusStream) close() {
 	close(r.ch)
 	select {
 	case <-r.done:

@@ -7,44 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/moby/buildkit/client"
-	digest "github.com/opencontainers/go-digest"
 )
-
-func TestStepRecorder(t *testing.T) {
-	t0 := time.Unix(1000, 0)
-	t1, t2 := t0.Add(time.Second), t0.Add(2*time.Second)
-	a, b := digest.FromString("a"), digest.FromString("b")
-	s := NewStepRecorder()
-	s.Observe(nil)
-	s.Observe(&client.SolveStatus{Vertexes: []*client.Vertex{{Digest: b, Name: "[2/2] RUN x"}}})
-	s.Observe(&client.SolveStatus{Vertexes: []*client.Vertex{{Digest: a, Name: "[1/2] COPY", Started: &t0, Completed: &t0, Cached: true}}})
-	s.Observe(&client.SolveStatus{Vertexes: []*client.Vertex{{Digest: b, Name: "[2/2] RUN x", Started: &t1}}})
-	s.Observe(&client.SolveStatus{Vertexes: []*client.Vertex{{Digest: b, Name: "[2/2] RUN x", Started: &t1, Completed: &t2, Error: "exit code: 3"}}})
-
-	steps := s.Steps()
-	if len(steps) != 2 {
-		t.Fatalf("steps = %+v", steps)
-	}
-	if steps[0].Digest != b.String() || steps[1].Digest != a.String() {
-		t.Errorf("order: %s %s", steps[0].Digest, steps[1].Digest)
-	}
-	run := steps[0]
-	if run.Name != "[2/2] RUN x" || run.Cached || !run.Started.Equal(t1) || !run.Completed.Equal(t2) || run.Error != "exit code: 3" {
-		t.Errorf("run step = %+v", run)
-	}
-	if cp := steps[1]; !cp.Cached || !cp.Started.Equal(t0) || cp.Error != "" {
-		t.Errorf("copy step = %+v", cp)
-	}
-	// Steps returns copies.
-	*steps[0].Started = time.Time{}
-	if s.Steps()[0].Started.IsZero() {
-		t.Error("Steps shares time pointers")
-	}
-}
 
 func TestWriteMetadataFile(t *testing.T) {
 	desc := `{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:abc","size":10}`
