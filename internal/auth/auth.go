@@ -18,7 +18,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kiln-dev/kiln/internal/auth/oidc"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 )
 
@@ -92,6 +91,9 @@ type Scope struct {
 	BuildID   string // "" for a project
 }
 
+// Scope is Scoped itself, for a check of a place rather than a resource.
+func (s Scope) Scope() Scope { return s }
+
 // Scoped is a resource that says where it sits: project.Project and
 // build.Build are. (auth cannot name them: both packages import auth.)
 type Scoped interface {
@@ -162,7 +164,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, secret string) (Princi
 	if secret == "" {
 		return Principal{}, fmt.Errorf("missing token (pass --token, KILN_TOKEN or DEPOT_TOKEN): %w", errdefs.ErrUnauthenticated)
 	}
-	if oidc.LooksLikeJWT(secret) {
+	if LooksLikeJWT(secret) {
 		return a.authenticateOIDC(ctx, secret)
 	}
 	kindOK := false

@@ -7,13 +7,12 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/kiln-dev/kiln/internal/auth/oidc"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 )
 
 // OIDCVerifier checks a CI provider's OIDC token (*oidc.Verifier).
 type OIDCVerifier interface {
-	Verify(ctx context.Context, raw string) (oidc.Identity, error)
+	Verify(ctx context.Context, raw string) (Identity, error)
 }
 
 // Audit events. Attributes are slog-style key/value pairs.
@@ -104,12 +103,12 @@ func (a *Authenticator) authenticateOIDC(ctx context.Context, raw string) (Princ
 // relative to its Owner ("repo", no slash) or the full "owner/repo".
 // GitLab is treated the same way: "app" under namespace "group/sub", or
 // "group/sub/app".
-func policyMatches(tp TrustPolicy, id oidc.Identity) bool {
+func policyMatches(tp TrustPolicy, id Identity) bool {
 	if tp.Provider != string(id.Provider) || !strings.EqualFold(tp.Owner, id.Owner) {
 		return false
 	}
 	switch id.Provider {
-	case oidc.GitHub, oidc.GitLab:
+	case ProviderGitHub, ProviderGitLab:
 		full := tp.Repo
 		if !strings.Contains(full, "/") { // a name relative to the owner
 			full = tp.Owner + "/" + tp.Repo

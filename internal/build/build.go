@@ -19,14 +19,14 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
-	"github.com/kiln-dev/kiln/internal/builder"
+	"github.com/kiln-dev/kiln/internal/builder/spec"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
 )
 
 // Fleet is what builds need of the builder fleet.
 type Fleet interface {
-	Ensure(spec builder.Spec) (builder.Endpoint, bool, error)
+	Ensure(want spec.Spec) (spec.Endpoint, bool, error)
 	Lease(projectID, platform, leaseID string)
 	Release(projectID, platform, leaseID string)
 }
@@ -210,7 +210,7 @@ type Connection struct {
 	Ready    bool
 	WaitMs   int32
 	Addr     string // the gateway, "tcp://host:port"
-	Endpoint builder.Endpoint
+	Endpoint spec.Endpoint
 	CertPEM  string
 	KeyPEM   string
 }
@@ -321,12 +321,12 @@ func (s *Service) EndCreatedBy(ctx context.Context, tokenID string) error {
 
 // SpecFor turns a project's cache policy and egress allow-list into a
 // builder spec.
-func SpecFor(proj project.Project, platform string) builder.Spec {
-	spec := builder.Spec{ProjectID: proj.ID, Platform: platform,
+func SpecFor(proj project.Project, platform string) spec.Spec {
+	s := spec.Spec{ProjectID: proj.ID, Platform: platform,
 		KeepBytes:    int64(proj.KeepGB) << 30,
 		KeepDuration: time.Duration(proj.KeepDays) * 24 * time.Hour}
-	spec.EgressAllow = EgressPrefixes(proj.EgressAllow)
-	return spec
+	s.EgressAllow = EgressPrefixes(proj.EgressAllow)
+	return s
 }
 
 // EgressPrefixes parses a project's egress allow-list (validated when it

@@ -12,7 +12,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
-	"github.com/kiln-dev/kiln/internal/builder"
+	"github.com/kiln-dev/kiln/internal/builder/spec"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
@@ -23,18 +23,18 @@ type fakeFleet struct {
 	mu      sync.Mutex
 	pending int
 	leases  map[string]bool
-	specs   []builder.Spec
+	specs   []spec.Spec
 }
 
-func (f *fakeFleet) Ensure(spec builder.Spec) (builder.Endpoint, bool, error) {
+func (f *fakeFleet) Ensure(want spec.Spec) (spec.Endpoint, bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.specs = append(f.specs, spec)
+	f.specs = append(f.specs, want)
 	if f.pending > 0 {
 		f.pending--
-		return builder.Endpoint{}, false, nil
+		return spec.Endpoint{}, false, nil
 	}
-	return builder.Endpoint{Socket: "/nonexistent.sock", ServerName: spec.ProjectID, CACertPEM: "ca"}, true, nil
+	return spec.Endpoint{Socket: "/nonexistent.sock", ServerName: want.ProjectID, CACertPEM: "ca"}, true, nil
 }
 
 func (f *fakeFleet) Lease(p, pl, id string) {
@@ -111,9 +111,9 @@ func TestConnectPendingThenActiveWithProjectPolicy(t *testing.T) {
 	if err != nil || !c.Ready || c.CertPEM != "cert:pa" {
 		t.Fatalf("second connect = %+v, %v", c, err)
 	}
-	spec := e.fleet.specs[0]
-	if spec.KeepBytes != 3<<30 || spec.KeepDuration != 48*time.Hour || spec.Platform != "linux/amd64" {
-		t.Errorf("cache policy → spec = %+v", spec)
+	got := e.fleet.specs[0]
+	if got.KeepBytes != 3<<30 || got.KeepDuration != 48*time.Hour || got.Platform != "linux/amd64" {
+		t.Errorf("cache policy → spec = %+v", got)
 	}
 	if e.fleet.leaseCount() != 1 {
 		t.Errorf("leases = %d, want 1", e.fleet.leaseCount())

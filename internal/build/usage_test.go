@@ -13,7 +13,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
-	"github.com/kiln-dev/kiln/internal/builder"
+	"github.com/kiln-dev/kiln/internal/builder/spec"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
@@ -24,8 +24,8 @@ type sizedFleet struct {
 	sizes map[string]int64
 }
 
-func (sizedFleet) Ensure(builder.Spec) (builder.Endpoint, bool, error) {
-	return builder.Endpoint{}, true, nil
+func (sizedFleet) Ensure(spec.Spec) (spec.Endpoint, bool, error) {
+	return spec.Endpoint{}, true, nil
 }
 func (sizedFleet) Lease(string, string, string)                {}
 func (sizedFleet) Release(string, string, string)              {}

@@ -1,7 +1,9 @@
 // Package project is the domain of projects and their tokens: creation,
 // cache policy, deletion (which empties the project's builders) and the
-// bootstrap of the first organization. It knows nothing of Connect or HTTP;
-// callers pass the authenticated auth.Principal and get errdefs kinds back.
+// bootstrap of the first organization. It owns the Project and Organization
+// records and reads them through its small Store (records.go; internal/store
+// implements it). It knows nothing of Connect, HTTP or SQL; callers pass
+// the authenticated auth.Principal and get errdefs kinds back.
 package project
 
 import (
