@@ -7,7 +7,8 @@
 // Recording never fails the caller's operation: a failed write is logged.
 // Events never carry secrets; as a second line of defence, Record redacts
 // anything in Detail shaped like a kiln token or a JWT. The package depends
-// on the store, auth (for Principal) and errdefs, and on no transport.
+// on auth (for Principal) and errdefs, and on no transport or store: its
+// Store interface is implemented by internal/store.
 package audit
 
 import (
@@ -25,7 +26,6 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // Event kinds.
@@ -56,10 +56,40 @@ type Event struct {
 	At        time.Time // zero: now
 }
 
-// Store is what the recorder needs of the store.
+// Entry is one stored event of the audit log. Kinds and what Detail holds
+// are this package's; the store only keeps them.
+type Entry struct {
+	ID        string
+	Kind      string
+	OrgID     string // "" when the event cannot be attributed (an unknown token)
+	ProjectID string
+	Actor     string // the acting token's id, "" when unauthenticated
+	Detail    map[string]string
+	At        time.Time
+}
+
+// EntryQuery selects stored entries, oldest first.
+type EntryQuery struct {
+	// OrgIDs: entries of any of these organizations ("" selects the
+	// unattributed ones). Required: an empty list selects nothing.
+	OrgIDs []string
+	Since  time.Time // entries at or after; zero: all
+	Kinds  []string  // empty: every kind
+	// AfterAt and AfterID continue a listing after the last entry of the
+	// previous page (entries are ordered by (At, ID)).
+	AfterAt time.Time
+	AfterID string
+	Limit   int
+}
+
+// Store is what the recorder needs of the store (internal/store
+// implements it).
 type Store interface {
-	CreateAuditEvent(ctx context.Context, e store.AuditEvent) error
-	ListAuditEvents(ctx context.Context, q store.AuditQuery) ([]store.AuditEvent, error)
+	CreateAuditEvent(ctx context.Context, e Entry) error
+	ListAuditEvents(ctx context.Context, q EntryQuery) ([]Entry, error)
+	// PruneAuditEvents deletes events older than before, then the oldest
+	// beyond the newest keep (keep <= 0: no count cap), and reports how
+	// many it deleted.
 	PruneAuditEvents(ctx context.Context, before time.Time, keep int) (int64, error)
 }
 
@@ -233,7 +263,7 @@ func (r *Recorder) Record(ctx context.Context, e Event) {
 	if e.At.IsZero() {
 		e.At = r.cfg.Now()
 	}
-	se := store.AuditEvent{
+	se := Entry{
 		ID:        "aud_" + strings.ToLower(auth.RandomString(16)),
 		Kind:      Redact(e.Kind),
 		OrgID:     Redact(e.OrgID),
@@ -339,7 +369,7 @@ type Query struct {
 // its organization's, plus the unattributed ones (requests with unknown
 // tokens, which belong to no organization; kiln has one organization per
 // server, so they are the server's). next is "" on the last page.
-func (r *Recorder) List(ctx context.Context, p auth.Principal, q Query) (events []store.AuditEvent, next string, err error) {
+func (r *Recorder) List(ctx context.Context, p auth.Principal, q Query) (events []Entry, next string, err error) {
 	if !p.IsOrg() {
 		return nil, "", fmt.Errorf("reading the audit log needs an organization token: %w", errdefs.ErrPermission)
 	}
@@ -356,7 +386,7 @@ func (r *Recorder) List(ctx context.Context, p auth.Principal, q Query) (events 
 		size = 100
 	}
 	size = min(size, 1000)
-	sq := store.AuditQuery{OrgIDs: []string{p.OrgID, ""}, Since: q.Since, Kinds: q.Kinds, Limit: size}
+	sq := EntryQuery{OrgIDs: []string{p.OrgID, ""}, Since: q.Since, Kinds: q.Kinds, Limit: size}
 	if q.PageToken != "" {
 		if sq.AfterAt, sq.AfterID, err = decodeCursor(q.PageToken); err != nil {
 			return nil, "", err

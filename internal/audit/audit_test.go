@@ -26,13 +26,13 @@ func (c *clock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return 
 func (c *clock) Add(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
 func newClock() *clock               { return &clock{now: time.UnixMilli(1_750_000_000_000).UTC()} }
 func orgOf(org string) auth.Principal {
-	return auth.Principal{TokenID: "tok_admin", Kind: store.TokenOrg, OrgID: org}
+	return auth.Principal{TokenID: "tok_admin", Kind: auth.TokenOrg, OrgID: org}
 }
-func kinds(es []store.AuditEvent) string {
-	return join(es, func(e store.AuditEvent) string { return e.Kind })
+func kinds(es []audit.Entry) string {
+	return join(es, func(e audit.Entry) string { return e.Kind })
 }
 
-func join(es []store.AuditEvent, f func(store.AuditEvent) string) string {
+func join(es []audit.Entry, f func(audit.Entry) string) string {
 	var out []string
 	for _, e := range es {
 		out = append(out, f(e))
@@ -81,9 +81,9 @@ func TestRecordAndListScopedToOrganization(t *testing.T) {
 	}
 
 	for _, p := range []auth.Principal{
-		{Kind: store.TokenProject, OrgID: "o1", ProjectID: "p1"},
-		{Kind: store.TokenBuild, OrgID: "o1", ProjectID: "p1", BuildID: "b"},
-		{Kind: store.TokenOIDC, OrgID: "o1", ProjectIDs: []string{"p1"}},
+		{Kind: auth.TokenProject, OrgID: "o1", ProjectID: "p1"},
+		{Kind: auth.TokenBuild, OrgID: "o1", ProjectID: "p1", BuildID: "b"},
+		{Kind: auth.TokenOIDC, OrgID: "o1", ProjectIDs: []string{"p1"}},
 		{},
 	} {
 		if _, _, err := r.List(ctx, p, audit.Query{}); !errors.Is(err, errdefs.ErrPermission) {
@@ -207,8 +207,8 @@ func TestPruneByAgeAndCount(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _, _ := r.List(ctx, orgOf("o"), audit.Query{})
-	if n != 2 || join(got, func(e store.AuditEvent) string { return e.Detail["n"] }) != "2,3,4" {
-		t.Errorf("pruned %d, left %s; want 2 pruned (the old one, then the oldest beyond 3)", n, join(got, func(e store.AuditEvent) string { return e.Detail["n"] }))
+	if n != 2 || join(got, func(e audit.Entry) string { return e.Detail["n"] }) != "2,3,4" {
+		t.Errorf("pruned %d, left %s; want 2 pruned (the old one, then the oldest beyond 3)", n, join(got, func(e audit.Entry) string { return e.Detail["n"] }))
 	}
 }
 

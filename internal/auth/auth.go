@@ -1,7 +1,9 @@
 // Package auth defines who a caller is (a Principal), how tokens are minted
-// and checked, and what each kind of token may reach. It depends on the store
-// for token lookup and on nothing transport-specific: the Connect interceptor
-// that reads the Authorization header lives in internal/server.
+// and checked, and what each kind of token may reach. It owns the Token and
+// TrustPolicy records; it reads them through the small Store interface
+// below (internal/store implements it) and depends on nothing
+// transport-specific: the Connect interceptor that reads the Authorization
+// header lives in internal/server.
 package auth
 
 import (
@@ -16,17 +18,15 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kiln-dev/kiln/internal/auth/oidc"
 	"github.com/kiln-dev/kiln/internal/errdefs"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // Token prefixes say what a token is at a glance (and to secret scanners).
 var prefixes = map[string]string{
-	store.TokenOrg:     "kiln_org_",
-	store.TokenProject: "kiln_prj_",
-	store.TokenBuild:   "kiln_bld_",
-	store.TokenPull:    "kiln_pul_",
+	TokenOrg:     "kiln_org_",
+	TokenProject: "kiln_prj_",
+	TokenBuild:   "kiln_bld_",
+	TokenPull:    "kiln_pul_",
 }
 
 const alphabet = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -60,7 +60,7 @@ func Hash(secret string) string {
 // Principal is an authenticated caller.
 type Principal struct {
 	TokenID   string
-	Kind      string // store.TokenOrg, TokenProject, TokenBuild or TokenOIDC
+	Kind      string // TokenOrg, TokenProject, TokenBuild or TokenOIDC
 	OrgID     string
 	ProjectID string // project and build tokens
 	BuildID   string // build tokens
@@ -70,55 +70,85 @@ type Principal struct {
 }
 
 // IsOrg reports an organization (admin) token.
-func (p Principal) IsOrg() bool { return p.Kind == store.TokenOrg }
+func (p Principal) IsOrg() bool { return p.Kind == TokenOrg }
 
 // inProject reports whether a project-scoped principal is scoped to id.
 func (p Principal) inProject(id string) bool {
 	switch p.Kind {
-	case store.TokenProject:
+	case TokenProject:
 		return p.ProjectID == id
-	case store.TokenOIDC:
+	case TokenOIDC:
 		return slices.Contains(p.ProjectIDs, id)
 	}
 	return false
 }
 
+// Scope is where a resource sits, which is all a right is checked
+// against: its organization, its project and, for a build, the build.
+type Scope struct {
+	OrgID     string
+	ProjectID string
+	BuildID   string // "" for a project
+}
+
+// Scope is Scoped itself, for a check of a place rather than a resource.
+func (s Scope) Scope() Scope { return s }
+
+// Scoped is a resource that says where it sits: project.Project and
+// build.Build are. (auth cannot name them: both packages import auth.)
+type Scoped interface {
+	Scope() Scope
+}
+
 // CanSeeProject: org tokens see every project of their org; project and
 // OIDC principals only their own. Build tokens see none.
-func (p Principal) CanSeeProject(proj store.Project) bool {
-	if proj.OrgID != p.OrgID {
+func (p Principal) CanSeeProject(proj Scoped) bool {
+	s := proj.Scope()
+	if s.OrgID != p.OrgID {
 		return false
 	}
-	return p.IsOrg() || p.inProject(proj.ID)
+	return p.IsOrg() || p.inProject(s.ProjectID)
 }
 
 // CanBuild: may create builds in the project (and read its builds).
-func (p Principal) CanBuild(proj store.Project) bool { return p.CanSeeProject(proj) }
+func (p Principal) CanBuild(proj Scoped) bool { return p.CanSeeProject(proj) }
 
 // CanAdminProject: may change the project itself (settings, tokens, trust
 // policies, deletion). Only organization tokens may.
-func (p Principal) CanAdminProject(proj store.Project) bool {
-	return p.IsOrg() && proj.OrgID == p.OrgID
+func (p Principal) CanAdminProject(proj Scoped) bool {
+	return p.IsOrg() && proj.Scope().OrgID == p.OrgID
 }
 
 // CanUseBuild: may act on one existing build (connection, health, finish,
 // status). A build token reaches exactly its build.
-func (p Principal) CanUseBuild(b store.Build) bool {
-	if b.OrgID != p.OrgID {
+func (p Principal) CanUseBuild(b Scoped) bool {
+	s := b.Scope()
+	if s.OrgID != p.OrgID {
 		return false
 	}
 	switch p.Kind {
-	case store.TokenOrg:
+	case TokenOrg:
 		return true
-	case store.TokenBuild:
-		return b.ID == p.BuildID && b.ProjectID == p.ProjectID
+	case TokenBuild:
+		return s.BuildID == p.BuildID && s.ProjectID == p.ProjectID
 	}
-	return p.inProject(b.ProjectID)
+	return p.inProject(s.ProjectID)
+}
+
+// Store is what authentication needs of kiln's store.
+type Store interface {
+	GetTokenByHash(ctx context.Context, secretHash string) (Token, error)
+	// BuildEnded reports whether a build has ended; a missing build is
+	// errdefs.ErrNotFound.
+	BuildEnded(ctx context.Context, buildID string) (bool, error)
+	// MatchTrustPolicies lists the policies of every project for provider
+	// whose Owner equals owner ignoring ASCII case, oldest first.
+	MatchTrustPolicies(ctx context.Context, provider, owner string) ([]TrustPolicy, error)
 }
 
 // Authenticator resolves bearer tokens to principals.
 type Authenticator struct {
-	Store store.Store
+	Store Store
 	Now   func() time.Time
 	// OIDC verifies CI providers' JWTs (see trust.go); nil refuses them.
 	OIDC OIDCVerifier
@@ -134,7 +164,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, secret string) (Princi
 	if secret == "" {
 		return Principal{}, fmt.Errorf("missing token (pass --token, KILN_TOKEN or DEPOT_TOKEN): %w", errdefs.ErrUnauthenticated)
 	}
-	if oidc.LooksLikeJWT(secret) {
+	if LooksLikeJWT(secret) {
 		return a.authenticateOIDC(ctx, secret)
 	}
 	kindOK := false
@@ -166,18 +196,18 @@ func (a *Authenticator) Authenticate(ctx context.Context, secret string) (Princi
 	if !t.ExpiresAt.IsZero() && now().After(t.ExpiresAt) {
 		return Principal{}, bad
 	}
-	if t.Kind == store.TokenBuild {
+	if t.Kind == TokenBuild {
 		// A build token reaches one build, and only while it runs: once the
 		// build ended (its --save push comes before FinishBuild), the token
 		// and every registry token minted from it are dead.
-		b, err := a.Store.GetBuild(ctx, t.BuildID)
+		ended, err := a.Store.BuildEnded(ctx, t.BuildID)
 		if err != nil && !errdefs.IsNotFound(err) {
 			return Principal{}, fmt.Errorf("look up build: %w", err)
 		}
 		if err != nil {
 			return Principal{}, bad
 		}
-		if b.Terminal() {
+		if ended {
 			// Only the token's holder learns this, of a build it knows.
 			return Principal{}, fmt.Errorf("this build token's build has ended; build tokens work only while their build runs: %w", errdefs.ErrUnauthenticated)
 		}

@@ -7,14 +7,12 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/kiln-dev/kiln/internal/auth/oidc"
 	"github.com/kiln-dev/kiln/internal/errdefs"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // OIDCVerifier checks a CI provider's OIDC token (*oidc.Verifier).
 type OIDCVerifier interface {
-	Verify(ctx context.Context, raw string) (oidc.Identity, error)
+	Verify(ctx context.Context, raw string) (Identity, error)
 }
 
 // Audit events. Attributes are slog-style key/value pairs.
@@ -61,7 +59,7 @@ func (a *Authenticator) authenticateOIDC(ctx context.Context, raw string) (Princ
 	if err != nil {
 		return Principal{}, fmt.Errorf("look up trust policies: %w", err)
 	}
-	var matched []store.TrustPolicy
+	var matched []TrustPolicy
 	for _, tp := range candidates {
 		if policyMatches(tp, id) {
 			matched = append(matched, tp)
@@ -90,7 +88,7 @@ func (a *Authenticator) authenticateOIDC(ctx context.Context, raw string) (Princ
 		"project_ids", strings.Join(projects, ","), "trust_policy_ids", strings.Join(policies, ","))...)
 	return Principal{
 		TokenID:    "oidc:" + string(id.Provider) + ":" + id.Subject,
-		Kind:       store.TokenOIDC,
+		Kind:       TokenOIDC,
 		OrgID:      org,
 		ProjectIDs: projects,
 	}, nil
@@ -105,12 +103,12 @@ func (a *Authenticator) authenticateOIDC(ctx context.Context, raw string) (Princ
 // relative to its Owner ("repo", no slash) or the full "owner/repo".
 // GitLab is treated the same way: "app" under namespace "group/sub", or
 // "group/sub/app".
-func policyMatches(tp store.TrustPolicy, id oidc.Identity) bool {
+func policyMatches(tp TrustPolicy, id Identity) bool {
 	if tp.Provider != string(id.Provider) || !strings.EqualFold(tp.Owner, id.Owner) {
 		return false
 	}
 	switch id.Provider {
-	case oidc.GitHub, oidc.GitLab:
+	case ProviderGitHub, ProviderGitLab:
 		full := tp.Repo
 		if !strings.Contains(full, "/") { // a name relative to the owner
 			full = tp.Owner + "/" + tp.Repo

@@ -1,8 +1,9 @@
-// Package build is the domain of builds: the persisted state machine
-// (running → succeeded | failed | canceled), handing out builder
-// connections with per-build client certificates, health tracking with the
-// timeout that cancels abandoned builds, and the steps clients report. It
-// knows nothing of Connect or HTTP.
+// Package build is the domain of builds: the Build record and its state
+// machine (transitions.go), handing out builder connections with per-build
+// client certificates, health tracking with the timeout that cancels
+// abandoned builds, and the steps clients report. It reads and writes
+// through the small Store interface in records.go (internal/store
+// implements it) and knows nothing of Connect, HTTP or SQL.
 package build
 
 import (
@@ -18,15 +19,14 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
-	"github.com/kiln-dev/kiln/internal/builder"
+	"github.com/kiln-dev/kiln/internal/builder/spec"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // Fleet is what builds need of the builder fleet.
 type Fleet interface {
-	Ensure(spec builder.Spec) (builder.Endpoint, bool, error)
+	Ensure(want spec.Spec) (spec.Endpoint, bool, error)
 	Lease(projectID, platform, leaseID string)
 	Release(projectID, platform, leaseID string)
 }
@@ -66,7 +66,7 @@ type Config struct {
 
 // Service implements build operations.
 type Service struct {
-	store  store.Store
+	store  Store
 	fleet  Fleet
 	certs  Certs
 	cfg    Config
@@ -79,7 +79,7 @@ type Service struct {
 }
 
 // NewService wires the build domain.
-func NewService(st store.Store, fleet Fleet, certs Certs, cfg Config, logger *slog.Logger) *Service {
+func NewService(st Store, fleet Fleet, certs Certs, cfg Config, logger *slog.Logger) *Service {
 	if cfg.HealthTimeout <= 0 {
 		cfg.HealthTimeout = 5 * time.Minute
 	}
@@ -109,52 +109,52 @@ func (s *Service) URL(id string) string { return s.cfg.BuildURL(id) }
 
 // Create starts a build in a project and returns it with its build token
 // (shown once; it reaches only this build).
-func (s *Service) Create(ctx context.Context, p auth.Principal, projectID string, command int32, options any) (store.Build, string, error) {
-	if projectID == "" && p.Kind == store.TokenProject {
+func (s *Service) Create(ctx context.Context, p auth.Principal, projectID string, command int32, options any) (Build, string, error) {
+	if projectID == "" && p.Kind == auth.TokenProject {
 		projectID = p.ProjectID
 	}
 	if projectID == "" {
-		return store.Build{}, "", fmt.Errorf("no project: pass --project, set KILN_PROJECT_ID, or add kiln.json: %w", errdefs.ErrInvalid)
+		return Build{}, "", fmt.Errorf("no project: pass --project, set KILN_PROJECT_ID, or add kiln.json: %w", errdefs.ErrInvalid)
 	}
-	if p.Kind == store.TokenBuild {
+	if p.Kind == auth.TokenBuild {
 		// Before the lookup, so the answer is the same for any project id.
-		return store.Build{}, "", fmt.Errorf("build tokens cannot create builds: %w", errdefs.ErrPermission)
+		return Build{}, "", fmt.Errorf("build tokens cannot create builds: %w", errdefs.ErrPermission)
 	}
 	proj, err := s.store.GetProject(ctx, projectID)
 	if err != nil {
-		return store.Build{}, "", err
+		return Build{}, "", err
 	}
 	if !p.CanBuild(proj) {
-		return store.Build{}, "", fmt.Errorf("project %q: %w", projectID, errdefs.ErrNotFound)
+		return Build{}, "", fmt.Errorf("project %q: %w", projectID, errdefs.ErrNotFound)
 	}
 	opts, _ := json.Marshal(options)
 	now := time.Now().UTC()
-	b := store.Build{ID: project.NewID(), ProjectID: proj.ID, OrgID: proj.OrgID, Status: store.BuildRunning,
+	b := Build{ID: project.NewID(), ProjectID: proj.ID, OrgID: proj.OrgID, Status: Running,
 		Command: command, Options: string(opts), CreatedAt: now, StartedAt: now, LastHealthAt: now}
-	if p.Kind == store.TokenOrg || p.Kind == store.TokenProject {
+	if p.Kind == auth.TokenOrg || p.Kind == auth.TokenProject {
 		b.CreatedBy = p.TokenID // deleting that token ends the build (EndCreatedBy)
 	}
 	if err := s.store.CreateBuild(ctx, b); err != nil {
-		return store.Build{}, "", err
+		return Build{}, "", err
 	}
-	secret, hash := auth.NewSecret(store.TokenBuild)
-	t := store.Token{ID: "tok_" + project.NewID(), Kind: store.TokenBuild, OrgID: proj.OrgID, ProjectID: proj.ID,
+	secret, hash := auth.NewSecret(auth.TokenBuild)
+	t := auth.Token{ID: "tok_" + project.NewID(), Kind: auth.TokenBuild, OrgID: proj.OrgID, ProjectID: proj.ID,
 		BuildID: b.ID, SecretHash: hash, CreatedAt: now, ExpiresAt: now.Add(s.cfg.TokenTTL)}
 	if err := s.store.CreateToken(ctx, t); err != nil {
-		return store.Build{}, "", err
+		return Build{}, "", err
 	}
 	s.logger.InfoContext(ctx, "build created", "build_id", b.ID, "project_id", proj.ID)
 	return b, secret, nil
 }
 
 // Get returns a build the principal may see.
-func (s *Service) Get(ctx context.Context, p auth.Principal, id string) (store.Build, error) {
+func (s *Service) Get(ctx context.Context, p auth.Principal, id string) (Build, error) {
 	if id == "" {
-		return store.Build{}, fmt.Errorf("build id is required: %w", errdefs.ErrInvalid)
+		return Build{}, fmt.Errorf("build id is required: %w", errdefs.ErrInvalid)
 	}
 	b, err := s.store.GetBuild(ctx, id)
 	if err != nil {
-		return store.Build{}, err
+		return Build{}, err
 	}
 	if !p.CanUseBuild(b) {
 		// The answer for a build that does not exist, for every kind of
@@ -165,7 +165,7 @@ func (s *Service) Get(ctx context.Context, p auth.Principal, id string) (store.B
 			s.cfg.Audit(ctx, audit.KindDenied, "code", "NotFound", "reason", "a build of another project (answered as not found)",
 				"build_id", id, "org_id", p.OrgID, "actor", p.TokenID, "token_kind", p.Kind)
 		}
-		return store.Build{}, fmt.Errorf("build %q: %w", id, errdefs.ErrNotFound)
+		return Build{}, fmt.Errorf("build %q: %w", id, errdefs.ErrNotFound)
 	}
 	return b, nil
 }
@@ -173,20 +173,20 @@ func (s *Service) Get(ctx context.Context, p auth.Principal, id string) (store.B
 // clientBuild is Get for the calls only a build's client makes (builder
 // connections, health, status reports, finishing): kiln runs source builds
 // itself, and their clients may only watch or cancel them.
-func (s *Service) clientBuild(ctx context.Context, p auth.Principal, id string) (store.Build, error) {
+func (s *Service) clientBuild(ctx context.Context, p auth.Principal, id string) (Build, error) {
 	b, err := s.Get(ctx, p, id)
 	if err != nil {
-		return store.Build{}, err
+		return Build{}, err
 	}
 	if b.IsSource() {
-		return store.Build{}, fmt.Errorf("build %q is run by kiln from an uploaded context; watch it with WatchBuild or stop it with CancelBuild: %w", id, errdefs.ErrFailedPrecondition)
+		return Build{}, fmt.Errorf("build %q is run by kiln from an uploaded context; watch it with WatchBuild or stop it with CancelBuild: %w", id, errdefs.ErrFailedPrecondition)
 	}
 	return b, nil
 }
 
 // List lists a project's builds, newest first.
-func (s *Service) List(ctx context.Context, p auth.Principal, projectID string, before time.Time, limit int) ([]store.Build, error) {
-	if p.Kind == store.TokenBuild {
+func (s *Service) List(ctx context.Context, p auth.Principal, projectID string, before time.Time, limit int) ([]Build, error) {
+	if p.Kind == auth.TokenBuild {
 		// Before the lookup, so the answer is the same for any project id.
 		return nil, fmt.Errorf("build tokens cannot list builds: %w", errdefs.ErrPermission)
 	}
@@ -210,7 +210,7 @@ type Connection struct {
 	Ready    bool
 	WaitMs   int32
 	Addr     string // the gateway, "tcp://host:port"
-	Endpoint builder.Endpoint
+	Endpoint spec.Endpoint
 	CertPEM  string
 	KeyPEM   string
 }
@@ -236,7 +236,7 @@ func (s *Service) Connect(ctx context.Context, p auth.Principal, buildID, platfo
 		return Connection{}, err
 	}
 	if b.Terminal() {
-		return Connection{}, fmt.Errorf("build %q already %s: %w", buildID, b.Status, errdefs.ErrFailedPrecondition)
+		return Connection{}, errEnded(b)
 	}
 	platform, err = NormalizePlatform(platform)
 	if err != nil {
@@ -247,7 +247,7 @@ func (s *Service) Connect(ctx context.Context, p auth.Principal, buildID, platfo
 
 // connect leases the project's builder for platform to build b and, once
 // the builder is ready, issues a client certificate for it.
-func (s *Service) connect(ctx context.Context, b store.Build, platform string) (Connection, error) {
+func (s *Service) connect(ctx context.Context, b Build, platform string) (Connection, error) {
 	proj, err := s.store.GetProject(ctx, b.ProjectID)
 	if err != nil {
 		return Connection{}, err
@@ -288,7 +288,7 @@ func (s *Service) BuilderAccess(ctx context.Context, projectID, buildID string) 
 		return fmt.Errorf("build %q is not in project %q: %w", buildID, projectID, errdefs.ErrPermission)
 	}
 	if b.Terminal() {
-		return fmt.Errorf("build %q already %s: %w", buildID, b.Status, errdefs.ErrFailedPrecondition)
+		return errEnded(b)
 	}
 	if b.CreatedBy != "" {
 		if _, err := s.store.GetToken(ctx, b.CreatedBy); errdefs.IsNotFound(err) {
@@ -304,7 +304,7 @@ func (s *Service) EndCreatedBy(ctx context.Context, tokenID string) error {
 	if tokenID == "" {
 		return nil
 	}
-	running, err := s.store.ListBuildsByStatus(ctx, store.BuildRunning)
+	running, err := s.store.ListBuildsByStatus(ctx, Running)
 	if err != nil {
 		return err
 	}
@@ -312,7 +312,7 @@ func (s *Service) EndCreatedBy(ctx context.Context, tokenID string) error {
 		if b.CreatedBy != tokenID || b.IsSource() {
 			continue
 		}
-		if _, err := s.end(ctx, b.ID, Result{Status: store.BuildCanceled, Error: "canceled: the token that started this build was deleted"}); err != nil {
+		if _, err := s.end(ctx, b.ID, Result{Status: Canceled, Error: "canceled: the token that started this build was deleted"}); err != nil {
 			return err
 		}
 	}
@@ -321,12 +321,12 @@ func (s *Service) EndCreatedBy(ctx context.Context, tokenID string) error {
 
 // SpecFor turns a project's cache policy and egress allow-list into a
 // builder spec.
-func SpecFor(proj store.Project, platform string) builder.Spec {
-	spec := builder.Spec{ProjectID: proj.ID, Platform: platform,
+func SpecFor(proj project.Project, platform string) spec.Spec {
+	s := spec.Spec{ProjectID: proj.ID, Platform: platform,
 		KeepBytes:    int64(proj.KeepGB) << 30,
 		KeepDuration: time.Duration(proj.KeepDays) * 24 * time.Hour}
-	spec.EgressAllow = EgressPrefixes(proj.EgressAllow)
-	return spec
+	s.EgressAllow = EgressPrefixes(proj.EgressAllow)
+	return s
 }
 
 // EgressPrefixes parses a project's egress allow-list (validated when it
@@ -354,7 +354,7 @@ func (s *Service) lease(projectID, platform, buildID string) {
 
 // releaseAll drops every builder lease the build holds and cuts its
 // builder connections. Only ended builds get here.
-func (s *Service) releaseAll(b store.Build) {
+func (s *Service) releaseAll(b Build) {
 	s.cfg.Revoke(b.ID)
 	s.mu.Lock()
 	platforms := s.leases[b.ID]
@@ -372,9 +372,9 @@ func (s *Service) releaseAll(b store.Build) {
 
 // touch records activity (and the platform used) for the health timeout.
 func (s *Service) touch(ctx context.Context, id, platform string) error {
-	_, err := s.store.UpdateBuild(ctx, id, func(b *store.Build) error {
+	_, err := s.store.UpdateBuild(ctx, id, func(b *Build) error {
 		if b.Terminal() {
-			return fmt.Errorf("build %q already %s: %w", id, b.Status, errdefs.ErrFailedPrecondition)
+			return errEnded(*b)
 		}
 		b.LastHealthAt = time.Now().UTC()
 		if platform != "" && !slices.Contains(strings.Split(b.Platforms, ","), platform) {
@@ -407,7 +407,7 @@ func (s *Service) Health(ctx context.Context, p auth.Principal, buildID string) 
 
 // Result is how a client says its build ended.
 type Result struct {
-	Status string // store.BuildSucceeded, BuildFailed or BuildCanceled
+	Status Status // Succeeded, Failed or Canceled
 	Error  string
 }
 
@@ -425,12 +425,12 @@ func (s *Service) Finish(ctx context.Context, p auth.Principal, buildID string, 
 }
 
 // end moves a running build to a terminal status and releases its leases.
-func (s *Service) end(ctx context.Context, id string, r Result) (store.Build, error) {
-	b, err := s.store.UpdateBuild(ctx, id, func(b *store.Build) error {
-		if b.Terminal() {
-			return nil
+// A build that already ended keeps its status: the first end wins.
+func (s *Service) end(ctx context.Context, id string, r Result) (Build, error) {
+	b, err := s.store.UpdateBuild(ctx, id, func(b *Build) error {
+		if b.Transition(r.Status, time.Now().UTC()) == nil {
+			b.Error = r.Error
 		}
-		b.Status, b.Error, b.FinishedAt = r.Status, r.Error, time.Now().UTC()
 		return nil
 	})
 	if err != nil {
@@ -460,7 +460,7 @@ func (s *Service) Release(ctx context.Context, p auth.Principal, buildID, platfo
 }
 
 // ReportSteps stores steps a client reported.
-func (s *Service) ReportSteps(ctx context.Context, p auth.Principal, buildID string, steps []store.Step, logs []store.LogLine) error {
+func (s *Service) ReportSteps(ctx context.Context, p auth.Principal, buildID string, steps []Step, logs []LogLine) error {
 	if _, err := s.clientBuild(ctx, p, buildID); err != nil {
 		return err
 	}
@@ -471,7 +471,7 @@ func (s *Service) ReportSteps(ctx context.Context, p auth.Principal, buildID str
 }
 
 // Steps lists a build's reported steps.
-func (s *Service) Steps(ctx context.Context, p auth.Principal, buildID string) ([]store.Step, error) {
+func (s *Service) Steps(ctx context.Context, p auth.Principal, buildID string) ([]Step, error) {
 	if _, err := s.Get(ctx, p, buildID); err != nil {
 		return nil, err
 	}
@@ -479,7 +479,7 @@ func (s *Service) Steps(ctx context.Context, p auth.Principal, buildID string) (
 }
 
 // Logs pages through one step's log lines.
-func (s *Service) Logs(ctx context.Context, p auth.Principal, buildID, digest string, after, limit int) ([]store.LogLine, int, error) {
+func (s *Service) Logs(ctx context.Context, p auth.Principal, buildID, digest string, after, limit int) ([]LogLine, int, error) {
 	if _, err := s.Get(ctx, p, buildID); err != nil {
 		return nil, 0, err
 	}
@@ -492,7 +492,7 @@ func (s *Service) BuilderLost(projectID, platform string, leases []string, cause
 	ctx := context.Background()
 	for _, id := range leases {
 		msg := fmt.Sprintf("builder lost: the %s builder of project %s exited unexpectedly (%v); retry the build", platform, projectID, cause)
-		if _, err := s.end(ctx, id, Result{Status: store.BuildFailed, Error: msg}); err != nil {
+		if _, err := s.end(ctx, id, Result{Status: Failed, Error: msg}); err != nil {
 			s.logger.Error("fail build after builder loss", "build_id", id, "err", err)
 		}
 	}
@@ -501,7 +501,7 @@ func (s *Service) BuilderLost(projectID, platform string, leases []string, cause
 // ReapAbandoned cancels running builds whose client has not reported
 // health within the timeout, releasing their builders.
 func (s *Service) ReapAbandoned(ctx context.Context) error {
-	running, err := s.store.ListBuildsByStatus(ctx, store.BuildRunning)
+	running, err := s.store.ListBuildsByStatus(ctx, Running)
 	if err != nil {
 		return err
 	}
@@ -512,7 +512,7 @@ func (s *Service) ReapAbandoned(ctx context.Context) error {
 			continue
 		}
 		msg := fmt.Sprintf("no health report for %s: the client went away; build canceled", s.cfg.HealthTimeout)
-		if _, err := s.end(ctx, b.ID, Result{Status: store.BuildCanceled, Error: msg}); err != nil {
+		if _, err := s.end(ctx, b.ID, Result{Status: Canceled, Error: msg}); err != nil {
 			return err
 		}
 		s.logger.Warn("abandoned build canceled", "build_id", b.ID, "project_id", b.ProjectID)

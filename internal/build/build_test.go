@@ -12,8 +12,9 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
-	"github.com/kiln-dev/kiln/internal/builder"
+	"github.com/kiln-dev/kiln/internal/builder/spec"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -22,18 +23,18 @@ type fakeFleet struct {
 	mu      sync.Mutex
 	pending int
 	leases  map[string]bool
-	specs   []builder.Spec
+	specs   []spec.Spec
 }
 
-func (f *fakeFleet) Ensure(spec builder.Spec) (builder.Endpoint, bool, error) {
+func (f *fakeFleet) Ensure(want spec.Spec) (spec.Endpoint, bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.specs = append(f.specs, spec)
+	f.specs = append(f.specs, want)
 	if f.pending > 0 {
 		f.pending--
-		return builder.Endpoint{}, false, nil
+		return spec.Endpoint{}, false, nil
 	}
-	return builder.Endpoint{Socket: "/nonexistent.sock", ServerName: spec.ProjectID, CACertPEM: "ca"}, true, nil
+	return spec.Endpoint{Socket: "/nonexistent.sock", ServerName: want.ProjectID, CACertPEM: "ca"}, true, nil
 }
 
 func (f *fakeFleet) Lease(p, pl, id string) {
@@ -75,13 +76,13 @@ func setup(t *testing.T, timeout time.Duration) env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	st.CreateOrganization(ctx, store.Organization{ID: "o", Name: "o"})
+	st.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o"})
 	for _, p := range []string{"pa", "pb"} {
-		st.CreateProject(ctx, store.Project{ID: p, OrgID: "o", Name: p, KeepGB: 3, KeepDays: 2})
+		st.CreateProject(ctx, project.Project{ID: p, OrgID: "o", Name: p, KeepGB: 3, KeepDays: 2})
 	}
 	f := &fakeFleet{pending: 1, leases: map[string]bool{}}
 	svc := build.NewService(st, f, fakeCerts{}, build.Config{HealthTimeout: timeout}, slog.New(slog.DiscardHandler))
-	return env{svc: svc, fleet: f, st: st, org: auth.Principal{Kind: store.TokenOrg, OrgID: "o"}}
+	return env{svc: svc, fleet: f, st: st, org: auth.Principal{Kind: auth.TokenOrg, OrgID: "o"}}
 }
 
 // principalOf authenticates a build token the way the server does.
@@ -110,9 +111,9 @@ func TestConnectPendingThenActiveWithProjectPolicy(t *testing.T) {
 	if err != nil || !c.Ready || c.CertPEM != "cert:pa" {
 		t.Fatalf("second connect = %+v, %v", c, err)
 	}
-	spec := e.fleet.specs[0]
-	if spec.KeepBytes != 3<<30 || spec.KeepDuration != 48*time.Hour || spec.Platform != "linux/amd64" {
-		t.Errorf("cache policy → spec = %+v", spec)
+	got := e.fleet.specs[0]
+	if got.KeepBytes != 3<<30 || got.KeepDuration != 48*time.Hour || got.Platform != "linux/amd64" {
+		t.Errorf("cache policy → spec = %+v", got)
 	}
 	if e.fleet.leaseCount() != 1 {
 		t.Errorf("leases = %d, want 1", e.fleet.leaseCount())
@@ -136,7 +137,7 @@ func TestBuildTokenReachesOnlyItsBuild(t *testing.T) {
 	}{
 		{"Get", func(id string) error { _, err := e.svc.Get(ctx, pa, id); return err }},
 		{"Connect", func(id string) error { _, err := e.svc.Connect(ctx, pa, id, "amd64"); return err }},
-		{"Finish", func(id string) error { return e.svc.Finish(ctx, pa, id, build.Result{Status: store.BuildSucceeded}) }},
+		{"Finish", func(id string) error { return e.svc.Finish(ctx, pa, id, build.Result{Status: build.Succeeded}) }},
 		{"Health", func(id string) error { _, err := e.svc.Health(ctx, pa, id); return err }},
 	} {
 		other, missing := c.call(b.ID), c.call("nosuchbuild1")
@@ -162,7 +163,7 @@ func TestBuildTokenReachesOnlyItsBuild(t *testing.T) {
 		}
 	}
 	// A project token of A sees nothing of B (NotFound, no enumeration).
-	projA := auth.Principal{Kind: store.TokenProject, OrgID: "o", ProjectID: "pa"}
+	projA := auth.Principal{Kind: auth.TokenProject, OrgID: "o", ProjectID: "pa"}
 	if _, err := e.svc.Get(ctx, projA, b.ID); !errdefs.IsNotFound(err) {
 		t.Errorf("A's project token on B's build: %v", err)
 	}
@@ -180,14 +181,14 @@ func TestFinishIsIdempotentAndReleases(t *testing.T) {
 	b, secret, _ := e.svc.Create(ctx, e.org, "pa", 1, nil)
 	p := principalOf(t, e.st, secret)
 	e.svc.Connect(ctx, p, b.ID, "amd64")
-	if err := e.svc.Finish(ctx, p, b.ID, build.Result{Status: store.BuildFailed, Error: "boom"}); err != nil {
+	if err := e.svc.Finish(ctx, p, b.ID, build.Result{Status: build.Failed, Error: "boom"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.svc.Finish(ctx, p, b.ID, build.Result{Status: store.BuildSucceeded}); err != nil {
+	if err := e.svc.Finish(ctx, p, b.ID, build.Result{Status: build.Succeeded}); err != nil {
 		t.Fatalf("second finish: %v", err)
 	}
 	got, _ := e.svc.Get(ctx, p, b.ID)
-	if got.Status != store.BuildFailed || got.Error != "boom" || got.FinishedAt.IsZero() {
+	if got.Status != build.Failed || got.Error != "boom" || got.FinishedAt.IsZero() {
 		t.Errorf("after two finishes: %+v (first result must win)", got)
 	}
 	if e.fleet.leaseCount() != 0 {
@@ -214,7 +215,7 @@ func TestSilentBuildsAreReaped(t *testing.T) {
 	}
 	q, _ := e.st.GetBuild(ctx, quiet.ID)
 	a, _ := e.st.GetBuild(ctx, alive.ID)
-	if q.Status != store.BuildCanceled || a.Status != store.BuildRunning {
+	if q.Status != build.Canceled || a.Status != build.Running {
 		t.Errorf("quiet=%s alive=%s; want canceled, running", q.Status, a.Status)
 	}
 	if e.fleet.leaseCount() != 0 {
@@ -228,7 +229,7 @@ func TestBuilderLostFailsItsBuilds(t *testing.T) {
 	b, _, _ := e.svc.Create(ctx, e.org, "pa", 1, nil)
 	e.svc.BuilderLost("pa", "linux/amd64", []string{b.ID}, errors.New("signal: killed"))
 	got, _ := e.st.GetBuild(ctx, b.ID)
-	if got.Status != store.BuildFailed || got.Error == "" {
+	if got.Status != build.Failed || got.Error == "" {
 		t.Errorf("after builder loss: %+v", got)
 	}
 }

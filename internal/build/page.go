@@ -11,7 +11,6 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // A build page token names the project and the last build of the previous
@@ -22,7 +21,7 @@ const pageTokenVersion = "b1"
 
 var idRe = regexp.MustCompile(`^[0-9a-z_]{1,64}$`)
 
-func encodePageToken(projectID string, last store.Build) string {
+func encodePageToken(projectID string, last Build) string {
 	raw := strings.Join([]string{pageTokenVersion, projectID, strconv.FormatInt(last.CreatedAt.UnixMilli(), 10), last.ID}, "|")
 	return base64.RawURLEncoding.EncodeToString([]byte(raw))
 }
@@ -50,14 +49,14 @@ func decodePageToken(projectID, tok string) (time.Time, string, error) {
 // Page lists a project's builds newest first, pageSize at a time (0 → 50,
 // at most 500). A project token may leave projectID empty for its own
 // project. next is "" on the last page.
-func (s *Service) Page(ctx context.Context, p auth.Principal, projectID string, pageSize int, pageToken string) (builds []store.Build, next string, err error) {
-	if projectID == "" && p.Kind == store.TokenProject {
+func (s *Service) Page(ctx context.Context, p auth.Principal, projectID string, pageSize int, pageToken string) (builds []Build, next string, err error) {
+	if projectID == "" && p.Kind == auth.TokenProject {
 		projectID = p.ProjectID
 	}
 	if projectID == "" {
 		return nil, "", fmt.Errorf("project id is required: %w", errdefs.ErrInvalid)
 	}
-	if p.Kind == store.TokenBuild {
+	if p.Kind == auth.TokenBuild {
 		// Before the lookup, so the answer is the same for any project id.
 		return nil, "", fmt.Errorf("build tokens cannot list builds: %w", errdefs.ErrPermission)
 	}
@@ -75,7 +74,7 @@ func (s *Service) Page(ctx context.Context, p auth.Principal, projectID string, 
 		pageSize = 50
 	}
 	pageSize = min(pageSize, 500)
-	q := store.BuildQuery{ProjectID: projectID, Limit: pageSize}
+	q := Query{ProjectID: projectID, Limit: pageSize}
 	if pageToken != "" {
 		if q.BeforeCreated, q.BeforeID, err = decodePageToken(projectID, pageToken); err != nil {
 			return nil, "", err

@@ -10,7 +10,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // Pushes of a saved build to another registry (depot.cli.v1.PushService:
@@ -55,8 +54,8 @@ func (s *Service) StartPush(ctx context.Context, p auth.Principal, buildID, tag 
 		return "", fmt.Errorf("build %s already recorded %d pushes: %w", b.ID, n, errdefs.ErrExhausted)
 	}
 	id := "push_" + project.NewID()
-	st := store.Step{Digest: pushDigestPrefix + id, Name: "pushing " + tag, StartedAt: time.Now().UTC()}
-	if err := s.store.PutSteps(ctx, b.ID, []store.Step{st}); err != nil {
+	st := Step{Digest: pushDigestPrefix + id, Name: "pushing " + tag, StartedAt: time.Now().UTC()}
+	if err := s.store.PutSteps(ctx, b.ID, []Step{st}); err != nil {
 		return "", err
 	}
 	s.logger.InfoContext(ctx, "push started", "build_id", b.ID, "project_id", b.ProjectID, "push_id", id, "tag", tag)
@@ -91,7 +90,7 @@ func (s *Service) FinishPush(ctx context.Context, p auth.Principal, buildID, pus
 				st.Error = "push failed"
 			}
 		}
-		if err := s.store.PutSteps(ctx, b.ID, []store.Step{st}); err != nil {
+		if err := s.store.PutSteps(ctx, b.ID, []Step{st}); err != nil {
 			return err
 		}
 		s.logger.InfoContext(ctx, "push finished", "build_id", b.ID, "project_id", b.ProjectID, "push_id", pushID, "error", st.Error)

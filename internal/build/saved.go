@@ -6,7 +6,6 @@ import (
 	"slices"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // Saved builds. A build run with --save (BuildOptions.save) is pushed by
@@ -50,7 +49,7 @@ func (s *Service) CheckSave(tags []string) error {
 
 // SaveRefs are the references a saved build is pushed to: the build's own
 // reference first, then one per distinct tag (call CheckSave first).
-func (s *Service) SaveRefs(b store.Build, tags []string) []string {
+func (s *Service) SaveRefs(b Build, tags []string) []string {
 	refs := []string{s.SavedRef(b)}
 	for _, t := range tags {
 		if r := s.RegistryHost() + "/" + b.ProjectID + ":" + t; !slices.Contains(refs, r) {
@@ -61,7 +60,7 @@ func (s *Service) SaveRefs(b store.Build, tags []string) []string {
 }
 
 // SavedRef is where build b's image is, if it was saved.
-func (s *Service) SavedRef(b store.Build) string {
+func (s *Service) SavedRef(b Build) string {
 	return s.RegistryHost() + "/" + b.ProjectID + ":" + b.ID
 }
 

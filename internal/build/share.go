@@ -7,7 +7,6 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // Sharing a build makes a read-only summary of it (status, times, steps;
@@ -37,9 +36,9 @@ func ValidShareToken(tok string) bool {
 // shareable returns a build the principal may share: org tokens any build
 // of their organization, project and CI principals their projects' builds.
 // Build tokens may not: they exist to run one build, not to publish it.
-func (s *Service) shareable(ctx context.Context, p auth.Principal, buildID string) (store.Build, error) {
-	if p.Kind == store.TokenBuild {
-		return store.Build{}, fmt.Errorf("build tokens cannot share builds: %w", errdefs.ErrPermission)
+func (s *Service) shareable(ctx context.Context, p auth.Principal, buildID string) (Build, error) {
+	if p.Kind == auth.TokenBuild {
+		return Build{}, fmt.Errorf("build tokens cannot share builds: %w", errdefs.ErrPermission)
 	}
 	return s.Get(ctx, p, buildID)
 }
@@ -62,7 +61,7 @@ func (s *Service) Share(ctx context.Context, p auth.Principal, buildID string) (
 	} else if !errdefs.IsNotFound(err) {
 		return "", err
 	}
-	sh := store.BuildShare{BuildID: b.ID, Token: auth.RandomString(shareTokenLen), CreatedBy: p.TokenID, CreatedAt: time.Now().UTC()}
+	sh := Share{BuildID: b.ID, Token: auth.RandomString(shareTokenLen), CreatedBy: p.TokenID, CreatedAt: time.Now().UTC()}
 	if err := s.store.CreateBuildShare(ctx, sh); err != nil {
 		// A concurrent Share won: answer its URL.
 		if existing, gerr := s.store.GetBuildShare(ctx, b.ID); gerr == nil {
@@ -90,9 +89,9 @@ func (s *Service) StopSharing(ctx context.Context, p auth.Principal, buildID str
 
 // SharedBuild is what a share URL shows.
 type SharedBuild struct {
-	Build store.Build
+	Build Build
 	Stats Stats
-	Steps []store.Step
+	Steps []Step
 }
 
 // Shared resolves a share token without authentication. Any token that is

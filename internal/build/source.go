@@ -8,7 +8,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // Source builds: kiln runs them itself from an uploaded context
@@ -23,11 +22,11 @@ func NewID() string { return project.NewID() }
 // CreateSource records a queued source build with id (from NewID) in proj.
 // spec is the runner's description of the build (JSON), sealed its sealed
 // secrets.
-func (s *Service) CreateSource(ctx context.Context, proj store.Project, id, spec, sealed string) (store.Build, error) {
-	b := store.Build{ID: id, ProjectID: proj.ID, OrgID: proj.OrgID, Status: store.BuildQueued,
-		Kind: store.BuildKindSource, Spec: spec, Secrets: sealed, CreatedAt: time.Now().UTC()}
+func (s *Service) CreateSource(ctx context.Context, proj project.Project, id, spec, sealed string) (Build, error) {
+	b := Build{ID: id, ProjectID: proj.ID, OrgID: proj.OrgID, Status: Queued,
+		Kind: KindSource, Spec: spec, Secrets: sealed, CreatedAt: time.Now().UTC()}
 	if err := s.store.CreateBuild(ctx, b); err != nil {
-		return store.Build{}, err
+		return Build{}, err
 	}
 	s.logger.InfoContext(ctx, "source build queued", "build_id", b.ID, "project_id", proj.ID)
 	return b, nil
@@ -35,14 +34,13 @@ func (s *Service) CreateSource(ctx context.Context, proj store.Project, id, spec
 
 // StartSource moves a queued source build to running. ok is false when the
 // build is no longer queued (it was canceled while it waited).
-func (s *Service) StartSource(ctx context.Context, id string) (b store.Build, ok bool, err error) {
-	b, err = s.store.UpdateBuild(ctx, id, func(b *store.Build) error {
-		if b.Status != store.BuildQueued {
-			return nil
-		}
-		ok = true
+func (s *Service) StartSource(ctx context.Context, id string) (b Build, ok bool, err error) {
+	b, err = s.store.UpdateBuild(ctx, id, func(b *Build) error {
 		now := time.Now().UTC()
-		b.Status, b.StartedAt, b.LastHealthAt = store.BuildRunning, now, now
+		if b.Transition(Running, now) != nil {
+			return nil // not queued: canceled while it waited
+		}
+		ok, b.LastHealthAt = true, now
 		return nil
 	})
 	return b, ok, err
@@ -50,10 +48,9 @@ func (s *Service) StartSource(ctx context.Context, id string) (b store.Build, ok
 
 // SetPushing records that a running source build is exporting its image.
 func (s *Service) SetPushing(ctx context.Context, id string) error {
-	_, err := s.store.UpdateBuild(ctx, id, func(b *store.Build) error {
-		if b.Status == store.BuildRunning {
-			b.Status = store.BuildPushing
-		}
+	_, err := s.store.UpdateBuild(ctx, id, func(b *Build) error {
+		// Not running: it ended meanwhile, and stays ended.
+		_ = b.Transition(Pushing, time.Now().UTC())
 		return nil
 	})
 	return err
@@ -68,19 +65,19 @@ type Outcome struct {
 
 // FinishSource ends a source build unless it already ended, forgets its
 // secrets and releases its builders. The build as stored is returned.
-func (s *Service) FinishSource(ctx context.Context, id string, o Outcome) (store.Build, error) {
+func (s *Service) FinishSource(ctx context.Context, id string, o Outcome) (Build, error) {
 	if len(o.Error) > 64<<10 {
 		o.Error = o.Error[:64<<10]
 	}
 	ended := false
-	b, err := s.store.UpdateBuild(ctx, id, func(b *store.Build) error {
+	b, err := s.store.UpdateBuild(ctx, id, func(b *Build) error {
 		b.Secrets = ""
-		if b.Terminal() {
-			return nil
+		if b.Transition(o.Status, time.Now().UTC()) != nil {
+			return nil // it ended already: the first end wins
 		}
 		ended = true
-		b.Status, b.Error, b.FinishedAt = o.Status, o.Error, time.Now().UTC()
-		if o.Status == store.BuildSucceeded {
+		b.Error = o.Error
+		if o.Status == Succeeded {
 			b.ImageRefs, b.ImageDigest = o.ImageRefs, o.ImageDigest
 		}
 		return nil
@@ -98,7 +95,7 @@ func (s *Service) FinishSource(ctx context.Context, id string, o Outcome) (store
 // ConnectSource is Connect for kiln's runner: it leases the project's
 // builder for platform to a running source build and, once the builder is
 // ready, issues a client certificate. WaitMs > 0 means "ask again".
-func (s *Service) ConnectSource(ctx context.Context, b store.Build, platform string) (Connection, error) {
+func (s *Service) ConnectSource(ctx context.Context, b Build, platform string) (Connection, error) {
 	if !b.IsSource() {
 		return Connection{}, fmt.Errorf("build %q is not a source build: %w", b.ID, errdefs.ErrFailedPrecondition)
 	}
@@ -107,10 +104,10 @@ func (s *Service) ConnectSource(ctx context.Context, b store.Build, platform str
 
 // PushToken mints a build token for b alone, for its runner to push the
 // image to kiln's registry with. It expires after ttl.
-func (s *Service) PushToken(ctx context.Context, b store.Build, ttl time.Duration) (string, error) {
-	secret, hash := auth.NewSecret(store.TokenBuild)
+func (s *Service) PushToken(ctx context.Context, b Build, ttl time.Duration) (string, error) {
+	secret, hash := auth.NewSecret(auth.TokenBuild)
 	now := time.Now().UTC()
-	t := store.Token{ID: "tok_" + project.NewID(), Kind: store.TokenBuild, OrgID: b.OrgID, ProjectID: b.ProjectID,
+	t := auth.Token{ID: "tok_" + project.NewID(), Kind: auth.TokenBuild, OrgID: b.OrgID, ProjectID: b.ProjectID,
 		BuildID: b.ID, Description: "source build push", SecretHash: hash, CreatedAt: now, ExpiresAt: now.Add(ttl)}
 	if err := s.store.CreateToken(ctx, t); err != nil {
 		return "", err
@@ -120,7 +117,7 @@ func (s *Service) PushToken(ctx context.Context, b store.Build, ttl time.Duratio
 
 // StoreSteps records steps and log lines of a build: what kiln's runner
 // observed, or what a client reported (ReportSteps, after its checks).
-func (s *Service) StoreSteps(ctx context.Context, buildID string, steps []store.Step, logs []store.LogLine) error {
+func (s *Service) StoreSteps(ctx context.Context, buildID string, steps []Step, logs []LogLine) error {
 	if len(steps) > 0 {
 		if err := s.store.PutSteps(ctx, buildID, steps); err != nil {
 			return err

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/auth"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // Stats summarizes a finished (or running) build for depot.core.v1
@@ -58,8 +57,8 @@ func isBuildkitOwn(name string) bool {
 
 // CountedSteps picks the steps total_steps and cached_steps count (see
 // IsUserStep), in the order given.
-func CountedSteps(steps []store.Step) []store.Step {
-	var out []store.Step
+func CountedSteps(steps []Step) []Step {
+	var out []Step
 	for _, st := range steps {
 		if IsUserStep(st.Name) {
 			out = append(out, st)
@@ -78,7 +77,7 @@ func CountedSteps(steps []store.Step) []store.Step {
 
 // BuildTime is how long a build held its builders: FinishedAt - StartedAt
 // once it has finished, 0 while it runs (it is billed when it ends).
-func BuildTime(b store.Build) time.Duration {
+func BuildTime(b Build) time.Duration {
 	if b.StartedAt.IsZero() || b.FinishedAt.IsZero() || !b.FinishedAt.After(b.StartedAt) {
 		return 0
 	}
@@ -87,7 +86,7 @@ func BuildTime(b store.Build) time.Duration {
 
 // ComputeStats is Stats from a build, its reported steps and the last
 // uncached durations of its steps' names (see Stats.Saved).
-func ComputeStats(b store.Build, steps []store.Step, lastUncached map[string]time.Duration) Stats {
+func ComputeStats(b Build, steps []Step, lastUncached map[string]time.Duration) Stats {
 	st := Stats{Duration: BuildTime(b)}
 	for _, s := range CountedSteps(steps) {
 		st.TotalSteps++
@@ -116,7 +115,7 @@ func Seconds(d time.Duration) int32 {
 }
 
 // stats loads what ComputeStats needs for b.
-func (s *Service) stats(ctx context.Context, b store.Build) (Stats, []store.Step, error) {
+func (s *Service) stats(ctx context.Context, b Build) (Stats, []Step, error) {
 	steps, err := s.store.ListSteps(ctx, b.ID)
 	if err != nil {
 		return Stats{}, nil, err
@@ -138,10 +137,10 @@ func (s *Service) stats(ctx context.Context, b store.Build) (Stats, []store.Step
 
 // Stats returns the build (which the principal must be allowed to use) and
 // its statistics.
-func (s *Service) Stats(ctx context.Context, p auth.Principal, buildID string) (store.Build, Stats, error) {
+func (s *Service) Stats(ctx context.Context, p auth.Principal, buildID string) (Build, Stats, error) {
 	b, err := s.Get(ctx, p, buildID)
 	if err != nil {
-		return store.Build{}, Stats{}, err
+		return Build{}, Stats{}, err
 	}
 	st, _, err := s.stats(ctx, b)
 	return b, st, err

@@ -9,7 +9,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
-	"github.com/kiln-dev/kiln/internal/store"
+	"github.com/kiln-dev/kiln/internal/project"
 )
 
 // CacheSizer reports how much disk a project's builders' state (layer
@@ -44,7 +44,7 @@ func NewPeriod(start, end, now time.Time) (Period, error) {
 
 // Usage is one project's usage in a period.
 type Usage struct {
-	Project   store.Project
+	Project   project.Project
 	Builds    int           // builds created in the period, in any status
 	BuildTime time.Duration // sum of BuildTime over them (running builds add 0)
 	// SavedTime sums Stats.Saved over the period's builds (only when
@@ -77,8 +77,8 @@ func CacheGB(bytes int64) int32 {
 // through the project domain; each must be visible to the principal. The
 // result is in the order of projects. withSaved adds SavedTime, which
 // costs a read of each build's steps.
-func (s *Service) Usage(ctx context.Context, p auth.Principal, projects []store.Project, period Period, withSaved bool) ([]Usage, error) {
-	if p.Kind == store.TokenBuild {
+func (s *Service) Usage(ctx context.Context, p auth.Principal, projects []project.Project, period Period, withSaved bool) ([]Usage, error) {
+	if p.Kind == auth.TokenBuild {
 		return nil, fmt.Errorf("build tokens cannot read usage: %w", errdefs.ErrPermission)
 	}
 	// One aggregate query per organization (in practice, one).
@@ -89,7 +89,7 @@ func (s *Service) Usage(ctx context.Context, p auth.Principal, projects []store.
 		}
 		orgs[proj.OrgID] = true
 	}
-	byProject := map[string]store.ProjectBuildUsage{}
+	byProject := map[string]ProjectUsage{}
 	for org := range orgs {
 		rows, err := s.store.BuildUsage(ctx, org, period.Start, period.End)
 		if err != nil {
@@ -138,7 +138,7 @@ func (s *Service) cacheSize(ctx context.Context, projectID string) int64 {
 // period (the newest maxSavedBuilds of them).
 func (s *Service) savedTime(ctx context.Context, projectID string, period Period) (time.Duration, error) {
 	var total time.Duration
-	q := store.BuildQuery{ProjectID: projectID, From: period.Start, To: period.End, Limit: 500}
+	q := Query{ProjectID: projectID, From: period.Start, To: period.End, Limit: 500}
 	for done := 0; done < maxSavedBuilds; {
 		builds, err := s.store.QueryBuilds(ctx, q)
 		if err != nil {

@@ -13,8 +13,9 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
-	"github.com/kiln-dev/kiln/internal/builder"
+	"github.com/kiln-dev/kiln/internal/builder/spec"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -23,8 +24,8 @@ type sizedFleet struct {
 	sizes map[string]int64
 }
 
-func (sizedFleet) Ensure(builder.Spec) (builder.Endpoint, bool, error) {
-	return builder.Endpoint{}, true, nil
+func (sizedFleet) Ensure(spec.Spec) (spec.Endpoint, bool, error) {
+	return spec.Endpoint{}, true, nil
 }
 func (sizedFleet) Lease(string, string, string)                {}
 func (sizedFleet) Release(string, string, string)              {}
@@ -47,9 +48,9 @@ func statsSetup(t *testing.T) statsEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	st.CreateOrganization(ctx, store.Organization{ID: "o", Name: "o"})
-	st.CreateOrganization(ctx, store.Organization{ID: "o2", Name: "o2"})
-	for _, p := range []store.Project{{ID: "pa", OrgID: "o"}, {ID: "pb", OrgID: "o"}, {ID: "qa", OrgID: "o2"}} {
+	st.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o"})
+	st.CreateOrganization(ctx, project.Organization{ID: "o2", Name: "o2"})
+	for _, p := range []project.Project{{ID: "pa", OrgID: "o"}, {ID: "pb", OrgID: "o"}, {ID: "qa", OrgID: "o2"}} {
 		p.Name, p.CreatedAt = p.ID, t0
 		if err := st.CreateProject(ctx, p); err != nil {
 			t.Fatal(err)
@@ -59,24 +60,24 @@ func statsSetup(t *testing.T) statsEnv {
 	svc := build.NewService(st, fleet, fakeCerts{}, build.Config{ShareURL: func(tok string) string { return "https://kiln.example/shared/" + tok }},
 		slog.New(slog.DiscardHandler))
 	return statsEnv{svc: svc, st: st,
-		org:    auth.Principal{TokenID: "tok_org", Kind: store.TokenOrg, OrgID: "o"},
-		prjA:   auth.Principal{TokenID: "tok_a", Kind: store.TokenProject, OrgID: "o", ProjectID: "pa"},
-		prjB:   auth.Principal{TokenID: "tok_b", Kind: store.TokenProject, OrgID: "o", ProjectID: "pb"},
-		bldTok: auth.Principal{TokenID: "tok_bld", Kind: store.TokenBuild, OrgID: "o", ProjectID: "pa", BuildID: "b1"},
+		org:    auth.Principal{TokenID: "tok_org", Kind: auth.TokenOrg, OrgID: "o"},
+		prjA:   auth.Principal{TokenID: "tok_a", Kind: auth.TokenProject, OrgID: "o", ProjectID: "pa"},
+		prjB:   auth.Principal{TokenID: "tok_b", Kind: auth.TokenProject, OrgID: "o", ProjectID: "pb"},
+		bldTok: auth.Principal{TokenID: "tok_bld", Kind: auth.TokenBuild, OrgID: "o", ProjectID: "pa", BuildID: "b1"},
 	}
 }
 
 // addBuild stores a build created at t0+at that ran for dur (running if
 // dur < 0), with steps.
-func (e statsEnv) addBuild(t *testing.T, id, project string, at, dur time.Duration, steps ...store.Step) store.Build {
+func (e statsEnv) addBuild(t *testing.T, id, project string, at, dur time.Duration, steps ...build.Step) build.Build {
 	t.Helper()
 	ctx := context.Background()
-	b := store.Build{ID: id, ProjectID: project, OrgID: "o", Status: store.BuildRunning, CreatedAt: t0.Add(at), StartedAt: t0.Add(at)}
+	b := build.Build{ID: id, ProjectID: project, OrgID: "o", Status: build.Running, CreatedAt: t0.Add(at), StartedAt: t0.Add(at)}
 	if project == "qa" {
 		b.OrgID = "o2"
 	}
 	if dur >= 0 {
-		b.Status, b.FinishedAt = store.BuildSucceeded, b.StartedAt.Add(dur)
+		b.Status, b.FinishedAt = build.Succeeded, b.StartedAt.Add(dur)
 	}
 	if err := e.st.CreateBuild(ctx, b); err != nil {
 		t.Fatal(err)
@@ -89,8 +90,8 @@ func (e statsEnv) addBuild(t *testing.T, id, project string, at, dur time.Durati
 	return b
 }
 
-func step(digest, name string, cached bool, start time.Duration, took time.Duration) store.Step {
-	return store.Step{Digest: digest, Name: name, Cached: cached, StartedAt: t0.Add(start), CompletedAt: t0.Add(start + took)}
+func step(digest, name string, cached bool, start time.Duration, took time.Duration) build.Step {
+	return build.Step{Digest: digest, Name: name, Cached: cached, StartedAt: t0.Add(start), CompletedAt: t0.Add(start + took)}
 }
 
 func TestIsUserStep(t *testing.T) {
@@ -114,8 +115,8 @@ func TestIsUserStep(t *testing.T) {
 }
 
 func TestComputeStats(t *testing.T) {
-	finished := store.Build{Status: store.BuildSucceeded, StartedAt: t0, FinishedAt: t0.Add(2500 * time.Millisecond)}
-	cold := []store.Step{
+	finished := build.Build{Status: build.Succeeded, StartedAt: t0, FinishedAt: t0.Add(2500 * time.Millisecond)}
+	cold := []build.Step{
 		step("d0", "[internal] load build definition from Dockerfile", false, 0, time.Millisecond),
 		step("d1", "[busybox 1/2] COPY busybox /bin/busybox", false, 0, 300*time.Millisecond),
 		step("d2", "[busybox 2/2] RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]", false, 0, time.Second),
@@ -126,7 +127,7 @@ func TestComputeStats(t *testing.T) {
 		t.Errorf("cold build: %+v", got)
 	}
 
-	warm := make([]store.Step, len(cold))
+	warm := make([]build.Step, len(cold))
 	copy(warm, cold)
 	for i := range warm[:3] {
 		warm[i].Cached = true
@@ -138,15 +139,15 @@ func TestComputeStats(t *testing.T) {
 	}
 
 	// Raw LLB (no Dockerfile names): every vertex but BuildKit's own.
-	llb := []store.Step{{Name: "mkfile /hello", Cached: true}, {Name: "[internal] load"}, {Name: "exporting to image"}, {Name: "sh -c make"}}
+	llb := []build.Step{{Name: "mkfile /hello", Cached: true}, {Name: "[internal] load"}, {Name: "exporting to image"}, {Name: "sh -c make"}}
 	if got := build.ComputeStats(finished, llb, nil); got.TotalSteps != 2 || got.CachedSteps != 1 {
 		t.Errorf("LLB build: %+v, want 2 steps, 1 cached", got)
 	}
-	running := store.Build{Status: store.BuildRunning, StartedAt: t0}
+	running := build.Build{Status: build.Running, StartedAt: t0}
 	if got := build.ComputeStats(running, nil, nil); got.Duration != 0 {
 		t.Errorf("running build duration = %s, want 0", got.Duration)
 	}
-	clockSkew := store.Build{Status: store.BuildFailed, StartedAt: t0, FinishedAt: t0.Add(-time.Second)}
+	clockSkew := build.Build{Status: build.Failed, StartedAt: t0, FinishedAt: t0.Add(-time.Second)}
 	if d := build.BuildTime(clockSkew); d != 0 {
 		t.Errorf("finished before started: %s, want 0", d)
 	}
@@ -340,7 +341,7 @@ func TestUsage(t *testing.T) {
 	period := build.Period{Start: t0, End: t0.Add(time.Hour)}
 	pa, _ := e.st.GetProject(ctx, "pa")
 	pb, _ := e.st.GetProject(ctx, "pb")
-	got, err := e.svc.Usage(ctx, e.org, []store.Project{pa, pb}, period, true)
+	got, err := e.svc.Usage(ctx, e.org, []project.Project{pa, pb}, period, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,13 +354,13 @@ func TestUsage(t *testing.T) {
 	if u := got[1]; u.Project.ID != "pb" || u.Builds != 0 || u.BuildTime != 0 || u.CacheBytes != 0 {
 		t.Errorf("pb usage = %+v; want zeros", u)
 	}
-	if got, _ := e.svc.Usage(ctx, e.org, []store.Project{pa}, period, false); got[0].SavedTime != 0 {
+	if got, _ := e.svc.Usage(ctx, e.org, []project.Project{pa}, period, false); got[0].SavedTime != 0 {
 		t.Errorf("saved time computed when not asked for")
 	}
-	if _, err := e.svc.Usage(ctx, e.prjB, []store.Project{pa}, period, false); !errdefs.IsNotFound(err) {
+	if _, err := e.svc.Usage(ctx, e.prjB, []project.Project{pa}, period, false); !errdefs.IsNotFound(err) {
 		t.Errorf("project B reading A's usage: %v", err)
 	}
-	if _, err := e.svc.Usage(ctx, e.bldTok, []store.Project{pa}, period, false); !errors.Is(err, errdefs.ErrPermission) {
+	if _, err := e.svc.Usage(ctx, e.bldTok, []project.Project{pa}, period, false); !errors.Is(err, errdefs.ErrPermission) {
 		t.Errorf("build token reading usage: %v", err)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -16,34 +15,18 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kiln-dev/kiln/internal/builder/spec"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/gateway"
 	"github.com/kiln-dev/kiln/internal/pki"
 )
 
-// Spec says which builder is wanted, how its cache is collected and where
-// its RUN steps may connect.
-type Spec struct {
-	ProjectID    string
-	Platform     string        // "linux/amd64" or "linux/arm64" (any "linux/<arch>[/<variant>]" is accepted)
-	KeepBytes    int64         // GC: cache size cap; 0 → DefaultKeepBytes (10 GiB)
-	KeepDuration time.Duration // GC: keep cache records this long; 0 → DefaultKeepDuration (14 days)
-	// EgressAllow are private destinations the operator lets this
-	// project's RUN steps reach (a package mirror); see network.go. Applied
-	// at once, also to a running builder.
-	EgressAllow []netip.Prefix
-}
-
-// Endpoint is how a build reaches a builder. buildkitd serves only Socket,
-// a unix socket on kiln's machine; clients reach it through kiln's builder
-// gateway (internal/gateway) at the control plane's address, asking for
-// ServerName and verifying the gateway's certificate against CACertPEM. They
-// present a certificate from pki.Authority.IssueClient for the same project.
-type Endpoint struct {
-	ServerName string // TLS name the gateway routes by, e.g. "<project>-amd64.builder.kiln"
-	CACertPEM  string // the project CA: clients verify the gateway with it
-	Socket     string // buildkitd's unix socket (plain gRPC): the gateway's side, never handed out
-}
+// Spec and Endpoint live in builder/spec so that the build domain can name
+// them without depending on the fleet (BuildKit, gRPC, processes).
+type (
+	Spec     = spec.Spec
+	Endpoint = spec.Endpoint
+)
 
 // Config configures a Fleet. Zero durations take the documented defaults.
 type Config struct {

@@ -36,13 +36,65 @@ import (
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
-// Store is what the login service needs of kiln's store.
+// Store is what the login service needs of kiln's store (internal/store
+// implements it).
 type Store interface {
-	store.Logins
-	CreateToken(ctx context.Context, t store.Token) error
+	// CreateLogin fails with ErrAlreadyExists when IDHash or ApprovalID is
+	// taken.
+	CreateLogin(ctx context.Context, l Login) error
+	GetLogin(ctx context.Context, idHash string) (Login, error)
+	GetLoginByApproval(ctx context.Context, approvalID string) (Login, error)
+	// UpdateLogin reads the login, applies fn and writes it back in one
+	// transaction (so exactly one of several racing callers sees a given
+	// status). If fn returns an error nothing is written.
+	UpdateLogin(ctx context.Context, idHash string, fn func(*Login) error) (Login, error)
+	// CountLogins counts logins that expire after t (the live ones when t
+	// is now).
+	CountLogins(ctx context.Context, expiresAfter time.Time) (int, error)
+	// CountPendingLogins counts the pending logins of one source that
+	// expire after t.
+	CountPendingLogins(ctx context.Context, source string, expiresAfter time.Time) (int, error)
+	// DeleteLogins removes logins that expired before t and reports how many.
+	DeleteLogins(ctx context.Context, expiredBefore time.Time) (int, error)
+
+	CreateToken(ctx context.Context, t auth.Token) error
+}
+
+// Status is where a login is. A login is created pending and moves once to
+// approved or denied; an approved login moves once to finished when its
+// client collects the token. Expiry is not a stored status: a pending or
+// approved login past ExpiresAt is expired (Service decides; Lookup
+// reports it as StatusExpired).
+type Status string
+
+// Login statuses.
+const (
+	StatusPending  Status = "pending"
+	StatusApproved Status = "approved"
+	StatusDenied   Status = "denied"
+	StatusFinished Status = "finished"
+	// StatusExpired is Info.Status of a login that expired before it
+	// ended; it is never stored.
+	StatusExpired Status = "expired"
+)
+
+// Login is one device login (depot.cli.v1beta1 StartLogin/FinishLogin).
+type Login struct {
+	// IDHash is the SHA-256 (hex) of the id the client waits on. The id
+	// itself collects a token, so like a token secret it is never stored.
+	IDHash string
+	// ApprovalID is the handle in the approve URL and `kiln login --approve`.
+	ApprovalID string
+	Status     Status
+	OrgID      string // approved and finished: the approving admin's organization
+	ApprovedBy string // approved and finished: the approving admin's token id
+	TokenID    string // approved and finished: the id the minted token gets
+	Source     string // where it was started from (Source's form: IPv4 address, IPv6 /64)
+	CreatedAt  time.Time
+	ExpiresAt  time.Time
+	UpdatedAt  time.Time
 }
 
 // Config tunes the service; zero values take the defaults in brackets.
@@ -222,8 +274,8 @@ func (s *Service) Start(ctx context.Context, peer string) (Started, error) {
 	}
 	st := Started{ID: auth.RandomString(idLen), ApprovalID: newApprovalID(), ExpiresAt: now.Add(s.cfg.TTL)}
 	st.Code = Code(st.ApprovalID)
-	err = s.store.CreateLogin(ctx, store.Login{IDHash: auth.Hash(st.ID), ApprovalID: st.ApprovalID,
-		Status: store.LoginPending, Source: source, CreatedAt: now, ExpiresAt: st.ExpiresAt, UpdatedAt: now})
+	err = s.store.CreateLogin(ctx, Login{IDHash: auth.Hash(st.ID), ApprovalID: st.ApprovalID,
+		Status: StatusPending, Source: source, CreatedAt: now, ExpiresAt: st.ExpiresAt, UpdatedAt: now})
 	if err != nil {
 		return Started{}, fmt.Errorf("create login: %w", err)
 	}
@@ -276,8 +328,8 @@ var (
 	errFinished = fmt.Errorf("login request already completed: its token was handed out once: %w", errdefs.ErrFailedPrecondition)
 )
 
-func (s *Service) expired(l store.Login) bool {
-	return (l.Status == store.LoginPending || l.Status == store.LoginApproved) && s.now().After(l.ExpiresAt)
+func (s *Service) expired(l Login) bool {
+	return (l.Status == StatusPending || l.Status == StatusApproved) && s.now().After(l.ExpiresAt)
 }
 
 // Finish waits until the login identified by id is approved, then mints
@@ -313,11 +365,11 @@ func (s *Service) Finish(ctx context.Context, id string) (string, error) {
 			return "", errExpired
 		}
 		switch l.Status {
-		case store.LoginDenied:
+		case StatusDenied:
 			return "", errDenied
-		case store.LoginFinished:
+		case StatusFinished:
 			return "", errFinished
-		case store.LoginApproved:
+		case StatusApproved:
 			return s.collect(ctx, hash)
 		}
 		// Wake at the next poll or just after expiry, whichever is first.
@@ -338,28 +390,28 @@ func (s *Service) Finish(ctx context.Context, id string) (string, error) {
 // the client must start again; no secret was handed out or stored.
 func (s *Service) collect(ctx context.Context, hash string) (string, error) {
 	var approvedAt time.Time
-	l, err := s.store.UpdateLogin(ctx, hash, func(l *store.Login) error {
+	l, err := s.store.UpdateLogin(ctx, hash, func(l *Login) error {
 		if s.expired(*l) {
 			return errExpired
 		}
 		switch l.Status {
-		case store.LoginDenied:
+		case StatusDenied:
 			return errDenied
-		case store.LoginFinished:
+		case StatusFinished:
 			return errFinished
-		case store.LoginPending:
+		case StatusPending:
 			return fmt.Errorf("login request not approved yet: %w", errdefs.ErrFailedPrecondition)
 		}
 		approvedAt = l.UpdatedAt
-		l.Status, l.UpdatedAt = store.LoginFinished, s.now()
+		l.Status, l.UpdatedAt = StatusFinished, s.now()
 		return nil
 	})
 	if err != nil {
 		return "", err
 	}
 	s.notify(hash)
-	secret, secretHash := auth.NewSecret(store.TokenOrg)
-	t := store.Token{ID: l.TokenID, Kind: store.TokenOrg, OrgID: l.OrgID, SecretHash: secretHash,
+	secret, secretHash := auth.NewSecret(auth.TokenOrg)
+	t := auth.Token{ID: l.TokenID, Kind: auth.TokenOrg, OrgID: l.OrgID, SecretHash: secretHash,
 		Description: "device login " + approvedAt.Format(time.DateOnly),
 		CreatedAt:   l.UpdatedAt, ExpiresAt: approvedAt.Add(s.cfg.TokenTTL)}
 	if err := s.store.CreateToken(ctx, t); err != nil {
@@ -436,35 +488,35 @@ func requireOrg(p auth.Principal, what string) error {
 }
 
 // decide moves a pending login to approved or denied.
-func (s *Service) decide(ctx context.Context, p auth.Principal, approvalID, status string) (store.Login, error) {
+func (s *Service) decide(ctx context.Context, p auth.Principal, approvalID string, status Status) (Login, error) {
 	if !ValidApprovalID(approvalID) {
-		return store.Login{}, errUnknown
+		return Login{}, errUnknown
 	}
 	l, err := s.store.GetLoginByApproval(ctx, approvalID)
 	if errdefs.IsNotFound(err) {
-		return store.Login{}, errUnknown
+		return Login{}, errUnknown
 	}
 	if err != nil {
-		return store.Login{}, fmt.Errorf("read login: %w", err)
+		return Login{}, fmt.Errorf("read login: %w", err)
 	}
-	l, err = s.store.UpdateLogin(ctx, l.IDHash, func(l *store.Login) error {
+	l, err = s.store.UpdateLogin(ctx, l.IDHash, func(l *Login) error {
 		if s.expired(*l) {
 			return errExpired
 		}
-		if l.Status != store.LoginPending {
+		if l.Status != StatusPending {
 			return fmt.Errorf("login request %s was already %s: %w", Code(l.ApprovalID), l.Status, errdefs.ErrFailedPrecondition)
 		}
 		l.Status, l.UpdatedAt = status, s.now()
-		if status == store.LoginApproved {
+		if status == StatusApproved {
 			l.OrgID, l.ApprovedBy, l.TokenID = p.OrgID, p.TokenID, "tok_"+project.NewID()
 		}
 		return nil
 	})
 	if err != nil {
-		return store.Login{}, err
+		return Login{}, err
 	}
 	s.notify(l.IDHash)
-	s.logger.InfoContext(ctx, "device login "+status, "approval_id", approvalID, "org_id", p.OrgID, "by_token_id", p.TokenID, "token_id", l.TokenID)
+	s.logger.InfoContext(ctx, "device login "+string(status), "approval_id", approvalID, "org_id", p.OrgID, "by_token_id", p.TokenID, "token_id", l.TokenID)
 	return l, nil
 }
 
@@ -475,7 +527,7 @@ func (s *Service) Approve(ctx context.Context, p auth.Principal, approvalID stri
 	if err := requireOrg(p, "approving"); err != nil {
 		return Approved{}, err
 	}
-	l, err := s.decide(ctx, p, approvalID, store.LoginApproved)
+	l, err := s.decide(ctx, p, approvalID, StatusApproved)
 	if err != nil {
 		return Approved{}, err
 	}
@@ -487,7 +539,7 @@ func (s *Service) Deny(ctx context.Context, p auth.Principal, approvalID string)
 	if err := requireOrg(p, "denying"); err != nil {
 		return "", err
 	}
-	l, err := s.decide(ctx, p, approvalID, store.LoginDenied)
+	l, err := s.decide(ctx, p, approvalID, StatusDenied)
 	if err != nil {
 		return "", err
 	}
@@ -498,12 +550,9 @@ func (s *Service) Deny(ctx context.Context, p auth.Principal, approvalID string)
 type Info struct {
 	ApprovalID string
 	Code       string
-	Status     string // a store.Login* status, or "expired"
+	Status     Status // a stored status, or StatusExpired
 	ExpiresAt  time.Time
 }
-
-// StatusExpired is Info.Status of a login that expired before it ended.
-const StatusExpired = "expired"
 
 // Lookup describes a login by its approval id; it needs no principal (the
 // page shows only the code, the status and the expiry).

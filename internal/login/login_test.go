@@ -1,4 +1,4 @@
-package login
+package login_test
 
 import (
 	"context"
@@ -16,6 +16,8 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/login"
+	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -42,18 +44,18 @@ func newStore(t *testing.T) *store.SQLite {
 	}
 	t.Cleanup(func() { st.Close() })
 	ctx := context.Background()
-	st.CreateOrganization(ctx, store.Organization{ID: "org_a", Name: "a", CreatedAt: time.Now()})
-	st.CreateOrganization(ctx, store.Organization{ID: "org_b", Name: "b", CreatedAt: time.Now()})
+	st.CreateOrganization(ctx, project.Organization{ID: "org_a", Name: "a", CreatedAt: time.Now()})
+	st.CreateOrganization(ctx, project.Organization{ID: "org_b", Name: "b", CreatedAt: time.Now()})
 	return st
 }
 
 var (
-	admin    = auth.Principal{TokenID: "tok_admin", Kind: store.TokenOrg, OrgID: "org_a"}
-	prjToken = auth.Principal{TokenID: "tok_prj", Kind: store.TokenProject, OrgID: "org_a", ProjectID: "p1"}
+	admin    = auth.Principal{TokenID: "tok_admin", Kind: auth.TokenOrg, OrgID: "org_a"}
+	prjToken = auth.Principal{TokenID: "tok_prj", Kind: auth.TokenProject, OrgID: "org_a", ProjectID: "p1"}
 )
 
 // finishAsync runs Finish in the background.
-func finishAsync(ctx context.Context, s *Service, id string) <-chan result {
+func finishAsync(ctx context.Context, s *login.Service, id string) <-chan result {
 	out := make(chan result, 1)
 	go func() {
 		tok, err := s.Finish(ctx, id)
@@ -91,7 +93,7 @@ func TestApproveThenFinishOnce(t *testing.T) {
 	ctx := context.Background()
 	st := newStore(t)
 	// An hour between polls: only the in-process wake-up can end the wait.
-	s := New(st, Config{PollInterval: time.Hour}, quiet)
+	s := login.New(st, login.Config{PollInterval: time.Hour}, quiet)
 	started, err := s.Start(ctx, testPeer)
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +101,7 @@ func TestApproveThenFinishOnce(t *testing.T) {
 	if started.Code != strings.ToUpper(started.ApprovalID[:4]+"-"+started.ApprovalID[4:8]) {
 		t.Errorf("code %q does not match approval id %q", started.Code, started.ApprovalID)
 	}
-	if info, err := s.Lookup(ctx, started.ApprovalID); err != nil || info.Status != store.LoginPending || info.Code != started.Code {
+	if info, err := s.Lookup(ctx, started.ApprovalID); err != nil || info.Status != login.StatusPending || info.Code != started.Code {
 		t.Errorf("Lookup = %+v, %v", info, err)
 	}
 
@@ -147,17 +149,17 @@ func TestApproveThenFinishOnce(t *testing.T) {
 	if _, err := s.Finish(ctx, started.ID); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Errorf("second Finish: %v, want ErrFailedPrecondition", err)
 	}
-	if info, _ := s.Lookup(ctx, started.ApprovalID); info.Status != store.LoginFinished {
+	if info, _ := s.Lookup(ctx, started.ApprovalID); info.Status != login.StatusFinished {
 		t.Errorf("Lookup after finish: %+v", info)
 	}
-	if s.waiters != 0 || len(s.watches) != 0 {
-		t.Errorf("waiters left behind: %d, %v", s.waiters, s.watches)
+	if waiters, watches := s.WaitersLeft(); waiters != 0 || watches != 0 {
+		t.Errorf("waiters left behind: %d, %d logins watched", waiters, watches)
 	}
 }
 
 func TestUnknownAndMalformedIDs(t *testing.T) {
 	ctx := context.Background()
-	s := New(newStore(t), Config{}, quiet)
+	s := login.New(newStore(t), login.Config{}, quiet)
 	started, _ := s.Start(ctx, testPeer)
 	hostile := []string{
 		"", "x", strings.Repeat("a", 31), strings.Repeat("a", 33), strings.Repeat("a", 100000),
@@ -184,7 +186,7 @@ func TestUnknownAndMalformedIDs(t *testing.T) {
 	if _, err := s.Finish(ctx, auth.RandomString(32)); !errdefs.IsNotFound(err) {
 		t.Errorf("Finish(unknown): %v", err)
 	}
-	if _, err := s.Approve(ctx, admin, newApprovalID()); !errdefs.IsNotFound(err) {
+	if _, err := s.Approve(ctx, admin, login.NewApprovalID()); !errdefs.IsNotFound(err) {
 		t.Errorf("Approve(unknown): %v", err)
 	}
 	// Neither id is accepted where the other is expected.
@@ -198,12 +200,12 @@ func TestUnknownAndMalformedIDs(t *testing.T) {
 
 func TestIDEntropyAndFormat(t *testing.T) {
 	ctx := context.Background()
-	s := New(newStore(t), Config{MaxPendingPerSource: 1000}, quiet)
+	s := login.New(newStore(t), login.Config{MaxPendingPerSource: 1000}, quiet)
 	// 32 of 62 symbols and 26 of 32 symbols: both well over 128 bits.
-	if bits := idLen * math.Log2(62); bits < 128 {
+	if bits := login.IDLen * math.Log2(62); bits < 128 {
 		t.Errorf("login id has %.0f bits", bits)
 	}
-	if bits := approvalLen * math.Log2(float64(len(approvalAlphabet))); bits < 128 {
+	if bits := login.ApprovalLen * math.Log2(float64(len(login.ApprovalAlphabet))); bits < 128 {
 		t.Errorf("approval id has %.0f bits", bits)
 	}
 	seen := map[string]bool{}
@@ -214,7 +216,7 @@ func TestIDEntropyAndFormat(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !ValidID(st.ID) || !ValidApprovalID(st.ApprovalID) {
+		if !login.ValidID(st.ID) || !login.ValidApprovalID(st.ApprovalID) {
 			t.Fatalf("malformed ids: %q %q", st.ID, st.ApprovalID)
 		}
 		if seen[st.ID] || seen[st.ApprovalID] {
@@ -227,7 +229,7 @@ func TestIDEntropyAndFormat(t *testing.T) {
 	}
 	// Every letter of the approval alphabet turns up, roughly uniformly
 	// (expected n*26/32 ≈ 244 each; a broken generator is far off).
-	for _, r := range approvalAlphabet {
+	for _, r := range login.ApprovalAlphabet {
 		if c := symbols[r]; c < 150 || c > 350 {
 			t.Errorf("approval id letter %q appeared %d times in %d ids", r, c, n)
 		}
@@ -237,7 +239,7 @@ func TestIDEntropyAndFormat(t *testing.T) {
 func TestExpiry(t *testing.T) {
 	ctx := context.Background()
 	clk := &clock{t: time.Now()}
-	s := New(newStore(t), Config{TTL: 10 * time.Minute, Now: clk.Now}, quiet)
+	s := login.New(newStore(t), login.Config{TTL: 10 * time.Minute, Now: clk.Now}, quiet)
 	a, _ := s.Start(ctx, testPeer)
 	b, _ := s.Start(ctx, testPeer)
 	if _, err := s.Approve(ctx, admin, b.ApprovalID); err != nil {
@@ -253,7 +255,7 @@ func TestExpiry(t *testing.T) {
 	if _, err := s.Finish(ctx, b.ID); !errors.Is(err, errdefs.ErrExpired) {
 		t.Errorf("Finish of an approved login collected too late: %v, want ErrExpired", err)
 	}
-	if info, _ := s.Lookup(ctx, a.ApprovalID); info.Status != StatusExpired {
+	if info, _ := s.Lookup(ctx, a.ApprovalID); info.Status != login.StatusExpired {
 		t.Errorf("Lookup of expired login: %+v", info)
 	}
 	// Ended logins are forgotten after Keep; then the id is unknown.
@@ -266,7 +268,7 @@ func TestExpiry(t *testing.T) {
 
 func TestWaiterEndsAtExpiry(t *testing.T) {
 	ctx := context.Background()
-	s := New(newStore(t), Config{TTL: 300 * time.Millisecond, PollInterval: time.Hour}, quiet)
+	s := login.New(newStore(t), login.Config{TTL: 300 * time.Millisecond, PollInterval: time.Hour}, quiet)
 	st, _ := s.Start(ctx, testPeer)
 	start := time.Now()
 	r := within(t, finishAsync(ctx, s, st.ID), 5*time.Second, "expiring login")
@@ -280,7 +282,7 @@ func TestWaiterEndsAtExpiry(t *testing.T) {
 
 func TestDeny(t *testing.T) {
 	ctx := context.Background()
-	s := New(newStore(t), Config{PollInterval: time.Hour}, quiet)
+	s := login.New(newStore(t), login.Config{PollInterval: time.Hour}, quiet)
 	st, _ := s.Start(ctx, testPeer)
 	waiting := finishAsync(ctx, s, st.ID)
 	notYet(t, waiting, "pending login")
@@ -300,7 +302,7 @@ func TestDeny(t *testing.T) {
 
 func TestConcurrentFinishers(t *testing.T) {
 	ctx := context.Background()
-	s := New(newStore(t), Config{PollInterval: time.Hour, MaxPerLogin: 4}, quiet)
+	s := login.New(newStore(t), login.Config{PollInterval: time.Hour, MaxPerLogin: 4}, quiet)
 	st, _ := s.Start(ctx, testPeer)
 	var waiting []<-chan result
 	for i := 0; i < 4; i++ {
@@ -335,8 +337,8 @@ func TestOtherReplicaApproves(t *testing.T) {
 	st := newStore(t)
 	// Two services on one store stand for two control-plane replicas: the
 	// waiter on a sees b's approval on its next poll.
-	a := New(st, Config{PollInterval: 50 * time.Millisecond}, quiet)
-	b := New(st, Config{}, quiet)
+	a := login.New(st, login.Config{PollInterval: 50 * time.Millisecond}, quiet)
+	b := login.New(st, login.Config{}, quiet)
 	started, _ := a.Start(ctx, testPeer)
 	waiting := finishAsync(ctx, a, started.ID)
 	notYet(t, waiting, "pending login")
@@ -350,8 +352,8 @@ func TestOtherReplicaApproves(t *testing.T) {
 
 func TestLimits(t *testing.T) {
 	ctx := context.Background()
-	s := New(newStore(t), Config{MaxPending: 3, MaxWaiters: 2, PollInterval: time.Hour}, quiet)
-	var ids []Started
+	s := login.New(newStore(t), login.Config{MaxPending: 3, MaxWaiters: 2, PollInterval: time.Hour}, quiet)
+	var ids []login.Started
 	for i := 0; i < 3; i++ {
 		st, err := s.Start(ctx, testPeer)
 		if err != nil {
@@ -376,9 +378,7 @@ func TestLimits(t *testing.T) {
 			t.Errorf("canceled Finish: %v", r.err)
 		}
 	}
-	s.mu.Lock()
-	left := s.waiters
-	s.mu.Unlock()
+	left, _ := s.WaitersLeft()
 	if left != 0 {
 		t.Errorf("%d waiters left after cancel", left)
 	}
@@ -391,11 +391,11 @@ func TestLimits(t *testing.T) {
 }
 
 func TestCode(t *testing.T) {
-	if got := Code("abcdefghijkmnpqrstuvwxyz23"); got != "ABCD-EFGH" {
+	if got := login.Code("abcdefghijkmnpqrstuvwxyz23"); got != "ABCD-EFGH" {
 		t.Errorf("Code = %q", got)
 	}
 	for _, bad := range []string{"", "ABCDEFGHIJKMNPQRSTUVWXYZ23", "abcdefghijkmnpqrstuvwxyz2", "abcdefghijkmnpqrstuvwxyz0o"} {
-		if got := Code(bad); got != "" {
+		if got := login.Code(bad); got != "" {
 			t.Errorf("Code(%q) = %q, want empty", bad, got)
 		}
 	}
@@ -403,7 +403,7 @@ func TestCode(t *testing.T) {
 
 func TestCloseEndsWaiters(t *testing.T) {
 	ctx := context.Background()
-	s := New(newStore(t), Config{PollInterval: time.Hour}, quiet)
+	s := login.New(newStore(t), login.Config{PollInterval: time.Hour}, quiet)
 	st, _ := s.Start(ctx, testPeer)
 	waiting := finishAsync(ctx, s, st.ID)
 	notYet(t, waiting, "pending login")
@@ -413,7 +413,7 @@ func TestCloseEndsWaiters(t *testing.T) {
 		t.Errorf("Finish after Close: %v, want ErrUnavailable", r.err)
 	}
 	// The login survives for a restarted server (another Service, same store).
-	s2 := New(s.store, Config{}, quiet)
+	s2 := login.New(s.Store(), login.Config{}, quiet)
 	if _, err := s2.Approve(ctx, admin, st.ApprovalID); err != nil {
 		t.Fatal(err)
 	}
@@ -431,8 +431,8 @@ const testPeer = "192.0.2.1:40000"
 func TestPendingLoginsPerSource(t *testing.T) {
 	ctx := context.Background()
 	clk := &clock{t: time.Now()}
-	s := New(newStore(t), Config{MaxPendingPerSource: 3, Now: clk.Now, PollInterval: time.Hour}, quiet)
-	var mine []Started
+	s := login.New(newStore(t), login.Config{MaxPendingPerSource: 3, Now: clk.Now, PollInterval: time.Hour}, quiet)
+	var mine []login.Started
 	for i := range 3 {
 		st, err := s.Start(ctx, fmt.Sprintf("203.0.113.7:%d", 1000+i))
 		if err != nil {
@@ -507,7 +507,7 @@ func TestSource(t *testing.T) {
 		"not an address":              "unknown",
 		"[2001:db8::1]:notaport:more": "unknown",
 	} {
-		if got := Source(in); got != want {
+		if got := login.Source(in); got != want {
 			t.Errorf("Source(%q) = %q, want %q", in, got, want)
 		}
 	}

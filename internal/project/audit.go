@@ -5,12 +5,11 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // auditToken records that p created or deleted token t. The event names
 // the token by id and kind, never its secret or hash.
-func (s *Service) auditToken(ctx context.Context, kind string, p auth.Principal, t store.Token) {
+func (s *Service) auditToken(ctx context.Context, kind string, p auth.Principal, t auth.Token) {
 	detail := map[string]string{"token_id": t.ID, "token_kind": t.Kind}
 	if t.Description != "" {
 		detail["description"] = t.Description

@@ -8,7 +8,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // ValidCustomerID checks a platform's customer id: 1-128 characters of
@@ -39,32 +38,32 @@ func clip(s string) string {
 // only reach projects they already may build in, so a customer's project
 // token cannot name another customer. With neither id, a project token
 // builds in its own project.
-func (s *Service) ForBuild(ctx context.Context, p auth.Principal, projectID, customerID string) (store.Project, error) {
-	if p.Kind == store.TokenBuild {
-		return store.Project{}, fmt.Errorf("build tokens cannot start builds: %w", errdefs.ErrPermission)
+func (s *Service) ForBuild(ctx context.Context, p auth.Principal, projectID, customerID string) (Project, error) {
+	if p.Kind == auth.TokenBuild {
+		return Project{}, fmt.Errorf("build tokens cannot start builds: %w", errdefs.ErrPermission)
 	}
 	switch {
 	case projectID != "" && customerID != "":
-		return store.Project{}, fmt.Errorf("give a project id or a customer id, not both: %w", errdefs.ErrInvalid)
+		return Project{}, fmt.Errorf("give a project id or a customer id, not both: %w", errdefs.ErrInvalid)
 	case customerID != "":
 		return s.customerProject(ctx, p, customerID)
-	case projectID == "" && p.Kind == store.TokenProject:
+	case projectID == "" && p.Kind == auth.TokenProject:
 		projectID = p.ProjectID
 	case projectID == "":
-		return store.Project{}, fmt.Errorf("no project: give a project id or a customer id: %w", errdefs.ErrInvalid)
+		return Project{}, fmt.Errorf("no project: give a project id or a customer id: %w", errdefs.ErrInvalid)
 	}
 	return s.Get(ctx, p, projectID)
 }
 
-func (s *Service) customerProject(ctx context.Context, p auth.Principal, customerID string) (store.Project, error) {
+func (s *Service) customerProject(ctx context.Context, p auth.Principal, customerID string) (Project, error) {
 	if err := ValidCustomerID(customerID); err != nil {
-		return store.Project{}, err
+		return Project{}, err
 	}
 	notFound := fmt.Errorf("customer %q: %w", customerID, errdefs.ErrNotFound)
 	if !p.IsOrg() {
 		// Project and OIDC principals reach their own projects only.
 		ids := p.ProjectIDs
-		if p.Kind == store.TokenProject {
+		if p.Kind == auth.TokenProject {
 			ids = []string{p.ProjectID}
 		}
 		for _, id := range ids {
@@ -73,12 +72,12 @@ func (s *Service) customerProject(ctx context.Context, p auth.Principal, custome
 				return proj, nil
 			}
 		}
-		return store.Project{}, notFound
+		return Project{}, notFound
 	}
-	proj, created, err := s.Store.GetOrCreateCustomerProject(ctx, store.Project{ID: NewID(), OrgID: p.OrgID,
+	proj, created, err := s.Store.GetOrCreateCustomerProject(ctx, Project{ID: NewID(), OrgID: p.OrgID,
 		Name: "customer " + customerID, CustomerID: customerID, CreatedAt: time.Now().UTC()})
 	if err != nil {
-		return store.Project{}, err
+		return Project{}, err
 	}
 	if created {
 		s.Audit.Record(ctx, audit.Event{Kind: audit.KindCustomerProjectCreated, OrgID: proj.OrgID, ProjectID: proj.ID, Actor: p.TokenID,

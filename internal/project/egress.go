@@ -10,7 +10,6 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // MaxEgressAllow bounds one project's egress allow-list: each entry
@@ -101,7 +100,7 @@ func NormalizeEgressAllow(cidrs []string) ([]string, error) {
 
 // EgressAllow returns the project's egress allow-list. Anyone who may see
 // the project may read it.
-func (s *Service) EgressAllow(ctx context.Context, p auth.Principal, projectID string) (store.Project, error) {
+func (s *Service) EgressAllow(ctx context.Context, p auth.Principal, projectID string) (Project, error) {
 	return s.Get(ctx, p, projectID)
 }
 
@@ -111,24 +110,24 @@ func (s *Service) EgressAllow(ctx context.Context, p auth.Principal, projectID s
 // The change is audited (audit.KindProjectEgressChanged) and handed to
 // the project's running builders (Network); builders starting later read
 // it from the project (internal/build turns it into their spec).
-func (s *Service) SetEgressAllow(ctx context.Context, p auth.Principal, projectID string, cidrs []string) (store.Project, error) {
+func (s *Service) SetEgressAllow(ctx context.Context, p auth.Principal, projectID string, cidrs []string) (Project, error) {
 	proj, err := s.admin(ctx, p, projectID, "changing a project's egress allow-list")
 	if err != nil {
-		return store.Project{}, err
+		return Project{}, err
 	}
 	norm, err := NormalizeEgressAllow(cidrs)
 	if err != nil {
-		return store.Project{}, err
+		return Project{}, err
 	}
 	if err := s.Store.SetProjectEgressAllow(ctx, proj.ID, norm); err != nil {
-		return store.Project{}, err
+		return Project{}, err
 	}
 	previous := proj.EgressAllow
 	proj.EgressAllow = norm
 	if s.Network != nil {
 		// Stored first: a builder starting now reads the new list anyway.
 		if err := s.Network.SetEgressAllow(proj.ID, norm); err != nil {
-			return store.Project{}, fmt.Errorf("allow-list saved, but applying it to the running builders failed (it applies at their next start): %w", err)
+			return Project{}, fmt.Errorf("allow-list saved, but applying it to the running builders failed (it applies at their next start): %w", err)
 		}
 	}
 	s.Audit.Record(ctx, audit.Event{Kind: audit.KindProjectEgressChanged, OrgID: proj.OrgID, ProjectID: proj.ID, Actor: p.TokenID,

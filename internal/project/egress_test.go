@@ -128,13 +128,13 @@ func TestSetEgressAllow(t *testing.T) {
 	}
 	defer st.Close()
 	now := time.Now()
-	st.CreateOrganization(ctx, store.Organization{ID: "o", Name: "o", CreatedAt: now})
-	st.CreateOrganization(ctx, store.Organization{ID: "o2", Name: "o2", CreatedAt: now})
-	st.CreateProject(ctx, store.Project{ID: "a", OrgID: "o", Name: "a", CreatedAt: now})
-	st.CreateProject(ctx, store.Project{ID: "b", OrgID: "o", Name: "b", CreatedAt: now})
+	st.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o", CreatedAt: now})
+	st.CreateOrganization(ctx, project.Organization{ID: "o2", Name: "o2", CreatedAt: now})
+	st.CreateProject(ctx, project.Project{ID: "a", OrgID: "o", Name: "a", CreatedAt: now})
+	st.CreateProject(ctx, project.Project{ID: "b", OrgID: "o", Name: "b", CreatedAt: now})
 	events := &memAudit{}
 	svc := &project.Service{Store: st, Audit: audit.New(events, audit.Config{}, nil)}
-	org := auth.Principal{Kind: store.TokenOrg, OrgID: "o", TokenID: "tok_admin"}
+	org := auth.Principal{Kind: auth.TokenOrg, OrgID: "o", TokenID: "tok_admin"}
 
 	proj, err := svc.SetEgressAllow(ctx, org, "a", []string{"10.9.0.0/16", "FD00:9::/64"})
 	if want := []string{"10.9.0.0/16", "fd00:9::/64"}; err != nil || !slices.Equal(proj.EgressAllow, want) {
@@ -155,7 +155,7 @@ func TestSetEgressAllow(t *testing.T) {
 	}
 
 	// Project members read it; nobody but the organization changes it.
-	member := auth.Principal{Kind: store.TokenProject, OrgID: "o", ProjectID: "a"}
+	member := auth.Principal{Kind: auth.TokenProject, OrgID: "o", ProjectID: "a"}
 	if got, err := svc.EgressAllow(ctx, member, "a"); err != nil || len(got.EgressAllow) != 2 {
 		t.Errorf("project token reading its list: %q, %v", got.EgressAllow, err)
 	}
@@ -164,10 +164,10 @@ func TestSetEgressAllow(t *testing.T) {
 	}
 	for _, p := range []auth.Principal{
 		member,
-		{Kind: store.TokenOIDC, OrgID: "o", ProjectIDs: []string{"a"}},
-		{Kind: store.TokenBuild, OrgID: "o", ProjectID: "a", BuildID: "b1"},
-		{Kind: store.TokenPull, OrgID: "o", ProjectID: "a"},
-		{Kind: store.TokenOrg, OrgID: "o2"},
+		{Kind: auth.TokenOIDC, OrgID: "o", ProjectIDs: []string{"a"}},
+		{Kind: auth.TokenBuild, OrgID: "o", ProjectID: "a", BuildID: "b1"},
+		{Kind: auth.TokenPull, OrgID: "o", ProjectID: "a"},
+		{Kind: auth.TokenOrg, OrgID: "o2"},
 	} {
 		_, err := svc.SetEgressAllow(ctx, p, "a", []string{"10.8.0.0/16"})
 		if !errors.Is(err, errdefs.ErrPermission) && !errdefs.IsNotFound(err) {

@@ -1,7 +1,9 @@
 // Package project is the domain of projects and their tokens: creation,
 // cache policy, deletion (which empties the project's builders) and the
-// bootstrap of the first organization. It knows nothing of Connect or HTTP;
-// callers pass the authenticated auth.Principal and get errdefs kinds back.
+// bootstrap of the first organization. It owns the Project and Organization
+// records and reads them through its small Store (records.go; internal/store
+// implements it). It knows nothing of Connect, HTTP or SQL; callers pass
+// the authenticated auth.Principal and get errdefs kinds back.
 package project
 
 import (
@@ -17,7 +19,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // BuilderResetter empties a project's builder state (its layer cache).
@@ -27,7 +28,7 @@ type BuilderResetter interface {
 
 // Service implements project and token operations.
 type Service struct {
-	Store    store.Store
+	Store    Store
 	Builders BuilderResetter
 	// Audit records token creation and deletion; nil records nothing.
 	Audit *audit.Recorder
@@ -69,35 +70,35 @@ func denied(id string) error {
 }
 
 // Get returns a project the principal may see.
-func (s *Service) Get(ctx context.Context, p auth.Principal, id string) (store.Project, error) {
+func (s *Service) Get(ctx context.Context, p auth.Principal, id string) (Project, error) {
 	if id == "" {
-		return store.Project{}, fmt.Errorf("project id is required: %w", errdefs.ErrInvalid)
+		return Project{}, fmt.Errorf("project id is required: %w", errdefs.ErrInvalid)
 	}
-	if p.Kind == store.TokenBuild {
+	if p.Kind == auth.TokenBuild {
 		// Before the lookup, so the answer is the same for any project id.
-		return store.Project{}, fmt.Errorf("build tokens reach only their build: %w", errdefs.ErrPermission)
+		return Project{}, fmt.Errorf("build tokens reach only their build: %w", errdefs.ErrPermission)
 	}
 	proj, err := s.Store.GetProject(ctx, id)
 	if err != nil {
-		return store.Project{}, err
+		return Project{}, err
 	}
 	if !p.CanSeeProject(proj) {
-		return store.Project{}, denied(id)
+		return Project{}, denied(id)
 	}
 	return proj, nil
 }
 
 // List returns the projects the principal may see.
-func (s *Service) List(ctx context.Context, p auth.Principal) ([]store.Project, error) {
+func (s *Service) List(ctx context.Context, p auth.Principal) ([]Project, error) {
 	switch p.Kind {
-	case store.TokenOrg:
+	case auth.TokenOrg:
 		return s.Store.ListProjects(ctx, p.OrgID)
-	case store.TokenProject, store.TokenOIDC:
+	case auth.TokenProject, auth.TokenOIDC:
 		ids := p.ProjectIDs
-		if p.Kind == store.TokenProject {
+		if p.Kind == auth.TokenProject {
 			ids = []string{p.ProjectID}
 		}
-		var out []store.Project
+		var out []Project
 		for _, id := range ids {
 			proj, err := s.Store.GetProject(ctx, id)
 			if errdefs.IsNotFound(err) {
@@ -121,28 +122,28 @@ func requireOrg(p auth.Principal, what string) error {
 }
 
 // Create makes a project in the principal's organization.
-func (s *Service) Create(ctx context.Context, p auth.Principal, proj store.Project) (store.Project, error) {
+func (s *Service) Create(ctx context.Context, p auth.Principal, proj Project) (Project, error) {
 	if err := requireOrg(p, "creating a project"); err != nil {
-		return store.Project{}, err
+		return Project{}, err
 	}
 	if proj.OrgID != "" && proj.OrgID != p.OrgID {
-		return store.Project{}, fmt.Errorf("organization %q: %w", proj.OrgID, errdefs.ErrPermission)
+		return Project{}, fmt.Errorf("organization %q: %w", proj.OrgID, errdefs.ErrPermission)
 	}
 	if err := validName(proj.Name); err != nil {
-		return store.Project{}, err
+		return Project{}, err
 	}
 	if err := validPolicy(proj); err != nil {
-		return store.Project{}, err
+		return Project{}, err
 	}
 	proj.ID, proj.OrgID, proj.CreatedAt = NewID(), p.OrgID, time.Now().UTC()
 	proj.Name = strings.TrimSpace(proj.Name)
 	if err := s.Store.CreateProject(ctx, proj); err != nil {
-		return store.Project{}, err
+		return Project{}, err
 	}
 	return proj, nil
 }
 
-func validPolicy(proj store.Project) error {
+func validPolicy(proj Project) error {
 	if proj.KeepGB < 0 || proj.KeepDays < 0 || proj.KeepGB > 100000 || proj.KeepDays > 3650 {
 		return fmt.Errorf("cache policy keep_gb must be 0-100000 and keep_days 0-3650: %w", errdefs.ErrInvalid)
 	}
@@ -150,29 +151,29 @@ func validPolicy(proj store.Project) error {
 }
 
 // admin returns a project the principal may administer.
-func (s *Service) admin(ctx context.Context, p auth.Principal, id, what string) (store.Project, error) {
+func (s *Service) admin(ctx context.Context, p auth.Principal, id, what string) (Project, error) {
 	proj, err := s.Get(ctx, p, id)
 	if err != nil {
-		return store.Project{}, err
+		return Project{}, err
 	}
 	if !p.CanAdminProject(proj) {
-		return store.Project{}, fmt.Errorf("%s needs an organization token: %w", what, errdefs.ErrPermission)
+		return Project{}, fmt.Errorf("%s needs an organization token: %w", what, errdefs.ErrPermission)
 	}
 	return proj, nil
 }
 
 // Update applies fn to a project the principal administers.
-func (s *Service) Update(ctx context.Context, p auth.Principal, id string, fn func(*store.Project)) (store.Project, error) {
+func (s *Service) Update(ctx context.Context, p auth.Principal, id string, fn func(*Project)) (Project, error) {
 	proj, err := s.admin(ctx, p, id, "changing a project")
 	if err != nil {
-		return store.Project{}, err
+		return Project{}, err
 	}
 	fn(&proj)
 	if err := validName(proj.Name); err != nil {
-		return store.Project{}, err
+		return Project{}, err
 	}
 	if err := validPolicy(proj); err != nil {
-		return store.Project{}, err
+		return Project{}, err
 	}
 	return proj, s.Store.UpdateProject(ctx, proj)
 }
@@ -198,16 +199,16 @@ func (s *Service) Delete(ctx context.Context, p auth.Principal, id string) error
 }
 
 // ResetCache empties the project's builder state: the next build starts cold.
-func (s *Service) ResetCache(ctx context.Context, p auth.Principal, id string) (store.Project, error) {
+func (s *Service) ResetCache(ctx context.Context, p auth.Principal, id string) (Project, error) {
 	proj, err := s.Get(ctx, p, id)
 	if err != nil {
-		return store.Project{}, err
+		return Project{}, err
 	}
 	return proj, s.Builders.Reset(ctx, id)
 }
 
 // ListTokens lists a project's tokens (never their secrets).
-func (s *Service) ListTokens(ctx context.Context, p auth.Principal, projectID string) ([]store.Token, error) {
+func (s *Service) ListTokens(ctx context.Context, p auth.Principal, projectID string) ([]auth.Token, error) {
 	proj, err := s.admin(ctx, p, projectID, "listing tokens")
 	if err != nil {
 		return nil, err
@@ -216,13 +217,13 @@ func (s *Service) ListTokens(ctx context.Context, p auth.Principal, projectID st
 }
 
 // CreateToken mints a project token; the secret is returned once.
-func (s *Service) CreateToken(ctx context.Context, p auth.Principal, projectID, description string, ttl time.Duration) (store.Token, string, error) {
-	return s.MintToken(ctx, p, Mint{Kind: store.TokenProject, ProjectID: projectID, Description: description, TTL: ttl})
+func (s *Service) CreateToken(ctx context.Context, p auth.Principal, projectID, description string, ttl time.Duration) (auth.Token, string, error) {
+	return s.MintToken(ctx, p, Mint{Kind: auth.TokenProject, ProjectID: projectID, Description: description, TTL: ttl})
 }
 
 // Mint describes a token to create.
 type Mint struct {
-	Kind        string // store.TokenProject, TokenPull or TokenOrg
+	Kind        string // auth.TokenProject, TokenPull or TokenOrg
 	ProjectID   string // project and pull tokens
 	Description string
 	TTL         time.Duration // 0: never expires
@@ -236,43 +237,43 @@ const MaxTokenTTL = 10 * 365 * 24 * time.Hour
 // project tokens need an organization token; a pull token (read-only
 // registry access) may be minted by anyone who can see the project, so a
 // CI job can hand a deploy target a short-lived pull credential.
-func (s *Service) MintToken(ctx context.Context, p auth.Principal, m Mint) (store.Token, string, error) {
+func (s *Service) MintToken(ctx context.Context, p auth.Principal, m Mint) (auth.Token, string, error) {
 	if len(m.Description) > 500 {
-		return store.Token{}, "", fmt.Errorf("token description longer than 500 characters: %w", errdefs.ErrInvalid)
+		return auth.Token{}, "", fmt.Errorf("token description longer than 500 characters: %w", errdefs.ErrInvalid)
 	}
 	if m.TTL < 0 || m.TTL > MaxTokenTTL {
-		return store.Token{}, "", fmt.Errorf("token lifetime %s: must be between 0 (no expiry) and 10 years: %w", m.TTL, errdefs.ErrInvalid)
+		return auth.Token{}, "", fmt.Errorf("token lifetime %s: must be between 0 (no expiry) and 10 years: %w", m.TTL, errdefs.ErrInvalid)
 	}
-	t := store.Token{ID: "tok_" + NewID(), Kind: m.Kind, OrgID: p.OrgID, Description: m.Description, CreatedAt: time.Now().UTC()}
+	t := auth.Token{ID: "tok_" + NewID(), Kind: m.Kind, OrgID: p.OrgID, Description: m.Description, CreatedAt: time.Now().UTC()}
 	switch m.Kind {
-	case store.TokenOrg:
+	case auth.TokenOrg:
 		if m.ProjectID != "" {
-			return store.Token{}, "", fmt.Errorf("organization tokens belong to no project; leave the project empty: %w", errdefs.ErrInvalid)
+			return auth.Token{}, "", fmt.Errorf("organization tokens belong to no project; leave the project empty: %w", errdefs.ErrInvalid)
 		}
 		if err := requireOrg(p, "creating an organization token"); err != nil {
-			return store.Token{}, "", err
+			return auth.Token{}, "", err
 		}
-	case store.TokenProject:
+	case auth.TokenProject:
 		proj, err := s.admin(ctx, p, m.ProjectID, "creating a project token")
 		if err != nil {
-			return store.Token{}, "", err
+			return auth.Token{}, "", err
 		}
 		t.ProjectID = proj.ID
-	case store.TokenPull:
-		var proj store.Project
+	case auth.TokenPull:
+		var proj Project
 		var err error
-		if p.Kind == store.TokenBuild && p.ProjectID == m.ProjectID {
+		if p.Kind == auth.TokenBuild && p.ProjectID == m.ProjectID {
 			// A build may hand out read access to what it built.
 			proj, err = s.Store.GetProject(ctx, m.ProjectID)
 		} else {
 			proj, err = s.Get(ctx, p, m.ProjectID)
 		}
 		if err != nil {
-			return store.Token{}, "", err
+			return auth.Token{}, "", err
 		}
 		t.ProjectID = proj.ID
 	default:
-		return store.Token{}, "", fmt.Errorf("token kind %q: use project, pull or organization: %w", m.Kind, errdefs.ErrInvalid)
+		return auth.Token{}, "", fmt.Errorf("token kind %q: use project, pull or organization: %w", m.Kind, errdefs.ErrInvalid)
 	}
 	if m.TTL > 0 {
 		t.ExpiresAt = t.CreatedAt.Add(m.TTL)
@@ -280,14 +281,14 @@ func (s *Service) MintToken(ctx context.Context, p auth.Principal, m Mint) (stor
 	secret, hash := auth.NewSecret(m.Kind)
 	t.SecretHash = hash
 	if err := s.Store.CreateToken(ctx, t); err != nil {
-		return store.Token{}, "", err
+		return auth.Token{}, "", err
 	}
 	s.auditToken(ctx, audit.KindTokenCreated, p, t)
 	return t, secret, nil
 }
 
 // ListOrgTokens lists the organization's own tokens (not projects').
-func (s *Service) ListOrgTokens(ctx context.Context, p auth.Principal) ([]store.Token, error) {
+func (s *Service) ListOrgTokens(ctx context.Context, p auth.Principal) ([]auth.Token, error) {
 	if err := requireOrg(p, "listing organization tokens"); err != nil {
 		return nil, err
 	}
@@ -295,22 +296,22 @@ func (s *Service) ListOrgTokens(ctx context.Context, p auth.Principal) ([]store.
 }
 
 // tokenFor returns a token the principal may manage.
-func (s *Service) tokenFor(ctx context.Context, p auth.Principal, id string) (store.Token, error) {
+func (s *Service) tokenFor(ctx context.Context, p auth.Principal, id string) (auth.Token, error) {
 	t, err := s.Store.GetToken(ctx, id)
 	if err != nil {
-		return store.Token{}, err
+		return auth.Token{}, err
 	}
-	if t.Kind == store.TokenBuild || t.OrgID != p.OrgID {
-		return store.Token{}, fmt.Errorf("token %q: %w", id, errdefs.ErrNotFound)
+	if t.Kind == auth.TokenBuild || t.OrgID != p.OrgID {
+		return auth.Token{}, fmt.Errorf("token %q: %w", id, errdefs.ErrNotFound)
 	}
 	if t.ProjectID == "" {
 		if !p.IsOrg() {
-			return store.Token{}, fmt.Errorf("token %q: %w", id, errdefs.ErrNotFound)
+			return auth.Token{}, fmt.Errorf("token %q: %w", id, errdefs.ErrNotFound)
 		}
 		return t, nil
 	}
 	if _, err := s.admin(ctx, p, t.ProjectID, "managing tokens"); err != nil {
-		return store.Token{}, fmt.Errorf("token %q: %w", id, errdefs.ErrNotFound)
+		return auth.Token{}, fmt.Errorf("token %q: %w", id, errdefs.ErrNotFound)
 	}
 	return t, nil
 }
@@ -344,7 +345,7 @@ func (s *Service) DeleteToken(ctx context.Context, p auth.Principal, id string) 
 // Bootstrap creates the first organization and its admin token when the
 // store has none, writing the token to tokenPath (0600). It never logs the
 // token. It reports whether it created anything.
-func Bootstrap(ctx context.Context, st store.Store, tokenPath string) (bool, error) {
+func Bootstrap(ctx context.Context, st BootstrapStore, tokenPath string) (bool, error) {
 	orgs, err := st.ListOrganizations(ctx)
 	if err != nil {
 		return false, err
@@ -355,8 +356,8 @@ func Bootstrap(ctx context.Context, st store.Store, tokenPath string) (bool, err
 		}
 		return false, nil
 	}
-	org := store.Organization{ID: "org_" + NewID(), Name: "default", CreatedAt: time.Now().UTC()}
-	secret, hash := auth.NewSecret(store.TokenOrg)
+	org := Organization{ID: "org_" + NewID(), Name: "default", CreatedAt: time.Now().UTC()}
+	secret, hash := auth.NewSecret(auth.TokenOrg)
 	// Write the file first: a crash between the two leaves no org without a
 	// token, and the next start simply writes a new one.
 	if err := os.MkdirAll(filepath.Dir(tokenPath), 0o700); err != nil {
@@ -368,7 +369,7 @@ func Bootstrap(ctx context.Context, st store.Store, tokenPath string) (bool, err
 	if err := st.CreateOrganization(ctx, org); err != nil {
 		return false, err
 	}
-	t := store.Token{ID: "tok_" + NewID(), Kind: store.TokenOrg, OrgID: org.ID, Description: "bootstrap admin",
+	t := auth.Token{ID: "tok_" + NewID(), Kind: auth.TokenOrg, OrgID: org.ID, Description: "bootstrap admin",
 		SecretHash: hash, CreatedAt: org.CreatedAt}
 	return true, st.CreateToken(ctx, t)
 }

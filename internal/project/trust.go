@@ -9,7 +9,6 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // MaxTrustPolicies bounds one project's policies.
@@ -17,7 +16,7 @@ const MaxTrustPolicies = 100
 
 // ListTrustPolicies lists a project's trust policies. Like tokens, they
 // are the project's administration: organization tokens only.
-func (s *Service) ListTrustPolicies(ctx context.Context, p auth.Principal, projectID string) ([]store.TrustPolicy, error) {
+func (s *Service) ListTrustPolicies(ctx context.Context, p auth.Principal, projectID string) ([]auth.TrustPolicy, error) {
 	proj, err := s.admin(ctx, p, projectID, "listing trust policies")
 	if err != nil {
 		return nil, err
@@ -26,21 +25,21 @@ func (s *Service) ListTrustPolicies(ctx context.Context, p auth.Principal, proje
 }
 
 // AddTrustPolicy lets CI jobs matching in (Provider, Owner, Repo; see
-// store.TrustPolicy) build in the project. Adding a policy the project
+// auth.TrustPolicy) build in the project. Adding a policy the project
 // already has (ignoring case) returns the existing one, so CI setup
 // scripts can run it again.
-func (s *Service) AddTrustPolicy(ctx context.Context, p auth.Principal, projectID string, in store.TrustPolicy) (store.TrustPolicy, error) {
+func (s *Service) AddTrustPolicy(ctx context.Context, p auth.Principal, projectID string, in auth.TrustPolicy) (auth.TrustPolicy, error) {
 	proj, err := s.admin(ctx, p, projectID, "adding a trust policy")
 	if err != nil {
-		return store.TrustPolicy{}, err
+		return auth.TrustPolicy{}, err
 	}
 	owner, repo, err := NormalizeTrustPolicy(in.Provider, in.Owner, in.Repo)
 	if err != nil {
-		return store.TrustPolicy{}, err
+		return auth.TrustPolicy{}, err
 	}
 	have, err := s.Store.ListTrustPolicies(ctx, proj.ID)
 	if err != nil {
-		return store.TrustPolicy{}, err
+		return auth.TrustPolicy{}, err
 	}
 	for _, tp := range have {
 		if tp.Provider == in.Provider && strings.EqualFold(tp.Owner, owner) && strings.EqualFold(tp.Repo, repo) {
@@ -48,9 +47,9 @@ func (s *Service) AddTrustPolicy(ctx context.Context, p auth.Principal, projectI
 		}
 	}
 	if len(have) >= MaxTrustPolicies {
-		return store.TrustPolicy{}, fmt.Errorf("project %q has %d trust policies, the most allowed: %w", proj.ID, len(have), errdefs.ErrExhausted)
+		return auth.TrustPolicy{}, fmt.Errorf("project %q has %d trust policies, the most allowed: %w", proj.ID, len(have), errdefs.ErrExhausted)
 	}
-	tp := store.TrustPolicy{ID: "tp_" + NewID(), ProjectID: proj.ID, OrgID: proj.OrgID, Provider: in.Provider,
+	tp := auth.TrustPolicy{ID: "tp_" + NewID(), ProjectID: proj.ID, OrgID: proj.OrgID, Provider: in.Provider,
 		Owner: owner, Repo: repo, CreatedAt: time.Now().UTC()}
 	return tp, s.Store.CreateTrustPolicy(ctx, tp)
 }
@@ -101,7 +100,7 @@ func validSlug(re *regexp.Regexp, s string) bool {
 func NormalizeTrustPolicy(provider, owner, repo string) (string, string, error) {
 	owner, repo = strings.TrimSpace(owner), strings.TrimSpace(repo)
 	switch provider {
-	case store.ProviderGitHub:
+	case auth.ProviderGitHub:
 		if !validSlug(ghOwner, owner) {
 			return "", "", invalidf("GitHub repository owner %q: want 1-100 letters, digits, '-', '_' or '.'", truncInput(owner))
 		}
@@ -116,7 +115,7 @@ func NormalizeTrustPolicy(provider, owner, repo string) (string, string, error) 
 			return "", "", invalidf("GitHub repository %q: want \"repo\" or \"owner/repo\" (letters, digits, '-', '_', '.')", truncInput(repo))
 		}
 		return owner, repo, nil
-	case store.ProviderCircleCI:
+	case auth.ProviderCircleCI:
 		if !uuidRE.MatchString(owner) {
 			return "", "", invalidf("CircleCI organization %q: want the organization's UUID (Organization Settings → Overview)", truncInput(owner))
 		}
@@ -124,7 +123,7 @@ func NormalizeTrustPolicy(provider, owner, repo string) (string, string, error) 
 			return "", "", invalidf("CircleCI project %q: want the project's UUID (Project Settings → Overview)", truncInput(repo))
 		}
 		return strings.ToLower(owner), strings.ToLower(repo), nil
-	case store.ProviderBuildkite:
+	case auth.ProviderBuildkite:
 		if !validSlug(bkSlug, owner) {
 			return "", "", invalidf("Buildkite organization slug %q: want 1-100 letters, digits, '-', '_' or '.'", truncInput(owner))
 		}
@@ -132,7 +131,7 @@ func NormalizeTrustPolicy(provider, owner, repo string) (string, string, error) 
 			return "", "", invalidf("Buildkite pipeline slug %q: want 1-100 letters, digits, '-', '_' or '.'", truncInput(repo))
 		}
 		return owner, repo, nil
-	case store.ProviderGitLab:
+	case auth.ProviderGitLab:
 		if !validGitLabPath(owner, 20) {
 			return "", "", invalidf("GitLab namespace %q: want a group path like \"group\" or \"group/subgroup\"", truncInput(owner))
 		}

@@ -83,21 +83,21 @@ func TestTrustPolicyService(t *testing.T) {
 	}
 	defer st.Close()
 	now := time.Now()
-	st.CreateOrganization(ctx, store.Organization{ID: "o", Name: "o", CreatedAt: now})
-	st.CreateOrganization(ctx, store.Organization{ID: "o2", Name: "o2", CreatedAt: now})
-	st.CreateProject(ctx, store.Project{ID: "a", OrgID: "o", Name: "a", CreatedAt: now})
-	st.CreateProject(ctx, store.Project{ID: "b", OrgID: "o", Name: "b", CreatedAt: now})
-	st.CreateProject(ctx, store.Project{ID: "x", OrgID: "o2", Name: "x", CreatedAt: now})
+	st.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o", CreatedAt: now})
+	st.CreateOrganization(ctx, project.Organization{ID: "o2", Name: "o2", CreatedAt: now})
+	st.CreateProject(ctx, project.Project{ID: "a", OrgID: "o", Name: "a", CreatedAt: now})
+	st.CreateProject(ctx, project.Project{ID: "b", OrgID: "o", Name: "b", CreatedAt: now})
+	st.CreateProject(ctx, project.Project{ID: "x", OrgID: "o2", Name: "x", CreatedAt: now})
 	svc := &project.Service{Store: st}
-	org := auth.Principal{Kind: store.TokenOrg, OrgID: "o"}
-	gh := store.TrustPolicy{Provider: store.ProviderGitHub, Owner: "acme", Repo: "app"}
+	org := auth.Principal{Kind: auth.TokenOrg, OrgID: "o"}
+	gh := auth.TrustPolicy{Provider: auth.ProviderGitHub, Owner: "acme", Repo: "app"}
 
 	tp, err := svc.AddTrustPolicy(ctx, org, "a", gh)
 	if err != nil || tp.ID == "" || tp.ProjectID != "a" || tp.OrgID != "o" || tp.CreatedAt.IsZero() {
 		t.Fatalf("AddTrustPolicy = %+v, %v", tp, err)
 	}
 	// Adding it again (in another case) returns the same policy.
-	again, err := svc.AddTrustPolicy(ctx, org, "a", store.TrustPolicy{Provider: store.ProviderGitHub, Owner: "ACME", Repo: "App"})
+	again, err := svc.AddTrustPolicy(ctx, org, "a", auth.TrustPolicy{Provider: auth.ProviderGitHub, Owner: "ACME", Repo: "App"})
 	if err != nil || again.ID != tp.ID {
 		t.Errorf("second add = %+v, %v; want %s", again, err, tp.ID)
 	}
@@ -107,10 +107,10 @@ func TestTrustPolicyService(t *testing.T) {
 
 	// Nobody but an organization token of the project's org administers them.
 	denied := []auth.Principal{
-		{Kind: store.TokenProject, OrgID: "o", ProjectID: "a"},
-		{Kind: store.TokenOIDC, OrgID: "o", ProjectIDs: []string{"a"}},
-		{Kind: store.TokenBuild, OrgID: "o", ProjectID: "a", BuildID: "b1"},
-		{Kind: store.TokenOrg, OrgID: "o2"},
+		{Kind: auth.TokenProject, OrgID: "o", ProjectID: "a"},
+		{Kind: auth.TokenOIDC, OrgID: "o", ProjectIDs: []string{"a"}},
+		{Kind: auth.TokenBuild, OrgID: "o", ProjectID: "a", BuildID: "b1"},
+		{Kind: auth.TokenOrg, OrgID: "o2"},
 	}
 	for _, p := range denied {
 		_, err1 := svc.ListTrustPolicies(ctx, p, "a")
@@ -126,7 +126,7 @@ func TestTrustPolicyService(t *testing.T) {
 	if err := svc.RemoveTrustPolicy(ctx, org, "b", tp.ID); !errdefs.IsNotFound(err) {
 		t.Errorf("remove through project b: %v", err)
 	}
-	if _, err := svc.AddTrustPolicy(ctx, org, "a", store.TrustPolicy{Provider: "github", Owner: "acme", Repo: "other/app"}); !errdefs.IsInvalid(err) {
+	if _, err := svc.AddTrustPolicy(ctx, org, "a", auth.TrustPolicy{Provider: "github", Owner: "acme", Repo: "other/app"}); !errdefs.IsInvalid(err) {
 		t.Errorf("invalid policy: %v", err)
 	}
 	if _, err := svc.AddTrustPolicy(ctx, org, "missing", gh); !errdefs.IsNotFound(err) {
@@ -135,11 +135,11 @@ func TestTrustPolicyService(t *testing.T) {
 
 	// A project holds at most MaxTrustPolicies.
 	for i := 1; i < project.MaxTrustPolicies; i++ {
-		if _, err := svc.AddTrustPolicy(ctx, org, "a", store.TrustPolicy{Provider: "buildkite", Owner: "acme", Repo: fmt.Sprint("p", i)}); err != nil {
+		if _, err := svc.AddTrustPolicy(ctx, org, "a", auth.TrustPolicy{Provider: "buildkite", Owner: "acme", Repo: fmt.Sprint("p", i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := svc.AddTrustPolicy(ctx, org, "a", store.TrustPolicy{Provider: "buildkite", Owner: "acme", Repo: "one-more"}); !errors.Is(err, errdefs.ErrExhausted) {
+	if _, err := svc.AddTrustPolicy(ctx, org, "a", auth.TrustPolicy{Provider: "buildkite", Owner: "acme", Repo: "one-more"}); !errors.Is(err, errdefs.ErrExhausted) {
 		t.Errorf("policy %d: %v, want ErrExhausted", project.MaxTrustPolicies+1, err)
 	}
 

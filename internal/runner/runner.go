@@ -164,7 +164,7 @@ func (r *Runner) Start(ctx context.Context) error {
 	for _, e := range entries {
 		os.RemoveAll(filepath.Join(r.cfg.WorkDir, e.Name()))
 	}
-	for _, status := range []string{store.BuildRunning, store.BuildPushing} {
+	for _, status := range []build.Status{store.BuildRunning, store.BuildPushing} {
 		bs, err := r.store.ListBuildsByStatus(ctx, status)
 		if err != nil {
 			return err
@@ -173,7 +173,7 @@ func (r *Runner) Start(ctx context.Context) error {
 			if !b.IsSource() {
 				continue
 			}
-			msg := "interrupted: kiln serve stopped while this build was " + b.Status + "; start it again with RebuildBuild"
+			msg := "interrupted: kiln serve stopped while this build was " + string(b.Status) + "; start it again with RebuildBuild"
 			if _, err := r.builds.FinishSource(ctx, b.ID, build.Outcome{Result: build.Result{Status: store.BuildFailed, Error: msg}}); err != nil {
 				return err
 			}

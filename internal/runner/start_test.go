@@ -41,7 +41,7 @@ func TestStartReconcilesAfterCrash(t *testing.T) {
 	st.CreateOrganization(ctx, store.Organization{ID: "o1", Name: "o1"})
 	st.CreateProject(ctx, store.Project{ID: "p1", OrgID: "o1", Name: "p1"})
 	now := time.Now().UTC()
-	mk := func(id, status, kind string) {
+	mk := func(id string, status store.BuildStatus, kind store.BuildKind) {
 		spec := Spec{ContextKey: "ctx_gone", Dockerfile: "Dockerfile", Platforms: []string{"linux/amd64"}}.encode()
 		if err := st.CreateBuild(ctx, store.Build{ID: id, ProjectID: "p1", OrgID: "o1", Status: status, Kind: kind, Spec: spec,
 			CreatedAt: now, LastHealthAt: now}); err != nil {

@@ -61,7 +61,7 @@ type watcher struct {
 	r      *Runner
 	id     string
 	send   func(Event) error
-	status string                // the last status sent
+	status store.BuildStatus     // the last status sent
 	steps  map[string]store.Step // digest → the step as last sent
 	cursor int                   // seq of the last log line sent
 }

@@ -39,7 +39,7 @@ func TestWatchReplaysInOrder(t *testing.T) {
 	err = r.Watch(ctx, auth.Principal{Kind: store.TokenProject, OrgID: "o1", ProjectID: "p1"}, "b1", true, func(e Event) error {
 		switch {
 		case e.Build != nil:
-			got = append(got, "build "+e.Build.Status)
+			got = append(got, "build "+string(e.Build.Status))
 		case e.Step != nil && e.Step.CompletedAt.IsZero():
 			got = append(got, "start "+e.Step.Name)
 		case e.Step != nil:

@@ -14,7 +14,12 @@ import (
 	"github.com/pressly/goose/v3"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
+	"github.com/kiln-dev/kiln/internal/audit"
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/login"
+	"github.com/kiln-dev/kiln/internal/project"
 )
 
 //go:embed migrations/*.sql
@@ -25,7 +30,15 @@ type SQLite struct {
 	db *sql.DB
 }
 
-var _ Store = (*SQLite)(nil)
+// The SQLite store is every domain package's store.
+var (
+	_ Store         = (*SQLite)(nil)
+	_ auth.Store    = (*SQLite)(nil)
+	_ project.Store = (*SQLite)(nil)
+	_ build.Store   = (*SQLite)(nil)
+	_ audit.Store   = (*SQLite)(nil)
+	_ login.Store   = (*SQLite)(nil)
+)
 
 // OpenSQLite opens (creating if needed) the database at path and runs any
 // pending migrations once. The database and its -wal and -shm files are
@@ -112,28 +125,28 @@ func uniqueViolation(err error, what, id string) error {
 	return err
 }
 
-func (s *SQLite) CreateOrganization(ctx context.Context, o Organization) error {
+func (s *SQLite) CreateOrganization(ctx context.Context, o project.Organization) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO organizations (id, name, created_at) VALUES (?, ?, ?)`, o.ID, o.Name, ms(o.CreatedAt))
 	return uniqueViolation(err, "organization", o.ID)
 }
 
-func (s *SQLite) GetOrganization(ctx context.Context, id string) (Organization, error) {
-	var o Organization
+func (s *SQLite) GetOrganization(ctx context.Context, id string) (project.Organization, error) {
+	var o project.Organization
 	var created int64
 	err := s.db.QueryRowContext(ctx, `SELECT id, name, created_at FROM organizations WHERE id = ?`, id).Scan(&o.ID, &o.Name, &created)
 	o.CreatedAt = fromMs(created)
 	return o, notFound(err, "organization", id)
 }
 
-func (s *SQLite) ListOrganizations(ctx context.Context) ([]Organization, error) {
+func (s *SQLite) ListOrganizations(ctx context.Context) ([]project.Organization, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, name, created_at FROM organizations ORDER BY created_at, id`)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []Organization
+	var out []project.Organization
 	for rows.Next() {
-		var o Organization
+		var o project.Organization
 		var created int64
 		if err := rows.Scan(&o.ID, &o.Name, &created); err != nil {
 			return nil, err
@@ -146,8 +159,8 @@ func (s *SQLite) ListOrganizations(ctx context.Context) ([]Organization, error) 
 
 const projectCols = `id, org_id, name, region_id, hardware, keep_gb, keep_days, created_at, customer_id, egress_allow`
 
-func scanProject(sc interface{ Scan(...any) error }) (Project, error) {
-	var p Project
+func scanProject(sc interface{ Scan(...any) error }) (project.Project, error) {
+	var p project.Project
 	var created int64
 	var egress string
 	err := sc.Scan(&p.ID, &p.OrgID, &p.Name, &p.RegionID, &p.Hardware, &p.KeepGB, &p.KeepDays, &created, &p.CustomerID, &egress)
@@ -167,7 +180,7 @@ func splitList(s string) []string {
 	return strings.Split(s, "\n")
 }
 
-func (s *SQLite) CreateProject(ctx context.Context, p Project) error {
+func (s *SQLite) CreateProject(ctx context.Context, p project.Project) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO projects (`+projectCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		p.ID, p.OrgID, p.Name, p.RegionID, p.Hardware, p.KeepGB, p.KeepDays, ms(p.CreatedAt), p.CustomerID, joinList(p.EgressAllow))
 	return uniqueViolation(err, "project", p.ID)
@@ -175,36 +188,36 @@ func (s *SQLite) CreateProject(ctx context.Context, p Project) error {
 
 // GetOrCreateCustomerProject inserts p unless the organization already has
 // a project for the customer; the unique index decides between racers.
-func (s *SQLite) GetOrCreateCustomerProject(ctx context.Context, p Project) (Project, bool, error) {
+func (s *SQLite) GetOrCreateCustomerProject(ctx context.Context, p project.Project) (project.Project, bool, error) {
 	if p.OrgID == "" || p.CustomerID == "" {
-		return Project{}, false, fmt.Errorf("customer project needs an organization and a customer id: %w", errdefs.ErrInvalid)
+		return project.Project{}, false, fmt.Errorf("customer project needs an organization and a customer id: %w", errdefs.ErrInvalid)
 	}
 	res, err := s.db.ExecContext(ctx, `INSERT INTO projects (`+projectCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (org_id, customer_id) WHERE customer_id <> '' DO NOTHING`,
 		p.ID, p.OrgID, p.Name, p.RegionID, p.Hardware, p.KeepGB, p.KeepDays, ms(p.CreatedAt), p.CustomerID, joinList(p.EgressAllow))
 	if err != nil {
-		return Project{}, false, uniqueViolation(err, "project", p.ID)
+		return project.Project{}, false, uniqueViolation(err, "project", p.ID)
 	}
 	n, _ := res.RowsAffected()
 	got, err := scanProject(s.db.QueryRowContext(ctx, `SELECT `+projectCols+` FROM projects WHERE org_id = ? AND customer_id = ?`, p.OrgID, p.CustomerID))
 	if err != nil {
-		return Project{}, false, notFound(err, "customer", p.CustomerID)
+		return project.Project{}, false, notFound(err, "customer", p.CustomerID)
 	}
 	return got, n == 1, nil
 }
 
-func (s *SQLite) GetProject(ctx context.Context, id string) (Project, error) {
+func (s *SQLite) GetProject(ctx context.Context, id string) (project.Project, error) {
 	p, err := scanProject(s.db.QueryRowContext(ctx, `SELECT `+projectCols+` FROM projects WHERE id = ?`, id))
 	return p, notFound(err, "project", id)
 }
 
-func (s *SQLite) ListProjects(ctx context.Context, orgID string) ([]Project, error) {
+func (s *SQLite) ListProjects(ctx context.Context, orgID string) ([]project.Project, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+projectCols+` FROM projects WHERE org_id = ? ORDER BY created_at, id`, orgID)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []Project
+	var out []project.Project
 	for rows.Next() {
 		p, err := scanProject(rows)
 		if err != nil {
@@ -215,7 +228,7 @@ func (s *SQLite) ListProjects(ctx context.Context, orgID string) ([]Project, err
 	return out, rows.Err()
 }
 
-func (s *SQLite) UpdateProject(ctx context.Context, p Project) error {
+func (s *SQLite) UpdateProject(ctx context.Context, p project.Project) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE projects SET name = ?, region_id = ?, hardware = ?, keep_gb = ?, keep_days = ? WHERE id = ?`,
 		p.Name, p.RegionID, p.Hardware, p.KeepGB, p.KeepDays, p.ID)
 	return affected(res, err, "project", p.ID)
@@ -279,38 +292,38 @@ func (s *SQLite) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 
 const tokenCols = `id, kind, org_id, project_id, build_id, description, secret_hash, created_at, expires_at`
 
-func scanToken(sc interface{ Scan(...any) error }) (Token, error) {
-	var t Token
+func scanToken(sc interface{ Scan(...any) error }) (auth.Token, error) {
+	var t auth.Token
 	var created, expires int64
 	err := sc.Scan(&t.ID, &t.Kind, &t.OrgID, &t.ProjectID, &t.BuildID, &t.Description, &t.SecretHash, &created, &expires)
 	t.CreatedAt, t.ExpiresAt = fromMs(created), fromMs(expires)
 	return t, err
 }
 
-func (s *SQLite) CreateToken(ctx context.Context, t Token) error {
+func (s *SQLite) CreateToken(ctx context.Context, t auth.Token) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens (`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		t.ID, t.Kind, t.OrgID, t.ProjectID, t.BuildID, t.Description, t.SecretHash, ms(t.CreatedAt), ms(t.ExpiresAt))
 	return uniqueViolation(err, "token", t.ID)
 }
 
-func (s *SQLite) GetTokenByHash(ctx context.Context, hash string) (Token, error) {
+func (s *SQLite) GetTokenByHash(ctx context.Context, hash string) (auth.Token, error) {
 	t, err := scanToken(s.db.QueryRowContext(ctx, `SELECT `+tokenCols+` FROM tokens WHERE secret_hash = ?`, hash))
 	return t, notFound(err, "token", "")
 }
 
-func (s *SQLite) GetToken(ctx context.Context, id string) (Token, error) {
+func (s *SQLite) GetToken(ctx context.Context, id string) (auth.Token, error) {
 	t, err := scanToken(s.db.QueryRowContext(ctx, `SELECT `+tokenCols+` FROM tokens WHERE id = ?`, id))
 	return t, notFound(err, "token", id)
 }
 
-func (s *SQLite) ListTokens(ctx context.Context, orgID, projectID string) ([]Token, error) {
+func (s *SQLite) ListTokens(ctx context.Context, orgID, projectID string) ([]auth.Token, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+tokenCols+` FROM tokens WHERE org_id = ? AND project_id = ? AND kind <> ? ORDER BY created_at, id`,
-		orgID, projectID, TokenBuild)
+		orgID, projectID, auth.TokenBuild)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []Token
+	var out []auth.Token
 	for rows.Next() {
 		t, err := scanToken(rows)
 		if err != nil {
@@ -334,8 +347,8 @@ func (s *SQLite) DeleteToken(ctx context.Context, id string) error {
 const buildCols = `id, project_id, org_id, status, command, options, error, platforms, created_at, started_at, finished_at, last_health_at,
 	kind, spec, secrets, image_refs, image_digest, created_by`
 
-func scanBuild(sc interface{ Scan(...any) error }) (Build, error) {
-	var b Build
+func scanBuild(sc interface{ Scan(...any) error }) (build.Build, error) {
+	var b build.Build
 	var created, started, finished, health int64
 	var refs string
 	err := sc.Scan(&b.ID, &b.ProjectID, &b.OrgID, &b.Status, &b.Command, &b.Options, &b.Error, &b.Platforms, &created, &started, &finished, &health,
@@ -347,32 +360,32 @@ func scanBuild(sc interface{ Scan(...any) error }) (Build, error) {
 	return b, err
 }
 
-func buildKind(k string) string {
+func buildKind(k build.Kind) build.Kind {
 	if k == "" {
-		return BuildKindClient
+		return build.KindClient
 	}
 	return k
 }
 
-func (s *SQLite) CreateBuild(ctx context.Context, b Build) error {
+func (s *SQLite) CreateBuild(ctx context.Context, b build.Build) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO builds (`+buildCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		b.ID, b.ProjectID, b.OrgID, b.Status, b.Command, b.Options, b.Error, b.Platforms, ms(b.CreatedAt), ms(b.StartedAt), ms(b.FinishedAt), ms(b.LastHealthAt),
 		buildKind(b.Kind), b.Spec, b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest, b.CreatedBy)
 	return uniqueViolation(err, "build", b.ID)
 }
 
-func (s *SQLite) GetBuild(ctx context.Context, id string) (Build, error) {
+func (s *SQLite) GetBuild(ctx context.Context, id string) (build.Build, error) {
 	b, err := scanBuild(s.db.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds WHERE id = ?`, id))
 	return b, notFound(err, "build", id)
 }
 
-func (s *SQLite) queryBuilds(ctx context.Context, q string, args ...any) ([]Build, error) {
+func (s *SQLite) queryBuilds(ctx context.Context, q string, args ...any) ([]build.Build, error) {
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []Build
+	var out []build.Build
 	for rows.Next() {
 		b, err := scanBuild(rows)
 		if err != nil {
@@ -383,7 +396,7 @@ func (s *SQLite) queryBuilds(ctx context.Context, q string, args ...any) ([]Buil
 	return out, rows.Err()
 }
 
-func (s *SQLite) ListBuilds(ctx context.Context, projectID string, before time.Time, limit int) ([]Build, error) {
+func (s *SQLite) ListBuilds(ctx context.Context, projectID string, before time.Time, limit int) ([]build.Build, error) {
 	if before.IsZero() {
 		before = time.Now().Add(time.Hour)
 	}
@@ -391,12 +404,22 @@ func (s *SQLite) ListBuilds(ctx context.Context, projectID string, before time.T
 		projectID, ms(before), limit)
 }
 
-func (s *SQLite) ListBuildsByStatus(ctx context.Context, status string) ([]Build, error) {
+func (s *SQLite) ListBuildsByStatus(ctx context.Context, status build.Status) ([]build.Build, error) {
 	return s.queryBuilds(ctx, `SELECT `+buildCols+` FROM builds WHERE status = ? ORDER BY created_at, id`, status)
 }
 
-func (s *SQLite) UpdateBuild(ctx context.Context, id string, fn func(*Build) error) (Build, error) {
-	var b Build
+// BuildEnded reports whether a build has ended (auth.Store: a build token
+// works only while its build runs).
+func (s *SQLite) BuildEnded(ctx context.Context, id string) (bool, error) {
+	b, err := s.GetBuild(ctx, id)
+	if err != nil {
+		return false, err
+	}
+	return b.Terminal(), nil
+}
+
+func (s *SQLite) UpdateBuild(ctx context.Context, id string, fn func(*build.Build) error) (build.Build, error) {
+	var b build.Build
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var err error
 		b, err = scanBuild(tx.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds WHERE id = ?`, id))
@@ -415,7 +438,7 @@ func (s *SQLite) UpdateBuild(ctx context.Context, id string, fn func(*Build) err
 	return b, err
 }
 
-func (s *SQLite) PutSteps(ctx context.Context, buildID string, steps []Step) error {
+func (s *SQLite) PutSteps(ctx context.Context, buildID string, steps []build.Step) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		var next int
 		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM build_steps WHERE build_id = ?`, buildID).Scan(&next); err != nil {
@@ -436,15 +459,15 @@ func (s *SQLite) PutSteps(ctx context.Context, buildID string, steps []Step) err
 	})
 }
 
-func (s *SQLite) ListSteps(ctx context.Context, buildID string) ([]Step, error) {
+func (s *SQLite) ListSteps(ctx context.Context, buildID string) ([]build.Step, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT digest, name, cached, started_at, completed_at, error FROM build_steps WHERE build_id = ? ORDER BY seq`, buildID)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []Step
+	var out []build.Step
 	for rows.Next() {
-		var st Step
+		var st build.Step
 		var started, completed int64
 		if err := rows.Scan(&st.Digest, &st.Name, &st.Cached, &started, &completed, &st.Error); err != nil {
 			return nil, err
@@ -455,7 +478,7 @@ func (s *SQLite) ListSteps(ctx context.Context, buildID string) ([]Step, error) 
 	return out, rows.Err()
 }
 
-func (s *SQLite) AppendLogs(ctx context.Context, buildID string, lines []LogLine) error {
+func (s *SQLite) AppendLogs(ctx context.Context, buildID string, lines []build.LogLine) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		var next int
 		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM build_logs WHERE build_id = ?`, buildID).Scan(&next); err != nil {
@@ -472,16 +495,16 @@ func (s *SQLite) AppendLogs(ctx context.Context, buildID string, lines []LogLine
 	})
 }
 
-func (s *SQLite) ListBuildLogs(ctx context.Context, buildID string, after, limit int) ([]LogLine, error) {
+func (s *SQLite) ListBuildLogs(ctx context.Context, buildID string, after, limit int) ([]build.LogLine, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT seq, digest, at, message FROM build_logs WHERE build_id = ? AND seq > ? ORDER BY seq LIMIT ?`,
 		buildID, after, limit)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []LogLine
+	var out []build.LogLine
 	for rows.Next() {
-		var l LogLine
+		var l build.LogLine
 		var at int64
 		if err := rows.Scan(&l.Seq, &l.Digest, &at, &l.Message); err != nil {
 			return nil, err
@@ -494,17 +517,17 @@ func (s *SQLite) ListBuildLogs(ctx context.Context, buildID string, after, limit
 
 // ListLogs returns up to limit lines of one step after sequence number
 // `after`, and the sequence number to pass to get the next page.
-func (s *SQLite) ListLogs(ctx context.Context, buildID, digest string, after, limit int) ([]LogLine, int, error) {
+func (s *SQLite) ListLogs(ctx context.Context, buildID, digest string, after, limit int) ([]build.LogLine, int, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT seq, at, message FROM build_logs WHERE build_id = ? AND digest = ? AND seq > ? ORDER BY seq LIMIT ?`,
 		buildID, digest, after, limit)
 	if err != nil {
 		return nil, after, err
 	}
 	defer rows.Close()
-	var out []LogLine
+	var out []build.LogLine
 	last := after
 	for rows.Next() {
-		var l LogLine
+		var l build.LogLine
 		var at int64
 		if err := rows.Scan(&last, &at, &l.Message); err != nil {
 			return nil, after, err

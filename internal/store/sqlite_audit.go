@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/audit"
 )
 
 // placeholders returns "?, ?, …" for n arguments.
@@ -15,7 +17,7 @@ func placeholders(n int) string {
 	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
 }
 
-func (s *SQLite) CreateAuditEvent(ctx context.Context, e AuditEvent) error {
+func (s *SQLite) CreateAuditEvent(ctx context.Context, e audit.Entry) error {
 	detail := []byte("{}")
 	if len(e.Detail) > 0 {
 		var err error
@@ -28,7 +30,7 @@ func (s *SQLite) CreateAuditEvent(ctx context.Context, e AuditEvent) error {
 	return uniqueViolation(err, "audit event", e.ID)
 }
 
-func (s *SQLite) ListAuditEvents(ctx context.Context, q AuditQuery) ([]AuditEvent, error) {
+func (s *SQLite) ListAuditEvents(ctx context.Context, q audit.EntryQuery) ([]audit.Entry, error) {
 	if len(q.OrgIDs) == 0 || q.Limit <= 0 {
 		return nil, nil
 	}
@@ -58,9 +60,9 @@ func (s *SQLite) ListAuditEvents(ctx context.Context, q AuditQuery) ([]AuditEven
 		return nil, err
 	}
 	defer rows.Close()
-	var out []AuditEvent
+	var out []audit.Entry
 	for rows.Next() {
-		var e AuditEvent
+		var e audit.Entry
 		var at int64
 		var detail string
 		if err := rows.Scan(&e.ID, &at, &e.Kind, &e.OrgID, &e.ProjectID, &e.Actor, &detail); err != nil {

@@ -4,40 +4,42 @@ import (
 	"context"
 	"database/sql"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/login"
 )
 
 var _ Logins = (*SQLite)(nil)
 
 const loginCols = `id_hash, approval_id, status, org_id, approved_by, token_id, source, created_at, expires_at, updated_at`
 
-func scanLogin(sc interface{ Scan(...any) error }) (Login, error) {
-	var l Login
+func scanLogin(sc interface{ Scan(...any) error }) (login.Login, error) {
+	var l login.Login
 	var created, expires, updated int64
 	err := sc.Scan(&l.IDHash, &l.ApprovalID, &l.Status, &l.OrgID, &l.ApprovedBy, &l.TokenID, &l.Source, &created, &expires, &updated)
 	l.CreatedAt, l.ExpiresAt, l.UpdatedAt = fromMs(created), fromMs(expires), fromMs(updated)
 	return l, err
 }
 
-func (s *SQLite) CreateLogin(ctx context.Context, l Login) error {
+func (s *SQLite) CreateLogin(ctx context.Context, l login.Login) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO logins (`+loginCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		l.IDHash, l.ApprovalID, l.Status, l.OrgID, l.ApprovedBy, l.TokenID, l.Source, ms(l.CreatedAt), ms(l.ExpiresAt), ms(l.UpdatedAt))
 	// The ids are random; a collision is reported, never overwritten.
 	return uniqueViolation(err, "login", l.ApprovalID)
 }
 
-func (s *SQLite) GetLogin(ctx context.Context, idHash string) (Login, error) {
+func (s *SQLite) GetLogin(ctx context.Context, idHash string) (login.Login, error) {
 	l, err := scanLogin(s.db.QueryRowContext(ctx, `SELECT `+loginCols+` FROM logins WHERE id_hash = ?`, idHash))
 	// The message never repeats the hash: it is derived from a secret.
 	return l, notFound(err, "login", "")
 }
 
-func (s *SQLite) GetLoginByApproval(ctx context.Context, approvalID string) (Login, error) {
+func (s *SQLite) GetLoginByApproval(ctx context.Context, approvalID string) (login.Login, error) {
 	l, err := scanLogin(s.db.QueryRowContext(ctx, `SELECT `+loginCols+` FROM logins WHERE approval_id = ?`, approvalID))
 	return l, notFound(err, "login", approvalID)
 }
 
-func (s *SQLite) UpdateLogin(ctx context.Context, idHash string, fn func(*Login) error) (Login, error) {
-	var l Login
+func (s *SQLite) UpdateLogin(ctx context.Context, idHash string, fn func(*login.Login) error) (login.Login, error) {
+	var l login.Login
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var err error
 		l, err = scanLogin(tx.QueryRowContext(ctx, `SELECT `+loginCols+` FROM logins WHERE id_hash = ?`, idHash))
@@ -63,7 +65,7 @@ func (s *SQLite) CountLogins(ctx context.Context, expiresAfter time.Time) (int, 
 func (s *SQLite) CountPendingLogins(ctx context.Context, source string, expiresAfter time.Time) (int, error) {
 	var n int
 	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM logins WHERE source = ? AND expires_at > ? AND status = ?`,
-		source, ms(expiresAfter), LoginPending).Scan(&n)
+		source, ms(expiresAfter), login.StatusPending).Scan(&n)
 	return n, err
 }
 

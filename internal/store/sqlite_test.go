@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
 	"github.com/kiln-dev/kiln/internal/store/storetest"
 )
@@ -29,7 +30,7 @@ func TestSQLiteReopenKeepsData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.CreateOrganization(ctx, store.Organization{ID: "o", Name: "o"})
+	s.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o"})
 	s.Close()
 	s, err = store.OpenSQLite(ctx, path)
 	if err != nil {
@@ -67,7 +68,7 @@ func TestSQLiteFilesOwnerOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.CreateOrganization(ctx, store.Organization{ID: "o1", Name: "o1"}); err != nil {
+	if err := st.CreateOrganization(ctx, project.Organization{ID: "o1", Name: "o1"}); err != nil {
 		t.Fatal(err)
 	}
 	check("new database")

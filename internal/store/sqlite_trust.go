@@ -1,35 +1,39 @@
 package store
 
+import (
+	"github.com/kiln-dev/kiln/internal/auth"
+)
+
 import "context"
 
 const trustCols = `id, project_id, org_id, provider, owner, repo, created_at`
 
-func scanTrustPolicy(sc interface{ Scan(...any) error }) (TrustPolicy, error) {
-	var tp TrustPolicy
+func scanTrustPolicy(sc interface{ Scan(...any) error }) (auth.TrustPolicy, error) {
+	var tp auth.TrustPolicy
 	var created int64
 	err := sc.Scan(&tp.ID, &tp.ProjectID, &tp.OrgID, &tp.Provider, &tp.Owner, &tp.Repo, &created)
 	tp.CreatedAt = fromMs(created)
 	return tp, err
 }
 
-func (s *SQLite) CreateTrustPolicy(ctx context.Context, tp TrustPolicy) error {
+func (s *SQLite) CreateTrustPolicy(ctx context.Context, tp auth.TrustPolicy) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO trust_policies (`+trustCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)`,
 		tp.ID, tp.ProjectID, tp.OrgID, tp.Provider, tp.Owner, tp.Repo, ms(tp.CreatedAt))
 	return uniqueViolation(err, "trust policy", tp.ID)
 }
 
-func (s *SQLite) GetTrustPolicy(ctx context.Context, id string) (TrustPolicy, error) {
+func (s *SQLite) GetTrustPolicy(ctx context.Context, id string) (auth.TrustPolicy, error) {
 	tp, err := scanTrustPolicy(s.db.QueryRowContext(ctx, `SELECT `+trustCols+` FROM trust_policies WHERE id = ?`, id))
 	return tp, notFound(err, "trust policy", id)
 }
 
-func (s *SQLite) queryTrustPolicies(ctx context.Context, q string, args ...any) ([]TrustPolicy, error) {
+func (s *SQLite) queryTrustPolicies(ctx context.Context, q string, args ...any) ([]auth.TrustPolicy, error) {
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []TrustPolicy
+	var out []auth.TrustPolicy
 	for rows.Next() {
 		tp, err := scanTrustPolicy(rows)
 		if err != nil {
@@ -40,11 +44,11 @@ func (s *SQLite) queryTrustPolicies(ctx context.Context, q string, args ...any) 
 	return out, rows.Err()
 }
 
-func (s *SQLite) ListTrustPolicies(ctx context.Context, projectID string) ([]TrustPolicy, error) {
+func (s *SQLite) ListTrustPolicies(ctx context.Context, projectID string) ([]auth.TrustPolicy, error) {
 	return s.queryTrustPolicies(ctx, `SELECT `+trustCols+` FROM trust_policies WHERE project_id = ? ORDER BY created_at, id`, projectID)
 }
 
-func (s *SQLite) MatchTrustPolicies(ctx context.Context, provider, owner string) ([]TrustPolicy, error) {
+func (s *SQLite) MatchTrustPolicies(ctx context.Context, provider, owner string) ([]auth.TrustPolicy, error) {
 	return s.queryTrustPolicies(ctx, `SELECT `+trustCols+` FROM trust_policies WHERE provider = ? AND lower(owner) = lower(?) ORDER BY created_at, id`,
 		provider, owner)
 }

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"strings"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/build"
 )
 
-func (s *SQLite) QueryBuilds(ctx context.Context, q BuildQuery) ([]Build, error) {
+func (s *SQLite) QueryBuilds(ctx context.Context, q build.Query) ([]build.Build, error) {
 	if q.Limit <= 0 {
 		return nil, nil
 	}
@@ -31,7 +33,7 @@ func (s *SQLite) QueryBuilds(ctx context.Context, q BuildQuery) ([]Build, error)
 		` ORDER BY created_at DESC, id DESC LIMIT ?`, args...)
 }
 
-func (s *SQLite) BuildUsage(ctx context.Context, orgID string, from, to time.Time) ([]ProjectBuildUsage, error) {
+func (s *SQLite) BuildUsage(ctx context.Context, orgID string, from, to time.Time) ([]build.ProjectUsage, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT project_id, COUNT(*),
 			COALESCE(SUM(CASE WHEN started_at > 0 AND finished_at > started_at THEN finished_at - started_at ELSE 0 END), 0)
 		FROM builds WHERE org_id = ? AND created_at >= ? AND created_at < ?
@@ -40,9 +42,9 @@ func (s *SQLite) BuildUsage(ctx context.Context, orgID string, from, to time.Tim
 		return nil, err
 	}
 	defer rows.Close()
-	var out []ProjectBuildUsage
+	var out []build.ProjectUsage
 	for rows.Next() {
-		var u ProjectBuildUsage
+		var u build.ProjectUsage
 		var millis int64
 		if err := rows.Scan(&u.ProjectID, &u.Builds, &millis); err != nil {
 			return nil, err
@@ -76,14 +78,14 @@ func (s *SQLite) LastUncachedStepDurations(ctx context.Context, projectID string
 	return out, nil
 }
 
-func (s *SQLite) CreateBuildShare(ctx context.Context, sh BuildShare) error {
+func (s *SQLite) CreateBuildShare(ctx context.Context, sh build.Share) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO build_shares (build_id, token, created_by, created_at) VALUES (?, ?, ?, ?)`,
 		sh.BuildID, sh.Token, sh.CreatedBy, ms(sh.CreatedAt))
 	return uniqueViolation(err, "build share", sh.BuildID)
 }
 
-func (s *SQLite) getBuildShare(ctx context.Context, col, val string) (BuildShare, error) {
-	var sh BuildShare
+func (s *SQLite) getBuildShare(ctx context.Context, col, val string) (build.Share, error) {
+	var sh build.Share
 	var created int64
 	err := s.db.QueryRowContext(ctx, `SELECT build_id, token, created_by, created_at FROM build_shares WHERE `+col+` = ?`, val).
 		Scan(&sh.BuildID, &sh.Token, &sh.CreatedBy, &created)
@@ -91,12 +93,12 @@ func (s *SQLite) getBuildShare(ctx context.Context, col, val string) (BuildShare
 	return sh, err
 }
 
-func (s *SQLite) GetBuildShare(ctx context.Context, buildID string) (BuildShare, error) {
+func (s *SQLite) GetBuildShare(ctx context.Context, buildID string) (build.Share, error) {
 	sh, err := s.getBuildShare(ctx, "build_id", buildID)
 	return sh, notFound(err, "build share", buildID)
 }
 
-func (s *SQLite) GetBuildShareByToken(ctx context.Context, token string) (BuildShare, error) {
+func (s *SQLite) GetBuildShareByToken(ctx context.Context, token string) (build.Share, error) {
 	sh, err := s.getBuildShare(ctx, "token", token)
 	// The token is a secret: never echo it in an error.
 	return sh, notFound(err, "build share", "")

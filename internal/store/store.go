@@ -3,144 +3,11 @@ package store
 import (
 	"context"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/project"
 )
-
-// Organization owns projects and org-wide tokens.
-type Organization struct {
-	ID        string
-	Name      string
-	CreatedAt time.Time
-}
-
-// Project is the unit of isolation: its own builders, cache and tokens.
-type Project struct {
-	ID       string
-	OrgID    string
-	Name     string
-	RegionID string
-	Hardware int32
-	KeepGB   int32 // cache size cap in GB; 0 = the server default
-	KeepDays int32 // cache age cap in days; 0 = the server default
-	// CustomerID is a platform's own id for the customer this project
-	// builds for (source builds); unique in the organization, "" for none.
-	CustomerID string
-	// EgressAllow are the CIDRs (canonical strings: "10.9.0.0/16",
-	// "fd00:9::/64") the operator lets this project's RUN steps reach
-	// although kiln's egress policy blocks private ranges; nil for none.
-	// Only SetProjectEgressAllow changes it: UpdateProject leaves it alone,
-	// so a rename racing with a change of the list cannot undo it.
-	EgressAllow []string
-	CreatedAt   time.Time
-}
-
-// Token kinds.
-const (
-	TokenOrg     = "org"
-	TokenProject = "project"
-	TokenBuild   = "build"
-	// TokenOIDC marks a principal authenticated by a CI provider's OIDC
-	// token matching a trust policy; such tokens are verified, never stored.
-	TokenOIDC = "oidc"
-	// TokenPull reads one project's images from kiln's registry and
-	// nothing else: no Connect API accepts it.
-	TokenPull = "pull"
-)
-
-// Token is a stored credential; the secret itself is never stored, only
-// its SHA-256 (SecretHash).
-type Token struct {
-	ID          string
-	Kind        string
-	OrgID       string
-	ProjectID   string // project and build tokens
-	BuildID     string // build tokens
-	Description string
-	SecretHash  string
-	CreatedAt   time.Time
-	ExpiresAt   time.Time // zero: never
-}
-
-// Build statuses. A client build is created running (a client holds it); a
-// source build is created queued, runs, pushes. Every build ends in exactly
-// one of succeeded, failed or canceled, and terminal statuses never change.
-const (
-	BuildQueued    = "queued"
-	BuildRunning   = "running"
-	BuildPushing   = "pushing"
-	BuildSucceeded = "succeeded"
-	BuildFailed    = "failed"
-	BuildCanceled  = "canceled"
-)
-
-// Build kinds: who runs the build.
-const (
-	// BuildKindClient: a client (kiln build, depot build) runs the solve on
-	// the project's builder and reports health, status and the result.
-	BuildKindClient = "client"
-	// BuildKindSource: kiln runs the build itself from an uploaded context.
-	BuildKindSource = "source"
-)
-
-// Build is one CreateBuild: a client's build on a project's builders.
-type Build struct {
-	ID           string
-	ProjectID    string
-	OrgID        string
-	Status       string
-	Command      int32
-	Options      string // the client's build options, JSON, as reported at creation
-	Error        string
-	Platforms    string // comma-separated platforms the build acquired builders for
-	CreatedAt    time.Time
-	StartedAt    time.Time
-	FinishedAt   time.Time
-	LastHealthAt time.Time
-	// Kind is BuildKindClient ("" reads as client) or BuildKindSource.
-	Kind string
-	// Spec is a source build's request (the runner's JSON); "" otherwise.
-	Spec string
-	// Secrets are a source build's secrets, sealed with the server's key;
-	// cleared when the build ends.
-	Secrets string
-	// ImageRefs and ImageDigest are what a source build pushed.
-	ImageRefs   []string
-	ImageDigest string
-	// CreatedBy is the id of the stored token that created a client build;
-	// "" for OIDC callers and source builds.
-	CreatedBy string
-}
-
-// Terminal reports whether the build has ended.
-func (b Build) Terminal() bool {
-	switch b.Status {
-	case BuildSucceeded, BuildFailed, BuildCanceled:
-		return true
-	}
-	return false
-}
-
-// IsSource reports a build kiln runs itself from an uploaded context.
-func (b Build) IsSource() bool { return b.Kind == BuildKindSource }
-
-// Step is one BuildKit vertex of a build as reported by its client.
-type Step struct {
-	Digest      string
-	Name        string
-	Cached      bool
-	StartedAt   time.Time
-	CompletedAt time.Time
-	Error       string
-}
-
-// LogLine is one line a step printed.
-type LogLine struct {
-	Digest  string
-	At      time.Time
-	Message string
-	// Seq numbers a build's lines from 1 in the order they were stored;
-	// set by the List methods.
-	Seq int
-}
 
 // Context is an uploaded build context: a blob in the project's storage,
 // named by an opaque key the uploader was given.
@@ -171,20 +38,20 @@ type Store interface {
 	RegistryIndex
 	Contexts
 
-	CreateOrganization(ctx context.Context, o Organization) error
-	GetOrganization(ctx context.Context, id string) (Organization, error)
-	ListOrganizations(ctx context.Context) ([]Organization, error)
+	CreateOrganization(ctx context.Context, o project.Organization) error
+	GetOrganization(ctx context.Context, id string) (project.Organization, error)
+	ListOrganizations(ctx context.Context) ([]project.Organization, error)
 
-	CreateProject(ctx context.Context, p Project) error
-	GetProject(ctx context.Context, id string) (Project, error)
-	ListProjects(ctx context.Context, orgID string) ([]Project, error)
+	CreateProject(ctx context.Context, p project.Project) error
+	GetProject(ctx context.Context, id string) (project.Project, error)
+	ListProjects(ctx context.Context, orgID string) ([]project.Project, error)
 	// GetOrCreateCustomerProject returns the organization's project for a
 	// customer id, creating p (whose OrgID and CustomerID must be set) if
 	// there is none. Concurrent calls for one customer create one project.
-	GetOrCreateCustomerProject(ctx context.Context, p Project) (Project, bool, error)
+	GetOrCreateCustomerProject(ctx context.Context, p project.Project) (project.Project, bool, error)
 	// UpdateProject writes p's name, region, hardware and cache policy
 	// (not its customer id or egress allow-list).
-	UpdateProject(ctx context.Context, p Project) error
+	UpdateProject(ctx context.Context, p project.Project) error
 	// SetProjectEgressAllow replaces the project's egress allow-list
 	// (canonical CIDRs, validated by the caller); nil or empty clears it.
 	SetProjectEgressAllow(ctx context.Context, id string, cidrs []string) error
@@ -192,34 +59,37 @@ type Store interface {
 	// trust policies.
 	DeleteProject(ctx context.Context, id string) error
 
-	CreateToken(ctx context.Context, t Token) error
-	GetTokenByHash(ctx context.Context, secretHash string) (Token, error)
-	GetToken(ctx context.Context, id string) (Token, error)
+	CreateToken(ctx context.Context, t auth.Token) error
+	GetTokenByHash(ctx context.Context, secretHash string) (auth.Token, error)
+	GetToken(ctx context.Context, id string) (auth.Token, error)
 	// ListTokens lists the non-build tokens of a project ("" lists org tokens).
-	ListTokens(ctx context.Context, orgID, projectID string) ([]Token, error)
+	ListTokens(ctx context.Context, orgID, projectID string) ([]auth.Token, error)
 	UpdateToken(ctx context.Context, id, description string) error
 	DeleteToken(ctx context.Context, id string) error
 
-	CreateBuild(ctx context.Context, b Build) error
-	GetBuild(ctx context.Context, id string) (Build, error)
+	CreateBuild(ctx context.Context, b build.Build) error
+	GetBuild(ctx context.Context, id string) (build.Build, error)
+	// BuildEnded reports whether a build has ended; a missing build is
+	// ErrNotFound.
+	BuildEnded(ctx context.Context, id string) (bool, error)
 	// ListBuilds lists a project's builds newest first, created before
 	// `before` (zero: now), at most limit.
-	ListBuilds(ctx context.Context, projectID string, before time.Time, limit int) ([]Build, error)
+	ListBuilds(ctx context.Context, projectID string, before time.Time, limit int) ([]build.Build, error)
 	// ListBuildsByStatus lists builds in one status, oldest first.
-	ListBuildsByStatus(ctx context.Context, status string) ([]Build, error)
+	ListBuildsByStatus(ctx context.Context, status build.Status) ([]build.Build, error)
 	// UpdateBuild reads the build, applies fn and writes it back in one
 	// transaction. If fn returns an error nothing is written.
-	UpdateBuild(ctx context.Context, id string, fn func(*Build) error) (Build, error)
+	UpdateBuild(ctx context.Context, id string, fn func(*build.Build) error) (build.Build, error)
 
 	// PutSteps inserts or updates steps of a build by digest, keeping the
 	// order in which digests were first seen.
-	PutSteps(ctx context.Context, buildID string, steps []Step) error
-	ListSteps(ctx context.Context, buildID string) ([]Step, error)
-	AppendLogs(ctx context.Context, buildID string, lines []LogLine) error
-	ListLogs(ctx context.Context, buildID, digest string, after int, limit int) ([]LogLine, int, error)
+	PutSteps(ctx context.Context, buildID string, steps []build.Step) error
+	ListSteps(ctx context.Context, buildID string) ([]build.Step, error)
+	AppendLogs(ctx context.Context, buildID string, lines []build.LogLine) error
+	ListLogs(ctx context.Context, buildID, digest string, after int, limit int) ([]build.LogLine, int, error)
 	// ListBuildLogs returns up to limit lines of every step of a build after
 	// sequence number `after`, in the order they were stored.
-	ListBuildLogs(ctx context.Context, buildID string, after int, limit int) ([]LogLine, error)
+	ListBuildLogs(ctx context.Context, buildID string, after int, limit int) ([]build.LogLine, error)
 
 	Close() error
 }

@@ -167,7 +167,7 @@ func (s *CLIBuildService) ReportBuildContext(ctx context.Context, req *connect.R
 	return connect.NewResponse(&cliv1.ReportBuildContextResponse{}), nil
 }
 
-var cliStatus = map[string]cliv1.BuildStatus{
+var cliStatus = map[build.Status]cliv1.BuildStatus{
 	store.BuildQueued:    cliv1.BuildStatus_BUILD_STATUS_RUNNING,
 	store.BuildRunning:   cliv1.BuildStatus_BUILD_STATUS_RUNNING,
 	store.BuildPushing:   cliv1.BuildStatus_BUILD_STATUS_RUNNING,

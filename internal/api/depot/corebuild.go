@@ -28,7 +28,7 @@ var _ corev1connect.BuildServiceHandler = (*CoreBuildService)(nil)
 // (a lost builder fails the build with a message saying so).
 // Depot has no queued or pushing status: a source build waiting for its
 // turn or pushing its image reads as running.
-var coreStatus = map[string]corev1.Build_Status{
+var coreStatus = map[build.Status]corev1.Build_Status{
 	store.BuildQueued:    corev1.Build_STATUS_RUNNING,
 	store.BuildRunning:   corev1.Build_STATUS_RUNNING,
 	store.BuildPushing:   corev1.Build_STATUS_RUNNING,

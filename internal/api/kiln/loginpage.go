@@ -42,7 +42,7 @@ func (lp *LoginPage) Mount(mux *http.ServeMux) {
 type pageData struct {
 	ApprovalID string
 	Code       string
-	Status     string
+	Status     login.Status
 	Expires    string
 	TokenDays  int
 	Message    string

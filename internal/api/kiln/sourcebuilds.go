@@ -34,7 +34,7 @@ func (s *SourceBuildService) err(ctx context.Context, err error) error {
 	return depot.ToConnect(ctx, s.Logger, err)
 }
 
-var statusPB = map[string]kilnv1.BuildStatus{
+var statusPB = map[store.BuildStatus]kilnv1.BuildStatus{
 	store.BuildQueued:    kilnv1.BuildStatus_BUILD_STATUS_QUEUED,
 	store.BuildRunning:   kilnv1.BuildStatus_BUILD_STATUS_RUNNING,
 	store.BuildPushing:   kilnv1.BuildStatus_BUILD_STATUS_PUSHING,

@@ -13,7 +13,9 @@
 // once per MinRefresh per issuer) or when the cache is older than CacheTTL,
 // so key rotation is picked up without a restart.
 //
-// The package depends on errdefs only: it knows nothing of the store, of
-// trust policies or of principals (internal/auth matches identities to
-// policies) and it logs nothing.
+// The package depends on errdefs and on internal/auth's Identity only: it
+// knows nothing of the store, of trust policies or of principals
+// (internal/auth matches identities to policies, and does not import this
+// package: it is the adapter that fetches keys over HTTP) and it logs
+// nothing.
 package oidc

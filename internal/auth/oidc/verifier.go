@@ -16,17 +16,24 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 )
 
-// Provider names a CI system. The values are the store's provider names.
-type Provider string
+// Provider and Identity are auth's: what a verified token says is the
+// domain's vocabulary, so internal/auth need not import this package (nor
+// net/http through it).
+type (
+	Provider = auth.Provider
+	Identity = auth.Identity
+)
 
+// The CI systems, as Providers.
 const (
-	GitHub    Provider = "github"
-	CircleCI  Provider = "circleci"
-	Buildkite Provider = "buildkite"
-	GitLab    Provider = "gitlab"
+	GitHub    Provider = auth.ProviderGitHub
+	CircleCI  Provider = auth.ProviderCircleCI
+	Buildkite Provider = auth.ProviderBuildkite
+	GitLab    Provider = auth.ProviderGitLab
 )
 
 // Public issuers, the defaults of `kiln serve`'s --oidc-*-issuer flags.
@@ -102,33 +109,6 @@ func DefaultConfig() Config {
 		BuildkiteIssuer:      DefaultBuildkiteIssuer,
 		CircleCIIssuerPrefix: DefaultCircleCIIssuerPrefix,
 	}
-}
-
-// Identity is what a verified token says about the CI job. Owner and Repo
-// are the claims trust policies match (see store.TrustPolicy).
-type Identity struct {
-	Provider  Provider
-	Issuer    string
-	Subject   string
-	Owner     string
-	Repo      string
-	ExpiresAt time.Time
-}
-
-// String names the job's source for messages and logs, e.g.
-// "GitHub repository acme/app".
-func (id Identity) String() string {
-	switch id.Provider {
-	case GitHub:
-		return "GitHub repository " + id.Repo
-	case GitLab:
-		return "GitLab project " + id.Repo
-	case Buildkite:
-		return "Buildkite pipeline " + id.Owner + "/" + id.Repo
-	case CircleCI:
-		return "CircleCI project " + id.Repo + " of organization " + id.Owner
-	}
-	return string(id.Provider) + " " + id.Owner + "/" + id.Repo
 }
 
 // Verifier verifies OIDC tokens. It is safe for concurrent use.
@@ -230,27 +210,6 @@ func (v *Verifier) provider(iss string) Provider {
 	return ""
 }
 
-// LooksLikeJWT reports whether a bearer has the shape of a compact JWS:
-// three non-empty base64url parts separated by dots. kiln's own tokens
-// never contain dots.
-func LooksLikeJWT(s string) bool {
-	if strings.Count(s, ".") != 2 {
-		return false
-	}
-	for _, part := range strings.Split(s, ".") {
-		if part == "" {
-			return false
-		}
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return false
-		}
-	}
-	return true
-}
-
 func unauth(reason error, format string, args ...any) error {
 	msg := reason.Error()
 	if format != "" {
@@ -282,7 +241,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (Identity, error) {
 	if len(raw) > MaxTokenBytes {
 		return Identity{}, unauth(ErrMalformed, "larger than %d bytes", MaxTokenBytes)
 	}
-	if !LooksLikeJWT(raw) {
+	if !auth.LooksLikeJWT(raw) {
 		return Identity{}, unauth(ErrMalformed, "not a compact JWT")
 	}
 	var (

@@ -343,25 +343,3 @@ func TestNewVerifierConfig(t *testing.T) {
 	_, err = v.Verify(context.Background(), oidctest.Sign(t, iss.Key(), ghClaims(iss)))
 	wantReason(t, "no issuers", err, oidc.ErrUnknownIssuer, errdefs.ErrUnauthenticated)
 }
-
-func TestLooksLikeJWT(t *testing.T) {
-	for s, want := range map[string]bool{
-		"a.b.c":                 true,
-		"eyJh.eyJz.sig-_":       true,
-		"kiln_prj_abc":          false,
-		"a.b":                   false,
-		"a.b.c.d":               false,
-		"a..c":                  false,
-		".b.c":                  false,
-		"a.b.":                  false,
-		"a b.c.d":               false,
-		"a.b.c=":                false,
-		"":                      false,
-		"kiln_org_x.y.z":        true, // shape only; verification decides
-		strings.Repeat("a.", 2): false,
-	} {
-		if got := oidc.LooksLikeJWT(s); got != want {
-			t.Errorf("LooksLikeJWT(%q) = %v, want %v", s, got, want)
-		}
-	}
-}

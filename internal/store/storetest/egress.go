@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -65,7 +66,7 @@ func egressAllow(t *testing.T, s store.Store) {
 	}
 
 	// A customer project created with a list keeps it.
-	cp, _, err := s.GetOrCreateCustomerProject(ctx, store.Project{ID: "c1", OrgID: "o1", Name: "c", CustomerID: "acme",
+	cp, _, err := s.GetOrCreateCustomerProject(ctx, project.Project{ID: "c1", OrgID: "o1", Name: "c", CustomerID: "acme",
 		EgressAllow: []string{"172.16.0.0/12"}, CreatedAt: now})
 	if err != nil || !slices.Equal(cp.EgressAllow, []string{"172.16.0.0/12"}) {
 		t.Errorf("customer project: %+v, %v", cp, err)

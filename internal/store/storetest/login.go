@@ -10,18 +10,19 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/login"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
 func logins(t *testing.T, s store.Store) {
 	ctx := context.Background()
-	l := store.Login{IDHash: "h1", ApprovalID: "a1", Status: store.LoginPending, CreatedAt: now, ExpiresAt: now.Add(10 * time.Minute)}
+	l := login.Login{IDHash: "h1", ApprovalID: "a1", Status: login.StatusPending, CreatedAt: now, ExpiresAt: now.Add(10 * time.Minute)}
 	if err := s.CreateLogin(ctx, l); err != nil {
 		t.Fatal(err)
 	}
-	for _, dup := range []store.Login{
-		{IDHash: "h1", ApprovalID: "a2", Status: store.LoginPending, CreatedAt: now, ExpiresAt: now},
-		{IDHash: "h2", ApprovalID: "a1", Status: store.LoginPending, CreatedAt: now, ExpiresAt: now},
+	for _, dup := range []login.Login{
+		{IDHash: "h1", ApprovalID: "a2", Status: login.StatusPending, CreatedAt: now, ExpiresAt: now},
+		{IDHash: "h2", ApprovalID: "a1", Status: login.StatusPending, CreatedAt: now, ExpiresAt: now},
 	} {
 		if err := s.CreateLogin(ctx, dup); !errors.Is(err, errdefs.ErrAlreadyExists) {
 			t.Errorf("CreateLogin(%+v) over an existing id: %v, want ErrAlreadyExists", dup, err)
@@ -40,16 +41,16 @@ func logins(t *testing.T, s store.Store) {
 	if _, err := s.GetLoginByApproval(ctx, "nope"); !errdefs.IsNotFound(err) {
 		t.Errorf("GetLoginByApproval(unknown): %v", err)
 	}
-	if _, err := s.UpdateLogin(ctx, "nope", func(*store.Login) error { return nil }); !errdefs.IsNotFound(err) {
+	if _, err := s.UpdateLogin(ctx, "nope", func(*login.Login) error { return nil }); !errdefs.IsNotFound(err) {
 		t.Errorf("UpdateLogin(unknown): %v", err)
 	}
 
 	// fn's error writes nothing.
 	boom := errors.New("boom")
-	if _, err := s.UpdateLogin(ctx, "h1", func(l *store.Login) error { l.Status = store.LoginDenied; return boom }); !errors.Is(err, boom) {
+	if _, err := s.UpdateLogin(ctx, "h1", func(l *login.Login) error { l.Status = login.StatusDenied; return boom }); !errors.Is(err, boom) {
 		t.Errorf("UpdateLogin returned %v, want fn's error", err)
 	}
-	if got, _ := s.GetLogin(ctx, "h1"); got.Status != store.LoginPending {
+	if got, _ := s.GetLogin(ctx, "h1"); got.Status != login.StatusPending {
 		t.Errorf("a failed update was written: %+v", got)
 	}
 
@@ -60,11 +61,11 @@ func logins(t *testing.T, s store.Store) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := s.UpdateLogin(ctx, "h1", func(l *store.Login) error {
-				if l.Status != store.LoginPending {
+			_, err := s.UpdateLogin(ctx, "h1", func(l *login.Login) error {
+				if l.Status != login.StatusPending {
 					return fmt.Errorf("not pending: %w", errdefs.ErrFailedPrecondition)
 				}
-				l.Status, l.OrgID, l.ApprovedBy, l.TokenID, l.UpdatedAt = store.LoginApproved, "o1", "t1", "tok1", now.Add(time.Minute)
+				l.Status, l.OrgID, l.ApprovedBy, l.TokenID, l.UpdatedAt = login.StatusApproved, "o1", "t1", "tok1", now.Add(time.Minute)
 				return nil
 			})
 			if err == nil {
@@ -79,12 +80,12 @@ func logins(t *testing.T, s store.Store) {
 		t.Errorf("%d racing updates saw pending, want exactly 1", wins.Load())
 	}
 	got, _ = s.GetLogin(ctx, "h1")
-	if got.Status != store.LoginApproved || got.OrgID != "o1" || got.ApprovedBy != "t1" || got.TokenID != "tok1" || !got.UpdatedAt.Equal(now.Add(time.Minute)) {
+	if got.Status != login.StatusApproved || got.OrgID != "o1" || got.ApprovedBy != "t1" || got.TokenID != "tok1" || !got.UpdatedAt.Equal(now.Add(time.Minute)) {
 		t.Errorf("after approval: %+v", got)
 	}
 
 	// Expired logins are counted out and deleted; live ones stay.
-	if err := s.CreateLogin(ctx, store.Login{IDHash: "h2", ApprovalID: "a2", Status: store.LoginPending, CreatedAt: now, ExpiresAt: now.Add(time.Minute)}); err != nil {
+	if err := s.CreateLogin(ctx, login.Login{IDHash: "h2", ApprovalID: "a2", Status: login.StatusPending, CreatedAt: now, ExpiresAt: now.Add(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
 	if n, err := s.CountLogins(ctx, now); err != nil || n != 2 {
@@ -95,7 +96,7 @@ func logins(t *testing.T, s store.Store) {
 	}
 	// Pending logins are counted by source.
 	for i, src := range []string{"10.0.0.1", "10.0.0.1", "10.0.0.2"} {
-		l := store.Login{IDHash: fmt.Sprintf("s%d", i), ApprovalID: fmt.Sprintf("sa%d", i), Status: store.LoginPending, Source: src,
+		l := login.Login{IDHash: fmt.Sprintf("s%d", i), ApprovalID: fmt.Sprintf("sa%d", i), Status: login.StatusPending, Source: src,
 			CreatedAt: now, ExpiresAt: now.Add(time.Minute)}
 		if err := s.CreateLogin(ctx, l); err != nil {
 			t.Fatal(err)
@@ -104,7 +105,7 @@ func logins(t *testing.T, s store.Store) {
 	if got, _ := s.GetLogin(ctx, "s2"); got.Source != "10.0.0.2" {
 		t.Errorf("source not kept: %+v", got)
 	}
-	if _, err := s.UpdateLogin(ctx, "s1", func(l *store.Login) error { l.Status = store.LoginDenied; return nil }); err != nil {
+	if _, err := s.UpdateLogin(ctx, "s1", func(l *login.Login) error { l.Status = login.StatusDenied; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	for src, want := range map[string]int{"10.0.0.1": 1, "10.0.0.2": 1, "10.0.0.3": 0} {
@@ -116,7 +117,7 @@ func logins(t *testing.T, s store.Store) {
 		t.Errorf("expired logins counted as pending: %d", n)
 	}
 	for _, h := range []string{"s0", "s1", "s2"} {
-		s.UpdateLogin(ctx, h, func(l *store.Login) error { l.ExpiresAt = now.Add(time.Second); return nil })
+		s.UpdateLogin(ctx, h, func(l *login.Login) error { l.ExpiresAt = now.Add(time.Second); return nil })
 	}
 
 	if n, err := s.DeleteLogins(ctx, now.Add(2*time.Minute)); err != nil || n != 4 {

@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -21,14 +23,14 @@ func customerProjects(t *testing.T, s store.Store) {
 	seed(t, s, "o2")
 	const racers = 8
 	var wg sync.WaitGroup
-	got := make([]store.Project, racers)
+	got := make([]project.Project, racers)
 	created := make([]bool, racers)
 	errs := make([]error, racers)
 	for i := range racers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p := store.Project{ID: fmt.Sprintf("cp%d", i), OrgID: "o1", Name: "acme", CustomerID: "acme", CreatedAt: now}
+			p := project.Project{ID: fmt.Sprintf("cp%d", i), OrgID: "o1", Name: "acme", CustomerID: "acme", CreatedAt: now}
 			got[i], created[i], errs[i] = s.GetOrCreateCustomerProject(ctx, p)
 		}()
 	}
@@ -53,11 +55,11 @@ func customerProjects(t *testing.T, s store.Store) {
 		t.Errorf("organization has %d projects after the race, want 1", len(ps))
 	}
 	// The same customer id in another organization is another project.
-	other, made, err := s.GetOrCreateCustomerProject(ctx, store.Project{ID: "x", OrgID: "o2", Name: "acme", CustomerID: "acme", CreatedAt: now})
+	other, made, err := s.GetOrCreateCustomerProject(ctx, project.Project{ID: "x", OrgID: "o2", Name: "acme", CustomerID: "acme", CreatedAt: now})
 	if err != nil || !made || other.ID != "x" {
 		t.Errorf("customer in another org: %+v created=%v err=%v", other, made, err)
 	}
-	if _, _, err := s.GetOrCreateCustomerProject(ctx, store.Project{ID: "y", OrgID: "o1"}); !errdefs.IsInvalid(err) {
+	if _, _, err := s.GetOrCreateCustomerProject(ctx, project.Project{ID: "y", OrgID: "o1"}); !errdefs.IsInvalid(err) {
 		t.Errorf("no customer id: err = %v, want invalid", err)
 	}
 	// Plain projects carry no customer and never collide.
@@ -72,26 +74,26 @@ func customerProjects(t *testing.T, s store.Store) {
 func sourceBuilds(t *testing.T, s store.Store) {
 	ctx := context.Background()
 	seed(t, s, "o1", "p1")
-	b := store.Build{ID: "s1", ProjectID: "p1", OrgID: "o1", Status: store.BuildQueued, Kind: store.BuildKindSource,
+	b := build.Build{ID: "s1", ProjectID: "p1", OrgID: "o1", Status: build.Queued, Kind: build.KindSource,
 		Spec: `{"context_key":"k"}`, Secrets: "sealed", CreatedAt: now}
 	if err := s.CreateBuild(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	s.CreateBuild(ctx, store.Build{ID: "c1", ProjectID: "p1", OrgID: "o1", Status: store.BuildRunning, CreatedAt: now})
-	if c, _ := s.GetBuild(ctx, "c1"); c.Kind != store.BuildKindClient || c.IsSource() {
+	s.CreateBuild(ctx, build.Build{ID: "c1", ProjectID: "p1", OrgID: "o1", Status: build.Running, CreatedAt: now})
+	if c, _ := s.GetBuild(ctx, "c1"); c.Kind != build.KindClient || c.IsSource() {
 		t.Errorf("a build created without a kind reads as %q", c.Kind)
 	}
 	got, err := s.GetBuild(ctx, "s1")
-	if err != nil || got.Kind != store.BuildKindSource || got.Spec != b.Spec || got.Secrets != "sealed" || got.Terminal() {
+	if err != nil || got.Kind != build.KindSource || got.Spec != b.Spec || got.Secrets != "sealed" || got.Terminal() {
 		t.Fatalf("source build = %+v, %v", got, err)
 	}
-	queued, _ := s.ListBuildsByStatus(ctx, store.BuildQueued)
+	queued, _ := s.ListBuildsByStatus(ctx, build.Queued)
 	if len(queued) != 1 || queued[0].ID != "s1" {
 		t.Errorf("queued builds = %v", queued)
 	}
 	refs := []string{"127.0.0.1:1/p1:s1", "127.0.0.1:1/p1:v1"}
-	_, err = s.UpdateBuild(ctx, "s1", func(b *store.Build) error {
-		b.Status, b.Secrets, b.ImageRefs, b.ImageDigest = store.BuildSucceeded, "", refs, "sha256:abc"
+	_, err = s.UpdateBuild(ctx, "s1", func(b *build.Build) error {
+		b.Status, b.Secrets, b.ImageRefs, b.ImageDigest = build.Succeeded, "", refs, "sha256:abc"
 		b.FinishedAt = now.Add(time.Minute)
 		return nil
 	})
@@ -102,8 +104,8 @@ func sourceBuilds(t *testing.T, s store.Store) {
 	if !got.Terminal() || got.Secrets != "" || !slices.Equal(got.ImageRefs, refs) || got.ImageDigest != "sha256:abc" || got.Spec != b.Spec {
 		t.Errorf("after finish: %+v", got)
 	}
-	for _, st := range []string{store.BuildQueued, store.BuildRunning, store.BuildPushing} {
-		if (store.Build{Status: st}).Terminal() {
+	for _, st := range []build.Status{build.Queued, build.Running, build.Pushing} {
+		if (build.Build{Status: st}).Terminal() {
 			t.Errorf("%s reads as terminal", st)
 		}
 	}
@@ -114,11 +116,11 @@ func sourceBuilds(t *testing.T, s store.Store) {
 func buildLogs(t *testing.T, s store.Store) {
 	ctx := context.Background()
 	seed(t, s, "o1", "p1")
-	s.CreateBuild(ctx, store.Build{ID: "b1", ProjectID: "p1", OrgID: "o1", Status: store.BuildRunning, CreatedAt: now})
-	s.CreateBuild(ctx, store.Build{ID: "b2", ProjectID: "p1", OrgID: "o1", Status: store.BuildRunning, CreatedAt: now})
-	s.AppendLogs(ctx, "b1", []store.LogLine{{Digest: "d1", At: now, Message: "one"}, {Digest: "d2", At: now, Message: "two"}})
-	s.AppendLogs(ctx, "b2", []store.LogLine{{Digest: "d1", At: now, Message: "other build"}})
-	s.AppendLogs(ctx, "b1", []store.LogLine{{Digest: "d1", At: now, Message: "three"}})
+	s.CreateBuild(ctx, build.Build{ID: "b1", ProjectID: "p1", OrgID: "o1", Status: build.Running, CreatedAt: now})
+	s.CreateBuild(ctx, build.Build{ID: "b2", ProjectID: "p1", OrgID: "o1", Status: build.Running, CreatedAt: now})
+	s.AppendLogs(ctx, "b1", []build.LogLine{{Digest: "d1", At: now, Message: "one"}, {Digest: "d2", At: now, Message: "two"}})
+	s.AppendLogs(ctx, "b2", []build.LogLine{{Digest: "d1", At: now, Message: "other build"}})
+	s.AppendLogs(ctx, "b1", []build.LogLine{{Digest: "d1", At: now, Message: "three"}})
 	all, err := s.ListBuildLogs(ctx, "b1", 0, 100)
 	if err != nil {
 		t.Fatal(err)

@@ -11,7 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -49,12 +52,12 @@ func seed(t *testing.T, s store.Store, org string, projects ...string) {
 	t.Helper()
 	ctx := context.Background()
 	if _, err := s.GetOrganization(ctx, org); errdefs.IsNotFound(err) {
-		if err := s.CreateOrganization(ctx, store.Organization{ID: org, Name: org, CreatedAt: now}); err != nil {
+		if err := s.CreateOrganization(ctx, project.Organization{ID: org, Name: org, CreatedAt: now}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for i, p := range projects {
-		if err := s.CreateProject(ctx, store.Project{ID: p, OrgID: org, Name: p, CreatedAt: now.Add(time.Duration(i) * time.Second)}); err != nil {
+		if err := s.CreateProject(ctx, project.Project{ID: p, OrgID: org, Name: p, CreatedAt: now.Add(time.Duration(i) * time.Second)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -64,7 +67,7 @@ func projectsCRUD(t *testing.T, s store.Store) {
 	ctx := context.Background()
 	seed(t, s, "o1", "p1", "p2")
 	seed(t, s, "o2", "q1")
-	if err := s.CreateProject(ctx, store.Project{ID: "p1", OrgID: "o1", Name: "dup", CreatedAt: now}); !errors.Is(err, errdefs.ErrAlreadyExists) {
+	if err := s.CreateProject(ctx, project.Project{ID: "p1", OrgID: "o1", Name: "dup", CreatedAt: now}); !errors.Is(err, errdefs.ErrAlreadyExists) {
 		t.Errorf("duplicate project: %v, want ErrAlreadyExists", err)
 	}
 	got, err := s.ListProjects(ctx, "o1")
@@ -82,7 +85,7 @@ func projectsCRUD(t *testing.T, s store.Store) {
 	if _, err := s.GetProject(ctx, "nope"); !errdefs.IsNotFound(err) {
 		t.Errorf("GetProject(nope): %v", err)
 	}
-	if err := s.UpdateProject(ctx, store.Project{ID: "nope"}); !errdefs.IsNotFound(err) {
+	if err := s.UpdateProject(ctx, project.Project{ID: "nope"}); !errdefs.IsNotFound(err) {
 		t.Errorf("UpdateProject(nope): %v", err)
 	}
 }
@@ -90,16 +93,16 @@ func projectsCRUD(t *testing.T, s store.Store) {
 func tokens(t *testing.T, s store.Store) {
 	ctx := context.Background()
 	seed(t, s, "o1", "p1", "p2")
-	for _, tok := range []store.Token{
-		{ID: "t1", Kind: store.TokenProject, OrgID: "o1", ProjectID: "p1", SecretHash: "h1", CreatedAt: now},
-		{ID: "t2", Kind: store.TokenProject, OrgID: "o1", ProjectID: "p2", SecretHash: "h2", CreatedAt: now},
-		{ID: "t3", Kind: store.TokenBuild, OrgID: "o1", ProjectID: "p1", BuildID: "b1", SecretHash: "h3", CreatedAt: now, ExpiresAt: now.Add(time.Hour)},
+	for _, tok := range []auth.Token{
+		{ID: "t1", Kind: auth.TokenProject, OrgID: "o1", ProjectID: "p1", SecretHash: "h1", CreatedAt: now},
+		{ID: "t2", Kind: auth.TokenProject, OrgID: "o1", ProjectID: "p2", SecretHash: "h2", CreatedAt: now},
+		{ID: "t3", Kind: auth.TokenBuild, OrgID: "o1", ProjectID: "p1", BuildID: "b1", SecretHash: "h3", CreatedAt: now, ExpiresAt: now.Add(time.Hour)},
 	} {
 		if err := s.CreateToken(ctx, tok); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := s.CreateToken(ctx, store.Token{ID: "t4", Kind: store.TokenOrg, OrgID: "o1", SecretHash: "h1", CreatedAt: now}); !errors.Is(err, errdefs.ErrAlreadyExists) {
+	if err := s.CreateToken(ctx, auth.Token{ID: "t4", Kind: auth.TokenOrg, OrgID: "o1", SecretHash: "h1", CreatedAt: now}); !errors.Is(err, errdefs.ErrAlreadyExists) {
 		t.Errorf("duplicate secret hash: %v", err)
 	}
 	got, err := s.GetTokenByHash(ctx, "h3")
@@ -125,12 +128,12 @@ func builds(t *testing.T, s store.Store) {
 	ctx := context.Background()
 	seed(t, s, "o1", "p1", "p2")
 	for i := 0; i < 5; i++ {
-		b := store.Build{ID: fmt.Sprintf("b%d", i), ProjectID: "p1", OrgID: "o1", Status: store.BuildRunning, CreatedAt: now.Add(time.Duration(i) * time.Minute)}
+		b := build.Build{ID: fmt.Sprintf("b%d", i), ProjectID: "p1", OrgID: "o1", Status: build.Running, CreatedAt: now.Add(time.Duration(i) * time.Minute)}
 		if err := s.CreateBuild(ctx, b); err != nil {
 			t.Fatal(err)
 		}
 	}
-	s.CreateBuild(ctx, store.Build{ID: "other", ProjectID: "p2", OrgID: "o1", Status: store.BuildRunning, CreatedAt: now})
+	s.CreateBuild(ctx, build.Build{ID: "other", ProjectID: "p2", OrgID: "o1", Status: build.Running, CreatedAt: now})
 	page, _ := s.ListBuilds(ctx, "p1", time.Time{}, 2)
 	if len(page) != 2 || page[0].ID != "b4" || page[1].ID != "b3" {
 		t.Fatalf("first page = %+v", page)
@@ -139,29 +142,29 @@ func builds(t *testing.T, s store.Store) {
 	if len(page) != 3 || page[0].ID != "b2" {
 		t.Fatalf("second page = %+v", page)
 	}
-	b, err := s.UpdateBuild(ctx, "b1", func(b *store.Build) error {
-		b.Status, b.Error, b.FinishedAt = store.BuildFailed, "boom", now
+	b, err := s.UpdateBuild(ctx, "b1", func(b *build.Build) error {
+		b.Status, b.Error, b.FinishedAt = build.Failed, "boom", now
 		return nil
 	})
-	if err != nil || b.Status != store.BuildFailed {
+	if err != nil || b.Status != build.Failed {
 		t.Fatal(b, err)
 	}
 	// A failing fn writes nothing.
-	_, err = s.UpdateBuild(ctx, "b2", func(b *store.Build) error {
-		b.Status = store.BuildSucceeded
+	_, err = s.UpdateBuild(ctx, "b2", func(b *build.Build) error {
+		b.Status = build.Succeeded
 		return errdefs.ErrFailedPrecondition
 	})
 	if !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Errorf("UpdateBuild error not passed through: %v", err)
 	}
-	if b2, _ := s.GetBuild(ctx, "b2"); b2.Status != store.BuildRunning {
+	if b2, _ := s.GetBuild(ctx, "b2"); b2.Status != build.Running {
 		t.Errorf("aborted update was written: %+v", b2)
 	}
-	running, _ := s.ListBuildsByStatus(ctx, store.BuildRunning)
+	running, _ := s.ListBuildsByStatus(ctx, build.Running)
 	if len(running) != 5 { // b0, b2, b3, b4, other
 		t.Errorf("running = %d builds, want 5", len(running))
 	}
-	if _, err := s.UpdateBuild(ctx, "nope", func(*store.Build) error { return nil }); !errdefs.IsNotFound(err) {
+	if _, err := s.UpdateBuild(ctx, "nope", func(*build.Build) error { return nil }); !errdefs.IsNotFound(err) {
 		t.Errorf("UpdateBuild(nope): %v", err)
 	}
 }
@@ -169,7 +172,7 @@ func builds(t *testing.T, s store.Store) {
 func concurrentUpdates(t *testing.T, s store.Store) {
 	ctx := context.Background()
 	seed(t, s, "o1", "p1")
-	s.CreateBuild(ctx, store.Build{ID: "b", ProjectID: "p1", OrgID: "o1", Status: store.BuildRunning, CreatedAt: now})
+	s.CreateBuild(ctx, build.Build{ID: "b", ProjectID: "p1", OrgID: "o1", Status: build.Running, CreatedAt: now})
 	// Many finishers race; exactly one moves the build out of running.
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -178,14 +181,14 @@ func concurrentUpdates(t *testing.T, s store.Store) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			s.UpdateBuild(ctx, "b", func(b *store.Build) error {
+			s.UpdateBuild(ctx, "b", func(b *build.Build) error {
 				if b.Terminal() {
 					return nil
 				}
 				mu.Lock()
 				winners++
 				mu.Unlock()
-				b.Status, b.Error = store.BuildFailed, fmt.Sprint(i)
+				b.Status, b.Error = build.Failed, fmt.Sprint(i)
 				return nil
 			})
 		}(i)
@@ -199,16 +202,16 @@ func concurrentUpdates(t *testing.T, s store.Store) {
 func stepsAndLogs(t *testing.T, s store.Store) {
 	ctx := context.Background()
 	seed(t, s, "o1", "p1")
-	s.CreateBuild(ctx, store.Build{ID: "b", ProjectID: "p1", OrgID: "o1", Status: store.BuildRunning, CreatedAt: now})
-	s.PutSteps(ctx, "b", []store.Step{{Digest: "d1", Name: "one"}, {Digest: "d2", Name: "two"}})
-	s.PutSteps(ctx, "b", []store.Step{{Digest: "d1", Name: "one", Cached: true, CompletedAt: now}, {Digest: "d3", Name: "three"}})
+	s.CreateBuild(ctx, build.Build{ID: "b", ProjectID: "p1", OrgID: "o1", Status: build.Running, CreatedAt: now})
+	s.PutSteps(ctx, "b", []build.Step{{Digest: "d1", Name: "one"}, {Digest: "d2", Name: "two"}})
+	s.PutSteps(ctx, "b", []build.Step{{Digest: "d1", Name: "one", Cached: true, CompletedAt: now}, {Digest: "d3", Name: "three"}})
 	steps, _ := s.ListSteps(ctx, "b")
 	if len(steps) != 3 || steps[0].Digest != "d1" || !steps[0].Cached || steps[2].Digest != "d3" {
 		t.Errorf("steps = %+v", steps)
 	}
-	var lines []store.LogLine
+	var lines []build.LogLine
 	for i := 0; i < 5; i++ {
-		lines = append(lines, store.LogLine{Digest: "d1", At: now, Message: fmt.Sprint(i)})
+		lines = append(lines, build.LogLine{Digest: "d1", At: now, Message: fmt.Sprint(i)})
 	}
 	s.AppendLogs(ctx, "b", lines)
 	page, next, _ := s.ListLogs(ctx, "b", "d1", 0, 3)
@@ -221,10 +224,10 @@ func stepsAndLogs(t *testing.T, s store.Store) {
 func deleteCascades(t *testing.T, s store.Store) {
 	ctx := context.Background()
 	seed(t, s, "o1", "p1", "p2")
-	s.CreateBuild(ctx, store.Build{ID: "b1", ProjectID: "p1", OrgID: "o1", Status: store.BuildRunning, CreatedAt: now})
-	s.CreateBuild(ctx, store.Build{ID: "b2", ProjectID: "p2", OrgID: "o1", Status: store.BuildRunning, CreatedAt: now})
-	s.CreateToken(ctx, store.Token{ID: "t1", Kind: store.TokenProject, OrgID: "o1", ProjectID: "p1", SecretHash: "h1", CreatedAt: now})
-	s.PutSteps(ctx, "b1", []store.Step{{Digest: "d", Name: "n"}})
+	s.CreateBuild(ctx, build.Build{ID: "b1", ProjectID: "p1", OrgID: "o1", Status: build.Running, CreatedAt: now})
+	s.CreateBuild(ctx, build.Build{ID: "b2", ProjectID: "p2", OrgID: "o1", Status: build.Running, CreatedAt: now})
+	s.CreateToken(ctx, auth.Token{ID: "t1", Kind: auth.TokenProject, OrgID: "o1", ProjectID: "p1", SecretHash: "h1", CreatedAt: now})
+	s.PutSteps(ctx, "b1", []build.Step{{Digest: "d", Name: "n"}})
 	if err := s.DeleteProject(ctx, "p1"); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/store"
 )
@@ -16,18 +17,18 @@ func trustPolicies(t *testing.T, s store.Store) {
 	seed(t, s, "o2", "q1")
 	add := func(id, project, org, provider, owner, repo string, at time.Duration) {
 		t.Helper()
-		if err := s.CreateTrustPolicy(ctx, store.TrustPolicy{ID: id, ProjectID: project, OrgID: org, Provider: provider,
+		if err := s.CreateTrustPolicy(ctx, auth.TrustPolicy{ID: id, ProjectID: project, OrgID: org, Provider: provider,
 			Owner: owner, Repo: repo, CreatedAt: now.Add(at)}); err != nil {
 			t.Fatalf("CreateTrustPolicy(%s): %v", id, err)
 		}
 	}
-	add("tp1", "p1", "o1", store.ProviderGitHub, "Acme", "app", 0)
-	add("tp2", "p2", "o1", store.ProviderGitHub, "acme", "acme/lib", time.Second)
-	add("tp3", "p1", "o1", store.ProviderGitLab, "acme", "acme/app", 2*time.Second)
-	add("tp4", "q1", "o2", store.ProviderGitHub, "ACME", "app", 3*time.Second)
-	add("tp5", "q1", "o2", store.ProviderBuildkite, "acme", "deploy", 4*time.Second)
+	add("tp1", "p1", "o1", auth.ProviderGitHub, "Acme", "app", 0)
+	add("tp2", "p2", "o1", auth.ProviderGitHub, "acme", "acme/lib", time.Second)
+	add("tp3", "p1", "o1", auth.ProviderGitLab, "acme", "acme/app", 2*time.Second)
+	add("tp4", "q1", "o2", auth.ProviderGitHub, "ACME", "app", 3*time.Second)
+	add("tp5", "q1", "o2", auth.ProviderBuildkite, "acme", "deploy", 4*time.Second)
 
-	dup := store.TrustPolicy{ID: "tp6", ProjectID: "p1", OrgID: "o1", Provider: store.ProviderGitHub, Owner: "Acme", Repo: "app", CreatedAt: now}
+	dup := auth.TrustPolicy{ID: "tp6", ProjectID: "p1", OrgID: "o1", Provider: auth.ProviderGitHub, Owner: "Acme", Repo: "app", CreatedAt: now}
 	if err := s.CreateTrustPolicy(ctx, dup); !errors.Is(err, errdefs.ErrAlreadyExists) {
 		t.Errorf("duplicate policy: %v, want ErrAlreadyExists", err)
 	}
@@ -38,7 +39,7 @@ func trustPolicies(t *testing.T, s store.Store) {
 	}
 
 	got, err := s.GetTrustPolicy(ctx, "tp1")
-	if err != nil || got.ProjectID != "p1" || got.OrgID != "o1" || got.Provider != store.ProviderGitHub ||
+	if err != nil || got.ProjectID != "p1" || got.OrgID != "o1" || got.Provider != auth.ProviderGitHub ||
 		got.Owner != "Acme" || got.Repo != "app" || !got.CreatedAt.Equal(now) {
 		t.Errorf("GetTrustPolicy(tp1) = %+v, %v", got, err)
 	}
@@ -46,7 +47,7 @@ func trustPolicies(t *testing.T, s store.Store) {
 		t.Errorf("GetTrustPolicy(nope): %v", err)
 	}
 
-	ids := func(tps []store.TrustPolicy) []string {
+	ids := func(tps []auth.TrustPolicy) []string {
 		var out []string
 		for _, tp := range tps {
 			out = append(out, tp.ID)
@@ -62,18 +63,18 @@ func trustPolicies(t *testing.T, s store.Store) {
 	}
 	// Matching spans projects and organizations, by provider and owner
 	// ignoring case.
-	if l, err := s.MatchTrustPolicies(ctx, store.ProviderGitHub, "aCmE"); err != nil || !sameTrustIDs(ids(l), "tp1", "tp2", "tp4") {
+	if l, err := s.MatchTrustPolicies(ctx, auth.ProviderGitHub, "aCmE"); err != nil || !sameTrustIDs(ids(l), "tp1", "tp2", "tp4") {
 		t.Errorf("MatchTrustPolicies(github, aCmE) = %v, %v", ids(l), err)
 	}
-	if l, err := s.MatchTrustPolicies(ctx, store.ProviderGitLab, "acme"); err != nil || !sameTrustIDs(ids(l), "tp3") {
+	if l, err := s.MatchTrustPolicies(ctx, auth.ProviderGitLab, "acme"); err != nil || !sameTrustIDs(ids(l), "tp3") {
 		t.Errorf("MatchTrustPolicies(gitlab, acme) = %v, %v", ids(l), err)
 	}
 	for _, owner := range []string{"acm", "acme%", "%", "", "acme/app"} {
-		if l, err := s.MatchTrustPolicies(ctx, store.ProviderGitHub, owner); err != nil || len(l) != 0 {
+		if l, err := s.MatchTrustPolicies(ctx, auth.ProviderGitHub, owner); err != nil || len(l) != 0 {
 			t.Errorf("MatchTrustPolicies(github, %q) = %v, %v; want none", owner, ids(l), err)
 		}
 	}
-	if l, err := s.MatchTrustPolicies(ctx, store.ProviderCircleCI, "acme"); err != nil || len(l) != 0 {
+	if l, err := s.MatchTrustPolicies(ctx, auth.ProviderCircleCI, "acme"); err != nil || len(l) != 0 {
 		t.Errorf("MatchTrustPolicies(circleci, acme) = %v, %v; want none", ids(l), err)
 	}
 
@@ -83,7 +84,7 @@ func trustPolicies(t *testing.T, s store.Store) {
 	if err := s.DeleteTrustPolicy(ctx, "tp1"); !errdefs.IsNotFound(err) {
 		t.Errorf("second delete: %v", err)
 	}
-	if l, _ := s.MatchTrustPolicies(ctx, store.ProviderGitHub, "acme"); !sameTrustIDs(ids(l), "tp2", "tp4") {
+	if l, _ := s.MatchTrustPolicies(ctx, auth.ProviderGitHub, "acme"); !sameTrustIDs(ids(l), "tp2", "tp4") {
 		t.Errorf("after delete: %v", ids(l))
 	}
 
@@ -94,7 +95,7 @@ func trustPolicies(t *testing.T, s store.Store) {
 	if _, err := s.GetTrustPolicy(ctx, "tp3"); !errdefs.IsNotFound(err) {
 		t.Errorf("policy of a deleted project: %v", err)
 	}
-	if l, _ := s.MatchTrustPolicies(ctx, store.ProviderGitHub, "acme"); !sameTrustIDs(ids(l), "tp2", "tp4") {
+	if l, _ := s.MatchTrustPolicies(ctx, auth.ProviderGitHub, "acme"); !sameTrustIDs(ids(l), "tp2", "tp4") {
 		t.Errorf("other projects' policies after delete: %v", ids(l))
 	}
 }

@@ -1,0 +1,60 @@
+package auth
+
+import "time"
+
+// Token kinds: what a stored token (or an OIDC principal) may reach.
+const (
+	TokenOrg     = "org"
+	TokenProject = "project"
+	TokenBuild   = "build"
+	// TokenOIDC marks a principal authenticated by a CI provider's OIDC
+	// token matching a trust policy; such tokens are verified, never stored.
+	TokenOIDC = "oidc"
+	// TokenPull reads one project's images from kiln's registry and
+	// nothing else: no Connect API accepts it.
+	TokenPull = "pull"
+)
+
+// Token is a stored credential; the secret itself is never stored, only
+// its SHA-256 (SecretHash).
+type Token struct {
+	ID          string
+	Kind        string // TokenOrg, TokenProject, TokenBuild or TokenPull
+	OrgID       string
+	ProjectID   string // project, pull and build tokens
+	BuildID     string // build tokens
+	Description string
+	SecretHash  string
+	CreatedAt   time.Time
+	ExpiresAt   time.Time // zero: never
+}
+
+// Trust-policy providers: the CI systems whose OIDC tokens kiln accepts.
+const (
+	ProviderGitHub    = "github"
+	ProviderCircleCI  = "circleci"
+	ProviderBuildkite = "buildkite"
+	ProviderGitLab    = "gitlab"
+)
+
+// TrustPolicy lets CI jobs of one repository or pipeline build in one
+// project with their provider's OIDC token instead of a stored secret.
+// Owner and Repo are the two claims matched, per provider:
+//
+//	provider   Owner (claim)                       Repo (claim)
+//	github     repository_owner                    repository: "repo" or "owner/repo"
+//	circleci   oidc.circleci.com/org-id (UUID)     oidc.circleci.com/project-id (UUID)
+//	buildkite  organization_slug                   pipeline_slug
+//	gitlab     namespace_path ("group/sub")        project_path ("group/sub/project")
+//
+// Values are kept as the administrator entered them (validated by
+// internal/project); matching is case-insensitive (policyMatches).
+type TrustPolicy struct {
+	ID        string
+	ProjectID string
+	OrgID     string
+	Provider  string
+	Owner     string
+	Repo      string
+	CreatedAt time.Time
+}

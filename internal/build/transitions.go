@@ -1,0 +1,63 @@
+package build
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/errdefs"
+)
+
+// transitions is the build state machine: for each status, the statuses a
+// build in it may move to. A client build is created running; a source
+// build is created queued and moves queued → running → pushing. Any build
+// that has not ended may end (a cancel, a lost builder and the result race;
+// the first end wins), and an ended build never moves again.
+var transitions = map[Status][]Status{
+	Queued:    {Running, Succeeded, Failed, Canceled},
+	Running:   {Pushing, Succeeded, Failed, Canceled},
+	Pushing:   {Succeeded, Failed, Canceled},
+	Succeeded: nil,
+	Failed:    nil,
+	Canceled:  nil,
+}
+
+// Terminal reports whether s is an end: succeeded, failed or canceled.
+func (s Status) Terminal() bool {
+	switch s {
+	case Succeeded, Failed, Canceled:
+		return true
+	}
+	return false
+}
+
+// CanTransition reports whether a build in status from may move to to.
+func CanTransition(from, to Status) bool {
+	return slices.Contains(transitions[from], to)
+}
+
+// Transition moves b to status to at now, stamping StartedAt when it starts
+// running and FinishedAt when it ends. Every change of a build's status
+// goes through it. A move the table does not allow changes nothing and is
+// errdefs.ErrFailedPrecondition (errEnded for a build that has ended).
+func (b *Build) Transition(to Status, now time.Time) error {
+	if !CanTransition(b.Status, to) {
+		if b.Terminal() {
+			return errEnded(*b)
+		}
+		return fmt.Errorf("build %q is %s and cannot become %s: %w", b.ID, b.Status, to, errdefs.ErrFailedPrecondition)
+	}
+	b.Status = to
+	switch {
+	case to == Running:
+		b.StartedAt = now
+	case to.Terminal():
+		b.FinishedAt = now
+	}
+	return nil
+}
+
+// errEnded is the answer to anything that needs a build that has not ended.
+func errEnded(b Build) error {
+	return fmt.Errorf("build %q already %s: %w", b.ID, b.Status, errdefs.ErrFailedPrecondition)
+}

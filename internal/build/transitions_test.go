@@ -1,0 +1,83 @@
+package build
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/errdefs"
+)
+
+func TestTransitions(t *testing.T) {
+	all := []Status{Queued, Running, Pushing, Succeeded, Failed, Canceled}
+	ends := []Status{Succeeded, Failed, Canceled}
+	for _, tc := range []struct {
+		from    Status
+		allowed []Status
+	}{
+		{Queued, append([]Status{Running}, ends...)},
+		{Running, append([]Status{Pushing}, ends...)},
+		{Pushing, ends},
+		{Succeeded, nil},
+		{Failed, nil},
+		{Canceled, nil},
+	} {
+		for _, to := range all {
+			want := false
+			for _, a := range tc.allowed {
+				want = want || a == to
+			}
+			if got := CanTransition(tc.from, to); got != want {
+				t.Errorf("CanTransition(%s, %s) = %v, want %v", tc.from, to, got, want)
+			}
+			b := Build{ID: "b1", Status: tc.from}
+			err := b.Transition(to, time.Unix(100, 0))
+			switch {
+			case want && err != nil:
+				t.Errorf("%s → %s: %v", tc.from, to, err)
+			case want && b.Status != to:
+				t.Errorf("%s → %s: status is %s", tc.from, to, b.Status)
+			case !want && !errors.Is(err, errdefs.ErrFailedPrecondition):
+				t.Errorf("%s → %s: %v, want ErrFailedPrecondition", tc.from, to, err)
+			case !want && b.Status != tc.from:
+				t.Errorf("%s → %s refused but status is %s", tc.from, to, b.Status)
+			}
+		}
+	}
+	// Every status is in the table, and only ends are terminal.
+	for _, s := range all {
+		if _, ok := transitions[s]; !ok {
+			t.Errorf("%s is missing from the transition table", s)
+		}
+		if s.Terminal() != (len(transitions[s]) == 0) {
+			t.Errorf("%s: Terminal() = %v but it has %d moves", s, s.Terminal(), len(transitions[s]))
+		}
+	}
+	if CanTransition("bogus", Running) || CanTransition(Queued, "bogus") {
+		t.Error("an unknown status moves")
+	}
+}
+
+// Transition stamps the times its moves imply, and an ended build answers
+// what every caller has always said of one.
+func TestTransitionStampsAndRefusals(t *testing.T) {
+	t0, t1 := time.Unix(100, 0), time.Unix(200, 0)
+	b := Build{ID: "b1", Status: Queued}
+	if err := b.Transition(Running, t0); err != nil || !b.StartedAt.Equal(t0) || !b.FinishedAt.IsZero() {
+		t.Fatalf("queued → running: %v, %+v", err, b)
+	}
+	if err := b.Transition(Pushing, t1); err != nil || !b.StartedAt.Equal(t0) || !b.FinishedAt.IsZero() {
+		t.Fatalf("running → pushing: %v, %+v", err, b)
+	}
+	if err := b.Transition(Succeeded, t1); err != nil || !b.FinishedAt.Equal(t1) {
+		t.Fatalf("pushing → succeeded: %v, %+v", err, b)
+	}
+	err := b.Transition(Failed, t1.Add(time.Second))
+	if want := `build "b1" already succeeded: failed precondition`; err == nil || err.Error() != want || b.Status != Succeeded || !b.FinishedAt.Equal(t1) {
+		t.Errorf("succeeded → failed: %v (want %q), %+v", err, want, b)
+	}
+	p := Build{ID: "b2", Status: Pushing}
+	if err := p.Transition(Running, t1); !errors.Is(err, errdefs.ErrFailedPrecondition) || p.Status != Pushing || !p.StartedAt.IsZero() {
+		t.Errorf("pushing → running: %v, %+v", err, p)
+	}
+}
