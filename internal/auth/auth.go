@@ -12,7 +12,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/big"
-	"slices"
 	"strings"
 	"time"
 
@@ -72,48 +71,25 @@ type Principal struct {
 // IsOrg reports an organization (admin) token.
 func (p Principal) IsOrg() bool { return p.Kind == store.TokenOrg }
 
-// inProject reports whether a project-scoped principal is scoped to id.
-func (p Principal) inProject(id string) bool {
-	switch p.Kind {
-	case store.TokenProject:
-		return p.ProjectID == id
-	case store.TokenOIDC:
-		return slices.Contains(p.ProjectIDs, id)
-	}
-	return false
-}
-
 // CanSeeProject: org tokens see every project of their org; project and
-// OIDC principals only their own. Build tokens see none.
-func (p Principal) CanSeeProject(proj store.Project) bool {
-	if proj.OrgID != p.OrgID {
-		return false
-	}
-	return p.IsOrg() || p.inProject(proj.ID)
-}
+// OIDC principals only their own. Build tokens see none. (RightsIn's View.)
+func (p Principal) CanSeeProject(proj store.Project) bool { return RightsIn(p, proj).Has(View) }
 
 // CanBuild: may create builds in the project (and read its builds).
-func (p Principal) CanBuild(proj store.Project) bool { return p.CanSeeProject(proj) }
+func (p Principal) CanBuild(proj store.Project) bool { return RightsIn(p, proj).Has(Build) }
 
 // CanAdminProject: may change the project itself (settings, tokens, trust
 // policies, deletion). Only organization tokens may.
-func (p Principal) CanAdminProject(proj store.Project) bool {
-	return p.IsOrg() && proj.OrgID == p.OrgID
-}
+func (p Principal) CanAdminProject(proj store.Project) bool { return RightsIn(p, proj).Has(Admin) }
 
 // CanUseBuild: may act on one existing build (connection, health, finish,
-// status). A build token reaches exactly its build.
+// status): whoever may build in its project, and a build token its own
+// build only.
 func (p Principal) CanUseBuild(b store.Build) bool {
-	if b.OrgID != p.OrgID {
-		return false
+	if p.Kind == store.TokenBuild {
+		return b.OrgID == p.OrgID && b.ID == p.BuildID && b.ProjectID == p.ProjectID
 	}
-	switch p.Kind {
-	case store.TokenOrg:
-		return true
-	case store.TokenBuild:
-		return b.ID == p.BuildID && b.ProjectID == p.ProjectID
-	}
-	return p.inProject(b.ProjectID)
+	return p.CanBuild(store.Project{ID: b.ProjectID, OrgID: b.OrgID})
 }
 
 // Authenticator resolves bearer tokens to principals.
