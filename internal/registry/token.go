@@ -304,7 +304,7 @@ func (r *Registry) serveToken(w http.ResponseWriter, req *http.Request) {
 				return
 			}
 			if g := have & sc.actions; g != 0 {
-				access = append(access, accessEntry{Type: "repository", Name: sc.name, Actions: g.list()})
+				access = append(access, accessEntry{Type: "repository", Name: sc.name, Actions: g.Names()})
 			}
 		case "registry":
 			if sc.name == "catalog" {
