@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
@@ -87,7 +86,7 @@ func (r *Registry) authenticate(req *http.Request) (caller, error) {
 		secret = pass
 	case "bearer":
 		if r.tokens.issued(val) {
-			c, err := r.tokens.verify(val, time.Now())
+			c, err := r.tokens.verify(val, r.cfg.Now())
 			if err != nil {
 				return caller{}, errBadCredentials
 			}
@@ -125,7 +124,7 @@ func (r *Registry) stillValid(ctx context.Context, p auth.Principal) error {
 	if err != nil {
 		return fmt.Errorf("look up token: %w", err)
 	}
-	if t.Kind != p.Kind || t.OrgID != p.OrgID || (!t.ExpiresAt.IsZero() && time.Now().After(t.ExpiresAt)) {
+	if t.Kind != p.Kind || t.OrgID != p.OrgID || (!t.ExpiresAt.IsZero() && r.cfg.Now().After(t.ExpiresAt)) {
 		return errBadCredentials
 	}
 	return nil

@@ -68,7 +68,12 @@ type Config struct {
 	// session used within this long, and purges upload sessions idle
 	// longer; 0 → DefaultGCGrace. A push must finish within it.
 	GCGrace time.Duration
-	Logger  *slog.Logger
+	// Now is the registry's clock: what the collector compares push, use
+	// and storage times against, and what registry tokens are issued and
+	// checked by. Nil → time.Now. Tests move it forward instead of waiting
+	// out grace periods and retentions.
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // Registry is kiln's OCI registry. It is an http.Handler for "/v2/".
@@ -103,7 +108,10 @@ func New(ctx context.Context, cfg Config) (reg *Registry, err error) {
 	if cfg.GCGrace <= 0 {
 		cfg.GCGrace = DefaultGCGrace
 	}
-	r := &Registry{cfg: cfg, log: cfg.Logger.With("component", "registry"), pins: newPins()}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	r := &Registry{cfg: cfg, log: cfg.Logger.With("component", "registry"), pins: newPins(cfg.Now)}
 	if r.tokens, err = loadOrCreateKey(filepath.Join(cfg.Dir, "token-key.pem")); err != nil {
 		return nil, err
 	}

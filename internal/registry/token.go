@@ -312,7 +312,7 @@ func (r *Registry) serveToken(w http.ResponseWriter, req *http.Request) {
 			}
 		}
 	}
-	now := time.Now()
+	now := r.cfg.Now()
 	tok, err := r.tokens.issue(p, access, now)
 	if err != nil {
 		r.internalError(ctx, w, "sign registry token", err)
