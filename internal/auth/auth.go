@@ -14,7 +14,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/big"
-	"slices"
 	"strings"
 	"time"
 
@@ -72,17 +71,6 @@ type Principal struct {
 // IsOrg reports an organization (admin) token.
 func (p Principal) IsOrg() bool { return p.Kind == TokenOrg }
 
-// inProject reports whether a project-scoped principal is scoped to id.
-func (p Principal) inProject(id string) bool {
-	switch p.Kind {
-	case TokenProject:
-		return p.ProjectID == id
-	case TokenOIDC:
-		return slices.Contains(p.ProjectIDs, id)
-	}
-	return false
-}
-
 // Scope is where a resource sits, which is all a right is checked
 // against: its organization, its project and, for a build, the build.
 type Scope struct {
@@ -101,38 +89,25 @@ type Scoped interface {
 }
 
 // CanSeeProject: org tokens see every project of their org; project and
-// OIDC principals only their own. Build tokens see none.
-func (p Principal) CanSeeProject(proj Scoped) bool {
-	s := proj.Scope()
-	if s.OrgID != p.OrgID {
-		return false
-	}
-	return p.IsOrg() || p.inProject(s.ProjectID)
-}
+// OIDC principals only their own. Build tokens see none. (RightsIn's View.)
+func (p Principal) CanSeeProject(proj Scoped) bool { return RightsIn(p, proj).Has(View) }
 
 // CanBuild: may create builds in the project (and read its builds).
-func (p Principal) CanBuild(proj Scoped) bool { return p.CanSeeProject(proj) }
+func (p Principal) CanBuild(proj Scoped) bool { return RightsIn(p, proj).Has(Build) }
 
 // CanAdminProject: may change the project itself (settings, tokens, trust
 // policies, deletion). Only organization tokens may.
-func (p Principal) CanAdminProject(proj Scoped) bool {
-	return p.IsOrg() && proj.Scope().OrgID == p.OrgID
-}
+func (p Principal) CanAdminProject(proj Scoped) bool { return RightsIn(p, proj).Has(Admin) }
 
 // CanUseBuild: may act on one existing build (connection, health, finish,
-// status). A build token reaches exactly its build.
+// status): whoever may build in its project, and a build token its own
+// build only.
 func (p Principal) CanUseBuild(b Scoped) bool {
 	s := b.Scope()
-	if s.OrgID != p.OrgID {
-		return false
+	if p.Kind == TokenBuild {
+		return s.OrgID == p.OrgID && s.BuildID == p.BuildID && s.ProjectID == p.ProjectID
 	}
-	switch p.Kind {
-	case TokenOrg:
-		return true
-	case TokenBuild:
-		return s.BuildID == p.BuildID && s.ProjectID == p.ProjectID
-	}
-	return p.inProject(s.ProjectID)
+	return p.CanBuild(Scope{OrgID: s.OrgID, ProjectID: s.ProjectID})
 }
 
 // Store is what authentication needs of kiln's store.

@@ -5,22 +5,21 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
-	"time"
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
-// action is a set of registry actions, as in Docker token scopes.
-type action uint8
+// action is what a registry request needs or a token scope names: the
+// registry's column of auth's table (pull, push, delete).
+type action = auth.Action
 
 const (
-	actPull action = 1 << iota
-	actPush
-	actDelete
+	actPull   = auth.Pull
+	actPush   = auth.Push
+	actDelete = auth.Delete
 
 	actAll = actPull | actPush | actDelete
 )
@@ -42,56 +41,6 @@ func parseActions(s string) action {
 		}
 	}
 	return a
-}
-
-func (a action) list() []string {
-	var out []string
-	for _, x := range []struct {
-		a    action
-		name string
-	}{{actPull, "pull"}, {actPush, "push"}, {actDelete, "delete"}} {
-		if a&x.a != 0 {
-			out = append(out, x.name)
-		}
-	}
-	return out
-}
-
-func (a action) String() string { return strings.Join(a.list(), ",") }
-
-// rightsIn is what p may do in the repositories of proj:
-//
-//	organization token        pull, push, delete (any project of its org)
-//	project token, OIDC job   pull, push, delete (its project(s))
-//	build token               pull, push (its build's project)
-//	pull token                pull (its project)
-//
-// Nothing outside the principal's organization.
-func rightsIn(p auth.Principal, proj store.Project) action {
-	if proj.OrgID != p.OrgID || p.OrgID == "" {
-		return 0
-	}
-	switch p.Kind {
-	case store.TokenOrg:
-		return actAll
-	case store.TokenProject:
-		if p.ProjectID == proj.ID {
-			return actAll
-		}
-	case store.TokenOIDC:
-		if slices.Contains(p.ProjectIDs, proj.ID) {
-			return actAll
-		}
-	case store.TokenBuild:
-		if p.ProjectID == proj.ID {
-			return actPull | actPush
-		}
-	case store.TokenPull:
-		if p.ProjectID == proj.ID {
-			return actPull
-		}
-	}
-	return 0
 }
 
 // caller is who made a registry request.
@@ -137,7 +86,7 @@ func (r *Registry) authenticate(req *http.Request) (caller, error) {
 		secret = pass
 	case "bearer":
 		if r.tokens.issued(val) {
-			c, err := r.tokens.verify(val, time.Now())
+			c, err := r.tokens.verify(val, r.cfg.Now())
 			if err != nil {
 				return caller{}, errBadCredentials
 			}
@@ -175,7 +124,7 @@ func (r *Registry) stillValid(ctx context.Context, p auth.Principal) error {
 	if err != nil {
 		return fmt.Errorf("look up token: %w", err)
 	}
-	if t.Kind != p.Kind || t.OrgID != p.OrgID || (!t.ExpiresAt.IsZero() && time.Now().After(t.ExpiresAt)) {
+	if t.Kind != p.Kind || t.OrgID != p.OrgID || (!t.ExpiresAt.IsZero() && r.cfg.Now().After(t.ExpiresAt)) {
 		return errBadCredentials
 	}
 	return nil
@@ -184,8 +133,9 @@ func (r *Registry) stillValid(ctx context.Context, p auth.Principal) error {
 // rightsCache memoizes project lookups within one request.
 type rightsCache map[string]action
 
-// rights is what c may do in the repositories of project id (0 for a
-// project that does not exist: the same as one the caller may not see).
+// rights is what c may do in the repositories of project id: its pull,
+// push and delete rights in auth's table (0 for a project that does not
+// exist: the same as one the caller may not see).
 func (r *Registry) rights(ctx context.Context, c caller, id string, cache rightsCache) (action, error) {
 	if c.anonymous {
 		return 0, nil
@@ -201,7 +151,7 @@ func (r *Registry) rights(ctx context.Context, c caller, id string, cache rights
 	if err != nil {
 		return 0, fmt.Errorf("look up project: %w", err)
 	}
-	a := rightsIn(c.p, proj)
+	a := auth.RightsIn(c.p, proj) & actAll
 	cache[id] = a
 	return a, nil
 }

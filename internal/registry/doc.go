@@ -9,11 +9,13 @@
 //     Docker registry token flow: a 401 challenges with
 //     `Bearer realm="<public url>/v2/token",service="kiln",scope=…`, and
 //     GET/POST /v2/token exchanges a kiln token for a short-lived ES256 JWT
-//     (key in Dir/token-key.pem) carrying the granted access. Rights:
-//     organization tokens everything in their organization; project tokens
-//     and OIDC principals pull, push and delete in their project(s); build
-//     tokens pull and push in their build's project; pull tokens pull in
-//     theirs; anonymous callers nothing. Refusals are OCI error JSON (401
+//     (key in Dir/token-key.pem) carrying the granted access. Rights are
+//     the pull, push and delete columns of auth's one table
+//     (auth.RightsIn): organization tokens everything in their
+//     organization; project tokens and OIDC principals pull, push and
+//     delete in their project(s); build tokens pull and push in their
+//     build's project; pull tokens pull in theirs; anonymous callers
+//     nothing. Refusals are OCI error JSON (401
 //     UNAUTHORIZED, 403 DENIED) that never say whether another project's
 //     repository exists. Authorization reads the URL query only, so a
 //     request with a form body (which distribution's r.FormValue would read,
@@ -28,7 +30,8 @@
 //
 // The exported API is small:
 //
-//   - New(ctx, Config) opens storage (Dir, or S3Config) and keys;
+//   - New(ctx, Config) opens storage (Dir, or S3Config) and keys
+//     (Config.Now is its clock, for tests);
 //     (*Registry).ServeHTTP serves everything under "/v2/" (mount it there,
 //     outside any other auth); Run is the collector's loop (every
 //     GCInterval) and Close stops distribution's background work.

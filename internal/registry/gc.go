@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"time"
 
 	"github.com/distribution/distribution/v3"
@@ -72,7 +73,7 @@ func (r *Registry) CollectGarbage(ctx context.Context) (GCStats, error) {
 	r.gcMu.Lock()
 	defer r.gcMu.Unlock()
 	var st GCStats
-	now := time.Now()
+	now := r.cfg.Now()
 	repos, err := listRepos(ctx, r.driver)
 	if err != nil {
 		return st, fmt.Errorf("list repositories: %w", err)
@@ -128,9 +129,67 @@ func (r *Registry) retentionFor(ctx context.Context, projectID string) (d time.D
 }
 
 // collectRepo expires and deletes within one repository and returns the
-// digests its kept manifests are and reference.
+// digests its kept manifests are and reference. Its phases: read what
+// storage holds; reconcile the store's index with it; expire tags past
+// retention; decide what is live (liveManifests, which is pure); delete
+// the rest.
 func (r *Registry) collectRepo(ctx context.Context, repo string, now time.Time, st *GCStats) (map[digest.Digest]bool, error) {
-	grace := r.cfg.GCGrace
+	g, err := r.openRepoGC(ctx, repo, now)
+	if err != nil {
+		return nil, err
+	}
+	c, err := g.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := g.reconcileManifests(ctx, &c, st); err != nil {
+		return nil, err
+	}
+	if err := g.reconcileTags(ctx, &c, st); err != nil {
+		return nil, err
+	}
+	if err := g.expireTags(ctx, &c, st); err != nil {
+		return nil, err
+	}
+	kept, err := g.deleteDead(ctx, c, liveManifests(c, g.cutoff), st)
+	if err != nil {
+		return nil, err
+	}
+	return referenced(kept, c.infos), nil
+}
+
+// repoGC is one repository's collection: distribution's services for it,
+// and the times every phase decides by.
+type repoGC struct {
+	r         *Registry
+	repo      string
+	manifests distribution.ManifestService
+	tags      distribution.TagService
+	now       time.Time
+	// cutoff: what was pushed before it is past the project's retention.
+	cutoff time.Time
+	// gone: the project was deleted. Everything expires, and nothing
+	// storage has is indexed.
+	gone bool
+}
+
+// repoContents is what one repository holds, as storage and the store say.
+type repoContents struct {
+	// digests are the manifests storage holds, in its order; infos what
+	// each references (nothing for one that vanished while it was read).
+	digests []digest.Digest
+	infos   map[digest.Digest]manifestInfo
+	// tags are storage's tags and the manifest each points at.
+	tags map[string]digest.Digest
+	// pushedAt and tagPushed are when each manifest and tag was pushed:
+	// the store's rows, or now for what storage had and the store missed.
+	// Missing (the zero time) only in a deleted project.
+	pushedAt  map[digest.Digest]time.Time
+	tagPushed map[string]time.Time
+}
+
+// openRepoGC opens repo's services and reads its project's retention.
+func (r *Registry) openRepoGC(ctx context.Context, repo string, now time.Time) (*repoGC, error) {
 	named, err := reference.WithName(repo)
 	if err != nil {
 		return nil, err
@@ -143,174 +202,172 @@ func (r *Registry) collectRepo(ctx context.Context, repo string, now time.Time, 
 	if err != nil {
 		return nil, err
 	}
-	tagSvc := rp.Tags(ctx)
 	retention, gone, err := r.retentionFor(ctx, projectOf(repo))
 	if err != nil {
 		return nil, err
 	}
-	cutoff := now.Add(-retention)
-	if gone {
-		// The project was deleted: everything expires, whenever pushed.
-		cutoff = now.Add(100 * 365 * 24 * time.Hour)
-	}
+	return &repoGC{r: r, repo: repo, manifests: manifests, tags: rp.Tags(ctx), now: now,
+		cutoff: retentionCutoff(now, retention, gone), gone: gone}, nil
+}
 
-	// What storage holds.
-	var digests []digest.Digest
-	if err := manifests.(distribution.ManifestEnumerator).Enumerate(ctx, func(d digest.Digest) error {
-		digests = append(digests, d)
+// retentionCutoff is the push time before which images expire: now less
+// the retention, or (a deleted project) later than anything was pushed.
+func retentionCutoff(now time.Time, retention time.Duration, gone bool) time.Time {
+	if gone {
+		return now.Add(100 * 365 * 24 * time.Hour)
+	}
+	return now.Add(-retention)
+}
+
+// read lists the manifests and tags storage holds, and what each manifest
+// references.
+func (g *repoGC) read(ctx context.Context) (repoContents, error) {
+	c := repoContents{infos: map[digest.Digest]manifestInfo{}, tags: map[string]digest.Digest{}}
+	if err := g.manifests.(distribution.ManifestEnumerator).Enumerate(ctx, func(d digest.Digest) error {
+		c.digests = append(c.digests, d)
 		return nil
 	}); err != nil && !isNotFound(err) {
-		return nil, fmt.Errorf("enumerate manifests: %w", err)
+		return c, fmt.Errorf("enumerate manifests: %w", err)
 	}
-	infos := map[digest.Digest]manifestInfo{}
-	for _, d := range digests {
-		body, err := r.driver.GetContent(ctx, blobDataPath(d))
+	for _, d := range c.digests {
+		body, err := g.r.driver.GetContent(ctx, blobDataPath(d))
 		if err != nil && !isNotFound(err) {
-			return nil, fmt.Errorf("read manifest %s: %w", d, err)
+			return c, fmt.Errorf("read manifest %s: %w", d, err)
 		}
 		if err == nil {
-			infos[d] = parseManifest(body, "")
+			c.infos[d] = parseManifest(body, "")
 		}
 	}
-	tags, err := tagSvc.All(ctx)
+	tags, err := g.tags.All(ctx)
 	if err != nil && !isNotFound(err) && !isRepoUnknown(err) {
-		return nil, fmt.Errorf("list tags: %w", err)
+		return c, fmt.Errorf("list tags: %w", err)
 	}
-	tagDigest := map[string]digest.Digest{}
 	for _, t := range tags {
-		desc, err := tagSvc.Get(ctx, t)
+		desc, err := g.tags.Get(ctx, t)
 		if err != nil {
 			continue // untagged meanwhile
 		}
-		tagDigest[t] = desc.Digest
+		c.tags[t] = desc.Digest
 	}
+	return c, nil
+}
 
-	// What the store says, reconciled with storage.
-	rows, err := r.cfg.Store.ListRegistryManifests(ctx, repo)
+// reconcileManifests fills c.pushedAt from the store's manifest rows,
+// indexes manifests storage has and the store missed (pushed now, as far
+// as retention goes), and drops rows of manifests storage no longer has.
+func (g *repoGC) reconcileManifests(ctx context.Context, c *repoContents, st *GCStats) error {
+	rows, err := g.r.cfg.Store.ListRegistryManifests(ctx, g.repo)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	pushedAt := map[digest.Digest]time.Time{}
+	c.pushedAt = map[digest.Digest]time.Time{}
 	for _, m := range rows {
-		pushedAt[digest.Digest(m.Digest)] = m.PushedAt
+		c.pushedAt[digest.Digest(m.Digest)] = m.PushedAt
 	}
 	inStorage := map[digest.Digest]bool{}
-	for _, d := range digests {
+	for _, d := range c.digests {
 		inStorage[d] = true
-		if _, ok := pushedAt[d]; ok || gone {
+		if _, ok := c.pushedAt[d]; ok || g.gone {
 			continue
 		}
-		if body, err := r.driver.GetContent(ctx, blobDataPath(d)); err == nil {
-			if err := r.index(ctx, repo, d.String(), "", body, infos[d], now); err != nil {
-				return nil, err
+		if body, err := g.r.driver.GetContent(ctx, blobDataPath(d)); err == nil {
+			if err := g.r.index(ctx, g.repo, d.String(), "", body, c.infos[d], g.now); err != nil {
+				return err
 			}
 			st.Indexed++
 		}
-		pushedAt[d] = now
+		c.pushedAt[d] = g.now
 	}
 	for _, m := range rows {
-		d := digest.Digest(m.Digest)
-		if !inStorage[d] {
-			if _, err := r.pins.ifIdle(digestKey(m.Digest), grace, func() error {
-				return r.cfg.Store.DeleteRegistryManifest(ctx, repo, m.Digest)
-			}); err != nil {
-				return nil, err
-			}
-		}
-	}
-	tagRows, err := r.cfg.Store.ListRegistryTags(ctx, store.RegistryTagQuery{Repo: repo})
-	if err != nil {
-		return nil, err
-	}
-	tagPushed := map[string]time.Time{}
-	for _, t := range tagRows {
-		if d, ok := tagDigest[t.Tag]; ok && d.String() == t.Digest {
-			tagPushed[t.Tag] = t.PushedAt
+		if inStorage[digest.Digest(m.Digest)] {
 			continue
 		}
-		if _, ok := tagDigest[t.Tag]; !ok {
-			if _, err := r.pins.ifIdle(tagKey(repo, t.Tag), grace, func() error {
-				return r.cfg.Store.DeleteRegistryTag(ctx, repo, t.Tag)
-			}); err != nil {
-				return nil, err
-			}
+		if _, err := g.r.pins.ifIdle(digestKey(m.Digest), g.r.cfg.GCGrace, func() error {
+			return g.r.cfg.Store.DeleteRegistryManifest(ctx, g.repo, m.Digest)
+		}); err != nil {
+			return err
 		}
 	}
-	for t, d := range tagDigest {
-		if _, ok := tagPushed[t]; ok || gone {
+	return nil
+}
+
+// reconcileTags fills c.tagPushed from the store's tag rows that agree
+// with storage, drops rows of tags storage no longer has, and indexes
+// tags the store missed or has pointing elsewhere (pushed now).
+func (g *repoGC) reconcileTags(ctx context.Context, c *repoContents, st *GCStats) error {
+	grace := g.r.cfg.GCGrace
+	rows, err := g.r.cfg.Store.ListRegistryTags(ctx, store.RegistryTagQuery{Repo: g.repo})
+	if err != nil {
+		return err
+	}
+	c.tagPushed = map[string]time.Time{}
+	for _, t := range rows {
+		d, ok := c.tags[t.Tag]
+		if ok && d.String() == t.Digest {
+			c.tagPushed[t.Tag] = t.PushedAt
+			continue
+		}
+		if ok {
+			continue // indexed below
+		}
+		if _, err := g.r.pins.ifIdle(tagKey(g.repo, t.Tag), grace, func() error {
+			return g.r.cfg.Store.DeleteRegistryTag(ctx, g.repo, t.Tag)
+		}); err != nil {
+			return err
+		}
+	}
+	for t, d := range c.tags {
+		if _, ok := c.tagPushed[t]; ok || g.gone {
 			continue
 		}
 		// Unless a push is moving the tag right now (its row is then the
 		// push's to write).
-		if _, err := r.pins.ifIdle(tagKey(repo, t), grace, func() error {
-			return r.cfg.Store.PutRegistryTag(ctx, store.RegistryTag{Repo: repo, Tag: t, ProjectID: projectOf(repo), Digest: d.String(), PushedAt: now})
+		if _, err := g.r.pins.ifIdle(tagKey(g.repo, t), grace, func() error {
+			return g.r.cfg.Store.PutRegistryTag(ctx, store.RegistryTag{Repo: g.repo, Tag: t, ProjectID: projectOf(g.repo), Digest: d.String(), PushedAt: g.now})
 		}); err != nil {
-			return nil, err
+			return err
 		}
 		st.Indexed++
-		tagPushed[t] = now
+		c.tagPushed[t] = g.now
 	}
+	return nil
+}
 
-	// Expire tags.
-	for t := range tagDigest {
-		if !tagPushed[t].Before(cutoff) {
-			continue
-		}
-		ran, err := r.pins.ifIdle(tagKey(repo, t), grace, func() error {
-			if err := tagSvc.Untag(ctx, t); err != nil && !isNotFound(err) {
+// expireTags untags what expiredTags names, unless in use; c.tags keeps
+// the tags that remain.
+func (g *repoGC) expireTags(ctx context.Context, c *repoContents, st *GCStats) error {
+	for _, t := range expiredTags(*c, g.cutoff) {
+		ran, err := g.r.pins.ifIdle(tagKey(g.repo, t), g.r.cfg.GCGrace, func() error {
+			if err := g.tags.Untag(ctx, t); err != nil && !isNotFound(err) {
 				var unknown distribution.ErrTagUnknown
 				if !errors.As(err, &unknown) {
 					return err
 				}
 			}
-			return r.cfg.Store.DeleteRegistryTag(ctx, repo, t)
+			return g.r.cfg.Store.DeleteRegistryTag(ctx, g.repo, t)
 		})
 		if err != nil {
-			return nil, fmt.Errorf("expire tag %s: %w", t, err)
+			return fmt.Errorf("expire tag %s: %w", t, err)
 		}
 		if ran {
 			st.TagsExpired++
-			delete(tagDigest, t)
+			delete(c.tags, t)
 		}
 	}
+	return nil
+}
 
-	// Keep what the remaining tags and the retention keep, and what kept
-	// manifests reach.
-	live := map[digest.Digest]bool{}
-	for _, d := range tagDigest {
-		live[d] = true
-	}
-	for _, d := range digests {
-		if !pushedAt[d].Before(cutoff) {
-			live[d] = true
-		}
-	}
-	for changed := true; changed; {
-		changed = false
-		for _, d := range digests {
-			if live[d] {
-				for _, c := range infos[d].children {
-					if inStorage[c.Digest] && !live[c.Digest] {
-						live[c.Digest], changed = true, true
-					}
-				}
-				continue
-			}
-			if s := infos[d].subject; s != "" && live[digest.Digest(s)] {
-				live[d], changed = true, true
-			}
-		}
-	}
-
-	// Delete the rest (unless in use), and mark what is kept.
-	refs := map[digest.Digest]bool{}
-	for _, d := range digests {
+// deleteDead deletes the manifests not live, unless in use, and returns
+// the manifests kept (live, or spared because in use).
+func (g *repoGC) deleteDead(ctx context.Context, c repoContents, live map[digest.Digest]bool, st *GCStats) ([]digest.Digest, error) {
+	var kept []digest.Digest
+	for _, d := range c.digests {
 		if !live[d] {
-			ran, err := r.pins.ifIdle(digestKey(d.String()), grace, func() error {
-				if err := manifests.Delete(ctx, d); err != nil && !errors.Is(err, distribution.ErrBlobUnknown) && !isNotFound(err) {
+			ran, err := g.r.pins.ifIdle(digestKey(d.String()), g.r.cfg.GCGrace, func() error {
+				if err := g.manifests.Delete(ctx, d); err != nil && !errors.Is(err, distribution.ErrBlobUnknown) && !isNotFound(err) {
 					return err
 				}
-				return r.cfg.Store.DeleteRegistryManifest(ctx, repo, d.String())
+				return g.r.cfg.Store.DeleteRegistryManifest(ctx, g.repo, d.String())
 			})
 			if err != nil {
 				return nil, fmt.Errorf("delete manifest %s: %w", d, err)
@@ -320,12 +377,74 @@ func (r *Registry) collectRepo(ctx context.Context, repo string, now time.Time, 
 				continue
 			}
 		}
+		kept = append(kept, d)
+	}
+	return kept, nil
+}
+
+// expiredTags are the tags of c pushed before cutoff, sorted.
+func expiredTags(c repoContents, cutoff time.Time) []string {
+	var out []string
+	for t := range c.tags {
+		if c.tagPushed[t].Before(cutoff) {
+			out = append(out, t)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// liveManifests is the collector's liveness rule: which manifests of c
+// must stay. Live are the manifests c's tags point at, those pushed at or
+// after cutoff, and, transitively, the children of a live index that
+// storage holds and every manifest whose subject is live (its referrers:
+// signatures, SBOMs, attestations). The rest is dead. It reads no storage,
+// store or clock.
+func liveManifests(c repoContents, cutoff time.Time) map[digest.Digest]bool {
+	inStorage := make(map[digest.Digest]bool, len(c.digests))
+	for _, d := range c.digests {
+		inStorage[d] = true
+	}
+	live := map[digest.Digest]bool{}
+	for _, d := range c.tags {
+		live[d] = true
+	}
+	for _, d := range c.digests {
+		if !c.pushedAt[d].Before(cutoff) {
+			live[d] = true
+		}
+	}
+	// Until nothing changes: a manifest made live can make others live.
+	for changed := true; changed; {
+		changed = false
+		for _, d := range c.digests {
+			if live[d] {
+				for _, ch := range c.infos[d].children {
+					if inStorage[ch.Digest] && !live[ch.Digest] {
+						live[ch.Digest], changed = true, true
+					}
+				}
+				continue
+			}
+			if s := c.infos[d].subject; s != "" && live[digest.Digest(s)] {
+				live[d], changed = true, true
+			}
+		}
+	}
+	return live
+}
+
+// referenced is the digests the kept manifests are and reference (their
+// config and layers): what the repository's links and the blob sweep keep.
+func referenced(kept []digest.Digest, infos map[digest.Digest]manifestInfo) map[digest.Digest]bool {
+	refs := map[digest.Digest]bool{}
+	for _, d := range kept {
 		refs[d] = true
 		for _, b := range infos[d].blobs {
 			refs[b.Digest] = true
 		}
 	}
-	return refs, nil
+	return refs
 }
 
 // sweepLinks deletes the repository's links to blobs its kept manifests

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,9 +15,9 @@ import (
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
-const testGrace = 300 * time.Millisecond
-
-func shortGC(c *Config) { c.GCGrace = testGrace }
+// grace is the collector's grace period in these tests: the default, which
+// the tests' clock moves past instead of waiting it out.
+const grace = DefaultGCGrace
 
 func (f *fixture) setRetention(project string, d time.Duration) {
 	f.t.Helper()
@@ -39,9 +38,9 @@ func (f *fixture) collect() GCStats {
 // An image past its project's retention is gone after a collection, with
 // its blobs; an image within retention, and every blob of it, stays.
 func TestGCRetention(t *testing.T) {
-	f := newFixture(t, shortGC)
+	f := newFixture(t)
 	org := basic(f.token(store.TokenOrg, "o1", ""))
-	f.setRetention("p1", 1*time.Second)
+	f.setRetention("p1", 2*time.Hour)
 	old, oldBlobs := f.image(org, "p1/app", "old", "old content")
 	// An index of the old image, pushed by digest (like a multi-platform
 	// push's platform manifests), expires with it.
@@ -51,10 +50,9 @@ func TestGCRetention(t *testing.T) {
 	}
 	// p2 keeps the default retention (7 days): nothing of it expires.
 	keepP2, keepP2Blobs := f.image(org, "p2/app", "old", "p2 content")
-	time.Sleep(1200 * time.Millisecond)
+	// Past the retention, and so past the grace period too.
+	f.clock.advance(2*time.Hour + time.Minute)
 	fresh, freshBlobs := f.image(org, "p1/app", "fresh", "fresh content")
-	// A fresh tag on an old image's manifest keeps it (and refreshes it).
-	time.Sleep(testGrace)
 
 	st := f.collect()
 	if st.TagsExpired != 1 || st.ManifestsDeleted != 2 || st.BlobsDeleted != 4 {
@@ -85,56 +83,45 @@ func TestGCRetention(t *testing.T) {
 	}
 }
 
-// Pushes running while the collector runs complete and verify: a chunked
-// upload spread over several collections, and a manifest that reuses an
-// old, unreferenced blob the client just saw. Meanwhile an expired image
-// is collected, so the collector is really deleting.
+// A push the collector runs between every step of completes and
+// verifies: a chunked upload spread over several collections, and a
+// manifest that reuses an old, unreferenced blob the client just saw.
+// Meanwhile an expired image is collected, so the collector is really
+// deleting. The clock runs ahead of storage's own times, so storage's
+// times protect nothing the push touches: the pins alone do.
+// (test/e2e's TestRegistryRetentionAndGC runs collections concurrently
+// with a slow push, on the real clock.)
 func TestGCDuringPush(t *testing.T) {
-	// The grace must comfortably exceed this test's whole push (about 1.5 s,
-	// longer on a loaded machine): a push slower than the grace is what the
-	// collector is allowed to break.
-	const grace = 5 * time.Second
-	f := newFixture(t, func(c *Config) { c.GCGrace = grace })
+	f := newFixture(t)
 	org := basic(f.token(store.TokenOrg, "o1", ""))
-	f.setRetention("p1", time.Second)
+	const retention = time.Hour
+	f.setRetention("p1", retention)
 	expired, _ := f.image(org, "p1/old", "v1", "expired")
 	orphan := f.pushBlob(org, "p1/app", []byte("an orphan layer, uploaded long ago"), v1.MediaTypeImageLayerGzip)
-	time.Sleep(grace + 500*time.Millisecond) // both older than retention and grace
+	f.clock.advance(max(grace, retention) + time.Minute) // both older than retention and grace
 
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	stopGC := sync.OnceFunc(func() { close(stop); wg.Wait() })
-	t.Cleanup(stopGC)
+	// Between the push's steps: a collection, then five minutes. The ten
+	// steps from the orphan's HEAD to the manifest stay within the grace
+	// period: a push slower than that is what the collector may break.
 	var collected GCStats
-	var mu sync.Mutex
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			st, err := f.reg.CollectGarbage(context.Background())
-			if err != nil {
-				t.Errorf("collect: %v", err)
-			}
-			mu.Lock()
-			collected.ManifestsDeleted += st.ManifestsDeleted
-			collected.BlobsDeleted += st.BlobsDeleted
-			mu.Unlock()
-		}
-	}()
+	step := func() {
+		t.Helper()
+		st := f.collect()
+		collected.ManifestsDeleted += st.ManifestsDeleted
+		collected.BlobsDeleted += st.BlobsDeleted
+		f.clock.advance(grace / 12)
+	}
 
 	// The client checks the orphan exists (it does), so it will not upload it.
 	if s := f.status("HEAD", "/v2/p1/app/blobs/"+orphan.Digest.String(), org); s != 200 {
 		t.Fatalf("HEAD orphan: %d", s)
 	}
-	// A slow chunked upload: 6 chunks, 150 ms apart, across collections.
+	step()
+	// A slow chunked upload: 6 chunks, a collection and some minutes apart.
 	res := f.do("POST", "/v2/p1/app/blobs/uploads/", org, nil)
 	res.Body.Close()
 	loc := f.location(res)
+	step()
 	var content []byte
 	for i := range 6 {
 		chunk := bytes.Repeat([]byte{byte('a' + i)}, 1000)
@@ -146,7 +133,7 @@ func TestGCDuringPush(t *testing.T) {
 		}
 		content = append(content, chunk...)
 		loc = f.location(res)
-		time.Sleep(150 * time.Millisecond)
+		step()
 	}
 	layer := v1.Descriptor{MediaType: v1.MediaTypeImageLayerGzip, Digest: digest.FromBytes(content), Size: int64(len(content))}
 	q := loc.Query()
@@ -155,14 +142,14 @@ func TestGCDuringPush(t *testing.T) {
 	if res := f.do("PUT", loc.String(), org, nil); res.StatusCode != 201 {
 		t.Fatalf("finish chunked upload: %d %s", res.StatusCode, ociCode(t, res))
 	}
-	time.Sleep(300 * time.Millisecond) // a collection between blob and manifest
+	step() // a collection between blob and manifest
 	cfg := f.pushBlob(org, "p1/app", []byte(`{"architecture":"amd64","os":"linux"}`), v1.MediaTypeImageConfig)
+	step()
 	body := manifest(cfg, []v1.Descriptor{orphan, layer}, "", nil, nil)
 	if res := f.putManifest(org, "p1/app", "new", body, v1.MediaTypeImageManifest); res.StatusCode != 201 {
 		t.Fatalf("manifest reusing the orphan: %d", res.StatusCode)
 	}
-	time.Sleep(300 * time.Millisecond)
-	stopGC()
+	step()
 
 	if collected.ManifestsDeleted == 0 || collected.BlobsDeleted == 0 {
 		t.Errorf("the collector deleted nothing meanwhile (%+v): the test proves nothing", collected)
@@ -185,14 +172,14 @@ func TestGCDuringPush(t *testing.T) {
 // Upload sessions idle longer than the grace period are purged; a
 // session in use is not.
 func TestGCPurgesAbandonedUploads(t *testing.T) {
-	f := newFixture(t, shortGC)
+	f := newFixture(t)
 	org := basic(f.token(store.TokenOrg, "o1", ""))
 	res := f.do("POST", "/v2/p1/app/blobs/uploads/", org, nil)
 	res.Body.Close()
 	abandoned := f.location(res)
 	res = f.do("PATCH", abandoned.String(), org, []byte("partial"), "Content-Type", "application/octet-stream")
 	res.Body.Close()
-	time.Sleep(testGrace + 100*time.Millisecond)
+	f.clock.advance(grace + time.Minute)
 	res = f.do("POST", "/v2/p1/app/blobs/uploads/", org, nil)
 	res.Body.Close()
 	active := f.location(res)
@@ -211,7 +198,7 @@ func TestGCPurgesAbandonedUploads(t *testing.T) {
 // DeleteImages removes tags at once and gives up their retention: the next
 // collection reclaims what nothing else keeps.
 func TestDeleteImages(t *testing.T) {
-	f := newFixture(t, shortGC)
+	f := newFixture(t)
 	org := basic(f.token(store.TokenOrg, "o1", ""))
 	a, aBlobs := f.image(org, "p1", "a", "a")
 	f.image(org, "p1/web", "b", "b")
@@ -250,7 +237,7 @@ func TestDeleteImages(t *testing.T) {
 	if s := f.status("GET", "/v2/p1/manifests/a", org); s != 404 {
 		t.Errorf("deleted tag: %d", s)
 	}
-	time.Sleep(testGrace)
+	f.clock.advance(grace)
 	if st := f.collect(); st.ManifestsDeleted != 1 || st.BlobsDeleted != 3 {
 		t.Errorf("after DeleteImages, collect = %+v, want the manifest, its config and layer", st)
 	}
@@ -263,13 +250,13 @@ func TestDeleteImages(t *testing.T) {
 
 // A deleted project's images go at the next collection.
 func TestGCDeletedProject(t *testing.T) {
-	f := newFixture(t, shortGC)
+	f := newFixture(t)
 	org := basic(f.token(store.TokenOrg, "o1", ""))
 	img, _ := f.image(org, "p2/app", "v1", "doomed")
 	if err := f.st.DeleteProject(context.Background(), "p2"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(testGrace)
+	f.clock.advance(grace)
 	if st := f.collect(); st.TagsExpired != 1 || st.ManifestsDeleted != 1 || st.BlobsDeleted != 3 {
 		t.Errorf("collect = %+v", st)
 	}

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -108,4 +110,30 @@ func mustJSON(t *testing.T, res *http.Response, v any) {
 	if err := json.NewDecoder(res.Body).Decode(v); err != nil {
 		t.Fatalf("decode: %v", err)
 	}
+}
+
+// testClock is a registry clock a test moves forward: real time plus an
+// offset. Times storage keeps itself (files' modification times) stay real,
+// so after an advance everything stored before looks as old as the offset
+// says, and what is stored after looks old too: only the pins protect it,
+// which is the collector's in-process guarantee. A collection running
+// concurrently with requests would also need storage's times (a file
+// created before the request pinned it), so tests with an advanced clock
+// collect between requests, never during them.
+type testClock struct {
+	mu     sync.Mutex
+	offset time.Duration
+}
+
+func (c *testClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.offset)
+}
+
+// advance moves the clock d forward.
+func (c *testClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.offset += d
 }

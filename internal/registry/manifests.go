@@ -118,7 +118,7 @@ func (r *Registry) putManifest(w http.ResponseWriter, req *http.Request, rt rout
 			if rt.dgst == "" {
 				tag = rt.ref
 			}
-			if err := r.index(ctx, rt.name, dgst, tag, body, info, time.Now()); err != nil {
+			if err := r.index(ctx, rt.name, dgst, tag, body, info, r.cfg.Now()); err != nil {
 				// The manifest is stored; the collector indexes what the
 				// store misses on its next run.
 				r.log.ErrorContext(ctx, "index pushed manifest", "repository", rt.name, "digest", dgst, "err", err)

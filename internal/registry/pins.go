@@ -22,6 +22,8 @@ import (
 //
 // Keys: "d:<digest>", "t:<repo>:<tag>", "u:<repo>:<upload id>".
 type pins struct {
+	// now is the registry's clock (Config.Now).
+	now     func() time.Time
 	seed    maphash.Seed
 	stripes [64]pinStripe
 }
@@ -32,8 +34,8 @@ type pinStripe struct {
 	active map[string]int // requests in flight on the key
 }
 
-func newPins() *pins {
-	p := &pins{seed: maphash.MakeSeed()}
+func newPins(now func() time.Time) *pins {
+	p := &pins{now: now, seed: maphash.MakeSeed()}
 	for i := range p.stripes {
 		p.stripes[i].last = map[string]time.Time{}
 		p.stripes[i].active = map[string]int{}
@@ -47,7 +49,7 @@ func (p *pins) stripe(key string) *pinStripe {
 
 // touch records a use of each key now.
 func (p *pins) touch(keys ...string) {
-	now := time.Now()
+	now := p.now()
 	for _, k := range keys {
 		s := p.stripe(k)
 		s.mu.Lock()
@@ -63,7 +65,7 @@ func (p *pins) begin(keys ...string) (end func()) {
 	for _, k := range keys {
 		s := p.stripe(k)
 		s.mu.Lock()
-		s.last[k] = time.Now()
+		s.last[k] = p.now()
 		s.active[k]++
 		s.mu.Unlock()
 	}
@@ -71,7 +73,7 @@ func (p *pins) begin(keys ...string) (end func()) {
 		for _, k := range keys {
 			s := p.stripe(k)
 			s.mu.Lock()
-			s.last[k] = time.Now()
+			s.last[k] = p.now()
 			if s.active[k]--; s.active[k] <= 0 {
 				delete(s.active, k)
 			}
@@ -87,7 +89,7 @@ func (p *pins) ifIdle(key string, grace time.Duration, fn func() error) (bool, e
 	s := p.stripe(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.active[key] > 0 || time.Since(s.last[key]) < grace {
+	if s.active[key] > 0 || p.now().Sub(s.last[key]) < grace {
 		return false, nil
 	}
 	return true, fn()
@@ -99,16 +101,17 @@ func (p *pins) idle(key string, grace time.Duration) bool {
 	s := p.stripe(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.active[key] == 0 && time.Since(s.last[key]) >= grace
+	return s.active[key] == 0 && p.now().Sub(s.last[key]) >= grace
 }
 
 // prune forgets touches older than grace (they protect nothing any more).
 func (p *pins) prune(grace time.Duration) {
+	now := p.now()
 	for i := range p.stripes {
 		s := &p.stripes[i]
 		s.mu.Lock()
 		for k, t := range s.last {
-			if time.Since(t) >= grace && s.active[k] == 0 {
+			if now.Sub(t) >= grace && s.active[k] == 0 {
 				delete(s.last, k)
 			}
 		}

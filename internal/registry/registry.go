@@ -68,7 +68,12 @@ type Config struct {
 	// session used within this long, and purges upload sessions idle
 	// longer; 0 → DefaultGCGrace. A push must finish within it.
 	GCGrace time.Duration
-	Logger  *slog.Logger
+	// Now is the registry's clock: what the collector compares push, use
+	// and storage times against, and what registry tokens are issued and
+	// checked by. Nil → time.Now. Tests move it forward instead of waiting
+	// out grace periods and retentions.
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // Registry is kiln's OCI registry. It is an http.Handler for "/v2/".
@@ -103,7 +108,10 @@ func New(ctx context.Context, cfg Config) (reg *Registry, err error) {
 	if cfg.GCGrace <= 0 {
 		cfg.GCGrace = DefaultGCGrace
 	}
-	r := &Registry{cfg: cfg, log: cfg.Logger.With("component", "registry"), pins: newPins()}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	r := &Registry{cfg: cfg, log: cfg.Logger.With("component", "registry"), pins: newPins(cfg.Now)}
 	if r.tokens, err = loadOrCreateKey(filepath.Join(cfg.Dir, "token-key.pem")); err != nil {
 		return nil, err
 	}
@@ -180,28 +188,51 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		r.serveToken(w, req)
 		return
 	}
+	c, ok := r.admit(w, req, rt)
+	if !ok {
+		return
+	}
+	if !r.authorize(w, req, rt, c) {
+		return
+	}
+	r.dispatch(w, req, rt, c)
+}
+
+// admit authenticates the request and refuses what no caller may send (a
+// form-encoded body) and what an anonymous caller may not reach (the base
+// and catalog endpoints). On a refusal it answers and reports false.
+func (r *Registry) admit(w http.ResponseWriter, req *http.Request, rt route) (caller, bool) {
 	ctx := req.Context()
 	c, err := r.authenticate(req)
 	if err != nil {
 		if errors.Is(err, errBadCredentials) {
 			r.auditDenied(ctx, req, caller{}, rt, "invalid or expired credentials")
 			r.challenge(w, rt, req, "invalid_token", "invalid or expired credentials")
-			return
+			return caller{}, false
 		}
 		r.internalError(ctx, w, "authenticate", err)
-		return
+		return caller{}, false
 	}
 	if formBody(req) {
 		// Before authorization: what it checks (the query) must be all
 		// distribution reads (params.go).
 		r.auditDenied(ctx, req, c, rt, "form-encoded body")
 		errFormBody.write(w)
-		return
+		return caller{}, false
 	}
 	if c.anonymous && (rt.kind == routeBase || rt.kind == routeCatalog) {
 		r.challenge(w, rt, req, "", "authentication required")
-		return
+		return caller{}, false
 	}
+	return c, true
+}
+
+// authorize checks each need of the request against c's rights in the
+// repository's project and, for a registry token, against what the token
+// grants. On a refusal it answers and reports false; an optional need c
+// lacks is dropped from the request instead.
+func (r *Registry) authorize(w http.ResponseWriter, req *http.Request, rt route, c caller) bool {
+	ctx := req.Context()
 	cache := rightsCache{}
 	for _, n := range needsOf(rt, req) {
 		if n.optional && !validRepository(n.repo) {
@@ -211,35 +242,37 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		have, err := r.rights(ctx, c, projectOf(n.repo), cache)
 		if err != nil {
 			r.internalError(ctx, w, "authorize", err)
-			return
+			return false
 		}
-		if have&n.act != n.act {
-			if n.optional {
-				// Mounting from a repository the caller may not read is not
-				// refused, only not done: the client gets an upload session,
-				// the same answer as for a blob the source does not have.
-				dropMount(req)
-				continue
-			}
-			if c.anonymous {
-				r.challenge(w, rt, req, "", "authentication required")
-				return
-			}
+		granted := c.grants == nil || c.grants[n.repo].Has(n.act)
+		switch {
+		case have.Has(n.act) && granted:
+		case n.optional:
+			// Mounting from a repository the caller may not read is not
+			// refused, only not done: the client gets an upload session,
+			// the same answer as for a blob the source does not have.
+			dropMount(req)
+		case !have.Has(n.act) && c.anonymous:
+			r.challenge(w, rt, req, "", "authentication required")
+			return false
+		case !have.Has(n.act):
 			r.auditDenied(ctx, req, c, rt, "no "+n.act.String()+" access to the repository")
 			errDenied.write(w)
-			return
-		}
-		if c.grants != nil && c.grants[n.repo]&n.act != n.act {
-			if n.optional {
-				dropMount(req)
-				continue
-			}
+			return false
+		default:
 			// The principal may, but its registry token does not say so:
 			// the client asks the token endpoint for this scope and retries.
 			r.challenge(w, rt, req, "insufficient_scope", "the registry token does not grant "+n.act.String()+" on "+n.repo)
-			return
+			return false
 		}
 	}
+	return true
+}
+
+// dispatch serves an authorized request: kiln's own endpoints, or
+// distribution with the pins (pins.go) of what the request uses held
+// around it.
+func (r *Registry) dispatch(w http.ResponseWriter, req *http.Request, rt route, c caller) {
 	switch rt.kind {
 	case routeCatalog:
 		r.serveCatalog(w, req, c)
@@ -261,38 +294,51 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		r.pins.touch(digestKey(rt.dgst.String()))
 		r.app.ServeHTTP(w, req)
 	case routeUploadStart:
-		q := req.URL.Query()
-		var keys []string
-		for _, d := range []string{q.Get("mount"), q.Get("digest")} {
-			if _, err := digest.Parse(d); err == nil {
-				keys = append(keys, digestKey(d))
-			}
-		}
-		end := r.pins.begin(keys...)
-		r.app.ServeHTTP(w, req)
-		end()
-		if id := w.Header().Get("Docker-Upload-UUID"); id != "" {
-			r.pins.touch(uploadKey(rt.name, id))
-		}
+		r.startUpload(w, req, rt)
 	case routeUpload:
-		// An upload that does not exist (never started, finished, purged)
-		// is BLOB_UPLOAD_UNKNOWN, whatever state the URL carries.
-		if _, err := r.driver.Stat(ctx, repoPath(rt.name, "_uploads", rt.ref, "startedat")); isNotFound(err) {
-			newOCIError(http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry").write(w)
-			return
-		}
-		keys := []string{uploadKey(rt.name, rt.ref)}
-		if d := req.URL.Query().Get("digest"); d != "" {
-			if _, err := digest.Parse(d); err == nil {
-				keys = append(keys, digestKey(d))
-			}
-		}
-		end := r.pins.begin(keys...)
-		defer end()
-		r.app.ServeHTTP(w, req)
+		r.continueUpload(w, req, rt)
 	default:
 		r.app.ServeHTTP(w, req)
 	}
+}
+
+// startUpload serves an upload start (POST): a plain one, a monolithic
+// upload (digest=) or a cross-repository mount (mount=), with the blobs it
+// names pinned while distribution serves it and the new session after.
+func (r *Registry) startUpload(w http.ResponseWriter, req *http.Request, rt route) {
+	q := req.URL.Query()
+	var keys []string
+	for _, d := range []string{q.Get("mount"), q.Get("digest")} {
+		if _, err := digest.Parse(d); err == nil {
+			keys = append(keys, digestKey(d))
+		}
+	}
+	end := r.pins.begin(keys...)
+	r.app.ServeHTTP(w, req)
+	end()
+	if id := w.Header().Get("Docker-Upload-UUID"); id != "" {
+		r.pins.touch(uploadKey(rt.name, id))
+	}
+}
+
+// continueUpload serves a request on an upload session (PATCH, PUT,
+// GET, DELETE), with the session and the blob it commits pinned.
+func (r *Registry) continueUpload(w http.ResponseWriter, req *http.Request, rt route) {
+	// An upload that does not exist (never started, finished, purged)
+	// is BLOB_UPLOAD_UNKNOWN, whatever state the URL carries.
+	if _, err := r.driver.Stat(req.Context(), repoPath(rt.name, "_uploads", rt.ref, "startedat")); isNotFound(err) {
+		newOCIError(http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry").write(w)
+		return
+	}
+	keys := []string{uploadKey(rt.name, rt.ref)}
+	if d := req.URL.Query().Get("digest"); d != "" {
+		if _, err := digest.Parse(d); err == nil {
+			keys = append(keys, digestKey(d))
+		}
+	}
+	end := r.pins.begin(keys...)
+	defer end()
+	r.app.ServeHTTP(w, req)
 }
 
 // dropMount turns a mount request into a plain upload start.

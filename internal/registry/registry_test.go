@@ -32,6 +32,9 @@ type fixture struct {
 	srv *httptest.Server
 	// host is the server's host:port, for references.
 	host string
+	// clock is the registry's (Config.Now); tests advance it instead of
+	// sleeping.
+	clock *testClock
 }
 
 func newFixture(t *testing.T, mod ...func(*Config)) *fixture {
@@ -52,7 +55,8 @@ func newFixture(t *testing.T, mod ...func(*Config)) *fixture {
 			t.Fatal(err)
 		}
 	}
-	cfg := Config{Dir: t.TempDir(), Store: st, Authn: &auth.Authenticator{Store: st}}
+	clock := &testClock{}
+	cfg := Config{Dir: t.TempDir(), Store: st, Authn: &auth.Authenticator{Store: st}, Now: clock.now}
 	for _, m := range mod {
 		m(&cfg)
 	}
@@ -63,7 +67,7 @@ func newFixture(t *testing.T, mod ...func(*Config)) *fixture {
 	t.Cleanup(func() { reg.Close() })
 	srv := httptest.NewServer(reg)
 	t.Cleanup(srv.Close)
-	return &fixture{t: t, st: st, reg: reg, srv: srv, host: strings.TrimPrefix(srv.URL, "http://")}
+	return &fixture{t: t, st: st, reg: reg, srv: srv, host: strings.TrimPrefix(srv.URL, "http://"), clock: clock}
 }
 
 // token stores a token of kind in org (scoped to project for project,

@@ -114,7 +114,8 @@ func TestParseRetention(t *testing.T) {
 }
 
 func TestPins(t *testing.T) {
-	p := newPins()
+	clock := &testClock{}
+	p := newPins(clock.now)
 	ran := 0
 	del := func() error { ran++; return nil }
 	if ok, _ := p.ifIdle("d:x", time.Hour, del); !ok || ran != 1 {
@@ -124,6 +125,15 @@ func TestPins(t *testing.T) {
 	if ok, _ := p.ifIdle("d:x", time.Hour, del); ok {
 		t.Errorf("touched key deleted within grace")
 	}
+	clock.advance(59 * time.Minute)
+	if ok, _ := p.ifIdle("d:x", time.Hour, del); ok {
+		t.Errorf("touched key deleted within grace (59 minutes on)")
+	}
+	clock.advance(time.Minute)
+	if ok, _ := p.ifIdle("d:x", time.Hour, del); !ok || ran != 2 {
+		t.Errorf("key not deleted once the grace period passed")
+	}
+	p.touch("d:x")
 	end := p.begin("u:r:1")
 	if ok, _ := p.ifIdle("u:r:1", 0, del); ok {
 		t.Errorf("key in use deleted")

@@ -304,7 +304,7 @@ func (r *Registry) serveToken(w http.ResponseWriter, req *http.Request) {
 				return
 			}
 			if g := have & sc.actions; g != 0 {
-				access = append(access, accessEntry{Type: "repository", Name: sc.name, Actions: g.list()})
+				access = append(access, accessEntry{Type: "repository", Name: sc.name, Actions: g.Names()})
 			}
 		case "registry":
 			if sc.name == "catalog" {
@@ -312,7 +312,7 @@ func (r *Registry) serveToken(w http.ResponseWriter, req *http.Request) {
 			}
 		}
 	}
-	now := time.Now()
+	now := r.cfg.Now()
 	tok, err := r.tokens.issue(p, access, now)
 	if err != nil {
 		r.internalError(ctx, w, "sign registry token", err)

@@ -1,0 +1,97 @@
+package auth_test
+
+import (
+	"testing"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/store"
+)
+
+// TestRightsTable pins kiln's one authorization table: every kind of
+// principal against its own project, another project of its organization,
+// and a project of another organization, for every action. Changing a
+// right means changing this table.
+func TestRightsTable(t *testing.T) {
+	own := store.Project{ID: "p1", OrgID: "o1"}
+	sibling := store.Project{ID: "p2", OrgID: "o1"}
+	foreign := store.Project{ID: "p1", OrgID: "o2"} // same id, other org
+
+	org := auth.Principal{Kind: store.TokenOrg, OrgID: "o1"}
+	project := auth.Principal{Kind: store.TokenProject, OrgID: "o1", ProjectID: "p1"}
+	oidc := auth.Principal{Kind: store.TokenOIDC, OrgID: "o1", ProjectIDs: []string{"p1"}}
+	build := auth.Principal{Kind: store.TokenBuild, OrgID: "o1", ProjectID: "p1", BuildID: "b1"}
+	pull := auth.Principal{Kind: store.TokenPull, OrgID: "o1", ProjectID: "p1"}
+	noOrg := auth.Principal{Kind: store.TokenOrg}
+	unknown := auth.Principal{Kind: "bogus", OrgID: "o1", ProjectID: "p1"}
+
+	cases := []struct {
+		name string
+		p    auth.Principal
+		proj store.Project
+		// allowed is the actions granted, as auth.Action.String lists them.
+		allowed string
+	}{
+		{"org token, own project", org, own, "pull,push,delete,view,build,admin"},
+		{"org token, another project of its org", org, sibling, "pull,push,delete,view,build,admin"},
+		{"org token, another org", org, foreign, ""},
+		{"project token, own project", project, own, "pull,push,delete,view,build"},
+		{"project token, another project", project, sibling, ""},
+		{"project token, another org", project, foreign, ""},
+		{"OIDC job, trusted project", oidc, own, "pull,push,delete,view,build"},
+		{"OIDC job, untrusted project", oidc, sibling, ""},
+		{"OIDC job, another org", oidc, foreign, ""},
+		{"build token, its build's project", build, own, "pull,push"},
+		{"build token, another project", build, sibling, ""},
+		{"build token, another org", build, foreign, ""},
+		{"pull token, own project", pull, own, "pull"},
+		{"pull token, another project", pull, sibling, ""},
+		{"pull token, another org", pull, foreign, ""},
+		{"no organization", noOrg, store.Project{ID: "p1"}, ""},
+		{"unknown kind", unknown, own, ""},
+	}
+	for _, c := range cases {
+		got := auth.RightsIn(c.p, c.proj)
+		if got.String() != c.allowed {
+			t.Errorf("%s: rights %q, want %q", c.name, got, c.allowed)
+		}
+		// The API's checks are the table's columns.
+		if c.p.CanSeeProject(c.proj) != got.Has(auth.View) || c.p.CanBuild(c.proj) != got.Has(auth.Build) ||
+			c.p.CanAdminProject(c.proj) != got.Has(auth.Admin) {
+			t.Errorf("%s: CanSeeProject/CanBuild/CanAdminProject disagree with the table (%q)", c.name, got)
+		}
+	}
+}
+
+// A build is reachable by whoever may build in its project, and by its own
+// build token only.
+func TestCanUseBuild(t *testing.T) {
+	b := store.Build{ID: "b1", ProjectID: "p1", OrgID: "o1"}
+	cases := []struct {
+		name string
+		p    auth.Principal
+		want bool
+	}{
+		{"org token", auth.Principal{Kind: store.TokenOrg, OrgID: "o1"}, true},
+		{"org token of another org", auth.Principal{Kind: store.TokenOrg, OrgID: "o2"}, false},
+		{"project token", auth.Principal{Kind: store.TokenProject, OrgID: "o1", ProjectID: "p1"}, true},
+		{"another project's token", auth.Principal{Kind: store.TokenProject, OrgID: "o1", ProjectID: "p2"}, false},
+		{"OIDC job", auth.Principal{Kind: store.TokenOIDC, OrgID: "o1", ProjectIDs: []string{"p2", "p1"}}, true},
+		{"its build token", auth.Principal{Kind: store.TokenBuild, OrgID: "o1", ProjectID: "p1", BuildID: "b1"}, true},
+		{"another build's token", auth.Principal{Kind: store.TokenBuild, OrgID: "o1", ProjectID: "p1", BuildID: "b2"}, false},
+		{"pull token", auth.Principal{Kind: store.TokenPull, OrgID: "o1", ProjectID: "p1"}, false},
+	}
+	for _, c := range cases {
+		if got := c.p.CanUseBuild(b); got != c.want {
+			t.Errorf("%s: CanUseBuild = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+func TestActionNames(t *testing.T) {
+	if s := (auth.Pull | auth.Delete).String(); s != "pull,delete" {
+		t.Errorf("String = %q", s)
+	}
+	if !(auth.Pull | auth.Push).Has(auth.Push) || auth.Pull.Has(auth.Pull|auth.Push) {
+		t.Errorf("Has")
+	}
+}
