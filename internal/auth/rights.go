@@ -3,7 +3,6 @@ package auth
 import (
 	"slices"
 	"strings"
-
 )
 
 // Action is a set of things a principal may do in a project. The API asks
