@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/retry"
 )
 
 func newBuildsCmd(g *globals) *cobra.Command {
@@ -218,35 +220,46 @@ so far.`,
 	return cmd
 }
 
+// followRetry bounds reopening a followed build's log stream: 5 tries with
+// waits from 0.5 s, doubling. A stream that delivered something new starts
+// the count afresh.
+var followRetry = retry.Policy{Attempts: 5, Delay: 500 * time.Millisecond}
+
+// errStreamEnded is a followed stream that ended, without an error, before
+// the build did.
+var errStreamEnded = errors.New("the log stream ended before the build did")
+
 // watchBuild prints a build's events. Following, a stream that breaks
 // (the server restarted, the connection reset) is opened again with
-// bounded backoff; the replay's already printed lines are skipped.
+// bounded backoff (followRetry); the replay's already printed lines are
+// skipped.
 func watchBuild(ctx context.Context, api kilnv1connect.SourceBuildServiceClient, id string, follow, asJSON bool, stdout, stderr io.Writer) error {
 	p := newBuildLogPrinter(stdout, id)
-	delay := 500 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		progressed, err := watchOnce(ctx, api, id, follow, asJSON, p)
-		if err == nil && (!follow || p.finished()) {
-			break
-		}
-		if err != nil && (!follow || !isTransient(err)) {
+	reopen := func(err error) bool { return follow && (errors.Is(err, errStreamEnded) || retry.Transient(err)) }
+	for {
+		progressed := false
+		policy := followRetry
+		policy.Retryable = func(err error) bool { return !progressed && reopen(err) }
+		err := retry.Do(ctx, policy, func(ctx context.Context) error {
+			var err error
+			progressed, err = watchOnce(ctx, api, id, follow, asJSON, p)
+			if err == nil && follow && !p.finished() {
+				return errStreamEnded
+			}
+			return err
+		})
+		switch {
+		case err == nil:
+		case reopen(err) && ctx.Err() != nil:
+			return context.Cause(ctx)
+		case reopen(err) && progressed:
+			continue // something new arrived: the tries start afresh
+		case errors.Is(err, errStreamEnded):
+			return fmt.Errorf("the log stream of build %s ended before the build did; run `kiln builds logs -f %s` again: %w", id, id, errdefs.ErrUnavailable)
+		default:
 			return fmt.Errorf("watch build %s: %w", id, err)
 		}
-		if progressed {
-			attempt, delay = 1, 500*time.Millisecond
-		}
-		if attempt == 5 {
-			if err != nil {
-				return fmt.Errorf("watch build %s: %w", id, err)
-			}
-			return fmt.Errorf("the log stream of build %s ended before the build did; run `kiln builds logs -f %s` again: %w", id, id, errdefs.ErrUnavailable)
-		}
-		select {
-		case <-ctx.Done():
-			return context.Cause(ctx)
-		case <-time.After(delay):
-		}
-		delay *= 2
+		break
 	}
 	if p.build == nil {
 		return fmt.Errorf("build %s: the server sent no status: %w", id, errdefs.ErrUnavailable)

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-dev/kiln/internal/client"
+	"github.com/kiln-dev/kiln/internal/cliflag"
 )
 
 // Security floors kiln doctor checks against (see ../shared/DEPENDENCIES.md);
@@ -303,7 +304,7 @@ Exits non-zero only when something would stop builds from working.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&d.buildkitd, "buildkitd", envOr("KILN_BUILDKITD", defaultBuildkitd()), "buildkitd binary to check")
+	cmd.Flags().StringVar(&d.buildkitd, "buildkitd", cliflag.EnvOr("KILN_BUILDKITD", cliflag.DefaultBuildkitd()), "buildkitd binary to check")
 	cmd.Flags().StringVar(&d.dataDir, "data", client.DefaultDataDir(), "data directory to check for disk space")
 	return cmd
 }

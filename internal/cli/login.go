@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -16,6 +17,7 @@ import (
 	"github.com/kiln-dev/kiln/gen/depot/cli/v1beta1/cliv1beta1connect"
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/internal/client"
+	"github.com/kiln-dev/kiln/internal/retry"
 )
 
 func newLoginCmd(g *globals) *cobra.Command {
@@ -98,18 +100,19 @@ func deviceLogin(cmd *cobra.Command, g *globals) error {
 	// The login outlives a server restart: wait again while the server is
 	// unavailable, until the login would have expired anyway.
 	giveUp := time.Now().Add(11 * time.Minute)
-	token := ""
-	for backoff := time.Second; ; backoff = min(2*backoff, 10*time.Second) {
-		token, err = finishLogin(cmd, svc, started.Msg.Id)
-		if connect.CodeOf(err) != connect.CodeUnavailable || time.Now().After(giveUp) {
-			break
+	waitAgain := func(err error) bool {
+		return connect.CodeOf(err) == connect.CodeUnavailable && !time.Now().After(giveUp)
+	}
+	policy := retry.Policy{Attempts: -1, Delay: time.Second, MaxDelay: 10 * time.Second, Retryable: waitAgain}
+	token, err := retry.Value(cmd.Context(), policy, func(context.Context) (string, error) {
+		token, err := finishLogin(cmd, svc, started.Msg.Id)
+		if waitAgain(err) {
+			fmt.Fprintf(w, "%s; still waiting...\n", describe(err))
 		}
-		fmt.Fprintf(w, "%s; still waiting...\n", describe(err))
-		select {
-		case <-cmd.Context().Done():
-			return cmd.Context().Err()
-		case <-time.After(backoff):
-		}
+		return token, err
+	})
+	if err != nil && waitAgain(err) && cmd.Context().Err() != nil {
+		return cmd.Context().Err()
 	}
 	if err != nil {
 		return err

@@ -17,7 +17,7 @@ import (
 )
 
 func newProjectsCmd(g *globals) *cobra.Command {
-	var asJSON, quiet bool
+	out := &projectsOutput{}
 	cmd := &cobra.Command{
 		Use:     "projects",
 		Aliases: []string{"project"},
@@ -29,28 +29,39 @@ func newProjectsCmd(g *globals) *cobra.Command {
   kiln projects update k3v9x0ab2mqd --egress-allow 10.9.0.0/16
   kiln projects delete k3v9x0ab2mqd`,
 	}
-	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.PersistentFlags().BoolVarP(&quiet, "quiet", "q", false, "print only project IDs")
-	print := func(w io.Writer, projects ...*corev1.Project) error {
-		return printProjects(w, quiet, asJSON, nil, projects...)
-	}
-	// printOne shows one project with its egress allow-list (net: nil asks
-	// the server for it).
-	printOne := func(cmd *cobra.Command, c client.Config, p *corev1.Project, net *kilnv1.ProjectNetwork) error {
-		if net == nil && !quiet {
-			res, err := c.ProjectNetwork().GetProjectNetwork(cmd.Context(), connect.NewRequest(&kilnv1.GetProjectNetworkRequest{ProjectId: p.ProjectId}))
-			switch {
-			case connect.CodeOf(err) == connect.CodeUnimplemented: // an older server: no allow-list to show
-			case err != nil:
-				return err
-			default:
-				net = res.Msg.Network
-			}
-		}
-		return printProjects(cmd.OutOrStdout(), quiet, asJSON, net, p)
-	}
+	cmd.PersistentFlags().BoolVar(&out.asJSON, "json", false, "print JSON")
+	cmd.PersistentFlags().BoolVarP(&out.quiet, "quiet", "q", false, "print only project IDs")
+	cmd.AddCommand(newProjectsListCmd(g, out), newProjectsCreateCmd(g, out), newProjectsGetCmd(g, out),
+		newProjectsUpdateCmd(g, out), newProjectsDeleteCmd(g))
+	return cmd
+}
 
-	cmd.AddCommand(&cobra.Command{
+// projectsOutput is how `kiln projects` subcommands print projects: the
+// parent's persistent --json and --quiet flags.
+type projectsOutput struct{ asJSON, quiet bool }
+
+func (o *projectsOutput) print(w io.Writer, projects ...*corev1.Project) error {
+	return printProjects(w, o.quiet, o.asJSON, nil, projects...)
+}
+
+// printOne shows one project with its egress allow-list (net: nil asks the
+// server for it).
+func (o *projectsOutput) printOne(cmd *cobra.Command, c client.Config, p *corev1.Project, net *kilnv1.ProjectNetwork) error {
+	if net == nil && !o.quiet {
+		res, err := c.ProjectNetwork().GetProjectNetwork(cmd.Context(), connect.NewRequest(&kilnv1.GetProjectNetworkRequest{ProjectId: p.ProjectId}))
+		switch {
+		case connect.CodeOf(err) == connect.CodeUnimplemented: // an older server: no allow-list to show
+		case err != nil:
+			return err
+		default:
+			net = res.Msg.Network
+		}
+	}
+	return printProjects(cmd.OutOrStdout(), o.quiet, o.asJSON, net, p)
+}
+
+func newProjectsListCmd(g *globals, out *projectsOutput) *cobra.Command {
+	return &cobra.Command{
 		Use:     "list",
 		Short:   "List projects",
 		Example: "  kiln projects list --json",
@@ -64,12 +75,14 @@ func newProjectsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return print(cmd.OutOrStdout(), res.Msg.Projects...)
+			return out.print(cmd.OutOrStdout(), res.Msg.Projects...)
 		},
-	})
+	}
+}
 
+func newProjectsCreateCmd(g *globals, out *projectsOutput) *cobra.Command {
 	var keepGB, keepDays int32
-	create := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:     "create NAME",
 		Short:   "Create a project",
 		Example: "  kiln projects create my-app --keep-gb 50 --keep-days 14",
@@ -84,14 +97,16 @@ func newProjectsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return print(cmd.OutOrStdout(), res.Msg.Project)
+			return out.print(cmd.OutOrStdout(), res.Msg.Project)
 		},
 	}
-	create.Flags().Int32Var(&keepGB, "keep-gb", 0, "cache size cap in GB (0: server default)")
-	create.Flags().Int32Var(&keepDays, "keep-days", 0, "drop cache unused for this many days (0: server default)")
-	cmd.AddCommand(create)
+	cmd.Flags().Int32Var(&keepGB, "keep-gb", 0, "cache size cap in GB (0: server default)")
+	cmd.Flags().Int32Var(&keepDays, "keep-days", 0, "drop cache unused for this many days (0: server default)")
+	return cmd
+}
 
-	cmd.AddCommand(&cobra.Command{
+func newProjectsGetCmd(g *globals, out *projectsOutput) *cobra.Command {
+	return &cobra.Command{
 		Use:   "get ID",
 		Short: "Show a project, with the private ranges its builds may reach",
 		Long: `Show a project: its name, cache policy, creation time and egress
@@ -108,15 +123,17 @@ public destinations; "none" when there are none).`,
 			if err != nil {
 				return err
 			}
-			return printOne(cmd, c, res.Msg.Project, nil)
+			return out.printOne(cmd, c, res.Msg.Project, nil)
 		},
-	})
+	}
+}
 
+func newProjectsUpdateCmd(g *globals, out *projectsOutput) *cobra.Command {
 	var name string
 	var upGB, upDays int32
 	var egress []string
 	var setRetention retentionSetter
-	update := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "update ID",
 		Short: "Rename a project or change its cache policy, registry retention or egress allow-list",
 		Long: `Rename a project or change its cache policy, registry retention or egress
@@ -182,18 +199,20 @@ the list needs an organization token and is recorded in the audit log.`,
 			if err != nil {
 				return err
 			}
-			return printOne(cmd, c, res.Msg.Project, net)
+			return out.printOne(cmd, c, res.Msg.Project, net)
 		},
 	}
-	update.Flags().StringVar(&name, "name", "", "new name")
-	update.Flags().Int32Var(&upGB, "keep-gb", 0, "cache size cap in GB")
-	update.Flags().Int32Var(&upDays, "keep-days", 0, "cache age cap in days")
-	update.Flags().StringSliceVar(&egress, "egress-allow", nil,
+	cmd.Flags().StringVar(&name, "name", "", "new name")
+	cmd.Flags().Int32Var(&upGB, "keep-gb", 0, "cache size cap in GB")
+	cmd.Flags().Int32Var(&upDays, "keep-days", 0, "cache age cap in days")
+	cmd.Flags().StringSliceVar(&egress, "egress-allow", nil,
 		"a private CIDR this project's RUN steps may reach (repeatable; replaces the list; \"none\" clears it)")
-	setRetention = addRetentionFlag(update)
-	cmd.AddCommand(update)
+	setRetention = addRetentionFlag(cmd)
+	return cmd
+}
 
-	cmd.AddCommand(&cobra.Command{
+func newProjectsDeleteCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
 		Use:     "delete ID",
 		Short:   "Delete a project, its tokens, builds and cache",
 		Example: "  kiln projects delete k3v9x0ab2mqd",
@@ -209,8 +228,7 @@ the list needs an organization token and is recorded in the audit log.`,
 			fmt.Fprintf(cmd.OutOrStdout(), "deleted project %s\n", args[0])
 			return nil
 		},
-	})
-	return cmd
+	}
 }
 
 // egressList turns --egress-allow values into the list to send: "none"

@@ -10,7 +10,8 @@ import (
 
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/internal/client"
-	"github.com/kiln-dev/kiln/internal/registry"
+	"github.com/kiln-dev/kiln/internal/cliflag"
+	"github.com/kiln-dev/kiln/internal/retention"
 )
 
 // retentionSetter applies `--registry-retention` when it was given.
@@ -20,7 +21,7 @@ type retentionSetter func(cmd *cobra.Command, c client.Config, projectID string)
 // the returned func applies it (kiln.v1.RegistryAdminService).
 func addRetentionFlag(cmd *cobra.Command) retentionSetter {
 	var d time.Duration
-	cmd.Flags().Var(retentionValue{&d}, "registry-retention",
+	cmd.Flags().Var(cliflag.Retention{D: &d}, "registry-retention",
 		"keep this project's saved images this long after they were pushed, e.g. 14d or 36h (0: the server's default)")
 	return func(cmd *cobra.Command, c client.Config, projectID string) error {
 		if !cmd.Flags().Changed("registry-retention") {
@@ -36,7 +37,7 @@ func addRetentionFlag(cmd *cobra.Command) retentionSetter {
 		if s.RetentionIsDefault {
 			note = " (the server's default)"
 		}
-		fmt.Fprintf(cmd.ErrOrStderr(), "registry retention of %s: %s%s\n", projectID, registry.FormatRetention(s.Retention.AsDuration()), note)
+		fmt.Fprintf(cmd.ErrOrStderr(), "registry retention of %s: %s%s\n", projectID, retention.Format(s.Retention.AsDuration()), note)
 		return nil
 	}
 }

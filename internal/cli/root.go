@@ -1,6 +1,8 @@
-// Package cli holds kiln's commands (cobra). Client commands talk to a kiln
-// server through internal/client and drive builds through internal/engine;
-// `kiln serve` wires internal/server. Only this package and cmd/ print.
+// Package cli holds kiln's client commands (cobra). They talk to a kiln
+// server through internal/client and drive builds through internal/engine.
+// It must not import server code (internal/server and the domain packages
+// behind it): `kiln serve` lives in cmd/kiln, which adds it to NewRoot's
+// tree. Only this package and cmd/ print.
 package cli
 
 import (
@@ -34,8 +36,9 @@ func (g *globals) register(cmd *cobra.Command) {
 
 func (g *globals) config() (client.Config, error) { return client.Resolve(g.apiURL, g.token) }
 
-// NewRoot builds the kiln command tree.
-func NewRoot() *cobra.Command {
+// NewRoot builds the kiln command tree; extra commands (cmd/kiln's `kiln
+// serve`) are added to the root beside the client commands.
+func NewRoot(extra ...*cobra.Command) *cobra.Command {
 	g := &globals{}
 	root := &cobra.Command{
 		Use:   "kiln",
@@ -51,7 +54,8 @@ Start a server with 'kiln serve', then build with 'kiln build'.`,
 		SilenceErrors: true,
 	}
 	g.register(root)
-	root.AddCommand(newServeCmd(), newBuildCmd(g), newProjectsCmd(g), newLoginCmd(g), newVersionCmd())
+	root.AddCommand(extra...)
+	root.AddCommand(newBuildCmd(g), newProjectsCmd(g), newLoginCmd(g), newVersionCmd())
 	root.AddCommand(newDoctorCmd(g), newConfigureDockerCmd())
 	root.AddCommand(newCacheCmd(g))
 	root.AddCommand(newTrustPoliciesCmd(g))
@@ -63,15 +67,16 @@ Start a server with 'kiln serve', then build with 'kiln build'.`,
 	return root
 }
 
-// Main runs the CLI and returns the process exit code.
-func Main(args []string, stdout, stderr io.Writer) int {
+// Main runs the CLI, with extra commands added to the root (NewRoot), and
+// returns the process exit code.
+func Main(args []string, stdout, stderr io.Writer, extra ...*cobra.Command) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	args, handled := dockerPluginMain(args, stdout)
 	if handled {
 		return 0
 	}
-	root := NewRoot()
+	root := NewRoot(extra...)
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)

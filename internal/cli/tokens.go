@@ -34,9 +34,14 @@ func newTokensCmd(g *globals) *cobra.Command {
   kiln tokens delete tok_abc123`,
 	}
 
+	cmd.AddCommand(newTokensCreateCmd(g), newTokensListCmd(g), newTokensUpdateCmd(g), newTokensDeleteCmd(g))
+	return cmd
+}
+
+func newTokensCreateCmd(g *globals) *cobra.Command {
 	var project, description, kind string
 	var expires time.Duration
-	create := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Create a token; its secret is printed once",
 		Example: `  kiln tokens create --project k3v9x0ab2mqd --description "GitLab CI" --expires 2160h
@@ -74,15 +79,17 @@ func newTokensCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	create.Flags().StringVar(&project, "project", "", "project of a project or pull token")
-	create.Flags().StringVar(&description, "description", "", "what the token is for")
-	create.Flags().StringVar(&kind, "kind", "project", "project | pull | organization")
-	create.Flags().DurationVar(&expires, "expires", 0, "lifetime, e.g. 24h or 720h (0: never expires)")
-	cmd.AddCommand(create)
+	cmd.Flags().StringVar(&project, "project", "", "project of a project or pull token")
+	cmd.Flags().StringVar(&description, "description", "", "what the token is for")
+	cmd.Flags().StringVar(&kind, "kind", "project", "project | pull | organization")
+	cmd.Flags().DurationVar(&expires, "expires", 0, "lifetime, e.g. 24h or 720h (0: never expires)")
+	return cmd
+}
 
+func newTokensListCmd(g *globals) *cobra.Command {
 	var listProject string
 	var asJSON bool
-	list := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:     "list",
 		Short:   "List a project's tokens, or the organization's own",
 		Example: "  kiln tokens list --project k3v9x0ab2mqd\n  kiln tokens list --json",
@@ -114,12 +121,14 @@ func newTokensCmd(g *globals) *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	list.Flags().StringVar(&listProject, "project", "", "project whose tokens to list (default: the organization's tokens)")
-	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.AddCommand(list)
+	cmd.Flags().StringVar(&listProject, "project", "", "project whose tokens to list (default: the organization's tokens)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
 
+func newTokensUpdateCmd(g *globals) *cobra.Command {
 	var newDesc string
-	update := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:     "update TOKEN_ID --description TEXT",
 		Short:   "Change a token's description",
 		Example: `  kiln tokens update tok_abc123 --description "CI (rotated)"`,
@@ -133,10 +142,12 @@ func newTokensCmd(g *globals) *cobra.Command {
 			return err
 		},
 	}
-	update.Flags().StringVar(&newDesc, "description", "", "new description")
-	cmd.AddCommand(update)
+	cmd.Flags().StringVar(&newDesc, "description", "", "new description")
+	return cmd
+}
 
-	cmd.AddCommand(&cobra.Command{
+func newTokensDeleteCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
 		Use:     "delete TOKEN_ID",
 		Short:   "Revoke a token: the next request with it is refused",
 		Example: "  kiln tokens delete tok_abc123",
@@ -152,8 +163,7 @@ func newTokensCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(cmd.OutOrStdout(), "deleted token %s\n", args[0])
 			return nil
 		},
-	})
-	return cmd
+	}
 }
 
 func kindLabel(k kilnv1.TokenKind) string {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/retention"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -192,7 +192,7 @@ func (r *Registry) Retention(ctx context.Context, p auth.Principal, projectID st
 }
 
 // MaxRetention bounds a project's retention.
-const MaxRetention = 10 * 365 * 24 * time.Hour
+const MaxRetention = retention.Max
 
 // SetRetention sets a project's retention (0: back to the server's
 // default). It needs an organization token, like every project setting.
@@ -211,27 +211,8 @@ func (r *Registry) SetRetention(ctx context.Context, p auth.Principal, projectID
 
 // ParseRetention reads a retention: a number of days ("14d") or a Go
 // duration ("36h", "90m", "30s"); "0" means the default.
-func ParseRetention(s string) (time.Duration, error) {
-	s = strings.TrimSpace(s)
-	if days, ok := strings.CutSuffix(s, "d"); ok {
-		n, err := strconv.ParseFloat(days, 64)
-		if err != nil || !(n >= 0 && n <= MaxRetention.Hours()/24) {
-			return 0, fmt.Errorf("retention %q: want days like 14d or a duration like 36h", s)
-		}
-		return time.Duration(n * float64(24*time.Hour)), nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d < 0 || d > MaxRetention {
-		return 0, fmt.Errorf("retention %q: want days like 14d or a duration like 36h", s)
-	}
-	return d, nil
-}
+func ParseRetention(s string) (time.Duration, error) { return retention.Parse(s) }
 
 // FormatRetention writes a retention the way ParseRetention reads it,
 // in days when whole.
-func FormatRetention(d time.Duration) string {
-	if d > 0 && d%(24*time.Hour) == 0 {
-		return strconv.FormatInt(int64(d/(24*time.Hour)), 10) + "d"
-	}
-	return d.String()
-}
+func FormatRetention(d time.Duration) string { return retention.Format(d) }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/gateway"
 	"github.com/kiln-dev/kiln/internal/pki"
+	"github.com/kiln-dev/kiln/internal/retry"
 )
 
 // TLS modes of kiln serve's listener.
@@ -58,27 +60,28 @@ func newConnMux(ln net.Listener, cfg *tls.Config, gw *gateway.Gateway, allowPlai
 	return m
 }
 
+// acceptRetry waits out accept errors that pass (out of fds, a reset
+// before accept): from 5 ms, doubling up to 1 s, for as long as they last.
+var acceptRetry = retry.Policy{Attempts: -1, Delay: 5 * time.Millisecond, MaxDelay: time.Second}
+
 // acceptLoop runs until the listener is closed (Close).
 func (m *connMux) acceptLoop() {
-	var backoff time.Duration
+	policy := acceptRetry
+	policy.Retryable = func(err error) bool {
+		select {
+		case <-m.done:
+			return false
+		default:
+		}
+		var ne net.Error
+		return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded) || isTemporary(err)
+	}
 	for {
-		c, err := m.ln.Accept()
+		c, err := retry.Value(context.Background(), policy, func(context.Context) (net.Conn, error) { return m.ln.Accept() })
 		if err != nil {
-			select {
-			case <-m.done:
-				return
-			default:
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded) || isTemporary(err) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				time.Sleep(backoff)
-				continue
-			}
-			m.Close()
+			m.Close() // a no-op when Close is what ended Accept
 			return
 		}
-		backoff = 0
 		go m.sort(c)
 	}
 }

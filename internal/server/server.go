@@ -28,6 +28,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/builder"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/gateway"
+	"github.com/kiln-dev/kiln/internal/login"
 	"github.com/kiln-dev/kiln/internal/pki"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/registry"
@@ -99,121 +100,30 @@ type Server struct {
 func AdminTokenPath(dataDir string) string { return filepath.Join(dataDir, "admin.token") }
 
 // New opens the data directory and prepares every service; Serve starts
-// answering.
-func New(ctx context.Context, cfg Config) (*Server, error) {
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	var err error
-	if cfg.PublicURL, err = checkPublicURL(cfg.PublicURL); err != nil {
+// answering. If a step fails, what the earlier steps opened (the database,
+// the builder fleet and its network pool, the registry) is released before
+// New returns.
+func New(ctx context.Context, cfg Config) (_ *Server, err error) {
+	if cfg, err = checkConfig(cfg); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
-	}
-	// The owner's only, also a data dir made before kiln ran.
-	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
-	}
-	if _, err := os.Stat(cfg.BuildkitdPath); err != nil {
-		return nil, fmt.Errorf("buildkitd not found at %q (run ./hack/setup.sh or pass --buildkitd): %w", cfg.BuildkitdPath, err)
-	}
-	st, err := store.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "kiln.db"))
-	if err != nil {
-		return nil, err
-	}
-	created, err := project.Bootstrap(ctx, st, AdminTokenPath(cfg.DataDir))
-	if err != nil {
-		st.Close()
-		return nil, fmt.Errorf("bootstrap: %w", err)
-	}
-	if created {
-		cfg.Logger.Info("bootstrapped organization; admin token written", "path", AdminTokenPath(cfg.DataDir))
-	}
-	ca, err := pki.Open(filepath.Join(cfg.DataDir, "pki"))
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	switch cfg.TLS {
-	case TLSDefault, TLSAuto:
-	case TLSFiles:
-		if _, err := loadTLSFiles(cfg.TLSCert, cfg.TLSKey); err != nil {
-			st.Close()
-			return nil, err
+	s := &Server{cfg: cfg, done: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			s.release(ctx)
 		}
-	default:
-		st.Close()
-		return nil, fmt.Errorf("--tls %q: want auto (or --tls-cert and --tls-key): %w", cfg.TLS, errdefs.ErrInvalid)
+	}()
+	if err := s.openData(ctx); err != nil {
+		return nil, err
 	}
-	s := &Server{cfg: cfg, store: st, ca: ca, done: make(chan struct{})}
-	s.audit = audit.New(st, audit.Config{Retention: cfg.AuditRetention}, cfg.Logger)
-	// The fleet calls back into the build service when a builder dies; the
-	// service is created right after, before any builder can start.
-	var builds *build.Service
-	fleet, err := builder.NewFleet(builder.Config{
-		Root:          filepath.Join(cfg.DataDir, "builders"),
-		BuildkitdPath: cfg.BuildkitdPath,
-		CA:            ca,
-		IdleTTL:       cfg.BuilderIdle,
-		Logger:        cfg.Logger,
-		// Only the operator's flags reach buildkitd.toml; builds cannot.
-		InsecureRegistries: cfg.InsecureRegistries,
-		OwnRegistry:        s.ownRegistry,
-		Network:            cfg.BuilderNetwork,
-		PassEnv:            cfg.BuilderEnv,
-		OnExit: func(projectID, platform string, leases []string, err error) {
-			builds.BuilderLost(projectID, platform, leases, err)
-		},
-	})
+	projects, err := s.startServices()
 	if err != nil {
-		st.Close()
 		return nil, err
 	}
-	builds = build.NewService(st, fleet, ca, build.Config{HealthTimeout: cfg.HealthTimeout,
-		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
-		RegistryHost: s.registryHost,
-		GatewayAddr:  s.gatewayAddr,
-		Revoke:       func(buildID string) { s.gateway.Revoke(buildID) },
-		Audit:        s.audit.AuthEvent}, cfg.Logger)
-	s.gateway, err = gateway.New(gateway.Config{Builders: fleet, Certs: ca, Authorize: builds.BuilderAccess, Logger: cfg.Logger})
+	mux, authn, logins, err := s.mountAPI(ctx, projects)
 	if err != nil {
-		st.Close()
 		return nil, err
 	}
-	projects := &project.Service{Store: st, Builders: fleet, Audit: s.audit, Revoked: revoker{builds, s.gateway}, Network: egressApplier{fleet}}
-	s.fleet, s.builds = fleet, builds
-
-	authn := &auth.Authenticator{Store: st}
-	authn.Audit = s.audit.AuthEvent // trust-policy matches; the interceptor's denials (auditDenied)
-	if err := s.setupOIDC(authn); err != nil {
-		st.Close()
-		return nil, err
-	}
-	mux := http.NewServeMux()
-	depot.Mount(mux, projects, builds, cfg.Logger, connect.WithInterceptors(authInterceptor(authn, cfg.Logger)), connect.WithReadMaxBytes(16<<20))
-	logins := s.mountLogin(mux, st, authn, projects)
-	s.mountAudit(mux, authn)
-	s.mountTrustPolicies(mux, authn, projects)
-	s.mountTokens(mux, authn, projects)
-	s.mountProjectNetwork(mux, authn, projects)
-	if s.registry, err = s.openRegistry(ctx, st, authn); err != nil {
-		st.Close()
-		return nil, err
-	}
-	s.mountRegistry(mux, authn, s.registry)
-	if err := s.openSource(ctx, mux, st, authn, builds, projects); err != nil {
-		s.registry.Close()
-		st.Close()
-		return nil, err
-	}
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.Handle("GET /debug/builders", s.requireOrg(authn, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(fleet.Status())
-	})))
-
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
@@ -227,6 +137,156 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.http.RegisterOnShutdown(logins.Close) // waiting logins would hold Shutdown up
 	return s, nil
+}
+
+// checkConfig validates what can be checked before anything is opened and
+// fills in defaults. The data directory is created (the owner's only, also
+// one made before kiln ran).
+func checkConfig(cfg Config) (Config, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	var err error
+	if cfg.PublicURL, err = checkPublicURL(cfg.PublicURL); err != nil {
+		return cfg, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return cfg, fmt.Errorf("data dir: %w", err)
+	}
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+		return cfg, fmt.Errorf("data dir: %w", err)
+	}
+	if _, err := os.Stat(cfg.BuildkitdPath); err != nil {
+		return cfg, fmt.Errorf("buildkitd not found at %q (run ./hack/setup.sh or pass --buildkitd): %w", cfg.BuildkitdPath, err)
+	}
+	return cfg, nil
+}
+
+// openData opens the database (bootstrapping the organization and its
+// admin token on first start) and the CA, and checks the TLS mode.
+func (s *Server) openData(ctx context.Context) error {
+	cfg := s.cfg
+	st, err := store.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "kiln.db"))
+	if err != nil {
+		return err
+	}
+	s.store = st
+	created, err := project.Bootstrap(ctx, st, AdminTokenPath(cfg.DataDir))
+	if err != nil {
+		return fmt.Errorf("bootstrap: %w", err)
+	}
+	if created {
+		cfg.Logger.Info("bootstrapped organization; admin token written", "path", AdminTokenPath(cfg.DataDir))
+	}
+	if s.ca, err = pki.Open(filepath.Join(cfg.DataDir, "pki")); err != nil {
+		return err
+	}
+	switch cfg.TLS {
+	case TLSDefault, TLSAuto:
+	case TLSFiles:
+		if _, err := loadTLSFiles(cfg.TLSCert, cfg.TLSKey); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("--tls %q: want auto (or --tls-cert and --tls-key): %w", cfg.TLS, errdefs.ErrInvalid)
+	}
+	return nil
+}
+
+// startServices creates the audit recorder, the builder fleet, the build
+// service and the builder gateway, and returns the project service over
+// them. Nothing runs yet but the fleet's idle reaper.
+func (s *Server) startServices() (*project.Service, error) {
+	cfg := s.cfg
+	s.audit = audit.New(s.store, audit.Config{Retention: cfg.AuditRetention}, cfg.Logger)
+	// The fleet calls back into the build service when a builder dies; the
+	// service is created right after, before any builder can start.
+	var builds *build.Service
+	fleet, err := builder.NewFleet(builder.Config{
+		Root:          filepath.Join(cfg.DataDir, "builders"),
+		BuildkitdPath: cfg.BuildkitdPath,
+		CA:            s.ca,
+		IdleTTL:       cfg.BuilderIdle,
+		Logger:        cfg.Logger,
+		// Only the operator's flags reach buildkitd.toml; builds cannot.
+		InsecureRegistries: cfg.InsecureRegistries,
+		OwnRegistry:        s.ownRegistry,
+		Network:            cfg.BuilderNetwork,
+		PassEnv:            cfg.BuilderEnv,
+		OnExit: func(projectID, platform string, leases []string, err error) {
+			builds.BuilderLost(projectID, platform, leases, err)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.fleet = fleet
+	builds = build.NewService(s.store, fleet, s.ca, build.Config{HealthTimeout: cfg.HealthTimeout,
+		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
+		RegistryHost: s.registryHost,
+		GatewayAddr:  s.gatewayAddr,
+		Revoke:       func(buildID string) { s.gateway.Revoke(buildID) },
+		Audit:        s.audit.AuthEvent}, cfg.Logger)
+	s.builds = builds
+	if s.gateway, err = gateway.New(gateway.Config{Builders: fleet, Certs: s.ca, Authorize: builds.BuilderAccess, Logger: cfg.Logger}); err != nil {
+		return nil, err
+	}
+	return &project.Service{Store: s.store, Builders: fleet, Audit: s.audit, Revoked: revoker{builds, s.gateway}, Network: egressApplier{fleet}}, nil
+}
+
+// mountAPI builds the authenticator and mounts every API on a new mux:
+// Depot's and kiln's Connect services, the registry, source builds, the
+// health checks and /debug/builders. It opens the registry and the source
+// builds' storage.
+func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http.ServeMux, *auth.Authenticator, *login.Service, error) {
+	cfg := s.cfg
+	authn := &auth.Authenticator{Store: s.store}
+	authn.Audit = s.audit.AuthEvent // trust-policy matches; the interceptor's denials (auditDenied)
+	if err := s.setupOIDC(authn); err != nil {
+		return nil, nil, nil, err
+	}
+	mux := http.NewServeMux()
+	depot.Mount(mux, projects, s.builds, cfg.Logger, connect.WithInterceptors(authInterceptor(authn, cfg.Logger)), connect.WithReadMaxBytes(16<<20))
+	logins := s.mountLogin(mux, s.store, authn, projects)
+	s.mountAudit(mux, authn)
+	s.mountTrustPolicies(mux, authn, projects)
+	s.mountTokens(mux, authn, projects)
+	s.mountProjectNetwork(mux, authn, projects)
+	var err error
+	if s.registry, err = s.openRegistry(ctx, s.store, authn); err != nil {
+		return nil, nil, nil, err
+	}
+	s.mountRegistry(mux, authn, s.registry)
+	if err := s.openSource(ctx, mux, s.store, authn, s.builds, projects); err != nil {
+		return nil, nil, nil, err
+	}
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	fleet := s.fleet
+	mux.Handle("GET /debug/builders", s.requireOrg(authn, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(fleet.Status())
+	})))
+	return mux, authn, logins, nil
+}
+
+// release closes what New opened before a step failed, newest first. The
+// runner is last to be made and nothing can fail after it, so it is never
+// open here.
+func (s *Server) release(ctx context.Context) {
+	if s.registry != nil {
+		s.registry.Close()
+	}
+	if s.fleet != nil {
+		// No builder has started yet: this stops the reaper and releases
+		// the network pool.
+		if err := s.fleet.Close(context.WithoutCancel(ctx)); err != nil {
+			s.cfg.Logger.Error("stop builders", "err", err)
+		}
+	}
+	if s.store != nil {
+		s.store.Close()
+	}
 }
 
 // requireOrg guards operator-only HTTP endpoints with an org token.
@@ -390,5 +450,3 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	return nil
 }
-
-var _ = errdefs.ErrInvalid

@@ -1,11 +1,11 @@
-package cli
+package main
 
 import (
 	"os"
-	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/kiln-dev/kiln/internal/cliflag"
 	"github.com/kiln-dev/kiln/internal/registry"
 	"github.com/kiln-dev/kiln/internal/server"
 )
@@ -17,27 +17,6 @@ const registryServeExample = `
   AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=… kiln serve --registry-s3-bucket kiln-images \
     --registry-s3-region eu-west-1 --registry-retention 14d`
 
-// retentionValue is a pflag.Value reading "14d" or a Go duration.
-type retentionValue struct{ d *time.Duration }
-
-func (v retentionValue) String() string {
-	if v.d == nil {
-		return ""
-	}
-	return registry.FormatRetention(*v.d)
-}
-
-func (v retentionValue) Set(s string) error {
-	d, err := registry.ParseRetention(s)
-	if err != nil {
-		return err
-	}
-	*v.d = d
-	return nil
-}
-
-func (retentionValue) Type() string { return "duration" }
-
 // registerRegistryFlags adds `kiln serve`'s flags for kiln's registry.
 func registerRegistryFlags(f *pflag.FlagSet, cfg *server.RegistryConfig) {
 	f.StringVar(&cfg.S3.Bucket, "registry-s3-bucket", os.Getenv("KILN_REGISTRY_S3_BUCKET"),
@@ -46,7 +25,7 @@ func registerRegistryFlags(f *pflag.FlagSet, cfg *server.RegistryConfig) {
 	f.StringVar(&cfg.S3.Endpoint, "registry-s3-endpoint", os.Getenv("KILN_REGISTRY_S3_ENDPOINT"),
 		"URL of an S3-compatible server (path-style; http:// means no TLS); default AWS (env KILN_REGISTRY_S3_ENDPOINT)")
 	cfg.Retention = registry.DefaultRetention
-	f.Var(retentionValue{&cfg.Retention}, "registry-retention",
+	f.Var(cliflag.Retention{D: &cfg.Retention}, "registry-retention",
 		"keep saved images this long after they were pushed, in projects that set no retention ('kiln projects update --registry-retention'), e.g. 7d, 36h")
 	f.DurationVar(&cfg.GCInterval, "registry-gc-interval", registry.DefaultGCInterval, "time between the registry's garbage collections")
 	f.DurationVar(&cfg.GCGrace, "registry-gc-grace", registry.DefaultGCGrace,

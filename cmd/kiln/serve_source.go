@@ -1,4 +1,4 @@
-package cli
+package main
 
 import (
 	"os"
@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/kiln-dev/kiln/internal/cliflag"
 	"github.com/kiln-dev/kiln/internal/runner"
 	"github.com/kiln-dev/kiln/internal/server"
 )
@@ -26,7 +27,7 @@ func registerSourceFlags(f *pflag.FlagSet, cfg *server.SourceConfig) {
 		"URL kiln reaches the S3 server at (env KILN_CONTEXTS_S3_ENDPOINT; default AWS)")
 	f.StringVar(&cfg.S3.PublicEndpoint, "contexts-s3-public-endpoint", os.Getenv("KILN_CONTEXTS_S3_PUBLIC_ENDPOINT"),
 		"URL uploaders reach the S3 server at; upload URLs are signed for it (env KILN_CONTEXTS_S3_PUBLIC_ENDPOINT; default: the endpoint)")
-	f.StringVar(&cfg.S3.Region, "contexts-s3-region", envOr("KILN_CONTEXTS_S3_REGION", "us-east-1"), "the bucket's region (env KILN_CONTEXTS_S3_REGION)")
+	f.StringVar(&cfg.S3.Region, "contexts-s3-region", cliflag.EnvOr("KILN_CONTEXTS_S3_REGION", "us-east-1"), "the bucket's region (env KILN_CONTEXTS_S3_REGION)")
 	f.StringVar(&cfg.S3.Prefix, "contexts-s3-prefix", os.Getenv("KILN_CONTEXTS_S3_PREFIX"), "key prefix inside the bucket (env KILN_CONTEXTS_S3_PREFIX)")
 	f.BoolVar(&cfg.S3.PathStyle, "contexts-s3-path-style", true, "address the bucket by path (http://host/bucket/key), as MinIO and versitygw expect")
 	cfg.S3.AccessKey, cfg.S3.SecretKey = os.Getenv("KILN_S3_ACCESS_KEY"), os.Getenv("KILN_S3_SECRET_KEY")

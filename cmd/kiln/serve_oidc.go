@@ -1,9 +1,10 @@
-package cli
+package main
 
 import (
 	"github.com/spf13/pflag"
 
 	"github.com/kiln-dev/kiln/internal/auth/oidc"
+	"github.com/kiln-dev/kiln/internal/cliflag"
 )
 
 // oidcServeExample shows the OIDC flags in `kiln serve --help`.
@@ -15,7 +16,7 @@ const oidcServeExample = `
 
 // registerOIDCFlags adds `kiln serve`'s flags for CI providers' OIDC tokens.
 func registerOIDCFlags(f *pflag.FlagSet, cfg *oidc.Config) {
-	f.StringVar(&cfg.Audience, "oidc-audience", envOr("KILN_OIDC_AUDIENCE", oidc.DefaultAudience),
+	f.StringVar(&cfg.Audience, "oidc-audience", cliflag.EnvOr("KILN_OIDC_AUDIENCE", oidc.DefaultAudience),
 		"audience CI jobs request their OIDC token for (the aud claim must contain it; env KILN_OIDC_AUDIENCE)")
 	f.StringVar(&cfg.GitHubIssuer, "oidc-github-issuer", oidc.DefaultGitHubIssuer,
 		`GitHub Actions OIDC issuer (GitHub Enterprise Server: https://HOST/_services/token); "" disables`)

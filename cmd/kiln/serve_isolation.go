@@ -1,4 +1,4 @@
-package cli
+package main
 
 import (
 	"fmt"
@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/kiln-dev/kiln/internal/cliflag"
 	"github.com/kiln-dev/kiln/internal/server"
 )
 
@@ -37,7 +38,7 @@ func (prefixValue) Type() string { return "cidr" }
 
 // registerIsolationFlags adds kiln serve's TLS and builder-isolation flags.
 func registerIsolationFlags(f *pflag.FlagSet, cfg *server.Config) {
-	f.StringVar(&cfg.TLS, "tls", envOr("KILN_TLS", ""), "'auto': serve TLS only, with a certificate from kiln's own CA (clients trust DATA/pki/ca.crt); "+
+	f.StringVar(&cfg.TLS, "tls", cliflag.EnvOr("KILN_TLS", ""), "'auto': serve TLS only, with a certificate from kiln's own CA (clients trust DATA/pki/ca.crt); "+
 		"default: plain HTTP for clients on loopback plus TLS on the same port (env KILN_TLS). Use TLS whenever clients are not on this machine")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "serve TLS only, with this certificate (PEM, with its chain); needs --tls-key")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "the private key of --tls-cert (PEM)")

@@ -1,41 +1,20 @@
-package cli
+package main
 
 import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/kiln-dev/kiln/internal/client"
+	"github.com/kiln-dev/kiln/internal/cliflag"
 	"github.com/kiln-dev/kiln/internal/server"
 )
 
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
-}
-
-// defaultBuildkitd finds buildkitd next to the kiln binary, then on PATH.
-func defaultBuildkitd() string {
-	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "buildkitd")
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	if p, err := exec.LookPath("buildkitd"); err == nil {
-		return p
-	}
-	return "buildkitd"
-}
-
-func newServeCmd() *cobra.Command {
+// newServeCmd is `kiln serve`; version is logged when it starts serving.
+func newServeCmd(version string) *cobra.Command {
 	var cfg server.Config
 	var logLevel string
 	cmd := &cobra.Command{
@@ -70,15 +49,15 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 			if err != nil {
 				return err
 			}
-			cfg.Logger.Info("kiln serving", "addr", addr.String(), "data", cfg.DataDir, "version", Version)
+			cfg.Logger.Info("kiln serving", "addr", addr.String(), "data", cfg.DataDir, "version", version)
 			return s.Serve(cmd.Context())
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.DataDir, "data", client.DefaultDataDir(), "data directory (env KILN_DATA)")
-	f.StringVar(&cfg.Addr, "addr", envOr("KILN_ADDR", client.DefaultAddr), "listen address host:port (env KILN_ADDR)")
+	f.StringVar(&cfg.Addr, "addr", cliflag.EnvOr("KILN_ADDR", client.DefaultAddr), "listen address host:port (env KILN_ADDR)")
 	f.StringVar(&cfg.PublicURL, "public-url", os.Getenv("KILN_PUBLIC_URL"), "base URL users reach this server at, for login approve and build share links (env KILN_PUBLIC_URL; default http://ADDR)")
-	f.StringVar(&cfg.BuildkitdPath, "buildkitd", envOr("KILN_BUILDKITD", defaultBuildkitd()), "buildkitd binary for builders (env KILN_BUILDKITD)")
+	f.StringVar(&cfg.BuildkitdPath, "buildkitd", cliflag.EnvOr("KILN_BUILDKITD", cliflag.DefaultBuildkitd()), "buildkitd binary for builders (env KILN_BUILDKITD)")
 	f.DurationVar(&cfg.HealthTimeout, "health-timeout", 5*time.Minute, "cancel a build whose client has not reported health for this long")
 	f.DurationVar(&cfg.BuilderIdle, "builder-idle-timeout", 10*time.Minute, "stop a builder idle this long (its cache is kept)")
 	f.DurationVar(&cfg.AuditRetention, "audit-retention", 90*24*time.Hour, "prune audit log events older than this (the newest 1,000,000 are kept at most)")
