@@ -72,7 +72,10 @@ type Metadata struct {
 	BuildID, ProjectID string
 	// Digest is the digest of the image in kiln's registry: its image
 	// index, or its manifest for a single-platform image without
-	// attestations (the index Execute returns then wraps it).
+	// attestations (the index Execute returns then wraps it). The copy
+	// the builder pushes to the Builder's reference holds the same images,
+	// but its index may differ: BuildKit records provenance per
+	// destination.
 	Digest v1.Hash
 	// Refs are the references the image was saved as in kiln's registry
 	// (<registry>/<project>:<build id>, and one per [WithTags] tag) and,

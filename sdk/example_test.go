@@ -21,7 +21,7 @@ import (
 
 // Build a directory and read the image kiln built.
 func Example() {
-	b, err := sdk.NewBuilder(nil, sdk.WithContextDir("testdata/hello"))
+	b, err := sdk.NewBuilder(nil, sdk.WithContextDir("testdata/hello"), sdk.WithPlatforms("linux/amd64"))
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -5,7 +5,11 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -160,15 +164,21 @@ func TestBuildTarContext(t *testing.T) {
 
 func TestBuildUploadedContext(t *testing.T) {
 	archive := tarOf(t, map[string]string{
-		"Dockerfile": "FROM scratch\nARG WHO\nCOPY uploaded.txt /${WHO}.txt\n",
+		"Dockerfile":   "FROM scratch\nARG WHO\nCOPY uploaded.txt /${WHO}.txt\n",
 		"uploaded.txt": "uploaded through the sdk\n",
 	}, true)
 	key, err := sdk.UploadContext(ctx(t), bytes.NewReader(archive))
 	if err != nil {
 		t.Fatal(err)
 	}
+	reg := httptest.NewServer(registry.New(registry.Logger(discard())))
+	defer reg.Close()
+	ref, err := name.ParseReference(strings.TrimPrefix(reg.URL, "http://") + "/platform/app:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
 	var steps atomic.Int32
-	b, err := sdk.NewBuilder(nil, sdk.WithUploadedContext(key), sdk.WithBuildArg("WHO", "platform"), sdk.WithTags("uploaded"),
+	b, err := sdk.NewBuilder(ref, sdk.WithUploadedContext(key), sdk.WithBuildArg("WHO", "platform"), sdk.WithTags("uploaded"),
 		sdk.WithProgress(func(e sdk.Event) {
 			if e.Type == sdk.StepStarted {
 				steps.Add(1)
@@ -184,11 +194,54 @@ func TestBuildUploadedContext(t *testing.T) {
 	if got := fileIn(t, platformImage(t, idx), "platform.txt"); got != "uploaded through the sdk\n" {
 		t.Errorf("/platform.txt = %q", got)
 	}
-	if !hasSuffix(md.Refs, ":"+md.BuildID) || !hasSuffix(md.Refs, ":uploaded") {
+	if !hasSuffix(md.Refs, ":"+md.BuildID) || !hasSuffix(md.Refs, ":uploaded") || md.Refs[len(md.Refs)-1] != ref.String() {
 		t.Errorf("refs %v", md.Refs)
+	}
+	// An uploaded context's image is copied to the reference from here:
+	// the same index.
+	if desc, err := remote.Head(ref); err != nil || desc.Digest != md.Digest {
+		t.Errorf("%s: %v (%v); want %s", ref, desc, err, md.Digest)
 	}
 	if steps.Load() == 0 || len(md.Steps) == 0 {
 		t.Errorf("no steps reported (%d events, %d in metadata)", steps.Load(), len(md.Steps))
+	}
+}
+
+func TestSSHKeyAndRegistryCache(t *testing.T) {
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	reg := httptest.NewServer(registry.New(registry.Logger(discard())))
+	defer reg.Close()
+	cache, err := name.ParseReference(strings.TrimPrefix(reg.URL, "http://") + "/cache/app:buildcache")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := writeContext(t, map[string]string{"Dockerfile": kilntest.BaseStages + `FROM busybox
+RUN --mount=type=ssh,id=deploy test -S "$SSH_AUTH_SOCK" && echo agent > /ssh-ok
+`})
+	b, err := sdk.NewBuilder(nil, sdk.WithContextDir(dir), sdk.WithSSHKey("deploy", keyPEM), sdk.WithRegistryCache(cache))
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, _, err := b.Execute(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fileIn(t, platformImage(t, idx), "ssh-ok"); got != "agent\n" {
+		t.Errorf("/ssh-ok = %q: no agent in RUN --mount=type=ssh", got)
+	}
+	if _, err := remote.Head(cache); err != nil {
+		t.Errorf("no cache exported to %s: %v", cache, err)
+	}
+	if layersContain(t, platformImage(t, idx), "PRIVATE KEY") {
+		t.Error("the key is in the image")
 	}
 }
 
@@ -211,6 +264,9 @@ func TestFailingStepIsNamed(t *testing.T) {
 	}
 }
 
+// A Builder given a reference has the builder push the image there too.
+// The image is the same; the index around it is not (BuildKit attaches
+// provenance per destination), so the images are compared.
 func TestPushToReference(t *testing.T) {
 	reg := httptest.NewServer(registry.New(registry.Logger(discard())))
 	defer reg.Close()
@@ -223,16 +279,23 @@ func TestPushToReference(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, md, err := b.Execute(ctx(t))
+	saved, md, err := b.Execute(ctx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	desc, err := remote.Head(ref)
+	if md.Refs[len(md.Refs)-1] != ref.String() {
+		t.Errorf("refs %v: want %s last", md.Refs, ref)
+	}
+	pushed, err := remote.Index(ref)
 	if err != nil {
 		t.Fatalf("the image is not at %s: %v", ref, err)
 	}
-	if desc.Digest != md.Digest || md.Refs[len(md.Refs)-1] != ref.String() {
-		t.Errorf("%s has %s; metadata says %s at %v", ref, desc.Digest, md.Digest, md.Refs)
+	want, err := platformImage(t, saved).Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := platformImage(t, pushed).Digest(); err != nil || got != want {
+		t.Errorf("%s holds image %s (%v); kiln's registry %s", ref, got, err, want)
 	}
 }
 
