@@ -23,15 +23,16 @@ type BuildError struct {
 	// Step is the name of the step that failed, as BuildKit shows it
 	// ("[stage-1 2/3] RUN make"); "" when the build failed outside a step.
 	Step string
-	// Err is why, as the builder or the server said it.
+	// Err is why, as the builder or the server said it ("build ID
+	// failed: ...").
 	Err error
 }
 
 func (e *BuildError) Error() string {
 	if e.Step != "" {
-		return fmt.Sprintf("kiln build %s failed at step %q: %v", e.BuildID, e.Step, e.Err)
+		return fmt.Sprintf("sdk: step %q failed: %v", e.Step, e.Err)
 	}
-	return fmt.Sprintf("kiln build %s failed: %v", e.BuildID, e.Err)
+	return fmt.Sprintf("sdk: %v", e.Err)
 }
 
 func (e *BuildError) Unwrap() error { return e.Err }

@@ -3,7 +3,6 @@ package sdk
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -75,7 +74,7 @@ func (b *Builder) executeUploaded(ctx context.Context, projectID string) (v1.Ima
 		if why == "" {
 			why = strings.ToLower(strings.TrimPrefix(build.Status.String(), "BUILD_STATUS_"))
 		}
-		return nil, md, &BuildError{BuildID: id, ProjectID: md.ProjectID, Step: p.failedStep(), Err: errors.New(why)}
+		return nil, md, &BuildError{BuildID: id, ProjectID: md.ProjectID, Step: p.failedStep(), Err: fmt.Errorf("build %s failed: %s", id, why)}
 	}
 	md.Refs = build.ImageRefs
 	idx, digest, err := readIndex(ctx, b.cfg, id)
