@@ -85,7 +85,7 @@
 //
 // # Progress
 //
-// [WithProgress] receives the build's [Event]s: each step as it starts,
+// [WithProgress] receives the build's events ([Event]): each step as it starts,
 // and then completes, comes from the cache or fails, and the lines its
 // commands print. Execute's [Metadata] lists the same steps with their
 // durations, and a failed build's [*BuildError] names the step that

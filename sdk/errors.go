@@ -28,6 +28,7 @@ type BuildError struct {
 	Err error
 }
 
+// Error names the failed step, then why it failed.
 func (e *BuildError) Error() string {
 	if e.Step != "" {
 		return fmt.Sprintf("sdk: step %q failed: %v", e.Step, e.Err)
@@ -35,4 +36,5 @@ func (e *BuildError) Error() string {
 	return fmt.Sprintf("sdk: %v", e.Err)
 }
 
+// Unwrap is Err.
 func (e *BuildError) Unwrap() error { return e.Err }

@@ -29,6 +29,7 @@ const (
 	Log
 )
 
+// String is the event type in lower case: "started", "completed", ...
 func (t EventType) String() string {
 	switch t {
 	case StepStarted:

@@ -7,5 +7,5 @@ package sdk
 // removed or changes meaning, and a program that builds against vX.Y keeps
 // building against every later vX. New options and fields may be added; the
 // Option interface is sealed so that adding one breaks no one. Before v1 a
-// minor version may still change the API, and says so in its release notes.
+// minor version may still change the API.
 const Version = "v0.1.0"
