@@ -458,3 +458,36 @@ func hasSuffix(refs []string, suffix string) bool {
 }
 
 func discard() *log.Logger { return log.New(io.Discard, "", 0) }
+
+func TestBuildPlatforms(t *testing.T) {
+	dir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nARG TARGETARCH\nCOPY Dockerfile /built-for-${TARGETARCH}\n"})
+	b, err := sdk.NewBuilder(nil, sdk.WithContextDir(dir), sdk.WithPlatforms("linux/amd64", "arm64"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, _, err := b.Execute(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range im.Manifests {
+		if d.Platform == nil || d.Platform.Architecture == "unknown" {
+			continue
+		}
+		img, err := idx.Image(d.Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fileIn(t, img, "built-for-"+d.Platform.Architecture) == "" {
+			t.Errorf("%s image has no /built-for-%s", d.Platform, d.Platform.Architecture)
+		}
+		got = append(got, d.Platform.String())
+	}
+	if fmt.Sprint(got) != "[linux/amd64 linux/arm64]" {
+		t.Errorf("platforms %v", got)
+	}
+}
