@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -190,9 +191,9 @@ func (b *Builder) executeLocal(ctx context.Context, projectID string) (v1.ImageI
 func (b *Builder) request(tmp string) (buildreq.Request, error) {
 	r := b.s.req
 	r.SSH = nil
-	for id, key := range b.s.sshKeys {
-		p := filepath.Join(tmp, "ssh-"+id)
-		if err := os.WriteFile(p, key, 0o600); err != nil {
+	for i, id := range slices.Sorted(maps.Keys(b.s.sshKeys)) {
+		p := filepath.Join(tmp, fmt.Sprintf("ssh-%d", i))
+		if err := os.WriteFile(p, b.s.sshKeys[id], 0o600); err != nil {
 			return r, fmt.Errorf("sdk: SSH key %q: %w", id, err)
 		}
 		r.SSH = append(r.SSH, buildreq.SSH{ID: id, Paths: []string{p}})
