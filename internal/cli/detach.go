@@ -9,7 +9,6 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
-	"encoding/csv"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -30,8 +29,10 @@ import (
 	"github.com/spf13/pflag"
 
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/platform"
 )
 
 // outsideDockerfile is where a -f Dockerfile from outside the context goes
@@ -91,10 +92,10 @@ func checkDetachFlags(bf *buildFlags, flags *pflag.FlagSet) error {
 		}
 		return fmt.Errorf("--%s cannot be used with --detach: %s: %w", u.flag, u.why, errdefs.ErrInvalid)
 	}
-	switch bf.opts.Progress {
+	switch bf.progress {
 	case "", "auto", "plain", "tty", "quiet", "rawjson":
 	default:
-		return fmt.Errorf("--progress %q: unknown mode (supported: auto, plain, tty, quiet, rawjson): %w", bf.opts.Progress, errdefs.ErrInvalid)
+		return fmt.Errorf("--progress %q: unknown mode (supported: auto, plain, tty, quiet, rawjson): %w", bf.progress, errdefs.ErrInvalid)
 	}
 	if bf.opts.ContextPath == "-" {
 		return fmt.Errorf("--detach needs a context directory, not \"-\" (stdin): %w", errdefs.ErrInvalid)
@@ -112,24 +113,9 @@ func runDetach(ctx context.Context, g *globals, bf *buildFlags, flags *pflag.Fla
 		return err
 	}
 	// Everything local is checked before talking to the server.
-	contextDir, dockerfile, err := detachPaths(bf.opts.ContextPath, bf.opts.Dockerfile)
+	req, contextDir, dockerfile, err := detachRequest(bf.opts)
 	if err != nil {
 		return err
-	}
-	req := &kilnv1.CreateBuildRequest{Target: bf.opts.Target, Tags: bf.opts.Tags, NoCache: bf.opts.NoCache}
-	if req.BuildArgs, err = detachBuildArgs(bf.opts.BuildArgs); err != nil {
-		return err
-	}
-	if req.Secrets, err = detachSecrets(bf.opts.Secrets); err != nil {
-		return err
-	}
-	if req.Platforms, err = detachPlatforms(bf.opts.Platform); err != nil {
-		return err
-	}
-	for _, t := range req.Tags {
-		if strings.TrimSpace(t) == "" {
-			return fmt.Errorf("-t %q: empty tag: %w", t, errdefs.ErrInvalid)
-		}
 	}
 	ref := &kilnv1.ProjectRef{}
 	if bf.customer != "" {
@@ -164,7 +150,7 @@ func runDetach(ctx context.Context, g *globals, bf *buildFlags, flags *pflag.Fla
 		return fmt.Errorf("build context is %s packed; the server accepts at most %s (add large files to .dockerignore): %w",
 			formatBytes(archive.size), formatBytes(limit), errdefs.ErrExhausted)
 	}
-	progress := newUploadProgress(stderr, uploadProgressStyle(bf.opts.Progress, stderr), "context", archive.size)
+	progress := newUploadProgress(stderr, uploadProgressStyle(bf.progress, stderr), "context", archive.size)
 	if err := putArchive(ctx, up.Msg.Url, up.Msg.Headers, archive, progress); err != nil {
 		return err
 	}
@@ -230,99 +216,58 @@ func detachPaths(contextPath, dockerfile string) (contextDir, dockerfilePath str
 	return contextDir, dockerfilePath, nil
 }
 
-// detachBuildArgs reads --build-arg K=V, or K to take K from the
-// environment (skipped when unset, like buildx).
-func detachBuildArgs(args []string) (map[string]string, error) {
-	out := map[string]string{}
-	for _, a := range args {
-		k, v, ok := strings.Cut(a, "=")
-		if k == "" || strings.TrimSpace(k) != k {
-			return nil, fmt.Errorf("--build-arg %q: missing or malformed name (want NAME=VALUE or NAME): %w", a, errdefs.ErrInvalid)
+// detachRequest parses the flags (as `kiln build` does) into the API's
+// request, and returns the context directory and Dockerfile to pack. The
+// -t values are the server's to read: a tag ("v1") or a reference.
+func detachRequest(flags buildreq.Flags) (_ *kilnv1.CreateBuildRequest, contextDir, dockerfile string, _ error) {
+	tags := flags.Tags
+	flags.Tags = nil
+	for _, t := range tags {
+		if strings.TrimSpace(t) == "" {
+			return nil, "", "", fmt.Errorf("-t %q: empty tag: %w", t, errdefs.ErrInvalid)
 		}
-		if !ok {
-			env, set := os.LookupEnv(k)
-			if !set {
-				continue
-			}
-			v = env
-		}
-		out[k] = v
 	}
-	return out, nil
+	parsed, err := buildreq.ParseFlags(flags)
+	if err != nil {
+		return nil, "", "", err
+	}
+	contextDir, dockerfile, err = detachPaths(parsed.Context.Dir, parsed.Dockerfile.Path)
+	if err != nil {
+		return nil, "", "", err
+	}
+	secrets, err := secretValues(parsed.Secrets)
+	if err != nil {
+		return nil, "", "", err
+	}
+	req := &kilnv1.CreateBuildRequest{
+		Target:    parsed.Target,
+		Tags:      tags,
+		NoCache:   parsed.NoCache,
+		BuildArgs: parsed.Args,
+		Secrets:   secrets,
+		Platforms: platform.Strings(parsed.Platforms),
+	}
+	return req, contextDir, dockerfile, nil
 }
 
-// detachSecrets reads each --secret's value here, with buildx's syntax:
-// id=X,src=PATH | id=X,env=VAR | id=X (env var X if set, else file X),
-// optionally with type=file|env. The values travel in CreateBuild.
-func detachSecrets(values []string) (map[string]string, error) {
+// secretValues reads each secret's value here, from its file or
+// environment variable: the values travel in CreateBuild.
+func secretValues(secrets []buildreq.Secret) (map[string]string, error) {
 	out := map[string]string{}
-	for _, v := range values {
-		invalid := func(format string, a ...any) error {
-			return fmt.Errorf("--secret %q: %s: %w", v, fmt.Sprintf(format, a...), errdefs.ErrInvalid)
-		}
-		fields, err := csv.NewReader(strings.NewReader(v)).Read()
-		if err != nil {
-			return nil, invalid("%v", err)
-		}
-		var id, src, env, typ string
-		for _, f := range fields {
-			k, val, ok := strings.Cut(f, "=")
-			if !ok {
-				return nil, invalid("field %q is not key=value", f)
-			}
-			switch strings.ToLower(k) {
-			case "type":
-				if val != "file" && val != "env" {
-					return nil, invalid("unsupported type %q (supported: file, env)", val)
-				}
-				typ = val
-			case "id":
-				id = val
-			case "src", "source":
-				src = val
-			case "env":
-				env = val
-			default:
-				return nil, invalid("unknown key %q (supported: id, src, env, type)", k)
-			}
-		}
-		switch {
-		case id == "":
-			return nil, invalid("missing id=")
-		case typ == "env" && env == "":
-			env, src = cmpOr(src, id), "" // type=env,id=x,src=VAR names the variable through src
-		case typ == "file" && env != "":
-			return nil, invalid("type=file cannot take env=")
-		case typ == "file" && src == "":
-			src = id
-		}
-		if env != "" && src != "" {
-			return nil, invalid("give either src= or env=, not both")
-		}
-		if _, dup := out[id]; dup {
-			return nil, invalid("duplicate secret id %q", id)
-		}
-		if env == "" && src == "" {
-			// id=X alone: the variable X if set, else the file X.
-			if _, set := os.LookupEnv(id); set {
-				env = id
-			} else {
-				src = id
-			}
-		}
-		if env != "" {
-			val, set := os.LookupEnv(env)
+	for _, s := range secrets {
+		if s.Env != "" {
+			v, set := os.LookupEnv(s.Env)
 			if !set {
-				return nil, invalid("environment variable %s is not set", env)
+				return nil, fmt.Errorf("--secret id=%s: environment variable %s is not set: %w", s.ID, s.Env, errdefs.ErrInvalid)
 			}
-			out[id] = val
+			out[s.ID] = v
 			continue
 		}
-		val, err := readSecretFile(src)
+		v, err := readSecretFile(s.Src)
 		if err != nil {
-			return nil, invalid("%v", err)
+			return nil, fmt.Errorf("--secret id=%s: %v: %w", s.ID, err, errdefs.ErrInvalid)
 		}
-		out[id] = val
+		out[s.ID] = v
 	}
 	return out, nil
 }
@@ -341,32 +286,6 @@ func readSecretFile(p string) (string, error) {
 		return "", fmt.Errorf("file %s is larger than %s", p, formatBytes(maxSecretSize))
 	}
 	return string(b), nil
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
-}
-
-// detachPlatforms splits --platform's comma list; the server checks the
-// names (linux/amd64, linux/arm64).
-func detachPlatforms(v string) ([]string, error) {
-	if v == "" {
-		return nil, nil
-	}
-	var out []string
-	for _, p := range strings.Split(v, ",") {
-		p = strings.TrimSpace(p)
-		if p == "" {
-			return nil, fmt.Errorf("--platform %q: empty platform in the list: %w", v, errdefs.ErrInvalid)
-		}
-		if !slices.Contains(out, p) {
-			out = append(out, p)
-		}
-	}
-	return out, nil
 }
 
 // contextArchive is a build context packed as a gzip'd tar in a temp file.
