@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -313,36 +314,19 @@ type archiveEntry struct {
 // outside dir is added as .kiln/Dockerfile. Other file types are skipped
 // with a warning.
 func packContext(dir, dockerfile string, warn func(string)) (_ *contextArchive, retErr error) {
-	ignorePath := dockerfile + ".dockerignore"
-	if _, err := os.Stat(ignorePath); err != nil {
-		ignorePath = filepath.Join(dir, ".dockerignore")
-	}
-	var patterns []string
-	if f, err := os.Open(ignorePath); err == nil {
-		patterns, err = ignorefile.ReadAll(f)
-		f.Close()
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", ignorePath, err)
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("read %s: %w", ignorePath, err)
-	}
-	pm, err := patternmatcher.New(patterns)
+	ignore, err := readDockerignore(dir, dockerfile)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %v: %w", ignorePath, err, errdefs.ErrInvalid)
+		return nil, err
 	}
-
-	archive := &contextArchive{}
-	forced := map[string]bool{} // always packed
-	if rel, ok := insideDir(dir, ignorePath); ok {
-		forced[rel] = true
+	w := &contextWalk{dir: dir, ignore: ignore, forced: map[string]bool{}, warn: warn}
+	archive := &contextArchive{dockerfile: outsideDockerfile}
+	if rel, ok := insideDir(dir, ignore.path); ok {
+		w.forced[rel] = true
 	}
-	dockerfileRel, inside := insideDir(dir, dockerfile)
-	if inside {
-		forced[dockerfileRel] = true
-		archive.dockerfile = dockerfileRel
-	} else {
-		archive.dockerfile = outsideDockerfile
+	if rel, ok := insideDir(dir, dockerfile); ok {
+		w.forced[rel] = true
+		w.dockerfile = rel
+		archive.dockerfile = rel
 	}
 
 	tmp, err := os.CreateTemp("", "kiln-context-*.tar.gz")
@@ -356,58 +340,116 @@ func packContext(dir, dockerfile string, warn func(string)) (_ *contextArchive, 
 			os.Remove(archive.path)
 		}
 	}()
-	tmpAbs, err := filepath.EvalSymlinks(tmp.Name()) // skipped if the context holds it
-	if err != nil {
-		tmpAbs = tmp.Name()
+	w.skip = tmp.Name() // skipped if the context holds it
+	if p, err := filepath.EvalSymlinks(tmp.Name()); err == nil {
+		w.skip = p
 	}
 
+	entries, err := w.walk()
+	if err != nil {
+		return nil, err
+	}
+	if w.dockerfile == "" {
+		entries[outsideDockerfile] = archiveEntry{name: outsideDockerfile, source: dockerfile, follow: true}
+	}
+	addParentDirs(dir, entries)
+	if archive.size, archive.sha256, err = writeContextArchive(tmp, entries); err != nil {
+		return nil, err
+	}
+	return archive, nil
+}
+
+// dockerignore is the ignore file of a context and its patterns.
+type dockerignore struct {
+	path string
+	pm   *patternmatcher.PatternMatcher
+}
+
+// readDockerignore reads <Dockerfile>.dockerignore, or else the context's
+// .dockerignore; neither is no patterns.
+func readDockerignore(dir, dockerfile string) (dockerignore, error) {
+	ig := dockerignore{path: dockerfile + ".dockerignore"}
+	if _, err := os.Stat(ig.path); err != nil {
+		ig.path = filepath.Join(dir, ".dockerignore")
+	}
+	var patterns []string
+	if f, err := os.Open(ig.path); err == nil {
+		patterns, err = ignorefile.ReadAll(f)
+		f.Close()
+		if err != nil {
+			return ig, fmt.Errorf("read %s: %w", ig.path, err)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return ig, fmt.Errorf("read %s: %w", ig.path, err)
+	}
+	pm, err := patternmatcher.New(patterns)
+	if err != nil {
+		return ig, fmt.Errorf("%s: %v: %w", ig.path, err, errdefs.ErrInvalid)
+	}
+	ig.pm = pm
+	return ig, nil
+}
+
+// contextWalk collects the files of a context to pack.
+type contextWalk struct {
+	dir    string
+	ignore dockerignore
+	forced map[string]bool // slash paths always packed: the Dockerfile and the ignore file
+	// dockerfile is the Dockerfile's slash path in dir; "" when it is
+	// outside (and packed as outsideDockerfile).
+	dockerfile string
+	skip       string // the archive being written, if it is inside dir
+	warn       func(string)
+}
+
+// walk returns the entries to pack by name: what the ignore file keeps,
+// of the kinds a context can hold.
+func (w *contextWalk) walk() (map[string]archiveEntry, error) {
 	entries := map[string]archiveEntry{}
 	matches := map[string]patternmatcher.MatchInfo{}
-	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(w.dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return fmt.Errorf("read the build context: %w", err)
 		}
-		if p == dir || p == tmpAbs {
+		if p == w.dir || p == w.skip {
 			return nil
 		}
-		rel, _ := filepath.Rel(dir, p)
+		rel, _ := filepath.Rel(w.dir, p)
 		rel = filepath.ToSlash(rel)
-		ignored, info, err := pm.MatchesUsingParentResults(rel, matches[path.Dir(rel)])
+		ignored, info, err := w.ignore.pm.MatchesUsingParentResults(rel, matches[path.Dir(rel)])
 		if err != nil {
-			return fmt.Errorf("%s: %v: %w", ignorePath, err, errdefs.ErrInvalid)
+			return fmt.Errorf("%s: %v: %w", w.ignore.path, err, errdefs.ErrInvalid)
 		}
 		if d.IsDir() {
 			matches[rel] = info
 		}
-		if ignored && !forced[rel] {
+		if ignored && !w.forced[rel] {
 			// A directory is still walked when a "!" pattern or a forced
 			// file may bring back something inside it.
-			if d.IsDir() && !pm.Exclusions() && !holdsForced(rel, forced) {
+			if d.IsDir() && !w.ignore.pm.Exclusions() && !holdsForced(rel, w.forced) {
 				return filepath.SkipDir
 			}
 			return nil
 		}
-		if !inside && rel == outsideDockerfile {
-			warn(fmt.Sprintf("%s in the build context is replaced by the -f Dockerfile", outsideDockerfile))
+		if w.dockerfile == "" && rel == outsideDockerfile {
+			w.warn(fmt.Sprintf("%s in the build context is replaced by the -f Dockerfile", outsideDockerfile))
 			return nil
 		}
 		switch t := d.Type(); {
 		case t.IsDir(), t.IsRegular(), t&fs.ModeSymlink != 0:
 		default:
-			warn(fmt.Sprintf("skipping %s: a %s cannot be sent in a build context", rel, fileKind(t)))
+			w.warn(fmt.Sprintf("skipping %s: a %s cannot be sent in a build context", rel, fileKind(t)))
 			return nil
 		}
-		entries[rel] = archiveEntry{name: rel, source: p, follow: forced[rel] && rel == dockerfileRel}
+		entries[rel] = archiveEntry{name: rel, source: p, follow: w.forced[rel] && rel == w.dockerfile}
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	if !inside {
-		entries[outsideDockerfile] = archiveEntry{name: outsideDockerfile, source: dockerfile, follow: true}
-	}
-	// Every entry's parent directories are in the archive, even ignored
-	// ones that a "!" pattern or a forced file reached through.
+	return entries, err
+}
+
+// addParentDirs adds every entry's parent directories, even ignored ones
+// that a "!" pattern or a forced file reached through.
+func addParentDirs(dir string, entries map[string]archiveEntry) {
 	for name := range entries {
 		for d := path.Dir(name); d != "."; d = path.Dir(d) {
 			if _, ok := entries[d]; ok {
@@ -420,33 +462,27 @@ func packContext(dir, dockerfile string, warn func(string)) (_ *contextArchive, 
 			entries[d] = archiveEntry{name: d, source: src}
 		}
 	}
-	names := make([]string, 0, len(entries))
-	for name := range entries {
-		names = append(names, name)
-	}
-	slices.Sort(names) // a parent sorts before its children
+}
 
+// writeContextArchive writes entries, sorted by name, as a gzip'd tar to
+// f and closes it; it returns the archive's size and sha256 (hex).
+func writeContextArchive(f *os.File, entries map[string]archiveEntry) (size int64, sha string, _ error) {
+	names := slices.Sorted(maps.Keys(entries)) // a parent sorts before its children
 	hash := sha256.New()
 	count := &countingWriter{}
-	gz := gzip.NewWriter(io.MultiWriter(tmp, hash, count))
+	gz := gzip.NewWriter(io.MultiWriter(f, hash, count))
 	tw := tar.NewWriter(gz)
 	for _, name := range names {
 		if err := writeArchiveEntry(tw, entries[name]); err != nil {
-			return nil, err
+			return 0, "", err
 		}
 	}
-	if err := tw.Close(); err != nil {
-		return nil, fmt.Errorf("write the context archive: %w", err)
+	for _, c := range []io.Closer{tw, gz, f} {
+		if err := c.Close(); err != nil {
+			return 0, "", fmt.Errorf("write the context archive: %w", err)
+		}
 	}
-	if err := gz.Close(); err != nil {
-		return nil, fmt.Errorf("write the context archive: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return nil, fmt.Errorf("write the context archive: %w", err)
-	}
-	archive.size = count.n
-	archive.sha256 = hex.EncodeToString(hash.Sum(nil))
-	return archive, nil
+	return count.n, hex.EncodeToString(hash.Sum(nil)), nil
 }
 
 // writeArchiveEntry writes one entry's header and content.
