@@ -87,22 +87,7 @@ func TestParseFlagsInvalid(t *testing.T) {
 		{"target", func(o *Flags) { o.Target = "a b" }, []string{`--target "a b"`}},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			o := Flags{ContextPath: ctxDir}
-			tc.mod(&o)
-			_, err := ParseFlags(o)
-			if err == nil {
-				t.Fatal("ParseFlags succeeded; want an error")
-			}
-			if !errors.Is(err, errdefs.ErrInvalid) {
-				t.Errorf("error %q does not wrap ErrInvalid", err)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not contain %q", err, w)
-				}
-			}
-		})
+		checkInvalid(t, tc.name, Flags{ContextPath: ctxDir}, tc.mod, tc.want)
 	}
 }
 
@@ -166,23 +151,29 @@ func TestParseFlagsInvalidBuildx(t *testing.T) {
 		{"lint level", func(o *Flags) { o.Lint = true; o.LintFailOn = "info" }, []string{`--lint-fail-on "info"`}},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			o := Flags{ContextPath: ctxDir, Stdout: &bytes.Buffer{}}
-			tc.mod(&o)
-			_, err := ParseFlags(o)
-			if err == nil {
-				t.Fatal("ParseFlags succeeded; want an error")
-			}
-			if !errors.Is(err, errdefs.ErrInvalid) {
-				t.Errorf("error %q does not wrap ErrInvalid", err)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not contain %q", err, w)
-				}
-			}
-		})
+		checkInvalid(t, tc.name, Flags{ContextPath: ctxDir, Stdout: &bytes.Buffer{}}, tc.mod, tc.want)
 	}
+}
+
+// checkInvalid runs ParseFlags on base changed by mod and checks that it
+// fails with an invalid-argument error containing every string of want.
+func checkInvalid(t *testing.T, name string, base Flags, mod func(*Flags), want []string) {
+	t.Run(name, func(t *testing.T) {
+		o := base
+		mod(&o)
+		_, err := ParseFlags(o)
+		if err == nil {
+			t.Fatal("ParseFlags succeeded; want an error")
+		}
+		if !errors.Is(err, errdefs.ErrInvalid) {
+			t.Errorf("error %q does not wrap ErrInvalid", err)
+		}
+		for _, w := range want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("error %q does not contain %q", err, w)
+			}
+		}
+	})
 }
 
 func TestParsePlatforms(t *testing.T) {

@@ -67,7 +67,7 @@ func planPlatformExports(work string, i int, target string, user []client.Export
 			e.Output, e.OutputDir, e.OutputStore = nil, part, nil
 			e.Attrs["tar"] = "false"
 		case client.ExporterDocker:
-			// Prepare refuses this (checkMultiPlatformOutput).
+			// Prepare refuses this (buildreq.Request.Validate).
 			return nil, invalidf("docker exporter does not currently support exporting manifest lists")
 		case client.ExporterImage:
 			if !attrTrue(ue.Attrs, "push") {
