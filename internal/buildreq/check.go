@@ -39,21 +39,28 @@ const (
 	AttestSBOM       = "sbom"
 )
 
-// Cache backends as buildx names them. IgnoredCaches are accepted and
-// dropped by the engine, with the reason it tells the user: the project's
-// builder keeps its cache between builds, so a CI cache (gha) or a local
-// directory adds nothing; s3 and azblob would run with the builder host's
-// credentials, not the user's.
+// Cache backends as buildx names them.
 const (
 	CacheRegistry = "registry"
 	CacheInline   = "inline"
 )
 
-var IgnoredCaches = map[string]string{
+// ignoredCaches are cache backends kiln accepts and drops: the project's
+// builder keeps its cache between builds, so a CI cache (gha) or a local
+// directory adds nothing; s3 and azblob would run with the builder host's
+// credentials, not the user's.
+var ignoredCaches = map[string]string{
 	"gha":    "the project's builder cache is persistent",
 	"local":  "the project's builder cache is persistent",
 	"s3":     "the project's builder cache is persistent (and s3 would use the builder host's credentials)",
 	"azblob": "the project's builder cache is persistent (and azblob would use the builder host's credentials)",
+}
+
+// IgnoredCache reports whether a cache of type typ is accepted and
+// dropped (gha, local, s3, azblob), and why, for the warning the user sees.
+func IgnoredCache(typ string) (why string, ignored bool) {
+	why, ignored = ignoredCaches[typ]
+	return why, ignored
 }
 
 // Lint failure levels (--lint-fail-on, as in depot build).
@@ -328,9 +335,9 @@ func checkAttest(a Attest) error {
 var cacheBoolAttrs = []string{"registry.insecure", "oci-mediatypes", "image-manifest", "ignore-error", "force-compression"}
 
 // checkCache checks one registry or inline cache (export: for --cache-to).
-// Ignored backends (see [IgnoredCaches]) are not checked.
+// Ignored backends (see [IgnoredCache]) are not checked.
 func checkCache(c Cache, export bool) error {
-	if _, ok := IgnoredCaches[c.Type]; ok {
+	if _, ok := IgnoredCache(c.Type); ok {
 		return nil
 	}
 	switch c.Type {

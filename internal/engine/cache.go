@@ -11,7 +11,7 @@ import (
 
 // setCaches takes the request's cache imports and exports: registry and
 // inline ones reach BuildKit; gha, local, s3 and azblob are dropped with a
-// warning (see [buildreq.IgnoredCaches]).
+// warning (see [buildreq.IgnoredCache]).
 func (r *Request) setCaches(from, to []buildreq.Cache) {
 	r.cacheImports = r.cacheEntries("--cache-from", from)
 	r.cacheExports = r.cacheEntries("--cache-to", to)
@@ -20,7 +20,7 @@ func (r *Request) setCaches(from, to []buildreq.Cache) {
 func (r *Request) cacheEntries(flag string, caches []buildreq.Cache) []client.CacheOptionsEntry {
 	var out []client.CacheOptionsEntry
 	for _, c := range caches {
-		if why, ok := buildreq.IgnoredCaches[c.Type]; ok {
+		if why, ok := buildreq.IgnoredCache(c.Type); ok {
 			r.warnings = append(r.warnings, fmt.Sprintf("%s %s: ignored: %s", flag, c, why))
 			continue
 		}
