@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,7 +13,9 @@ import (
 
 	bkerrdefs "github.com/moby/buildkit/solver/errdefs"
 
+	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/platform"
 )
 
 // issueHCL is the bake file of issue 6.
@@ -92,7 +95,7 @@ func TestLoadIssueFile(t *testing.T) {
 		t.Errorf("TAG=v2: worker tags = %v", got)
 	}
 
-	builds, err := d.Builds(t.TempDir())
+	builds, err := d.Builds()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,14 +103,14 @@ func TestLoadIssueFile(t *testing.T) {
 	if app.Name != "app" || worker.Name != "worker" {
 		t.Fatalf("builds = %s, %s", app.Name, worker.Name)
 	}
-	if app.Options.Platform != "linux/amd64,linux/arm64" || !slices.Equal(app.Options.BuildArgs, []string{"NODE_VERSION=20"}) {
-		t.Errorf("app options = %+v", app.Options)
+	if !slices.Equal(platform.Strings(app.Request.Platforms), []string{"linux/amd64", "linux/arm64"}) || !maps.Equal(app.Request.Args, map[string]string{"NODE_VERSION": "20"}) {
+		t.Errorf("app request = %+v", app.Request)
 	}
-	if app.Options.Dockerfile != "Dockerfile" || app.Options.ContextPath != "." {
-		t.Errorf("app context %q dockerfile %q", app.Options.ContextPath, app.Options.Dockerfile)
+	if app.Request.Dockerfile.Path != "Dockerfile" || app.Request.Context.Dir != "." {
+		t.Errorf("app context %q dockerfile %q", app.Request.Context.Dir, app.Request.Dockerfile.Path)
 	}
-	if worker.Options.Dockerfile != "Dockerfile.worker" || len(worker.Options.BuildContexts) != 0 {
-		t.Errorf("worker dockerfile %q contexts %v", worker.Options.Dockerfile, worker.Options.BuildContexts)
+	if worker.Request.Dockerfile.Path != "Dockerfile.worker" || len(worker.Request.NamedContexts) != 0 {
+		t.Errorf("worker dockerfile %q contexts %v", worker.Request.Dockerfile.Path, worker.Request.NamedContexts)
 	}
 	if worker.Links["app"] != "app" {
 		t.Errorf("worker links = %v", worker.Links)
@@ -120,7 +123,7 @@ func TestLoadOnlyDependencyIsNotRequested(t *testing.T) {
 	if !slices.Equal(d.Requested, []string{"worker"}) {
 		t.Fatalf("requested = %v", d.Requested)
 	}
-	builds, err := d.Builds(t.TempDir())
+	builds, err := d.Builds()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,12 +132,12 @@ func TestLoadOnlyDependencyIsNotRequested(t *testing.T) {
 		case "app":
 			// Built for worker only: buildx gives it no output, so it
 			// is neither pushed nor loaded.
-			if b.Requested || !slices.Equal(b.Options.Outputs, []string{"type=cacheonly"}) {
-				t.Errorf("app: requested=%v outputs=%v", b.Requested, b.Options.Outputs)
+			if b.Requested || len(b.Request.Outputs) != 0 { // type=cacheonly
+				t.Errorf("app: requested=%v outputs=%v", b.Requested, b.Request.Outputs)
 			}
 		case "worker":
-			if !b.Requested || !slices.Equal(b.Options.Outputs, []string{"push=true,type=image"}) && !slices.Equal(b.Options.Outputs, []string{"type=image,push=true"}) {
-				t.Errorf("worker: requested=%v outputs=%v", b.Requested, b.Options.Outputs)
+			if !b.Requested || len(b.Request.Outputs) != 1 || b.Request.Outputs[0].String() != "type=image,push=true" {
+				t.Errorf("worker: requested=%v outputs=%v", b.Requested, b.Request.Outputs)
 			}
 		}
 	}
@@ -289,17 +292,12 @@ func TestProjectIDInJSONAndPrint(t *testing.T) {
 		t.Errorf("not indented like buildx:\n%s", buf.String())
 	}
 
-	tmp := t.TempDir()
-	builds, err := d.Builds(tmp)
+	builds, err := d.Builds()
 	if err != nil {
 		t.Fatal(err)
 	}
-	df := builds[1].Options.Dockerfile
-	if !strings.HasPrefix(df, tmp) {
-		t.Fatalf("inline Dockerfile at %q, want under %s", df, tmp)
-	}
-	if b, _ := os.ReadFile(df); string(b) != "FROM scratch\nCOPY ${X} /\n" {
-		t.Errorf("inline Dockerfile = %q", b)
+	if df := builds[1].Request.Dockerfile; df.Path != "" || string(df.Inline) != "FROM scratch\nCOPY ${X} /\n" {
+		t.Errorf("inline Dockerfile = %q (path %q)", df.Inline, df.Path)
 	}
 }
 
@@ -337,16 +335,16 @@ func TestComposeProjects(t *testing.T) {
 	if len(d.ProjectIDs) != 2 || d.ProjectIDs["web"] != want["web"] || d.ProjectIDs["worker_svc"] != want["worker_svc"] {
 		t.Errorf("projects = %v, want %v", d.ProjectIDs, want)
 	}
-	builds, err := d.Builds(t.TempDir())
+	builds, err := d.Builds()
 	if err != nil {
 		t.Fatal(err)
 	}
 	web := builds[1]
-	if web.Options.ContextPath != "web" || web.Options.Dockerfile != filepath.Join("web", "Dockerfile.web") {
-		t.Errorf("web context %q dockerfile %q", web.Options.ContextPath, web.Options.Dockerfile)
+	if web.Request.Context.Dir != "web" || web.Request.Dockerfile.Path != filepath.Join("web", "Dockerfile.web") {
+		t.Errorf("web context %q dockerfile %q", web.Request.Context.Dir, web.Request.Dockerfile.Path)
 	}
-	if !slices.Equal(web.Options.Tags, []string{"example/web:1"}) || !slices.Equal(web.Options.BuildArgs, []string{"A=1"}) {
-		t.Errorf("web options = %+v", web.Options)
+	if !slices.Equal(web.Request.Tags, []string{"example/web:1"}) || !maps.Equal(web.Request.Args, map[string]string{"A": "1"}) {
+		t.Errorf("web request = %+v", web.Request)
 	}
 
 	groups, err := Group(builds, "projdefault")
@@ -492,17 +490,17 @@ target "abs" {
 }
 `})
 	d := load(t, LoadOptions{Targets: []string{"full"}})
-	builds, err := d.Builds(t.TempDir())
+	builds, err := d.Builds()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(builds) != 2 || builds[0].Name != "abs" || builds[0].Requested || !builds[1].Requested {
 		t.Fatalf("builds = %+v", builds)
 	}
-	if builds[0].Options.Dockerfile != "/abs/Dockerfile" {
-		t.Errorf("abs dockerfile = %q", builds[0].Options.Dockerfile)
+	if builds[0].Request.Dockerfile.Path != "/abs/Dockerfile" {
+		t.Errorf("abs dockerfile = %q", builds[0].Request.Dockerfile.Path)
 	}
-	o := builds[1].Options
+	o := builds[1].Request
 	check := func(what string, got, want any) {
 		t.Helper()
 		g, _ := json.Marshal(got)
@@ -511,22 +509,22 @@ target "abs" {
 			t.Errorf("%s = %s, want %s", what, g, w)
 		}
 	}
-	check("context", o.ContextPath, "sub")
-	check("dockerfile", o.Dockerfile, filepath.Join("sub", "build", "Dockerfile"))
+	check("context", o.Context.Dir, "sub")
+	check("dockerfile", o.Dockerfile.Path, filepath.Join("sub", "build", "Dockerfile"))
 	check("target", o.Target, "runtime")
 	check("tags", o.Tags, []string{"a:1", "b:2"})
-	check("labels", o.Labels, []string{"L=v"})
-	check("args", o.BuildArgs, []string{"A=1"})
-	check("secrets", o.Secrets, []string{"id=npm,src=npmrc", "id=tok,env=TOKEN"})
-	check("ssh", o.SSH, []string{"default", "keys=k1,k2"})
-	check("outputs", o.Outputs, []string{"type=oci,dest=out.tar,annotation-index.org.opencontainers.image.title=t"})
-	check("cache-from", o.CacheFrom, []string{"r/cache"})
-	check("cache-to", o.CacheTo, []string{"type=inline"})
+	check("labels", o.Labels, map[string]string{"L": "v"})
+	check("args", o.Args, map[string]string{"A": "1"})
+	check("secrets", o.Secrets, []buildreq.Secret{{ID: "npm", Src: "npmrc"}, {ID: "tok", Env: "TOKEN"}})
+	check("ssh", o.SSH, []buildreq.SSH{{ID: "default"}, {ID: "keys", Paths: []string{"k1", "k2"}}})
+	check("outputs", o.Outputs, []buildreq.Output{{Type: "oci", Dest: "out.tar", Attrs: map[string]string{"annotation-index.org.opencontainers.image.title": "t"}}})
+	check("cache-from", o.CacheFrom, []buildreq.Cache{{Type: "registry", Attrs: map[string]string{"ref": "r/cache"}}})
+	check("cache-to", o.CacheTo, []buildreq.Cache{{Type: "inline", Attrs: map[string]string{}}})
 	check("no-cache", o.NoCache, true)
 	check("no-cache-filter", o.NoCacheFilter, []string{"deps"})
 	check("network", o.Network, "none")
-	check("attests", o.Attests, []string{"type=provenance,mode=max"})
-	check("contexts", o.BuildContexts, []string{"base=docker-image://busybox", "dir=other"})
+	check("attests", o.Attests, []buildreq.Attest{{Type: "provenance", Attrs: map[string]string{"mode": "max"}}})
+	check("contexts", o.NamedContexts, map[string]buildreq.NamedContext{"base": {Image: "busybox"}, "dir": {Dir: "other"}})
 	check("links", builds[1].Links, map[string]string{"dep": "abs"})
 	if len(builds[1].Warnings) != 1 || !strings.Contains(builds[1].Warnings[0], "shm-size") {
 		t.Errorf("warnings = %v", builds[1].Warnings)
@@ -544,7 +542,7 @@ func TestTranslateRefusals(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			inDir(t, map[string]string{"docker-bake.hcl": "target \"app\" {\n  " + body + "\n}\n"})
 			d := load(t, LoadOptions{Targets: []string{"app"}})
-			_, err := d.Builds(t.TempDir())
+			_, err := d.Builds()
 			if err == nil || !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), `target "app"`) {
 				t.Errorf("Builds: %v", err)
 			}
@@ -565,7 +563,7 @@ target "same" {
 }
 `})
 	d := load(t, LoadOptions{Targets: []string{"worker"}})
-	builds, err := d.Builds(t.TempDir())
+	builds, err := d.Builds()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -575,7 +573,7 @@ target "same" {
 	}
 
 	d = load(t, LoadOptions{Targets: []string{"same"}})
-	builds, _ = d.Builds(t.TempDir())
+	builds, _ = d.Builds()
 	groups, err := Group(builds, "")
 	if err != nil {
 		t.Fatal(err)
@@ -595,12 +593,12 @@ target "c" {
 }
 `})
 	d = load(t, LoadOptions{Targets: []string{"a"}})
-	builds, _ = d.Builds(t.TempDir())
+	builds, _ = d.Builds()
 	if _, err := Group(builds, "pdefault"); err != nil {
 		t.Errorf("default project link: %v", err)
 	}
 	d = load(t, LoadOptions{Targets: []string{"c"}})
-	builds, _ = d.Builds(t.TempDir())
+	builds, _ = d.Builds()
 	if _, err := Group(builds, "pdefault"); err == nil {
 		t.Errorf("link from project other to the default project was accepted")
 	}

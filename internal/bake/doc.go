@@ -8,7 +8,7 @@
 //     target and `x-depot.project-id` / `x-kiln.project-id` in a Compose
 //     service's build section ([Definition.ProjectIDs]);
 //   - checks buildx leaves out (cyclic inherits), made before anything is built;
-//   - the translation of each resolved target into [engine.Options], with
+//   - the translation of each resolved target into a [buildreq.Request], with
 //     `target:` contexts kept aside as links for the caller to satisfy
 //     ([Definition.Builds]), and the grouping of targets by project ([Group]).
 //

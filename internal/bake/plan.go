@@ -3,7 +3,6 @@ package bake
 import (
 	"fmt"
 	"maps"
-	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -13,11 +12,12 @@ import (
 	"github.com/docker/buildx/util/buildflags"
 	"github.com/docker/buildx/util/urlutil"
 
-	"github.com/kiln-dev/kiln/internal/engine"
+	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/platform"
 )
 
-// Build is one resolved target, translated into `kiln build` options.
+// Build is one resolved target, translated into a build request.
 type Build struct {
 	// Name is the target's name.
 	Name string
@@ -28,9 +28,9 @@ type Build struct {
 	// built only because a requested target uses them as a `target:`
 	// context, and have no outputs.
 	Requested bool
-	// Options are the target's build options. `target:` contexts are not
-	// among Options.BuildContexts: see Links.
-	Options engine.Options
+	// Request is the target's build. `target:` contexts are not among
+	// Request.NamedContexts: see Links.
+	Request buildreq.Request
 	// Links maps a named context of this target to the target whose
 	// result it is (contexts = { app = "target:app" }). The caller builds
 	// that target first and passes its result as the context.
@@ -40,17 +40,16 @@ type Build struct {
 }
 
 // Builds translates every target of d (sorted by name) into a Build.
-// Files a target needs that are not on disk (dockerfile-inline) are
-// written under tmpDir, which the caller removes after the bake. Options
-// are not validated here; engine.Prepare does that.
-func (d *Definition) Builds(tmpDir string) ([]*Build, error) {
+// Requests are checked only as far as translating needs; engine.Prepare
+// validates them.
+func (d *Definition) Builds() ([]*Build, error) {
 	req := map[string]bool{}
 	for _, n := range d.Requested {
 		req[n] = true
 	}
 	var out []*Build
 	for _, name := range sortedKeys(d.Targets) {
-		b, err := translate(name, d.Targets[name], tmpDir)
+		b, err := translate(name, d.Targets[name])
 		if err != nil {
 			return nil, fmt.Errorf("target %q: %w", name, err)
 		}
@@ -61,14 +60,58 @@ func (d *Definition) Builds(tmpDir string) ([]*Build, error) {
 	return out, nil
 }
 
-// translate turns one resolved buildx target into a Build, with buildx's
-// path rules: the context is relative to the working directory, the
-// dockerfile relative to the context (unless absolute or cwd://), named
-// contexts relative to the working directory.
-func translate(name string, t *bx.Target, tmpDir string) (*Build, error) {
-	b := &Build{Name: name}
-	o := &b.Options
+// translate turns one resolved buildx target into a Build.
+func translate(name string, t *bx.Target) (*Build, error) {
+	b := &Build{Name: name, Warnings: unsupported(t)}
+	r := &b.Request
+	var err error
+	if r.Context, r.Dockerfile, err = contextAndDockerfile(t); err != nil {
+		return nil, err
+	}
+	r.Args = keyValues(t.Args)
+	r.Labels = keyValues(t.Labels)
+	r.Tags = slices.Clone(t.Tags)
+	if t.Target != nil {
+		r.Target = *t.Target
+	}
+	if r.Platforms, err = platform.ParseTargets(t.Platforms); err != nil {
+		return nil, err
+	}
+	for _, s := range t.Secrets {
+		r.Secrets = append(r.Secrets, buildreq.Secret{ID: s.ID, Src: s.FilePath, Env: s.Env}.Resolved())
+	}
+	for _, s := range t.SSH {
+		r.SSH = append(r.SSH, buildreq.SSH{ID: s.ID, Paths: slices.Clone(s.Paths)})
+	}
+	if r.Outputs, err = outputs(t); err != nil {
+		return nil, err
+	}
+	r.CacheFrom, r.CacheTo = caches(t.CacheFrom), caches(t.CacheTo)
+	if t.NoCache != nil {
+		r.NoCache = *t.NoCache
+	}
+	r.NoCacheFilter = slices.Clone(t.NoCacheFilter)
+	if t.NetworkMode != nil && *t.NetworkMode != "default" {
+		r.Network = *t.NetworkMode
+	}
+	for _, a := range t.Attest {
+		if a != nil {
+			r.Attests = append(r.Attests, buildreq.Attest{Type: a.Type, Disabled: a.Disabled, Attrs: maps.Clone(a.Attrs)})
+		}
+	}
+	if t.Call != nil && *t.Call != "" && *t.Call != "build" {
+		return nil, fmt.Errorf("call %q: kiln bake only builds (use `kiln build --call=%s` for one target): %w", *t.Call, *t.Call, errdefs.ErrInvalid)
+	}
+	if err := namedContexts(t, b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
 
+// contextAndDockerfile applies buildx's path rules: the context is
+// relative to the working directory, the dockerfile relative to the
+// context (unless absolute or cwd://).
+func contextAndDockerfile(t *bx.Target) (buildreq.Context, buildreq.Dockerfile, error) {
 	ctxPath := "."
 	if t.Context != nil && *t.Context != "" {
 		ctxPath = *t.Context
@@ -76,140 +119,131 @@ func translate(name string, t *bx.Target, tmpDir string) (*Build, error) {
 	ctxPath = strings.TrimPrefix(ctxPath, "cwd://")
 	switch {
 	case ctxPath == "-":
-		return nil, fmt.Errorf("context \"-\": a context from stdin is not allowed in bake: %w", errdefs.ErrInvalid)
+		return buildreq.Context{}, buildreq.Dockerfile{}, fmt.Errorf("context \"-\": a context from stdin is not allowed in bake: %w", errdefs.ErrInvalid)
 	case urlutil.IsRemoteURL(ctxPath):
-		return nil, fmt.Errorf("context %q: remote contexts are not supported by kiln bake; use a local directory: %w", ctxPath, errdefs.ErrInvalid)
+		return buildreq.Context{}, buildreq.Dockerfile{}, fmt.Errorf("context %q: remote contexts are not supported by kiln bake; use a local directory: %w", ctxPath, errdefs.ErrInvalid)
 	}
-	o.ContextPath = filepath.Clean(ctxPath)
-
+	c := buildreq.Context{Dir: filepath.Clean(ctxPath)}
 	if t.DockerfileInline != nil && *t.DockerfileInline != "" {
-		dir := filepath.Join(tmpDir, "inline", name)
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("dockerfile-inline: %w", err)
-		}
-		p := filepath.Join(dir, "Dockerfile")
-		if err := os.WriteFile(p, []byte(*t.DockerfileInline), 0o600); err != nil {
-			return nil, fmt.Errorf("dockerfile-inline: %w", err)
-		}
-		o.Dockerfile = p
-	} else {
-		df := "Dockerfile"
-		if t.Dockerfile != nil && *t.Dockerfile != "" {
-			df = *t.Dockerfile
-		}
-		switch {
-		case df == "-":
-			return nil, fmt.Errorf("dockerfile \"-\": a Dockerfile from stdin is not allowed in bake: %w", errdefs.ErrInvalid)
-		case strings.HasPrefix(df, "cwd://"):
-			df = filepath.Clean(strings.TrimPrefix(df, "cwd://"))
-		case !filepath.IsAbs(df):
-			df = filepath.Join(o.ContextPath, df)
-		}
-		o.Dockerfile = df
+		return c, buildreq.Dockerfile{Inline: []byte(*t.DockerfileInline)}, nil
 	}
+	df := "Dockerfile"
+	if t.Dockerfile != nil && *t.Dockerfile != "" {
+		df = *t.Dockerfile
+	}
+	switch {
+	case df == "-":
+		return buildreq.Context{}, buildreq.Dockerfile{}, fmt.Errorf("dockerfile \"-\": a Dockerfile from stdin is not allowed in bake: %w", errdefs.ErrInvalid)
+	case strings.HasPrefix(df, "cwd://"):
+		df = filepath.Clean(strings.TrimPrefix(df, "cwd://"))
+	case !filepath.IsAbs(df):
+		df = filepath.Join(c.Dir, df)
+	}
+	return c, buildreq.Dockerfile{Path: df}, nil
+}
 
-	o.BuildArgs = keyValues(t.Args)
-	o.Labels = keyValues(t.Labels)
-	o.Tags = slices.Clone(t.Tags)
-	if t.Target != nil {
-		o.Target = *t.Target
-	}
-	o.Platform = strings.Join(t.Platforms, ",")
-	for _, s := range t.Secrets {
-		o.Secrets = append(o.Secrets, s.String())
-	}
-	for _, s := range t.SSH {
-		v := s.ID
-		if len(s.Paths) > 0 {
-			v += "=" + strings.Join(s.Paths, ",")
-		}
-		o.SSH = append(o.SSH, v)
-	}
-
+// outputs are the target's outputs, the way buildx reads them, each with
+// the target's annotations.
+func outputs(t *bx.Target) ([]buildreq.Output, error) {
 	annotations, err := buildflags.ParseAnnotations(t.Annotations)
 	if err != nil {
 		return nil, fmt.Errorf("annotations: %v: %w", err, errdefs.ErrInvalid)
 	}
+	var out []buildreq.Output
 	for _, e := range t.Outputs {
 		if e == nil {
 			continue
 		}
-		if len(annotations) > 0 && e.Type != "cacheonly" {
-			c := *e
-			c.Attrs = maps.Clone(e.Attrs)
-			if c.Attrs == nil {
-				c.Attrs = map[string]string{}
-			}
-			for k, v := range annotations {
-				c.Attrs[k.String()] = v
-			}
-			e = &c
+		attrs := maps.Clone(e.Attrs)
+		if attrs == nil {
+			attrs = map[string]string{}
 		}
-		o.Outputs = append(o.Outputs, e.String())
-	}
-	for _, e := range t.CacheFrom {
-		if e != nil {
-			o.CacheFrom = append(o.CacheFrom, e.String())
+		for k, v := range annotations {
+			attrs[k.String()] = v
+		}
+		o, err := buildreq.NewOutput(e.Type, e.Destination, attrs)
+		if err != nil {
+			return nil, fmt.Errorf("output %q: %w: %w", e.String(), err, errdefs.ErrInvalid)
+		}
+		if o != nil {
+			out = append(out, *o)
 		}
 	}
-	for _, e := range t.CacheTo {
-		if e != nil {
-			o.CacheTo = append(o.CacheTo, e.String())
-		}
-	}
-	if t.NoCache != nil {
-		o.NoCache = *t.NoCache
-	}
-	o.NoCacheFilter = slices.Clone(t.NoCacheFilter)
-	if t.NetworkMode != nil {
-		o.Network = *t.NetworkMode
-	}
-	for _, a := range t.Attest {
-		if a != nil {
-			o.Attests = append(o.Attests, a.String())
-		}
-	}
-	if t.Call != nil && *t.Call != "" && *t.Call != "build" {
-		return nil, fmt.Errorf("call %q: kiln bake only builds (use `kiln build --call=%s` for one target): %w", *t.Call, *t.Call, errdefs.ErrInvalid)
-	}
+	return out, nil
+}
 
-	for _, cname := range sortedKeys(t.Contexts) {
-		v := t.Contexts[cname]
+func caches(entries []*buildflags.CacheOptionsEntry) []buildreq.Cache {
+	var out []buildreq.Cache
+	for _, e := range entries {
+		if e != nil {
+			out = append(out, buildreq.Cache{Type: e.Type, Attrs: maps.Clone(e.Attrs)})
+		}
+	}
+	return out
+}
+
+// namedContexts sets b's named contexts (relative to the working
+// directory) and its links to other targets (`target:` contexts).
+func namedContexts(t *bx.Target, b *Build) error {
+	for _, raw := range sortedKeys(t.Contexts) {
+		v := t.Contexts[raw]
 		if dep, ok := strings.CutPrefix(v, "target:"); ok {
 			if b.Links == nil {
 				b.Links = map[string]string{}
 			}
-			b.Links[cname] = dep
+			b.Links[raw] = dep
 			continue
 		}
-		o.BuildContexts = append(o.BuildContexts, cname+"="+strings.TrimPrefix(v, "cwd://"))
+		name, err := buildreq.ContextName(raw)
+		if err != nil {
+			return fmt.Errorf("context %q: invalid name: %v: %w", raw, err, errdefs.ErrInvalid)
+		}
+		c, err := buildreq.NamedContextOf(strings.TrimPrefix(v, "cwd://"))
+		if err != nil {
+			return fmt.Errorf("context %q: %v: %w", raw, err, errdefs.ErrInvalid)
+		}
+		if _, dup := b.Request.NamedContexts[name]; dup {
+			return fmt.Errorf("context %q: context %q given more than once: %w", raw, name, errdefs.ErrInvalid)
+		}
+		if b.Request.NamedContexts == nil {
+			b.Request.NamedContexts = map[string]buildreq.NamedContext{}
+		}
+		b.Request.NamedContexts[name] = c
 	}
-
-	// Accepted, not applied: say so rather than build something else
-	// silently.
-	if t.Pull != nil && *t.Pull {
-		b.Warnings = append(b.Warnings, "pull: not supported by kiln; base images are resolved as usual")
-	}
-	if t.ShmSize != nil {
-		b.Warnings = append(b.Warnings, "shm-size: not supported by kiln; ignored")
-	}
-	if len(t.Ulimits) > 0 {
-		b.Warnings = append(b.Warnings, "ulimits: not supported by kiln; ignored")
-	}
-	if len(t.ExtraHosts) > 0 {
-		b.Warnings = append(b.Warnings, "extra-hosts: not supported by kiln; ignored")
-	}
-	return b, nil
+	return nil
 }
 
-// keyValues turns an args or labels map into sorted K=V values; unset
-// (null) values are left out, as buildx does.
-func keyValues(m map[string]*string) []string {
-	var out []string
-	for _, k := range sortedKeys(m) {
-		if v := m[k]; v != nil {
-			out = append(out, k+"="+*v)
+// unsupported lists the target attributes kiln accepts but does not
+// apply: said rather than building something else silently.
+func unsupported(t *bx.Target) []string {
+	var w []string
+	if t.Pull != nil && *t.Pull {
+		w = append(w, "pull: not supported by kiln; base images are resolved as usual")
+	}
+	if t.ShmSize != nil {
+		w = append(w, "shm-size: not supported by kiln; ignored")
+	}
+	if len(t.Ulimits) > 0 {
+		w = append(w, "ulimits: not supported by kiln; ignored")
+	}
+	if len(t.ExtraHosts) > 0 {
+		w = append(w, "extra-hosts: not supported by kiln; ignored")
+	}
+	return w
+}
+
+// keyValues turns an args or labels map into a plain one; unset (null)
+// values are left out, as buildx does.
+func keyValues(m map[string]*string) map[string]string {
+	var out map[string]string
+	for k, v := range m {
+		if v == nil {
+			continue
 		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out[k] = *v
 	}
 	return out
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -24,6 +25,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kiln-dev/kiln/internal/bake"
+	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/engine"
 	"github.com/kiln-dev/kiln/internal/errdefs"
@@ -192,7 +194,7 @@ func runBake(ctx context.Context, g *globals, bf *bakeFlags, args []string, stdi
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	builds, err := def.Builds(tmp)
+	builds, err := def.Builds()
 	if err != nil {
 		return err
 	}
@@ -280,20 +282,22 @@ func printSources(w io.Writer, err error) {
 	}
 }
 
-// options are the engine options t is built with: its own outputs and,
-// when withLayout, the OCI layout its dependent targets read. Contexts from
+// options are the request t is built with: its own outputs and, when
+// withLayout, the OCI layout its dependent targets read. Contexts from
 // targets not built yet are left out (validation runs before anything is
 // built).
-func (r *bakeRun) options(t *bakeTarget, withLayout bool) engine.Options {
-	o := t.Options
-	o.Stdout = r.stdout
-	o.BuildContexts = slices.Clone(o.BuildContexts)
+func (r *bakeRun) options(t *bakeTarget, withLayout bool) buildreq.Request {
+	o := t.Request
+	o.NamedContexts = maps.Clone(o.NamedContexts)
 	if withLayout {
 		o.Outputs = append(slices.Clone(o.Outputs), layoutOutput(t.layoutDir))
 	}
 	for _, name := range sortedNames(t.Links) {
 		if ref := r.targets[t.Links[name]].layoutRef; ref != "" {
-			o.BuildContexts = append(o.BuildContexts, name+"="+ref)
+			if o.NamedContexts == nil {
+				o.NamedContexts = map[string]buildreq.NamedContext{}
+			}
+			o.NamedContexts[name] = buildreq.NamedContext{OCILayout: strings.TrimPrefix(ref, "oci-layout://")}
 		}
 	}
 	return o
@@ -304,14 +308,15 @@ func (r *bakeRun) options(t *bakeTarget, withLayout bool) engine.Options {
 // machine, passed to them as an oci-layout:// named context. It works
 // whichever builders the targets run on (a two-platform dependency is one
 // index; each dependent platform picks its own image from it).
-func layoutOutput(dir string) string { return "type=oci,tar=false,dest=" + dir }
+func layoutOutput(dir string) buildreq.Output {
+	return buildreq.Output{Type: buildreq.OutputOCI, Dest: dir, Attrs: map[string]string{"tar": "false"}}
+}
 
 // validate prepares t once, as it will be built, and keeps what the
 // server is told about it; it returns how many outputs write to stdout.
 func (r *bakeRun) validate(ctx context.Context, t *bakeTarget) (int, error) {
 	o := r.options(t, false)
-	o.Progress = r.bf.progress
-	req, err := engine.Prepare(o)
+	req, err := engine.Prepare(o, engine.IO{Stdout: r.stdout, Progress: r.bf.progress})
 	if err != nil {
 		return 0, fmt.Errorf("target %q: %w", t.Name, err)
 	}
@@ -344,8 +349,8 @@ func (r *bakeRun) validate(ctx context.Context, t *bakeTarget) (int, error) {
 		// fully cached solve.
 		t.separateLayout = len(outs) > 0 || r.saves(t)
 		lo := o
-		lo.Outputs = []string{layoutOutput(t.layoutDir)}
-		lreq, err := engine.Prepare(lo)
+		lo.Outputs = []buildreq.Output{layoutOutput(t.layoutDir)}
+		lreq, err := engine.Prepare(lo, engine.IO{Stdout: r.stdout, Progress: r.bf.progress})
 		if err != nil {
 			return 0, fmt.Errorf("target %q: %w", t.Name, err)
 		}
@@ -504,7 +509,7 @@ func (r *bakeRun) build(ctx context.Context, t *bakeTarget) error {
 	}
 	if t.separateLayout {
 		o := r.options(t, false)
-		o.Outputs = []string{layoutOutput(t.layoutDir)}
+		o.Outputs = []buildreq.Output{layoutOutput(t.layoutDir)}
 		lreq, err := r.solve(ctx, t, o, t.Name+" (as context)", true)
 		if err != nil {
 			return fmt.Errorf("handing the image over to the targets using it: %w", err)
@@ -525,9 +530,9 @@ func (r *bakeRun) build(ctx context.Context, t *bakeTarget) error {
 // The hand-over solve (handOver) is only displayed: its steps are the
 // main solve's, all cached, and are not reported to the server again.
 // The main solve sets t.resp. The caller closes the returned request.
-func (r *bakeRun) solve(ctx context.Context, t *bakeTarget, o engine.Options, prefix string, handOver bool) (*engine.Request, error) {
-	o.Progress = string(progressui.QuietMode) // the bake renders one display for all targets
-	req, err := engine.Prepare(o)
+func (r *bakeRun) solve(ctx context.Context, t *bakeTarget, o buildreq.Request, prefix string, handOver bool) (*engine.Request, error) {
+	// The bake renders one display for all targets.
+	req, err := engine.Prepare(o, engine.IO{Stdout: r.stdout, Progress: string(progressui.QuietMode)})
 	if err != nil {
 		return nil, err
 	}

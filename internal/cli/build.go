@@ -15,6 +15,7 @@ import (
 	"github.com/moby/buildkit/exporter/containerimage/exptypes"
 	"github.com/spf13/cobra"
 
+	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/engine"
 	"github.com/kiln-dev/kiln/internal/errdefs"
@@ -22,7 +23,8 @@ import (
 )
 
 type buildFlags struct {
-	opts     engine.Options
+	opts     buildreq.Flags
+	progress string // --progress
 	project  string
 	iidfile  string
 	metadata string
@@ -86,7 +88,7 @@ and returns at once (see 'kiln builds').`,
 	f.StringArrayVar(&o.BuildContexts, "build-context", nil, "additional context NAME=PATH|docker-image://REF (repeatable)")
 	f.StringVar(&o.Network, "network", "default", "network for RUN: default | none")
 	f.StringVar(&o.Platform, "platform", "", "target platform(s), e.g. linux/amd64 or linux/amd64,linux/arm64 (one image index)")
-	f.StringVar(&o.BuildPlatform, "build-platform", engine.BuildPlatformDynamic, "builder to run on: dynamic (each platform on its own architecture's builder) | linux/amd64 | linux/arm64")
+	f.StringVar(&o.BuildPlatform, "build-platform", buildreq.BuildPlatformDynamic, "builder to run on: dynamic (each platform on its own architecture's builder) | linux/amd64 | linux/arm64")
 	f.StringArrayVarP(&o.Outputs, "output", "o", nil, "output (repeatable): type=local|tar|oci|docker,dest=PATH | type=docker (load) | type=image|registry,name=REF[,push=true][,compression=gzip|zstd|estargz]")
 	f.BoolVar(&o.Push, "push", false, `push the image to the -t names (shorthand for "--output=type=registry")`)
 	f.BoolVar(&o.Load, "load", false, `load the image into the Docker engine at DOCKER_HOST (shorthand for "--output=type=docker")`)
@@ -99,7 +101,7 @@ and returns at once (see 'kiln builds').`,
 	f.BoolVar(&bf.check, "check", false, `shorthand for "--call=check"`)
 	f.BoolVar(&o.Lint, "lint", false, "run the Dockerfile checks before building; violations print with file:line")
 	f.StringVar(&o.LintFailOn, "lint-fail-on", "error", "with --lint, fail the build on: error | warn | none")
-	f.StringVar(&o.Progress, "progress", "auto", "progress output: auto | plain | tty | quiet | rawjson")
+	f.StringVar(&bf.progress, "progress", "auto", "progress output: auto | plain | tty | quiet | rawjson")
 	f.BoolVar(&bf.save, "save", false, "save the image to kiln's registry as <project>:<build id> (then: kiln pull, kiln push)")
 	f.StringArrayVar(&bf.saveTags, "save-tag", nil, "also save the image as <project>:TAG (repeatable; implies --save)")
 	f.StringVar(&bf.project, "project", "", "project id (env KILN_PROJECT_ID, DEPOT_PROJECT_ID, or kiln.json)")
@@ -121,7 +123,11 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 		}
 	}
 	// Validate everything local before talking to the server.
-	req, err := engine.Prepare(bf.opts)
+	parsed, err := buildreq.ParseFlags(bf.opts)
+	if err != nil {
+		return err
+	}
+	req, err := engine.Prepare(parsed, engine.IO{Stdout: bf.opts.Stdout, Progress: bf.progress})
 	if err != nil {
 		return err
 	}

@@ -9,12 +9,12 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
-	"encoding/csv"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -30,8 +30,10 @@ import (
 	"github.com/spf13/pflag"
 
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/platform"
 )
 
 // outsideDockerfile is where a -f Dockerfile from outside the context goes
@@ -91,10 +93,10 @@ func checkDetachFlags(bf *buildFlags, flags *pflag.FlagSet) error {
 		}
 		return fmt.Errorf("--%s cannot be used with --detach: %s: %w", u.flag, u.why, errdefs.ErrInvalid)
 	}
-	switch bf.opts.Progress {
+	switch bf.progress {
 	case "", "auto", "plain", "tty", "quiet", "rawjson":
 	default:
-		return fmt.Errorf("--progress %q: unknown mode (supported: auto, plain, tty, quiet, rawjson): %w", bf.opts.Progress, errdefs.ErrInvalid)
+		return fmt.Errorf("--progress %q: unknown mode (supported: auto, plain, tty, quiet, rawjson): %w", bf.progress, errdefs.ErrInvalid)
 	}
 	if bf.opts.ContextPath == "-" {
 		return fmt.Errorf("--detach needs a context directory, not \"-\" (stdin): %w", errdefs.ErrInvalid)
@@ -112,24 +114,9 @@ func runDetach(ctx context.Context, g *globals, bf *buildFlags, flags *pflag.Fla
 		return err
 	}
 	// Everything local is checked before talking to the server.
-	contextDir, dockerfile, err := detachPaths(bf.opts.ContextPath, bf.opts.Dockerfile)
+	req, contextDir, dockerfile, err := detachRequest(bf.opts)
 	if err != nil {
 		return err
-	}
-	req := &kilnv1.CreateBuildRequest{Target: bf.opts.Target, Tags: bf.opts.Tags, NoCache: bf.opts.NoCache}
-	if req.BuildArgs, err = detachBuildArgs(bf.opts.BuildArgs); err != nil {
-		return err
-	}
-	if req.Secrets, err = detachSecrets(bf.opts.Secrets); err != nil {
-		return err
-	}
-	if req.Platforms, err = detachPlatforms(bf.opts.Platform); err != nil {
-		return err
-	}
-	for _, t := range req.Tags {
-		if strings.TrimSpace(t) == "" {
-			return fmt.Errorf("-t %q: empty tag: %w", t, errdefs.ErrInvalid)
-		}
 	}
 	ref := &kilnv1.ProjectRef{}
 	if bf.customer != "" {
@@ -164,7 +151,7 @@ func runDetach(ctx context.Context, g *globals, bf *buildFlags, flags *pflag.Fla
 		return fmt.Errorf("build context is %s packed; the server accepts at most %s (add large files to .dockerignore): %w",
 			formatBytes(archive.size), formatBytes(limit), errdefs.ErrExhausted)
 	}
-	progress := newUploadProgress(stderr, uploadProgressStyle(bf.opts.Progress, stderr), "context", archive.size)
+	progress := newUploadProgress(stderr, uploadProgressStyle(bf.progress, stderr), "context", archive.size)
 	if err := putArchive(ctx, up.Msg.Url, up.Msg.Headers, archive, progress); err != nil {
 		return err
 	}
@@ -230,99 +217,58 @@ func detachPaths(contextPath, dockerfile string) (contextDir, dockerfilePath str
 	return contextDir, dockerfilePath, nil
 }
 
-// detachBuildArgs reads --build-arg K=V, or K to take K from the
-// environment (skipped when unset, like buildx).
-func detachBuildArgs(args []string) (map[string]string, error) {
-	out := map[string]string{}
-	for _, a := range args {
-		k, v, ok := strings.Cut(a, "=")
-		if k == "" || strings.TrimSpace(k) != k {
-			return nil, fmt.Errorf("--build-arg %q: missing or malformed name (want NAME=VALUE or NAME): %w", a, errdefs.ErrInvalid)
+// detachRequest parses the flags (as `kiln build` does) into the API's
+// request, and returns the context directory and Dockerfile to pack. The
+// -t values are the server's to read: a tag ("v1") or a reference.
+func detachRequest(flags buildreq.Flags) (_ *kilnv1.CreateBuildRequest, contextDir, dockerfile string, _ error) {
+	tags := flags.Tags
+	flags.Tags = nil
+	for _, t := range tags {
+		if strings.TrimSpace(t) == "" {
+			return nil, "", "", fmt.Errorf("-t %q: empty tag: %w", t, errdefs.ErrInvalid)
 		}
-		if !ok {
-			env, set := os.LookupEnv(k)
-			if !set {
-				continue
-			}
-			v = env
-		}
-		out[k] = v
 	}
-	return out, nil
+	parsed, err := buildreq.ParseFlags(flags)
+	if err != nil {
+		return nil, "", "", err
+	}
+	contextDir, dockerfile, err = detachPaths(parsed.Context.Dir, parsed.Dockerfile.Path)
+	if err != nil {
+		return nil, "", "", err
+	}
+	secrets, err := secretValues(parsed.Secrets)
+	if err != nil {
+		return nil, "", "", err
+	}
+	req := &kilnv1.CreateBuildRequest{
+		Target:    parsed.Target,
+		Tags:      tags,
+		NoCache:   parsed.NoCache,
+		BuildArgs: parsed.Args,
+		Secrets:   secrets,
+		Platforms: platform.Strings(parsed.Platforms),
+	}
+	return req, contextDir, dockerfile, nil
 }
 
-// detachSecrets reads each --secret's value here, with buildx's syntax:
-// id=X,src=PATH | id=X,env=VAR | id=X (env var X if set, else file X),
-// optionally with type=file|env. The values travel in CreateBuild.
-func detachSecrets(values []string) (map[string]string, error) {
+// secretValues reads each secret's value here, from its file or
+// environment variable: the values travel in CreateBuild.
+func secretValues(secrets []buildreq.Secret) (map[string]string, error) {
 	out := map[string]string{}
-	for _, v := range values {
-		invalid := func(format string, a ...any) error {
-			return fmt.Errorf("--secret %q: %s: %w", v, fmt.Sprintf(format, a...), errdefs.ErrInvalid)
-		}
-		fields, err := csv.NewReader(strings.NewReader(v)).Read()
-		if err != nil {
-			return nil, invalid("%v", err)
-		}
-		var id, src, env, typ string
-		for _, f := range fields {
-			k, val, ok := strings.Cut(f, "=")
-			if !ok {
-				return nil, invalid("field %q is not key=value", f)
-			}
-			switch strings.ToLower(k) {
-			case "type":
-				if val != "file" && val != "env" {
-					return nil, invalid("unsupported type %q (supported: file, env)", val)
-				}
-				typ = val
-			case "id":
-				id = val
-			case "src", "source":
-				src = val
-			case "env":
-				env = val
-			default:
-				return nil, invalid("unknown key %q (supported: id, src, env, type)", k)
-			}
-		}
-		switch {
-		case id == "":
-			return nil, invalid("missing id=")
-		case typ == "env" && env == "":
-			env, src = cmpOr(src, id), "" // type=env,id=x,src=VAR names the variable through src
-		case typ == "file" && env != "":
-			return nil, invalid("type=file cannot take env=")
-		case typ == "file" && src == "":
-			src = id
-		}
-		if env != "" && src != "" {
-			return nil, invalid("give either src= or env=, not both")
-		}
-		if _, dup := out[id]; dup {
-			return nil, invalid("duplicate secret id %q", id)
-		}
-		if env == "" && src == "" {
-			// id=X alone: the variable X if set, else the file X.
-			if _, set := os.LookupEnv(id); set {
-				env = id
-			} else {
-				src = id
-			}
-		}
-		if env != "" {
-			val, set := os.LookupEnv(env)
+	for _, s := range secrets {
+		if s.Env != "" {
+			v, set := os.LookupEnv(s.Env)
 			if !set {
-				return nil, invalid("environment variable %s is not set", env)
+				return nil, fmt.Errorf("--secret id=%s: environment variable %s is not set: %w", s.ID, s.Env, errdefs.ErrInvalid)
 			}
-			out[id] = val
+			out[s.ID] = v
 			continue
 		}
-		val, err := readSecretFile(src)
+		v, err := readSecretFile(s.Src)
 		if err != nil {
-			return nil, invalid("%v", err)
+			return nil, fmt.Errorf("--secret id=%s: %v: %w", s.ID, err, errdefs.ErrInvalid)
 		}
-		out[id] = val
+		out[s.ID] = v
 	}
 	return out, nil
 }
@@ -341,32 +287,6 @@ func readSecretFile(p string) (string, error) {
 		return "", fmt.Errorf("file %s is larger than %s", p, formatBytes(maxSecretSize))
 	}
 	return string(b), nil
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
-}
-
-// detachPlatforms splits --platform's comma list; the server checks the
-// names (linux/amd64, linux/arm64).
-func detachPlatforms(v string) ([]string, error) {
-	if v == "" {
-		return nil, nil
-	}
-	var out []string
-	for _, p := range strings.Split(v, ",") {
-		p = strings.TrimSpace(p)
-		if p == "" {
-			return nil, fmt.Errorf("--platform %q: empty platform in the list: %w", v, errdefs.ErrInvalid)
-		}
-		if !slices.Contains(out, p) {
-			out = append(out, p)
-		}
-	}
-	return out, nil
 }
 
 // contextArchive is a build context packed as a gzip'd tar in a temp file.
@@ -394,36 +314,19 @@ type archiveEntry struct {
 // outside dir is added as .kiln/Dockerfile. Other file types are skipped
 // with a warning.
 func packContext(dir, dockerfile string, warn func(string)) (_ *contextArchive, retErr error) {
-	ignorePath := dockerfile + ".dockerignore"
-	if _, err := os.Stat(ignorePath); err != nil {
-		ignorePath = filepath.Join(dir, ".dockerignore")
-	}
-	var patterns []string
-	if f, err := os.Open(ignorePath); err == nil {
-		patterns, err = ignorefile.ReadAll(f)
-		f.Close()
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", ignorePath, err)
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("read %s: %w", ignorePath, err)
-	}
-	pm, err := patternmatcher.New(patterns)
+	ignore, err := readDockerignore(dir, dockerfile)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %v: %w", ignorePath, err, errdefs.ErrInvalid)
+		return nil, err
 	}
-
-	archive := &contextArchive{}
-	forced := map[string]bool{} // always packed
-	if rel, ok := insideDir(dir, ignorePath); ok {
-		forced[rel] = true
+	w := &contextWalk{dir: dir, ignore: ignore, forced: map[string]bool{}, warn: warn}
+	archive := &contextArchive{dockerfile: outsideDockerfile}
+	if rel, ok := insideDir(dir, ignore.path); ok {
+		w.forced[rel] = true
 	}
-	dockerfileRel, inside := insideDir(dir, dockerfile)
-	if inside {
-		forced[dockerfileRel] = true
-		archive.dockerfile = dockerfileRel
-	} else {
-		archive.dockerfile = outsideDockerfile
+	if rel, ok := insideDir(dir, dockerfile); ok {
+		w.forced[rel] = true
+		w.dockerfile = rel
+		archive.dockerfile = rel
 	}
 
 	tmp, err := os.CreateTemp("", "kiln-context-*.tar.gz")
@@ -437,58 +340,116 @@ func packContext(dir, dockerfile string, warn func(string)) (_ *contextArchive, 
 			os.Remove(archive.path)
 		}
 	}()
-	tmpAbs, err := filepath.EvalSymlinks(tmp.Name()) // skipped if the context holds it
-	if err != nil {
-		tmpAbs = tmp.Name()
+	w.skip = tmp.Name() // skipped if the context holds it
+	if p, err := filepath.EvalSymlinks(tmp.Name()); err == nil {
+		w.skip = p
 	}
 
+	entries, err := w.walk()
+	if err != nil {
+		return nil, err
+	}
+	if w.dockerfile == "" {
+		entries[outsideDockerfile] = archiveEntry{name: outsideDockerfile, source: dockerfile, follow: true}
+	}
+	addParentDirs(dir, entries)
+	if archive.size, archive.sha256, err = writeContextArchive(tmp, entries); err != nil {
+		return nil, err
+	}
+	return archive, nil
+}
+
+// dockerignore is the ignore file of a context and its patterns.
+type dockerignore struct {
+	path string
+	pm   *patternmatcher.PatternMatcher
+}
+
+// readDockerignore reads <Dockerfile>.dockerignore, or else the context's
+// .dockerignore; neither is no patterns.
+func readDockerignore(dir, dockerfile string) (dockerignore, error) {
+	ig := dockerignore{path: dockerfile + ".dockerignore"}
+	if _, err := os.Stat(ig.path); err != nil {
+		ig.path = filepath.Join(dir, ".dockerignore")
+	}
+	var patterns []string
+	if f, err := os.Open(ig.path); err == nil {
+		patterns, err = ignorefile.ReadAll(f)
+		f.Close()
+		if err != nil {
+			return ig, fmt.Errorf("read %s: %w", ig.path, err)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return ig, fmt.Errorf("read %s: %w", ig.path, err)
+	}
+	pm, err := patternmatcher.New(patterns)
+	if err != nil {
+		return ig, fmt.Errorf("%s: %v: %w", ig.path, err, errdefs.ErrInvalid)
+	}
+	ig.pm = pm
+	return ig, nil
+}
+
+// contextWalk collects the files of a context to pack.
+type contextWalk struct {
+	dir    string
+	ignore dockerignore
+	forced map[string]bool // slash paths always packed: the Dockerfile and the ignore file
+	// dockerfile is the Dockerfile's slash path in dir; "" when it is
+	// outside (and packed as outsideDockerfile).
+	dockerfile string
+	skip       string // the archive being written, if it is inside dir
+	warn       func(string)
+}
+
+// walk returns the entries to pack by name: what the ignore file keeps,
+// of the kinds a context can hold.
+func (w *contextWalk) walk() (map[string]archiveEntry, error) {
 	entries := map[string]archiveEntry{}
 	matches := map[string]patternmatcher.MatchInfo{}
-	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(w.dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return fmt.Errorf("read the build context: %w", err)
 		}
-		if p == dir || p == tmpAbs {
+		if p == w.dir || p == w.skip {
 			return nil
 		}
-		rel, _ := filepath.Rel(dir, p)
+		rel, _ := filepath.Rel(w.dir, p)
 		rel = filepath.ToSlash(rel)
-		ignored, info, err := pm.MatchesUsingParentResults(rel, matches[path.Dir(rel)])
+		ignored, info, err := w.ignore.pm.MatchesUsingParentResults(rel, matches[path.Dir(rel)])
 		if err != nil {
-			return fmt.Errorf("%s: %v: %w", ignorePath, err, errdefs.ErrInvalid)
+			return fmt.Errorf("%s: %v: %w", w.ignore.path, err, errdefs.ErrInvalid)
 		}
 		if d.IsDir() {
 			matches[rel] = info
 		}
-		if ignored && !forced[rel] {
+		if ignored && !w.forced[rel] {
 			// A directory is still walked when a "!" pattern or a forced
 			// file may bring back something inside it.
-			if d.IsDir() && !pm.Exclusions() && !holdsForced(rel, forced) {
+			if d.IsDir() && !w.ignore.pm.Exclusions() && !holdsForced(rel, w.forced) {
 				return filepath.SkipDir
 			}
 			return nil
 		}
-		if !inside && rel == outsideDockerfile {
-			warn(fmt.Sprintf("%s in the build context is replaced by the -f Dockerfile", outsideDockerfile))
+		if w.dockerfile == "" && rel == outsideDockerfile {
+			w.warn(fmt.Sprintf("%s in the build context is replaced by the -f Dockerfile", outsideDockerfile))
 			return nil
 		}
 		switch t := d.Type(); {
 		case t.IsDir(), t.IsRegular(), t&fs.ModeSymlink != 0:
 		default:
-			warn(fmt.Sprintf("skipping %s: a %s cannot be sent in a build context", rel, fileKind(t)))
+			w.warn(fmt.Sprintf("skipping %s: a %s cannot be sent in a build context", rel, fileKind(t)))
 			return nil
 		}
-		entries[rel] = archiveEntry{name: rel, source: p, follow: forced[rel] && rel == dockerfileRel}
+		entries[rel] = archiveEntry{name: rel, source: p, follow: w.forced[rel] && rel == w.dockerfile}
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	if !inside {
-		entries[outsideDockerfile] = archiveEntry{name: outsideDockerfile, source: dockerfile, follow: true}
-	}
-	// Every entry's parent directories are in the archive, even ignored
-	// ones that a "!" pattern or a forced file reached through.
+	return entries, err
+}
+
+// addParentDirs adds every entry's parent directories, even ignored ones
+// that a "!" pattern or a forced file reached through.
+func addParentDirs(dir string, entries map[string]archiveEntry) {
 	for name := range entries {
 		for d := path.Dir(name); d != "."; d = path.Dir(d) {
 			if _, ok := entries[d]; ok {
@@ -501,33 +462,27 @@ func packContext(dir, dockerfile string, warn func(string)) (_ *contextArchive, 
 			entries[d] = archiveEntry{name: d, source: src}
 		}
 	}
-	names := make([]string, 0, len(entries))
-	for name := range entries {
-		names = append(names, name)
-	}
-	slices.Sort(names) // a parent sorts before its children
+}
 
+// writeContextArchive writes entries, sorted by name, as a gzip'd tar to
+// f and closes it; it returns the archive's size and sha256 (hex).
+func writeContextArchive(f *os.File, entries map[string]archiveEntry) (size int64, sha string, _ error) {
+	names := slices.Sorted(maps.Keys(entries)) // a parent sorts before its children
 	hash := sha256.New()
 	count := &countingWriter{}
-	gz := gzip.NewWriter(io.MultiWriter(tmp, hash, count))
+	gz := gzip.NewWriter(io.MultiWriter(f, hash, count))
 	tw := tar.NewWriter(gz)
 	for _, name := range names {
 		if err := writeArchiveEntry(tw, entries[name]); err != nil {
-			return nil, err
+			return 0, "", err
 		}
 	}
-	if err := tw.Close(); err != nil {
-		return nil, fmt.Errorf("write the context archive: %w", err)
+	for _, c := range []io.Closer{tw, gz, f} {
+		if err := c.Close(); err != nil {
+			return 0, "", fmt.Errorf("write the context archive: %w", err)
+		}
 	}
-	if err := gz.Close(); err != nil {
-		return nil, fmt.Errorf("write the context archive: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return nil, fmt.Errorf("write the context archive: %w", err)
-	}
-	archive.size = count.n
-	archive.sha256 = hex.EncodeToString(hash.Sum(nil))
-	return archive, nil
+	return count.n, hex.EncodeToString(hash.Sum(nil)), nil
 }
 
 // writeArchiveEntry writes one entry's header and content.

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 )
 
@@ -370,6 +371,14 @@ func TestDetachUploadRetriesUnavailable(t *testing.T) {
 
 func TestDetachSecretErrors(t *testing.T) {
 	os.Unsetenv("KILN_TEST_NOPE")
+	dir := t.TempDir()
+	detachSecrets := func(values []string) (map[string]string, error) {
+		parsed, err := buildreq.ParseFlags(buildreq.Flags{ContextPath: dir, Secrets: values})
+		if err != nil {
+			return nil, err
+		}
+		return secretValues(parsed.Secrets)
+	}
 	for _, tc := range []struct{ secret, want string }{
 		{"id=a,env=KILN_TEST_NOPE", "KILN_TEST_NOPE is not set"},
 		{"src=/x", "missing id="},

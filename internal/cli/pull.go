@@ -13,6 +13,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/engine"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	kilnplatform "github.com/kiln-dev/kiln/internal/platform"
 )
 
 func newPullCmd(g *globals) *cobra.Command {
@@ -52,8 +53,11 @@ func runPull(ctx context.Context, g *globals, arg string, names []string, platfo
 	if err := engine.CheckImageNames("-t", names); err != nil {
 		return err
 	}
-	if err := engine.CheckPlatform(platform); err != nil {
-		return err
+	var pl kilnplatform.Platform
+	if platform != "" {
+		if pl, err = kilnplatform.Parse(platform); err != nil {
+			return fmt.Errorf("--platform: %w", err)
+		}
 	}
 	cfg, err := g.config()
 	if err != nil {
@@ -65,7 +69,7 @@ func runPull(ctx context.Context, g *globals, arg string, names []string, platfo
 	}
 	fmt.Fprintf(stderr, "kiln: pulling %s (%s, %s)\n", img.Ref, img.What, digest)
 	id, err := engine.PullIntoDocker(ctx, engine.PullOptions{Ref: img.Ref, Username: img.Username, Password: img.Password,
-		Platform: platform, Names: names, Progress: stderr})
+		Platform: pl, Names: names, Progress: stderr})
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package depotext
 
 import (
+	"encoding/json"
 	"slices"
 	"testing"
 
@@ -68,5 +69,40 @@ func TestSaveTagsMalformed(t *testing.T) {
 		if tags := SaveTags(o); name == "field 9 as varint" && !slices.Equal(tags, []string{"ok"}) {
 			t.Errorf("%s: after SetSaveTags: %q", name, tags)
 		}
+	}
+}
+
+// The options a build record keeps carry the fields depot-go lacks
+// (save_tags) through the store and back, as the client sent them.
+func TestOptionsKeepUnknownFields(t *testing.T) {
+	o := &cliv1.BuildOptions{Command: cliv1.Command_COMMAND_BUILD, Save: true, Tags: []string{"app:1"}}
+	SetSaveTags(o, []string{"v1", "latest"})
+	stored, err := json.Marshal(Options{o})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Options
+	if err := json.Unmarshal(stored, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || !proto.Equal(got[0], o) {
+		t.Fatalf("round trip = %v, want %v", got, o)
+	}
+	if tags := SaveTags(got[0]); !slices.Equal(tags, []string{"v1", "latest"}) {
+		t.Errorf("SaveTags after the round trip = %q", tags)
+	}
+
+	// Records written before: encoding/json's form.
+	old, _ := json.Marshal([]*cliv1.BuildOptions{{Command: cliv1.Command_COMMAND_BAKE, Push: true}})
+	if err := json.Unmarshal(old, &got); err != nil || len(got) != 1 || got[0].Command != cliv1.Command_COMMAND_BAKE || !got[0].Push {
+		t.Errorf("old record = %v, %v", got, err)
+	}
+	for _, none := range []string{"null", "[]"} {
+		if err := json.Unmarshal([]byte(none), &got); err != nil || len(got) != 0 {
+			t.Errorf("%s = %v, %v", none, got, err)
+		}
+	}
+	if b, _ := json.Marshal(Options(nil)); string(b) != "null" {
+		t.Errorf("no options stored as %s", b)
 	}
 }

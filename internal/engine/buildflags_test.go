@@ -11,92 +11,9 @@ import (
 	"github.com/moby/buildkit/client"
 )
 
-// Flags added for buildx parity (outputs, --push/--load, attestations,
-// cache, --call, --lint): every malformed or hostile value is an
-// ErrInvalid naming the flag, before anything is contacted.
-func TestPrepareInvalidBuildxFlags(t *testing.T) {
-	ctxDir := newContext(t)
-	cases := []struct {
-		name string
-		mod  func(o *Options)
-		want []string
-	}{
-		{"push without tag", func(o *Options) { o.Push = true }, []string{"--push", "a tag is needed"}},
-		{"image push without name", func(o *Options) { o.Outputs = []string{"type=image,push=true"} }, []string{`-o "type=image,push=true"`, "a tag is needed"}},
-		{"registry push=false", func(o *Options) { o.Outputs = []string{"type=registry,name=r/x,push=false"} }, []string{"type=registry always pushes"}},
-		{"image with dest", func(o *Options) { o.Outputs = []string{"type=image,name=x,dest=/tmp/x"} }, []string{"takes name="}},
-		{"empty dest", func(o *Options) { o.Outputs = []string{"type=oci,dest="} }, []string{"empty dest="}},
-		{"bad compression", func(o *Options) { o.Tags = []string{"x"}; o.Outputs = []string{"type=registry,compression=lz4"} }, []string{`unknown compression "lz4"`, "gzip, estargz, zstd"}},
-		{"compression level not int", func(o *Options) { o.Outputs = []string{"type=image,name=x,compression=zstd,compression-level=high"} }, []string{`compression-level="high"`}},
-		{"compression level range", func(o *Options) { o.Outputs = []string{"type=image,name=x,compression=gzip,compression-level=12"} }, []string{"out of range for gzip (0-9)"}},
-		{"zstd level range", func(o *Options) { o.Outputs = []string{"type=image,name=x,compression=zstd,compression-level=23"} }, []string{"out of range for zstd"}},
-		{"level without compression", func(o *Options) {
-			o.Outputs = []string{"type=image,name=x,compression=uncompressed,compression-level=1"}
-		}, []string{"does not apply"}},
-		{"bad bool", func(o *Options) { o.Outputs = []string{"type=image,name=x,push=yes-please"} }, []string{`push="yes-please"`, "not a boolean"}},
-		{"bad force-compression", func(o *Options) { o.Outputs = []string{"type=image,name=x,force-compression=2"} }, []string{"force-compression"}},
-		{"bad oci-mediatypes", func(o *Options) { o.Outputs = []string{"type=image,name=x,oci-mediatypes=maybe"} }, []string{"oci-mediatypes"}},
-		{"bad insecure", func(o *Options) { o.Outputs = []string{"type=image,name=x,registry.insecure=0x1"} }, []string{"registry.insecure"}},
-		{"bad name", func(o *Options) { o.Outputs = []string{"type=image,name=UPPER/Case"} }, []string{`name "UPPER/Case"`}},
-		{"empty name in list", func(o *Options) { o.Outputs = []string{`type=image,"name=a,,b"`} }, []string{"empty image name"}},
-		{"name on local", func(o *Options) { o.Outputs = []string{"type=local,dest=x,name=y"} }, []string{"name= only applies"}},
-		{"duplicate attr", func(o *Options) { o.Outputs = []string{"type=image,name=x,name=y"} }, []string{"name= given more than once"}},
-		{"unterminated quote", func(o *Options) { o.Outputs = []string{`type=image,"name=x`} }, []string{"-o"}},
-		{"two loads", func(o *Options) { o.Outputs = []string{"type=docker", "type=docker,name=x"} }, []string{"only one output can load"}},
-		{"two OCI layout dirs", func(o *Options) { o.Outputs = []string{"type=oci,dest=a,tar=false", "type=oci,dest=b,tar=false"} }, []string{"only one OCI layout directory"}},
-		{"oci layout to stdout", func(o *Options) { o.Outputs = []string{"type=oci,tar=false"} }, []string{"tar=false writes a directory"}},
-		{"load layout dir", func(o *Options) { o.Outputs = []string{"type=docker,tar=false"} }, []string{"tar=false writes a directory"}},
-
-		{"provenance bad value", func(o *Options) { o.Provenance = "everything" }, []string{`--provenance "everything"`, `field "everything" is not key=value`}},
-		{"provenance bad mode", func(o *Options) { o.Provenance = "mode=full" }, []string{`--provenance "mode=full"`, `unknown provenance mode "full"`}},
-		{"sbom bad generator", func(o *Options) { o.SBOM = "generator=Not An Image" }, []string{`--sbom "generator=Not An Image"`, "not an image reference"}},
-		{"attest no type", func(o *Options) { o.Attests = []string{"mode=max"} }, []string{`--attest "mode=max"`, "missing type="}},
-		{"attest unknown type", func(o *Options) { o.Attests = []string{"type=vex"} }, []string{`unknown attestation type "vex"`}},
-		{"attest bad disabled", func(o *Options) { o.Attests = []string{"type=sbom,disabled=nah"} }, []string{`disabled="nah"`}},
-		{"attest twice", func(o *Options) { o.Attests = []string{"type=provenance"}; o.Provenance = "false" }, []string{`--provenance "false"`, "more than once"}},
-
-		{"cache-to no type", func(o *Options) { o.CacheTo = []string{"ref=x,mode=max"} }, []string{`--cache-to "ref=x,mode=max"`, "missing type="}},
-		{"cache-to unknown type", func(o *Options) { o.CacheTo = []string{"type=redis,ref=x"} }, []string{`unknown cache type "redis"`}},
-		{"cache-to registry no ref", func(o *Options) { o.CacheTo = []string{"type=registry,mode=max"} }, []string{"needs ref="}},
-		{"cache-to bad mode", func(o *Options) { o.CacheTo = []string{"type=registry,ref=r/c,mode=all"} }, []string{`unknown mode "all"`}},
-		{"cache-to bad ref", func(o *Options) { o.CacheTo = []string{"type=registry,ref=Bad Ref"} }, []string{`ref "Bad Ref"`}},
-		{"cache-from bad bare ref", func(o *Options) { o.CacheFrom = []string{"UPPER"} }, []string{`--cache-from "UPPER"`}},
-		{"cache-from inline", func(o *Options) { o.CacheFrom = []string{"type=inline"} }, []string{"only for --cache-to"}},
-		{"cache-to bad bool", func(o *Options) { o.CacheTo = []string{"type=registry,ref=r/c,image-manifest=sure"} }, []string{"image-manifest"}},
-		{"cache-to bad field", func(o *Options) { o.CacheTo = []string{"type=registry,ref"} }, []string{`field "ref" is not key=value`}},
-
-		{"call unknown", func(o *Options) { o.Call = "explain" }, []string{`--call "explain"`, `unknown method "explain"`}},
-		{"call two methods", func(o *Options) { o.Call = "check,outline" }, []string{"more than one method"}},
-		{"call bad format", func(o *Options) { o.Call = "outline,format=yaml" }, []string{`unknown format "yaml"`}},
-		{"call bad field", func(o *Options) { o.Call = "check,verbose=1" }, []string{`unknown field "verbose"`}},
-		{"call no method", func(o *Options) { o.Call = "format=json" }, []string{"missing method"}},
-		{"call and lint", func(o *Options) { o.Call = "check"; o.Lint = true }, []string{"--lint and --call=check"}},
-		{"lint level", func(o *Options) { o.Lint = true; o.LintFailOn = "info" }, []string{`--lint-fail-on "info"`}},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			o := Options{ContextPath: ctxDir, Stdout: &bytes.Buffer{}}
-			tc.mod(&o)
-			r, err := Prepare(o)
-			if err == nil {
-				r.Close()
-				t.Fatal("Prepare succeeded; want an error")
-			}
-			if !errors.Is(err, errdefs.ErrInvalid) {
-				t.Errorf("error %q does not wrap ErrInvalid", err)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not contain %q", err, w)
-				}
-			}
-		})
-	}
-}
-
 func TestPrepareBadNoDefaultAttestationsEnv(t *testing.T) {
 	t.Setenv(noDefaultAttestationsEnv, "perhaps")
-	_, err := Prepare(Options{ContextPath: newContext(t)})
+	_, err := prepareOptions(Options{ContextPath: newContext(t)})
 	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), noDefaultAttestationsEnv) {
 		t.Errorf("err = %v", err)
 	}
@@ -152,15 +69,15 @@ func TestPrepareOutputShorthands(t *testing.T) {
 			}
 			for i, w := range tc.want {
 				o := r.outputs[i]
-				if o.typ != w.typ || o.dest != w.dest || o.isPush() != w.push || o.isLoad() != w.load {
-					t.Errorf("output %d: %s dest=%q push=%v load=%v, want %+v", i, o.typ, o.dest, o.isPush(), o.isLoad(), w)
+				if o.Type != w.typ || o.Dest != w.dest || o.IsPush() != w.push || o.IsLoad() != w.load {
+					t.Errorf("output %d: %s dest=%q push=%v load=%v, want %+v", i, o.Type, o.Dest, o.IsPush(), o.IsLoad(), w)
 				}
-				if len(o.attrs) != len(w.attrs) {
-					t.Errorf("output %d: attrs %v, want %v", i, o.attrs, w.attrs)
+				if len(o.Attrs) != len(w.attrs) {
+					t.Errorf("output %d: attrs %v, want %v", i, o.Attrs, w.attrs)
 				}
 				for k, v := range w.attrs {
-					if o.attrs[k] != v {
-						t.Errorf("output %d: %s=%q, want %q", i, k, o.attrs[k], v)
+					if o.Attrs[k] != v {
+						t.Errorf("output %d: %s=%q, want %q", i, k, o.Attrs[k], v)
 					}
 				}
 			}
@@ -288,31 +205,5 @@ func TestPrepareCache(t *testing.T) {
 	}
 	if len(opt.CacheImports) != 3 || len(opt.CacheExports) != 2 {
 		t.Errorf("solve opt cache %+v %+v", opt.CacheImports, opt.CacheExports)
-	}
-}
-
-func TestParseCall(t *testing.T) {
-	for in, want := range map[string]*callFunc{
-		"":                                 nil,
-		"build":                            nil,
-		"check":                            {name: "lint"},
-		"lint":                             {name: "lint"},
-		"outline":                          {name: "outline"},
-		"targets,format=json":              {name: "targets", format: "json"},
-		"check,format=text":                {name: "lint"},
-		"check,ignorestatus=true":          {name: "lint", ignoreStatus: true},
-		"format=json,ignorestatus=1,check": {name: "lint", format: "json", ignoreStatus: true},
-	} {
-		got, err := parseCall(in)
-		if err != nil {
-			t.Errorf("parseCall(%q): %v", in, err)
-			continue
-		}
-		if (got == nil) != (want == nil) || (got != nil && *got != *want) {
-			t.Errorf("parseCall(%q) = %+v, want %+v", in, got, want)
-		}
-	}
-	if _, err := parseCall("build,format=json"); !errors.Is(err, errdefs.ErrInvalid) {
-		t.Errorf("build with format: %v", err)
 	}
 }

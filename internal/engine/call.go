@@ -19,6 +19,8 @@ import (
 	"github.com/moby/buildkit/frontend/subrequests/outline"
 	"github.com/moby/buildkit/frontend/subrequests/targets"
 	"github.com/moby/buildkit/solver/pb"
+
+	"github.com/kiln-dev/kiln/internal/buildreq"
 )
 
 // callFunc is a parsed --call value: a frontend subrequest run instead of
@@ -32,82 +34,22 @@ type callFunc struct {
 // requestID is the frontend's name for the subrequest.
 func (f *callFunc) requestID() string { return "frontend." + f.name }
 
-// parseCall parses --call like buildx: NAME[,format=json|text][,ignorestatus=BOOL],
-// where NAME is build (the default: a normal build), check, outline or
-// targets.
-func parseCall(v string) (*callFunc, error) {
-	if v == "" {
-		return nil, nil
-	}
-	fields, err := parseCSV(v)
-	if err != nil {
-		return nil, invalidWrap(err, "--call %q", v)
-	}
-	f := &callFunc{}
-	for _, field := range fields {
-		k, val, ok := strings.Cut(field, "=")
-		if !ok {
-			if f.name != "" {
-				return nil, invalidf("--call %q: more than one method", v)
-			}
-			f.name = strings.TrimSpace(field)
-			continue
+// setCall takes the request's frontend method (check runs the frontend's
+// lint subrequest) and --lint's level.
+func (r *Request) setCall(c buildreq.Call, lint *buildreq.Lint) {
+	if c.Method != "" {
+		name := c.Method
+		if name == "check" {
+			name = "lint"
 		}
-		switch k {
-		case "format":
-			if val != "json" && val != "text" {
-				return nil, invalidf("--call %q: unknown format %q (supported: text, json)", v, val)
-			}
-			if val == "json" {
-				f.format = "json"
-			}
-		case "ignorestatus":
-			b, err := strconv.ParseBool(val)
-			if err != nil {
-				return nil, invalidf("--call %q: ignorestatus=%q is not a boolean", v, val)
-			}
-			f.ignoreStatus = b
-		default:
-			return nil, invalidf("--call %q: unknown field %q (supported: format, ignorestatus)", v, k)
+		r.call = &callFunc{name: name, format: c.Format, ignoreStatus: c.IgnoreStatus}
+	}
+	if lint != nil {
+		r.lintFailOn = lint.FailOn
+		if r.lintFailOn == "" {
+			r.lintFailOn = buildreq.LintFailOnError
 		}
 	}
-	switch f.name {
-	case "build":
-		if f.format != "" || f.ignoreStatus {
-			return nil, invalidf("--call %q: format and ignorestatus apply to check, outline and targets", v)
-		}
-		return nil, nil
-	case "check", "lint":
-		f.name = "lint" // buildx's alias, kept for compatibility
-	case "outline", "targets":
-	case "":
-		return nil, invalidf("--call %q: missing method (build, check, outline, targets)", v)
-	default:
-		return nil, invalidf("--call %q: unknown method %q (supported: build, check, outline, targets)", v, f.name)
-	}
-	return f, nil
-}
-
-// Lint failure policies (--lint-fail-on, as in depot build).
-const (
-	lintFailOnError = "error"
-	lintFailOnWarn  = "warn"
-	lintFailOnNone  = "none"
-)
-
-// parseLint validates --lint and --lint-fail-on.
-func (r *Request) parseLint(enabled bool, failOn string) error {
-	switch failOn {
-	case "":
-		failOn = lintFailOnError
-	case lintFailOnError, lintFailOnWarn, lintFailOnNone:
-	default:
-		return invalidf("--lint-fail-on %q: unknown level (supported: error, warn, none)", failOn)
-	}
-	if enabled {
-		r.lintFailOn = failOn
-	}
-	return nil
 }
 
 // IsCall reports whether the request runs a frontend method (--call,
@@ -307,7 +249,7 @@ func (r *Request) runLint(ctx context.Context, c *client.Client, progressOut io.
 	}
 	fmt.Fprintln(progressOut)
 	switch {
-	case r.lintFailOn == lintFailOnWarn, r.lintFailOn == lintFailOnError && asErrors:
+	case r.lintFailOn == buildreq.LintFailOnWarn, r.lintFailOn == buildreq.LintFailOnError && asErrors:
 		return invalidf("--lint: %d %s (see above); the build was not run", n, plural(n, "lint error", "lint errors"))
 	}
 	return nil

@@ -1,6 +1,6 @@
-// Package engine is the client side of `kiln build`: it turns the flags a
-// user typed (the same syntax as `docker buildx build`) into a validated
-// [Request], dials a BuildKit builder ([Dial]), runs the build with the
+// Package engine is the client side of `kiln build`: it turns a typed
+// build request (internal/buildreq: from `kiln build`'s flags, a bake
+// target or a source build's spec) into a validated [Request], dials a BuildKit builder ([Dial]), runs the build with the
 // Dockerfile frontend built into buildkitd ([Solve]) while rendering
 // progress, and writes the build's outputs and metadata files
 // ([WriteIIDFile], [WriteMetadataFile]). Outputs are files and
@@ -13,9 +13,10 @@
 // registry with credentials the server lends ([Request.AddSave]); `kiln
 // pull` and `kiln push` use [PullIntoDocker] and [CopyImage].
 //
-// Everything a user can get wrong is checked by [Prepare] before anything
-// talks to a server. Such errors wrap errdefs.ErrInvalid and name the flag
-// and the offending value.
+// Everything a user can get wrong is checked by [Prepare] (and, for flags,
+// by buildreq.ParseFlags) before anything talks to a server. Such errors
+// wrap errdefs.ErrInvalid and name the field or flag and the offending
+// value.
 //
 // The package is a library: it never prints on its own and writes only to
 // the io.Writers it is given. It does not depend on any kiln server package.

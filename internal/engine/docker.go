@@ -270,14 +270,14 @@ func (l *dockerLoad) Messages() []string {
 func (r *Request) CheckDocker(ctx context.Context) error {
 	var load *outputSpec
 	for _, o := range r.outputs {
-		if o.isLoad() {
+		if o.IsLoad() {
 			load = o
 		}
 	}
 	if load == nil || r.docker != nil {
 		return nil
 	}
-	e, err := connectDocker(ctx, load.attrs["context"], "--load")
+	e, err := connectDocker(ctx, load.Attrs["context"], "--load")
 	if err != nil {
 		return err
 	}

@@ -124,7 +124,7 @@ func startBuildkitd(t *testing.T) *client.Client {
 // progress and the recorded steps.
 func build(t *testing.T, c *client.Client, o Options) (*client.SolveResponse, string, []steps.Step, error) {
 	t.Helper()
-	r, err := Prepare(o)
+	r, err := prepareOptions(o)
 	if err != nil {
 		t.Fatalf("Prepare: %v", err)
 	}
@@ -324,7 +324,7 @@ func TestIntegrationBuild(t *testing.T) {
 		}
 
 		var stdout bytes.Buffer
-		r, err := Prepare(Options{ContextPath: dir, Outputs: []string{"-"}, Stdout: &stdout, Progress: "quiet"})
+		r, err := prepareOptions(Options{ContextPath: dir, Outputs: []string{"-"}, Stdout: &stdout, Progress: "quiet"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -365,7 +365,7 @@ func TestIntegrationBuild(t *testing.T) {
 	t.Run("canceled", func(t *testing.T) {
 		dir := t.TempDir()
 		writeTestFile(t, filepath.Join(dir, "Dockerfile"), "FROM rootfs\nRUN sleep 60\n")
-		r, err := Prepare(Options{ContextPath: dir, BuildContexts: []string{"rootfs=" + rootfs}, Progress: "quiet"})
+		r, err := prepareOptions(Options{ContextPath: dir, BuildContexts: []string{"rootfs=" + rootfs}, Progress: "quiet"})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,7 +1,11 @@
 package engine
 
 import (
-	"maps"
+	"context"
+
+	"github.com/moby/buildkit/session"
+	"github.com/moby/buildkit/session/secrets"
+	"github.com/moby/buildkit/session/secrets/secretsprovider"
 
 	"github.com/docker/cli/cli/config/configfile"
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -9,12 +13,38 @@ import (
 
 // ServerSide makes a prepared request safe to run on kiln's server for
 // someone else's build (source builds): the builder authenticates to
-// registries only with creds (never with the Docker credentials of the
-// user kiln runs as), and secrets come from values in memory instead of
-// files or environment variables of the server. Call it before the solve.
-func (r *Request) ServerSide(secrets map[string][]byte) {
-	r.serverSide = true
-	r.secretValues = maps.Clone(secrets)
+// registries only with the save credentials (never with the Docker
+// credentials of the user kiln runs as), and secrets must be values in
+// memory, never files or environment variables of the server. Call it
+// before the solve.
+func (r *Request) ServerSide() { r.serverSide = true }
+
+// secretProvider serves the build's secrets: values from memory, the
+// others read from their file or environment variable when the builder
+// asks.
+func (r *Request) secretProvider() (session.Attachable, error) {
+	if r.serverSide && len(r.secrets) > 0 {
+		return nil, invalidf("secret %q: a build on the server takes secrets as values only", r.secrets[0].ID)
+	}
+	files, err := secretsprovider.NewStore(r.secrets)
+	if err != nil {
+		return nil, invalidWrap(err, "--secret")
+	}
+	return secretsprovider.NewSecretProvider(secretStore{values: r.secretValues, files: files}), nil
+}
+
+// secretStore looks a secret up among the values, then the files and
+// environment variables.
+type secretStore struct {
+	values map[string][]byte
+	files  secrets.SecretStore
+}
+
+func (s secretStore) GetSecret(ctx context.Context, id string) ([]byte, error) {
+	if v, ok := s.values[id]; ok {
+		return v, nil
+	}
+	return s.files.GetSecret(ctx, id)
 }
 
 // dockerConfig is the Docker configuration the builder's registry

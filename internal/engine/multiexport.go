@@ -18,6 +18,8 @@ import (
 	"github.com/moby/buildkit/exporter/containerimage/exptypes"
 	digest "github.com/opencontainers/go-digest"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/kiln-dev/kiln/internal/platform"
 )
 
 // How one platform's solve writes one of the user's outputs.
@@ -41,8 +43,12 @@ type platformPlan struct {
 // planPlatformExports derives a platform's export entries from the user's
 // (as the single-platform solve would run them). Temporary parts go under
 // work; i numbers the platform.
-func planPlatformExports(work string, i int, platform string, user []client.ExportEntry) (*platformPlan, error) {
-	p := &platformPlan{platform: platform}
+func planPlatformExports(work string, i int, target string, user []client.ExportEntry) (*platformPlan, error) {
+	p := &platformPlan{platform: target}
+	pl, err := platform.Parse(target)
+	if err != nil {
+		return nil, err
+	}
 	for j, ue := range user {
 		e := ue
 		e.Attrs = maps.Clone(ue.Attrs)
@@ -52,7 +58,7 @@ func planPlatformExports(work string, i int, platform string, user []client.Expo
 		kind, part := partInPlace, ""
 		switch ue.Type {
 		case client.ExporterLocal:
-			e.OutputDir = filepath.Join(ue.OutputDir, platformDir(platform))
+			e.OutputDir = filepath.Join(ue.OutputDir, pl.Dir())
 		case client.ExporterTar:
 			kind, part = partTar, filepath.Join(work, fmt.Sprintf("tar-%d-%d.tar", j, i))
 			e.Output = fileOutput(part)
@@ -61,7 +67,7 @@ func planPlatformExports(work string, i int, platform string, user []client.Expo
 			e.Output, e.OutputDir, e.OutputStore = nil, part, nil
 			e.Attrs["tar"] = "false"
 		case client.ExporterDocker:
-			// Prepare refuses this (checkMultiPlatformOutput).
+			// Prepare refuses this (buildreq.Request.Validate).
 			return nil, invalidf("docker exporter does not currently support exporting manifest lists")
 		case client.ExporterImage:
 			if !attrTrue(ue.Attrs, "push") {

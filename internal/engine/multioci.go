@@ -18,6 +18,8 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/kiln-dev/kiln/internal/platform"
 )
 
 // maxManifestBytes bounds a manifest or index read from a layout: BuildKit's
@@ -103,11 +105,12 @@ func layoutManifests(l platformLayout) ([]ocispecs.Descriptor, error) {
 			d.Annotations = nil
 		}
 		if d.Platform == nil {
-			p, err := ociPlatform(l.Platform)
+			p, err := platform.Parse(l.Platform)
 			if err != nil {
 				return nil, err
 			}
-			d.Platform = &p
+			oci := p.OCI()
+			d.Platform = &oci
 		}
 		return []ocispecs.Descriptor{d}, nil
 	case ocispecs.MediaTypeImageIndex, images.MediaTypeDockerSchema2ManifestList:

@@ -15,67 +15,6 @@ import (
 	digest "github.com/opencontainers/go-digest"
 )
 
-func TestParsePlatforms(t *testing.T) {
-	cases := []struct {
-		in   string
-		want []string
-	}{
-		{"", nil},
-		{"  ", nil},
-		{"linux/amd64", []string{"linux/amd64"}},
-		{"linux/amd64,linux/arm64", []string{"linux/amd64", "linux/arm64"}},
-		{"linux/arm64, linux/amd64", []string{"linux/arm64", "linux/amd64"}},
-		{"arm64", []string{"linux/arm64"}},
-		{"linux/aarch64,linux/x86_64", []string{"linux/arm64", "linux/amd64"}},
-		{"linux/amd64,amd64,linux/amd64", []string{"linux/amd64"}},
-		{"linux/arm64/v8", []string{"linux/arm64"}},
-		{"linux/arm", []string{"linux/arm/v7"}},
-		{"linux/arm/v6,linux/386", []string{"linux/arm/v6", "linux/386"}},
-		{"LINUX/AMD64", []string{"linux/amd64"}},
-	}
-	for _, c := range cases {
-		got, err := ParsePlatforms(c.in)
-		if err != nil {
-			t.Errorf("ParsePlatforms(%q): %v", c.in, err)
-			continue
-		}
-		if !slices.Equal(got, c.want) {
-			t.Errorf("ParsePlatforms(%q) = %q, want %q", c.in, got, c.want)
-		}
-	}
-}
-
-func TestParsePlatformsInvalid(t *testing.T) {
-	cases := []struct{ in, want string }{
-		{"linux/amd64,", "empty platform"},
-		{",linux/amd64", "empty platform"},
-		{"linux/amd64,,linux/arm64", "empty platform"},
-		{"linux/riscv64", "no kiln builder or emulator runs linux/riscv64"},
-		{"linux/amd64,linux/s390x", "no kiln builder or emulator runs linux/s390x"},
-		{"windows/amd64", "no kiln builder or emulator runs windows/amd64"},
-		{"darwin/arm64", "no kiln builder or emulator runs darwin/arm64"},
-		{"linux/amd64/v9/x", "not a valid platform"},
-		{"linux/*", "not a valid platform"},
-		{"linux/amd 64", "not a valid platform"},
-		{"../../etc", "not a valid platform"},
-		{"linux/amd64\x00", "not a valid platform"},
-		{strings.Repeat("linux/amd64/", 200), "not a valid platform"},
-	}
-	for _, c := range cases {
-		_, err := ParsePlatforms(c.in)
-		if err == nil {
-			t.Errorf("ParsePlatforms(%q) succeeded, want an error containing %q", c.in, c.want)
-			continue
-		}
-		if !errors.Is(err, errdefs.ErrInvalid) {
-			t.Errorf("ParsePlatforms(%q): %v does not wrap ErrInvalid", c.in, err)
-		}
-		if !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "--platform") {
-			t.Errorf("ParsePlatforms(%q) = %q, want --platform and %q", c.in, err, c.want)
-		}
-	}
-}
-
 func TestPrepareMultiPlatform(t *testing.T) {
 	ctxDir := newContext(t)
 	r := mustPrepare(t, Options{ContextPath: ctxDir, Platform: "linux/amd64,linux/arm64", Outputs: []string{"type=oci,dest=" + filepath.Join(t.TempDir(), "o.tar")}})
@@ -130,7 +69,7 @@ func TestBuilderPlatform(t *testing.T) {
 	}
 
 	for _, bad := range []string{"linux/arm/v7", "linux/386", "windows/amd64", "static", "linux/amd64,linux/arm64", "???"} {
-		_, err := Prepare(Options{ContextPath: ctxDir, BuildPlatform: bad})
+		_, err := prepareOptions(Options{ContextPath: ctxDir, BuildPlatform: bad})
 		if err == nil || !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "--build-platform") {
 			t.Errorf("--build-platform %q: err = %v, want an invalid-argument error naming the flag", bad, err)
 		}
@@ -151,7 +90,7 @@ func TestPrepareMultiPlatformRefusesDockerOutputs(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			o := Options{ContextPath: ctxDir, Platform: "linux/amd64,linux/arm64", Tags: []string{"app:dev"}}
 			c.mod(&o)
-			r, err := Prepare(o)
+			r, err := prepareOptions(o)
 			if err == nil {
 				r.Close()
 				t.Fatalf("Prepare succeeded; want the buildx error for manifest lists")

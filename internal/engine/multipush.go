@@ -23,6 +23,8 @@ import (
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+
+	"github.com/kiln-dev/kiln/internal/platform"
 )
 
 // platformImage is what one platform's builder pushed by digest: its image
@@ -130,12 +132,12 @@ func pushIndex(ctx context.Context, kc authn.Keychain, names []string, imgs []pl
 			if err != nil {
 				return ocispecs.Descriptor{}, registryError(err, "--push: %s's image %s", img.Platform, ref)
 			}
-			p, err := ggcrPlatform(img.Platform)
+			p, err := platform.Parse(img.Platform)
 			if err != nil {
 				return ocispecs.Descriptor{}, err
 			}
 			d := desc.Descriptor
-			d.Platform = &p
+			d.Platform = &v1.Platform{OS: p.OS, Architecture: p.Arch, Variant: p.Variant}
 			d.Annotations = nil
 			add(im, d)
 		default:
@@ -173,15 +175,6 @@ func pushIndex(ctx context.Context, kc authn.Keychain, names []string, imgs []pl
 		return ocispecs.Descriptor{}, err
 	}
 	return ocispecs.Descriptor{MediaType: string(mt), Digest: digestOf(dgst), Size: size}, nil
-}
-
-// ggcrPlatform is p as go-containerregistry's platform.
-func ggcrPlatform(p string) (v1.Platform, error) {
-	spec, err := ociPlatform(p)
-	if err != nil {
-		return v1.Platform{}, err
-	}
-	return v1.Platform{OS: spec.OS, Architecture: spec.Architecture, Variant: spec.Variant}, nil
 }
 
 // registryError wraps a registry failure with its kind: refused

@@ -9,6 +9,8 @@ import (
 	"path"
 	"strings"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/platform"
 )
 
 // platformTar is one platform's type=tar output, as its solve wrote it.
@@ -34,7 +36,11 @@ func combinePlatformTars(w io.Writer, parts []platformTar) error {
 }
 
 func appendPlatformTar(tw *tar.Writer, p platformTar) error {
-	prefix := platformDir(p.Platform)
+	pl, err := platform.Parse(p.Platform)
+	if err != nil {
+		return err
+	}
+	prefix := pl.Dir()
 	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: prefix + "/", Mode: 0o755, ModTime: time.Unix(0, 0)}); err != nil {
 		return err
 	}

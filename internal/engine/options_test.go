@@ -32,7 +32,7 @@ func writeTestFile(t *testing.T, p, content string) {
 
 func mustPrepare(t *testing.T, o Options) *Request {
 	t.Helper()
-	r, err := Prepare(o)
+	r, err := prepareOptions(o)
 	if err != nil {
 		t.Fatalf("Prepare: %v", err)
 	}
@@ -51,65 +51,22 @@ func TestPrepareInvalid(t *testing.T) {
 		mod  func(o *Options)
 		want []string // substrings of the error
 	}{
-		{"no context", func(o *Options) { o.ContextPath = "" }, []string{"build context"}},
 		{"missing context", func(o *Options) { o.ContextPath = filepath.Join(ctxDir, "nope") }, []string{"build context", "nope", "no such directory"}},
 		{"context is a file", func(o *Options) { o.ContextPath = notDir }, []string{"build context", "not a directory"}},
 		{"missing Dockerfile", func(o *Options) { o.Dockerfile = filepath.Join(ctxDir, "Other.Dockerfile") }, []string{"Dockerfile not found: " + filepath.Join(ctxDir, "Other.Dockerfile")}},
 		{"Dockerfile is a dir", func(o *Options) { o.Dockerfile = ctxDir }, []string{"not a regular file"}},
-		{"stdin twice", func(o *Options) { o.ContextPath, o.Dockerfile, o.Stdin = "-", "-", strings.NewReader("x") }, []string{"-f \"-\""}},
-		{"stdin context without stdin", func(o *Options) { o.ContextPath = "-" }, []string{"build context \"-\"", "stdin"}},
-		{"bad tag", func(o *Options) { o.Tags = []string{"ok:1", "Bad/Name"} }, []string{`-t "Bad/Name"`, "lowercase"}},
-		{"empty tag", func(o *Options) { o.Tags = []string{""} }, []string{`-t ""`}},
-		{"tag with bad chars", func(o *Options) { o.Tags = []string{"foo bar"} }, []string{`-t "foo bar"`}},
-		{"build-arg no name", func(o *Options) { o.BuildArgs = []string{"=v"} }, []string{`--build-arg "=v"`}},
-		{"label no name", func(o *Options) { o.Labels = []string{"=v"} }, []string{`--label "=v"`}},
-		{"secret bare", func(o *Options) { o.Secrets = []string{"foo"} }, []string{`--secret "foo": missing id=`}},
-		{"secret no id", func(o *Options) { o.Secrets = []string{"src=/etc/hostname"} }, []string{`--secret "src=/etc/hostname": missing id=`}},
-		{"secret bad type", func(o *Options) { o.Secrets = []string{"id=a,type=ssh"} }, []string{`--secret "id=a,type=ssh"`, `unsupported type "ssh"`}},
-		{"secret unknown key", func(o *Options) { o.Secrets = []string{"id=a,foo=b"} }, []string{`--secret "id=a,foo=b"`, `unknown key "foo"`}},
-		{"secret missing file", func(o *Options) { o.Secrets = []string{"id=a,src=/nonexistent/kiln"} }, []string{`--secret "id=a,src=/nonexistent/kiln"`, "/nonexistent/kiln"}},
-		{"secret id only, no env no file", func(o *Options) { o.Secrets = []string{"id=KILN_TEST_UNSET_SECRET"} }, []string{`--secret "id=KILN_TEST_UNSET_SECRET"`}},
-		{"secret both", func(o *Options) { o.Secrets = []string{"id=a,src=/etc/hostname,env=HOME"} }, []string{`--secret "id=a,src=/etc/hostname,env=HOME"`, "not both"}},
-		{"secret dup", func(o *Options) { o.Secrets = []string{"id=a,env=HOME", "id=a,env=PATH"} }, []string{`--secret "id=a,env=PATH"`, "duplicate"}},
-		{"secret bad csv", func(o *Options) { o.Secrets = []string{`id="a`} }, []string{`--secret "id=\"a"`}},
-		{"ssh empty id", func(o *Options) { o.SSH = []string{"=/tmp/x"} }, []string{`--ssh "=/tmp/x"`}},
-		{"ssh missing key", func(o *Options) { o.SSH = []string{"gh=/nonexistent/key"} }, []string{`--ssh "gh=/nonexistent/key"`}},
-		{"ssh not a key", func(o *Options) { o.SSH = []string{"gh=" + notDir} }, []string{`--ssh "gh=` + notDir + `"`}},
-		{"ssh empty path", func(o *Options) { o.SSH = []string{"gh="} }, []string{`--ssh "gh="`, "empty path"}},
-		{"no-cache-filter empty", func(o *Options) { o.NoCacheFilter = []string{""} }, []string{`--no-cache-filter ""`}},
-		{"build-context no value", func(o *Options) { o.BuildContexts = []string{"base"} }, []string{`--build-context "base"`}},
-		{"build-context bad name", func(o *Options) { o.BuildContexts = []string{"Bad Name=" + ctxDir} }, []string{`--build-context "Bad Name=`, "invalid name"}},
-		{"build-context target", func(o *Options) { o.BuildContexts = []string{"base=target:foo"} }, []string{`--build-context "base=target:foo"`, "bake"}},
 		{"build-context missing dir", func(o *Options) { o.BuildContexts = []string{"base=/nonexistent/kiln"} }, []string{`--build-context "base=/nonexistent/kiln"`, "no such directory"}},
 		{"build-context file", func(o *Options) { o.BuildContexts = []string{"base=" + notDir} }, []string{`--build-context "base=` + notDir, "not a directory"}},
-		{"build-context bad image", func(o *Options) { o.BuildContexts = []string{"base=docker-image://Foo:bar:baz"} }, []string{`--build-context "base=docker-image://Foo:bar:baz"`}},
-		{"build-context dup", func(o *Options) {
-			o.BuildContexts = []string{"alpine=docker-image://alpine", "docker.io/library/alpine:latest=docker-image://busybox"}
-		}, []string{`--build-context "docker.io/library/alpine:latest=docker-image://busybox"`, "more than once"}},
 		{"build-context oci missing", func(o *Options) { o.BuildContexts = []string{"base=oci-layout:///nonexistent/kiln:v1"} }, []string{`--build-context "base=oci-layout:///nonexistent/kiln:v1"`, "no OCI layout"}},
-		{"network host", func(o *Options) { o.Network = "host" }, []string{`--network "host"`}},
-		{"network bogus", func(o *Options) { o.Network = "bridge0" }, []string{`--network "bridge0"`}},
-		{"platform no builder", func(o *Options) { o.Platform = "linux/amd64,linux/riscv64" }, []string{`--platform "linux/amd64,linux/riscv64"`, "no kiln builder or emulator runs linux/riscv64"}},
-		{"bad platform", func(o *Options) { o.Platform = "linux/amd64/v9/x" }, []string{`--platform "linux/amd64/v9/x"`}},
-		{"two outputs to stdout", func(o *Options) { o.Outputs = []string{"type=oci", "type=tar,dest=-"}; o.Stdout = &bytes.Buffer{} }, []string{"-o", "only one output can be written to stdout"}},
-		{"output unknown type", func(o *Options) { o.Outputs = []string{"type=foo,dest=x"} }, []string{`-o "type=foo,dest=x"`, `unknown output type "foo"`, "local, tar, oci, docker, image, registry"}},
-		{"output registry without name", func(o *Options) { o.Outputs = []string{"type=registry"} }, []string{`-o "type=registry"`, "a tag is needed when pushing"}},
-		{"output no type", func(o *Options) { o.Outputs = []string{"dest=x"} }, []string{`-o "dest=x"`, "missing type="}},
-		{"output no dest, no stdout", func(o *Options) { o.Outputs = []string{"type=tar"} }, []string{`-o "type=tar"`, "stdout"}},
-		{"output local no dest", func(o *Options) { o.Outputs = []string{"type=local"} }, []string{`-o "type=local"`, "missing dest="}},
-		{"output bad field", func(o *Options) { o.Outputs = []string{"type=tar,foo"} }, []string{`-o "type=tar,foo"`, `field "foo"`}},
-		{"output local stdout", func(o *Options) { o.Outputs = []string{"type=local,dest=-"} }, []string{`-o "type=local,dest=-"`}},
-		{"output stdout without writer", func(o *Options) { o.Outputs = []string{"type=tar,dest=-"} }, []string{`-o "type=tar,dest=-"`, "stdout"}},
 		{"output tar to dir", func(o *Options) { o.Outputs = []string{"type=tar,dest=" + ctxDir} }, []string{"is a directory"}},
 		{"output local to file", func(o *Options) { o.Outputs = []string{"type=local,dest=" + notDir} }, []string{"not a directory"}},
 		{"progress", func(o *Options) { o.Progress = "fancy" }, []string{`--progress "fancy"`}},
-		{"target", func(o *Options) { o.Target = "a b" }, []string{`--target "a b"`}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			o := Options{ContextPath: ctxDir}
 			tc.mod(&o)
-			r, err := Prepare(o)
+			r, err := prepareOptions(o)
 			if err == nil {
 				r.Close()
 				t.Fatal("Prepare succeeded; want an error")
@@ -232,12 +189,12 @@ func TestPrepareOutputs(t *testing.T) {
 		if r.OutputType() != tc.typ || r.OutputDest() != tc.dest {
 			t.Errorf("%s: got %s %s", tc.out, r.OutputType(), r.OutputDest())
 		}
-		if len(r.outputs[0].attrs) != len(tc.attrs) {
-			t.Errorf("%s: attrs %v, want %v", tc.out, r.outputs[0].attrs, tc.attrs)
+		if len(r.outputs[0].Attrs) != len(tc.attrs) {
+			t.Errorf("%s: attrs %v, want %v", tc.out, r.outputs[0].Attrs, tc.attrs)
 		}
 		for k, v := range tc.attrs {
-			if r.outputs[0].attrs[k] != v {
-				t.Errorf("%s: attr %s = %q, want %q", tc.out, k, r.outputs[0].attrs[k], v)
+			if r.outputs[0].Attrs[k] != v {
+				t.Errorf("%s: attr %s = %q, want %q", tc.out, k, r.outputs[0].Attrs[k], v)
 			}
 		}
 	}
@@ -307,7 +264,7 @@ func TestPrepareStdinTar(t *testing.T) {
 		{"empty stdin", Options{ContextPath: "-", Stdin: strings.NewReader("")}, "empty"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, err := Prepare(tc.o)
+			r, err := prepareOptions(tc.o)
 			if err == nil {
 				r.Close()
 				t.Fatal("want error")
@@ -342,7 +299,7 @@ func TestPrepareOCILayout(t *testing.T) {
 			}
 		}
 	}
-	_, err := Prepare(Options{ContextPath: ctxDir, BuildContexts: []string{"base=oci-layout://" + layout + ":v2"}})
+	_, err := prepareOptions(Options{ContextPath: ctxDir, BuildContexts: []string{"base=oci-layout://" + layout + ":v2"}})
 	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), `no image tagged "v2"`) {
 		t.Errorf("missing tag: %v", err)
 	}

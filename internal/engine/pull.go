@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 
-	"github.com/containerd/platforms"
 	"github.com/distribution/reference"
 	"github.com/moby/moby/api/pkg/authconfig"
 	"github.com/moby/moby/api/types/jsonstream"
@@ -17,6 +15,7 @@ import (
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/platform"
 )
 
 // PullOptions say what [PullIntoDocker] pulls and how it names the result.
@@ -26,9 +25,9 @@ type PullOptions struct {
 	// Username and Password are the registry credentials, passed to the
 	// engine as its registry auth (X-Registry-Auth) for this pull only.
 	Username, Password string
-	// Platform picks one platform of a multi-platform image ("" is the
+	// Platform picks one platform of a multi-platform image (zero is the
 	// engine's own).
-	Platform string
+	Platform platform.Platform
 	// Names tag the pulled image; when given, Ref's own tag is removed
 	// afterwards so the image carries only the names the user asked for.
 	Names []string
@@ -56,26 +55,12 @@ func CheckImageNames(flag string, names []string) error {
 	return nil
 }
 
-// CheckPlatform validates a --platform value for a pull ("" is none).
-func CheckPlatform(p string) error {
-	if p == "" {
-		return nil
-	}
-	if _, err := platforms.Parse(p); err != nil || strings.Contains(p, ",") {
-		return invalidf("--platform %q: want one platform such as linux/amd64", clip(p, 80))
-	}
-	return nil
-}
-
 // PullIntoDocker pulls o.Ref into the local Docker engine with o's
 // credentials, tags it with o.Names and returns the image ID. An
 // unreachable engine is an error wrapping errdefs.ErrUnavailable; a pull
 // the engine or registry refused carries the engine's message.
 func PullIntoDocker(ctx context.Context, o PullOptions) (string, error) {
 	if err := CheckImageNames("-t", o.Names); err != nil {
-		return "", err
-	}
-	if err := CheckPlatform(o.Platform); err != nil {
 		return "", err
 	}
 	named, err := reference.ParseNormalizedNamed(o.Ref)
@@ -92,12 +77,8 @@ func PullIntoDocker(ctx context.Context, o PullOptions) (string, error) {
 		return "", err
 	}
 	pull := dockerclient.ImagePullOptions{RegistryAuth: auth}
-	if o.Platform != "" {
-		p, err := platforms.Parse(o.Platform) // checked by CheckPlatform
-		if err != nil {
-			return "", invalidWrap(err, "--platform %q", clip(o.Platform, 80))
-		}
-		pull.Platforms = []ocispecs.Platform{p}
+	if !o.Platform.IsZero() {
+		pull.Platforms = []ocispecs.Platform{o.Platform.OCI()}
 	}
 	body, err := e.api.ImagePull(ctx, o.Ref, pull)
 	if err != nil {

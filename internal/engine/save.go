@@ -12,6 +12,8 @@ import (
 	"github.com/docker/cli/cli/config/types"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/moby/buildkit/client"
+
+	"github.com/kiln-dev/kiln/internal/buildreq"
 )
 
 // RegistryCredential is a user name and password for one registry host.
@@ -97,10 +99,10 @@ func (r *Request) AddSave(refs []string, creds []RegistryCredential) error {
 		}
 		loopback = loopback && IsLoopbackHost(domain)
 	}
-	o := &outputSpec{typ: client.ExporterImage, flag: "--save", save: true,
-		attrs: map[string]string{"name": strings.Join(refs, ","), "push": "true"}}
+	o := &outputSpec{Output: buildreq.Output{Type: client.ExporterImage, Attrs: map[string]string{"name": strings.Join(refs, ","), "push": "true"}},
+		flag: "--save", save: true}
 	if loopback {
-		o.attrs["registry.insecure"] = "true"
+		o.Attrs["registry.insecure"] = "true"
 	}
 	r.outputs = append(r.outputs, o)
 	for _, c := range creds {

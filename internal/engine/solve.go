@@ -19,7 +19,6 @@ import (
 	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/session"
 	"github.com/moby/buildkit/session/auth/authprovider"
-	"github.com/moby/buildkit/session/secrets/secretsprovider"
 	"github.com/moby/buildkit/session/sshforward/sshprovider"
 	"github.com/moby/buildkit/util/progress/progressui"
 	"github.com/tonistiigi/fsutil"
@@ -184,15 +183,9 @@ func (r *Request) sessionSolveOpt(progressOut io.Writer) (client.SolveOpt, error
 		ociStores[id] = store
 	}
 
-	var secretProvider session.Attachable
-	if r.serverSide {
-		secretProvider = secretsprovider.FromMap(r.secretValues)
-	} else {
-		secretStore, err := secretsprovider.NewStore(r.secrets)
-		if err != nil {
-			return client.SolveOpt{}, invalidWrap(err, "--secret")
-		}
-		secretProvider = secretsprovider.NewSecretProvider(secretStore)
+	secretProvider, err := r.secretProvider()
+	if err != nil {
+		return client.SolveOpt{}, err
 	}
 	configWarnings := progressOut
 	if r.progress == progressui.QuietMode || r.progress == progressui.RawJSONMode {
@@ -229,9 +222,9 @@ func (r *Request) sessionSolveOpt(progressOut io.Writer) (client.SolveOpt, error
 func (r *Request) exportEntries(newLoad func(*outputSpec) (*dockerLoad, error)) ([]client.ExportEntry, error) {
 	var exports []client.ExportEntry
 	for _, out := range r.outputs {
-		entry := client.ExportEntry{Type: out.typ, Attrs: maps.Clone(out.attrs)}
+		entry := client.ExportEntry{Type: out.Type, Attrs: maps.Clone(out.Attrs)}
 		switch {
-		case out.isLoad():
+		case out.IsLoad():
 			if newLoad == nil {
 				return nil, errors.New("engine: a --load output needs a Docker engine (internal error)")
 			}
@@ -246,13 +239,13 @@ func (r *Request) exportEntries(newLoad func(*outputSpec) (*dockerLoad, error)) 
 				entry.Type = client.ExporterOCI
 			}
 			entry.Output = l.writer
-		case out.dir():
-			if err := os.MkdirAll(out.dest, 0o755); err != nil {
-				return nil, fmt.Errorf("%s: creating %s: %w", out.flag, out.dest, err)
+		case out.IsDir():
+			if err := os.MkdirAll(out.Dest, 0o755); err != nil {
+				return nil, fmt.Errorf("%s: creating %s: %w", out.flag, out.Dest, err)
 			}
-			entry.OutputDir = out.dest
-		case out.dest != "":
-			dest, stdout := out.dest, r.stdout
+			entry.OutputDir = out.Dest
+		case out.Dest != "":
+			dest, stdout := out.Dest, r.stdout
 			entry.Output = func(map[string]string) (io.WriteCloser, error) {
 				if dest == "-" {
 					return nopWriteCloser{stdout}, nil

@@ -192,19 +192,11 @@ func findDockerfile(root, rel string) (string, error) {
 
 // prepare turns the spec into an engine request that pushes to refs.
 func (r *Runner) prepare(ctx context.Context, b store.Build, spec Spec, root, dockerfile string, refs []string, secrets map[string][]byte) (*engine.Request, error) {
-	var args []string
-	for k, v := range spec.BuildArgs {
-		args = append(args, k+"="+v)
+	breq, err := spec.request(root, dockerfile, secrets)
+	if err != nil {
+		return nil, err
 	}
-	req, err := engine.Prepare(engine.Options{
-		ContextPath: root,
-		Dockerfile:  dockerfile,
-		Target:      spec.Target,
-		BuildArgs:   args,
-		NoCache:     spec.NoCache,
-		Platform:    strings.Join(spec.Platforms, ","),
-		Progress:    "quiet",
-	})
+	req, err := engine.Prepare(breq, engine.IO{Progress: "quiet"})
 	if err != nil {
 		return nil, err
 	}
@@ -218,7 +210,7 @@ func (r *Runner) prepare(ctx context.Context, b store.Build, spec Spec, root, do
 		req.Close()
 		return nil, err
 	}
-	req.ServerSide(secrets)
+	req.ServerSide()
 	return req, nil
 }
 

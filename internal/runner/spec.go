@@ -3,6 +3,7 @@ package runner
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"path"
 	"regexp"
 	"slices"
@@ -12,8 +13,9 @@ import (
 
 	"github.com/distribution/reference"
 
-	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/platform"
 )
 
 // Spec is what a source build builds, as stored with the build (JSON) so
@@ -109,12 +111,12 @@ func (s *Spec) normalize(secrets map[string]string) error {
 	}
 	var platforms []string
 	for _, p := range s.Platforms {
-		np, err := build.NormalizePlatform(p)
+		np, err := platform.ParseBuilder(p)
 		if err != nil {
 			return err
 		}
-		if !slices.Contains(platforms, np) {
-			platforms = append(platforms, np)
+		if !slices.Contains(platforms, np.String()) {
+			platforms = append(platforms, np.String())
 		}
 	}
 	s.Platforms = platforms
@@ -138,6 +140,32 @@ func (s *Spec) normalize(secrets map[string]string) error {
 	}
 	sort.Strings(s.SecretIDs)
 	return nil
+}
+
+// request is the build the spec asks for, from the context unpacked at
+// root and the Dockerfile resolved in it; secrets are the unsealed values.
+// Where the image goes is the runner's to add (Request.AddSave).
+func (s Spec) request(root, dockerfile string, secrets map[string][]byte) (buildreq.Request, error) {
+	platforms, err := platform.ParseTargets(s.Platforms)
+	if err != nil {
+		return buildreq.Request{}, err
+	}
+	req := buildreq.Request{
+		Context:    buildreq.Context{Dir: root},
+		Dockerfile: buildreq.Dockerfile{Path: dockerfile},
+		Target:     s.Target,
+		Args:       maps.Clone(s.BuildArgs),
+		NoCache:    s.NoCache,
+		Platforms:  platforms,
+	}
+	for _, id := range slices.Sorted(maps.Keys(secrets)) {
+		v := secrets[id]
+		if v == nil {
+			v = []byte{} // an empty secret is still a value
+		}
+		req.Secrets = append(req.Secrets, buildreq.Secret{ID: id, Value: v})
+	}
+	return req, nil
 }
 
 func (s Spec) encode() string {

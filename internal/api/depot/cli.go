@@ -17,6 +17,7 @@ import (
 	cliv1extra "github.com/kiln-dev/kiln/gen/depot/cli/v1"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/depotext"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
@@ -51,7 +52,8 @@ func (s *CLIBuildService) CreateBuild(ctx context.Context, req *connect.Request[
 			return nil, s.err(ctx, err)
 		}
 	}
-	b, token, err := s.Builds.Create(ctx, p, req.Msg.GetProjectId(), command, req.Msg.Options)
+	// Kept whole, with the fields depot-go lacks (depotext.Options).
+	b, token, err := s.Builds.Create(ctx, p, req.Msg.GetProjectId(), command, depotext.Options(req.Msg.Options))
 	if err != nil {
 		return nil, s.err(ctx, err)
 	}

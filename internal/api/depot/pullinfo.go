@@ -8,6 +8,7 @@ import (
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
 
 	cliv1extra "github.com/kiln-dev/kiln/gen/depot/cli/v1"
+	"github.com/kiln-dev/kiln/internal/depotext"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
 )
@@ -49,10 +50,11 @@ func (s *CLIBuildService) GetPullInfo(ctx context.Context, req *connect.Request[
 }
 
 // storedOptions are the BuildOptions the client sent at CreateBuild, as
-// the build record keeps them (JSON); none for builds created without
-// (depot.build.v1) or with options of another shape.
+// the build record keeps them (depotext.Options), unknown fields and all;
+// none for builds created without (depot.build.v1) or with options of
+// another shape.
 func storedOptions(b store.Build) []*cliv1.BuildOptions {
-	var opts []*cliv1.BuildOptions
+	var opts depotext.Options
 	if json.Unmarshal([]byte(b.Options), &opts) != nil {
 		return nil
 	}
