@@ -137,7 +137,7 @@ func (b *Builder) executeLocal(ctx context.Context, projectID string) (v1.ImageI
 	if err != nil {
 		return nil, nil, err
 	}
-	req, err := prepare(r, tmp)
+	req, err := prepare(r)
 	if err != nil {
 		return nil, nil, fmt.Errorf("sdk: %w", err)
 	}
@@ -174,7 +174,7 @@ func (b *Builder) executeLocal(ctx context.Context, projectID string) (v1.ImageI
 	if b.ref != nil {
 		md.Refs = append(md.Refs, b.ref.String())
 	}
-	if md.BuildxMetadata, err = buildxMetadata(tmp, resp, projectID, remote.ID); err != nil {
+	if md.BuildxMetadata, err = buildxMetadata(resp, projectID, remote.ID); err != nil {
 		return nil, md, err
 	}
 	idx, digest, err := readIndex(ctx, b.cfg, remote.ID)

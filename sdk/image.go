@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -80,13 +78,9 @@ func wrapImage(img v1.Image) (v1.ImageIndex, error) {
 }
 
 // buildxMetadata is the --metadata-file JSON of a finished build, written
-// by the engine in tmp and read back.
-func buildxMetadata(tmp string, resp *bkclient.SolveResponse, projectID, buildID string) (json.RawMessage, error) {
-	p := filepath.Join(tmp, "metadata.json")
-	if err := engine.WriteBuildMetadataFile(p, resp, engine.BuildRef{ProjectID: projectID, BuildID: buildID}); err != nil {
-		return nil, fmt.Errorf("sdk: %w", err)
-	}
-	dt, err := os.ReadFile(p)
+// as the engine writes it.
+func buildxMetadata(resp *bkclient.SolveResponse, projectID, buildID string) (json.RawMessage, error) {
+	dt, err := engine.BuildMetadata(resp, engine.BuildRef{ProjectID: projectID, BuildID: buildID})
 	if err != nil {
 		return nil, fmt.Errorf("sdk: %w", err)
 	}

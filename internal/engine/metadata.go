@@ -60,7 +60,7 @@ func WriteBuildMetadataFile(path string, resp *client.SolveResponse, ref BuildRe
 	if resp == nil {
 		return errors.New("--metadata-file: no build result")
 	}
-	dt, err := json.MarshalIndent(buildMetadata(resp, ref), "", "  ")
+	dt, err := BuildMetadata(resp, ref)
 	if err != nil {
 		return fmt.Errorf("--metadata-file %s: %w", path, err)
 	}
@@ -68,6 +68,11 @@ func WriteBuildMetadataFile(path string, resp *client.SolveResponse, ref BuildRe
 		return fmt.Errorf("--metadata-file %s: %w", path, err)
 	}
 	return nil
+}
+
+// BuildMetadata is what [WriteBuildMetadataFile] writes, as JSON.
+func BuildMetadata(resp *client.SolveResponse, ref BuildRef) ([]byte, error) {
+	return json.MarshalIndent(buildMetadata(resp, ref), "", "  ")
 }
 
 // buildMetadata is the metadata file's object for one build: the decoded
