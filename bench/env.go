@@ -3,15 +3,15 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"iter"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/kilntest"
 )
 
 // repoRoot finds the kiln module root from the working directory up.
@@ -54,18 +54,12 @@ func checkComponents(buildkitd, buildctl string) []string {
 	return missing
 }
 
-// buildKiln compiles ./cmd/kiln into dir, so the numbers are those of the
-// code in the tree, not of a stale bin/kiln.
+// buildKiln compiles the tree's kiln binaries into dir, so the numbers
+// are those of the code in the tree, not of a stale bin/kiln.
 func buildKiln(ctx context.Context, root, dir string) (string, error) {
-	out := filepath.Join(dir, "kiln")
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/kiln")
-	cmd.Dir = root
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/kiln: %w\n%s", err, b)
-	}
-	return out, nil
+	return kilntest.BuildKiln(ctx, root, dir)
 }
 
 // cleanEnv is the runner's environment without anything that would point a

@@ -64,5 +64,5 @@ if [ ! -x bin/versitygw ] || [ "$(bin/versitygw --version 2>/dev/null | awk '/^V
     github.com/versity/versitygw/cmd/versitygw
 fi
 echo "setup: building kiln"
-go build -ldflags "-X github.com/kiln-dev/kiln/internal/cli.Version=$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/kiln ./cmd/kiln
+go build -ldflags "-X github.com/kiln-dev/kiln/internal/cli.Version=$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/ ./cmd/kiln ./cmd/kiln-full
 echo "setup: done: $(bin/kiln version), buildkitd $(bin/buildkitd --version | awk '{print $3}'), $(bin/runc --version | head -1) ($(bin/runc --version | grep '^libseccomp:'))"

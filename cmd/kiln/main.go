@@ -1,6 +1,7 @@
-// Command kiln is the kiln server and CLI in one binary. The client
-// commands live in internal/cli, which never imports server code; this
-// package adds `kiln serve` (serve*.go), the wiring of internal/server.
+// Command kiln is kiln's CLI and server. This binary holds the client
+// commands (internal/cli); `kiln serve` and `kiln bake` run the full kiln
+// binary installed beside it (cmd/kiln-full), whose server and bake-file
+// code would otherwise slow every start of `kiln build`.
 package main
 
 import (
@@ -10,5 +11,7 @@ import (
 )
 
 func main() {
-	os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr, newServeCmd(cli.Version)))
+	os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr,
+		cli.Delegate("serve", "Run the kiln server: API, builders and their caches"),
+		cli.Delegate("bake", "Build the targets of a bake file (HCL, JSON or Compose) on kiln builders")))
 }

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
-	bkclient "github.com/moby/buildkit/client"
-	"github.com/moby/buildkit/exporter/containerimage/exptypes"
 	"github.com/spf13/cobra"
 
 	"github.com/kiln-dev/kiln/internal/buildreq"
@@ -165,7 +163,7 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 	if err != nil {
 		return err
 	}
-	buildOpts := &cliv1.BuildOptions{Command: cliv1.Command_COMMAND_BUILD, Tags: req.Tags(), Outputs: buildOutputs(req.Outputs()),
+	buildOpts := &cliv1.BuildOptions{Command: cliv1.Command_COMMAND_BUILD, Tags: req.Tags(), Outputs: session.ServerOutputs(req.Outputs()),
 		Push: req.Pushes(), Load: req.Loads(), Lint: bf.opts.Lint}
 	requestSave(bf, buildOpts)
 	b, err := session.Create(ctx, cfg, projectID, buildOpts)
@@ -205,57 +203,8 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 		}
 		return nil
 	}
-	fmt.Fprintf(stderr, "kiln: build %s finished%s\n", b.ID, describeOutputs(req.Outputs(), resp))
+	fmt.Fprintf(stderr, "kiln: build %s finished%s\n", b.ID, session.DescribeOutputs(req.Outputs(), resp))
 	printSaved(stderr, saved, b.ID)
 	return nil
 }
 
-// buildOutputs are a build's outputs as the server records them
-// (CreateBuild's BuildOptions.outputs).
-func buildOutputs(outs []engine.Output) []*cliv1.BuildOutput {
-	var outputs []*cliv1.BuildOutput
-	for _, o := range outs {
-		attrs := map[string]string{}
-		if o.Dest != "" {
-			attrs["dest"] = o.Dest
-		}
-		if len(o.Names) > 0 {
-			attrs["name"] = strings.Join(o.Names, ",")
-		}
-		if o.Push {
-			attrs["push"] = "true"
-		}
-		outputs = append(outputs, &cliv1.BuildOutput{Kind: o.Type, Attributes: attrs})
-	}
-	return outputs
-}
-
-// describeOutputs says where the result went, for the last line of a build.
-func describeOutputs(outs []engine.Output, resp *bkclient.SolveResponse) string {
-	var parts []string
-	digest := ""
-	if resp != nil {
-		digest = resp.ExporterResponse[exptypes.ExporterImageDigestKey]
-	}
-	for _, o := range outs {
-		switch {
-		case o.Save: // printSaved says where
-		case o.Push:
-			parts = append(parts, fmt.Sprintf("pushed %s (%s)", strings.Join(o.Names, ", "), digest))
-		case o.Load && len(o.Names) > 0:
-			parts = append(parts, "loaded into Docker as "+strings.Join(o.Names, ", "))
-		case o.Load:
-			parts = append(parts, "loaded into Docker (untagged; see the image ID above)")
-		case o.Dest == "-":
-			parts = append(parts, o.Type+" output written to stdout")
-		case o.Dest != "":
-			parts = append(parts, o.Type+" output written to "+o.Dest)
-		case o.Type == "image":
-			parts = append(parts, "image kept on the builder (not pushed; add --push)")
-		}
-	}
-	if len(parts) == 0 {
-		return ""
-	}
-	return ": " + strings.Join(parts, "; ")
-}

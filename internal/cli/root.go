@@ -36,6 +36,15 @@ func (g *globals) register(cmd *cobra.Command) {
 
 func (g *globals) config() (client.Config, error) { return client.Resolve(g.apiURL, g.token) }
 
+// Config resolves the server and token for cmd, a command added to
+// NewRoot's tree from outside this package, from the root's --api-url and
+// --token and the usual environment and login file.
+func Config(cmd *cobra.Command) (client.Config, error) {
+	apiURL, _ := cmd.Flags().GetString("api-url")
+	token, _ := cmd.Flags().GetString("token")
+	return client.Resolve(apiURL, token)
+}
+
 // NewRoot builds the kiln command tree; extra commands (cmd/kiln's `kiln
 // serve`) are added to the root beside the client commands.
 func NewRoot(extra ...*cobra.Command) *cobra.Command {
@@ -62,7 +71,6 @@ Start a server with 'kiln serve', then build with 'kiln build'.`,
 	root.AddCommand(newAuditCmd(g))
 	root.AddCommand(newTokensCmd(g))
 	root.AddCommand(newPullCmd(g), newPushCmd(g))
-	root.AddCommand(newBakeCmd(g))
 	root.AddCommand(newBuildsCmd(g))
 	return root
 }

@@ -1,15 +1,12 @@
 package cli
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"strings"
 
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
 
-	"github.com/kiln-dev/kiln/internal/client"
-	"github.com/kiln-dev/kiln/internal/depotext"
 	"github.com/kiln-dev/kiln/internal/engine"
 	"github.com/kiln-dev/kiln/internal/session"
 )
@@ -20,9 +17,6 @@ import (
 // (additional_credentials); the builder pushes there as it exports, with
 // those credentials layered over the user's Docker credentials in memory.
 
-// maxSaveTags matches the server's limit (build.MaxSaveTags).
-const maxSaveTags = 20
-
 func (bf *buildFlags) saving() bool { return bf.save || len(bf.saveTags) > 0 }
 
 // checkSaveFlags validates --save and --save-tag before the server is
@@ -31,28 +25,14 @@ func checkSaveFlags(bf *buildFlags, req *engine.Request) error {
 	if !bf.saving() {
 		return nil
 	}
-	if req.IsCall() {
-		return errors.New("--save: --call runs a frontend method and builds nothing to save")
-	}
-	if len(bf.saveTags) > maxSaveTags {
-		return fmt.Errorf("--save-tag given %d times; at most %d", len(bf.saveTags), maxSaveTags)
-	}
-	for _, t := range bf.saveTags {
-		if err := client.CheckTag(t); err != nil {
-			return err
-		}
-	}
-	return nil
+	return session.CheckSave(req, bf.saveTags)
 }
 
-// requestSave asks CreateBuild to save the build (BuildOptions.save and
-// save_tags, as the depot CLI sends them).
+// requestSave asks CreateBuild to save the build.
 func requestSave(bf *buildFlags, o *cliv1.BuildOptions) {
-	if !bf.saving() {
-		return
+	if bf.saving() {
+		session.RequestSave(o, bf.saveTags)
 	}
-	o.Save = true
-	depotext.SetSaveTags(o, bf.saveTags)
 }
 
 // applySave adds the save push to req from the server's answer and

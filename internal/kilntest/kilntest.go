@@ -86,14 +86,23 @@ func Build() (*Kiln, error) {
 	if err != nil {
 		return nil, err
 	}
-	k.Bin = filepath.Join(tmp, "kiln")
-	build := exec.Command("go", "build", "-o", k.Bin, "./cmd/kiln")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
+	if k.Bin, err = BuildKiln(context.Background(), root, tmp); err != nil {
 		os.RemoveAll(tmp)
-		return nil, fmt.Errorf("go build ./cmd/kiln: %v\n%s", err, out)
+		return nil, err
 	}
 	return k, nil
+}
+
+// BuildKiln compiles the kiln binaries of the tree at root into dir —
+// kiln and kiln-full, which kiln runs for serve and bake — and returns
+// kiln's path.
+func BuildKiln(ctx context.Context, root, dir string) (string, error) {
+	build := exec.CommandContext(ctx, "go", "build", "-o", dir+string(filepath.Separator), "./cmd/kiln", "./cmd/kiln-full")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/kiln ./cmd/kiln-full: %v\n%s", err, out)
+	}
+	return filepath.Join(dir, "kiln"), nil
 }
 
 // Close removes the built binary.

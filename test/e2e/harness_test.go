@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/kilntest"
 )
 
 var (
@@ -68,11 +70,7 @@ func run(m *testing.M) int {
 		panic(err)
 	}
 	defer os.RemoveAll(tmp)
-	kilnBin = filepath.Join(tmp, "kiln")
-	build := exec.Command("go", "build", "-o", kilnBin, "./cmd/kiln")
-	build.Dir = repoRoot
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	if kilnBin, err = kilntest.BuildKiln(context.Background(), repoRoot, tmp); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: go build kiln: %v\n", err)
 		return 1
 	}

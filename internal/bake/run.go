@@ -1,4 +1,4 @@
-package cli
+package bake
 
 import (
 	"bytes"
@@ -21,10 +21,8 @@ import (
 	bkerrdefs "github.com/moby/buildkit/solver/errdefs"
 	"github.com/moby/buildkit/util/progress/progressui"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/kiln-dev/kiln/internal/bake"
 	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/engine"
@@ -32,104 +30,9 @@ import (
 	"github.com/kiln-dev/kiln/internal/session"
 )
 
-type bakeFlags struct {
-	files      []string
-	sets       []string
-	print      bool
-	load       bool
-	push       bool
-	save       bool
-	saveTags   []string
-	noCache    bool
-	progress   string
-	metadata   string
-	provenance string
-	project    string
-	wait       time.Duration
-}
-
-func newBakeCmd(g *globals) *cobra.Command {
-	var bf bakeFlags
-	cmd := &cobra.Command{
-		Use:   "bake [OPTIONS] [TARGET...]",
-		Short: "Build the targets of a bake file (HCL, JSON or Compose) on kiln builders",
-		Long: `Build the targets of a bake file like 'docker buildx bake' (and 'depot bake'),
-on the projects' remote BuildKit builders.
-
-Files: -f FILE (repeatable, - for stdin), or every one of compose.yaml, compose.yml,
-docker-compose.yml, docker-compose.yaml, docker-bake.json, docker-bake.override.json,
-docker-bake.hcl, docker-bake.override.hcl found in the working directory (later files
-override earlier ones). TARGET names targets or groups (default: the "default" group).
-The file language is buildx's: variables (overridden by the environment, e.g.
-TAG=v2 kiln bake), functions, groups, inherits, matrix, --set, and
-contexts = { app = "target:app" } to build FROM another target's result.
-
-Projects: a target's project is its project_id attribute (HCL/JSON), or
-x-depot.project-id / x-kiln.project-id in a Compose service's build section;
-other targets use --project (KILN_PROJECT_ID, kiln.json). Each project gets one
-kiln build holding all of its targets; projects build in parallel, and a
-project's targets build in parallel on its builders. A "target:" context must
-name a target of the same project.
-
-Failure: as in buildx, one failing target fails the bake. The other targets are
-canceled, every target's outcome is listed, and kiln exits non-zero.
---load, --push and --save apply to the targets asked for, never to targets built
-only as another target's context.`,
-		Example: `  kiln bake
-  kiln bake --print
-  TAG=v2 kiln bake --push app worker
-  kiln bake -f docker-bake.hcl -f ci.hcl --set '*.platform=linux/arm64' --set app.args.V=2
-  kiln bake -f compose.yaml --load
-  kiln bake --save --save-tag main --metadata-file meta.json`,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return runBake(cmd.Context(), g, &bf, args, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
-		},
-	}
-	f := cmd.Flags()
-	f.StringArrayVarP(&bf.files, "file", "f", nil, "bake file: HCL, JSON or Compose (repeatable; - reads stdin)")
-	f.StringArrayVar(&bf.sets, "set", nil, `override a target attribute: TARGET.KEY=VALUE, e.g. "*.platform=linux/arm64", app.args.V=2, app.project_id=ID (repeatable; KEY+=VALUE appends)`)
-	f.BoolVar(&bf.print, "print", false, "print the resolved targets as JSON and exit: nothing is built, no server is contacted")
-	f.BoolVar(&bf.load, "load", false, `load the images into the Docker engine at DOCKER_HOST (shorthand for "--set=*.output=type=docker")`)
-	f.BoolVar(&bf.push, "push", false, `push the images to their tags (shorthand for "--set=*.output=type=registry")`)
-	f.BoolVar(&bf.save, "save", false, "save the images in kiln's registry, each as <registry>/<project>:<build id>-<target>")
-	f.StringArrayVar(&bf.saveTags, "save-tag", nil, "also save each image as <registry>/<project>:<TAG>-<target> (repeatable; implies --save)")
-	f.BoolVar(&bf.noCache, "no-cache", false, "do not use the cache when building any target")
-	f.StringVar(&bf.progress, "progress", "auto", "progress output: auto | plain | tty | quiet | rawjson")
-	f.StringVar(&bf.metadata, "metadata-file", "", "write the build result metadata of every target (a JSON object keyed by target) to this file")
-	f.StringVar(&bf.provenance, "provenance", "", `provenance attestation for every target: true | false | min | max | mode=min|max,... (shorthand for "--set=*.attest=type=provenance,...")`)
-	f.StringVar(&bf.project, "project", "", "project of the targets that name none (env KILN_PROJECT_ID, DEPOT_PROJECT_ID, or kiln.json)")
-	f.DurationVar(&bf.wait, "builder-wait", 3*time.Minute, "how long to wait for a builder to start")
-	return cmd
-}
-
-// bakeOverrides are the --set values plus the ones kiln bake's own flags
-// stand for, the way buildx derives them.
-func bakeOverrides(bf *bakeFlags) []string {
-	out := slices.Clone(bf.sets)
-	if bf.push {
-		out = append(out, "*.push=true")
-	}
-	if bf.load {
-		out = append(out, "*.load=true")
-	}
-	if bf.noCache {
-		out = append(out, "*.no-cache=true")
-	}
-	if p := bf.provenance; p != "" {
-		switch p {
-		case "min", "max": // kiln build's shorthands
-			p = "mode=" + p
-		case "true", "false":
-			p = "disabled=" + map[string]string{"true": "false", "false": "true"}[p]
-		}
-		out = append(out, "*.attest=type=provenance,"+p)
-	}
-	return out
-}
-
 // bakeTarget is one target during a bake.
 type bakeTarget struct {
-	*bake.Build
+	*Build
 	project *bakeProject
 	// layoutDir receives the target's image as an OCI layout when another
 	// target uses it as a `target:` context; "" otherwise. layoutRef is
@@ -163,7 +66,7 @@ type bakeProject struct {
 }
 
 type bakeRun struct {
-	bf       *bakeFlags
+	o        *RunOptions
 	stdout   io.Writer
 	stderr   io.Writer
 	targets  map[string]*bakeTarget
@@ -172,21 +75,44 @@ type bakeRun struct {
 	display  chan *bkclient.SolveStatus
 }
 
-func runBake(ctx context.Context, g *globals, bf *bakeFlags, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	mode, err := bakeProgressMode(bf.progress)
+// RunOptions are a bake's inputs: kiln bake's flags and streams.
+type RunOptions struct {
+	Files     []string // -f; none: the default files in the working directory
+	Overrides []string // --set values and those the other flags stand for
+	Targets   []string // targets or groups; none: "default"
+	Print     bool     // print the resolved targets and build nothing
+	Save      bool
+	SaveTags  []string // imply Save
+	Progress  string
+	Metadata  string // --metadata-file
+	Project   string // the project of targets that name none
+	Wait      time.Duration
+	Stdin     io.Reader
+	Stdout    io.Writer
+	Stderr    io.Writer
+	// Config resolves the server and token; it is called only once
+	// something is to be built.
+	Config func() (client.Config, error)
+}
+
+// Run builds a bake's targets on their projects' builders, each project
+// one kiln build, through the same build session as `kiln build`.
+func Run(ctx context.Context, o RunOptions) error {
+	stdout, stderr := o.Stdout, o.Stderr
+	mode, err := progressMode(o.Progress)
 	if err != nil {
 		return err
 	}
-	def, err := bake.Load(ctx, bake.LoadOptions{Files: bf.files, Stdin: stdin, Targets: args, Overrides: bakeOverrides(bf)})
+	def, err := Load(ctx, LoadOptions{Files: o.Files, Stdin: o.Stdin, Targets: o.Targets, Overrides: o.Overrides})
 	if err != nil {
 		printSources(stderr, err)
 		return err
 	}
-	if bf.print {
+	if o.Print {
 		return def.WriteJSON(stdout)
 	}
-	if len(bf.saveTags) > 0 {
-		bf.save = true
+	if len(o.SaveTags) > 0 {
+		o.Save = true
 	}
 
 	tmp, err := os.MkdirTemp("", "kiln-bake-")
@@ -198,7 +124,7 @@ func runBake(ctx context.Context, g *globals, bf *bakeFlags, args []string, stdi
 	if err != nil {
 		return err
 	}
-	r := &bakeRun{bf: bf, stdout: stdout, stderr: stderr, targets: map[string]*bakeTarget{}}
+	r := &bakeRun{o: &o, stdout: stdout, stderr: stderr, targets: map[string]*bakeTarget{}}
 	for _, b := range builds {
 		t := &bakeTarget{Build: b, done: make(chan struct{})}
 		r.targets[b.Name] = t
@@ -230,12 +156,12 @@ func runBake(ctx context.Context, g *globals, bf *bakeFlags, args []string, stdi
 		return fmt.Errorf("bake: only one target can write its output to stdout (dest=-): %w", errdefs.ErrInvalid)
 	}
 	defaultProject := ""
-	if bake.NeedsDefaultProject(builds) {
-		if defaultProject, err = client.FindProject(bf.project, "."); err != nil {
+	if NeedsDefaultProject(builds) {
+		if defaultProject, err = client.FindProject(o.Project, "."); err != nil {
 			return err
 		}
 	}
-	groups, err := bake.Group(builds, defaultProject)
+	groups, err := Group(builds, defaultProject)
 	if err != nil {
 		return err
 	}
@@ -253,7 +179,7 @@ func runBake(ctx context.Context, g *globals, bf *bakeFlags, args []string, stdi
 	if err != nil {
 		return fmt.Errorf("--progress %s: %w", mode, err)
 	}
-	cfg, err := g.config()
+	cfg, err := o.Config()
 	if err != nil {
 		return err
 	}
@@ -264,7 +190,7 @@ func runBake(ctx context.Context, g *globals, bf *bakeFlags, args []string, stdi
 }
 
 // bakeProgressMode checks --progress before anything is read.
-func bakeProgressMode(v string) (progressui.DisplayMode, error) {
+func progressMode(v string) (progressui.DisplayMode, error) {
 	switch m := progressui.DisplayMode(v); m {
 	case "":
 		return progressui.AutoMode, nil
@@ -316,7 +242,7 @@ func layoutOutput(dir string) buildreq.Output {
 // server is told about it; it returns how many outputs write to stdout.
 func (r *bakeRun) validate(ctx context.Context, t *bakeTarget) (int, error) {
 	o := r.options(t, false)
-	req, err := engine.Prepare(o, engine.IO{Stdout: r.stdout, Progress: r.bf.progress})
+	req, err := engine.Prepare(o, engine.IO{Stdout: r.stdout, Progress: r.o.Progress})
 	if err != nil {
 		return 0, fmt.Errorf("target %q: %w", t.Name, err)
 	}
@@ -330,10 +256,10 @@ func (r *bakeRun) validate(ctx context.Context, t *bakeTarget) (int, error) {
 		}
 	}
 	if r.saves(t) {
-		if err := checkSaveFlags(&buildFlags{save: true, saveTags: r.bf.saveTags}, req); err != nil {
+		if err := session.CheckSave(req, r.o.SaveTags); err != nil {
 			return 0, fmt.Errorf("target %q: %w", t.Name, err)
 		}
-		for _, tag := range r.bf.saveTags {
+		for _, tag := range r.o.SaveTags {
 			if err := client.CheckTag(tag + "-" + t.Name); err != nil {
 				return 0, fmt.Errorf("target %q: each target is saved as TAG-TARGET: %w", t.Name, err)
 			}
@@ -350,7 +276,7 @@ func (r *bakeRun) validate(ctx context.Context, t *bakeTarget) (int, error) {
 		t.separateLayout = len(outs) > 0 || r.saves(t)
 		lo := o
 		lo.Outputs = []buildreq.Output{layoutOutput(t.layoutDir)}
-		lreq, err := engine.Prepare(lo, engine.IO{Stdout: r.stdout, Progress: r.bf.progress})
+		lreq, err := engine.Prepare(lo, engine.IO{Stdout: r.stdout, Progress: r.o.Progress})
 		if err != nil {
 			return 0, fmt.Errorf("target %q: %w", t.Name, err)
 		}
@@ -358,7 +284,7 @@ func (r *bakeRun) validate(ctx context.Context, t *bakeTarget) (int, error) {
 	}
 	name := t.Name
 	t.serverOpts = &cliv1.BuildOptions{Command: cliv1.Command_COMMAND_BAKE, TargetName: &name, Tags: req.Tags(),
-		Outputs: buildOutputs(outs), Push: req.Pushes(), Load: req.Loads(), Save: r.saves(t)}
+		Outputs: session.ServerOutputs(outs), Push: req.Pushes(), Load: req.Loads(), Save: r.saves(t)}
 	n := 0
 	for _, out := range outs {
 		if out.Dest == "-" {
@@ -369,7 +295,7 @@ func (r *bakeRun) validate(ctx context.Context, t *bakeTarget) (int, error) {
 }
 
 // saves reports whether t is saved: --save applies to the targets asked for.
-func (r *bakeRun) saves(t *bakeTarget) bool { return r.bf.save && t.Requested }
+func (r *bakeRun) saves(t *bakeTarget) bool { return r.o.Save && t.Requested }
 
 // createBuilds creates every project's kiln build, in parallel, before any
 // target starts. If one cannot be created, the others are finished as
@@ -385,11 +311,11 @@ func (r *bakeRun) createBuilds(ctx context.Context, cfg client.Config) error {
 				if o.Save {
 					// The server collects --save-tag values from every
 					// entry; they are the bake's, so they are sent once.
-					tags := r.bf.saveTags
+					tags := r.o.SaveTags
 					if saving {
 						tags = nil
 					}
-					requestSave(&buildFlags{save: true, saveTags: tags}, o)
+					session.RequestSave(o, tags)
 					saving = true
 				}
 				opts = append(opts, o)
@@ -560,7 +486,7 @@ func (r *bakeRun) solve(ctx context.Context, t *bakeTarget, o buildreq.Request, 
 	if handOver {
 		msgs = io.Discard // the main solve said it all
 	}
-	resp, err := t.project.remote.Run(ctx, req, session.RunOptions{Wait: r.bf.wait, Messages: msgs, Tap: tap})
+	resp, err := t.project.remote.Run(ctx, req, session.RunOptions{Wait: r.o.Wait, Messages: msgs, Tap: tap})
 	if err != nil {
 		req.Close()
 		return nil, err
@@ -638,7 +564,7 @@ func (r *bakeRun) report() error {
 		where := fmt.Sprintf("build %s, project %s", t.project.remote.ID, t.project.id)
 		switch t.state {
 		case targetDone:
-			fmt.Fprintf(r.stderr, "kiln: target %s: done (%s)%s\n", t.Name, where, describeOutputs(t.outputs, t.resp))
+			fmt.Fprintf(r.stderr, "kiln: target %s: done (%s)%s\n", t.Name, where, session.DescribeOutputs(t.outputs, t.resp))
 			if len(t.saved) > 0 {
 				fmt.Fprintf(r.stderr, "kiln: target %s: saved to kiln's registry as %s (kiln pull %s:%s-%s)\n",
 					t.Name, strings.Join(t.saved, ", "), t.project.id, t.project.remote.ID, t.Name)
@@ -663,12 +589,12 @@ func (r *bakeRun) report() error {
 	case canceled > 0:
 		return fmt.Errorf("bake canceled: %w", errdefs.ErrCanceled)
 	}
-	if r.bf.metadata != "" {
+	if r.o.Metadata != "" {
 		results := map[string]engine.TargetResult{}
 		for _, t := range r.order {
 			results[t.Name] = engine.TargetResult{Resp: t.resp, Ref: engine.BuildRef{ProjectID: t.project.id, BuildID: t.project.remote.ID}}
 		}
-		if err := engine.WriteBakeMetadataFile(r.bf.metadata, results); err != nil {
+		if err := engine.WriteBakeMetadataFile(r.o.Metadata, results); err != nil {
 			return err
 		}
 	}

@@ -1,4 +1,4 @@
-package cli
+package bake
 
 import (
 	"bytes"
@@ -8,30 +8,6 @@ import (
 	"strings"
 	"testing"
 )
-
-func TestBakeOverrides(t *testing.T) {
-	cases := []struct {
-		bf   bakeFlags
-		want []string
-	}{
-		{bakeFlags{sets: []string{"app.tags=x"}}, []string{"app.tags=x"}},
-		{bakeFlags{push: true, load: true, noCache: true}, []string{"*.push=true", "*.load=true", "*.no-cache=true"}},
-		{bakeFlags{provenance: "max"}, []string{"*.attest=type=provenance,mode=max"}},
-		{bakeFlags{provenance: "false"}, []string{"*.attest=type=provenance,disabled=true"}},
-		{bakeFlags{provenance: "true"}, []string{"*.attest=type=provenance,disabled=false"}},
-		{bakeFlags{provenance: "mode=min,builder-id=x"}, []string{"*.attest=type=provenance,mode=min,builder-id=x"}},
-	}
-	for _, c := range cases {
-		if got := bakeOverrides(&c.bf); !slices.Equal(got, c.want) {
-			t.Errorf("bakeOverrides(%+v) = %v, want %v", c.bf, got, c.want)
-		}
-	}
-	bf := bakeFlags{sets: []string{"a.tags=1"}, push: true}
-	bakeOverrides(&bf)
-	if len(bf.sets) != 1 {
-		t.Errorf("bakeOverrides changed --set: %v", bf.sets)
-	}
-}
 
 func TestTargetRefs(t *testing.T) {
 	got, err := targetRefs([]string{"127.0.0.1:7420/proj:bld123", "127.0.0.1:7420/proj:v1"}, "app")
@@ -87,13 +63,13 @@ func TestTargetWriter(t *testing.T) {
 	}
 }
 
-func TestBakeProgressMode(t *testing.T) {
+func TestProgressMode(t *testing.T) {
 	for _, ok := range []string{"", "auto", "plain", "tty", "quiet", "rawjson"} {
-		if _, err := bakeProgressMode(ok); err != nil {
+		if _, err := progressMode(ok); err != nil {
 			t.Errorf("%q: %v", ok, err)
 		}
 	}
-	if _, err := bakeProgressMode("fancy"); err == nil {
+	if _, err := progressMode("fancy"); err == nil {
 		t.Error("fancy accepted")
 	}
 }
