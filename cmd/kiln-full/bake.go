@@ -108,4 +108,3 @@ func bakeOverrides(bf *bakeFlags) []string {
 	}
 	return out
 }
-

@@ -28,4 +28,3 @@ func TestBakeOverrides(t *testing.T) {
 		t.Errorf("bakeOverrides changed --set: %v", bf.sets)
 	}
 }
-

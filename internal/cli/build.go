@@ -207,4 +207,3 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 	printSaved(stderr, saved, b.ID)
 	return nil
 }
-
