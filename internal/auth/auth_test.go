@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -21,15 +23,15 @@ func TestAuthenticate(t *testing.T) {
 	}
 	defer st.Close()
 	now := time.Now()
-	live, liveHash := auth.NewSecret(store.TokenProject)
-	old, oldHash := auth.NewSecret(store.TokenBuild)
-	st.CreateToken(ctx, store.Token{ID: "t1", Kind: store.TokenProject, OrgID: "o", ProjectID: "p", SecretHash: liveHash, CreatedAt: now})
-	st.CreateToken(ctx, store.Token{ID: "t2", Kind: store.TokenBuild, OrgID: "o", ProjectID: "p", BuildID: "b", SecretHash: oldHash,
+	live, liveHash := auth.NewSecret(auth.TokenProject)
+	old, oldHash := auth.NewSecret(auth.TokenBuild)
+	st.CreateToken(ctx, auth.Token{ID: "t1", Kind: auth.TokenProject, OrgID: "o", ProjectID: "p", SecretHash: liveHash, CreatedAt: now})
+	st.CreateToken(ctx, auth.Token{ID: "t2", Kind: auth.TokenBuild, OrgID: "o", ProjectID: "p", BuildID: "b", SecretHash: oldHash,
 		CreatedAt: now.Add(-2 * time.Hour), ExpiresAt: now.Add(-time.Hour)})
 	a := &auth.Authenticator{Store: st}
 
 	p, err := a.Authenticate(ctx, live)
-	if err != nil || p.Kind != store.TokenProject || p.ProjectID != "p" || p.TokenID != "t1" {
+	if err != nil || p.Kind != auth.TokenProject || p.ProjectID != "p" || p.TokenID != "t1" {
 		t.Fatalf("live token: %+v, %v", p, err)
 	}
 	if !strings.HasPrefix(live, "kiln_prj_") || strings.Contains(liveHash, live) {
@@ -60,16 +62,16 @@ func TestBuildTokenDiesWithItsBuild(t *testing.T) {
 	}
 	defer st.Close()
 	now := time.Now()
-	st.CreateBuild(ctx, store.Build{ID: "b1", ProjectID: "p", OrgID: "o", Status: store.BuildRunning, CreatedAt: now})
-	tok, hash := auth.NewSecret(store.TokenBuild)
-	st.CreateToken(ctx, store.Token{ID: "t1", Kind: store.TokenBuild, OrgID: "o", ProjectID: "p", BuildID: "b1", SecretHash: hash, CreatedAt: now})
-	orphan, orphanHash := auth.NewSecret(store.TokenBuild)
-	st.CreateToken(ctx, store.Token{ID: "t2", Kind: store.TokenBuild, OrgID: "o", ProjectID: "p", BuildID: "gone", SecretHash: orphanHash, CreatedAt: now})
+	st.CreateBuild(ctx, build.Build{ID: "b1", ProjectID: "p", OrgID: "o", Status: build.Running, CreatedAt: now})
+	tok, hash := auth.NewSecret(auth.TokenBuild)
+	st.CreateToken(ctx, auth.Token{ID: "t1", Kind: auth.TokenBuild, OrgID: "o", ProjectID: "p", BuildID: "b1", SecretHash: hash, CreatedAt: now})
+	orphan, orphanHash := auth.NewSecret(auth.TokenBuild)
+	st.CreateToken(ctx, auth.Token{ID: "t2", Kind: auth.TokenBuild, OrgID: "o", ProjectID: "p", BuildID: "gone", SecretHash: orphanHash, CreatedAt: now})
 	a := &auth.Authenticator{Store: st}
 	if p, err := a.Authenticate(ctx, tok); err != nil || p.BuildID != "b1" {
 		t.Fatalf("running build's token: %+v, %v", p, err)
 	}
-	st.UpdateBuild(ctx, "b1", func(b *store.Build) error { b.Status = store.BuildSucceeded; return nil })
+	st.UpdateBuild(ctx, "b1", func(b *build.Build) error { b.Status = build.Succeeded; return nil })
 	if _, err := a.Authenticate(ctx, tok); !errors.Is(err, errdefs.ErrUnauthenticated) {
 		t.Errorf("token of a finished build: %v, want ErrUnauthenticated", err)
 	}
@@ -79,26 +81,26 @@ func TestBuildTokenDiesWithItsBuild(t *testing.T) {
 }
 
 func TestScopes(t *testing.T) {
-	pa := store.Project{ID: "pa", OrgID: "o"}
-	pb := store.Project{ID: "pb", OrgID: "o"}
-	other := store.Project{ID: "px", OrgID: "o2"}
-	org := auth.Principal{Kind: store.TokenOrg, OrgID: "o"}
-	prj := auth.Principal{Kind: store.TokenProject, OrgID: "o", ProjectID: "pa"}
-	bld := auth.Principal{Kind: store.TokenBuild, OrgID: "o", ProjectID: "pa", BuildID: "b1"}
+	pa := project.Project{ID: "pa", OrgID: "o"}
+	pb := project.Project{ID: "pb", OrgID: "o"}
+	other := project.Project{ID: "px", OrgID: "o2"}
+	org := auth.Principal{Kind: auth.TokenOrg, OrgID: "o"}
+	prj := auth.Principal{Kind: auth.TokenProject, OrgID: "o", ProjectID: "pa"}
+	bld := auth.Principal{Kind: auth.TokenBuild, OrgID: "o", ProjectID: "pa", BuildID: "b1"}
 	if !org.CanAdminProject(pa) || org.CanSeeProject(other) || org.CanAdminProject(other) {
 		t.Error("org token scope")
 	}
 	if !prj.CanBuild(pa) || prj.CanSeeProject(pb) || prj.CanAdminProject(pa) {
 		t.Error("project token scope: builds in its project, administers nothing")
 	}
-	oidc := auth.Principal{Kind: store.TokenOIDC, OrgID: "o", ProjectIDs: []string{"pb"}}
+	oidc := auth.Principal{Kind: auth.TokenOIDC, OrgID: "o", ProjectIDs: []string{"pb"}}
 	if !oidc.CanBuild(pb) || oidc.CanBuild(pa) || oidc.CanAdminProject(pb) {
 		t.Error("OIDC scope: builds in matched projects only")
 	}
 	if bld.CanSeeProject(pa) || bld.CanBuild(pa) {
 		t.Error("build tokens see no project")
 	}
-	if !bld.CanUseBuild(store.Build{ID: "b1", ProjectID: "pa", OrgID: "o"}) || bld.CanUseBuild(store.Build{ID: "b2", ProjectID: "pa", OrgID: "o"}) {
+	if !bld.CanUseBuild(build.Build{ID: "b1", ProjectID: "pa", OrgID: "o"}) || bld.CanUseBuild(build.Build{ID: "b2", ProjectID: "pa", OrgID: "o"}) {
 		t.Error("build token reaches exactly its build")
 	}
 }

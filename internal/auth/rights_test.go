@@ -4,7 +4,7 @@ import (
 	"testing"
 
 	"github.com/kiln-dev/kiln/internal/auth"
-	"github.com/kiln-dev/kiln/internal/store"
+	"github.com/kiln-dev/kiln/internal/build"
 )
 
 // TestRightsTable pins kiln's one authorization table: every kind of
@@ -12,22 +12,22 @@ import (
 // and a project of another organization, for every action. Changing a
 // right means changing this table.
 func TestRightsTable(t *testing.T) {
-	own := store.Project{ID: "p1", OrgID: "o1"}
-	sibling := store.Project{ID: "p2", OrgID: "o1"}
-	foreign := store.Project{ID: "p1", OrgID: "o2"} // same id, other org
+	own := auth.Scope{ProjectID: "p1", OrgID: "o1"}
+	sibling := auth.Scope{ProjectID: "p2", OrgID: "o1"}
+	foreign := auth.Scope{ProjectID: "p1", OrgID: "o2"} // same id, other org
 
-	org := auth.Principal{Kind: store.TokenOrg, OrgID: "o1"}
-	project := auth.Principal{Kind: store.TokenProject, OrgID: "o1", ProjectID: "p1"}
-	oidc := auth.Principal{Kind: store.TokenOIDC, OrgID: "o1", ProjectIDs: []string{"p1"}}
-	build := auth.Principal{Kind: store.TokenBuild, OrgID: "o1", ProjectID: "p1", BuildID: "b1"}
-	pull := auth.Principal{Kind: store.TokenPull, OrgID: "o1", ProjectID: "p1"}
-	noOrg := auth.Principal{Kind: store.TokenOrg}
+	org := auth.Principal{Kind: auth.TokenOrg, OrgID: "o1"}
+	project := auth.Principal{Kind: auth.TokenProject, OrgID: "o1", ProjectID: "p1"}
+	oidc := auth.Principal{Kind: auth.TokenOIDC, OrgID: "o1", ProjectIDs: []string{"p1"}}
+	build := auth.Principal{Kind: auth.TokenBuild, OrgID: "o1", ProjectID: "p1", BuildID: "b1"}
+	pull := auth.Principal{Kind: auth.TokenPull, OrgID: "o1", ProjectID: "p1"}
+	noOrg := auth.Principal{Kind: auth.TokenOrg}
 	unknown := auth.Principal{Kind: "bogus", OrgID: "o1", ProjectID: "p1"}
 
 	cases := []struct {
 		name string
 		p    auth.Principal
-		proj store.Project
+		proj auth.Scope
 		// allowed is the actions granted, as auth.Action.String lists them.
 		allowed string
 	}{
@@ -46,7 +46,7 @@ func TestRightsTable(t *testing.T) {
 		{"pull token, own project", pull, own, "pull"},
 		{"pull token, another project", pull, sibling, ""},
 		{"pull token, another org", pull, foreign, ""},
-		{"no organization", noOrg, store.Project{ID: "p1"}, ""},
+		{"no organization", noOrg, auth.Scope{ProjectID: "p1"}, ""},
 		{"unknown kind", unknown, own, ""},
 	}
 	for _, c := range cases {
@@ -65,20 +65,20 @@ func TestRightsTable(t *testing.T) {
 // A build is reachable by whoever may build in its project, and by its own
 // build token only.
 func TestCanUseBuild(t *testing.T) {
-	b := store.Build{ID: "b1", ProjectID: "p1", OrgID: "o1"}
+	b := build.Build{ID: "b1", ProjectID: "p1", OrgID: "o1"}
 	cases := []struct {
 		name string
 		p    auth.Principal
 		want bool
 	}{
-		{"org token", auth.Principal{Kind: store.TokenOrg, OrgID: "o1"}, true},
-		{"org token of another org", auth.Principal{Kind: store.TokenOrg, OrgID: "o2"}, false},
-		{"project token", auth.Principal{Kind: store.TokenProject, OrgID: "o1", ProjectID: "p1"}, true},
-		{"another project's token", auth.Principal{Kind: store.TokenProject, OrgID: "o1", ProjectID: "p2"}, false},
-		{"OIDC job", auth.Principal{Kind: store.TokenOIDC, OrgID: "o1", ProjectIDs: []string{"p2", "p1"}}, true},
-		{"its build token", auth.Principal{Kind: store.TokenBuild, OrgID: "o1", ProjectID: "p1", BuildID: "b1"}, true},
-		{"another build's token", auth.Principal{Kind: store.TokenBuild, OrgID: "o1", ProjectID: "p1", BuildID: "b2"}, false},
-		{"pull token", auth.Principal{Kind: store.TokenPull, OrgID: "o1", ProjectID: "p1"}, false},
+		{"org token", auth.Principal{Kind: auth.TokenOrg, OrgID: "o1"}, true},
+		{"org token of another org", auth.Principal{Kind: auth.TokenOrg, OrgID: "o2"}, false},
+		{"project token", auth.Principal{Kind: auth.TokenProject, OrgID: "o1", ProjectID: "p1"}, true},
+		{"another project's token", auth.Principal{Kind: auth.TokenProject, OrgID: "o1", ProjectID: "p2"}, false},
+		{"OIDC job", auth.Principal{Kind: auth.TokenOIDC, OrgID: "o1", ProjectIDs: []string{"p2", "p1"}}, true},
+		{"its build token", auth.Principal{Kind: auth.TokenBuild, OrgID: "o1", ProjectID: "p1", BuildID: "b1"}, true},
+		{"another build's token", auth.Principal{Kind: auth.TokenBuild, OrgID: "o1", ProjectID: "p1", BuildID: "b2"}, false},
+		{"pull token", auth.Principal{Kind: auth.TokenPull, OrgID: "o1", ProjectID: "p1"}, false},
 	}
 	for _, c := range cases {
 		if got := c.p.CanUseBuild(b); got != c.want {

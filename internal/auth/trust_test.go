@@ -14,7 +14,9 @@ import (
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/auth/oidc"
 	"github.com/kiln-dev/kiln/internal/auth/oidc/oidctest"
+	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -54,14 +56,14 @@ func TestAuthenticateOIDC(t *testing.T) {
 	a := &auth.Authenticator{Store: st, OIDC: v, Audit: log.record}
 	now := time.Now()
 	for _, o := range []string{"o", "o2"} {
-		st.CreateOrganization(ctx, store.Organization{ID: o, Name: o, CreatedAt: now})
+		st.CreateOrganization(ctx, project.Organization{ID: o, Name: o, CreatedAt: now})
 	}
 	for i, p := range []string{"p1", "p2", "p3", "p4"} {
-		st.CreateProject(ctx, store.Project{ID: p, OrgID: "o", Name: p, CreatedAt: now.Add(time.Duration(i))})
+		st.CreateProject(ctx, project.Project{ID: p, OrgID: "o", Name: p, CreatedAt: now.Add(time.Duration(i))})
 	}
-	st.CreateProject(ctx, store.Project{ID: "q1", OrgID: "o2", Name: "q1", CreatedAt: now})
+	st.CreateProject(ctx, project.Project{ID: "q1", OrgID: "o2", Name: "q1", CreatedAt: now})
 	policy := func(id, project, org, provider, owner, repo string, at int) {
-		if err := st.CreateTrustPolicy(ctx, store.TrustPolicy{ID: id, ProjectID: project, OrgID: org, Provider: provider,
+		if err := st.CreateTrustPolicy(ctx, auth.TrustPolicy{ID: id, ProjectID: project, OrgID: org, Provider: provider,
 			Owner: owner, Repo: repo, CreatedAt: now.Add(time.Duration(at) * time.Second)}); err != nil {
 			t.Fatal(err)
 		}
@@ -80,27 +82,27 @@ func TestAuthenticateOIDC(t *testing.T) {
 		t.Errorf("audit after a denial: %q", log.last())
 	}
 
-	policy("tp1", "p1", "o", store.ProviderGitHub, "acme", "app", 1)      // Depot style: the repository name
-	policy("tp2", "p2", "o", store.ProviderGitHub, "Acme", "acme/App", 2) // owner/repo, other case
-	policy("tp3", "p3", "o", store.ProviderGitHub, "acme", "other", 3)    // another repository
-	policy("tp4", "p4", "o", store.ProviderGitLab, "acme", "acme/app", 4) // another provider
-	policy("tp5", "q1", "o2", store.ProviderGitHub, "acme", "app", 5)     // another organization, newer
-	policy("tp6", "p1", "o", store.ProviderGitHub, "acme", "acme/app", 6) // a second policy of p1
+	policy("tp1", "p1", "o", auth.ProviderGitHub, "acme", "app", 1)      // Depot style: the repository name
+	policy("tp2", "p2", "o", auth.ProviderGitHub, "Acme", "acme/App", 2) // owner/repo, other case
+	policy("tp3", "p3", "o", auth.ProviderGitHub, "acme", "other", 3)    // another repository
+	policy("tp4", "p4", "o", auth.ProviderGitLab, "acme", "acme/app", 4) // another provider
+	policy("tp5", "q1", "o2", auth.ProviderGitHub, "acme", "app", 5)     // another organization, newer
+	policy("tp6", "p1", "o", auth.ProviderGitHub, "acme", "acme/app", 6) // a second policy of p1
 
 	p, err := a.Authenticate(ctx, token("acme/app"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Kind != store.TokenOIDC || p.OrgID != "o" || !slices.Equal(p.ProjectIDs, []string{"p1", "p2"}) ||
+	if p.Kind != auth.TokenOIDC || p.OrgID != "o" || !slices.Equal(p.ProjectIDs, []string{"p1", "p2"}) ||
 		p.TokenID != "oidc:github:repo:acme/app:ref:refs/heads/main" {
 		t.Errorf("principal = %+v", p)
 	}
-	for _, proj := range []store.Project{{ID: "p1", OrgID: "o"}, {ID: "p2", OrgID: "o"}} {
+	for _, proj := range []project.Project{{ID: "p1", OrgID: "o"}, {ID: "p2", OrgID: "o"}} {
 		if !p.CanBuild(proj) || p.CanAdminProject(proj) || p.IsOrg() {
 			t.Errorf("%s: may build %v, admin %v; want build only", proj.ID, p.CanBuild(proj), p.CanAdminProject(proj))
 		}
 	}
-	for _, proj := range []store.Project{{ID: "p3", OrgID: "o"}, {ID: "p4", OrgID: "o"}, {ID: "q1", OrgID: "o2"}} {
+	for _, proj := range []project.Project{{ID: "p3", OrgID: "o"}, {ID: "p4", OrgID: "o"}, {ID: "q1", OrgID: "o2"}} {
 		if p.CanSeeProject(proj) || p.CanBuild(proj) {
 			t.Errorf("reaches %s", proj.ID)
 		}
@@ -108,10 +110,10 @@ func TestAuthenticateOIDC(t *testing.T) {
 	if ev := log.last(); !strings.HasPrefix(ev, auth.AuditTrustPolicyMatched) || !strings.Contains(ev, "p1,p2") || !strings.Contains(ev, "tp1,tp2,tp6") {
 		t.Errorf("audit after a match: %q", ev)
 	}
-	if b := (store.Build{ID: "b", ProjectID: "p1", OrgID: "o"}); !p.CanUseBuild(b) {
+	if b := (build.Build{ID: "b", ProjectID: "p1", OrgID: "o"}); !p.CanUseBuild(b) {
 		t.Errorf("cannot use a build of its project")
 	}
-	if b := (store.Build{ID: "b", ProjectID: "p3", OrgID: "o"}); p.CanUseBuild(b) {
+	if b := (build.Build{ID: "b", ProjectID: "p3", OrgID: "o"}); p.CanUseBuild(b) {
 		t.Errorf("can use a build of another project")
 	}
 

@@ -109,13 +109,13 @@ func TestNormalizeEgressAllow(t *testing.T) {
 }
 
 // memAudit keeps recorded audit events.
-type memAudit struct{ events []store.AuditEvent }
+type memAudit struct{ events []audit.Entry }
 
-func (m *memAudit) CreateAuditEvent(_ context.Context, e store.AuditEvent) error {
+func (m *memAudit) CreateAuditEvent(_ context.Context, e audit.Entry) error {
 	m.events = append(m.events, e)
 	return nil
 }
-func (m *memAudit) ListAuditEvents(context.Context, store.AuditQuery) ([]store.AuditEvent, error) {
+func (m *memAudit) ListAuditEvents(context.Context, audit.EntryQuery) ([]audit.Entry, error) {
 	return m.events, nil
 }
 func (m *memAudit) PruneAuditEvents(context.Context, time.Time, int) (int64, error) { return 0, nil }

@@ -9,7 +9,6 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // action is what a registry request needs or a token scope names: the
@@ -114,7 +113,7 @@ func (r *Registry) authenticate(req *http.Request) (caller, error) {
 // live minutes, but nothing should outlive a revocation). OIDC principals
 // are not stored; their registry tokens simply expire.
 func (r *Registry) stillValid(ctx context.Context, p auth.Principal) error {
-	if p.Kind == store.TokenOIDC {
+	if p.Kind == auth.TokenOIDC {
 		return nil
 	}
 	t, err := r.cfg.Store.GetToken(ctx, p.TokenID)

@@ -39,7 +39,7 @@ func (f *fixture) collect() GCStats {
 // its blobs; an image within retention, and every blob of it, stays.
 func TestGCRetention(t *testing.T) {
 	f := newFixture(t)
-	org := basic(f.token(store.TokenOrg, "o1", ""))
+	org := basic(f.token(auth.TokenOrg, "o1", ""))
 	f.setRetention("p1", 2*time.Hour)
 	old, oldBlobs := f.image(org, "p1/app", "old", "old content")
 	// An index of the old image, pushed by digest (like a multi-platform
@@ -73,7 +73,7 @@ func TestGCRetention(t *testing.T) {
 			t.Errorf("%s after GC: %d, want 200", p, s)
 		}
 	}
-	p := auth.Principal{Kind: store.TokenOrg, OrgID: "o1"}
+	p := auth.Principal{Kind: auth.TokenOrg, OrgID: "o1"}
 	if imgs, _, _ := f.reg.ListImages(context.Background(), p, "p1", 0, ""); len(imgs) != 1 || imgs[0].Tag != "app:fresh" {
 		t.Errorf("ListImages after GC = %+v", imgs)
 	}
@@ -93,7 +93,7 @@ func TestGCRetention(t *testing.T) {
 // with a slow push, on the real clock.)
 func TestGCDuringPush(t *testing.T) {
 	f := newFixture(t)
-	org := basic(f.token(store.TokenOrg, "o1", ""))
+	org := basic(f.token(auth.TokenOrg, "o1", ""))
 	const retention = time.Hour
 	f.setRetention("p1", retention)
 	expired, _ := f.image(org, "p1/old", "v1", "expired")
@@ -173,7 +173,7 @@ func TestGCDuringPush(t *testing.T) {
 // session in use is not.
 func TestGCPurgesAbandonedUploads(t *testing.T) {
 	f := newFixture(t)
-	org := basic(f.token(store.TokenOrg, "o1", ""))
+	org := basic(f.token(auth.TokenOrg, "o1", ""))
 	res := f.do("POST", "/v2/p1/app/blobs/uploads/", org, nil)
 	res.Body.Close()
 	abandoned := f.location(res)
@@ -199,13 +199,13 @@ func TestGCPurgesAbandonedUploads(t *testing.T) {
 // collection reclaims what nothing else keeps.
 func TestDeleteImages(t *testing.T) {
 	f := newFixture(t)
-	org := basic(f.token(store.TokenOrg, "o1", ""))
+	org := basic(f.token(auth.TokenOrg, "o1", ""))
 	a, aBlobs := f.image(org, "p1", "a", "a")
 	f.image(org, "p1/web", "b", "b")
 	ctx := context.Background()
-	admin := auth.Principal{Kind: store.TokenOrg, OrgID: "o1", TokenID: "x"}
-	pull := auth.Principal{Kind: store.TokenPull, OrgID: "o1", ProjectID: "p1"}
-	stranger := auth.Principal{Kind: store.TokenProject, OrgID: "o1", ProjectID: "p2"}
+	admin := auth.Principal{Kind: auth.TokenOrg, OrgID: "o1", TokenID: "x"}
+	pull := auth.Principal{Kind: auth.TokenPull, OrgID: "o1", ProjectID: "p1"}
+	stranger := auth.Principal{Kind: auth.TokenProject, OrgID: "o1", ProjectID: "p2"}
 
 	imgs, _, err := f.reg.ListImages(ctx, admin, "p1", 1, "")
 	if err != nil || len(imgs) != 1 || imgs[0].Tag != "a" {
@@ -251,7 +251,7 @@ func TestDeleteImages(t *testing.T) {
 // A deleted project's images go at the next collection.
 func TestGCDeletedProject(t *testing.T) {
 	f := newFixture(t)
-	org := basic(f.token(store.TokenOrg, "o1", ""))
+	org := basic(f.token(auth.TokenOrg, "o1", ""))
 	img, _ := f.image(org, "p2/app", "v1", "doomed")
 	if err := f.st.DeleteProject(context.Background(), "p2"); err != nil {
 		t.Fatal(err)

@@ -12,7 +12,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/kiln-dev/kiln/internal/store"
+	"github.com/kiln-dev/kiln/internal/auth"
 )
 
 // An attacker holding p1's project token tries to reach p2's blobs,
@@ -20,8 +20,8 @@ import (
 // reads with r.FormValue (body values win over the query's).
 func TestFormBodyParametersFromTheAttackersSide(t *testing.T) {
 	f := newFixture(t)
-	org := basic(f.token(store.TokenOrg, "o1", ""))
-	attacker := basic(f.token(store.TokenProject, "o1", "p1"))
+	org := basic(f.token(auth.TokenOrg, "o1", ""))
+	attacker := basic(f.token(auth.TokenProject, "o1", "p1"))
 	secretImg, secretBlobs := f.image(org, "p2/secret", "v1", "p2's secret")
 	layer := secretBlobs[1].Digest.String()
 	_, ownBlobs := f.image(attacker, "p1/app", "v1", "p1's own")
@@ -119,7 +119,7 @@ func readAll(res *http.Response) string {
 func TestStorageOwnerOnly(t *testing.T) {
 	var dir string
 	f := newFixture(t, func(c *Config) { dir = c.Dir })
-	org := basic(f.token(store.TokenOrg, "o1", ""))
+	org := basic(f.token(auth.TokenOrg, "o1", ""))
 	f.image(org, "p1/app", "v1", "content")
 	res := f.do("POST", "/v2/p1/app/blobs/uploads/", org, nil) // a session left open
 	res.Body.Close()

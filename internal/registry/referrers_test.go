@@ -8,7 +8,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/kiln-dev/kiln/internal/store"
+	"github.com/kiln-dev/kiln/internal/auth"
 )
 
 type referrersIndex struct {
@@ -19,7 +19,7 @@ type referrersIndex struct {
 
 func TestReferrers(t *testing.T) {
 	f := newFixture(t)
-	org := basic(f.token(store.TokenOrg, "o1", ""))
+	org := basic(f.token(auth.TokenOrg, "o1", ""))
 	subject, _ := f.image(org, "p1/app", "v1", "subject")
 	empty := f.pushBlob(org, "p1/app", []byte("{}"), "application/vnd.oci.empty.v1+json")
 

@@ -18,6 +18,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kiln-dev/kiln/internal/audit"
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -30,9 +32,9 @@ const (
 
 // Store is what the registry needs of kiln's store.
 type Store interface {
-	GetProject(ctx context.Context, id string) (store.Project, error)
-	ListProjects(ctx context.Context, orgID string) ([]store.Project, error)
-	GetToken(ctx context.Context, id string) (store.Token, error)
+	GetProject(ctx context.Context, id string) (project.Project, error)
+	ListProjects(ctx context.Context, orgID string) ([]project.Project, error)
+	GetToken(ctx context.Context, id string) (auth.Token, error)
 	store.RegistryIndex
 }
 

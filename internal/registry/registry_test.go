@@ -20,6 +20,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -46,12 +48,12 @@ func newFixture(t *testing.T, mod ...func(*Config)) *fixture {
 	}
 	t.Cleanup(func() { st.Close() })
 	for _, o := range []string{"o1", "o2"} {
-		if err := st.CreateOrganization(ctx, store.Organization{ID: o, Name: o, CreatedAt: time.Now()}); err != nil {
+		if err := st.CreateOrganization(ctx, project.Organization{ID: o, Name: o, CreatedAt: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for id, org := range map[string]string{"p1": "o1", "p2": "o1", "q1": "o2"} {
-		if err := st.CreateProject(ctx, store.Project{ID: id, OrgID: org, Name: id, CreatedAt: time.Now()}); err != nil {
+		if err := st.CreateProject(ctx, project.Project{ID: id, OrgID: org, Name: id, CreatedAt: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -75,11 +77,11 @@ func newFixture(t *testing.T, mod ...func(*Config)) *fixture {
 func (f *fixture) token(kind, org, project string) string {
 	f.t.Helper()
 	secret, hash := auth.NewSecret(kind)
-	tok := store.Token{ID: "tok_" + auth.RandomString(8), Kind: kind, OrgID: org, ProjectID: project, SecretHash: hash, CreatedAt: time.Now()}
-	if kind == store.TokenBuild {
+	tok := auth.Token{ID: "tok_" + auth.RandomString(8), Kind: kind, OrgID: org, ProjectID: project, SecretHash: hash, CreatedAt: time.Now()}
+	if kind == auth.TokenBuild {
 		// A build token works only while its build runs.
 		tok.BuildID = "b_" + auth.RandomString(6)
-		b := store.Build{ID: tok.BuildID, ProjectID: project, OrgID: org, Status: store.BuildRunning, CreatedAt: time.Now()}
+		b := build.Build{ID: tok.BuildID, ProjectID: project, OrgID: org, Status: build.Running, CreatedAt: time.Now()}
 		if err := f.st.CreateBuild(context.Background(), b); err != nil {
 			f.t.Fatal(err)
 		}
@@ -148,7 +150,7 @@ func ociCode(t *testing.T, res *http.Response) string {
 // back identical.
 func TestPushPullThroughTokenFlow(t *testing.T) {
 	f := newFixture(t)
-	org := f.token(store.TokenOrg, "o1", "")
+	org := f.token(auth.TokenOrg, "o1", "")
 	img, err := random.Image(1024, 2)
 	if err != nil {
 		t.Fatal(err)
@@ -177,7 +179,7 @@ func TestPushPullThroughTokenFlow(t *testing.T) {
 		rc.Close()
 	}
 	// The push is indexed for ListImages.
-	p := auth.Principal{Kind: store.TokenOrg, OrgID: "o1"}
+	p := auth.Principal{Kind: auth.TokenOrg, OrgID: "o1"}
 	imgs, _, err := f.reg.ListImages(context.Background(), p, "p1", 0, "")
 	if err != nil || len(imgs) != 1 || imgs[0].Tag != "app:v1" || imgs[0].Digest != want.String() || imgs[0].Size <= 1024 {
 		t.Errorf("ListImages = %+v, %v", imgs, err)
@@ -187,12 +189,12 @@ func TestPushPullThroughTokenFlow(t *testing.T) {
 // Who may do what, by token kind, from the attacker's side as well.
 func TestRightsByTokenKind(t *testing.T) {
 	f := newFixture(t)
-	org := f.token(store.TokenOrg, "o1", "")
+	org := f.token(auth.TokenOrg, "o1", "")
 	img, _ := random.Image(256, 1)
 	if err := remote.Write(f.ref("p1/app:v1"), img, basicAuth(org)); err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Write(f.ref("q1/secret:v1"), img, basicAuth(f.token(store.TokenOrg, "o2", ""))); err != nil {
+	if err := remote.Write(f.ref("q1/secret:v1"), img, basicAuth(f.token(auth.TokenOrg, "o2", ""))); err != nil {
 		t.Fatal(err)
 	}
 	other, _ := random.Image(256, 1)
@@ -204,11 +206,11 @@ func TestRightsByTokenKind(t *testing.T) {
 		pullP2Push bool // push to p2 (same org, another project)
 	}{
 		{"org", org, true, true, true},
-		{"project p1", f.token(store.TokenProject, "o1", "p1"), true, true, false},
-		{"build in p1", f.token(store.TokenBuild, "o1", "p1"), true, true, false},
-		{"pull p1", f.token(store.TokenPull, "o1", "p1"), true, false, false},
-		{"project p2", f.token(store.TokenProject, "o1", "p2"), false, false, true},
-		{"org o2", f.token(store.TokenOrg, "o2", ""), false, false, false},
+		{"project p1", f.token(auth.TokenProject, "o1", "p1"), true, true, false},
+		{"build in p1", f.token(auth.TokenBuild, "o1", "p1"), true, true, false},
+		{"pull p1", f.token(auth.TokenPull, "o1", "p1"), true, false, false},
+		{"project p2", f.token(auth.TokenProject, "o1", "p2"), false, false, true},
+		{"org o2", f.token(auth.TokenOrg, "o2", ""), false, false, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -269,7 +271,7 @@ func TestChallengeAndTokenEndpoint(t *testing.T) {
 		t.Errorf("bad basic credentials: %d %q", res.StatusCode, res.Header.Get("WWW-Authenticate"))
 	}
 
-	pull := f.token(store.TokenPull, "o1", "p1")
+	pull := f.token(auth.TokenPull, "o1", "p1")
 	tok := f.fetchToken(pull, "repository:p1/app:pull,push", "repository:q1/x:pull", "repository:p2/x:*", "bogus", "repository:BAD:pull")
 	c, err := f.reg.tokens.verify(tok, time.Now())
 	if err != nil {
@@ -285,7 +287,7 @@ func TestChallengeAndTokenEndpoint(t *testing.T) {
 		t.Errorf("pull token pushing: %d", res.StatusCode)
 	}
 	// Scope the principal has but the token lacks: challenge for it.
-	org := f.token(store.TokenOrg, "o1", "")
+	org := f.token(auth.TokenOrg, "o1", "")
 	orgTok := f.fetchToken(org, "repository:p1/app:pull")
 	res = f.do("POST", "/v2/p1/app/blobs/uploads/", "Bearer "+orgTok, nil)
 	if res.StatusCode != 401 || !strings.Contains(res.Header.Get("WWW-Authenticate"), `error="insufficient_scope"`) {
@@ -294,7 +296,7 @@ func TestChallengeAndTokenEndpoint(t *testing.T) {
 	// Revoking the kiln token ends its registry tokens.
 	toks, _ := f.st.ListTokens(context.Background(), "o1", "p1")
 	for _, tk := range toks {
-		if tk.Kind == store.TokenPull {
+		if tk.Kind == auth.TokenPull {
 			f.st.DeleteToken(context.Background(), tk.ID)
 		}
 	}
@@ -303,7 +305,7 @@ func TestChallengeAndTokenEndpoint(t *testing.T) {
 	}
 	// A token signed by another key, or tampered with, is refused.
 	other := newFixture(t)
-	forged := other.fetchToken(other.token(store.TokenOrg, "o1", ""), "repository:p1/app:*")
+	forged := other.fetchToken(other.token(auth.TokenOrg, "o1", ""), "repository:p1/app:*")
 	if res := f.do("GET", "/v2/p1/app/tags/list", "Bearer "+forged, nil); res.StatusCode != 401 {
 		t.Errorf("token of another registry: %d", res.StatusCode)
 	}
@@ -339,7 +341,7 @@ func TestTokenEndpointForms(t *testing.T) {
 	f := newFixture(t, func(c *Config) {
 		c.Audit = func(_ context.Context, event string, attrs ...any) { events = append(events, fmt.Sprint(event, attrs)) }
 	})
-	org := f.token(store.TokenOrg, "o1", "")
+	org := f.token(auth.TokenOrg, "o1", "")
 	form := func(v url.Values) *http.Response {
 		return f.do("POST", "/v2/token", "", []byte(v.Encode()), "Content-Type", "application/x-www-form-urlencoded")
 	}

@@ -18,7 +18,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/platform"
 	"github.com/kiln-dev/kiln/internal/session"
 	"github.com/kiln-dev/kiln/internal/steps"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // Steps kiln itself adds to a source build's record, before BuildKit's.
@@ -33,13 +32,13 @@ const pushTokenTTL = 6 * time.Hour
 // execute drives one running build: fetch and check the context, connect
 // to the project's builders, solve and push. It returns the outcome; the
 // caller records it.
-func (r *Runner) execute(ctx context.Context, b store.Build, work string) build.Outcome {
+func (r *Runner) execute(ctx context.Context, b build.Build, work string) build.Outcome {
 	fail := func(err error) build.Outcome {
 		// Errors from the disk or BuildKit may name the scratch dir: the
 		// caller sees paths relative to its context only.
 		msg := strings.ReplaceAll(err.Error(), filepath.Join(work, "context")+"/", "")
 		msg = strings.ReplaceAll(msg, r.cfg.WorkDir, "<work>")
-		return build.Outcome{Result: build.Result{Status: store.BuildFailed, Error: msg}}
+		return build.Outcome{Result: build.Result{Status: build.Failed, Error: msg}}
 	}
 	spec, err := decodeSpec(b.Spec)
 	if err != nil {
@@ -96,14 +95,14 @@ func (r *Runner) execute(ctx context.Context, b store.Build, work string) build.
 	if err != nil {
 		return fail(err)
 	}
-	return build.Outcome{Result: build.Result{Status: store.BuildSucceeded}, ImageRefs: refs,
+	return build.Outcome{Result: build.Result{Status: build.Succeeded}, ImageRefs: refs,
 		ImageDigest: resp.ExporterResponse["containerimage.digest"]}
 }
 
 // fetchContext copies the build's context from blob storage into work,
 // checks its size and digest before reading a byte of it as an archive,
 // then extracts it safely into root.
-func (r *Runner) fetchContext(ctx context.Context, b store.Build, spec Spec, work, root string) (archive.Stats, error) {
+func (r *Runner) fetchContext(ctx context.Context, b build.Build, spec Spec, work, root string) (archive.Stats, error) {
 	c, err := r.store.GetContext(ctx, spec.ContextKey)
 	if err != nil || c.ProjectID != b.ProjectID {
 		return archive.Stats{}, fmt.Errorf("context %q not found: %w", spec.ContextKey, errdefs.ErrNotFound)
@@ -191,7 +190,7 @@ func findDockerfile(root, rel string) (string, error) {
 }
 
 // prepare turns the spec into an engine request that pushes to refs.
-func (r *Runner) prepare(ctx context.Context, b store.Build, spec Spec, root, dockerfile string, refs []string, secrets map[string][]byte) (*engine.Request, error) {
+func (r *Runner) prepare(ctx context.Context, b build.Build, spec Spec, root, dockerfile string, refs []string, secrets map[string][]byte) (*engine.Request, error) {
 	breq, err := spec.request(root, dockerfile, secrets)
 	if err != nil {
 		return nil, err
@@ -226,7 +225,7 @@ func (r *Runner) pushHosts() []string {
 // ConnectSource, with a certificate for this build.
 type sourceAcquirer struct {
 	r *Runner
-	b store.Build
+	b build.Build
 }
 
 func (a sourceAcquirer) Acquire(ctx context.Context, pl platform.Platform) (session.Lease, error) {
@@ -298,18 +297,18 @@ func (rec *recorder) close() {
 	<-rec.done
 }
 
-func storeSteps(recorded []steps.Step) []store.Step {
-	out := make([]store.Step, len(recorded))
+func storeSteps(recorded []steps.Step) []build.Step {
+	out := make([]build.Step, len(recorded))
 	for i, s := range recorded {
-		out[i] = store.Step{Digest: s.Digest, Name: s.Name, Cached: s.Cached, StartedAt: s.Started, CompletedAt: s.Completed, Error: s.Error}
+		out[i] = build.Step{Digest: s.Digest, Name: s.Name, Cached: s.Cached, StartedAt: s.Started, CompletedAt: s.Completed, Error: s.Error}
 	}
 	return out
 }
 
-func storeLogs(logs []steps.LogLine) []store.LogLine {
-	out := make([]store.LogLine, len(logs))
+func storeLogs(logs []steps.LogLine) []build.LogLine {
+	out := make([]build.LogLine, len(logs))
 	for i, l := range logs {
-		out[i] = store.LogLine{Digest: l.Digest, At: l.At, Message: l.Message}
+		out[i] = build.LogLine{Digest: l.Digest, At: l.At, Message: l.Message}
 	}
 	return out
 }

@@ -31,9 +31,9 @@ func quotaRunner(t *testing.T, cfg Config) (*Runner, *store.SQLite, auth.Princip
 	t.Helper()
 	ctx := context.Background()
 	st, blobs, dir := testStores(t)
-	st.CreateOrganization(ctx, store.Organization{ID: "o1", Name: "o1"})
+	st.CreateOrganization(ctx, project.Organization{ID: "o1", Name: "o1"})
 	for _, p := range []string{"p1", "p2"} {
-		st.CreateProject(ctx, store.Project{ID: p, OrgID: "o1", Name: p})
+		st.CreateProject(ctx, project.Project{ID: p, OrgID: "o1", Name: p})
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	cfg.WorkDir, cfg.SecretsKey, cfg.Logger = filepath.Join(dir, "work"), []byte(strings.Repeat("k", 32)), logger
@@ -41,8 +41,8 @@ func quotaRunner(t *testing.T, cfg Config) (*Runner, *store.SQLite, auth.Princip
 	if err != nil {
 		t.Fatal(err)
 	}
-	p1 := auth.Principal{TokenID: "t1", Kind: store.TokenProject, OrgID: "o1", ProjectID: "p1"}
-	p2 := auth.Principal{TokenID: "t2", Kind: store.TokenProject, OrgID: "o1", ProjectID: "p2"}
+	p1 := auth.Principal{TokenID: "t1", Kind: auth.TokenProject, OrgID: "o1", ProjectID: "p1"}
+	p2 := auth.Principal{TokenID: "t2", Kind: auth.TokenProject, OrgID: "o1", ProjectID: "p2"}
 	return r, st, p1, p2
 }
 
@@ -145,7 +145,7 @@ func TestContextPinnedToFirstBuild(t *testing.T) {
 	if err := r.blobs.Put(ctx, c.BlobKey, bytes.NewReader(first), int64(len(first))); err != nil {
 		t.Fatal(err)
 	}
-	b := store.Build{ID: "b1", ProjectID: "p1"}
+	b := build.Build{ID: "b1", ProjectID: "p1"}
 	spec := Spec{ContextKey: up.ContextKey}
 	var work string
 	fetch := func() error {

@@ -164,7 +164,7 @@ func (r *Runner) Start(ctx context.Context) error {
 	for _, e := range entries {
 		os.RemoveAll(filepath.Join(r.cfg.WorkDir, e.Name()))
 	}
-	for _, status := range []build.Status{store.BuildRunning, store.BuildPushing} {
+	for _, status := range []build.Status{build.Running, build.Pushing} {
 		bs, err := r.store.ListBuildsByStatus(ctx, status)
 		if err != nil {
 			return err
@@ -174,13 +174,13 @@ func (r *Runner) Start(ctx context.Context) error {
 				continue
 			}
 			msg := "interrupted: kiln serve stopped while this build was " + string(b.Status) + "; start it again with RebuildBuild"
-			if _, err := r.builds.FinishSource(ctx, b.ID, build.Outcome{Result: build.Result{Status: store.BuildFailed, Error: msg}}); err != nil {
+			if _, err := r.builds.FinishSource(ctx, b.ID, build.Outcome{Result: build.Result{Status: build.Failed, Error: msg}}); err != nil {
 				return err
 			}
 			r.log.Warn("source build interrupted by a restart", "build_id", b.ID, "project_id", b.ProjectID)
 		}
 	}
-	bs, err := r.store.ListBuildsByStatus(ctx, store.BuildQueued)
+	bs, err := r.store.ListBuildsByStatus(ctx, build.Queued)
 	if err != nil {
 		return err
 	}
@@ -220,7 +220,7 @@ func (r *Runner) Close(ctx context.Context) {
 }
 
 // enqueue adds a queued build and starts what may start.
-func (r *Runner) enqueue(b store.Build) {
+func (r *Runner) enqueue(b build.Build) {
 	r.mu.Lock()
 	r.queues[b.ProjectID] = append(r.queues[b.ProjectID], queued{id: b.ID, created: b.CreatedAt})
 	r.mu.Unlock()
@@ -343,13 +343,13 @@ func (r *Runner) run(ctx context.Context, id, projectID string) {
 		r.log.Warn("remove build scratch dir", "build_id", id, "err", err)
 	}
 	switch cause := context.Cause(ctx); {
-	case out.Status == store.BuildSucceeded:
+	case out.Status == build.Succeeded:
 		// Pushed before the cancel or shutdown arrived: it stands.
 	case errors.Is(cause, errShutdown):
-		out = build.Outcome{Result: build.Result{Status: store.BuildFailed,
+		out = build.Outcome{Result: build.Result{Status: build.Failed,
 			Error: "interrupted: kiln serve shut down while this build was running; start it again with RebuildBuild"}}
 	case errors.Is(cause, errCanceled):
-		out = build.Outcome{Result: build.Result{Status: store.BuildCanceled, Error: "canceled"}}
+		out = build.Outcome{Result: build.Result{Status: build.Canceled, Error: "canceled"}}
 	}
 	// The build's own context may be done; recording the end must not be.
 	end, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)

@@ -11,6 +11,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/blob"
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -80,16 +81,16 @@ func (r *Runner) Upload(ctx context.Context, p auth.Principal, projectID, custom
 }
 
 // Create queues a build of an uploaded context and returns it at once.
-func (r *Runner) Create(ctx context.Context, p auth.Principal, projectID, customerID string, spec Spec, secrets map[string]string) (store.Build, error) {
+func (r *Runner) Create(ctx context.Context, p auth.Principal, projectID, customerID string, spec Spec, secrets map[string]string) (build.Build, error) {
 	proj, err := r.projects.ForBuild(ctx, p, projectID, customerID)
 	if err != nil {
-		return store.Build{}, err
+		return build.Build{}, err
 	}
 	if err := spec.normalize(secrets); err != nil {
-		return store.Build{}, err
+		return build.Build{}, err
 	}
 	if _, err := r.usableContext(ctx, proj.ID, spec.ContextKey); err != nil {
-		return store.Build{}, err
+		return build.Build{}, err
 	}
 	return r.queue(ctx, proj, spec, secrets)
 }
@@ -121,29 +122,29 @@ func (r *Runner) usableContext(ctx context.Context, projectID, key string) (stor
 	return c, nil
 }
 
-func (r *Runner) queue(ctx context.Context, proj store.Project, spec Spec, secrets map[string]string) (store.Build, error) {
+func (r *Runner) queue(ctx context.Context, proj project.Project, spec Spec, secrets map[string]string) (build.Build, error) {
 	// Tags are checked now so a bad one fails CreateBuild, not the build.
 	if _, err := refs(r.cfg.RegistryHost(), proj.ID, "id", spec.Tags, r.pushHosts()); err != nil {
-		return store.Build{}, err
+		return build.Build{}, err
 	}
 	r.mu.Lock()
 	closed, waiting := r.closed, len(r.queues[proj.ID])
 	r.mu.Unlock()
 	if closed {
-		return store.Build{}, fmt.Errorf("kiln serve is shutting down; retry in a moment: %w", errdefs.ErrUnavailable)
+		return build.Build{}, fmt.Errorf("kiln serve is shutting down; retry in a moment: %w", errdefs.ErrUnavailable)
 	}
 	if waiting >= r.cfg.MaxQueuedPerProject {
-		return store.Build{}, fmt.Errorf("project %s already has %d builds waiting; retry when some have started, or cancel some: %w",
+		return build.Build{}, fmt.Errorf("project %s already has %d builds waiting; retry when some have started, or cancel some: %w",
 			proj.ID, waiting, errdefs.ErrExhausted)
 	}
 	id := build.NewID()
 	sealed, err := r.seal.seal(id, secrets)
 	if err != nil {
-		return store.Build{}, fmt.Errorf("seal secrets: %w", err)
+		return build.Build{}, fmt.Errorf("seal secrets: %w", err)
 	}
 	b, err := r.builds.CreateSource(ctx, proj, id, spec.encode(), sealed)
 	if err != nil {
-		return store.Build{}, err
+		return build.Build{}, err
 	}
 	r.enqueue(b)
 	return b, nil
@@ -151,10 +152,10 @@ func (r *Runner) queue(ctx context.Context, proj store.Project, spec Spec, secre
 
 // Get returns a build the caller may see, with its spec for a source
 // build (zero for a client build) and its queue position when queued.
-func (r *Runner) Get(ctx context.Context, p auth.Principal, id string) (store.Build, Spec, int, error) {
+func (r *Runner) Get(ctx context.Context, p auth.Principal, id string) (build.Build, Spec, int, error) {
 	b, err := r.builds.Get(ctx, p, id)
 	if err != nil {
-		return store.Build{}, Spec{}, 0, err
+		return build.Build{}, Spec{}, 0, err
 	}
 	spec, pos := r.Describe(b)
 	return b, spec, pos, nil
@@ -162,13 +163,13 @@ func (r *Runner) Get(ctx context.Context, p auth.Principal, id string) (store.Bu
 
 // Describe returns a build's spec (zero for a client build) and, while it
 // is queued, its position in the queue. The caller has authorized b.
-func (r *Runner) Describe(b store.Build) (Spec, int) {
+func (r *Runner) Describe(b build.Build) (Spec, int) {
 	var spec Spec
 	if b.IsSource() {
 		spec, _ = decodeSpec(b.Spec)
 	}
 	pos := 0
-	if b.Status == store.BuildQueued {
+	if b.Status == build.Queued {
 		pos = r.position(b.ID, b.ProjectID)
 	}
 	return spec, pos
@@ -177,21 +178,21 @@ func (r *Runner) Describe(b store.Build) (Spec, int) {
 // Cancel cancels a queued or running source build. The build is canceled
 // when Cancel returns; a running solve is stopped (BuildKit kills its
 // processes) right after. A build that already ended is returned as is.
-func (r *Runner) Cancel(ctx context.Context, p auth.Principal, id string) (store.Build, error) {
+func (r *Runner) Cancel(ctx context.Context, p auth.Principal, id string) (build.Build, error) {
 	b, err := r.builds.Get(ctx, p, id)
 	if err != nil {
-		return store.Build{}, err
+		return build.Build{}, err
 	}
 	if !b.IsSource() {
-		return store.Build{}, fmt.Errorf("build %q is run by its client (kiln build, depot build): stop it there: %w", id, errdefs.ErrFailedPrecondition)
+		return build.Build{}, fmt.Errorf("build %q is run by its client (kiln build, depot build): stop it there: %w", id, errdefs.ErrFailedPrecondition)
 	}
 	if b.Terminal() {
 		return b, nil
 	}
 	r.unqueue(b.ID, b.ProjectID)
-	b, err = r.builds.FinishSource(ctx, b.ID, build.Outcome{Result: build.Result{Status: store.BuildCanceled, Error: "canceled"}})
+	b, err = r.builds.FinishSource(ctx, b.ID, build.Outcome{Result: build.Result{Status: build.Canceled, Error: "canceled"}})
 	if err != nil {
-		return store.Build{}, err
+		return build.Build{}, err
 	}
 	r.mu.Lock()
 	if j, ok := r.running[id]; ok {
@@ -205,7 +206,7 @@ func (r *Runner) Cancel(ctx context.Context, p auth.Principal, id string) (store
 
 // List lists a project's builds, newest first: created before `before`
 // (zero: now), at most limit.
-func (r *Runner) List(ctx context.Context, p auth.Principal, projectID, customerID string, before time.Time, limit int) ([]store.Build, error) {
+func (r *Runner) List(ctx context.Context, p auth.Principal, projectID, customerID string, before time.Time, limit int) ([]build.Build, error) {
 	if customerID != "" {
 		proj, err := r.projects.ForBuild(ctx, p, "", customerID)
 		if err != nil {
@@ -213,7 +214,7 @@ func (r *Runner) List(ctx context.Context, p auth.Principal, projectID, customer
 		}
 		projectID = proj.ID
 	}
-	if projectID == "" && p.Kind == store.TokenProject {
+	if projectID == "" && p.Kind == auth.TokenProject {
 		projectID = p.ProjectID
 	}
 	if projectID == "" {
@@ -224,26 +225,26 @@ func (r *Runner) List(ctx context.Context, p auth.Principal, projectID, customer
 
 // Rebuild queues a new build with the same context, options and secrets,
 // while the context is retained.
-func (r *Runner) Rebuild(ctx context.Context, p auth.Principal, id string) (store.Build, error) {
+func (r *Runner) Rebuild(ctx context.Context, p auth.Principal, id string) (build.Build, error) {
 	b, err := r.builds.Get(ctx, p, id)
 	if err != nil {
-		return store.Build{}, err
+		return build.Build{}, err
 	}
 	if !b.IsSource() {
-		return store.Build{}, fmt.Errorf("build %q was run by its client; run it again there: %w", id, errdefs.ErrFailedPrecondition)
+		return build.Build{}, fmt.Errorf("build %q was run by its client; run it again there: %w", id, errdefs.ErrFailedPrecondition)
 	}
-	if p.Kind == store.TokenBuild {
-		return store.Build{}, fmt.Errorf("build tokens cannot start builds: %w", errdefs.ErrPermission)
+	if p.Kind == auth.TokenBuild {
+		return build.Build{}, fmt.Errorf("build tokens cannot start builds: %w", errdefs.ErrPermission)
 	}
 	spec, err := decodeSpec(b.Spec)
 	if err != nil {
-		return store.Build{}, err
+		return build.Build{}, err
 	}
 	if _, err := r.usableContext(ctx, b.ProjectID, spec.ContextKey); err != nil {
 		if errdefs.IsNotFound(err) {
-			return store.Build{}, fmt.Errorf("the context of build %q is no longer retained; upload it again and use CreateBuild: %w", id, errdefs.ErrFailedPrecondition)
+			return build.Build{}, fmt.Errorf("the context of build %q is no longer retained; upload it again and use CreateBuild: %w", id, errdefs.ErrFailedPrecondition)
 		}
-		return store.Build{}, err
+		return build.Build{}, err
 	}
 	// Secrets are dropped when a build ends, so a rebuild has none unless
 	// the original is still running.
@@ -255,12 +256,12 @@ func (r *Runner) Rebuild(ctx context.Context, p auth.Principal, id string) (stor
 		}
 	}
 	if len(spec.SecretIDs) > 0 && len(secrets) == 0 {
-		return store.Build{}, fmt.Errorf("build %q used secrets (%s), which kiln forgets when a build ends; start a new build with CreateBuild and the secrets: %w",
+		return build.Build{}, fmt.Errorf("build %q used secrets (%s), which kiln forgets when a build ends; start a new build with CreateBuild and the secrets: %w",
 			id, strings.Join(spec.SecretIDs, ", "), errdefs.ErrFailedPrecondition)
 	}
 	proj, err := r.store.GetProject(ctx, b.ProjectID)
 	if err != nil {
-		return store.Build{}, err
+		return build.Build{}, err
 	}
 	spec.RebuildOf = b.ID
 	return r.queue(ctx, proj, spec, secrets)

@@ -38,20 +38,20 @@ func testStores(t *testing.T) (*store.SQLite, *blob.Local, string) {
 func TestStartReconcilesAfterCrash(t *testing.T) {
 	ctx := context.Background()
 	st, blobs, dir := testStores(t)
-	st.CreateOrganization(ctx, store.Organization{ID: "o1", Name: "o1"})
-	st.CreateProject(ctx, store.Project{ID: "p1", OrgID: "o1", Name: "p1"})
+	st.CreateOrganization(ctx, project.Organization{ID: "o1", Name: "o1"})
+	st.CreateProject(ctx, project.Project{ID: "p1", OrgID: "o1", Name: "p1"})
 	now := time.Now().UTC()
-	mk := func(id string, status store.BuildStatus, kind store.BuildKind) {
+	mk := func(id string, status build.Status, kind build.Kind) {
 		spec := Spec{ContextKey: "ctx_gone", Dockerfile: "Dockerfile", Platforms: []string{"linux/amd64"}}.encode()
-		if err := st.CreateBuild(ctx, store.Build{ID: id, ProjectID: "p1", OrgID: "o1", Status: status, Kind: kind, Spec: spec,
+		if err := st.CreateBuild(ctx, build.Build{ID: id, ProjectID: "p1", OrgID: "o1", Status: status, Kind: kind, Spec: spec,
 			CreatedAt: now, LastHealthAt: now}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	mk("running", store.BuildRunning, store.BuildKindSource)
-	mk("pushing", store.BuildPushing, store.BuildKindSource)
-	mk("queued", store.BuildQueued, store.BuildKindSource)
-	mk("client", store.BuildRunning, store.BuildKindClient)
+	mk("running", build.Running, build.KindSource)
+	mk("pushing", build.Pushing, build.KindSource)
+	mk("queued", build.Queued, build.KindSource)
+	mk("client", build.Running, build.KindClient)
 
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	builds := build.NewService(st, nil, nil, build.Config{}, logger)
@@ -66,11 +66,11 @@ func TestStartReconcilesAfterCrash(t *testing.T) {
 	defer r.Close(ctx)
 	for _, id := range []string{"running", "pushing"} {
 		b, _ := st.GetBuild(ctx, id)
-		if b.Status != store.BuildFailed || !strings.Contains(b.Error, "interrupted") || !strings.Contains(b.Error, "RebuildBuild") {
+		if b.Status != build.Failed || !strings.Contains(b.Error, "interrupted") || !strings.Contains(b.Error, "RebuildBuild") {
 			t.Errorf("%s after restart: %s %q", id, b.Status, b.Error)
 		}
 	}
-	if b, _ := st.GetBuild(ctx, "client"); b.Status != store.BuildRunning {
+	if b, _ := st.GetBuild(ctx, "client"); b.Status != build.Running {
 		t.Errorf("a client build was touched: %s", b.Status)
 	}
 	// The queued build ran: its context is gone, so it fails saying so.
@@ -78,7 +78,7 @@ func TestStartReconcilesAfterCrash(t *testing.T) {
 	for {
 		b, _ := st.GetBuild(ctx, "queued")
 		if b.Terminal() {
-			if b.Status != store.BuildFailed || !strings.Contains(b.Error, `context "ctx_gone" not found`) {
+			if b.Status != build.Failed || !strings.Contains(b.Error, `context "ctx_gone" not found`) {
 				t.Errorf("queued build ended %s %q", b.Status, b.Error)
 			}
 			break

@@ -6,15 +6,15 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // Event is one thing WatchBuild sends: exactly one field is set.
 type Event struct {
-	Build *store.Build
-	Step  *store.Step
-	Log   *store.LogLine
+	Build *build.Build
+	Step  *build.Step
+	Log   *build.LogLine
 }
 
 // watchPoll bounds how long a watcher sleeps without a wake-up: client
@@ -35,7 +35,7 @@ func (r *Runner) Watch(ctx context.Context, p auth.Principal, id string, follow 
 	if _, err := r.builds.Get(ctx, p, id); err != nil {
 		return err
 	}
-	w := &watcher{r: r, id: id, send: send, steps: map[string]store.Step{}}
+	w := &watcher{r: r, id: id, send: send, steps: map[string]build.Step{}}
 	for {
 		wake := r.hub.wait(id)
 		ended, err := w.sendNew(ctx)
@@ -61,8 +61,8 @@ type watcher struct {
 	r      *Runner
 	id     string
 	send   func(Event) error
-	status store.BuildStatus     // the last status sent
-	steps  map[string]store.Step // digest → the step as last sent
+	status build.Status          // the last status sent
+	steps  map[string]build.Step // digest → the step as last sent
 	cursor int                   // seq of the last log line sent
 }
 
@@ -88,7 +88,7 @@ func (w *watcher) sendNew(ctx context.Context) (ended bool, err error) {
 	}
 	// New steps go before the log lines read with them and finished ones
 	// after, so a reader sees a step start, then its lines, then its end.
-	var starts, ends []store.Step
+	var starts, ends []build.Step
 	for _, st := range steps {
 		old, seen := w.steps[st.Digest]
 		if seen && old == st {

@@ -12,7 +12,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // A watcher that comes after the build sees it whole, in reading order: the
@@ -21,13 +20,13 @@ import (
 func TestWatchReplaysInOrder(t *testing.T) {
 	ctx := context.Background()
 	st, blobs, dir := testStores(t)
-	st.CreateOrganization(ctx, store.Organization{ID: "o1", Name: "o1"})
-	st.CreateProject(ctx, store.Project{ID: "p1", OrgID: "o1", Name: "p1"})
-	st.CreateProject(ctx, store.Project{ID: "p2", OrgID: "o1", Name: "p2"})
+	st.CreateOrganization(ctx, project.Organization{ID: "o1", Name: "o1"})
+	st.CreateProject(ctx, project.Project{ID: "p1", OrgID: "o1", Name: "p1"})
+	st.CreateProject(ctx, project.Project{ID: "p2", OrgID: "o1", Name: "p2"})
 	now := time.Now().UTC()
-	st.CreateBuild(ctx, store.Build{ID: "b1", ProjectID: "p1", OrgID: "o1", Status: store.BuildSucceeded, Kind: store.BuildKindSource, CreatedAt: now})
-	st.PutSteps(ctx, "b1", []store.Step{{Digest: "d1", Name: "RUN one", StartedAt: now, CompletedAt: now.Add(time.Second)}})
-	st.AppendLogs(ctx, "b1", []store.LogLine{{Digest: "d1", At: now, Message: "line 1\n"}, {Digest: "d1", At: now, Message: "line 2\n"}})
+	st.CreateBuild(ctx, build.Build{ID: "b1", ProjectID: "p1", OrgID: "o1", Status: build.Succeeded, Kind: build.KindSource, CreatedAt: now})
+	st.PutSteps(ctx, "b1", []build.Step{{Digest: "d1", Name: "RUN one", StartedAt: now, CompletedAt: now.Add(time.Second)}})
+	st.AppendLogs(ctx, "b1", []build.LogLine{{Digest: "d1", At: now, Message: "line 1\n"}, {Digest: "d1", At: now, Message: "line 2\n"}})
 
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	r, err := New(st, blobs, build.NewService(st, nil, nil, build.Config{}, logger), &project.Service{Store: st},
@@ -36,7 +35,7 @@ func TestWatchReplaysInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []string
-	err = r.Watch(ctx, auth.Principal{Kind: store.TokenProject, OrgID: "o1", ProjectID: "p1"}, "b1", true, func(e Event) error {
+	err = r.Watch(ctx, auth.Principal{Kind: auth.TokenProject, OrgID: "o1", ProjectID: "p1"}, "b1", true, func(e Event) error {
 		switch {
 		case e.Build != nil:
 			got = append(got, "build "+string(e.Build.Status))
@@ -56,7 +55,7 @@ func TestWatchReplaysInOrder(t *testing.T) {
 	if strings.Join(got, "|") != want {
 		t.Errorf("events:\n%s\nwant\n%s", strings.Join(got, "|"), want)
 	}
-	err = r.Watch(ctx, auth.Principal{Kind: store.TokenProject, OrgID: "o1", ProjectID: "p2"}, "b1", true, func(Event) error {
+	err = r.Watch(ctx, auth.Principal{Kind: auth.TokenProject, OrgID: "o1", ProjectID: "p2"}, "b1", true, func(Event) error {
 		t.Error("another project's token got an event")
 		return nil
 	})

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 
 	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -44,11 +45,11 @@ func newGuarded(t *testing.T, cfg Config, inner http.Handler) *guarded {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	if err := st.CreateOrganization(ctx, store.Organization{ID: "o1", Name: "o1", CreatedAt: time.Now()}); err != nil {
+	if err := st.CreateOrganization(ctx, project.Organization{ID: "o1", Name: "o1", CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	secret, hash := auth.NewSecret(store.TokenProject)
-	if err := st.CreateToken(ctx, store.Token{ID: "tok_a", Kind: store.TokenProject, OrgID: "o1", ProjectID: "pa", SecretHash: hash, CreatedAt: time.Now()}); err != nil {
+	secret, hash := auth.NewSecret(auth.TokenProject)
+	if err := st.CreateToken(ctx, auth.Token{ID: "tok_a", Kind: auth.TokenProject, OrgID: "o1", ProjectID: "pa", SecretHash: hash, CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	g := &guarded{token: secret, closed: make(chan struct{})}

@@ -20,7 +20,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/depotext"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // CLIBuildService serves depot.cli.v1.BuildService: what the depot CLI,
@@ -73,11 +72,11 @@ func (s *CLIBuildService) CreateBuild(ctx context.Context, req *connect.Request[
 func finishResult(msg *cliv1.FinishBuildRequest) build.Result {
 	switch r := msg.Result.(type) {
 	case *cliv1.FinishBuildRequest_Error:
-		return build.Result{Status: store.BuildFailed, Error: r.Error.GetError()}
+		return build.Result{Status: build.Failed, Error: r.Error.GetError()}
 	case *cliv1.FinishBuildRequest_Canceled:
-		return build.Result{Status: store.BuildCanceled, Error: "canceled by the client"}
+		return build.Result{Status: build.Canceled, Error: "canceled by the client"}
 	}
-	return build.Result{Status: store.BuildSucceeded}
+	return build.Result{Status: build.Succeeded}
 }
 
 func (s *CLIBuildService) FinishBuild(ctx context.Context, req *connect.Request[cliv1.FinishBuildRequest]) (*connect.Response[cliv1.FinishBuildResponse], error) {
@@ -140,9 +139,9 @@ func (s *CLIBuildService) ReportTimings(ctx context.Context, req *connect.Reques
 	if err != nil {
 		return nil, err
 	}
-	var steps []store.Step
+	var steps []build.Step
 	for _, st := range req.Msg.BuildSteps {
-		step := store.Step{Name: st.Name, Cached: st.Cached, Error: st.GetError(), Digest: st.GetStableDigest()}
+		step := build.Step{Name: st.Name, Cached: st.Cached, Error: st.GetError(), Digest: st.GetStableDigest()}
 		if st.StartTime != nil {
 			step.StartedAt = st.StartTime.AsTime()
 			step.CompletedAt = step.StartedAt.Add(time.Duration(st.DurationMs) * time.Millisecond)
@@ -170,12 +169,12 @@ func (s *CLIBuildService) ReportBuildContext(ctx context.Context, req *connect.R
 }
 
 var cliStatus = map[build.Status]cliv1.BuildStatus{
-	store.BuildQueued:    cliv1.BuildStatus_BUILD_STATUS_RUNNING,
-	store.BuildRunning:   cliv1.BuildStatus_BUILD_STATUS_RUNNING,
-	store.BuildPushing:   cliv1.BuildStatus_BUILD_STATUS_RUNNING,
-	store.BuildSucceeded: cliv1.BuildStatus_BUILD_STATUS_FINISHED,
-	store.BuildFailed:    cliv1.BuildStatus_BUILD_STATUS_FAILED,
-	store.BuildCanceled:  cliv1.BuildStatus_BUILD_STATUS_CANCELED,
+	build.Queued:    cliv1.BuildStatus_BUILD_STATUS_RUNNING,
+	build.Running:   cliv1.BuildStatus_BUILD_STATUS_RUNNING,
+	build.Pushing:   cliv1.BuildStatus_BUILD_STATUS_RUNNING,
+	build.Succeeded: cliv1.BuildStatus_BUILD_STATUS_FINISHED,
+	build.Failed:    cliv1.BuildStatus_BUILD_STATUS_FAILED,
+	build.Canceled:  cliv1.BuildStatus_BUILD_STATUS_CANCELED,
 }
 
 func tsOrNil(t time.Time) *timestamppb.Timestamp {
@@ -191,7 +190,7 @@ func (s *CLIBuildService) ListBuilds(ctx context.Context, req *connect.Request[c
 		return nil, err
 	}
 	projectID := req.Msg.ProjectId
-	if projectID == "" && p.Kind == store.TokenProject {
+	if projectID == "" && p.Kind == auth.TokenProject {
 		projectID = p.ProjectID
 	}
 	limit := int(req.Msg.PageSize)
@@ -230,10 +229,10 @@ func (s *CLIBuildService) GetPullToken(ctx context.Context, req *connect.Request
 		}
 		projectID = b.ProjectID
 	}
-	if projectID == "" && p.Kind == store.TokenProject {
+	if projectID == "" && p.Kind == auth.TokenProject {
 		projectID = p.ProjectID
 	}
-	_, secret, err := s.Projects.MintToken(ctx, p, project.Mint{Kind: store.TokenPull, ProjectID: projectID,
+	_, secret, err := s.Projects.MintToken(ctx, p, project.Mint{Kind: auth.TokenPull, ProjectID: projectID,
 		Description: "pull token (GetPullToken)", TTL: pullTokenTTL})
 	if err != nil {
 		return nil, s.err(ctx, err)
@@ -255,12 +254,12 @@ func (s *CLIBuildService) GetBuild(ctx context.Context, req *connect.Request[cli
 }
 
 // statusSteps folds BuildKit status updates into steps and log lines.
-func statusSteps(statuses []*controlapi.StatusResponse) ([]store.Step, []store.LogLine) {
-	var steps []store.Step
-	var logs []store.LogLine
+func statusSteps(statuses []*controlapi.StatusResponse) ([]build.Step, []build.LogLine) {
+	var steps []build.Step
+	var logs []build.LogLine
 	for _, st := range statuses {
 		for _, v := range st.Vertexes {
-			step := store.Step{Digest: v.Digest, Name: v.Name, Cached: v.Cached, Error: v.Error}
+			step := build.Step{Digest: v.Digest, Name: v.Name, Cached: v.Cached, Error: v.Error}
 			if v.Started != nil {
 				step.StartedAt = v.Started.AsTime()
 			}
@@ -274,7 +273,7 @@ func statusSteps(statuses []*controlapi.StatusResponse) ([]store.Step, []store.L
 			if l.Timestamp != nil {
 				at = l.Timestamp.AsTime()
 			}
-			logs = append(logs, store.LogLine{Digest: l.Vertex, At: at, Message: string(l.Msg)})
+			logs = append(logs, build.LogLine{Digest: l.Vertex, At: at, Message: string(l.Msg)})
 		}
 	}
 	return steps, logs

@@ -12,7 +12,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/login"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // LoginPath is where a login's approval page lives: PublicURL + LoginPath +
@@ -58,7 +57,7 @@ func (s *LoginService) FinishLogin(ctx context.Context, req *connect.Request[cli
 type CLIProjectsService struct {
 	Projects *project.Service
 	Orgs     interface {
-		GetOrganization(ctx context.Context, id string) (store.Organization, error)
+		GetOrganization(ctx context.Context, id string) (project.Organization, error)
 	}
 	Logger *slog.Logger
 }

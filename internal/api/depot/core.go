@@ -10,7 +10,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // ProjectService serves depot.core.v1.ProjectService.
@@ -19,7 +18,7 @@ type ProjectService struct {
 	Logger   *slog.Logger
 }
 
-func projectPB(p store.Project) *corev1.Project {
+func projectPB(p project.Project) *corev1.Project {
 	return &corev1.Project{
 		ProjectId:      p.ID,
 		OrganizationId: p.OrgID,
@@ -31,7 +30,7 @@ func projectPB(p store.Project) *corev1.Project {
 	}
 }
 
-func applyPolicy(p *store.Project, cp *corev1.CachePolicy) {
+func applyPolicy(p *project.Project, cp *corev1.CachePolicy) {
 	if cp == nil {
 		return
 	}
@@ -81,7 +80,7 @@ func (s *ProjectService) CreateProject(ctx context.Context, req *connect.Request
 	if err != nil {
 		return nil, err
 	}
-	in := store.Project{Name: req.Msg.Name, OrgID: req.Msg.GetOrganizationId(), RegionID: req.Msg.RegionId, Hardware: int32(req.Msg.GetHardware())}
+	in := project.Project{Name: req.Msg.Name, OrgID: req.Msg.GetOrganizationId(), RegionID: req.Msg.RegionId, Hardware: int32(req.Msg.GetHardware())}
 	applyPolicy(&in, req.Msg.CachePolicy)
 	proj, err := s.Projects.Create(ctx, p, in)
 	if err != nil {
@@ -96,7 +95,7 @@ func (s *ProjectService) UpdateProject(ctx context.Context, req *connect.Request
 		return nil, err
 	}
 	m := req.Msg
-	proj, err := s.Projects.Update(ctx, p, m.ProjectId, func(proj *store.Project) {
+	proj, err := s.Projects.Update(ctx, p, m.ProjectId, func(proj *project.Project) {
 		if m.Name != nil {
 			proj.Name = *m.Name
 		}

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kiln-dev/kiln/internal/build"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // CoreBuildService serves depot.core.v1.BuildService: listing builds,
@@ -29,17 +28,17 @@ var _ corev1connect.BuildServiceHandler = (*CoreBuildService)(nil)
 // Depot has no queued or pushing status: a source build waiting for its
 // turn or pushing its image reads as running.
 var coreStatus = map[build.Status]corev1.Build_Status{
-	store.BuildQueued:    corev1.Build_STATUS_RUNNING,
-	store.BuildRunning:   corev1.Build_STATUS_RUNNING,
-	store.BuildPushing:   corev1.Build_STATUS_RUNNING,
-	store.BuildSucceeded: corev1.Build_STATUS_SUCCESS,
-	store.BuildFailed:    corev1.Build_STATUS_FAILED,
-	store.BuildCanceled:  corev1.Build_STATUS_CANCELED,
+	build.Queued:    corev1.Build_STATUS_RUNNING,
+	build.Running:   corev1.Build_STATUS_RUNNING,
+	build.Pushing:   corev1.Build_STATUS_RUNNING,
+	build.Succeeded: corev1.Build_STATUS_SUCCESS,
+	build.Failed:    corev1.Build_STATUS_FAILED,
+	build.Canceled:  corev1.Build_STATUS_CANCELED,
 }
 
 // coreBuild is the wire form of a build. stats is nil in listings, which
 // leave the step counts and durations that need the steps unset.
-func coreBuild(b store.Build, stats *build.Stats) *corev1.Build {
+func coreBuild(b build.Build, stats *build.Stats) *corev1.Build {
 	out := &corev1.Build{
 		BuildId:    b.ID,
 		Status:     coreStatus[b.Status],

@@ -15,7 +15,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // OrganizationService serves depot.core.v1.OrganizationService.
@@ -102,7 +101,7 @@ func (s *UsageService) GetProjectUsage(ctx context.Context, req *connect.Request
 	if err != nil {
 		return nil, ToConnect(ctx, s.Logger, err)
 	}
-	usage, err := s.Builds.Usage(ctx, p, []store.Project{proj}, period, false)
+	usage, err := s.Builds.Usage(ctx, p, []project.Project{proj}, period, false)
 	if err != nil {
 		return nil, ToConnect(ctx, s.Logger, err)
 	}

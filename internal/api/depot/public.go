@@ -14,7 +14,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // PublicBuildService serves depot.build.v1.BuildService.
@@ -44,9 +43,9 @@ func (s *PublicBuildService) FinishBuild(ctx context.Context, req *connect.Reque
 	if err != nil {
 		return nil, err
 	}
-	r := build.Result{Status: store.BuildSucceeded}
+	r := build.Result{Status: build.Succeeded}
 	if e, ok := req.Msg.Result.(*buildv1.FinishBuildRequest_Error); ok {
-		r = build.Result{Status: store.BuildFailed, Error: e.Error.GetError()}
+		r = build.Result{Status: build.Failed, Error: e.Error.GetError()}
 	}
 	if err := s.Builds.Finish(ctx, p, req.Msg.BuildId, r); err != nil {
 		return nil, s.err(ctx, err)
@@ -57,7 +56,7 @@ func (s *PublicBuildService) FinishBuild(ctx context.Context, req *connect.Reque
 // buildIn returns a build the caller may see, checking that the request's
 // project_id (when given) is the build's, so a project token for A cannot
 // name B's build through A's project.
-func (s *PublicBuildService) buildIn(ctx context.Context, p auth.Principal, buildID, projectID string) (store.Build, error) {
+func (s *PublicBuildService) buildIn(ctx context.Context, p auth.Principal, buildID, projectID string) (build.Build, error) {
 	b, err := s.Builds.Get(ctx, p, buildID)
 	if err == nil && projectID != "" && projectID != b.ProjectID {
 		err = errdefs.ErrNotFound

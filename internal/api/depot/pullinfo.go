@@ -8,9 +8,10 @@ import (
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
 
 	cliv1extra "github.com/kiln-dev/kiln/gen/depot/cli/v1"
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/depotext"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // GetPullInfo is depot.cli.v1.BuildService/GetPullInfo (missing from
@@ -36,7 +37,7 @@ func (s *CLIBuildService) GetPullInfo(ctx context.Context, req *connect.Request[
 	if err := s.Builds.CheckSave(nil); err != nil { // the server has a registry
 		return nil, s.err(ctx, err)
 	}
-	_, secret, err := s.Projects.MintToken(ctx, p, project.Mint{Kind: store.TokenPull, ProjectID: b.ProjectID,
+	_, secret, err := s.Projects.MintToken(ctx, p, project.Mint{Kind: auth.TokenPull, ProjectID: b.ProjectID,
 		Description: "pull token (GetPullInfo " + b.ID + ")", TTL: pullTokenTTL})
 	if err != nil {
 		return nil, s.err(ctx, err)
@@ -53,7 +54,7 @@ func (s *CLIBuildService) GetPullInfo(ctx context.Context, req *connect.Request[
 // the build record keeps them (depotext.Options), unknown fields and all;
 // none for builds created without (depot.build.v1) or with options of
 // another shape.
-func storedOptions(b store.Build) []*cliv1.BuildOptions {
+func storedOptions(b build.Build) []*cliv1.BuildOptions {
 	var opts depotext.Options
 	if json.Unmarshal([]byte(b.Options), &opts) != nil {
 		return nil

@@ -13,7 +13,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/registry"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // Images is what RegistryService needs of kiln's registry.
@@ -37,7 +36,7 @@ func registryCaller(ctx context.Context) (auth.Principal, error) {
 	if err != nil {
 		return p, err
 	}
-	if p.Kind == store.TokenPull {
+	if p.Kind == auth.TokenPull {
 		return p, connect.NewError(connect.CodePermissionDenied, errors.New("pull tokens are for the registry only (docker pull, crane); use a project or organization token"))
 	}
 	return p, nil

@@ -45,17 +45,17 @@ func shareFixture(t *testing.T) (*build.Service, store.Store, auth.Principal) {
 	}
 	t.Cleanup(func() { st.Close() })
 	now := time.Now().UTC().Add(-time.Minute)
-	st.CreateOrganization(ctx, store.Organization{ID: "o", Name: "o", CreatedAt: now})
-	st.CreateProject(ctx, store.Project{ID: "pa", OrgID: "o", Name: "secret-project-name", CreatedAt: now})
-	st.CreateBuild(ctx, store.Build{ID: "b1", ProjectID: "pa", OrgID: "o", Status: store.BuildFailed, Error: `<img src=x onerror=alert(1)>`,
+	st.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o", CreatedAt: now})
+	st.CreateProject(ctx, project.Project{ID: "pa", OrgID: "o", Name: "secret-project-name", CreatedAt: now})
+	st.CreateBuild(ctx, build.Build{ID: "b1", ProjectID: "pa", OrgID: "o", Status: build.Failed, Error: `<img src=x onerror=alert(1)>`,
 		CreatedAt: now, StartedAt: now, FinishedAt: now.Add(2 * time.Second)})
-	st.PutSteps(ctx, "b1", []store.Step{
+	st.PutSteps(ctx, "b1", []build.Step{
 		{Digest: "d1", Name: `[1/2] RUN echo "<script>alert(1)</script>"`, StartedAt: now, CompletedAt: now.Add(time.Second)},
 		{Digest: "d2", Name: "[2/2] RUN exit 3", StartedAt: now, CompletedAt: now.Add(time.Second), Error: "exit code: 3"},
 	})
-	st.AppendLogs(ctx, "b1", []store.LogLine{{Digest: "d1", At: now, Message: "LOG-LINE-NOT-SHARED"}})
+	st.AppendLogs(ctx, "b1", []build.LogLine{{Digest: "d1", At: now, Message: "LOG-LINE-NOT-SHARED"}})
 	svc := build.NewService(st, nopFleet{}, nopCerts{}, build.Config{}, slog.New(slog.DiscardHandler))
-	return svc, st, auth.Principal{TokenID: "t", Kind: store.TokenOrg, OrgID: "o"}
+	return svc, st, auth.Principal{TokenID: "t", Kind: auth.TokenOrg, OrgID: "o"}
 }
 
 func TestSharePage(t *testing.T) {

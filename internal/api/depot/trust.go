@@ -7,8 +7,8 @@ import (
 	corev1 "buf.build/gen/go/depot/api/protocolbuffers/go/depot/core/v1"
 	"connectrpc.com/connect"
 
+	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // Trust policies of depot.core.v1.ProjectService. Depot's schema knows
@@ -18,14 +18,14 @@ import (
 
 // trustPolicyPB converts a policy; ok is false for providers Depot's
 // schema lacks.
-func trustPolicyPB(tp store.TrustPolicy) (*corev1.TrustPolicy, bool) {
+func trustPolicyPB(tp auth.TrustPolicy) (*corev1.TrustPolicy, bool) {
 	out := &corev1.TrustPolicy{TrustPolicyId: tp.ID}
 	switch tp.Provider {
-	case store.ProviderGitHub:
+	case auth.ProviderGitHub:
 		out.Provider = &corev1.TrustPolicy_Github{Github: &corev1.TrustPolicy_GitHub{RepositoryOwner: tp.Owner, Repository: tp.Repo}}
-	case store.ProviderCircleCI:
+	case auth.ProviderCircleCI:
 		out.Provider = &corev1.TrustPolicy_Circleci{Circleci: &corev1.TrustPolicy_CircleCI{OrganizationUuid: tp.Owner, ProjectUuid: tp.Repo}}
-	case store.ProviderBuildkite:
+	case auth.ProviderBuildkite:
 		out.Provider = &corev1.TrustPolicy_Buildkite_{Buildkite: &corev1.TrustPolicy_Buildkite{OrganizationSlug: tp.Owner, PipelineSlug: tp.Repo}}
 	default:
 		return nil, false
@@ -56,14 +56,14 @@ func (s *ProjectService) AddTrustPolicy(ctx context.Context, req *connect.Reques
 	if err != nil {
 		return nil, err
 	}
-	var in store.TrustPolicy
+	var in auth.TrustPolicy
 	switch pr := req.Msg.Provider.(type) {
 	case *corev1.AddTrustPolicyRequest_Github:
-		in = store.TrustPolicy{Provider: store.ProviderGitHub, Owner: pr.Github.GetRepositoryOwner(), Repo: pr.Github.GetRepository()}
+		in = auth.TrustPolicy{Provider: auth.ProviderGitHub, Owner: pr.Github.GetRepositoryOwner(), Repo: pr.Github.GetRepository()}
 	case *corev1.AddTrustPolicyRequest_Circleci:
-		in = store.TrustPolicy{Provider: store.ProviderCircleCI, Owner: pr.Circleci.GetOrganizationUuid(), Repo: pr.Circleci.GetProjectUuid()}
+		in = auth.TrustPolicy{Provider: auth.ProviderCircleCI, Owner: pr.Circleci.GetOrganizationUuid(), Repo: pr.Circleci.GetProjectUuid()}
 	case *corev1.AddTrustPolicyRequest_Buildkite:
-		in = store.TrustPolicy{Provider: store.ProviderBuildkite, Owner: pr.Buildkite.GetOrganizationSlug(), Repo: pr.Buildkite.GetPipelineSlug()}
+		in = auth.TrustPolicy{Provider: auth.ProviderBuildkite, Owner: pr.Buildkite.GetOrganizationSlug(), Repo: pr.Buildkite.GetPipelineSlug()}
 	default:
 		return nil, s.err(ctx, fmt.Errorf("a trust policy needs one of github, circleci or buildkite: %w", errdefs.ErrInvalid))
 	}

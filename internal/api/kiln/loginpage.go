@@ -12,7 +12,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/login"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // LoginPage is the device-login approval page at /login/{approval id}: it
@@ -175,9 +174,9 @@ func (lp *LoginPage) decide(w http.ResponseWriter, r *http.Request) {
 	status := http.StatusOK
 	switch {
 	case err == nil && decision == "approve":
-		d.Status, d.Message = store.LoginApproved, "Approved. The terminal showing code "+info.Code+" finishes logging in now."
+		d.Status, d.Message = login.StatusApproved, "Approved. The terminal showing code "+info.Code+" finishes logging in now."
 	case err == nil:
-		d.Status, d.Message = store.LoginDenied, "Denied. The terminal showing code "+info.Code+" is told so."
+		d.Status, d.Message = login.StatusDenied, "Denied. The terminal showing code "+info.Code+" is told so."
 	case errors.Is(err, errdefs.ErrPermission):
 		status, d.Message = http.StatusForbidden, "Approving a login needs an organization token; that one is not."
 	case errors.Is(err, errdefs.ErrExpired):

@@ -39,8 +39,8 @@ func newPage(t *testing.T) (*httptest.Server, *login.Service) {
 	logins := login.New(st, login.Config{}, quiet)
 	mux := http.NewServeMux()
 	(&LoginPage{Logins: logins, Logger: quiet, Authn: tokens{
-		"org-secret": {TokenID: "t1", Kind: store.TokenOrg, OrgID: "o1"},
-		"prj-secret": {TokenID: "t2", Kind: store.TokenProject, OrgID: "o1", ProjectID: "p1"},
+		"org-secret": {TokenID: "t1", Kind: auth.TokenOrg, OrgID: "o1"},
+		"prj-secret": {TokenID: "t2", Kind: auth.TokenProject, OrgID: "o1", ProjectID: "p1"},
 	}}).Mount(mux)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
@@ -86,7 +86,7 @@ func TestLoginPageRefusesBadForms(t *testing.T) {
 			t.Errorf("%s: the response reflects the submitted form:\n%s", tc.name, body)
 		}
 	}
-	if info, _ := logins.Lookup(context.Background(), started.ApprovalID); info.Status != store.LoginPending {
+	if info, _ := logins.Lookup(context.Background(), started.ApprovalID); info.Status != login.StatusPending {
 		t.Fatalf("refused forms changed the login: %+v", info)
 	}
 	if status, body := postForm(t, u, "decision=deny&token=org-secret"); status != http.StatusOK || !strings.Contains(body, "Denied") {

@@ -11,7 +11,6 @@ import (
 	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
 	"github.com/kiln-dev/kiln/internal/api/depot"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // ProjectNetworkService serves kiln.v1.ProjectNetworkService: a project's
@@ -28,7 +27,7 @@ func MountProjectNetwork(mux *http.ServeMux, svc *ProjectNetworkService, opts ..
 	mux.Handle(kilnv1connect.NewProjectNetworkServiceHandler(svc, opts...))
 }
 
-func projectNetworkPB(p store.Project) *kilnv1.ProjectNetwork {
+func projectNetworkPB(p project.Project) *kilnv1.ProjectNetwork {
 	return &kilnv1.ProjectNetwork{ProjectId: p.ID, EgressAllow: p.EgressAllow}
 }
 

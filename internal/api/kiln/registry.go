@@ -14,7 +14,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/api/depot"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/registry"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // RegistryAdmin is what RegistryAdminService needs of kiln's registry.
@@ -34,7 +33,7 @@ var _ kilnv1connect.RegistryAdminServiceHandler = (*RegistryAdminService)(nil)
 
 func registryCaller(ctx context.Context) (auth.Principal, error) {
 	p, err := depot.Caller(ctx)
-	if err == nil && p.Kind == store.TokenPull {
+	if err == nil && p.Kind == auth.TokenPull {
 		err = connect.NewError(connect.CodePermissionDenied, errors.New("pull tokens are for the registry only; use a project or organization token"))
 	}
 	return p, err

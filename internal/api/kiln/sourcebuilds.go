@@ -14,9 +14,9 @@ import (
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
 	"github.com/kiln-dev/kiln/internal/api/depot"
+	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/runner"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // SourceBuildService serves kiln.v1.SourceBuildService: builds kiln runs
@@ -34,16 +34,16 @@ func (s *SourceBuildService) err(ctx context.Context, err error) error {
 	return depot.ToConnect(ctx, s.Logger, err)
 }
 
-var statusPB = map[store.BuildStatus]kilnv1.BuildStatus{
-	store.BuildQueued:    kilnv1.BuildStatus_BUILD_STATUS_QUEUED,
-	store.BuildRunning:   kilnv1.BuildStatus_BUILD_STATUS_RUNNING,
-	store.BuildPushing:   kilnv1.BuildStatus_BUILD_STATUS_PUSHING,
-	store.BuildSucceeded: kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED,
-	store.BuildFailed:    kilnv1.BuildStatus_BUILD_STATUS_FAILED,
-	store.BuildCanceled:  kilnv1.BuildStatus_BUILD_STATUS_CANCELED,
+var statusPB = map[build.Status]kilnv1.BuildStatus{
+	build.Queued:    kilnv1.BuildStatus_BUILD_STATUS_QUEUED,
+	build.Running:   kilnv1.BuildStatus_BUILD_STATUS_RUNNING,
+	build.Pushing:   kilnv1.BuildStatus_BUILD_STATUS_PUSHING,
+	build.Succeeded: kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED,
+	build.Failed:    kilnv1.BuildStatus_BUILD_STATUS_FAILED,
+	build.Canceled:  kilnv1.BuildStatus_BUILD_STATUS_CANCELED,
 }
 
-func (s *SourceBuildService) buildPB(ctx context.Context, b store.Build, spec runner.Spec, pos int) *kilnv1.Build {
+func (s *SourceBuildService) buildPB(ctx context.Context, b build.Build, spec runner.Spec, pos int) *kilnv1.Build {
 	out := &kilnv1.Build{
 		BuildId:       b.ID,
 		ProjectId:     b.ProjectID,

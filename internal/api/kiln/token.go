@@ -11,8 +11,8 @@ import (
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
 	"github.com/kiln-dev/kiln/internal/api/depot"
+	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // TokenService serves kiln.v1.TokenService (`kiln tokens`).
@@ -24,17 +24,17 @@ type TokenService struct {
 var _ kilnv1connect.TokenServiceHandler = (*TokenService)(nil)
 
 var tokenKinds = map[kilnv1.TokenKind]string{
-	kilnv1.TokenKind_TOKEN_KIND_UNSPECIFIED:  store.TokenProject,
-	kilnv1.TokenKind_TOKEN_KIND_PROJECT:      store.TokenProject,
-	kilnv1.TokenKind_TOKEN_KIND_PULL:         store.TokenPull,
-	kilnv1.TokenKind_TOKEN_KIND_ORGANIZATION: store.TokenOrg,
+	kilnv1.TokenKind_TOKEN_KIND_UNSPECIFIED:  auth.TokenProject,
+	kilnv1.TokenKind_TOKEN_KIND_PROJECT:      auth.TokenProject,
+	kilnv1.TokenKind_TOKEN_KIND_PULL:         auth.TokenPull,
+	kilnv1.TokenKind_TOKEN_KIND_ORGANIZATION: auth.TokenOrg,
 }
 
 func kindPB(kind string) kilnv1.TokenKind {
 	switch kind {
-	case store.TokenPull:
+	case auth.TokenPull:
 		return kilnv1.TokenKind_TOKEN_KIND_PULL
-	case store.TokenOrg:
+	case auth.TokenOrg:
 		return kilnv1.TokenKind_TOKEN_KIND_ORGANIZATION
 	}
 	return kilnv1.TokenKind_TOKEN_KIND_PROJECT
@@ -69,7 +69,7 @@ func (s *TokenService) ListTokens(ctx context.Context, req *connect.Request[kiln
 	if err != nil {
 		return nil, err
 	}
-	var toks []store.Token
+	var toks []auth.Token
 	if req.Msg.ProjectId == "" {
 		toks, err = s.Projects.ListOrgTokens(ctx, p)
 	} else {

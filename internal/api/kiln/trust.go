@@ -12,9 +12,9 @@ import (
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
 	"github.com/kiln-dev/kiln/internal/api/depot"
+	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // TrustPolicyService serves kiln.v1.TrustPolicyService: trust policies of
@@ -32,16 +32,16 @@ func MountTrustPolicies(mux *http.ServeMux, svc *TrustPolicyService, opts ...con
 }
 
 // TrustPolicyPB converts a stored policy.
-func TrustPolicyPB(tp store.TrustPolicy) *kilnv1.TrustPolicy {
+func TrustPolicyPB(tp auth.TrustPolicy) *kilnv1.TrustPolicy {
 	out := &kilnv1.TrustPolicy{TrustPolicyId: tp.ID, ProjectId: tp.ProjectID, CreatedAt: timestamppb.New(tp.CreatedAt)}
 	switch tp.Provider {
-	case store.ProviderGitHub:
+	case auth.ProviderGitHub:
 		out.Provider = &kilnv1.TrustPolicy_Github{Github: &kilnv1.TrustPolicy_GitHub{RepositoryOwner: tp.Owner, Repository: tp.Repo}}
-	case store.ProviderCircleCI:
+	case auth.ProviderCircleCI:
 		out.Provider = &kilnv1.TrustPolicy_Circleci{Circleci: &kilnv1.TrustPolicy_CircleCI{OrganizationUuid: tp.Owner, ProjectUuid: tp.Repo}}
-	case store.ProviderBuildkite:
+	case auth.ProviderBuildkite:
 		out.Provider = &kilnv1.TrustPolicy_Buildkite_{Buildkite: &kilnv1.TrustPolicy_Buildkite{OrganizationSlug: tp.Owner, PipelineSlug: tp.Repo}}
-	case store.ProviderGitLab:
+	case auth.ProviderGitLab:
 		out.Provider = &kilnv1.TrustPolicy_Gitlab{Gitlab: &kilnv1.TrustPolicy_GitLab{NamespacePath: tp.Owner, ProjectPath: tp.Repo}}
 	}
 	return out
@@ -68,16 +68,16 @@ func (s *TrustPolicyService) AddTrustPolicy(ctx context.Context, req *connect.Re
 	if err != nil {
 		return nil, err
 	}
-	var in store.TrustPolicy
+	var in auth.TrustPolicy
 	switch pr := req.Msg.Provider.(type) {
 	case *kilnv1.AddTrustPolicyRequest_Github:
-		in = store.TrustPolicy{Provider: store.ProviderGitHub, Owner: pr.Github.GetRepositoryOwner(), Repo: pr.Github.GetRepository()}
+		in = auth.TrustPolicy{Provider: auth.ProviderGitHub, Owner: pr.Github.GetRepositoryOwner(), Repo: pr.Github.GetRepository()}
 	case *kilnv1.AddTrustPolicyRequest_Circleci:
-		in = store.TrustPolicy{Provider: store.ProviderCircleCI, Owner: pr.Circleci.GetOrganizationUuid(), Repo: pr.Circleci.GetProjectUuid()}
+		in = auth.TrustPolicy{Provider: auth.ProviderCircleCI, Owner: pr.Circleci.GetOrganizationUuid(), Repo: pr.Circleci.GetProjectUuid()}
 	case *kilnv1.AddTrustPolicyRequest_Buildkite:
-		in = store.TrustPolicy{Provider: store.ProviderBuildkite, Owner: pr.Buildkite.GetOrganizationSlug(), Repo: pr.Buildkite.GetPipelineSlug()}
+		in = auth.TrustPolicy{Provider: auth.ProviderBuildkite, Owner: pr.Buildkite.GetOrganizationSlug(), Repo: pr.Buildkite.GetPipelineSlug()}
 	case *kilnv1.AddTrustPolicyRequest_Gitlab:
-		in = store.TrustPolicy{Provider: store.ProviderGitLab, Owner: pr.Gitlab.GetNamespacePath(), Repo: pr.Gitlab.GetProjectPath()}
+		in = auth.TrustPolicy{Provider: auth.ProviderGitLab, Owner: pr.Gitlab.GetNamespacePath(), Repo: pr.Gitlab.GetProjectPath()}
 	default:
 		return nil, depot.ToConnect(ctx, s.Logger, fmt.Errorf("a trust policy needs one of github, circleci, buildkite or gitlab: %w", errdefs.ErrInvalid))
 	}
