@@ -21,6 +21,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/builder/spec"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	kplatform "github.com/kiln-dev/kiln/internal/platform"
 	"github.com/kiln-dev/kiln/internal/project"
 )
 
@@ -215,18 +216,6 @@ type Connection struct {
 	KeyPEM   string
 }
 
-// NormalizePlatform maps "amd64", "linux/amd64", "arm64", "aarch64" … to an
-// OCI platform string.
-func NormalizePlatform(p string) (string, error) {
-	switch strings.ToLower(strings.TrimPrefix(strings.ToLower(p), "linux/")) {
-	case "", "amd64", "x86_64":
-		return "linux/amd64", nil
-	case "arm64", "aarch64", "arm64/v8":
-		return "linux/arm64", nil
-	}
-	return "", fmt.Errorf("platform %q: kiln builders run linux/amd64 or linux/arm64: %w", p, errdefs.ErrInvalid)
-}
-
 // Connect answers whether the build's builder for platform is ready; when
 // it is, it leases the builder to the build and issues a client
 // certificate good only for that project's builders.
@@ -238,11 +227,11 @@ func (s *Service) Connect(ctx context.Context, p auth.Principal, buildID, platfo
 	if b.Terminal() {
 		return Connection{}, errEnded(b)
 	}
-	platform, err = NormalizePlatform(platform)
+	builder, err := kplatform.ParseBuilder(platform)
 	if err != nil {
 		return Connection{}, err
 	}
-	return s.connect(ctx, b, platform)
+	return s.connect(ctx, b, builder.String())
 }
 
 // connect leases the project's builder for platform to build b and, once
@@ -448,10 +437,11 @@ func (s *Service) Release(ctx context.Context, p auth.Principal, buildID, platfo
 	if err != nil {
 		return err
 	}
-	platform, err = NormalizePlatform(platform)
+	builder, err := kplatform.ParseBuilder(platform)
 	if err != nil {
 		return err
 	}
+	platform = builder.String()
 	s.mu.Lock()
 	s.leases[b.ID] = slices.DeleteFunc(s.leases[b.ID], func(x string) bool { return x == platform })
 	s.mu.Unlock()

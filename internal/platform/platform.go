@@ -113,12 +113,17 @@ func ParseTargets(items []string) ([]Platform, error) {
 }
 
 // ParseBuilder parses the platform of a builder: linux/amd64 or
-// linux/arm64 (also "amd64", "x86_64", "arm64", "aarch64"); "" is amd64.
+// linux/arm64 (also "amd64", "x86_64", "arm64", "aarch64", "arm64/v8");
+// "" is amd64.
 func ParseBuilder(s string) (Platform, error) {
 	if strings.TrimSpace(s) == "" {
 		return AMD64, nil
 	}
-	p, err := Parse(s)
+	in := s
+	if strings.Contains(s, "/") && !strings.HasPrefix(strings.ToLower(s), "linux/") {
+		in = "linux/" + s // "arm64/v8"
+	}
+	p, err := Parse(in)
 	if err == nil && (p == AMD64 || p == ARM64) {
 		return p, nil
 	}

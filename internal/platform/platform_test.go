@@ -49,7 +49,7 @@ func TestBuilder(t *testing.T) {
 			t.Errorf("%s.Builder() = %v, %v", in, b, ok)
 		}
 	}
-	for in, want := range map[string]Platform{"": AMD64, "aarch64": ARM64, "linux/amd64": AMD64} {
+	for in, want := range map[string]Platform{"": AMD64, "aarch64": ARM64, "linux/amd64": AMD64, "arm64/v8": ARM64, "linux/arm64/v8": ARM64, "x86_64": AMD64} {
 		if b, err := ParseBuilder(in); err != nil || b != want {
 			t.Errorf("ParseBuilder(%q) = %v, %v", in, b, err)
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/depotext"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/platform"
 	"github.com/kiln-dev/kiln/internal/project"
 )
 
@@ -92,9 +93,9 @@ func (s *CLIBuildService) FinishBuild(ctx context.Context, req *connect.Request[
 
 func platformName(p cliv1.BuilderPlatform) string {
 	if p == cliv1.BuilderPlatform_BUILDER_PLATFORM_ARM64 {
-		return "linux/arm64"
+		return platform.ARM64.String()
 	}
-	return "linux/amd64"
+	return platform.AMD64.String()
 }
 
 func (s *CLIBuildService) GetBuildKitConnection(ctx context.Context, req *connect.Request[cliv1.GetBuildKitConnectionRequest]) (*connect.Response[cliv1.GetBuildKitConnectionResponse], error) {

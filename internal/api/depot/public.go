@@ -14,6 +14,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/platform"
 )
 
 // PublicBuildService serves depot.build.v1.BuildService.
@@ -132,9 +133,9 @@ type BuildKitService struct {
 
 func bkPlatform(p buildkitv1.Platform) string {
 	if p == buildkitv1.Platform_PLATFORM_ARM64 {
-		return "linux/arm64"
+		return platform.ARM64.String()
 	}
-	return "linux/amd64"
+	return platform.AMD64.String()
 }
 
 // GetEndpoint streams pending until the builder is ready, then active.
