@@ -4,13 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"os"
-	"time"
 
 	"connectrpc.com/connect"
 
@@ -19,10 +15,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/retry"
 )
-
-// uploadPolicy retries an upload PUT that got no answer or a 5xx: 3
-// tries, from 0.5 s apart (the URL takes the same PUT again).
-var uploadPolicy = retry.Policy{Attempts: 3, Delay: 500 * time.Millisecond}
 
 // UploadContext uploads a build context to kiln and returns the key that
 // names it in [WithUploadedContext]. archive is a tar archive, gzip
@@ -75,43 +67,8 @@ func UploadContext(ctx context.Context, archive io.Reader, opts ...Option) (stri
 	if limit := up.Msg.MaxSize; limit > 0 && size > limit {
 		return "", fmt.Errorf("sdk: the context archive is %d bytes; the server accepts at most %d: %w", size, limit, errdefs.ErrExhausted)
 	}
-	err = retry.Do(ctx, uploadPolicy, func(ctx context.Context) error {
-		return put(ctx, up.Msg.Url, up.Msg.Headers, f, size)
-	})
-	if err != nil {
-		return "", err
+	if err := client.PutContext(ctx, client.Upload{URL: up.Msg.Url, Headers: up.Msg.Headers, Body: f, Size: size}); err != nil {
+		return "", fmt.Errorf("sdk: %w", err)
 	}
 	return up.Msg.ContextKey, nil
-}
-
-// put makes one PUT of f to the upload URL. A failure worth another try
-// is of kind unavailable. The URL is never in an error: it is signed.
-func put(ctx context.Context, uploadURL string, headers map[string]string, f *os.File, size int64) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, uploadURL, io.NopCloser(io.NewSectionReader(f, 0, size)))
-	if err != nil {
-		return fmt.Errorf("sdk: the server's upload URL is not usable: %w", errdefs.ErrInvalid)
-	}
-	req.ContentLength = size
-	for k, v := range headers {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return fmt.Errorf("sdk: upload the context: %w", err)
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	switch {
-	case resp.StatusCode/100 == 2:
-		return nil
-	case resp.StatusCode >= 500:
-		return fmt.Errorf("sdk: upload the context: the upload URL answered %s: %w", resp.Status, errdefs.ErrUnavailable)
-	case resp.StatusCode == http.StatusRequestEntityTooLarge:
-		return fmt.Errorf("sdk: upload the context: the upload URL answered %s: %w", resp.Status, errdefs.ErrExhausted)
-	}
-	return fmt.Errorf("sdk: upload the context: the upload URL answered %s: %w", resp.Status, errdefs.ErrInvalid)
 }

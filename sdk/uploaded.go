@@ -14,16 +14,11 @@ import (
 
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
-	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/platform"
 	"github.com/kiln-dev/kiln/internal/retry"
 	"github.com/kiln-dev/kiln/internal/steps"
 )
-
-// watchPolicy reconnects to a build's event stream that broke before the
-// build ended: 5 tries, from 0.5 s apart. A stream that delivered something
-// new starts the count over.
-var watchPolicy = retry.Policy{Attempts: 5, Delay: 500 * time.Millisecond}
 
 // executeUploaded queues a build of an uploaded context that kiln runs
 // itself (the source-build API, as `kiln build --detach` does), follows
@@ -100,63 +95,30 @@ func (b *Builder) executeUploaded(ctx context.Context, projectID string) (v1.Ima
 	return idx, md, nil
 }
 
-// follow reads build id's events (WatchBuild) into p until the build
-// ends, and returns the build as it ended. A stream that breaks is opened
-// again; the server replays what was recorded, which p takes in once. A
-// stream that brought news (a new status or log line) before it broke
-// starts the tries over.
+// follow reads build id's events into p until the build ends
+// (client.WatchBuild) and returns the build as it ended.
 func follow(ctx context.Context, api kilnv1connect.SourceBuildServiceClient, id string, p *progress) (*kilnv1.Build, error) {
-	var last *kilnv1.Build
 	var lastSeq int64
-	for {
-		progressed := false
-		err := retry.Do(ctx, watchPolicy, func(ctx context.Context) error {
-			stream, err := api.WatchBuild(ctx, connect.NewRequest(&kilnv1.WatchBuildRequest{BuildId: id}))
-			if err != nil {
-				return err
+	var seen kilnv1.BuildStatus
+	return client.WatchBuild(ctx, api, id, true, func(ev *kilnv1.WatchBuildResponse) (bool, error) {
+		switch e := ev.Event.(type) {
+		case *kilnv1.WatchBuildResponse_Build:
+			if e.Build.Status > seen {
+				seen = e.Build.Status
+				return true, nil
 			}
-			defer stream.Close()
-			for stream.Receive() {
-				switch e := stream.Msg().Event.(type) {
-				case *kilnv1.WatchBuildResponse_Build:
-					if last == nil || e.Build.Status > last.Status {
-						progressed = true
-					}
-					last = e.Build
-				case *kilnv1.WatchBuildResponse_Step:
-					p.step(stepFromProto(e.Step))
-				case *kilnv1.WatchBuildResponse_Log:
-					if e.Log.Seq > 0 && e.Log.Seq <= lastSeq {
-						continue
-					}
-					lastSeq, progressed = max(lastSeq, e.Log.Seq), true
-					p.log(e.Log.Digest, e.Log.Message)
-				}
+		case *kilnv1.WatchBuildResponse_Step:
+			p.step(stepFromProto(e.Step))
+		case *kilnv1.WatchBuildResponse_Log:
+			if e.Log.Seq > 0 && e.Log.Seq <= lastSeq {
+				return false, nil
 			}
-			if err := stream.Err(); err != nil {
-				return err
-			}
-			if last == nil || !ended(last.Status) {
-				return fmt.Errorf("the event stream ended before the build did: %w", errdefs.ErrUnavailable)
-			}
-			return nil
-		})
-		switch {
-		case err == nil:
-			return last, nil
-		case !progressed || ctx.Err() != nil:
-			return last, err
+			lastSeq = max(lastSeq, e.Log.Seq)
+			p.log(e.Log.Digest, e.Log.Message)
+			return true, nil
 		}
-		// The stream broke after news: keep following, with fresh tries.
-	}
-}
-
-func ended(s kilnv1.BuildStatus) bool {
-	switch s {
-	case kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED, kilnv1.BuildStatus_BUILD_STATUS_FAILED, kilnv1.BuildStatus_BUILD_STATUS_CANCELED:
-		return true
-	}
-	return false
+		return false, nil
+	})
 }
 
 func stepFromProto(s *kilnv1.Step) steps.Step {

@@ -21,7 +21,6 @@ import (
 	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/errdefs"
-	"github.com/kiln-dev/kiln/internal/retry"
 )
 
 func newBuildsCmd(g *globals) *cobra.Command {
@@ -220,46 +219,27 @@ so far.`,
 	return cmd
 }
 
-// followRetry bounds reopening a followed build's log stream: 5 tries with
-// waits from 0.5 s, doubling. A stream that delivered something new starts
-// the count afresh.
-var followRetry = retry.Policy{Attempts: 5, Delay: 500 * time.Millisecond}
-
-// errStreamEnded is a followed stream that ended, without an error, before
-// the build did.
-var errStreamEnded = errors.New("the log stream ended before the build did")
-
-// watchBuild prints a build's events. Following, a stream that breaks
-// (the server restarted, the connection reset) is opened again with
-// bounded backoff (followRetry); the replay's already printed lines are
-// skipped.
+// watchBuild prints a build's events (client.WatchBuild: following, a
+// stream that breaks is opened again; the replay's already printed lines
+// are skipped).
 func watchBuild(ctx context.Context, api kilnv1connect.SourceBuildServiceClient, id string, follow, asJSON bool, stdout, stderr io.Writer) error {
 	p := newBuildLogPrinter(stdout, id)
-	reopen := func(err error) bool { return follow && (errors.Is(err, errStreamEnded) || retry.Transient(err)) }
-	for {
-		progressed := false
-		policy := followRetry
-		policy.Retryable = func(err error) bool { return !progressed && reopen(err) }
-		err := retry.Do(ctx, policy, func(ctx context.Context) error {
-			var err error
-			progressed, err = watchOnce(ctx, api, id, follow, asJSON, p)
-			if err == nil && follow && !p.finished() {
-				return errStreamEnded
-			}
-			return err
-		})
-		switch {
-		case err == nil:
-		case reopen(err) && ctx.Err() != nil:
-			return context.Cause(ctx)
-		case reopen(err) && progressed:
-			continue // something new arrived: the tries start afresh
-		case errors.Is(err, errStreamEnded):
-			return fmt.Errorf("the log stream of build %s ended before the build did; run `kiln builds logs -f %s` again: %w", id, id, errdefs.ErrUnavailable)
-		default:
-			return fmt.Errorf("watch build %s: %w", id, err)
+	_, err := client.WatchBuild(ctx, api, id, follow, func(ev *kilnv1.WatchBuildResponse) (bool, error) {
+		if !asJSON {
+			return p.event(ev), nil
 		}
-		break
+		if !p.record(ev) {
+			return false, nil
+		}
+		return true, printProtoJSONLine(p.w, ev)
+	})
+	switch {
+	case errors.Is(err, client.ErrStreamEnded):
+		return fmt.Errorf("the log stream of build %s ended before the build did; run `kiln builds logs -f %s` again: %w", id, id, errdefs.ErrUnavailable)
+	case err != nil && ctx.Err() != nil:
+		return err
+	case err != nil:
+		return fmt.Errorf("watch build %s: %w", id, err)
 	}
 	if p.build == nil {
 		return fmt.Errorf("build %s: the server sent no status: %w", id, errdefs.ErrUnavailable)
@@ -269,31 +249,6 @@ func watchBuild(ctx context.Context, api kilnv1connect.SourceBuildServiceClient,
 		return nil
 	}
 	return p.end(!asJSON)
-}
-
-// watchOnce reads one WatchBuild stream to its end; progressed says
-// whether anything new arrived.
-func watchOnce(ctx context.Context, api kilnv1connect.SourceBuildServiceClient, id string, follow, asJSON bool, p *buildLogPrinter) (progressed bool, _ error) {
-	stream, err := api.WatchBuild(ctx, connect.NewRequest(&kilnv1.WatchBuildRequest{BuildId: id, NoFollow: !follow}))
-	if err != nil {
-		return false, err
-	}
-	defer stream.Close()
-	for stream.Receive() {
-		if asJSON {
-			if p.record(stream.Msg()) {
-				progressed = true
-				if err := printProtoJSONLine(p.w, stream.Msg()); err != nil {
-					return progressed, err
-				}
-			}
-			continue
-		}
-		if p.event(stream.Msg()) {
-			progressed = true
-		}
-	}
-	return progressed, stream.Err()
 }
 
 // buildLogPrinter renders WatchBuild events like buildx's plain progress.
@@ -416,7 +371,7 @@ func (p *buildLogPrinter) printStep(st *kilnv1.Step) bool {
 }
 
 func (p *buildLogPrinter) finished() bool {
-	return p.build != nil && isFinished(p.build.Status)
+	return p.build != nil && client.Ended(p.build.Status)
 }
 
 // end reports how the build ended: its image when it succeeded (printed
@@ -522,14 +477,6 @@ func statusName(s kilnv1.BuildStatus) string {
 		return "unknown"
 	}
 	return strings.ToLower(strings.TrimPrefix(name, "BUILD_STATUS_"))
-}
-
-func isFinished(s kilnv1.BuildStatus) bool {
-	switch s {
-	case kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED, kilnv1.BuildStatus_BUILD_STATUS_FAILED, kilnv1.BuildStatus_BUILD_STATUS_CANCELED:
-		return true
-	}
-	return false
 }
 
 // buildDuration is how long the build ran (so far, if it still runs);

@@ -15,8 +15,6 @@ import (
 	"io"
 	"io/fs"
 	"maps"
-	"net/http"
-	"net/url"
 	"os"
 	"path"
 	"path/filepath"
@@ -583,73 +581,17 @@ func (c *countingWriter) Write(b []byte) (int, error) {
 }
 
 // putArchive PUTs the archive to the upload URL with the headers the
-// server asked for. A transient failure (a reset connection, a 5xx) is
-// tried again, 3 attempts in all; a presigned URL takes the same PUT again.
-// The URL is never printed: it carries a signature.
+// server asked for (client.PutContext), showing progress.
 func putArchive(ctx context.Context, uploadURL string, headers map[string]string, a *contextArchive, progress *uploadProgress) error {
-	delay := 500 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		retry, err := putOnce(ctx, uploadURL, headers, a, progress)
-		if err == nil {
-			progress.Done()
-			return nil
-		}
-		progress.Abort()
-		if !retry || attempt == 3 {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(delay):
-		}
-		delay *= 2
-	}
-}
-
-// putOnce makes one PUT; retry says whether a failure is worth another.
-func putOnce(ctx context.Context, uploadURL string, headers map[string]string, a *contextArchive, progress *uploadProgress) (retry bool, _ error) {
 	f, err := os.Open(a.path)
 	if err != nil {
-		return false, fmt.Errorf("upload the context: %w", err)
+		return fmt.Errorf("upload the context: %w", err)
 	}
 	defer f.Close()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, uploadURL, io.NopCloser(progress.Reader(f)))
-	if err != nil {
-		return false, fmt.Errorf("upload the context: the server's upload URL is not usable: %w", errdefs.ErrInvalid)
+	err = client.PutContext(ctx, client.Upload{URL: uploadURL, Headers: headers, Body: f, Size: a.size,
+		Wrap: progress.Reader, Failed: progress.Abort})
+	if err == nil {
+		progress.Done()
 	}
-	req.ContentLength = a.size
-	for k, v := range headers {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) { // it names the URL; keep its cause only
-			err = ue.Err
-		}
-		return isTransient(err), fmt.Errorf("upload the context: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 == 2 {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		return false, nil
-	}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-	msg := fmt.Sprintf("upload the context: the upload URL answered %s", resp.Status)
-	if s := strings.TrimSpace(string(body)); s != "" {
-		msg += ": " + s
-	}
-	kind := errdefs.ErrUnavailable
-	switch {
-	case resp.StatusCode == http.StatusRequestEntityTooLarge:
-		kind = errdefs.ErrExhausted
-	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		kind = errdefs.ErrPermission
-	case resp.StatusCode/100 == 4:
-		kind = errdefs.ErrInvalid
-	}
-	retry = resp.StatusCode == http.StatusInternalServerError || resp.StatusCode == http.StatusBadGateway ||
-		resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusGatewayTimeout
-	return retry, fmt.Errorf("%s: %w", msg, kind)
+	return err
 }
