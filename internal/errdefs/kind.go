@@ -1,0 +1,38 @@
+package errdefs
+
+import "fmt"
+
+// kindError carries a message and the kind it belongs to. Its text is only
+// the message (and the cause), so users read `--secret "x": missing id=`
+// rather than a message followed by ": invalid argument".
+type kindError struct {
+	msg  string
+	kind error
+	err  error // optional cause
+}
+
+func (e *kindError) Error() string {
+	if e.err != nil {
+		return e.msg + ": " + e.err.Error()
+	}
+	return e.msg
+}
+
+// Unwrap exposes both the kind and the cause.
+func (e *kindError) Unwrap() []error {
+	if e.err != nil {
+		return []error{e.kind, e.err}
+	}
+	return []error{e.kind}
+}
+
+// Invalidf is a user's mistake: an error of kind ErrInvalid whose text is
+// only the message.
+func Invalidf(format string, args ...any) error {
+	return &kindError{msg: fmt.Sprintf(format, args...), kind: ErrInvalid}
+}
+
+// Wrapf is an error of kind whose text is the message and cause's.
+func Wrapf(kind, cause error, format string, args ...any) error {
+	return &kindError{msg: fmt.Sprintf(format, args...), kind: kind, err: cause}
+}
