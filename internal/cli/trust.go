@@ -39,8 +39,7 @@ What a policy matches:
 Names are compared ignoring case; there are no wildcards.`
 
 func newTrustPoliciesCmd(g *globals) *cobra.Command {
-	var projectFlag string
-	var asJSON bool
+	o := &trustOutput{g: g}
 	cmd := &cobra.Command{
 		Use:     "trust-policies",
 		Aliases: []string{"trust-policy", "trust"},
@@ -51,52 +50,66 @@ func newTrustPoliciesCmd(g *globals) *cobra.Command {
   kiln trust-policies list --project k3v9x0ab2mqd
   kiln trust-policies remove --project k3v9x0ab2mqd tp_h2k9d0s8a1lq`,
 	}
-	cmd.PersistentFlags().StringVar(&projectFlag, "project", "", "project ID (env KILN_PROJECT_ID, or kiln.json)")
-	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print JSON")
-	setup := func() (client.Config, string, error) {
-		c, err := g.config()
-		if err != nil {
-			return c, "", err
-		}
-		proj, err := client.FindProject(projectFlag, ".")
-		return c, proj, err
-	}
-	print := func(w io.Writer, tps ...*kilnv1.TrustPolicy) error {
-		if asJSON {
-			var out []json.RawMessage
-			for _, tp := range tps {
-				b, err := protojson.Marshal(tp)
-				if err != nil {
-					return err
-				}
-				out = append(out, b)
-			}
-			enc := json.NewEncoder(w)
-			enc.SetIndent("", "  ")
-			if len(tps) == 1 {
-				return enc.Encode(out[0])
-			}
-			if out == nil {
-				out = []json.RawMessage{}
-			}
-			return enc.Encode(out)
-		}
-		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tPROVIDER\tMATCHES\tCREATED")
-		for _, tp := range tps {
-			provider, match := describeTrustPolicy(tp)
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", tp.TrustPolicyId, provider, match, tp.CreatedAt.AsTime().Local().Format(time.RFC3339))
-		}
-		return tw.Flush()
-	}
+	cmd.PersistentFlags().StringVar(&o.project, "project", "", "project ID (env KILN_PROJECT_ID, or kiln.json)")
+	cmd.PersistentFlags().BoolVar(&o.asJSON, "json", false, "print JSON")
+	cmd.AddCommand(newTrustListCmd(o), newTrustAddCmd(o), newTrustRemoveCmd(o))
+	return cmd
+}
 
-	cmd.AddCommand(&cobra.Command{
+// trustOutput is what the trust-policies subcommands share: the project
+// flag, --json, and how to print policies.
+type trustOutput struct {
+	g       *globals
+	project string
+	asJSON  bool
+}
+
+func (o *trustOutput) setup() (client.Config, string, error) {
+	c, err := o.g.config()
+	if err != nil {
+		return c, "", err
+	}
+	proj, err := client.FindProject(o.project, ".")
+	return c, proj, err
+}
+
+func (o *trustOutput) print(w io.Writer, tps ...*kilnv1.TrustPolicy) error {
+	if o.asJSON {
+		var out []json.RawMessage
+		for _, tp := range tps {
+			b, err := protojson.Marshal(tp)
+			if err != nil {
+				return err
+			}
+			out = append(out, b)
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if len(tps) == 1 {
+			return enc.Encode(out[0])
+		}
+		if out == nil {
+			out = []json.RawMessage{}
+		}
+		return enc.Encode(out)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tPROVIDER\tMATCHES\tCREATED")
+	for _, tp := range tps {
+		provider, match := describeTrustPolicy(tp)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", tp.TrustPolicyId, provider, match, tp.CreatedAt.AsTime().Local().Format(time.RFC3339))
+	}
+	return tw.Flush()
+}
+
+func newTrustListCmd(o *trustOutput) *cobra.Command {
+	return &cobra.Command{
 		Use:     "list",
 		Short:   "List a project's trust policies",
 		Example: "  kiln trust-policies list --project k3v9x0ab2mqd --json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, proj, err := setup()
+			c, proj, err := o.setup()
 			if err != nil {
 				return err
 			}
@@ -104,10 +117,12 @@ func newTrustPoliciesCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return print(cmd.OutOrStdout(), res.Msg.TrustPolicies...)
+			return o.print(cmd.OutOrStdout(), res.Msg.TrustPolicies...)
 		},
-	})
+	}
+}
 
+func newTrustAddCmd(o *trustOutput) *cobra.Command {
 	var github, gitlab, circleci, buildkite string
 	add := &cobra.Command{
 		Use:   "add (--github OWNER/REPO | --gitlab GROUP/PROJECT | --circleci ORG_ID/PROJECT_ID | --buildkite ORG/PIPELINE)",
@@ -122,7 +137,7 @@ func newTrustPoliciesCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, proj, err := setup()
+			c, proj, err := o.setup()
 			if err != nil {
 				return err
 			}
@@ -131,23 +146,25 @@ func newTrustPoliciesCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return print(cmd.OutOrStdout(), res.Msg.TrustPolicy)
+			return o.print(cmd.OutOrStdout(), res.Msg.TrustPolicy)
 		},
 	}
 	add.Flags().StringVar(&github, "github", "", "GitHub repository OWNER/REPO")
 	add.Flags().StringVar(&gitlab, "gitlab", "", "GitLab project path GROUP[/SUBGROUP…]/PROJECT")
 	add.Flags().StringVar(&circleci, "circleci", "", "CircleCI ORGANIZATION_ID/PROJECT_ID (UUIDs, from the organization's and project's settings)")
 	add.Flags().StringVar(&buildkite, "buildkite", "", "Buildkite ORGANIZATION_SLUG/PIPELINE_SLUG")
-	cmd.AddCommand(add)
+	return add
+}
 
-	cmd.AddCommand(&cobra.Command{
+func newTrustRemoveCmd(o *trustOutput) *cobra.Command {
+	return &cobra.Command{
 		Use:     "remove ID",
 		Aliases: []string{"rm", "delete"},
 		Short:   "Remove a trust policy; jobs it admitted are refused from their next request",
 		Example: "  kiln trust-policies remove --project k3v9x0ab2mqd tp_h2k9d0s8a1lq",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, proj, err := setup()
+			c, proj, err := o.setup()
 			if err != nil {
 				return err
 			}
@@ -158,8 +175,7 @@ func newTrustPoliciesCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(cmd.OutOrStdout(), "removed trust policy %s\n", args[0])
 			return nil
 		},
-	})
-	return cmd
+	}
 }
 
 // trustPolicyRequest builds an AddTrustPolicyRequest from exactly one of
