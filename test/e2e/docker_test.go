@@ -11,11 +11,12 @@ import (
 // kiln configure-docker makes `docker kiln build` a real kiln build, and
 // --uninstall takes it away again.
 func TestDockerCLIPlugin(t *testing.T) {
+	t.Parallel()
 	docker, err := exec.LookPath("docker")
 	if err != nil {
 		t.Fatalf("the Docker CLI is required (apt-get install docker.io): %v", err)
 	}
-	s := startServer(t)
+	s := sharedServer(t)
 	proj := s.createProject(t, "docker-plugin")
 	home := t.TempDir()
 	env := []string{"HOME=" + home, "DOCKER_CONFIG=" + filepath.Join(home, ".docker")}
@@ -52,7 +53,8 @@ func TestDockerCLIPlugin(t *testing.T) {
 // kiln doctor reports each check with what to do; the setup's buildkitd and
 // runc pass its security floors.
 func TestDoctor(t *testing.T) {
-	s := startServer(t)
+	t.Parallel()
+	s := sharedServer(t)
 	r := s.kiln(t, t.TempDir(), []string{"KILN_BUILDKITD=" + buildkitd, "KILN_DATA=" + s.Data}, "doctor")
 	for _, want := range []string{"buildkitd", "runc", "overlayfs", "binfmt", "disk", "server", s.URL + " is up"} {
 		if !strings.Contains(r.Stdout, want) {

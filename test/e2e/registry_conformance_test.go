@@ -182,6 +182,7 @@ func randomBytes(n int) []byte {
 }
 
 func TestRegistryConformance(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	proj := s.createProject(t, "oci")
 	c := s.oci(t, s.Token)
@@ -434,6 +435,7 @@ func TestRegistryConformance(t *testing.T) {
 // Scoping from the attacker's side: a project token of A, a pull token of
 // A and an anonymous client go after project B.
 func TestRegistryScopingFromTheAttackersSide(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	projA := s.createProject(t, "victim-a")
 	projB := s.createProject(t, "victim-b")
@@ -543,6 +545,7 @@ func TestRegistryScopingFromTheAttackersSide(t *testing.T) {
 // past retention is gone, one within retention is intact blob by blob, and
 // a slow chunked push across collections completes and verifies.
 func TestRegistryRetentionAndGC(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, "--registry-gc-interval", "300ms", "--registry-gc-grace", "2s")
 	expiring := s.createProject(t, "expiring")
 	kept := s.createProject(t, "kept")
@@ -637,7 +640,8 @@ func TestRegistryRetentionAndGC(t *testing.T) {
 
 // Bad input gets OCI error codes, and nothing half-written becomes visible.
 func TestRegistryBadInput(t *testing.T) {
-	s := startServer(t)
+	t.Parallel()
+	s := sharedServer(t)
 	proj := s.createProject(t, "bad")
 	c := s.oci(t, s.Token)
 	repo := proj + "/app"
@@ -706,6 +710,7 @@ func TestRegistryBadInput(t *testing.T) {
 // login, push, pull, run against a private dockerd), and BuildKit pushing
 // a build with the user's Docker credentials.
 func TestRegistryDockerAndBuildKitClients(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	proj := s.createProject(t, "clients")
 	d := startDockerd(t)
