@@ -10,9 +10,11 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"math/bits"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -143,36 +145,56 @@ func loopbackAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// pools are the --builder-subnets this test binary's servers hold: servers
-// running at once (parallel tests) never draw the same one, and kiln serve's
-// own refusal (another test binary's server holds it) makes start draw again.
+// pools are the --builder-subnets this test binary's servers hold, as
+// indexes of the 2048 /20s of 10.128.0.0/9: servers running at once
+// (parallel tests) never draw overlapping pools, and kiln serve's own
+// refusal (another test binary's server holds it) makes start draw again.
 var pools struct {
 	sync.Mutex
-	held map[string]bool
+	held map[int]bool
 }
 
-// nextBuilderSubnets is a random /20 (16 builders) of 10.128.0.0/9 that no
-// other server of this test binary holds; releasePool gives it back.
-func nextBuilderSubnets() string {
+// Pool sizes, in /20s of 16 builders (one /24 each). The shared server
+// gets 64 builders: every test using it builds in projects of its own.
+const (
+	ownPool    = 1 // a /20
+	sharedPool = 4 // a /18
+)
+
+// nextBuilderSubnets is a random pool of n /20s (n a power of two) of
+// 10.128.0.0/9 that overlaps no pool another server of this test binary
+// holds; releasePool gives it back.
+func nextBuilderSubnets(n int) string {
 	pools.Lock()
 	defer pools.Unlock()
 	if pools.held == nil {
-		pools.held = map[string]bool{}
+		pools.held = map[int]bool{}
 	}
 	for {
-		i := rand.IntN(2048)
-		p := fmt.Sprintf("10.%d.%d.0/20", 128+i/16, (i%16)*16)
-		if !pools.held[p] {
-			pools.held[p] = true
-			return p
+		first := rand.IntN(2048/n) * n
+		free := true
+		for i := first; i < first+n; i++ {
+			free = free && !pools.held[i]
 		}
+		if !free {
+			continue
+		}
+		for i := first; i < first+n; i++ {
+			pools.held[i] = true
+		}
+		return fmt.Sprintf("10.%d.%d.0/%d", 128+first/16, (first%16)*16, 20-bits.Len(uint(n))+1)
 	}
 }
 
 func releasePool(p string) {
+	prefix := netip.MustParsePrefix(p)
+	ip := prefix.Addr().As4()
+	first := (int(ip[1])-128)*16 + int(ip[2])/16
 	pools.Lock()
 	defer pools.Unlock()
-	delete(pools.held, p)
+	for i := first; i < first+1<<(20-prefix.Bits()); i++ {
+		delete(pools.held, i)
+	}
 }
 
 // startServer runs kiln serve; it is stopped (SIGTERM, then SIGKILL) when
@@ -186,7 +208,7 @@ func startServer(t *testing.T, args ...string) *server {
 // startServerEnv is startServer with extra environment variables.
 func startServerEnv(t *testing.T, env []string, args ...string) *server {
 	t.Helper()
-	s, err := newServer(env, args)
+	s, err := newServer(env, args, ownPool)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +244,7 @@ var shared struct {
 func sharedServer(t *testing.T) *server {
 	t.Helper()
 	shared.once.Do(func() {
-		s, err := newServer(nil, nil)
+		s, err := newServer(nil, nil, sharedPool)
 		if err != nil {
 			shared.err = err
 			return
@@ -263,7 +285,7 @@ func stopShared() {
 
 // newServer prepares a server on a free loopback port with a new data
 // directory; start or boot runs it.
-func newServer(env, args []string) (*server, error) {
+func newServer(env, args []string, pool int) (*server, error) {
 	// A short data path keeps builders' unix socket paths within limits.
 	data, err := os.MkdirTemp("", "kiln-e2e-")
 	if err != nil {
@@ -276,7 +298,7 @@ func newServer(env, args []string) (*server, error) {
 	}
 	autoPool := !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--builder-subnets") })
 	if autoPool {
-		args = append(slices.Clip(args), "--builder-subnets", nextBuilderSubnets())
+		args = append(slices.Clip(args), "--builder-subnets", nextBuilderSubnets(pool))
 	}
 	return &server{URL: "http://" + addr, Data: data, log: filepath.Join(data, "serve.log"), addr: addr, args: args, env: env, autoPool: autoPool}, nil
 }
@@ -347,7 +369,7 @@ func (s *server) boot() error {
 			if s.autoPool && s.poolRetries < 5 && (bytes.Contains(b, []byte("in use by another kiln process")) || bytes.Contains(b, []byte("choose other --builder-subnets"))) {
 				s.poolRetries++
 				old := s.args[len(s.args)-1]
-				s.args[len(s.args)-1] = nextBuilderSubnets()
+				s.args[len(s.args)-1] = nextBuilderSubnets(1 << (20 - netip.MustParsePrefix(old).Bits()))
 				releasePool(old)
 				return s.boot()
 			}
