@@ -16,7 +16,8 @@ import (
 	"github.com/moby/buildkit/client/llb"
 )
 
-// The real depot-go SDK, unchanged, against kiln via DEPOT_API_URL.
+// The real depot-go SDK, unchanged, against kiln via DEPOT_API_URL. Not
+// parallel: the SDK reads its URL from the environment (t.Setenv).
 func TestDepotGoSDK(t *testing.T) {
 	s := sharedServer(t)
 	proj := s.createProject(t, "sdk")
