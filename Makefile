@@ -14,8 +14,11 @@ demo:
 # The second README command: every test, unit and end-to-end (real
 # buildkitd + runc). Missing components fail; KILN_SKIP_MISSING=1 lets a
 # developer skip end-to-end tests locally instead.
+# test/e2e, the longest package, is named first so it starts first and runs
+# beside the unit packages and the bench smoke run instead of after them;
+# its tests run KILN_E2E_PARALLEL (default 3) at a time.
 test: setup vet
-	go test -count=1 -timeout 40m -p 2 ./...
+	go test -count=1 -timeout 40m -p 2 ./test/e2e ./internal/... ./...
 
 unit:
 	go test -count=1 -short ./internal/...

@@ -8,7 +8,8 @@ import (
 // Bad input gets a clear error naming the problem and changes nothing: the
 // server keeps serving and a good build still succeeds afterwards.
 func TestBadInput(t *testing.T) {
-	s := startServer(t)
+	t.Parallel()
+	s := sharedServer(t)
 	proj := s.createProject(t, "bad-input")
 	good := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox AS one\nRUN echo one > /one\n"})
 	syntax := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUNN echo typo\n"})

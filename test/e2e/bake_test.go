@@ -79,6 +79,7 @@ func writeKilnJSON(t *testing.T, dir, project string) {
 // --print shows the resolved targets without building, and only the
 // targets asked for are pushed.
 func TestBakeHCLFile(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	reg := startRegistry(t)
 	proj := s.createProject(t, "bake")
@@ -247,8 +248,9 @@ func bakeRemoteImage(t *testing.T, ref, platform string) v1.Image {
 // project, on each project's builder, and --load puts both images into the
 // Docker engine.
 func TestBakeComposeProjects(t *testing.T) {
+	t.Parallel()
 	d := startDockerd(t)
-	s := startServer(t)
+	s := sharedServer(t)
 	web, worker := s.createProject(t, "web"), s.createProject(t, "worker")
 	dir := t.TempDir()
 	for svc := range map[string]bool{"web": true, "worker": true} {
@@ -313,7 +315,8 @@ func TestBakeComposeProjects(t *testing.T) {
 // canceled, both outcomes are listed, kiln exits non-zero and the build is
 // recorded as failed.
 func TestBakeFailingTargetCancelsTheOthers(t *testing.T) {
-	s := startServer(t)
+	t.Parallel()
+	s := sharedServer(t)
 	proj := s.createProject(t, "bake-fail")
 	dir := writeContext(t, map[string]string{
 		"Dockerfile.bad":  baseStages + "\nFROM busybox\nRUN sleep 1; echo broken; exit 3\n",
@@ -345,7 +348,8 @@ target "slow" { dockerfile = "Dockerfile.slow" }
 // Mistakes in bake files are reported with where they are, before any
 // build is created.
 func TestBakeBadInput(t *testing.T) {
-	s := startServer(t)
+	t.Parallel()
+	s := sharedServer(t)
 	proj, other := s.createProject(t, "bake-bad"), s.createProject(t, "bake-other")
 	cases := []struct {
 		name string
@@ -437,6 +441,7 @@ func TestBakeBadInput(t *testing.T) {
 // (<build id>-<target>, <save tag>-<target>); a target built only as
 // another's context is not saved.
 func TestBakeSave(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	s.requireRegistry(t)
 	proj := s.createProject(t, "bake-save")

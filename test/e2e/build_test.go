@@ -30,10 +30,8 @@ FROM busybox AS broken
 RUN exit 3
 `
 
-// One server for the tests that need no special configuration.
-func sharedServer(t *testing.T) *server { return startServer(t) }
-
 func TestBuildOutputsCacheAndIsolation(t *testing.T) {
+	t.Parallel()
 	s := sharedServer(t)
 	projA := s.createProject(t, "app-a")
 	projB := s.createProject(t, "app-b")
@@ -124,6 +122,7 @@ func (s *server) buildStatusByIndex(t *testing.T, project string, i int) cliv1.B
 }
 
 func TestIsolationFromTheAttackersSide(t *testing.T) {
+	t.Parallel()
 	s := sharedServer(t)
 	projA := s.createProject(t, "victim")
 	projB := s.createProject(t, "attacker")

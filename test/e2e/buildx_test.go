@@ -111,6 +111,7 @@ func (m bxManifest) attestationManifests() int {
 // A user switching from `docker buildx build --load` gets the image in
 // their own Docker engine (DOCKER_HOST), tagged, and runs it.
 func TestLoadIntoDocker(t *testing.T) {
+	t.Parallel()
 	d := startDockerd(t)
 	s := startServer(t)
 	proj := s.createProject(t, "load")
@@ -186,6 +187,7 @@ func TestLoadIntoDocker(t *testing.T) {
 // credentials, the pushed digest is the one reported, Docker pulls the
 // same digest back, and attestations and compression are as asked.
 func TestPushToRegistry(t *testing.T) {
+	t.Parallel()
 	reg := startRegistry(t)
 	d := startDockerd(t)
 	s := startServer(t)
@@ -277,6 +279,7 @@ func TestPushToRegistry(t *testing.T) {
 // --cache-to/--cache-from type=registry carry one project's cache to
 // another builder; CI cache backends are accepted with a warning.
 func TestRegistryCacheRoundTrip(t *testing.T) {
+	t.Parallel()
 	reg := startRegistry(t)
 	s := startServer(t)
 	a, b := s.createProject(t, "cache-to"), s.createProject(t, "cache-from")
@@ -313,6 +316,7 @@ func TestRegistryCacheRoundTrip(t *testing.T) {
 // The Dockerfile frontend's checks: --call=check prints them like buildx
 // and exits 1; --lint prints them before building and fails on errors.
 func TestLintAndCall(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	proj := s.createProject(t, "lint")
 	badDockerfile := baseStages + "\nFROM busybox as final\nRUN echo hi > /x\n"
@@ -405,6 +409,7 @@ func TestLintAndCall(t *testing.T) {
 // Malformed buildx flags are refused before a build exists; the server
 // keeps serving.
 func TestBuildxFlagsBadInput(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	proj := s.createProject(t, "bx-bad")
 	dir := writeContext(t, map[string]string{"Dockerfile": bxDockerfile})
@@ -449,6 +454,7 @@ func TestBuildxFlagsBadInput(t *testing.T) {
 // way kiln's own registry is reached over plain HTTP), and a value that is
 // not a host[:port] stops the server at start.
 func TestInsecureRegistryFlag(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, "--insecure-registry", "registry.kiln.test:5000", "--insecure-registry", "kiln-registry")
 	proj := s.createProject(t, "insecure-reg")
 	dir := writeContext(t, map[string]string{"Dockerfile": bxDockerfile})

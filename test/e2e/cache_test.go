@@ -25,7 +25,8 @@ RUN cat /sum /marker > /out
 // `kiln cache reset` empties one project's cache: its next build has no
 // cache hits while another project, built the same way, keeps its cache.
 func TestCacheResetEmptiesOneProject(t *testing.T) {
-	s := startServer(t)
+	t.Parallel()
+	s := sharedServer(t)
 	projA := s.createProject(t, "cache-a")
 	projB := s.createProject(t, "cache-b")
 	dir := writeContext(t, map[string]string{"Dockerfile": cacheDockerfile, "data.txt": "same input\n"})
@@ -67,7 +68,8 @@ func TestCacheResetEmptiesOneProject(t *testing.T) {
 // depot.cli.v1beta1.ProjectsService through its generated client: what a
 // caller sees, with organization names; who may reset which cache.
 func TestCLIProjectsService(t *testing.T) {
-	s := startServer(t)
+	t.Parallel()
+	s := sharedServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	projA := s.createProject(t, "v1beta1-a")

@@ -45,6 +45,7 @@ func rawJSON(t *testing.T, s *server, token, procedure string, body any) (int, m
 // RPCs are called with raw JSON as Depot's API docs show; streaming ones
 // through generated clients.
 func TestEveryDepotRPC(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	proj := s.createProject(t, "compat")
 	scratch := s.createProject(t, "compat-scratch")

@@ -16,9 +16,10 @@ import (
 	"github.com/moby/buildkit/client/llb"
 )
 
-// The real depot-go SDK, unchanged, against kiln via DEPOT_API_URL.
+// The real depot-go SDK, unchanged, against kiln via DEPOT_API_URL. Not
+// parallel: the SDK reads its URL from the environment (t.Setenv).
 func TestDepotGoSDK(t *testing.T) {
-	s := startServer(t)
+	s := sharedServer(t)
 	proj := s.createProject(t, "sdk")
 	t.Setenv("DEPOT_API_URL", s.URL)
 	ctx := t.Context()
@@ -60,7 +61,8 @@ func TestDepotGoSDK(t *testing.T) {
 
 // A plain HTTP/1.1 JSON POST works, as Depot's API docs show with curl.
 func TestPlainHTTPJSON(t *testing.T) {
-	s := startServer(t)
+	t.Parallel()
+	s := sharedServer(t)
 	proj := s.createProject(t, "json-visible")
 	req, _ := http.NewRequest("POST", s.URL+"/depot.core.v1.ProjectService/ListProjects", bytes.NewBufferString("{}"))
 	req.Header.Set("Content-Type", "application/json")

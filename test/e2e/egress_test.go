@@ -11,6 +11,7 @@ import (
 // `kiln projects update --egress-allow`; the project's own token (what a
 // tenant holds) can read the list but never change it.
 func TestEgressAllowList(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	proj := s.createProject(t, "egress-admin")
 	other := s.createProject(t, "egress-other")

@@ -21,6 +21,7 @@ import (
 // A client that stops reporting health has its build canceled and its
 // builder released (then stopped when idle) within the timeout.
 func TestAbandonedBuildIsCanceled(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, "--health-timeout", "3s", "--builder-idle-timeout", "2s")
 	proj := s.createProject(t, "abandoned")
 	id, tok := s.createBuild(t, proj, s.Token)
@@ -95,6 +96,7 @@ func mountsUnder(dir string) []string {
 // Killing a project's buildkitd mid-build fails that build quickly and
 // clearly, leaves no orphaned process or mount, and the next build works.
 func TestBuilderCrashMidBuild(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	proj := s.createProject(t, "crashy")
 	other := s.createProject(t, "bystander")

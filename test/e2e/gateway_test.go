@@ -43,6 +43,7 @@ func listWorkers(ctx context.Context, c *bkclient.Client) error {
 // cuts the open connection at once and refuses new ones, and the build
 // token is dead.
 func TestGatewayRevokesEndedBuilds(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	ctx := t.Context()
 	proj := s.createProject(t, "revoke")
@@ -125,7 +126,8 @@ func registryTokenStatus(t *testing.T, s *server, token, proj string) int {
 // buildkitd listens on nothing but its unix socket: no TCP port on the
 // host reaches a builder around the gateway.
 func TestBuildersListenOnNoTCPPort(t *testing.T) {
-	s := startServer(t)
+	t.Parallel()
+	s := sharedServer(t)
 	proj := s.createProject(t, "nolisten")
 	id, tok := s.createBuild(t, proj, s.Token)
 	s.activeConnection(t, id, tok)
@@ -171,6 +173,7 @@ func listeningTCPInodes(t *testing.T) map[string]bool {
 // (AWS_*), a builder has none of them, and a build's certificate cannot
 // use BuildKit's S3 cache export to write into kiln's bucket.
 func TestBuildersGetNoKilnCredentials(t *testing.T) {
+	t.Parallel()
 	gw := s3test.Start(t)
 	env := []string{"AWS_ACCESS_KEY_ID=" + gw.AccessKey, "AWS_SECRET_ACCESS_KEY=" + gw.SecretKey, "AWS_REGION=" + gw.Region,
 		"KILN_SECRET_CANARY=canary"}

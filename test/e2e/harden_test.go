@@ -46,6 +46,7 @@ func (s *server) projectToken(t *testing.T, project string) string {
 // prefers over the query), are refused; through the query, a mount from
 // another project is not done, with or without from.
 func TestRegistryFormBodyFromTheAttackersSide(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	projA, projB := s.createProject(t, "attacker"), s.createProject(t, "victim")
 	tokA := s.projectToken(t, projA)
@@ -148,6 +149,7 @@ func (b *holdBody) Read(p []byte) (int, error) {
 // are read: the answer comes while the body stalls after 4 KiB, and 64
 // concurrent 15 MB requests don't grow the server's memory.
 func TestAnonymousBodiesRefusedUnread(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	proc := "/depot.core.v1.ProjectService/ListProjects"
 	for _, grpc := range []bool{false, true} {
@@ -232,6 +234,7 @@ func openFDs(pid int) int {
 // and after, the server answers at once and holds no more descriptors
 // than before.
 func TestSlowBodiesDroppedFromTheAttackersSide(t *testing.T) {
+	t.Parallel()
 	const timeout = 2 * time.Second
 	s := startServer(t, "--body-timeout", timeout.String())
 	projA := s.createProject(t, "slowpoke")
@@ -323,6 +326,7 @@ func (s *server) loginClientFrom(ip string) cliv1beta1connect.LoginServiceClient
 // it gets its share and then ResourceExhausted saying why; another
 // address still logs in.
 func TestLoginSlotsPerAddressFromTheAttackersSide(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	attacker, other := s.loginClientFrom("127.0.0.1"), s.loginClientFrom("127.0.0.2")
 	got := 0
@@ -356,6 +360,7 @@ func TestLoginSlotsPerAddressFromTheAttackersSide(t *testing.T) {
 // A build token asking about another tenant's build hears exactly what
 // it hears for a build that does not exist.
 func TestBuildTokenCannotTellOthersBuildsExist(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	projA, projB := s.createProject(t, "attacker"), s.createProject(t, "victim")
 	_, tokA := s.createBuild(t, projA, s.Token)
@@ -416,6 +421,7 @@ func TestBuildTokenCannotTellOthersBuildsExist(t *testing.T) {
 // and certificates; also after an older kiln left the data dir 0755 and
 // the database 0644.
 func TestDataDirOwnerOnly(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	proj := s.createProject(t, "files")
 	s.oci(t, s.Token).pushImage(proj+"/app", "v1", "content")

@@ -8,15 +8,20 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
+	"math/bits"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -74,7 +79,31 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: go build kiln: %v\n", err)
 		return 1
 	}
+	flag.Parse()
+	setParallel()
+	defer stopShared()
 	return m.Run()
+}
+
+// setParallel bounds how many tests marked parallel run at once: each runs
+// its own builders (buildkitd processes) and builds, and a 2-core machine
+// is saturated by a few. KILN_E2E_PARALLEL sets the bound (default 3); an
+// explicit -parallel flag wins.
+func setParallel() {
+	explicit := false
+	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "test.parallel" })
+	if explicit {
+		return
+	}
+	n := 3
+	if v := os.Getenv("KILN_E2E_PARALLEL"); v != "" {
+		if i, err := strconv.Atoi(v); err == nil && i > 0 {
+			n = i
+		} else {
+			fmt.Fprintf(os.Stderr, "e2e: KILN_E2E_PARALLEL=%q is not a positive number; using %d\n", v, n)
+		}
+	}
+	flag.Set("test.parallel", strconv.Itoa(n))
 }
 
 // server is one `kiln serve` process on a loopback port with its own data
@@ -97,25 +126,78 @@ type server struct {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := loopbackAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
-// nextBuilderSubnets is a random /20 (16 builders) of 10.128.0.0/9. kiln
-// serve refuses a pool another kiln process holds (servers running at once,
-// here or in another test binary, must not share bridges or egress
-// chains); start then picks another.
-func nextBuilderSubnets() string {
-	i := rand.IntN(2048)
-	return fmt.Sprintf("10.%d.%d.0/20", 128+i/16, (i%16)*16)
+// loopbackAddr is a loopback address no one listens on right now.
+func loopbackAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// pools are the --builder-subnets this test binary's servers hold, as
+// indexes of the 2048 /20s of 10.128.0.0/9: servers running at once
+// (parallel tests) never draw overlapping pools, and kiln serve's own
+// refusal (another test binary's server holds it) makes start draw again.
+var pools struct {
+	sync.Mutex
+	held map[int]bool
+}
+
+// Pool sizes, in /20s of 16 builders (one /24 each). The shared server
+// gets 64 builders: every test using it builds in projects of its own.
+const (
+	ownPool    = 1 // a /20
+	sharedPool = 4 // a /18
+)
+
+// nextBuilderSubnets is a random pool of n /20s (n a power of two) of
+// 10.128.0.0/9 that overlaps no pool another server of this test binary
+// holds; releasePool gives it back.
+func nextBuilderSubnets(n int) string {
+	pools.Lock()
+	defer pools.Unlock()
+	if pools.held == nil {
+		pools.held = map[int]bool{}
+	}
+	for {
+		first := rand.IntN(2048/n) * n
+		free := true
+		for i := first; i < first+n; i++ {
+			free = free && !pools.held[i]
+		}
+		if !free {
+			continue
+		}
+		for i := first; i < first+n; i++ {
+			pools.held[i] = true
+		}
+		return fmt.Sprintf("10.%d.%d.0/%d", 128+first/16, (first%16)*16, 20-bits.Len(uint(n))+1)
+	}
+}
+
+func releasePool(p string) {
+	prefix := netip.MustParsePrefix(p)
+	ip := prefix.Addr().As4()
+	first := (int(ip[1])-128)*16 + int(ip[2])/16
+	pools.Lock()
+	defer pools.Unlock()
+	for i := first; i < first+1<<(20-prefix.Bits()); i++ {
+		delete(pools.held, i)
+	}
 }
 
 // startServer runs kiln serve; it is stopped (SIGTERM, then SIGKILL) when
-// the test ends, and its log is printed if the test failed.
+// the test ends, and its log is printed if the test failed. A test that
+// needs no flags, restarts or server-wide state uses sharedServer instead.
 func startServer(t *testing.T, args ...string) *server {
 	t.Helper()
 	return startServerEnv(t, nil, args...)
@@ -124,54 +206,150 @@ func startServer(t *testing.T, args ...string) *server {
 // startServerEnv is startServer with extra environment variables.
 func startServerEnv(t *testing.T, env []string, args ...string) *server {
 	t.Helper()
-	// A short data path keeps builders' unix socket paths within limits.
-	data, err := os.MkdirTemp("", "kiln-e2e-")
+	s, err := newServer(env, args, ownPool)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
-	autoPool := !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--builder-subnets") })
-	if autoPool {
-		args = append(slices.Clip(args), "--builder-subnets", nextBuilderSubnets())
-	}
-	s := &server{URL: "http://" + addr, Data: data, log: filepath.Join(data, "serve.log"), addr: addr, args: args, env: env, autoPool: autoPool}
 	t.Cleanup(func() {
 		s.stop(t)
 		if t.Failed() {
 			b, _ := os.ReadFile(s.log)
 			t.Logf("kiln serve log:\n%s", tail(string(b), 12000))
 		}
-		os.RemoveAll(data)
+		s.remove()
 	})
 	s.start(t)
-	tok, err := os.ReadFile(filepath.Join(data, "admin.token"))
-	if err != nil {
-		t.Fatalf("admin token: %v", err)
-	}
-	if fi, _ := os.Stat(filepath.Join(data, "admin.token")); fi.Mode().Perm() != 0o600 {
-		t.Errorf("admin.token mode = %v, want 0600", fi.Mode().Perm())
-	}
-	s.Token = strings.TrimSpace(string(tok))
-	if b, _ := os.ReadFile(s.log); bytes.Contains(b, []byte(s.Token)) {
-		t.Errorf("the admin token appears in the server log")
+	if err := s.readToken(); err != nil {
+		t.Error(err)
 	}
 	return s
+}
+
+// shared is the one `kiln serve` with default flags that the tests which
+// need nothing more share, each in projects of its own (projects are
+// isolated by design, so sharing a server is what users do). It is started
+// by the first test that asks and stopped by TestMain.
+var shared struct {
+	once sync.Once
+	s    *server
+	err  error
+}
+
+// sharedServer returns the shared server, starting it on first use. A test
+// using it must scope what it asserts to its own projects and tokens, never
+// count server-wide things (all projects, the audit log, all builders), and
+// never stop, restart or reconfigure it.
+func sharedServer(t *testing.T) *server {
+	t.Helper()
+	shared.once.Do(func() {
+		s, err := newServer(nil, nil, sharedPool)
+		if err != nil {
+			shared.err = err
+			return
+		}
+		if err = s.boot(); err == nil {
+			err = s.readToken()
+		}
+		if err != nil {
+			s.close()
+			s.remove()
+			shared.err = err
+			return
+		}
+		shared.s = s
+	})
+	if shared.err != nil {
+		t.Fatalf("the shared kiln serve: %v", shared.err)
+	}
+	s := shared.s
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(s.log)
+			t.Logf("shared kiln serve log (all tests' requests):\n%s", tail(string(b), 12000))
+		}
+	})
+	return s
+}
+
+// stopShared stops the shared server, if a test started it.
+func stopShared() {
+	if s := shared.s; s != nil {
+		if err := s.close(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: the shared kiln serve: %v\n", err)
+		}
+		s.remove()
+	}
+}
+
+// newServer prepares a server on a free loopback port with a new data
+// directory; start or boot runs it.
+func newServer(env, args []string, pool int) (*server, error) {
+	// A short data path keeps builders' unix socket paths within limits.
+	data, err := os.MkdirTemp("", "kiln-e2e-")
+	if err != nil {
+		return nil, err
+	}
+	addr, err := loopbackAddr()
+	if err != nil {
+		os.RemoveAll(data)
+		return nil, err
+	}
+	autoPool := !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--builder-subnets") })
+	if autoPool {
+		args = append(slices.Clip(args), "--builder-subnets", nextBuilderSubnets(pool))
+	}
+	return &server{URL: "http://" + addr, Data: data, log: filepath.Join(data, "serve.log"), addr: addr, args: args, env: env, autoPool: autoPool}, nil
+}
+
+// readToken reads the bootstrap admin token, which must be owner-only and
+// never logged.
+func (s *server) readToken() error {
+	p := filepath.Join(s.Data, "admin.token")
+	tok, err := os.ReadFile(p)
+	if err != nil {
+		return fmt.Errorf("admin token: %w", err)
+	}
+	s.Token = strings.TrimSpace(string(tok))
+	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o600 {
+		return fmt.Errorf("admin.token mode = %v, want 0600", fi.Mode().Perm())
+	}
+	if b, _ := os.ReadFile(s.log); bytes.Contains(b, []byte(s.Token)) {
+		return fmt.Errorf("the admin token appears in the server log")
+	}
+	return nil
+}
+
+// remove deletes the server's data directory and gives back its pool.
+func (s *server) remove() {
+	os.RemoveAll(s.Data)
+	if s.autoPool {
+		releasePool(s.args[len(s.args)-1])
+	}
 }
 
 // start runs `kiln serve` on the server's address and data directory and
 // waits until it answers /healthz. Its output is appended to the log.
 func (s *server) start(t *testing.T) {
 	t.Helper()
+	if err := s.boot(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// boot is start for callers without a test: it returns what went wrong.
+func (s *server) boot() error {
 	logf, err := os.OpenFile(s.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	s.cmd = exec.Command(kilnBin, append([]string{"serve", "--data", s.Data, "--addr", s.addr, "--buildkitd", buildkitd, "--log-level", "debug"}, s.args...)...)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	s.cmd.Env = append(os.Environ(), s.env...)
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
+		logf.Close()
+		s.cmd = nil
+		return err
 	}
 	exited := make(chan struct{})
 	s.exited = exited
@@ -180,22 +358,24 @@ func (s *server) start(t *testing.T) {
 	for {
 		if res, err := http.Get(s.URL + "/healthz"); err == nil {
 			res.Body.Close()
-			break
+			return nil
 		}
 		select {
 		case <-exited:
+			s.cmd = nil
 			b, _ := os.ReadFile(s.log)
 			if s.autoPool && s.poolRetries < 5 && (bytes.Contains(b, []byte("in use by another kiln process")) || bytes.Contains(b, []byte("choose other --builder-subnets"))) {
 				s.poolRetries++
-				s.args[len(s.args)-1] = nextBuilderSubnets()
-				s.start(t)
-				return
+				old := s.args[len(s.args)-1]
+				s.args[len(s.args)-1] = nextBuilderSubnets(1 << (20 - netip.MustParsePrefix(old).Bits()))
+				releasePool(old)
+				return s.boot()
 			}
-			t.Fatalf("kiln serve exited at start:\n%s", b)
+			return fmt.Errorf("kiln serve exited at start:\n%s", b)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("kiln serve did not answer /healthz within 20s")
+			return fmt.Errorf("kiln serve did not answer /healthz within 20s")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -205,18 +385,26 @@ func (s *server) start(t *testing.T) {
 // if it does not stop within 30s. Stopping a stopped server does nothing.
 func (s *server) stop(t *testing.T) {
 	t.Helper()
-	if s.cmd == nil {
-		return
+	if err := s.close(); err != nil {
+		t.Error(err)
 	}
+}
+
+// close is stop for callers without a test.
+func (s *server) close() error {
+	if s.cmd == nil {
+		return nil
+	}
+	defer func() { s.cmd = nil }()
 	s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-s.exited:
+		return nil
 	case <-time.After(30 * time.Second):
-		t.Errorf("kiln serve did not stop within 30s of SIGTERM")
 		syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
 		<-s.exited
+		return fmt.Errorf("kiln serve did not stop within 30s of SIGTERM")
 	}
-	s.cmd = nil
 }
 
 // restart stops kiln serve and starts it again on the same address and

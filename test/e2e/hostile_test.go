@@ -61,21 +61,36 @@ func (s *server) builderPool(t *testing.T) netip.Prefix {
 // (kiln serve --builder-subnets), apart from the 10.128.0.0/9 the harness
 // draws from: these tests judge one server's isolation and must not see
 // another run's servers (kiln serve also refuses a pool another kiln
-// process holds; see TestHostileTwoServersOnePool).
+// process holds; see TestHostileTwoServersOnePool). Tests running at once
+// never draw the same pool; each holds its own until it ends.
 func isolatedPool(t *testing.T) string {
 	t.Helper()
 	hostIPs, _ := hostAddrs(t)
+	isolatedPools.Lock()
+	defer isolatedPools.Unlock()
 	for range 50 {
 		b := make([]byte, 2)
 		rand.Read(b)
 		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 16 + b[0]%16, (b[1] % 16) * 16, 0}), 20)
-		if !slices.ContainsFunc(hostIPs, p.Contains) {
+		if !slices.ContainsFunc(hostIPs, p.Contains) && !isolatedPools.held[p] {
+			isolatedPools.held[p] = true
+			t.Cleanup(func() {
+				isolatedPools.Lock()
+				defer isolatedPools.Unlock()
+				delete(isolatedPools.held, p)
+			})
 			return p.String()
 		}
 	}
 	t.Fatal("no free /20 in 172.16.0.0/12")
 	return ""
 }
+
+// isolatedPools are the pools isolatedPool handed to tests still running.
+var isolatedPools = struct {
+	sync.Mutex
+	held map[netip.Prefix]bool
+}{held: map[netip.Prefix]bool{}}
 
 var (
 	probeOnce sync.Once
@@ -398,6 +413,7 @@ func excerpt(data []byte, at, n int) string {
 // network, listens on nothing the host exposes, and finds no credential
 // of kiln's.
 func TestHostileNetwork(t *testing.T) {
+	t.Parallel()
 	nonce := randomHex(t, 6)
 	canary := "kiln-canary-" + nonce
 	s := startServerEnv(t, []string{"AWS_SECRET_ACCESS_KEY=" + canary, "AWS_ACCESS_KEY_ID=AKIA" + canary, "KILN_E2E_CANARY=" + canary},
@@ -785,6 +801,7 @@ func checkOnlyLoopback(t *testing.T, path, what string) {
 
 // `kiln build --network none`: every RUN step has loopback only.
 func TestHostileNetworkNone(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, "--builder-subnets", isolatedPool(t))
 	proj := s.createProject(t, "hostile-none")
 	dir := probeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox AS probe\nCOPY kiln-probe /\n" +
@@ -886,6 +903,7 @@ func startMirror(t *testing.T) mirror {
 // steps reach it, B's (no allow-list) do not, and once the operator
 // clears A's list A's next build does not either.
 func TestHostileEgressAllowList(t *testing.T) {
+	t.Parallel()
 	m := startMirror(t)
 	s := startServer(t, "--builder-subnets", isolatedPool(t))
 	projA := s.createProject(t, "egress-allowed")
@@ -1012,6 +1030,7 @@ func bridgeOf(t *testing.T, s *server, project string) string {
 // bridges of its own; and when one stops, the other's RUN steps must stay
 // behind their egress policy.
 func TestHostileTwoServersOnePool(t *testing.T) {
+	t.Parallel()
 	m := startMirror(t)
 	pool := isolatedPool(t)
 	s1 := startServer(t, "--builder-subnets", pool)

@@ -119,6 +119,7 @@ func (d *dockerd) docker(t *testing.T, args ...string) (string, error) {
 
 // Smoke test of the harness itself: both come up and answer.
 func TestInfraHarness(t *testing.T) {
+	t.Parallel()
 	reg := startRegistry(t)
 	res, err := http.Get("http://" + reg + "/v2/")
 	if err != nil || res.StatusCode != 200 {

@@ -77,6 +77,7 @@ func codeOf(err error) connect.Code { return connect.CodeOf(err) }
 // from their terminal, the user's later commands work with the saved
 // token; deleting that token stops it on the very next request.
 func TestDeviceLoginThroughCLI(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	proj := s.createProject(t, "device-login")
 	home := t.TempDir()
@@ -206,6 +207,7 @@ func TestDeviceLoginThroughCLI(t *testing.T) {
 // The login protocol's edges through depot.cli.v1beta1's generated client:
 // no token needed to start, unknown ids, denial, a login finished once.
 func TestDeviceLoginProtocol(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -262,6 +264,7 @@ func TestDeviceLoginProtocol(t *testing.T) {
 // The approval page: shows the code, escapes everything, refuses bad
 // tokens and cross-origin posts, approves with an organization token.
 func TestLoginApprovalPage(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

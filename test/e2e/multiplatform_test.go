@@ -186,6 +186,7 @@ func mpLayerFile(t *testing.T, layers [][]byte, path string) string {
 // linux/arm64 in one `kiln build`, and gets one image index whichever way
 // they ask for it, each platform's RUN having run as that architecture.
 func TestMultiPlatformBuild(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	proj := s.createProject(t, "multi")
 	ctxDir := writeMultiContext(t)

@@ -21,6 +21,7 @@ import (
 // Actions. The job builds in the project whose trust policy its repository
 // matches, and nothing else.
 func TestOIDCTrustPolicies(t *testing.T) {
+	t.Parallel()
 	iss := oidctest.NewIssuer(t)
 	const aud = "kiln-test"
 	s := startServer(t, "--oidc-github-issuer", iss.URL, "--oidc-audience", aud, "--oidc-jwks-min-refresh", "200ms")
@@ -196,6 +197,7 @@ func TestOIDCTrustPolicies(t *testing.T) {
 // kiln trust-policies manages all four providers through kiln.v1, and
 // refuses malformed input before or at the server.
 func TestTrustPoliciesCLI(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	proj := s.createProject(t, "trusting")
 	dir := t.TempDir()

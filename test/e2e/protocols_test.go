@@ -13,7 +13,8 @@ import (
 // The same port answers Connect (JSON and protobuf) over HTTP/1.1 and gRPC
 // and gRPC-Web over h2c, as the depot CLI (h2c) and curl users expect.
 func TestProtocolsOnOnePort(t *testing.T) {
-	s := startServer(t)
+	t.Parallel()
+	s := sharedServer(t)
 	proj := s.createProject(t, "protocols")
 	h2c := &http.Client{Transport: &http.Transport{Protocols: func() *http.Protocols {
 		p := new(http.Protocols)
@@ -40,7 +41,8 @@ func TestProtocolsOnOnePort(t *testing.T) {
 
 // The project commands, login and version as a user runs them.
 func TestProjectsAndLoginCLI(t *testing.T) {
-	s := startServer(t)
+	t.Parallel()
+	s := sharedServer(t)
 	dir := t.TempDir()
 	id := s.createProject(t, "cli-project")
 	if r := s.mustKiln(t, dir, "projects", "list"); !strings.Contains(r.Stdout, id) || !strings.Contains(r.Stdout, "cli-project") {

@@ -31,9 +31,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcrv1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -182,6 +180,7 @@ func randomBytes(n int) []byte {
 }
 
 func TestRegistryConformance(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	proj := s.createProject(t, "oci")
 	c := s.oci(t, s.Token)
@@ -434,6 +433,7 @@ func TestRegistryConformance(t *testing.T) {
 // Scoping from the attacker's side: a project token of A, a pull token of
 // A and an anonymous client go after project B.
 func TestRegistryScopingFromTheAttackersSide(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	projA := s.createProject(t, "victim-a")
 	projB := s.createProject(t, "victim-b")
@@ -543,6 +543,7 @@ func TestRegistryScopingFromTheAttackersSide(t *testing.T) {
 // past retention is gone, one within retention is intact blob by blob, and
 // a slow chunked push across collections completes and verifies.
 func TestRegistryRetentionAndGC(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, "--registry-gc-interval", "300ms", "--registry-gc-grace", "2s")
 	expiring := s.createProject(t, "expiring")
 	kept := s.createProject(t, "kept")
@@ -637,7 +638,8 @@ func TestRegistryRetentionAndGC(t *testing.T) {
 
 // Bad input gets OCI error codes, and nothing half-written becomes visible.
 func TestRegistryBadInput(t *testing.T) {
-	s := startServer(t)
+	t.Parallel()
+	s := sharedServer(t)
 	proj := s.createProject(t, "bad")
 	c := s.oci(t, s.Token)
 	repo := proj + "/app"
@@ -700,100 +702,6 @@ func TestRegistryBadInput(t *testing.T) {
 	// Unknown upload sessions and endpoints.
 	c.expectError(404, "BLOB_UPLOAD_UNKNOWN", "PATCH", "/v2/"+repo+"/blobs/uploads/00000000-0000-0000-0000-000000000000", []byte("x"), "Content-Type", "application/octet-stream")
 	c.expectError(404, "NOT_FOUND", "GET", "/v2/"+repo+"/whatever", nil)
-}
-
-// Real clients authenticate with no special flags: the Docker CLI (docker
-// login, push, pull, run against a private dockerd), and BuildKit pushing
-// a build with the user's Docker credentials.
-func TestRegistryDockerAndBuildKitClients(t *testing.T) {
-	s := startServer(t)
-	proj := s.createProject(t, "clients")
-	d := startDockerd(t)
-	host := strings.TrimPrefix(s.URL, "http://")
-
-	// An image for Docker to push: busybox, made locally.
-	tarPath := filepath.Join(t.TempDir(), "img.tar")
-	img, err := random.Image(1024, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tag, _ := name.NewTag("local/random:1")
-	if err := tarball.WriteToFile(tarPath, tag, img); err != nil {
-		t.Fatal(err)
-	}
-	mustDocker := func(args ...string) string {
-		t.Helper()
-		out, err := d.docker(t, args...)
-		if err != nil {
-			t.Fatalf("docker %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return out
-	}
-	mustDocker("load", "-i", tarPath)
-	ref := host + "/" + proj + "/random:1"
-	mustDocker("tag", "local/random:1", ref)
-	if out, err := d.docker(t, "push", ref); err == nil {
-		t.Errorf("docker push without login succeeded:\n%s", out)
-	}
-	if out, err := d.docker(t, "login", "-u", "x-token", "--password-stdin", host); err == nil {
-		t.Errorf("docker login with no password succeeded: %s", out)
-	}
-	login := func(token string) {
-		t.Helper()
-		out, err := dockerShell(t, d, fmt.Sprintf("echo %s | docker login -u x-token --password-stdin %s", token, host))
-		if err != nil {
-			t.Fatalf("docker login: %v\n%s", err, out)
-		}
-	}
-	login(s.Token)
-	mustDocker("push", ref)
-	mustDocker("rmi", ref, "local/random:1")
-	mustDocker("pull", ref)
-	want, _ := img.Digest()
-	if out := mustDocker("image", "inspect", "--format", "{{.ID}}", ref); !strings.Contains(out, mustConfigDigest(t, img)) {
-		t.Errorf("pulled image id %s, pushed config %s (manifest %s)", out, mustConfigDigest(t, img), want)
-	}
-	// Another project's token: docker login works, the push is refused.
-	other := s.createProject(t, "clients-other")
-	dir := t.TempDir()
-	tokOther := strings.TrimSpace(s.mustKiln(t, dir, "tokens", "create", "--project", other).Stdout)
-	login(tokOther)
-	if out, err := d.docker(t, "push", ref); err == nil || !(strings.Contains(out, "denied") || strings.Contains(out, "unauthorized")) {
-		t.Errorf("docker push into another project: %v\n%s", err, out)
-	}
-
-	// BuildKit (kiln build --push) pushes to kiln's registry with the
-	// user's Docker credentials: an index with its provenance attestation.
-	dockerConfig := t.TempDir()
-	auth := base64.StdEncoding.EncodeToString([]byte("x-token:" + s.Token))
-	os.WriteFile(filepath.Join(dockerConfig, "config.json"), []byte(`{"auths":{"`+host+`":{"auth":"`+auth+`"}}}`), 0o600)
-	ctxDir := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo built > /file\n"})
-	built := host + "/" + proj + "/built:1"
-	r := s.kiln(t, ctxDir, []string{"DOCKER_CONFIG=" + dockerConfig}, "build", "--project", proj, "-t", built, "--push", "--progress", "plain", ".")
-	if r.Err != nil {
-		t.Fatalf("kiln build --push to kiln's registry: %v\n%s", r.Err, tail(r.Stderr, 6000))
-	}
-	bref, _ := name.ParseReference(built, name.Insecure)
-	desc, err := remote.Get(bref, remote.WithAuth(&authn.Basic{Username: "x-token", Password: s.Token}))
-	if err != nil || !desc.MediaType.IsIndex() {
-		t.Fatalf("the pushed build: %v %v", desc, err)
-	}
-	login(s.Token)
-	mustDocker("pull", built)
-	if out := mustDocker("run", "--rm", "--network", "none", built, "cat", "/file"); strings.TrimSpace(out) != "built" {
-		t.Errorf("docker run the built image: %q", out)
-	}
-	// It is listed by Depot's RegistryService.
-	list := httpJSON(t, s, "depot.build.v1.RegistryService/ListImages", s.Token, map[string]any{"projectId": proj})
-	if !strings.Contains(list, `"tag":"built:1"`) || !strings.Contains(list, `"tag":"random:1"`) {
-		t.Errorf("ListImages = %s", list)
-	}
-	if r := httpJSON(t, s, "depot.build.v1.RegistryService/DeleteImage", s.Token, map[string]any{"projectId": proj, "imageTags": []string{"random:1"}}); r != "{}" {
-		t.Errorf("DeleteImage = %s", r)
-	}
-	if list := httpJSON(t, s, "depot.build.v1.RegistryService/ListImages", s.Token, map[string]any{"projectId": proj}); strings.Contains(list, "random:1") {
-		t.Errorf("ListImages after DeleteImage = %s", list)
-	}
 }
 
 // blobStored reports whether kiln's registry holds a blob on disk.

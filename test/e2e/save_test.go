@@ -94,6 +94,7 @@ RUN echo saved-by-kiln > /file
 // A developer saves a build, pulls it into Docker by build id and by
 // --save-tag, and runs it; the pull credentials read but never write.
 func TestSaveAndPull(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	s.requireRegistry(t)
 	d := startDockerd(t)
@@ -265,6 +266,7 @@ func (s *server) mustKilnEnv(t *testing.T, dir string, env []string, args ...str
 
 // A build token lent for --save pushes into its own project only.
 func TestSaveTokenScope(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	s.requireRegistry(t)
 	a := s.createProject(t, "scope-a")
@@ -285,6 +287,7 @@ func TestSaveTokenScope(t *testing.T) {
 // A two-platform saved build is copied to another registry with its
 // index digest, both platforms and their attestation manifests.
 func TestSaveMultiPlatformPush(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	s.requireRegistry(t)
 	proj := s.createProject(t, "saved-multi")

@@ -313,6 +313,7 @@ func stepNames(w *watched) []string {
 // The whole flow on embedded defaults: local-disk blobs behind URLs kiln
 // signs and serves itself.
 func TestSourceBuildFlowLocal(t *testing.T) {
+	t.Parallel()
 	sourceFlow(t, startServer(t))
 }
 
@@ -320,6 +321,7 @@ func TestSourceBuildFlowLocal(t *testing.T) {
 // endpoint names another host than the internal one, as behind a proxy:
 // the upload URL is signed for the public host and works there.
 func TestSourceBuildFlowS3(t *testing.T) {
+	t.Parallel()
 	gw := s3test.Start(t)
 	public := strings.Replace(gw.Endpoint, "127.0.0.1", "localhost", 1)
 	s := startServerEnv(t, withS3Env(gw), "--contexts-s3-bucket", gw.Bucket, "--contexts-s3-endpoint", gw.Endpoint,
@@ -363,6 +365,7 @@ func withS3Env(gw *s3test.Server) []string {
 
 // Two first builds of a new customer, at the same time, make one project.
 func TestSourceBuildConcurrentFirstBuildsOneProject(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	data := contextArchive(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo built\n"})
 	var wg sync.WaitGroup
@@ -464,6 +467,7 @@ func (s *server) watchNoFollow(t *testing.T, buildID string) *watched {
 // Cancel mid-build stops the solve within seconds: the RUN process is gone
 // and the build says canceled.
 func TestSourceBuildCancelMidBuild(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	data := contextArchive(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN sleep 317\n"})
 	b := s.createSource(t, s.Token, customer("slowco"), data)
@@ -491,6 +495,7 @@ func TestSourceBuildCancelMidBuild(t *testing.T) {
 // per project at a time) ends the running one, saying why, and runs the
 // queued ones; nothing stays running. A full queue refuses more.
 func TestSourceBuildRestartResumesQueue(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, "--source-builds-per-project", "1", "--source-queue-per-project", "2")
 	slow := s.createSource(t, s.Token, customer("restartco"), contextArchive(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN sleep 318\n"}))
 	s.waitStepStarted(t, slow.BuildId, "RUN sleep 318")
@@ -533,6 +538,7 @@ func TestSourceBuildRestartResumesQueue(t *testing.T) {
 // Hostile uploads are refused with an error naming the problem, nothing
 // is written outside the build's directory, and the server stays healthy.
 func TestSourceBuildHostileUploads(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, "--upload-url-ttl", "2s", "--max-context-size", "8388608")
 	marker := fmt.Sprintf("kiln-escape-%d", time.Now().UnixNano())
 	zeros := strings.Repeat("\x00", 64<<20)
@@ -597,6 +603,7 @@ func TestSourceBuildHostileUploads(t *testing.T) {
 		t.Errorf("oversized declared upload: %v; want ResourceExhausted", err)
 	}
 	// Tampered URL: a changed signature or key is refused.
+	issued := time.Now()
 	res, err = s.sourceAPI().GenerateUploadURL(t.Context(), bearer(&kilnv1.GenerateUploadURLRequest{Project: customer("mallory")}, org))
 	if err != nil {
 		t.Fatal(err)
@@ -609,8 +616,8 @@ func TestSourceBuildHostileUploads(t *testing.T) {
 			t.Errorf("tampered URL: HTTP %d %q; want 403 naming the signature", code, body)
 		}
 	}
-	// Expired URL (the server issues 2 s URLs here).
-	time.Sleep(3 * time.Second)
+	// Expired URL (the server issues 2 s URLs here): 3 s after it was asked for.
+	time.Sleep(time.Until(issued.Add(3 * time.Second)))
 	if code, body := curlPut(t, res.Msg.Url, nil, good); code != 403 || !strings.Contains(body, "expired") {
 		t.Errorf("expired URL: HTTP %d %q; want 403 saying it expired", code, body)
 	}
@@ -642,6 +649,7 @@ func TestSourceBuildHostileUploads(t *testing.T) {
 // logs, steps, cancel, rebuild. Every answer is NotFound, as for ids that
 // don't exist.
 func TestSourceBuildCustomerIsolation(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, "--max-contexts-per-project", "2")
 	data := contextArchive(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo private-log-line-of-bob\n"})
 	alice := s.createSource(t, s.Token, customer("alice"), data)
@@ -720,6 +728,7 @@ func TestSourceBuildCustomerIsolation(t *testing.T) {
 // starts the build and prints only its id; `kiln builds logs -f` follows it
 // to the end; list, get and cancel work on it.
 func TestSourceBuildCLIDetach(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	dir := writeContext(t, map[string]string{
 		"Dockerfile":    baseStages + "FROM busybox\nCOPY . /ctx\nRUN echo cli-detached-build && test ! -e /ctx/skip.me\n",
@@ -770,6 +779,7 @@ func TestSourceBuildCLIDetach(t *testing.T) {
 // A source build pushes to a registry the operator gave credentials for
 // (--push-auth-file), and to no other.
 func TestSourceBuildPushesToConfiguredRegistry(t *testing.T) {
+	t.Parallel()
 	reg := startRegistry(t)
 	cfg := filepath.Join(t.TempDir(), "config.json")
 	auth := base64.StdEncoding.EncodeToString([]byte("ci-user:ci-password"))
@@ -803,6 +813,7 @@ func TestSourceBuildPushesToConfiguredRegistry(t *testing.T) {
 // A multi-platform source build: each platform on the customer's builder
 // for it, one image index pushed to kiln's registry.
 func TestSourceBuildMultiPlatform(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	dir := writeMultiContext(t)
 	env := []string{"KILN_API_URL=" + s.URL, "KILN_TOKEN=" + s.Token}
@@ -846,6 +857,7 @@ func TestSourceBuildMultiPlatform(t *testing.T) {
 // its own; a URL takes one upload; a context without a declared digest is
 // pinned to what its first build read.
 func TestSourceBuildUploadLimitsFromTheAttackersSide(t *testing.T) {
+	t.Parallel()
 	first := contextArchive(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo first-upload\n"})
 	second := contextArchive(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo second-upload\n"})
 	n := int64(max(len(first), len(second)))

@@ -18,6 +18,7 @@ import (
 // SSL_CERT_FILE) builds and saves through the same port: API, builder
 // gateway and registry.
 func TestServeTLSAuto(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, "--tls", "auto")
 	ca := filepath.Join(s.Data, "pki", "ca.crt")
 	https := "https://" + s.addr

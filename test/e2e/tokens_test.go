@@ -11,7 +11,8 @@ import (
 
 // Token kinds and expiry as an operator manages them with `kiln tokens`.
 func TestTokenKindsAndExpiry(t *testing.T) {
-	s := startServer(t)
+	t.Parallel()
+	s := sharedServer(t)
 	projA := s.createProject(t, "tok-a")
 	projB := s.createProject(t, "tok-b")
 	dir := t.TempDir()
@@ -67,8 +68,12 @@ func TestTokenKindsAndExpiry(t *testing.T) {
 	if r := s.kiln(t, dir, []string{"KILN_TOKEN=" + org}, "projects", "list"); r.Err != nil || !strings.Contains(r.Stdout, projB) {
 		t.Errorf("organization token: %v %s", r.Err, r.Stderr)
 	}
-	// Expiry and revocation take effect on the next request.
-	time.Sleep(1100 * time.Millisecond)
+	// Expiry and revocation take effect on the next request: once the 1 s
+	// token is refused anywhere (polled read-only), building with it is too.
+	eventually(t, 10*time.Second, "the 1s token to expire", func() bool {
+		_, err := s.api().ListBuilds(t.Context(), bearer(&cliv1.ListBuildsRequest{ProjectId: projA}, short))
+		return connect.CodeOf(err) == connect.CodeUnauthenticated
+	})
 	if _, _, err := createBuildErr(t, s, projA, short); connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Errorf("expired token: %v, want Unauthenticated", err)
 	}

@@ -45,6 +45,7 @@ type builtBuild struct {
 // shares a build and checks the audit log: every number is what the
 // builds did.
 func TestUsageBuildStatsSharesAndAudit(t *testing.T) {
+	t.Parallel()
 	s := startServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
