@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/platform"
 	"github.com/moby/buildkit/client"
 	digest "github.com/opencontainers/go-digest"
 )
@@ -18,25 +19,25 @@ import (
 func TestPrepareMultiPlatform(t *testing.T) {
 	ctxDir := newContext(t)
 	r := mustPrepare(t, Options{ContextPath: ctxDir, Platform: "linux/amd64,linux/arm64", Outputs: []string{"type=oci,dest=" + filepath.Join(t.TempDir(), "o.tar")}})
-	if !r.MultiPlatform() || !slices.Equal(r.Platforms(), []string{"linux/amd64", "linux/arm64"}) {
+	if !r.MultiPlatform() || !slices.Equal(platform.Strings(r.Platforms()), []string{"linux/amd64", "linux/arm64"}) {
 		t.Errorf("Platforms() = %q, MultiPlatform() = %v", r.Platforms(), r.MultiPlatform())
 	}
 	if _, ok := r.FrontendAttrs()["platform"]; ok {
 		t.Errorf("a multi-platform request sets the frontend's platform attribute (it is set per solve)")
 	}
-	if r.Platform() != "" {
+	if !r.Platform().IsZero() {
 		t.Errorf("Platform() = %q for a multi-platform request", r.Platform())
 	}
-	if got := r.BuilderPlatforms(); !slices.Equal(got, []string{BuilderAMD64, BuilderARM64}) {
+	if got := platform.Strings(r.BuilderPlatforms()); !slices.Equal(got, []string{"linux/amd64", "linux/arm64"}) {
 		t.Errorf("BuilderPlatforms() = %q", got)
 	}
 
 	one := mustPrepare(t, Options{ContextPath: ctxDir, Platform: "arm64"})
-	if one.MultiPlatform() || one.Platform() != "linux/arm64" || one.FrontendAttrs()["platform"] != "linux/arm64" {
+	if one.MultiPlatform() || one.Platform() != platform.ARM64 || one.FrontendAttrs()["platform"] != "linux/arm64" {
 		t.Errorf("single platform: multi=%v platform=%q attrs=%v", one.MultiPlatform(), one.Platform(), one.FrontendAttrs())
 	}
 	none := mustPrepare(t, Options{ContextPath: ctxDir})
-	if len(none.Platforms()) != 0 || !slices.Equal(none.BuilderPlatforms(), []string{BuilderAMD64}) {
+	if len(none.Platforms()) != 0 || !slices.Equal(platform.Strings(none.BuilderPlatforms()), []string{"linux/amd64"}) {
 		t.Errorf("no platform: Platforms()=%q BuilderPlatforms()=%q", none.Platforms(), none.BuilderPlatforms())
 	}
 }
@@ -48,22 +49,26 @@ func TestBuilderPlatform(t *testing.T) {
 		want                    map[string]string // target → builder
 		builders                []string
 	}{
-		{"linux/amd64,linux/arm64", "", map[string]string{"linux/amd64": BuilderAMD64, "linux/arm64": BuilderARM64}, []string{BuilderAMD64, BuilderARM64}},
-		{"linux/amd64,linux/arm64", "dynamic", map[string]string{"linux/amd64": BuilderAMD64, "linux/arm64": BuilderARM64}, []string{BuilderAMD64, BuilderARM64}},
-		{"linux/arm64,linux/amd64", "linux/amd64", map[string]string{"linux/amd64": BuilderAMD64, "linux/arm64": BuilderAMD64}, []string{BuilderAMD64}},
-		{"linux/amd64,linux/arm64", "arm64", map[string]string{"linux/amd64": BuilderARM64, "linux/arm64": BuilderARM64}, []string{BuilderARM64}},
-		{"linux/arm/v7,linux/386", "", map[string]string{"linux/arm/v7": BuilderARM64, "linux/386": BuilderAMD64}, []string{BuilderARM64, BuilderAMD64}},
-		{"", "linux/arm64", map[string]string{"": BuilderARM64}, []string{BuilderARM64}},
-		{"linux/arm64", "", map[string]string{"linux/arm64": BuilderARM64}, []string{BuilderARM64}},
+		{"linux/amd64,linux/arm64", "", map[string]string{"linux/amd64": "linux/amd64", "linux/arm64": "linux/arm64"}, []string{"linux/amd64", "linux/arm64"}},
+		{"linux/amd64,linux/arm64", "dynamic", map[string]string{"linux/amd64": "linux/amd64", "linux/arm64": "linux/arm64"}, []string{"linux/amd64", "linux/arm64"}},
+		{"linux/arm64,linux/amd64", "linux/amd64", map[string]string{"linux/amd64": "linux/amd64", "linux/arm64": "linux/amd64"}, []string{"linux/amd64"}},
+		{"linux/amd64,linux/arm64", "arm64", map[string]string{"linux/amd64": "linux/arm64", "linux/arm64": "linux/arm64"}, []string{"linux/arm64"}},
+		{"linux/arm/v7,linux/386", "", map[string]string{"linux/arm/v7": "linux/arm64", "linux/386": "linux/amd64"}, []string{"linux/arm64", "linux/amd64"}},
+		{"", "linux/arm64", map[string]string{"": "linux/arm64"}, []string{"linux/arm64"}},
+		{"linux/arm64", "", map[string]string{"linux/arm64": "linux/arm64"}, []string{"linux/arm64"}},
 	}
 	for _, c := range cases {
 		r := mustPrepare(t, Options{ContextPath: ctxDir, Platform: c.platform, BuildPlatform: c.buildPlatform})
 		for target, want := range c.want {
-			if got := r.BuilderPlatform(target); got != want {
+			var tp platform.Platform
+			if target != "" {
+				tp, _ = platform.Parse(target)
+			}
+			if got := r.BuilderPlatform(tp).String(); got != want {
 				t.Errorf("--platform %q --build-platform %q: BuilderPlatform(%q) = %q, want %q", c.platform, c.buildPlatform, target, got, want)
 			}
 		}
-		if got := r.BuilderPlatforms(); !slices.Equal(got, c.builders) {
+		if got := platform.Strings(r.BuilderPlatforms()); !slices.Equal(got, c.builders) {
 			t.Errorf("--platform %q --build-platform %q: BuilderPlatforms() = %q, want %q", c.platform, c.buildPlatform, got, c.builders)
 		}
 	}

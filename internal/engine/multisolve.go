@@ -13,14 +13,16 @@ import (
 	"github.com/moby/buildkit/client"
 	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/kiln-dev/kiln/internal/platform"
 )
 
 // Target is one platform of a multi-platform build and the builder that
 // builds it. Several targets may share one client (--build-platform forces
 // one builder; BuildKit builds the foreign platforms under emulation).
 type Target struct {
-	// Platform is a normalized target platform from [Request.Platforms].
-	Platform string
+	// Platform is a target platform from [Request.Platforms].
+	Platform platform.Platform
 	// Client is connected to the builder; SolveMulti does not close it.
 	Client *client.Client
 }
@@ -48,9 +50,9 @@ func SolveMulti(ctx context.Context, targets []Target, r *Request, progressOut i
 	if r == nil || len(targets) == 0 {
 		return nil, errors.New("engine.SolveMulti: no request or no targets")
 	}
-	seen := map[string]bool{}
+	seen := map[platform.Platform]bool{}
 	for _, t := range targets {
-		if t.Client == nil || t.Platform == "" || seen[t.Platform] {
+		if t.Client == nil || t.Platform.IsZero() || seen[t.Platform] {
 			return nil, fmt.Errorf("engine.SolveMulti: target %q: missing client or platform, or given twice", t.Platform)
 		}
 		seen[t.Platform] = true
@@ -96,8 +98,8 @@ func SolveMulti(ctx context.Context, targets []Target, r *Request, progressOut i
 		if opt.FrontendAttrs == nil {
 			opt.FrontendAttrs = map[string]string{}
 		}
-		opt.FrontendAttrs["platform"] = t.Platform
-		plans[i], err = planPlatformExports(work, i, t.Platform, opt.Exports)
+		opt.FrontendAttrs["platform"] = t.Platform.String()
+		plans[i], err = planPlatformExports(work, i, t.Platform.String(), opt.Exports)
 		if err != nil {
 			return nil, err
 		}
@@ -119,13 +121,13 @@ func SolveMulti(ctx context.Context, targets []Target, r *Request, progressOut i
 			go func() {
 				defer forwarders.Done()
 				for s := range ch {
-					merged <- platformStatus(t.Platform, s)
+					merged <- platformStatus(t.Platform.String(), s)
 				}
 			}()
 			g.Go(func() error {
 				resp, err := t.Client.Solve(gctx, nil, opts[i], ch)
 				if err != nil {
-					return &platformError{platform: t.Platform, err: err}
+					return &platformError{platform: t.Platform.String(), err: err}
 				}
 				responses[i] = resp
 				return nil

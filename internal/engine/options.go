@@ -91,13 +91,13 @@ func (r *Request) FrontendAttrs() map[string]string { return maps.Clone(r.fronte
 // Tags are the validated -t values, as typed.
 func (r *Request) Tags() []string { return slices.Clone(r.tags) }
 
-// Platform is the requested target platform, normalized ("" for the
-// builder's default, and for a multi-platform build).
-func (r *Request) Platform() string {
+// Platform is the requested target platform (zero for the builder's
+// default, and for a multi-platform build).
+func (r *Request) Platform() platform.Platform {
 	if len(r.platforms) != 1 {
-		return ""
+		return platform.Platform{}
 	}
-	return r.platforms[0].String()
+	return r.platforms[0]
 }
 
 // ProgressMode is the requested progress mode ("auto" when none was given).

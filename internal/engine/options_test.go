@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/platform"
 	"github.com/moby/buildkit/client"
 )
 
@@ -149,7 +150,7 @@ func TestPrepareAttrs(t *testing.T) {
 	if len(r.secrets) != 5 || r.secrets[3].Env != "KILN_TEST_SECRET" || r.secrets[3].FilePath != "" || r.secrets[4].FilePath != secretFile {
 		t.Errorf("secrets = %+v", r.secrets)
 	}
-	if r.ProgressMode() != "plain" || r.Platform() != "linux/arm64" {
+	if r.ProgressMode() != "plain" || r.Platform() != platform.ARM64 {
 		t.Errorf("progress %q platform %q", r.ProgressMode(), r.Platform())
 	}
 }

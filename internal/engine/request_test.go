@@ -34,7 +34,7 @@ func TestPrepareTypedRequest(t *testing.T) {
 	if dt, _ := os.ReadFile(r.DockerfilePath()); string(dt) != "FROM busybox\n" || r.ContextDir() != ctxDir {
 		t.Errorf("dockerfile %q context %s", dt, r.ContextDir())
 	}
-	if r.outputs[0].Attrs["name"] != "app:1" || r.Platform() != "linux/arm64" || r.FrontendAttrs()["context:base"] != "local:base" {
+	if r.outputs[0].Attrs["name"] != "app:1" || r.Platform() != platform.ARM64 || r.FrontendAttrs()["context:base"] != "local:base" {
 		t.Errorf("outputs %+v platform %q attrs %v", r.outputs, r.Platform(), r.FrontendAttrs())
 	}
 	if w := r.Warnings(); len(w) != 1 || w[0] != "--cache-to type=gha,scope=main: ignored: the project's builder cache is persistent" {

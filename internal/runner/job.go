@@ -80,11 +80,7 @@ func (r *Runner) execute(ctx context.Context, b build.Build, work string) build.
 	defer req.Close()
 
 	rec.Begin(stepBuilder, "[kiln] start the project's builder ("+strings.Join(spec.Platforms, ", ")+")")
-	builders, err := session.BuilderPlatforms(req)
-	var bs *session.Builders
-	if err == nil {
-		bs, err = session.Connect(ctx, sourceAcquirer{r, b}, builders, session.ConnectOptions{Wait: r.cfg.BuilderWait})
-	}
+	bs, err := session.Connect(ctx, sourceAcquirer{r, b}, req.BuilderPlatforms(), session.ConnectOptions{Wait: r.cfg.BuilderWait})
 	rec.End(stepBuilder, err)
 	if err != nil {
 		return fail(err)

@@ -118,12 +118,8 @@ func (r *Remote) Run(ctx context.Context, req *engine.Request, o RunOptions) (*b
 	if msgs == nil {
 		msgs = io.Discard
 	}
-	builders, err := BuilderPlatforms(req)
-	if err != nil {
-		return nil, err
-	}
 	announced := false
-	bs, err := Connect(ctx, r, builders, ConnectOptions{Wait: o.Wait, Hint: "see the server log; raise --builder-wait",
+	bs, err := Connect(ctx, r, req.BuilderPlatforms(), ConnectOptions{Wait: o.Wait, Hint: "see the server log; raise --builder-wait",
 		Waiting: func(platform.Platform) {
 			if !announced {
 				announced = true
@@ -167,7 +163,7 @@ func describePlan(req *engine.Request) string {
 		if i > 0 {
 			s += ", "
 		}
-		s += p + " on the " + req.BuilderPlatform(p) + " builder"
+		s += p.String() + " on the " + req.BuilderPlatform(p).String() + " builder"
 	}
 	return s
 }

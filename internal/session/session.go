@@ -177,41 +177,16 @@ func acquire(ctx context.Context, a Acquirer, b platform.Platform, o *ConnectOpt
 // prints; observe sees every status update.
 func Solve(ctx context.Context, bs *Builders, req *engine.Request, progress io.Writer, observe func(*client.SolveStatus)) (*client.SolveResponse, error) {
 	if !req.MultiPlatform() {
-		b, err := platform.ParseBuilder(req.BuilderPlatform(req.Platform()))
-		if err != nil {
-			return nil, err
-		}
-		return engine.Solve(ctx, bs.Client(b), req, progress, observe)
+		return engine.Solve(ctx, bs.Client(req.BuilderPlatform(req.Platform())), req, progress, observe)
 	}
-	targets, err := Targets(bs, req)
-	if err != nil {
-		return nil, err
-	}
-	return engine.SolveMulti(ctx, targets, req, progress, observe)
+	return engine.SolveMulti(ctx, Targets(bs, req), req, progress, observe)
 }
 
 // Targets pairs each of req's target platforms with its builder's client.
-func Targets(bs *Builders, req *engine.Request) ([]engine.Target, error) {
+func Targets(bs *Builders, req *engine.Request) []engine.Target {
 	var targets []engine.Target
 	for _, p := range req.Platforms() {
-		b, err := platform.ParseBuilder(req.BuilderPlatform(p))
-		if err != nil {
-			return nil, err
-		}
-		targets = append(targets, engine.Target{Platform: p, Client: bs.Client(b)})
+		targets = append(targets, engine.Target{Platform: p, Client: bs.Client(req.BuilderPlatform(p))})
 	}
-	return targets, nil
-}
-
-// BuilderPlatforms are the builders req needs.
-func BuilderPlatforms(req *engine.Request) ([]platform.Platform, error) {
-	var out []platform.Platform
-	for _, s := range req.BuilderPlatforms() {
-		b, err := platform.ParseBuilder(s)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, b)
-	}
-	return out, nil
+	return targets
 }
