@@ -16,7 +16,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/engine"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // Config tunes the runner; zero values take the defaults noted.
@@ -64,7 +63,7 @@ type Config struct {
 // restarted server resumes it.
 type Runner struct {
 	cfg      Config
-	store    store.Store
+	store    Store
 	blobs    blob.Store
 	builds   *build.Service
 	projects *project.Service
@@ -107,7 +106,7 @@ var (
 )
 
 // New returns a runner; Start resumes the stored queue and starts work.
-func New(st store.Store, blobs blob.Store, builds *build.Service, projects *project.Service, cfg Config) (*Runner, error) {
+func New(st Store, blobs blob.Store, builds *build.Service, projects *project.Service, cfg Config) (*Runner, error) {
 	if cfg.MaxConcurrent <= 0 {
 		cfg.MaxConcurrent = 4
 	}
