@@ -12,12 +12,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	"connectrpc.com/connect"
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
-	"github.com/depot/depot-go/proto/depot/cli/v1/cliv1connect"
 	bkclient "github.com/moby/buildkit/client"
 
+	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/engine"
+	"github.com/kiln-dev/kiln/internal/platform"
+	"github.com/kiln-dev/kiln/internal/session"
 )
 
 // kilnServer is one `kiln serve` on a loopback port with its own data
@@ -31,7 +32,6 @@ type kilnServer struct {
 	home  string // HOME (and Docker config) of CLI runs
 	proc  *proc
 	http  *http.Client
-	api   cliv1connect.BuildServiceClient
 }
 
 // kilnServers counts the kiln serves started, for their builder subnets.
@@ -82,7 +82,6 @@ func startKiln(ctx context.Context, bin, buildkitd, data string, extra ...string
 		return nil, err
 	}
 	s.Token = strings.TrimSpace(string(tok))
-	s.api = cliv1connect.NewBuildServiceClient(s.http, s.URL)
 	return s, nil
 }
 
@@ -195,66 +194,55 @@ func (s *kilnServer) waitBuilder(ctx context.Context, project string, timeout ti
 
 // acquisition is one CreateBuild + GetBuildKitConnection until active.
 type acquisition struct {
-	BuildID, Token string
-	Conn           engine.Connection
-	Took           time.Duration // CreateBuild sent → active connection received
-	Polls          int           // GetBuildKitConnection calls
+	remote *session.Remote
+	Conn   engine.Connection
+	Took   time.Duration // CreateBuild sent → active connection received
+	Polls  int           // GetBuildKitConnection calls
 }
 
-// acquire gets a builder for a new build in project as a Depot client does:
-// CreateBuild, then GetBuildKitConnection until it answers active, waiting
-// the wait_ms each pending answer asks for (at least 50 ms, as kiln's CLI).
-// A poll > 0 waits that long between calls instead, ignoring wait_ms (to
-// tell kiln's own latency from the polling interval it asks for).
+// pollCounter counts the GetBuildKitConnection calls of an acquisition.
+type pollCounter struct {
+	*session.Remote
+	n int
+}
+
+func (p *pollCounter) Acquire(ctx context.Context, b platform.Platform) (session.Lease, error) {
+	p.n++
+	return p.Remote.Acquire(ctx, b)
+}
+
+// acquire gets a builder for a new build in project as kiln's CLI does
+// (session.Create, then session.Await: GetBuildKitConnection until it
+// answers active, waiting the wait_ms each pending answer asks for, at
+// least 50 ms). A poll > 0 waits that long between calls instead (to tell
+// kiln's own latency from the polling interval it asks for).
 func (s *kilnServer) acquire(ctx context.Context, project string, timeout, poll time.Duration) (acquisition, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var a acquisition
 	start := time.Now()
-	req := connect.NewRequest(&cliv1.CreateBuildRequest{ProjectId: project,
-		Options: []*cliv1.BuildOptions{{Command: cliv1.Command_COMMAND_BUILD}}})
-	req.Header().Set("Authorization", "Bearer "+s.Token)
-	created, err := s.api.CreateBuild(ctx, req)
+	remote, err := session.Create(ctx, client.Config{APIURL: s.URL, Token: s.Token}, project,
+		&cliv1.BuildOptions{Command: cliv1.Command_COMMAND_BUILD})
 	if err != nil {
-		return a, fmt.Errorf("CreateBuild: %w", err)
+		return a, err
 	}
-	a.BuildID, a.Token = created.Msg.BuildId, created.Msg.BuildToken
-	for {
-		a.Polls++
-		req := connect.NewRequest(&cliv1.GetBuildKitConnectionRequest{BuildId: a.BuildID, Platform: cliv1.BuilderPlatform_BUILDER_PLATFORM_AMD64})
-		req.Header().Set("Authorization", "Bearer "+a.Token)
-		res, err := s.api.GetBuildKitConnection(ctx, req)
-		if err != nil {
-			s.finish(a)
-			return a, fmt.Errorf("GetBuildKitConnection: %w", err)
-		}
-		if act := res.Msg.GetActive(); act != nil {
-			a.Took = time.Since(start)
-			a.Conn = engine.Connection{Endpoint: act.Endpoint, ServerName: act.ServerName,
-				CertPEM: act.GetCert().GetCert(), KeyPEM: act.GetCert().GetKey(), CACertPEM: act.GetCaCert().GetCert()}
-			return a, nil
-		}
-		wait := time.Duration(max(res.Msg.GetPending().GetWaitMs(), 50)) * time.Millisecond
-		if poll > 0 {
-			wait = poll
-		}
-		select {
-		case <-ctx.Done():
-			s.finish(a)
-			return a, fmt.Errorf("builder of %s not active: %w", project, ctx.Err())
-		case <-time.After(wait):
-		}
+	a.remote = remote
+	counter := &pollCounter{Remote: remote}
+	a.Conn, err = session.Await(ctx, counter, platform.AMD64, session.ConnectOptions{Wait: timeout, Poll: poll})
+	a.Polls = counter.n
+	if err != nil {
+		s.finish(a)
+		return a, fmt.Errorf("builder of %s not active: %w", project, err)
 	}
+	a.Took = time.Since(start)
+	return a, nil
 }
 
 // finish ends a build the runner created through the API (success).
 func (s *kilnServer) finish(a acquisition) {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	req := connect.NewRequest(&cliv1.FinishBuildRequest{BuildId: a.BuildID,
-		Result: &cliv1.FinishBuildRequest_Success{Success: &cliv1.FinishBuildRequest_BuildSuccess{}}})
-	req.Header().Set("Authorization", "Bearer "+a.Token)
-	_, _ = s.api.FinishBuild(ctx, req)
+	if a.remote != nil {
+		a.remote.Finish(nil)
+	}
 }
 
 // withBuilder dials project's builder through the API (a build is

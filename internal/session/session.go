@@ -53,6 +53,10 @@ type ConnectOptions struct {
 	// Dial is the retry policy of acquiring and dialing; zero is
 	// [retry.Dial].
 	Dial retry.Policy
+	// Poll, when set, is how long to wait before asking again for a
+	// builder that is not ready, whatever the answer asked for (by
+	// default its wait, at least 50 ms).
+	Poll time.Duration
 }
 
 // Builders are a build's connected builders, by builder platform.
@@ -137,6 +141,12 @@ type nonRetryable struct{ error }
 
 func (e nonRetryable) Unwrap() error { return nil }
 
+// Await asks a for builder b until it is ready or o.Wait has passed, and
+// returns its connection, not dialed.
+func Await(ctx context.Context, a Acquirer, b platform.Platform, o ConnectOptions) (engine.Connection, error) {
+	return acquire(ctx, a, b, &o)
+}
+
 // acquire asks until the builder is ready or o.Wait has passed.
 func acquire(ctx context.Context, a Acquirer, b platform.Platform, o *ConnectOptions) (engine.Connection, error) {
 	deadline := time.Now().Add(o.Wait)
@@ -161,7 +171,11 @@ func acquire(ctx context.Context, a Acquirer, b platform.Platform, o *ConnectOpt
 			}
 			return engine.Connection{}, fmt.Errorf("%s: %w", msg, errdefs.ErrUnavailable)
 		}
-		t := time.NewTimer(max(l.Wait, 50*time.Millisecond))
+		wait := max(l.Wait, 50*time.Millisecond)
+		if o.Poll > 0 {
+			wait = o.Poll
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
