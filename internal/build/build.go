@@ -109,8 +109,9 @@ func NewService(st Store, fleet Fleet, certs Certs, cfg Config, logger *slog.Log
 func (s *Service) URL(id string) string { return s.cfg.BuildURL(id) }
 
 // Create starts a build in a project and returns it with its build token
-// (shown once; it reaches only this build).
-func (s *Service) Create(ctx context.Context, p auth.Principal, projectID string, command int32, options any) (Build, string, error) {
+// (shown once; it reaches only this build). options are the client's
+// options as the record keeps them (depotext.Options), or nil.
+func (s *Service) Create(ctx context.Context, p auth.Principal, projectID string, command int32, options json.Marshaler) (Build, string, error) {
 	if projectID == "" && p.Kind == auth.TokenProject {
 		projectID = p.ProjectID
 	}
