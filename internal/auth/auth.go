@@ -21,7 +21,7 @@ import (
 )
 
 // Token prefixes say what a token is at a glance (and to secret scanners).
-var prefixes = map[string]string{
+var prefixes = map[TokenKind]string{
 	TokenOrg:     "kiln_org_",
 	TokenProject: "kiln_prj_",
 	TokenBuild:   "kiln_bld_",
@@ -45,7 +45,7 @@ func RandomString(n int) string {
 }
 
 // NewSecret returns a fresh token secret of the given kind and its hash.
-func NewSecret(kind string) (secret, hash string) {
+func NewSecret(kind TokenKind) (secret, hash string) {
 	secret = prefixes[kind] + RandomString(40)
 	return secret, Hash(secret)
 }
@@ -59,7 +59,7 @@ func Hash(secret string) string {
 // Principal is an authenticated caller.
 type Principal struct {
 	TokenID   string
-	Kind      string // TokenOrg, TokenProject, TokenBuild or TokenOIDC
+	Kind      TokenKind // TokenOrg, TokenProject, TokenBuild or TokenOIDC
 	OrgID     string
 	ProjectID string // project and build tokens
 	BuildID   string // build tokens

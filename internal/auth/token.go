@@ -2,24 +2,27 @@ package auth
 
 import "time"
 
-// Token kinds: what a stored token (or an OIDC principal) may reach.
+// TokenKind is what a stored token (or an OIDC principal) may reach.
+type TokenKind string
+
+// Token kinds.
 const (
-	TokenOrg     = "org"
-	TokenProject = "project"
-	TokenBuild   = "build"
+	TokenOrg     TokenKind = "org"
+	TokenProject TokenKind = "project"
+	TokenBuild   TokenKind = "build"
 	// TokenOIDC marks a principal authenticated by a CI provider's OIDC
 	// token matching a trust policy; such tokens are verified, never stored.
-	TokenOIDC = "oidc"
+	TokenOIDC TokenKind = "oidc"
 	// TokenPull reads one project's images from kiln's registry and
 	// nothing else: no Connect API accepts it.
-	TokenPull = "pull"
+	TokenPull TokenKind = "pull"
 )
 
 // Token is a stored credential; the secret itself is never stored, only
 // its SHA-256 (SecretHash).
 type Token struct {
 	ID          string
-	Kind        string // TokenOrg, TokenProject, TokenBuild or TokenPull
+	Kind        TokenKind // TokenOrg, TokenProject, TokenBuild or TokenPull
 	OrgID       string
 	ProjectID   string // project, pull and build tokens
 	BuildID     string // build tokens

@@ -10,7 +10,7 @@ import (
 // auditToken records that p created or deleted token t. The event names
 // the token by id and kind, never its secret or hash.
 func (s *Service) auditToken(ctx context.Context, kind string, p auth.Principal, t auth.Token) {
-	detail := map[string]string{"token_id": t.ID, "token_kind": t.Kind}
+	detail := map[string]string{"token_id": t.ID, "token_kind": string(t.Kind)}
 	if t.Description != "" {
 		detail["description"] = t.Description
 	}

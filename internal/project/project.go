@@ -223,8 +223,8 @@ func (s *Service) CreateToken(ctx context.Context, p auth.Principal, projectID, 
 
 // Mint describes a token to create.
 type Mint struct {
-	Kind        string // auth.TokenProject, TokenPull or TokenOrg
-	ProjectID   string // project and pull tokens
+	Kind        auth.TokenKind // auth.TokenProject, TokenPull or TokenOrg
+	ProjectID   string         // project and pull tokens
 	Description string
 	TTL         time.Duration // 0: never expires
 }

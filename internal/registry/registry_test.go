@@ -74,7 +74,7 @@ func newFixture(t *testing.T, mod ...func(*Config)) *fixture {
 
 // token stores a token of kind in org (scoped to project for project,
 // build and pull tokens) and returns its secret.
-func (f *fixture) token(kind, org, project string) string {
+func (f *fixture) token(kind auth.TokenKind, org, project string) string {
 	f.t.Helper()
 	secret, hash := auth.NewSecret(kind)
 	tok := auth.Token{ID: "tok_" + auth.RandomString(8), Kind: kind, OrgID: org, ProjectID: project, SecretHash: hash, CreatedAt: time.Now()}

@@ -120,12 +120,12 @@ type accessEntry struct {
 // authorized against the caller's current rights too (and the stored
 // token behind it is re-checked).
 type principalClaim struct {
-	Kind      string   `json:"kind"`
-	OrgID     string   `json:"org"`
-	ProjectID string   `json:"project,omitempty"`
-	BuildID   string   `json:"build,omitempty"`
-	TokenID   string   `json:"tid"`
-	Projects  []string `json:"projects,omitempty"`
+	Kind      auth.TokenKind `json:"kind"`
+	OrgID     string         `json:"org"`
+	ProjectID string         `json:"project,omitempty"`
+	BuildID   string         `json:"build,omitempty"`
+	TokenID   string         `json:"tid"`
+	Projects  []string       `json:"projects,omitempty"`
 }
 
 type tokenClaims struct {

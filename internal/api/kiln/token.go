@@ -23,14 +23,14 @@ type TokenService struct {
 
 var _ kilnv1connect.TokenServiceHandler = (*TokenService)(nil)
 
-var tokenKinds = map[kilnv1.TokenKind]string{
+var tokenKinds = map[kilnv1.TokenKind]auth.TokenKind{
 	kilnv1.TokenKind_TOKEN_KIND_UNSPECIFIED:  auth.TokenProject,
 	kilnv1.TokenKind_TOKEN_KIND_PROJECT:      auth.TokenProject,
 	kilnv1.TokenKind_TOKEN_KIND_PULL:         auth.TokenPull,
 	kilnv1.TokenKind_TOKEN_KIND_ORGANIZATION: auth.TokenOrg,
 }
 
-func kindPB(kind string) kilnv1.TokenKind {
+func kindPB(kind auth.TokenKind) kilnv1.TokenKind {
 	switch kind {
 	case auth.TokenPull:
 		return kilnv1.TokenKind_TOKEN_KIND_PULL
