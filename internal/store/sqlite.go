@@ -14,11 +14,9 @@ import (
 	"github.com/pressly/goose/v3"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
-	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
-	"github.com/kiln-dev/kiln/internal/login"
 	"github.com/kiln-dev/kiln/internal/project"
 )
 
@@ -30,15 +28,8 @@ type SQLite struct {
 	db *sql.DB
 }
 
-// The SQLite store is every domain package's store.
-var (
-	_ Store         = (*SQLite)(nil)
-	_ auth.Store    = (*SQLite)(nil)
-	_ project.Store = (*SQLite)(nil)
-	_ build.Store   = (*SQLite)(nil)
-	_ audit.Store   = (*SQLite)(nil)
-	_ login.Store   = (*SQLite)(nil)
-)
+// The SQLite store is every domain package's store (Store embeds them).
+var _ Store = (*SQLite)(nil)
 
 // OpenSQLite opens (creating if needed) the database at path and runs any
 // pending migrations once. The database and its -wal and -shm files are

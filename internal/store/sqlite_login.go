@@ -8,8 +8,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/login"
 )
 
-var _ Logins = (*SQLite)(nil)
-
 const loginCols = `id_hash, approval_id, status, org_id, approved_by, token_id, source, created_at, expires_at, updated_at`
 
 func scanLogin(sc interface{ Scan(...any) error }) (login.Login, error) {

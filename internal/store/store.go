@@ -4,8 +4,10 @@ import (
 	"context"
 	"time"
 
+	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/login"
 	"github.com/kiln-dev/kiln/internal/project"
 )
 
@@ -29,64 +31,20 @@ type Context struct {
 	ExpiresAt time.Time // the context (and its blob) are deleted after this
 }
 
-// Store is kiln's persistence. Implementations are safe for concurrent use.
+// Store is kiln's persistence: the union of what each part of kiln
+// declares it needs (the domain packages' stores, the runner's contexts,
+// the registry's index), for the server that wires them. Implementations
+// are safe for concurrent use.
 type Store interface {
-	TrustPolicies
-	Logins
-	AuditLog
-	BuildStats
+	project.Store
+	build.Store
+	auth.Store
+	login.Store
+	audit.Store
 	RegistryIndex
 	Contexts
 
-	CreateOrganization(ctx context.Context, o project.Organization) error
-	GetOrganization(ctx context.Context, id string) (project.Organization, error)
 	ListOrganizations(ctx context.Context) ([]project.Organization, error)
-
-	CreateProject(ctx context.Context, p project.Project) error
-	GetProject(ctx context.Context, id string) (project.Project, error)
-	ListProjects(ctx context.Context, orgID string) ([]project.Project, error)
-	// GetOrCreateCustomerProject returns the organization's project for a
-	// customer id, creating p (whose OrgID and CustomerID must be set) if
-	// there is none. Concurrent calls for one customer create one project.
-	GetOrCreateCustomerProject(ctx context.Context, p project.Project) (project.Project, bool, error)
-	// UpdateProject writes p's name, region, hardware and cache policy
-	// (not its customer id or egress allow-list).
-	UpdateProject(ctx context.Context, p project.Project) error
-	// SetProjectEgressAllow replaces the project's egress allow-list
-	// (canonical CIDRs, validated by the caller); nil or empty clears it.
-	SetProjectEgressAllow(ctx context.Context, id string, cidrs []string) error
-	// DeleteProject removes the project with its tokens, builds, steps and
-	// trust policies.
-	DeleteProject(ctx context.Context, id string) error
-
-	CreateToken(ctx context.Context, t auth.Token) error
-	GetTokenByHash(ctx context.Context, secretHash string) (auth.Token, error)
-	GetToken(ctx context.Context, id string) (auth.Token, error)
-	// ListTokens lists the non-build tokens of a project ("" lists org tokens).
-	ListTokens(ctx context.Context, orgID, projectID string) ([]auth.Token, error)
-	UpdateToken(ctx context.Context, id, description string) error
-	DeleteToken(ctx context.Context, id string) error
-
-	CreateBuild(ctx context.Context, b build.Build) error
-	GetBuild(ctx context.Context, id string) (build.Build, error)
-	// BuildEnded reports whether a build has ended; a missing build is
-	// ErrNotFound.
-	BuildEnded(ctx context.Context, id string) (bool, error)
-	// ListBuilds lists a project's builds newest first, created before
-	// `before` (zero: now), at most limit.
-	ListBuilds(ctx context.Context, projectID string, before time.Time, limit int) ([]build.Build, error)
-	// ListBuildsByStatus lists builds in one status, oldest first.
-	ListBuildsByStatus(ctx context.Context, status build.Status) ([]build.Build, error)
-	// UpdateBuild reads the build, applies fn and writes it back in one
-	// transaction. If fn returns an error nothing is written.
-	UpdateBuild(ctx context.Context, id string, fn func(*build.Build) error) (build.Build, error)
-
-	// PutSteps inserts or updates steps of a build by digest, keeping the
-	// order in which digests were first seen.
-	PutSteps(ctx context.Context, buildID string, steps []build.Step) error
-	ListSteps(ctx context.Context, buildID string) ([]build.Step, error)
-	AppendLogs(ctx context.Context, buildID string, lines []build.LogLine) error
-	ListLogs(ctx context.Context, buildID, digest string, after int, limit int) ([]build.LogLine, int, error)
 	// ListBuildLogs returns up to limit lines of every step of a build after
 	// sequence number `after`, in the order they were stored.
 	ListBuildLogs(ctx context.Context, buildID string, after int, limit int) ([]build.LogLine, error)

@@ -13,7 +13,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
-// usageAndShares covers BuildStats: keyset paging of builds (including
+// usageAndShares covers build statistics and shares: keyset paging of builds (including
 // builds created in the same millisecond), per-project usage sums, the
 // last-uncached-step lookup, and shares.
 func usageAndShares(t *testing.T, s store.Store) {
