@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/distribution/reference"
+
+	"github.com/kiln-dev/kiln/internal/errdefs"
 )
 
 // The checks of one value each, shared by [ParseFlags] (whose errors name
@@ -295,17 +297,17 @@ func checkOutputSet(outs []Output, labels []string, tagged bool) error {
 			stores++
 		}
 		if o.IsPush() && o.Attrs["name"] == "" && !tagged {
-			return invalidf("%s: a tag is needed when pushing to a registry (give -t NAME, or name=NAME in -o type=image)", labels[i])
+			return errdefs.Invalidf("%s: a tag is needed when pushing to a registry (give -t NAME, or name=NAME in -o type=image)", labels[i])
 		}
 	}
 	switch {
 	case toStdout > 1:
-		return invalidf("-o: only one output can be written to stdout (dest=-)")
+		return errdefs.Invalidf("-o: only one output can be written to stdout (dest=-)")
 	case loads > 1:
-		return invalidf("--load: only one output can load into the Docker engine")
+		return errdefs.Invalidf("--load: only one output can load into the Docker engine")
 	case stores > 1:
 		// BuildKit (v0.26 through v0.34) names the session's OCI layout store "export".
-		return invalidf("-o: only one OCI layout directory output (tar=false) is supported per build")
+		return errdefs.Invalidf("-o: only one OCI layout directory output (tar=false) is supported per build")
 	}
 	return nil
 }

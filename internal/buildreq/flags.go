@@ -16,6 +16,7 @@ import (
 	"github.com/moby/buildkit/session/sshforward/sshprovider"
 	"golang.org/x/term"
 
+	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/platform"
 )
 
@@ -142,12 +143,12 @@ func parseCSV(v string) ([]string, error) {
 func parseContext(r *Request, f Flags) error {
 	switch {
 	case f.ContextPath == "":
-		return invalidf("build context: a path (or \"-\" for a tar archive on stdin) is required")
+		return errdefs.Invalidf("build context: a path (or \"-\" for a tar archive on stdin) is required")
 	case f.ContextPath == "-" && f.Dockerfile == "-":
-		return invalidf("-f \"-\": stdin is already used for the build context; it cannot also be the Dockerfile")
+		return errdefs.Invalidf("-f \"-\": stdin is already used for the build context; it cannot also be the Dockerfile")
 	case f.ContextPath == "-":
 		if f.Stdin == nil {
-			return invalidf("build context \"-\": no stdin to read the archive from")
+			return errdefs.Invalidf("build context \"-\": no stdin to read the archive from")
 		}
 		r.Context.Tar = f.Stdin
 		r.Dockerfile.Path = f.Dockerfile
@@ -159,17 +160,17 @@ func parseContext(r *Request, f Flags) error {
 		return nil
 	}
 	if f.Stdin == nil {
-		return invalidf("-f \"-\": no stdin to read the Dockerfile from")
+		return errdefs.Invalidf("-f \"-\": no stdin to read the Dockerfile from")
 	}
 	dt, err := io.ReadAll(io.LimitReader(f.Stdin, maxStdinDockerfile+1))
 	if err != nil {
 		return fmt.Errorf("-f \"-\": reading stdin: %w", err)
 	}
 	if len(dt) > maxStdinDockerfile {
-		return invalidf("-f \"-\": Dockerfile on stdin is larger than %d MiB", maxStdinDockerfile>>20)
+		return errdefs.Invalidf("-f \"-\": Dockerfile on stdin is larger than %d MiB", maxStdinDockerfile>>20)
 	}
 	if len(dt) == 0 {
-		return invalidf("-f \"-\": stdin is empty")
+		return errdefs.Invalidf("-f \"-\": stdin is empty")
 	}
 	r.Dockerfile.Inline = dt
 	return nil
@@ -179,9 +180,9 @@ func parseTags(r *Request, f Flags) error {
 	for _, t := range f.Tags {
 		if err := checkTag(t); err != nil {
 			if t == "" {
-				return invalidf("-t %q: %v", t, err)
+				return errdefs.Invalidf("-t %q: %v", t, err)
 			}
-			return invalidWrap(err, "-t %q", t)
+			return errdefs.InvalidWrapf(err, "-t %q", t)
 		}
 		r.Tags = append(r.Tags, t)
 	}
@@ -192,7 +193,7 @@ func parseBuildArgs(r *Request, f Flags) error {
 	for _, a := range f.BuildArgs {
 		k, v, ok := strings.Cut(a, "=")
 		if !checkName(k) {
-			return invalidf("--build-arg %q: missing or malformed name (want NAME=VALUE or NAME)", a)
+			return errdefs.Invalidf("--build-arg %q: missing or malformed name (want NAME=VALUE or NAME)", a)
 		}
 		if !ok {
 			env, set := os.LookupEnv(k)
@@ -213,7 +214,7 @@ func parseLabels(r *Request, f Flags) error {
 	for _, l := range f.Labels {
 		k, v, _ := strings.Cut(l, "=")
 		if !checkName(k) {
-			return invalidf("--label %q: missing or malformed name (want KEY=VALUE)", l)
+			return errdefs.Invalidf("--label %q: missing or malformed name (want KEY=VALUE)", l)
 		}
 		if r.Labels == nil {
 			r.Labels = map[string]string{}
@@ -226,7 +227,7 @@ func parseLabels(r *Request, f Flags) error {
 func parseNoCache(r *Request, f Flags) error {
 	for _, s := range f.NoCacheFilter {
 		if !checkStage(s) {
-			return invalidf("--no-cache-filter %q: not a valid stage name", s)
+			return errdefs.Invalidf("--no-cache-filter %q: not a valid stage name", s)
 		}
 	}
 	r.NoCache = f.NoCache
@@ -240,9 +241,9 @@ func parseNetwork(r *Request, f Flags) error {
 	case "none":
 		r.Network = "none"
 	case "host":
-		return invalidf("--network %q: host networking is not supported (supported: default, none)", f.Network)
+		return errdefs.Invalidf("--network %q: host networking is not supported (supported: default, none)", f.Network)
 	default:
-		return invalidf("--network %q: unknown network mode (supported: default, none)", f.Network)
+		return errdefs.Invalidf("--network %q: unknown network mode (supported: default, none)", f.Network)
 	}
 	return nil
 }
@@ -259,14 +260,14 @@ func parsePlatforms(r *Request, f Flags) error {
 		for _, item := range strings.Split(v, ",") {
 			item = strings.TrimSpace(item)
 			if item == "" {
-				return invalidf("--platform %q: empty platform in the list (want os/arch[/variant][,os/arch...], e.g. linux/amd64,linux/arm64)", v)
+				return errdefs.Invalidf("--platform %q: empty platform in the list (want os/arch[/variant][,os/arch...], e.g. linux/amd64,linux/arm64)", v)
 			}
 			p, err := platform.Parse(item)
 			if err != nil {
-				return invalidf("--platform %q: %q is not a valid platform (want os/arch[/variant], e.g. linux/arm64)", v, item)
+				return errdefs.Invalidf("--platform %q: %q is not a valid platform (want os/arch[/variant], e.g. linux/arm64)", v, item)
 			}
 			if _, ok := p.Builder(); !ok {
-				return invalidf("--platform %q: no kiln builder or emulator runs %s (supported: %s)", v, p, platform.Supported)
+				return errdefs.Invalidf("--platform %q: no kiln builder or emulator runs %s (supported: %s)", v, p, platform.Supported)
 			}
 			if !slices.Contains(r.Platforms, p) {
 				r.Platforms = append(r.Platforms, p)
@@ -278,7 +279,7 @@ func parsePlatforms(r *Request, f Flags) error {
 	default:
 		p, err := platform.Parse(b)
 		if err != nil || (p != platform.AMD64 && p != platform.ARM64) {
-			return invalidf("--build-platform %q: want %s, %s or %s", f.BuildPlatform, BuildPlatformDynamic, platform.AMD64, platform.ARM64)
+			return errdefs.Invalidf("--build-platform %q: want %s, %s or %s", f.BuildPlatform, BuildPlatformDynamic, platform.AMD64, platform.ARM64)
 		}
 		r.BuildPlatform = p
 	}
@@ -326,10 +327,10 @@ func parseOutputs(r *Request, f Flags) error {
 		}
 		if o.Dest == "-" {
 			if f.Stdout == nil {
-				return invalidf("%s: dest=- needs a stdout to write to", labels[i])
+				return errdefs.Invalidf("%s: dest=- needs a stdout to write to", labels[i])
 			}
 			if isTerminal(f.Stdout) {
-				return invalidf("%s: refusing to write an archive to a terminal; redirect stdout or give dest=<file>", labels[i])
+				return errdefs.Invalidf("%s: refusing to write an archive to a terminal; redirect stdout or give dest=<file>", labels[i])
 			}
 		}
 	}
@@ -346,7 +347,7 @@ func parseOutput(v string) (*Output, error) {
 	o := &Output{Attrs: map[string]string{}}
 	switch {
 	case v == "":
-		return nil, invalidf("-o %q: empty output", v)
+		return nil, errdefs.Invalidf("-o %q: empty output", v)
 	case v == "-":
 		o.Type, o.Dest = OutputTar, "-"
 		return o, nil
@@ -356,14 +357,14 @@ func parseOutput(v string) (*Output, error) {
 	}
 	fields, err := parseCSV(v)
 	if err != nil {
-		return nil, invalidWrap(err, "-o %q", v)
+		return nil, errdefs.InvalidWrapf(err, "-o %q", v)
 	}
 	hasDest := false
 	for _, f := range fields {
 		k, val, ok := strings.Cut(f, "=")
 		k = strings.TrimSpace(strings.ToLower(k))
 		if !ok || k == "" {
-			return nil, invalidf("-o %q: field %q is not key=value", v, f)
+			return nil, errdefs.Invalidf("-o %q: field %q is not key=value", v, f)
 		}
 		switch k {
 		case "type":
@@ -372,13 +373,13 @@ func parseOutput(v string) (*Output, error) {
 			o.Dest, hasDest = val, true
 		default:
 			if _, dup := o.Attrs[k]; dup {
-				return nil, invalidf("-o %q: %s= given more than once", v, k)
+				return nil, errdefs.Invalidf("-o %q: %s= given more than once", v, k)
 			}
 			o.Attrs[k] = val
 		}
 	}
 	if hasDest && o.Dest == "" {
-		return nil, invalidf("-o %q: empty dest= (a path, or \"-\" for stdout)", v)
+		return nil, errdefs.Invalidf("-o %q: empty dest= (a path, or \"-\" for stdout)", v)
 	}
 	out, err := NewOutput(o.Type, o.Dest, o.Attrs)
 	if err != nil {
@@ -419,7 +420,7 @@ func parseAttests(r *Request, f Flags) error {
 			return err
 		}
 		if seen[a.Type] {
-			return invalidf("%s: attestation type %q given more than once", flags[i], a.Type)
+			return errdefs.Invalidf("%s: attestation type %q given more than once", flags[i], a.Type)
 		}
 		seen[a.Type] = true
 		r.Attests = append(r.Attests, a)
@@ -442,14 +443,14 @@ func shorthandAttest(typ, v string) string {
 func parseAttest(flag, v string) (Attest, error) {
 	fields, err := parseCSV(v)
 	if err != nil {
-		return Attest{}, invalidWrap(err, "%s", flag)
+		return Attest{}, errdefs.InvalidWrapf(err, "%s", flag)
 	}
 	a := Attest{Attrs: map[string]string{}}
 	for _, f := range fields {
 		k, val, ok := strings.Cut(f, "=")
 		k = strings.TrimSpace(strings.ToLower(k))
 		if !ok || k == "" {
-			return Attest{}, invalidf("%s: field %q is not key=value", flag, f)
+			return Attest{}, errdefs.Invalidf("%s: field %q is not key=value", flag, f)
 		}
 		switch k {
 		case "type":
@@ -457,12 +458,12 @@ func parseAttest(flag, v string) (Attest, error) {
 		case "disabled":
 			b, err := strconv.ParseBool(val)
 			if err != nil {
-				return Attest{}, invalidf("%s: disabled=%q is not a boolean", flag, val)
+				return Attest{}, errdefs.Invalidf("%s: disabled=%q is not a boolean", flag, val)
 			}
 			a.Disabled = b
 		default:
 			if _, dup := a.Attrs[k]; dup {
-				return Attest{}, invalidf("%s: %s= given more than once", flag, k)
+				return Attest{}, errdefs.Invalidf("%s: %s= given more than once", flag, k)
 			}
 			a.Attrs[k] = val
 		}
@@ -479,7 +480,7 @@ func parseAttest(flag, v string) (Attest, error) {
 // labelled turns a check's plain error into an invalid one prefixed with
 // label ("--attest \"type=vex\": unknown attestation type ...").
 func labelled(err error, label string) error {
-	return invalidWrap(err, "%s", label)
+	return errdefs.InvalidWrapf(err, "%s", label)
 }
 
 // parseCaches parses --cache-from and --cache-to like buildx: a value
@@ -503,7 +504,7 @@ func parseCacheFlag(flag string, values []string) ([]Cache, error) {
 		label := flag + " " + strconv.Quote(v)
 		fields, err := parseCSV(v)
 		if err != nil {
-			return nil, invalidWrap(err, "%s", label)
+			return nil, errdefs.InvalidWrapf(err, "%s", label)
 		}
 		var entries []Cache
 		if !strings.Contains(v, "=") {
@@ -517,10 +518,10 @@ func parseCacheFlag(flag string, values []string) ([]Cache, error) {
 				k, val, ok := strings.Cut(f, "=")
 				k = strings.TrimSpace(strings.ToLower(k))
 				if !ok || k == "" {
-					return nil, invalidf("%s: field %q is not key=value", label, f)
+					return nil, errdefs.Invalidf("%s: field %q is not key=value", label, f)
 				}
 				if seen[k] {
-					return nil, invalidf("%s: %s= given more than once", label, k)
+					return nil, errdefs.Invalidf("%s: %s= given more than once", label, k)
 				}
 				seen[k] = true
 				if k == "type" {
@@ -550,13 +551,13 @@ func parseCallAndLint(r *Request, f Flags) error {
 	}
 	r.Call = c
 	if !checkLintFailOn(f.LintFailOn) {
-		return invalidf("--lint-fail-on %q: unknown level (supported: error, warn, none)", f.LintFailOn)
+		return errdefs.Invalidf("--lint-fail-on %q: unknown level (supported: error, warn, none)", f.LintFailOn)
 	}
 	if !f.Lint {
 		return nil
 	}
 	if c.Method != "" {
-		return invalidf("--lint and --call=%s: give one (--call=check prints the same checks without building)", f.Call)
+		return errdefs.Invalidf("--lint and --call=%s: give one (--call=check prints the same checks without building)", f.Call)
 	}
 	failOn := f.LintFailOn
 	if failOn == "" {
@@ -573,7 +574,7 @@ func parseCall(v string) (Call, error) {
 	label := "--call " + strconv.Quote(v)
 	fields, err := parseCSV(v)
 	if err != nil {
-		return Call{}, invalidWrap(err, "%s", label)
+		return Call{}, errdefs.InvalidWrapf(err, "%s", label)
 	}
 	var c Call
 	named := false
@@ -581,7 +582,7 @@ func parseCall(v string) (Call, error) {
 		k, val, ok := strings.Cut(field, "=")
 		if !ok {
 			if named {
-				return Call{}, invalidf("%s: more than one method", label)
+				return Call{}, errdefs.Invalidf("%s: more than one method", label)
 			}
 			c.Method, named = strings.TrimSpace(field), true
 			continue
@@ -589,7 +590,7 @@ func parseCall(v string) (Call, error) {
 		switch k {
 		case "format":
 			if val != "json" && val != "text" {
-				return Call{}, invalidf("%s: unknown format %q (supported: text, json)", label, val)
+				return Call{}, errdefs.Invalidf("%s: unknown format %q (supported: text, json)", label, val)
 			}
 			if val == "json" {
 				c.Format = "json"
@@ -597,11 +598,11 @@ func parseCall(v string) (Call, error) {
 		case "ignorestatus":
 			b, err := strconv.ParseBool(val)
 			if err != nil {
-				return Call{}, invalidf("%s: ignorestatus=%q is not a boolean", label, val)
+				return Call{}, errdefs.Invalidf("%s: ignorestatus=%q is not a boolean", label, val)
 			}
 			c.IgnoreStatus = b
 		default:
-			return Call{}, invalidf("%s: unknown field %q (supported: format, ignorestatus)", label, k)
+			return Call{}, errdefs.Invalidf("%s: unknown field %q (supported: format, ignorestatus)", label, k)
 		}
 	}
 	switch c.Method {
@@ -610,7 +611,7 @@ func parseCall(v string) (Call, error) {
 	case "lint":
 		c.Method = "check" // buildx's alias, kept for compatibility
 	case "":
-		return Call{}, invalidf("%s: missing method (build, check, outline, targets)", label)
+		return Call{}, errdefs.Invalidf("%s: missing method (build, check, outline, targets)", label)
 	}
 	if err := checkCall(c); err != nil {
 		return Call{}, labelled(err, label)
@@ -620,7 +621,7 @@ func parseCall(v string) (Call, error) {
 
 func parseTarget(r *Request, f Flags) error {
 	if !checkTarget(f.Target) {
-		return invalidf("--target %q: not a valid stage name", f.Target)
+		return errdefs.Invalidf("--target %q: not a valid stage name", f.Target)
 	}
 	r.Target = f.Target
 	return nil
@@ -634,7 +635,7 @@ func parseSecrets(r *Request, f Flags) error {
 			return err
 		}
 		if seen[s.ID] {
-			return invalidf("--secret %q: duplicate secret id %q", v, s.ID)
+			return errdefs.Invalidf("--secret %q: duplicate secret id %q", v, s.ID)
 		}
 		seen[s.ID] = true
 		r.Secrets = append(r.Secrets, s)
@@ -644,23 +645,23 @@ func parseSecrets(r *Request, f Flags) error {
 
 func parseSecret(v string) (Secret, error) {
 	if !strings.Contains(v, "=") {
-		return Secret{}, invalidf("--secret %q: missing id=", v)
+		return Secret{}, errdefs.Invalidf("--secret %q: missing id=", v)
 	}
 	fields, err := parseCSV(v)
 	if err != nil {
-		return Secret{}, invalidWrap(err, "--secret %q", v)
+		return Secret{}, errdefs.InvalidWrapf(err, "--secret %q", v)
 	}
 	var s Secret
 	typ := ""
 	for _, f := range fields {
 		k, val, ok := strings.Cut(f, "=")
 		if !ok {
-			return Secret{}, invalidf("--secret %q: field %q is not key=value", v, f)
+			return Secret{}, errdefs.Invalidf("--secret %q: field %q is not key=value", v, f)
 		}
 		switch strings.ToLower(k) {
 		case "type":
 			if val != "file" && val != "env" {
-				return Secret{}, invalidf("--secret %q: unsupported type %q (supported: file, env)", v, val)
+				return Secret{}, errdefs.Invalidf("--secret %q: unsupported type %q (supported: file, env)", v, val)
 			}
 			typ = val
 		case "id":
@@ -670,21 +671,21 @@ func parseSecret(v string) (Secret, error) {
 		case "env":
 			s.Env = val
 		default:
-			return Secret{}, invalidf("--secret %q: unknown key %q (supported: id, src, env, type)", v, k)
+			return Secret{}, errdefs.Invalidf("--secret %q: unknown key %q (supported: id, src, env, type)", v, k)
 		}
 	}
 	if s.ID == "" {
-		return Secret{}, invalidf("--secret %q: missing id=", v)
+		return Secret{}, errdefs.Invalidf("--secret %q: missing id=", v)
 	}
 	if typ == "env" && s.Env == "" {
 		// type=env,id=x,src=VAR names the variable through src.
 		s.Env, s.Src = s.Src, ""
 	}
 	if typ == "file" && s.Env != "" {
-		return Secret{}, invalidf("--secret %q: type=file cannot take env=", v)
+		return Secret{}, errdefs.Invalidf("--secret %q: type=file cannot take env=", v)
 	}
 	if s.Env != "" && s.Src != "" {
-		return Secret{}, invalidf("--secret %q: give either src= or env=, not both", v)
+		return Secret{}, errdefs.Invalidf("--secret %q: give either src= or env=, not both", v)
 	}
 	if typ == "file" && s.Src == "" {
 		s.Src = s.ID
@@ -694,14 +695,14 @@ func parseSecret(v string) (Secret, error) {
 	}
 	if s.Src != "" {
 		if err := checkReadable(s.Src); err != nil {
-			return Secret{}, invalidWrap(err, "--secret %q", v)
+			return Secret{}, errdefs.InvalidWrapf(err, "--secret %q", v)
 		}
 	}
 	// NewStore resolves "id=x" alone (env x when set, else file x) and
 	// checks that files exist and are not too big.
 	src := secretsprovider.Source{ID: s.ID, FilePath: s.Src, Env: s.Env}
 	if _, err := secretsprovider.NewStore([]secretsprovider.Source{src}); err != nil {
-		return Secret{}, invalidWrap(err, "--secret %q", v)
+		return Secret{}, errdefs.InvalidWrapf(err, "--secret %q", v)
 	}
 	s = s.Resolved()
 	if s.Src != "" {
@@ -717,23 +718,23 @@ func parseSSH(r *Request, f Flags) error {
 	for _, v := range f.SSH {
 		id, paths, hasPaths := strings.Cut(v, "=")
 		if id == "" {
-			return invalidf("--ssh %q: missing id (want default, ID or ID=PATH[,PATH])", v)
+			return errdefs.Invalidf("--ssh %q: missing id (want default, ID or ID=PATH[,PATH])", v)
 		}
 		s := SSH{ID: id}
 		if hasPaths {
 			for _, p := range strings.Split(paths, ",") {
 				if p == "" {
-					return invalidf("--ssh %q: empty path", v)
+					return errdefs.Invalidf("--ssh %q: empty path", v)
 				}
 				s.Paths = append(s.Paths, p)
 			}
 		}
 		if len(s.Paths) == 0 && os.Getenv("SSH_AUTH_SOCK") == "" {
-			return invalidf("--ssh %q: no agent socket: SSH_AUTH_SOCK is not set (or give %s=PATH)", v, id)
+			return errdefs.Invalidf("--ssh %q: no agent socket: SSH_AUTH_SOCK is not set (or give %s=PATH)", v, id)
 		}
 		for _, p := range s.Paths {
 			if err := checkReadable(p); err != nil {
-				return invalidWrap(err, "--ssh %q", v)
+				return errdefs.InvalidWrapf(err, "--ssh %q", v)
 			}
 		}
 		r.SSH = append(r.SSH, s)
@@ -741,7 +742,7 @@ func parseSSH(r *Request, f Flags) error {
 		// must be unique.
 		cfgs = append(cfgs, sshprovider.AgentConfig{ID: s.ID, Paths: slices.Clone(s.Paths)})
 		if _, err := sshprovider.NewSSHAgentProvider(slices.Clone(cfgs)); err != nil {
-			return invalidWrap(err, "--ssh %q", v)
+			return errdefs.InvalidWrapf(err, "--ssh %q", v)
 		}
 	}
 	return nil
@@ -751,14 +752,14 @@ func parseBuildContexts(r *Request, f Flags) error {
 	for _, v := range f.BuildContexts {
 		rawName, val, ok := strings.Cut(v, "=")
 		if !ok || rawName == "" || val == "" {
-			return invalidf("--build-context %q: want NAME=VALUE", v)
+			return errdefs.Invalidf("--build-context %q: want NAME=VALUE", v)
 		}
 		name, err := ContextName(rawName)
 		if err != nil {
-			return invalidWrap(err, "--build-context %q: invalid name %q", v, rawName)
+			return errdefs.InvalidWrapf(err, "--build-context %q: invalid name %q", v, rawName)
 		}
 		if _, dup := r.NamedContexts[name]; dup {
-			return invalidf("--build-context %q: context %q given more than once", v, name)
+			return errdefs.Invalidf("--build-context %q: context %q given more than once", v, name)
 		}
 		c, err := NamedContextOf(val)
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/platform"
 )
 
@@ -16,11 +17,11 @@ import (
 func (r Request) Validate() error {
 	switch {
 	case r.Context.Dir == "" && r.Context.Tar == nil:
-		return invalidf("build context: a path (or \"-\" for a tar archive on stdin) is required")
+		return errdefs.Invalidf("build context: a path (or \"-\" for a tar archive on stdin) is required")
 	case r.Context.Dir != "" && r.Context.Tar != nil:
-		return invalidf("build context: give a directory or a tar archive, not both")
+		return errdefs.Invalidf("build context: give a directory or a tar archive, not both")
 	case r.Dockerfile.Path != "" && r.Dockerfile.Inline != nil:
-		return invalidf("dockerfile: give a path or its contents, not both")
+		return errdefs.Invalidf("dockerfile: give a path or its contents, not both")
 	}
 	for _, t := range r.Tags {
 		if err := checkTag(t); err != nil {
@@ -29,24 +30,24 @@ func (r Request) Validate() error {
 	}
 	for k := range r.Args {
 		if !checkName(k) {
-			return invalidf("build arg %q: missing or malformed name", k)
+			return errdefs.Invalidf("build arg %q: missing or malformed name", k)
 		}
 	}
 	for k := range r.Labels {
 		if !checkName(k) {
-			return invalidf("label %q: missing or malformed name", k)
+			return errdefs.Invalidf("label %q: missing or malformed name", k)
 		}
 	}
 	if !checkTarget(r.Target) {
-		return invalidf("target %q: not a valid stage name", r.Target)
+		return errdefs.Invalidf("target %q: not a valid stage name", r.Target)
 	}
 	for _, s := range r.NoCacheFilter {
 		if !checkStage(s) {
-			return invalidf("no-cache filter %q: not a valid stage name", s)
+			return errdefs.Invalidf("no-cache filter %q: not a valid stage name", s)
 		}
 	}
 	if !checkNetwork(r.Network) {
-		return invalidf("network %q: unknown network mode (supported: default, none)", r.Network)
+		return errdefs.Invalidf("network %q: unknown network mode (supported: default, none)", r.Network)
 	}
 	if err := r.validatePlatforms(); err != nil {
 		return err
@@ -72,10 +73,10 @@ func (r Request) Validate() error {
 	}
 	if r.Lint != nil {
 		if !checkLintFailOn(r.Lint.FailOn) {
-			return invalidf("lint fail-on %q: unknown level (supported: error, warn, none)", r.Lint.FailOn)
+			return errdefs.Invalidf("lint fail-on %q: unknown level (supported: error, warn, none)", r.Lint.FailOn)
 		}
 		if r.Call.Method != "" {
-			return invalidf("--lint and --call=%s: give one (--call=check prints the same checks without building)", r.Call.Method)
+			return errdefs.Invalidf("--lint and --call=%s: give one (--call=check prints the same checks without building)", r.Call.Method)
 		}
 	}
 	return r.validateMounts()
@@ -84,11 +85,11 @@ func (r Request) Validate() error {
 func (r Request) validatePlatforms() error {
 	for _, p := range r.Platforms {
 		if _, ok := p.Builder(); !ok {
-			return invalidf("platform %s: no kiln builder or emulator runs %s (supported: %s)", p, p, platform.Supported)
+			return errdefs.Invalidf("platform %s: no kiln builder or emulator runs %s (supported: %s)", p, p, platform.Supported)
 		}
 	}
 	if b := r.BuildPlatform; !b.IsZero() && b != platform.AMD64 && b != platform.ARM64 {
-		return invalidf("build platform %s: kiln builders run %s or %s", b, platform.AMD64, platform.ARM64)
+		return errdefs.Invalidf("build platform %s: kiln builders run %s or %s", b, platform.AMD64, platform.ARM64)
 	}
 	return nil
 }
@@ -112,7 +113,7 @@ func (r Request) validateOutputs() error {
 	if len(r.Platforms) > 1 {
 		for i, o := range r.Outputs {
 			if o.Type == OutputDocker {
-				return invalidf("%s: docker exporter does not currently support exporting manifest lists (--platform %s): "+
+				return errdefs.Invalidf("%s: docker exporter does not currently support exporting manifest lists (--platform %s): "+
 					"the Docker engine keeps one platform per image; build one platform (e.g. --platform %s), or use --push or -o type=oci,dest=FILE for all of them",
 					labels[i], strings.Join(platform.Strings(r.Platforms), ","), r.Platforms[0])
 			}
@@ -129,7 +130,7 @@ func (r Request) validateAttests() error {
 			return labelled(err, label)
 		}
 		if seen[a.Type] {
-			return invalidf("%s: given more than once", label)
+			return errdefs.Invalidf("%s: given more than once", label)
 		}
 		seen[a.Type] = true
 	}
@@ -149,28 +150,28 @@ func (r Request) validateMounts() error {
 		}
 		switch {
 		case s.ID == "":
-			return invalidf("secret: missing id")
+			return errdefs.Invalidf("secret: missing id")
 		case sources != 1:
-			return invalidf("secret %q: give exactly one of a file, an environment variable or a value", s.ID)
+			return errdefs.Invalidf("secret %q: give exactly one of a file, an environment variable or a value", s.ID)
 		case seen[s.ID]:
-			return invalidf("secret %q: duplicate secret id", s.ID)
+			return errdefs.Invalidf("secret %q: duplicate secret id", s.ID)
 		}
 		seen[s.ID] = true
 	}
 	for _, s := range r.SSH {
 		if s.ID == "" {
-			return invalidf("ssh: missing id")
+			return errdefs.Invalidf("ssh: missing id")
 		}
 		for _, p := range s.Paths {
 			if p == "" {
-				return invalidf("ssh %q: empty path", s.ID)
+				return errdefs.Invalidf("ssh %q: empty path", s.ID)
 			}
 		}
 	}
 	for name, c := range r.NamedContexts {
 		label := "--build-context " + strconv.Quote(name+"="+c.String())
 		if n, err := ContextName(name); err != nil || n != name {
-			return invalidf("%s: invalid name %q", label, name)
+			return errdefs.Invalidf("%s: invalid name %q", label, name)
 		}
 		if err := checkNamedContext(c); err != nil {
 			return labelled(err, label)

@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/kiln-dev/kiln/internal/buildreq"
+	"github.com/kiln-dev/kiln/internal/errdefs"
 )
 
 // defaultProvenance is what buildx (v0.30 through v0.38) asks for when no
@@ -43,7 +44,7 @@ func (r *Request) setAttests(attests []buildreq.Attest) error {
 	if v, ok := os.LookupEnv(noDefaultAttestationsEnv); ok {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			return invalidf("%s=%q: not a boolean", noDefaultAttestationsEnv, v)
+			return errdefs.Invalidf("%s=%q: not a boolean", noDefaultAttestationsEnv, v)
 		}
 		if b {
 			return nil

@@ -21,6 +21,7 @@ import (
 	"github.com/moby/buildkit/solver/pb"
 
 	"github.com/kiln-dev/kiln/internal/buildreq"
+	"github.com/kiln-dev/kiln/internal/errdefs"
 )
 
 // callFunc is a parsed --call value: a frontend subrequest run instead of
@@ -199,11 +200,11 @@ func sanitizeLint(results *lint.LintResults) {
 func lintError(results *lint.LintResults) error {
 	if i := results.Error.Location.SourceIndex; i < 0 || int(i) >= len(results.Sources) || results.Sources[i] == nil {
 		// No source to show (PrintErrorTo would index out of range).
-		return invalidf("%s", results.Error.Message)
+		return errdefs.Invalidf("%s", results.Error.Message)
 	}
 	var b bytes.Buffer
 	results.PrintErrorTo(&b, nil)
-	return invalidf("%s", strings.TrimRight(b.String(), "\n"))
+	return errdefs.Invalidf("%s", strings.TrimRight(b.String(), "\n"))
 }
 
 // runLint implements --lint: the Dockerfile frontend's checks run before
@@ -250,7 +251,7 @@ func (r *Request) runLint(ctx context.Context, c *client.Client, progressOut io.
 	fmt.Fprintln(progressOut)
 	switch {
 	case r.lintFailOn == buildreq.LintFailOnWarn, r.lintFailOn == buildreq.LintFailOnError && asErrors:
-		return invalidf("--lint: %d %s (see above); the build was not run", n, plural(n, "lint error", "lint errors"))
+		return errdefs.Invalidf("--lint: %d %s (see above); the build was not run", n, plural(n, "lint error", "lint errors"))
 	}
 	return nil
 }
@@ -273,7 +274,7 @@ func (r *Request) checkConfig() (string, bool, error) {
 	}
 	cfg, err := linter.ParseLintOptions(cfgStr)
 	if err != nil {
-		return "", false, invalidWrap(err, "--lint: the Dockerfile's check options")
+		return "", false, errdefs.InvalidWrapf(err, "--lint: the Dockerfile's check options")
 	}
 	return cfgStr, cfg.ReturnAsError, nil
 }

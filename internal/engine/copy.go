@@ -10,6 +10,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/kiln-dev/kiln/internal/errdefs"
 )
 
 // CopyOptions say what [CopyImage] copies where.
@@ -35,11 +37,11 @@ type CopyOptions struct {
 // read or written.
 func CheckCopyDests(dests []string, insecure bool) error {
 	if len(dests) == 0 {
-		return invalidf("-t: give at least one destination, e.g. -t registry.example.com/app:1")
+		return errdefs.Invalidf("-t: give at least one destination, e.g. -t registry.example.com/app:1")
 	}
 	for _, d := range dests {
 		if _, err := name.ParseReference(d, nameOpts(insecure)...); err != nil {
-			return invalidWrap(err, "-t %q", clip(d, 200))
+			return errdefs.InvalidWrapf(err, "-t %q", clip(d, 200))
 		}
 		if err := CheckImageNames("-t", []string{d}); err != nil {
 			return err
@@ -67,7 +69,7 @@ func CopyImage(ctx context.Context, o CopyOptions) (string, error) {
 	}
 	src, err := name.ParseReference(o.Source)
 	if err != nil {
-		return "", invalidWrap(err, "source image %q", clip(o.Source, 200))
+		return "", errdefs.InvalidWrapf(err, "source image %q", clip(o.Source, 200))
 	}
 	srcAuth := o.SourceAuth
 	if srcAuth == nil {
@@ -160,7 +162,7 @@ func humanBytes(n int64) string {
 func ImageDigest(ctx context.Context, ref string, auth authn.Authenticator) (string, error) {
 	r, err := name.ParseReference(ref)
 	if err != nil {
-		return "", invalidWrap(err, "image %q", clip(ref, 200))
+		return "", errdefs.InvalidWrapf(err, "image %q", clip(ref, 200))
 	}
 	if auth == nil {
 		auth = authn.Anonymous

@@ -38,7 +38,7 @@ const dialCheckTimeout = 30 * time.Second
 func Dial(ctx context.Context, c Connection) (*client.Client, error) {
 	u, err := url.Parse(c.Endpoint)
 	if err != nil || c.Endpoint == "" {
-		return nil, invalidf("builder endpoint %q: want tcp://host:port or unix:///path", c.Endpoint)
+		return nil, errdefs.Invalidf("builder endpoint %q: want tcp://host:port or unix:///path", c.Endpoint)
 	}
 	useTLS := c.CertPEM != "" || c.KeyPEM != "" || c.CACertPEM != ""
 
@@ -46,10 +46,10 @@ func Dial(ctx context.Context, c Connection) (*client.Client, error) {
 	switch u.Scheme {
 	case "tcp":
 		if u.Host == "" {
-			return nil, invalidf("builder endpoint %q: missing host:port", c.Endpoint)
+			return nil, errdefs.Invalidf("builder endpoint %q: missing host:port", c.Endpoint)
 		}
 		if _, _, err := net.SplitHostPort(u.Host); err != nil {
-			return nil, invalidWrap(err, "builder endpoint %q", c.Endpoint)
+			return nil, errdefs.InvalidWrapf(err, "builder endpoint %q", c.Endpoint)
 		}
 		if useTLS {
 			cfg, err := tlsConfig(c, u.Hostname())
@@ -64,24 +64,24 @@ func Dial(ctx context.Context, c Connection) (*client.Client, error) {
 		}
 	case "unix":
 		if u.Path == "" && u.Opaque == "" {
-			return nil, invalidf("builder endpoint %q: missing socket path", c.Endpoint)
+			return nil, errdefs.Invalidf("builder endpoint %q: missing socket path", c.Endpoint)
 		}
 		if useTLS {
-			return nil, invalidf("builder endpoint %q: TLS credentials are not supported over a unix socket", c.Endpoint)
+			return nil, errdefs.Invalidf("builder endpoint %q: TLS credentials are not supported over a unix socket", c.Endpoint)
 		}
 	default:
-		return nil, invalidf("builder endpoint %q: unsupported scheme %q (want tcp:// or unix://)", c.Endpoint, u.Scheme)
+		return nil, errdefs.Invalidf("builder endpoint %q: unsupported scheme %q (want tcp:// or unix://)", c.Endpoint, u.Scheme)
 	}
 
 	bk, err := client.New(ctx, c.Endpoint, opts...)
 	if err != nil {
-		return nil, kindWrap(errdefs.ErrUnavailable, err, "connecting to builder %s", c.Endpoint)
+		return nil, errdefs.Wrapf(errdefs.ErrUnavailable, err, "connecting to builder %s", c.Endpoint)
 	}
 	checkCtx, cancel := context.WithTimeout(ctx, dialCheckTimeout)
 	defer cancel()
 	if _, err := bk.ListWorkers(checkCtx); err != nil {
 		_ = bk.Close()
-		return nil, kindWrap(errdefs.ErrUnavailable, err, "connecting to builder %s", c.Endpoint)
+		return nil, errdefs.Wrapf(errdefs.ErrUnavailable, err, "connecting to builder %s", c.Endpoint)
 	}
 	return bk, nil
 }
@@ -100,7 +100,7 @@ func tlsConfig(c Connection, host string) (*tls.Config, error) {
 	if c.CACertPEM != "" {
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM([]byte(c.CACertPEM)) {
-			return nil, invalidf("builder connection: CA certificate is not valid PEM")
+			return nil, errdefs.Invalidf("builder connection: CA certificate is not valid PEM")
 		}
 		cfg.RootCAs = pool
 	}
@@ -108,11 +108,11 @@ func tlsConfig(c Connection, host string) (*tls.Config, error) {
 	case c.CertPEM != "" && c.KeyPEM != "":
 		cert, err := tls.X509KeyPair([]byte(c.CertPEM), []byte(c.KeyPEM))
 		if err != nil {
-			return nil, invalidWrap(err, "builder connection: client certificate")
+			return nil, errdefs.InvalidWrapf(err, "builder connection: client certificate")
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	case c.CertPEM != "" || c.KeyPEM != "":
-		return nil, invalidf("builder connection: client certificate and key must be given together")
+		return nil, errdefs.Invalidf("builder connection: client certificate and key must be given together")
 	}
 	return cfg, nil
 }

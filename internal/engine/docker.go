@@ -50,7 +50,7 @@ func connectDocker(ctx context.Context, contextName, purpose string) (*dockerEng
 	}
 	api, err := dockerclient.New(opts...)
 	if err != nil {
-		return nil, invalidWrap(err, "%s: Docker engine %s", purpose, host)
+		return nil, errdefs.InvalidWrapf(err, "%s: Docker engine %s", purpose, host)
 	}
 	if h := api.DaemonHost(); h != "" {
 		host = h
@@ -60,7 +60,7 @@ func connectDocker(ctx context.Context, contextName, purpose string) (*dockerEng
 	res, err := api.Info(ctx, dockerclient.InfoOptions{})
 	if err != nil {
 		_ = api.Close()
-		return nil, kindWrap(errdefs.ErrUnavailable, err, "%s: cannot reach the Docker engine at %s (set DOCKER_HOST or a Docker context)", purpose, host)
+		return nil, errdefs.Wrapf(errdefs.ErrUnavailable, err, "%s: cannot reach the Docker engine at %s (set DOCKER_HOST or a Docker context)", purpose, host)
 	}
 	e := &dockerEngine{api: api, host: host}
 	for _, kv := range res.Info.DriverStatus {
@@ -94,19 +94,19 @@ func dockerClientOpts(contextName, purpose string) ([]dockerclient.Opt, string, 
 	))
 	meta, err := st.GetMetadata(contextName)
 	if err != nil {
-		return nil, "", invalidWrap(err, "%s: Docker context %q", purpose, contextName)
+		return nil, "", errdefs.InvalidWrapf(err, "%s: Docker context %q", purpose, contextName)
 	}
 	epMeta, err := ctxdocker.EndpointFromContext(meta)
 	if err != nil {
-		return nil, "", invalidWrap(err, "%s: Docker context %q", purpose, contextName)
+		return nil, "", errdefs.InvalidWrapf(err, "%s: Docker context %q", purpose, contextName)
 	}
 	ep, err := ctxdocker.WithTLSData(st, contextName, epMeta)
 	if err != nil {
-		return nil, "", invalidWrap(err, "%s: Docker context %q", purpose, contextName)
+		return nil, "", errdefs.InvalidWrapf(err, "%s: Docker context %q", purpose, contextName)
 	}
 	opts, err := ep.ClientOpts()
 	if err != nil {
-		return nil, "", invalidWrap(err, "%s: Docker context %q", purpose, contextName)
+		return nil, "", errdefs.InvalidWrapf(err, "%s: Docker context %q", purpose, contextName)
 	}
 	return opts, ep.Host, nil
 }
@@ -161,7 +161,7 @@ func loadAborted(err error) error {
 func (l *dockerLoad) run(archive io.Reader) error {
 	res, err := l.engine.api.ImageLoad(l.ctx, archive, dockerclient.ImageLoadWithQuiet(true))
 	if err != nil {
-		return kindWrap(errdefs.ErrUnavailable, err, "--load: loading the image into the Docker engine at %s", l.engine.host)
+		return errdefs.Wrapf(errdefs.ErrUnavailable, err, "--load: loading the image into the Docker engine at %s", l.engine.host)
 	}
 	defer res.Close()
 	// Engines answer with a JSON message stream; one that answers with
@@ -285,7 +285,7 @@ func (r *Request) CheckDocker(ctx context.Context) error {
 		_ = e.api.Close()
 		// buildx: "docker exporter does not currently support exporting
 		// manifest lists" — attestations need an index.
-		return invalidf("%s: the Docker engine at %s keeps images in its classic store, which cannot hold attestations (%s); "+
+		return errdefs.Invalidf("%s: the Docker engine at %s keeps images in its classic store, which cannot hold attestations (%s); "+
 			"drop them for --load (--provenance=false, --sbom=false), or push / -o type=oci,dest=FILE instead",
 			load.flag, e.host, strings.Join(r.attests, ", "))
 	}

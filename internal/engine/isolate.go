@@ -9,6 +9,8 @@ import (
 
 	"github.com/docker/cli/cli/config/configfile"
 	"github.com/google/go-containerregistry/pkg/authn"
+
+	"github.com/kiln-dev/kiln/internal/errdefs"
 )
 
 // ServerSide makes a prepared request safe to run on kiln's server for
@@ -24,11 +26,11 @@ func (r *Request) ServerSide() { r.serverSide = true }
 // asks.
 func (r *Request) secretProvider() (session.Attachable, error) {
 	if r.serverSide && len(r.secrets) > 0 {
-		return nil, invalidf("secret %q: a build on the server takes secrets as values only", r.secrets[0].ID)
+		return nil, errdefs.Invalidf("secret %q: a build on the server takes secrets as values only", r.secrets[0].ID)
 	}
 	files, err := secretsprovider.NewStore(r.secrets)
 	if err != nil {
-		return nil, invalidWrap(err, "--secret")
+		return nil, errdefs.InvalidWrapf(err, "--secret")
 	}
 	return secretsprovider.NewSecretProvider(secretStore{values: r.secretValues, files: files}), nil
 }

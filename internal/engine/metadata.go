@@ -28,7 +28,7 @@ func WriteIIDFile(path string, resp *client.SolveResponse) error {
 		id = resp.ExporterResponse[exptypes.ExporterImageDigestKey]
 	}
 	if id == "" {
-		return kindWrap(errdefs.ErrFailedPrecondition, nil,
+		return errdefs.Wrapf(errdefs.ErrFailedPrecondition, nil,
 			"--iidfile %s: the build output produced no image digest (use an image-producing output such as type=oci or type=docker)", path)
 	}
 	if err := writeFileAtomic(path, []byte(id)); err != nil {

@@ -19,6 +19,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/platform"
 )
 
@@ -68,14 +69,14 @@ func planPlatformExports(work string, i int, target string, user []client.Export
 			e.Attrs["tar"] = "false"
 		case client.ExporterDocker:
 			// Prepare refuses this (buildreq.Request.Validate).
-			return nil, invalidf("docker exporter does not currently support exporting manifest lists")
+			return nil, errdefs.Invalidf("docker exporter does not currently support exporting manifest lists")
 		case client.ExporterImage:
 			if !attrTrue(ue.Attrs, "push") {
 				break // stored on each builder as it is; nothing to merge
 			}
 			repos, err := repositories(ue.Attrs["name"])
 			if err != nil {
-				return nil, invalidWrap(err, "--push")
+				return nil, errdefs.InvalidWrapf(err, "--push")
 			}
 			kind = partPush
 			e.Attrs["name"] = strings.Join(repos, ",")
@@ -121,7 +122,7 @@ func finishPlatformExports(ctx context.Context, kc authn.Keychain, user []client
 			}
 			names, err := imageNames(ue.Attrs["name"])
 			if err != nil {
-				return nil, invalidWrap(err, "--push")
+				return nil, errdefs.InvalidWrapf(err, "--push")
 			}
 			desc, err := pushIndex(ctx, kc, names, imgs, attrTrue(ue.Attrs, "registry.insecure"))
 			if err != nil {
@@ -143,7 +144,7 @@ func finishOCI(ue client.ExportEntry, j int, plans []*platformPlan, resp map[str
 	}
 	names, err := imageNames(ue.Attrs["name"])
 	if err != nil {
-		return invalidWrap(err, "name=")
+		return errdefs.InvalidWrapf(err, "name=")
 	}
 	dst := ue.OutputDir
 	if ue.Output != nil || dst == "" {

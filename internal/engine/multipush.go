@@ -83,7 +83,7 @@ func pushIndex(ctx context.Context, kc authn.Keychain, names []string, imgs []pl
 	}
 	first, err := name.ParseReference(names[0], nameOpts...)
 	if err != nil {
-		return ocispecs.Descriptor{}, invalidWrap(err, "--push: image name %q", names[0])
+		return ocispecs.Descriptor{}, errdefs.InvalidWrapf(err, "--push: image name %q", names[0])
 	}
 
 	var adds []mutate.IndexAddendum
@@ -160,7 +160,7 @@ func pushIndex(ctx context.Context, kc authn.Keychain, names []string, imgs []pl
 	for _, n := range names {
 		ref, err := name.ParseReference(n, nameOpts...)
 		if err != nil {
-			return ocispecs.Descriptor{}, invalidWrap(err, "--push: image name %q", n)
+			return ocispecs.Descriptor{}, errdefs.InvalidWrapf(err, "--push: image name %q", n)
 		}
 		if err := remote.WriteIndex(ref, index, opts...); err != nil {
 			return ocispecs.Descriptor{}, registryError(err, "--push: pushing the image index to %s", ref)
@@ -197,7 +197,7 @@ func registryError(err error, format string, args ...any) error {
 	default:
 		return fmt.Errorf(format+": %w", append(args, err)...)
 	}
-	return kindWrap(kind, err, format, args...)
+	return errdefs.Wrapf(kind, err, format, args...)
 }
 
 // digestOf converts go-containerregistry's hash to a digest.

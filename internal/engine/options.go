@@ -20,6 +20,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/archive"
 	"github.com/kiln-dev/kiln/internal/buildreq"
+	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/platform"
 )
 
@@ -245,7 +246,7 @@ func (r *Request) setSecrets(secrets []buildreq.Secret) error {
 		}
 		src := secretsprovider.Source{ID: s.ID, FilePath: s.Src, Env: s.Env}
 		if _, err := secretsprovider.NewStore([]secretsprovider.Source{src}); err != nil {
-			return invalidWrap(err, "secret %q", s.ID)
+			return errdefs.InvalidWrapf(err, "secret %q", s.ID)
 		}
 		r.secrets = append(r.secrets, src)
 	}
@@ -262,7 +263,7 @@ func (r *Request) setSSH(ssh []buildreq.SSH) error {
 		return nil
 	}
 	if _, err := sshprovider.NewSSHAgentProvider(slices.Clone(r.ssh)); err != nil {
-		return invalidWrap(err, "ssh")
+		return errdefs.InvalidWrapf(err, "ssh")
 	}
 	return nil
 }
@@ -286,16 +287,16 @@ func (r *Request) prepareContext(c buildreq.Context, df buildreq.Dockerfile) err
 	}
 	dir, err := filepath.Abs(c.Dir)
 	if err != nil {
-		return invalidWrap(err, "build context %q", c.Dir)
+		return errdefs.InvalidWrapf(err, "build context %q", c.Dir)
 	}
 	fi, err := os.Stat(dir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return invalidf("build context %q: no such directory", c.Dir)
+		return errdefs.Invalidf("build context %q: no such directory", c.Dir)
 	case err != nil:
-		return invalidWrap(err, "build context %q", c.Dir)
+		return errdefs.InvalidWrapf(err, "build context %q", c.Dir)
 	case !fi.IsDir():
-		return invalidf("build context %q: not a directory (a tar archive must be given on stdin as \"-\")", c.Dir)
+		return errdefs.Invalidf("build context %q: not a directory (a tar archive must be given on stdin as \"-\")", c.Dir)
 	}
 	r.contextDir = dir
 
@@ -307,7 +308,7 @@ func (r *Request) prepareContext(c buildreq.Context, df buildreq.Dockerfile) err
 	default:
 		p, err := filepath.Abs(df.Path)
 		if err != nil {
-			return invalidWrap(err, "-f %q", df.Path)
+			return errdefs.InvalidWrapf(err, "-f %q", df.Path)
 		}
 		return r.setDockerfile(p)
 	}
@@ -318,12 +319,12 @@ func (r *Request) setDockerfile(p string) error {
 	fi, err := os.Stat(p)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return invalidf("Dockerfile not found: %s", p)
+			return errdefs.Invalidf("Dockerfile not found: %s", p)
 		}
-		return invalidWrap(err, "Dockerfile %s", p)
+		return errdefs.InvalidWrapf(err, "Dockerfile %s", p)
 	}
 	if !fi.Mode().IsRegular() {
-		return invalidf("Dockerfile %s: not a regular file", p)
+		return errdefs.Invalidf("Dockerfile %s: not a regular file", p)
 	}
 	r.dockerfilePath = p
 	return nil
@@ -344,10 +345,10 @@ func (r *Request) dockerfileFromReader(rd io.Reader, what string) error {
 		return fmt.Errorf("%s: reading stdin: %w", what, err)
 	}
 	if len(dt) > maxStdinDockerfile {
-		return invalidf("%s: Dockerfile on stdin is larger than %d MiB", what, maxStdinDockerfile>>20)
+		return errdefs.Invalidf("%s: Dockerfile on stdin is larger than %d MiB", what, maxStdinDockerfile>>20)
 	}
 	if len(dt) == 0 {
-		return invalidf("%s: stdin is empty", what)
+		return errdefs.Invalidf("%s: stdin is empty", what)
 	}
 	p := filepath.Join(dir, "Dockerfile")
 	if err := os.WriteFile(p, dt, 0o600); err != nil {
@@ -361,7 +362,7 @@ func (r *Request) dockerfileFromReader(rd io.Reader, what string) error {
 // keeps the lone Dockerfile it holds instead).
 func (r *Request) prepareStdinContext(stdin io.Reader, df buildreq.Dockerfile) error {
 	if df.Inline != nil {
-		return invalidf("-f \"-\": stdin is already used for the build context; it cannot also be the Dockerfile")
+		return errdefs.Invalidf("-f \"-\": stdin is already used for the build context; it cannot also be the Dockerfile")
 	}
 	tmp, err := r.tempDir()
 	if err != nil {
@@ -375,13 +376,13 @@ func (r *Request) prepareStdinContext(stdin io.Reader, df buildreq.Dockerfile) e
 
 	isTar, rd, err := sniffArchive(stdin)
 	if err != nil {
-		return invalidWrap(err, "build context \"-\"")
+		return errdefs.InvalidWrapf(err, "build context \"-\"")
 	}
 	if !isTar {
 		// `docker build - < Dockerfile`: stdin is the Dockerfile, the
 		// context is empty.
 		if df.Path != "" {
-			return invalidf("-f %q: stdin holds a Dockerfile, not a tar archive; -f cannot be used with it", df.Path)
+			return errdefs.Invalidf("-f %q: stdin holds a Dockerfile, not a tar archive; -f cannot be used with it", df.Path)
 		}
 		return r.dockerfileFromReader(rd, "build context \"-\"")
 	}
@@ -395,21 +396,21 @@ func (r *Request) prepareStdinContext(stdin io.Reader, df buildreq.Dockerfile) e
 	}
 	rel := filepath.ToSlash(name)
 	if filepath.IsAbs(name) {
-		return invalidf("-f %q: with a stdin archive, -f names a file inside the archive and must be relative", name)
+		return errdefs.Invalidf("-f %q: with a stdin archive, -f names a file inside the archive and must be relative", name)
 	}
 	resolved, err := archive.ResolveInRoot(root, rel)
 	if err != nil {
-		return invalidWrap(err, "-f %q", name)
+		return errdefs.InvalidWrapf(err, "-f %q", name)
 	}
 	fi, err := os.Lstat(resolved)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return invalidf("Dockerfile not found: %s (in the stdin archive)", rel)
+			return errdefs.Invalidf("Dockerfile not found: %s (in the stdin archive)", rel)
 		}
-		return invalidWrap(err, "-f %q", name)
+		return errdefs.InvalidWrapf(err, "-f %q", name)
 	}
 	if !fi.Mode().IsRegular() {
-		return invalidf("Dockerfile %s (in the stdin archive): not a regular file", rel)
+		return errdefs.Invalidf("Dockerfile %s (in the stdin archive): not a regular file", rel)
 	}
 	r.dockerfilePath = resolved
 	return nil
@@ -422,7 +423,7 @@ func (r *Request) setProgress(v string) error {
 	case progressui.AutoMode, progressui.PlainMode, progressui.TtyMode, progressui.QuietMode, progressui.RawJSONMode:
 		r.progress = m
 	default:
-		return invalidf("--progress %q: unknown mode (supported: auto, plain, tty, quiet, rawjson)", v)
+		return errdefs.Invalidf("--progress %q: unknown mode (supported: auto, plain, tty, quiet, rawjson)", v)
 	}
 	return nil
 }
@@ -440,7 +441,7 @@ func (r *Request) setNamedContexts(contexts map[string]buildreq.NamedContext) er
 		case c.OCILayout != "":
 			attr, storeID, dir, err := parseOCILayout(c.OCILayout)
 			if err != nil {
-				return invalidWrap(err, "%s", label)
+				return errdefs.InvalidWrapf(err, "%s", label)
 			}
 			r.ociStores[storeID] = dir
 			r.frontendAttrs[key] = attr
@@ -449,21 +450,21 @@ func (r *Request) setNamedContexts(contexts map[string]buildreq.NamedContext) er
 		default:
 			dir, err := filepath.Abs(c.Dir)
 			if err != nil {
-				return invalidWrap(err, "%s", label)
+				return errdefs.InvalidWrapf(err, "%s", label)
 			}
 			fi, err := os.Stat(dir)
 			if err != nil {
 				if errors.Is(err, fs.ErrNotExist) {
-					return invalidf("%s: no such directory %s", label, dir)
+					return errdefs.Invalidf("%s: no such directory %s", label, dir)
 				}
-				return invalidWrap(err, "%s", label)
+				return errdefs.InvalidWrapf(err, "%s", label)
 			}
 			if !fi.IsDir() {
-				return invalidf("%s: %s is not a directory", label, dir)
+				return errdefs.Invalidf("%s: %s is not a directory", label, dir)
 			}
 			mount := localMountName(name)
 			if _, dup := r.locals[mount]; dup {
-				return invalidf("%s: context %q given more than once", label, name)
+				return errdefs.Invalidf("%s: context %q given more than once", label, name)
 			}
 			r.locals[mount] = dir
 			r.frontendAttrs[key] = "local:" + mount

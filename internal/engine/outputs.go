@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/kiln-dev/kiln/internal/buildreq"
+	"github.com/kiln-dev/kiln/internal/errdefs"
 )
 
 // outputSpec is one output of the build, its dest made absolute.
@@ -100,22 +101,22 @@ func (o *outputSpec) checkDest(stdout io.Writer) error {
 		return nil
 	case "-":
 		if stdout == nil {
-			return invalidf("%s: dest=- needs a stdout to write to", o.flag)
+			return errdefs.Invalidf("%s: dest=- needs a stdout to write to", o.flag)
 		}
 		return nil
 	}
 	abs, err := filepath.Abs(o.Dest)
 	if err != nil {
-		return invalidWrap(err, "%s", o.flag)
+		return errdefs.InvalidWrapf(err, "%s", o.flag)
 	}
 	o.Dest = abs
 	fi, err := os.Stat(abs)
 	switch {
 	case err != nil:
 	case o.IsDir() && !fi.IsDir():
-		return invalidf("%s: dest %s exists and is not a directory", o.flag, abs)
+		return errdefs.Invalidf("%s: dest %s exists and is not a directory", o.flag, abs)
 	case !o.IsDir() && fi.IsDir():
-		return invalidf("%s: dest %s is a directory; type=%s writes a file", o.flag, abs, o.Type)
+		return errdefs.Invalidf("%s: dest %s is a directory; type=%s writes a file", o.flag, abs, o.Type)
 	}
 	return nil
 }

@@ -46,10 +46,10 @@ func CheckImageNames(flag string, names []string) error {
 	for _, n := range names {
 		named, err := reference.ParseNormalizedNamed(n)
 		if err != nil {
-			return invalidWrap(err, "%s %q", flag, clip(n, 200))
+			return errdefs.InvalidWrapf(err, "%s %q", flag, clip(n, 200))
 		}
 		if _, ok := named.(reference.Digested); ok {
-			return invalidf("%s %q: a tag cannot be a digest; give NAME[:TAG]", flag, clip(n, 200))
+			return errdefs.Invalidf("%s %q: a tag cannot be a digest; give NAME[:TAG]", flag, clip(n, 200))
 		}
 	}
 	return nil
@@ -65,7 +65,7 @@ func PullIntoDocker(ctx context.Context, o PullOptions) (string, error) {
 	}
 	named, err := reference.ParseNormalizedNamed(o.Ref)
 	if err != nil {
-		return "", invalidWrap(err, "image %q", clip(o.Ref, 200))
+		return "", errdefs.InvalidWrapf(err, "image %q", clip(o.Ref, 200))
 	}
 	e, err := connectDocker(ctx, o.DockerContext, "kiln pull")
 	if err != nil {
@@ -99,7 +99,7 @@ func PullIntoDocker(ctx context.Context, o PullOptions) (string, error) {
 		if errors.As(err, &jerr) {
 			return "", fmt.Errorf("the Docker engine at %s could not pull %s: %s", e.host, o.Ref, jerr.Message)
 		}
-		return "", kindWrap(errdefs.ErrUnavailable, err, "pulling %s into the Docker engine at %s", o.Ref, e.host)
+		return "", errdefs.Wrapf(errdefs.ErrUnavailable, err, "pulling %s into the Docker engine at %s", o.Ref, e.host)
 	}
 	inspect, err := e.api.ImageInspect(ctx, o.Ref)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/moby/buildkit/client"
 
 	"github.com/kiln-dev/kiln/internal/buildreq"
+	"github.com/kiln-dev/kiln/internal/errdefs"
 )
 
 // RegistryCredential is a user name and password for one registry host.
@@ -75,7 +76,7 @@ func IsLoopbackHost(hostport string) bool {
 // user's own credentials.
 func (r *Request) AddSave(refs []string, creds []RegistryCredential) error {
 	if r.call != nil {
-		return invalidf("--save: --call runs a frontend method and builds nothing to save")
+		return errdefs.Invalidf("--save: --call runs a frontend method and builds nothing to save")
 	}
 	if len(refs) == 0 {
 		return fmt.Errorf("--save: the server named no image to save to")

@@ -98,7 +98,7 @@ func Solve(ctx context.Context, c *client.Client, r *Request, progressOut io.Wri
 func (r *Request) withProgress(ctx context.Context, progressOut io.Writer, observe func(*client.SolveStatus), run func(chan *client.SolveStatus) (*client.SolveResponse, error)) (*client.SolveResponse, error) {
 	display, err := progressui.NewDisplay(progressOut, r.progress)
 	if err != nil {
-		return nil, invalidWrap(err, "--progress %q", string(r.progress))
+		return nil, errdefs.InvalidWrapf(err, "--progress %q", string(r.progress))
 	}
 	statusCh := make(chan *client.SolveStatus)
 	displayCh := make(chan *client.SolveStatus)
@@ -130,7 +130,7 @@ func (r *Request) withProgress(ctx context.Context, progressOut io.Writer, obser
 	}
 	if solveErr != nil {
 		if ctx.Err() != nil {
-			return nil, kindWrap(errdefs.ErrCanceled, solveErr, "build canceled")
+			return nil, errdefs.Wrapf(errdefs.ErrCanceled, solveErr, "build canceled")
 		}
 		return nil, solveErr
 	}
@@ -175,7 +175,7 @@ func (r *Request) sessionSolveOpt(progressOut io.Writer) (client.SolveOpt, error
 	for id, dir := range r.ociStores {
 		store, err := contentlocal.NewStore(dir)
 		if err != nil {
-			return client.SolveOpt{}, invalidWrap(err, "--build-context: OCI layout %s", dir)
+			return client.SolveOpt{}, errdefs.InvalidWrapf(err, "--build-context: OCI layout %s", dir)
 		}
 		if ociStores == nil {
 			ociStores = map[string]content.Store{}
@@ -202,7 +202,7 @@ func (r *Request) sessionSolveOpt(progressOut io.Writer) (client.SolveOpt, error
 	if len(r.ssh) > 0 {
 		sp, err := sshprovider.NewSSHAgentProvider(r.ssh)
 		if err != nil {
-			return client.SolveOpt{}, invalidWrap(err, "--ssh")
+			return client.SolveOpt{}, errdefs.InvalidWrapf(err, "--ssh")
 		}
 		attachables = append(attachables, sp)
 	}

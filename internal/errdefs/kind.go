@@ -32,6 +32,11 @@ func Invalidf(format string, args ...any) error {
 	return &kindError{msg: fmt.Sprintf(format, args...), kind: ErrInvalid}
 }
 
+// InvalidWrapf is [Invalidf] with the error that caused it.
+func InvalidWrapf(cause error, format string, args ...any) error {
+	return &kindError{msg: fmt.Sprintf(format, args...), kind: ErrInvalid, err: cause}
+}
+
 // Wrapf is an error of kind whose text is the message and cause's.
 func Wrapf(kind, cause error, format string, args ...any) error {
 	return &kindError{msg: fmt.Sprintf(format, args...), kind: kind, err: cause}
