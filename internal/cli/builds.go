@@ -21,6 +21,7 @@ import (
 	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/retry"
 )
 
 func newBuildsCmd(g *globals) *cobra.Command {
@@ -451,8 +452,8 @@ stdout, as with 'kiln build --detach'.`,
 			if err != nil {
 				return err
 			}
-			res, err := retryUnavailable(cmd.Context(), func() (*connect.Response[kilnv1.RebuildBuildResponse], error) {
-				return c.SourceBuilds().RebuildBuild(cmd.Context(), connect.NewRequest(&kilnv1.RebuildBuildRequest{BuildId: args[0]}))
+			res, err := retry.Value(cmd.Context(), retry.API, func(ctx context.Context) (*connect.Response[kilnv1.RebuildBuildResponse], error) {
+				return c.SourceBuilds().RebuildBuild(ctx, connect.NewRequest(&kilnv1.RebuildBuildRequest{BuildId: args[0]}))
 			})
 			if err != nil {
 				return fmt.Errorf("rebuild %s: %w", args[0], err)

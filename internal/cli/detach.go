@@ -32,6 +32,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/platform"
+	"github.com/kiln-dev/kiln/internal/retry"
 )
 
 // outsideDockerfile is where a -f Dockerfile from outside the context goes
@@ -139,7 +140,7 @@ func runDetach(ctx context.Context, g *globals, bf *buildFlags, flags *pflag.Fla
 	req.Dockerfile = archive.dockerfile
 
 	api := cfg.SourceBuilds()
-	up, err := retryUnavailable(ctx, func() (*connect.Response[kilnv1.GenerateUploadURLResponse], error) {
+	up, err := retry.Value(ctx, retry.API, func(ctx context.Context) (*connect.Response[kilnv1.GenerateUploadURLResponse], error) {
 		return api.GenerateUploadURL(ctx, connect.NewRequest(&kilnv1.GenerateUploadURLRequest{Project: ref, Size: archive.size, Sha256: archive.sha256}))
 	})
 	if err != nil {
@@ -156,7 +157,7 @@ func runDetach(ctx context.Context, g *globals, bf *buildFlags, flags *pflag.Fla
 
 	req.Project = ref // as given: a customer's build is recorded with its customer id
 	req.ContextKey = up.Msg.ContextKey
-	created, err := retryUnavailable(ctx, func() (*connect.Response[kilnv1.CreateBuildResponse], error) {
+	created, err := retry.Value(ctx, retry.API, func(ctx context.Context) (*connect.Response[kilnv1.CreateBuildResponse], error) {
 		return api.CreateBuild(ctx, connect.NewRequest(req))
 	})
 	if err != nil {

@@ -1,4 +1,4 @@
-package cli
+package retry_test
 
 import (
 	"context"
@@ -14,6 +14,8 @@ import (
 	"connectrpc.com/connect"
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
 	"github.com/depot/depot-go/proto/depot/cli/v1/cliv1connect"
+
+	"github.com/kiln-dev/kiln/internal/retry"
 )
 
 type createOnly struct {
@@ -59,7 +61,7 @@ func TestRetryOnConnectionReset(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	res, err := retryUnavailable(ctx, func() (*connect.Response[cliv1.CreateBuildResponse], error) {
+	res, err := retry.Value(ctx, retry.API, func(ctx context.Context) (*connect.Response[cliv1.CreateBuildResponse], error) {
 		return api.CreateBuild(ctx, connect.NewRequest(&cliv1.CreateBuildRequest{ProjectId: "p"}))
 	})
 	if err != nil {
@@ -74,7 +76,7 @@ func TestRetryOnConnectionReset(t *testing.T) {
 func TestRetryIsBounded(t *testing.T) {
 	ctx := context.Background()
 	var n int
-	_, err := retryUnavailable(ctx, func() (*connect.Response[cliv1.CreateBuildResponse], error) {
+	_, err := retry.Value(ctx, retry.API, func(ctx context.Context) (*connect.Response[cliv1.CreateBuildResponse], error) {
 		n++
 		return nil, connect.NewError(connect.CodeUnavailable, errors.New("down"))
 	})
@@ -82,7 +84,7 @@ func TestRetryIsBounded(t *testing.T) {
 		t.Errorf("unavailable: %d attempts, err %v", n, err)
 	}
 	n = 0
-	_, err = retryUnavailable(ctx, func() (*connect.Response[cliv1.CreateBuildResponse], error) {
+	_, err = retry.Value(ctx, retry.API, func(ctx context.Context) (*connect.Response[cliv1.CreateBuildResponse], error) {
 		n++
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("bad"))
 	})
@@ -93,13 +95,13 @@ func TestRetryIsBounded(t *testing.T) {
 		connect.NewError(connect.CodeUnknown, &net.OpError{Op: "read", Err: syscall.ECONNRESET}),
 		connect.NewError(connect.CodeUnavailable, errors.New("x")),
 	} {
-		if !isTransient(e) {
-			t.Errorf("isTransient(%v) = false", e)
+		if !retry.Transient(e) {
+			t.Errorf("Transient(%v) = false", e)
 		}
 	}
 	for _, e := range []error{connect.NewError(connect.CodeInternal, errors.New("x")), context.Canceled, errors.New("connection reset by peer")} {
-		if isTransient(e) {
-			t.Errorf("isTransient(%v) = true", e)
+		if retry.Transient(e) {
+			t.Errorf("Transient(%v) = true", e)
 		}
 	}
 }
