@@ -46,6 +46,7 @@ type Recorder struct {
 	steps     []Step
 	index     map[string]int // digest → position in steps
 	dirty     []int          // positions changed since the last Drain, in the order they changed
+	marked    []bool         // by position: in dirty
 	logs      []LogLine
 	exporting bool // the image export has started
 	reported  bool // Drain has said so
@@ -102,6 +103,7 @@ func (r *Recorder) put(s Step) {
 		i = len(r.steps)
 		r.index[s.Digest] = i
 		r.steps = append(r.steps, Step{Digest: s.Digest})
+		r.marked = append(r.marked, false)
 	}
 	old := &r.steps[i]
 	if s.Name != "" {
@@ -117,7 +119,8 @@ func (r *Recorder) put(s Step) {
 	if s.Error != "" {
 		old.Error = s.Error
 	}
-	if !slices.Contains(r.dirty, i) {
+	if !r.marked[i] {
+		r.marked[i] = true
 		r.dirty = append(r.dirty, i)
 	}
 }
@@ -165,6 +168,7 @@ func (r *Recorder) Drain() (steps []Step, logs []LogLine, exportStarted bool) {
 	defer r.mu.Unlock()
 	for _, i := range r.dirty {
 		steps = append(steps, r.steps[i])
+		r.marked[i] = false
 	}
 	logs = r.logs
 	r.dirty, r.logs = nil, nil
