@@ -223,11 +223,6 @@ func TestAnonymousBodiesRefusedUnread(t *testing.T) {
 	}
 }
 
-func openFDs(pid int) int {
-	es, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	return len(es)
-}
-
 // 1,000 connections trickle one byte of a body and stall: on an upload
 // URL, the anonymous login, and the registry with A's token. Each is
 // dropped once its body has sent nothing for --body-timeout; meanwhile

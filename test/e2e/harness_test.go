@@ -81,9 +81,22 @@ func run(m *testing.M) int {
 	}
 	flag.Parse()
 	setParallel()
-	defer stopShared()
-	return m.Run()
+	code := m.Run()
+	stopShared()
+	// After the whole suite, faults included: no builder process or mount
+	// of any of this run's servers is left on the machine.
+	if left := leftBehind(); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "e2e: left behind after every server stopped:\n  %s\n", strings.Join(left, "\n  "))
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
 }
+
+// runTag starts the name of every data directory this run makes, so that
+// what it leaves behind is told apart from another run's.
+var runTag = "kiln-e2e-" + strconv.Itoa(os.Getpid()) + "-"
 
 // setParallel bounds how many tests marked parallel run at once: each runs
 // its own builders (buildkitd processes) and builds, and a 2-core machine
@@ -285,7 +298,7 @@ func stopShared() {
 // directory; start or boot runs it.
 func newServer(env, args []string, pool int) (*server, error) {
 	// A short data path keeps builders' unix socket paths within limits.
-	data, err := os.MkdirTemp("", "kiln-e2e-")
+	data, err := os.MkdirTemp("", runTag)
 	if err != nil {
 		return nil, err
 	}

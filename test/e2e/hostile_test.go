@@ -967,7 +967,7 @@ func TestHostileEgressAllowList(t *testing.T) {
 // failure: it returns nil and the server's output.
 func startServerMayFail(t *testing.T, args ...string) (*server, string) {
 	t.Helper()
-	data, err := os.MkdirTemp("", "kiln-e2e-")
+	data, err := os.MkdirTemp("", runTag)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -181,7 +181,13 @@ func randomBytes(n int) []byte {
 
 func TestRegistryConformance(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
+	registryConformance(t, startServer(t))
+}
+
+// registryConformance runs the spec's workflows against s's registry in a
+// new project (the fault suite runs them again on a server that survived
+// its faults).
+func registryConformance(t *testing.T, s *server) {
 	proj := s.createProject(t, "oci")
 	c := s.oci(t, s.Token)
 	repo := proj + "/conformance"
