@@ -24,3 +24,12 @@ var (
 func IsNotFound(err error) bool    { return errors.Is(err, ErrNotFound) }
 func IsInvalid(err error) bool     { return errors.Is(err, ErrInvalid) }
 func IsUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }
+
+// ErrDiskFull marks a write that failed because kiln's data disk has no
+// room (ENOSPC, or SQLite's "database or disk is full"). Errors of it are
+// also of kind ErrExhausted, so the edges answer ResourceExhausted; use
+// [DiskFull] to make one.
+var ErrDiskFull = errors.New("data disk full")
+
+// IsDiskFull reads [ErrDiskFull] from a wrapped error.
+func IsDiskFull(err error) bool { return errors.Is(err, ErrDiskFull) }

@@ -41,3 +41,21 @@ func InvalidWrapf(cause error, format string, args ...any) error {
 func Wrapf(kind, cause error, format string, args ...any) error {
 	return &kindError{msg: fmt.Sprintf(format, args...), kind: kind, err: cause}
 }
+
+// DiskFull is the error for a write that kiln's data disk had no room for:
+// of kinds ErrExhausted and ErrDiskFull, its text says so, how much room
+// is left (free, in bytes; < 0 when unknown) and what to do. It never
+// names a path: users read it.
+func DiskFull(free int64) error {
+	left := ""
+	if free >= 0 {
+		left = fmt.Sprintf(" (%d bytes free)", free)
+	}
+	return &kindError{msg: "kiln's data disk is full" + left + "; the server's operator must free space on it, then retry", kind: diskFull{}}
+}
+
+// diskFull is both kinds a full data disk is.
+type diskFull struct{}
+
+func (diskFull) Error() string   { return ErrDiskFull.Error() }
+func (diskFull) Unwrap() []error { return []error{ErrExhausted, ErrDiskFull} }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -25,7 +27,11 @@ var migrations embed.FS
 
 // SQLite is the embedded Store: one database file in the data directory.
 type SQLite struct {
-	db *sql.DB
+	db  *sql.DB
+	dir string // the database's directory: the data disk, for DiskFull's free bytes
+	// pending keeps build ends a full disk refused, until they are
+	// written (diskfull.go).
+	pending pendingEnds
 }
 
 // The SQLite store is every domain package's store (Store embeds them).
@@ -50,7 +56,7 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 		db.Close()
 		return nil, err
 	}
-	return &SQLite{db: db}, nil
+	return &SQLite{db: db, dir: filepath.Dir(path), pending: pendingEnds{closed: make(chan struct{})}}, nil
 }
 
 // ownerOnly creates the database file 0600 if it is missing (SQLite
@@ -85,7 +91,12 @@ func migrate(ctx context.Context, db *sql.DB, dialect goose.Dialect) error {
 	return nil
 }
 
-func (s *SQLite) Close() error { return s.db.Close() }
+// Close writes build ends a full disk refused, if it now can, and closes
+// the database.
+func (s *SQLite) Close() error {
+	s.closePending()
+	return s.db.Close()
+}
 
 func ms(t time.Time) int64 {
 	if t.IsZero() {
@@ -117,7 +128,7 @@ func uniqueViolation(err error, what, id string) error {
 }
 
 func (s *SQLite) CreateOrganization(ctx context.Context, o project.Organization) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO organizations (id, name, created_at) VALUES (?, ?, ?)`, o.ID, o.Name, ms(o.CreatedAt))
+	_, err := s.exec(ctx, `INSERT INTO organizations (id, name, created_at) VALUES (?, ?, ?)`, o.ID, o.Name, ms(o.CreatedAt))
 	return uniqueViolation(err, "organization", o.ID)
 }
 
@@ -172,7 +183,7 @@ func splitList(s string) []string {
 }
 
 func (s *SQLite) CreateProject(ctx context.Context, p project.Project) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO projects (`+projectCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := s.exec(ctx, `INSERT INTO projects (`+projectCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		p.ID, p.OrgID, p.Name, p.RegionID, p.Hardware, p.KeepGB, p.KeepDays, ms(p.CreatedAt), p.CustomerID, joinList(p.EgressAllow))
 	return uniqueViolation(err, "project", p.ID)
 }
@@ -183,7 +194,7 @@ func (s *SQLite) GetOrCreateCustomerProject(ctx context.Context, p project.Proje
 	if p.OrgID == "" || p.CustomerID == "" {
 		return project.Project{}, false, fmt.Errorf("customer project needs an organization and a customer id: %w", errdefs.ErrInvalid)
 	}
-	res, err := s.db.ExecContext(ctx, `INSERT INTO projects (`+projectCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	res, err := s.exec(ctx, `INSERT INTO projects (`+projectCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (org_id, customer_id) WHERE customer_id <> '' DO NOTHING`,
 		p.ID, p.OrgID, p.Name, p.RegionID, p.Hardware, p.KeepGB, p.KeepDays, ms(p.CreatedAt), p.CustomerID, joinList(p.EgressAllow))
 	if err != nil {
@@ -220,7 +231,7 @@ func (s *SQLite) ListProjects(ctx context.Context, orgID string) ([]project.Proj
 }
 
 func (s *SQLite) UpdateProject(ctx context.Context, p project.Project) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE projects SET name = ?, region_id = ?, hardware = ?, keep_gb = ?, keep_days = ? WHERE id = ?`,
+	res, err := s.exec(ctx, `UPDATE projects SET name = ?, region_id = ?, hardware = ?, keep_gb = ?, keep_days = ? WHERE id = ?`,
 		p.Name, p.RegionID, p.Hardware, p.KeepGB, p.KeepDays, p.ID)
 	return affected(res, err, "project", p.ID)
 }
@@ -231,7 +242,7 @@ func (s *SQLite) SetProjectEgressAllow(ctx context.Context, id string, cidrs []s
 			return fmt.Errorf("egress CIDR %q: %w", c, errdefs.ErrInvalid)
 		}
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE projects SET egress_allow = ? WHERE id = ?`, joinList(cidrs), id)
+	res, err := s.exec(ctx, `UPDATE projects SET egress_allow = ? WHERE id = ?`, joinList(cidrs), id)
 	return affected(res, err, "project", id)
 }
 
@@ -269,16 +280,24 @@ func (s *SQLite) DeleteProject(ctx context.Context, id string) error {
 	})
 }
 
+// tx runs fn in a transaction, committed if fn returns nil. A full disk
+// is errdefs.DiskFull, whichever statement met it.
 func (s *SQLite) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return err
+		return s.diskErr(err)
 	}
 	if err := fn(tx); err != nil {
 		tx.Rollback()
-		return err
+		return s.diskErr(err)
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		// SQLite may leave the transaction open after a failed COMMIT
+		// (SQLITE_FULL among others); a ROLLBACK ends it either way.
+		tx.Rollback()
+		return s.diskErr(err)
+	}
+	return nil
 }
 
 const tokenCols = `id, kind, org_id, project_id, build_id, description, secret_hash, created_at, expires_at`
@@ -292,7 +311,7 @@ func scanToken(sc interface{ Scan(...any) error }) (auth.Token, error) {
 }
 
 func (s *SQLite) CreateToken(ctx context.Context, t auth.Token) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens (`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := s.exec(ctx, `INSERT INTO tokens (`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		t.ID, t.Kind, t.OrgID, t.ProjectID, t.BuildID, t.Description, t.SecretHash, ms(t.CreatedAt), ms(t.ExpiresAt))
 	return uniqueViolation(err, "token", t.ID)
 }
@@ -326,12 +345,12 @@ func (s *SQLite) ListTokens(ctx context.Context, orgID, projectID string) ([]aut
 }
 
 func (s *SQLite) UpdateToken(ctx context.Context, id, description string) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE tokens SET description = ? WHERE id = ?`, description, id)
+	res, err := s.exec(ctx, `UPDATE tokens SET description = ? WHERE id = ?`, description, id)
 	return affected(res, err, "token", id)
 }
 
 func (s *SQLite) DeleteToken(ctx context.Context, id string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM tokens WHERE id = ?`, id)
+	res, err := s.exec(ctx, `DELETE FROM tokens WHERE id = ?`, id)
 	return affected(res, err, "token", id)
 }
 
@@ -359,7 +378,7 @@ func buildKind(k build.Kind) build.Kind {
 }
 
 func (s *SQLite) CreateBuild(ctx context.Context, b build.Build) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO builds (`+buildCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := s.exec(ctx, `INSERT INTO builds (`+buildCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		b.ID, b.ProjectID, b.OrgID, b.Status, b.Command, b.Options, b.Error, b.Platforms, ms(b.CreatedAt), ms(b.StartedAt), ms(b.FinishedAt), ms(b.LastHealthAt),
 		buildKind(b.Kind), b.Spec, b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest, b.CreatedBy)
 	return uniqueViolation(err, "build", b.ID)
@@ -367,7 +386,11 @@ func (s *SQLite) CreateBuild(ctx context.Context, b build.Build) error {
 
 func (s *SQLite) GetBuild(ctx context.Context, id string) (build.Build, error) {
 	b, err := scanBuild(s.db.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds WHERE id = ?`, id))
-	return b, notFound(err, "build", id)
+	if err != nil {
+		return b, notFound(err, "build", id)
+	}
+	s.pendingEnd(&b)
+	return b, nil
 }
 
 func (s *SQLite) queryBuilds(ctx context.Context, q string, args ...any) ([]build.Build, error) {
@@ -382,6 +405,7 @@ func (s *SQLite) queryBuilds(ctx context.Context, q string, args ...any) ([]buil
 		if err != nil {
 			return nil, err
 		}
+		s.pendingEnd(&b)
 		out = append(out, b)
 	}
 	return out, rows.Err()
@@ -396,7 +420,9 @@ func (s *SQLite) ListBuilds(ctx context.Context, projectID string, before time.T
 }
 
 func (s *SQLite) ListBuildsByStatus(ctx context.Context, status build.Status) ([]build.Build, error) {
-	return s.queryBuilds(ctx, `SELECT `+buildCols+` FROM builds WHERE status = ? ORDER BY created_at, id`, status)
+	bs, err := s.queryBuilds(ctx, `SELECT `+buildCols+` FROM builds WHERE status = ? ORDER BY created_at, id`, status)
+	// A build whose end is kept (diskfull.go) is no longer in status.
+	return slices.DeleteFunc(bs, func(b build.Build) bool { return b.Status != status }), err
 }
 
 // BuildEnded reports whether a build has ended (auth.Store: a build token
@@ -409,14 +435,21 @@ func (s *SQLite) BuildEnded(ctx context.Context, id string) (bool, error) {
 	return b.Terminal(), nil
 }
 
+// UpdateBuild changes a build in a transaction. An end (fn moved the
+// build to a terminal status) that a full disk refuses is kept and written
+// when there is room (diskfull.go): the call succeeds and reads show the
+// build ended. Any other write a full disk refuses is errdefs.DiskFull.
 func (s *SQLite) UpdateBuild(ctx context.Context, id string, fn func(*build.Build) error) (build.Build, error) {
 	var b build.Build
+	var wasTerminal bool
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var err error
 		b, err = scanBuild(tx.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds WHERE id = ?`, id))
 		if err != nil {
 			return notFound(err, "build", id)
 		}
+		s.pendingEnd(&b) // a kept end is the build's status; this write includes it
+		wasTerminal = b.Terminal()
 		if err := fn(&b); err != nil {
 			return err
 		}
@@ -426,6 +459,12 @@ func (s *SQLite) UpdateBuild(ctx context.Context, id string, fn func(*build.Buil
 			b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest, id)
 		return err
 	})
+	if errdefs.IsDiskFull(err) && !wasTerminal && b.Terminal() && s.keepEnd(b) {
+		return b, nil
+	}
+	if err == nil && wasTerminal {
+		s.forgetEnd(id) // written with this update
+	}
 	return b, err
 }
 

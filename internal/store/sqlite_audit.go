@@ -25,7 +25,7 @@ func (s *SQLite) CreateAuditEvent(ctx context.Context, e audit.Entry) error {
 			return fmt.Errorf("audit detail: %w", err)
 		}
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO audit_events (id, at, kind, org_id, project_id, actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+	_, err := s.exec(ctx, `INSERT INTO audit_events (id, at, kind, org_id, project_id, actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?)`,
 		e.ID, ms(e.At), e.Kind, e.OrgID, e.ProjectID, e.Actor, string(detail))
 	return uniqueViolation(err, "audit event", e.ID)
 }

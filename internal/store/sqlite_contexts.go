@@ -16,7 +16,7 @@ func scanContext(sc interface{ Scan(...any) error }) (Context, error) {
 }
 
 func (s *SQLite) CreateContext(ctx context.Context, c Context) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO build_contexts (`+contextCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := s.exec(ctx, `INSERT INTO build_contexts (`+contextCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		c.Key, c.OrgID, c.ProjectID, c.BlobKey, c.Size, c.SHA256, c.Charged, c.Settled, ms(c.CreatedAt), ms(c.ExpiresAt))
 	return uniqueViolation(err, "context", c.Key)
 }
@@ -44,12 +44,12 @@ func (s *SQLite) ListUnsettledContexts(ctx context.Context, projectID string, cr
 }
 
 func (s *SQLite) SettleContext(ctx context.Context, key string, charged int64) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE build_contexts SET charged = ?, settled = 1 WHERE key = ? AND settled = 0`, charged, key)
+	_, err := s.exec(ctx, `UPDATE build_contexts SET charged = ?, settled = 1 WHERE key = ? AND settled = 0`, charged, key)
 	return err
 }
 
 func (s *SQLite) PinContextDigest(ctx context.Context, key, sha256 string) (string, error) {
-	if _, err := s.db.ExecContext(ctx, `UPDATE build_contexts SET sha256 = ? WHERE key = ? AND sha256 = ''`, sha256, key); err != nil {
+	if _, err := s.exec(ctx, `UPDATE build_contexts SET sha256 = ? WHERE key = ? AND sha256 = ''`, sha256, key); err != nil {
 		return "", err
 	}
 	var pinned string
@@ -79,6 +79,6 @@ func (s *SQLite) listContexts(ctx context.Context, query string, args ...any) ([
 }
 
 func (s *SQLite) DeleteContext(ctx context.Context, key string) error {
-	_, err := s.db.ExecContext(ctx, `DELETE FROM build_contexts WHERE key = ?`, key)
+	_, err := s.exec(ctx, `DELETE FROM build_contexts WHERE key = ?`, key)
 	return err
 }

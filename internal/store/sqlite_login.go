@@ -19,7 +19,7 @@ func scanLogin(sc interface{ Scan(...any) error }) (login.Login, error) {
 }
 
 func (s *SQLite) CreateLogin(ctx context.Context, l login.Login) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO logins (`+loginCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := s.exec(ctx, `INSERT INTO logins (`+loginCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		l.IDHash, l.ApprovalID, l.Status, l.OrgID, l.ApprovedBy, l.TokenID, l.Source, ms(l.CreatedAt), ms(l.ExpiresAt), ms(l.UpdatedAt))
 	// The ids are random; a collision is reported, never overwritten.
 	return uniqueViolation(err, "login", l.ApprovalID)
@@ -68,7 +68,7 @@ func (s *SQLite) CountPendingLogins(ctx context.Context, source string, expiresA
 }
 
 func (s *SQLite) DeleteLogins(ctx context.Context, expiredBefore time.Time) (int, error) {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM logins WHERE expires_at < ?`, ms(expiredBefore))
+	res, err := s.exec(ctx, `DELETE FROM logins WHERE expires_at < ?`, ms(expiredBefore))
 	if err != nil {
 		return 0, err
 	}

@@ -143,14 +143,14 @@ func (s *SQLite) ListRegistryTags(ctx context.Context, q RegistryTagQuery) ([]Re
 }
 
 func (s *SQLite) PutRegistryTag(ctx context.Context, t RegistryTag) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO registry_tags (repo, tag, project_id, digest, pushed_at) VALUES (?, ?, ?, ?, ?)
+	_, err := s.exec(ctx, `INSERT INTO registry_tags (repo, tag, project_id, digest, pushed_at) VALUES (?, ?, ?, ?, ?)
 		ON CONFLICT (repo, tag) DO UPDATE SET project_id = excluded.project_id, digest = excluded.digest, pushed_at = excluded.pushed_at`,
 		t.Repo, t.Tag, t.ProjectID, t.Digest, ms(t.PushedAt))
 	return err
 }
 
 func (s *SQLite) DeleteRegistryTag(ctx context.Context, repo, tag string) error {
-	_, err := s.db.ExecContext(ctx, `DELETE FROM registry_tags WHERE repo = ? AND tag = ?`, repo, tag)
+	_, err := s.exec(ctx, `DELETE FROM registry_tags WHERE repo = ? AND tag = ?`, repo, tag)
 	return err
 }
 
@@ -193,7 +193,7 @@ func (s *SQLite) GetRegistrySettings(ctx context.Context, projectID string) (Reg
 }
 
 func (s *SQLite) PutRegistrySettings(ctx context.Context, rs RegistrySettings) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO registry_settings (project_id, retention_seconds) VALUES (?, ?)
+	_, err := s.exec(ctx, `INSERT INTO registry_settings (project_id, retention_seconds) VALUES (?, ?)
 		ON CONFLICT (project_id) DO UPDATE SET retention_seconds = excluded.retention_seconds`,
 		rs.ProjectID, int64(rs.Retention/time.Second))
 	return err

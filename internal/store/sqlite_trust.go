@@ -17,7 +17,7 @@ func scanTrustPolicy(sc interface{ Scan(...any) error }) (auth.TrustPolicy, erro
 }
 
 func (s *SQLite) CreateTrustPolicy(ctx context.Context, tp auth.TrustPolicy) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO trust_policies (`+trustCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+	_, err := s.exec(ctx, `INSERT INTO trust_policies (`+trustCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)`,
 		tp.ID, tp.ProjectID, tp.OrgID, tp.Provider, tp.Owner, tp.Repo, ms(tp.CreatedAt))
 	return uniqueViolation(err, "trust policy", tp.ID)
 }
@@ -54,6 +54,6 @@ func (s *SQLite) MatchTrustPolicies(ctx context.Context, provider, owner string)
 }
 
 func (s *SQLite) DeleteTrustPolicy(ctx context.Context, id string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM trust_policies WHERE id = ?`, id)
+	res, err := s.exec(ctx, `DELETE FROM trust_policies WHERE id = ?`, id)
 	return affected(res, err, "trust policy", id)
 }

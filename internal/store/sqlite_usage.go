@@ -79,7 +79,7 @@ func (s *SQLite) LastUncachedStepDurations(ctx context.Context, projectID string
 }
 
 func (s *SQLite) CreateBuildShare(ctx context.Context, sh build.Share) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO build_shares (build_id, token, created_by, created_at) VALUES (?, ?, ?, ?)`,
+	_, err := s.exec(ctx, `INSERT INTO build_shares (build_id, token, created_by, created_at) VALUES (?, ?, ?, ?)`,
 		sh.BuildID, sh.Token, sh.CreatedBy, ms(sh.CreatedAt))
 	return uniqueViolation(err, "build share", sh.BuildID)
 }
@@ -105,6 +105,6 @@ func (s *SQLite) GetBuildShareByToken(ctx context.Context, token string) (build.
 }
 
 func (s *SQLite) DeleteBuildShare(ctx context.Context, buildID string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM build_shares WHERE build_id = ?`, buildID)
+	res, err := s.exec(ctx, `DELETE FROM build_shares WHERE build_id = ?`, buildID)
 	return affected(res, err, "build share", buildID)
 }
