@@ -261,7 +261,7 @@ func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http
 		return nil, nil, nil, err
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.Handle("GET /readyz", s.readiness()) // ready.go
 	fleet := s.fleet
 	mux.Handle("GET /debug/builders", s.requireOrg(authn, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
