@@ -6,13 +6,23 @@ package e2e
 // and 5).
 
 import (
+	"bufio"
+	"bytes"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
+
+	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 )
 
 // diskReadyz is GET /readyz: its status code and body.
@@ -100,5 +110,177 @@ func TestDataDiskFull(t *testing.T) {
 	s.start(t)
 	if st := s.buildStatus(t, proj, id); st != cliv1.BuildStatus_BUILD_STATUS_FINISHED {
 		t.Errorf("after a restart the build that finished on a full disk reads %v, want finished", st)
+	}
+}
+
+// diskRawPut sends a PUT to an upload URL by hand: its headers (with
+// Content-Length declared), then body, then — if cut — closes the
+// connection without sending the rest, as a dropped network does. It
+// returns the status line and body of the answer, "" if none came.
+func diskRawPut(t *testing.T, rawURL string, declared int, body []byte, cut bool) string {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.DialTimeout("tcp", u.Host, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "PUT %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\nContent-Type: application/octet-stream\r\n\r\n", u.RequestURI(), u.Host, declared)
+	c.Write(body)
+	if cut {
+		c.(*net.TCPConn).CloseWrite()
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return ""
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.Status + " " + string(b)
+}
+
+// diskUploadsLeft lists what the server's upload storage holds for key
+// and its uploads in progress (temp files): after a refused or cut upload,
+// both must be empty.
+func diskUploadsLeft(t *testing.T, s *server, key string) []string {
+	t.Helper()
+	var left []string
+	filepath.WalkDir(filepath.Join(s.Data, "blobs"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && (strings.Contains(p, key) || strings.Contains(p, string(filepath.Separator)+"tmp"+string(filepath.Separator))) {
+			left = append(left, p)
+		}
+		return nil
+	})
+	return left
+}
+
+// RELIABILITY row 5, from the uploader's side: an upload whose bytes are
+// flipped or whose stream is cut is refused before any build starts, the
+// error names the digest or the missing bytes, nothing of it is kept, and
+// the same URL then takes the intact upload, which builds.
+func TestCorruptUploadRefusedBeforeBuild(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	proj := s.createProject(t, "corrupt-uploads")
+	good := contextArchive(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo intact-context\n"})
+	api := s.sourceAPI()
+	gen := func() *kilnv1.GenerateUploadURLResponse {
+		res, err := api.GenerateUploadURL(t.Context(), bearer(&kilnv1.GenerateUploadURLRequest{Project: projectRef(proj),
+			Size: int64(len(good)), Sha256: sha256Hex(good)}, s.Token))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Msg
+	}
+	refusedBeforeBuild := func(what, key string) {
+		t.Helper()
+		_, err := api.CreateBuild(t.Context(), bearer(&kilnv1.CreateBuildRequest{Project: projectRef(proj), ContextKey: key}, s.Token))
+		if connect.CodeOf(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), "not been uploaded") {
+			t.Errorf("CreateBuild after %s: %v; want FailedPrecondition saying the context was not uploaded", what, err)
+		}
+		if err != nil {
+			diskNoServerPath(t, s, "CreateBuild after "+what, err.Error())
+		}
+		if left := diskUploadsLeft(t, s, key); len(left) > 0 {
+			t.Errorf("after %s the server keeps: %v", what, left)
+		}
+	}
+
+	// A flipped byte: refused naming the digest it has and the one declared.
+	flip := gen()
+	tampered := bytes.Clone(good)
+	tampered[len(tampered)/2] ^= 0x01
+	code, body := curlPut(t, flip.Url, flip.Headers, tampered)
+	if code != http.StatusBadRequest || !strings.Contains(body, "sha256:"+sha256Hex(tampered)) || !strings.Contains(body, "sha256:"+sha256Hex(good)) {
+		t.Errorf("PUT with a flipped byte: HTTP %d %q; want 400 naming both digests", code, body)
+	}
+	diskNoServerPath(t, s, "the flipped-byte PUT", body)
+	refusedBeforeBuild("a flipped byte", flip.ContextKey)
+
+	// A cut stream: half the declared bytes, then the connection closes.
+	cut := gen()
+	answer := diskRawPut(t, cut.Url, len(good), good[:len(good)/2], true)
+	t.Logf("answer to the cut upload: %q", answer)
+	if answer != "" && !strings.HasPrefix(answer, "400") {
+		t.Errorf("a cut upload was answered %q; want 400 (or no answer: the uploader is gone)", answer)
+	}
+	diskNoServerPath(t, s, "the cut PUT", answer)
+	refusedBeforeBuild("a cut stream", cut.ContextKey)
+	builds, err := s.api().ListBuilds(t.Context(), bearer(&cliv1.ListBuildsRequest{ProjectId: proj}, s.Token))
+	if err != nil || len(builds.Msg.Builds) != 0 {
+		t.Errorf("builds of the project after refused uploads: %v, %v; want none", builds.Msg.GetBuilds(), err)
+	}
+
+	// The same URL takes the intact upload, and it builds.
+	if code, body := curlPut(t, cut.Url, cut.Headers, good); code != http.StatusOK {
+		t.Fatalf("the intact upload after a cut one: HTTP %d %s", code, body)
+	}
+	cr, err := api.CreateBuild(t.Context(), bearer(&kilnv1.CreateBuildRequest{Project: projectRef(proj), ContextKey: cut.ContextKey}, s.Token))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := s.watch(t, s.Token, cr.Msg.BuildId, 3*time.Minute); w.last.Status != kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED || w.stepNamed("intact-context") == nil {
+		t.Errorf("build of the intact upload: %v %q", w.last.Status, w.last.Error)
+	}
+}
+
+// RELIABILITY row 3's upload part, from the attacker's side: an upload
+// over the project's quota or the size limit is refused before a byte of
+// it is written: at GenerateUploadURL for a declared size, and from the
+// PUT's headers alone (the body never sent) for an undeclared one.
+func TestUploadOverQuotaRefusedBeforeWriting(t *testing.T) {
+	t.Parallel()
+	const maxSize, quota = 1 << 20, 3 << 19 // one context of 1 MiB, 1.5 MiB per project
+	s := startServer(t, "--max-context-size", fmt.Sprint(maxSize), "--max-context-bytes-per-project", fmt.Sprint(quota))
+	proj := s.createProject(t, "quota")
+	tok := s.projectToken(t, proj)
+	api := s.sourceAPI()
+	gen := func(size int64) (*kilnv1.GenerateUploadURLResponse, error) {
+		res, err := api.GenerateUploadURL(t.Context(), bearer(&kilnv1.GenerateUploadURLRequest{Project: projectRef(proj), Size: size}, tok))
+		if err != nil {
+			return nil, err
+		}
+		return res.Msg, nil
+	}
+	// Declared sizes: over the size limit, then over what the quota has left.
+	for _, size := range []int64{maxSize + 1, 4 << 30} {
+		if _, err := gen(size); connect.CodeOf(err) != connect.CodeResourceExhausted {
+			t.Errorf("declared upload of %d bytes: %v; want ResourceExhausted", size, err)
+		}
+	}
+	first, err := gen(maxSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = gen(maxSize)
+	if connect.CodeOf(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), "quota") {
+		t.Errorf("a declared upload over the quota: %v; want ResourceExhausted naming the quota", err)
+	}
+	if err != nil {
+		diskNoServerPath(t, s, "GenerateUploadURL over the quota", err.Error())
+	}
+	// Undeclared: the URL is for what is left (0.5 MiB). A PUT declaring
+	// more is answered 413 from its headers: the body is never sent.
+	rest, err := gen(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rest.MaxSize != quota-maxSize {
+		t.Errorf("undeclared upload URL for %d bytes, want the %d the quota has left", rest.MaxSize, quota-maxSize)
+	}
+	answer := diskRawPut(t, rest.Url, int(rest.MaxSize)+1, nil, false)
+	if !strings.HasPrefix(answer, "413") {
+		t.Errorf("PUT declaring %d bytes to a URL for %d, body unsent: %q; want 413 at once", rest.MaxSize+1, rest.MaxSize, answer)
+	}
+	if left := diskUploadsLeft(t, s, rest.ContextKey); len(left) > 0 {
+		t.Errorf("the refused upload left: %v", left)
+	}
+	// The upload within the quota still goes through.
+	if code, body := curlPut(t, first.Url, first.Headers, bytes.Repeat([]byte("k"), maxSize)); code != http.StatusOK {
+		t.Errorf("the upload within the quota: HTTP %d %s", code, body)
 	}
 }
