@@ -1,6 +1,6 @@
 export GONOSUMDB := buf.build/gen/go
 
-.PHONY: all setup demo test unit e2e generate vet bench bench-smoke
+.PHONY: all setup demo test unit e2e generate vet bench bench-smoke soak
 
 all: setup
 
@@ -36,3 +36,12 @@ bench: setup
 
 bench-smoke: setup
 	go run ./bench -smoke -kiln bin/kiln
+
+# The soak (not CI; bench/soak.go): SOAK_BUILDS builds over SOAK_PROJECTS
+# projects with builders idling in and out, then kiln serve's and the
+# builders' fds, goroutines and RSS and the data dir's growth per build.
+# A quick check: make soak SOAK_BUILDS=60 SOAK_PROJECTS=5.
+SOAK_BUILDS ?= 500
+SOAK_PROJECTS ?= 20
+soak: setup
+	go run ./bench -soak -soak-builds $(SOAK_BUILDS) -soak-projects $(SOAK_PROJECTS) -kiln bin/kiln

@@ -8,6 +8,7 @@
 //
 //	go run ./bench            # full run (≈ 15 min budget): bench/RESULTS.md, bench/results.json
 //	go run ./bench -smoke     # tiny sizes, one run each, results in a temp dir
+//	go run ./bench -soak      # the soak (soak.go): 500 builds over 20 projects, fds/goroutines/RSS/disk at the end
 //
 // The workloads (W1–W5) and the targets they are checked against are those
 // of DESIGN.md §8; see bench/RESULTS.md for the last full run.
@@ -58,6 +59,13 @@ func main() {
 	flag.StringVar(&cfg.buildctl, "buildctl", "", "buildctl binary (default bin/buildctl)")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temp dir: every log, and each build's output under logs/")
 	flag.BoolVar(&cfg.disk, "disk", false, "put the daemons' state on disk (the temp dir) instead of a tmpfs")
+	var soak soakConfig
+	soakOn := flag.Bool("soak", false, "run the soak instead of the benchmark: many builds across many projects, printing kiln's and builders' fds, goroutines, RSS and the data dir's growth (soak.go)")
+	flag.IntVar(&soak.builds, "soak-builds", 500, "soak: builds in all")
+	flag.IntVar(&soak.projects, "soak-projects", 20, "soak: projects the builds are spread over")
+	flag.IntVar(&soak.burst, "soak-burst", 3, "soak: consecutive builds of one project before the next project's turn")
+	flag.DurationVar(&soak.idle, "soak-idle", 5*time.Second, "soak: kiln serve's --builder-idle-timeout (builders stop between a project's turns)")
+	flag.IntVar(&soak.saveEvery, "soak-save-every", 4, "soak: every n-th build is `kiln build --save` (0: none)")
 	render := flag.String("render", "", "measure nothing: rewrite RESULTS.md (in -out, default bench/) from this results.json with the current findings")
 	flag.Parse()
 	if *render != "" {
@@ -70,6 +78,18 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *soakOn {
+		soak.kilnBin, soak.buildkitd, soak.keep = cfg.kilnBin, cfg.buildkitd, cfg.keep
+		if soak.builds < 1 || soak.projects < 1 || soak.burst < 1 {
+			fmt.Fprintln(os.Stderr, "bench: -soak-builds, -soak-projects and -soak-burst must be at least 1")
+			os.Exit(2)
+		}
+		if err := runSoak(ctx, soak, os.Stdout, os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: soak:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	rep, err := Run(ctx, cfg, os.Stdout, os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
