@@ -213,18 +213,25 @@ func (s *SQLite) writeEnd(ctx context.Context, id string) error {
 	return err
 }
 
-// closePending stops the flush loop after one last try to write what is
-// kept (Close calls it before closing the database).
+// closePending stops the flush loop, then tries once more to write what
+// is kept (Close calls it before closing the database; a second call does
+// nothing).
 func (s *SQLite) closePending() {
 	p := &s.pending
 	p.mu.Lock()
+	select {
+	case <-p.closed:
+		p.mu.Unlock()
+		return
+	default:
+	}
+	close(p.closed) // under mu: keepEnd starts no loop after this
+	done := p.done
 	ids := make([]string, 0, len(p.ends))
 	for id := range p.ends {
 		ids = append(ids, id)
 	}
-	done := p.done
 	p.mu.Unlock()
-	close(p.closed)
 	if done != nil {
 		<-done
 	}
