@@ -284,3 +284,64 @@ func TestUploadOverQuotaRefusedBeforeWriting(t *testing.T) {
 		t.Errorf("the upload within the quota: HTTP %d %s", code, body)
 	}
 }
+
+// The issue's own scenario: a build fills the data disk from inside a RUN
+// step. It fails with its step's error and is recorded failed, not left
+// running; no user ever reads "internal error"; builds work again once
+// BuildKit gives the failed step's space back. That can take a minute:
+// BuildKit keeps the failed step's snapshot for its build history when
+// writing the history record itself hit the full disk, and only its
+// garbage collection, which runs at most once a minute, removes it (the
+// minute of failing builds the issue saw). Restarting a builder that hit
+// ENOSPC (the builder fleet's part of row 3) frees it sooner.
+func TestDataDiskFilledByBuild(t *testing.T) {
+	t.Parallel()
+	s := startServerOnDisk(t, 256<<20)
+	proj := s.createProject(t, "filler")
+	ok := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo fine > /fine\n"})
+	s.mustKiln(t, ok, "build", "--project", proj, "--progress", "plain", ".")
+	filler := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN dd if=/dev/zero of=/big bs=1M count=1024\n"})
+	r := s.kiln(t, filler, nil, "build", "--project", proj, "--progress", "plain", ".")
+	if r.Err == nil {
+		t.Fatalf("a build writing 1 GiB on a 256 MiB disk succeeded")
+	}
+	if !strings.Contains(r.Stderr, "No space left on device") {
+		t.Errorf("the filling build's output does not name its step's error:\n%s", tail(r.Stderr, 2000))
+	}
+	diskNoServerPath(t, s, "the filling build", r.Stderr)
+	id := s.latestBuild(t, proj)
+	eventually(t, 30*time.Second, "the filling build to be recorded failed", func() bool {
+		return s.buildStatus(t, proj, id) == cliv1.BuildStatus_BUILD_STATUS_FAILED
+	})
+	// Until BuildKit releases the failed step's files the disk may still be
+	// full: builds then fail saying so, never with an internal error.
+	start := time.Now()
+	for {
+		r := s.kiln(t, ok, nil, "build", "--project", proj, "--progress", "plain", ".")
+		if strings.Contains(r.Stderr, "internal error") {
+			t.Fatalf("a build after the disk filled: %s", tail(r.Stderr, 2000))
+		}
+		diskNoServerPath(t, s, "a build after the disk filled", r.Stderr)
+		if r.Err == nil {
+			t.Logf("builds work again %s after the filling build failed (%d bytes free)", time.Since(start).Round(time.Millisecond), freeBytes(t, s.Data))
+			break
+		}
+		if !strings.Contains(r.Stderr, "kiln's data disk is full (") {
+			t.Logf("a build after the disk filled failed otherwise:\n%s", tail(r.Stderr, 1500))
+		}
+		if time.Since(start) > 2*time.Minute {
+			t.Fatalf("builds still fail 2m after the filling build ended (%d bytes free):\n%s", freeBytes(t, s.Data), tail(r.Stderr, 2000))
+		}
+		time.Sleep(2 * time.Second)
+	}
+	// Ready again once the kept end is written; then it survives a crash.
+	eventually(t, 10*time.Second, "/readyz to answer 200", func() bool {
+		code, _ := diskReadyz(t, s)
+		return code == http.StatusOK
+	})
+	s.kill9(t)
+	s.start(t)
+	if st := s.buildStatus(t, proj, id); st != cliv1.BuildStatus_BUILD_STATUS_FAILED {
+		t.Errorf("after a restart the filling build reads %v, want failed", st)
+	}
+}
