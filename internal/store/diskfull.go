@@ -26,7 +26,7 @@ import (
 // about a minute after a disk filled did so because the disk was still
 // full: BuildKit released the failed step's snapshot only later.
 //
-// One write must not be lost to a full disk: a build's end. Its client
+// Two writes must not be lost to a full disk. The first is a build's end. Its client
 // (or the reaper, or a lost builder) has ended the build and will not say
 // so again; left unwritten, the build would read "running" until the
 // health timeout cancels it with an untrue reason. UpdateBuild therefore
@@ -35,6 +35,15 @@ import (
 // soon as there is room. Kept ends live in memory only: a crash before
 // room returns loses them, and the restart reconciles those builds as it
 // does every build the crash interrupted.
+//
+// The second is a health report: refused, a client that is alive would
+// look silent and the reaper would cancel its build after the health
+// timeout. UpdateBuild keeps the latest report of each build in memory
+// (keepHealth) for reads to show, until the build's next write succeeds.
+
+// maxKeptHealth bounds the health reports kept in memory (one time per
+// running build); beyond it, reports fail with the disk-full error.
+const maxKeptHealth = 10000
 
 // maxPendingEnds bounds the ends kept in memory (each is a status, a time
 // and an error message of at most 64 KiB); beyond it, ending a build on a
@@ -47,6 +56,7 @@ const maxPendingEnds = 1000
 type pendingEnds struct {
 	mu       sync.Mutex
 	ends     map[string]build.Build // build id → its ended record (Status, Error, FinishedAt are what is written)
+	health   map[string]time.Time   // build id → its latest health report a full disk refused
 	flushing bool                   // the flush loop runs
 	closed   chan struct{}          // closed by Close: the loop stops
 	done     chan struct{}          // closed when a running loop exits; nil if none ran
@@ -116,6 +126,7 @@ func (s *SQLite) keepEnd(b build.Build) bool {
 		p.ends = map[string]build.Build{}
 	}
 	p.ends[b.ID] = build.Build{ID: b.ID, Status: b.Status, Error: b.Error, FinishedAt: b.FinishedAt}
+	delete(p.health, b.ID) // an ended build's health no longer counts
 	if !p.flushing {
 		p.flushing = true
 		p.done = make(chan struct{})
@@ -124,14 +135,44 @@ func (s *SQLite) keepEnd(b build.Build) bool {
 	return true
 }
 
-// pendingEnd applies a kept end to b, as read from the database.
-func (s *SQLite) pendingEnd(b *build.Build) {
+// keepHealth keeps a health report until the build's next write; false
+// if too many are kept.
+func (s *SQLite) keepHealth(id string, at time.Time) bool {
+	p := &s.pending
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.health[id]; !ok && len(p.health) >= maxKeptHealth {
+		return false
+	}
+	if p.health == nil {
+		p.health = map[string]time.Time{}
+	}
+	p.health[id] = at
+	return true
+}
+
+// overlay applies what a full disk kept to b, as read from the database:
+// its end, if it has not ended there, and its latest health report.
+func (s *SQLite) overlay(b *build.Build) {
 	s.pending.mu.Lock()
-	end, ok := s.pending.ends[b.ID]
+	end, ended := s.pending.ends[b.ID]
+	at, reported := s.pending.health[b.ID]
 	s.pending.mu.Unlock()
-	if ok && !b.Terminal() {
+	if ended && !b.Terminal() {
 		b.Status, b.Error, b.FinishedAt = end.Status, end.Error, end.FinishedAt
 	}
+	if reported && at.After(b.LastHealthAt) {
+		b.LastHealthAt = at
+	}
+}
+
+// forget drops what was kept of build id once a write of it succeeded
+// (the write included it: UpdateBuild overlays before it writes).
+func (s *SQLite) forget(id string) {
+	s.pending.mu.Lock()
+	delete(s.pending.ends, id)
+	delete(s.pending.health, id)
+	s.pending.mu.Unlock()
 }
 
 // flushPolicy retries writing kept ends while the disk stays full: every
@@ -240,11 +281,4 @@ func (s *SQLite) closePending() {
 	for _, id := range ids {
 		s.writeEnd(ctx, id)
 	}
-}
-
-// forgetEnd drops a kept end that another write has written.
-func (s *SQLite) forgetEnd(id string) {
-	s.pending.mu.Lock()
-	delete(s.pending.ends, id)
-	s.pending.mu.Unlock()
 }

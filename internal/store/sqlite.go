@@ -389,7 +389,7 @@ func (s *SQLite) GetBuild(ctx context.Context, id string) (build.Build, error) {
 	if err != nil {
 		return b, notFound(err, "build", id)
 	}
-	s.pendingEnd(&b)
+	s.overlay(&b)
 	return b, nil
 }
 
@@ -405,7 +405,7 @@ func (s *SQLite) queryBuilds(ctx context.Context, q string, args ...any) ([]buil
 		if err != nil {
 			return nil, err
 		}
-		s.pendingEnd(&b)
+		s.overlay(&b)
 		out = append(out, b)
 	}
 	return out, rows.Err()
@@ -437,35 +437,49 @@ func (s *SQLite) BuildEnded(ctx context.Context, id string) (bool, error) {
 
 // UpdateBuild changes a build in a transaction. An end (fn moved the
 // build to a terminal status) that a full disk refuses is kept and written
-// when there is room (diskfull.go): the call succeeds and reads show the
-// build ended. Any other write a full disk refuses is errdefs.DiskFull.
+// when there is room, and so is a health report (fn changed only
+// LastHealthAt), kept until the next write of the build (diskfull.go):
+// the call succeeds and reads show the change. Any other write a full
+// disk refuses is errdefs.DiskFull.
 func (s *SQLite) UpdateBuild(ctx context.Context, id string, fn func(*build.Build) error) (build.Build, error) {
-	var b build.Build
-	var wasTerminal bool
+	var b, before build.Build
+	ran := false // fn ran: b and before are the build's
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var err error
 		b, err = scanBuild(tx.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds WHERE id = ?`, id))
 		if err != nil {
 			return notFound(err, "build", id)
 		}
-		s.pendingEnd(&b) // a kept end is the build's status; this write includes it
-		wasTerminal = b.Terminal()
+		s.overlay(&b) // what a full disk kept is the build's state; this write includes it
+		before = b
 		if err := fn(&b); err != nil {
 			return err
 		}
+		ran = true
 		_, err = tx.ExecContext(ctx, `UPDATE builds SET status = ?, error = ?, platforms = ?, started_at = ?, finished_at = ?, last_health_at = ?,
 			secrets = ?, image_refs = ?, image_digest = ? WHERE id = ?`,
 			b.Status, b.Error, b.Platforms, ms(b.StartedAt), ms(b.FinishedAt), ms(b.LastHealthAt),
 			b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest, id)
 		return err
 	})
-	if errdefs.IsDiskFull(err) && !wasTerminal && b.Terminal() && s.keepEnd(b) {
+	switch {
+	case err == nil:
+		s.forget(id) // written with this update
+	case !ran || !errdefs.IsDiskFull(err) || before.Terminal():
+	case b.Terminal() && s.keepEnd(b):
+		return b, nil
+	case onlyHealth(before, b) && s.keepHealth(id, b.LastHealthAt):
 		return b, nil
 	}
-	if err == nil && wasTerminal {
-		s.forgetEnd(id) // written with this update
-	}
 	return b, err
+}
+
+// onlyHealth reports whether after differs from before in LastHealthAt
+// alone: a health report.
+func onlyHealth(before, after build.Build) bool {
+	return before.Status == after.Status && before.Error == after.Error && before.Platforms == after.Platforms &&
+		before.StartedAt.Equal(after.StartedAt) && before.FinishedAt.Equal(after.FinishedAt) && before.Secrets == after.Secrets &&
+		slices.Equal(before.ImageRefs, after.ImageRefs) && before.ImageDigest == after.ImageDigest
 }
 
 func (s *SQLite) PutSteps(ctx context.Context, buildID string, steps []build.Step) error {

@@ -47,12 +47,15 @@ func diskNoServerPath(t *testing.T, s *server, what, shown string) {
 }
 
 // When kiln's data disk fills up, a build that ends meanwhile is not left
-// running: its end is kept and written as soon as there is room again.
-// Users are told the disk is full (not "internal error"), /readyz says so,
-// and the moment space is freed readiness returns and new builds work.
+// running: its end is kept and written as soon as there is room again. A
+// build whose client keeps reporting is not taken for abandoned although
+// its reports cannot be written. Users are told the disk is full (not
+// "internal error"), /readyz says so, and the moment space is freed
+// readiness returns and new builds work.
 func TestDataDiskFull(t *testing.T) {
 	t.Parallel()
-	s := startServerOnDisk(t, 256<<20)
+	const healthTimeout = 3 * time.Second
+	s := startServerOnDisk(t, 256<<20, "--health-timeout", healthTimeout.String())
 	proj := s.createProject(t, "full-disk")
 	ctxDir := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo fine > /fine\n"})
 	s.mustKiln(t, ctxDir, "build", "--project", proj, "--progress", "plain", ".")
@@ -60,10 +63,14 @@ func TestDataDiskFull(t *testing.T) {
 		t.Fatalf("/readyz before the disk filled: %d %s", code, body)
 	}
 
-	// A client build holds its builder when the disk fills, then ends.
+	// A client build holds its builder when the disk fills, then ends;
+	// another one goes on reporting health for longer than the timeout.
 	id, tok := s.createBuild(t, proj, s.Token)
 	s.activeConnection(t, id, tok)
+	alive, aliveTok := s.createBuild(t, proj, s.Token)
+	s.activeConnection(t, alive, aliveTok)
 	free := fillDisk(t, s.Data)
+	full := time.Now()
 	t.Logf("disk filled: %d bytes free", freeBytes(t, s.Data))
 	_, err := s.api().FinishBuild(t.Context(), bearer(&cliv1.FinishBuildRequest{BuildId: id,
 		Result: &cliv1.FinishBuildRequest_Success{Success: &cliv1.FinishBuildRequest_BuildSuccess{}}}, tok))
@@ -91,6 +98,16 @@ func TestDataDiskFull(t *testing.T) {
 		t.Errorf("/readyz on a full disk: %d %q; want 503 saying the data disk is full", code, body)
 	}
 	diskNoServerPath(t, s, "/readyz", body)
+	for time.Since(full) < 2*healthTimeout {
+		if _, err := s.api().ReportBuildHealth(t.Context(), bearer(&cliv1.ReportBuildHealthRequest{BuildId: alive,
+			Platform: cliv1.BuilderPlatform_BUILDER_PLATFORM_AMD64}, aliveTok)); err != nil {
+			t.Errorf("ReportBuildHealth on a full disk: %v", err)
+		}
+		time.Sleep(healthTimeout / 6)
+	}
+	if st := s.buildStatus(t, proj, alive); st != cliv1.BuildStatus_BUILD_STATUS_RUNNING {
+		t.Errorf("a build whose client reported health all along reads %v after %s on a full disk, want running", st, time.Since(full).Round(time.Second))
+	}
 
 	// Space returns: at once ready, the kept end is written, builds work.
 	free()
