@@ -176,8 +176,8 @@ func (s *SQLite) forget(id string) {
 }
 
 // flushPolicy retries writing kept ends while the disk stays full: every
-// few seconds, for as long as it takes (until the store closes).
-var flushPolicy = retry.Policy{Attempts: -1, Delay: 250 * time.Millisecond, MaxDelay: 2 * time.Second, Retryable: errdefs.IsDiskFull}
+// second at most, for as long as it takes (until the store closes).
+var flushPolicy = retry.Policy{Attempts: -1, Delay: 250 * time.Millisecond, MaxDelay: time.Second, Retryable: errdefs.IsDiskFull}
 
 // flushEnds writes kept ends until none is left or the store closes. It
 // is the one loop that does; done is closed when it returns.
