@@ -82,6 +82,7 @@ type Status struct {
 	Bridge    string // the bridge of its RUN steps' network, "" before the first start
 	Subnet    string // that network's subnet
 	Leases    []string
+	Conns     int    // open gateway connections to it
 	StateDir  string // the builder's directory, Root/<project>/<arch>; buildkitd's --root is StateDir/state
 	LogPath   string // buildkitd's log, StateDir/buildkitd.log
 	Err       string // why the last start failed or the process exited, if it did
@@ -151,7 +152,8 @@ type builder struct {
 	net      int // index of its build network in Network.Pool; -1 until the first start
 	run      *run
 	leases   map[string]time.Time // lease id → when it was taken
-	lastUsed time.Time            // last Ensure or Release to zero leases; idle time counts from here
+	conns    int                  // open gateway connections (Hold); a builder with any is in use
+	lastUsed time.Time            // last Ensure, or release of the last lease or connection; idle time counts from here
 	lastErr  error
 	retryAt  time.Time     // after a failed start, Ensure returns lastErr until then
 	restart  bool          // start again once the current run is gone (Ensure during a stop)
@@ -394,6 +396,32 @@ func (f *Fleet) Lease(projectID, platform, leaseID string) {
 	}
 }
 
+// Hold marks the builder named serverName in use by an open gateway
+// connection: like a lease, it keeps the builder from being stopped for
+// idleness (a client mid-solve may hold no lease any more, e.g. when the
+// control plane lost track of it), and idle time counts from the release
+// of the last one. An unknown name holds nothing.
+func (f *Fleet) Hold(serverName string) (release func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, ok := f.names[serverName]
+	if !ok {
+		return func() {}
+	}
+	b.conns++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			b.conns--
+			if b.conns == 0 && len(b.leases) == 0 {
+				b.lastUsed = time.Now()
+			}
+		})
+	}
+}
+
 // Release ends a lease. Idle time counts from the release of the last one.
 // Releasing an unknown lease is a no-op.
 func (f *Fleet) Release(projectID, platform, leaseID string) {
@@ -408,7 +436,7 @@ func (f *Fleet) Release(projectID, platform, leaseID string) {
 		return
 	}
 	delete(b.leases, leaseID)
-	if len(b.leases) == 0 {
+	if len(b.leases) == 0 && b.conns == 0 {
 		b.lastUsed = time.Now()
 	}
 }
@@ -488,6 +516,7 @@ func (f *Fleet) Status() []Status {
 			Socket:    b.sock(),
 			StateDir:  b.dir,
 			LogPath:   b.logPath(),
+			Conns:     b.conns,
 		}
 		if b.run != nil && b.run.proc != nil {
 			s.PID = b.run.proc.Pid
@@ -552,7 +581,8 @@ func (f *Fleet) Close(ctx context.Context) error {
 	return nil
 }
 
-// reap stops builders that have been idle (no leases) for IdleTTL.
+// reap stops builders that have been idle (no leases, no open gateway
+// connections) for IdleTTL.
 func (f *Fleet) reap() {
 	defer f.wg.Done()
 	interval := min(max(f.cfg.IdleTTL/4, 50*time.Millisecond), 30*time.Second)
@@ -568,7 +598,7 @@ func (f *Fleet) reap() {
 		var runs []*run
 		f.mu.Lock()
 		for _, b := range f.builders {
-			if b.state != StateReady || len(b.leases) > 0 {
+			if b.state != StateReady || len(b.leases) > 0 || b.conns > 0 {
 				continue
 			}
 			if now.Sub(b.lastUsed) < f.cfg.IdleTTL {

@@ -512,6 +512,14 @@ func TestIdleStopKeepsState(t *testing.T) {
 	env.fleet.Release("idle", "linux/amd64", "b1")
 	env.fleet.Release("idle", "linux/amd64", "unknown") // no-op
 
+	// So does an open gateway connection without a lease: a client
+	// mid-solve whose build the control plane lost track of.
+	time.Sleep(2 * time.Second)
+	if st := status(t, env.fleet, "idle", "linux/amd64"); st.State != StateReady || st.Conns == 0 {
+		t.Fatalf("builder with an open gateway connection stopped: %+v", st)
+	}
+	c.Close()
+
 	waitFor(t, 30*time.Second, "idle stop", func() bool {
 		st := status(t, env.fleet, "idle", "linux/amd64")
 		return st.State == StateStopped && st.PID == 0
