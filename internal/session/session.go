@@ -189,11 +189,26 @@ func acquire(ctx context.Context, a Acquirer, b platform.Platform, o *ConnectOpt
 // per target platform, each on the builder [engine.Request.BuilderPlatform]
 // names, merged into one image index. progress receives what the engine
 // prints; observe sees every status update.
+//
+// While it runs, a stall watch (stall.go) warns on progress when the
+// builders have shown no sign of life for 30 s.
 func Solve(ctx context.Context, bs *Builders, req *engine.Request, progress io.Writer, observe func(*client.SolveStatus)) (*client.SolveResponse, error) {
-	if !req.MultiPlatform() {
-		return engine.Solve(ctx, bs.Client(req.BuilderPlatform(req.Platform())), req, progress, observe)
+	var clients []*client.Client
+	for _, c := range bs.clients {
+		clients = append(clients, c)
 	}
-	return engine.SolveMulti(ctx, Targets(bs, req), req, progress, observe)
+	sw, stop := watchBuilders(clients, progress)
+	defer stop()
+	seen := func(st *client.SolveStatus) {
+		sw.alive()
+		if observe != nil {
+			observe(st)
+		}
+	}
+	if !req.MultiPlatform() {
+		return engine.Solve(ctx, bs.Client(req.BuilderPlatform(req.Platform())), req, progress, seen)
+	}
+	return engine.SolveMulti(ctx, Targets(bs, req), req, progress, seen)
 }
 
 // Targets pairs each of req's target platforms with its builder's client.
