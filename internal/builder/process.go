@@ -273,6 +273,15 @@ func (f *Fleet) finishRun(b *builder, r *run, err error, duringStart bool, diedA
 // onDiskFull is called (from the log copy) when buildkitd's output says it
 // ran out of disk space: BuildKit stays wedged after that until restarted.
 func (f *Fleet) launch(b *builder, spec Spec, netIndex int, onDiskFull func()) (*exec.Cmd, <-chan struct{}, error) {
+	// What a dead run left in its TMPDIR (BuildKit's buildkit-mount* and
+	// buildkit* directories) goes: nothing of a previous run is in use, and
+	// its mounts were detached by the cleanup (checked, so that a mount
+	// that stayed is never deleted through).
+	if mps, err := mountsUnder(b.tmpDir()); err == nil && len(mps) == 0 {
+		_ = os.RemoveAll(b.tmpDir())
+	} else {
+		f.log.Warn("builder temp dir still has mounts; not emptied", "project", b.projectID, "platform", b.platform, "mounts", mps, "err", err)
+	}
 	for _, d := range []string{b.dir, b.stateDir(), b.tmpDir(), b.sockDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, nil, err

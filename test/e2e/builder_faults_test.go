@@ -1,0 +1,314 @@
+package e2e
+
+// Builder faults, from the user's side: a builder that dies, stops, runs
+// out of disk or waits on a client that does not answer. Each ends the
+// build with one clear message, the same on the client and in the record,
+// naming no server path, and leaves no process, mount or temporary
+// directory behind.
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+)
+
+// builderBuild is a `kiln build` running in the background.
+type builderBuild struct {
+	cmd    *exec.Cmd
+	stderr *lockedBuffer
+	done   chan error
+}
+
+// lockedBuffer is a bytes.Buffer read while the CLI writes it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func newLockedBuffer() *lockedBuffer { return &lockedBuffer{} }
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// builderStartBuild starts `kiln build --progress plain` of dir in project
+// with extra args, in the background.
+func builderStartBuild(t *testing.T, s *server, proj, dir string, args ...string) *builderBuild {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	t.Cleanup(cancel)
+	cmd := exec.CommandContext(ctx, kilnBin, append([]string{"build", "--project", proj, "--progress", "plain"}, append(args, ".")...)...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "KILN_API_URL="+s.URL, "KILN_TOKEN="+s.Token, "HOME="+t.TempDir())
+	b := &builderBuild{cmd: cmd, stderr: newLockedBuffer(), done: make(chan error, 1)}
+	cmd.Stderr = b.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { b.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-b.done
+	})
+	return b
+}
+
+// wait returns the build's exit error, failing the test after d.
+func (b *builderBuild) wait(t *testing.T, d time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-b.done:
+		b.done <- err // for the cleanup
+		return err
+	case <-time.After(d):
+		t.Fatalf("the build did not end within %s:\n%s", d, tail(b.stderr.String(), 3000))
+		return nil
+	}
+}
+
+// builderRecord is how the server recorded build id: its status and error.
+func builderRecord(t *testing.T, s *server, id string) (kilnv1.BuildStatus, string) {
+	t.Helper()
+	res, err := s.sourceAPI().GetBuild(t.Context(), bearer(&kilnv1.GetBuildRequest{BuildId: id}, s.Token))
+	if err != nil {
+		t.Fatalf("GetBuild %s: %v", id, err)
+	}
+	return res.Msg.Build.GetStatus(), res.Msg.Build.GetError()
+}
+
+// builderNoServerPath fails the test if text, which a client saw, names
+// kiln's data directory or a builder's files.
+func builderNoServerPath(t *testing.T, s *server, what, text string) {
+	t.Helper()
+	for _, p := range []string{s.Data, "buildkitd.log", "/builders/"} {
+		if strings.Contains(text, p) {
+			t.Errorf("%s names a server path (%q):\n%s", what, p, tail(text, 3000))
+		}
+	}
+}
+
+// builderAgreed checks that the build ended failed, and that the client
+// printed the very error the server recorded, which contains want.
+func builderAgreed(t *testing.T, s *server, proj, stderr, want string) {
+	t.Helper()
+	id := s.latestBuild(t, proj)
+	var st kilnv1.BuildStatus
+	var recorded string
+	eventually(t, 15*time.Second, "the build to be recorded failed", func() bool {
+		st, recorded = builderRecord(t, s, id)
+		return st == kilnv1.BuildStatus_BUILD_STATUS_FAILED
+	})
+	if !strings.Contains(recorded, want) {
+		t.Errorf("recorded error %q does not say %q", recorded, want)
+	}
+	if !strings.Contains(stderr, "kiln: build "+id+" failed: "+recorded) {
+		t.Errorf("the client did not print the recorded error %q:\n%s", recorded, tail(stderr, 3000))
+	}
+	if strings.Contains(stderr, "error reading from server") {
+		t.Errorf("the client shows the raw connection error:\n%s", tail(stderr, 3000))
+	}
+	builderNoServerPath(t, s, "the client's output", stderr)
+	builderNoServerPath(t, s, "the recorded error", recorded)
+}
+
+// A builder stopped (SIGSTOP) mid-build: the client warns after 30 s
+// without progress, the server kills and restarts the builder after the
+// stall timeout, and the build fails with "stopped responding" on both
+// sides. The next build works.
+func TestBuilderStallIsRecycled(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "--builder-stall-timeout", "40s")
+	proj := s.createProject(t, "stalled")
+	marker := "sleep 173"
+	dir := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN " + marker + "\n"})
+	b := builderStartBuild(t, s, proj, dir)
+	eventually(t, 90*time.Second, "the RUN step to start", func() bool { return len(processesNamed(marker)) > 0 })
+	pid := s.signalBuilder(t, proj, syscall.SIGSTOP)
+	stopped := time.Now()
+
+	eventually(t, 45*time.Second, "the client's no-progress warning", func() bool {
+		return strings.Contains(b.stderr.String(), "no progress from the builder for")
+	})
+	t.Logf("warned %s after the stop", time.Since(stopped).Round(time.Second))
+	if err := b.wait(t, 60*time.Second); err == nil {
+		t.Fatal("the build succeeded on a stopped builder")
+	}
+	took := time.Since(stopped)
+	t.Logf("failed %s after the stop:\n%s", took.Round(time.Second), tail(b.stderr.String(), 800))
+	if took < 35*time.Second {
+		t.Errorf("the build failed %s after the stop, before the 40s stall timeout", took)
+	}
+	builderAgreed(t, s, proj, b.stderr.String(), "the builder for project "+proj+" (linux/amd64) stopped responding")
+
+	// The stopped process is gone (killed, not left stopped), with its RUN.
+	eventually(t, 10*time.Second, "the stopped buildkitd to be gone", func() bool {
+		return syscall.Kill(pid, 0) != nil || isZombie(pid)
+	})
+	eventually(t, 10*time.Second, "the RUN process to be gone", func() bool { return len(processesNamed(marker)) == 0 })
+	ok := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo after-stall\n"})
+	s.mustKiln(t, ok, "build", "--project", proj, "--progress", "plain", ".")
+	if now, _ := s.builderOf(t, proj); now == pid {
+		t.Errorf("the builder was not restarted (pid %d)", pid)
+	}
+}
+
+func isZombie(pid int) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	return err == nil && strings.Contains(string(b), ") Z ")
+}
+
+// buildkitTempEntries lists what BuildKit made in dir (buildkit* and
+// containerd-mount* temporary directories).
+func buildkitTempEntries(dir string) map[string]bool {
+	out := map[string]bool{}
+	es, _ := os.ReadDir(dir)
+	for _, e := range es {
+		if strings.HasPrefix(e.Name(), "buildkit") || strings.HasPrefix(e.Name(), "containerd-mount") {
+			out[e.Name()] = true
+		}
+	}
+	return out
+}
+
+// A builder killed while it exports a big layer leaves nothing in the
+// system temp directory (its temporary mounts live under its own
+// directory), and the crash cleanup leaves no mount and no temporary
+// directory under the builder's.
+func TestBuilderCrashDuringExportLeavesNoTemp(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	proj := s.createProject(t, "export-crash")
+	before := buildkitTempEntries(os.TempDir())
+	// Random bytes: compressing them keeps the exporter busy for seconds.
+	dir := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN head -c 150000000 /dev/urandom > /big\n"})
+	out := filepath.Join(t.TempDir(), "image.tar")
+	b := builderStartBuild(t, s, proj, dir, "-o", "type=oci,dest="+out)
+	eventually(t, 3*time.Minute, "the export to start", func() bool {
+		return strings.Contains(b.stderr.String(), "exporting layers")
+	})
+	pid, stateDir := s.builderOf(t, proj)
+	mps := mountsUnder(stateDir)
+	t.Logf("mounts under the builder dir at the kill: %v", mps)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.wait(t, 60*time.Second); err == nil {
+		t.Log("the export finished before the kill took effect; the checks below still hold")
+	} else {
+		builderAgreed(t, s, proj, b.stderr.String(), "crashed during the build (signal 9)")
+	}
+	eventually(t, 30*time.Second, "the builder to be restarted", func() bool {
+		for _, st := range s.builders(t) {
+			if st.ProjectID == proj && st.PID != 0 && st.PID != pid && st.State == "ready" {
+				return true
+			}
+		}
+		return false
+	})
+	for name := range buildkitTempEntries(os.TempDir()) {
+		if !before[name] {
+			t.Errorf("a builder left %s in the system temp directory", filepath.Join(os.TempDir(), name))
+		}
+	}
+	for _, m := range mountsUnder(os.TempDir()) {
+		if strings.HasPrefix(filepath.Base(m), "buildkit") || strings.HasPrefix(filepath.Base(m), "containerd-mount") {
+			t.Errorf("a builder mount is left in the system temp directory: %s", m)
+		}
+	}
+	for _, m := range mountsUnder(filepath.Join(stateDir, "tmp")) {
+		t.Errorf("a mount is left in the builder's temp dir after the restart: %s", m)
+	}
+	if left := buildkitTempEntries(filepath.Join(stateDir, "tmp")); len(left) > 0 {
+		t.Errorf("the dead run's temporary directories are left in the builder's temp dir: %v", left)
+	}
+	// The project builds again.
+	ok := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo after-export-crash\n"})
+	s.mustKiln(t, ok, "build", "--project", proj, "--progress", "plain", ".")
+}
+
+// A builder that runs out of disk (BuildKit stays wedged until restarted)
+// is recycled by kiln once its build ended; the next build, with space
+// again, works without anyone restarting anything.
+func TestBuilderOutOfDiskIsRecycled(t *testing.T) {
+	t.Parallel()
+	s := startServerOnDisk(t, 400<<20)
+	proj := s.createProject(t, "full")
+	warm := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo warm > /warm\n"})
+	s.mustKiln(t, warm, "build", "--project", proj, "--progress", "plain", ".")
+	pid, _ := s.builderOf(t, proj)
+
+	// The RUN writes far more than the disk holds; its export to the
+	// content store (random bytes do not compress) hits ENOSPC in
+	// buildkitd itself.
+	dir := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN head -c 250000000 /dev/urandom > /big\n"})
+	out := filepath.Join(t.TempDir(), "image.tar")
+	r := s.kiln(t, dir, nil, "build", "--project", proj, "--progress", "plain", "-o", "type=oci,dest="+out, ".")
+	if r.Err == nil {
+		t.Fatalf("a 250 MB export fit on a 400 MB disk holding the build's own layer:\n%s", tail(r.Stderr, 2000))
+	}
+	t.Logf("out-of-disk build: %s", tail(r.Stderr, 600))
+	if !strings.Contains(r.Stderr, "no space left on device") {
+		t.Errorf("the build did not fail for lack of space:\n%s", tail(r.Stderr, 3000))
+	}
+	eventually(t, 60*time.Second, "the wedged builder to be recycled", func() bool {
+		for _, st := range s.builders(t) {
+			if st.ProjectID == proj && st.PID != 0 && st.PID != pid && st.State == "ready" {
+				return true
+			}
+		}
+		return false
+	})
+	if b, _ := os.ReadFile(s.log); !strings.Contains(string(b), "builder out of disk space") {
+		t.Error("the server log does not say the builder ran out of disk space")
+	}
+	ok := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo recovered > /ok\n"})
+	s.mustKiln(t, ok, "build", "--project", proj, "--progress", "plain", ".")
+}
+
+// RELIABILITY 13: a client that stops answering the builder's session
+// requests (here: its secret's source is a pipe nobody writes to) fails
+// its build after a bounded time instead of hanging.
+func TestBuildWithStalledSecretFails(t *testing.T) {
+	t.Parallel()
+	s := sharedServer(t)
+	proj := s.createProject(t, "stalled-secret")
+	fifo := filepath.Join(t.TempDir(), "token")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN --mount=type=secret,id=token cat /run/secrets/token\n"})
+	b := builderStartBuild(t, s, proj, dir, "--secret", "id=token,src="+fifo)
+	start := time.Now()
+	err := b.wait(t, 2*time.Minute)
+	if err == nil {
+		t.Fatal("the build succeeded without its secret")
+	}
+	t.Logf("failed after %s:\n%s", time.Since(start).Round(time.Second), tail(b.stderr.String(), 800))
+	if !strings.Contains(b.stderr.String(), `secret "token": reading its source did not finish within`) {
+		t.Errorf("the failure does not name the stalled secret:\n%s", tail(b.stderr.String(), 3000))
+	}
+	builderNoServerPath(t, s, "the client's output", b.stderr.String())
+	id := s.latestBuild(t, proj)
+	eventually(t, 15*time.Second, "the build to be recorded failed", func() bool {
+		st, _ := builderRecord(t, s, id)
+		return st == kilnv1.BuildStatus_BUILD_STATUS_FAILED
+	})
+}
