@@ -360,11 +360,22 @@ func (f *Fleet) launch(b *builder, spec Spec, netIndex int, onDiskFull func()) (
 	logDone := make(chan struct{})
 	go func() {
 		defer close(logDone)
-		_, _ = io.Copy(io.MultiWriter(logf, &diskFullWatch{onHit: onDiskFull}), pr)
+		// Drained to the end whatever the log file says: a log that
+		// cannot be written (a full disk) must not close the pipe and
+		// kill buildkitd with SIGPIPE.
+		_, _ = io.Copy(io.MultiWriter(bestEffort{logf}, &diskFullWatch{onHit: onDiskFull}), pr)
 		pr.Close()
 		logf.Close()
 	}()
 	return cmd, logDone, nil
+}
+
+// bestEffort is a writer whose failures are ignored.
+type bestEffort struct{ w io.Writer }
+
+func (b bestEffort) Write(p []byte) (int, error) {
+	_, _ = b.w.Write(p)
+	return len(p), nil
 }
 
 // waitReady polls buildkitd over the unix socket until it lists a worker.

@@ -191,7 +191,8 @@ func acquire(ctx context.Context, a Acquirer, b platform.Platform, o *ConnectOpt
 // prints; observe sees every status update.
 //
 // While it runs, a stall watch (stall.go) warns on progress when the
-// builders have shown no sign of life for 30 s.
+// builders have shown no sign of life for 30 s. Server paths in BuildKit's
+// errors are taken out (scrub.go).
 func Solve(ctx context.Context, bs *Builders, req *engine.Request, progress io.Writer, observe func(*client.SolveStatus)) (*client.SolveResponse, error) {
 	var clients []*client.Client
 	for _, c := range bs.clients {
@@ -201,14 +202,19 @@ func Solve(ctx context.Context, bs *Builders, req *engine.Request, progress io.W
 	defer stop()
 	seen := func(st *client.SolveStatus) {
 		sw.alive()
+		scrubStatus(st) // before the display and the records see it (scrub.go)
 		if observe != nil {
 			observe(st)
 		}
 	}
+	var resp *client.SolveResponse
+	var err error
 	if !req.MultiPlatform() {
-		return engine.Solve(ctx, bs.Client(req.BuilderPlatform(req.Platform())), req, progress, seen)
+		resp, err = engine.Solve(ctx, bs.Client(req.BuilderPlatform(req.Platform())), req, progress, seen)
+	} else {
+		resp, err = engine.SolveMulti(ctx, Targets(bs, req), req, progress, seen)
 	}
-	return engine.SolveMulti(ctx, Targets(bs, req), req, progress, seen)
+	return resp, scrubError(err)
 }
 
 // Targets pairs each of req's target platforms with its builder's client.

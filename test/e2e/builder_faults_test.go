@@ -9,6 +9,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"buf.build/gen/go/depot/api/connectrpc/go/depot/buildkit/v1/buildkitv1connect"
+	buildkitv1 "buf.build/gen/go/depot/api/protocolbuffers/go/depot/buildkit/v1"
 
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 )
@@ -244,43 +248,66 @@ func TestBuilderCrashDuringExportLeavesNoTemp(t *testing.T) {
 	s.mustKiln(t, ok, "build", "--project", proj, "--progress", "plain", ".")
 }
 
+// builderFillLeaving fills dir's file system until about leave bytes are
+// free and returns a function that frees the space again.
+func builderFillLeaving(t *testing.T, dir string, leave int64) (free func()) {
+	t.Helper()
+	p := filepath.Join(dir, "builder-fill-"+strconv.FormatInt(time.Now().UnixNano(), 36))
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 1<<20)
+	for freeBytes(t, dir) > leave+int64(len(chunk)) {
+		if _, err := f.Write(chunk); err != nil {
+			break
+		}
+	}
+	f.Close()
+	free = func() { os.Remove(p) }
+	t.Cleanup(free)
+	return free
+}
+
 // A builder that runs out of disk (BuildKit stays wedged until restarted)
-// is recycled by kiln once its build ended; the next build, with space
-// again, works without anyone restarting anything.
+// is recycled by kiln once its build ended; with space again, the next
+// build works without anyone restarting anything. The error the user saw
+// names no server path (BuildKit's own names the builder's directories).
 func TestBuilderOutOfDiskIsRecycled(t *testing.T) {
 	t.Parallel()
-	s := startServerOnDisk(t, 400<<20)
+	s := startServerOnDisk(t, 512<<20)
 	proj := s.createProject(t, "full")
 	warm := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo warm > /warm\n"})
 	s.mustKiln(t, warm, "build", "--project", proj, "--progress", "plain", ".")
 	pid, _ := s.builderOf(t, proj)
 
-	// The RUN writes far more than the disk holds; its export to the
-	// content store (random bytes do not compress) hits ENOSPC in
-	// buildkitd itself.
-	dir := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN head -c 250000000 /dev/urandom > /big\n"})
+	// 200 MB left: the RUN's 120 MB layer fits, its export to the
+	// content store (random bytes do not compress) does not.
+	free := builderFillLeaving(t, s.Data, 200<<20)
+	dir := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN head -c 120000000 /dev/urandom > /big\n"})
 	out := filepath.Join(t.TempDir(), "image.tar")
 	r := s.kiln(t, dir, nil, "build", "--project", proj, "--progress", "plain", "-o", "type=oci,dest="+out, ".")
+	free()
 	if r.Err == nil {
-		t.Fatalf("a 250 MB export fit on a 400 MB disk holding the build's own layer:\n%s", tail(r.Stderr, 2000))
+		t.Fatalf("the export fit in 200 MB with its own 120 MB layer:\n%s", tail(r.Stderr, 2000))
 	}
 	t.Logf("out-of-disk build: %s", tail(r.Stderr, 600))
 	if !strings.Contains(r.Stderr, "no space left on device") {
 		t.Errorf("the build did not fail for lack of space:\n%s", tail(r.Stderr, 3000))
 	}
+	builderNoServerPath(t, s, "the out-of-disk build's output", r.Stderr)
 	eventually(t, 60*time.Second, "the wedged builder to be recycled", func() bool {
-		for _, st := range s.builders(t) {
-			if st.ProjectID == proj && st.PID != 0 && st.PID != pid && st.State == "ready" {
-				return true
-			}
-		}
-		return false
+		b, _ := os.ReadFile(s.log)
+		return strings.Contains(string(b), `msg="recycling builder" project=`+proj)
 	})
 	if b, _ := os.ReadFile(s.log); !strings.Contains(string(b), "builder out of disk space") {
 		t.Error("the server log does not say the builder ran out of disk space")
 	}
 	ok := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN echo recovered > /ok\n"})
 	s.mustKiln(t, ok, "build", "--project", proj, "--progress", "plain", ".")
+	if now, _ := s.builderOf(t, proj); now == pid {
+		t.Errorf("the builder that ran out of disk was not restarted (pid %d)", pid)
+	}
 }
 
 // RELIABILITY 13: a client that stops answering the builder's session
@@ -310,5 +337,52 @@ func TestBuildWithStalledSecretFails(t *testing.T) {
 	eventually(t, 15*time.Second, "the build to be recorded failed", func() bool {
 		st, _ := builderRecord(t, s, id)
 		return st == kilnv1.BuildStatus_BUILD_STATUS_FAILED
+	})
+}
+
+// Row 8 (idle stop): a builder whose lease the control plane let go of
+// while the build's client still has a connection open to it (here the
+// client gave the lease back early, ReleaseEndpoint) is not stopped for
+// idleness under it; it is once the connection closes.
+func TestBuilderWithOpenConnectionIsNotIdleStopped(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "--builder-idle-timeout", "1s")
+	ctx := t.Context()
+	proj := s.createProject(t, "busy")
+	id, tok := s.createBuild(t, proj, s.Token)
+	conn := s.activeConnection(t, id, tok)
+	c, err := gatewayConn(t, ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := listWorkers(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := s.builderOf(t, proj)
+	bk := buildkitv1connect.NewBuildKitServiceClient(http.DefaultClient, s.URL)
+	if _, err := bk.ReleaseEndpoint(ctx, bearer(&buildkitv1.ReleaseEndpointRequest{BuildId: id, Platform: buildkitv1.Platform_PLATFORM_AMD64}, tok)); err != nil {
+		t.Fatalf("ReleaseEndpoint: %v", err)
+	}
+	for _, b := range s.builders(t) {
+		if b.ProjectID == proj && len(b.Leases) > 0 {
+			t.Fatalf("the builder still holds a lease after ReleaseEndpoint: %+v", b)
+		}
+	}
+	time.Sleep(4 * time.Second) // four idle timeouts
+	if now, _ := s.builderOf(t, proj); now != pid {
+		t.Fatalf("the builder was stopped under an open connection (pid %d, now %d)", pid, now)
+	}
+	if err := listWorkers(ctx, c); err != nil {
+		t.Fatalf("the open connection stopped working: %v", err)
+	}
+	c.Close()
+	eventually(t, 30*time.Second, "the idle builder to stop once the connection closed", func() bool {
+		for _, b := range s.builders(t) {
+			if b.ProjectID == proj && b.State != "stopped" {
+				return false
+			}
+		}
+		return true
 	})
 }
