@@ -233,6 +233,11 @@ func TestBuilderCrashDuringExportLeavesNoTemp(t *testing.T) {
 		}
 	}
 	for _, m := range mountsUnder(os.TempDir()) {
+		// Directly in it: other servers' data directories (this run's and
+		// others') are under it too, with mounts of their own.
+		if filepath.Dir(m) != filepath.Clean(os.TempDir()) {
+			continue
+		}
 		if strings.HasPrefix(filepath.Base(m), "buildkit") || strings.HasPrefix(filepath.Base(m), "containerd-mount") {
 			t.Errorf("a builder mount is left in the system temp directory: %s", m)
 		}
