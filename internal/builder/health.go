@@ -114,50 +114,57 @@ func (f *Fleet) watch() {
 		// A gap far longer than the interval means kiln itself did not run
 		// (stopped, suspended): nothing could be observed, so no builder
 		// is blamed for it.
-		unobserved := now.Sub(last) > 3*every
+		f.checkHealth(now, now.Sub(last) > 3*every)
 		last = now
-		var probes []*builder
-		var kills []*run
-		var killed []*builder
-		var causes []error
-		f.mu.Lock()
-		for _, b := range f.builders {
-			if b.state != StateReady || b.run == nil || b.run.stopping || b.run.cause != nil {
-				continue
-			}
-			inUse := len(b.leases) > 0 || b.conns > 0
-			if !inUse || unobserved {
-				b.answered = now
-			}
-			var cause error
-			var keep bool
-			switch {
-			case b.wedged != nil && b.conns == 0:
-				cause, keep = b.wedged, true
-			case b.wedged != nil && now.Sub(b.wedgedAt) > f.cfg.StallTimeout:
-				cause = b.wedged
-			case inUse && now.Sub(b.answered) > f.cfg.StallTimeout:
-				cause = stalled(b, now.Sub(b.answered))
-			}
-			if cause != nil {
-				if r := f.recycleLocked(b, cause, keep); r != nil {
-					kills, killed, causes = append(kills, r), append(killed, b), append(causes, cause)
-				}
-				continue
-			}
-			if inUse && !b.probing {
-				b.probing = true
-				probes = append(probes, b)
-			}
+	}
+}
+
+// checkHealth is one round of the watches at now: it recycles the
+// builders found stalled or wedged and starts the due probes. unobserved
+// says kiln could not watch since the last round: every builder's silence
+// counts from now.
+func (f *Fleet) checkHealth(now time.Time, unobserved bool) {
+	var probes []*builder
+	var kills []*run
+	var killed []*builder
+	var causes []error
+	f.mu.Lock()
+	for _, b := range f.builders {
+		if b.state != StateReady || b.run == nil || b.run.stopping || b.run.cause != nil {
+			continue
 		}
-		f.mu.Unlock()
-		for i, r := range kills {
-			f.kill(killed[i], r, causes[i])
+		inUse := len(b.leases) > 0 || b.conns > 0
+		if !inUse || unobserved {
+			b.answered = now
 		}
-		for _, b := range probes {
-			f.wg.Add(1)
-			go f.probeLiveness(b)
+		var cause error
+		var keep bool
+		switch {
+		case b.wedged != nil && b.conns == 0:
+			cause, keep = b.wedged, true
+		case b.wedged != nil && now.Sub(b.wedgedAt) > f.cfg.StallTimeout:
+			cause = b.wedged
+		case inUse && now.Sub(b.answered) > f.cfg.StallTimeout:
+			cause = stalled(b, now.Sub(b.answered))
 		}
+		if cause != nil {
+			if r := f.recycleLocked(b, cause, keep); r != nil {
+				kills, killed, causes = append(kills, r), append(killed, b), append(causes, cause)
+			}
+			continue
+		}
+		if inUse && !b.probing {
+			b.probing = true
+			probes = append(probes, b)
+		}
+	}
+	f.mu.Unlock()
+	for i, r := range kills {
+		f.kill(killed[i], r, causes[i])
+	}
+	for _, b := range probes {
+		f.wg.Add(1)
+		go f.probeLiveness(b)
 	}
 }
 
