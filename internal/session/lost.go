@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"connectrpc.com/connect"
@@ -37,10 +38,16 @@ func builderLost(err error) bool {
 // solveErr says its builder connection broke and the server ends the build
 // within verdictWait; otherwise solveErr.
 func (r *Remote) explainLoss(ctx context.Context, solveErr error) error {
-	if !builderLost(solveErr) || ctx.Err() != nil || r.cfg.APIURL == "" {
+	if !builderLost(solveErr) || r.cfg.APIURL == "" {
 		return solveErr
 	}
-	ctx, cancel := context.WithTimeout(ctx, verdictWait)
+	if cause := context.Cause(ctx); errors.Is(cause, context.Canceled) {
+		return solveErr // the user interrupted the build
+	}
+	// Not canceled with the build's context: the health loop cancels that
+	// as soon as the server ended the build (its token stops working),
+	// which is just when the answer is there to read.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), verdictWait)
 	defer cancel()
 	api := r.cfg.SourceBuilds()
 	for {
