@@ -273,6 +273,9 @@ func (g *Gateway) closeWhere(match func(*conn) bool) int {
 	for c := range g.conns {
 		if match(c) {
 			hit = append(hit, c)
+			// Gone at once, not when its splice notices: a later Revoke,
+			// Active or Conns must not count it.
+			delete(g.conns, c)
 		}
 	}
 	g.mu.Unlock()
