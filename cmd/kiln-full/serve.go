@@ -60,6 +60,7 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 	f.StringVar(&cfg.BuildkitdPath, "buildkitd", cliflag.EnvOr("KILN_BUILDKITD", cliflag.DefaultBuildkitd()), "buildkitd binary for builders (env KILN_BUILDKITD)")
 	f.DurationVar(&cfg.HealthTimeout, "health-timeout", 5*time.Minute, "cancel a build whose client has not reported health for this long")
 	f.DurationVar(&cfg.BuilderIdle, "builder-idle-timeout", 10*time.Minute, "stop a builder idle this long (its cache is kept)")
+	f.DurationVar(&cfg.BuilderStall, "builder-stall-timeout", 60*time.Second, "kill and restart a builder in use that does not answer for this long (its builds fail)")
 	f.DurationVar(&cfg.AuditRetention, "audit-retention", 90*24*time.Hour, "prune audit log events older than this (the newest 1,000,000 are kept at most)")
 	f.StringArrayVar(&cfg.InsecureRegistries, "insecure-registry", nil, "registry HOST[:PORT] builders reach over plain HTTP (repeatable); kiln's own registry is always reached over TLS")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")

@@ -482,7 +482,13 @@ func (s *Service) Logs(ctx context.Context, p auth.Principal, buildID, digest st
 func (s *Service) BuilderLost(projectID, platform string, leases []string, cause error) {
 	ctx := context.Background()
 	for _, id := range leases {
-		msg := fmt.Sprintf("builder lost: the %s builder of project %s exited unexpectedly (%v); retry the build", platform, projectID, cause)
+		// The fleet's cause is written for the build's user ("the builder
+		// for project P (linux/amd64) crashed during the build (signal 9);
+		// retry the build", "... stopped responding ...").
+		msg := fmt.Sprintf("the builder for project %s (%s) was lost; retry the build", projectID, platform)
+		if cause != nil {
+			msg = cause.Error()
+		}
 		if _, err := s.end(ctx, id, Result{Status: Failed, Error: msg}); err != nil {
 			s.logger.Error("fail build after builder loss", "build_id", id, "err", err)
 		}

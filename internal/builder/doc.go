@@ -3,13 +3,17 @@
 // state directory and therefore its own build cache.
 //
 // A Fleet starts builders on demand (Ensure, Acquire), tracks which builds
-// use them (Lease, Release), stops the idle ones while keeping their cache on
-// disk, restarts crashed ones, and wipes a project's cache on request (Reset).
+// use them (Lease, Release, and the gateway's Hold for every open
+// connection), stops the idle ones while keeping their cache on disk,
+// restarts crashed ones, replaces (Recycle) those that stop answering or
+// run out of disk (health.go), and wipes a project's cache on request
+// (Reset). Errors it reports for builds are written for their users and
+// name no server path; the details go to the server log.
 //
 // Each builder lives in Root/<project>/<arch>/:
 //
 //	state/            buildkitd --root: snapshots, cache metadata, its steps' network namespaces
-//	tmp/              its TMPDIR
+//	tmp/              its TMPDIR (BuildKit's temporary mounts while it exports), emptied at each start
 //	buildkitd.toml    worker, GC, network and registry settings, rewritten at every start
 //	buildkitd.log     buildkitd's stdout and stderr (previous: buildkitd.log.1)
 //	buildkitd.sock    unix socket, unless the path is too long for one

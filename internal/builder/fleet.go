@@ -35,9 +35,14 @@ type Config struct {
 	CA            *pki.Authority
 	IdleTTL       time.Duration // stop a builder with no leases after this long (state kept); 0 → 10m
 	StartTimeout  time.Duration // 0 → 60s
-	Logger        *slog.Logger  // nil → discard
-	// OnExit is called (from a fleet goroutine) when a builder's process exits without having been asked to stop,
-	// with the lease IDs (build IDs) that were using it. kiln fails those builds ("builder lost").
+	// StallTimeout: a builder in use (leases or open gateway connections)
+	// that does not answer a liveness probe for this long is killed and
+	// restarted, its builds failed ("stopped responding"); 0 → 60s.
+	StallTimeout time.Duration
+	Logger       *slog.Logger // nil → discard
+	// OnExit is called (from a fleet goroutine) when a builder's process exits without having been asked to stop
+	// (it crashed, or Recycle killed it), with the lease IDs (build IDs) that were using it and why, in a message
+	// fit for their users (no server path). kiln fails those builds with it.
 	// The builder is restarted after OnExit returns (or sooner, by an Ensure).
 	OnExit func(projectID, platform string, leases []string, err error)
 	// InsecureRegistries are registries ("host" or "host:port") builders
@@ -82,6 +87,7 @@ type Status struct {
 	Bridge    string // the bridge of its RUN steps' network, "" before the first start
 	Subnet    string // that network's subnet
 	Leases    []string
+	Conns     int    // open gateway connections to it
 	StateDir  string // the builder's directory, Root/<project>/<arch>; buildkitd's --root is StateDir/state
 	LogPath   string // buildkitd's log, StateDir/buildkitd.log
 	Err       string // why the last start failed or the process exited, if it did
@@ -90,6 +96,7 @@ type Status struct {
 const (
 	defaultIdleTTL      = 10 * time.Minute
 	defaultStartTimeout = 60 * time.Second
+	defaultStallTimeout = 60 * time.Second
 	// stopGrace is how long a builder gets to exit after SIGTERM before its
 	// whole tree is killed.
 	stopGrace = 10 * time.Second
@@ -151,9 +158,14 @@ type builder struct {
 	net      int // index of its build network in Network.Pool; -1 until the first start
 	run      *run
 	leases   map[string]time.Time // lease id → when it was taken
-	lastUsed time.Time            // last Ensure or Release to zero leases; idle time counts from here
-	lastErr  error
-	retryAt  time.Time     // after a failed start, Ensure returns lastErr until then
+	conns    int                  // open gateway connections (Hold); a builder with any is in use
+	lastUsed time.Time            // last Ensure, or release of the last lease or connection; idle time counts from here
+	lastErr  error                // why the last start failed or the run ended; said to clients, so it names no server path
+	retryAt  time.Time            // after a failed start, Ensure returns lastErr until then
+	answered time.Time            // when the stall watch last heard from it (or had no reason to ask: not in use)
+	probing  bool                 // a liveness probe is in flight
+	wedged   error                // set when its run reported running out of disk; the run is recycled once no solve is in progress
+	wedgedAt time.Time
 	restart  bool          // start again once the current run is gone (Ensure during a stop)
 	changed  chan struct{} // closed and replaced at every state change; Acquire waits on it
 }
@@ -166,6 +178,11 @@ type run struct {
 	// guarded by Fleet.mu
 	stopping bool        // stop has been closed
 	proc     *os.Process // nil until launched
+	// cause, set by Recycle, is why kiln killed this run: the error its
+	// builds fail with instead of "crashed". keepLeases: they are not
+	// failed but carry over to the restart (no solve was in progress).
+	cause      error
+	keepLeases bool
 }
 
 func (b *builder) stateDir() string { return filepath.Join(b.dir, "state") }
@@ -218,6 +235,9 @@ func NewFleet(cfg Config) (*Fleet, error) {
 	if cfg.StartTimeout <= 0 {
 		cfg.StartTimeout = defaultStartTimeout
 	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = defaultStallTimeout
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -249,8 +269,9 @@ func NewFleet(cfg Config) (*Fleet, error) {
 		resetting:   map[string]int{},
 		quit:        make(chan struct{}),
 	}
-	f.wg.Add(1)
+	f.wg.Add(2)
 	go f.reap()
+	go f.watch()
 	return f, nil
 }
 
@@ -261,8 +282,8 @@ func NewFleet(cfg Config) (*Fleet, error) {
 // counts as use: it restarts the idle clock of a builder without leases.
 //
 // After a failed start, Ensure returns that error (wrapping
-// errdefs.ErrUnavailable and naming the log file) for a few seconds, then
-// tries again.
+// errdefs.ErrUnavailable; the server log has the details) for a few
+// seconds, then tries again.
 func (f *Fleet) Ensure(spec Spec) (ep Endpoint, ready bool, err error) {
 	ep, ready, _, err = f.ensure(spec)
 	return ep, ready, err
@@ -325,6 +346,9 @@ func (f *Fleet) ensure(spec Spec) (Endpoint, bool, <-chan struct{}, error) {
 		b.lastUsed = time.Now()
 	}
 	switch {
+	case b.state == StateReady && b.wedged != nil:
+		// Out of disk: new builds wait for the recycle (watch).
+		return b.endpoint(), false, b.changed, nil
 	case b.state == StateReady:
 		return b.endpoint(), true, b.changed, nil
 	case b.state == StateStarting:
@@ -394,6 +418,32 @@ func (f *Fleet) Lease(projectID, platform, leaseID string) {
 	}
 }
 
+// Hold marks the builder named serverName in use by an open gateway
+// connection: like a lease, it keeps the builder from being stopped for
+// idleness (a client mid-solve may hold no lease any more, e.g. when the
+// control plane lost track of it), and idle time counts from the release
+// of the last one. An unknown name holds nothing.
+func (f *Fleet) Hold(serverName string) (release func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, ok := f.names[serverName]
+	if !ok {
+		return func() {}
+	}
+	b.conns++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			b.conns--
+			if b.conns == 0 && len(b.leases) == 0 {
+				b.lastUsed = time.Now()
+			}
+		})
+	}
+}
+
 // Release ends a lease. Idle time counts from the release of the last one.
 // Releasing an unknown lease is a no-op.
 func (f *Fleet) Release(projectID, platform, leaseID string) {
@@ -408,7 +458,7 @@ func (f *Fleet) Release(projectID, platform, leaseID string) {
 		return
 	}
 	delete(b.leases, leaseID)
-	if len(b.leases) == 0 {
+	if len(b.leases) == 0 && b.conns == 0 {
 		b.lastUsed = time.Now()
 	}
 }
@@ -488,6 +538,7 @@ func (f *Fleet) Status() []Status {
 			Socket:    b.sock(),
 			StateDir:  b.dir,
 			LogPath:   b.logPath(),
+			Conns:     b.conns,
 		}
 		if b.run != nil && b.run.proc != nil {
 			s.PID = b.run.proc.Pid
@@ -552,7 +603,8 @@ func (f *Fleet) Close(ctx context.Context) error {
 	return nil
 }
 
-// reap stops builders that have been idle (no leases) for IdleTTL.
+// reap stops builders that have been idle (no leases, no open gateway
+// connections) for IdleTTL.
 func (f *Fleet) reap() {
 	defer f.wg.Done()
 	interval := min(max(f.cfg.IdleTTL/4, 50*time.Millisecond), 30*time.Second)
@@ -568,7 +620,7 @@ func (f *Fleet) reap() {
 		var runs []*run
 		f.mu.Lock()
 		for _, b := range f.builders {
-			if b.state != StateReady || len(b.leases) > 0 {
+			if b.state != StateReady || len(b.leases) > 0 || b.conns > 0 {
 				continue
 			}
 			if now.Sub(b.lastUsed) < f.cfg.IdleTTL {

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -512,6 +513,14 @@ func TestIdleStopKeepsState(t *testing.T) {
 	env.fleet.Release("idle", "linux/amd64", "b1")
 	env.fleet.Release("idle", "linux/amd64", "unknown") // no-op
 
+	// So does an open gateway connection without a lease: a client
+	// mid-solve whose build the control plane lost track of.
+	time.Sleep(2 * time.Second)
+	if st := status(t, env.fleet, "idle", "linux/amd64"); st.State != StateReady || st.Conns == 0 {
+		t.Fatalf("builder with an open gateway connection stopped: %+v", st)
+	}
+	c.Close()
+
 	waitFor(t, 30*time.Second, "idle stop", func() bool {
 		st := status(t, env.fleet, "idle", "linux/amd64")
 		return st.State == StateStopped && st.PID == 0
@@ -566,25 +575,112 @@ func TestResetRemovesState(t *testing.T) {
 	}
 }
 
-func TestStartFailureNamesLog(t *testing.T) {
+// A builder that fails to start says so to the client without naming a
+// server path or quoting buildkitd's log (full of them); the server log
+// has both.
+func TestStartFailureNamesNoPath(t *testing.T) {
 	// A "buildkitd" that exits at once.
 	fake := filepath.Join(t.TempDir(), "buildkitd")
-	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho 'fake buildkitd: boom' >&2\nexit 3\n"), 0o755); err != nil {
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho 'fake buildkitd: boom in /secret/path' >&2\nexit 3\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("KILN_BUILDKITD", fake)
-	env := newEnv(t, nil)
+	var logged strings.Builder
+	var logMu sync.Mutex
+	env := newEnv(t, func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+			logMu.Lock()
+			defer logMu.Unlock()
+			return logged.Write(p)
+		}), nil))
+	})
 	ctx := ctxTimeout(t, 30*time.Second)
 	_, err := env.fleet.Acquire(ctx, Spec{ProjectID: "p", Platform: "linux/amd64"})
-	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "buildkitd.log") || !strings.Contains(err.Error(), "boom") {
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "the builder for project p (linux/amd64) failed to start") ||
+		!strings.Contains(err.Error(), "exit status 3") {
 		t.Fatalf("Acquire err = %v", err)
 	}
+	if strings.Contains(err.Error(), env.root) || strings.Contains(err.Error(), "/secret") || strings.Contains(err.Error(), "buildkitd.log") {
+		t.Errorf("Acquire err names a server path or quotes the log: %v", err)
+	}
+	logMu.Lock()
+	if l := logged.String(); !strings.Contains(l, "buildkitd.log") || !strings.Contains(l, "boom") {
+		t.Errorf("the server log lacks the log path or its last line:\n%s", l)
+	}
+	logMu.Unlock()
 	// Within the backoff, Ensure reports the failure instead of relaunching.
 	if _, _, err := env.fleet.Ensure(Spec{ProjectID: "p", Platform: "linux/amd64"}); !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Fatalf("Ensure err = %v", err)
 	}
 	if st := status(t, env.fleet, "p", "linux/amd64"); st.State != StateCrashed {
 		t.Fatalf("state %s", st.State)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (w writerFunc) Write(p []byte) (int, error) { return w(p) }
+
+// A stopped builder in use is killed (whole tree) and restarted after the
+// stall timeout; its builds fail with "stopped responding". An idle
+// stopped one is left alone: nobody waits on it.
+func TestStalledBuilderIsRecycled(t *testing.T) {
+	exits := make(chan error, 4)
+	var leases []string
+	var leasesMu sync.Mutex
+	env := newEnv(t, func(c *Config) {
+		c.StallTimeout = 3 * time.Second
+		c.OnExit = func(project, platform string, l []string, err error) {
+			leasesMu.Lock()
+			leases = append(leases, l...)
+			leasesMu.Unlock()
+			exits <- err
+		}
+	})
+	ctx := ctxTimeout(t, 3*time.Minute)
+	spec := Spec{ProjectID: "stall", Platform: "linux/amd64"}
+	if _, err := env.fleet.Acquire(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	st := status(t, env.fleet, "stall", "linux/amd64")
+	if err := unix.Kill(st.PID, unix.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Kill(st.PID, unix.SIGCONT) })
+	time.Sleep(5 * time.Second)
+	if now := status(t, env.fleet, "stall", "linux/amd64"); now.PID != st.PID {
+		t.Fatalf("an idle stopped builder was recycled: %+v", now)
+	}
+
+	env.fleet.Lease("stall", "linux/amd64", "build-1")
+	stalledAt := time.Now()
+	var err error
+	select {
+	case err = <-exits:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the stopped builder in use was not recycled within 20s")
+	}
+	t.Logf("recycled %s after the lease: %v", time.Since(stalledAt).Round(time.Millisecond), err)
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "the builder for project stall (linux/amd64) stopped responding") {
+		t.Errorf("OnExit err = %v", err)
+	}
+	leasesMu.Lock()
+	if len(leases) != 1 || leases[0] != "build-1" {
+		t.Errorf("OnExit leases %v, want [build-1]", leases)
+	}
+	leasesMu.Unlock()
+	if pids := buildkitdPIDs(st.StateDir); slices.Contains(pids, st.PID) {
+		t.Errorf("the stopped buildkitd %d is still there", st.PID)
+	}
+	waitFor(t, 60*time.Second, "restart", func() bool {
+		now := status(t, env.fleet, "stall", "linux/amd64")
+		return now.State == StateReady && now.PID != st.PID
+	})
+	if ok := env.fleet.Recycle("stall", "linux/amd64", errors.New("test")); !ok {
+		t.Error("Recycle of a ready builder did nothing")
+	}
+	if ok := env.fleet.Recycle("nobody", "linux/amd64", errors.New("test")); ok {
+		t.Error("Recycle of an unknown builder did something")
 	}
 }
 

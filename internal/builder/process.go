@@ -23,9 +23,10 @@ import (
 // checked that b has no run.
 func (f *Fleet) startLocked(b *builder) {
 	b.restart = false
+	b.wedged = nil
 	if err := f.netLocked(b); err != nil {
 		b.state = StateCrashed
-		b.lastErr = fmt.Errorf("builder %s/%s: %w", b.projectID, b.platform, err)
+		b.lastErr = fmt.Errorf("the builder for project %s (%s): %w", b.projectID, b.platform, err)
 		b.retryAt = time.Now().Add(startRetryBackoff)
 		b.broadcastLocked()
 		return
@@ -97,13 +98,18 @@ func (f *Fleet) stopAll(ctx context.Context, runs []*run) {
 
 // runBuilder is the life of one run: launch buildkitd, wait until it answers,
 // wait for it to exit, clean up its tree, then record the outcome.
+//
+// Errors recorded for clients (lastErr, OnExit's) name no server path and
+// quote nothing of buildkitd's log, which is full of them; the server log
+// gets the details: the log file's path and its last line.
 func (f *Fleet) runBuilder(b *builder, r *run, spec Spec, netIndex int) {
 	defer f.wg.Done()
 	log := f.log.With("project", b.projectID, "platform", b.platform)
 
-	cmd, logDone, err := f.launch(b, spec, netIndex)
+	cmd, logDone, err := f.launch(b, spec, netIndex, func() { f.diskFull(b, r) })
 	if err != nil {
-		f.finishRun(b, r, fmt.Errorf("builder %s/%s: start buildkitd: %w: %w", b.projectID, b.platform, err, errdefs.ErrUnavailable), true, time.Now())
+		log.Warn("builder failed to start", "err", err)
+		f.finishRun(b, r, f.startFailed(b, "kiln could not launch it"), true, time.Now())
 		return
 	}
 	pgid := cmd.Process.Pid // Setpgid: buildkitd leads its own group
@@ -130,6 +136,7 @@ func (f *Fleet) runBuilder(b *builder, r *run, spec Spec, netIndex int) {
 	if !r.stopping {
 		b.state = StateReady
 		b.lastErr = nil
+		b.answered = time.Now()
 		if len(b.leases) == 0 {
 			b.lastUsed = time.Now()
 		}
@@ -147,16 +154,45 @@ func (f *Fleet) runBuilder(b *builder, r *run, spec Spec, netIndex int) {
 		b.state = StateCrashed
 		b.broadcastLocked()
 	}
+	cause := r.cause
 	f.mu.Unlock()
 	f.cleanup(b, pgid)
 	// The cleanup killed whatever held the log pipe; let the copy catch up
-	// so the error can quote buildkitd's last line.
+	// so the server log can quote buildkitd's last line.
 	waitLog(logDone)
 	if werr == nil {
 		werr = errors.New("exit status 0")
 	}
-	f.finishRun(b, r, fmt.Errorf("builder %s/%s lost: buildkitd %v (last log line: %q; see %s): %w",
-		b.projectID, b.platform, werr, lastLine(b.logPath()), b.logPath(), errdefs.ErrUnavailable), false, diedAt)
+	if cause == nil {
+		cause = errdefs.Wrapf(errdefs.ErrUnavailable, nil, "the builder for project %s (%s) crashed during the build (%s); retry the build",
+			b.projectID, b.platform, exitReason(werr))
+	}
+	log.Warn("buildkitd exited", "err", werr, "cause", cause, "last_log_line", lastLine(b.logPath()), "log", b.logPath())
+	f.finishRun(b, r, cause, false, diedAt)
+}
+
+// exitReason says how a process ended, in the words of the crash message:
+// "signal 9", "exit status 2".
+func exitReason(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok {
+			switch {
+			case ws.Signaled():
+				return fmt.Sprintf("signal %d", ws.Signal())
+			case ws.Exited():
+				return fmt.Sprintf("exit status %d", ws.ExitStatus())
+			}
+		}
+	}
+	return err.Error()
+}
+
+// startFailed is the error a client gets for a builder that did not come
+// up; why is in the server log, next to the log file's path.
+func (f *Fleet) startFailed(b *builder, why string) error {
+	return errdefs.Wrapf(errdefs.ErrUnavailable, nil, "the builder for project %s (%s) failed to start (%s; the server log says more); kiln tries again in a few seconds",
+		b.projectID, b.platform, why)
 }
 
 // cleanup kills what is left of a run's process tree and detaches its mounts.
@@ -167,9 +203,6 @@ func (f *Fleet) cleanup(b *builder, pgid int) {
 	}
 }
 
-// finishRun records the end of run r. duringStart says it never became
-// ready. A run that ends unasked after having been ready is a crash: its
-// leases go to OnExit and the builder is started again.
 // waitLog gives the log copy a moment to drain after buildkitd exited.
 func waitLog(logDone <-chan struct{}) {
 	select {
@@ -178,9 +211,12 @@ func waitLog(logDone <-chan struct{}) {
 	}
 }
 
-// finishRun records the end of a run. diedAt is when the process exited:
-// leases taken after it (a build handed the builder while it was being
-// cleaned up) are not the lost ones; they carry over to the restart.
+// finishRun records the end of a run. duringStart says it never became
+// ready. A run that ends unasked after having been ready is a crash (or a
+// Recycle): its leases go to OnExit with err and the builder is started
+// again. diedAt is when the process exited: leases taken after it (a build
+// handed the builder while it was being cleaned up) are not the lost ones;
+// they carry over to the restart, as all do when a Recycle said so.
 func (f *Fleet) finishRun(b *builder, r *run, err error, duringStart bool, diedAt time.Time) {
 	f.mu.Lock()
 	b.run = nil
@@ -198,10 +234,12 @@ func (f *Fleet) finishRun(b *builder, r *run, err error, duringStart bool, diedA
 	default:
 		b.state = StateCrashed
 		b.lastErr = err
-		for l, at := range b.leases {
-			if !at.After(diedAt) {
-				leases = append(leases, l)
-				delete(b.leases, l)
+		if !r.keepLeases {
+			for l, at := range b.leases {
+				if !at.After(diedAt) {
+					leases = append(leases, l)
+					delete(b.leases, l)
+				}
 			}
 		}
 		b.lastUsed = time.Now()
@@ -231,7 +269,19 @@ func (f *Fleet) finishRun(b *builder, r *run, err error, duringStart bool, diedA
 
 // launch prepares b's directory (config, log, temporary files), applies
 // the egress policy for its build network and starts buildkitd.
-func (f *Fleet) launch(b *builder, spec Spec, netIndex int) (*exec.Cmd, <-chan struct{}, error) {
+//
+// onDiskFull is called (from the log copy) when buildkitd's output says it
+// ran out of disk space: BuildKit stays wedged after that until restarted.
+func (f *Fleet) launch(b *builder, spec Spec, netIndex int, onDiskFull func()) (*exec.Cmd, <-chan struct{}, error) {
+	// What a dead run left in its TMPDIR (BuildKit's buildkit-mount* and
+	// buildkit* directories) goes: nothing of a previous run is in use, and
+	// its mounts were detached by the cleanup (checked, so that a mount
+	// that stayed is never deleted through).
+	if mps, err := mountsUnder(b.tmpDir()); err == nil && len(mps) == 0 {
+		_ = os.RemoveAll(b.tmpDir())
+	} else {
+		f.log.Warn("builder temp dir still has mounts; not emptied", "project", b.projectID, "platform", b.platform, "mounts", mps, "err", err)
+	}
 	for _, d := range []string{b.dir, b.stateDir(), b.tmpDir(), b.sockDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, nil, err
@@ -310,11 +360,22 @@ func (f *Fleet) launch(b *builder, spec Spec, netIndex int) (*exec.Cmd, <-chan s
 	logDone := make(chan struct{})
 	go func() {
 		defer close(logDone)
-		_, _ = io.Copy(logf, pr)
+		// Drained to the end whatever the log file says: a log that
+		// cannot be written (a full disk) must not close the pipe and
+		// kill buildkitd with SIGPIPE.
+		_, _ = io.Copy(io.MultiWriter(bestEffort{logf}, &diskFullWatch{onHit: onDiskFull}), pr)
 		pr.Close()
 		logf.Close()
 	}()
 	return cmd, logDone, nil
+}
+
+// bestEffort is a writer whose failures are ignored.
+type bestEffort struct{ w io.Writer }
+
+func (b bestEffort) Write(p []byte) (int, error) {
+	_, _ = b.w.Write(p)
+	return len(p), nil
 }
 
 // waitReady polls buildkitd over the unix socket until it lists a worker.
@@ -329,13 +390,15 @@ func (f *Fleet) waitReady(b *builder, r *run, exited <-chan error, logDone <-cha
 		select {
 		case werr := <-exited:
 			waitLog(logDone)
-			return fmt.Errorf("builder %s/%s: buildkitd exited while starting: %v (last log line: %q; see %s): %w",
-				b.projectID, b.platform, werr, lastLine(b.logPath()), b.logPath(), errdefs.ErrUnavailable), true
+			f.log.Warn("buildkitd exited while starting", "project", b.projectID, "platform", b.platform, "err", werr,
+				"last_log_line", lastLine(b.logPath()), "log", b.logPath())
+			return f.startFailed(b, "buildkitd exited while starting: "+exitReason(werr)), true
 		case <-r.stop:
 			return fmt.Errorf("builder %s/%s: stopped while starting: %w", b.projectID, b.platform, errdefs.ErrUnavailable), false
 		case <-ctx.Done():
-			return fmt.Errorf("builder %s/%s: buildkitd not ready within %s (see %s): %w",
-				b.projectID, b.platform, f.cfg.StartTimeout, b.logPath(), errdefs.ErrUnavailable), false
+			f.log.Warn("buildkitd not ready in time", "project", b.projectID, "platform", b.platform, "timeout", f.cfg.StartTimeout,
+				"last_log_line", lastLine(b.logPath()), "log", b.logPath())
+			return f.startFailed(b, fmt.Sprintf("buildkitd not ready within %s", f.cfg.StartTimeout)), false
 		case <-tick.C:
 			if probe(ctx, b.sock()) {
 				return nil, false

@@ -100,3 +100,22 @@ func TestMountinfoHelpers(t *testing.T) {
 		t.Error("isUnder")
 	}
 }
+
+// The disk watch sees the marker wherever buildkitd's writes split it, and
+// fires once.
+func TestDiskFullWatch(t *testing.T) {
+	hits := 0
+	w := &diskFullWatch{onHit: func() { hits++ }}
+	for _, chunk := range []string{"time=... level=error msg=\"write /x: no sp", "ace left on", " device\"\n", "again: no space left on device\n"} {
+		if n, err := w.Write([]byte(chunk)); n != len(chunk) || err != nil {
+			t.Fatalf("Write = %d, %v", n, err)
+		}
+	}
+	if hits != 1 {
+		t.Fatalf("%d hits, want 1", hits)
+	}
+	quiet := &diskFullWatch{onHit: func() { t.Fatal("hit without the marker") }}
+	for i := 0; i < 100; i++ {
+		quiet.Write([]byte("no space left on the bus, device busy\n"))
+	}
+}

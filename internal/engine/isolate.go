@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"time"
 
 	"github.com/moby/buildkit/session"
 	"github.com/moby/buildkit/session/secrets"
@@ -46,7 +47,38 @@ func (s secretStore) GetSecret(ctx context.Context, id string) ([]byte, error) {
 	if v, ok := s.values[id]; ok {
 		return v, nil
 	}
-	return s.files.GetSecret(ctx, id)
+	return readBounded(ctx, id, secretReadTimeout, s.files.GetSecret)
+}
+
+// secretReadTimeout bounds reading one secret from its file or variable. A
+// source that never answers (a FIFO nobody writes, a hung network file
+// system) would otherwise hold the build's RUN step, and the build, for
+// ever, while the client keeps reporting it healthy.
+var secretReadTimeout = 30 * time.Second
+
+// readBounded is get, given up after d: the read's goroutine is left to
+// finish (or not) on its own; the client process ends soon after the
+// build does.
+func readBounded(ctx context.Context, id string, d time.Duration, get func(context.Context, string) ([]byte, error)) ([]byte, error) {
+	type answer struct {
+		b   []byte
+		err error
+	}
+	ch := make(chan answer, 1)
+	go func() {
+		b, err := get(ctx, id)
+		ch <- answer{b, err}
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case a := <-ch:
+		return a.b, a.err
+	case <-t.C:
+		return nil, errdefs.Wrapf(errdefs.ErrUnavailable, nil, "secret %q: reading its source did not finish within %s (a pipe nobody writes to? a hung file system?)", id, d)
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
 }
 
 // dockerConfig is the Docker configuration the builder's registry

@@ -45,6 +45,10 @@ type Builders interface {
 	// unix socket its buildkitd serves on; ok is false for a name no
 	// builder has.
 	Lookup(serverName string) (projectID, socket string, ok bool)
+	// Hold marks the builder named serverName in use while a connection
+	// to it is open, so it is not stopped for idleness under a solve;
+	// release ends the hold (once; later calls do nothing).
+	Hold(serverName string) (release func())
 }
 
 // Certs issues what the gateway presents and trusts for a project.
@@ -223,6 +227,8 @@ func (g *Gateway) Serve(c *tls.Conn) {
 		return
 	}
 	cn := &conn{projectID: projectID, buildID: buildID, client: c, builder: bc}
+	release := g.cfg.Builders.Hold(name)
+	defer release()
 	g.mu.Lock()
 	g.conns[cn] = struct{}{}
 	g.mu.Unlock()
@@ -267,6 +273,9 @@ func (g *Gateway) closeWhere(match func(*conn) bool) int {
 	for c := range g.conns {
 		if match(c) {
 			hit = append(hit, c)
+			// Gone at once, not when its splice notices: a later Revoke,
+			// Active or Conns must not count it.
+			delete(g.conns, c)
 		}
 	}
 	g.mu.Unlock()
@@ -315,6 +324,20 @@ func (g *Gateway) recheck(ctx context.Context) {
 func revoked(err error) bool {
 	for _, kind := range []error{errdefs.ErrNotFound, errdefs.ErrPermission, errdefs.ErrUnauthenticated, errdefs.ErrFailedPrecondition, errdefs.ErrExpired, errdefs.ErrCanceled} {
 		if errors.Is(err, kind) {
+			return true
+		}
+	}
+	return false
+}
+
+// Active reports whether any connection of build buildID is open: a
+// client is talking to its builder (a solve may be in progress) even if
+// the control plane has not heard from it lately.
+func (g *Gateway) Active(buildID string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for c := range g.conns {
+		if c.buildID == buildID {
 			return true
 		}
 	}

@@ -25,11 +25,34 @@ import (
 type builders struct {
 	dir     string
 	sockets map[string][2]string // server name → project, socket
+
+	mu    sync.Mutex
+	holds map[string]int // server name → open holds
 }
 
 func (b *builders) Lookup(name string) (string, string, bool) {
 	v, ok := b.sockets[name]
 	return v[0], v[1], ok
+}
+
+func (b *builders) Hold(name string) func() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.holds[name]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			b.holds[name]--
+		})
+	}
+}
+
+func (b *builders) held(name string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.holds[name]
 }
 
 // echo serves lines back on a unix socket until the test ends.
@@ -74,6 +97,7 @@ type env struct {
 	gw   *gateway.Gateway
 	addr string
 	acc  *access
+	b    *builders
 }
 
 func newEnv(t *testing.T, recheck time.Duration) *env {
@@ -83,7 +107,7 @@ func newEnv(t *testing.T, recheck time.Duration) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &builders{dir: dir, sockets: map[string][2]string{}}
+	b := &builders{dir: dir, sockets: map[string][2]string{}, holds: map[string]int{}}
 	for _, p := range []string{"proj-a", "proj-b"} {
 		sock := filepath.Join(dir, p+".sock")
 		echo(t, sock)
@@ -111,7 +135,7 @@ func newEnv(t *testing.T, recheck time.Duration) *env {
 			go gw.Serve(tls.Server(c, &tls.Config{GetConfigForClient: gw.TLSConfig}))
 		}
 	}()
-	return &env{ca: ca, gw: gw, addr: l.Addr().String(), acc: acc}
+	return &env{ca: ca, gw: gw, addr: l.Addr().String(), acc: acc, b: b}
 }
 
 // dial connects as a build client: a certificate of certProject with
@@ -170,6 +194,58 @@ func TestGatewaySplicesAuthorizedBuilds(t *testing.T) {
 	}
 	if e.gw.Conns() != 1 {
 		t.Errorf("%d connections tracked, want 1", e.gw.Conns())
+	}
+}
+
+// While a build's connection is open the gateway says the build is active
+// and holds its builder in use (no idle stop under a solve); both end with
+// the connection.
+func TestGatewayActiveHoldsBuilder(t *testing.T) {
+	e := newEnv(t, time.Hour)
+	const name = "proj-a-amd64.builder.kiln"
+	if e.gw.Active("b1") {
+		t.Fatal("Active before any connection")
+	}
+	c, err := e.dial(t, "proj-a", "build:b1", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(c); err != nil {
+		t.Fatal(err)
+	}
+	if !e.gw.Active("b1") {
+		t.Error("Active(b1) false while its connection is open")
+	}
+	if e.gw.Active("b2") {
+		t.Error("Active(b2) true: no connection of b2 is open")
+	}
+	if n := e.b.held(name); n != 1 {
+		t.Errorf("builder held %d times, want 1", n)
+	}
+	c.Close()
+	waitUntil(t, "the connection's end to release the builder", func() bool {
+		return !e.gw.Active("b1") && e.b.held(name) == 0
+	})
+
+	// A refused connection never holds the builder.
+	e.acc.deny("ended", fmt.Errorf("build ended: %w", errdefs.ErrFailedPrecondition))
+	if c, err := e.dial(t, "proj-a", "build:ended", name); err == nil {
+		_ = roundTrip(c)
+		c.Close()
+	}
+	if e.gw.Active("ended") || e.b.held(name) != 0 {
+		t.Error("a refused connection counts as active")
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

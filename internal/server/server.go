@@ -43,6 +43,7 @@ type Config struct {
 	BuildkitdPath string        // the buildkitd binary builders run
 	HealthTimeout time.Duration // cancel builds silent this long; 0 → 5m
 	BuilderIdle   time.Duration // stop builders idle this long; 0 → 10m
+	BuilderStall  time.Duration // restart a builder in use that does not answer this long; 0 → 60s
 	// PublicURL is the base URL users reach the server at (device-login
 	// approve links); "" → http://<bound listen address>.
 	PublicURL string
@@ -207,6 +208,7 @@ func (s *Server) startServices() (*project.Service, error) {
 		BuildkitdPath: cfg.BuildkitdPath,
 		CA:            s.ca,
 		IdleTTL:       cfg.BuilderIdle,
+		StallTimeout:  cfg.BuilderStall,
 		Logger:        cfg.Logger,
 		// Only the operator's flags reach buildkitd.toml; builds cannot.
 		InsecureRegistries: cfg.InsecureRegistries,

@@ -29,6 +29,7 @@ import (
 type Remote struct {
 	api    cliv1connect.BuildServiceClient
 	apiURL string
+	cfg    client.Config // the caller's, to ask why a build ended (lost.go)
 	// ID and Token are the build's id and its build token.
 	ID, Token string
 	// SaveRefs and SaveCreds are where the server saves the build's image
@@ -49,7 +50,7 @@ func Create(ctx context.Context, cfg client.Config, projectID string, opts ...*c
 	if err != nil {
 		return nil, fmt.Errorf("create build in project %s: %w", projectID, err)
 	}
-	r := &Remote{api: api, apiURL: cfg.APIURL, ID: res.Msg.BuildId, Token: res.Msg.BuildToken}
+	r := &Remote{api: api, apiURL: cfg.APIURL, cfg: cfg, ID: res.Msg.BuildId, Token: res.Msg.BuildToken}
 	for _, t := range res.Msg.GetAdditionalTags() {
 		if t.GetPush() {
 			r.SaveRefs = append(r.SaveRefs, t.GetTag())
@@ -151,7 +152,7 @@ func (r *Remote) Run(ctx context.Context, req *engine.Request, o RunOptions) (*b
 		return nil, cause
 	}
 	if err != nil {
-		return nil, fmt.Errorf("build %s failed: %w", r.ID, err)
+		return nil, fmt.Errorf("build %s failed: %w", r.ID, r.explainLoss(ctx, err))
 	}
 	return resp, nil
 }

@@ -189,11 +189,32 @@ func acquire(ctx context.Context, a Acquirer, b platform.Platform, o *ConnectOpt
 // per target platform, each on the builder [engine.Request.BuilderPlatform]
 // names, merged into one image index. progress receives what the engine
 // prints; observe sees every status update.
+//
+// While it runs, a stall watch (stall.go) warns on progress when the
+// builders have shown no sign of life for 30 s. Server paths in BuildKit's
+// errors are taken out (scrub.go).
 func Solve(ctx context.Context, bs *Builders, req *engine.Request, progress io.Writer, observe func(*client.SolveStatus)) (*client.SolveResponse, error) {
-	if !req.MultiPlatform() {
-		return engine.Solve(ctx, bs.Client(req.BuilderPlatform(req.Platform())), req, progress, observe)
+	var clients []*client.Client
+	for _, c := range bs.clients {
+		clients = append(clients, c)
 	}
-	return engine.SolveMulti(ctx, Targets(bs, req), req, progress, observe)
+	sw, stop := watchBuilders(clients, progress)
+	defer stop()
+	seen := func(st *client.SolveStatus) {
+		sw.alive()
+		scrubStatus(st) // before the display and the records see it (scrub.go)
+		if observe != nil {
+			observe(st)
+		}
+	}
+	var resp *client.SolveResponse
+	var err error
+	if !req.MultiPlatform() {
+		resp, err = engine.Solve(ctx, bs.Client(req.BuilderPlatform(req.Platform())), req, progress, seen)
+	} else {
+		resp, err = engine.SolveMulti(ctx, Targets(bs, req), req, progress, seen)
+	}
+	return resp, scrubError(err)
 }
 
 // Targets pairs each of req's target platforms with its builder's client.

@@ -148,12 +148,9 @@ func TestBuilderCrashMidBuild(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("the build did not fail within 30s of its builder dying:\n%s", tail(stderr.String(), 3000))
 	}
-	if !strings.Contains(stderr.String(), "kiln:") {
-		t.Errorf("no kiln error line in:\n%s", tail(stderr.String(), 2000))
-	}
-	eventually(t, 10*time.Second, "the build to be recorded failed", func() bool {
-		return s.buildStatusByIndex(t, proj, 0) == cliv1.BuildStatus_BUILD_STATUS_FAILED
-	})
+	// The same clear message on the client and in the record, every time
+	// (the client asks the server why its connection broke).
+	builderAgreed(t, s, proj, stderr.String(), "the builder for project "+proj+" (linux/amd64) crashed during the build (signal 9); retry the build")
 	eventually(t, 10*time.Second, "orphaned RUN processes to be gone", func() bool { return len(processesNamed(marker)) == 0 })
 	if stateDir == "" {
 		t.Fatalf("no state dir reported for the builder")
