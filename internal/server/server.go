@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -226,6 +227,7 @@ func (s *Server) startServices() (*project.Service, error) {
 		RegistryHost: s.registryHost,
 		GatewayAddr:  s.gatewayAddr,
 		Revoke:       func(buildID string) { s.gateway.Revoke(buildID) },
+		Leased:       fleetLeased(fleet),
 		Audit:        s.audit.AuthEvent}, cfg.Logger)
 	s.builds = builds
 	if s.gateway, err = gateway.New(gateway.Config{Builders: fleet, Certs: s.ca, Authorize: builds.BuilderAccess, Logger: cfg.Logger}); err != nil {
@@ -413,6 +415,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// Client builds a previous run left running are settled before the
+	// health reaper or any client sees them.
+	if err := s.builds.Reconcile(ctx); err != nil {
+		return fmt.Errorf("reconcile client builds: %w", err)
+	}
 	go s.builds.Run(bg)
 	go s.audit.Run(bg)
 	go s.registry.Run(bg)
@@ -449,4 +456,17 @@ func (s *Server) Serve(ctx context.Context) error {
 		return serveErr
 	}
 	return nil
+}
+
+// fleetLeased is build.Config.Leased over the fleet's status: whether the
+// fleet holds build buildID's lease on a builder.
+func fleetLeased(fleet *builder.Fleet) func(projectID, platform, buildID string) bool {
+	return func(projectID, platform, buildID string) bool {
+		for _, st := range fleet.Status() {
+			if st.ProjectID == projectID && st.Platform == platform && slices.Contains(st.Leases, buildID) {
+				return true
+			}
+		}
+		return false
+	}
 }
