@@ -477,8 +477,7 @@ func (s *Service) Finish(ctx context.Context, p auth.Principal, buildID string, 
 		if b.Error != "" {
 			reason = ": " + b.Error
 		}
-		return fmt.Errorf("build %q had already ended as %s%s; the %s result reported now was not recorded: %w",
-			buildID, b.Status, reason, r.Status, errdefs.ErrFailedPrecondition)
+		return fmt.Errorf("build %q had already ended as %s%s: %w", buildID, b.Status, reason, errdefs.ErrFailedPrecondition)
 	}
 	return nil
 }
