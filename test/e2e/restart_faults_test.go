@@ -10,6 +10,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -280,4 +281,61 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// RELIABILITY.md 11: a client killed mid-build (kill -9 of `kiln build`)
+// has its build canceled by the health timeout and its builder released;
+// the idle builder then stops with its cache kept, and the project's next
+// build starts from that cache promptly.
+func TestKilledClientBuildIsReaped(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "--health-timeout", "3s", "--builder-idle-timeout", "2s")
+	proj := s.createProject(t, "killedclient")
+	first := "FROM busybox\nRUN echo kept > /kept\n"
+	dir := writeContext(t, map[string]string{"Dockerfile": baseStages + first + "RUN sleep 173\n"})
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, kilnBin, "build", "--project", proj, "--progress", "plain", ".")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "KILN_API_URL="+s.URL, "KILN_TOKEN="+s.Token, "HOME="+t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	eventually(t, 2*time.Minute, "the RUN sleep to start", func() bool { return len(processesNamed("sleep 173")) > 0 })
+	id := s.latestBuild(t, proj)
+	cmd.Process.Kill()
+	<-done
+
+	eventually(t, 20*time.Second, "the killed client's build to be canceled", func() bool {
+		return s.buildStatus(t, proj, id) == cliv1.BuildStatus_BUILD_STATUS_CANCELED
+	})
+	if b := restartRecorded(t, s, id); !strings.Contains(b.Error, "no health report") {
+		t.Errorf("recorded error %q; want it to say the client stopped reporting", b.Error)
+	}
+	eventually(t, 20*time.Second, "the RUN process to end", func() bool { return len(processesNamed("sleep 173")) == 0 })
+	eventually(t, 30*time.Second, "the released builder to stop when idle", func() bool {
+		for _, b := range s.builders(t) {
+			if b.ProjectID == proj && (len(b.Leases) > 0 || b.State != "stopped") {
+				return false
+			}
+		}
+		return true
+	})
+	next := writeContext(t, map[string]string{"Dockerfile": baseStages + first + "RUN echo next\n"})
+	r := s.mustKiln(t, next, "build", "--project", proj, "--progress", "plain", ".")
+	if r.Took > time.Minute {
+		t.Errorf("the next build took %s; want it to start and finish within a minute", r.Took.Round(time.Second))
+	}
+	if !restartStepCached(r.Stderr, "RUN echo kept > /kept") {
+		t.Errorf("the next build did not reuse the cache kept by the stopped builder:\n%s", tail(r.Stderr, 3000))
+	}
+}
+
+// restartStepCached reports whether plain progress shows the step whose
+// line ends with name as cached: "#N [stage 2/3] RUN …" then "#N CACHED".
+func restartStepCached(progress, name string) bool {
+	m := regexp.MustCompile(`(?m)^(#\d+) \[[^\]]*\] ` + regexp.QuoteMeta(name) + `$`).FindStringSubmatch(progress)
+	return m != nil && strings.Contains(progress, m[1]+" CACHED\n")
 }
