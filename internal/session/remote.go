@@ -269,18 +269,17 @@ func (r *Remote) Finish(buildErr error) error {
 
 // UnrecordedError is a build's result that kiln did not record: it had
 // already ended the build otherwise (Recorded says how, in the server's
-// words), or it could not be reached.
+// words), or it could not be reached. It is a complete message and does
+// not unwrap to the API error (Err), which the CLI would print alone.
 type UnrecordedError struct {
 	BuildID  string
 	Recorded string // "" when the server could not be reached
-	Err      error
+	Err      error  // FinishBuild's last error
 }
 
 func (e *UnrecordedError) Error() string {
 	if e.Recorded != "" {
 		return fmt.Sprintf("kiln did not record how build %s ended here: %s", e.BuildID, e.Recorded)
 	}
-	return fmt.Sprintf("could not tell kiln how build %s ended: %v; kiln will cancel the build when its health timeout passes", e.BuildID, e.Err)
+	return fmt.Sprintf("could not tell kiln how build %s ended (%v); kiln will cancel the build when its health timeout passes", e.BuildID, e.Err)
 }
-
-func (e *UnrecordedError) Unwrap() error { return e.Err }
