@@ -36,6 +36,9 @@ type Remote struct {
 	// additional tags and credentials), when the build asked to be saved.
 	SaveRefs  []string
 	SaveCreds []engine.RegistryCredential
+	// messages is where Run's RunOptions.Messages went (nil: nowhere);
+	// Finish says there that it is waiting for the server.
+	messages io.Writer
 }
 
 // Create creates a build in projectID holding opts (one entry per bake
@@ -118,6 +121,7 @@ func (r *Remote) Run(ctx context.Context, req *engine.Request, o RunOptions) (*b
 	if msgs == nil {
 		msgs = io.Discard
 	}
+	r.messages = msgs
 	announced := false
 	bs, err := Connect(ctx, r, req.BuilderPlatforms(), ConnectOptions{Wait: o.Wait, Hint: "see the server log; raise --builder-wait",
 		Waiting: func(platform.Platform) {
@@ -243,7 +247,11 @@ func (r *Remote) Finish(buildErr error) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), finishTimeout)
 	defer cancel()
+	tries := 0
 	err := retry.Do(ctx, retry.Report, func(ctx context.Context) error {
+		if tries++; tries == 2 && r.messages != nil {
+			fmt.Fprintf(r.messages, "kiln: kiln serve did not answer; trying for about 30s to record how build %s ended...\n", r.ID)
+		}
 		_, err := r.api.FinishBuild(ctx, client.WithToken(connect.NewRequest(req), r.Token))
 		if connect.CodeOf(err) == connect.CodeUnauthenticated {
 			// The build token stopped working because the build ended:

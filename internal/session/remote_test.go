@@ -61,8 +61,13 @@ func newFinishRemote(t *testing.T, f *finisher) *Remote {
 func TestFinishWaitsForRestartAndFallsBackToOwnToken(t *testing.T) {
 	f := &finisher{down: 2, ended: true}
 	r := newFinishRemote(t, f)
+	var msgs strings.Builder
+	r.messages = &msgs
 	if err := r.Finish(nil); err != nil {
 		t.Fatalf("Finish: %v", err)
+	}
+	if !strings.Contains(msgs.String(), "trying for about 30s to record how build b1 ended") {
+		t.Errorf("the user was not told why kiln waits: %q", msgs.String())
 	}
 	want := []string{"build-token", "build-token", "build-token", "user-token"}
 	if strings.Join(f.tokens, ",") != strings.Join(want, ",") {
