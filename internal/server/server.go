@@ -224,10 +224,10 @@ func (s *Server) startServices() (*project.Service, error) {
 	s.fleet = fleet
 	builds = build.NewService(s.store, fleet, s.ca, build.Config{HealthTimeout: cfg.HealthTimeout,
 		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
+		Leased:       fleetLeased(fleet),
 		RegistryHost: s.registryHost,
 		GatewayAddr:  s.gatewayAddr,
 		Revoke:       func(buildID string) { s.gateway.Revoke(buildID) },
-		Leased:       fleetLeased(fleet),
 		Audit:        s.audit.AuthEvent}, cfg.Logger)
 	s.builds = builds
 	if s.gateway, err = gateway.New(gateway.Config{Builders: fleet, Certs: s.ca, Authorize: builds.BuilderAccess, Logger: cfg.Logger}); err != nil {
