@@ -215,7 +215,7 @@ func TestLogsFollowSurvivesKill9(t *testing.T) {
 	t.Parallel()
 	s := startServer(t)
 	dir := writeContext(t, map[string]string{"Dockerfile": baseStages +
-		"FROM busybox\nRUN for i in 1 2 3 4 5; do echo tick-$i; done; sleep 319\n"})
+		"FROM busybox\nRUN for i in 1 2 3 4 5; do echo tick-$i; done; sleep 2351\n"})
 	env := []string{"KILN_API_URL=" + s.URL, "KILN_TOKEN=" + s.Token}
 	res := s.kiln(t, dir, env, "build", "--detach", "--customer", "followco", "--progress", "quiet", ".")
 	if res.Err != nil {
@@ -235,7 +235,7 @@ func TestLogsFollowSurvivesKill9(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	eventually(t, 3*time.Minute, "logs -f to print the RUN's lines", func() bool { return strings.Contains(stdout.String(), "tick-5") })
-	eventually(t, 30*time.Second, "the RUN to reach its sleep", func() bool { return len(processesNamed("sleep 319")) > 0 })
+	eventually(t, 30*time.Second, "the RUN to reach its sleep", func() bool { return len(processesNamed("sleep 2351")) > 0 })
 
 	s.kill9(t)
 	time.Sleep(2 * time.Second)
@@ -292,7 +292,7 @@ func TestKilledClientBuildIsReaped(t *testing.T) {
 	s := startServer(t, "--health-timeout", "3s", "--builder-idle-timeout", "2s")
 	proj := s.createProject(t, "killedclient")
 	first := "FROM busybox\nRUN echo kept > /kept\n"
-	dir := writeContext(t, map[string]string{"Dockerfile": baseStages + first + "RUN sleep 173\n"})
+	dir := writeContext(t, map[string]string{"Dockerfile": baseStages + first + "RUN sleep 2347\n"})
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, kilnBin, "build", "--project", proj, "--progress", "plain", ".")
@@ -303,7 +303,7 @@ func TestKilledClientBuildIsReaped(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	eventually(t, 2*time.Minute, "the RUN sleep to start", func() bool { return len(processesNamed("sleep 173")) > 0 })
+	eventually(t, 2*time.Minute, "the RUN sleep to start", func() bool { return len(processesNamed("sleep 2347")) > 0 })
 	id := s.latestBuild(t, proj)
 	cmd.Process.Kill()
 	<-done
@@ -314,7 +314,7 @@ func TestKilledClientBuildIsReaped(t *testing.T) {
 	if b := restartRecorded(t, s, id); !strings.Contains(b.Error, "no health report") {
 		t.Errorf("recorded error %q; want it to say the client stopped reporting", b.Error)
 	}
-	eventually(t, 20*time.Second, "the RUN process to end", func() bool { return len(processesNamed("sleep 173")) == 0 })
+	eventually(t, 20*time.Second, "the RUN process to end", func() bool { return len(processesNamed("sleep 2347")) == 0 })
 	eventually(t, 30*time.Second, "the released builder to stop when idle", func() bool {
 		for _, b := range s.builders(t) {
 			if b.ProjectID == proj && (len(b.Leases) > 0 || b.State != "stopped") {
