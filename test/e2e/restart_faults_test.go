@@ -120,6 +120,51 @@ func TestRestartReconcilesClientBuilds(t *testing.T) {
 	s.activeConnection(t, waiting, waitingTok)
 }
 
+// The same fault as a user meets it: kill -9 of kiln serve under a running
+// `kiln build`. The build fails (its builder died with the server), the
+// client waits for the server to come back to report it, and kiln records
+// why at once; nothing stays running.
+func TestKilledServerUnderCLIBuild(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	proj := s.createProject(t, "clikill")
+	dir := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN sleep 2353\n"})
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, kilnBin, "build", "--project", proj, "--progress", "plain", ".")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "KILN_API_URL="+s.URL, "KILN_TOKEN="+s.Token, "HOME="+t.TempDir())
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	eventually(t, 2*time.Minute, "the RUN sleep to start", func() bool { return len(processesNamed("sleep 2353")) > 0 })
+	id := s.latestBuild(t, proj)
+
+	s.kill9(t)
+	time.Sleep(3 * time.Second)
+	s.start(t)
+	restarted := time.Now()
+	select {
+	case err := <-done:
+		out := stderr.String()
+		t.Logf("kiln build ended %s after the restart (%v):\n%s", time.Since(restarted).Round(time.Millisecond), err, tail(out, 1500))
+		restartNoServerPaths(t, s, "kiln build's output", out)
+		if err == nil {
+			t.Errorf("kiln build exited 0 although its builder died with kiln serve")
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatalf("kiln build did not end within 90s of the restart:\n%s", tail(stderr.String(), 3000))
+	}
+	if b := restartRecorded(t, s, id); b.Status != kilnv1.BuildStatus_BUILD_STATUS_FAILED || !strings.Contains(b.Error, "the control plane restarted during the build") {
+		t.Errorf("recorded: %v %q; want failed: the control plane restarted during the build", b.Status, b.Error)
+	}
+	eventually(t, 20*time.Second, "the dead builder's RUN process to be gone", func() bool { return len(processesNamed("sleep 2353")) == 0 })
+}
+
 // restartHealth reports a build's health every 500ms while on is set, as a
 // client's keep-alive does.
 func restartHealth(ctx context.Context, s *server, id, tok string, on *atomic.Bool) {
