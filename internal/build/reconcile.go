@@ -2,6 +2,7 @@ package build
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -21,13 +22,15 @@ const RestartedError = "the control plane restarted during the build and its bui
 //
 // A build that never got a builder keeps running: its client may still be
 // asking for one. Like every running build, its health timeout counts from
-// this start (reap.go).
+// this start (reap.go). A build it cannot settle (the store refused the
+// write) is left to that timeout; the error names it.
 func (s *Service) Reconcile(ctx context.Context) error {
 	running, err := s.store.ListBuildsByStatus(ctx, Running)
 	if err != nil {
 		return fmt.Errorf("list running builds: %w", err)
 	}
 	failed := 0
+	var errs []error
 	for _, b := range running {
 		if b.IsSource() || b.Platforms == "" || s.leaseSurvived(b) {
 			continue
@@ -36,7 +39,10 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		s.presumed[b.ID] = true
 		s.mu.Unlock()
 		if _, err := s.end(ctx, b.ID, Result{Status: Failed, Error: RestartedError}); err != nil {
-			return fmt.Errorf("fail build %s: %w", b.ID, err)
+			// The others are still settled; this one ends at its health
+			// timeout.
+			errs = append(errs, fmt.Errorf("fail build %s: %w", b.ID, err))
+			continue
 		}
 		failed++
 		s.logger.WarnContext(ctx, "build failed: kiln serve restarted under it", "build_id", b.ID, "project_id", b.ProjectID)
@@ -44,7 +50,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	if failed > 0 {
 		s.logger.InfoContext(ctx, "reconciled client builds after a restart", "failed", failed, "running", len(running)-failed)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // leaseSurvived reports whether the fleet still holds every lease build b

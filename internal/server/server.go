@@ -418,7 +418,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	// Client builds a previous run left running are settled before the
 	// health reaper or any client sees them.
 	if err := s.builds.Reconcile(ctx); err != nil {
-		return fmt.Errorf("reconcile client builds: %w", err)
+		// Not fatal: a build it could not settle ends at its health timeout.
+		s.cfg.Logger.Error("reconcile client builds", "err", err)
 	}
 	go s.builds.Run(bg)
 	go s.audit.Run(bg)
