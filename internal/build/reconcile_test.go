@@ -11,6 +11,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // restart is a new service on the same store and fleet, as kiln serve
@@ -145,5 +146,41 @@ func TestActiveBuildIsNotReaped(t *testing.T) {
 	e.svc.ReapAbandoned(ctx)
 	if got, _ := e.st.GetBuild(ctx, b.ID); got.Status != build.Canceled {
 		t.Errorf("a timeout after its connection closed: %s; want canceled", got.Status)
+	}
+}
+
+// refusingStore refuses to write one build, as a full disk would.
+type refusingStore struct {
+	store.Store
+	refuse string
+}
+
+func (s refusingStore) UpdateBuild(ctx context.Context, id string, fn func(*build.Build) error) (build.Build, error) {
+	if id == s.refuse {
+		return build.Build{}, errors.New("database or disk is full")
+	}
+	return s.Store.UpdateBuild(ctx, id, fn)
+}
+
+// A build the store will not write does not stop the others from being
+// settled; the error names it.
+func TestReconcileSettlesWhatItCan(t *testing.T) {
+	e := setup(t, time.Hour)
+	ctx := context.Background()
+	var ids []string
+	for range 2 {
+		b, secret, _ := e.svc.Create(ctx, e.org, "pa", 1, nil)
+		p := principalOf(t, e.st, secret)
+		e.svc.Connect(ctx, p, b.ID, "amd64")
+		e.svc.Connect(ctx, p, b.ID, "amd64")
+		ids = append(ids, b.ID)
+	}
+	svc := build.NewService(refusingStore{e.st, ids[0]}, e.fleet, fakeCerts{}, build.Config{HealthTimeout: time.Hour}, slog.New(slog.DiscardHandler))
+	err := svc.Reconcile(ctx)
+	if err == nil || !strings.Contains(err.Error(), ids[0]) {
+		t.Errorf("Reconcile = %v; want an error naming %s", err, ids[0])
+	}
+	if got, _ := e.st.GetBuild(ctx, ids[1]); got.Status != build.Failed {
+		t.Errorf("the other build: %s; want failed", got.Status)
 	}
 }
