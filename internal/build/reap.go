@@ -71,10 +71,13 @@ func (s *Service) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		// Monotonic time: a stopped process's clock keeps running, so a
-		// pause shows as a long gap between ticks.
+		// A stopped process's monotonic clock keeps running, so a pause
+		// shows as a long gap between ticks; a suspended machine's does
+		// not, but its wall clock jumps (Round(0) drops the monotonic
+		// reading), and health reports are wall-clock times.
 		now := time.Now()
-		if gap := now.Sub(last); gap > gapFactor*every {
+		gap := max(now.Sub(last), now.Round(0).Sub(last.Round(0)))
+		if gap > gapFactor*every {
 			s.resumed(now, gap)
 		}
 		last = now
