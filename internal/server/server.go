@@ -225,6 +225,7 @@ func (s *Server) startServices() (*project.Service, error) {
 	builds = build.NewService(s.store, fleet, s.ca, build.Config{HealthTimeout: cfg.HealthTimeout,
 		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
 		Leased:       fleetLeased(fleet),
+		Active:       func(buildID string) bool { return s.gateway.Active(buildID) },
 		RegistryHost: s.registryHost,
 		GatewayAddr:  s.gatewayAddr,
 		Revoke:       func(buildID string) { s.gateway.Revoke(buildID) },

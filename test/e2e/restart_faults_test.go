@@ -156,6 +156,11 @@ func TestKilledServerUnderCLIBuild(t *testing.T) {
 		if err == nil {
 			t.Errorf("kiln build exited 0 although its builder died with kiln serve")
 		}
+		// The client asks the server why its builder connection broke
+		// (session/lost.go) and says what kiln recorded.
+		if !strings.Contains(out, "the control plane restarted during the build") {
+			t.Errorf("kiln build does not say the control plane restarted")
+		}
 	case <-time.After(90 * time.Second):
 		t.Fatalf("kiln build did not end within 90s of the restart:\n%s", tail(stderr.String(), 3000))
 	}
@@ -383,4 +388,24 @@ func TestKilledClientBuildIsReaped(t *testing.T) {
 func restartStepCached(progress, name string) bool {
 	m := regexp.MustCompile(`(?m)^(#\d+) \[[^\]]*\] ` + regexp.QuoteMeta(name) + `$`).FindStringSubmatch(progress)
 	return m != nil && strings.Contains(progress, m[1]+" CACHED\n")
+}
+
+// A client whose health reports stop reaching kiln while it is solving on
+// its builder (here: the health timeout is shorter than the client's
+// report interval) is never canceled for silence: an open builder
+// connection shows the solve is in progress. The build succeeds, and the
+// exit code and the record agree.
+func TestSolvingBuildIsNotReaped(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "--health-timeout", "2s")
+	proj := s.createProject(t, "solving")
+	dir := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN sleep 12 && echo slept > /slept\n"})
+	r := s.kiln(t, dir, nil, "build", "--project", proj, "--progress", "plain", ".")
+	restartNoServerPaths(t, s, "kiln build's output", r.Stdout+r.Stderr)
+	if r.Err != nil {
+		t.Fatalf("a build solving for 12 s under a 2 s health timeout: %v\n%s", r.Err, tail(r.Stderr, 3000))
+	}
+	if st := s.buildStatus(t, proj, s.latestBuild(t, proj)); st != cliv1.BuildStatus_BUILD_STATUS_FINISHED {
+		t.Errorf("kiln build exited 0 but the build is recorded %v", st)
+	}
 }
