@@ -165,10 +165,14 @@ func (b *Builder) executeLocal(ctx context.Context, projectID string) (v1.ImageI
 
 	p := newProgress(b.s.progress)
 	resp, runErr := remote.Run(ctx, req, session.RunOptions{Wait: b.s.wait, Tap: p.tap})
-	remote.Finish(runErr)
+	finishErr := remote.Finish(runErr)
 	md.Steps = p.steps()
 	if runErr != nil {
 		return nil, md, &BuildError{BuildID: remote.ID, ProjectID: projectID, Step: p.failedStep(), Err: runErr}
+	}
+	if finishErr != nil {
+		// What kiln recorded wins: it canceled or failed the build.
+		return nil, md, fmt.Errorf("sdk: %w", finishErr)
 	}
 	md.Refs = append(md.Refs, remote.SaveRefs...)
 	if b.ref != nil {

@@ -382,10 +382,19 @@ func (r *bakeRun) run(ctx context.Context, display progressui.Display, mode prog
 		engine.PrintWarnings(r.stderr, warnings)
 	}
 
+	// The exit code follows what kiln recorded: a project whose targets
+	// all built but whose result kiln did not record fails the bake.
+	var unrecorded []error
 	for _, p := range r.projects {
-		p.remote.Finish(p.outcome())
+		outcome := p.outcome()
+		if err := p.remote.Finish(outcome); err != nil && outcome == nil {
+			unrecorded = append(unrecorded, err)
+		}
 	}
-	return r.report()
+	if err := r.report(); err != nil {
+		return err
+	}
+	return errors.Join(unrecorded...)
 }
 
 // runTarget waits for the targets t uses as contexts, then builds t.

@@ -63,6 +63,17 @@ type Config struct {
 	// Revoke cuts a build's builder connections (the gateway's Revoke); it
 	// is called whenever a build ends. nil: nothing to cut.
 	Revoke func(buildID string)
+	// Active reports whether a build's client is talking to its builder
+	// right now (the gateway's Active: a connection is open, a solve may
+	// be in progress). ReapAbandoned never cancels an active build, and
+	// counts its silence from the last time it saw it active. nil: never.
+	Active func(buildID string) bool
+	// Leased reports whether the fleet still holds build buildID's lease
+	// on project projectID's builder for platform: at start (Reconcile), a
+	// running build whose lease did not survive the restart is failed.
+	// nil: no lease survives a restart, as with builders that are kiln
+	// serve's children (they die with it).
+	Leased func(projectID, platform, buildID string) bool
 }
 
 // Service implements build operations.
@@ -73,10 +84,25 @@ type Service struct {
 	cfg    Config
 	logger *slog.Logger
 
-	// mu guards leases: build id → platforms it holds a builder lease on.
-	// The store keeps the same set (Build.Platforms) so a restart can tell.
-	mu     sync.Mutex
+	// mu guards the fields below it.
+	mu sync.Mutex
+	// leases: build id → platforms it holds a builder lease on. The store
+	// keeps the same set (Build.Platforms) so a restart can tell.
 	leases map[string][]string
+	// observedFrom is when the server last started watching builds' health
+	// without a gap: its start, or its resume after the reaper noticed it
+	// had not run for far longer than its interval (the process was
+	// stopped, the machine suspended). Silence before it does not count
+	// (reap.go).
+	observedFrom time.Time
+	// activeAt: build id → the last time the reaper saw the build active
+	// (Config.Active); its silence counts from then. Dropped when the
+	// build ends.
+	activeAt map[string]time.Time
+	// presumed: builds this server failed at start because it restarted
+	// under them (Reconcile). Their client may still report success, which
+	// then replaces the failure (Finish). Dropped once the client reports.
+	presumed map[string]bool
 }
 
 // NewService wires the build domain.
@@ -102,7 +128,14 @@ func NewService(st Store, fleet Fleet, certs Certs, cfg Config, logger *slog.Log
 	if cfg.Revoke == nil {
 		cfg.Revoke = func(string) {}
 	}
-	return &Service{store: st, fleet: fleet, certs: certs, cfg: cfg, logger: logger, leases: map[string][]string{}}
+	if cfg.Active == nil {
+		cfg.Active = func(string) bool { return false }
+	}
+	if cfg.Leased == nil {
+		cfg.Leased = func(string, string, string) bool { return false }
+	}
+	return &Service{store: st, fleet: fleet, certs: certs, cfg: cfg, logger: logger, leases: map[string][]string{},
+		observedFrom: time.Now(), activeAt: map[string]time.Time{}, presumed: map[string]bool{}}
 }
 
 // URL is the build's page, if the server has one.
@@ -349,6 +382,7 @@ func (s *Service) releaseAll(b Build) {
 	s.mu.Lock()
 	platforms := s.leases[b.ID]
 	delete(s.leases, b.ID)
+	delete(s.activeAt, b.ID)
 	s.mu.Unlock()
 	for _, pl := range strings.Split(b.Platforms, ",") {
 		if pl != "" && !slices.Contains(platforms, pl) {
@@ -401,8 +435,14 @@ type Result struct {
 	Error  string
 }
 
-// Finish ends a build and releases its builders. It is idempotent: the
-// first result wins and later calls change nothing.
+// Finish ends a build with its client's result and releases its builders.
+// It is idempotent: the first end wins, and the same result reported again
+// (a retry whose first answer was lost) is answered with success. A
+// different result for a build that already ended changes nothing and is
+// errdefs.ErrFailedPrecondition saying how the build was recorded, so the
+// client can tell its user — with one exception: a failure this server
+// presumed because it restarted under the build (Reconcile) is replaced by
+// the client's success, since the client saw how its solve really ended.
 func (s *Service) Finish(ctx context.Context, p auth.Principal, buildID string, r Result) error {
 	if _, err := s.clientBuild(ctx, p, buildID); err != nil {
 		return err
@@ -410,25 +450,70 @@ func (s *Service) Finish(ctx context.Context, p auth.Principal, buildID string, 
 	if len(r.Error) > 64<<10 {
 		r.Error = r.Error[:64<<10]
 	}
-	_, err := s.end(ctx, buildID, r)
-	return err
+	s.mu.Lock()
+	presumed := s.presumed[buildID]
+	delete(s.presumed, buildID) // the client has spoken; its word is final
+	s.mu.Unlock()
+	overturned := false
+	b, changed, err := s.endWith(ctx, buildID, func(b *Build, now time.Time) bool {
+		if presumed && b.Overturn(r.Status, now) == nil {
+			overturned = true
+			return true
+		}
+		if b.Transition(r.Status, now) != nil {
+			return false
+		}
+		b.Error = r.Error
+		return true
+	})
+	switch {
+	case err != nil:
+		return err
+	case overturned:
+		s.logger.InfoContext(ctx, "the client reported success for a build presumed failed at restart; recorded its success",
+			"build_id", buildID, "project_id", b.ProjectID)
+	case !changed && b.Status != r.Status:
+		reason := ""
+		if b.Error != "" {
+			reason = ": " + b.Error
+		}
+		return fmt.Errorf("build %q had already ended as %s%s: %w", buildID, b.Status, reason, errdefs.ErrFailedPrecondition)
+	}
+	return nil
 }
 
-// end moves a running build to a terminal status and releases its leases.
-// A build that already ended keeps its status: the first end wins.
+// end moves a build that has not ended to a terminal status and releases
+// its leases. A build that already ended keeps its status: the first end
+// wins.
 func (s *Service) end(ctx context.Context, id string, r Result) (Build, error) {
-	b, err := s.store.UpdateBuild(ctx, id, func(b *Build) error {
-		if b.Transition(r.Status, time.Now().UTC()) == nil {
-			b.Error = r.Error
+	b, _, err := s.endWith(ctx, id, func(b *Build, now time.Time) bool {
+		if b.Transition(r.Status, now) != nil {
+			return false
 		}
+		b.Error = r.Error
+		return true
+	})
+	return b, err
+}
+
+// endWith applies change to the stored build in one transaction; change
+// reports whether it ended the build. Either way the build has ended
+// after, so its leases are released and its connections cut (again, for a
+// build that had ended: both are idempotent).
+func (s *Service) endWith(ctx context.Context, id string, change func(b *Build, now time.Time) bool) (Build, bool, error) {
+	changed := false
+	b, err := s.store.UpdateBuild(ctx, id, func(b *Build) error {
+		changed = change(b, time.Now().UTC())
 		return nil
 	})
 	if err != nil {
-		return b, err
+		return b, false, err
 	}
 	s.releaseAll(b)
-	s.logger.InfoContext(ctx, "build finished", "build_id", id, "project_id", b.ProjectID, "status", b.Status)
-	return b, nil
+	if changed {
+		s.logger.InfoContext(ctx, "build finished", "build_id", id, "project_id", b.ProjectID, "status", b.Status)
+	}
+	return b, changed, nil
 }
 
 // Release gives back one platform's builder early (depot.buildkit.v1
@@ -491,46 +576,6 @@ func (s *Service) BuilderLost(projectID, platform string, leases []string, cause
 		}
 		if _, err := s.end(ctx, id, Result{Status: Failed, Error: msg}); err != nil {
 			s.logger.Error("fail build after builder loss", "build_id", id, "err", err)
-		}
-	}
-}
-
-// ReapAbandoned cancels running builds whose client has not reported
-// health within the timeout, releasing their builders.
-func (s *Service) ReapAbandoned(ctx context.Context) error {
-	running, err := s.store.ListBuildsByStatus(ctx, Running)
-	if err != nil {
-		return err
-	}
-	deadline := time.Now().Add(-s.cfg.HealthTimeout)
-	for _, b := range running {
-		if b.IsSource() || b.LastHealthAt.After(deadline) {
-			// kiln's own runner ends source builds (internal/runner).
-			continue
-		}
-		msg := fmt.Sprintf("no health report for %s: the client went away; build canceled", s.cfg.HealthTimeout)
-		if _, err := s.end(ctx, b.ID, Result{Status: Canceled, Error: msg}); err != nil {
-			return err
-		}
-		s.logger.Warn("abandoned build canceled", "build_id", b.ID, "project_id", b.ProjectID)
-	}
-	return nil
-}
-
-// Run reaps abandoned builds until ctx ends. The interval follows the
-// timeout so a short test timeout is honoured promptly.
-func (s *Service) Run(ctx context.Context) {
-	every := min(s.cfg.HealthTimeout/4, 15*time.Second)
-	t := time.NewTicker(max(every, 100*time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := s.ReapAbandoned(ctx); err != nil && ctx.Err() == nil {
-				s.logger.Error("reap abandoned builds", "err", err)
-			}
 		}
 	}
 }

@@ -70,6 +70,11 @@ type env struct {
 
 func setup(t *testing.T, timeout time.Duration) env {
 	t.Helper()
+	return setupWith(t, build.Config{HealthTimeout: timeout})
+}
+
+func setupWith(t *testing.T, cfg build.Config) env {
+	t.Helper()
 	ctx := context.Background()
 	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
 	if err != nil {
@@ -81,7 +86,7 @@ func setup(t *testing.T, timeout time.Duration) env {
 		st.CreateProject(ctx, project.Project{ID: p, OrgID: "o", Name: p, KeepGB: 3, KeepDays: 2})
 	}
 	f := &fakeFleet{pending: 1, leases: map[string]bool{}}
-	svc := build.NewService(st, f, fakeCerts{}, build.Config{HealthTimeout: timeout}, slog.New(slog.DiscardHandler))
+	svc := build.NewService(st, f, fakeCerts{}, cfg, slog.New(slog.DiscardHandler))
 	return env{svc: svc, fleet: f, st: st, org: auth.Principal{Kind: auth.TokenOrg, OrgID: "o"}}
 }
 
@@ -184,8 +189,14 @@ func TestFinishIsIdempotentAndReleases(t *testing.T) {
 	if err := e.svc.Finish(ctx, p, b.ID, build.Result{Status: build.Failed, Error: "boom"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.svc.Finish(ctx, p, b.ID, build.Result{Status: build.Succeeded}); err != nil {
-		t.Fatalf("second finish: %v", err)
+	if err := e.svc.Finish(ctx, p, b.ID, build.Result{Status: build.Failed, Error: "boom again"}); err != nil {
+		t.Fatalf("the same result again (a retry): %v", err)
+	}
+	// A different result is refused, saying how the build was recorded:
+	// the client must not believe its success was.
+	err := e.svc.Finish(ctx, p, b.ID, build.Result{Status: build.Succeeded})
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "already ended as failed: boom") {
+		t.Fatalf("success after failure: %v; want FailedPrecondition naming the recorded failure", err)
 	}
 	got, _ := e.svc.Get(ctx, p, b.ID)
 	if got.Status != build.Failed || got.Error != "boom" || got.FinishedAt.IsZero() {

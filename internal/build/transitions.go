@@ -12,7 +12,9 @@ import (
 // build in it may move to. A client build is created running; a source
 // build is created queued and moves queued → running → pushing. Any build
 // that has not ended may end (a cancel, a lost builder and the result race;
-// the first end wins), and an ended build never moves again.
+// the first end wins), and an ended build never moves again — with one
+// exception, [Build.Overturn]: a failure kiln presumed because it restarted
+// under a client build gives way to the client's report that it succeeded.
 var transitions = map[Status][]Status{
 	Queued:    {Running, Succeeded, Failed, Canceled},
 	Running:   {Pushing, Succeeded, Failed, Canceled},
@@ -54,6 +56,21 @@ func (b *Build) Transition(to Status, now time.Time) error {
 	case to.Terminal():
 		b.FinishedAt = now
 	}
+	return nil
+}
+
+// Overturn replaces a presumed failure (reconcile.go: kiln restarted under
+// the build and could not know how it ended) with success at now, because
+// the build's client reported it succeeded: the client saw its solve end,
+// the server only guessed. Anything else is errdefs.ErrFailedPrecondition
+// and changes nothing; the caller decides whether the failure was presumed.
+func (b *Build) Overturn(to Status, now time.Time) error {
+	if b.Status != Failed || to != Succeeded {
+		return fmt.Errorf("build %q is %s; only a presumed failure can be overturned, and only by success: %w", b.ID, b.Status, errdefs.ErrFailedPrecondition)
+	}
+	b.Status = Succeeded
+	b.Error = ""
+	b.FinishedAt = now
 	return nil
 }
 

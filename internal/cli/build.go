@@ -179,9 +179,18 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 		}
 	}
 	resp, solveErr := b.Run(ctx, req, session.RunOptions{Wait: bf.wait, Messages: stderr})
-	b.Finish(solveErr)
+	finishErr := b.Finish(solveErr)
 	if solveErr != nil {
+		var unrecorded *session.UnrecordedError
+		if errors.As(finishErr, &unrecorded) && unrecorded.Recorded != "" {
+			// How kiln recorded it says why the solve was cut short.
+			return errors.Join(solveErr, finishErr)
+		}
 		return solveErr
+	}
+	if finishErr != nil {
+		// The exit code follows what kiln recorded, not what ran here.
+		return finishErr
 	}
 	if bf.iidfile != "" && !req.IsCall() {
 		if err := engine.WriteIIDFile(bf.iidfile, resp); err != nil {

@@ -3,7 +3,6 @@ package client
 import (
 	"context"
 	"errors"
-	"time"
 
 	"connectrpc.com/connect"
 
@@ -16,22 +15,26 @@ import (
 // before its build did.
 var ErrStreamEnded = errors.New("the event stream ended before the build did")
 
-// followPolicy bounds reopening a followed build's event stream: 5 tries
-// with waits from 0.5 s, doubling. A stream that delivered something new
-// starts the count afresh.
-var followPolicy = retry.Policy{Attempts: 5, Delay: 500 * time.Millisecond}
+// followPolicy bounds reopening a followed build's event stream
+// (retry.Follow: about 30 s, long enough for the server to come back after
+// a crash). A stream that delivered something new starts the count afresh.
+var followPolicy = retry.Follow
 
 // WatchBuild reads source build id's events (WatchBuild) into handle,
 // which says whether an event is new to it — every stream replays what the
 // server recorded, so handle must take each event in once — or fails the
 // watch with an error. Without follow
 // it reads the recorded events once. Following, it returns when the build
-// has ended; a stream that breaks (the server restarted, the connection
-// reset) or ends early is opened again under followPolicy. It returns the
-// build's last status.
+// has ended; a stream that breaks (the server restarted or was killed
+// mid-message, the connection reset) or ends early is opened again under
+// followPolicy, and handle skips what the replay repeats (log lines by
+// their sequence number), so the output resumes where it stopped. It
+// returns the build's last status.
 func WatchBuild(ctx context.Context, api kilnv1connect.SourceBuildServiceClient, id string, follow bool, handle func(*kilnv1.WatchBuildResponse) (bool, error)) (*kilnv1.Build, error) {
 	var last *kilnv1.Build
-	reopen := func(err error) bool { return follow && (errors.Is(err, ErrStreamEnded) || retry.Transient(err)) }
+	// A stream replays, so reopening after an answer cut off in the middle
+	// (retry.Repeatable) repeats nothing.
+	reopen := func(err error) bool { return follow && (errors.Is(err, ErrStreamEnded) || retry.Repeatable(err)) }
 	for {
 		progressed := false
 		policy := followPolicy

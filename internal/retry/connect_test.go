@@ -105,3 +105,34 @@ func TestRetryIsBounded(t *testing.T) {
 		}
 	}
 }
+
+// cutOff sends the response's headers and a few bytes of its body, then
+// drops the connection, as a server killed mid-answer does.
+func cutOff(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/proto")
+	w.Header().Set("Content-Length", "100")
+	w.WriteHeader(http.StatusOK)
+	w.Write([]byte{1, 2, 3})
+	http.NewResponseController(w).Flush()
+	panic(http.ErrAbortHandler)
+}
+
+// An answer cut off in the middle is not Transient (the server may have
+// acted on the call, so API calls are not repeated) but is Repeatable, the
+// policy of idempotent calls such as FinishBuild.
+func TestAnswerCutOffIsRepeatableNotTransient(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(cutOff))
+	defer srv.Close()
+	api := cliv1connect.NewBuildServiceClient(srv.Client(), srv.URL)
+	_, err := api.FinishBuild(t.Context(), connect.NewRequest(&cliv1.FinishBuildRequest{BuildId: "b1"}))
+	if err == nil {
+		t.Fatal("FinishBuild over a cut-off answer succeeded")
+	}
+	if retry.Transient(err) || !retry.Interrupted(err) || !retry.Repeatable(err) {
+		t.Errorf("%v: Transient %v, Interrupted %v, Repeatable %v; want false, true, true",
+			err, retry.Transient(err), retry.Interrupted(err), retry.Repeatable(err))
+	}
+	if retry.Repeatable(connect.NewError(connect.CodeFailedPrecondition, errors.New("already ended"))) {
+		t.Error("an answered FailedPrecondition is Repeatable")
+	}
+}

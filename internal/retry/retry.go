@@ -1,13 +1,14 @@
 // Package retry is kiln's one retry policy: bounded attempts with capped
 // exponential backoff, retrying only errors the caller names as transient.
 // Every loop that tries again — API calls that got no answer, dialing a
-// builder that is restarting, uploads, following logs, polling device
-// login — uses it, so limits are set in one place and read the same way.
+// builder that is restarting, uploads, following logs, reporting a build's
+// result, polling device login — uses it, so limits are set in one place and read the same way.
 package retry
 
 import (
 	"context"
 	"errors"
+	"io"
 	"syscall"
 	"time"
 
@@ -39,6 +40,15 @@ var (
 	// restarting after a crash): 5 tries over about 4 s. Once a solve has
 	// started it is never retried.
 	Dial = Policy{Attempts: 5, Delay: 250 * time.Millisecond, Retryable: errdefs.IsUnavailable}
+	// Report is for telling the server how a build ended (FinishBuild,
+	// which is idempotent) while it may be restarting: 8 tries over about
+	// 30 s, also after an answer was cut off ([Repeatable]).
+	Report = Policy{Attempts: 8, Delay: 500 * time.Millisecond, MaxDelay: 8 * time.Second, Retryable: Repeatable}
+	// Follow is for reopening a followed stream that replays what it
+	// already sent (a build's events): 10 tries over about 30 s, long
+	// enough for a server to be restarted, also after the stream was cut
+	// off mid-message ([Repeatable]).
+	Follow = Policy{Attempts: 10, Delay: 500 * time.Millisecond, MaxDelay: 5 * time.Second, Retryable: Repeatable}
 )
 
 // Do calls fn until it succeeds, fails with an error p does not retry,
@@ -85,4 +95,20 @@ func Value[T any](ctx context.Context, p Policy, fn func(ctx context.Context) (T
 func Transient(err error) bool {
 	return connect.CodeOf(err) == connect.CodeUnavailable || errdefs.IsUnavailable(err) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// Interrupted reports whether err is an answer cut off in the middle: the
+// connection ended before the whole response arrived (the server was
+// killed, a proxy dropped it), which connect reports as a protocol error
+// wrapping io.ErrUnexpectedEOF. The server may have acted on the call, so
+// only calls that are safe to repeat retry it (see [Repeatable]).
+func Interrupted(err error) bool {
+	return errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// Repeatable is the Retryable of calls that are safe to repeat even when
+// the server may already have acted on them — idempotent calls and
+// streams that replay: [Transient] errors and [Interrupted] answers.
+func Repeatable(err error) bool {
+	return Transient(err) || Interrupted(err)
 }

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -225,6 +226,8 @@ func (s *Server) startServices() (*project.Service, error) {
 	s.fleet = fleet
 	builds = build.NewService(s.store, fleet, s.ca, build.Config{HealthTimeout: cfg.HealthTimeout,
 		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
+		Leased:       fleetLeased(fleet),
+		Active:       func(buildID string) bool { return s.gateway.Active(buildID) },
 		RegistryHost: s.registryHost,
 		GatewayAddr:  s.gatewayAddr,
 		Revoke:       func(buildID string) { s.gateway.Revoke(buildID) },
@@ -415,6 +418,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// Client builds a previous run left running are settled before the
+	// health reaper or any client sees them.
+	if err := s.builds.Reconcile(ctx); err != nil {
+		// Not fatal: a build it could not settle ends at its health timeout.
+		s.cfg.Logger.Error("reconcile client builds", "err", err)
+	}
 	go s.builds.Run(bg)
 	go s.audit.Run(bg)
 	go s.registry.Run(bg)
@@ -451,4 +460,17 @@ func (s *Server) Serve(ctx context.Context) error {
 		return serveErr
 	}
 	return nil
+}
+
+// fleetLeased is build.Config.Leased over the fleet's status: whether the
+// fleet holds build buildID's lease on a builder.
+func fleetLeased(fleet *builder.Fleet) func(projectID, platform, buildID string) bool {
+	return func(projectID, platform, buildID string) bool {
+		for _, st := range fleet.Status() {
+			if st.ProjectID == projectID && st.Platform == platform && slices.Contains(st.Leases, buildID) {
+				return true
+			}
+		}
+		return false
+	}
 }

@@ -37,6 +37,9 @@ type Remote struct {
 	// additional tags and credentials), when the build asked to be saved.
 	SaveRefs  []string
 	SaveCreds []engine.RegistryCredential
+	// messages is where Run's RunOptions.Messages went (nil: nowhere);
+	// Finish says there that it is waiting for the server.
+	messages io.Writer
 }
 
 // Create creates a build in projectID holding opts (one entry per bake
@@ -119,6 +122,7 @@ func (r *Remote) Run(ctx context.Context, req *engine.Request, o RunOptions) (*b
 	if msgs == nil {
 		msgs = io.Discard
 	}
+	r.messages = msgs
 	announced := false
 	bs, err := Connect(ctx, r, req.BuilderPlatforms(), ConnectOptions{Wait: o.Wait, Hint: "see the server log; raise --builder-wait",
 		Waiting: func(platform.Platform) {
@@ -170,8 +174,9 @@ func describePlan(req *engine.Request) string {
 }
 
 // keepAlive reports the build's health every 5 s; if the server says the
-// build is over (cancels_at in the past), the solve is canceled. Missed
-// reports are tolerated by the server up to its timeout.
+// build is over (cancels_at in the past, or the build token stopped
+// working because the build ended), the solve is canceled. Missed reports
+// are tolerated by the server up to its timeout.
 func (r *Remote) keepAlive(ctx context.Context, cancel context.CancelCauseFunc) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
@@ -182,11 +187,16 @@ func (r *Remote) keepAlive(ctx context.Context, cancel context.CancelCauseFunc) 
 		case <-t.C:
 		}
 		res, err := r.api.ReportBuildHealth(ctx, client.WithToken(connect.NewRequest(&cliv1.ReportBuildHealthRequest{BuildId: r.ID}), r.Token))
+		if connect.CodeOf(err) == connect.CodeUnauthenticated {
+			// A build token works only while its build runs.
+			cancel(fmt.Errorf("build %s was ended by the server", r.ID))
+			return
+		}
 		if err != nil {
 			continue
 		}
 		if at := res.Msg.GetCancelsAt(); at != nil && at.AsTime().Before(time.Now()) {
-			cancel(fmt.Errorf("build %s was ended by the server (canceled or its builder was lost)", r.ID))
+			cancel(fmt.Errorf("build %s was ended by the server", r.ID))
 			return
 		}
 	}
@@ -214,10 +224,20 @@ func (r *Remote) reportTimings(recorded []steps.Step) {
 	_, _ = r.api.ReportTimings(ctx, client.WithToken(connect.NewRequest(&cliv1.ReportTimingsRequest{BuildId: r.ID, BuildSteps: out}), r.Token))
 }
 
+// finishTimeout bounds Finish, its retries included (retry.Report tries
+// for about 30 s; a stopped server may hold a try until this).
+const finishTimeout = time.Minute
+
 // Finish tells the server how the build ended (nil: success; a
 // cancellation: canceled). Call it even when the user interrupted the
-// build, so the builder is released at once.
-func (r *Remote) Finish(buildErr error) {
+// build, so the builder is released at once. A server that is restarting
+// is waited for (retry.Report). It returns nil once the server recorded
+// that outcome (or had already: Finish is idempotent); an [*UnrecordedError]
+// when the server had already ended the build otherwise (it canceled or
+// failed it: the health timeout, a lost builder, a restart) or could not be
+// reached. A caller whose build succeeded must then fail too: the exit
+// code follows what kiln recorded.
+func (r *Remote) Finish(buildErr error) error {
 	req := &cliv1.FinishBuildRequest{BuildId: r.ID, Result: &cliv1.FinishBuildRequest_Success{Success: &cliv1.FinishBuildRequest_BuildSuccess{}}}
 	if buildErr != nil {
 		if st, ok := grpcerrors.AsGRPCStatus(buildErr); errors.Is(buildErr, context.Canceled) || (ok && st.Code() == codes.Canceled) {
@@ -226,10 +246,49 @@ func (r *Remote) Finish(buildErr error) {
 			req.Result = &cliv1.FinishBuildRequest_Error{Error: &cliv1.FinishBuildRequest_BuildError{Error: buildErr.Error()}}
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), finishTimeout)
 	defer cancel()
-	_ = retry.Do(ctx, retry.API, func(ctx context.Context) error {
+	tries := 0
+	err := retry.Do(ctx, retry.Report, func(ctx context.Context) error {
+		if tries++; tries == 2 && r.messages != nil {
+			fmt.Fprintf(r.messages, "kiln: kiln serve did not answer; trying for about 30s to record how build %s ended...\n", r.ID)
+		}
 		_, err := r.api.FinishBuild(ctx, client.WithToken(connect.NewRequest(req), r.Token))
+		if connect.CodeOf(err) == connect.CodeUnauthenticated {
+			// The build token stopped working because the build ended:
+			// the server ended it, or recorded an earlier try of this
+			// call whose answer was lost. Report with the caller's own
+			// credentials, so the server records the result (a failure it
+			// only presumed when it restarted gives way to success) or
+			// says how it recorded the build.
+			_, err = r.api.FinishBuild(ctx, connect.NewRequest(req))
+		}
 		return err
 	})
+	if err == nil {
+		return nil
+	}
+	e := &UnrecordedError{BuildID: r.ID, Err: err}
+	var ce *connect.Error
+	if connect.CodeOf(err) == connect.CodeFailedPrecondition && errors.As(err, &ce) {
+		e.Recorded = ce.Message()
+	}
+	return e
+}
+
+// UnrecordedError is a build's result that kiln did not record: it had
+// already ended the build otherwise (Recorded says how, in the server's
+// words), or it could not be reached. It is a complete message and does
+// not unwrap to the API error (Err), which the CLI would print alone.
+type UnrecordedError struct {
+	BuildID  string
+	Recorded string // "" when the server could not be reached
+	Err      error  // FinishBuild's last error
+}
+
+func (e *UnrecordedError) Error() string {
+	if e.Recorded != "" {
+		return fmt.Sprintf("kiln did not record how build %s ended here: %s", e.BuildID, e.Recorded)
+	}
+	return fmt.Sprintf("could not tell kiln how build %s ended (%v); kiln will cancel the build when its health timeout passes", e.BuildID, e.Err)
 }

@@ -1,0 +1,109 @@
+package build
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// The health timeout measures silence the server could observe. A client
+// build is canceled when its client has not reported health (nor been
+// seen talking to its builder, Config.Active) for HealthTimeout of the
+// server's own watching: time before the server started, or while it was
+// stopped (SIGSTOP, a suspended machine), does not count, because clients
+// could not reach it then. Run notices such a gap as a tick that came far
+// later than its interval and starts the count afresh from the resume.
+
+// gapFactor: a reaper tick this many intervals after the previous one
+// means the server was not running in between (a scheduling delay on a
+// busy machine is a fraction of an interval). A false alarm only delays
+// reaping by one timeout.
+const gapFactor = 3
+
+// ReapAbandoned cancels running client builds whose client has been silent
+// for the health timeout, releasing their builders. Silence counts from
+// the latest of the build's last health report, the last time its client
+// was seen talking to its builder, and when the server began watching
+// (observedFrom). A build whose client is talking to its builder right now
+// is never canceled.
+func (s *Service) ReapAbandoned(ctx context.Context) error {
+	running, err := s.store.ListBuildsByStatus(ctx, Running)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, b := range running {
+		if b.IsSource() {
+			// kiln's own runner ends source builds (internal/runner).
+			continue
+		}
+		if s.cfg.Active(b.ID) {
+			s.mu.Lock()
+			s.activeAt[b.ID] = now
+			s.mu.Unlock()
+			continue
+		}
+		s.mu.Lock()
+		last := latest(b.LastHealthAt, s.observedFrom, s.activeAt[b.ID])
+		s.mu.Unlock()
+		if now.Sub(last) < s.cfg.HealthTimeout {
+			continue
+		}
+		msg := fmt.Sprintf("no health report from the client for %s (it exited or lost its connection to kiln); build canceled", s.cfg.HealthTimeout)
+		if _, err := s.end(ctx, b.ID, Result{Status: Canceled, Error: msg}); err != nil {
+			return err
+		}
+		s.logger.Warn("abandoned build canceled", "build_id", b.ID, "project_id", b.ProjectID, "silent_for", now.Sub(last).Round(time.Second))
+	}
+	return nil
+}
+
+// Run reaps abandoned builds until ctx ends. The interval follows the
+// timeout so a short test timeout is honoured promptly.
+func (s *Service) Run(ctx context.Context) {
+	every := max(min(s.cfg.HealthTimeout/4, 15*time.Second), 100*time.Millisecond)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		// A stopped process's monotonic clock keeps running, so a pause
+		// shows as a long gap between ticks; a suspended machine's does
+		// not, but its wall clock jumps (Round(0) drops the monotonic
+		// reading), and health reports are wall-clock times.
+		now := time.Now()
+		gap := max(now.Sub(last), now.Round(0).Sub(last.Round(0)))
+		if gap > gapFactor*every {
+			s.resumed(now, gap)
+		}
+		last = now
+		if err := s.ReapAbandoned(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Error("reap abandoned builds", "err", err)
+		}
+	}
+}
+
+// resumed starts the health timeout afresh at now: the server did not run
+// for gap, so no client could report to it.
+func (s *Service) resumed(now time.Time, gap time.Duration) {
+	s.mu.Lock()
+	s.observedFrom = now
+	s.mu.Unlock()
+	s.logger.Warn("kiln serve did not run for a while (stopped or suspended); running builds get a full health timeout from now",
+		"gap", gap.Round(time.Millisecond), "health_timeout", s.cfg.HealthTimeout)
+}
+
+// latest is the latest of ts.
+func latest(ts ...time.Time) time.Time {
+	var l time.Time
+	for _, t := range ts {
+		if t.After(l) {
+			l = t
+		}
+	}
+	return l
+}
