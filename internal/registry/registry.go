@@ -74,8 +74,15 @@ type Config struct {
 	// and storage times against, and what registry tokens are issued and
 	// checked by. Nil → time.Now. Tests move it forward instead of waiting
 	// out grace periods and retentions.
-	Now    func() time.Time
-	Logger *slog.Logger
+	Now func() time.Time
+	// BuildRequest, if set, is told the build an authenticated request was
+	// made for (its caller holds a build's token, or a registry token
+	// issued for one), before the request is served. The server tags the
+	// request's connection with it, to close the connection once the build
+	// ends: buildkitd opens its push connections per build session and
+	// never reuses them after it.
+	BuildRequest func(ctx context.Context, buildID string)
+	Logger       *slog.Logger
 }
 
 // Registry is kiln's OCI registry. It is an http.Handler for "/v2/".
@@ -193,6 +200,9 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	c, ok := r.admit(w, req, rt)
 	if !ok {
 		return
+	}
+	if c.p.BuildID != "" && r.cfg.BuildRequest != nil {
+		r.cfg.BuildRequest(req.Context(), c.p.BuildID)
 	}
 	if !r.authorize(w, req, rt, c) {
 		return
@@ -367,6 +377,14 @@ func (r *Registry) challenge(w http.ResponseWriter, rt route, req *http.Request,
 	}
 	if errCode != "" {
 		h += fmt.Sprintf(`,error=%q`, errCode)
+	}
+	if errCode == "" && req.ProtoMajor == 1 {
+		// A client without credentials comes back with a token, and
+		// buildkitd often on another of its connections: this one would
+		// sit idle, tied to no build (conns.go in the server closes a
+		// build's when it ends). Nothing is kept open for a caller that
+		// showed no credentials.
+		w.Header().Set("Connection", "close")
 	}
 	w.Header().Set("WWW-Authenticate", h)
 	newOCIError(http.StatusUnauthorized, "UNAUTHORIZED", msg).write(w)

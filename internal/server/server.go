@@ -89,6 +89,7 @@ type Server struct {
 	http     *http.Server
 	listener net.Listener // the TCP listener; the HTTP server serves mux
 	mux      *connMux
+	conns    *buildConns // the HTTP server's connections, by build (conns.go)
 	audit    *audit.Recorder
 	registry *registry.Registry
 	runner   *runner.Runner
@@ -107,7 +108,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if cfg, err = checkConfig(cfg); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, done: make(chan struct{})}
+	s := &Server{cfg: cfg, done: make(chan struct{}), conns: newBuildConns()}
 	defer func() {
 		if err != nil {
 			s.release(ctx)
@@ -128,12 +129,18 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
 	protocols.SetHTTP2(true) // over TLS, by ALPN (listen.go)
+	// No ReadTimeout or WriteTimeout: bodies are bounded by idleness
+	// (guard.go), whole requests are not (conns.go says why).
 	s.http = &http.Server{
 		Handler:           newGuard(mux, authn, cfg), // authentication and body deadlines: guard.go
 		Protocols:         protocols,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+		// A build's registry connections are closed when it ends (conns.go).
+		ConnContext: s.conns.connContext,
+		ConnState:   s.conns.connState,
 	}
 	s.http.RegisterOnShutdown(logins.Close) // waiting logins would hold Shutdown up
 	return s, nil
@@ -225,7 +232,7 @@ func (s *Server) startServices() (*project.Service, error) {
 		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
 		RegistryHost: s.registryHost,
 		GatewayAddr:  s.gatewayAddr,
-		Revoke:       func(buildID string) { s.gateway.Revoke(buildID) },
+		Revoke:       func(buildID string) { s.gateway.Revoke(buildID); s.conns.ended(buildID) },
 		Audit:        s.audit.AuthEvent}, cfg.Logger)
 	s.builds = builds
 	if s.gateway, err = gateway.New(gateway.Config{Builders: fleet, Certs: s.ca, Authorize: builds.BuilderAccess, Logger: cfg.Logger}); err != nil {
