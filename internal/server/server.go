@@ -72,6 +72,13 @@ type Config struct {
 	Source SourceConfig
 	Logger *slog.Logger
 
+	// AdminAddr is the admin listener's host:port (/debug/pprof, no
+	// authentication: admin.go); "" turns it off. AdminOptional says it is
+	// the default address: if another process holds it, kiln serves without
+	// the admin listener rather than not at all.
+	AdminAddr     string
+	AdminOptional bool
+
 	// BodyTimeout drops a request whose body sends nothing for this long;
 	// StreamBodyTimeout is the same for client-streaming procedures, whose
 	// messages may be minutes apart (guard.go). 0 → 30s and 10m.
@@ -90,11 +97,14 @@ type Server struct {
 	listener net.Listener // the TCP listener; the HTTP server serves mux
 	mux      *connMux
 	conns    *buildConns // the HTTP server's connections, by build (conns.go)
-	audit    *audit.Recorder
-	registry *registry.Registry
-	runner   *runner.Runner
-	cancel   context.CancelFunc
-	done     chan struct{}
+	// admin serves /debug/pprof on adminListener; both nil when it is off.
+	admin         *http.Server
+	adminListener net.Listener
+	audit         *audit.Recorder
+	registry      *registry.Registry
+	runner        *runner.Runner
+	cancel        context.CancelFunc
+	done          chan struct{}
 }
 
 // AdminTokenPath is where the bootstrap admin token is written.
@@ -405,6 +415,10 @@ func (s *Server) Listen() (net.Addr, error) {
 		l.Close()
 		return nil, fmt.Errorf("TLS certificate: %w", err)
 	}
+	if err := s.listenAdmin(); err != nil {
+		l.Close()
+		return nil, err
+	}
 	s.listener = l
 	s.mux = newConnMux(l, serverTLS(s.gateway, cert), s.gateway, s.cfg.TLS == TLSDefault)
 	return l.Addr(), nil
@@ -430,6 +444,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("resume source builds: %w", err)
 	}
 
+	s.serveAdmin()
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.mux) }()
 	var serveErr error
@@ -444,6 +459,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	// interrupted, and their watchers see it before the listener closes.
 	s.runner.Close(shutdownCtx)
 	_ = s.http.Shutdown(shutdownCtx)
+	s.shutdownAdmin()
 	cancel()
 	s.registry.Close()
 	if err := s.fleet.Close(shutdownCtx); err != nil {
