@@ -128,9 +128,11 @@ func New(ctx context.Context, cfg Config) (reg *Registry, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.driver, err = newDriver(ctx, cfg.Dir, cfg.S3); err != nil {
+	d, err := newDriver(ctx, cfg.Dir, cfg.S3)
+	if err != nil {
 		return nil, err
 	}
+	r.driver = fullDriver{StorageDriver: d} // full.go
 	bridgeLogs(r.log)
 	// distribution panics on configuration it cannot use.
 	defer func() {
@@ -300,17 +302,17 @@ func (r *Registry) dispatch(w http.ResponseWriter, req *http.Request, rt route, 
 			if rt.dgst != "" {
 				r.pins.touch(digestKey(rt.dgst.String()))
 			}
-			r.app.ServeHTTP(w, req)
+			r.serveWatched(w, req)
 		}
 	case routeBlob:
 		r.pins.touch(digestKey(rt.dgst.String()))
-		r.app.ServeHTTP(w, req)
+		r.serveWatched(w, req)
 	case routeUploadStart:
 		r.startUpload(w, req, rt)
 	case routeUpload:
 		r.continueUpload(w, req, rt)
 	default:
-		r.app.ServeHTTP(w, req)
+		r.serveWatched(w, req)
 	}
 }
 
@@ -326,7 +328,7 @@ func (r *Registry) startUpload(w http.ResponseWriter, req *http.Request, rt rout
 		}
 	}
 	end := r.pins.begin(keys...)
-	r.app.ServeHTTP(w, req)
+	r.serveWatched(w, req)
 	end()
 	if id := w.Header().Get("Docker-Upload-UUID"); id != "" {
 		r.pins.touch(uploadKey(rt.name, id))
@@ -350,7 +352,7 @@ func (r *Registry) continueUpload(w http.ResponseWriter, req *http.Request, rt r
 	}
 	end := r.pins.begin(keys...)
 	defer end()
-	r.app.ServeHTTP(w, req)
+	r.serveWatched(w, req)
 }
 
 // dropMount turns a mount request into a plain upload start.
@@ -393,7 +395,7 @@ func (r *Registry) challenge(w http.ResponseWriter, rt route, req *http.Request,
 // internalError logs err and answers 500 without internals.
 func (r *Registry) internalError(ctx context.Context, w http.ResponseWriter, what string, err error) {
 	r.log.ErrorContext(ctx, "registry request failed", "what", what, "err", err)
-	newOCIError(http.StatusInternalServerError, "UNKNOWN", "internal error; see the server log").write(w)
+	errInternal.write(w)
 }
 
 // badCredentials reports an authenticator refusal (as opposed to a failure).
