@@ -151,6 +151,11 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		// A build's registry connections are closed when it ends (conns.go).
 		ConnContext: s.conns.connContext,
 		ConnState:   s.conns.connState,
+		// No error answered to a client names the data directory
+		// (depot.ToConnect, the interceptor).
+		BaseContext: func(net.Listener) context.Context {
+			return depot.WithServerPaths(context.Background(), cfg.DataDir)
+		},
 	}
 	s.http.RegisterOnShutdown(logins.Close) // waiting logins would hold Shutdown up
 	return s, nil
@@ -356,10 +361,11 @@ func authInterceptor(authn *auth.Authenticator, logger *slog.Logger) connect.Int
 	denied := func(ctx context.Context, procedure, peer string, err error) {
 		auditDenied(ctx, authn, procedure, peer, err)
 	}
-	return &interceptor{authenticate: authenticate, denied: denied}
+	return &interceptor{authenticate: authenticate, denied: denied, logger: logger}
 }
 
 type interceptor struct {
+	logger       *slog.Logger // Redact's: errors that named a server path
 	authenticate func(ctx context.Context, h http.Header, procedure string) (context.Context, error)
 	// denied sees every call's error (the authentication's or the
 	// handler's) and audits the refusals among them.
@@ -376,6 +382,7 @@ func (i *interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 		res, err := next(ctx, req)
 		if err != nil {
 			i.denied(ctx, req.Spec().Procedure, req.Peer().Addr, err)
+			err = depot.Redact(ctx, i.logger, err) // a handler's own connect.Error too
 		}
 		return res, err
 	}
@@ -393,6 +400,7 @@ func (i *interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) co
 		}
 		if err != nil {
 			i.denied(ctx, conn.Spec().Procedure, conn.Peer().Addr, err)
+			err = depot.Redact(ctx, i.logger, err)
 		}
 		return err
 	}
