@@ -89,7 +89,7 @@ func connNoServerPath(t *testing.T, s *server, out string) {
 // never grow far between.
 func TestSavedBuildsLeaveNoConnections(t *testing.T) {
 	t.Parallel()
-	const connSaveBuilds = 20
+	const connSaveBuilds = 40
 	s := startServer(t, "--admin-addr", "127.0.0.1:0")
 	admin := connAdminAddr(t, s)
 	proj := s.createProject(t, "conn-leak")
@@ -119,9 +119,11 @@ func TestSavedBuildsLeaveNoConnections(t *testing.T) {
 	if now, _ := s.builderOf(t, proj); now != pid {
 		t.Fatalf("the builder restarted during the builds (pid %d, then %d): fds are not comparable", pid, now)
 	}
-	// Between builds a few connections may be in flight (the last push's,
-	// one dialed and not yet used); 4 a build would add 80.
-	if peak.serveFDs > base.serveFDs+12 || peak.builderFDs > base.builderFDs+12 {
+	// Between builds some connections are open: the last push's, and those
+	// BuildKit dialed and then did not use (about one a build), which kiln
+	// closes after the 10s header timeout, so their number follows the
+	// build rate, not the build count. The leak added 4 a build.
+	if limit := 2 * connSaveBuilds; peak.serveFDs > base.serveFDs+limit || peak.builderFDs > base.builderFDs+limit {
 		t.Errorf("fds grew during the builds: baseline %s, peak %s", base, peak)
 	}
 	var last connGauges
@@ -249,4 +251,79 @@ func TestRegistryAbandonedUploadRemoved(t *testing.T) {
 	conn.Close()
 	eventually(t, 10*time.Second, "the abandoned upload to be removed", func() bool { return len(connUploads(s, repo)) == 0 })
 	c.expectError(http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN", "PATCH", loc, []byte("more"), "Content-Type", "application/octet-stream")
+}
+
+// connFillTo writes a file in dir so that its file system has about left
+// bytes free; the returned function removes it (also run when the test
+// ends).
+func connFillTo(t *testing.T, dir string, left int64) (free func()) {
+	t.Helper()
+	size := freeBytes(t, dir) - left
+	if size <= 0 {
+		t.Fatalf("%s has only %d bytes free; want more than %d", dir, freeBytes(t, dir), left)
+	}
+	p := filepath.Join(dir, "conn-fill")
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 1<<20)
+	for written := int64(0); written < size; {
+		n := min(int64(len(chunk)), size-written)
+		if _, err := f.Write(chunk[:n]); err != nil {
+			f.Close()
+			os.Remove(p)
+			t.Fatalf("fill %s: %v", dir, err)
+		}
+		written += n
+	}
+	f.Close()
+	freed := false
+	free = func() {
+		if !freed {
+			freed = true
+			os.Remove(p)
+		}
+	}
+	t.Cleanup(free)
+	return free
+}
+
+// A user saving a build into kiln's registry when its storage is full
+// reads "registry storage full" (it was "invalid content range"), and no
+// server path; once space is freed the same command works, without a
+// restart of anything.
+func TestSaveToFullRegistry(t *testing.T) {
+	t.Parallel()
+	s := startServerOnDisk(t, 320<<20)
+	proj := s.createProject(t, "savefull")
+	// 24 MiB that do not compress: the builder compresses the layer into
+	// its content store (same disk), then pushes it into the registry.
+	dir := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN head -c 25165824 /dev/urandom > /blob\n"})
+	s.mustKiln(t, dir, "build", "--project", proj, "--progress", "plain", ".")
+
+	// Room for the builder's compressed copy and its bookkeeping, not for
+	// the registry's too.
+	free := connFillTo(t, s.Data, 36<<20)
+	r := s.kiln(t, dir, nil, "build", "--project", proj, "--save", "--progress", "plain", ".")
+	if r.Err == nil {
+		t.Fatalf("kiln build --save into a full registry succeeded:\n%s", tail(r.Stderr, 2000))
+	}
+	if !strings.Contains(r.Stderr, "registry storage full") {
+		t.Errorf("kiln build --save into a full registry does not say \"registry storage full\":\n%s", tail(r.Stderr, 3000))
+	}
+	if strings.Contains(r.Stderr, "invalid content range") {
+		t.Errorf("the client still reads distribution's \"invalid content range\":\n%s", tail(r.Stderr, 3000))
+	}
+	connNoServerPath(t, s, r.Stdout+r.Stderr)
+	if left := connUploads(s, proj); len(left) > 0 {
+		t.Errorf("upload sessions left after the failed push: %v", left)
+	}
+
+	free()
+	r = s.mustKiln(t, dir, "build", "--project", proj, "--save", "--progress", "plain", ".")
+	connNoServerPath(t, s, r.Stdout+r.Stderr)
+	if !strings.Contains(r.Stderr, "saved to kiln's registry as") {
+		t.Errorf("the save after space was freed did not say where it went:\n%s", tail(r.Stderr, 2000))
+	}
 }
