@@ -208,7 +208,8 @@ func (w *fullResponse) WriteHeader(code int) {
 		if full {
 			errStorageFull.write(w.ResponseWriter)
 		} else {
-			errInternal.write(w.ResponseWriter)
+			// Its status stays (a 503 is retried where a 500 is not).
+			newOCIError(code, errInternal.code, errInternal.message).write(w.ResponseWriter)
 		}
 		return
 	}

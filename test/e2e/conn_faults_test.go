@@ -309,8 +309,12 @@ func TestSaveToFullRegistry(t *testing.T) {
 	if r.Err == nil {
 		t.Fatalf("kiln build --save into a full registry succeeded:\n%s", tail(r.Stderr, 2000))
 	}
-	if !strings.Contains(r.Stderr, "registry storage full") {
+	if i := strings.Index(r.Stderr, "registry storage full"); i < 0 {
 		t.Errorf("kiln build --save into a full registry does not say \"registry storage full\":\n%s", tail(r.Stderr, 3000))
+	} else {
+		line := r.Stderr[strings.LastIndex(r.Stderr[:i], "\n")+1:]
+		line, _, _ = strings.Cut(line, "\n")
+		t.Logf("the client read: %s", line)
 	}
 	if strings.Contains(r.Stderr, "invalid content range") {
 		t.Errorf("the client still reads distribution's \"invalid content range\":\n%s", tail(r.Stderr, 3000))
