@@ -21,10 +21,13 @@ import (
 // open fds.
 type connGauges struct {
 	serveFDs, goroutines, builderFDs int
+	// RSS is logged, not compared: it moves with caches and the GC.
+	serveRSS, builderRSS int64
 }
 
 func (g connGauges) String() string {
-	return fmt.Sprintf("kiln serve: %d fds, %d goroutines; buildkitd: %d fds", g.serveFDs, g.goroutines, g.builderFDs)
+	return fmt.Sprintf("kiln serve: %d fds, %d goroutines, %d MiB RSS; buildkitd: %d fds, %d MiB RSS",
+		g.serveFDs, g.goroutines, g.serveRSS>>20, g.builderFDs, g.builderRSS>>20)
 }
 
 // connAdminAddr is the address of s's admin listener (s started with
@@ -57,7 +60,8 @@ func connGoroutines(t *testing.T, admin string) int {
 
 func connMeasure(t *testing.T, s *server, admin string, builderPID int) connGauges {
 	t.Helper()
-	return connGauges{serveFDs: openFDs(s.pid()), goroutines: connGoroutines(t, admin), builderFDs: openFDs(builderPID)}
+	return connGauges{serveFDs: openFDs(s.pid()), goroutines: connGoroutines(t, admin), builderFDs: openFDs(builderPID),
+		serveRSS: rssBytes(s.pid()), builderRSS: rssBytes(builderPID)}
 }
 
 // connSave runs one `kiln build --save` of dir with new content (so that
@@ -114,6 +118,7 @@ func TestSavedBuildsLeaveNoConnections(t *testing.T) {
 		peak.serveFDs = max(peak.serveFDs, g.serveFDs)
 		peak.builderFDs = max(peak.builderFDs, g.builderFDs)
 		peak.goroutines = max(peak.goroutines, g.goroutines)
+		peak.serveRSS, peak.builderRSS = max(peak.serveRSS, g.serveRSS), max(peak.builderRSS, g.builderRSS)
 	}
 	t.Logf("%d saved builds in %s; peak: %s", connSaveBuilds, time.Since(start).Round(time.Second), peak)
 	if now, _ := s.builderOf(t, proj); now != pid {
