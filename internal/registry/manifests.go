@@ -110,7 +110,7 @@ func (r *Registry) putManifest(w http.ResponseWriter, req *http.Request, rt rout
 	req.Body = io.NopCloser(bytes.NewReader(body))
 	req.ContentLength = int64(len(body))
 	rec := newRecorder()
-	r.app.ServeHTTP(rec, req)
+	r.serveWatched(rec, req)
 	if rec.status == http.StatusCreated {
 		dgst := rec.Header().Get("Docker-Content-Digest")
 		if _, err := digest.Parse(dgst); err == nil {
@@ -166,7 +166,7 @@ func (r *Registry) index(ctx context.Context, repo, dgst, tag string, body []byt
 // removes a deleted referrer from its subject's referrers.
 func (r *Registry) deleteManifest(w http.ResponseWriter, req *http.Request, rt route) {
 	rec := newRecorder()
-	r.app.ServeHTTP(rec, req)
+	r.serveWatched(rec, req)
 	if rec.status == http.StatusAccepted {
 		var err error
 		if rt.dgst != "" {

@@ -74,8 +74,15 @@ type Config struct {
 	// and storage times against, and what registry tokens are issued and
 	// checked by. Nil → time.Now. Tests move it forward instead of waiting
 	// out grace periods and retentions.
-	Now    func() time.Time
-	Logger *slog.Logger
+	Now func() time.Time
+	// BuildRequest, if set, is told the build an authenticated request was
+	// made for (its caller holds a build's token, or a registry token
+	// issued for one), before the request is served. The server tags the
+	// request's connection with it, to close the connection once the build
+	// ends: buildkitd opens its push connections per build session and
+	// never reuses them after it.
+	BuildRequest func(ctx context.Context, buildID string)
+	Logger       *slog.Logger
 }
 
 // Registry is kiln's OCI registry. It is an http.Handler for "/v2/".
@@ -121,9 +128,11 @@ func New(ctx context.Context, cfg Config) (reg *Registry, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.driver, err = newDriver(ctx, cfg.Dir, cfg.S3); err != nil {
+	d, err := newDriver(ctx, cfg.Dir, cfg.S3)
+	if err != nil {
 		return nil, err
 	}
+	r.driver = fullDriver{StorageDriver: d} // full.go
 	bridgeLogs(r.log)
 	// distribution panics on configuration it cannot use.
 	defer func() {
@@ -193,6 +202,9 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	c, ok := r.admit(w, req, rt)
 	if !ok {
 		return
+	}
+	if c.p.BuildID != "" && r.cfg.BuildRequest != nil {
+		r.cfg.BuildRequest(req.Context(), c.p.BuildID)
 	}
 	if !r.authorize(w, req, rt, c) {
 		return
@@ -290,17 +302,17 @@ func (r *Registry) dispatch(w http.ResponseWriter, req *http.Request, rt route, 
 			if rt.dgst != "" {
 				r.pins.touch(digestKey(rt.dgst.String()))
 			}
-			r.app.ServeHTTP(w, req)
+			r.serveWatched(w, req)
 		}
 	case routeBlob:
 		r.pins.touch(digestKey(rt.dgst.String()))
-		r.app.ServeHTTP(w, req)
+		r.serveWatched(w, req)
 	case routeUploadStart:
 		r.startUpload(w, req, rt)
 	case routeUpload:
 		r.continueUpload(w, req, rt)
 	default:
-		r.app.ServeHTTP(w, req)
+		r.serveWatched(w, req)
 	}
 }
 
@@ -316,7 +328,7 @@ func (r *Registry) startUpload(w http.ResponseWriter, req *http.Request, rt rout
 		}
 	}
 	end := r.pins.begin(keys...)
-	r.app.ServeHTTP(w, req)
+	r.serveWatched(w, req)
 	end()
 	if id := w.Header().Get("Docker-Upload-UUID"); id != "" {
 		r.pins.touch(uploadKey(rt.name, id))
@@ -340,7 +352,7 @@ func (r *Registry) continueUpload(w http.ResponseWriter, req *http.Request, rt r
 	}
 	end := r.pins.begin(keys...)
 	defer end()
-	r.app.ServeHTTP(w, req)
+	r.serveWatched(w, req)
 }
 
 // dropMount turns a mount request into a plain upload start.
@@ -368,6 +380,14 @@ func (r *Registry) challenge(w http.ResponseWriter, rt route, req *http.Request,
 	if errCode != "" {
 		h += fmt.Sprintf(`,error=%q`, errCode)
 	}
+	if errCode == "" && req.ProtoMajor == 1 {
+		// A client without credentials comes back with a token, and
+		// buildkitd often on another of its connections: this one would
+		// sit idle, tied to no build (conns.go in the server closes a
+		// build's when it ends). Nothing is kept open for a caller that
+		// showed no credentials.
+		w.Header().Set("Connection", "close")
+	}
 	w.Header().Set("WWW-Authenticate", h)
 	newOCIError(http.StatusUnauthorized, "UNAUTHORIZED", msg).write(w)
 }
@@ -375,7 +395,7 @@ func (r *Registry) challenge(w http.ResponseWriter, rt route, req *http.Request,
 // internalError logs err and answers 500 without internals.
 func (r *Registry) internalError(ctx context.Context, w http.ResponseWriter, what string, err error) {
 	r.log.ErrorContext(ctx, "registry request failed", "what", what, "err", err)
-	newOCIError(http.StatusInternalServerError, "UNKNOWN", "internal error; see the server log").write(w)
+	errInternal.write(w)
 }
 
 // badCredentials reports an authenticator refusal (as opposed to a failure).

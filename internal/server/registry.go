@@ -52,7 +52,9 @@ func (s *Server) openRegistry(ctx context.Context, st store.Store, authn *auth.A
 		Retention:   rc.Retention,
 		GCInterval:  rc.GCInterval,
 		GCGrace:     rc.GCGrace,
-		Logger:      s.cfg.Logger,
+		// A build's registry connections are closed when it ends (conns.go).
+		BuildRequest: s.conns.request,
+		Logger:       s.cfg.Logger,
 	})
 }
 

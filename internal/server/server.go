@@ -74,6 +74,13 @@ type Config struct {
 	Source SourceConfig
 	Logger *slog.Logger
 
+	// AdminAddr is the admin listener's host:port (/debug/pprof, no
+	// authentication: admin.go); "" turns it off. AdminOptional says it is
+	// the default address: if another process holds it, kiln serves without
+	// the admin listener rather than not at all.
+	AdminAddr     string
+	AdminOptional bool
+
 	// BodyTimeout drops a request whose body sends nothing for this long;
 	// StreamBodyTimeout is the same for client-streaming procedures, whose
 	// messages may be minutes apart (guard.go). 0 → 30s and 10m.
@@ -91,11 +98,15 @@ type Server struct {
 	http     *http.Server
 	listener net.Listener // the TCP listener; the HTTP server serves mux
 	mux      *connMux
-	audit    *audit.Recorder
-	registry *registry.Registry
-	runner   *runner.Runner
-	cancel   context.CancelFunc
-	done     chan struct{}
+	conns    *buildConns // the HTTP server's connections, by build (conns.go)
+	// admin serves /debug/pprof on adminListener; both nil when it is off.
+	admin         *http.Server
+	adminListener net.Listener
+	audit         *audit.Recorder
+	registry      *registry.Registry
+	runner        *runner.Runner
+	cancel        context.CancelFunc
+	done          chan struct{}
 }
 
 // AdminTokenPath is where the bootstrap admin token is written.
@@ -109,7 +120,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if cfg, err = checkConfig(cfg); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, done: make(chan struct{})}
+	s := &Server{cfg: cfg, done: make(chan struct{}), conns: newBuildConns()}
 	defer func() {
 		if err != nil {
 			s.release(ctx)
@@ -130,12 +141,23 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
 	protocols.SetHTTP2(true) // over TLS, by ALPN (listen.go)
+	// No ReadTimeout or WriteTimeout: bodies are bounded by idleness
+	// (guard.go), whole requests are not (conns.go says why).
 	s.http = &http.Server{
 		Handler:           newGuard(mux, authn, cfg), // authentication and body deadlines: guard.go
 		Protocols:         protocols,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+		// A build's registry connections are closed when it ends (conns.go).
+		ConnContext: s.conns.connContext,
+		ConnState:   s.conns.connState,
+		// No error answered to a client names the data directory
+		// (depot.ToConnect, the interceptor).
+		BaseContext: func(net.Listener) context.Context {
+			return depot.WithServerPaths(context.Background(), cfg.DataDir)
+		},
 	}
 	s.http.RegisterOnShutdown(logins.Close) // waiting logins would hold Shutdown up
 	return s, nil
@@ -230,7 +252,7 @@ func (s *Server) startServices() (*project.Service, error) {
 		Active:       func(buildID string) bool { return s.gateway.Active(buildID) },
 		RegistryHost: s.registryHost,
 		GatewayAddr:  s.gatewayAddr,
-		Revoke:       func(buildID string) { s.gateway.Revoke(buildID) },
+		Revoke:       func(buildID string) { s.gateway.Revoke(buildID); s.conns.ended(buildID) },
 		Audit:        s.audit.AuthEvent}, cfg.Logger)
 	s.builds = builds
 	if s.gateway, err = gateway.New(gateway.Config{Builders: fleet, Certs: s.ca, Authorize: builds.BuilderAccess, Logger: cfg.Logger}); err != nil {
@@ -344,10 +366,11 @@ func authInterceptor(authn *auth.Authenticator, logger *slog.Logger) connect.Int
 	denied := func(ctx context.Context, procedure, peer string, err error) {
 		auditDenied(ctx, authn, procedure, peer, err)
 	}
-	return &interceptor{authenticate: authenticate, denied: denied}
+	return &interceptor{authenticate: authenticate, denied: denied, logger: logger}
 }
 
 type interceptor struct {
+	logger       *slog.Logger // Redact's: errors that named a server path
 	authenticate func(ctx context.Context, h http.Header, procedure string) (context.Context, error)
 	// denied sees every call's error (the authentication's or the
 	// handler's) and audits the refusals among them.
@@ -364,6 +387,7 @@ func (i *interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 		res, err := next(ctx, req)
 		if err != nil {
 			i.denied(ctx, req.Spec().Procedure, req.Peer().Addr, err)
+			err = depot.Redact(ctx, i.logger, err) // a handler's own connect.Error too
 		}
 		return res, err
 	}
@@ -381,6 +405,7 @@ func (i *interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) co
 		}
 		if err != nil {
 			i.denied(ctx, conn.Spec().Procedure, conn.Peer().Addr, err)
+			err = depot.Redact(ctx, i.logger, err)
 		}
 		return err
 	}
@@ -402,6 +427,10 @@ func (s *Server) Listen() (net.Addr, error) {
 	if err != nil {
 		l.Close()
 		return nil, fmt.Errorf("TLS certificate: %w", err)
+	}
+	if err := s.listenAdmin(); err != nil {
+		l.Close()
+		return nil, err
 	}
 	s.listener = l
 	s.mux = newConnMux(l, serverTLS(s.gateway, cert), s.gateway, s.cfg.TLS == TLSDefault)
@@ -434,6 +463,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("resume source builds: %w", err)
 	}
 
+	s.serveAdmin()
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.mux) }()
 	var serveErr error
@@ -448,6 +478,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	// interrupted, and their watchers see it before the listener closes.
 	s.runner.Close(shutdownCtx)
 	_ = s.http.Shutdown(shutdownCtx)
+	s.shutdownAdmin()
 	cancel()
 	s.registry.Close()
 	if err := s.fleet.Close(shutdownCtx); err != nil {

@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"path/filepath"
+	"strings"
 
 	"connectrpc.com/connect"
 
@@ -17,11 +19,17 @@ import (
 
 // ToConnect converts a domain error to a Connect error. Messages of known
 // kinds are the domain's own (they name the problem, never internals);
-// anything else is logged and answered as a bare Internal error.
+// anything else is logged and answered as a bare Internal error. As a
+// safety net, a server path (WithServerPaths) in a message is replaced,
+// and the error logged whole.
 func ToConnect(ctx context.Context, logger *slog.Logger, err error) error {
 	if err == nil {
 		return nil
 	}
+	return Redact(ctx, logger, toConnect(ctx, logger, err))
+}
+
+func toConnect(ctx context.Context, logger *slog.Logger, err error) error {
 	var ce *connect.Error
 	if errors.As(err, &ce) {
 		return err
@@ -54,6 +62,106 @@ func ToConnect(ctx context.Context, logger *slog.Logger, err error) error {
 	}
 	logger.ErrorContext(ctx, "internal error", "err", err)
 	return connect.NewError(connect.CodeInternal, errors.New("internal error; see the server log"))
+}
+
+type serverPathsKey struct{}
+
+// WithServerPaths returns ctx carrying the server's own directories (its
+// data directory): no message answered to a client in ctx may name them
+// (ToConnect, Redact). The server puts them in every request's context.
+func WithServerPaths(ctx context.Context, dirs ...string) context.Context {
+	var roots []string
+	for _, d := range dirs {
+		if d == "" {
+			continue
+		}
+		if abs, err := filepath.Abs(d); err == nil {
+			d = abs
+		}
+		roots = append(roots, filepath.Clean(d))
+		if real, err := filepath.EvalSymlinks(d); err == nil && real != filepath.Clean(d) {
+			roots = append(roots, real)
+		}
+	}
+	return context.WithValue(ctx, serverPathsKey{}, roots)
+}
+
+// serverPathNote stands in a client's message for a removed server path.
+const serverPathNote = "(a path on the server; see the server log)"
+
+// Redact answers err with every server path of ctx (WithServerPaths) in
+// its message replaced, logging the whole error when it replaced one.
+// Errors without one are returned as they are.
+func Redact(ctx context.Context, logger *slog.Logger, err error) error {
+	if err == nil {
+		return nil
+	}
+	roots, _ := ctx.Value(serverPathsKey{}).([]string)
+	if len(roots) == 0 {
+		return err
+	}
+	code := connect.CodeUnknown
+	msg := err.Error()
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		code, msg = ce.Code(), ce.Message()
+	}
+	clean, changed := redactPaths(msg, roots)
+	if !changed {
+		return err
+	}
+	logger.WarnContext(ctx, "a server path was removed from an error answered to a client", "err", err)
+	out := connect.NewError(code, errors.New(clean))
+	if ce != nil {
+		for k, v := range ce.Meta() {
+			out.Meta()[k] = v
+		}
+	}
+	return out
+}
+
+// redactPaths replaces each path in msg under one of roots (the root and
+// what follows it up to a space, quote, comma or colon). A longer name that
+// only starts like a root (/srv/kiln2 for /srv/kiln) is left alone.
+func redactPaths(msg string, roots []string) (string, bool) {
+	changed := false
+	for _, root := range roots {
+		if len(root) < 2 {
+			continue
+		}
+		var b strings.Builder
+		rest := msg
+		for {
+			i := strings.Index(rest, root)
+			if i < 0 {
+				b.WriteString(rest)
+				break
+			}
+			end := i + len(root)
+			if end < len(rest) && rest[end] != '/' && !pathEnd(rest[end]) {
+				b.WriteString(rest[:end])
+				rest = rest[end:]
+				continue
+			}
+			for end < len(rest) && !pathEnd(rest[end]) {
+				end++
+			}
+			b.WriteString(rest[:i])
+			b.WriteString(serverPathNote)
+			rest = rest[end:]
+			changed = true
+		}
+		msg = b.String()
+	}
+	return msg, changed
+}
+
+func pathEnd(c byte) bool {
+	switch c {
+	case ' ', '\t', '\n', '"', '\'', ',', ':', ';', ')', ']', '}', '`':
+		return true
+	}
+	return false
 }
 
 // Caller returns the authenticated caller of a Connect handler (kiln.v1's
