@@ -259,6 +259,9 @@ func NewFleet(cfg Config) (*Fleet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("builder: %w", err)
 	}
+	if stale := cfg.Network.removeStaleBridges(); len(stale) > 0 {
+		log.Warn("removed build networks a previous run left (it was killed)", "bridges", stale)
+	}
 	f := &Fleet{
 		releasePool: release,
 		cfg:         cfg,

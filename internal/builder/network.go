@@ -201,6 +201,28 @@ func (n Network) claim() (release func(), err error) {
 	return func() { f.Close() }, nil
 }
 
+// removeStaleBridges deletes this pool's bridges that exist before any
+// builder of this process started: a previous run that was killed (no
+// shutdown ran) left them. Only the holder of the pool (claim) may call
+// it. It returns their names.
+func (n Network) removeStaleBridges() []string {
+	ifaces, _ := net.Interfaces()
+	own := strings.TrimSuffix(n.bridgeMatch(), "+")
+	var removed []string
+	for _, ifc := range ifaces {
+		i, err := strconv.Atoi(strings.TrimPrefix(ifc.Name, own))
+		if !strings.HasPrefix(ifc.Name, own) || err != nil || i < 0 || i >= n.size() {
+			continue
+		}
+		if runCmd(nil, "ip", "link", "delete", ifc.Name) == nil {
+			removed = append(removed, ifc.Name)
+		}
+		n.removeCNIRules(ifc.Name)
+		n.releaseAddrs(i)
+	}
+	return removed
+}
+
 // netLocked gives b a build network if it has none: the lowest index no
 // other builder holds. Caller holds f.mu.
 func (f *Fleet) netLocked(b *builder) error {

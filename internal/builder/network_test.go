@@ -1,8 +1,10 @@
 package builder
 
 import (
+	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -115,6 +117,36 @@ func TestClaimPool(t *testing.T) {
 		t.Fatalf("claim after release: %v", err)
 	}
 	release2()
+}
+
+// A killed kiln serve leaves its builders' bridges; the next holder of
+// the pool removes them, and nobody else's.
+func TestStaleBridgesRemoved(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root to make bridges (run as root)")
+	}
+	n, _ := Network{Pool: netip.MustParsePrefix("10.62.240.0/20")}.withDefaults()
+	other, _ := Network{Pool: netip.MustParsePrefix("10.62.224.0/20")}.withDefaults()
+	release, err := n.claim()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	for _, b := range []string{n.bridge(3), other.bridge(3)} {
+		if out, err := exec.Command("ip", "link", "add", b, "type", "bridge").CombinedOutput(); err != nil {
+			t.Fatalf("ip link add %s: %v: %s", b, err, out)
+		}
+		defer exec.Command("ip", "link", "delete", b).Run()
+	}
+	if got := n.removeStaleBridges(); !slices.Equal(got, []string{n.bridge(3)}) {
+		t.Fatalf("removed %q, want only %q", got, n.bridge(3))
+	}
+	if _, err := net.InterfaceByName(n.bridge(3)); err == nil {
+		t.Errorf("%s is still there", n.bridge(3))
+	}
+	if _, err := net.InterfaceByName(other.bridge(3)); err != nil {
+		t.Errorf("another pool's bridge was removed: %v", err)
+	}
 }
 
 func TestShellFields(t *testing.T) {

@@ -24,7 +24,9 @@ func TestNewReleasesOnLateFailure(t *testing.T) {
 		Addr:          "127.0.0.1:0",
 		BuildkitdPath: "/bin/true",
 		// A pool no other test or server uses: its lock is per machine.
-		BuilderNetwork: builder.Network{Pool: netip.MustParsePrefix("10.213.0.0/16")},
+		// Outside 10.128.0.0/9, where the e2e servers (which may run at
+		// the same time) draw their pools.
+		BuilderNetwork: builder.Network{Pool: netip.MustParsePrefix("10.77.0.0/16")},
 		Source:         SourceConfig{PushAuthFile: filepath.Join(data, "missing-config.json")},
 		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}

@@ -8,9 +8,12 @@ package e2e
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -175,8 +178,8 @@ func rssBytes(pid int) int64 {
 }
 
 // leftBehind lists this run's builder processes (buildkitd, runc and what
-// they ran) and mounts, and BuildKit's temporary mounts in the system temp
-// directory: what the suite checks after every server has stopped.
+// they ran), mounts and bridges, and BuildKit's temporary mounts in the
+// system temp directory: what the suite checks after every server stopped.
 func leftBehind() []string {
 	var out []string
 	entries, _ := os.ReadDir("/proc")
@@ -192,8 +195,29 @@ func leftBehind() []string {
 		out = append(out, fmt.Sprintf("process %s (%s) in %s", e.Name(), strings.ReplaceAll(strings.TrimRight(string(cmd), "\x00"), "\x00", " "), cwd))
 	}
 	for _, m := range mountsUnder(os.TempDir()) {
-		if strings.Contains(m, "/"+runTag) || strings.HasPrefix(filepath.Base(m), "buildkit") {
+		// BuildKit's own temporary mounts directly in the system temp
+		// directory: no builder of any run may make them there.
+		direct := filepath.Dir(m) == filepath.Clean(os.TempDir()) && strings.HasPrefix(filepath.Base(m), "buildkit")
+		if strings.Contains(m, "/"+runTag) || direct {
 			out = append(out, "mount "+m)
+		}
+	}
+	// Builders' bridges in the pools this run's servers held.
+	pools.Lock()
+	used := slices.Clone(pools.used)
+	pools.Unlock()
+	ifaces, _ := net.Interfaces()
+	for _, ifc := range ifaces {
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, _ := netip.AddrFromSlice(ipn.IP)
+			if slices.ContainsFunc(used, func(p netip.Prefix) bool { return p.Contains(ip.Unmap()) }) {
+				out = append(out, fmt.Sprintf("network interface %s (%s)", ifc.Name, ipn))
+			}
 		}
 	}
 	return out

@@ -163,6 +163,7 @@ func loopbackAddr() (string, error) {
 var pools struct {
 	sync.Mutex
 	held map[int]bool
+	used []netip.Prefix // every pool handed out, for leftBehind
 }
 
 // Pool sizes, in /20s of 16 builders (one /24 each). The shared server
@@ -193,7 +194,9 @@ func nextBuilderSubnets(n int) string {
 		for i := first; i < first+n; i++ {
 			pools.held[i] = true
 		}
-		return fmt.Sprintf("10.%d.%d.0/%d", 128+first/16, (first%16)*16, 20-bits.Len(uint(n))+1)
+		p := fmt.Sprintf("10.%d.%d.0/%d", 128+first/16, (first%16)*16, 20-bits.Len(uint(n))+1)
+		pools.used = append(pools.used, netip.MustParsePrefix(p))
+		return p
 	}
 }
 
