@@ -9,6 +9,7 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
@@ -58,6 +59,25 @@ type fullRequest struct {
 	hit     bool
 	uploads map[string]bool // upload session directories written to
 	bodyErr error           // reading the request body failed (not EOF)
+	writers []*fullWriter   // files the request opened for writing
+}
+
+// closeLeftovers closes the files the request opened and did not close.
+// distribution skips its writer's Close when saving the upload's hash
+// state fails (as it does when a concurrent request removed the upload),
+// which would hold the file open for the life of the process.
+func (fr *fullRequest) closeLeftovers() (n int) {
+	fr.mu.Lock()
+	writers := fr.writers
+	fr.writers = nil
+	fr.mu.Unlock()
+	for _, w := range writers {
+		if !w.closed.Load() {
+			_ = w.FileWriter.Close()
+			n++
+		}
+	}
+	return n
 }
 
 type fullRequestKey struct{}
@@ -138,13 +158,19 @@ func (d fullDriver) removeTemps(ctx context.Context, p string) {
 	}
 }
 
-func (d fullDriver) Writer(ctx context.Context, p string, append bool) (storagedriver.FileWriter, error) {
-	w, err := d.StorageDriver.Writer(ctx, p, append)
+func (d fullDriver) Writer(ctx context.Context, p string, appending bool) (storagedriver.FileWriter, error) {
+	w, err := d.StorageDriver.Writer(ctx, p, appending)
 	d.note(ctx, p, err)
 	if err != nil {
 		return nil, err
 	}
-	return fullWriter{FileWriter: w, d: d, ctx: ctx, path: p}, nil
+	fw := &fullWriter{FileWriter: w, d: d, ctx: ctx, path: p}
+	if fr, ok := ctx.Value(fullRequestKey{}).(*fullRequest); ok {
+		fr.mu.Lock()
+		fr.writers = append(fr.writers, fw)
+		fr.mu.Unlock()
+	}
+	return fw, nil
 }
 
 func (d fullDriver) Move(ctx context.Context, src, dst string) error {
@@ -156,24 +182,31 @@ func (d fullDriver) Move(ctx context.Context, src, dst string) error {
 // fullWriter watches one file's writes; ctx is the request that opened it.
 type fullWriter struct {
 	storagedriver.FileWriter
-	d    fullDriver
-	ctx  context.Context
-	path string
+	d      fullDriver
+	ctx    context.Context
+	path   string
+	closed atomic.Bool // Close or Cancel was called
 }
 
-func (w fullWriter) Write(p []byte) (int, error) {
+func (w *fullWriter) Write(p []byte) (int, error) {
 	n, err := w.FileWriter.Write(p)
 	w.d.note(w.ctx, w.path, err)
 	return n, err
 }
 
-func (w fullWriter) Close() error {
+func (w *fullWriter) Close() error {
+	w.closed.Store(true)
 	err := w.FileWriter.Close()
 	w.d.note(w.ctx, w.path, err)
 	return err
 }
 
-func (w fullWriter) Commit(ctx context.Context) error {
+func (w *fullWriter) Cancel(ctx context.Context) error {
+	w.closed.Store(true)
+	return w.FileWriter.Cancel(ctx)
+}
+
+func (w *fullWriter) Commit(ctx context.Context) error {
 	err := w.FileWriter.Commit(ctx)
 	w.d.note(w.ctx, w.path, err)
 	return err
@@ -249,6 +282,9 @@ func (r *Registry) serveWatched(w http.ResponseWriter, req *http.Request) {
 		req.Body = &watchedBody{ReadCloser: req.Body, fr: fr}
 	}
 	r.app.ServeHTTP(fw, req)
+	if n := fr.closeLeftovers(); n > 0 {
+		r.log.DebugContext(ctx, "closed files distribution left open", "method", req.Method, "files", n)
+	}
 	fr.mu.Lock()
 	full, abandoned := fr.hit, fr.bodyErr != nil || ctx.Err() != nil
 	dirs := make([]string, 0, len(fr.uploads))

@@ -94,7 +94,10 @@ func Value[T any](ctx context.Context, p Policy, fn func(ctx context.Context) (T
 // kind unavailable. Typed errors only; messages are never matched.
 func Transient(err error) bool {
 	return connect.CodeOf(err) == connect.CodeUnavailable || errdefs.IsUnavailable(err) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED)
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
+		// The request was written into a connection the server had
+		// already reset: it never reached a handler.
+		errors.Is(err, syscall.EPIPE)
 }
 
 // Interrupted reports whether err is an answer cut off in the middle: the
