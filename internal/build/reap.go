@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/ticker"
 )
 
 // The health timeout measures silence the server could observe. A client
@@ -11,14 +13,8 @@ import (
 // seen talking to its builder, Config.Active) for HealthTimeout of the
 // server's own watching: time before the server started, or while it was
 // stopped (SIGSTOP, a suspended machine), does not count, because clients
-// could not reach it then. Run notices such a gap as a tick that came far
-// later than its interval and starts the count afresh from the resume.
-
-// gapFactor: a reaper tick this many intervals after the previous one
-// means the server was not running in between (a scheduling delay on a
-// busy machine is a fraction of an interval). A false alarm only delays
-// reaping by one timeout.
-const gapFactor = 3
+// could not reach it then. Run notices such a gap (internal/ticker) and
+// starts the count afresh from the resume.
 
 // ReapAbandoned cancels running client builds whose client has been silent
 // for the health timeout, releasing their builders. Silence counts from
@@ -62,29 +58,14 @@ func (s *Service) ReapAbandoned(ctx context.Context) error {
 // timeout so a short test timeout is honoured promptly.
 func (s *Service) Run(ctx context.Context) {
 	every := max(min(s.cfg.HealthTimeout/4, 15*time.Second), 100*time.Millisecond)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	last := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+	ticker.Run(ctx.Done(), every, func(now time.Time, paused time.Duration) {
+		if paused > 0 {
+			s.resumed(now, paused)
 		}
-		// A stopped process's monotonic clock keeps running, so a pause
-		// shows as a long gap between ticks; a suspended machine's does
-		// not, but its wall clock jumps (Round(0) drops the monotonic
-		// reading), and health reports are wall-clock times.
-		now := time.Now()
-		gap := max(now.Sub(last), now.Round(0).Sub(last.Round(0)))
-		if gap > gapFactor*every {
-			s.resumed(now, gap)
-		}
-		last = now
 		if err := s.ReapAbandoned(ctx); err != nil && ctx.Err() == nil {
 			s.logger.Error("reap abandoned builds", "err", err)
 		}
-	}
+	})
 }
 
 // resumed starts the health timeout afresh at now: the server did not run

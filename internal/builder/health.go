@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/ticker"
 )
 
 // A builder can be alive and useless: stopped (SIGSTOP, a hung kernel
@@ -101,22 +102,10 @@ func (f *Fleet) diskFull(b *builder, r *run) {
 func (f *Fleet) watch() {
 	defer f.wg.Done()
 	every := min(max(f.cfg.StallTimeout/4, 50*time.Millisecond), 5*time.Second)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	last := time.Now()
-	for {
-		select {
-		case <-f.quit:
-			return
-		case <-t.C:
-		}
-		now := time.Now()
-		// A gap far longer than the interval means kiln itself did not run
-		// (stopped, suspended): nothing could be observed, so no builder
-		// is blamed for it.
-		f.checkHealth(now, now.Sub(last) > 3*every)
-		last = now
-	}
+	// A tick long after the last means kiln itself did not run (stopped,
+	// suspended): nothing could be observed, so no builder is blamed for
+	// that time.
+	ticker.Run(f.quit, every, func(now time.Time, paused time.Duration) { f.checkHealth(now, paused > 0) })
 }
 
 // checkHealth is one round of the watches at now: it recycles the
