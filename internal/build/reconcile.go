@@ -25,6 +25,24 @@ const RestartedError = "the control plane restarted during the build and its bui
 // this start (reap.go). A build it cannot settle (the store refused the
 // write) is left to that timeout; the error names it.
 func (s *Service) Reconcile(ctx context.Context) error {
+	return s.failOrphans(ctx, RestartedError, "kiln serve restarted under it")
+}
+
+// StoppedError is the recorded error of a client build whose builder
+// stopped with kiln serve.
+const StoppedError = "the control plane stopped during the build and its builder stopped with it; retry the build"
+
+// Stopped settles the client builds still running when kiln serve stops,
+// after its builders have stopped: those that held a builder lease cannot
+// go on and fail with [StoppedError] (presumed, as at Reconcile). Builds
+// that never got a builder stay running for the next start.
+func (s *Service) Stopped(ctx context.Context) error {
+	return s.failOrphans(ctx, StoppedError, "kiln serve stopped under it")
+}
+
+// failOrphans fails the running client builds whose builder leases the
+// fleet no longer holds, with msg; why is for the log.
+func (s *Service) failOrphans(ctx context.Context, msg, why string) error {
 	running, err := s.store.ListBuildsByStatus(ctx, Running)
 	if err != nil {
 		return fmt.Errorf("list running builds: %w", err)
@@ -38,17 +56,17 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		s.mu.Lock()
 		s.presumed[b.ID] = true
 		s.mu.Unlock()
-		if _, err := s.end(ctx, b.ID, Result{Status: Failed, Error: RestartedError}); err != nil {
+		if _, err := s.end(ctx, b.ID, Result{Status: Failed, Error: msg}); err != nil {
 			// The others are still settled; this one ends at its health
 			// timeout.
 			errs = append(errs, fmt.Errorf("fail build %s: %w", b.ID, err))
 			continue
 		}
 		failed++
-		s.logger.WarnContext(ctx, "build failed: kiln serve restarted under it", "build_id", b.ID, "project_id", b.ProjectID)
+		s.logger.WarnContext(ctx, "build failed: "+why, "build_id", b.ID, "project_id", b.ProjectID)
 	}
 	if failed > 0 {
-		s.logger.InfoContext(ctx, "reconciled client builds after a restart", "failed", failed, "running", len(running)-failed)
+		s.logger.InfoContext(ctx, "settled client builds that lost their builders", "failed", failed, "running", len(running)-failed)
 	}
 	return errors.Join(errs...)
 }

@@ -184,3 +184,23 @@ func TestReconcileSettlesWhatItCan(t *testing.T) {
 		t.Errorf("the other build: %s; want failed", got.Status)
 	}
 }
+
+// When kiln serve stops, the builds on its builders (which stopped with
+// it) are failed saying so; a build that never got a builder waits for
+// the next start.
+func TestStoppedFailsBuildsOnStoppedBuilders(t *testing.T) {
+	e := setup(t, time.Hour)
+	ctx := context.Background()
+	connected, secret, _ := e.svc.Create(ctx, e.org, "pa", 1, nil)
+	e.svc.Connect(ctx, principalOf(t, e.st, secret), connected.ID, "amd64")
+	waiting, _, _ := e.svc.Create(ctx, e.org, "pb", 1, nil)
+	if err := e.svc.Stopped(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := e.st.GetBuild(ctx, connected.ID); got.Status != build.Failed || got.Error != build.StoppedError {
+		t.Errorf("build on a stopped builder: %s %q; want failed: %q", got.Status, got.Error, build.StoppedError)
+	}
+	if got, _ := e.st.GetBuild(ctx, waiting.ID); got.Status != build.Running {
+		t.Errorf("build without a builder: %s; want still running", got.Status)
+	}
+}

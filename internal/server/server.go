@@ -484,6 +484,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := s.fleet.Close(shutdownCtx); err != nil {
 		s.cfg.Logger.Error("stop builders", "err", err)
 	}
+	// The builders stopped with the server: builds that were using them
+	// are over, and the record says why.
+	if err := s.builds.Stopped(shutdownCtx); err != nil {
+		s.cfg.Logger.Error("settle client builds", "err", err)
+	}
 	if err := s.store.Close(); err != nil {
 		s.cfg.Logger.Error("close database", "err", err)
 	}
@@ -494,11 +499,11 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 // fleetLeased is build.Config.Leased over the fleet's status: whether the
-// fleet holds build buildID's lease on a builder.
+// fleet holds build buildID's lease on a builder that has not stopped.
 func fleetLeased(fleet *builder.Fleet) func(projectID, platform, buildID string) bool {
 	return func(projectID, platform, buildID string) bool {
 		for _, st := range fleet.Status() {
-			if st.ProjectID == projectID && st.Platform == platform && slices.Contains(st.Leases, buildID) {
+			if st.ProjectID == projectID && st.Platform == platform && st.State != builder.StateStopped && slices.Contains(st.Leases, buildID) {
 				return true
 			}
 		}

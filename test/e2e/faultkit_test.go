@@ -6,6 +6,7 @@ package e2e
 // fault is injected the same way everywhere.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +20,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // startServerOnDisk is startServer with kiln's data directory (database,
@@ -36,6 +40,7 @@ func startServerOnDisk(t *testing.T, size int64, args ...string) *server {
 	}
 	t.Cleanup(func() {
 		s.stop(t)
+		s.checkEnded(t)
 		if t.Failed() {
 			b, _ := os.ReadFile(s.log)
 			t.Logf("kiln serve log:\n%s", tail(string(b), 12000))
@@ -221,4 +226,41 @@ func leftBehind() []string {
 		}
 	}
 	return out
+}
+
+// runningBuilds lists the builds s's database still records as running
+// although they held a builder, read after s stopped: the suite asserts
+// there are none, so that every fault leaves every build that ran ended
+// with a status kiln can explain. (A build no client ever connected to a
+// builder waits for its client across restarts; nothing of it ran.)
+func (s *server) runningBuilds() ([]string, error) {
+	st, err := store.OpenSQLite(context.Background(), filepath.Join(s.Data, "kiln.db"))
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	running, err := st.ListBuildsByStatus(context.Background(), build.Running)
+	var out []string
+	for _, b := range running {
+		if b.Platforms == "" {
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s (%s build of project %s, created %s)", b.ID, b.Kind, b.ProjectID, b.CreatedAt.Format(time.TimeOnly)))
+	}
+	return out, err
+}
+
+// checkEnded fails t if s (stopped) left a build running.
+func (s *server) checkEnded(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(s.Data, "kiln.db")); err != nil {
+		return
+	}
+	running, err := s.runningBuilds()
+	if err != nil {
+		t.Errorf("read the builds kiln serve left: %v", err)
+	}
+	if len(running) > 0 {
+		t.Errorf("kiln serve stopped with builds still recorded running:\n  %s", strings.Join(running, "\n  "))
+	}
 }

@@ -82,7 +82,9 @@ func run(m *testing.M) int {
 	flag.Parse()
 	setParallel()
 	code := m.Run()
-	stopShared()
+	if !stopShared() && code == 0 {
+		code = 1
+	}
 	// After the whole suite, faults included: no builder process or mount
 	// of any of this run's servers is left on the machine.
 	if left := leftBehind(); len(left) > 0 {
@@ -228,6 +230,7 @@ func startServerEnv(t *testing.T, env []string, args ...string) *server {
 	}
 	t.Cleanup(func() {
 		s.stop(t)
+		s.checkEnded(t)
 		if t.Failed() {
 			b, _ := os.ReadFile(s.log)
 			t.Logf("kiln serve log:\n%s", tail(string(b), 12000))
@@ -287,14 +290,24 @@ func sharedServer(t *testing.T) *server {
 	return s
 }
 
-// stopShared stops the shared server, if a test started it.
-func stopShared() {
-	if s := shared.s; s != nil {
-		if err := s.close(); err != nil {
-			fmt.Fprintf(os.Stderr, "e2e: the shared kiln serve: %v\n", err)
-		}
-		s.remove()
+// stopShared stops the shared server, if a test started it. It reports
+// false if the server did not stop cleanly or left a build running.
+func stopShared() bool {
+	s := shared.s
+	if s == nil {
+		return true
 	}
+	defer s.remove()
+	if err := s.close(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: the shared kiln serve: %v\n", err)
+		return false
+	}
+	running, err := s.runningBuilds()
+	if err != nil || len(running) > 0 {
+		fmt.Fprintf(os.Stderr, "e2e: the shared kiln serve stopped with builds still recorded running (%v):\n  %s\n", err, strings.Join(running, "\n  "))
+		return false
+	}
+	return true
 }
 
 // newServer prepares a server on a free loopback port with a new data
