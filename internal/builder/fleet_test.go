@@ -547,6 +547,36 @@ func TestIdleStopKeepsState(t *testing.T) {
 	}
 }
 
+// A stopped builder gives its build network back: a pool bounds the
+// builders running at once, not those started since kiln serve did. (A
+// /24 pool has one network.)
+func TestStoppedBuilderGivesBackItsNetwork(t *testing.T) {
+	env := newEnv(t, func(c *Config) {
+		c.IdleTTL = time.Second
+		c.Network = Network{Pool: netip.MustParsePrefix("10.60.16.0/24")}
+	})
+	ctx := ctxTimeout(t, 3*time.Minute)
+	for _, project := range []string{"first", "second", "first"} {
+		ep, err := env.fleet.Acquire(ctx, Spec{ProjectID: project, Platform: "linux/amd64"})
+		if err != nil {
+			t.Fatalf("%s builder: %v", project, err)
+		}
+		c := clientFor(t, ctx, env, project, ep)
+		// A step on the build network makes its bridge.
+		if err := solveRun(ctx, t, c, "/bin/busybox", "true"); err != nil {
+			t.Fatalf("%s: %v", project, err)
+		}
+		c.Close()
+		waitFor(t, 30*time.Second, project+"'s idle stop", func() bool {
+			st := status(t, env.fleet, project, "linux/amd64")
+			return st.State == StateStopped && st.PID == 0 && st.Bridge == ""
+		})
+	}
+	if _, err := net.InterfaceByName(env.fleet.cfg.Network.bridge(0)); err == nil {
+		t.Errorf("the stopped builders' bridge %s is still there", env.fleet.cfg.Network.bridge(0))
+	}
+}
+
 func TestResetRemovesState(t *testing.T) {
 	env := newEnv(t, nil)
 	ctx := ctxTimeout(t, 2*time.Minute)

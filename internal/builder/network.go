@@ -243,6 +243,31 @@ func (f *Fleet) netLocked(b *builder) error {
 	return nil
 }
 
+// releaseNet gives back network i of builder b, which stopped (idle, a
+// cache reset, its project deleted), so that the pool bounds the builders
+// running at once rather than every builder started since kiln serve did.
+// Its bridge is deleted under egressMu, which a starting builder's
+// applyEgress takes before buildkitd runs: a builder handed network i
+// meanwhile never loses the bridge it uses. A builder started again in
+// the meantime keeps its network.
+func (f *Fleet) releaseNet(b *builder, i int) {
+	n := f.cfg.Network
+	f.egressMu.Lock()
+	f.mu.Lock()
+	if b.run != nil || b.net != i || f.closed {
+		f.mu.Unlock()
+		f.egressMu.Unlock()
+		return
+	}
+	b.net = -1
+	f.mu.Unlock()
+	_ = runCmd(nil, "ip", "link", "delete", n.bridge(i)) // none if no step ran: fine
+	n.removeCNIRules(n.bridge(i))
+	n.releaseAddrs(i)
+	f.egressMu.Unlock()
+	f.applyEgressLogged() // its bridge leaves the policy
+}
+
 // egressRule is one builder's part of the policy.
 type egressRule struct {
 	bridge string

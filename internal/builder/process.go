@@ -249,8 +249,17 @@ func (f *Fleet) finishRun(b *builder, r *run, err error, duringStart bool, diedA
 	if canStart && r.stopping && b.restart {
 		f.startLocked(b)
 	}
+	// A builder that stopped for good gives its build network back (at
+	// Close, removeNetworks removes them all at once).
+	freeNet := -1
+	if r.stopping && b.run == nil && !f.closed {
+		freeNet = b.net
+	}
 	b.broadcastLocked()
 	f.mu.Unlock()
+	if freeNet >= 0 {
+		f.releaseNet(b, freeNet)
+	}
 
 	if !crashed {
 		return
