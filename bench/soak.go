@@ -247,7 +247,7 @@ func printSoak(w io.Writer, cfg soakConfig, took time.Duration, samples []soakSa
 	}
 	if n := end.builds - half.builds; half.label != "" && n > 0 {
 		per := func(a, b int64) string { return fmt.Sprintf("%+.1f KiB", float64(b-a)/float64(n)/1024) }
-		fmt.Fprintf(w, "\nper build over the second half (%d builds): data dir %s, database %s, builders' state %s; kiln fds %+d, RSS %s, goroutines %s\n",
+		fmt.Fprintf(w, "\nover the second half (%d builds): per build, data dir %s, database %s, builders' state %s; in all, kiln fds %+d, RSS %s, goroutines %s\n",
 			n, per(half.dataBytes, end.dataBytes), per(half.dbBytes, end.dbBytes), per(half.buildersDir, end.buildersDir),
 			end.kilnFDs-half.kilnFDs, signedMiB(end.kilnRSS-half.kilnRSS), diffOrNA(half.goroutines, end.goroutines))
 	}

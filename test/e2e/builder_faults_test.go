@@ -7,7 +7,6 @@ package e2e
 // directory behind.
 
 import (
-	"bytes"
 	"context"
 	"net/http"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -29,28 +27,8 @@ import (
 // builderBuild is a `kiln build` running in the background.
 type builderBuild struct {
 	cmd    *exec.Cmd
-	stderr *lockedBuffer
+	stderr *syncBuffer
 	done   chan error
-}
-
-// lockedBuffer is a bytes.Buffer read while the CLI writes it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func newLockedBuffer() *lockedBuffer { return &lockedBuffer{} }
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // builderStartBuild starts `kiln build --progress plain` of dir in project
@@ -62,7 +40,7 @@ func builderStartBuild(t *testing.T, s *server, proj, dir string, args ...string
 	cmd := exec.CommandContext(ctx, kilnBin, append([]string{"build", "--project", proj, "--progress", "plain"}, append(args, ".")...)...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "KILN_API_URL="+s.URL, "KILN_TOKEN="+s.Token, "HOME="+t.TempDir())
-	b := &builderBuild{cmd: cmd, stderr: newLockedBuffer(), done: make(chan error, 1)}
+	b := &builderBuild{cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stderr = b.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -98,17 +76,6 @@ func builderRecord(t *testing.T, s *server, id string) (kilnv1.BuildStatus, stri
 	return res.Msg.Build.GetStatus(), res.Msg.Build.GetError()
 }
 
-// builderNoServerPath fails the test if text, which a client saw, names
-// kiln's data directory or a builder's files.
-func builderNoServerPath(t *testing.T, s *server, what, text string) {
-	t.Helper()
-	for _, p := range []string{s.Data, "buildkitd.log", "/builders/"} {
-		if strings.Contains(text, p) {
-			t.Errorf("%s names a server path (%q):\n%s", what, p, tail(text, 3000))
-		}
-	}
-}
-
 // builderAgreed checks that the build ended failed, and that the client
 // printed the very error the server recorded, which contains want.
 func builderAgreed(t *testing.T, s *server, proj, stderr, want string) {
@@ -129,8 +96,8 @@ func builderAgreed(t *testing.T, s *server, proj, stderr, want string) {
 	if strings.Contains(stderr, "error reading from server") {
 		t.Errorf("the client shows the raw connection error:\n%s", tail(stderr, 3000))
 	}
-	builderNoServerPath(t, s, "the client's output", stderr)
-	builderNoServerPath(t, s, "the recorded error", recorded)
+	noServerPath(t, s, "the client's output", stderr)
+	noServerPath(t, s, "the recorded error", recorded)
 }
 
 // A builder stopped (SIGSTOP) mid-build: the client warns after 30 s
@@ -253,27 +220,6 @@ func TestBuilderCrashDuringExportLeavesNoTemp(t *testing.T) {
 	s.mustKiln(t, ok, "build", "--project", proj, "--progress", "plain", ".")
 }
 
-// builderFillLeaving fills dir's file system until about leave bytes are
-// free and returns a function that frees the space again.
-func builderFillLeaving(t *testing.T, dir string, leave int64) (free func()) {
-	t.Helper()
-	p := filepath.Join(dir, "builder-fill-"+strconv.FormatInt(time.Now().UnixNano(), 36))
-	f, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := make([]byte, 1<<20)
-	for freeBytes(t, dir) > leave+int64(len(chunk)) {
-		if _, err := f.Write(chunk); err != nil {
-			break
-		}
-	}
-	f.Close()
-	free = func() { os.Remove(p) }
-	t.Cleanup(free)
-	return free
-}
-
 // A builder that runs out of disk (BuildKit stays wedged until restarted)
 // is recycled by kiln once its build ended; with space again, the next
 // build works without anyone restarting anything. The error the user saw
@@ -288,7 +234,7 @@ func TestBuilderOutOfDiskIsRecycled(t *testing.T) {
 
 	// 200 MB left: the RUN's 120 MB layer fits, its export to the
 	// content store (random bytes do not compress) does not.
-	free := builderFillLeaving(t, s.Data, 200<<20)
+	free := fillDiskLeaving(t, s.Data, 200<<20)
 	dir := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN head -c 120000000 /dev/urandom > /big\n"})
 	out := filepath.Join(t.TempDir(), "image.tar")
 	r := s.kiln(t, dir, nil, "build", "--project", proj, "--progress", "plain", "-o", "type=oci,dest="+out, ".")
@@ -300,7 +246,7 @@ func TestBuilderOutOfDiskIsRecycled(t *testing.T) {
 	if !strings.Contains(r.Stderr, "no space left on device") {
 		t.Errorf("the build did not fail for lack of space:\n%s", tail(r.Stderr, 3000))
 	}
-	builderNoServerPath(t, s, "the out-of-disk build's output", r.Stderr)
+	noServerPath(t, s, "the out-of-disk build's output", r.Stderr)
 	eventually(t, 60*time.Second, "the wedged builder to be recycled", func() bool {
 		b, _ := os.ReadFile(s.log)
 		return strings.Contains(string(b), `msg="recycling builder" project=`+proj)
@@ -337,7 +283,7 @@ func TestBuildWithStalledSecretFails(t *testing.T) {
 	if !strings.Contains(b.stderr.String(), `secret "token": reading its source did not finish within`) {
 		t.Errorf("the failure does not name the stalled secret:\n%s", tail(b.stderr.String(), 3000))
 	}
-	builderNoServerPath(t, s, "the client's output", b.stderr.String())
+	noServerPath(t, s, "the client's output", b.stderr.String())
 	id := s.latestBuild(t, proj)
 	eventually(t, 15*time.Second, "the build to be recorded failed", func() bool {
 		st, _ := builderRecord(t, s, id)

@@ -73,16 +73,7 @@ func connSave(t *testing.T, s *server, proj, dir string, i int) {
 		t.Fatal(err)
 	}
 	r := s.mustKiln(t, dir, "build", "--project", proj, "--save", "--progress", "plain", ".")
-	connNoServerPath(t, s, r.Stdout+r.Stderr)
-}
-
-// connNoServerPath fails the test if client-visible output holds the
-// server's data directory (row 10: no server path reaches a client).
-func connNoServerPath(t *testing.T, s *server, out string) {
-	t.Helper()
-	if strings.Contains(out, s.Data) {
-		t.Errorf("client output contains the server's data directory %s:\n%s", s.Data, tail(out, 3000))
-	}
+	noServerPath(t, s, "the client's output", r.Stdout+r.Stderr)
 }
 
 // Sequential `kiln build --save` builds leave nothing open: every push
@@ -167,7 +158,7 @@ func connStorageFull(t *testing.T, s *server, what string, res *http.Response) {
 	if res.StatusCode != http.StatusInsufficientStorage || !strings.Contains(string(b), "registry storage full") {
 		t.Errorf("%s on a full registry: HTTP %d %s; want 507 saying \"registry storage full\"", what, res.StatusCode, tail(string(b), 400))
 	}
-	connNoServerPath(t, s, string(b)+fmt.Sprint(res.Header))
+	noServerPath(t, s, "the client's output", string(b)+fmt.Sprint(res.Header))
 }
 
 // A push into a registry whose storage is full is refused with a clear
@@ -258,42 +249,6 @@ func TestRegistryAbandonedUploadRemoved(t *testing.T) {
 	c.expectError(http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN", "PATCH", loc, []byte("more"), "Content-Type", "application/octet-stream")
 }
 
-// connFillTo writes a file in dir so that its file system has about left
-// bytes free; the returned function removes it (also run when the test
-// ends).
-func connFillTo(t *testing.T, dir string, left int64) (free func()) {
-	t.Helper()
-	size := freeBytes(t, dir) - left
-	if size <= 0 {
-		t.Fatalf("%s has only %d bytes free; want more than %d", dir, freeBytes(t, dir), left)
-	}
-	p := filepath.Join(dir, "conn-fill")
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := make([]byte, 1<<20)
-	for written := int64(0); written < size; {
-		n := min(int64(len(chunk)), size-written)
-		if _, err := f.Write(chunk[:n]); err != nil {
-			f.Close()
-			os.Remove(p)
-			t.Fatalf("fill %s: %v", dir, err)
-		}
-		written += n
-	}
-	f.Close()
-	freed := false
-	free = func() {
-		if !freed {
-			freed = true
-			os.Remove(p)
-		}
-	}
-	t.Cleanup(free)
-	return free
-}
-
 // A user saving a build into kiln's registry when its storage is full
 // reads "registry storage full" (it was "invalid content range"), and no
 // server path; once space is freed the same command works, without a
@@ -309,7 +264,7 @@ func TestSaveToFullRegistry(t *testing.T) {
 
 	// Room for the builder's compressed copy and its bookkeeping, not for
 	// the registry's too.
-	free := connFillTo(t, s.Data, 36<<20)
+	free := fillDiskLeaving(t, s.Data, 36<<20)
 	r := s.kiln(t, dir, nil, "build", "--project", proj, "--save", "--progress", "plain", ".")
 	if r.Err == nil {
 		t.Fatalf("kiln build --save into a full registry succeeded:\n%s", tail(r.Stderr, 2000))
@@ -324,14 +279,14 @@ func TestSaveToFullRegistry(t *testing.T) {
 	if strings.Contains(r.Stderr, "invalid content range") {
 		t.Errorf("the client still reads distribution's \"invalid content range\":\n%s", tail(r.Stderr, 3000))
 	}
-	connNoServerPath(t, s, r.Stdout+r.Stderr)
+	noServerPath(t, s, "the client's output", r.Stdout+r.Stderr)
 	if left := connUploads(s, proj); len(left) > 0 {
 		t.Errorf("upload sessions left after the failed push: %v", left)
 	}
 
 	free()
 	r = s.mustKiln(t, dir, "build", "--project", proj, "--save", "--progress", "plain", ".")
-	connNoServerPath(t, s, r.Stdout+r.Stderr)
+	noServerPath(t, s, "the client's output", r.Stdout+r.Stderr)
 	if !strings.Contains(r.Stderr, "saved to kiln's registry as") {
 		t.Errorf("the save after space was freed did not say where it went:\n%s", tail(r.Stderr, 2000))
 	}

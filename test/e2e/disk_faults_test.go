@@ -37,15 +37,6 @@ func diskReadyz(t *testing.T, s *server) (int, string) {
 	return res.StatusCode, string(b)
 }
 
-// diskNoServerPath fails the test if what a client was shown names a path
-// of the server (RELIABILITY row 10): its data directory or anything in it.
-func diskNoServerPath(t *testing.T, s *server, what, shown string) {
-	t.Helper()
-	if strings.Contains(shown, s.Data) || strings.Contains(shown, "kiln.db") {
-		t.Errorf("%s shows a server path:\n%s", what, shown)
-	}
-}
-
 // When kiln's data disk fills up, a build that ends meanwhile is not left
 // running: its end is kept and written as soon as there is room again. A
 // build whose client keeps reporting is not taken for abandoned although
@@ -76,7 +67,7 @@ func TestDataDiskFull(t *testing.T) {
 		Result: &cliv1.FinishBuildRequest_Success{Success: &cliv1.FinishBuildRequest_BuildSuccess{}}}, tok))
 	if err != nil {
 		t.Errorf("FinishBuild on a full disk: %v; want its outcome kept until it can be written", err)
-		diskNoServerPath(t, s, "FinishBuild", err.Error())
+		noServerPath(t, s, "FinishBuild", err.Error())
 	}
 	if st := s.buildStatus(t, proj, id); st != cliv1.BuildStatus_BUILD_STATUS_FINISHED {
 		t.Errorf("the build that finished on a full disk reads %v, want finished", st)
@@ -90,14 +81,14 @@ func TestDataDiskFull(t *testing.T) {
 	if !strings.Contains(r.Stderr, "kiln's data disk is full (") || strings.Contains(r.Stderr, "internal error") {
 		t.Errorf("a build on a full data disk: want \"kiln's data disk is full (N bytes free)\", got:\n%s", tail(r.Stderr, 3000))
 	}
-	diskNoServerPath(t, s, "kiln build on a full disk", r.Stderr)
+	noServerPath(t, s, "kiln build on a full disk", r.Stderr)
 	t.Logf("kiln build on a full disk:\n%s", tail(r.Stderr, 400))
 	code, body := diskReadyz(t, s)
 	t.Logf("/readyz on a full disk: %d %s", code, body)
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "data disk is full") {
 		t.Errorf("/readyz on a full disk: %d %q; want 503 saying the data disk is full", code, body)
 	}
-	diskNoServerPath(t, s, "/readyz", body)
+	noServerPath(t, s, "/readyz", body)
 	for time.Since(full) < 2*healthTimeout {
 		if _, err := s.api().ReportBuildHealth(t.Context(), bearer(&cliv1.ReportBuildHealthRequest{BuildId: alive,
 			Platform: cliv1.BuilderPlatform_BUILDER_PLATFORM_AMD64}, aliveTok)); err != nil {
@@ -200,7 +191,7 @@ func TestCorruptUploadRefusedBeforeBuild(t *testing.T) {
 			t.Errorf("CreateBuild after %s: %v; want FailedPrecondition saying the context was not uploaded", what, err)
 		}
 		if err != nil {
-			diskNoServerPath(t, s, "CreateBuild after "+what, err.Error())
+			noServerPath(t, s, "CreateBuild after "+what, err.Error())
 		}
 		if left := diskUploadsLeft(t, s, key); len(left) > 0 {
 			t.Errorf("after %s the server keeps: %v", what, left)
@@ -215,7 +206,7 @@ func TestCorruptUploadRefusedBeforeBuild(t *testing.T) {
 	if code != http.StatusBadRequest || !strings.Contains(body, "sha256:"+sha256Hex(tampered)) || !strings.Contains(body, "sha256:"+sha256Hex(good)) {
 		t.Errorf("PUT with a flipped byte: HTTP %d %q; want 400 naming both digests", code, body)
 	}
-	diskNoServerPath(t, s, "the flipped-byte PUT", body)
+	noServerPath(t, s, "the flipped-byte PUT", body)
 	refusedBeforeBuild("a flipped byte", flip.ContextKey)
 
 	// A cut stream: half the declared bytes, then the connection closes.
@@ -225,7 +216,7 @@ func TestCorruptUploadRefusedBeforeBuild(t *testing.T) {
 	if answer != "" && !strings.HasPrefix(answer, "400") {
 		t.Errorf("a cut upload was answered %q; want 400 (or no answer: the uploader is gone)", answer)
 	}
-	diskNoServerPath(t, s, "the cut PUT", answer)
+	noServerPath(t, s, "the cut PUT", answer)
 	refusedBeforeBuild("a cut stream", cut.ContextKey)
 	builds, err := s.api().ListBuilds(t.Context(), bearer(&cliv1.ListBuildsRequest{ProjectId: proj}, s.Token))
 	if err != nil || len(builds.Msg.Builds) != 0 {
@@ -278,7 +269,7 @@ func TestUploadOverQuotaRefusedBeforeWriting(t *testing.T) {
 		t.Errorf("a declared upload over the quota: %v; want ResourceExhausted naming the quota", err)
 	}
 	if err != nil {
-		diskNoServerPath(t, s, "GenerateUploadURL over the quota", err.Error())
+		noServerPath(t, s, "GenerateUploadURL over the quota", err.Error())
 	}
 	// Undeclared: the URL is for what is left (0.5 MiB). A PUT declaring
 	// more is answered 413 from its headers: the body is never sent.
@@ -325,7 +316,7 @@ func TestDataDiskFilledByBuild(t *testing.T) {
 	if !strings.Contains(r.Stderr, "No space left on device") {
 		t.Errorf("the filling build's output does not name its step's error:\n%s", tail(r.Stderr, 2000))
 	}
-	diskNoServerPath(t, s, "the filling build", r.Stderr)
+	noServerPath(t, s, "the filling build", r.Stderr)
 	id := s.latestBuild(t, proj)
 	eventually(t, 30*time.Second, "the filling build to be recorded failed", func() bool {
 		return s.buildStatus(t, proj, id) == cliv1.BuildStatus_BUILD_STATUS_FAILED
@@ -338,7 +329,7 @@ func TestDataDiskFilledByBuild(t *testing.T) {
 		if strings.Contains(r.Stderr, "internal error") {
 			t.Fatalf("a build after the disk filled: %s", tail(r.Stderr, 2000))
 		}
-		diskNoServerPath(t, s, "a build after the disk filled", r.Stderr)
+		noServerPath(t, s, "a build after the disk filled", r.Stderr)
 		if r.Err == nil {
 			t.Logf("builds work again %s after the filling build failed (%d bytes free)", time.Since(start).Round(time.Millisecond), freeBytes(t, s.Data))
 			break

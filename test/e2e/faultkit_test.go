@@ -6,6 +6,7 @@ package e2e
 // fault is injected the same way everywhere.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -64,20 +66,32 @@ func startServerOnDisk(t *testing.T, size int64, args ...string) *server {
 // test ends).
 func fillDisk(t *testing.T, dir string) (free func()) {
 	t.Helper()
+	return fillDiskLeaving(t, dir, 0)
+}
+
+// fillDiskLeaving is fillDisk leaving about leave bytes free.
+func fillDiskLeaving(t *testing.T, dir string, leave int64) (free func()) {
+	t.Helper()
 	p := filepath.Join(dir, "fill-"+strconv.Itoa(os.Getpid())+"-"+strconv.FormatInt(time.Now().UnixNano(), 36))
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
 	chunk := make([]byte, 1<<20)
-	for size := len(chunk); size > 0; {
+	for size := int64(len(chunk)); size > 0; {
+		if left := freeBytes(t, dir) - leave; left < size {
+			size = max(left, 0) // the last bytes, to the block
+			if size == 0 {
+				break
+			}
+		}
 		if _, err := f.Write(chunk[:size]); err != nil {
 			if !errors.Is(err, syscall.ENOSPC) {
 				f.Close()
 				os.Remove(p)
 				t.Fatalf("fill %s: %v", dir, err)
 			}
-			size /= 2 // the last bytes, down to the block
+			size /= 2
 		}
 	}
 	f.Close()
@@ -132,6 +146,35 @@ func (s *server) resume(t *testing.T) {
 	if err := s.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// noServerPath fails the test if text, which a client was shown, names a
+// path of the server: its data directory, a builder's files, the database.
+func noServerPath(t *testing.T, s *server, what, text string) {
+	t.Helper()
+	for _, p := range []string{s.Data, "buildkitd.log", "/builders/", "kiln.db"} {
+		if strings.Contains(text, p) {
+			t.Errorf("%s names a server path (%q):\n%s", what, p, tail(text, 3000))
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a process writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 // pid is kiln serve's process id.

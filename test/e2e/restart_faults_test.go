@@ -25,21 +25,12 @@ import (
 	"github.com/kiln-dev/kiln/internal/session"
 )
 
-// restartNoServerPaths fails the test if a client-visible text names the
-// server's data directory.
-func restartNoServerPaths(t *testing.T, s *server, what, text string) {
-	t.Helper()
-	if strings.Contains(text, s.Data) {
-		t.Errorf("%s shows the server's data directory %s:\n%s", what, s.Data, text)
-	}
-}
-
 // restartRecorded is a build's status and error as `kiln builds get`
 // reports them (kiln.v1 GetBuild).
 func restartRecorded(t *testing.T, s *server, id string) *kilnv1.Build {
 	t.Helper()
 	b := s.getSourceBuild(t, s.Token, id)
-	restartNoServerPaths(t, s, "the build's recorded error", b.Error)
+	noServerPath(t, s, "the build's recorded error", b.Error)
 	return b
 }
 
@@ -101,7 +92,7 @@ func TestRestartReconcilesClientBuilds(t *testing.T) {
 	wg.Wait()
 	if finishErr != nil {
 		t.Errorf("the late client's Finish across the restart: %v", finishErr)
-		restartNoServerPaths(t, s, "Finish's error", finishErr.Error())
+		noServerPath(t, s, "Finish's error", finishErr.Error())
 	}
 	if b := restartRecorded(t, s, late.ID); b.Status != kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED {
 		t.Errorf("the build whose client reported success across the restart: %v %q; want succeeded (the client's real outcome)", b.Status, b.Error)
@@ -152,7 +143,7 @@ func TestKilledServerUnderCLIBuild(t *testing.T) {
 	case err := <-done:
 		out := stderr.String()
 		t.Logf("kiln build ended %s after the restart (%v):\n%s", time.Since(restarted).Round(time.Millisecond), err, tail(out, 1500))
-		restartNoServerPaths(t, s, "kiln build's output", out)
+		noServerPath(t, s, "kiln build's output", out)
 		if err == nil {
 			t.Errorf("kiln build exited 0 although its builder died with kiln serve")
 		}
@@ -248,7 +239,7 @@ func TestFinishLearnsTheRecordedOutcome(t *testing.T) {
 	if !errors.As(err, &u) || !strings.Contains(err.Error(), "had already ended as canceled") || !strings.Contains(err.Error(), "no health report") {
 		t.Fatalf("Finish(success) of a canceled build: %v; want an UnrecordedError saying it was canceled for silence", err)
 	}
-	restartNoServerPaths(t, s, "Finish's error", err.Error())
+	noServerPath(t, s, "Finish's error", err.Error())
 	if st := s.buildStatus(t, proj, r.ID); st != cliv1.BuildStatus_BUILD_STATUS_CANCELED {
 		t.Errorf("after the late success the build is %v; want still canceled", st)
 	}
@@ -294,7 +285,7 @@ func TestLogsFollowSurvivesKill9(t *testing.T) {
 	case err := <-done:
 		out, errOut := stdout.String(), stderr.String()
 		t.Logf("logs -f ended (%v):\nstdout:\n%s\nstderr:\n%s", err, tail(out, 3000), tail(errOut, 2000))
-		restartNoServerPaths(t, s, "logs -f output", out+errOut)
+		noServerPath(t, s, "logs -f output", out+errOut)
 		if strings.Contains(errOut, "incomplete envelope") || strings.Contains(errOut, "unexpected EOF") {
 			t.Errorf("logs -f gave up on the broken stream instead of reconnecting")
 		}
@@ -313,24 +304,6 @@ func TestLogsFollowSurvivesKill9(t *testing.T) {
 	case <-time.After(2 * time.Minute):
 		t.Fatalf("logs -f did not end within 2 minutes of the restart:\nstdout:\n%s\nstderr:\n%s", tail(stdout.String(), 3000), tail(stderr.String(), 3000))
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe to read while a process writes it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // RELIABILITY.md 11: a client killed mid-build (kill -9 of `kiln build`)
@@ -401,7 +374,7 @@ func TestSolvingBuildIsNotReaped(t *testing.T) {
 	proj := s.createProject(t, "solving")
 	dir := writeContext(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN sleep 12 && echo slept > /slept\n"})
 	r := s.kiln(t, dir, nil, "build", "--project", proj, "--progress", "plain", ".")
-	restartNoServerPaths(t, s, "kiln build's output", r.Stdout+r.Stderr)
+	noServerPath(t, s, "kiln build's output", r.Stdout+r.Stderr)
 	if r.Err != nil {
 		t.Fatalf("a build solving for 12 s under a 2 s health timeout: %v\n%s", r.Err, tail(r.Stderr, 3000))
 	}
