@@ -66,6 +66,17 @@ type Principal struct {
 	// ProjectIDs are the projects an OIDC-authenticated CI job may build in:
 	// those whose trust policies its token matched.
 	ProjectIDs []string
+	// PolicyIDs are the trust policies an OIDC job's token matched;
+	// what the job obtains is revoked when they are removed.
+	PolicyIDs []string
+	// ExpiresAt is when an OIDC job's token expires; what the job obtains
+	// expires no later. Zero for kiln's own tokens (their expiry is the
+	// token record's).
+	ExpiresAt time.Time
+	// WideProjectIDs are the projects among ProjectIDs where a matched
+	// policy grants the job a project token's rights (TrustPolicy.Role);
+	// elsewhere a job has the narrower default role.
+	WideProjectIDs []string
 }
 
 // IsOrg reports an organization (admin) token.

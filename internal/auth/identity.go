@@ -19,6 +19,16 @@ type Identity struct {
 	Owner     string
 	Repo      string
 	ExpiresAt time.Time
+	// The provider's immutable ids and the job's context, which a policy
+	// may pin or restrict (empty when the provider has no such claim):
+	// GitHub repository_id, repository_owner_id, ref, ref_type,
+	// event_name, environment, job_workflow_ref; GitLab project_id,
+	// namespace_id, ref, ref_type, pipeline_source, environment.
+	RepoID, OwnerID string
+	Ref, RefType    string
+	Event           string
+	Environment     string
+	Workflow        string
 }
 
 // String names the job's source for messages and logs, e.g.

@@ -60,4 +60,21 @@ type TrustPolicy struct {
 	Owner     string
 	Repo      string
 	CreatedAt time.Time
+	// kiln's extensions (kiln.v1.TrustPolicyService; Depot's wire types
+	// carry none of them). Empty fields restrict nothing.
+	RepoID, OwnerID string // the provider's immutable ids
+	Ref             string // a ref or a glob of refs ("refs/heads/main", "refs/tags/v*")
+	RefType         string // "branch" or "tag"
+	Event           string // GitHub event_name, GitLab pipeline_source
+	Environment     string
+	Workflow        string // GitHub job_workflow_ref (a glob)
+	Role            string // RoleBuild ("" too) or RoleProject
 }
+
+// Trust policy roles: what a job admitted by the policy may do in its
+// project. RoleBuild (the default) builds and pushes and pulls images;
+// RoleProject has a project token's rights.
+const (
+	RoleBuild   = "build"
+	RoleProject = "project"
+)
