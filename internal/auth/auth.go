@@ -121,6 +121,24 @@ func (p Principal) CanUseBuild(b Scoped) bool {
 	return p.CanBuild(Scope{OrgID: s.OrgID, ProjectID: s.ProjectID})
 }
 
+// CanManage: may reset the project's cache, share its builds and drive
+// builds it did not create (RightsIn's Manage). A CI job's default role
+// may not.
+func (p Principal) CanManage(proj Scoped) bool { return RightsIn(p, proj).Has(Manage) }
+
+// CanDriveBuild: may act as an existing build's client (builder
+// connections, health, status, finish, cancel): a build token its own
+// build, and whoever may manage its project. A CI job drives the builds it
+// creates with the build token CreateBuild returned, so its OIDC token
+// alone finishes nobody's build.
+func (p Principal) CanDriveBuild(b Scoped) bool {
+	s := b.Scope()
+	if p.Kind == TokenBuild {
+		return p.CanUseBuild(b)
+	}
+	return p.CanManage(Scope{OrgID: s.OrgID, ProjectID: s.ProjectID})
+}
+
 // Store is what authentication needs of kiln's store.
 type Store interface {
 	GetTokenByHash(ctx context.Context, secretHash string) (Token, error)

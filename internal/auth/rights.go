@@ -6,8 +6,8 @@ import (
 )
 
 // Action is a set of things a principal may do in a project. The API asks
-// for View, Build and Admin; the registry for Pull, Push and Delete (the
-// actions of its token scopes).
+// for View, Build, Manage and Admin; the registry for Pull, Push and
+// Delete (the actions of its token scopes).
 type Action uint8
 
 const (
@@ -24,18 +24,22 @@ const (
 	// Admin changes the project itself: settings, tokens, trust policies,
 	// deletion.
 	Admin
+	// Manage looks after the project's builds beyond one's own: reset
+	// its cache, share builds publicly, and drive (connect, finish,
+	// cancel, report on) builds the caller did not create.
+	Manage
 )
 
 var actionNames = []struct {
 	a    Action
 	name string
-}{{Pull, "pull"}, {Push, "push"}, {Delete, "delete"}, {View, "view"}, {Build, "build"}, {Admin, "admin"}}
+}{{Pull, "pull"}, {Push, "push"}, {Delete, "delete"}, {View, "view"}, {Build, "build"}, {Admin, "admin"}, {Manage, "manage"}}
 
 // Has reports whether a includes every action of want.
 func (a Action) Has(want Action) bool { return a&want == want }
 
 // Names lists a's actions, in the order pull, push, delete, view, build,
-// admin.
+// admin, manage.
 func (a Action) Names() []string {
 	var out []string
 	for _, x := range actionNames {
@@ -50,14 +54,22 @@ func (a Action) Names() []string {
 func (a Action) String() string { return strings.Join(a.Names(), ",") }
 
 // RightsIn is what p may do in proj. It is kiln's one authorization table;
-// the API's checks (CanSeeProject, CanBuild, CanAdminProject, CanUseBuild)
-// and the registry's both read it:
+// the API's checks (CanSeeProject, CanBuild, CanManage, CanAdminProject,
+// CanUseBuild, CanDriveBuild) and the registry's all read it:
 //
-//	                         view build admin  pull push delete
-//	organization token        ✓     ✓     ✓     ✓    ✓    ✓     any project of its org
-//	project token, OIDC job   ✓     ✓           ✓    ✓    ✓     its project(s)
-//	build token                                 ✓    ✓          its build's project
-//	pull token                                  ✓               its project
+//	                          view build manage admin  pull push delete
+//	organization token         ✓     ✓     ✓      ✓     ✓    ✓    ✓     any project of its org
+//	project token              ✓     ✓     ✓            ✓    ✓    ✓     its project
+//	OIDC job, policy role      ✓     ✓     ✓            ✓    ✓    ✓     projects whose matched
+//	  "project"                                                           policy says so
+//	OIDC job, default role     ✓     ✓                  ✓    ✓          its project(s)
+//	build token                                         ✓    ✓          its build's project
+//	pull token                                          ✓               its project
+//
+// A CI job's default role builds and pushes and pulls: it drives its own
+// builds with the build token CreateBuild returns (CanDriveBuild), and may
+// not delete images, reset the cache, share builds, or connect to, finish
+// or cancel builds it did not create.
 //
 // Nothing outside the principal's organization, and nothing for a
 // principal of no organization.
@@ -66,7 +78,7 @@ func RightsIn(p Principal, proj Scoped) Action {
 	if s.OrgID != p.OrgID || p.OrgID == "" {
 		return 0
 	}
-	const member = View | Build | Pull | Push | Delete
+	const member = View | Build | Manage | Pull | Push | Delete
 	switch p.Kind {
 	case TokenOrg:
 		return member | Admin
@@ -75,8 +87,11 @@ func RightsIn(p Principal, proj Scoped) Action {
 			return member
 		}
 	case TokenOIDC:
-		if slices.Contains(p.ProjectIDs, s.ProjectID) {
+		if slices.Contains(p.WideProjectIDs, s.ProjectID) && slices.Contains(p.ProjectIDs, s.ProjectID) {
 			return member
+		}
+		if slices.Contains(p.ProjectIDs, s.ProjectID) {
+			return View | Build | Pull | Push
 		}
 	case TokenBuild:
 		if p.ProjectID == s.ProjectID {

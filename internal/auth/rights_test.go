@@ -19,6 +19,10 @@ func TestRightsTable(t *testing.T) {
 	org := auth.Principal{Kind: auth.TokenOrg, OrgID: "o1"}
 	project := auth.Principal{Kind: auth.TokenProject, OrgID: "o1", ProjectID: "p1"}
 	oidc := auth.Principal{Kind: auth.TokenOIDC, OrgID: "o1", ProjectIDs: []string{"p1"}}
+	// A policy of p1 has role "project"; p2's policy the default role.
+	wide := auth.Principal{Kind: auth.TokenOIDC, OrgID: "o1", ProjectIDs: []string{"p1", "p2"}, WideProjectIDs: []string{"p1"}}
+	// Wide in a project no policy admitted it to: nothing there.
+	stray := auth.Principal{Kind: auth.TokenOIDC, OrgID: "o1", ProjectIDs: []string{"p1"}, WideProjectIDs: []string{"p2"}}
 	build := auth.Principal{Kind: auth.TokenBuild, OrgID: "o1", ProjectID: "p1", BuildID: "b1"}
 	pull := auth.Principal{Kind: auth.TokenPull, OrgID: "o1", ProjectID: "p1"}
 	noOrg := auth.Principal{Kind: auth.TokenOrg}
@@ -31,13 +35,16 @@ func TestRightsTable(t *testing.T) {
 		// allowed is the actions granted, as auth.Action.String lists them.
 		allowed string
 	}{
-		{"org token, own project", org, own, "pull,push,delete,view,build,admin"},
-		{"org token, another project of its org", org, sibling, "pull,push,delete,view,build,admin"},
+		{"org token, own project", org, own, "pull,push,delete,view,build,admin,manage"},
+		{"org token, another project of its org", org, sibling, "pull,push,delete,view,build,admin,manage"},
 		{"org token, another org", org, foreign, ""},
-		{"project token, own project", project, own, "pull,push,delete,view,build"},
+		{"project token, own project", project, own, "pull,push,delete,view,build,manage"},
 		{"project token, another project", project, sibling, ""},
 		{"project token, another org", project, foreign, ""},
-		{"OIDC job, trusted project", oidc, own, "pull,push,delete,view,build"},
+		{"OIDC job, trusted project (default role)", oidc, own, "pull,push,view,build"},
+		{"OIDC job, policy role project", wide, own, "pull,push,delete,view,build,manage"},
+		{"OIDC job, default role beside a wide project", wide, sibling, "pull,push,view,build"},
+		{"OIDC job, wide where no policy admitted it", stray, sibling, ""},
 		{"OIDC job, untrusted project", oidc, sibling, ""},
 		{"OIDC job, another org", oidc, foreign, ""},
 		{"build token, its build's project", build, own, "pull,push"},
@@ -56,8 +63,8 @@ func TestRightsTable(t *testing.T) {
 		}
 		// The API's checks are the table's columns.
 		if c.p.CanSeeProject(c.proj) != got.Has(auth.View) || c.p.CanBuild(c.proj) != got.Has(auth.Build) ||
-			c.p.CanAdminProject(c.proj) != got.Has(auth.Admin) {
-			t.Errorf("%s: CanSeeProject/CanBuild/CanAdminProject disagree with the table (%q)", c.name, got)
+			c.p.CanAdminProject(c.proj) != got.Has(auth.Admin) || c.p.CanManage(c.proj) != got.Has(auth.Manage) {
+			t.Errorf("%s: CanSeeProject/CanBuild/CanAdminProject/CanManage disagree with the table (%q)", c.name, got)
 		}
 	}
 }
@@ -83,6 +90,33 @@ func TestCanUseBuild(t *testing.T) {
 	for _, c := range cases {
 		if got := c.p.CanUseBuild(b); got != c.want {
 			t.Errorf("%s: CanUseBuild = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// Driving a build (connecting, finishing, canceling) takes its build token
+// or the right to manage its project: a CI job's default role, which
+// cannot tell its own builds from another job's, drives none by its OIDC
+// token.
+func TestCanDriveBuild(t *testing.T) {
+	b := build.Build{ID: "b1", ProjectID: "p1", OrgID: "o1"}
+	cases := []struct {
+		name string
+		p    auth.Principal
+		want bool
+	}{
+		{"org token", auth.Principal{Kind: auth.TokenOrg, OrgID: "o1"}, true},
+		{"project token", auth.Principal{Kind: auth.TokenProject, OrgID: "o1", ProjectID: "p1"}, true},
+		{"OIDC job, default role", auth.Principal{Kind: auth.TokenOIDC, OrgID: "o1", ProjectIDs: []string{"p1"}}, false},
+		{"OIDC job, role project", auth.Principal{Kind: auth.TokenOIDC, OrgID: "o1", ProjectIDs: []string{"p1"}, WideProjectIDs: []string{"p1"}}, true},
+		{"OIDC job, role project elsewhere", auth.Principal{Kind: auth.TokenOIDC, OrgID: "o1", ProjectIDs: []string{"p1", "p2"}, WideProjectIDs: []string{"p2"}}, false},
+		{"its build token", auth.Principal{Kind: auth.TokenBuild, OrgID: "o1", ProjectID: "p1", BuildID: "b1"}, true},
+		{"another build's token", auth.Principal{Kind: auth.TokenBuild, OrgID: "o1", ProjectID: "p1", BuildID: "b2"}, false},
+		{"pull token", auth.Principal{Kind: auth.TokenPull, OrgID: "o1", ProjectID: "p1"}, false},
+	}
+	for _, c := range cases {
+		if got := c.p.CanDriveBuild(b); got != c.want {
+			t.Errorf("%s: CanDriveBuild = %v, want %v", c.name, got, c.want)
 		}
 	}
 }

@@ -216,7 +216,20 @@ func (s *Service) clientBuild(ctx context.Context, p auth.Principal, id string) 
 	if b.IsSource() {
 		return Build{}, fmt.Errorf("build %q is run by kiln from an uploaded context; watch it with WatchBuild or stop it with CancelBuild: %w", id, errdefs.ErrFailedPrecondition)
 	}
+	if err := drive(p, b); err != nil {
+		return Build{}, err
+	}
 	return b, nil
+}
+
+// drive refuses a principal that may see b but not act as its client: a
+// CI job's default role drives its own builds with their build tokens.
+func drive(p auth.Principal, b Build) error {
+	if p.CanDriveBuild(b) {
+		return nil
+	}
+	return fmt.Errorf("build %q: a CI job acts on the builds it creates with the build token CreateBuild returned; "+
+		"acting on other builds needs a trust policy with role %q: %w", b.ID, auth.RoleProject, errdefs.ErrPermission)
 }
 
 // List lists a project's builds, newest first.

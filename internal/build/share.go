@@ -34,13 +34,22 @@ func ValidShareToken(tok string) bool {
 }
 
 // shareable returns a build the principal may share: org tokens any build
-// of their organization, project and CI principals their projects' builds.
-// Build tokens may not: they exist to run one build, not to publish it.
+// of their organization, project tokens and CI jobs whose policy has role
+// "project" their projects' builds (auth.Manage). Build tokens and CI jobs'
+// default role may not: they exist to run builds, not to publish them.
 func (s *Service) shareable(ctx context.Context, p auth.Principal, buildID string) (Build, error) {
 	if p.Kind == auth.TokenBuild {
 		return Build{}, fmt.Errorf("build tokens cannot share builds: %w", errdefs.ErrPermission)
 	}
-	return s.Get(ctx, p, buildID)
+	b, err := s.Get(ctx, p, buildID)
+	if err != nil {
+		return Build{}, err
+	}
+	if !p.CanManage(b) {
+		return Build{}, fmt.Errorf("sharing build %q: a CI job's default role may not share builds; a trust policy with role %q may: %w",
+			b.ID, auth.RoleProject, errdefs.ErrPermission)
+	}
+	return b, nil
 }
 
 func (s *Service) shareURL(token string) string {

@@ -204,6 +204,10 @@ func (s *Service) ResetCache(ctx context.Context, p auth.Principal, id string) (
 	if err != nil {
 		return Project{}, err
 	}
+	if !p.CanManage(proj) {
+		return Project{}, fmt.Errorf("resetting the cache of project %q: a CI job's default role may not; a trust policy with role %q may: %w",
+			id, auth.RoleProject, errdefs.ErrPermission)
+	}
 	return proj, s.Builders.Reset(ctx, id)
 }
 

@@ -186,6 +186,10 @@ func (r *Runner) Cancel(ctx context.Context, p auth.Principal, id string) (build
 	if !b.IsSource() {
 		return build.Build{}, fmt.Errorf("build %q is run by its client (kiln build, depot build): stop it there: %w", id, errdefs.ErrFailedPrecondition)
 	}
+	if !p.CanDriveBuild(b) {
+		return build.Build{}, fmt.Errorf("canceling build %q: a CI job's default role may not cancel builds; a trust policy with role %q may: %w",
+			id, auth.RoleProject, errdefs.ErrPermission)
+	}
 	if b.Terminal() {
 		return b, nil
 	}

@@ -6,19 +6,22 @@ import (
 
 import "context"
 
-const trustCols = `id, project_id, org_id, provider, owner, repo, created_at`
+const trustCols = `id, project_id, org_id, provider, owner, repo, created_at,
+	repo_id, owner_id, ref, ref_type, event, environment, workflow, role`
 
 func scanTrustPolicy(sc interface{ Scan(...any) error }) (auth.TrustPolicy, error) {
 	var tp auth.TrustPolicy
 	var created int64
-	err := sc.Scan(&tp.ID, &tp.ProjectID, &tp.OrgID, &tp.Provider, &tp.Owner, &tp.Repo, &created)
+	err := sc.Scan(&tp.ID, &tp.ProjectID, &tp.OrgID, &tp.Provider, &tp.Owner, &tp.Repo, &created,
+		&tp.RepoID, &tp.OwnerID, &tp.Ref, &tp.RefType, &tp.Event, &tp.Environment, &tp.Workflow, &tp.Role)
 	tp.CreatedAt = fromMs(created)
 	return tp, err
 }
 
 func (s *SQLite) CreateTrustPolicy(ctx context.Context, tp auth.TrustPolicy) error {
-	_, err := s.exec(ctx, `INSERT INTO trust_policies (`+trustCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		tp.ID, tp.ProjectID, tp.OrgID, tp.Provider, tp.Owner, tp.Repo, ms(tp.CreatedAt))
+	_, err := s.exec(ctx, `INSERT INTO trust_policies (`+trustCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		tp.ID, tp.ProjectID, tp.OrgID, tp.Provider, tp.Owner, tp.Repo, ms(tp.CreatedAt),
+		tp.RepoID, tp.OwnerID, tp.Ref, tp.RefType, tp.Event, tp.Environment, tp.Workflow, tp.Role)
 	return uniqueViolation(err, "trust policy", tp.ID)
 }
 

@@ -7,10 +7,12 @@ import (
 	"crypto/rsa"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -354,6 +356,31 @@ func (v *Verifier) identity(p Provider, iss string, claims jwt.MapClaims) (Ident
 		return Identity{}, unauth(ErrMalformed, "sub longer than %d bytes", maxClaimLen)
 	}
 	id := Identity{Provider: p, Issuer: iss, Subject: sub, Owner: vals[0], Repo: vals[1]}
+	// The ids and job context a policy may pin or restrict. Absent is
+	// "" (a policy that sets the condition then refuses the job); present
+	// but not a string (or, for ids, an integer) is a malformed token.
+	type claim struct {
+		name string
+		to   *string
+	}
+	var extra []claim
+	switch p {
+	case GitHub:
+		extra = []claim{{"repository_id", &id.RepoID}, {"repository_owner_id", &id.OwnerID},
+			{"ref", &id.Ref}, {"ref_type", &id.RefType}, {"event_name", &id.Event},
+			{"environment", &id.Environment}, {"job_workflow_ref", &id.Workflow}}
+	case GitLab:
+		extra = []claim{{"project_id", &id.RepoID}, {"namespace_id", &id.OwnerID},
+			{"ref", &id.Ref}, {"ref_type", &id.RefType}, {"pipeline_source", &id.Event},
+			{"environment", &id.Environment}}
+	}
+	for _, c := range extra {
+		s, err := claimString(claims, c.name)
+		if err != nil {
+			return Identity{}, unauth(ErrClaims, "%s token: %v", p, err)
+		}
+		*c.to = s
+	}
 	if exp, _ := claims.GetExpirationTime(); exp != nil {
 		id.ExpiresAt = exp.Time
 	}
@@ -363,6 +390,27 @@ func (v *Verifier) identity(p Provider, iss string, claims jwt.MapClaims) (Ident
 		return Identity{}, unauth(ErrClaims, "issuer and oidc.circleci.com/org-id name different organizations")
 	}
 	return id, nil
+}
+
+// claimString reads an optional claim as a string: "" when absent; an
+// integral number as its decimal digits (ids are strings in GitHub's and
+// GitLab's tokens, but a number must not be a way around a pinned id).
+func claimString(claims jwt.MapClaims, name string) (string, error) {
+	switch v := claims[name].(type) {
+	case nil:
+		return "", nil
+	case string:
+		if len(v) > maxClaimLen {
+			return "", fmt.Errorf("claim %q longer than %d bytes", name, maxClaimLen)
+		}
+		return v, nil
+	case float64:
+		if v != math.Trunc(v) || v < 0 || v > 1<<53 {
+			return "", fmt.Errorf("claim %q is not an id", name)
+		}
+		return strconv.FormatInt(int64(v), 10), nil
+	}
+	return "", fmt.Errorf("claim %q is not a string", name)
 }
 
 // allowedAlg are the asymmetric algorithms accepted. "none" and HMAC (a

@@ -38,6 +38,25 @@ func trustPolicies(t *testing.T, s store.Store) {
 		t.Errorf("duplicate id: %v, want ErrAlreadyExists", err)
 	}
 
+	// The same repository with conditions is another policy, and its
+	// conditions and role read back as written.
+	cond := auth.TrustPolicy{ID: "tp7", ProjectID: "p1", OrgID: "o1", Provider: auth.ProviderGitHub, Owner: "Acme", Repo: "app",
+		CreatedAt: now.Add(5 * time.Second), RepoID: "101", OwnerID: "202", Ref: "refs/heads/main", RefType: "branch",
+		Event: "push", Environment: "prod", Workflow: "Acme/app/.github/workflows/ci.yml@*", Role: auth.RoleProject}
+	if err := s.CreateTrustPolicy(ctx, cond); err != nil {
+		t.Fatalf("CreateTrustPolicy with conditions: %v", err)
+	}
+	if got, err := s.GetTrustPolicy(ctx, "tp7"); err != nil || got != cond {
+		t.Errorf("GetTrustPolicy(tp7) = %+v, %v; want %+v", got, err, cond)
+	}
+	cond.ID = "tp8"
+	if err := s.CreateTrustPolicy(ctx, cond); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Errorf("duplicate policy with conditions: %v, want ErrAlreadyExists", err)
+	}
+	if err := s.DeleteTrustPolicy(ctx, "tp7"); err != nil {
+		t.Fatal(err)
+	}
+
 	got, err := s.GetTrustPolicy(ctx, "tp1")
 	if err != nil || got.ProjectID != "p1" || got.OrgID != "o1" || got.Provider != auth.ProviderGitHub ||
 		got.Owner != "Acme" || got.Repo != "app" || !got.CreatedAt.Equal(now) {
