@@ -24,10 +24,10 @@ func (s *Service) ListTrustPolicies(ctx context.Context, p auth.Principal, proje
 	return s.Store.ListTrustPolicies(ctx, proj.ID)
 }
 
-// AddTrustPolicy lets CI jobs matching in (Provider, Owner, Repo; see
-// auth.TrustPolicy) build in the project. Adding a policy the project
-// already has (ignoring case) returns the existing one, so CI setup
-// scripts can run it again.
+// AddTrustPolicy lets CI jobs matching in (Provider, Owner, Repo, and the
+// ids, conditions and role it sets; see auth.TrustPolicy) build in the
+// project. Adding a policy the project already has (names ignoring case)
+// returns the existing one, so CI setup scripts can run it again.
 func (s *Service) AddTrustPolicy(ctx context.Context, p auth.Principal, projectID string, in auth.TrustPolicy) (auth.TrustPolicy, error) {
 	proj, err := s.admin(ctx, p, projectID, "adding a trust policy")
 	if err != nil {
@@ -37,20 +37,25 @@ func (s *Service) AddTrustPolicy(ctx context.Context, p auth.Principal, projectI
 	if err != nil {
 		return auth.TrustPolicy{}, err
 	}
+	want := in
+	want.Owner, want.Repo = owner, repo
+	if err := normalizeConditions(&want); err != nil {
+		return auth.TrustPolicy{}, err
+	}
 	have, err := s.Store.ListTrustPolicies(ctx, proj.ID)
 	if err != nil {
 		return auth.TrustPolicy{}, err
 	}
 	for _, tp := range have {
-		if tp.Provider == in.Provider && strings.EqualFold(tp.Owner, owner) && strings.EqualFold(tp.Repo, repo) {
+		if tp.Provider == in.Provider && strings.EqualFold(tp.Owner, owner) && strings.EqualFold(tp.Repo, repo) && sameConditions(tp, want) {
 			return tp, nil
 		}
 	}
 	if len(have) >= MaxTrustPolicies {
 		return auth.TrustPolicy{}, fmt.Errorf("project %q has %d trust policies, the most allowed: %w", proj.ID, len(have), errdefs.ErrExhausted)
 	}
-	tp := auth.TrustPolicy{ID: "tp_" + NewID(), ProjectID: proj.ID, OrgID: proj.OrgID, Provider: in.Provider,
-		Owner: owner, Repo: repo, CreatedAt: time.Now().UTC()}
+	tp := want
+	tp.ID, tp.ProjectID, tp.OrgID, tp.CreatedAt = "tp_"+NewID(), proj.ID, proj.OrgID, time.Now().UTC()
 	return tp, s.Store.CreateTrustPolicy(ctx, tp)
 }
 
@@ -148,6 +153,72 @@ func NormalizeTrustPolicy(provider, owner, repo string) (string, string, error) 
 		return "", "", invalidf("a trust policy needs a provider (github, circleci, buildkite or gitlab)")
 	}
 	return "", "", invalidf("unknown trust policy provider %q (github, circleci, buildkite or gitlab)", truncInput(provider))
+}
+
+var (
+	providerID = regexp.MustCompile(`^[0-9]{1,20}$`)
+	eventName  = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
+)
+
+// normalizeConditions checks a policy's kiln extensions (ids, conditions,
+// role) and stores the default role as "". Conditions apply to GitHub and
+// GitLab, whose tokens carry the claims; a CircleCI or Buildkite policy
+// with one would never match, so it is refused instead.
+func normalizeConditions(tp *auth.TrustPolicy) error {
+	if tp.Role == auth.RoleBuild {
+		tp.Role = ""
+	}
+	if tp.Role != "" && tp.Role != auth.RoleProject {
+		return invalidf("trust policy role %q: want %q (the default) or %q", truncInput(tp.Role), auth.RoleBuild, auth.RoleProject)
+	}
+	fields := []struct{ name, val string }{
+		{"repository id", tp.RepoID}, {"owner id", tp.OwnerID}, {"ref", tp.Ref}, {"ref type", tp.RefType},
+		{"event", tp.Event}, {"environment", tp.Environment}, {"workflow", tp.Workflow},
+	}
+	switch tp.Provider {
+	case auth.ProviderGitHub, auth.ProviderGitLab:
+	default:
+		for _, f := range fields {
+			if f.val != "" {
+				return invalidf("a %s trust policy cannot restrict the %s: only GitHub and GitLab tokens carry it", tp.Provider, f.name)
+			}
+		}
+		return nil
+	}
+	ids := "repository_id and repository_owner_id"
+	if tp.Provider == auth.ProviderGitLab {
+		ids = "project_id and namespace_id"
+	}
+	for _, id := range []string{tp.RepoID, tp.OwnerID} {
+		if id != "" && !providerID.MatchString(id) {
+			return invalidf("id %q: want the decimal number of the token's %s claim", truncInput(id), ids)
+		}
+	}
+	if tp.RefType != "" && tp.RefType != "branch" && tp.RefType != "tag" {
+		return invalidf("ref type %q: want \"branch\" or \"tag\"", truncInput(tp.RefType))
+	}
+	if tp.Event != "" && !eventName.MatchString(tp.Event) {
+		return invalidf("event %q: want an event name such as \"push\" (GitHub event_name, GitLab pipeline_source)", truncInput(tp.Event))
+	}
+	if tp.Workflow != "" && tp.Provider != auth.ProviderGitHub {
+		return invalidf("only GitHub tokens name their workflow (job_workflow_ref)")
+	}
+	for _, f := range []struct {
+		name, val string
+		max       int
+	}{{"ref", tp.Ref, 255}, {"environment", tp.Environment, 255}, {"workflow", tp.Workflow, 512}} {
+		if len(f.val) > f.max || strings.IndexFunc(f.val, func(r rune) bool { return r <= ' ' || r > '~' }) >= 0 {
+			return invalidf("%s %q: want at most %d printable ASCII characters without spaces", f.name, truncInput(f.val), f.max)
+		}
+	}
+	return nil
+}
+
+// sameConditions compares two policies' extensions (names are compared by
+// the caller).
+func sameConditions(a, b auth.TrustPolicy) bool {
+	return a.RepoID == b.RepoID && a.OwnerID == b.OwnerID && a.Ref == b.Ref && a.RefType == b.RefType &&
+		a.Event == b.Event && a.Environment == b.Environment && a.Workflow == b.Workflow && a.Role == b.Role
 }
 
 func validGitLabPath(p string, maxSegments int) bool {
