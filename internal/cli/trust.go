@@ -274,7 +274,7 @@ func trustPolicyRequest(f trustAddFlags) (*kilnv1.AddTrustPolicyRequest, error) 
 		req.Provider = &kilnv1.AddTrustPolicyRequest_Buildkite{Buildkite: &kilnv1.TrustPolicy_Buildkite{OrganizationSlug: org, PipelineSlug: pipeline}}
 	}
 	if (f.repoID != "" || f.ownerID != "") && github == "" && gitlab == "" {
-		return nil, errors.New("--repo-id and --owner-id pin GitHub's or GitLab's ids: use them with --github or --gitlab")
+		return nil, errors.New("--repo-id and --owner-id apply only to --github and --gitlab (their repository and owner ids)")
 	}
 	if c := (kilnv1.TrustPolicy_Conditions{Ref: f.ref, RefType: f.refType, Event: f.event, Environment: f.environment,
 		Workflow: f.workflow}); c.Ref+c.RefType+c.Event+c.Environment+c.Workflow != "" {
