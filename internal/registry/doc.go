@@ -12,10 +12,10 @@
 //     (key in Dir/token-key.pem) carrying the granted access. Rights are
 //     the pull, push and delete columns of auth's one table
 //     (auth.RightsIn): organization tokens everything in their
-//     organization; project tokens and OIDC principals pull, push and
-//     delete in their project(s); build tokens pull and push in their
-//     build's project; pull tokens pull in theirs; anonymous callers
-//     nothing. Refusals are OCI error JSON (401
+//     organization; project tokens, and CI jobs whose trust policy has
+//     role "project", pull, push and delete in their project(s); CI jobs
+//     of the default role and build tokens pull and push; pull tokens
+//     pull in theirs; anonymous callers nothing. Refusals are OCI error JSON (401
 //     UNAUTHORIZED, 403 DENIED) that never say whether another project's
 //     repository exists. Authorization reads the URL query only, so a
 //     request with a form body (which distribution's r.FormValue would read,
