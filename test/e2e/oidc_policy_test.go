@@ -198,6 +198,16 @@ func TestPolicyDefaultRole(t *testing.T) {
 		return got
 	}
 
+	// Through the registry itself: the default role pushes and pulls,
+	// and its DELETE is refused; role project deletes.
+	s.requireRegistry(t)
+	c := s.oci(t, jwt)
+	img, _ := c.pushImage(narrow+"/app", "v1", "narrow")
+	c.expect(http.StatusOK, "GET", "/v2/"+narrow+"/app/manifests/v1", nil)
+	c.expectError(http.StatusForbidden, "DENIED", "DELETE", "/v2/"+narrow+"/app/manifests/"+img.Digest.String(), nil)
+	img, _ = c.pushImage(wide+"/app", "v1", "wide")
+	c.expect(http.StatusAccepted, "DELETE", "/v2/"+wide+"/app/manifests/"+img.Digest.String(), nil)
+
 	for call, c := range rights(narrow) {
 		if c != connect.CodePermissionDenied.String() {
 			t.Errorf("default role: %s answered %q, want permission_denied", call, c)
