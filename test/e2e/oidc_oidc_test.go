@@ -1,0 +1,173 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"buf.build/gen/go/depot/api/connectrpc/go/depot/core/v1/corev1connect"
+	corev1 "buf.build/gen/go/depot/api/protocolbuffers/go/depot/core/v1"
+
+	"github.com/kiln-dev/kiln/internal/auth/oidc/oidctest"
+)
+
+// oidcJobClaims are a CI job's token claims of provider p, issued now and
+// valid for five minutes.
+func oidcJobClaims(p, iss, aud string, kv ...string) map[string]any {
+	now := time.Now()
+	c := map[string]any{"iss": iss, "aud": aud, "sub": p + "-job", "iat": now.Unix(), "nbf": now.Unix(),
+		"exp": now.Add(5 * time.Minute).Unix(), "jti": fmt.Sprint(now.UnixNano())}
+	for i := 0; i+1 < len(kv); i += 2 {
+		c[kv[i]] = kv[i+1]
+	}
+	return c
+}
+
+// oidcMedian is the median of ds.
+func oidcMedian(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// A flood of forged tokens — made-up CircleCI organizations, an untrusted
+// issuer, unknown key ids of a trusted one — does not stop or slow valid
+// GitHub, GitLab, CircleCI and Buildkite jobs, fetches no made-up
+// organization's keys, lets a newly trusted organization in at once, and
+// writes a bounded number of log lines.
+func TestOIDCForgedIssuerFlood(t *testing.T) {
+	t.Parallel()
+	const aud = "kiln-test"
+	gh, gl, bk, cc, rogue := oidctest.NewIssuer(t), oidctest.NewIssuer(t), oidctest.NewIssuer(t), oidctest.NewIssuer(t), oidctest.NewIssuer(t)
+	prefix := cc.URL + "/org/"
+	s := startServer(t, "--oidc-audience", aud, "--oidc-github-issuer", gh.URL, "--oidc-gitlab-issuer", gl.URL,
+		"--oidc-buildkite-issuer", bk.URL, "--oidc-circleci-issuer-prefix", prefix)
+	proj := s.createProject(t, "oidc-flood")
+	const org, ccProj = "6b1f3a4e-5c7d-4e8f-9a0b-1c2d3e4f5a6b", "0c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f"
+	const newOrg = "7c2f3a4e-5c7d-4e8f-9a0b-1c2d3e4f5a6b"
+	dir := t.TempDir()
+	for _, args := range [][]string{{"--github", "acme/app"}, {"--gitlab", "acme/backend/api"}, {"--circleci", org + "/" + ccProj}, {"--buildkite", "acme/deploy"}} {
+		s.mustKiln(t, dir, append([]string{"trust-policies", "add", "--project", proj}, args...)...)
+	}
+	jobs := map[string]string{
+		"github": oidctest.Sign(t, gh.Key(), oidcJobClaims("github", gh.URL, aud, "repository", "acme/app", "repository_owner", "acme",
+			"repository_id", "101", "repository_owner_id", "100", "ref", "refs/heads/main", "ref_type", "branch", "event_name", "push")),
+		"gitlab": oidctest.Sign(t, gl.Key(), oidcJobClaims("gitlab", gl.URL, aud, "namespace_path", "acme/backend", "project_path", "acme/backend/api",
+			"project_id", "201", "namespace_id", "200", "ref", "main", "ref_type", "branch", "pipeline_source", "push")),
+		"circleci":  oidctest.Sign(t, cc.Key(), oidcJobClaims("circleci", prefix+org, aud, "oidc.circleci.com/org-id", org, "oidc.circleci.com/project-id", ccProj)),
+		"buildkite": oidctest.Sign(t, bk.Key(), oidcJobClaims("buildkite", bk.URL, aud, "organization_slug", "acme", "pipeline_slug", "deploy")),
+	}
+	core := corev1connect.NewProjectServiceClient(http.DefaultClient, s.URL)
+	// authenticate makes one authenticated call as provider's job and
+	// returns how long it took.
+	authenticate := func(provider, token string) (time.Duration, error) {
+		start := time.Now()
+		res, err := core.ListProjects(t.Context(), bearer(&corev1.ListProjectsRequest{}, token))
+		if err == nil && (len(res.Msg.Projects) != 1 || res.Msg.Projects[0].ProjectId != proj) {
+			err = fmt.Errorf("%s job sees %v, want only %s", provider, res.Msg.Projects, proj)
+		}
+		return time.Since(start), err
+	}
+	measure := func(phase string) map[string]time.Duration {
+		out := map[string]time.Duration{}
+		for provider, token := range jobs {
+			var ds []time.Duration
+			for range 25 {
+				d, err := authenticate(provider, token)
+				if err != nil {
+					t.Errorf("%s: %s job: %v", phase, provider, err)
+					continue
+				}
+				ds = append(ds, d)
+			}
+			if len(ds) > 0 {
+				out[provider] = oidcMedian(ds)
+			}
+		}
+		return out
+	}
+	measure("warm-up") // first fetches of every issuer's keys
+	baseline := measure("baseline")
+	ccFetches, ghFetches := cc.JWKSFetches(), gh.JWKSFetches()
+
+	// The flood: 4 workers, 600 forged tokens each, until the
+	// measurement below is done.
+	var sent atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	unknownKid := gh.NewKey(t, "RS256")
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 600 {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var tok string
+				switch i % 3 {
+				case 0: // a made-up CircleCI organization, new every time
+					fake := fmt.Sprintf("00000000-0000-4000-8000-%04d%08d", w, i)
+					tok = oidctest.Sign(t, rogue.Key(), oidcJobClaims("circleci", prefix+fake, aud, "oidc.circleci.com/org-id", fake, "oidc.circleci.com/project-id", ccProj))
+				case 1: // an issuer nobody configured
+					tok = oidctest.Sign(t, rogue.Key(), oidcJobClaims("github", rogue.URL, aud, "repository", "acme/app", "repository_owner", "acme"))
+				case 2: // a key GitHub never published
+					tok = oidctest.Sign(t, unknownKid, oidcJobClaims("github", gh.URL, aud, "repository", "acme/app", "repository_owner", "acme"))
+				}
+				if _, err := core.ListProjects(t.Context(), bearer(&corev1.ListProjectsRequest{}, tok)); err == nil {
+					t.Errorf("a forged token (kind %d) was accepted", i%3)
+				}
+				sent.Add(1)
+			}
+		}()
+	}
+	for sent.Load() < 100 { // the flood is under way
+		time.Sleep(5 * time.Millisecond)
+	}
+	during := measure("during the flood")
+	// A CircleCI organization trusted during the flood gets in at once.
+	s.mustKiln(t, dir, "trust-policies", "add", "--project", proj, "--circleci", newOrg+"/"+ccProj)
+	newJob := oidctest.Sign(t, cc.Key(), oidcJobClaims("circleci", prefix+newOrg, aud, "oidc.circleci.com/org-id", newOrg, "oidc.circleci.com/project-id", ccProj))
+	if _, err := authenticate("new circleci organization", newJob); err != nil {
+		t.Errorf("a newly trusted CircleCI organization during the flood: %v", err)
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("%d forged tokens sent; median latency baseline %v, during the flood %v", sent.Load(), baseline, during)
+	if sent.Load() < 300 {
+		t.Errorf("only %d forged tokens were sent during the measurement", sent.Load())
+	}
+
+	// Generous on a shared 2-core machine: the flood's own CPU costs
+	// something; what must not happen is waiting on fetches or limits.
+	const allowed = 25 * time.Millisecond
+	for provider, base := range baseline {
+		if d, ok := during[provider]; ok && d > base+allowed {
+			t.Errorf("%s: median %v during the flood, %v before (allowed +%v)", provider, d, base, allowed)
+		}
+	}
+	// Made-up organizations fetched nothing: the CircleCI issuer saw only
+	// the new real organization's fetch (and perhaps the real one's).
+	if n := cc.JWKSFetches() - ccFetches; n > 2 {
+		t.Errorf("the CircleCI issuer served %d key-set fetches during the flood", n)
+	}
+	if n := rogue.JWKSFetches(); n != 0 {
+		t.Errorf("the untrusted issuer served %d key-set fetches", n)
+	}
+	// Unknown key ids refetch at most once per --oidc-jwks-min-refresh (10 s).
+	if n := gh.JWKSFetches() - ghFetches; n > 3 {
+		t.Errorf("unknown key ids caused %d GitHub key-set fetches", n)
+	}
+	logText, _ := os.ReadFile(s.log)
+	if n := strings.Count(string(logText), "oidc.denied"); n > 5 {
+		t.Errorf("%d oidc.denied log lines for %d refused tokens; want one a minute and a summary", n, sent.Load())
+	}
+}
