@@ -12,6 +12,7 @@ import (
 	"connectrpc.com/connect"
 
 	kilnapi "github.com/kiln-dev/kiln/internal/api/kiln"
+	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/auth/oidc"
 	"github.com/kiln-dev/kiln/internal/project"
@@ -42,11 +43,19 @@ func (s *Server) setupOIDC(authn *auth.Authenticator) error {
 	}
 	authn.OIDC = v
 	logger, next := s.cfg.Logger, authn.Audit
-	denied := &deniedLog{logger: logger, interval: deniedLogInterval}
+	// A refused token writes two events: the verifier's reason
+	// (oidc.denied) and the edge's refusal (denied, code unauthenticated);
+	// both are throttled. Refusals of valid tokens (permission denied) need
+	// a real credential and are logged each.
+	oidcDenied := &deniedLog{logger: logger, msg: auth.AuditOIDCDenied, interval: deniedLogInterval}
+	unauthDenied := &deniedLog{logger: logger, msg: audit.KindDenied, interval: deniedLogInterval}
 	authn.Audit = func(ctx context.Context, event string, attrs ...any) {
-		if event == auth.AuditOIDCDenied {
-			denied.log(ctx, attrs...)
-		} else {
+		switch {
+		case event == auth.AuditOIDCDenied:
+			oidcDenied.log(ctx, attrs...)
+		case event == audit.KindDenied && attr(attrs, "code") == connect.CodeUnauthenticated.String():
+			unauthDenied.log(ctx, attrs...)
+		default:
 			logger.InfoContext(ctx, event, attrs...)
 		}
 		if next != nil {
@@ -75,11 +84,22 @@ func policiesName(store interface {
 	}
 }
 
-// deniedLog writes refused OIDC tokens to the log, at most one full line
+// attr returns the value of key in slog-style key/value pairs, or "".
+func attr(attrs []any, key string) string {
+	for i := 0; i+1 < len(attrs); i += 2 {
+		if k, _ := attrs[i].(string); k == key {
+			return fmt.Sprint(attrs[i+1])
+		}
+	}
+	return ""
+}
+
+// deniedLog writes refused tokens to the log, at most one full line
 // and one summary line per interval, so a flood of forged tokens cannot
 // flood the log. The summary is written by a timer at the interval's end.
 type deniedLog struct {
 	logger   *slog.Logger
+	msg      string // the event: the full line's message, and msg+".summary"
 	interval time.Duration
 
 	mu         sync.Mutex // guards the fields below
@@ -93,7 +113,7 @@ func (d *deniedLog) log(ctx context.Context, attrs ...any) {
 	defer d.mu.Unlock()
 	if !d.open {
 		d.open = true
-		d.logger.InfoContext(ctx, auth.AuditOIDCDenied, attrs...)
+		d.logger.InfoContext(ctx, d.msg, attrs...)
 		time.AfterFunc(d.interval, d.flush)
 		return
 	}
@@ -101,13 +121,10 @@ func (d *deniedLog) log(ctx context.Context, attrs ...any) {
 	if d.reasons == nil {
 		d.reasons = map[string]int{}
 	}
-	reason := "unknown"
-	for i := 0; i+1 < len(attrs); i += 2 {
-		if k, _ := attrs[i].(string); k == "reason" {
-			reason = fmt.Sprint(attrs[i+1])
-			// The reason's kind, not the attacker-chosen value after it.
-			reason, _, _ = strings.Cut(reason, ":")
-		}
+	// The reason's kind, not the attacker-chosen value after it.
+	reason, _, _ := strings.Cut(attr(attrs, "reason"), ":")
+	if reason == "" {
+		reason = "unknown"
 	}
 	if len(d.reasons) < 20 || d.reasons[reason] > 0 {
 		d.reasons[reason]++
@@ -128,7 +145,7 @@ func (d *deniedLog) flush() {
 	for reason, n := range d.reasons {
 		attrs = append(attrs, slog.Int(reason, n))
 	}
-	d.logger.Info(auth.AuditOIDCDenied+".summary", attrs...)
+	d.logger.Info(d.msg+".summary", attrs...)
 	d.suppressed, d.reasons = 0, nil
 }
 

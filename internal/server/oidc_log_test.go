@@ -26,7 +26,7 @@ func (w *syncWriter) String() string { w.mu.Lock(); defer w.mu.Unlock(); return 
 // interval, counted by the reason's kind, never the attacker's values.
 func TestDeniedLogThrottles(t *testing.T) {
 	out := &syncWriter{}
-	d := &deniedLog{logger: slog.New(slog.NewTextHandler(out, nil)), interval: 20 * time.Millisecond}
+	d := &deniedLog{logger: slog.New(slog.NewTextHandler(out, nil)), msg: "oidc.denied", interval: 20 * time.Millisecond}
 	for i := range 1000 {
 		reason := "OIDC token issuer is not trusted: \"https://evil.example/" + strings.Repeat("x", i%7) + "\""
 		if i%2 == 0 {
