@@ -13,6 +13,7 @@ import (
 
 	"buf.build/gen/go/depot/api/connectrpc/go/depot/core/v1/corev1connect"
 	corev1 "buf.build/gen/go/depot/api/protocolbuffers/go/depot/core/v1"
+	"connectrpc.com/connect"
 
 	"github.com/kiln-dev/kiln/internal/auth/oidc/oidctest"
 )
@@ -227,4 +228,69 @@ func oidcLogMsgs(text string) map[string]int {
 		}
 	}
 	return out
+}
+
+// A key the issuer removed stops working on the refresh schedule, without
+// any token naming a new key; tokens living longer than 24 h and tokens
+// with critical header extensions are refused, each saying why.
+func TestOIDCRemovedKeyAndTokenLimits(t *testing.T) {
+	t.Parallel()
+	const aud = "kiln-test"
+	gh := oidctest.NewIssuer(t)
+	s := startServer(t, "--oidc-audience", aud, "--oidc-github-issuer", gh.URL, "--oidc-jwks-refresh", "300ms", "--oidc-jwks-min-refresh", "100ms")
+	proj := s.createProject(t, "oidc-limits")
+	s.mustKiln(t, t.TempDir(), "trust-policies", "add", "--project", proj, "--github", "acme/app")
+	core := corev1connect.NewProjectServiceClient(http.DefaultClient, s.URL)
+	call := func(tok string) error {
+		_, err := core.ListProjects(t.Context(), bearer(&corev1.ListProjectsRequest{}, tok))
+		return err
+	}
+	mint := func(k oidctest.Key, edit func(map[string]any)) string {
+		c := oidctest.GitHubClaims(gh.URL, aud, "acme/app")
+		if edit != nil {
+			edit(c)
+		}
+		return oidctest.Sign(t, k, c)
+	}
+	old := gh.Key()
+	if err := call(mint(old, nil)); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for name, tc := range map[string]struct {
+		token string
+		says  string
+	}{
+		"exp 100 years ahead": {mint(old, func(c map[string]any) { c["exp"] = now.AddDate(100, 0, 0).Unix() }), "lives longer than kiln accepts"},
+		"exp 30 h after iat": {mint(old, func(c map[string]any) {
+			c["iat"], c["exp"] = now.Add(-29*time.Hour).Unix(), now.Add(time.Hour).Unix()
+		}), "after iat"},
+		"crit": {oidctest.SignWithHeader(t, old, map[string]any{"crit": []string{"exp"}}, oidctest.GitHubClaims(gh.URL, aud, "acme/app")), "critical header"},
+	} {
+		if err := call(tc.token); connect.CodeOf(err) != connect.CodeUnauthenticated || !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("%s: %v; want Unauthenticated saying %q", name, err, tc.says)
+		}
+	}
+	// The issuer removes the key: within the refresh interval (and one
+	// fetch) the old key's tokens are refused, with no request naming a
+	// new key to trigger it.
+	next := gh.NewKey(t, "ES256")
+	gh.Publish(next)
+	removed := time.Now()
+	for {
+		err := call(mint(old, nil))
+		if connect.CodeOf(err) == connect.CodeUnauthenticated && strings.Contains(err.Error(), "key id") {
+			break
+		}
+		if err != nil && connect.CodeOf(err) != connect.CodeUnauthenticated {
+			t.Fatalf("the old key's token: %v", err)
+		}
+		if time.Since(removed) > 5*time.Second {
+			t.Fatalf("the removed key still works %v after its removal (refresh every 300ms)", time.Since(removed))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := call(mint(next, nil)); err != nil {
+		t.Errorf("the current key: %v", err)
+	}
 }
