@@ -28,4 +28,6 @@ func registerOIDCFlags(f *pflag.FlagSet, cfg *oidc.Config) {
 		`CircleCI OIDC issuers: this prefix + an organization id; "" disables`)
 	f.DurationVar(&cfg.MinRefresh, "oidc-jwks-min-refresh", 0,
 		"least time between two fetches of one issuer's signing keys when a token names an unknown key (0: 10s)")
+	f.DurationVar(&cfg.RefreshInterval, "oidc-jwks-refresh", 0,
+		"how often an issuer's signing keys are fetched again while its tokens arrive, so a key it removed stops working (0: 5m)")
 }

@@ -114,9 +114,7 @@ func (g *guard) refuse(w http.ResponseWriter, r *http.Request, procedure string,
 	if !knownProcedure(procedure) {
 		name = "(unknown procedure)" // never a client-chosen string in the audit log
 	}
-	if connect.CodeOf(cerr) == connect.CodeUnauthenticated {
-		g.logger.InfoContext(ctx, "request denied", "procedure", name, "reason", "unauthenticated")
-	}
+	// Logged through the audit hook (throttled for bad tokens; setupOIDC).
 	auditDenied(ctx, g.authn, name, r.RemoteAddr, cerr)
 	if r.ProtoMajor == 1 && r.ContentLength != 0 {
 		// Else net/http would read up to 256 KiB of the body it was refused

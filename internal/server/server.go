@@ -358,7 +358,7 @@ func authInterceptor(authn *auth.Authenticator, logger *slog.Logger) connect.Int
 		}
 		p, err := authn.Authenticate(ctx, bearer(h.Get("Authorization")))
 		if err != nil {
-			logger.InfoContext(ctx, "request denied", "procedure", procedure, "reason", "unauthenticated")
+			// The interceptor audits (and so logs, throttled) the refusal.
 			return ctx, depot.ToConnect(ctx, logger, err)
 		}
 		return auth.WithPrincipal(ctx, p), nil

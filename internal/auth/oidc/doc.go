@@ -10,8 +10,12 @@
 //
 // JWKS are found through the issuer's /.well-known/openid-configuration,
 // cached, and fetched again when a token names an unknown key id (at most
-// once per MinRefresh per issuer) or when the cache is older than CacheTTL,
-// so key rotation is picked up without a restart.
+// once per MinRefresh per issuer) or when the keys are older than
+// RefreshInterval, so rotation and removal are picked up without a
+// restart. Fetches run outside the locks verifications take, one per
+// issuer at a time. Configured issuers are never evicted or rate limited;
+// per-organization issuers (CircleCI) are fetched only when Config.Wanted
+// says a trust policy names the organization, within their own bound.
 //
 // The package depends on errdefs and on internal/auth's Identity only: it
 // knows nothing of the store, of trust policies or of principals

@@ -27,12 +27,14 @@ const (
 	maxJWKSBytes      = 512 << 10
 	maxKeys           = 100
 	fetchTimeout      = 10 * time.Second
-	// maxIssuers bounds the cache: CircleCI has one issuer per organization.
-	maxIssuers = 64
-	// newIssuersPerMinute bounds first fetches of issuers not yet cached,
-	// so tokens naming random CircleCI organizations cannot turn kiln into
-	// a request generator.
-	newIssuersPerMinute = 10
+	// maxOrgIssuers bounds the cache of per-organization issuers
+	// (CircleCI's); configured issuers are not counted and never evicted.
+	maxOrgIssuers = 64
+	// newOrgIssuersPerMinute bounds first fetches of per-organization
+	// issuers not yet cached. Only issuers Config.Wanted accepts (an
+	// organization some trust policy names) count, so tokens naming random
+	// organizations neither use it up nor make kiln fetch anything.
+	newOrgIssuersPerMinute = 10
 )
 
 // publicKey is one verification key of an issuer.
@@ -42,31 +44,53 @@ type publicKey struct {
 	key any    // *rsa.PublicKey or *ecdsa.PublicKey
 }
 
-// keyCache holds the keys of every issuer seen.
+// keyCache holds the keys of the configured issuers and of the
+// per-organization issuers trust policies name.
+//
+// Locks: keyCache.mu guards orgs and newFetches; each issuerKeys.mu guards
+// that issuer's keys and fetch state. Neither is held during a fetch: a
+// fetch runs in its own goroutine (owned by the cache, bounded by
+// fetchTimeout) and publishes its result under issuerKeys.mu, so
+// verifications whose key is cached never wait for an issuer.
 type keyCache struct {
 	client     *http.Client
 	now        func() time.Time
 	minRefresh time.Duration
-	ttl        time.Duration
+	refresh    time.Duration
+	wanted     func(ctx context.Context, p Provider, iss string) (bool, error)
 
-	mu         sync.Mutex // guards issuers and newFetches
-	issuers    map[string]*issuerKeys
-	newFetches []time.Time // when issuers were first added, last minute
+	// fixed are the configured issuers' entries, made once; read-only.
+	fixed map[string]*issuerKeys
+
+	mu         sync.Mutex
+	orgs       map[string]*issuerKeys
+	newFetches []time.Time // first fetches of org issuers, last minute
 }
 
-// issuerKeys is one issuer's cached key set. mu is held during a fetch, so
-// concurrent requests naming the same unknown key wait for one fetch.
+// issuerKeys is one issuer's cached key set.
 type issuerKeys struct {
 	mu        sync.Mutex
 	keys      []publicKey
-	fetched   time.Time // last successful fetch
-	attempted time.Time // last fetch, successful or not
-	lastErr   error     // of the last fetch
-	used      time.Time // for eviction; guarded by keyCache.mu
+	fetched   time.Time  // last successful fetch
+	attempted time.Time  // start of the last fetch, successful or not
+	lastErr   error      // of the last finished fetch
+	inflight  *fetchCall // the running fetch, nil when none
+
+	used time.Time // for eviction; guarded by keyCache.mu
 }
 
-func newKeyCache(client *http.Client, now func() time.Time, minRefresh, ttl time.Duration) *keyCache {
-	return &keyCache{client: client, now: now, minRefresh: minRefresh, ttl: ttl, issuers: map[string]*issuerKeys{}}
+// fetchCall is one running fetch; done closes when its result is in the
+// issuerKeys.
+type fetchCall struct{ done chan struct{} }
+
+func newKeyCache(client *http.Client, now func() time.Time, minRefresh, refresh time.Duration, fixed []string,
+	wanted func(context.Context, Provider, string) (bool, error)) *keyCache {
+	c := &keyCache{client: client, now: now, minRefresh: minRefresh, refresh: refresh, wanted: wanted,
+		fixed: map[string]*issuerKeys{}, orgs: map[string]*issuerKeys{}}
+	for _, iss := range fixed {
+		c.fixed[iss] = &issuerKeys{}
+	}
+	return c
 }
 
 func unavailable(iss, format string, args ...any) error {
@@ -77,12 +101,35 @@ func unavailable(iss, format string, args ...any) error {
 	}
 }
 
-// entry returns the cache entry of iss, making one if needed.
-func (c *keyCache) entry(iss string) (*issuerKeys, error) {
+// entry returns the cache entry of iss. Configured issuers always have
+// one. A per-organization issuer gets one only if Wanted says a trust
+// policy could match it, within the budget of new issuers a minute; when
+// the cache is full the entry used least recently (preferring one that
+// never got keys) makes room.
+func (c *keyCache) entry(ctx context.Context, p Provider, iss string) (*issuerKeys, error) {
+	if ik, ok := c.fixed[iss]; ok {
+		return ik, nil
+	}
+	c.mu.Lock()
+	if ik, ok := c.orgs[iss]; ok {
+		ik.used = c.now()
+		c.mu.Unlock()
+		return ik, nil
+	}
+	c.mu.Unlock()
+	if c.wanted != nil {
+		ok, err := c.wanted(ctx, p, iss)
+		if err != nil {
+			return nil, unavailable(iss, "cannot look up trust policies; try again shortly")
+		}
+		if !ok {
+			return nil, unauth(ErrNoPolicy, "%s (an administrator adds one with 'kiln trust-policies add --%s ORG/PROJECT')", quote(iss), p)
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.now()
-	if ik, ok := c.issuers[iss]; ok {
+	if ik, ok := c.orgs[iss]; ok { // made while Wanted ran
 		ik.used = now
 		return ik, nil
 	}
@@ -93,59 +140,103 @@ func (c *keyCache) entry(iss string) (*issuerKeys, error) {
 		}
 	}
 	c.newFetches = recent
-	if len(recent) >= newIssuersPerMinute {
+	if len(recent) >= newOrgIssuersPerMinute {
 		return nil, unavailable(iss, "too many new issuers in the last minute; try again shortly")
 	}
-	if len(c.issuers) >= maxIssuers {
-		var oldest string
-		for k, ik := range c.issuers {
-			if oldest == "" || ik.used.Before(c.issuers[oldest].used) {
-				oldest = k
-			}
-		}
-		delete(c.issuers, oldest)
+	if len(c.orgs) >= maxOrgIssuers {
+		c.evictLocked()
 	}
 	ik := &issuerKeys{used: now}
-	c.issuers[iss] = ik
+	c.orgs[iss] = ik
 	c.newFetches = append(c.newFetches, now)
 	return ik, nil
 }
 
+// evictLocked drops one org issuer: one without keys if any, else the one
+// used least recently. c.mu is held.
+func (c *keyCache) evictLocked() {
+	var victim string
+	var victimEmpty bool
+	for iss, ik := range c.orgs {
+		ik.mu.Lock()
+		empty := len(ik.keys) == 0
+		ik.mu.Unlock()
+		if victim == "" || (empty && !victimEmpty) || (empty == victimEmpty && ik.used.Before(c.orgs[victim].used)) {
+			victim, victimEmpty = iss, empty
+		}
+	}
+	delete(c.orgs, victim)
+}
+
 // get returns the keys of iss that kid names (every key when kid is
-// empty), fetching the issuer's JWKS when the cache has none, is older
-// than the TTL, or lacks kid — at most once per minRefresh.
-func (c *keyCache) get(ctx context.Context, iss, kid string) ([]publicKey, error) {
-	ik, err := c.entry(iss)
+// empty).
+//
+// Fetches: when the cache has no key kid names (at most once per
+// minRefresh), and when the keys are older than refresh, so a key the
+// issuer removed stops verifying. A verification waits for a fetch only
+// when it has no key to use, or when the issuer was not asked for longer
+// than twice refresh (an idle server: its keys may be long stale);
+// otherwise it uses the cached keys while the fetch runs. One fetch per
+// issuer runs at a time; waiters share it.
+func (c *keyCache) get(ctx context.Context, p Provider, iss, kid string) ([]publicKey, error) {
+	ik, err := c.entry(ctx, p, iss)
 	if err != nil {
 		return nil, err
 	}
-	ik.mu.Lock()
-	defer ik.mu.Unlock()
-	now := c.now()
-	have := ik.match(kid)
-	stale := ik.fetched.IsZero() || now.Sub(ik.fetched) >= c.ttl
-	mayFetch := ik.attempted.IsZero() || c.minRefresh < 0 || now.Sub(ik.attempted) >= c.minRefresh
-	if (len(have) == 0 || stale) && mayFetch {
-		ik.attempted = now
-		keys, err := c.fetch(ctx, iss)
+	waited := false
+	for {
+		ik.mu.Lock()
+		now := c.now()
+		have := ik.match(kid)
+		unchecked := ik.attempted.IsZero() || now.Sub(ik.attempted) >= 2*c.refresh
+		mayFetch := ik.attempted.IsZero() || c.minRefresh < 0 || now.Sub(ik.attempted) >= c.minRefresh
+		wantFetch := len(have) == 0 || now.Sub(ik.fetched) >= c.refresh
+		if wantFetch && mayFetch && ik.inflight == nil && !waited {
+			c.start(ik, iss, now)
+		}
+		call := ik.inflight
+		if call == nil || waited || (len(have) > 0 && !unchecked) {
+			lastErr := ik.lastErr
+			ik.mu.Unlock()
+			switch {
+			case len(have) > 0:
+				return have, nil
+			case lastErr != nil:
+				return nil, lastErr
+			case kid == "":
+				return nil, &verifyError{msg: ErrUnknownKey.Error() + ": the token names no key id", reason: ErrUnknownKey, kind: errdefs.ErrUnauthenticated}
+			}
+			return nil, unauth(ErrUnknownKey, "%s", quote(kid))
+		}
+		ik.mu.Unlock()
+		select {
+		case <-call.done:
+			waited = true
+		case <-ctx.Done():
+			return nil, unavailable(iss, "the request ended while kiln fetched the issuer's keys")
+		}
+	}
+}
+
+// start runs a fetch of iss's keys; ik.mu is held.
+func (c *keyCache) start(ik *issuerKeys, iss string, now time.Time) {
+	call := &fetchCall{done: make(chan struct{})}
+	ik.inflight, ik.attempted = call, now
+	go func() {
+		defer close(call.done)
+		keys, err := c.fetch(iss)
+		ik.mu.Lock()
+		defer ik.mu.Unlock()
+		ik.inflight = nil
 		if err != nil {
 			// Keep serving the keys we have: an issuer's brief outage
 			// should not stop builds whose tokens we can still verify.
 			ik.lastErr = err
-		} else {
-			ik.keys, ik.fetched, ik.lastErr = keys, now, nil
+			return
 		}
-		have = ik.match(kid)
-	}
-	switch {
-	case len(have) > 0:
-		return have, nil
-	case ik.lastErr != nil:
-		return nil, ik.lastErr
-	case kid == "":
-		return nil, &verifyError{msg: ErrUnknownKey.Error() + ": the token names no key id", reason: ErrUnknownKey, kind: errdefs.ErrUnauthenticated}
-	}
-	return nil, unauth(ErrUnknownKey, "%s", quote(kid))
+		// The new set replaces the old: removed keys stop verifying.
+		ik.keys, ik.fetched, ik.lastErr = keys, c.now(), nil
+	}()
 }
 
 func (ik *issuerKeys) match(kid string) []publicKey {
@@ -161,9 +252,10 @@ func (ik *issuerKeys) match(kid string) []publicKey {
 }
 
 // fetch reads the issuer's discovery document and then its JWKS.
-func (c *keyCache) fetch(ctx context.Context, iss string) ([]publicKey, error) {
-	// The fetch outlives a canceled request: other requests wait for it.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
+func (c *keyCache) fetch(iss string) ([]publicKey, error) {
+	// No request's context: the fetch serves every request of the issuer
+	// and outlives the one that started it.
+	ctx, cancel := context.WithTimeout(context.Background(), fetchTimeout)
 	defer cancel()
 	var disc struct {
 		Issuer  string `json:"issuer"`

@@ -69,6 +69,9 @@ var (
 	ErrAudience        = errors.New("OIDC token audience does not match")
 	ErrClaims          = errors.New("OIDC token lacks a required claim")
 	ErrKeysUnavailable = errors.New("cannot fetch the OIDC issuer's signing keys")
+	ErrNoPolicy        = errors.New("no trust policy names the OIDC token's issuer")
+	ErrLifetime        = errors.New("OIDC token lives longer than kiln accepts")
+	ErrCritical        = errors.New("OIDC token has critical header extensions kiln does not understand")
 )
 
 // Limits on hostile input.
@@ -77,6 +80,10 @@ const (
 	maxClaimLen   = 512
 	// ClockSkew is tolerated on exp, nbf and iat.
 	ClockSkew = 60 * time.Second
+	// MaxLifetime bounds exp - iat, and how far ahead of now exp may be
+	// (CI tokens live minutes to hours; a token valid for years is a
+	// stolen signing key's or a misconfigured issuer's).
+	MaxLifetime = 24 * time.Hour
 )
 
 // Config says which issuers and audience are trusted. An empty issuer
@@ -95,9 +102,18 @@ type Config struct {
 	// (an unknown key id triggers a fetch); 0: 10 s. Negative: no limit
 	// (tests).
 	MinRefresh time.Duration
-	// CacheTTL is how long fetched keys are used before they are fetched
-	// again; 0: 1 h.
-	CacheTTL time.Duration
+	// RefreshInterval is how often an issuer's key set is fetched again
+	// while tokens of it arrive, so a key the issuer removed stops
+	// verifying: a verification after RefreshInterval starts a fetch and
+	// uses the cached keys meanwhile; one after twice RefreshInterval
+	// without a fetch attempt (an idle server) waits for the fetch. 0: 5 min.
+	RefreshInterval time.Duration
+	// Wanted, if set, is asked before kiln first fetches the keys of an
+	// issuer that is not configured exactly (CircleCI's per-organization
+	// issuers): false refuses the token without a fetch (ErrNoPolicy), an
+	// error refuses it as unavailable. kiln serve answers whether a trust
+	// policy names the organization. nil: every such issuer is wanted.
+	Wanted func(ctx context.Context, p Provider, issuer string) (bool, error)
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time
 }
@@ -159,8 +175,8 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	if v.cfg.MinRefresh == 0 {
 		v.cfg.MinRefresh = 10 * time.Second
 	}
-	if v.cfg.CacheTTL <= 0 {
-		v.cfg.CacheTTL = time.Hour
+	if v.cfg.RefreshInterval <= 0 {
+		v.cfg.RefreshInterval = 5 * time.Minute
 	}
 	client := cfg.HTTPClient
 	if client == nil {
@@ -171,7 +187,11 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
 	}
-	v.keys = newKeyCache(client, v.cfg.Now, v.cfg.MinRefresh, v.cfg.CacheTTL)
+	fixed := make([]string, 0, len(v.issuers))
+	for iss := range v.issuers {
+		fixed = append(fixed, iss)
+	}
+	v.keys = newKeyCache(client, v.cfg.Now, v.cfg.MinRefresh, v.cfg.RefreshInterval, fixed, cfg.Wanted)
 	return v, nil
 }
 
@@ -267,12 +287,21 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (Identity, error) {
 			return nil, keyErr
 		}
 		issuer = iss
+		if _, ok := t.Header["crit"]; ok {
+			// RFC 7515 4.1.11: a recipient must refuse critical extensions
+			// it does not understand, and kiln understands none.
+			keyErr = unauth(ErrCritical, "crit %s", quote(fmt.Sprint(t.Header["crit"])))
+			return nil, keyErr
+		}
+		if keyErr = v.checkLifetime(t.Claims); keyErr != nil {
+			return nil, keyErr
+		}
 		kid, _ := t.Header["kid"].(string)
 		if len(kid) > 256 {
 			keyErr = unauth(ErrMalformed, "key id longer than 256 bytes")
 			return nil, keyErr
 		}
-		keys, err := v.keys.get(ctx, iss, kid)
+		keys, err := v.keys.get(ctx, provider, iss, kid)
 		if err != nil {
 			keyErr = err
 			return nil, err
@@ -333,6 +362,23 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (Identity, error) {
 		return Identity{}, unauth(ErrMalformed, "bad registered claims")
 	}
 	return v.identity(provider, issuer, claims)
+}
+
+// checkLifetime refuses tokens valid for longer than MaxLifetime: exp -
+// iat, and exp - now (a token without iat). It runs before the issuer's
+// keys are fetched; the signature is checked after.
+func (v *Verifier) checkLifetime(claims jwt.Claims) error {
+	exp, err := claims.GetExpirationTime()
+	if err != nil || exp == nil {
+		return nil // the parser refuses it: exp is required
+	}
+	if iat, err := claims.GetIssuedAt(); err == nil && iat != nil && exp.Sub(iat.Time) > MaxLifetime {
+		return unauth(ErrLifetime, "exp is %s after iat (at most %s)", exp.Sub(iat.Time).Round(time.Second), MaxLifetime)
+	}
+	if ahead := exp.Sub(v.cfg.Now()); ahead > MaxLifetime+ClockSkew {
+		return unauth(ErrLifetime, "exp is %s ahead (at most %s)", ahead.Round(time.Second), MaxLifetime)
+	}
+	return nil
 }
 
 // identity reads the provider's claims from verified claims.

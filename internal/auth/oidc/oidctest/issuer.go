@@ -42,6 +42,15 @@ type Issuer struct {
 	served  []Key
 	fetches int
 	n       int
+	delay   time.Duration // before each JWKS answer (SetJWKSDelay)
+}
+
+// SetJWKSDelay makes the issuer answer JWKS requests d late (a slow or
+// overloaded issuer); 0 restores prompt answers.
+func (i *Issuer) SetJWKSDelay(d time.Duration) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.delay = d
 }
 
 // NewIssuer starts an issuer that publishes one RS256 key (Key()).
@@ -66,6 +75,16 @@ func (i *Issuer) serve(w http.ResponseWriter, r *http.Request) {
 			"id_token_signing_alg_values_supported": []string{"RS256", "ES256"},
 		})
 	case strings.HasSuffix(r.URL.Path, "/jwks"):
+		i.mu.Lock()
+		delay := i.delay
+		i.mu.Unlock()
+		if delay > 0 {
+			select {
+			case <-time.After(delay):
+			case <-r.Context().Done():
+				return
+			}
+		}
 		i.mu.Lock()
 		i.fetches++
 		keys := make([]map[string]string, 0, len(i.served))
