@@ -91,6 +91,8 @@ func (a *Authenticator) authenticateOIDC(ctx context.Context, raw string) (Princ
 		Kind:       TokenOIDC,
 		OrgID:      org,
 		ProjectIDs: projects,
+		PolicyIDs:  policies,
+		ExpiresAt:  id.ExpiresAt,
 	}, nil
 }
 

@@ -108,7 +108,11 @@ func (s *Service) PushToken(ctx context.Context, b Build, ttl time.Duration) (st
 	secret, hash := auth.NewSecret(auth.TokenBuild)
 	now := time.Now().UTC()
 	t := auth.Token{ID: "tok_" + project.NewID(), Kind: auth.TokenBuild, OrgID: b.OrgID, ProjectID: b.ProjectID,
-		BuildID: b.ID, Description: "source build push", SecretHash: hash, CreatedAt: now, ExpiresAt: now.Add(ttl)}
+		BuildID: b.ID, Description: "source build push", SecretHash: hash, CreatedAt: now, ExpiresAt: now.Add(ttl),
+		PolicyIDs: b.PolicyIDs}
+	if !b.Until.IsZero() && b.Until.Before(t.ExpiresAt) {
+		t.ExpiresAt = b.Until // a CI job's build: no later than the job's token
+	}
 	if err := s.store.CreateToken(ctx, t); err != nil {
 		return "", err
 	}

@@ -126,6 +126,11 @@ type principalClaim struct {
 	BuildID   string         `json:"build,omitempty"`
 	TokenID   string         `json:"tid"`
 	Projects  []string       `json:"projects,omitempty"`
+	// Policies and Until bound a CI job's registry token (auth/life.go):
+	// refused once the job's token expired (no leeway) or one of the
+	// policies is removed (stillValid).
+	Policies []string `json:"policies,omitempty"`
+	Until    int64    `json:"until,omitempty"` // unix seconds; 0: none
 }
 
 type tokenClaims struct {
@@ -146,12 +151,15 @@ func (s *tokenSigner) issue(p auth.Principal, access []accessEntry, now time.Tim
 			Audience:  jwt.ClaimStrings{service},
 			IssuedAt:  jwt.NewNumericDate(now),
 			NotBefore: jwt.NewNumericDate(now.Add(-time.Minute)),
-			ExpiresAt: jwt.NewNumericDate(now.Add(tokenTTL)),
+			ExpiresAt: jwt.NewNumericDate(p.Until(now.Add(tokenTTL))),
 			ID:        auth.RandomString(16),
 		},
 		Access: access,
 		Kiln: &principalClaim{Kind: p.Kind, OrgID: p.OrgID, ProjectID: p.ProjectID, BuildID: p.BuildID,
-			TokenID: p.TokenID, Projects: p.ProjectIDs},
+			TokenID: p.TokenID, Projects: p.ProjectIDs, Policies: p.PolicyIDs},
+	}
+	if p.Bounded() && !p.ExpiresAt.IsZero() {
+		claims.Kiln.Until = p.ExpiresAt.Unix()
 	}
 	t := jwt.NewWithClaims(jwt.SigningMethodES256, claims)
 	t.Header["kid"] = s.kid
@@ -195,7 +203,10 @@ func (s *tokenSigner) verify(raw string, now time.Time) (caller, error) {
 		grants[key] |= parseActions(strings.Join(a.Actions, ","))
 	}
 	p := auth.Principal{TokenID: c.Kiln.TokenID, Kind: c.Kiln.Kind, OrgID: c.Kiln.OrgID,
-		ProjectID: c.Kiln.ProjectID, BuildID: c.Kiln.BuildID, ProjectIDs: c.Kiln.Projects}
+		ProjectID: c.Kiln.ProjectID, BuildID: c.Kiln.BuildID, ProjectIDs: c.Kiln.Projects, PolicyIDs: c.Kiln.Policies}
+	if c.Kiln.Until != 0 {
+		p.ExpiresAt = time.Unix(c.Kiln.Until, 0)
+	}
 	return caller{p: p, grants: grants}, nil
 }
 
