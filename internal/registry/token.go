@@ -295,6 +295,14 @@ func (r *Registry) serveToken(w http.ResponseWriter, req *http.Request) {
 		r.internalError(ctx, w, "authenticate token request", err)
 		return
 	}
+	if p.Expired(r.cfg.Now()) {
+		// A CI job's token inside the verifier's clock skew: it obtains
+		// nothing that would outlive it (auth/life.go).
+		r.auditDenied(ctx, req, caller{p: p}, route{kind: routeToken}, "the CI job's token has expired")
+		w.Header().Set("WWW-Authenticate", `Basic realm="kiln"`)
+		newOCIError(http.StatusUnauthorized, "UNAUTHORIZED", "the CI job's token has expired; get a fresh one").write(w)
+		return
+	}
 	scopes, err := parseScopes(scopeValues)
 	if err != nil {
 		newOCIError(http.StatusBadRequest, "UNSUPPORTED", "token request: "+err.Error()).write(w)
@@ -334,7 +342,7 @@ func (r *Registry) serveToken(w http.ResponseWriter, req *http.Request) {
 	json.NewEncoder(w).Encode(map[string]any{
 		"token":        tok,
 		"access_token": tok,
-		"expires_in":   int(tokenTTL / time.Second),
+		"expires_in":   int(p.Until(now.Add(tokenTTL)).Sub(now) / time.Second),
 		"issued_at":    now.UTC().Format(time.RFC3339),
 	})
 }

@@ -67,6 +67,9 @@ func TestOIDCJobCredentialsEnd(t *testing.T) {
 	if _, err := lifeTokens(s).CreateToken(t.Context(), bearer(&kilnv1.CreateTokenRequest{ProjectId: proj, Kind: kilnv1.TokenKind_TOKEN_KIND_PULL}, short)); err == nil {
 		t.Errorf("an expired job token minted a pull token")
 	}
+	if code := registryTokenStatus(t, s, short, proj); code != http.StatusUnauthorized {
+		t.Errorf("an expired job token got a registry token: %d, want 401", code)
+	}
 
 	// 2. The administrator removes the policy: the same, at once.
 	c = lifeObtain(t, s, proj, job(time.Now().Add(5*time.Minute)))
