@@ -60,22 +60,33 @@ func (s *Service) jobAccess(ctx context.Context, b Build) error {
 	return nil
 }
 
-// EndAdmittedBy cancels the running builds of CI jobs that policyID
-// admitted, after the policy was removed: their builder connections are
-// cut and their leases released (the store deleted their tokens).
+// EndAdmittedBy cancels the queued and running builds of CI jobs that
+// policyID admitted, after the policy was removed: their builder
+// connections are cut and their leases released (the store deleted their
+// tokens). A source build kiln's runner is running fails on its cut
+// connection and its end changes nothing; a queued one is never started
+// (StartSource).
 func (s *Service) EndAdmittedBy(ctx context.Context, policyID string) error {
-	running, err := s.store.ListBuildsByStatus(ctx, Running)
-	if err != nil {
-		return err
-	}
-	for _, b := range running {
-		if !slices.Contains(b.PolicyIDs, policyID) {
-			continue
-		}
-		if _, err := s.end(ctx, b.ID, Result{Status: Canceled, Error: "canceled: the trust policy that admitted its CI job was removed"}); err != nil {
+	const why = "canceled: the trust policy that admitted its CI job was removed"
+	for _, st := range []Status{Queued, Running} {
+		builds, err := s.store.ListBuildsByStatus(ctx, st)
+		if err != nil {
 			return err
 		}
-		s.logger.InfoContext(ctx, "build canceled: its trust policy was removed", "build_id", b.ID, "project_id", b.ProjectID, "trust_policy_id", policyID)
+		for _, b := range builds {
+			if !slices.Contains(b.PolicyIDs, policyID) {
+				continue
+			}
+			if b.IsSource() {
+				_, err = s.FinishSource(ctx, b.ID, Outcome{Result: Result{Status: Canceled, Error: why}})
+			} else {
+				_, err = s.end(ctx, b.ID, Result{Status: Canceled, Error: why})
+			}
+			if err != nil {
+				return err
+			}
+			s.logger.InfoContext(ctx, "build canceled: its trust policy was removed", "build_id", b.ID, "project_id", b.ProjectID, "trust_policy_id", policyID)
+		}
 	}
 	return nil
 }

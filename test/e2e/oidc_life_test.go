@@ -71,10 +71,18 @@ func TestOIDCJobCredentialsEnd(t *testing.T) {
 		t.Errorf("an expired job token got a registry token: %d, want 401", code)
 	}
 
-	// 2. The administrator removes the policy: the same, at once.
-	c = lifeObtain(t, s, proj, job(time.Now().Add(5*time.Minute)))
+	// 2. The administrator removes the policy: the same, at once; and a
+	// source build the job asked kiln to run is canceled too.
+	long := job(time.Now().Add(5 * time.Minute))
+	c = lifeObtain(t, s, proj, long)
+	src := s.createSource(t, long, projectRef(proj), contextArchive(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN sleep 3217\n"}))
+	s.waitStepStarted(t, src.BuildId, "RUN sleep 3217")
 	s.mustKiln(t, t.TempDir(), "trust-policies", "remove", "--project", proj, policyID)
 	lifeRefused(t, s, proj, c, "after its trust policy was removed")
+	if st := s.getSourceBuild(t, s.Token, src.BuildId).Status; st != kilnv1.BuildStatus_BUILD_STATUS_CANCELED {
+		t.Errorf("the job's source build after its trust policy was removed: %v, want canceled", st)
+	}
+	eventually(t, 30*time.Second, "the job's source build's RUN process to end", func() bool { return len(processesNamed("sleep 3217")) == 0 })
 
 	// 3. The administrator deletes the project: the same.
 	gone := s.createProject(t, "life-gone")
