@@ -66,12 +66,14 @@ type Principal struct {
 	// ProjectIDs are the projects an OIDC-authenticated CI job may build in:
 	// those whose trust policies its token matched.
 	ProjectIDs []string
-	// PolicyIDs are the trust policies an OIDC job's token matched;
-	// what the job obtains is revoked when they are removed.
+	// PolicyIDs are the trust policies an OIDC job's token matched (or
+	// that a stored token a job obtained records); what the job obtains is
+	// revoked when they are removed. See Bounded.
 	PolicyIDs []string
 	// ExpiresAt is when an OIDC job's token expires; what the job obtains
-	// expires no later. Zero for kiln's own tokens (their expiry is the
-	// token record's).
+	// expires no later. For a stored token a job obtained (PolicyIDs set)
+	// it is that token's expiry; zero for kiln's other tokens (their
+	// expiry is the token record's).
 	ExpiresAt time.Time
 	// WideProjectIDs are the projects among ProjectIDs where a matched
 	// policy grants the job a project token's rights (TrustPolicy.Role);
@@ -216,7 +218,13 @@ func (a *Authenticator) Authenticate(ctx context.Context, secret string) (Princi
 			return Principal{}, fmt.Errorf("this build token's build has ended; build tokens work only while their build runs: %w", errdefs.ErrUnauthenticated)
 		}
 	}
-	return Principal{TokenID: t.ID, Kind: t.Kind, OrgID: t.OrgID, ProjectID: t.ProjectID, BuildID: t.BuildID}, nil
+	p := Principal{TokenID: t.ID, Kind: t.Kind, OrgID: t.OrgID, ProjectID: t.ProjectID, BuildID: t.BuildID}
+	if len(t.PolicyIDs) > 0 {
+		// A token a CI job obtained: what it mints in turn (a build
+		// token's pull tokens) inherits the job's bound (life.go).
+		p.PolicyIDs, p.ExpiresAt = t.PolicyIDs, t.ExpiresAt
+	}
+	return p, nil
 }
 
 type ctxKey struct{}

@@ -30,6 +30,10 @@ type Token struct {
 	SecretHash  string
 	CreatedAt   time.Time
 	ExpiresAt   time.Time // zero: never
+	// PolicyIDs are the trust policies that admitted the CI job this
+	// token descends from (minted by the job, or by a build it started);
+	// removing any of them deletes the token. Empty for everything else.
+	PolicyIDs []string
 }
 
 // Trust-policy providers: the CI systems whose OIDC tokens kiln accepts.

@@ -97,6 +97,8 @@ func (a *Authenticator) authenticateOIDC(ctx context.Context, raw string) (Princ
 		OrgID:          org,
 		ProjectIDs:     projects,
 		WideProjectIDs: wide,
+		PolicyIDs:      policies,
+		ExpiresAt:      id.ExpiresAt,
 	}, nil
 }
 

@@ -9,6 +9,7 @@ package build
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -162,10 +163,15 @@ func (s *Service) Create(ctx context.Context, p auth.Principal, projectID string
 	if !p.CanBuild(proj) {
 		return Build{}, "", fmt.Errorf("project %q: %w", projectID, errdefs.ErrNotFound)
 	}
+	policies, err := s.admittedBy(ctx, p, proj.ID)
+	if err != nil {
+		return Build{}, "", err
+	}
 	opts, _ := json.Marshal(options)
 	now := time.Now().UTC()
 	b := Build{ID: project.NewID(), ProjectID: proj.ID, OrgID: proj.OrgID, Status: Running,
-		Command: command, Options: string(opts), CreatedAt: now, StartedAt: now, LastHealthAt: now}
+		Command: command, Options: string(opts), CreatedAt: now, StartedAt: now, LastHealthAt: now,
+		PolicyIDs: policies, Until: p.Until(time.Time{})}
 	if p.Kind == auth.TokenOrg || p.Kind == auth.TokenProject {
 		b.CreatedBy = p.TokenID // deleting that token ends the build (EndCreatedBy)
 	}
@@ -174,8 +180,11 @@ func (s *Service) Create(ctx context.Context, p auth.Principal, projectID string
 	}
 	secret, hash := auth.NewSecret(auth.TokenBuild)
 	t := auth.Token{ID: "tok_" + project.NewID(), Kind: auth.TokenBuild, OrgID: proj.OrgID, ProjectID: proj.ID,
-		BuildID: b.ID, SecretHash: hash, CreatedAt: now, ExpiresAt: now.Add(s.cfg.TokenTTL)}
+		BuildID: b.ID, SecretHash: hash, CreatedAt: now, ExpiresAt: p.Until(now.Add(s.cfg.TokenTTL)), PolicyIDs: policies}
 	if err := s.store.CreateToken(ctx, t); err != nil {
+		if errors.Is(err, errdefs.ErrPermission) { // the policy went between the two inserts
+			s.end(ctx, b.ID, Result{Status: Canceled, Error: "canceled: the trust policy that admitted its CI job was removed"})
+		}
 		return Build{}, "", err
 	}
 	s.logger.InfoContext(ctx, "build created", "build_id", b.ID, "project_id", proj.ID)
@@ -299,7 +308,15 @@ func (s *Service) connect(ctx context.Context, b Build, platform string) (Connec
 	if !ready {
 		return Connection{WaitMs: s.cfg.WaitMs}, nil
 	}
-	cert, key, err := s.certs.IssueClient(b.ProjectID, "build:"+b.ID, s.cfg.ClientCertTTL)
+	ttl := s.cfg.ClientCertTTL
+	if !b.Until.IsZero() {
+		left := time.Until(b.Until)
+		if left <= 0 {
+			return Connection{}, jobExpired(b)
+		}
+		ttl = min(ttl, left)
+	}
+	cert, key, err := s.certs.IssueClient(b.ProjectID, "build:"+b.ID, ttl)
 	if err != nil {
 		return Connection{}, fmt.Errorf("issue client certificate: %w", err)
 	}
@@ -331,7 +348,7 @@ func (s *Service) BuilderAccess(ctx context.Context, projectID, buildID string) 
 			return fmt.Errorf("build %q: the token that created it was deleted: %w", buildID, errdefs.ErrPermission)
 		}
 	}
-	return nil
+	return s.jobAccess(ctx, b)
 }
 
 // EndCreatedBy cancels the running client builds a deleted token created:

@@ -33,6 +33,13 @@ func (s *Service) ReapAbandoned(ctx context.Context) error {
 			// kiln's own runner ends source builds (internal/runner).
 			continue
 		}
+		if !b.Until.IsZero() && !now.Before(b.Until) {
+			// Nothing a CI job obtains outlives its token (life.go).
+			if _, err := s.end(ctx, b.ID, Result{Status: Canceled, Error: jobExpired(b).Error()}); err != nil {
+				return err
+			}
+			continue
+		}
 		if s.cfg.Active(b.ID) {
 			s.mu.Lock()
 			s.activeAt[b.ID] = now

@@ -64,6 +64,13 @@ type Build struct {
 	// CreatedBy is the id of the stored token that created a client build;
 	// "" for OIDC callers and source builds.
 	CreatedBy string
+	// PolicyIDs are the trust policies that admitted the CI job that
+	// started the build (empty for kiln's own tokens): removing one ends
+	// the build (EndAdmittedBy). Until is when that job's token expires:
+	// the build's tokens, certificates and builder access end then
+	// (auth/life.go).
+	PolicyIDs []string
+	Until     time.Time
 }
 
 // Terminal reports whether the build has ended.
@@ -134,6 +141,10 @@ type Store interface {
 	GetProject(ctx context.Context, id string) (project.Project, error)
 	CreateToken(ctx context.Context, t auth.Token) error
 	GetToken(ctx context.Context, id string) (auth.Token, error)
+	// ListTrustPolicies lists one project's policies, oldest first.
+	ListTrustPolicies(ctx context.Context, projectID string) ([]auth.TrustPolicy, error)
+	// TrustPoliciesExist reports whether every policy of ids still exists.
+	TrustPoliciesExist(ctx context.Context, ids []string) (bool, error)
 
 	CreateBuild(ctx context.Context, b Build) error
 	GetBuild(ctx context.Context, id string) (Build, error)

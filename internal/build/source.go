@@ -19,12 +19,18 @@ import (
 // NewID returns a fresh build id.
 func NewID() string { return project.NewID() }
 
-// CreateSource records a queued source build with id (from NewID) in proj.
-// spec is the runner's description of the build (JSON), sealed its sealed
-// secrets.
-func (s *Service) CreateSource(ctx context.Context, proj project.Project, id, spec, sealed string) (Build, error) {
+// CreateSource records a queued source build with id (from NewID) in proj
+// for p. spec is the runner's description of the build (JSON), sealed its
+// sealed secrets. A CI job's source build records the policies that
+// admitted the job, and ends when one is removed (EndAdmittedBy); kiln
+// runs it, so it is not cut at the job token's expiry.
+func (s *Service) CreateSource(ctx context.Context, p auth.Principal, proj project.Project, id, spec, sealed string) (Build, error) {
+	policies, err := s.admittedBy(ctx, p, proj.ID)
+	if err != nil {
+		return Build{}, err
+	}
 	b := Build{ID: id, ProjectID: proj.ID, OrgID: proj.OrgID, Status: Queued,
-		Kind: KindSource, Spec: spec, Secrets: sealed, CreatedAt: time.Now().UTC()}
+		Kind: KindSource, Spec: spec, Secrets: sealed, CreatedAt: time.Now().UTC(), PolicyIDs: policies}
 	if err := s.store.CreateBuild(ctx, b); err != nil {
 		return Build{}, err
 	}
@@ -108,7 +114,11 @@ func (s *Service) PushToken(ctx context.Context, b Build, ttl time.Duration) (st
 	secret, hash := auth.NewSecret(auth.TokenBuild)
 	now := time.Now().UTC()
 	t := auth.Token{ID: "tok_" + project.NewID(), Kind: auth.TokenBuild, OrgID: b.OrgID, ProjectID: b.ProjectID,
-		BuildID: b.ID, Description: "source build push", SecretHash: hash, CreatedAt: now, ExpiresAt: now.Add(ttl)}
+		BuildID: b.ID, Description: "source build push", SecretHash: hash, CreatedAt: now, ExpiresAt: now.Add(ttl),
+		PolicyIDs: b.PolicyIDs}
+	if !b.Until.IsZero() && b.Until.Before(t.ExpiresAt) {
+		t.ExpiresAt = b.Until // a CI job's build: no later than the job's token
+	}
 	if err := s.store.CreateToken(ctx, t); err != nil {
 		return "", err
 	}

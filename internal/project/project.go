@@ -50,6 +50,9 @@ type EgressApplier interface {
 // Revoker ends what a deleted token or project still holds.
 type Revoker interface {
 	TokenDeleted(ctx context.Context, tokenID string) error
+	// PolicyRemoved ends the builds of the CI jobs a removed trust policy
+	// admitted.
+	PolicyRemoved(ctx context.Context, policyID string) error
 	ProjectDeleted(ctx context.Context, projectID string)
 }
 
@@ -281,6 +284,20 @@ func (s *Service) MintToken(ctx context.Context, p auth.Principal, m Mint) (auth
 	}
 	if m.TTL > 0 {
 		t.ExpiresAt = t.CreatedAt.Add(m.TTL)
+	}
+	if p.Bounded() {
+		// A CI job's token (or one it obtained): the new token expires
+		// with the job's and goes with the policies that admitted it.
+		if t.ExpiresAt = p.Until(t.ExpiresAt); !t.ExpiresAt.After(t.CreatedAt) {
+			return auth.Token{}, "", fmt.Errorf("the CI job's token expired at %s; get a fresh one: %w", p.ExpiresAt.UTC().Format(time.RFC3339), errdefs.ErrUnauthenticated)
+		}
+		tps, err := s.Store.ListTrustPolicies(ctx, t.ProjectID)
+		if err != nil {
+			return auth.Token{}, "", err
+		}
+		if t.PolicyIDs, err = p.PoliciesIn(tps); err != nil {
+			return auth.Token{}, "", err
+		}
 	}
 	secret, hash := auth.NewSecret(m.Kind)
 	t.SecretHash = hash

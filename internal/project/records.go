@@ -75,6 +75,9 @@ type Store interface {
 	// ListTrustPolicies lists one project's policies, oldest first.
 	ListTrustPolicies(ctx context.Context, projectID string) ([]auth.TrustPolicy, error)
 	DeleteTrustPolicy(ctx context.Context, id string) error
+	// RevokeTrustPolicy deletes a policy and, with it, every token that
+	// records it (what the CI jobs it admitted obtained; auth/life.go).
+	RevokeTrustPolicy(ctx context.Context, id string) error
 }
 
 // BootstrapStore is what Bootstrap needs of kiln's store.

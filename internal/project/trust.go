@@ -60,7 +60,9 @@ func (s *Service) AddTrustPolicy(ctx context.Context, p auth.Principal, projectI
 }
 
 // RemoveTrustPolicy deletes one of the project's policies; CI jobs it
-// admitted are refused from their next request on.
+// admitted are refused from their next request on, and what they obtained
+// is revoked: the store deletes their tokens with the policy, and the
+// builds they started end (Revoker.PolicyRemoved).
 func (s *Service) RemoveTrustPolicy(ctx context.Context, p auth.Principal, projectID, policyID string) error {
 	proj, err := s.admin(ctx, p, projectID, "removing a trust policy")
 	if err != nil {
@@ -77,7 +79,15 @@ func (s *Service) RemoveTrustPolicy(ctx context.Context, p auth.Principal, proje
 		// Another project's policy is as absent as a missing one.
 		return fmt.Errorf("trust policy %q: %w", policyID, errdefs.ErrNotFound)
 	}
-	return s.Store.DeleteTrustPolicy(ctx, policyID)
+	if err := s.Store.RevokeTrustPolicy(ctx, policyID); err != nil {
+		return err
+	}
+	if s.Revoked != nil {
+		if err := s.Revoked.PolicyRemoved(ctx, policyID); err != nil {
+			return fmt.Errorf("trust policy removed and its jobs' tokens revoked, but ending the builds they started failed (their builder access is already refused; they end at their health timeout): %w", err)
+		}
+	}
+	return nil
 }
 
 var (

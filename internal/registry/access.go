@@ -111,9 +111,20 @@ func (r *Registry) authenticate(req *http.Request) (caller, error) {
 // stillValid re-checks the stored token behind a registry token, so that
 // deleting or expiring a kiln token ends its registry tokens at once (they
 // live minutes, but nothing should outlive a revocation). OIDC principals
-// are not stored; their registry tokens simply expire.
+// are not stored: theirs end when the CI job's token expires or a trust
+// policy that admitted the job is removed (auth/life.go).
 func (r *Registry) stillValid(ctx context.Context, p auth.Principal) error {
+	if p.Expired(r.cfg.Now()) {
+		return errBadCredentials
+	}
 	if p.Kind == auth.TokenOIDC {
+		ok, err := r.cfg.Store.TrustPoliciesExist(ctx, p.PolicyIDs)
+		if err != nil {
+			return fmt.Errorf("look up trust policies: %w", err)
+		}
+		if !ok || !p.Bounded() {
+			return errBadCredentials
+		}
 		return nil
 	}
 	t, err := r.cfg.Store.GetToken(ctx, p.TokenID)

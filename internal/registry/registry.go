@@ -35,6 +35,8 @@ type Store interface {
 	GetProject(ctx context.Context, id string) (project.Project, error)
 	ListProjects(ctx context.Context, orgID string) ([]project.Project, error)
 	GetToken(ctx context.Context, id string) (auth.Token, error)
+	// TrustPoliciesExist reports whether every policy of ids still exists.
+	TrustPoliciesExist(ctx context.Context, ids []string) (bool, error)
 	store.RegistryIndex
 }
 

@@ -126,6 +126,14 @@ type principalClaim struct {
 	BuildID   string         `json:"build,omitempty"`
 	TokenID   string         `json:"tid"`
 	Projects  []string       `json:"projects,omitempty"`
+	// Wide are the projects where a CI job has a project token's rights
+	// (auth.Principal.WideProjectIDs); elsewhere it has the default role.
+	Wide []string `json:"wide,omitempty"`
+	// Policies and Until bound a CI job's registry token (auth/life.go):
+	// refused once the job's token expired (no leeway) or one of the
+	// policies is removed (stillValid).
+	Policies []string `json:"policies,omitempty"`
+	Until    int64    `json:"until,omitempty"` // unix seconds; 0: none
 }
 
 type tokenClaims struct {
@@ -146,12 +154,15 @@ func (s *tokenSigner) issue(p auth.Principal, access []accessEntry, now time.Tim
 			Audience:  jwt.ClaimStrings{service},
 			IssuedAt:  jwt.NewNumericDate(now),
 			NotBefore: jwt.NewNumericDate(now.Add(-time.Minute)),
-			ExpiresAt: jwt.NewNumericDate(now.Add(tokenTTL)),
+			ExpiresAt: jwt.NewNumericDate(p.Until(now.Add(tokenTTL))),
 			ID:        auth.RandomString(16),
 		},
 		Access: access,
 		Kiln: &principalClaim{Kind: p.Kind, OrgID: p.OrgID, ProjectID: p.ProjectID, BuildID: p.BuildID,
-			TokenID: p.TokenID, Projects: p.ProjectIDs},
+			TokenID: p.TokenID, Projects: p.ProjectIDs, Wide: p.WideProjectIDs, Policies: p.PolicyIDs},
+	}
+	if p.Bounded() && !p.ExpiresAt.IsZero() {
+		claims.Kiln.Until = p.ExpiresAt.Unix()
 	}
 	t := jwt.NewWithClaims(jwt.SigningMethodES256, claims)
 	t.Header["kid"] = s.kid
@@ -195,7 +206,11 @@ func (s *tokenSigner) verify(raw string, now time.Time) (caller, error) {
 		grants[key] |= parseActions(strings.Join(a.Actions, ","))
 	}
 	p := auth.Principal{TokenID: c.Kiln.TokenID, Kind: c.Kiln.Kind, OrgID: c.Kiln.OrgID,
-		ProjectID: c.Kiln.ProjectID, BuildID: c.Kiln.BuildID, ProjectIDs: c.Kiln.Projects}
+		ProjectID: c.Kiln.ProjectID, BuildID: c.Kiln.BuildID, ProjectIDs: c.Kiln.Projects,
+		WideProjectIDs: c.Kiln.Wide, PolicyIDs: c.Kiln.Policies}
+	if c.Kiln.Until != 0 {
+		p.ExpiresAt = time.Unix(c.Kiln.Until, 0)
+	}
 	return caller{p: p, grants: grants}, nil
 }
 
@@ -284,6 +299,14 @@ func (r *Registry) serveToken(w http.ResponseWriter, req *http.Request) {
 		r.internalError(ctx, w, "authenticate token request", err)
 		return
 	}
+	if p.Expired(r.cfg.Now()) {
+		// A CI job's token inside the verifier's clock skew: it obtains
+		// nothing that would outlive it (auth/life.go).
+		r.auditDenied(ctx, req, caller{p: p}, route{kind: routeToken}, "the CI job's token has expired")
+		w.Header().Set("WWW-Authenticate", `Basic realm="kiln"`)
+		newOCIError(http.StatusUnauthorized, "UNAUTHORIZED", "the CI job's token has expired; get a fresh one").write(w)
+		return
+	}
 	scopes, err := parseScopes(scopeValues)
 	if err != nil {
 		newOCIError(http.StatusBadRequest, "UNSUPPORTED", "token request: "+err.Error()).write(w)
@@ -323,7 +346,7 @@ func (r *Registry) serveToken(w http.ResponseWriter, req *http.Request) {
 	json.NewEncoder(w).Encode(map[string]any{
 		"token":        tok,
 		"access_token": tok,
-		"expires_in":   int(tokenTTL / time.Second),
+		"expires_in":   int(p.Until(now.Add(tokenTTL)).Sub(now) / time.Second),
 		"issued_at":    now.UTC().Format(time.RFC3339),
 	})
 }

@@ -92,7 +92,7 @@ func (r *Runner) Create(ctx context.Context, p auth.Principal, projectID, custom
 	if _, err := r.usableContext(ctx, proj.ID, spec.ContextKey); err != nil {
 		return build.Build{}, err
 	}
-	return r.queue(ctx, proj, spec, secrets)
+	return r.queue(ctx, p, proj, spec, secrets)
 }
 
 // usableContext checks that a context is the project's, still retained
@@ -122,7 +122,7 @@ func (r *Runner) usableContext(ctx context.Context, projectID, key string) (stor
 	return c, nil
 }
 
-func (r *Runner) queue(ctx context.Context, proj project.Project, spec Spec, secrets map[string]string) (build.Build, error) {
+func (r *Runner) queue(ctx context.Context, p auth.Principal, proj project.Project, spec Spec, secrets map[string]string) (build.Build, error) {
 	// Tags are checked now so a bad one fails CreateBuild, not the build.
 	if _, err := refs(r.cfg.RegistryHost(), proj.ID, "id", spec.Tags, r.pushHosts()); err != nil {
 		return build.Build{}, err
@@ -142,7 +142,7 @@ func (r *Runner) queue(ctx context.Context, proj project.Project, spec Spec, sec
 	if err != nil {
 		return build.Build{}, fmt.Errorf("seal secrets: %w", err)
 	}
-	b, err := r.builds.CreateSource(ctx, proj, id, spec.encode(), sealed)
+	b, err := r.builds.CreateSource(ctx, p, proj, id, spec.encode(), sealed)
 	if err != nil {
 		return build.Build{}, err
 	}
@@ -268,5 +268,5 @@ func (r *Runner) Rebuild(ctx context.Context, p auth.Principal, id string) (buil
 		return build.Build{}, err
 	}
 	spec.RebuildOf = b.ID
-	return r.queue(ctx, proj, spec, secrets)
+	return r.queue(ctx, p, proj, spec, secrets)
 }

@@ -10,8 +10,9 @@ import (
 
 // The project service's hooks into the rest of the control plane.
 
-// revoker ends what deleted tokens and projects still hold: the builds a
-// token created, the project's builder connections.
+// revoker ends what deleted tokens, trust policies and projects still
+// hold: the builds a token created or a policy's CI jobs started, the
+// project's builder connections.
 type revoker struct {
 	builds  *build.Service
 	gateway *gateway.Gateway
@@ -19,6 +20,10 @@ type revoker struct {
 
 func (r revoker) TokenDeleted(ctx context.Context, tokenID string) error {
 	return r.builds.EndCreatedBy(ctx, tokenID)
+}
+
+func (r revoker) PolicyRemoved(ctx context.Context, policyID string) error {
+	return r.builds.EndAdmittedBy(ctx, policyID)
 }
 
 func (r revoker) ProjectDeleted(_ context.Context, projectID string) {

@@ -300,20 +300,30 @@ func (s *SQLite) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 	return nil
 }
 
-const tokenCols = `id, kind, org_id, project_id, build_id, description, secret_hash, created_at, expires_at`
+const tokenCols = `id, kind, org_id, project_id, build_id, description, secret_hash, created_at, expires_at, trust_policy_ids`
 
 func scanToken(sc interface{ Scan(...any) error }) (auth.Token, error) {
 	var t auth.Token
 	var created, expires int64
-	err := sc.Scan(&t.ID, &t.Kind, &t.OrgID, &t.ProjectID, &t.BuildID, &t.Description, &t.SecretHash, &created, &expires)
-	t.CreatedAt, t.ExpiresAt = fromMs(created), fromMs(expires)
+	var policies string
+	err := sc.Scan(&t.ID, &t.Kind, &t.OrgID, &t.ProjectID, &t.BuildID, &t.Description, &t.SecretHash, &created, &expires, &policies)
+	t.CreatedAt, t.ExpiresAt, t.PolicyIDs = fromMs(created), fromMs(expires), splitIDs(policies)
 	return t, err
 }
 
+// CreateToken stores t. A token with PolicyIDs is stored only if every one
+// of those policies still exists, in the same statement, so a policy
+// removed meanwhile (RevokeTrustPolicy) leaves no token behind:
+// errdefs.ErrPermission.
 func (s *SQLite) CreateToken(ctx context.Context, t auth.Token) error {
-	_, err := s.exec(ctx, `INSERT INTO tokens (`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		t.ID, t.Kind, t.OrgID, t.ProjectID, t.BuildID, t.Description, t.SecretHash, ms(t.CreatedAt), ms(t.ExpiresAt))
-	return uniqueViolation(err, "token", t.ID)
+	cond, condArgs := policiesExist(t.PolicyIDs)
+	res, err := s.exec(ctx, `INSERT INTO tokens (`+tokenCols+`) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE `+cond,
+		append([]any{t.ID, t.Kind, t.OrgID, t.ProjectID, t.BuildID, t.Description, t.SecretHash, ms(t.CreatedAt), ms(t.ExpiresAt),
+			joinIDs(t.PolicyIDs)}, condArgs...)...)
+	if err != nil {
+		return uniqueViolation(err, "token", t.ID)
+	}
+	return admitted(res)
 }
 
 func (s *SQLite) GetTokenByHash(ctx context.Context, hash string) (auth.Token, error) {
@@ -355,15 +365,16 @@ func (s *SQLite) DeleteToken(ctx context.Context, id string) error {
 }
 
 const buildCols = `id, project_id, org_id, status, command, options, error, platforms, created_at, started_at, finished_at, last_health_at,
-	kind, spec, secrets, image_refs, image_digest, created_by`
+	kind, spec, secrets, image_refs, image_digest, created_by, trust_policy_ids, until_at`
 
 func scanBuild(sc interface{ Scan(...any) error }) (build.Build, error) {
 	var b build.Build
-	var created, started, finished, health int64
-	var refs string
+	var created, started, finished, health, until int64
+	var refs, policies string
 	err := sc.Scan(&b.ID, &b.ProjectID, &b.OrgID, &b.Status, &b.Command, &b.Options, &b.Error, &b.Platforms, &created, &started, &finished, &health,
-		&b.Kind, &b.Spec, &b.Secrets, &refs, &b.ImageDigest, &b.CreatedBy)
+		&b.Kind, &b.Spec, &b.Secrets, &refs, &b.ImageDigest, &b.CreatedBy, &policies, &until)
 	b.CreatedAt, b.StartedAt, b.FinishedAt, b.LastHealthAt = fromMs(created), fromMs(started), fromMs(finished), fromMs(health)
+	b.PolicyIDs, b.Until = splitIDs(policies), fromMs(until)
 	if refs != "" {
 		b.ImageRefs = strings.Split(refs, "\n")
 	}
@@ -377,11 +388,17 @@ func buildKind(k build.Kind) build.Kind {
 	return k
 }
 
+// CreateBuild stores b; like CreateToken, a build with PolicyIDs only if
+// those policies all still exist (errdefs.ErrPermission otherwise).
 func (s *SQLite) CreateBuild(ctx context.Context, b build.Build) error {
-	_, err := s.exec(ctx, `INSERT INTO builds (`+buildCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		b.ID, b.ProjectID, b.OrgID, b.Status, b.Command, b.Options, b.Error, b.Platforms, ms(b.CreatedAt), ms(b.StartedAt), ms(b.FinishedAt), ms(b.LastHealthAt),
-		buildKind(b.Kind), b.Spec, b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest, b.CreatedBy)
-	return uniqueViolation(err, "build", b.ID)
+	cond, condArgs := policiesExist(b.PolicyIDs)
+	res, err := s.exec(ctx, `INSERT INTO builds (`+buildCols+`) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE `+cond,
+		append([]any{b.ID, b.ProjectID, b.OrgID, b.Status, b.Command, b.Options, b.Error, b.Platforms, ms(b.CreatedAt), ms(b.StartedAt), ms(b.FinishedAt), ms(b.LastHealthAt),
+			buildKind(b.Kind), b.Spec, b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest, b.CreatedBy, joinIDs(b.PolicyIDs), ms(b.Until)}, condArgs...)...)
+	if err != nil {
+		return uniqueViolation(err, "build", b.ID)
+	}
+	return admitted(res)
 }
 
 func (s *SQLite) GetBuild(ctx context.Context, id string) (build.Build, error) {

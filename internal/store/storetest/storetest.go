@@ -40,6 +40,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Contexts", contexts},
 		{"ContextQuota", contextQuota},
 		{"EgressAllow", egressAllow},
+		{"JobCredentials", jobCredentials},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
