@@ -2,16 +2,12 @@ package auth_test
 
 import (
 	"context"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/auth"
-	"github.com/kiln-dev/kiln/internal/auth/oidc"
 	"github.com/kiln-dev/kiln/internal/auth/oidc/oidctest"
-	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // A CI job's principal carries what bounds everything it obtains: the
@@ -19,20 +15,8 @@ import (
 // the job obtained, and nothing else.
 func TestJobPrincipalIsBounded(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	iss := oidctest.NewIssuer(t)
-	v, err := oidc.NewVerifier(oidc.Config{Audience: "kiln", GitHubIssuer: iss.URL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := &auth.Authenticator{Store: st, OIDC: v}
+	st, iss, a := oidcAuth(t, "p")
 	now := time.Now()
-	st.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o", CreatedAt: now})
-	st.CreateProject(ctx, project.Project{ID: "p", OrgID: "o", Name: "p", CreatedAt: now})
 	if err := st.CreateTrustPolicy(ctx, auth.TrustPolicy{ID: "tp1", ProjectID: "p", OrgID: "o", Provider: auth.ProviderGitHub,
 		Owner: "acme", Repo: "app", CreatedAt: now}); err != nil {
 		t.Fatal(err)

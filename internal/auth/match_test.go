@@ -3,17 +3,14 @@ package auth_test
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/auth"
-	"github.com/kiln-dev/kiln/internal/auth/oidc"
 	"github.com/kiln-dev/kiln/internal/auth/oidc/oidctest"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // A policy's conditions each narrow it: the job that meets all of them is
@@ -21,22 +18,8 @@ import (
 // ignoring ASCII case only.
 func TestPolicyConditions(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	iss := oidctest.NewIssuer(t)
-	v, err := oidc.NewVerifier(oidc.Config{Audience: "kiln", GitHubIssuer: iss.URL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := &auth.Authenticator{Store: st, OIDC: v}
+	st, iss, a := oidcAuth(t, "p1", "p2", "p3")
 	now := time.Now()
-	st.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o", CreatedAt: now})
-	for _, p := range []string{"p1", "p2", "p3"} {
-		st.CreateProject(ctx, project.Project{ID: p, OrgID: "o", Name: p, CreatedAt: now})
-	}
 	pinned := auth.TrustPolicy{ID: "tp1", ProjectID: "p1", OrgID: "o", Provider: auth.ProviderGitHub, Owner: "acme", Repo: "kit",
 		CreatedAt: now, RepoID: "101", OwnerID: "202", Ref: "refs/heads/release/*", RefType: "branch", Event: "push",
 		Environment: "prod", Workflow: "acme/kit/.github/workflows/*.yml@refs/heads/*"}
