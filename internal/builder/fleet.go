@@ -272,6 +272,7 @@ func NewFleet(cfg Config) (*Fleet, error) {
 		resetting:   map[string]int{},
 		quit:        make(chan struct{}),
 	}
+	f.keepReserve() // reserve.go
 	f.wg.Add(2)
 	go f.reap()
 	go f.watch()

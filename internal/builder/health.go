@@ -117,6 +117,7 @@ func (f *Fleet) checkHealth(now time.Time, unobserved bool) {
 	var kills []*run
 	var killed []*builder
 	var causes []error
+	var outOfDisk []bool
 	f.mu.Lock()
 	for _, b := range f.builders {
 		if b.state != StateReady || b.run == nil || b.run.stopping || b.run.cause != nil {
@@ -139,6 +140,7 @@ func (f *Fleet) checkHealth(now time.Time, unobserved bool) {
 		if cause != nil {
 			if r := f.recycleLocked(b, cause, keep); r != nil {
 				kills, killed, causes = append(kills, r), append(killed, b), append(causes, cause)
+				outOfDisk = append(outOfDisk, cause == b.wedged)
 			}
 			continue
 		}
@@ -149,7 +151,13 @@ func (f *Fleet) checkHealth(now time.Time, unobserved bool) {
 	}
 	f.mu.Unlock()
 	for i, r := range kills {
+		if outOfDisk[i] {
+			f.releaseReserve() // room for the new buildkitd to collect the full disk's leftovers
+		}
 		f.kill(killed[i], r, causes[i])
+	}
+	if len(kills) == 0 {
+		f.keepReserve()
 	}
 	for _, b := range probes {
 		f.wg.Add(1)

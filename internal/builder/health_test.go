@@ -2,6 +2,7 @@ package builder
 
 import (
 	"log/slog"
+	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -99,5 +100,29 @@ func TestWedgedBuilderWaitsForOpenConnections(t *testing.T) {
 	f.checkHealth(time.Now(), false)
 	if r.cause == nil || !strings.Contains(r.cause.Error(), "ran out of disk space") || !r.keepLeases {
 		t.Fatalf("cause %v keepLeases %v", r.cause, r.keepLeases)
+	}
+}
+
+// The disk reserve is made when there is room, released when a builder
+// runs out of disk, and made again once there is room.
+func TestDiskReserve(t *testing.T) {
+	f := &Fleet{root: t.TempDir(), log: slog.New(slog.DiscardHandler)}
+	f.keepReserve()
+	fi, err := os.Stat(f.reservePath())
+	if err != nil || fi.Size() != reserveBytes {
+		t.Fatalf("reserve after keepReserve: %v, %v", fi, err)
+	}
+	if !f.releaseReserve() {
+		t.Fatal("releaseReserve found no reserve")
+	}
+	if _, err := os.Stat(f.reservePath()); !os.IsNotExist(err) {
+		t.Fatalf("reserve after release: %v", err)
+	}
+	if f.releaseReserve() {
+		t.Error("releaseReserve twice released twice")
+	}
+	f.keepReserve()
+	if _, err := os.Stat(f.reservePath()); err != nil {
+		t.Errorf("reserve not made again: %v", err)
 	}
 }
