@@ -10,29 +10,12 @@ import (
 	"testing"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/kilntest"
 	"github.com/kiln-dev/kiln/internal/platform"
 )
 
-// newContext makes a build context directory holding a Dockerfile.
-func newContext(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	writeTestFile(t, filepath.Join(dir, "Dockerfile"), "FROM scratch\n")
-	return dir
-}
-
-func writeTestFile(t *testing.T, p, content string) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestParseFlagsInvalid(t *testing.T) {
-	ctxDir := newContext(t)
+	ctxDir := kilntest.Context(t)
 	notDir := filepath.Join(ctxDir, "Dockerfile")
 	t.Setenv("KILN_TEST_UNSET_SECRET", "")
 	os.Unsetenv("KILN_TEST_UNSET_SECRET")
@@ -92,7 +75,7 @@ func TestParseFlagsInvalid(t *testing.T) {
 }
 
 func TestParseFlagsInvalidBuildx(t *testing.T) {
-	ctxDir := newContext(t)
+	ctxDir := kilntest.Context(t)
 	cases := []struct {
 		name string
 		mod  func(o *Flags)

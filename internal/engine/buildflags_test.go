@@ -8,12 +8,13 @@ import (
 	"testing"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/kilntest"
 	"github.com/moby/buildkit/client"
 )
 
 func TestPrepareBadNoDefaultAttestationsEnv(t *testing.T) {
 	t.Setenv(noDefaultAttestationsEnv, "perhaps")
-	_, err := prepareOptions(Options{ContextPath: newContext(t)})
+	_, err := prepareOptions(Options{ContextPath: kilntest.Context(t)})
 	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), noDefaultAttestationsEnv) {
 		t.Errorf("err = %v", err)
 	}
@@ -21,7 +22,7 @@ func TestPrepareBadNoDefaultAttestationsEnv(t *testing.T) {
 
 // --push and --load merge with -o the way buildx merges them.
 func TestPrepareOutputShorthands(t *testing.T) {
-	ctxDir := newContext(t)
+	ctxDir := kilntest.Context(t)
 	dir := t.TempDir()
 	type want struct {
 		typ, dest  string
@@ -95,7 +96,7 @@ func TestPrepareOutputShorthands(t *testing.T) {
 // The export entries: files, directories, layouts; a load without a
 // Docker engine is refused rather than silently dropped.
 func TestExportEntries(t *testing.T) {
-	ctxDir := newContext(t)
+	ctxDir := kilntest.Context(t)
 	dir := t.TempDir()
 	r := mustPrepare(t, Options{ContextPath: ctxDir, Stdout: &bytes.Buffer{}, Tags: []string{"r/app"}, Push: true,
 		Outputs: []string{"type=local,dest=" + filepath.Join(dir, "l"), "type=oci,dest=" + filepath.Join(dir, "layout") + ",tar=false", "type=tar"}})
@@ -128,7 +129,7 @@ func TestExportEntries(t *testing.T) {
 // Attestations become the frontend's attest:* attributes; the default is
 // buildx's inline-only min provenance.
 func TestPrepareAttests(t *testing.T) {
-	ctxDir := newContext(t)
+	ctxDir := kilntest.Context(t)
 	cases := []struct {
 		name       string
 		o          Options
@@ -174,7 +175,7 @@ func TestPrepareAttests(t *testing.T) {
 // Cache flags: registry entries reach BuildKit; gha/local/s3/azblob are
 // dropped with a one-line warning each.
 func TestPrepareCache(t *testing.T) {
-	ctxDir := newContext(t)
+	ctxDir := kilntest.Context(t)
 	r := mustPrepare(t, Options{ContextPath: ctxDir,
 		CacheFrom: []string{"r.example/app:cache,r.example/app:cache2", "type=registry,ref=127.0.0.1:5000/c,registry.insecure=true", "type=gha", "type=local,src=/tmp/x"},
 		CacheTo:   []string{"type=registry,ref=r.example/app:cache,mode=max,image-manifest=true", "type=inline", "type=gha,mode=max", "type=s3,bucket=b", "", "type=azblob,name=x"},

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/kilntest"
 	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/frontend/subrequests/lint"
 	"github.com/moby/buildkit/solver/pb"
@@ -109,7 +110,7 @@ func TestWithoutCheckError(t *testing.T) {
 // build argument wins over the Dockerfile's directive.
 func TestCheckConfig(t *testing.T) {
 	dir := t.TempDir()
-	writeTestFile(t, dir+"/Dockerfile", "# check=skip=FromAsCasing;error=true\nFROM scratch\n")
+	kilntest.WriteFile(t, dir+"/Dockerfile", "# check=skip=FromAsCasing;error=true\nFROM scratch\n")
 	r := mustPrepare(t, Options{ContextPath: dir})
 	if cfg, asErrors, err := r.checkConfig(); err != nil || !asErrors || cfg != "skip=FromAsCasing;error=true" {
 		t.Errorf("directive: %q %v %v", cfg, asErrors, err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/kilntest"
 	"github.com/moby/buildkit/client"
 )
 
@@ -232,7 +233,7 @@ func TestDockerLoadNeverOpened(t *testing.T) {
 // refuses attestations (buildx refuses them too); the containerd store
 // takes them through the oci exporter.
 func TestCheckDocker(t *testing.T) {
-	ctxDir := newContext(t)
+	ctxDir := kilntest.Context(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 

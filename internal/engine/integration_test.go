@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/kilntest"
 	"github.com/kiln-dev/kiln/internal/steps"
 	"github.com/moby/buildkit/client"
 )
@@ -164,16 +165,16 @@ func TestIntegrationBuild(t *testing.T) {
 		t.Fatalf("reading /bin/busybox (install busybox-static): %v", err)
 	}
 	ctxDir := t.TempDir()
-	writeTestFile(t, filepath.Join(ctxDir, "Dockerfile"), integrationDockerfile)
+	kilntest.WriteFile(t, filepath.Join(ctxDir, "Dockerfile"), integrationDockerfile)
 	if err := os.WriteFile(filepath.Join(ctxDir, "busybox"), busybox, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	writeTestFile(t, filepath.Join(ctxDir, "hello.txt"), "hello from the context\n")
-	writeTestFile(t, filepath.Join(ctxDir, "ignored.txt"), "must not be sent\n")
-	writeTestFile(t, filepath.Join(ctxDir, "ignored-dir", "x"), "must not be sent\n")
-	writeTestFile(t, filepath.Join(ctxDir, ".dockerignore"), "ignored.txt\nignored-dir\n")
+	kilntest.WriteFile(t, filepath.Join(ctxDir, "hello.txt"), "hello from the context\n")
+	kilntest.WriteFile(t, filepath.Join(ctxDir, "ignored.txt"), "must not be sent\n")
+	kilntest.WriteFile(t, filepath.Join(ctxDir, "ignored-dir", "x"), "must not be sent\n")
+	kilntest.WriteFile(t, filepath.Join(ctxDir, ".dockerignore"), "ignored.txt\nignored-dir\n")
 	secretFile := filepath.Join(t.TempDir(), "tok")
-	writeTestFile(t, secretFile, "s3cret-token")
+	kilntest.WriteFile(t, secretFile, "s3cret-token")
 
 	rootfs := filepath.Join(t.TempDir(), "rootfs")
 	resp, progress, recorded, err := build(t, c, Options{
@@ -226,7 +227,7 @@ func TestIntegrationBuild(t *testing.T) {
 	// (here: the rootfs just exported, which has no image config).
 	t.Run("named context as base", func(t *testing.T) {
 		dir := t.TempDir()
-		writeTestFile(t, filepath.Join(dir, "Dockerfile"), "FROM rootfs\nRUN echo \"$PATH\" > /path-seen && cat /greeting > /named\n")
+		kilntest.WriteFile(t, filepath.Join(dir, "Dockerfile"), "FROM rootfs\nRUN echo \"$PATH\" > /path-seen && cat /greeting > /named\n")
 		out := filepath.Join(t.TempDir(), "out")
 		_, progress, _, err := build(t, c, Options{
 			ContextPath:   dir,
@@ -245,7 +246,7 @@ func TestIntegrationBuild(t *testing.T) {
 
 	t.Run("failing RUN", func(t *testing.T) {
 		dir := t.TempDir()
-		writeTestFile(t, filepath.Join(dir, "Dockerfile"), "FROM rootfs\nRUN exit 3\n")
+		kilntest.WriteFile(t, filepath.Join(dir, "Dockerfile"), "FROM rootfs\nRUN exit 3\n")
 		_, progress, recorded, err := build(t, c, Options{
 			ContextPath:   dir,
 			BuildContexts: []string{"rootfs=" + rootfs},
@@ -272,14 +273,14 @@ func TestIntegrationBuild(t *testing.T) {
 
 	t.Run("frontend errors", func(t *testing.T) {
 		dir := t.TempDir()
-		writeTestFile(t, filepath.Join(dir, "Dockerfile"), "FROMM scratch\n")
+		kilntest.WriteFile(t, filepath.Join(dir, "Dockerfile"), "FROMM scratch\n")
 		_, _, _, err := build(t, c, Options{ContextPath: dir, Progress: "quiet"})
 		if err == nil || !strings.Contains(err.Error(), "unknown instruction") {
 			t.Errorf("parse error = %v", err)
 		} else {
 			t.Logf("parse error text: %q", err.Error())
 		}
-		writeTestFile(t, filepath.Join(dir, "Dockerfile"), "FROM scratch AS a\n")
+		kilntest.WriteFile(t, filepath.Join(dir, "Dockerfile"), "FROM scratch AS a\n")
 		_, _, _, err = build(t, c, Options{ContextPath: dir, Target: "nope", Progress: "quiet"})
 		if err == nil || !strings.Contains(err.Error(), `target stage "nope" could not be found`) {
 			t.Errorf("target error = %v", err)
@@ -290,8 +291,8 @@ func TestIntegrationBuild(t *testing.T) {
 
 	t.Run("oci and tar outputs", func(t *testing.T) {
 		dir := t.TempDir()
-		writeTestFile(t, filepath.Join(dir, "Dockerfile"), "FROM scratch\nCOPY f /f\n")
-		writeTestFile(t, filepath.Join(dir, "f"), "content\n")
+		kilntest.WriteFile(t, filepath.Join(dir, "Dockerfile"), "FROM scratch\nCOPY f /f\n")
+		kilntest.WriteFile(t, filepath.Join(dir, "f"), "content\n")
 		ociPath := filepath.Join(t.TempDir(), "sub", "img.tar")
 		resp, progress, _, err := build(t, c, Options{
 			ContextPath: dir,
@@ -364,7 +365,7 @@ func TestIntegrationBuild(t *testing.T) {
 
 	t.Run("canceled", func(t *testing.T) {
 		dir := t.TempDir()
-		writeTestFile(t, filepath.Join(dir, "Dockerfile"), "FROM rootfs\nRUN sleep 60\n")
+		kilntest.WriteFile(t, filepath.Join(dir, "Dockerfile"), "FROM rootfs\nRUN sleep 60\n")
 		r, err := prepareOptions(Options{ContextPath: dir, BuildContexts: []string{"rootfs=" + rootfs}, Progress: "quiet"})
 		if err != nil {
 			t.Fatal(err)

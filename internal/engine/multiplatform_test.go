@@ -11,13 +11,14 @@ import (
 	"testing"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/kilntest"
 	"github.com/kiln-dev/kiln/internal/platform"
 	"github.com/moby/buildkit/client"
 	digest "github.com/opencontainers/go-digest"
 )
 
 func TestPrepareMultiPlatform(t *testing.T) {
-	ctxDir := newContext(t)
+	ctxDir := kilntest.Context(t)
 	r := mustPrepare(t, Options{ContextPath: ctxDir, Platform: "linux/amd64,linux/arm64", Outputs: []string{"type=oci,dest=" + filepath.Join(t.TempDir(), "o.tar")}})
 	if !r.MultiPlatform() || !slices.Equal(platform.Strings(r.Platforms()), []string{"linux/amd64", "linux/arm64"}) {
 		t.Errorf("Platforms() = %q, MultiPlatform() = %v", r.Platforms(), r.MultiPlatform())
@@ -43,7 +44,7 @@ func TestPrepareMultiPlatform(t *testing.T) {
 }
 
 func TestBuilderPlatform(t *testing.T) {
-	ctxDir := newContext(t)
+	ctxDir := kilntest.Context(t)
 	cases := []struct {
 		platform, buildPlatform string
 		want                    map[string]string // target → builder
@@ -82,7 +83,7 @@ func TestBuilderPlatform(t *testing.T) {
 }
 
 func TestPrepareMultiPlatformRefusesDockerOutputs(t *testing.T) {
-	ctxDir := newContext(t)
+	ctxDir := kilntest.Context(t)
 	cases := []struct {
 		name string
 		mod  func(o *Options)

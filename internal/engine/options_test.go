@@ -9,27 +9,10 @@ import (
 	"testing"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/kilntest"
 	"github.com/kiln-dev/kiln/internal/platform"
 	"github.com/moby/buildkit/client"
 )
-
-// newContext makes a build context directory holding a Dockerfile.
-func newContext(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	writeTestFile(t, filepath.Join(dir, "Dockerfile"), "FROM scratch\n")
-	return dir
-}
-
-func writeTestFile(t *testing.T, p, content string) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
 
 func mustPrepare(t *testing.T, o Options) *Request {
 	t.Helper()
@@ -42,7 +25,7 @@ func mustPrepare(t *testing.T, o Options) *Request {
 }
 
 func TestPrepareInvalid(t *testing.T) {
-	ctxDir := newContext(t)
+	ctxDir := kilntest.Context(t)
 	notDir := filepath.Join(ctxDir, "Dockerfile")
 	t.Setenv("KILN_TEST_UNSET_SECRET", "")
 	os.Unsetenv("KILN_TEST_UNSET_SECRET")
@@ -85,11 +68,11 @@ func TestPrepareInvalid(t *testing.T) {
 }
 
 func TestPrepareAttrs(t *testing.T) {
-	ctxDir := newContext(t)
-	writeTestFile(t, filepath.Join(ctxDir, "build", "App.Dockerfile"), "FROM scratch\n")
+	ctxDir := kilntest.Context(t)
+	kilntest.WriteFile(t, filepath.Join(ctxDir, "build", "App.Dockerfile"), "FROM scratch\n")
 	baseDir := t.TempDir()
 	secretFile := filepath.Join(t.TempDir(), "tok")
-	writeTestFile(t, secretFile, "s3cret")
+	kilntest.WriteFile(t, secretFile, "s3cret")
 	t.Setenv("KILN_TEST_ARG", "from-env")
 	t.Setenv("KILN_TEST_SECRET", "v")
 	os.Unsetenv("KILN_TEST_NOT_SET")
@@ -156,7 +139,7 @@ func TestPrepareAttrs(t *testing.T) {
 }
 
 func TestPrepareDefaults(t *testing.T) {
-	ctxDir := newContext(t)
+	ctxDir := kilntest.Context(t)
 	r := mustPrepare(t, Options{ContextPath: ctxDir, NoCache: true, NoCacheFilter: []string{"x"}})
 	got := r.FrontendAttrs()
 	if got["filename"] != "Dockerfile" || got["no-cache"] != "" || got["attest:provenance"] != "mode=min,inline-only=true" || len(got) != 3 {
@@ -171,7 +154,7 @@ func TestPrepareDefaults(t *testing.T) {
 }
 
 func TestPrepareOutputs(t *testing.T) {
-	ctxDir := newContext(t)
+	ctxDir := kilntest.Context(t)
 	dir := t.TempDir()
 	var stdout bytes.Buffer
 	cases := []struct {
@@ -221,7 +204,7 @@ func TestPrepareStdinDockerfile(t *testing.T) {
 	}
 
 	// -f - with a directory context.
-	ctxDir := newContext(t)
+	ctxDir := kilntest.Context(t)
 	r = mustPrepare(t, Options{ContextPath: ctxDir, Dockerfile: "-", Stdin: strings.NewReader("FROM busybox\n")})
 	if dt, _ := os.ReadFile(r.DockerfilePath()); string(dt) != "FROM busybox\n" || r.ContextDir() != ctxDir {
 		t.Errorf("dockerfile %q context %s", dt, r.ContextDir())
@@ -278,11 +261,11 @@ func TestPrepareStdinTar(t *testing.T) {
 }
 
 func TestPrepareOCILayout(t *testing.T) {
-	ctxDir := newContext(t)
+	ctxDir := kilntest.Context(t)
 	layout := t.TempDir()
 	const dgst = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
-	writeTestFile(t, filepath.Join(layout, "oci-layout"), `{"imageLayoutVersion":"1.0.0"}`)
-	writeTestFile(t, filepath.Join(layout, "index.json"), `{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"`+dgst+`","size":1,"annotations":{"org.opencontainers.image.ref.name":"v1"}}]}`)
+	kilntest.WriteFile(t, filepath.Join(layout, "oci-layout"), `{"imageLayoutVersion":"1.0.0"}`)
+	kilntest.WriteFile(t, filepath.Join(layout, "index.json"), `{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"`+dgst+`","size":1,"annotations":{"org.opencontainers.image.ref.name":"v1"}}]}`)
 
 	for _, tc := range []struct{ val, want string }{
 		{layout + ":v1", ":v1@" + dgst},

@@ -9,14 +9,15 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/kilntest"
 	"github.com/kiln-dev/kiln/internal/platform"
 )
 
 // A typed request, as bake, the runner and the SDK make it.
 func TestPrepareTypedRequest(t *testing.T) {
-	ctxDir := newContext(t)
+	ctxDir := kilntest.Context(t)
 	secretFile := filepath.Join(t.TempDir(), "tok")
-	writeTestFile(t, secretFile, "from-file")
+	kilntest.WriteFile(t, secretFile, "from-file")
 	r, err := Prepare(buildreq.Request{
 		Context:       buildreq.Context{Dir: ctxDir},
 		Dockerfile:    buildreq.Dockerfile{Inline: []byte("FROM busybox\n")},

@@ -18,6 +18,7 @@ import (
 	"github.com/moby/buildkit/session/auth/authprovider"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/kilntest"
 )
 
 func TestDecodeRegistryCredential(t *testing.T) {
@@ -60,7 +61,7 @@ func TestIsLoopbackHost(t *testing.T) {
 var testSaveCred = RegistryCredential{Host: "127.0.0.1:7420", Username: "x-token", Password: "kiln_bld_abc"}
 
 func TestAddSave(t *testing.T) {
-	r := mustPrepare(t, Options{ContextPath: newContext(t), Tags: []string{"app:dev"}, Load: false})
+	r := mustPrepare(t, Options{ContextPath: kilntest.Context(t), Tags: []string{"app:dev"}, Load: false})
 	refs := []string{"127.0.0.1:7420/proj:build1", "127.0.0.1:7420/proj:v1"}
 	if err := r.AddSave(refs, []RegistryCredential{testSaveCred}); err != nil {
 		t.Fatal(err)
@@ -82,7 +83,7 @@ func TestAddSave(t *testing.T) {
 	}
 
 	// A registry that is not on loopback is pushed to over TLS.
-	r2 := mustPrepare(t, Options{ContextPath: newContext(t)})
+	r2 := mustPrepare(t, Options{ContextPath: kilntest.Context(t)})
 	if err := r2.AddSave([]string{"kiln.example.com/proj:b"}, []RegistryCredential{{Host: "kiln.example.com", Username: "x-token", Password: "p"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +105,7 @@ func TestAddSaveRefuses(t *testing.T) {
 		"credentials for other host": {[]string{"127.0.0.1:7420/p:1"}, []RegistryCredential{{Host: "127.0.0.1:7421", Username: "u", Password: "p"}}},
 	}
 	for name, c := range cases {
-		r := mustPrepare(t, Options{ContextPath: newContext(t)})
+		r := mustPrepare(t, Options{ContextPath: kilntest.Context(t)})
 		if err := r.AddSave(c.refs, c.creds); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
@@ -112,7 +113,7 @@ func TestAddSaveRefuses(t *testing.T) {
 			t.Errorf("%s: refused but changed the request", name)
 		}
 	}
-	r := mustPrepare(t, Options{ContextPath: newContext(t), Call: "check"})
+	r := mustPrepare(t, Options{ContextPath: kilntest.Context(t), Call: "check"})
 	if err := r.AddSave([]string{"127.0.0.1:7420/p:1"}, []RegistryCredential{testSaveCred}); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("--save with --call: %v", err)
 	}
@@ -167,7 +168,7 @@ func TestLayerDockerConfig(t *testing.T) {
 
 func TestRequestKeychain(t *testing.T) {
 	t.Setenv("DOCKER_CONFIG", t.TempDir())
-	r := mustPrepare(t, Options{ContextPath: newContext(t)})
+	r := mustPrepare(t, Options{ContextPath: kilntest.Context(t)})
 	if r.keychain() != authn.DefaultKeychain {
 		t.Error("no --save: want the default keychain")
 	}
