@@ -422,6 +422,24 @@ func (f *Fleet) Lease(projectID, platform, leaseID string) {
 	}
 }
 
+// Leased reports whether leaseID holds the builder of projectID for
+// platform and that builder has not stopped: a lease survives only on a
+// builder that still runs (or is starting again after a crash).
+func (f *Fleet) Leased(projectID, platform, leaseID string) bool {
+	platform, _, ok := parsePlatform(platform)
+	if !ok {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, ok := f.builders[key{projectID, platform}]
+	if !ok || b.state == StateStopped {
+		return false
+	}
+	_, held := b.leases[leaseID]
+	return held
+}
+
 // Hold marks the builder named serverName in use by an open gateway
 // connection: like a lease, it keeps the builder from being stopped for
 // idleness (a client mid-solve may hold no lease any more, e.g. when the

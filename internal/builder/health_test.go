@@ -126,3 +126,18 @@ func TestDiskReserve(t *testing.T) {
 		t.Errorf("reserve not made again: %v", err)
 	}
 }
+
+// A lease counts as held only on a builder that has not stopped.
+func TestLeased(t *testing.T) {
+	f, b, _ := healthFleet(t)
+	if !f.Leased("p", "linux/amd64", "build-1") {
+		t.Error("the ready builder's lease is not reported")
+	}
+	if f.Leased("p", "linux/amd64", "build-2") || f.Leased("q", "linux/amd64", "build-1") || f.Leased("p", "linux/arm64", "build-1") {
+		t.Error("a lease no builder holds is reported")
+	}
+	b.state = StateStopped
+	if f.Leased("p", "linux/amd64", "build-1") {
+		t.Error("a stopped builder's lease is reported")
+	}
+}

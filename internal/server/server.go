@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -248,7 +247,7 @@ func (s *Server) startServices() (*project.Service, error) {
 	s.fleet = fleet
 	builds = build.NewService(s.store, fleet, s.ca, build.Config{HealthTimeout: cfg.HealthTimeout,
 		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
-		Leased:       fleetLeased(fleet),
+		Leased:       fleet.Leased,
 		Active:       func(buildID string) bool { return s.gateway.Active(buildID) },
 		RegistryHost: s.registryHost,
 		GatewayAddr:  s.gatewayAddr,
@@ -496,17 +495,4 @@ func (s *Server) Serve(ctx context.Context) error {
 		return serveErr
 	}
 	return nil
-}
-
-// fleetLeased is build.Config.Leased over the fleet's status: whether the
-// fleet holds build buildID's lease on a builder that has not stopped.
-func fleetLeased(fleet *builder.Fleet) func(projectID, platform, buildID string) bool {
-	return func(projectID, platform, buildID string) bool {
-		for _, st := range fleet.Status() {
-			if st.ProjectID == projectID && st.Platform == platform && st.State != builder.StateStopped && slices.Contains(st.Leases, buildID) {
-				return true
-			}
-		}
-		return false
-	}
 }
