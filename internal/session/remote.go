@@ -20,6 +20,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/platform"
 	"github.com/kiln-dev/kiln/internal/retry"
 	"github.com/kiln-dev/kiln/internal/steps"
+	"github.com/kiln-dev/kiln/internal/ticker"
 )
 
 // Remote is a build created through kiln's API (Depot's BuildService), as
@@ -178,28 +179,15 @@ func describePlan(req *engine.Request) string {
 // working because the build ended), the solve is canceled. Missed reports
 // are tolerated by the server up to its timeout.
 func (r *Remote) keepAlive(ctx context.Context, cancel context.CancelCauseFunc) {
-	t := time.NewTicker(5 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	ticker.Run(ctx.Done(), 5*time.Second, func(time.Time, time.Duration) {
 		res, err := r.api.ReportBuildHealth(ctx, client.WithToken(connect.NewRequest(&cliv1.ReportBuildHealthRequest{BuildId: r.ID}), r.Token))
-		if connect.CodeOf(err) == connect.CodeUnauthenticated {
-			// A build token works only while its build runs.
-			cancel(fmt.Errorf("build %s was ended by the server", r.ID))
-			return
+		// A build token works only while its build runs.
+		ended := connect.CodeOf(err) == connect.CodeUnauthenticated ||
+			err == nil && res.Msg.GetCancelsAt() != nil && res.Msg.GetCancelsAt().AsTime().Before(time.Now())
+		if ended {
+			cancel(fmt.Errorf("build %s was ended by the server", r.ID)) // and ctx is done: the loop ends
 		}
-		if err != nil {
-			continue
-		}
-		if at := res.Msg.GetCancelsAt(); at != nil && at.AsTime().Before(time.Now()) {
-			cancel(fmt.Errorf("build %s was ended by the server", r.ID))
-			return
-		}
-	}
+	})
 }
 
 // reportTimings sends the build's steps (ReportTimings), best effort.

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/moby/buildkit/client"
+
+	"github.com/kiln-dev/kiln/internal/ticker"
 )
 
 // A builder that stops (SIGSTOP, a hung disk) keeps its connection open
@@ -77,32 +79,17 @@ func (sw *stallWatch) alive() {
 }
 
 func (sw *stallWatch) probeLoop(ctx context.Context, probe func(context.Context) error) {
-	t := time.NewTicker(sw.every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	ticker.Run(ctx.Done(), sw.every, func(time.Time, time.Duration) {
 		pctx, cancel := context.WithTimeout(ctx, sw.wait)
-		err := probe(pctx)
-		cancel()
-		if err == nil {
+		defer cancel()
+		if probe(pctx) == nil {
 			sw.alive()
 		}
-	}
+	})
 }
 
 func (sw *stallWatch) warnLoop(ctx context.Context) {
-	t := time.NewTicker(min(sw.warnAfter/10, time.Second))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	ticker.Run(ctx.Done(), min(sw.warnAfter/10, time.Second), func(time.Time, time.Duration) {
 		sw.mu.Lock()
 		silent := time.Since(sw.last)
 		warn := !sw.warned && silent >= sw.warnAfter
@@ -114,5 +101,5 @@ func (sw *stallWatch) warnLoop(ctx context.Context) {
 			fmt.Fprintf(sw.w, "kiln: no progress from the builder for %s and it does not answer; kiln restarts a builder that stops responding, and this build then fails (kiln serve --builder-stall-timeout)\n",
 				silent.Round(time.Second))
 		}
-	}
+	})
 }

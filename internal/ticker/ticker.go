@@ -1,6 +1,6 @@
-// Package ticker runs periodic watches (the health reaper, the builder
-// health watch) that must not blame anyone for time kiln itself did not
-// run.
+// Package ticker runs kiln's periodic loops until they are told to stop,
+// and tells the watches among them (the health reaper, the builder health
+// watch) when kiln itself did not run, so they blame no one for that time.
 package ticker
 
 import "time"
