@@ -25,19 +25,32 @@ func (e env) restart(t *testing.T, cfg build.Config) env {
 	return e
 }
 
+// connectedBuilds creates n builds in project "pa" whose client got a
+// builder (its lease is held), and returns their ids.
+func (e env) connectedBuilds(t *testing.T, n int) []string {
+	t.Helper()
+	ctx := context.Background()
+	var ids []string
+	for range n {
+		b, secret, _ := e.svc.Create(ctx, e.org, "pa", 1, nil)
+		p := principalOf(t, e.st, secret)
+		e.svc.Connect(ctx, p, b.ID, "amd64")
+		e.svc.Connect(ctx, p, b.ID, "amd64")
+		ids = append(ids, b.ID)
+	}
+	return ids
+}
+
 // A running client build whose builder lease did not survive a restart is
 // failed at once, saying why; one that never got a builder keeps running.
 func TestReconcileFailsBuildsWhoseBuilderDidNotSurvive(t *testing.T) {
 	e := setup(t, time.Hour)
 	ctx := context.Background()
-	connected, secret, _ := e.svc.Create(ctx, e.org, "pa", 1, nil)
-	p := principalOf(t, e.st, secret)
-	e.svc.Connect(ctx, p, connected.ID, "amd64")
-	e.svc.Connect(ctx, p, connected.ID, "amd64")
+	connected := e.connectedBuilds(t, 1)[0]
 	waiting, _, _ := e.svc.Create(ctx, e.org, "pb", 1, nil)
 
 	e = e.restart(t, build.Config{HealthTimeout: time.Hour})
-	got, _ := e.st.GetBuild(ctx, connected.ID)
+	got, _ := e.st.GetBuild(ctx, connected)
 	if got.Status != build.Failed || got.Error != build.RestartedError || got.FinishedAt.IsZero() {
 		t.Errorf("connected build after restart: %s %q; want failed: %q", got.Status, got.Error, build.RestartedError)
 	}
@@ -61,14 +74,7 @@ func TestReconcileFailsBuildsWhoseBuilderDidNotSurvive(t *testing.T) {
 func TestClientSuccessOverturnsPresumedRestartFailure(t *testing.T) {
 	e := setup(t, time.Hour)
 	ctx := context.Background()
-	var ids []string
-	for range 2 {
-		b, secret, _ := e.svc.Create(ctx, e.org, "pa", 1, nil)
-		p := principalOf(t, e.st, secret)
-		e.svc.Connect(ctx, p, b.ID, "amd64")
-		e.svc.Connect(ctx, p, b.ID, "amd64")
-		ids = append(ids, b.ID)
-	}
+	ids := e.connectedBuilds(t, 2)
 	e = e.restart(t, build.Config{HealthTimeout: time.Hour})
 	// The build token died with the build; the client finishes with its
 	// own token (the org principal here).
@@ -167,14 +173,7 @@ func (s refusingStore) UpdateBuild(ctx context.Context, id string, fn func(*buil
 func TestReconcileSettlesWhatItCan(t *testing.T) {
 	e := setup(t, time.Hour)
 	ctx := context.Background()
-	var ids []string
-	for range 2 {
-		b, secret, _ := e.svc.Create(ctx, e.org, "pa", 1, nil)
-		p := principalOf(t, e.st, secret)
-		e.svc.Connect(ctx, p, b.ID, "amd64")
-		e.svc.Connect(ctx, p, b.ID, "amd64")
-		ids = append(ids, b.ID)
-	}
+	ids := e.connectedBuilds(t, 2)
 	svc := build.NewService(refusingStore{e.st, ids[0]}, e.fleet, fakeCerts{}, build.Config{HealthTimeout: time.Hour}, slog.New(slog.DiscardHandler))
 	err := svc.Reconcile(ctx)
 	if err == nil || !strings.Contains(err.Error(), ids[0]) {
@@ -191,13 +190,12 @@ func TestReconcileSettlesWhatItCan(t *testing.T) {
 func TestStoppedFailsBuildsOnStoppedBuilders(t *testing.T) {
 	e := setup(t, time.Hour)
 	ctx := context.Background()
-	connected, secret, _ := e.svc.Create(ctx, e.org, "pa", 1, nil)
-	e.svc.Connect(ctx, principalOf(t, e.st, secret), connected.ID, "amd64")
+	connected := e.connectedBuilds(t, 1)[0]
 	waiting, _, _ := e.svc.Create(ctx, e.org, "pb", 1, nil)
 	if err := e.svc.Stopped(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := e.st.GetBuild(ctx, connected.ID); got.Status != build.Failed || got.Error != build.StoppedError {
+	if got, _ := e.st.GetBuild(ctx, connected); got.Status != build.Failed || got.Error != build.StoppedError {
 		t.Errorf("build on a stopped builder: %s %q; want failed: %q", got.Status, got.Error, build.StoppedError)
 	}
 	if got, _ := e.st.GetBuild(ctx, waiting.ID); got.Status != build.Running {

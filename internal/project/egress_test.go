@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -14,7 +13,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 func TestNormalizeEgressAllow(t *testing.T) {
@@ -122,16 +120,9 @@ func (m *memAudit) PruneAuditEvents(context.Context, time.Time, int) (int64, err
 
 func TestSetEgressAllow(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := orgStore(t, "a", "b")
 	now := time.Now()
-	st.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o", CreatedAt: now})
 	st.CreateOrganization(ctx, project.Organization{ID: "o2", Name: "o2", CreatedAt: now})
-	st.CreateProject(ctx, project.Project{ID: "a", OrgID: "o", Name: "a", CreatedAt: now})
-	st.CreateProject(ctx, project.Project{ID: "b", OrgID: "o", Name: "b", CreatedAt: now})
 	events := &memAudit{}
 	svc := &project.Service{Store: st, Audit: audit.New(events, audit.Config{}, nil)}
 	org := auth.Principal{Kind: auth.TokenOrg, OrgID: "o", TokenID: "tok_admin"}

@@ -3,7 +3,6 @@ package project_test
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 type policyRevoker struct{ removed []string }
@@ -27,15 +25,8 @@ func (r *policyRevoker) PolicyRemoved(_ context.Context, id string) error {
 // policies of its project that admitted the job, and goes with them.
 func TestJobMintedTokensAreBounded(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := orgStore(t, "a", "b")
 	now := time.Now()
-	st.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o", CreatedAt: now})
-	st.CreateProject(ctx, project.Project{ID: "a", OrgID: "o", Name: "a", CreatedAt: now})
-	st.CreateProject(ctx, project.Project{ID: "b", OrgID: "o", Name: "b", CreatedAt: now})
 	rev := &policyRevoker{}
 	svc := &project.Service{Store: st, Revoked: rev}
 	org := auth.Principal{Kind: auth.TokenOrg, OrgID: "o"}

@@ -2,28 +2,18 @@ package project_test
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // A policy's ids, conditions and role are checked on the way in, and a
 // policy that differs from another only in them is a policy of its own.
 func TestTrustPolicyConditions(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	now := time.Now()
-	st.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o", CreatedAt: now})
-	st.CreateProject(ctx, project.Project{ID: "a", OrgID: "o", Name: "a", CreatedAt: now})
+	st := orgStore(t, "a")
 	svc := &project.Service{Store: st}
 	org := auth.Principal{Kind: auth.TokenOrg, OrgID: "o"}
 	gh := func(edit func(*auth.TrustPolicy)) auth.TrustPolicy {

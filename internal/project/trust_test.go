@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +11,6 @@ import (
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
-	"github.com/kiln-dev/kiln/internal/store"
 )
 
 func TestNormalizeTrustPolicy(t *testing.T) {
@@ -77,16 +75,9 @@ func TestNormalizeTrustPolicy(t *testing.T) {
 
 func TestTrustPolicyService(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := orgStore(t, "a", "b")
 	now := time.Now()
-	st.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o", CreatedAt: now})
 	st.CreateOrganization(ctx, project.Organization{ID: "o2", Name: "o2", CreatedAt: now})
-	st.CreateProject(ctx, project.Project{ID: "a", OrgID: "o", Name: "a", CreatedAt: now})
-	st.CreateProject(ctx, project.Project{ID: "b", OrgID: "o", Name: "b", CreatedAt: now})
 	st.CreateProject(ctx, project.Project{ID: "x", OrgID: "o2", Name: "x", CreatedAt: now})
 	svc := &project.Service{Store: st}
 	org := auth.Principal{Kind: auth.TokenOrg, OrgID: "o"}
