@@ -11,13 +11,11 @@
 package kilntest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -141,7 +139,7 @@ type Server struct {
 
 	kiln    *Kiln
 	cmd     *exec.Cmd
-	exited  chan struct{} // closed when cmd has exited
+	exited  <-chan struct{} // closed when cmd has exited
 	logPath string
 	args    []string
 }
@@ -204,42 +202,23 @@ func (s *Server) start() error {
 		return err
 	}
 	s.URL = "http://" + addr
-	logf, err := os.OpenFile(s.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
 	s.cmd = exec.Command(s.kiln.Bin, append([]string{"serve", "--data", s.Data, "--addr", addr, "--buildkitd", s.kiln.Buildkitd, "--log-level", "debug"}, s.args...)...)
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := s.cmd.Start(); err != nil {
-		logf.Close()
-		return err
+	s.exited, err = Launch(s.cmd, s.logPath, s.URL)
+	var exited *ExitedError
+	switch {
+	case errors.As(err, &exited):
+		s.cmd = nil
+		if exited.PoolInUse() {
+			return errPoolInUse
+		}
+		return fmt.Errorf("kilntest: kiln serve exited at start:\n%s", tail(string(exited.Log), 4000))
+	case errors.Is(err, ErrNoAnswer):
+		s.Stop()
+		return fmt.Errorf("kilntest: %w", err)
+	case err != nil:
+		s.cmd = nil
 	}
-	exited := make(chan struct{})
-	s.exited = exited
-	go func() { s.cmd.Wait(); logf.Close(); close(exited) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if res, err := http.Get(s.URL + "/healthz"); err == nil {
-			res.Body.Close()
-			return nil
-		}
-		select {
-		case <-exited:
-			s.cmd = nil
-			b, _ := os.ReadFile(s.logPath)
-			if bytes.Contains(b, []byte("in use by another kiln process")) || bytes.Contains(b, []byte("choose other --builder-subnets")) {
-				return errPoolInUse
-			}
-			return fmt.Errorf("kilntest: kiln serve exited at start:\n%s", tail(string(b), 4000))
-		default:
-		}
-		if time.Now().After(deadline) {
-			s.Stop()
-			return errors.New("kilntest: kiln serve did not answer /healthz within 20s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return err
 }
 
 func freeAddr() (string, error) {

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"math/bits"
@@ -128,7 +129,7 @@ type server struct {
 	Data   string
 	Token  string // the bootstrap admin (org) token
 	cmd    *exec.Cmd
-	exited chan struct{} // closed when cmd has exited
+	exited <-chan struct{} // closed when cmd has exited
 	log    string
 	addr   string
 	args   []string
@@ -367,47 +368,26 @@ func (s *server) start(t *testing.T) {
 
 // boot is start for callers without a test: it returns what went wrong.
 func (s *server) boot() error {
-	logf, err := os.OpenFile(s.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
 	s.cmd = exec.Command(kilnBin, append([]string{"serve", "--data", s.Data, "--addr", s.addr, "--buildkitd", buildkitd, "--log-level", "debug"}, s.args...)...)
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	s.cmd.Env = append(os.Environ(), s.env...)
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := s.cmd.Start(); err != nil {
-		logf.Close()
+	var err error
+	s.exited, err = kilntest.Launch(s.cmd, s.log, s.URL)
+	var exited *kilntest.ExitedError
+	switch {
+	case errors.As(err, &exited):
 		s.cmd = nil
-		return err
+		if s.autoPool && s.poolRetries < 5 && exited.PoolInUse() {
+			s.poolRetries++
+			old := s.args[len(s.args)-1]
+			s.args[len(s.args)-1] = nextBuilderSubnets(1 << (20 - netip.MustParsePrefix(old).Bits()))
+			releasePool(old)
+			return s.boot()
+		}
+		return fmt.Errorf("kiln serve exited at start:\n%s", exited.Log)
+	case err != nil && !errors.Is(err, kilntest.ErrNoAnswer):
+		s.cmd = nil
 	}
-	exited := make(chan struct{})
-	s.exited = exited
-	go func() { s.cmd.Wait(); logf.Close(); close(exited) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if res, err := http.Get(s.URL + "/healthz"); err == nil {
-			res.Body.Close()
-			return nil
-		}
-		select {
-		case <-exited:
-			s.cmd = nil
-			b, _ := os.ReadFile(s.log)
-			if s.autoPool && s.poolRetries < 5 && (bytes.Contains(b, []byte("in use by another kiln process")) || bytes.Contains(b, []byte("choose other --builder-subnets"))) {
-				s.poolRetries++
-				old := s.args[len(s.args)-1]
-				s.args[len(s.args)-1] = nextBuilderSubnets(1 << (20 - netip.MustParsePrefix(old).Bits()))
-				releasePool(old)
-				return s.boot()
-			}
-			return fmt.Errorf("kiln serve exited at start:\n%s", b)
-		default:
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("kiln serve did not answer /healthz within 20s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return err
 }
 
 // stop ends kiln serve gracefully (SIGTERM), or kills its process group
