@@ -87,6 +87,10 @@ type Config struct {
 	Logger       *slog.Logger
 }
 
+// apiVersionHeader is on every answer, once: distribution adds its own to
+// the answers it serves (serveWatched drops kiln's first).
+const apiVersionHeader = "Docker-Distribution-API-Version"
+
 // Registry is kiln's OCI registry. It is an http.Handler for "/v2/".
 type Registry struct {
 	cfg    Config
@@ -191,8 +195,11 @@ func needsOf(rt route, req *http.Request) []need {
 // authorization of every other request, then kiln's own endpoints
 // (referrers, catalog) or distribution.
 func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	w.Header().Set(apiVersionHeader, "registry/2.0")
 	rt, oerr := parseRoute(req.URL.Path)
+	if oerr == nil {
+		oerr = tagRefused(rt, req.Method)
+	}
 	if oerr != nil {
 		oerr.write(w)
 		return
@@ -295,10 +302,13 @@ func (r *Registry) dispatch(w http.ResponseWriter, req *http.Request, rt route, 
 	case routeReferrers:
 		r.serveReferrers(w, req, rt)
 	case routeManifest:
-		switch req.Method {
-		case http.MethodPut:
+		switch {
+		case rt.badTag:
+			// Only reads and deletes get here (tagRefused).
+			errManifestUnknown.write(w)
+		case req.Method == http.MethodPut:
 			r.putManifest(w, req, rt)
-		case http.MethodDelete:
+		case req.Method == http.MethodDelete:
 			r.deleteManifest(w, req, rt)
 		default:
 			if rt.dgst != "" {
@@ -318,11 +328,24 @@ func (r *Registry) dispatch(w http.ResponseWriter, req *http.Request, rt route, 
 	}
 }
 
-// startUpload serves an upload start (POST): a plain one, a monolithic
-// upload (digest=) or a cross-repository mount (mount=), with the blobs it
-// names pinned while distribution serves it and the new session after.
+// startUpload serves an upload start (POST): a plain one, a single-request
+// monolithic upload (digest=, monolithicUpload) or a cross-repository mount
+// (mount=), with the blobs it names pinned while distribution serves it and
+// the new session after.
 func (r *Registry) startUpload(w http.ResponseWriter, req *http.Request, rt route) {
 	q := req.URL.Query()
+	if q.Get("mount") == "" {
+		if q.Has("digest") {
+			r.monolithicUpload(w, req, rt, q.Get("digest"))
+			return
+		}
+		if req.ContentLength > 0 {
+			// distribution would drop the body and open a session: the
+			// client would believe its blob stored.
+			errBodyWithoutDigest.write(w)
+			return
+		}
+	}
 	var keys []string
 	for _, d := range []string{q.Get("mount"), q.Get("digest")} {
 		if _, err := digest.Parse(d); err == nil {
@@ -345,6 +368,12 @@ func (r *Registry) continueUpload(w http.ResponseWriter, req *http.Request, rt r
 	if _, err := r.driver.Stat(req.Context(), repoPath(rt.name, "_uploads", rt.ref, "startedat")); isNotFound(err) {
 		newOCIError(http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry").write(w)
 		return
+	}
+	if req.Method == http.MethodPatch || req.Method == http.MethodPut {
+		if oerr := r.roomFor(req); oerr != nil {
+			oerr.write(w)
+			return
+		}
 	}
 	keys := []string{uploadKey(rt.name, rt.ref)}
 	if d := req.URL.Query().Get("digest"); d != "" {

@@ -257,6 +257,41 @@ func listRepos(ctx context.Context, d storagedriver.StorageDriver) ([]string, er
 	return out, nil
 }
 
+// hasContent reports whether repo holds a manifest or a blob, which is
+// what makes it a repository to list. Opening an upload session creates
+// the repository's directory, and deletes leave the emptied directories of
+// links behind: neither is content.
+func hasContent(ctx context.Context, d storagedriver.StorageDriver, repo string) (bool, error) {
+	for _, dir := range []string{repoPath(repo, "_manifests", "revisions"), repoPath(repo, "_layers")} {
+		algs, err := d.List(ctx, dir)
+		if isNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		for _, alg := range algs {
+			entries, err := d.List(ctx, alg)
+			if isNotFound(err) {
+				continue
+			}
+			if err != nil {
+				return false, err
+			}
+			for _, e := range entries {
+				_, err := d.Stat(ctx, path.Join(e, "link"))
+				if err == nil {
+					return true, nil
+				}
+				if !isNotFound(err) {
+					return false, err
+				}
+			}
+		}
+	}
+	return false, nil
+}
+
 // isNotFound reports a storage driver's "no such path".
 func isNotFound(err error) bool {
 	var nf storagedriver.PathNotFoundError
