@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -270,6 +271,13 @@ func (r *Registry) authorize(w http.ResponseWriter, req *http.Request, rt route,
 		granted := c.grants == nil || c.grants[n.repo].Has(n.act)
 		switch {
 		case have.Has(n.act) && granted:
+		case n.optional && have.Has(n.act):
+			// The principal may read the mount's source, but its registry
+			// token does not say so (a client reusing the token it got for
+			// the target alone): it asks for both scopes and retries,
+			// instead of uploading a blob the registry has.
+			r.challenge(w, rt, req, "insufficient_scope", "the registry token does not grant pull on "+n.repo+", the mount's source")
+			return false
 		case n.optional:
 			// Mounting from a repository the caller may not read is not
 			// refused, only not done: the client gets an upload session,
@@ -400,11 +408,20 @@ func (r *Registry) challenge(w http.ResponseWriter, rt route, req *http.Request,
 	realm := r.baseURL(req) + "/v2/token"
 	h := fmt.Sprintf(`Bearer realm=%q,service=%q`, realm, service)
 	if needs := needsOf(rt, req); len(needs) > 0 {
-		a := needs[0].act
-		if a&actPush != 0 {
-			a |= actPull // pushing clients HEAD first; one token serves both
+		// Every scope the request needs, space-separated (Docker's token
+		// spec): a mount's source with its target.
+		var scopes []string
+		for _, n := range needs {
+			if !validRepository(n.repo) {
+				continue
+			}
+			a := n.act
+			if a&actPush != 0 {
+				a |= actPull // pushing clients HEAD first; one token serves both
+			}
+			scopes = append(scopes, fmt.Sprintf("repository:%s:%s", n.repo, a))
 		}
-		h += fmt.Sprintf(`,scope="repository:%s:%s"`, needs[0].repo, a)
+		h += fmt.Sprintf(`,scope=%q`, strings.Join(scopes, " "))
 	} else if rt.kind == routeCatalog {
 		h += `,scope="registry:catalog:*"`
 	}

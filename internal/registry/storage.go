@@ -168,6 +168,11 @@ func appConfig(d storagedriver.StorageDriver, secret string) *configuration.Conf
 	cfg.Log.Level = "warn"
 	// A page of tags is at most this long; a larger n gets a Link header.
 	cfg.Tags.MaxTags = 1000
+	// Non-distributable layers (image-spec's foreign layers) are named by
+	// URL and never pushed; distribution refuses any URL in a manifest
+	// unless allowed. The registry never fetches them: clients do, from
+	// wherever the image's author put them.
+	cfg.Validation.Manifests.URLs.Allow = []string{`^https?://`}
 	return cfg
 }
 
