@@ -377,12 +377,6 @@ func (r *Registry) continueUpload(w http.ResponseWriter, req *http.Request, rt r
 		newOCIError(http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry").write(w)
 		return
 	}
-	if req.Method == http.MethodPatch || req.Method == http.MethodPut {
-		if oerr := r.roomFor(req); oerr != nil {
-			oerr.write(w)
-			return
-		}
-	}
 	keys := []string{uploadKey(rt.name, rt.ref)}
 	if d := req.URL.Query().Get("digest"); d != "" {
 		if _, err := digest.Parse(d); err == nil {

@@ -72,10 +72,12 @@ func (r *Registry) monolithicUpload(w http.ResponseWriter, req *http.Request, rt
 	stored.copyTo(w)
 }
 
-// roomFor refuses, before its body is read, an upload request whose
+// roomFor refuses, before its body is read, a single-request upload whose
 // Content-Length is more than local storage has free: 507, as when a write
-// finds the disk full (full.go), without first filling it. S3 storage has
-// no such bound to check.
+// finds the disk full (full.go), without first filling it (no session
+// exists yet to discard). Requests on a session are left to full.go, which
+// discards the session with the refusal. S3 storage has no such bound to
+// check.
 func (r *Registry) roomFor(req *http.Request) *ociError {
 	if req.ContentLength <= 0 || r.cfg.S3 != nil && r.cfg.S3.Bucket != "" {
 		return nil

@@ -744,6 +744,46 @@ func TestRegistrySpecPoints(t *testing.T) {
 	})
 }
 
+// A single-request upload into full storage is refused 507 "registry
+// storage full" — before its body when Content-Length says it cannot fit,
+// after the write failed when the body is streamed without one — leaves no
+// upload session, and works once space is freed.
+func TestRegistrySingleRequestUploadStorageFull(t *testing.T) {
+	t.Parallel()
+	s := startServerOnDisk(t, 96<<20)
+	proj := s.createProject(t, "monofull")
+	repo := proj + "/app"
+	c := s.oci(t, s.Token)
+	layer := randomBytes(4 << 20)
+	path := "/v2/" + repo + "/blobs/uploads/?digest=" + digest.FromBytes(layer).String()
+	free := fillDisk(t, s.Data)
+	connStorageFull(t, s, "single-request upload with Content-Length", c.do("POST", path, layer, "Content-Type", "application/octet-stream"))
+
+	// A reader of unknown length: the body goes chunked, without
+	// Content-Length.
+	req, err := http.NewRequest("POST", s.URL+path, io.MultiReader(bytes.NewReader(layer)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", c.auth)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	res, err := ociHTTP.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	connStorageFull(t, s, "single-request upload streamed (no Content-Length)", res)
+	if left := connUploads(s, repo); len(left) > 0 {
+		t.Errorf("upload sessions left after the refused single-request uploads: %v", left)
+	}
+	c.expectError(404, "BLOB_UNKNOWN", "GET", "/v2/"+repo+"/blobs/"+digest.FromBytes(layer).String(), nil)
+
+	free()
+	c.expect(http.StatusCreated, "POST", path, layer, "Content-Type", "application/octet-stream")
+	if _, got := c.expect(200, "GET", "/v2/"+repo+"/blobs/"+digest.FromBytes(layer).String(), nil); !bytes.Equal(got, layer) {
+		t.Errorf("the blob stored after space was freed differs")
+	}
+}
+
 // Bad input gets OCI error codes, and nothing half-written becomes visible.
 func TestRegistryBadInput(t *testing.T) {
 	t.Parallel()
