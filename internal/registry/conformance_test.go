@@ -213,3 +213,39 @@ func TestHugeContentLengthRefusedUpFront(t *testing.T) {
 	}
 	f.pushBlob(authz, "p1/big", []byte("still serving"), v1.MediaTypeImageLayer)
 }
+
+// A mount whose source the caller may read, asked with a registry token
+// that covers only the target, is challenged for both scopes; with a token
+// for both, the blob is mounted. A source the caller may not read is
+// still not mounted, and not challenged.
+func TestMountChallengesForTheSourceScope(t *testing.T) {
+	f := newFixture(t)
+	secret := f.token(auth.TokenProject, "o1", "p1")
+	blob := f.pushBlob(basic(secret), "p1/src", []byte("mount me"), v1.MediaTypeImageLayer)
+	mount := "/v2/p1/app/blobs/uploads/?mount=" + blob.Digest.String() + "&from=p1/src"
+
+	only := f.fetchToken(secret, "repository:p1/app:pull,push")
+	res := f.do("POST", mount, "Bearer "+only, nil)
+	res.Body.Close()
+	challenge := res.Header.Get("WWW-Authenticate")
+	if res.StatusCode != http.StatusUnauthorized || !strings.Contains(challenge, `error="insufficient_scope"`) ||
+		!strings.Contains(challenge, `scope="repository:p1/app:pull,push repository:p1/src:pull"`) {
+		t.Fatalf("mount with a target-only token: %d %s", res.StatusCode, challenge)
+	}
+	// One scope value holding both, space-separated, as the challenge says.
+	both := f.fetchToken(secret, "repository:p1/app:pull,push%20repository:p1/src:pull")
+	res = f.do("POST", mount, "Bearer "+both, nil)
+	res.Body.Close()
+	if res.StatusCode != http.StatusCreated {
+		t.Errorf("mount with a token for both: %d, want 201", res.StatusCode)
+	}
+
+	// Another organization's blob: no challenge (it would say the caller
+	// could read it), no mount: an upload session.
+	theirs := f.pushBlob(basic(f.token(auth.TokenOrg, "o2", "")), "q1/src", []byte("theirs"), v1.MediaTypeImageLayer)
+	res = f.do("POST", "/v2/p1/app/blobs/uploads/?mount="+theirs.Digest.String()+"&from=q1/src", "Bearer "+both, nil)
+	res.Body.Close()
+	if res.StatusCode != http.StatusAccepted {
+		t.Errorf("mount from another organization: %d, want 202", res.StatusCode)
+	}
+}
