@@ -49,6 +49,9 @@ var ociSuiteDisabled = []struct{ env, skips, why string }{
 func buildOCISuite(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(repoRoot, "bin", "ocisuite")
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	start := time.Now()
