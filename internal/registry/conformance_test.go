@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -248,4 +249,37 @@ func TestMountChallengesForTheSourceScope(t *testing.T) {
 	if res.StatusCode != http.StatusAccepted {
 		t.Errorf("mount from another organization: %d, want 202", res.StatusCode)
 	}
+}
+
+// A blob pushed by its sha512 digest is verified, stored and served, and
+// every answer about it names the digest the client used.
+func TestSHA512BlobAnswersNameTheClientsDigest(t *testing.T) {
+	f := newFixture(t)
+	authz := basic(f.token(auth.TokenProject, "o1", "p1"))
+	blob := []byte("content addressed by sha512")
+	d := digest.SHA512.FromBytes(blob)
+	check := func(what string, res *http.Response, want int) {
+		t.Helper()
+		res.Body.Close()
+		if res.StatusCode != want || res.Header.Get("Docker-Content-Digest") != d.String() {
+			t.Errorf("%s: %d, Docker-Content-Digest %q; want %d and %s", what, res.StatusCode, res.Header.Get("Docker-Content-Digest"), want, d)
+		}
+	}
+	res := f.do("POST", "/v2/p1/src/blobs/uploads/", authz, nil)
+	res.Body.Close()
+	check("session PUT", f.do("PUT", withDigest(f.location(res), d), authz, blob, "Content-Type", "application/octet-stream"), http.StatusCreated)
+	check("GET", f.do("GET", "/v2/p1/src/blobs/"+d.String(), authz, nil), http.StatusOK)
+	check("HEAD", f.do("HEAD", "/v2/p1/src/blobs/"+d.String(), authz, nil), http.StatusOK)
+	check("single-request upload", f.do("POST", "/v2/p1/mono/blobs/uploads/?digest="+d.String(), authz, blob, "Content-Type", "application/octet-stream"), http.StatusCreated)
+	// Content that does not hash to it is still refused.
+	res = f.do("POST", "/v2/p1/bad/blobs/uploads/?digest="+d.String(), authz, []byte("other"), "Content-Type", "application/octet-stream")
+	if res.StatusCode != http.StatusBadRequest || ociCode(t, res) != "DIGEST_INVALID" {
+		t.Errorf("mismatched sha512 upload: %d", res.StatusCode)
+	}
+}
+
+func withDigest(u *url.URL, d digest.Digest) string {
+	q := u.Query()
+	q.Set("digest", d.String())
+	return u.Path + "?" + q.Encode()
 }

@@ -326,7 +326,7 @@ func (r *Registry) dispatch(w http.ResponseWriter, req *http.Request, rt route, 
 		}
 	case routeBlob:
 		r.pins.touch(digestKey(rt.dgst.String()))
-		r.serveWatched(w, req)
+		r.serveWatched(answerDigest(w, rt.dgst.String()), req)
 	case routeUploadStart:
 		r.startUpload(w, req, rt)
 	case routeUpload:
@@ -385,7 +385,7 @@ func (r *Registry) continueUpload(w http.ResponseWriter, req *http.Request, rt r
 	}
 	end := r.pins.begin(keys...)
 	defer end()
-	r.serveWatched(w, req)
+	r.serveWatched(answerDigest(w, req.URL.Query().Get("digest")), req)
 }
 
 // dropMount turns a mount request into a plain upload start.

@@ -63,7 +63,7 @@ func (r *Registry) monolithicUpload(w http.ResponseWriter, req *http.Request, rt
 	put.RequestURI = put.URL.RequestURI()
 	put.Header.Del("Content-Range")
 	stored := newRecorder()
-	r.serveWatched(stored, put)
+	r.serveWatched(answerDigest(stored, dgst.String()), put)
 	if stored.status != http.StatusCreated {
 		if err := r.driver.Delete(ctx, repoPath(rt.name, "_uploads", id)); err != nil && !isNotFound(err) {
 			r.log.ErrorContext(ctx, "remove a failed single-request upload", "upload", id, "err", err)
@@ -93,3 +93,44 @@ func (r *Registry) roomFor(req *http.Request) *ociError {
 	return newOCIError(http.StatusInsufficientStorage, errStorageFull.code,
 		fmt.Sprintf("registry storage full: this upload of %d bytes is more than kiln's registry has free; it was refused before any of it was stored", req.ContentLength))
 }
+
+// answerDigest makes the Docker-Content-Digest of a successful blob answer
+// the digest the client named, d, when that is not a sha256 digest.
+// distribution keeps content by its sha256 digest and links another
+// algorithm's digest to it once an upload's commit has hashed the content
+// with that algorithm, but answers with the sha256 one, which a client
+// that addressed the blob by sha512 rejects. A mount links only the sha256
+// digest into its target, so its answer is left naming that. d that does
+// not parse, or is sha256, leaves w as it is.
+func answerDigest(w http.ResponseWriter, d string) http.ResponseWriter {
+	dgst, err := digest.Parse(d)
+	if err != nil || dgst.Algorithm() == digest.Canonical {
+		return w
+	}
+	return &digestAnswer{ResponseWriter: w, want: dgst.String()}
+}
+
+type digestAnswer struct {
+	http.ResponseWriter
+	want    string
+	written bool
+}
+
+func (w *digestAnswer) WriteHeader(code int) {
+	if !w.written {
+		w.written = true
+		if h := w.Header(); code/100 == 2 && h.Get("Docker-Content-Digest") != "" {
+			h.Set("Docker-Content-Digest", w.want)
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *digestAnswer) Write(p []byte) (int, error) {
+	if !w.written {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *digestAnswer) Unwrap() http.ResponseWriter { return w.ResponseWriter }
