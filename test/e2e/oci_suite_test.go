@@ -45,7 +45,8 @@ var ociSuiteDisabled = []struct{ env, skips, why string }{
 // buildOCISuite compiles the suite into bin/ocisuite. go build compares
 // build IDs and leaves an up-to-date binary alone, so this links only when
 // the binary is missing or the pinned module (or Go) changed: under a
-// second once built, about 20 s on a fresh 2-core machine.
+// second once built; about 30 s on a fresh 2-core machine (empty module
+// and build caches), less where kiln was built first.
 func buildOCISuite(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(repoRoot, "bin", "ocisuite")
