@@ -281,6 +281,9 @@ func (r *Registry) serveWatched(w http.ResponseWriter, req *http.Request) {
 	if req.Body != nil && req.Body != http.NoBody {
 		req.Body = &watchedBody{ReadCloser: req.Body, fr: fr}
 	}
+	// distribution Adds the API version header to every answer; kiln set
+	// it already (ServeHTTP), and it goes out once.
+	w.Header().Del(apiVersionHeader)
 	r.app.ServeHTTP(fw, req)
 	if n := fr.closeLeftovers(); n > 0 {
 		r.log.DebugContext(ctx, "closed files distribution left open", "method", req.Method, "files", n)

@@ -49,7 +49,8 @@ func (r *Registry) serveReferrers(w http.ResponseWriter, req *http.Request, rt r
 // maxCatalogPage bounds one catalog answer; more continue via Link.
 const maxCatalogPage = 1000
 
-// serveCatalog lists the repositories the caller may pull from, sorted,
+// serveCatalog lists the repositories the caller may pull from that hold
+// content (a manifest or a blob; hasContent), sorted,
 // with n/last pagination and a Link header to the next page.
 func (r *Registry) serveCatalog(w http.ResponseWriter, req *http.Request, c caller) {
 	ctx := req.Context()
@@ -83,6 +84,12 @@ func (r *Registry) serveCatalog(w http.ResponseWriter, req *http.Request, c call
 			return
 		}
 		if have&actPull == 0 {
+			continue
+		}
+		if ok, err := hasContent(ctx, r.driver, repo); err != nil {
+			r.internalError(ctx, w, "list repositories", err)
+			return
+		} else if !ok {
 			continue
 		}
 		if len(out) == n {

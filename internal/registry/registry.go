@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -86,6 +87,10 @@ type Config struct {
 	BuildRequest func(ctx context.Context, buildID string)
 	Logger       *slog.Logger
 }
+
+// apiVersionHeader is on every answer, once: distribution adds its own to
+// the answers it serves (serveWatched drops kiln's first).
+const apiVersionHeader = "Docker-Distribution-API-Version"
 
 // Registry is kiln's OCI registry. It is an http.Handler for "/v2/".
 type Registry struct {
@@ -191,8 +196,11 @@ func needsOf(rt route, req *http.Request) []need {
 // authorization of every other request, then kiln's own endpoints
 // (referrers, catalog) or distribution.
 func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	w.Header().Set(apiVersionHeader, "registry/2.0")
 	rt, oerr := parseRoute(req.URL.Path)
+	if oerr == nil {
+		oerr = tagRefused(rt, req.Method)
+	}
 	if oerr != nil {
 		oerr.write(w)
 		return
@@ -263,6 +271,13 @@ func (r *Registry) authorize(w http.ResponseWriter, req *http.Request, rt route,
 		granted := c.grants == nil || c.grants[n.repo].Has(n.act)
 		switch {
 		case have.Has(n.act) && granted:
+		case n.optional && have.Has(n.act):
+			// The principal may read the mount's source, but its registry
+			// token does not say so (a client reusing the token it got for
+			// the target alone): it asks for both scopes and retries,
+			// instead of uploading a blob the registry has.
+			r.challenge(w, rt, req, "insufficient_scope", "the registry token does not grant pull on "+n.repo+", the mount's source")
+			return false
 		case n.optional:
 			// Mounting from a repository the caller may not read is not
 			// refused, only not done: the client gets an upload session,
@@ -295,10 +310,13 @@ func (r *Registry) dispatch(w http.ResponseWriter, req *http.Request, rt route, 
 	case routeReferrers:
 		r.serveReferrers(w, req, rt)
 	case routeManifest:
-		switch req.Method {
-		case http.MethodPut:
+		switch {
+		case rt.badTag:
+			// Only reads and deletes get here (tagRefused).
+			errManifestUnknown.write(w)
+		case req.Method == http.MethodPut:
 			r.putManifest(w, req, rt)
-		case http.MethodDelete:
+		case req.Method == http.MethodDelete:
 			r.deleteManifest(w, req, rt)
 		default:
 			if rt.dgst != "" {
@@ -308,7 +326,7 @@ func (r *Registry) dispatch(w http.ResponseWriter, req *http.Request, rt route, 
 		}
 	case routeBlob:
 		r.pins.touch(digestKey(rt.dgst.String()))
-		r.serveWatched(w, req)
+		r.serveWatched(answerDigest(w, rt.dgst.String()), req)
 	case routeUploadStart:
 		r.startUpload(w, req, rt)
 	case routeUpload:
@@ -318,11 +336,24 @@ func (r *Registry) dispatch(w http.ResponseWriter, req *http.Request, rt route, 
 	}
 }
 
-// startUpload serves an upload start (POST): a plain one, a monolithic
-// upload (digest=) or a cross-repository mount (mount=), with the blobs it
-// names pinned while distribution serves it and the new session after.
+// startUpload serves an upload start (POST): a plain one, a single-request
+// monolithic upload (digest=, monolithicUpload) or a cross-repository mount
+// (mount=), with the blobs it names pinned while distribution serves it and
+// the new session after.
 func (r *Registry) startUpload(w http.ResponseWriter, req *http.Request, rt route) {
 	q := req.URL.Query()
+	if q.Get("mount") == "" {
+		if q.Has("digest") {
+			r.monolithicUpload(w, req, rt, q.Get("digest"))
+			return
+		}
+		if req.ContentLength > 0 {
+			// distribution would drop the body and open a session: the
+			// client would believe its blob stored.
+			errBodyWithoutDigest.write(w)
+			return
+		}
+	}
 	var keys []string
 	for _, d := range []string{q.Get("mount"), q.Get("digest")} {
 		if _, err := digest.Parse(d); err == nil {
@@ -354,7 +385,7 @@ func (r *Registry) continueUpload(w http.ResponseWriter, req *http.Request, rt r
 	}
 	end := r.pins.begin(keys...)
 	defer end()
-	r.serveWatched(w, req)
+	r.serveWatched(answerDigest(w, req.URL.Query().Get("digest")), req)
 }
 
 // dropMount turns a mount request into a plain upload start.
@@ -371,11 +402,20 @@ func (r *Registry) challenge(w http.ResponseWriter, rt route, req *http.Request,
 	realm := r.baseURL(req) + "/v2/token"
 	h := fmt.Sprintf(`Bearer realm=%q,service=%q`, realm, service)
 	if needs := needsOf(rt, req); len(needs) > 0 {
-		a := needs[0].act
-		if a&actPush != 0 {
-			a |= actPull // pushing clients HEAD first; one token serves both
+		// Every scope the request needs, space-separated (Docker's token
+		// spec): a mount's source with its target.
+		var scopes []string
+		for _, n := range needs {
+			if !validRepository(n.repo) {
+				continue
+			}
+			a := n.act
+			if a&actPush != 0 {
+				a |= actPull // pushing clients HEAD first; one token serves both
+			}
+			scopes = append(scopes, fmt.Sprintf("repository:%s:%s", n.repo, a))
 		}
-		h += fmt.Sprintf(`,scope="repository:%s:%s"`, needs[0].repo, a)
+		h += fmt.Sprintf(`,scope=%q`, strings.Join(scopes, " "))
 	} else if rt.kind == routeCatalog {
 		h += `,scope="registry:catalog:*"`
 	}

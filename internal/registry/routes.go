@@ -34,6 +34,11 @@ type route struct {
 	ref string
 	// dgst is ref parsed, when ref is a digest.
 	dgst digest.Digest
+	// badTag: a manifest ref that is neither a digest nor a valid tag. No
+	// manifest can be stored under it, so reading or deleting it is 404
+	// MANIFEST_UNKNOWN, as for any absent tag; pushing to it is 400
+	// TAG_INVALID (tagRefused).
+	badTag bool
 }
 
 var (
@@ -49,8 +54,9 @@ var (
 const maxNameLength = 255
 
 // parseRoute maps a request path to a route. A path that names a
-// repository, tag or digest badly is an OCI error (NAME_INVALID,
-// TAG_INVALID, DIGEST_INVALID); one that names no endpoint is 404.
+// repository or digest badly is an OCI error (NAME_INVALID,
+// DIGEST_INVALID); one that names no endpoint is 404. A bad tag is marked
+// (route.badTag): what it means depends on the method.
 func parseRoute(path string) (route, *ociError) {
 	rest, ok := strings.CutPrefix(path, "/v2/")
 	if !ok {
@@ -103,7 +109,7 @@ func parseRoute(path string) (route, *ociError) {
 			}
 			rt.dgst = d
 		} else if !tagPattern.MatchString(rt.ref) {
-			return route{}, newOCIError(http.StatusBadRequest, "TAG_INVALID", "invalid tag "+quote(rt.ref)+": tags match [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+			rt.badTag = true
 		}
 	case routeBlob, routeReferrers:
 		d, err := digest.Parse(rt.ref)
@@ -118,6 +124,27 @@ func parseRoute(path string) (route, *ociError) {
 	}
 	return rt, nil
 }
+
+// tagRefused is the answer to a request that would store a manifest under
+// a bad tag, or nil. The spec answers pulls (and deletes) of a name that
+// holds no manifest with 404 MANIFEST_UNKNOWN, whatever the name; the
+// official conformance suite pulls ".INVALID_MANIFEST_NAME" and expects
+// just that. A push names where to store, and a name that cannot hold a
+// manifest is the client's error: 400 TAG_INVALID, before authentication.
+func tagRefused(rt route, method string) *ociError {
+	if !rt.badTag {
+		return nil
+	}
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodDelete:
+		return nil
+	}
+	return newOCIError(http.StatusBadRequest, "TAG_INVALID", "invalid tag "+quote(rt.ref)+": tags match [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+}
+
+// errManifestUnknown answers a read or delete of a manifest that is not
+// there.
+var errManifestUnknown = newOCIError(http.StatusNotFound, "MANIFEST_UNKNOWN", "manifest unknown to registry")
 
 // validName checks a repository name's components and length.
 func validName(segs []string) (string, *ociError) {

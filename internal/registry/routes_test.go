@@ -52,9 +52,6 @@ func TestParseRoute(t *testing.T) {
 		{"/v2/p1/a%2Fb/tags/list", "NAME_INVALID"},
 		{"/v2/p1/\x00/tags/list", "NAME_INVALID"},
 		{"/v2/" + strings.Repeat("a/", 129) + "tags/list", "NAME_INVALID"},
-		{"/v2/p1/manifests/-bad", "TAG_INVALID"},
-		{"/v2/p1/manifests/" + strings.Repeat("t", 129), "TAG_INVALID"},
-		{"/v2/p1/manifests/a b", "TAG_INVALID"},
 		{"/v2/p1/manifests/sha256:xyz", "DIGEST_INVALID"},
 		{"/v2/p1/manifests/md5:" + strings.Repeat("a", 32), "DIGEST_INVALID"},
 		{"/v2/p1/blobs/latest", "DIGEST_INVALID"},
@@ -71,6 +68,24 @@ func TestParseRoute(t *testing.T) {
 		if rt, err := parseRoute(c.path); err == nil || err.code != c.code {
 			t.Errorf("%q: %+v %v, want %s", c.path, rt, err, c.code)
 		}
+	}
+	// A bad tag is a route: unknown to reads and deletes, refused to pushes.
+	for _, ref := range []string{".INVALID_MANIFEST_NAME", "-bad", strings.Repeat("t", 129), "a b"} {
+		rt, err := parseRoute("/v2/p1/manifests/" + ref)
+		if err != nil || !rt.badTag || rt.kind != routeManifest {
+			t.Errorf("tag %q: %+v %v", ref, rt, err)
+		}
+		for _, m := range []string{"GET", "HEAD", "DELETE"} {
+			if e := tagRefused(rt, m); e != nil {
+				t.Errorf("%s tag %q: %v", m, ref, e)
+			}
+		}
+		if e := tagRefused(rt, "PUT"); e == nil || e.code != "TAG_INVALID" || e.status != 400 {
+			t.Errorf("PUT tag %q: %v", ref, e)
+		}
+	}
+	if rt, _ := parseRoute("/v2/p1/manifests/latest"); rt.badTag || tagRefused(rt, "PUT") != nil {
+		t.Errorf("latest: %+v", rt)
 	}
 }
 

@@ -168,6 +168,11 @@ func appConfig(d storagedriver.StorageDriver, secret string) *configuration.Conf
 	cfg.Log.Level = "warn"
 	// A page of tags is at most this long; a larger n gets a Link header.
 	cfg.Tags.MaxTags = 1000
+	// Non-distributable layers (image-spec's foreign layers) are named by
+	// URL and never pushed; distribution refuses any URL in a manifest
+	// unless allowed. The registry never fetches them: clients do, from
+	// wherever the image's author put them.
+	cfg.Validation.Manifests.URLs.Allow = []string{`^https?://`}
 	return cfg
 }
 
@@ -255,6 +260,41 @@ func listRepos(ctx context.Context, d storagedriver.StorageDriver) ([]string, er
 		return nil, err
 	}
 	return out, nil
+}
+
+// hasContent reports whether repo holds a manifest or a blob, which is
+// what makes it a repository to list. Opening an upload session creates
+// the repository's directory, and deletes leave the emptied directories of
+// links behind: neither is content.
+func hasContent(ctx context.Context, d storagedriver.StorageDriver, repo string) (bool, error) {
+	for _, dir := range []string{repoPath(repo, "_manifests", "revisions"), repoPath(repo, "_layers")} {
+		algs, err := d.List(ctx, dir)
+		if isNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		for _, alg := range algs {
+			entries, err := d.List(ctx, alg)
+			if isNotFound(err) {
+				continue
+			}
+			if err != nil {
+				return false, err
+			}
+			for _, e := range entries {
+				_, err := d.Stat(ctx, path.Join(e, "link"))
+				if err == nil {
+					return true, nil
+				}
+				if !isNotFound(err) {
+					return false, err
+				}
+			}
+		}
+	}
+	return false, nil
 }
 
 // isNotFound reports a storage driver's "no such path".

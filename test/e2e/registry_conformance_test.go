@@ -8,6 +8,7 @@ package e2e
 // BuildKit) authenticating with no special flags.
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -223,19 +224,11 @@ func registryConformance(t *testing.T, s *server) {
 		}
 		pushed.content[cfg.Digest] = cfgBytes
 
-		// A single POST with ?digest= and the body: the registry may take
-		// it (201) or answer with a session (202) the client completes.
+		// A single POST with ?digest= and the body stores the blob (kiln
+		// takes it; the spec also allows answering with a session).
 		mono := randomBytes(2048)
 		md := digest.FromBytes(mono)
-		res = c.do("POST", "/v2/"+repo+"/blobs/uploads/?digest="+md.String(), mono, "Content-Type", "application/octet-stream")
-		res.Body.Close()
-		switch res.StatusCode {
-		case http.StatusCreated:
-		case http.StatusAccepted:
-			c.expect(http.StatusCreated, "PUT", withDigest(c.location(res), md), mono, "Content-Type", "application/octet-stream")
-		default:
-			t.Fatalf("single POST upload: HTTP %d", res.StatusCode)
-		}
+		c.expect(http.StatusCreated, "POST", "/v2/"+repo+"/blobs/uploads/?digest="+md.String(), mono, "Content-Type", "application/octet-stream")
 		pushed.content[md] = mono
 
 		// Chunked: PATCHes with Content-Range, in order; the status and
@@ -639,6 +632,155 @@ func TestRegistryRetentionAndGC(t *testing.T) {
 	}
 	if r := s.kiln(t, dir, []string{"KILN_TOKEN=" + tok}, "projects", "update", kept, "--registry-retention", "1d"); r.Err == nil {
 		t.Errorf("a project token changed the retention")
+	}
+}
+
+// Issue 14's points, as a client sees them: a manifest named by an invalid
+// tag (the official suite's ".INVALID_MANIFEST_NAME") is unknown to GET and
+// HEAD (404) and refused to PUT (400); the API version header comes once;
+// the catalog lists only the caller's project's repositories that hold
+// content; a single POST with ?digest= and the blob stores it.
+func TestRegistrySpecPoints(t *testing.T) {
+	t.Parallel()
+	s := sharedServer(t)
+	proj, other := s.createProject(t, "spec"), s.createProject(t, "spec-other")
+	tok := s.projectToken(t, proj)
+	c, admin := s.oci(t, tok), s.oci(t, s.Token)
+	repo := proj + "/app"
+	cfg := c.pushBlob(repo, []byte(`{"architecture":"amd64","os":"linux"}`), v1.MediaTypeImageConfig)
+	good := ociManifest(cfg, []v1.Descriptor{}, "", nil)
+
+	t.Run("invalid tag", func(t *testing.T) {
+		c := s.oci(t, tok)
+		path := "/v2/" + repo + "/manifests/.INVALID_MANIFEST_NAME"
+		c.expectError(404, "MANIFEST_UNKNOWN", "GET", path, nil)
+		c.expectError(404, "", "HEAD", path, nil)
+		c.expectError(400, "TAG_INVALID", "PUT", path, good, "Content-Type", v1.MediaTypeImageManifest)
+		// Without credentials it is the same challenge as for any manifest.
+		s.oci(t, "").expectError(401, "UNAUTHORIZED", "GET", path, nil)
+	})
+
+	t.Run("API version header once", func(t *testing.T) {
+		c := s.oci(t, tok)
+		for _, r := range []struct{ method, path string }{
+			{"GET", "/v2/"}, {"GET", "/v2/" + repo + "/blobs/" + cfg.Digest.String()}, {"HEAD", "/v2/" + repo + "/manifests/nope"},
+			{"GET", "/v2/_catalog"}, {"GET", "/v2/" + repo + "/tags/list"},
+		} {
+			res := c.do(r.method, r.path, nil)
+			res.Body.Close()
+			if got := res.Header.Values("Docker-Distribution-Api-Version"); len(got) != 1 || got[0] != "registry/2.0" {
+				t.Errorf("%s %s: HTTP %d, Docker-Distribution-Api-Version %q", r.method, r.path, res.StatusCode, got)
+			}
+		}
+		res := s.oci(t, "").do("GET", "/v2/", nil)
+		res.Body.Close()
+		if got := res.Header.Values("Docker-Distribution-Api-Version"); len(got) != 1 {
+			t.Errorf("anonymous /v2/: Docker-Distribution-Api-Version %q", got)
+		}
+	})
+
+	t.Run("catalog", func(t *testing.T) {
+		c := s.oci(t, tok)
+		// An upload opened, never finished: no content.
+		c.expect(http.StatusAccepted, "POST", "/v2/"+proj+"/opened/blobs/uploads/", nil)
+		c.pushImage(proj+"/image", "v1", "spec image")
+		admin.pushImage(other+"/theirs", "v1", "another project's")
+		var cat struct{ Repositories []string }
+		_, body := c.expect(200, "GET", "/v2/_catalog", nil)
+		if err := json.Unmarshal(body, &cat); err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{proj + "/app", proj + "/image"}; !slices.Equal(cat.Repositories, want) {
+			t.Errorf("the project token's catalog = %v, want %v", cat.Repositories, want)
+		}
+	})
+
+	t.Run("single-request upload", func(t *testing.T) {
+		c := s.oci(t, tok)
+		blob := randomBytes(4096)
+		d := digest.FromBytes(blob)
+		res, _ := c.expect(http.StatusCreated, "POST", "/v2/"+proj+"/mono/blobs/uploads/?digest="+d.String(), blob,
+			"Content-Type", "application/octet-stream", "Content-Length", strconv.Itoa(len(blob)))
+		if !strings.HasSuffix(res.Header.Get("Location"), "/v2/"+proj+"/mono/blobs/"+d.String()) || res.Header.Get("Docker-Content-Digest") != d.String() {
+			t.Errorf("201 headers: Location %q, Docker-Content-Digest %q", res.Header.Get("Location"), res.Header.Get("Docker-Content-Digest"))
+		}
+		if _, got := c.expect(200, "GET", "/v2/"+proj+"/mono/blobs/"+d.String(), nil); !bytes.Equal(got, blob) {
+			t.Errorf("the stored blob differs (%d bytes)", len(got))
+		}
+		// A body that does not match its digest: 400, and nothing stored.
+		other := randomBytes(4096)
+		c.expectError(400, "DIGEST_INVALID", "POST", "/v2/"+proj+"/mismatch/blobs/uploads/?digest="+d.String(), other, "Content-Type", "application/octet-stream")
+		c.expectError(404, "BLOB_UNKNOWN", "GET", "/v2/"+proj+"/mismatch/blobs/"+digest.FromBytes(other).String(), nil)
+		if blobStored(s, digest.FromBytes(other)) {
+			t.Errorf("a refused upload's content is on disk")
+		}
+		// Malformed digests, a body without a digest.
+		for _, q := range []string{"?digest=", "?digest=sha256:nothex", "?digest=sha256", "?digest=" + strings.Repeat("%ff", 300)} {
+			c.expectError(400, "DIGEST_INVALID", "POST", "/v2/"+proj+"/mismatch/blobs/uploads/"+q, other, "Content-Type", "application/octet-stream")
+		}
+		c.expectError(400, "DIGEST_INVALID", "POST", "/v2/"+proj+"/mismatch/blobs/uploads/", other, "Content-Type", "application/octet-stream")
+		// A Content-Length no disk holds is refused before the body.
+		conn, err := net.Dial("tcp", strings.TrimPrefix(s.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "POST /v2/%s/huge/blobs/uploads/?digest=%s HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\nabc",
+			proj, d, c.auth, int64(1)<<60)
+		hres, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hb, _ := io.ReadAll(hres.Body)
+		if hres.StatusCode != http.StatusInsufficientStorage || !strings.Contains(string(hb), "registry storage full") {
+			t.Errorf("Content-Length 2^60: HTTP %d %s", hres.StatusCode, hb)
+		}
+		// The refused repositories hold nothing, and the server serves on.
+		_, body := c.expect(200, "GET", "/v2/_catalog", nil)
+		if strings.Contains(string(body), proj+"/mismatch") || strings.Contains(string(body), proj+"/huge") {
+			t.Errorf("catalog lists a repository of refused uploads: %s", body)
+		}
+		c.pushImage(proj+"/after", "v1", "still serving")
+	})
+}
+
+// A single-request upload into full storage is refused 507 "registry
+// storage full" — before its body when Content-Length says it cannot fit,
+// after the write failed when the body is streamed without one — leaves no
+// upload session, and works once space is freed.
+func TestRegistrySingleRequestUploadStorageFull(t *testing.T) {
+	t.Parallel()
+	s := startServerOnDisk(t, 96<<20)
+	proj := s.createProject(t, "monofull")
+	repo := proj + "/app"
+	c := s.oci(t, s.Token)
+	layer := randomBytes(4 << 20)
+	path := "/v2/" + repo + "/blobs/uploads/?digest=" + digest.FromBytes(layer).String()
+	free := fillDisk(t, s.Data)
+	connStorageFull(t, s, "single-request upload with Content-Length", c.do("POST", path, layer, "Content-Type", "application/octet-stream"))
+
+	// A reader of unknown length: the body goes chunked, without
+	// Content-Length.
+	req, err := http.NewRequest("POST", s.URL+path, io.MultiReader(bytes.NewReader(layer)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", c.auth)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	res, err := ociHTTP.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	connStorageFull(t, s, "single-request upload streamed (no Content-Length)", res)
+	if left := connUploads(s, repo); len(left) > 0 {
+		t.Errorf("upload sessions left after the refused single-request uploads: %v", left)
+	}
+	c.expectError(404, "BLOB_UNKNOWN", "GET", "/v2/"+repo+"/blobs/"+digest.FromBytes(layer).String(), nil)
+
+	free()
+	c.expect(http.StatusCreated, "POST", path, layer, "Content-Type", "application/octet-stream")
+	if _, got := c.expect(200, "GET", "/v2/"+repo+"/blobs/"+digest.FromBytes(layer).String(), nil); !bytes.Equal(got, layer) {
+		t.Errorf("the blob stored after space was freed differs")
 	}
 }
 
