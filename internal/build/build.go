@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -156,6 +157,15 @@ func (s *Service) Create(ctx context.Context, p auth.Principal, projectID string
 		// Before the lookup, so the answer is the same for any project id.
 		return Build{}, "", fmt.Errorf("build tokens cannot create builds: %w", errdefs.ErrPermission)
 	}
+	if p.Kind == auth.TokenProject && projectID != p.ProjectID {
+		// Before the lookup too: the same answer whether the other project
+		// is in the token's organization, in another, or nowhere. Permission
+		// denied (not not-found) so that clients show the message as it is
+		// (the depot CLI turns a not-found into "missing project ID"); the
+		// Connect edge records the refusal in the audit log.
+		return Build{}, "", fmt.Errorf("this token belongs to project %s; it cannot build in project %s: %w",
+			p.ProjectID, shownID(projectID), errdefs.ErrPermission)
+	}
 	proj, err := s.store.GetProject(ctx, projectID)
 	if err != nil {
 		return Build{}, "", err
@@ -189,6 +199,18 @@ func (s *Service) Create(ctx context.Context, p auth.Principal, projectID string
 	}
 	s.logger.InfoContext(ctx, "build created", "build_id", b.ID, "project_id", proj.ID)
 	return b, secret, nil
+}
+
+// shownID is a client-given id as an answer may quote it: as it is when it
+// looks like an id, quoted and clipped otherwise.
+func shownID(id string) string {
+	plain := len(id) <= 64 && !strings.ContainsFunc(id, func(r rune) bool {
+		return r <= ' ' || r == '"' || r == '\\' || r >= 0x7f
+	})
+	if plain {
+		return id
+	}
+	return strconv.Quote(clip(id, 64))
 }
 
 // Get returns a build the principal may see.
