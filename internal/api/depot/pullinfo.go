@@ -22,9 +22,10 @@ import (
 //
 // It answers whether or not the build was saved (or its image has expired):
 // the registry is the authority on that, and a pull of a missing image
-// fails there with "manifest unknown". save_for_load is always false: kiln
-// never saves a build only to load it (it does not ask clients to load
-// through the registry).
+// fails there with "manifest unknown". The depot CLI asks for it right
+// after CreateBuild, before it builds, when CreateBuild told it to load
+// through the registry (save.go's loadRequest). save_for_load says the
+// build was saved only for that: it asked for --load and not --save.
 func (s *CLIBuildService) GetPullInfo(ctx context.Context, req *connect.Request[cliv1extra.GetPullInfoRequest]) (*connect.Response[cliv1extra.GetPullInfoResponse], error) {
 	p, err := Caller(ctx)
 	if err != nil {
@@ -42,11 +43,13 @@ func (s *CLIBuildService) GetPullInfo(ctx context.Context, req *connect.Request[
 	if err != nil {
 		return nil, s.err(ctx, err)
 	}
+	opts := storedOptions(b)
 	return connect.NewResponse(&cliv1extra.GetPullInfoResponse{
-		Reference: s.Builds.SavedRef(b),
-		Username:  registryUser,
-		Password:  secret,
-		Options:   storedOptions(b),
+		Reference:   s.Builds.SavedRef(b),
+		Username:    registryUser,
+		Password:    secret,
+		Options:     opts,
+		SaveForLoad: saveForLoad(opts),
 	}), nil
 }
 
@@ -60,4 +63,11 @@ func storedOptions(b build.Build) []*cliv1.BuildOptions {
 		return nil
 	}
 	return opts
+}
+
+// saveForLoad: the build asked for --load and not for --save, so its image
+// is in the registry only for the client to load it.
+func saveForLoad(opts []*cliv1.BuildOptions) bool {
+	save, _ := saveRequest(opts)
+	return !save && loadRequest(opts)
 }
