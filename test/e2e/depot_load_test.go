@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/base64"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,9 @@ import (
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
 	"github.com/docker/cli/cli/config/configfile"
 	"github.com/docker/cli/cli/config/types"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/session"
 	"github.com/moby/buildkit/session/auth/authprovider"
@@ -55,6 +59,25 @@ func TestDepotLoadThroughRegistry(t *testing.T) {
 	}
 	if out, err := d.docker(t, "run", "--rm", "--network", "none", "loaded:stdin", "cat", "/file"); err != nil || strings.TrimSpace(out) != "saved-by-kiln" {
 		t.Errorf("docker run loaded:stdin cat /file = %q, %v", out, err)
+	}
+
+	// GetPullInfo's credential reads its build's image and nothing else of
+	// the project: not another build's, not the tag list.
+	info, err := s.pullInfo(t, first, s.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred := remote.WithAuth(&authn.Basic{Username: info.Username, Password: info.Password})
+	if _, err := remote.Get(mpRef(t, info.Reference), cred); err != nil {
+		t.Errorf("read %s with its GetPullInfo credential: %v", info.Reference, err)
+	}
+	second := s.latestBuild(t, proj)
+	if _, err := remote.Get(mpRef(t, host+"/"+proj+":"+second), cred); registryStatus(err) != http.StatusForbidden {
+		t.Errorf("read another build's image with build %s's pull credential: %v, want 403", first, err)
+	}
+	repo, _ := name.NewRepository(host + "/" + proj)
+	if _, err := remote.List(repo, cred); registryStatus(err) != http.StatusForbidden {
+		t.Errorf("list the project's tags with a build's pull credential: %v, want 403", err)
 	}
 
 	// Without --load kiln asks for no registry load and lends nothing.

@@ -17,8 +17,10 @@ import (
 // GetPullInfo is depot.cli.v1.BuildService/GetPullInfo (missing from
 // depot-go): where a build's saved image is and credentials to pull it —
 // the reference <registry host>/<project id>:<build id>, user "x-token" and
-// a fresh pull token (registry read-only, the build's project, 1 h). Any
-// caller that may use the build gets it, its own build token included.
+// a fresh pull token that reads only this build's image (registry
+// read-only, 1 h; see the registry's buildscope.go: the tags <build id>
+// and <build id>-<bake target>, and what they reference). Any caller that
+// may use the build gets it, its own build token included.
 //
 // It answers whether or not the build was saved (or its image has expired):
 // the registry is the authority on that, and a pull of a missing image
@@ -38,7 +40,7 @@ func (s *CLIBuildService) GetPullInfo(ctx context.Context, req *connect.Request[
 	if err := s.Builds.CheckSave(nil); err != nil { // the server has a registry
 		return nil, s.err(ctx, err)
 	}
-	_, secret, err := s.Projects.MintToken(ctx, p, project.Mint{Kind: auth.TokenPull, ProjectID: b.ProjectID,
+	_, secret, err := s.Projects.MintToken(ctx, p, project.Mint{Kind: auth.TokenPull, ProjectID: b.ProjectID, BuildID: b.ID,
 		Description: "pull token (GetPullInfo " + b.ID + ")", TTL: pullTokenTTL})
 	if err != nil {
 		return nil, s.err(ctx, err)
