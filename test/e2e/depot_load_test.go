@@ -80,6 +80,12 @@ func TestDepotLoadThroughRegistry(t *testing.T) {
 		t.Errorf("list the project's tags with a build's pull credential: %v, want 403", err)
 	}
 
+	// kiln's own CLI prints the build's URL with its id.
+	r := s.mustKiln(t, ctxDir, "build", "--project", proj, "--progress", "plain", ".")
+	if id := buildIDOf(t, r); !strings.Contains(r.Stderr, "kiln: build "+id+" in project "+proj+" ("+s.URL+"/builds/"+id+")\n") {
+		t.Errorf("kiln build does not print the build's URL:\n%s", tail(r.Stderr, 2000))
+	}
+
 	// Without --load kiln asks for no registry load and lends nothing.
 	res, err := s.api().CreateBuild(t.Context(), bearer(&cliv1.CreateBuildRequest{ProjectId: proj,
 		Options: []*cliv1.BuildOptions{{Command: cliv1.Command_COMMAND_BUILD}}}, s.Token))
