@@ -31,7 +31,7 @@ import (
 // tags it with the user's tag — no fast path through Depot's BuildKit
 // fork, no rebuild. Once with a context directory, once as `depot build -
 // < Dockerfile` sends it (a Dockerfile and an empty context), which the
-// CLI cannot retry by rebuilding.
+// CLI cannot retry by rebuilding, and once as a bake target.
 func TestDepotLoadThroughRegistry(t *testing.T) {
 	t.Parallel()
 	s := sharedServer(t)
@@ -41,7 +41,7 @@ func TestDepotLoadThroughRegistry(t *testing.T) {
 	host := s.registryHost()
 
 	ctxDir := writeContext(t, map[string]string{"Dockerfile": saveDockerfile})
-	first := s.depotLoad(t, d, proj, "loaded:ctx", ctxDir, ctxDir)
+	first := s.depotLoad(t, d, proj, "", "loaded:ctx", ctxDir, ctxDir)
 	if out, err := d.docker(t, "run", "--rm", "--network", "none", "loaded:ctx", "cat", "/file"); err != nil || strings.TrimSpace(out) != "saved-by-kiln" {
 		t.Errorf("docker run loaded:ctx cat /file = %q, %v", out, err)
 	}
@@ -52,7 +52,7 @@ func TestDepotLoadThroughRegistry(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dfDir, "Dockerfile"), []byte("FROM "+host+"/"+proj+":"+first+"\nENV LOADED_FROM=stdin\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s.depotLoad(t, d, proj, "loaded:stdin", t.TempDir(), dfDir)
+	s.depotLoad(t, d, proj, "", "loaded:stdin", t.TempDir(), dfDir)
 	out, err := d.docker(t, "image", "inspect", "--format", "{{json .Config.Env}}", "loaded:stdin")
 	if err != nil || !strings.Contains(out, "LOADED_FROM=stdin") {
 		t.Errorf("docker image inspect loaded:stdin: %v %s", err, out)
@@ -80,6 +80,13 @@ func TestDepotLoadThroughRegistry(t *testing.T) {
 		t.Errorf("list the project's tags with a build's pull credential: %v, want 403", err)
 	}
 
+	// depot bake --load: the target's image is pushed and pulled as
+	// <reference>-<target>, which the build's pull credential reads.
+	s.depotLoad(t, d, proj, "app", "loaded:bake", ctxDir, ctxDir)
+	if out, err := d.docker(t, "run", "--rm", "--network", "none", "loaded:bake", "cat", "/file"); err != nil || strings.TrimSpace(out) != "saved-by-kiln" {
+		t.Errorf("docker run loaded:bake cat /file = %q, %v", out, err)
+	}
+
 	// kiln's own CLI prints the build's URL with its id.
 	r := s.mustKiln(t, ctxDir, "build", "--project", proj, "--progress", "plain", ".")
 	if id := buildIDOf(t, r); !strings.Contains(r.Stderr, "kiln: build "+id+" in project "+proj+" ("+s.URL+"/builds/"+id+")\n") {
@@ -105,12 +112,19 @@ func TestDepotLoadThroughRegistry(t *testing.T) {
 // to the additional tags with the lent credential, FinishBuild, then
 // `docker pull` of GetPullInfo's reference with its credentials and a tag
 // with the user's tag.
-func (s *server) depotLoad(t *testing.T, d *dockerd, proj, tag, contextDir, dockerfileDir string) string {
+//
+// With a bake target the options say BAKE and name the target, and the CLI
+// appends "-<target>" to the tag it pushes and to the reference it pulls.
+func (s *server) depotLoad(t *testing.T, d *dockerd, proj, target, tag, contextDir, dockerfileDir string) string {
 	t.Helper()
 	ctx := t.Context()
 	host := s.registryHost()
-	res, err := s.api().CreateBuild(ctx, bearer(&cliv1.CreateBuildRequest{ProjectId: proj,
-		Options: []*cliv1.BuildOptions{{Command: cliv1.Command_COMMAND_BUILD, Tags: []string{tag}, Load: true}}}, s.Token))
+	opts := &cliv1.BuildOptions{Command: cliv1.Command_COMMAND_BUILD, Tags: []string{tag}, Load: true}
+	suffix := ""
+	if target != "" {
+		opts.Command, opts.TargetName, suffix = cliv1.Command_COMMAND_BAKE, &target, "-"+target
+	}
+	res, err := s.api().CreateBuild(ctx, bearer(&cliv1.CreateBuildRequest{ProjectId: proj, Options: []*cliv1.BuildOptions{opts}}, s.Token))
 	if err != nil {
 		t.Fatalf("CreateBuild --load: %v", err)
 	}
@@ -167,7 +181,7 @@ func (s *server) depotLoad(t *testing.T, d *dockerd, proj, tag, contextDir, dock
 		Frontend:    "dockerfile.v0",
 		LocalMounts: map[string]fsutil.FS{"context": ctxFS, "dockerfile": dfFS},
 		Exports: []client.ExportEntry{{Type: client.ExporterImage, Attrs: map[string]string{
-			"name": ref, "push": "true", "oci-mediatypes": "true"}}},
+			"name": ref + suffix, "push": "true", "oci-mediatypes": "true"}}},
 		Session: []session.Attachable{authprovider.NewDockerAuthProvider(authprovider.DockerAuthProviderConfig{
 			AuthConfigProvider: authprovider.LoadAuthConfig(cfg)})},
 	}, nil)
@@ -187,10 +201,11 @@ func (s *server) depotLoad(t *testing.T, d *dockerd, proj, tag, contextDir, dock
 	if out, err := dockerShell(t, d, fmt.Sprintf("echo %s | docker login -u %s --password-stdin %s", info.Password, info.Username, host)); err != nil {
 		t.Fatalf("docker login %s with GetPullInfo's credentials: %v\n%s", host, err, out)
 	}
-	if out, err := d.docker(t, "pull", info.Reference); err != nil {
-		t.Fatalf("docker pull %s: %v\n%s", info.Reference, err, out)
+	pull := info.Reference + suffix
+	if out, err := d.docker(t, "pull", pull); err != nil {
+		t.Fatalf("docker pull %s: %v\n%s", pull, err, out)
 	}
-	if out, err := d.docker(t, "tag", info.Reference, tag); err != nil {
+	if out, err := d.docker(t, "tag", pull, tag); err != nil {
 		t.Fatalf("docker tag: %v\n%s", err, out)
 	}
 	if out, err := d.docker(t, "image", "inspect", "--format", "{{.Id}}", tag); err != nil || !strings.HasPrefix(strings.TrimSpace(out), "sha256:") {
