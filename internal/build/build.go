@@ -44,7 +44,9 @@ type Config struct {
 	HealthTimeout time.Duration // no health report for this long cancels a build; 0 → 5m (Depot's)
 	ClientCertTTL time.Duration // lifetime of per-build client certs; 0 → 4h
 	TokenTTL      time.Duration // lifetime of build tokens; 0 → 24h
-	BuildURL      func(buildID string) string
+	// BuildURL is a build's URL, answered as build_url (the server's
+	// /builds/<id>); nil → "".
+	BuildURL func(buildID string) string
 	// ShareURL is the public URL of a build share token (ShareBuild);
 	// nil → the server-relative "/shared/<token>".
 	ShareURL func(token string) string
