@@ -25,10 +25,11 @@ func reachableBase(base string) string {
 	if err != nil {
 		return strings.TrimSuffix(base, "/")
 	}
+	port := u.Port()
 	if ip := net.ParseIP(u.Hostname()); u.Hostname() == "" || (ip != nil && ip.IsUnspecified()) {
 		u.Host = "127.0.0.1"
-		if p := u.Port(); p != "" {
-			u.Host = net.JoinHostPort("127.0.0.1", p)
+		if port != "" {
+			u.Host = net.JoinHostPort("127.0.0.1", port)
 		}
 	}
 	return strings.TrimSuffix(u.String(), "/")

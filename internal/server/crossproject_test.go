@@ -243,3 +243,19 @@ func TestBuildPage(t *testing.T) {
 }
 
 func errorsAs(err error, target **connect.Error) bool { return errors.As(err, target) }
+
+func TestReachableBase(t *testing.T) {
+	for in, want := range map[string]string{
+		"http://127.0.0.1:7420":          "http://127.0.0.1:7420",
+		"http://0.0.0.0:7420":            "http://127.0.0.1:7420",
+		"http://[::]:7420":               "http://127.0.0.1:7420",
+		"https://kiln.example.com/":      "https://kiln.example.com",
+		"https://kiln.example.com/kiln":  "https://kiln.example.com/kiln",
+		"http://[2001:db8::1]:7420/x/":   "http://[2001:db8::1]:7420/x",
+		"https://0.0.0.0/behind-a-proxy": "https://127.0.0.1/behind-a-proxy",
+	} {
+		if got := reachableBase(in); got != want {
+			t.Errorf("reachableBase(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
