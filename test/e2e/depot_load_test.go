@@ -2,7 +2,7 @@ package e2e
 
 import (
 	"encoding/base64"
-	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,6 +13,9 @@ import (
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
 	"github.com/docker/cli/cli/config/configfile"
 	"github.com/docker/cli/cli/config/types"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/registry"
+	dockerclient "github.com/docker/docker/client"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -198,15 +201,31 @@ func (s *server) depotLoad(t *testing.T, d *dockerd, proj, target, tag, contextD
 		t.Fatalf("solve: %v", solveErr)
 	}
 
-	if out, err := dockerShell(t, d, fmt.Sprintf("echo %s | docker login -u %s --password-stdin %s", info.Password, info.Username, host)); err != nil {
-		t.Fatalf("docker login %s with GetPullInfo's credentials: %v\n%s", host, err, out)
-	}
+	// As the CLI pulls: through the Docker API, the credential in
+	// X-Registry-Auth with the server address it hard-codes
+	// (registry.depot.dev), which the engine does not hold against
+	// kiln's host; then the user's tag on the pulled image.
 	pull := info.Reference + suffix
-	if out, err := d.docker(t, "pull", pull); err != nil {
-		t.Fatalf("docker pull %s: %v\n%s", pull, err, out)
+	dc, err := dockerclient.NewClientWithOpts(dockerclient.WithHost(d.Host), dockerclient.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
 	}
-	if out, err := d.docker(t, "tag", pull, tag); err != nil {
-		t.Fatalf("docker tag: %v\n%s", err, out)
+	defer dc.Close()
+	regAuth, err := registry.EncodeAuthConfig(registry.AuthConfig{Username: info.Username, Password: info.Password, ServerAddress: "registry.depot.dev"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := dc.ImagePull(ctx, pull, image.PullOptions{RegistryAuth: regAuth})
+	if err != nil {
+		t.Fatalf("pull %s through the Docker API: %v", pull, err)
+	}
+	progress, _ := io.ReadAll(rc)
+	rc.Close()
+	if strings.Contains(string(progress), `"error"`) {
+		t.Fatalf("pull %s through the Docker API:\n%s", pull, progress)
+	}
+	if err := dc.ImageTag(ctx, pull, tag); err != nil {
+		t.Fatalf("tag %s as %s: %v", pull, tag, err)
 	}
 	if out, err := d.docker(t, "image", "inspect", "--format", "{{.Id}}", tag); err != nil || !strings.HasPrefix(strings.TrimSpace(out), "sha256:") {
 		t.Fatalf("docker image inspect %s: %v %s", tag, err, out)
