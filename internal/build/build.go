@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -43,7 +44,9 @@ type Config struct {
 	HealthTimeout time.Duration // no health report for this long cancels a build; 0 → 5m (Depot's)
 	ClientCertTTL time.Duration // lifetime of per-build client certs; 0 → 4h
 	TokenTTL      time.Duration // lifetime of build tokens; 0 → 24h
-	BuildURL      func(buildID string) string
+	// BuildURL is a build's URL, answered as build_url (the server's
+	// /builds/<id>); nil → "".
+	BuildURL func(buildID string) string
 	// ShareURL is the public URL of a build share token (ShareBuild);
 	// nil → the server-relative "/shared/<token>".
 	ShareURL func(token string) string
@@ -156,6 +159,15 @@ func (s *Service) Create(ctx context.Context, p auth.Principal, projectID string
 		// Before the lookup, so the answer is the same for any project id.
 		return Build{}, "", fmt.Errorf("build tokens cannot create builds: %w", errdefs.ErrPermission)
 	}
+	if p.Kind == auth.TokenProject && projectID != p.ProjectID {
+		// Before the lookup too: the same answer whether the other project
+		// is in the token's organization, in another, or nowhere. Permission
+		// denied (not not-found) so that clients show the message as it is
+		// (the depot CLI turns a not-found into "missing project ID"); the
+		// Connect edge records the refusal in the audit log.
+		return Build{}, "", fmt.Errorf("this token belongs to project %s; it cannot build in project %s: %w",
+			p.ProjectID, shownID(projectID), errdefs.ErrPermission)
+	}
 	proj, err := s.store.GetProject(ctx, projectID)
 	if err != nil {
 		return Build{}, "", err
@@ -189,6 +201,18 @@ func (s *Service) Create(ctx context.Context, p auth.Principal, projectID string
 	}
 	s.logger.InfoContext(ctx, "build created", "build_id", b.ID, "project_id", proj.ID)
 	return b, secret, nil
+}
+
+// shownID is a client-given id as an answer may quote it: as it is when it
+// looks like an id, quoted and clipped otherwise.
+func shownID(id string) string {
+	plain := len(id) <= 64 && !strings.ContainsFunc(id, func(r rune) bool {
+		return r <= ' ' || r == '"' || r == '\\' || r >= 0x7f
+	})
+	if plain {
+		return id
+	}
+	return strconv.Quote(clip(id, 64))
 }
 
 // Get returns a build the principal may see.

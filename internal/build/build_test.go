@@ -172,8 +172,14 @@ func TestBuildTokenReachesOnlyItsBuild(t *testing.T) {
 	if _, err := e.svc.Get(ctx, projA, b.ID); !errdefs.IsNotFound(err) {
 		t.Errorf("A's project token on B's build: %v", err)
 	}
-	if _, _, err := e.svc.Create(ctx, projA, "pb", 1, nil); !errdefs.IsNotFound(err) {
-		t.Errorf("A's project token creating in B: %v", err)
+	// Creating in another project is refused, naming both, the same way
+	// whether that project exists or not (before any lookup).
+	for _, proj := range []string{"pb", "nosuchproject"} {
+		_, _, err := e.svc.Create(ctx, projA, proj, 1, nil)
+		want := "this token belongs to project pa; it cannot build in project " + proj
+		if !errors.Is(err, errdefs.ErrPermission) || !strings.HasPrefix(err.Error(), want+":") {
+			t.Errorf("A's project token creating in %s: %v; want PermissionDenied %q", proj, err, want)
+		}
 	}
 	if _, err := e.svc.Get(ctx, pa, a.ID); err != nil {
 		t.Errorf("own build: %v", err)

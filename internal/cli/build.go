@@ -170,7 +170,11 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "kiln: build %s in project %s\n", b.ID, projectID)
+	if b.URL != "" {
+		fmt.Fprintf(stderr, "kiln: build %s in project %s (%s)\n", b.ID, projectID, b.URL)
+	} else {
+		fmt.Fprintf(stderr, "kiln: build %s in project %s\n", b.ID, projectID)
+	}
 	var saved []string
 	if bf.saving() {
 		if saved, err = applySave(req, b); err != nil {

@@ -1,9 +1,10 @@
 // Package depotext reads and writes the fields of Depot's CLI protocol that
 // the generated depot-go v0.5.3 types lack, so kiln keeps using those types
-// on both sides of the wire. Today that is BuildOptions.save_tags (field 9
-// of depot.cli.v1.BuildOptions), which the depot CLI sends for
-// `--save-tag`: depot-go decodes it into the message's unknown fields,
-// where this package finds it, and writes it there for kiln's own CLI.
+// on both sides of the wire: BuildOptions.save_tags (field 9 of
+// depot.cli.v1.BuildOptions), which the depot CLI sends for `--save-tag`
+// (depot-go decodes it into the message's unknown fields, where this
+// package finds it, and writes it there for kiln's own CLI), and
+// Registry.load_using_registry (field 3), which the server answers.
 //
 // It depends only on the protobuf runtime and depot-go's types: the server
 // (internal/api/depot) and the CLI (internal/cli) both import it.
@@ -78,4 +79,54 @@ func SetSaveTags(o *cliv1.BuildOptions, tags []string) {
 		out = protowire.AppendString(out, t)
 	}
 	msg.SetUnknown(out)
+}
+
+// loadUsingRegistryField is Registry.load_using_registry: bool
+// load_using_registry = 3 of depot.cli.v1.Registry, which depot-go v0.5.3
+// lacks. Its binary encoding carries it as an unknown field; JSON does not
+// (protojson drops unknown fields), so only protobuf clients see it — the
+// depot CLI is one.
+const loadUsingRegistryField protowire.Number = 3
+
+// LoadUsingRegistry reads Registry.load_using_registry (the last value
+// wins, as protobuf decoding does; malformed bytes read as false).
+func LoadUsingRegistry(r *cliv1.Registry) bool {
+	if r == nil {
+		return false
+	}
+	on := false
+	b := r.ProtoReflect().GetUnknown()
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		if num == loadUsingRegistryField && typ == protowire.VarintType {
+			v, m := protowire.ConsumeVarint(b)
+			if m < 0 {
+				return false
+			}
+			on = v != 0
+			b = b[m:]
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			return false
+		}
+		b = b[m:]
+	}
+	return on
+}
+
+// SetLoadUsingRegistry sets Registry.load_using_registry; false (the
+// default) writes nothing, as protobuf does.
+func SetLoadUsingRegistry(r *cliv1.Registry, on bool) {
+	if !on {
+		return
+	}
+	msg := r.ProtoReflect()
+	b := protowire.AppendTag(msg.GetUnknown(), loadUsingRegistryField, protowire.VarintType)
+	msg.SetUnknown(protowire.AppendVarint(b, 1))
 }

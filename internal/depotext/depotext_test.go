@@ -106,3 +106,41 @@ func TestOptionsKeepUnknownFields(t *testing.T) {
 		t.Errorf("no options stored as %s", b)
 	}
 }
+
+// Registry.load_using_registry is field 3, a bool, as Depot's CLI decodes
+// it: the bytes kiln writes are exactly a generated message's, and survive
+// depot-go's decoding inside a CreateBuildResponse.
+func TestLoadUsingRegistryWire(t *testing.T) {
+	r := &cliv1.Registry{}
+	SetLoadUsingRegistry(r, true)
+	wire, err := proto.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := protowire.AppendVarint(protowire.AppendTag(nil, 3, protowire.VarintType), 1)
+	if string(wire) != string(want) {
+		t.Errorf("encoded %x, want %x (field 3, varint 1)", wire, want)
+	}
+	res, err := proto.Marshal(&cliv1.CreateBuildResponse{BuildId: "b1", Registry: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got cliv1.CreateBuildResponse
+	if err := proto.Unmarshal(res, &got); err != nil {
+		t.Fatal(err)
+	}
+	if !LoadUsingRegistry(got.Registry) || got.BuildId != "b1" {
+		t.Errorf("decoded: load_using_registry=%v, %v", LoadUsingRegistry(got.Registry), &got)
+	}
+	off := &cliv1.Registry{}
+	SetLoadUsingRegistry(off, false)
+	if LoadUsingRegistry(off) || LoadUsingRegistry(nil) || len(off.ProtoReflect().GetUnknown()) != 0 {
+		t.Errorf("false writes nothing and reads false")
+	}
+	// Malformed bytes read as false, never panic.
+	bad := &cliv1.Registry{}
+	bad.ProtoReflect().SetUnknown([]byte{0x18})
+	if LoadUsingRegistry(bad) {
+		t.Errorf("a truncated field read as true")
+	}
+}

@@ -230,8 +230,12 @@ func (s *Service) CreateToken(ctx context.Context, p auth.Principal, projectID, 
 
 // Mint describes a token to create.
 type Mint struct {
-	Kind        auth.TokenKind // auth.TokenProject, TokenPull or TokenOrg
-	ProjectID   string         // project and pull tokens
+	Kind      auth.TokenKind // auth.TokenProject, TokenPull or TokenOrg
+	ProjectID string         // project and pull tokens
+	// BuildID narrows a pull token to one build's saved image (the
+	// registry's buildscope.go); the caller checks the build is in
+	// ProjectID and may be seen.
+	BuildID     string
 	Description string
 	TTL         time.Duration // 0: never expires
 }
@@ -279,6 +283,7 @@ func (s *Service) MintToken(ctx context.Context, p auth.Principal, m Mint) (auth
 			return auth.Token{}, "", err
 		}
 		t.ProjectID = proj.ID
+		t.BuildID = m.BuildID
 	default:
 		return auth.Token{}, "", fmt.Errorf("token kind %q: use project, pull or organization: %w", m.Kind, errdefs.ErrInvalid)
 	}

@@ -213,7 +213,7 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if !ok {
 		return
 	}
-	if c.p.BuildID != "" && r.cfg.BuildRequest != nil {
+	if c.p.Kind == auth.TokenBuild && r.cfg.BuildRequest != nil {
 		r.cfg.BuildRequest(req.Context(), c.p.BuildID)
 	}
 	if !r.authorize(w, req, rt, c) {
@@ -257,6 +257,11 @@ func (r *Registry) admit(w http.ResponseWriter, req *http.Request, rt route) (ca
 // lacks is dropped from the request instead.
 func (r *Registry) authorize(w http.ResponseWriter, req *http.Request, rt route, c caller) bool {
 	ctx := req.Context()
+	if reason := buildScopeRefusal(c, rt); reason != "" { // buildscope.go
+		r.auditDenied(ctx, req, c, rt, reason)
+		errDenied.write(w)
+		return false
+	}
 	cache := rightsCache{}
 	for _, n := range needsOf(rt, req) {
 		if n.optional && !validRepository(n.repo) {

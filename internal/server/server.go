@@ -247,6 +247,7 @@ func (s *Server) startServices() (*project.Service, error) {
 	s.fleet = fleet
 	builds = build.NewService(s.store, fleet, s.ca, build.Config{HealthTimeout: cfg.HealthTimeout,
 		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
+		BuildURL:     s.buildURL,
 		Leased:       fleet.Leased,
 		Active:       func(buildID string) bool { return s.gateway.Active(buildID) },
 		RegistryHost: s.registryHost,
@@ -275,6 +276,7 @@ func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http
 	depot.Mount(mux, projects, s.builds, cfg.Logger, connect.WithInterceptors(authInterceptor(authn, cfg.Logger)), connect.WithReadMaxBytes(16<<20))
 	logins := s.mountLogin(mux, s.store, authn, projects)
 	s.mountAudit(mux, authn)
+	s.mountBuildPage(mux, authn)
 	s.mountTrustPolicies(mux, authn, projects)
 	s.mountTokens(mux, authn, projects)
 	s.mountProjectNetwork(mux, authn, projects)

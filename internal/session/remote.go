@@ -33,6 +33,8 @@ type Remote struct {
 	cfg    client.Config // the caller's, to ask why a build ended (lost.go)
 	// ID and Token are the build's id and its build token.
 	ID, Token string
+	// URL is the build's URL (CreateBuild's build_url), or "".
+	URL string
 	// SaveRefs and SaveCreds are where the server saves the build's image
 	// in its registry and the credentials to push there (CreateBuild's
 	// additional tags and credentials), when the build asked to be saved.
@@ -54,7 +56,7 @@ func Create(ctx context.Context, cfg client.Config, projectID string, opts ...*c
 	if err != nil {
 		return nil, fmt.Errorf("create build in project %s: %w", projectID, err)
 	}
-	r := &Remote{api: api, apiURL: cfg.APIURL, cfg: cfg, ID: res.Msg.BuildId, Token: res.Msg.BuildToken}
+	r := &Remote{api: api, apiURL: cfg.APIURL, cfg: cfg, ID: res.Msg.BuildId, Token: res.Msg.BuildToken, URL: res.Msg.BuildUrl}
 	for _, t := range res.Msg.GetAdditionalTags() {
 		if t.GetPush() {
 			r.SaveRefs = append(r.SaveRefs, t.GetTag())

@@ -49,8 +49,9 @@ func TestTokenKindsAndExpiry(t *testing.T) {
 	if _, _, err := createBuildErr(t, s, projA, prj); err != nil {
 		t.Errorf("project token creating a build in its project: %v", err)
 	}
-	if _, _, err := createBuildErr(t, s, projB, prj); connect.CodeOf(err) != connect.CodeNotFound {
-		t.Errorf("project token in another project: %v, want NotFound", err)
+	if _, _, err := createBuildErr(t, s, projB, prj); connect.CodeOf(err) != connect.CodePermissionDenied ||
+		!strings.Contains(err.Error(), "this token belongs to project "+projA+"; it cannot build in project "+projB) {
+		t.Errorf("project token in another project: %v, want PermissionDenied naming both projects", err)
 	}
 	if r := s.kiln(t, dir, []string{"KILN_TOKEN=" + prj}, "tokens", "create", "--project", projA); r.Err == nil {
 		t.Errorf("a project token minted a project token")

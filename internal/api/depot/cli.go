@@ -57,6 +57,9 @@ func (s *CLIBuildService) CreateBuild(ctx context.Context, req *connect.Request[
 	if err != nil {
 		return nil, s.err(ctx, err)
 	}
+	// --load goes through kiln's registry (save.go): the client saves the
+	// build there and pulls it into Docker.
+	loadVia := loadRequest(req.Msg.Options) && s.Builds.RegistryHost() != ""
 	res := &cliv1.CreateBuildResponse{
 		BuildId:    b.ID,
 		BuildToken: token,
@@ -64,7 +67,8 @@ func (s *CLIBuildService) CreateBuild(ctx context.Context, req *connect.Request[
 		BuildUrl:   s.Builds.URL(b.ID),
 		Registry:   &cliv1.Registry{},
 	}
-	if save { // --save: see save.go
+	depotext.SetLoadUsingRegistry(res.Registry, loadVia)
+	if save || loadVia { // --save, and --load through the registry: see save.go
 		addSaveTargets(res, s.Builds.RegistryHost(), s.Builds.SaveRefs(b, saveTags), token)
 	}
 	return connect.NewResponse(res), nil

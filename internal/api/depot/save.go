@@ -26,6 +26,27 @@ func saveRequest(opts []*cliv1.BuildOptions) (save bool, tags []string) {
 	return save, tags
 }
 
+// loadRequest reads --load from a CreateBuild request: any options entry
+// with load set.
+//
+// kiln answers such a build with registry.load_using_registry, the path of
+// Depot's protocol where the depot CLI does not load from the builder (its
+// fast path needs export metadata only Depot's BuildKit fork writes, and
+// its fallback rebuilds, which a stdin context cannot): it turns on save,
+// pushes the image to the additional tags (addSaveTargets; in a bake each
+// with "-<target>" appended), asks GetPullInfo for the reference and a
+// pull credential, and has Docker pull the reference (plus "-<target>") and
+// tag it with the user's tags. The image is an ordinary saved image of the
+// project: it expires with the project's retention like any other.
+func loadRequest(opts []*cliv1.BuildOptions) bool {
+	for _, o := range opts {
+		if o.GetLoad() {
+			return true
+		}
+	}
+	return false
+}
+
 // addSaveTargets tells the client where to push a saved build, the way the
 // depot CLI expects it for a server's own registry: every reference as an
 // additional tag to push, and the build token as the registry credential

@@ -1,0 +1,123 @@
+package depot
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+)
+
+// BuildPage serves GET /builds/{id}, the build_url CreateBuild and GetBuild
+// answer (build.Config.BuildURL): the build as JSON — status, times, step
+// counts, project and its own URL — for a caller that may see it, with the
+// API's token as Bearer (or as the password of Basic, as registry clients
+// send it). It is authorized exactly as GetBuild is (build.Service.Stats).
+// Without a valid token it answers 401, and for a build the token may not
+// see 404 — the same for a build of another organization as for none at
+// all — each with a one-line hint. A later page in HTML will take this
+// path; JSON stays available with `Accept: application/json`.
+type BuildPage struct {
+	Builds *build.Service
+	Authn  interface {
+		Authenticate(ctx context.Context, secret string) (auth.Principal, error)
+	}
+	Logger *slog.Logger
+}
+
+type buildPageView struct {
+	BuildID              string     `json:"build_id"`
+	ProjectID            string     `json:"project_id"`
+	URL                  string     `json:"url"`
+	Status               string     `json:"status"`
+	CreatedAt            time.Time  `json:"created_at"`
+	StartedAt            *time.Time `json:"started_at,omitempty"`
+	FinishedAt           *time.Time `json:"finished_at,omitempty"`
+	BuildDurationSeconds int32      `json:"build_duration_seconds"`
+	SavedDurationSeconds int32      `json:"saved_duration_seconds"`
+	CachedSteps          int        `json:"cached_steps"`
+	TotalSteps           int        `json:"total_steps"`
+	Error                string     `json:"error,omitempty"`
+}
+
+// plainBuildID is what a build id can look like; anything else is not
+// echoed back in a hint.
+var plainBuildID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// buildPageHint says how to read a build the request could not.
+func buildPageHint(id string) string {
+	if !plainBuildID.MatchString(id) {
+		id = "BUILD_ID"
+	}
+	return "use `kiln builds get " + id + "` or send Authorization: Bearer <token>"
+}
+
+// pageSecret is the token of a request: Bearer, or Basic's password.
+func pageSecret(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	if _, pass, ok := r.BasicAuth(); ok {
+		return pass
+	}
+	return ""
+}
+
+func (h *BuildPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	hdr := w.Header()
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	id := r.PathValue("id")
+	p, err := h.Authn.Authenticate(ctx, pageSecret(r))
+	if err != nil {
+		if errors.Is(err, errdefs.ErrUnauthenticated) || errors.Is(err, errdefs.ErrPermission) {
+			hdr.Set("WWW-Authenticate", `Bearer realm="kiln"`)
+			http.Error(w, "401 unauthorized: "+buildPageHint(id), http.StatusUnauthorized)
+			return
+		}
+		h.Logger.ErrorContext(ctx, "build page: authenticate", "err", err)
+		http.Error(w, "internal error; see the server log", http.StatusInternalServerError)
+		return
+	}
+	b, st, err := h.Builds.Stats(ctx, p, id)
+	switch {
+	case errdefs.IsNotFound(err) || errors.Is(err, errdefs.ErrInvalid) || errors.Is(err, errdefs.ErrPermission):
+		http.Error(w, "404 not found: no such build for this token; "+buildPageHint(id), http.StatusNotFound)
+		return
+	case err != nil:
+		h.Logger.ErrorContext(ctx, "build page", "build_id", id, "err", err)
+		http.Error(w, "internal error; see the server log", http.StatusInternalServerError)
+		return
+	}
+	v := buildPageView{
+		BuildID:              b.ID,
+		ProjectID:            b.ProjectID,
+		URL:                  h.Builds.URL(b.ID),
+		Status:               strings.ToLower(strings.TrimPrefix(coreStatus[b.Status].String(), "STATUS_")),
+		CreatedAt:            b.CreatedAt,
+		StartedAt:            timePtr(b.StartedAt),
+		FinishedAt:           timePtr(b.FinishedAt),
+		BuildDurationSeconds: build.Seconds(st.Duration),
+		SavedDurationSeconds: build.Seconds(st.Saved),
+		CachedSteps:          st.CachedSteps,
+		TotalSteps:           st.TotalSteps,
+		Error:                b.Error,
+	}
+	hdr.Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		h.Logger.WarnContext(ctx, "build page: write", "err", fmt.Errorf("build %s: %w", b.ID, err))
+	}
+}
