@@ -85,6 +85,10 @@ type followed struct {
 	cancel context.CancelFunc
 	refs   map[string]bool // solves followed; guarded by Follower.mu
 	ended  bool            // Ended was called; guarded by Follower.mu
+	// covering counts the solves whose steps come from the builder:
+	// started, and not given up before the builder said anything (see
+	// failed). Guarded by Follower.mu.
+	covering int
 
 	// logMu guards logBytes and truncated: the build's log budget, shared
 	// by its solves.
@@ -116,7 +120,7 @@ func New(cfg Config) (*Follower, error) {
 
 // Solve starts following a solve of build buildID with ref on the builder
 // named serverName: the gateway's OnSolve. It returns at once; from now
-// on, Following(buildID) is true until the build has ended.
+// on, Following(buildID) is true (see there).
 func (f *Follower) Solve(buildID, projectID, serverName, ref string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -133,6 +137,7 @@ func (f *Follower) Solve(buildID, projectID, serverName, ref string) {
 		return
 	}
 	b.refs[ref] = true
+	b.covering++
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
@@ -141,11 +146,23 @@ func (f *Follower) Solve(buildID, projectID, serverName, ref string) {
 }
 
 // Following reports whether the build's solves are followed on the
-// builder: its BuildKit steps and their logs come from there.
+// builder: its BuildKit steps and logs come from there. It is true from
+// the first Solve until the build has ended, unless every solve's stream
+// failed before the builder said anything (the builder was unreachable):
+// then what the client reports is all kiln has.
 func (f *Follower) Following(buildID string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.builds[buildID] != nil
+	b := f.builds[buildID]
+	return b != nil && b.covering > 0
+}
+
+// failed records that a solve's stream gave up before the builder said
+// anything: it covers nothing.
+func (f *Follower) failed(b *followed) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b.covering--
 }
 
 // Ended tells the follower that the build ended: its streams get Grace to
@@ -187,11 +204,13 @@ func (f *Follower) follow(b *followed, projectID, serverName, ref string) {
 	ctx := b.ctx
 	log := f.log.With("build_id", b.id, "project_id", projectID, "builder", serverName, "ref", ref)
 	if f.cfg.Skip != nil && f.cfg.Skip(ctx, b.id) {
+		f.failed(b)
 		return
 	}
 	_, socket, ok := f.cfg.Lookup(serverName)
 	if !ok {
 		log.Warn("follow build: builder is gone")
+		f.failed(b)
 		return
 	}
 	c, err := retry.Value(ctx, retry.Dial, func(ctx context.Context) (*bkclient.Client, error) {
@@ -199,6 +218,7 @@ func (f *Follower) follow(b *followed, projectID, serverName, ref string) {
 	})
 	if err != nil {
 		log.Warn("follow build: builder unreachable; its steps are what the client reports", "err", err)
+		f.failed(b)
 		return
 	}
 	defer c.Close()
@@ -211,9 +231,12 @@ func (f *Follower) follow(b *followed, projectID, serverName, ref string) {
 		ticker.Run(done, f.cfg.Flush, func(time.Time, time.Duration) { f.store(b, rec, log) })
 		f.store(b, rec, log)
 	}()
-	err = f.stream(ctx, c.ControlClient(), ref, rec)
+	received, err := f.stream(ctx, c.ControlClient(), ref, rec)
 	close(done)
 	<-stored
+	if !received {
+		f.failed(b)
+	}
 	if err != nil && ctx.Err() == nil {
 		log.Warn("follow build: status stream ended", "err", err)
 	}
@@ -223,16 +246,16 @@ func (f *Follower) follow(b *followed, projectID, serverName, ref string) {
 // may not know the ref yet (the solve is just starting: it waits 6 s,
 // then says NotFound): that is tried again while nothing was received.
 // A stream cut after it began is not reopened, since a new one would
-// replay every log line already stored.
-func (f *Follower) stream(ctx context.Context, cc controlapi.ControlClient, ref string, rec *steps.Recorder) error {
+// replay every log line already stored. received says whether the
+// builder sent anything.
+func (f *Follower) stream(ctx context.Context, cc controlapi.ControlClient, ref string, rec *steps.Recorder) (received bool, err error) {
 	policy := retry.Policy{Attempts: 5, Delay: 500 * time.Millisecond, MaxDelay: 4 * time.Second,
-		Retryable: func(err error) bool { return status.Code(err) == codes.NotFound }}
-	return retry.Do(ctx, policy, func(ctx context.Context) error {
+		Retryable: func(err error) bool { return !received && status.Code(err) == codes.NotFound }}
+	err = retry.Do(ctx, policy, func(ctx context.Context) error {
 		st, err := cc.Status(ctx, &controlapi.StatusRequest{Ref: ref})
 		if err != nil {
 			return err
 		}
-		received := false
 		for {
 			resp, err := st.Recv()
 			if err != nil {
@@ -248,6 +271,7 @@ func (f *Follower) stream(ctx context.Context, cc controlapi.ControlClient, ref 
 			rec.Observe(bkclient.NewSolveStatus(resp))
 		}
 	})
+	return received, err
 }
 
 // store writes what rec observed since the last call, within the build's
