@@ -16,6 +16,7 @@ import (
 	"github.com/moby/buildkit/client"
 	"github.com/tonistiigi/fsutil"
 
+	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/internal/build"
 )
 
@@ -199,5 +200,34 @@ func TestStepsOfKilnBuildAreNotCountedTwice(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	if b := getBuild(t, s, warm, want); b.GetTotalSteps() != want || b.GetCachedSteps() != want {
 		t.Errorf("warm kiln build: %d cached of %d steps; want %d of %d", b.GetCachedSteps(), b.GetTotalSteps(), want, want)
+	}
+}
+
+// A source build is recorded by kiln's runner from its own solve; its
+// solves also pass the gateway, and are not recorded a second time.
+func TestStepsOfASourceBuildAreNotCountedTwice(t *testing.T) {
+	t.Parallel()
+	s := sharedServer(t)
+	data := contextArchive(t, map[string]string{"Dockerfile": stepsDockerfile, "data.txt": "source-1\n"})
+	const want = 4 // the base's COPY and RUN, then COPY and RUN
+	for i, cached := range []int32{0, want} {
+		created := s.createSource(t, s.Token, customer("steps-source"), data)
+		if w := s.watch(t, s.Token, created.BuildId, 4*time.Minute); w.last.Status != kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED {
+			t.Fatalf("source build %d ended %v: %s", i, w.last.Status, w.last.Error)
+		}
+		b := getBuild(t, s, created.BuildId, want)
+		if b.GetTotalSteps() != want || b.GetCachedSteps() != cached {
+			t.Errorf("source build %d: %d cached of %d steps; want %d of %d", i, b.GetCachedSteps(), b.GetTotalSteps(), cached, want)
+		}
+		if i > 0 {
+			continue
+		}
+		for _, st := range s.steps(t, created.ProjectId, created.BuildId) {
+			if strings.Contains(st.Name, "RUN echo") {
+				if logs := s.stepLogs(t, created.ProjectId, created.BuildId, st.Digest); strings.Count(logs, "builder says: source-1") != 1 {
+					t.Errorf("source build's RUN logs = %q; want the line once", logs)
+				}
+			}
+		}
 	}
 }
