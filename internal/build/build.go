@@ -78,6 +78,11 @@ type Config struct {
 	// nil: no lease survives a restart, as with builders that are kiln
 	// serve's children (they die with it).
 	Leased func(projectID, platform, buildID string) bool
+	// Followed reports whether a build's solves are followed on its
+	// builder (follow.Follower.Following): its BuildKit steps and logs
+	// come from there, and ReportSteps keeps only what the client alone
+	// knows (followed.go). nil: no build is followed.
+	Followed func(buildID string) bool
 }
 
 // Service implements build operations.
@@ -589,13 +594,20 @@ func (s *Service) Release(ctx context.Context, p auth.Principal, buildID, platfo
 	return nil
 }
 
-// ReportSteps stores steps a client reported.
+// ReportSteps stores steps a client reported; of a followed build, only
+// what the builder cannot show (see clientOnly).
 func (s *Service) ReportSteps(ctx context.Context, p auth.Principal, buildID string, steps []Step, logs []LogLine) error {
 	if _, err := s.clientBuild(ctx, p, buildID); err != nil {
 		return err
 	}
 	if len(steps) > 10000 || len(logs) > 100000 {
 		return fmt.Errorf("too many steps or log lines in one report: %w", errdefs.ErrInvalid)
+	}
+	if s.cfg.Followed != nil && s.cfg.Followed(buildID) {
+		var err error
+		if steps, logs, err = s.clientOnly(ctx, buildID, steps, logs); err != nil {
+			return err
+		}
 	}
 	return s.StoreSteps(ctx, buildID, steps, logs)
 }

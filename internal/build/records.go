@@ -6,6 +6,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/project"
+	"github.com/kiln-dev/kiln/internal/steps"
 )
 
 // Status is where a build is in its life; transitions.go says which
@@ -84,7 +85,9 @@ func (b Build) Scope() auth.Scope {
 	return auth.Scope{OrgID: b.OrgID, ProjectID: b.ProjectID, BuildID: b.ID}
 }
 
-// Step is one BuildKit vertex of a build as reported by its client.
+// Step is one step of a build: a BuildKit vertex as the builder or the
+// client showed it, or a step of the client's or kiln's own ("[depot] …",
+// "[kiln] …"), which CountedSteps never counts.
 type Step struct {
 	Digest      string
 	Name        string
@@ -92,6 +95,16 @@ type Step struct {
 	StartedAt   time.Time
 	CompletedAt time.Time
 	Error       string
+}
+
+// MergeStep folds a newer report s of a step into what is stored of it,
+// old, by the rules of [steps.Merge]: stores call it so a step the builder
+// and the client both report is one step, whatever order they come in.
+func MergeStep(old, s Step) Step {
+	m := steps.Merge(
+		steps.Step{Digest: old.Digest, Name: old.Name, Cached: old.Cached, Started: old.StartedAt, Completed: old.CompletedAt, Error: old.Error},
+		steps.Step{Digest: s.Digest, Name: s.Name, Cached: s.Cached, Started: s.StartedAt, Completed: s.CompletedAt, Error: s.Error})
+	return Step{Digest: old.Digest, Name: m.Name, Cached: m.Cached, StartedAt: m.Started, CompletedAt: m.Completed, Error: m.Error}
 }
 
 // LogLine is one line a step printed.
@@ -161,8 +174,9 @@ type Store interface {
 	// per project; projects without builds in the period are left out.
 	BuildUsage(ctx context.Context, orgID string, from, to time.Time) ([]ProjectUsage, error)
 
-	// PutSteps inserts or updates steps of a build by digest, keeping the
-	// order in which digests were first seen.
+	// PutSteps inserts steps of a build, or merges them by digest into
+	// those stored (MergeStep), keeping the order in which digests were
+	// first seen.
 	PutSteps(ctx context.Context, buildID string, steps []Step) error
 	ListSteps(ctx context.Context, buildID string) ([]Step, error)
 	// LastUncachedStepDurations returns, for each name, how long the most

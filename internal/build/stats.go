@@ -36,7 +36,8 @@ var dockerfileStepRe = regexp.MustCompile(`^\[[^\]]*\b\d+/\d+\] `)
 // total_steps and cached_steps: the numbered Dockerfile instructions a user
 // sees (and sees marked CACHED) in `kiln build --progress plain`. BuildKit's
 // own work is not counted: "[internal] load …", "[auth] …", exporting,
-// sending the result.
+// sending the result; nor are the client's and kiln's own steps
+// ("[depot] …", "[kiln] …", IsClientStep).
 //
 // A build that has no Dockerfile-shaped steps at all (raw LLB from
 // depot-go) counts every vertex except BuildKit's own; see countSteps.
@@ -47,6 +48,9 @@ var buildkitOwn = []string{"[internal]", "[auth]", "exporting ", "importing ", "
 	"writing image", "naming to", "unpacking to", "copying files", "pushing ", "merging manifest"}
 
 func isBuildkitOwn(name string) bool {
+	if IsClientStep(name) {
+		return true // not BuildKit's, but not the build's either
+	}
 	for _, p := range buildkitOwn {
 		if strings.HasPrefix(name, p) {
 			return true

@@ -21,6 +21,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -70,7 +71,15 @@ type Config struct {
 	Recheck time.Duration
 	// HandshakeTimeout bounds a client's TLS handshake; 0 → 10s.
 	HandshakeTimeout time.Duration
-	Logger           *slog.Logger // nil → discard
+	// OnSolve, if set, is told of every BuildKit Solve call a client
+	// makes through the gateway: the build (from its certificate), the
+	// builder's project and server name, and the solve's ref, which the
+	// builder's Control.Status streams. It is called from the splice's
+	// reader and must not block. The gateway learns it by a passive tap
+	// on the decrypted client stream (tap.go); a stream the tap cannot
+	// read is spliced all the same and reported to no one.
+	OnSolve func(buildID, projectID, serverName, ref string)
+	Logger  *slog.Logger // nil → discard
 }
 
 // clientCNPrefix starts the common name of per-build client certificates
@@ -232,7 +241,14 @@ func (g *Gateway) Serve(c *tls.Conn) {
 	g.mu.Lock()
 	g.conns[cn] = struct{}{}
 	g.mu.Unlock()
-	g.splice(cn)
+	var src io.Reader = cn.client
+	if g.cfg.OnSolve != nil {
+		t := newTap(func(ref string) { g.cfg.OnSolve(buildID, projectID, name, ref) }, func(err error) {
+			g.log.Debug("builder connection no longer tapped for solves", "builder", name, "build_id", buildID, "reason", err)
+		})
+		src = tapReader{r: cn.client, t: t}
+	}
+	g.splice(cn, src)
 	g.mu.Lock()
 	delete(g.conns, cn)
 	g.mu.Unlock()
@@ -240,16 +256,17 @@ func (g *Gateway) Serve(c *tls.Conn) {
 
 // splice copies both ways until one side ends, then closes both. A half
 // close is passed on (gRPC does not use it, but a plain client might).
-func (g *Gateway) splice(cn *conn) {
+// fromClient is what is read of the client: cn.client, or a tap over it.
+func (g *Gateway) splice(cn *conn, fromClient io.Reader) {
 	done := make(chan struct{}, 2)
-	pipe := func(dst, src net.Conn) {
+	pipe := func(dst net.Conn, src io.Reader) {
 		_ = pump(dst, src)
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			_ = cw.CloseWrite()
 		}
 		done <- struct{}{}
 	}
-	go pipe(cn.builder, cn.client)
+	go pipe(cn.builder, fromClient)
 	go pipe(cn.client, cn.builder)
 	<-done
 	cn.close()

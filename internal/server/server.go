@@ -27,6 +27,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/builder"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/follow"
 	"github.com/kiln-dev/kiln/internal/gateway"
 	"github.com/kiln-dev/kiln/internal/login"
 	"github.com/kiln-dev/kiln/internal/pki"
@@ -93,6 +94,7 @@ type Server struct {
 	fleet    *builder.Fleet
 	builds   *build.Service
 	gateway  *gateway.Gateway
+	follow   *follow.Follower // records every build's steps from its builder
 	ca       *pki.Authority
 	http     *http.Server
 	listener net.Listener // the TCP listener; the HTTP server serves mux
@@ -245,6 +247,17 @@ func (s *Server) startServices() (*project.Service, error) {
 		return nil, err
 	}
 	s.fleet = fleet
+	if s.follow, err = follow.New(follow.Config{Lookup: fleet.Lookup, Logger: cfg.Logger,
+		Store: func(ctx context.Context, buildID string, steps []build.Step, logs []build.LogLine) error {
+			return builds.StoreSteps(ctx, buildID, steps, logs)
+		},
+		// Source builds record their own solve's status (internal/runner).
+		Skip: func(ctx context.Context, buildID string) bool {
+			b, err := s.store.GetBuild(ctx, buildID)
+			return err == nil && b.IsSource()
+		}}); err != nil {
+		return nil, err
+	}
 	builds = build.NewService(s.store, fleet, s.ca, build.Config{HealthTimeout: cfg.HealthTimeout,
 		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
 		BuildURL:     s.buildURL,
@@ -252,10 +265,12 @@ func (s *Server) startServices() (*project.Service, error) {
 		Active:       func(buildID string) bool { return s.gateway.Active(buildID) },
 		RegistryHost: s.registryHost,
 		GatewayAddr:  s.gatewayAddr,
-		Revoke:       func(buildID string) { s.gateway.Revoke(buildID); s.conns.ended(buildID) },
+		Revoke:       func(buildID string) { s.gateway.Revoke(buildID); s.conns.ended(buildID); s.follow.Ended(buildID) },
+		Followed:     s.follow.Following,
 		Audit:        s.audit.AuthEvent}, cfg.Logger)
 	s.builds = builds
-	if s.gateway, err = gateway.New(gateway.Config{Builders: fleet, Certs: s.ca, Authorize: builds.BuilderAccess, Logger: cfg.Logger}); err != nil {
+	if s.gateway, err = gateway.New(gateway.Config{Builders: fleet, Certs: s.ca, Authorize: builds.BuilderAccess,
+		OnSolve: s.follow.Solve, Logger: cfg.Logger}); err != nil {
 		return nil, err
 	}
 	return &project.Service{Store: s.store, Builders: fleet, Audit: s.audit, Revoked: revoker{builds, s.gateway}, Network: egressApplier{fleet}}, nil
@@ -481,6 +496,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	_ = s.http.Shutdown(shutdownCtx)
 	s.shutdownAdmin()
 	cancel()
+	s.follow.Close() // before the builders and the store it writes to
 	s.registry.Close()
 	if err := s.fleet.Close(shutdownCtx); err != nil {
 		s.cfg.Logger.Error("stop builders", "err", err)

@@ -105,7 +105,21 @@ func (r *Recorder) put(s Step) {
 		r.steps = append(r.steps, Step{Digest: s.Digest})
 		r.marked = append(r.marked, false)
 	}
-	old := &r.steps[i]
+	r.steps[i] = Merge(r.steps[i], s)
+	if !r.marked[i] {
+		r.marked[i] = true
+		r.dirty = append(r.dirty, i)
+	}
+}
+
+// Merge folds a newer report s of a step into what is known of it, old:
+// the earliest start, the latest completion, a cache hit, the latest
+// non-empty error and the latest non-empty name win. It is the one place
+// these rules live: the Recorder folds a status stream with it, and the
+// store folds reports from several sources (the builder, the client) of
+// one step with it, so the order in which they arrive does not matter
+// beyond "latest error and name".
+func Merge(old, s Step) Step {
 	if s.Name != "" {
 		old.Name = s.Name
 	}
@@ -119,10 +133,7 @@ func (r *Recorder) put(s Step) {
 	if s.Error != "" {
 		old.Error = s.Error
 	}
-	if !r.marked[i] {
-		r.marked[i] = true
-		r.dirty = append(r.dirty, i)
-	}
+	return old
 }
 
 // Begin starts a step of kiln's own.

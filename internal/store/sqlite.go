@@ -499,6 +499,9 @@ func onlyHealth(before, after build.Build) bool {
 		slices.Equal(before.ImageRefs, after.ImageRefs) && before.ImageDigest == after.ImageDigest
 }
 
+// PutSteps merges each step into the stored one of its digest
+// (build.MergeStep), so the builder's and the client's reports of a step
+// make one step whatever order they arrive in.
 func (s *SQLite) PutSteps(ctx context.Context, buildID string, steps []build.Step) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		var next int
@@ -506,12 +509,22 @@ func (s *SQLite) PutSteps(ctx context.Context, buildID string, steps []build.Ste
 			return err
 		}
 		for _, st := range steps {
-			next++
-			_, err := tx.ExecContext(ctx, `INSERT INTO build_steps (build_id, digest, seq, name, cached, started_at, completed_at, error)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-				ON CONFLICT (build_id, digest) DO UPDATE SET name = excluded.name, cached = excluded.cached,
-					started_at = excluded.started_at, completed_at = excluded.completed_at, error = excluded.error`,
-				buildID, st.Digest, next, st.Name, st.Cached, ms(st.StartedAt), ms(st.CompletedAt), st.Error)
+			var old build.Step
+			var started, completed int64
+			err := tx.QueryRowContext(ctx, `SELECT name, cached, started_at, completed_at, error FROM build_steps WHERE build_id = ? AND digest = ?`,
+				buildID, st.Digest).Scan(&old.Name, &old.Cached, &started, &completed, &old.Error)
+			switch {
+			case err == nil:
+				old.Digest, old.StartedAt, old.CompletedAt = st.Digest, fromMs(started), fromMs(completed)
+				st = build.MergeStep(old, st)
+				_, err = tx.ExecContext(ctx, `UPDATE build_steps SET name = ?, cached = ?, started_at = ?, completed_at = ?, error = ?
+					WHERE build_id = ? AND digest = ?`, st.Name, st.Cached, ms(st.StartedAt), ms(st.CompletedAt), st.Error, buildID, st.Digest)
+			case errors.Is(err, sql.ErrNoRows):
+				next++
+				_, err = tx.ExecContext(ctx, `INSERT INTO build_steps (build_id, digest, seq, name, cached, started_at, completed_at, error)
+					VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+					buildID, st.Digest, next, st.Name, st.Cached, ms(st.StartedAt), ms(st.CompletedAt), st.Error)
+			}
 			if err != nil {
 				return err
 			}

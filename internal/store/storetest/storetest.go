@@ -210,6 +210,19 @@ func stepsAndLogs(t *testing.T, s store.Store) {
 	if len(steps) != 3 || steps[0].Digest != "d1" || !steps[0].Cached || steps[2].Digest != "d3" {
 		t.Errorf("steps = %+v", steps)
 	}
+	// Two sources of one step (the builder, the client), in any order,
+	// merge (build.MergeStep): a partial later report clobbers nothing.
+	t1, t2 := now.Add(time.Second), now.Add(2*time.Second)
+	s.PutSteps(ctx, "b", []build.Step{{Digest: "d2", Name: "two", StartedAt: t1, CompletedAt: t2, Error: "exit code: 1"}})
+	s.PutSteps(ctx, "b", []build.Step{{Digest: "d2", StartedAt: now, CompletedAt: t1}})
+	s.PutSteps(ctx, "b", []build.Step{{Digest: "d2", Name: "", Cached: false}})
+	steps, _ = s.ListSteps(ctx, "b")
+	if len(steps) != 3 || steps[1].Digest != "d2" {
+		t.Fatalf("steps = %+v", steps)
+	}
+	if d2 := steps[1]; d2.Name != "two" || d2.Cached || !d2.StartedAt.Equal(now) || !d2.CompletedAt.Equal(t2) || d2.Error != "exit code: 1" {
+		t.Errorf("merged step = %+v", d2)
+	}
 	var lines []build.LogLine
 	for i := 0; i < 5; i++ {
 		lines = append(lines, build.LogLine{Digest: "d1", At: now, Message: fmt.Sprint(i)})

@@ -1,0 +1,326 @@
+// Package follow records every build's steps from the builder itself.
+// kiln's gateway reports each BuildKit Solve a client makes (the build,
+// the builder, the solve's ref); a Follower then streams BuildKit's
+// Control.Status of that ref from the builder's socket through a
+// [steps.Recorder] into the build's stored steps and logs, whatever the
+// client is (kiln build, the depot CLI, depot-go, plain buildctl or
+// buildx) and whatever it reports itself.
+//
+// While a build is followed, the builder is the authority for its
+// BuildKit vertices and their logs: the build service asks [Following]
+// and keeps of the client's reports only what the builder cannot show
+// (see build.Config.Followed).
+//
+// Source builds are skipped: kiln's runner records them from its own
+// solve's status.
+//
+// The package knows no transport beyond BuildKit's client and depends on
+// no store: it is handed a function to store with.
+package follow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	controlapi "github.com/moby/buildkit/api/services/control"
+	bkclient "github.com/moby/buildkit/client"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/engine"
+	"github.com/kiln-dev/kiln/internal/retry"
+	"github.com/kiln-dev/kiln/internal/steps"
+	"github.com/kiln-dev/kiln/internal/ticker"
+)
+
+// Config configures a Follower. Lookup and Store are required.
+type Config struct {
+	// Lookup returns the unix socket of the builder with the TLS server
+	// name serverName (the gateway's Builders.Lookup).
+	Lookup func(serverName string) (projectID, socket string, ok bool)
+	// Store records steps and log lines of a build (build.Service.StoreSteps).
+	Store func(ctx context.Context, buildID string, steps []build.Step, logs []build.LogLine) error
+	// Skip reports builds recorded some other way (source builds); nil
+	// skips none. It is asked once per build, off the gateway's path.
+	Skip func(ctx context.Context, buildID string) bool
+	// MaxLogBytes bounds the log bytes stored per build; past it one
+	// "[kiln] log truncated" line is stored and no more. 0 → 16 MiB.
+	MaxLogBytes int
+	// Grace is how long a build's streams may still drain after it ends
+	// (Ended); 0 → 10s.
+	Grace time.Duration
+	// Flush is how often what was observed is stored; 0 → 200ms.
+	Flush  time.Duration
+	Logger *slog.Logger // nil → discard
+}
+
+// maxRefs bounds the solves followed per build (a bake of many targets
+// is many solves); later ones are not followed.
+const maxRefs = 256
+
+// Follower follows builds' solves on their builders. It is safe for
+// concurrent use. Every goroutine it starts ends when its Status stream
+// ends, when its build ended Grace ago, or at Close.
+type Follower struct {
+	cfg Config
+	log *slog.Logger
+
+	// mu guards builds and closed.
+	mu     sync.Mutex
+	builds map[string]*followed
+	closed bool
+	wg     sync.WaitGroup // every stream goroutine
+}
+
+// followed is one build being followed.
+type followed struct {
+	id     string
+	ctx    context.Context // ends Grace after the build ends, or at Close
+	cancel context.CancelFunc
+	refs   map[string]bool // solves followed; guarded by Follower.mu
+	ended  bool            // Ended was called; guarded by Follower.mu
+	// covering counts the solves whose steps come from the builder:
+	// started, and not given up before the builder said anything (see
+	// failed). Guarded by Follower.mu.
+	covering int
+
+	// logMu guards logBytes and truncated: the build's log budget, shared
+	// by its solves.
+	logMu     sync.Mutex
+	logBytes  int
+	truncated bool
+}
+
+// New returns a Follower.
+func New(cfg Config) (*Follower, error) {
+	if cfg.Lookup == nil || cfg.Store == nil {
+		return nil, fmt.Errorf("follow: Lookup and Store are required")
+	}
+	if cfg.MaxLogBytes <= 0 {
+		cfg.MaxLogBytes = 16 << 20
+	}
+	if cfg.Grace <= 0 {
+		cfg.Grace = 10 * time.Second
+	}
+	if cfg.Flush <= 0 {
+		cfg.Flush = 200 * time.Millisecond
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Follower{cfg: cfg, log: log, builds: map[string]*followed{}}, nil
+}
+
+// Solve starts following a solve of build buildID with ref on the builder
+// named serverName: the gateway's OnSolve. It returns at once; from now
+// on, Following(buildID) is true (see there).
+func (f *Follower) Solve(buildID, projectID, serverName, ref string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return
+	}
+	b := f.builds[buildID]
+	if b == nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		b = &followed{id: buildID, ctx: ctx, cancel: cancel, refs: map[string]bool{}}
+		f.builds[buildID] = b
+	}
+	if b.ended || b.refs[ref] || len(b.refs) >= maxRefs {
+		return
+	}
+	b.refs[ref] = true
+	b.covering++
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		f.follow(b, projectID, serverName, ref)
+	}()
+}
+
+// Following reports whether the build's solves are followed on the
+// builder: its BuildKit steps and logs come from there. It is true from
+// the first Solve until the build has ended, unless every solve's stream
+// failed before the builder said anything (the builder was unreachable):
+// then what the client reports is all kiln has.
+func (f *Follower) Following(buildID string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b := f.builds[buildID]
+	return b != nil && b.covering > 0
+}
+
+// failed records that a solve's stream gave up before the builder said
+// anything: it covers nothing.
+func (f *Follower) failed(b *followed) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b.covering--
+}
+
+// Ended tells the follower that the build ended: its streams get Grace to
+// drain what the builder still sends, then stop, and the build is
+// forgotten.
+func (f *Follower) Ended(buildID string) {
+	f.mu.Lock()
+	b := f.builds[buildID]
+	if b == nil || b.ended {
+		f.mu.Unlock()
+		return
+	}
+	b.ended = true
+	f.mu.Unlock()
+	time.AfterFunc(f.cfg.Grace, func() {
+		b.cancel()
+		f.mu.Lock()
+		if f.builds[buildID] == b {
+			delete(f.builds, buildID)
+		}
+		f.mu.Unlock()
+	})
+}
+
+// Close stops every stream and waits for them (each stores what it had).
+func (f *Follower) Close() {
+	f.mu.Lock()
+	f.closed = true
+	for _, b := range f.builds {
+		b.cancel()
+	}
+	f.mu.Unlock()
+	f.wg.Wait()
+}
+
+// follow streams one solve's status into the build's steps until the
+// stream ends or the build's context does.
+func (f *Follower) follow(b *followed, projectID, serverName, ref string) {
+	ctx := b.ctx
+	log := f.log.With("build_id", b.id, "project_id", projectID, "builder", serverName, "ref", ref)
+	if f.cfg.Skip != nil && f.cfg.Skip(ctx, b.id) {
+		f.failed(b)
+		return
+	}
+	_, socket, ok := f.cfg.Lookup(serverName)
+	if !ok {
+		log.Warn("follow build: builder is gone")
+		f.failed(b)
+		return
+	}
+	c, err := retry.Value(ctx, retry.Dial, func(ctx context.Context) (*bkclient.Client, error) {
+		return engine.Dial(ctx, engine.Connection{Endpoint: "unix://" + socket})
+	})
+	if err != nil {
+		log.Warn("follow build: builder unreachable; its steps are what the client reports", "err", err)
+		f.failed(b)
+		return
+	}
+	defer c.Close()
+
+	rec := steps.NewRecorder(true)
+	done := make(chan struct{})
+	stored := make(chan struct{})
+	go func() {
+		defer close(stored)
+		ticker.Run(done, f.cfg.Flush, func(time.Time, time.Duration) { f.store(b, rec, log) })
+		f.store(b, rec, log)
+	}()
+	received, err := f.stream(ctx, c.ControlClient(), ref, rec)
+	close(done)
+	<-stored
+	if !received {
+		f.failed(b)
+	}
+	if err != nil && ctx.Err() == nil {
+		log.Warn("follow build: status stream ended", "err", err)
+	}
+}
+
+// stream reads Control.Status(ref) into rec until it ends. The builder
+// may not know the ref yet (the solve is just starting: it waits 6 s,
+// then says NotFound): that is tried again while nothing was received.
+// A stream cut after it began is not reopened, since a new one would
+// replay every log line already stored. received says whether the
+// builder sent anything.
+func (f *Follower) stream(ctx context.Context, cc controlapi.ControlClient, ref string, rec *steps.Recorder) (received bool, err error) {
+	policy := retry.Policy{Attempts: 5, Delay: 500 * time.Millisecond, MaxDelay: 4 * time.Second,
+		Retryable: func(err error) bool { return !received && status.Code(err) == codes.NotFound }}
+	err = retry.Do(ctx, policy, func(ctx context.Context) error {
+		st, err := cc.Status(ctx, &controlapi.StatusRequest{Ref: ref})
+		if err != nil {
+			return err
+		}
+		for {
+			resp, err := st.Recv()
+			if err != nil {
+				if received && status.Code(err) == codes.NotFound {
+					return fmt.Errorf("status stream: %s", err.Error())
+				}
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				return err
+			}
+			received = true
+			rec.Observe(bkclient.NewSolveStatus(resp))
+		}
+	})
+	return received, err
+}
+
+// store writes what rec observed since the last call, within the build's
+// log budget.
+func (f *Follower) store(b *followed, rec *steps.Recorder, log *slog.Logger) {
+	recorded, lines, _ := rec.Drain()
+	if len(recorded) == 0 && len(lines) == 0 {
+		return
+	}
+	logs := b.budget(lines, f.cfg.MaxLogBytes)
+	out := make([]build.Step, len(recorded))
+	for i, s := range recorded {
+		out[i] = build.Step{Digest: s.Digest, Name: s.Name, Cached: s.Cached, StartedAt: s.Started, CompletedAt: s.Completed, Error: s.Error}
+	}
+	// Not the build's context: what was observed is stored even as the
+	// build's streams are being stopped.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := f.cfg.Store(ctx, b.id, out, logs); err != nil {
+		log.Warn("follow build: store steps", "err", err)
+	}
+}
+
+// budget keeps the lines that fit in the build's log budget of max bytes;
+// the first line that does not becomes one truncation marker, and nothing
+// is kept after it.
+func (b *followed) budget(lines []steps.LogLine, max int) []build.LogLine {
+	b.logMu.Lock()
+	defer b.logMu.Unlock()
+	var out []build.LogLine
+	for _, l := range lines {
+		if b.truncated {
+			break
+		}
+		if b.logBytes+len(l.Message) > max {
+			b.truncated = true
+			out = append(out, build.LogLine{Digest: l.Digest, At: l.At,
+				Message: fmt.Sprintf("[kiln] log truncated: this build's logs passed %s; later lines are not stored\n", size(max))})
+			break
+		}
+		b.logBytes += len(l.Message)
+		out = append(out, build.LogLine{Digest: l.Digest, At: l.At, Message: l.Message})
+	}
+	return out
+}
+
+func size(n int) string {
+	if n >= 1<<20 && n%(1<<20) == 0 {
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%d bytes", n)
+}

@@ -1,0 +1,172 @@
+package follow_test
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	controlapi "github.com/moby/buildkit/api/services/control"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/follow"
+)
+
+// builder is a fake buildkitd: Status of a ref answers NotFound `unknown`
+// times (the solve has not started), then streams the ref's updates.
+type builder struct {
+	controlapi.UnimplementedControlServer
+	mu      sync.Mutex
+	unknown int
+	updates map[string][]*controlapi.StatusResponse
+}
+
+func (b *builder) ListWorkers(context.Context, *controlapi.ListWorkersRequest) (*controlapi.ListWorkersResponse, error) {
+	return &controlapi.ListWorkersResponse{}, nil
+}
+
+func (b *builder) Status(req *controlapi.StatusRequest, st controlapi.Control_StatusServer) error {
+	b.mu.Lock()
+	if b.unknown > 0 {
+		b.unknown--
+		b.mu.Unlock()
+		return status.Errorf(codes.NotFound, "no such job %s", req.Ref)
+	}
+	ups := b.updates[req.Ref]
+	b.mu.Unlock()
+	for _, u := range ups {
+		if err := st.Send(u); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func serve(t *testing.T, b *builder) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "bk.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	controlapi.RegisterControlServer(gs, b)
+	go gs.Serve(l)
+	t.Cleanup(gs.Stop)
+	return sock
+}
+
+// sink is the store: what the follower stored, per build.
+type sink struct {
+	mu    sync.Mutex
+	steps map[string]build.Step
+	logs  []build.LogLine
+}
+
+func (s *sink) store(_ context.Context, _ string, steps []build.Step, logs []build.LogLine) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, st := range steps {
+		s.steps[st.Digest] = build.MergeStep(s.steps[st.Digest], st)
+	}
+	s.logs = append(s.logs, logs...)
+	return nil
+}
+
+func (s *sink) snapshot() (map[string]build.Step, []build.LogLine) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := map[string]build.Step{}
+	for k, v := range s.steps {
+		m[k] = v
+	}
+	return m, append([]build.LogLine(nil), s.logs...)
+}
+
+func TestFollowerStoresTheBuildersStepsWithinTheLogBudget(t *testing.T) {
+	t0 := time.Unix(1000, 0).UTC()
+	b := &builder{unknown: 2, updates: map[string][]*controlapi.StatusResponse{"ref1": {
+		{Vertexes: []*controlapi.Vertex{{Digest: "sha256:a", Name: "[1/2] FROM busybox", Cached: true, Started: timestamppb.New(t0), Completed: timestamppb.New(t0)}}},
+		{Vertexes: []*controlapi.Vertex{{Digest: "sha256:b", Name: "[2/2] RUN make", Started: timestamppb.New(t0)}},
+			Logs: []*controlapi.VertexLog{{Vertex: "sha256:b", Timestamp: timestamppb.New(t0), Msg: []byte("0123456789")}}},
+		{Logs: []*controlapi.VertexLog{{Vertex: "sha256:b", Timestamp: timestamppb.New(t0), Msg: []byte("abcdefghij")}}},
+		{Vertexes: []*controlapi.Vertex{{Digest: "sha256:b", Completed: timestamppb.New(t0.Add(time.Second))}},
+			Logs: []*controlapi.VertexLog{{Vertex: "sha256:b", Timestamp: timestamppb.New(t0), Msg: []byte("over the budget")}}},
+	}}}
+	sock := serve(t, b)
+	out := &sink{steps: map[string]build.Step{}}
+	f, err := follow.New(follow.Config{Lookup: func(string) (string, string, bool) { return "p", sock, true },
+		Store: out.store, MaxLogBytes: 25, Grace: 50 * time.Millisecond, Flush: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.Solve("b1", "p", "p-amd64.builder.kiln", "ref1")
+	if !f.Following("b1") {
+		t.Fatal("a build is followed from its first Solve")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		steps, logs := out.snapshot()
+		if len(logs) == 3 && !steps["sha256:b"].CompletedAt.IsZero() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stored steps %+v, logs %+v", steps, logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	steps, logs := out.snapshot()
+	if a := steps["sha256:a"]; !a.Cached || a.Name != "[1/2] FROM busybox" {
+		t.Errorf("step a = %+v", a)
+	}
+	if r := steps["sha256:b"]; r.Name != "[2/2] RUN make" || !r.CompletedAt.Equal(t0.Add(time.Second)) {
+		t.Errorf("step b = %+v (a later update carried only the completion)", r)
+	}
+	if logs[0].Message != "0123456789" || logs[1].Message != "abcdefghij" || !strings.HasPrefix(logs[2].Message, "[kiln] log truncated") {
+		t.Errorf("logs = %+v; want two lines, then one truncation marker", logs)
+	}
+	// The same ref again (a retried Solve call) is not followed twice.
+	f.Solve("b1", "p", "p-amd64.builder.kiln", "ref1")
+	f.Ended("b1")
+	for deadline := time.Now().Add(5 * time.Second); f.Following("b1"); {
+		if time.Now().After(deadline) {
+			t.Fatal("an ended build is still followed after the grace")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, again := out.snapshot(); len(again) != 3 {
+		t.Errorf("logs after a repeated Solve = %d lines; want 3", len(again))
+	}
+}
+
+// A builder that cannot be reached leaves the client's report as the
+// build's record: the build is not Following.
+func TestFollowerGivesUpOnAnUnreachableBuilder(t *testing.T) {
+	out := &sink{steps: map[string]build.Step{}}
+	f, err := follow.New(follow.Config{Lookup: func(string) (string, string, bool) { return "p", filepath.Join(t.TempDir(), "none.sock"), true },
+		Store: out.store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Solve("b1", "p", "p-amd64.builder.kiln", "ref1")
+	deadline := time.Now().Add(20 * time.Second)
+	for f.Following("b1") {
+		if time.Now().After(deadline) {
+			t.Fatal("still following a build whose builder cannot be reached")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	f.Close()
+	f.Solve("b2", "p", "p-amd64.builder.kiln", "ref2") // after Close: ignored, no goroutine
+	if f.Following("b2") {
+		t.Error("a closed follower follows a new build")
+	}
+}

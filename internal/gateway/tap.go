@@ -1,0 +1,397 @@
+package gateway
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// solvePath is the gRPC method whose request names a build's ref.
+const solvePath = "/moby.buildkit.v1.Control/Solve"
+
+// Bounds of what a tap holds. Past any of them the tap stops: the
+// connection goes on, its solves are just not reported.
+const (
+	// maxSolveMessage bounds one Solve request (its LLB definition is
+	// most of it), compressed or not.
+	maxSolveMessage = 32 << 20
+	// maxHeaderBlock bounds one header block (HEADERS + CONTINUATION).
+	maxHeaderBlock = 1 << 20
+	// maxSolveStreams bounds the Solve streams waiting for their request.
+	maxSolveStreams = 64
+)
+
+// HTTP/2 frame types and flags the tap reads (RFC 9113 §6).
+const (
+	frameData         = 0x0
+	frameHeaders      = 0x1
+	frameRSTStream    = 0x3
+	frameContinuation = 0x9
+
+	flagEndStream  = 0x1
+	flagEndHeaders = 0x4
+	flagPadded     = 0x8
+	flagPriority   = 0x20
+)
+
+const clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// tap watches the client→builder half of a spliced connection (HTTP/2,
+// decrypted) for BuildKit Solve calls and reports each one's ref. It is
+// passive: it sees the bytes after they are read and never changes,
+// holds back or delays them beyond its own parsing, which is a push
+// parser with no goroutine and no copy of frames it skips (a context
+// transfer's DATA frames are counted past, not buffered).
+//
+// Any malformed input, a bound exceeded or a panic stops the tap for the
+// rest of the connection (dead); the splice is not affected.
+//
+// Not safe for concurrent use: one pump goroutine feeds it.
+type tap struct {
+	onSolve func(ref string)
+	onStop  func(err error) // called once when the tap gives up; may be nil
+
+	dead     bool
+	preface  int    // bytes of the client preface seen
+	hdr      []byte // the current frame header, up to 9 bytes
+	left     int    // payload bytes of the current frame still to come
+	frame    frameHeader
+	payload  []byte // payload kept for frames the tap reads (HEADERS, CONTINUATION, Solve DATA)
+	keep     bool   // whether the current frame's payload is kept
+	block    []byte // header block being assembled
+	blockID  uint32 // its stream; 0 when none
+	blockEnd bool   // the HEADERS frame of the block had END_STREAM
+	dec      *hpack.Decoder
+	fields   map[string]string // of the block being decoded, the ones the tap needs
+	solves   map[uint32]*solveStream
+	held     int // bytes held by solves' messages
+}
+
+type frameHeader struct {
+	length int
+	typ    byte
+	flags  byte
+	stream uint32
+}
+
+// solveStream is a Solve call whose request message is still arriving.
+type solveStream struct {
+	gzip bool   // grpc-encoding: gzip
+	msg  []byte // the gRPC message so far, with its 5-byte prefix
+}
+
+func newTap(onSolve func(ref string), onStop func(error)) *tap {
+	t := &tap{onSolve: onSolve, onStop: onStop, solves: map[uint32]*solveStream{}}
+	t.dec = hpack.NewDecoder(4096, t.field)
+	// The encoder may resize its table up to what the builder allows;
+	// accept any reasonable size rather than misread the stream.
+	t.dec.SetAllowedMaxDynamicTableSize(1 << 20)
+	t.dec.SetMaxStringLength(maxHeaderBlock)
+	return t
+}
+
+// feed passes the next bytes the client sent.
+func (t *tap) feed(p []byte) {
+	if t.dead {
+		return
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			t.stop(fmt.Errorf("tap panic: %v", r))
+		}
+	}()
+	if err := t.parse(p); err != nil {
+		t.stop(err)
+	}
+}
+
+func (t *tap) stop(err error) {
+	t.dead = true
+	t.hdr, t.payload, t.block, t.solves, t.held = nil, nil, nil, nil, 0
+	if t.onStop != nil {
+		t.onStop(err)
+	}
+}
+
+func (t *tap) parse(p []byte) error {
+	if t.preface < len(clientPreface) {
+		n := min(len(p), len(clientPreface)-t.preface)
+		if string(p[:n]) != clientPreface[t.preface:t.preface+n] {
+			return errors.New("not an HTTP/2 client connection")
+		}
+		t.preface += n
+		p = p[n:]
+	}
+	for len(p) > 0 {
+		if len(t.hdr) < 9 {
+			n := min(len(p), 9-len(t.hdr))
+			t.hdr = append(t.hdr, p[:n]...)
+			p = p[n:]
+			if len(t.hdr) < 9 {
+				return nil
+			}
+			if err := t.begin(); err != nil {
+				return err
+			}
+			if t.left == 0 {
+				if err := t.end(); err != nil {
+					return err
+				}
+				t.hdr = t.hdr[:0]
+				continue
+			}
+		}
+		n := min(len(p), t.left)
+		if t.keep {
+			t.payload = append(t.payload, p[:n]...)
+		}
+		t.left -= n
+		p = p[n:]
+		if t.left == 0 {
+			if err := t.end(); err != nil {
+				return err
+			}
+			t.hdr, t.payload = t.hdr[:0], t.payload[:0]
+		}
+	}
+	return nil
+}
+
+// begin reads a complete frame header and decides whether its payload is
+// kept.
+func (t *tap) begin() error {
+	h := t.hdr
+	t.frame = frameHeader{
+		length: int(h[0])<<16 | int(h[1])<<8 | int(h[2]),
+		typ:    h[3],
+		flags:  h[4],
+		stream: binary.BigEndian.Uint32(h[5:9]) & 0x7fffffff,
+	}
+	t.left = t.frame.length
+	if t.blockID != 0 && t.frame.typ != frameContinuation {
+		return errors.New("header block interrupted by another frame")
+	}
+	switch t.frame.typ {
+	case frameHeaders, frameContinuation:
+		t.keep = true
+		if len(t.block)+t.frame.length > maxHeaderBlock {
+			return fmt.Errorf("header block over %d bytes", maxHeaderBlock)
+		}
+	case frameData:
+		t.keep = t.solves[t.frame.stream] != nil
+	default:
+		t.keep = false
+	}
+	return nil
+}
+
+// end handles a frame whose payload is complete.
+func (t *tap) end() error {
+	f := t.frame
+	switch f.typ {
+	case frameHeaders:
+		frag, err := unpad(f, t.payload)
+		if err != nil {
+			return err
+		}
+		if f.flags&flagPriority != 0 {
+			if len(frag) < 5 {
+				return errors.New("HEADERS frame too short for its priority")
+			}
+			frag = frag[5:]
+		}
+		t.block = append(t.block[:0], frag...)
+		t.blockID, t.blockEnd = f.stream, f.flags&flagEndStream != 0
+		if f.flags&flagEndHeaders != 0 {
+			return t.headers()
+		}
+	case frameContinuation:
+		if t.blockID == 0 || f.stream != t.blockID {
+			return errors.New("CONTINUATION outside a header block")
+		}
+		t.block = append(t.block, t.payload...)
+		if f.flags&flagEndHeaders != 0 {
+			return t.headers()
+		}
+	case frameData:
+		s := t.solves[f.stream]
+		if s == nil {
+			return nil
+		}
+		data, err := unpad(f, t.payload)
+		if err != nil {
+			return err
+		}
+		if len(s.msg)+len(data) > maxSolveMessage+5 || t.held+len(data) > maxSolveMessage {
+			return fmt.Errorf("Solve request over %d bytes", maxSolveMessage)
+		}
+		s.msg = append(s.msg, data...)
+		t.held += len(data)
+		done, err := t.solveData(s)
+		if done || err != nil || f.flags&flagEndStream != 0 {
+			t.forget(f.stream)
+		}
+		if err != nil {
+			return err
+		}
+	case frameRSTStream:
+		t.forget(f.stream)
+	}
+	return nil
+}
+
+func (t *tap) forget(stream uint32) {
+	if s := t.solves[stream]; s != nil {
+		t.held -= len(s.msg)
+		delete(t.solves, stream)
+	}
+}
+
+// headers decodes a complete header block. Every block is decoded, in
+// order, whatever its stream: HPACK's dynamic table depends on all of them.
+func (t *tap) headers() error {
+	stream, endStream := t.blockID, t.blockEnd
+	t.blockID = 0
+	t.fields = map[string]string{}
+	if _, err := t.dec.Write(t.block); err != nil {
+		return fmt.Errorf("header block: %w", err)
+	}
+	if err := t.dec.Close(); err != nil {
+		return fmt.Errorf("header block: %w", err)
+	}
+	t.block = t.block[:0]
+	if t.fields[":path"] != solvePath || endStream {
+		return nil
+	}
+	if len(t.solves) >= maxSolveStreams {
+		return fmt.Errorf("over %d Solve calls waiting for their request", maxSolveStreams)
+	}
+	enc := t.fields["grpc-encoding"]
+	if enc != "" && enc != "identity" && enc != "gzip" {
+		return fmt.Errorf("Solve request encoding %q", enc)
+	}
+	t.solves[stream] = &solveStream{gzip: enc == "gzip"}
+	return nil
+}
+
+// field keeps the header fields the tap needs.
+func (t *tap) field(f hpack.HeaderField) {
+	switch f.Name {
+	case ":path", "grpc-encoding":
+		t.fields[f.Name] = f.Value
+	}
+}
+
+// solveData looks for the ref in what has arrived of a Solve request.
+// done is true once the stream needs no more data.
+func (t *tap) solveData(s *solveStream) (done bool, err error) {
+	if len(s.msg) < 5 {
+		return false, nil
+	}
+	compressed := s.msg[0] == 1
+	if s.msg[0] > 1 {
+		return true, fmt.Errorf("gRPC message flag %d", s.msg[0])
+	}
+	size := int(binary.BigEndian.Uint32(s.msg[1:5]))
+	if size > maxSolveMessage {
+		return true, fmt.Errorf("Solve request of %d bytes", size)
+	}
+	body := s.msg[5:]
+	if compressed {
+		if !s.gzip {
+			return true, errors.New("compressed Solve request without grpc-encoding")
+		}
+		if len(body) < size {
+			return false, nil
+		}
+		if body, err = gunzip(body[:size]); err != nil {
+			return true, err
+		}
+	} else if len(body) > size {
+		body = body[:size]
+	}
+	ref, found, err := solveRef(body)
+	switch {
+	case err != nil && len(body) < size && !compressed:
+		return false, nil // truncated so far: wait for more
+	case err != nil:
+		return true, err
+	case found:
+		if ref != "" {
+			t.onSolve(ref)
+		}
+		return true, nil
+	}
+	return len(body) >= size, nil
+}
+
+// solveRef scans a (possibly partial) SolveRequest for its ref (field 1).
+// err is set when a field is cut off or malformed.
+func solveRef(b []byte) (ref string, found bool, err error) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return "", false, protowire.ParseError(n)
+		}
+		b = b[n:]
+		if num == 1 && typ == protowire.BytesType {
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return "", false, protowire.ParseError(n)
+			}
+			return string(v), true, nil
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return "", false, protowire.ParseError(n)
+		}
+		b = b[n:]
+	}
+	return "", false, nil
+}
+
+func gunzip(b []byte) ([]byte, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("gzip Solve request: %w", err)
+	}
+	out, err := io.ReadAll(io.LimitReader(zr, maxSolveMessage+1))
+	if err != nil {
+		return nil, fmt.Errorf("gzip Solve request: %w", err)
+	}
+	if len(out) > maxSolveMessage {
+		return nil, fmt.Errorf("Solve request over %d bytes uncompressed", maxSolveMessage)
+	}
+	return out, nil
+}
+
+// unpad strips a PADDED frame's padding.
+func unpad(f frameHeader, p []byte) ([]byte, error) {
+	if f.flags&flagPadded == 0 {
+		return p, nil
+	}
+	if len(p) < 1 || int(p[0]) >= len(p) {
+		return nil, errors.New("bad padding")
+	}
+	return p[1 : len(p)-int(p[0])], nil
+}
+
+// tapReader feeds what the client sends to a tap as it is read.
+type tapReader struct {
+	r io.Reader
+	t *tap
+}
+
+func (r tapReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.t.feed(p[:n])
+	}
+	return n, err
+}

@@ -1,0 +1,207 @@
+package gateway_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"math/rand"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	controlapi "github.com/moby/buildkit/api/services/control"
+	pb "github.com/moby/buildkit/solver/pb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding/gzip"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/kiln-dev/kiln/internal/gateway"
+)
+
+// control is a fake buildkitd: Solve records the refs it was asked for.
+type control struct {
+	controlapi.UnimplementedControlServer
+	mu   sync.Mutex
+	refs []string
+	defs []int // size of each request's definition
+}
+
+func (c *control) Solve(ctx context.Context, req *controlapi.SolveRequest) (*controlapi.SolveResponse, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.refs = append(c.refs, req.Ref)
+	n := 0
+	if req.Definition != nil {
+		for _, d := range req.Definition.Def {
+			n += len(d)
+		}
+	}
+	c.defs = append(c.defs, n)
+	return &controlapi.SolveResponse{}, nil
+}
+
+func (c *control) ListWorkers(ctx context.Context, req *controlapi.ListWorkersRequest) (*controlapi.ListWorkersResponse, error) {
+	return &controlapi.ListWorkersResponse{}, nil
+}
+
+// tapped starts a fake buildkitd and a proxy in front of it whose
+// client→server half goes through a tap; it returns a client of the proxy
+// and the refs the tap reported.
+func tapped(t *testing.T, srv *control) (controlapi.ControlClient, func() []string, func() []error) {
+	t.Helper()
+	gs := grpc.NewServer()
+	controlapi.RegisterControlServer(gs, srv)
+	bl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gs.Serve(bl)
+	t.Cleanup(gs.Stop)
+
+	var mu sync.Mutex
+	var refs []string
+	var stops []error
+	pl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pl.Close() })
+	go func() {
+		for {
+			c, err := pl.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", bl.Addr().String())
+			if err != nil {
+				c.Close()
+				return
+			}
+			src := gateway.NewTapReader(c, func(ref string) {
+				mu.Lock()
+				refs = append(refs, ref)
+				mu.Unlock()
+			}, func(err error) {
+				mu.Lock()
+				stops = append(stops, err)
+				mu.Unlock()
+			})
+			go func() { gateway.Pump(b, src); b.Close() }()
+			go func() { gateway.Pump(c, b); c.Close() }()
+		}
+	}()
+	cc, err := grpc.NewClient(pl.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	get := func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), refs...) }
+	getStops := func() []error { mu.Lock(); defer mu.Unlock(); return append([]error(nil), stops...) }
+	return controlapi.NewControlClient(cc), get, getStops
+}
+
+func TestTapReportsSolveRefs(t *testing.T) {
+	srv := &control{}
+	c, refs, stops := tapped(t, srv)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// Many calls with varying metadata exercise HPACK's dynamic table,
+	// which the tap must follow across streams it does not care about.
+	big := bytes.Repeat([]byte("x"), 3<<20) // many DATA frames
+	calls := []struct {
+		ref  string
+		def  []byte
+		opts []grpc.CallOption
+	}{
+		{"ref-plain", []byte("def"), nil},
+		{"ref-big", big, nil},
+		{"ref-gzip", big, []grpc.CallOption{grpc.UseCompressor(gzip.Name)}},
+		{"ref-last", nil, nil},
+	}
+	var want []string
+	for i, call := range calls {
+		mctx := metadata.AppendToOutgoingContext(ctx, "x-call", strings.Repeat("m", i*100), "x-same", "same")
+		if _, err := c.ListWorkers(mctx, &controlapi.ListWorkersRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		req := &controlapi.SolveRequest{Ref: call.ref, Frontend: "dockerfile.v0"}
+		if call.def != nil {
+			req.Definition = &pb.Definition{Def: [][]byte{call.def}}
+		}
+		if _, err := c.Solve(mctx, req, call.opts...); err != nil {
+			t.Fatalf("Solve through the tap: %v", err)
+		}
+		want = append(want, call.ref)
+	}
+	if got := refs(); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("tap reported %q, want %q (stops: %v)", got, want, stops())
+	}
+	if got := strings.Join(srv.refs, ","); got != strings.Join(want, ",") {
+		t.Fatalf("builder got %q: the splice changed the requests", got)
+	}
+	if srv.defs[1] != len(big) || srv.defs[2] != len(big) {
+		t.Fatalf("builder got definitions of %v bytes, want %d", srv.defs, len(big))
+	}
+	if s := stops(); len(s) != 0 {
+		t.Fatalf("tap stopped: %v", s)
+	}
+}
+
+// TestTapGarbage: whatever the client sends passes through unchanged; the
+// tap gives up on what it cannot read, reports nothing, and never panics.
+func TestTapGarbage(t *testing.T) {
+	rnd := rand.New(rand.NewSource(1))
+	random := make([]byte, 1<<20)
+	rnd.Read(random)
+	preface := "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+	cases := map[string][]byte{
+		"random":              random,
+		"preface then random": append([]byte(preface), random...),
+		// A HEADERS frame with a block HPACK cannot decode.
+		"bad hpack": append([]byte(preface), 0, 0, 4, 1, 4, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff),
+		// A frame cut short: nothing to report, nothing to fail.
+		"truncated": append([]byte(preface), 0, 0, 40, 1, 4, 0, 0, 0, 1, 0x83),
+		// CONTINUATION with no HEADERS before it.
+		"stray continuation": append([]byte(preface), 0, 0, 1, 9, 4, 0, 0, 0, 1, 0x82),
+		// Padding longer than the frame.
+		"bad padding": append([]byte(preface), 0, 0, 2, 1, 4|8, 0, 0, 0, 1, 9, 0x82),
+		"empty":       nil,
+	}
+	for name, in := range cases {
+		t.Run(name, func(t *testing.T) {
+			var reported []string
+			stopped := 0
+			r := gateway.NewTapReader(bytes.NewReader(in), func(ref string) { reported = append(reported, ref) }, func(error) { stopped++ })
+			var out bytes.Buffer
+			// Small reads: frames split at every boundary.
+			if err := gateway.Pump(&out, io.LimitReader(smallReads{r}, int64(len(in))+1)); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(out.Bytes(), in) {
+				t.Fatal("the tap changed the bytes passing through it")
+			}
+			if len(reported) != 0 || stopped > 1 {
+				t.Fatalf("reported %q, stopped %d times", reported, stopped)
+			}
+			// Random bytes after a valid preface may read as one huge
+			// frame of a type the tap skips: giving up is not required.
+			if name != "truncated" && name != "empty" && name != "preface then random" && stopped != 1 {
+				t.Fatalf("the tap did not give up on %s", name)
+			}
+		})
+	}
+}
+
+// smallReads reads at most 7 bytes at a time.
+type smallReads struct{ r io.Reader }
+
+func (s smallReads) Read(p []byte) (int, error) {
+	if len(p) > 7 {
+		p = p[:7]
+	}
+	return s.r.Read(p)
+}
