@@ -106,7 +106,14 @@ JSON is refused and nothing is changed.`,
 			if uninstall {
 				return uninstallDocker(cmd.OutOrStdout(), dockerConfigDir(), force)
 			}
-			return installDocker(cmd.OutOrStdout(), dockerConfigDir(), force)
+			exe, err := os.Executable()
+			if err == nil {
+				exe, err = filepath.EvalSymlinks(exe)
+			}
+			if err != nil {
+				return err
+			}
+			return installDocker(cmd.OutOrStdout(), dockerConfigDir(), exe, force)
 		},
 	}
 	cmd.Flags().BoolVar(&uninstall, "uninstall", false, "undo the install: restore config.json and the plugins that were there")
@@ -114,14 +121,8 @@ JSON is refused and nothing is changed.`,
 	return cmd
 }
 
-func installDocker(out io.Writer, configDir string, force bool) error {
-	exe, err := os.Executable()
-	if err == nil {
-		exe, err = filepath.EvalSymlinks(exe)
-	}
-	if err != nil {
-		return err
-	}
+// installDocker links the plugins to exe, the kiln binary.
+func installDocker(out io.Writer, configDir, exe string, force bool) error {
 	pluginsDir := filepath.Join(configDir, "cli-plugins")
 	kilnLink := filepath.Join(pluginsDir, pluginName)
 	// Everything is checked before anything changes.

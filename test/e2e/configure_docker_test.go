@@ -159,6 +159,8 @@ services:
 		if err != nil {
 			t.Fatalf("%s build: %v\n%s", cli, err, tail(out, 4000))
 		}
+		v, _ := run(ctxDir, cli, "version", "--format", "{{.Client.Version}}")
+		t.Logf("docker build with the Docker CLI %s (%s):\n%s", cli, strings.TrimSpace(v), tail(out, 1500))
 		m := kilnBuildLine.FindStringSubmatch(out)
 		if !strings.Contains(out, "[kiln]") || m == nil || m[2] != proj {
 			t.Fatalf("%s build does not say it ran on kiln in project %s:\n%s", cli, proj, tail(out, 4000))
@@ -171,11 +173,21 @@ services:
 		}
 	}
 
+	// docker buildx build, with an output of its own: no --load.
+	out, err := run(ctxDir, docker, "buildx", "build", "--progress", "plain", "--target", "worker", "-o", "type=local,dest=out", ".")
+	if err != nil || !strings.Contains(out, "[kiln]") {
+		t.Fatalf("docker buildx build: %v\n%s", err, tail(out, 4000))
+	}
+	if b, _ := os.ReadFile(filepath.Join(ctxDir, "out", "proof")); string(b) != "worker\n" {
+		t.Errorf("docker buildx build -o type=local: /proof = %q", b)
+	}
+
 	// docker compose build: both services, one kiln build, the images in Docker.
-	out, err := run(ctxDir, docker, "compose", "build")
+	out, err = run(ctxDir, docker, "compose", "build")
 	if err != nil {
 		t.Fatalf("docker compose build: %v\n%s", err, tail(out, 6000))
 	}
+	t.Logf("docker compose build:\n%s", tail(out, 3000))
 	m := kilnBuildLine.FindStringSubmatch(out)
 	if !strings.Contains(out, "[kiln]") || m == nil || m[2] != proj {
 		t.Fatalf("docker compose build does not say it ran on kiln in project %s:\n%s", proj, tail(out, 6000))
