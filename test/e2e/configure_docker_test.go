@@ -182,22 +182,27 @@ services:
 		t.Errorf("docker buildx build -o type=local: /proof = %q", b)
 	}
 
-	// docker compose build: both services, one kiln build, the images in Docker.
-	out, err = run(ctxDir, docker, "compose", "build")
-	if err != nil {
-		t.Fatalf("docker compose build: %v\n%s", err, tail(out, 6000))
-	}
-	t.Logf("docker compose build:\n%s", tail(out, 3000))
-	m := kilnBuildLine.FindStringSubmatch(out)
-	if !strings.Contains(out, "[kiln]") || m == nil || m[2] != proj {
-		t.Fatalf("docker compose build does not say it ran on kiln in project %s:\n%s", proj, tail(out, 6000))
-	}
-	if list := builds(); !strings.Contains(list, m[1]) {
-		t.Errorf("compose's kiln build %s is not in kiln builds list:\n%s", m[1], list)
-	}
-	for _, svc := range []string{"web", "worker"} {
-		if got, err := d.docker(t, "run", "--rm", "--network", "none", "kilnc-"+svc, "cat", "/proof"); err != nil || strings.TrimSpace(got) != svc {
-			t.Errorf("compose service %s: image kilnc-%s in Docker: %v %q", svc, svc, err, got)
+	// docker compose build: both services, one kiln build, the images in
+	// Docker; through every Docker CLI too (20.10 runs the Compose plugin
+	// differently from 23 and later).
+	for i, cli := range clis {
+		name := fmt.Sprintf("kilnc%d", i)
+		out, err := run(ctxDir, cli, "compose", "-p", name, "build")
+		if err != nil {
+			t.Fatalf("%s compose build: %v\n%s", cli, err, tail(out, 6000))
+		}
+		t.Logf("docker compose build with the Docker CLI %s:\n%s", cli, tail(out, 3000))
+		m := kilnBuildLine.FindStringSubmatch(out)
+		if !strings.Contains(out, "[kiln]") || m == nil || m[2] != proj {
+			t.Fatalf("%s compose build does not say it ran on kiln in project %s:\n%s", cli, proj, tail(out, 6000))
+		}
+		if list := builds(); !strings.Contains(list, m[1]) {
+			t.Errorf("compose's kiln build %s is not in kiln builds list:\n%s", m[1], list)
+		}
+		for _, svc := range []string{"web", "worker"} {
+			if got, err := d.docker(t, "run", "--rm", "--network", "none", name+"-"+svc, "cat", "/proof"); err != nil || strings.TrimSpace(got) != svc {
+				t.Errorf("%s compose service %s: image %s-%s in Docker: %v %q", cli, svc, name, svc, err, got)
+			}
 		}
 	}
 
