@@ -226,3 +226,41 @@ func TestMarkRawJSON(t *testing.T) {
 		t.Errorf("vertices %q (want %q), other lines %q", names, want, raw)
 	}
 }
+
+// A docker-buildx installed after kiln's stays; the one kiln kept is not
+// lost, and the next install and uninstall bring it back.
+func TestConfigureDockerBuildxReplacedSince(t *testing.T) {
+	dir := t.TempDir()
+	plugins := filepath.Join(dir, "cli-plugins")
+	os.MkdirAll(plugins, 0o755)
+	link := filepath.Join(plugins, buildxName)
+	os.WriteFile(link, []byte("first buildx"), 0o755)
+	exe := fakeKiln(t)
+	if err := installDocker(io.Discard, dir, exe, false); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(link)
+	os.WriteFile(link, []byte("second buildx"), 0o755)
+	if err := uninstallDocker(io.Discard, dir, false); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(link); string(b) != "second buildx" {
+		t.Errorf("docker-buildx installed since = %q", b)
+	}
+	if err := installDocker(io.Discard, dir, exe, false); err == nil || !strings.Contains(err.Error(), "earlier install kept") {
+		t.Errorf("install with a kept buildx and another one: %v", err)
+	}
+	os.Remove(link)
+	if err := installDocker(io.Discard, dir, exe, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := uninstallDocker(io.Discard, dir, false); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(link); string(b) != "first buildx" {
+		t.Errorf("docker-buildx after the second uninstall = %q", b)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("left in the config dir: %v", entries)
+	}
+}

@@ -48,6 +48,9 @@ type dockerState struct {
 	HadAliases bool `json:"had_aliases"`
 	// PrevBuildx: a docker-buildx plugin was moved to docker-buildx.orig.
 	PrevBuildx bool `json:"prev_buildx"`
+	// Exe is the kiln binary the plugins link to, so that --uninstall
+	// knows its links whatever the binary is called.
+	Exe string `json:"exe,omitempty"`
 	// Created lists the directories the install made (cli-plugins, the
 	// config dir itself), removed on uninstall if empty.
 	Created []string `json:"created,omitempty"`

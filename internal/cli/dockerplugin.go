@@ -142,6 +142,13 @@ func installDocker(out io.Writer, configDir, exe string, force bool) error {
 		return err
 	}
 	fresh := st == nil
+	buildxLink := filepath.Join(pluginsDir, buildxName)
+	kept := filepath.Join(stateDir(configDir), origBuildxName)
+	if _, err := os.Lstat(kept); fresh && err == nil {
+		if _, err := os.Lstat(buildxLink); err == nil && !linksToKiln(buildxLink) {
+			return fmt.Errorf("%s holds the docker-buildx an earlier install kept, and %s is another one: move one of them away first", kept, buildxLink)
+		}
+	}
 	if fresh {
 		st = &dockerState{}
 		for _, d := range []string{configDir, pluginsDir} {
@@ -158,12 +165,14 @@ func installDocker(out io.Writer, configDir, exe string, force bool) error {
 	}
 	if fresh {
 		if err := setBuilderAlias(configDir, st); err != nil {
-			os.RemoveAll(stateDir(configDir))
+			os.Remove(filepath.Join(stateDir(configDir), origConfigName))
+			os.Remove(stateDir(configDir)) // only if empty: it may hold a kept buildx
 			return err
 		}
-		buildxLink := filepath.Join(pluginsDir, buildxName)
-		if _, err := os.Lstat(buildxLink); err == nil && !linksToKiln(buildxLink) {
-			if err := os.Rename(buildxLink, filepath.Join(stateDir(configDir), origBuildxName)); err != nil {
+		if _, err := os.Lstat(kept); err == nil {
+			st.PrevBuildx = true // left by an earlier --uninstall; restored by the next
+		} else if _, err := os.Lstat(buildxLink); err == nil && !linksToKiln(buildxLink) {
+			if err := os.Rename(buildxLink, kept); err != nil {
 				return err
 			}
 			st.PrevBuildx = true
@@ -175,6 +184,12 @@ func installDocker(out io.Writer, configDir, exe string, force bool) error {
 			return err
 		}
 		fmt.Fprintf(out, "set \"aliases\": {\"builder\": \"buildx\"} in %s\n", configPath)
+	}
+	if st.Exe != exe {
+		st.Exe = exe
+		if err := writeDockerState(configDir, st); err != nil {
+			return err
+		}
 	}
 	for _, name := range []string{pluginName, buildxName} {
 		link := filepath.Join(pluginsDir, name)
@@ -191,10 +206,18 @@ func installDocker(out io.Writer, configDir, exe string, force bool) error {
 }
 
 func uninstallDocker(out io.Writer, configDir string, force bool) error {
+	st, err := readDockerState(configDir)
+	if err != nil {
+		return err
+	}
+	ours := func(link string) bool {
+		target, err := os.Readlink(link)
+		return err == nil && (linksToKiln(link) || st != nil && target == st.Exe)
+	}
 	pluginsDir := filepath.Join(configDir, "cli-plugins")
 	kilnLink := filepath.Join(pluginsDir, pluginName)
 	if _, err := os.Lstat(kilnLink); err == nil {
-		if !linksToKiln(kilnLink) && !force {
+		if !ours(kilnLink) && !force {
 			return fmt.Errorf("%s is not a link to kiln; leaving it (use --force to remove it anyway)", kilnLink)
 		}
 		if err := os.Remove(kilnLink); err != nil {
@@ -202,36 +225,40 @@ func uninstallDocker(out io.Writer, configDir string, force bool) error {
 		}
 		fmt.Fprintf(out, "removed the Docker CLI plugin %s\n", kilnLink)
 	}
-	st, err := readDockerState(configDir)
-	if err != nil {
-		return err
-	}
 	if st == nil {
 		fmt.Fprintf(out, "nothing else to do: kiln configure-docker is not installed in %s\n", configDir)
 		return nil
 	}
 	buildxLink := filepath.Join(pluginsDir, buildxName)
-	if linksToKiln(buildxLink) {
+	if ours(buildxLink) {
 		if err := os.Remove(buildxLink); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "removed the Docker CLI plugin %s\n", buildxLink)
 	}
+	keptBuildx := false
 	if st.PrevBuildx {
 		if _, err := os.Lstat(buildxLink); err == nil {
+			// Something installed a docker-buildx since: it stays, and
+			// so does the one kiln kept, for the user to choose.
+			keptBuildx = true
 			fmt.Fprintf(out, "%s was replaced since the install; the one that was there before is left at %s\n", buildxLink, filepath.Join(stateDir(configDir), origBuildxName))
-			return nil
-		}
-		if err := os.Rename(filepath.Join(stateDir(configDir), origBuildxName), buildxLink); err != nil {
+		} else if err := os.Rename(filepath.Join(stateDir(configDir), origBuildxName), buildxLink); err != nil {
 			return err
+		} else {
+			fmt.Fprintf(out, "restored the docker-buildx that was there before at %s\n", buildxLink)
 		}
-		fmt.Fprintf(out, "restored the docker-buildx that was there before at %s\n", buildxLink)
 	}
 	msg, err := restoreDockerConfig(configDir, st)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintln(out, msg)
+	if keptBuildx {
+		os.Remove(filepath.Join(stateDir(configDir), "state.json"))
+		os.Remove(filepath.Join(stateDir(configDir), origConfigName))
+		return nil
+	}
 	if err := os.RemoveAll(stateDir(configDir)); err != nil {
 		return err
 	}
