@@ -264,3 +264,20 @@ func TestConfigureDockerBuildxReplacedSince(t *testing.T) {
 		t.Errorf("left in the config dir: %v", entries)
 	}
 }
+
+// Outside a kiln project, docker build says it runs on kiln and how to undo.
+func TestCheckBuildProject(t *testing.T) {
+	t.Setenv("KILN_PROJECT_ID", "")
+	t.Setenv("DEPOT_PROJECT_ID", "")
+	dir := t.TempDir()
+	if err := checkBuildProject([]string{"--load", "-t", "x", dir}); err == nil || !strings.Contains(err.Error(), "no project") {
+		t.Errorf("no project: %v", err)
+	}
+	if err := checkBuildProject([]string{dir, "--project", "p1"}); err != nil {
+		t.Errorf("--project after the context: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "kiln.json"), []byte(`{"id": "p1"}`), 0o644)
+	if err := checkBuildProject([]string{"-t", "x", dir}); err != nil {
+		t.Errorf("kiln.json: %v", err)
+	}
+}

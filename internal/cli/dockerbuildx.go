@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/client"
 )
 
 // kiln as the docker-buildx plugin (kiln configure-docker). The Docker CLI
@@ -51,6 +53,10 @@ func buildxMain(args []string, stdout, stderr io.Writer) (rest []string, code in
 	switch args[0] {
 	case "build", "b":
 		a := translateBuildArgs(args[1:])
+		if err := checkBuildProject(a); err != nil {
+			fmt.Fprintf(stderr, "kiln: docker build runs on kiln (kiln configure-docker) and %v\n(to build with Docker's own builder again: kiln configure-docker --uninstall)\n", err)
+			return nil, 1, true
+		}
 		if progressOf(a) != "quiet" {
 			fmt.Fprintf(stderr, "%s docker build runs on kiln: kiln build %s\n", kilnMark, strings.Join(a, " "))
 		}
@@ -262,4 +268,27 @@ func exitCode(err error, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "kiln: %v\n", err)
 		return 1
 	}
+}
+
+// checkBuildProject says, before anything else runs, when a docker build
+// has no kiln project: outside a project a user must learn that docker
+// build now goes to kiln, and how to undo that.
+func checkBuildProject(args []string) error {
+	cmd := newBuildCmd(&globals{})
+	if err := cmd.ParseFlags(args); err != nil {
+		return nil // kiln build reports it
+	}
+	project, _ := cmd.Flags().GetString("project")
+	rest := cmd.Flags().Args()
+	if len(rest) != 1 {
+		return nil
+	}
+	dir := rest[0]
+	if dir == "-" || strings.Contains(dir, "://") {
+		dir = "."
+	}
+	if _, err := client.FindProject(project, dir); err != nil {
+		return fmt.Errorf("needs a kiln project: %w", err)
+	}
+	return nil
 }

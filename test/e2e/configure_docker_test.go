@@ -173,6 +173,12 @@ services:
 		}
 	}
 
+	// Outside a kiln project, docker build says it now runs on kiln and how
+	// to undo that.
+	if out, err := run(t.TempDir(), docker, "build", "-t", "x", "."); err == nil || !strings.Contains(out, "needs a kiln project") || !strings.Contains(out, "kiln configure-docker --uninstall") {
+		t.Errorf("docker build outside a project: %v\n%s", err, out)
+	}
+
 	// docker buildx build, with an output of its own: no --load.
 	out, err := run(ctxDir, docker, "buildx", "build", "--progress", "plain", "--target", "worker", "-o", "type=local,dest=out", ".")
 	if err != nil || !strings.Contains(out, "[kiln]") {
