@@ -281,3 +281,26 @@ func TestCheckBuildProject(t *testing.T) {
 		t.Errorf("kiln.json: %v", err)
 	}
 }
+
+// A config.json that is a link stays a link to the same, restored, file.
+func TestConfigureDockerConfigLink(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(t.TempDir(), "dotfiles-config.json")
+	os.WriteFile(real, []byte(`{"auths": {}}`), 0o600)
+	os.Symlink(real, filepath.Join(dir, "config.json"))
+	if err := installDocker(io.Discard, dir, fakeKiln(t), false); err != nil {
+		t.Fatal(err)
+	}
+	if m := readConfig(t, dir); m["aliases"] == nil {
+		t.Errorf("no alias through the link: %v", m)
+	}
+	if err := uninstallDocker(io.Discard, dir, false); err != nil {
+		t.Fatal(err)
+	}
+	if target, err := os.Readlink(filepath.Join(dir, "config.json")); err != nil || target != real {
+		t.Errorf("config.json after uninstall: link to %q, %v", target, err)
+	}
+	if b, _ := os.ReadFile(real); string(b) != `{"auths": {}}` {
+		t.Errorf("linked config after uninstall = %q", b)
+	}
+}

@@ -161,10 +161,20 @@ func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
 	return os.Rename(f.Name(), path)
 }
 
+// configFile is config.json, or the file it links to (a dotfiles
+// checkout): kiln writes that file and leaves the link a link.
+func configFile(configDir string) string {
+	path := filepath.Join(configDir, "config.json")
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		return real
+	}
+	return path
+}
+
 // setBuilderAlias points aliases.builder at buildx in config.json, keeping
 // everything else; it records in st what was there.
 func setBuilderAlias(configDir string, st *dockerState) error {
-	path := filepath.Join(configDir, "config.json")
+	path := configFile(configDir)
 	raw, keys, mode, exists, err := readDockerConfig(path)
 	if err != nil {
 		return err
@@ -195,7 +205,7 @@ func setBuilderAlias(configDir string, st *dockerState) error {
 // restoreDockerConfig undoes setBuilderAlias: the original bytes if
 // config.json is still what kiln wrote, else only the alias. It says which.
 func restoreDockerConfig(configDir string, st *dockerState) (string, error) {
-	path := filepath.Join(configDir, "config.json")
+	path := configFile(configDir)
 	cur, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return path + " was removed since the install; left as it is", nil
