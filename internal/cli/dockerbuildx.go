@@ -29,8 +29,22 @@ import (
 
 // buildxCompatVersion is the buildx version the shim reports: the flags of
 // buildx's build and bake it accepts are buildx's at this version, and
-// Compose (v2.3x, v5) asks for buildx 0.17 or later before it uses bake.
+// Compose (v2.40 and v5, read from source) asks for buildx 0.17 or later
+// before it uses bake.
 const buildxCompatVersion = "v0.30.0"
+
+const buildxUsage = `Usage:  docker buildx COMMAND
+
+kiln's docker-buildx, installed by kiln configure-docker: builds run on kiln.
+
+Commands:
+  build    kiln build, with the same flags (docker build too)
+  bake     kiln bake, with the same flags (docker compose build too)
+  version  the buildx version kiln answers as
+
+Other buildx commands go to the buildx installed before kiln's, if any.
+Undo: kiln configure-docker --uninstall
+`
 
 // kilnMark starts kiln's own lines in a Docker build's output, so a user
 // sees the build ran on kiln.
@@ -47,10 +61,13 @@ func buildxMain(args []string, stdout, stderr io.Writer) (rest []string, code in
 	}
 	args = dropBuildxGlobals(args)
 	if len(args) == 0 {
-		fmt.Fprintf(stderr, "%s docker buildx is kiln's (kiln configure-docker): build, bake and version run on kiln\n", kilnMark)
+		fmt.Fprint(stderr, buildxUsage)
 		return nil, 1, true
 	}
 	switch args[0] {
+	case "--help", "-h", "help":
+		fmt.Fprint(stdout, buildxUsage)
+		return nil, 0, true
 	case "build", "b":
 		a := translateBuildArgs(args[1:])
 		if err := checkBuildProject(a); err != nil {
