@@ -34,6 +34,14 @@ type Fleet interface {
 	Release(projectID, platform, leaseID string)
 }
 
+// Acquirer is a fleet that can wait for a starting builder: Acquire
+// returns once the builder is ready, its start fails, or ctx is done.
+// builder.Fleet implements it; with a fleet that does not, a client polls
+// as WaitMs says.
+type Acquirer interface {
+	Acquire(ctx context.Context, want spec.Spec) (spec.Endpoint, error)
+}
+
 // Certs issues per-build client certificates for a project's builders.
 type Certs interface {
 	IssueClient(projectID, commonName string, ttl time.Duration) (certPEM, keyPEM []byte, err error)
@@ -52,6 +60,11 @@ type Config struct {
 	ShareURL func(token string) string
 	// WaitMs is what GetBuildKitConnection answers while a builder starts.
 	WaitMs int32
+	// HoldPending is how long GetBuildKitConnection waits for a starting
+	// builder before it answers pending, so that a client sees the builder
+	// the moment it is ready instead of at its next poll; 0 → 2s, < 0 →
+	// never wait.
+	HoldPending time.Duration
 	// RegistryHost is the host[:port] of kiln's registry as clients and
 	// builders reach it, where --save pushes (see saved.go); nil or "" → the
 	// server has no registry and refuses --save.
@@ -127,6 +140,9 @@ func NewService(st Store, fleet Fleet, certs Certs, cfg Config, logger *slog.Log
 	}
 	if cfg.WaitMs <= 0 {
 		cfg.WaitMs = 250
+	}
+	if cfg.HoldPending == 0 {
+		cfg.HoldPending = 2 * time.Second
 	}
 	if cfg.BuildURL == nil {
 		cfg.BuildURL = func(string) string { return "" }
@@ -330,12 +346,15 @@ func (s *Service) connect(ctx context.Context, b Build, platform string) (Connec
 		return Connection{}, err
 	}
 	s.lease(b.ProjectID, platform, b.ID)
-	ep, ready, err := s.fleet.Ensure(SpecFor(proj, platform))
+	want := SpecFor(proj, platform)
+	ep, ready, err := s.fleet.Ensure(want)
 	if err != nil {
 		return Connection{}, err
 	}
 	if !ready {
-		return Connection{WaitMs: s.cfg.WaitMs}, nil
+		if ep, ready, err = s.holdPending(ctx, want); err != nil || !ready {
+			return Connection{WaitMs: s.cfg.WaitMs}, err
+		}
 	}
 	ttl := s.cfg.ClientCertTTL
 	if !b.Until.IsZero() {
@@ -350,6 +369,26 @@ func (s *Service) connect(ctx context.Context, b Build, platform string) (Connec
 		return Connection{}, fmt.Errorf("issue client certificate: %w", err)
 	}
 	return Connection{Ready: true, Addr: s.cfg.GatewayAddr(), Endpoint: ep, CertPEM: string(cert), KeyPEM: string(key)}, nil
+}
+
+// holdPending waits up to HoldPending for a starting builder (see
+// Acquirer). It reports ready false, with no error, when the wait ran out
+// or the caller went away: the client asks again as WaitMs says.
+func (s *Service) holdPending(ctx context.Context, want spec.Spec) (spec.Endpoint, bool, error) {
+	a, ok := s.fleet.(Acquirer)
+	if !ok || s.cfg.HoldPending < 0 {
+		return spec.Endpoint{}, false, nil
+	}
+	hold, cancel := context.WithTimeout(ctx, s.cfg.HoldPending)
+	defer cancel()
+	ep, err := a.Acquire(hold, want)
+	switch {
+	case err == nil:
+		return ep, true, nil
+	case hold.Err() != nil:
+		return spec.Endpoint{}, false, nil
+	}
+	return spec.Endpoint{}, false, err
 }
 
 // BuilderAccess is the gateway's question for every connection (and again
