@@ -42,6 +42,43 @@ type Acquirer interface {
 	Acquire(ctx context.Context, want spec.Spec) (spec.Endpoint, error)
 }
 
+// Observer is told of every build's life, for what watches builds from
+// outside (Prometheus metrics, the ClickHouse export). Its methods are
+// called on the request's path: they must not block or fail a build, so
+// an observer only counts or queues. A build may be reported as ended more
+// than once (a late client success overturns a failure the restart only
+// presumed): observers key what they keep by build id.
+type Observer interface {
+	// BuildCreated: a client build was created (running) or a source
+	// build queued.
+	BuildCreated(b Build)
+	// BuildStarted: a queued source build started running.
+	BuildStarted(b Build)
+	// BuildEnded: b reached a terminal status; b is its final record.
+	BuildEnded(b Build)
+}
+
+// Observers fans every event out to each of its observers in order.
+type Observers []Observer
+
+func (o Observers) BuildCreated(b Build) {
+	for _, x := range o {
+		x.BuildCreated(b)
+	}
+}
+
+func (o Observers) BuildStarted(b Build) {
+	for _, x := range o {
+		x.BuildStarted(b)
+	}
+}
+
+func (o Observers) BuildEnded(b Build) {
+	for _, x := range o {
+		x.BuildEnded(b)
+	}
+}
+
 // Certs issues per-build client certificates for a project's builders.
 type Certs interface {
 	IssueClient(projectID, commonName string, ttl time.Duration) (certPEM, keyPEM []byte, err error)
@@ -77,6 +114,8 @@ type Config struct {
 	// "tcp://host:port" (kiln serve's own listener): every builder
 	// connection goes there.
 	GatewayAddr func() string
+	// Observer is told of builds' lives (see Observer); nil → nobody.
+	Observer Observer
 	// Revoke cuts a build's builder connections (the gateway's Revoke); it
 	// is called whenever a build ends. nil: nothing to cut.
 	Revoke func(buildID string)
@@ -153,6 +192,9 @@ func NewService(st Store, fleet Fleet, certs Certs, cfg Config, logger *slog.Log
 	if cfg.Revoke == nil {
 		cfg.Revoke = func(string) {}
 	}
+	if cfg.Observer == nil {
+		cfg.Observer = Observers(nil)
+	}
 	if cfg.Active == nil {
 		cfg.Active = func(string) bool { return false }
 	}
@@ -221,6 +263,7 @@ func (s *Service) Create(ctx context.Context, p auth.Principal, projectID string
 		return Build{}, "", err
 	}
 	s.logger.InfoContext(ctx, "build created", "build_id", b.ID, "project_id", proj.ID)
+	s.cfg.Observer.BuildCreated(b)
 	return b, secret, nil
 }
 
@@ -610,6 +653,7 @@ func (s *Service) endWith(ctx context.Context, id string, change func(b *Build, 
 	s.releaseAll(b)
 	if changed {
 		s.logger.InfoContext(ctx, "build finished", "build_id", id, "project_id", b.ProjectID, "status", b.Status)
+		s.cfg.Observer.BuildEnded(b)
 	}
 	return b, changed, nil
 }

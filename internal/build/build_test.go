@@ -316,3 +316,40 @@ func TestConnectHoldsWhileTheBuilderStarts(t *testing.T) {
 		})
 	}
 }
+
+// events records what an Observer is told.
+type events struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (e *events) add(what string, b build.Build) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.got = append(e.got, what+" "+string(b.Status))
+}
+func (e *events) BuildCreated(b build.Build) { e.add("created", b) }
+func (e *events) BuildStarted(b build.Build) { e.add("started", b) }
+func (e *events) BuildEnded(b build.Build)   { e.add("ended", b) }
+
+// The observer hears of a build's creation and of its end once, with the
+// final record, however many times the client reports the end.
+func TestObserverHearsEachEndOnce(t *testing.T) {
+	ev := &events{}
+	e := setupWith(t, build.Config{HealthTimeout: time.Minute, Observer: build.Observers{ev}})
+	ctx := context.Background()
+	b, secret, err := e.svc.Create(ctx, e.org, "pa", 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := principalOf(t, e.st, secret)
+	for range 2 {
+		if err := e.svc.Finish(ctx, p, b.ID, build.Result{Status: build.Succeeded}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := "created " + string(build.Running) + ",ended " + string(build.Succeeded)
+	if got := strings.Join(ev.got, ","); got != want {
+		t.Fatalf("observer heard %q, want %q", got, want)
+	}
+}
