@@ -6,7 +6,6 @@ import (
 	"os"
 	"strings"
 
-	"connectrpc.com/connect"
 
 	"github.com/kiln-dev/kiln/gen/depot/cli/v1beta1/cliv1beta1connect"
 	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
@@ -31,10 +30,10 @@ func LoginService(apiURL string) cliv1beta1connect.LoginServiceClient {
 
 // CLIProjects is a depot.cli.v1beta1.ProjectsService client.
 func (c Config) CLIProjects() cliv1beta1connect.ProjectsServiceClient {
-	return cliv1beta1connect.NewProjectsServiceClient(http.DefaultClient, c.APIURL, connect.WithInterceptors(bearer(c.Token)))
+	return cliv1beta1connect.NewProjectsServiceClient(http.DefaultClient, c.APIURL, c.opts()...)
 }
 
 // LoginAdmin is a kiln.v1.LoginAdminService client (approve or deny logins).
 func (c Config) LoginAdmin() kilnv1connect.LoginAdminServiceClient {
-	return kilnv1connect.NewLoginAdminServiceClient(http.DefaultClient, c.APIURL, connect.WithInterceptors(bearer(c.Token)))
+	return kilnv1connect.NewLoginAdminServiceClient(http.DefaultClient, c.APIURL, c.opts()...)
 }
