@@ -83,8 +83,8 @@ func newProjectsListCmd(g *globals, out *projectsOutput) *cobra.Command {
 func newProjectsCreateCmd(g *globals, out *projectsOutput) *cobra.Command {
 	var keepGB, keepDays int32
 	cmd := &cobra.Command{
-		Use:     "create NAME",
-		Short:   "Create a project and print its id",
+		Use:   "create NAME",
+		Short: "Create a project and print its id",
 		Long: `Create a project and print its id alone on stdout (--json: the whole project),
 so scripts can capture it; a hint for kiln.json goes to stderr (not with --quiet).`,
 		Example: "  kiln projects create my-app --keep-gb 50 --keep-days 14\n  id=$(kiln projects create my-app) && echo \"{\\\"id\\\": \\\"$id\\\"}\" > kiln.json",

@@ -6,7 +6,6 @@ import (
 	"os"
 	"strings"
 
-
 	"github.com/kiln-dev/kiln/gen/depot/cli/v1beta1/cliv1beta1connect"
 	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
 )
