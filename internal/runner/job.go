@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/archive"
@@ -163,26 +164,22 @@ func (r *Runner) fetchContext(ctx context.Context, b build.Build, spec Spec, wor
 }
 
 // findDockerfile returns the absolute path of the Dockerfile inside the
-// extracted context. The archive was checked, so links inside the context
-// stay inside it; the result is checked again anyway.
+// extracted context. The context keeps its symlinks as they are, wherever
+// they point, so the path is resolved with archive.ResolveInRoot, which
+// never follows a link out of the context.
 func findDockerfile(root, rel string) (string, error) {
-	p := filepath.Join(root, filepath.FromSlash(rel))
-	real, err := filepath.EvalSymlinks(p)
-	if errors.Is(err, fs.ErrNotExist) {
+	p, err := archive.ResolveInRoot(root, filepath.ToSlash(rel))
+	if err != nil {
+		return "", fmt.Errorf("dockerfile %q: %w", rel, err)
+	}
+	fi, err := os.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		return "", fmt.Errorf("dockerfile %q is not in the build context: %w", rel, errdefs.ErrInvalid)
 	}
-	if err != nil {
-		return "", fmt.Errorf("dockerfile %q: %w", rel, errdefs.ErrInvalid)
-	}
-	realRoot, _ := filepath.EvalSymlinks(root)
-	if !strings.HasPrefix(real, realRoot+string(filepath.Separator)) {
-		return "", fmt.Errorf("dockerfile %q leaves the build context: %w", rel, errdefs.ErrInvalid)
-	}
-	fi, err := os.Stat(real)
 	if err != nil || !fi.Mode().IsRegular() {
 		return "", fmt.Errorf("dockerfile %q is not a regular file: %w", rel, errdefs.ErrInvalid)
 	}
-	return real, nil
+	return p, nil
 }
 
 // prepare turns the spec into an engine request that pushes to refs.
