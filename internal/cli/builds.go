@@ -397,7 +397,9 @@ func (p *buildLogPrinter) printStep(st *kilnv1.Step) bool {
 	case st.CompletedAt != nil && st.Error == "" && !st.Cached && !s.done && !s.cached:
 		s.done = true
 		if st.StartedAt != nil {
-			out("DONE %.1fs", st.CompletedAt.AsTime().Sub(st.StartedAt.AsTime()).Seconds())
+			// Never negative: a step's start and end can come from
+			// different clocks or status updates.
+			out("DONE %.1fs", max(st.CompletedAt.AsTime().Sub(st.StartedAt.AsTime()), 0).Seconds())
 		} else {
 			out("DONE")
 		}
@@ -410,13 +412,13 @@ func (p *buildLogPrinter) finished() bool {
 }
 
 // end reports how the build ended: its image when it succeeded (printed
-// when say), an error otherwise (so the exit code is 1).
+// when say, after the status line "build ID: succeeded" that event
+// printed), an error otherwise (so the exit code is 1).
 func (p *buildLogPrinter) end(say bool) error {
 	b := p.build
 	switch b.Status {
 	case kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED:
 		if say {
-			fmt.Fprintf(p.w, "build %s succeeded\n", p.id)
 			for _, ref := range b.ImageRefs {
 				fmt.Fprintf(p.w, "image: %s\n", ref)
 			}

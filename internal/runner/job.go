@@ -293,6 +293,12 @@ func (rec *recorder) close() {
 func storeSteps(recorded []steps.Step) []build.Step {
 	out := make([]build.Step, len(recorded))
 	for i, s := range recorded {
+		// An end before the start (wall clocks that stepped back, status
+		// updates merged from two sources) is stored as no time taken, so
+		// no reader shows a negative duration.
+		if !s.Completed.IsZero() && s.Completed.Before(s.Started) {
+			s.Completed = s.Started
+		}
 		out[i] = build.Step{Digest: s.Digest, Name: s.Name, Cached: s.Cached, StartedAt: s.Started, CompletedAt: s.Completed, Error: s.Error}
 	}
 	return out

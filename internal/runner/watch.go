@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/auth"
@@ -88,6 +89,11 @@ func (w *watcher) sendNew(ctx context.Context) (ended bool, err error) {
 	}
 	// New steps go before the log lines read with them and finished ones
 	// after, so a reader sees a step start, then its lines, then its end.
+	// Steps are stored in the order the builder first mentioned them, which
+	// is not the order they ran (BuildKit lists a solve's vertices up
+	// front, from the last); a reader numbers steps as it first sees them,
+	// as buildx does, so a step is sent only once it started (or ended),
+	// and each batch in the order the steps started, then ended.
 	var starts, ends []build.Step
 	for _, st := range steps {
 		old, seen := w.steps[st.Digest]
@@ -95,6 +101,9 @@ func (w *watcher) sendNew(ctx context.Context) (ended bool, err error) {
 			continue
 		}
 		done := !st.CompletedAt.IsZero() || st.Error != ""
+		if !seen && !done && st.StartedAt.IsZero() {
+			continue // not started: nothing to show yet
+		}
 		if !seen && done {
 			start := st
 			start.CompletedAt, start.Error = time.Time{}, ""
@@ -107,6 +116,8 @@ func (w *watcher) sendNew(ctx context.Context) (ended bool, err error) {
 		}
 		w.steps[st.Digest] = st
 	}
+	slices.SortStableFunc(starts, func(a, b build.Step) int { return byTime(a.StartedAt, b.StartedAt) })
+	slices.SortStableFunc(ends, func(a, b build.Step) int { return byTime(a.CompletedAt, b.CompletedAt) })
 	for i := range starts {
 		if err := w.send(Event{Step: &starts[i]}); err != nil {
 			return false, err
@@ -133,4 +144,17 @@ func (w *watcher) sendNew(ctx context.Context) (ended bool, err error) {
 		}
 	}
 	return b.Terminal(), nil
+}
+
+// byTime orders times, the zero time (not known) last.
+func byTime(a, b time.Time) int {
+	switch {
+	case a.IsZero() && b.IsZero():
+		return 0
+	case a.IsZero():
+		return 1
+	case b.IsZero():
+		return -1
+	}
+	return a.Compare(b)
 }
