@@ -104,16 +104,21 @@ func TestNewcomerDetachSymlinkContextAndLog(t *testing.T) {
 	if err := os.Symlink("/bin/busybox", filepath.Join(dir, "out", "bin", "[")); err != nil {
 		t.Fatal(err)
 	}
-	s.mustKiln(t, dir, "build", "--project", project, "--progress", "quiet", ".")
 	b := s.mustKiln(t, dir, "build", "--detach", "--project", project, "--progress", "quiet", ".")
 	id := strings.TrimSpace(b.Stdout)
 	follow := s.kiln(t, dir, nil, "builds", "logs", "-f", id)
-	if follow.Err != nil || !strings.Contains(follow.Stdout, "link-kept") {
-		t.Fatalf("kiln builds logs -f %s: %v\nstdout:\n%s\nstderr:\n%s", id, follow.Err, follow.Stdout, follow.Stderr)
+	if follow.Err != nil || !regexp.MustCompile(`(?m)^#\d+ link-kept$`).MatchString(follow.Stdout) {
+		t.Fatalf("kiln builds logs -f %s: %v (want the RUN's output line link-kept)\nstdout:\n%s\nstderr:\n%s", id, follow.Err, follow.Stdout, follow.Stderr)
 	}
 	replay := s.mustKiln(t, dir, "builds", "logs", id)
 	for name, out := range map[string]string{"followed": follow.Stdout, "replayed": replay.Stdout} {
 		checkPlainLog(t, name, id, out)
+	}
+	// kiln build sends the same context: the COPY is a cache hit of the
+	// detached build's.
+	c := s.mustKiln(t, dir, "build", "--project", project, "--progress", "plain", ".")
+	if !regexp.MustCompile(`(?m)^#(\d+) \[stage-1 1/2\] COPY \. /ctx\n#(\d+) CACHED$`).MatchString(c.Stderr) {
+		t.Errorf("kiln build of the same context: COPY . /ctx not CACHED:\n%s", c.Stderr)
 	}
 }
 
