@@ -182,18 +182,39 @@ type reachability string
 func (r reachability) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		res, err := next(ctx, req)
-		if err != nil && connect.CodeOf(err) == connect.CodeUnavailable && ctx.Err() == nil {
-			if u := unreachable(string(r), err); u != nil {
-				return res, connect.NewError(connect.CodeUnavailable, u)
-			}
+		if ctx.Err() == nil {
+			err = r.name(err)
 		}
 		return res, err
 	}
 }
 
 func (r reachability) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return next
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		return reachableConn{StreamingClientConn: next(ctx, spec), r: r}
+	}
 }
+
+// name turns err into the unreachable error naming the URL when it is
+// one of not reaching the server at all.
+func (r reachability) name(err error) error {
+	if err != nil && connect.CodeOf(err) == connect.CodeUnavailable {
+		if u := unreachable(string(r), err); u != nil {
+			return connect.NewError(connect.CodeUnavailable, u)
+		}
+	}
+	return err
+}
+
+// reachableConn is a stream whose errors name the API URL when the server
+// cannot be reached.
+type reachableConn struct {
+	connect.StreamingClientConn
+	r reachability
+}
+
+func (c reachableConn) Send(m any) error    { return c.r.name(c.StreamingClientConn.Send(m)) }
+func (c reachableConn) Receive(m any) error { return c.r.name(c.StreamingClientConn.Receive(m)) }
 
 func (r reachability) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return next

@@ -125,4 +125,13 @@ func TestResolveLocalAndUnreachable(t *testing.T) {
 	if want := "no kiln server answers at " + closed; err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("GetBuild at a closed port: %v; want %q", err, want)
 	}
+	stream, err := c.SourceBuilds().WatchBuild(context.Background(), connect.NewRequest(&kilnv1.WatchBuildRequest{BuildId: "x"}))
+	if err == nil {
+		for stream.Receive() {
+		}
+		err = stream.Err()
+	}
+	if want := "no kiln server answers at " + closed; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("WatchBuild at a closed port: %v; want %q", err, want)
+	}
 }
