@@ -101,9 +101,6 @@ const (
 	// maxHops bounds the symlinks followed resolving one path (Linux's
 	// MAXSYMLINKS).
 	maxHops = 40
-	// stepsPerEntry bounds the work of checking symlinks after extraction:
-	// path components looked at, per allowed entry.
-	stepsPerEntry = 32
 	// maxDirTimes bounds the memory spent remembering directory times to
 	// restore at the end; past it, later directories keep the time of
 	// extraction.
