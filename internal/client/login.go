@@ -6,6 +6,8 @@ import (
 	"os"
 	"strings"
 
+	"connectrpc.com/connect"
+
 	"github.com/kiln-dev/kiln/gen/depot/cli/v1beta1/cliv1beta1connect"
 	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
 )
@@ -24,7 +26,7 @@ func ResolveAPIURL(apiURLFlag string) (string, error) {
 // LoginService is a depot.cli.v1beta1.LoginService client for apiURL. It
 // sends no token: the device login is how a client without one gets one.
 func LoginService(apiURL string) cliv1beta1connect.LoginServiceClient {
-	return cliv1beta1connect.NewLoginServiceClient(http.DefaultClient, apiURL)
+	return cliv1beta1connect.NewLoginServiceClient(http.DefaultClient, apiURL, connect.WithInterceptors(reachability(apiURL)))
 }
 
 // CLIProjects is a depot.cli.v1beta1.ProjectsService client.
