@@ -118,8 +118,8 @@ func describe(err error) string {
 		if msg == "" {
 			msg = "server unavailable"
 		}
-		if strings.HasPrefix(msg, "no kiln server answers") { // client.Probe's: it names the URL and what to do
-			return msg
+		if ue := (*client.UnreachableError)(nil); errors.As(err, &ue) { // it names the URL and what to do
+			return ue.Error()
 		}
 		return msg + " (is `kiln serve` running at the --api-url?)"
 	case connect.CodeUnknown, connect.CodeInternal:

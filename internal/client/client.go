@@ -172,7 +172,18 @@ func unreachable(apiURL string, err error) error {
 	default:
 		return nil
 	}
-	return fmt.Errorf("no kiln server answers at %s (%s); start one with 'kiln serve' or pass the right --api-url", apiURL, reason)
+	return &UnreachableError{URL: apiURL, Reason: reason}
+}
+
+// UnreachableError is a server that could not be reached at all at URL:
+// the connection was refused, the host is unknown or nothing answered.
+type UnreachableError struct {
+	URL    string
+	Reason string // "connection refused", "unknown host HOST", …
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("no kiln server answers at %s (%s); start one with 'kiln serve' or pass the right --api-url", e.URL, e.Reason)
 }
 
 // reachability names the API URL when a request cannot reach the server
