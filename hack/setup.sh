@@ -3,10 +3,10 @@
 #   buildkitd + buildctl v0.34.2 (from tools/buildkit/go.mod), runc v1.5.3 with seccomp (from
 #   tools/runc/go.mod; the builders' container runtime: kiln puts bin/ first on buildkitd's PATH,
 #   so Debian's older runc, which docker.io pulls in, is not used by builders), kiln, and with
-#   --tests versitygw (an S3 server for tests, from tools/versitygw/go.mod); busybox-static (local base images),
-#   the CNI plugins and iptables (bridge networking for RUN steps), libseccomp-dev + pkg-config
-#   (to build runc); QEMU binfmt emulation and bin/busybox-<foreign arch> for multi-platform
-#   builds (setup-multiplatform.sh).
+#   --tests versitygw (an S3 server for tests, from tools/versitygw/go.mod); busybox-static
+#   (local base images), the CNI plugins and iptables (bridge networking for RUN steps),
+#   libseccomp-dev + pkg-config (to build runc); QEMU binfmt emulation and
+#   bin/busybox-<foreign arch> for multi-platform builds (setup-multiplatform.sh).
 # The daemons' versions are the ones pinned in their tool modfiles, at or above the security
 # floors kiln doctor checks (BuildKit >= v0.34.2, runc >= 1.5.0 built with seccomp).
 # Safe to run again; it only rebuilds what is missing or stale.
