@@ -145,3 +145,28 @@ func checkPlainLog(t *testing.T, name, id, out string) {
 		t.Errorf("%s log of %s: %q said %d times, want once:\n%s", name, id, "succeeded", n, out)
 	}
 }
+
+// kiln bake: --print names the project a target without project_id builds
+// in (kiln.json here); --load on a target that writes local files warns,
+// naming it, and the bake still builds it.
+func TestNewcomerBakePrintAndLoad(t *testing.T) {
+	t.Parallel()
+	s := sharedServer(t)
+	project := s.createProject(t, "newcomer-bake")
+	dir := writeContext(t, map[string]string{
+		"Dockerfile":      baseStages + "FROM busybox\nRUN echo baked > /baked.txt\n",
+		"docker-bake.hcl": "target \"files\" {\n  output = [\"type=local,dest=out/files\"]\n}\n",
+	})
+	writeKilnJSON(t, dir, project)
+	p := s.mustKiln(t, dir, "bake", "--print", "files")
+	if !strings.Contains(p.Stdout, `"project_id": "`+project+`"`) {
+		t.Errorf("bake --print lacks the kiln.json project %s:\n%s", project, p.Stdout)
+	}
+	b := s.mustKiln(t, dir, "bake", "--load", "--progress", "quiet", "files")
+	if want := `kiln: warning: --load loads nothing for target "files" (output type=local)`; !strings.Contains(b.Stderr, want) {
+		t.Errorf("bake --load of a local-output target: stderr lacks %q:\n%s", want, b.Stderr)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "out", "files", "baked.txt")); err != nil || string(got) != "baked\n" {
+		t.Errorf("out/files/baked.txt: %q, %v", got, err)
+	}
+}
