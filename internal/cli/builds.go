@@ -33,6 +33,7 @@ API) and builds clients ran on the project's builder (kiln build, depot build).`
 		Example: `  kiln builds list --project k3v9x0ab2mqd
   kiln builds list --customer acme-42 --limit 5
   kiln builds get b7f2c1d9e0aa
+  kiln builds insights --project k3v9x0ab2mqd
   kiln builds logs -f b7f2c1d9e0aa
   kiln builds cancel b7f2c1d9e0aa
   kiln builds rebuild b7f2c1d9e0aa`,
@@ -42,7 +43,7 @@ API) and builds clients ran on the project's builder (kiln build, depot build).`
 	// project (buildsProject).
 	bp := &buildsProject{}
 	cmd.PersistentFlags().StringVar(&bp.flag, "project", "", "project id (env KILN_PROJECT_ID, DEPOT_PROJECT_ID, or kiln.json); with a BUILD_ID, the build must be in it")
-	cmd.AddCommand(newBuildsListCmd(g, bp), newBuildsGetCmd(g, bp), newBuildsLogsCmd(g, bp), newBuildsCancelCmd(g, bp), newBuildsRebuildCmd(g, bp))
+	cmd.AddCommand(newBuildsListCmd(g, bp), newBuildsGetCmd(g, bp), newBuildsInsightsCmd(g, bp), newBuildsLogsCmd(g, bp), newBuildsCancelCmd(g, bp), newBuildsRebuildCmd(g, bp))
 	return cmd
 }
 
@@ -70,6 +71,22 @@ func (bp *buildsProject) check(ctx context.Context, api kilnv1connect.SourceBuil
 	return nil
 }
 
+// ref is the project whose builds to list: the platform customer's with
+// --customer, else --project, KILN_PROJECT_ID or kiln.json.
+func (bp *buildsProject) ref(customer string) (*kilnv1.ProjectRef, error) {
+	if bp.flag != "" && customer != "" {
+		return nil, fmt.Errorf("--customer and --project: give one: %w", errdefs.ErrInvalid)
+	}
+	if customer != "" {
+		return &kilnv1.ProjectRef{Ref: &kilnv1.ProjectRef_CustomerId{CustomerId: customer}}, nil
+	}
+	id, err := client.FindProject(bp.flag, ".")
+	if err != nil {
+		return nil, err
+	}
+	return &kilnv1.ProjectRef{Ref: &kilnv1.ProjectRef_ProjectId{ProjectId: id}}, nil
+}
+
 func newBuildsListCmd(g *globals, bp *buildsProject) *cobra.Command {
 	var customer string
 	var limit int
@@ -84,19 +101,12 @@ platform customer's project with --customer, or KILN_PROJECT_ID / kiln.json.`,
   kiln builds list --customer acme-42 --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if bp.flag != "" && customer != "" {
-				return fmt.Errorf("--customer and --project: give one: %w", errdefs.ErrInvalid)
-			}
 			if limit < 1 {
 				return fmt.Errorf("--limit %d: must be at least 1: %w", limit, errdefs.ErrInvalid)
 			}
-			ref := &kilnv1.ProjectRef{Ref: &kilnv1.ProjectRef_CustomerId{CustomerId: customer}}
-			if customer == "" {
-				id, err := client.FindProject(bp.flag, ".")
-				if err != nil {
-					return err
-				}
-				ref.Ref = &kilnv1.ProjectRef_ProjectId{ProjectId: id}
+			ref, err := bp.ref(customer)
+			if err != nil {
+				return err
 			}
 			c, err := g.config()
 			if err != nil {
@@ -158,7 +168,7 @@ func newBuildsGetCmd(g *globals, bp *buildsProject) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "get BUILD_ID",
-		Short: "Show a build: status, times, image and error",
+		Short: "Show a build: status, times, image, error and its steps, the slowest first",
 		Example: `  kiln builds get b7f2c1d9e0aa
   kiln builds get b7f2c1d9e0aa --json | jq -r .imageDigest`,
 		Args: exactArgs(1),
@@ -177,16 +187,28 @@ func newBuildsGetCmd(g *globals, bp *buildsProject) *cobra.Command {
 			if asJSON {
 				return printProtoJSON(cmd.OutOrStdout(), res.Msg.Build)
 			}
-			return printBuildDetail(cmd.OutOrStdout(), res.Msg.Build, time.Now())
+			var ins *buildInsights
+			if res.Msg.Build.Status != kilnv1.BuildStatus_BUILD_STATUS_QUEUED {
+				// The build was read: its steps missing is no reason to
+				// show nothing.
+				if ins, err = insightsOf(cmd.Context(), c, args[0]); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "kiln: no step insights: %v\n", err)
+				}
+			}
+			now := time.Now()
+			if err := printBuildDetail(cmd.OutOrStdout(), res.Msg.Build, ins, now); err != nil {
+				return err
+			}
+			return ins.printSteps(cmd.OutOrStdout(), now)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
 
-// printBuildDetail prints a build as "key: value" lines; empty fields are
-// left out.
-func printBuildDetail(w io.Writer, b *kilnv1.Build, now time.Time) error {
+// printBuildDetail prints a build as "key: value" lines, with a line
+// counting its steps when ins is not nil; empty fields are left out.
+func printBuildDetail(w io.Writer, b *kilnv1.Build, ins *buildInsights, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
 	line := func(k, v string) {
 		if v != "" {
@@ -220,6 +242,9 @@ func printBuildDetail(w io.Writer, b *kilnv1.Build, now time.Time) error {
 	}
 	line("digest", b.ImageDigest)
 	line("error", b.Error)
+	if ins != nil {
+		line("steps", stepSummary(ins.stats))
+	}
 	return tw.Flush()
 }
 

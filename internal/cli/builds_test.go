@@ -26,6 +26,7 @@ import (
 type fakeSourceBuilds struct {
 	kilnv1connect.UnimplementedSourceBuildServiceHandler
 	url string
+	mux *http.ServeMux // more services may be mounted on it
 
 	mu            sync.Mutex
 	uploadReq     *kilnv1.GenerateUploadURLRequest
@@ -70,7 +71,7 @@ func newFakeSourceBuilds(t *testing.T) *fakeSourceBuilds {
 	})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
-	f.url = srv.URL
+	f.url, f.mux = srv.URL, mux
 	return f
 }
 
@@ -383,6 +384,7 @@ func TestBuildsListLimitAndCustomer(t *testing.T) {
 func TestBuildsGet(t *testing.T) {
 	f := newFakeSourceBuilds(t)
 	f.builds = testBuilds(time.Now())
+	testInsights(time.Now()).mount(f.mux)
 	stdout, _, err := runKiln(t, f, "builds", "get", "b2")
 	if err != nil {
 		t.Fatal(err)

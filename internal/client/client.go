@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"buf.build/gen/go/depot/api/connectrpc/go/depot/build/v1/buildv1connect"
 	"buf.build/gen/go/depot/api/connectrpc/go/depot/core/v1/corev1connect"
 	"connectrpc.com/connect"
 	"github.com/depot/depot-go/proto/depot/cli/v1/cliv1connect"
@@ -306,6 +307,17 @@ func (c Config) opts() []connect.ClientOption {
 // Projects is a depot.core.v1.ProjectService client.
 func (c Config) Projects() corev1connect.ProjectServiceClient {
 	return corev1connect.NewProjectServiceClient(http.DefaultClient, c.APIURL, c.opts()...)
+}
+
+// CoreBuilds is a depot.core.v1.BuildService client: a build's step
+// counts and the time its cache saved.
+func (c Config) CoreBuilds() corev1connect.BuildServiceClient {
+	return corev1connect.NewBuildServiceClient(http.DefaultClient, c.APIURL, c.opts()...)
+}
+
+// PublicBuilds is a depot.build.v1.BuildService client: a build's steps.
+func (c Config) PublicBuilds() buildv1connect.BuildServiceClient {
+	return buildv1connect.NewBuildServiceClient(http.DefaultClient, c.APIURL, c.opts()...)
 }
 
 // Builds is a depot.cli.v1.BuildService client.
