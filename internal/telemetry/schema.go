@@ -164,7 +164,6 @@ func (c *ClickHouse) DropExpired(ctx context.Context, now time.Time, retention t
 	if err != nil {
 		return nil, err
 	}
-	cutoff := now.Add(-retention)
 	var dropped []string
 	for _, line := range bytes.Split(out, []byte("\n")) {
 		if len(bytes.TrimSpace(line)) == 0 {
@@ -174,11 +173,7 @@ func (c *ClickHouse) DropExpired(ctx context.Context, now time.Time, retention t
 		if err := json.Unmarshal(line, &p); err != nil {
 			return dropped, fmt.Errorf("partitions: %w", err)
 		}
-		month, err := time.Parse("200601", p.Partition)
-		if err != nil {
-			continue // not one of kiln's monthly partitions
-		}
-		if !month.AddDate(0, 1, 0).Before(cutoff) {
+		if !expired(p.Partition, now, retention) {
 			continue
 		}
 		if _, err := c.Exec(ctx, fmt.Sprintf("ALTER TABLE %s DROP PARTITION %s", p.Table, p.Partition)); err != nil {
@@ -187,4 +182,15 @@ func (c *ClickHouse) DropExpired(ctx context.Context, now time.Time, retention t
 		dropped = append(dropped, p.Table+"/"+p.Partition)
 	}
 	return dropped, nil
+}
+
+// expired reports whether monthly partition YYYYMM holds only builds
+// created more than retention before now: its whole month ended before
+// the cutoff. Partitions not named so are never expired.
+func expired(partition string, now time.Time, retention time.Duration) bool {
+	month, err := time.Parse("200601", partition)
+	if err != nil {
+		return false
+	}
+	return month.AddDate(0, 1, 0).Before(now.Add(-retention))
 }

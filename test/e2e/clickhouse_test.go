@@ -282,7 +282,7 @@ func TestClickHouseExport(t *testing.T) {
 	t.Setenv("DEPOT_API_URL", s.URL)
 
 	// A few builds, each kind of client: kiln build, a depot-protocol
-	// client that reports nothing (depot-go), a source build.
+	// client that reports nothing (depot-go), a source build, kiln bake.
 	dir := writeContext(t, map[string]string{"Dockerfile": stepsDockerfile, "data.txt": "ch-0\n"})
 	var ids []string
 	up := []time.Duration{}
@@ -294,14 +294,27 @@ func TestClickHouseExport(t *testing.T) {
 	if w := s.watch(t, s.Token, src.BuildId, 4*time.Minute); w.last.Status != kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED {
 		t.Fatalf("source build ended %v: %s", w.last.Status, w.last.Error)
 	}
+	bakeDir := writeContext(t, map[string]string{"Dockerfile": stepsDockerfile, "data.txt": "ch-bake\n",
+		"docker-bake.hcl": `target "default" { dockerfile = "Dockerfile" }`})
+	writeKilnJSON(t, bakeDir, proj)
+	if r := s.kiln(t, bakeDir, nil, "bake", "--progress", "plain"); r.Err != nil {
+		t.Fatalf("kiln bake: %v\n%s", r.Err, tail(r.Stderr, 4000))
+	}
+	bakeID := s.latestBuild(t, proj)
+	if slices.Contains(ids, bakeID) {
+		t.Fatal("kiln bake made no build")
+	}
+	ids = append(ids, bakeID)
 	// Builds with ClickHouse up, to time against: a new data file each
 	// time, so COPY and RUN run and print.
+	var upIDs []string
 	for i := 1; i <= 5; i++ {
 		os.WriteFile(filepath.Join(dir, "data.txt"), []byte(fmt.Sprintf("ch-up-%d\n", i)), 0o644)
 		id, took := kilnBuildTimed(t, s, proj, dir)
-		ids = append(ids, id)
+		upIDs = append(upIDs, id)
 		up = append(up, took)
 	}
+	ids = append(ids, upIDs...)
 	projects := map[string]string{src.BuildId: src.ProjectId}
 	for _, id := range ids {
 		projects[id] = proj
@@ -317,7 +330,7 @@ func TestClickHouseExport(t *testing.T) {
 		}
 	}
 	// The RUN step's log line, as kiln stored it.
-	for _, id := range ids[2:] {
+	for _, id := range upIDs {
 		n := ch.count(t, "SELECT count() AS n FROM kiln_step_logs FINAL WHERE build_id = "+sq(id)+" AND position(message, 'builder says: ch-up-') > 0")
 		if n != 1 {
 			t.Errorf("build %s: %d exported log lines say \"builder says\", want 1", id, n)
