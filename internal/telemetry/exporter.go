@@ -147,16 +147,33 @@ func (e *Exporter) BuildEnded(b build.Build) {
 	}
 }
 
-// Dropped is how many rows the export dropped: the spool was full, or
-// ClickHouse refused them for good. Metrics export it.
-func (e *Exporter) Dropped() uint64 { return e.spool.Dropped() }
+// Dropped is how many rows the export dropped since kiln started: the
+// spool was full, or ClickHouse refused them for good. Metrics export it
+// (a counter); a nil Exporter (no export) dropped none.
+func (e *Exporter) Dropped() uint64 {
+	if e == nil {
+		return 0
+	}
+	return e.spool.Dropped()
+}
 
 // Lost is how many finished builds were not queued for export because
 // the queue was full (thousands of builds ending within the settle time).
-func (e *Exporter) Lost() uint64 { return e.lost.Load() }
+func (e *Exporter) Lost() uint64 {
+	if e == nil {
+		return 0
+	}
+	return e.lost.Load()
+}
 
-// Pending is how many rows wait in the spool for ClickHouse.
-func (e *Exporter) Pending() int { n, _ := e.spool.Pending(); return n }
+// Pending is how many rows wait in the spool for ClickHouse (a gauge).
+func (e *Exporter) Pending() int {
+	if e == nil {
+		return 0
+	}
+	n, _ := e.spool.Pending()
+	return n
+}
 
 // pendingEntry is one line of the journal: a build to export at Due
 // (Unix ms), or Done, a build exported (to the spool).
