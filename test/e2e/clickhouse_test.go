@@ -383,6 +383,9 @@ func TestClickHouseExport(t *testing.T) {
 
 	// The rows wait on disk (DATA/telemetry), or in the queue of builds
 	// to read, through a restart of kiln.
+	if segs, _ := filepath.Glob(filepath.Join(s.Data, "telemetry", "spool", "*.rows")); len(segs) == 0 {
+		t.Fatal("no rows wait in DATA/telemetry/spool while ClickHouse is down")
+	}
 	s.restart(t)
 	ch.start(t)
 	t.Logf("clickhouse-server restarted in %s", ch.started.Round(time.Millisecond))
