@@ -97,19 +97,19 @@ func startClickHouse(t *testing.T) *clickhouse {
 // until it answers.
 func (c *clickhouse) start(t *testing.T) {
 	t.Helper()
-	c.cmd = exec.Command("clickhouse-server", "--config-file="+filepath.Join(c.dir, "config.xml"))
+	cmd := exec.Command("clickhouse-server", "--config-file="+filepath.Join(c.dir, "config.xml"))
 	out, err := os.OpenFile(filepath.Join(c.dir, "log", "stdout.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer out.Close()
-	c.cmd.Stdout, c.cmd.Stderr = out, out
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	began := time.Now()
-	if err := c.cmd.Start(); err != nil {
+	if err := cmd.Start(); err != nil {
 		t.Fatalf("start clickhouse-server: %v", err)
 	}
-	c.exited = make(chan struct{})
+	c.cmd, c.exited = cmd, make(chan struct{})
 	go func(cmd *exec.Cmd, exited chan struct{}) { cmd.Wait(); close(exited) }(c.cmd, c.exited)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
