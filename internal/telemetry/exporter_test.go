@@ -154,7 +154,7 @@ func TestExporterDeliversEveryRowOnceAfterClickHouseComesBack(t *testing.T) {
 	ch.mu.Lock()
 	steps := strings.Join(ch.rows[TableSteps], "\n")
 	ch.mu.Unlock()
-	if !strings.Contains(steps, `"saved_ms":3000`) || !strings.Contains(steps, `"counted":true`) {
+	if !strings.Contains(steps, `"saved_ms":3000`) || !strings.Contains(steps, `"counted":1`) {
 		t.Errorf("step rows lack the saved time or the counted flag:\n%s", steps)
 	}
 }

@@ -37,8 +37,8 @@ type stepRow struct {
 	Digest         string `json:"digest"`
 	Position       int    `json:"position"`
 	Name           string `json:"name"`
-	Cached         bool   `json:"cached"`
-	Counted        bool   `json:"counted"`
+	Cached         uint8  `json:"cached"` // 0 or 1: UInt8 on every release
+	Counted        uint8  `json:"counted"`
 	StartedAt      int64  `json:"started_at"`
 	CompletedAt    int64  `json:"completed_at"`
 	DurationMs     int64  `json:"duration_ms"`
@@ -90,7 +90,7 @@ func rows(b build.Build, steps []build.Step, logs []build.LogLine, lastUncached 
 	created := unix(b.CreatedAt)
 	for i, s := range steps {
 		r := stepRow{BuildID: b.ID, ProjectID: b.ProjectID, BuildCreatedAt: created, Digest: s.Digest, Position: i + 1,
-			Name: s.Name, Cached: s.Cached, Counted: counted[s.Digest], StartedAt: unix(s.StartedAt), CompletedAt: unix(s.CompletedAt),
+			Name: s.Name, Cached: flag(s.Cached), Counted: flag(counted[s.Digest]), StartedAt: unix(s.StartedAt), CompletedAt: unix(s.CompletedAt),
 			DurationMs: millis(s.StartedAt, s.CompletedAt), Error: s.Error, Version: version}
 		if s.Cached && counted[s.Digest] {
 			r.SavedMs = lastUncached[s.Name].Milliseconds()
@@ -114,4 +114,11 @@ func kindOf(b build.Build) build.Kind {
 		return build.KindClient
 	}
 	return b.Kind
+}
+
+func flag(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
 }
