@@ -65,6 +65,9 @@ func (c *ClickHouse) Database() string { return c.database }
 
 // Redact is a ClickHouse URL with its password hidden, for messages.
 func Redact(raw string) string {
+	if raw == "" {
+		return ""
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(unparsable URL)"

@@ -462,3 +462,19 @@ FROM kiln_builds FINAL
 GROUP BY project_id, day
 ORDER BY project_id, day`
 )
+
+// A --clickhouse-url kiln cannot use stops kiln serve at start with a
+// message that says what is wrong, and the password is not repeated.
+func TestClickHouseURLIsChecked(t *testing.T) {
+	t.Parallel()
+	for _, u := range []string{"clickhouse://u:hunter2@127.0.0.1:9000/kiln", "http://127.0.0.1:8123/?database=kiln;drop"} {
+		cmd := exec.Command(kilnBin, "serve", "--data", t.TempDir(), "--addr", "127.0.0.1:0", "--admin-addr", "", "--buildkitd", buildkitd, "--clickhouse-url", u)
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Fatalf("kiln serve --clickhouse-url %s started", u)
+		}
+		if !strings.Contains(string(out), "--clickhouse-url") || strings.Contains(string(out), "hunter2") {
+			t.Errorf("kiln serve --clickhouse-url %s said:\n%s", u, tail(string(out), 2000))
+		}
+	}
+}
