@@ -247,7 +247,7 @@ func (s *Server) startServices() (*project.Service, error) {
 		return nil, err
 	}
 	s.fleet = fleet
-	if s.follow, err = follow.New(follow.Config{Lookup: fleet.Lookup, Logger: cfg.Logger,
+	if s.follow, err = follow.New(follow.Config{Lookup: fleet.Lookup, Platform: fleet.PlatformOf, Logger: cfg.Logger,
 		Store: func(ctx context.Context, buildID string, steps []build.Step, logs []build.LogLine) error {
 			return builds.StoreSteps(ctx, buildID, steps, logs)
 		},
