@@ -30,6 +30,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/follow"
 	"github.com/kiln-dev/kiln/internal/gateway"
 	"github.com/kiln-dev/kiln/internal/login"
+	"github.com/kiln-dev/kiln/internal/metrics"
 	"github.com/kiln-dev/kiln/internal/pki"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/registry"
@@ -95,6 +96,7 @@ type Server struct {
 	builds   *build.Service
 	gateway  *gateway.Gateway
 	follow   *follow.Follower // records every build's steps from its builder
+	metrics  *metrics.Metrics // served at /metrics (admin.go)
 	ca       *pki.Authority
 	http     *http.Server
 	listener net.Listener // the TCP listener; the HTTP server serves mux
@@ -247,6 +249,7 @@ func (s *Server) startServices() (*project.Service, error) {
 		return nil, err
 	}
 	s.fleet = fleet
+	s.metrics = metrics.New(metrics.Config{Steps: s.store.ListSteps, Builders: fleet.Status, Logger: cfg.Logger})
 	if s.follow, err = follow.New(follow.Config{Lookup: fleet.Lookup, Logger: cfg.Logger,
 		Store: func(ctx context.Context, buildID string, steps []build.Step, logs []build.LogLine) error {
 			return builds.StoreSteps(ctx, buildID, steps, logs)
@@ -268,6 +271,8 @@ func (s *Server) startServices() (*project.Service, error) {
 		GatewayAddr:  s.gatewayAddr,
 		Revoke:       func(buildID string) { s.gateway.Revoke(buildID); s.conns.ended(buildID); s.follow.Ended(buildID) },
 		Followed:     s.follow.Following,
+		Observer:     build.Observers{s.metrics},
+		OnAcquire:    s.metrics.OnAcquire,
 		Audit:        s.audit.AuthEvent}, cfg.Logger)
 	s.builds = builds
 	if s.gateway, err = gateway.New(gateway.Config{Builders: fleet, Certs: s.ca, Authorize: builds.BuilderAccess,
@@ -289,7 +294,7 @@ func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http
 		return nil, nil, nil, err
 	}
 	mux := http.NewServeMux()
-	depot.Mount(mux, projects, s.builds, cfg.Logger, connect.WithInterceptors(authInterceptor(authn, cfg.Logger)), connect.WithReadMaxBytes(16<<20))
+	depot.Mount(mux, projects, s.builds, cfg.Logger, s.apiInterceptors(authn), connect.WithReadMaxBytes(16<<20))
 	logins := s.mountLogin(mux, s.store, authn, projects)
 	s.mountAudit(mux, authn)
 	s.mountBuildPage(mux, authn)
@@ -311,6 +316,9 @@ func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(fleet.Status())
 	})))
+	// The admin listener serves /metrics to anyone who reaches it; here,
+	// where the API is, only to an organization token (admin.go says why).
+	mux.Handle("GET /metrics", s.requireOrg(authn, s.metrics.Handler()))
 	return mux, authn, logins, nil
 }
 
@@ -354,6 +362,13 @@ func bearer(h string) string {
 		return strings.TrimSpace(h[7:])
 	}
 	return ""
+}
+
+// apiInterceptors are every Connect handler's interceptors: the metrics
+// (outermost: they time authentication too and see the code the client
+// gets), then authentication.
+func (s *Server) apiInterceptors(authn *auth.Authenticator) connect.HandlerOption {
+	return connect.WithInterceptors(s.metrics.API(), authInterceptor(authn, s.cfg.Logger))
 }
 
 // publicProcedures answer without a token (the device-login flow starts
@@ -474,6 +489,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	go s.audit.Run(bg)
 	go s.registry.Run(bg)
 	go s.gateway.Run(bg)
+	go s.metrics.Run(bg)
 	// Source builds left queued or running by a previous server are
 	// resumed or failed before anyone can ask about them.
 	if err := s.runner.Start(ctx); err != nil {
