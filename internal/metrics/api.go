@@ -31,6 +31,14 @@ func (i apiInterceptor) observe(procedure string, start time.Time, err error) {
 	i.m.apiDuration.WithLabelValues(procedure).Observe(time.Since(start).Seconds())
 }
 
+// APIRefused counts a call refused before it reached Connect (the
+// server's guard refuses a call without a valid token before reading its
+// body): procedure is a procedure kiln serves, or one fixed placeholder
+// for any other path, never the client's string.
+func (m *Metrics) APIRefused(procedure string, err error) {
+	m.apiRequests.WithLabelValues(procedure, connect.CodeOf(err).String()).Inc()
+}
+
 func (i apiInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		if req.Spec().IsClient {

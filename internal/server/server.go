@@ -124,6 +124,13 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, done: make(chan struct{}), conns: newBuildConns()}
+	// The metrics come first: the store reports to them from its opening.
+	// They read the store and the fleet only once serving (Run, scrapes).
+	s.metrics = metrics.New(metrics.Config{Logger: cfg.Logger,
+		Steps: func(ctx context.Context, buildID string) ([]build.Step, error) {
+			return s.store.ListSteps(ctx, buildID)
+		},
+		Builders: func() []builder.Status { return s.fleet.Status() }})
 	defer func() {
 		if err != nil {
 			s.release(ctx)
@@ -140,6 +147,8 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	guard := newGuard(mux, authn, cfg) // authentication and body deadlines: guard.go
+	guard.refused = s.metrics.APIRefused
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
@@ -147,7 +156,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	// No ReadTimeout or WriteTimeout: bodies are bounded by idleness
 	// (guard.go), whole requests are not (conns.go says why).
 	s.http = &http.Server{
-		Handler:           newGuard(mux, authn, cfg), // authentication and body deadlines: guard.go
+		Handler:           guard,
 		Protocols:         protocols,
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
@@ -193,7 +202,7 @@ func checkConfig(cfg Config) (Config, error) {
 // admin token on first start) and the CA, and checks the TLS mode.
 func (s *Server) openData(ctx context.Context) error {
 	cfg := s.cfg
-	st, err := store.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "kiln.db"))
+	st, err := store.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "kiln.db"), store.WithObserver(s.metrics.ObserveStore))
 	if err != nil {
 		return err
 	}
@@ -249,7 +258,6 @@ func (s *Server) startServices() (*project.Service, error) {
 		return nil, err
 	}
 	s.fleet = fleet
-	s.metrics = metrics.New(metrics.Config{Steps: s.store.ListSteps, Builders: fleet.Status, Logger: cfg.Logger})
 	if s.follow, err = follow.New(follow.Config{Lookup: fleet.Lookup, Logger: cfg.Logger,
 		Store: func(ctx context.Context, buildID string, steps []build.Step, logs []build.LogLine) error {
 			return builds.StoreSteps(ctx, buildID, steps, logs)
