@@ -101,9 +101,11 @@ RUN wc -c /data.txt > /size
 `
 
 // An operator scrapes /metrics on the admin listener before and after a
-// build and a registry push, and sees what happened: one client build
-// started and succeeded, its duration observed, its steps counted, bytes
-// pushed to and pulled from the registry, one CreateBuild call.
+// build, a source build and a registry push, and sees what happened: one
+// client build and one source build started and succeeded, their
+// durations (and the source build's queue wait) observed, their steps
+// counted, the context's upload, bytes pushed to and pulled from the
+// registry, one CreateBuild call.
 func TestMetricsBeforeAndAfterABuild(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, "--admin-addr", "127.0.0.1:0")
@@ -119,6 +121,11 @@ func TestMetricsBeforeAndAfterABuild(t *testing.T) {
 		}
 	}
 	s.mustKiln(t, dir, "build", "--project", proj, "--progress", "plain", ".")
+	// A source build: kiln builds an uploaded copy of the context itself.
+	id := strings.TrimSpace(s.mustKiln(t, dir, "build", "--detach", "--customer", "metrics-co", "--progress", "quiet", ".").Stdout)
+	if logs := s.kiln(t, dir, nil, "builds", "logs", "-f", id); logs.Err != nil || !strings.Contains(logs.Stdout, "succeeded") {
+		t.Fatalf("source build %s: %v\n%s\n%s", id, logs.Err, logs.Stdout, tail(logs.Stderr, 3000))
+	}
 	ref := s.registryHost() + "/" + proj + "/app:v1"
 	if err := pushRandom(t, ref, s.Token); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
@@ -139,9 +146,17 @@ func TestMetricsBeforeAndAfterABuild(t *testing.T) {
 	// Steps are counted once the follower is done with the build (about
 	// 12 s after its end): until then the other deltas are already there.
 	var after map[string]*dto.MetricFamily
-	eventually(t, 60*time.Second, "the build's steps in kiln_build_steps_total", func() bool {
+	eventually(t, 60*time.Second, "both builds' steps in kiln_build_steps_total", func() bool {
 		after = scrapeMetrics(t, url, "")
-		return metricSum(after, "kiln_build_steps_total") > metricSum(before, "kiln_build_steps_total")
+		moved := func(kind string) bool {
+			sum := func(fams map[string]*dto.MetricFamily) float64 {
+				c, _ := metricValue(fams, "kiln_build_steps_total", "kind", kind, "result", "cached")
+				e, _ := metricValue(fams, "kiln_build_steps_total", "kind", kind, "result", "executed")
+				return c + e
+			}
+			return sum(after) > sum(before)
+		}
+		return moved("client") && moved("source")
 	})
 
 	delta := func(name string, labels ...string) float64 {
@@ -162,7 +177,11 @@ func TestMetricsBeforeAndAfterABuild(t *testing.T) {
 		{"kiln_builds_finished_total", []string{"kind", "client", "status", "succeeded"}, 1},
 		{"kiln_builds_finished_total", []string{"kind", "client", "status", "failed"}, 0},
 		{"kiln_build_duration_seconds", []string{"kind", "client", "status", "succeeded"}, 1},
-		{"kiln_builds_started_total", []string{"kind", "source"}, 0},
+		{"kiln_builds_created_total", []string{"kind", "source"}, 1},
+		{"kiln_builds_started_total", []string{"kind", "source"}, 1},
+		{"kiln_builds_finished_total", []string{"kind", "source", "status", "succeeded"}, 1},
+		{"kiln_build_duration_seconds", []string{"kind", "source", "status", "succeeded"}, 1},
+		{"kiln_build_queue_wait_seconds", nil, 1},
 		{"kiln_api_requests_total", []string{"procedure", "/depot.cli.v1.BuildService/CreateBuild", "code", "ok"}, 1},
 		{"kiln_api_requests_total", []string{"procedure", "/depot.cli.v1.BuildService/FinishBuild", "code", "ok"}, 1},
 	} {
@@ -177,6 +196,13 @@ func TestMetricsBeforeAndAfterABuild(t *testing.T) {
 	}
 	if got := delta("kiln_build_steps_total", "kind", "client", "result", "cached"); got != 0 {
 		t.Errorf("kiln_build_steps_total{result=cached} moved by %v, want 0 (a first build)", got)
+	}
+	// The source build ran the same steps: its builder's cache has them.
+	if c, e := delta("kiln_build_steps_total", "kind", "source", "result", "cached"), delta("kiln_build_steps_total", "kind", "source", "result", "executed"); c+e != 4 {
+		t.Errorf("kiln_build_steps_total{kind=source} moved by %v cached + %v executed, want the build's 4 steps", c, e)
+	}
+	if got := delta("kiln_context_upload_bytes_total"); got < 100<<10 {
+		t.Errorf("kiln_context_upload_bytes_total grew by %v, want the uploaded context (busybox: hundreds of KiB)", got)
 	}
 	if got := delta("kiln_registry_pushed_bytes_total", "kind", "blob"); got < float64(pulled) {
 		t.Errorf("kiln_registry_pushed_bytes_total{kind=blob} grew by %v, want at least the pushed layer's %d bytes", got, pulled)
@@ -193,9 +219,13 @@ func TestMetricsBeforeAndAfterABuild(t *testing.T) {
 	if got := metricSum(after, "kiln_store_operation_duration_seconds") - metricSum(before, "kiln_store_operation_duration_seconds"); got <= 0 {
 		t.Errorf("kiln_store_operation_duration_seconds did not move over a build")
 	}
-	// The builder is still up, no longer building: idle.
-	if n, _ := metricValue(after, "kiln_builders", "state", "idle"); n != 1 {
-		t.Errorf("kiln_builders{state=idle} = %v after the build, want its builder", n)
+	// The builders (the project's, and the customer's project's the
+	// source build made) are still up, no longer building: idle.
+	if n, _ := metricValue(after, "kiln_builders", "state", "idle"); n != 2 {
+		t.Errorf("kiln_builders{state=idle} = %v after the builds, want their 2 builders", n)
+	}
+	if n, _ := metricValue(after, "kiln_builders", "state", "running"); n != 0 {
+		t.Errorf("kiln_builders{state=running} = %v after the builds, want 0", n)
 	}
 	// No label names a project or a build.
 	for name, f := range after {
