@@ -127,6 +127,8 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	// The metrics come first: the store reports to them from its opening.
 	// They read the store and the fleet only once serving (Run, scrapes).
 	s.metrics = metrics.New(metrics.Config{Logger: cfg.Logger,
+		// Count a build's steps once the follower has stored them all.
+		StepsDelay: follow.DefaultGrace + 2*time.Second,
 		Steps: func(ctx context.Context, buildID string) ([]build.Step, error) {
 			return s.store.ListSteps(ctx, buildID)
 		},
