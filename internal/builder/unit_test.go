@@ -10,7 +10,7 @@ import (
 	bkconfig "github.com/moby/buildkit/cmd/buildkitd/config"
 )
 
-var testNet = netSettings{CNIBinDir: "/usr/lib/cni", Bridge: "k0ac800-3", Subnet: "10.200.3.0/24"}
+var testNet = workerSettings{CNIBinDir: "/usr/lib/cni", Bridge: "k0ac800-3", Subnet: "10.200.3.0/24"}
 
 // The rendered file must mean to BuildKit's own config loader what we think.
 func TestRenderConfigParsesAsBuildKit(t *testing.T) {
