@@ -31,4 +31,3 @@ func (b byteSize) Set(s string) error {
 }
 
 func (b byteSize) Type() string { return "size" }
-
