@@ -63,8 +63,9 @@ func (v cgroupVersion) String() string {
 type cgroupSystem struct {
 	version cgroupVersion
 	// v1: every mounted hierarchy by controller name ("memory",
-	// "cpuacct", "name=systemd", ...) → mount point; a hierarchy of joint
-	// controllers ("cpu,cpuacct") appears under each. v2: "" → cgroupFS.
+	// "cpuacct", "name=systemd", ..., and "unified" for a hybrid setup's
+	// cgroup2 mount) → mount point; a hierarchy of joint controllers
+	// ("cpu,cpuacct") appears under each. v2: "" → cgroupFS.
 	mounts map[string]string
 }
 
@@ -95,12 +96,22 @@ func detectCgroups() cgroupSystem {
 				break
 			}
 		}
-		if sep < 0 || len(fields) < sep+4 || fields[sep+1] != "cgroup" || len(fields) < 5 {
+		if sep < 0 || len(fields) < sep+4 || len(fields) < 5 {
 			continue
 		}
 		mp := unescapeMountinfo(fields[4])
 		if !isUnder(mp, cgroupFS) || fields[3] != "/" {
 			continue // a cgroup mounted elsewhere, or only part of a hierarchy
+		}
+		switch fields[sep+1] {
+		case "cgroup":
+		case "cgroup2":
+			// A hybrid setup's unified hierarchy, with no controllers:
+			// runc makes the containers' directories there too.
+			mounts["unified"] = mp
+			continue
+		default:
+			continue
 		}
 		for _, opt := range strings.Split(fields[sep+3], ",") {
 			switch opt {

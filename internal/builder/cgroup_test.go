@@ -201,9 +201,9 @@ func TestFleetBuilderCgroupAndSamples(t *testing.T) {
 	if err := f.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range c.allDirs(rel) {
+	for _, d := range c.allDirs(f.cgBase) {
 		if _, err := os.Stat(d); err == nil {
-			t.Errorf("cgroup %s left after the builder stopped", d)
+			t.Errorf("cgroup %s left after the fleet closed", d)
 		}
 	}
 }

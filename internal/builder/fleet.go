@@ -655,6 +655,7 @@ func (f *Fleet) Close(ctx context.Context) error {
 	for _, d := range sockDirs {
 		_ = os.RemoveAll(d)
 	}
+	f.removeCgroups()
 	f.removeNetworks()
 	f.releasePool()
 	return nil

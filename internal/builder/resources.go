@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"maps"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -77,6 +78,20 @@ func (f *Fleet) setupCgroups() error {
 	}
 	f.log.Info("builder cgroups", "version", f.cg.version.String(), "base", f.cgBase, "memory_limit", f.cfg.MemoryLimit)
 	return nil
+}
+
+// removeCgroups removes the fleet's cgroup (its builders' are gone) and
+// /kiln if no other fleet uses it (Close).
+func (f *Fleet) removeCgroups() {
+	if f.cg.version == cgroupNone {
+		return
+	}
+	if err := f.cg.remove(f.cgBase); err != nil {
+		f.log.Warn("builder cgroups not removed", "cgroup", f.cgBase, "err", err)
+	}
+	for _, d := range f.cg.allDirs(filepath.Dir(f.cgBase)) {
+		_ = unix.Rmdir(d) // fails while another fleet has builders there
+	}
 }
 
 // builderCgroup is b's cgroup ("" when the fleet runs builders without).
