@@ -2,6 +2,7 @@ package builder
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/builder/spec"
+	"github.com/kiln-dev/kiln/internal/pki"
 )
 
 // These tests use the machine's real cgroups (v1 or v2, whichever it has),
@@ -204,6 +206,55 @@ func TestFleetBuilderCgroupAndSamples(t *testing.T) {
 	for _, d := range c.allDirs(f.cgBase) {
 		if _, err := os.Stat(d); err == nil {
 			t.Errorf("cgroup %s left after the fleet closed", d)
+		}
+	}
+}
+
+// What a killed kiln left in its fleet's cgroups (a RUN step outlives its
+// buildkitd) is killed and removed when a fleet on the same Root starts.
+func TestNewFleetRemovesLeftoverCgroups(t *testing.T) {
+	c := needCgroups(t)
+	bin := buildkitdPath(t)
+	base := t.TempDir()
+	ca, err := pki.Open(filepath.Join(base, "pki"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(base, "builders")
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	resolved, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leftover := cgroupBase(resolved) + "/old-amd64"
+	if err := c.create(leftover+"/buildkit/x", 0); err != nil {
+		t.Fatal(err)
+	}
+	sleeper := exec.Command("sleep", "300")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sleeper.Process.Kill()
+	exited := make(chan struct{})
+	go func() { _ = sleeper.Wait(); close(exited) }()
+	if err := c.enter(leftover+"/buildkit/x", sleeper.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	f, err := NewFleet(Config{Root: root, BuildkitdPath: bin, CA: ca, Network: Network{Pool: netip.MustParsePrefix("10.60.16.0/20")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close(context.Background())
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a process left in the fleet's cgroup survived NewFleet")
+	}
+	for _, d := range c.allDirs(leftover) {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("leftover cgroup %s not removed", d)
 		}
 	}
 }
