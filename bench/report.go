@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// TargetCheck is one line of DESIGN.md §8 checked against the results.
+// TargetCheck is one target of kiln's performance budget checked against the results.
 type TargetCheck struct {
 	ID       string `json:"id"`
 	Work     string `json:"work"`
@@ -105,7 +105,7 @@ func evaluate(rep *Report, sz Sizes) []TargetCheck {
 	}
 	// Acquiring a running builder has an absolute target; a stopped or new
 	// project's builder may cost at most 30 ms more than starting buildkitd
-	// itself (DESIGN.md §8, issue 20), both at p90.
+	// itself, both at p90.
 	for _, c := range []struct {
 		id, label string
 		limit     float64 // ms; 0: baseline p90 + overBase
@@ -301,7 +301,7 @@ func markdown(rep *Report) string {
 	fmt.Fprintf(&b, "- Sizes: W1 %d files; W2 %d × %d KiB files, one %d MB file (plus 5 small files), .dockerignore excluding 90 %% of %d files; W3 N ∈ %v; W4 a %d MB single-layer image (uncompressed tar, go-containerregistry client) and a %d MiB base64 layer built fresh each run for gzip/zstd.\n",
 		s.Sizes.SmallFiles, s.Sizes.ManyFiles, s.Sizes.ManyFileBytes>>10, s.Sizes.BigBytes>>20, s.Sizes.ManyFiles, s.Sizes.Concurrency, s.Sizes.ImageBytes>>20, s.Sizes.CompressMiB*4/3)
 
-	fmt.Fprintf(&b, "\n## Targets (DESIGN.md §8)\n\nRatios and differences compare medians; latency targets use p90.\n\n")
+	fmt.Fprintf(&b, "\n## Targets (kiln's performance budget)\n\nRatios and differences compare medians; latency targets use p90.\n\n")
 	fmt.Fprintf(&b, "| work | target | measured | status | finding |\n|---|---|---|---|---|\n")
 	for _, t := range rep.Targets {
 		st := t.Status
