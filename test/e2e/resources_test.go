@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -175,6 +176,11 @@ func TestBuilderResourcesAndOOM(t *testing.T) {
 	}
 	if st := s.buildStatus(t, projB, idB); st != cliv1.BuildStatus_BUILD_STATUS_FAILED {
 		t.Errorf("B's build status %v, want failed", st)
+	}
+	// What its user reads: the OOM, and the memory against the limit.
+	if out := s.mustKiln(t, oom, "builds", "get", idB).Stdout; !regexp.MustCompile(`(?m)^event: +oom_kill at .*ran out of memory \(limit 256 MiB\)`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^memory: +peak .* of 256.0 MiB`).MatchString(out) {
+		t.Errorf("kiln builds get %s does not show the OOM and the limit:\n%s", idB, out)
 	}
 
 	// Nothing else was hurt: A's builder is the same process, ready, and
