@@ -58,6 +58,7 @@ func (f *fakeSource) LastUncachedStepDurations(context.Context, string, []string
 type fakeClickHouse struct {
 	mu     sync.Mutex
 	down   bool
+	refuse bool // answer inserts as 18.16 answers rows it cannot parse
 	rows   map[string][]string // table → JSON rows
 	insert int                 // INSERT requests answered 200
 }
@@ -71,6 +72,10 @@ func (f *fakeClickHouse) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	body, _ := io.ReadAll(r.Body)
 	q := r.URL.Query().Get("query")
+	if f.refuse && strings.HasPrefix(q, "INSERT") {
+		http.Error(w, "Code: 27, e.displayText() = DB::Exception: Cannot parse input", http.StatusInternalServerError)
+		return
+	}
 	if table, ok := strings.CutPrefix(q, "INSERT INTO "); ok {
 		table, _, _ = strings.Cut(table, " ")
 		for _, line := range bytes.Split(bytes.TrimSpace(body), []byte("\n")) {
@@ -192,6 +197,34 @@ func TestExporterResumesBuildsQueuedBeforeARestart(t *testing.T) {
 	}
 	defer e.Close()
 	waitFor(t, "the queued build exported", func() bool { return ch.count(TableBuilds) == 1 })
+}
+
+// Rows ClickHouse refuses outright are tried a few times, then set aside
+// on disk for an operator and counted as dropped; later rows still go.
+func TestExporterSetsAsideRowsClickHouseRefuses(t *testing.T) {
+	src := &fakeSource{builds: map[string]build.Build{"r1": {ID: "r1", ProjectID: "p", Status: build.Succeeded, CreatedAt: time.Now()}}}
+	ch := &fakeClickHouse{rows: map[string][]string{}, refuse: true}
+	srv := httptest.NewServer(ch)
+	defer srv.Close()
+	dir := t.TempDir()
+	e := newExporter(t, dir, srv.URL, src)
+	if err := e.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	e.BuildEnded(src.builds["r1"])
+	waitFor(t, "the refused rows set aside", func() bool { return e.Dropped() == 4 })
+	if set, _ := filepath.Glob(filepath.Join(dir, "spool", "*.rejected")); len(set) != 1 {
+		t.Fatalf("set-aside segments = %v, want one", set)
+	}
+	ch.mu.Lock()
+	ch.refuse = false
+	ch.mu.Unlock()
+	src.mu.Lock()
+	src.builds["r2"] = build.Build{ID: "r2", ProjectID: "p", Status: build.Succeeded, CreatedAt: time.Now()}
+	src.mu.Unlock()
+	e.BuildEnded(build.Build{ID: "r2"})
+	waitFor(t, "the next build's rows", func() bool { return ch.count(TableBuilds) == 1 })
 }
 
 // BuildEnded is called on a build's path: it never waits, whatever the
