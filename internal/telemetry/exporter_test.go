@@ -58,7 +58,7 @@ func (f *fakeSource) LastUncachedStepDurations(context.Context, string, []string
 type fakeClickHouse struct {
 	mu     sync.Mutex
 	down   bool
-	refuse bool // answer inserts as 18.16 answers rows it cannot parse
+	refuse bool                // answer inserts as 18.16 answers rows it cannot parse
 	rows   map[string][]string // table → JSON rows
 	insert int                 // INSERT requests answered 200
 }
