@@ -381,9 +381,12 @@ func (e *Exporter) export(ctx context.Context, id string) error {
 		}
 	}
 	recs := rows(b, steps, logs, lastUncached, time.Now().UnixNano())
+	before := e.spool.Dropped()
 	if err := e.spool.Append(recs); err != nil {
 		// Counted as dropped; not worth retrying (the spool is full).
 		e.log.Warn("telemetry: spool build rows", "build_id", id, "err", err)
+	} else if n := e.spool.Dropped() - before; n > 0 {
+		e.log.Warn("telemetry: spool full while ClickHouse does not take rows: the oldest dropped", "rows", n, "dropped_total", e.spool.Dropped())
 	}
 	return nil
 }
