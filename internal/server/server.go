@@ -36,6 +36,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/registry"
 	"github.com/kiln-dev/kiln/internal/runner"
 	"github.com/kiln-dev/kiln/internal/store"
+	"github.com/kiln-dev/kiln/internal/telemetry"
 )
 
 // Config is `kiln serve`'s configuration.
@@ -89,6 +90,10 @@ type Config struct {
 	// StreamBodyTimeout is the same for client-streaming procedures, whose
 	// messages may be minutes apart (guard.go). 0 → 30s and 10m.
 	BodyTimeout, StreamBodyTimeout time.Duration
+
+	// ClickHouse configures the export of finished builds (URL "" → none);
+	// the server sets its Dir (DATA/telemetry), Source and Logger.
+	ClickHouse telemetry.Config
 }
 
 // Server is a running control plane.
@@ -111,6 +116,7 @@ type Server struct {
 	audit         *audit.Recorder
 	registry      *registry.Registry
 	runner        *runner.Runner
+	telemetry     *telemetry.Exporter // nil without --clickhouse-url
 	cancel        context.CancelFunc
 	done          chan struct{}
 }
@@ -277,6 +283,16 @@ func (s *Server) startServices() (*project.Service, error) {
 		return nil, err
 	}
 	var _ build.Acquirer = fleet // GetBuildKitConnection holds a pending answer (build.Config.HoldPending)
+	var observers build.Observers
+	if cfg.ClickHouse.URL != "" {
+		tc := cfg.ClickHouse
+		tc.Dir, tc.Source, tc.Logger = filepath.Join(cfg.DataDir, "telemetry"), s.store, cfg.Logger
+		tc.Settle = follow.DefaultGrace + 5*time.Second // export a build once the follower stored all of it
+		if s.telemetry, err = telemetry.New(tc); err != nil {
+			return nil, err
+		}
+		observers = append(observers, s.telemetry)
+	}
 	builds = build.NewService(s.store, fleet, s.ca, build.Config{HealthTimeout: cfg.HealthTimeout,
 		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
 		BuildURL:     s.buildURL,
@@ -286,7 +302,7 @@ func (s *Server) startServices() (*project.Service, error) {
 		GatewayAddr:  s.gatewayAddr,
 		Revoke:       func(buildID string) { s.gateway.Revoke(buildID); s.conns.ended(buildID); s.follow.Ended(buildID) },
 		Followed:     s.follow.Following,
-		Observer:     build.Observers{s.metrics},
+		Observer:     append(build.Observers{s.metrics}, observers...),
 		OnAcquire:    s.metrics.OnAcquire,
 		Audit:        s.audit.AuthEvent}, cfg.Logger)
 	s.builds = builds
@@ -341,6 +357,9 @@ func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http
 // runner is last to be made and nothing can fail after it, so it is never
 // open here.
 func (s *Server) release(ctx context.Context) {
+	if s.telemetry != nil {
+		s.telemetry.Close()
+	}
 	if s.registry != nil {
 		s.registry.Close()
 	}
@@ -505,6 +524,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	go s.registry.Run(bg)
 	go s.gateway.Run(bg)
 	go s.metrics.Run(bg)
+	if s.telemetry != nil {
+		if err := s.telemetry.Start(); err != nil {
+			return fmt.Errorf("clickhouse export: %w", err)
+		}
+	}
 	// Source builds left queued or running by a previous server are
 	// resumed or failed before anyone can ask about them.
 	if err := s.runner.Start(ctx); err != nil {
@@ -537,6 +561,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	// are over, and the record says why.
 	if err := s.builds.Stopped(shutdownCtx); err != nil {
 		s.cfg.Logger.Error("settle client builds", "err", err)
+	}
+	if s.telemetry != nil {
+		s.telemetry.Close() // what is queued or spooled is exported after the next start
 	}
 	if err := s.store.Close(); err != nil {
 		s.cfg.Logger.Error("close database", "err", err)
