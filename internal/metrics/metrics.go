@@ -167,3 +167,27 @@ func (m *Metrics) OnAcquire(wait time.Duration, ready bool, err error) {
 func (m *Metrics) ObserveStore(op string, d time.Duration) {
 	m.storeDuration.WithLabelValues(op).Observe(d.Seconds())
 }
+
+// Export is what the ClickHouse export reports of itself
+// (telemetry.Exporter).
+type Export interface {
+	Dropped() uint64 // rows dropped: the spool was full, or ClickHouse refused them for good
+	Lost() uint64    // finished builds never queued for export (its queue was full)
+	Pending() int    // rows waiting in the spool for ClickHouse
+}
+
+// WatchExport adds the ClickHouse export's counters: rows dropped, builds
+// lost, and rows pending in its spool.
+func (m *Metrics) WatchExport(e Export) {
+	m.reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "kiln_clickhouse_rows_dropped_total",
+			Help: "Rows the ClickHouse export dropped: its spool was full (the oldest go first), or ClickHouse refused them for good."},
+			func() float64 { return float64(e.Dropped()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "kiln_clickhouse_builds_unqueued_total",
+			Help: "Finished builds the ClickHouse export never queued, its queue being full."},
+			func() float64 { return float64(e.Lost()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kiln_clickhouse_rows_pending",
+			Help: "Rows waiting in the ClickHouse export's on-disk spool (grows while ClickHouse is down or slow)."},
+			func() float64 { return float64(e.Pending()) }),
+	)
+}

@@ -348,3 +348,22 @@ func TestNames(t *testing.T) {
 		t.Errorf("%d kiln_ metrics exposed, want every one", kiln)
 	}
 }
+
+type fakeExport struct{}
+
+func (fakeExport) Dropped() uint64 { return 3 }
+func (fakeExport) Lost() uint64    { return 1 }
+func (fakeExport) Pending() int    { return 42 }
+
+// The ClickHouse export's counters show once it is watched.
+func TestWatchExport(t *testing.T) {
+	m := metrics.New(metrics.Config{})
+	m.WatchExport(fakeExport{})
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{"kiln_clickhouse_rows_dropped_total 3", "kiln_clickhouse_builds_unqueued_total 1", "kiln_clickhouse_rows_pending 42"} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}

@@ -292,6 +292,7 @@ func (s *Server) startServices() (*project.Service, error) {
 			return nil, err
 		}
 		observers = append(observers, s.telemetry)
+		s.metrics.WatchExport(s.telemetry)
 	}
 	builds = build.NewService(s.store, fleet, s.ca, build.Config{HealthTimeout: cfg.HealthTimeout,
 		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
