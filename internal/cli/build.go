@@ -152,7 +152,7 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 		}
 	}
 	projectDir := bf.opts.ContextPath
-	if projectDir == "-" {
+	if projectDir == "-" || buildreq.IsGitURL(projectDir) {
 		projectDir = "."
 	}
 	projectID, err := client.FindProject(bf.project, projectDir)
@@ -215,6 +215,9 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 			return exitError(code)
 		}
 		return nil
+	}
+	if c := req.GitCommit(); c != "" {
+		fmt.Fprintf(stderr, "kiln: built git commit %s of %s\n", c, req.GitContext())
 	}
 	fmt.Fprintf(stderr, "kiln: build %s finished%s\n", b.ID, session.DescribeOutputs(req.Outputs(), resp))
 	printSaved(stderr, saved, b.ID)

@@ -326,9 +326,10 @@ func (x *GenerateUploadURLResponse) GetMaxSize() int64 {
 }
 
 type CreateBuildRequest struct {
-	state      protoimpl.MessageState `protogen:"open.v1"`
-	Project    *ProjectRef            `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"`
-	ContextKey string                 `protobuf:"bytes,2,opt,name=context_key,json=contextKey,proto3" json:"context_key,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Project *ProjectRef            `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"`
+	// The uploaded context (GenerateUploadURL). Give it or git_url.
+	ContextKey string `protobuf:"bytes,2,opt,name=context_key,json=contextKey,proto3" json:"context_key,omitempty"`
 	// The Dockerfile's path inside the context; default "Dockerfile".
 	Dockerfile string            `protobuf:"bytes,3,opt,name=dockerfile,proto3" json:"dockerfile,omitempty"`
 	Target     string            `protobuf:"bytes,4,opt,name=target,proto3" json:"target,omitempty"`
@@ -342,8 +343,16 @@ type CreateBuildRequest struct {
 	// always a tag too.
 	Tags []string `protobuf:"bytes,7,rep,name=tags,proto3" json:"tags,omitempty"`
 	// linux/amd64 (default) and/or linux/arm64.
-	Platforms     []string `protobuf:"bytes,8,rep,name=platforms,proto3" json:"platforms,omitempty"`
-	NoCache       bool     `protobuf:"varint,9,opt,name=no_cache,json=noCache,proto3" json:"no_cache,omitempty"`
+	Platforms []string `protobuf:"bytes,8,rep,name=platforms,proto3" json:"platforms,omitempty"`
+	NoCache   bool     `protobuf:"varint,9,opt,name=no_cache,json=noCache,proto3" json:"no_cache,omitempty"`
+	// A git context instead of an upload: the builder fetches it itself,
+	// "https://host/org/repo.git#ref:subdir" (ref: a branch, a tag or a
+	// full commit SHA; https, http, git or ssh). A private repository's
+	// credentials are secrets named as BuildKit's git source reads them:
+	// GIT_AUTH_TOKEN.<host> (or GIT_AUTH_TOKEN) for a token,
+	// GIT_AUTH_HEADER.<host> for a whole Authorization header. The commit
+	// that was built is recorded on the build (Build.git_commit).
+	GitUrl        string `protobuf:"bytes,10,opt,name=git_url,json=gitUrl,proto3" json:"git_url,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -441,6 +450,13 @@ func (x *CreateBuildRequest) GetNoCache() bool {
 	return false
 }
 
+func (x *CreateBuildRequest) GetGitUrl() string {
+	if x != nil {
+		return x.GitUrl
+	}
+	return ""
+}
+
 type CreateBuildResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	BuildId       string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
@@ -526,6 +542,11 @@ type Build struct {
 	Kind string `protobuf:"bytes,17,opt,name=kind,proto3" json:"kind,omitempty"`
 	// Builds ahead of this one in the queue (queued builds only).
 	QueuePosition int32 `protobuf:"varint,16,opt,name=queue_position,json=queuePosition,proto3" json:"queue_position,omitempty"`
+	// A git context's URL, as given (source builds from git).
+	GitUrl string `protobuf:"bytes,18,opt,name=git_url,json=gitUrl,proto3" json:"git_url,omitempty"`
+	// The commit that was built, resolved on the builder before the build
+	// and pinned; "" until known, and for builds of a local context.
+	GitCommit     string `protobuf:"bytes,19,opt,name=git_commit,json=gitCommit,proto3" json:"git_commit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -677,6 +698,20 @@ func (x *Build) GetQueuePosition() int32 {
 		return x.QueuePosition
 	}
 	return 0
+}
+
+func (x *Build) GetGitUrl() string {
+	if x != nil {
+		return x.GitUrl
+	}
+	return ""
+}
+
+func (x *Build) GetGitCommit() string {
+	if x != nil {
+		return x.GitCommit
+	}
+	return ""
 }
 
 type GetBuildRequest struct {
@@ -1400,7 +1435,7 @@ const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\bmax_size\x18\x06 \x01(\x03R\amaxSize\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf2\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8b\x04\n" +
 	"\x12CreateBuildRequest\x12-\n" +
 	"\aproject\x18\x01 \x01(\v2\x13.kiln.v1.ProjectRefR\aproject\x12\x1f\n" +
 	"\vcontext_key\x18\x02 \x01(\tR\n" +
@@ -1414,7 +1449,9 @@ const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\asecrets\x18\x06 \x03(\v2(.kiln.v1.CreateBuildRequest.SecretsEntryR\asecrets\x12\x12\n" +
 	"\x04tags\x18\a \x03(\tR\x04tags\x12\x1c\n" +
 	"\tplatforms\x18\b \x03(\tR\tplatforms\x12\x19\n" +
-	"\bno_cache\x18\t \x01(\bR\anoCache\x1a<\n" +
+	"\bno_cache\x18\t \x01(\bR\anoCache\x12\x17\n" +
+	"\agit_url\x18\n" +
+	" \x01(\tR\x06gitUrl\x1a<\n" +
 	"\x0eBuildArgsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
@@ -1425,7 +1462,7 @@ const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x1d\n" +
 	"\n" +
 	"project_id\x18\x02 \x01(\tR\tprojectId\x12,\n" +
-	"\x06status\x18\x03 \x01(\x0e2\x14.kiln.v1.BuildStatusR\x06status\"\xec\x04\n" +
+	"\x06status\x18\x03 \x01(\x0e2\x14.kiln.v1.BuildStatusR\x06status\"\xa4\x05\n" +
 	"\x05Build\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x1d\n" +
 	"\n" +
@@ -1454,7 +1491,10 @@ const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\n" +
 	"rebuild_of\x18\x0f \x01(\tR\trebuildOf\x12\x12\n" +
 	"\x04kind\x18\x11 \x01(\tR\x04kind\x12%\n" +
-	"\x0equeue_position\x18\x10 \x01(\x05R\rqueuePosition\",\n" +
+	"\x0equeue_position\x18\x10 \x01(\x05R\rqueuePosition\x12\x17\n" +
+	"\agit_url\x18\x12 \x01(\tR\x06gitUrl\x12\x1d\n" +
+	"\n" +
+	"git_commit\x18\x13 \x01(\tR\tgitCommit\",\n" +
 	"\x0fGetBuildRequest\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\"8\n" +
 	"\x10GetBuildResponse\x12$\n" +

@@ -55,6 +55,8 @@ func (s *SourceBuildService) buildPB(ctx context.Context, b build.Build, spec ru
 		ImageRefs:     b.ImageRefs,
 		ImageDigest:   b.ImageDigest,
 		ContextKey:    spec.ContextKey,
+		GitUrl:        spec.GitURL,
+		GitCommit:     b.GitCommit,
 		Dockerfile:    spec.Dockerfile,
 		Target:        spec.Target,
 		Platforms:     spec.Platforms,
@@ -97,7 +99,7 @@ func (s *SourceBuildService) CreateBuild(ctx context.Context, req *connect.Reque
 	m := req.Msg
 	pid, cid := projectRef(m.Project)
 	spec := runner.Spec{ContextKey: m.ContextKey, Dockerfile: m.Dockerfile, Target: m.Target, BuildArgs: m.BuildArgs,
-		Tags: m.Tags, Platforms: m.Platforms, NoCache: m.NoCache}
+		Tags: m.Tags, Platforms: m.Platforms, NoCache: m.NoCache, GitURL: m.GitUrl}
 	b, err := s.Runner.Create(ctx, p, pid, cid, spec, m.Secrets)
 	if err != nil {
 		return nil, s.err(ctx, err)
