@@ -72,6 +72,15 @@ func (r *Runner) execute(ctx context.Context, b build.Build, work string) build.
 	}
 	// A git context is fetched by the builder (engine/git.go): nothing of
 	// it passes through this server.
+	if spec.GitURL != "" {
+		proj, err := r.store.GetProject(ctx, b.ProjectID)
+		if err != nil {
+			return fail(err)
+		}
+		if err := r.checkGitHost(ctx, proj, spec.GitURL); err != nil {
+			return fail(err)
+		}
+	}
 
 	refs, err := refs(r.cfg.RegistryHost(), b.ProjectID, b.ID, spec.Tags, r.pushHosts())
 	if err != nil {

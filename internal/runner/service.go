@@ -90,10 +90,12 @@ func (r *Runner) Create(ctx context.Context, p auth.Principal, projectID, custom
 	if err := spec.normalize(secrets); err != nil {
 		return build.Build{}, err
 	}
-	if spec.GitURL == "" {
-		if _, err := r.usableContext(ctx, proj.ID, spec.ContextKey); err != nil {
+	if spec.GitURL != "" {
+		if err := r.checkGitHost(ctx, proj, spec.GitURL); err != nil {
 			return build.Build{}, err
 		}
+	} else if _, err := r.usableContext(ctx, proj.ID, spec.ContextKey); err != nil {
+		return build.Build{}, err
 	}
 	return r.queue(ctx, p, proj, spec, secrets)
 }

@@ -215,10 +215,12 @@ func TestGitContextBuild(t *testing.T) {
 		}
 
 		r, _ = build(t, nil, private+"#main:app")
+		t.Logf("no credentials: %s", lastLine(r.Stderr))
 		if r.Err == nil || !strings.Contains(r.Stderr, "needs credentials") || !strings.Contains(r.Stderr, "GIT_AUTH_TOKEN") {
 			t.Errorf("no credentials: err %v; want an error saying credentials are needed and how:\n%s", r.Err, tail(r.Stderr, 2000))
 		}
 		r, _ = build(t, []string{"GIT_TOKEN=wrong-token"}, "--secret", "id=GIT_AUTH_TOKEN,env=GIT_TOKEN", private+"#main:app")
+		t.Logf("wrong token: %s", lastLine(r.Stderr))
 		if r.Err == nil || !strings.Contains(r.Stderr, "refused the credentials") {
 			t.Errorf("wrong token: err %v; want an error saying the credentials were refused:\n%s", r.Err, tail(r.Stderr, 2000))
 		}
@@ -229,6 +231,7 @@ func TestGitContextBuild(t *testing.T) {
 
 	t.Run("errors", func(t *testing.T) {
 		r, _ := build(t, nil, public+"#no-such-branch:app")
+		t.Logf("wrong ref: %s", lastLine(r.Stderr))
 		if r.Err == nil || !strings.Contains(r.Stderr, `ref "no-such-branch" not found`) {
 			t.Errorf("wrong ref: err %v; want an error naming the ref:\n%s", r.Err, tail(r.Stderr, 2000))
 		}
@@ -242,6 +245,7 @@ func TestGitContextBuild(t *testing.T) {
 		} {
 			before := gs.requests.Load()
 			r, _ := build(t, nil, c.url)
+			t.Logf("%s: %s", c.url, lastLine(r.Stderr))
 			if r.Err == nil || !strings.Contains(r.Stderr, c.want) {
 				t.Errorf("%s: err %v; want %q:\n%s", c.url, r.Err, c.want, tail(r.Stderr, 1500))
 			}
@@ -252,8 +256,13 @@ func TestGitContextBuild(t *testing.T) {
 	})
 }
 
+// TestGitContextSourceBuild runs on a server started with
+// --git-private-hosts: the test's git server is on loopback, which a
+// default server refuses for source builds (buildkitd fetches from the
+// host's network, outside the builders' egress rules; see
+// TestGitContextPrivateHostRefused).
 func TestGitContextSourceBuild(t *testing.T) {
-	s := sharedServer(t)
+	s := startServer(t, "--git-private-hosts")
 	gs := startGitServer(t)
 	v1, head := gs.gitRepo(t, "org/public.git")
 	gs.gitRepo(t, "private/app.git")
@@ -299,7 +308,9 @@ func TestGitContextSourceBuild(t *testing.T) {
 	if b.Status != kilnv1.BuildStatus_BUILD_STATUS_FAILED || !strings.Contains(b.Error, "needs credentials") || b.GitCommit != "" {
 		t.Errorf("private build without credentials: %v %q commit %q; want failed, needing credentials", b.Status, b.Error, b.GitCommit)
 	}
+	t.Logf("no credentials (source build): %s", b.Error)
 	b = create(t, &kilnv1.CreateBuildRequest{GitUrl: public + "#nope:app"})
+	t.Logf("wrong ref (source build): %s", b.Error)
 	if b.Status != kilnv1.BuildStatus_BUILD_STATUS_FAILED || !strings.Contains(b.Error, `ref "nope" not found`) {
 		t.Errorf("wrong ref: %v %q; want failed naming the ref", b.Status, b.Error)
 	}
@@ -316,8 +327,34 @@ func TestGitContextSourceBuild(t *testing.T) {
 	} {
 		c.req.Project = customer("git-co")
 		_, err := s.sourceAPI().CreateBuild(t.Context(), bearer(c.req, s.Token))
+		t.Logf("CreateBuild %.60q: %v", c.req.GitUrl, err)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("CreateBuild %.60q: %v; want an error with %q", c.req.GitUrl, err, c.want)
 		}
+	}
+}
+
+// lastLine is the last non-empty line of s (the CLI's error).
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+// A default server refuses a source build whose git host is loopback or
+// private, before anything is fetched; the project's egress allow-list
+// opens a private range, never loopback.
+func TestGitContextPrivateHostRefused(t *testing.T) {
+	s := sharedServer(t)
+	gs := startGitServer(t)
+	gs.gitRepo(t, "org/public.git")
+	for _, u := range []string{gs.url + "/org/public.git#main", "http://169.254.169.254/latest.git", "http://10.1.2.3/r.git", "http://localhost:1/r.git"} {
+		_, err := s.sourceAPI().CreateBuild(t.Context(), bearer(&kilnv1.CreateBuildRequest{Project: customer("git-private"), GitUrl: u}, s.Token))
+		t.Logf("CreateBuild %s: %v", u, err)
+		if err == nil || !strings.Contains(err.Error(), "private address builds may not reach") {
+			t.Errorf("CreateBuild %s: %v; want it refused as a private address", u, err)
+		}
+	}
+	if n := gs.requests.Load(); n != 0 {
+		t.Errorf("the git server saw %d requests; a refused build must fetch nothing", n)
 	}
 }
