@@ -79,6 +79,9 @@ func (s *Spec) normalize(secrets map[string]string) error {
 		if _, err := buildreq.ParseGitURL(s.GitURL); err != nil {
 			return invalid("git_url: %v", err)
 		}
+		if strings.HasPrefix(s.GitURL, "ssh://") || strings.HasPrefix(s.GitURL, "git@") {
+			return invalid("git_url %q: an ssh URL needs an SSH agent, which source builds do not have; use https:// with the secret GIT_AUTH_TOKEN", clip(s.GitURL, 140))
+		}
 	case s.ContextKey == "":
 		return invalid("context_key is required: upload the context first (GenerateUploadURL), or give git_url for a git context")
 	}
