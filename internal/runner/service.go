@@ -278,3 +278,9 @@ func (r *Runner) Rebuild(ctx context.Context, p auth.Principal, id string) (buil
 	spec.RebuildOf = b.ID
 	return r.queue(ctx, p, proj, spec, secrets)
 }
+
+// RecordGitCommit records the git commit a client build built
+// (build.Service.RecordGitCommit).
+func (r *Runner) RecordGitCommit(ctx context.Context, p auth.Principal, id, commit string) error {
+	return r.builds.RecordGitCommit(ctx, p, id, commit)
+}

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -186,6 +187,15 @@ func TestGitContextBuild(t *testing.T) {
 			if !strings.Contains(r.Stderr, "built git commit "+c.commit) {
 				t.Errorf("#%s:app: stderr does not name commit %s:\n%s", c.ref, c.commit, tail(r.Stderr, 2000))
 			}
+			// The commit is recorded on the build, as for source builds.
+			m := regexp.MustCompile(`kiln: build (\S+) in project`).FindStringSubmatch(r.Stderr)
+			if m == nil {
+				t.Fatalf("no build id in:\n%s", r.Stderr)
+			}
+			got := s.mustKiln(t, t.TempDir(), "builds", "get", m[1])
+			if !strings.Contains(got.Stdout, "git commit:") || !strings.Contains(got.Stdout, c.commit) {
+				t.Errorf("kiln builds get %s does not show commit %s:\n%s", m[1], c.commit, got.Stdout)
+			}
 		}
 	})
 
@@ -279,12 +289,14 @@ func TestGitContextSourceBuild(t *testing.T) {
 		return s.watch(t, s.Token, res.Msg.BuildId, 4*time.Minute).last
 	}
 
+	var lastID string
 	for _, c := range []struct{ url, commit string }{
 		{public + "#main:app", head},
 		{public + "#v1:app", v1},
 		{public + "#" + v1 + ":app", v1},
 	} {
 		b := create(t, &kilnv1.CreateBuildRequest{GitUrl: c.url})
+		lastID = b.BuildId
 		if b.Status != kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED {
 			t.Fatalf("%s: build ended %v: %s", c.url, b.Status, b.Error)
 		}
@@ -298,6 +310,12 @@ func TestGitContextSourceBuild(t *testing.T) {
 		if !strings.Contains(r.Stdout, c.commit) {
 			t.Errorf("kiln builds get %s does not show commit %s:\n%s", b.BuildId, c.commit, r.Stdout)
 		}
+	}
+
+	// Only a client build's own build token records a commit.
+	_, err := s.sourceAPI().RecordGitCommit(t.Context(), bearer(&kilnv1.RecordGitCommitRequest{BuildId: lastID, GitCommit: strings.Repeat("a", 40)}, s.Token))
+	if err == nil || !strings.Contains(err.Error(), "own build token") {
+		t.Errorf("RecordGitCommit with the admin token: %v; want it refused", err)
 	}
 
 	b := create(t, &kilnv1.CreateBuildRequest{GitUrl: private + "#main:app", Secrets: map[string]string{"GIT_AUTH_TOKEN": gitToken}})

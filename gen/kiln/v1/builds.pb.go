@@ -89,6 +89,95 @@ func (BuildStatus) EnumDescriptor() ([]byte, []int) {
 	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{0}
 }
 
+type RecordGitCommitRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	BuildId string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	// A full commit SHA (40 or 64 hex digits).
+	GitCommit     string `protobuf:"bytes,2,opt,name=git_commit,json=gitCommit,proto3" json:"git_commit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordGitCommitRequest) Reset() {
+	*x = RecordGitCommitRequest{}
+	mi := &file_kiln_v1_builds_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordGitCommitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordGitCommitRequest) ProtoMessage() {}
+
+func (x *RecordGitCommitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_builds_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordGitCommitRequest.ProtoReflect.Descriptor instead.
+func (*RecordGitCommitRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RecordGitCommitRequest) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+func (x *RecordGitCommitRequest) GetGitCommit() string {
+	if x != nil {
+		return x.GitCommit
+	}
+	return ""
+}
+
+type RecordGitCommitResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordGitCommitResponse) Reset() {
+	*x = RecordGitCommitResponse{}
+	mi := &file_kiln_v1_builds_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordGitCommitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordGitCommitResponse) ProtoMessage() {}
+
+func (x *RecordGitCommitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_builds_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordGitCommitResponse.ProtoReflect.Descriptor instead.
+func (*RecordGitCommitResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{1}
+}
+
 // A build's project is named by its id, or by the platform's own customer
 // id: the project for a customer id is created on first use, once.
 type ProjectRef struct {
@@ -104,7 +193,7 @@ type ProjectRef struct {
 
 func (x *ProjectRef) Reset() {
 	*x = ProjectRef{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[0]
+	mi := &file_kiln_v1_builds_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -116,7 +205,7 @@ func (x *ProjectRef) String() string {
 func (*ProjectRef) ProtoMessage() {}
 
 func (x *ProjectRef) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[0]
+	mi := &file_kiln_v1_builds_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -129,7 +218,7 @@ func (x *ProjectRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProjectRef.ProtoReflect.Descriptor instead.
 func (*ProjectRef) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{0}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ProjectRef) GetRef() isProjectRef_Ref {
@@ -188,7 +277,7 @@ type GenerateUploadURLRequest struct {
 
 func (x *GenerateUploadURLRequest) Reset() {
 	*x = GenerateUploadURLRequest{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[1]
+	mi := &file_kiln_v1_builds_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -200,7 +289,7 @@ func (x *GenerateUploadURLRequest) String() string {
 func (*GenerateUploadURLRequest) ProtoMessage() {}
 
 func (x *GenerateUploadURLRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[1]
+	mi := &file_kiln_v1_builds_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -213,7 +302,7 @@ func (x *GenerateUploadURLRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateUploadURLRequest.ProtoReflect.Descriptor instead.
 func (*GenerateUploadURLRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{1}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GenerateUploadURLRequest) GetProject() *ProjectRef {
@@ -255,7 +344,7 @@ type GenerateUploadURLResponse struct {
 
 func (x *GenerateUploadURLResponse) Reset() {
 	*x = GenerateUploadURLResponse{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[2]
+	mi := &file_kiln_v1_builds_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -267,7 +356,7 @@ func (x *GenerateUploadURLResponse) String() string {
 func (*GenerateUploadURLResponse) ProtoMessage() {}
 
 func (x *GenerateUploadURLResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[2]
+	mi := &file_kiln_v1_builds_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -280,7 +369,7 @@ func (x *GenerateUploadURLResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateUploadURLResponse.ProtoReflect.Descriptor instead.
 func (*GenerateUploadURLResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{2}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GenerateUploadURLResponse) GetUrl() string {
@@ -359,7 +448,7 @@ type CreateBuildRequest struct {
 
 func (x *CreateBuildRequest) Reset() {
 	*x = CreateBuildRequest{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[3]
+	mi := &file_kiln_v1_builds_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -371,7 +460,7 @@ func (x *CreateBuildRequest) String() string {
 func (*CreateBuildRequest) ProtoMessage() {}
 
 func (x *CreateBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[3]
+	mi := &file_kiln_v1_builds_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -384,7 +473,7 @@ func (x *CreateBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateBuildRequest.ProtoReflect.Descriptor instead.
 func (*CreateBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{3}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateBuildRequest) GetProject() *ProjectRef {
@@ -468,7 +557,7 @@ type CreateBuildResponse struct {
 
 func (x *CreateBuildResponse) Reset() {
 	*x = CreateBuildResponse{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[4]
+	mi := &file_kiln_v1_builds_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -480,7 +569,7 @@ func (x *CreateBuildResponse) String() string {
 func (*CreateBuildResponse) ProtoMessage() {}
 
 func (x *CreateBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[4]
+	mi := &file_kiln_v1_builds_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -493,7 +582,7 @@ func (x *CreateBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateBuildResponse.ProtoReflect.Descriptor instead.
 func (*CreateBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{4}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateBuildResponse) GetBuildId() string {
@@ -553,7 +642,7 @@ type Build struct {
 
 func (x *Build) Reset() {
 	*x = Build{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[5]
+	mi := &file_kiln_v1_builds_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -565,7 +654,7 @@ func (x *Build) String() string {
 func (*Build) ProtoMessage() {}
 
 func (x *Build) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[5]
+	mi := &file_kiln_v1_builds_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -578,7 +667,7 @@ func (x *Build) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Build.ProtoReflect.Descriptor instead.
 func (*Build) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{5}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Build) GetBuildId() string {
@@ -723,7 +812,7 @@ type GetBuildRequest struct {
 
 func (x *GetBuildRequest) Reset() {
 	*x = GetBuildRequest{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[6]
+	mi := &file_kiln_v1_builds_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +824,7 @@ func (x *GetBuildRequest) String() string {
 func (*GetBuildRequest) ProtoMessage() {}
 
 func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[6]
+	mi := &file_kiln_v1_builds_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +837,7 @@ func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildRequest.ProtoReflect.Descriptor instead.
 func (*GetBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{6}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetBuildRequest) GetBuildId() string {
@@ -767,7 +856,7 @@ type GetBuildResponse struct {
 
 func (x *GetBuildResponse) Reset() {
 	*x = GetBuildResponse{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[7]
+	mi := &file_kiln_v1_builds_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -779,7 +868,7 @@ func (x *GetBuildResponse) String() string {
 func (*GetBuildResponse) ProtoMessage() {}
 
 func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[7]
+	mi := &file_kiln_v1_builds_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -792,7 +881,7 @@ func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildResponse.ProtoReflect.Descriptor instead.
 func (*GetBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{7}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetBuildResponse) GetBuild() *Build {
@@ -813,7 +902,7 @@ type WatchBuildRequest struct {
 
 func (x *WatchBuildRequest) Reset() {
 	*x = WatchBuildRequest{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[8]
+	mi := &file_kiln_v1_builds_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +914,7 @@ func (x *WatchBuildRequest) String() string {
 func (*WatchBuildRequest) ProtoMessage() {}
 
 func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[8]
+	mi := &file_kiln_v1_builds_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +927,7 @@ func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildRequest.ProtoReflect.Descriptor instead.
 func (*WatchBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{8}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WatchBuildRequest) GetBuildId() string {
@@ -869,7 +958,7 @@ type Step struct {
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[9]
+	mi := &file_kiln_v1_builds_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -881,7 +970,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[9]
+	mi := &file_kiln_v1_builds_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -894,7 +983,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{9}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Step) GetDigest() string {
@@ -953,7 +1042,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[10]
+	mi := &file_kiln_v1_builds_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -965,7 +1054,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[10]
+	mi := &file_kiln_v1_builds_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -978,7 +1067,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{10}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LogLine) GetDigest() string {
@@ -1023,7 +1112,7 @@ type WatchBuildResponse struct {
 
 func (x *WatchBuildResponse) Reset() {
 	*x = WatchBuildResponse{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[11]
+	mi := &file_kiln_v1_builds_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1035,7 +1124,7 @@ func (x *WatchBuildResponse) String() string {
 func (*WatchBuildResponse) ProtoMessage() {}
 
 func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[11]
+	mi := &file_kiln_v1_builds_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1048,7 +1137,7 @@ func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildResponse.ProtoReflect.Descriptor instead.
 func (*WatchBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{11}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WatchBuildResponse) GetEvent() isWatchBuildResponse_Event {
@@ -1118,7 +1207,7 @@ type CancelBuildRequest struct {
 
 func (x *CancelBuildRequest) Reset() {
 	*x = CancelBuildRequest{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[12]
+	mi := &file_kiln_v1_builds_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1130,7 +1219,7 @@ func (x *CancelBuildRequest) String() string {
 func (*CancelBuildRequest) ProtoMessage() {}
 
 func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[12]
+	mi := &file_kiln_v1_builds_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1143,7 +1232,7 @@ func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildRequest.ProtoReflect.Descriptor instead.
 func (*CancelBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{12}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CancelBuildRequest) GetBuildId() string {
@@ -1162,7 +1251,7 @@ type CancelBuildResponse struct {
 
 func (x *CancelBuildResponse) Reset() {
 	*x = CancelBuildResponse{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[13]
+	mi := &file_kiln_v1_builds_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1174,7 +1263,7 @@ func (x *CancelBuildResponse) String() string {
 func (*CancelBuildResponse) ProtoMessage() {}
 
 func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[13]
+	mi := &file_kiln_v1_builds_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1187,7 +1276,7 @@ func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildResponse.ProtoReflect.Descriptor instead.
 func (*CancelBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{13}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CancelBuildResponse) GetBuild() *Build {
@@ -1210,7 +1299,7 @@ type ListBuildsRequest struct {
 
 func (x *ListBuildsRequest) Reset() {
 	*x = ListBuildsRequest{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[14]
+	mi := &file_kiln_v1_builds_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1222,7 +1311,7 @@ func (x *ListBuildsRequest) String() string {
 func (*ListBuildsRequest) ProtoMessage() {}
 
 func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[14]
+	mi := &file_kiln_v1_builds_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1235,7 +1324,7 @@ func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsRequest.ProtoReflect.Descriptor instead.
 func (*ListBuildsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{14}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListBuildsRequest) GetProject() *ProjectRef {
@@ -1269,7 +1358,7 @@ type ListBuildsResponse struct {
 
 func (x *ListBuildsResponse) Reset() {
 	*x = ListBuildsResponse{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[15]
+	mi := &file_kiln_v1_builds_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1370,7 @@ func (x *ListBuildsResponse) String() string {
 func (*ListBuildsResponse) ProtoMessage() {}
 
 func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[15]
+	mi := &file_kiln_v1_builds_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1383,7 @@ func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsResponse.ProtoReflect.Descriptor instead.
 func (*ListBuildsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{15}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListBuildsResponse) GetBuilds() []*Build {
@@ -1320,7 +1409,7 @@ type RebuildBuildRequest struct {
 
 func (x *RebuildBuildRequest) Reset() {
 	*x = RebuildBuildRequest{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[16]
+	mi := &file_kiln_v1_builds_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1421,7 @@ func (x *RebuildBuildRequest) String() string {
 func (*RebuildBuildRequest) ProtoMessage() {}
 
 func (x *RebuildBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[16]
+	mi := &file_kiln_v1_builds_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1434,7 @@ func (x *RebuildBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebuildBuildRequest.ProtoReflect.Descriptor instead.
 func (*RebuildBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{16}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RebuildBuildRequest) GetBuildId() string {
@@ -1365,7 +1454,7 @@ type RebuildBuildResponse struct {
 
 func (x *RebuildBuildResponse) Reset() {
 	*x = RebuildBuildResponse{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[17]
+	mi := &file_kiln_v1_builds_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1377,7 +1466,7 @@ func (x *RebuildBuildResponse) String() string {
 func (*RebuildBuildResponse) ProtoMessage() {}
 
 func (x *RebuildBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[17]
+	mi := &file_kiln_v1_builds_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1390,7 +1479,7 @@ func (x *RebuildBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebuildBuildResponse.ProtoReflect.Descriptor instead.
 func (*RebuildBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{17}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RebuildBuildResponse) GetBuildId() string {
@@ -1411,7 +1500,12 @@ var File_kiln_v1_builds_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\n" +
-	"\x14kiln/v1/builds.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"W\n" +
+	"\x14kiln/v1/builds.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n" +
+	"\x16RecordGitCommitRequest\x12\x19\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x1d\n" +
+	"\n" +
+	"git_commit\x18\x02 \x01(\tR\tgitCommit\"\x19\n" +
+	"\x17RecordGitCommitResponse\"W\n" +
 	"\n" +
 	"ProjectRef\x12\x1f\n" +
 	"\n" +
@@ -1544,7 +1638,7 @@ const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\x14BUILD_STATUS_PUSHING\x10\x03\x12\x1a\n" +
 	"\x16BUILD_STATUS_SUCCEEDED\x10\x04\x12\x17\n" +
 	"\x13BUILD_STATUS_FAILED\x10\x05\x12\x19\n" +
-	"\x15BUILD_STATUS_CANCELED\x10\x062\xa2\x04\n" +
+	"\x15BUILD_STATUS_CANCELED\x10\x062\xf8\x04\n" +
 	"\x12SourceBuildService\x12Z\n" +
 	"\x11GenerateUploadURL\x12!.kiln.v1.GenerateUploadURLRequest\x1a\".kiln.v1.GenerateUploadURLResponse\x12H\n" +
 	"\vCreateBuild\x12\x1b.kiln.v1.CreateBuildRequest\x1a\x1c.kiln.v1.CreateBuildResponse\x12?\n" +
@@ -1554,7 +1648,8 @@ const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\vCancelBuild\x12\x1b.kiln.v1.CancelBuildRequest\x1a\x1c.kiln.v1.CancelBuildResponse\x12E\n" +
 	"\n" +
 	"ListBuilds\x12\x1a.kiln.v1.ListBuildsRequest\x1a\x1b.kiln.v1.ListBuildsResponse\x12K\n" +
-	"\fRebuildBuild\x12\x1c.kiln.v1.RebuildBuildRequest\x1a\x1d.kiln.v1.RebuildBuildResponseB-Z+github.com/kiln-dev/kiln/gen/kiln/v1;kilnv1b\x06proto3"
+	"\fRebuildBuild\x12\x1c.kiln.v1.RebuildBuildRequest\x1a\x1d.kiln.v1.RebuildBuildResponse\x12T\n" +
+	"\x0fRecordGitCommit\x12\x1f.kiln.v1.RecordGitCommitRequest\x1a .kiln.v1.RecordGitCommitResponseB-Z+github.com/kiln-dev/kiln/gen/kiln/v1;kilnv1b\x06proto3"
 
 var (
 	file_kiln_v1_builds_proto_rawDescOnce sync.Once
@@ -1569,71 +1664,75 @@ func file_kiln_v1_builds_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_builds_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kiln_v1_builds_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_kiln_v1_builds_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_kiln_v1_builds_proto_goTypes = []any{
 	(BuildStatus)(0),                  // 0: kiln.v1.BuildStatus
-	(*ProjectRef)(nil),                // 1: kiln.v1.ProjectRef
-	(*GenerateUploadURLRequest)(nil),  // 2: kiln.v1.GenerateUploadURLRequest
-	(*GenerateUploadURLResponse)(nil), // 3: kiln.v1.GenerateUploadURLResponse
-	(*CreateBuildRequest)(nil),        // 4: kiln.v1.CreateBuildRequest
-	(*CreateBuildResponse)(nil),       // 5: kiln.v1.CreateBuildResponse
-	(*Build)(nil),                     // 6: kiln.v1.Build
-	(*GetBuildRequest)(nil),           // 7: kiln.v1.GetBuildRequest
-	(*GetBuildResponse)(nil),          // 8: kiln.v1.GetBuildResponse
-	(*WatchBuildRequest)(nil),         // 9: kiln.v1.WatchBuildRequest
-	(*Step)(nil),                      // 10: kiln.v1.Step
-	(*LogLine)(nil),                   // 11: kiln.v1.LogLine
-	(*WatchBuildResponse)(nil),        // 12: kiln.v1.WatchBuildResponse
-	(*CancelBuildRequest)(nil),        // 13: kiln.v1.CancelBuildRequest
-	(*CancelBuildResponse)(nil),       // 14: kiln.v1.CancelBuildResponse
-	(*ListBuildsRequest)(nil),         // 15: kiln.v1.ListBuildsRequest
-	(*ListBuildsResponse)(nil),        // 16: kiln.v1.ListBuildsResponse
-	(*RebuildBuildRequest)(nil),       // 17: kiln.v1.RebuildBuildRequest
-	(*RebuildBuildResponse)(nil),      // 18: kiln.v1.RebuildBuildResponse
-	nil,                               // 19: kiln.v1.GenerateUploadURLResponse.HeadersEntry
-	nil,                               // 20: kiln.v1.CreateBuildRequest.BuildArgsEntry
-	nil,                               // 21: kiln.v1.CreateBuildRequest.SecretsEntry
-	(*timestamppb.Timestamp)(nil),     // 22: google.protobuf.Timestamp
+	(*RecordGitCommitRequest)(nil),    // 1: kiln.v1.RecordGitCommitRequest
+	(*RecordGitCommitResponse)(nil),   // 2: kiln.v1.RecordGitCommitResponse
+	(*ProjectRef)(nil),                // 3: kiln.v1.ProjectRef
+	(*GenerateUploadURLRequest)(nil),  // 4: kiln.v1.GenerateUploadURLRequest
+	(*GenerateUploadURLResponse)(nil), // 5: kiln.v1.GenerateUploadURLResponse
+	(*CreateBuildRequest)(nil),        // 6: kiln.v1.CreateBuildRequest
+	(*CreateBuildResponse)(nil),       // 7: kiln.v1.CreateBuildResponse
+	(*Build)(nil),                     // 8: kiln.v1.Build
+	(*GetBuildRequest)(nil),           // 9: kiln.v1.GetBuildRequest
+	(*GetBuildResponse)(nil),          // 10: kiln.v1.GetBuildResponse
+	(*WatchBuildRequest)(nil),         // 11: kiln.v1.WatchBuildRequest
+	(*Step)(nil),                      // 12: kiln.v1.Step
+	(*LogLine)(nil),                   // 13: kiln.v1.LogLine
+	(*WatchBuildResponse)(nil),        // 14: kiln.v1.WatchBuildResponse
+	(*CancelBuildRequest)(nil),        // 15: kiln.v1.CancelBuildRequest
+	(*CancelBuildResponse)(nil),       // 16: kiln.v1.CancelBuildResponse
+	(*ListBuildsRequest)(nil),         // 17: kiln.v1.ListBuildsRequest
+	(*ListBuildsResponse)(nil),        // 18: kiln.v1.ListBuildsResponse
+	(*RebuildBuildRequest)(nil),       // 19: kiln.v1.RebuildBuildRequest
+	(*RebuildBuildResponse)(nil),      // 20: kiln.v1.RebuildBuildResponse
+	nil,                               // 21: kiln.v1.GenerateUploadURLResponse.HeadersEntry
+	nil,                               // 22: kiln.v1.CreateBuildRequest.BuildArgsEntry
+	nil,                               // 23: kiln.v1.CreateBuildRequest.SecretsEntry
+	(*timestamppb.Timestamp)(nil),     // 24: google.protobuf.Timestamp
 }
 var file_kiln_v1_builds_proto_depIdxs = []int32{
-	1,  // 0: kiln.v1.GenerateUploadURLRequest.project:type_name -> kiln.v1.ProjectRef
-	19, // 1: kiln.v1.GenerateUploadURLResponse.headers:type_name -> kiln.v1.GenerateUploadURLResponse.HeadersEntry
-	22, // 2: kiln.v1.GenerateUploadURLResponse.expires_at:type_name -> google.protobuf.Timestamp
-	1,  // 3: kiln.v1.CreateBuildRequest.project:type_name -> kiln.v1.ProjectRef
-	20, // 4: kiln.v1.CreateBuildRequest.build_args:type_name -> kiln.v1.CreateBuildRequest.BuildArgsEntry
-	21, // 5: kiln.v1.CreateBuildRequest.secrets:type_name -> kiln.v1.CreateBuildRequest.SecretsEntry
+	3,  // 0: kiln.v1.GenerateUploadURLRequest.project:type_name -> kiln.v1.ProjectRef
+	21, // 1: kiln.v1.GenerateUploadURLResponse.headers:type_name -> kiln.v1.GenerateUploadURLResponse.HeadersEntry
+	24, // 2: kiln.v1.GenerateUploadURLResponse.expires_at:type_name -> google.protobuf.Timestamp
+	3,  // 3: kiln.v1.CreateBuildRequest.project:type_name -> kiln.v1.ProjectRef
+	22, // 4: kiln.v1.CreateBuildRequest.build_args:type_name -> kiln.v1.CreateBuildRequest.BuildArgsEntry
+	23, // 5: kiln.v1.CreateBuildRequest.secrets:type_name -> kiln.v1.CreateBuildRequest.SecretsEntry
 	0,  // 6: kiln.v1.CreateBuildResponse.status:type_name -> kiln.v1.BuildStatus
 	0,  // 7: kiln.v1.Build.status:type_name -> kiln.v1.BuildStatus
-	22, // 8: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
-	22, // 9: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
-	22, // 10: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
-	6,  // 11: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	22, // 12: kiln.v1.Step.started_at:type_name -> google.protobuf.Timestamp
-	22, // 13: kiln.v1.Step.completed_at:type_name -> google.protobuf.Timestamp
-	22, // 14: kiln.v1.LogLine.at:type_name -> google.protobuf.Timestamp
-	6,  // 15: kiln.v1.WatchBuildResponse.build:type_name -> kiln.v1.Build
-	10, // 16: kiln.v1.WatchBuildResponse.step:type_name -> kiln.v1.Step
-	11, // 17: kiln.v1.WatchBuildResponse.log:type_name -> kiln.v1.LogLine
-	6,  // 18: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
-	1,  // 19: kiln.v1.ListBuildsRequest.project:type_name -> kiln.v1.ProjectRef
-	6,  // 20: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
+	24, // 8: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
+	24, // 9: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
+	24, // 10: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
+	8,  // 11: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
+	24, // 12: kiln.v1.Step.started_at:type_name -> google.protobuf.Timestamp
+	24, // 13: kiln.v1.Step.completed_at:type_name -> google.protobuf.Timestamp
+	24, // 14: kiln.v1.LogLine.at:type_name -> google.protobuf.Timestamp
+	8,  // 15: kiln.v1.WatchBuildResponse.build:type_name -> kiln.v1.Build
+	12, // 16: kiln.v1.WatchBuildResponse.step:type_name -> kiln.v1.Step
+	13, // 17: kiln.v1.WatchBuildResponse.log:type_name -> kiln.v1.LogLine
+	8,  // 18: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
+	3,  // 19: kiln.v1.ListBuildsRequest.project:type_name -> kiln.v1.ProjectRef
+	8,  // 20: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
 	0,  // 21: kiln.v1.RebuildBuildResponse.status:type_name -> kiln.v1.BuildStatus
-	2,  // 22: kiln.v1.SourceBuildService.GenerateUploadURL:input_type -> kiln.v1.GenerateUploadURLRequest
-	4,  // 23: kiln.v1.SourceBuildService.CreateBuild:input_type -> kiln.v1.CreateBuildRequest
-	7,  // 24: kiln.v1.SourceBuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	9,  // 25: kiln.v1.SourceBuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	13, // 26: kiln.v1.SourceBuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	15, // 27: kiln.v1.SourceBuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	17, // 28: kiln.v1.SourceBuildService.RebuildBuild:input_type -> kiln.v1.RebuildBuildRequest
-	3,  // 29: kiln.v1.SourceBuildService.GenerateUploadURL:output_type -> kiln.v1.GenerateUploadURLResponse
-	5,  // 30: kiln.v1.SourceBuildService.CreateBuild:output_type -> kiln.v1.CreateBuildResponse
-	8,  // 31: kiln.v1.SourceBuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	12, // 32: kiln.v1.SourceBuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	14, // 33: kiln.v1.SourceBuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	16, // 34: kiln.v1.SourceBuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	18, // 35: kiln.v1.SourceBuildService.RebuildBuild:output_type -> kiln.v1.RebuildBuildResponse
-	29, // [29:36] is the sub-list for method output_type
-	22, // [22:29] is the sub-list for method input_type
+	4,  // 22: kiln.v1.SourceBuildService.GenerateUploadURL:input_type -> kiln.v1.GenerateUploadURLRequest
+	6,  // 23: kiln.v1.SourceBuildService.CreateBuild:input_type -> kiln.v1.CreateBuildRequest
+	9,  // 24: kiln.v1.SourceBuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	11, // 25: kiln.v1.SourceBuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	15, // 26: kiln.v1.SourceBuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	17, // 27: kiln.v1.SourceBuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	19, // 28: kiln.v1.SourceBuildService.RebuildBuild:input_type -> kiln.v1.RebuildBuildRequest
+	1,  // 29: kiln.v1.SourceBuildService.RecordGitCommit:input_type -> kiln.v1.RecordGitCommitRequest
+	5,  // 30: kiln.v1.SourceBuildService.GenerateUploadURL:output_type -> kiln.v1.GenerateUploadURLResponse
+	7,  // 31: kiln.v1.SourceBuildService.CreateBuild:output_type -> kiln.v1.CreateBuildResponse
+	10, // 32: kiln.v1.SourceBuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	14, // 33: kiln.v1.SourceBuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	16, // 34: kiln.v1.SourceBuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	18, // 35: kiln.v1.SourceBuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	20, // 36: kiln.v1.SourceBuildService.RebuildBuild:output_type -> kiln.v1.RebuildBuildResponse
+	2,  // 37: kiln.v1.SourceBuildService.RecordGitCommit:output_type -> kiln.v1.RecordGitCommitResponse
+	30, // [30:38] is the sub-list for method output_type
+	22, // [22:30] is the sub-list for method input_type
 	22, // [22:22] is the sub-list for extension type_name
 	22, // [22:22] is the sub-list for extension extendee
 	0,  // [0:22] is the sub-list for field type_name
@@ -1644,11 +1743,11 @@ func file_kiln_v1_builds_proto_init() {
 	if File_kiln_v1_builds_proto != nil {
 		return
 	}
-	file_kiln_v1_builds_proto_msgTypes[0].OneofWrappers = []any{
+	file_kiln_v1_builds_proto_msgTypes[2].OneofWrappers = []any{
 		(*ProjectRef_ProjectId)(nil),
 		(*ProjectRef_CustomerId)(nil),
 	}
-	file_kiln_v1_builds_proto_msgTypes[11].OneofWrappers = []any{
+	file_kiln_v1_builds_proto_msgTypes[13].OneofWrappers = []any{
 		(*WatchBuildResponse_Build)(nil),
 		(*WatchBuildResponse_Step)(nil),
 		(*WatchBuildResponse_Log)(nil),
@@ -1659,7 +1758,7 @@ func file_kiln_v1_builds_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_builds_proto_rawDesc), len(file_kiln_v1_builds_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -220,3 +220,14 @@ func (s *SourceBuildService) RebuildBuild(ctx context.Context, req *connect.Requ
 	}
 	return connect.NewResponse(&kilnv1.RebuildBuildResponse{BuildId: b.ID, Status: statusPB[b.Status]}), nil
 }
+
+func (s *SourceBuildService) RecordGitCommit(ctx context.Context, req *connect.Request[kilnv1.RecordGitCommitRequest]) (*connect.Response[kilnv1.RecordGitCommitResponse], error) {
+	p, err := depot.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Runner.RecordGitCommit(ctx, p, req.Msg.BuildId, req.Msg.GitCommit); err != nil {
+		return nil, s.err(ctx, err)
+	}
+	return connect.NewResponse(&kilnv1.RecordGitCommitResponse{}), nil
+}

@@ -60,6 +60,9 @@ const (
 	// SourceBuildServiceRebuildBuildProcedure is the fully-qualified name of the SourceBuildService's
 	// RebuildBuild RPC.
 	SourceBuildServiceRebuildBuildProcedure = "/kiln.v1.SourceBuildService/RebuildBuild"
+	// SourceBuildServiceRecordGitCommitProcedure is the fully-qualified name of the
+	// SourceBuildService's RecordGitCommit RPC.
+	SourceBuildServiceRecordGitCommitProcedure = "/kiln.v1.SourceBuildService/RecordGitCommit"
 )
 
 // SourceBuildServiceClient is a client for the kiln.v1.SourceBuildService service.
@@ -85,6 +88,10 @@ type SourceBuildServiceClient interface {
 	// RebuildBuild queues a new build with the same context and options, while
 	// the context is retained.
 	RebuildBuild(context.Context, *connect.Request[v1.RebuildBuildRequest]) (*connect.Response[v1.RebuildBuildResponse], error)
+	// RecordGitCommit records the git commit a client build (kiln build of a
+	// git context) built, as resolved on its builder. Only the build's own
+	// build token may call it, while the build runs.
+	RecordGitCommit(context.Context, *connect.Request[v1.RecordGitCommitRequest]) (*connect.Response[v1.RecordGitCommitResponse], error)
 }
 
 // NewSourceBuildServiceClient constructs a client for the kiln.v1.SourceBuildService service. By
@@ -140,6 +147,12 @@ func NewSourceBuildServiceClient(httpClient connect.HTTPClient, baseURL string, 
 			connect.WithSchema(sourceBuildServiceMethods.ByName("RebuildBuild")),
 			connect.WithClientOptions(opts...),
 		),
+		recordGitCommit: connect.NewClient[v1.RecordGitCommitRequest, v1.RecordGitCommitResponse](
+			httpClient,
+			baseURL+SourceBuildServiceRecordGitCommitProcedure,
+			connect.WithSchema(sourceBuildServiceMethods.ByName("RecordGitCommit")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -152,6 +165,7 @@ type sourceBuildServiceClient struct {
 	cancelBuild       *connect.Client[v1.CancelBuildRequest, v1.CancelBuildResponse]
 	listBuilds        *connect.Client[v1.ListBuildsRequest, v1.ListBuildsResponse]
 	rebuildBuild      *connect.Client[v1.RebuildBuildRequest, v1.RebuildBuildResponse]
+	recordGitCommit   *connect.Client[v1.RecordGitCommitRequest, v1.RecordGitCommitResponse]
 }
 
 // GenerateUploadURL calls kiln.v1.SourceBuildService.GenerateUploadURL.
@@ -189,6 +203,11 @@ func (c *sourceBuildServiceClient) RebuildBuild(ctx context.Context, req *connec
 	return c.rebuildBuild.CallUnary(ctx, req)
 }
 
+// RecordGitCommit calls kiln.v1.SourceBuildService.RecordGitCommit.
+func (c *sourceBuildServiceClient) RecordGitCommit(ctx context.Context, req *connect.Request[v1.RecordGitCommitRequest]) (*connect.Response[v1.RecordGitCommitResponse], error) {
+	return c.recordGitCommit.CallUnary(ctx, req)
+}
+
 // SourceBuildServiceHandler is an implementation of the kiln.v1.SourceBuildService service.
 type SourceBuildServiceHandler interface {
 	// GenerateUploadURL returns a presigned URL that accepts one PUT of a
@@ -212,6 +231,10 @@ type SourceBuildServiceHandler interface {
 	// RebuildBuild queues a new build with the same context and options, while
 	// the context is retained.
 	RebuildBuild(context.Context, *connect.Request[v1.RebuildBuildRequest]) (*connect.Response[v1.RebuildBuildResponse], error)
+	// RecordGitCommit records the git commit a client build (kiln build of a
+	// git context) built, as resolved on its builder. Only the build's own
+	// build token may call it, while the build runs.
+	RecordGitCommit(context.Context, *connect.Request[v1.RecordGitCommitRequest]) (*connect.Response[v1.RecordGitCommitResponse], error)
 }
 
 // NewSourceBuildServiceHandler builds an HTTP handler from the service implementation. It returns
@@ -263,6 +286,12 @@ func NewSourceBuildServiceHandler(svc SourceBuildServiceHandler, opts ...connect
 		connect.WithSchema(sourceBuildServiceMethods.ByName("RebuildBuild")),
 		connect.WithHandlerOptions(opts...),
 	)
+	sourceBuildServiceRecordGitCommitHandler := connect.NewUnaryHandler(
+		SourceBuildServiceRecordGitCommitProcedure,
+		svc.RecordGitCommit,
+		connect.WithSchema(sourceBuildServiceMethods.ByName("RecordGitCommit")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/kiln.v1.SourceBuildService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case SourceBuildServiceGenerateUploadURLProcedure:
@@ -279,6 +308,8 @@ func NewSourceBuildServiceHandler(svc SourceBuildServiceHandler, opts ...connect
 			sourceBuildServiceListBuildsHandler.ServeHTTP(w, r)
 		case SourceBuildServiceRebuildBuildProcedure:
 			sourceBuildServiceRebuildBuildHandler.ServeHTTP(w, r)
+		case SourceBuildServiceRecordGitCommitProcedure:
+			sourceBuildServiceRecordGitCommitHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -314,4 +345,8 @@ func (UnimplementedSourceBuildServiceHandler) ListBuilds(context.Context, *conne
 
 func (UnimplementedSourceBuildServiceHandler) RebuildBuild(context.Context, *connect.Request[v1.RebuildBuildRequest]) (*connect.Response[v1.RebuildBuildResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kiln.v1.SourceBuildService.RebuildBuild is not implemented"))
+}
+
+func (UnimplementedSourceBuildServiceHandler) RecordGitCommit(context.Context, *connect.Request[v1.RecordGitCommitRequest]) (*connect.Response[v1.RecordGitCommitResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kiln.v1.SourceBuildService.RecordGitCommit is not implemented"))
 }
