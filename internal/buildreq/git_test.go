@@ -64,3 +64,16 @@ func TestParseFlagsGitContext(t *testing.T) {
 		t.Error("a file:// context was accepted")
 	}
 }
+
+// A named context that is a git URL gets the same checks.
+func TestNamedContextGitURL(t *testing.T) {
+	if _, err := NamedContextOf("https://example.com/r.git#main:lib"); err != nil {
+		t.Errorf("git named context: %v", err)
+	}
+	if _, err := NamedContextOf("https://example.com/files/base.tar.gz"); err != nil {
+		t.Errorf("http named context: %v", err)
+	}
+	if _, err := NamedContextOf("https://example.com/r.git#--upload-pack=sh"); err == nil || !strings.Contains(err.Error(), "cannot start with") {
+		t.Errorf("option-like ref in a named context: %v", err)
+	}
+}
