@@ -1,11 +1,16 @@
 export GONOSUMDB := buf.build/gen/go
 
-.PHONY: all setup demo test unit e2e generate vet bench bench-smoke soak
+.PHONY: all setup setup-tests demo test unit e2e generate vet bench bench-smoke soak
 
 all: setup
 
+# What kiln needs to run (make demo's part); setup-tests adds what only the
+# tests need (versitygw).
 setup:
 	bash hack/setup.sh
+
+setup-tests:
+	bash hack/setup.sh --tests
 
 # The first README command: set up, start kiln serve, run a real build.
 demo:
@@ -17,7 +22,7 @@ demo:
 # test/e2e, the longest package, is named first so it starts first and runs
 # beside the unit packages and the bench smoke run instead of after them;
 # its tests run KILN_E2E_PARALLEL (default 3) at a time.
-test: setup vet
+test: setup-tests vet
 	go test -count=1 -timeout 40m -p 2 ./test/e2e ./internal/... ./...
 
 unit:

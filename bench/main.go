@@ -11,7 +11,7 @@
 //	go run ./bench -soak      # the soak (soak.go): 500 builds over 20 projects, fds/goroutines/RSS/disk at the end
 //
 // The workloads (W1–W5) and the targets they are checked against are those
-// of DESIGN.md §8; see bench/RESULTS.md for the last full run.
+// of kiln's performance budget (docs/benchmarks.md); see bench/RESULTS.md for the last full run.
 package main
 
 import (

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// TargetCheck is one line of DESIGN.md §8 checked against the results.
+// TargetCheck is one target of kiln's performance budget checked against the results.
 type TargetCheck struct {
 	ID       string `json:"id"`
 	Work     string `json:"work"`
@@ -103,17 +103,32 @@ func evaluate(rep *Report, sz Sizes) []TargetCheck {
 				same.Kiln.Median, first.Kiln.Median, same.Baseline.Median), status(same.Kiln.Median <= 0.1*first.Kiln.Median)
 		})
 	}
+	// Acquiring a running builder has an absolute target; a stopped or new
+	// project's builder may cost at most 30 ms more than starting buildkitd
+	// itself, both at p90.
 	for _, c := range []struct {
 		id, label string
-		limit     float64
-	}{{"W5.running", "running", 50}, {"W5.stopped", "stopped with state", 1000}, {"W5.new", "new project", 1500}} {
-		add("acquire."+c.id[3:], "builder acquire: "+c.label, fmt.Sprintf("≤ %.0f ms (p90)", c.limit), func() (string, string) {
+		limit     float64 // ms; 0: baseline p90 + overBase
+		overBase  float64
+	}{{"W5.running", "running", 50, 0}, {"W5.stopped", "stopped with state", 0, 30}, {"W5.new", "new project", 0, 30}} {
+		target := fmt.Sprintf("≤ %.0f ms (p90)", c.limit)
+		if c.limit == 0 {
+			target = fmt.Sprintf("≤ buildkitd's own start + %.0f ms (p90)", c.overBase)
+		}
+		add("acquire."+c.id[3:], "builder acquire: "+c.label, target, func() (string, string) {
 			rs, st := both(c.id)
 			if st != "" {
 				return pendingText(rep, c.id), st
 			}
 			r := rs[0]
-			return fmt.Sprintf("p90 %.0f ms, median %.0f ms (baseline daemon: %.0f ms)", r.Kiln.P90, r.Kiln.Median, baseMedian(r)), status(r.Kiln.P90 <= c.limit)
+			limit := c.limit
+			if limit == 0 {
+				if r.Baseline == nil {
+					return "no baseline measured", status(false)
+				}
+				limit = r.Baseline.P90 + c.overBase
+			}
+			return fmt.Sprintf("p90 %.0f ms, median %.0f ms (baseline daemon: %.0f ms)", r.Kiln.P90, r.Kiln.Median, baseMedian(r)), status(r.Kiln.P90 <= limit)
 		})
 	}
 	for _, c := range []string{"push", "pull"} {
@@ -286,7 +301,7 @@ func markdown(rep *Report) string {
 	fmt.Fprintf(&b, "- Sizes: W1 %d files; W2 %d × %d KiB files, one %d MB file (plus 5 small files), .dockerignore excluding 90 %% of %d files; W3 N ∈ %v; W4 a %d MB single-layer image (uncompressed tar, go-containerregistry client) and a %d MiB base64 layer built fresh each run for gzip/zstd.\n",
 		s.Sizes.SmallFiles, s.Sizes.ManyFiles, s.Sizes.ManyFileBytes>>10, s.Sizes.BigBytes>>20, s.Sizes.ManyFiles, s.Sizes.Concurrency, s.Sizes.ImageBytes>>20, s.Sizes.CompressMiB*4/3)
 
-	fmt.Fprintf(&b, "\n## Targets (DESIGN.md §8)\n\nRatios and differences compare medians; latency targets use p90.\n\n")
+	fmt.Fprintf(&b, "\n## Targets (kiln's performance budget)\n\nRatios and differences compare medians; latency targets use p90.\n\n")
 	fmt.Fprintf(&b, "| work | target | measured | status | finding |\n|---|---|---|---|---|\n")
 	for _, t := range rep.Targets {
 		st := t.Status

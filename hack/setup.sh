@@ -2,17 +2,32 @@
 # Installs what kiln needs on Debian 12 and builds its binaries into bin/:
 #   buildkitd + buildctl v0.34.2 (from tools/buildkit/go.mod), runc v1.5.3 with seccomp (from
 #   tools/runc/go.mod; the builders' container runtime: kiln puts bin/ first on buildkitd's PATH,
-#   so Debian's older runc, which docker.io pulls in, is not used by builders), versitygw (an S3
-#   server for tests, from tools/versitygw/go.mod) and kiln; busybox-static (local base images),
-#   the CNI plugins and iptables (bridge networking for RUN steps), libseccomp-dev + pkg-config
-#   (to build runc); QEMU binfmt emulation and bin/busybox-<foreign arch> for multi-platform
-#   builds (setup-multiplatform.sh).
+#   so Debian's older runc, which docker.io pulls in, is not used by builders), kiln, and with
+#   --tests versitygw (an S3 server for tests, from tools/versitygw/go.mod); busybox-static
+#   (local base images), the CNI plugins and iptables (bridge networking for RUN steps),
+#   libseccomp-dev + pkg-config (to build runc); QEMU binfmt emulation and
+#   bin/busybox-<foreign arch> for multi-platform builds (setup-multiplatform.sh).
 # The daemons' versions are the ones pinned in their tool modfiles, at or above the security
 # floors kiln doctor checks (BuildKit >= v0.34.2, runc >= 1.5.0 built with seccomp).
 # Safe to run again; it only rebuilds what is missing or stale.
+#
+# Usage: hack/setup.sh [--tests]
+#   --tests  also build what only the tests need (versitygw); `make test` passes it,
+#            `make demo` does not.
+# The first run compiles for about 15 minutes (most of it buildkitd); each long step says
+# what it builds and roughly how long it takes before it starts (Go's own "go: downloading"
+# lines come first: the modules it fetches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GONOSUMDB=buf.build/gen/go
+
+for_tests=0
+for arg in "$@"; do
+  case "$arg" in
+    --tests) for_tests=1 ;;
+    *) echo "setup: unknown argument $arg (usage: hack/setup.sh [--tests])" >&2; exit 2 ;;
+  esac
+done
 
 need_pkgs=()
 for p in busybox-static ca-certificates make git curl gcc libc6-dev libseccomp-dev pkg-config \
@@ -30,6 +45,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 command -v go >/dev/null || { echo "setup: Go 1.26 is required (https://go.dev/dl)" >&2; exit 1; }
+if [ ! -x bin/buildkitd ]; then
+  echo "setup: first run: about 15 minutes, most of it compiling buildkitd; later runs take seconds"
+fi
 # QEMU binfmt emulation and the foreign-arch busybox for multi-platform builds.
 bash hack/setup-multiplatform.sh
 
@@ -41,7 +59,7 @@ BUILDKIT_VERSION=$(go list -modfile=tools/buildkit/go.mod -m -f '{{.Version}}' g
 if [ ! -x bin/buildkitd ] || [ ! -x bin/buildctl ] \
    || [ "$(bin/buildkitd --version 2>/dev/null | awk '{print $3}')" != "$BUILDKIT_VERSION" ] \
    || [ "$(bin/buildctl --version 2>/dev/null | awk '{print $3}')" != "$BUILDKIT_VERSION" ]; then
-  echo "setup: building buildkitd and buildctl $BUILDKIT_VERSION (a few minutes the first time)"
+  echo "setup: building buildkitd and buildctl $BUILDKIT_VERSION (about 10 minutes the first time)..."
   go build -modfile=tools/buildkit/go.mod -ldflags "-X github.com/moby/buildkit/version.Version=$BUILDKIT_VERSION" \
     -o bin/ github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl
 fi
@@ -51,18 +69,21 @@ fi
 RUNC_VERSION=$(go list -modfile=tools/runc/go.mod -m -f '{{.Version}}' github.com/opencontainers/runc)
 if [ ! -x bin/runc ] || [ "$(bin/runc --version 2>/dev/null | awk 'NR==1{print $3}')" != "${RUNC_VERSION#v}" ] \
    || ! bin/runc --version 2>/dev/null | grep -q '^libseccomp: '; then
-  echo "setup: building runc $RUNC_VERSION with seccomp"
+  echo "setup: building runc $RUNC_VERSION with seccomp (about a minute the first time)..."
   CGO_ENABLED=1 go build -modfile=tools/runc/go.mod -trimpath -buildmode=pie -tags "seccomp urfave_cli_no_docs" \
     -ldflags "-X main.gitCommit=$RUNC_VERSION" -o bin/runc github.com/opencontainers/runc
 fi
 # versitygw: a real S3 server (posix backend) for the S3 blob store's tests and e2e. It has its own
 # tool modfile so its dependencies don't move kiln's; its version is the one pinned there.
-VERSITYGW_VERSION=$(go list -modfile=tools/versitygw/go.mod -m -f '{{.Version}}' github.com/versity/versitygw)
-if [ ! -x bin/versitygw ] || [ "$(bin/versitygw --version 2>/dev/null | awk '/^Version/{print $3}')" != "$VERSITYGW_VERSION" ]; then
-  echo "setup: building versitygw $VERSITYGW_VERSION (about a minute the first time)"
-  go build -modfile=tools/versitygw/go.mod -ldflags "-X main.Version=$VERSITYGW_VERSION" -o bin/versitygw \
-    github.com/versity/versitygw/cmd/versitygw
+# Only the tests use it: built with --tests (make test), not for make demo.
+if [ "$for_tests" = 1 ]; then
+  VERSITYGW_VERSION=$(go list -modfile=tools/versitygw/go.mod -m -f '{{.Version}}' github.com/versity/versitygw)
+  if [ ! -x bin/versitygw ] || [ "$(bin/versitygw --version 2>/dev/null | awk '/^Version/{print $3}')" != "$VERSITYGW_VERSION" ]; then
+    echo "setup: building versitygw $VERSITYGW_VERSION, an S3 server for the tests (about 3 minutes the first time)..."
+    go build -modfile=tools/versitygw/go.mod -ldflags "-X main.Version=$VERSITYGW_VERSION" -o bin/versitygw \
+      github.com/versity/versitygw/cmd/versitygw
+  fi
 fi
-echo "setup: building kiln"
+echo "setup: building kiln and kiln-full (a few minutes the first time, seconds after)..."
 go build -ldflags "-X github.com/kiln-dev/kiln/internal/cli.Version=$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/ ./cmd/kiln ./cmd/kiln-full
 echo "setup: done: $(bin/kiln version), buildkitd $(bin/buildkitd --version | awk '{print $3}'), $(bin/runc --version | head -1) ($(bin/runc --version | grep '^libseccomp:'))"

@@ -101,9 +101,6 @@ const (
 	// maxHops bounds the symlinks followed resolving one path (Linux's
 	// MAXSYMLINKS).
 	maxHops = 40
-	// stepsPerEntry bounds the work of checking symlinks after extraction:
-	// path components looked at, per allowed entry.
-	stepsPerEntry = 32
 	// maxDirTimes bounds the memory spent remembering directory times to
 	// restore at the end; past it, later directories keep the time of
 	// extraction.
@@ -220,7 +217,6 @@ type extractor struct {
 	entries  int   // headers read
 	bytes    int64 // sum of regular-file sizes
 	content  int64 // file bytes read out of the tar reader, sparse holes included
-	symlinks int   // symlinks created
 	dirTimes []dirTime
 	timeMem  int // bytes of names in dirTimes
 	buf      []byte
@@ -254,9 +250,6 @@ func (x *extractor) run(r io.Reader) error {
 	}
 	if _, err := io.CopyBuffer(io.Discard, raw, x.buf); err != nil {
 		return streamErr(err)
-	}
-	if err := x.checkSymlinks(); err != nil {
-		return err
 	}
 	// Creating entries changed directory times; restore them last.
 	for _, d := range x.dirTimes {
@@ -338,45 +331,69 @@ func (x *extractor) extractAll(tr *tar.Reader) error {
 	}
 }
 
-// entry extracts one entry. Its errors are completed by entryErr.
-func (x *extractor) entry(tr *tar.Reader, hdr *tar.Header) error {
-	var isReg, isDir bool
+// CheckHeader applies the rules for one entry that its header alone
+// decides: its type (no devices or fifos), its name (relative, inside the
+// root, not too deep), its mode bits under pol, and a symlink's target
+// (any target, kept as it is and never followed: only an empty one or one
+// with a NUL byte is refused). It returns the entry's cleaned slash path
+// relative to the root; "" (and no error) for an entry Extract skips: a
+// global header or the root directory itself.
+//
+// Extract applies it to every entry; the CLI applies it to every file of a
+// context it packs, so that a context the server would refuse fails before
+// the upload, naming the file. The rules that depend on earlier entries
+// (writes through symlinks, hardlink targets) cannot arise from a packed
+// directory tree, which has neither.
+func CheckHeader(hdr *tar.Header, lim Limits, pol Policy) (string, error) {
+	lim = lim.withDefaults()
+	isReg, isDir := false, false
 	switch hdr.Typeflag {
 	case tar.TypeXGlobalHeader:
-		return nil
+		return "", nil
 	case tar.TypeReg, '\x00', tar.TypeGNUSparse: // '\x00': pre-POSIX regular file
 		isReg = true
 	case tar.TypeDir:
 		isDir = true
 	case tar.TypeSymlink, tar.TypeLink:
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		return reject("device and fifo nodes are not allowed in a build context")
+		return "", reject("device and fifo nodes are not allowed in a build context")
 	default:
-		return reject("unsupported tar entry type %q", string(hdr.Typeflag))
+		return "", reject("unsupported tar entry type %q", string(hdr.Typeflag))
 	}
 
 	rel, err := cleanName(hdr.Name)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if rel == "" {
 		if isDir {
-			return nil // "./"
+			return "", nil // "./"
 		}
-		return reject("not a valid file name")
+		return "", reject("not a valid file name")
 	}
-	if n := strings.Count(rel, "/") + 1; n > x.lim.Depth {
-		return reject("path is deeper than %d components (the limit)", x.lim.Depth)
+	if n := strings.Count(rel, "/") + 1; n > lim.Depth {
+		return "", reject("path is deeper than %d components (the limit)", lim.Depth)
 	}
-	if bits := hdr.Mode & (modeSetuid | modeSetgid | modeSticky); bits != 0 && (isReg || isDir) && x.pol.RejectSpecialBits {
-		return reject("%s not allowed in a build context (mode %04o)", describeBits(bits), hdr.Mode&0o7777)
+	if bits := hdr.Mode & (modeSetuid | modeSetgid | modeSticky); bits != 0 && (isReg || isDir) && pol.RejectSpecialBits {
+		return "", reject("%s not allowed in a build context (mode %04o)", describeBits(bits), hdr.Mode&0o7777)
 	}
-	perm := os.FileMode(hdr.Mode) & os.ModePerm // drops setuid, setgid, sticky
 	if hdr.Typeflag == tar.TypeSymlink {
-		if err := checkSymlinkTarget(rel, hdr.Linkname); err != nil {
-			return err
+		if err := checkSymlinkTarget(hdr.Linkname); err != nil {
+			return "", err
 		}
 	}
+	return rel, nil
+}
+
+// entry extracts one entry. Its errors are completed by entryErr.
+func (x *extractor) entry(tr *tar.Reader, hdr *tar.Header) error {
+	rel, err := CheckHeader(hdr, x.lim, x.pol)
+	if err != nil || rel == "" {
+		return err
+	}
+	isReg := hdr.Typeflag == tar.TypeReg || hdr.Typeflag == '\x00' || hdr.Typeflag == tar.TypeGNUSparse
+	isDir := hdr.Typeflag == tar.TypeDir
+	perm := os.FileMode(hdr.Mode) & os.ModePerm // drops setuid, setgid, sticky
 	if isReg && (hdr.Size < 0 || hdr.Size > x.lim.UncompressedBytes-x.bytes) {
 		return reject("archive content exceeds the limit of %s uncompressed", human(x.lim.UncompressedBytes))
 	}
@@ -426,7 +443,6 @@ func (x *extractor) entry(tr *tar.Reader, hdr *tar.Header) error {
 		if err := os.Symlink(hdr.Linkname, target); err != nil {
 			return err
 		}
-		x.symlinks++
 
 	default: // tar.TypeLink
 		src, err := hardlinkSource(x.root, hdr.Linkname)
@@ -494,17 +510,6 @@ func (x *extractor) checkRatio() error {
 	}
 	return invalidf("archive expands more than %dx (%s from %s): refusing a possible archive bomb",
 		x.lim.Ratio, human(out), human(in))
-}
-
-// checkSymlinks resolves every symlink in the finished tree. Each was
-// checked lexically when it was written; this catches chains that escape
-// (a -> ., b -> a/..), whatever order the archive wrote them in.
-func (x *extractor) checkSymlinks() error {
-	if x.symlinks == 0 {
-		return nil
-	}
-	r := resolver{root: x.root, budget: max(int64(x.lim.Entries)*stepsPerEntry, 1<<16)}
-	return r.walk("")
 }
 
 // source reads the input: it counts and hashes every byte, and fails past
@@ -707,7 +712,9 @@ func makeParents(root, rel string) error {
 		case err != nil:
 			return err
 		case fi.Mode()&os.ModeSymlink != 0:
-			return reject("refusing to write through symlink %s", quote(relTo(root, cur)))
+			// Links are kept as they are and may point anywhere, so a write
+			// through one could land anywhere.
+			return reject("refusing to write through symlink %s (a link may point anywhere; a write through it escapes the build context)", quote(relTo(root, cur)))
 		case !fi.IsDir():
 			return reject("parent %s is not a directory", quote(relTo(root, cur)))
 		}
@@ -735,20 +742,16 @@ func clearPath(target string, forDir bool) (exists bool, err error) {
 	return false, os.Remove(target)
 }
 
-// checkSymlinkTarget rejects a link at rel whose target is absolute or
-// lexically outside the root.
-func checkSymlinkTarget(rel, link string) error {
+// checkSymlinkTarget rejects a link target that cannot be a path. Any
+// other target, absolute or climbing out of the root, is kept as it is, as
+// BuildKit's COPY keeps it: extraction never follows a link, and
+// ResolveInRoot refuses to resolve a path through one that leaves the root.
+func checkSymlinkTarget(link string) error {
 	switch {
 	case link == "":
 		return reject("symlink with an empty target")
 	case strings.IndexByte(link, 0) >= 0:
 		return reject("symlink target contains a NUL byte")
-	case path.IsAbs(link):
-		return reject("symlink target %s is absolute and escapes the build context", quote(link))
-	}
-	p := path.Join(path.Dir(rel), link)
-	if p == ".." || strings.HasPrefix(p, "../") {
-		return reject("symlink target %s escapes the build context", quote(link))
 	}
 	return nil
 }
@@ -789,40 +792,6 @@ func hardlinkSource(root, link string) (string, error) {
 type resolver struct {
 	root   string
 	budget int64
-}
-
-// walk resolves every symlink under the directory rel, reading directories
-// in batches so memory stays small however large they are.
-func (r *resolver) walk(rel string) error {
-	f, err := os.OpenFile(filepath.Join(r.root, filepath.FromSlash(rel)),
-		os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return entryErr(rel, err)
-	}
-	defer f.Close()
-	for {
-		ents, err := f.ReadDir(256)
-		for _, e := range ents {
-			child := path.Join(rel, e.Name())
-			switch {
-			case e.Type()&fs.ModeSymlink != 0:
-				if _, err := r.resolve(child); err != nil {
-					link, _ := os.Readlink(filepath.Join(r.root, filepath.FromSlash(child)))
-					return entryErr(child, prefix("symlink to "+quote(link), err))
-				}
-			case e.IsDir():
-				if err := r.walk(child); err != nil {
-					return err
-				}
-			}
-		}
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return entryErr(rel, err)
-		}
-	}
 }
 
 // resolve resolves rel inside root, following symlinks as the kernel would

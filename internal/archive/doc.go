@@ -10,8 +10,11 @@
 //     that are absolute or climb out with "..", writes through symlinks, and
 //     hardlinks to anything but a regular file already extracted (reached
 //     without symlinks) are refused, and files are opened with O_NOFOLLOW;
-//   - no symlink in the result resolves outside the directory, not even
-//     through a chain of other symlinks (a -> ., b -> a/..);
+//   - symlinks are kept as they are, whatever they point at (an absolute
+//     out/bin/[ -> /bin/busybox is normal in a real repository, and
+//     BuildKit's COPY keeps it too), and never followed: whoever reads the
+//     extracted tree finds files with ResolveInRoot, which refuses a path
+//     through a link that leaves the directory or is absolute;
 //   - no device or fifo nodes; setuid, setgid and sticky bits are dropped
 //     or, with Policy.RejectSpecialBits, refused;
 //   - bounded work and memory: limits on input size, extracted size, entry
@@ -29,6 +32,9 @@
 // after the fact when streaming. The server therefore copies an upload to a
 // temporary file with CopyHashed, compares the digest with the one the client
 // declared, and only then extracts the file.
+//
+// CheckHeader is the part of these rules an entry's header alone decides;
+// the CLI checks every file of a context it packs with it before uploading.
 //
 // The package depends on nothing in kiln except errdefs, and logs nothing.
 package archive

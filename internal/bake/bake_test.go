@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"maps"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	bkerrdefs "github.com/moby/buildkit/solver/errdefs"
 
 	"github.com/kiln-dev/kiln/internal/buildreq"
+	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/platform"
 )
@@ -604,5 +606,60 @@ target "c" {
 	}
 	if !NeedsDefaultProject(builds) {
 		t.Errorf("NeedsDefaultProject = false")
+	}
+}
+
+// --load on a target that writes local files loads nothing (buildx leaves
+// such a target as it is): Run warns, naming it; LoadSkipped finds it.
+func TestLoadSkippedForLocalOutputs(t *testing.T) {
+	inDir(t, map[string]string{"docker-bake.hcl": `
+group "default" { targets = ["app", "files", "tarball"] }
+target "app" {}
+target "files" { output = ["type=local,dest=out"] }
+target "tarball" { output = ["type=tar,dest=out.tar"] }
+`})
+	d := load(t, LoadOptions{Overrides: []string{"*.load=true"}})
+	got := d.LoadSkipped([]string{"*.load=true"})
+	want := []string{`target "files" (output type=local)`, `target "tarball" (output type=tar)`}
+	if !slices.Equal(got, want) {
+		t.Errorf("LoadSkipped = %q, want %q", got, want)
+	}
+	if got := d.LoadSkipped([]string{"files.load=false", "app.load=true"}); len(got) != 0 {
+		t.Errorf("no load asked for files: %q", got)
+	}
+	if got := d.LoadSkipped(nil); len(got) != 0 {
+		t.Errorf("no --load: %q", got)
+	}
+
+	var stderr bytes.Buffer
+	err := Run(t.Context(), RunOptions{Overrides: []string{"*.load=true"}, Targets: []string{"files"}, Progress: "quiet", Project: "p1",
+		Stdout: io.Discard, Stderr: &stderr, Config: func() (client.Config, error) { return client.Config{}, errors.New("stop here") }})
+	if err == nil || !strings.Contains(stderr.String(), `kiln: warning: --load loads nothing for target "files" (output type=local)`) ||
+		!strings.Contains(stderr.String(), "--set files.output=type=docker") {
+		t.Errorf("Run: %v; stderr:\n%s", err, stderr.String())
+	}
+}
+
+// --print shows the project every target builds in, the default one
+// (kiln.json here) for targets that name none.
+func TestPrintShowsDefaultProject(t *testing.T) {
+	inDir(t, map[string]string{
+		"docker-bake.hcl": `target "default" {}
+target "other" { project_id = "own" }
+`,
+		"kiln.json": `{"id": "fromkilnjson"}`,
+	})
+	t.Setenv("KILN_PROJECT_ID", "")
+	t.Setenv("DEPOT_PROJECT_ID", "")
+	var stdout bytes.Buffer
+	if err := Run(t.Context(), RunOptions{Print: true, Targets: []string{"default", "other"}, Stdout: &stdout, Stderr: io.Discard}); err != nil {
+		t.Fatal(err)
+	}
+	var printed struct{ Target map[string]map[string]any }
+	if err := json.Unmarshal(stdout.Bytes(), &printed); err != nil {
+		t.Fatalf("%v\n%s", err, stdout.String())
+	}
+	if printed.Target["default"]["project_id"] != "fromkilnjson" || printed.Target["other"]["project_id"] != "own" {
+		t.Errorf("printed projects: default %v, other %v", printed.Target["default"]["project_id"], printed.Target["other"]["project_id"])
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"path"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/containerd/platforms"
@@ -259,5 +260,54 @@ func sortedKeys[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	sort.Strings(out)
+	return out
+}
+
+// SetDefaultProject names id as the project of every target that names
+// none of its own (what --print shows: where each target would build).
+func (d *Definition) SetDefaultProject(id string) {
+	if d.ProjectIDs == nil {
+		d.ProjectIDs = map[string]string{}
+	}
+	for name := range d.Targets {
+		if _, ok := d.ProjectIDs[name]; !ok {
+			d.ProjectIDs[name] = id
+		}
+	}
+}
+
+// LoadSkipped lists the requested targets that a load override (--load,
+// --set T.load=true) asks to load but that will load nothing, each as
+// `target "NAME" (output type=T)`: buildx adds the docker output only to a
+// target whose outputs are all images (image, registry, oci, docker), and
+// leaves one that writes local files or a tarball as it is, silently.
+func (d *Definition) LoadSkipped(overrides []string) []string {
+	var patterns []string
+	for _, o := range overrides {
+		key, value, ok := strings.Cut(o, "=")
+		pattern, attr, dotted := strings.Cut(key, ".")
+		if !ok || !dotted || attr != "load" {
+			continue
+		}
+		if on, err := strconv.ParseBool(value); err == nil && on {
+			patterns = append(patterns, pattern)
+		}
+	}
+	var out []string
+	for _, name := range d.Requested {
+		t := d.Targets[name]
+		if t == nil || !slices.ContainsFunc(patterns, func(p string) bool { ok, _ := path.Match(p, name); return ok }) {
+			continue
+		}
+		for _, e := range t.Outputs {
+			if e == nil {
+				continue
+			}
+			if e.Type != "image" && e.Type != "registry" && e.Type != "oci" && e.Type != "docker" {
+				out = append(out, fmt.Sprintf("target %q (output type=%s)", name, e.Type))
+				break
+			}
+		}
+	}
 	return out
 }

@@ -109,7 +109,18 @@ func Run(ctx context.Context, o RunOptions) error {
 		return err
 	}
 	if o.Print {
+		// The targets that name no project build in the default one: print
+		// it too when it is known (--project, KILN_PROJECT_ID, kiln.json),
+		// as what would be built. None known is no error: --print contacts
+		// nothing and may run anywhere.
+		if id, err := client.FindProject(o.Project, "."); err == nil {
+			def.SetDefaultProject(id)
+		}
 		return def.WriteJSON(stdout)
+	}
+	if skipped := def.LoadSkipped(o.Overrides); len(skipped) > 0 {
+		fmt.Fprintf(stderr, "kiln: warning: --load loads nothing for %s: as in buildx, it applies only to targets whose outputs are images; to load one, --set %s.output=type=docker\n",
+			strings.Join(skipped, ", "), strings.SplitN(strings.TrimPrefix(skipped[0], "target \""), "\"", 2)[0])
 	}
 	if len(o.SaveTags) > 0 {
 		o.Save = true

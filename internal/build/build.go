@@ -34,6 +34,51 @@ type Fleet interface {
 	Release(projectID, platform, leaseID string)
 }
 
+// Acquirer is a fleet that can wait for a starting builder: Acquire
+// returns once the builder is ready, its start fails, or ctx is done.
+// builder.Fleet implements it; with a fleet that does not, a client polls
+// as WaitMs says.
+type Acquirer interface {
+	Acquire(ctx context.Context, want spec.Spec) (spec.Endpoint, error)
+}
+
+// Observer is told of every build's life, for what watches builds from
+// outside (Prometheus metrics, the ClickHouse export). Its methods are
+// called on the request's path: they must not block or fail a build, so
+// an observer only counts or queues. A build may be reported as ended more
+// than once (a late client success overturns a failure the restart only
+// presumed): observers key what they keep by build id.
+type Observer interface {
+	// BuildCreated: a client build was created (running) or a source
+	// build queued.
+	BuildCreated(b Build)
+	// BuildStarted: a queued source build started running.
+	BuildStarted(b Build)
+	// BuildEnded: b reached a terminal status; b is its final record.
+	BuildEnded(b Build)
+}
+
+// Observers fans every event out to each of its observers in order.
+type Observers []Observer
+
+func (o Observers) BuildCreated(b Build) {
+	for _, x := range o {
+		x.BuildCreated(b)
+	}
+}
+
+func (o Observers) BuildStarted(b Build) {
+	for _, x := range o {
+		x.BuildStarted(b)
+	}
+}
+
+func (o Observers) BuildEnded(b Build) {
+	for _, x := range o {
+		x.BuildEnded(b)
+	}
+}
+
 // Certs issues per-build client certificates for a project's builders.
 type Certs interface {
 	IssueClient(projectID, commonName string, ttl time.Duration) (certPEM, keyPEM []byte, err error)
@@ -52,6 +97,11 @@ type Config struct {
 	ShareURL func(token string) string
 	// WaitMs is what GetBuildKitConnection answers while a builder starts.
 	WaitMs int32
+	// HoldPending is how long GetBuildKitConnection waits for a starting
+	// builder before it answers pending, so that a client sees the builder
+	// the moment it is ready instead of at its next poll; 0 → 2s, < 0 →
+	// never wait.
+	HoldPending time.Duration
 	// RegistryHost is the host[:port] of kiln's registry as clients and
 	// builders reach it, where --save pushes (see saved.go); nil or "" → the
 	// server has no registry and refuses --save.
@@ -64,6 +114,8 @@ type Config struct {
 	// "tcp://host:port" (kiln serve's own listener): every builder
 	// connection goes there.
 	GatewayAddr func() string
+	// Observer is told of builds' lives (see Observer); nil → nobody.
+	Observer Observer
 	// Revoke cuts a build's builder connections (the gateway's Revoke); it
 	// is called whenever a build ends. nil: nothing to cut.
 	Revoke func(buildID string)
@@ -128,6 +180,9 @@ func NewService(st Store, fleet Fleet, certs Certs, cfg Config, logger *slog.Log
 	if cfg.WaitMs <= 0 {
 		cfg.WaitMs = 250
 	}
+	if cfg.HoldPending == 0 {
+		cfg.HoldPending = 2 * time.Second
+	}
 	if cfg.BuildURL == nil {
 		cfg.BuildURL = func(string) string { return "" }
 	}
@@ -136,6 +191,9 @@ func NewService(st Store, fleet Fleet, certs Certs, cfg Config, logger *slog.Log
 	}
 	if cfg.Revoke == nil {
 		cfg.Revoke = func(string) {}
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = Observers(nil)
 	}
 	if cfg.Active == nil {
 		cfg.Active = func(string) bool { return false }
@@ -205,6 +263,7 @@ func (s *Service) Create(ctx context.Context, p auth.Principal, projectID string
 		return Build{}, "", err
 	}
 	s.logger.InfoContext(ctx, "build created", "build_id", b.ID, "project_id", proj.ID)
+	s.cfg.Observer.BuildCreated(b)
 	return b, secret, nil
 }
 
@@ -330,12 +389,15 @@ func (s *Service) connect(ctx context.Context, b Build, platform string) (Connec
 		return Connection{}, err
 	}
 	s.lease(b.ProjectID, platform, b.ID)
-	ep, ready, err := s.fleet.Ensure(SpecFor(proj, platform))
+	want := SpecFor(proj, platform)
+	ep, ready, err := s.fleet.Ensure(want)
 	if err != nil {
 		return Connection{}, err
 	}
 	if !ready {
-		return Connection{WaitMs: s.cfg.WaitMs}, nil
+		if ep, ready, err = s.holdPending(ctx, want); err != nil || !ready {
+			return Connection{WaitMs: s.cfg.WaitMs}, err
+		}
 	}
 	ttl := s.cfg.ClientCertTTL
 	if !b.Until.IsZero() {
@@ -350,6 +412,26 @@ func (s *Service) connect(ctx context.Context, b Build, platform string) (Connec
 		return Connection{}, fmt.Errorf("issue client certificate: %w", err)
 	}
 	return Connection{Ready: true, Addr: s.cfg.GatewayAddr(), Endpoint: ep, CertPEM: string(cert), KeyPEM: string(key)}, nil
+}
+
+// holdPending waits up to HoldPending for a starting builder (see
+// Acquirer). It reports ready false, with no error, when the wait ran out
+// or the caller went away: the client asks again as WaitMs says.
+func (s *Service) holdPending(ctx context.Context, want spec.Spec) (spec.Endpoint, bool, error) {
+	a, ok := s.fleet.(Acquirer)
+	if !ok || s.cfg.HoldPending < 0 {
+		return spec.Endpoint{}, false, nil
+	}
+	hold, cancel := context.WithTimeout(ctx, s.cfg.HoldPending)
+	defer cancel()
+	ep, err := a.Acquire(hold, want)
+	switch {
+	case err == nil:
+		return ep, true, nil
+	case hold.Err() != nil:
+		return spec.Endpoint{}, false, nil
+	}
+	return spec.Endpoint{}, false, err
 }
 
 // BuilderAccess is the gateway's question for every connection (and again
@@ -571,6 +653,7 @@ func (s *Service) endWith(ctx context.Context, id string, change func(b *Build, 
 	s.releaseAll(b)
 	if changed {
 		s.logger.InfoContext(ctx, "build finished", "build_id", id, "project_id", b.ProjectID, "status", b.Status)
+		s.cfg.Observer.BuildEnded(b)
 	}
 	return b, changed, nil
 }

@@ -3,6 +3,7 @@ package build_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -248,5 +249,107 @@ func TestBuilderLostFailsItsBuilds(t *testing.T) {
 	got, _ := e.st.GetBuild(ctx, b.ID)
 	if got.Status != build.Failed || got.Error == "" {
 		t.Errorf("after builder loss: %+v", got)
+	}
+}
+
+// acquiringFleet is a fakeFleet whose builders can be waited for: Acquire
+// returns when ready is closed (or with failure), or when ctx ends.
+type acquiringFleet struct {
+	*fakeFleet
+	ready   chan struct{}
+	failure error
+}
+
+func (f *acquiringFleet) Acquire(ctx context.Context, want spec.Spec) (spec.Endpoint, error) {
+	select {
+	case <-f.ready:
+		if f.failure != nil {
+			return spec.Endpoint{}, f.failure
+		}
+		return spec.Endpoint{ServerName: want.ProjectID, CACertPEM: "ca"}, nil
+	case <-ctx.Done():
+		return spec.Endpoint{}, fmt.Errorf("not ready: %w", errdefs.ErrUnavailable)
+	}
+}
+
+// A starting builder's GetBuildKitConnection waits for it (up to
+// HoldPending) instead of telling the client to poll, answers pending when
+// the wait runs out, and passes a failed start on.
+func TestConnectHoldsWhileTheBuilderStarts(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		name      string
+		ready     bool
+		failure   error
+		wantReady bool
+		wantErr   error
+	}{
+		{name: "ready during the hold", ready: true, wantReady: true},
+		{name: "still starting when the hold ends"},
+		{name: "start failed", ready: true, failure: fmt.Errorf("buildkitd exited: %w", errdefs.ErrUnavailable), wantErr: errdefs.ErrUnavailable},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := setupWith(t, build.Config{HealthTimeout: time.Minute, HoldPending: 50 * time.Millisecond})
+			e.fleet.pending = 1 << 30 // Ensure never says ready: only the hold can
+			f := &acquiringFleet{fakeFleet: e.fleet, ready: make(chan struct{}), failure: c.failure}
+			if c.ready {
+				close(f.ready)
+			}
+			svc := build.NewService(e.st, f, fakeCerts{}, build.Config{HealthTimeout: time.Minute, HoldPending: 50 * time.Millisecond}, slog.New(slog.DiscardHandler))
+			b, secret, err := svc.Create(ctx, e.org, "pa", 1, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn, err := svc.Connect(ctx, principalOf(t, e.st, secret), b.ID, "amd64")
+			if c.wantErr != nil {
+				if !errors.Is(err, c.wantErr) {
+					t.Fatalf("connect = %+v, %v; want %v", conn, err, c.wantErr)
+				}
+				return
+			}
+			if err != nil || conn.Ready != c.wantReady || (!c.wantReady && conn.WaitMs <= 0) {
+				t.Fatalf("connect = %+v, %v; want ready=%v (else a wait_ms)", conn, err, c.wantReady)
+			}
+			if c.wantReady && conn.CertPEM != "cert:pa" {
+				t.Fatalf("connect = %+v: no client certificate", conn)
+			}
+		})
+	}
+}
+
+// events records what an Observer is told.
+type events struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (e *events) add(what string, b build.Build) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.got = append(e.got, what+" "+string(b.Status))
+}
+func (e *events) BuildCreated(b build.Build) { e.add("created", b) }
+func (e *events) BuildStarted(b build.Build) { e.add("started", b) }
+func (e *events) BuildEnded(b build.Build)   { e.add("ended", b) }
+
+// The observer hears of a build's creation and of its end once, with the
+// final record, however many times the client reports the end.
+func TestObserverHearsEachEndOnce(t *testing.T) {
+	ev := &events{}
+	e := setupWith(t, build.Config{HealthTimeout: time.Minute, Observer: build.Observers{ev}})
+	ctx := context.Background()
+	b, secret, err := e.svc.Create(ctx, e.org, "pa", 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := principalOf(t, e.st, secret)
+	for range 2 {
+		if err := e.svc.Finish(ctx, p, b.ID, build.Result{Status: build.Succeeded}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := "created " + string(build.Running) + ",ended " + string(build.Succeeded)
+	if got := strings.Join(ev.got, ","); got != want {
+		t.Fatalf("observer heard %q, want %q", got, want)
 	}
 }

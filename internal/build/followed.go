@@ -3,6 +3,8 @@ package build
 import (
 	"context"
 	"strings"
+
+	"github.com/kiln-dev/kiln/internal/steps"
 )
 
 // Steps of a followed build (Config.Followed) come from two sources: the
@@ -27,11 +29,8 @@ import (
 // as steps and never counted (CountedSteps).
 
 // IsClientStep reports whether a step is one a client or kiln adds itself
-// around the build ("[depot] launching amd64 machine", "[kiln] fetch and
-// check the build context"), as opposed to a BuildKit vertex.
-func IsClientStep(name string) bool {
-	return strings.HasPrefix(name, "[depot]") || strings.HasPrefix(name, "[kiln]")
-}
+// around the build (steps.IsClientStep).
+func IsClientStep(name string) bool { return steps.IsClientStep(name) }
 
 // nameDigestPrefix marks a reported step with no digest of its own.
 const nameDigestPrefix = "name:"

@@ -35,6 +35,7 @@ func (s *Service) CreateSource(ctx context.Context, p auth.Principal, proj proje
 		return Build{}, err
 	}
 	s.logger.InfoContext(ctx, "source build queued", "build_id", b.ID, "project_id", proj.ID)
+	s.cfg.Observer.BuildCreated(b)
 	return b, nil
 }
 
@@ -49,6 +50,9 @@ func (s *Service) StartSource(ctx context.Context, id string) (b Build, ok bool,
 		ok, b.LastHealthAt = true, now
 		return nil
 	})
+	if ok && err == nil {
+		s.cfg.Observer.BuildStarted(b)
+	}
 	return b, ok, err
 }
 
@@ -97,6 +101,7 @@ func (s *Service) FinishSource(ctx context.Context, id string, o Outcome) (Build
 	s.releaseAll(b)
 	if ended {
 		s.logger.InfoContext(ctx, "source build finished", "build_id", id, "project_id", b.ProjectID, "status", b.Status)
+		s.cfg.Observer.BuildEnded(b)
 	}
 	return b, nil
 }

@@ -3,11 +3,10 @@ package build
 import (
 	"context"
 	"math"
-	"regexp"
-	"strings"
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/steps"
 )
 
 // Stats summarizes a finished (or running) build for depot.core.v1
@@ -27,56 +26,14 @@ type Stats struct {
 	TotalSteps  int
 }
 
-// dockerfileStepRe matches the vertex names BuildKit's Dockerfile frontend
-// gives the user's instructions: "[stage n/m] INSTRUCTION", "[n/m] …", and
-// with a platform prefix in multi-platform builds "[linux/amd64 stage n/m] …".
-var dockerfileStepRe = regexp.MustCompile(`^\[[^\]]*\b\d+/\d+\] `)
-
-// IsUserStep reports whether a reported vertex counts as a build step in
-// total_steps and cached_steps: the numbered Dockerfile instructions a user
-// sees (and sees marked CACHED) in `kiln build --progress plain`. BuildKit's
-// own work is not counted: "[internal] load …", "[auth] …", exporting,
-// sending the result; nor are the client's and kiln's own steps
-// ("[depot] …", "[kiln] …", IsClientStep).
-//
-// A build that has no Dockerfile-shaped steps at all (raw LLB from
-// depot-go) counts every vertex except BuildKit's own; see countSteps.
-func IsUserStep(name string) bool { return dockerfileStepRe.MatchString(name) }
-
-// buildkitOwn are the name prefixes of vertices BuildKit adds itself.
-var buildkitOwn = []string{"[internal]", "[auth]", "exporting ", "importing ", "sending tarball", "resolving provenance",
-	"writing image", "naming to", "unpacking to", "copying files", "pushing ", "merging manifest"}
-
-func isBuildkitOwn(name string) bool {
-	if IsClientStep(name) {
-		return true // not BuildKit's, but not the build's either
-	}
-	for _, p := range buildkitOwn {
-		if strings.HasPrefix(name, p) {
-			return true
-		}
-	}
-	return name == ""
-}
+// IsUserStep reports whether a step counts in total_steps and
+// cached_steps (steps.IsUserStep, the one rule).
+func IsUserStep(name string) bool { return steps.IsUserStep(name) }
 
 // CountedSteps picks the steps total_steps and cached_steps count (see
 // IsUserStep), in the order given.
-func CountedSteps(steps []Step) []Step {
-	var out []Step
-	for _, st := range steps {
-		if IsUserStep(st.Name) {
-			out = append(out, st)
-		}
-	}
-	if len(out) > 0 {
-		return out
-	}
-	for _, st := range steps {
-		if !isBuildkitOwn(st.Name) {
-			out = append(out, st)
-		}
-	}
-	return out
+func CountedSteps(all []Step) []Step {
+	return steps.Counted(all, func(st Step) string { return st.Name })
 }
 
 // BuildTime is how long a build held its builders: FinishedAt - StartedAt

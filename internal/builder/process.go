@@ -393,7 +393,10 @@ func (b bestEffort) Write(p []byte) (int, error) {
 func (f *Fleet) waitReady(b *builder, r *run, exited <-chan error, logDone <-chan struct{}) (err error, gone bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), f.cfg.StartTimeout)
 	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
+	// 10 ms: a client held on GetBuildKitConnection sees the builder within
+	// about that of buildkitd answering (probe only dials once the socket
+	// exists).
+	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {

@@ -61,7 +61,7 @@ and returns at once (see 'kiln builds').`,
   tar -c . | kiln build -o type=tar,dest=- - > rootfs.tar
   id=$(kiln build --detach -t v1 .) && kiln builds logs -f "$id"
   kiln build --detach --customer acme-42 --platform linux/amd64,linux/arm64 .`,
-		Args: cobra.ExactArgs(1),
+		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			bf.opts.ContextPath = args[0]
 			bf.opts.Stdin = cmd.InOrStdin()

@@ -33,16 +33,62 @@ API) and builds clients ran on the project's builder (kiln build, depot build).`
 		Example: `  kiln builds list --project k3v9x0ab2mqd
   kiln builds list --customer acme-42 --limit 5
   kiln builds get b7f2c1d9e0aa
+  kiln builds insights --project k3v9x0ab2mqd
   kiln builds logs -f b7f2c1d9e0aa
   kiln builds cancel b7f2c1d9e0aa
   kiln builds rebuild b7f2c1d9e0aa`,
 	}
-	cmd.AddCommand(newBuildsListCmd(g), newBuildsGetCmd(g), newBuildsLogsCmd(g), newBuildsCancelCmd(g), newBuildsRebuildCmd(g))
+	// --project on every subcommand, as on every other command: list lists
+	// its builds; the others, given a build id, refuse a build of another
+	// project (buildsProject).
+	bp := &buildsProject{}
+	cmd.PersistentFlags().StringVar(&bp.flag, "project", "", "project id (env KILN_PROJECT_ID, DEPOT_PROJECT_ID, or kiln.json); with a BUILD_ID, the build must be in it")
+	cmd.AddCommand(newBuildsListCmd(g, bp), newBuildsGetCmd(g, bp), newBuildsInsightsCmd(g, bp), newBuildsLogsCmd(g, bp), newBuildsCancelCmd(g, bp), newBuildsRebuildCmd(g, bp))
 	return cmd
 }
 
-func newBuildsListCmd(g *globals) *cobra.Command {
-	var project, customer string
+// buildsProject is `kiln builds`' --project.
+type buildsProject struct{ flag string }
+
+// check refuses build id when --project names another project. A build id
+// names its build on its own, so only an explicit --project is checked,
+// not KILN_PROJECT_ID or a kiln.json that happens to be around.
+func (bp *buildsProject) check(ctx context.Context, api kilnv1connect.SourceBuildServiceClient, id string) error {
+	if bp.flag == "" {
+		return nil
+	}
+	want, err := client.FindProject(bp.flag, ".")
+	if err != nil {
+		return err
+	}
+	res, err := api.GetBuild(ctx, connect.NewRequest(&kilnv1.GetBuildRequest{BuildId: id}))
+	if err != nil {
+		return fmt.Errorf("get build %s: %w", id, err)
+	}
+	if got := res.Msg.Build.GetProjectId(); got != want {
+		return fmt.Errorf("build %s is in project %s, not in --project %s: %w", id, got, want, errdefs.ErrInvalid)
+	}
+	return nil
+}
+
+// ref is the project whose builds to list: the platform customer's with
+// --customer, else --project, KILN_PROJECT_ID or kiln.json.
+func (bp *buildsProject) ref(customer string) (*kilnv1.ProjectRef, error) {
+	if bp.flag != "" && customer != "" {
+		return nil, fmt.Errorf("--customer and --project: give one: %w", errdefs.ErrInvalid)
+	}
+	if customer != "" {
+		return &kilnv1.ProjectRef{Ref: &kilnv1.ProjectRef_CustomerId{CustomerId: customer}}, nil
+	}
+	id, err := client.FindProject(bp.flag, ".")
+	if err != nil {
+		return nil, err
+	}
+	return &kilnv1.ProjectRef{Ref: &kilnv1.ProjectRef_ProjectId{ProjectId: id}}, nil
+}
+
+func newBuildsListCmd(g *globals, bp *buildsProject) *cobra.Command {
+	var customer string
 	var limit int
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -55,19 +101,12 @@ platform customer's project with --customer, or KILN_PROJECT_ID / kiln.json.`,
   kiln builds list --customer acme-42 --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if project != "" && customer != "" {
-				return fmt.Errorf("--customer and --project: give one: %w", errdefs.ErrInvalid)
-			}
 			if limit < 1 {
 				return fmt.Errorf("--limit %d: must be at least 1: %w", limit, errdefs.ErrInvalid)
 			}
-			ref := &kilnv1.ProjectRef{Ref: &kilnv1.ProjectRef_CustomerId{CustomerId: customer}}
-			if customer == "" {
-				id, err := client.FindProject(project, ".")
-				if err != nil {
-					return err
-				}
-				ref.Ref = &kilnv1.ProjectRef_ProjectId{ProjectId: id}
+			ref, err := bp.ref(customer)
+			if err != nil {
+				return err
 			}
 			c, err := g.config()
 			if err != nil {
@@ -83,7 +122,6 @@ platform customer's project with --customer, or KILN_PROJECT_ID / kiln.json.`,
 			return printBuildTable(cmd.OutOrStdout(), builds, time.Now())
 		},
 	}
-	cmd.Flags().StringVar(&project, "project", "", "project id (env KILN_PROJECT_ID, DEPOT_PROJECT_ID, or kiln.json)")
 	cmd.Flags().StringVar(&customer, "customer", "", "the platform customer whose project to list")
 	cmd.Flags().IntVar(&limit, "limit", 20, "at most this many builds")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -126,17 +164,20 @@ func printBuildTable(w io.Writer, builds []*kilnv1.Build, now time.Time) error {
 	return tw.Flush()
 }
 
-func newBuildsGetCmd(g *globals) *cobra.Command {
+func newBuildsGetCmd(g *globals, bp *buildsProject) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "get BUILD_ID",
-		Short: "Show a build: status, times, image and error",
+		Short: "Show a build: status, times, image, error and its steps, the slowest first",
 		Example: `  kiln builds get b7f2c1d9e0aa
   kiln builds get b7f2c1d9e0aa --json | jq -r .imageDigest`,
-		Args: cobra.ExactArgs(1),
+		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.config()
 			if err != nil {
+				return err
+			}
+			if err := bp.check(cmd.Context(), c.SourceBuilds(), args[0]); err != nil {
 				return err
 			}
 			res, err := c.SourceBuilds().GetBuild(cmd.Context(), connect.NewRequest(&kilnv1.GetBuildRequest{BuildId: args[0]}))
@@ -146,16 +187,28 @@ func newBuildsGetCmd(g *globals) *cobra.Command {
 			if asJSON {
 				return printProtoJSON(cmd.OutOrStdout(), res.Msg.Build)
 			}
-			return printBuildDetail(cmd.OutOrStdout(), res.Msg.Build, time.Now())
+			var ins *buildInsights
+			if res.Msg.Build.Status != kilnv1.BuildStatus_BUILD_STATUS_QUEUED {
+				// The build was read: its steps missing is no reason to
+				// show nothing.
+				if ins, err = insightsOf(cmd.Context(), c, args[0]); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "kiln: no step insights: %v\n", err)
+				}
+			}
+			now := time.Now()
+			if err := printBuildDetail(cmd.OutOrStdout(), res.Msg.Build, ins, now); err != nil {
+				return err
+			}
+			return ins.printSteps(cmd.OutOrStdout(), now)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
 
-// printBuildDetail prints a build as "key: value" lines; empty fields are
-// left out.
-func printBuildDetail(w io.Writer, b *kilnv1.Build, now time.Time) error {
+// printBuildDetail prints a build as "key: value" lines, with a line
+// counting its steps when ins is not nil; empty fields are left out.
+func printBuildDetail(w io.Writer, b *kilnv1.Build, ins *buildInsights, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
 	line := func(k, v string) {
 		if v != "" {
@@ -191,10 +244,13 @@ func printBuildDetail(w io.Writer, b *kilnv1.Build, now time.Time) error {
 	}
 	line("digest", b.ImageDigest)
 	line("error", b.Error)
+	if ins != nil {
+		line("steps", stepSummary(ins.stats))
+	}
 	return tw.Flush()
 }
 
-func newBuildsLogsCmd(g *globals) *cobra.Command {
+func newBuildsLogsCmd(g *globals, bp *buildsProject) *cobra.Command {
 	var follow, asJSON bool
 	cmd := &cobra.Command{
 		Use:   "logs BUILD_ID",
@@ -208,10 +264,13 @@ so far.`,
   kiln builds logs -f b7f2c1d9e0aa
   kiln builds logs -f "$(kiln build --detach .)"
   kiln builds logs --json b7f2c1d9e0aa | jq -c 'select(.log)'`,
-		Args: cobra.ExactArgs(1),
+		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.config()
 			if err != nil {
+				return err
+			}
+			if err := bp.check(cmd.Context(), c.SourceBuilds(), args[0]); err != nil {
 				return err
 			}
 			return watchBuild(cmd.Context(), c.SourceBuilds(), args[0], follow, asJSON, cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -365,7 +424,9 @@ func (p *buildLogPrinter) printStep(st *kilnv1.Step) bool {
 	case st.CompletedAt != nil && st.Error == "" && !st.Cached && !s.done && !s.cached:
 		s.done = true
 		if st.StartedAt != nil {
-			out("DONE %.1fs", st.CompletedAt.AsTime().Sub(st.StartedAt.AsTime()).Seconds())
+			// Never negative: a step's start and end can come from
+			// different clocks or status updates.
+			out("DONE %.1fs", max(st.CompletedAt.AsTime().Sub(st.StartedAt.AsTime()), 0).Seconds())
 		} else {
 			out("DONE")
 		}
@@ -378,13 +439,13 @@ func (p *buildLogPrinter) finished() bool {
 }
 
 // end reports how the build ended: its image when it succeeded (printed
-// when say), an error otherwise (so the exit code is 1).
+// when say, after the status line "build ID: succeeded" that event
+// printed), an error otherwise (so the exit code is 1).
 func (p *buildLogPrinter) end(say bool) error {
 	b := p.build
 	switch b.Status {
 	case kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED:
 		if say {
-			fmt.Fprintf(p.w, "build %s succeeded\n", p.id)
 			for _, ref := range b.ImageRefs {
 				fmt.Fprintf(p.w, "image: %s\n", ref)
 			}
@@ -410,17 +471,20 @@ func (e *buildEndedError) Error() string {
 	return fmt.Sprintf("build %s %s: %s", e.id, e.how, e.reason)
 }
 
-func newBuildsCancelCmd(g *globals) *cobra.Command {
+func newBuildsCancelCmd(g *globals, bp *buildsProject) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:     "cancel BUILD_ID",
 		Short:   "Cancel a queued or running build; prints its status after",
 		Long:    "Cancel a queued or running build. A build that already ended is left as it is; its status is printed either way.",
 		Example: "  kiln builds cancel b7f2c1d9e0aa",
-		Args:    cobra.ExactArgs(1),
+		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.config()
 			if err != nil {
+				return err
+			}
+			if err := bp.check(cmd.Context(), c.SourceBuilds(), args[0]); err != nil {
 				return err
 			}
 			res, err := c.SourceBuilds().CancelBuild(cmd.Context(), connect.NewRequest(&kilnv1.CancelBuildRequest{BuildId: args[0]}))
@@ -438,7 +502,7 @@ func newBuildsCancelCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func newBuildsRebuildCmd(g *globals) *cobra.Command {
+func newBuildsRebuildCmd(g *globals, bp *buildsProject) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "rebuild BUILD_ID",
@@ -448,10 +512,13 @@ while the server still keeps that context. Only the new build's id goes to
 stdout, as with 'kiln build --detach'.`,
 		Example: `  kiln builds rebuild b7f2c1d9e0aa
   kiln builds logs -f "$(kiln builds rebuild b7f2c1d9e0aa)"`,
-		Args: cobra.ExactArgs(1),
+		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.config()
 			if err != nil {
+				return err
+			}
+			if err := bp.check(cmd.Context(), c.SourceBuilds(), args[0]); err != nil {
 				return err
 			}
 			res, err := retry.Value(cmd.Context(), retry.API, func(ctx context.Context) (*connect.Response[kilnv1.RebuildBuildResponse], error) {

@@ -28,6 +28,7 @@ import (
 	"github.com/spf13/pflag"
 
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+	"github.com/kiln-dev/kiln/internal/archive"
 	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/errdefs"
@@ -486,11 +487,12 @@ func writeContextArchive(f *os.File, entries map[string]archiveEntry) (size int6
 
 // writeArchiveEntry writes one entry's header and content.
 func writeArchiveEntry(tw *tar.Writer, e archiveEntry) error {
-	if e.name == "" || path.IsAbs(e.name) || e.name == ".." || strings.HasPrefix(e.name, "../") || strings.Contains(e.name, "/../") {
-		return fmt.Errorf("context entry %q: not a relative path inside the context", e.name)
-	}
 	if e.source == "" {
-		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: e.name + "/", Mode: 0o755, ModTime: time.Unix(0, 0)})
+		hdr := &tar.Header{Typeflag: tar.TypeDir, Name: e.name + "/", Mode: 0o755, ModTime: time.Unix(0, 0)}
+		if err := checkContextEntry(hdr, e); err != nil {
+			return err
+		}
+		return tw.WriteHeader(hdr)
 	}
 	stat := os.Lstat
 	if e.follow {
@@ -521,6 +523,9 @@ func writeArchiveEntry(tw *tar.Writer, e archiveEntry) error {
 	hdr.ModTime = fi.ModTime().Truncate(time.Second)
 	hdr.AccessTime, hdr.ChangeTime = time.Time{}, time.Time{}
 	hdr.Format = tar.FormatUnknown
+	if err := checkContextEntry(hdr, e); err != nil {
+		return err
+	}
 	if err := tw.WriteHeader(hdr); err != nil {
 		return fmt.Errorf("context entry %s: %w", e.name, err)
 	}
@@ -538,6 +543,20 @@ func writeArchiveEntry(tw *tar.Writer, e archiveEntry) error {
 	}
 	if n != hdr.Size {
 		return fmt.Errorf("build context file %s shrank while it was packed; try again: %w", e.name, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// checkContextEntry checks an entry with the rules kiln's server extracts
+// the upload with (archive.CheckHeader), so that a context it would refuse
+// fails here, before the upload, naming the file.
+func checkContextEntry(hdr *tar.Header, e archiveEntry) error {
+	if _, err := archive.CheckHeader(hdr, archive.Limits{}, archive.Policy{RejectSpecialBits: true}); err != nil {
+		where := e.source
+		if where == "" {
+			where = e.name
+		}
+		return fmt.Errorf("build context file %s: kiln would refuse it: %w", where, err)
 	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/kiln-dev/kiln/internal/archive"
 	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 )
@@ -393,5 +394,49 @@ func TestDetachSecretErrors(t *testing.T) {
 	}
 	if _, err := detachSecrets([]string{"id=a,env=HOME", "id=a,env=HOME"}); err == nil || !strings.Contains(err.Error(), "duplicate") {
 		t.Errorf("duplicate id: %v", err)
+	}
+}
+
+// An output dir with an absolute symlink (out/bin/[ -> /bin/busybox) is an
+// ordinary context: packed as a link, never followed, and the server's
+// extractor keeps it. A context the server would refuse fails before any
+// upload, naming the file.
+func TestDetachContextSymlinksAndRefusals(t *testing.T) {
+	f := newFakeSourceBuilds(t)
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{"Dockerfile": "FROM busybox\n", "out/bin/busybox": "x"})
+	if err := os.Symlink("/bin/busybox", filepath.Join(dir, "out/bin/[")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../../../elsewhere", filepath.Join(dir, "out/bin/up")); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, err := runKiln(t, f, "build", "--detach", "--project", "p1", dir); err != nil {
+		t.Fatalf("%v\nstderr: %s", err, stderr)
+	}
+	_, entries := readArchive(t, f.uploaded)
+	if e := entries["out/bin/["]; e.hdr.Typeflag != tar.TypeSymlink || e.hdr.Linkname != "/bin/busybox" {
+		t.Errorf("out/bin/[: type %c -> %q; want the symlink as it is", e.hdr.Typeflag, e.hdr.Linkname)
+	}
+	root := filepath.Join(t.TempDir(), "x")
+	os.Mkdir(root, 0o700)
+	if _, err := archive.Extract(bytes.NewReader(f.uploaded), root, archive.Limits{}, archive.Policy{RejectSpecialBits: true}); err != nil {
+		t.Fatalf("the server's extractor refuses the uploaded context: %v", err)
+	}
+	if got, _ := os.Readlink(filepath.Join(root, "out/bin/[")); got != "/bin/busybox" {
+		t.Errorf("extracted out/bin/[ -> %q", got)
+	}
+
+	// Deeper than the server's limit: refused before the upload.
+	f = newFakeSourceBuilds(t)
+	deep := t.TempDir()
+	long := strings.Repeat("d/", 70) + "f"
+	writeTree(t, deep, map[string]string{"Dockerfile": "FROM busybox\n", long: "x"})
+	_, _, err := runKiln(t, f, "build", "--detach", "--project", "p1", deep)
+	if err == nil || !strings.Contains(err.Error(), "build context file "+filepath.Join(deep, "d/d/d")) || !strings.Contains(err.Error(), "deeper than 64") {
+		t.Errorf("a too-deep context: %v; want a refusal naming the file", err)
+	}
+	if f.uploaded != nil || f.uploadReq != nil {
+		t.Error("the refused context was uploaded")
 	}
 }

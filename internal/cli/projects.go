@@ -83,10 +83,12 @@ func newProjectsListCmd(g *globals, out *projectsOutput) *cobra.Command {
 func newProjectsCreateCmd(g *globals, out *projectsOutput) *cobra.Command {
 	var keepGB, keepDays int32
 	cmd := &cobra.Command{
-		Use:     "create NAME",
-		Short:   "Create a project",
-		Example: "  kiln projects create my-app --keep-gb 50 --keep-days 14",
-		Args:    cobra.ExactArgs(1),
+		Use:   "create NAME",
+		Short: "Create a project and print its id",
+		Long: `Create a project and print its id alone on stdout (--json: the whole project),
+so scripts can capture it; a hint for kiln.json goes to stderr (not with --quiet).`,
+		Example: "  kiln projects create my-app --keep-gb 50 --keep-days 14\n  id=$(kiln projects create my-app) && echo \"{\\\"id\\\": \\\"$id\\\"}\" > kiln.json",
+		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.config()
 			if err != nil {
@@ -97,7 +99,17 @@ func newProjectsCreateCmd(g *globals, out *projectsOutput) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return out.print(cmd.OutOrStdout(), res.Msg.Project)
+			p := res.Msg.Project
+			if out.asJSON {
+				return out.print(cmd.OutOrStdout(), p)
+			}
+			// The id alone on stdout, for scripts (id=$(kiln projects create x));
+			// what to do with it on stderr.
+			fmt.Fprintln(cmd.OutOrStdout(), p.ProjectId)
+			if !out.quiet {
+				fmt.Fprintf(cmd.ErrOrStderr(), "created project %q; name it in a kiln.json: {\"id\": %q}\n", p.Name, p.ProjectId)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().Int32Var(&keepGB, "keep-gb", 0, "cache size cap in GB (0: server default)")
@@ -113,7 +125,7 @@ func newProjectsGetCmd(g *globals, out *projectsOutput) *cobra.Command {
 allow-list (EGRESS ALLOW: the private CIDRs its RUN steps may reach besides
 public destinations; "none" when there are none).`,
 		Example: "  kiln projects get k3v9x0ab2mqd\n  kiln projects get k3v9x0ab2mqd --json",
-		Args:    cobra.ExactArgs(1),
+		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.config()
 			if err != nil {
@@ -153,7 +165,7 @@ the list needs an organization token and is recorded in the audit log.`,
   kiln projects update k3v9x0ab2mqd --registry-retention 14d
   kiln projects update k3v9x0ab2mqd --egress-allow 10.9.0.0/16 --egress-allow 192.168.7.10/32
   kiln projects update k3v9x0ab2mqd --egress-allow none`,
-		Args: cobra.ExactArgs(1),
+		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.config()
 			if err != nil {
@@ -216,7 +228,7 @@ func newProjectsDeleteCmd(g *globals) *cobra.Command {
 		Use:     "delete ID",
 		Short:   "Delete a project, its tokens, builds and cache",
 		Example: "  kiln projects delete k3v9x0ab2mqd",
-		Args:    cobra.ExactArgs(1),
+		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.config()
 			if err != nil {

@@ -33,7 +33,7 @@ for this pull only; nothing is written to your Docker config.`,
   kiln pull 8c3d0a1f2b4e -t app:dev --platform linux/arm64
   kiln pull 1kq2w3e4r5t6:v1 -t app:v1
   kiln pull :v1 -t app:v1 --project 1kq2w3e4r5t6`,
-		Args: cobra.ExactArgs(1),
+		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runPull(cmd.Context(), g, args[0], names, platform, project, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},

@@ -34,7 +34,7 @@ token from the server.`,
   kiln push 8c3d0a1f2b4e -t registry.example.com/app:1.2 -t registry.example.com/app:latest
   kiln push 1kq2w3e4r5t6:v1 -t 127.0.0.1:5000/app:v1
   kiln push :v1 -t registry.internal:5000/app:v1 --insecure --project 1kq2w3e4r5t6`,
-		Args: cobra.ExactArgs(1),
+		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runPush(cmd.Context(), g, args[0], dests, insecure, project, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},

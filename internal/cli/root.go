@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"connectrpc.com/connect"
@@ -31,7 +32,7 @@ type globals struct {
 
 func (g *globals) register(cmd *cobra.Command) {
 	cmd.PersistentFlags().StringVar(&g.apiURL, "api-url", "", "kiln API URL (env KILN_API_URL, DEPOT_API_URL; default "+client.DefaultAPIURL+")")
-	cmd.PersistentFlags().StringVar(&g.token, "token", "", "API token (env KILN_TOKEN, DEPOT_TOKEN; or `kiln login`)")
+	cmd.PersistentFlags().StringVar(&g.token, "token", "", "API token (env KILN_TOKEN, DEPOT_TOKEN; or run 'kiln login')")
 }
 
 func (g *globals) config() (client.Config, error) { return client.Resolve(g.apiURL, g.token) }
@@ -117,6 +118,9 @@ func describe(err error) string {
 		if msg == "" {
 			msg = "server unavailable"
 		}
+		if ue := (*client.UnreachableError)(nil); errors.As(err, &ue) { // it names the URL and what to do
+			return ue.Error()
+		}
 		return msg + " (is `kiln serve` running at the --api-url?)"
 	case connect.CodeUnknown, connect.CodeInternal:
 		if msg == "" {
@@ -136,5 +140,26 @@ func newVersionCmd() *cobra.Command {
 			fmt.Fprintf(cmd.OutOrStdout(), "kiln %s\n", Version)
 			return nil
 		},
+	}
+}
+
+// exactArgs is cobra.ExactArgs saying what buildx says: what is missing,
+// where the help is, the usage line, the command's purpose and its first
+// example.
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) == n {
+			return nil
+		}
+		noun := "arguments"
+		if n == 1 {
+			noun = "argument"
+		}
+		msg := fmt.Sprintf("%q requires exactly %d %s (got %d).\nSee '%s --help'.\n\nUsage:  %s\n\n%s",
+			cmd.CommandPath(), n, noun, len(args), cmd.CommandPath(), strings.TrimSuffix(cmd.UseLine(), " [flags]"), cmd.Short)
+		if ex := strings.TrimSpace(strings.SplitN(cmd.Example, "\n", 2)[0]); ex != "" {
+			msg += "\n\nExample:\n  " + ex
+		}
+		return errors.New(msg)
 	}
 }

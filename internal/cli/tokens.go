@@ -132,7 +132,7 @@ func newTokensUpdateCmd(g *globals) *cobra.Command {
 		Use:     "update TOKEN_ID --description TEXT",
 		Short:   "Change a token's description",
 		Example: `  kiln tokens update tok_abc123 --description "CI (rotated)"`,
-		Args:    cobra.ExactArgs(1),
+		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.config()
 			if err != nil {
@@ -151,7 +151,7 @@ func newTokensDeleteCmd(g *globals) *cobra.Command {
 		Use:     "delete TOKEN_ID",
 		Short:   "Revoke a token: the next request with it is refused",
 		Example: "  kiln tokens delete tok_abc123",
-		Args:    cobra.ExactArgs(1),
+		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.config()
 			if err != nil {

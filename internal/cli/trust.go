@@ -206,7 +206,7 @@ func newTrustRemoveCmd(o *trustOutput) *cobra.Command {
 		Aliases: []string{"rm", "delete"},
 		Short:   "Remove a trust policy; jobs it admitted are refused from their next request",
 		Example: "  kiln trust-policies remove --project k3v9x0ab2mqd tp_h2k9d0s8a1lq",
-		Args:    cobra.ExactArgs(1),
+		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, proj, err := o.setup()
 			if err != nil {

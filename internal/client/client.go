@@ -9,11 +9,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 
+	"buf.build/gen/go/depot/api/connectrpc/go/depot/build/v1/buildv1connect"
 	"buf.build/gen/go/depot/api/connectrpc/go/depot/core/v1/corev1connect"
 	"connectrpc.com/connect"
 	"github.com/depot/depot-go/proto/depot/cli/v1/cliv1connect"
@@ -100,15 +105,131 @@ func Resolve(apiURLFlag, tokenFlag string) (Config, error) {
 	if err != nil {
 		return c, err
 	}
-	if c.Token == "" && c.APIURL == DefaultAPIURL {
+	if c.Token == "" && isLocalDefault(c.APIURL) {
 		if b, err := os.ReadFile(filepath.Join(DefaultDataDir(), "admin.token")); err == nil {
 			c.Token = strings.TrimSpace(string(b))
 		}
 	}
 	if c.Token == "" {
-		return c, errors.New("no token: pass --token, set KILN_TOKEN (or DEPOT_TOKEN), or run `kiln login`")
+		// Say first whether a server answers there at all: a wrong --api-url
+		// is the likelier mistake, and no token would not fix it.
+		if err := Probe(c.APIURL); err != nil {
+			return c, err
+		}
+		return c, fmt.Errorf("no token for the kiln server at %s: pass --token, set KILN_TOKEN (or DEPOT_TOKEN), or run 'kiln login'", c.APIURL)
 	}
 	return c, nil
+}
+
+// isLocalDefault reports whether apiURL is a server on this machine at
+// kiln serve's default port, however loopback is spelled (127.0.0.1,
+// localhost, ::1): the server whose data dir holds the admin token.
+func isLocalDefault(apiURL string) bool {
+	u, err := url.Parse(apiURL)
+	if err != nil || u.Scheme != "http" || (u.Path != "" && u.Path != "/") {
+		return false
+	}
+	_, port, _ := net.SplitHostPort(DefaultAddr)
+	switch u.Hostname() {
+	case "127.0.0.1", "localhost", "::1":
+		return u.Port() == port
+	}
+	return false
+}
+
+// Probe checks that a kiln server answers at apiURL (GET /healthz) and
+// otherwise says so, naming the URL: "no kiln server answers at
+// http://127.0.0.1:7421 (connection refused)".
+func Probe(apiURL string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, apiURL+"/healthz", nil)
+	if err != nil {
+		return fmt.Errorf("API URL %q: %w", apiURL, err)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return unreachable(apiURL, err)
+	}
+	res.Body.Close()
+	return nil
+}
+
+// unreachable is the error for a server that could not be reached, or nil
+// when err is not about reaching it.
+func unreachable(apiURL string, err error) error {
+	var reason string
+	var dnsErr *net.DNSError
+	var opErr *net.OpError
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		reason = "connection refused"
+	case errors.As(err, &dnsErr):
+		reason = "unknown host " + dnsErr.Name
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		reason = "no answer in time"
+	case errors.As(err, &opErr) && opErr.Op == "dial":
+		reason = opErr.Err.Error()
+	default:
+		return nil
+	}
+	return &UnreachableError{URL: apiURL, Reason: reason}
+}
+
+// UnreachableError is a server that could not be reached at all at URL:
+// the connection was refused, the host is unknown or nothing answered.
+type UnreachableError struct {
+	URL    string
+	Reason string // "connection refused", "unknown host HOST", …
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("no kiln server answers at %s (%s); start one with 'kiln serve' or pass the right --api-url", e.URL, e.Reason)
+}
+
+// reachability names the API URL when a request cannot reach the server
+// at all, instead of a bare dial error.
+type reachability string
+
+func (r reachability) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		res, err := next(ctx, req)
+		if ctx.Err() == nil {
+			err = r.name(err)
+		}
+		return res, err
+	}
+}
+
+func (r reachability) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		return reachableConn{StreamingClientConn: next(ctx, spec), r: r}
+	}
+}
+
+// name turns err into the unreachable error naming the URL when it is
+// one of not reaching the server at all.
+func (r reachability) name(err error) error {
+	if err != nil && connect.CodeOf(err) == connect.CodeUnavailable {
+		if u := unreachable(string(r), err); u != nil {
+			return connect.NewError(connect.CodeUnavailable, u)
+		}
+	}
+	return err
+}
+
+// reachableConn is a stream whose errors name the API URL when the server
+// cannot be reached.
+type reachableConn struct {
+	connect.StreamingClientConn
+	r reachability
+}
+
+func (c reachableConn) Send(m any) error    { return c.r.name(c.StreamingClientConn.Send(m)) }
+func (c reachableConn) Receive(m any) error { return c.r.name(c.StreamingClientConn.Receive(m)) }
+
+func (r reachability) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
 }
 
 // ProjectFile is the contents of kiln.json / depot.json.
@@ -180,12 +301,23 @@ func WithToken[T any](req *connect.Request[T], token string) *connect.Request[T]
 }
 
 func (c Config) opts() []connect.ClientOption {
-	return []connect.ClientOption{connect.WithInterceptors(bearer(c.Token))}
+	return []connect.ClientOption{connect.WithInterceptors(reachability(c.APIURL), bearer(c.Token))}
 }
 
 // Projects is a depot.core.v1.ProjectService client.
 func (c Config) Projects() corev1connect.ProjectServiceClient {
 	return corev1connect.NewProjectServiceClient(http.DefaultClient, c.APIURL, c.opts()...)
+}
+
+// CoreBuilds is a depot.core.v1.BuildService client: a build's step
+// counts and the time its cache saved.
+func (c Config) CoreBuilds() corev1connect.BuildServiceClient {
+	return corev1connect.NewBuildServiceClient(http.DefaultClient, c.APIURL, c.opts()...)
+}
+
+// PublicBuilds is a depot.build.v1.BuildService client: a build's steps.
+func (c Config) PublicBuilds() buildv1connect.BuildServiceClient {
+	return buildv1connect.NewBuildServiceClient(http.DefaultClient, c.APIURL, c.opts()...)
 }
 
 // Builds is a depot.cli.v1.BuildService client.

@@ -26,15 +26,15 @@ func ResolveAPIURL(apiURLFlag string) (string, error) {
 // LoginService is a depot.cli.v1beta1.LoginService client for apiURL. It
 // sends no token: the device login is how a client without one gets one.
 func LoginService(apiURL string) cliv1beta1connect.LoginServiceClient {
-	return cliv1beta1connect.NewLoginServiceClient(http.DefaultClient, apiURL)
+	return cliv1beta1connect.NewLoginServiceClient(http.DefaultClient, apiURL, connect.WithInterceptors(reachability(apiURL)))
 }
 
 // CLIProjects is a depot.cli.v1beta1.ProjectsService client.
 func (c Config) CLIProjects() cliv1beta1connect.ProjectsServiceClient {
-	return cliv1beta1connect.NewProjectsServiceClient(http.DefaultClient, c.APIURL, connect.WithInterceptors(bearer(c.Token)))
+	return cliv1beta1connect.NewProjectsServiceClient(http.DefaultClient, c.APIURL, c.opts()...)
 }
 
 // LoginAdmin is a kiln.v1.LoginAdminService client (approve or deny logins).
 func (c Config) LoginAdmin() kilnv1connect.LoginAdminServiceClient {
-	return kilnv1connect.NewLoginAdminServiceClient(http.DefaultClient, c.APIURL, connect.WithInterceptors(bearer(c.Token)))
+	return kilnv1connect.NewLoginAdminServiceClient(http.DefaultClient, c.APIURL, c.opts()...)
 }

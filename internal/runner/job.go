@@ -1,15 +1,22 @@
 package runner
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
+
+	bkclient "github.com/moby/buildkit/client"
 
 	"github.com/kiln-dev/kiln/internal/archive"
 	"github.com/kiln-dev/kiln/internal/build"
@@ -178,26 +185,22 @@ func (r *Runner) fetchContext(ctx context.Context, b build.Build, spec Spec, wor
 }
 
 // findDockerfile returns the absolute path of the Dockerfile inside the
-// extracted context. The archive was checked, so links inside the context
-// stay inside it; the result is checked again anyway.
+// extracted context. The context keeps its symlinks as they are, wherever
+// they point, so the path is resolved with archive.ResolveInRoot, which
+// never follows a link out of the context.
 func findDockerfile(root, rel string) (string, error) {
-	p := filepath.Join(root, filepath.FromSlash(rel))
-	real, err := filepath.EvalSymlinks(p)
-	if errors.Is(err, fs.ErrNotExist) {
+	p, err := archive.ResolveInRoot(root, filepath.ToSlash(rel))
+	if err != nil {
+		return "", fmt.Errorf("dockerfile %q: %w", rel, err)
+	}
+	fi, err := os.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		return "", fmt.Errorf("dockerfile %q is not in the build context: %w", rel, errdefs.ErrInvalid)
 	}
-	if err != nil {
-		return "", fmt.Errorf("dockerfile %q: %w", rel, errdefs.ErrInvalid)
-	}
-	realRoot, _ := filepath.EvalSymlinks(root)
-	if !strings.HasPrefix(real, realRoot+string(filepath.Separator)) {
-		return "", fmt.Errorf("dockerfile %q leaves the build context: %w", rel, errdefs.ErrInvalid)
-	}
-	fi, err := os.Stat(real)
 	if err != nil || !fi.Mode().IsRegular() {
 		return "", fmt.Errorf("dockerfile %q is not a regular file: %w", rel, errdefs.ErrInvalid)
 	}
-	return real, nil
+	return p, nil
 }
 
 // prepare turns the spec into an engine request that pushes to refs.
@@ -261,12 +264,51 @@ type recorder struct {
 	buildID string
 	stopc   chan struct{}
 	done    chan struct{}
+
+	mu      sync.Mutex
+	started map[string]int // digest → its place in the order steps started
 }
 
 func (r *Runner) newRecorder(buildID string) *recorder {
-	rec := &recorder{Recorder: steps.NewRecorder(true), r: r, buildID: buildID, stopc: make(chan struct{}), done: make(chan struct{})}
+	rec := &recorder{Recorder: steps.NewRecorder(true), r: r, buildID: buildID, stopc: make(chan struct{}), done: make(chan struct{}),
+		started: map[string]int{}}
 	go rec.loop()
 	return rec
+}
+
+// Begin starts a step of kiln's own.
+func (rec *recorder) Begin(digest, name string) {
+	rec.noteStarted(digest)
+	rec.Recorder.Begin(digest, name)
+}
+
+// Observe records a status update from BuildKit, noting the order its
+// steps start in: the order of the updates, since BuildKit gives the cache
+// hits of one update the same start time.
+func (rec *recorder) Observe(st *bkclient.SolveStatus) {
+	if st != nil {
+		for _, v := range st.Vertexes {
+			if v != nil && v.Digest != "" && (v.Started != nil || v.Completed != nil || v.Error != "") {
+				rec.noteStarted(v.Digest.String())
+			}
+		}
+	}
+	rec.Recorder.Observe(st)
+}
+
+func (rec *recorder) noteStarted(digest string) {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if _, ok := rec.started[digest]; !ok {
+		rec.started[digest] = len(rec.started)
+	}
+}
+
+// startOrder is a copy of the order steps started in.
+func (rec *recorder) startOrder() map[string]int {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	return maps.Clone(rec.started)
 }
 
 func (rec *recorder) loop() {
@@ -291,7 +333,7 @@ func (rec *recorder) flush() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := rec.r.builds.StoreSteps(ctx, rec.buildID, storeSteps(steps), storeLogs(logs)); err != nil {
+	if err := rec.r.builds.StoreSteps(ctx, rec.buildID, storeSteps(steps, rec.startOrder()), storeLogs(logs)); err != nil {
 		rec.r.log.Warn("store build steps", "build_id", rec.buildID, "err", err)
 	}
 	if exportStarted {
@@ -308,9 +350,26 @@ func (rec *recorder) close() {
 	<-rec.done
 }
 
-func storeSteps(recorded []steps.Step) []build.Step {
+// storeSteps is what a flush stores of the steps that changed: only the
+// ones that started (or ended), in the order they started (started: each
+// step's place in it). BuildKit lists a solve's vertices up front, from
+// the last stage back, and gives the cache hits of one update the same
+// start time: stored as first listed, or by start time, a step's place
+// (the store keeps the first one) would not be the order it ran.
+func storeSteps(recorded []steps.Step, started map[string]int) []build.Step {
+	recorded = slices.DeleteFunc(slices.Clone(recorded), func(s steps.Step) bool {
+		_, ok := started[s.Digest]
+		return !ok
+	})
+	slices.SortStableFunc(recorded, func(a, b steps.Step) int { return cmp.Compare(started[a.Digest], started[b.Digest]) })
 	out := make([]build.Step, len(recorded))
 	for i, s := range recorded {
+		// An end before the start (wall clocks that stepped back, status
+		// updates merged from two sources) is stored as no time taken, so
+		// no reader shows a negative duration.
+		if !s.Completed.IsZero() && s.Completed.Before(s.Started) {
+			s.Completed = s.Started
+		}
 		out[i] = build.Step{Digest: s.Digest, Name: s.Name, Cached: s.Cached, StartedAt: s.Started, CompletedAt: s.Completed, Error: s.Error}
 	}
 	return out

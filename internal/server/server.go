@@ -258,6 +258,7 @@ func (s *Server) startServices() (*project.Service, error) {
 		}}); err != nil {
 		return nil, err
 	}
+	var _ build.Acquirer = fleet // GetBuildKitConnection holds a pending answer (build.Config.HoldPending)
 	builds = build.NewService(s.store, fleet, s.ca, build.Config{HealthTimeout: cfg.HealthTimeout,
 		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
 		BuildURL:     s.buildURL,

@@ -3,6 +3,7 @@ package e2e
 import (
 	"net/http"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -200,6 +201,22 @@ func TestStepsOfKilnBuildAreNotCountedTwice(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	if b := getBuild(t, s, warm, want); b.GetTotalSteps() != want || b.GetCachedSteps() != want {
 		t.Errorf("warm kiln build: %d cached of %d steps; want %d of %d", b.GetCachedSteps(), b.GetTotalSteps(), want, want)
+	}
+
+	// What a user reads: the step table of each build, and the project's
+	// insights over both.
+	got := s.mustKiln(t, dir, "builds", "get", cold).Stdout
+	if !regexp.MustCompile(`(?m)^steps: +4 \(0 cached\)$`).MatchString(got) ||
+		!regexp.MustCompile(`(?m)^\[[^\]]*\d/\d\] RUN echo .* +executed +\d+\.\ds$`).MatchString(got) {
+		t.Errorf("kiln builds get %s (cold):\n%s", cold, got)
+	}
+	got = s.mustKiln(t, dir, "builds", "get", warm).Stdout
+	if !regexp.MustCompile(`(?m)^steps: +4 \(4 cached`).MatchString(got) || strings.Count(got, " cached ") != want {
+		t.Errorf("kiln builds get %s (warm): want 4 cached steps in the table:\n%s", warm, got)
+	}
+	got = s.mustKiln(t, dir, "builds", "insights", "--project", proj).Stdout
+	if !strings.Contains(got, "2 builds; 2 finished") || !strings.Contains(got, "cache: 50% of steps cached (4 of 8)") {
+		t.Errorf("kiln builds insights --project %s:\n%s", proj, got)
 	}
 }
 

@@ -155,12 +155,12 @@ func binary(t testing.TB) string {
 	if bin == "" {
 		root, err := repoRoot()
 		if err != nil {
-			missing(t, "versitygw not found: %v: run hack/setup.sh", err)
+			missing(t, "versitygw not found: %v: run hack/setup.sh --tests (make test does)", err)
 		}
 		bin = filepath.Join(root, "bin", "versitygw")
 	}
 	if fi, err := os.Stat(bin); err != nil || fi.IsDir() {
-		missing(t, "versitygw not found at %s: run hack/setup.sh", bin)
+		missing(t, "versitygw not found at %s: run hack/setup.sh --tests (make test does)", bin)
 	}
 	return bin
 }
