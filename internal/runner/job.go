@@ -62,7 +62,20 @@ func (r *Runner) execute(ctx context.Context, b build.Build, work string) build.
 		return fail(fmt.Errorf("scratch directory: %w", err))
 	}
 	root, dockerfile := "", spec.Dockerfile
-	if spec.GitURL == "" {
+	if spec.GitURL != "" {
+		// A git context is fetched by the builder (engine/git.go): nothing
+		// of it passes through this server. Its host is checked against
+		// the builders' network policy first (githost.go).
+		rec.Begin(stepContext, "[kiln] check the git context's host")
+		proj, err := r.store.GetProject(ctx, b.ProjectID)
+		if err == nil {
+			err = r.checkGitHost(ctx, proj, spec.GitURL)
+		}
+		rec.End(stepContext, err)
+		if err != nil {
+			return fail(err)
+		}
+	} else {
 		root = filepath.Join(work, "context")
 		rec.Begin(stepContext, "[kiln] fetch and check the build context")
 		stats, err := r.fetchContext(ctx, b, spec, work, root)
@@ -76,17 +89,6 @@ func (r *Runner) execute(ctx context.Context, b build.Build, work string) build.
 			return fail(err)
 		}
 		rec.End(stepContext, nil)
-	}
-	// A git context is fetched by the builder (engine/git.go): nothing of
-	// it passes through this server.
-	if spec.GitURL != "" {
-		proj, err := r.store.GetProject(ctx, b.ProjectID)
-		if err != nil {
-			return fail(err)
-		}
-		if err := r.checkGitHost(ctx, proj, spec.GitURL); err != nil {
-			return fail(err)
-		}
 	}
 
 	refs, err := refs(r.cfg.RegistryHost(), b.ProjectID, b.ID, spec.Tags, r.pushHosts())

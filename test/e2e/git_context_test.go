@@ -312,6 +312,14 @@ func TestGitContextSourceBuild(t *testing.T) {
 		}
 	}
 
+	// kiln build --detach URL queues the same source build, uploading nothing.
+	r := s.mustKiln(t, t.TempDir(), "build", "--detach", "--customer", "git-co", public+"#v1:app")
+	if id := strings.TrimSpace(r.Stdout); id == "" {
+		t.Errorf("kiln build --detach printed no build id:\n%s", r.Stderr)
+	} else if b := s.watch(t, s.Token, id, 4*time.Minute).last; b.Status != kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED || b.GitCommit != v1 || b.GitUrl != public+"#v1:app" {
+		t.Errorf("kiln build --detach %s#v1:app: %v %q commit %q url %q; want commit %s", public, b.Status, b.Error, b.GitCommit, b.GitUrl, v1)
+	}
+
 	// Only a client build's own build token records a commit.
 	_, err := s.sourceAPI().RecordGitCommit(t.Context(), bearer(&kilnv1.RecordGitCommitRequest{BuildId: lastID, GitCommit: strings.Repeat("a", 40)}, s.Token))
 	if err == nil || !strings.Contains(err.Error(), "own build token") {
