@@ -169,8 +169,12 @@ func (r *Request) refName() string {
 func (r *Request) gitError(err error) error {
 	msg := err.Error()
 	remote := r.git.parsed.Remote
-	secrets := fmt.Sprintf("give a token as the build secret %s.%s or %s (e.g. --secret id=%s,env=GIT_TOKEN), or a full header as %s.%s",
-		buildreq.GitAuthToken, r.git.parsed.Host, buildreq.GitAuthToken, buildreq.GitAuthToken, buildreq.GitAuthHeader, r.git.parsed.Host)
+	example := "e.g. --secret id=" + buildreq.GitAuthToken + ",env=GIT_TOKEN"
+	if r.serverSide {
+		example = "in CreateBuild's secrets"
+	}
+	secrets := fmt.Sprintf("give a token as the build secret %s.%s or %s (%s), or a full header as %s.%s",
+		buildreq.GitAuthToken, r.git.parsed.Host, buildreq.GitAuthToken, example, buildreq.GitAuthHeader, r.git.parsed.Host)
 	switch {
 	case strings.Contains(msg, "does not contain ref"):
 		return errdefs.Invalidf("git context %s: ref %q not found (no such branch, tag or commit)", remote, r.refName())

@@ -330,6 +330,10 @@ func TestGitContextSourceBuild(t *testing.T) {
 	if b.Status != kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED || b.GitCommit != head {
 		t.Fatalf("private build: %v %q commit %q", b.Status, b.Error, b.GitCommit)
 	}
+	b = create(t, &kilnv1.CreateBuildRequest{GitUrl: private + "#main:app", Secrets: map[string]string{"GIT_AUTH_TOKEN": "wrong-src-token"}})
+	if b.Status != kilnv1.BuildStatus_BUILD_STATUS_FAILED || !strings.Contains(b.Error, "refused the credentials") || strings.Contains(b.Error, "wrong-src-token") {
+		t.Errorf("private build with a wrong token: %v %q; want failed, credentials refused, the token not shown", b.Status, b.Error)
+	}
 	b = create(t, &kilnv1.CreateBuildRequest{GitUrl: private + "#main:app"})
 	if b.Status != kilnv1.BuildStatus_BUILD_STATUS_FAILED || !strings.Contains(b.Error, "needs credentials") || b.GitCommit != "" {
 		t.Errorf("private build without credentials: %v %q commit %q; want failed, needing credentials", b.Status, b.Error, b.GitCommit)
