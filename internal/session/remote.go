@@ -156,11 +156,11 @@ func (r *Remote) Run(ctx context.Context, req *engine.Request, o RunOptions) (*b
 	})
 	status.close()
 	r.reportTimings(rec.Steps())
-	if c := req.GitCommit(); c != "" {
-		r.recordGitCommit(c, msgs)
-	}
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		return nil, cause
+	}
+	if c := req.GitCommit(); c != "" {
+		r.recordGitCommit(c, msgs) // also when the build failed: the commit that failed
 	}
 	if err != nil {
 		return nil, fmt.Errorf("build %s failed: %w", r.ID, r.explainLoss(ctx, err))
