@@ -67,7 +67,7 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 	f.DurationVar(&cfg.BuilderStall, "builder-stall-timeout", 60*time.Second, "kill and restart a builder in use that does not answer for this long (its builds fail)")
 	f.DurationVar(&cfg.AuditRetention, "audit-retention", 90*24*time.Hour, "prune audit log events older than this (the newest 1,000,000 are kept at most)")
 	f.StringArrayVar(&cfg.InsecureRegistries, "insecure-registry", nil, "registry HOST[:PORT] builders reach over plain HTTP (repeatable); kiln's own registry is always reached over TLS")
-	f.StringVar(&cfg.AdminAddr, "admin-addr", cliflag.EnvOr("KILN_ADMIN_ADDR", server.DefaultAdminAddr), "host:port of the admin listener: Go's profiles at /debug/pprof/, no authentication, so keep it on loopback; \"\" turns it off; its bound address is written to DATA/admin.addr (env KILN_ADMIN_ADDR)")
+	f.StringVar(&cfg.AdminAddr, "admin-addr", cliflag.EnvOr("KILN_ADMIN_ADDR", server.DefaultAdminAddr), "host:port of the admin listener: Go's profiles at /debug/pprof/ and Prometheus metrics at /metrics, no authentication, so keep it on loopback; \"\" turns it off; its bound address is written to DATA/admin.addr (env KILN_ADMIN_ADDR)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.DurationVar(&cfg.BodyTimeout, "body-timeout", server.DefaultBodyTimeout, "drop a request whose body sends nothing for this long (uploads that keep moving are not cut)")
 	f.DurationVar(&cfg.StreamBodyTimeout, "stream-body-timeout", server.DefaultStreamBodyTimeout, "the same for client streams (build status, health), whose messages may be minutes apart")

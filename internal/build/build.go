@@ -116,6 +116,11 @@ type Config struct {
 	GatewayAddr func() string
 	// Observer is told of builds' lives (see Observer); nil → nobody.
 	Observer Observer
+	// OnAcquire is told how long each GetBuildKitConnection waited for
+	// the project's builder (the fleet's Ensure, and HoldPending's wait
+	// for a starting one) and how it ended: ready, still pending (the
+	// client asks again), or err. It must not block. nil → nobody.
+	OnAcquire func(wait time.Duration, ready bool, err error)
 	// Revoke cuts a build's builder connections (the gateway's Revoke); it
 	// is called whenever a build ends. nil: nothing to cut.
 	Revoke func(buildID string)
@@ -194,6 +199,9 @@ func NewService(st Store, fleet Fleet, certs Certs, cfg Config, logger *slog.Log
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = Observers(nil)
+	}
+	if cfg.OnAcquire == nil {
+		cfg.OnAcquire = func(time.Duration, bool, error) {}
 	}
 	if cfg.Active == nil {
 		cfg.Active = func(string) bool { return false }
@@ -390,14 +398,18 @@ func (s *Service) connect(ctx context.Context, b Build, platform string) (Connec
 	}
 	s.lease(b.ProjectID, platform, b.ID)
 	want := SpecFor(proj, platform)
+	acquiring := time.Now()
 	ep, ready, err := s.fleet.Ensure(want)
 	if err != nil {
+		s.cfg.OnAcquire(time.Since(acquiring), false, err)
 		return Connection{}, err
 	}
 	if !ready {
-		if ep, ready, err = s.holdPending(ctx, want); err != nil || !ready {
-			return Connection{WaitMs: s.cfg.WaitMs}, err
-		}
+		ep, ready, err = s.holdPending(ctx, want)
+	}
+	s.cfg.OnAcquire(time.Since(acquiring), ready, err)
+	if err != nil || !ready {
+		return Connection{WaitMs: s.cfg.WaitMs}, err
 	}
 	ttl := s.cfg.ClientCertTTL
 	if !b.Until.IsZero() {

@@ -405,6 +405,17 @@ func (f *Fleet) Lookup(serverName string) (projectID, socket string, ok bool) {
 	return b.projectID, b.sock(), true
 }
 
+// PlatformOf returns the platform ("linux/arm64") of the builder named
+// serverName, or "" for a name no builder has.
+func (f *Fleet) PlatformOf(serverName string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if b, ok := f.names[serverName]; ok {
+		return b.platform
+	}
+	return ""
+}
+
 // Lease marks the builder in use by leaseID (a build id): it is not stopped
 // for idleness while it has leases, and OnExit reports them if it crashes.
 // Leasing a builder that is not running is allowed (and records it).

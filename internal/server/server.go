@@ -30,6 +30,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/follow"
 	"github.com/kiln-dev/kiln/internal/gateway"
 	"github.com/kiln-dev/kiln/internal/login"
+	"github.com/kiln-dev/kiln/internal/metrics"
 	"github.com/kiln-dev/kiln/internal/pki"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/registry"
@@ -95,6 +96,7 @@ type Server struct {
 	builds   *build.Service
 	gateway  *gateway.Gateway
 	follow   *follow.Follower // records every build's steps from its builder
+	metrics  *metrics.Metrics // served at /metrics (admin.go)
 	ca       *pki.Authority
 	http     *http.Server
 	listener net.Listener // the TCP listener; the HTTP server serves mux
@@ -122,6 +124,13 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, done: make(chan struct{}), conns: newBuildConns()}
+	// The metrics come first: the store reports to them from its opening.
+	// They read the store and the fleet only once serving (Run, scrapes).
+	s.metrics = metrics.New(metrics.Config{Logger: cfg.Logger,
+		Steps: func(ctx context.Context, buildID string) ([]build.Step, error) {
+			return s.store.ListSteps(ctx, buildID)
+		},
+		Builders: func() []builder.Status { return s.fleet.Status() }})
 	defer func() {
 		if err != nil {
 			s.release(ctx)
@@ -138,6 +147,8 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	guard := newGuard(mux, authn, cfg) // authentication and body deadlines: guard.go
+	guard.refused = s.metrics.APIRefused
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
@@ -145,7 +156,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	// No ReadTimeout or WriteTimeout: bodies are bounded by idleness
 	// (guard.go), whole requests are not (conns.go says why).
 	s.http = &http.Server{
-		Handler:           newGuard(mux, authn, cfg), // authentication and body deadlines: guard.go
+		Handler:           guard,
 		Protocols:         protocols,
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
@@ -191,7 +202,7 @@ func checkConfig(cfg Config) (Config, error) {
 // admin token on first start) and the CA, and checks the TLS mode.
 func (s *Server) openData(ctx context.Context) error {
 	cfg := s.cfg
-	st, err := store.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "kiln.db"))
+	st, err := store.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "kiln.db"), store.WithObserver(s.metrics.ObserveStore))
 	if err != nil {
 		return err
 	}
@@ -247,7 +258,7 @@ func (s *Server) startServices() (*project.Service, error) {
 		return nil, err
 	}
 	s.fleet = fleet
-	if s.follow, err = follow.New(follow.Config{Lookup: fleet.Lookup, Logger: cfg.Logger,
+	if s.follow, err = follow.New(follow.Config{Lookup: fleet.Lookup, Platform: fleet.PlatformOf, Logger: cfg.Logger,
 		Store: func(ctx context.Context, buildID string, steps []build.Step, logs []build.LogLine) error {
 			return builds.StoreSteps(ctx, buildID, steps, logs)
 		},
@@ -268,6 +279,8 @@ func (s *Server) startServices() (*project.Service, error) {
 		GatewayAddr:  s.gatewayAddr,
 		Revoke:       func(buildID string) { s.gateway.Revoke(buildID); s.conns.ended(buildID); s.follow.Ended(buildID) },
 		Followed:     s.follow.Following,
+		Observer:     build.Observers{s.metrics},
+		OnAcquire:    s.metrics.OnAcquire,
 		Audit:        s.audit.AuthEvent}, cfg.Logger)
 	s.builds = builds
 	if s.gateway, err = gateway.New(gateway.Config{Builders: fleet, Certs: s.ca, Authorize: builds.BuilderAccess,
@@ -289,7 +302,7 @@ func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http
 		return nil, nil, nil, err
 	}
 	mux := http.NewServeMux()
-	depot.Mount(mux, projects, s.builds, cfg.Logger, connect.WithInterceptors(authInterceptor(authn, cfg.Logger)), connect.WithReadMaxBytes(16<<20))
+	depot.Mount(mux, projects, s.builds, cfg.Logger, s.apiInterceptors(authn), connect.WithReadMaxBytes(16<<20))
 	logins := s.mountLogin(mux, s.store, authn, projects)
 	s.mountAudit(mux, authn)
 	s.mountBuildPage(mux, authn)
@@ -311,6 +324,9 @@ func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(fleet.Status())
 	})))
+	// The admin listener serves /metrics to anyone who reaches it; here,
+	// where the API is, only to an organization token (admin.go says why).
+	mux.Handle("GET /metrics", s.requireOrg(authn, s.metrics.Handler()))
 	return mux, authn, logins, nil
 }
 
@@ -354,6 +370,13 @@ func bearer(h string) string {
 		return strings.TrimSpace(h[7:])
 	}
 	return ""
+}
+
+// apiInterceptors are every Connect handler's interceptors: the metrics
+// (outermost: they time authentication too and see the code the client
+// gets), then authentication.
+func (s *Server) apiInterceptors(authn *auth.Authenticator) connect.HandlerOption {
+	return connect.WithInterceptors(s.metrics.API(), authInterceptor(authn, s.cfg.Logger))
 }
 
 // publicProcedures answer without a token (the device-login flow starts
@@ -474,6 +497,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	go s.audit.Run(bg)
 	go s.registry.Run(bg)
 	go s.gateway.Run(bg)
+	go s.metrics.Run(bg)
 	// Source builds left queued or running by a previous server are
 	// resumed or failed before anyone can ask about them.
 	if err := s.runner.Start(ctx); err != nil {

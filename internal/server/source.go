@@ -75,7 +75,7 @@ func (s *Server) openSource(ctx context.Context, mux *http.ServeMux, st store.St
 		if err != nil {
 			return err
 		}
-		mux.Handle("/blobs/", local.Handler())
+		mux.Handle("/blobs/", s.metrics.Uploads(local.Handler())) // counts bytes uploaded
 		blobs = local
 	}
 	pushAuth, err := loadPushAuth(cfg.PushAuthFile)
@@ -115,7 +115,7 @@ func (s *Server) openSource(ctx context.Context, mux *http.ServeMux, st store.St
 		}}
 	// Secrets and build args ride in CreateBuild: a few MiB at most.
 	mux.Handle(kilnv1connect.NewSourceBuildServiceHandler(svc,
-		connect.WithInterceptors(authInterceptor(authn, s.cfg.Logger)), connect.WithReadMaxBytes(4<<20)))
+		s.apiInterceptors(authn), connect.WithReadMaxBytes(4<<20)))
 	return nil
 }
 

@@ -40,12 +40,16 @@ var _ Store = (*SQLite)(nil)
 // OpenSQLite opens (creating if needed) the database at path and runs any
 // pending migrations once. The database and its -wal and -shm files are
 // the owner's only (0600): they hold token hashes and sealed secrets.
-func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
+func OpenSQLite(ctx context.Context, path string, opts ...Option) (*SQLite, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if err := ownerOnly(path); err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
 	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)"
-	db, err := sql.Open("sqlite", dsn)
+	db, err := openDB(dsn, o)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
