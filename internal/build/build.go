@@ -149,6 +149,8 @@ type Service struct {
 	certs  Certs
 	cfg    Config
 	logger *slog.Logger
+	// res queues builder usage for the store (resources.go).
+	res *resourceRecorder
 
 	// mu guards the fields below it.
 	mu sync.Mutex
@@ -209,7 +211,7 @@ func NewService(st Store, fleet Fleet, certs Certs, cfg Config, logger *slog.Log
 	if cfg.Leased == nil {
 		cfg.Leased = func(string, string, string) bool { return false }
 	}
-	return &Service{store: st, fleet: fleet, certs: certs, cfg: cfg, logger: logger, leases: map[string][]string{},
+	return &Service{store: st, fleet: fleet, certs: certs, cfg: cfg, logger: logger, leases: map[string][]string{}, res: newResourceRecorder(),
 		observedFrom: time.Now(), activeAt: map[string]time.Time{}, presumed: map[string]bool{}}
 }
 

@@ -197,4 +197,6 @@ type Store interface {
 	GetBuildShareByToken(ctx context.Context, token string) (Share, error)
 	// DeleteBuildShare fails with ErrNotFound when the build is not shared.
 	DeleteBuildShare(ctx context.Context, buildID string) error
+
+	ResourceStore
 }

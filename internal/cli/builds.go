@@ -246,6 +246,9 @@ func printBuildDetail(w io.Writer, b *kilnv1.Build, ins *buildInsights, now time
 	line("error", b.Error)
 	if ins != nil {
 		line("steps", stepSummary(ins.stats))
+		for _, l := range ins.resourceLines() {
+			line(l[0], l[1])
+		}
 	}
 	return tw.Flush()
 }

@@ -65,6 +65,10 @@ type Config struct {
 	Logger *slog.Logger // nil → discard
 }
 
+// DefaultGrace is Config.Grace's default: after it, an ended build's
+// steps are all stored.
+const DefaultGrace = 10 * time.Second
+
 // maxRefs bounds the solves followed per build (a bake of many targets
 // is many solves); later ones are not followed.
 const maxRefs = 256
@@ -134,7 +138,7 @@ func New(cfg Config) (*Follower, error) {
 		cfg.MaxLogBytes = 16 << 20
 	}
 	if cfg.Grace <= 0 {
-		cfg.Grace = 10 * time.Second
+		cfg.Grace = DefaultGrace
 	}
 	if cfg.Flush <= 0 {
 		cfg.Flush = 200 * time.Millisecond

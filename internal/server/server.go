@@ -46,6 +46,9 @@ type Config struct {
 	HealthTimeout time.Duration // cancel builds silent this long; 0 → 5m
 	BuilderIdle   time.Duration // stop builders idle this long; 0 → 10m
 	BuilderStall  time.Duration // restart a builder in use that does not answer this long; 0 → 60s
+	// BuilderMemory caps each builder's memory (buildkitd and its RUN
+	// steps), in bytes; 0: no limit (docs/operating.md "Builder resources").
+	BuilderMemory int64
 	// PublicURL is the base URL users reach the server at (device-login
 	// approve links); "" → http://<bound listen address>.
 	PublicURL string
@@ -127,6 +130,8 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	// The metrics come first: the store reports to them from its opening.
 	// They read the store and the fleet only once serving (Run, scrapes).
 	s.metrics = metrics.New(metrics.Config{Logger: cfg.Logger,
+		// Count a build's steps once the follower has stored them all.
+		StepsDelay: follow.DefaultGrace + 2*time.Second,
 		Steps: func(ctx context.Context, buildID string) ([]build.Step, error) {
 			return s.store.ListSteps(ctx, buildID)
 		},
@@ -244,6 +249,8 @@ func (s *Server) startServices() (*project.Service, error) {
 		CA:            s.ca,
 		IdleTTL:       cfg.BuilderIdle,
 		StallTimeout:  cfg.BuilderStall,
+		MemoryLimit:   cfg.BuilderMemory,
+		OnUsage:       func(u builder.Usage) { builds.RecordBuilderUsage(builderUsage(u)) },
 		Logger:        cfg.Logger,
 		// Only the operator's flags reach buildkitd.toml; builds cannot.
 		InsecureRegistries: cfg.InsecureRegistries,
@@ -538,4 +545,11 @@ func (s *Server) Serve(ctx context.Context) error {
 		return serveErr
 	}
 	return nil
+}
+
+// builderUsage is the fleet's usage report in the build domain's terms.
+func builderUsage(u builder.Usage) build.BuilderUsage {
+	return build.BuilderUsage{ProjectID: u.ProjectID, Platform: u.Platform, Builds: u.Leases, OOMKills: u.OOMKills,
+		Sample: build.ResourceSample{At: u.At, Interval: u.Interval, CPUCores: u.CPUCores, Memory: u.Memory,
+			MemoryPeak: u.MemoryPeak, MemoryLimit: u.MemoryLimit, IORead: u.IORead, IOWrite: u.IOWrite}}
 }

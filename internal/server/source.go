@@ -105,7 +105,7 @@ func (s *Server) openSource(ctx context.Context, mux *http.ServeMux, st store.St
 	if err != nil {
 		return err
 	}
-	svc := &kilnapi.SourceBuildService{Runner: s.runner, Logger: s.cfg.Logger,
+	svc := &kilnapi.SourceBuildService{Runner: s.runner, Logger: s.cfg.Logger, Resources: s.builds.Resources,
 		CustomerOf: func(ctx context.Context, projectID string) string {
 			p, err := st.GetProject(ctx, projectID)
 			if err != nil {

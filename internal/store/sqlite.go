@@ -266,6 +266,8 @@ func (s *SQLite) DeleteProject(ctx context.Context, id string) error {
 			`DELETE FROM build_logs WHERE build_id IN (SELECT id FROM builds WHERE project_id = ?)`,
 			`DELETE FROM build_steps WHERE build_id IN (SELECT id FROM builds WHERE project_id = ?)`,
 			`DELETE FROM build_shares WHERE build_id IN (SELECT id FROM builds WHERE project_id = ?)`,
+			`DELETE FROM build_resource_samples WHERE build_id IN (SELECT id FROM builds WHERE project_id = ?)`,
+			`DELETE FROM build_resource_events WHERE build_id IN (SELECT id FROM builds WHERE project_id = ?)`,
 			`DELETE FROM builds WHERE project_id = ?`,
 			`DELETE FROM tokens WHERE project_id = ?`,
 			`DELETE FROM trust_policies WHERE project_id = ?`,

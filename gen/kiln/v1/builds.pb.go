@@ -1496,6 +1496,302 @@ func (x *RebuildBuildResponse) GetStatus() BuildStatus {
 	return BuildStatus_BUILD_STATUS_UNSPECIFIED
 }
 
+type GetBuildResourcesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BuildId       string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBuildResourcesRequest) Reset() {
+	*x = GetBuildResourcesRequest{}
+	mi := &file_kiln_v1_builds_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBuildResourcesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBuildResourcesRequest) ProtoMessage() {}
+
+func (x *GetBuildResourcesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_builds_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBuildResourcesRequest.ProtoReflect.Descriptor instead.
+func (*GetBuildResourcesRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GetBuildResourcesRequest) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+type GetBuildResourcesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Oldest first.
+	Samples []*ResourceSample `protobuf:"bytes,1,rep,name=samples,proto3" json:"samples,omitempty"`
+	// Oldest first.
+	Events        []*ResourceEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBuildResourcesResponse) Reset() {
+	*x = GetBuildResourcesResponse{}
+	mi := &file_kiln_v1_builds_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBuildResourcesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBuildResourcesResponse) ProtoMessage() {}
+
+func (x *GetBuildResourcesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_builds_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBuildResourcesResponse.ProtoReflect.Descriptor instead.
+func (*GetBuildResourcesResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GetBuildResourcesResponse) GetSamples() []*ResourceSample {
+	if x != nil {
+		return x.Samples
+	}
+	return nil
+}
+
+func (x *GetBuildResourcesResponse) GetEvents() []*ResourceEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// ResourceSample is one sampling interval of a build's builder (its cgroup:
+// buildkitd and its RUN steps).
+type ResourceSample struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// End of the interval.
+	At         *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	IntervalMs int64                  `protobuf:"varint,2,opt,name=interval_ms,json=intervalMs,proto3" json:"interval_ms,omitempty"`
+	// CPU time over wall time in the interval: 1.5 = one and a half cores busy.
+	CpuCores float64 `protobuf:"fixed64,3,opt,name=cpu_cores,json=cpuCores,proto3" json:"cpu_cores,omitempty"`
+	// Working set at `at`: memory in use less inactive file cache.
+	MemoryBytes int64 `protobuf:"varint,4,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	// The builder's highest memory use so far (on cgroup v1 hosts, page cache
+	// included); 0 if the host does not say.
+	MemoryPeakBytes int64 `protobuf:"varint,5,opt,name=memory_peak_bytes,json=memoryPeakBytes,proto3" json:"memory_peak_bytes,omitempty"`
+	// The builder's memory limit (kiln serve --builder-memory); 0: none.
+	MemoryLimitBytes int64 `protobuf:"varint,6,opt,name=memory_limit_bytes,json=memoryLimitBytes,proto3" json:"memory_limit_bytes,omitempty"`
+	// Block-device bytes read and written in the interval.
+	IoReadBytes   int64 `protobuf:"varint,7,opt,name=io_read_bytes,json=ioReadBytes,proto3" json:"io_read_bytes,omitempty"`
+	IoWriteBytes  int64 `protobuf:"varint,8,opt,name=io_write_bytes,json=ioWriteBytes,proto3" json:"io_write_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResourceSample) Reset() {
+	*x = ResourceSample{}
+	mi := &file_kiln_v1_builds_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResourceSample) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResourceSample) ProtoMessage() {}
+
+func (x *ResourceSample) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_builds_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResourceSample.ProtoReflect.Descriptor instead.
+func (*ResourceSample) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ResourceSample) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *ResourceSample) GetIntervalMs() int64 {
+	if x != nil {
+		return x.IntervalMs
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetCpuCores() float64 {
+	if x != nil {
+		return x.CpuCores
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetMemoryPeakBytes() int64 {
+	if x != nil {
+		return x.MemoryPeakBytes
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetMemoryLimitBytes() int64 {
+	if x != nil {
+		return x.MemoryLimitBytes
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetIoReadBytes() int64 {
+	if x != nil {
+		return x.IoReadBytes
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetIoWriteBytes() int64 {
+	if x != nil {
+		return x.IoWriteBytes
+	}
+	return 0
+}
+
+type ResourceEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	At    *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	// "oom_kill": the kernel killed processes of the builder (a RUN step, or
+	// buildkitd) for want of memory. "memory_high": its memory went above
+	// 90 % of its limit (recorded once per build).
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Says what happened, for the build's user.
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// oom_kill: processes killed (at least 1).
+	Count            int32 `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`
+	MemoryBytes      int64 `protobuf:"varint,5,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	MemoryLimitBytes int64 `protobuf:"varint,6,opt,name=memory_limit_bytes,json=memoryLimitBytes,proto3" json:"memory_limit_bytes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ResourceEvent) Reset() {
+	*x = ResourceEvent{}
+	mi := &file_kiln_v1_builds_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResourceEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResourceEvent) ProtoMessage() {}
+
+func (x *ResourceEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_builds_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResourceEvent.ProtoReflect.Descriptor instead.
+func (*ResourceEvent) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ResourceEvent) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *ResourceEvent) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ResourceEvent) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *ResourceEvent) GetCount() int32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *ResourceEvent) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *ResourceEvent) GetMemoryLimitBytes() int64 {
+	if x != nil {
+		return x.MemoryLimitBytes
+	}
+	return 0
+}
+
 var File_kiln_v1_builds_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_builds_proto_rawDesc = "" +
@@ -1630,7 +1926,29 @@ const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\"_\n" +
 	"\x14RebuildBuildResponse\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12,\n" +
-	"\x06status\x18\x02 \x01(\x0e2\x14.kiln.v1.BuildStatusR\x06status*\xc8\x01\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x14.kiln.v1.BuildStatusR\x06status\"5\n" +
+	"\x18GetBuildResourcesRequest\x12\x19\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\"~\n" +
+	"\x19GetBuildResourcesResponse\x121\n" +
+	"\asamples\x18\x01 \x03(\v2\x17.kiln.v1.ResourceSampleR\asamples\x12.\n" +
+	"\x06events\x18\x02 \x03(\v2\x16.kiln.v1.ResourceEventR\x06events\"\xc1\x02\n" +
+	"\x0eResourceSample\x12*\n" +
+	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1f\n" +
+	"\vinterval_ms\x18\x02 \x01(\x03R\n" +
+	"intervalMs\x12\x1b\n" +
+	"\tcpu_cores\x18\x03 \x01(\x01R\bcpuCores\x12!\n" +
+	"\fmemory_bytes\x18\x04 \x01(\x03R\vmemoryBytes\x12*\n" +
+	"\x11memory_peak_bytes\x18\x05 \x01(\x03R\x0fmemoryPeakBytes\x12,\n" +
+	"\x12memory_limit_bytes\x18\x06 \x01(\x03R\x10memoryLimitBytes\x12\"\n" +
+	"\rio_read_bytes\x18\a \x01(\x03R\vioReadBytes\x12$\n" +
+	"\x0eio_write_bytes\x18\b \x01(\x03R\fioWriteBytes\"\xd0\x01\n" +
+	"\rResourceEvent\x12*\n" +
+	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x14\n" +
+	"\x05count\x18\x04 \x01(\x05R\x05count\x12!\n" +
+	"\fmemory_bytes\x18\x05 \x01(\x03R\vmemoryBytes\x12,\n" +
+	"\x12memory_limit_bytes\x18\x06 \x01(\x03R\x10memoryLimitBytes*\xc8\x01\n" +
 	"\vBuildStatus\x12\x1c\n" +
 	"\x18BUILD_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13BUILD_STATUS_QUEUED\x10\x01\x12\x18\n" +
@@ -1638,7 +1956,7 @@ const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\x14BUILD_STATUS_PUSHING\x10\x03\x12\x1a\n" +
 	"\x16BUILD_STATUS_SUCCEEDED\x10\x04\x12\x17\n" +
 	"\x13BUILD_STATUS_FAILED\x10\x05\x12\x19\n" +
-	"\x15BUILD_STATUS_CANCELED\x10\x062\xf8\x04\n" +
+	"\x15BUILD_STATUS_CANCELED\x10\x062\xd4\x05\n" +
 	"\x12SourceBuildService\x12Z\n" +
 	"\x11GenerateUploadURL\x12!.kiln.v1.GenerateUploadURLRequest\x1a\".kiln.v1.GenerateUploadURLResponse\x12H\n" +
 	"\vCreateBuild\x12\x1b.kiln.v1.CreateBuildRequest\x1a\x1c.kiln.v1.CreateBuildResponse\x12?\n" +
@@ -1649,7 +1967,8 @@ const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\n" +
 	"ListBuilds\x12\x1a.kiln.v1.ListBuildsRequest\x1a\x1b.kiln.v1.ListBuildsResponse\x12K\n" +
 	"\fRebuildBuild\x12\x1c.kiln.v1.RebuildBuildRequest\x1a\x1d.kiln.v1.RebuildBuildResponse\x12T\n" +
-	"\x0fRecordGitCommit\x12\x1f.kiln.v1.RecordGitCommitRequest\x1a .kiln.v1.RecordGitCommitResponseB-Z+github.com/kiln-dev/kiln/gen/kiln/v1;kilnv1b\x06proto3"
+	"\x0fRecordGitCommit\x12\x1f.kiln.v1.RecordGitCommitRequest\x1a .kiln.v1.RecordGitCommitResponse\x12Z\n" +
+	"\x11GetBuildResources\x12!.kiln.v1.GetBuildResourcesRequest\x1a\".kiln.v1.GetBuildResourcesResponseB-Z+github.com/kiln-dev/kiln/gen/kiln/v1;kilnv1b\x06proto3"
 
 var (
 	file_kiln_v1_builds_proto_rawDescOnce sync.Once
@@ -1664,7 +1983,7 @@ func file_kiln_v1_builds_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_builds_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kiln_v1_builds_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_kiln_v1_builds_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_kiln_v1_builds_proto_goTypes = []any{
 	(BuildStatus)(0),                  // 0: kiln.v1.BuildStatus
 	(*RecordGitCommitRequest)(nil),    // 1: kiln.v1.RecordGitCommitRequest
@@ -1687,27 +2006,31 @@ var file_kiln_v1_builds_proto_goTypes = []any{
 	(*ListBuildsResponse)(nil),        // 18: kiln.v1.ListBuildsResponse
 	(*RebuildBuildRequest)(nil),       // 19: kiln.v1.RebuildBuildRequest
 	(*RebuildBuildResponse)(nil),      // 20: kiln.v1.RebuildBuildResponse
-	nil,                               // 21: kiln.v1.GenerateUploadURLResponse.HeadersEntry
-	nil,                               // 22: kiln.v1.CreateBuildRequest.BuildArgsEntry
-	nil,                               // 23: kiln.v1.CreateBuildRequest.SecretsEntry
-	(*timestamppb.Timestamp)(nil),     // 24: google.protobuf.Timestamp
+	(*GetBuildResourcesRequest)(nil),  // 21: kiln.v1.GetBuildResourcesRequest
+	(*GetBuildResourcesResponse)(nil), // 22: kiln.v1.GetBuildResourcesResponse
+	(*ResourceSample)(nil),            // 23: kiln.v1.ResourceSample
+	(*ResourceEvent)(nil),             // 24: kiln.v1.ResourceEvent
+	nil,                               // 25: kiln.v1.GenerateUploadURLResponse.HeadersEntry
+	nil,                               // 26: kiln.v1.CreateBuildRequest.BuildArgsEntry
+	nil,                               // 27: kiln.v1.CreateBuildRequest.SecretsEntry
+	(*timestamppb.Timestamp)(nil),     // 28: google.protobuf.Timestamp
 }
 var file_kiln_v1_builds_proto_depIdxs = []int32{
 	3,  // 0: kiln.v1.GenerateUploadURLRequest.project:type_name -> kiln.v1.ProjectRef
-	21, // 1: kiln.v1.GenerateUploadURLResponse.headers:type_name -> kiln.v1.GenerateUploadURLResponse.HeadersEntry
-	24, // 2: kiln.v1.GenerateUploadURLResponse.expires_at:type_name -> google.protobuf.Timestamp
+	25, // 1: kiln.v1.GenerateUploadURLResponse.headers:type_name -> kiln.v1.GenerateUploadURLResponse.HeadersEntry
+	28, // 2: kiln.v1.GenerateUploadURLResponse.expires_at:type_name -> google.protobuf.Timestamp
 	3,  // 3: kiln.v1.CreateBuildRequest.project:type_name -> kiln.v1.ProjectRef
-	22, // 4: kiln.v1.CreateBuildRequest.build_args:type_name -> kiln.v1.CreateBuildRequest.BuildArgsEntry
-	23, // 5: kiln.v1.CreateBuildRequest.secrets:type_name -> kiln.v1.CreateBuildRequest.SecretsEntry
+	26, // 4: kiln.v1.CreateBuildRequest.build_args:type_name -> kiln.v1.CreateBuildRequest.BuildArgsEntry
+	27, // 5: kiln.v1.CreateBuildRequest.secrets:type_name -> kiln.v1.CreateBuildRequest.SecretsEntry
 	0,  // 6: kiln.v1.CreateBuildResponse.status:type_name -> kiln.v1.BuildStatus
 	0,  // 7: kiln.v1.Build.status:type_name -> kiln.v1.BuildStatus
-	24, // 8: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
-	24, // 9: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
-	24, // 10: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
+	28, // 8: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
+	28, // 9: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
+	28, // 10: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
 	8,  // 11: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	24, // 12: kiln.v1.Step.started_at:type_name -> google.protobuf.Timestamp
-	24, // 13: kiln.v1.Step.completed_at:type_name -> google.protobuf.Timestamp
-	24, // 14: kiln.v1.LogLine.at:type_name -> google.protobuf.Timestamp
+	28, // 12: kiln.v1.Step.started_at:type_name -> google.protobuf.Timestamp
+	28, // 13: kiln.v1.Step.completed_at:type_name -> google.protobuf.Timestamp
+	28, // 14: kiln.v1.LogLine.at:type_name -> google.protobuf.Timestamp
 	8,  // 15: kiln.v1.WatchBuildResponse.build:type_name -> kiln.v1.Build
 	12, // 16: kiln.v1.WatchBuildResponse.step:type_name -> kiln.v1.Step
 	13, // 17: kiln.v1.WatchBuildResponse.log:type_name -> kiln.v1.LogLine
@@ -1715,27 +2038,33 @@ var file_kiln_v1_builds_proto_depIdxs = []int32{
 	3,  // 19: kiln.v1.ListBuildsRequest.project:type_name -> kiln.v1.ProjectRef
 	8,  // 20: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
 	0,  // 21: kiln.v1.RebuildBuildResponse.status:type_name -> kiln.v1.BuildStatus
-	4,  // 22: kiln.v1.SourceBuildService.GenerateUploadURL:input_type -> kiln.v1.GenerateUploadURLRequest
-	6,  // 23: kiln.v1.SourceBuildService.CreateBuild:input_type -> kiln.v1.CreateBuildRequest
-	9,  // 24: kiln.v1.SourceBuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	11, // 25: kiln.v1.SourceBuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	15, // 26: kiln.v1.SourceBuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	17, // 27: kiln.v1.SourceBuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	19, // 28: kiln.v1.SourceBuildService.RebuildBuild:input_type -> kiln.v1.RebuildBuildRequest
-	1,  // 29: kiln.v1.SourceBuildService.RecordGitCommit:input_type -> kiln.v1.RecordGitCommitRequest
-	5,  // 30: kiln.v1.SourceBuildService.GenerateUploadURL:output_type -> kiln.v1.GenerateUploadURLResponse
-	7,  // 31: kiln.v1.SourceBuildService.CreateBuild:output_type -> kiln.v1.CreateBuildResponse
-	10, // 32: kiln.v1.SourceBuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	14, // 33: kiln.v1.SourceBuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	16, // 34: kiln.v1.SourceBuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	18, // 35: kiln.v1.SourceBuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	20, // 36: kiln.v1.SourceBuildService.RebuildBuild:output_type -> kiln.v1.RebuildBuildResponse
-	2,  // 37: kiln.v1.SourceBuildService.RecordGitCommit:output_type -> kiln.v1.RecordGitCommitResponse
-	30, // [30:38] is the sub-list for method output_type
-	22, // [22:30] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	23, // 22: kiln.v1.GetBuildResourcesResponse.samples:type_name -> kiln.v1.ResourceSample
+	24, // 23: kiln.v1.GetBuildResourcesResponse.events:type_name -> kiln.v1.ResourceEvent
+	28, // 24: kiln.v1.ResourceSample.at:type_name -> google.protobuf.Timestamp
+	28, // 25: kiln.v1.ResourceEvent.at:type_name -> google.protobuf.Timestamp
+	4,  // 26: kiln.v1.SourceBuildService.GenerateUploadURL:input_type -> kiln.v1.GenerateUploadURLRequest
+	6,  // 27: kiln.v1.SourceBuildService.CreateBuild:input_type -> kiln.v1.CreateBuildRequest
+	9,  // 28: kiln.v1.SourceBuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	11, // 29: kiln.v1.SourceBuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	15, // 30: kiln.v1.SourceBuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	17, // 31: kiln.v1.SourceBuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	19, // 32: kiln.v1.SourceBuildService.RebuildBuild:input_type -> kiln.v1.RebuildBuildRequest
+	1,  // 33: kiln.v1.SourceBuildService.RecordGitCommit:input_type -> kiln.v1.RecordGitCommitRequest
+	21, // 34: kiln.v1.SourceBuildService.GetBuildResources:input_type -> kiln.v1.GetBuildResourcesRequest
+	5,  // 35: kiln.v1.SourceBuildService.GenerateUploadURL:output_type -> kiln.v1.GenerateUploadURLResponse
+	7,  // 36: kiln.v1.SourceBuildService.CreateBuild:output_type -> kiln.v1.CreateBuildResponse
+	10, // 37: kiln.v1.SourceBuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	14, // 38: kiln.v1.SourceBuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	16, // 39: kiln.v1.SourceBuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	18, // 40: kiln.v1.SourceBuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	20, // 41: kiln.v1.SourceBuildService.RebuildBuild:output_type -> kiln.v1.RebuildBuildResponse
+	2,  // 42: kiln.v1.SourceBuildService.RecordGitCommit:output_type -> kiln.v1.RecordGitCommitResponse
+	22, // 43: kiln.v1.SourceBuildService.GetBuildResources:output_type -> kiln.v1.GetBuildResourcesResponse
+	35, // [35:44] is the sub-list for method output_type
+	26, // [26:35] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_builds_proto_init() }
@@ -1758,7 +2087,7 @@ func file_kiln_v1_builds_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_builds_proto_rawDesc), len(file_kiln_v1_builds_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

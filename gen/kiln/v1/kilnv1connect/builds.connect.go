@@ -63,6 +63,9 @@ const (
 	// SourceBuildServiceRecordGitCommitProcedure is the fully-qualified name of the
 	// SourceBuildService's RecordGitCommit RPC.
 	SourceBuildServiceRecordGitCommitProcedure = "/kiln.v1.SourceBuildService/RecordGitCommit"
+	// SourceBuildServiceGetBuildResourcesProcedure is the fully-qualified name of the
+	// SourceBuildService's GetBuildResources RPC.
+	SourceBuildServiceGetBuildResourcesProcedure = "/kiln.v1.SourceBuildService/GetBuildResources"
 )
 
 // SourceBuildServiceClient is a client for the kiln.v1.SourceBuildService service.
@@ -92,6 +95,13 @@ type SourceBuildServiceClient interface {
 	// git context) built, as resolved on its builder. Only the build's own
 	// build token may call it, while the build runs.
 	RecordGitCommit(context.Context, *connect.Request[v1.RecordGitCommitRequest]) (*connect.Response[v1.RecordGitCommitResponse], error)
+	// GetBuildResources returns what the build's builder used while the build
+	// held it: a sample about every second (at most one a second for two
+	// hours, then one in 30) and events (an OOM kill; memory above 90 % of
+	// the builder's limit, once). The numbers are the builder's, not the
+	// build's own: builds sharing a project's builder at the same time get the
+	// same samples. Whoever may read the build may read these.
+	GetBuildResources(context.Context, *connect.Request[v1.GetBuildResourcesRequest]) (*connect.Response[v1.GetBuildResourcesResponse], error)
 }
 
 // NewSourceBuildServiceClient constructs a client for the kiln.v1.SourceBuildService service. By
@@ -153,6 +163,12 @@ func NewSourceBuildServiceClient(httpClient connect.HTTPClient, baseURL string, 
 			connect.WithSchema(sourceBuildServiceMethods.ByName("RecordGitCommit")),
 			connect.WithClientOptions(opts...),
 		),
+		getBuildResources: connect.NewClient[v1.GetBuildResourcesRequest, v1.GetBuildResourcesResponse](
+			httpClient,
+			baseURL+SourceBuildServiceGetBuildResourcesProcedure,
+			connect.WithSchema(sourceBuildServiceMethods.ByName("GetBuildResources")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -166,6 +182,7 @@ type sourceBuildServiceClient struct {
 	listBuilds        *connect.Client[v1.ListBuildsRequest, v1.ListBuildsResponse]
 	rebuildBuild      *connect.Client[v1.RebuildBuildRequest, v1.RebuildBuildResponse]
 	recordGitCommit   *connect.Client[v1.RecordGitCommitRequest, v1.RecordGitCommitResponse]
+	getBuildResources *connect.Client[v1.GetBuildResourcesRequest, v1.GetBuildResourcesResponse]
 }
 
 // GenerateUploadURL calls kiln.v1.SourceBuildService.GenerateUploadURL.
@@ -208,6 +225,11 @@ func (c *sourceBuildServiceClient) RecordGitCommit(ctx context.Context, req *con
 	return c.recordGitCommit.CallUnary(ctx, req)
 }
 
+// GetBuildResources calls kiln.v1.SourceBuildService.GetBuildResources.
+func (c *sourceBuildServiceClient) GetBuildResources(ctx context.Context, req *connect.Request[v1.GetBuildResourcesRequest]) (*connect.Response[v1.GetBuildResourcesResponse], error) {
+	return c.getBuildResources.CallUnary(ctx, req)
+}
+
 // SourceBuildServiceHandler is an implementation of the kiln.v1.SourceBuildService service.
 type SourceBuildServiceHandler interface {
 	// GenerateUploadURL returns a presigned URL that accepts one PUT of a
@@ -235,6 +257,13 @@ type SourceBuildServiceHandler interface {
 	// git context) built, as resolved on its builder. Only the build's own
 	// build token may call it, while the build runs.
 	RecordGitCommit(context.Context, *connect.Request[v1.RecordGitCommitRequest]) (*connect.Response[v1.RecordGitCommitResponse], error)
+	// GetBuildResources returns what the build's builder used while the build
+	// held it: a sample about every second (at most one a second for two
+	// hours, then one in 30) and events (an OOM kill; memory above 90 % of
+	// the builder's limit, once). The numbers are the builder's, not the
+	// build's own: builds sharing a project's builder at the same time get the
+	// same samples. Whoever may read the build may read these.
+	GetBuildResources(context.Context, *connect.Request[v1.GetBuildResourcesRequest]) (*connect.Response[v1.GetBuildResourcesResponse], error)
 }
 
 // NewSourceBuildServiceHandler builds an HTTP handler from the service implementation. It returns
@@ -292,6 +321,12 @@ func NewSourceBuildServiceHandler(svc SourceBuildServiceHandler, opts ...connect
 		connect.WithSchema(sourceBuildServiceMethods.ByName("RecordGitCommit")),
 		connect.WithHandlerOptions(opts...),
 	)
+	sourceBuildServiceGetBuildResourcesHandler := connect.NewUnaryHandler(
+		SourceBuildServiceGetBuildResourcesProcedure,
+		svc.GetBuildResources,
+		connect.WithSchema(sourceBuildServiceMethods.ByName("GetBuildResources")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/kiln.v1.SourceBuildService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case SourceBuildServiceGenerateUploadURLProcedure:
@@ -310,6 +345,8 @@ func NewSourceBuildServiceHandler(svc SourceBuildServiceHandler, opts ...connect
 			sourceBuildServiceRebuildBuildHandler.ServeHTTP(w, r)
 		case SourceBuildServiceRecordGitCommitProcedure:
 			sourceBuildServiceRecordGitCommitHandler.ServeHTTP(w, r)
+		case SourceBuildServiceGetBuildResourcesProcedure:
+			sourceBuildServiceGetBuildResourcesHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -349,4 +386,8 @@ func (UnimplementedSourceBuildServiceHandler) RebuildBuild(context.Context, *con
 
 func (UnimplementedSourceBuildServiceHandler) RecordGitCommit(context.Context, *connect.Request[v1.RecordGitCommitRequest]) (*connect.Response[v1.RecordGitCommitResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kiln.v1.SourceBuildService.RecordGitCommit is not implemented"))
+}
+
+func (UnimplementedSourceBuildServiceHandler) GetBuildResources(context.Context, *connect.Request[v1.GetBuildResourcesRequest]) (*connect.Response[v1.GetBuildResourcesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kiln.v1.SourceBuildService.GetBuildResources is not implemented"))
 }
