@@ -13,7 +13,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/build"
 )
 
-// Migration 00012 adds builds.git_commit, NULL unless a commit is known,
+// Migration 00014 adds builds.git_commit, NULL unless a commit is known,
 // and its down migration drops it again.
 func TestBuildGitCommitMigration(t *testing.T) {
 	ctx := context.Background()
@@ -50,8 +50,8 @@ func TestBuildGitCommitMigration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.DownTo(ctx, 11); err != nil {
-		t.Fatalf("down to 11: %v", err)
+	if _, err := p.DownTo(ctx, 13); err != nil {
+		t.Fatalf("down to 13: %v", err)
 	}
 	if err := s.db.QueryRowContext(ctx, `SELECT git_commit FROM builds LIMIT 1`).Scan(new(sql.NullString)); err == nil {
 		t.Error("git_commit is still there after the down migration")
