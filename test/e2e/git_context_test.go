@@ -275,7 +275,7 @@ func TestGitContextSourceBuild(t *testing.T) {
 	s := startServer(t, "--git-private-hosts")
 	gs := startGitServer(t)
 	v1, head := gs.gitRepo(t, "org/public.git")
-	gs.gitRepo(t, "private/app.git")
+	_, privateHead := gs.gitRepo(t, "private/app.git") // its own commits: another SHA when the clock ticked
 	public := gs.url + "/org/public.git"
 	private := gs.url + "/private/app.git"
 
@@ -327,8 +327,8 @@ func TestGitContextSourceBuild(t *testing.T) {
 	}
 
 	b := create(t, &kilnv1.CreateBuildRequest{GitUrl: private + "#main:app", Secrets: map[string]string{"GIT_AUTH_TOKEN": gitToken}})
-	if b.Status != kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED || b.GitCommit != head {
-		t.Fatalf("private build: %v %q commit %q", b.Status, b.Error, b.GitCommit)
+	if b.Status != kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED || b.GitCommit != privateHead {
+		t.Fatalf("private build: %v %q commit %q; want %s", b.Status, b.Error, b.GitCommit, privateHead)
 	}
 	b = create(t, &kilnv1.CreateBuildRequest{GitUrl: private + "#main:app", Secrets: map[string]string{"GIT_AUTH_TOKEN": "wrong-src-token"}})
 	if b.Status != kilnv1.BuildStatus_BUILD_STATUS_FAILED || !strings.Contains(b.Error, "refused the credentials") || strings.Contains(b.Error, "wrong-src-token") {
