@@ -72,6 +72,9 @@ type Build struct {
 	// (auth/life.go).
 	PolicyIDs []string
 	Until     time.Time
+	// GitCommit is the commit a build of a git context built; "" for
+	// other builds (and until it is known).
+	GitCommit string
 }
 
 // Terminal reports whether the build has ended.

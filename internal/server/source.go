@@ -50,6 +50,9 @@ type SourceConfig struct {
 	// PushAuthFile is a Docker config.json whose "auths" are registries
 	// source builds may push to besides kiln's own; "" → none.
 	PushAuthFile string
+	// GitPrivateHosts lets source builds fetch git contexts from loopback
+	// and private addresses (runner/githost.go).
+	GitPrivateHosts bool
 }
 
 // openSource wires the blob store and the runner, and mounts the upload
@@ -95,6 +98,7 @@ func (s *Server) openSource(ctx context.Context, mux *http.ServeMux, st store.St
 		Archive:                   archive.Limits{CompressedBytes: cfg.MaxUpload},
 		RegistryHost:              s.registryHost,
 		PushAuth:                  pushAuth,
+		GitPrivateHosts:           cfg.GitPrivateHosts,
 		SecretsKey:                key,
 		Logger:                    s.cfg.Logger,
 	})

@@ -59,6 +59,8 @@ func (s *SourceBuildService) buildPB(ctx context.Context, b build.Build, spec ru
 		ImageRefs:     b.ImageRefs,
 		ImageDigest:   b.ImageDigest,
 		ContextKey:    spec.ContextKey,
+		GitUrl:        spec.GitURL,
+		GitCommit:     b.GitCommit,
 		Dockerfile:    spec.Dockerfile,
 		Target:        spec.Target,
 		Platforms:     spec.Platforms,
@@ -101,7 +103,7 @@ func (s *SourceBuildService) CreateBuild(ctx context.Context, req *connect.Reque
 	m := req.Msg
 	pid, cid := projectRef(m.Project)
 	spec := runner.Spec{ContextKey: m.ContextKey, Dockerfile: m.Dockerfile, Target: m.Target, BuildArgs: m.BuildArgs,
-		Tags: m.Tags, Platforms: m.Platforms, NoCache: m.NoCache}
+		Tags: m.Tags, Platforms: m.Platforms, NoCache: m.NoCache, GitURL: m.GitUrl}
 	b, err := s.Runner.Create(ctx, p, pid, cid, spec, m.Secrets)
 	if err != nil {
 		return nil, s.err(ctx, err)
@@ -221,6 +223,17 @@ func (s *SourceBuildService) RebuildBuild(ctx context.Context, req *connect.Requ
 		return nil, s.err(ctx, err)
 	}
 	return connect.NewResponse(&kilnv1.RebuildBuildResponse{BuildId: b.ID, Status: statusPB[b.Status]}), nil
+}
+
+func (s *SourceBuildService) RecordGitCommit(ctx context.Context, req *connect.Request[kilnv1.RecordGitCommitRequest]) (*connect.Response[kilnv1.RecordGitCommitResponse], error) {
+	p, err := depot.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Runner.RecordGitCommit(ctx, p, req.Msg.BuildId, req.Msg.GitCommit); err != nil {
+		return nil, s.err(ctx, err)
+	}
+	return connect.NewResponse(&kilnv1.RecordGitCommitResponse{}), nil
 }
 
 func (s *SourceBuildService) GetBuildResources(ctx context.Context, req *connect.Request[kilnv1.GetBuildResourcesRequest]) (*connect.Response[kilnv1.GetBuildResourcesResponse], error) {
