@@ -3,7 +3,8 @@
 #   buildkitd + buildctl v0.34.2 (from tools/buildkit/go.mod), runc v1.5.3 with seccomp (from
 #   tools/runc/go.mod; the builders' container runtime: kiln puts bin/ first on buildkitd's PATH,
 #   so Debian's older runc, which docker.io pulls in, is not used by builders), kiln, and with
-#   --tests versitygw (an S3 server for tests, from tools/versitygw/go.mod); busybox-static
+#   --tests versitygw (an S3 server for tests, from tools/versitygw/go.mod) and Debian's
+#   clickhouse-server (18.16, for the ClickHouse export's tests); busybox-static
 #   (local base images), the CNI plugins and iptables (bridge networking for RUN steps),
 #   libseccomp-dev + pkg-config (to build runc); QEMU binfmt emulation and
 #   bin/busybox-<foreign arch> for multi-platform builds (setup-multiplatform.sh).
@@ -12,8 +13,8 @@
 # Safe to run again; it only rebuilds what is missing or stale.
 #
 # Usage: hack/setup.sh [--tests]
-#   --tests  also build what only the tests need (versitygw); `make test` passes it,
-#            `make demo` does not.
+#   --tests  also install what only the tests need (versitygw, clickhouse-server);
+#            `make test` passes it, `make demo` does not.
 # The first run compiles for about 15 minutes (most of it buildkitd); each long step says
 # what it builds and roughly how long it takes before it starts (Go's own "go: downloading"
 # lines come first: the modules it fetches).
@@ -36,6 +37,11 @@ for p in busybox-static ca-certificates make git curl gcc libc6-dev libseccomp-d
 done
 # A Docker engine and CLI: --load targets and the CLI-plugin tests.
 { command -v dockerd && command -v docker; } >/dev/null || need_pkgs+=(docker.io)
+# ClickHouse for the export's end-to-end test (test/e2e/clickhouse_test.go), which runs its own
+# server in a temporary directory on loopback; the package's system service is not used.
+if [ "$for_tests" = 1 ]; then
+  dpkg -s clickhouse-server >/dev/null 2>&1 || need_pkgs+=(clickhouse-server)
+fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: installing ${need_pkgs[*]} needs root (sudo $0)" >&2; exit 1

@@ -49,7 +49,7 @@ const maxTags = 20
 // WithContextDir builds the directory dir: it is sent to the builder
 // incrementally, honouring its .dockerignore, as `kiln build DIR` sends it.
 // A relative dir is relative to the working directory. Give exactly one of
-// WithContextDir, [WithContextTar] and [WithUploadedContext].
+// WithContextDir, [WithContextTar], [WithGitContext] and [WithUploadedContext].
 func WithContextDir(dir string) Option {
 	return optionFunc(func(s *settings) error {
 		if dir == "" {
@@ -76,6 +76,24 @@ func WithContextTar(r io.Reader) Option {
 		}
 		s.contexts++
 		s.req.Context = buildreq.Context{Tar: r}
+		return nil
+	})
+}
+
+// WithGitContext builds a git repository the project's builder fetches
+// itself, as `kiln build URL` does: "https://host/org/repo.git#ref:subdir"
+// (ref: a branch, a tag or a full commit SHA). Nothing of the source
+// passes through this process. A private repository's token is a secret:
+// WithSecret("GIT_AUTH_TOKEN", token) (or GIT_AUTH_TOKEN.<host>,
+// GIT_AUTH_HEADER.<host>). The build is pinned to the commit the ref names
+// when it starts. See docs/git-contexts.md.
+func WithGitContext(url string) Option {
+	return optionFunc(func(s *settings) error {
+		if _, err := buildreq.ParseGitURL(url); err != nil {
+			return invalidf("WithGitContext: %v", err)
+		}
+		s.contexts++
+		s.req.Context = buildreq.Context{Git: url}
 		return nil
 	})
 }
@@ -322,9 +340,9 @@ func checkID(opt, id string) error {
 func (s *settings) check() error {
 	switch {
 	case s.contexts == 0:
-		return invalidf("no build context: give WithContextDir, WithContextTar or WithUploadedContext")
+		return invalidf("no build context: give WithContextDir, WithContextTar, WithGitContext or WithUploadedContext")
 	case s.contexts > 1:
-		return invalidf("%d build contexts: give one of WithContextDir, WithContextTar and WithUploadedContext", s.contexts)
+		return invalidf("%d build contexts: give one of WithContextDir, WithContextTar, WithGitContext and WithUploadedContext", s.contexts)
 	}
 	if p := s.req.Dockerfile.Path; p != "" && filepath.IsAbs(p) && s.req.Context.Dir == "" {
 		return invalidf("WithDockerfile %q: with an archive or an uploaded context, the Dockerfile is a path inside it", p)

@@ -315,6 +315,8 @@ func TestBadOptionsFailBeforeTheServer(t *testing.T) {
 		"two contexts":      {sdk.WithContextDir(dir), sdk.WithUploadedContext("k")},
 		"ssh with uploaded": {sdk.WithUploadedContext("k"), sdk.WithSSHKey("default", []byte("-----BEGIN OPENSSH PRIVATE KEY-----\nAA==\n-----END OPENSSH PRIVATE KEY-----\n"))},
 		"bad tag":           {sdk.WithContextDir(dir), sdk.WithTags("-nope")},
+		"file git context":  {sdk.WithGitContext("file:///srv/repo.git")},
+		"git and dir":       {sdk.WithContextDir(dir), sdk.WithGitContext("https://example.com/r.git#main")},
 	} {
 		_, err := sdk.NewBuilder(nil, append(opts, server)...)
 		if !errors.Is(err, sdk.ErrInvalid) {

@@ -30,7 +30,7 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 		Example: `  kiln serve
   kiln serve --data /srv/kiln --addr 127.0.0.1:7420
   KILN_DATA=/tmp/kiln kiln serve --health-timeout 1m
-  kiln serve --addr 0.0.0.0:7420 --public-url https://kiln.example.com` + oidcServeExample + registryServeExample + sourceServeExample + isolationServeExample,
+  kiln serve --addr 0.0.0.0:7420 --public-url https://kiln.example.com` + oidcServeExample + registryServeExample + sourceServeExample + isolationServeExample + clickhouseServeExample,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var level slog.Level
@@ -65,9 +65,10 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 	f.DurationVar(&cfg.HealthTimeout, "health-timeout", 5*time.Minute, "cancel a build whose client has not reported health for this long")
 	f.DurationVar(&cfg.BuilderIdle, "builder-idle-timeout", 10*time.Minute, "stop a builder idle this long (its cache is kept)")
 	f.DurationVar(&cfg.BuilderStall, "builder-stall-timeout", 60*time.Second, "kill and restart a builder in use that does not answer for this long (its builds fail)")
+	f.Var(byteSize{&cfg.BuilderMemory}, "builder-memory", "memory limit of each builder, buildkitd and its RUN steps together (a cgroup's: a step that allocates past it is OOM-killed and its build fails), e.g. 4GiB; 0: no limit")
 	f.DurationVar(&cfg.AuditRetention, "audit-retention", 90*24*time.Hour, "prune audit log events older than this (the newest 1,000,000 are kept at most)")
 	f.StringArrayVar(&cfg.InsecureRegistries, "insecure-registry", nil, "registry HOST[:PORT] builders reach over plain HTTP (repeatable); kiln's own registry is always reached over TLS")
-	f.StringVar(&cfg.AdminAddr, "admin-addr", cliflag.EnvOr("KILN_ADMIN_ADDR", server.DefaultAdminAddr), "host:port of the admin listener: Go's profiles at /debug/pprof/, no authentication, so keep it on loopback; \"\" turns it off; its bound address is written to DATA/admin.addr (env KILN_ADMIN_ADDR)")
+	f.StringVar(&cfg.AdminAddr, "admin-addr", cliflag.EnvOr("KILN_ADMIN_ADDR", server.DefaultAdminAddr), "host:port of the admin listener: Go's profiles at /debug/pprof/ and Prometheus metrics at /metrics, no authentication, so keep it on loopback; \"\" turns it off; its bound address is written to DATA/admin.addr (env KILN_ADMIN_ADDR)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.DurationVar(&cfg.BodyTimeout, "body-timeout", server.DefaultBodyTimeout, "drop a request whose body sends nothing for this long (uploads that keep moving are not cut)")
 	f.DurationVar(&cfg.StreamBodyTimeout, "stream-body-timeout", server.DefaultStreamBodyTimeout, "the same for client streams (build status, health), whose messages may be minutes apart")
@@ -75,5 +76,6 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 	registerRegistryFlags(f, &cfg.Registry)
 	registerSourceFlags(f, &cfg.Source)
 	registerIsolationFlags(f, &cfg)
+	registerClickHouseFlags(f, &cfg.ClickHouse)
 	return cmd
 }

@@ -42,4 +42,6 @@ func registerSourceFlags(f *pflag.FlagSet, cfg *server.SourceConfig) {
 		"bytes of uploaded contexts one project may have retained (an upload of undeclared size reserves what is left); more upload URLs are refused (ResourceExhausted)")
 	f.StringVar(&cfg.PushAuthFile, "push-auth-file", os.Getenv("KILN_PUSH_AUTH_FILE"),
 		"Docker config.json with credentials (\"auths\") of registries source builds may push to besides kiln's own (env KILN_PUSH_AUTH_FILE)")
+	f.BoolVar(&cfg.GitPrivateHosts, "git-private-hosts", os.Getenv("KILN_GIT_PRIVATE_HOSTS") == "1",
+		"let source builds fetch git contexts from loopback and private addresses (buildkitd fetches them from the host's network, outside the builders' egress rules; env KILN_GIT_PRIVATE_HOSTS=1)")
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/engine"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/session"
+	"github.com/kiln-dev/kiln/internal/steps"
 )
 
 // bakeTarget is one target during a bake.
@@ -495,17 +496,21 @@ func (r *bakeRun) solve(ctx context.Context, t *bakeTarget, o buildreq.Request, 
 	}
 
 	tap := func(st *bkclient.SolveStatus) *bkclient.SolveStatus {
-		st = engine.PrefixStatus(prefix, st)
-		r.display <- st
+		r.display <- engine.PrefixStatus(prefix, st)
 		if handOver {
 			return nil
 		}
+		// Reported as BuildKit sent it: the targets' shared stages are
+		// the same vertices, one step each, as the builder records them.
 		return st
 	}
 	var msgs io.Writer = targetWriter{w: r.stderr, target: t.Name}
 	if handOver {
 		msgs = io.Discard // the main solve said it all
 	}
+	// The steps kiln records from the builder are named with the target,
+	// as this display shows them.
+	ctx = steps.WithLabel(ctx, t.Name)
 	resp, err := t.project.remote.Run(ctx, req, session.RunOptions{Wait: r.o.Wait, Messages: msgs, Tap: tap})
 	if err != nil {
 		req.Close()

@@ -116,6 +116,11 @@ type Config struct {
 	GatewayAddr func() string
 	// Observer is told of builds' lives (see Observer); nil → nobody.
 	Observer Observer
+	// OnAcquire is told how long each GetBuildKitConnection waited for
+	// the project's builder (the fleet's Ensure, and HoldPending's wait
+	// for a starting one) and how it ended: ready, still pending (the
+	// client asks again), or err. It must not block. nil → nobody.
+	OnAcquire func(wait time.Duration, ready bool, err error)
 	// Revoke cuts a build's builder connections (the gateway's Revoke); it
 	// is called whenever a build ends. nil: nothing to cut.
 	Revoke func(buildID string)
@@ -144,6 +149,8 @@ type Service struct {
 	certs  Certs
 	cfg    Config
 	logger *slog.Logger
+	// res queues builder usage for the store (resources.go).
+	res *resourceRecorder
 
 	// mu guards the fields below it.
 	mu sync.Mutex
@@ -195,13 +202,16 @@ func NewService(st Store, fleet Fleet, certs Certs, cfg Config, logger *slog.Log
 	if cfg.Observer == nil {
 		cfg.Observer = Observers(nil)
 	}
+	if cfg.OnAcquire == nil {
+		cfg.OnAcquire = func(time.Duration, bool, error) {}
+	}
 	if cfg.Active == nil {
 		cfg.Active = func(string) bool { return false }
 	}
 	if cfg.Leased == nil {
 		cfg.Leased = func(string, string, string) bool { return false }
 	}
-	return &Service{store: st, fleet: fleet, certs: certs, cfg: cfg, logger: logger, leases: map[string][]string{},
+	return &Service{store: st, fleet: fleet, certs: certs, cfg: cfg, logger: logger, leases: map[string][]string{}, res: newResourceRecorder(),
 		observedFrom: time.Now(), activeAt: map[string]time.Time{}, presumed: map[string]bool{}}
 }
 
@@ -390,14 +400,18 @@ func (s *Service) connect(ctx context.Context, b Build, platform string) (Connec
 	}
 	s.lease(b.ProjectID, platform, b.ID)
 	want := SpecFor(proj, platform)
+	acquiring := time.Now()
 	ep, ready, err := s.fleet.Ensure(want)
 	if err != nil {
+		s.cfg.OnAcquire(time.Since(acquiring), false, err)
 		return Connection{}, err
 	}
 	if !ready {
-		if ep, ready, err = s.holdPending(ctx, want); err != nil || !ready {
-			return Connection{WaitMs: s.cfg.WaitMs}, err
-		}
+		ep, ready, err = s.holdPending(ctx, want)
+	}
+	s.cfg.OnAcquire(time.Since(acquiring), ready, err)
+	if err != nil || !ready {
+		return Connection{WaitMs: s.cfg.WaitMs}, err
 	}
 	ttl := s.cfg.ClientCertTTL
 	if !b.Until.IsZero() {

@@ -2,7 +2,6 @@ package build
 
 import (
 	"context"
-	"strings"
 
 	"github.com/kiln-dev/kiln/internal/steps"
 )
@@ -13,17 +12,13 @@ import (
 // streams its solve's status), only steps of its own (the depot CLI's
 // "[depot] …"), or nothing at all (depot-go, buildctl, buildx).
 //
-// The rule that keeps them from counting twice:
-//   - A step is one step by digest: whoever reports it, the reports merge
-//     (MergeStep), so the client's copy of a vertex adds nothing new.
-//   - A client step with no vertex digest (ReportTimings without a stable
-//     digest, stored as "name:<name>") would be a second copy of a vertex
-//     under another key: of a followed build it is kept only if it is the
-//     client's own step.
-//   - Log lines are the builder's: a client's line is kept only when it
-//     belongs to a client's own step, by the name the report (or the
-//     store) gives its digest. Lines of any other digest are the
-//     builder's to store and would be there twice.
+// The rule that keeps them from counting twice: the builder is the
+// authority for BuildKit's vertices. Of a followed build's client report,
+// kiln keeps only the client's own steps and their log lines, by the name
+// the report (or, for an update without a name, the store) gives the
+// step's digest. A client's copy of a vertex is dropped, whatever its
+// digest: clients may rename and re-key vertices (kiln bake prefixes each
+// target's, as buildx does), and such a copy would count twice.
 //
 // A client's own steps are named "[depot] …" or "[kiln] …"; they are kept
 // as steps and never counted (CountedSteps).
@@ -32,44 +27,50 @@ import (
 // around the build (steps.IsClientStep).
 func IsClientStep(name string) bool { return steps.IsClientStep(name) }
 
-// nameDigestPrefix marks a reported step with no digest of its own.
-const nameDigestPrefix = "name:"
-
 // clientOnly keeps of a followed build's client report what the builder
-// cannot show (see the rule above).
+// cannot show: the client's own steps and their lines (see the rule above).
 func (s *Service) clientOnly(ctx context.Context, buildID string, steps []Step, logs []LogLine) ([]Step, []LogLine, error) {
 	names := map[string]string{} // digest → step name, from this report
-	var kept []Step
 	for _, st := range steps {
 		if st.Name != "" {
 			names[st.Digest] = st.Name
 		}
-		if strings.HasPrefix(st.Digest, nameDigestPrefix) && !IsClientStep(st.Name) {
-			continue
-		}
-		kept = append(kept, st)
 	}
-	if len(logs) == 0 {
-		return kept, nil, nil
-	}
-	var stored map[string]string // loaded once, if a line needs it
-	var keptLogs []LogLine
-	for _, l := range logs {
-		name, ok := names[l.Digest]
+	var stored map[string]string // digest → name in the store, loaded once if needed
+	own := func(digest string) (bool, error) {
+		name, ok := names[digest]
 		if !ok {
 			if stored == nil {
 				all, err := s.store.ListSteps(ctx, buildID)
 				if err != nil {
-					return nil, nil, err
+					return false, err
 				}
 				stored = make(map[string]string, len(all))
 				for _, st := range all {
 					stored[st.Digest] = st.Name
 				}
 			}
-			name = stored[l.Digest]
+			name = stored[digest]
 		}
-		if IsClientStep(name) {
+		return IsClientStep(name), nil
+	}
+	var kept []Step
+	for _, st := range steps {
+		ok, err := own(st.Digest)
+		if err != nil {
+			return nil, nil, err
+		}
+		if ok {
+			kept = append(kept, st)
+		}
+	}
+	var keptLogs []LogLine
+	for _, l := range logs {
+		ok, err := own(l.Digest)
+		if err != nil {
+			return nil, nil, err
+		}
+		if ok {
 			keptLogs = append(keptLogs, l)
 		}
 	}

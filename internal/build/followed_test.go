@@ -33,10 +33,12 @@ func TestFollowedBuildCountsEachStepOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The client: the same vertices (partially), the same log line, its
-	// own step with a log line, and ReportTimings-style steps with no
-	// digest, which would otherwise be second copies.
+	// own step with a log line, ReportTimings-style steps with no digest,
+	// and a vertex re-keyed under a prefixed name as kiln bake reports a
+	// target's, which would otherwise be second copies.
 	client := []build.Step{
 		{Digest: "sha256:b", Name: "[2/2] RUN echo hi", StartedAt: t1},
+		{Digest: "sha256:app-b", Name: "[app 2/2] RUN echo hi", StartedAt: t1, CompletedAt: t2},
 		{Digest: "sha256:d", Name: "[depot] launching amd64 machine", StartedAt: t0, CompletedAt: t0},
 		{Digest: "name:[1/2] FROM busybox", Name: "[1/2] FROM busybox", Cached: true},
 		{Digest: "name:[depot] connecting", Name: "[depot] connecting"},
@@ -78,12 +80,12 @@ func TestFollowedBuildCountsEachStepOnce(t *testing.T) {
 	if err := e.svc.ReportSteps(ctx, e.org, other.ID, client, logs); err != nil {
 		t.Fatal(err)
 	}
-	if all, _ := e.svc.Steps(ctx, e.org, other.ID); len(all) != 4 {
-		t.Errorf("unfollowed build: %d steps, want all 4 reported", len(all))
+	if all, _ := e.svc.Steps(ctx, e.org, other.ID); len(all) != 5 {
+		t.Errorf("unfollowed build: %d steps, want all 5 reported", len(all))
 	}
 	_, st, _ = e.svc.Stats(ctx, e.org, other.ID)
-	if st.TotalSteps != 2 {
-		t.Errorf("unfollowed build counts %d steps; want 2 (never the [depot] ones)", st.TotalSteps)
+	if st.TotalSteps != 3 {
+		t.Errorf("unfollowed build counts %d steps; want 3 (never the [depot] ones)", st.TotalSteps)
 	}
 }
 

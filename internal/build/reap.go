@@ -61,9 +61,13 @@ func (s *Service) ReapAbandoned(ctx context.Context) error {
 	return nil
 }
 
-// Run reaps abandoned builds until ctx ends. The interval follows the
+// Run reaps abandoned builds, and writes builder usage (resources.go),
+// until ctx ends. The reaper's interval follows the
 // timeout so a short test timeout is honoured promptly.
 func (s *Service) Run(ctx context.Context) {
+	wrote := make(chan struct{})
+	go func() { s.writeResources(ctx); close(wrote) }()
+	defer func() { <-wrote }() // its last batch is written before Run returns
 	every := max(min(s.cfg.HealthTimeout/4, 15*time.Second), 100*time.Millisecond)
 	ticker.Run(ctx.Done(), every, func(now time.Time, paused time.Duration) {
 		if paused > 0 {

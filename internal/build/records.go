@@ -72,6 +72,9 @@ type Build struct {
 	// (auth/life.go).
 	PolicyIDs []string
 	Until     time.Time
+	// GitCommit is the commit a build of a git context built; "" for
+	// other builds (and until it is known).
+	GitCommit string
 }
 
 // Terminal reports whether the build has ended.
@@ -194,4 +197,6 @@ type Store interface {
 	GetBuildShareByToken(ctx context.Context, token string) (Share, error)
 	// DeleteBuildShare fails with ErrNotFound when the build is not shared.
 	DeleteBuildShare(ctx context.Context, buildID string) error
+
+	ResourceStore
 }

@@ -71,6 +71,8 @@ type Outcome struct {
 	Result
 	ImageRefs   []string
 	ImageDigest string
+	// GitCommit is the commit a git context was built from.
+	GitCommit string
 }
 
 // FinishSource ends a source build unless it already ended, forgets its
@@ -90,6 +92,7 @@ func (s *Service) FinishSource(ctx context.Context, id string, o Outcome) (Build
 		if o.Status == Succeeded {
 			b.ImageRefs, b.ImageDigest = o.ImageRefs, o.ImageDigest
 		}
+		b.GitCommit = o.GitCommit // known once resolved, whatever the end
 		return nil
 	})
 	if err != nil {

@@ -83,6 +83,10 @@ insecure-entitlements = []
   bridgeName = {{q .Net.Bridge}}
   bridgeSubnet = {{q .Net.Subnet}}
   cniPoolSize = 4
+{{- if .Net.CgroupParent}}
+  # RUN steps run in cgroups below this builder's (its memory limit).
+  defaultCgroupParent = {{q .Net.CgroupParent}}
+{{- end}}
 {{- range .GC}}
 
   [[worker.oci.gcpolicy]]
@@ -117,14 +121,19 @@ insecure-entitlements = []
 {{- end}}{{end}}
 `))
 
-// netSettings are a builder's network settings in buildkitd.toml.
-type netSettings struct {
+// workerSettings are a builder's own settings of its OCI worker in
+// buildkitd.toml: its RUN steps' network, and the cgroup they run under.
+type workerSettings struct {
 	CNIBinDir, Bridge, Subnet string
+	// CgroupParent is the builder's cgroup (cgroup.go); its RUN steps get
+	// cgroups below it, under its memory limit. "": BuildKit's default
+	// (/buildkit/<id>, outside any builder's cgroup).
+	CgroupParent string
 }
 
 // renderConfig renders buildkitd.toml for spec; insecureRegistries and
 // own.Host have been checked with checkRegistryHost (NewFleet does).
-func renderConfig(spec Spec, insecureRegistries []string, own OwnRegistry, net netSettings) ([]byte, error) {
+func renderConfig(spec Spec, insecureRegistries []string, own OwnRegistry, net workerSettings) ([]byte, error) {
 	if slices.Contains(insecureRegistries, own.Host) {
 		own = OwnRegistry{} // the operator's --insecure-registry wins (one TOML table per host)
 	}
@@ -133,7 +142,7 @@ func renderConfig(spec Spec, insecureRegistries []string, own OwnRegistry, net n
 		GC                 []gcRule
 		InsecureRegistries []string
 		OwnRegistry        OwnRegistry
-		Net                netSettings
+		Net                workerSettings
 	}{gcPolicy(spec.KeepBytes, spec.KeepDuration), insecureRegistries, own, net})
 	if err != nil {
 		return nil, fmt.Errorf("render buildkitd.toml: %w", err)

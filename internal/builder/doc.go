@@ -41,5 +41,14 @@
 // /run/runc, which it then removes with the containers' cgroups). Last, it
 // detaches every mount under the directory.
 //
+// Each builder also has a cgroup of its own (cgroup v1 or v2, detected at
+// start; cgroup.go): buildkitd in it, its RUN steps below it (BuildKit's
+// defaultCgroupParent), under Config.MemoryLimit, so that a step that
+// outgrows the limit is OOM-killed inside its builder. While builds hold a
+// builder, the fleet reads its cgroup every second and reports CPU, memory,
+// disk I/O and OOM kills for those builds (Config.OnUsage; resources.go).
+// The cgroup goes with the run; what a killed kiln left is killed and
+// removed by the next NewFleet on the same Root.
+//
 // The package only works as root on Linux, as buildkitd's OCI worker does.
 package builder

@@ -59,6 +59,15 @@ type Config struct {
 	// operator's proxy settings). Nothing else of kiln's environment reaches
 	// a builder: see buildkitdEnv.
 	PassEnv []string
+	// MemoryLimit caps each builder's memory, buildkitd and its RUN steps
+	// together, in bytes (its cgroup's limit: the kernel OOM-kills a step
+	// that outgrows it); 0: no limit. NewFleet fails if the machine has no
+	// cgroups to enforce it with.
+	MemoryLimit int64
+	// OnUsage is told, about every second, what each builder held by builds
+	// used (resources.go). It is called from a fleet goroutine and must not
+	// block. nil: no samples.
+	OnUsage func(Usage)
 }
 
 // OwnRegistry is how builders reach kiln's own registry.
@@ -134,6 +143,11 @@ type Fleet struct {
 	egressMu sync.Mutex
 	// releasePool gives up the claim on Network.Pool (Close).
 	releasePool func()
+	// cg is the machine's cgroup setup (version cgroupNone: builders run
+	// without cgroups); cgBase the cgroup of this fleet's builders.
+	// Set by NewFleet, then read-only.
+	cg     cgroupSystem
+	cgBase string
 
 	quit chan struct{}  // closed by Close; stops the reaper
 	wg   sync.WaitGroup // runBuilder goroutines, the reaper, background stops
@@ -168,6 +182,9 @@ type builder struct {
 	wedgedAt time.Time
 	restart  bool          // start again once the current run is gone (Ensure during a stop)
 	changed  chan struct{} // closed and replaced at every state change; Acquire waits on it
+	// sampleLeases are the leases held at any time since the sampler's
+	// last tick, which resets it to leases.
+	sampleLeases map[string]bool
 }
 
 // run is one buildkitd process of a builder, from launch to cleanup.
@@ -183,6 +200,12 @@ type run struct {
 	// failed but carry over to the restart (no solve was in progress).
 	cause      error
 	keepLeases bool
+	// cgroup is the run's cgroup ("" without); usage, usageAt the last
+	// reading of it (resources.go: readRun), starting from zero at launch.
+	cgroup  string
+	usage   *cgroupUsage
+	usageAt time.Time
+	oom     *oomWatch // cgroup v1's OOM notifications; nil without (v2, or no cgroup)
 }
 
 func (b *builder) stateDir() string { return filepath.Join(b.dir, "state") }
@@ -229,6 +252,9 @@ func NewFleet(cfg Config) (*Fleet, error) {
 			return nil, fmt.Errorf("builder: insecure registry %q: %w", h, err)
 		}
 	}
+	if cfg.MemoryLimit < 0 {
+		return nil, fmt.Errorf("builder: negative memory limit: %w", errdefs.ErrInvalid)
+	}
 	if cfg.IdleTTL <= 0 {
 		cfg.IdleTTL = defaultIdleTTL
 	}
@@ -272,10 +298,15 @@ func NewFleet(cfg Config) (*Fleet, error) {
 		resetting:   map[string]int{},
 		quit:        make(chan struct{}),
 	}
+	if err := f.setupCgroups(); err != nil {
+		release()
+		return nil, fmt.Errorf("builder: %w", err)
+	}
 	f.keepReserve() // reserve.go
-	f.wg.Add(2)
+	f.wg.Add(3)
 	go f.reap()
 	go f.watch()
+	go f.sample()
 	return f, nil
 }
 
@@ -405,6 +436,17 @@ func (f *Fleet) Lookup(serverName string) (projectID, socket string, ok bool) {
 	return b.projectID, b.sock(), true
 }
 
+// PlatformOf returns the platform ("linux/arm64") of the builder named
+// serverName, or "" for a name no builder has.
+func (f *Fleet) PlatformOf(serverName string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if b, ok := f.names[serverName]; ok {
+		return b.platform
+	}
+	return ""
+}
+
 // Lease marks the builder in use by leaseID (a build id): it is not stopped
 // for idleness while it has leases, and OnExit reports them if it crashes.
 // Leasing a builder that is not running is allowed (and records it).
@@ -420,6 +462,10 @@ func (f *Fleet) Lease(projectID, platform, leaseID string) {
 	if _, ok := b.leases[leaseID]; !ok {
 		b.leases[leaseID] = time.Now()
 	}
+	if b.sampleLeases == nil {
+		b.sampleLeases = map[string]bool{}
+	}
+	b.sampleLeases[leaseID] = true
 }
 
 // Leased reports whether leaseID holds the builder of projectID for
@@ -620,6 +666,7 @@ func (f *Fleet) Close(ctx context.Context) error {
 	for _, d := range sockDirs {
 		_ = os.RemoveAll(d)
 	}
+	f.removeCgroups()
 	f.removeNetworks()
 	f.releasePool()
 	return nil

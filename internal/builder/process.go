@@ -106,29 +106,38 @@ func (f *Fleet) runBuilder(b *builder, r *run, spec Spec, netIndex int) {
 	defer f.wg.Done()
 	log := f.log.With("project", b.projectID, "platform", b.platform)
 
-	cmd, logDone, err := f.launch(b, spec, netIndex, func() { f.diskFull(b, r) })
+	cmd, logDone, egress, cgroup, err := f.launch(b, spec, netIndex, func() { f.diskFull(b, r) })
 	if err != nil {
 		log.Warn("builder failed to start", "err", err)
 		f.finishRun(b, r, f.startFailed(b, "kiln could not launch it"), true, time.Now())
 		return
 	}
 	pgid := cmd.Process.Pid // Setpgid: buildkitd leads its own group
+	var oom *oomWatch
+	if cgroup != "" {
+		if oom, err = f.cg.watchOOM(cgroup); err != nil {
+			log.Warn("builder OOM notifications unavailable; OOM kills of RUN steps may go unrecorded", "cgroup", cgroup, "err", err)
+		}
+	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 
 	f.mu.Lock()
 	r.proc = cmd.Process
+	// A new cgroup's counters start at zero: the first sample covers the
+	// time since launch.
+	r.cgroup, r.usage, r.usageAt, r.oom = cgroup, &cgroupUsage{}, time.Now(), oom
 	b.broadcastLocked()
 	f.mu.Unlock()
 	log.Info("buildkitd started", "pid", pgid, "socket", b.sock(), "bridge", f.cfg.Network.bridge(netIndex), "subnet", f.cfg.Network.subnet(netIndex))
 
 	start := time.Now()
-	if err, gone := f.waitReady(b, r, exited, logDone); err != nil {
+	if err, gone := f.waitReady(b, r, exited, logDone, egress); err != nil {
 		_ = cmd.Process.Kill()
 		if !gone {
 			<-exited
 		}
-		f.cleanup(b, pgid)
+		f.cleanup(b, r, pgid)
 		f.finishRun(b, r, err, true, time.Now())
 		return
 	}
@@ -156,7 +165,7 @@ func (f *Fleet) runBuilder(b *builder, r *run, spec Spec, netIndex int) {
 	}
 	cause := r.cause
 	f.mu.Unlock()
-	f.cleanup(b, pgid)
+	f.cleanup(b, r, pgid)
 	// The cleanup killed whatever held the log pipe; let the copy catch up
 	// so the server log can quote buildkitd's last line.
 	waitLog(logDone)
@@ -195,11 +204,27 @@ func (f *Fleet) startFailed(b *builder, why string) error {
 		b.projectID, b.platform, why)
 }
 
-// cleanup kills what is left of a run's process tree and detaches its mounts.
-func (f *Fleet) cleanup(b *builder, pgid int) {
-	n, err := cleanupTree(b.dir, pgid)
-	if n > 0 || err != nil {
-		f.log.Info("builder process tree cleaned up", "project", b.projectID, "platform", b.platform, "stragglers_killed", n, "err", err)
+// cleanup kills what is left of a run's process tree, detaches its mounts
+// and removes its cgroup (after reporting an OOM kill the sampler has not
+// seen yet). Everything in the cgroup is the builder's: it is killed
+// first, then what cleanupTree finds by path (RUN steps of a build that
+// named a cgroup parent of its own).
+func (f *Fleet) cleanup(b *builder, r *run, pgid int) {
+	var n int
+	if r.cgroup != "" {
+		f.lastUsage(b, r)
+		if pgid > 0 {
+			_ = unix.Kill(-pgid, unix.SIGKILL)
+		}
+		n = f.killCgroup(r.cgroup)
+	}
+	m, err := cleanupTree(b.dir, pgid)
+	if r.cgroup != "" {
+		r.oom.close()
+		f.removeCgroup(b, r.cgroup)
+	}
+	if n+m > 0 || err != nil {
+		f.log.Info("builder process tree cleaned up", "project", b.projectID, "platform", b.platform, "stragglers_killed", n+m, "err", err)
 	}
 }
 
@@ -281,7 +306,9 @@ func (f *Fleet) finishRun(b *builder, r *run, err error, duringStart bool, diedA
 //
 // onDiskFull is called (from the log copy) when buildkitd's output says it
 // ran out of disk space: BuildKit stays wedged after that until restarted.
-func (f *Fleet) launch(b *builder, spec Spec, netIndex int, onDiskFull func()) (*exec.Cmd, <-chan struct{}, error) {
+//
+// It returns the cgroup buildkitd runs in ("" when the fleet has none).
+func (f *Fleet) launch(b *builder, spec Spec, netIndex int, onDiskFull func()) (_ *exec.Cmd, _ <-chan struct{}, egress <-chan error, cgroup string, err error) {
 	// What a dead run left in its TMPDIR (BuildKit's buildkit-mount* and
 	// buildkit* directories) goes: nothing of a previous run is in use, and
 	// its mounts were detached by the cleanup (checked, so that a mount
@@ -293,35 +320,58 @@ func (f *Fleet) launch(b *builder, spec Spec, netIndex int, onDiskFull func()) (
 	}
 	for _, d := range []string{b.dir, b.stateDir(), b.tmpDir(), b.sockDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, "", err
 		}
 	}
 	// Certificates of earlier kiln versions: buildkitd serves no TLS now.
 	_ = os.RemoveAll(filepath.Join(b.dir, "certs"))
 	n := f.cfg.Network
 	if err := n.checkCNI(); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, "", err
 	}
 	// Reservations a killed run left would exhaust the subnet in time.
 	n.releaseAddrs(netIndex)
-	// Before buildkitd exists: no step may run before its traffic is
-	// filtered.
-	if err := f.applyEgress(); err != nil {
-		return nil, nil, err
-	}
+	// The egress policy, with this builder's bridge, is applied while
+	// buildkitd starts (iptables takes about as long as buildkitd does):
+	// the builder is not ready, and so no step runs, until it is
+	// (waitReady).
+	egressc := make(chan error, 1)
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		egressc <- f.applyEgress()
+	}()
+	egress = egressc
 	own := f.cfg.OwnRegistry()
 	if own.Host != "" {
 		if err := checkRegistryHost(own.Host); err != nil {
-			return nil, nil, fmt.Errorf("kiln's registry %q: %w", own.Host, err)
+			return nil, nil, nil, "", fmt.Errorf("kiln's registry %q: %w", own.Host, err)
 		}
 	}
+	// The builder's cgroup, afresh: a previous run's is gone (cleanup), so
+	// this only clears what a failed launch left.
+	if cgroup = f.builderCgroup(b); cgroup != "" {
+		f.killCgroup(cgroup)
+		if err := f.cg.remove(cgroup); err != nil {
+			return nil, nil, nil, "", fmt.Errorf("builder cgroup: %w", err)
+		}
+		if err := f.cg.create(cgroup, f.cfg.MemoryLimit); err != nil {
+			_ = f.cg.remove(cgroup)
+			return nil, nil, nil, "", fmt.Errorf("builder cgroup %s: %w", cgroup, err)
+		}
+		defer func() {
+			if err != nil {
+				_ = f.cg.remove(cgroup)
+			}
+		}()
+	}
 	conf, err := renderConfig(spec, f.cfg.InsecureRegistries, own,
-		netSettings{CNIBinDir: n.CNIBinDir, Bridge: n.bridge(netIndex), Subnet: n.subnet(netIndex).String()})
+		workerSettings{CNIBinDir: n.CNIBinDir, Bridge: n.bridge(netIndex), Subnet: n.subnet(netIndex).String(), CgroupParent: cgroup})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, "", err
 	}
 	if err := os.WriteFile(filepath.Join(b.dir, "buildkitd.toml"), conf, 0o600); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, "", err
 	}
 
 	args := []string{
@@ -339,7 +389,7 @@ func (f *Fleet) launch(b *builder, spec Spec, netIndex int, onDiskFull func()) (
 
 	logf, err := openLog(b.logPath())
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, "", err
 	}
 	fmt.Fprintf(logf, "kiln: %s starting %s %s\n", time.Now().Format(time.RFC3339), f.cfg.BuildkitdPath, strings.Join(args, " "))
 	// Our own pipe rather than an io.Writer in cmd.Stdout: exec would then
@@ -348,7 +398,7 @@ func (f *Fleet) launch(b *builder, spec Spec, netIndex int, onDiskFull func()) (
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		logf.Close()
-		return nil, nil, err
+		return nil, nil, nil, "", err
 	}
 	cmd := exec.Command(f.cfg.BuildkitdPath, args...)
 	cmd.Dir = b.dir // so buildkitd's cwd marks it as this builder's too
@@ -361,10 +411,19 @@ func (f *Fleet) launch(b *builder, spec Spec, netIndex int, onDiskFull func()) (
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	err = cmd.Start()
 	pw.Close()
+	if err == nil && cgroup != "" {
+		// buildkitd starts nothing before it serves, and it cannot serve
+		// before this: its RUN steps are all under the cgroup.
+		if err = f.cg.enter(cgroup, cmd.Process.Pid); err != nil {
+			_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
+			_ = cmd.Wait()
+			err = fmt.Errorf("move buildkitd into its cgroup: %w", err)
+		}
+	}
 	if err != nil {
 		pr.Close()
 		logf.Close()
-		return nil, nil, err
+		return nil, nil, nil, "", err
 	}
 	logDone := make(chan struct{})
 	go func() {
@@ -376,7 +435,7 @@ func (f *Fleet) launch(b *builder, spec Spec, netIndex int, onDiskFull func()) (
 		pr.Close()
 		logf.Close()
 	}()
-	return cmd, logDone, nil
+	return cmd, logDone, egress, cgroup, nil
 }
 
 // bestEffort is a writer whose failures are ignored.
@@ -387,10 +446,13 @@ func (b bestEffort) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// waitReady polls buildkitd over the unix socket until it lists a worker.
-// It fails when buildkitd exits (gone reports that exited was consumed),
-// when a stop is requested, or after StartTimeout.
-func (f *Fleet) waitReady(b *builder, r *run, exited <-chan error, logDone <-chan struct{}) (err error, gone bool) {
+// waitReady polls buildkitd over the unix socket until it lists a worker
+// and the egress policy is applied (egress delivers its outcome). It fails
+// when buildkitd exits (gone reports that exited was consumed), when the
+// policy could not be applied, when a stop is requested, or after
+// StartTimeout.
+func (f *Fleet) waitReady(b *builder, r *run, exited <-chan error, logDone <-chan struct{}, egress <-chan error) (err error, gone bool) {
+	filtered := false
 	ctx, cancel := context.WithTimeout(context.Background(), f.cfg.StartTimeout)
 	defer cancel()
 	// 10 ms: a client held on GetBuildKitConnection sees the builder within
@@ -411,8 +473,14 @@ func (f *Fleet) waitReady(b *builder, r *run, exited <-chan error, logDone <-cha
 			f.log.Warn("buildkitd not ready in time", "project", b.projectID, "platform", b.platform, "timeout", f.cfg.StartTimeout,
 				"last_log_line", lastLine(b.logPath()), "log", b.logPath())
 			return f.startFailed(b, fmt.Sprintf("buildkitd not ready within %s", f.cfg.StartTimeout)), false
+		case err := <-egress:
+			if err != nil {
+				f.log.Warn("builder's egress policy not applied", "project", b.projectID, "platform", b.platform, "err", err)
+				return f.startFailed(b, "kiln could not apply its network policy"), false
+			}
+			filtered, egress = true, nil
 		case <-tick.C:
-			if probe(ctx, b.sock()) {
+			if filtered && probe(ctx, b.sock()) {
 				return nil, false
 			}
 		}

@@ -10,7 +10,7 @@ import (
 	bkconfig "github.com/moby/buildkit/cmd/buildkitd/config"
 )
 
-var testNet = netSettings{CNIBinDir: "/usr/lib/cni", Bridge: "k0ac800-3", Subnet: "10.200.3.0/24"}
+var testNet = workerSettings{CNIBinDir: "/usr/lib/cni", Bridge: "k0ac800-3", Subnet: "10.200.3.0/24", CgroupParent: "/kiln/0123456789abcdef/p1-amd64"}
 
 // The rendered file must mean to BuildKit's own config loader what we think.
 func TestRenderConfigParsesAsBuildKit(t *testing.T) {
@@ -30,6 +30,10 @@ func TestRenderConfigParsesAsBuildKit(t *testing.T) {
 	// own bridge and subnet.
 	if n := oci.NetworkConfig; n.Mode != "bridge" || n.BridgeName != testNet.Bridge || n.BridgeSubnet != testNet.Subnet || n.CNIBinaryPath != testNet.CNIBinDir {
 		t.Fatalf("network: %+v", n)
+	}
+	// RUN steps go below the builder's cgroup.
+	if oci.DefaultCgroupParent != testNet.CgroupParent {
+		t.Fatalf("defaultCgroupParent %q, want %q", oci.DefaultCgroupParent, testNet.CgroupParent)
 	}
 	if e := cfg.Workers.Containerd.Enabled; e == nil || *e {
 		t.Fatal("containerd worker not disabled")

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/distribution/reference"
+	"github.com/moby/buildkit/frontend/dockerfile/dfgitutil"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
 )
@@ -495,6 +496,15 @@ func checkNamedContext(c NamedContext) error {
 	}
 	if c.URL != "" && !isRemoteContext(c.URL) {
 		return fmt.Errorf("%q is not a git or http(s) URL", c.URL)
+	}
+	if c.URL != "" {
+		// A git URL gets the build context's checks (git.go); an http(s)
+		// URL that is not one is a file or tarball BuildKit downloads.
+		if _, isGit, _ := dfgitutil.ParseGitRef(c.URL); isGit {
+			if _, err := ParseGitURL(c.URL); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

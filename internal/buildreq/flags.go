@@ -146,6 +146,19 @@ func parseContext(r *Request, f Flags) error {
 		return errdefs.Invalidf("build context: a path (or \"-\" for a tar archive on stdin) is required")
 	case f.ContextPath == "-" && f.Dockerfile == "-":
 		return errdefs.Invalidf("-f \"-\": stdin is already used for the build context; it cannot also be the Dockerfile")
+	case IsGitURL(f.ContextPath):
+		if _, err := ParseGitURL(f.ContextPath); err != nil {
+			return errdefs.InvalidWrapf(err, "build context")
+		}
+		r.Context.Git = f.ContextPath
+		if f.Dockerfile == "-" {
+			break // inline, read below
+		}
+		if filepath.IsAbs(f.Dockerfile) {
+			return errdefs.Invalidf("-f %q: with a git context, -f names a file in the repository (relative to the context directory), or \"-\" for stdin", f.Dockerfile)
+		}
+		r.Dockerfile.Path = f.Dockerfile
+		return nil
 	case f.ContextPath == "-":
 		if f.Stdin == nil {
 			return errdefs.Invalidf("build context \"-\": no stdin to read the archive from")
@@ -154,7 +167,9 @@ func parseContext(r *Request, f Flags) error {
 		r.Dockerfile.Path = f.Dockerfile
 		return nil
 	}
-	r.Context.Dir = f.ContextPath
+	if r.Context.Git == "" {
+		r.Context.Dir = f.ContextPath
+	}
 	if f.Dockerfile != "-" {
 		r.Dockerfile.Path = f.Dockerfile
 		return nil

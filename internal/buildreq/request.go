@@ -64,8 +64,8 @@ type Request struct {
 	Lint *Lint
 }
 
-// Context is a build context: exactly one of a local directory or a tar
-// archive.
+// Context is a build context: exactly one of a local directory, a tar
+// archive or a git URL.
 type Context struct {
 	// Dir is a local directory, sent incrementally (.dockerignore honoured).
 	Dir string
@@ -73,6 +73,9 @@ type Context struct {
 	// the build. When it holds a lone Dockerfile instead of an archive, it
 	// is the Dockerfile of an empty context (`docker build - < Dockerfile`).
 	Tar io.Reader
+	// Git is a git URL (git.go: URL[#ref][:subdir]) the builder fetches
+	// itself; the Dockerfile is then read from the repository too.
+	Git string
 }
 
 // Dockerfile names the Dockerfile: a path, or its contents.

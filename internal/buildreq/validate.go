@@ -1,6 +1,7 @@
 package buildreq
 
 import (
+	"path"
 	"strconv"
 	"strings"
 
@@ -15,11 +16,26 @@ import (
 // name the field (outputs and caches in buildx's syntax). The files a
 // request names are the engine's to check, when it opens them.
 func (r Request) Validate() error {
+	contexts := 0
+	for _, set := range []bool{r.Context.Dir != "", r.Context.Tar != nil, r.Context.Git != ""} {
+		if set {
+			contexts++
+		}
+	}
 	switch {
-	case r.Context.Dir == "" && r.Context.Tar == nil:
-		return errdefs.Invalidf("build context: a path (or \"-\" for a tar archive on stdin) is required")
-	case r.Context.Dir != "" && r.Context.Tar != nil:
-		return errdefs.Invalidf("build context: give a directory or a tar archive, not both")
+	case contexts == 0:
+		return errdefs.Invalidf("build context: a path (or \"-\" for a tar archive on stdin, or a git URL) is required")
+	case contexts > 1:
+		return errdefs.Invalidf("build context: give one of a directory, a tar archive or a git URL, not both")
+	case r.Context.Git != "":
+		if _, err := ParseGitURL(r.Context.Git); err != nil {
+			return labelled(err, "build context")
+		}
+		if r.Dockerfile.Path != "" && path.IsAbs(r.Dockerfile.Path) {
+			return errdefs.Invalidf("dockerfile %q: with a git context, the Dockerfile is a path inside the repository's context directory", r.Dockerfile.Path)
+		}
+	}
+	switch {
 	case r.Dockerfile.Path != "" && r.Dockerfile.Inline != nil:
 		return errdefs.Invalidf("dockerfile: give a path or its contents, not both")
 	}

@@ -20,7 +20,7 @@ func TestMissingArgumentMessage(t *testing.T) {
 	}
 	var errb bytes.Buffer
 	Main([]string{"build"}, &bytes.Buffer{}, &errb)
-	if want := "Usage:  kiln build [OPTIONS] PATH | -\n"; !strings.Contains(errb.String(), want) {
+	if want := "Usage:  kiln build [OPTIONS] PATH | URL | -\n"; !strings.Contains(errb.String(), want) {
 		t.Errorf("kiln build: %q lacks %q", errb.String(), want)
 	}
 }

@@ -37,13 +37,16 @@ type buildFlags struct {
 func newBuildCmd(g *globals) *cobra.Command {
 	var bf buildFlags
 	cmd := &cobra.Command{
-		Use:   "build [OPTIONS] PATH | -",
+		Use:   "build [OPTIONS] PATH | URL | -",
 		Short: "Build a Dockerfile context on the project's kiln builder",
 		Long: `Build a Dockerfile on the project's remote BuildKit builder, like 'docker buildx build'.
 The context is sent incrementally (.dockerignore honoured) and the layer cache
 persists in the project, so rebuilds are fast on any machine.
 
 PATH is a directory, or - to read a tar archive (or a lone Dockerfile) from stdin.
+URL is a git repository the builder fetches itself (nothing is uploaded):
+https://host/org/repo.git#ref:subdir, ref a branch, tag or commit; a private
+repository's token is the secret GIT_AUTH_TOKEN (docs/git-contexts.md).
 
 With --detach, the context is packed and uploaded, and kiln runs the build
 itself and pushes the image to its registry; the command prints the build id
@@ -58,6 +61,8 @@ and returns at once (see 'kiln builds').`,
   kiln build --call=check .
   kiln build -t app:dev --target runtime --build-arg VERSION=1.2 -o type=docker,dest=app.tar .
   kiln build --secret id=npm,src=$HOME/.npmrc -o type=local,dest=out/ .
+  kiln build -t app --push https://github.com/acme/app.git#v1.2:services/web
+  GIT_TOKEN=… kiln build --secret id=GIT_AUTH_TOKEN,env=GIT_TOKEN https://git.example.com/acme/private.git#main
   tar -c . | kiln build -o type=tar,dest=- - > rootfs.tar
   id=$(kiln build --detach -t v1 .) && kiln builds logs -f "$id"
   kiln build --detach --customer acme-42 --platform linux/amd64,linux/arm64 .`,
@@ -152,7 +157,7 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 		}
 	}
 	projectDir := bf.opts.ContextPath
-	if projectDir == "-" {
+	if projectDir == "-" || buildreq.IsGitURL(projectDir) {
 		projectDir = "."
 	}
 	projectID, err := client.FindProject(bf.project, projectDir)
@@ -215,6 +220,9 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 			return exitError(code)
 		}
 		return nil
+	}
+	if c := req.GitCommit(); c != "" {
+		fmt.Fprintf(stderr, "kiln: built git commit %s of %s\n", c, req.GitContext())
 	}
 	fmt.Fprintf(stderr, "kiln: build %s finished%s\n", b.ID, session.DescribeOutputs(req.Outputs(), resp))
 	printSaved(stderr, saved, b.ID)

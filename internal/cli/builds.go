@@ -233,6 +233,8 @@ func printBuildDetail(w io.Writer, b *kilnv1.Build, ins *buildInsights, now time
 	line("started", when(b.StartedAt))
 	line("finished", when(b.FinishedAt))
 	line("duration", buildDuration(b, now))
+	line("git url", b.GitUrl)
+	line("git commit", b.GitCommit)
 	line("dockerfile", b.Dockerfile)
 	line("target", b.Target)
 	line("platforms", strings.Join(b.Platforms, ", "))
@@ -244,6 +246,9 @@ func printBuildDetail(w io.Writer, b *kilnv1.Build, ins *buildInsights, now time
 	line("error", b.Error)
 	if ins != nil {
 		line("steps", stepSummary(ins.stats))
+		for _, l := range ins.resourceLines() {
+			line(l[0], l[1])
+		}
 	}
 	return tw.Flush()
 }

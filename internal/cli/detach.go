@@ -28,6 +28,7 @@ import (
 	"github.com/spf13/pflag"
 
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
 	"github.com/kiln-dev/kiln/internal/archive"
 	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/client"
@@ -122,7 +123,11 @@ func runDetach(ctx context.Context, g *globals, bf *buildFlags, flags *pflag.Fla
 	if bf.customer != "" {
 		ref.Ref = &kilnv1.ProjectRef_CustomerId{CustomerId: bf.customer}
 	} else {
-		projectID, err := client.FindProject(bf.project, contextDir)
+		projectDir := contextDir
+		if projectDir == "" {
+			projectDir = "." // a git context: kiln.json from the working directory
+		}
+		projectID, err := client.FindProject(bf.project, projectDir)
 		if err != nil {
 			return err
 		}
@@ -133,31 +138,15 @@ func runDetach(ctx context.Context, g *globals, bf *buildFlags, flags *pflag.Fla
 		return err
 	}
 
-	archive, err := packContext(contextDir, dockerfile, func(msg string) { fmt.Fprintf(stderr, "kiln: warning: %s\n", msg) })
-	if err != nil {
-		return err
-	}
-	defer archive.Close()
-	req.Dockerfile = archive.dockerfile
-
 	api := cfg.SourceBuilds()
-	up, err := retry.Value(ctx, retry.API, func(ctx context.Context) (*connect.Response[kilnv1.GenerateUploadURLResponse], error) {
-		return api.GenerateUploadURL(ctx, connect.NewRequest(&kilnv1.GenerateUploadURLRequest{Project: ref, Size: archive.size, Sha256: archive.sha256}))
-	})
-	if err != nil {
-		return fmt.Errorf("get an upload URL for the context: %w", err)
-	}
-	if limit := up.Msg.MaxSize; limit > 0 && archive.size > limit {
-		return fmt.Errorf("build context is %s packed; the server accepts at most %s (add large files to .dockerignore): %w",
-			formatBytes(archive.size), formatBytes(limit), errdefs.ErrExhausted)
-	}
-	progress := newUploadProgress(stderr, uploadProgressStyle(bf.progress, stderr), "context", archive.size)
-	if err := putArchive(ctx, up.Msg.Url, up.Msg.Headers, archive, progress); err != nil {
-		return err
+	if req.GitUrl == "" {
+		// A git context is fetched by the builder: nothing to upload.
+		if req.ContextKey, err = uploadDetached(ctx, api, ref, req, contextDir, dockerfile, bf.progress, stderr); err != nil {
+			return err
+		}
 	}
 
 	req.Project = ref // as given: a customer's build is recorded with its customer id
-	req.ContextKey = up.Msg.ContextKey
 	created, err := retry.Value(ctx, retry.API, func(ctx context.Context) (*connect.Response[kilnv1.CreateBuildResponse], error) {
 		return api.CreateBuild(ctx, connect.NewRequest(req))
 	})
@@ -168,6 +157,36 @@ func runDetach(ctx context.Context, g *globals, bf *buildFlags, flags *pflag.Fla
 	fmt.Fprintln(stdout, id)
 	fmt.Fprintf(stderr, "build %s queued in project %s; follow it with: kiln builds logs -f %s\n", id, created.Msg.ProjectId, id)
 	return nil
+}
+
+// uploadDetached packs the context and uploads it for a detached build,
+// setting req's Dockerfile path inside the archive; it returns the
+// context key.
+func uploadDetached(ctx context.Context, api kilnv1connect.SourceBuildServiceClient, ref *kilnv1.ProjectRef, req *kilnv1.CreateBuildRequest,
+	contextDir, dockerfile, progressMode string, stderr io.Writer) (string, error) {
+	archive, err := packContext(contextDir, dockerfile, func(msg string) { fmt.Fprintf(stderr, "kiln: warning: %s\n", msg) })
+	if err != nil {
+		return "", err
+	}
+	defer archive.Close()
+	req.Dockerfile = archive.dockerfile
+
+	up, err := retry.Value(ctx, retry.API, func(ctx context.Context) (*connect.Response[kilnv1.GenerateUploadURLResponse], error) {
+		return api.GenerateUploadURL(ctx, connect.NewRequest(&kilnv1.GenerateUploadURLRequest{Project: ref, Size: archive.size, Sha256: archive.sha256}))
+	})
+	if err != nil {
+		return "", fmt.Errorf("get an upload URL for the context: %w", err)
+	}
+	if limit := up.Msg.MaxSize; limit > 0 && archive.size > limit {
+		return "", fmt.Errorf("build context is %s packed; the server accepts at most %s (add large files to .dockerignore): %w",
+			formatBytes(archive.size), formatBytes(limit), errdefs.ErrExhausted)
+	}
+	progress := newUploadProgress(stderr, uploadProgressStyle(progressMode, stderr), "context", archive.size)
+	if err := putArchive(ctx, up.Msg.Url, up.Msg.Headers, archive, progress); err != nil {
+		return "", err
+	}
+
+	return up.Msg.ContextKey, nil
 }
 
 // detachPaths returns the context directory and the Dockerfile, both
@@ -232,9 +251,11 @@ func detachRequest(flags buildreq.Flags) (_ *kilnv1.CreateBuildRequest, contextD
 	if err != nil {
 		return nil, "", "", err
 	}
-	contextDir, dockerfile, err = detachPaths(parsed.Context.Dir, parsed.Dockerfile.Path)
-	if err != nil {
-		return nil, "", "", err
+	if parsed.Context.Git == "" {
+		contextDir, dockerfile, err = detachPaths(parsed.Context.Dir, parsed.Dockerfile.Path)
+		if err != nil {
+			return nil, "", "", err
+		}
 	}
 	secrets, err := secretValues(parsed.Secrets)
 	if err != nil {
@@ -247,6 +268,9 @@ func detachRequest(flags buildreq.Flags) (_ *kilnv1.CreateBuildRequest, contextD
 		BuildArgs: parsed.Args,
 		Secrets:   secrets,
 		Platforms: platform.Strings(parsed.Platforms),
+	}
+	if parsed.Context.Git != "" {
+		req.GitUrl, req.Dockerfile = parsed.Context.Git, parsed.Dockerfile.Path
 	}
 	return req, contextDir, dockerfile, nil
 }

@@ -47,13 +47,16 @@ func statsOf(ctx context.Context, c client.Config, id string) (buildStats, error
 		Saved: time.Duration(b.GetSavedDurationSeconds()) * time.Second}, nil
 }
 
-// buildInsights is a build's step counts and its counted steps.
+// buildInsights is a build's step counts, its counted steps and what its
+// builder used.
 type buildInsights struct {
-	stats buildStats
-	steps []*buildv1.GetBuildStepsResponse_BuildStep
+	stats     buildStats
+	steps     []*buildv1.GetBuildStepsResponse_BuildStep
+	resources *kilnv1.GetBuildResourcesResponse
 }
 
-// insightsOf reads a build's step counts and its counted steps.
+// insightsOf reads a build's step counts, its counted steps and its
+// builder's resource samples and events.
 func insightsOf(ctx context.Context, c client.Config, id string) (*buildInsights, error) {
 	st, err := statsOf(ctx, c, id)
 	if err != nil {
@@ -63,7 +66,46 @@ func insightsOf(ctx context.Context, c client.Config, id string) (*buildInsights
 	if err != nil {
 		return nil, fmt.Errorf("get the steps of build %s: %w", id, err)
 	}
-	return &buildInsights{stats: st, steps: steps.Counted(res.Msg.GetBuildSteps(), (*buildv1.GetBuildStepsResponse_BuildStep).GetName)}, nil
+	ins := &buildInsights{stats: st, steps: steps.Counted(res.Msg.GetBuildSteps(), (*buildv1.GetBuildStepsResponse_BuildStep).GetName)}
+	rr, err := c.SourceBuilds().GetBuildResources(ctx, connect.NewRequest(&kilnv1.GetBuildResourcesRequest{BuildId: id}))
+	switch {
+	case connect.CodeOf(err) == connect.CodeUnimplemented: // a server from before resource samples
+	case err != nil:
+		return nil, fmt.Errorf("get the resources of build %s: %w", id, err)
+	default:
+		ins.resources = rr.Msg
+	}
+	return ins, nil
+}
+
+// resourceLines are `kiln builds get`'s lines on what the builder used:
+// peak CPU and memory (against its limit) and every event, e.g.
+// "cpu: peak 1.8 cores", "memory: peak 412.0 MiB of 4.0 GiB",
+// "event: oom_kill at 12:03:04: …". None without samples or events.
+func (ins *buildInsights) resourceLines() [][2]string {
+	if ins == nil || ins.resources == nil {
+		return nil
+	}
+	var cpu float64
+	var mem, limit int64
+	for _, s := range ins.resources.Samples {
+		cpu = max(cpu, s.CpuCores)
+		mem = max(mem, s.MemoryBytes, s.MemoryPeakBytes)
+		limit = max(limit, s.MemoryLimitBytes)
+	}
+	var out [][2]string
+	if len(ins.resources.Samples) > 0 {
+		out = append(out, [2]string{"cpu", fmt.Sprintf("peak %.1f cores (the builder's, shared by builds running on it at once)", cpu)})
+		m := "peak " + formatBytes(mem)
+		if limit > 0 {
+			m += fmt.Sprintf(" of %s (%.0f%%)", formatBytes(limit), 100*float64(mem)/float64(limit))
+		}
+		out = append(out, [2]string{"memory", m})
+	}
+	for _, e := range ins.resources.Events {
+		out = append(out, [2]string{"event", fmt.Sprintf("%s at %s: %s", e.Kind, e.At.AsTime().Local().Format(time.TimeOnly), e.Message)})
+	}
+	return out
 }
 
 // printSteps prints the counted steps as a table, the slowest first

@@ -16,6 +16,9 @@ import (
 	corev1 "buf.build/gen/go/depot/api/protocolbuffers/go/depot/core/v1"
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 )
 
 // fakeInsights answers depot.core.v1 GetBuild and depot.build.v1
@@ -76,6 +79,18 @@ func testInsights(now time.Time) *fakeInsights {
 	}
 }
 
+func (f *fakeSourceBuilds) GetBuildResources(_ context.Context, req *connect.Request[kilnv1.GetBuildResourcesRequest]) (*connect.Response[kilnv1.GetBuildResourcesResponse], error) {
+	if req.Msg.BuildId != "b2" {
+		return connect.NewResponse(&kilnv1.GetBuildResourcesResponse{}), nil
+	}
+	at := timestamppb.New(time.Date(2026, 12, 2, 12, 3, 4, 0, time.Local))
+	return connect.NewResponse(&kilnv1.GetBuildResourcesResponse{
+		Samples: []*kilnv1.ResourceSample{{At: at, CpuCores: 0.4, MemoryBytes: 100 << 20, MemoryLimitBytes: 256 << 20},
+			{At: at, CpuCores: 1.8, MemoryBytes: 120 << 20, MemoryPeakBytes: 200 << 20, MemoryLimitBytes: 256 << 20}},
+		Events: []*kilnv1.ResourceEvent{{At: at, Kind: "oom_kill", Message: "the kernel killed 1 process: out of memory", Count: 1}},
+	}), nil
+}
+
 // `kiln builds get` adds the step counts and a table of the counted steps,
 // the slowest first; the client's and BuildKit's own steps are left out.
 func TestBuildsGetSteps(t *testing.T) {
@@ -87,8 +102,14 @@ func TestBuildsGetSteps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !regexp.MustCompile(`(?m)^steps: +3 \(1 cached, about 40.0s saved\)$`).MatchString(stdout) {
-		t.Errorf("no step counts:\n%s", stdout)
+	for _, re := range []string{`(?m)^steps: +3 \(1 cached, about 40.0s saved\)$`, `(?m)^cpu: +peak 1.8 cores`,
+		`(?m)^memory: +peak 200.0 MiB of 256.0 MiB \(78%\)$`, `(?m)^event: +oom_kill at 12:03:04: the kernel killed 1 process: out of memory$`} {
+		if !regexp.MustCompile(re).MatchString(stdout) {
+			t.Errorf("output lacks %s:\n%s", re, stdout)
+		}
+	}
+	if !strings.Contains(stdout, "STEP (slowest first)") {
+		t.Fatalf("no step table:\n%s", stdout)
 	}
 	table := stdout[strings.Index(stdout, "STEP (slowest first)"):]
 	lines := strings.Split(strings.TrimSpace(table), "\n")

@@ -265,7 +265,7 @@ const checkBuildArg = "build-arg:BUILDKIT_DOCKERFILE_CHECK"
 // `# check=` directive) and whether it sets error=true.
 func (r *Request) checkConfig() (string, bool, error) {
 	cfgStr, ok := r.frontendAttrs[checkBuildArg]
-	if !ok {
+	if !ok && r.dockerfilePath != "" { // a git context's Dockerfile is on the builder
 		dt, err := os.ReadFile(r.dockerfilePath)
 		if err != nil {
 			return "", false, fmt.Errorf("--lint: %w", err)

@@ -128,8 +128,8 @@ func TestPlatformVertexName(t *testing.T) {
 		"[auth] library/alpine:pull token for": "[linux/arm64 auth] library/alpine:pull token for",
 	}
 	for in, want := range cases {
-		if got := platformVertexName("linux/arm64", in); got != want {
-			t.Errorf("platformVertexName(%q) = %q, want %q", in, got, want)
+		if got := PlatformVertexName("linux/arm64", in); got != want {
+			t.Errorf("PlatformVertexName(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

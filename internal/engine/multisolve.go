@@ -180,7 +180,7 @@ func platformStatus(platform string, s *client.SolveStatus) *client.SolveStatus 
 		for i, in := range v.Inputs {
 			c.Inputs[i] = remap(in)
 		}
-		c.Name = platformVertexName(platform, v.Name)
+		c.Name = PlatformVertexName(platform, v.Name)
 		out.Vertexes = append(out.Vertexes, &c)
 	}
 	for _, st := range s.Statuses {
@@ -210,11 +210,11 @@ func platformStatus(platform string, s *client.SolveStatus) *client.SolveStatus 
 	return out
 }
 
-// platformVertexName puts the platform into a step name the way the
+// PlatformVertexName puts the platform into a step name the way the
 // Dockerfile frontend does in a multi-platform build: "[build 2/3] RUN x"
 // becomes "[linux/arm64 build 2/3] RUN x"; a name without a bracketed
 // prefix ("exporting to image") gets one.
-func platformVertexName(platform, name string) string {
+func PlatformVertexName(platform, name string) string {
 	if rest, ok := strings.CutPrefix(name, "["); ok && strings.Contains(rest, "]") {
 		return "[" + platform + " " + rest
 	}

@@ -76,6 +76,8 @@ type Request struct {
 	// serverSide: a source build on kiln's server (isolate.go): no Docker
 	// config of the server's user.
 	serverSide bool
+	// git is a git context (git.go); "" for a local one.
+	git gitContext
 }
 
 // ContextDir is the local directory sent as the build context (for a stdin
@@ -196,6 +198,12 @@ func Prepare(req buildreq.Request, o IO) (_ *Request, retErr error) {
 	}
 
 	// Then the inputs on disk (and stdin).
+	if req.Context.Git != "" {
+		if err := r.prepareGitContext(req.Context.Git, req.Dockerfile); err != nil {
+			return nil, err
+		}
+		return r, nil
+	}
 	if err := r.prepareContext(req.Context, req.Dockerfile); err != nil {
 		return nil, err
 	}

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +47,10 @@ type Config struct {
 	Lookup func(serverName string) (projectID, socket string, ok bool)
 	// Store records steps and log lines of a build (build.Service.StoreSteps).
 	Store func(ctx context.Context, buildID string, steps []build.Step, logs []build.LogLine) error
+	// Platform returns the platform of the builder named serverName
+	// (builder.Fleet.PlatformOf); nil leaves platforms out of step names
+	// (see Solve).
+	Platform func(serverName string) string
 	// Skip reports builds recorded some other way (source builds); nil
 	// skips none. It is asked once per build, off the gateway's path.
 	Skip func(ctx context.Context, buildID string) bool
@@ -59,6 +64,10 @@ type Config struct {
 	Flush  time.Duration
 	Logger *slog.Logger // nil → discard
 }
+
+// DefaultGrace is Config.Grace's default: after it, an ended build's
+// steps are all stored.
+const DefaultGrace = 10 * time.Second
 
 // maxRefs bounds the solves followed per build (a bake of many targets
 // is many solves); later ones are not followed.
@@ -90,11 +99,34 @@ type followed struct {
 	// failed). Guarded by Follower.mu.
 	covering int
 
+	// solves are the build's solves being or having been followed; multi
+	// holds the labels whose solves are on two platforms or more. Guarded
+	// by Follower.mu.
+	solves []*solve
+	multi  map[string]bool
+	// owner is the solve each step (by digest) belongs to: the first to
+	// report it. A later solve of the same vertex (a bake target solved
+	// again to export it as another's context, the same stage on a second
+	// builder) is not a second step, and its "cached" must not overwrite
+	// the first solve's work. Guarded by Follower.mu.
+	owner map[string]*solve
+
 	// logMu guards logBytes and truncated: the build's log budget, shared
 	// by its solves.
 	logMu     sync.Mutex
 	logBytes  int
 	truncated bool
+}
+
+// solve is one followed solve: its recorder, the label its client gave
+// it and its builder's platform.
+type solve struct {
+	rec             *steps.Recorder
+	label, platform string
+	// storeMu serializes storing rec, so a renaming (see Solve) and the
+	// stream's own flushes do not interleave.
+	storeMu sync.Mutex
+	prefix  string // what the stored names carry; under storeMu
 }
 
 // New returns a Follower.
@@ -106,7 +138,7 @@ func New(cfg Config) (*Follower, error) {
 		cfg.MaxLogBytes = 16 << 20
 	}
 	if cfg.Grace <= 0 {
-		cfg.Grace = 10 * time.Second
+		cfg.Grace = DefaultGrace
 	}
 	if cfg.Flush <= 0 {
 		cfg.Flush = 200 * time.Millisecond
@@ -121,7 +153,13 @@ func New(cfg Config) (*Follower, error) {
 // Solve starts following a solve of build buildID with ref on the builder
 // named serverName: the gateway's OnSolve. It returns at once; from now
 // on, Following(buildID) is true (see there).
-func (f *Follower) Solve(buildID, projectID, serverName, ref string) {
+//
+// Step names read as kiln's own display shows them: with the label the
+// client gave the solve (kiln bake: the target, "[app 2/3] RUN …"), and,
+// when the label's solves run on builders of two platforms or more, with
+// each one's platform ("[app linux/arm64 2/3] RUN …"). When a second
+// platform appears, the steps stored before are renamed.
+func (f *Follower) Solve(buildID, projectID, serverName, ref, label string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
@@ -130,7 +168,7 @@ func (f *Follower) Solve(buildID, projectID, serverName, ref string) {
 	b := f.builds[buildID]
 	if b == nil {
 		ctx, cancel := context.WithCancel(context.Background())
-		b = &followed{id: buildID, ctx: ctx, cancel: cancel, refs: map[string]bool{}}
+		b = &followed{id: buildID, ctx: ctx, cancel: cancel, refs: map[string]bool{}, multi: map[string]bool{}, owner: map[string]*solve{}}
 		f.builds[buildID] = b
 	}
 	if b.ended || b.refs[ref] || len(b.refs) >= maxRefs {
@@ -138,11 +176,70 @@ func (f *Follower) Solve(buildID, projectID, serverName, ref string) {
 	}
 	b.refs[ref] = true
 	b.covering++
+	sv := &solve{rec: steps.NewRecorder(true), label: label}
+	if f.cfg.Platform != nil {
+		sv.platform = f.cfg.Platform(serverName)
+	}
+	for _, o := range b.solves {
+		if o.label != label || o.platform == sv.platform || sv.platform == "" || o.platform == "" || b.multi[label] {
+			continue
+		}
+		// Now two platforms: the label's steps stored so far are named
+		// again with their platform (a stream still running does it at
+		// its next flush; this covers those that ended).
+		b.multi[label] = true
+		for _, o := range b.solves {
+			if o.label == label {
+				f.wg.Add(1)
+				go func() {
+					defer f.wg.Done()
+					f.store(b, o, f.log.With("build_id", buildID))
+				}()
+			}
+		}
+	}
+	b.solves = append(b.solves, sv)
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
-		f.follow(b, projectID, serverName, ref)
+		f.follow(b, sv, projectID, serverName, ref)
 	}()
+}
+
+// own keeps of steps and lines those that belong to sv (see owner).
+func (f *Follower) own(b *followed, sv *solve, recorded []steps.Step, lines []steps.LogLine) ([]steps.Step, []steps.LogLine) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	mine := func(digest string) bool {
+		o, ok := b.owner[digest]
+		if !ok {
+			b.owner[digest], o = sv, sv
+		}
+		return o == sv
+	}
+	var keptSteps []steps.Step
+	for _, st := range recorded {
+		if mine(st.Digest) {
+			keptSteps = append(keptSteps, st)
+		}
+	}
+	var keptLines []steps.LogLine
+	for _, l := range lines {
+		if mine(l.Digest) {
+			keptLines = append(keptLines, l)
+		}
+	}
+	return keptSteps, keptLines
+}
+
+// prefix is what the names of sv's steps carry (see Solve).
+func (f *Follower) prefix(b *followed, sv *solve) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if b.multi[sv.label] {
+		return strings.TrimSpace(sv.label + " " + sv.platform)
+	}
+	return sv.label
 }
 
 // Following reports whether the build's solves are followed on the
@@ -200,7 +297,7 @@ func (f *Follower) Close() {
 
 // follow streams one solve's status into the build's steps until the
 // stream ends or the build's context does.
-func (f *Follower) follow(b *followed, projectID, serverName, ref string) {
+func (f *Follower) follow(b *followed, sv *solve, projectID, serverName, ref string) {
 	ctx := b.ctx
 	log := f.log.With("build_id", b.id, "project_id", projectID, "builder", serverName, "ref", ref)
 	if f.cfg.Skip != nil && f.cfg.Skip(ctx, b.id) {
@@ -223,15 +320,14 @@ func (f *Follower) follow(b *followed, projectID, serverName, ref string) {
 	}
 	defer c.Close()
 
-	rec := steps.NewRecorder(true)
 	done := make(chan struct{})
 	stored := make(chan struct{})
 	go func() {
 		defer close(stored)
-		ticker.Run(done, f.cfg.Flush, func(time.Time, time.Duration) { f.store(b, rec, log) })
-		f.store(b, rec, log)
+		ticker.Run(done, f.cfg.Flush, func(time.Time, time.Duration) { f.store(b, sv, log) })
+		f.store(b, sv, log)
 	}()
-	received, err := f.stream(ctx, c.ControlClient(), ref, rec)
+	received, err := f.stream(ctx, c.ControlClient(), ref, sv.rec)
 	close(done)
 	<-stored
 	if !received {
@@ -274,16 +370,28 @@ func (f *Follower) stream(ctx context.Context, cc controlapi.ControlClient, ref 
 	return received, err
 }
 
-// store writes what rec observed since the last call, within the build's
-// log budget.
-func (f *Follower) store(b *followed, rec *steps.Recorder, log *slog.Logger) {
-	recorded, lines, _ := rec.Drain()
+// store writes what sv's recorder observed since the last call, within
+// the build's log budget, its step names with the solve's prefix. When the
+// prefix changed (a second platform appeared), every step of the solve is
+// written again, so that those stored before are renamed too.
+func (f *Follower) store(b *followed, sv *solve, log *slog.Logger) {
+	sv.storeMu.Lock()
+	defer sv.storeMu.Unlock()
+	recorded, lines, _ := sv.rec.Drain()
+	prefix := f.prefix(b, sv)
+	if prefix != sv.prefix {
+		sv.prefix, recorded = prefix, sv.rec.Steps()
+	}
+	recorded, lines = f.own(b, sv, recorded, lines)
 	if len(recorded) == 0 && len(lines) == 0 {
 		return
 	}
 	logs := b.budget(lines, f.cfg.MaxLogBytes)
 	out := make([]build.Step, len(recorded))
 	for i, s := range recorded {
+		if prefix != "" && s.Name != "" {
+			s.Name = engine.PlatformVertexName(prefix, s.Name)
+		}
 		out[i] = build.Step{Digest: s.Digest, Name: s.Name, Cached: s.Cached, StartedAt: s.Started, CompletedAt: s.Completed, Error: s.Error}
 	}
 	// Not the build's context: what was observed is stored even as the

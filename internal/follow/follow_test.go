@@ -108,7 +108,7 @@ func TestFollowerStoresTheBuildersStepsWithinTheLogBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	f.Solve("b1", "p", "p-amd64.builder.kiln", "ref1")
+	f.Solve("b1", "p", "p-amd64.builder.kiln", "ref1", "")
 	if !f.Following("b1") {
 		t.Fatal("a build is followed from its first Solve")
 	}
@@ -134,7 +134,7 @@ func TestFollowerStoresTheBuildersStepsWithinTheLogBudget(t *testing.T) {
 		t.Errorf("logs = %+v; want two lines, then one truncation marker", logs)
 	}
 	// The same ref again (a retried Solve call) is not followed twice.
-	f.Solve("b1", "p", "p-amd64.builder.kiln", "ref1")
+	f.Solve("b1", "p", "p-amd64.builder.kiln", "ref1", "")
 	f.Ended("b1")
 	for deadline := time.Now().Add(5 * time.Second); f.Following("b1"); {
 		if time.Now().After(deadline) {
@@ -156,7 +156,7 @@ func TestFollowerGivesUpOnAnUnreachableBuilder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Solve("b1", "p", "p-amd64.builder.kiln", "ref1")
+	f.Solve("b1", "p", "p-amd64.builder.kiln", "ref1", "")
 	deadline := time.Now().Add(20 * time.Second)
 	for f.Following("b1") {
 		if time.Now().After(deadline) {
@@ -165,8 +165,104 @@ func TestFollowerGivesUpOnAnUnreachableBuilder(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	f.Close()
-	f.Solve("b2", "p", "p-amd64.builder.kiln", "ref2") // after Close: ignored, no goroutine
+	f.Solve("b2", "p", "p-amd64.builder.kiln", "ref2", "") // after Close: ignored, no goroutine
 	if f.Following("b2") {
 		t.Error("a closed follower follows a new build")
+	}
+}
+
+// Step names read as kiln's display: a labeled solve's (a bake target's)
+// carry its label, and a label whose solves run on two platforms carries
+// each one's platform too, also for the steps stored before the second
+// solve began.
+func TestFollowerNamesStepsWithTheirLabelAndPlatform(t *testing.T) {
+	t0 := time.Unix(1000, 0).UTC()
+	run := func(d, name string) []*controlapi.StatusResponse {
+		return []*controlapi.StatusResponse{{Vertexes: []*controlapi.Vertex{{Digest: d, Name: name, Started: timestamppb.New(t0), Completed: timestamppb.New(t0)}}}}
+	}
+	b := &builder{updates: map[string][]*controlapi.StatusResponse{
+		"amd": run("sha256:a", "[2/2] RUN uname -m"), "arm": run("sha256:b", "[2/2] RUN uname -m"),
+		"worker": run("sha256:w", "[1/1] RUN work"), "solo": run("sha256:c", "[1/1] RUN true"),
+	}}
+	sock := serve(t, b)
+	out := &sink{steps: map[string]build.Step{}}
+	platforms := map[string]string{"p-amd64.builder.kiln": "linux/amd64", "p-arm64.builder.kiln": "linux/arm64"}
+	f, err := follow.New(follow.Config{Lookup: func(string) (string, string, bool) { return "p", sock, true },
+		Platform: func(n string) string { return platforms[n] }, Store: out.store, Grace: 50 * time.Millisecond, Flush: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	wait := func(what string, ok func(map[string]build.Step) bool) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			steps, _ := out.snapshot()
+			if ok(steps) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: stored %+v", what, steps)
+			}
+		}
+	}
+	f.Solve("solo", "p", "p-amd64.builder.kiln", "solo", "")
+	wait("an unlabeled one-platform build", func(s map[string]build.Step) bool { return s["sha256:c"].Name == "[1/1] RUN true" })
+
+	f.Solve("b1", "p", "p-amd64.builder.kiln", "amd", "app")
+	f.Solve("b1", "p", "p-amd64.builder.kiln", "worker", "worker")
+	wait("the first platform's step", func(s map[string]build.Step) bool { return s["sha256:a"].Name == "[app 2/2] RUN uname -m" })
+	f.Solve("b1", "p", "p-arm64.builder.kiln", "arm", "app")
+	wait("both platforms' steps, named with them", func(s map[string]build.Step) bool {
+		return s["sha256:a"].Name == "[app linux/amd64 2/2] RUN uname -m" && s["sha256:b"].Name == "[app linux/arm64 2/2] RUN uname -m"
+	})
+	wait("the one-platform target", func(s map[string]build.Step) bool { return s["sha256:w"].Name == "[worker 1/1] RUN work" })
+	if s, _ := out.snapshot(); s["sha256:c"].Name != "[1/1] RUN true" {
+		t.Errorf("another build's step was renamed: %+v", s["sha256:c"])
+	}
+}
+
+// A vertex a second solve of the build reports again (a bake target solved
+// once more to export it as another's context) stays the first solve's
+// step: counted once, and not marked cached by the second solve's hit.
+func TestFollowerKeepsAStepWithTheFirstSolveThatRanIt(t *testing.T) {
+	t0 := time.Unix(1000, 0).UTC()
+	b := &builder{updates: map[string][]*controlapi.StatusResponse{
+		"main": {{Vertexes: []*controlapi.Vertex{{Digest: "sha256:r", Name: "[2/2] RUN make", Started: timestamppb.New(t0), Completed: timestamppb.New(t0.Add(time.Second))}},
+			Logs: []*controlapi.VertexLog{{Vertex: "sha256:r", Timestamp: timestamppb.New(t0), Msg: []byte("made\n")}}}},
+		"again": {{Vertexes: []*controlapi.Vertex{{Digest: "sha256:r", Name: "[2/2] RUN make", Cached: true, Started: timestamppb.New(t0.Add(2 * time.Second)), Completed: timestamppb.New(t0.Add(2 * time.Second))},
+			{Digest: "sha256:x", Name: "exporting to oci image format", Started: timestamppb.New(t0.Add(2 * time.Second))}}}},
+	}}
+	sock := serve(t, b)
+	out := &sink{steps: map[string]build.Step{}}
+	f, err := follow.New(follow.Config{Lookup: func(string) (string, string, bool) { return "p", sock, true },
+		Store: out.store, Grace: 50 * time.Millisecond, Flush: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.Solve("b1", "p", "p-amd64.builder.kiln", "main", "")
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if s, _ := out.snapshot(); !s["sha256:r"].CompletedAt.IsZero() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first solve's step was not stored")
+		}
+	}
+	f.Solve("b1", "p", "p-amd64.builder.kiln", "again", "")
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if s, _ := out.snapshot(); s["sha256:x"].Name != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second solve's own step was not stored")
+		}
+	}
+	s, logs := out.snapshot()
+	if r := s["sha256:r"]; r.Cached || !r.StartedAt.Equal(t0) {
+		t.Errorf("RUN step = %+v; want the first solve's run, not cached", r)
+	}
+	if len(logs) != 1 {
+		t.Errorf("logs = %+v; want the first solve's line once", logs)
 	}
 }

@@ -73,12 +73,13 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// OnSolve, if set, is told of every BuildKit Solve call a client
 	// makes through the gateway: the build (from its certificate), the
-	// builder's project and server name, and the solve's ref, which the
-	// builder's Control.Status streams. It is called from the splice's
+	// builder's project and server name, the solve's ref, which the
+	// builder's Control.Status streams, and the label the client gave its
+	// steps (steps.LabelHeader; "" for none). It is called from the splice's
 	// reader and must not block. The gateway learns it by a passive tap
 	// on the decrypted client stream (tap.go); a stream the tap cannot
 	// read is spliced all the same and reported to no one.
-	OnSolve func(buildID, projectID, serverName, ref string)
+	OnSolve func(buildID, projectID, serverName, ref, label string)
 	Logger  *slog.Logger // nil → discard
 }
 
@@ -243,7 +244,7 @@ func (g *Gateway) Serve(c *tls.Conn) {
 	g.mu.Unlock()
 	var src io.Reader = cn.client
 	if g.cfg.OnSolve != nil {
-		t := newTap(func(ref string) { g.cfg.OnSolve(buildID, projectID, name, ref) }, func(err error) {
+		t := newTap(func(ref, label string) { g.cfg.OnSolve(buildID, projectID, name, ref, label) }, func(err error) {
 			g.log.Debug("builder connection no longer tapped for solves", "builder", name, "build_id", buildID, "reason", err)
 		})
 		src = tapReader{r: cn.client, t: t}

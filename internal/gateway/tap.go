@@ -10,6 +10,8 @@ import (
 
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/kiln-dev/kiln/internal/steps"
 )
 
 // solvePath is the gRPC method whose request names a build's ref.
@@ -54,8 +56,8 @@ const clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 //
 // Not safe for concurrent use: one pump goroutine feeds it.
 type tap struct {
-	onSolve func(ref string)
-	onStop  func(err error) // called once when the tap gives up; may be nil
+	onSolve func(ref, label string) // label: the call's steps.LabelHeader, checked by steps.Label
+	onStop  func(err error)         // called once when the tap gives up; may be nil
 
 	dead     bool
 	preface  int    // bytes of the client preface seen
@@ -82,11 +84,12 @@ type frameHeader struct {
 
 // solveStream is a Solve call whose request message is still arriving.
 type solveStream struct {
-	gzip bool   // grpc-encoding: gzip
-	msg  []byte // the gRPC message so far, with its 5-byte prefix
+	gzip  bool   // grpc-encoding: gzip
+	label string // steps.LabelHeader, if it is a label
+	msg   []byte // the gRPC message so far, with its 5-byte prefix
 }
 
-func newTap(onSolve func(ref string), onStop func(error)) *tap {
+func newTap(onSolve func(ref, label string), onStop func(error)) *tap {
 	t := &tap{onSolve: onSolve, onStop: onStop, solves: map[uint32]*solveStream{}}
 	t.dec = hpack.NewDecoder(4096, t.field)
 	// The encoder may resize its table up to what the builder allows;
@@ -276,14 +279,14 @@ func (t *tap) headers() error {
 	if enc != "" && enc != "identity" && enc != "gzip" {
 		return fmt.Errorf("Solve request encoding %q", enc)
 	}
-	t.solves[stream] = &solveStream{gzip: enc == "gzip"}
+	t.solves[stream] = &solveStream{gzip: enc == "gzip", label: steps.Label(t.fields[steps.LabelHeader])}
 	return nil
 }
 
 // field keeps the header fields the tap needs.
 func (t *tap) field(f hpack.HeaderField) {
 	switch f.Name {
-	case ":path", "grpc-encoding":
+	case ":path", "grpc-encoding", steps.LabelHeader:
 		t.fields[f.Name] = f.Value
 	}
 }
@@ -324,7 +327,7 @@ func (t *tap) solveData(s *solveStream) (done bool, err error) {
 		return true, err
 	case found:
 		if ref != "" {
-			t.onSolve(ref)
+			t.onSolve(ref, s.label)
 		}
 		return true, nil
 	}

@@ -22,7 +22,7 @@ func BenchmarkTapSkipsBulkData(b *testing.B) {
 			var r io.Reader = &repeat{chunk: chunk}
 			if tapped {
 				r = io.MultiReader(strings.NewReader("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), r)
-				r = gateway.NewTapReader(r, func(string) {}, func(error) { b.Error("the tap gave up") })
+				r = gateway.NewTapReader(r, func(string, string) {}, func(error) { b.Error("the tap gave up") })
 			}
 			b.SetBytes(int64(len(chunk)))
 			buf := make([]byte, 64<<10)

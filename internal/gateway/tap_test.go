@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/kiln-dev/kiln/internal/gateway"
+	"github.com/kiln-dev/kiln/internal/steps"
 )
 
 // control is a fake buildkitd: Solve records the refs it was asked for.
@@ -80,8 +81,11 @@ func tapped(t *testing.T, srv *control) (controlapi.ControlClient, func() []stri
 				c.Close()
 				return
 			}
-			src := gateway.NewTapReader(c, func(ref string) {
+			src := gateway.NewTapReader(c, func(ref, label string) {
 				mu.Lock()
+				if label != "" {
+					ref += "@" + label
+				}
 				refs = append(refs, ref)
 				mu.Unlock()
 			}, func(err error) {
@@ -113,18 +117,23 @@ func TestTapReportsSolveRefs(t *testing.T) {
 	// which the tap must follow across streams it does not care about.
 	big := bytes.Repeat([]byte("x"), 3<<20) // many DATA frames
 	calls := []struct {
-		ref  string
-		def  []byte
-		opts []grpc.CallOption
+		ref, label string // label: sent as steps.LabelHeader
+		want       string // what the tap reports: ref[@label]
+		def        []byte
+		opts       []grpc.CallOption
 	}{
-		{"ref-plain", []byte("def"), nil},
-		{"ref-big", big, nil},
-		{"ref-gzip", big, []grpc.CallOption{grpc.UseCompressor(gzip.Name)}},
-		{"ref-last", nil, nil},
+		{ref: "ref-plain", want: "ref-plain", def: []byte("def")},
+		{ref: "ref-big", label: "app", want: "ref-big@app", def: big},
+		{ref: "ref-gzip", want: "ref-gzip", def: big, opts: []grpc.CallOption{grpc.UseCompressor(gzip.Name)}},
+		{ref: "ref-odd-label", label: "a b;c", want: "ref-odd-label"}, // not a label: ignored
+		{ref: "ref-last", label: "worker", want: "ref-last@worker"},
 	}
-	var want []string
+	var want, sent []string
 	for i, call := range calls {
 		mctx := metadata.AppendToOutgoingContext(ctx, "x-call", strings.Repeat("m", i*100), "x-same", "same")
+		if call.label != "" {
+			mctx = metadata.AppendToOutgoingContext(mctx, steps.LabelHeader, call.label)
+		}
 		if _, err := c.ListWorkers(mctx, &controlapi.ListWorkersRequest{}); err != nil {
 			t.Fatal(err)
 		}
@@ -135,12 +144,12 @@ func TestTapReportsSolveRefs(t *testing.T) {
 		if _, err := c.Solve(mctx, req, call.opts...); err != nil {
 			t.Fatalf("Solve through the tap: %v", err)
 		}
-		want = append(want, call.ref)
+		want, sent = append(want, call.want), append(sent, call.ref)
 	}
 	if got := refs(); strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("tap reported %q, want %q (stops: %v)", got, want, stops())
 	}
-	if got := strings.Join(srv.refs, ","); got != strings.Join(want, ",") {
+	if got := strings.Join(srv.refs, ","); got != strings.Join(sent, ",") {
 		t.Fatalf("builder got %q: the splice changed the requests", got)
 	}
 	if srv.defs[1] != len(big) || srv.defs[2] != len(big) {
@@ -175,7 +184,7 @@ func TestTapGarbage(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			var reported []string
 			stopped := 0
-			r := gateway.NewTapReader(bytes.NewReader(in), func(ref string) { reported = append(reported, ref) }, func(error) { stopped++ })
+			r := gateway.NewTapReader(bytes.NewReader(in), func(ref, _ string) { reported = append(reported, ref) }, func(error) { stopped++ })
 			var out bytes.Buffer
 			// Small reads: frames split at every boundary.
 			if err := gateway.Pump(&out, io.LimitReader(smallReads{r}, int64(len(in))+1)); err != nil {

@@ -61,20 +61,35 @@ func (r *Runner) execute(ctx context.Context, b build.Build, work string) build.
 	if err := os.MkdirAll(work, 0o700); err != nil {
 		return fail(fmt.Errorf("scratch directory: %w", err))
 	}
-	root := filepath.Join(work, "context")
-	rec.Begin(stepContext, "[kiln] fetch and check the build context")
-	stats, err := r.fetchContext(ctx, b, spec, work, root)
-	if err != nil {
+	root, dockerfile := "", spec.Dockerfile
+	if spec.GitURL != "" {
+		// A git context is fetched by the builder (engine/git.go): nothing
+		// of it passes through this server. Its host is checked against
+		// the builders' network policy first (githost.go).
+		rec.Begin(stepContext, "[kiln] check the git context's host")
+		proj, err := r.store.GetProject(ctx, b.ProjectID)
+		if err == nil {
+			err = r.checkGitHost(ctx, proj, spec.GitURL)
+		}
 		rec.End(stepContext, err)
-		return fail(fmt.Errorf("build context: %w", err))
+		if err != nil {
+			return fail(err)
+		}
+	} else {
+		root = filepath.Join(work, "context")
+		rec.Begin(stepContext, "[kiln] fetch and check the build context")
+		stats, err := r.fetchContext(ctx, b, spec, work, root)
+		if err != nil {
+			rec.End(stepContext, err)
+			return fail(fmt.Errorf("build context: %w", err))
+		}
+		rec.Log(stepContext, fmt.Sprintf("%d entries, %s, sha256:%s\n", stats.Entries, humanBytes(stats.Bytes), stats.SHA256))
+		if dockerfile, err = findDockerfile(root, spec.Dockerfile); err != nil {
+			rec.End(stepContext, err)
+			return fail(err)
+		}
+		rec.End(stepContext, nil)
 	}
-	rec.Log(stepContext, fmt.Sprintf("%d entries, %s, sha256:%s\n", stats.Entries, humanBytes(stats.Bytes), stats.SHA256))
-	dockerfile, err := findDockerfile(root, spec.Dockerfile)
-	if err != nil {
-		rec.End(stepContext, err)
-		return fail(err)
-	}
-	rec.End(stepContext, nil)
 
 	refs, err := refs(r.cfg.RegistryHost(), b.ProjectID, b.ID, spec.Tags, r.pushHosts())
 	if err != nil {
@@ -96,10 +111,12 @@ func (r *Runner) execute(ctx context.Context, b build.Build, work string) build.
 
 	resp, err := session.Solve(ctx, bs, req, io.Discard, rec.Observe)
 	if err != nil {
-		return fail(err)
+		o := fail(err)
+		o.GitCommit = req.GitCommit()
+		return o
 	}
 	return build.Outcome{Result: build.Result{Status: build.Succeeded}, ImageRefs: refs,
-		ImageDigest: resp.ExporterResponse["containerimage.digest"]}
+		ImageDigest: resp.ExporterResponse["containerimage.digest"], GitCommit: req.GitCommit()}
 }
 
 // fetchContext copies the build's context from blob storage into work,

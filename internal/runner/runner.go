@@ -52,6 +52,9 @@ type Config struct {
 	// PushAuth are credentials for registries other than kiln's own that
 	// source builds may push to (the operator's --push-auth-file).
 	PushAuth []engine.RegistryCredential
+	// GitPrivateHosts lets git contexts be fetched from loopback and
+	// private addresses (githost.go); off, they are refused.
+	GitPrivateHosts bool
 	// SecretsKey seals build secrets at rest (32 bytes or more).
 	SecretsKey []byte
 	Logger     *slog.Logger

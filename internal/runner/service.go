@@ -80,7 +80,8 @@ func (r *Runner) Upload(ctx context.Context, p auth.Principal, projectID, custom
 	return Upload{Presigned: ps, ContextKey: key, ProjectID: proj.ID, MaxSize: max}, nil
 }
 
-// Create queues a build of an uploaded context and returns it at once.
+// Create queues a build of an uploaded context, or of a git URL the
+// builder fetches, and returns it at once.
 func (r *Runner) Create(ctx context.Context, p auth.Principal, projectID, customerID string, spec Spec, secrets map[string]string) (build.Build, error) {
 	proj, err := r.projects.ForBuild(ctx, p, projectID, customerID)
 	if err != nil {
@@ -89,7 +90,11 @@ func (r *Runner) Create(ctx context.Context, p auth.Principal, projectID, custom
 	if err := spec.normalize(secrets); err != nil {
 		return build.Build{}, err
 	}
-	if _, err := r.usableContext(ctx, proj.ID, spec.ContextKey); err != nil {
+	if spec.GitURL != "" {
+		if err := r.checkGitHost(ctx, proj, spec.GitURL); err != nil {
+			return build.Build{}, err
+		}
+	} else if _, err := r.usableContext(ctx, proj.ID, spec.ContextKey); err != nil {
 		return build.Build{}, err
 	}
 	return r.queue(ctx, p, proj, spec, secrets)
@@ -244,7 +249,10 @@ func (r *Runner) Rebuild(ctx context.Context, p auth.Principal, id string) (buil
 	if err != nil {
 		return build.Build{}, err
 	}
-	if _, err := r.usableContext(ctx, b.ProjectID, spec.ContextKey); err != nil {
+	if spec.GitURL != "" {
+		// A git context is fetched again: the ref as given, which may
+		// now name another commit.
+	} else if _, err := r.usableContext(ctx, b.ProjectID, spec.ContextKey); err != nil {
 		if errdefs.IsNotFound(err) {
 			return build.Build{}, fmt.Errorf("the context of build %q is no longer retained; upload it again and use CreateBuild: %w", id, errdefs.ErrFailedPrecondition)
 		}
@@ -269,4 +277,10 @@ func (r *Runner) Rebuild(ctx context.Context, p auth.Principal, id string) (buil
 	}
 	spec.RebuildOf = b.ID
 	return r.queue(ctx, p, proj, spec, secrets)
+}
+
+// RecordGitCommit records the git commit a client build built
+// (build.Service.RecordGitCommit).
+func (r *Runner) RecordGitCommit(ctx context.Context, p auth.Principal, id, commit string) error {
+	return r.builds.RecordGitCommit(ctx, p, id, commit)
 }

@@ -22,7 +22,10 @@ import (
 // a restarted server, a rebuild and GetBuild all see the same request.
 // Secrets are not here: they are sealed apart (seal.go).
 type Spec struct {
-	ContextKey string            `json:"context_key"`
+	ContextKey string `json:"context_key"`
+	// GitURL is a git context (instead of ContextKey) the builder fetches:
+	// URL#ref:subdir (buildreq/git.go).
+	GitURL     string            `json:"git_url,omitempty"`
 	Dockerfile string            `json:"dockerfile"`
 	Target     string            `json:"target,omitempty"`
 	BuildArgs  map[string]string `json:"build_args,omitempty"`
@@ -69,8 +72,18 @@ func clip(s string, n int) string {
 // normalize checks a request's fields and fills defaults. Every error
 // names the field and the value.
 func (s *Spec) normalize(secrets map[string]string) error {
-	if s.ContextKey == "" {
-		return invalid("context_key is required: upload the context first (GenerateUploadURL)")
+	switch {
+	case s.ContextKey != "" && s.GitURL != "":
+		return invalid("give context_key (an upload) or git_url, not both")
+	case s.GitURL != "":
+		if _, err := buildreq.ParseGitURL(s.GitURL); err != nil {
+			return invalid("git_url: %v", err)
+		}
+		if strings.HasPrefix(s.GitURL, "ssh://") || strings.HasPrefix(s.GitURL, "git@") {
+			return invalid("git_url %q: an ssh URL needs an SSH agent, which source builds do not have; use https:// with the secret GIT_AUTH_TOKEN", clip(s.GitURL, 140))
+		}
+	case s.ContextKey == "":
+		return invalid("context_key is required: upload the context first (GenerateUploadURL), or give git_url for a git context")
 	}
 	if s.Dockerfile == "" {
 		s.Dockerfile = "Dockerfile"
@@ -145,13 +158,20 @@ func (s *Spec) normalize(secrets map[string]string) error {
 // request is the build the spec asks for, from the context unpacked at
 // root and the Dockerfile resolved in it; secrets are the unsealed values.
 // Where the image goes is the runner's to add (Request.AddSave).
+//
+// For a git context, root is "" and dockerfile the path in the
+// repository's context directory: the builder reads both.
 func (s Spec) request(root, dockerfile string, secrets map[string][]byte) (buildreq.Request, error) {
 	platforms, err := platform.ParseTargets(s.Platforms)
 	if err != nil {
 		return buildreq.Request{}, err
 	}
+	c := buildreq.Context{Dir: root}
+	if s.GitURL != "" {
+		c = buildreq.Context{Git: s.GitURL}
+	}
 	req := buildreq.Request{
-		Context:    buildreq.Context{Dir: root},
+		Context:    c,
 		Dockerfile: buildreq.Dockerfile{Path: dockerfile},
 		Target:     s.Target,
 		Args:       maps.Clone(s.BuildArgs),

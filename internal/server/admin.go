@@ -21,12 +21,22 @@ const DefaultAdminAddr = "127.0.0.1:7421"
 // need not read the log).
 func AdminAddrPath(dataDir string) string { return filepath.Join(dataDir, "admin.addr") }
 
-// adminMux serves Go's profiles at /debug/pprof/: goroutines, heap,
-// CPU, execution traces. Nothing else: no API, no data. It has no
+// adminMux serves Go's profiles at /debug/pprof/ (goroutines, heap,
+// CPU, execution traces) and, if metrics is not nil, the Prometheus
+// metrics at /metrics. Nothing else: no API, no data of any project (the
+// metrics' labels name no project or build: internal/metrics). It has no
 // authentication, which is why it has its own listener, on loopback
 // unless the operator says otherwise.
-func adminMux() *http.ServeMux {
+//
+// The main listener serves /metrics too, but only to an organization
+// token (server.go): a Prometheus elsewhere scrapes there with a bearer
+// token, over kiln's TLS, without the admin listener leaving loopback
+// and exposing the profiles with it.
+func adminMux(metrics http.Handler) *http.ServeMux {
 	mux := http.NewServeMux()
+	if metrics != nil {
+		mux.Handle("GET /metrics", metrics)
+	}
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
@@ -53,7 +63,7 @@ func (s *Server) listenAdmin() error {
 	l, err := net.Listen("tcp", s.cfg.AdminAddr)
 	if err != nil {
 		if s.cfg.AdminOptional {
-			s.cfg.Logger.Warn("admin listener (/debug/pprof) not started: its default address is taken; choose one with --admin-addr (\"\" turns it off)",
+			s.cfg.Logger.Warn("admin listener (/debug/pprof, /metrics) not started: its default address is taken; choose one with --admin-addr (\"\" turns it off)",
 				"addr", s.cfg.AdminAddr, "err", err)
 			return nil
 		}
@@ -64,18 +74,26 @@ func (s *Server) listenAdmin() error {
 		return fmt.Errorf("admin listener: %w", err)
 	}
 	if ta, ok := l.Addr().(*net.TCPAddr); ok && !ta.IP.IsLoopback() {
-		s.cfg.Logger.Warn("the admin listener (/debug/pprof, no authentication) listens beyond loopback; keep it on a private interface",
+		s.cfg.Logger.Warn("the admin listener (/debug/pprof and /metrics, no authentication) listens beyond loopback; keep it on a private interface",
 			"addr", l.Addr().String())
 	}
 	s.adminListener = l
 	s.admin = &http.Server{
-		Handler:           adminMux(),
+		Handler:           adminMux(s.metricsHandler()),
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		ErrorLog:          s.http.ErrorLog,
 	}
-	s.cfg.Logger.Info("admin listener (/debug/pprof) serving", "addr", l.Addr().String())
+	s.cfg.Logger.Info("admin listener (/debug/pprof, /metrics) serving", "addr", l.Addr().String())
 	return nil
+}
+
+// metricsHandler serves the metrics; nil when the server has none.
+func (s *Server) metricsHandler() http.Handler {
+	if s.metrics == nil {
+		return nil
+	}
+	return s.metrics.Handler()
 }
 
 // AdminAddr is the admin listener's bound address; nil when it is off.

@@ -9,6 +9,11 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/kiln-dev/kiln/internal/metrics"
 )
 
 func adminTestServer(t *testing.T, addr string, optional bool, log io.Writer) *Server {
@@ -16,7 +21,8 @@ func adminTestServer(t *testing.T, addr string, optional bool, log io.Writer) *S
 	return &Server{
 		cfg: Config{DataDir: t.TempDir(), AdminAddr: addr, AdminOptional: optional,
 			Logger: slog.New(slog.NewTextHandler(log, nil))},
-		http: &http.Server{},
+		http:    &http.Server{},
+		metrics: metrics.New(metrics.Config{}),
 	}
 }
 
@@ -45,7 +51,23 @@ func TestAdminListenerServesProfiles(t *testing.T) {
 	if res.StatusCode != 200 || !bytes.HasPrefix(body, []byte("goroutine profile: total ")) {
 		t.Fatalf("GET /debug/pprof/goroutine: %d %.200s", res.StatusCode, body)
 	}
-	// Only the profiles: nothing of the API answers there.
+	// The metrics, in Prometheus's text format, with the process's own.
+	res, err = http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || err != nil {
+		t.Fatalf("GET /metrics: %d, %v", res.StatusCode, err)
+	}
+	for _, name := range []string{"kiln_builds_started_total", "kiln_registry_pushed_bytes_total", "go_goroutines", "process_resident_memory_bytes"} {
+		if families[name] == nil {
+			t.Errorf("GET /metrics has no %s", name)
+		}
+	}
+	// Only the profiles and the metrics: nothing of the API answers there.
 	if res, err := http.Get("http://" + addr + "/healthz"); err != nil || res.StatusCode != http.StatusNotFound {
 		t.Errorf("GET /healthz on the admin listener: %v %v, want 404", res.StatusCode, err)
 	}

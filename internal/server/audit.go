@@ -16,7 +16,7 @@ import (
 // mountAudit serves kiln.v1.AuditService (`kiln audit`).
 func (s *Server) mountAudit(mux *http.ServeMux, authn *auth.Authenticator) {
 	mux.Handle(kilnv1connect.NewAuditServiceHandler(&kilnapi.AuditService{Audit: s.audit, Logger: s.cfg.Logger},
-		connect.WithInterceptors(authInterceptor(authn, s.cfg.Logger)), connect.WithReadMaxBytes(1<<20)))
+		s.apiInterceptors(authn), connect.WithReadMaxBytes(1<<20)))
 }
 
 // auditDenied reports a refused Connect call (Unauthenticated or

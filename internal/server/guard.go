@@ -63,6 +63,9 @@ type guard struct {
 	bodyTimeout   time.Duration
 	streamTimeout time.Duration
 	errors        *connect.ErrorWriter
+	// refused is told of each refusal (metrics.APIRefused): a kiln
+	// procedure's name, or "(unknown procedure)"; nil → nobody.
+	refused func(procedure string, err error)
 }
 
 func newGuard(next http.Handler, authn *auth.Authenticator, cfg Config) *guard {
@@ -116,6 +119,9 @@ func (g *guard) refuse(w http.ResponseWriter, r *http.Request, procedure string,
 	}
 	// Logged through the audit hook (throttled for bad tokens; setupOIDC).
 	auditDenied(ctx, g.authn, name, r.RemoteAddr, cerr)
+	if g.refused != nil {
+		g.refused(name, cerr)
+	}
 	if r.ProtoMajor == 1 && r.ContentLength != 0 {
 		// Else net/http would read up to 256 KiB of the body it was refused
 		// for, before answering, to keep the connection.

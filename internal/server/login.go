@@ -22,7 +22,7 @@ import (
 // The returned service's Close is for shutdown: it ends waiting logins.
 func (s *Server) mountLogin(mux *http.ServeMux, st store.Store, authn *auth.Authenticator, projects *project.Service) *login.Service {
 	logins := login.New(st, login.Config{}, s.cfg.Logger)
-	opts := []connect.HandlerOption{connect.WithInterceptors(authInterceptor(authn, s.cfg.Logger)), connect.WithReadMaxBytes(1 << 20)}
+	opts := []connect.HandlerOption{s.apiInterceptors(authn), connect.WithReadMaxBytes(1 << 20)}
 	depot.MountCLIv1beta1(mux,
 		&depot.LoginService{Logins: logins, PublicURL: s.publicURL, Logger: s.cfg.Logger},
 		&depot.CLIProjectsService{Projects: projects, Orgs: st, Logger: s.cfg.Logger},

@@ -14,5 +14,5 @@ import (
 // operator's per-project egress allow-list.
 func (s *Server) mountProjectNetwork(mux *http.ServeMux, authn *auth.Authenticator, projects *project.Service) {
 	kilnapi.MountProjectNetwork(mux, &kilnapi.ProjectNetworkService{Projects: projects, Logger: s.cfg.Logger},
-		connect.WithInterceptors(authInterceptor(authn, s.cfg.Logger)), connect.WithReadMaxBytes(64<<10))
+		s.apiInterceptors(authn), connect.WithReadMaxBytes(64<<10))
 }

@@ -151,6 +151,6 @@ func (d *deniedLog) flush() {
 
 // mountTrustPolicies serves kiln.v1.TrustPolicyService.
 func (s *Server) mountTrustPolicies(mux *http.ServeMux, authn *auth.Authenticator, projects *project.Service) {
-	opts := []connect.HandlerOption{connect.WithInterceptors(authInterceptor(authn, s.cfg.Logger)), connect.WithReadMaxBytes(1 << 20)}
+	opts := []connect.HandlerOption{s.apiInterceptors(authn), connect.WithReadMaxBytes(1 << 20)}
 	kilnapi.MountTrustPolicies(mux, &kilnapi.TrustPolicyService{Projects: projects, Logger: s.cfg.Logger}, opts...)
 }

@@ -62,8 +62,8 @@ func (s *Server) openRegistry(ctx context.Context, st store.Store, authn *auth.A
 // Connect interceptor's), Depot's RegistryService and kiln.v1's
 // RegistryAdminService.
 func (s *Server) mountRegistry(mux *http.ServeMux, authn *auth.Authenticator, reg *registry.Registry) {
-	mux.Handle("/v2/", reg)
-	opts := []connect.HandlerOption{connect.WithInterceptors(authInterceptor(authn, s.cfg.Logger)), connect.WithReadMaxBytes(1 << 20)}
+	mux.Handle("/v2/", s.metrics.Registry(reg)) // counts bytes pushed and pulled
+	opts := []connect.HandlerOption{s.apiInterceptors(authn), connect.WithReadMaxBytes(1 << 20)}
 	mux.Handle(buildv1connect.NewRegistryServiceHandler(&depot.RegistryService{Images: reg, Logger: s.cfg.Logger}, opts...))
 	mux.Handle(kilnv1connect.NewRegistryAdminServiceHandler(&kilnapi.RegistryAdminService{Registry: reg, Logger: s.cfg.Logger}, opts...))
 }

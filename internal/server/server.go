@@ -30,11 +30,13 @@ import (
 	"github.com/kiln-dev/kiln/internal/follow"
 	"github.com/kiln-dev/kiln/internal/gateway"
 	"github.com/kiln-dev/kiln/internal/login"
+	"github.com/kiln-dev/kiln/internal/metrics"
 	"github.com/kiln-dev/kiln/internal/pki"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/registry"
 	"github.com/kiln-dev/kiln/internal/runner"
 	"github.com/kiln-dev/kiln/internal/store"
+	"github.com/kiln-dev/kiln/internal/telemetry"
 )
 
 // Config is `kiln serve`'s configuration.
@@ -45,6 +47,9 @@ type Config struct {
 	HealthTimeout time.Duration // cancel builds silent this long; 0 → 5m
 	BuilderIdle   time.Duration // stop builders idle this long; 0 → 10m
 	BuilderStall  time.Duration // restart a builder in use that does not answer this long; 0 → 60s
+	// BuilderMemory caps each builder's memory (buildkitd and its RUN
+	// steps), in bytes; 0: no limit (docs/operating.md "Builder resources").
+	BuilderMemory int64
 	// PublicURL is the base URL users reach the server at (device-login
 	// approve links); "" → http://<bound listen address>.
 	PublicURL string
@@ -85,6 +90,10 @@ type Config struct {
 	// StreamBodyTimeout is the same for client-streaming procedures, whose
 	// messages may be minutes apart (guard.go). 0 → 30s and 10m.
 	BodyTimeout, StreamBodyTimeout time.Duration
+
+	// ClickHouse configures the export of finished builds (URL "" → none);
+	// the server sets its Dir (DATA/telemetry), Source and Logger.
+	ClickHouse telemetry.Config
 }
 
 // Server is a running control plane.
@@ -95,6 +104,7 @@ type Server struct {
 	builds   *build.Service
 	gateway  *gateway.Gateway
 	follow   *follow.Follower // records every build's steps from its builder
+	metrics  *metrics.Metrics // served at /metrics (admin.go)
 	ca       *pki.Authority
 	http     *http.Server
 	listener net.Listener // the TCP listener; the HTTP server serves mux
@@ -106,6 +116,7 @@ type Server struct {
 	audit         *audit.Recorder
 	registry      *registry.Registry
 	runner        *runner.Runner
+	telemetry     *telemetry.Exporter // nil without --clickhouse-url
 	cancel        context.CancelFunc
 	done          chan struct{}
 }
@@ -122,6 +133,15 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, done: make(chan struct{}), conns: newBuildConns()}
+	// The metrics come first: the store reports to them from its opening.
+	// They read the store and the fleet only once serving (Run, scrapes).
+	s.metrics = metrics.New(metrics.Config{Logger: cfg.Logger,
+		// Count a build's steps once the follower has stored them all.
+		StepsDelay: follow.DefaultGrace + 2*time.Second,
+		Steps: func(ctx context.Context, buildID string) ([]build.Step, error) {
+			return s.store.ListSteps(ctx, buildID)
+		},
+		Builders: func() []builder.Status { return s.fleet.Status() }})
 	defer func() {
 		if err != nil {
 			s.release(ctx)
@@ -138,6 +158,8 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	guard := newGuard(mux, authn, cfg) // authentication and body deadlines: guard.go
+	guard.refused = s.metrics.APIRefused
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
@@ -145,7 +167,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	// No ReadTimeout or WriteTimeout: bodies are bounded by idleness
 	// (guard.go), whole requests are not (conns.go says why).
 	s.http = &http.Server{
-		Handler:           newGuard(mux, authn, cfg), // authentication and body deadlines: guard.go
+		Handler:           guard,
 		Protocols:         protocols,
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
@@ -191,7 +213,7 @@ func checkConfig(cfg Config) (Config, error) {
 // admin token on first start) and the CA, and checks the TLS mode.
 func (s *Server) openData(ctx context.Context) error {
 	cfg := s.cfg
-	st, err := store.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "kiln.db"))
+	st, err := store.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "kiln.db"), store.WithObserver(s.metrics.ObserveStore))
 	if err != nil {
 		return err
 	}
@@ -233,6 +255,8 @@ func (s *Server) startServices() (*project.Service, error) {
 		CA:            s.ca,
 		IdleTTL:       cfg.BuilderIdle,
 		StallTimeout:  cfg.BuilderStall,
+		MemoryLimit:   cfg.BuilderMemory,
+		OnUsage:       func(u builder.Usage) { builds.RecordBuilderUsage(builderUsage(u)) },
 		Logger:        cfg.Logger,
 		// Only the operator's flags reach buildkitd.toml; builds cannot.
 		InsecureRegistries: cfg.InsecureRegistries,
@@ -247,7 +271,7 @@ func (s *Server) startServices() (*project.Service, error) {
 		return nil, err
 	}
 	s.fleet = fleet
-	if s.follow, err = follow.New(follow.Config{Lookup: fleet.Lookup, Logger: cfg.Logger,
+	if s.follow, err = follow.New(follow.Config{Lookup: fleet.Lookup, Platform: fleet.PlatformOf, Logger: cfg.Logger,
 		Store: func(ctx context.Context, buildID string, steps []build.Step, logs []build.LogLine) error {
 			return builds.StoreSteps(ctx, buildID, steps, logs)
 		},
@@ -259,6 +283,17 @@ func (s *Server) startServices() (*project.Service, error) {
 		return nil, err
 	}
 	var _ build.Acquirer = fleet // GetBuildKitConnection holds a pending answer (build.Config.HoldPending)
+	var observers build.Observers
+	if cfg.ClickHouse.URL != "" {
+		tc := cfg.ClickHouse
+		tc.Dir, tc.Source, tc.Logger = filepath.Join(cfg.DataDir, "telemetry"), s.store, cfg.Logger
+		tc.Settle = follow.DefaultGrace + 5*time.Second // export a build once the follower stored all of it
+		if s.telemetry, err = telemetry.New(tc); err != nil {
+			return nil, err
+		}
+		observers = append(observers, s.telemetry)
+		s.metrics.WatchExport(s.telemetry)
+	}
 	builds = build.NewService(s.store, fleet, s.ca, build.Config{HealthTimeout: cfg.HealthTimeout,
 		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
 		BuildURL:     s.buildURL,
@@ -268,6 +303,8 @@ func (s *Server) startServices() (*project.Service, error) {
 		GatewayAddr:  s.gatewayAddr,
 		Revoke:       func(buildID string) { s.gateway.Revoke(buildID); s.conns.ended(buildID); s.follow.Ended(buildID) },
 		Followed:     s.follow.Following,
+		Observer:     append(build.Observers{s.metrics}, observers...),
+		OnAcquire:    s.metrics.OnAcquire,
 		Audit:        s.audit.AuthEvent}, cfg.Logger)
 	s.builds = builds
 	if s.gateway, err = gateway.New(gateway.Config{Builders: fleet, Certs: s.ca, Authorize: builds.BuilderAccess,
@@ -289,7 +326,7 @@ func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http
 		return nil, nil, nil, err
 	}
 	mux := http.NewServeMux()
-	depot.Mount(mux, projects, s.builds, cfg.Logger, connect.WithInterceptors(authInterceptor(authn, cfg.Logger)), connect.WithReadMaxBytes(16<<20))
+	depot.Mount(mux, projects, s.builds, cfg.Logger, s.apiInterceptors(authn), connect.WithReadMaxBytes(16<<20))
 	logins := s.mountLogin(mux, s.store, authn, projects)
 	s.mountAudit(mux, authn)
 	s.mountBuildPage(mux, authn)
@@ -311,6 +348,9 @@ func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(fleet.Status())
 	})))
+	// The admin listener serves /metrics to anyone who reaches it; here,
+	// where the API is, only to an organization token (admin.go says why).
+	mux.Handle("GET /metrics", s.requireOrg(authn, s.metrics.Handler()))
 	return mux, authn, logins, nil
 }
 
@@ -318,6 +358,9 @@ func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http
 // runner is last to be made and nothing can fail after it, so it is never
 // open here.
 func (s *Server) release(ctx context.Context) {
+	if s.telemetry != nil {
+		s.telemetry.Close()
+	}
 	if s.registry != nil {
 		s.registry.Close()
 	}
@@ -354,6 +397,13 @@ func bearer(h string) string {
 		return strings.TrimSpace(h[7:])
 	}
 	return ""
+}
+
+// apiInterceptors are every Connect handler's interceptors: the metrics
+// (outermost: they time authentication too and see the code the client
+// gets), then authentication.
+func (s *Server) apiInterceptors(authn *auth.Authenticator) connect.HandlerOption {
+	return connect.WithInterceptors(s.metrics.API(), authInterceptor(authn, s.cfg.Logger))
 }
 
 // publicProcedures answer without a token (the device-login flow starts
@@ -474,6 +524,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	go s.audit.Run(bg)
 	go s.registry.Run(bg)
 	go s.gateway.Run(bg)
+	go s.metrics.Run(bg)
+	if s.telemetry != nil {
+		if err := s.telemetry.Start(); err != nil {
+			return fmt.Errorf("clickhouse export: %w", err)
+		}
+	}
 	// Source builds left queued or running by a previous server are
 	// resumed or failed before anyone can ask about them.
 	if err := s.runner.Start(ctx); err != nil {
@@ -507,6 +563,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := s.builds.Stopped(shutdownCtx); err != nil {
 		s.cfg.Logger.Error("settle client builds", "err", err)
 	}
+	if s.telemetry != nil {
+		s.telemetry.Close() // what is queued or spooled is exported after the next start
+	}
 	if err := s.store.Close(); err != nil {
 		s.cfg.Logger.Error("close database", "err", err)
 	}
@@ -514,4 +573,11 @@ func (s *Server) Serve(ctx context.Context) error {
 		return serveErr
 	}
 	return nil
+}
+
+// builderUsage is the fleet's usage report in the build domain's terms.
+func builderUsage(u builder.Usage) build.BuilderUsage {
+	return build.BuilderUsage{ProjectID: u.ProjectID, Platform: u.Platform, Builds: u.Leases, OOMKills: u.OOMKills,
+		Sample: build.ResourceSample{At: u.At, Interval: u.Interval, CPUCores: u.CPUCores, Memory: u.Memory,
+			MemoryPeak: u.MemoryPeak, MemoryLimit: u.MemoryLimit, IORead: u.IORead, IOWrite: u.IOWrite}}
 }

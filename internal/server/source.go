@@ -50,6 +50,9 @@ type SourceConfig struct {
 	// PushAuthFile is a Docker config.json whose "auths" are registries
 	// source builds may push to besides kiln's own; "" → none.
 	PushAuthFile string
+	// GitPrivateHosts lets source builds fetch git contexts from loopback
+	// and private addresses (runner/githost.go).
+	GitPrivateHosts bool
 }
 
 // openSource wires the blob store and the runner, and mounts the upload
@@ -72,7 +75,7 @@ func (s *Server) openSource(ctx context.Context, mux *http.ServeMux, st store.St
 		if err != nil {
 			return err
 		}
-		mux.Handle("/blobs/", local.Handler())
+		mux.Handle("/blobs/", s.metrics.Uploads(local.Handler())) // counts bytes uploaded
 		blobs = local
 	}
 	pushAuth, err := loadPushAuth(cfg.PushAuthFile)
@@ -95,13 +98,14 @@ func (s *Server) openSource(ctx context.Context, mux *http.ServeMux, st store.St
 		Archive:                   archive.Limits{CompressedBytes: cfg.MaxUpload},
 		RegistryHost:              s.registryHost,
 		PushAuth:                  pushAuth,
+		GitPrivateHosts:           cfg.GitPrivateHosts,
 		SecretsKey:                key,
 		Logger:                    s.cfg.Logger,
 	})
 	if err != nil {
 		return err
 	}
-	svc := &kilnapi.SourceBuildService{Runner: s.runner, Logger: s.cfg.Logger,
+	svc := &kilnapi.SourceBuildService{Runner: s.runner, Logger: s.cfg.Logger, Resources: s.builds.Resources,
 		CustomerOf: func(ctx context.Context, projectID string) string {
 			p, err := st.GetProject(ctx, projectID)
 			if err != nil {
@@ -111,7 +115,7 @@ func (s *Server) openSource(ctx context.Context, mux *http.ServeMux, st store.St
 		}}
 	// Secrets and build args ride in CreateBuild: a few MiB at most.
 	mux.Handle(kilnv1connect.NewSourceBuildServiceHandler(svc,
-		connect.WithInterceptors(authInterceptor(authn, s.cfg.Logger)), connect.WithReadMaxBytes(4<<20)))
+		s.apiInterceptors(authn), connect.WithReadMaxBytes(4<<20)))
 	return nil
 }
 

@@ -15,5 +15,5 @@ import (
 // expiry beyond Depot's CreateToken.
 func (s *Server) mountTokens(mux *http.ServeMux, authn *auth.Authenticator, projects *project.Service) {
 	mux.Handle(kilnv1connect.NewTokenServiceHandler(&kilnapi.TokenService{Projects: projects, Logger: s.cfg.Logger},
-		connect.WithInterceptors(authInterceptor(authn, s.cfg.Logger)), connect.WithReadMaxBytes(1<<20)))
+		s.apiInterceptors(authn), connect.WithReadMaxBytes(1<<20)))
 }

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/engine"
 	"github.com/kiln-dev/kiln/internal/platform"
@@ -158,10 +159,24 @@ func (r *Remote) Run(ctx context.Context, req *engine.Request, o RunOptions) (*b
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		return nil, cause
 	}
+	if c := req.GitCommit(); c != "" {
+		r.recordGitCommit(c, msgs) // also when the build failed: the commit that failed
+	}
 	if err != nil {
 		return nil, fmt.Errorf("build %s failed: %w", r.ID, r.explainLoss(ctx, err))
 	}
 	return resp, nil
+}
+
+// recordGitCommit records on the build the git commit it was pinned to
+// (RecordGitCommit), best effort: a failure is a warning.
+func (r *Remote) recordGitCommit(commit string, msgs io.Writer) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req := client.WithToken(connect.NewRequest(&kilnv1.RecordGitCommitRequest{BuildId: r.ID, GitCommit: commit}), r.Token)
+	if _, err := r.cfg.SourceBuilds().RecordGitCommit(ctx, req); err != nil {
+		fmt.Fprintf(msgs, "kiln: warning: recording git commit %s on build %s: %v\n", commit, r.ID, err)
+	}
 }
 
 // describePlan says which builder builds each platform.

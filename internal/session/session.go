@@ -190,6 +190,9 @@ func acquire(ctx context.Context, a Acquirer, b platform.Platform, o *ConnectOpt
 // names, merged into one image index. progress receives what the engine
 // prints; observe sees every status update.
 //
+// A git context is first resolved to one commit on the builder
+// ([engine.Request.ResolveGitCommit]); the build is pinned to it.
+//
 // While it runs, a stall watch (stall.go) warns on progress when the
 // builders have shown no sign of life for 30 s. Server paths in BuildKit's
 // errors are taken out (scrub.go).
@@ -209,6 +212,17 @@ func Solve(ctx context.Context, bs *Builders, req *engine.Request, progress io.W
 	}
 	var resp *client.SolveResponse
 	var err error
+	if req.GitContext() != "" {
+		// One commit for every platform, resolved on the builder and
+		// pinned (engine/git.go): req.GitCommit() is what was built.
+		c := bs.Client(req.BuilderPlatform(req.Platform()))
+		if req.MultiPlatform() {
+			c = Targets(bs, req)[0].Client
+		}
+		if _, err := req.ResolveGitCommit(ctx, c); err != nil {
+			return nil, scrubError(err)
+		}
+	}
 	if !req.MultiPlatform() {
 		resp, err = engine.Solve(ctx, bs.Client(req.BuilderPlatform(req.Platform())), req, progress, seen)
 	} else {

@@ -1,8 +1,11 @@
 package steps
 
 import (
+	"context"
 	"regexp"
 	"strings"
+
+	"google.golang.org/grpc/metadata"
 )
 
 // Which steps count: the one rule for a build's cached and total steps,
@@ -68,4 +71,30 @@ func Counted[S any](all []S, name func(S) string) []S {
 		}
 	}
 	return out
+}
+
+// LabelHeader is the gRPC metadata key with which a client labels a
+// BuildKit Solve call for the steps kiln records from the builder: kiln
+// bake sends each target's name, so the recorded steps read as its display
+// does ("[app 2/3] RUN …"). kiln's gateway reads it from the Solve call's
+// headers; a label that is not a short plain name is ignored (Label).
+const LabelHeader = "kiln-step-label"
+
+// Label returns v if it can label steps (1 to 64 letters, digits and
+// "._-"), else "".
+func Label(v string) string {
+	if len(v) == 0 || len(v) > 64 {
+		return ""
+	}
+	for _, c := range v {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return ""
+		}
+	}
+	return v
+}
+
+// WithLabel returns ctx whose BuildKit calls carry label as LabelHeader.
+func WithLabel(ctx context.Context, label string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, LabelHeader, label)
 }

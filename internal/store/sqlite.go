@@ -40,12 +40,16 @@ var _ Store = (*SQLite)(nil)
 // OpenSQLite opens (creating if needed) the database at path and runs any
 // pending migrations once. The database and its -wal and -shm files are
 // the owner's only (0600): they hold token hashes and sealed secrets.
-func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
+func OpenSQLite(ctx context.Context, path string, opts ...Option) (*SQLite, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if err := ownerOnly(path); err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
 	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)"
-	db, err := sql.Open("sqlite", dsn)
+	db, err := openDB(dsn, o)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
@@ -262,6 +266,8 @@ func (s *SQLite) DeleteProject(ctx context.Context, id string) error {
 			`DELETE FROM build_logs WHERE build_id IN (SELECT id FROM builds WHERE project_id = ?)`,
 			`DELETE FROM build_steps WHERE build_id IN (SELECT id FROM builds WHERE project_id = ?)`,
 			`DELETE FROM build_shares WHERE build_id IN (SELECT id FROM builds WHERE project_id = ?)`,
+			`DELETE FROM build_resource_samples WHERE build_id IN (SELECT id FROM builds WHERE project_id = ?)`,
+			`DELETE FROM build_resource_events WHERE build_id IN (SELECT id FROM builds WHERE project_id = ?)`,
 			`DELETE FROM builds WHERE project_id = ?`,
 			`DELETE FROM tokens WHERE project_id = ?`,
 			`DELETE FROM trust_policies WHERE project_id = ?`,
@@ -365,14 +371,16 @@ func (s *SQLite) DeleteToken(ctx context.Context, id string) error {
 }
 
 const buildCols = `id, project_id, org_id, status, command, options, error, platforms, created_at, started_at, finished_at, last_health_at,
-	kind, spec, secrets, image_refs, image_digest, created_by, trust_policy_ids, until_at`
+	kind, spec, secrets, image_refs, image_digest, created_by, trust_policy_ids, until_at, git_commit`
 
 func scanBuild(sc interface{ Scan(...any) error }) (build.Build, error) {
 	var b build.Build
 	var created, started, finished, health, until int64
 	var refs, policies string
+	var commit sql.NullString
 	err := sc.Scan(&b.ID, &b.ProjectID, &b.OrgID, &b.Status, &b.Command, &b.Options, &b.Error, &b.Platforms, &created, &started, &finished, &health,
-		&b.Kind, &b.Spec, &b.Secrets, &refs, &b.ImageDigest, &b.CreatedBy, &policies, &until)
+		&b.Kind, &b.Spec, &b.Secrets, &refs, &b.ImageDigest, &b.CreatedBy, &policies, &until, &commit)
+	b.GitCommit = commit.String
 	b.CreatedAt, b.StartedAt, b.FinishedAt, b.LastHealthAt = fromMs(created), fromMs(started), fromMs(finished), fromMs(health)
 	b.PolicyIDs, b.Until = splitIDs(policies), fromMs(until)
 	if refs != "" {
@@ -392,9 +400,9 @@ func buildKind(k build.Kind) build.Kind {
 // those policies all still exist (errdefs.ErrPermission otherwise).
 func (s *SQLite) CreateBuild(ctx context.Context, b build.Build) error {
 	cond, condArgs := policiesExist(b.PolicyIDs)
-	res, err := s.exec(ctx, `INSERT INTO builds (`+buildCols+`) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE `+cond,
+	res, err := s.exec(ctx, `INSERT INTO builds (`+buildCols+`) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE `+cond,
 		append([]any{b.ID, b.ProjectID, b.OrgID, b.Status, b.Command, b.Options, b.Error, b.Platforms, ms(b.CreatedAt), ms(b.StartedAt), ms(b.FinishedAt), ms(b.LastHealthAt),
-			buildKind(b.Kind), b.Spec, b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest, b.CreatedBy, joinIDs(b.PolicyIDs), ms(b.Until)}, condArgs...)...)
+			buildKind(b.Kind), b.Spec, b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest, b.CreatedBy, joinIDs(b.PolicyIDs), ms(b.Until), nullable(b.GitCommit)}, condArgs...)...)
 	if err != nil {
 		return uniqueViolation(err, "build", b.ID)
 	}
@@ -474,9 +482,9 @@ func (s *SQLite) UpdateBuild(ctx context.Context, id string, fn func(*build.Buil
 		}
 		ran = true
 		_, err = tx.ExecContext(ctx, `UPDATE builds SET status = ?, error = ?, platforms = ?, started_at = ?, finished_at = ?, last_health_at = ?,
-			secrets = ?, image_refs = ?, image_digest = ? WHERE id = ?`,
+			secrets = ?, image_refs = ?, image_digest = ?, git_commit = ? WHERE id = ?`,
 			b.Status, b.Error, b.Platforms, ms(b.StartedAt), ms(b.FinishedAt), ms(b.LastHealthAt),
-			b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest, id)
+			b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest, nullable(b.GitCommit), id)
 		return err
 	})
 	switch {
@@ -496,7 +504,15 @@ func (s *SQLite) UpdateBuild(ctx context.Context, id string, fn func(*build.Buil
 func onlyHealth(before, after build.Build) bool {
 	return before.Status == after.Status && before.Error == after.Error && before.Platforms == after.Platforms &&
 		before.StartedAt.Equal(after.StartedAt) && before.FinishedAt.Equal(after.FinishedAt) && before.Secrets == after.Secrets &&
-		slices.Equal(before.ImageRefs, after.ImageRefs) && before.ImageDigest == after.ImageDigest
+		slices.Equal(before.ImageRefs, after.ImageRefs) && before.ImageDigest == after.ImageDigest && before.GitCommit == after.GitCommit
+}
+
+// nullable is v for a nullable column: NULL when empty.
+func nullable(v string) any {
+	if v == "" {
+		return nil
+	}
+	return v
 }
 
 // PutSteps merges each step into the stored one of its digest

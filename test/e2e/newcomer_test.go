@@ -45,7 +45,7 @@ func TestNewcomerCLIAnswers(t *testing.T) {
 
 	// A missing argument says what and how, like buildx.
 	r := s.kiln(t, dir, nil, "build")
-	for _, want := range []string{`"kiln build" requires exactly 1 argument`, "See 'kiln build --help'.", "Usage:  kiln build [OPTIONS] PATH | -", "Example:\n  kiln build "} {
+	for _, want := range []string{`"kiln build" requires exactly 1 argument`, "See 'kiln build --help'.", "Usage:  kiln build [OPTIONS] PATH | URL | -", "Example:\n  kiln build "} {
 		if r.Err == nil || !strings.Contains(r.Stderr, want) {
 			t.Errorf("kiln build with no path: %v\n%s\nwant %q", r.Err, r.Stderr, want)
 		}

@@ -248,3 +248,49 @@ func TestStepsOfASourceBuildAreNotCountedTwice(t *testing.T) {
 		}
 	}
 }
+
+// A bake of two targets is one build per project: its steps are both
+// targets' Dockerfile steps as BuildKit ran them, each once, and a cached
+// re-bake has them all cached. The targets' base stages are separate
+// vertices (each COPYs from its own target's context), so 4 + 4 steps;
+// the second of a pair may be answered from the first's cache.
+func TestStepsOfABakeAreEveryTargetsOnce(t *testing.T) {
+	t.Parallel()
+	s := sharedServer(t)
+	proj := s.createProject(t, "bake-steps")
+	dir := writeContext(t, map[string]string{
+		"Dockerfile":       stepsDockerfile,
+		"data.txt":         "bake-1\n",
+		"other.txt":        "bake-2\n",
+		"Dockerfile.other": baseStages + "\nFROM busybox\nCOPY other.txt /other.txt\nRUN echo \"other says: $(cat /other.txt)\"\n",
+		"docker-bake.hcl": `group "default" { targets = ["app", "other"] }
+target "app" { output = ["type=cacheonly"] }
+target "other" {
+  dockerfile = "Dockerfile.other"
+  output = ["type=cacheonly"]
+}
+`,
+	})
+	const want = 8
+	bake := func() *corev1.Build {
+		before := s.newestBuild(t, t.Context(), proj)
+		r := s.mustKiln(t, dir, "bake", "--project", proj, "--progress", "plain")
+		id := s.latestBuild(t, proj)
+		if id == before {
+			t.Fatalf("no new build after kiln bake:\n%s", tail(r.Stderr, 2000))
+		}
+		b := getBuild(t, s, id, want)
+		if b.GetTotalSteps() != want {
+			for _, st := range s.steps(t, proj, b.BuildId) {
+				t.Logf("step %s %q %v", st.Digest, st.Name, st.CacheState)
+			}
+		}
+		return b
+	}
+	if b := bake(); b.GetTotalSteps() != want || b.GetCachedSteps() == want {
+		t.Errorf("cold bake: %d cached of %d steps; want %d, not all cached", b.GetCachedSteps(), b.GetTotalSteps(), want)
+	}
+	if b := bake(); b.GetTotalSteps() != want || b.GetCachedSteps() != want {
+		t.Errorf("cached re-bake: %d cached of %d steps; want %d of %d", b.GetCachedSteps(), b.GetTotalSteps(), want, want)
+	}
+}

@@ -89,6 +89,95 @@ func (BuildStatus) EnumDescriptor() ([]byte, []int) {
 	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{0}
 }
 
+type RecordGitCommitRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	BuildId string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	// A full commit SHA (40 or 64 hex digits).
+	GitCommit     string `protobuf:"bytes,2,opt,name=git_commit,json=gitCommit,proto3" json:"git_commit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordGitCommitRequest) Reset() {
+	*x = RecordGitCommitRequest{}
+	mi := &file_kiln_v1_builds_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordGitCommitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordGitCommitRequest) ProtoMessage() {}
+
+func (x *RecordGitCommitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_builds_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordGitCommitRequest.ProtoReflect.Descriptor instead.
+func (*RecordGitCommitRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RecordGitCommitRequest) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+func (x *RecordGitCommitRequest) GetGitCommit() string {
+	if x != nil {
+		return x.GitCommit
+	}
+	return ""
+}
+
+type RecordGitCommitResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordGitCommitResponse) Reset() {
+	*x = RecordGitCommitResponse{}
+	mi := &file_kiln_v1_builds_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordGitCommitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordGitCommitResponse) ProtoMessage() {}
+
+func (x *RecordGitCommitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_builds_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordGitCommitResponse.ProtoReflect.Descriptor instead.
+func (*RecordGitCommitResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{1}
+}
+
 // A build's project is named by its id, or by the platform's own customer
 // id: the project for a customer id is created on first use, once.
 type ProjectRef struct {
@@ -104,7 +193,7 @@ type ProjectRef struct {
 
 func (x *ProjectRef) Reset() {
 	*x = ProjectRef{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[0]
+	mi := &file_kiln_v1_builds_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -116,7 +205,7 @@ func (x *ProjectRef) String() string {
 func (*ProjectRef) ProtoMessage() {}
 
 func (x *ProjectRef) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[0]
+	mi := &file_kiln_v1_builds_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -129,7 +218,7 @@ func (x *ProjectRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProjectRef.ProtoReflect.Descriptor instead.
 func (*ProjectRef) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{0}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ProjectRef) GetRef() isProjectRef_Ref {
@@ -188,7 +277,7 @@ type GenerateUploadURLRequest struct {
 
 func (x *GenerateUploadURLRequest) Reset() {
 	*x = GenerateUploadURLRequest{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[1]
+	mi := &file_kiln_v1_builds_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -200,7 +289,7 @@ func (x *GenerateUploadURLRequest) String() string {
 func (*GenerateUploadURLRequest) ProtoMessage() {}
 
 func (x *GenerateUploadURLRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[1]
+	mi := &file_kiln_v1_builds_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -213,7 +302,7 @@ func (x *GenerateUploadURLRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateUploadURLRequest.ProtoReflect.Descriptor instead.
 func (*GenerateUploadURLRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{1}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GenerateUploadURLRequest) GetProject() *ProjectRef {
@@ -255,7 +344,7 @@ type GenerateUploadURLResponse struct {
 
 func (x *GenerateUploadURLResponse) Reset() {
 	*x = GenerateUploadURLResponse{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[2]
+	mi := &file_kiln_v1_builds_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -267,7 +356,7 @@ func (x *GenerateUploadURLResponse) String() string {
 func (*GenerateUploadURLResponse) ProtoMessage() {}
 
 func (x *GenerateUploadURLResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[2]
+	mi := &file_kiln_v1_builds_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -280,7 +369,7 @@ func (x *GenerateUploadURLResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateUploadURLResponse.ProtoReflect.Descriptor instead.
 func (*GenerateUploadURLResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{2}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GenerateUploadURLResponse) GetUrl() string {
@@ -326,9 +415,10 @@ func (x *GenerateUploadURLResponse) GetMaxSize() int64 {
 }
 
 type CreateBuildRequest struct {
-	state      protoimpl.MessageState `protogen:"open.v1"`
-	Project    *ProjectRef            `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"`
-	ContextKey string                 `protobuf:"bytes,2,opt,name=context_key,json=contextKey,proto3" json:"context_key,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Project *ProjectRef            `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"`
+	// The uploaded context (GenerateUploadURL). Give it or git_url.
+	ContextKey string `protobuf:"bytes,2,opt,name=context_key,json=contextKey,proto3" json:"context_key,omitempty"`
 	// The Dockerfile's path inside the context; default "Dockerfile".
 	Dockerfile string            `protobuf:"bytes,3,opt,name=dockerfile,proto3" json:"dockerfile,omitempty"`
 	Target     string            `protobuf:"bytes,4,opt,name=target,proto3" json:"target,omitempty"`
@@ -342,15 +432,23 @@ type CreateBuildRequest struct {
 	// always a tag too.
 	Tags []string `protobuf:"bytes,7,rep,name=tags,proto3" json:"tags,omitempty"`
 	// linux/amd64 (default) and/or linux/arm64.
-	Platforms     []string `protobuf:"bytes,8,rep,name=platforms,proto3" json:"platforms,omitempty"`
-	NoCache       bool     `protobuf:"varint,9,opt,name=no_cache,json=noCache,proto3" json:"no_cache,omitempty"`
+	Platforms []string `protobuf:"bytes,8,rep,name=platforms,proto3" json:"platforms,omitempty"`
+	NoCache   bool     `protobuf:"varint,9,opt,name=no_cache,json=noCache,proto3" json:"no_cache,omitempty"`
+	// A git context instead of an upload: the builder fetches it itself,
+	// "https://host/org/repo.git#ref:subdir" (ref: a branch, a tag or a
+	// full commit SHA; https, http, git or ssh). A private repository's
+	// credentials are secrets named as BuildKit's git source reads them:
+	// GIT_AUTH_TOKEN.<host> (or GIT_AUTH_TOKEN) for a token,
+	// GIT_AUTH_HEADER.<host> for a whole Authorization header. The commit
+	// that was built is recorded on the build (Build.git_commit).
+	GitUrl        string `protobuf:"bytes,10,opt,name=git_url,json=gitUrl,proto3" json:"git_url,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateBuildRequest) Reset() {
 	*x = CreateBuildRequest{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[3]
+	mi := &file_kiln_v1_builds_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -362,7 +460,7 @@ func (x *CreateBuildRequest) String() string {
 func (*CreateBuildRequest) ProtoMessage() {}
 
 func (x *CreateBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[3]
+	mi := &file_kiln_v1_builds_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -375,7 +473,7 @@ func (x *CreateBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateBuildRequest.ProtoReflect.Descriptor instead.
 func (*CreateBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{3}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateBuildRequest) GetProject() *ProjectRef {
@@ -441,6 +539,13 @@ func (x *CreateBuildRequest) GetNoCache() bool {
 	return false
 }
 
+func (x *CreateBuildRequest) GetGitUrl() string {
+	if x != nil {
+		return x.GitUrl
+	}
+	return ""
+}
+
 type CreateBuildResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	BuildId       string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
@@ -452,7 +557,7 @@ type CreateBuildResponse struct {
 
 func (x *CreateBuildResponse) Reset() {
 	*x = CreateBuildResponse{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[4]
+	mi := &file_kiln_v1_builds_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -464,7 +569,7 @@ func (x *CreateBuildResponse) String() string {
 func (*CreateBuildResponse) ProtoMessage() {}
 
 func (x *CreateBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[4]
+	mi := &file_kiln_v1_builds_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -477,7 +582,7 @@ func (x *CreateBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateBuildResponse.ProtoReflect.Descriptor instead.
 func (*CreateBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{4}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateBuildResponse) GetBuildId() string {
@@ -526,13 +631,18 @@ type Build struct {
 	Kind string `protobuf:"bytes,17,opt,name=kind,proto3" json:"kind,omitempty"`
 	// Builds ahead of this one in the queue (queued builds only).
 	QueuePosition int32 `protobuf:"varint,16,opt,name=queue_position,json=queuePosition,proto3" json:"queue_position,omitempty"`
+	// A git context's URL, as given (source builds from git).
+	GitUrl string `protobuf:"bytes,18,opt,name=git_url,json=gitUrl,proto3" json:"git_url,omitempty"`
+	// The commit that was built, resolved on the builder before the build
+	// and pinned; "" until known, and for builds of a local context.
+	GitCommit     string `protobuf:"bytes,19,opt,name=git_commit,json=gitCommit,proto3" json:"git_commit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Build) Reset() {
 	*x = Build{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[5]
+	mi := &file_kiln_v1_builds_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -544,7 +654,7 @@ func (x *Build) String() string {
 func (*Build) ProtoMessage() {}
 
 func (x *Build) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[5]
+	mi := &file_kiln_v1_builds_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +667,7 @@ func (x *Build) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Build.ProtoReflect.Descriptor instead.
 func (*Build) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{5}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Build) GetBuildId() string {
@@ -679,6 +789,20 @@ func (x *Build) GetQueuePosition() int32 {
 	return 0
 }
 
+func (x *Build) GetGitUrl() string {
+	if x != nil {
+		return x.GitUrl
+	}
+	return ""
+}
+
+func (x *Build) GetGitCommit() string {
+	if x != nil {
+		return x.GitCommit
+	}
+	return ""
+}
+
 type GetBuildRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	BuildId       string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
@@ -688,7 +812,7 @@ type GetBuildRequest struct {
 
 func (x *GetBuildRequest) Reset() {
 	*x = GetBuildRequest{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[6]
+	mi := &file_kiln_v1_builds_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -700,7 +824,7 @@ func (x *GetBuildRequest) String() string {
 func (*GetBuildRequest) ProtoMessage() {}
 
 func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[6]
+	mi := &file_kiln_v1_builds_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -713,7 +837,7 @@ func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildRequest.ProtoReflect.Descriptor instead.
 func (*GetBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{6}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetBuildRequest) GetBuildId() string {
@@ -732,7 +856,7 @@ type GetBuildResponse struct {
 
 func (x *GetBuildResponse) Reset() {
 	*x = GetBuildResponse{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[7]
+	mi := &file_kiln_v1_builds_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +868,7 @@ func (x *GetBuildResponse) String() string {
 func (*GetBuildResponse) ProtoMessage() {}
 
 func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[7]
+	mi := &file_kiln_v1_builds_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +881,7 @@ func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildResponse.ProtoReflect.Descriptor instead.
 func (*GetBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{7}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetBuildResponse) GetBuild() *Build {
@@ -778,7 +902,7 @@ type WatchBuildRequest struct {
 
 func (x *WatchBuildRequest) Reset() {
 	*x = WatchBuildRequest{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[8]
+	mi := &file_kiln_v1_builds_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +914,7 @@ func (x *WatchBuildRequest) String() string {
 func (*WatchBuildRequest) ProtoMessage() {}
 
 func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[8]
+	mi := &file_kiln_v1_builds_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +927,7 @@ func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildRequest.ProtoReflect.Descriptor instead.
 func (*WatchBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{8}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WatchBuildRequest) GetBuildId() string {
@@ -834,7 +958,7 @@ type Step struct {
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[9]
+	mi := &file_kiln_v1_builds_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -846,7 +970,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[9]
+	mi := &file_kiln_v1_builds_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -859,7 +983,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{9}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Step) GetDigest() string {
@@ -918,7 +1042,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[10]
+	mi := &file_kiln_v1_builds_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -930,7 +1054,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[10]
+	mi := &file_kiln_v1_builds_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -943,7 +1067,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{10}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LogLine) GetDigest() string {
@@ -988,7 +1112,7 @@ type WatchBuildResponse struct {
 
 func (x *WatchBuildResponse) Reset() {
 	*x = WatchBuildResponse{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[11]
+	mi := &file_kiln_v1_builds_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1000,7 +1124,7 @@ func (x *WatchBuildResponse) String() string {
 func (*WatchBuildResponse) ProtoMessage() {}
 
 func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[11]
+	mi := &file_kiln_v1_builds_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1013,7 +1137,7 @@ func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildResponse.ProtoReflect.Descriptor instead.
 func (*WatchBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{11}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WatchBuildResponse) GetEvent() isWatchBuildResponse_Event {
@@ -1083,7 +1207,7 @@ type CancelBuildRequest struct {
 
 func (x *CancelBuildRequest) Reset() {
 	*x = CancelBuildRequest{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[12]
+	mi := &file_kiln_v1_builds_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1219,7 @@ func (x *CancelBuildRequest) String() string {
 func (*CancelBuildRequest) ProtoMessage() {}
 
 func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[12]
+	mi := &file_kiln_v1_builds_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1232,7 @@ func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildRequest.ProtoReflect.Descriptor instead.
 func (*CancelBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{12}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CancelBuildRequest) GetBuildId() string {
@@ -1127,7 +1251,7 @@ type CancelBuildResponse struct {
 
 func (x *CancelBuildResponse) Reset() {
 	*x = CancelBuildResponse{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[13]
+	mi := &file_kiln_v1_builds_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1139,7 +1263,7 @@ func (x *CancelBuildResponse) String() string {
 func (*CancelBuildResponse) ProtoMessage() {}
 
 func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[13]
+	mi := &file_kiln_v1_builds_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1152,7 +1276,7 @@ func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildResponse.ProtoReflect.Descriptor instead.
 func (*CancelBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{13}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CancelBuildResponse) GetBuild() *Build {
@@ -1175,7 +1299,7 @@ type ListBuildsRequest struct {
 
 func (x *ListBuildsRequest) Reset() {
 	*x = ListBuildsRequest{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[14]
+	mi := &file_kiln_v1_builds_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1187,7 +1311,7 @@ func (x *ListBuildsRequest) String() string {
 func (*ListBuildsRequest) ProtoMessage() {}
 
 func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[14]
+	mi := &file_kiln_v1_builds_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1200,7 +1324,7 @@ func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsRequest.ProtoReflect.Descriptor instead.
 func (*ListBuildsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{14}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListBuildsRequest) GetProject() *ProjectRef {
@@ -1234,7 +1358,7 @@ type ListBuildsResponse struct {
 
 func (x *ListBuildsResponse) Reset() {
 	*x = ListBuildsResponse{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[15]
+	mi := &file_kiln_v1_builds_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1370,7 @@ func (x *ListBuildsResponse) String() string {
 func (*ListBuildsResponse) ProtoMessage() {}
 
 func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[15]
+	mi := &file_kiln_v1_builds_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1383,7 @@ func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsResponse.ProtoReflect.Descriptor instead.
 func (*ListBuildsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{15}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListBuildsResponse) GetBuilds() []*Build {
@@ -1285,7 +1409,7 @@ type RebuildBuildRequest struct {
 
 func (x *RebuildBuildRequest) Reset() {
 	*x = RebuildBuildRequest{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[16]
+	mi := &file_kiln_v1_builds_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1421,7 @@ func (x *RebuildBuildRequest) String() string {
 func (*RebuildBuildRequest) ProtoMessage() {}
 
 func (x *RebuildBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[16]
+	mi := &file_kiln_v1_builds_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1434,7 @@ func (x *RebuildBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebuildBuildRequest.ProtoReflect.Descriptor instead.
 func (*RebuildBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{16}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RebuildBuildRequest) GetBuildId() string {
@@ -1330,7 +1454,7 @@ type RebuildBuildResponse struct {
 
 func (x *RebuildBuildResponse) Reset() {
 	*x = RebuildBuildResponse{}
-	mi := &file_kiln_v1_builds_proto_msgTypes[17]
+	mi := &file_kiln_v1_builds_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1342,7 +1466,7 @@ func (x *RebuildBuildResponse) String() string {
 func (*RebuildBuildResponse) ProtoMessage() {}
 
 func (x *RebuildBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_builds_proto_msgTypes[17]
+	mi := &file_kiln_v1_builds_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,7 +1479,7 @@ func (x *RebuildBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebuildBuildResponse.ProtoReflect.Descriptor instead.
 func (*RebuildBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{17}
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RebuildBuildResponse) GetBuildId() string {
@@ -1372,11 +1496,312 @@ func (x *RebuildBuildResponse) GetStatus() BuildStatus {
 	return BuildStatus_BUILD_STATUS_UNSPECIFIED
 }
 
+type GetBuildResourcesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BuildId       string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBuildResourcesRequest) Reset() {
+	*x = GetBuildResourcesRequest{}
+	mi := &file_kiln_v1_builds_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBuildResourcesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBuildResourcesRequest) ProtoMessage() {}
+
+func (x *GetBuildResourcesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_builds_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBuildResourcesRequest.ProtoReflect.Descriptor instead.
+func (*GetBuildResourcesRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GetBuildResourcesRequest) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+type GetBuildResourcesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Oldest first.
+	Samples []*ResourceSample `protobuf:"bytes,1,rep,name=samples,proto3" json:"samples,omitempty"`
+	// Oldest first.
+	Events        []*ResourceEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBuildResourcesResponse) Reset() {
+	*x = GetBuildResourcesResponse{}
+	mi := &file_kiln_v1_builds_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBuildResourcesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBuildResourcesResponse) ProtoMessage() {}
+
+func (x *GetBuildResourcesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_builds_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBuildResourcesResponse.ProtoReflect.Descriptor instead.
+func (*GetBuildResourcesResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GetBuildResourcesResponse) GetSamples() []*ResourceSample {
+	if x != nil {
+		return x.Samples
+	}
+	return nil
+}
+
+func (x *GetBuildResourcesResponse) GetEvents() []*ResourceEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// ResourceSample is one sampling interval of a build's builder (its cgroup:
+// buildkitd and its RUN steps).
+type ResourceSample struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// End of the interval.
+	At         *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	IntervalMs int64                  `protobuf:"varint,2,opt,name=interval_ms,json=intervalMs,proto3" json:"interval_ms,omitempty"`
+	// CPU time over wall time in the interval: 1.5 = one and a half cores busy.
+	CpuCores float64 `protobuf:"fixed64,3,opt,name=cpu_cores,json=cpuCores,proto3" json:"cpu_cores,omitempty"`
+	// Working set at `at`: memory in use less inactive file cache.
+	MemoryBytes int64 `protobuf:"varint,4,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	// The builder's highest memory use so far (on cgroup v1 hosts, page cache
+	// included); 0 if the host does not say.
+	MemoryPeakBytes int64 `protobuf:"varint,5,opt,name=memory_peak_bytes,json=memoryPeakBytes,proto3" json:"memory_peak_bytes,omitempty"`
+	// The builder's memory limit (kiln serve --builder-memory); 0: none.
+	MemoryLimitBytes int64 `protobuf:"varint,6,opt,name=memory_limit_bytes,json=memoryLimitBytes,proto3" json:"memory_limit_bytes,omitempty"`
+	// Block-device bytes read and written in the interval.
+	IoReadBytes   int64 `protobuf:"varint,7,opt,name=io_read_bytes,json=ioReadBytes,proto3" json:"io_read_bytes,omitempty"`
+	IoWriteBytes  int64 `protobuf:"varint,8,opt,name=io_write_bytes,json=ioWriteBytes,proto3" json:"io_write_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResourceSample) Reset() {
+	*x = ResourceSample{}
+	mi := &file_kiln_v1_builds_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResourceSample) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResourceSample) ProtoMessage() {}
+
+func (x *ResourceSample) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_builds_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResourceSample.ProtoReflect.Descriptor instead.
+func (*ResourceSample) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ResourceSample) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *ResourceSample) GetIntervalMs() int64 {
+	if x != nil {
+		return x.IntervalMs
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetCpuCores() float64 {
+	if x != nil {
+		return x.CpuCores
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetMemoryPeakBytes() int64 {
+	if x != nil {
+		return x.MemoryPeakBytes
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetMemoryLimitBytes() int64 {
+	if x != nil {
+		return x.MemoryLimitBytes
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetIoReadBytes() int64 {
+	if x != nil {
+		return x.IoReadBytes
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetIoWriteBytes() int64 {
+	if x != nil {
+		return x.IoWriteBytes
+	}
+	return 0
+}
+
+type ResourceEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	At    *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	// "oom_kill": the kernel killed processes of the builder (a RUN step, or
+	// buildkitd) for want of memory. "memory_high": its memory went above
+	// 90 % of its limit (recorded once per build).
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Says what happened, for the build's user.
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// oom_kill: processes killed (at least 1).
+	Count            int32 `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`
+	MemoryBytes      int64 `protobuf:"varint,5,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	MemoryLimitBytes int64 `protobuf:"varint,6,opt,name=memory_limit_bytes,json=memoryLimitBytes,proto3" json:"memory_limit_bytes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ResourceEvent) Reset() {
+	*x = ResourceEvent{}
+	mi := &file_kiln_v1_builds_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResourceEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResourceEvent) ProtoMessage() {}
+
+func (x *ResourceEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_builds_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResourceEvent.ProtoReflect.Descriptor instead.
+func (*ResourceEvent) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_builds_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ResourceEvent) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *ResourceEvent) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ResourceEvent) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *ResourceEvent) GetCount() int32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *ResourceEvent) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *ResourceEvent) GetMemoryLimitBytes() int64 {
+	if x != nil {
+		return x.MemoryLimitBytes
+	}
+	return 0
+}
+
 var File_kiln_v1_builds_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\n" +
-	"\x14kiln/v1/builds.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"W\n" +
+	"\x14kiln/v1/builds.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n" +
+	"\x16RecordGitCommitRequest\x12\x19\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x1d\n" +
+	"\n" +
+	"git_commit\x18\x02 \x01(\tR\tgitCommit\"\x19\n" +
+	"\x17RecordGitCommitResponse\"W\n" +
 	"\n" +
 	"ProjectRef\x12\x1f\n" +
 	"\n" +
@@ -1400,7 +1825,7 @@ const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\bmax_size\x18\x06 \x01(\x03R\amaxSize\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf2\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8b\x04\n" +
 	"\x12CreateBuildRequest\x12-\n" +
 	"\aproject\x18\x01 \x01(\v2\x13.kiln.v1.ProjectRefR\aproject\x12\x1f\n" +
 	"\vcontext_key\x18\x02 \x01(\tR\n" +
@@ -1414,7 +1839,9 @@ const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\asecrets\x18\x06 \x03(\v2(.kiln.v1.CreateBuildRequest.SecretsEntryR\asecrets\x12\x12\n" +
 	"\x04tags\x18\a \x03(\tR\x04tags\x12\x1c\n" +
 	"\tplatforms\x18\b \x03(\tR\tplatforms\x12\x19\n" +
-	"\bno_cache\x18\t \x01(\bR\anoCache\x1a<\n" +
+	"\bno_cache\x18\t \x01(\bR\anoCache\x12\x17\n" +
+	"\agit_url\x18\n" +
+	" \x01(\tR\x06gitUrl\x1a<\n" +
 	"\x0eBuildArgsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
@@ -1425,7 +1852,7 @@ const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x1d\n" +
 	"\n" +
 	"project_id\x18\x02 \x01(\tR\tprojectId\x12,\n" +
-	"\x06status\x18\x03 \x01(\x0e2\x14.kiln.v1.BuildStatusR\x06status\"\xec\x04\n" +
+	"\x06status\x18\x03 \x01(\x0e2\x14.kiln.v1.BuildStatusR\x06status\"\xa4\x05\n" +
 	"\x05Build\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x1d\n" +
 	"\n" +
@@ -1454,7 +1881,10 @@ const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\n" +
 	"rebuild_of\x18\x0f \x01(\tR\trebuildOf\x12\x12\n" +
 	"\x04kind\x18\x11 \x01(\tR\x04kind\x12%\n" +
-	"\x0equeue_position\x18\x10 \x01(\x05R\rqueuePosition\",\n" +
+	"\x0equeue_position\x18\x10 \x01(\x05R\rqueuePosition\x12\x17\n" +
+	"\agit_url\x18\x12 \x01(\tR\x06gitUrl\x12\x1d\n" +
+	"\n" +
+	"git_commit\x18\x13 \x01(\tR\tgitCommit\",\n" +
 	"\x0fGetBuildRequest\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\"8\n" +
 	"\x10GetBuildResponse\x12$\n" +
@@ -1496,7 +1926,29 @@ const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\"_\n" +
 	"\x14RebuildBuildResponse\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12,\n" +
-	"\x06status\x18\x02 \x01(\x0e2\x14.kiln.v1.BuildStatusR\x06status*\xc8\x01\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x14.kiln.v1.BuildStatusR\x06status\"5\n" +
+	"\x18GetBuildResourcesRequest\x12\x19\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\"~\n" +
+	"\x19GetBuildResourcesResponse\x121\n" +
+	"\asamples\x18\x01 \x03(\v2\x17.kiln.v1.ResourceSampleR\asamples\x12.\n" +
+	"\x06events\x18\x02 \x03(\v2\x16.kiln.v1.ResourceEventR\x06events\"\xc1\x02\n" +
+	"\x0eResourceSample\x12*\n" +
+	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1f\n" +
+	"\vinterval_ms\x18\x02 \x01(\x03R\n" +
+	"intervalMs\x12\x1b\n" +
+	"\tcpu_cores\x18\x03 \x01(\x01R\bcpuCores\x12!\n" +
+	"\fmemory_bytes\x18\x04 \x01(\x03R\vmemoryBytes\x12*\n" +
+	"\x11memory_peak_bytes\x18\x05 \x01(\x03R\x0fmemoryPeakBytes\x12,\n" +
+	"\x12memory_limit_bytes\x18\x06 \x01(\x03R\x10memoryLimitBytes\x12\"\n" +
+	"\rio_read_bytes\x18\a \x01(\x03R\vioReadBytes\x12$\n" +
+	"\x0eio_write_bytes\x18\b \x01(\x03R\fioWriteBytes\"\xd0\x01\n" +
+	"\rResourceEvent\x12*\n" +
+	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x14\n" +
+	"\x05count\x18\x04 \x01(\x05R\x05count\x12!\n" +
+	"\fmemory_bytes\x18\x05 \x01(\x03R\vmemoryBytes\x12,\n" +
+	"\x12memory_limit_bytes\x18\x06 \x01(\x03R\x10memoryLimitBytes*\xc8\x01\n" +
 	"\vBuildStatus\x12\x1c\n" +
 	"\x18BUILD_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13BUILD_STATUS_QUEUED\x10\x01\x12\x18\n" +
@@ -1504,7 +1956,7 @@ const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\x14BUILD_STATUS_PUSHING\x10\x03\x12\x1a\n" +
 	"\x16BUILD_STATUS_SUCCEEDED\x10\x04\x12\x17\n" +
 	"\x13BUILD_STATUS_FAILED\x10\x05\x12\x19\n" +
-	"\x15BUILD_STATUS_CANCELED\x10\x062\xa2\x04\n" +
+	"\x15BUILD_STATUS_CANCELED\x10\x062\xd4\x05\n" +
 	"\x12SourceBuildService\x12Z\n" +
 	"\x11GenerateUploadURL\x12!.kiln.v1.GenerateUploadURLRequest\x1a\".kiln.v1.GenerateUploadURLResponse\x12H\n" +
 	"\vCreateBuild\x12\x1b.kiln.v1.CreateBuildRequest\x1a\x1c.kiln.v1.CreateBuildResponse\x12?\n" +
@@ -1514,7 +1966,9 @@ const file_kiln_v1_builds_proto_rawDesc = "" +
 	"\vCancelBuild\x12\x1b.kiln.v1.CancelBuildRequest\x1a\x1c.kiln.v1.CancelBuildResponse\x12E\n" +
 	"\n" +
 	"ListBuilds\x12\x1a.kiln.v1.ListBuildsRequest\x1a\x1b.kiln.v1.ListBuildsResponse\x12K\n" +
-	"\fRebuildBuild\x12\x1c.kiln.v1.RebuildBuildRequest\x1a\x1d.kiln.v1.RebuildBuildResponseB-Z+github.com/kiln-dev/kiln/gen/kiln/v1;kilnv1b\x06proto3"
+	"\fRebuildBuild\x12\x1c.kiln.v1.RebuildBuildRequest\x1a\x1d.kiln.v1.RebuildBuildResponse\x12T\n" +
+	"\x0fRecordGitCommit\x12\x1f.kiln.v1.RecordGitCommitRequest\x1a .kiln.v1.RecordGitCommitResponse\x12Z\n" +
+	"\x11GetBuildResources\x12!.kiln.v1.GetBuildResourcesRequest\x1a\".kiln.v1.GetBuildResourcesResponseB-Z+github.com/kiln-dev/kiln/gen/kiln/v1;kilnv1b\x06proto3"
 
 var (
 	file_kiln_v1_builds_proto_rawDescOnce sync.Once
@@ -1529,74 +1983,88 @@ func file_kiln_v1_builds_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_builds_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kiln_v1_builds_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_kiln_v1_builds_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_kiln_v1_builds_proto_goTypes = []any{
 	(BuildStatus)(0),                  // 0: kiln.v1.BuildStatus
-	(*ProjectRef)(nil),                // 1: kiln.v1.ProjectRef
-	(*GenerateUploadURLRequest)(nil),  // 2: kiln.v1.GenerateUploadURLRequest
-	(*GenerateUploadURLResponse)(nil), // 3: kiln.v1.GenerateUploadURLResponse
-	(*CreateBuildRequest)(nil),        // 4: kiln.v1.CreateBuildRequest
-	(*CreateBuildResponse)(nil),       // 5: kiln.v1.CreateBuildResponse
-	(*Build)(nil),                     // 6: kiln.v1.Build
-	(*GetBuildRequest)(nil),           // 7: kiln.v1.GetBuildRequest
-	(*GetBuildResponse)(nil),          // 8: kiln.v1.GetBuildResponse
-	(*WatchBuildRequest)(nil),         // 9: kiln.v1.WatchBuildRequest
-	(*Step)(nil),                      // 10: kiln.v1.Step
-	(*LogLine)(nil),                   // 11: kiln.v1.LogLine
-	(*WatchBuildResponse)(nil),        // 12: kiln.v1.WatchBuildResponse
-	(*CancelBuildRequest)(nil),        // 13: kiln.v1.CancelBuildRequest
-	(*CancelBuildResponse)(nil),       // 14: kiln.v1.CancelBuildResponse
-	(*ListBuildsRequest)(nil),         // 15: kiln.v1.ListBuildsRequest
-	(*ListBuildsResponse)(nil),        // 16: kiln.v1.ListBuildsResponse
-	(*RebuildBuildRequest)(nil),       // 17: kiln.v1.RebuildBuildRequest
-	(*RebuildBuildResponse)(nil),      // 18: kiln.v1.RebuildBuildResponse
-	nil,                               // 19: kiln.v1.GenerateUploadURLResponse.HeadersEntry
-	nil,                               // 20: kiln.v1.CreateBuildRequest.BuildArgsEntry
-	nil,                               // 21: kiln.v1.CreateBuildRequest.SecretsEntry
-	(*timestamppb.Timestamp)(nil),     // 22: google.protobuf.Timestamp
+	(*RecordGitCommitRequest)(nil),    // 1: kiln.v1.RecordGitCommitRequest
+	(*RecordGitCommitResponse)(nil),   // 2: kiln.v1.RecordGitCommitResponse
+	(*ProjectRef)(nil),                // 3: kiln.v1.ProjectRef
+	(*GenerateUploadURLRequest)(nil),  // 4: kiln.v1.GenerateUploadURLRequest
+	(*GenerateUploadURLResponse)(nil), // 5: kiln.v1.GenerateUploadURLResponse
+	(*CreateBuildRequest)(nil),        // 6: kiln.v1.CreateBuildRequest
+	(*CreateBuildResponse)(nil),       // 7: kiln.v1.CreateBuildResponse
+	(*Build)(nil),                     // 8: kiln.v1.Build
+	(*GetBuildRequest)(nil),           // 9: kiln.v1.GetBuildRequest
+	(*GetBuildResponse)(nil),          // 10: kiln.v1.GetBuildResponse
+	(*WatchBuildRequest)(nil),         // 11: kiln.v1.WatchBuildRequest
+	(*Step)(nil),                      // 12: kiln.v1.Step
+	(*LogLine)(nil),                   // 13: kiln.v1.LogLine
+	(*WatchBuildResponse)(nil),        // 14: kiln.v1.WatchBuildResponse
+	(*CancelBuildRequest)(nil),        // 15: kiln.v1.CancelBuildRequest
+	(*CancelBuildResponse)(nil),       // 16: kiln.v1.CancelBuildResponse
+	(*ListBuildsRequest)(nil),         // 17: kiln.v1.ListBuildsRequest
+	(*ListBuildsResponse)(nil),        // 18: kiln.v1.ListBuildsResponse
+	(*RebuildBuildRequest)(nil),       // 19: kiln.v1.RebuildBuildRequest
+	(*RebuildBuildResponse)(nil),      // 20: kiln.v1.RebuildBuildResponse
+	(*GetBuildResourcesRequest)(nil),  // 21: kiln.v1.GetBuildResourcesRequest
+	(*GetBuildResourcesResponse)(nil), // 22: kiln.v1.GetBuildResourcesResponse
+	(*ResourceSample)(nil),            // 23: kiln.v1.ResourceSample
+	(*ResourceEvent)(nil),             // 24: kiln.v1.ResourceEvent
+	nil,                               // 25: kiln.v1.GenerateUploadURLResponse.HeadersEntry
+	nil,                               // 26: kiln.v1.CreateBuildRequest.BuildArgsEntry
+	nil,                               // 27: kiln.v1.CreateBuildRequest.SecretsEntry
+	(*timestamppb.Timestamp)(nil),     // 28: google.protobuf.Timestamp
 }
 var file_kiln_v1_builds_proto_depIdxs = []int32{
-	1,  // 0: kiln.v1.GenerateUploadURLRequest.project:type_name -> kiln.v1.ProjectRef
-	19, // 1: kiln.v1.GenerateUploadURLResponse.headers:type_name -> kiln.v1.GenerateUploadURLResponse.HeadersEntry
-	22, // 2: kiln.v1.GenerateUploadURLResponse.expires_at:type_name -> google.protobuf.Timestamp
-	1,  // 3: kiln.v1.CreateBuildRequest.project:type_name -> kiln.v1.ProjectRef
-	20, // 4: kiln.v1.CreateBuildRequest.build_args:type_name -> kiln.v1.CreateBuildRequest.BuildArgsEntry
-	21, // 5: kiln.v1.CreateBuildRequest.secrets:type_name -> kiln.v1.CreateBuildRequest.SecretsEntry
+	3,  // 0: kiln.v1.GenerateUploadURLRequest.project:type_name -> kiln.v1.ProjectRef
+	25, // 1: kiln.v1.GenerateUploadURLResponse.headers:type_name -> kiln.v1.GenerateUploadURLResponse.HeadersEntry
+	28, // 2: kiln.v1.GenerateUploadURLResponse.expires_at:type_name -> google.protobuf.Timestamp
+	3,  // 3: kiln.v1.CreateBuildRequest.project:type_name -> kiln.v1.ProjectRef
+	26, // 4: kiln.v1.CreateBuildRequest.build_args:type_name -> kiln.v1.CreateBuildRequest.BuildArgsEntry
+	27, // 5: kiln.v1.CreateBuildRequest.secrets:type_name -> kiln.v1.CreateBuildRequest.SecretsEntry
 	0,  // 6: kiln.v1.CreateBuildResponse.status:type_name -> kiln.v1.BuildStatus
 	0,  // 7: kiln.v1.Build.status:type_name -> kiln.v1.BuildStatus
-	22, // 8: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
-	22, // 9: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
-	22, // 10: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
-	6,  // 11: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	22, // 12: kiln.v1.Step.started_at:type_name -> google.protobuf.Timestamp
-	22, // 13: kiln.v1.Step.completed_at:type_name -> google.protobuf.Timestamp
-	22, // 14: kiln.v1.LogLine.at:type_name -> google.protobuf.Timestamp
-	6,  // 15: kiln.v1.WatchBuildResponse.build:type_name -> kiln.v1.Build
-	10, // 16: kiln.v1.WatchBuildResponse.step:type_name -> kiln.v1.Step
-	11, // 17: kiln.v1.WatchBuildResponse.log:type_name -> kiln.v1.LogLine
-	6,  // 18: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
-	1,  // 19: kiln.v1.ListBuildsRequest.project:type_name -> kiln.v1.ProjectRef
-	6,  // 20: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
+	28, // 8: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
+	28, // 9: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
+	28, // 10: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
+	8,  // 11: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
+	28, // 12: kiln.v1.Step.started_at:type_name -> google.protobuf.Timestamp
+	28, // 13: kiln.v1.Step.completed_at:type_name -> google.protobuf.Timestamp
+	28, // 14: kiln.v1.LogLine.at:type_name -> google.protobuf.Timestamp
+	8,  // 15: kiln.v1.WatchBuildResponse.build:type_name -> kiln.v1.Build
+	12, // 16: kiln.v1.WatchBuildResponse.step:type_name -> kiln.v1.Step
+	13, // 17: kiln.v1.WatchBuildResponse.log:type_name -> kiln.v1.LogLine
+	8,  // 18: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
+	3,  // 19: kiln.v1.ListBuildsRequest.project:type_name -> kiln.v1.ProjectRef
+	8,  // 20: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
 	0,  // 21: kiln.v1.RebuildBuildResponse.status:type_name -> kiln.v1.BuildStatus
-	2,  // 22: kiln.v1.SourceBuildService.GenerateUploadURL:input_type -> kiln.v1.GenerateUploadURLRequest
-	4,  // 23: kiln.v1.SourceBuildService.CreateBuild:input_type -> kiln.v1.CreateBuildRequest
-	7,  // 24: kiln.v1.SourceBuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	9,  // 25: kiln.v1.SourceBuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	13, // 26: kiln.v1.SourceBuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	15, // 27: kiln.v1.SourceBuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	17, // 28: kiln.v1.SourceBuildService.RebuildBuild:input_type -> kiln.v1.RebuildBuildRequest
-	3,  // 29: kiln.v1.SourceBuildService.GenerateUploadURL:output_type -> kiln.v1.GenerateUploadURLResponse
-	5,  // 30: kiln.v1.SourceBuildService.CreateBuild:output_type -> kiln.v1.CreateBuildResponse
-	8,  // 31: kiln.v1.SourceBuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	12, // 32: kiln.v1.SourceBuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	14, // 33: kiln.v1.SourceBuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	16, // 34: kiln.v1.SourceBuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	18, // 35: kiln.v1.SourceBuildService.RebuildBuild:output_type -> kiln.v1.RebuildBuildResponse
-	29, // [29:36] is the sub-list for method output_type
-	22, // [22:29] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	23, // 22: kiln.v1.GetBuildResourcesResponse.samples:type_name -> kiln.v1.ResourceSample
+	24, // 23: kiln.v1.GetBuildResourcesResponse.events:type_name -> kiln.v1.ResourceEvent
+	28, // 24: kiln.v1.ResourceSample.at:type_name -> google.protobuf.Timestamp
+	28, // 25: kiln.v1.ResourceEvent.at:type_name -> google.protobuf.Timestamp
+	4,  // 26: kiln.v1.SourceBuildService.GenerateUploadURL:input_type -> kiln.v1.GenerateUploadURLRequest
+	6,  // 27: kiln.v1.SourceBuildService.CreateBuild:input_type -> kiln.v1.CreateBuildRequest
+	9,  // 28: kiln.v1.SourceBuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	11, // 29: kiln.v1.SourceBuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	15, // 30: kiln.v1.SourceBuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	17, // 31: kiln.v1.SourceBuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	19, // 32: kiln.v1.SourceBuildService.RebuildBuild:input_type -> kiln.v1.RebuildBuildRequest
+	1,  // 33: kiln.v1.SourceBuildService.RecordGitCommit:input_type -> kiln.v1.RecordGitCommitRequest
+	21, // 34: kiln.v1.SourceBuildService.GetBuildResources:input_type -> kiln.v1.GetBuildResourcesRequest
+	5,  // 35: kiln.v1.SourceBuildService.GenerateUploadURL:output_type -> kiln.v1.GenerateUploadURLResponse
+	7,  // 36: kiln.v1.SourceBuildService.CreateBuild:output_type -> kiln.v1.CreateBuildResponse
+	10, // 37: kiln.v1.SourceBuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	14, // 38: kiln.v1.SourceBuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	16, // 39: kiln.v1.SourceBuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	18, // 40: kiln.v1.SourceBuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	20, // 41: kiln.v1.SourceBuildService.RebuildBuild:output_type -> kiln.v1.RebuildBuildResponse
+	2,  // 42: kiln.v1.SourceBuildService.RecordGitCommit:output_type -> kiln.v1.RecordGitCommitResponse
+	22, // 43: kiln.v1.SourceBuildService.GetBuildResources:output_type -> kiln.v1.GetBuildResourcesResponse
+	35, // [35:44] is the sub-list for method output_type
+	26, // [26:35] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_builds_proto_init() }
@@ -1604,11 +2072,11 @@ func file_kiln_v1_builds_proto_init() {
 	if File_kiln_v1_builds_proto != nil {
 		return
 	}
-	file_kiln_v1_builds_proto_msgTypes[0].OneofWrappers = []any{
+	file_kiln_v1_builds_proto_msgTypes[2].OneofWrappers = []any{
 		(*ProjectRef_ProjectId)(nil),
 		(*ProjectRef_CustomerId)(nil),
 	}
-	file_kiln_v1_builds_proto_msgTypes[11].OneofWrappers = []any{
+	file_kiln_v1_builds_proto_msgTypes[13].OneofWrappers = []any{
 		(*WatchBuildResponse_Build)(nil),
 		(*WatchBuildResponse_Step)(nil),
 		(*WatchBuildResponse_Log)(nil),
@@ -1619,7 +2087,7 @@ func file_kiln_v1_builds_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_builds_proto_rawDesc), len(file_kiln_v1_builds_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   21,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

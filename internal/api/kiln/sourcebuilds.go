@@ -14,6 +14,7 @@ import (
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/gen/kiln/v1/kilnv1connect"
 	"github.com/kiln-dev/kiln/internal/api/depot"
+	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/runner"
@@ -26,6 +27,9 @@ type SourceBuildService struct {
 	Logger *slog.Logger
 	// CustomerOf names a project's customer, for answers ("" for none).
 	CustomerOf func(ctx context.Context, projectID string) string
+	// Resources reads a build's builder samples and events, to whoever may
+	// read the build (build.Service.Resources).
+	Resources func(ctx context.Context, p auth.Principal, buildID string) (build.Resources, error)
 }
 
 var _ kilnv1connect.SourceBuildServiceHandler = (*SourceBuildService)(nil)
@@ -55,6 +59,8 @@ func (s *SourceBuildService) buildPB(ctx context.Context, b build.Build, spec ru
 		ImageRefs:     b.ImageRefs,
 		ImageDigest:   b.ImageDigest,
 		ContextKey:    spec.ContextKey,
+		GitUrl:        spec.GitURL,
+		GitCommit:     b.GitCommit,
 		Dockerfile:    spec.Dockerfile,
 		Target:        spec.Target,
 		Platforms:     spec.Platforms,
@@ -97,7 +103,7 @@ func (s *SourceBuildService) CreateBuild(ctx context.Context, req *connect.Reque
 	m := req.Msg
 	pid, cid := projectRef(m.Project)
 	spec := runner.Spec{ContextKey: m.ContextKey, Dockerfile: m.Dockerfile, Target: m.Target, BuildArgs: m.BuildArgs,
-		Tags: m.Tags, Platforms: m.Platforms, NoCache: m.NoCache}
+		Tags: m.Tags, Platforms: m.Platforms, NoCache: m.NoCache, GitURL: m.GitUrl}
 	b, err := s.Runner.Create(ctx, p, pid, cid, spec, m.Secrets)
 	if err != nil {
 		return nil, s.err(ctx, err)
@@ -217,4 +223,37 @@ func (s *SourceBuildService) RebuildBuild(ctx context.Context, req *connect.Requ
 		return nil, s.err(ctx, err)
 	}
 	return connect.NewResponse(&kilnv1.RebuildBuildResponse{BuildId: b.ID, Status: statusPB[b.Status]}), nil
+}
+
+func (s *SourceBuildService) RecordGitCommit(ctx context.Context, req *connect.Request[kilnv1.RecordGitCommitRequest]) (*connect.Response[kilnv1.RecordGitCommitResponse], error) {
+	p, err := depot.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Runner.RecordGitCommit(ctx, p, req.Msg.BuildId, req.Msg.GitCommit); err != nil {
+		return nil, s.err(ctx, err)
+	}
+	return connect.NewResponse(&kilnv1.RecordGitCommitResponse{}), nil
+}
+
+func (s *SourceBuildService) GetBuildResources(ctx context.Context, req *connect.Request[kilnv1.GetBuildResourcesRequest]) (*connect.Response[kilnv1.GetBuildResourcesResponse], error) {
+	p, err := depot.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.Resources(ctx, p, req.Msg.BuildId)
+	if err != nil {
+		return nil, s.err(ctx, err)
+	}
+	out := &kilnv1.GetBuildResourcesResponse{}
+	for _, r := range res.Samples {
+		out.Samples = append(out.Samples, &kilnv1.ResourceSample{At: timestamppb.New(r.At), IntervalMs: r.Interval.Milliseconds(),
+			CpuCores: r.CPUCores, MemoryBytes: r.Memory, MemoryPeakBytes: r.MemoryPeak, MemoryLimitBytes: r.MemoryLimit,
+			IoReadBytes: r.IORead, IoWriteBytes: r.IOWrite})
+	}
+	for _, e := range res.Events {
+		out.Events = append(out.Events, &kilnv1.ResourceEvent{At: timestamppb.New(e.At), Kind: e.Kind, Message: e.Message,
+			Count: int32(e.Count), MemoryBytes: e.Memory, MemoryLimitBytes: e.MemoryLimit})
+	}
+	return connect.NewResponse(out), nil
 }

@@ -94,6 +94,7 @@ func sourceBuilds(t *testing.T, s store.Store) {
 	refs := []string{"127.0.0.1:1/p1:s1", "127.0.0.1:1/p1:v1"}
 	_, err = s.UpdateBuild(ctx, "s1", func(b *build.Build) error {
 		b.Status, b.Secrets, b.ImageRefs, b.ImageDigest = build.Succeeded, "", refs, "sha256:abc"
+		b.GitCommit = "0123456789abcdef0123456789abcdef01234567"
 		b.FinishedAt = now.Add(time.Minute)
 		return nil
 	})
@@ -101,7 +102,8 @@ func sourceBuilds(t *testing.T, s store.Store) {
 		t.Fatal(err)
 	}
 	got, _ = s.GetBuild(ctx, "s1")
-	if !got.Terminal() || got.Secrets != "" || !slices.Equal(got.ImageRefs, refs) || got.ImageDigest != "sha256:abc" || got.Spec != b.Spec {
+	if !got.Terminal() || got.Secrets != "" || !slices.Equal(got.ImageRefs, refs) || got.ImageDigest != "sha256:abc" || got.Spec != b.Spec ||
+		got.GitCommit != "0123456789abcdef0123456789abcdef01234567" {
 		t.Errorf("after finish: %+v", got)
 	}
 	for _, st := range []build.Status{build.Queued, build.Running, build.Pushing} {

@@ -41,6 +41,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"ContextQuota", contextQuota},
 		{"EgressAllow", egressAllow},
 		{"JobCredentials", jobCredentials},
+		{"ResourceSamples", resourceSamples},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })

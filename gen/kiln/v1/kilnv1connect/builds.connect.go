@@ -60,6 +60,12 @@ const (
 	// SourceBuildServiceRebuildBuildProcedure is the fully-qualified name of the SourceBuildService's
 	// RebuildBuild RPC.
 	SourceBuildServiceRebuildBuildProcedure = "/kiln.v1.SourceBuildService/RebuildBuild"
+	// SourceBuildServiceRecordGitCommitProcedure is the fully-qualified name of the
+	// SourceBuildService's RecordGitCommit RPC.
+	SourceBuildServiceRecordGitCommitProcedure = "/kiln.v1.SourceBuildService/RecordGitCommit"
+	// SourceBuildServiceGetBuildResourcesProcedure is the fully-qualified name of the
+	// SourceBuildService's GetBuildResources RPC.
+	SourceBuildServiceGetBuildResourcesProcedure = "/kiln.v1.SourceBuildService/GetBuildResources"
 )
 
 // SourceBuildServiceClient is a client for the kiln.v1.SourceBuildService service.
@@ -85,6 +91,17 @@ type SourceBuildServiceClient interface {
 	// RebuildBuild queues a new build with the same context and options, while
 	// the context is retained.
 	RebuildBuild(context.Context, *connect.Request[v1.RebuildBuildRequest]) (*connect.Response[v1.RebuildBuildResponse], error)
+	// RecordGitCommit records the git commit a client build (kiln build of a
+	// git context) built, as resolved on its builder. Only the build's own
+	// build token may call it, while the build runs.
+	RecordGitCommit(context.Context, *connect.Request[v1.RecordGitCommitRequest]) (*connect.Response[v1.RecordGitCommitResponse], error)
+	// GetBuildResources returns what the build's builder used while the build
+	// held it: a sample about every second (at most one a second for two
+	// hours, then one in 30) and events (an OOM kill; memory above 90 % of
+	// the builder's limit, once). The numbers are the builder's, not the
+	// build's own: builds sharing a project's builder at the same time get the
+	// same samples. Whoever may read the build may read these.
+	GetBuildResources(context.Context, *connect.Request[v1.GetBuildResourcesRequest]) (*connect.Response[v1.GetBuildResourcesResponse], error)
 }
 
 // NewSourceBuildServiceClient constructs a client for the kiln.v1.SourceBuildService service. By
@@ -140,6 +157,18 @@ func NewSourceBuildServiceClient(httpClient connect.HTTPClient, baseURL string, 
 			connect.WithSchema(sourceBuildServiceMethods.ByName("RebuildBuild")),
 			connect.WithClientOptions(opts...),
 		),
+		recordGitCommit: connect.NewClient[v1.RecordGitCommitRequest, v1.RecordGitCommitResponse](
+			httpClient,
+			baseURL+SourceBuildServiceRecordGitCommitProcedure,
+			connect.WithSchema(sourceBuildServiceMethods.ByName("RecordGitCommit")),
+			connect.WithClientOptions(opts...),
+		),
+		getBuildResources: connect.NewClient[v1.GetBuildResourcesRequest, v1.GetBuildResourcesResponse](
+			httpClient,
+			baseURL+SourceBuildServiceGetBuildResourcesProcedure,
+			connect.WithSchema(sourceBuildServiceMethods.ByName("GetBuildResources")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -152,6 +181,8 @@ type sourceBuildServiceClient struct {
 	cancelBuild       *connect.Client[v1.CancelBuildRequest, v1.CancelBuildResponse]
 	listBuilds        *connect.Client[v1.ListBuildsRequest, v1.ListBuildsResponse]
 	rebuildBuild      *connect.Client[v1.RebuildBuildRequest, v1.RebuildBuildResponse]
+	recordGitCommit   *connect.Client[v1.RecordGitCommitRequest, v1.RecordGitCommitResponse]
+	getBuildResources *connect.Client[v1.GetBuildResourcesRequest, v1.GetBuildResourcesResponse]
 }
 
 // GenerateUploadURL calls kiln.v1.SourceBuildService.GenerateUploadURL.
@@ -189,6 +220,16 @@ func (c *sourceBuildServiceClient) RebuildBuild(ctx context.Context, req *connec
 	return c.rebuildBuild.CallUnary(ctx, req)
 }
 
+// RecordGitCommit calls kiln.v1.SourceBuildService.RecordGitCommit.
+func (c *sourceBuildServiceClient) RecordGitCommit(ctx context.Context, req *connect.Request[v1.RecordGitCommitRequest]) (*connect.Response[v1.RecordGitCommitResponse], error) {
+	return c.recordGitCommit.CallUnary(ctx, req)
+}
+
+// GetBuildResources calls kiln.v1.SourceBuildService.GetBuildResources.
+func (c *sourceBuildServiceClient) GetBuildResources(ctx context.Context, req *connect.Request[v1.GetBuildResourcesRequest]) (*connect.Response[v1.GetBuildResourcesResponse], error) {
+	return c.getBuildResources.CallUnary(ctx, req)
+}
+
 // SourceBuildServiceHandler is an implementation of the kiln.v1.SourceBuildService service.
 type SourceBuildServiceHandler interface {
 	// GenerateUploadURL returns a presigned URL that accepts one PUT of a
@@ -212,6 +253,17 @@ type SourceBuildServiceHandler interface {
 	// RebuildBuild queues a new build with the same context and options, while
 	// the context is retained.
 	RebuildBuild(context.Context, *connect.Request[v1.RebuildBuildRequest]) (*connect.Response[v1.RebuildBuildResponse], error)
+	// RecordGitCommit records the git commit a client build (kiln build of a
+	// git context) built, as resolved on its builder. Only the build's own
+	// build token may call it, while the build runs.
+	RecordGitCommit(context.Context, *connect.Request[v1.RecordGitCommitRequest]) (*connect.Response[v1.RecordGitCommitResponse], error)
+	// GetBuildResources returns what the build's builder used while the build
+	// held it: a sample about every second (at most one a second for two
+	// hours, then one in 30) and events (an OOM kill; memory above 90 % of
+	// the builder's limit, once). The numbers are the builder's, not the
+	// build's own: builds sharing a project's builder at the same time get the
+	// same samples. Whoever may read the build may read these.
+	GetBuildResources(context.Context, *connect.Request[v1.GetBuildResourcesRequest]) (*connect.Response[v1.GetBuildResourcesResponse], error)
 }
 
 // NewSourceBuildServiceHandler builds an HTTP handler from the service implementation. It returns
@@ -263,6 +315,18 @@ func NewSourceBuildServiceHandler(svc SourceBuildServiceHandler, opts ...connect
 		connect.WithSchema(sourceBuildServiceMethods.ByName("RebuildBuild")),
 		connect.WithHandlerOptions(opts...),
 	)
+	sourceBuildServiceRecordGitCommitHandler := connect.NewUnaryHandler(
+		SourceBuildServiceRecordGitCommitProcedure,
+		svc.RecordGitCommit,
+		connect.WithSchema(sourceBuildServiceMethods.ByName("RecordGitCommit")),
+		connect.WithHandlerOptions(opts...),
+	)
+	sourceBuildServiceGetBuildResourcesHandler := connect.NewUnaryHandler(
+		SourceBuildServiceGetBuildResourcesProcedure,
+		svc.GetBuildResources,
+		connect.WithSchema(sourceBuildServiceMethods.ByName("GetBuildResources")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/kiln.v1.SourceBuildService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case SourceBuildServiceGenerateUploadURLProcedure:
@@ -279,6 +343,10 @@ func NewSourceBuildServiceHandler(svc SourceBuildServiceHandler, opts ...connect
 			sourceBuildServiceListBuildsHandler.ServeHTTP(w, r)
 		case SourceBuildServiceRebuildBuildProcedure:
 			sourceBuildServiceRebuildBuildHandler.ServeHTTP(w, r)
+		case SourceBuildServiceRecordGitCommitProcedure:
+			sourceBuildServiceRecordGitCommitHandler.ServeHTTP(w, r)
+		case SourceBuildServiceGetBuildResourcesProcedure:
+			sourceBuildServiceGetBuildResourcesHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -314,4 +382,12 @@ func (UnimplementedSourceBuildServiceHandler) ListBuilds(context.Context, *conne
 
 func (UnimplementedSourceBuildServiceHandler) RebuildBuild(context.Context, *connect.Request[v1.RebuildBuildRequest]) (*connect.Response[v1.RebuildBuildResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kiln.v1.SourceBuildService.RebuildBuild is not implemented"))
+}
+
+func (UnimplementedSourceBuildServiceHandler) RecordGitCommit(context.Context, *connect.Request[v1.RecordGitCommitRequest]) (*connect.Response[v1.RecordGitCommitResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kiln.v1.SourceBuildService.RecordGitCommit is not implemented"))
+}
+
+func (UnimplementedSourceBuildServiceHandler) GetBuildResources(context.Context, *connect.Request[v1.GetBuildResourcesRequest]) (*connect.Response[v1.GetBuildResourcesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kiln.v1.SourceBuildService.GetBuildResources is not implemented"))
 }

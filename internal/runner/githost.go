@@ -1,0 +1,68 @@
+package runner
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/builder"
+	"github.com/kiln-dev/kiln/internal/buildreq"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/project"
+)
+
+// checkGitHost applies the builder's network policy to a git context.
+// buildkitd fetches git sources itself, in the host's network namespace,
+// not in a RUN step's: its fetch is not behind the egress rules that keep
+// steps off loopback, private ranges, cloud metadata and the host's own
+// addresses. So the server resolves the context's host and refuses it
+// when any of its addresses is one a step could not reach (the project's
+// egress allow-list opens private ranges as it does for steps; loopback
+// never), unless the operator started kiln with --git-private-hosts. It
+// runs at CreateBuild and again before the build starts.
+//
+// What it cannot stop: a name that resolves differently when buildkitd
+// resolves it a moment later (DNS rebinding), and redirects the git
+// server answers with. docs/git-contexts.md says so.
+func (r *Runner) checkGitHost(ctx context.Context, proj project.Project, raw string) error {
+	if r.cfg.GitPrivateHosts {
+		return nil
+	}
+	g, err := buildreq.ParseGitURL(raw)
+	if err != nil {
+		return invalid("git_url: %v", err)
+	}
+	host := g.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.Trim(host, "[]")
+	var addrs []netip.Addr
+	if a, err := netip.ParseAddr(host); err == nil {
+		addrs = []netip.Addr{a}
+	} else {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		addrs, err = net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		if err != nil {
+			return fmt.Errorf("git_url: host %q does not resolve: %v: %w", host, err, errdefs.ErrInvalid)
+		}
+	}
+	var allow []netip.Prefix
+	for _, c := range proj.EgressAllow {
+		if p, err := netip.ParsePrefix(c); err == nil {
+			allow = append(allow, p)
+		}
+	}
+	for _, a := range addrs {
+		if builder.PrivateDestination(a, allow) {
+			return fmt.Errorf("git_url: host %q is %s, a private address builds may not reach (loopback, private, link-local or this server's own); "+
+				"a private range the project's egress allow-list opens is allowed (kiln projects update --egress-allow), loopback never: %w",
+				g.Host, a.Unmap(), errdefs.ErrPermission)
+		}
+	}
+	return nil
+}
