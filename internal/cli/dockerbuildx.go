@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/client"
 )
 
@@ -301,7 +302,7 @@ func checkBuildProject(args []string) error {
 		return nil
 	}
 	dir := rest[0]
-	if dir == "-" || strings.Contains(dir, "://") {
+	if dir == "-" || buildreq.IsGitURL(dir) { // as runBuild resolves it
 		dir = "."
 	}
 	if _, err := client.FindProject(project, dir); err != nil {
