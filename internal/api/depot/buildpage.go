@@ -34,18 +34,9 @@ type BuildPage struct {
 }
 
 type buildPageView struct {
-	BuildID              string     `json:"build_id"`
-	ProjectID            string     `json:"project_id"`
-	URL                  string     `json:"url"`
-	Status               string     `json:"status"`
-	CreatedAt            time.Time  `json:"created_at"`
-	StartedAt            *time.Time `json:"started_at,omitempty"`
-	FinishedAt           *time.Time `json:"finished_at,omitempty"`
-	BuildDurationSeconds int32      `json:"build_duration_seconds"`
-	SavedDurationSeconds int32      `json:"saved_duration_seconds"`
-	CachedSteps          int        `json:"cached_steps"`
-	TotalSteps           int        `json:"total_steps"`
-	Error                string     `json:"error,omitempty"`
+	buildSummary
+	ProjectID string `json:"project_id"`
+	URL       string `json:"url"`
 }
 
 // plainBuildID is what a build id can look like; anything else is not
@@ -100,20 +91,7 @@ func (h *BuildPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "internal error; see the server log", http.StatusInternalServerError)
 		return
 	}
-	v := buildPageView{
-		BuildID:              b.ID,
-		ProjectID:            b.ProjectID,
-		URL:                  h.Builds.URL(b.ID),
-		Status:               strings.ToLower(strings.TrimPrefix(coreStatus[b.Status].String(), "STATUS_")),
-		CreatedAt:            b.CreatedAt,
-		StartedAt:            timePtr(b.StartedAt),
-		FinishedAt:           timePtr(b.FinishedAt),
-		BuildDurationSeconds: build.Seconds(st.Duration),
-		SavedDurationSeconds: build.Seconds(st.Saved),
-		CachedSteps:          st.CachedSteps,
-		TotalSteps:           st.TotalSteps,
-		Error:                b.Error,
-	}
+	v := buildPageView{buildSummary: summaryOf(b, st), ProjectID: b.ProjectID, URL: h.Builds.URL(b.ID)}
 	hdr.Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

@@ -36,19 +36,40 @@ type sharedStep struct {
 	Error       string     `json:"error,omitempty"`
 }
 
+// buildSummary is what the share page and the build page (buildpage.go)
+// both show of a build.
+type buildSummary struct {
+	BuildID              string     `json:"build_id"`
+	Status               string     `json:"status"`
+	CreatedAt            time.Time  `json:"created_at"`
+	StartedAt            *time.Time `json:"started_at,omitempty"`
+	FinishedAt           *time.Time `json:"finished_at,omitempty"`
+	BuildDurationSeconds int32      `json:"build_duration_seconds"`
+	SavedDurationSeconds int32      `json:"saved_duration_seconds"`
+	CachedSteps          int        `json:"cached_steps"`
+	TotalSteps           int        `json:"total_steps"`
+	Error                string     `json:"error,omitempty"`
+}
+
+func summaryOf(b build.Build, st build.Stats) buildSummary {
+	return buildSummary{
+		BuildID:              b.ID,
+		Status:               strings.ToLower(strings.TrimPrefix(coreStatus[b.Status].String(), "STATUS_")),
+		CreatedAt:            b.CreatedAt,
+		StartedAt:            timePtr(b.StartedAt),
+		FinishedAt:           timePtr(b.FinishedAt),
+		BuildDurationSeconds: build.Seconds(st.Duration),
+		SavedDurationSeconds: build.Seconds(st.Saved),
+		CachedSteps:          st.CachedSteps,
+		TotalSteps:           st.TotalSteps,
+		Error:                b.Error,
+	}
+}
+
 type sharedView struct {
-	BuildID              string       `json:"build_id"`
-	Status               string       `json:"status"`
-	CreatedAt            time.Time    `json:"created_at"`
-	StartedAt            *time.Time   `json:"started_at,omitempty"`
-	FinishedAt           *time.Time   `json:"finished_at,omitempty"`
-	BuildDurationSeconds int32        `json:"build_duration_seconds"`
-	SavedDurationSeconds int32        `json:"saved_duration_seconds"`
-	CachedSteps          int          `json:"cached_steps"`
-	TotalSteps           int          `json:"total_steps"`
-	Error                string       `json:"error,omitempty"`
-	Steps                []sharedStep `json:"steps"`
-	StepsTruncated       bool         `json:"steps_truncated,omitempty"`
+	buildSummary
+	Steps          []sharedStep `json:"steps"`
+	StepsTruncated bool         `json:"steps_truncated,omitempty"`
 }
 
 // CreatedAtPtr lets the template format every time the same way.
@@ -62,20 +83,7 @@ func timePtr(t time.Time) *time.Time {
 }
 
 func shareView(sb build.SharedBuild) sharedView {
-	b := sb.Build
-	v := sharedView{
-		BuildID:              b.ID,
-		Status:               strings.ToLower(strings.TrimPrefix(coreStatus[b.Status].String(), "STATUS_")),
-		CreatedAt:            b.CreatedAt,
-		StartedAt:            timePtr(b.StartedAt),
-		FinishedAt:           timePtr(b.FinishedAt),
-		BuildDurationSeconds: build.Seconds(sb.Stats.Duration),
-		SavedDurationSeconds: build.Seconds(sb.Stats.Saved),
-		CachedSteps:          sb.Stats.CachedSteps,
-		TotalSteps:           sb.Stats.TotalSteps,
-		Error:                b.Error,
-		Steps:                []sharedStep{},
-	}
+	v := sharedView{buildSummary: summaryOf(sb.Build, sb.Stats), Steps: []sharedStep{}}
 	for _, st := range build.CountedSteps(sb.Steps) {
 		if len(v.Steps) == maxSharedSteps {
 			v.StepsTruncated = true
