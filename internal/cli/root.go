@@ -81,9 +81,9 @@ Start a server with 'kiln serve', then build with 'kiln build'.`,
 func Main(args []string, stdout, stderr io.Writer, extra ...*cobra.Command) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	args, handled := dockerPluginMain(args, stdout)
+	args, code, handled := dockerPluginMain(args, stdout, stderr)
 	if handled {
-		return 0
+		return code
 	}
 	root := NewRoot(extra...)
 	root.SetArgs(args)
