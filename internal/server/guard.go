@@ -91,7 +91,7 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			r = withBody(r, http.MaxBytesReader(w, r.Body, publicBodyLimit))
 		} else {
-			p, err := g.authn.Authenticate(r.Context(), bearer(r.Header.Get("Authorization")))
+			p, err := g.authn.Authenticate(r.Context(), auth.Bearer(r.Header.Get("Authorization")))
 			if err != nil {
 				g.refuse(w, r, procedure, err)
 				return

@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -379,7 +378,7 @@ func (s *Server) release(ctx context.Context) {
 // requireOrg guards operator-only HTTP endpoints with an org token.
 func (s *Server) requireOrg(authn *auth.Authenticator, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, err := authn.Authenticate(r.Context(), bearer(r.Header.Get("Authorization")))
+		p, err := authn.Authenticate(r.Context(), auth.Bearer(r.Header.Get("Authorization")))
 		if err != nil {
 			http.Error(w, "unauthenticated", http.StatusUnauthorized)
 			return
@@ -390,13 +389,6 @@ func (s *Server) requireOrg(authn *auth.Authenticator, next http.Handler) http.H
 		}
 		next.ServeHTTP(w, r)
 	})
-}
-
-func bearer(h string) string {
-	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
-		return strings.TrimSpace(h[7:])
-	}
-	return ""
 }
 
 // apiInterceptors are every Connect handler's interceptors: the metrics
@@ -423,7 +415,7 @@ func authInterceptor(authn *auth.Authenticator, logger *slog.Logger) connect.Int
 		if _, ok := auth.FromContext(ctx); ok {
 			return ctx, nil // the guard authenticated the request before its body was read
 		}
-		p, err := authn.Authenticate(ctx, bearer(h.Get("Authorization")))
+		p, err := authn.Authenticate(ctx, auth.Bearer(h.Get("Authorization")))
 		if err != nil {
 			// The interceptor audits (and so logs, throttled) the refusal.
 			return ctx, depot.ToConnect(ctx, logger, err)

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"regexp"
-	"strings"
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/auth"
@@ -53,9 +52,8 @@ func buildPageHint(id string) string {
 
 // pageSecret is the token of a request: Bearer, or Basic's password.
 func pageSecret(r *http.Request) string {
-	h := r.Header.Get("Authorization")
-	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
-		return strings.TrimSpace(h[7:])
+	if s := auth.Bearer(r.Header.Get("Authorization")); s != "" {
+		return s
 	}
 	if _, pass, ok := r.BasicAuth(); ok {
 		return pass
