@@ -619,7 +619,10 @@ target "files" { output = ["type=local,dest=out"] }
 target "tarball" { output = ["type=tar,dest=out.tar"] }
 `})
 	d := load(t, LoadOptions{Overrides: []string{"*.load=true"}})
-	got := d.LoadSkipped([]string{"*.load=true"})
+	var got []string
+	for _, l := range d.LoadSkipped([]string{"*.load=true"}) {
+		got = append(got, l.String())
+	}
 	want := []string{`target "files" (output type=local)`, `target "tarball" (output type=tar)`}
 	if !slices.Equal(got, want) {
 		t.Errorf("LoadSkipped = %q, want %q", got, want)

@@ -276,12 +276,18 @@ func (d *Definition) SetDefaultProject(id string) {
 	}
 }
 
+// SkippedLoad is a target a load override asks to load that loads
+// nothing, and the output that keeps it from loading.
+type SkippedLoad struct{ Target, Output string }
+
+func (l SkippedLoad) String() string { return fmt.Sprintf("target %q (output type=%s)", l.Target, l.Output) }
+
 // LoadSkipped lists the requested targets that a load override (--load,
-// --set T.load=true) asks to load but that will load nothing, each as
-// `target "NAME" (output type=T)`: buildx adds the docker output only to a
-// target whose outputs are all images (image, registry, oci, docker), and
-// leaves one that writes local files or a tarball as it is, silently.
-func (d *Definition) LoadSkipped(overrides []string) []string {
+// --set T.load=true) asks to load but that will load nothing: buildx adds
+// the docker output only to a target whose outputs are all images (image,
+// registry, oci, docker), and leaves one that writes local files or a
+// tarball as it is, silently.
+func (d *Definition) LoadSkipped(overrides []string) []SkippedLoad {
 	var patterns []string
 	for _, o := range overrides {
 		key, value, ok := strings.Cut(o, "=")
@@ -293,7 +299,7 @@ func (d *Definition) LoadSkipped(overrides []string) []string {
 			patterns = append(patterns, pattern)
 		}
 	}
-	var out []string
+	var out []SkippedLoad
 	for _, name := range d.Requested {
 		t := d.Targets[name]
 		if t == nil || !slices.ContainsFunc(patterns, func(p string) bool { ok, _ := path.Match(p, name); return ok }) {
@@ -304,7 +310,7 @@ func (d *Definition) LoadSkipped(overrides []string) []string {
 				continue
 			}
 			if e.Type != "image" && e.Type != "registry" && e.Type != "oci" && e.Type != "docker" {
-				out = append(out, fmt.Sprintf("target %q (output type=%s)", name, e.Type))
+				out = append(out, SkippedLoad{Target: name, Output: e.Type})
 				break
 			}
 		}

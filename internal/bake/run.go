@@ -120,8 +120,12 @@ func Run(ctx context.Context, o RunOptions) error {
 		return def.WriteJSON(stdout)
 	}
 	if skipped := def.LoadSkipped(o.Overrides); len(skipped) > 0 {
+		names := make([]string, len(skipped))
+		for i, l := range skipped {
+			names[i] = l.String()
+		}
 		fmt.Fprintf(stderr, "kiln: warning: --load loads nothing for %s: as in buildx, it applies only to targets whose outputs are images; to load one, --set %s.output=type=docker\n",
-			strings.Join(skipped, ", "), strings.SplitN(strings.TrimPrefix(skipped[0], "target \""), "\"", 2)[0])
+			strings.Join(names, ", "), skipped[0].Target)
 	}
 	if len(o.SaveTags) > 0 {
 		o.Save = true
