@@ -23,7 +23,7 @@ func (s *Service) RecordGitCommit(ctx context.Context, p auth.Principal, id, com
 	case p.Kind != auth.TokenBuild || p.BuildID != id || id == "":
 		return fmt.Errorf("only build %q's own build token may record its git commit: %w", id, errdefs.ErrPermission)
 	case !commitRe.MatchString(commit):
-		return fmt.Errorf("git commit %q: want a full commit SHA (40 or 64 hex digits): %w", clipCommit(commit), errdefs.ErrInvalid)
+		return fmt.Errorf("git commit %q: want a full commit SHA (40 or 64 hex digits): %w", clip(commit, 80), errdefs.ErrInvalid)
 	}
 	_, err := s.store.UpdateBuild(ctx, id, func(b *Build) error {
 		switch {
@@ -36,11 +36,4 @@ func (s *Service) RecordGitCommit(ctx context.Context, p auth.Principal, id, com
 		return nil
 	})
 	return err
-}
-
-func clipCommit(c string) string {
-	if len(c) > 80 {
-		return c[:80] + "…"
-	}
-	return c
 }
