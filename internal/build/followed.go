@@ -23,15 +23,11 @@ import (
 // A client's own steps are named "[depot] …" or "[kiln] …"; they are kept
 // as steps and never counted (CountedSteps).
 
-// IsClientStep reports whether a step is one a client or kiln adds itself
-// around the build (steps.IsClientStep).
-func IsClientStep(name string) bool { return steps.IsClientStep(name) }
-
 // clientOnly keeps of a followed build's client report what the builder
 // cannot show: the client's own steps and their lines (see the rule above).
-func (s *Service) clientOnly(ctx context.Context, buildID string, steps []Step, logs []LogLine) ([]Step, []LogLine, error) {
+func (s *Service) clientOnly(ctx context.Context, buildID string, reported []Step, logs []LogLine) ([]Step, []LogLine, error) {
 	names := map[string]string{} // digest → step name, from this report
-	for _, st := range steps {
+	for _, st := range reported {
 		if st.Name != "" {
 			names[st.Digest] = st.Name
 		}
@@ -52,10 +48,10 @@ func (s *Service) clientOnly(ctx context.Context, buildID string, steps []Step, 
 			}
 			name = stored[digest]
 		}
-		return IsClientStep(name), nil
+		return steps.IsClientStep(name), nil
 	}
 	var kept []Step
-	for _, st := range steps {
+	for _, st := range reported {
 		ok, err := own(st.Digest)
 		if err != nil {
 			return nil, nil, err

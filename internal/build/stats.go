@@ -26,12 +26,8 @@ type Stats struct {
 	TotalSteps  int
 }
 
-// IsUserStep reports whether a step counts in total_steps and
-// cached_steps (steps.IsUserStep, the one rule).
-func IsUserStep(name string) bool { return steps.IsUserStep(name) }
-
 // CountedSteps picks the steps total_steps and cached_steps count (see
-// IsUserStep), in the order given.
+// steps.Counted), in the order given.
 func CountedSteps(all []Step) []Step {
 	return steps.Counted(all, func(st Step) string { return st.Name })
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/builder/spec"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
+	"github.com/kiln-dev/kiln/internal/steps"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -108,7 +109,7 @@ func TestIsUserStep(t *testing.T) {
 		"": false,
 		"RUN [1/2] looks like a step but is not at the start": false,
 	} {
-		if got := build.IsUserStep(name); got != want {
+		if got := steps.IsUserStep(name); got != want {
 			t.Errorf("IsUserStep(%q) = %v, want %v", name, got, want)
 		}
 	}

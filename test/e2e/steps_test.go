@@ -18,7 +18,7 @@ import (
 	"github.com/tonistiigi/fsutil"
 
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
-	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/steps"
 )
 
 // stepsDockerfile has a RUN step whose output says which run printed it,
@@ -71,7 +71,7 @@ func silentBuild(t *testing.T, s *server, proj, dir string) (string, map[string]
 		defer wg.Done()
 		for st := range ch {
 			for _, v := range st.Vertexes {
-				if build.IsUserStep(v.Name) {
+				if steps.IsUserStep(v.Name) {
 					seen[v.Digest.String()] = seen[v.Digest.String()] || v.Cached
 				}
 			}
