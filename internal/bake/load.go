@@ -280,7 +280,9 @@ func (d *Definition) SetDefaultProject(id string) {
 // nothing, and the output that keeps it from loading.
 type SkippedLoad struct{ Target, Output string }
 
-func (l SkippedLoad) String() string { return fmt.Sprintf("target %q (output type=%s)", l.Target, l.Output) }
+func (l SkippedLoad) String() string {
+	return fmt.Sprintf("target %q (output type=%s)", l.Target, l.Output)
+}
 
 // LoadSkipped lists the requested targets that a load override (--load,
 // --set T.load=true) asks to load but that will load nothing: buildx adds
