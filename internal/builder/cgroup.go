@@ -1,7 +1,6 @@
 package builder
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -78,55 +77,39 @@ func detectCgroups() cgroupSystem {
 	if unix.Statfs(cgroupFS, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
 		return cgroupSystem{version: cgroupV2, mounts: map[string]string{"": cgroupFS}}
 	}
-	f, err := os.Open("/proc/self/mountinfo")
+	ms, err := mounts()
 	if err != nil {
 		return cgroupSystem{}
 	}
-	defer f.Close()
-	mounts := map[string]string{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		// id parent maj:min root mountpoint opts [optional...] - fstype source superopts
-		fields := strings.Fields(sc.Text())
-		sep := -1
-		for i, f := range fields {
-			if f == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 0 || len(fields) < sep+4 || len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMountinfo(fields[4])
-		if !isUnder(mp, cgroupFS) || fields[3] != "/" {
+	hier := map[string]string{}
+	for _, m := range ms {
+		if !isUnder(m.mp, cgroupFS) || m.root != "/" {
 			continue // a cgroup mounted elsewhere, or only part of a hierarchy
 		}
-		switch fields[sep+1] {
+		switch m.fstype {
 		case "cgroup":
 		case "cgroup2":
 			// A hybrid setup's unified hierarchy, with no controllers:
 			// runc makes the containers' directories there too.
-			mounts["unified"] = mp
+			hier["unified"] = m.mp
 			continue
 		default:
 			continue
 		}
-		for _, opt := range strings.Split(fields[sep+3], ",") {
+		for _, opt := range m.super {
 			switch opt {
 			case "rw", "ro":
 				continue
 			}
-			if _, ok := mounts[opt]; !ok {
-				mounts[opt] = mp
+			if _, ok := hier[opt]; !ok {
+				hier[opt] = m.mp
 			}
 		}
 	}
-	if _, ok := mounts["memory"]; !ok {
+	if _, ok := hier["memory"]; !ok {
 		return cgroupSystem{}
 	}
-	return cgroupSystem{version: cgroupV1, mounts: mounts}
+	return cgroupSystem{version: cgroupV1, mounts: hier}
 }
 
 // measured are the v1 controllers a builder's cgroup is made in.

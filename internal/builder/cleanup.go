@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -221,8 +222,11 @@ func unmountUnder(dir string) error {
 }
 
 type mount struct {
-	dev uint64 // as in stat's st_dev
-	mp  string
+	dev    uint64 // as in stat's st_dev
+	root   string // the part of the filesystem mounted ("/": all of it)
+	mp     string
+	fstype string
+	super  []string // the filesystem's own options (for a v1 cgroup: its controllers)
 }
 
 // mounts parses /proc/self/mountinfo.
@@ -236,7 +240,8 @@ func mounts() ([]mount, error) {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
-		// Fields: id parent major:minor root mountpoint options ...
+		// Fields: id parent major:minor root mountpoint options [optional...]
+		// - fstype source superoptions
 		fields := strings.Fields(sc.Text())
 		if len(fields) < 5 {
 			continue
@@ -245,7 +250,11 @@ func mounts() ([]mount, error) {
 		if _, err := fmt.Sscanf(fields[2], "%d:%d", &major, &minor); err != nil {
 			continue
 		}
-		out = append(out, mount{dev: unix.Mkdev(major, minor), mp: unescapeMountinfo(fields[4])})
+		m := mount{dev: unix.Mkdev(major, minor), root: unescapeMountinfo(fields[3]), mp: unescapeMountinfo(fields[4])}
+		if sep := slices.Index(fields, "-"); sep >= 0 && len(fields) >= sep+4 {
+			m.fstype, m.super = fields[sep+1], strings.Split(fields[sep+3], ",")
+		}
+		out = append(out, m)
 	}
 	return out, sc.Err()
 }
