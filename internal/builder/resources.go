@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/ticker"
 )
 
 // sampleInterval is how often the fleet reads the cgroup of each running
@@ -144,19 +145,12 @@ func (f *Fleet) sample() {
 	if f.cg.version == cgroupNone || f.cfg.OnUsage == nil {
 		return
 	}
-	t := time.NewTicker(sampleInterval)
-	defer t.Stop()
 	type job struct {
 		b      *builder
 		r      *run
 		leases []string
 	}
-	for {
-		select {
-		case <-f.quit:
-			return
-		case <-t.C:
-		}
+	ticker.Run(f.quit, sampleInterval, func(time.Time, time.Duration) {
 		var jobs []job
 		f.mu.Lock()
 		for _, b := range f.builders {
@@ -176,7 +170,7 @@ func (f *Fleet) sample() {
 				f.cfg.OnUsage(u)
 			}
 		}
-	}
+	})
 }
 
 // readRun reads r's cgroup and returns the Usage since the previous reading
