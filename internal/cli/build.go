@@ -156,11 +156,7 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 			return err
 		}
 	}
-	projectDir := bf.opts.ContextPath
-	if projectDir == "-" || buildreq.IsGitURL(projectDir) {
-		projectDir = "."
-	}
-	projectID, err := client.FindProject(bf.project, projectDir)
+	projectID, err := client.FindProject(bf.project, projectDirOf(bf.opts.ContextPath))
 	if err != nil {
 		return err
 	}
@@ -227,4 +223,14 @@ func runBuild(ctx context.Context, g *globals, bf *buildFlags, stdout, stderr io
 	fmt.Fprintf(stderr, "kiln: build %s finished%s\n", b.ID, session.DescribeOutputs(req.Outputs(), resp))
 	printSaved(stderr, saved, b.ID)
 	return nil
+}
+
+// projectDirOf is where kiln.json is looked for, walking up, for a build of
+// contextPath: the context directory, or the working directory for a tar
+// on stdin ("-") or a git context.
+func projectDirOf(contextPath string) string {
+	if contextPath == "-" || buildreq.IsGitURL(contextPath) {
+		return "."
+	}
+	return contextPath
 }

@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/client"
 )
 
@@ -301,11 +300,7 @@ func checkBuildProject(args []string) error {
 	if len(rest) != 1 {
 		return nil
 	}
-	dir := rest[0]
-	if dir == "-" || buildreq.IsGitURL(dir) { // as runBuild resolves it
-		dir = "."
-	}
-	if _, err := client.FindProject(project, dir); err != nil {
+	if _, err := client.FindProject(project, projectDirOf(rest[0])); err != nil {
 		return fmt.Errorf("needs a kiln project: %w", err)
 	}
 	return nil
