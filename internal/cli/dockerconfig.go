@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/kiln-dev/kiln/internal/atomicfile"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 )
 
@@ -84,7 +85,7 @@ func writeDockerState(configDir string, st *dockerState) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(stateDir(configDir), "state.json"), b, 0o600)
+	return atomicfile.Write(filepath.Join(stateDir(configDir), "state.json"), b, 0o600)
 }
 
 // readDockerConfig reads config.json as its top-level keys. A missing file
@@ -139,28 +140,6 @@ func sha256Hex(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-// writeFileAtomic replaces path with data through a temporary file in the
-// same directory, so a reader never sees half a config.
-func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
-}
-
 // configFile is config.json, or the file it links to (a dotfiles
 // checkout): kiln writes that file and leaves the link a link.
 func configFile(configDir string) string {
@@ -184,7 +163,7 @@ func setBuilderAlias(configDir string, st *dockerState) error {
 		return err
 	}
 	if exists {
-		if err := writeFileAtomic(filepath.Join(stateDir(configDir), origConfigName), raw, 0o600); err != nil {
+		if err := atomicfile.Write(filepath.Join(stateDir(configDir), origConfigName), raw, 0o600); err != nil {
 			return err
 		}
 	}
@@ -199,7 +178,7 @@ func setBuilderAlias(configDir string, st *dockerState) error {
 		return err
 	}
 	st.WrittenSHA256 = sha256Hex(out)
-	return writeFileAtomic(path, out, mode)
+	return atomicfile.Write(path, out, mode)
 }
 
 // restoreDockerConfig undoes setBuilderAlias: the original bytes if
@@ -221,7 +200,7 @@ func restoreDockerConfig(configDir string, st *dockerState) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		return "restored " + path + " as it was before the install", writeFileAtomic(path, orig, st.ConfigMode)
+		return "restored " + path + " as it was before the install", atomicfile.Write(path, orig, st.ConfigMode)
 	}
 	// Changed since (docker login, a context switch …): keep those
 	// changes, take back only the alias.
@@ -249,5 +228,5 @@ func restoreDockerConfig(configDir string, st *dockerState) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return path + " changed since the install: kept those changes, removed only the builder alias", writeFileAtomic(path, out, mode)
+	return path + " changed since the install: kept those changes, removed only the builder alias", atomicfile.Write(path, out, mode)
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/moby/buildkit/client"
+
+	"github.com/kiln-dev/kiln/internal/atomicfile"
 )
 
 // TargetResult is one bake target's build result, for
@@ -31,7 +33,7 @@ func WriteBakeMetadataFile(path string, results map[string]TargetResult) error {
 	if err != nil {
 		return fmt.Errorf("--metadata-file %s: %w", path, err)
 	}
-	if err := writeFileAtomic(path, dt); err != nil {
+	if err := atomicfile.Write(path, dt, 0o644); err != nil {
 		return fmt.Errorf("--metadata-file %s: %w", path, err)
 	}
 	return nil

@@ -5,9 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 
+	"github.com/kiln-dev/kiln/internal/atomicfile"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/exporter/containerimage/exptypes"
@@ -31,7 +30,7 @@ func WriteIIDFile(path string, resp *client.SolveResponse) error {
 		return errdefs.Wrapf(errdefs.ErrFailedPrecondition, nil,
 			"--iidfile %s: the build output produced no image digest (use an image-producing output such as type=oci or type=docker)", path)
 	}
-	if err := writeFileAtomic(path, []byte(id)); err != nil {
+	if err := atomicfile.Write(path, []byte(id), 0o644); err != nil {
 		return fmt.Errorf("--iidfile %s: %w", path, err)
 	}
 	return nil
@@ -64,7 +63,7 @@ func WriteBuildMetadataFile(path string, resp *client.SolveResponse, ref BuildRe
 	if err != nil {
 		return fmt.Errorf("--metadata-file %s: %w", path, err)
 	}
-	if err := writeFileAtomic(path, dt); err != nil {
+	if err := atomicfile.Write(path, dt, 0o644); err != nil {
 		return fmt.Errorf("--metadata-file %s: %w", path, err)
 	}
 	return nil
@@ -111,29 +110,4 @@ func decodeExporterResponse(resp map[string]string) map[string]any {
 		}
 	}
 	return out
-}
-
-// writeFileAtomic writes dt to path through a temporary file in the same
-// directory, so readers never see a partial file.
-func writeFileAtomic(path string, dt []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(dt)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-	}
-	return err
 }

@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-dev/kiln/internal/atomicfile"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 )
 
@@ -291,10 +292,10 @@ func loadOrCreate(dir string, create func() (*x509.Certificate, *ecdsa.PrivateKe
 			return nil, err
 		}
 		certPEM = encodeCert(cert)
-		if err := writeFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+		if err := atomicfile.Write(keyPath, keyPEM, 0o600); err != nil {
 			return nil, err
 		}
-		if err := writeFileAtomic(certPath, certPEM, 0o600); err != nil { // the data dir is the owner's only
+		if err := atomicfile.Write(certPath, certPEM, 0o600); err != nil { // the data dir is the owner's only
 			return nil, err
 		}
 		return &signer{cert: cert, key: key, certPEM: certPEM}, nil
@@ -390,30 +391,4 @@ func parseKey(b []byte) (*ecdsa.PrivateKey, error) {
 		return nil, fmt.Errorf("key is %T, want ECDSA: %w", k, errdefs.ErrInvalid)
 	}
 	return ek, nil
-}
-
-// writeFileAtomic writes via a temporary file and a rename, so a reader never
-// sees a half-written file.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name()) // no-op after the rename
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }

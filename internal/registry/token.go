@@ -19,6 +19,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/kiln-dev/kiln/internal/atomicfile"
 	"github.com/kiln-dev/kiln/internal/auth"
 )
 
@@ -80,33 +81,13 @@ func loadOrCreateKey(path string) (*tokenSigner, error) {
 	return &tokenSigner{key: key, kid: hex.EncodeToString(sum[:8])}, nil
 }
 
-// writeFileAtomic writes a 0600 file via a temporary file and rename, so a
-// crash never leaves a half-written secret.
+// writeFileAtomic writes a 0600 file (atomicfile.Write), making its
+// directory first.
 func writeFileAtomic(path string, b []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return atomicfile.Write(path, b, 0o600)
 }
 
 // accessEntry is one granted scope in a token, as in Docker's token spec.
