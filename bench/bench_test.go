@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -26,12 +28,12 @@ func TestSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the smoke run starts real buildkitd and kiln serve processes")
 	}
-	root, err := repoRoot()
+	root, err := testenv.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if missing := checkComponents(filepath.Join(root, "bin", "buildkitd"), filepath.Join(root, "bin", "buildctl")); len(missing) > 0 {
-		if os.Getenv("KILN_SKIP_MISSING") == "1" {
+		if testenv.SkipMissing() {
 			t.Skipf("KILN_SKIP_MISSING=1; missing: %s", strings.Join(missing, ", "))
 		}
 		t.Fatalf("missing components: %s (run hack/setup.sh, or set KILN_SKIP_MISSING=1 to skip locally)", strings.Join(missing, ", "))

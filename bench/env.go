@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"iter"
 	"maps"
 	"os"
@@ -13,25 +12,6 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/kilntest"
 )
-
-// repoRoot finds the kiln module root from the working directory up.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && strings.Contains(string(b), "module github.com/kiln-dev/kiln\n") {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("not inside the kiln repository (no go.mod of github.com/kiln-dev/kiln above the working directory)")
-		}
-		dir = parent
-	}
-}
 
 // checkComponents lists what the runner needs and is missing.
 func checkComponents(buildkitd, buildctl string) []string {

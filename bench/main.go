@@ -28,6 +28,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-dev/kiln/internal/testenv"
 )
 
 // config is what the command line chose.
@@ -104,7 +106,7 @@ func main() {
 // logw, the table to out. It returns an error when nothing could be
 // measured; failures of single workloads are in Report.Errors.
 func Run(ctx context.Context, cfg config, out, logw io.Writer) (*Report, error) {
-	root, err := repoRoot()
+	root, err := testenv.RepoRoot()
 	if err != nil {
 		return nil, err
 	}

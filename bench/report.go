@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/testenv"
 )
 
 // TargetCheck is one target of kiln's performance budget checked against the results.
@@ -355,7 +357,7 @@ func rerender(path, outDir string) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	if outDir == "" {
-		root, err := repoRoot()
+		root, err := testenv.RepoRoot()
 		if err != nil {
 			return err
 		}

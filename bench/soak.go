@@ -24,6 +24,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/testenv"
 )
 
 // soakConfig is what -soak and its flags chose.
@@ -61,7 +63,7 @@ func runSoak(ctx context.Context, cfg soakConfig, out, logw io.Writer) error {
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(logw, "soak: "+format+"\n", args...)
 	}
-	root, err := repoRoot()
+	root, err := testenv.RepoRoot()
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/blob"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/testenv"
 )
 
 func TestValidKey(t *testing.T) {
@@ -40,10 +41,7 @@ func curlUpload(t *testing.T, p blob.Presigned, data []byte) {
 	t.Helper()
 	curl, err := exec.LookPath("curl")
 	if err != nil {
-		if os.Getenv("KILN_SKIP_MISSING") == "1" {
-			t.Skip("SKIPPING (KILN_SKIP_MISSING=1): curl not installed (run hack/setup.sh)")
-		}
-		t.Fatal("curl not installed: run hack/setup.sh (or set KILN_SKIP_MISSING=1 to skip)")
+		testenv.Missing(t, "curl not installed: run hack/setup.sh")
 	}
 	file := filepath.Join(t.TempDir(), "ctx.tar.gz")
 	if err := os.WriteFile(file, data, 0o600); err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/builder/spec"
 	"github.com/kiln-dev/kiln/internal/pki"
+	"github.com/kiln-dev/kiln/internal/testenv"
 )
 
 // These tests use the machine's real cgroups (v1 or v2, whichever it has),
@@ -21,9 +22,7 @@ import (
 
 func needCgroups(t *testing.T) cgroupSystem {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (cgroups)")
-	}
+	testenv.RequireRoot(t, "creating cgroups")
 	c := detectCgroups()
 	if c.version == cgroupNone {
 		t.Fatal("no usable cgroup hierarchy on this machine")

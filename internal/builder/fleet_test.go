@@ -27,6 +27,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/gateway"
 	"github.com/kiln-dev/kiln/internal/pki"
+	"github.com/kiln-dev/kiln/internal/testenv"
 )
 
 // These tests run the real buildkitd: as root, with runc on PATH, from
@@ -35,34 +36,11 @@ import (
 
 func buildkitdPath(t *testing.T) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (buildkitd's OCI worker)")
+	testenv.RequireRoot(t, "buildkitd's OCI worker")
+	if p := os.Getenv("KILN_BUILDKITD"); p != "" {
+		return p
 	}
-	p := os.Getenv("KILN_BUILDKITD")
-	if p == "" {
-		dir, err := os.Getwd()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for {
-			if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-				break
-			}
-			parent := filepath.Dir(dir)
-			if parent == dir {
-				t.Fatal("repository root (go.mod) not found")
-			}
-			dir = parent
-		}
-		p = filepath.Join(dir, "bin", "buildkitd")
-	}
-	if _, err := os.Stat(p); err != nil {
-		if os.Getenv("KILN_SKIP_MISSING") == "1" {
-			t.Skipf("buildkitd missing: %v", err)
-		}
-		t.Fatalf("buildkitd missing (set KILN_BUILDKITD, or KILN_SKIP_MISSING=1 to skip): %v", err)
-	}
-	return p
+	return testenv.Bin(t, "buildkitd")
 }
 
 type testEnv struct {

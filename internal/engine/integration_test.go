@@ -19,6 +19,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/kilntest"
 	"github.com/kiln-dev/kiln/internal/steps"
+	"github.com/kiln-dev/kiln/internal/testenv"
 	"github.com/moby/buildkit/client"
 )
 
@@ -28,21 +29,10 @@ import (
 // KILN_SKIP_MISSING=1.
 func startBuildkitd(t *testing.T) *client.Client {
 	t.Helper()
+	testenv.RequireRoot(t, "the integration test's rootful buildkitd")
 	bin := os.Getenv("KILN_BUILDKITD")
 	if bin == "" {
-		var err error
-		if bin, err = filepath.Abs(filepath.Join("..", "..", "bin", "buildkitd")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := os.Stat(bin); err != nil {
-		if os.Getenv("KILN_SKIP_MISSING") == "1" {
-			t.Skipf("buildkitd not found at %s (KILN_SKIP_MISSING=1)", bin)
-		}
-		t.Fatalf("buildkitd not found at %s: %v (build it, or set KILN_SKIP_MISSING=1 to skip)", bin, err)
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("the integration test runs a rootful buildkitd and needs root")
+		bin = testenv.Bin(t, "buildkitd")
 	}
 	if _, err := exec.LookPath("runc"); err != nil {
 		t.Fatalf("runc not in PATH: %v", err)

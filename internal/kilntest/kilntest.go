@@ -29,6 +29,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/retry"
+	"github.com/kiln-dev/kiln/internal/testenv"
 )
 
 // Kiln is a kiln binary built from this tree, and the builder binaries
@@ -54,7 +55,7 @@ func (e *MissingError) Error() string {
 // Build checks the components and builds the kiln binary from the tree
 // holding the working directory. A missing component is a *MissingError.
 func Build() (*Kiln, error) {
-	root, err := moduleRoot()
+	root, err := testenv.RepoRoot()
 	if err != nil {
 		return nil, err
 	}
@@ -109,22 +110,6 @@ func (k *Kiln) Close() error { return os.RemoveAll(filepath.Dir(k.Bin)) }
 func exists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
-}
-
-// moduleRoot is the directory of the go.mod above the working directory.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for d := dir; ; d = filepath.Dir(d) {
-		if exists(filepath.Join(d, "go.mod")) {
-			return d, nil
-		}
-		if d == filepath.Dir(d) {
-			return "", fmt.Errorf("kilntest: no go.mod above %s", dir)
-		}
-	}
 }
 
 // Server is one `kiln serve` process on a loopback port with its own data
@@ -282,7 +267,7 @@ func (s *Server) CreateProject(ctx context.Context, name string) (string, error)
 func Main(m *testing.M, setup func(*Server) error) int {
 	k, err := Build()
 	var missing *MissingError
-	if errors.As(err, &missing) && os.Getenv("KILN_SKIP_MISSING") == "1" {
+	if errors.As(err, &missing) && testenv.SkipMissing() {
 		fmt.Fprintf(os.Stderr, "kilntest: SKIPPING tests that need a kiln server (KILN_SKIP_MISSING=1); %v\n", err)
 		return 0
 	}

@@ -19,6 +19,8 @@ import (
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
 
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+
+	"github.com/kiln-dev/kiln/internal/testenv"
 )
 
 // clickhouse is a real clickhouse-server (Debian's package) run by a test
@@ -62,10 +64,7 @@ const clickhouseUsers = `<yandex>
 func startClickHouse(t *testing.T) *clickhouse {
 	t.Helper()
 	if _, err := exec.LookPath("clickhouse-server"); err != nil {
-		if os.Getenv("KILN_SKIP_MISSING") == "1" {
-			t.Skipf("SKIPPING (KILN_SKIP_MISSING=1): clickhouse-server not installed (run hack/setup.sh)")
-		}
-		t.Fatalf("clickhouse-server is required (apt-get install clickhouse-server, or run hack/setup.sh): %v", err)
+		testenv.Missing(t, "clickhouse-server is required (apt-get install clickhouse-server, or run hack/setup.sh): %v", err)
 	}
 	dir, err := os.MkdirTemp("", runTag+"clickhouse-")
 	if err != nil {

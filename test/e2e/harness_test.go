@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/kilntest"
+	"github.com/kiln-dev/kiln/internal/testenv"
 )
 
 var (
@@ -41,8 +42,11 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	wd, _ := os.Getwd()
-	repoRoot = filepath.Clean(filepath.Join(wd, "..", ".."))
+	var err error
+	if repoRoot, err = testenv.RepoRoot(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
 	buildkitd = os.Getenv("KILN_BUILDKITD")
 	if buildkitd == "" {
 		buildkitd = filepath.Join(repoRoot, "bin", "buildkitd")
@@ -64,7 +68,7 @@ func run(m *testing.M) int {
 		missing = append(missing, "root (builders run rootful buildkitd)")
 	}
 	if len(missing) > 0 {
-		if os.Getenv("KILN_SKIP_MISSING") == "1" {
+		if testenv.SkipMissing() {
 			fmt.Fprintf(os.Stderr, "e2e: SKIPPING end-to-end tests (KILN_SKIP_MISSING=1); missing: %s\n", strings.Join(missing, ", "))
 			return 0
 		}

@@ -19,6 +19,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
+
+	"github.com/kiln-dev/kiln/internal/testenv"
 )
 
 // multiDockerfile builds its base from the busybox of the target
@@ -44,10 +46,7 @@ func busyboxFor(t *testing.T, arch string) []byte {
 	}
 	b, err := os.ReadFile(p)
 	if err != nil {
-		if os.Getenv("KILN_SKIP_MISSING") == "1" {
-			t.Skipf("SKIPPING (KILN_SKIP_MISSING=1): %s busybox missing: %v (run hack/setup.sh)", arch, err)
-		}
-		t.Fatalf("the %s busybox is required for multi-platform tests: %v (run hack/setup.sh, which fetches it)", arch, err)
+		testenv.Missing(t, "the %s busybox is required for multi-platform tests: %v (run hack/setup.sh, which fetches it)", arch, err)
 	}
 	return b
 }
@@ -64,10 +63,7 @@ func requireEmulation(t *testing.T) {
 		return
 	}
 	msg := "QEMU emulation is required for multi-platform tests: /proc/sys/fs/binfmt_misc/" + handler + " is not enabled (run hack/setup.sh)"
-	if os.Getenv("KILN_SKIP_MISSING") == "1" {
-		t.Skip("SKIPPING (KILN_SKIP_MISSING=1): " + msg)
-	}
-	t.Fatal(msg)
+	testenv.Missing(t, "%s", msg)
 }
 
 // writeMultiContext is a context with both architectures' busybox.

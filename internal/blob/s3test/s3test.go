@@ -9,10 +9,8 @@
 package s3test
 
 import (
-	"bufio"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -24,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/testenv"
 )
 
 // Server is one running versitygw.
@@ -148,66 +148,13 @@ func (s *Server) waitReady(timeout time.Duration) error {
 }
 
 // binary finds versitygw: $KILN_VERSITYGW, else bin/versitygw at the root
-// of kiln's repository above the working directory.
+// of kiln's repository.
 func binary(t testing.TB) string {
 	t.Helper()
-	bin := os.Getenv("KILN_VERSITYGW")
-	if bin == "" {
-		root, err := repoRoot()
-		if err != nil {
-			missing(t, "versitygw not found: %v: run hack/setup.sh --tests (make test does)", err)
-		}
-		bin = filepath.Join(root, "bin", "versitygw")
+	if bin := os.Getenv("KILN_VERSITYGW"); bin != "" {
+		return bin
 	}
-	if fi, err := os.Stat(bin); err != nil || fi.IsDir() {
-		missing(t, "versitygw not found at %s: run hack/setup.sh --tests (make test does)", bin)
-	}
-	return bin
-}
-
-func missing(t testing.TB, format string, args ...any) {
-	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("KILN_SKIP_MISSING") == "1" {
-		t.Skip("SKIPPING (KILN_SKIP_MISSING=1): " + msg)
-	}
-	t.Fatal(msg + " (or set KILN_SKIP_MISSING=1 to skip tests that need it)")
-}
-
-const kilnModule = "github.com/kiln-dev/kiln"
-
-// repoRoot walks up from the working directory to the directory whose
-// go.mod declares kiln's module.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if modulePath(filepath.Join(dir, "go.mod")) == kilnModule {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod of module " + kilnModule + " above the working directory")
-		}
-		dir = parent
-	}
-}
-
-func modulePath(gomod string) string {
-	f, err := os.Open(gomod)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "module "); ok {
-			return strings.Trim(strings.TrimSpace(rest), `"`)
-		}
-	}
-	return ""
+	return testenv.Bin(t, "versitygw")
 }
 
 func freeAddr(t testing.TB) string {
