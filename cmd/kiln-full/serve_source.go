@@ -43,5 +43,5 @@ func registerSourceFlags(f *pflag.FlagSet, cfg *server.SourceConfig) {
 	f.StringVar(&cfg.PushAuthFile, "push-auth-file", os.Getenv("KILN_PUSH_AUTH_FILE"),
 		"Docker config.json with credentials (\"auths\") of registries source builds may push to besides kiln's own (env KILN_PUSH_AUTH_FILE)")
 	f.BoolVar(&cfg.GitPrivateHosts, "git-private-hosts", os.Getenv("KILN_GIT_PRIVATE_HOSTS") == "1",
-		"let source builds fetch git contexts from loopback and private addresses (buildkitd fetches them from the host's network, outside the builders' egress rules; env KILN_GIT_PRIVATE_HOSTS=1)")
+		"let builders fetch git contexts from loopback and private addresses, which the builders' egress policy refuses by default (for git servers on kiln's own machine or network whose users may all reach them; env KILN_GIT_PRIVATE_HOSTS=1)")
 }

@@ -59,6 +59,10 @@ type Config struct {
 	// operator's proxy settings). Nothing else of kiln's environment reaches
 	// a builder: see buildkitdEnv.
 	PassEnv []string
+	// GitPrivateHosts lets builders' own git fetches reach loopback and
+	// private addresses (kiln serve --git-private-hosts); by default their
+	// fetch proxy applies the RUN steps' egress policy (fetchproxy.go).
+	GitPrivateHosts bool
 	// MemoryLimit caps each builder's memory, buildkitd and its RUN steps
 	// together, in bytes (its cgroup's limit: the kernel OOM-kills a step
 	// that outgrows it); 0: no limit. NewFleet fails if the machine has no

@@ -94,8 +94,10 @@ func TestBuildkitdEnvAllowList(t *testing.T) {
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
 	t.Setenv("KILN_TOKEN", "kiln_org_x")
 	t.Setenv("HTTPS_PROXY", "http://proxy:3128")
-	env := buildkitdEnv("/opt/kiln/bin", "/b", "/b/tmp", []string{"HTTPS_PROXY", "PATH", "UNSET_VAR"})
-	want := []string{"PATH=/opt/kiln/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/b", "TMPDIR=/b/tmp", "AWS_EC2_METADATA_DISABLED=true", "HTTPS_PROXY=http://proxy:3128"}
+	t.Setenv("ALL_PROXY", "http://proxy:3128") // the fetch proxy's place: not the operator's
+	env := buildkitdEnv("/opt/kiln/bin", "/b", "/b/tmp", "http://127.0.0.1:4711", []string{"HTTPS_PROXY", "PATH", "UNSET_VAR", "ALL_PROXY"})
+	want := []string{"PATH=/opt/kiln/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/b", "TMPDIR=/b/tmp", "AWS_EC2_METADATA_DISABLED=true",
+		"ALL_PROXY=http://127.0.0.1:4711", "all_proxy=http://127.0.0.1:4711", "HTTPS_PROXY=http://proxy:3128"}
 	if !slices.Equal(env, want) {
 		t.Fatalf("env %q, want %q", env, want)
 	}

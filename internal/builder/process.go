@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -106,7 +107,18 @@ func (f *Fleet) runBuilder(b *builder, r *run, spec Spec, netIndex int) {
 	defer f.wg.Done()
 	log := f.log.With("project", b.projectID, "platform", b.platform)
 
-	cmd, logDone, egress, cgroup, err := f.launch(b, spec, netIndex, func() { f.diskFull(b, r) })
+	fetch, err := startFetchProxy(func() []netip.Prefix {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return b.spec.EgressAllow
+	}, f.cfg.GitPrivateHosts, log)
+	if err != nil {
+		log.Warn("builder failed to start", "err", err)
+		f.finishRun(b, r, f.startFailed(b, "kiln could not launch it"), true, time.Now())
+		return
+	}
+	defer fetch.Close() // after the cleanup below: nothing of the run fetches any more
+	cmd, logDone, egress, cgroup, err := f.launch(b, spec, netIndex, fetch.URL(), func() { f.diskFull(b, r) })
 	if err != nil {
 		log.Warn("builder failed to start", "err", err)
 		f.finishRun(b, r, f.startFailed(b, "kiln could not launch it"), true, time.Now())
@@ -304,11 +316,14 @@ func (f *Fleet) finishRun(b *builder, r *run, err error, duringStart bool, diedA
 // launch prepares b's directory (config, log, temporary files), applies
 // the egress policy for its build network and starts buildkitd.
 //
+// fetchProxy is the URL of the run's fetch proxy (fetchproxy.go), which
+// buildkitd's git fetches go through.
+//
 // onDiskFull is called (from the log copy) when buildkitd's output says it
 // ran out of disk space: BuildKit stays wedged after that until restarted.
 //
 // It returns the cgroup buildkitd runs in ("" when the fleet has none).
-func (f *Fleet) launch(b *builder, spec Spec, netIndex int, onDiskFull func()) (_ *exec.Cmd, _ <-chan struct{}, egress <-chan error, cgroup string, err error) {
+func (f *Fleet) launch(b *builder, spec Spec, netIndex int, fetchProxy string, onDiskFull func()) (_ *exec.Cmd, _ <-chan struct{}, egress <-chan error, cgroup string, err error) {
 	// What a dead run left in its TMPDIR (BuildKit's buildkit-mount* and
 	// buildkit* directories) goes: nothing of a previous run is in use, and
 	// its mounts were detached by the cleanup (checked, so that a mount
@@ -402,7 +417,7 @@ func (f *Fleet) launch(b *builder, spec Spec, netIndex int, onDiskFull func()) (
 	}
 	cmd := exec.Command(f.cfg.BuildkitdPath, args...)
 	cmd.Dir = b.dir // so buildkitd's cwd marks it as this builder's too
-	cmd.Env = buildkitdEnv(filepath.Dir(f.cfg.BuildkitdPath), b.dir, b.tmpDir(), f.cfg.PassEnv)
+	cmd.Env = buildkitdEnv(filepath.Dir(f.cfg.BuildkitdPath), b.dir, b.tmpDir(), fetchProxy, f.cfg.PassEnv)
 	cmd.Stdout, cmd.Stderr = pw, pw
 	// Own process group, so the tree can be signalled as one; SIGKILL if
 	// kiln dies. (Pdeathsig fires when the OS thread that forked exits; Go
@@ -506,24 +521,27 @@ func probe(ctx context.Context, sock string) bool {
 
 // buildkitdEnv is the whole environment of a builder: PATH with binDir
 // first (buildkitd looks up runc there), HOME and TMPDIR in the builder's
-// own directory, and the variables of kiln's environment the operator
-// named in pass (proxy settings, say). Nothing else of kiln's environment
+// own directory, ALL_PROXY naming the run's fetch proxy (which git, not
+// Go, reads: fetchproxy.go), and the variables of kiln's environment the
+// operator named in pass (proxy settings, say). Nothing else of kiln's environment
 // reaches a builder: not its cloud credentials (AWS_*), its own settings
 // (KILN_*), NOTIFY_SOCKET or BUILDKITD_*. The AWS SDK in buildkitd (S3
 // cache exports a build may ask for) is also kept from the machine's
 // instance role: it would otherwise fetch kiln's host credentials from the
 // metadata service.
-func buildkitdEnv(binDir, home, tmp string, pass []string) []string {
+func buildkitdEnv(binDir, home, tmp, fetchProxy string, pass []string) []string {
 	path := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	env := []string{
 		"PATH=" + binDir + string(os.PathListSeparator) + path,
 		"HOME=" + home,
 		"TMPDIR=" + tmp,
 		"AWS_EC2_METADATA_DISABLED=true",
+		"ALL_PROXY=" + fetchProxy,
+		"all_proxy=" + fetchProxy,
 	}
 	for _, name := range pass {
 		switch name {
-		case "PATH", "HOME", "TMPDIR", "AWS_EC2_METADATA_DISABLED":
+		case "PATH", "HOME", "TMPDIR", "AWS_EC2_METADATA_DISABLED", "ALL_PROXY", "all_proxy":
 			continue
 		}
 		if v, ok := os.LookupEnv(name); ok {

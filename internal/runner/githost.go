@@ -14,19 +14,18 @@ import (
 	"github.com/kiln-dev/kiln/internal/project"
 )
 
-// checkGitHost applies the builder's network policy to a git context.
-// buildkitd fetches git sources itself, in the host's network namespace,
-// not in a RUN step's: its fetch is not behind the egress rules that keep
-// steps off loopback, private ranges, cloud metadata and the host's own
-// addresses. So the server resolves the context's host and refuses it
-// when any of its addresses is one a step could not reach (the project's
-// egress allow-list opens private ranges as it does for steps; loopback
-// never), unless the operator started kiln with --git-private-hosts. It
-// runs at CreateBuild and again before the build starts.
+// checkGitHost applies the builder's network policy to a git context
+// up front, so that a source build for a private host is refused at
+// CreateBuild with a clear error instead of failing in the queue: the
+// server resolves the context's host and refuses it when any of its
+// addresses is one a step could not reach (the project's egress
+// allow-list opens private ranges as it does for steps; loopback never),
+// unless the operator started kiln with --git-private-hosts. It runs at
+// CreateBuild and again before the build starts.
 //
-// What it cannot stop: a name that resolves differently when buildkitd
-// resolves it a moment later (DNS rebinding), and redirects the git
-// server answers with. docs/git-contexts.md says so.
+// What enforces the policy is the builder's fetch proxy
+// (builder/fetchproxy.go), which checks the address git actually
+// connects to, so DNS rebinding and redirects gain nothing there.
 func (r *Runner) checkGitHost(ctx context.Context, proj project.Project, raw string) error {
 	if r.cfg.GitPrivateHosts {
 		return nil

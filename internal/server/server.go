@@ -262,6 +262,7 @@ func (s *Server) startServices() (*project.Service, error) {
 		OwnRegistry:        s.ownRegistry,
 		Network:            cfg.BuilderNetwork,
 		PassEnv:            cfg.BuilderEnv,
+		GitPrivateHosts:    cfg.Source.GitPrivateHosts,
 		OnExit: func(projectID, platform string, leases []string, err error) {
 			builds.BuilderLost(projectID, platform, leases, err)
 		},

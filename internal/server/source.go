@@ -50,8 +50,9 @@ type SourceConfig struct {
 	// PushAuthFile is a Docker config.json whose "auths" are registries
 	// source builds may push to besides kiln's own; "" → none.
 	PushAuthFile string
-	// GitPrivateHosts lets source builds fetch git contexts from loopback
-	// and private addresses (runner/githost.go).
+	// GitPrivateHosts lets git contexts be fetched from loopback and
+	// private addresses: source builds' host check (runner/githost.go) and
+	// every builder's fetch proxy (builder/fetchproxy.go) let them through.
 	GitPrivateHosts bool
 }
 

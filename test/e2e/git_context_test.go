@@ -150,8 +150,11 @@ func readOut(t *testing.T, dir string) string {
 	return strings.TrimSpace(string(b))
 }
 
+// TestGitContextBuild runs on a server started with --git-private-hosts:
+// the test's git server is on loopback, which the builders' fetch proxy
+// refuses by default (TestGitContextPrivateHostRefused).
 func TestGitContextBuild(t *testing.T) {
-	s := sharedServer(t)
+	s := startServer(t, "--git-private-hosts")
 	gs := startGitServer(t)
 	v1, head := gs.gitRepo(t, "org/public.git")
 	gs.gitRepo(t, "private/app.git")
@@ -267,10 +270,7 @@ func TestGitContextBuild(t *testing.T) {
 }
 
 // TestGitContextSourceBuild runs on a server started with
-// --git-private-hosts: the test's git server is on loopback, which a
-// default server refuses for source builds (buildkitd fetches from the
-// host's network, outside the builders' egress rules; see
-// TestGitContextPrivateHostRefused).
+// --git-private-hosts, as TestGitContextBuild does.
 func TestGitContextSourceBuild(t *testing.T) {
 	s := startServer(t, "--git-private-hosts")
 	gs := startGitServer(t)
@@ -370,19 +370,46 @@ func lastLine(s string) string {
 	return lines[len(lines)-1]
 }
 
-// A default server refuses a source build whose git host is loopback or
-// private, before anything is fetched; the project's egress allow-list
-// opens a private range, never loopback.
+// A default server keeps git fetches to the builders' network policy.
+// Source builds are refused at CreateBuild, before anything is fetched,
+// when the host resolves to a private address; the project's egress
+// allow-list opens a private range, never loopback. And whatever asks
+// buildkitd to fetch — `kiln build URL`, a Dockerfile's `ADD <git URL>`,
+// a name that resolves to loopback — goes through the builder's fetch
+// proxy, which refuses the address it would connect to.
 func TestGitContextPrivateHostRefused(t *testing.T) {
 	s := sharedServer(t)
 	gs := startGitServer(t)
 	gs.gitRepo(t, "org/public.git")
+	port := gs.url[strings.LastIndex(gs.url, ":")+1:]
 	for _, u := range []string{gs.url + "/org/public.git#main", "http://169.254.169.254/latest.git", "http://10.1.2.3/r.git", "http://localhost:1/r.git"} {
 		_, err := s.sourceAPI().CreateBuild(t.Context(), bearer(&kilnv1.CreateBuildRequest{Project: customer("git-private"), GitUrl: u}, s.Token))
 		t.Logf("CreateBuild %s: %v", u, err)
 		if err == nil || !strings.Contains(err.Error(), "private address builds may not reach") {
 			t.Errorf("CreateBuild %s: %v; want it refused as a private address", u, err)
 		}
+	}
+
+	project := s.createProject(t, "git-private-client")
+	for _, u := range []string{gs.url + "/org/public.git#main", "http://localhost:" + port + "/org/public.git#main"} {
+		r := s.kiln(t, t.TempDir(), nil, "build", "--project", project, "--progress", "plain", "-o", "type=local,dest="+t.TempDir(), u)
+		t.Logf("kiln build %s: %s", u, lastLine(r.Stderr))
+		if r.Err == nil || !strings.Contains(r.Stderr, "the builder may not reach") || !strings.Contains(r.Stderr, "--egress-allow") {
+			t.Errorf("kiln build %s: err %v; want the fetch refused by the builder's network policy:\n%s", u, r.Err, tail(r.Stderr, 2000))
+		}
+	}
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := writeContext(t, map[string]string{
+		"busybox":    string(bb),
+		"Dockerfile": baseStages + "FROM busybox\nADD " + gs.url + "/org/public.git#main /src\nRUN cat /src/app/version.txt\n",
+	})
+	r := s.kiln(t, dir, nil, "build", "--project", project, "--progress", "plain", ".")
+	t.Logf("ADD <git URL>: %s", lastLine(r.Stderr))
+	if r.Err == nil || !strings.Contains(r.Stderr, "421") {
+		t.Errorf("ADD %s/org/public.git: err %v; want the fetch refused (421 from the fetch proxy):\n%s", gs.url, r.Err, tail(r.Stderr, 2000))
 	}
 	if n := gs.requests.Load(); n != 0 {
 		t.Errorf("the git server saw %d requests; a refused build must fetch nothing", n)
