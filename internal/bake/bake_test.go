@@ -534,12 +534,48 @@ target "abs" {
 	_ = dir
 }
 
+// A git URL context is fetched by the builder, the dockerfile read from
+// the same checkout, as with `kiln build URL`.
+func TestTranslateGitContext(t *testing.T) {
+	inDir(t, map[string]string{"docker-bake.hcl": `
+target "app" {
+  context = "https://git.example.com/org/app.git#v1:web"
+  dockerfile = "build/Dockerfile"
+}
+target "inline" {
+  context = "https://git.example.com/org/app.git"
+  dockerfile-inline = "FROM scratch\n"
+}
+`})
+	builds, err := load(t, LoadOptions{Targets: []string{"app", "inline"}}).Builds()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range builds {
+		c, df := b.Request.Context, b.Request.Dockerfile
+		switch b.Name {
+		case "app":
+			if c.Git != "https://git.example.com/org/app.git#v1:web" || c.Dir != "" || df.Path != "build/Dockerfile" {
+				t.Errorf("app: context %+v dockerfile %+v", c, df)
+			}
+		case "inline":
+			if c.Git == "" || string(df.Inline) != "FROM scratch\n" {
+				t.Errorf("inline: context %+v dockerfile %+v", c, df)
+			}
+		}
+	}
+}
+
 func TestTranslateRefusals(t *testing.T) {
 	for name, body := range map[string]string{
 		"stdin context":    `context = "-"`,
-		"remote context":   `context = "https://github.com/moby/buildkit.git"`,
+		"tarball context":  `context = "https://example.com/app.tar.gz"`,
 		"stdin dockerfile": `dockerfile = "-"`,
-		"call":             `call = "outline"`,
+		"git context, local dockerfile": `context = "https://git.example.com/org/app.git"
+  dockerfile = "cwd://Dockerfile"`,
+		"git context with credentials": `context = "https://user:pw@git.example.com/org/app.git"`,
+		"git context, ref option":      `context = "https://git.example.com/org/app.git#--upload-pack=x"`,
+		"call":                         `call = "outline"`,
 	} {
 		t.Run(name, func(t *testing.T) {
 			inDir(t, map[string]string{"docker-bake.hcl": "target \"app\" {\n  " + body + "\n}\n"})

@@ -120,8 +120,10 @@ func contextAndDockerfile(t *bx.Target) (buildreq.Context, buildreq.Dockerfile, 
 	switch {
 	case ctxPath == "-":
 		return buildreq.Context{}, buildreq.Dockerfile{}, fmt.Errorf("context \"-\": a context from stdin is not allowed in bake: %w", errdefs.ErrInvalid)
+	case buildreq.IsGitURL(ctxPath):
+		return gitContext(t, ctxPath)
 	case urlutil.IsRemoteURL(ctxPath):
-		return buildreq.Context{}, buildreq.Dockerfile{}, fmt.Errorf("context %q: remote contexts are not supported by kiln bake; use a local directory: %w", ctxPath, errdefs.ErrInvalid)
+		return buildreq.Context{}, buildreq.Dockerfile{}, fmt.Errorf("context %q: only git URLs are supported as remote contexts (tarball URLs are not); use a git URL or a local directory: %w", ctxPath, errdefs.ErrInvalid)
 	}
 	c := buildreq.Context{Dir: filepath.Clean(ctxPath)}
 	if t.DockerfileInline != nil && *t.DockerfileInline != "" {
@@ -138,6 +140,28 @@ func contextAndDockerfile(t *bx.Target) (buildreq.Context, buildreq.Dockerfile, 
 		df = filepath.Clean(strings.TrimPrefix(df, "cwd://"))
 	case !filepath.IsAbs(df):
 		df = filepath.Join(c.Dir, df)
+	}
+	return c, buildreq.Dockerfile{Path: df}, nil
+}
+
+// gitContext is a target whose context is a git URL: the builder fetches
+// it (buildreq.Context.Git), and the dockerfile is a path in the
+// repository relative to the context's subdir, as with `kiln build URL`,
+// or dockerfile-inline.
+func gitContext(t *bx.Target, url string) (buildreq.Context, buildreq.Dockerfile, error) {
+	if _, err := buildreq.ParseGitURL(url); err != nil {
+		return buildreq.Context{}, buildreq.Dockerfile{}, fmt.Errorf("context: %w: %w", err, errdefs.ErrInvalid)
+	}
+	c := buildreq.Context{Git: url}
+	if t.DockerfileInline != nil && *t.DockerfileInline != "" {
+		return c, buildreq.Dockerfile{Inline: []byte(*t.DockerfileInline)}, nil
+	}
+	df := "Dockerfile"
+	if t.Dockerfile != nil && *t.Dockerfile != "" {
+		df = *t.Dockerfile
+	}
+	if df == "-" || strings.HasPrefix(df, "cwd://") || filepath.IsAbs(df) {
+		return buildreq.Context{}, buildreq.Dockerfile{}, fmt.Errorf("dockerfile %q: with a git context the dockerfile is a path in the repository, relative to the context (or use dockerfile-inline): %w", df, errdefs.ErrInvalid)
 	}
 	return c, buildreq.Dockerfile{Path: df}, nil
 }

@@ -213,6 +213,28 @@ func TestGitContextBuild(t *testing.T) {
 		}
 	})
 
+	t.Run("bake", func(t *testing.T) {
+		out1, out2 := t.TempDir(), t.TempDir()
+		dir := writeContext(t, map[string]string{"docker-bake.hcl": `
+group "default" { targets = ["main", "v1"] }
+target "main" {
+  context = "` + public + `#main:app"
+  output = ["type=local,dest=` + out1 + `"]
+}
+target "v1" {
+  context = "` + public + `#v1:app"
+  output = ["type=local,dest=` + out2 + `"]
+}
+`})
+		r := s.kiln(t, dir, nil, "bake", "--project", project, "--progress", "plain")
+		if r.Err != nil {
+			t.Fatalf("kiln bake: %v\n%s", r.Err, tail(r.Stderr, 4000))
+		}
+		if a, b := readOut(t, out1), readOut(t, out2); a != "version two" || b != "version one" {
+			t.Errorf("bake built %q and %q; want version two (main) and version one (v1)", a, b)
+		}
+	})
+
 	t.Run("private repository", func(t *testing.T) {
 		r, out := ok(t, []string{"GIT_TOKEN=" + gitToken}, "--secret", "id=GIT_AUTH_TOKEN,env=GIT_TOKEN", private+"#main:app")
 		if got := readOut(t, out); got != "version two" {
