@@ -331,10 +331,18 @@ func (r *runner) portion(frac float64) {
 
 // truncated notes on p that it has fewer runs than asked.
 func (r *runner) truncated(p *pair, done int) {
-	if done < r.cfg.runs {
+	if n := r.runsOf(p); done < n {
 		p.Truncated = true
-		p.Note = strings.TrimSpace(p.Note + fmt.Sprintf(" %d of %d runs (time budget).", done, r.cfg.runs))
+		p.Note = strings.TrimSpace(p.Note + fmt.Sprintf(" %d of %d runs (time budget).", done, n))
 	}
+}
+
+// runsOf is how many timed runs per side p gets: -runs, or p's minimum.
+func (r *runner) runsOf(p *pair) int {
+	if p.minRuns > r.cfg.runs && !r.cfg.smoke {
+		return p.minRuns
+	}
+	return r.cfg.runs
 }
 
 var errBudget = errors.New("time budget used up")

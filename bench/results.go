@@ -34,6 +34,9 @@ type Result struct {
 type pair struct {
 	Result
 	base, kiln []float64
+	// minRuns raises the runs of a short, noisy series (a builder start)
+	// above -runs, except with -smoke: its p90 needs more samples.
+	minRuns int
 }
 
 func (p *pair) finish() *Result {

@@ -21,7 +21,7 @@ func (r *runner) series(ctx context.Context, p *pair, fn func(i int, s side) (fl
 		r.truncated(p, i)
 		r.record(p)
 	}()
-	for ; i < r.cfg.runs && r.more(ctx, i); i++ {
+	for n := r.runsOf(p); i < n && r.more(ctx, i); i++ {
 		for _, s := range order(i) {
 			v, err := fn(i, s)
 			if err != nil {
