@@ -58,7 +58,7 @@ func newDriver(ctx context.Context, dir string, s3cfg *S3Config) (storagedriver.
 		if err != nil {
 			return nil, fmt.Errorf("registry S3 storage: %w", err)
 		}
-		return d, nil
+		return walkNotFoundDriver{d}, nil
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("registry storage: %w", err)
@@ -68,6 +68,31 @@ func newDriver(ctx context.Context, dir string, s3cfg *S3Config) (storagedriver.
 		return nil, fmt.Errorf("registry storage: %w", err)
 	}
 	return ownerOnlyDriver{StorageDriver: d, root: filepath.Clean(dir)}, nil
+}
+
+// walkNotFoundDriver makes Walk of a path that does not exist fail with
+// PathNotFoundError, as the filesystem driver's does. distribution's S3
+// driver walks a missing prefix as an empty one, so listing the tags of a
+// repository never pushed answered 200 with no tags instead of the spec's
+// 404 NAME_UNKNOWN (found against a real S3 server, TestRegistryOnS3).
+type walkNotFoundDriver struct{ storagedriver.StorageDriver }
+
+func (d walkNotFoundDriver) Walk(ctx context.Context, from string, f storagedriver.WalkFn, opts ...func(*storagedriver.WalkOptions)) error {
+	seen := false
+	err := d.StorageDriver.Walk(ctx, from, func(fi storagedriver.FileInfo) error {
+		seen = true
+		return f(fi)
+	}, opts...)
+	if err != nil || seen {
+		return err
+	}
+	if _, serr := d.StorageDriver.Stat(ctx, from); serr != nil {
+		var nf storagedriver.PathNotFoundError
+		if errors.As(serr, &nf) {
+			return storagedriver.PathNotFoundError{Path: from, DriverName: d.Name()}
+		}
+	}
+	return nil
 }
 
 // ownerOnlyDriver is distribution's filesystem driver with what it writes

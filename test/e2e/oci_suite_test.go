@@ -95,8 +95,13 @@ func readJUnit(path string) ([]junitCase, error) {
 
 func TestOCIConformanceSuite(t *testing.T) {
 	t.Parallel()
+	ociSuite(t, sharedServer(t))
+}
+
+// ociSuite runs the official suite against s's registry, in a project of
+// its own.
+func ociSuite(t *testing.T, s *server) {
 	bin := buildOCISuite(t)
-	s := sharedServer(t)
 	proj := s.createProject(t, "ocisuite")
 	token := s.projectToken(t, proj)
 	u, err := url.Parse(s.URL)
