@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kiln-dev/kiln/internal/builder/spec"
+	"github.com/kiln-dev/kiln/internal/buildreq"
 )
 
 // Builders' own fetches.
@@ -40,7 +40,7 @@ import (
 // A refused connection is answered 421 (Misdirected Request), on CONNECT
 // and plain requests alike, so the git error it produces ("CONNECT tunnel
 // failed, response 421", "The requested URL returned error: 421") is told
-// apart from a git server's own 401 and 403 (engine.gitError; the status is spec.FetchRefusedStatus).
+// apart from a git server's own 401 and 403 (engine.gitError; the status is buildreq.FetchRefusedStatus).
 //
 // RUN steps cannot reach the proxy: their networks reach no address of
 // the host (KILN-I-…).
@@ -208,7 +208,7 @@ func (p *fetchProxy) refuse(w http.ResponseWriter, host string, err error) {
 	var pe *privateDestinationError
 	if errors.As(err, &pe) {
 		p.log.Info("builder fetch refused", "host", host, "address", pe.addr)
-		http.Error(w, "kiln: "+pe.Error(), spec.FetchRefusedStatus)
+		http.Error(w, "kiln: "+pe.Error(), buildreq.FetchRefusedStatus)
 		return
 	}
 	http.Error(w, "kiln: "+host+": "+err.Error(), http.StatusBadGateway)

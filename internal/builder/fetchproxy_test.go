@@ -16,7 +16,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/kiln-dev/kiln/internal/builder/spec"
+	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/testenv"
 )
 
@@ -88,13 +88,13 @@ func TestFetchProxyRefusesPrivateDestinations(t *testing.T) {
 
 	for _, u := range []string{o.URL, fmt.Sprintf("http://localhost:%d/r.git", port)} {
 		code, body := get(t, p, u)
-		if code != spec.FetchRefusedStatus || !strings.Contains(body, "private address builds may not reach") {
-			t.Errorf("GET %s: %d %q; want %d naming the policy", u, code, body, spec.FetchRefusedStatus)
+		if code != buildreq.FetchRefusedStatus || !strings.Contains(body, "private address builds may not reach") {
+			t.Errorf("GET %s: %d %q; want %d naming the policy", u, code, body, buildreq.FetchRefusedStatus)
 		}
 	}
 	for _, hp := range []string{o.Listener.Addr().String(), fmt.Sprintf("localhost:%d", port), "169.254.169.254:80", "[::1]:443"} {
-		if code, _, _ := connect(t, p, hp); code != spec.FetchRefusedStatus {
-			t.Errorf("CONNECT %s: %d; want %d", hp, code, spec.FetchRefusedStatus)
+		if code, _, _ := connect(t, p, hp); code != buildreq.FetchRefusedStatus {
+			t.Errorf("CONNECT %s: %d; want %d", hp, code, buildreq.FetchRefusedStatus)
 		}
 	}
 	if n := hits.Load(); n != 0 {
@@ -123,7 +123,7 @@ func TestFetchProxyRefusesPrivateDestinations(t *testing.T) {
 		t.Fatal(err)
 	}
 	o2, hits2 := origin(t, ln)
-	if code, _ := get(t, newFetchProxy(t, nil, false), o2.URL); code != spec.FetchRefusedStatus || hits2.Load() != 0 {
+	if code, _ := get(t, newFetchProxy(t, nil, false), o2.URL); code != buildreq.FetchRefusedStatus || hits2.Load() != 0 {
 		t.Errorf("GET %s (this host's address): %d, %d hits; want refused", o2.URL, code, hits2.Load())
 	}
 	if code, body := get(t, newFetchProxy(t, []netip.Prefix{netip.PrefixFrom(own, 32)}, false), o2.URL); code != http.StatusOK || body != "origin says hi" {

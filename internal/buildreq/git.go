@@ -30,6 +30,14 @@ const (
 	GitAuthHeader = "GIT_AUTH_HEADER"
 )
 
+// FetchRefusedStatus is the HTTP status (421, Misdirected Request) with
+// which a builder's fetch proxy refuses a destination the project's builds
+// may not reach (internal/builder/fetchproxy.go). It shows in git's errors
+// ("CONNECT tunnel failed, response 421", "The requested URL returned
+// error: 421"), where a client tells it apart from a git server's own 401
+// or 403.
+const FetchRefusedStatus = 421
+
 // maxGitURL bounds a git context URL.
 const maxGitURL = 2048
 

@@ -304,3 +304,30 @@ func TestConfigureDockerConfigLink(t *testing.T) {
 		t.Errorf("linked config after uninstall = %q", b)
 	}
 }
+
+// A line longer than the scanner's buffer does not leave the child
+// blocked on a full pipe: the rest of the stream still arrives.
+func TestMarkRawJSONLongLine(t *testing.T) {
+	long := strings.Repeat("x", 17<<20)
+	in := "kiln: before\n" + long + "\nafter\n"
+	var out bytes.Buffer
+	markRawJSON(strings.NewReader(in), &out, "first")
+	if !strings.Contains(out.String(), "after") || !strings.Contains(out.String(), "progress stream:") {
+		t.Errorf("output lacks the rest of the stream or the note (%d bytes)", out.Len())
+	}
+}
+
+// Build argument values never reach the "runs on kiln" line.
+func TestShownArgsHideBuildArgValues(t *testing.T) {
+	got := shownArgs([]string{"--build-arg", "NPM_TOKEN=s3cr3t", "--build-arg=GH=tok2", "--set", "*.args.KEY=tok3", "--set=app.args.K=tok4", "--set", "app.tags=x:1", "-t", "img", "."})
+	for _, secret := range []string{"s3cr3t", "tok2", "tok3", "tok4"} {
+		if strings.Contains(got, secret) {
+			t.Errorf("shown args %q contain %q", got, secret)
+		}
+	}
+	for _, kept := range []string{"NPM_TOKEN=…", "--build-arg=GH=…", "*.args.KEY=…", "app.tags=x:1", "-t img ."} {
+		if !strings.Contains(got, kept) {
+			t.Errorf("shown args %q lack %q", got, kept)
+		}
+	}
+}

@@ -75,7 +75,7 @@ func buildxMain(args []string, stdout, stderr io.Writer) (rest []string, code in
 			return nil, 1, true
 		}
 		if progressOf(a) != "quiet" {
-			fmt.Fprintf(stderr, "%s docker build runs on kiln: kiln build %s\n", kilnMark, strings.Join(a, " "))
+			fmt.Fprintf(stderr, "%s docker build runs on kiln: kiln build %s\n", kilnMark, shownArgs(a))
 		}
 		return append([]string{"build"}, a...), 0, false
 	case "bake", "f":
@@ -223,7 +223,7 @@ func runBakeForDocker(args []string, stdout, stderr io.Writer) int {
 	rawjson := progressOf(a) == "rawjson"
 	if !rawjson {
 		if progressOf(a) != "quiet" {
-			fmt.Fprintf(stderr, "%s docker buildx bake runs on kiln: kiln bake %s\n", kilnMark, strings.Join(a, " "))
+			fmt.Fprintf(stderr, "%s docker buildx bake runs on kiln: kiln bake %s\n", kilnMark, shownArgs(a))
 		}
 		cmd.Stderr = stderr
 		return exitCode(cmd.Run(), stderr)
@@ -272,6 +272,44 @@ func markRawJSON(r io.Reader, w io.Writer, first string) {
 		vertex(strings.TrimPrefix(line, "kiln: "))
 		fmt.Fprintln(w, line)
 	}
+	if err := sc.Err(); err != nil {
+		// A line over the buffer: pass the rest through unmarked rather
+		// than leave the child blocked on a full pipe.
+		vertex("progress stream: " + err.Error())
+		_, _ = io.Copy(w, r)
+	}
+}
+
+// shownArgs is args as kiln prints them on the "runs on kiln" line:
+// build argument values (--build-arg K=V, bake's --set *.args.K=V) are
+// replaced by "…", as they may be tokens that have no place in CI logs.
+func shownArgs(args []string) string {
+	out := make([]string, len(args))
+	hide := func(kv string) string {
+		if k, _, ok := strings.Cut(kv, "="); ok {
+			return k + "=…"
+		}
+		return kv
+	}
+	valueFlag := ""
+	for i, a := range args {
+		switch {
+		case valueFlag == "--build-arg":
+			a = hide(a)
+		case valueFlag == "--set" && strings.Contains(a, ".args."):
+			a = hide(a)
+		case strings.HasPrefix(a, "--build-arg="):
+			a = "--build-arg=" + hide(strings.TrimPrefix(a, "--build-arg="))
+		case strings.HasPrefix(a, "--set=") && strings.Contains(a, ".args."):
+			a = "--set=" + hide(strings.TrimPrefix(a, "--set="))
+		}
+		valueFlag = ""
+		if a == "--build-arg" || a == "--set" {
+			valueFlag = a
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
 }
 
 func exitCode(err error, stderr io.Writer) int {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"text/tabwriter"
 	"time"
@@ -250,6 +251,9 @@ func insightRows(ctx context.Context, c client.Config, builds []*kilnv1.Build) (
 		rows[i] = row
 		g.Go(func() error {
 			st, err := statsOf(gctx, c, b.BuildId)
+			if connect.CodeOf(err) == connect.CodeNotFound {
+				return nil // deleted (retention) since the list: no counts
+			}
 			if err != nil {
 				return err
 			}
@@ -299,7 +303,7 @@ func percentile(sorted []float64, p float64) float64 {
 	if len(sorted) == 0 {
 		return 0
 	}
-	i := int(p*float64(len(sorted))+0.5) - 1
+	i := int(math.Ceil(p*float64(len(sorted)))) - 1
 	return sorted[min(max(i, 0), len(sorted)-1)]
 }
 

@@ -162,3 +162,19 @@ func TestBuildsInsights(t *testing.T) {
 		t.Errorf("--limit 0: %v", err)
 	}
 }
+
+// Nearest rank: the p-th percentile of n values is the ceil(p·n)-th.
+func TestPercentileNearestRank(t *testing.T) {
+	six := []float64{1, 2, 3, 4, 5, 6}
+	for _, c := range []struct {
+		vals []float64
+		p    float64
+		want float64
+	}{
+		{six, 0.9, 6}, {six, 0.5, 3}, {[]float64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, 0.9, 9}, {[]float64{7}, 0.9, 7}, {nil, 0.9, 0},
+	} {
+		if got := percentile(c.vals, c.p); got != c.want {
+			t.Errorf("percentile(%v, %v) = %v, want %v", c.vals, c.p, got, c.want)
+		}
+	}
+}

@@ -17,7 +17,6 @@ import (
 	"github.com/moby/buildkit/solver/pb"
 	"github.com/moby/buildkit/util/gitutil"
 
-	"github.com/kiln-dev/kiln/internal/builder/spec"
 	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 )
@@ -177,7 +176,7 @@ func (r *Request) gitError(err error) error {
 	secrets := fmt.Sprintf("give a token as the build secret %s.%s or %s (%s), or a full header as %s.%s",
 		buildreq.GitAuthToken, r.git.parsed.Host, buildreq.GitAuthToken, example, buildreq.GitAuthHeader, r.git.parsed.Host)
 	switch {
-	case strings.Contains(msg, fmt.Sprintf("response %d", spec.FetchRefusedStatus)), strings.Contains(msg, fmt.Sprintf("returned error: %d", spec.FetchRefusedStatus)):
+	case strings.Contains(msg, fmt.Sprintf("response %d", buildreq.FetchRefusedStatus)), strings.Contains(msg, fmt.Sprintf("returned error: %d", buildreq.FetchRefusedStatus)):
 		// The builder's fetch proxy refused the address (builder/fetchproxy.go).
 		return fmt.Errorf("git context %s: the builder may not reach %s: it resolves to a private address (loopback, private, link-local or the kiln server's own); "+
 			"ask the operator to open the range with `kiln projects update PROJECT --egress-allow CIDR` (loopback never): %w", remote, r.git.parsed.Host, errdefs.ErrPermission)
