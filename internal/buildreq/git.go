@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/moby/buildkit/frontend/dockerfile/dfgitutil"
 )
@@ -79,9 +80,11 @@ func ParseGitURL(v string) (GitURL, error) {
 	case strings.HasPrefix(v, "-"):
 		return GitURL{}, errors.New("a git URL cannot start with \"-\"")
 	}
+	// What errors quote: never a password, whatever else is wrong.
+	shown := clipURL(hideUserinfo(v))
 	for _, r := range v {
 		if unicode.IsControl(r) || unicode.IsSpace(r) {
-			return GitURL{}, fmt.Errorf("git URL %q contains a space or control character", clipURL(v))
+			return GitURL{}, fmt.Errorf("git URL %q contains a space or control character", shown)
 		}
 	}
 	scheme, _, hasScheme := strings.Cut(v, "://")
@@ -90,19 +93,23 @@ func ParseGitURL(v string) (GitURL, error) {
 		switch strings.ToLower(scheme) {
 		case "https", "http", "git", "ssh":
 		default:
-			return GitURL{}, fmt.Errorf("git URL %q: scheme %q is not supported (use https, http, git or ssh)", clipURL(v), scheme)
+			return GitURL{}, fmt.Errorf("git URL %q: scheme %q is not supported (use https, http, git or ssh)", shown, scheme)
 		}
 	case !strings.HasPrefix(v, "git@"):
-		return GitURL{}, fmt.Errorf("%q is not a git URL (want https://host/org/repo.git[#ref][:subdir], ssh://, git:// or git@host:org/repo.git)", clipURL(v))
+		return GitURL{}, fmt.Errorf("%q is not a git URL (want https://host/org/repo.git[#ref][:subdir], ssh://, git:// or git@host:org/repo.git)", shown)
 	}
 	if hasScheme {
 		u, err := url.Parse(v)
 		if err != nil {
-			return GitURL{}, fmt.Errorf("git URL %q: %v", clipURL(v), err)
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err // its text would quote the whole URL
+			}
+			return GitURL{}, fmt.Errorf("git URL %q: %v", shown, err)
 		}
 		switch {
 		case u.Host == "" || strings.HasPrefix(u.Host, "-"):
-			return GitURL{}, fmt.Errorf("git URL %q: no host", clipURL(v))
+			return GitURL{}, fmt.Errorf("git URL %q: no host", shown)
 		case u.User != nil && u.User.String() != "git":
 			if _, hasPassword := u.User.Password(); hasPassword || u.Scheme != "ssh" {
 				return GitURL{}, fmt.Errorf("git URL %q: credentials do not belong in the URL; give them as the build secret %s (a token) or %s", redactURL(u), GitAuthToken, GitAuthHeader)
@@ -112,12 +119,12 @@ func ParseGitURL(v string) (GitURL, error) {
 	g, isGit, err := dfgitutil.ParseGitRef(v)
 	switch {
 	case err != nil && isGit:
-		return GitURL{}, fmt.Errorf("git URL %q: %v", clipURL(v), err)
+		return GitURL{}, fmt.Errorf("git URL %q: %v", shown, err)
 	case err != nil || !isGit:
 		if hasScheme && strings.HasPrefix(strings.ToLower(scheme), "http") {
-			return GitURL{}, fmt.Errorf("%q is not a git URL: an http(s) git URL ends in .git (https://host/org/repo.git#ref:subdir); tarball URLs are not supported as a build context", clipURL(v))
+			return GitURL{}, fmt.Errorf("%q is not a git URL: an http(s) git URL ends in .git (https://host/org/repo.git#ref:subdir); tarball URLs are not supported as a build context", shown)
 		}
-		return GitURL{}, fmt.Errorf("%q is not a git URL", clipURL(v))
+		return GitURL{}, fmt.Errorf("%q is not a git URL", shown)
 	}
 	out := GitURL{Remote: g.Remote, Ref: g.Ref, SubDir: g.SubDir}
 	if u, err := url.Parse(g.Remote); err == nil && u.Host != "" {
@@ -126,7 +133,7 @@ func ParseGitURL(v string) (GitURL, error) {
 		out.Host, _, _ = strings.Cut(rest, ":")
 	}
 	if err := checkGitRef(out.Ref); err != nil {
-		return GitURL{}, fmt.Errorf("git URL %q: %w", clipURL(v), err)
+		return GitURL{}, fmt.Errorf("git URL %q: %w", shown, err)
 	}
 	// BuildKit roots the subdir ("../x" is "x"); a subdir that tries to
 	// leave the repository is refused rather than silently rooted.
@@ -134,7 +141,7 @@ func ParseGitURL(v string) (GitURL, error) {
 	_, rawSub, _ := strings.Cut(fragment, ":")
 	for _, sub := range []string{rawSub, out.SubDir} {
 		if slices.Contains(strings.Split(sub, "/"), "..") {
-			return GitURL{}, fmt.Errorf("git URL %q: subdir %q leaves the repository", clipURL(v), sub)
+			return GitURL{}, fmt.Errorf("git URL %q: subdir %q leaves the repository", shown, sub)
 		}
 	}
 	return out, nil
@@ -158,10 +165,32 @@ func checkGitRef(ref string) error {
 
 // clipURL shortens v for a message.
 func clipURL(v string) string {
-	if len(v) > 200 {
-		return v[:200] + "…"
+	if len(v) <= 200 {
+		return v
 	}
-	return v
+	i := 200
+	for i > 0 && !utf8.RuneStart(v[i]) {
+		i--
+	}
+	return v[:i] + "…"
+}
+
+// hideUserinfo is v with what stands between "://" and an "@" of its
+// authority replaced by REDACTED, without parsing v (it may not parse).
+func hideUserinfo(v string) string {
+	scheme, rest, ok := strings.Cut(v, "://")
+	if !ok {
+		return v
+	}
+	authority := rest
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		authority = rest[:i]
+	}
+	at := strings.LastIndex(authority, "@")
+	if at < 0 {
+		return v
+	}
+	return scheme + "://REDACTED" + rest[at:]
 }
 
 // redactURL is u without its password.

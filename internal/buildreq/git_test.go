@@ -3,6 +3,7 @@ package buildreq
 import (
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestParseGitURL(t *testing.T) {
@@ -75,5 +76,32 @@ func TestNamedContextGitURL(t *testing.T) {
 	}
 	if _, err := NamedContextOf("https://example.com/r.git#--upload-pack=sh"); err == nil || !strings.Contains(err.Error(), "cannot start with") {
 		t.Errorf("option-like ref in a named context: %v", err)
+	}
+}
+
+// No error quotes a password, whatever else is wrong with the URL, and a
+// long URL is cut on a character boundary.
+func TestParseGitURLNeverQuotesCredentials(t *testing.T) {
+	for _, v := range []string{
+		"https://u:TOKEN123@host/r.git x",          // a space
+		"ftp://u:TOKEN123@host/r.git",              // a scheme
+		"https://u:TOKEN123@host:badport/r.git",    // url.Parse fails
+		"https://u:TOKEN123@host/r.git#-oops",      // a ref option
+		"https://u:TOKEN123@host/archive.tar.gz",   // not git
+		"https://u:TOKEN123@host/r.git#main:../..", // a subdir
+	} {
+		_, err := ParseGitURL(v)
+		if err == nil {
+			t.Errorf("%q accepted", v)
+			continue
+		}
+		if strings.Contains(err.Error(), "TOKEN123") {
+			t.Errorf("%q: error quotes the password: %v", v, err)
+		}
+	}
+	long := "https://host/" + strings.Repeat("é", 150) + ".git x"
+	_, err := ParseGitURL(long)
+	if err == nil || !utf8.ValidString(err.Error()) {
+		t.Errorf("long URL: %v (valid UTF-8: %v)", err, err != nil && utf8.ValidString(err.Error()))
 	}
 }
