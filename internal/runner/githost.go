@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/builder"
 	"github.com/kiln-dev/kiln/internal/buildreq"
 	"github.com/kiln-dev/kiln/internal/errdefs"
@@ -47,20 +48,21 @@ func (r *Runner) checkGitHost(ctx context.Context, proj project.Project, raw str
 		defer cancel()
 		addrs, err = net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 		if err != nil {
-			return fmt.Errorf("git_url: host %q does not resolve: %v: %w", host, err, errdefs.ErrInvalid)
+			// The resolver's own error names the server's resolver: logged,
+			// not told.
+			r.log.InfoContext(ctx, "git context host does not resolve", "project_id", proj.ID, "host", host, "err", err)
+			return fmt.Errorf("git_url: host %q does not resolve (check the name): %w", host, errdefs.ErrInvalid)
 		}
 	}
-	var allow []netip.Prefix
-	for _, c := range proj.EgressAllow {
-		if p, err := netip.ParsePrefix(c); err == nil {
-			allow = append(allow, p)
-		}
-	}
+	allow := build.EgressPrefixes(proj.EgressAllow)
 	for _, a := range addrs {
 		if builder.PrivateDestination(a, allow) {
-			return fmt.Errorf("git_url: host %q is %s, a private address builds may not reach (loopback, private, link-local or this server's own); "+
+			// Which internal address a name has is the server's to know,
+			// not a tenant's: it is logged, not told.
+			r.log.InfoContext(ctx, "git context host refused", "project_id", proj.ID, "host", g.Host, "address", a.Unmap())
+			return fmt.Errorf("git_url: host %q resolves to a private address builds may not reach (loopback, private, link-local or this server's own); "+
 				"a private range the project's egress allow-list opens is allowed (kiln projects update --egress-allow), loopback never: %w",
-				g.Host, a.Unmap(), errdefs.ErrPermission)
+				g.Host, errdefs.ErrPermission)
 		}
 	}
 	return nil

@@ -68,7 +68,11 @@ func (r *Runner) execute(ctx context.Context, b build.Build, work string) build.
 		// the builders' network policy first (githost.go).
 		rec.Begin(stepContext, "[kiln] check the git context's host")
 		proj, err := r.store.GetProject(ctx, b.ProjectID)
-		if err == nil {
+		if err != nil {
+			// The store's own error is for the server log, not the build.
+			r.log.ErrorContext(ctx, "source build: read project", "build_id", b.ID, "project_id", b.ProjectID, "err", err)
+			err = fmt.Errorf("project %s could not be read; retry the build: %w", b.ProjectID, errdefs.ErrUnavailable)
+		} else {
 			err = r.checkGitHost(ctx, proj, spec.GitURL)
 		}
 		rec.End(stepContext, err)
@@ -266,6 +270,7 @@ type recorder struct {
 	buildID string
 	stopc   chan struct{}
 	done    chan struct{}
+	logs    steps.LogBudget // what of the build's logs is stored
 
 	mu      sync.Mutex
 	started map[string]int // digest → its place in the order steps started
@@ -335,7 +340,7 @@ func (rec *recorder) flush() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := rec.r.builds.StoreSteps(ctx, rec.buildID, storeSteps(steps, rec.startOrder()), storeLogs(logs)); err != nil {
+	if err := rec.r.builds.StoreSteps(ctx, rec.buildID, storeSteps(steps, rec.startOrder()), storeLogs(rec.logs.Take(logs))); err != nil {
 		rec.r.log.Warn("store build steps", "build_id", rec.buildID, "err", err)
 	}
 	if exportStarted {

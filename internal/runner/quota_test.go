@@ -179,3 +179,61 @@ func sha256Hex(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
+
+// slowCreates is a store whose build writes take a while, as on a busy
+// disk: long enough for concurrent CreateBuilds to overlap.
+type slowCreates struct{ *store.SQLite }
+
+func (s slowCreates) CreateBuild(ctx context.Context, b build.Build) error {
+	time.Sleep(20 * time.Millisecond)
+	return s.SQLite.CreateBuild(ctx, b)
+}
+
+// Concurrent CreateBuilds cannot take a project past its queue bound: each
+// takes its slot under the lock before the build is written.
+func TestQueueBoundConcurrent(t *testing.T) {
+	ctx := context.Background()
+	st, blobs, dir := testStores(t)
+	st.CreateOrganization(ctx, project.Organization{ID: "o1", Name: "o1"})
+	st.CreateProject(ctx, project.Project{ID: "p1", OrgID: "o1", Name: "p1"})
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	slow := slowCreates{st}
+	r, err := New(slow, blobs, build.NewService(slow, nil, nil, build.Config{}, logger), &project.Service{Store: st},
+		Config{MaxQueuedPerProject: 5, MaxPerProject: 1, RegistryHost: func() string { return "127.0.0.1:1" },
+			WorkDir: filepath.Join(dir, "work"), SecretsKey: []byte(strings.Repeat("k", 32)), Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1 := auth.Principal{TokenID: "t1", Kind: auth.TokenProject, OrgID: "o1", ProjectID: "p1"}
+	r.mu.Lock()
+	r.perProject["p1"] = 1 // p1 at its running limit: what is queued stays queued
+	r.mu.Unlock()
+	proj, err := st.GetProject(ctx, "p1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var ok, refused int
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := r.queue(ctx, p1, proj, Spec{GitURL: "https://git.example.com/org/app.git", Dockerfile: "Dockerfile", Platforms: []string{"linux/amd64"}}, nil)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				ok++
+			case errors.Is(err, errdefs.ErrExhausted):
+				refused++
+			default:
+				t.Errorf("queue: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok != 5 || refused != 15 {
+		t.Errorf("%d queued, %d refused; want 5 and 15", ok, refused)
+	}
+}

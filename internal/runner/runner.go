@@ -82,6 +82,7 @@ type Runner struct {
 	// mu guards the queue and the running set.
 	mu         sync.Mutex
 	queues     map[string][]queued // project id → its queued builds, oldest first
+	creating   map[string]int      // project id → builds being created (counted against MaxQueuedPerProject until enqueued)
 	running    map[string]*job     // build id → its job
 	perProject map[string]int      // project id → its running builds
 	closed     bool
@@ -153,7 +154,7 @@ func New(st Store, blobs blob.Store, builds *build.Service, projects *project.Se
 	base, stop := context.WithCancelCause(context.Background())
 	return &Runner{cfg: cfg, store: st, blobs: blobs, builds: builds, projects: projects, seal: seal, hub: newHub(),
 		log: cfg.Logger, base: base, stop: stop,
-		queues: map[string][]queued{}, running: map[string]*job{}, perProject: map[string]int{}, uploadLocks: map[string]*projectLock{}}, nil
+		queues: map[string][]queued{}, creating: map[string]int{}, running: map[string]*job{}, perProject: map[string]int{}, uploadLocks: map[string]*projectLock{}}, nil
 }
 
 // Start reconciles what a previous server left behind and starts work:

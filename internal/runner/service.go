@@ -132,8 +132,14 @@ func (r *Runner) queue(ctx context.Context, p auth.Principal, proj project.Proje
 	if _, err := refs(r.cfg.RegistryHost(), proj.ID, "id", spec.Tags, r.pushHosts()); err != nil {
 		return build.Build{}, err
 	}
+	// The queue's bound holds for concurrent calls too: a slot is taken
+	// under the lock, before the build is written, and given back when it
+	// is enqueued or was not created.
 	r.mu.Lock()
-	closed, waiting := r.closed, len(r.queues[proj.ID])
+	closed, waiting := r.closed, len(r.queues[proj.ID])+r.creating[proj.ID]
+	if !closed && waiting < r.cfg.MaxQueuedPerProject {
+		r.creating[proj.ID]++
+	}
 	r.mu.Unlock()
 	if closed {
 		return build.Build{}, fmt.Errorf("kiln serve is shutting down; retry in a moment: %w", errdefs.ErrUnavailable)
@@ -142,6 +148,13 @@ func (r *Runner) queue(ctx context.Context, p auth.Principal, proj project.Proje
 		return build.Build{}, fmt.Errorf("project %s already has %d builds waiting; retry when some have started, or cancel some: %w",
 			proj.ID, waiting, errdefs.ErrExhausted)
 	}
+	defer func() {
+		r.mu.Lock()
+		if r.creating[proj.ID]--; r.creating[proj.ID] <= 0 {
+			delete(r.creating, proj.ID)
+		}
+		r.mu.Unlock()
+	}()
 	id := build.NewID()
 	sealed, err := r.seal.seal(id, secrets)
 	if err != nil {
