@@ -36,7 +36,9 @@ import (
 //
 // A build may name its own cgroup parent (the Dockerfile frontend's
 // cgroup-parent option); its RUN steps then run outside the builder's cgroup,
-// unlimited and unmeasured. docs/operating.md says so.
+// unlimited and unmeasured. docs/operating.md says so. It cannot name another
+// builder's: their names end in a random part made at each start
+// (builderCgroup).
 
 const cgroupFS = "/sys/fs/cgroup"
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -130,15 +131,17 @@ func TestFleetBuilderCgroupAndSamples(t *testing.T) {
 			st = s
 		}
 	}
-	rel := f.cgBase + "/cg1-amd64"
-	// buildkitd is in the builder's cgroup, and its RUN steps go below it.
+	// buildkitd is in the builder's cgroup, <base>/<project>-<arch>-<random>
+	// (no other build can guess it), and its RUN steps go below it.
 	self, err := os.ReadFile("/proc/" + strconv.Itoa(st.PID) + "/cgroup")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(self), rel+"/buildkitd\n") {
-		t.Fatalf("buildkitd (pid %d) not in %s/buildkitd:\n%s", st.PID, rel, self)
+	m := regexp.MustCompile(regexp.QuoteMeta(f.cgBase+"/cg1-amd64-") + `[0-9a-f]{16}/buildkitd\n`).FindString(string(self))
+	if m == "" {
+		t.Fatalf("buildkitd (pid %d) not in %s/cg1-amd64-<random>/buildkitd:\n%s", st.PID, f.cgBase, self)
 	}
+	rel := strings.TrimSuffix(m, "/buildkitd\n")
 	conf, err := os.ReadFile(filepath.Join(st.StateDir, "buildkitd.toml"))
 	if err != nil {
 		t.Fatal(err)

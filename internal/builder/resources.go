@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -95,12 +96,18 @@ func (f *Fleet) removeCgroups() {
 	}
 }
 
-// builderCgroup is b's cgroup ("" when the fleet runs builders without).
+// builderCgroup is a new cgroup for a run of b ("" when the fleet runs
+// builders without): <base>/<project>-<arch>-<random>. The random part
+// keeps another project's build from naming it as its cgroup parent
+// (BuildKit lets a build choose one) to run steps under this builder's
+// memory limit: a build sees its own cgroup at most, never a sibling's.
 func (f *Fleet) builderCgroup(b *builder) string {
 	if f.cg.version == cgroupNone {
 		return ""
 	}
-	return f.cgBase + "/" + b.projectID + "-" + b.arch
+	var r [8]byte
+	_, _ = rand.Read(r[:])
+	return f.cgBase + "/" + b.projectID + "-" + b.arch + "-" + hex.EncodeToString(r[:])
 }
 
 // killCgroup SIGKILLs every process in rel and below until none is left (or
