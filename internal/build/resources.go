@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/units"
 )
 
 // A build's resource samples and events say what its builder used while the
@@ -226,7 +227,7 @@ func usageRows(builds map[string]*buildUsage, u BuilderUsage, samples []Resource
 			events = append(events, ResourceEvent{BuildID: id, At: sm.At, Kind: EventMemoryHigh,
 				Memory: sm.Memory, MemoryLimit: sm.MemoryLimit,
 				Message: fmt.Sprintf("the builder's memory reached %d%% of its limit (%s of %s)",
-					sm.Memory*100/sm.MemoryLimit, mib(sm.Memory), mib(sm.MemoryLimit))})
+					sm.Memory*100/sm.MemoryLimit, units.Bytes(sm.Memory), units.Bytes(sm.MemoryLimit))})
 		}
 	}
 	return samples, events
@@ -238,11 +239,7 @@ func oomMessage(n int, limit int64) string {
 		what = fmt.Sprintf("%d processes", n)
 	}
 	if limit > 0 {
-		return fmt.Sprintf("the builder ran out of memory (limit %s): the kernel killed %s of it (a RUN step, or the builder itself)", mib(limit), what)
+		return fmt.Sprintf("the builder ran out of memory (limit %s): the kernel killed %s of it (a RUN step, or the builder itself)", units.Bytes(limit), what)
 	}
 	return fmt.Sprintf("the kernel killed %s of the builder for want of memory", what)
-}
-
-func mib(n int64) string {
-	return fmt.Sprintf("%d MiB", n>>20)
 }

@@ -24,7 +24,7 @@ func TestUsageRows(t *testing.T) {
 	if kinds[EventOOMKill] != 2 || kinds[EventMemoryHigh] != 2 {
 		t.Fatalf("events = %+v", events)
 	}
-	if e := events[0]; e.Message != "the builder ran out of memory (limit 100 MiB): the kernel killed a process of it (a RUN step, or the builder itself)" {
+	if e := events[0]; e.Message != "the builder ran out of memory (limit 100.0 MiB): the kernel killed a process of it (a RUN step, or the builder itself)" {
 		t.Errorf("OOM message %q", e.Message)
 	}
 	u.OOMKills = 0

@@ -35,6 +35,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/platform"
 	"github.com/kiln-dev/kiln/internal/retry"
+	"github.com/kiln-dev/kiln/internal/units"
 )
 
 // outsideDockerfile is where a -f Dockerfile from outside the context goes
@@ -179,7 +180,7 @@ func uploadDetached(ctx context.Context, api kilnv1connect.SourceBuildServiceCli
 	}
 	if limit := up.Msg.MaxSize; limit > 0 && archive.size > limit {
 		return "", fmt.Errorf("build context is %s packed; the server accepts at most %s (add large files to .dockerignore): %w",
-			formatBytes(archive.size), formatBytes(limit), errdefs.ErrExhausted)
+			units.Bytes(archive.size), units.Bytes(limit), errdefs.ErrExhausted)
 	}
 	progress := newUploadProgress(stderr, uploadProgressStyle(progressMode, stderr), "context", archive.size)
 	if err := putArchive(ctx, up.Msg.Url, up.Msg.Headers, archive, progress); err != nil {
@@ -308,7 +309,7 @@ func readSecretFile(p string) (string, error) {
 		return "", err
 	}
 	if len(b) > maxSecretSize {
-		return "", fmt.Errorf("file %s is larger than %s", p, formatBytes(maxSecretSize))
+		return "", fmt.Errorf("file %s is larger than %s", p, units.Bytes(maxSecretSize))
 	}
 	return string(b), nil
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/steps"
+	"github.com/kiln-dev/kiln/internal/units"
 )
 
 // A build's insights come from Depot's public API, which kiln serves for
@@ -97,9 +98,9 @@ func (ins *buildInsights) resourceLines() [][2]string {
 	var out [][2]string
 	if len(ins.resources.Samples) > 0 {
 		out = append(out, [2]string{"cpu", fmt.Sprintf("peak %.1f cores (the builder's, shared by builds running on it at once)", cpu)})
-		m := "peak " + formatBytes(mem)
+		m := "peak " + units.Bytes(mem)
 		if limit > 0 {
-			m += fmt.Sprintf(" of %s (%.0f%%)", formatBytes(limit), 100*float64(mem)/float64(limit))
+			m += fmt.Sprintf(" of %s (%.0f%%)", units.Bytes(limit), 100*float64(mem)/float64(limit))
 		}
 		out = append(out, [2]string{"memory", m})
 	}

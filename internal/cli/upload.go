@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/term"
+
+	"github.com/kiln-dev/kiln/internal/units"
 )
 
 // uploadProgress shows how far an upload of a known size has got, on
@@ -82,7 +84,7 @@ func (p *uploadProgress) Reader(r io.Reader) io.Reader {
 	p.start = p.now()
 	switch p.style {
 	case progressLines:
-		fmt.Fprintf(p.w, "uploading %s: %s\n", p.what, formatBytes(p.total))
+		fmt.Fprintf(p.w, "uploading %s: %s\n", p.what, units.Bytes(p.total))
 	case progressBar:
 		p.draw()
 	}
@@ -106,7 +108,7 @@ func (p *uploadProgress) add(n int) {
 		}
 		for q := p.quarter + 1; q <= 3 && p.n*4 >= p.total*int64(q); q++ {
 			p.quarter = q
-			fmt.Fprintf(p.w, "uploading %s: %d%% (%s / %s)\n", p.what, q*25, formatBytes(p.n), formatBytes(p.total))
+			fmt.Fprintf(p.w, "uploading %s: %d%% (%s / %s)\n", p.what, q*25, units.Bytes(p.n), units.Bytes(p.total))
 		}
 	case progressBar:
 		if p.now().Sub(p.lastDraw) >= barRedrawEvery {
@@ -127,7 +129,7 @@ func (p *uploadProgress) Done() {
 	switch p.style {
 	case progressLines:
 		elapsed := p.now().Sub(p.start)
-		fmt.Fprintf(p.w, "uploaded %s: %s in %s (%s)\n", p.what, formatBytes(p.n), elapsed.Round(100*time.Millisecond), formatRate(p.n, elapsed))
+		fmt.Fprintf(p.w, "uploaded %s: %s in %s (%s)\n", p.what, units.Bytes(p.n), elapsed.Round(100*time.Millisecond), formatRate(p.n, elapsed))
 	case progressBar:
 		p.draw()
 		fmt.Fprintln(p.w)
@@ -160,7 +162,7 @@ func (p *uploadProgress) draw() {
 	if filled < barWidth {
 		bar += ">" + strings.Repeat(" ", barWidth-filled-1)
 	}
-	line := fmt.Sprintf("uploading %s  [%s]  %s / %s  %s", p.what, bar, formatBytes(p.n), formatBytes(p.total), formatRate(p.n, now.Sub(p.start)))
+	line := fmt.Sprintf("uploading %s  [%s]  %s / %s  %s", p.what, bar, units.Bytes(p.n), units.Bytes(p.total), formatRate(p.n, now.Sub(p.start)))
 	pad := ""
 	if len(line) < p.lastLen {
 		pad = strings.Repeat(" ", p.lastLen-len(line))
@@ -181,24 +183,10 @@ func (c *countingReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// formatBytes prints a size in binary units: "512 B", "12.3 MiB".
-func formatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	v, i := float64(n)/unit, 0
-	for v >= unit && i < 4 {
-		v /= unit
-		i++
-	}
-	return fmt.Sprintf("%.1f %s", v, []string{"KiB", "MiB", "GiB", "TiB", "PiB"}[i])
-}
-
 // formatRate is n bytes over d as "3.1 MiB/s"; "-" before any time passed.
 func formatRate(n int64, d time.Duration) string {
 	if d <= 0 {
 		return "- B/s"
 	}
-	return formatBytes(int64(float64(n)/d.Seconds())) + "/s"
+	return units.Bytes(int64(float64(n)/d.Seconds())) + "/s"
 }

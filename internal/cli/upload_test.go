@@ -96,10 +96,3 @@ func TestUploadProgressQuiet(t *testing.T) {
 	}
 }
 
-func TestUploadFormatBytes(t *testing.T) {
-	for n, want := range map[int64]string{0: "0 B", 512: "512 B", 1024: "1.0 KiB", 12900000: "12.3 MiB", 40 << 30: "40.0 GiB"} {
-		if got := formatBytes(n); got != want {
-			t.Errorf("formatBytes(%d) = %q, want %q", n, got, want)
-		}
-	}
-}

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/units"
 )
 
 // CopyOptions say what [CopyImage] copies where.
@@ -134,25 +135,12 @@ func printProgress(w io.Writer, dest string, updates <-chan v1.Update) {
 		last, shown = u, false
 		if time.Since(at) >= time.Second {
 			at, shown = time.Now(), true
-			fmt.Fprintf(w, "copying to %s: %s / %s\n", dest, humanBytes(u.Complete), humanBytes(u.Total))
+			fmt.Fprintf(w, "copying to %s: %s / %s\n", dest, units.Bytes(u.Complete), units.Bytes(u.Total))
 		}
 	}
 	if !shown && last.Total > 0 {
-		fmt.Fprintf(w, "copying to %s: %s / %s\n", dest, humanBytes(last.Complete), humanBytes(last.Total))
+		fmt.Fprintf(w, "copying to %s: %s / %s\n", dest, units.Bytes(last.Complete), units.Bytes(last.Total))
 	}
-}
-
-// humanBytes is n in B, KB, MB or GB (powers of 1000, as docker prints).
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1e9:
-		return fmt.Sprintf("%.2f GB", float64(n)/1e9)
-	case n >= 1e6:
-		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
-	case n >= 1e3:
-		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
-	}
-	return fmt.Sprintf("%d B", n)
 }
 
 // ImageDigest returns the digest of ref as its registry has it, reading

@@ -25,6 +25,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/platform"
 	"github.com/kiln-dev/kiln/internal/session"
 	"github.com/kiln-dev/kiln/internal/steps"
+	"github.com/kiln-dev/kiln/internal/units"
 )
 
 // Steps kiln itself adds to a source build's record, before BuildKit's.
@@ -87,7 +88,7 @@ func (r *Runner) execute(ctx context.Context, b build.Build, work string) build.
 			rec.End(stepContext, err)
 			return fail(fmt.Errorf("build context: %w", err))
 		}
-		rec.Log(stepContext, fmt.Sprintf("%d entries, %s, sha256:%s\n", stats.Entries, humanBytes(stats.Bytes), stats.SHA256))
+		rec.Log(stepContext, fmt.Sprintf("%d entries, %s, sha256:%s\n", stats.Entries, units.Bytes(stats.Bytes), stats.SHA256))
 		if dockerfile, err = findDockerfile(root, spec.Dockerfile); err != nil {
 			rec.End(stepContext, err)
 			return fail(err)
@@ -388,16 +389,4 @@ func storeLogs(logs []steps.LogLine) []build.LogLine {
 		out[i] = build.LogLine{Digest: l.Digest, At: l.At, Message: l.Message}
 	}
 	return out
-}
-
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/store"
+	"github.com/kiln-dev/kiln/internal/units"
 )
 
 // DefaultContextBytesPerProject is Config.MaxContextBytesPerProject's
@@ -51,7 +52,7 @@ func (r *Runner) reserve(ctx context.Context, projectID string, size int64, now 
 	if free < need {
 		return 0, 0, fmt.Errorf("project %s holds %s of uploaded contexts, of a quota of %s, and this upload needs %s more: "+
 			"contexts are deleted %s after upload; wait for older ones to go, declare the upload's size (undeclared uploads reserve what is left), or ask the operator to raise --max-context-bytes-per-project: %w",
-			projectID, humanBytes(used), humanBytes(quota), humanBytes(need), r.cfg.ContextRetention, errdefs.ErrExhausted)
+			projectID, units.Bytes(used), units.Bytes(quota), units.Bytes(need), r.cfg.ContextRetention, errdefs.ErrExhausted)
 	}
 	if size > 0 {
 		return size, largest, nil

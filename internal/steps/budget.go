@@ -3,6 +3,8 @@ package steps
 import (
 	"fmt"
 	"sync"
+
+	"github.com/kiln-dev/kiln/internal/units"
 )
 
 // DefaultMaxLogBytes is how many bytes of a build's logs kiln stores when
@@ -40,7 +42,7 @@ func (b *LogBudget) Take(lines []LogLine) []LogLine {
 		}
 		if b.used+len(l.Message) > limit {
 			b.truncated = true
-			l.Message = fmt.Sprintf("[kiln] log truncated: this build's logs passed %s; later lines are not stored\n", sizeOf(limit))
+			l.Message = fmt.Sprintf("[kiln] log truncated: this build's logs passed %s; later lines are not stored\n", units.Bytes(int64(limit)))
 			out = append(out, l)
 			break
 		}
@@ -48,11 +50,4 @@ func (b *LogBudget) Take(lines []LogLine) []LogLine {
 		out = append(out, l)
 	}
 	return out
-}
-
-func sizeOf(n int) string {
-	if n >= 1<<20 && n%(1<<20) == 0 {
-		return fmt.Sprintf("%d MiB", n>>20)
-	}
-	return fmt.Sprintf("%d bytes", n)
 }

@@ -17,7 +17,7 @@ func TestLogBudget(t *testing.T) {
 	if len(stored) != 4 {
 		t.Fatalf("stored %d lines, want 3 of the build's and the notice", len(stored))
 	}
-	if last := stored[3].Message; !strings.Contains(last, "log truncated") || !strings.Contains(last, "100 bytes") {
+	if last := stored[3].Message; !strings.Contains(last, "log truncated") || !strings.Contains(last, "100 B") {
 		t.Errorf("last line %q, want the truncation notice", last)
 	}
 	if got := (&LogBudget{}).Take([]LogLine{line}); len(got) != 1 {

@@ -170,7 +170,7 @@ func TestBuilderResourcesAndOOM(t *testing.T) {
 		return false
 	})
 	for _, e := range res.Events {
-		if e.Kind == "oom_kill" && (e.Count < 1 || e.MemoryLimitBytes != 256<<20 || !strings.Contains(e.Message, "ran out of memory (limit 256 MiB)")) {
+		if e.Kind == "oom_kill" && (e.Count < 1 || e.MemoryLimitBytes != 256<<20 || !strings.Contains(e.Message, "ran out of memory (limit 256.0 MiB)")) {
 			t.Errorf("OOM event %v: want a count, the limit and a message saying so", e)
 		}
 	}
@@ -178,7 +178,7 @@ func TestBuilderResourcesAndOOM(t *testing.T) {
 		t.Errorf("B's build status %v, want failed", st)
 	}
 	// What its user reads: the OOM, and the memory against the limit.
-	if out := s.mustKiln(t, oom, "builds", "get", idB).Stdout; !regexp.MustCompile(`(?m)^event: +oom_kill at .*ran out of memory \(limit 256 MiB\)`).MatchString(out) ||
+	if out := s.mustKiln(t, oom, "builds", "get", idB).Stdout; !regexp.MustCompile(`(?m)^event: +oom_kill at .*ran out of memory \(limit 256.0 MiB\)`).MatchString(out) ||
 		!regexp.MustCompile(`(?m)^memory: +peak .* of 256.0 MiB`).MatchString(out) {
 		t.Errorf("kiln builds get %s does not show the OOM and the limit:\n%s", idB, out)
 	}
