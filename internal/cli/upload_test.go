@@ -95,4 +95,3 @@ func TestUploadProgressQuiet(t *testing.T) {
 		t.Errorf("tty = %v, want the bar", s)
 	}
 }
-
