@@ -34,6 +34,13 @@ func (f *fakeSource) GetBuild(_ context.Context, id string) (build.Build, error)
 	return b, nil
 }
 
+// put stores b: the exporter's worker reads builds concurrently.
+func (f *fakeSource) put(b build.Build) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.builds[b.ID] = b
+}
+
 func (f *fakeSource) ListSteps(_ context.Context, id string) ([]build.Step, error) {
 	now := time.Now()
 	return []build.Step{
@@ -133,7 +140,7 @@ func TestExporterDeliversEveryRowOnceAfterClickHouseComesBack(t *testing.T) {
 	}
 	for i := range 5 {
 		b := build.Build{ID: fmt.Sprint("b", i), ProjectID: "p", Status: build.Succeeded, CreatedAt: time.Now()}
-		src.builds[b.ID] = b
+		src.put(b)
 		e.BuildEnded(b)
 	}
 	// Down: the rows wait in the spool (1 build + 2 steps + 1 log line each).
@@ -220,9 +227,7 @@ func TestExporterSetsAsideRowsClickHouseRefuses(t *testing.T) {
 	ch.mu.Lock()
 	ch.refuse = false
 	ch.mu.Unlock()
-	src.mu.Lock()
-	src.builds["r2"] = build.Build{ID: "r2", ProjectID: "p", Status: build.Succeeded, CreatedAt: time.Now()}
-	src.mu.Unlock()
+	src.put(build.Build{ID: "r2", ProjectID: "p", Status: build.Succeeded, CreatedAt: time.Now()})
 	e.BuildEnded(build.Build{ID: "r2"})
 	waitFor(t, "the next build's rows", func() bool { return ch.count(TableBuilds) == 1 })
 }
