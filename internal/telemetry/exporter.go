@@ -125,8 +125,12 @@ func New(cfg Config) (*Exporter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Exporter{cfg: cfg, ch: ch, spool: spool, log: cfg.Logger.With("clickhouse", ch.base.Host, "database", ch.database),
-		ended: make(chan string, 4096), wake: make(chan struct{}, 1)}, nil
+	e := &Exporter{cfg: cfg, ch: ch, spool: spool, log: cfg.Logger.With("clickhouse", ch.base.Host, "database", ch.database),
+		ended: make(chan string, 4096), wake: make(chan struct{}, 1)}
+	if n := spool.RejectedDeleted(); n > 0 {
+		e.log.Warn("telemetry: spool past its bound: the oldest segments ClickHouse refused, set aside, deleted", "segments", n)
+	}
+	return e, nil
 }
 
 // BuildCreated is not exported: only finished builds are.
@@ -381,8 +385,12 @@ func (e *Exporter) export(ctx context.Context, id string) error {
 		}
 	}
 	recs := rows(b, steps, logs, lastUncached, time.Now().UnixNano())
-	before := e.spool.Dropped()
-	if err := e.spool.Append(recs); err != nil {
+	before, rejectedBefore := e.spool.Dropped(), e.spool.RejectedDeleted()
+	err = e.spool.Append(recs)
+	if n := e.spool.RejectedDeleted() - rejectedBefore; n > 0 {
+		e.log.Warn("telemetry: spool full: the oldest segments ClickHouse refused, set aside, deleted to make room", "segments", n)
+	}
+	if err != nil {
 		// Counted as dropped; not worth retrying (the spool is full).
 		e.log.Warn("telemetry: spool build rows", "build_id", id, "err", err)
 	} else if n := e.spool.Dropped() - before; n > 0 {
