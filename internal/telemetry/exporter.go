@@ -81,9 +81,11 @@ type Exporter struct {
 
 	// journal is the worker's record of builds waiting to be exported, so
 	// that a restart exports what the previous run only queued; the worker
-	// owns it (and journalLines, the lines written since it was emptied).
+	// owns it (and journalLines, the lines it holds). Past journalMax lines
+	// (and twice the queue) it is rewritten from the queue.
 	journal      *os.File
 	journalLines int
+	journalMax   int
 
 	exported atomic.Uint64 // segments ClickHouse acknowledged
 
@@ -126,7 +128,7 @@ func New(cfg Config) (*Exporter, error) {
 		return nil, err
 	}
 	e := &Exporter{cfg: cfg, ch: ch, spool: spool, log: cfg.Logger.With("clickhouse", ch.base.Host, "database", ch.database),
-		ended: make(chan string, 4096), wake: make(chan struct{}, 1)}
+		ended: make(chan string, 4096), wake: make(chan struct{}, 1), journalMax: 10000}
 	if n := spool.RejectedDeleted(); n > 0 {
 		e.log.Warn("telemetry: spool past its bound: the oldest segments ClickHouse refused, set aside, deleted", "segments", n)
 	}
@@ -192,10 +194,12 @@ type pending struct {
 	due time.Time
 }
 
+func (e *Exporter) journalPath() string { return filepath.Join(e.cfg.Dir, "pending.jsonl") }
+
 // loadJournal reads the builds a previous run queued and did not export,
 // and starts the journal afresh with them.
 func (e *Exporter) loadJournal() ([]pending, error) {
-	path := filepath.Join(e.cfg.Dir, "pending.jsonl")
+	path := e.journalPath()
 	var queue []pending
 	if data, err := os.ReadFile(path); err == nil {
 		done := map[string]bool{}
@@ -221,24 +225,63 @@ func (e *Exporter) loadJournal() ([]pending, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("telemetry: %w", err)
 	}
+	if err := e.rewriteJournal(queue); err != nil {
+		return nil, err
+	}
+	return queue, nil
+}
+
+// rewriteJournal replaces the journal with one line per build of queue
+// (written aside, fsynced, renamed over it: a crash leaves the old one or
+// the new one) and keeps it open for appending.
+func (e *Exporter) rewriteJournal(queue []pending) error {
+	path := e.journalPath()
 	tmp := path + ".tmp"
 	var buf bytes.Buffer
 	for _, p := range queue {
 		line, _ := json.Marshal(pendingEntry{ID: p.id, Due: p.due.UnixMilli()})
 		buf.Write(append(line, '\n'))
 	}
-	if err := os.WriteFile(tmp, buf.Bytes(), 0o600); err != nil {
-		return nil, fmt.Errorf("telemetry: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return nil, fmt.Errorf("telemetry: %w", err)
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("telemetry: %w", err)
+		return fmt.Errorf("telemetry: %w", err)
 	}
-	e.journal = f
-	return queue, nil
+	_, err = f.Write(buf.Bytes())
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("telemetry: %w", err)
+	}
+	f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("telemetry: %w", err)
+	}
+	if e.journal != nil {
+		e.journal.Close()
+	}
+	e.journal, e.journalLines = f, len(queue)
+	return nil
+}
+
+// compactJournal rewrites the journal from the queue once it holds more
+// than journalMax lines and twice the queue's: under steady load the
+// queue is never empty, and the journal must not grow with every build.
+func (e *Exporter) compactJournal(queue []pending) {
+	if e.journalLines <= e.journalMax || e.journalLines <= 2*len(queue) {
+		return
+	}
+	if err := e.rewriteJournal(queue); err != nil {
+		// The old journal stays open and right, only long: try again later.
+		e.log.Warn("telemetry: compact export queue", "err", err)
+	}
 }
 
 func (e *Exporter) note(p pendingEntry) {
@@ -335,12 +378,7 @@ func (e *Exporter) work(ctx context.Context, queue []pending) {
 				}
 			}
 			e.note(pendingEntry{Done: p.id})
-			if len(queue) == 0 && e.journalLines > 10000 {
-				// Nothing is waiting: the journal need not remember anything.
-				if err := e.journal.Truncate(0); err == nil {
-					e.journalLines = 0
-				}
-			}
+			e.compactJournal(queue)
 			select {
 			case e.wake <- struct{}{}:
 			default:

@@ -268,3 +268,50 @@ func TestNewRefusesABadURL(t *testing.T) {
 		t.Errorf("Redact left a password: %s", got)
 	}
 }
+
+// Under steady load the queue is never empty; the journal is still
+// rewritten from it, not left to grow with every build that ended.
+func TestExporterCompactsTheJournalUnderSteadyLoad(t *testing.T) {
+	src := &fakeSource{builds: map[string]build.Build{}}
+	ch := &fakeClickHouse{rows: map[string][]string{}}
+	srv := httptest.NewServer(ch)
+	defer srv.Close()
+	dir := t.TempDir()
+	e, err := New(Config{URL: srv.URL, Dir: dir, Settle: 100 * time.Millisecond, Flush: 10 * time.Millisecond, Source: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.journalMax = 50
+	if err := e.Start(); err != nil {
+		t.Fatal(err)
+	}
+	journalLines := func() int {
+		data, _ := os.ReadFile(filepath.Join(dir, "pending.jsonl"))
+		return bytes.Count(data, []byte("\n"))
+	}
+	// A build ends every 5 ms, each exported 100 ms later: about 20 wait
+	// at any time, and 300 end in all (600 lines without compaction).
+	most := 0
+	for i := range 300 {
+		b := build.Build{ID: fmt.Sprint("s", i), ProjectID: "p", Status: build.Succeeded, CreatedAt: time.Now()}
+		src.put(b)
+		e.BuildEnded(b)
+		time.Sleep(5 * time.Millisecond)
+		most = max(most, journalLines())
+	}
+	waitFor(t, "every build exported", func() bool { return ch.count(TableBuilds) == 300 })
+	e.Close()
+	if most > 200 {
+		t.Fatalf("the journal reached %d lines; want it compacted past 50 (and twice the queue)", most)
+	}
+	// What it holds after is still the truth: nothing is left to export.
+	e = newExporter(t, dir, srv.URL, src)
+	queue, err := e.loadJournal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.journal.Close()
+	if len(queue) != 0 {
+		t.Fatalf("after every build was exported the journal still queues %d", len(queue))
+	}
+}
