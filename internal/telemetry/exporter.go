@@ -387,7 +387,14 @@ func (e *Exporter) work(ctx context.Context, queue []pending) {
 	}
 }
 
-// export reads one build, its steps and its logs, and spools their rows.
+// logPage is how many log lines export reads (and spools) at a time.
+const logPage = 5000
+
+// export reads one build, its steps and its logs, and spools their rows:
+// the steps', each page of log lines as it is read (a build's logs are
+// never all in memory), the build's last. A store error part way leaves
+// some rows spooled; the retry spools them again, and the newer version
+// replaces them in ClickHouse.
 func (e *Exporter) export(ctx context.Context, id string) error {
 	src := e.cfg.Source
 	b, err := src.GetBuild(ctx, id)
@@ -397,18 +404,6 @@ func (e *Exporter) export(ctx context.Context, id string) error {
 	steps, err := src.ListSteps(ctx, id)
 	if err != nil {
 		return err
-	}
-	var logs []build.LogLine
-	for after := 0; ; {
-		page, err := src.ListBuildLogs(ctx, id, after, 5000)
-		if err != nil {
-			return err
-		}
-		logs = append(logs, page...)
-		if len(page) < 5000 {
-			break
-		}
-		after = page[len(page)-1].Seq
 	}
 	var names []string
 	for _, s := range steps {
@@ -422,19 +417,36 @@ func (e *Exporter) export(ctx context.Context, id string) error {
 			return err
 		}
 	}
-	recs := rows(b, steps, logs, lastUncached, time.Now().UnixNano())
+	x := newExportRows(b, steps, lastUncached, time.Now().UnixNano())
+	e.spoolRows(id, x.stepRecords())
+	for after := 0; ; {
+		page, err := src.ListBuildLogs(ctx, id, after, logPage)
+		if err != nil {
+			return err
+		}
+		e.spoolRows(id, x.logRecords(page))
+		if len(page) < logPage {
+			break
+		}
+		after = page[len(page)-1].Seq
+	}
+	e.spoolRows(id, []Record{x.buildRecord()})
+	return nil
+}
+
+// spoolRows appends recs to the spool. Rows it drops (the spool is full)
+// are counted and logged, not retried.
+func (e *Exporter) spoolRows(id string, recs []Record) {
 	before, rejectedBefore := e.spool.Dropped(), e.spool.RejectedDeleted()
-	err = e.spool.Append(recs)
+	err := e.spool.Append(recs)
 	if n := e.spool.RejectedDeleted() - rejectedBefore; n > 0 {
 		e.log.Warn("telemetry: spool full: the oldest segments ClickHouse refused, set aside, deleted to make room", "segments", n)
 	}
 	if err != nil {
-		// Counted as dropped; not worth retrying (the spool is full).
 		e.log.Warn("telemetry: spool build rows", "build_id", id, "err", err)
 	} else if n := e.spool.Dropped() - before; n > 0 {
 		e.log.Warn("telemetry: spool full while ClickHouse does not take rows: the oldest dropped", "rows", n, "dropped_total", e.spool.Dropped())
 	}
-	return nil
 }
 
 // rejectAfter is how many times a segment may be refused by ClickHouse
