@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/build"
@@ -47,13 +48,56 @@ func (m *Metrics) BuildStarted(b build.Build) {
 	}
 }
 
+// endedIDs is how many of the latest ended builds' ids endedOnce keeps.
+const endedIDs = 16384
+
+// endedOnce remembers the ids of the last endedIDs builds that ended, so
+// that a build reported ended again (build.Observer: a presumed failure
+// overturned by the client's success, within the same run of kiln serve)
+// is counted once. Memory stays bounded: the oldest id is forgotten when a
+// new one comes. Safe for concurrent use.
+type endedOnce struct {
+	mu   sync.Mutex
+	ids  map[string]struct{}
+	ring []string // the ids in ids, in a ring; next is the oldest's index
+	next int
+}
+
+// first reports whether id is not among the ended builds remembered, and
+// remembers it.
+func (s *endedOnce) first(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.ids[id]; ok {
+		return false
+	}
+	if s.ids == nil {
+		s.ids = make(map[string]struct{})
+	}
+	if len(s.ring) < endedIDs {
+		s.ring = append(s.ring, id)
+	} else {
+		delete(s.ids, s.ring[s.next])
+		s.ring[s.next] = id
+		s.next = (s.next + 1) % endedIDs
+	}
+	s.ids[id] = struct{}{}
+	return true
+}
+
 // BuildEnded counts the build by final status, observes how long it ran
-// (if it started), and queues it to have its steps counted. It never
-// blocks: with the queue full the build's steps go uncounted.
+// (if it started), and queues it to have its steps counted. A build
+// reported ended again is counted as it first ended (counters only go
+// up): a failure kiln presumed at restart stays counted as failed even
+// when the client's success overturns it. It never blocks: with the queue
+// full the build's steps go uncounted.
 func (m *Metrics) BuildEnded(b build.Build) {
 	kind, status := kindOf(b), string(b.Status)
 	if !b.Status.Terminal() {
 		return // not an end: nothing to count it as
+	}
+	if !m.endedOnce.first(b.ID) {
+		return
 	}
 	m.buildsFinished.WithLabelValues(kind, status).Inc()
 	if !b.StartedAt.IsZero() {
