@@ -19,18 +19,10 @@ type endedBuild struct {
 	at   time.Time // when it ended (here, not the record's FinishedAt)
 }
 
-// kindOf is the build's kind label: "" is a client build (records.go).
-func kindOf(b build.Build) string {
-	if b.IsSource() {
-		return string(build.KindSource)
-	}
-	return string(build.KindClient)
-}
-
 // BuildCreated counts the build; a client build is created running, so
 // it has started too.
 func (m *Metrics) BuildCreated(b build.Build) {
-	kind := kindOf(b)
+	kind := string(b.EffectiveKind())
 	m.buildsCreated.WithLabelValues(kind).Inc()
 	if b.Status == build.Running {
 		m.buildsStarted.WithLabelValues(kind).Inc()
@@ -40,7 +32,7 @@ func (m *Metrics) BuildCreated(b build.Build) {
 // BuildStarted counts a source build leaving the queue and how long it
 // waited there.
 func (m *Metrics) BuildStarted(b build.Build) {
-	m.buildsStarted.WithLabelValues(kindOf(b)).Inc()
+	m.buildsStarted.WithLabelValues(string(b.EffectiveKind())).Inc()
 	if !b.CreatedAt.IsZero() && b.StartedAt.After(b.CreatedAt) {
 		m.queueWait.Observe(b.StartedAt.Sub(b.CreatedAt).Seconds())
 	} else {
@@ -92,7 +84,7 @@ func (s *endedOnce) first(id string) bool {
 // when the client's success overturns it. It never blocks: with the queue
 // full the build's steps go uncounted.
 func (m *Metrics) BuildEnded(b build.Build) {
-	kind, status := kindOf(b), string(b.Status)
+	kind, status := string(b.EffectiveKind()), string(b.Status)
 	if !b.Status.Terminal() {
 		return // not an end: nothing to count it as
 	}

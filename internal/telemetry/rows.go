@@ -128,17 +128,10 @@ func (x exportRows) logRecords(logs []build.LogLine) []Record {
 func (x exportRows) buildRecord() Record {
 	b := x.b
 	st := build.ComputeStats(b, x.steps, x.lastUncached)
-	return record(TableBuilds, buildRow{BuildID: b.ID, ProjectID: b.ProjectID, OrgID: b.OrgID, Kind: string(kindOf(b)), Status: string(b.Status),
+	return record(TableBuilds, buildRow{BuildID: b.ID, ProjectID: b.ProjectID, OrgID: b.OrgID, Kind: string(b.EffectiveKind()), Status: string(b.Status),
 		Error: b.Error, Command: b.Command, Platforms: b.Platforms, ImageDigest: b.ImageDigest, CreatedAt: x.created,
 		StartedAt: unix(b.StartedAt), FinishedAt: unix(b.FinishedAt), DurationMs: st.Duration.Milliseconds(),
 		TotalSteps: st.TotalSteps, CachedSteps: st.CachedSteps, SavedMs: st.Saved.Milliseconds(), Version: x.version})
-}
-
-func kindOf(b build.Build) build.Kind {
-	if b.Kind == "" {
-		return build.KindClient
-	}
-	return b.Kind
 }
 
 func flag(b bool) uint8 {
