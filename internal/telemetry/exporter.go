@@ -59,8 +59,14 @@ type Config struct {
 	// MaxDelay caps the backoff between tries while ClickHouse is down;
 	// 0 → 10 s.
 	MaxDelay time.Duration
-	Source   Source
-	Logger   *slog.Logger
+	// Source is the store builds are read from once they settled
+	// (required: New refuses a Config without one). It is called from the
+	// exporter's worker goroutine only, never on a build's path.
+	Source Source
+	// Logger receives what the export has to say (ClickHouse down and
+	// back, rows dropped or refused); the exporter adds the ClickHouse
+	// host and database to each record, never a password. nil → discard.
+	Logger *slog.Logger
 }
 
 // Exporter exports finished builds to ClickHouse (see the package doc). It
