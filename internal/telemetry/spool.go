@@ -136,7 +136,10 @@ func OpenSpool(cfg SpoolConfig) (*Spool, error) {
 	}
 	slices.SortFunc(s.sealed, func(a, b *segment) int { return cmpUint(a.seq, b.seq) })
 	slices.SortFunc(s.rejected, func(a, b *segment) int { return cmpUint(a.seq, b.seq) })
-	for s.total+s.rejectedBytes > cfg.MaxBytes && s.deleteOldestRejected() {
+	for s.total+s.rejectedBytes > cfg.MaxBytes {
+		if !s.deleteOldestRejected() {
+			break // what waits to be sent stays: Append makes room
+		}
 	}
 	return s, nil
 }
@@ -222,10 +225,10 @@ func (s *Spool) Append(recs []Record) error {
 			return err
 		}
 	}
-	for s.total+s.rejectedBytes+need > s.cfg.MaxBytes && s.deleteOldestRejected() {
-	}
+	// Set-aside segments go first (nothing will send them), then rows
+	// waiting to be sent, oldest first.
 	for s.total+s.rejectedBytes+need > s.cfg.MaxBytes {
-		if !s.dropOldest() {
+		if !s.deleteOldestRejected() && !s.dropOldest() {
 			s.dropped.Add(uint64(len(recs)))
 			return fmt.Errorf("telemetry spool: full (%d bytes) with rows being sent: %d rows dropped", s.total, len(recs))
 		}
