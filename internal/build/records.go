@@ -83,6 +83,16 @@ func (b Build) Terminal() bool { return b.Status.Terminal() }
 // IsSource reports a build kiln runs itself from an uploaded context.
 func (b Build) IsSource() bool { return b.Kind == KindSource }
 
+// EffectiveKind is the build's kind, KindClient or KindSource, with ""
+// (and anything that is not KindSource) read as KindClient: what the
+// metrics label and the ClickHouse export record.
+func (b Build) EffectiveKind() Kind {
+	if b.IsSource() {
+		return KindSource
+	}
+	return KindClient
+}
+
 // Scope places the build for authorization (auth.Principal's checks).
 func (b Build) Scope() auth.Scope {
 	return auth.Scope{OrgID: b.OrgID, ProjectID: b.ProjectID, BuildID: b.ID}

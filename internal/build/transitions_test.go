@@ -81,3 +81,11 @@ func TestTransitionStampsAndRefusals(t *testing.T) {
 		t.Errorf("pushing → running: %v, %+v", err, p)
 	}
 }
+
+func TestEffectiveKind(t *testing.T) {
+	for kind, want := range map[Kind]Kind{"": KindClient, KindClient: KindClient, KindSource: KindSource} {
+		if got := (Build{Kind: kind}).EffectiveKind(); got != want {
+			t.Errorf("EffectiveKind of %q = %q, want %q", kind, got, want)
+		}
+	}
+}

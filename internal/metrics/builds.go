@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/build"
@@ -18,18 +19,10 @@ type endedBuild struct {
 	at   time.Time // when it ended (here, not the record's FinishedAt)
 }
 
-// kindOf is the build's kind label: "" is a client build (records.go).
-func kindOf(b build.Build) string {
-	if b.IsSource() {
-		return string(build.KindSource)
-	}
-	return string(build.KindClient)
-}
-
 // BuildCreated counts the build; a client build is created running, so
 // it has started too.
 func (m *Metrics) BuildCreated(b build.Build) {
-	kind := kindOf(b)
+	kind := string(b.EffectiveKind())
 	m.buildsCreated.WithLabelValues(kind).Inc()
 	if b.Status == build.Running {
 		m.buildsStarted.WithLabelValues(kind).Inc()
@@ -39,7 +32,7 @@ func (m *Metrics) BuildCreated(b build.Build) {
 // BuildStarted counts a source build leaving the queue and how long it
 // waited there.
 func (m *Metrics) BuildStarted(b build.Build) {
-	m.buildsStarted.WithLabelValues(kindOf(b)).Inc()
+	m.buildsStarted.WithLabelValues(string(b.EffectiveKind())).Inc()
 	if !b.CreatedAt.IsZero() && b.StartedAt.After(b.CreatedAt) {
 		m.queueWait.Observe(b.StartedAt.Sub(b.CreatedAt).Seconds())
 	} else {
@@ -47,13 +40,56 @@ func (m *Metrics) BuildStarted(b build.Build) {
 	}
 }
 
+// endedIDs is how many of the latest ended builds' ids endedOnce keeps.
+const endedIDs = 16384
+
+// endedOnce remembers the ids of the last endedIDs builds that ended, so
+// that a build reported ended again (build.Observer: a presumed failure
+// overturned by the client's success, within the same run of kiln serve)
+// is counted once. Memory stays bounded: the oldest id is forgotten when a
+// new one comes. Safe for concurrent use.
+type endedOnce struct {
+	mu   sync.Mutex
+	ids  map[string]struct{}
+	ring []string // the ids in ids, in a ring; next is the oldest's index
+	next int
+}
+
+// first reports whether id is not among the ended builds remembered, and
+// remembers it.
+func (s *endedOnce) first(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.ids[id]; ok {
+		return false
+	}
+	if s.ids == nil {
+		s.ids = make(map[string]struct{})
+	}
+	if len(s.ring) < endedIDs {
+		s.ring = append(s.ring, id)
+	} else {
+		delete(s.ids, s.ring[s.next])
+		s.ring[s.next] = id
+		s.next = (s.next + 1) % endedIDs
+	}
+	s.ids[id] = struct{}{}
+	return true
+}
+
 // BuildEnded counts the build by final status, observes how long it ran
-// (if it started), and queues it to have its steps counted. It never
-// blocks: with the queue full the build's steps go uncounted.
+// (if it started), and queues it to have its steps counted. A build
+// reported ended again is counted as it first ended (counters only go
+// up): a failure kiln presumed at restart stays counted as failed even
+// when the client's success overturns it. It never blocks: with the queue
+// full the build's steps go uncounted.
 func (m *Metrics) BuildEnded(b build.Build) {
-	kind, status := kindOf(b), string(b.Status)
+	kind, status := string(b.EffectiveKind()), string(b.Status)
 	if !b.Status.Terminal() {
 		return // not an end: nothing to count it as
+	}
+	if !m.endedOnce.first(b.ID) {
+		return
 	}
 	m.buildsFinished.WithLabelValues(kind, status).Inc()
 	if !b.StartedAt.IsZero() {

@@ -57,6 +57,8 @@ type Metrics struct {
 
 	// ended queues builds whose steps Run counts; never blocks a sender.
 	ended chan endedBuild
+	// endedOnce lets BuildEnded count each build's first end only.
+	endedOnce endedOnce
 }
 
 // New makes kiln's metrics and registers them, with the Go runtime's and

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -170,17 +171,50 @@ func TestBuildLives(t *testing.T) {
 	}
 }
 
+// A build reported ended twice (a failure kiln presumed at restart, then
+// the client's late success) is counted once, as it first ended: its
+// status, its duration and its steps.
+func TestBuildEndedTwiceCountsOnce(t *testing.T) {
+	steps := []build.Step{{Name: "[1/2] FROM busybox", Cached: true}, {Name: "[2/2] RUN make"}}
+	m := metrics.New(metrics.Config{StepsDelay: time.Millisecond,
+		Steps: func(context.Context, string) ([]build.Step, error) { return steps, nil }})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go m.Run(ctx)
+
+	t0 := time.Now().UTC()
+	b := build.Build{ID: "b1", Status: build.Failed, CreatedAt: t0, StartedAt: t0, FinishedAt: t0.Add(time.Minute)}
+	m.BuildEnded(b)
+	b.Status = build.Succeeded
+	m.BuildEnded(b)
+	other := build.Build{ID: "b2", Status: build.Succeeded, CreatedAt: t0, StartedAt: t0, FinishedAt: t0.Add(time.Minute)}
+	m.BuildEnded(other)
+
+	deadline := time.Now().Add(5 * time.Second)
+	for value(scrape(t, m), "kiln_build_steps_total", "kind", "client", "result", "executed") < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // a second count of b1's steps would be in by now
+	fams := scrape(t, m)
+	want(t, fams, 1, "kiln_builds_finished_total", "kind", "client", "status", "failed")
+	want(t, fams, 1, "kiln_builds_finished_total", "kind", "client", "status", "succeeded") // b2 only
+	want(t, fams, 1, "kiln_build_duration_seconds", "kind", "client", "status", "failed")
+	want(t, fams, 1, "kiln_build_duration_seconds", "kind", "client", "status", "succeeded")
+	want(t, fams, 2, "kiln_build_steps_total", "kind", "client", "result", "executed")
+	want(t, fams, 2, "kiln_build_steps_total", "kind", "client", "result", "cached")
+}
+
 // The observer never blocks the build service: with the queue full, or
 // the store failing, a build's steps go uncounted, and a metric says so.
 func TestStepsUncounted(t *testing.T) {
 	m := metrics.New(metrics.Config{StepsQueue: 1, StepsDelay: time.Millisecond,
 		Steps: func(context.Context, string) ([]build.Step, error) { return nil, errors.New("database is locked") }})
-	ended := build.Build{ID: "b", Status: build.Canceled}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for range 3 {
-			m.BuildEnded(ended) // Run is not running: the queue holds one
+		for i := range 3 {
+			// Run is not running: the queue holds one.
+			m.BuildEnded(build.Build{ID: fmt.Sprint("b", i), Status: build.Canceled})
 		}
 	}()
 	select {

@@ -24,9 +24,9 @@ import (
 // protocol of current releases and are tested against those only, while
 // Debian 12 ships 18.16; the HTTP interface is the same on both.
 type ClickHouse struct {
-	base     *url.URL // scheme, host, path; user and password as set
+	base     *url.URL // scheme, host, path and settings; no credentials
 	database string
-	user     *url.Userinfo
+	user     *url.Userinfo // sent as basic auth; nil: none
 	client   *http.Client
 }
 
@@ -34,7 +34,8 @@ var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // NewClickHouse parses a server URL, "http://host:8123/?database=kiln"
 // (user and password in the URL's userinfo or as user= and password=
-// query parameters). The database is created if it does not exist;
+// query parameters; either way they are sent as basic auth, never in a
+// request's URL). The database is created if it does not exist;
 // without one it is "kiln". timeout bounds each request.
 func NewClickHouse(raw string, timeout time.Duration) (*ClickHouse, error) {
 	u, err := url.Parse(raw)
@@ -54,10 +55,21 @@ func NewClickHouse(raw string, timeout time.Duration) (*ClickHouse, error) {
 		return nil, fmt.Errorf("--clickhouse-url: database %q: use letters, digits and _: %w", db, errdefs.ErrInvalid)
 	}
 	q.Del("database")
+	// Credentials go in each request's basic auth, never in its URL: a
+	// URL is what a transport error (*url.Error) and a proxy's log show.
+	user := u.User
+	if user == nil && (q.Has("user") || q.Has("password")) {
+		name := q.Get("user")
+		if name == "" {
+			name = "default" // ClickHouse's user when none is named
+		}
+		user = url.UserPassword(name, q.Get("password"))
+	}
+	q.Del("user")
+	q.Del("password")
 	u.RawQuery = q.Encode()
-	c := &ClickHouse{base: u, database: db, user: u.User, client: &http.Client{Timeout: timeout}}
 	u.User = nil
-	return c, nil
+	return &ClickHouse{base: u, database: db, user: user, client: &http.Client{Timeout: timeout}}, nil
 }
 
 // Database is the database kiln's tables are in.
@@ -152,11 +164,18 @@ func (c *ClickHouse) do(ctx context.Context, params url.Values, body []byte) ([]
 	}
 	resp, err := c.client.Do(req)
 	if err != nil {
+		// The *url.Error's text holds the whole URL (the statement, the
+		// settings): keep its cause only; the host says where.
+		cause := err
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			cause = ue.Err
+		}
 		var ne net.Error
 		if errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, fmt.Errorf("clickhouse at %s: %w: %w", c.base.Host, err, errdefs.ErrUnavailable)
+			return nil, fmt.Errorf("clickhouse at %s: %w: %w", c.base.Host, cause, errdefs.ErrUnavailable)
 		}
-		return nil, fmt.Errorf("clickhouse at %s: %w", c.base.Host, err)
+		return nil, fmt.Errorf("clickhouse at %s: %w", c.base.Host, cause)
 	}
 	defer resp.Body.Close()
 	out, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))

@@ -59,8 +59,14 @@ type Config struct {
 	// MaxDelay caps the backoff between tries while ClickHouse is down;
 	// 0 → 10 s.
 	MaxDelay time.Duration
-	Source   Source
-	Logger   *slog.Logger
+	// Source is the store builds are read from once they settled
+	// (required: New refuses a Config without one). It is called from the
+	// exporter's worker goroutine only, never on a build's path.
+	Source Source
+	// Logger receives what the export has to say (ClickHouse down and
+	// back, rows dropped or refused); the exporter adds the ClickHouse
+	// host and database to each record, never a password. nil → discard.
+	Logger *slog.Logger
 }
 
 // Exporter exports finished builds to ClickHouse (see the package doc). It
@@ -81,9 +87,11 @@ type Exporter struct {
 
 	// journal is the worker's record of builds waiting to be exported, so
 	// that a restart exports what the previous run only queued; the worker
-	// owns it (and journalLines, the lines written since it was emptied).
+	// owns it (and journalLines, the lines it holds). Past journalMax lines
+	// (and twice the queue) it is rewritten from the queue.
 	journal      *os.File
 	journalLines int
+	journalMax   int
 
 	exported atomic.Uint64 // segments ClickHouse acknowledged
 
@@ -125,8 +133,12 @@ func New(cfg Config) (*Exporter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Exporter{cfg: cfg, ch: ch, spool: spool, log: cfg.Logger.With("clickhouse", ch.base.Host, "database", ch.database),
-		ended: make(chan string, 4096), wake: make(chan struct{}, 1)}, nil
+	e := &Exporter{cfg: cfg, ch: ch, spool: spool, log: cfg.Logger.With("clickhouse", ch.base.Host, "database", ch.database),
+		ended: make(chan string, 4096), wake: make(chan struct{}, 1), journalMax: 10000}
+	if n := spool.RejectedDeleted(); n > 0 {
+		e.log.Warn("telemetry: spool past its bound: the oldest segments ClickHouse refused, set aside, deleted", "segments", n)
+	}
+	return e, nil
 }
 
 // BuildCreated is not exported: only finished builds are.
@@ -188,10 +200,12 @@ type pending struct {
 	due time.Time
 }
 
+func (e *Exporter) journalPath() string { return filepath.Join(e.cfg.Dir, "pending.jsonl") }
+
 // loadJournal reads the builds a previous run queued and did not export,
 // and starts the journal afresh with them.
 func (e *Exporter) loadJournal() ([]pending, error) {
-	path := filepath.Join(e.cfg.Dir, "pending.jsonl")
+	path := e.journalPath()
 	var queue []pending
 	if data, err := os.ReadFile(path); err == nil {
 		done := map[string]bool{}
@@ -217,24 +231,63 @@ func (e *Exporter) loadJournal() ([]pending, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("telemetry: %w", err)
 	}
+	if err := e.rewriteJournal(queue); err != nil {
+		return nil, err
+	}
+	return queue, nil
+}
+
+// rewriteJournal replaces the journal with one line per build of queue
+// (written aside, fsynced, renamed over it: a crash leaves the old one or
+// the new one) and keeps it open for appending.
+func (e *Exporter) rewriteJournal(queue []pending) error {
+	path := e.journalPath()
 	tmp := path + ".tmp"
 	var buf bytes.Buffer
 	for _, p := range queue {
 		line, _ := json.Marshal(pendingEntry{ID: p.id, Due: p.due.UnixMilli()})
 		buf.Write(append(line, '\n'))
 	}
-	if err := os.WriteFile(tmp, buf.Bytes(), 0o600); err != nil {
-		return nil, fmt.Errorf("telemetry: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return nil, fmt.Errorf("telemetry: %w", err)
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("telemetry: %w", err)
+		return fmt.Errorf("telemetry: %w", err)
 	}
-	e.journal = f
-	return queue, nil
+	_, err = f.Write(buf.Bytes())
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("telemetry: %w", err)
+	}
+	f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("telemetry: %w", err)
+	}
+	if e.journal != nil {
+		e.journal.Close()
+	}
+	e.journal, e.journalLines = f, len(queue)
+	return nil
+}
+
+// compactJournal rewrites the journal from the queue once it holds more
+// than journalMax lines and twice the queue's: under steady load the
+// queue is never empty, and the journal must not grow with every build.
+func (e *Exporter) compactJournal(queue []pending) {
+	if e.journalLines <= e.journalMax || e.journalLines <= 2*len(queue) {
+		return
+	}
+	if err := e.rewriteJournal(queue); err != nil {
+		// The old journal stays open and right, only long: try again later.
+		e.log.Warn("telemetry: compact export queue", "err", err)
+	}
 }
 
 func (e *Exporter) note(p pendingEntry) {
@@ -331,12 +384,7 @@ func (e *Exporter) work(ctx context.Context, queue []pending) {
 				}
 			}
 			e.note(pendingEntry{Done: p.id})
-			if len(queue) == 0 && e.journalLines > 10000 {
-				// Nothing is waiting: the journal need not remember anything.
-				if err := e.journal.Truncate(0); err == nil {
-					e.journalLines = 0
-				}
-			}
+			e.compactJournal(queue)
 			select {
 			case e.wake <- struct{}{}:
 			default:
@@ -345,7 +393,14 @@ func (e *Exporter) work(ctx context.Context, queue []pending) {
 	}
 }
 
-// export reads one build, its steps and its logs, and spools their rows.
+// logPage is how many log lines export reads (and spools) at a time.
+const logPage = 5000
+
+// export reads one build, its steps and its logs, and spools their rows:
+// the steps', each page of log lines as it is read (a build's logs are
+// never all in memory), the build's last. A store error part way leaves
+// some rows spooled; the retry spools them again, and the newer version
+// replaces them in ClickHouse.
 func (e *Exporter) export(ctx context.Context, id string) error {
 	src := e.cfg.Source
 	b, err := src.GetBuild(ctx, id)
@@ -355,18 +410,6 @@ func (e *Exporter) export(ctx context.Context, id string) error {
 	steps, err := src.ListSteps(ctx, id)
 	if err != nil {
 		return err
-	}
-	var logs []build.LogLine
-	for after := 0; ; {
-		page, err := src.ListBuildLogs(ctx, id, after, 5000)
-		if err != nil {
-			return err
-		}
-		logs = append(logs, page...)
-		if len(page) < 5000 {
-			break
-		}
-		after = page[len(page)-1].Seq
 	}
 	var names []string
 	for _, s := range steps {
@@ -380,15 +423,36 @@ func (e *Exporter) export(ctx context.Context, id string) error {
 			return err
 		}
 	}
-	recs := rows(b, steps, logs, lastUncached, time.Now().UnixNano())
-	before := e.spool.Dropped()
-	if err := e.spool.Append(recs); err != nil {
-		// Counted as dropped; not worth retrying (the spool is full).
+	x := newExportRows(b, steps, lastUncached, time.Now().UnixNano())
+	e.spoolRows(id, x.stepRecords())
+	for after := 0; ; {
+		page, err := src.ListBuildLogs(ctx, id, after, logPage)
+		if err != nil {
+			return err
+		}
+		e.spoolRows(id, x.logRecords(page))
+		if len(page) < logPage {
+			break
+		}
+		after = page[len(page)-1].Seq
+	}
+	e.spoolRows(id, []Record{x.buildRecord()})
+	return nil
+}
+
+// spoolRows appends recs to the spool. Rows it drops (the spool is full)
+// are counted and logged, not retried.
+func (e *Exporter) spoolRows(id string, recs []Record) {
+	before, rejectedBefore := e.spool.Dropped(), e.spool.RejectedDeleted()
+	err := e.spool.Append(recs)
+	if n := e.spool.RejectedDeleted() - rejectedBefore; n > 0 {
+		e.log.Warn("telemetry: spool full: the oldest segments ClickHouse refused, set aside, deleted to make room", "segments", n)
+	}
+	if err != nil {
 		e.log.Warn("telemetry: spool build rows", "build_id", id, "err", err)
 	} else if n := e.spool.Dropped() - before; n > 0 {
 		e.log.Warn("telemetry: spool full while ClickHouse does not take rows: the oldest dropped", "rows", n, "dropped_total", e.spool.Dropped())
 	}
-	return nil
 }
 
 // rejectAfter is how many times a segment may be refused by ClickHouse

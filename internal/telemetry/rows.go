@@ -72,48 +72,66 @@ func millis(from, to time.Time) int64 {
 	return to.Sub(from).Milliseconds()
 }
 
-// rows are the records of one finished build: its row, its steps', and
-// its log lines'. lastUncached is what ComputeStats takes (the time each
-// cached step's name took when it last ran uncached); version orders
-// exports of the same build (the newest wins).
-func rows(b build.Build, steps []build.Step, logs []build.LogLine, lastUncached map[string]time.Duration, version int64) []Record {
-	st := build.ComputeStats(b, steps, lastUncached)
+// exportRows makes the records of one finished build: its steps', its
+// log lines' (a page at a time) and, last, its own. lastUncached is what
+// ComputeStats takes (the time each cached step's name took when it last
+// ran uncached); version orders exports of the same build (the newest
+// wins).
+type exportRows struct {
+	b            build.Build
+	steps        []build.Step
+	lastUncached map[string]time.Duration
+	version      int64
+	created      int64 // b.CreatedAt, Unix seconds
+}
+
+func newExportRows(b build.Build, steps []build.Step, lastUncached map[string]time.Duration, version int64) exportRows {
+	return exportRows{b: b, steps: steps, lastUncached: lastUncached, version: version, created: unix(b.CreatedAt)}
+}
+
+func record(table string, v any) Record {
+	row, _ := json.Marshal(v) // plain structs of strings and numbers: never fails
+	return Record{Table: table, Row: row}
+}
+
+// stepRecords are the build's steps' rows.
+func (x exportRows) stepRecords() []Record {
 	counted := map[string]bool{}
-	for _, s := range build.CountedSteps(steps) {
+	for _, s := range build.CountedSteps(x.steps) {
 		counted[s.Digest] = true
 	}
-	out := make([]Record, 0, 1+len(steps)+len(logs))
-	add := func(table string, v any) {
-		row, _ := json.Marshal(v) // plain structs of strings and numbers: never fails
-		out = append(out, Record{Table: table, Row: row})
-	}
-	created := unix(b.CreatedAt)
-	for i, s := range steps {
-		r := stepRow{BuildID: b.ID, ProjectID: b.ProjectID, BuildCreatedAt: created, Digest: s.Digest, Position: i + 1,
+	out := make([]Record, 0, len(x.steps))
+	for i, s := range x.steps {
+		r := stepRow{BuildID: x.b.ID, ProjectID: x.b.ProjectID, BuildCreatedAt: x.created, Digest: s.Digest, Position: i + 1,
 			Name: s.Name, Cached: flag(s.Cached), Counted: flag(counted[s.Digest]), StartedAt: unix(s.StartedAt), CompletedAt: unix(s.CompletedAt),
-			DurationMs: millis(s.StartedAt, s.CompletedAt), Error: s.Error, Version: version}
+			DurationMs: millis(s.StartedAt, s.CompletedAt), Error: s.Error, Version: x.version}
 		if s.Cached && counted[s.Digest] {
-			r.SavedMs = lastUncached[s.Name].Milliseconds()
+			r.SavedMs = x.lastUncached[s.Name].Milliseconds()
 		}
-		add(TableSteps, r)
+		out = append(out, record(TableSteps, r))
 	}
-	for _, l := range logs {
-		add(TableStepLogs, logRow{BuildID: b.ID, ProjectID: b.ProjectID, BuildCreatedAt: created, Seq: l.Seq, Digest: l.Digest,
-			At: unix(l.At), Message: l.Message, Version: version})
-	}
-	// The build's row last: a query that sees the build sees its steps.
-	add(TableBuilds, buildRow{BuildID: b.ID, ProjectID: b.ProjectID, OrgID: b.OrgID, Kind: string(kindOf(b)), Status: string(b.Status),
-		Error: b.Error, Command: b.Command, Platforms: b.Platforms, ImageDigest: b.ImageDigest, CreatedAt: created,
-		StartedAt: unix(b.StartedAt), FinishedAt: unix(b.FinishedAt), DurationMs: st.Duration.Milliseconds(),
-		TotalSteps: st.TotalSteps, CachedSteps: st.CachedSteps, SavedMs: st.Saved.Milliseconds(), Version: version})
 	return out
 }
 
-func kindOf(b build.Build) build.Kind {
-	if b.Kind == "" {
-		return build.KindClient
+// logRecords are the rows of a page of the build's log lines.
+func (x exportRows) logRecords(logs []build.LogLine) []Record {
+	out := make([]Record, 0, len(logs))
+	for _, l := range logs {
+		out = append(out, record(TableStepLogs, logRow{BuildID: x.b.ID, ProjectID: x.b.ProjectID, BuildCreatedAt: x.created, Seq: l.Seq,
+			Digest: l.Digest, At: unix(l.At), Message: l.Message, Version: x.version}))
 	}
-	return b.Kind
+	return out
+}
+
+// buildRecord is the build's own row: spooled last, so a query that sees
+// the build sees its steps.
+func (x exportRows) buildRecord() Record {
+	b := x.b
+	st := build.ComputeStats(b, x.steps, x.lastUncached)
+	return record(TableBuilds, buildRow{BuildID: b.ID, ProjectID: b.ProjectID, OrgID: b.OrgID, Kind: string(b.EffectiveKind()), Status: string(b.Status),
+		Error: b.Error, Command: b.Command, Platforms: b.Platforms, ImageDigest: b.ImageDigest, CreatedAt: x.created,
+		StartedAt: unix(b.StartedAt), FinishedAt: unix(b.FinishedAt), DurationMs: st.Duration.Milliseconds(),
+		TotalSteps: st.TotalSteps, CachedSteps: st.CachedSteps, SavedMs: st.Saved.Milliseconds(), Version: x.version})
 }
 
 func flag(b bool) uint8 {

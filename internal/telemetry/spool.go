@@ -26,9 +26,10 @@ type Record struct {
 type SpoolConfig struct {
 	// Dir holds the segment files (created if missing).
 	Dir string
-	// MaxBytes bounds the spool's size on disk; when an append would pass
-	// it, the oldest segments are dropped and their rows counted
-	// (Dropped). 0 → 512 MiB.
+	// MaxBytes bounds the spool's size on disk, segments set aside
+	// included; when an append would pass it, the oldest set-aside
+	// segments are deleted first (RejectedDeleted), then the oldest
+	// waiting segments, their rows counted (Dropped). 0 → 512 MiB.
 	MaxBytes int64
 	// SegmentBytes is the size after which a new segment is started (one
 	// append is never split, so a segment may be larger). 0 → MaxBytes/16.
@@ -51,13 +52,18 @@ type Spool struct {
 	active *segment   // being appended to; nil until the first Append
 	file   *os.File   // active's file
 	next   uint64     // the next segment's sequence number
-	total  int64      // bytes of all segments
+	total  int64      // bytes of sealed and active segments
+	// rejected are the segments set aside (SetAside), oldest first, and
+	// rejectedBytes their size: kept for an operator while they fit.
+	rejected      []*segment
+	rejectedBytes int64
 	// inflight is the segment Oldest handed out and not yet Removed: it is
 	// never dropped to make room (its rows may be arriving in ClickHouse).
 	inflight uint64
 
-	dropped atomic.Uint64
-	corrupt atomic.Uint64
+	dropped         atomic.Uint64
+	corrupt         atomic.Uint64
+	rejectedDeleted atomic.Uint64
 }
 
 type segment struct {
@@ -72,11 +78,15 @@ type Segment struct {
 	Records []Record
 }
 
-const segmentExt = ".rows"
+const (
+	segmentExt  = ".rows"
+	rejectedExt = ".rejected" // after segmentExt: a segment set aside
+)
 
 // OpenSpool opens (or creates) the spool in cfg.Dir. Segments a previous
 // run left are kept, sealed, oldest first; new rows go to a new segment,
-// never after a torn line.
+// never after a torn line. Set-aside segments past the bound are deleted,
+// oldest first.
 func OpenSpool(cfg SpoolConfig) (*Spool, error) {
 	if cfg.MaxBytes <= 0 {
 		cfg.MaxBytes = DefaultMaxBytes
@@ -93,8 +103,23 @@ func OpenSpool(cfg SpoolConfig) (*Spool, error) {
 		return nil, fmt.Errorf("telemetry spool: %w", err)
 	}
 	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		if base, ok := strings.CutSuffix(e.Name(), rejectedExt); ok {
+			if seq, ok := segmentSeq(base); ok {
+				info, err := e.Info()
+				if err != nil {
+					return nil, fmt.Errorf("telemetry spool: %w", err)
+				}
+				s.rejected = append(s.rejected, &segment{seq: seq, bytes: info.Size()})
+				s.rejectedBytes += info.Size()
+				s.next = max(s.next, seq+1) // never set aside over it again
+			}
+			continue
+		}
 		seq, ok := segmentSeq(e.Name())
-		if !ok || !e.Type().IsRegular() {
+		if !ok {
 			continue
 		}
 		info, err := e.Info()
@@ -110,6 +135,12 @@ func OpenSpool(cfg SpoolConfig) (*Spool, error) {
 		s.next = max(s.next, seq+1)
 	}
 	slices.SortFunc(s.sealed, func(a, b *segment) int { return cmpUint(a.seq, b.seq) })
+	slices.SortFunc(s.rejected, func(a, b *segment) int { return cmpUint(a.seq, b.seq) })
+	for s.total+s.rejectedBytes > cfg.MaxBytes {
+		if !s.deleteOldestRejected() {
+			break // what waits to be sent stays: Append makes room
+		}
+	}
 	return s, nil
 }
 
@@ -194,8 +225,10 @@ func (s *Spool) Append(recs []Record) error {
 			return err
 		}
 	}
-	for s.total+need > s.cfg.MaxBytes {
-		if !s.dropOldest() {
+	// Set-aside segments go first (nothing will send them), then rows
+	// waiting to be sent, oldest first.
+	for s.total+s.rejectedBytes+need > s.cfg.MaxBytes {
+		if !s.deleteOldestRejected() && !s.dropOldest() {
 			s.dropped.Add(uint64(len(recs)))
 			return fmt.Errorf("telemetry spool: full (%d bytes) with rows being sent: %d rows dropped", s.total, len(recs))
 		}
@@ -239,6 +272,23 @@ func (s *Spool) seal() error {
 		return fmt.Errorf("telemetry spool: %w", err)
 	}
 	return nil
+}
+
+// deleteOldestRejected deletes the oldest set-aside segment; false if
+// there is none (or it cannot be deleted). Its rows were counted as
+// dropped when it was set aside.
+func (s *Spool) deleteOldestRejected() bool {
+	if len(s.rejected) == 0 {
+		return false
+	}
+	g := s.rejected[0]
+	if err := os.Remove(s.path(g.seq) + rejectedExt); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	s.rejected = s.rejected[1:]
+	s.rejectedBytes -= g.bytes
+	s.rejectedDeleted.Add(1)
+	return true
 }
 
 // dropOldest removes the oldest segment that is not in flight, sealing
@@ -340,8 +390,9 @@ func (s *Spool) Release(seq uint64) {
 }
 
 // SetAside moves a segment ClickHouse refuses for good out of the queue,
-// renamed *.rejected in the spool's directory for an operator to look
-// at; its rows count as dropped.
+// renamed *.rows.rejected in the spool's directory for an operator to
+// look at; its rows count as dropped. It still counts against MaxBytes
+// until room is needed: then the oldest set-aside segments go first.
 func (s *Spool) SetAside(seq uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -352,12 +403,16 @@ func (s *Spool) SetAside(seq uint64) error {
 	if i < 0 {
 		return nil
 	}
-	if err := os.Rename(s.path(seq), s.path(seq)+".rejected"); err != nil {
+	if err := os.Rename(s.path(seq), s.path(seq)+rejectedExt); err != nil {
 		return fmt.Errorf("telemetry spool: %w", err)
 	}
-	s.dropped.Add(uint64(s.sealed[i].rows))
-	s.total -= s.sealed[i].bytes
+	g := s.sealed[i]
+	s.dropped.Add(uint64(g.rows))
+	s.total -= g.bytes
 	s.sealed = slices.Delete(s.sealed, i, i+1)
+	s.rejected = append(s.rejected, g)
+	slices.SortFunc(s.rejected, func(a, b *segment) int { return cmpUint(a.seq, b.seq) })
+	s.rejectedBytes += g.bytes
 	return nil
 }
 
@@ -377,6 +432,10 @@ func (s *Spool) Pending() (rows int, bytes int64) {
 // Dropped is how many rows were dropped because the spool was full (or
 // ClickHouse refused them for good) since it was opened.
 func (s *Spool) Dropped() uint64 { return s.dropped.Load() }
+
+// RejectedDeleted is how many set-aside segments were deleted to keep the
+// spool within MaxBytes since it was opened.
+func (s *Spool) RejectedDeleted() uint64 { return s.rejectedDeleted.Load() }
 
 // Corrupt is how many corrupted or torn lines reading skipped since the
 // spool was opened.

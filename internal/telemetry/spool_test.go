@@ -210,3 +210,76 @@ func TestSpoolSkipsACorruptedTailAndKeepsTheRest(t *testing.T) {
 		t.Fatalf("rows = %v, corrupt = %d; want 2 rows and 1 corrupt line", got, s3.Corrupt())
 	}
 }
+
+// dirBytes is the size of every file in dir.
+func dirBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += info.Size()
+	}
+	return n
+}
+
+// With ClickHouse refusing every segment, what is set aside stays within
+// the bound: the oldest set-aside segments are deleted first, the newest
+// kept for an operator, and the spool still takes new rows.
+func TestSpoolBoundsSegmentsSetAside(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenSpool(SpoolConfig{Dir: dir, MaxBytes: 2000, SegmentBytes: 400})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last uint64
+	for i := 0; i < 40; i++ {
+		if err := s.Append(recs(1000+i*4, 4)); err != nil {
+			t.Fatal(err)
+		}
+		seg, ok, err := s.Oldest()
+		if err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		if err := s.SetAside(seg.Seq); err != nil {
+			t.Fatal(err)
+		}
+		last = seg.Seq
+		if n := dirBytes(t, dir); n > 2000 {
+			t.Fatalf("after %d refused segments the spool's directory holds %d bytes, bound is 2000", i+1, n)
+		}
+	}
+	if s.RejectedDeleted() == 0 {
+		t.Fatal("no set-aside segment deleted")
+	}
+	if _, err := os.Stat(s.path(last) + rejectedExt); err != nil {
+		t.Fatalf("the newest set-aside segment is gone: %v", err)
+	}
+	if _, err := os.Stat(s.path(1) + rejectedExt); err == nil {
+		t.Fatal("the oldest set-aside segment survived")
+	}
+
+	// A restart counts them too, and deletes the oldest past a smaller bound.
+	s2, err := OpenSpool(SpoolConfig{Dir: dir, MaxBytes: 500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := dirBytes(t, dir); n > 500 || s2.RejectedDeleted() == 0 {
+		t.Fatalf("reopened with a bound of 500: %d bytes on disk, %d set-aside segments deleted", n, s2.RejectedDeleted())
+	}
+	if _, err := os.Stat(s2.path(last) + rejectedExt); err != nil {
+		t.Fatalf("the newest set-aside segment is gone: %v", err)
+	}
+	if err := s2.Append(recs(2000, 2)); err != nil {
+		t.Fatal(err)
+	}
+	if s2.next <= last {
+		t.Fatalf("next segment %d would reuse a set-aside segment's number (%d)", s2.next, last)
+	}
+}
