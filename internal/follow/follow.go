@@ -35,6 +35,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/engine"
+	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/retry"
 	"github.com/kiln-dev/kiln/internal/steps"
 	"github.com/kiln-dev/kiln/internal/ticker"
@@ -132,7 +133,7 @@ type solve struct {
 // New returns a Follower.
 func New(cfg Config) (*Follower, error) {
 	if cfg.Lookup == nil || cfg.Store == nil {
-		return nil, fmt.Errorf("follow: Lookup and Store are required")
+		return nil, fmt.Errorf("follow: Lookup and Store are required: %w", errdefs.ErrInvalid)
 	}
 	if cfg.MaxLogBytes <= 0 {
 		cfg.MaxLogBytes = 16 << 20

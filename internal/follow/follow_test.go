@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/follow"
 )
 
@@ -264,5 +265,13 @@ func TestFollowerKeepsAStepWithTheFirstSolveThatRanIt(t *testing.T) {
 	}
 	if len(logs) != 1 {
 		t.Errorf("logs = %+v; want the first solve's line once", logs)
+	}
+}
+
+// A Follower missing a required dependency is a caller's mistake, of kind
+// invalid, not an untyped failure.
+func TestNewRequiresLookupAndStore(t *testing.T) {
+	if _, err := follow.New(follow.Config{}); !errdefs.IsInvalid(err) {
+		t.Fatalf("New without Lookup and Store: %v; want an invalid-argument error", err)
 	}
 }
