@@ -71,8 +71,30 @@ type Config struct {
 const DefaultGrace = 10 * time.Second
 
 // maxRefs bounds the solves followed per build (a bake of many targets
-// is many solves); later ones are not followed.
-const maxRefs = 256
+// is many solves, one per target and platform: a few hundred at most);
+// later ones are not followed. Each followed solve costs a goroutine and a
+// Status stream on the builder for as long as the build lives.
+const maxRefs = 1024
+
+// maxRefLen bounds a ref's length. BuildKit's clients name a solve with
+// identity.NewID: 25 characters of [0-9a-z].
+const maxRefLen = 64
+
+// validRef reports whether ref has the form of a BuildKit solve ref
+// (see maxRefLen). The ref comes from the client's Solve request, so
+// anything else (huge, or with bytes a log line should not carry) is not
+// followed.
+func validRef(ref string) bool {
+	if len(ref) == 0 || len(ref) > maxRefLen {
+		return false
+	}
+	for i := 0; i < len(ref); i++ {
+		if c := ref[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
+}
 
 // Follower follows builds' solves on their builders. It is safe for
 // concurrent use. Every goroutine it starts ends when its Status stream
@@ -160,7 +182,13 @@ func New(cfg Config) (*Follower, error) {
 // when the label's solves run on builders of two platforms or more, with
 // each one's platform ("[app linux/arm64 2/3] RUN …"). When a second
 // platform appears, the steps stored before are renamed.
+//
+// A ref not of BuildKit's form (see validRef) is ignored, and so are the
+// refs of a build past its first maxRefs.
 func (f *Follower) Solve(buildID, projectID, serverName, ref, label string) {
+	if !validRef(ref) {
+		return
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {

@@ -2,6 +2,7 @@ package follow_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
@@ -273,5 +274,40 @@ func TestFollowerKeepsAStepWithTheFirstSolveThatRanIt(t *testing.T) {
 func TestNewRequiresLookupAndStore(t *testing.T) {
 	if _, err := follow.New(follow.Config{}); !errdefs.IsInvalid(err) {
 		t.Fatalf("New without Lookup and Store: %v; want an invalid-argument error", err)
+	}
+}
+
+// From the attacker's side: a client's Solve names any ref it likes. A ref
+// that is not of BuildKit's form (huge, or carrying a line break into the
+// logs) is not followed: no goroutine, no dial, nothing kept. A build's
+// refs are followed up to a bound that a large bake stays under.
+func TestFollowerFollowsOnlyBuildKitRefsUpToABound(t *testing.T) {
+	var mu sync.Mutex
+	lookups := 0
+	f, err := follow.New(follow.Config{
+		Lookup: func(string) (string, string, bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			lookups++
+			return "", "", false // builder gone: the solve is given up at once
+		},
+		Store: (&sink{steps: map[string]build.Step{}}).store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{"", strings.Repeat("a", 65), strings.Repeat("x", 32<<20), "ref\nlevel=ERROR msg=forged", "REF1", "ref/../1", "réf"} {
+		f.Solve("hostile", "p", "p-amd64.builder.kiln", ref, "")
+	}
+	if f.Following("hostile") {
+		t.Error("a build is followed after Solves with refs not of BuildKit's form")
+	}
+	// A bake of 600 targets on two platforms is not cut short, and a
+	// build's refs past the bound are not followed.
+	for i := range 1200 {
+		f.Solve("bake", "p", "p-amd64.builder.kiln", fmt.Sprintf("%025d", i), "")
+	}
+	f.Close()
+	if lookups != 1024 {
+		t.Errorf("%d solves followed; want the valid refs of the bake up to 1024 and none of the others", lookups)
 	}
 }
