@@ -87,6 +87,7 @@ type solveStream struct {
 	gzip  bool   // grpc-encoding: gzip
 	label string // steps.LabelHeader, if it is a label
 	msg   []byte // the gRPC message so far, with its 5-byte prefix
+	scan  refScan
 }
 
 func newTap(onSolve func(ref, label string), onStop func(error)) *tap {
@@ -319,7 +320,7 @@ func (t *tap) solveData(s *solveStream) (done bool, err error) {
 	} else if len(body) > size {
 		body = body[:size]
 	}
-	ref, found, err := solveRef(body)
+	ref, found, err := s.scan.next(body)
 	switch {
 	case err != nil && len(body) < size && !compressed:
 		return false, nil // truncated so far: wait for more
@@ -353,27 +354,47 @@ func validRef(ref string) bool {
 	return true
 }
 
-// solveRef scans a (possibly partial) SolveRequest for its ref (field 1).
-// err is set when a field is cut off or malformed.
-func solveRef(b []byte) (ref string, found bool, err error) {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
+// refScan looks for a SolveRequest's ref (field 1) in a message that
+// arrives a DATA frame at a time. It resumes where the last call stopped,
+// so a message of many small fields costs its length once, not once per
+// frame. (Go clients write the ref first, so it is usually found in the
+// first frame.)
+type refScan struct {
+	off   int // bytes of complete fields (or group delimiters) scanned
+	depth int // groups open at off: a field 1 inside one is not the ref
+}
+
+// next scans b, the message so far (from its start, a prefix of the same
+// bytes as at the last call). err is set when the field at the resume
+// point is cut off or malformed; a later call with more bytes retries it.
+func (sc *refScan) next(b []byte) (ref string, found bool, err error) {
+	for sc.off < len(b) {
+		rest := b[sc.off:]
+		num, typ, n := protowire.ConsumeTag(rest)
 		if n < 0 {
 			return "", false, protowire.ParseError(n)
 		}
-		b = b[n:]
-		if num == 1 && typ == protowire.BytesType {
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return "", false, protowire.ParseError(n)
+		var m int
+		switch {
+		case typ == protowire.StartGroupType:
+			sc.depth++
+		case typ == protowire.EndGroupType:
+			if sc.depth == 0 {
+				return "", false, errors.New("end of a group never started")
+			}
+			sc.depth--
+		case num == 1 && typ == protowire.BytesType && sc.depth == 0:
+			v, m := protowire.ConsumeBytes(rest[n:])
+			if m < 0 {
+				return "", false, protowire.ParseError(m)
 			}
 			return string(v), true, nil
+		default:
+			if m = protowire.ConsumeFieldValue(num, typ, rest[n:]); m < 0 {
+				return "", false, protowire.ParseError(m)
+			}
 		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			return "", false, protowire.ParseError(n)
-		}
-		b = b[n:]
+		sc.off += n + m
 	}
 	return "", false, nil
 }

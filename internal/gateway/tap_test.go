@@ -13,10 +13,12 @@ import (
 
 	controlapi "github.com/moby/buildkit/api/services/control"
 	pb "github.com/moby/buildkit/solver/pb"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/kiln-dev/kiln/internal/gateway"
 	"github.com/kiln-dev/kiln/internal/steps"
@@ -222,4 +224,81 @@ func (s smallReads) Read(p []byte) (int, error) {
 		p = p[:7]
 	}
 	return s.r.Read(p)
+}
+
+// h2 writes a client's side of an HTTP/2 connection by hand, for what a
+// real gRPC client would not send.
+type h2 struct {
+	bytes.Buffer
+	enc *hpack.Encoder
+	hb  bytes.Buffer
+}
+
+func newH2() *h2 {
+	c := &h2{}
+	c.enc = hpack.NewEncoder(&c.hb)
+	c.WriteString("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+	return c
+}
+
+func (c *h2) frame(typ, flags byte, stream uint32, payload []byte) {
+	n := len(payload)
+	c.Write([]byte{byte(n >> 16), byte(n >> 8), byte(n), typ, flags, byte(stream >> 24), byte(stream >> 16), byte(stream >> 8), byte(stream)})
+	c.Write(payload)
+}
+
+// solve opens stream as a Solve call.
+func (c *h2) solve(stream uint32) {
+	c.hb.Reset()
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/moby.buildkit.v1.Control/Solve"},
+		{":authority", "builder"}, {"content-type", "application/grpc"}} {
+		c.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	c.frame(0x1, 0x4, stream, c.hb.Bytes()) // HEADERS, END_HEADERS
+}
+
+// message sends a gRPC message of declared size (≥ len(msg): the rest
+// never comes) on stream in DATA frames of at most frame bytes.
+func (c *h2) message(stream uint32, size int, msg []byte, frame int) {
+	p := append([]byte{0, byte(size >> 24), byte(size >> 16), byte(size >> 8), byte(size)}, msg...)
+	for len(p) > 0 {
+		n := min(len(p), frame)
+		c.frame(0x0, 0, stream, p[:n])
+		p = p[n:]
+	}
+}
+
+// From the attacker's side: a Solve request of many tiny fields, sent in
+// small frames before its ref, costs the tap its length once, not once per
+// frame (which made 8 MiB take minutes of one core).
+func TestTapScansASolveRequestOnce(t *testing.T) {
+	var msg []byte
+	for len(msg) < 8<<20 {
+		msg = protowire.AppendTag(msg, 15, protowire.VarintType)
+		msg = protowire.AppendVarint(msg, 0)
+	}
+	msg = protowire.AppendString(protowire.AppendTag(msg, 1, protowire.BytesType), "k2l5wq0ldmxa8x7x6ab4sp3lo")
+	c := newH2()
+	c.solve(1)
+	c.message(1, len(msg), msg, 16<<10)
+	in := c.Bytes()
+
+	var reported []string
+	var stops []error
+	r := gateway.NewTapReader(bytes.NewReader(in), func(ref, _ string) { reported = append(reported, ref) }, func(err error) { stops = append(stops, err) })
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, r); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the tap is still scanning an 8 MiB Solve request after 10s")
+	}
+	t.Logf("scanned in %v", time.Since(start))
+	if len(reported) != 1 || reported[0] != "k2l5wq0ldmxa8x7x6ab4sp3lo" || len(stops) != 0 {
+		t.Fatalf("reported %q, stopped %v; want the ref found after the small fields", reported, stops)
+	}
 }
