@@ -98,25 +98,37 @@ type Gateway struct {
 	cfg Config
 	log *slog.Logger
 
-	// mu guards certs, pools and conns.
+	// mu guards certs, pools, conns and each conn's builder and spliced.
 	mu    sync.Mutex
 	certs map[string]*tls.Certificate // server name → the certificate presented for it
 	pools map[string]*x509.CertPool   // project → its CA, the only issuer accepted
+	// conns are the client connections past their handshake: being
+	// authorized, or spliced. A connection is in it before Authorize is
+	// asked, so a Revoke while the answer is pending closes it too.
 	conns map[*conn]struct{}
 }
 
-// conn is one spliced client connection. Its fields never change.
+// conn is one client connection of a build.
 type conn struct {
 	projectID, buildID string
 	client             net.Conn
-	builder            net.Conn
-	once               sync.Once
+	// builder is the builder's socket, set with spliced once the build is
+	// authorized, under Gateway.mu and only while the conn is in conns: a
+	// conn revoked before that never gets one (Serve closes the socket it
+	// dialed), so close, called after the conn left conns, reads it safely.
+	builder net.Conn
+	// spliced: authorized and connected to the builder. Active, Conns and
+	// the recheck count only these.
+	spliced bool
+	once    sync.Once
 }
 
 func (c *conn) close() {
 	c.once.Do(func() {
 		c.client.Close()
-		c.builder.Close()
+		if c.builder != nil {
+			c.builder.Close()
+		}
 	})
 }
 
@@ -224,24 +236,44 @@ func (g *Gateway) Serve(c *tls.Conn) {
 		c.Close()
 		return
 	}
+	// Registered before Authorize: a Revoke of the build from now on
+	// closes this connection, even while the answer is on its way.
+	cn := &conn{projectID: projectID, buildID: buildID, client: c}
+	g.mu.Lock()
+	g.conns[cn] = struct{}{}
+	g.mu.Unlock()
+	forget := func() {
+		g.mu.Lock()
+		delete(g.conns, cn)
+		g.mu.Unlock()
+		cn.close()
+	}
 	if err := g.cfg.Authorize(ctx, projectID, buildID); err != nil {
 		g.log.Info("builder connection refused", "remote", c.RemoteAddr().String(), "builder", name, "build_id", buildID, "reason", err)
-		c.Close()
+		forget()
 		return
 	}
 	var d net.Dialer
 	bc, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
 		g.log.Warn("builder unreachable", "builder", name, "build_id", buildID, "err", err)
-		c.Close()
+		forget()
 		return
 	}
-	cn := &conn{projectID: projectID, buildID: buildID, client: c, builder: bc}
 	release := g.cfg.Builders.Hold(name)
 	defer release()
 	g.mu.Lock()
-	g.conns[cn] = struct{}{}
+	_, live := g.conns[cn]
+	if live {
+		cn.builder, cn.spliced = bc, true
+	}
 	g.mu.Unlock()
+	if !live {
+		g.log.Info("builder connection refused", "remote", c.RemoteAddr().String(), "builder", name, "build_id", buildID, "reason", "revoked while being authorized")
+		bc.Close()
+		cn.close()
+		return
+	}
 	var src io.Reader = cn.client
 	if g.cfg.OnSolve != nil {
 		t := newTap(func(ref, label string) { g.cfg.OnSolve(buildID, projectID, name, ref, label) }, func(err error) {
@@ -274,8 +306,9 @@ func (g *Gateway) splice(cn *conn, fromClient io.Reader) {
 	<-done
 }
 
-// Revoke closes every connection of the build and returns how many there
-// were. New ones are refused by Authorize, not by Revoke.
+// Revoke closes every connection of the build, including one whose
+// Authorize answer is still pending, and returns how many there were. New
+// ones are refused by Authorize, not by Revoke.
 func (g *Gateway) Revoke(buildID string) int {
 	return g.closeWhere(func(c *conn) bool { return c.buildID == buildID })
 }
@@ -323,7 +356,9 @@ func (g *Gateway) recheck(ctx context.Context) {
 	g.mu.Lock()
 	live := map[key]bool{}
 	for c := range g.conns {
-		live[key{c.projectID, c.buildID}] = true
+		if c.spliced {
+			live[key{c.projectID, c.buildID}] = true
+		}
 	}
 	g.mu.Unlock()
 	for k := range live {
@@ -355,7 +390,7 @@ func (g *Gateway) Active(buildID string) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for c := range g.conns {
-		if c.buildID == buildID {
+		if c.buildID == buildID && c.spliced {
 			return true
 		}
 	}
@@ -367,5 +402,11 @@ func (g *Gateway) Active(buildID string) bool {
 func (g *Gateway) Conns() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return len(g.conns)
+	n := 0
+	for c := range g.conns {
+		if c.spliced {
+			n++
+		}
+	}
+	return n
 }

@@ -78,12 +78,37 @@ func echo(t *testing.T, path string) {
 type access struct {
 	mu     sync.Mutex
 	denied map[string]error // build id → why not
+	gates  map[string]gate  // build id → where its next answer waits
 }
+
+// gate holds an Authorize call: entered is closed when it is asked,
+// and it answers once proceed is closed.
+type gate struct{ entered, proceed chan struct{} }
 
 func (a *access) authorize(_ context.Context, projectID, buildID string) error {
 	a.mu.Lock()
+	g, held := a.gates[buildID]
+	delete(a.gates, buildID)
+	a.mu.Unlock()
+	if held {
+		close(g.entered)
+		<-g.proceed
+	}
+	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.denied[buildID]
+}
+
+// hold makes the build's next Authorize call wait (see gate).
+func (a *access) hold(buildID string) gate {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	g := gate{entered: make(chan struct{}), proceed: make(chan struct{})}
+	if a.gates == nil {
+		a.gates = map[string]gate{}
+	}
+	a.gates[buildID] = g
+	return g
 }
 
 func (a *access) deny(buildID string, err error) {
@@ -314,6 +339,37 @@ func TestGatewayRevokeCutsLiveConnections(t *testing.T) {
 	if n := e.gw.RevokeProject("proj-a"); n != 1 {
 		t.Errorf("RevokeProject closed %d, want 1", n)
 	}
+}
+
+// From the attacker's side: a build whose Authorize said yes just as the
+// build ended (Revoke came while the answer was on its way) gets no
+// splice. Before, the connection was not yet registered, so Revoke missed
+// it and it lived until the next recheck, long enough to Solve after the
+// build's end.
+func TestGatewayRevokeReachesAConnectionBeingAuthorized(t *testing.T) {
+	e := newEnv(t, time.Hour)
+	g := e.acc.hold("b1")
+	c, err := e.dial(t, "proj-a", "build:b1", "proj-a-amd64.builder.kiln")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case <-g.entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the gateway never asked Authorize")
+	}
+	if e.gw.Active("b1") || e.gw.Conns() != 0 {
+		t.Error("a connection being authorized counts as active")
+	}
+	if n := e.gw.Revoke("b1"); n != 1 {
+		t.Errorf("Revoke closed %d connections, want the one being authorized", n)
+	}
+	close(g.proceed) // the answer given before the revocation: yes
+	if err := roundTrip(c); err == nil {
+		t.Fatal("a connection revoked while being authorized reaches the builder")
+	}
+	waitUntil(t, "the connection to be gone", func() bool { return e.gw.Conns() == 0 && e.b.held("proj-a-amd64.builder.kiln") == 0 })
 }
 
 // A revocation nobody announced (the token deleted on another path) ends
