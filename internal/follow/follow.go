@@ -70,6 +70,12 @@ type Config struct {
 // steps are all stored.
 const DefaultGrace = 10 * time.Second
 
+// endedMemory is how long a build is remembered as ended after Ended. The
+// gateway closes a build's connections when it ends, or at its next
+// recheck (15 s) when it did not hear; a Solve later than that is not
+// expected even from a slow connection.
+const endedMemory = 5 * time.Minute
+
 // maxRefs bounds the solves followed per build (a bake of many targets
 // is many solves, one per target and platform: a few hundred at most);
 // later ones are not followed. Each followed solve costs a goroutine and a
@@ -103,9 +109,13 @@ type Follower struct {
 	cfg Config
 	log *slog.Logger
 
-	// mu guards builds and closed.
+	// mu guards builds, ended and closed.
 	mu     sync.Mutex
 	builds map[string]*followed
+	// ended are the builds Ended in the last endedMemory: a Solve of one
+	// (from a connection that outlived the build's end) is ignored rather
+	// than make a build that would never end again.
+	ended  map[string]struct{}
 	closed bool
 	wg     sync.WaitGroup // every stream goroutine
 }
@@ -170,7 +180,7 @@ func New(cfg Config) (*Follower, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Follower{cfg: cfg, log: log, builds: map[string]*followed{}}, nil
+	return &Follower{cfg: cfg, log: log, builds: map[string]*followed{}, ended: map[string]struct{}{}}, nil
 }
 
 // Solve starts following a solve of build buildID with ref on the builder
@@ -192,6 +202,9 @@ func (f *Follower) Solve(buildID, projectID, serverName, ref, label string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
+		return
+	}
+	if _, ended := f.ended[buildID]; ended {
 		return
 	}
 	b := f.builds[buildID]
@@ -293,16 +306,27 @@ func (f *Follower) failed(b *followed) {
 
 // Ended tells the follower that the build ended: its streams get Grace to
 // drain what the builder still sends, then stop, and the build is
-// forgotten.
+// forgotten. Solves of it from now on, for endedMemory, are ignored.
 func (f *Follower) Ended(buildID string) {
 	f.mu.Lock()
-	b := f.builds[buildID]
-	if b == nil || b.ended {
+	if _, ended := f.ended[buildID]; ended {
 		f.mu.Unlock()
 		return
 	}
-	b.ended = true
+	f.ended[buildID] = struct{}{}
+	b := f.builds[buildID]
+	if b != nil {
+		b.ended = true
+	}
 	f.mu.Unlock()
+	time.AfterFunc(endedMemory, func() {
+		f.mu.Lock()
+		delete(f.ended, buildID)
+		f.mu.Unlock()
+	})
+	if b == nil {
+		return
+	}
 	time.AfterFunc(f.cfg.Grace, func() {
 		b.cancel()
 		f.mu.Lock()

@@ -311,3 +311,39 @@ func TestFollowerFollowsOnlyBuildKitRefsUpToABound(t *testing.T) {
 		t.Errorf("%d solves followed; want the valid refs of the bake up to 1024 and none of the others", lookups)
 	}
 }
+
+// From the attacker's side: a Solve that comes after the build ended (its
+// connection outlived the end) is not followed, before or after the
+// grace: the build would be followed again and never forgotten.
+func TestFollowerIgnoresSolvesOfAnEndedBuild(t *testing.T) {
+	var mu sync.Mutex
+	lookups := map[string]int{}
+	f, err := follow.New(follow.Config{
+		Lookup: func(name string) (string, string, bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			lookups[name]++
+			return "", "", false
+		},
+		Store: (&sink{steps: map[string]build.Step{}}).store, Grace: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// Ended before any Solve, then a Solve.
+	f.Ended("b1")
+	f.Solve("b1", "p", "late", "ref1", "")
+	// Followed, ended, a Solve within the grace and one after it.
+	f.Solve("b2", "p", "first", "ref1", "")
+	f.Ended("b2")
+	f.Solve("b2", "p", "late", "ref2", "")
+	time.Sleep(100 * time.Millisecond)
+	f.Solve("b2", "p", "late", "ref3", "")
+	if f.Following("b1") || f.Following("b2") {
+		t.Error("an ended build is followed")
+	}
+	f.Close()
+	if lookups["late"] != 0 || lookups["first"] != 1 {
+		t.Errorf("solves followed per builder: %v; want only b2's before it ended", lookups)
+	}
+}
