@@ -126,7 +126,11 @@ type followed struct {
 	ctx    context.Context // ends Grace after the build ends, or at Close
 	cancel context.CancelFunc
 	refs   map[string]bool // solves followed; guarded by Follower.mu
-	ended  bool            // Ended was called; guarded by Follower.mu
+	// skip is Config.Skip's answer for the build, asked by its first solve
+	// and kept for the others (a bake's hundreds of solves ask once); nil
+	// when Config.Skip is.
+	skip  func() bool
+	ended bool // Ended was called; guarded by Follower.mu
 	// covering counts the solves whose steps come from the builder:
 	// started, and not given up before the builder said anything (see
 	// failed). Guarded by Follower.mu.
@@ -211,6 +215,9 @@ func (f *Follower) Solve(buildID, projectID, serverName, ref, label string) {
 	if b == nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		b = &followed{id: buildID, ctx: ctx, cancel: cancel, refs: map[string]bool{}, multi: map[string]bool{}, owner: map[string]*solve{}}
+		if skip := f.cfg.Skip; skip != nil {
+			b.skip = sync.OnceValue(func() bool { return skip(ctx, buildID) })
+		}
 		f.builds[buildID] = b
 	}
 	if b.ended || b.refs[ref] || len(b.refs) >= maxRefs {
@@ -353,7 +360,7 @@ func (f *Follower) Close() {
 func (f *Follower) follow(b *followed, sv *solve, projectID, serverName, ref string) {
 	ctx := b.ctx
 	log := f.log.With("build_id", b.id, "project_id", projectID, "builder", serverName, "ref", ref)
-	if f.cfg.Skip != nil && f.cfg.Skip(ctx, b.id) {
+	if b.skip != nil && b.skip() {
 		f.failed(b)
 		return
 	}

@@ -347,3 +347,30 @@ func TestFollowerIgnoresSolvesOfAnEndedBuild(t *testing.T) {
 		t.Errorf("solves followed per builder: %v; want only b2's before it ended", lookups)
 	}
 }
+
+// Skip is asked once per build, not once per solve: a bake of hundreds of
+// targets is one store lookup.
+func TestFollowerAsksSkipOncePerBuild(t *testing.T) {
+	var mu sync.Mutex
+	asked := map[string]int{}
+	f, err := follow.New(follow.Config{
+		Lookup: func(string) (string, string, bool) { return "", "", false },
+		Store:  (&sink{steps: map[string]build.Step{}}).store,
+		Skip: func(_ context.Context, buildID string) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			asked[buildID]++
+			return buildID == "source"
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		f.Solve("bake", "p", "p-amd64.builder.kiln", fmt.Sprintf("ref%d", i), "")
+		f.Solve("source", "p", "p-amd64.builder.kiln", fmt.Sprintf("ref%d", i), "")
+	}
+	f.Close()
+	if asked["bake"] != 1 || asked["source"] != 1 {
+		t.Errorf("Skip asked %v; want once per build", asked)
+	}
+}
