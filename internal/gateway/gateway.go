@@ -97,6 +97,8 @@ const (
 type Gateway struct {
 	cfg Config
 	log *slog.Logger
+	// tapMem is what the solve taps of all connections may hold together.
+	tapMem *budget
 
 	// mu guards certs, pools, conns and each conn's builder and spliced.
 	mu    sync.Mutex
@@ -147,7 +149,7 @@ func New(cfg Config) (*Gateway, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Gateway{cfg: cfg, log: log, certs: map[string]*tls.Certificate{}, pools: map[string]*x509.CertPool{}, conns: map[*conn]struct{}{}}, nil
+	return &Gateway{cfg: cfg, log: log, tapMem: newBudget(tapBudget), certs: map[string]*tls.Certificate{}, pools: map[string]*x509.CertPool{}, conns: map[*conn]struct{}{}}, nil
 }
 
 // TLSConfig is the server configuration for a client asking for a
@@ -276,9 +278,12 @@ func (g *Gateway) Serve(c *tls.Conn) {
 	}
 	var src io.Reader = cn.client
 	if g.cfg.OnSolve != nil {
-		t := newTap(func(ref, label string) { g.cfg.OnSolve(buildID, projectID, name, ref, label) }, func(err error) {
+		t := newTap(g.tapMem, func(ref, label string) { g.cfg.OnSolve(buildID, projectID, name, ref, label) }, func(err error) {
 			g.log.Debug("builder connection no longer tapped for solves", "builder", name, "build_id", buildID, "reason", err)
 		})
+		// The splice's reader may stop without a last read (its writer
+		// failed): what the tap holds goes back to the budget here too.
+		defer t.release()
 		src = tapReader{r: cn.client, t: t}
 	}
 	g.splice(cn, src)

@@ -16,6 +16,8 @@ import (
 	"testing/iotest"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
+
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/gateway"
 	"github.com/kiln-dev/kiln/internal/pki"
@@ -125,7 +127,7 @@ type env struct {
 	b    *builders
 }
 
-func newEnv(t *testing.T, recheck time.Duration) *env {
+func newEnv(t *testing.T, recheck time.Duration, opts ...func(*gateway.Config)) *env {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := pki.Open(filepath.Join(dir, "pki"))
@@ -139,7 +141,11 @@ func newEnv(t *testing.T, recheck time.Duration) *env {
 		b.sockets[p+"-amd64.builder.kiln"] = [2]string{p, sock}
 	}
 	acc := &access{denied: map[string]error{}}
-	gw, err := gateway.New(gateway.Config{Builders: b, Certs: ca, Authorize: acc.authorize, Recheck: recheck})
+	cfg := gateway.Config{Builders: b, Certs: ca, Authorize: acc.authorize, Recheck: recheck}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	gw, err := gateway.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -370,6 +376,33 @@ func TestGatewayRevokeReachesAConnectionBeingAuthorized(t *testing.T) {
 		t.Fatal("a connection revoked while being authorized reaches the builder")
 	}
 	waitUntil(t, "the connection to be gone", func() bool { return e.gw.Conns() == 0 && e.b.held("proj-a-amd64.builder.kiln") == 0 })
+}
+
+// What a connection's tap holds (here a Solve request whose ref never
+// comes) is taken from the gateway's budget and given back when the
+// connection ends.
+func TestGatewayTapGivesBackItsMemory(t *testing.T) {
+	e := newEnv(t, time.Hour, func(c *gateway.Config) { c.OnSolve = func(_, _, _, _, _ string) {} })
+	c, err := e.dial(t, "proj-a", "build:b1", "proj-a-amd64.builder.kiln")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go io.Copy(io.Discard, c) // the echo builder's answer
+	msg := protowire.AppendTag(nil, 2, protowire.BytesType)
+	msg = protowire.AppendVarint(msg, 8<<20)
+	msg = append(msg, make([]byte, 1<<20)...)
+	h := newH2()
+	h.solve(1)
+	h.message(1, 8<<20, msg, 16<<10)
+	if _, err := c.Write(h.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the tap to hold the request", func() bool { return e.gw.TapMemoryLeft() <= gateway.TapBudgetSize-1<<20 })
+	c.Close()
+	waitUntil(t, "the connection's end to give the tap's memory back", func() bool {
+		return e.gw.Conns() == 0 && e.gw.TapMemoryLeft() == gateway.TapBudgetSize
+	})
 }
 
 // A revocation nobody announced (the token deleted on another path) ends

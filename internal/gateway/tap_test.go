@@ -302,3 +302,76 @@ func TestTapScansASolveRequestOnce(t *testing.T) {
 		t.Fatalf("reported %q, stopped %v; want the ref found after the small fields", reported, stops)
 	}
 }
+
+// From the attacker's side: connections each holding a large Solve request
+// whose ref never comes cannot make the taps hold more than their shared
+// budget. The tap that would pass it stops; its bytes still pass through
+// untouched, and what the taps held is given back at their connections'
+// end.
+func TestTapStopsAtTheSharedBudget(t *testing.T) {
+	const size = 4 << 20
+	mem := gateway.NewTapBudget(size)
+	// A Solve request of declared size n, of which only its definition's
+	// first bytes come.
+	partial := func(n, sent int) []byte {
+		msg := protowire.AppendTag(nil, 2, protowire.BytesType)
+		msg = protowire.AppendVarint(msg, uint64(n))
+		msg = append(msg, make([]byte, sent)...)
+		c := newH2()
+		c.solve(1)
+		c.message(1, n+len(msg)-sent, msg, 16<<10)
+		return c.Bytes()
+	}
+	type conn struct {
+		r       io.Reader
+		stopped []error
+	}
+	open := func(in []byte) *conn {
+		c := &conn{}
+		c.r = gateway.NewTapReaderIn(mem, bytes.NewReader(in), func(string, string) {}, func(err error) { c.stopped = append(c.stopped, err) })
+		return c
+	}
+
+	inA := partial(3<<20, 5<<19) // 2.5 MiB of 3
+	a := open(inA)
+	if _, err := io.ReadFull(a.r, make([]byte, len(inA))); err != nil { // all of it, not its end
+		t.Fatal(err)
+	}
+	if left := mem.Left(); left > size-5<<19 || len(a.stopped) != 0 {
+		t.Fatalf("budget left %d, stops %v: the first request is not held", left, a.stopped)
+	}
+
+	inB := partial(2<<20, 2<<20)
+	b := open(inB)
+	var out bytes.Buffer
+	if err := gateway.Pump(&out, b.r); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out.Bytes(), inB) {
+		t.Fatal("the tap that ran out of budget changed the bytes passing through it")
+	}
+	if len(b.stopped) != 1 {
+		t.Fatalf("a tap past the budget stopped %d times; want once", len(b.stopped))
+	}
+	if _, err := io.Copy(io.Discard, a.r); err != nil { // a's end
+		t.Fatal(err)
+	}
+	if left := mem.Left(); left != size {
+		t.Fatalf("budget left %d after every connection ended; want all %d back", left, size)
+	}
+
+	// The budget serves the next connection in full again.
+	var reported []string
+	c := newH2()
+	c.solve(1)
+	msg := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), "k2l5wq0ldmxa8x7x6ab4sp3lo")
+	msg = protowire.AppendBytes(protowire.AppendTag(msg, 2, protowire.BytesType), make([]byte, 3<<20))
+	c.message(1, len(msg), msg, 16<<10)
+	r := gateway.NewTapReaderIn(mem, bytes.NewReader(c.Bytes()), func(ref, _ string) { reported = append(reported, ref) }, nil)
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		t.Fatal(err)
+	}
+	if len(reported) != 1 || mem.Left() != size {
+		t.Fatalf("reported %q, budget left %d", reported, mem.Left())
+	}
+}
