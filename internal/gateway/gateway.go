@@ -102,12 +102,18 @@ type Gateway struct {
 
 	// mu guards certs, pools, conns and each conn's builder and spliced.
 	mu    sync.Mutex
-	certs map[string]*tls.Certificate // server name → the certificate presented for it
-	pools map[string]*x509.CertPool   // project → its CA, the only issuer accepted
+	certs map[string]serverCert     // server name → the certificate presented for it
+	pools map[string]*x509.CertPool // project → its CA, the only issuer accepted
 	// conns are the client connections past their handshake: being
 	// authorized, or spliced. A connection is in it before Authorize is
 	// asked, so a Revoke while the answer is pending closes it too.
 	conns map[*conn]struct{}
+}
+
+// serverCert is a builder's server certificate and the project it is of.
+type serverCert struct {
+	*tls.Certificate
+	projectID string
 }
 
 // conn is one client connection of a build.
@@ -149,7 +155,7 @@ func New(cfg Config) (*Gateway, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Gateway{cfg: cfg, log: log, tapMem: newBudget(tapBudget), certs: map[string]*tls.Certificate{}, pools: map[string]*x509.CertPool{}, conns: map[*conn]struct{}{}}, nil
+	return &Gateway{cfg: cfg, log: log, tapMem: newBudget(tapBudget), certs: map[string]serverCert{}, pools: map[string]*x509.CertPool{}, conns: map[*conn]struct{}{}}, nil
 }
 
 // TLSConfig is the server configuration for a client asking for a
@@ -179,7 +185,7 @@ func (g *Gateway) TLSConfig(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 // project CA, reissued an hour before it expires) and the project's CA pool.
 func (g *Gateway) credentials(projectID, name string) (*tls.Certificate, *x509.CertPool, error) {
 	g.mu.Lock()
-	cert, pool := g.certs[name], g.pools[projectID]
+	cert, pool := g.certs[name].Certificate, g.pools[projectID]
 	g.mu.Unlock()
 	if cert != nil && pool != nil && time.Until(cert.Leaf.NotAfter) > serverCertRenew {
 		return cert, pool, nil
@@ -206,7 +212,7 @@ func (g *Gateway) credentials(projectID, name string) (*tls.Certificate, *x509.C
 		cert = &c // X509KeyPair fills Leaf
 	}
 	g.mu.Lock()
-	g.certs[name], g.pools[projectID] = cert, pool
+	g.certs[name], g.pools[projectID] = serverCert{cert, projectID}, pool
 	g.mu.Unlock()
 	return cert, pool, nil
 }
@@ -318,8 +324,19 @@ func (g *Gateway) Revoke(buildID string) int {
 	return g.closeWhere(func(c *conn) bool { return c.buildID == buildID })
 }
 
-// RevokeProject closes every connection to the project's builders.
+// RevokeProject closes every connection to the project's builders and
+// forgets the project's CA and its builders' certificates: it is called
+// when the project is deleted (a later handshake for it, if any, loads
+// and issues them again).
 func (g *Gateway) RevokeProject(projectID string) int {
+	g.mu.Lock()
+	delete(g.pools, projectID)
+	for name, c := range g.certs {
+		if c.projectID == projectID {
+			delete(g.certs, name)
+		}
+	}
+	g.mu.Unlock()
 	return g.closeWhere(func(c *conn) bool { return c.projectID == projectID })
 }
 

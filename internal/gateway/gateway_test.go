@@ -378,6 +378,51 @@ func TestGatewayRevokeReachesAConnectionBeingAuthorized(t *testing.T) {
 	waitUntil(t, "the connection to be gone", func() bool { return e.gw.Conns() == 0 && e.b.held("proj-a-amd64.builder.kiln") == 0 })
 }
 
+// countingCerts counts the project CAs the gateway loads.
+type countingCerts struct {
+	gateway.Certs
+	mu    sync.Mutex
+	loads map[string]int
+}
+
+func (c *countingCerts) ProjectCA(projectID string) ([]byte, error) {
+	c.mu.Lock()
+	c.loads[projectID]++
+	c.mu.Unlock()
+	return c.Certs.ProjectCA(projectID)
+}
+
+// RevokeProject (the project was deleted) also forgets the project's CA
+// and server certificates: they are not kept for the gateway's life.
+func TestGatewayRevokeProjectForgetsItsCredentials(t *testing.T) {
+	var certs *countingCerts
+	e := newEnv(t, time.Hour, func(c *gateway.Config) {
+		certs = &countingCerts{Certs: c.Certs, loads: map[string]int{}}
+		c.Certs = certs
+	})
+	connect := func() {
+		t.Helper()
+		c, err := e.dial(t, "proj-a", "build:b1", "proj-a-amd64.builder.kiln")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := roundTrip(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	connect()
+	connect()
+	if n := certs.loads["proj-a"]; n != 1 {
+		t.Fatalf("project CA loaded %d times for two connections; want once", n)
+	}
+	e.gw.RevokeProject("proj-a")
+	connect()
+	if n := certs.loads["proj-a"]; n != 2 {
+		t.Errorf("project CA loaded %d times; want again after RevokeProject", n)
+	}
+}
+
 // What a connection's tap holds (here a Solve request whose ref never
 // comes) is taken from the gateway's budget and given back when the
 // connection ends.
