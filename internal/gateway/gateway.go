@@ -78,7 +78,9 @@ type Config struct {
 	// steps (steps.LabelHeader; "" for none). It is called from the splice's
 	// reader and must not block. The gateway learns it by a passive tap
 	// on the decrypted client stream (tap.go); a stream the tap cannot
-	// read is spliced all the same and reported to no one.
+	// read (or past the taps' shared memory budget) is spliced all the
+	// same and reported to no one, and so is a ref not of the form
+	// BuildKit's clients give (1 to 64 of [a-z0-9]).
 	OnSolve func(buildID, projectID, serverName, ref, label string)
 	Logger  *slog.Logger // nil → discard
 }
