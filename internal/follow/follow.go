@@ -35,6 +35,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/engine"
+	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/retry"
 	"github.com/kiln-dev/kiln/internal/steps"
 	"github.com/kiln-dev/kiln/internal/ticker"
@@ -69,9 +70,37 @@ type Config struct {
 // steps are all stored.
 const DefaultGrace = 10 * time.Second
 
+// endedMemory is how long a build is remembered as ended after Ended. The
+// gateway closes a build's connections when it ends, or at its next
+// recheck (15 s) when it did not hear; a Solve later than that is not
+// expected even from a slow connection.
+const endedMemory = 5 * time.Minute
+
 // maxRefs bounds the solves followed per build (a bake of many targets
-// is many solves); later ones are not followed.
-const maxRefs = 256
+// is many solves, one per target and platform: a few hundred at most);
+// later ones are not followed. Each followed solve costs a goroutine and a
+// Status stream on the builder for as long as the build lives.
+const maxRefs = 1024
+
+// maxRefLen bounds a ref's length. BuildKit's clients name a solve with
+// identity.NewID: 25 characters of [0-9a-z].
+const maxRefLen = 64
+
+// validRef reports whether ref has the form of a BuildKit solve ref
+// (see maxRefLen). The ref comes from the client's Solve request, so
+// anything else (huge, or with bytes a log line should not carry) is not
+// followed.
+func validRef(ref string) bool {
+	if len(ref) == 0 || len(ref) > maxRefLen {
+		return false
+	}
+	for i := 0; i < len(ref); i++ {
+		if c := ref[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
+}
 
 // Follower follows builds' solves on their builders. It is safe for
 // concurrent use. Every goroutine it starts ends when its Status stream
@@ -80,9 +109,13 @@ type Follower struct {
 	cfg Config
 	log *slog.Logger
 
-	// mu guards builds and closed.
+	// mu guards builds, ended and closed.
 	mu     sync.Mutex
 	builds map[string]*followed
+	// ended are the builds Ended in the last endedMemory: a Solve of one
+	// (from a connection that outlived the build's end) is ignored rather
+	// than make a build that would never end again.
+	ended  map[string]struct{}
 	closed bool
 	wg     sync.WaitGroup // every stream goroutine
 }
@@ -93,7 +126,11 @@ type followed struct {
 	ctx    context.Context // ends Grace after the build ends, or at Close
 	cancel context.CancelFunc
 	refs   map[string]bool // solves followed; guarded by Follower.mu
-	ended  bool            // Ended was called; guarded by Follower.mu
+	// skip is Config.Skip's answer for the build, asked by its first solve
+	// and kept for the others (a bake's hundreds of solves ask once); nil
+	// when Config.Skip is.
+	skip  func() bool
+	ended bool // Ended was called; guarded by Follower.mu
 	// covering counts the solves whose steps come from the builder:
 	// started, and not given up before the builder said anything (see
 	// failed). Guarded by Follower.mu.
@@ -132,7 +169,7 @@ type solve struct {
 // New returns a Follower.
 func New(cfg Config) (*Follower, error) {
 	if cfg.Lookup == nil || cfg.Store == nil {
-		return nil, fmt.Errorf("follow: Lookup and Store are required")
+		return nil, fmt.Errorf("follow: Lookup and Store are required: %w", errdefs.ErrInvalid)
 	}
 	if cfg.MaxLogBytes <= 0 {
 		cfg.MaxLogBytes = 16 << 20
@@ -147,7 +184,7 @@ func New(cfg Config) (*Follower, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Follower{cfg: cfg, log: log, builds: map[string]*followed{}}, nil
+	return &Follower{cfg: cfg, log: log, builds: map[string]*followed{}, ended: map[string]struct{}{}}, nil
 }
 
 // Solve starts following a solve of build buildID with ref on the builder
@@ -159,16 +196,28 @@ func New(cfg Config) (*Follower, error) {
 // when the label's solves run on builders of two platforms or more, with
 // each one's platform ("[app linux/arm64 2/3] RUN …"). When a second
 // platform appears, the steps stored before are renamed.
+//
+// A ref not of BuildKit's form (see validRef) is ignored, and so are the
+// refs of a build past its first maxRefs.
 func (f *Follower) Solve(buildID, projectID, serverName, ref, label string) {
+	if !validRef(ref) {
+		return
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
+		return
+	}
+	if _, ended := f.ended[buildID]; ended {
 		return
 	}
 	b := f.builds[buildID]
 	if b == nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		b = &followed{id: buildID, ctx: ctx, cancel: cancel, refs: map[string]bool{}, multi: map[string]bool{}, owner: map[string]*solve{}}
+		if skip := f.cfg.Skip; skip != nil {
+			b.skip = sync.OnceValue(func() bool { return skip(ctx, buildID) })
+		}
 		f.builds[buildID] = b
 	}
 	if b.ended || b.refs[ref] || len(b.refs) >= maxRefs {
@@ -264,16 +313,27 @@ func (f *Follower) failed(b *followed) {
 
 // Ended tells the follower that the build ended: its streams get Grace to
 // drain what the builder still sends, then stop, and the build is
-// forgotten.
+// forgotten. Solves of it from now on, for endedMemory, are ignored.
 func (f *Follower) Ended(buildID string) {
 	f.mu.Lock()
-	b := f.builds[buildID]
-	if b == nil || b.ended {
+	if _, ended := f.ended[buildID]; ended {
 		f.mu.Unlock()
 		return
 	}
-	b.ended = true
+	f.ended[buildID] = struct{}{}
+	b := f.builds[buildID]
+	if b != nil {
+		b.ended = true
+	}
 	f.mu.Unlock()
+	time.AfterFunc(endedMemory, func() {
+		f.mu.Lock()
+		delete(f.ended, buildID)
+		f.mu.Unlock()
+	})
+	if b == nil {
+		return
+	}
 	time.AfterFunc(f.cfg.Grace, func() {
 		b.cancel()
 		f.mu.Lock()
@@ -300,7 +360,7 @@ func (f *Follower) Close() {
 func (f *Follower) follow(b *followed, sv *solve, projectID, serverName, ref string) {
 	ctx := b.ctx
 	log := f.log.With("build_id", b.id, "project_id", projectID, "builder", serverName, "ref", ref)
-	if f.cfg.Skip != nil && f.cfg.Skip(ctx, b.id) {
+	if b.skip != nil && b.skip() {
 		f.failed(b)
 		return
 	}

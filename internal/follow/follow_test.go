@@ -2,6 +2,7 @@ package follow_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/follow"
 )
 
@@ -264,5 +266,111 @@ func TestFollowerKeepsAStepWithTheFirstSolveThatRanIt(t *testing.T) {
 	}
 	if len(logs) != 1 {
 		t.Errorf("logs = %+v; want the first solve's line once", logs)
+	}
+}
+
+// A Follower missing a required dependency is a caller's mistake, of kind
+// invalid, not an untyped failure.
+func TestNewRequiresLookupAndStore(t *testing.T) {
+	if _, err := follow.New(follow.Config{}); !errdefs.IsInvalid(err) {
+		t.Fatalf("New without Lookup and Store: %v; want an invalid-argument error", err)
+	}
+}
+
+// From the attacker's side: a client's Solve names any ref it likes. A ref
+// that is not of BuildKit's form (huge, or carrying a line break into the
+// logs) is not followed: no goroutine, no dial, nothing kept. A build's
+// refs are followed up to a bound that a large bake stays under.
+func TestFollowerFollowsOnlyBuildKitRefsUpToABound(t *testing.T) {
+	var mu sync.Mutex
+	lookups := 0
+	f, err := follow.New(follow.Config{
+		Lookup: func(string) (string, string, bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			lookups++
+			return "", "", false // builder gone: the solve is given up at once
+		},
+		Store: (&sink{steps: map[string]build.Step{}}).store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{"", strings.Repeat("a", 65), strings.Repeat("x", 32<<20), "ref\nlevel=ERROR msg=forged", "REF1", "ref/../1", "réf"} {
+		f.Solve("hostile", "p", "p-amd64.builder.kiln", ref, "")
+	}
+	if f.Following("hostile") {
+		t.Error("a build is followed after Solves with refs not of BuildKit's form")
+	}
+	// A bake of 600 targets on two platforms is not cut short, and a
+	// build's refs past the bound are not followed.
+	for i := range 1200 {
+		f.Solve("bake", "p", "p-amd64.builder.kiln", fmt.Sprintf("%025d", i), "")
+	}
+	f.Close()
+	if lookups != 1024 {
+		t.Errorf("%d solves followed; want the valid refs of the bake up to 1024 and none of the others", lookups)
+	}
+}
+
+// From the attacker's side: a Solve that comes after the build ended (its
+// connection outlived the end) is not followed, before or after the
+// grace: the build would be followed again and never forgotten.
+func TestFollowerIgnoresSolvesOfAnEndedBuild(t *testing.T) {
+	var mu sync.Mutex
+	lookups := map[string]int{}
+	f, err := follow.New(follow.Config{
+		Lookup: func(name string) (string, string, bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			lookups[name]++
+			return "", "", false
+		},
+		Store: (&sink{steps: map[string]build.Step{}}).store, Grace: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// Ended before any Solve, then a Solve.
+	f.Ended("b1")
+	f.Solve("b1", "p", "late", "ref1", "")
+	// Followed, ended, a Solve within the grace and one after it.
+	f.Solve("b2", "p", "first", "ref1", "")
+	f.Ended("b2")
+	f.Solve("b2", "p", "late", "ref2", "")
+	time.Sleep(100 * time.Millisecond)
+	f.Solve("b2", "p", "late", "ref3", "")
+	if f.Following("b1") || f.Following("b2") {
+		t.Error("an ended build is followed")
+	}
+	f.Close()
+	if lookups["late"] != 0 || lookups["first"] != 1 {
+		t.Errorf("solves followed per builder: %v; want only b2's before it ended", lookups)
+	}
+}
+
+// Skip is asked once per build, not once per solve: a bake of hundreds of
+// targets is one store lookup.
+func TestFollowerAsksSkipOncePerBuild(t *testing.T) {
+	var mu sync.Mutex
+	asked := map[string]int{}
+	f, err := follow.New(follow.Config{
+		Lookup: func(string) (string, string, bool) { return "", "", false },
+		Store:  (&sink{steps: map[string]build.Step{}}).store,
+		Skip: func(_ context.Context, buildID string) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			asked[buildID]++
+			return buildID == "source"
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		f.Solve("bake", "p", "p-amd64.builder.kiln", fmt.Sprintf("ref%d", i), "")
+		f.Solve("source", "p", "p-amd64.builder.kiln", fmt.Sprintf("ref%d", i), "")
+	}
+	f.Close()
+	if asked["bake"] != 1 || asked["source"] != 1 {
+		t.Errorf("Skip asked %v; want once per build", asked)
 	}
 }

@@ -78,7 +78,9 @@ type Config struct {
 	// steps (steps.LabelHeader; "" for none). It is called from the splice's
 	// reader and must not block. The gateway learns it by a passive tap
 	// on the decrypted client stream (tap.go); a stream the tap cannot
-	// read is spliced all the same and reported to no one.
+	// read (or past the taps' shared memory budget) is spliced all the
+	// same and reported to no one, and so is a ref not of the form
+	// BuildKit's clients give (1 to 64 of [a-z0-9]).
 	OnSolve func(buildID, projectID, serverName, ref, label string)
 	Logger  *slog.Logger // nil → discard
 }
@@ -97,26 +99,46 @@ const (
 type Gateway struct {
 	cfg Config
 	log *slog.Logger
+	// tapMem is what the solve taps of all connections may hold together.
+	tapMem *budget
 
-	// mu guards certs, pools and conns.
+	// mu guards certs, pools, conns and each conn's builder and spliced.
 	mu    sync.Mutex
-	certs map[string]*tls.Certificate // server name → the certificate presented for it
-	pools map[string]*x509.CertPool   // project → its CA, the only issuer accepted
+	certs map[string]serverCert     // server name → the certificate presented for it
+	pools map[string]*x509.CertPool // project → its CA, the only issuer accepted
+	// conns are the client connections past their handshake: being
+	// authorized, or spliced. A connection is in it before Authorize is
+	// asked, so a Revoke while the answer is pending closes it too.
 	conns map[*conn]struct{}
 }
 
-// conn is one spliced client connection. Its fields never change.
+// serverCert is a builder's server certificate and the project it is of.
+type serverCert struct {
+	*tls.Certificate
+	projectID string
+}
+
+// conn is one client connection of a build.
 type conn struct {
 	projectID, buildID string
 	client             net.Conn
-	builder            net.Conn
-	once               sync.Once
+	// builder is the builder's socket, set with spliced once the build is
+	// authorized, under Gateway.mu and only while the conn is in conns: a
+	// conn revoked before that never gets one (Serve closes the socket it
+	// dialed), so close, called after the conn left conns, reads it safely.
+	builder net.Conn
+	// spliced: authorized and connected to the builder. Active, Conns and
+	// the recheck count only these.
+	spliced bool
+	once    sync.Once
 }
 
 func (c *conn) close() {
 	c.once.Do(func() {
 		c.client.Close()
-		c.builder.Close()
+		if c.builder != nil {
+			c.builder.Close()
+		}
 	})
 }
 
@@ -135,7 +157,7 @@ func New(cfg Config) (*Gateway, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Gateway{cfg: cfg, log: log, certs: map[string]*tls.Certificate{}, pools: map[string]*x509.CertPool{}, conns: map[*conn]struct{}{}}, nil
+	return &Gateway{cfg: cfg, log: log, tapMem: newBudget(tapBudget), certs: map[string]serverCert{}, pools: map[string]*x509.CertPool{}, conns: map[*conn]struct{}{}}, nil
 }
 
 // TLSConfig is the server configuration for a client asking for a
@@ -165,7 +187,7 @@ func (g *Gateway) TLSConfig(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 // project CA, reissued an hour before it expires) and the project's CA pool.
 func (g *Gateway) credentials(projectID, name string) (*tls.Certificate, *x509.CertPool, error) {
 	g.mu.Lock()
-	cert, pool := g.certs[name], g.pools[projectID]
+	cert, pool := g.certs[name].Certificate, g.pools[projectID]
 	g.mu.Unlock()
 	if cert != nil && pool != nil && time.Until(cert.Leaf.NotAfter) > serverCertRenew {
 		return cert, pool, nil
@@ -192,7 +214,7 @@ func (g *Gateway) credentials(projectID, name string) (*tls.Certificate, *x509.C
 		cert = &c // X509KeyPair fills Leaf
 	}
 	g.mu.Lock()
-	g.certs[name], g.pools[projectID] = cert, pool
+	g.certs[name], g.pools[projectID] = serverCert{cert, projectID}, pool
 	g.mu.Unlock()
 	return cert, pool, nil
 }
@@ -224,29 +246,52 @@ func (g *Gateway) Serve(c *tls.Conn) {
 		c.Close()
 		return
 	}
+	// Registered before Authorize: a Revoke of the build from now on
+	// closes this connection, even while the answer is on its way.
+	cn := &conn{projectID: projectID, buildID: buildID, client: c}
+	g.mu.Lock()
+	g.conns[cn] = struct{}{}
+	g.mu.Unlock()
+	forget := func() {
+		g.mu.Lock()
+		delete(g.conns, cn)
+		g.mu.Unlock()
+		cn.close()
+	}
 	if err := g.cfg.Authorize(ctx, projectID, buildID); err != nil {
 		g.log.Info("builder connection refused", "remote", c.RemoteAddr().String(), "builder", name, "build_id", buildID, "reason", err)
-		c.Close()
+		forget()
 		return
 	}
 	var d net.Dialer
 	bc, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
 		g.log.Warn("builder unreachable", "builder", name, "build_id", buildID, "err", err)
-		c.Close()
+		forget()
 		return
 	}
-	cn := &conn{projectID: projectID, buildID: buildID, client: c, builder: bc}
 	release := g.cfg.Builders.Hold(name)
 	defer release()
 	g.mu.Lock()
-	g.conns[cn] = struct{}{}
+	_, live := g.conns[cn]
+	if live {
+		cn.builder, cn.spliced = bc, true
+	}
 	g.mu.Unlock()
+	if !live {
+		g.log.Info("builder connection refused", "remote", c.RemoteAddr().String(), "builder", name, "build_id", buildID, "reason", "revoked while being authorized")
+		bc.Close()
+		cn.close()
+		return
+	}
 	var src io.Reader = cn.client
 	if g.cfg.OnSolve != nil {
-		t := newTap(func(ref, label string) { g.cfg.OnSolve(buildID, projectID, name, ref, label) }, func(err error) {
+		t := newTap(g.tapMem, func(ref, label string) { g.cfg.OnSolve(buildID, projectID, name, ref, label) }, func(err error) {
 			g.log.Debug("builder connection no longer tapped for solves", "builder", name, "build_id", buildID, "reason", err)
 		})
+		// The splice's reader may stop without a last read (its writer
+		// failed): what the tap holds goes back to the budget here too.
+		defer t.release()
 		src = tapReader{r: cn.client, t: t}
 	}
 	g.splice(cn, src)
@@ -274,14 +319,26 @@ func (g *Gateway) splice(cn *conn, fromClient io.Reader) {
 	<-done
 }
 
-// Revoke closes every connection of the build and returns how many there
-// were. New ones are refused by Authorize, not by Revoke.
+// Revoke closes every connection of the build, including one whose
+// Authorize answer is still pending, and returns how many there were. New
+// ones are refused by Authorize, not by Revoke.
 func (g *Gateway) Revoke(buildID string) int {
 	return g.closeWhere(func(c *conn) bool { return c.buildID == buildID })
 }
 
-// RevokeProject closes every connection to the project's builders.
+// RevokeProject closes every connection to the project's builders and
+// forgets the project's CA and its builders' certificates: it is called
+// when the project is deleted (a later handshake for it, if any, loads
+// and issues them again).
 func (g *Gateway) RevokeProject(projectID string) int {
+	g.mu.Lock()
+	delete(g.pools, projectID)
+	for name, c := range g.certs {
+		if c.projectID == projectID {
+			delete(g.certs, name)
+		}
+	}
+	g.mu.Unlock()
 	return g.closeWhere(func(c *conn) bool { return c.projectID == projectID })
 }
 
@@ -323,7 +380,9 @@ func (g *Gateway) recheck(ctx context.Context) {
 	g.mu.Lock()
 	live := map[key]bool{}
 	for c := range g.conns {
-		live[key{c.projectID, c.buildID}] = true
+		if c.spliced {
+			live[key{c.projectID, c.buildID}] = true
+		}
 	}
 	g.mu.Unlock()
 	for k := range live {
@@ -355,7 +414,7 @@ func (g *Gateway) Active(buildID string) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for c := range g.conns {
-		if c.buildID == buildID {
+		if c.buildID == buildID && c.spliced {
 			return true
 		}
 	}
@@ -367,5 +426,11 @@ func (g *Gateway) Active(buildID string) bool {
 func (g *Gateway) Conns() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return len(g.conns)
+	n := 0
+	for c := range g.conns {
+		if c.spliced {
+			n++
+		}
+	}
+	return n
 }

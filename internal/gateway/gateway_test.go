@@ -16,6 +16,8 @@ import (
 	"testing/iotest"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
+
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/gateway"
 	"github.com/kiln-dev/kiln/internal/pki"
@@ -78,12 +80,37 @@ func echo(t *testing.T, path string) {
 type access struct {
 	mu     sync.Mutex
 	denied map[string]error // build id → why not
+	gates  map[string]gate  // build id → where its next answer waits
 }
+
+// gate holds an Authorize call: entered is closed when it is asked,
+// and it answers once proceed is closed.
+type gate struct{ entered, proceed chan struct{} }
 
 func (a *access) authorize(_ context.Context, projectID, buildID string) error {
 	a.mu.Lock()
+	g, held := a.gates[buildID]
+	delete(a.gates, buildID)
+	a.mu.Unlock()
+	if held {
+		close(g.entered)
+		<-g.proceed
+	}
+	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.denied[buildID]
+}
+
+// hold makes the build's next Authorize call wait (see gate).
+func (a *access) hold(buildID string) gate {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	g := gate{entered: make(chan struct{}), proceed: make(chan struct{})}
+	if a.gates == nil {
+		a.gates = map[string]gate{}
+	}
+	a.gates[buildID] = g
+	return g
 }
 
 func (a *access) deny(buildID string, err error) {
@@ -100,7 +127,7 @@ type env struct {
 	b    *builders
 }
 
-func newEnv(t *testing.T, recheck time.Duration) *env {
+func newEnv(t *testing.T, recheck time.Duration, opts ...func(*gateway.Config)) *env {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := pki.Open(filepath.Join(dir, "pki"))
@@ -114,7 +141,11 @@ func newEnv(t *testing.T, recheck time.Duration) *env {
 		b.sockets[p+"-amd64.builder.kiln"] = [2]string{p, sock}
 	}
 	acc := &access{denied: map[string]error{}}
-	gw, err := gateway.New(gateway.Config{Builders: b, Certs: ca, Authorize: acc.authorize, Recheck: recheck})
+	cfg := gateway.Config{Builders: b, Certs: ca, Authorize: acc.authorize, Recheck: recheck}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	gw, err := gateway.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,6 +345,109 @@ func TestGatewayRevokeCutsLiveConnections(t *testing.T) {
 	if n := e.gw.RevokeProject("proj-a"); n != 1 {
 		t.Errorf("RevokeProject closed %d, want 1", n)
 	}
+}
+
+// From the attacker's side: a build whose Authorize said yes just as the
+// build ended (Revoke came while the answer was on its way) gets no
+// splice. Before, the connection was not yet registered, so Revoke missed
+// it and it lived until the next recheck, long enough to Solve after the
+// build's end.
+func TestGatewayRevokeReachesAConnectionBeingAuthorized(t *testing.T) {
+	e := newEnv(t, time.Hour)
+	g := e.acc.hold("b1")
+	c, err := e.dial(t, "proj-a", "build:b1", "proj-a-amd64.builder.kiln")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case <-g.entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the gateway never asked Authorize")
+	}
+	if e.gw.Active("b1") || e.gw.Conns() != 0 {
+		t.Error("a connection being authorized counts as active")
+	}
+	if n := e.gw.Revoke("b1"); n != 1 {
+		t.Errorf("Revoke closed %d connections, want the one being authorized", n)
+	}
+	close(g.proceed) // the answer given before the revocation: yes
+	if err := roundTrip(c); err == nil {
+		t.Fatal("a connection revoked while being authorized reaches the builder")
+	}
+	waitUntil(t, "the connection to be gone", func() bool { return e.gw.Conns() == 0 && e.b.held("proj-a-amd64.builder.kiln") == 0 })
+}
+
+// countingCerts counts the project CAs the gateway loads.
+type countingCerts struct {
+	gateway.Certs
+	mu    sync.Mutex
+	loads map[string]int
+}
+
+func (c *countingCerts) ProjectCA(projectID string) ([]byte, error) {
+	c.mu.Lock()
+	c.loads[projectID]++
+	c.mu.Unlock()
+	return c.Certs.ProjectCA(projectID)
+}
+
+// RevokeProject (the project was deleted) also forgets the project's CA
+// and server certificates: they are not kept for the gateway's life.
+func TestGatewayRevokeProjectForgetsItsCredentials(t *testing.T) {
+	var certs *countingCerts
+	e := newEnv(t, time.Hour, func(c *gateway.Config) {
+		certs = &countingCerts{Certs: c.Certs, loads: map[string]int{}}
+		c.Certs = certs
+	})
+	connect := func() {
+		t.Helper()
+		c, err := e.dial(t, "proj-a", "build:b1", "proj-a-amd64.builder.kiln")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := roundTrip(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	connect()
+	connect()
+	if n := certs.loads["proj-a"]; n != 1 {
+		t.Fatalf("project CA loaded %d times for two connections; want once", n)
+	}
+	e.gw.RevokeProject("proj-a")
+	connect()
+	if n := certs.loads["proj-a"]; n != 2 {
+		t.Errorf("project CA loaded %d times; want again after RevokeProject", n)
+	}
+}
+
+// What a connection's tap holds (here a Solve request whose ref never
+// comes) is taken from the gateway's budget and given back when the
+// connection ends.
+func TestGatewayTapGivesBackItsMemory(t *testing.T) {
+	e := newEnv(t, time.Hour, func(c *gateway.Config) { c.OnSolve = func(_, _, _, _, _ string) {} })
+	c, err := e.dial(t, "proj-a", "build:b1", "proj-a-amd64.builder.kiln")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go io.Copy(io.Discard, c) // the echo builder's answer
+	msg := protowire.AppendTag(nil, 2, protowire.BytesType)
+	msg = protowire.AppendVarint(msg, 8<<20)
+	msg = append(msg, make([]byte, 1<<20)...)
+	h := newH2()
+	h.solve(1)
+	h.message(1, 8<<20, msg, 16<<10)
+	if _, err := c.Write(h.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the tap to hold the request", func() bool { return e.gw.TapMemoryLeft() <= gateway.TapBudgetSize-1<<20 })
+	c.Close()
+	waitUntil(t, "the connection's end to give the tap's memory back", func() bool {
+		return e.gw.Conns() == 0 && e.gw.TapMemoryLeft() == gateway.TapBudgetSize
+	})
 }
 
 // A revocation nobody announced (the token deleted on another path) ends

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -21,13 +23,46 @@ const solvePath = "/moby.buildkit.v1.Control/Solve"
 // connection goes on, its solves are just not reported.
 const (
 	// maxSolveMessage bounds one Solve request (its LLB definition is
-	// most of it), compressed or not.
-	maxSolveMessage = 32 << 20
+	// most of it), compressed or not: buildkitd's own limit on a request
+	// it receives (containerd's defaults.DefaultMaxRecvMsgSize, which
+	// buildkitd's gRPC server is given), so a larger one fails anyway.
+	maxSolveMessage = 16 << 20
 	// maxHeaderBlock bounds one header block (HEADERS + CONTINUATION).
 	maxHeaderBlock = 1 << 20
 	// maxSolveStreams bounds the Solve streams waiting for their request.
 	maxSolveStreams = 64
+	// tapBudget bounds what all of a gateway's taps hold together (see
+	// budget): a tap holds up to about maxSolveMessage twice (a gzipped
+	// request and its inflated form) and connections are not bounded.
+	tapBudget = 256 << 20
+	// keepBuffer is the largest frame or header block buffer a tap keeps
+	// for the next one; a larger one is given back once used.
+	keepBuffer = 64 << 10
 )
+
+// budget is memory shared by a gateway's taps. A tap takes from it every
+// byte of buffer it allocates (frames and header blocks being read, Solve
+// requests waiting for their ref, an inflated request) before allocating,
+// and gives it back when done or at the connection's end. A tap that cannot
+// take what it needs stops tapping (its connection goes on untouched):
+// observing solves is best-effort, never a reason to fail a build.
+type budget struct{ left atomic.Int64 }
+
+func newBudget(n int64) *budget {
+	b := &budget{}
+	b.left.Store(n)
+	return b
+}
+
+func (b *budget) take(n int) bool {
+	if b.left.Add(-int64(n)) < 0 {
+		b.left.Add(int64(n))
+		return false
+	}
+	return true
+}
+
+func (b *budget) give(n int) { b.left.Add(int64(n)) }
 
 // HTTP/2 frame types and flags the tap reads (RFC 9113 §6).
 const (
@@ -51,14 +86,19 @@ const clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // parser with no goroutine and no copy of frames it skips (a context
 // transfer's DATA frames are counted past, not buffered).
 //
-// Any malformed input, a bound exceeded or a panic stops the tap for the
-// rest of the connection (dead); the splice is not affected.
+// Any malformed input, a bound exceeded (the shared budget too) or a panic
+// stops the tap for the rest of the connection (dead); the splice is not
+// affected.
 //
-// Not safe for concurrent use: one pump goroutine feeds it.
+// One pump goroutine feeds it; release may be called from another, so mu
+// guards all of it.
 type tap struct {
 	onSolve func(ref, label string) // label: the call's steps.LabelHeader, checked by steps.Label
 	onStop  func(err error)         // called once when the tap gives up; may be nil
+	mem     *budget                 // shared with the gateway's other taps
+	mu      sync.Mutex
 
+	charged  int // bytes taken from mem and not given back: the capacity of the buffers below
 	dead     bool
 	preface  int    // bytes of the client preface seen
 	hdr      []byte // the current frame header, up to 9 bytes
@@ -72,7 +112,7 @@ type tap struct {
 	dec      *hpack.Decoder
 	fields   map[string]string // of the block being decoded, the ones the tap needs
 	solves   map[uint32]*solveStream
-	held     int // bytes held by solves' messages
+	held     int // bytes (length) of solves' messages
 }
 
 type frameHeader struct {
@@ -87,10 +127,11 @@ type solveStream struct {
 	gzip  bool   // grpc-encoding: gzip
 	label string // steps.LabelHeader, if it is a label
 	msg   []byte // the gRPC message so far, with its 5-byte prefix
+	scan  refScan
 }
 
-func newTap(onSolve func(ref, label string), onStop func(error)) *tap {
-	t := &tap{onSolve: onSolve, onStop: onStop, solves: map[uint32]*solveStream{}}
+func newTap(mem *budget, onSolve func(ref, label string), onStop func(error)) *tap {
+	t := &tap{onSolve: onSolve, onStop: onStop, mem: mem, solves: map[uint32]*solveStream{}}
 	t.dec = hpack.NewDecoder(4096, t.field)
 	// The encoder may resize its table up to what the builder allows;
 	// accept any reasonable size rather than misread the stream.
@@ -101,6 +142,8 @@ func newTap(onSolve func(ref, label string), onStop func(error)) *tap {
 
 // feed passes the next bytes the client sent.
 func (t *tap) feed(p []byte) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.dead {
 		return
 	}
@@ -115,11 +158,51 @@ func (t *tap) feed(p []byte) {
 }
 
 func (t *tap) stop(err error) {
-	t.dead = true
-	t.hdr, t.payload, t.block, t.solves, t.held = nil, nil, nil, nil, 0
+	t.drop()
 	if t.onStop != nil {
 		t.onStop(err)
 	}
+}
+
+// release ends the tap at its connection's end: what it holds goes back to
+// the budget. It may be called more than once, and while feed runs.
+func (t *tap) release() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.drop()
+}
+
+func (t *tap) drop() {
+	t.dead = true
+	t.hdr, t.payload, t.block, t.solves, t.held = nil, nil, nil, nil, 0
+	t.give(t.charged)
+}
+
+var errBudget = errors.New("taps' memory budget exhausted")
+
+// give returns n bytes of buffer capacity to the budget.
+func (t *tap) give(n int) {
+	t.charged -= n
+	t.mem.give(n)
+}
+
+// grow appends p to buf, first taking from the budget the capacity it
+// adds. The capacity doubles, but not past limit (when need is within it),
+// so a buffer never holds much more than what it was meant for. On
+// errBudget buf is returned unchanged.
+func (t *tap) grow(buf, p []byte, limit int) ([]byte, error) {
+	need := len(buf) + len(p)
+	if need <= cap(buf) {
+		return append(buf, p...), nil
+	}
+	c := max(need, min(max(2*cap(buf), 512), limit))
+	if !t.mem.take(c - cap(buf)) {
+		return buf, errBudget
+	}
+	t.charged += c - cap(buf) // buf's own capacity is now nb's
+	nb := make([]byte, len(buf), c)
+	copy(nb, buf)
+	return append(nb, p...), nil
 }
 
 func (t *tap) parse(p []byte) error {
@@ -152,7 +235,10 @@ func (t *tap) parse(p []byte) error {
 		}
 		n := min(len(p), t.left)
 		if t.keep {
-			t.payload = append(t.payload, p[:n]...)
+			var err error
+			if t.payload, err = t.grow(t.payload, p[:n], t.frame.length); err != nil {
+				return err
+			}
 		}
 		t.left -= n
 		p = p[n:]
@@ -160,7 +246,7 @@ func (t *tap) parse(p []byte) error {
 			if err := t.end(); err != nil {
 				return err
 			}
-			t.hdr, t.payload = t.hdr[:0], t.payload[:0]
+			t.hdr, t.payload = t.hdr[:0], t.shrink(t.payload)
 		}
 	}
 	return nil
@@ -209,7 +295,9 @@ func (t *tap) end() error {
 			}
 			frag = frag[5:]
 		}
-		t.block = append(t.block[:0], frag...)
+		if t.block, err = t.grow(t.block[:0], frag, maxHeaderBlock); err != nil {
+			return err
+		}
 		t.blockID, t.blockEnd = f.stream, f.flags&flagEndStream != 0
 		if f.flags&flagEndHeaders != 0 {
 			return t.headers()
@@ -218,7 +306,10 @@ func (t *tap) end() error {
 		if t.blockID == 0 || f.stream != t.blockID {
 			return errors.New("CONTINUATION outside a header block")
 		}
-		t.block = append(t.block, t.payload...)
+		var err error
+		if t.block, err = t.grow(t.block, t.payload, maxHeaderBlock); err != nil {
+			return err
+		}
 		if f.flags&flagEndHeaders != 0 {
 			return t.headers()
 		}
@@ -234,7 +325,13 @@ func (t *tap) end() error {
 		if len(s.msg)+len(data) > maxSolveMessage+5 || t.held+len(data) > maxSolveMessage {
 			return fmt.Errorf("Solve request over %d bytes", maxSolveMessage)
 		}
-		s.msg = append(s.msg, data...)
+		limit := maxSolveMessage + 5
+		if len(s.msg) >= 5 {
+			limit = min(limit, 5+int(binary.BigEndian.Uint32(s.msg[1:5])))
+		}
+		if s.msg, err = t.grow(s.msg, data, limit); err != nil {
+			return err
+		}
 		t.held += len(data)
 		done, err := t.solveData(s)
 		if done || err != nil || f.flags&flagEndStream != 0 {
@@ -252,6 +349,7 @@ func (t *tap) end() error {
 func (t *tap) forget(stream uint32) {
 	if s := t.solves[stream]; s != nil {
 		t.held -= len(s.msg)
+		t.give(cap(s.msg))
 		delete(t.solves, stream)
 	}
 }
@@ -268,7 +366,7 @@ func (t *tap) headers() error {
 	if err := t.dec.Close(); err != nil {
 		return fmt.Errorf("header block: %w", err)
 	}
-	t.block = t.block[:0]
+	t.block = t.shrink(t.block)
 	if t.fields[":path"] != solvePath || endStream {
 		return nil
 	}
@@ -313,20 +411,21 @@ func (t *tap) solveData(s *solveStream) (done bool, err error) {
 		if len(body) < size {
 			return false, nil
 		}
-		if body, err = gunzip(body[:size]); err != nil {
+		if body, err = t.gunzip(body[:size]); err != nil {
 			return true, err
 		}
+		defer t.give(cap(body))
 	} else if len(body) > size {
 		body = body[:size]
 	}
-	ref, found, err := solveRef(body)
+	ref, found, err := s.scan.next(body)
 	switch {
 	case err != nil && len(body) < size && !compressed:
 		return false, nil // truncated so far: wait for more
 	case err != nil:
 		return true, err
 	case found:
-		if ref != "" {
+		if validRef(ref) {
 			t.onSolve(ref, s.label)
 		}
 		return true, nil
@@ -334,44 +433,108 @@ func (t *tap) solveData(s *solveStream) (done bool, err error) {
 	return len(body) >= size, nil
 }
 
-// solveRef scans a (possibly partial) SolveRequest for its ref (field 1).
-// err is set when a field is cut off or malformed.
-func solveRef(b []byte) (ref string, found bool, err error) {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
+// maxRefLen bounds a reported ref's length. BuildKit's clients name a
+// solve with identity.NewID: 25 characters of [0-9a-z].
+const maxRefLen = 64
+
+// validRef reports whether ref has the form of a BuildKit solve ref
+// (see maxRefLen). The client chooses it; anything else (huge, or with
+// bytes a log line should not carry) is not reported.
+func validRef(ref string) bool {
+	if len(ref) == 0 || len(ref) > maxRefLen {
+		return false
+	}
+	for i := 0; i < len(ref); i++ {
+		if c := ref[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// refScan looks for a SolveRequest's ref (field 1) in a message that
+// arrives a DATA frame at a time. It resumes where the last call stopped,
+// so a message of many small fields costs its length once, not once per
+// frame. (Go clients write the ref first, so it is usually found in the
+// first frame.)
+type refScan struct {
+	off   int // bytes of complete fields (or group delimiters) scanned
+	depth int // groups open at off: a field 1 inside one is not the ref
+}
+
+// next scans b, the message so far (from its start, a prefix of the same
+// bytes as at the last call). err is set when the field at the resume
+// point is cut off or malformed; a later call with more bytes retries it.
+func (sc *refScan) next(b []byte) (ref string, found bool, err error) {
+	for sc.off < len(b) {
+		rest := b[sc.off:]
+		num, typ, n := protowire.ConsumeTag(rest)
 		if n < 0 {
 			return "", false, protowire.ParseError(n)
 		}
-		b = b[n:]
-		if num == 1 && typ == protowire.BytesType {
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return "", false, protowire.ParseError(n)
+		var m int
+		switch {
+		case typ == protowire.StartGroupType:
+			sc.depth++
+		case typ == protowire.EndGroupType:
+			if sc.depth == 0 {
+				return "", false, errors.New("end of a group never started")
+			}
+			sc.depth--
+		case num == 1 && typ == protowire.BytesType && sc.depth == 0:
+			v, m := protowire.ConsumeBytes(rest[n:])
+			if m < 0 {
+				return "", false, protowire.ParseError(m)
 			}
 			return string(v), true, nil
+		default:
+			if m = protowire.ConsumeFieldValue(num, typ, rest[n:]); m < 0 {
+				return "", false, protowire.ParseError(m)
+			}
 		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			return "", false, protowire.ParseError(n)
-		}
-		b = b[n:]
+		sc.off += n + m
 	}
 	return "", false, nil
 }
 
-func gunzip(b []byte) ([]byte, error) {
+// gunzip inflates a compressed Solve request into a buffer taken from the
+// budget; the caller gives back its capacity.
+func (t *tap) gunzip(b []byte) ([]byte, error) {
 	zr, err := gzip.NewReader(bytes.NewReader(b))
 	if err != nil {
 		return nil, fmt.Errorf("gzip Solve request: %w", err)
 	}
-	out, err := io.ReadAll(io.LimitReader(zr, maxSolveMessage+1))
-	if err != nil {
-		return nil, fmt.Errorf("gzip Solve request: %w", err)
+	var out []byte
+	chunk := make([]byte, 32<<10)
+	for {
+		n, rerr := zr.Read(chunk)
+		if len(out)+n > maxSolveMessage {
+			t.give(cap(out))
+			return nil, fmt.Errorf("Solve request over %d bytes uncompressed", maxSolveMessage)
+		}
+		if out, err = t.grow(out, chunk[:n], maxSolveMessage); err != nil {
+			t.give(cap(out))
+			return nil, err
+		}
+		if rerr == io.EOF {
+			return out, nil
+		}
+		if rerr != nil {
+			t.give(cap(out))
+			return nil, fmt.Errorf("gzip Solve request: %w", rerr)
+		}
 	}
-	if len(out) > maxSolveMessage {
-		return nil, fmt.Errorf("Solve request over %d bytes uncompressed", maxSolveMessage)
+}
+
+// shrink empties a frame or header block buffer for the next one, giving
+// back a large one's capacity (a big frame seen once is not held for the
+// connection's life).
+func (t *tap) shrink(buf []byte) []byte {
+	if cap(buf) > keepBuffer {
+		t.give(cap(buf))
+		return nil
 	}
-	return out, nil
+	return buf[:0]
 }
 
 // unpad strips a PADDED frame's padding.
@@ -395,6 +558,9 @@ func (r tapReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
 	if n > 0 {
 		r.t.feed(p[:n])
+	}
+	if err != nil {
+		r.t.release() // the connection's end
 	}
 	return n, err
 }
