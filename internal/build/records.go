@@ -130,6 +130,15 @@ type LogLine struct {
 	Seq int
 }
 
+// LogLinesOf are the lines a steps.Recorder observed, to store.
+func LogLinesOf(lines []steps.LogLine) []LogLine {
+	out := make([]LogLine, len(lines))
+	for i, l := range lines {
+		out[i] = LogLine{Digest: l.Digest, At: l.At, Message: l.Message}
+	}
+	return out
+}
+
 // Share makes one build readable without authentication by whoever
 // holds Token (the last segment of its share URL).
 type Share struct {

@@ -148,11 +148,8 @@ type followed struct {
 	// the first solve's work. Guarded by Follower.mu.
 	owner map[string]*solve
 
-	// logMu guards logBytes and truncated: the build's log budget, shared
-	// by its solves.
-	logMu     sync.Mutex
-	logBytes  int
-	truncated bool
+	// logs is the build's log budget, shared by its solves.
+	logs steps.LogBudget
 }
 
 // solve is one followed solve: its recorder, the label its client gave
@@ -172,7 +169,7 @@ func New(cfg Config) (*Follower, error) {
 		return nil, fmt.Errorf("follow: Lookup and Store are required: %w", errdefs.ErrInvalid)
 	}
 	if cfg.MaxLogBytes <= 0 {
-		cfg.MaxLogBytes = 16 << 20
+		cfg.MaxLogBytes = steps.DefaultMaxLogBytes
 	}
 	if cfg.Grace <= 0 {
 		cfg.Grace = DefaultGrace
@@ -214,7 +211,8 @@ func (f *Follower) Solve(buildID, projectID, serverName, ref, label string) {
 	b := f.builds[buildID]
 	if b == nil {
 		ctx, cancel := context.WithCancel(context.Background())
-		b = &followed{id: buildID, ctx: ctx, cancel: cancel, refs: map[string]bool{}, multi: map[string]bool{}, owner: map[string]*solve{}}
+		b = &followed{id: buildID, ctx: ctx, cancel: cancel, refs: map[string]bool{}, multi: map[string]bool{}, owner: map[string]*solve{},
+			logs: steps.LogBudget{Max: f.cfg.MaxLogBytes}}
 		if skip := f.cfg.Skip; skip != nil {
 			b.skip = sync.OnceValue(func() bool { return skip(ctx, buildID) })
 		}
@@ -446,7 +444,7 @@ func (f *Follower) store(b *followed, sv *solve, log *slog.Logger) {
 	if len(recorded) == 0 && len(lines) == 0 {
 		return
 	}
-	logs := b.budget(lines, f.cfg.MaxLogBytes)
+	logs := build.LogLinesOf(b.logs.Take(lines))
 	out := make([]build.Step, len(recorded))
 	for i, s := range recorded {
 		if prefix != "" && s.Name != "" {
@@ -461,34 +459,4 @@ func (f *Follower) store(b *followed, sv *solve, log *slog.Logger) {
 	if err := f.cfg.Store(ctx, b.id, out, logs); err != nil {
 		log.Warn("follow build: store steps", "err", err)
 	}
-}
-
-// budget keeps the lines that fit in the build's log budget of max bytes;
-// the first line that does not becomes one truncation marker, and nothing
-// is kept after it.
-func (b *followed) budget(lines []steps.LogLine, max int) []build.LogLine {
-	b.logMu.Lock()
-	defer b.logMu.Unlock()
-	var out []build.LogLine
-	for _, l := range lines {
-		if b.truncated {
-			break
-		}
-		if b.logBytes+len(l.Message) > max {
-			b.truncated = true
-			out = append(out, build.LogLine{Digest: l.Digest, At: l.At,
-				Message: fmt.Sprintf("[kiln] log truncated: this build's logs passed %s; later lines are not stored\n", size(max))})
-			break
-		}
-		b.logBytes += len(l.Message)
-		out = append(out, build.LogLine{Digest: l.Digest, At: l.At, Message: l.Message})
-	}
-	return out
-}
-
-func size(n int) string {
-	if n >= 1<<20 && n%(1<<20) == 0 {
-		return fmt.Sprintf("%d MiB", n>>20)
-	}
-	return fmt.Sprintf("%d bytes", n)
 }

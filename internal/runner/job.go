@@ -341,7 +341,7 @@ func (rec *recorder) flush() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := rec.r.builds.StoreSteps(ctx, rec.buildID, storeSteps(steps, rec.startOrder()), storeLogs(rec.logs.Take(logs))); err != nil {
+	if err := rec.r.builds.StoreSteps(ctx, rec.buildID, storeSteps(steps, rec.startOrder()), build.LogLinesOf(rec.logs.Take(logs))); err != nil {
 		rec.r.log.Warn("store build steps", "build_id", rec.buildID, "err", err)
 	}
 	if exportStarted {
@@ -379,14 +379,6 @@ func storeSteps(recorded []steps.Step, started map[string]int) []build.Step {
 			s.Completed = s.Started
 		}
 		out[i] = build.Step{Digest: s.Digest, Name: s.Name, Cached: s.Cached, StartedAt: s.Started, CompletedAt: s.Completed, Error: s.Error}
-	}
-	return out
-}
-
-func storeLogs(logs []steps.LogLine) []build.LogLine {
-	out := make([]build.LogLine, len(logs))
-	for i, l := range logs {
-		out[i] = build.LogLine{Digest: l.Digest, At: l.At, Message: l.Message}
 	}
 	return out
 }
