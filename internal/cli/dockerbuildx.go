@@ -124,18 +124,15 @@ func translateBuildArgs(args []string) []string {
 	hasOutput := false
 	for i := 0; i < len(args); i++ {
 		a := args[i]
-		name, _, hasValue := strings.Cut(a, "=")
+		name, _, _ := strings.Cut(a, "=")
+		if n := buildxOnlyAt(args, i); n > 0 {
+			i += n - 1
+			continue
+		}
 		switch {
 		case a == "--":
 			out = append(out, args[i:]...)
 			i = len(args)
-			continue
-		case buildxOnly[name]:
-			if !hasValue {
-				i++ // its value
-			}
-			continue
-		case buildxOnlyBool[name]:
 			continue
 		case a == "-q" || a == "--quiet":
 			out = append(out, "--progress=quiet")
@@ -152,6 +149,20 @@ func translateBuildArgs(args []string) []string {
 		out = append([]string{"--load"}, out...)
 	}
 	return out
+}
+
+// buildxOnlyAt is how many arguments from args[i] on are a buildx-only
+// flag kiln drops: 2 for one with its value in the next argument, 1, or 0
+// when args[i] is not one.
+func buildxOnlyAt(args []string, i int) int {
+	name, _, hasValue := strings.Cut(args[i], "=")
+	switch {
+	case buildxOnly[name] && !hasValue:
+		return 2
+	case buildxOnly[name], buildxOnlyBool[name]:
+		return 1
+	}
+	return 0
 }
 
 // progressOf is the last --progress value in args ("" if none).
@@ -174,16 +185,14 @@ func translateBakeArgs(args []string) []string {
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		name, value, hasValue := strings.Cut(a, "=")
-		switch {
-		case a == "--":
+		if a == "--" {
 			return append(out, args[i:]...)
-		case buildxOnly[name]:
-			if !hasValue {
-				i++
-			}
+		}
+		if n := buildxOnlyAt(args, i); n > 0 {
+			i += n - 1
 			continue
-		case buildxOnlyBool[name]:
-			continue
+		}
+		switch {
 		case name == "--sbom":
 			if !hasValue && i+1 < len(args) {
 				i++

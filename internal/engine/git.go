@@ -107,7 +107,7 @@ func (r *Request) ResolveGitCommit(ctx context.Context, c *client.Client) (strin
 		return "", r.gitError(err)
 	}
 	if md == nil || md.Git == nil || md.Git.Checksum == "" {
-		return "", fmt.Errorf("build context %s: the builder resolved no commit for ref %q", r.git.parsed.Remote, r.refName())
+		return "", fmt.Errorf("build context %s: the builder resolved no commit for ref %q; check that the repository has it, or give a full commit SHA (URL#<sha>)", r.git.parsed.Remote, r.refName())
 	}
 	commit := md.Git.Checksum
 	if md.Git.CommitChecksum != "" {
