@@ -1,5 +1,5 @@
 // Package storetest is the conformance suite every store.Store
-// implementation runs (SQLite now, Postgres later): the same cases, the
+// implementation runs (SQLite and Postgres): the same cases, the
 // same expectations, including isolation between projects.
 package storetest
 

@@ -1,0 +1,83 @@
+package store_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/kiln-dev/kiln/internal/project"
+	"github.com/kiln-dev/kiln/internal/store"
+	"github.com/kiln-dev/kiln/internal/store/pgtest"
+	"github.com/kiln-dev/kiln/internal/store/storetest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+func openPostgres(t *testing.T, url string) *store.SQL {
+	t.Helper()
+	s, err := store.OpenPostgres(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestPostgresConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		return openPostgres(t, pgtest.NewDatabase(t))
+	})
+}
+
+// Both databases report the same schema version: the migrations are one
+// set of files.
+func TestPostgresSchemaVersion(t *testing.T) {
+	ctx := context.Background()
+	pg := openPostgres(t, pgtest.NewDatabase(t))
+	lite, err := store.OpenSQLite(ctx, t.TempDir()+"/kiln.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lite.Close()
+	pv, err := pg.SchemaVersion(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lv, err := lite.SchemaVersion(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pv != lv || pv == 0 {
+		t.Errorf("schema version: postgres %d, sqlite %d", pv, lv)
+	}
+}
+
+// Migrations run once: reopening keeps the data, and two stores opening
+// one new database at once (replicas starting together) both succeed.
+func TestPostgresReopenAndConcurrentOpen(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			s, err := store.OpenPostgres(ctx, url)
+			if err == nil {
+				s.Close()
+			}
+			errs <- err
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatalf("concurrent open: %v", err)
+		}
+	}
+	s := openPostgres(t, url)
+	if err := s.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o"}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = openPostgres(t, url)
+	if _, err := s.GetOrganization(ctx, "o"); err != nil {
+		t.Errorf("after reopen: %v", err)
+	}
+}
