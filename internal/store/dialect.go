@@ -38,12 +38,15 @@ type dialect struct {
 	// (a string) until the transaction ends: what serialises writers that
 	// number rows (the next log line's seq) where no row can be locked.
 	xactLock string
+	// tables lists the names of the database's tables (Copy).
+	tables string
 }
 
 var sqliteDialect = dialect{
-	name:  "sqlite",
-	goose: goose.DialectSQLite3,
-	instr: "instr",
+	name:   "sqlite",
+	goose:  goose.DialectSQLite3,
+	instr:  "instr",
+	tables: `SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\_%' ESCAPE '\'`,
 }
 
 var postgresDialect = dialect{
@@ -54,6 +57,7 @@ var postgresDialect = dialect{
 	forShare:  " FOR SHARE",
 	instr:     "strpos",
 	xactLock:  "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
+	tables:    `SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'`,
 }
 
 // isUniqueViolation reports whether err is a unique (or primary key)
