@@ -197,7 +197,9 @@ func start() (_ *server, missing string, _ error) {
 	// is reachable by this process only. Durability is not a test's need.
 	s.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-k", s.socket, "-c", "listen_addresses=",
 		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=200")
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
+	// Pdeathsig: a test binary that dies without stopping the server
+	// (killed by go test's timeout) takes it down too.
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true, Pdeathsig: syscall.SIGINT}
 	s.cmd.Stdout, s.cmd.Stderr, s.cmd.Dir = logf, logf, dir
 	if err := s.cmd.Start(); err != nil {
 		return nil, "", fmt.Errorf("start postgres: %w", err)
