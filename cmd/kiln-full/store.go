@@ -85,7 +85,7 @@ changed; keep it until the new install has served.`,
 			err = store.Copy(ctx, dst, src, func(table string, n int64) {
 				rows += n
 				tables++
-				fmt.Fprintf(out, "  %-24s %d rows\n", table, n)
+				fmt.Fprintf(out, "  %-24s %d %s\n", table, n, plural(n, "row", "rows"))
 			})
 			if err != nil {
 				return fmt.Errorf("nothing was committed to the target: %w", err)
@@ -125,4 +125,12 @@ func same(a, b string) bool {
 		return ok && filepath.Clean(pa) == filepath.Clean(pb)
 	}
 	return a == b
+}
+
+// plural is one if n is 1, else many.
+func plural(n int64, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }

@@ -217,7 +217,7 @@ func checkConfig(cfg Config) (Config, error) {
 // admin token on first start) and the CA, and checks the TLS mode.
 func (s *Server) openData(ctx context.Context) error {
 	cfg := s.cfg
-	st, err := store.Open(ctx, cfg.Store, cfg.DataDir, store.WithObserver(s.metrics.ObserveStore))
+	st, err := store.Open(ctx, cfg.Store, cfg.DataDir, store.WithObserver(s.metrics.ObserveStore), store.Exclusive())
 	if err != nil {
 		return err
 	}

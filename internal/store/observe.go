@@ -11,7 +11,18 @@ import (
 type Option func(*options)
 
 type options struct {
-	observe func(op string, d time.Duration)
+	observe   func(op string, d time.Duration)
+	exclusive bool
+}
+
+// Exclusive has OpenPostgres refuse a database another store opened
+// Exclusive holds (errdefs.ErrUnavailable), until that one closes: kiln
+// serve takes it, as two servers on one database would each take the
+// other's running builds for ones a crash interrupted. It is a session
+// lock on one connection the store keeps: should that connection drop
+// (Postgres restarted), the database is no longer held. SQLite ignores it.
+func Exclusive() Option {
+	return func(o *options) { o.exclusive = true }
 }
 
 // Store operations an observer is told of (WithObserver): the op values.

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"time"
 
@@ -36,11 +37,47 @@ func OpenPostgres(ctx context.Context, url string, opts ...Option) (*SQL, error)
 		db.Close()
 		return nil, fmt.Errorf("postgres store %s: %w", Redact(url), err)
 	}
+	var held *sql.Conn
+	if o.exclusive {
+		var err error
+		if held, err = hold(ctx, db); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
 	if err := migrate(ctx, db, postgresDialect); err != nil {
+		if held != nil {
+			held.Close()
+		}
 		db.Close()
 		return nil, err
 	}
-	return newSQL(db, postgresDialect, ""), nil
+	s := newSQL(db, postgresDialect, "")
+	s.held = held
+	return s, nil
+}
+
+// exclusiveLock is the key of the session lock Exclusive takes: "kiln" in
+// ASCII.
+const exclusiveLock = 0x6b696c6e
+
+// hold takes the Exclusive lock on a connection of its own, which holds it
+// until closed.
+func hold(ctx context.Context, db *sql.DB) (*sql.Conn, error) {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ok bool
+	if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock(?)`, exclusiveLock).Scan(&ok); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if !ok {
+		conn.Close()
+		return nil, fmt.Errorf("another kiln serve uses this Postgres database; several replicas on one database are not supported yet (docs/operating.md, Postgres): %w", errdefs.ErrUnavailable)
+	}
+	return conn, nil
 }
 
 // maxPostgresConns bounds one kiln's connections to Postgres (each is a

@@ -2,8 +2,10 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 
+	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
 	"github.com/kiln-dev/kiln/internal/store/pgtest"
@@ -80,4 +82,29 @@ func TestPostgresReopenAndConcurrentOpen(t *testing.T) {
 	if _, err := s.GetOrganization(ctx, "o"); err != nil {
 		t.Errorf("after reopen: %v", err)
 	}
+}
+
+// One Exclusive store per database: a second kiln serve on it is refused
+// until the first closes.
+func TestPostgresExclusive(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	first, err := store.OpenPostgres(ctx, url, store.Exclusive())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err := store.OpenPostgres(ctx, url, store.Exclusive()); !errors.Is(err, errdefs.ErrUnavailable) {
+		if err == nil {
+			s.Close()
+		}
+		t.Fatalf("second exclusive open: %v, want ErrUnavailable", err)
+	}
+	// Others (kiln store migrate's checks, tools) may still open it.
+	openPostgres(t, url)
+	first.Close()
+	again, err := store.OpenPostgres(ctx, url, store.Exclusive())
+	if err != nil {
+		t.Fatalf("exclusive open after the first closed: %v", err)
+	}
+	again.Close()
 }

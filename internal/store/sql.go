@@ -37,6 +37,8 @@ type SQL struct {
 	// pending keeps build ends a full disk refused, until they are
 	// written (diskfull.go).
 	pending pendingEnds
+	// held is the connection holding the Exclusive lock; nil without.
+	held *sql.Conn
 }
 
 // SQLite is the name callers used for the store before it ran on Postgres
@@ -93,6 +95,9 @@ func (s *SQL) SchemaVersion(ctx context.Context) (int64, error) {
 // the database.
 func (s *SQL) Close() error {
 	s.closePending()
+	if s.held != nil {
+		s.held.Close() // back to the pool, which closes it with the lock below
+	}
 	return s.db.Close()
 }
 
