@@ -28,6 +28,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"TokensByHashAndScope", tokens},
 		{"BuildStateMachine", builds},
 		{"ConcurrentBuildUpdates", concurrentUpdates},
+		{"ConcurrentStepsAndLogs", concurrentStepsAndLogs},
 		{"StepsAndLogs", stepsAndLogs},
 		{"DeleteProjectCascades", deleteCascades},
 		{"TrustPolicies", trustPolicies},
