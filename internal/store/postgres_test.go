@@ -3,7 +3,9 @@ package store_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
@@ -107,4 +109,37 @@ func TestPostgresExclusive(t *testing.T) {
 		t.Fatalf("exclusive open after the first closed: %v", err)
 	}
 	again.Close()
+}
+
+// An observed Postgres store (kiln serve's) rewrites its queries below the
+// timing, and the observer hears of queries, execs and transactions.
+func TestPostgresObserved(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	ops := map[string]int{}
+	s, err := store.OpenPostgres(ctx, pgtest.NewDatabase(t), store.WithObserver(func(op string, d time.Duration) {
+		mu.Lock()
+		ops[op]++
+		mu.Unlock()
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetOrganization(ctx, "o"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteProject(ctx, "nope"); !errdefs.IsNotFound(err) {
+		t.Fatalf("DeleteProject(nope): %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, op := range []string{store.OpQuery, store.OpExec, store.OpTx} {
+		if ops[op] == 0 {
+			t.Errorf("no %s observed (%v)", op, ops)
+		}
+	}
 }
