@@ -5,14 +5,19 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
 	"modernc.org/sqlite"
+
+	"github.com/kiln-dev/kiln/internal/errdefs"
 )
 
 // dialect is what the store's databases spell differently. Everything else
@@ -99,7 +104,8 @@ var (
 )
 
 func (c *rebindConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	return c.Conn.(driver.ConnBeginTx).BeginTx(ctx, opts)
+	tx, err := c.Conn.(driver.ConnBeginTx).BeginTx(ctx, opts)
+	return tx, unreachable(err)
 }
 
 func (c *rebindConn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
@@ -107,7 +113,8 @@ func (c *rebindConn) PrepareContext(ctx context.Context, query string) (driver.S
 	if err != nil {
 		return nil, err
 	}
-	return c.Conn.(driver.ConnPrepareContext).PrepareContext(ctx, q)
+	st, err := c.Conn.(driver.ConnPrepareContext).PrepareContext(ctx, q)
+	return st, unreachable(err)
 }
 
 func (c *rebindConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
@@ -115,7 +122,8 @@ func (c *rebindConn) ExecContext(ctx context.Context, query string, args []drive
 	if err != nil {
 		return nil, err
 	}
-	return c.Conn.(driver.ExecerContext).ExecContext(ctx, q, args)
+	res, err := c.Conn.(driver.ExecerContext).ExecContext(ctx, q, args)
+	return res, unreachable(err)
 }
 
 func (c *rebindConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
@@ -123,11 +131,12 @@ func (c *rebindConn) QueryContext(ctx context.Context, query string, args []driv
 	if err != nil {
 		return nil, err
 	}
-	return c.Conn.(driver.QueryerContext).QueryContext(ctx, q, args)
+	rows, err := c.Conn.(driver.QueryerContext).QueryContext(ctx, q, args)
+	return rows, unreachable(err)
 }
 
 func (c *rebindConn) Ping(ctx context.Context) error {
-	return c.Conn.(driver.Pinger).Ping(ctx)
+	return unreachable(c.Conn.(driver.Pinger).Ping(ctx))
 }
 
 func (c *rebindConn) ResetSession(ctx context.Context) error {
@@ -212,3 +221,36 @@ func pgCast(v driver.Value) string {
 	}
 	return ""
 }
+
+// unreachable makes err, if it says the database server cannot be reached
+// or dropped the connection (refused, reset, shut down, a network
+// timeout), an errdefs.ErrUnavailable whose text names nothing of the
+// server (users read it; the cause stays in the chain). database/sql's
+// own ErrBadConn, which makes it retry on another connection, and a
+// caller's cancellation pass unchanged.
+func unreachable(err error) error {
+	if err == nil || errors.Is(err, driver.ErrBadConn) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	var ce *pgconn.ConnectError
+	var ne net.Error
+	var pe *pgconn.PgError
+	switch {
+	case errors.As(err, &pe):
+		// Class 08: connection exceptions; 57P01-3: the server is shutting
+		// down, crashed or starting.
+		if !strings.HasPrefix(pe.Code, "08") && pe.Code != "57P01" && pe.Code != "57P02" && pe.Code != "57P03" {
+			return err
+		}
+	case errors.As(err, &ce), errors.As(err, &ne), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET):
+	default:
+		return err
+	}
+	return unreachableError{cause: err}
+}
+
+// unreachableError is a database kiln cannot reach now.
+type unreachableError struct{ cause error }
+
+func (e unreachableError) Error() string   { return "kiln's database is unreachable; retry later" }
+func (e unreachableError) Unwrap() []error { return []error{errdefs.ErrUnavailable, e.cause} }

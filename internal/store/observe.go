@@ -56,6 +56,9 @@ type connector struct {
 func (c connector) Connect(ctx context.Context) (driver.Conn, error) {
 	conn, err := c.base.Connect(ctx)
 	if err != nil {
+		if c.rebind { // Postgres, on another machine
+			err = unreachable(err)
+		}
 		return nil, err
 	}
 	if c.rebind {

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 
@@ -35,6 +36,12 @@ func OpenPostgres(ctx context.Context, url string, opts ...Option) (*SQL, error)
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
+		// The operator reads this: say why (pgx's text names the user and
+		// database, never the password), which unreachable's hides.
+		var ue unreachableError
+		if errors.As(err, &ue) {
+			return nil, errdefs.Wrapf(errdefs.ErrUnavailable, ue.cause, "postgres store %s is unreachable", Redact(url))
+		}
 		return nil, fmt.Errorf("postgres store %s: %w", Redact(url), err)
 	}
 	var held *sql.Conn

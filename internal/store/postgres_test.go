@@ -2,7 +2,9 @@ package store_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -140,6 +142,48 @@ func TestPostgresObserved(t *testing.T) {
 	for _, op := range []string{store.OpQuery, store.OpExec, store.OpTx} {
 		if ops[op] == 0 {
 			t.Errorf("no %s observed (%v)", op, ops)
+		}
+	}
+}
+
+// A database that cannot be reached is errdefs.ErrUnavailable (clients
+// retry), and the store recovers once it is back: here, its connections
+// killed from another session as a Postgres restart would.
+func TestPostgresUnreachable(t *testing.T) {
+	ctx := context.Background()
+	_, err := store.OpenPostgres(ctx, "postgres://kiln:pw@/kiln?host="+t.TempDir()+"&connect_timeout=2")
+	if !errdefs.IsUnavailable(err) || strings.Contains(err.Error(), "pw@") {
+		t.Errorf("open of a missing server: %v, want ErrUnavailable without the password", err)
+	}
+
+	url := pgtest.NewDatabase(t)
+	s := openPostgres(t, url)
+	if err := s.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o"}); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := sql.Open("pgx", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if _, err := admin.ExecContext(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> pg_backend_pid()`); err != nil {
+		t.Fatal(err)
+	}
+	// The first use of a killed connection may fail, as Unavailable only.
+	for i := range 20 {
+		_, err = s.GetOrganization(ctx, "o")
+		if err == nil {
+			break
+		}
+		if !errdefs.IsUnavailable(err) {
+			t.Fatalf("read after the connections were killed: %v, want ErrUnavailable or success", err)
+		}
+		if strings.Contains(err.Error(), "/") {
+			t.Errorf("the message names the server: %q", err)
+		}
+		if i == 19 {
+			t.Fatalf("the store did not recover: %v", err)
 		}
 	}
 }
