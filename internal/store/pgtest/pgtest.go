@@ -2,7 +2,7 @@
 // started on first use in a temporary directory, listening only on a unix
 // socket there, and a fresh database for each test that asks.
 //
-//	func TestMain(m *testing.M) { pgtest.Main(m) }
+//	func TestMain(m *testing.M) { pgtest.Main(m) } // or code := pgtest.Run(m) in a TestMain doing more
 //
 //	func TestX(t *testing.T) {
 //		url := pgtest.NewDatabase(t) // postgres://…, an empty database
@@ -53,7 +53,11 @@ var (
 
 // Main runs the test binary's tests, then stops the Postgres server if a
 // test started one, and exits. Call it from TestMain.
-func Main(m *testing.M) {
+func Main(m *testing.M) { os.Exit(Run(m)) }
+
+// Run is Main for a TestMain that does more: it runs the tests, stops the
+// server and returns m.Run's exit code.
+func Run(m *testing.M) int {
 	mu.Lock()
 	inMain = true
 	mu.Unlock()
@@ -64,7 +68,7 @@ func Main(m *testing.M) {
 		running = nil
 	}
 	mu.Unlock()
-	os.Exit(code)
+	return code
 }
 
 // NewDatabase creates an empty database on the test binary's server
@@ -74,7 +78,7 @@ func NewDatabase(t testing.TB) string {
 	mu.Lock()
 	defer mu.Unlock()
 	if !inMain {
-		t.Fatal("pgtest: the package's TestMain must call pgtest.Main(m), which stops the server")
+		t.Fatal("pgtest: the package's TestMain must call pgtest.Main(m) or pgtest.Run(m), which stop the server")
 	}
 	if running == nil && failed == nil {
 		running, missing, failed = start()
@@ -114,6 +118,9 @@ func (s *server) url(db string) string {
 // binDir finds the directory holding initdb and postgres; "" if there is none.
 func binDir() string {
 	if d := os.Getenv("KILN_POSTGRES_BIN"); d != "" {
+		if _, err := os.Stat(filepath.Join(d, "postgres")); err != nil {
+			return ""
+		}
 		return d
 	}
 	if p, err := exec.LookPath("initdb"); err == nil {
