@@ -127,7 +127,7 @@ func copyTable(ctx context.Context, dst, src *sql.Tx, table string) (int64, erro
 	if err != nil {
 		return 0, err
 	}
-	row := "(" + strings.TrimSuffix(strings.Repeat("?, ", len(cols)), ", ") + ")"
+	row := "(" + placeholders(len(cols)) + ")"
 	insert := func(vals []any) error {
 		if len(vals) == 0 {
 			return nil

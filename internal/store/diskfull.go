@@ -18,8 +18,9 @@ import (
 
 // A full data disk. Every write of the store goes through exec or tx,
 // which turn SQLite's SQLITE_FULL ("database or disk is full"), Postgres's
-// disk_full and the file system's ENOSPC into errdefs.DiskFull, so callers and users read
-// "kiln's data disk is full (N bytes free)" rather than an internal error.
+// disk_full (its server's disk) and the file system's ENOSPC into
+// errdefs.DiskFull, so callers and users read "kiln's data disk is full
+// (N bytes free)" rather than an internal error.
 //
 // SQLite itself recovers at once when room returns: a statement that
 // failed with SQLITE_FULL is rolled back, the connection stays usable and

@@ -83,8 +83,8 @@ func (c dsnConnector) Driver() driver.Driver                        { return c.d
 
 // observedConn times queries, execs and transactions, and passes
 // everything else to the driver's connection, which implements each of
-// these interfaces (modernc.org/sqlite's, pgx's and rebindConn do). Prepared statements are
-// not timed: the store does not prepare any.
+// these interfaces (modernc.org/sqlite's, pgx's and rebindConn do).
+// Prepared statements are not timed: the store does not prepare any.
 type observedConn struct {
 	driver.Conn
 	observe func(op string, d time.Duration)

@@ -60,7 +60,8 @@ func (s *SQL) RevokeTrustPolicy(ctx context.Context, id string) error {
 		if err := affected(res, err, "trust policy", id); err != nil {
 			return err
 		}
-		// instr, not LIKE: policy ids contain '_', a LIKE wildcard.
+		// instr (strpos on Postgres), not LIKE: policy ids contain '_', a
+		// LIKE wildcard.
 		_, err = tx.ExecContext(ctx, `DELETE FROM tokens WHERE trust_policy_ids <> '' AND `+s.d.instr+`(' ' || trust_policy_ids || ' ', ' ' || ? || ' ') > 0`, id)
 		return err
 	})
