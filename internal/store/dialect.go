@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pressly/goose/v3"
@@ -153,11 +154,22 @@ func (c *rebindConn) IsValid() bool {
 	return true
 }
 
+// pgText is s as Postgres's text can hold it: valid UTF-8 without NUL
+// bytes, U+FFFD in place of each NUL and of each run of invalid bytes.
+// Build logs carry whatever a RUN step printed; SQLite stores it as is,
+// Postgres would refuse the whole batch.
+func pgText(s string) string {
+	if utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 {
+		return s
+	}
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+}
+
 // rebind rewrites query's "?" placeholders (outside quoted strings and
 // identifiers) to "$1", "$2", …, each cast to its argument's type when
 // args are given (a prepared statement's are not yet: its placeholders
 // must be where Postgres infers their type, as in INSERT … VALUES). It
-// turns bool arguments into 0 or 1 in place.
+// turns bool arguments into 0 or 1, and strings into pgText, in place.
 func rebind(query string, args []driver.NamedValue) (string, error) {
 	var b strings.Builder
 	b.Grow(len(query) + 8*len(args))
@@ -180,11 +192,14 @@ func rebind(query string, args []driver.NamedValue) (string, error) {
 					return "", fmt.Errorf("query has more placeholders than its %d arguments", len(args))
 				}
 				a := &args[n-1]
-				if v, ok := a.Value.(bool); ok {
+				switch v := a.Value.(type) {
+				case bool:
 					a.Value = int64(0)
 					if v {
 						a.Value = int64(1)
 					}
+				case string:
+					a.Value = pgText(v)
 				}
 				b.WriteString(pgCast(a.Value))
 			}

@@ -40,3 +40,16 @@ func TestRedact(t *testing.T) {
 		}
 	}
 }
+
+func TestPGText(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain ünïcode":    "plain ünïcode",
+		"a\x00b":           "a\uFFFDb",
+		"a\xff\xfeb":       "a\uFFFDb",
+		"\xc3 cut\x00\xff": "\uFFFD cut\uFFFD\uFFFD",
+	} {
+		if got := pgText(in); got != want {
+			t.Errorf("pgText(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

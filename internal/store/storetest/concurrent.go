@@ -3,6 +3,7 @@ package storetest
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 
@@ -71,4 +72,51 @@ func concurrentStepsAndLogs(t *testing.T, s store.Store) {
 	if len(steps) != 1+writers*batches {
 		t.Errorf("%d steps, want %d (one shared, merged)", len(steps), 1+writers*batches)
 	}
+}
+
+// anyBytes: what builders report (log lines, step names, errors) is
+// whatever a RUN step printed, invalid UTF-8 and NUL bytes included. The
+// store takes it; what reads back keeps every valid part (a database that
+// cannot hold the rest may replace it).
+func anyBytes(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	seed(t, s, "o1", "p1")
+	s.CreateBuild(ctx, build.Build{ID: "b", ProjectID: "p1", OrgID: "o1", Status: build.Running, CreatedAt: now})
+	const bad = "before\x00\xff\xfe middle \xc3 after"
+	if err := s.AppendLogs(ctx, "b", []build.LogLine{{Digest: "d", At: now, Message: bad}, {Digest: "d", At: now, Message: "next"}}); err != nil {
+		t.Fatalf("AppendLogs: %v", err)
+	}
+	if err := s.PutSteps(ctx, "b", []build.Step{{Digest: "d", Name: "RUN printf " + bad, Error: bad}}); err != nil {
+		t.Fatalf("PutSteps: %v", err)
+	}
+	if _, err := s.UpdateBuild(ctx, "b", func(b *build.Build) error {
+		b.Status, b.Error, b.FinishedAt = build.Failed, bad, now
+		return nil
+	}); err != nil {
+		t.Fatalf("UpdateBuild: %v", err)
+	}
+	keeps := func(what, got string) {
+		t.Helper()
+		for _, part := range []string{"before", " middle ", " after"} {
+			if !strings.Contains(got, part) {
+				t.Errorf("%s = %q: lost %q", what, got, part)
+			}
+		}
+	}
+	lines, err := s.ListBuildLogs(ctx, "b", 0, 10)
+	if err != nil || len(lines) != 2 {
+		t.Fatalf("ListBuildLogs = %+v, %v", lines, err)
+	}
+	keeps("log line", lines[0].Message)
+	steps, err := s.ListSteps(ctx, "b")
+	if err != nil || len(steps) != 1 {
+		t.Fatalf("ListSteps = %+v, %v", steps, err)
+	}
+	keeps("step name", steps[0].Name)
+	keeps("step error", steps[0].Error)
+	b, err := s.GetBuild(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keeps("build error", b.Error)
 }

@@ -29,6 +29,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"BuildStateMachine", builds},
 		{"ConcurrentBuildUpdates", concurrentUpdates},
 		{"ConcurrentStepsAndLogs", concurrentStepsAndLogs},
+		{"AnyBytesFromBuilders", anyBytes},
 		{"StepsAndLogs", stepsAndLogs},
 		{"DeleteProjectCascades", deleteCascades},
 		{"TrustPolicies", trustPolicies},
