@@ -53,7 +53,7 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 			if err != nil {
 				return err
 			}
-			cfg.Logger.Info("kiln serving", "addr", addr.String(), "data", cfg.DataDir, "store", storeLocation{&cfg.Store}.String(), "version", version)
+			cfg.Logger.Info("kiln serving", "addr", addr.String(), "data", cfg.DataDir, "store", describeStore(cfg.Store, cfg.DataDir), "version", version)
 			return s.Serve(cmd.Context())
 		},
 	}

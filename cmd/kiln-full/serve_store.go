@@ -33,3 +33,12 @@ func (s storeLocation) String() string {
 
 func (s storeLocation) Set(v string) error { *s.p = v; return nil }
 func (s storeLocation) Type() string       { return "location" }
+
+// describeStore is the store kiln serve opens, to log: a SQLite file's
+// path, or the Postgres URL without its password.
+func describeStore(location, dataDir string) string {
+	if path, ok := store.SQLitePath(location, dataDir); ok {
+		return "sqlite:" + path
+	}
+	return store.Redact(location)
+}
