@@ -25,7 +25,6 @@ import (
 // (the schema, the migrations, every query) is shared: queries are written
 // with "?" placeholders, which Postgres connections rewrite (rebindConn).
 type dialect struct {
-	name  string // "sqlite" or "postgres", for messages
 	goose goose.Dialect
 	// locker, if set, serialises migrations between processes (replicas
 	// starting together).
@@ -49,14 +48,12 @@ type dialect struct {
 }
 
 var sqliteDialect = dialect{
-	name:   "sqlite",
 	goose:  goose.DialectSQLite3,
 	instr:  "instr",
 	tables: `SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\_%' ESCAPE '\'`,
 }
 
 var postgresDialect = dialect{
-	name:      "postgres",
 	goose:     goose.DialectPostgres,
 	locker:    func() (lock.SessionLocker, error) { return lock.NewPostgresSessionLocker() },
 	forUpdate: " FOR UPDATE",
