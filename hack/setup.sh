@@ -37,6 +37,11 @@ for p in busybox-static ca-certificates make git curl gcc libc6-dev libseccomp-d
 done
 # A Docker engine and CLI: --load targets and the CLI-plugin tests.
 { command -v dockerd && command -v docker; } >/dev/null || need_pkgs+=(docker.io)
+# PostgreSQL for the Postgres store's tests (internal/store/pgtest runs its own server in a
+# temporary directory on a unix socket; the package's system service is not used).
+if [ "$for_tests" = 1 ]; then
+  dpkg -s postgresql >/dev/null 2>&1 || need_pkgs+=(postgresql)
+fi
 # ClickHouse for the export's end-to-end test (test/e2e/clickhouse_test.go), which runs its own
 # server in a temporary directory on loopback; the package's system service is not used.
 if [ "$for_tests" = 1 ]; then

@@ -15,7 +15,7 @@ import (
 // backquotes must be one placeholder word (NAME, DIR).
 func TestHelpHasNoStrayValueNames(t *testing.T) {
 	placeholder := regexp.MustCompile(`^[A-Z][A-Z0-9_-]*$`)
-	root := cli.NewRoot(newServeCmd("test"), newBakeCmd())
+	root := cli.NewRoot(newServeCmd("test"), newBakeCmd(), newStoreCmd())
 	var walk func(*cobra.Command)
 	n := 0
 	walk = func(cmd *cobra.Command) {

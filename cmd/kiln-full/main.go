@@ -12,5 +12,5 @@ import (
 )
 
 func main() {
-	os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr, newServeCmd(cli.Version), newBakeCmd()))
+	os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr, newServeCmd(cli.Version), newBakeCmd(), newStoreCmd()))
 }

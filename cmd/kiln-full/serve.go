@@ -30,7 +30,7 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 		Example: `  kiln serve
   kiln serve --data /srv/kiln --addr 127.0.0.1:7420
   KILN_DATA=/tmp/kiln kiln serve --health-timeout 1m
-  kiln serve --addr 0.0.0.0:7420 --public-url https://kiln.example.com` + oidcServeExample + registryServeExample + sourceServeExample + isolationServeExample + clickhouseServeExample,
+  kiln serve --addr 0.0.0.0:7420 --public-url https://kiln.example.com` + oidcServeExample + registryServeExample + sourceServeExample + isolationServeExample + clickhouseServeExample + storeServeExample,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var level slog.Level
@@ -53,7 +53,7 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 			if err != nil {
 				return err
 			}
-			cfg.Logger.Info("kiln serving", "addr", addr.String(), "data", cfg.DataDir, "version", version)
+			cfg.Logger.Info("kiln serving", "addr", addr.String(), "data", cfg.DataDir, "store", describeStore(cfg.Store, cfg.DataDir), "version", version)
 			return s.Serve(cmd.Context())
 		},
 	}
@@ -77,5 +77,6 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 	registerSourceFlags(f, &cfg.Source)
 	registerIsolationFlags(f, &cfg)
 	registerClickHouseFlags(f, &cfg.ClickHouse)
+	registerStoreFlags(f, &cfg.Store)
 	return cmd
 }

@@ -93,6 +93,11 @@ type Config struct {
 	// ClickHouse configures the export of finished builds (URL "" → none);
 	// the server sets its Dir (DATA/telemetry), Source and Logger.
 	ClickHouse telemetry.Config
+
+	// Store is where the control plane's state lives (store.Open):
+	// "" → DATA/kiln.db, "sqlite:PATH" or "postgres://…". It may hold a
+	// password: log it only through store.Redact.
+	Store string
 }
 
 // Server is a running control plane.
@@ -212,7 +217,7 @@ func checkConfig(cfg Config) (Config, error) {
 // admin token on first start) and the CA, and checks the TLS mode.
 func (s *Server) openData(ctx context.Context) error {
 	cfg := s.cfg
-	st, err := store.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "kiln.db"), store.WithObserver(s.metrics.ObserveStore))
+	st, err := store.Open(ctx, cfg.Store, cfg.DataDir, store.WithObserver(s.metrics.ObserveStore), store.Exclusive())
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"modernc.org/sqlite"
 
 	"github.com/kiln-dev/kiln/internal/build"
@@ -16,9 +17,10 @@ import (
 )
 
 // A full data disk. Every write of the store goes through exec or tx,
-// which turn SQLite's SQLITE_FULL ("database or disk is full") and the
-// file system's ENOSPC into errdefs.DiskFull, so callers and users read
-// "kiln's data disk is full (N bytes free)" rather than an internal error.
+// which turn SQLite's SQLITE_FULL ("database or disk is full"), Postgres's
+// disk_full (its server's disk) and the file system's ENOSPC into
+// errdefs.DiskFull, so callers and users read "kiln's data disk is full
+// (N bytes free)" rather than an internal error.
 //
 // SQLite itself recovers at once when room returns: a statement that
 // failed with SQLITE_FULL is rolled back, the connection stays usable and
@@ -62,11 +64,15 @@ type pendingEnds struct {
 	done     chan struct{}          // closed when a running loop exits; nil if none ran
 }
 
-// isDiskFull reports whether err is the file system's or SQLite's "no
-// room".
+// isDiskFull reports whether err is the file system's, SQLite's or
+// Postgres's "no room".
 func isDiskFull(err error) bool {
 	var se *sqlite.Error
 	if errors.As(err, &se) && se.Code()&0xff == sqliteFull {
+		return true
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == pgDiskFull {
 		return true
 	}
 	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
@@ -77,12 +83,17 @@ func isDiskFull(err error) bool {
 const sqliteFull = 13
 
 // diskErr turns a write's "no room" into errdefs.DiskFull, saying how much
-// the data disk has left; other errors pass unchanged.
-func (s *SQLite) diskErr(err error) error {
+// the data disk has left (unknown for a database on another machine);
+// other errors pass unchanged.
+func (s *SQL) diskErr(err error) error {
 	if err == nil || !isDiskFull(err) || errdefs.IsDiskFull(err) {
 		return err
 	}
-	return errdefs.DiskFull(FreeBytes(s.dir))
+	free := int64(-1)
+	if s.dir != "" {
+		free = FreeBytes(s.dir)
+	}
+	return errdefs.DiskFull(free)
 }
 
 // FreeBytes is what the file system holding dir has left for kiln (blocks
@@ -96,21 +107,21 @@ func FreeBytes(dir string) int64 {
 }
 
 // exec runs one write statement outside a transaction.
-func (s *SQLite) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+func (s *SQL) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	res, err := s.db.ExecContext(ctx, query, args...)
 	return res, s.diskErr(err)
 }
 
 // PendingEnds counts the build ends kept in memory until the data disk has
 // room to write them (readiness reports them).
-func (s *SQLite) PendingEnds() int {
+func (s *SQL) PendingEnds() int {
 	s.pending.mu.Lock()
 	defer s.pending.mu.Unlock()
 	return len(s.pending.ends)
 }
 
 // keepEnd keeps b's end to write later; false if too many are kept.
-func (s *SQLite) keepEnd(b build.Build) bool {
+func (s *SQL) keepEnd(b build.Build) bool {
 	p := &s.pending
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -137,7 +148,7 @@ func (s *SQLite) keepEnd(b build.Build) bool {
 
 // keepHealth keeps a health report until the build's next write; false
 // if too many are kept.
-func (s *SQLite) keepHealth(id string, at time.Time) bool {
+func (s *SQL) keepHealth(id string, at time.Time) bool {
 	p := &s.pending
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -153,7 +164,7 @@ func (s *SQLite) keepHealth(id string, at time.Time) bool {
 
 // overlay applies what a full disk kept to b, as read from the database:
 // its end, if it has not ended there, and its latest health report.
-func (s *SQLite) overlay(b *build.Build) {
+func (s *SQL) overlay(b *build.Build) {
 	s.pending.mu.Lock()
 	end, ended := s.pending.ends[b.ID]
 	at, reported := s.pending.health[b.ID]
@@ -168,7 +179,7 @@ func (s *SQLite) overlay(b *build.Build) {
 
 // forget drops what was kept of build id once a write of it succeeded
 // (the write included it: UpdateBuild overlays before it writes).
-func (s *SQLite) forget(id string) {
+func (s *SQL) forget(id string) {
 	s.pending.mu.Lock()
 	delete(s.pending.ends, id)
 	delete(s.pending.health, id)
@@ -181,7 +192,7 @@ var flushPolicy = retry.Policy{Attempts: -1, Delay: 250 * time.Millisecond, MaxD
 
 // flushEnds writes kept ends until none is left or the store closes. It
 // is the one loop that does; done is closed when it returns.
-func (s *SQLite) flushEnds(done chan struct{}) {
+func (s *SQL) flushEnds(done chan struct{}) {
 	defer close(done)
 	p := &s.pending
 	ctx, cancel := context.WithCancel(context.Background())
@@ -226,7 +237,7 @@ func (s *SQLite) flushEnds(done chan struct{}) {
 
 // writeEnd writes the kept end of build id, unless the build ended
 // meanwhile (the first end wins), and forgets it once written.
-func (s *SQLite) writeEnd(ctx context.Context, id string) error {
+func (s *SQL) writeEnd(ctx context.Context, id string) error {
 	s.pending.mu.Lock()
 	end, ok := s.pending.ends[id]
 	s.pending.mu.Unlock()
@@ -235,7 +246,7 @@ func (s *SQLite) writeEnd(ctx context.Context, id string) error {
 	}
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var status build.Status
-		if err := tx.QueryRowContext(ctx, `SELECT status FROM builds WHERE id = ?`, id).Scan(&status); err != nil {
+		if err := tx.QueryRowContext(ctx, `SELECT status FROM builds WHERE id = ?`+s.d.forUpdate, id).Scan(&status); err != nil {
 			return notFound(err, "build", id)
 		}
 		if status.Terminal() {
@@ -257,7 +268,7 @@ func (s *SQLite) writeEnd(ctx context.Context, id string) error {
 // closePending stops the flush loop, then tries once more to write what
 // is kept (Close calls it before closing the database; a second call does
 // nothing).
-func (s *SQLite) closePending() {
+func (s *SQL) closePending() {
 	p := &s.pending
 	p.mu.Lock()
 	select {

@@ -18,7 +18,7 @@ import (
 // SQLITE_FULL, as a full disk does, by capping the database at the pages
 // it has (the store keeps one connection, so the pragma holds for every
 // statement); room gives the room back.
-func fillDatabase(t *testing.T, s *SQLite) (room func()) {
+func fillDatabase(t *testing.T, s *SQL) (room func()) {
 	t.Helper()
 	// A checkpoint first: pages still in the WAL would otherwise count
 	// only when moved into the database.
@@ -39,7 +39,7 @@ func fillDatabase(t *testing.T, s *SQLite) (room func()) {
 	}
 }
 
-func openFull(t *testing.T) (*SQLite, string) {
+func openFull(t *testing.T) (*SQL, string) {
 	t.Helper()
 	dir := t.TempDir()
 	s, err := OpenSQLite(context.Background(), filepath.Join(dir, "kiln.db"))

@@ -7,11 +7,22 @@ import (
 	"time"
 )
 
-// Option tunes OpenSQLite.
+// Option tunes OpenSQLite and OpenPostgres.
 type Option func(*options)
 
 type options struct {
-	observe func(op string, d time.Duration)
+	observe   func(op string, d time.Duration)
+	exclusive bool
+}
+
+// Exclusive has OpenPostgres refuse a database another store opened
+// Exclusive holds (errdefs.ErrUnavailable), until that one closes: kiln
+// serve takes it, as two servers on one database would each take the
+// other's running builds for ones a crash interrupted. It is a session
+// lock on one connection the store keeps: should that connection drop
+// (Postgres restarted), the database is no longer held. SQLite ignores it.
+func Exclusive() Option {
+	return func(o *options) { o.exclusive = true }
 }
 
 // Store operations an observer is told of (WithObserver): the op values.
@@ -28,39 +39,52 @@ func WithObserver(observe func(op string, d time.Duration)) Option {
 	return func(o *options) { o.observe = observe }
 }
 
-// openDB opens the database at dsn with the registered "sqlite" driver;
-// with an observer, through connections that time what they do.
-func openDB(dsn string, o options) (*sql.DB, error) {
-	db, err := sql.Open("sqlite", dsn)
-	if err != nil || o.observe == nil {
-		return db, err
-	}
-	drv := db.Driver()
-	db.Close() // nothing was opened yet: sql.Open connects lazily
-	return sql.OpenDB(observedConnector{dsn: dsn, drv: drv, observe: o.observe}), nil
+// openDB opens the database base connects to: through connections that
+// rewrite the store's placeholders for Postgres (rebind), and time what
+// they do for an observer, if there is one. sql.OpenDB connects lazily.
+func openDB(base driver.Connector, rebind bool, o options) *sql.DB {
+	return sql.OpenDB(connector{base: base, rebind: rebind, observe: o.observe})
 }
 
-// observedConnector opens observed connections.
-type observedConnector struct {
-	dsn     string
-	drv     driver.Driver
-	observe func(op string, d time.Duration)
+// connector opens the store's connections.
+type connector struct {
+	base    driver.Connector
+	rebind  bool
+	observe func(op string, d time.Duration) // nil: not observed
 }
 
-func (c observedConnector) Connect(ctx context.Context) (driver.Conn, error) {
-	conn, err := c.drv.Open(c.dsn)
+func (c connector) Connect(ctx context.Context) (driver.Conn, error) {
+	conn, err := c.base.Connect(ctx)
 	if err != nil {
+		if c.rebind { // Postgres, on another machine
+			err = unreachable(err)
+		}
 		return nil, err
 	}
-	return &observedConn{Conn: conn, observe: c.observe}, nil
+	if c.rebind {
+		conn = &rebindConn{Conn: conn}
+	}
+	if c.observe != nil {
+		conn = &observedConn{Conn: conn, observe: c.observe}
+	}
+	return conn, nil
 }
 
-func (c observedConnector) Driver() driver.Driver { return c.drv }
+func (c connector) Driver() driver.Driver { return c.base.Driver() }
+
+// dsnConnector connects with a driver that has no connectors of its own.
+type dsnConnector struct {
+	dsn string
+	drv driver.Driver
+}
+
+func (c dsnConnector) Connect(context.Context) (driver.Conn, error) { return c.drv.Open(c.dsn) }
+func (c dsnConnector) Driver() driver.Driver                        { return c.drv }
 
 // observedConn times queries, execs and transactions, and passes
 // everything else to the driver's connection, which implements each of
-// these interfaces (modernc.org/sqlite's does). Prepared statements are
-// not timed: the store does not prepare any.
+// these interfaces (modernc.org/sqlite's, pgx's and rebindConn do).
+// Prepared statements are not timed: the store does not prepare any.
 type observedConn struct {
 	driver.Conn
 	observe func(op string, d time.Duration)

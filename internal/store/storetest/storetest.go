@@ -1,5 +1,5 @@
 // Package storetest is the conformance suite every store.Store
-// implementation runs (SQLite now, Postgres later): the same cases, the
+// implementation runs (SQLite and Postgres): the same cases, the
 // same expectations, including isolation between projects.
 package storetest
 
@@ -28,6 +28,8 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"TokensByHashAndScope", tokens},
 		{"BuildStateMachine", builds},
 		{"ConcurrentBuildUpdates", concurrentUpdates},
+		{"ConcurrentStepsAndLogs", concurrentStepsAndLogs},
+		{"AnyBytesFromBuilders", anyBytes},
 		{"StepsAndLogs", stepsAndLogs},
 		{"DeleteProjectCascades", deleteCascades},
 		{"TrustPolicies", trustPolicies},

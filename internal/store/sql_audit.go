@@ -17,7 +17,7 @@ func placeholders(n int) string {
 	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
 }
 
-func (s *SQLite) CreateAuditEvent(ctx context.Context, e audit.Entry) error {
+func (s *SQL) CreateAuditEvent(ctx context.Context, e audit.Entry) error {
 	detail := []byte("{}")
 	if len(e.Detail) > 0 {
 		var err error
@@ -30,7 +30,7 @@ func (s *SQLite) CreateAuditEvent(ctx context.Context, e audit.Entry) error {
 	return uniqueViolation(err, "audit event", e.ID)
 }
 
-func (s *SQLite) ListAuditEvents(ctx context.Context, q audit.EntryQuery) ([]audit.Entry, error) {
+func (s *SQL) ListAuditEvents(ctx context.Context, q audit.EntryQuery) ([]audit.Entry, error) {
 	if len(q.OrgIDs) == 0 || q.Limit <= 0 {
 		return nil, nil
 	}
@@ -79,7 +79,7 @@ func (s *SQLite) ListAuditEvents(ctx context.Context, q audit.EntryQuery) ([]aud
 	return out, rows.Err()
 }
 
-func (s *SQLite) PruneAuditEvents(ctx context.Context, before time.Time, keep int) (int64, error) {
+func (s *SQL) PruneAuditEvents(ctx context.Context, before time.Time, keep int) (int64, error) {
 	var total int64
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM audit_events WHERE at < ?`, ms(before))

@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-var _ RegistryIndex = (*SQLite)(nil)
+var _ RegistryIndex = (*SQL)(nil)
 
 const registryManifestCols = `repo, digest, project_id, media_type, artifact_type, subject, size, total_size, annotations, pushed_at`
 
@@ -28,7 +28,7 @@ func scanRegistryManifest(sc interface{ Scan(...any) error }) (RegistryManifest,
 	return m, nil
 }
 
-func (s *SQLite) PutRegistryManifest(ctx context.Context, m RegistryManifest, tag string) error {
+func (s *SQL) PutRegistryManifest(ctx context.Context, m RegistryManifest, tag string) error {
 	annotations := ""
 	if len(m.Annotations) > 0 {
 		b, err := json.Marshal(m.Annotations)
@@ -53,12 +53,12 @@ func (s *SQLite) PutRegistryManifest(ctx context.Context, m RegistryManifest, ta
 	})
 }
 
-func (s *SQLite) GetRegistryManifest(ctx context.Context, repo, digest string) (RegistryManifest, error) {
+func (s *SQL) GetRegistryManifest(ctx context.Context, repo, digest string) (RegistryManifest, error) {
 	m, err := scanRegistryManifest(s.db.QueryRowContext(ctx, `SELECT `+registryManifestCols+` FROM registry_manifests WHERE repo = ? AND digest = ?`, repo, digest))
 	return m, notFound(err, "manifest", repo+"@"+digest)
 }
 
-func (s *SQLite) queryRegistryManifests(ctx context.Context, q string, args ...any) ([]RegistryManifest, error) {
+func (s *SQL) queryRegistryManifests(ctx context.Context, q string, args ...any) ([]RegistryManifest, error) {
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
@@ -75,11 +75,11 @@ func (s *SQLite) queryRegistryManifests(ctx context.Context, q string, args ...a
 	return out, rows.Err()
 }
 
-func (s *SQLite) ListRegistryManifests(ctx context.Context, repo string) ([]RegistryManifest, error) {
+func (s *SQL) ListRegistryManifests(ctx context.Context, repo string) ([]RegistryManifest, error) {
 	return s.queryRegistryManifests(ctx, `SELECT `+registryManifestCols+` FROM registry_manifests WHERE repo = ? ORDER BY digest`, repo)
 }
 
-func (s *SQLite) ListRegistryReferrers(ctx context.Context, repo, subject, artifactType string) ([]RegistryManifest, error) {
+func (s *SQL) ListRegistryReferrers(ctx context.Context, repo, subject, artifactType string) ([]RegistryManifest, error) {
 	q := `SELECT ` + registryManifestCols + ` FROM registry_manifests WHERE repo = ? AND subject = ?`
 	args := []any{repo, subject}
 	if artifactType != "" {
@@ -89,7 +89,7 @@ func (s *SQLite) ListRegistryReferrers(ctx context.Context, repo, subject, artif
 	return s.queryRegistryManifests(ctx, q+` ORDER BY pushed_at, digest`, args...)
 }
 
-func (s *SQLite) DeleteRegistryManifest(ctx context.Context, repo, digest string) error {
+func (s *SQL) DeleteRegistryManifest(ctx context.Context, repo, digest string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM registry_tags WHERE repo = ? AND digest = ?`, repo, digest); err != nil {
 			return err
@@ -99,7 +99,7 @@ func (s *SQLite) DeleteRegistryManifest(ctx context.Context, repo, digest string
 	})
 }
 
-func (s *SQLite) ListRegistryTags(ctx context.Context, q RegistryTagQuery) ([]RegistryTag, error) {
+func (s *SQL) ListRegistryTags(ctx context.Context, q RegistryTagQuery) ([]RegistryTag, error) {
 	var where []string
 	var args []any
 	if q.Repo != "" {
@@ -142,19 +142,19 @@ func (s *SQLite) ListRegistryTags(ctx context.Context, q RegistryTagQuery) ([]Re
 	return out, rows.Err()
 }
 
-func (s *SQLite) PutRegistryTag(ctx context.Context, t RegistryTag) error {
+func (s *SQL) PutRegistryTag(ctx context.Context, t RegistryTag) error {
 	_, err := s.exec(ctx, `INSERT INTO registry_tags (repo, tag, project_id, digest, pushed_at) VALUES (?, ?, ?, ?, ?)
 		ON CONFLICT (repo, tag) DO UPDATE SET project_id = excluded.project_id, digest = excluded.digest, pushed_at = excluded.pushed_at`,
 		t.Repo, t.Tag, t.ProjectID, t.Digest, ms(t.PushedAt))
 	return err
 }
 
-func (s *SQLite) DeleteRegistryTag(ctx context.Context, repo, tag string) error {
+func (s *SQL) DeleteRegistryTag(ctx context.Context, repo, tag string) error {
 	_, err := s.exec(ctx, `DELETE FROM registry_tags WHERE repo = ? AND tag = ?`, repo, tag)
 	return err
 }
 
-func (s *SQLite) ListRegistryRepos(ctx context.Context) ([]string, error) {
+func (s *SQL) ListRegistryRepos(ctx context.Context) ([]string, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT repo FROM registry_manifests UNION SELECT repo FROM registry_tags ORDER BY 1`)
 	if err != nil {
 		return nil, err
@@ -171,7 +171,7 @@ func (s *SQLite) ListRegistryRepos(ctx context.Context) ([]string, error) {
 	return out, rows.Err()
 }
 
-func (s *SQLite) DeleteRegistryRepo(ctx context.Context, repo string) error {
+func (s *SQL) DeleteRegistryRepo(ctx context.Context, repo string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM registry_tags WHERE repo = ?`, repo); err != nil {
 			return err
@@ -181,7 +181,7 @@ func (s *SQLite) DeleteRegistryRepo(ctx context.Context, repo string) error {
 	})
 }
 
-func (s *SQLite) GetRegistrySettings(ctx context.Context, projectID string) (RegistrySettings, error) {
+func (s *SQL) GetRegistrySettings(ctx context.Context, projectID string) (RegistrySettings, error) {
 	rs := RegistrySettings{ProjectID: projectID}
 	var secs int64
 	err := s.db.QueryRowContext(ctx, `SELECT retention_seconds FROM registry_settings WHERE project_id = ?`, projectID).Scan(&secs)
@@ -192,7 +192,7 @@ func (s *SQLite) GetRegistrySettings(ctx context.Context, projectID string) (Reg
 	return rs, err
 }
 
-func (s *SQLite) PutRegistrySettings(ctx context.Context, rs RegistrySettings) error {
+func (s *SQL) PutRegistrySettings(ctx context.Context, rs RegistrySettings) error {
 	_, err := s.exec(ctx, `INSERT INTO registry_settings (project_id, retention_seconds) VALUES (?, ?)
 		ON CONFLICT (project_id) DO UPDATE SET retention_seconds = excluded.retention_seconds`,
 		rs.ProjectID, int64(rs.Retention/time.Second))

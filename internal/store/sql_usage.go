@@ -10,7 +10,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/build"
 )
 
-func (s *SQLite) QueryBuilds(ctx context.Context, q build.Query) ([]build.Build, error) {
+func (s *SQL) QueryBuilds(ctx context.Context, q build.Query) ([]build.Build, error) {
 	if q.Limit <= 0 {
 		return nil, nil
 	}
@@ -33,9 +33,10 @@ func (s *SQLite) QueryBuilds(ctx context.Context, q build.Query) ([]build.Build,
 		` ORDER BY created_at DESC, id DESC LIMIT ?`, args...)
 }
 
-func (s *SQLite) BuildUsage(ctx context.Context, orgID string, from, to time.Time) ([]build.ProjectUsage, error) {
+func (s *SQL) BuildUsage(ctx context.Context, orgID string, from, to time.Time) ([]build.ProjectUsage, error) {
+	// CAST: Postgres sums BIGINTs to a NUMERIC.
 	rows, err := s.db.QueryContext(ctx, `SELECT project_id, COUNT(*),
-			COALESCE(SUM(CASE WHEN started_at > 0 AND finished_at > started_at THEN finished_at - started_at ELSE 0 END), 0)
+			CAST(COALESCE(SUM(CASE WHEN started_at > 0 AND finished_at > started_at THEN finished_at - started_at ELSE 0 END), 0) AS BIGINT)
 		FROM builds WHERE org_id = ? AND created_at >= ? AND created_at < ?
 		GROUP BY project_id ORDER BY project_id`, orgID, ms(from), ms(to))
 	if err != nil {
@@ -55,7 +56,7 @@ func (s *SQLite) BuildUsage(ctx context.Context, orgID string, from, to time.Tim
 	return out, rows.Err()
 }
 
-func (s *SQLite) LastUncachedStepDurations(ctx context.Context, projectID string, names []string, before time.Time) (map[string]time.Duration, error) {
+func (s *SQL) LastUncachedStepDurations(ctx context.Context, projectID string, names []string, before time.Time) (map[string]time.Duration, error) {
 	out := map[string]time.Duration{}
 	for _, name := range names {
 		if _, done := out[name]; done {
@@ -78,13 +79,13 @@ func (s *SQLite) LastUncachedStepDurations(ctx context.Context, projectID string
 	return out, nil
 }
 
-func (s *SQLite) CreateBuildShare(ctx context.Context, sh build.Share) error {
+func (s *SQL) CreateBuildShare(ctx context.Context, sh build.Share) error {
 	_, err := s.exec(ctx, `INSERT INTO build_shares (build_id, token, created_by, created_at) VALUES (?, ?, ?, ?)`,
 		sh.BuildID, sh.Token, sh.CreatedBy, ms(sh.CreatedAt))
 	return uniqueViolation(err, "build share", sh.BuildID)
 }
 
-func (s *SQLite) getBuildShare(ctx context.Context, col, val string) (build.Share, error) {
+func (s *SQL) getBuildShare(ctx context.Context, col, val string) (build.Share, error) {
 	var sh build.Share
 	var created int64
 	err := s.db.QueryRowContext(ctx, `SELECT build_id, token, created_by, created_at FROM build_shares WHERE `+col+` = ?`, val).
@@ -93,18 +94,18 @@ func (s *SQLite) getBuildShare(ctx context.Context, col, val string) (build.Shar
 	return sh, err
 }
 
-func (s *SQLite) GetBuildShare(ctx context.Context, buildID string) (build.Share, error) {
+func (s *SQL) GetBuildShare(ctx context.Context, buildID string) (build.Share, error) {
 	sh, err := s.getBuildShare(ctx, "build_id", buildID)
 	return sh, notFound(err, "build share", buildID)
 }
 
-func (s *SQLite) GetBuildShareByToken(ctx context.Context, token string) (build.Share, error) {
+func (s *SQL) GetBuildShareByToken(ctx context.Context, token string) (build.Share, error) {
 	sh, err := s.getBuildShare(ctx, "token", token)
 	// The token is a secret: never echo it in an error.
 	return sh, notFound(err, "build share", "")
 }
 
-func (s *SQLite) DeleteBuildShare(ctx context.Context, buildID string) error {
+func (s *SQL) DeleteBuildShare(ctx context.Context, buildID string) error {
 	res, err := s.exec(ctx, `DELETE FROM build_shares WHERE build_id = ?`, buildID)
 	return affected(res, err, "build share", buildID)
 }

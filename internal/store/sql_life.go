@@ -20,8 +20,11 @@ func joinIDs(ids []string) string { return strings.Join(ids, " ") }
 func splitIDs(s string) []string { return strings.Fields(s) }
 
 // policiesExist is a WHERE condition (and its arguments) that holds only
-// while every policy of ids exists; "1 = 1" for none.
-func policiesExist(ids []string) (string, []any) {
+// while every policy of ids exists; "1 = 1" for none. On Postgres it locks
+// the policies until the statement's transaction ends, so a revocation
+// running meanwhile waits for the token or build being stored, and then
+// deletes it.
+func (s *SQL) policiesExist(ids []string) (string, []any) {
 	var uniq []string
 	for _, id := range ids {
 		if !slices.Contains(uniq, id) {
@@ -36,7 +39,7 @@ func policiesExist(ids []string) (string, []any) {
 		args = append(args, id)
 	}
 	args = append(args, len(uniq))
-	return `(SELECT COUNT(*) FROM trust_policies WHERE id IN (?` + strings.Repeat(", ?", len(uniq)-1) + `)) = ?`, args
+	return `(SELECT COUNT(*) FROM (SELECT id FROM trust_policies WHERE id IN (?` + strings.Repeat(", ?", len(uniq)-1) + `)` + s.d.forShare + `) p) = ?`, args
 }
 
 // admitted reads the result of a conditional insert (policiesExist).
@@ -51,24 +54,25 @@ func admitted(res sql.Result) error {
 // every token a CI job it admitted obtained (tokens recording it). The
 // builds such jobs started end through the build service
 // (build.Service.EndAdmittedBy), which reads builds.trust_policy_ids.
-func (s *SQLite) RevokeTrustPolicy(ctx context.Context, id string) error {
+func (s *SQL) RevokeTrustPolicy(ctx context.Context, id string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM trust_policies WHERE id = ?`, id)
 		if err := affected(res, err, "trust policy", id); err != nil {
 			return err
 		}
-		// instr, not LIKE: policy ids contain '_', a LIKE wildcard.
-		_, err = tx.ExecContext(ctx, `DELETE FROM tokens WHERE trust_policy_ids <> '' AND instr(' ' || trust_policy_ids || ' ', ' ' || ? || ' ') > 0`, id)
+		// instr (strpos on Postgres), not LIKE: policy ids contain '_', a
+		// LIKE wildcard.
+		_, err = tx.ExecContext(ctx, `DELETE FROM tokens WHERE trust_policy_ids <> '' AND `+s.d.instr+`(' ' || trust_policy_ids || ' ', ' ' || ? || ' ') > 0`, id)
 		return err
 	})
 }
 
 // TrustPoliciesExist reports whether every policy of ids still exists.
-func (s *SQLite) TrustPoliciesExist(ctx context.Context, ids []string) (bool, error) {
+func (s *SQL) TrustPoliciesExist(ctx context.Context, ids []string) (bool, error) {
 	if len(ids) == 0 {
 		return true, nil
 	}
-	cond, args := policiesExist(ids)
+	cond, args := s.policiesExist(ids)
 	var ok bool
 	err := s.db.QueryRowContext(ctx, `SELECT `+cond, args...).Scan(&ok)
 	return ok, err

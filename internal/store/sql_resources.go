@@ -10,7 +10,7 @@ import (
 
 // Builder resource samples and events of builds (build/resources.go).
 
-func (s *SQLite) PutResourceSamples(ctx context.Context, samples []build.ResourceSample) error {
+func (s *SQL) PutResourceSamples(ctx context.Context, samples []build.ResourceSample) error {
 	if len(samples) == 0 {
 		return nil
 	}
@@ -32,7 +32,7 @@ func (s *SQLite) PutResourceSamples(ctx context.Context, samples []build.Resourc
 	})
 }
 
-func (s *SQLite) PutResourceEvents(ctx context.Context, events []build.ResourceEvent) error {
+func (s *SQL) PutResourceEvents(ctx context.Context, events []build.ResourceEvent) error {
 	if len(events) == 0 {
 		return nil
 	}
@@ -53,7 +53,7 @@ func (s *SQLite) PutResourceEvents(ctx context.Context, events []build.ResourceE
 	})
 }
 
-func (s *SQLite) ListResourceSamples(ctx context.Context, buildID string) ([]build.ResourceSample, error) {
+func (s *SQL) ListResourceSamples(ctx context.Context, buildID string) ([]build.ResourceSample, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT at, interval_ms, cpu_millicores, memory_bytes, memory_peak_bytes, memory_limit_bytes, io_read_bytes, io_write_bytes
 		FROM build_resource_samples WHERE build_id = ? ORDER BY at`, buildID)
 	if err != nil {
@@ -73,7 +73,7 @@ func (s *SQLite) ListResourceSamples(ctx context.Context, buildID string) ([]bui
 	return out, rows.Err()
 }
 
-func (s *SQLite) ListResourceEvents(ctx context.Context, buildID string) ([]build.ResourceEvent, error) {
+func (s *SQL) ListResourceEvents(ctx context.Context, buildID string) ([]build.ResourceEvent, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT at, kind, message, count, memory_bytes, memory_limit_bytes
 		FROM build_resource_events WHERE build_id = ? ORDER BY at, kind`, buildID)
 	if err != nil {

@@ -1,0 +1,70 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/kiln-dev/kiln/internal/errdefs"
+)
+
+// Open opens the store a location names, as `kiln serve --store` and
+// `kiln store migrate` take it:
+//
+//	""                        the SQLite database in dataDir (kiln.db)
+//	sqlite:PATH               a SQLite database file, or a data directory holding kiln.db
+//	postgres://… postgresql://…  a Postgres database (OpenPostgres)
+func Open(ctx context.Context, location, dataDir string, opts ...Option) (*SQL, error) {
+	if path, ok := SQLitePath(location, dataDir); ok {
+		return OpenSQLite(ctx, path, opts...)
+	}
+	if IsPostgres(location) {
+		return OpenPostgres(ctx, location, opts...)
+	}
+	return nil, fmt.Errorf("store %q: want sqlite:PATH or postgres://…: %w", Redact(location), errdefs.ErrInvalid)
+}
+
+// SQLitePath is the database file location names, if it names a SQLite
+// one ("" or sqlite:…; see Open).
+func SQLitePath(location, dataDir string) (string, bool) {
+	if location != "" && !strings.HasPrefix(location, "sqlite:") {
+		return "", false
+	}
+	path := strings.TrimPrefix(strings.TrimPrefix(location, "sqlite:"), "//")
+	if path == "" {
+		return filepath.Join(dataDir, "kiln.db"), true
+	}
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		path = filepath.Join(path, "kiln.db")
+	}
+	return path, true
+}
+
+// IsPostgres reports whether location names a Postgres database.
+func IsPostgres(location string) bool {
+	return strings.HasPrefix(location, "postgres://") || strings.HasPrefix(location, "postgresql://")
+}
+
+// Redact is location without its password, to log or show: a URL's
+// password becomes "xxxxx", and so does a password=… parameter.
+func Redact(location string) string {
+	u, err := url.Parse(location)
+	if err != nil || u.Scheme == "" || u.Opaque != "" {
+		if IsPostgres(location) {
+			return "postgres://(unparsable URL)"
+		}
+		return location
+	}
+	if _, has := u.User.Password(); has {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	q := u.Query()
+	if q.Has("password") {
+		q.Set("password", "xxxxx")
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}

@@ -1,0 +1,189 @@
+package store_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/project"
+	"github.com/kiln-dev/kiln/internal/store"
+	"github.com/kiln-dev/kiln/internal/store/pgtest"
+	"github.com/kiln-dev/kiln/internal/store/storetest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+func openPostgres(t *testing.T, url string) *store.SQL {
+	t.Helper()
+	s, err := store.OpenPostgres(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestPostgresConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		return openPostgres(t, pgtest.NewDatabase(t))
+	})
+}
+
+// Both databases report the same schema version: the migrations are one
+// set of files.
+func TestPostgresSchemaVersion(t *testing.T) {
+	ctx := context.Background()
+	pg := openPostgres(t, pgtest.NewDatabase(t))
+	lite, err := store.OpenSQLite(ctx, t.TempDir()+"/kiln.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lite.Close()
+	pv, err := pg.SchemaVersion(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lv, err := lite.SchemaVersion(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pv != lv || pv == 0 {
+		t.Errorf("schema version: postgres %d, sqlite %d", pv, lv)
+	}
+}
+
+// Migrations run once: reopening keeps the data, and two stores opening
+// one new database at once (replicas starting together) both succeed.
+func TestPostgresReopenAndConcurrentOpen(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			s, err := store.OpenPostgres(ctx, url)
+			if err == nil {
+				s.Close()
+			}
+			errs <- err
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatalf("concurrent open: %v", err)
+		}
+	}
+	s := openPostgres(t, url)
+	if err := s.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o"}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = openPostgres(t, url)
+	if _, err := s.GetOrganization(ctx, "o"); err != nil {
+		t.Errorf("after reopen: %v", err)
+	}
+}
+
+// One Exclusive store per database: a second kiln serve on it is refused
+// until the first closes.
+func TestPostgresExclusive(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	first, err := store.OpenPostgres(ctx, url, store.Exclusive())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err := store.OpenPostgres(ctx, url, store.Exclusive()); !errors.Is(err, errdefs.ErrUnavailable) {
+		if err == nil {
+			s.Close()
+		}
+		t.Fatalf("second exclusive open: %v, want ErrUnavailable", err)
+	}
+	// Others (kiln store migrate's checks, tools) may still open it.
+	openPostgres(t, url)
+	first.Close()
+	again, err := store.OpenPostgres(ctx, url, store.Exclusive())
+	if err != nil {
+		t.Fatalf("exclusive open after the first closed: %v", err)
+	}
+	again.Close()
+}
+
+// An observed Postgres store (kiln serve's) rewrites its queries below the
+// timing, and the observer hears of queries, execs and transactions.
+func TestPostgresObserved(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	ops := map[string]int{}
+	s, err := store.OpenPostgres(ctx, pgtest.NewDatabase(t), store.WithObserver(func(op string, d time.Duration) {
+		mu.Lock()
+		ops[op]++
+		mu.Unlock()
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetOrganization(ctx, "o"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteProject(ctx, "nope"); !errdefs.IsNotFound(err) {
+		t.Fatalf("DeleteProject(nope): %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, op := range []string{store.OpQuery, store.OpExec, store.OpTx} {
+		if ops[op] == 0 {
+			t.Errorf("no %s observed (%v)", op, ops)
+		}
+	}
+}
+
+// A database that cannot be reached is errdefs.ErrUnavailable (clients
+// retry), and the store recovers once it is back: here, its connections
+// killed from another session as a Postgres restart would.
+func TestPostgresUnreachable(t *testing.T) {
+	ctx := context.Background()
+	_, err := store.OpenPostgres(ctx, "postgres://kiln:pw@/kiln?host="+t.TempDir()+"&connect_timeout=2")
+	if !errdefs.IsUnavailable(err) || strings.Contains(err.Error(), "pw@") {
+		t.Errorf("open of a missing server: %v, want ErrUnavailable without the password", err)
+	}
+
+	url := pgtest.NewDatabase(t)
+	s := openPostgres(t, url)
+	if err := s.CreateOrganization(ctx, project.Organization{ID: "o", Name: "o"}); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := sql.Open("pgx", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if _, err := admin.ExecContext(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> pg_backend_pid()`); err != nil {
+		t.Fatal(err)
+	}
+	// The first use of a killed connection may fail, as Unavailable only.
+	for i := range 20 {
+		_, err = s.GetOrganization(ctx, "o")
+		if err == nil {
+			break
+		}
+		if !errdefs.IsUnavailable(err) {
+			t.Fatalf("read after the connections were killed: %v, want ErrUnavailable or success", err)
+		}
+		if strings.Contains(err.Error(), "/") {
+			t.Errorf("the message names the server: %q", err)
+		}
+		if i == 19 {
+			t.Fatalf("the store did not recover: %v", err)
+		}
+	}
+}
