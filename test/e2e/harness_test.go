@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/kilntest"
+	"github.com/kiln-dev/kiln/internal/store/pgtest"
 	"github.com/kiln-dev/kiln/internal/testenv"
 )
 
@@ -86,7 +87,7 @@ func run(m *testing.M) int {
 	}
 	flag.Parse()
 	setParallel()
-	code := m.Run()
+	code := pgtest.Run(m) // stops the Postgres a test started, if any
 	if !stopShared() && code == 0 {
 		code = 1
 	}
