@@ -1,0 +1,24 @@
+package server
+
+import (
+	"net/http"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/project"
+	"github.com/kiln-dev/kiln/internal/web"
+)
+
+// mountWeb serves the dashboard (internal/web) at / on the API's listener,
+// and GET /builds/{id}: JSON to API callers, the build's page to browsers
+// (buildpage.go). It comes after openSource: Cancel and Rebuild go to the
+// runner.
+func (s *Server) mountWeb(mux *http.ServeMux, authn *auth.Authenticator, projects *project.Service) error {
+	dash, err := web.New(web.Config{Builds: s.builds, Projects: projects, Logs: s.store, Runner: s.runner,
+		Authn: authn, Logger: s.cfg.Logger})
+	if err != nil {
+		return err
+	}
+	dash.Mount(mux)
+	s.mountBuildPage(mux, authn, dash.BuildPage())
+	return nil
+}
