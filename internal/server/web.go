@@ -14,11 +14,21 @@ import (
 // runner.
 func (s *Server) mountWeb(mux *http.ServeMux, authn *auth.Authenticator, projects *project.Service) error {
 	dash, err := web.New(web.Config{Builds: s.builds, Projects: projects, Logs: s.store, Runner: s.runner,
-		Authn: authn, Logger: s.cfg.Logger})
+		Authn: authn, Logger: s.cfg.Logger, Builders: s.builderStates})
 	if err != nil {
 		return err
 	}
 	dash.Mount(mux)
 	s.mountBuildPage(mux, authn, dash.BuildPage())
 	return nil
+}
+
+// builderStates is each project's builders as the dashboard lists them:
+// "<platform> <state>".
+func (s *Server) builderStates() map[string][]string {
+	out := map[string][]string{}
+	for _, st := range s.fleet.Status() {
+		out[st.ProjectID] = append(out[st.ProjectID], st.Platform+" "+string(st.State))
+	}
+	return out
 }

@@ -1,9 +1,11 @@
 package web
 
 import (
+	"cmp"
 	"fmt"
 	"html/template"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -54,12 +56,12 @@ func chartsOf(rows []buildRow) charts {
 	slot := float64(chartW) / float64(max(len(rows), chartBuilds))
 	for i, r := range rows {
 		x := float64(i) * slot
-		h := float64(chartH) * float64(r.Duration) / float64(longest)
+		h := max(1, float64(chartH)*float64(r.Duration)/float64(longest))
 		c.Duration.Bars = append(c.Duration.Bars, bar{ID: r.ID, X: x, W: slot - chartGap, Y: chartH - h, H: h, Status: r.Status,
 			Value: int(r.Duration.Milliseconds()), Label: fmt.Sprintf("%s: %s, %s", r.ID, r.Status, human(r.Duration))})
 		hit := bar{ID: r.ID, X: x, W: slot - chartGap, Status: r.Status, Value: r.HitPercent}
 		if r.HitPercent >= 0 {
-			hit.H = float64(chartH) * float64(r.HitPercent) / 100
+			hit.H = max(1, float64(chartH)*float64(r.HitPercent)/100) // 0 % still shows
 			hit.Label = fmt.Sprintf("%s: %d of %d steps cached (%d %%)", r.ID, r.Cached, r.Total, r.HitPercent)
 		} else {
 			hit.Label = r.ID + ": no steps recorded"
@@ -71,12 +73,14 @@ func chartsOf(rows []buildRow) charts {
 	return c
 }
 
-// sortSteps orders the waterfall by start, steps not started last.
+// sortSteps orders the waterfall by start; steps not started go last, in
+// the order of their names ("[stage 2/4] …" before "[stage 10/4] …"):
+// BuildKit lists a solve's vertices from the last one.
 func sortSteps(steps []liveStep) {
 	slices.SortStableFunc(steps, func(a, b liveStep) int {
 		switch {
 		case a.StartedAt == nil && b.StartedAt == nil:
-			return 0
+			return naturalCompare(a.Name, b.Name)
 		case a.StartedAt == nil:
 			return 1
 		case b.StartedAt == nil:
@@ -84,6 +88,37 @@ func sortSteps(steps []liveStep) {
 		}
 		return a.StartedAt.Compare(*b.StartedAt)
 	})
+}
+
+// naturalCompare compares strings with runs of digits compared as numbers.
+func naturalCompare(a, b string) int {
+	for a != "" && b != "" {
+		da, db := digits(a), digits(b)
+		if da > 0 && db > 0 {
+			na, nb := strings.TrimLeft(a[:da], "0"), strings.TrimLeft(b[:db], "0")
+			if c := cmp.Compare(len(na), len(nb)); c != 0 {
+				return c
+			}
+			if c := strings.Compare(na, nb); c != 0 {
+				return c
+			}
+			a, b = a[da:], b[db:]
+			continue
+		}
+		if a[0] != b[0] {
+			return cmp.Compare(a[0], b[0])
+		}
+		a, b = a[1:], b[1:]
+	}
+	return cmp.Compare(len(a), len(b))
+}
+
+func digits(s string) int {
+	n := 0
+	for n < len(s) && s[n] >= '0' && s[n] <= '9' {
+		n++
+	}
+	return n
 }
 
 // human is a duration as people read it: 850ms, 12.3s, 4m05s, 2h10m.

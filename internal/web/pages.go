@@ -122,6 +122,7 @@ func (d *Dashboard) signOut(w http.ResponseWriter, r *http.Request) {
 
 type projectRow struct {
 	Project    project.Project
+	Builders   []string // "<platform> <state>"
 	Builds     int
 	BuildTime  string
 	Saved      string
@@ -151,10 +152,14 @@ func (d *Dashboard) projectsPage(w http.ResponseWriter, r *http.Request) {
 		d.failErr(w, r, s, "organization", err)
 		return
 	}
+	var builders map[string][]string
+	if d.cfg.Builders != nil {
+		builders = d.cfg.Builders()
+	}
 	rows := make([]projectRow, 0, len(usage))
 	for _, u := range usage {
 		rows = append(rows, projectRow{Project: u.Project, Builds: u.Builds, BuildTime: human(u.BuildTime),
-			Saved: human(u.SavedTime), CacheBytes: bytesHuman(u.CacheBytes)})
+			Saved: human(u.SavedTime), CacheBytes: bytesHuman(u.CacheBytes), Builders: builders[u.Project.ID]})
 	}
 	d.render(w, r, http.StatusOK, "projects", s, "Projects", rows)
 }

@@ -72,6 +72,9 @@ type Config struct {
 	Runner   Runner
 	Authn    Authenticator
 	Logger   *slog.Logger
+	// Builders reports the builders' states, by project id: one
+	// "<platform> <state>" each (builder.Fleet.Status); nil shows none.
+	Builders func() map[string][]string
 	// Now is the clock; nil → time.Now.
 	Now func() time.Time
 }

@@ -105,8 +105,9 @@
     jumped = true;
   }
 
-  function drawResources(r) {
+  function drawResources(r, ended) {
     const p = $("resources");
+    if (r.samples === 0 && ended) p.textContent = "No samples of the builder were recorded for this build.";
     if (r.samples > 0) {
       let text = "Peak memory " + (r.peak_memory_bytes / 1048576).toFixed(0) + " MiB";
       if (r.memory_limit_bytes > 0) text += " of " + (r.memory_limit_bytes / 1048576).toFixed(0) + " MiB";
@@ -128,7 +129,7 @@
       line.setAttribute("class", "mem");
       line.setAttribute("points", pts);
       svg.append(line);
-      svg.hidden = false;
+      svg.removeAttribute("hidden");
     }
     const oom = $("oom-banner");
     oom.hidden = !r.oom;
@@ -155,7 +156,7 @@
       banner.textContent = f ? "Failed at " + f.name + ": " + f.error : b.error;
       banner.hidden = false;
     }
-    drawResources(v.resources);
+    drawResources(v.resources, b.terminal);
     $("follow").textContent = b.terminal ? "" : "(following)";
     if (b.terminal) jumpToFailure(v.steps);
   }
