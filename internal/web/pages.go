@@ -1,6 +1,7 @@
 package web
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -91,6 +92,9 @@ func (d *Dashboard) signIn(w http.ResponseWriter, r *http.Request) {
 		d.render(w, r, http.StatusUnauthorized, "signin", nil, "Sign in", signInData{Error: true, Next: next,
 			Message: "That is not a valid organization or project token of this server."})
 		return
+	}
+	if old := cookieID(r); old != "" {
+		d.sessions.end(old) // a new sign-in replaces the browser's session
 	}
 	id, _ := d.sessions.create(secret, p)
 	setCookie(w, r, id, int(sessionLife/time.Second))
@@ -264,6 +268,12 @@ type buildData struct {
 	Row       buildRow
 	ProjectID string
 	CanAct    bool // Cancel and Rebuild are offered (a source build, a runner)
+	CanShare  bool
+	// Options are the build's options as the client reported them, or a
+	// source build's request (Dockerfile, target, arguments, platforms;
+	// never secrets), indented; "" when unknown.
+	Options  string
+	ShareURL string // after Share
 }
 
 func (d *Dashboard) buildPage(w http.ResponseWriter, r *http.Request) {
@@ -273,14 +283,66 @@ func (d *Dashboard) buildPage(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
 	defer cancel()
-	b, st, err := d.cfg.Builds.Stats(ctx, p, r.PathValue("id"))
+	data, err := d.buildData(ctx, p, r.PathValue("id"))
 	if err != nil {
 		d.failErr(w, r, s, "build", err)
 		return
 	}
-	data := buildData{Build: b, Row: rowOf(b, st, d.cfg.Now()), ProjectID: b.ProjectID,
-		CanAct: b.IsSource() && d.cfg.Runner != nil && p.CanDriveBuild(b)}
-	d.render(w, r, http.StatusOK, "build", s, "Build "+b.ID, data)
+	d.render(w, r, http.StatusOK, "build", s, "Build "+data.Build.ID, data)
+}
+
+func (d *Dashboard) buildData(ctx context.Context, p auth.Principal, id string) (buildData, error) {
+	b, st, err := d.cfg.Builds.Stats(ctx, p, id)
+	if err != nil {
+		return buildData{}, err
+	}
+	opts := b.Options
+	if b.IsSource() {
+		opts = b.Spec
+	}
+	return buildData{Build: b, Row: rowOf(b, st, d.cfg.Now()), ProjectID: b.ProjectID,
+		CanAct: b.IsSource() && d.cfg.Runner != nil && p.CanDriveBuild(b), CanShare: p.CanManage(b), Options: indentJSON(opts)}, nil
+}
+
+// indentJSON is raw indented for reading; "" for nothing or not JSON.
+func indentJSON(raw string) string {
+	var buf bytes.Buffer
+	if raw == "" || raw == "null" || json.Indent(&buf, []byte(raw), "", "  ") != nil {
+		return ""
+	}
+	return buf.String()
+}
+
+// shareBuild makes the build's read-only share link (build.Service.Share,
+// as ShareBuild) and shows it on the build's page.
+func (d *Dashboard) shareBuild(w http.ResponseWriter, r *http.Request) {
+	s, p, ok := d.session(w, r, true)
+	if !ok {
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+	if err := checkCSRF(r, s); err != nil {
+		d.fail(w, r, s, http.StatusForbidden, err.Error())
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
+	defer cancel()
+	link, err := d.cfg.Builds.Share(ctx, p, r.PathValue("id"))
+	if errors.Is(err, errdefs.ErrPermission) {
+		d.fail(w, r, s, http.StatusForbidden, err.Error())
+		return
+	}
+	if err != nil {
+		d.failErr(w, r, s, "build", err)
+		return
+	}
+	data, err := d.buildData(ctx, p, r.PathValue("id"))
+	if err != nil {
+		d.failErr(w, r, s, "build", err)
+		return
+	}
+	data.ShareURL = link
+	d.render(w, r, http.StatusOK, "build", s, "Build "+data.Build.ID, data)
 }
 
 // liveBuild is what the build page's script reads every second.

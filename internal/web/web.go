@@ -32,6 +32,7 @@ type Builds interface {
 	Page(ctx context.Context, p auth.Principal, projectID string, pageSize int, pageToken string) ([]build.Build, string, error)
 	Resources(ctx context.Context, p auth.Principal, buildID string) (build.Resources, error)
 	Usage(ctx context.Context, p auth.Principal, projects []project.Project, period build.Period, withSaved bool) ([]build.Usage, error)
+	Share(ctx context.Context, p auth.Principal, buildID string) (string, error)
 }
 
 var _ Builds = (*build.Service)(nil)
@@ -126,6 +127,7 @@ func (d *Dashboard) Mount(mux *http.ServeMux) {
 	mux.HandleFunc("GET /builds/{id}/live", d.buildLive)
 	mux.HandleFunc("POST /builds/{id}/cancel", d.cancelBuild)
 	mux.HandleFunc("POST /builds/{id}/rebuild", d.rebuildBuild)
+	mux.HandleFunc("POST /builds/{id}/share", d.shareBuild)
 	mux.Handle("GET /assets/", http.StripPrefix("/assets/", d.assetHandler()))
 }
 

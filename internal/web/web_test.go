@@ -336,18 +336,22 @@ func TestCSRF(t *testing.T) {
 	w.signIn(t, c, w.p1Tok)
 	page := do(t, c, "GET", w.srv.URL+"/projects/p1", nil, nil).body
 	tok := csrfOf(t, page)
+	wrong := tok[:len(tok)-1] + "x"
+	if wrong == tok {
+		wrong = tok[:len(tok)-1] + "y"
+	}
 	origin := map[string]string{"Origin": w.srv.URL}
 	for name, tc := range map[string]struct {
 		form url.Values
 		hdr  map[string]string
 	}{
 		"no token":          {url.Values{}, origin},
-		"wrong token":       {url.Values{"csrf": {tok[:len(tok)-1] + "x"}}, origin},
+		"wrong token":       {url.Values{"csrf": {wrong}}, origin},
 		"another origin":    {url.Values{"csrf": {tok}}, map[string]string{"Origin": "https://evil.example"}},
 		"cross-site fetch":  {url.Values{"csrf": {tok}}, map[string]string{"Sec-Fetch-Site": "cross-site"}},
 		"token in a header": {url.Values{}, map[string]string{"Origin": w.srv.URL, "X-CSRF-Token": "nope"}},
 	} {
-		for _, path := range []string{"/sign-out", "/builds/b1/cancel", "/builds/b1/rebuild"} {
+		for _, path := range []string{"/sign-out", "/builds/b1/cancel", "/builds/b1/rebuild", "/builds/b1/share"} {
 			if a := do(t, c, "POST", w.srv.URL+path, tc.form, tc.hdr); a.code != http.StatusForbidden {
 				t.Errorf("POST %s, %s: %d", path, name, a.code)
 			}
@@ -406,5 +410,22 @@ func TestNextStaysOnTheServer(t *testing.T) {
 		if a.hdr.Get("Location") != want {
 			t.Errorf("next=%q: to %q, want %q", next, a.hdr.Get("Location"), want)
 		}
+	}
+}
+
+// Share makes the build's link (as ShareBuild); another project's build
+// cannot be shared.
+func TestShare(t *testing.T) {
+	w := newWorld(t, false)
+	c := w.browser(t)
+	w.signIn(t, c, w.p1Tok)
+	tok := csrfOf(t, do(t, c, "GET", w.srv.URL+"/builds/b1", nil, nil).body)
+	origin := map[string]string{"Origin": w.srv.URL}
+	a := do(t, c, "POST", w.srv.URL+"/builds/b1/share", url.Values{"csrf": {tok}}, origin)
+	if a.code != 200 || !regexp.MustCompile(`id="share-url"[^>]*>.*<a href="/shared/[0-9A-Za-z]{32}">`).MatchString(a.body) {
+		t.Fatalf("share: %d\n%s", a.code, a.body)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/builds/b2/share", url.Values{"csrf": {tok}}, origin); a.code != http.StatusNotFound {
+		t.Errorf("share another project's build: %d", a.code)
 	}
 }

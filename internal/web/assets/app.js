@@ -18,6 +18,7 @@
     return e;
   };
 
+  const maxLines = 20000;
   let after = 0; // the last log line shown
   let afterEnd = 0; // polls since the build ended
   let jumped = false; // the log was scrolled to the failing step once
@@ -86,6 +87,12 @@
       line.dataset.seq = l.seq;
       line.append(el("span", "tag", (stepName.get(l.digest) || "··") + " "), document.createTextNode(l.message.replace(/\n$/, "")));
       log.append(line);
+    }
+    // A page keeps the last maxLines lines; `kiln builds logs` has all.
+    let extra = log.childElementCount - maxLines;
+    if (extra > 0) {
+      while (extra-- > 0) log.firstElementChild.remove();
+      $("follow").dataset.cut = "1";
     }
     if (atBottom) log.scrollTop = log.scrollHeight;
   }
@@ -157,7 +164,8 @@
       banner.hidden = false;
     }
     drawResources(v.resources, b.terminal);
-    $("follow").textContent = b.terminal ? "" : "(following)";
+    const cut = $("follow").dataset.cut ? " (the first lines are cut: kiln builds logs " + id + " prints them all)" : "";
+    $("follow").textContent = (b.terminal ? "" : "(following)") + cut;
     if (b.terminal) jumpToFailure(v.steps);
   }
 
