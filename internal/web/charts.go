@@ -73,8 +73,8 @@ func chartsOf(rows []buildRow) charts {
 	return c
 }
 
-// sortSteps orders the waterfall by start; steps not started go last, in
-// the order of their names ("[stage 2/4] …" before "[stage 10/4] …"):
+// sortSteps orders the waterfall by start; steps that started together
+// and steps not started (last) go in the order of their names ("[stage 2/4] …" before "[stage 10/4] …"):
 // BuildKit lists a solve's vertices from the last one.
 func sortSteps(steps []liveStep) {
 	slices.SortStableFunc(steps, func(a, b liveStep) int {
@@ -86,7 +86,10 @@ func sortSteps(steps []liveStep) {
 		case b.StartedAt == nil:
 			return -1
 		}
-		return a.StartedAt.Compare(*b.StartedAt)
+		if c := a.StartedAt.Compare(*b.StartedAt); c != 0 {
+			return c
+		}
+		return naturalCompare(a.Name, b.Name) // cached steps start together
 	})
 }
 

@@ -167,6 +167,8 @@
     const cut = $("follow").dataset.cut ? " (the first lines are cut: kiln builds logs " + id + " prints them all)" : "";
     $("follow").textContent = (b.terminal ? "" : "(following)") + cut;
     if (b.terminal) jumpToFailure(v.steps);
+    const log = $("log");
+    if (b.terminal && log.childElementCount === 0) log.textContent = "(no log lines)";
   }
 
   async function poll() {
