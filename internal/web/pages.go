@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -198,6 +199,8 @@ func rowOf(b build.Build, st build.Stats, now time.Time) buildRow {
 
 type projectData struct {
 	Project   project.Project
+	Status    string   // the list's filter: a build status, "" for all
+	Statuses  []string // the filter's choices
 	Builds    []buildRow
 	Next      string // the next page's token
 	First     bool   // this is the first page
@@ -225,10 +228,14 @@ func (d *Dashboard) projectPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := d.cfg.Now()
-	data := projectData{Project: proj, ChartSize: chartBuilds}
+	data := projectData{Project: proj, ChartSize: chartBuilds, Statuses: statuses}
 	token := r.URL.Query().Get("page")
 	data.First = token == ""
-	page, next, err := d.cfg.Builds.Page(ctx, p, proj.ID, listPage, token)
+	data.Status = r.URL.Query().Get("status")
+	if !slices.Contains(statuses, data.Status) {
+		data.Status = ""
+	}
+	page, next, err := d.listBuilds(ctx, p, proj.ID, token, build.Status(data.Status))
 	if err != nil {
 		d.failErr(w, r, s, "project", err)
 		return
@@ -261,6 +268,44 @@ func (d *Dashboard) projectPage(w http.ResponseWriter, r *http.Request) {
 	data.Charts = chartsOf(charted)
 	data.Saved = human(saved)
 	d.render(w, r, http.StatusOK, "project", s, proj.Name, data)
+}
+
+// statuses are what the builds list can be filtered by.
+var statuses = []string{string(build.Queued), string(build.Running), string(build.Pushing),
+	string(build.Succeeded), string(build.Failed), string(build.Canceled)}
+
+// Filtered listings read this many builds a page, at most filterPages
+// pages per answer: a filter shows the matches among the builds it read,
+// and "Older builds" goes on from there.
+const (
+	filterPageSize = 100
+	filterPages    = 5
+)
+
+// listBuilds is one page of a project's builds, newest first, and the
+// token of the next: listPage builds, or with a status, those of that
+// status among up to filterPages pages of filterPageSize.
+func (d *Dashboard) listBuilds(ctx context.Context, p auth.Principal, projectID, token string, status build.Status) ([]build.Build, string, error) {
+	if status == "" {
+		return d.cfg.Builds.Page(ctx, p, projectID, listPage, token)
+	}
+	var out []build.Build
+	for range filterPages {
+		page, next, err := d.cfg.Builds.Page(ctx, p, projectID, filterPageSize, token)
+		if err != nil {
+			return nil, "", err
+		}
+		for _, b := range page {
+			if b.Status == status {
+				out = append(out, b)
+			}
+		}
+		token = next
+		if next == "" || len(out) >= listPage {
+			break
+		}
+	}
+	return out, token, nil
 }
 
 type buildData struct {

@@ -3,6 +3,7 @@ package web_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -427,5 +428,59 @@ func TestShare(t *testing.T) {
 	}
 	if a := do(t, c, "POST", w.srv.URL+"/builds/b2/share", url.Values{"csrf": {tok}}, origin); a.code != http.StatusNotFound {
 		t.Errorf("share another project's build: %d", a.code)
+	}
+}
+
+// The builds list pages 20 at a time, newest first, and filters by status.
+func TestBuildsListPagesAndFilters(t *testing.T) {
+	w := newWorld(t, false)
+	ctx := context.Background()
+	base := time.Now().UTC().Truncate(time.Millisecond)
+	p1, err := w.st.GetProject(ctx, "p1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 24 {
+		at := base.Add(time.Duration(i+1) * time.Second)
+		st := build.Succeeded
+		if i%2 == 1 {
+			st = build.Canceled
+		}
+		if err := w.st.CreateBuild(ctx, build.Build{ID: fmt.Sprintf("x%02d", i), ProjectID: "p1", OrgID: p1.OrgID, Status: st,
+			CreatedAt: at, StartedAt: at, FinishedAt: at.Add(time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := w.browser(t)
+	w.signIn(t, c, w.p1Tok)
+	rows := regexp.MustCompile(`<tr data-build="([^"]+)">`)
+	older := regexp.MustCompile(`href="(/projects/p1\?page=[^"]+)" id="older"`)
+	listed := func(body string) []string {
+		var ids []string
+		for _, m := range rows.FindAllStringSubmatch(body, -1) {
+			ids = append(ids, m[1])
+		}
+		return ids
+	}
+	first := do(t, c, "GET", w.srv.URL+"/projects/p1", nil, nil).body
+	if ids := listed(first); len(ids) != 20 || ids[0] != "x23" || ids[19] != "x04" {
+		t.Fatalf("first page: %v", ids)
+	}
+	m := older.FindStringSubmatch(first)
+	if m == nil {
+		t.Fatal("no link to older builds")
+	}
+	second := do(t, c, "GET", w.srv.URL+strings.ReplaceAll(m[1], "&amp;", "&"), nil, nil).body
+	if ids := listed(second); len(ids) != 5 || ids[0] != "x03" || ids[4] != "b1" || older.MatchString(second) {
+		t.Errorf("second page: %v", ids)
+	}
+	if ids := listed(do(t, c, "GET", w.srv.URL+"/projects/p1?status=failed", nil, nil).body); len(ids) != 1 || ids[0] != "b1" {
+		t.Errorf("failed builds: %v", ids)
+	}
+	if ids := listed(do(t, c, "GET", w.srv.URL+"/projects/p1?status=canceled", nil, nil).body); len(ids) != 12 {
+		t.Errorf("canceled builds: %v", ids)
+	}
+	if ids := listed(do(t, c, "GET", w.srv.URL+"/projects/p1?status=<script>", nil, nil).body); len(ids) != 20 {
+		t.Errorf("an unknown status filters nothing: %v", ids)
 	}
 }
