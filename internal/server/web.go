@@ -4,6 +4,7 @@ import (
 	"net/http"
 
 	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/web"
 )
@@ -14,7 +15,8 @@ import (
 // runner.
 func (s *Server) mountWeb(mux *http.ServeMux, authn *auth.Authenticator, projects *project.Service) error {
 	dash, err := web.New(web.Config{Builds: s.builds, Projects: projects, Logs: s.store, Runner: s.runner,
-		Authn: authn, Logger: s.cfg.Logger, Builders: s.builderStates})
+		Authn: authn, Logger: s.cfg.Logger, Builders: s.builderStates,
+		QueuePosition: func(b build.Build) int { _, ahead := s.runner.Describe(b); return ahead }})
 	if err != nil {
 		return err
 	}

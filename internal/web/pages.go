@@ -180,11 +180,14 @@ type buildRow struct {
 	Total      int
 	Saved      time.Duration
 	HitPercent int // cached of total steps, in percent; -1 without steps
+	// Ahead is how many builds wait ahead of a queued build; -1 when it
+	// is not queued or not known.
+	Ahead int
 }
 
-func rowOf(b build.Build, st build.Stats, now time.Time) buildRow {
+func (d *Dashboard) rowOf(b build.Build, st build.Stats, now time.Time) buildRow {
 	row := buildRow{ID: b.ID, Status: string(b.Status), Kind: string(b.Kind), Created: b.CreatedAt,
-		Duration: st.Duration, Cached: st.CachedSteps, Total: st.TotalSteps, Saved: st.Saved, HitPercent: -1}
+		Duration: st.Duration, Cached: st.CachedSteps, Total: st.TotalSteps, Saved: st.Saved, HitPercent: -1, Ahead: -1}
 	if row.Kind == "" {
 		row.Kind = string(build.KindClient)
 	}
@@ -193,6 +196,9 @@ func rowOf(b build.Build, st build.Stats, now time.Time) buildRow {
 	}
 	if st.TotalSteps > 0 {
 		row.HitPercent = st.CachedSteps * 100 / st.TotalSteps
+	}
+	if b.Status == build.Queued && d.cfg.QueuePosition != nil {
+		row.Ahead = d.cfg.QueuePosition(b)
 	}
 	return row
 }
@@ -247,7 +253,7 @@ func (d *Dashboard) projectPage(w http.ResponseWriter, r *http.Request) {
 			d.failErr(w, r, s, "build", err)
 			return
 		}
-		data.Builds = append(data.Builds, rowOf(b, st, now))
+		data.Builds = append(data.Builds, d.rowOf(b, st, now))
 	}
 	recent, _, err := d.cfg.Builds.Page(ctx, p, proj.ID, chartBuilds, "")
 	if err != nil {
@@ -262,7 +268,7 @@ func (d *Dashboard) projectPage(w http.ResponseWriter, r *http.Request) {
 			d.failErr(w, r, s, "build", err)
 			return
 		}
-		charted = append(charted, rowOf(b, st, now))
+		charted = append(charted, d.rowOf(b, st, now))
 		saved += st.Saved
 	}
 	data.Charts = chartsOf(charted)
@@ -345,7 +351,7 @@ func (d *Dashboard) buildData(ctx context.Context, p auth.Principal, id string) 
 	if b.IsSource() {
 		opts = b.Spec
 	}
-	return buildData{Build: b, Row: rowOf(b, st, d.cfg.Now()), ProjectID: b.ProjectID,
+	return buildData{Build: b, Row: d.rowOf(b, st, d.cfg.Now()), ProjectID: b.ProjectID,
 		CanAct: b.IsSource() && d.cfg.Runner != nil && p.CanDriveBuild(b), CanShare: p.CanManage(b), Options: indentJSON(opts)}, nil
 }
 
@@ -404,6 +410,7 @@ type liveBuild struct {
 	Cached     int        `json:"cached_steps"`
 	Total      int        `json:"total_steps"`
 	SavedMs    int64      `json:"saved_ms"`
+	Ahead      int        `json:"queue_ahead"` // builds ahead of a queued one; -1: not queued
 }
 
 type liveStep struct {
@@ -499,11 +506,11 @@ func (d *Dashboard) live(ctx context.Context, p auth.Principal, id string, after
 		return liveView{}, err
 	}
 	now := d.cfg.Now()
-	row := rowOf(b, st, now)
+	row := d.rowOf(b, st, now)
 	v := liveView{Build: liveBuild{ID: b.ID, ProjectID: b.ProjectID, Status: string(b.Status), Terminal: b.Terminal(),
 		CreatedAt: b.CreatedAt, StartedAt: timePtr(b.StartedAt), FinishedAt: timePtr(b.FinishedAt),
 		DurationMs: row.Duration.Milliseconds(), Error: b.Error, Cached: st.CachedSteps, Total: st.TotalSteps,
-		SavedMs: st.Saved.Milliseconds()}, Steps: liveSteps(steps, b.Terminal()), Logs: []liveLine{}, Next: after}
+		SavedMs: st.Saved.Milliseconds(), Ahead: row.Ahead}, Steps: liveSteps(steps, b.Terminal()), Logs: []liveLine{}, Next: after}
 	if len(lines) > liveLogPage {
 		lines, v.More = lines[:liveLogPage], true
 	}

@@ -73,6 +73,9 @@ type Config struct {
 	Runner   Runner
 	Authn    Authenticator
 	Logger   *slog.Logger
+	// QueuePosition is how many builds wait ahead of a queued source
+	// build (runner.Runner.Describe); nil shows none.
+	QueuePosition func(b build.Build) int
 	// Builders reports the builders' states, by project id: one
 	// "<platform> <state>" each (builder.Fleet.Status); nil shows none.
 	Builders func() map[string][]string

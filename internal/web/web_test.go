@@ -94,7 +94,8 @@ func newWorld(t *testing.T, tls bool) *world {
 
 	logger := slog.New(slog.DiscardHandler)
 	builds := build.NewService(st, nil, nil, build.Config{}, logger)
-	dash, err := web.New(web.Config{Builds: builds, Projects: &project.Service{Store: st}, Logs: st, Authn: authn, Logger: logger})
+	dash, err := web.New(web.Config{Builds: builds, Projects: &project.Service{Store: st}, Logs: st, Authn: authn, Logger: logger,
+		QueuePosition: func(b build.Build) int { return 2 }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -482,5 +483,29 @@ func TestBuildsListPagesAndFilters(t *testing.T) {
 	}
 	if ids := listed(do(t, c, "GET", w.srv.URL+"/projects/p1?status=<script>", nil, nil).body); len(ids) != 20 {
 		t.Errorf("an unknown status filters nothing: %v", ids)
+	}
+}
+
+func TestQueuedBuildShowsItsPosition(t *testing.T) {
+	w := newWorld(t, false)
+	ctx := context.Background()
+	p1, _ := w.st.GetProject(ctx, "p1")
+	if err := w.st.CreateBuild(ctx, build.Build{ID: "bq", ProjectID: "p1", OrgID: p1.OrgID, Status: build.Queued, Kind: build.KindSource,
+		CreatedAt: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	c := w.browser(t)
+	w.signIn(t, c, w.p1Tok)
+	if a := do(t, c, "GET", w.srv.URL+"/projects/p1", nil, nil); !strings.Contains(a.body, `queued</span> <span class="muted">2 ahead</span>`) {
+		t.Errorf("the list does not show the queue position:\n%s", a.body)
+	}
+	if a := do(t, c, "GET", w.srv.URL+"/builds/bq", nil, nil); !strings.Contains(a.body, `<dd id="queue">2 builds ahead</dd>`) {
+		t.Errorf("the build page does not show the queue position:\n%s", a.body)
+	}
+	if a := do(t, c, "GET", w.srv.URL+"/builds/bq/live", nil, nil); !strings.Contains(a.body, `"queue_ahead":2`) {
+		t.Errorf("live: %s", a.body)
+	}
+	if a := do(t, c, "GET", w.srv.URL+"/builds/b1/live", nil, nil); !strings.Contains(a.body, `"queue_ahead":-1`) {
+		t.Errorf("live of a finished build: %s", a.body)
 	}
 }

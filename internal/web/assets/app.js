@@ -153,6 +153,8 @@
     st.className = "badge " + b.status;
     $("duration").textContent = human(b.duration_ms);
     $("steps-count").textContent = b.cached_steps + " cached of " + b.total_steps;
+    const queue = $("queue");
+    if (queue) queue.textContent = b.queue_ahead >= 0 ? b.queue_ahead + " builds ahead" : "left the queue";
     drawWaterfall(b, v.steps);
     appendLogs(v.logs, v.steps);
     after = v.next;
