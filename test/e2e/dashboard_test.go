@@ -388,6 +388,16 @@ func TestDashboard(t *testing.T) {
 	}
 	b.screenshot("09-organization-projects")
 
+	// On a phone's screen: the failed build, readable without sideways
+	// scrolling of the page itself.
+	b.do("phone viewport", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile))
+	b.open("/builds/" + failID)
+	b.waitBuild(30*time.Second, "the failed step", func(v buildView) bool { return slices.Contains(v.States, "failed") })
+	if wide := evalIn[int](b, "document.documentElement.scrollWidth"); wide > 390 {
+		t.Errorf("on a 390px-wide screen the build page is %dpx wide", wide)
+	}
+	b.screenshot("10-build-failed-phone")
+
 	if off := b.offHost(); len(off) > 0 {
 		t.Errorf("the browser made requests to hosts other than kiln's (%s): %q", s.URL, off)
 	}

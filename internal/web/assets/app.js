@@ -118,8 +118,10 @@
     if (r.samples > 0) {
       let text = "Peak memory " + (r.peak_memory_bytes / 1048576).toFixed(0) + " MiB";
       if (r.memory_limit_bytes > 0) text += " of " + (r.memory_limit_bytes / 1048576).toFixed(0) + " MiB";
-      text += ", peak CPU " + r.peak_cpu_cores.toFixed(2) + " cores (" + r.samples + " samples of the builder).";
+      text += ", peak CPU " + r.peak_cpu_cores.toFixed(2) + " cores (" + r.samples + (r.samples === 1 ? " sample" : " samples") + " of the builder).";
       p.textContent = text;
+    }
+    if (r.memory.length >= 2) {
       const svg = $("chart-memory");
       const top = Math.max(r.memory_limit_bytes, ...r.memory, 1);
       const n = r.memory.length;
