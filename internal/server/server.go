@@ -339,7 +339,7 @@ func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http
 	if err := s.openSource(ctx, mux, s.store, authn, s.builds, projects); err != nil {
 		return nil, nil, nil, err
 	}
-	if err := s.mountWeb(mux, authn, projects); err != nil { // the dashboard and /builds/{id}: web.go
+	if err := s.mountWeb(mux, authn, projects, logins); err != nil { // the dashboard and /builds/{id}: web.go
 		return nil, nil, nil, err
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })

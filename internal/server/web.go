@@ -5,6 +5,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/login"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/web"
 )
@@ -12,10 +13,11 @@ import (
 // mountWeb serves the dashboard (internal/web) at / on the API's listener,
 // and GET /builds/{id}: JSON to API callers, the build's page to browsers
 // (buildpage.go). It comes after openSource: Cancel and Rebuild go to the
-// runner.
-func (s *Server) mountWeb(mux *http.ServeMux, authn *auth.Authenticator, projects *project.Service) error {
+// runner. Browsers without a token sign in through logins, the device
+// login kiln login uses.
+func (s *Server) mountWeb(mux *http.ServeMux, authn *auth.Authenticator, projects *project.Service, logins *login.Service) error {
 	dash, err := web.New(web.Config{Builds: s.builds, Projects: projects, Logs: s.store, Runner: s.runner,
-		Authn: authn, Logger: s.cfg.Logger, Builders: s.builderStates,
+		Authn: authn, Logger: s.cfg.Logger, Builders: s.builderStates, Logins: logins, Tokens: projects,
 		QueuePosition: func(b build.Build) int { _, ahead := s.runner.Describe(b); return ahead }})
 	if err != nil {
 		return err

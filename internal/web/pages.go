@@ -49,6 +49,7 @@ type signInData struct {
 	Message string
 	Error   bool
 	Next    string
+	Device  bool // offer signing in with an administrator's approval
 }
 
 // localPath keeps a next= target on this server: a path of one of the
@@ -62,7 +63,7 @@ func localPath(next string) string {
 }
 
 func (d *Dashboard) signInPage(w http.ResponseWriter, r *http.Request) {
-	data := signInData{Next: localPath(r.URL.Query().Get("next"))}
+	data := signInData{Next: localPath(r.URL.Query().Get("next")), Device: d.cfg.Logins != nil}
 	if r.URL.Query().Get("ended") != "" {
 		data.Message = "Your session ended (signed out, expired, or its token was revoked). Sign in again."
 	}
@@ -90,7 +91,7 @@ func (d *Dashboard) signIn(w http.ResponseWriter, r *http.Request) {
 		if !errors.Is(err, errdefs.ErrUnauthenticated) && !errors.Is(err, errdefs.ErrPermission) {
 			d.cfg.Logger.ErrorContext(ctx, "dashboard: sign in", "err", err)
 		}
-		d.render(w, r, http.StatusUnauthorized, "signin", nil, "Sign in", signInData{Error: true, Next: next,
+		d.render(w, r, http.StatusUnauthorized, "signin", nil, "Sign in", signInData{Error: true, Next: next, Device: d.cfg.Logins != nil,
 			Message: "That is not a valid organization or project token of this server."})
 		return
 	}
@@ -121,6 +122,12 @@ func (d *Dashboard) signOut(w http.ResponseWriter, r *http.Request) {
 	}
 	d.sessions.end(cookieID(r))
 	setCookie(w, r, "", -1)
+	if s.minted && d.cfg.Tokens != nil {
+		// Nobody else holds the token a device login made for this session.
+		if err := d.cfg.Tokens.DeleteToken(r.Context(), s.principal, s.principal.TokenID); err != nil && !errdefs.IsNotFound(err) {
+			d.cfg.Logger.WarnContext(r.Context(), "dashboard: delete a signed-out device login's token", "token_id", s.principal.TokenID, "err", err)
+		}
+	}
 	secure(w)
 	http.Redirect(w, r, "/sign-in", http.StatusSeeOther)
 }

@@ -27,7 +27,10 @@ type session struct {
 	principal auth.Principal
 	// csrf is the session's anti-forgery token, sent back in every form
 	// (a hidden field) and in the X-CSRF-Token header of scripts' POSTs.
-	csrf    string
+	csrf string
+	// minted: the token was made for this session by a device login
+	// (device.go); signing out deletes it.
+	minted  bool
 	created time.Time
 	seen    time.Time
 }

@@ -73,6 +73,11 @@ type Config struct {
 	Runner   Runner
 	Authn    Authenticator
 	Logger   *slog.Logger
+	// Logins starts and finishes device logins, for signing in with an
+	// administrator's approval; Tokens deletes such a login's token when
+	// its session signs out. nil Logins: no device sign-in.
+	Logins DeviceLogins
+	Tokens TokenDeleter
 	// QueuePosition is how many builds wait ahead of a queued source
 	// build (runner.Runner.Describe); nil shows none.
 	QueuePosition func(b build.Build) int
@@ -87,6 +92,7 @@ type Config struct {
 type Dashboard struct {
 	cfg      Config
 	sessions *sessions
+	logins   *pendingLogins
 	pages    map[string]*template.Template
 	assets   fs.FS
 }
@@ -102,8 +108,9 @@ func New(cfg Config) (*Dashboard, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	d := &Dashboard{cfg: cfg, sessions: newSessions(cfg.Now), pages: map[string]*template.Template{}}
-	for _, name := range []string{"signin", "projects", "project", "build", "error"} {
+	d := &Dashboard{cfg: cfg, sessions: newSessions(cfg.Now), logins: &pendingLogins{m: map[string]pendingLogin{}},
+		pages: map[string]*template.Template{}}
+	for _, name := range []string{"signin", "device", "projects", "project", "build", "error"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html")
 		if err != nil {
 			return nil, err
@@ -124,6 +131,8 @@ func (d *Dashboard) Mount(mux *http.ServeMux) {
 	mux.HandleFunc("GET /{$}", d.home)
 	mux.HandleFunc("GET /sign-in", d.signInPage)
 	mux.HandleFunc("POST /sign-in", d.signIn)
+	mux.HandleFunc("POST /sign-in/device", d.startDevice)
+	mux.HandleFunc("POST /sign-in/device/wait", d.waitDevice)
 	mux.HandleFunc("POST /sign-out", d.signOut)
 	mux.HandleFunc("GET /projects", d.projectsPage)
 	mux.HandleFunc("GET /projects/{id}", d.projectPage)

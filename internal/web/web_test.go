@@ -14,11 +14,13 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/login"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
 	"github.com/kiln-dev/kiln/internal/web"
@@ -30,6 +32,9 @@ import (
 type world struct {
 	srv      *httptest.Server
 	st       *store.SQLite
+	logins   *login.Service
+	admin    auth.Principal
+	tokens   *recordingTokens
 	orgTok   string
 	p1Tok    string
 	p2Tok    string
@@ -94,8 +99,11 @@ func newWorld(t *testing.T, tls bool) *world {
 
 	logger := slog.New(slog.DiscardHandler)
 	builds := build.NewService(st, nil, nil, build.Config{}, logger)
-	dash, err := web.New(web.Config{Builds: builds, Projects: &project.Service{Store: st}, Logs: st, Authn: authn, Logger: logger,
-		QueuePosition: func(b build.Build) int { return 2 }})
+	projects := &project.Service{Store: st}
+	w.admin, w.logins, w.tokens = admin, login.New(st, login.Config{}, logger), &recordingTokens{Service: projects}
+	t.Cleanup(w.logins.Close)
+	dash, err := web.New(web.Config{Builds: builds, Projects: projects, Logs: st, Authn: authn, Logger: logger,
+		QueuePosition: func(b build.Build) int { return 2 }, Logins: w.logins, Tokens: w.tokens})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,6 +117,20 @@ func newWorld(t *testing.T, tls bool) *world {
 	}
 	t.Cleanup(w.srv.Close)
 	return w
+}
+
+// recordingTokens is the project service, recording the tokens deleted.
+type recordingTokens struct {
+	*project.Service
+	mu      sync.Mutex
+	deleted []string
+}
+
+func (r *recordingTokens) DeleteToken(ctx context.Context, p auth.Principal, id string) error {
+	r.mu.Lock()
+	r.deleted = append(r.deleted, id)
+	r.mu.Unlock()
+	return r.Service.DeleteToken(ctx, p, id)
 }
 
 // browser is a client with a cookie jar that does not follow redirects.
@@ -507,5 +529,63 @@ func TestQueuedBuildShowsItsPosition(t *testing.T) {
 	}
 	if a := do(t, c, "GET", w.srv.URL+"/builds/b1/live", nil, nil); !strings.Contains(a.body, `"queue_ahead":-1`) {
 		t.Errorf("live of a finished build: %s", a.body)
+	}
+}
+
+// Signing in with an administrator's approval: the browser starts a device
+// login, an administrator approves its code, the browser's poll gets a
+// session for the login's new organization token, and signing out deletes
+// that token.
+func TestDeviceSignIn(t *testing.T) {
+	w := newWorld(t, false)
+	c := w.browser(t)
+	origin := map[string]string{"Origin": w.srv.URL}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, origin); a.code != http.StatusNotFound {
+		t.Errorf("wait without a login: %d %s", a.code, a.body)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in/device", nil, map[string]string{"Origin": "https://evil.example"}); a.code != http.StatusForbidden {
+		t.Errorf("cross-origin device sign-in: %d", a.code)
+	}
+	a := do(t, c, "POST", w.srv.URL+"/sign-in/device", nil, origin)
+	m := regexp.MustCompile(`id="approval-id">([a-z0-9]{26})<`).FindStringSubmatch(a.body)
+	if a.code != 200 || m == nil || !strings.Contains(a.hdr.Get("Set-Cookie"), "kiln_login=") || !strings.Contains(a.hdr.Get("Set-Cookie"), "HttpOnly") {
+		t.Fatalf("start: %d %q\n%s", a.code, a.hdr.Get("Set-Cookie"), a.body)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, map[string]string{"Origin": "https://evil.example"}); a.code != http.StatusForbidden {
+		t.Errorf("cross-origin wait: %d", a.code)
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		if _, err := w.logins.Approve(context.Background(), w.admin, m[1]); err != nil {
+			t.Errorf("approve: %v", err)
+		}
+	}()
+	a = do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, origin)
+	if a.code != 200 || !strings.Contains(a.body, `"done":true`) || !strings.Contains(a.body, `"next":"/projects"`) ||
+		!strings.Contains(a.hdr.Get("Set-Cookie"), "kiln_session=") || strings.Contains(a.body, "kiln_org_") {
+		t.Fatalf("wait: %d %q %s", a.code, a.hdr.Get("Set-Cookie"), a.body)
+	}
+	page := do(t, c, "GET", w.srv.URL+"/projects", nil, nil)
+	if page.code != 200 || !strings.Contains(page.body, "/projects/p1") {
+		t.Fatalf("projects after device sign-in: %d", page.code)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, origin); a.code != http.StatusNotFound {
+		t.Errorf("the login is still pending after it signed in: %d", a.code)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-out", url.Values{"csrf": {csrfOf(t, page.body)}}, origin); a.code != http.StatusSeeOther {
+		t.Fatalf("sign out: %d", a.code)
+	}
+	w.tokens.mu.Lock()
+	deleted := w.tokens.deleted
+	w.tokens.mu.Unlock()
+	if len(deleted) != 1 || deleted[0] == w.admin.TokenID {
+		t.Errorf("signing out deleted tokens %v, want the device login's", deleted)
+	}
+	// A pasted token's session signs out without deleting anything.
+	w.signIn(t, c, w.orgTok)
+	page = do(t, c, "GET", w.srv.URL+"/projects", nil, nil)
+	do(t, c, "POST", w.srv.URL+"/sign-out", url.Values{"csrf": {csrfOf(t, page.body)}}, origin)
+	if len(w.tokens.deleted) != 1 {
+		t.Errorf("signing out of a pasted token's session deleted tokens: %v", w.tokens.deleted)
 	}
 }

@@ -6,6 +6,34 @@
 // receives is ever parsed as HTML.
 "use strict";
 
+// The device sign-in page waits for the approval: each POST waits up to
+// 20 seconds on the server; once approved, the server has set the session
+// cookie and the page goes home.
+(function () {
+  const page = document.getElementById("device");
+  if (!page) return;
+  const status = document.getElementById("device-status");
+  async function wait() {
+    try {
+      const res = await fetch("/sign-in/device/wait", { method: "POST", credentials: "same-origin", cache: "no-store" });
+      const v = await res.json();
+      if (v.done) {
+        status.textContent = "Approved: signing in…";
+        location.assign(v.next);
+        return;
+      }
+      if (v.error) {
+        status.textContent = "Not signed in: " + v.error;
+        return;
+      }
+    } catch (e) {
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+    wait();
+  }
+  wait();
+})();
+
 (function () {
   const root = document.getElementById("build");
   if (!root) return;
