@@ -371,22 +371,30 @@ func TestDashboard(t *testing.T) {
 	b.screenshot("07-project-after-cached-rebuild")
 
 	// Signing out (a form with the session's anti-forgery token) ends the
-	// session; an organization token sees the projects.
+	// session.
 	b.do("sign out", chromedp.Click(chromedp.ID("sign-out")), chromedp.WaitVisible(chromedp.ID("token")))
 	if code := b.open("/builds/" + slowID); code != 200 || evalIn[string](b, "location.pathname") != "/sign-in" {
 		t.Errorf("after signing out, the build page did not send the browser to sign in")
 	}
 	b.screenshot("08-sign-in")
-	b.signIn(s.Token)
-	if loc := evalIn[string](b, "location.pathname"); loc != "/projects" {
-		t.Errorf("an organization token signed in to %s, want /projects", loc)
-	}
+	// Without a token: a device login, which an administrator approves
+	// from a terminal; the browser follows by itself.
+	b.do("start a device sign-in", chromedp.Click(chromedp.ID("sign-in-device")), chromedp.WaitVisible(chromedp.ID("approval-id")))
+	approval := strings.TrimSpace(evalIn[string](b, `document.getElementById("approval-id").textContent`))
+	b.screenshot("09-device-sign-in")
+	s.mustKiln(t, t.TempDir(), "login", "--approve", approval)
+	eventually(t, 30*time.Second, "the browser signed in by the approval", func() bool {
+		// The page navigates meanwhile: an evaluation may fail.
+		path, err := chromedp.Run(b.ctx, chromedp.Evaluate[string]("location.pathname"))
+		return err == nil && path == "/projects"
+	})
+	b.do("the projects page", chromedp.WaitVisible(chromedp.ID("projects")))
 	for _, p := range []string{projA, projB} {
 		if !evalIn[bool](b, fmt.Sprintf(`!!document.querySelector('#projects a[href="/projects/%s"]')`, p)) {
 			t.Errorf("the organization's projects page does not list %s", p)
 		}
 	}
-	b.screenshot("09-organization-projects")
+	b.screenshot("10-organization-projects")
 
 	// On a phone's screen: the failed build, readable without sideways
 	// scrolling of the page itself.
@@ -396,7 +404,7 @@ func TestDashboard(t *testing.T) {
 	if wide := evalIn[int](b, "document.documentElement.scrollWidth"); wide > 390 {
 		t.Errorf("on a 390px-wide screen the build page is %dpx wide", wide)
 	}
-	b.screenshot("10-build-failed-phone")
+	b.screenshot("11-build-failed-phone")
 
 	if off := b.offHost(); len(off) > 0 {
 		t.Errorf("the browser made requests to hosts other than kiln's (%s): %q", s.URL, off)
