@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/auth"
@@ -167,6 +168,10 @@ func (d *Dashboard) assetHandler() http.Handler {
 	files := http.FileServerFS(d.assets)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		secure(w)
+		if r.URL.Path == "" || strings.HasSuffix(r.URL.Path, "/") {
+			http.NotFound(w, r) // no listings
+			return
+		}
 		w.Header().Set("Cache-Control", "no-cache")
 		files.ServeHTTP(w, r)
 	})

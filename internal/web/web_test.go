@@ -213,6 +213,9 @@ func TestSecurityHeadersAndNoInlineScript(t *testing.T) {
 			t.Errorf("GET %s: X-Frame-Options %q, X-Content-Type-Options %q", path, a.hdr.Get("X-Frame-Options"), a.hdr.Get("X-Content-Type-Options"))
 		}
 	}
+	if a := do(t, c, "GET", w.srv.URL+"/assets/", nil, nil); a.code != http.StatusNotFound {
+		t.Errorf("GET /assets/: %d, want no listing", a.code)
+	}
 	w.signIn(t, c, w.p1Tok)
 	for _, path := range []string{"/sign-in", "/projects/p1", "/builds/b1"} {
 		page := do(t, c, "GET", w.srv.URL+path, nil, nil).body
