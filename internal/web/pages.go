@@ -212,6 +212,13 @@ func (d *Dashboard) rowOf(b build.Build, st build.Stats, now time.Time) buildRow
 
 type projectData struct {
 	Project   project.Project
+	// Admin: the session may administer the project (an organization
+	// token), and Tokens and Policies are its tokens (build tokens left
+	// out: one per build, each living as long as its build) and trust
+	// policies, read-only.
+	Admin     bool
+	Tokens    []auth.Token
+	Policies  []auth.TrustPolicy
 	Status    string   // the list's filter: a build status, "" for all
 	Statuses  []string // the filter's choices
 	Builds    []buildRow
@@ -280,6 +287,22 @@ func (d *Dashboard) projectPage(w http.ResponseWriter, r *http.Request) {
 	}
 	data.Charts = chartsOf(charted)
 	data.Saved = human(saved)
+	if data.Admin = p.CanAdminProject(proj); data.Admin && data.First && data.Status == "" {
+		tokens, err := d.cfg.Projects.ListTokens(ctx, p, proj.ID)
+		if err != nil {
+			d.failErr(w, r, s, "project", err)
+			return
+		}
+		for _, t := range tokens {
+			if t.Kind != auth.TokenBuild {
+				data.Tokens = append(data.Tokens, t)
+			}
+		}
+		if data.Policies, err = d.cfg.Projects.ListTrustPolicies(ctx, p, proj.ID); err != nil {
+			d.failErr(w, r, s, "project", err)
+			return
+		}
+	}
 	d.render(w, r, http.StatusOK, "project", s, proj.Name, data)
 }
 

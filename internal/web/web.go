@@ -42,6 +42,8 @@ var _ Builds = (*build.Service)(nil)
 type Projects interface {
 	List(ctx context.Context, p auth.Principal) ([]project.Project, error)
 	Get(ctx context.Context, p auth.Principal, id string) (project.Project, error)
+	ListTokens(ctx context.Context, p auth.Principal, projectID string) ([]auth.Token, error)
+	ListTrustPolicies(ctx context.Context, p auth.Principal, projectID string) ([]auth.TrustPolicy, error)
 }
 
 var _ Projects = (*project.Service)(nil)

@@ -325,6 +325,19 @@ func TestProjectSessionSeesOnlyItsProject(t *testing.T) {
 	if a := do(t, org, "GET", w.srv.URL+"/builds/b3", nil, nil); a.code != http.StatusNotFound {
 		t.Errorf("another organization's build with the org session: %d", a.code)
 	}
+	// The organization token reads a project's tokens (not their
+	// secrets) and trust policies; a project token does not.
+	if _, err := (&project.Service{Store: w.st}).AddTrustPolicy(context.Background(), w.admin, "p1",
+		auth.TrustPolicy{Provider: auth.ProviderGitHub, Owner: "acme", Repo: "app", Ref: "refs/heads/main"}); err != nil {
+		t.Fatal(err)
+	}
+	if a := do(t, org, "GET", w.srv.URL+"/projects/p1", nil, nil); !strings.Contains(a.body, "<code>tok_p1</code>") || strings.Contains(a.body, w.p1Tok) ||
+		!strings.Contains(a.body, "<td>acme/app</td><td>refs/heads/main</td>") {
+		t.Errorf("the organization's view of p1 lacks its tokens:\n%s", a.body)
+	}
+	if a := do(t, c, "GET", w.srv.URL+"/projects/p1", nil, nil); strings.Contains(a.body, "tok_p1") || strings.Contains(a.body, `id="tokens-h"`) {
+		t.Errorf("a project session sees the project's tokens")
+	}
 }
 
 func TestLiveBuild(t *testing.T) {
