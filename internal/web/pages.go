@@ -211,7 +211,7 @@ func (d *Dashboard) rowOf(b build.Build, st build.Stats, now time.Time) buildRow
 }
 
 type projectData struct {
-	Project   project.Project
+	Project project.Project
 	// Admin: the session may administer the project (an organization
 	// token), and Tokens and Policies are its tokens (build tokens left
 	// out: one per build, each living as long as its build) and trust
