@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"net/http"
 
 	"github.com/kiln-dev/kiln/internal/auth"
@@ -18,7 +19,8 @@ import (
 func (s *Server) mountWeb(mux *http.ServeMux, authn *auth.Authenticator, projects *project.Service, logins *login.Service) error {
 	dash, err := web.New(web.Config{Builds: s.builds, Projects: projects, Logs: s.store, Runner: s.runner,
 		Authn: authn, Logger: s.cfg.Logger, Builders: s.builderStates, Logins: logins, Tokens: projects,
-		QueuePosition: func(b build.Build) int { _, ahead := s.runner.Describe(b); return ahead }})
+		QueuePosition: func(b build.Build) int { _, ahead := s.runner.Describe(b); return ahead },
+		Audit:         s.audit, Images: s.projectImages})
 	if err != nil {
 		return err
 	}
@@ -35,4 +37,18 @@ func (s *Server) builderStates() map[string][]string {
 		out[st.ProjectID] = append(out[st.ProjectID], st.Platform+" "+string(st.State))
 	}
 	return out
+}
+
+// projectImages lists a project's images in kiln's registry for the
+// dashboard, authorized as the registry's ListImages.
+func (s *Server) projectImages(ctx context.Context, p auth.Principal, projectID string, limit int) ([]web.Image, bool, error) {
+	images, next, err := s.registry.ListImages(ctx, p, projectID, limit, "")
+	if err != nil {
+		return nil, false, err
+	}
+	out := make([]web.Image, 0, len(images))
+	for _, im := range images {
+		out = append(out, web.Image{Tag: im.Tag, Digest: im.Digest, PushedAt: im.PushedAt, Size: im.Size})
+	}
+	return out, next != "", nil
 }

@@ -154,6 +154,7 @@ func bytesHuman(n int64) string {
 
 var funcs = template.FuncMap{
 	"human": human,
+	"bytes": bytesHuman,
 	"when": func(t time.Time) string {
 		if t.IsZero() {
 			return "—"

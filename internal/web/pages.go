@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
@@ -217,6 +219,8 @@ type projectData struct {
 	// out: one per build, each living as long as its build) and trust
 	// policies, read-only.
 	Admin     bool
+	Images    []Image
+	MoreImgs  bool
 	Tokens    []auth.Token
 	Policies  []auth.TrustPolicy
 	Status    string   // the list's filter: a build status, "" for all
@@ -287,6 +291,12 @@ func (d *Dashboard) projectPage(w http.ResponseWriter, r *http.Request) {
 	}
 	data.Charts = chartsOf(charted)
 	data.Saved = human(saved)
+	if d.cfg.Images != nil && data.First && data.Status == "" {
+		if data.Images, data.MoreImgs, err = d.cfg.Images(ctx, p, proj.ID, maxImages); err != nil {
+			d.failErr(w, r, s, "project", err)
+			return
+		}
+	}
 	if data.Admin = p.CanAdminProject(proj); data.Admin && data.First && data.Status == "" {
 		tokens, err := d.cfg.Projects.ListTokens(ctx, p, proj.ID)
 		if err != nil {
@@ -305,6 +315,9 @@ func (d *Dashboard) projectPage(w http.ResponseWriter, r *http.Request) {
 	}
 	d.render(w, r, http.StatusOK, "project", s, proj.Name, data)
 }
+
+// maxImages is how many registry images a project page lists.
+const maxImages = 50
 
 // statuses are what the builds list can be filtered by.
 var statuses = []string{string(build.Queued), string(build.Running), string(build.Pushing),
@@ -662,4 +675,49 @@ func (d *Dashboard) rebuildBuild(w http.ResponseWriter, r *http.Request) {
 		b, err := d.cfg.Runner.Rebuild(ctx, p, id)
 		return b.ID, err
 	})
+}
+
+type auditData struct {
+	Entries []auditRow
+	Next    string
+	Days    int
+}
+
+type auditRow struct {
+	audit.Entry
+	Details string // Detail as "key=value" pairs, sorted
+}
+
+// auditDays is how far back the audit page starts.
+const auditDays = 7
+
+// auditPage lists the organization's audit log of the last auditDays,
+// oldest first, 100 a page (as ListAuditEvents).
+func (d *Dashboard) auditPage(w http.ResponseWriter, r *http.Request) {
+	s, p, ok := d.session(w, r, true)
+	if !ok {
+		return
+	}
+	if d.cfg.Audit == nil || !p.IsOrg() {
+		d.fail(w, r, s, http.StatusNotFound, "The audit log is for organization tokens.")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
+	defer cancel()
+	entries, next, err := d.cfg.Audit.List(ctx, p, audit.Query{Since: d.cfg.Now().Add(-auditDays * 24 * time.Hour),
+		PageSize: 100, PageToken: r.URL.Query().Get("page")})
+	if err != nil {
+		d.failErr(w, r, s, "audit page", err)
+		return
+	}
+	data := auditData{Next: next, Days: auditDays}
+	for _, e := range entries {
+		keys := slices.Sorted(maps.Keys(e.Detail))
+		pairs := make([]string, 0, len(keys))
+		for _, k := range keys {
+			pairs = append(pairs, k+"="+e.Detail[k])
+		}
+		data.Entries = append(data.Entries, auditRow{Entry: e, Details: strings.Join(pairs, " ")})
+	}
+	d.render(w, r, http.StatusOK, "audit", s, "Audit log", data)
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
@@ -62,6 +63,21 @@ type Runner interface {
 	Rebuild(ctx context.Context, p auth.Principal, id string) (build.Build, error)
 }
 
+// AuditLog reads the audit log (audit.Recorder), for organization tokens.
+type AuditLog interface {
+	List(ctx context.Context, p auth.Principal, q audit.Query) ([]audit.Entry, string, error)
+}
+
+var _ AuditLog = (*audit.Recorder)(nil)
+
+// Image is one image saved in a project's repositories of kiln's registry.
+type Image struct {
+	Tag      string // "<tag>", or "<name>:<tag>" in <project>/<name>
+	Digest   string
+	PushedAt time.Time
+	Size     int64
+}
+
 // Authenticator checks a kiln token (auth.Authenticator).
 type Authenticator interface {
 	Authenticate(ctx context.Context, secret string) (auth.Principal, error)
@@ -81,6 +97,12 @@ type Config struct {
 	// its session signs out. nil Logins: no device sign-in.
 	Logins DeviceLogins
 	Tokens TokenDeleter
+	// Audit is the audit log; nil: no audit page.
+	Audit AuditLog
+	// Images lists up to limit images of a project in kiln's registry,
+	// authorized as the registry's API (registry.Registry.ListImages);
+	// more reports there were more. nil: none shown.
+	Images func(ctx context.Context, p auth.Principal, projectID string, limit int) (images []Image, more bool, err error)
 	// QueuePosition is how many builds wait ahead of a queued source
 	// build (runner.Runner.Describe); nil shows none.
 	QueuePosition func(b build.Build) int
@@ -113,7 +135,7 @@ func New(cfg Config) (*Dashboard, error) {
 	}
 	d := &Dashboard{cfg: cfg, sessions: newSessions(cfg.Now), logins: &pendingLogins{m: map[string]pendingLogin{}},
 		pages: map[string]*template.Template{}}
-	for _, name := range []string{"signin", "device", "projects", "project", "build", "error"} {
+	for _, name := range []string{"signin", "device", "projects", "project", "build", "audit", "error"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html")
 		if err != nil {
 			return nil, err
@@ -139,6 +161,7 @@ func (d *Dashboard) Mount(mux *http.ServeMux) {
 	mux.HandleFunc("POST /sign-out", d.signOut)
 	mux.HandleFunc("GET /projects", d.projectsPage)
 	mux.HandleFunc("GET /projects/{id}", d.projectPage)
+	mux.HandleFunc("GET /audit", d.auditPage)
 	mux.HandleFunc("GET /builds/{id}/live", d.buildLive)
 	mux.HandleFunc("POST /builds/{id}/cancel", d.cancelBuild)
 	mux.HandleFunc("POST /builds/{id}/rebuild", d.rebuildBuild)

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/login"
@@ -33,6 +34,7 @@ type world struct {
 	srv      *httptest.Server
 	st       *store.SQLite
 	logins   *login.Service
+	audit    *audit.Recorder
 	admin    auth.Principal
 	tokens   *recordingTokens
 	orgTok   string
@@ -102,8 +104,15 @@ func newWorld(t *testing.T, tls bool) *world {
 	projects := &project.Service{Store: st}
 	w.admin, w.logins, w.tokens = admin, login.New(st, login.Config{}, logger), &recordingTokens{Service: projects}
 	t.Cleanup(w.logins.Close)
+	w.audit = audit.New(st, audit.Config{}, logger)
+	images := func(ctx context.Context, p auth.Principal, projectID string, limit int) ([]web.Image, bool, error) {
+		if projectID != "p1" {
+			return nil, false, nil
+		}
+		return []web.Image{{Tag: "v1", Digest: "sha256:feed", PushedAt: now, Size: 3 << 20}}, false, nil
+	}
 	dash, err := web.New(web.Config{Builds: builds, Projects: projects, Logs: st, Authn: authn, Logger: logger,
-		QueuePosition: func(b build.Build) int { return 2 }, Logins: w.logins, Tokens: w.tokens})
+		QueuePosition: func(b build.Build) int { return 2 }, Logins: w.logins, Tokens: w.tokens, Audit: w.audit, Images: images})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -603,5 +612,27 @@ func TestDeviceSignIn(t *testing.T) {
 	do(t, c, "POST", w.srv.URL+"/sign-out", url.Values{"csrf": {csrfOf(t, page.body)}}, origin)
 	if len(w.tokens.deleted) != 1 {
 		t.Errorf("signing out of a pasted token's session deleted tokens: %v", w.tokens.deleted)
+	}
+}
+
+// The audit log is an organization token's; a project's images show on
+// its page.
+func TestAuditPageAndImages(t *testing.T) {
+	w := newWorld(t, false)
+	w.audit.Record(context.Background(), audit.Event{Kind: audit.KindTokenCreated, OrgID: w.admin.OrgID, ProjectID: "p1",
+		Actor: w.admin.TokenID, Detail: map[string]string{"token_id": "tok_p1", "kind": "project"}})
+	org := w.browser(t)
+	w.signIn(t, org, w.orgTok)
+	a := do(t, org, "GET", w.srv.URL+"/audit", nil, nil)
+	if a.code != 200 || !strings.Contains(a.body, "<td>token_created</td>") || !strings.Contains(a.body, "kind=project token_id=tok_p1") {
+		t.Errorf("audit page: %d\n%s", a.code, a.body)
+	}
+	prj := w.browser(t)
+	w.signIn(t, prj, w.p1Tok)
+	if a := do(t, prj, "GET", w.srv.URL+"/audit", nil, nil); a.code != http.StatusNotFound {
+		t.Errorf("audit page with a project session: %d", a.code)
+	}
+	if a := do(t, prj, "GET", w.srv.URL+"/projects/p1", nil, nil); !strings.Contains(a.body, "<code>v1</code>") || !strings.Contains(a.body, "3.0 MiB") {
+		t.Errorf("the project page lacks its images:\n%s", a.body)
 	}
 }
