@@ -395,6 +395,14 @@ func TestDashboard(t *testing.T) {
 		}
 	}
 	b.screenshot("10-organization-projects")
+	// The audit log has the project token this test made.
+	if code := b.open("/audit"); code != 200 {
+		t.Errorf("the audit page: %d", code)
+	}
+	if !evalIn[bool](b, fmt.Sprintf(`[...document.querySelectorAll("#audit tr")].some(r => r.textContent.includes("token_created") && r.textContent.includes(%q))`, projA)) {
+		t.Errorf("the audit page does not show the project token made for %s", projA)
+	}
+	b.screenshot("12-audit-log")
 
 	// On a phone's screen: the failed build, readable without sideways
 	// scrolling of the page itself.
