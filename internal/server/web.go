@@ -20,7 +20,7 @@ func (s *Server) mountWeb(mux *http.ServeMux, authn *auth.Authenticator, project
 	dash, err := web.New(web.Config{Builds: s.builds, Projects: projects, Logs: s.store, Runner: s.runner,
 		Authn: authn, Logger: s.cfg.Logger, Builders: s.builderStates, Logins: logins, Tokens: projects,
 		QueuePosition: func(b build.Build) int { _, ahead := s.runner.Describe(b); return ahead },
-		Audit:         s.audit, Images: s.projectImages})
+		Audit:         s.audit, Images: s.projectImages, Trigger: s.buildTrigger})
 	if err != nil {
 		return err
 	}
@@ -51,4 +51,24 @@ func (s *Server) projectImages(ctx context.Context, p auth.Principal, projectID 
 		out = append(out, web.Image{Tag: im.Tag, Digest: im.Digest, PushedAt: im.PushedAt, Size: im.Size})
 	}
 	return out, next != "", nil
+}
+
+// buildTrigger says what started a build, for the dashboard: a source
+// build's upload, git URL or rebuild; a client build of a CI job (admitted
+// by a trust policy) or of a kiln token (the CLI, depot, the API).
+func (s *Server) buildTrigger(b build.Build) string {
+	if b.IsSource() {
+		spec, _ := s.runner.Describe(b)
+		switch {
+		case spec.RebuildOf != "":
+			return "rebuild of " + spec.RebuildOf
+		case spec.GitURL != "":
+			return "git"
+		}
+		return "upload"
+	}
+	if len(b.PolicyIDs) > 0 {
+		return "CI job"
+	}
+	return "kiln token"
 }

@@ -191,7 +191,8 @@ type buildRow struct {
 	HitPercent int // cached of total steps, in percent; -1 without steps
 	// Ahead is how many builds wait ahead of a queued build; -1 when it
 	// is not queued or not known.
-	Ahead int
+	Ahead   int
+	Trigger string // what started it; "" when not known
 }
 
 func (d *Dashboard) rowOf(b build.Build, st build.Stats, now time.Time) buildRow {
@@ -209,11 +210,15 @@ func (d *Dashboard) rowOf(b build.Build, st build.Stats, now time.Time) buildRow
 	if b.Status == build.Queued && d.cfg.QueuePosition != nil {
 		row.Ahead = d.cfg.QueuePosition(b)
 	}
+	if d.cfg.Trigger != nil {
+		row.Trigger = d.cfg.Trigger(b)
+	}
 	return row
 }
 
 type projectData struct {
-	Project project.Project
+	Triggers bool // the list has a trigger column
+	Project  project.Project
 	// Admin: the session may administer the project (an organization
 	// token), and Tokens and Policies are its tokens (build tokens left
 	// out: one per build, each living as long as its build) and trust
@@ -252,7 +257,7 @@ func (d *Dashboard) projectPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := d.cfg.Now()
-	data := projectData{Project: proj, ChartSize: chartBuilds, Statuses: statuses}
+	data := projectData{Project: proj, ChartSize: chartBuilds, Statuses: statuses, Triggers: d.cfg.Trigger != nil}
 	token := r.URL.Query().Get("page")
 	data.First = token == ""
 	data.Status = r.URL.Query().Get("status")

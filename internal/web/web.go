@@ -103,6 +103,9 @@ type Config struct {
 	// authorized as the registry's API (registry.Registry.ListImages);
 	// more reports there were more. nil: none shown.
 	Images func(ctx context.Context, p auth.Principal, projectID string, limit int) (images []Image, more bool, err error)
+	// Trigger says what started a build ("upload", "git", "rebuild of
+	// <id>", "CI job", …); nil: the builds list has no trigger column.
+	Trigger func(b build.Build) string
 	// QueuePosition is how many builds wait ahead of a queued source
 	// build (runner.Runner.Describe); nil shows none.
 	QueuePosition func(b build.Build) int

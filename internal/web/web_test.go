@@ -112,7 +112,8 @@ func newWorld(t *testing.T, tls bool) *world {
 		return []web.Image{{Tag: "v1", Digest: "sha256:feed", PushedAt: now, Size: 3 << 20}}, false, nil
 	}
 	dash, err := web.New(web.Config{Builds: builds, Projects: projects, Logs: st, Authn: authn, Logger: logger,
-		QueuePosition: func(b build.Build) int { return 2 }, Logins: w.logins, Tokens: w.tokens, Audit: w.audit, Images: images})
+		QueuePosition: func(b build.Build) int { return 2 }, Logins: w.logins, Tokens: w.tokens, Audit: w.audit, Images: images,
+		Trigger: func(b build.Build) string { return "trigger of " + b.ID }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,6 +302,9 @@ func TestProjectSessionSeesOnlyItsProject(t *testing.T) {
 	a := do(t, c, "GET", w.srv.URL+"/projects/p1", nil, nil)
 	if a.code != 200 || !strings.Contains(a.body, `data-build="b1"`) || strings.Contains(a.body, "b2") || strings.Contains(a.body, "b3") {
 		t.Fatalf("project page: %d\n%s", a.code, a.body)
+	}
+	if !strings.Contains(a.body, "<td>trigger of b1</td>") {
+		t.Errorf("the list has no trigger column:\n%s", a.body)
 	}
 	if a := do(t, c, "GET", w.srv.URL+"/builds/b1", nil, nil); a.code != 200 || !strings.Contains(a.body, "exit code: 3") {
 		t.Errorf("own build: %d\n%s", a.code, a.body)
