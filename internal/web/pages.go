@@ -373,6 +373,7 @@ type buildData struct {
 	// never secrets), indented; "" when unknown.
 	Options  string
 	ShareURL string // after Share
+	Unshared bool   // after StopSharing
 }
 
 func (d *Dashboard) buildPage(w http.ResponseWriter, r *http.Request) {
@@ -413,7 +414,8 @@ func indentJSON(raw string) string {
 }
 
 // shareBuild makes the build's read-only share link (build.Service.Share,
-// as ShareBuild) and shows it on the build's page.
+// as ShareBuild) and shows it on the build's page; at .../unshare it
+// revokes it (StopSharingBuild).
 func (d *Dashboard) shareBuild(w http.ResponseWriter, r *http.Request) {
 	s, p, ok := d.session(w, r, true)
 	if !ok {
@@ -426,7 +428,14 @@ func (d *Dashboard) shareBuild(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
 	defer cancel()
-	link, err := d.cfg.Builds.Share(ctx, p, r.PathValue("id"))
+	unshare := strings.HasSuffix(r.URL.Path, "/unshare")
+	var link string
+	var err error
+	if unshare {
+		err = d.cfg.Builds.StopSharing(ctx, p, r.PathValue("id"))
+	} else {
+		link, err = d.cfg.Builds.Share(ctx, p, r.PathValue("id"))
+	}
 	if errors.Is(err, errdefs.ErrPermission) {
 		d.fail(w, r, s, http.StatusForbidden, err.Error())
 		return
@@ -440,7 +449,7 @@ func (d *Dashboard) shareBuild(w http.ResponseWriter, r *http.Request) {
 		d.failErr(w, r, s, "build", err)
 		return
 	}
-	data.ShareURL = link
+	data.ShareURL, data.Unshared = link, unshare
 	d.render(w, r, http.StatusOK, "build", s, "Build "+data.Build.ID, data)
 }
 

@@ -35,6 +35,7 @@ type Builds interface {
 	Resources(ctx context.Context, p auth.Principal, buildID string) (build.Resources, error)
 	Usage(ctx context.Context, p auth.Principal, projects []project.Project, period build.Period, withSaved bool) ([]build.Usage, error)
 	Share(ctx context.Context, p auth.Principal, buildID string) (string, error)
+	StopSharing(ctx context.Context, p auth.Principal, buildID string) error
 }
 
 var _ Builds = (*build.Service)(nil)
@@ -169,6 +170,7 @@ func (d *Dashboard) Mount(mux *http.ServeMux) {
 	mux.HandleFunc("POST /builds/{id}/cancel", d.cancelBuild)
 	mux.HandleFunc("POST /builds/{id}/rebuild", d.rebuildBuild)
 	mux.HandleFunc("POST /builds/{id}/share", d.shareBuild)
+	mux.HandleFunc("POST /builds/{id}/unshare", d.shareBuild)
 	mux.Handle("GET /assets/", http.StripPrefix("/assets/", d.assetHandler()))
 }
 

@@ -300,7 +300,7 @@ func TestProjectSessionSeesOnlyItsProject(t *testing.T) {
 	c := w.browser(t)
 	w.signIn(t, c, w.p1Tok)
 	a := do(t, c, "GET", w.srv.URL+"/projects/p1", nil, nil)
-	if a.code != 200 || !strings.Contains(a.body, `data-build="b1"`) || strings.Contains(a.body, "b2") || strings.Contains(a.body, "b3") {
+	if a.code != 200 || !strings.Contains(a.body, `data-build="b1"`) || strings.Contains(a.body, "/builds/b2") || strings.Contains(a.body, "/builds/b3") {
 		t.Fatalf("project page: %d\n%s", a.code, a.body)
 	}
 	if !strings.Contains(a.body, "<td>trigger of b1</td>") {
@@ -480,6 +480,20 @@ func TestShare(t *testing.T) {
 	}
 	if a := do(t, c, "POST", w.srv.URL+"/builds/b2/share", url.Values{"csrf": {tok}}, origin); a.code != http.StatusNotFound {
 		t.Errorf("share another project's build: %d", a.code)
+	}
+	link := regexp.MustCompile(`/shared/[0-9A-Za-z]{32}`).FindString(a.body)
+	builds := build.NewService(w.st, nil, nil, build.Config{}, slog.New(slog.DiscardHandler))
+	if _, err := builds.Shared(context.Background(), strings.TrimPrefix(link, "/shared/")); err != nil {
+		t.Fatalf("the share link does not work: %v", err)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/builds/b1/unshare", url.Values{}, origin); a.code != http.StatusForbidden {
+		t.Errorf("unshare without the anti-forgery token: %d", a.code)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/builds/b1/unshare", url.Values{"csrf": {tok}}, origin); a.code != 200 || !strings.Contains(a.body, `id="unshared"`) {
+		t.Errorf("unshare: %d", a.code)
+	}
+	if _, err := builds.Shared(context.Background(), strings.TrimPrefix(link, "/shared/")); err == nil {
+		t.Error("the share link still works after Stop sharing")
 	}
 }
 
