@@ -505,7 +505,20 @@ type liveView struct {
 	Next      int           `json:"next"` // pass as ?after= for the lines after these
 	More      bool          `json:"more"` // more lines are stored than sent
 	Resources liveResources `json:"resources"`
+	// History is, on the first poll (after=0), each step's runs in the
+	// project's earlier builds, by step name, newest first.
+	History map[string][]stepRun `json:"history,omitempty"`
 }
+
+// stepRun is one earlier run of a step of the same name.
+type stepRun struct {
+	Build string `json:"build"`
+	State string `json:"state"` // cached, done, failed
+	Ms    int64  `json:"ms"`
+}
+
+// historyBuilds is how many earlier builds a step's history looks at.
+const historyBuilds = 10
 
 // liveLogPage is how many log lines one poll sends at most.
 const liveLogPage = 2000
@@ -576,7 +589,49 @@ func (d *Dashboard) live(ctx context.Context, p auth.Principal, id string, after
 		v.Next = l.Seq
 	}
 	v.Resources = resourcesOf(res)
+	if after == 0 {
+		if v.History, err = d.history(ctx, p, b, v.Steps); err != nil {
+			return liveView{}, err
+		}
+	}
 	return v, nil
+}
+
+// history finds the steps of b (by name) in the project's builds created
+// before it, up to historyBuilds of them.
+func (d *Dashboard) history(ctx context.Context, p auth.Principal, b build.Build, steps []liveStep) (map[string][]stepRun, error) {
+	want := map[string]bool{}
+	for _, s := range steps {
+		want[s.Name] = true
+	}
+	out := map[string][]stepRun{}
+	if len(want) == 0 {
+		return out, nil
+	}
+	recent, _, err := d.cfg.Builds.Page(ctx, p, b.ProjectID, 3*historyBuilds, "")
+	if err != nil {
+		return nil, err
+	}
+	seen := 0
+	for _, other := range recent {
+		if other.ID == b.ID || !other.CreatedAt.Before(b.CreatedAt) {
+			continue
+		}
+		if seen++; seen > historyBuilds {
+			break
+		}
+		all, err := d.cfg.Builds.Steps(ctx, p, other.ID)
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range liveSteps(all, true) {
+			if !want[s.Name] || s.State == "waiting" {
+				continue
+			}
+			out[s.Name] = append(out[s.Name], stepRun{Build: other.ID, State: s.State, Ms: s.DurationMs})
+		}
+	}
+	return out, nil
 }
 
 // liveSteps are the steps the waterfall shows: the build's counted steps

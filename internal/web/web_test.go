@@ -378,8 +378,23 @@ func TestLiveBuild(t *testing.T) {
 		t.Errorf("live: %s", a.body)
 	}
 	a = do(t, c, "GET", w.srv.URL+"/builds/b1/live?after=1", nil, nil)
-	if !strings.Contains(a.body, `"logs":[]`) {
+	if !strings.Contains(a.body, `"logs":[]`) || strings.Contains(a.body, `"history"`) {
 		t.Errorf("live after the last line: %s", a.body)
+	}
+	// A step's history: its runs in the project's earlier builds.
+	ctx := context.Background()
+	p1, _ := w.st.GetProject(ctx, "p1")
+	at := time.Now().Add(-time.Hour).UTC().Truncate(time.Millisecond)
+	if err := w.st.CreateBuild(ctx, build.Build{ID: "b0", ProjectID: "p1", OrgID: p1.OrgID, Status: build.Succeeded,
+		CreatedAt: at, StartedAt: at, FinishedAt: at.Add(3 * time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.st.PutSteps(ctx, "b0", []build.Step{{Digest: "sha256:old", Name: "[2/2] RUN exit 3", StartedAt: at, CompletedAt: at.Add(2 * time.Second)}}); err != nil {
+		t.Fatal(err)
+	}
+	a = do(t, c, "GET", w.srv.URL+"/builds/b1/live", nil, nil)
+	if !strings.Contains(a.body, `"history":{"[2/2] RUN exit 3":[{"build":"b0","state":"done","ms":2000}]}`) {
+		t.Errorf("live without the step's history: %s", a.body)
 	}
 }
 

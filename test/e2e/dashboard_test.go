@@ -351,6 +351,10 @@ func TestDashboard(t *testing.T) {
 	if v.Status != "succeeded" {
 		t.Errorf("the cached rebuild's page says %q", v.Status)
 	}
+	// Each step shows its earlier runs: the first build ran them.
+	if n := evalIn[int](b, `document.querySelectorAll("#waterfall .hist").length`); n < 6 {
+		t.Errorf("%d steps show their history, want every one of the 6", n)
+	}
 	b.screenshot("06-build-cached")
 	b.open("/projects/" + projA)
 	after := evalIn[chartView](b, readChartView)

@@ -48,6 +48,7 @@
 
   const maxLines = 20000;
   let after = 0; // the last log line shown
+  let history = {}; // step name → its runs in earlier builds, newest first (the first poll's)
   let afterEnd = 0; // polls since the build ended
   let jumped = false; // the log was scrolled to the failing step once
   const stepNo = new Map(); // digest → its number in the waterfall
@@ -98,7 +99,23 @@
       track.append(seg);
       let ms = s.duration_ms;
       if (s.state === "running" && s.started_at) ms = now - Date.parse(s.started_at);
-      const dur = el("span", "dur", s.state === "cached" ? "cached" : s.started_at ? human(ms) : "");
+      const dur = el("span", "dur");
+      const runs = history[s.name] || [];
+      if (runs.length) {
+        // Earlier runs of this step, oldest left: a bar each, as tall as
+        // its run was long against the longest.
+        const hist = el("span", "hist");
+        const top = Math.max(...runs.map((r) => r.ms), ms, 1);
+        hist.title = "earlier builds: " + runs.map((r) => r.build + " " + (r.state === "cached" ? "cached" : human(r.ms) + (r.state === "failed" ? " failed" : ""))).join(", ");
+        hist.setAttribute("aria-label", hist.title);
+        for (const r of runs.slice().reverse()) {
+          const b = el("span", "run " + r.state);
+          b.style.height = Math.max(2, Math.round((14 * (r.state === "cached" ? 0 : r.ms)) / top)) + "px";
+          hist.append(b);
+        }
+        dur.append(hist);
+      }
+      dur.append(document.createTextNode(s.state === "cached" ? "cached" : s.started_at ? human(ms) : ""));
       li.append(name, track, dur);
       if (s.error) li.append(el("div", "err", s.error));
       list.append(li);
@@ -185,6 +202,7 @@
     $("steps-count").textContent = b.cached_steps + " cached of " + b.total_steps;
     const queue = $("queue");
     if (queue) queue.textContent = b.queue_ahead >= 0 ? b.queue_ahead + " builds ahead" : "left the queue";
+    if (v.history) history = v.history;
     drawWaterfall(b, v.steps);
     appendLogs(v.logs, v.steps);
     after = v.next;
