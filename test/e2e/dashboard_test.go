@@ -406,7 +406,7 @@ func TestDashboard(t *testing.T) {
 	if !evalIn[bool](b, fmt.Sprintf(`[...document.querySelectorAll("#audit tr")].some(r => r.textContent.includes("token_created") && r.textContent.includes(%q))`, projA)) {
 		t.Errorf("the audit page does not show the project token made for %s", projA)
 	}
-	b.screenshot("12-audit-log")
+	b.screenshot("11-audit-log")
 
 	// On a phone's screen: the failed build, readable without sideways
 	// scrolling of the page itself.
@@ -416,7 +416,7 @@ func TestDashboard(t *testing.T) {
 	if wide := evalIn[int](b, "document.documentElement.scrollWidth"); wide > 390 {
 		t.Errorf("on a 390px-wide screen the build page is %dpx wide", wide)
 	}
-	b.screenshot("11-build-failed-phone")
+	b.screenshot("12-build-failed-phone")
 
 	if off := b.offHost(); len(off) > 0 {
 		t.Errorf("the browser made requests to hosts other than kiln's (%s): %q", s.URL, off)
