@@ -315,8 +315,8 @@ func (s *Server) startServices() (*project.Service, error) {
 
 // mountAPI builds the authenticator and mounts every API on a new mux:
 // Depot's and kiln's Connect services, the registry, source builds, the
-// health checks and /debug/builders. It opens the registry and the source
-// builds' storage.
+// dashboard, the health checks and /debug/builders. It opens the registry
+// and the source builds' storage.
 func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http.ServeMux, *auth.Authenticator, *login.Service, error) {
 	cfg := s.cfg
 	authn := &auth.Authenticator{Store: s.store}
