@@ -167,5 +167,7 @@ var funcs = template.FuncMap{
 		}
 		return t.UTC().Format(time.RFC3339)
 	},
-	"f1": func(f float64) string { return fmt.Sprintf("%.1f", f) },
+	"f1":    func(f float64) string { return fmt.Sprintf("%.1f", f) },
+	"upper": strings.ToUpper,
+	"ms":    func(ms int64) string { return human(time.Duration(ms) * time.Millisecond) },
 }

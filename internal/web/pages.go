@@ -366,8 +366,11 @@ type buildData struct {
 	Build     build.Build
 	Row       buildRow
 	ProjectID string
-	CanAct    bool // Cancel and Rebuild are offered (a source build, a runner)
-	CanShare  bool
+	// Steps are the waterfall as the page is served: a list the script
+	// replaces with its bars (and readers without scripts keep).
+	Steps    []liveStep
+	CanAct   bool // Cancel and Rebuild are offered (a source build, a runner)
+	CanShare bool
 	// Options are the build's options as the client reported them, or a
 	// source build's request (Dockerfile, target, arguments, platforms;
 	// never secrets), indented; "" when unknown.
@@ -396,11 +399,15 @@ func (d *Dashboard) buildData(ctx context.Context, p auth.Principal, id string) 
 	if err != nil {
 		return buildData{}, err
 	}
+	steps, err := d.cfg.Builds.Steps(ctx, p, id)
+	if err != nil {
+		return buildData{}, err
+	}
 	opts := b.Options
 	if b.IsSource() {
 		opts = b.Spec
 	}
-	return buildData{Build: b, Row: d.rowOf(b, st, d.cfg.Now()), ProjectID: b.ProjectID,
+	return buildData{Build: b, Row: d.rowOf(b, st, d.cfg.Now()), ProjectID: b.ProjectID, Steps: liveSteps(steps, b.Terminal()),
 		CanAct: b.IsSource() && d.cfg.Runner != nil && p.CanDriveBuild(b), CanShare: p.CanManage(b), Options: indentJSON(opts)}, nil
 }
 

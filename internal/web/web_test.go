@@ -306,7 +306,8 @@ func TestProjectSessionSeesOnlyItsProject(t *testing.T) {
 	if !strings.Contains(a.body, "<td>trigger of b1</td>") {
 		t.Errorf("the list has no trigger column:\n%s", a.body)
 	}
-	if a := do(t, c, "GET", w.srv.URL+"/builds/b1", nil, nil); a.code != 200 || !strings.Contains(a.body, "exit code: 3") {
+	if a := do(t, c, "GET", w.srv.URL+"/builds/b1", nil, nil); a.code != 200 || !strings.Contains(a.body, `<li class="step failed"`) ||
+		!strings.Contains(a.body, `<div class="err">exit code: 3</div>`) || !strings.Contains(a.body, `<span class="mark">CACHED</span>`) {
 		t.Errorf("own build: %d\n%s", a.code, a.body)
 	}
 	var bodies []string

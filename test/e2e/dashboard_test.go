@@ -167,6 +167,7 @@ type buildView struct {
 	Lines  []string `json:"lines"`  // the log's lines
 	Banner string   `json:"banner"` // the error banner, "" when hidden
 	Marker int      `json:"marker"` // set by the test: 0 after a reload
+	Polls  int      `json:"polls"`  // answers of the live endpoint the script drew
 }
 
 const readBuildView = `(() => ({
@@ -176,19 +177,21 @@ const readBuildView = `(() => ({
   lines: [...document.querySelectorAll("#log .line")].map(l => l.textContent),
   banner: document.getElementById("error-banner").hidden ? "" : document.getElementById("error-banner").textContent,
   marker: window.kilnTestMarker || 0,
+  polls: Number(document.getElementById("build").dataset.polls || 0),
 }))()`
 
 func terminalStatus(s string) bool {
 	return s == "succeeded" || s == "failed" || s == "canceled"
 }
 
-// waitBuild reads the build page until cond holds.
+// waitBuild reads the build page until its script has drawn what the
+// server answered and cond holds.
 func (b *browserPage) waitBuild(timeout time.Duration, what string, cond func(buildView) bool) buildView {
 	b.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
 		v := evalIn[buildView](b, readBuildView)
-		if cond(v) {
+		if v.Polls > 0 && cond(v) {
 			return v
 		}
 		if time.Now().After(deadline) {

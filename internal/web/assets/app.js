@@ -193,7 +193,9 @@
     near.textContent = r.near_limit ? "Near the memory limit: " + r.near_limit : "";
   }
 
+  let polls = 0;
   function draw(v) {
+    root.dataset.polls = String(++polls); // how many answers the page has drawn
     const b = v.build;
     const st = $("status");
     st.textContent = b.status;
