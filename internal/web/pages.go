@@ -270,29 +270,47 @@ func (d *Dashboard) projectPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	data.Next = next
-	for _, b := range page {
-		b, st, err := d.cfg.Builds.Stats(ctx, p, b.ID)
-		if err != nil {
-			d.failErr(w, r, s, "build", err)
-			return
+	// Each build's statistics once, though it is in the list and the
+	// charts; a build gone meanwhile (its project's history was cut) is
+	// left out.
+	stats := map[string]buildRow{}
+	rowsOf := func(bs []build.Build) ([]buildRow, error) {
+		var rows []buildRow
+		for _, b := range bs {
+			row, ok := stats[b.ID]
+			if !ok {
+				b, st, err := d.cfg.Builds.Stats(ctx, p, b.ID)
+				if errdefs.IsNotFound(err) {
+					continue
+				}
+				if err != nil {
+					return nil, err
+				}
+				row = d.rowOf(b, st, now)
+				stats[b.ID] = row
+			}
+			rows = append(rows, row)
 		}
-		data.Builds = append(data.Builds, d.rowOf(b, st, now))
+		return rows, nil
+	}
+	if data.Builds, err = rowsOf(page); err != nil {
+		d.failErr(w, r, s, "build", err)
+		return
 	}
 	recent, _, err := d.cfg.Builds.Page(ctx, p, proj.ID, chartBuilds, "")
 	if err != nil {
 		d.failErr(w, r, s, "project", err)
 		return
 	}
-	var charted []buildRow
+	slices.Reverse(recent) // oldest first, left to right
+	charted, err := rowsOf(recent)
+	if err != nil {
+		d.failErr(w, r, s, "build", err)
+		return
+	}
 	var saved time.Duration
-	for i := len(recent) - 1; i >= 0; i-- { // oldest first, left to right
-		b, st, err := d.cfg.Builds.Stats(ctx, p, recent[i].ID)
-		if err != nil {
-			d.failErr(w, r, s, "build", err)
-			return
-		}
-		charted = append(charted, d.rowOf(b, st, now))
-		saved += st.Saved
+	for _, row := range charted {
+		saved += row.Saved
 	}
 	data.Charts = chartsOf(charted)
 	data.Saved = human(saved)
