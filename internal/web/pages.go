@@ -646,6 +646,9 @@ func (d *Dashboard) history(ctx context.Context, p auth.Principal, b build.Build
 			break
 		}
 		all, err := d.cfg.Builds.Steps(ctx, p, other.ID)
+		if errdefs.IsNotFound(err) {
+			continue // deleted meanwhile
+		}
 		if err != nil {
 			return nil, err
 		}
