@@ -3,8 +3,9 @@
 #   buildkitd + buildctl v0.34.2 (from tools/buildkit/go.mod), runc v1.5.3 with seccomp (from
 #   tools/runc/go.mod; the builders' container runtime: kiln puts bin/ first on buildkitd's PATH,
 #   so Debian's older runc, which docker.io pulls in, is not used by builders), kiln, and with
-#   --tests versitygw (an S3 server for tests, from tools/versitygw/go.mod) and Debian's
-#   clickhouse-server (18.16, for the ClickHouse export's tests); busybox-static
+#   --tests versitygw (an S3 server for tests, from tools/versitygw/go.mod), Debian's
+#   clickhouse-server (18.16, for the ClickHouse export's tests) and chromium (the headless
+#   browser the dashboard's tests drive); busybox-static
 #   (local base images), the CNI plugins and iptables (bridge networking for RUN steps),
 #   libseccomp-dev + pkg-config (to build runc); QEMU binfmt emulation and
 #   bin/busybox-<foreign arch> for multi-platform builds (setup-multiplatform.sh).
@@ -13,7 +14,7 @@
 # Safe to run again; it only rebuilds what is missing or stale.
 #
 # Usage: hack/setup.sh [--tests]
-#   --tests  also install what only the tests need (versitygw, clickhouse-server);
+#   --tests  also install what only the tests need (versitygw, clickhouse-server, chromium);
 #            `make test` passes it, `make demo` does not.
 # The first run compiles for about 15 minutes (most of it buildkitd); each long step says
 # what it builds and roughly how long it takes before it starts (Go's own "go: downloading"
@@ -44,8 +45,11 @@ if [ "$for_tests" = 1 ]; then
 fi
 # ClickHouse for the export's end-to-end test (test/e2e/clickhouse_test.go), which runs its own
 # server in a temporary directory on loopback; the package's system service is not used.
+# Chromium, headless, for the dashboard's end-to-end test (test/e2e/dashboard_test.go), which
+# drives it through the DevTools protocol; it loads nothing but kiln's own pages.
 if [ "$for_tests" = 1 ]; then
   dpkg -s clickhouse-server >/dev/null 2>&1 || need_pkgs+=(clickhouse-server)
+  dpkg -s chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

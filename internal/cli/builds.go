@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -196,7 +197,9 @@ func newBuildsGetCmd(g *globals, bp *buildsProject) *cobra.Command {
 				}
 			}
 			now := time.Now()
-			if err := printBuildDetail(cmd.OutOrStdout(), res.Msg.Build, ins, now); err != nil {
+			// The build's page, at the address this CLI reaches the server.
+			page := strings.TrimSuffix(c.APIURL, "/") + "/builds/" + url.PathEscape(res.Msg.Build.BuildId)
+			if err := printBuildDetail(cmd.OutOrStdout(), res.Msg.Build, page, ins, now); err != nil {
 				return err
 			}
 			return ins.printSteps(cmd.OutOrStdout(), now)
@@ -206,9 +209,10 @@ func newBuildsGetCmd(g *globals, bp *buildsProject) *cobra.Command {
 	return cmd
 }
 
-// printBuildDetail prints a build as "key: value" lines, with a line
-// counting its steps when ins is not nil; empty fields are left out.
-func printBuildDetail(w io.Writer, b *kilnv1.Build, ins *buildInsights, now time.Time) error {
+// printBuildDetail prints a build as "key: value" lines, with its page's
+// URL and a line counting its steps when ins is not nil; empty fields are
+// left out.
+func printBuildDetail(w io.Writer, b *kilnv1.Build, pageURL string, ins *buildInsights, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
 	line := func(k, v string) {
 		if v != "" {
@@ -222,6 +226,7 @@ func printBuildDetail(w io.Writer, b *kilnv1.Build, ins *buildInsights, now time
 		return ts.AsTime().Local().Format(time.RFC3339) + " (" + relativeTime(ts, now) + ")"
 	}
 	line("build", b.BuildId)
+	line("url", pageURL)
 	line("status", statusName(b.Status))
 	if b.Status == kilnv1.BuildStatus_BUILD_STATUS_QUEUED {
 		line("queue position", fmt.Sprintf("%d ahead", b.QueuePosition))

@@ -390,7 +390,7 @@ func TestBuildsGet(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, re := range []string{
-		`(?m)^build: +b2$`, `(?m)^status: +succeeded$`, `(?m)^kind: +source$`, `(?m)^project: +p1$`, `(?m)^customer: +acme$`,
+		`(?m)^build: +b2$`, `(?m)^url: +http://127\.0\.0\.1:\d+/builds/b2$`, `(?m)^status: +succeeded$`, `(?m)^kind: +source$`, `(?m)^project: +p1$`, `(?m)^customer: +acme$`,
 		`(?m)^created: +\S+ \(3m ago\)$`, `(?m)^duration: +1m05s$`, `(?m)^platforms: +linux/amd64, linux/arm64$`,
 		`(?m)^image: +reg.example/p1:b2\nimage: +reg.example/p1:v1$`, `(?m)^digest: +sha256:feed$`,
 	} {

@@ -35,8 +35,8 @@ func reachableBase(base string) string {
 	return strings.TrimSuffix(u.String(), "/")
 }
 
-// mountBuildPage serves GET /builds/{id} (depot.BuildPage), with the API's
-// tokens.
-func (s *Server) mountBuildPage(mux *http.ServeMux, authn *auth.Authenticator) {
-	mux.Handle("GET /builds/{id}", &depot.BuildPage{Builds: s.builds, Authn: authn, Logger: s.cfg.Logger})
+// mountBuildPage serves GET /builds/{id} (depot.BuildPage): JSON with the
+// API's tokens, and html, the dashboard's page, to a browser.
+func (s *Server) mountBuildPage(mux *http.ServeMux, authn *auth.Authenticator, html http.Handler) {
+	mux.Handle("GET /builds/{id}", &depot.BuildPage{Builds: s.builds, Authn: authn, Logger: s.cfg.Logger, HTML: html})
 }

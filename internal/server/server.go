@@ -321,8 +321,8 @@ func (s *Server) startServices() (*project.Service, error) {
 
 // mountAPI builds the authenticator and mounts every API on a new mux:
 // Depot's and kiln's Connect services, the registry, source builds, the
-// health checks and /debug/builders. It opens the registry and the source
-// builds' storage.
+// dashboard, the health checks and /debug/builders. It opens the registry
+// and the source builds' storage.
 func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http.ServeMux, *auth.Authenticator, *login.Service, error) {
 	cfg := s.cfg
 	authn := &auth.Authenticator{Store: s.store}
@@ -334,7 +334,6 @@ func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http
 	depot.Mount(mux, projects, s.builds, cfg.Logger, s.apiInterceptors(authn), connect.WithReadMaxBytes(16<<20))
 	logins := s.mountLogin(mux, s.store, authn, projects)
 	s.mountAudit(mux, authn)
-	s.mountBuildPage(mux, authn)
 	s.mountTrustPolicies(mux, authn, projects)
 	s.mountTokens(mux, authn, projects)
 	s.mountProjectNetwork(mux, authn, projects)
@@ -344,6 +343,9 @@ func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http
 	}
 	s.mountRegistry(mux, authn, s.registry)
 	if err := s.openSource(ctx, mux, s.store, authn, s.builds, projects); err != nil {
+		return nil, nil, nil, err
+	}
+	if err := s.mountWeb(mux, authn, projects, logins); err != nil { // the dashboard and /builds/{id}: web.go
 		return nil, nil, nil, err
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })

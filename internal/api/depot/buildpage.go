@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/auth"
@@ -22,14 +23,35 @@ import (
 // send it). It is authorized exactly as GetBuild is (build.Service.Stats).
 // Without a valid token it answers 401, and for a build the token may not
 // see 404 — the same for a build of another organization as for none at
-// all — each with a one-line hint. A later page in HTML will take this
-// path; JSON stays available with `Accept: application/json`.
+// all — each with a one-line hint.
+//
+// A browser (a request that accepts text/html, prefers it to JSON and
+// sends no Authorization header) gets HTML instead, the dashboard's page;
+// API callers, and anyone sending `Accept: application/json`, keep
+// getting JSON.
 type BuildPage struct {
 	Builds *build.Service
 	Authn  interface {
 		Authenticate(ctx context.Context, secret string) (auth.Principal, error)
 	}
 	Logger *slog.Logger
+	// HTML serves browsers (web.Dashboard.BuildPage); nil: JSON for all.
+	HTML http.Handler
+}
+
+// wantsHTML reports a browser's request: no credentials of the API's, and
+// an Accept that names text/html before any JSON.
+func wantsHTML(r *http.Request) bool {
+	if r.Header.Get("Authorization") != "" {
+		return false
+	}
+	accept := r.Header.Get("Accept")
+	html := strings.Index(accept, "text/html")
+	if html < 0 {
+		return false
+	}
+	json := strings.Index(accept, "application/json")
+	return json < 0 || html < json
 }
 
 type buildPageView struct {
@@ -62,6 +84,11 @@ func pageSecret(r *http.Request) string {
 }
 
 func (h *BuildPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Add("Vary", "Accept, Authorization")
+	if h.HTML != nil && wantsHTML(r) {
+		h.HTML.ServeHTTP(w, r)
+		return
+	}
 	hdr := w.Header()
 	hdr.Set("Cache-Control", "no-store")
 	hdr.Set("X-Content-Type-Options", "nosniff")

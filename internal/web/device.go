@@ -1,0 +1,193 @@
+package web
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/login"
+)
+
+// Signing in with an administrator's approval, for whoever has no token
+// to paste: the device login `kiln login` uses (internal/login). The
+// browser starts a login and shows its code and approve link; an
+// administrator approves it (the /login/{approval id} page, or `kiln login
+// --approve`); the browser, which polls, then collects the login's new
+// organization token — into the server's memory, never the browser — and
+// gets a session for it. Signing out of that session deletes the token.
+
+// DeviceLogins is what the dashboard uses of login.Service.
+type DeviceLogins interface {
+	Start(ctx context.Context, peer string) (login.Started, error)
+	Finish(ctx context.Context, id string) (string, error)
+}
+
+var _ DeviceLogins = (*login.Service)(nil)
+
+// TokenDeleter deletes a token (project.Service.DeleteToken): the one a
+// device login minted, when its session signs out.
+type TokenDeleter interface {
+	DeleteToken(ctx context.Context, p auth.Principal, id string) error
+}
+
+const (
+	// loginCookie names the browser's pending device login, by a random
+	// id of the server's (never the login's own secret id).
+	loginCookie = "kiln_login"
+	// loginPoll bounds one poll's wait for the approval.
+	loginPoll = 20 * time.Second
+	// maxPendingLogins bounds the pending logins held for browsers.
+	maxPendingLogins = 1000
+)
+
+// pendingLogin is a device login a browser started.
+type pendingLogin struct {
+	id       string // the login's secret id, which collects its token
+	approval string // its approval id
+	code     string
+	expires  time.Time
+}
+
+// pendingLogins are the browsers' device logins, by the hash of their
+// cookie. mu guards m.
+type pendingLogins struct {
+	mu sync.Mutex
+	m  map[string]pendingLogin
+}
+
+func (pl *pendingLogins) put(l pendingLogin, now time.Time) string {
+	id := auth.RandomString(43)
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	for k, v := range pl.m {
+		if now.After(v.expires) {
+			delete(pl.m, k)
+		}
+	}
+	if len(pl.m) >= maxPendingLogins {
+		for k := range pl.m { // any one: they expire in minutes anyway
+			delete(pl.m, k)
+			break
+		}
+	}
+	pl.m[sessionKey(id)] = l
+	return id
+}
+
+func (pl *pendingLogins) get(id string) (pendingLogin, bool) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	l, ok := pl.m[sessionKey(id)]
+	return l, ok
+}
+
+func (pl *pendingLogins) end(id string) {
+	pl.mu.Lock()
+	delete(pl.m, sessionKey(id))
+	pl.mu.Unlock()
+}
+
+type deviceData struct {
+	Code       string
+	ApprovalID string
+	Expires    string
+}
+
+// startDevice starts a device login for the browser and shows its code.
+func (d *Dashboard) startDevice(w http.ResponseWriter, r *http.Request) {
+	if d.cfg.Logins == nil {
+		d.fail(w, r, nil, http.StatusNotFound, "This server does not offer device login.")
+		return
+	}
+	if err := checkOrigin(r); err != nil {
+		d.fail(w, r, nil, http.StatusForbidden, "Cross-origin sign-in refused: open the sign-in page of this server directly.")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
+	defer cancel()
+	st, err := d.cfg.Logins.Start(ctx, r.RemoteAddr)
+	if err != nil {
+		if errors.Is(err, errdefs.ErrExhausted) {
+			d.render(w, r, http.StatusTooManyRequests, "signin", nil, "Sign in", signInData{Error: true, Message: err.Error()})
+			return
+		}
+		d.cfg.Logger.ErrorContext(ctx, "dashboard: start device login", "err", err)
+		d.fail(w, r, nil, http.StatusInternalServerError, "Internal error; see the server log.")
+		return
+	}
+	id := d.logins.put(pendingLogin{id: st.ID, approval: st.ApprovalID, code: st.Code, expires: st.ExpiresAt}, d.cfg.Now())
+	http.SetCookie(w, &http.Cookie{Name: loginCookie, Value: id, Path: "/sign-in/device", MaxAge: int(time.Until(st.ExpiresAt) / time.Second),
+		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+	d.render(w, r, http.StatusOK, "device", nil, "Sign in", deviceData{Code: st.Code, ApprovalID: st.ApprovalID,
+		Expires: st.ExpiresAt.UTC().Format("15:04:05 UTC")})
+}
+
+type deviceAnswer struct {
+	Done  bool   `json:"done"`
+	Next  string `json:"next,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// waitDevice is the device page's poll: it waits up to loginPoll for the
+// approval; once approved it collects the token and starts the session.
+// A POST (its script's, with the origin checked): it may sign in.
+func (d *Dashboard) waitDevice(w http.ResponseWriter, r *http.Request) {
+	secure(w)
+	w.Header().Set("Cache-Control", "no-store")
+	answer := func(status int, a deviceAnswer) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		json.NewEncoder(w).Encode(a)
+	}
+	if err := checkOrigin(r); err != nil {
+		answer(http.StatusForbidden, deviceAnswer{Error: "cross-origin request refused"})
+		return
+	}
+	c, err := r.Cookie(loginCookie)
+	var pending pendingLogin
+	ok := false
+	if err == nil && d.cfg.Logins != nil {
+		pending, ok = d.logins.get(c.Value)
+	}
+	if !ok {
+		answer(http.StatusNotFound, deviceAnswer{Error: "no login in progress; start again"})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), loginPoll)
+	defer cancel()
+	secret, err := d.cfg.Logins.Finish(ctx, pending.id)
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil:
+		answer(http.StatusOK, deviceAnswer{}) // not yet: poll again
+		return
+	case err != nil:
+		d.logins.end(c.Value)
+		if !errdefs.IsNotFound(err) && !errors.Is(err, errdefs.ErrExpired) && !errors.Is(err, errdefs.ErrPermission) &&
+			!errors.Is(err, errdefs.ErrFailedPrecondition) && !errors.Is(err, errdefs.ErrUnavailable) && r.Context().Err() == nil {
+			d.cfg.Logger.ErrorContext(r.Context(), "dashboard: finish device login", "err", err)
+		}
+		answer(http.StatusOK, deviceAnswer{Error: err.Error()})
+		return
+	}
+	d.logins.end(c.Value)
+	p, err := d.cfg.Authn.Authenticate(r.Context(), secret)
+	if err != nil {
+		d.cfg.Logger.ErrorContext(r.Context(), "dashboard: authenticate a device login's token", "err", err)
+		answer(http.StatusInternalServerError, deviceAnswer{Error: "internal error; see the server log"})
+		return
+	}
+	if old := cookieID(r); old != "" {
+		d.sessions.end(old)
+	}
+	id, s := d.sessions.create(secret, p)
+	s.minted = true
+	setCookie(w, r, id, int(sessionLife/time.Second))
+	http.SetCookie(w, &http.Cookie{Name: loginCookie, Path: "/sign-in/device", MaxAge: -1, HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+	d.cfg.Logger.InfoContext(r.Context(), "dashboard: signed in by device login", "token_id", p.TokenID)
+	answer(http.StatusOK, deviceAnswer{Done: true, Next: homeOf(p)})
+}

@@ -1,0 +1,182 @@
+package web
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+)
+
+// A session is one browser's sign-in: the token pasted into the sign-in
+// form, kept in the server's memory only (the browser holds a random
+// session id in an HttpOnly cookie, never the token), and the principal
+// it authenticated as then. Sessions live in memory: a restart of kiln
+// serve signs everyone out.
+type session struct {
+	// secret is the kiln token behind the session, authenticated again on
+	// every request (Dashboard.session); never written anywhere.
+	secret string
+	// principal is who the token was at sign-in; a later authentication
+	// must find the same token.
+	principal auth.Principal
+	// csrf is the session's anti-forgery token, sent back in every form
+	// (a hidden field) and in the X-CSRF-Token header of scripts' POSTs.
+	csrf string
+	// minted: the token was made for this session by a device login
+	// (device.go); signing out deletes it.
+	minted  bool
+	created time.Time
+	seen    time.Time
+}
+
+// Session limits.
+const (
+	// sessionIdle ends a session nobody used for this long.
+	sessionIdle = 12 * time.Hour
+	// sessionLife ends every session this long after sign-in.
+	sessionLife = 7 * 24 * time.Hour
+	// maxSessions bounds the memory sessions take; signing in beyond it
+	// ends the least recently used one.
+	maxSessions = 10000
+	cookieName  = "kiln_session"
+	csrfField   = "csrf"
+	csrfHeader  = "X-CSRF-Token"
+)
+
+// sessions are the signed-in browsers, by the hash of their cookie's id
+// (what the map holds can not be replayed as a cookie). mu guards m.
+type sessions struct {
+	mu  sync.Mutex
+	m   map[string]*session
+	now func() time.Time
+}
+
+func newSessions(now func() time.Time) *sessions {
+	return &sessions{m: map[string]*session{}, now: now}
+}
+
+func sessionKey(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(sum[:])
+}
+
+// create starts a session for secret, which authenticated as p, and
+// returns the cookie's id.
+func (ss *sessions) create(secret string, p auth.Principal) (string, *session) {
+	id := auth.RandomString(43)
+	now := ss.now()
+	s := &session{secret: secret, principal: p, csrf: auth.RandomString(43), created: now, seen: now}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.expire(now)
+	if len(ss.m) >= maxSessions {
+		var oldest string
+		for k, v := range ss.m {
+			if oldest == "" || v.seen.Before(ss.m[oldest].seen) {
+				oldest = k
+			}
+		}
+		delete(ss.m, oldest)
+	}
+	ss.m[sessionKey(id)] = s
+	return id, s
+}
+
+// expire drops ended sessions; mu is held.
+func (ss *sessions) expire(now time.Time) {
+	for k, s := range ss.m {
+		if now.Sub(s.seen) > sessionIdle || now.Sub(s.created) > sessionLife {
+			delete(ss.m, k)
+		}
+	}
+}
+
+// get returns the live session of id and marks it used.
+func (ss *sessions) get(id string) (*session, bool) {
+	if id == "" {
+		return nil, false
+	}
+	now := ss.now()
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	s, ok := ss.m[sessionKey(id)]
+	if !ok {
+		return nil, false
+	}
+	if now.Sub(s.seen) > sessionIdle || now.Sub(s.created) > sessionLife {
+		delete(ss.m, sessionKey(id))
+		return nil, false
+	}
+	s.seen = now
+	return s, true
+}
+
+func (ss *sessions) end(id string) {
+	ss.mu.Lock()
+	delete(ss.m, sessionKey(id))
+	ss.mu.Unlock()
+}
+
+// setCookie gives the browser its session id: HttpOnly (no script reads
+// it), SameSite=Strict (no other site's page sends it), Secure when the
+// request came over TLS. maxAge < 0 deletes it.
+func setCookie(w http.ResponseWriter, r *http.Request, id string, maxAge int) {
+	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: id, Path: "/", MaxAge: maxAge,
+		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+}
+
+func cookieID(r *http.Request) string {
+	c, err := r.Cookie(cookieName)
+	if err != nil {
+		return ""
+	}
+	return c.Value
+}
+
+var (
+	errCrossOrigin = errors.New("cross-origin request refused")
+	errBadCSRF     = errors.New("the form is stale or forged: reload the page and try again")
+)
+
+// crossOrigin refuses requests a browser marks as sent by another site
+// (Sec-Fetch-Site, else Origin against Host).
+var crossOrigin = http.NewCrossOriginProtection()
+
+// checkOrigin refuses a state-changing request from another origin: the
+// browser's Sec-Fetch-Site and Origin signals (http.CrossOriginProtection),
+// and an Origin header, when sent, must name this very host.
+func checkOrigin(r *http.Request) error {
+	if err := crossOrigin.Check(r); err != nil {
+		return errCrossOrigin
+	}
+	if o := r.Header.Get("Origin"); o != "" {
+		u, err := url.Parse(o)
+		if err != nil || u.Host != r.Host {
+			return errCrossOrigin
+		}
+	}
+	return nil
+}
+
+// checkCSRF is checkOrigin and the session's anti-forgery token, from the
+// form or the header, compared in constant time. The caller has limited
+// the body.
+func checkCSRF(r *http.Request, s *session) error {
+	if err := checkOrigin(r); err != nil {
+		return err
+	}
+	got := r.Header.Get(csrfHeader)
+	if got == "" {
+		got = r.PostFormValue(csrfField)
+	}
+	if got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(s.csrf)) != 1 {
+		return errBadCSRF
+	}
+	return nil
+}

@@ -1,0 +1,672 @@
+package web_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/audit"
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/login"
+	"github.com/kiln-dev/kiln/internal/project"
+	"github.com/kiln-dev/kiln/internal/store"
+	"github.com/kiln-dev/kiln/internal/web"
+)
+
+// world is a dashboard over a real store and the real build and project
+// services: an organization with projects p1 and p2, a build in each, and
+// a project token of p1; another organization o2 with a build b3.
+type world struct {
+	srv      *httptest.Server
+	st       *store.SQLite
+	logins   *login.Service
+	audit    *audit.Recorder
+	admin    auth.Principal
+	tokens   *recordingTokens
+	orgTok   string
+	p1Tok    string
+	p2Tok    string
+	buildTok string
+}
+
+func newWorld(t *testing.T, tls bool) *world {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, err := store.OpenSQLite(ctx, filepath.Join(dir, "kiln.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if _, err := project.Bootstrap(ctx, st, filepath.Join(dir, "admin.token")); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(filepath.Join(dir, "admin.token"))
+	w := &world{st: st, orgTok: strings.TrimSpace(string(raw))}
+	authn := &auth.Authenticator{Store: st}
+	admin, err := authn.Authenticate(ctx, w.orgTok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	must(st.CreateProject(ctx, project.Project{ID: "p1", OrgID: admin.OrgID, Name: "one", CreatedAt: now}))
+	must(st.CreateProject(ctx, project.Project{ID: "p2", OrgID: admin.OrgID, Name: "two", CreatedAt: now}))
+	must(st.CreateOrganization(ctx, project.Organization{ID: "o2", Name: "other", CreatedAt: now}))
+	must(st.CreateProject(ctx, project.Project{ID: "p3", OrgID: "o2", Name: "three", CreatedAt: now}))
+	for _, b := range []build.Build{
+		{ID: "b1", ProjectID: "p1", OrgID: admin.OrgID, Status: build.Failed, Error: "process did not complete: exit code: 3",
+			CreatedAt: now.Add(-time.Minute), StartedAt: now.Add(-time.Minute), FinishedAt: now.Add(-50 * time.Second)},
+		{ID: "b2", ProjectID: "p2", OrgID: admin.OrgID, Status: build.Running, CreatedAt: now, StartedAt: now, LastHealthAt: now},
+		{ID: "b3", ProjectID: "p3", OrgID: "o2", Status: build.Running, CreatedAt: now, StartedAt: now, LastHealthAt: now},
+	} {
+		must(st.CreateBuild(ctx, b))
+	}
+	must(st.PutSteps(ctx, "b1", []build.Step{
+		{Digest: "sha256:a", Name: "[1/2] COPY busybox /bin/busybox", Cached: true, StartedAt: now.Add(-59 * time.Second), CompletedAt: now.Add(-59 * time.Second)},
+		{Digest: "sha256:b", Name: "[2/2] RUN exit 3", StartedAt: now.Add(-58 * time.Second), CompletedAt: now.Add(-55 * time.Second), Error: "exit code: 3"},
+	}))
+	must(st.AppendLogs(ctx, "b1", []build.LogLine{{Digest: "sha256:b", At: now.Add(-57 * time.Second), Message: "about to fail\n"}}))
+	for _, tok := range []struct {
+		id, project string
+		kind        auth.TokenKind
+		dst         *string
+	}{{"tok_p1", "p1", auth.TokenProject, &w.p1Tok}, {"tok_p2", "p2", auth.TokenProject, &w.p2Tok}} {
+		secret, hash := auth.NewSecret(tok.kind)
+		must(st.CreateToken(ctx, auth.Token{ID: tok.id, Kind: tok.kind, OrgID: admin.OrgID, ProjectID: tok.project, SecretHash: hash, CreatedAt: now}))
+		*tok.dst = secret
+	}
+	secret, hash := auth.NewSecret(auth.TokenBuild)
+	must(st.CreateToken(ctx, auth.Token{ID: "tok_b2", Kind: auth.TokenBuild, OrgID: admin.OrgID, ProjectID: "p2", BuildID: "b2", SecretHash: hash, CreatedAt: now}))
+	w.buildTok = secret
+
+	logger := slog.New(slog.DiscardHandler)
+	builds := build.NewService(st, nil, nil, build.Config{}, logger)
+	projects := &project.Service{Store: st}
+	w.admin, w.logins, w.tokens = admin, login.New(st, login.Config{}, logger), &recordingTokens{Service: projects}
+	t.Cleanup(w.logins.Close)
+	w.audit = audit.New(st, audit.Config{}, logger)
+	images := func(ctx context.Context, p auth.Principal, projectID string, limit int) ([]web.Image, bool, error) {
+		if projectID != "p1" {
+			return nil, false, nil
+		}
+		return []web.Image{{Tag: "v1", Digest: "sha256:feed", PushedAt: now, Size: 3 << 20}}, false, nil
+	}
+	dash, err := web.New(web.Config{Builds: builds, Projects: projects, Logs: st, Authn: authn, Logger: logger,
+		QueuePosition: func(b build.Build) int { return 2 }, Logins: w.logins, Tokens: w.tokens, Audit: w.audit, Images: images,
+		Trigger: func(b build.Build) string { return "trigger of " + b.ID }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	dash.Mount(mux)
+	mux.Handle("GET /builds/{id}", dash.BuildPage())
+	if tls {
+		w.srv = httptest.NewTLSServer(mux)
+	} else {
+		w.srv = httptest.NewServer(mux)
+	}
+	t.Cleanup(w.srv.Close)
+	return w
+}
+
+// recordingTokens is the project service, recording the tokens deleted.
+type recordingTokens struct {
+	*project.Service
+	mu      sync.Mutex
+	deleted []string
+}
+
+func (r *recordingTokens) DeleteToken(ctx context.Context, p auth.Principal, id string) error {
+	r.mu.Lock()
+	r.deleted = append(r.deleted, id)
+	r.mu.Unlock()
+	return r.Service.DeleteToken(ctx, p, id)
+}
+
+// browser is a client with a cookie jar that does not follow redirects.
+func (w *world) browser(t *testing.T) *http.Client {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	c := *w.srv.Client() // a copy: its own jar
+	c.Jar = jar
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &c
+}
+
+type answer struct {
+	code int
+	body string
+	hdr  http.Header
+}
+
+func do(t *testing.T, c *http.Client, method, u string, form url.Values, hdr map[string]string) answer {
+	t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, err := http.NewRequest(method, u, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	req.Header.Set("Accept", "text/html")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return answer{res.StatusCode, string(b), res.Header}
+}
+
+// signIn signs c in with secret and returns the Set-Cookie line.
+func (w *world) signIn(t *testing.T, c *http.Client, secret string) answer {
+	t.Helper()
+	return do(t, c, "POST", w.srv.URL+"/sign-in", url.Values{"token": {secret}}, map[string]string{"Origin": w.srv.URL})
+}
+
+var csrfRe = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+func csrfOf(t *testing.T, page string) string {
+	t.Helper()
+	m := csrfRe.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no csrf field in the page:\n%s", page)
+	}
+	return m[1]
+}
+
+func TestSecurityHeadersAndNoInlineScript(t *testing.T) {
+	w := newWorld(t, false)
+	c := w.browser(t)
+	for _, path := range []string{"/", "/sign-in", "/assets/app.js", "/assets/app.css"} {
+		a := do(t, c, "GET", w.srv.URL+path, nil, nil)
+		if a.code != 200 {
+			t.Fatalf("GET %s: %d", path, a.code)
+		}
+		csp := a.hdr.Get("Content-Security-Policy")
+		for _, want := range []string{"default-src 'none'", "script-src 'self'", "frame-ancestors 'none'", "form-action 'self'"} {
+			if !strings.Contains(csp, want) {
+				t.Errorf("GET %s: CSP %q lacks %q", path, csp, want)
+			}
+		}
+		if strings.Contains(csp, "unsafe-inline") || strings.Contains(csp, "unsafe-eval") {
+			t.Errorf("GET %s: CSP allows inline code: %q", path, csp)
+		}
+		if a.hdr.Get("X-Frame-Options") != "DENY" || a.hdr.Get("X-Content-Type-Options") != "nosniff" {
+			t.Errorf("GET %s: X-Frame-Options %q, X-Content-Type-Options %q", path, a.hdr.Get("X-Frame-Options"), a.hdr.Get("X-Content-Type-Options"))
+		}
+	}
+	if a := do(t, c, "GET", w.srv.URL+"/assets/", nil, nil); a.code != http.StatusNotFound {
+		t.Errorf("GET /assets/: %d, want no listing", a.code)
+	}
+	w.signIn(t, c, w.p1Tok)
+	for _, path := range []string{"/sign-in", "/projects/p1", "/builds/b1"} {
+		page := do(t, c, "GET", w.srv.URL+path, nil, nil).body
+		if regexp.MustCompile(`<script(?:\s+[^>]*)?>[^<]`).MatchString(page) || strings.Contains(page, " style=") ||
+			regexp.MustCompile(`\son[a-z]+=`).MatchString(page) {
+			t.Errorf("%s has inline script or style:\n%s", path, page)
+		}
+		if strings.Contains(page, "http://") && !strings.Contains(page, "http://www.w3.org") || strings.Contains(page, "https://") {
+			t.Errorf("%s refers to another host:\n%s", path, page)
+		}
+	}
+}
+
+func TestSignInCookieFlags(t *testing.T) {
+	for _, tls := range []bool{false, true} {
+		w := newWorld(t, tls)
+		c := w.browser(t)
+		a := w.signIn(t, c, w.p1Tok)
+		if a.code != http.StatusSeeOther || a.hdr.Get("Location") != "/projects/p1" {
+			t.Fatalf("sign in (tls %v): %d to %q", tls, a.code, a.hdr.Get("Location"))
+		}
+		set := a.hdr.Get("Set-Cookie")
+		for _, want := range []string{"kiln_session=", "HttpOnly", "SameSite=Strict", "Path=/"} {
+			if !strings.Contains(set, want) {
+				t.Errorf("tls %v: Set-Cookie %q lacks %s", tls, set, want)
+			}
+		}
+		if strings.Contains(set, "Secure") != tls {
+			t.Errorf("tls %v: Set-Cookie %q: Secure must be set exactly over TLS", tls, set)
+		}
+		if strings.Contains(set, w.p1Tok) || strings.Contains(a.body, w.p1Tok) {
+			t.Errorf("the token is in the sign-in answer")
+		}
+	}
+}
+
+func TestSignInRefusals(t *testing.T) {
+	w := newWorld(t, false)
+	c := w.browser(t)
+	for name, secret := range map[string]string{"bad": "kiln_prj_nope", "build token": w.buildTok, "empty": ""} {
+		if a := w.signIn(t, c, secret); a.code != http.StatusUnauthorized || a.hdr.Get("Set-Cookie") != "" {
+			t.Errorf("sign in with %s: %d, cookie %q", name, a.code, a.hdr.Get("Set-Cookie"))
+		}
+	}
+	// From another site's page: refused before the token is looked at.
+	a := do(t, c, "POST", w.srv.URL+"/sign-in", url.Values{"token": {w.p1Tok}}, map[string]string{"Origin": "https://evil.example"})
+	if a.code != http.StatusForbidden || a.hdr.Get("Set-Cookie") != "" {
+		t.Errorf("cross-origin sign in: %d", a.code)
+	}
+	// A token in the URL signs nobody in.
+	a = do(t, c, "GET", w.srv.URL+"/sign-in?token="+url.QueryEscape(w.p1Tok), nil, nil)
+	if a.hdr.Get("Set-Cookie") != "" || strings.Contains(a.body, w.p1Tok) {
+		t.Errorf("GET /sign-in?token=… started a session or echoed the token")
+	}
+	// Without a session, pages send the browser to sign in.
+	for _, path := range []string{"/projects", "/projects/p1", "/builds/b1"} {
+		a := do(t, c, "GET", w.srv.URL+path, nil, nil)
+		if a.code != http.StatusSeeOther || !strings.HasPrefix(a.hdr.Get("Location"), "/sign-in") {
+			t.Errorf("GET %s signed out: %d to %q", path, a.code, a.hdr.Get("Location"))
+		}
+	}
+	if a := do(t, c, "GET", w.srv.URL+"/builds/b1/live", nil, nil); a.code != http.StatusUnauthorized {
+		t.Errorf("GET live signed out: %d", a.code)
+	}
+}
+
+// A project token's session sees its project and its builds; another
+// project's build (of its organization or another) answers 404, the same
+// as one that does not exist.
+func TestProjectSessionSeesOnlyItsProject(t *testing.T) {
+	w := newWorld(t, false)
+	c := w.browser(t)
+	w.signIn(t, c, w.p1Tok)
+	a := do(t, c, "GET", w.srv.URL+"/projects/p1", nil, nil)
+	if a.code != 200 || !strings.Contains(a.body, `data-build="b1"`) || strings.Contains(a.body, "/builds/b2") || strings.Contains(a.body, "/builds/b3") {
+		t.Fatalf("project page: %d\n%s", a.code, a.body)
+	}
+	if !strings.Contains(a.body, "<td>trigger of b1</td>") {
+		t.Errorf("the list has no trigger column:\n%s", a.body)
+	}
+	if a := do(t, c, "GET", w.srv.URL+"/builds/b1", nil, nil); a.code != 200 || !strings.Contains(a.body, `<li class="step failed"`) ||
+		!strings.Contains(a.body, `<div class="err">exit code: 3</div>`) || !strings.Contains(a.body, `<span class="mark">CACHED</span>`) {
+		t.Errorf("own build: %d\n%s", a.code, a.body)
+	}
+	var bodies []string
+	for _, path := range []string{"/builds/b2", "/builds/b3", "/builds/nosuch", "/projects/p2", "/projects/p3", "/projects/nosuch"} {
+		a := do(t, c, "GET", w.srv.URL+path, nil, nil)
+		if a.code != http.StatusNotFound {
+			t.Errorf("GET %s with p1's session: %d", path, a.code)
+		}
+		bodies = append(bodies, a.body)
+	}
+	if bodies[0] != bodies[1] || bodies[1] != bodies[2] || bodies[3] != bodies[4] || bodies[4] != bodies[5] {
+		t.Errorf("404 answers differ between another project's and none")
+	}
+	for _, id := range []string{"b2", "b3", "nosuch"} {
+		if a := do(t, c, "GET", w.srv.URL+"/builds/"+id+"/live", nil, nil); a.code != http.StatusNotFound {
+			t.Errorf("live %s: %d", id, a.code)
+		}
+	}
+	// The organization list is an organization token's.
+	if a := do(t, c, "GET", w.srv.URL+"/projects", nil, nil); a.code != http.StatusSeeOther || a.hdr.Get("Location") != "/projects/p1" {
+		t.Errorf("GET /projects with a project session: %d %q", a.code, a.hdr.Get("Location"))
+	}
+	org := w.browser(t)
+	w.signIn(t, org, w.orgTok)
+	a = do(t, org, "GET", w.srv.URL+"/projects", nil, nil)
+	if a.code != 200 || !strings.Contains(a.body, "/projects/p1") || !strings.Contains(a.body, "/projects/p2") || strings.Contains(a.body, "/projects/p3") {
+		t.Errorf("organization's projects: %d\n%s", a.code, a.body)
+	}
+	if a := do(t, org, "GET", w.srv.URL+"/builds/b3", nil, nil); a.code != http.StatusNotFound {
+		t.Errorf("another organization's build with the org session: %d", a.code)
+	}
+	// The organization token reads a project's tokens (not their
+	// secrets) and trust policies; a project token does not.
+	if _, err := (&project.Service{Store: w.st}).AddTrustPolicy(context.Background(), w.admin, "p1",
+		auth.TrustPolicy{Provider: auth.ProviderGitHub, Owner: "acme", Repo: "app", Ref: "refs/heads/main"}); err != nil {
+		t.Fatal(err)
+	}
+	if a := do(t, org, "GET", w.srv.URL+"/projects/p1", nil, nil); !strings.Contains(a.body, "<code>tok_p1</code>") || strings.Contains(a.body, w.p1Tok) ||
+		!strings.Contains(a.body, "<td>acme/app</td><td>refs/heads/main</td>") {
+		t.Errorf("the organization's view of p1 lacks its tokens:\n%s", a.body)
+	}
+	if a := do(t, c, "GET", w.srv.URL+"/projects/p1", nil, nil); strings.Contains(a.body, "tok_p1") || strings.Contains(a.body, `id="tokens-h"`) {
+		t.Errorf("a project session sees the project's tokens")
+	}
+}
+
+func TestLiveBuild(t *testing.T) {
+	w := newWorld(t, false)
+	c := w.browser(t)
+	w.signIn(t, c, w.p1Tok)
+	a := do(t, c, "GET", w.srv.URL+"/builds/b1/live", nil, map[string]string{"Accept": "application/json"})
+	if a.code != 200 || a.hdr.Get("Content-Type") != "application/json" {
+		t.Fatalf("live: %d %s", a.code, a.body)
+	}
+	var v struct {
+		Build struct {
+			Status   string
+			Terminal bool
+		}
+		Steps []struct{ Name, State, Error string }
+		Logs  []struct{ Message string }
+		Next  int
+	}
+	if err := json.Unmarshal([]byte(a.body), &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.Build.Status != "failed" || !v.Build.Terminal || len(v.Steps) != 2 || v.Steps[0].State != "cached" ||
+		v.Steps[1].State != "failed" || v.Steps[1].Error != "exit code: 3" || len(v.Logs) != 1 || v.Next != 1 {
+		t.Errorf("live: %s", a.body)
+	}
+	a = do(t, c, "GET", w.srv.URL+"/builds/b1/live?after=1", nil, nil)
+	if !strings.Contains(a.body, `"logs":[]`) || strings.Contains(a.body, `"history"`) {
+		t.Errorf("live after the last line: %s", a.body)
+	}
+	// A step's history: its runs in the project's earlier builds.
+	ctx := context.Background()
+	p1, _ := w.st.GetProject(ctx, "p1")
+	at := time.Now().Add(-time.Hour).UTC().Truncate(time.Millisecond)
+	if err := w.st.CreateBuild(ctx, build.Build{ID: "b0", ProjectID: "p1", OrgID: p1.OrgID, Status: build.Succeeded,
+		CreatedAt: at, StartedAt: at, FinishedAt: at.Add(3 * time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.st.PutSteps(ctx, "b0", []build.Step{{Digest: "sha256:old", Name: "[2/2] RUN exit 3", StartedAt: at, CompletedAt: at.Add(2 * time.Second)}}); err != nil {
+		t.Fatal(err)
+	}
+	a = do(t, c, "GET", w.srv.URL+"/builds/b1/live", nil, nil)
+	if !strings.Contains(a.body, `"history":{"[2/2] RUN exit 3":[{"build":"b0","state":"done","ms":2000}]}`) {
+		t.Errorf("live without the step's history: %s", a.body)
+	}
+}
+
+func TestCSRF(t *testing.T) {
+	w := newWorld(t, false)
+	c := w.browser(t)
+	w.signIn(t, c, w.p1Tok)
+	page := do(t, c, "GET", w.srv.URL+"/projects/p1", nil, nil).body
+	tok := csrfOf(t, page)
+	wrong := tok[:len(tok)-1] + "x"
+	if wrong == tok {
+		wrong = tok[:len(tok)-1] + "y"
+	}
+	origin := map[string]string{"Origin": w.srv.URL}
+	for name, tc := range map[string]struct {
+		form url.Values
+		hdr  map[string]string
+	}{
+		"no token":          {url.Values{}, origin},
+		"wrong token":       {url.Values{"csrf": {wrong}}, origin},
+		"another origin":    {url.Values{"csrf": {tok}}, map[string]string{"Origin": "https://evil.example"}},
+		"cross-site fetch":  {url.Values{"csrf": {tok}}, map[string]string{"Sec-Fetch-Site": "cross-site"}},
+		"token in a header": {url.Values{}, map[string]string{"Origin": w.srv.URL, "X-CSRF-Token": "nope"}},
+	} {
+		for _, path := range []string{"/sign-out", "/builds/b1/cancel", "/builds/b1/rebuild", "/builds/b1/share"} {
+			if a := do(t, c, "POST", w.srv.URL+path, tc.form, tc.hdr); a.code != http.StatusForbidden {
+				t.Errorf("POST %s, %s: %d", path, name, a.code)
+			}
+		}
+	}
+	// Still signed in: none of them did anything.
+	if a := do(t, c, "GET", w.srv.URL+"/projects/p1", nil, nil); a.code != 200 {
+		t.Fatalf("signed out by a forged request: %d", a.code)
+	}
+	// Another session's token is not this one's.
+	other := w.browser(t)
+	w.signIn(t, other, w.p1Tok)
+	otherTok := csrfOf(t, do(t, other, "GET", w.srv.URL+"/projects/p1", nil, nil).body)
+	if otherTok == tok {
+		t.Fatal("two sessions share an anti-forgery token")
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-out", url.Values{"csrf": {otherTok}}, origin); a.code != http.StatusForbidden {
+		t.Errorf("sign out with another session's token: %d", a.code)
+	}
+	// The right token, in the form or the header, works.
+	if a := do(t, c, "POST", w.srv.URL+"/sign-out", nil, map[string]string{"Origin": w.srv.URL, "X-CSRF-Token": tok}); a.code != http.StatusSeeOther {
+		t.Fatalf("sign out: %d %s", a.code, a.body)
+	}
+	if a := do(t, c, "GET", w.srv.URL+"/projects/p1", nil, nil); a.code != http.StatusSeeOther {
+		t.Errorf("after sign out: %d", a.code)
+	}
+}
+
+// Revoking the token behind a session ends the session on its next
+// request.
+func TestRevokedTokenEndsTheSession(t *testing.T) {
+	w := newWorld(t, false)
+	c := w.browser(t)
+	w.signIn(t, c, w.p2Tok)
+	if a := do(t, c, "GET", w.srv.URL+"/builds/b2", nil, nil); a.code != 200 {
+		t.Fatalf("own build: %d", a.code)
+	}
+	if err := w.st.DeleteToken(context.Background(), "tok_p2"); err != nil {
+		t.Fatal(err)
+	}
+	a := do(t, c, "GET", w.srv.URL+"/builds/b2", nil, nil)
+	if a.code != http.StatusSeeOther || !strings.HasPrefix(a.hdr.Get("Location"), "/sign-in?ended=1") {
+		t.Errorf("after revocation: %d to %q", a.code, a.hdr.Get("Location"))
+	}
+	if a := do(t, c, "GET", w.srv.URL+"/builds/b2/live", nil, nil); a.code != http.StatusUnauthorized {
+		t.Errorf("live after revocation: %d", a.code)
+	}
+}
+
+func TestNextStaysOnTheServer(t *testing.T) {
+	w := newWorld(t, false)
+	c := w.browser(t)
+	for next, want := range map[string]string{"/builds/b1": "/builds/b1", "//evil.example/x": "/projects/p1",
+		"https://evil.example": "/projects/p1", "/projects/p1?x": "/projects/p1"} {
+		a := do(t, c, "POST", w.srv.URL+"/sign-in", url.Values{"token": {w.p1Tok}, "next": {next}}, map[string]string{"Origin": w.srv.URL})
+		if a.hdr.Get("Location") != want {
+			t.Errorf("next=%q: to %q, want %q", next, a.hdr.Get("Location"), want)
+		}
+	}
+}
+
+// Share makes the build's link (as ShareBuild); another project's build
+// cannot be shared.
+func TestShare(t *testing.T) {
+	w := newWorld(t, false)
+	c := w.browser(t)
+	w.signIn(t, c, w.p1Tok)
+	tok := csrfOf(t, do(t, c, "GET", w.srv.URL+"/builds/b1", nil, nil).body)
+	origin := map[string]string{"Origin": w.srv.URL}
+	a := do(t, c, "POST", w.srv.URL+"/builds/b1/share", url.Values{"csrf": {tok}}, origin)
+	if a.code != 200 || !regexp.MustCompile(`id="share-url"[^>]*>.*<a href="/shared/[0-9A-Za-z]{32}">`).MatchString(a.body) {
+		t.Fatalf("share: %d\n%s", a.code, a.body)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/builds/b2/share", url.Values{"csrf": {tok}}, origin); a.code != http.StatusNotFound {
+		t.Errorf("share another project's build: %d", a.code)
+	}
+	link := regexp.MustCompile(`/shared/[0-9A-Za-z]{32}`).FindString(a.body)
+	builds := build.NewService(w.st, nil, nil, build.Config{}, slog.New(slog.DiscardHandler))
+	if _, err := builds.Shared(context.Background(), strings.TrimPrefix(link, "/shared/")); err != nil {
+		t.Fatalf("the share link does not work: %v", err)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/builds/b1/unshare", url.Values{}, origin); a.code != http.StatusForbidden {
+		t.Errorf("unshare without the anti-forgery token: %d", a.code)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/builds/b1/unshare", url.Values{"csrf": {tok}}, origin); a.code != 200 || !strings.Contains(a.body, `id="unshared"`) {
+		t.Errorf("unshare: %d", a.code)
+	}
+	if _, err := builds.Shared(context.Background(), strings.TrimPrefix(link, "/shared/")); err == nil {
+		t.Error("the share link still works after Stop sharing")
+	}
+}
+
+// The builds list pages 20 at a time, newest first, and filters by status.
+func TestBuildsListPagesAndFilters(t *testing.T) {
+	w := newWorld(t, false)
+	ctx := context.Background()
+	base := time.Now().UTC().Truncate(time.Millisecond)
+	p1, err := w.st.GetProject(ctx, "p1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 24 {
+		at := base.Add(time.Duration(i+1) * time.Second)
+		st := build.Succeeded
+		if i%2 == 1 {
+			st = build.Canceled
+		}
+		if err := w.st.CreateBuild(ctx, build.Build{ID: fmt.Sprintf("x%02d", i), ProjectID: "p1", OrgID: p1.OrgID, Status: st,
+			CreatedAt: at, StartedAt: at, FinishedAt: at.Add(time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := w.browser(t)
+	w.signIn(t, c, w.p1Tok)
+	rows := regexp.MustCompile(`<tr data-build="([^"]+)">`)
+	older := regexp.MustCompile(`href="(/projects/p1\?page=[^"]+)" id="older"`)
+	listed := func(body string) []string {
+		var ids []string
+		for _, m := range rows.FindAllStringSubmatch(body, -1) {
+			ids = append(ids, m[1])
+		}
+		return ids
+	}
+	first := do(t, c, "GET", w.srv.URL+"/projects/p1", nil, nil).body
+	if ids := listed(first); len(ids) != 20 || ids[0] != "x23" || ids[19] != "x04" {
+		t.Fatalf("first page: %v", ids)
+	}
+	m := older.FindStringSubmatch(first)
+	if m == nil {
+		t.Fatal("no link to older builds")
+	}
+	second := do(t, c, "GET", w.srv.URL+strings.ReplaceAll(m[1], "&amp;", "&"), nil, nil).body
+	if ids := listed(second); len(ids) != 5 || ids[0] != "x03" || ids[4] != "b1" || older.MatchString(second) {
+		t.Errorf("second page: %v", ids)
+	}
+	if ids := listed(do(t, c, "GET", w.srv.URL+"/projects/p1?status=failed", nil, nil).body); len(ids) != 1 || ids[0] != "b1" {
+		t.Errorf("failed builds: %v", ids)
+	}
+	if ids := listed(do(t, c, "GET", w.srv.URL+"/projects/p1?status=canceled", nil, nil).body); len(ids) != 12 {
+		t.Errorf("canceled builds: %v", ids)
+	}
+	if ids := listed(do(t, c, "GET", w.srv.URL+"/projects/p1?status=<script>", nil, nil).body); len(ids) != 20 {
+		t.Errorf("an unknown status filters nothing: %v", ids)
+	}
+}
+
+func TestQueuedBuildShowsItsPosition(t *testing.T) {
+	w := newWorld(t, false)
+	ctx := context.Background()
+	p1, _ := w.st.GetProject(ctx, "p1")
+	if err := w.st.CreateBuild(ctx, build.Build{ID: "bq", ProjectID: "p1", OrgID: p1.OrgID, Status: build.Queued, Kind: build.KindSource,
+		CreatedAt: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	c := w.browser(t)
+	w.signIn(t, c, w.p1Tok)
+	if a := do(t, c, "GET", w.srv.URL+"/projects/p1", nil, nil); !strings.Contains(a.body, `queued</span> <span class="muted">2 ahead</span>`) {
+		t.Errorf("the list does not show the queue position:\n%s", a.body)
+	}
+	if a := do(t, c, "GET", w.srv.URL+"/builds/bq", nil, nil); !strings.Contains(a.body, `<dd id="queue">2 builds ahead</dd>`) {
+		t.Errorf("the build page does not show the queue position:\n%s", a.body)
+	}
+	if a := do(t, c, "GET", w.srv.URL+"/builds/bq/live", nil, nil); !strings.Contains(a.body, `"queue_ahead":2`) {
+		t.Errorf("live: %s", a.body)
+	}
+	if a := do(t, c, "GET", w.srv.URL+"/builds/b1/live", nil, nil); !strings.Contains(a.body, `"queue_ahead":-1`) {
+		t.Errorf("live of a finished build: %s", a.body)
+	}
+}
+
+// Signing in with an administrator's approval: the browser starts a device
+// login, an administrator approves its code, the browser's poll gets a
+// session for the login's new organization token, and signing out deletes
+// that token.
+func TestDeviceSignIn(t *testing.T) {
+	w := newWorld(t, false)
+	c := w.browser(t)
+	origin := map[string]string{"Origin": w.srv.URL}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, origin); a.code != http.StatusNotFound {
+		t.Errorf("wait without a login: %d %s", a.code, a.body)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in/device", nil, map[string]string{"Origin": "https://evil.example"}); a.code != http.StatusForbidden {
+		t.Errorf("cross-origin device sign-in: %d", a.code)
+	}
+	a := do(t, c, "POST", w.srv.URL+"/sign-in/device", nil, origin)
+	m := regexp.MustCompile(`id="approval-id">([a-z0-9]{26})<`).FindStringSubmatch(a.body)
+	if a.code != 200 || m == nil || !strings.Contains(a.hdr.Get("Set-Cookie"), "kiln_login=") || !strings.Contains(a.hdr.Get("Set-Cookie"), "HttpOnly") {
+		t.Fatalf("start: %d %q\n%s", a.code, a.hdr.Get("Set-Cookie"), a.body)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, map[string]string{"Origin": "https://evil.example"}); a.code != http.StatusForbidden {
+		t.Errorf("cross-origin wait: %d", a.code)
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		if _, err := w.logins.Approve(context.Background(), w.admin, m[1]); err != nil {
+			t.Errorf("approve: %v", err)
+		}
+	}()
+	a = do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, origin)
+	if a.code != 200 || !strings.Contains(a.body, `"done":true`) || !strings.Contains(a.body, `"next":"/projects"`) ||
+		!strings.Contains(a.hdr.Get("Set-Cookie"), "kiln_session=") || strings.Contains(a.body, "kiln_org_") {
+		t.Fatalf("wait: %d %q %s", a.code, a.hdr.Get("Set-Cookie"), a.body)
+	}
+	page := do(t, c, "GET", w.srv.URL+"/projects", nil, nil)
+	if page.code != 200 || !strings.Contains(page.body, "/projects/p1") {
+		t.Fatalf("projects after device sign-in: %d", page.code)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, origin); a.code != http.StatusNotFound {
+		t.Errorf("the login is still pending after it signed in: %d", a.code)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-out", url.Values{"csrf": {csrfOf(t, page.body)}}, origin); a.code != http.StatusSeeOther {
+		t.Fatalf("sign out: %d", a.code)
+	}
+	w.tokens.mu.Lock()
+	deleted := w.tokens.deleted
+	w.tokens.mu.Unlock()
+	if len(deleted) != 1 || deleted[0] == w.admin.TokenID {
+		t.Errorf("signing out deleted tokens %v, want the device login's", deleted)
+	}
+	// A pasted token's session signs out without deleting anything.
+	w.signIn(t, c, w.orgTok)
+	page = do(t, c, "GET", w.srv.URL+"/projects", nil, nil)
+	do(t, c, "POST", w.srv.URL+"/sign-out", url.Values{"csrf": {csrfOf(t, page.body)}}, origin)
+	if len(w.tokens.deleted) != 1 {
+		t.Errorf("signing out of a pasted token's session deleted tokens: %v", w.tokens.deleted)
+	}
+}
+
+// The audit log is an organization token's; a project's images show on
+// its page.
+func TestAuditPageAndImages(t *testing.T) {
+	w := newWorld(t, false)
+	w.audit.Record(context.Background(), audit.Event{Kind: audit.KindTokenCreated, OrgID: w.admin.OrgID, ProjectID: "p1",
+		Actor: w.admin.TokenID, Detail: map[string]string{"token_id": "tok_p1", "kind": "project"}})
+	org := w.browser(t)
+	w.signIn(t, org, w.orgTok)
+	a := do(t, org, "GET", w.srv.URL+"/audit", nil, nil)
+	if a.code != 200 || !strings.Contains(a.body, "<td>token_created</td>") || !strings.Contains(a.body, "kind=project token_id=tok_p1") {
+		t.Errorf("audit page: %d\n%s", a.code, a.body)
+	}
+	prj := w.browser(t)
+	w.signIn(t, prj, w.p1Tok)
+	if a := do(t, prj, "GET", w.srv.URL+"/audit", nil, nil); a.code != http.StatusNotFound {
+		t.Errorf("audit page with a project session: %d", a.code)
+	}
+	if a := do(t, prj, "GET", w.srv.URL+"/projects/p1", nil, nil); !strings.Contains(a.body, "<code>v1</code>") || !strings.Contains(a.body, "3.0 MiB") {
+		t.Errorf("the project page lacks its images:\n%s", a.body)
+	}
+}
