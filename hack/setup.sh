@@ -4,8 +4,8 @@
 #   tools/runc/go.mod; the builders' container runtime: kiln puts bin/ first on buildkitd's PATH,
 #   so Debian's older runc, which docker.io pulls in, is not used by builders), kiln, and with
 #   --tests versitygw (an S3 server for tests, from tools/versitygw/go.mod), Debian's
-#   clickhouse-server (18.16, for the ClickHouse export's tests) and chromium (the headless
-#   browser the dashboard's tests drive); busybox-static
+#   clickhouse-server (18.16, for the ClickHouse export's tests), postgresql (the Postgres
+#   store's tests) and chromium (the headless browser the dashboard's tests drive); busybox-static
 #   (local base images), the CNI plugins and iptables (bridge networking for RUN steps),
 #   libseccomp-dev + pkg-config (to build runc); QEMU binfmt emulation and
 #   bin/busybox-<foreign arch> for multi-platform builds (setup-multiplatform.sh).
@@ -14,7 +14,8 @@
 # Safe to run again; it only rebuilds what is missing or stale.
 #
 # Usage: hack/setup.sh [--tests]
-#   --tests  also install what only the tests need (versitygw, clickhouse-server, chromium);
+#   --tests  also install what only the tests need (versitygw, clickhouse-server, postgresql,
+#            chromium);
 #            `make test` passes it, `make demo` does not.
 # The first run compiles for about 15 minutes (most of it buildkitd); each long step says
 # what it builds and roughly how long it takes before it starts (Go's own "go: downloading"
