@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/kiln-dev/kiln/internal/redact"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -28,7 +29,7 @@ func (s storeLocation) String() string {
 	if s.p == nil {
 		return ""
 	}
-	return store.Redact(*s.p)
+	return redact.URL(*s.p)
 }
 
 func (s storeLocation) Set(v string) error { *s.p = v; return nil }
@@ -40,5 +41,5 @@ func describeStore(location, dataDir string) string {
 	if path, ok := store.SQLitePath(location, dataDir); ok {
 		return "sqlite:" + path
 	}
-	return store.Redact(location)
+	return redact.URL(location)
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/client"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/redact"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -37,12 +38,14 @@ usage, resource samples, uploaded contexts and the registry's index) into a new,
 empty database, in one transaction: the target is left untouched unless all of it
 was copied and every table's row count matches the source's.
 
-Stop kiln serve first: builds it writes during the copy would not be in the
-target. Both databases are migrated to this kiln's schema before the copy. The
+Stop kiln serve first (a server holding either database makes this refuse):
+builds it writes during the copy would not be in the target. Both databases are
+migrated to this kiln's schema before the copy, so an older kiln binary cannot
+use the source afterwards. The
 data directory keeps what is not in the database (the CA and its keys,
 secrets.key, blob.key, the registry's and builders' storage): start kiln serve
-with the same --data and --store pointing at the target. The source is not
-changed; keep it until the new install has served.`,
+with the same --data and --store pointing at the target. The source's data is
+not changed; keep it until the new install has served.`,
 		Example: `  # a kiln in /var/lib/kiln, to Postgres (the password from the environment, not the process list):
   systemctl stop kiln
   export KILN_STORE='postgres://kiln:PASSWORD@db.internal:5432/kiln?sslmode=verify-full'
@@ -69,7 +72,9 @@ changed; keep it until the new install has served.`,
 				return err
 			}
 			defer src.Close()
-			dst, err := store.Open(ctx, to, "")
+			// Exclusive: a kiln serve started on the target meanwhile is
+			// refused, rather than bootstrap into it during the copy.
+			dst, err := store.Open(ctx, to, "", store.Exclusive())
 			if err != nil {
 				return fmt.Errorf("target: %w", err)
 			}
@@ -78,7 +83,7 @@ changed; keep it until the new install has served.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "copying %s to %s (schema version %d)\n", store.Redact(from), store.Redact(to), v)
+			fmt.Fprintf(out, "copying %s to %s (schema version %d)\n", redact.URL(from), redact.URL(to), v)
 			start := time.Now()
 			var rows int64
 			tables := 0
@@ -91,7 +96,7 @@ changed; keep it until the new install has served.`,
 				return fmt.Errorf("nothing was committed to the target: %w", err)
 			}
 			fmt.Fprintf(out, "copied %d rows of %d tables in %s; every table's count matches\n", rows, tables, time.Since(start).Round(time.Millisecond))
-			fmt.Fprintf(out, "next: kiln serve --store (or KILN_STORE) %s, with the same --data\n", store.Redact(to))
+			fmt.Fprintf(out, "next: kiln serve --store (or KILN_STORE) %s, with the same --data\n", redact.URL(to))
 			return nil
 		},
 	}
@@ -110,7 +115,7 @@ func openExisting(cmd *cobra.Command, location string) (*store.SQL, error) {
 			return nil, fmt.Errorf("source: no kiln database at %s: %w", path, errdefs.ErrNotFound)
 		}
 	}
-	s, err := store.Open(cmd.Context(), location, "")
+	s, err := store.Open(cmd.Context(), location, "", store.Exclusive()) // no server on it meanwhile
 	if err != nil {
 		return nil, fmt.Errorf("source: %w", err)
 	}

@@ -539,10 +539,20 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.serveAdmin()
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.mux) }()
+	// A Postgres store held exclusively says when another server took the
+	// database over (after a connection drop): this one must stop at once,
+	// or each would fail the other's running builds.
+	var lost <-chan struct{}
+	if l, ok := s.store.(interface{ Lost() <-chan struct{} }); ok {
+		lost = l.Lost()
+	}
 	var serveErr error
 	select {
 	case <-ctx.Done():
 	case serveErr = <-errc:
+	case <-lost:
+		serveErr = fmt.Errorf("another kiln serve took this Postgres database over after a lost connection; stopping so that only one serves it: %w", errdefs.ErrUnavailable)
+		s.cfg.Logger.Error("lost the exclusive hold of the Postgres database", "err", serveErr)
 	}
 	s.cfg.Logger.Info("shutting down")
 	shutdownCtx, stop := context.WithTimeout(context.Background(), 15*time.Second)

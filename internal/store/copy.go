@@ -55,7 +55,13 @@ func Copy(ctx context.Context, dst, src *SQL, progress func(table string, rows i
 		}
 	}
 
-	rtx, err := src.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	// One snapshot of the source: SQLite's transactions are; Postgres's
+	// default (read committed) would let each table see a later state.
+	ro := &sql.TxOptions{ReadOnly: true}
+	if src.d.goose == postgresDialect.goose {
+		ro.Isolation = sql.LevelRepeatableRead
+	}
+	rtx, err := src.db.BeginTx(ctx, ro)
 	if err != nil {
 		return err
 	}

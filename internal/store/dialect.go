@@ -168,6 +168,9 @@ func pgText(s string) string {
 // must be where Postgres infers their type, as in INSERT … VALUES). It
 // turns bool arguments into 0 or 1, and strings into pgText, in place.
 func rebind(query string, args []driver.NamedValue) (string, error) {
+	if args != nil && len(args) == 0 {
+		return query, nil // no parameters (goose's migrations: their comments may hold anything)
+	}
 	var b strings.Builder
 	b.Grow(len(query) + 8*len(args))
 	n := 0
@@ -181,6 +184,24 @@ func rebind(query string, args []driver.NamedValue) (string, error) {
 			}
 		case ch == '\'' || ch == '"':
 			quote = ch
+		case ch == '-' && strings.HasPrefix(query[i:], "--"):
+			end := strings.IndexByte(query[i:], '\n')
+			if end < 0 {
+				end = len(query) - i
+			}
+			b.WriteString(query[i : i+end])
+			i += end - 1
+			continue
+		case ch == '/' && strings.HasPrefix(query[i:], "/*"):
+			end := strings.Index(query[i+2:], "*/")
+			if end < 0 {
+				end = len(query) - i - 2
+			} else {
+				end += 2
+			}
+			b.WriteString(query[i : i+2+end])
+			i += 2 + end - 1
+			continue
 		case ch == '?':
 			n++
 			b.WriteString("$" + strconv.Itoa(n))
@@ -197,6 +218,12 @@ func rebind(query string, args []driver.NamedValue) (string, error) {
 					}
 				case string:
 					a.Value = pgText(v)
+				case []byte:
+					// kiln's schema has no bytea column: bytes (a SQLite
+					// value stored as a BLOB in a TEXT column, met by
+					// Copy) are text, as Postgres would otherwise store
+					// bytea's \x… spelling of them.
+					a.Value = pgText(string(v))
 				}
 				b.WriteString(pgCast(a.Value))
 			}
@@ -226,8 +253,6 @@ func pgCast(v driver.Value) string {
 		return "::text"
 	case float64:
 		return "::float8"
-	case []byte:
-		return "::bytea"
 	case time.Time:
 		return "::timestamptz"
 	}

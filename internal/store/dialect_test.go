@@ -3,6 +3,8 @@ package store
 import (
 	"database/sql/driver"
 	"testing"
+
+	"github.com/kiln-dev/kiln/internal/redact"
 )
 
 func TestRebind(t *testing.T) {
@@ -25,6 +27,19 @@ func TestRebind(t *testing.T) {
 	if _, err := rebind(`SELECT ?`, []driver.NamedValue{{Value: "x"}, {Value: "y"}}); err == nil {
 		t.Error("rebind with too many arguments: no error")
 	}
+	// Comments are not scanned for placeholders or quotes; bytes are text.
+	b := []driver.NamedValue{{Value: []byte("{}")}}
+	got, err = rebind("SELECT -- the manifest's digest?\n ? /* it's? */ FROM t", b)
+	if want := "SELECT -- the manifest's digest?\n $1::text /* it's? */ FROM t"; err != nil || got != want {
+		t.Errorf("rebind with comments = %q, %v\nwant                %q", got, err, want)
+	}
+	if b[0].Value != "{}" {
+		t.Errorf("a []byte argument became %#v, want the text {}", b[0].Value)
+	}
+	// No arguments (goose's statements): left as they are.
+	if got, err := rebind("CREATE TABLE t (x TEXT) -- what?", []driver.NamedValue{}); err != nil || got != "CREATE TABLE t (x TEXT) -- what?" {
+		t.Errorf("rebind without parameters = %q, %v", got, err)
+	}
 }
 
 func TestRedact(t *testing.T) {
@@ -35,8 +50,8 @@ func TestRedact(t *testing.T) {
 		"postgres://kiln:s3cret@db:bad port/kiln":             "postgres://(unparsable URL)",
 		"sqlite:/var/lib/kiln":                                "sqlite:/var/lib/kiln",
 	} {
-		if got := Redact(in); got != want {
-			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		if got := redact.URL(in); got != want {
+			t.Errorf("redact.URL(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

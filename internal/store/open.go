@@ -3,12 +3,12 @@ package store
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/redact"
 )
 
 // Open opens the store a location names, as `kiln serve --store` and
@@ -24,7 +24,7 @@ func Open(ctx context.Context, location, dataDir string, opts ...Option) (*SQL, 
 	if IsPostgres(location) {
 		return OpenPostgres(ctx, location, opts...)
 	}
-	return nil, fmt.Errorf("store %q: want sqlite:PATH or postgres://…: %w", Redact(location), errdefs.ErrInvalid)
+	return nil, fmt.Errorf("store %q: want sqlite:PATH or postgres://…: %w", redact.URL(location), errdefs.ErrInvalid)
 }
 
 // SQLitePath is the database file location names, if it names a SQLite
@@ -46,25 +46,4 @@ func SQLitePath(location, dataDir string) (string, bool) {
 // IsPostgres reports whether location names a Postgres database.
 func IsPostgres(location string) bool {
 	return strings.HasPrefix(location, "postgres://") || strings.HasPrefix(location, "postgresql://")
-}
-
-// Redact is location without its password, to log or show: a URL's
-// password becomes "xxxxx", and so does a password=… parameter.
-func Redact(location string) string {
-	u, err := url.Parse(location)
-	if err != nil || u.Scheme == "" || u.Opaque != "" {
-		if IsPostgres(location) {
-			return "postgres://(unparsable URL)"
-		}
-		return location
-	}
-	if _, has := u.User.Password(); has {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	q := u.Query()
-	if q.Has("password") {
-		q.Set("password", "xxxxx")
-		u.RawQuery = q.Encode()
-	}
-	return u.String()
 }

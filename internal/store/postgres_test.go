@@ -106,11 +106,65 @@ func TestPostgresExclusive(t *testing.T) {
 	// Others (kiln store migrate's checks, tools) may still open it.
 	openPostgres(t, url)
 	first.Close()
+	// At once: Close gives the lock back rather than leaving it to the
+	// backend's exit.
 	again, err := store.OpenPostgres(ctx, url, store.Exclusive())
 	if err != nil {
 		t.Fatalf("exclusive open after the first closed: %v", err)
 	}
 	again.Close()
+}
+
+// The lock follows its connection: killed (a Postgres restart, a parted
+// network), the store takes the lock again on a new one; if another server
+// took it in between, the store says it lost it (Lost), and its server
+// stops.
+func TestPostgresExclusiveLockLost(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	first, err := store.OpenPostgres(ctx, url, store.Exclusive())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	admin, err := sql.Open("pgx", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	kill := func() {
+		t.Helper()
+		if _, err := admin.ExecContext(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+			WHERE datname = current_database() AND pid <> pg_backend_pid()`); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Killed with nobody waiting: taken again within the watch's tick.
+	kill()
+	time.Sleep(7 * time.Second)
+	var held bool
+	if err := admin.QueryRowContext(ctx, `SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND granted`).Scan(&held); err != nil || !held {
+		t.Fatalf("the lock was not taken again after its connection was killed (held %v, %v)", held, err)
+	}
+	select {
+	case <-first.Lost():
+		t.Fatal("Lost closed although nobody else took the lock")
+	default:
+	}
+
+	// Killed, and another server takes it first: Lost.
+	kill()
+	second, err := store.OpenPostgres(ctx, url, store.Exclusive())
+	if err != nil {
+		t.Fatalf("a second server could not take the lock its first holder lost: %v", err)
+	}
+	defer second.Close()
+	select {
+	case <-first.Lost():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first store did not report losing its lock")
+	}
 }
 
 // An observed Postgres store (kiln serve's) rewrites its queries below the

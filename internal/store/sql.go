@@ -36,8 +36,18 @@ type SQL struct {
 	// pending keeps build ends a full disk refused, until they are
 	// written (diskfull.go).
 	pending pendingEnds
-	// held is the connection holding the Exclusive lock; nil without.
-	held *sql.Conn
+	// excl is the Exclusive lock and its watch; nil without.
+	excl *exclusive
+}
+
+// Lost is closed when the store lost its Exclusive hold of the database to
+// another server (after a connection drop); the holder must stop using it.
+// nil (never closed) for a store opened without Exclusive.
+func (s *SQL) Lost() <-chan struct{} {
+	if s.excl == nil {
+		return nil
+	}
+	return s.excl.lost
 }
 
 // SQLite is the name callers used for the store before it ran on Postgres
@@ -94,8 +104,8 @@ func (s *SQL) SchemaVersion(ctx context.Context) (int64, error) {
 // the database.
 func (s *SQL) Close() error {
 	s.closePending()
-	if s.held != nil {
-		s.held.Close() // back to the pool, which closes it with the lock below
+	if s.excl != nil {
+		s.excl.release()
 	}
 	return s.db.Close()
 }

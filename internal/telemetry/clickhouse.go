@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/redact"
 )
 
 // ClickHouse talks to a ClickHouse server over its HTTP interface (port
@@ -41,11 +42,11 @@ func NewClickHouse(raw string, timeout time.Duration) (*ClickHouse, error) {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("--clickhouse-url %q: want http://HOST:8123/?database=NAME (ClickHouse's HTTP interface): %w",
-			Redact(raw), errdefs.ErrInvalid)
+			redact.URL(raw), errdefs.ErrInvalid)
 	}
 	q, err := url.ParseQuery(u.RawQuery)
 	if err != nil {
-		return nil, fmt.Errorf("--clickhouse-url %q: %v: %w", Redact(raw), err, errdefs.ErrInvalid)
+		return nil, fmt.Errorf("--clickhouse-url %q: %v: %w", redact.URL(raw), err, errdefs.ErrInvalid)
 	}
 	db := q.Get("database")
 	if db == "" {
@@ -74,26 +75,6 @@ func NewClickHouse(raw string, timeout time.Duration) (*ClickHouse, error) {
 
 // Database is the database kiln's tables are in.
 func (c *ClickHouse) Database() string { return c.database }
-
-// Redact is a ClickHouse URL with its password hidden, for messages.
-func Redact(raw string) string {
-	if raw == "" {
-		return ""
-	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	q := u.Query()
-	if q.Has("password") {
-		q.Set("password", "xxxxx")
-		u.RawQuery = q.Encode()
-	}
-	return u.String()
-}
 
 // Exception is ClickHouse's answer to a request it refused: the HTTP
 // status and the exception's code (docs: "Code: N, e.displayText() = …").

@@ -16,6 +16,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/redact"
 )
 
 // fakeSource is a store of a few finished builds.
@@ -266,7 +267,7 @@ func TestNewRefusesABadURL(t *testing.T) {
 			t.Errorf("New(%q) accepted", u)
 		}
 	}
-	if got := Redact("http://u:secret@h:8123/?password=also"); strings.Contains(got, "secret") || strings.Contains(got, "also") {
+	if got := redact.URL("http://u:secret@h:8123/?password=also"); strings.Contains(got, "secret") || strings.Contains(got, "also") {
 		t.Errorf("Redact left a password: %s", got)
 	}
 }
