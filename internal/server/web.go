@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 
+	"github.com/kiln-dev/kiln/internal/api/depot"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/login"
@@ -20,11 +21,14 @@ func (s *Server) mountWeb(mux *http.ServeMux, authn *auth.Authenticator, project
 	dash, err := web.New(web.Config{Builds: s.builds, Projects: projects, Logs: s.store, Runner: s.runner,
 		Authn: authn, Logger: s.cfg.Logger, Builders: s.builderStates, Logins: logins, Tokens: projects,
 		QueuePosition: func(b build.Build) int { _, ahead := s.runner.Describe(b); return ahead },
-		Audit:         s.audit, Images: s.projectImages, Trigger: s.buildTrigger})
+		Audit:         s.audit, Images: s.projectImages, Trigger: s.buildTrigger, Samples: s.store})
 	if err != nil {
 		return err
 	}
 	dash.Mount(mux)
+	// ShareBuild's links: public, the token in the path is the capability;
+	// JSON for API callers, the dashboard's read-only build page for browsers.
+	mux.Handle("GET /shared/{token}", &depot.SharePage{Builds: s.builds, Page: dash.SharedPage(), Logger: s.cfg.Logger})
 	s.mountBuildPage(mux, authn, dash.BuildPage())
 	return nil
 }

@@ -395,6 +395,10 @@ type buildData struct {
 	Options  string
 	ShareURL string // after Share
 	Unshared bool   // after StopSharing
+	// Shared: the page of a share link — read-only, no log, no project,
+	// no forms. Live is what the page's script polls.
+	Shared bool
+	Live   string
 }
 
 func (d *Dashboard) buildPage(w http.ResponseWriter, r *http.Request) {
@@ -426,7 +430,7 @@ func (d *Dashboard) buildData(ctx context.Context, p auth.Principal, id string) 
 		opts = b.Spec
 	}
 	return buildData{Build: b, Row: d.rowOf(b, st, d.cfg.Now()), ProjectID: b.ProjectID, Steps: liveSteps(steps, b.Terminal()),
-		CanAct: b.IsSource() && d.cfg.Runner != nil && p.CanDriveBuild(b), CanShare: p.CanManage(b), Options: indentJSON(opts)}, nil
+		Live: "/builds/" + b.ID + "/live", CanAct: b.IsSource() && d.cfg.Runner != nil && p.CanDriveBuild(b), CanShare: p.CanManage(b), Options: indentJSON(opts)}, nil
 }
 
 // indentJSON is raw indented for reading; "" for nothing or not JSON.

@@ -113,13 +113,14 @@ func newWorld(t *testing.T, tls bool) *world {
 	}
 	dash, err := web.New(web.Config{Builds: builds, Projects: projects, Logs: st, Authn: authn, Logger: logger,
 		QueuePosition: func(b build.Build) int { return 2 }, Logins: w.logins, Tokens: w.tokens, Audit: w.audit, Images: images,
-		Trigger: func(b build.Build) string { return "trigger of " + b.ID }})
+		Trigger: func(b build.Build) string { return "trigger of " + b.ID }, Samples: st})
 	if err != nil {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
 	dash.Mount(mux)
 	mux.Handle("GET /builds/{id}", dash.BuildPage())
+	mux.Handle("GET /shared/{token}", dash.SharedPage())
 	if tls {
 		w.srv = httptest.NewTLSServer(mux)
 	} else {
@@ -511,6 +512,82 @@ func TestShare(t *testing.T) {
 	if _, err := builds.Shared(context.Background(), strings.TrimPrefix(link, "/shared/")); err == nil {
 		t.Error("the share link still works after Stop sharing")
 	}
+}
+
+// A share link renders the build page read-only for anyone: status,
+// timings, the steps and resource peaks; no log, no project, no forms, no
+// session; the dashboard's headers. Revoked or unknown: 404.
+func TestSharedPage(t *testing.T) {
+	w := newWorld(t, false)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	if err := w.st.PutResourceSamples(ctx, []build.ResourceSample{{BuildID: "b1", At: now, Interval: time.Second, CPUCores: 1.5,
+		Memory: 300 << 20, MemoryLimit: 1 << 30}}); err != nil {
+		t.Fatal(err)
+	}
+	builds := build.NewService(w.st, nil, nil, build.Config{}, slog.New(slog.DiscardHandler))
+	link, err := builds.Share(ctx, w.admin, "b1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := w.browser(t) // never signed in
+	a := do(t, c, "GET", w.srv.URL+link, nil, nil)
+	if a.code != 200 {
+		t.Fatalf("GET %s: %d\n%s", link, a.code, a.body)
+	}
+	for _, want := range []string{`id="waterfall"`, `data-state="failed"`, "RUN exit 3", "exit code: 3", `id="resources"`, `id="status"`,
+		`data-live="` + link + `/live"`, `id="duration"`} {
+		if !strings.Contains(a.body, want) {
+			t.Errorf("shared page lacks %q", want)
+		}
+	}
+	for _, never := range []string{`id="log"`, "about to fail", "<form", `name="csrf"`, `id="share"`, `id="rebuild"`, `id="cancel"`,
+		"/projects/p1", "trigger of", "Sign out"} {
+		if strings.Contains(a.body, never) {
+			t.Errorf("shared page shows %q", never)
+		}
+	}
+	if a.hdr.Get("Content-Security-Policy") != w.csp(t) || a.hdr.Get("Referrer-Policy") != "no-referrer" ||
+		a.hdr.Get("X-Frame-Options") != "DENY" || a.hdr.Get("Cache-Control") != "no-store" {
+		t.Errorf("shared page headers: %v", a.hdr)
+	}
+	if len(a.hdr.Values("Set-Cookie")) > 0 {
+		t.Errorf("shared page sets a cookie: %v", a.hdr.Values("Set-Cookie"))
+	}
+
+	live := do(t, c, "GET", w.srv.URL+link+"/live?after=0", nil, map[string]string{"Accept": "application/json"})
+	var v struct {
+		Build     struct{ ID, Status, ProjectID string }
+		Steps     []struct{ State string }
+		Logs      []any
+		History   map[string]any
+		Resources struct {
+			Samples    int   `json:"samples"`
+			PeakMemory int64 `json:"peak_memory_bytes"`
+		}
+	}
+	if err := json.Unmarshal([]byte(live.body), &v); err != nil || live.code != 200 {
+		t.Fatalf("shared live: %d %v\n%s", live.code, err, live.body)
+	}
+	if v.Build.ID != "b1" || v.Build.Status != "failed" || len(v.Steps) != 2 || len(v.Logs) != 0 || v.History != nil ||
+		v.Resources.Samples != 1 || v.Resources.PeakMemory != 300<<20 || strings.Contains(live.body, "p1") {
+		t.Errorf("shared live = %+v\n%s", v, live.body)
+	}
+
+	if err := builds.StopSharing(ctx, w.admin, "b1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{link, link + "/live", "/shared/" + strings.Repeat("a", 32), "/shared/nope", "/shared/nope/live"} {
+		if a := do(t, c, "GET", w.srv.URL+path, nil, nil); a.code != http.StatusNotFound || a.hdr.Get("Content-Security-Policy") == "" {
+			t.Errorf("GET %s after revoking: %d", path, a.code)
+		}
+	}
+}
+
+// csp is the policy the dashboard's sign-in page is served with.
+func (w *world) csp(t *testing.T) string {
+	t.Helper()
+	return do(t, w.browser(t), "GET", w.srv.URL+"/sign-in", nil, nil).hdr.Get("Content-Security-Policy")
 }
 
 // The builds list pages 20 at a time, newest first, and filters by status.
