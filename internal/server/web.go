@@ -44,15 +44,20 @@ func (s *Server) builderStates() map[string][]string {
 }
 
 // projectImages lists a project's images in kiln's registry for the
-// dashboard, authorized as the registry's ListImages.
+// dashboard, authorized as the registry's ListImages, each expiring its
+// project's retention after its push (the garbage collector's rule).
 func (s *Server) projectImages(ctx context.Context, p auth.Principal, projectID string, limit int) ([]web.Image, bool, error) {
 	images, next, err := s.registry.ListImages(ctx, p, projectID, limit, "")
 	if err != nil {
 		return nil, false, err
 	}
+	keep, _, err := s.registry.Retention(ctx, p, projectID)
+	if err != nil {
+		return nil, false, err
+	}
 	out := make([]web.Image, 0, len(images))
 	for _, im := range images {
-		out = append(out, web.Image{Tag: im.Tag, Digest: im.Digest, PushedAt: im.PushedAt, Size: im.Size})
+		out = append(out, web.Image{Tag: im.Tag, Digest: im.Digest, PushedAt: im.PushedAt, Size: im.Size, Expires: im.PushedAt.Add(keep)})
 	}
 	return out, next != "", nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"net/http"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
+	"github.com/kiln-dev/kiln/internal/retention"
 )
 
 // pageTimeout bounds the work of one page.
@@ -224,8 +226,9 @@ type projectData struct {
 	// out: one per build, each living as long as its build) and trust
 	// policies, read-only.
 	Admin     bool
-	Images    []Image
+	Images    []imageRow
 	MoreImgs  bool
+	Retention string // how long images are kept after their push, "" when not known
 	Tokens    []auth.Token
 	Policies  []auth.TrustPolicy
 	Status    string   // the list's filter: a build status, "" for all
@@ -315,9 +318,14 @@ func (d *Dashboard) projectPage(w http.ResponseWriter, r *http.Request) {
 	data.Charts = chartsOf(charted)
 	data.Saved = human(saved)
 	if d.cfg.Images != nil && data.First && data.Status == "" {
-		if data.Images, data.MoreImgs, err = d.cfg.Images(ctx, p, proj.ID, maxImages); err != nil {
+		images, more, err := d.cfg.Images(ctx, p, proj.ID, maxImages)
+		if err != nil {
 			d.failErr(w, r, s, "project", err)
 			return
+		}
+		data.Images, data.MoreImgs = imageRows(images, now), more
+		if len(images) > 0 && !images[0].Expires.IsZero() {
+			data.Retention = retention.Format(images[0].Expires.Sub(images[0].PushedAt))
 		}
 	}
 	if data.Admin = p.CanAdminProject(proj); data.Admin && data.First && data.Status == "" {
@@ -337,6 +345,38 @@ func (d *Dashboard) projectPage(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	d.render(w, r, http.StatusOK, "project", s, proj.Name, data)
+}
+
+// imageRow is an image as the project page lists it.
+type imageRow struct {
+	Image
+	// Left is the time until it expires ("" not known); Due: expired,
+	// waiting for the next garbage collection.
+	Left string
+	Due  bool
+}
+
+func imageRows(images []Image, now time.Time) []imageRow {
+	rows := make([]imageRow, 0, len(images))
+	for _, im := range images {
+		row := imageRow{Image: im}
+		if !im.Expires.IsZero() {
+			left := im.Expires.Sub(now)
+			row.Due = left <= 0
+			row.Left = span(left)
+		}
+		rows = append(rows, row)
+	}
+	return rows
+}
+
+// span is a duration to read at a glance: days and hours from two days
+// on, like human below that.
+func span(d time.Duration) string {
+	if d >= 48*time.Hour {
+		return fmt.Sprintf("%dd %dh", int(d/(24*time.Hour)), int(d%(24*time.Hour)/time.Hour))
+	}
+	return human(d)
 }
 
 // maxImages is how many registry images a project page lists.

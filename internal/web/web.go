@@ -88,6 +88,10 @@ type Image struct {
 	Digest   string
 	PushedAt time.Time
 	Size     int64
+	// Expires is when the project's retention ends for the tag (PushedAt
+	// plus the retention): the registry's next garbage collection after
+	// it untags the image, unless a build is using it. Zero: not known.
+	Expires time.Time
 }
 
 // Authenticator checks a kiln token (auth.Authenticator).
@@ -115,8 +119,9 @@ type Config struct {
 	// Audit is the audit log; nil: no audit page.
 	Audit AuditLog
 	// Images lists up to limit images of a project in kiln's registry,
-	// authorized as the registry's API (registry.Registry.ListImages);
-	// more reports there were more. nil: none shown.
+	// authorized as the registry's API (registry.Registry.ListImages),
+	// each with its expiry (registry.Registry.Retention); more reports
+	// there were more. nil: none shown.
 	Images func(ctx context.Context, p auth.Principal, projectID string, limit int) (images []Image, more bool, err error)
 	// Trigger says what started a build ("upload", "git", "rebuild of
 	// <id>", "CI job", …); nil: the builds list has no trigger column.

@@ -109,7 +109,9 @@ func newWorld(t *testing.T, tls bool) *world {
 		if projectID != "p1" {
 			return nil, false, nil
 		}
-		return []web.Image{{Tag: "v1", Digest: "sha256:feed", PushedAt: now, Size: 3 << 20}}, false, nil
+		week := 7 * 24 * time.Hour
+		return []web.Image{{Tag: "v1", Digest: "sha256:feed", PushedAt: now, Size: 3 << 20, Expires: now.Add(week)},
+			{Tag: "v0", Digest: "sha256:beef", PushedAt: now.Add(-week - time.Hour), Size: 1 << 20, Expires: now.Add(-time.Hour)}}, false, nil
 	}
 	dash, err := web.New(web.Config{Builds: builds, Projects: projects, Logs: st, Authn: authn, Logger: logger,
 		QueuePosition: func(b build.Build) int { return 2 }, Logins: w.logins, Tokens: w.tokens, Audit: w.audit, Images: images,
@@ -745,5 +747,15 @@ func TestAuditPageAndImages(t *testing.T) {
 	}
 	if a := do(t, prj, "GET", w.srv.URL+"/projects/p1", nil, nil); !strings.Contains(a.body, "<code>v1</code>") || !strings.Contains(a.body, "3.0 MiB") {
 		t.Errorf("the project page lacks its images:\n%s", a.body)
+	}
+	// Each image's expiry: its push plus the retention; one past it is
+	// due for the next collection.
+	a = do(t, prj, "GET", w.srv.URL+"/projects/p1", nil, nil)
+	for _, re := range []string{`id="retention">Images are kept <strong>7d</strong>`,
+		`data-tag="v1">(?:.|\n)*?class="expires"><time datetime="[^"]+">[^<]+</time> <span class="muted">in 6d 23h</span>`,
+		`data-tag="v0">(?:.|\n)*?class="expires"><time datetime="[^"]+">[^<]+</time> <span class="badge warn">due</span>`} {
+		if !regexp.MustCompile(re).MatchString(a.body) {
+			t.Errorf("the project page lacks %s:\n%s", re, a.body)
+		}
 	}
 }
