@@ -21,6 +21,7 @@ func (s *Server) mountWeb(mux *http.ServeMux, authn *auth.Authenticator, project
 	dash, err := web.New(web.Config{Builds: s.builds, Projects: projects, Logs: s.store, Runner: s.runner,
 		Authn: authn, Logger: s.cfg.Logger, Builders: s.builderStates, Logins: logins, Tokens: projects,
 		QueuePosition: func(b build.Build) int { _, ahead := s.runner.Describe(b); return ahead },
+		Queue:         s.runner.Queued,
 		Audit:         s.audit, Images: s.projectImages, Trigger: s.buildTrigger, Samples: s.store})
 	if err != nil {
 		return err

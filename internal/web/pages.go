@@ -229,6 +229,11 @@ type projectData struct {
 	Images    []imageRow
 	MoreImgs  bool
 	Retention string // how long images are kept after their push, "" when not known
+	// HasQueue: the server runs source builds, and Queue is the project's
+	// queued ones in the order they start (at most maxQueue).
+	HasQueue  bool
+	Queue     []queuedRow
+	MoreQueue bool
 	Tokens    []auth.Token
 	Policies  []auth.TrustPolicy
 	Status    string   // the list's filter: a build status, "" for all
@@ -317,6 +322,13 @@ func (d *Dashboard) projectPage(w http.ResponseWriter, r *http.Request) {
 	}
 	data.Charts = chartsOf(charted)
 	data.Saved = human(saved)
+	if d.cfg.Queue != nil && data.First && data.Status == "" {
+		if data.Queue, data.MoreQueue, err = d.queue(ctx, p, proj.ID, now); err != nil {
+			d.failErr(w, r, s, "project", err)
+			return
+		}
+		data.HasQueue = true
+	}
 	if d.cfg.Images != nil && data.First && data.Status == "" {
 		images, more, err := d.cfg.Images(ctx, p, proj.ID, maxImages)
 		if err != nil {
@@ -345,6 +357,42 @@ func (d *Dashboard) projectPage(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	d.render(w, r, http.StatusOK, "project", s, proj.Name, data)
+}
+
+// maxQueue is how many queued builds a project page lists.
+const maxQueue = 50
+
+// queuedRow is a queued source build as the project's queue lists it.
+type queuedRow struct {
+	buildRow
+	Position int           // 1 starts next among the project's builds
+	Age      time.Duration // since it was queued
+}
+
+// queue is the project's queued source builds in the order they start:
+// each read (and authorized) through Builds, one that started or went
+// meanwhile left out.
+func (d *Dashboard) queue(ctx context.Context, p auth.Principal, projectID string, now time.Time) ([]queuedRow, bool, error) {
+	ids := d.cfg.Queue(projectID)
+	more := len(ids) > maxQueue
+	if more {
+		ids = ids[:maxQueue]
+	}
+	rows := []queuedRow{}
+	for _, id := range ids {
+		b, st, err := d.cfg.Builds.Stats(ctx, p, id)
+		if errdefs.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		if b.Status != build.Queued || b.ProjectID != projectID {
+			continue
+		}
+		rows = append(rows, queuedRow{buildRow: d.rowOf(b, st, now), Position: len(rows) + 1, Age: max(now.Sub(b.CreatedAt), 0)})
+	}
+	return rows, more, nil
 }
 
 // imageRow is an image as the project page lists it.

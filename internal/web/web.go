@@ -129,6 +129,11 @@ type Config struct {
 	// QueuePosition is how many builds wait ahead of a queued source
 	// build (runner.Runner.Describe); nil shows none.
 	QueuePosition func(b build.Build) int
+	// Queue lists the ids of a project's source builds waiting to
+	// start, in the order they will (runner.Runner.Queued); it does not
+	// authorize (each build is read through Builds). nil: the project
+	// page has no queue.
+	Queue func(projectID string) []string
 	// Builders reports the builders' states, by project id: one
 	// "<platform> <state>" each (builder.Fleet.Status); nil shows none.
 	Builders func() map[string][]string

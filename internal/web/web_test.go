@@ -41,6 +41,8 @@ type world struct {
 	p1Tok    string
 	p2Tok    string
 	buildTok string
+	// queue is each project's source-build queue, as the runner's Queued.
+	queue sync.Map // project id → []string
 }
 
 func newWorld(t *testing.T, tls bool) *world {
@@ -115,7 +117,12 @@ func newWorld(t *testing.T, tls bool) *world {
 	}
 	dash, err := web.New(web.Config{Builds: builds, Projects: projects, Logs: st, Authn: authn, Logger: logger,
 		QueuePosition: func(b build.Build) int { return 2 }, Logins: w.logins, Tokens: w.tokens, Audit: w.audit, Images: images,
-		Trigger: func(b build.Build) string { return "trigger of " + b.ID }, Samples: st})
+		Trigger: func(b build.Build) string { return "trigger of " + b.ID }, Samples: st,
+		Queue: func(projectID string) []string {
+			ids, _ := w.queue.Load(projectID)
+			ids2, _ := ids.([]string)
+			return ids2
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -661,6 +668,23 @@ func TestQueuedBuildShowsItsPosition(t *testing.T) {
 	}
 	if a := do(t, c, "GET", w.srv.URL+"/builds/bq", nil, nil); !strings.Contains(a.body, `<dd id="queue">2 builds ahead</dd>`) {
 		t.Errorf("the build page does not show the queue position:\n%s", a.body)
+	}
+	if a := do(t, c, "GET", w.srv.URL+"/projects/p1", nil, nil); !strings.Contains(a.body, `id="queue-empty"`) {
+		t.Errorf("an empty queue is not said so:\n%s", a.body)
+	}
+	// The project's queue in start order, with position and age; what is
+	// no longer queued, or is another project's, is left out.
+	if err := w.st.CreateBuild(ctx, build.Build{ID: "bq2", ProjectID: "p1", OrgID: p1.OrgID, Status: build.Queued, Kind: build.KindSource,
+		CreatedAt: time.Now().UTC().Add(-90 * time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	w.queue.Store("p1", []string{"bq", "b1", "b2", "gone", "bq2"})
+	a := do(t, c, "GET", w.srv.URL+"/projects/p1", nil, nil)
+	rows := regexp.MustCompile(`(?s)<tr data-build="(\w+)">\s*<td class="num">(\d+)</td>.*?<td class="num">([^<]+)</td>\s*<td class="num">(\d+)</td>\s*</tr>`).
+		FindAllStringSubmatch(a.body[strings.Index(a.body, `<table id="queue">`):], -1)
+	if len(rows) != 2 || rows[0][1] != "bq" || rows[0][2] != "1" || rows[1][1] != "bq2" || rows[1][2] != "2" ||
+		!strings.HasPrefix(rows[1][3], "1m3") || rows[0][4] != "2" {
+		t.Errorf("queue rows = %q\n%s", rows, a.body)
 	}
 	if a := do(t, c, "GET", w.srv.URL+"/builds/bq/live", nil, nil); !strings.Contains(a.body, `"queue_ahead":2`) {
 		t.Errorf("live: %s", a.body)
