@@ -292,6 +292,19 @@ func (r *Runner) unqueue(id, projectID string) bool {
 	return true
 }
 
+// Queued lists the ids of a project's source builds waiting to start, in
+// the order they will (the dashboard's queue). It does not authorize: the
+// caller reads each build through build.Service.
+func (r *Runner) Queued(projectID string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ids := make([]string, 0, len(r.queues[projectID]))
+	for _, e := range r.queues[projectID] {
+		ids = append(ids, e.id)
+	}
+	return ids
+}
+
 // position is how many builds of the project wait ahead of a queued one,
 // plus those of other projects created before it (an estimate: fair order
 // may start another project's build first).

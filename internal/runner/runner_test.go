@@ -127,3 +127,13 @@ func TestSealerBindsBuild(t *testing.T) {
 		t.Errorf("no secrets sealed to %q", v)
 	}
 }
+
+func TestQueuedListsAProjectsQueueInOrder(t *testing.T) {
+	r := &Runner{queues: map[string][]queued{"p": {{id: "b1"}, {id: "b2"}}, "q": {{id: "c1"}}}}
+	if got := strings.Join(r.Queued("p"), ","); got != "b1,b2" {
+		t.Errorf("Queued(p) = %s", got)
+	}
+	if got := r.Queued("none"); len(got) != 0 {
+		t.Errorf("Queued(none) = %v", got)
+	}
+}

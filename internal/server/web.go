@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 
+	"github.com/kiln-dev/kiln/internal/api/depot"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/login"
@@ -20,11 +21,15 @@ func (s *Server) mountWeb(mux *http.ServeMux, authn *auth.Authenticator, project
 	dash, err := web.New(web.Config{Builds: s.builds, Projects: projects, Logs: s.store, Runner: s.runner,
 		Authn: authn, Logger: s.cfg.Logger, Builders: s.builderStates, Logins: logins, Tokens: projects,
 		QueuePosition: func(b build.Build) int { _, ahead := s.runner.Describe(b); return ahead },
-		Audit:         s.audit, Images: s.projectImages, Trigger: s.buildTrigger})
+		Queue:         s.runner.Queued,
+		Audit:         s.audit, Images: s.projectImages, Trigger: s.buildTrigger, Samples: s.store})
 	if err != nil {
 		return err
 	}
 	dash.Mount(mux)
+	// ShareBuild's links: public, the token in the path is the capability;
+	// JSON for API callers, the dashboard's read-only build page for browsers.
+	mux.Handle("GET /shared/{token}", &depot.SharePage{Builds: s.builds, Page: dash.SharedPage(), Logger: s.cfg.Logger})
 	s.mountBuildPage(mux, authn, dash.BuildPage())
 	return nil
 }
@@ -40,15 +45,20 @@ func (s *Server) builderStates() map[string][]string {
 }
 
 // projectImages lists a project's images in kiln's registry for the
-// dashboard, authorized as the registry's ListImages.
+// dashboard, authorized as the registry's ListImages, each expiring its
+// project's retention after its push (the garbage collector's rule).
 func (s *Server) projectImages(ctx context.Context, p auth.Principal, projectID string, limit int) ([]web.Image, bool, error) {
 	images, next, err := s.registry.ListImages(ctx, p, projectID, limit, "")
 	if err != nil {
 		return nil, false, err
 	}
+	keep, _, err := s.registry.Retention(ctx, p, projectID)
+	if err != nil {
+		return nil, false, err
+	}
 	out := make([]web.Image, 0, len(images))
 	for _, im := range images {
-		out = append(out, web.Image{Tag: im.Tag, Digest: im.Digest, PushedAt: im.PushedAt, Size: im.Size})
+		out = append(out, web.Image{Tag: im.Tag, Digest: im.Digest, PushedAt: im.PushedAt, Size: im.Size, Expires: im.PushedAt.Add(keep)})
 	}
 	return out, next != "", nil
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -49,6 +50,40 @@ func TestDashboardMounted(t *testing.T) {
 	for _, path := range []string{"/builds/b2", "/builds/b3", "/projects/p2"} {
 		if res := get(path); res.StatusCode != http.StatusNotFound {
 			t.Errorf("GET %s with p1's session: %d, want 404", path, res.StatusCode)
+		}
+	}
+
+	// A share link: the dashboard's read-only page for a browser with no
+	// session, the JSON summary for an API caller; 404 once revoked.
+	link, err := a.s.builds.Share(t.Context(), a.admin, "b2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	link = strings.TrimPrefix(link, a.url)
+	for accept, want := range map[string]string{"text/html": `id="waterfall"`, "application/json": `"build_id": "b2"`} {
+		req, _ := http.NewRequest("GET", a.url+link, nil)
+		req.Header.Set("Accept", accept)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || !strings.Contains(string(body), want) || res.Header.Get("Referrer-Policy") != "no-referrer" {
+			t.Errorf("GET %s (Accept %s): %d, Referrer-Policy %q\n%s", link, accept, res.StatusCode, res.Header.Get("Referrer-Policy"), body)
+		}
+	}
+	if err := a.s.builds.StopSharing(t.Context(), a.admin, "b2"); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{link, link + "/live"} {
+		res, err := http.Get(a.url + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusNotFound {
+			t.Errorf("GET %s revoked: %d, want 404", path, res.StatusCode)
 		}
 	}
 }

@@ -4,6 +4,11 @@
 // with its step waterfall, live log and resource peaks. A little JavaScript,
 // embedded like every other asset, follows a running build.
 //
+// A share link (ShareBuild's /shared/{token}) renders the same build page
+// read-only, with no session: the token in the path is the capability,
+// resolved by build.Service.Shared; the page leaves out the log, the
+// project and every form (shared.go).
+//
 // Who may see what is decided by the domain services (build.Service,
 // project.Service) exactly as for the API: the dashboard holds a session
 // per signed-in token and asks the services as that token's principal,

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"net/http"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/project"
+	"github.com/kiln-dev/kiln/internal/retention"
 )
 
 // pageTimeout bounds the work of one page.
@@ -224,8 +226,14 @@ type projectData struct {
 	// out: one per build, each living as long as its build) and trust
 	// policies, read-only.
 	Admin     bool
-	Images    []Image
+	Images    []imageRow
 	MoreImgs  bool
+	Retention string // how long images are kept after their push, "" when not known
+	// HasQueue: the server runs source builds, and Queue is the project's
+	// queued ones in the order they start (at most maxQueue).
+	HasQueue  bool
+	Queue     []queuedRow
+	MoreQueue bool
 	Tokens    []auth.Token
 	Policies  []auth.TrustPolicy
 	Status    string   // the list's filter: a build status, "" for all
@@ -314,10 +322,22 @@ func (d *Dashboard) projectPage(w http.ResponseWriter, r *http.Request) {
 	}
 	data.Charts = chartsOf(charted)
 	data.Saved = human(saved)
-	if d.cfg.Images != nil && data.First && data.Status == "" {
-		if data.Images, data.MoreImgs, err = d.cfg.Images(ctx, p, proj.ID, maxImages); err != nil {
+	if d.cfg.Queue != nil && data.First && data.Status == "" {
+		if data.Queue, data.MoreQueue, err = d.queue(ctx, p, proj.ID, now); err != nil {
 			d.failErr(w, r, s, "project", err)
 			return
+		}
+		data.HasQueue = true
+	}
+	if d.cfg.Images != nil && data.First && data.Status == "" {
+		images, more, err := d.cfg.Images(ctx, p, proj.ID, maxImages)
+		if err != nil {
+			d.failErr(w, r, s, "project", err)
+			return
+		}
+		data.Images, data.MoreImgs = imageRows(images, now), more
+		if len(images) > 0 && !images[0].Expires.IsZero() {
+			data.Retention = retention.Format(images[0].Expires.Sub(images[0].PushedAt))
 		}
 	}
 	if data.Admin = p.CanAdminProject(proj); data.Admin && data.First && data.Status == "" {
@@ -337,6 +357,74 @@ func (d *Dashboard) projectPage(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	d.render(w, r, http.StatusOK, "project", s, proj.Name, data)
+}
+
+// maxQueue is how many queued builds a project page lists.
+const maxQueue = 50
+
+// queuedRow is a queued source build as the project's queue lists it.
+type queuedRow struct {
+	buildRow
+	Position int           // 1 starts next among the project's builds
+	Age      time.Duration // since it was queued
+}
+
+// queue is the project's queued source builds in the order they start:
+// each read (and authorized) through Builds, one that started or went
+// meanwhile left out.
+func (d *Dashboard) queue(ctx context.Context, p auth.Principal, projectID string, now time.Time) ([]queuedRow, bool, error) {
+	ids := d.cfg.Queue(projectID)
+	more := len(ids) > maxQueue
+	if more {
+		ids = ids[:maxQueue]
+	}
+	rows := []queuedRow{}
+	for _, id := range ids {
+		b, st, err := d.cfg.Builds.Stats(ctx, p, id)
+		if errdefs.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		if b.Status != build.Queued || b.ProjectID != projectID {
+			continue
+		}
+		rows = append(rows, queuedRow{buildRow: d.rowOf(b, st, now), Position: len(rows) + 1, Age: max(now.Sub(b.CreatedAt), 0)})
+	}
+	return rows, more, nil
+}
+
+// imageRow is an image as the project page lists it.
+type imageRow struct {
+	Image
+	// Left is the time until it expires ("" not known); Due: expired,
+	// waiting for the next garbage collection.
+	Left string
+	Due  bool
+}
+
+func imageRows(images []Image, now time.Time) []imageRow {
+	rows := make([]imageRow, 0, len(images))
+	for _, im := range images {
+		row := imageRow{Image: im}
+		if !im.Expires.IsZero() {
+			left := im.Expires.Sub(now)
+			row.Due = left <= 0
+			row.Left = span(left)
+		}
+		rows = append(rows, row)
+	}
+	return rows
+}
+
+// span is a duration to read at a glance: days and hours from two days
+// on, like human below that.
+func span(d time.Duration) string {
+	if d >= 48*time.Hour {
+		return fmt.Sprintf("%dd %dh", int(d/(24*time.Hour)), int(d%(24*time.Hour)/time.Hour))
+	}
+	return human(d)
 }
 
 // maxImages is how many registry images a project page lists.
@@ -395,6 +483,10 @@ type buildData struct {
 	Options  string
 	ShareURL string // after Share
 	Unshared bool   // after StopSharing
+	// Shared: the page of a share link — read-only, no log, no project,
+	// no forms. Live is what the page's script polls.
+	Shared bool
+	Live   string
 }
 
 func (d *Dashboard) buildPage(w http.ResponseWriter, r *http.Request) {
@@ -426,7 +518,7 @@ func (d *Dashboard) buildData(ctx context.Context, p auth.Principal, id string) 
 		opts = b.Spec
 	}
 	return buildData{Build: b, Row: d.rowOf(b, st, d.cfg.Now()), ProjectID: b.ProjectID, Steps: liveSteps(steps, b.Terminal()),
-		CanAct: b.IsSource() && d.cfg.Runner != nil && p.CanDriveBuild(b), CanShare: p.CanManage(b), Options: indentJSON(opts)}, nil
+		Live: "/builds/" + b.ID + "/live", CanAct: b.IsSource() && d.cfg.Runner != nil && p.CanDriveBuild(b), CanShare: p.CanManage(b), Options: indentJSON(opts)}, nil
 }
 
 // indentJSON is raw indented for reading; "" for nothing or not JSON.

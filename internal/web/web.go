@@ -36,6 +36,9 @@ type Builds interface {
 	Usage(ctx context.Context, p auth.Principal, projects []project.Project, period build.Period, withSaved bool) ([]build.Usage, error)
 	Share(ctx context.Context, p auth.Principal, buildID string) (string, error)
 	StopSharing(ctx context.Context, p auth.Principal, buildID string) error
+	// Shared resolves a share link's token without a principal; a
+	// malformed, unknown or revoked token is ErrNotFound.
+	Shared(ctx context.Context, token string) (build.SharedBuild, error)
 }
 
 var _ Builds = (*build.Service)(nil)
@@ -55,6 +58,14 @@ var _ Projects = (*project.Service)(nil)
 // through Builds first.
 type Logs interface {
 	ListBuildLogs(ctx context.Context, buildID string, after int, limit int) ([]build.LogLine, error)
+}
+
+// Samples reads a build's resource samples and events (the store), for a
+// shared build's page. Like Logs it does not authorize: the share token
+// is resolved through Builds.Shared first.
+type Samples interface {
+	ListResourceSamples(ctx context.Context, buildID string) ([]build.ResourceSample, error)
+	ListResourceEvents(ctx context.Context, buildID string) ([]build.ResourceEvent, error)
 }
 
 // Runner cancels and rebuilds source builds (runner.Runner), authorizing
@@ -77,6 +88,10 @@ type Image struct {
 	Digest   string
 	PushedAt time.Time
 	Size     int64
+	// Expires is when the project's retention ends for the tag (PushedAt
+	// plus the retention): the registry's next garbage collection after
+	// it untags the image, unless a build is using it. Zero: not known.
+	Expires time.Time
 }
 
 // Authenticator checks a kiln token (auth.Authenticator).
@@ -98,11 +113,15 @@ type Config struct {
 	// its session signs out. nil Logins: no device sign-in.
 	Logins DeviceLogins
 	Tokens TokenDeleter
+	// Samples gives a shared build's page its resource peaks; nil: a
+	// shared build shows none.
+	Samples Samples
 	// Audit is the audit log; nil: no audit page.
 	Audit AuditLog
 	// Images lists up to limit images of a project in kiln's registry,
-	// authorized as the registry's API (registry.Registry.ListImages);
-	// more reports there were more. nil: none shown.
+	// authorized as the registry's API (registry.Registry.ListImages),
+	// each with its expiry (registry.Registry.Retention); more reports
+	// there were more. nil: none shown.
 	Images func(ctx context.Context, p auth.Principal, projectID string, limit int) (images []Image, more bool, err error)
 	// Trigger says what started a build ("upload", "git", "rebuild of
 	// <id>", "CI job", …); nil: the builds list has no trigger column.
@@ -110,6 +129,11 @@ type Config struct {
 	// QueuePosition is how many builds wait ahead of a queued source
 	// build (runner.Runner.Describe); nil shows none.
 	QueuePosition func(b build.Build) int
+	// Queue lists the ids of a project's source builds waiting to
+	// start, in the order they will (runner.Runner.Queued); it does not
+	// authorize (each build is read through Builds). nil: the project
+	// page has no queue.
+	Queue func(projectID string) []string
 	// Builders reports the builders' states, by project id: one
 	// "<platform> <state>" each (builder.Fleet.Status); nil shows none.
 	Builders func() map[string][]string
@@ -171,11 +195,17 @@ func (d *Dashboard) Mount(mux *http.ServeMux) {
 	mux.HandleFunc("POST /builds/{id}/rebuild", d.rebuildBuild)
 	mux.HandleFunc("POST /builds/{id}/share", d.shareBuild)
 	mux.HandleFunc("POST /builds/{id}/unshare", d.shareBuild)
+	mux.HandleFunc("GET /shared/{token}/live", d.sharedLive)
 	mux.Handle("GET /assets/", http.StripPrefix("/assets/", d.assetHandler()))
 }
 
 // BuildPage is the HTML page of GET /builds/{id}, for a browser.
 func (d *Dashboard) BuildPage() http.Handler { return http.HandlerFunc(d.buildPage) }
+
+// SharedPage is the HTML page of a share link, GET /shared/{token}: the
+// build page, read-only, for anyone holding the link. The server serves
+// the path's JSON itself (depot.SharePage) and hands browsers here.
+func (d *Dashboard) SharedPage() http.Handler { return http.HandlerFunc(d.sharedPage) }
 
 // csp lets the pages load only the server's own scripts, styles and
 // images, talk only to the server, submit forms only to it, and never be
@@ -215,7 +245,9 @@ type view struct {
 	CSRF   string
 	// Home is where the header's kiln link goes.
 	Home string
-	Data any
+	// Shared: a share link's page, whose URL is its secret (no Referer).
+	Shared bool
+	Data   any
 }
 
 func (d *Dashboard) render(w http.ResponseWriter, r *http.Request, status int, name string, s *session, title string, data any) {
@@ -223,6 +255,10 @@ func (d *Dashboard) render(w http.ResponseWriter, r *http.Request, status int, n
 	if s != nil {
 		v.Signed, v.CSRF = &s.principal, s.csrf
 	}
+	d.renderView(w, r, status, name, v)
+}
+
+func (d *Dashboard) renderView(w http.ResponseWriter, r *http.Request, status int, name string, v view) {
 	var buf bytes.Buffer
 	if err := d.pages[name].Execute(&buf, v); err != nil {
 		d.cfg.Logger.ErrorContext(r.Context(), "dashboard: render", "page", name, "err", err)
@@ -230,6 +266,9 @@ func (d *Dashboard) render(w http.ResponseWriter, r *http.Request, status int, n
 		return
 	}
 	secure(w)
+	if v.Shared {
+		w.Header().Set("Referrer-Policy", "no-referrer")
+	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)

@@ -41,6 +41,8 @@ type world struct {
 	p1Tok    string
 	p2Tok    string
 	buildTok string
+	// queue is each project's source-build queue, as the runner's Queued.
+	queue sync.Map // project id → []string
 }
 
 func newWorld(t *testing.T, tls bool) *world {
@@ -109,17 +111,25 @@ func newWorld(t *testing.T, tls bool) *world {
 		if projectID != "p1" {
 			return nil, false, nil
 		}
-		return []web.Image{{Tag: "v1", Digest: "sha256:feed", PushedAt: now, Size: 3 << 20}}, false, nil
+		week := 7 * 24 * time.Hour
+		return []web.Image{{Tag: "v1", Digest: "sha256:feed", PushedAt: now, Size: 3 << 20, Expires: now.Add(week)},
+			{Tag: "v0", Digest: "sha256:beef", PushedAt: now.Add(-week - time.Hour), Size: 1 << 20, Expires: now.Add(-time.Hour)}}, false, nil
 	}
 	dash, err := web.New(web.Config{Builds: builds, Projects: projects, Logs: st, Authn: authn, Logger: logger,
 		QueuePosition: func(b build.Build) int { return 2 }, Logins: w.logins, Tokens: w.tokens, Audit: w.audit, Images: images,
-		Trigger: func(b build.Build) string { return "trigger of " + b.ID }})
+		Trigger: func(b build.Build) string { return "trigger of " + b.ID }, Samples: st,
+		Queue: func(projectID string) []string {
+			ids, _ := w.queue.Load(projectID)
+			ids2, _ := ids.([]string)
+			return ids2
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
 	dash.Mount(mux)
 	mux.Handle("GET /builds/{id}", dash.BuildPage())
+	mux.Handle("GET /shared/{token}", dash.SharedPage())
 	if tls {
 		w.srv = httptest.NewTLSServer(mux)
 	} else {
@@ -513,6 +523,82 @@ func TestShare(t *testing.T) {
 	}
 }
 
+// A share link renders the build page read-only for anyone: status,
+// timings, the steps and resource peaks; no log, no project, no forms, no
+// session; the dashboard's headers. Revoked or unknown: 404.
+func TestSharedPage(t *testing.T) {
+	w := newWorld(t, false)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	if err := w.st.PutResourceSamples(ctx, []build.ResourceSample{{BuildID: "b1", At: now, Interval: time.Second, CPUCores: 1.5,
+		Memory: 300 << 20, MemoryLimit: 1 << 30}}); err != nil {
+		t.Fatal(err)
+	}
+	builds := build.NewService(w.st, nil, nil, build.Config{}, slog.New(slog.DiscardHandler))
+	link, err := builds.Share(ctx, w.admin, "b1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := w.browser(t) // never signed in
+	a := do(t, c, "GET", w.srv.URL+link, nil, nil)
+	if a.code != 200 {
+		t.Fatalf("GET %s: %d\n%s", link, a.code, a.body)
+	}
+	for _, want := range []string{`id="waterfall"`, `data-state="failed"`, "RUN exit 3", "exit code: 3", `id="resources"`, `id="status"`,
+		`data-live="` + link + `/live"`, `id="duration"`} {
+		if !strings.Contains(a.body, want) {
+			t.Errorf("shared page lacks %q", want)
+		}
+	}
+	for _, never := range []string{`id="log"`, "about to fail", "<form", `name="csrf"`, `id="share"`, `id="rebuild"`, `id="cancel"`,
+		"/projects/p1", "trigger of", "Sign out"} {
+		if strings.Contains(a.body, never) {
+			t.Errorf("shared page shows %q", never)
+		}
+	}
+	if a.hdr.Get("Content-Security-Policy") != w.csp(t) || a.hdr.Get("Referrer-Policy") != "no-referrer" ||
+		a.hdr.Get("X-Frame-Options") != "DENY" || a.hdr.Get("Cache-Control") != "no-store" {
+		t.Errorf("shared page headers: %v", a.hdr)
+	}
+	if len(a.hdr.Values("Set-Cookie")) > 0 {
+		t.Errorf("shared page sets a cookie: %v", a.hdr.Values("Set-Cookie"))
+	}
+
+	live := do(t, c, "GET", w.srv.URL+link+"/live?after=0", nil, map[string]string{"Accept": "application/json"})
+	var v struct {
+		Build     struct{ ID, Status, ProjectID string }
+		Steps     []struct{ State string }
+		Logs      []any
+		History   map[string]any
+		Resources struct {
+			Samples    int   `json:"samples"`
+			PeakMemory int64 `json:"peak_memory_bytes"`
+		}
+	}
+	if err := json.Unmarshal([]byte(live.body), &v); err != nil || live.code != 200 {
+		t.Fatalf("shared live: %d %v\n%s", live.code, err, live.body)
+	}
+	if v.Build.ID != "b1" || v.Build.Status != "failed" || len(v.Steps) != 2 || len(v.Logs) != 0 || v.History != nil ||
+		v.Resources.Samples != 1 || v.Resources.PeakMemory != 300<<20 || strings.Contains(live.body, "p1") {
+		t.Errorf("shared live = %+v\n%s", v, live.body)
+	}
+
+	if err := builds.StopSharing(ctx, w.admin, "b1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{link, link + "/live", "/shared/" + strings.Repeat("a", 32), "/shared/nope", "/shared/nope/live"} {
+		if a := do(t, c, "GET", w.srv.URL+path, nil, nil); a.code != http.StatusNotFound || a.hdr.Get("Content-Security-Policy") == "" {
+			t.Errorf("GET %s after revoking: %d", path, a.code)
+		}
+	}
+}
+
+// csp is the policy the dashboard's sign-in page is served with.
+func (w *world) csp(t *testing.T) string {
+	t.Helper()
+	return do(t, w.browser(t), "GET", w.srv.URL+"/sign-in", nil, nil).hdr.Get("Content-Security-Policy")
+}
+
 // The builds list pages 20 at a time, newest first, and filters by status.
 func TestBuildsListPagesAndFilters(t *testing.T) {
 	w := newWorld(t, false)
@@ -582,6 +668,23 @@ func TestQueuedBuildShowsItsPosition(t *testing.T) {
 	}
 	if a := do(t, c, "GET", w.srv.URL+"/builds/bq", nil, nil); !strings.Contains(a.body, `<dd id="queue">2 builds ahead</dd>`) {
 		t.Errorf("the build page does not show the queue position:\n%s", a.body)
+	}
+	if a := do(t, c, "GET", w.srv.URL+"/projects/p1", nil, nil); !strings.Contains(a.body, `id="queue-empty"`) {
+		t.Errorf("an empty queue is not said so:\n%s", a.body)
+	}
+	// The project's queue in start order, with position and age; what is
+	// no longer queued, or is another project's, is left out.
+	if err := w.st.CreateBuild(ctx, build.Build{ID: "bq2", ProjectID: "p1", OrgID: p1.OrgID, Status: build.Queued, Kind: build.KindSource,
+		CreatedAt: time.Now().UTC().Add(-90 * time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	w.queue.Store("p1", []string{"bq", "b1", "b2", "gone", "bq2"})
+	a := do(t, c, "GET", w.srv.URL+"/projects/p1", nil, nil)
+	rows := regexp.MustCompile(`(?s)<tr data-build="(\w+)">\s*<td class="num">(\d+)</td>.*?<td class="num">([^<]+)</td>\s*<td class="num">(\d+)</td>\s*</tr>`).
+		FindAllStringSubmatch(a.body[strings.Index(a.body, `<table id="queue">`):], -1)
+	if len(rows) != 2 || rows[0][1] != "bq" || rows[0][2] != "1" || rows[1][1] != "bq2" || rows[1][2] != "2" ||
+		!strings.HasPrefix(rows[1][3], "1m3") || rows[0][4] != "2" {
+		t.Errorf("queue rows = %q\n%s", rows, a.body)
 	}
 	if a := do(t, c, "GET", w.srv.URL+"/builds/bq/live", nil, nil); !strings.Contains(a.body, `"queue_ahead":2`) {
 		t.Errorf("live: %s", a.body)
@@ -668,5 +771,15 @@ func TestAuditPageAndImages(t *testing.T) {
 	}
 	if a := do(t, prj, "GET", w.srv.URL+"/projects/p1", nil, nil); !strings.Contains(a.body, "<code>v1</code>") || !strings.Contains(a.body, "3.0 MiB") {
 		t.Errorf("the project page lacks its images:\n%s", a.body)
+	}
+	// Each image's expiry: its push plus the retention; one past it is
+	// due for the next collection.
+	a = do(t, prj, "GET", w.srv.URL+"/projects/p1", nil, nil)
+	for _, re := range []string{`id="retention">Images are kept <strong>7d</strong>`,
+		`data-tag="v1">(?:.|\n)*?class="expires"><time datetime="[^"]+">[^<]+</time> <span class="muted">in 6d 23h</span>`,
+		`data-tag="v0">(?:.|\n)*?class="expires"><time datetime="[^"]+">[^<]+</time> <span class="badge warn">due</span>`} {
+		if !regexp.MustCompile(re).MatchString(a.body) {
+			t.Errorf("the project page lacks %s:\n%s", re, a.body)
+		}
 	}
 }

@@ -74,6 +74,26 @@ func newBrowser(t *testing.T, base string) *browserPage {
 	return b
 }
 
+// freshContext opens a tab in a new browser context of b's Chromium: no
+// cookies, no storage, as a stranger's browser. Its requests are recorded
+// apart; it writes its screenshots with b's.
+func (b *browserPage) freshContext() *browserPage {
+	b.t.Helper()
+	ctx, cancel := chromedp.NewContext(b.ctx, chromedp.WithNewBrowserContext())
+	b.t.Cleanup(cancel)
+	f := &browserPage{t: b.t, ctx: ctx, base: b.base, artifacts: b.artifacts}
+	if err := chromedp.Listen(ctx, func(ev any) {
+		if e, ok := ev.(*network.EventRequestWillBeSent); ok {
+			f.mu.Lock()
+			f.requests = append(f.requests, e.Request.URL)
+			f.mu.Unlock()
+		}
+	}); err != nil {
+		b.t.Fatalf("open a fresh browser context: %v", err)
+	}
+	return f
+}
+
 // artifactDir is where a test leaves files for people to look at:
 // $KILN_ARTIFACTS/<name>, else a directory kept after the run; the log
 // says which.
@@ -377,18 +397,64 @@ func TestDashboard(t *testing.T) {
 	}
 	b.screenshot("07-project-after-cached-rebuild")
 
+	// A share link of the slow build, opened by someone without a
+	// session: the build page read-only, its waterfall and resource peaks,
+	// no log, no button, nothing from another host.
+	b.open("/builds/" + slowID)
+	b.do("share the build", chromedp.Click(chromedp.ID("share")), chromedp.WaitVisible(chromedp.ID("share-url")))
+	link := evalIn[string](b, `document.querySelector("#share-url a").href`)
+	if !strings.HasPrefix(link, s.URL+"/shared/") {
+		t.Fatalf("share link %q, want under %s/shared/", link, s.URL)
+	}
+	b.screenshot("08-build-shared")
+	anon := b.freshContext()
+	if code := anon.open(strings.TrimPrefix(link, s.URL)); code != 200 {
+		t.Fatalf("the share link answered %d in a fresh browser", code)
+	}
+	sv := anon.waitBuild(30*time.Second, "the shared build's steps", func(v buildView) bool {
+		return v.Status == "succeeded" && len(v.States) >= 6 && !slices.ContainsFunc(v.States, func(s string) bool { return s != "done" && s != "cached" })
+	})
+	// The script drew the waterfall: a bar for each executed step (the
+	// four RUNs at least).
+	if n := evalIn[int](anon, `document.querySelectorAll("#waterfall li .seg:not([hidden])").length`); n < 4 {
+		t.Errorf("the shared page's waterfall draws %d bars, want one per executed step", n)
+	}
+	if res := evalIn[string](anon, `document.getElementById("resources").textContent`); !strings.Contains(res, "Peak memory") && !strings.Contains(res, "No samples") {
+		t.Errorf("the shared page shows no resource peaks: %q", res)
+	}
+	for what, expr := range map[string]string{
+		"a log":              `!!document.getElementById("log") || document.querySelectorAll(".line").length > 0`,
+		"a button or form":   `document.querySelectorAll("button, form, input").length > 0`,
+		"a link to projects": `!!document.querySelector('a[href^="/projects"]')`,
+		"its output":         `document.body.textContent.includes("slow-one line 1")`,
+	} {
+		if evalIn[bool](anon, expr) {
+			t.Errorf("the shared page shows %s", what)
+		}
+	}
+	t.Logf("the shared page shows %d steps %v", len(sv.States), sv.States)
+	anon.screenshot("09-shared-build")
+	if off := anon.offHost(); len(off) > 0 {
+		t.Errorf("the shared page made requests to hosts other than kiln's (%s): %q", s.URL, off)
+	}
+	// Revoked, the link answers 404.
+	b.do("stop sharing", chromedp.Click(chromedp.ID("unshare")), chromedp.WaitVisible(chromedp.ID("unshared")))
+	if code := anon.open(strings.TrimPrefix(link, s.URL)); code != 404 {
+		t.Errorf("the revoked share link answered %d, want 404", code)
+	}
+
 	// Signing out (a form with the session's anti-forgery token) ends the
 	// session.
 	b.do("sign out", chromedp.Click(chromedp.ID("sign-out")), chromedp.WaitVisible(chromedp.ID("token")))
 	if code := b.open("/builds/" + slowID); code != 200 || evalIn[string](b, "location.pathname") != "/sign-in" {
 		t.Errorf("after signing out, the build page did not send the browser to sign in")
 	}
-	b.screenshot("08-sign-in")
+	b.screenshot("10-sign-in")
 	// Without a token: a device login, which an administrator approves
 	// from a terminal; the browser follows by itself.
 	b.do("start a device sign-in", chromedp.Click(chromedp.ID("sign-in-device")), chromedp.WaitVisible(chromedp.ID("approval-id")))
 	approval := strings.TrimSpace(evalIn[string](b, `document.getElementById("approval-id").textContent`))
-	b.screenshot("09-device-sign-in")
+	b.screenshot("11-device-sign-in")
 	s.mustKiln(t, t.TempDir(), "login", "--approve", approval)
 	eventually(t, 30*time.Second, "the browser signed in by the approval", func() bool {
 		// The page navigates meanwhile: an evaluation may fail.
@@ -401,7 +467,7 @@ func TestDashboard(t *testing.T) {
 			t.Errorf("the organization's projects page does not list %s", p)
 		}
 	}
-	b.screenshot("10-organization-projects")
+	b.screenshot("12-organization-projects")
 	// The audit log has the project token this test made.
 	if code := b.open("/audit"); code != 200 {
 		t.Errorf("the audit page: %d", code)
@@ -409,7 +475,7 @@ func TestDashboard(t *testing.T) {
 	if !evalIn[bool](b, fmt.Sprintf(`[...document.querySelectorAll("#audit tr")].some(r => r.textContent.includes("token_created") && r.textContent.includes(%q))`, projA)) {
 		t.Errorf("the audit page does not show the project token made for %s", projA)
 	}
-	b.screenshot("11-audit-log")
+	b.screenshot("13-audit-log")
 
 	// On a phone's screen: the failed build, readable without sideways
 	// scrolling of the page itself.
@@ -419,7 +485,7 @@ func TestDashboard(t *testing.T) {
 	if wide := evalIn[int](b, "document.documentElement.scrollWidth"); wide > 390 {
 		t.Errorf("on a 390px-wide screen the build page is %dpx wide", wide)
 	}
-	b.screenshot("12-build-failed-phone")
+	b.screenshot("14-build-failed-phone")
 
 	if off := b.offHost(); len(off) > 0 {
 		t.Errorf("the browser made requests to hosts other than kiln's (%s): %q", s.URL, off)

@@ -22,8 +22,8 @@ func Mount(mux *http.ServeMux, projects *project.Service, builds *build.Service,
 	mux.Handle(corev1connect.NewBuildServiceHandler(&CoreBuildService{Builds: builds, Logger: logger}, opts...))
 	mux.Handle(corev1connect.NewOrganizationServiceHandler(&OrganizationService{Projects: projects, Logger: logger}, opts...))
 	mux.Handle(corev1connect.NewUsageServiceHandler(&UsageService{Projects: projects, Builds: builds, Logger: logger}, opts...))
-	// ShareBuild's links: public, the token in the path is the capability.
-	mux.Handle("GET /shared/{token}", &SharePage{Builds: builds, Logger: logger})
+	// ShareBuild's links, GET /shared/{token} (SharePage), are mounted by
+	// the server with the dashboard's page for browsers.
 
 	cli := &CLIBuildService{Builds: builds, Projects: projects, Logger: logger}
 	mux.Handle(cliv1connect.NewBuildServiceHandler(cli, opts...))

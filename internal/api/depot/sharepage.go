@@ -3,7 +3,6 @@ package depot
 import (
 	"context"
 	"encoding/json"
-	"html/template"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -17,10 +16,13 @@ import (
 // read-only summary of one build (status, times, step counts, its steps;
 // never logs, project or organization names). It takes no token: the
 // share token in the path is the capability, and a revoked, unknown or
-// malformed one is a plain 404. HTML by default; JSON for
-// `Accept: application/json` or `?format=json`.
+// malformed one is a plain 404. JSON for `Accept: application/json` or
+// `?format=json`; anything else (a browser) is Page's, the dashboard's
+// read-only build page (web.Dashboard.SharedPage), or the JSON when Page
+// is nil.
 type SharePage struct {
 	Builds *build.Service
+	Page   http.Handler
 	Logger *slog.Logger
 }
 
@@ -72,9 +74,6 @@ type sharedView struct {
 	StepsTruncated bool         `json:"steps_truncated,omitempty"`
 }
 
-// CreatedAtPtr lets the template format every time the same way.
-func (v sharedView) CreatedAtPtr() *time.Time { return &v.CreatedAt }
-
 func timePtr(t time.Time) *time.Time {
 	if t.IsZero() {
 		return nil
@@ -98,38 +97,11 @@ func shareView(sb build.SharedBuild) sharedView {
 	return v
 }
 
-var sharePageTmpl = template.Must(template.New("shared").Funcs(template.FuncMap{
-	"ts": func(t *time.Time) string {
-		if t == nil {
-			return "—"
-		}
-		return t.UTC().Format(time.RFC3339)
-	},
-}).Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="robots" content="noindex">
-<title>kiln build {{.BuildID}}</title>
-<style>body{font:14px/1.4 system-ui,sans-serif;margin:2em;max-width:60em}td,th{padding:.2em .8em;text-align:left;vertical-align:top}
-.cached{color:#2a7}.error{color:#c33;white-space:pre-wrap}code{font-size:13px}</style></head>
-<body>
-<h1>Build <code>{{.BuildID}}</code>: {{.Status}}</h1>
-<table>
-<tr><th>Created</th><td>{{ts .CreatedAtPtr}}</td></tr>
-<tr><th>Started</th><td>{{ts .StartedAt}}</td></tr>
-<tr><th>Finished</th><td>{{ts .FinishedAt}}</td></tr>
-<tr><th>Build time</th><td>{{.BuildDurationSeconds}} s</td></tr>
-<tr><th>Steps</th><td>{{.TotalSteps}} ({{.CachedSteps}} cached, about {{.SavedDurationSeconds}} s saved)</td></tr>
-{{if .Error}}<tr><th>Error</th><td class="error">{{.Error}}</td></tr>{{end}}
-</table>
-<h2>Steps</h2>
-<table>
-<tr><th>Step</th><th>Result</th><th>Time</th></tr>
-{{range .Steps}}<tr><td><code>{{.Name}}</code></td><td>{{if .Error}}<span class="error">{{.Error}}</span>{{else if .Cached}}<span class="cached">CACHED</span>{{else}}done{{end}}</td><td>{{.DurationMs}} ms</td></tr>
-{{end}}</table>
-{{if .StepsTruncated}}<p>(more steps not shown)</p>{{end}}
-</body></html>
-`))
-
 func (h *SharePage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.Page != nil && r.URL.Query().Get("format") != "json" && !strings.Contains(r.Header.Get("Accept"), "application/json") {
+		h.Page.ServeHTTP(w, r)
+		return
+	}
 	hdr := w.Header()
 	// The URL is the secret: keep it out of Referer headers and caches,
 	// and let nothing on the page run or load.
@@ -137,7 +109,7 @@ func (h *SharePage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hdr.Set("Cache-Control", "no-store")
 	hdr.Set("X-Content-Type-Options", "nosniff")
 	hdr.Set("X-Frame-Options", "DENY")
-	hdr.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")
+	hdr.Set("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	sb, err := h.Builds.Shared(ctx, r.PathValue("token"))
@@ -150,16 +122,8 @@ func (h *SharePage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
-	v := shareView(sb)
-	if r.URL.Query().Get("format") == "json" || strings.Contains(r.Header.Get("Accept"), "application/json") {
-		hdr.Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(v)
-		return
-	}
-	hdr.Set("Content-Type", "text/html; charset=utf-8")
-	if err := sharePageTmpl.Execute(w, v); err != nil {
-		h.Logger.WarnContext(ctx, "render shared build page", "err", err)
-	}
+	hdr.Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(shareView(sb))
 }

@@ -38,6 +38,8 @@
   const root = document.getElementById("build");
   if (!root) return;
   const id = root.dataset.build;
+  const liveURL = root.dataset.live; // /builds/{id}/live, or a share link's /shared/{token}/live
+  const shared = !!root.dataset.shared; // a share link's page: no log, no session
   const $ = (sel) => document.getElementById(sel);
   const el = (tag, cls, text) => {
     const e = document.createElement(tag);
@@ -124,6 +126,7 @@
 
   function appendLogs(lines, steps) {
     const log = $("log");
+    if (!log) return; // a shared build's page has none
     const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
     const failed = new Set(steps.filter((s) => s.state === "failed").map((s) => s.digest));
     for (const l of lines) {
@@ -146,7 +149,7 @@
   // its last one (where its error is), once.
   function jumpToFailure(steps) {
     const failed = steps.filter((s) => s.state === "failed");
-    if (!failed.length || jumped) return;
+    if (!failed.length || jumped || !$("log")) return;
     const d = failed[failed.length - 1].digest;
     const lines = $("log").querySelectorAll('.line[data-digest="' + CSS.escape(d) + '"]');
     lines.forEach((l) => l.classList.add("fail"));
@@ -216,20 +219,21 @@
       banner.hidden = false;
     }
     drawResources(v.resources, b.terminal);
-    const cut = $("follow").dataset.cut ? " (the first lines are cut: kiln builds logs " + id + " prints them all)" : "";
-    $("follow").textContent = (b.terminal ? "" : "(following)") + cut;
     if (b.terminal) jumpToFailure(v.steps);
     const log = $("log");
+    if (!log) return;
+    const cut = $("follow").dataset.cut ? " (the first lines are cut: kiln builds logs " + id + " prints them all)" : "";
+    $("follow").textContent = (b.terminal ? "" : "(following)") + cut;
     if (b.terminal && log.childElementCount === 0) log.textContent = "(no log lines)";
   }
 
   async function poll() {
     let delay = 1000;
     try {
-      const res = await fetch("/builds/" + encodeURIComponent(id) + "/live?after=" + after, {
-        credentials: "same-origin", headers: { Accept: "application/json" }, cache: "no-store",
+      const res = await fetch(liveURL + "?after=" + after, {
+        credentials: shared ? "omit" : "same-origin", referrerPolicy: "no-referrer", headers: { Accept: "application/json" }, cache: "no-store",
       });
-      if (res.status === 401) {
+      if (res.status === 401 && !shared) {
         location.assign("/sign-in?ended=1");
         return;
       }
@@ -239,7 +243,8 @@
       if (v.more) delay = 0;
       else if (v.build.terminal && ++afterEnd > 8) return; // the follower stores the last steps a moment after the end
     } catch (e) {
-      $("follow").textContent = "(reconnecting: " + e.message + ")";
+      const follow = $("follow"); // a shared page has no log to follow
+      if (follow) follow.textContent = "(reconnecting: " + e.message + ")";
       delay = 3000;
     }
     setTimeout(poll, delay);
