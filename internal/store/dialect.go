@@ -275,8 +275,13 @@ func unreachable(err error) error {
 	switch {
 	case errors.As(err, &pe):
 		// Class 08: connection exceptions; 57P01-3: the server is shutting
-		// down, crashed or starting.
-		if !strings.HasPrefix(pe.Code, "08") && pe.Code != "57P01" && pe.Code != "57P02" && pe.Code != "57P03" {
+		// down, crashed or starting; 40001 and 40P01: a serialization
+		// failure or deadlock, which the same request retried gets past.
+		switch {
+		case strings.HasPrefix(pe.Code, "08"), pe.Code == "57P01", pe.Code == "57P02", pe.Code == "57P03":
+		case pe.Code == "40001", pe.Code == "40P01":
+			return errdefs.Wrapf(errdefs.ErrUnavailable, err, "kiln's database refused the write for a concurrent one; retry")
+		default:
 			return err
 		}
 	case errors.As(err, &ce), errors.As(err, &ne), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET):

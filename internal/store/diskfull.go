@@ -188,7 +188,10 @@ func (s *SQL) forget(id string) {
 
 // flushPolicy retries writing kept ends while the disk stays full: every
 // second at most, for as long as it takes (until the store closes).
-var flushPolicy = retry.Policy{Attempts: -1, Delay: 250 * time.Millisecond, MaxDelay: time.Second, Retryable: errdefs.IsDiskFull}
+var flushPolicy = retry.Policy{Attempts: -1, Delay: 250 * time.Millisecond, MaxDelay: time.Second,
+	// A remote database may fill up and then restart: unreachable for a
+	// while is no reason to drop the end either.
+	Retryable: func(err error) bool { return errdefs.IsDiskFull(err) || errdefs.IsUnavailable(err) }}
 
 // flushEnds writes kept ends until none is left or the store closes. It
 // is the one loop that does; done is closed when it returns.

@@ -31,6 +31,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -138,6 +139,31 @@ func binDir() string {
 	return ""
 }
 
+// sweep removes the clusters of test binaries that died without stopping
+// theirs (a go test timeout, SIGKILL): kiln-pg-* directories whose
+// postmaster.pid names no live process, or that have none and are older
+// than an hour.
+func sweep(parent string) {
+	dirs, _ := filepath.Glob(filepath.Join(parent, "kiln-pg-*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, "data", "postmaster.pid"))
+		if err != nil {
+			if fi, serr := os.Stat(d); serr == nil && time.Since(fi.ModTime()) > time.Hour {
+				_ = os.RemoveAll(d)
+			}
+			continue
+		}
+		first, _, _ := strings.Cut(string(b), "\n")
+		pid, err := strconv.Atoi(strings.TrimSpace(first))
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if syscall.Kill(pid, 0) == syscall.ESRCH {
+			_ = os.RemoveAll(d)
+		}
+	}
+}
+
 // version is the major version in /usr/lib/postgresql/<version>/bin.
 func version(dir string) int {
 	v, _ := strconv.Atoi(filepath.Base(filepath.Dir(dir)))
@@ -166,6 +192,7 @@ func start() (_ *server, missing string, _ error) {
 	if len(parent) > 60 {
 		parent = "/tmp"
 	}
+	sweep(parent)
 	dir, err := os.MkdirTemp(parent, "kiln-pg-")
 	if err != nil {
 		return nil, "", err
