@@ -1,11 +1,13 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/store"
@@ -17,16 +19,20 @@ import (
 // records and logs; it is not room for builds, which the operator sizes.
 const minFreeData = 16 << 20
 
-// pendingEnds is what readiness asks the store: build ends a full disk
-// refused that wait to be written (store/diskfull.go).
-type pendingEnds interface{ PendingEnds() int }
+// readyStore is what readiness asks the store: build ends a full disk
+// refused that wait to be written (store/diskfull.go), and whether the
+// database answers (a Postgres on another machine may not).
+type readyStore interface {
+	PendingEnds() int
+	Ping(ctx context.Context) error
+}
 
 // readiness answers GET /readyz: 200 "ok" while the server can take
 // builds, 503 saying why not otherwise. It is unauthenticated (a load
 // balancer asks it), so its answer names no path and no project.
 type readiness struct {
 	dataDir string
-	store   pendingEnds // nil: the store keeps no ends
+	store   readyStore // nil: a store that can tell neither
 	logger  *slog.Logger
 
 	mu   sync.Mutex
@@ -42,6 +48,11 @@ func (rd *readiness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if n := rd.store.PendingEnds(); n > 0 {
 			why = append(why, fmt.Sprintf("%d finished builds wait for room on the data disk to be recorded", n))
 		}
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		if err := rd.store.Ping(ctx); err != nil {
+			why = append(why, "kiln's database does not answer")
+		}
+		cancel()
 	}
 	reasons := strings.Join(why, "; ")
 	rd.mu.Lock()
@@ -67,7 +78,7 @@ func (rd *readiness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) readiness() *readiness {
 	rd := &readiness{dataDir: s.cfg.DataDir, logger: s.cfg.Logger}
-	if p, ok := s.store.(pendingEnds); ok {
+	if p, ok := s.store.(readyStore); ok {
 		rd.store = p
 	}
 	return rd

@@ -100,6 +100,10 @@ func (s *SQL) SchemaVersion(ctx context.Context) (int64, error) {
 	return p.GetDBVersion(ctx)
 }
 
+// Ping reports whether the database answers (readiness asks: a Postgres
+// on another machine may not).
+func (s *SQL) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+
 // Close writes build ends a full disk refused, if it now can, and closes
 // the database.
 func (s *SQL) Close() error {
