@@ -82,26 +82,6 @@ const endedMemory = 5 * time.Minute
 // Status stream on the builder for as long as the build lives.
 const maxRefs = 1024
 
-// maxRefLen bounds a ref's length. BuildKit's clients name a solve with
-// identity.NewID: 25 characters of [0-9a-z].
-const maxRefLen = 64
-
-// validRef reports whether ref has the form of a BuildKit solve ref
-// (see maxRefLen). The ref comes from the client's Solve request, so
-// anything else (huge, or with bytes a log line should not carry) is not
-// followed.
-func validRef(ref string) bool {
-	if len(ref) == 0 || len(ref) > maxRefLen {
-		return false
-	}
-	for i := 0; i < len(ref); i++ {
-		if c := ref[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') {
-			return false
-		}
-	}
-	return true
-}
-
 // Follower follows builds' solves on their builders. It is safe for
 // concurrent use. Every goroutine it starts ends when its Status stream
 // ends, when its build ended Grace ago, or at Close.
@@ -197,7 +177,7 @@ func New(cfg Config) (*Follower, error) {
 // A ref not of BuildKit's form (see validRef) is ignored, and so are the
 // refs of a build past its first maxRefs.
 func (f *Follower) Solve(buildID, projectID, serverName, ref, label string) {
-	if !validRef(ref) {
+	if !steps.ValidSolveRef(ref) {
 		return
 	}
 	f.mu.Lock()

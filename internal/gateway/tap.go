@@ -425,31 +425,12 @@ func (t *tap) solveData(s *solveStream) (done bool, err error) {
 	case err != nil:
 		return true, err
 	case found:
-		if validRef(ref) {
+		if steps.ValidSolveRef(ref) {
 			t.onSolve(ref, s.label)
 		}
 		return true, nil
 	}
 	return len(body) >= size, nil
-}
-
-// maxRefLen bounds a reported ref's length. BuildKit's clients name a
-// solve with identity.NewID: 25 characters of [0-9a-z].
-const maxRefLen = 64
-
-// validRef reports whether ref has the form of a BuildKit solve ref
-// (see maxRefLen). The client chooses it; anything else (huge, or with
-// bytes a log line should not carry) is not reported.
-func validRef(ref string) bool {
-	if len(ref) == 0 || len(ref) > maxRefLen {
-		return false
-	}
-	for i := 0; i < len(ref); i++ {
-		if c := ref[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') {
-			return false
-		}
-	}
-	return true
 }
 
 // refScan looks for a SolveRequest's ref (field 1) in a message that
