@@ -174,7 +174,7 @@ func New(cfg Config) (*Follower, error) {
 // each one's platform ("[app linux/arm64 2/3] RUN …"). When a second
 // platform appears, the steps stored before are renamed.
 //
-// A ref not of BuildKit's form (see validRef) is ignored, and so are the
+// A ref not of BuildKit's form (steps.ValidSolveRef) is ignored, and so are the
 // refs of a build past its first maxRefs.
 func (f *Follower) Solve(buildID, projectID, serverName, ref, label string) {
 	if !steps.ValidSolveRef(ref) {
