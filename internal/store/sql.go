@@ -276,6 +276,14 @@ func affected(res sql.Result, err error, what, id string) error {
 
 func (s *SQL) DeleteProject(ctx context.Context, id string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		// The project's builds first, locked: a step, log or sample
+		// written for one of them meanwhile waits (buildExists) and then
+		// finds it gone, rather than landing after its table was emptied.
+		rows, err := tx.QueryContext(ctx, `SELECT id FROM builds WHERE project_id = ?`+s.d.forUpdate, id)
+		if err != nil {
+			return err
+		}
+		rows.Close()
 		for _, q := range []string{
 			`DELETE FROM build_logs WHERE build_id IN (SELECT id FROM builds WHERE project_id = ?)`,
 			`DELETE FROM build_steps WHERE build_id IN (SELECT id FROM builds WHERE project_id = ?)`,
@@ -543,8 +551,24 @@ func nullable(v string) any {
 // PutSteps merges each step into the stored one of its digest
 // (build.MergeStep), so the builder's and the client's reports of a step
 // make one step whatever order they arrive in.
+// buildExists reports whether build id is there, holding its row until
+// the transaction ends so that DeleteProject waits for the writes of its
+// steps, logs and samples (SQLite's one writer needs no lock). What is
+// written for a build that is gone is dropped.
+func (s *SQL) buildExists(ctx context.Context, tx *sql.Tx, id string) (bool, error) {
+	var one int
+	err := tx.QueryRowContext(ctx, `SELECT 1 FROM builds WHERE id = ?`+s.d.forShare, id).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 func (s *SQL) PutSteps(ctx context.Context, buildID string, steps []build.Step) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		if ok, err := s.buildExists(ctx, tx, buildID); !ok {
+			return err
+		}
 		if err := s.lock(ctx, tx, "build_steps "+buildID); err != nil {
 			return err
 		}
@@ -598,6 +622,9 @@ func (s *SQL) ListSteps(ctx context.Context, buildID string) ([]build.Step, erro
 
 func (s *SQL) AppendLogs(ctx context.Context, buildID string, lines []build.LogLine) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		if ok, err := s.buildExists(ctx, tx, buildID); !ok {
+			return err
+		}
 		if err := s.lock(ctx, tx, "build_logs "+buildID); err != nil {
 			return err
 		}

@@ -14,16 +14,20 @@ func (s *SQL) PutResourceSamples(ctx context.Context, samples []build.ResourceSa
 	if len(samples) == 0 {
 		return nil
 	}
+	// Each statement on its own (not prepared): on Postgres only then do
+	// its arguments go through the store's conversions (dialect.go).
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		st, err := tx.PrepareContext(ctx, `INSERT INTO build_resource_samples
-			(build_id, at, interval_ms, cpu_millicores, memory_bytes, memory_peak_bytes, memory_limit_bytes, io_read_bytes, io_write_bytes)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (build_id, at) DO NOTHING`)
-		if err != nil {
-			return err
-		}
-		defer st.Close()
 		for _, r := range samples {
-			if _, err := st.ExecContext(ctx, r.BuildID, ms(r.At), r.Interval.Milliseconds(), int64(r.CPUCores*1000+0.5),
+			if ok, err := s.buildExists(ctx, tx, r.BuildID); !ok {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO build_resource_samples
+				(build_id, at, interval_ms, cpu_millicores, memory_bytes, memory_peak_bytes, memory_limit_bytes, io_read_bytes, io_write_bytes)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (build_id, at) DO NOTHING`,
+				r.BuildID, ms(r.At), r.Interval.Milliseconds(), int64(r.CPUCores*1000+0.5),
 				r.Memory, r.MemoryPeak, r.MemoryLimit, r.IORead, r.IOWrite); err != nil {
 				return err
 			}
@@ -37,15 +41,17 @@ func (s *SQL) PutResourceEvents(ctx context.Context, events []build.ResourceEven
 		return nil
 	}
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		st, err := tx.PrepareContext(ctx, `INSERT INTO build_resource_events
-			(build_id, at, kind, message, count, memory_bytes, memory_limit_bytes)
-			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (build_id, at, kind) DO NOTHING`)
-		if err != nil {
-			return err
-		}
-		defer st.Close()
 		for _, e := range events {
-			if _, err := st.ExecContext(ctx, e.BuildID, ms(e.At), e.Kind, e.Message, e.Count, e.Memory, e.MemoryLimit); err != nil {
+			if ok, err := s.buildExists(ctx, tx, e.BuildID); !ok {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO build_resource_events
+				(build_id, at, kind, message, count, memory_bytes, memory_limit_bytes)
+				VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (build_id, at, kind) DO NOTHING`,
+				e.BuildID, ms(e.At), e.Kind, e.Message, e.Count, e.Memory, e.MemoryLimit); err != nil {
 				return err
 			}
 		}

@@ -260,4 +260,18 @@ func deleteCascades(t *testing.T, s store.Store) {
 	if err := s.DeleteProject(ctx, "p1"); !errdefs.IsNotFound(err) {
 		t.Errorf("second delete: %v", err)
 	}
+	// What a builder still reports for a build whose project is gone is
+	// dropped, not left without its build.
+	if err := s.AppendLogs(ctx, "b1", []build.LogLine{{Digest: "d", Message: "late\n"}}); err != nil {
+		t.Errorf("late log of a deleted build: %v", err)
+	}
+	if err := s.PutSteps(ctx, "b1", []build.Step{{Digest: "d2", Name: "late"}}); err != nil {
+		t.Errorf("late step of a deleted build: %v", err)
+	}
+	if logs, _ := s.ListBuildLogs(ctx, "b1", 0, 10); len(logs) != 0 {
+		t.Errorf("a deleted build has %d log lines", len(logs))
+	}
+	if steps, _ := s.ListSteps(ctx, "b1"); len(steps) != 0 {
+		t.Errorf("a deleted build has %d steps", len(steps))
+	}
 }
