@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
@@ -513,6 +514,7 @@ func (d *Dashboard) buildData(ctx context.Context, p auth.Principal, id string) 
 	if err != nil {
 		return buildData{}, err
 	}
+	b.Error = clip(b.Error)
 	opts := b.Options
 	if b.IsSource() {
 		opts = b.Spec
@@ -643,6 +645,36 @@ const liveLogPage = 2000
 // maxSeries bounds the resource samples a poll sends (evenly thinned).
 const maxSeries = 300
 
+// liveBytes bounds the log lines of one poll's answer, as JSON-encoded:
+// past it the poll stops adding lines and sets more, and the page asks
+// again. A tenant's lines are unbounded in size (the depot API stores
+// 16 MiB ones); each is clipped to maxText first.
+const liveBytes = 1 << 20
+
+// maxText bounds one tenant text the dashboard shows: a log line, a
+// step's error, a build's error; the rest is dropped for clippedMark.
+const maxText = 16 << 10
+
+const clippedMark = "… (clipped)"
+
+// clip cuts s to maxText bytes (at a rune's start) and marks it.
+func clip(s string) string {
+	if len(s) <= maxText {
+		return s
+	}
+	cut := maxText
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + clippedMark
+}
+
+// jsonSize is how many bytes s takes as a JSON string.
+func jsonSize(s string) int {
+	b, _ := json.Marshal(s)
+	return len(b)
+}
+
 // buildLive answers the build page's poll: the build, its steps, its log
 // lines after ?after= and its resource peaks, as JSON.
 func (d *Dashboard) buildLive(w http.ResponseWriter, r *http.Request) {
@@ -696,13 +728,20 @@ func (d *Dashboard) live(ctx context.Context, p auth.Principal, id string, after
 	row := d.rowOf(b, st, now)
 	v := liveView{Build: liveBuild{ID: b.ID, ProjectID: b.ProjectID, Status: string(b.Status), Terminal: b.Terminal(),
 		CreatedAt: b.CreatedAt, StartedAt: timePtr(b.StartedAt), FinishedAt: timePtr(b.FinishedAt),
-		DurationMs: row.Duration.Milliseconds(), Error: b.Error, Cached: st.CachedSteps, Total: st.TotalSteps,
+		DurationMs: row.Duration.Milliseconds(), Error: clip(b.Error), Cached: st.CachedSteps, Total: st.TotalSteps,
 		SavedMs: st.Saved.Milliseconds(), Ahead: row.Ahead}, Steps: liveSteps(steps, b.Terminal()), Logs: []liveLine{}, Next: after}
 	if len(lines) > liveLogPage {
 		lines, v.More = lines[:liveLogPage], true
 	}
+	size := 0
 	for _, l := range lines {
-		v.Logs = append(v.Logs, liveLine{Seq: l.Seq, Digest: l.Digest, At: l.At, Message: l.Message})
+		msg := clip(l.Message)
+		// The line's JSON: its message, and its other fields, short.
+		if size += jsonSize(msg) + len(l.Digest) + 100; size > liveBytes && len(v.Logs) > 0 {
+			v.More = true
+			break
+		}
+		v.Logs = append(v.Logs, liveLine{Seq: l.Seq, Digest: l.Digest, At: l.At, Message: msg})
 		v.Next = l.Seq
 	}
 	v.Resources = resourcesOf(res)
@@ -767,7 +806,7 @@ func liveSteps(all []build.Step, ended bool) []liveStep {
 		if !counted[s.Digest] && s.Error == "" {
 			continue
 		}
-		ls := liveStep{Digest: s.Digest, Name: s.Name, StartedAt: timePtr(s.StartedAt), CompletedAt: timePtr(s.CompletedAt), Error: s.Error}
+		ls := liveStep{Digest: s.Digest, Name: s.Name, StartedAt: timePtr(s.StartedAt), CompletedAt: timePtr(s.CompletedAt), Error: clip(s.Error)}
 		switch {
 		case s.Error != "":
 			ls.State = "failed"

@@ -783,3 +783,58 @@ func TestAuditPageAndImages(t *testing.T) {
 		}
 	}
 }
+
+// One poll's answer is bounded: huge log lines are clipped, and past a
+// byte budget the poll stops and says there is more; a step's error and
+// the build's error are clipped too.
+func TestLiveBuildIsBounded(t *testing.T) {
+	w := newWorld(t, false)
+	ctx := context.Background()
+	huge := strings.Repeat("\x01x", 1<<20) // 2 MiB, 6 bytes a control byte in JSON
+	var lines []build.LogLine
+	for range 300 {
+		lines = append(lines, build.LogLine{Digest: "sha256:b", At: time.Now(), Message: huge})
+	}
+	if err := w.st.AppendLogs(ctx, "b1", lines); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.st.PutSteps(ctx, "b1", []build.Step{{Digest: "sha256:b", Name: "[2/2] RUN exit 3",
+		StartedAt: time.Now(), CompletedAt: time.Now(), Error: huge}}); err != nil {
+		t.Fatal(err)
+	}
+	c := w.browser(t)
+	w.signIn(t, c, w.p1Tok)
+	a := do(t, c, "GET", w.srv.URL+"/builds/b1/live", nil, nil)
+	if a.code != 200 {
+		t.Fatalf("live: %d", a.code)
+	}
+	if len(a.body) > 2<<20 {
+		t.Errorf("one poll answered %d bytes", len(a.body))
+	}
+	var v struct {
+		Steps []struct{ Error string }
+		Logs  []struct{ Message string }
+		More  bool
+		Next  int
+	}
+	if err := json.Unmarshal([]byte(a.body), &v); err != nil {
+		t.Fatal(err)
+	}
+	if !v.More || len(v.Logs) < 2 || len(v.Logs) > 200 {
+		t.Errorf("more %v with %d lines", v.More, len(v.Logs))
+	}
+	for _, l := range v.Logs[1:] {
+		if len(l.Message) > 20<<10 || !strings.HasSuffix(l.Message, "… (clipped)") {
+			t.Fatalf("a line of %d bytes, not clipped: %.40q", len(l.Message), l.Message)
+		}
+	}
+	for _, s := range v.Steps {
+		if len(s.Error) > 20<<10 {
+			t.Errorf("a step's error of %d bytes", len(s.Error))
+		}
+	}
+	page := do(t, c, "GET", w.srv.URL+"/builds/b1", nil, nil)
+	if len(page.body) > 1<<20 {
+		t.Errorf("the build page is %d bytes", len(page.body))
+	}
+}
