@@ -657,16 +657,85 @@ const maxText = 16 << 10
 
 const clippedMark = "… (clipped)"
 
-// clip cuts s to maxText bytes (at a rune's start) and marks it.
+// clip is a tenant's text as the dashboard shows it: cut to maxText
+// bytes (at a rune's start) and marked, then cleaned (tenantText).
 func clip(s string) string {
-	if len(s) <= maxText {
+	if len(s) > maxText {
+		cut := maxText
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut] + clippedMark
+	}
+	return tenantText(s)
+}
+
+// tenantText drops what a tenant's text could use to paint over or
+// reorder the page's: ANSI escape sequences (CSI, OSC, two-byte ones),
+// C0 controls but \t and \n (so \r too), DEL and C1 controls; and makes
+// the bidirectional overrides and isolates (U+202A-202E, U+2066-2069)
+// visible as "<U+202E>".
+func tenantText(s string) string {
+	clean := true
+	for _, r := range s {
+		if (r < 0x20 && r != '\t' && r != '\n') || (r >= 0x7f && r <= 0x9f) || isBidi(r) || r == utf8.RuneError {
+			clean = false
+			break
+		}
+	}
+	if clean {
 		return s
 	}
-	cut := maxText
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	var b strings.Builder
+	b.Grow(len(s))
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == 0x1b: // ESC: skip the sequence it starts
+			i += n
+			if i >= len(s) {
+				continue
+			}
+			switch s[i] {
+			case '[': // CSI: parameters, intermediates, one final byte
+				i++
+				for i < len(s) && (s[i] < 0x40 || s[i] > 0x7e) && s[i] >= 0x20 {
+					i++
+				}
+				if i < len(s) {
+					i++
+				}
+			case ']', 'P', '_', '^', 'X': // OSC and other strings: to BEL or ST
+				i++
+				for i < len(s) && s[i] != 0x07 && s[i] != 0x1b {
+					i++
+				}
+				if i < len(s) && s[i] == 0x07 {
+					i++
+				} else if i+1 < len(s) && s[i+1] == '\\' {
+					i += 2
+				}
+			default: // a two-byte escape
+				if s[i] >= 0x20 && s[i] < 0x7f {
+					i++
+				}
+			}
+			continue
+		case r == utf8.RuneError && n == 1:
+			b.WriteRune(utf8.RuneError)
+		case (r < 0x20 && r != '\t' && r != '\n') || (r >= 0x7f && r <= 0x9f):
+		case isBidi(r):
+			fmt.Fprintf(&b, "<U+%04X>", r)
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
 	}
-	return s[:cut] + clippedMark
+	return b.String()
+}
+
+func isBidi(r rune) bool {
+	return (r >= 0x202a && r <= 0x202e) || (r >= 0x2066 && r <= 0x2069)
 }
 
 // jsonSize is how many bytes s takes as a JSON string.
@@ -806,7 +875,7 @@ func liveSteps(all []build.Step, ended bool) []liveStep {
 		if !counted[s.Digest] && s.Error == "" {
 			continue
 		}
-		ls := liveStep{Digest: s.Digest, Name: s.Name, StartedAt: timePtr(s.StartedAt), CompletedAt: timePtr(s.CompletedAt), Error: clip(s.Error)}
+		ls := liveStep{Digest: s.Digest, Name: clip(s.Name), StartedAt: timePtr(s.StartedAt), CompletedAt: timePtr(s.CompletedAt), Error: clip(s.Error)}
 		switch {
 		case s.Error != "":
 			ls.State = "failed"

@@ -838,3 +838,39 @@ func TestLiveBuildIsBounded(t *testing.T) {
 		t.Errorf("the build page is %d bytes", len(page.body))
 	}
 }
+
+// A tenant's text reaches the page without ANSI escapes, \r or other
+// controls, and with its bidirectional overrides shown, not obeyed.
+func TestTenantTextIsCleaned(t *testing.T) {
+	w := newWorld(t, false)
+	ctx := context.Background()
+	dirty := "a\x1b[31mred\x1b[0m\r\x1b]8;;http://evil\x07link\x1b]8;;\x07\tb\x00\x7f\u0085c\u202egnp.exe\u2066d\n"
+	want := "aredlink\tbc<U+202E>gnp.exe<U+2066>d\n"
+	if err := w.st.AppendLogs(ctx, "b1", []build.LogLine{{Digest: "sha256:b", At: time.Now(), Message: dirty}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.st.PutSteps(ctx, "b1", []build.Step{{Digest: "sha256:b", Name: "[2/2] RUN exit 3",
+		StartedAt: time.Now(), CompletedAt: time.Now(), Error: dirty}}); err != nil {
+		t.Fatal(err)
+	}
+	c := w.browser(t)
+	w.signIn(t, c, w.p1Tok)
+	a := do(t, c, "GET", w.srv.URL+"/builds/b1/live", nil, nil)
+	var v struct {
+		Steps []struct{ Error string }
+		Logs  []struct{ Message string }
+	}
+	if err := json.Unmarshal([]byte(a.body), &v); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Logs) != 2 || v.Logs[1].Message != want {
+		t.Errorf("log lines: %q", v.Logs)
+	}
+	if len(v.Steps) != 2 || v.Steps[1].Error != want {
+		t.Errorf("steps: %+v", v.Steps)
+	}
+	page := do(t, c, "GET", w.srv.URL+"/builds/b1", nil, nil)
+	if strings.ContainsAny(page.body, "\x1b\r\u202e") {
+		t.Errorf("the build page keeps a control")
+	}
+}
