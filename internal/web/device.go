@@ -167,11 +167,16 @@ func (d *Dashboard) waitDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	case err != nil:
 		d.logins.end(c.Value)
-		if !errdefs.IsNotFound(err) && !errors.Is(err, errdefs.ErrExpired) && !errors.Is(err, errdefs.ErrPermission) &&
-			!errors.Is(err, errdefs.ErrFailedPrecondition) && !errors.Is(err, errdefs.ErrUnavailable) && r.Context().Err() == nil {
+		// The browser is not signed in: it reads the domain's message of
+		// a known kind only, never an internal error's text.
+		msg := "internal error; see the server log"
+		if errdefs.IsNotFound(err) || errors.Is(err, errdefs.ErrExpired) || errors.Is(err, errdefs.ErrPermission) ||
+			errors.Is(err, errdefs.ErrFailedPrecondition) || errors.Is(err, errdefs.ErrUnavailable) {
+			msg = err.Error()
+		} else if r.Context().Err() == nil {
 			d.cfg.Logger.ErrorContext(r.Context(), "dashboard: finish device login", "err", err)
 		}
-		answer(http.StatusOK, deviceAnswer{Error: err.Error()})
+		answer(http.StatusOK, deviceAnswer{Error: msg})
 		return
 	}
 	d.logins.end(c.Value)

@@ -3,6 +3,7 @@ package web_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -46,6 +47,12 @@ type world struct {
 }
 
 func newWorld(t *testing.T, tls bool) *world {
+	t.Helper()
+	return newWorldWith(t, tls, nil)
+}
+
+// newWorldWith is newWorld with its dashboard's Config changed by edit.
+func newWorldWith(t *testing.T, tls bool, edit func(*web.Config)) *world {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -115,14 +122,18 @@ func newWorld(t *testing.T, tls bool) *world {
 		return []web.Image{{Tag: "v1", Digest: "sha256:feed", PushedAt: now, Size: 3 << 20, Expires: now.Add(week)},
 			{Tag: "v0", Digest: "sha256:beef", PushedAt: now.Add(-week - time.Hour), Size: 1 << 20, Expires: now.Add(-time.Hour)}}, false, nil
 	}
-	dash, err := web.New(web.Config{Builds: builds, Projects: projects, Logs: st, Authn: authn, Logger: logger,
+	cfg := web.Config{Builds: builds, Projects: projects, Logs: st, Authn: authn, Logger: logger,
 		QueuePosition: func(b build.Build) int { return 2 }, Logins: w.logins, Tokens: w.tokens, Audit: w.audit, Images: images,
 		Trigger: func(b build.Build) string { return "trigger of " + b.ID }, Samples: st,
 		Queue: func(projectID string) []string {
 			ids, _ := w.queue.Load(projectID)
 			ids2, _ := ids.([]string)
 			return ids2
-		}})
+		}}
+	if edit != nil {
+		edit(&cfg)
+	}
+	dash, err := web.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -872,5 +883,44 @@ func TestTenantTextIsCleaned(t *testing.T) {
 	page := do(t, c, "GET", w.srv.URL+"/builds/b1", nil, nil)
 	if strings.ContainsAny(page.body, "\x1b\r\u202e") {
 		t.Errorf("the build page keeps a control")
+	}
+}
+
+// fakeLogins is a device login service whose Finish answers err, once
+// each, then "".
+type fakeLogins struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (f *fakeLogins) Start(ctx context.Context, peer string) (login.Started, error) {
+	return login.Started{ID: "secret-login-id", ApprovalID: "abcdefghijklmnopqrstuvwxyz", Code: "ABCD-EFGH",
+		ExpiresAt: time.Now().Add(10 * time.Minute)}, nil
+}
+
+func (f *fakeLogins) Finish(ctx context.Context, id string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.errs) == 0 {
+		return "", errors.New("no more")
+	}
+	err := f.errs[0]
+	f.errs = f.errs[1:]
+	return "", err
+}
+
+// A device login's poll never shows an unauthenticated browser an
+// internal error's text.
+func TestDeviceSignInHidesInternalErrors(t *testing.T) {
+	logins := &fakeLogins{errs: []error{errors.New("open /var/lib/kiln/kiln.db: disk I/O error")}}
+	w := newWorldWith(t, false, func(c *web.Config) { c.Logins = logins })
+	c := w.browser(t)
+	origin := map[string]string{"Origin": w.srv.URL}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in/device", nil, origin); a.code != 200 {
+		t.Fatalf("start: %d", a.code)
+	}
+	a := do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, origin)
+	if strings.Contains(a.body, "kiln.db") || !strings.Contains(a.body, "internal error; see the server log") {
+		t.Errorf("wait: %d %s", a.code, a.body)
 	}
 }
