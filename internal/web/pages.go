@@ -83,6 +83,13 @@ func (d *Dashboard) signIn(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, r, nil, http.StatusForbidden, "Cross-origin sign-in refused: open the sign-in page of this server directly.")
 		return
 	}
+	if ok, wait := d.signIns.allow(peerOf(r)); !ok {
+		d.cfg.Logger.WarnContext(r.Context(), "dashboard: sign-in refused: too many from this address", "peer", r.RemoteAddr)
+		retryAfter(w, wait)
+		d.render(w, r, http.StatusTooManyRequests, "signin", nil, "Sign in", signInData{Error: true, Device: d.cfg.Logins != nil,
+			Message: "Too many sign-ins from this address; wait a minute and try again."})
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
 	secret := strings.TrimSpace(r.PostFormValue("token"))
 	next := localPath(r.PostFormValue("next"))
@@ -95,6 +102,8 @@ func (d *Dashboard) signIn(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		if !errors.Is(err, errdefs.ErrUnauthenticated) && !errors.Is(err, errdefs.ErrPermission) {
 			d.cfg.Logger.ErrorContext(ctx, "dashboard: sign in", "err", err)
+		} else {
+			d.denied(ctx, r, "refused a token that is not a valid organization or project token")
 		}
 		d.render(w, r, http.StatusUnauthorized, "signin", nil, "Sign in", signInData{Error: true, Next: next, Device: d.cfg.Logins != nil,
 			Message: "That is not a valid organization or project token of this server."})

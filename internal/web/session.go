@@ -44,9 +44,13 @@ const (
 	// maxSessions bounds the memory sessions take; signing in beyond it
 	// ends the least recently used one.
 	maxSessions = 10000
-	cookieName  = "kiln_session"
-	csrfField   = "csrf"
-	csrfHeader  = "X-CSRF-Token"
+	// maxTokenSessions bounds one token's sessions: its next sign-in ends
+	// its least recently used one. Without it, anyone holding a token
+	// could sign in in a loop and push everyone else's sessions out.
+	maxTokenSessions = 20
+	cookieName       = "kiln_session"
+	csrfField        = "csrf"
+	csrfHeader       = "X-CSRF-Token"
 )
 
 // sessions are the signed-in browsers, by the hash of their cookie's id
@@ -75,6 +79,18 @@ func (ss *sessions) create(secret string, p auth.Principal) (string, *session) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	ss.expire(now)
+	same, oldestOfToken := 0, ""
+	for k, v := range ss.m {
+		if v.principal.TokenID == p.TokenID {
+			same++
+			if oldestOfToken == "" || v.seen.Before(ss.m[oldestOfToken].seen) {
+				oldestOfToken = k
+			}
+		}
+	}
+	if same >= maxTokenSessions {
+		delete(ss.m, oldestOfToken)
+	}
 	if len(ss.m) >= maxSessions {
 		var oldest string
 		for k, v := range ss.m {

@@ -137,6 +137,10 @@ type Config struct {
 	// Builders reports the builders' states, by project id: one
 	// "<platform> <state>" each (builder.Fleet.Status); nil shows none.
 	Builders func() map[string][]string
+	// Denied records a refused sign-in (the audit log's "denied", as
+	// the API's refused calls); nil: it is only logged. peer is the
+	// remote address; reason is what was refused, never the token.
+	Denied func(ctx context.Context, peer, reason string)
 	// Now is the clock; nil → time.Now.
 	Now func() time.Time
 }
@@ -146,8 +150,10 @@ type Dashboard struct {
 	cfg      Config
 	sessions *sessions
 	logins   *pendingLogins
-	pages    map[string]*template.Template
-	assets   fs.FS
+	// signIns limits POST /sign-in per remote address.
+	signIns *limiter
+	pages   map[string]*template.Template
+	assets  fs.FS
 }
 
 // New makes the dashboard.
@@ -162,7 +168,7 @@ func New(cfg Config) (*Dashboard, error) {
 		cfg.Now = time.Now
 	}
 	d := &Dashboard{cfg: cfg, sessions: newSessions(cfg.Now), logins: &pendingLogins{m: map[string]pendingLogin{}},
-		pages: map[string]*template.Template{}}
+		pages: map[string]*template.Template{}, signIns: newLimiter(signInRate, signInBurst, cfg.Now)}
 	for _, name := range []string{"signin", "device", "projects", "project", "build", "audit", "error"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html")
 		if err != nil {
@@ -175,6 +181,21 @@ func New(cfg Config) (*Dashboard, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// Sign-ins a remote address may make: signInBurst at once, then one per
+// 1/signInRate seconds.
+const (
+	signInBurst = 10
+	signInRate  = 1.0 / 6
+)
+
+// denied logs a refused sign-in and records it (Config.Denied).
+func (d *Dashboard) denied(ctx context.Context, r *http.Request, reason string) {
+	d.cfg.Logger.WarnContext(ctx, "dashboard: sign-in refused", "peer", r.RemoteAddr, "reason", reason)
+	if d.cfg.Denied != nil {
+		d.cfg.Denied(ctx, r.RemoteAddr, reason)
+	}
 }
 
 // Mount registers the dashboard's routes on mux. GET /builds/{id} is not

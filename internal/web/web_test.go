@@ -924,3 +924,35 @@ func TestDeviceSignInHidesInternalErrors(t *testing.T) {
 		t.Errorf("wait: %d %s", a.code, a.body)
 	}
 }
+
+// Sign-ins from one address are rate-limited, and refused ones recorded
+// as the API's are (Config.Denied).
+func TestSignInRateLimitAndDenied(t *testing.T) {
+	var mu sync.Mutex
+	var denied []string
+	w := newWorldWith(t, false, func(c *web.Config) {
+		c.Denied = func(ctx context.Context, peer, reason string) {
+			mu.Lock()
+			denied = append(denied, peer+" "+reason)
+			mu.Unlock()
+		}
+	})
+	c := w.browser(t)
+	if a := w.signIn(t, c, "kiln_org_not-a-token"); a.code != http.StatusUnauthorized {
+		t.Fatalf("bad token: %d", a.code)
+	}
+	mu.Lock()
+	if len(denied) != 1 || strings.Contains(denied[0], "not-a-token") || !strings.HasPrefix(denied[0], "127.0.0.1:") {
+		t.Errorf("denied: %q", denied)
+	}
+	mu.Unlock()
+	var last answer
+	for range 30 {
+		if last = w.signIn(t, c, w.p1Tok); last.code == http.StatusTooManyRequests {
+			break
+		}
+	}
+	if last.code != http.StatusTooManyRequests || last.hdr.Get("Retry-After") == "" {
+		t.Errorf("30 sign-ins at once: the last %d, Retry-After %q", last.code, last.hdr.Get("Retry-After"))
+	}
+}
