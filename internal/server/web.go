@@ -23,6 +23,7 @@ func (s *Server) mountWeb(mux *http.ServeMux, authn *auth.Authenticator, project
 		Authn: authn, Logger: s.cfg.Logger, Builders: s.builderStates, Logins: logins, Tokens: projects,
 		QueuePosition: func(b build.Build) int { _, ahead := s.runner.Describe(b); return ahead },
 		Queue:         s.runner.Queued,
+		PublicURL:     s.publicURL,
 		Audit:         s.audit, Images: s.projectImages, Trigger: s.buildTrigger, Samples: s.store,
 		Denied: func(ctx context.Context, peer, reason string) { // as auditDenied records the API's refusals
 			if authn.Audit != nil {

@@ -104,7 +104,7 @@ func (d *Dashboard) startDevice(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, r, nil, http.StatusNotFound, "This server does not offer device login.")
 		return
 	}
-	if err := checkOrigin(r); err != nil {
+	if err := d.checkOrigin(r); err != nil {
 		d.fail(w, r, nil, http.StatusForbidden, "Cross-origin sign-in refused: open the sign-in page of this server directly.")
 		return
 	}
@@ -122,7 +122,7 @@ func (d *Dashboard) startDevice(w http.ResponseWriter, r *http.Request) {
 	}
 	id := d.logins.put(pendingLogin{id: st.ID, approval: st.ApprovalID, code: st.Code, expires: st.ExpiresAt}, d.cfg.Now())
 	http.SetCookie(w, &http.Cookie{Name: loginCookie, Value: id, Path: "/sign-in/device", MaxAge: int(time.Until(st.ExpiresAt) / time.Second),
-		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+		HttpOnly: true, Secure: d.secureReq(r), SameSite: http.SameSiteStrictMode})
 	d.render(w, r, http.StatusOK, "device", nil, "Sign in", deviceData{Code: st.Code, ApprovalID: st.ApprovalID,
 		Expires: st.ExpiresAt.UTC().Format("15:04:05 UTC")})
 }
@@ -137,14 +137,14 @@ type deviceAnswer struct {
 // approval; once approved it collects the token and starts the session.
 // A POST (its script's, with the origin checked): it may sign in.
 func (d *Dashboard) waitDevice(w http.ResponseWriter, r *http.Request) {
-	secure(w)
+	d.secure(w)
 	w.Header().Set("Cache-Control", "no-store")
 	answer := func(status int, a deviceAnswer) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
 		json.NewEncoder(w).Encode(a)
 	}
-	if err := checkOrigin(r); err != nil {
+	if err := d.checkOrigin(r); err != nil {
 		answer(http.StatusForbidden, deviceAnswer{Error: "cross-origin request refused"})
 		return
 	}
@@ -186,13 +186,13 @@ func (d *Dashboard) waitDevice(w http.ResponseWriter, r *http.Request) {
 		answer(http.StatusInternalServerError, deviceAnswer{Error: "internal error; see the server log"})
 		return
 	}
-	if old := cookieID(r); old != "" {
+	if old := d.cookieID(r); old != "" {
 		d.sessions.end(old)
 	}
 	id, s := d.sessions.create(secret, p)
 	s.minted = true
-	setCookie(w, r, id, int(sessionLife/time.Second))
-	http.SetCookie(w, &http.Cookie{Name: loginCookie, Path: "/sign-in/device", MaxAge: -1, HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+	d.setCookie(w, r, id, int(sessionLife/time.Second))
+	http.SetCookie(w, &http.Cookie{Name: loginCookie, Path: "/sign-in/device", MaxAge: -1, HttpOnly: true, Secure: d.secureReq(r), SameSite: http.SameSiteStrictMode})
 	d.cfg.Logger.InfoContext(r.Context(), "dashboard: signed in by device login", "token_id", p.TokenID)
 	answer(http.StatusOK, deviceAnswer{Done: true, Next: homeOf(p)})
 }

@@ -38,7 +38,7 @@ func homeOf(p auth.Principal) string {
 }
 
 func (d *Dashboard) home(w http.ResponseWriter, r *http.Request) {
-	if _, ok := d.sessions.get(cookieID(r)); !ok {
+	if _, ok := d.sessions.get(d.cookieID(r)); !ok {
 		d.signInPage(w, r)
 		return
 	}
@@ -46,7 +46,7 @@ func (d *Dashboard) home(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	secure(w)
+	d.secure(w)
 	http.Redirect(w, r, homeOf(p), http.StatusSeeOther)
 }
 
@@ -79,7 +79,7 @@ func (d *Dashboard) signInPage(w http.ResponseWriter, r *http.Request) {
 // scoped exactly as that token: organization and project tokens may sign
 // in; build, pull and CI tokens may not.
 func (d *Dashboard) signIn(w http.ResponseWriter, r *http.Request) {
-	if err := checkOrigin(r); err != nil {
+	if err := d.checkOrigin(r); err != nil {
 		d.fail(w, r, nil, http.StatusForbidden, "Cross-origin sign-in refused: open the sign-in page of this server directly.")
 		return
 	}
@@ -109,40 +109,40 @@ func (d *Dashboard) signIn(w http.ResponseWriter, r *http.Request) {
 			Message: "That is not a valid organization or project token of this server."})
 		return
 	}
-	if old := cookieID(r); old != "" {
+	if old := d.cookieID(r); old != "" {
 		d.sessions.end(old) // a new sign-in replaces the browser's session
 	}
 	id, _ := d.sessions.create(secret, p)
-	setCookie(w, r, id, int(sessionLife/time.Second))
+	d.setCookie(w, r, id, int(sessionLife/time.Second))
 	d.cfg.Logger.InfoContext(ctx, "dashboard: signed in", "token_id", p.TokenID, "token_kind", p.Kind)
 	if next == "" {
 		next = homeOf(p)
 	}
-	secure(w)
+	d.secure(w)
 	http.Redirect(w, r, next, http.StatusSeeOther)
 }
 
 func (d *Dashboard) signOut(w http.ResponseWriter, r *http.Request) {
-	s, ok := d.sessions.get(cookieID(r))
+	s, ok := d.sessions.get(d.cookieID(r))
 	if !ok {
-		secure(w)
+		d.secure(w)
 		http.Redirect(w, r, "/sign-in", http.StatusSeeOther)
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
-	if err := checkCSRF(r, s); err != nil {
+	if err := d.checkCSRF(r, s); err != nil {
 		d.fail(w, r, s, http.StatusForbidden, err.Error())
 		return
 	}
-	d.sessions.end(cookieID(r))
-	setCookie(w, r, "", -1)
+	d.sessions.end(d.cookieID(r))
+	d.setCookie(w, r, "", -1)
 	if s.minted && d.cfg.Tokens != nil {
 		// Nobody else holds the token a device login made for this session.
 		if err := d.cfg.Tokens.DeleteToken(r.Context(), s.principal, s.principal.TokenID); err != nil && !errdefs.IsNotFound(err) {
 			d.cfg.Logger.WarnContext(r.Context(), "dashboard: delete a signed-out device login's token", "token_id", s.principal.TokenID, "err", err)
 		}
 	}
-	secure(w)
+	d.secure(w)
 	http.Redirect(w, r, "/sign-in", http.StatusSeeOther)
 }
 
@@ -161,7 +161,7 @@ func (d *Dashboard) projectsPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !p.IsOrg() {
-		secure(w)
+		d.secure(w)
 		http.Redirect(w, r, homeOf(p), http.StatusSeeOther)
 		return
 	}
@@ -550,7 +550,7 @@ func (d *Dashboard) shareBuild(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
-	if err := checkCSRF(r, s); err != nil {
+	if err := d.checkCSRF(r, s); err != nil {
 		d.fail(w, r, s, http.StatusForbidden, err.Error())
 		return
 	}
@@ -765,7 +765,7 @@ func (d *Dashboard) buildLive(w http.ResponseWriter, r *http.Request) {
 	after, _ := strconv.Atoi(r.URL.Query().Get("after"))
 	v, err := d.live(ctx, p, r.PathValue("id"), max(after, 0))
 	if err != nil {
-		secure(w)
+		d.secure(w)
 		switch {
 		case errdefs.IsNotFound(err) || errors.Is(err, errdefs.ErrPermission) || errors.Is(err, errdefs.ErrInvalid):
 			http.Error(w, "no such build", http.StatusNotFound)
@@ -775,7 +775,7 @@ func (d *Dashboard) buildLive(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	secure(w)
+	d.secure(w)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	if err := json.NewEncoder(w).Encode(v); err != nil {
@@ -946,7 +946,7 @@ func (d *Dashboard) act(w http.ResponseWriter, r *http.Request, do func(ctx cont
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
-	if err := checkCSRF(r, s); err != nil {
+	if err := d.checkCSRF(r, s); err != nil {
 		d.fail(w, r, s, http.StatusForbidden, err.Error())
 		return
 	}
@@ -965,7 +965,7 @@ func (d *Dashboard) act(w http.ResponseWriter, r *http.Request, do func(ctx cont
 		d.failErr(w, r, s, "build", err)
 		return
 	}
-	secure(w)
+	d.secure(w)
 	http.Redirect(w, r, "/builds/"+to, http.StatusSeeOther)
 }
 

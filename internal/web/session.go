@@ -49,6 +49,7 @@ const (
 	// could sign in in a loop and push everyone else's sessions out.
 	maxTokenSessions = 20
 	cookieName       = "kiln_session"
+	secureCookieName = "__Host-kiln_session" // over https
 	csrfField        = "csrf"
 	csrfHeader       = "X-CSRF-Token"
 )
@@ -141,18 +142,53 @@ func (ss *sessions) end(id string) {
 
 // setCookie gives the browser its session id: HttpOnly (no script reads
 // it), SameSite=Strict (no other site's page sends it), Secure when the
-// request came over TLS. maxAge < 0 deletes it.
-func setCookie(w http.ResponseWriter, r *http.Request, id string, maxAge int) {
-	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: id, Path: "/", MaxAge: maxAge,
-		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+// request came over TLS or the server's public URL is https (a
+// TLS-terminating proxy in front), and then named with the __Host- prefix
+// (the browser keeps it to this host, path / and https). maxAge < 0
+// deletes it.
+func (d *Dashboard) setCookie(w http.ResponseWriter, r *http.Request, id string, maxAge int) {
+	sec := d.secureReq(r)
+	http.SetCookie(w, &http.Cookie{Name: cookieNameFor(sec), Value: id, Path: "/", MaxAge: maxAge,
+		HttpOnly: true, Secure: sec, SameSite: http.SameSiteStrictMode})
 }
 
-func cookieID(r *http.Request) string {
-	c, err := r.Cookie(cookieName)
+func cookieNameFor(secure bool) string {
+	if secure {
+		return secureCookieName
+	}
+	return cookieName
+}
+
+func (d *Dashboard) cookieID(r *http.Request) string {
+	c, err := r.Cookie(cookieNameFor(d.secureReq(r)))
 	if err != nil {
 		return ""
 	}
 	return c.Value
+}
+
+// publicURL is Config.PublicURL parsed; nil without one (or a bad one).
+func (d *Dashboard) publicURL() *url.URL {
+	if d.cfg.PublicURL == nil {
+		return nil
+	}
+	u, err := url.Parse(d.cfg.PublicURL())
+	if err != nil || u.Host == "" {
+		return nil
+	}
+	return u
+}
+
+// publicHTTPS: browsers reach the server over https (its public URL).
+func (d *Dashboard) publicHTTPS() bool {
+	u := d.publicURL()
+	return u != nil && u.Scheme == "https"
+}
+
+// secureReq: the browser talks https to the server, directly or through
+// a TLS-terminating proxy (the public URL is https).
+func (d *Dashboard) secureReq(r *http.Request) bool {
+	return r.TLS != nil || d.publicHTTPS()
 }
 
 var (
@@ -164,18 +200,28 @@ var (
 // (Sec-Fetch-Site, else Origin against Host).
 var crossOrigin = http.NewCrossOriginProtection()
 
-// checkOrigin refuses a state-changing request from another origin: the
-// browser's Sec-Fetch-Site and Origin signals (http.CrossOriginProtection),
-// and an Origin header, when sent, must name this very host.
-func checkOrigin(r *http.Request) error {
-	if err := crossOrigin.Check(r); err != nil {
-		return errCrossOrigin
-	}
-	if o := r.Header.Get("Origin"); o != "" {
-		u, err := url.Parse(o)
-		if err != nil || u.Host != r.Host {
+// checkOrigin refuses a state-changing request from another origin: an
+// Origin header, when sent, must name this very host or the public URL's
+// (a TLS-terminating proxy in front may pass its own Host on); and
+// otherwise the browser's Sec-Fetch-Site and Origin signals
+// (http.CrossOriginProtection) must say same origin.
+func (d *Dashboard) checkOrigin(r *http.Request) error {
+	o := r.Header.Get("Origin")
+	if o == "" {
+		if crossOrigin.Check(r) != nil {
 			return errCrossOrigin
 		}
+		return nil
+	}
+	u, err := url.Parse(o)
+	if err != nil {
+		return errCrossOrigin
+	}
+	if pub := d.publicURL(); pub != nil && u.Scheme == pub.Scheme && u.Host == pub.Host {
+		return nil // the public origin: Check would compare it with the proxy's Host
+	}
+	if u.Host != r.Host || crossOrigin.Check(r) != nil {
+		return errCrossOrigin
 	}
 	return nil
 }
@@ -183,8 +229,8 @@ func checkOrigin(r *http.Request) error {
 // checkCSRF is checkOrigin and the session's anti-forgery token, from the
 // form or the header, compared in constant time. The caller has limited
 // the body.
-func checkCSRF(r *http.Request, s *session) error {
-	if err := checkOrigin(r); err != nil {
+func (d *Dashboard) checkCSRF(r *http.Request, s *session) error {
+	if err := d.checkOrigin(r); err != nil {
 		return err
 	}
 	got := r.Header.Get(csrfHeader)

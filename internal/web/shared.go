@@ -58,7 +58,7 @@ func (d *Dashboard) sharedFail(w http.ResponseWriter, r *http.Request, err error
 func (d *Dashboard) sharedLive(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
 	defer cancel()
-	secure(w)
+	d.secure(w)
 	w.Header().Set("Referrer-Policy", "no-referrer")
 	sb, err := d.cfg.Builds.Shared(ctx, r.PathValue("token"))
 	if errdefs.IsNotFound(err) {

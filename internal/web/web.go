@@ -141,6 +141,12 @@ type Config struct {
 	// the API's refused calls); nil: it is only logged. peer is the
 	// remote address; reason is what was refused, never the token.
 	Denied func(ctx context.Context, peer, reason string)
+	// PublicURL is the server's public URL, as browsers reach it (kiln
+	// serve --public-url); nil or "": the request's own host only. An
+	// https one makes the session cookie Secure (and __Host-) even when a
+	// TLS-terminating proxy forwards plain http, lets an Origin of its
+	// host in, and sends Strict-Transport-Security.
+	PublicURL func() string
 	// Now is the clock; nil → time.Now.
 	Now func() time.Time
 }
@@ -234,9 +240,13 @@ func (d *Dashboard) SharedPage() http.Handler { return http.HandlerFunc(d.shared
 const csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; " +
 	"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
-// secure sets the headers every dashboard answer carries.
-func secure(w http.ResponseWriter) {
+// secure sets the headers every dashboard answer carries; with an https
+// public URL, Strict-Transport-Security too.
+func (d *Dashboard) secure(w http.ResponseWriter) {
 	h := w.Header()
+	if d.publicHTTPS() {
+		h.Set("Strict-Transport-Security", "max-age=31536000")
+	}
 	h.Set("Content-Security-Policy", csp)
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
@@ -248,7 +258,7 @@ func secure(w http.ResponseWriter) {
 func (d *Dashboard) assetHandler() http.Handler {
 	files := http.FileServerFS(d.assets)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		secure(w)
+		d.secure(w)
 		if r.URL.Path == "" || strings.HasSuffix(r.URL.Path, "/") {
 			http.NotFound(w, r) // no listings
 			return
@@ -286,7 +296,7 @@ func (d *Dashboard) renderView(w http.ResponseWriter, r *http.Request, status in
 		http.Error(w, "internal error; see the server log", http.StatusInternalServerError)
 		return
 	}
-	secure(w)
+	d.secure(w)
 	if v.Shared {
 		w.Header().Set("Referrer-Policy", "no-referrer")
 	}
@@ -323,7 +333,7 @@ func (d *Dashboard) failErr(w http.ResponseWriter, r *http.Request, s *session, 
 // expired token ends the session. Without one it answers (a redirect to
 // the sign-in page for a page, 401 for a script) and returns false.
 func (d *Dashboard) session(w http.ResponseWriter, r *http.Request, page bool) (*session, auth.Principal, bool) {
-	id := cookieID(r)
+	id := d.cookieID(r)
 	s, ok := d.sessions.get(id)
 	var p auth.Principal
 	var err error
@@ -344,7 +354,7 @@ func (d *Dashboard) session(w http.ResponseWriter, r *http.Request, page bool) (
 	}
 	if !ok {
 		if id != "" {
-			setCookie(w, r, "", -1)
+			d.setCookie(w, r, "", -1)
 		}
 		if page {
 			next := "/sign-in"
@@ -358,10 +368,10 @@ func (d *Dashboard) session(w http.ResponseWriter, r *http.Request, page bool) (
 				}
 				next += sep + "next=" + url.QueryEscape(r.URL.Path)
 			}
-			secure(w)
+			d.secure(w)
 			http.Redirect(w, r, next, http.StatusSeeOther)
 		} else {
-			secure(w)
+			d.secure(w)
 			http.Error(w, "signed out", http.StatusUnauthorized)
 		}
 		return nil, auth.Principal{}, false

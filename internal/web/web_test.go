@@ -956,3 +956,35 @@ func TestSignInRateLimitAndDenied(t *testing.T) {
 		t.Errorf("30 sign-ins at once: the last %d, Retry-After %q", last.code, last.hdr.Get("Retry-After"))
 	}
 }
+
+// Behind a TLS-terminating proxy (plain http in, an https public URL),
+// the session cookie is still Secure and __Host-, the public origin may
+// sign in, and HSTS is sent.
+func TestBehindATLSProxy(t *testing.T) {
+	w := newWorldWith(t, false, func(c *web.Config) { c.PublicURL = func() string { return "https://kiln.example" } })
+	c := w.browser(t)
+	a := do(t, c, "POST", w.srv.URL+"/sign-in", url.Values{"token": {w.p1Tok}}, map[string]string{"Origin": "https://kiln.example"})
+	set := a.hdr.Get("Set-Cookie")
+	if a.code != http.StatusSeeOther || !strings.HasPrefix(set, "__Host-kiln_session=") || !strings.Contains(set, "Secure") ||
+		!strings.Contains(set, "Path=/") {
+		t.Fatalf("sign in from the public origin: %d %q", a.code, set)
+	}
+	if !strings.HasPrefix(a.hdr.Get("Strict-Transport-Security"), "max-age=") {
+		t.Errorf("no HSTS: %v", a.hdr)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in", url.Values{"token": {w.p1Tok}}, map[string]string{"Origin": "https://evil.example"}); a.code != http.StatusForbidden {
+		t.Errorf("sign in from another origin: %d", a.code)
+	}
+	// The proxy forwards the browser's cookie: it is read by its name.
+	id := strings.TrimPrefix(strings.SplitN(set, ";", 2)[0], "__Host-kiln_session=")
+	a = do(t, w.srv.Client(), "GET", w.srv.URL+"/builds/b1/live", nil, map[string]string{"Cookie": "__Host-kiln_session=" + id})
+	if a.code != 200 {
+		t.Errorf("live with the __Host- cookie: %d", a.code)
+	}
+	// Plain http without a public URL keeps the plain name and no HSTS.
+	w2 := newWorld(t, false)
+	a = w2.signIn(t, w2.browser(t), w2.p1Tok)
+	if set := a.hdr.Get("Set-Cookie"); !strings.HasPrefix(set, "kiln_session=") || strings.Contains(set, "Secure") || a.hdr.Get("Strict-Transport-Security") != "" {
+		t.Errorf("plain http: %q %v", set, a.hdr)
+	}
+}
