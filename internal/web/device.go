@@ -19,7 +19,8 @@ import (
 // administrator approves it (the /login/{approval id} page, or `kiln login
 // --approve`); the browser, which polls, then collects the login's new
 // organization token — into the server's memory, never the browser — and
-// gets a session for it. Signing out of that session deletes the token.
+// gets a session for it. The token ends with the session: signing out,
+// expiry, eviction or a new sign-in in the browser deletes it.
 
 // DeviceLogins is what the dashboard uses of login.Service.
 type DeviceLogins interface {
@@ -41,6 +42,9 @@ const (
 	loginCookie = "kiln_login"
 	// loginPoll bounds one poll's wait for the approval.
 	loginPoll = 20 * time.Second
+	// deviceRetry is how long the device page waits to poll again after
+	// a transient refusal (ErrExhausted, ErrUnavailable).
+	deviceRetry = 3 * time.Second
 	// maxPendingLogins bounds the pending logins held for browsers.
 	maxPendingLogins = 1000
 )
@@ -90,6 +94,24 @@ func (pl *pendingLogins) end(id string) {
 	pl.mu.Lock()
 	delete(pl.m, sessionKey(id))
 	pl.mu.Unlock()
+}
+
+// dropMinted deletes the token a device login minted for s, which ended
+// without signing out (expired, evicted, replaced): nobody else holds it,
+// and it would outlive the session by weeks. It runs in its own goroutine,
+// bounded by pageTimeout; a failure is logged.
+func (d *Dashboard) dropMinted(s *session) {
+	if d.cfg.Tokens == nil {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), pageTimeout)
+		defer cancel()
+		if err := d.cfg.Tokens.DeleteToken(ctx, s.principal, s.principal.TokenID); err != nil && !errdefs.IsNotFound(err) &&
+			!errors.Is(err, errdefs.ErrUnauthenticated) && !errors.Is(err, errdefs.ErrPermission) {
+			d.cfg.Logger.WarnContext(ctx, "dashboard: delete an ended device login's token", "token_id", s.principal.TokenID, "err", err)
+		}
+	}()
 }
 
 type deviceData struct {
@@ -165,13 +187,23 @@ func (d *Dashboard) waitDevice(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil:
 		answer(http.StatusOK, deviceAnswer{}) // not yet: poll again
 		return
+	case errors.Is(err, errdefs.ErrExhausted) || (errors.Is(err, errdefs.ErrUnavailable) && r.Context().Err() == nil):
+		// Transient (too many waiting, the server shutting down): the
+		// login stays pending and the page polls again after a while.
+		status := http.StatusServiceUnavailable
+		if errors.Is(err, errdefs.ErrExhausted) {
+			status = http.StatusTooManyRequests
+		}
+		retryAfter(w, deviceRetry)
+		answer(status, deviceAnswer{})
+		return
 	case err != nil:
 		d.logins.end(c.Value)
 		// The browser is not signed in: it reads the domain's message of
 		// a known kind only, never an internal error's text.
 		msg := "internal error; see the server log"
 		if errdefs.IsNotFound(err) || errors.Is(err, errdefs.ErrExpired) || errors.Is(err, errdefs.ErrPermission) ||
-			errors.Is(err, errdefs.ErrFailedPrecondition) || errors.Is(err, errdefs.ErrUnavailable) {
+			errors.Is(err, errdefs.ErrFailedPrecondition) {
 			msg = err.Error()
 		} else if r.Context().Err() == nil {
 			d.cfg.Logger.ErrorContext(r.Context(), "dashboard: finish device login", "err", err)
@@ -189,8 +221,7 @@ func (d *Dashboard) waitDevice(w http.ResponseWriter, r *http.Request) {
 	if old := d.cookieID(r); old != "" {
 		d.sessions.end(old)
 	}
-	id, s := d.sessions.create(secret, p)
-	s.minted = true
+	id, _ := d.sessions.create(secret, p, true)
 	d.setCookie(w, r, id, int(sessionLife/time.Second))
 	http.SetCookie(w, &http.Cookie{Name: loginCookie, Path: "/sign-in/device", MaxAge: -1, HttpOnly: true, Secure: d.secureReq(r), SameSite: http.SameSiteStrictMode})
 	d.cfg.Logger.InfoContext(r.Context(), "dashboard: signed in by device login", "token_id", p.TokenID)

@@ -112,7 +112,7 @@ func (d *Dashboard) signIn(w http.ResponseWriter, r *http.Request) {
 	if old := d.cookieID(r); old != "" {
 		d.sessions.end(old) // a new sign-in replaces the browser's session
 	}
-	id, _ := d.sessions.create(secret, p)
+	id, _ := d.sessions.create(secret, p, false)
 	d.setCookie(w, r, id, int(sessionLife/time.Second))
 	d.cfg.Logger.InfoContext(ctx, "dashboard: signed in", "token_id", p.TokenID, "token_kind", p.Kind)
 	if next == "" {
@@ -134,7 +134,7 @@ func (d *Dashboard) signOut(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, r, s, http.StatusForbidden, err.Error())
 		return
 	}
-	d.sessions.end(d.cookieID(r))
+	d.sessions.take(d.cookieID(r))
 	d.setCookie(w, r, "", -1)
 	if s.minted && d.cfg.Tokens != nil {
 		// Nobody else holds the token a device login made for this session.

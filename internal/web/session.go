@@ -29,7 +29,8 @@ type session struct {
 	// (a hidden field) and in the X-CSRF-Token header of scripts' POSTs.
 	csrf string
 	// minted: the token was made for this session by a device login
-	// (device.go); signing out deletes it.
+	// (device.go); signing out deletes it, and so does the session's
+	// ending any other way (Dashboard.dropMinted).
 	minted  bool
 	created time.Time
 	seen    time.Time
@@ -55,15 +56,26 @@ const (
 )
 
 // sessions are the signed-in browsers, by the hash of their cookie's id
-// (what the map holds can not be replayed as a cookie). mu guards m.
+// (what the map holds can not be replayed as a cookie). mu guards m and
+// swept.
 type sessions struct {
 	mu  sync.Mutex
 	m   map[string]*session
 	now func() time.Time
+	// ended is told of each minted session (a device login's) that ends
+	// other than by take: expired, evicted, replaced, or its token
+	// refused; called without mu held. nil: nobody is told.
+	ended func(*session)
+	// swept is when expire last ran over all sessions.
+	swept time.Time
 }
 
-func newSessions(now func() time.Time) *sessions {
-	return &sessions{m: map[string]*session{}, now: now}
+// sweepEvery is how often get looks for expired sessions besides its
+// own (create always does).
+const sweepEvery = time.Minute
+
+func newSessions(now func() time.Time, ended func(*session)) *sessions {
+	return &sessions{m: map[string]*session{}, now: now, ended: ended}
 }
 
 func sessionKey(id string) string {
@@ -71,15 +83,27 @@ func sessionKey(id string) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// tell calls ended for the minted sessions of gone; mu is not held.
+func (ss *sessions) tell(gone []*session) {
+	if ss.ended == nil {
+		return
+	}
+	for _, s := range gone {
+		if s.minted {
+			ss.ended(s)
+		}
+	}
+}
+
 // create starts a session for secret, which authenticated as p, and
-// returns the cookie's id.
-func (ss *sessions) create(secret string, p auth.Principal) (string, *session) {
+// returns the cookie's id. minted: the token was made for this session
+// (a device login).
+func (ss *sessions) create(secret string, p auth.Principal, minted bool) (string, *session) {
 	id := auth.RandomString(43)
 	now := ss.now()
-	s := &session{secret: secret, principal: p, csrf: auth.RandomString(43), created: now, seen: now}
+	s := &session{secret: secret, principal: p, csrf: auth.RandomString(43), minted: minted, created: now, seen: now}
 	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	ss.expire(now)
+	gone := ss.expire(now, nil)
 	same, oldestOfToken := 0, ""
 	for k, v := range ss.m {
 		if v.principal.TokenID == p.TokenID {
@@ -90,6 +114,7 @@ func (ss *sessions) create(secret string, p auth.Principal) (string, *session) {
 		}
 	}
 	if same >= maxTokenSessions {
+		gone = append(gone, ss.m[oldestOfToken])
 		delete(ss.m, oldestOfToken)
 	}
 	if len(ss.m) >= maxSessions {
@@ -99,19 +124,25 @@ func (ss *sessions) create(secret string, p auth.Principal) (string, *session) {
 				oldest = k
 			}
 		}
+		gone = append(gone, ss.m[oldest])
 		delete(ss.m, oldest)
 	}
 	ss.m[sessionKey(id)] = s
+	ss.mu.Unlock()
+	ss.tell(gone)
 	return id, s
 }
 
-// expire drops ended sessions; mu is held.
-func (ss *sessions) expire(now time.Time) {
+// expire drops ended sessions, appending them to gone; mu is held.
+func (ss *sessions) expire(now time.Time, gone []*session) []*session {
+	ss.swept = now
 	for k, s := range ss.m {
 		if now.Sub(s.seen) > sessionIdle || now.Sub(s.created) > sessionLife {
+			gone = append(gone, s)
 			delete(ss.m, k)
 		}
 	}
+	return gone
 }
 
 // get returns the live session of id and marks it used.
@@ -121,23 +152,40 @@ func (ss *sessions) get(id string) (*session, bool) {
 	}
 	now := ss.now()
 	ss.mu.Lock()
-	defer ss.mu.Unlock()
+	var gone []*session
+	if now.Sub(ss.swept) > sweepEvery {
+		gone = ss.expire(now, nil)
+	}
 	s, ok := ss.m[sessionKey(id)]
-	if !ok {
-		return nil, false
-	}
-	if now.Sub(s.seen) > sessionIdle || now.Sub(s.created) > sessionLife {
+	if ok && (now.Sub(s.seen) > sessionIdle || now.Sub(s.created) > sessionLife) {
+		gone = append(gone, s)
 		delete(ss.m, sessionKey(id))
-		return nil, false
+		ok = false
 	}
-	s.seen = now
-	return s, true
+	if ok {
+		s.seen = now
+	}
+	ss.mu.Unlock()
+	ss.tell(gone)
+	return s, ok
 }
 
+// end ends the session of id (replaced by a new sign-in, or its token
+// refused), telling ended.
 func (ss *sessions) end(id string) {
+	if s := ss.take(id); s != nil {
+		ss.tell([]*session{s})
+	}
+}
+
+// take ends the session of id and returns it (nil: none), telling nobody:
+// the caller cleans up (signing out).
+func (ss *sessions) take(id string) *session {
 	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	s := ss.m[sessionKey(id)]
 	delete(ss.m, sessionKey(id))
-	ss.mu.Unlock()
+	return s
 }
 
 // setCookie gives the browser its session id: HttpOnly (no script reads

@@ -173,8 +173,9 @@ func New(cfg Config) (*Dashboard, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	d := &Dashboard{cfg: cfg, sessions: newSessions(cfg.Now), logins: &pendingLogins{m: map[string]pendingLogin{}},
+	d := &Dashboard{cfg: cfg, logins: &pendingLogins{m: map[string]pendingLogin{}},
 		pages: map[string]*template.Template{}, signIns: newLimiter(signInRate, signInBurst, cfg.Now)}
+	d.sessions = newSessions(cfg.Now, d.dropMinted)
 	for _, name := range []string{"signin", "device", "projects", "project", "build", "audit", "error"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html")
 		if err != nil {

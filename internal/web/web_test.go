@@ -22,6 +22,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/login"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
@@ -986,5 +987,67 @@ func TestBehindATLSProxy(t *testing.T) {
 	a = w2.signIn(t, w2.browser(t), w2.p1Tok)
 	if set := a.hdr.Get("Set-Cookie"); !strings.HasPrefix(set, "kiln_session=") || strings.Contains(set, "Secure") || a.hdr.Get("Strict-Transport-Security") != "" {
 		t.Errorf("plain http: %q %v", set, a.hdr)
+	}
+}
+
+// A transient refusal of a device login's poll (too many waiting, the
+// server shutting down) keeps the login pending: the page polls again.
+func TestDeviceSignInTransientErrorsPollAgain(t *testing.T) {
+	logins := &fakeLogins{errs: []error{
+		fmt.Errorf("server is shutting down: %w", errdefs.ErrUnavailable),
+		fmt.Errorf("too many clients are waiting on this login: %w", errdefs.ErrExhausted),
+		fmt.Errorf("login expired: %w", errdefs.ErrExpired),
+	}}
+	w := newWorldWith(t, false, func(c *web.Config) { c.Logins = logins })
+	c := w.browser(t)
+	origin := map[string]string{"Origin": w.srv.URL}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in/device", nil, origin); a.code != 200 {
+		t.Fatalf("start: %d", a.code)
+	}
+	for _, want := range []int{http.StatusServiceUnavailable, http.StatusTooManyRequests} {
+		a := do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, origin)
+		if a.code != want || a.hdr.Get("Retry-After") == "" || strings.Contains(a.body, `"error"`) {
+			t.Errorf("wait: %d %q %s, want %d and poll again", a.code, a.hdr.Get("Retry-After"), a.body, want)
+		}
+	}
+	a := do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, origin)
+	if !strings.Contains(a.body, "login expired") {
+		t.Errorf("the expired login: %d %s", a.code, a.body)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, origin); a.code != http.StatusNotFound {
+		t.Errorf("an expired login is still pending: %d", a.code)
+	}
+}
+
+// A device login's token ends with its session even without signing out:
+// here a new sign-in in the same browser replaces the session.
+func TestDeviceLoginTokenEndsWithItsSession(t *testing.T) {
+	w := newWorld(t, false)
+	c := w.browser(t)
+	origin := map[string]string{"Origin": w.srv.URL}
+	a := do(t, c, "POST", w.srv.URL+"/sign-in/device", nil, origin)
+	m := regexp.MustCompile(`id="approval-id">([a-z0-9]{26})<`).FindStringSubmatch(a.body)
+	if m == nil {
+		t.Fatalf("start: %d", a.code)
+	}
+	if _, err := w.logins.Approve(context.Background(), w.admin, m[1]); err != nil {
+		t.Fatal(err)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, origin); !strings.Contains(a.body, `"done":true`) {
+		t.Fatalf("wait: %d %s", a.code, a.body)
+	}
+	w.signIn(t, c, w.p1Tok)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		w.tokens.mu.Lock()
+		n := len(w.tokens.deleted)
+		w.tokens.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the replaced session's minted token was not deleted (%d deletions)", n)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

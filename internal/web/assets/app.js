@@ -16,6 +16,12 @@
   async function wait() {
     try {
       const res = await fetch("/sign-in/device/wait", { method: "POST", credentials: "same-origin", cache: "no-store" });
+      if (res.status === 429 || res.status === 503) {
+        // Busy or restarting: the login is still pending; ask again later.
+        await new Promise((r) => setTimeout(r, 1000 * (Number(res.headers.get("Retry-After")) || 3)));
+        wait();
+        return;
+      }
       const v = await res.json();
       if (v.done) {
         status.textContent = "Approved: signing in…";
