@@ -172,8 +172,10 @@ func (d *Dashboard) projectsPage(w http.ResponseWriter, r *http.Request) {
 		d.failErr(w, r, s, "organization", err)
 		return
 	}
-	now := d.cfg.Now()
-	usage, err := d.cfg.Builds.Usage(ctx, p, projects, build.Period{Start: now.Add(-7 * 24 * time.Hour), End: now}, true)
+	usage, err := d.usage.get(ctx, p, projects, d.cfg.Now, func(ctx context.Context) ([]build.Usage, error) {
+		now := d.cfg.Now()
+		return d.cfg.Builds.Usage(ctx, p, projects, build.Period{Start: now.Add(-7 * 24 * time.Hour), End: now}, true)
+	})
 	if err != nil {
 		d.failErr(w, r, s, "organization", err)
 		return
@@ -182,8 +184,15 @@ func (d *Dashboard) projectsPage(w http.ResponseWriter, r *http.Request) {
 	if d.cfg.Builders != nil {
 		builders = d.cfg.Builders()
 	}
+	fresh := map[string]project.Project{}
+	for _, pr := range projects {
+		fresh[pr.ID] = pr
+	}
 	rows := make([]projectRow, 0, len(usage))
 	for _, u := range usage {
+		if pr, ok := fresh[u.Project.ID]; ok {
+			u.Project = pr // the usage may be a minute old; the project is not
+		}
 		rows = append(rows, projectRow{Project: u.Project, Builds: u.Builds, BuildTime: human(u.BuildTime),
 			Saved: human(u.SavedTime), CacheBytes: bytesHuman(u.CacheBytes), Builders: builders[u.Project.ID]})
 	}

@@ -156,6 +156,8 @@ type Dashboard struct {
 	cfg      Config
 	sessions *sessions
 	logins   *pendingLogins
+	// usage is the projects page's usage, per organization, for a minute.
+	usage usageCache
 	// signIns limits POST /sign-in per remote address.
 	signIns *limiter
 	pages   map[string]*template.Template

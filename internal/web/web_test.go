@@ -1051,3 +1051,45 @@ func TestDeviceLoginTokenEndsWithItsSession(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// countingBuilds counts Usage calls.
+type countingBuilds struct {
+	web.Builds
+	mu    sync.Mutex
+	usage int
+}
+
+func (c *countingBuilds) Usage(ctx context.Context, p auth.Principal, projects []project.Project, period build.Period, withSaved bool) ([]build.Usage, error) {
+	c.mu.Lock()
+	c.usage++
+	c.mu.Unlock()
+	return c.Builds.Usage(ctx, p, projects, period, withSaved)
+}
+
+// The projects page computes an organization's usage (a disk walk and
+// thousands of builds) once a minute, not on every load.
+func TestProjectsPageUsageIsCached(t *testing.T) {
+	var cb *countingBuilds
+	w := newWorldWith(t, false, func(c *web.Config) { cb = &countingBuilds{Builds: c.Builds}; c.Builds = cb })
+	c := w.browser(t)
+	w.signIn(t, c, w.orgTok)
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if a := do(t, c, "GET", w.srv.URL+"/projects", nil, nil); a.code != 200 || !strings.Contains(a.body, "/projects/p2") {
+				t.Errorf("projects: %d", a.code)
+			}
+		}()
+	}
+	wg.Wait()
+	for range 3 {
+		do(t, c, "GET", w.srv.URL+"/projects", nil, nil)
+	}
+	cb.mu.Lock()
+	defer cb.mu.Unlock()
+	if cb.usage != 1 {
+		t.Errorf("8 loads of the projects page computed the usage %d times", cb.usage)
+	}
+}
