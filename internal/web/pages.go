@@ -769,10 +769,17 @@ func (d *Dashboard) buildLive(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	session := sessionKey(d.cookieID(r))
+	if ok, wait := d.livePolls.allow(session); !ok {
+		d.secure(w)
+		retryAfter(w, wait)
+		http.Error(w, "too many polls; wait", http.StatusTooManyRequests)
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
 	defer cancel()
 	after, _ := strconv.Atoi(r.URL.Query().Get("after"))
-	v, err := d.live(ctx, p, r.PathValue("id"), max(after, 0))
+	v, err := d.live(ctx, session, p, r.PathValue("id"), max(after, 0))
 	if err != nil {
 		d.secure(w)
 		switch {
@@ -792,18 +799,16 @@ func (d *Dashboard) buildLive(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (d *Dashboard) live(ctx context.Context, p auth.Principal, id string, after int) (liveView, error) {
+// live is one poll of session's for build id.
+func (d *Dashboard) live(ctx context.Context, session string, p auth.Principal, id string, after int) (liveView, error) {
 	// The build is read (and authorized) first: if it had ended, all it
-	// recorded is stored before, and the reads below see all of it.
+	// recorded is stored before, and the reads below see all of it (but
+	// for the steps and resources stepsOf reuses for a moment).
 	b, st, err := d.cfg.Builds.Stats(ctx, p, id)
 	if err != nil {
 		return liveView{}, err
 	}
-	steps, err := d.cfg.Builds.Steps(ctx, p, id)
-	if err != nil {
-		return liveView{}, err
-	}
-	res, err := d.cfg.Builds.Resources(ctx, p, id)
+	steps, res, err := d.stepsOf(ctx, p, b)
 	if err != nil {
 		return liveView{}, err
 	}
@@ -833,7 +838,7 @@ func (d *Dashboard) live(ctx context.Context, p auth.Principal, id string, after
 	}
 	v.Resources = resourcesOf(res)
 	if after == 0 {
-		if v.History, err = d.history(ctx, p, b, v.Steps); err != nil {
+		if v.History, err = d.historyFor(ctx, session, p, b, v.Steps); err != nil {
 			return liveView{}, err
 		}
 	}

@@ -158,6 +158,9 @@ type Dashboard struct {
 	logins   *pendingLogins
 	// usage is the projects page's usage, per organization, for a minute.
 	usage usageCache
+	// liveCache and livePolls: the build page's polls (livecache.go).
+	liveCache liveCache
+	livePolls *limiter
 	// signIns limits POST /sign-in per remote address.
 	signIns *limiter
 	pages   map[string]*template.Template
@@ -176,7 +179,7 @@ func New(cfg Config) (*Dashboard, error) {
 		cfg.Now = time.Now
 	}
 	d := &Dashboard{cfg: cfg, logins: &pendingLogins{m: map[string]pendingLogin{}},
-		pages: map[string]*template.Template{}, signIns: newLimiter(signInRate, signInBurst, cfg.Now)}
+		pages: map[string]*template.Template{}, signIns: newLimiter(signInRate, signInBurst, cfg.Now), livePolls: newLimiter(livePollRate, livePollBurst, cfg.Now)}
 	d.sessions = newSessions(cfg.Now, d.dropMinted)
 	for _, name := range []string{"signin", "device", "projects", "project", "build", "audit", "error"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html")

@@ -415,7 +415,11 @@ func TestLiveBuild(t *testing.T) {
 	if err := w.st.PutSteps(ctx, "b0", []build.Step{{Digest: "sha256:old", Name: "[2/2] RUN exit 3", StartedAt: at, CompletedAt: at.Add(2 * time.Second)}}); err != nil {
 		t.Fatal(err)
 	}
-	a = do(t, c, "GET", w.srv.URL+"/builds/b1/live", nil, nil)
+	// A session reuses the history it was sent for a while: a new one
+	// sees b0.
+	c2 := w.browser(t)
+	w.signIn(t, c2, w.p1Tok)
+	a = do(t, c2, "GET", w.srv.URL+"/builds/b1/live", nil, nil)
 	if !strings.Contains(a.body, `"history":{"[2/2] RUN exit 3":[{"build":"b0","state":"done","ms":2000}]}`) {
 		t.Errorf("live without the step's history: %s", a.body)
 	}
@@ -1091,5 +1095,58 @@ func TestProjectsPageUsageIsCached(t *testing.T) {
 	defer cb.mu.Unlock()
 	if cb.usage != 1 {
 		t.Errorf("8 loads of the projects page computed the usage %d times", cb.usage)
+	}
+}
+
+// countingPolls counts what a poll reads.
+type countingPolls struct {
+	web.Builds
+	mu                      sync.Mutex
+	steps, resources, pages int
+}
+
+func (c *countingPolls) Steps(ctx context.Context, p auth.Principal, id string) ([]build.Step, error) {
+	c.mu.Lock()
+	c.steps++
+	c.mu.Unlock()
+	return c.Builds.Steps(ctx, p, id)
+}
+
+func (c *countingPolls) Resources(ctx context.Context, p auth.Principal, id string) (build.Resources, error) {
+	c.mu.Lock()
+	c.resources++
+	c.mu.Unlock()
+	return c.Builds.Resources(ctx, p, id)
+}
+
+func (c *countingPolls) Page(ctx context.Context, p auth.Principal, projectID string, pageSize int, pageToken string) ([]build.Build, string, error) {
+	c.mu.Lock()
+	c.pages++
+	c.mu.Unlock()
+	return c.Builds.Page(ctx, p, projectID, pageSize, pageToken)
+}
+
+// Polls are rate-limited per session (429, Retry-After), a session's
+// first polls compute the step history once, and a build's steps and
+// resources are reused between polls close together.
+func TestLivePollsAreCheap(t *testing.T) {
+	var cp *countingPolls
+	w := newWorldWith(t, false, func(c *web.Config) { cp = &countingPolls{Builds: c.Builds}; c.Builds = cp })
+	c := w.browser(t)
+	w.signIn(t, c, w.p1Tok)
+	var last answer
+	n := 0
+	for ; n < 30; n++ {
+		if last = do(t, c, "GET", w.srv.URL+"/builds/b1/live", nil, nil); last.code != 200 {
+			break
+		}
+	}
+	if last.code != http.StatusTooManyRequests || last.hdr.Get("Retry-After") == "" {
+		t.Fatalf("30 polls at once: the last %d, Retry-After %q", last.code, last.hdr.Get("Retry-After"))
+	}
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if cp.pages != 1 || cp.steps > 3 || cp.resources > 2 {
+		t.Errorf("%d first polls read the project's builds %d times, steps %d, resources %d", n, cp.pages, cp.steps, cp.resources)
 	}
 }

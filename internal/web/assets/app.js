@@ -243,6 +243,11 @@
         location.assign("/sign-in?ended=1");
         return;
       }
+      if (res.status === 429) {
+        // Too many polls (another tab of the session, say): wait as told.
+        setTimeout(poll, 1000 * (Number(res.headers.get("Retry-After")) || 2));
+        return;
+      }
       if (!res.ok) throw new Error("HTTP " + res.status);
       const v = await res.json();
       draw(v);
