@@ -202,12 +202,14 @@ const (
 	signInRate  = 1.0 / 6
 )
 
-// denied logs a refused sign-in and records it (Config.Denied).
+// denied records a refused sign-in (Config.Denied, which logs it as the
+// API's refusals are, throttled), or, without one, logs it.
 func (d *Dashboard) denied(ctx context.Context, r *http.Request, reason string) {
-	d.cfg.Logger.WarnContext(ctx, "dashboard: sign-in refused", "peer", r.RemoteAddr, "reason", reason)
 	if d.cfg.Denied != nil {
 		d.cfg.Denied(ctx, r.RemoteAddr, reason)
+		return
 	}
+	d.cfg.Logger.WarnContext(ctx, "dashboard: sign-in refused", "peer", r.RemoteAddr, "reason", reason)
 }
 
 // Mount registers the dashboard's routes on mux. GET /builds/{id} is not
