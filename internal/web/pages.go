@@ -84,7 +84,7 @@ func (d *Dashboard) signIn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if ok, wait := d.signIns.allow(peerOf(r)); !ok {
-		d.cfg.Logger.WarnContext(r.Context(), "dashboard: sign-in refused: too many from this address", "peer", r.RemoteAddr)
+		d.cfg.Logger.DebugContext(r.Context(), "dashboard: sign-in refused: too many from this address", "peer", r.RemoteAddr)
 		retryAfter(w, wait)
 		d.render(w, r, http.StatusTooManyRequests, "signin", nil, "Sign in", signInData{Error: true, Device: d.cfg.Logins != nil,
 			Message: "Too many sign-ins from this address; wait a minute and try again."})
@@ -720,8 +720,8 @@ func tenantText(s string) string {
 				for i < len(s) && (s[i] < 0x40 || s[i] > 0x7e) && s[i] >= 0x20 {
 					i++
 				}
-				if i < len(s) {
-					i++
+				if i < len(s) && s[i] >= 0x40 && s[i] <= 0x7e {
+					i++ // the final byte; a control ends it unconsumed
 				}
 			case ']', 'P', '_', '^', 'X': // OSC and other strings: to BEL or ST
 				i++

@@ -860,8 +860,8 @@ func TestLiveBuildIsBounded(t *testing.T) {
 func TestTenantTextIsCleaned(t *testing.T) {
 	w := newWorld(t, false)
 	ctx := context.Background()
-	dirty := "a\x1b[31mred\x1b[0m\r\x1b]8;;http://evil\x07link\x1b]8;;\x07\tb\x00\x7f\u0085c\u202egnp.exe\u2066d\n"
-	want := "aredlink\tbc<U+202E>gnp.exe<U+2066>d\n"
+	dirty := "a\x1b[31mred\x1b[0m\r\x1b[\n\x1b]8;;http://evil\x07link\x1b]8;;\x07\tb\x00\x7f\u0085c\u202egnp.exe\u2066d\n"
+	want := "ared\nlink\tbc<U+202E>gnp.exe<U+2066>d\n"
 	if err := w.st.AppendLogs(ctx, "b1", []build.LogLine{{Digest: "sha256:b", At: time.Now(), Message: dirty}}); err != nil {
 		t.Fatal(err)
 	}
