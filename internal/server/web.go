@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"github.com/kiln-dev/kiln/internal/api/depot"
+	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/login"
@@ -22,7 +23,13 @@ func (s *Server) mountWeb(mux *http.ServeMux, authn *auth.Authenticator, project
 		Authn: authn, Logger: s.cfg.Logger, Builders: s.builderStates, Logins: logins, Tokens: projects,
 		QueuePosition: func(b build.Build) int { _, ahead := s.runner.Describe(b); return ahead },
 		Queue:         s.runner.Queued,
-		Audit:         s.audit, Images: s.projectImages, Trigger: s.buildTrigger, Samples: s.store})
+		PublicURL:     s.publicURL,
+		Audit:         s.audit, Images: s.projectImages, Trigger: s.buildTrigger, Samples: s.store,
+		Denied: func(ctx context.Context, peer, reason string) { // as auditDenied records the API's refusals
+			if authn.Audit != nil {
+				authn.Audit(ctx, audit.KindDenied, "procedure", "POST /sign-in", "code", "unauthenticated", "reason", reason, "peer", peer)
+			}
+		}})
 	if err != nil {
 		return err
 	}

@@ -19,7 +19,8 @@ import (
 // administrator approves it (the /login/{approval id} page, or `kiln login
 // --approve`); the browser, which polls, then collects the login's new
 // organization token — into the server's memory, never the browser — and
-// gets a session for it. Signing out of that session deletes the token.
+// gets a session for it. The token ends with the session: signing out,
+// expiry, eviction or a new sign-in in the browser deletes it.
 
 // DeviceLogins is what the dashboard uses of login.Service.
 type DeviceLogins interface {
@@ -41,6 +42,9 @@ const (
 	loginCookie = "kiln_login"
 	// loginPoll bounds one poll's wait for the approval.
 	loginPoll = 20 * time.Second
+	// deviceRetry is how long the device page waits to poll again after
+	// a transient refusal (ErrExhausted, ErrUnavailable).
+	deviceRetry = 3 * time.Second
 	// maxPendingLogins bounds the pending logins held for browsers.
 	maxPendingLogins = 1000
 )
@@ -92,6 +96,24 @@ func (pl *pendingLogins) end(id string) {
 	pl.mu.Unlock()
 }
 
+// dropMinted deletes the token a device login minted for s, which ended
+// without signing out (expired, evicted, replaced): nobody else holds it,
+// and it would outlive the session by weeks. It runs in its own goroutine,
+// bounded by pageTimeout; a failure is logged.
+func (d *Dashboard) dropMinted(s *session) {
+	if d.cfg.Tokens == nil {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), pageTimeout)
+		defer cancel()
+		if err := d.cfg.Tokens.DeleteToken(ctx, s.principal, s.principal.TokenID); err != nil && !errdefs.IsNotFound(err) &&
+			!errors.Is(err, errdefs.ErrUnauthenticated) && !errors.Is(err, errdefs.ErrPermission) {
+			d.cfg.Logger.WarnContext(ctx, "dashboard: delete an ended device login's token", "token_id", s.principal.TokenID, "err", err)
+		}
+	}()
+}
+
 type deviceData struct {
 	Code       string
 	ApprovalID string
@@ -104,7 +126,7 @@ func (d *Dashboard) startDevice(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, r, nil, http.StatusNotFound, "This server does not offer device login.")
 		return
 	}
-	if err := checkOrigin(r); err != nil {
+	if err := d.checkOrigin(r); err != nil {
 		d.fail(w, r, nil, http.StatusForbidden, "Cross-origin sign-in refused: open the sign-in page of this server directly.")
 		return
 	}
@@ -122,7 +144,7 @@ func (d *Dashboard) startDevice(w http.ResponseWriter, r *http.Request) {
 	}
 	id := d.logins.put(pendingLogin{id: st.ID, approval: st.ApprovalID, code: st.Code, expires: st.ExpiresAt}, d.cfg.Now())
 	http.SetCookie(w, &http.Cookie{Name: loginCookie, Value: id, Path: "/sign-in/device", MaxAge: int(time.Until(st.ExpiresAt) / time.Second),
-		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+		HttpOnly: true, Secure: d.secureReq(r), SameSite: http.SameSiteStrictMode})
 	d.render(w, r, http.StatusOK, "device", nil, "Sign in", deviceData{Code: st.Code, ApprovalID: st.ApprovalID,
 		Expires: st.ExpiresAt.UTC().Format("15:04:05 UTC")})
 }
@@ -137,14 +159,14 @@ type deviceAnswer struct {
 // approval; once approved it collects the token and starts the session.
 // A POST (its script's, with the origin checked): it may sign in.
 func (d *Dashboard) waitDevice(w http.ResponseWriter, r *http.Request) {
-	secure(w)
+	d.secure(w)
 	w.Header().Set("Cache-Control", "no-store")
 	answer := func(status int, a deviceAnswer) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
 		json.NewEncoder(w).Encode(a)
 	}
-	if err := checkOrigin(r); err != nil {
+	if err := d.checkOrigin(r); err != nil {
 		answer(http.StatusForbidden, deviceAnswer{Error: "cross-origin request refused"})
 		return
 	}
@@ -165,13 +187,28 @@ func (d *Dashboard) waitDevice(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil:
 		answer(http.StatusOK, deviceAnswer{}) // not yet: poll again
 		return
+	case errors.Is(err, errdefs.ErrExhausted) || (errors.Is(err, errdefs.ErrUnavailable) && r.Context().Err() == nil):
+		// Transient (too many waiting, the server shutting down): the
+		// login stays pending and the page polls again after a while.
+		status := http.StatusServiceUnavailable
+		if errors.Is(err, errdefs.ErrExhausted) {
+			status = http.StatusTooManyRequests
+		}
+		retryAfter(w, deviceRetry)
+		answer(status, deviceAnswer{})
+		return
 	case err != nil:
 		d.logins.end(c.Value)
-		if !errdefs.IsNotFound(err) && !errors.Is(err, errdefs.ErrExpired) && !errors.Is(err, errdefs.ErrPermission) &&
-			!errors.Is(err, errdefs.ErrFailedPrecondition) && !errors.Is(err, errdefs.ErrUnavailable) && r.Context().Err() == nil {
+		// The browser is not signed in: it reads the domain's message of
+		// a known kind only, never an internal error's text.
+		msg := "internal error; see the server log"
+		if errdefs.IsNotFound(err) || errors.Is(err, errdefs.ErrExpired) || errors.Is(err, errdefs.ErrPermission) ||
+			errors.Is(err, errdefs.ErrFailedPrecondition) {
+			msg = err.Error()
+		} else if r.Context().Err() == nil {
 			d.cfg.Logger.ErrorContext(r.Context(), "dashboard: finish device login", "err", err)
 		}
-		answer(http.StatusOK, deviceAnswer{Error: err.Error()})
+		answer(http.StatusOK, deviceAnswer{Error: msg})
 		return
 	}
 	d.logins.end(c.Value)
@@ -181,13 +218,12 @@ func (d *Dashboard) waitDevice(w http.ResponseWriter, r *http.Request) {
 		answer(http.StatusInternalServerError, deviceAnswer{Error: "internal error; see the server log"})
 		return
 	}
-	if old := cookieID(r); old != "" {
+	if old := d.cookieID(r); old != "" {
 		d.sessions.end(old)
 	}
-	id, s := d.sessions.create(secret, p)
-	s.minted = true
-	setCookie(w, r, id, int(sessionLife/time.Second))
-	http.SetCookie(w, &http.Cookie{Name: loginCookie, Path: "/sign-in/device", MaxAge: -1, HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+	id, _ := d.sessions.create(secret, p, true)
+	d.setCookie(w, r, id, int(sessionLife/time.Second))
+	http.SetCookie(w, &http.Cookie{Name: loginCookie, Path: "/sign-in/device", MaxAge: -1, HttpOnly: true, Secure: d.secureReq(r), SameSite: http.SameSiteStrictMode})
 	d.cfg.Logger.InfoContext(r.Context(), "dashboard: signed in by device login", "token_id", p.TokenID)
 	answer(http.StatusOK, deviceAnswer{Done: true, Next: homeOf(p)})
 }

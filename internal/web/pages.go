@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
@@ -37,7 +38,7 @@ func homeOf(p auth.Principal) string {
 }
 
 func (d *Dashboard) home(w http.ResponseWriter, r *http.Request) {
-	if _, ok := d.sessions.get(cookieID(r)); !ok {
+	if _, ok := d.sessions.get(d.cookieID(r)); !ok {
 		d.signInPage(w, r)
 		return
 	}
@@ -45,7 +46,7 @@ func (d *Dashboard) home(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	secure(w)
+	d.secure(w)
 	http.Redirect(w, r, homeOf(p), http.StatusSeeOther)
 }
 
@@ -78,8 +79,15 @@ func (d *Dashboard) signInPage(w http.ResponseWriter, r *http.Request) {
 // scoped exactly as that token: organization and project tokens may sign
 // in; build, pull and CI tokens may not.
 func (d *Dashboard) signIn(w http.ResponseWriter, r *http.Request) {
-	if err := checkOrigin(r); err != nil {
+	if err := d.checkOrigin(r); err != nil {
 		d.fail(w, r, nil, http.StatusForbidden, "Cross-origin sign-in refused: open the sign-in page of this server directly.")
+		return
+	}
+	if ok, wait := d.signIns.allow(peerOf(r)); !ok {
+		d.cfg.Logger.DebugContext(r.Context(), "dashboard: sign-in refused: too many from this address", "peer", r.RemoteAddr)
+		retryAfter(w, wait)
+		d.render(w, r, http.StatusTooManyRequests, "signin", nil, "Sign in", signInData{Error: true, Device: d.cfg.Logins != nil,
+			Message: "Too many sign-ins from this address; wait a minute and try again."})
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
@@ -94,45 +102,47 @@ func (d *Dashboard) signIn(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		if !errors.Is(err, errdefs.ErrUnauthenticated) && !errors.Is(err, errdefs.ErrPermission) {
 			d.cfg.Logger.ErrorContext(ctx, "dashboard: sign in", "err", err)
+		} else {
+			d.denied(ctx, r, "refused a token that is not a valid organization or project token")
 		}
 		d.render(w, r, http.StatusUnauthorized, "signin", nil, "Sign in", signInData{Error: true, Next: next, Device: d.cfg.Logins != nil,
 			Message: "That is not a valid organization or project token of this server."})
 		return
 	}
-	if old := cookieID(r); old != "" {
+	if old := d.cookieID(r); old != "" {
 		d.sessions.end(old) // a new sign-in replaces the browser's session
 	}
-	id, _ := d.sessions.create(secret, p)
-	setCookie(w, r, id, int(sessionLife/time.Second))
+	id, _ := d.sessions.create(secret, p, false)
+	d.setCookie(w, r, id, int(sessionLife/time.Second))
 	d.cfg.Logger.InfoContext(ctx, "dashboard: signed in", "token_id", p.TokenID, "token_kind", p.Kind)
 	if next == "" {
 		next = homeOf(p)
 	}
-	secure(w)
+	d.secure(w)
 	http.Redirect(w, r, next, http.StatusSeeOther)
 }
 
 func (d *Dashboard) signOut(w http.ResponseWriter, r *http.Request) {
-	s, ok := d.sessions.get(cookieID(r))
+	s, ok := d.sessions.get(d.cookieID(r))
 	if !ok {
-		secure(w)
+		d.secure(w)
 		http.Redirect(w, r, "/sign-in", http.StatusSeeOther)
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
-	if err := checkCSRF(r, s); err != nil {
+	if err := d.checkCSRF(r, s); err != nil {
 		d.fail(w, r, s, http.StatusForbidden, err.Error())
 		return
 	}
-	d.sessions.end(cookieID(r))
-	setCookie(w, r, "", -1)
+	d.sessions.take(d.cookieID(r))
+	d.setCookie(w, r, "", -1)
 	if s.minted && d.cfg.Tokens != nil {
 		// Nobody else holds the token a device login made for this session.
 		if err := d.cfg.Tokens.DeleteToken(r.Context(), s.principal, s.principal.TokenID); err != nil && !errdefs.IsNotFound(err) {
 			d.cfg.Logger.WarnContext(r.Context(), "dashboard: delete a signed-out device login's token", "token_id", s.principal.TokenID, "err", err)
 		}
 	}
-	secure(w)
+	d.secure(w)
 	http.Redirect(w, r, "/sign-in", http.StatusSeeOther)
 }
 
@@ -151,7 +161,7 @@ func (d *Dashboard) projectsPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !p.IsOrg() {
-		secure(w)
+		d.secure(w)
 		http.Redirect(w, r, homeOf(p), http.StatusSeeOther)
 		return
 	}
@@ -162,8 +172,10 @@ func (d *Dashboard) projectsPage(w http.ResponseWriter, r *http.Request) {
 		d.failErr(w, r, s, "organization", err)
 		return
 	}
-	now := d.cfg.Now()
-	usage, err := d.cfg.Builds.Usage(ctx, p, projects, build.Period{Start: now.Add(-7 * 24 * time.Hour), End: now}, true)
+	usage, err := d.usage.get(ctx, p, projects, d.cfg.Now, func(ctx context.Context) ([]build.Usage, error) {
+		now := d.cfg.Now()
+		return d.cfg.Builds.Usage(ctx, p, projects, build.Period{Start: now.Add(-7 * 24 * time.Hour), End: now}, true)
+	})
 	if err != nil {
 		d.failErr(w, r, s, "organization", err)
 		return
@@ -172,8 +184,15 @@ func (d *Dashboard) projectsPage(w http.ResponseWriter, r *http.Request) {
 	if d.cfg.Builders != nil {
 		builders = d.cfg.Builders()
 	}
+	fresh := map[string]project.Project{}
+	for _, pr := range projects {
+		fresh[pr.ID] = pr
+	}
 	rows := make([]projectRow, 0, len(usage))
 	for _, u := range usage {
+		if pr, ok := fresh[u.Project.ID]; ok {
+			u.Project = pr // the usage may be a minute old; the project is not
+		}
 		rows = append(rows, projectRow{Project: u.Project, Builds: u.Builds, BuildTime: human(u.BuildTime),
 			Saved: human(u.SavedTime), CacheBytes: bytesHuman(u.CacheBytes), Builders: builders[u.Project.ID]})
 	}
@@ -513,6 +532,7 @@ func (d *Dashboard) buildData(ctx context.Context, p auth.Principal, id string) 
 	if err != nil {
 		return buildData{}, err
 	}
+	b.Error = clip(b.Error)
 	opts := b.Options
 	if b.IsSource() {
 		opts = b.Spec
@@ -539,7 +559,7 @@ func (d *Dashboard) shareBuild(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
-	if err := checkCSRF(r, s); err != nil {
+	if err := d.checkCSRF(r, s); err != nil {
 		d.fail(w, r, s, http.StatusForbidden, err.Error())
 		return
 	}
@@ -643,6 +663,105 @@ const liveLogPage = 2000
 // maxSeries bounds the resource samples a poll sends (evenly thinned).
 const maxSeries = 300
 
+// liveBytes bounds the log lines of one poll's answer, as JSON-encoded:
+// past it the poll stops adding lines and sets more, and the page asks
+// again. A tenant's lines are unbounded in size (the depot API stores
+// 16 MiB ones); each is clipped to maxText first.
+const liveBytes = 1 << 20
+
+// maxText bounds one tenant text the dashboard shows: a log line, a
+// step's error, a build's error; the rest is dropped for clippedMark.
+const maxText = 16 << 10
+
+const clippedMark = "… (clipped)"
+
+// clip is a tenant's text as the dashboard shows it: cut to maxText
+// bytes (at a rune's start) and marked, then cleaned (tenantText).
+func clip(s string) string {
+	if len(s) > maxText {
+		cut := maxText
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut] + clippedMark
+	}
+	return tenantText(s)
+}
+
+// tenantText drops what a tenant's text could use to paint over or
+// reorder the page's: ANSI escape sequences (CSI, OSC, two-byte ones),
+// C0 controls but \t and \n (so \r too), DEL and C1 controls; and makes
+// the bidirectional overrides and isolates (U+202A-202E, U+2066-2069)
+// visible as "<U+202E>".
+func tenantText(s string) string {
+	clean := true
+	for _, r := range s {
+		if (r < 0x20 && r != '\t' && r != '\n') || (r >= 0x7f && r <= 0x9f) || isBidi(r) || r == utf8.RuneError {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == 0x1b: // ESC: skip the sequence it starts
+			i += n
+			if i >= len(s) {
+				continue
+			}
+			switch s[i] {
+			case '[': // CSI: parameters, intermediates, one final byte
+				i++
+				for i < len(s) && (s[i] < 0x40 || s[i] > 0x7e) && s[i] >= 0x20 {
+					i++
+				}
+				if i < len(s) && s[i] >= 0x40 && s[i] <= 0x7e {
+					i++ // the final byte; a control ends it unconsumed
+				}
+			case ']', 'P', '_', '^', 'X': // OSC and other strings: to BEL or ST
+				i++
+				for i < len(s) && s[i] != 0x07 && s[i] != 0x1b {
+					i++
+				}
+				if i < len(s) && s[i] == 0x07 {
+					i++
+				} else if i+1 < len(s) && s[i+1] == '\\' {
+					i += 2
+				}
+			default: // a two-byte escape
+				if s[i] >= 0x20 && s[i] < 0x7f {
+					i++
+				}
+			}
+			continue
+		case r == utf8.RuneError && n == 1:
+			b.WriteRune(utf8.RuneError)
+		case (r < 0x20 && r != '\t' && r != '\n') || (r >= 0x7f && r <= 0x9f):
+		case isBidi(r):
+			fmt.Fprintf(&b, "<U+%04X>", r)
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
+}
+
+func isBidi(r rune) bool {
+	return (r >= 0x202a && r <= 0x202e) || (r >= 0x2066 && r <= 0x2069)
+}
+
+// jsonSize is how many bytes s takes as a JSON string.
+func jsonSize(s string) int {
+	b, _ := json.Marshal(s)
+	return len(b)
+}
+
 // buildLive answers the build page's poll: the build, its steps, its log
 // lines after ?after= and its resource peaks, as JSON.
 func (d *Dashboard) buildLive(w http.ResponseWriter, r *http.Request) {
@@ -650,12 +769,19 @@ func (d *Dashboard) buildLive(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	session := sessionKey(d.cookieID(r))
+	if ok, wait := d.livePolls.allow(session); !ok {
+		d.secure(w)
+		retryAfter(w, wait)
+		http.Error(w, "too many polls; wait", http.StatusTooManyRequests)
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
 	defer cancel()
 	after, _ := strconv.Atoi(r.URL.Query().Get("after"))
-	v, err := d.live(ctx, p, r.PathValue("id"), max(after, 0))
+	v, err := d.live(ctx, session, p, r.PathValue("id"), max(after, 0))
 	if err != nil {
-		secure(w)
+		d.secure(w)
 		switch {
 		case errdefs.IsNotFound(err) || errors.Is(err, errdefs.ErrPermission) || errors.Is(err, errdefs.ErrInvalid):
 			http.Error(w, "no such build", http.StatusNotFound)
@@ -665,7 +791,7 @@ func (d *Dashboard) buildLive(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	secure(w)
+	d.secure(w)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	if err := json.NewEncoder(w).Encode(v); err != nil {
@@ -673,18 +799,16 @@ func (d *Dashboard) buildLive(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (d *Dashboard) live(ctx context.Context, p auth.Principal, id string, after int) (liveView, error) {
+// live is one poll of session's for build id.
+func (d *Dashboard) live(ctx context.Context, session string, p auth.Principal, id string, after int) (liveView, error) {
 	// The build is read (and authorized) first: if it had ended, all it
-	// recorded is stored before, and the reads below see all of it.
+	// recorded is stored before, and the reads below see all of it (but
+	// for the steps and resources stepsOf reuses for a moment).
 	b, st, err := d.cfg.Builds.Stats(ctx, p, id)
 	if err != nil {
 		return liveView{}, err
 	}
-	steps, err := d.cfg.Builds.Steps(ctx, p, id)
-	if err != nil {
-		return liveView{}, err
-	}
-	res, err := d.cfg.Builds.Resources(ctx, p, id)
+	steps, res, err := d.stepsOf(ctx, p, b)
 	if err != nil {
 		return liveView{}, err
 	}
@@ -696,18 +820,25 @@ func (d *Dashboard) live(ctx context.Context, p auth.Principal, id string, after
 	row := d.rowOf(b, st, now)
 	v := liveView{Build: liveBuild{ID: b.ID, ProjectID: b.ProjectID, Status: string(b.Status), Terminal: b.Terminal(),
 		CreatedAt: b.CreatedAt, StartedAt: timePtr(b.StartedAt), FinishedAt: timePtr(b.FinishedAt),
-		DurationMs: row.Duration.Milliseconds(), Error: b.Error, Cached: st.CachedSteps, Total: st.TotalSteps,
+		DurationMs: row.Duration.Milliseconds(), Error: clip(b.Error), Cached: st.CachedSteps, Total: st.TotalSteps,
 		SavedMs: st.Saved.Milliseconds(), Ahead: row.Ahead}, Steps: liveSteps(steps, b.Terminal()), Logs: []liveLine{}, Next: after}
 	if len(lines) > liveLogPage {
 		lines, v.More = lines[:liveLogPage], true
 	}
+	size := 0
 	for _, l := range lines {
-		v.Logs = append(v.Logs, liveLine{Seq: l.Seq, Digest: l.Digest, At: l.At, Message: l.Message})
+		msg := clip(l.Message)
+		// The line's JSON: its message, and its other fields, short.
+		if size += jsonSize(msg) + len(l.Digest) + 100; size > liveBytes && len(v.Logs) > 0 {
+			v.More = true
+			break
+		}
+		v.Logs = append(v.Logs, liveLine{Seq: l.Seq, Digest: l.Digest, At: l.At, Message: msg})
 		v.Next = l.Seq
 	}
 	v.Resources = resourcesOf(res)
 	if after == 0 {
-		if v.History, err = d.history(ctx, p, b, v.Steps); err != nil {
+		if v.History, err = d.historyFor(ctx, session, p, b, v.Steps); err != nil {
 			return liveView{}, err
 		}
 	}
@@ -767,7 +898,7 @@ func liveSteps(all []build.Step, ended bool) []liveStep {
 		if !counted[s.Digest] && s.Error == "" {
 			continue
 		}
-		ls := liveStep{Digest: s.Digest, Name: s.Name, StartedAt: timePtr(s.StartedAt), CompletedAt: timePtr(s.CompletedAt), Error: s.Error}
+		ls := liveStep{Digest: s.Digest, Name: clip(s.Name), StartedAt: timePtr(s.StartedAt), CompletedAt: timePtr(s.CompletedAt), Error: clip(s.Error)}
 		switch {
 		case s.Error != "":
 			ls.State = "failed"
@@ -829,7 +960,7 @@ func (d *Dashboard) act(w http.ResponseWriter, r *http.Request, do func(ctx cont
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
-	if err := checkCSRF(r, s); err != nil {
+	if err := d.checkCSRF(r, s); err != nil {
 		d.fail(w, r, s, http.StatusForbidden, err.Error())
 		return
 	}
@@ -848,7 +979,7 @@ func (d *Dashboard) act(w http.ResponseWriter, r *http.Request, do func(ctx cont
 		d.failErr(w, r, s, "build", err)
 		return
 	}
-	secure(w)
+	d.secure(w)
 	http.Redirect(w, r, "/builds/"+to, http.StatusSeeOther)
 }
 

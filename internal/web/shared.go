@@ -24,7 +24,7 @@ func (d *Dashboard) sharedData(sb build.SharedBuild, token string) buildData {
 	row := d.rowOf(b, sb.Stats, d.cfg.Now())
 	row.Trigger = "" // may name a rebuilt build or a CI job
 	return buildData{Build: build.Build{ID: b.ID, Status: b.Status, Kind: b.Kind, CreatedAt: b.CreatedAt,
-		StartedAt: b.StartedAt, FinishedAt: b.FinishedAt, Error: b.Error},
+		StartedAt: b.StartedAt, FinishedAt: b.FinishedAt, Error: clip(b.Error)},
 		Row: row, Steps: liveSteps(sb.Steps, b.Terminal()), Shared: true,
 		Live: "/shared/" + url.PathEscape(token) + "/live"}
 }
@@ -58,7 +58,7 @@ func (d *Dashboard) sharedFail(w http.ResponseWriter, r *http.Request, err error
 func (d *Dashboard) sharedLive(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
 	defer cancel()
-	secure(w)
+	d.secure(w)
 	w.Header().Set("Referrer-Policy", "no-referrer")
 	sb, err := d.cfg.Builds.Shared(ctx, r.PathValue("token"))
 	if errdefs.IsNotFound(err) {
@@ -80,7 +80,7 @@ func (d *Dashboard) sharedLive(w http.ResponseWriter, r *http.Request) {
 	row := d.rowOf(b, sb.Stats, d.cfg.Now())
 	v := liveView{Build: liveBuild{ID: b.ID, Status: string(b.Status), Terminal: b.Terminal(),
 		CreatedAt: b.CreatedAt, StartedAt: timePtr(b.StartedAt), FinishedAt: timePtr(b.FinishedAt),
-		DurationMs: row.Duration.Milliseconds(), Error: b.Error, Cached: sb.Stats.CachedSteps, Total: sb.Stats.TotalSteps,
+		DurationMs: row.Duration.Milliseconds(), Error: clip(b.Error), Cached: sb.Stats.CachedSteps, Total: sb.Stats.TotalSteps,
 		SavedMs: sb.Stats.Saved.Milliseconds(), Ahead: row.Ahead}, Steps: liveSteps(sb.Steps, b.Terminal()), Logs: []liveLine{},
 		Resources: resourcesOf(res)}
 	w.Header().Set("Content-Type", "application/json")

@@ -137,6 +137,16 @@ type Config struct {
 	// Builders reports the builders' states, by project id: one
 	// "<platform> <state>" each (builder.Fleet.Status); nil shows none.
 	Builders func() map[string][]string
+	// Denied records a refused sign-in (the audit log's "denied", as
+	// the API's refused calls); nil: it is only logged. peer is the
+	// remote address; reason is what was refused, never the token.
+	Denied func(ctx context.Context, peer, reason string)
+	// PublicURL is the server's public URL, as browsers reach it (kiln
+	// serve --public-url); nil or "": the request's own host only. An
+	// https one makes the session cookie Secure (and __Host-) even when a
+	// TLS-terminating proxy forwards plain http, lets an Origin of its
+	// host in, and sends Strict-Transport-Security.
+	PublicURL func() string
 	// Now is the clock; nil → time.Now.
 	Now func() time.Time
 }
@@ -146,8 +156,15 @@ type Dashboard struct {
 	cfg      Config
 	sessions *sessions
 	logins   *pendingLogins
-	pages    map[string]*template.Template
-	assets   fs.FS
+	// usage is the projects page's usage, per organization, for a minute.
+	usage usageCache
+	// liveCache and livePolls: the build page's polls (livecache.go).
+	liveCache liveCache
+	livePolls *limiter
+	// signIns limits POST /sign-in per remote address.
+	signIns *limiter
+	pages   map[string]*template.Template
+	assets  fs.FS
 }
 
 // New makes the dashboard.
@@ -161,8 +178,9 @@ func New(cfg Config) (*Dashboard, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	d := &Dashboard{cfg: cfg, sessions: newSessions(cfg.Now), logins: &pendingLogins{m: map[string]pendingLogin{}},
-		pages: map[string]*template.Template{}}
+	d := &Dashboard{cfg: cfg, logins: &pendingLogins{m: map[string]pendingLogin{}},
+		pages: map[string]*template.Template{}, signIns: newLimiter(signInRate, signInBurst, cfg.Now), livePolls: newLimiter(livePollRate, livePollBurst, cfg.Now)}
+	d.sessions = newSessions(cfg.Now, d.dropMinted)
 	for _, name := range []string{"signin", "device", "projects", "project", "build", "audit", "error"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html")
 		if err != nil {
@@ -175,6 +193,23 @@ func New(cfg Config) (*Dashboard, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// Sign-ins a remote address may make: signInBurst at once, then one per
+// 1/signInRate seconds.
+const (
+	signInBurst = 10
+	signInRate  = 1.0 / 6
+)
+
+// denied records a refused sign-in (Config.Denied, which logs it as the
+// API's refusals are, throttled), or, without one, logs it.
+func (d *Dashboard) denied(ctx context.Context, r *http.Request, reason string) {
+	if d.cfg.Denied != nil {
+		d.cfg.Denied(ctx, r.RemoteAddr, reason)
+		return
+	}
+	d.cfg.Logger.WarnContext(ctx, "dashboard: sign-in refused", "peer", r.RemoteAddr, "reason", reason)
 }
 
 // Mount registers the dashboard's routes on mux. GET /builds/{id} is not
@@ -213,9 +248,13 @@ func (d *Dashboard) SharedPage() http.Handler { return http.HandlerFunc(d.shared
 const csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; " +
 	"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
-// secure sets the headers every dashboard answer carries.
-func secure(w http.ResponseWriter) {
+// secure sets the headers every dashboard answer carries; with an https
+// public URL, Strict-Transport-Security too.
+func (d *Dashboard) secure(w http.ResponseWriter) {
 	h := w.Header()
+	if d.publicHTTPS() {
+		h.Set("Strict-Transport-Security", "max-age=31536000")
+	}
 	h.Set("Content-Security-Policy", csp)
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
@@ -227,7 +266,7 @@ func secure(w http.ResponseWriter) {
 func (d *Dashboard) assetHandler() http.Handler {
 	files := http.FileServerFS(d.assets)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		secure(w)
+		d.secure(w)
 		if r.URL.Path == "" || strings.HasSuffix(r.URL.Path, "/") {
 			http.NotFound(w, r) // no listings
 			return
@@ -265,7 +304,7 @@ func (d *Dashboard) renderView(w http.ResponseWriter, r *http.Request, status in
 		http.Error(w, "internal error; see the server log", http.StatusInternalServerError)
 		return
 	}
-	secure(w)
+	d.secure(w)
 	if v.Shared {
 		w.Header().Set("Referrer-Policy", "no-referrer")
 	}
@@ -302,7 +341,7 @@ func (d *Dashboard) failErr(w http.ResponseWriter, r *http.Request, s *session, 
 // expired token ends the session. Without one it answers (a redirect to
 // the sign-in page for a page, 401 for a script) and returns false.
 func (d *Dashboard) session(w http.ResponseWriter, r *http.Request, page bool) (*session, auth.Principal, bool) {
-	id := cookieID(r)
+	id := d.cookieID(r)
 	s, ok := d.sessions.get(id)
 	var p auth.Principal
 	var err error
@@ -323,7 +362,7 @@ func (d *Dashboard) session(w http.ResponseWriter, r *http.Request, page bool) (
 	}
 	if !ok {
 		if id != "" {
-			setCookie(w, r, "", -1)
+			d.setCookie(w, r, "", -1)
 		}
 		if page {
 			next := "/sign-in"
@@ -337,10 +376,10 @@ func (d *Dashboard) session(w http.ResponseWriter, r *http.Request, page bool) (
 				}
 				next += sep + "next=" + url.QueryEscape(r.URL.Path)
 			}
-			secure(w)
+			d.secure(w)
 			http.Redirect(w, r, next, http.StatusSeeOther)
 		} else {
-			secure(w)
+			d.secure(w)
 			http.Error(w, "signed out", http.StatusUnauthorized)
 		}
 		return nil, auth.Principal{}, false

@@ -3,6 +3,7 @@ package web_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,6 +22,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/login"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
@@ -46,6 +48,12 @@ type world struct {
 }
 
 func newWorld(t *testing.T, tls bool) *world {
+	t.Helper()
+	return newWorldWith(t, tls, nil)
+}
+
+// newWorldWith is newWorld with its dashboard's Config changed by edit.
+func newWorldWith(t *testing.T, tls bool, edit func(*web.Config)) *world {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -115,14 +123,18 @@ func newWorld(t *testing.T, tls bool) *world {
 		return []web.Image{{Tag: "v1", Digest: "sha256:feed", PushedAt: now, Size: 3 << 20, Expires: now.Add(week)},
 			{Tag: "v0", Digest: "sha256:beef", PushedAt: now.Add(-week - time.Hour), Size: 1 << 20, Expires: now.Add(-time.Hour)}}, false, nil
 	}
-	dash, err := web.New(web.Config{Builds: builds, Projects: projects, Logs: st, Authn: authn, Logger: logger,
+	cfg := web.Config{Builds: builds, Projects: projects, Logs: st, Authn: authn, Logger: logger,
 		QueuePosition: func(b build.Build) int { return 2 }, Logins: w.logins, Tokens: w.tokens, Audit: w.audit, Images: images,
 		Trigger: func(b build.Build) string { return "trigger of " + b.ID }, Samples: st,
 		Queue: func(projectID string) []string {
 			ids, _ := w.queue.Load(projectID)
 			ids2, _ := ids.([]string)
 			return ids2
-		}})
+		}}
+	if edit != nil {
+		edit(&cfg)
+	}
+	dash, err := web.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -403,7 +415,11 @@ func TestLiveBuild(t *testing.T) {
 	if err := w.st.PutSteps(ctx, "b0", []build.Step{{Digest: "sha256:old", Name: "[2/2] RUN exit 3", StartedAt: at, CompletedAt: at.Add(2 * time.Second)}}); err != nil {
 		t.Fatal(err)
 	}
-	a = do(t, c, "GET", w.srv.URL+"/builds/b1/live", nil, nil)
+	// A session reuses the history it was sent for a while: a new one
+	// sees b0.
+	c2 := w.browser(t)
+	w.signIn(t, c2, w.p1Tok)
+	a = do(t, c2, "GET", w.srv.URL+"/builds/b1/live", nil, nil)
 	if !strings.Contains(a.body, `"history":{"[2/2] RUN exit 3":[{"build":"b0","state":"done","ms":2000}]}`) {
 		t.Errorf("live without the step's history: %s", a.body)
 	}
@@ -781,5 +797,356 @@ func TestAuditPageAndImages(t *testing.T) {
 		if !regexp.MustCompile(re).MatchString(a.body) {
 			t.Errorf("the project page lacks %s:\n%s", re, a.body)
 		}
+	}
+}
+
+// One poll's answer is bounded: huge log lines are clipped, and past a
+// byte budget the poll stops and says there is more; a step's error and
+// the build's error are clipped too.
+func TestLiveBuildIsBounded(t *testing.T) {
+	w := newWorld(t, false)
+	ctx := context.Background()
+	huge := strings.Repeat("\x01x", 1<<20) // 2 MiB, 6 bytes a control byte in JSON
+	var lines []build.LogLine
+	for range 300 {
+		lines = append(lines, build.LogLine{Digest: "sha256:b", At: time.Now(), Message: huge})
+	}
+	if err := w.st.AppendLogs(ctx, "b1", lines); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.st.PutSteps(ctx, "b1", []build.Step{{Digest: "sha256:b", Name: "[2/2] RUN exit 3",
+		StartedAt: time.Now(), CompletedAt: time.Now(), Error: huge}}); err != nil {
+		t.Fatal(err)
+	}
+	c := w.browser(t)
+	w.signIn(t, c, w.p1Tok)
+	a := do(t, c, "GET", w.srv.URL+"/builds/b1/live", nil, nil)
+	if a.code != 200 {
+		t.Fatalf("live: %d", a.code)
+	}
+	if len(a.body) > 2<<20 {
+		t.Errorf("one poll answered %d bytes", len(a.body))
+	}
+	var v struct {
+		Steps []struct{ Error string }
+		Logs  []struct{ Message string }
+		More  bool
+		Next  int
+	}
+	if err := json.Unmarshal([]byte(a.body), &v); err != nil {
+		t.Fatal(err)
+	}
+	if !v.More || len(v.Logs) < 2 || len(v.Logs) > 200 {
+		t.Errorf("more %v with %d lines", v.More, len(v.Logs))
+	}
+	for _, l := range v.Logs[1:] {
+		if len(l.Message) > 20<<10 || !strings.HasSuffix(l.Message, "… (clipped)") {
+			t.Fatalf("a line of %d bytes, not clipped: %.40q", len(l.Message), l.Message)
+		}
+	}
+	for _, s := range v.Steps {
+		if len(s.Error) > 20<<10 {
+			t.Errorf("a step's error of %d bytes", len(s.Error))
+		}
+	}
+	page := do(t, c, "GET", w.srv.URL+"/builds/b1", nil, nil)
+	if len(page.body) > 1<<20 {
+		t.Errorf("the build page is %d bytes", len(page.body))
+	}
+}
+
+// A tenant's text reaches the page without ANSI escapes, \r or other
+// controls, and with its bidirectional overrides shown, not obeyed.
+func TestTenantTextIsCleaned(t *testing.T) {
+	w := newWorld(t, false)
+	ctx := context.Background()
+	dirty := "a\x1b[31mred\x1b[0m\r\x1b[\n\x1b]8;;http://evil\x07link\x1b]8;;\x07\tb\x00\x7f\u0085c\u202egnp.exe\u2066d\n"
+	want := "ared\nlink\tbc<U+202E>gnp.exe<U+2066>d\n"
+	if err := w.st.AppendLogs(ctx, "b1", []build.LogLine{{Digest: "sha256:b", At: time.Now(), Message: dirty}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.st.PutSteps(ctx, "b1", []build.Step{{Digest: "sha256:b", Name: "[2/2] RUN exit 3",
+		StartedAt: time.Now(), CompletedAt: time.Now(), Error: dirty}}); err != nil {
+		t.Fatal(err)
+	}
+	c := w.browser(t)
+	w.signIn(t, c, w.p1Tok)
+	a := do(t, c, "GET", w.srv.URL+"/builds/b1/live", nil, nil)
+	var v struct {
+		Steps []struct{ Error string }
+		Logs  []struct{ Message string }
+	}
+	if err := json.Unmarshal([]byte(a.body), &v); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Logs) != 2 || v.Logs[1].Message != want {
+		t.Errorf("log lines: %q", v.Logs)
+	}
+	if len(v.Steps) != 2 || v.Steps[1].Error != want {
+		t.Errorf("steps: %+v", v.Steps)
+	}
+	page := do(t, c, "GET", w.srv.URL+"/builds/b1", nil, nil)
+	if strings.ContainsAny(page.body, "\x1b\r\u202e") {
+		t.Errorf("the build page keeps a control")
+	}
+}
+
+// fakeLogins is a device login service whose Finish answers err, once
+// each, then "".
+type fakeLogins struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (f *fakeLogins) Start(ctx context.Context, peer string) (login.Started, error) {
+	return login.Started{ID: "secret-login-id", ApprovalID: "abcdefghijklmnopqrstuvwxyz", Code: "ABCD-EFGH",
+		ExpiresAt: time.Now().Add(10 * time.Minute)}, nil
+}
+
+func (f *fakeLogins) Finish(ctx context.Context, id string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.errs) == 0 {
+		return "", errors.New("no more")
+	}
+	err := f.errs[0]
+	f.errs = f.errs[1:]
+	return "", err
+}
+
+// A device login's poll never shows an unauthenticated browser an
+// internal error's text.
+func TestDeviceSignInHidesInternalErrors(t *testing.T) {
+	logins := &fakeLogins{errs: []error{errors.New("open /var/lib/kiln/kiln.db: disk I/O error")}}
+	w := newWorldWith(t, false, func(c *web.Config) { c.Logins = logins })
+	c := w.browser(t)
+	origin := map[string]string{"Origin": w.srv.URL}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in/device", nil, origin); a.code != 200 {
+		t.Fatalf("start: %d", a.code)
+	}
+	a := do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, origin)
+	if strings.Contains(a.body, "kiln.db") || !strings.Contains(a.body, "internal error; see the server log") {
+		t.Errorf("wait: %d %s", a.code, a.body)
+	}
+}
+
+// Sign-ins from one address are rate-limited, and refused ones recorded
+// as the API's are (Config.Denied).
+func TestSignInRateLimitAndDenied(t *testing.T) {
+	var mu sync.Mutex
+	var denied []string
+	w := newWorldWith(t, false, func(c *web.Config) {
+		c.Denied = func(ctx context.Context, peer, reason string) {
+			mu.Lock()
+			denied = append(denied, peer+" "+reason)
+			mu.Unlock()
+		}
+	})
+	c := w.browser(t)
+	if a := w.signIn(t, c, "kiln_org_not-a-token"); a.code != http.StatusUnauthorized {
+		t.Fatalf("bad token: %d", a.code)
+	}
+	mu.Lock()
+	if len(denied) != 1 || strings.Contains(denied[0], "not-a-token") || !strings.HasPrefix(denied[0], "127.0.0.1:") {
+		t.Errorf("denied: %q", denied)
+	}
+	mu.Unlock()
+	var last answer
+	for range 30 {
+		if last = w.signIn(t, c, w.p1Tok); last.code == http.StatusTooManyRequests {
+			break
+		}
+	}
+	if last.code != http.StatusTooManyRequests || last.hdr.Get("Retry-After") == "" {
+		t.Errorf("30 sign-ins at once: the last %d, Retry-After %q", last.code, last.hdr.Get("Retry-After"))
+	}
+}
+
+// Behind a TLS-terminating proxy (plain http in, an https public URL),
+// the session cookie is still Secure and __Host-, the public origin may
+// sign in, and HSTS is sent.
+func TestBehindATLSProxy(t *testing.T) {
+	w := newWorldWith(t, false, func(c *web.Config) { c.PublicURL = func() string { return "https://kiln.example" } })
+	c := w.browser(t)
+	a := do(t, c, "POST", w.srv.URL+"/sign-in", url.Values{"token": {w.p1Tok}}, map[string]string{"Origin": "https://kiln.example"})
+	set := a.hdr.Get("Set-Cookie")
+	if a.code != http.StatusSeeOther || !strings.HasPrefix(set, "__Host-kiln_session=") || !strings.Contains(set, "Secure") ||
+		!strings.Contains(set, "Path=/") {
+		t.Fatalf("sign in from the public origin: %d %q", a.code, set)
+	}
+	if !strings.HasPrefix(a.hdr.Get("Strict-Transport-Security"), "max-age=") {
+		t.Errorf("no HSTS: %v", a.hdr)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in", url.Values{"token": {w.p1Tok}}, map[string]string{"Origin": "https://evil.example"}); a.code != http.StatusForbidden {
+		t.Errorf("sign in from another origin: %d", a.code)
+	}
+	// The proxy forwards the browser's cookie: it is read by its name.
+	id := strings.TrimPrefix(strings.SplitN(set, ";", 2)[0], "__Host-kiln_session=")
+	a = do(t, w.srv.Client(), "GET", w.srv.URL+"/builds/b1/live", nil, map[string]string{"Cookie": "__Host-kiln_session=" + id})
+	if a.code != 200 {
+		t.Errorf("live with the __Host- cookie: %d", a.code)
+	}
+	// Plain http without a public URL keeps the plain name and no HSTS.
+	w2 := newWorld(t, false)
+	a = w2.signIn(t, w2.browser(t), w2.p1Tok)
+	if set := a.hdr.Get("Set-Cookie"); !strings.HasPrefix(set, "kiln_session=") || strings.Contains(set, "Secure") || a.hdr.Get("Strict-Transport-Security") != "" {
+		t.Errorf("plain http: %q %v", set, a.hdr)
+	}
+}
+
+// A transient refusal of a device login's poll (too many waiting, the
+// server shutting down) keeps the login pending: the page polls again.
+func TestDeviceSignInTransientErrorsPollAgain(t *testing.T) {
+	logins := &fakeLogins{errs: []error{
+		fmt.Errorf("server is shutting down: %w", errdefs.ErrUnavailable),
+		fmt.Errorf("too many clients are waiting on this login: %w", errdefs.ErrExhausted),
+		fmt.Errorf("login expired: %w", errdefs.ErrExpired),
+	}}
+	w := newWorldWith(t, false, func(c *web.Config) { c.Logins = logins })
+	c := w.browser(t)
+	origin := map[string]string{"Origin": w.srv.URL}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in/device", nil, origin); a.code != 200 {
+		t.Fatalf("start: %d", a.code)
+	}
+	for _, want := range []int{http.StatusServiceUnavailable, http.StatusTooManyRequests} {
+		a := do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, origin)
+		if a.code != want || a.hdr.Get("Retry-After") == "" || strings.Contains(a.body, `"error"`) {
+			t.Errorf("wait: %d %q %s, want %d and poll again", a.code, a.hdr.Get("Retry-After"), a.body, want)
+		}
+	}
+	a := do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, origin)
+	if !strings.Contains(a.body, "login expired") {
+		t.Errorf("the expired login: %d %s", a.code, a.body)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, origin); a.code != http.StatusNotFound {
+		t.Errorf("an expired login is still pending: %d", a.code)
+	}
+}
+
+// A device login's token ends with its session even without signing out:
+// here a new sign-in in the same browser replaces the session.
+func TestDeviceLoginTokenEndsWithItsSession(t *testing.T) {
+	w := newWorld(t, false)
+	c := w.browser(t)
+	origin := map[string]string{"Origin": w.srv.URL}
+	a := do(t, c, "POST", w.srv.URL+"/sign-in/device", nil, origin)
+	m := regexp.MustCompile(`id="approval-id">([a-z0-9]{26})<`).FindStringSubmatch(a.body)
+	if m == nil {
+		t.Fatalf("start: %d", a.code)
+	}
+	if _, err := w.logins.Approve(context.Background(), w.admin, m[1]); err != nil {
+		t.Fatal(err)
+	}
+	if a := do(t, c, "POST", w.srv.URL+"/sign-in/device/wait", nil, origin); !strings.Contains(a.body, `"done":true`) {
+		t.Fatalf("wait: %d %s", a.code, a.body)
+	}
+	w.signIn(t, c, w.p1Tok)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		w.tokens.mu.Lock()
+		n := len(w.tokens.deleted)
+		w.tokens.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the replaced session's minted token was not deleted (%d deletions)", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// countingBuilds counts Usage calls.
+type countingBuilds struct {
+	web.Builds
+	mu    sync.Mutex
+	usage int
+}
+
+func (c *countingBuilds) Usage(ctx context.Context, p auth.Principal, projects []project.Project, period build.Period, withSaved bool) ([]build.Usage, error) {
+	c.mu.Lock()
+	c.usage++
+	c.mu.Unlock()
+	return c.Builds.Usage(ctx, p, projects, period, withSaved)
+}
+
+// The projects page computes an organization's usage (a disk walk and
+// thousands of builds) once a minute, not on every load.
+func TestProjectsPageUsageIsCached(t *testing.T) {
+	var cb *countingBuilds
+	w := newWorldWith(t, false, func(c *web.Config) { cb = &countingBuilds{Builds: c.Builds}; c.Builds = cb })
+	c := w.browser(t)
+	w.signIn(t, c, w.orgTok)
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if a := do(t, c, "GET", w.srv.URL+"/projects", nil, nil); a.code != 200 || !strings.Contains(a.body, "/projects/p2") {
+				t.Errorf("projects: %d", a.code)
+			}
+		}()
+	}
+	wg.Wait()
+	for range 3 {
+		do(t, c, "GET", w.srv.URL+"/projects", nil, nil)
+	}
+	cb.mu.Lock()
+	defer cb.mu.Unlock()
+	if cb.usage != 1 {
+		t.Errorf("8 loads of the projects page computed the usage %d times", cb.usage)
+	}
+}
+
+// countingPolls counts what a poll reads.
+type countingPolls struct {
+	web.Builds
+	mu                      sync.Mutex
+	steps, resources, pages int
+}
+
+func (c *countingPolls) Steps(ctx context.Context, p auth.Principal, id string) ([]build.Step, error) {
+	c.mu.Lock()
+	c.steps++
+	c.mu.Unlock()
+	return c.Builds.Steps(ctx, p, id)
+}
+
+func (c *countingPolls) Resources(ctx context.Context, p auth.Principal, id string) (build.Resources, error) {
+	c.mu.Lock()
+	c.resources++
+	c.mu.Unlock()
+	return c.Builds.Resources(ctx, p, id)
+}
+
+func (c *countingPolls) Page(ctx context.Context, p auth.Principal, projectID string, pageSize int, pageToken string) ([]build.Build, string, error) {
+	c.mu.Lock()
+	c.pages++
+	c.mu.Unlock()
+	return c.Builds.Page(ctx, p, projectID, pageSize, pageToken)
+}
+
+// Polls are rate-limited per session (429, Retry-After), a session's
+// first polls compute the step history once, and a build's steps and
+// resources are reused between polls close together.
+func TestLivePollsAreCheap(t *testing.T) {
+	var cp *countingPolls
+	w := newWorldWith(t, false, func(c *web.Config) { cp = &countingPolls{Builds: c.Builds}; c.Builds = cp })
+	c := w.browser(t)
+	w.signIn(t, c, w.p1Tok)
+	var last answer
+	n := 0
+	for ; n < 30; n++ {
+		if last = do(t, c, "GET", w.srv.URL+"/builds/b1/live", nil, nil); last.code != 200 {
+			break
+		}
+	}
+	if last.code != http.StatusTooManyRequests || last.hdr.Get("Retry-After") == "" {
+		t.Fatalf("30 polls at once: the last %d, Retry-After %q", last.code, last.hdr.Get("Retry-After"))
+	}
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if cp.pages != 1 || cp.steps > 3 || cp.resources > 2 {
+		t.Errorf("%d first polls read the project's builds %d times, steps %d, resources %d", n, cp.pages, cp.steps, cp.resources)
 	}
 }

@@ -71,7 +71,7 @@ button { padding: .4rem 1.2rem; margin-right: .5rem; }
 <p>Login code</p>
 <p class="code">{{.Code}}</p>
 {{if eq .Status "pending"}}
-<p>Someone ran <code>kiln login</code> (or <code>depot login</code>) against this server and asks for access.
+<p>Someone ran <code>kiln login</code> (or <code>depot login</code>), or is signing in to this server's web dashboard, and asks for access.
 Approve only if their terminal shows the same code and you trust them: they receive a new
 <strong>organization token</strong> of your organization, valid for {{.TokenDays}} days.</p>
 <p>Approve from a terminal that has an organization token:</p>

@@ -16,6 +16,12 @@
   async function wait() {
     try {
       const res = await fetch("/sign-in/device/wait", { method: "POST", credentials: "same-origin", cache: "no-store" });
+      if (res.status === 429 || res.status === 503) {
+        // Busy or restarting: the login is still pending; ask again later.
+        await new Promise((r) => setTimeout(r, 1000 * (Number(res.headers.get("Retry-After")) || 3)));
+        wait();
+        return;
+      }
       const v = await res.json();
       if (v.done) {
         status.textContent = "Approved: signing in…";
@@ -50,7 +56,7 @@
 
   const maxLines = 20000;
   let after = 0; // the last log line shown
-  let history = {}; // step name → its runs in earlier builds, newest first (the first poll's)
+  let history = new Map(); // step name → its runs in earlier builds, newest first (the first poll's)
   let afterEnd = 0; // polls since the build ended
   let jumped = false; // the log was scrolled to the failing step once
   const stepNo = new Map(); // digest → its number in the waterfall
@@ -102,7 +108,7 @@
       let ms = s.duration_ms;
       if (s.state === "running" && s.started_at) ms = now - Date.parse(s.started_at);
       const dur = el("span", "dur");
-      const runs = history[s.name] || [];
+      const runs = history.get(s.name) || []; // a Map: a step named "constructor" is no inherited key
       if (runs.length) {
         // Earlier runs of this step, oldest left: a bar each, as tall as
         // its run was long against the longest.
@@ -207,7 +213,7 @@
     $("steps-count").textContent = b.cached_steps + " cached of " + b.total_steps;
     const queue = $("queue");
     if (queue) queue.textContent = b.queue_ahead >= 0 ? b.queue_ahead + " builds ahead" : "left the queue";
-    if (v.history) history = v.history;
+    if (v.history) history = new Map(Object.entries(v.history));
     drawWaterfall(b, v.steps);
     appendLogs(v.logs, v.steps);
     after = v.next;
@@ -235,6 +241,11 @@
       });
       if (res.status === 401 && !shared) {
         location.assign("/sign-in?ended=1");
+        return;
+      }
+      if (res.status === 429) {
+        // Too many polls (another tab of the session, say): wait as told.
+        setTimeout(poll, 1000 * (Number(res.headers.get("Retry-After")) || 2));
         return;
       }
       if (!res.ok) throw new Error("HTTP " + res.status);
