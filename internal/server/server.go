@@ -222,6 +222,10 @@ func (s *Server) openData(ctx context.Context) error {
 		return err
 	}
 	s.store = st
+	if c, err := st.Collation(ctx); err == nil && c != "C" && c != "POSIX" {
+		cfg.Logger.Warn("the database does not sort text bytewise: listings (builds, tags, repositories, the audit log) come in another order than on SQLite; "+
+			"create it with LC_COLLATE 'C' (docs/operating.md, Postgres)", "collation", c)
+	}
 	created, err := project.Bootstrap(ctx, st, AdminTokenPath(cfg.DataDir))
 	if err != nil {
 		return fmt.Errorf("bootstrap: %w", err)

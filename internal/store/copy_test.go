@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"path/filepath"
 	"reflect"
@@ -141,7 +142,18 @@ func TestCopySQLiteToPostgres(t *testing.T) {
 	}
 	defer lite.Close()
 	populate(t, lite)
-	pg := openPostgres(t, pgtest.NewDatabase(t))
+	url := pgtest.NewDatabase(t)
+	pg := openPostgres(t, url)
+	// A table of something else in the target's schema (an extension's):
+	// left alone.
+	admin, err := sql.Open("pgx", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if _, err := admin.ExecContext(ctx, `CREATE TABLE spatial_ref_sys (srid integer)`); err != nil {
+		t.Fatal(err)
+	}
 
 	copied := map[string]int64{}
 	if err := store.Copy(ctx, pg, lite, func(table string, n int64) { copied[table] = n }); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -239,5 +240,22 @@ func TestPostgresUnreachable(t *testing.T) {
 		if i == 19 {
 			t.Fatalf("the store did not recover: %v", err)
 		}
+	}
+}
+
+// The collation kiln serve warns about when it is not bytewise.
+func TestPostgresCollation(t *testing.T) {
+	ctx := context.Background()
+	s := openPostgres(t, pgtest.NewDatabase(t))
+	if c, err := s.Collation(ctx); err != nil || c != "C" {
+		t.Errorf("pgtest's database collation %q, %v; want C", c, err)
+	}
+	lite, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "kiln.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lite.Close()
+	if c, _ := lite.Collation(ctx); c != "C" {
+		t.Errorf("SQLite collation %q, want C", c)
 	}
 }

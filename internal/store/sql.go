@@ -100,6 +100,17 @@ func (s *SQL) SchemaVersion(ctx context.Context) (int64, error) {
 	return p.GetDBVersion(ctx)
 }
 
+// Collation is how the database sorts text: "C" for SQLite's bytewise
+// order; for Postgres, its LC_COLLATE.
+func (s *SQL) Collation(ctx context.Context) (string, error) {
+	if s.d.goose != postgresDialect.goose {
+		return "C", nil
+	}
+	var c string
+	err := s.db.QueryRowContext(ctx, `SELECT datcollate FROM pg_database WHERE datname = current_database()`).Scan(&c)
+	return c, err
+}
+
 // Ping reports whether the database answers (readiness asks: a Postgres
 // on another machine may not).
 func (s *SQL) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
