@@ -5,7 +5,7 @@
 #   so Debian's older runc, which docker.io pulls in, is not used by builders), kiln, and with
 #   --tests versitygw (an S3 server for tests, from tools/versitygw/go.mod), Debian's
 #   clickhouse-server (18.16, for the ClickHouse export's tests), postgresql (the Postgres
-#   store's tests) and chromium (the headless browser the dashboard's tests drive); busybox-static
+#   store's tests), chromium (the headless browser the dashboard's tests drive) and nodejs; busybox-static
 #   (local base images), the CNI plugins and iptables (bridge networking for RUN steps),
 #   libseccomp-dev + pkg-config (to build runc); QEMU binfmt emulation and
 #   bin/busybox-<foreign arch> for multi-platform builds (setup-multiplatform.sh).
@@ -51,6 +51,8 @@ fi
 if [ "$for_tests" = 1 ]; then
   dpkg -s clickhouse-server >/dev/null 2>&1 || need_pkgs+=(clickhouse-server)
   dpkg -s chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
+  # Node runs the dashboard script's unit check (internal/web/assets_test.go).
+  command -v node >/dev/null || need_pkgs+=(nodejs)
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
