@@ -112,7 +112,7 @@ func ParseGitURL(v string) (GitURL, error) {
 			return GitURL{}, fmt.Errorf("git URL %q: no host", shown)
 		case u.User != nil && u.User.String() != "git":
 			if _, hasPassword := u.User.Password(); hasPassword || u.Scheme != "ssh" {
-				return GitURL{}, fmt.Errorf("git URL %q: credentials do not belong in the URL; give them as the build secret %s (a token) or %s", redactURL(u), GitAuthToken, GitAuthHeader)
+				return GitURL{}, fmt.Errorf("git URL %q: credentials do not belong in the URL; give them as the build secret %s (a token) or %s", shown, GitAuthToken, GitAuthHeader)
 			}
 		}
 	}
@@ -193,11 +193,3 @@ func hideUserinfo(v string) string {
 	return scheme + "://REDACTED" + rest[at:]
 }
 
-// redactURL is u without its password.
-func redactURL(u *url.URL) string {
-	c := *u
-	if c.User != nil {
-		c.User = url.User("REDACTED")
-	}
-	return clipURL(c.String())
-}
