@@ -40,9 +40,8 @@ func (l *limiter) allow(key string) (ok bool, wait time.Duration) {
 	defer l.mu.Unlock()
 	b, found := l.m[key]
 	if !found {
-		if len(l.m) >= maxKeys {
-			l.prune(now)
-		}
+		// The buckets that refilled forget nothing.
+		prune(l.m, maxKeys, func(b *bucket) bool { return b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst })
 		b = &bucket{tokens: l.burst, last: now}
 		l.m[key] = b
 	}
@@ -53,22 +52,6 @@ func (l *limiter) allow(key string) (ok bool, wait time.Duration) {
 	}
 	b.tokens--
 	return true, 0
-}
-
-// prune drops the buckets that have refilled, or, if none has, half of
-// them; mu is held.
-func (l *limiter) prune(now time.Time) {
-	for k, b := range l.m {
-		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
-			delete(l.m, k)
-		}
-	}
-	for k := range l.m {
-		if len(l.m) < maxKeys/2 {
-			break
-		}
-		delete(l.m, k)
-	}
 }
 
 // peerOf is the request's remote host (no port).

@@ -59,8 +59,10 @@ type liveCache struct {
 	history map[string]historyEntry
 }
 
-func prune[V any](m map[string]V, stale func(V) bool) {
-	if len(m) < maxCached {
+// prune bounds m at limit entries: once it has that many, the stale ones
+// go, then any until half are left.
+func prune[V any](m map[string]V, limit int, stale func(V) bool) {
+	if len(m) < limit {
 		return
 	}
 	for k, v := range m {
@@ -69,7 +71,7 @@ func prune[V any](m map[string]V, stale func(V) bool) {
 		}
 	}
 	for k := range m {
-		if len(m) < maxCached/2 {
+		if len(m) < limit/2 {
 			return
 		}
 		delete(m, k)
@@ -103,7 +105,7 @@ func (d *Dashboard) stepsOf(ctx context.Context, p auth.Principal, b build.Build
 	if c.steps == nil {
 		c.steps = map[string]stepsEntry{}
 	}
-	prune(c.steps, func(e stepsEntry) bool { return now.After(e.until) })
+	prune(c.steps, maxCached, func(e stepsEntry) bool { return now.After(e.until) })
 	c.steps[b.ID] = stepsEntry{steps: steps, res: res, until: now.Add(ttl)}
 	c.mu.Unlock()
 	return steps, res, nil
@@ -129,7 +131,7 @@ func (d *Dashboard) historyFor(ctx context.Context, session string, p auth.Princ
 	if c.history == nil {
 		c.history = map[string]historyEntry{}
 	}
-	prune(c.history, func(e historyEntry) bool { return now.After(e.until) })
+	prune(c.history, maxCached, func(e historyEntry) bool { return now.After(e.until) })
 	c.history[key] = historyEntry{runs: runs, until: now.Add(historyTTL)}
 	c.mu.Unlock()
 	return runs, nil
