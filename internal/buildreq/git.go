@@ -192,4 +192,3 @@ func hideUserinfo(v string) string {
 	}
 	return scheme + "://REDACTED" + rest[at:]
 }
-
