@@ -75,6 +75,10 @@ type Build struct {
 	// GitCommit is the commit a build of a git context built; "" for
 	// other builds (and until it is known).
 	GitCommit string
+	// Replica is the control-plane replica holding the build's builder
+	// lease (a client build) or running it (a source build); "" until one
+	// does. A replica that dies takes its builds with it (internal/cluster).
+	Replica string
 }
 
 // Terminal reports whether the build has ended.

@@ -51,11 +51,14 @@ func (s *Server) ownRegistry() builder.OwnRegistry {
 	return builder.OwnRegistry{Host: h, CAFiles: cas}
 }
 
-// gatewayAddr is the builder gateway as clients reach it: kiln's own
-// listener, at the public URL's host and port (its scheme's default port
-// when it names none).
-func (s *Server) gatewayAddr() string {
-	base := s.publicURL()
+// gatewayAddr is this replica's builder gateway as clients reach it: its
+// own listener, at its advertised URL's host and port (the public URL's
+// without one).
+func (s *Server) gatewayAddr() string { return gatewayAddrOf(s.advertiseURL()) }
+
+// gatewayAddrOf is the gateway address at a base URL's host and port (its
+// scheme's default port when it names none); "" if it has no host.
+func gatewayAddrOf(base string) string {
 	h := registryHostFor(base)
 	if h == "" {
 		return ""

@@ -25,6 +25,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/auth/oidc"
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/builder"
+	"github.com/kiln-dev/kiln/internal/cluster"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/follow"
 	"github.com/kiln-dev/kiln/internal/gateway"
@@ -98,6 +99,13 @@ type Config struct {
 	// "" → DATA/kiln.db, "sqlite:PATH" or "postgres://…". It may hold a
 	// password: log it only through store.Redact.
 	Store string
+	// ClusterKeyFile holds the cluster key (cluster.LoadKey): with it,
+	// several replicas share one Postgres store (cluster.go). ReplicaID
+	// names this one ("" → DATA/replica-id); AdvertiseURL is its own URL
+	// when PublicURL is a load balancer's ("" → PublicURL).
+	ClusterKeyFile string
+	ReplicaID      string
+	AdvertiseURL   string
 }
 
 // Server is a running control plane.
@@ -121,6 +129,8 @@ type Server struct {
 	registry      *registry.Registry
 	runner        *runner.Runner
 	telemetry     *telemetry.Exporter // nil without --clickhouse-url
+	cluster       *cluster.Cluster    // this replica's membership (cluster.go)
+	clusterDone   chan struct{}       // closed when its heartbeat loop has stopped
 	cancel        context.CancelFunc
 	done          chan struct{}
 }
@@ -201,6 +211,9 @@ func checkConfig(cfg Config) (Config, error) {
 	if cfg.PublicURL, err = checkPublicURL(cfg.PublicURL); err != nil {
 		return cfg, err
 	}
+	if cfg.AdvertiseURL, err = checkPublicURL(cfg.AdvertiseURL); err != nil {
+		return cfg, fmt.Errorf("--advertise-url: %w", err)
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return cfg, fmt.Errorf("data dir: %w", err)
 	}
@@ -217,11 +230,20 @@ func checkConfig(cfg Config) (Config, error) {
 // admin token on first start) and the CA, and checks the TLS mode.
 func (s *Server) openData(ctx context.Context) error {
 	cfg := s.cfg
-	st, err := store.Open(ctx, cfg.Store, cfg.DataDir, store.WithObserver(s.metrics.ObserveStore), store.Exclusive())
+	opts := []store.Option{store.WithObserver(s.metrics.ObserveStore)}
+	if cfg.ClusterKeyFile == "" {
+		// One replica: it holds the database, so that a second server
+		// started on it by mistake cannot fail this one's builds.
+		opts = append(opts, store.Exclusive())
+	}
+	st, err := store.Open(ctx, cfg.Store, cfg.DataDir, opts...)
 	if err != nil {
 		return err
 	}
 	s.store = st
+	if err := s.openCluster(); err != nil {
+		return err
+	}
 	if c, err := st.Collation(ctx); err == nil && c != "C" && c != "POSIX" {
 		cfg.Logger.Warn("the database does not sort text bytewise: listings (builds, tags, repositories, the audit log) come in another order than on SQLite; "+
 			"create it with LC_COLLATE 'C' (docs/operating.md, Postgres)", "collation", c)
@@ -518,6 +540,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// This replica is announced before it settles what its previous run
+	// left: other replicas then know it lives.
+	if err := s.startCluster(ctx, bg); err != nil {
+		return err
+	}
 	// Client builds a previous run left running are settled before the
 	// health reaper or any client sees them.
 	if err := s.builds.Reconcile(ctx); err != nil {
@@ -580,6 +607,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.telemetry != nil {
 		s.telemetry.Close() // what is queued or spooled is exported after the next start
 	}
+	<-s.clusterDone // it removed this replica's record (a clean stop is not a death)
 	if err := s.store.Close(); err != nil {
 		s.cfg.Logger.Error("close database", "err", err)
 	}

@@ -45,6 +45,11 @@ type dialect struct {
 	xactLock string
 	// tables lists the names of the database's tables (Copy).
 	tables string
+	// sessionLock and sessionUnlock, if set, take (without waiting) and
+	// give back a lock on their one argument (a string) held by the
+	// connection, answering a boolean: what TryLock shares between
+	// replicas. Without them TryLock's locks are the process's.
+	sessionLock, sessionUnlock string
 }
 
 var sqliteDialect = dialect{
@@ -61,6 +66,10 @@ var postgresDialect = dialect{
 	instr:     "strpos",
 	xactLock:  "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
 	tables:    `SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'`,
+	// Keys are offset from the Exclusive lock's key space by hashing
+	// with a seed of their own.
+	sessionLock:   "SELECT pg_try_advisory_lock(hashtextextended(?, 1))",
+	sessionUnlock: "SELECT pg_advisory_unlock(hashtextextended(?, 1))",
 }
 
 // isUniqueViolation reports whether err is a unique (or primary key)

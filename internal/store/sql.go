@@ -38,6 +38,8 @@ type SQL struct {
 	pending pendingEnds
 	// excl is the Exclusive lock and its watch; nil without.
 	excl *exclusive
+	// locks are TryLock's on a database without session locks (SQLite).
+	locks namedLocks
 }
 
 // Lost is closed when the store lost its Exclusive hold of the database to
@@ -307,6 +309,7 @@ func (s *SQL) DeleteProject(ctx context.Context, id string) error {
 			`DELETE FROM registry_tags WHERE project_id = ?`,
 			`DELETE FROM registry_manifests WHERE project_id = ?`,
 			`DELETE FROM registry_settings WHERE project_id = ?`,
+			`DELETE FROM builder_placements WHERE project_id = ?`,
 			// The contexts' blobs go with the next retention sweep.
 			`UPDATE build_contexts SET expires_at = 0 WHERE project_id = ?`,
 		} {
@@ -415,7 +418,7 @@ func (s *SQL) DeleteToken(ctx context.Context, id string) error {
 }
 
 const buildCols = `id, project_id, org_id, status, command, options, error, platforms, created_at, started_at, finished_at, last_health_at,
-	kind, spec, secrets, image_refs, image_digest, created_by, trust_policy_ids, until_at, git_commit`
+	kind, spec, secrets, image_refs, image_digest, created_by, trust_policy_ids, until_at, git_commit, replica`
 
 func scanBuild(sc interface{ Scan(...any) error }) (build.Build, error) {
 	var b build.Build
@@ -423,7 +426,7 @@ func scanBuild(sc interface{ Scan(...any) error }) (build.Build, error) {
 	var refs, policies string
 	var commit sql.NullString
 	err := sc.Scan(&b.ID, &b.ProjectID, &b.OrgID, &b.Status, &b.Command, &b.Options, &b.Error, &b.Platforms, &created, &started, &finished, &health,
-		&b.Kind, &b.Spec, &b.Secrets, &refs, &b.ImageDigest, &b.CreatedBy, &policies, &until, &commit)
+		&b.Kind, &b.Spec, &b.Secrets, &refs, &b.ImageDigest, &b.CreatedBy, &policies, &until, &commit, &b.Replica)
 	b.GitCommit = commit.String
 	b.CreatedAt, b.StartedAt, b.FinishedAt, b.LastHealthAt = fromMs(created), fromMs(started), fromMs(finished), fromMs(health)
 	b.PolicyIDs, b.Until = splitIDs(policies), fromMs(until)
@@ -444,9 +447,9 @@ func buildKind(k build.Kind) build.Kind {
 // those policies all still exist (errdefs.ErrPermission otherwise).
 func (s *SQL) CreateBuild(ctx context.Context, b build.Build) error {
 	cond, condArgs := s.policiesExist(b.PolicyIDs)
-	res, err := s.exec(ctx, `INSERT INTO builds (`+buildCols+`) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE `+cond,
+	res, err := s.exec(ctx, `INSERT INTO builds (`+buildCols+`) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE `+cond,
 		append([]any{b.ID, b.ProjectID, b.OrgID, b.Status, b.Command, b.Options, b.Error, b.Platforms, ms(b.CreatedAt), ms(b.StartedAt), ms(b.FinishedAt), ms(b.LastHealthAt),
-			buildKind(b.Kind), b.Spec, b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest, b.CreatedBy, joinIDs(b.PolicyIDs), ms(b.Until), nullable(b.GitCommit)}, condArgs...)...)
+			buildKind(b.Kind), b.Spec, b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest, b.CreatedBy, joinIDs(b.PolicyIDs), ms(b.Until), nullable(b.GitCommit), b.Replica}, condArgs...)...)
 	if err != nil {
 		return uniqueViolation(err, "build", b.ID)
 	}
@@ -526,9 +529,9 @@ func (s *SQL) UpdateBuild(ctx context.Context, id string, fn func(*build.Build) 
 		}
 		ran = true
 		_, err = tx.ExecContext(ctx, `UPDATE builds SET status = ?, error = ?, platforms = ?, started_at = ?, finished_at = ?, last_health_at = ?,
-			secrets = ?, image_refs = ?, image_digest = ?, git_commit = ? WHERE id = ?`,
+			secrets = ?, image_refs = ?, image_digest = ?, git_commit = ?, replica = ? WHERE id = ?`,
 			b.Status, b.Error, b.Platforms, ms(b.StartedAt), ms(b.FinishedAt), ms(b.LastHealthAt),
-			b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest, nullable(b.GitCommit), id)
+			b.Secrets, strings.Join(b.ImageRefs, "\n"), b.ImageDigest, nullable(b.GitCommit), b.Replica, id)
 		return err
 	})
 	switch {
@@ -548,7 +551,8 @@ func (s *SQL) UpdateBuild(ctx context.Context, id string, fn func(*build.Build) 
 func onlyHealth(before, after build.Build) bool {
 	return before.Status == after.Status && before.Error == after.Error && before.Platforms == after.Platforms &&
 		before.StartedAt.Equal(after.StartedAt) && before.FinishedAt.Equal(after.FinishedAt) && before.Secrets == after.Secrets &&
-		slices.Equal(before.ImageRefs, after.ImageRefs) && before.ImageDigest == after.ImageDigest && before.GitCommit == after.GitCommit
+		slices.Equal(before.ImageRefs, after.ImageRefs) && before.ImageDigest == after.ImageDigest && before.GitCommit == after.GitCommit &&
+		before.Replica == after.Replica
 }
 
 // nullable is v for a nullable column: NULL when empty.

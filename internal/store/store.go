@@ -7,6 +7,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/audit"
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/cluster"
 	"github.com/kiln-dev/kiln/internal/login"
 	"github.com/kiln-dev/kiln/internal/project"
 )
@@ -43,6 +44,7 @@ type Store interface {
 	audit.Store
 	RegistryIndex
 	Contexts
+	cluster.Store
 
 	ListOrganizations(ctx context.Context) ([]project.Organization, error)
 	// ListBuildLogs returns up to limit lines of every step of a build after

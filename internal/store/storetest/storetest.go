@@ -44,6 +44,9 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"EgressAllow", egressAllow},
 		{"JobCredentials", jobCredentials},
 		{"ResourceSamples", resourceSamples},
+		{"Replicas", replicas},
+		{"BuilderPlacement", builderPlacement},
+		{"SharedSecretsAndLocks", secretsAndLocks},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })

@@ -1,0 +1,154 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/cluster"
+)
+
+// The SQL store keeps the replicas' membership, placements and secrets.
+var _ cluster.Store = (*SQL)(nil)
+
+// Heartbeat records r alive now, adding it if new.
+func (s *SQL) Heartbeat(ctx context.Context, r cluster.Replica) error {
+	now := ms(time.Now())
+	_, err := s.exec(ctx, `INSERT INTO replicas (id, api_url, gateway_addr, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, gateway_addr = excluded.gateway_addr,
+		started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at`,
+		r.ID, r.APIURL, r.GatewayAddr, ms(r.StartedAt), now)
+	return err
+}
+
+func (s *SQL) ListReplicas(ctx context.Context) ([]cluster.Replica, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, api_url, gateway_addr, started_at, heartbeat_at FROM replicas ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []cluster.Replica
+	for rows.Next() {
+		var r cluster.Replica
+		var started, beat int64
+		if err := rows.Scan(&r.ID, &r.APIURL, &r.GatewayAddr, &started, &beat); err != nil {
+			return nil, err
+		}
+		r.StartedAt, r.HeartbeatAt = fromMs(started), fromMs(beat)
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+func (s *SQL) RemoveReplica(ctx context.Context, id string) error {
+	_, err := s.exec(ctx, `DELETE FROM replicas WHERE id = ?`, id)
+	return err
+}
+
+// PlaceBuilder returns the replica running the project's builder for
+// platform if it beat at or after aliveSince, else records replica as its
+// place and returns it. Concurrent callers agree: the row is locked (on
+// Postgres; SQLite runs one transaction at a time), and of two first
+// placements the second sees the first's row.
+func (s *SQL) PlaceBuilder(ctx context.Context, projectID, platform, replica string, aliveSince time.Time) (string, error) {
+	var owner string
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		err := tx.QueryRowContext(ctx, `SELECT replica FROM builder_placements WHERE project_id = ? AND platform = ?`+s.d.forUpdate,
+			projectID, platform).Scan(&owner)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			owner = replica
+			_, err = tx.ExecContext(ctx, `INSERT INTO builder_placements (project_id, platform, replica, placed_at) VALUES (?, ?, ?, ?)
+				ON CONFLICT (project_id, platform) DO NOTHING`, projectID, platform, replica, ms(time.Now()))
+			if err == nil {
+				// Another transaction may have placed it first.
+				err = tx.QueryRowContext(ctx, `SELECT replica FROM builder_placements WHERE project_id = ? AND platform = ?`,
+					projectID, platform).Scan(&owner)
+			}
+			return err
+		case err != nil:
+			return err
+		case owner == replica:
+			return nil
+		}
+		var beat int64
+		err = tx.QueryRowContext(ctx, `SELECT heartbeat_at FROM replicas WHERE id = ?`, owner).Scan(&beat)
+		if err == nil && !fromMs(beat).Before(aliveSince) {
+			return nil // its replica lives: the builder is there
+		}
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		owner = replica
+		_, err = tx.ExecContext(ctx, `UPDATE builder_placements SET replica = ?, placed_at = ? WHERE project_id = ? AND platform = ?`,
+			replica, ms(time.Now()), projectID, platform)
+		return err
+	})
+	return owner, err
+}
+
+// PutSecretIfAbsent stores value under name unless one is there, and
+// returns the stored value.
+func (s *SQL) PutSecretIfAbsent(ctx context.Context, name, value string) (string, error) {
+	if _, err := s.exec(ctx, `INSERT INTO cluster_secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING`,
+		name, value, ms(time.Now())); err != nil {
+		return "", err
+	}
+	var stored string
+	err := s.db.QueryRowContext(ctx, `SELECT value FROM cluster_secrets WHERE name = ?`, name).Scan(&stored)
+	return stored, err
+}
+
+// TryLock takes the named lock unless another holder has it: on Postgres
+// a session advisory lock on a connection of its own, held until unlock
+// (or until that connection drops, so a dead replica's locks go with it);
+// on SQLite, whose database one process serves, a lock in this process.
+func (s *SQL) TryLock(ctx context.Context, name string) (unlock func(), ok bool, err error) {
+	if s.d.sessionLock == "" {
+		return s.locks.try(name)
+	}
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := conn.QueryRowContext(ctx, s.d.sessionLock, name).Scan(&ok); err != nil || !ok {
+		conn.Close()
+		return nil, false, err
+	}
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var released bool
+		if conn.QueryRowContext(ctx, s.d.sessionUnlock, name).Scan(&released) != nil {
+			// Not back to the pool still holding the lock.
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+		conn.Close()
+	}, true, nil
+}
+
+// namedLocks are TryLock's locks where the database has none to share.
+type namedLocks struct {
+	mu   sync.Mutex
+	held map[string]bool
+}
+
+func (l *namedLocks) try(name string) (func(), bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.held[name] {
+		return nil, false, nil
+	}
+	if l.held == nil {
+		l.held = map[string]bool{}
+	}
+	l.held[name] = true
+	return func() {
+		l.mu.Lock()
+		delete(l.held, name)
+		l.mu.Unlock()
+	}, true, nil
+}
