@@ -54,4 +54,3 @@ func (s *Server) advertiseURL() string {
 	}
 	return s.publicURL()
 }
-
