@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -37,6 +38,10 @@ type kilnServer struct {
 // kilnServers counts the kiln serves started, for their builder subnets.
 var kilnServers atomic.Int32
 
+// addrPlaceholder in an extra argument of startKiln stands for the
+// server's own host:port (chosen there), e.g. in --advertise-url.
+const addrPlaceholder = "{addr}"
+
 // startKiln runs `kiln serve` and waits for /healthz.
 func startKiln(ctx context.Context, bin, buildkitd, data string, extra ...string) (*kilnServer, error) {
 	if err := os.MkdirAll(data, 0o700); err != nil {
@@ -55,6 +60,10 @@ func startKiln(ctx context.Context, bin, buildkitd, data string, extra ...string
 	// Builder subnets of its own (kiln serve refuses a pool another kiln
 	// holds): a /20 of 10.62.0.0/16 per server, apart from the tests'.
 	pool := fmt.Sprintf("10.62.%d.0/20", 16*(kilnServers.Add(1)%16))
+	extra = slices.Clone(extra)
+	for i := range extra {
+		extra[i] = strings.ReplaceAll(extra[i], addrPlaceholder, addr)
+	}
 	args := append([]string{"serve", "--data", data, "--addr", addr, "--buildkitd", buildkitd, "--log-level", "info",
 		"--builder-subnets", pool}, extra...)
 	p, err := startProc("kiln serve", filepath.Join(data, "serve.log"), data, cleanEnv(), bin, args...)

@@ -275,6 +275,7 @@ func (r *runner) workloads() []workload {
 		{"W5", "builder acquire latency", 80 * time.Second, r.w5},
 		{"W3", "N concurrent builds in N projects", 170 * time.Second, r.w3},
 		{"W4", "registry: push, pull, re-push, gzip and zstd", 140 * time.Second, r.w4},
+		{"W6", "control plane: SQLite vs Postgres, one replica vs two", 100 * time.Second, r.w6},
 		{"W2", "large contexts: 10k files, one 500 MB file, .dockerignore", 330 * time.Second, r.w2},
 	}
 }
