@@ -200,6 +200,8 @@ func fmtVal(v float64, unit string) string {
 		return fmt.Sprintf("%.1f ms", v)
 	case "MB/s":
 		return fmt.Sprintf("%.0f MB/s", v)
+	case "req/s":
+		return fmt.Sprintf("%.0f req/s", v)
 	case "MiB":
 		return fmt.Sprintf("%.2f MiB", v)
 	case "x":
