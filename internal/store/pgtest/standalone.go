@@ -12,13 +12,16 @@ import (
 // caller, who must Stop it.
 type Standalone struct{ s *server }
 
+// ErrMissing is StartStandalone's error when Postgres is not installed.
+var ErrMissing = errors.New("postgres is missing")
+
 // StartStandalone starts a Postgres server as NewDatabase does (unix socket
 // only, in a temporary directory; as the postgres user when root). A
-// missing Postgres is an error saying what to install.
+// missing Postgres is an ErrMissing saying what to install.
 func StartStandalone() (*Standalone, error) {
 	s, missing, err := start()
 	if missing != "" {
-		return nil, errors.New(missing)
+		return nil, fmt.Errorf("%s: %w", missing, ErrMissing)
 	}
 	if err != nil {
 		return nil, err
