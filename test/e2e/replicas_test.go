@@ -34,9 +34,9 @@ import (
 	"github.com/kiln-dev/kiln/internal/store/pgtest"
 )
 
-// Documented bounds (docs/operating.md, "Replicas"; internal/cluster): a
-// replica beats every 2 s and is dead after 15 s of silence; one of the
-// survivors then fails or takes over its builds.
+// The bounds internal/cluster documents: a replica beats every 2 s and is
+// dead after 15 s of silence; one of the survivors then fails or takes
+// over its builds.
 const (
 	replicaTimeout   = 15 * time.Second
 	replicaHeartbeat = 2 * time.Second
@@ -508,7 +508,9 @@ func TestReplicasKillOne(t *testing.T) {
 	})
 	onVictim := 0
 	for _, id := range sources {
-		if rs.record(t, id).Replica == rs.ids[v] {
+		b := rs.record(t, id)
+		t.Logf("source build %s runs on %s", id, b.Replica)
+		if b.Replica == rs.ids[v] {
 			onVictim++
 		}
 	}
