@@ -30,6 +30,7 @@ import (
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/internal/blob/s3test"
 	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/cluster"
 	"github.com/kiln-dev/kiln/internal/store"
 	"github.com/kiln-dev/kiln/internal/store/pgtest"
 )
@@ -38,8 +39,8 @@ import (
 // dead after 15 s of silence; one of the survivors then fails or takes
 // over its builds.
 const (
-	replicaTimeout   = 15 * time.Second
-	replicaHeartbeat = 2 * time.Second
+	replicaTimeout   = cluster.DefaultTimeout
+	replicaHeartbeat = cluster.DefaultInterval
 	// deathBound is how long after a kill -9 every build the dead replica
 	// held must be settled: the timeout, one beat, and slack for a 2-core
 	// machine shared with other work (the reaping replica's next pass, a
