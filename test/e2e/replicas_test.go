@@ -362,10 +362,13 @@ func TestReplicasSourceQueueExactlyOnce(t *testing.T) {
 	for i := range builds {
 		marker := fmt.Sprintf("build-%02d", i)
 		// Each build's context differs (its id file), so its RUN runs
-		// and prints its marker; a second run would print it again.
+		// and prints its marker; a second run would print it again. The
+		// files differ in size too: the archives' entries all have one
+		// modification time, and a builder's context transfer takes a
+		// file of the same size and time for unchanged.
 		data := contextArchive(t, map[string]string{
-			"Dockerfile": baseStages + "FROM busybox\nCOPY id /id\nRUN echo \"ran $(cat /id)\"\n",
-			"id":         marker,
+			"Dockerfile": baseStages + "FROM busybox\nCOPY id /id\nRUN echo \"ran $(head -n 1 /id)\"\n",
+			"id":         marker + "\n" + strings.Repeat("x", i) + "\n",
 		})
 		// Alternate replicas; each customer gets builds through both.
 		via := (i + i/customers) % 2
