@@ -11,7 +11,9 @@
 //	go run ./bench -soak      # the soak (soak.go): 500 builds over 20 projects, fds/goroutines/RSS/disk at the end
 //
 // The workloads (W1–W5) and the targets they are checked against are those
-// of kiln's performance budget (docs/benchmarks.md); see bench/RESULTS.md for the last full run.
+// of kiln's performance budget (docs/benchmarks.md); W6 (w6.go) measures
+// the control plane on SQLite against Postgres and one replica against
+// two, without a target. See bench/RESULTS.md for the last full run.
 package main
 
 import (
@@ -54,7 +56,7 @@ func main() {
 	flag.BoolVar(&cfg.smoke, "smoke", false, "tiny sizes, one run per series, results in a temp dir (what CI runs)")
 	flag.IntVar(&cfg.runs, "runs", 0, "timed runs per series and side (default 10; 1 with -smoke)")
 	flag.StringVar(&cfg.outDir, "out", "", "directory for RESULTS.md and results.json (default bench/, or a temp dir with -smoke)")
-	flag.StringVar(&cfg.only, "only", "", "run only these workloads or parts, e.g. W1,W5 or W2.many (W2: many, big, ignore; W5: running, stopped, new)")
+	flag.StringVar(&cfg.only, "only", "", "run only these workloads or parts, e.g. W1,W5 or W2.many (W2: many, big, ignore; W5: running, stopped, new; W6: acquire, rps)")
 	flag.DurationVar(&cfg.budget, "budget", 0, "time budget of the whole run (default 14m30s; 110s with -smoke)")
 	flag.StringVar(&cfg.kilnBin, "kiln", "", "kiln binary (default: go build ./cmd/kiln into the temp dir)")
 	flag.StringVar(&cfg.buildkitd, "buildkitd", "", "buildkitd binary (default bin/buildkitd)")
