@@ -234,17 +234,20 @@ func (st *w6Setup) rps(ctx context.Context, window time.Duration) (float64, erro
 	if len(st.builds) == 0 {
 		return 0, errors.New("no builds to read")
 	}
-	ctx, cancel := context.WithTimeout(ctx, window)
-	defer cancel()
+	// Requests run on ctx, not on the window: a deadline on them would
+	// reach the server (connect sends it), which may answer
+	// deadline_exceeded first. A request still in flight at the window's
+	// end finishes uncounted.
 	var done atomic.Int64
 	var wg sync.WaitGroup
 	errs := make([]error, rpsClients)
 	start := time.Now()
+	end := start.Add(window)
 	for c := range rpsClients {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for n := 0; ctx.Err() == nil; n++ {
+			for n := 0; time.Now().Before(end) && ctx.Err() == nil; n++ {
 				k := st.servers[int(st.next.Add(1))%len(st.servers)]
 				var err error
 				if n%2 == 0 {
@@ -257,20 +260,18 @@ func (st *w6Setup) rps(ctx context.Context, window time.Duration) (float64, erro
 					_, err = cliv1connect.NewBuildServiceClient(st.http, k.URL).ListBuilds(ctx, req)
 				}
 				if err != nil {
-					if ctx.Err() != nil {
-						return // the window closed mid-request: not counted
-					}
 					errs[c] = err
 					return
 				}
-				done.Add(1)
+				if time.Now().Before(end) {
+					done.Add(1)
+				}
 			}
 		}()
 	}
 	wg.Wait()
-	took := time.Since(start)
 	if err := errors.Join(errs...); err != nil {
 		return 0, fmt.Errorf("%s: %w", st.name, err)
 	}
-	return float64(done.Load()) / took.Seconds(), nil
+	return float64(done.Load()) / window.Seconds(), nil
 }
