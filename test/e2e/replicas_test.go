@@ -11,6 +11,7 @@ package e2e
 // and the registry in S3 through both.
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -26,6 +27,7 @@ import (
 	"time"
 
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
+	"github.com/opencontainers/go-digest"
 
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/internal/blob/s3test"
@@ -603,8 +605,9 @@ func TestReplicasKillOne(t *testing.T) {
 
 // The registry in S3 through both replicas: an image pushed through r1 is
 // listed and pulled through r2 with a registry token r1 issued (the token
-// key is shared), and the project's registry conformance workflows and the
-// OCI suite pass through r2.
+// key is shared), an upload spread over both replicas completes, and the
+// project's registry conformance workflows (through each replica) and the
+// OCI suite (through r2) pass.
 func TestReplicasRegistry(t *testing.T) {
 	t.Parallel()
 	rs := startReplicas(t)
@@ -642,7 +645,29 @@ func TestReplicasRegistry(t *testing.T) {
 		res.Body.Close()
 	}
 
+	// A chunked upload spread over both replicas, as a load balancer
+	// spreads a client's requests: begun on r1, one chunk on each, the
+	// status asked of r2, finished on r2; the blob is there through r1.
+	c1, c2 := r1.oci(t, r1.Token), r2.oci(t, r2.Token)
+	chunked := randomBytes(2 * 1024)
+	cd := digest.FromBytes(chunked)
+	res, _ = c1.expect(http.StatusAccepted, "POST", "/v2/"+repo+"/blobs/uploads/", nil)
+	loc := c1.location(res)
+	for i, c := range []*ociClient{c2, c1} {
+		res, _ = c.expect(http.StatusAccepted, "PATCH", loc, chunked[i*1024:(i+1)*1024], "Content-Type", "application/octet-stream",
+			"Content-Range", fmt.Sprintf("%d-%d", i*1024, (i+1)*1024-1), "Content-Length", "1024")
+		loc = c.location(res)
+	}
+	if res, _ := c2.expect(http.StatusNoContent, "GET", loc, nil); res.Header.Get("Range") != "0-2047" {
+		t.Errorf("the upload's status through r2: Range %q, want 0-2047", res.Header.Get("Range"))
+	}
+	c2.expect(http.StatusCreated, "PUT", withDigest(loc, cd), nil, "Content-Length", "0")
+	if _, got := c1.expect(http.StatusOK, "GET", "/v2/"+repo+"/blobs/"+cd.String(), nil); !bytes.Equal(got, chunked) {
+		t.Errorf("the blob uploaded over both replicas reads back %d bytes through r1, not the %d pushed", len(got), len(chunked))
+	}
+
 	t.Run("conformance through r2", func(t *testing.T) { registryConformance(t, r2) })
+	t.Run("conformance through r1", func(t *testing.T) { registryConformance(t, r1) })
 	t.Run("oci suite through r2", func(t *testing.T) { ociSuite(t, r2) })
 }
 
