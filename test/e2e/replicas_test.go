@@ -62,12 +62,20 @@ type replicaSet struct {
 
 // startReplicas starts r1, waits until it answers (it creates the schema
 // and the organization, and writes the admin token), then r2 with the same
-// store, bucket and cluster key. extra flags go to both. Both are stopped
-// when the test ends (r2 first), then versitygw.
-func startReplicas(t *testing.T, extra ...string) *replicaSet {
+// store, bucket and cluster key. Both are stopped when the test ends (r2
+// first), and then no build that held a builder may be left running in
+// the store; then versitygw stops.
+func startReplicas(t *testing.T) *replicaSet {
 	t.Helper()
 	gw := s3test.Start(t)
 	rs := &replicaSet{pg: pgtest.NewDatabase(t), gw: gw, ids: []string{"r1", "r2"}}
+	t.Cleanup(func() { // after both replicas stopped (cleanups run last first)
+		if rs.st == nil {
+			return
+		}
+		defer rs.st.Close()
+		rs.checkEnded(t)
+	})
 	rs.key = filepath.Join(t.TempDir(), "cluster.key")
 	k := make([]byte, 32)
 	if _, err := rand.Read(k); err != nil {
@@ -90,7 +98,7 @@ func startReplicas(t *testing.T, extra ...string) *replicaSet {
 			"--registry-s3-bucket", gw.Bucket, "--registry-s3-endpoint", gw.Endpoint, "--registry-s3-region", gw.Region,
 			"--contexts-s3-bucket", gw.Bucket, "--contexts-s3-endpoint", gw.Endpoint, "--contexts-s3-region", gw.Region,
 			"--contexts-s3-prefix", "contexts/",
-		}, append(slices.Clone(extra), s.args...)...)
+		}, s.args...)
 		t.Cleanup(func() {
 			s.stop(t)
 			if t.Failed() {
@@ -115,7 +123,6 @@ func startReplicas(t *testing.T, extra ...string) *replicaSet {
 	if err != nil {
 		t.Fatalf("open the replicas' store: %v", err)
 	}
-	t.Cleanup(func() { st.Close() })
 	rs.st = st
 	rs.waitMembers(t)
 	return rs
@@ -134,6 +141,28 @@ func (rs *replicaSet) waitMembers(t *testing.T) {
 		}
 		return err == nil && n == len(rs.ids)
 	})
+}
+
+// checkEnded fails t if the store, read after every replica stopped,
+// still records a build running that held a builder: as for one server
+// (server.checkEnded), every build ends with a status kiln can explain.
+func (rs *replicaSet) checkEnded(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	running, err := rs.st.ListBuildsByStatus(ctx, build.Running)
+	if err != nil {
+		t.Errorf("read the builds the replicas left: %v", err)
+	}
+	var left []string
+	for _, b := range running {
+		if b.Platforms != "" {
+			left = append(left, fmt.Sprintf("%s (%s build of project %s on %q)", b.ID, b.Kind, b.ProjectID, b.Replica))
+		}
+	}
+	if len(left) > 0 {
+		t.Errorf("the replicas stopped with builds still recorded running:\n  %s", strings.Join(left, "\n  "))
+	}
 }
 
 // other is the index of the replica that is not i.
