@@ -625,10 +625,48 @@ func TestReplicasKillOne(t *testing.T) {
 		t.Errorf("a source build through the survivor: %v %s", w.last.Status, w.last.Error)
 	}
 
-	// The killed replica comes back and answers again.
+	// The killed replica comes back and answers again: a build of the
+	// project through it runs on the builder the survivor now holds.
 	rs.restart(t, v)
 	if got := victim.getSourceBuild(t, victim.Token, sources[0]); !sourceEnded(got.Status) {
 		t.Errorf("the restarted %s answers source build %s is %v", rs.ids[v], sources[0], got.Status)
+	}
+	back := victim.kiln(t, warm, nil, "build", "--project", proj, "--progress", "plain", ".")
+	if back.Err != nil {
+		t.Fatalf("kiln build through the restarted %s: %v\n%s", rs.ids[v], back.Err, tail(back.Stderr, 6000))
+	}
+	if on := rs.buildersOf(t, proj); !slices.Equal(on, []string{rs.ids[sv]}) {
+		t.Errorf("after %s came back, replicas running the project's builder: %v; want only the survivor %s", rs.ids[v], on, rs.ids[sv])
+	}
+}
+
+// A source build canceled through the replica that does not run it stops
+// within seconds: its RUN process is gone and either replica says
+// canceled.
+func TestReplicasCancelAcross(t *testing.T) {
+	t.Parallel()
+	rs := startReplicas(t)
+	data := contextArchive(t, map[string]string{"Dockerfile": baseStages + "FROM busybox\nRUN sleep 319\n"})
+	b := rs.r[0].createSource(t, rs.r[0].Token, customer("cancelco"), data)
+	eventually(t, 2*time.Minute, "the RUN process to run", func() bool { return len(processesNamed("sleep 319")) > 0 })
+	ri := rs.index(rs.record(t, b.BuildId).Replica)
+	if ri < 0 {
+		t.Fatalf("build %s runs, but the store names no replica of this test as running it (%q)", b.BuildId, rs.record(t, b.BuildId).Replica)
+	}
+	c := rs.r[other(ri)]
+	t.Logf("build %s runs on %s; canceled through %s", b.BuildId, rs.ids[ri], rs.ids[other(ri)])
+	res, err := c.sourceAPI().CancelBuild(t.Context(), bearer(&kilnv1.CancelBuildRequest{BuildId: b.BuildId}, c.Token))
+	if err != nil {
+		t.Fatalf("CancelBuild through %s: %v", rs.ids[other(ri)], err)
+	}
+	if res.Msg.Build.Status != kilnv1.BuildStatus_BUILD_STATUS_CANCELED {
+		t.Errorf("CancelBuild through %s answered %v", rs.ids[other(ri)], res.Msg.Build.Status)
+	}
+	eventually(t, 20*time.Second, "the RUN process on "+rs.ids[ri]+" to be killed", func() bool { return len(processesNamed("sleep 319")) == 0 })
+	for i, s := range rs.r {
+		if got := s.getSourceBuild(t, s.Token, b.BuildId); got.Status != kilnv1.BuildStatus_BUILD_STATUS_CANCELED {
+			t.Errorf("after the cancel %s says the build is %v", rs.ids[i], got.Status)
+		}
 	}
 }
 
