@@ -123,7 +123,7 @@ func newWorldWith(t *testing.T, tls bool, edit func(*web.Config)) *world {
 		return []web.Image{{Tag: "v1", Digest: "sha256:feed", PushedAt: now, Size: 3 << 20, Expires: now.Add(week)},
 			{Tag: "v0", Digest: "sha256:beef", PushedAt: now.Add(-week - time.Hour), Size: 1 << 20, Expires: now.Add(-time.Hour)}}, false, nil
 	}
-	cfg := web.Config{Builds: builds, Projects: projects, Logs: st, Authn: authn, Logger: logger,
+	cfg := web.Config{Builds: builds, Projects: projects, Logs: st, Authn: authn, Sessions: st, Logger: logger,
 		QueuePosition: func(b build.Build) int { return 2 }, Logins: w.logins, Tokens: w.tokens, Audit: w.audit, Images: images,
 		Trigger: func(b build.Build) string { return "trigger of " + b.ID }, Samples: st,
 		Queue: func(projectID string) []string {
