@@ -33,7 +33,9 @@ func sessionStore(t *testing.T, ids ...string) *store.SQLite {
 	return st
 }
 
-func org(id string) auth.Principal { return auth.Principal{TokenID: id, Kind: auth.TokenOrg, OrgID: "o1"} }
+func org(id string) auth.Principal {
+	return auth.Principal{TokenID: id, Kind: auth.TokenOrg, OrgID: "o1"}
+}
 
 // One token signing in over and over ends only its own oldest sessions,
 // never another token's.
