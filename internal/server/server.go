@@ -255,7 +255,13 @@ func (s *Server) openData(ctx context.Context) error {
 	if created {
 		cfg.Logger.Info("bootstrapped organization; admin token written", "path", AdminTokenPath(cfg.DataDir))
 	}
-	if s.ca, err = pki.Open(filepath.Join(cfg.DataDir, "pki")); err != nil {
+	var caOpts []pki.Option
+	if s.cluster.Shared() {
+		// Every replica signs with the same CAs: a client's certificate
+		// from one is checked by a builder another started.
+		caOpts = append(caOpts, pki.Shared(s.cluster.Secret))
+	}
+	if s.ca, err = pki.Open(filepath.Join(cfg.DataDir, "pki"), caOpts...); err != nil {
 		return err
 	}
 	switch cfg.TLS {
@@ -275,7 +281,7 @@ func (s *Server) openData(ctx context.Context) error {
 // them. Nothing runs yet but the fleet's idle reaper.
 func (s *Server) startServices() (*project.Service, error) {
 	cfg := s.cfg
-	s.audit = audit.New(s.store, audit.Config{Retention: cfg.AuditRetention}, cfg.Logger)
+	s.audit = audit.New(s.store, audit.Config{Retention: cfg.AuditRetention, Exclusive: s.cluster.Exclusive}, cfg.Logger)
 	// The fleet calls back into the build service when a builder dies; the
 	// service is created right after, before any builder can start.
 	var builds *build.Service

@@ -68,7 +68,7 @@ func (s *Server) openSource(ctx context.Context, mux *http.ServeMux, st store.St
 		}
 		blobs = s3
 	} else {
-		secret, err := blob.LoadOrCreateSecret(filepath.Join(s.cfg.DataDir, "blob.key"))
+		secret, err := s.dataSecret(ctx, "blob-key", filepath.Join(s.cfg.DataDir, "blob.key"))
 		if err != nil {
 			return err
 		}
@@ -83,7 +83,8 @@ func (s *Server) openSource(ctx context.Context, mux *http.ServeMux, st store.St
 	if err != nil {
 		return err
 	}
-	key, err := blob.LoadOrCreateSecret(filepath.Join(s.cfg.DataDir, "secrets.key"))
+	// Every replica opens the secrets any other sealed (shared.go).
+	key, err := s.dataSecret(ctx, "secrets-key", filepath.Join(s.cfg.DataDir, "secrets.key"))
 	if err != nil {
 		return err
 	}
