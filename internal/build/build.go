@@ -140,6 +140,14 @@ type Config struct {
 	// come from there, and ReportSteps keeps only what the client alone
 	// knows (followed.go). nil: no build is followed.
 	Followed func(buildID string) bool
+	// Cluster is the replicas sharing the store (replicas.go); nil: this
+	// is the only one.
+	Cluster Cluster
+	// ConnectOwner asks replica owner, which runs the project's builder
+	// for platform, to connect build buildID there (its ConnectHere) and
+	// answers its Connection. An owner it cannot reach is
+	// errdefs.ErrUnavailable. nil: every builder is connected here.
+	ConnectOwner func(ctx context.Context, owner, buildID, platform string) (Connection, error)
 }
 
 // Service implements build operations.
@@ -389,8 +397,21 @@ func (s *Service) Connect(ctx context.Context, p auth.Principal, buildID, platfo
 }
 
 // connect leases the project's builder for platform to build b and, once
-// the builder is ready, issues a client certificate for it.
+// the builder is ready, issues a client certificate for it: here, or on
+// the replica that runs the builder (replicas.go).
 func (s *Service) connect(ctx context.Context, b Build, platform string) (Connection, error) {
+	owner, err := s.placeBuilder(ctx, b.ProjectID, platform)
+	if err != nil {
+		return Connection{}, err
+	}
+	if owner != s.self() {
+		return s.cfg.ConnectOwner(ctx, owner, b.ID, platform)
+	}
+	return s.connectHere(ctx, b, platform)
+}
+
+// connectHere is connect on this replica's own fleet.
+func (s *Service) connectHere(ctx context.Context, b Build, platform string) (Connection, error) {
 	proj, err := s.store.GetProject(ctx, b.ProjectID)
 	if err != nil {
 		return Connection{}, err
@@ -549,7 +570,10 @@ func (s *Service) releaseAll(b Build) {
 	}
 }
 
-// touch records activity (and the platform used) for the health timeout.
+// touch records activity for the health timeout, and with a platform,
+// that the build leases this replica's builder for it: the platform joins
+// Platforms and a client build's Replica becomes this replica (a source
+// build's is the replica running it, which its runner records).
 func (s *Service) touch(ctx context.Context, id, platform string) error {
 	_, err := s.store.UpdateBuild(ctx, id, func(b *Build) error {
 		if b.Terminal() {
@@ -558,6 +582,9 @@ func (s *Service) touch(ctx context.Context, id, platform string) error {
 		b.LastHealthAt = time.Now().UTC()
 		if platform != "" && !slices.Contains(strings.Split(b.Platforms, ","), platform) {
 			b.Platforms = strings.Trim(b.Platforms+","+platform, ",")
+		}
+		if platform != "" && !b.IsSource() {
+			b.Replica = s.self()
 		}
 		return nil
 	})
