@@ -1,0 +1,422 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/builder/spec"
+	"github.com/kiln-dev/kiln/internal/cluster"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/pki"
+)
+
+// The replicas' internal API: what one kiln serve replica asks of the
+// others sharing its store (internal/cluster). A replica runs its own
+// builders, so a client build connected through one replica is connected
+// on the replica its project's builder is placed on (peerConnectPath,
+// build.Config.ConnectOwner), and a project's cache reset, deletion or
+// egress change is applied by every live replica to its own builders
+// (peerProjectPath). Calls carry the cluster's bearer
+// (cluster.PeerToken); without a cluster key a replica has no peers and
+// refuses every call. The client and the handlers are both here.
+const (
+	peerConnectPath = "/internal/replica/v1/connect"
+	peerProjectPath = "/internal/replica/v1/project"
+	// peerBodyLimit bounds requests and answers (an answer carries two
+	// certificates and a key: a few KiB).
+	peerBodyLimit = 64 << 10
+	// peerConnectTimeout bounds a connect asked of the owner, which may
+	// hold the answer while the builder starts (build.Config.HoldPending).
+	peerConnectTimeout = 30 * time.Second
+	// peerProjectTimeout bounds a project operation on one replica: a
+	// reset stops the project's builders there.
+	peerProjectTimeout = 2 * time.Minute
+	// peerMaxCIDRs bounds an egress operation's list.
+	peerMaxCIDRs = 4096
+)
+
+// Project operations applied by every replica to its own builders.
+const (
+	peerOpReset  = "reset"  // empty the project's builder state
+	peerOpDelete = "delete" // as reset, and cut the project's gateway connections
+	peerOpEgress = "egress" // apply the project's egress allow-list
+)
+
+type peerConnectRequest struct {
+	BuildID  string `json:"build_id"`
+	Platform string `json:"platform"`
+}
+
+// peerConnection is a build.Connection on the wire; the builder's socket
+// is the owner's own and is not sent.
+type peerConnection struct {
+	Ready      bool   `json:"ready"`
+	WaitMs     int32  `json:"wait_ms,omitempty"`
+	Addr       string `json:"addr,omitempty"`
+	ServerName string `json:"server_name,omitempty"`
+	CACertPEM  string `json:"ca_cert_pem,omitempty"`
+	CertPEM    string `json:"cert_pem,omitempty"`
+	KeyPEM     string `json:"key_pem,omitempty"`
+}
+
+type peerProjectRequest struct {
+	Op        string   `json:"op"`
+	ProjectID string   `json:"project_id"`
+	CIDRs     []string `json:"cidrs,omitempty"`
+}
+
+// peerError is an answer's error: its errdefs kind and message.
+type peerError struct {
+	Kind  string `json:"kind"`
+	Error string `json:"error"`
+}
+
+// peerKinds name the errdefs kinds on the wire, with their HTTP status.
+var peerKinds = []struct {
+	name   string
+	err    error
+	status int
+}{
+	{"not_found", errdefs.ErrNotFound, http.StatusNotFound},
+	{"invalid", errdefs.ErrInvalid, http.StatusBadRequest},
+	{"permission", errdefs.ErrPermission, http.StatusForbidden},
+	{"failed_precondition", errdefs.ErrFailedPrecondition, http.StatusPreconditionFailed},
+	{"exhausted", errdefs.ErrExhausted, http.StatusTooManyRequests},
+	{"expired", errdefs.ErrExpired, http.StatusGone},
+	{"unauthenticated", errdefs.ErrUnauthenticated, http.StatusUnauthorized},
+	{"unavailable", errdefs.ErrUnavailable, http.StatusServiceUnavailable},
+}
+
+// peers is this replica's side of the internal API.
+type peers struct {
+	s      *Server
+	client *http.Client
+}
+
+func newPeers(s *Server) *peers {
+	return &peers{s: s, client: &http.Client{Transport: peerTransport(s.ca)}}
+}
+
+// peerTransport reaches the other replicas at their advertised URLs: over
+// TLS, it trusts the system's roots and kiln's CA (which signs the
+// control-plane certificate of a replica without --tls-cert).
+func peerTransport(ca *pki.Authority) http.RoundTripper {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	roots, err := x509.SystemCertPool()
+	if err != nil {
+		roots = x509.NewCertPool()
+	}
+	roots.AppendCertsFromPEM(ca.RootPEM())
+	t.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	t.ResponseHeaderTimeout = peerConnectTimeout
+	return t
+}
+
+// enabled: this replica has a cluster key, so it may have peers.
+func (p *peers) enabled() bool { return p.s.cluster.Shared() }
+
+// connector is build.Config.ConnectOwner: nil for a replica without
+// peers, whose builds all connect here.
+func (p *peers) connector() func(ctx context.Context, owner, buildID, platform string) (build.Connection, error) {
+	if !p.enabled() {
+		return nil
+	}
+	return p.connectOwner
+}
+
+// connectOwner asks replica owner to connect the build to its builder.
+func (p *peers) connectOwner(ctx context.Context, owner, buildID, platform string) (build.Connection, error) {
+	var c peerConnection
+	if err := p.call(ctx, owner, peerConnectPath, peerConnectTimeout, peerConnectRequest{BuildID: buildID, Platform: platform}, &c); err != nil {
+		return build.Connection{}, err
+	}
+	return build.Connection{Ready: c.Ready, WaitMs: c.WaitMs, Addr: c.Addr,
+		Endpoint: spec.Endpoint{ServerName: c.ServerName, CACertPEM: c.CACertPEM}, CertPEM: c.CertPEM, KeyPEM: c.KeyPEM}, nil
+}
+
+// broadcast applies a project operation on every other live replica, at
+// once; it fails if any of them did not apply it.
+func (p *peers) broadcast(ctx context.Context, op peerProjectRequest) error {
+	if !p.enabled() {
+		return nil
+	}
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	for _, r := range p.s.cluster.Peers() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := p.call(ctx, r.ID, peerProjectPath, peerProjectTimeout, op, nil); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%s of project %s on the other kiln replicas: %w", op.Op, op.ProjectID, err)
+	}
+	return nil
+}
+
+// call posts in to replica id's path and decodes its answer into out (nil:
+// no answer body). An error answered by the replica keeps its kind; a
+// replica that cannot be reached is errdefs.ErrUnavailable.
+func (p *peers) call(ctx context.Context, id, path string, timeout time.Duration, in, out any) error {
+	r, ok := p.s.cluster.Member(id)
+	if !ok || r.APIURL == "" {
+		return fmt.Errorf("kiln replica %s is not (yet) known to this one as alive; retry: %w", id, errdefs.ErrUnavailable)
+	}
+	body, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(r.APIURL, "/")+path, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("kiln replica %s at %q: %v: %w", id, r.APIURL, err, errdefs.ErrUnavailable)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+p.s.cluster.PeerToken())
+	res, err := p.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("kiln replica %s is unreachable (%v); retry: %w", id, err, errdefs.ErrUnavailable)
+	}
+	defer res.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(res.Body, peerBodyLimit+1))
+	switch {
+	case err != nil:
+		return fmt.Errorf("kiln replica %s: read its answer: %v; retry: %w", id, err, errdefs.ErrUnavailable)
+	case len(data) > peerBodyLimit:
+		return fmt.Errorf("kiln replica %s answered more than %d bytes: %w", id, peerBodyLimit, errdefs.ErrUnavailable)
+	case res.StatusCode/100 != 2:
+		return peerAnswerError(id, res.StatusCode, data)
+	case out == nil:
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("kiln replica %s: its answer: %v: %w", id, err, errdefs.ErrUnavailable)
+	}
+	return nil
+}
+
+// peerAnswerError is a replica's error answer as an error of its kind. A
+// refused bearer is the operator's to fix, not the client's: it is
+// Unavailable, naming the cluster key.
+func peerAnswerError(id string, status int, data []byte) error {
+	var e peerError
+	if json.Unmarshal(data, &e) != nil || e.Error == "" {
+		e.Error = strings.TrimSpace(string(data))
+		if len(e.Error) > 200 {
+			e.Error = e.Error[:200]
+		}
+	}
+	if status == http.StatusUnauthorized {
+		return fmt.Errorf("kiln replica %s refused this replica's credentials (is every replica given the same --cluster-key-file?): %w", id, errdefs.ErrUnavailable)
+	}
+	for _, k := range peerKinds {
+		if k.name == e.Kind {
+			return fmt.Errorf("kiln replica %s: %s: %w", id, e.Error, k.err)
+		}
+	}
+	return fmt.Errorf("kiln replica %s answered %d: %s; retry: %w", id, status, e.Error, errdefs.ErrUnavailable)
+}
+
+// mount serves the internal API on mux, and drops the builder state of
+// projects deleted while this replica was down.
+func (p *peers) mount(ctx context.Context, mux *http.ServeMux) {
+	mux.Handle("POST "+peerConnectPath, p.authentic(p.serveConnect))
+	mux.Handle("POST "+peerProjectPath, p.authentic(p.serveProject))
+	p.dropDeleted(ctx)
+}
+
+// authentic admits only calls that carry the cluster's bearer, and hands
+// serve their body (at most peerBodyLimit); serve's answer is JSON, or no
+// content when it is nil.
+func (p *peers) authentic(serve func(ctx context.Context, body []byte) (any, error)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !p.s.cluster.PeerAuthentic(auth.Bearer(r.Header.Get("Authorization"))) {
+			writePeerError(w, fmt.Errorf("only kiln replicas of this cluster may call %s: %w", r.URL.Path, errdefs.ErrUnauthenticated))
+			return
+		}
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, peerBodyLimit))
+		if err != nil {
+			var tooLarge *http.MaxBytesError
+			if errors.As(err, &tooLarge) {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusRequestEntityTooLarge)
+				json.NewEncoder(w).Encode(peerError{Kind: "exhausted", Error: fmt.Sprintf("request body larger than %d bytes", peerBodyLimit)})
+				return
+			}
+			writePeerError(w, fmt.Errorf("read the request body: %v: %w", err, errdefs.ErrInvalid))
+			return
+		}
+		out, err := serve(r.Context(), body)
+		if err != nil {
+			writePeerError(w, err)
+			return
+		}
+		if out == nil {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(out)
+	})
+}
+
+func writePeerError(w http.ResponseWriter, err error) {
+	e, status := peerError{Kind: "internal", Error: err.Error()}, http.StatusInternalServerError
+	for _, k := range peerKinds {
+		if errors.Is(err, k.err) {
+			e.Kind, status = k.name, k.status
+			break
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(e)
+}
+
+// serveConnect connects a running build to this replica's builder (the
+// calling replica authorized the build's client).
+func (p *peers) serveConnect(ctx context.Context, body []byte) (any, error) {
+	var in peerConnectRequest
+	if err := json.Unmarshal(body, &in); err != nil || in.BuildID == "" || in.Platform == "" {
+		return nil, fmt.Errorf("want JSON {build_id, platform}: %w", errdefs.ErrInvalid)
+	}
+	c, err := p.s.builds.ConnectHere(ctx, in.BuildID, in.Platform)
+	if err != nil {
+		return nil, err
+	}
+	return peerConnection{Ready: c.Ready, WaitMs: c.WaitMs, Addr: c.Addr, ServerName: c.Endpoint.ServerName,
+		CACertPEM: c.Endpoint.CACertPEM, CertPEM: c.CertPEM, KeyPEM: c.KeyPEM}, nil
+}
+
+// serveProject applies a project operation to this replica's builders.
+func (p *peers) serveProject(ctx context.Context, body []byte) (any, error) {
+	var in peerProjectRequest
+	if err := json.Unmarshal(body, &in); err != nil {
+		return nil, fmt.Errorf("want JSON {op, project_id, cidrs}: %w", errdefs.ErrInvalid)
+	}
+	if !pki.ValidProjectID(in.ProjectID) {
+		return nil, fmt.Errorf("project id %q: %w", in.ProjectID, errdefs.ErrInvalid)
+	}
+	return nil, p.apply(ctx, in)
+}
+
+// apply runs a project operation on this replica's own builders.
+func (p *peers) apply(ctx context.Context, op peerProjectRequest) error {
+	switch op.Op {
+	case peerOpReset:
+		return p.s.fleet.Reset(ctx, op.ProjectID)
+	case peerOpDelete:
+		p.s.gateway.RevokeProject(op.ProjectID)
+		return p.s.fleet.Reset(ctx, op.ProjectID)
+	case peerOpEgress:
+		if len(op.CIDRs) > peerMaxCIDRs {
+			return fmt.Errorf("%d CIDRs; at most %d: %w", len(op.CIDRs), peerMaxCIDRs, errdefs.ErrInvalid)
+		}
+		for _, c := range op.CIDRs {
+			if _, err := netip.ParsePrefix(c); err != nil {
+				return fmt.Errorf("CIDR %q: %w", c, errdefs.ErrInvalid)
+			}
+		}
+		return p.s.fleet.SetEgressAllow(op.ProjectID, build.EgressPrefixes(op.CIDRs))
+	}
+	return fmt.Errorf("operation %q: want reset, delete or egress: %w", op.Op, errdefs.ErrInvalid)
+}
+
+// dropDeleted removes this replica's builder state of projects that no
+// longer exist: deleted through another replica while this one was down
+// (the deletion's broadcast missed it).
+func (p *peers) dropDeleted(ctx context.Context) {
+	entries, err := os.ReadDir(filepath.Join(p.s.cfg.DataDir, "builders"))
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		id := e.Name()
+		if !e.IsDir() || !pki.ValidProjectID(id) {
+			continue
+		}
+		if _, err := p.s.store.GetProject(ctx, id); !errdefs.IsNotFound(err) {
+			continue
+		}
+		if err := p.s.fleet.Reset(ctx, id); err != nil {
+			p.s.cfg.Logger.Warn("drop the builder state of a deleted project", "project_id", id, "err", err)
+			continue
+		}
+		p.s.cfg.Logger.Info("dropped the builder state of a project deleted while this replica was down", "project_id", id)
+	}
+}
+
+// The project service's hooks, applied here and then on every other live
+// replica.
+
+// builders is project.Service's Builders.
+func (p *peers) builders() peerBuilders { return peerBuilders{p} }
+
+type peerBuilders struct{ p *peers }
+
+func (b peerBuilders) Reset(ctx context.Context, projectID string) error {
+	if err := b.p.s.fleet.Reset(ctx, projectID); err != nil {
+		return err
+	}
+	return b.p.broadcast(ctx, peerProjectRequest{Op: peerOpReset, ProjectID: projectID})
+}
+
+// revoked is project.Service's Revoked: next's, and a deleted project's
+// builders and connections go on every replica.
+func (p *peers) revoked(next revoker) peerRevoker { return peerRevoker{revoker: next, p: p} }
+
+type peerRevoker struct {
+	revoker
+	p *peers
+}
+
+func (r peerRevoker) ProjectDeleted(ctx context.Context, projectID string) {
+	r.revoker.ProjectDeleted(ctx, projectID)
+	if err := r.p.broadcast(ctx, peerProjectRequest{Op: peerOpDelete, ProjectID: projectID}); err != nil {
+		// The replica that missed it drops the state at its next start
+		// (dropDeleted); its gateway re-checks each connection's build.
+		r.p.s.cfg.Logger.Warn("deleted project: not every replica dropped its builders", "project_id", projectID, "err", err)
+	}
+}
+
+// network is project.Service's Network.
+func (p *peers) network(next egressApplier) peerNetwork { return peerNetwork{next: next, p: p} }
+
+type peerNetwork struct {
+	next egressApplier
+	p    *peers
+}
+
+func (n peerNetwork) SetEgressAllow(projectID string, cidrs []string) error {
+	if err := n.next.SetEgressAllow(projectID, cidrs); err != nil {
+		return err
+	}
+	return n.p.broadcast(context.Background(), peerProjectRequest{Op: peerOpEgress, ProjectID: projectID, CIDRs: cidrs})
+}
+
+var _ build.Cluster = (*cluster.Cluster)(nil)
