@@ -23,6 +23,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/cluster"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/pki"
+	"github.com/kiln-dev/kiln/internal/project"
 )
 
 // The replicas' internal API: what one kiln serve replica asks of the
@@ -46,8 +47,6 @@ const (
 	// peerProjectTimeout bounds a project operation on one replica: a
 	// reset stops the project's builders there.
 	peerProjectTimeout = 2 * time.Minute
-	// peerMaxCIDRs bounds an egress operation's list.
-	peerMaxCIDRs = 4096
 )
 
 // Project operations applied by every replica to its own builders.
@@ -106,10 +105,24 @@ var peerKinds = []struct {
 type peers struct {
 	s      *Server
 	client *http.Client
+	// fleet is this replica's builders; revokeProject cuts a project's
+	// connections to them (the gateway's RevokeProject).
+	fleet         peerFleet
+	revokeProject func(projectID string)
 }
 
+// peerFleet is what project operations need of this replica's builders
+// (*builder.Fleet).
+type peerFleet interface {
+	Reset(ctx context.Context, projectID string) error
+	SetEgressAllow(projectID string, allow []netip.Prefix) error
+}
+
+// newPeers is s's side of the internal API, over its fleet (already made)
+// and its gateway (made later).
 func newPeers(s *Server) *peers {
-	return &peers{s: s, client: &http.Client{Transport: peerTransport(s.ca)}}
+	return &peers{s: s, client: &http.Client{Transport: peerTransport(s.ca)}, fleet: s.fleet,
+		revokeProject: func(projectID string) { s.gateway.RevokeProject(projectID) }}
 }
 
 // peerTransport reaches the other replicas at their advertised URLs: over
@@ -236,10 +249,16 @@ func peerAnswerError(id string, status int, data []byte) error {
 	}
 	for _, k := range peerKinds {
 		if k.name == e.Kind {
-			return fmt.Errorf("kiln replica %s: %s: %w", id, e.Error, k.err)
+			// The domain's own message, as the owner would answer it.
+			return errdefs.Wrapf(k.err, nil, "%s", e.Error)
 		}
 	}
-	return fmt.Errorf("kiln replica %s answered %d: %s; retry: %w", id, status, e.Error, errdefs.ErrUnavailable)
+	if e.Kind == "" && status >= 502 && status <= 504 {
+		// Not kiln's answer: a proxy between the replicas.
+		return fmt.Errorf("kiln replica %s answered %d: %s; retry: %w", id, status, e.Error, errdefs.ErrUnavailable)
+	}
+	// Of no kind: the edge logs it and answers Internal.
+	return fmt.Errorf("kiln replica %s answered %d: %s", id, status, e.Error)
 }
 
 // mount serves the internal API on mux, and drops the builder state of
@@ -273,7 +292,9 @@ func (p *peers) authentic(serve func(ctx context.Context, body []byte) (any, err
 		}
 		out, err := serve(r.Context(), body)
 		if err != nil {
-			writePeerError(w, err)
+			if !writePeerError(w, err) {
+				p.s.cfg.Logger.ErrorContext(r.Context(), "a replica's call failed", "path", r.URL.Path, "err", err)
+			}
 			return
 		}
 		if out == nil {
@@ -285,17 +306,20 @@ func (p *peers) authentic(serve func(ctx context.Context, body []byte) (any, err
 	})
 }
 
-func writePeerError(w http.ResponseWriter, err error) {
+// writePeerError answers err with its kind's status; known reports
+// whether it has one (the others are Internal, for the caller's log).
+func writePeerError(w http.ResponseWriter, err error) (known bool) {
 	e, status := peerError{Kind: "internal", Error: err.Error()}, http.StatusInternalServerError
 	for _, k := range peerKinds {
 		if errors.Is(err, k.err) {
-			e.Kind, status = k.name, k.status
+			e.Kind, status, known = k.name, k.status, true
 			break
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(e)
+	return known
 }
 
 // serveConnect connects a running build to this replica's builder (the
@@ -329,20 +353,20 @@ func (p *peers) serveProject(ctx context.Context, body []byte) (any, error) {
 func (p *peers) apply(ctx context.Context, op peerProjectRequest) error {
 	switch op.Op {
 	case peerOpReset:
-		return p.s.fleet.Reset(ctx, op.ProjectID)
+		return p.fleet.Reset(ctx, op.ProjectID)
 	case peerOpDelete:
-		p.s.gateway.RevokeProject(op.ProjectID)
-		return p.s.fleet.Reset(ctx, op.ProjectID)
+		p.revokeProject(op.ProjectID)
+		return p.fleet.Reset(ctx, op.ProjectID)
 	case peerOpEgress:
-		if len(op.CIDRs) > peerMaxCIDRs {
-			return fmt.Errorf("%d CIDRs; at most %d: %w", len(op.CIDRs), peerMaxCIDRs, errdefs.ErrInvalid)
+		if len(op.CIDRs) > project.MaxEgressAllow {
+			return fmt.Errorf("%d CIDRs; at most %d: %w", len(op.CIDRs), project.MaxEgressAllow, errdefs.ErrInvalid)
 		}
 		for _, c := range op.CIDRs {
 			if _, err := netip.ParsePrefix(c); err != nil {
 				return fmt.Errorf("CIDR %q: %w", c, errdefs.ErrInvalid)
 			}
 		}
-		return p.s.fleet.SetEgressAllow(op.ProjectID, build.EgressPrefixes(op.CIDRs))
+		return p.fleet.SetEgressAllow(op.ProjectID, build.EgressPrefixes(op.CIDRs))
 	}
 	return fmt.Errorf("operation %q: want reset, delete or egress: %w", op.Op, errdefs.ErrInvalid)
 }
@@ -363,7 +387,7 @@ func (p *peers) dropDeleted(ctx context.Context) {
 		if _, err := p.s.store.GetProject(ctx, id); !errdefs.IsNotFound(err) {
 			continue
 		}
-		if err := p.s.fleet.Reset(ctx, id); err != nil {
+		if err := p.fleet.Reset(ctx, id); err != nil {
 			p.s.cfg.Logger.Warn("drop the builder state of a deleted project", "project_id", id, "err", err)
 			continue
 		}
@@ -371,23 +395,28 @@ func (p *peers) dropDeleted(ctx context.Context) {
 	}
 }
 
-// The project service's hooks, applied here and then on every other live
+// everywhere applies a project operation here, then on every other live
 // replica.
+func (p *peers) everywhere(ctx context.Context, op peerProjectRequest) error {
+	if err := p.apply(ctx, op); err != nil {
+		return err
+	}
+	return p.broadcast(ctx, op)
+}
 
-// builders is project.Service's Builders.
+// The project service's hooks (project.Service's Builders, Revoked and
+// Network): each operation reaches the builders of every replica.
+
 func (p *peers) builders() peerBuilders { return peerBuilders{p} }
 
 type peerBuilders struct{ p *peers }
 
 func (b peerBuilders) Reset(ctx context.Context, projectID string) error {
-	if err := b.p.s.fleet.Reset(ctx, projectID); err != nil {
-		return err
-	}
-	return b.p.broadcast(ctx, peerProjectRequest{Op: peerOpReset, ProjectID: projectID})
+	return b.p.everywhere(ctx, peerProjectRequest{Op: peerOpReset, ProjectID: projectID})
 }
 
-// revoked is project.Service's Revoked: next's, and a deleted project's
-// builders and connections go on every replica.
+// revoked is next, and a deleted project's builders and connections go
+// on every other replica too.
 func (p *peers) revoked(next revoker) peerRevoker { return peerRevoker{revoker: next, p: p} }
 
 type peerRevoker struct {
@@ -398,25 +427,21 @@ type peerRevoker struct {
 func (r peerRevoker) ProjectDeleted(ctx context.Context, projectID string) {
 	r.revoker.ProjectDeleted(ctx, projectID)
 	if err := r.p.broadcast(ctx, peerProjectRequest{Op: peerOpDelete, ProjectID: projectID}); err != nil {
-		// The replica that missed it drops the state at its next start
-		// (dropDeleted); its gateway re-checks each connection's build.
+		// A replica that missed it drops the state at its next start
+		// (dropDeleted), and its gateway re-checks each connection's
+		// build, which is gone.
 		r.p.s.cfg.Logger.Warn("deleted project: not every replica dropped its builders", "project_id", projectID, "err", err)
 	}
 }
 
-// network is project.Service's Network.
-func (p *peers) network(next egressApplier) peerNetwork { return peerNetwork{next: next, p: p} }
+func (p *peers) network() peerNetwork { return peerNetwork{p} }
 
-type peerNetwork struct {
-	next egressApplier
-	p    *peers
-}
+type peerNetwork struct{ p *peers }
 
 func (n peerNetwork) SetEgressAllow(projectID string, cidrs []string) error {
-	if err := n.next.SetEgressAllow(projectID, cidrs); err != nil {
-		return err
-	}
-	return n.p.broadcast(context.Background(), peerProjectRequest{Op: peerOpEgress, ProjectID: projectID, CIDRs: cidrs})
+	ctx, cancel := context.WithTimeout(context.Background(), peerProjectTimeout)
+	defer cancel()
+	return n.p.everywhere(ctx, peerProjectRequest{Op: peerOpEgress, ProjectID: projectID, CIDRs: cidrs})
 }
 
 var _ build.Cluster = (*cluster.Cluster)(nil)

@@ -3,12 +3,17 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -31,11 +36,41 @@ func (readyFleet) Ensure(want spec.Spec) (spec.Endpoint, bool, error) {
 func (readyFleet) Lease(string, string, string)   {}
 func (readyFleet) Release(string, string, string) {}
 
+// recordingFleet records the project operations applied to it.
+type recordingFleet struct {
+	mu  sync.Mutex
+	ops []string
+}
+
+func (f *recordingFleet) add(op string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ops = append(f.ops, op)
+}
+
+func (f *recordingFleet) got() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.ops)
+}
+
+func (f *recordingFleet) Reset(_ context.Context, projectID string) error {
+	f.add("reset " + projectID)
+	return nil
+}
+
+func (f *recordingFleet) SetEgressAllow(projectID string, allow []netip.Prefix) error {
+	f.add(fmt.Sprintf("egress %s %v", projectID, allow))
+	return nil
+}
+
 // peerReplica is a replica with just what the internal API needs: its
-// membership, a build service over readyFleet, and the API served.
+// membership, a build service over readyFleet, project operations on a
+// recordingFleet, and the API served.
 type peerReplica struct {
-	s   *Server
-	srv *httptest.Server
+	s     *Server
+	srv   *httptest.Server
+	fleet *recordingFleet
 }
 
 func testKey(b byte) []byte { return []byte(strings.Repeat(string(rune('a'+b)), 32)) }
@@ -54,11 +89,13 @@ func newPeerReplica(t *testing.T, st store.Store, id string, key []byte) *peerRe
 	}
 	s := &Server{cfg: Config{DataDir: t.TempDir(), Logger: logger}, store: st, ca: ca, cluster: c}
 	s.peers = newPeers(s)
+	fleet := &recordingFleet{}
+	s.peers.fleet, s.peers.revokeProject = fleet, func(projectID string) { fleet.add("revoke " + projectID) }
 	s.builds = build.NewService(st, readyFleet{}, ca, build.Config{Cluster: c, ConnectOwner: s.peers.connector(),
 		GatewayAddr: func() string { return "tcp://" + id + ".example:7000" }}, logger)
 	mux := http.NewServeMux()
 	s.peers.mount(ctx, mux)
-	r := &peerReplica{s: s, srv: httptest.NewServer(mux)}
+	r := &peerReplica{s: s, srv: httptest.NewServer(mux), fleet: fleet}
 	t.Cleanup(r.srv.Close)
 	if err := c.Start(ctx, r.srv.URL, id+".example:7000"); err != nil {
 		t.Fatal(err)
@@ -184,5 +221,56 @@ func TestPeerConnectReachesTheOwner(t *testing.T) {
 	defer cancel()
 	if _, err := a.s.peers.connectOwner(ctx2, "b", bd.ID, "linux/amd64"); !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Errorf("connect through a replica that is down: %v; want Unavailable", err)
+	}
+}
+
+// A project's cache reset, deletion and egress change reach the builders
+// of every live replica; one that is down fails the operation, for the
+// caller to retry.
+func TestProjectOperationsReachEveryReplica(t *testing.T) {
+	ctx := context.Background()
+	st := openPeerStore(t)
+	b := newPeerReplica(t, st, "b", testKey(0))
+	c := newPeerReplica(t, st, "c", testKey(0))
+	a := newPeerReplica(t, st, "a", testKey(0))
+	if err := a.s.peers.builders().Reset(ctx, "pa"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.s.peers.network().SetEgressAllow("pa", []string{"10.0.0.0/8"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.s.peers.broadcast(ctx, peerProjectRequest{Op: peerOpDelete, ProjectID: "pa"}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"reset pa", "egress pa [10.0.0.0/8]", "revoke pa", "reset pa"}
+	for name, r := range map[string]*peerReplica{"b": b, "c": c} {
+		if got := r.fleet.got(); !slices.Equal(got, want) {
+			t.Errorf("replica %s applied %q; want %q", name, got, want)
+		}
+	}
+	if got := a.fleet.got(); !slices.Equal(got, want[:2]) {
+		t.Errorf("the calling replica applied %q; want %q", got, want[:2])
+	}
+	c.srv.Close()
+	if err := a.s.peers.builders().Reset(ctx, "pa"); !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "replica c") {
+		t.Errorf("reset with replica c down: %v; want Unavailable naming c", err)
+	}
+	if got := b.fleet.got(); len(got) != 5 {
+		t.Errorf("replica b after the second reset: %q", got)
+	}
+}
+
+// A replica starting drops the builder state of projects deleted while it
+// was down, and only theirs.
+func TestDropsBuilderStateOfDeletedProjects(t *testing.T) {
+	r := newPeerReplica(t, openPeerStore(t), "a", testKey(0))
+	for _, d := range []string{"pa", "gone", ".disk-reserve"} {
+		if err := os.MkdirAll(filepath.Join(r.s.cfg.DataDir, "builders", d, "amd64"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.s.peers.dropDeleted(context.Background())
+	if got := r.fleet.got(); !slices.Equal(got, []string{"reset gone"}) {
+		t.Errorf("dropped %q; want the deleted project's only", got)
 	}
 }

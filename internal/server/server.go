@@ -347,7 +347,7 @@ func (s *Server) startServices() (*project.Service, error) {
 		return nil, err
 	}
 	return &project.Service{Store: s.store, Builders: s.peers.builders(), Audit: s.audit,
-		Revoked: s.peers.revoked(revoker{builds, s.gateway}), Network: s.peers.network(egressApplier{fleet})}, nil
+		Revoked: s.peers.revoked(revoker{builds, s.gateway}), Network: s.peers.network()}, nil
 }
 
 // mountAPI builds the authenticator and mounts every API on a new mux:
