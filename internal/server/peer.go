@@ -136,8 +136,7 @@ func peerTransport(ca *pki.Authority) http.RoundTripper {
 	}
 	roots.AppendCertsFromPEM(ca.RootPEM())
 	t.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
-	t.ResponseHeaderTimeout = peerConnectTimeout
-	return t
+	return t // each call's context bounds it
 }
 
 // enabled: this replica has a cluster key, so it may have peers.
@@ -207,13 +206,16 @@ func (p *peers) call(ctx context.Context, id, path string, timeout time.Duration
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(r.APIURL, "/")+path, bytes.NewReader(body))
 	if err != nil {
-		return fmt.Errorf("kiln replica %s at %q: %v: %w", id, r.APIURL, err, errdefs.ErrUnavailable)
+		return fmt.Errorf("kiln replica %s advertises a URL this one cannot use (%v): %w", id, err, errdefs.ErrUnavailable)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer "+p.s.cluster.PeerToken())
 	res, err := p.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("kiln replica %s is unreachable (%v); retry: %w", id, err, errdefs.ErrUnavailable)
+		// The replica's address is the operator's business, not the
+		// client's: it goes to the log.
+		p.s.cfg.Logger.WarnContext(ctx, "a kiln replica is unreachable", "replica", id, "url", r.APIURL, "err", err)
+		return fmt.Errorf("kiln replica %s is unreachable; retry: %w", id, errdefs.ErrUnavailable)
 	}
 	defer res.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(res.Body, peerBodyLimit+1))
@@ -255,7 +257,7 @@ func peerAnswerError(id string, status int, data []byte) error {
 	}
 	if e.Kind == "" && status >= 502 && status <= 504 {
 		// Not kiln's answer: a proxy between the replicas.
-		return fmt.Errorf("kiln replica %s answered %d: %s; retry: %w", id, status, e.Error, errdefs.ErrUnavailable)
+		return fmt.Errorf("kiln replica %s answered %d (a proxy's answer, not kiln's); retry: %w", id, status, errdefs.ErrUnavailable)
 	}
 	// Of no kind: the edge logs it and answers Internal.
 	return fmt.Errorf("kiln replica %s answered %d: %s", id, status, e.Error)
