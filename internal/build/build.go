@@ -721,13 +721,14 @@ func (s *Service) Release(ctx context.Context, p auth.Principal, buildID, platfo
 // ReportSteps stores steps a client reported; of a followed build, only
 // what the builder cannot show (see clientOnly).
 func (s *Service) ReportSteps(ctx context.Context, p auth.Principal, buildID string, steps []Step, logs []LogLine) error {
-	if _, err := s.clientBuild(ctx, p, buildID); err != nil {
+	b, err := s.clientBuild(ctx, p, buildID)
+	if err != nil {
 		return err
 	}
 	if len(steps) > 10000 || len(logs) > 100000 {
 		return fmt.Errorf("too many steps or log lines in one report: %w", errdefs.ErrInvalid)
 	}
-	if s.cfg.Followed != nil && s.cfg.Followed(buildID) {
+	if s.followed(b) {
 		var err error
 		if steps, logs, err = s.clientOnly(ctx, buildID, steps, logs); err != nil {
 			return err

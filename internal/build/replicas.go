@@ -27,7 +27,9 @@ import (
 //     health reaper): the owner notices in the store within
 //     leaseFollowInterval and releases its lease (followLeases);
 //   - the owner's gateway seeing the client at work counts for every
-//     replica's health reaper: it is written to LastHealthAt (reap.go).
+//     replica's health reaper: it is written to LastHealthAt (reap.go);
+//   - the owner follows the build's solves, so a step report arriving at
+//     another replica keeps only the client's own steps (followed).
 
 // Cluster is what builds need of the replicas sharing the store
 // (*cluster.Cluster implements it).
@@ -93,6 +95,17 @@ func (s *Service) ConnectHere(ctx context.Context, buildID, platform string) (Co
 		return Connection{}, err
 	}
 	return s.connectHere(ctx, b, builder.String())
+}
+
+// followed reports whether build b's solves are followed on its builder
+// (Config.Followed): by this replica's follower, or by that of the live
+// replica holding its builder, whose gateway its client talks to (and
+// which follows every solve there as this one would).
+func (s *Service) followed(b Build) bool {
+	if s.cfg.Followed != nil && s.cfg.Followed(b.ID) {
+		return true
+	}
+	return !s.ours(b) && s.cfg.Cluster != nil && s.cfg.Cluster.Alive(b.Replica)
 }
 
 // ReplicaDead fails the running client builds whose builder leases were

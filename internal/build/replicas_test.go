@@ -236,3 +236,26 @@ func TestReaperSparesBuildActiveOnAnotherReplica(t *testing.T) {
 		t.Errorf("quiet build: %s; want canceled by the health timeout", got.Status)
 	}
 }
+
+// A step report arriving at a replica that does not hold the build's
+// builder keeps only the client's own steps: the owner follows the
+// build's solves on its builder. A build whose builder is here, and not
+// followed, keeps all.
+func TestStepsReportedElsewhereKeepTheClientsOwn(t *testing.T) {
+	r := setupReplicas(t, time.Hour)
+	ctx := context.Background()
+	onB, _ := r.connectThroughA(t, "pa")
+	onA, _ := r.connectThroughA(t, "pb")
+	report := []build.Step{
+		{Digest: "sha256:b", Name: "[2/2] RUN echo hi"},
+		{Digest: "sha256:d", Name: "[depot] launching amd64 machine"},
+	}
+	for id, want := range map[string]int{onB.ID: 1, onA.ID: 2} {
+		if err := r.a.svc.ReportSteps(ctx, r.a.org, id, report, nil); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := r.a.st.ListSteps(ctx, id); len(got) != want {
+			t.Errorf("build %s: %d steps stored (%+v); want %d", id, len(got), got, want)
+		}
+	}
+}
