@@ -143,11 +143,9 @@ type Config struct {
 	// Cluster is the replicas sharing the store (replicas.go); nil: this
 	// is the only one.
 	Cluster Cluster
-	// ConnectOwner asks replica owner, which runs the project's builder
-	// for platform, to connect build buildID there (its ConnectHere) and
-	// answers its Connection. An owner it cannot reach is
-	// errdefs.ErrUnavailable. nil: every builder is connected here.
-	ConnectOwner func(ctx context.Context, owner, buildID, platform string) (Connection, error)
+	// Owners reaches the other replicas, which run their own builders
+	// (replicas.go); nil: every builder is this replica's.
+	Owners Owners
 }
 
 // Service implements build operations.
@@ -405,7 +403,7 @@ func (s *Service) connect(ctx context.Context, b Build, platform string) (Connec
 		return Connection{}, err
 	}
 	if owner != s.self() {
-		return s.cfg.ConnectOwner(ctx, owner, b.ID, platform)
+		return s.cfg.Owners.Connect(ctx, owner, b.ID, platform)
 	}
 	return s.connectHere(ctx, b, platform)
 }
@@ -711,11 +709,24 @@ func (s *Service) Release(ctx context.Context, p auth.Principal, buildID, platfo
 		return err
 	}
 	platform = builder.String()
+	owner, err := s.placeBuilder(ctx, b.ProjectID, platform)
+	if err != nil {
+		return err
+	}
+	if owner != s.self() {
+		return s.cfg.Owners.Release(ctx, owner, b.ID, platform)
+	}
+	s.releaseHere(b, platform)
+	return nil
+}
+
+// releaseHere gives back build b's lease of this replica's builder for
+// platform.
+func (s *Service) releaseHere(b Build, platform string) {
 	s.mu.Lock()
 	s.leases[b.ID] = slices.DeleteFunc(s.leases[b.ID], func(x string) bool { return x == platform })
 	s.mu.Unlock()
 	s.fleet.Release(b.ProjectID, platform, b.ID)
-	return nil
 }
 
 // ReportSteps stores steps a client reported; of a followed build, only

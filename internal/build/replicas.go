@@ -14,9 +14,10 @@ import (
 // running its own builders, while a load balancer spreads one client's
 // calls over them. A project's builder for a platform runs on the replica
 // the cluster places it on; a build connected through another replica is
-// connected there (Config.ConnectOwner, which calls that replica's
+// connected there (Config.Owners, which calls that replica's
 // ConnectHere), so its lease, its client certificate and the gateway its
-// client dials are the owner's. The owner records itself as the build's
+// client dials are the owner's; a platform's builder released early
+// (Release) is released there too (ReleaseHere). The owner records itself as the build's
 // Replica when it leases the builder (touch), and from then on:
 //
 //   - only the owner settles the build at its own start and stop
@@ -43,6 +44,16 @@ type Cluster interface {
 	PlaceBuilder(ctx context.Context, projectID, platform string) (string, error)
 }
 
+// Owners asks the replica owner running a project's builder to act on it
+// for a build (internal/server's peer calls). An owner it cannot reach is
+// errdefs.ErrUnavailable, for the client to retry.
+type Owners interface {
+	// Connect is the owner's ConnectHere.
+	Connect(ctx context.Context, owner, buildID, platform string) (Connection, error)
+	// Release is the owner's ReleaseHere.
+	Release(ctx context.Context, owner, buildID, platform string) error
+}
+
 // leaseFollowInterval is how often a replica looks up the builds it holds
 // leases for, to release those that ended through another replica.
 const leaseFollowInterval = time.Second
@@ -67,7 +78,7 @@ func (s *Service) ours(b Build) bool { return b.Replica == "" || b.Replica == s.
 // placeBuilder is the replica that runs the project's builder for
 // platform: this one without a cluster or a way to reach the others.
 func (s *Service) placeBuilder(ctx context.Context, projectID, platform string) (string, error) {
-	if s.cfg.Cluster == nil || s.cfg.ConnectOwner == nil {
+	if s.cfg.Cluster == nil || s.cfg.Owners == nil {
 		return s.self(), nil
 	}
 	owner, err := s.cfg.Cluster.PlaceBuilder(ctx, projectID, platform)
@@ -106,6 +117,22 @@ func (s *Service) followed(b Build) bool {
 		return true
 	}
 	return !s.ours(b) && s.cfg.Cluster != nil && s.cfg.Cluster.Alive(b.Replica)
+}
+
+// ReleaseHere gives back build buildID's lease of this replica's builder
+// for platform early (Release asked through another replica); the build
+// stays open.
+func (s *Service) ReleaseHere(ctx context.Context, buildID, platform string) error {
+	b, err := s.store.GetBuild(ctx, buildID)
+	if err != nil {
+		return err
+	}
+	builder, err := kplatform.ParseBuilder(platform)
+	if err != nil {
+		return err
+	}
+	s.releaseHere(b, builder.String())
+	return nil
 }
 
 // ReplicaDead fails the running client builds whose builder leases were

@@ -57,13 +57,25 @@ func setupReplicas(t *testing.T, timeout time.Duration) *replicas {
 	r.a.fleet = &fakeFleet{pending: 1, leases: map[string]bool{}}
 	r.a.svc = build.NewService(r.b.st, r.a.fleet, fakeCerts{}, build.Config{HealthTimeout: timeout, Cluster: fakeCluster{"a"},
 		GatewayAddr: func() string { return "tcp://a:1" },
-		ConnectOwner: func(ctx context.Context, owner, buildID, platform string) (build.Connection, error) {
-			if owner != "b" {
-				return build.Connection{}, fmt.Errorf("replica %s: %w", owner, errdefs.ErrUnavailable)
-			}
-			return r.b.svc.ConnectHere(ctx, buildID, platform)
-		}}, slog.New(slog.DiscardHandler))
+		Owners:      ownersOf{r}}, slog.New(slog.DiscardHandler))
 	return r
+}
+
+// ownersOf reaches replica b as peer calls would.
+type ownersOf struct{ r *replicas }
+
+func (o ownersOf) Connect(ctx context.Context, owner, buildID, platform string) (build.Connection, error) {
+	if owner != "b" {
+		return build.Connection{}, fmt.Errorf("replica %s: %w", owner, errdefs.ErrUnavailable)
+	}
+	return o.r.b.svc.ConnectHere(ctx, buildID, platform)
+}
+
+func (o ownersOf) Release(ctx context.Context, owner, buildID, platform string) error {
+	if owner != "b" {
+		return fmt.Errorf("replica %s: %w", owner, errdefs.ErrUnavailable)
+	}
+	return o.r.b.svc.ReleaseHere(ctx, buildID, platform)
 }
 
 // connectThroughA creates a build of project and connects it through
@@ -105,6 +117,13 @@ func TestConnectThroughAnotherReplicaUsesTheOwnersBuilder(t *testing.T) {
 	}
 	if b.Replica != "b" || b.Platforms != "linux/amd64" {
 		t.Errorf("build replica %q platforms %q; want b, linux/amd64", b.Replica, b.Platforms)
+	}
+	// Released early through a, the lease goes on b.
+	if err := r.a.svc.Release(context.Background(), r.a.org, b.ID, "amd64"); err != nil {
+		t.Fatal(err)
+	}
+	if r.b.fleet.leaseCount() != 0 {
+		t.Errorf("b's leases after a release through a: %d; want 0", r.b.fleet.leaseCount())
 	}
 	// A project placed on a itself stays on a.
 	own, c := r.connectThroughA(t, "pb")

@@ -30,13 +30,15 @@ import (
 // others sharing its store (internal/cluster). A replica runs its own
 // builders, so a client build connected through one replica is connected
 // on the replica its project's builder is placed on (peerConnectPath,
-// build.Config.ConnectOwner), and a project's cache reset, deletion or
+// build.Config.Owners; a platform released early is released there too:
+// peerReleasePath), and a project's cache reset, deletion or
 // egress change is applied by every live replica to its own builders
 // (peerProjectPath). Calls carry the cluster's bearer
 // (cluster.PeerToken); without a cluster key a replica has no peers and
 // refuses every call. The client and the handlers are both here.
 const (
 	peerConnectPath = "/internal/replica/v1/connect"
+	peerReleasePath = "/internal/replica/v1/release"
 	peerProjectPath = "/internal/replica/v1/project"
 	// peerBodyLimit bounds requests and answers (an answer carries two
 	// certificates and a key: a few KiB).
@@ -56,6 +58,7 @@ const (
 	peerOpEgress = "egress" // apply the project's egress allow-list
 )
 
+// peerConnectRequest is also a release's.
 type peerConnectRequest struct {
 	BuildID  string `json:"build_id"`
 	Platform string `json:"platform"`
@@ -142,23 +145,32 @@ func peerTransport(ca *pki.Authority) http.RoundTripper {
 // enabled: this replica has a cluster key, so it may have peers.
 func (p *peers) enabled() bool { return p.s.cluster.Shared() }
 
-// connector is build.Config.ConnectOwner: nil for a replica without
-// peers, whose builds all connect here.
-func (p *peers) connector() func(ctx context.Context, owner, buildID, platform string) (build.Connection, error) {
+// owners is build.Config.Owners: nil for a replica without peers, whose
+// builds all use its builders.
+func (p *peers) owners() build.Owners {
 	if !p.enabled() {
 		return nil
 	}
-	return p.connectOwner
+	return peerOwners{p}
 }
 
-// connectOwner asks replica owner to connect the build to its builder.
-func (p *peers) connectOwner(ctx context.Context, owner, buildID, platform string) (build.Connection, error) {
+// peerOwners asks the replicas running builders to act on them.
+type peerOwners struct{ p *peers }
+
+// Connect asks replica owner to connect the build to its builder.
+func (o peerOwners) Connect(ctx context.Context, owner, buildID, platform string) (build.Connection, error) {
+	p := o.p
 	var c peerConnection
 	if err := p.call(ctx, owner, peerConnectPath, peerConnectTimeout, peerConnectRequest{BuildID: buildID, Platform: platform}, &c); err != nil {
 		return build.Connection{}, err
 	}
 	return build.Connection{Ready: c.Ready, WaitMs: c.WaitMs, Addr: c.Addr,
 		Endpoint: spec.Endpoint{ServerName: c.ServerName, CACertPEM: c.CACertPEM}, CertPEM: c.CertPEM, KeyPEM: c.KeyPEM}, nil
+}
+
+// Release asks replica owner to release the build's lease of its builder.
+func (o peerOwners) Release(ctx context.Context, owner, buildID, platform string) error {
+	return o.p.call(ctx, owner, peerReleasePath, peerConnectTimeout, peerConnectRequest{BuildID: buildID, Platform: platform}, nil)
 }
 
 // broadcast applies a project operation on every other live replica, at
@@ -267,6 +279,7 @@ func peerAnswerError(id string, status int, data []byte) error {
 // projects deleted while this replica was down.
 func (p *peers) mount(ctx context.Context, mux *http.ServeMux) {
 	mux.Handle("POST "+peerConnectPath, p.authentic(p.serveConnect))
+	mux.Handle("POST "+peerReleasePath, p.authentic(p.serveRelease))
 	mux.Handle("POST "+peerProjectPath, p.authentic(p.serveProject))
 	p.dropDeleted(ctx)
 }
@@ -337,6 +350,15 @@ func (p *peers) serveConnect(ctx context.Context, body []byte) (any, error) {
 	}
 	return peerConnection{Ready: c.Ready, WaitMs: c.WaitMs, Addr: c.Addr, ServerName: c.Endpoint.ServerName,
 		CACertPEM: c.Endpoint.CACertPEM, CertPEM: c.CertPEM, KeyPEM: c.KeyPEM}, nil
+}
+
+// serveRelease releases a build's lease of this replica's builder.
+func (p *peers) serveRelease(ctx context.Context, body []byte) (any, error) {
+	var in peerConnectRequest
+	if err := json.Unmarshal(body, &in); err != nil || in.BuildID == "" || in.Platform == "" {
+		return nil, fmt.Errorf("want JSON {build_id, platform}: %w", errdefs.ErrInvalid)
+	}
+	return nil, p.s.builds.ReleaseHere(ctx, in.BuildID, in.Platform)
 }
 
 // serveProject applies a project operation to this replica's builders.

@@ -27,14 +27,32 @@ import (
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
-// readyFleet's builders are always ready.
-type readyFleet struct{}
+// readyFleet's builders are always ready; it counts leases.
+type readyFleet struct {
+	mu     sync.Mutex
+	leases map[string]bool
+}
 
-func (readyFleet) Ensure(want spec.Spec) (spec.Endpoint, bool, error) {
+func (f *readyFleet) Ensure(want spec.Spec) (spec.Endpoint, bool, error) {
 	return spec.Endpoint{ServerName: want.ProjectID + ".builder.kiln", CACertPEM: "ca", Socket: "/secret.sock"}, true, nil
 }
-func (readyFleet) Lease(string, string, string)   {}
-func (readyFleet) Release(string, string, string) {}
+func (f *readyFleet) Lease(p, pl, id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.leases[p+" "+pl+" "+id] = true
+}
+
+func (f *readyFleet) Release(p, pl, id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.leases, p+" "+pl+" "+id)
+}
+
+func (f *readyFleet) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.leases)
+}
 
 // recordingFleet records the project operations applied to it.
 type recordingFleet struct {
@@ -68,9 +86,10 @@ func (f *recordingFleet) SetEgressAllow(projectID string, allow []netip.Prefix) 
 // membership, a build service over readyFleet, project operations on a
 // recordingFleet, and the API served.
 type peerReplica struct {
-	s     *Server
-	srv   *httptest.Server
-	fleet *recordingFleet
+	s      *Server
+	srv    *httptest.Server
+	fleet  *recordingFleet
+	leases *readyFleet
 }
 
 func testKey(b byte) []byte { return []byte(strings.Repeat(string(rune('a'+b)), 32)) }
@@ -91,11 +110,12 @@ func newPeerReplica(t *testing.T, st store.Store, id string, key []byte) *peerRe
 	s.peers = newPeers(s)
 	fleet := &recordingFleet{}
 	s.peers.fleet, s.peers.revokeProject = fleet, func(projectID string) { fleet.add("revoke " + projectID) }
-	s.builds = build.NewService(st, readyFleet{}, ca, build.Config{Cluster: c, ConnectOwner: s.peers.connector(),
+	leases := &readyFleet{leases: map[string]bool{}}
+	s.builds = build.NewService(st, leases, ca, build.Config{Cluster: c, Owners: s.peers.owners(),
 		GatewayAddr: func() string { return "tcp://" + id + ".example:7000" }}, logger)
 	mux := http.NewServeMux()
 	s.peers.mount(ctx, mux)
-	r := &peerReplica{s: s, srv: httptest.NewServer(mux), fleet: fleet}
+	r := &peerReplica{s: s, srv: httptest.NewServer(mux), fleet: fleet, leases: leases}
 	t.Cleanup(r.srv.Close)
 	if err := c.Start(ctx, r.srv.URL, id+".example:7000"); err != nil {
 		t.Fatal(err)
@@ -190,7 +210,11 @@ func TestPeerConnectReachesTheOwner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := a.s.peers.connectOwner(ctx, "b", bd.ID, "linux/amd64")
+	// The project's builder runs on b: a build connected through a gets it.
+	if owner, err := b.s.cluster.PlaceBuilder(ctx, "pa", "linux/amd64"); err != nil || owner != "b" {
+		t.Fatalf("place pa's builder on b: %s, %v", owner, err)
+	}
+	c, err := a.s.builds.Connect(ctx, org, bd.ID, "amd64")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,28 +222,31 @@ func TestPeerConnectReachesTheOwner(t *testing.T) {
 		!strings.Contains(c.CertPEM, "CERTIFICATE") || c.KeyPEM == "" {
 		t.Errorf("connection from b: %+v; want b's gateway and a client certificate, no socket", c)
 	}
-	if got, _ := st.GetBuild(ctx, bd.ID); got.Replica != "b" {
-		t.Errorf("build replica %q; want b (it leased b's builder)", got.Replica)
+	if got, _ := st.GetBuild(ctx, bd.ID); got.Replica != "b" || b.leases.count() != 1 || a.leases.count() != 0 {
+		t.Errorf("build replica %q, leases on a %d, on b %d; want b's builder leased", got.Replica, a.leases.count(), b.leases.count())
+	}
+	if err := a.s.builds.Release(ctx, org, bd.ID, "amd64"); err != nil || b.leases.count() != 0 {
+		t.Errorf("release through a: %v, b's leases %d; want released on b", err, b.leases.count())
 	}
 	if err := a.s.builds.Finish(ctx, org, bd.ID, build.Result{Status: build.Canceled}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.s.peers.connectOwner(ctx, "b", bd.ID, "linux/amd64"); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+	if _, err := a.s.peers.owners().Connect(ctx, "b", bd.ID, "linux/amd64"); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Errorf("connect of an ended build through b: %v; want FailedPrecondition", err)
 	}
-	if _, err := a.s.peers.connectOwner(ctx, "nosuch", bd.ID, "linux/amd64"); !errors.Is(err, errdefs.ErrUnavailable) {
+	if _, err := a.s.peers.owners().Connect(ctx, "nosuch", bd.ID, "linux/amd64"); !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Errorf("connect through an unknown replica: %v; want Unavailable", err)
 	}
 	// A replica given another key is refused: Unavailable, naming the key.
 	stranger := newPeerReplica(t, st, "s", testKey(2))
-	if _, err := stranger.s.peers.connectOwner(ctx, "b", bd.ID, "linux/amd64"); !errors.Is(err, errdefs.ErrUnavailable) ||
+	if _, err := stranger.s.peers.owners().Connect(ctx, "b", bd.ID, "linux/amd64"); !errors.Is(err, errdefs.ErrUnavailable) ||
 		!strings.Contains(err.Error(), "--cluster-key-file") {
 		t.Errorf("connect with another key: %v; want Unavailable naming --cluster-key-file", err)
 	}
 	b.srv.Close()
 	ctx2, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := a.s.peers.connectOwner(ctx2, "b", bd.ID, "linux/amd64"); !errors.Is(err, errdefs.ErrUnavailable) {
+	if _, err := a.s.peers.owners().Connect(ctx2, "b", bd.ID, "linux/amd64"); !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Errorf("connect through a replica that is down: %v; want Unavailable", err)
 	}
 }

@@ -328,7 +328,7 @@ func (s *Server) startServices() (*project.Service, error) {
 	}
 	s.peers = newPeers(s)
 	builds = build.NewService(s.store, fleet, s.ca, build.Config{HealthTimeout: cfg.HealthTimeout,
-		Cluster: s.cluster, ConnectOwner: s.peers.connector(),
+		Cluster: s.cluster, Owners: s.peers.owners(),
 		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
 		BuildURL:     s.buildURL,
 		Leased:       fleet.Leased,
