@@ -52,7 +52,9 @@ func (s *Service) failOrphans(ctx context.Context, msg, why string) error {
 	var errs []error
 	for _, b := range running {
 		if b.IsSource() || b.Platforms == "" || !s.ours(b) || s.leaseSurvived(b) {
-			// Another replica's builds are its to settle (replicas.go).
+			// Kiln's runner settles source builds; a build that never got a
+			// builder may still get one; another replica settles its own
+			// builds (replicas.go); a surviving lease goes on.
 			continue
 		}
 		s.mu.Lock()
