@@ -79,6 +79,43 @@ func (s *Service) seenActive(ctx context.Context, b Build, now time.Time) {
 	}
 }
 
+// reaperLock is the store lock under which one replica at a time reaps.
+const reaperLock = "build-health-reaper"
+
+// reapTick is one round of the health reaper. With several replicas, the
+// one that gets reaperLock reaps; the others only record what their
+// gateways see (recordActive), for it to count.
+func (s *Service) reapTick(ctx context.Context) error {
+	if s.cfg.Cluster == nil {
+		return s.ReapAbandoned(ctx)
+	}
+	ran, err := s.cfg.Cluster.Exclusive(ctx, reaperLock, s.ReapAbandoned)
+	if ran || err != nil {
+		return err
+	}
+	return s.recordActive(ctx)
+}
+
+// recordActive notes the running client builds whose clients this
+// replica's gateway sees at work (seenActive), without reaping.
+func (s *Service) recordActive(ctx context.Context) error {
+	running, err := s.store.ListBuildsByStatus(ctx, Running)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, b := range running {
+		if b.IsSource() || !s.cfg.Active(b.ID) {
+			continue
+		}
+		s.mu.Lock()
+		s.activeAt[b.ID] = now
+		s.mu.Unlock()
+		s.seenActive(ctx, b, now)
+	}
+	return nil
+}
+
 // Run reaps abandoned builds, writes builder usage (resources.go), and
 // releases the leases of builds that ended through another replica
 // (replicas.go), until ctx ends. The reaper's interval follows the
@@ -95,7 +132,7 @@ func (s *Service) Run(ctx context.Context) {
 		if paused > 0 {
 			s.resumed(now, paused)
 		}
-		if err := s.ReapAbandoned(ctx); err != nil && ctx.Err() == nil {
+		if err := s.reapTick(ctx); err != nil && ctx.Err() == nil {
 			s.logger.Error("reap abandoned builds", "err", err)
 		}
 	})

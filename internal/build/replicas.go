@@ -27,8 +27,10 @@ import (
 //   - the build may end through any replica (FinishBuild, a cancel, the
 //     health reaper): the owner notices in the store within
 //     leaseFollowInterval and releases its lease (followLeases);
-//   - the owner's gateway seeing the client at work counts for every
-//     replica's health reaper: it is written to LastHealthAt (reap.go);
+//   - the health reaper runs on one replica at a time, and the owner's
+//     gateway seeing the client at work counts for it wherever it runs:
+//     every replica writes what its gateway sees to LastHealthAt
+//     (reap.go);
 //   - the owner follows the build's solves, so a step report arriving at
 //     another replica keeps only the client's own steps (followed).
 
@@ -42,6 +44,9 @@ type Cluster interface {
 	// PlaceBuilder returns the live replica that runs (or will run) the
 	// project's builder for platform.
 	PlaceBuilder(ctx context.Context, projectID, platform string) (string, error)
+	// Exclusive runs fn if this replica gets the named lock, and reports
+	// whether it ran: work done on one replica at a time.
+	Exclusive(ctx context.Context, name string, fn func(ctx context.Context) error) (bool, error)
 }
 
 // Owners asks the replica owner running a project's builder to act on it

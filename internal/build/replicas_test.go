@@ -14,8 +14,16 @@ import (
 )
 
 // fakeCluster places project pa's builders on replica "b" and every other
-// project's on the asking replica.
+// project's on the asking replica; replica "a" always gets the store's
+// locks.
 type fakeCluster struct{ self string }
+
+func (c fakeCluster) Exclusive(ctx context.Context, _ string, fn func(context.Context) error) (bool, error) {
+	if c.self != "a" {
+		return false, nil
+	}
+	return true, fn(ctx)
+}
 
 func (c fakeCluster) Self() string         { return c.self }
 func (c fakeCluster) Alive(id string) bool { return true }
@@ -276,5 +284,34 @@ func TestStepsReportedElsewhereKeepTheClientsOwn(t *testing.T) {
 		if got, _ := r.a.st.ListSteps(ctx, id); len(got) != want {
 			t.Errorf("build %s: %d steps stored (%+v); want %d", id, len(got), got, want)
 		}
+	}
+}
+
+// The health reaper runs on the replica holding its lock; the others only
+// write down the activity their gateways see, which it counts.
+func TestReaperRunsOnOneReplica(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	r := setupReplicas(t, timeout)
+	ctx := context.Background()
+	busy, _ := r.connectThroughA(t, "pa")
+	quiet, _ := r.connectThroughA(t, "pa")
+	r.activeOnB = func(id string) bool { return id == busy.ID }
+	time.Sleep(timeout + timeout/2)
+	if err := r.b.svc.ReapTick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := r.a.st.GetBuild(ctx, quiet.ID); got.Status != build.Running {
+		t.Errorf("quiet build after b's round: %s; want running (b does not hold the reaper's lock)", got.Status)
+	}
+	if got, _ := r.a.st.GetBuild(ctx, busy.ID); time.Since(got.LastHealthAt) > timeout/2 {
+		t.Errorf("busy build's last health %s ago after b's round; want b's sighting recorded", time.Since(got.LastHealthAt))
+	}
+	if err := r.a.svc.ReapTick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	q, _ := r.a.st.GetBuild(ctx, quiet.ID)
+	b, _ := r.a.st.GetBuild(ctx, busy.ID)
+	if q.Status != build.Canceled || b.Status != build.Running {
+		t.Errorf("after a's round: quiet %s, busy %s; want canceled, running", q.Status, b.Status)
 	}
 }
