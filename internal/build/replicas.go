@@ -16,9 +16,9 @@ import (
 // the cluster places it on; a build connected through another replica is
 // connected there (Config.Owners, which calls that replica's
 // ConnectHere), so its lease, its client certificate and the gateway its
-// client dials are the owner's; a platform's builder released early
-// (Release) is released there too (ReleaseHere). The owner records itself as the build's
-// Replica when it leases the builder (touch), and from then on:
+// client dials are the owner's; a builder released early (Release) is
+// released there too (ReleaseHere). The owner records itself as the
+// build's Replica when it leases the builder (touch), and from then on:
 //
 //   - only the owner settles the build at its own start and stop
 //     (Reconcile, Stopped): its builders are the ones that went away;

@@ -30,12 +30,14 @@ import (
 // others sharing its store (internal/cluster). A replica runs its own
 // builders, so a client build connected through one replica is connected
 // on the replica its project's builder is placed on (peerConnectPath,
-// build.Config.Owners; a platform released early is released there too:
-// peerReleasePath), and a project's cache reset, deletion or
-// egress change is applied by every live replica to its own builders
-// (peerProjectPath). Calls carry the cluster's bearer
-// (cluster.PeerToken); without a cluster key a replica has no peers and
-// refuses every call. The client and the handlers are both here.
+// build.Config.Owners; a builder released early is released there too:
+// peerReleasePath), and a project's cache reset, deletion or egress
+// change is applied by every live replica to its own builders
+// (peerProjectPath). Calls carry the cluster's bearer (cluster.PeerToken);
+// without a cluster key a replica has no peers and refuses every call.
+// The routes are on the public listener: an operator's load balancer may
+// keep /internal/ to the replicas' own network. The client and the
+// handlers are both here.
 const (
 	peerConnectPath = "/internal/replica/v1/connect"
 	peerReleasePath = "/internal/replica/v1/release"
