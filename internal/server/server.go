@@ -131,6 +131,7 @@ type Server struct {
 	telemetry     *telemetry.Exporter // nil without --clickhouse-url
 	cluster       *cluster.Cluster    // this replica's membership (cluster.go)
 	clusterDone   chan struct{}       // closed when its heartbeat loop has stopped
+	peers         *peers              // the other replicas' internal API (peer.go)
 	cancel        context.CancelFunc
 	done          chan struct{}
 }
@@ -331,7 +332,9 @@ func (s *Server) startServices() (*project.Service, error) {
 		observers = append(observers, s.telemetry)
 		s.metrics.WatchExport(s.telemetry)
 	}
+	s.peers = newPeers(s)
 	builds = build.NewService(s.store, fleet, s.ca, build.Config{HealthTimeout: cfg.HealthTimeout,
+		Cluster: s.cluster, Owners: s.peers.owners(),
 		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
 		BuildURL:     s.buildURL,
 		Leased:       fleet.Leased,
@@ -344,11 +347,13 @@ func (s *Server) startServices() (*project.Service, error) {
 		OnAcquire:    s.metrics.OnAcquire,
 		Audit:        s.audit.AuthEvent}, cfg.Logger)
 	s.builds = builds
+	s.cluster.OnDead(builds.ReplicaDead)
 	if s.gateway, err = gateway.New(gateway.Config{Builders: fleet, Certs: s.ca, Authorize: builds.BuilderAccess,
 		OnSolve: s.follow.Solve, Logger: cfg.Logger}); err != nil {
 		return nil, err
 	}
-	return &project.Service{Store: s.store, Builders: fleet, Audit: s.audit, Revoked: revoker{builds, s.gateway}, Network: egressApplier{fleet}}, nil
+	return &project.Service{Store: s.store, Builders: s.peers.builders(), Audit: s.audit,
+		Revoked: s.peers.revoked(revoker{builds, s.gateway}), Network: s.peers.network()}, nil
 }
 
 // mountAPI builds the authenticator and mounts every API on a new mux:
@@ -380,6 +385,7 @@ func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http
 	if err := s.mountWeb(mux, authn, projects, logins); err != nil { // the dashboard and /builds/{id}: web.go
 		return nil, nil, nil, err
 	}
+	s.peers.mount(ctx, mux) // the other replicas' calls: peer.go
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.Handle("GET /readyz", s.readiness()) // ready.go
 	fleet := s.fleet
