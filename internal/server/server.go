@@ -527,7 +527,7 @@ func (s *Server) Listen() (net.Addr, error) {
 	if s.cfg.TLS == TLSFiles {
 		cert, err = loadTLSFiles(s.cfg.TLSCert, s.cfg.TLSKey)
 	} else {
-		cert, err = controlPlaneCert(s.ca, l.Addr(), s.cfg.PublicURL)
+		cert, err = controlPlaneCert(s.ca, l.Addr(), s.cfg.PublicURL, s.cfg.AdvertiseURL)
 	}
 	if err != nil {
 		l.Close()
