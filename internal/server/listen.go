@@ -190,9 +190,9 @@ func serverTLS(gw *gateway.Gateway, cert tls.Certificate) *tls.Config {
 
 // controlPlaneCert is the certificate kiln serves for the API and registry
 // when the operator gave none: from kiln's root CA, for localhost, the
-// loopback addresses, the listen address and the hosts of urls (the public
-// and advertised URLs; and
-// every local address when listening on all of them).
+// loopback addresses, the listen address (every local address when
+// listening on all of them) and the hosts of urls: the public and the
+// advertised URL.
 func controlPlaneCert(ca *pki.Authority, addr net.Addr, urls ...string) (tls.Certificate, error) {
 	names := []string{"localhost"}
 	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
