@@ -112,6 +112,8 @@ type Runner struct {
 
 	// wake asks the sync loop for a sync now (buffered: one is enough).
 	wake chan struct{}
+	// claimMu makes this replica's claims take turns (claim).
+	claimMu sync.Mutex
 
 	// mu guards the queue and the running set.
 	mu         sync.Mutex

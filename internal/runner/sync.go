@@ -144,6 +144,10 @@ func (r *Runner) claim(ctx context.Context, id, projectID string) (b build.Build
 		b, ok, err = r.builds.StartSource(ctx, id, r.self)
 		return b, ok, false, err
 	}
+	// One claim at a time here: on Postgres each holds a connection for
+	// its lock while it queries on another, and the pool is bounded.
+	r.claimMu.Lock()
+	defer r.claimMu.Unlock()
 	ran, err := r.cfg.Cluster.Exclusive(ctx, "source-claim/"+projectID, func(ctx context.Context) error {
 		n, err := r.activeIn(ctx, projectID)
 		if err != nil {
