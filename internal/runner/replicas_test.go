@@ -16,6 +16,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/build"
 	"github.com/kiln-dev/kiln/internal/project"
 	"github.com/kiln-dev/kiln/internal/store"
+	"github.com/kiln-dev/kiln/internal/store/pgtest"
 )
 
 // Replicas here are Runners on one store, each with its own build
@@ -25,7 +26,7 @@ import (
 // fakeCluster is a replica's membership: its id and the store's locks.
 type fakeCluster struct {
 	self string
-	st   *store.SQLite
+	st   *store.SQL
 }
 
 func (c fakeCluster) Self() string { return c.self }
@@ -110,22 +111,66 @@ func (f *fakeEngine) ran(id string) []string {
 // cluster is a store shared by replicas.
 type cluster struct {
 	t      *testing.T
-	st     *store.SQLite
+	st     *store.SQL // the test's own connection to it
+	open   func() *store.SQL
 	blobs  *blob.Local
 	dir    string
 	engine *fakeEngine
+	claims *claimCounter
 	org    auth.Principal
 }
 
+// claimCounter counts successful StartSource claims (BuildStarted), over
+// all replicas.
+type claimCounter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *claimCounter) BuildCreated(build.Build) {}
+func (c *claimCounter) BuildEnded(build.Build)   {}
+func (c *claimCounter) BuildStarted(b build.Build) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n[b.ID]++
+}
+
+func (c *claimCounter) of(id string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[id]
+}
+
 func newCluster(t *testing.T, projects int) *cluster {
-	ctx := context.Background()
 	st, blobs, dir := testStores(t)
+	return setupCluster(t, st, func() *store.SQL { return st }, blobs, dir, projects)
+}
+
+// newPostgresCluster is newCluster on Postgres, each replica with a
+// connection pool of its own, as replicas on several machines have.
+func newPostgresCluster(t *testing.T, projects int) *cluster {
+	ctx := context.Background()
+	_, blobs, dir := testStores(t)
+	url := pgtest.NewDatabase(t)
+	open := func() *store.SQL {
+		st, err := store.OpenPostgres(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return st
+	}
+	return setupCluster(t, open(), open, blobs, dir, projects)
+}
+
+func setupCluster(t *testing.T, st *store.SQL, open func() *store.SQL, blobs *blob.Local, dir string, projects int) *cluster {
+	ctx := context.Background()
 	st.CreateOrganization(ctx, project.Organization{ID: "o1", Name: "o1"})
 	for i := range projects {
 		id := fmt.Sprintf("p%d", i)
 		st.CreateProject(ctx, project.Project{ID: id, OrgID: "o1", Name: id})
 	}
-	return &cluster{t: t, st: st, blobs: blobs, dir: dir, engine: newFakeEngine(t), org: auth.Principal{Kind: auth.TokenOrg, OrgID: "o1"}}
+	return &cluster{t: t, st: st, open: open, blobs: blobs, dir: dir, engine: newFakeEngine(t), claims: &claimCounter{n: map[string]int{}}, org: auth.Principal{Kind: auth.TokenOrg, OrgID: "o1"}}
 }
 
 // passive makes a replica that answers the API but starts no build.
@@ -140,11 +185,12 @@ func (c *cluster) replica(id string, cfg Config, opts ...func(*Runner)) *Runner 
 	cfg.SecretsKey = []byte(strings.Repeat("k", 32))
 	cfg.Logger = logger
 	cfg.RegistryHost = func() string { return "127.0.0.1:1" }
-	cfg.Cluster = fakeCluster{self: id, st: c.st}
+	st := c.open()
+	cfg.Cluster = fakeCluster{self: id, st: st}
 	if cfg.SyncInterval == 0 {
 		cfg.SyncInterval = 50 * time.Millisecond
 	}
-	r, err := New(c.st, c.blobs, build.NewService(c.st, nil, nil, build.Config{}, logger), &project.Service{Store: c.st}, cfg)
+	r, err := New(st, c.blobs, build.NewService(st, nil, nil, build.Config{Observer: c.claims}, logger), &project.Service{Store: st}, cfg)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -200,9 +246,14 @@ func ended(b build.Build) bool { return b.Terminal() }
 
 // 40 builds of 8 projects created through two replicas each run exactly
 // once, on either replica, and a project never has more than
-// MaxPerProject running over both.
+// MaxPerProject running over both: on SQLite (one process's store) and on
+// Postgres (row and advisory locks between connection pools).
 func TestReplicasRunEachBuildOnce(t *testing.T) {
-	c := newCluster(t, 8)
+	t.Run("sqlite", func(t *testing.T) { testReplicasRunEachBuildOnce(t, newCluster(t, 8)) })
+	t.Run("postgres", func(t *testing.T) { testReplicasRunEachBuildOnce(t, newPostgresCluster(t, 8)) })
+}
+
+func testReplicasRunEachBuildOnce(t *testing.T, c *cluster) {
 	cfg := Config{MaxConcurrent: 3, MaxPerProject: 1}
 	a, b := c.replica("a", cfg), c.replica("b", cfg)
 	var ids []string
@@ -217,8 +268,8 @@ func TestReplicasRunEachBuildOnce(t *testing.T) {
 	for _, id := range ids {
 		got := c.waitFor(id, "ended", ended)
 		runs := c.engine.ran(id)
-		if got.Status != build.Succeeded || len(runs) != 1 || got.ImageDigest != "sha256:"+runs[0] || got.Replica != runs[0] {
-			t.Errorf("build %s: %s %q on %q; ran on %v, want once", id, got.Status, got.Error, got.Replica, runs)
+		if got.Status != build.Succeeded || len(runs) != 1 || got.ImageDigest != "sha256:"+runs[0] || got.Replica != runs[0] || c.claims.of(id) != 1 {
+			t.Errorf("build %s: %s %q on %q; claimed %d times, ran on %v: want once", id, got.Status, got.Error, got.Replica, c.claims.of(id), runs)
 		}
 		if len(runs) > 0 {
 			on[runs[0]]++
@@ -234,6 +285,8 @@ func TestReplicasRunEachBuildOnce(t *testing.T) {
 		}
 	}
 	c.engine.mu.Unlock()
+	// Each replica's copy of the queue empties at its next sync.
+	time.Sleep(3 * a.cfg.SyncInterval)
 	for _, r := range []*Runner{a, b} {
 		for i := range 8 {
 			if q := r.Queued(fmt.Sprintf("p%d", i)); len(q) != 0 {
@@ -268,7 +321,11 @@ func TestBuildCreatedThroughOneReplicaRunsOnAnother(t *testing.T) {
 // its solve within a sync, and its end does not replace the cancel. A
 // queued build a knows of and b cancels never starts.
 func TestCancelThroughAnotherReplica(t *testing.T) {
-	c := newCluster(t, 1)
+	t.Run("sqlite", func(t *testing.T) { testCancelThroughAnotherReplica(t, newCluster(t, 1)) })
+	t.Run("postgres", func(t *testing.T) { testCancelThroughAnotherReplica(t, newPostgresCluster(t, 1)) })
+}
+
+func testCancelThroughAnotherReplica(t *testing.T, c *cluster) {
 	c.engine.hold = func(string, build.Build) bool { return true }
 	a := c.replica("a", Config{MaxConcurrent: 1})
 	running := c.create(a, "p0")
@@ -326,7 +383,11 @@ func TestCancelThroughAnotherReplica(t *testing.T) {
 // to rebuild. A replica taken for dead that still runs the build stops it,
 // and its end is not recorded.
 func TestDeadReplicasBuildsAreTakenOver(t *testing.T) {
-	c := newCluster(t, 1)
+	t.Run("sqlite", func(t *testing.T) { testDeadReplicasBuildsAreTakenOver(t, newCluster(t, 1)) })
+	t.Run("postgres", func(t *testing.T) { testDeadReplicasBuildsAreTakenOver(t, newPostgresCluster(t, 1)) })
+}
+
+func testDeadReplicasBuildsAreTakenOver(t *testing.T, c *cluster) {
 	ctx := context.Background()
 	c.engine.hold = func(string, build.Build) bool { return true }
 	a := c.replica("a", Config{})
