@@ -92,9 +92,14 @@ func (s *Service) RequeueSource(ctx context.Context, id, replica, note string) (
 // stepRequeue is the step a requeued build's note is logged under.
 const stepRequeue = "kiln:requeue"
 
-// SetPushing records that a running source build is exporting its image.
-func (s *Service) SetPushing(ctx context.Context, id string) error {
+// SetPushing records that a running source build is exporting its image,
+// if it still runs on replica (the runner's own): a run whose build was
+// taken over changes nothing.
+func (s *Service) SetPushing(ctx context.Context, id, replica string) error {
 	_, err := s.store.UpdateBuild(ctx, id, func(b *Build) error {
+		if b.Replica != replica {
+			return nil
+		}
 		// Not running: it ended meanwhile, and stays ended.
 		_ = b.Transition(Pushing, time.Now().UTC())
 		return nil

@@ -72,6 +72,14 @@ func TestRequeueSource(t *testing.T) {
 	if b, _ := e.svc.FinishSource(ctx, "b1", build.Outcome{Result: build.Result{Status: build.Failed, Error: "late"}, Replica: "dead"}); b.Status != build.Running {
 		t.Errorf("a taken-over build ended by its old run: %s", b.Status)
 	}
+	e.svc.SetPushing(ctx, "b1", "dead")
+	if b, _ := e.st.GetBuild(ctx, "b1"); b.Status != build.Running {
+		t.Errorf("a taken-over build marked pushing by its old run: %s", b.Status)
+	}
+	e.svc.SetPushing(ctx, "b1", "live")
+	if b, _ := e.st.GetBuild(ctx, "b1"); b.Status != build.Pushing {
+		t.Errorf("the live run's push was not recorded: %s", b.Status)
+	}
 	b, err = e.svc.FinishSource(ctx, "b1", build.Outcome{Result: build.Result{Status: build.Succeeded}, ImageDigest: "sha256:x", Replica: "live"})
 	if err != nil || b.Status != build.Succeeded || b.Secrets != "" {
 		t.Errorf("the new run's end: %v %+v", err, b)

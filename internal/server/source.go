@@ -87,16 +87,6 @@ func (s *Server) openSource(ctx context.Context, mux *http.ServeMux, st store.St
 	if err != nil {
 		return err
 	}
-	if s.cluster.Shared() {
-		// A build created through one replica runs on any: they seal its
-		// secrets with one key, the first replica's.
-		if key, err = s.cluster.Secret(ctx, "source-secrets-key", func() ([]byte, error) { return key, nil }); err != nil {
-			return err
-		}
-		if cfg.S3.Bucket == "" {
-			s.cfg.Logger.Warn("source builds keep uploaded contexts on this replica's disk: a build created through another replica cannot read them; give every replica the same bucket (--source-s3-bucket)")
-		}
-	}
 	s.runner, err = runner.New(st, blobs, builds, projects, runner.Config{
 		WorkDir:                   filepath.Join(s.cfg.DataDir, "work"),
 		MaxConcurrent:             cfg.MaxConcurrent,
@@ -119,6 +109,9 @@ func (s *Server) openSource(ctx context.Context, mux *http.ServeMux, st store.St
 	}
 	// A dead replica's source builds run again on a live one.
 	s.cluster.OnDead(s.runner.SettleDead)
+	if s.cluster.Shared() && cfg.S3.Bucket == "" {
+		s.cfg.Logger.Warn("uploaded contexts are kept on this replica's disk, but a source build runs on whichever replica claims it; give every replica the same bucket (--contexts-s3-bucket)")
+	}
 	svc := &kilnapi.SourceBuildService{Runner: s.runner, Logger: s.cfg.Logger, Resources: s.builds.Resources,
 		CustomerOf: func(ctx context.Context, projectID string) string {
 			p, err := st.GetProject(ctx, projectID)
