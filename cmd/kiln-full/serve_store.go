@@ -20,7 +20,7 @@ const replicasServeExample = `
   # two replicas behind one load balancer, on one Postgres and one S3 (docs/operating.md "Replicas"):
   openssl rand -hex 32 > cluster.key && chmod 600 cluster.key   # the same file on every replica
   KILN_STORE=postgres://… kiln serve --cluster-key-file cluster.key --public-url https://kiln.example.com \
-    --advertise-url https://replica1.internal:7420 --registry-s3-bucket … --source-s3-bucket …`
+    --advertise-url https://replica1.internal:7420 --registry-s3-bucket … --contexts-s3-bucket …`
 
 // registerStoreFlags adds `kiln serve --store` and the replica flags.
 func registerStoreFlags(f *pflag.FlagSet, cfg *server.Config) {

@@ -110,6 +110,10 @@ type Config struct {
 	// 0 → 10m.
 	MatchEvery time.Duration
 	Now        func() time.Time
+	// Exclusive, if set, runs each prune of Run under it
+	// (cluster.Cluster.Exclusive): one replica prunes at a time, and one
+	// whose turn it is not skips the tick (ran false).
+	Exclusive func(ctx context.Context, name string, fn func(ctx context.Context) error) (ran bool, err error)
 }
 
 // Recorder records and lists audit events. A nil *Recorder records nothing.
@@ -428,7 +432,8 @@ func (r *Recorder) Prune(ctx context.Context) (int64, error) {
 	return r.st.PruneAuditEvents(ctx, r.cfg.Now().Add(-r.cfg.Retention), r.cfg.MaxEvents)
 }
 
-// Run prunes at start and then every PruneEvery until ctx ends.
+// Run prunes at start and then every PruneEvery until ctx ends; with
+// Config.Exclusive, on one replica at a time.
 func (r *Recorder) Run(ctx context.Context) {
 	if r == nil {
 		return
@@ -436,7 +441,18 @@ func (r *Recorder) Run(ctx context.Context) {
 	t := time.NewTicker(r.cfg.PruneEvery)
 	defer t.Stop()
 	for {
-		if n, err := r.Prune(ctx); err != nil && ctx.Err() == nil {
+		var n int64
+		prune := func(ctx context.Context) (err error) {
+			n, err = r.Prune(ctx)
+			return err
+		}
+		var err error
+		if r.cfg.Exclusive != nil {
+			_, err = r.cfg.Exclusive(ctx, "audit-prune", prune)
+		} else {
+			err = prune(ctx)
+		}
+		if err != nil && ctx.Err() == nil {
 			r.log.Error("prune audit log", "err", err)
 		} else if n > 0 {
 			r.log.Info("pruned audit log", "deleted", n)

@@ -251,3 +251,58 @@ func TestAuthEventHook(t *testing.T) {
 	nilRecorder.Record(ctx, audit.Event{Kind: audit.KindDenied}) // must not panic
 	nilRecorder.AuthEvent(ctx, audit.KindDenied)
 }
+
+// With Exclusive, Run prunes only on the replica holding the lock: while
+// another one holds it, nothing is pruned here.
+func TestRunPrunesOnOneReplicaAtATime(t *testing.T) {
+	c := newClock()
+	var held sync.Mutex // another replica's prune, while locked
+	var tries, ran int
+	var mu sync.Mutex
+	exclusive := func(ctx context.Context, name string, fn func(context.Context) error) (bool, error) {
+		mu.Lock()
+		tries++
+		mu.Unlock()
+		if name != "audit-prune" || !held.TryLock() {
+			return false, nil
+		}
+		defer held.Unlock()
+		mu.Lock()
+		ran++
+		mu.Unlock()
+		return true, fn(ctx)
+	}
+	r, _ := newRecorder(t, audit.Config{Now: c.Now, Retention: time.Hour, PruneEvery: 5 * time.Millisecond, Exclusive: exclusive})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r.Record(ctx, audit.Event{Kind: audit.KindTokenCreated, OrgID: "o"})
+	c.Add(2 * time.Hour)
+	held.Lock()
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		mu.Lock()
+		n := tries
+		mu.Unlock()
+		if n >= 3 || time.Now().After(deadline) {
+			break
+		}
+	}
+	mu.Lock()
+	ranHeld := ran
+	mu.Unlock()
+	if got, _, _ := r.List(ctx, orgOf("o"), audit.Query{}); len(got) != 1 || ranHeld != 0 {
+		t.Fatalf("pruned while another replica held the lock (ran %d, %d events left)", ranHeld, len(got))
+	}
+	held.Unlock()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if got, _, _ := r.List(ctx, orgOf("o"), audit.Query{}); len(got) == 0 {
+			break
+		}
+	}
+	cancel()
+	<-done
+	if got, _, _ := r.List(context.Background(), orgOf("o"), audit.Query{}); len(got) != 0 {
+		t.Fatalf("%d events left once the lock was free", len(got))
+	}
+}

@@ -218,13 +218,19 @@ func (a *Authenticator) Authenticate(ctx context.Context, secret string) (Princi
 			return Principal{}, fmt.Errorf("this build token's build has ended; build tokens work only while their build runs: %w", errdefs.ErrUnauthenticated)
 		}
 	}
+	return t.Principal(), nil
+}
+
+// Principal is who a stored token authenticates as (once its secret, its
+// expiry and its build were checked).
+func (t Token) Principal() Principal {
 	p := Principal{TokenID: t.ID, Kind: t.Kind, OrgID: t.OrgID, ProjectID: t.ProjectID, BuildID: t.BuildID}
 	if len(t.PolicyIDs) > 0 {
 		// A token a CI job obtained: what it mints in turn (a build
 		// token's pull tokens) inherits the job's bound (life.go).
 		p.PolicyIDs, p.ExpiresAt = t.PolicyIDs, t.ExpiresAt
 	}
-	return p, nil
+	return p
 }
 
 type ctxKey struct{}

@@ -140,6 +140,12 @@ type Config struct {
 	// come from there, and ReportSteps keeps only what the client alone
 	// knows (followed.go). nil: no build is followed.
 	Followed func(buildID string) bool
+	// Cluster is the replicas sharing the store (replicas.go); nil: this
+	// is the only one.
+	Cluster Cluster
+	// Owners reaches the other replicas, which run their own builders
+	// (replicas.go); nil: every builder is this replica's.
+	Owners Owners
 }
 
 // Service implements build operations.
@@ -389,8 +395,21 @@ func (s *Service) Connect(ctx context.Context, p auth.Principal, buildID, platfo
 }
 
 // connect leases the project's builder for platform to build b and, once
-// the builder is ready, issues a client certificate for it.
+// the builder is ready, issues a client certificate for it: here, or on
+// the replica that runs the builder (replicas.go).
 func (s *Service) connect(ctx context.Context, b Build, platform string) (Connection, error) {
+	owner, err := s.placeBuilder(ctx, b.ProjectID, platform)
+	if err != nil {
+		return Connection{}, err
+	}
+	if owner != s.self() {
+		return s.cfg.Owners.Connect(ctx, owner, b.ID, platform)
+	}
+	return s.connectHere(ctx, b, platform)
+}
+
+// connectHere is connect on this replica's own fleet.
+func (s *Service) connectHere(ctx context.Context, b Build, platform string) (Connection, error) {
 	proj, err := s.store.GetProject(ctx, b.ProjectID)
 	if err != nil {
 		return Connection{}, err
@@ -549,7 +568,10 @@ func (s *Service) releaseAll(b Build) {
 	}
 }
 
-// touch records activity (and the platform used) for the health timeout.
+// touch records activity for the health timeout, and with a platform,
+// that the build leases this replica's builder for it: the platform joins
+// Platforms and a client build's Replica becomes this replica (a source
+// build's is the replica running it, which its runner records).
 func (s *Service) touch(ctx context.Context, id, platform string) error {
 	_, err := s.store.UpdateBuild(ctx, id, func(b *Build) error {
 		if b.Terminal() {
@@ -558,6 +580,9 @@ func (s *Service) touch(ctx context.Context, id, platform string) error {
 		b.LastHealthAt = time.Now().UTC()
 		if platform != "" && !slices.Contains(strings.Split(b.Platforms, ","), platform) {
 			b.Platforms = strings.Trim(b.Platforms+","+platform, ",")
+		}
+		if platform != "" && !b.IsSource() {
+			b.Replica = s.self()
 		}
 		return nil
 	})
@@ -684,23 +709,37 @@ func (s *Service) Release(ctx context.Context, p auth.Principal, buildID, platfo
 		return err
 	}
 	platform = builder.String()
+	owner, err := s.placeBuilder(ctx, b.ProjectID, platform)
+	if err != nil {
+		return err
+	}
+	if owner != s.self() {
+		return s.cfg.Owners.Release(ctx, owner, b.ID, platform)
+	}
+	s.releaseHere(b, platform)
+	return nil
+}
+
+// releaseHere gives back build b's lease of this replica's builder for
+// platform.
+func (s *Service) releaseHere(b Build, platform string) {
 	s.mu.Lock()
 	s.leases[b.ID] = slices.DeleteFunc(s.leases[b.ID], func(x string) bool { return x == platform })
 	s.mu.Unlock()
 	s.fleet.Release(b.ProjectID, platform, b.ID)
-	return nil
 }
 
 // ReportSteps stores steps a client reported; of a followed build, only
 // what the builder cannot show (see clientOnly).
 func (s *Service) ReportSteps(ctx context.Context, p auth.Principal, buildID string, steps []Step, logs []LogLine) error {
-	if _, err := s.clientBuild(ctx, p, buildID); err != nil {
+	b, err := s.clientBuild(ctx, p, buildID)
+	if err != nil {
 		return err
 	}
 	if len(steps) > 10000 || len(logs) > 100000 {
 		return fmt.Errorf("too many steps or log lines in one report: %w", errdefs.ErrInvalid)
 	}
-	if s.cfg.Followed != nil && s.cfg.Followed(buildID) {
+	if s.followed(b) {
 		var err error
 		if steps, logs, err = s.clientOnly(ctx, buildID, steps, logs); err != nil {
 			return err

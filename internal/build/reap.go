@@ -44,6 +44,7 @@ func (s *Service) ReapAbandoned(ctx context.Context) error {
 			s.mu.Lock()
 			s.activeAt[b.ID] = now
 			s.mu.Unlock()
+			s.seenActive(ctx, b, now)
 			continue
 		}
 		s.mu.Lock()
@@ -61,19 +62,77 @@ func (s *Service) ReapAbandoned(ctx context.Context) error {
 	return nil
 }
 
-// Run reaps abandoned builds, and writes builder usage (resources.go),
-// until ctx ends. The reaper's interval follows the
+// seenActive writes that build b's client was seen talking to this
+// replica's gateway at now as its LastHealthAt, so that the reapers of
+// the other replicas, whose gateways do not see it, count its silence
+// from then too. At most every HealthTimeout/4 per build: the store is
+// written far less often than the reaper runs, and a build stays well
+// inside its timeout.
+func (s *Service) seenActive(ctx context.Context, b Build, now time.Time) {
+	if now.Sub(b.LastHealthAt) < s.cfg.HealthTimeout/4 {
+		return
+	}
+	if err := s.touch(ctx, b.ID, ""); err != nil && ctx.Err() == nil {
+		// It ended meanwhile (touch refuses), or the store failed: this
+		// replica's own reaper still counts from activeAt.
+		s.logger.Debug("record a build's activity", "build_id", b.ID, "err", err)
+	}
+}
+
+// reaperLock is the store lock under which one replica at a time reaps.
+const reaperLock = "build-health-reaper"
+
+// reapTick is one round of the health reaper. With several replicas, the
+// one that gets reaperLock reaps; the others only record what their
+// gateways see (recordActive), for it to count.
+func (s *Service) reapTick(ctx context.Context) error {
+	if s.cfg.Cluster == nil {
+		return s.ReapAbandoned(ctx)
+	}
+	ran, err := s.cfg.Cluster.Exclusive(ctx, reaperLock, s.ReapAbandoned)
+	if ran || err != nil {
+		return err
+	}
+	return s.recordActive(ctx)
+}
+
+// recordActive notes the running client builds whose clients this
+// replica's gateway sees at work (seenActive), without reaping.
+func (s *Service) recordActive(ctx context.Context) error {
+	running, err := s.store.ListBuildsByStatus(ctx, Running)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, b := range running {
+		if b.IsSource() || !s.cfg.Active(b.ID) {
+			continue
+		}
+		s.mu.Lock()
+		s.activeAt[b.ID] = now
+		s.mu.Unlock()
+		s.seenActive(ctx, b, now)
+	}
+	return nil
+}
+
+// Run reaps abandoned builds, writes builder usage (resources.go), and
+// releases the leases of builds that ended through another replica
+// (replicas.go), until ctx ends. The reaper's interval follows the
 // timeout so a short test timeout is honoured promptly.
 func (s *Service) Run(ctx context.Context) {
 	wrote := make(chan struct{})
 	go func() { s.writeResources(ctx); close(wrote) }()
 	defer func() { <-wrote }() // its last batch is written before Run returns
+	followed := make(chan struct{})
+	go func() { s.followLeases(ctx); close(followed) }()
+	defer func() { <-followed }()
 	every := max(min(s.cfg.HealthTimeout/4, 15*time.Second), 100*time.Millisecond)
 	ticker.Run(ctx.Done(), every, func(now time.Time, paused time.Duration) {
 		if paused > 0 {
 			s.resumed(now, paused)
 		}
-		if err := s.ReapAbandoned(ctx); err != nil && ctx.Err() == nil {
+		if err := s.reapTick(ctx); err != nil && ctx.Err() == nil {
 			s.logger.Error("reap abandoned builds", "err", err)
 		}
 	})

@@ -40,8 +40,9 @@ func (s *Service) Stopped(ctx context.Context) error {
 	return s.failOrphans(ctx, StoppedError, "kiln serve stopped under it")
 }
 
-// failOrphans fails the running client builds whose builder leases the
-// fleet no longer holds, with msg; why is for the log.
+// failOrphans fails the running client builds whose builder leases this
+// replica held and its fleet no longer holds, with msg; why is for the
+// log.
 func (s *Service) failOrphans(ctx context.Context, msg, why string) error {
 	running, err := s.store.ListBuildsByStatus(ctx, Running)
 	if err != nil {
@@ -50,7 +51,10 @@ func (s *Service) failOrphans(ctx context.Context, msg, why string) error {
 	failed := 0
 	var errs []error
 	for _, b := range running {
-		if b.IsSource() || b.Platforms == "" || s.leaseSurvived(b) {
+		if b.IsSource() || b.Platforms == "" || !s.ours(b) || s.leaseSurvived(b) {
+			// Kiln's runner settles source builds; a build that never got a
+			// builder may still get one; another replica settles its own
+			// builds (replicas.go); a surviving lease goes on.
 			continue
 		}
 		s.mu.Lock()

@@ -14,7 +14,10 @@ import (
 // (internal/runner drives them). Their life is queued → running → pushing
 // → succeeded | failed | canceled; every transition is written before the
 // runner acts on it, and the first terminal status wins, so a cancel, a
-// lost builder and the runner's own result can race safely.
+// lost builder and the runner's own result can race safely. The one way
+// back is RequeueSource, for a build whose replica died under it; while
+// such a build waits and runs again, its Error is the note saying so (no
+// other write sets the error of a source build that has not ended).
 
 // NewID returns a fresh build id.
 func NewID() string { return project.NewID() }
@@ -39,15 +42,18 @@ func (s *Service) CreateSource(ctx context.Context, p auth.Principal, proj proje
 	return b, nil
 }
 
-// StartSource moves a queued source build to running. ok is false when the
-// build is no longer queued (it was canceled while it waited).
-func (s *Service) StartSource(ctx context.Context, id string) (b Build, ok bool, err error) {
+// StartSource claims a queued source build for replica (the runner's own,
+// "" for a server without replicas) and moves it to running. The claim is
+// one row-locked update: of several replicas that try, one wins; ok is
+// false for the others, and when the build is no longer queued (it was
+// canceled while it waited, or another replica runs it).
+func (s *Service) StartSource(ctx context.Context, id, replica string) (b Build, ok bool, err error) {
 	b, err = s.store.UpdateBuild(ctx, id, func(b *Build) error {
 		now := time.Now().UTC()
 		if b.Transition(Running, now) != nil {
-			return nil // not queued: canceled while it waited
+			return nil // not queued: canceled while it waited, or claimed
 		}
-		ok, b.LastHealthAt = true, now
+		ok, b.LastHealthAt, b.Replica = true, now, replica
 		return nil
 	})
 	if ok && err == nil {
@@ -56,9 +62,44 @@ func (s *Service) StartSource(ctx context.Context, id string) (b Build, ok bool,
 	return b, ok, err
 }
 
-// SetPushing records that a running source build is exporting its image.
-func (s *Service) SetPushing(ctx context.Context, id string) error {
+// RequeueSource queues again a source build that replica was running when
+// it died (internal/cluster's OnDead), so a live replica runs it from the
+// start; note says why, recorded as the build's error while it waits and
+// as a line of its log. ok is false, and nothing changes, unless the build
+// is still running or pushing on replica: it ended, or it was taken over
+// already.
+func (s *Service) RequeueSource(ctx context.Context, id, replica, note string) (b Build, ok bool, err error) {
+	b, err = s.store.UpdateBuild(ctx, id, func(b *Build) error {
+		if !b.IsSource() || b.Replica != replica || b.Requeue() != nil {
+			return nil
+		}
+		ok, b.Error = true, note
+		return nil
+	})
+	if err != nil || !ok {
+		return b, false, err
+	}
+	now := time.Now().UTC()
+	step := Step{Digest: stepRequeue, Name: "[kiln] restarted on another replica", StartedAt: now, CompletedAt: now}
+	if err := s.StoreSteps(ctx, id, []Step{step}, []LogLine{{Digest: stepRequeue, At: now, Message: note + "\n"}}); err != nil {
+		// The build is queued again either way; its error says why.
+		s.logger.WarnContext(ctx, "record a requeued source build's note", "build_id", id, "err", err)
+	}
+	s.logger.WarnContext(ctx, "source build queued again: its replica died", "build_id", id, "project_id", b.ProjectID, "replica", replica)
+	return b, true, nil
+}
+
+// stepRequeue is the step a requeued build's note is logged under.
+const stepRequeue = "kiln:requeue"
+
+// SetPushing records that a running source build is exporting its image,
+// if it still runs on replica (the runner's own): a run whose build was
+// taken over changes nothing.
+func (s *Service) SetPushing(ctx context.Context, id, replica string) error {
 	_, err := s.store.UpdateBuild(ctx, id, func(b *Build) error {
+		if b.Replica != replica {
+			return nil
+		}
 		// Not running: it ended meanwhile, and stays ended.
 		_ = b.Transition(Pushing, time.Now().UTC())
 		return nil
@@ -73,16 +114,25 @@ type Outcome struct {
 	ImageDigest string
 	// GitCommit is the commit a git context was built from.
 	GitCommit string
+	// Replica is the replica whose run of the build this is the end of;
+	// "" for an end decided elsewhere (a cancel, a restart's settling).
+	Replica string
 }
 
 // FinishSource ends a source build unless it already ended, forgets its
-// secrets and releases its builders. The build as stored is returned.
+// secrets and releases its builders. The build as stored is returned. An
+// outcome with Replica ends the build only while it runs on that replica:
+// one it no longer holds (it was taken over) is left alone.
 func (s *Service) FinishSource(ctx context.Context, id string, o Outcome) (Build, error) {
 	if len(o.Error) > 64<<10 {
 		o.Error = o.Error[:64<<10]
 	}
-	ended := false
+	ended, lost := false, false
 	b, err := s.store.UpdateBuild(ctx, id, func(b *Build) error {
+		if o.Replica != "" && !b.Terminal() && (b.Replica != o.Replica || b.Status == Queued) {
+			lost = true // another replica runs it now, or will
+			return nil
+		}
 		b.Secrets = ""
 		if b.Transition(o.Status, time.Now().UTC()) != nil {
 			return nil // it ended already: the first end wins
@@ -95,7 +145,7 @@ func (s *Service) FinishSource(ctx context.Context, id string, o Outcome) (Build
 		b.GitCommit = o.GitCommit // known once resolved, whatever the end
 		return nil
 	})
-	if err != nil {
+	if err != nil || lost {
 		return b, err
 	}
 	s.releaseAll(b)

@@ -74,6 +74,23 @@ func (b *Build) Overturn(to Status, now time.Time) error {
 	return nil
 }
 
+// Requeue moves a running or pushing source build back to queued, to run
+// again from the start: its replica died under it (RequeueSource). It is
+// the state machine's one way back, kept out of the table so no other
+// transition can take it; the build forgets when it started and where it
+// ran. Anything else is errdefs.ErrFailedPrecondition and changes nothing.
+func (b *Build) Requeue() error {
+	if !b.IsSource() || b.Status != Running && b.Status != Pushing {
+		if b.Terminal() {
+			return errEnded(*b)
+		}
+		return fmt.Errorf("build %q is a %s build, %s; only a running source build can be queued again: %w", b.ID, b.EffectiveKind(), b.Status, errdefs.ErrFailedPrecondition)
+	}
+	b.Status = Queued
+	b.StartedAt, b.LastHealthAt, b.Replica, b.Platforms = time.Time{}, time.Time{}, "", ""
+	return nil
+}
+
 // errEnded is the answer to anything that needs a build that has not ended.
 func errEnded(b Build) error {
 	return fmt.Errorf("build %q already %s: %w", b.ID, b.Status, errdefs.ErrFailedPrecondition)

@@ -89,3 +89,37 @@ func TestEffectiveKind(t *testing.T) {
 		}
 	}
 }
+
+// Requeue is the one way back: a running or pushing source build returns
+// to queued, forgetting where and when it ran; nothing else may take it.
+func TestRequeue(t *testing.T) {
+	for _, from := range []Status{Running, Pushing} {
+		b := Build{ID: "b1", Kind: KindSource, Status: from, StartedAt: time.Unix(100, 0), LastHealthAt: time.Unix(101, 0), Replica: "r1", Platforms: "linux/amd64"}
+		if err := b.Requeue(); err != nil {
+			t.Fatalf("%s: %v", from, err)
+		}
+		if b.Status != Queued || !b.StartedAt.IsZero() || !b.LastHealthAt.IsZero() || b.Replica != "" || b.Platforms != "" {
+			t.Errorf("%s requeued: %+v", from, b)
+		}
+		if b.Transition(Running, time.Unix(200, 0)) != nil {
+			t.Errorf("%s requeued cannot start again", from)
+		}
+	}
+	for _, b := range []Build{
+		{ID: "q", Kind: KindSource, Status: Queued},
+		{ID: "s", Kind: KindSource, Status: Succeeded},
+		{ID: "f", Kind: KindSource, Status: Failed},
+		{ID: "c", Kind: KindSource, Status: Canceled},
+		{ID: "client", Kind: KindClient, Status: Running},
+	} {
+		before := b
+		if err := b.Requeue(); !errors.Is(err, errdefs.ErrFailedPrecondition) || b.Status != before.Status {
+			t.Errorf("%s (%s %s): Requeue = %v, build %+v", b.ID, b.Kind, b.Status, err, b)
+		}
+	}
+	for _, from := range []Status{Running, Pushing} {
+		if CanTransition(from, Queued) {
+			t.Errorf("the table lets %s go back to queued: only Requeue may", from)
+		}
+	}
+}

@@ -160,10 +160,18 @@ func (c *Cluster) beat(ctx context.Context) error {
 // Run beats every Interval and reaps dead replicas until ctx ends, then
 // removes this replica from the store (a clean stop is not a death).
 func (c *Cluster) Run(ctx context.Context) {
+	failing := false // said once, not every beat
 	ticker.Run(ctx.Done(), c.cfg.Interval, func(time.Time, time.Duration) {
-		if err := c.beat(ctx); err != nil && ctx.Err() == nil {
-			c.log.Warn("replica heartbeat failed; other replicas take this one for dead after the timeout", "replica", c.Self(), "timeout", c.cfg.Timeout, "err", err)
+		if err := c.beat(ctx); err != nil {
+			if !failing && ctx.Err() == nil {
+				c.log.Warn("replica heartbeat failed; other replicas take this one for dead after the timeout", "replica", c.Self(), "timeout", c.cfg.Timeout, "err", err)
+			}
+			failing = true
 			return
+		}
+		if failing {
+			c.log.Info("replica heartbeat recovered", "replica", c.Self())
+			failing = false
 		}
 		c.reap(ctx)
 	})

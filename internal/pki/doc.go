@@ -14,5 +14,10 @@
 //	ca.crt, ca.key                       the root
 //	projects/<project>/ca.crt, ca.key    the project CAs, created on first use
 //
+// Several replicas of kiln serve must share the CAs (a client's certificate
+// from one replica is checked by a builder another started): with Shared
+// the CAs are kept sealed in the store (keys.go) and mirrored into the
+// directory, which keeps the layout above.
+//
 // All keys are ECDSA P-256. Errors wrap errdefs kinds.
 package pki

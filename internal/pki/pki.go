@@ -42,6 +42,7 @@ func ValidProjectID(id string) bool { return projectIDRe.MatchString(id) }
 // concurrent use.
 type Authority struct {
 	dir  string
+	keys Keys
 	root *signer
 
 	// mu serializes loading/creating project CAs and guards projects.
@@ -56,16 +57,27 @@ type signer struct {
 	certPEM []byte
 }
 
+// rootName names the root CA in Keys.
+const rootName = "root"
+
 // Open loads the root CA from dir (ca.crt, ca.key), creating dir and the root
-// on first use.
-func Open(dir string) (*Authority, error) {
+// on first use; with Shared, from the shared store (keys.go).
+func Open(dir string, opts ...Option) (*Authority, error) {
 	if dir == "" {
 		return nil, fmt.Errorf("pki: empty directory: %w", errdefs.ErrInvalid)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pki: %w", err)
 	}
-	root, err := loadOrCreate(dir, func() (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	o := options{timeout: sharedTimeout}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	var keys Keys = dirKeys{dir: dir}
+	if o.secret != nil {
+		keys = sharedKeys{secret: o.secret, local: dirKeys{dir: dir}, timeout: o.timeout}
+	}
+	root, err := load(keys, rootName, func() (*x509.Certificate, *ecdsa.PrivateKey, error) {
 		key, err := newKey()
 		if err != nil {
 			return nil, nil, err
@@ -87,7 +99,16 @@ func Open(dir string) (*Authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pki: root CA in %s: %w", dir, err)
 	}
-	return &Authority{dir: dir, root: root, projects: map[string]*signer{}}, nil
+	return &Authority{dir: dir, keys: keys, root: root, projects: map[string]*signer{}}, nil
+}
+
+// load is keys.Load as a signer.
+func load(keys Keys, name string, create func() (*x509.Certificate, *ecdsa.PrivateKey, error)) (*signer, error) {
+	cert, key, err := keys.Load(name, create)
+	if err != nil {
+		return nil, err
+	}
+	return &signer{cert: cert, key: key, certPEM: encodeCert(cert)}, nil
 }
 
 // RootPEM returns the PEM of the root CA. Nothing kiln runs trusts the root
@@ -224,11 +245,7 @@ func (a *Authority) project(projectID string) (*signer, error) {
 	if s, ok := a.projects[projectID]; ok {
 		return s, nil
 	}
-	dir := filepath.Join(a.dir, "projects", projectID)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("pki: %w", err)
-	}
-	s, err := loadOrCreate(dir, func() (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	s, err := load(a.keys, "projects/"+projectID, func() (*x509.Certificate, *ecdsa.PrivateKey, error) {
 		key, err := newKey()
 		if err != nil {
 			return nil, nil, err

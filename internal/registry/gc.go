@@ -28,7 +28,8 @@ type GCStats struct {
 	Indexed          int   // manifests and tags storage had and the store missed
 }
 
-// Run collects garbage every GCInterval until ctx ends.
+// Run collects garbage every GCInterval until ctx ends; with
+// Config.Exclusive, on one replica at a time.
 func (r *Registry) Run(ctx context.Context) {
 	t := time.NewTicker(r.cfg.GCInterval)
 	defer t.Stop()
@@ -39,7 +40,19 @@ func (r *Registry) Run(ctx context.Context) {
 		case <-t.C:
 		}
 		start := time.Now()
-		st, err := r.CollectGarbage(ctx)
+		var st GCStats
+		collect := func(ctx context.Context) (err error) {
+			st, err = r.CollectGarbage(ctx)
+			return err
+		}
+		var err error
+		if r.cfg.Exclusive != nil {
+			// Another replica collecting now: its collection covers this
+			// one's storage (shared with it), so this tick is done.
+			_, err = r.cfg.Exclusive(ctx, "registry-gc", collect)
+		} else {
+			err = collect(ctx)
+		}
 		if err != nil && ctx.Err() == nil {
 			r.log.Error("registry garbage collection", "err", err)
 		}

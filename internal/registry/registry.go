@@ -85,8 +85,21 @@ type Config struct {
 	// ends: buildkitd opens its push connections per build session and
 	// never reuses them after it.
 	BuildRequest func(ctx context.Context, buildID string)
-	Logger       *slog.Logger
+	// Secret, if set, keeps the token key and the upload secret in a store
+	// every replica shares (cluster.Cluster.Secret), so a registry token
+	// or an upload from one replica is good on any other; nil keeps them
+	// in Dir.
+	Secret SecretFunc
+	// Exclusive, if set, runs each garbage collection of Run under it
+	// (cluster.Cluster.Exclusive): one replica collects at a time, and a
+	// replica whose turn it is not skips the tick (ran false).
+	Exclusive func(ctx context.Context, name string, fn func(ctx context.Context) error) (ran bool, err error)
+	Logger    *slog.Logger
 }
+
+// SecretFunc is a shared secret store: the value under name if one was
+// stored, else make's, stored for the others (cluster.Cluster.Secret).
+type SecretFunc func(ctx context.Context, name string, make func() ([]byte, error)) ([]byte, error)
 
 // apiVersionHeader is on every answer, once: distribution adds its own to
 // the answers it serves (serveWatched drops kiln's first).
@@ -128,10 +141,19 @@ func New(ctx context.Context, cfg Config) (reg *Registry, err error) {
 		cfg.Now = time.Now
 	}
 	r := &Registry{cfg: cfg, log: cfg.Logger.With("component", "registry"), pins: newPins(cfg.Now)}
-	if r.tokens, err = loadOrCreateKey(filepath.Join(cfg.Dir, "token-key.pem")); err != nil {
-		return nil, err
+	keyPath, secretPath := filepath.Join(cfg.Dir, "token-key.pem"), filepath.Join(cfg.Dir, "upload-secret")
+	var secret string
+	if cfg.Secret != nil {
+		if r.tokens, err = sharedKey(ctx, cfg.Secret, keyPath); err != nil {
+			return nil, err
+		}
+		secret, err = sharedUploadSecret(ctx, cfg.Secret, secretPath)
+	} else {
+		if r.tokens, err = loadOrCreateKey(keyPath); err != nil {
+			return nil, err
+		}
+		secret, err = loadOrCreateSecret(secretPath)
 	}
-	secret, err := loadOrCreateSecret(filepath.Join(cfg.Dir, "upload-secret"))
 	if err != nil {
 		return nil, err
 	}

@@ -201,6 +201,28 @@ func appConfig(d storagedriver.StorageDriver, secret string) *configuration.Conf
 	return cfg
 }
 
+// sharedUploadSecret is the upload secret in the store every replica
+// shares, so an upload started on one replica continues on another: the
+// first replica's file if it has one, else a new secret.
+func sharedUploadSecret(ctx context.Context, secret SecretFunc, path string) (string, error) {
+	b, err := secret(ctx, "registry/upload-secret", func() ([]byte, error) {
+		b, err := os.ReadFile(path)
+		if err == nil && len(strings.TrimSpace(string(b))) >= 32 {
+			return []byte(strings.TrimSpace(string(b))), nil
+		}
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		raw := make([]byte, 32)
+		rand.Read(raw)
+		return []byte(hex.EncodeToString(raw)), nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("registry upload secret: %w", err)
+	}
+	return string(b), nil
+}
+
 // loadOrCreateSecret returns the secret distribution signs upload state
 // with, kept in a 0600 file so uploads survive a restart.
 func loadOrCreateSecret(path string) (string, error) {

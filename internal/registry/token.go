@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -49,32 +50,76 @@ type tokenSigner struct {
 func loadOrCreateKey(path string) (*tokenSigner, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
+		if b, err = newTokenKey(); err != nil {
 			return nil, err
 		}
-		der, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			return nil, err
-		}
-		b = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 		if err := writeFileAtomic(path, b); err != nil {
 			return nil, fmt.Errorf("registry token key: %w", err)
 		}
 	} else if err != nil {
 		return nil, fmt.Errorf("registry token key: %w", err)
 	}
-	block, _ := pem.Decode(b)
-	if block == nil {
-		return nil, fmt.Errorf("registry token key %s: not PEM", path)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	s, err := parseTokenKey(b)
 	if err != nil {
 		return nil, fmt.Errorf("registry token key %s: %w", path, err)
 	}
+	return s, nil
+}
+
+// sharedKey is the token key in the store every replica shares, so a
+// token one replica issued verifies on any other: the first replica's
+// key file if it has one (a single install moved to replicas), else a new
+// key.
+func sharedKey(ctx context.Context, secret SecretFunc, path string) (*tokenSigner, error) {
+	b, err := secret(ctx, "registry/token-key", func() ([]byte, error) {
+		b, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			return newTokenKey()
+		}
+		if err != nil {
+			return nil, err
+		}
+		if _, err := parseTokenKey(b); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return b, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("registry token key: %w", err)
+	}
+	s, err := parseTokenKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("the shared registry token key: %w", err)
+	}
+	return s, nil
+}
+
+// newTokenKey makes an ES256 key, as PKCS #8 PEM.
+func newTokenKey() ([]byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// parseTokenKey reads a PKCS #8 PEM ECDSA P-256 key.
+func parseTokenKey(b []byte) (*tokenSigner, error) {
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return nil, errors.New("not PEM")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
 	key, ok := k.(*ecdsa.PrivateKey)
 	if !ok || key.Curve != elliptic.P256() {
-		return nil, fmt.Errorf("registry token key %s: want an ECDSA P-256 key", path)
+		return nil, errors.New("want an ECDSA P-256 key")
 	}
 	pub, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
 	sum := sha256.Sum256(pub)

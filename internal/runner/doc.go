@@ -8,6 +8,11 @@
 // steps and logs as they happen for watchers. It also deletes uploaded
 // contexts when their retention ends.
 //
+// Replicas of kiln serve sharing a store share its queue: a build created
+// through any replica runs once, on whichever replica claims it first; it
+// can be watched and canceled through any; a dead replica's builds run
+// again on a live one (Runner, sync.go).
+//
 // It builds on the build domain (internal/build: the persisted state
 // machine) and knows nothing of Connect or HTTP; internal/api/kiln adapts
 // it to kiln.v1.SourceBuildService.

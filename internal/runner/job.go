@@ -345,7 +345,7 @@ func (rec *recorder) flush() {
 		rec.r.log.Warn("store build steps", "build_id", rec.buildID, "err", err)
 	}
 	if exportStarted {
-		if err := rec.r.builds.SetPushing(ctx, rec.buildID); err != nil {
+		if err := rec.r.builds.SetPushing(ctx, rec.buildID, rec.r.self); err != nil {
 			rec.r.log.Warn("mark build pushing", "build_id", rec.buildID, "err", err)
 		}
 	}

@@ -11,7 +11,14 @@ import (
 func (r *Runner) sweep(ctx context.Context) {
 	every := min(max(r.cfg.ContextRetention/10, time.Second), time.Hour)
 	for {
-		if err := r.SweepContexts(ctx); err != nil && ctx.Err() == nil {
+		var err error
+		if r.cfg.Cluster != nil {
+			// One replica at a time: the others skip this tick.
+			_, err = r.cfg.Cluster.Exclusive(ctx, "context-retention", r.SweepContexts)
+		} else {
+			err = r.SweepContexts(ctx)
+		}
+		if err != nil && ctx.Err() == nil {
 			r.log.Warn("context retention sweep", "err", err)
 		}
 		select {

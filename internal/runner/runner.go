@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -55,17 +56,47 @@ type Config struct {
 	// GitPrivateHosts lets git contexts be fetched from loopback and
 	// private addresses (githost.go); off, they are refused.
 	GitPrivateHosts bool
-	// SecretsKey seals build secrets at rest (32 bytes or more).
+	// SecretsKey seals build secrets at rest (32 bytes or more). Replicas
+	// sharing a store must share it: a build runs on any of them.
 	SecretsKey []byte
-	Logger     *slog.Logger
+	// Cluster is the replicas sharing the store (internal/cluster); nil
+	// for a runner alone on its store. See Runner for what it changes.
+	Cluster Cluster
+	// SyncInterval is how often the runner reads the store's queue and
+	// checks its running builds there (sync); 0 → 1 s.
+	SyncInterval time.Duration
+	Logger       *slog.Logger
+}
+
+// Cluster is what the runner needs of the replicas sharing its store
+// (*cluster.Cluster): its own replica id, and store locks.
+type Cluster interface {
+	Self() string
+	// Exclusive runs fn while this replica holds the named lock; ran is
+	// false, without running fn, while another holder has it.
+	Exclusive(ctx context.Context, name string, fn func(ctx context.Context) error) (ran bool, err error)
 }
 
 // Runner runs source builds: it keeps the queue, picks the next build in
 // fair order, and drives each build from its uploaded context to a pushed
-// image. The queue is in memory and rebuilt from the store at Start, so a
-// restarted server resumes it.
+// image.
+//
+// The store is the queue; each runner keeps a copy in memory, read again
+// from the store every SyncInterval (sync.go), so replicas sharing a store
+// all see every queued build, whichever replica created it. A build runs
+// on the replica that claims it first (build.Service.StartSource: one
+// row-locked update, stamping the replica), so it runs exactly once;
+// the others drop it. MaxConcurrent bounds the builds running on this
+// replica; MaxPerProject bounds a project's builds running on all of them
+// (counted in the store under the project's claim lock). A build canceled
+// or taken over through another replica is noticed by the sync and its
+// solve stopped within SyncInterval; a dead replica's builds are queued
+// again (SettleDead).
 type Runner struct {
-	cfg      Config
+	cfg  Config
+	self string // this replica's id; "" without a Cluster
+	// exec drives one claimed build to its outcome: execute, or a test's fake.
+	exec     func(ctx context.Context, b build.Build, work string) build.Outcome
 	store    Store
 	blobs    blob.Store
 	builds   *build.Service
@@ -79,13 +110,24 @@ type Runner struct {
 	stop context.CancelCauseFunc
 	wg   sync.WaitGroup // running builds and the sweeper
 
+	// wake asks the sync loop for a sync now (buffered: one is enough).
+	wake chan struct{}
+	// claimMu makes this replica's claims take turns (claim).
+	claimMu sync.Mutex
+
 	// mu guards the queue and the running set.
 	mu         sync.Mutex
 	queues     map[string][]queued // project id → its queued builds, oldest first
 	creating   map[string]int      // project id → builds being created (counted against MaxQueuedPerProject until enqueued)
 	running    map[string]*job     // build id → its job
 	perProject map[string]int      // project id → its running builds
-	closed     bool
+	// elsewhere counts each project's source builds running on other
+	// replicas, as of the last sync; held marks projects whose claim was
+	// put off (their lock was taken, or they were at MaxPerProject in the
+	// store) until the next sync.
+	elsewhere map[string]int
+	held      map[string]bool
+	closed    bool
 
 	// uploadMu guards uploadLocks: per project, held while an upload URL
 	// is reserved against the quota and recorded (quota.go).
@@ -96,17 +138,27 @@ type Runner struct {
 type queued struct {
 	id      string
 	created time.Time
+	added   time.Time // when it was put in this queue (sync keeps newer entries than its read)
 }
 
 // job is one running build; cancel stops its solve.
 type job struct {
 	projectID string
 	cancel    context.CancelCauseFunc
+	// claimed: StartSource gave the build to this replica; until then the
+	// job only tries to claim it.
+	claimed bool
 }
 
 var (
 	errShutdown = errors.New("kiln serve shut down while the build was running")
 	errCanceled = errors.New("canceled")
+	// errEnded: the build ended through another replica (or another part
+	// of kiln) while it ran here.
+	errEnded = errors.New("the build ended elsewhere")
+	// errTakenOver: another replica runs the build now (this one was
+	// taken for dead); its end is that replica's to record.
+	errTakenOver = errors.New("the build was taken over by another replica")
 )
 
 // New returns a runner; Start resumes the stored queue and starts work.
@@ -144,6 +196,9 @@ func New(st Store, blobs blob.Store, builds *build.Service, projects *project.Se
 	if cfg.RegistryHost == nil {
 		cfg.RegistryHost = func() string { return "" }
 	}
+	if cfg.SyncInterval <= 0 {
+		cfg.SyncInterval = time.Second
+	}
 	seal, err := newSealer(cfg.SecretsKey)
 	if err != nil {
 		return nil, err
@@ -152,16 +207,24 @@ func New(st Store, blobs blob.Store, builds *build.Service, projects *project.Se
 		return nil, fmt.Errorf("runner work dir: %w", err)
 	}
 	base, stop := context.WithCancelCause(context.Background())
-	return &Runner{cfg: cfg, store: st, blobs: blobs, builds: builds, projects: projects, seal: seal, hub: newHub(),
-		log: cfg.Logger, base: base, stop: stop,
-		queues: map[string][]queued{}, creating: map[string]int{}, running: map[string]*job{}, perProject: map[string]int{}, uploadLocks: map[string]*projectLock{}}, nil
+	r := &Runner{cfg: cfg, store: st, blobs: blobs, builds: builds, projects: projects, seal: seal, hub: newHub(),
+		log: cfg.Logger, base: base, stop: stop, wake: make(chan struct{}, 1),
+		queues: map[string][]queued{}, creating: map[string]int{}, running: map[string]*job{}, perProject: map[string]int{},
+		elsewhere: map[string]int{}, held: map[string]bool{}, uploadLocks: map[string]*projectLock{}}
+	if cfg.Cluster != nil {
+		r.self = cfg.Cluster.Self()
+	}
+	r.exec = r.execute
+	return r, nil
 }
 
-// Start reconciles what a previous server left behind and starts work:
-// builds that were running when it stopped can't be resumed (their solve
-// died with it) and fail with a message saying so; queued builds are
-// queued again in their order; leftover scratch directories are removed.
-// It also starts the context retention sweeper.
+// Start reconciles what a previous run of this replica left behind and
+// starts work: builds it was running when it stopped can't be resumed
+// (their solve died with it) and fail with a message saying so (those of
+// other replicas are theirs: SettleDead, if they died); queued builds are
+// read from the store and run in their order; leftover scratch
+// directories are removed. It also starts the sync loop and the context
+// retention sweeper.
 func (r *Runner) Start(ctx context.Context) error {
 	entries, _ := os.ReadDir(r.cfg.WorkDir)
 	for _, e := range entries {
@@ -173,7 +236,8 @@ func (r *Runner) Start(ctx context.Context) error {
 			return err
 		}
 		for _, b := range bs {
-			if !b.IsSource() {
+			// "": claimed before replicas were recorded, by this server.
+			if !b.IsSource() || r.cfg.Cluster != nil && b.Replica != r.self && b.Replica != "" {
 				continue
 			}
 			msg := "interrupted: kiln serve stopped while this build was " + string(b.Status) + "; start it again with RebuildBuild"
@@ -183,21 +247,23 @@ func (r *Runner) Start(ctx context.Context) error {
 			r.log.Warn("source build interrupted by a restart", "build_id", b.ID, "project_id", b.ProjectID)
 		}
 	}
-	bs, err := r.store.ListBuildsByStatus(ctx, build.Queued)
-	if err != nil {
+	if err := r.sync(ctx); err != nil {
 		return err
 	}
+	r.mu.Lock()
 	n := 0
-	for _, b := range bs {
-		if b.IsSource() {
-			r.enqueue(b)
-			n++
-		}
+	for _, q := range r.queues {
+		n += len(q)
 	}
+	r.mu.Unlock()
 	if n > 0 {
-		r.log.Info("source builds resumed from the queue", "count", n)
+		r.log.Info("source builds queued in the store", "count", n)
 	}
-	r.wg.Add(1)
+	r.wg.Add(2)
+	go func() {
+		defer r.wg.Done()
+		r.syncLoop(r.base)
+	}()
 	go func() {
 		defer r.wg.Done()
 		r.sweep(r.base)
@@ -225,21 +291,45 @@ func (r *Runner) Close(ctx context.Context) {
 // enqueue adds a queued build and starts what may start.
 func (r *Runner) enqueue(b build.Build) {
 	r.mu.Lock()
-	r.queues[b.ProjectID] = append(r.queues[b.ProjectID], queued{id: b.ID, created: b.CreatedAt})
+	r.insertLocked(b.ProjectID, queued{id: b.ID, created: b.CreatedAt, added: time.Now()})
 	r.mu.Unlock()
 	r.dispatch()
 }
 
+// insertLocked puts e in its project's queue in creation order, unless it
+// is there already. r.mu is held.
+func (r *Runner) insertLocked(projectID string, e queued) {
+	q := r.queues[projectID]
+	if slices.ContainsFunc(q, func(x queued) bool { return x.id == e.id }) {
+		return
+	}
+	i, _ := slices.BinarySearchFunc(q, e, func(x, e queued) int {
+		if c := x.created.Compare(e.created); c != 0 {
+			return c
+		}
+		return strings.Compare(x.id, e.id)
+	})
+	r.queues[projectID] = slices.Insert(q, i, e)
+}
+
 // dispatch starts queued builds while there is room. Fair order: among the
 // projects with queued builds and room under MaxPerProject, the one with
-// the fewest running builds goes first, then the one whose next build has
-// waited longest; within a project, builds start in the order they were
-// created. So one project's burst cannot starve the others.
+// the fewest running builds (here and, as of the last sync, on other
+// replicas) goes first, then the one whose next build has waited longest;
+// within a project, builds start in the order they were created. So one
+// project's burst cannot starve the others.
 func (r *Runner) dispatch() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for !r.closed && len(r.running) < r.cfg.MaxConcurrent {
-		best := pickProject(r.queues, r.perProject, r.cfg.MaxPerProject)
+		load := make(map[string]int, len(r.queues))
+		for pid := range r.queues {
+			load[pid] = r.perProject[pid] + r.elsewhere[pid]
+			if r.held[pid] {
+				load[pid] = r.cfg.MaxPerProject
+			}
+		}
+		best := pickProject(r.queues, load, r.cfg.MaxPerProject)
 		if best == "" {
 			return
 		}
@@ -252,7 +342,7 @@ func (r *Runner) dispatch() {
 		r.running[next.id] = &job{projectID: best, cancel: cancel}
 		r.perProject[best]++
 		r.wg.Add(1)
-		go r.run(ctx, next.id, best)
+		go r.run(ctx, next, best)
 	}
 }
 
@@ -330,8 +420,10 @@ func (r *Runner) position(id, projectID string) int {
 	return n
 }
 
-// run is one build's goroutine: it owns the build from queued to its end.
-func (r *Runner) run(ctx context.Context, id, projectID string) {
+// run is one build's goroutine: it claims the build, and once claimed
+// owns it to its end.
+func (r *Runner) run(ctx context.Context, next queued, projectID string) {
+	id := next.id
 	defer r.wg.Done()
 	defer func() {
 		r.mu.Lock()
@@ -345,16 +437,29 @@ func (r *Runner) run(ctx context.Context, id, projectID string) {
 		r.mu.Unlock()
 		r.dispatch()
 	}()
-	b, ok, err := r.builds.StartSource(ctx, id)
-	if err != nil || !ok {
-		if err != nil {
-			r.log.Error("start source build", "build_id", id, "err", err)
-		}
+	b, ok, later, err := r.claim(ctx, id, projectID)
+	switch {
+	case err != nil:
+		// The next sync queues it again here if it is still queued.
+		r.log.Error("claim source build", "build_id", id, "err", err)
 		return
+	case later:
+		r.mu.Lock()
+		r.insertLocked(projectID, queued{id: id, created: next.created, added: time.Now()})
+		r.held[projectID] = true
+		r.mu.Unlock()
+		return
+	case !ok:
+		return // canceled while it waited, or another replica runs it
 	}
+	r.mu.Lock()
+	if j, ok := r.running[id]; ok {
+		j.claimed = true
+	}
+	r.mu.Unlock()
 	r.hub.notify(id)
 	work := filepath.Join(r.cfg.WorkDir, id)
-	out := r.execute(ctx, b, work)
+	out := r.exec(ctx, b, work)
 	if err := os.RemoveAll(work); err != nil {
 		r.log.Warn("remove build scratch dir", "build_id", id, "err", err)
 	}
@@ -366,7 +471,12 @@ func (r *Runner) run(ctx context.Context, id, projectID string) {
 			Error: "interrupted: kiln serve shut down while this build was running; start it again with RebuildBuild"}}
 	case errors.Is(cause, errCanceled):
 		out = build.Outcome{Result: build.Result{Status: build.Canceled, Error: "canceled"}}
+	case errors.Is(cause, errTakenOver):
+		r.log.Warn("source build taken over by another replica; stopped here", "build_id", id, "project_id", projectID)
 	}
+	// Recorded only while the build is still this replica's: one taken
+	// over runs elsewhere, and its end is that run's.
+	out.Replica = r.self
 	// The build's own context may be done; recording the end must not be.
 	end, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()

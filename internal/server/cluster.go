@@ -19,6 +19,12 @@ func (s *Server) openCluster() error {
 		if !store.IsPostgres(cfg.Store) {
 			return fmt.Errorf("--cluster-key-file: several replicas need a shared Postgres store (--store postgres://…); SQLite is one machine's: %w", errdefs.ErrInvalid)
 		}
+		// Images and uploaded contexts on one replica's disk are missing
+		// on the others (and the registry's collector on another replica
+		// would drop their index entries).
+		if cfg.Registry.S3.Bucket == "" || cfg.Source.S3.Bucket == "" {
+			return fmt.Errorf("--cluster-key-file: several replicas need shared storage for images and uploaded contexts: give --registry-s3-bucket and --contexts-s3-bucket (docs/operating.md, Replicas): %w", errdefs.ErrInvalid)
+		}
 		var err error
 		if key, err = cluster.LoadKey(cfg.ClusterKeyFile); err != nil {
 			return err

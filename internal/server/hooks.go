@@ -4,11 +4,11 @@ import (
 	"context"
 
 	"github.com/kiln-dev/kiln/internal/build"
-	"github.com/kiln-dev/kiln/internal/builder"
 	"github.com/kiln-dev/kiln/internal/gateway"
 )
 
-// The project service's hooks into the rest of the control plane.
+// The project service's hooks into the rest of the control plane (and
+// peer.go's, which take them to every replica).
 
 // revoker ends what deleted tokens, trust policies and projects still
 // hold: the builds a token created or a policy's CI jobs started, the
@@ -28,12 +28,4 @@ func (r revoker) PolicyRemoved(ctx context.Context, policyID string) error {
 
 func (r revoker) ProjectDeleted(_ context.Context, projectID string) {
 	r.gateway.RevokeProject(projectID)
-}
-
-// egressApplier hands a project's changed allow-list to its running
-// builders.
-type egressApplier struct{ fleet *builder.Fleet }
-
-func (e egressApplier) SetEgressAllow(projectID string, cidrs []string) error {
-	return e.fleet.SetEgressAllow(projectID, build.EgressPrefixes(cidrs))
 }

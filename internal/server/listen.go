@@ -190,9 +190,10 @@ func serverTLS(gw *gateway.Gateway, cert tls.Certificate) *tls.Config {
 
 // controlPlaneCert is the certificate kiln serves for the API and registry
 // when the operator gave none: from kiln's root CA, for localhost, the
-// loopback addresses, the listen address and the public URL's host (and
-// every local address when listening on all of them).
-func controlPlaneCert(ca *pki.Authority, addr net.Addr, publicURL string) (tls.Certificate, error) {
+// loopback addresses, the listen address (every local address when
+// listening on all of them) and the hosts of urls: the public and the
+// advertised URL.
+func controlPlaneCert(ca *pki.Authority, addr net.Addr, urls ...string) (tls.Certificate, error) {
 	names := []string{"localhost"}
 	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
 	add := func(host string) {
@@ -218,8 +219,10 @@ func controlPlaneCert(ca *pki.Authority, addr net.Addr, publicURL string) (tls.C
 	if ta, ok := addr.(*net.TCPAddr); ok {
 		add(ta.IP.String())
 	}
-	if u, err := url.Parse(publicURL); err == nil {
-		add(u.Hostname())
+	for _, raw := range urls {
+		if u, err := url.Parse(raw); err == nil && raw != "" {
+			add(u.Hostname())
+		}
 	}
 	certPEM, keyPEM, err := ca.IssueControlPlane(names, ips, 365*24*time.Hour)
 	if err != nil {

@@ -37,9 +37,16 @@ func (s *Server) openRegistry(ctx context.Context, st store.Store, authn *auth.A
 	if rc.S3.Bucket != "" {
 		s3 = &rc.S3
 	}
+	var secret registry.SecretFunc
+	if s.cluster.Shared() {
+		// A registry token or an upload from one replica is good on any.
+		secret = s.cluster.Secret
+	}
 	return registry.New(ctx, registry.Config{
-		Dir: filepath.Join(s.cfg.DataDir, "registry"),
-		S3:  s3,
+		Secret:    secret,
+		Exclusive: s.cluster.Exclusive, // one replica collects at a time
+		Dir:       filepath.Join(s.cfg.DataDir, "registry"),
+		S3:        s3,
 		// With no --public-url the token realm follows the host the client
 		// reached the registry at.
 		PublicURL: func() string { return s.cfg.PublicURL },

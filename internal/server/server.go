@@ -131,6 +131,7 @@ type Server struct {
 	telemetry     *telemetry.Exporter // nil without --clickhouse-url
 	cluster       *cluster.Cluster    // this replica's membership (cluster.go)
 	clusterDone   chan struct{}       // closed when its heartbeat loop has stopped
+	peers         *peers              // the other replicas' internal API (peer.go)
 	cancel        context.CancelFunc
 	done          chan struct{}
 }
@@ -255,7 +256,13 @@ func (s *Server) openData(ctx context.Context) error {
 	if created {
 		cfg.Logger.Info("bootstrapped organization; admin token written", "path", AdminTokenPath(cfg.DataDir))
 	}
-	if s.ca, err = pki.Open(filepath.Join(cfg.DataDir, "pki")); err != nil {
+	var caOpts []pki.Option
+	if s.cluster.Shared() {
+		// Every replica signs with the same CAs: a client's certificate
+		// from one is checked by a builder another started.
+		caOpts = append(caOpts, pki.Shared(s.cluster.Secret))
+	}
+	if s.ca, err = pki.Open(filepath.Join(cfg.DataDir, "pki"), caOpts...); err != nil {
 		return err
 	}
 	switch cfg.TLS {
@@ -275,7 +282,7 @@ func (s *Server) openData(ctx context.Context) error {
 // them. Nothing runs yet but the fleet's idle reaper.
 func (s *Server) startServices() (*project.Service, error) {
 	cfg := s.cfg
-	s.audit = audit.New(s.store, audit.Config{Retention: cfg.AuditRetention}, cfg.Logger)
+	s.audit = audit.New(s.store, audit.Config{Retention: cfg.AuditRetention, Exclusive: s.cluster.Exclusive}, cfg.Logger)
 	// The fleet calls back into the build service when a builder dies; the
 	// service is created right after, before any builder can start.
 	var builds *build.Service
@@ -325,7 +332,9 @@ func (s *Server) startServices() (*project.Service, error) {
 		observers = append(observers, s.telemetry)
 		s.metrics.WatchExport(s.telemetry)
 	}
+	s.peers = newPeers(s)
 	builds = build.NewService(s.store, fleet, s.ca, build.Config{HealthTimeout: cfg.HealthTimeout,
+		Cluster: s.cluster, Owners: s.peers.owners(),
 		ShareURL:     func(token string) string { return s.publicURL() + "/shared/" + token },
 		BuildURL:     s.buildURL,
 		Leased:       fleet.Leased,
@@ -338,11 +347,13 @@ func (s *Server) startServices() (*project.Service, error) {
 		OnAcquire:    s.metrics.OnAcquire,
 		Audit:        s.audit.AuthEvent}, cfg.Logger)
 	s.builds = builds
+	s.cluster.OnDead(builds.ReplicaDead)
 	if s.gateway, err = gateway.New(gateway.Config{Builders: fleet, Certs: s.ca, Authorize: builds.BuilderAccess,
 		OnSolve: s.follow.Solve, Logger: cfg.Logger}); err != nil {
 		return nil, err
 	}
-	return &project.Service{Store: s.store, Builders: fleet, Audit: s.audit, Revoked: revoker{builds, s.gateway}, Network: egressApplier{fleet}}, nil
+	return &project.Service{Store: s.store, Builders: s.peers.builders(), Audit: s.audit,
+		Revoked: s.peers.revoked(revoker{builds, s.gateway}), Network: s.peers.network()}, nil
 }
 
 // mountAPI builds the authenticator and mounts every API on a new mux:
@@ -374,6 +385,7 @@ func (s *Server) mountAPI(ctx context.Context, projects *project.Service) (*http
 	if err := s.mountWeb(mux, authn, projects, logins); err != nil { // the dashboard and /builds/{id}: web.go
 		return nil, nil, nil, err
 	}
+	s.peers.mount(ctx, mux) // the other replicas' calls: peer.go
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.Handle("GET /readyz", s.readiness()) // ready.go
 	fleet := s.fleet
@@ -515,7 +527,7 @@ func (s *Server) Listen() (net.Addr, error) {
 	if s.cfg.TLS == TLSFiles {
 		cert, err = loadTLSFiles(s.cfg.TLSCert, s.cfg.TLSKey)
 	} else {
-		cert, err = controlPlaneCert(s.ca, l.Addr(), s.cfg.PublicURL)
+		cert, err = controlPlaneCert(s.ca, l.Addr(), s.cfg.PublicURL, s.cfg.AdvertiseURL)
 	}
 	if err != nil {
 		l.Close()

@@ -68,7 +68,7 @@ func (s *Server) openSource(ctx context.Context, mux *http.ServeMux, st store.St
 		}
 		blobs = s3
 	} else {
-		secret, err := blob.LoadOrCreateSecret(filepath.Join(s.cfg.DataDir, "blob.key"))
+		secret, err := s.dataSecret(ctx, "blob-key", filepath.Join(s.cfg.DataDir, "blob.key"))
 		if err != nil {
 			return err
 		}
@@ -83,7 +83,8 @@ func (s *Server) openSource(ctx context.Context, mux *http.ServeMux, st store.St
 	if err != nil {
 		return err
 	}
-	key, err := blob.LoadOrCreateSecret(filepath.Join(s.cfg.DataDir, "secrets.key"))
+	// Every replica opens the secrets any other sealed (shared.go).
+	key, err := s.dataSecret(ctx, "secrets-key", filepath.Join(s.cfg.DataDir, "secrets.key"))
 	if err != nil {
 		return err
 	}
@@ -101,10 +102,16 @@ func (s *Server) openSource(ctx context.Context, mux *http.ServeMux, st store.St
 		PushAuth:                  pushAuth,
 		GitPrivateHosts:           cfg.GitPrivateHosts,
 		SecretsKey:                key,
+		Cluster:                   s.cluster,
 		Logger:                    s.cfg.Logger,
 	})
 	if err != nil {
 		return err
+	}
+	// A dead replica's source builds run again on a live one.
+	s.cluster.OnDead(s.runner.SettleDead)
+	if s.cluster.Shared() && cfg.S3.Bucket == "" {
+		s.cfg.Logger.Warn("uploaded contexts are kept on this replica's disk, but a source build runs on whichever replica claims it; give every replica the same bucket (--contexts-s3-bucket)")
 	}
 	svc := &kilnapi.SourceBuildService{Runner: s.runner, Logger: s.cfg.Logger, Resources: s.builds.Resources,
 		CustomerOf: func(ctx context.Context, projectID string) string {

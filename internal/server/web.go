@@ -20,7 +20,7 @@ import (
 // login kiln login uses.
 func (s *Server) mountWeb(mux *http.ServeMux, authn *auth.Authenticator, projects *project.Service, logins *login.Service) error {
 	dash, err := web.New(web.Config{Builds: s.builds, Projects: projects, Logs: s.store, Runner: s.runner,
-		Authn: authn, Logger: s.cfg.Logger, Builders: s.builderStates, Logins: logins, Tokens: projects,
+		Authn: authn, Sessions: s.store, Logger: s.cfg.Logger, Builders: s.builderStates, Logins: logins, Tokens: projects,
 		QueuePosition: func(b build.Build) int { _, ahead := s.runner.Describe(b); return ahead },
 		Queue:         s.runner.Queued,
 		PublicURL:     s.publicURL,

@@ -123,7 +123,7 @@ func hold(ctx context.Context, db *sql.DB, wait time.Duration) (*sql.Conn, error
 		holder = fmt.Sprintf("another kiln serve (Postgres backend pid %d, from %s, since %s)", pid, from, since.UTC().Format(time.RFC3339))
 	}
 	conn.Close()
-	return nil, heldElsewhere{errdefs.Wrapf(errdefs.ErrUnavailable, nil, "%s uses this Postgres database; several replicas on one database are not supported yet (docs/operating.md, Postgres). "+
+	return nil, heldElsewhere{errdefs.Wrapf(errdefs.ErrUnavailable, nil, "%s uses this Postgres database; to run several replicas on one database, start each with the same --cluster-key-file (docs/operating.md, Replicas). "+
 		"If that server is gone, its session ends within a minute, or end it with SELECT pg_terminate_backend(%d)", holder, pid)}
 }
 

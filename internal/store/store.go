@@ -45,6 +45,7 @@ type Store interface {
 	RegistryIndex
 	Contexts
 	cluster.Store
+	WebSessions
 
 	ListOrganizations(ctx context.Context) ([]project.Organization, error)
 	// ListBuildLogs returns up to limit lines of every step of a build after

@@ -2,15 +2,21 @@ package web
 
 import (
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/login"
+	"github.com/kiln-dev/kiln/internal/store"
 )
 
 // Signing in with an administrator's approval, for whoever has no token
@@ -18,8 +24,8 @@ import (
 // browser starts a login and shows its code and approve link; an
 // administrator approves it (the /login/{approval id} page, or `kiln login
 // --approve`); the browser, which polls, then collects the login's new
-// organization token — into the server's memory, never the browser — and
-// gets a session for it. The token ends with the session: signing out,
+// organization token — the server keeps only its id, the browser never
+// sees it — and gets a session for it. The token ends with the session: signing out,
 // expiry, eviction or a new sign-in in the browser deletes it.
 
 // DeviceLogins is what the dashboard uses of login.Service.
@@ -45,8 +51,6 @@ const (
 	// deviceRetry is how long the device page waits to poll again after
 	// a transient refusal (ErrExhausted, ErrUnavailable).
 	deviceRetry = 3 * time.Second
-	// maxPendingLogins bounds the pending logins held for browsers.
-	maxPendingLogins = 1000
 )
 
 // pendingLogin is a device login a browser started.
@@ -57,61 +61,121 @@ type pendingLogin struct {
 	expires  time.Time
 }
 
-// pendingLogins are the browsers' device logins, by the hash of their
-// cookie. mu guards m.
+// pendingLogins are the browsers' device logins, kept in the store by the
+// hash of their cookie, so the browser's polls may reach any replica. The
+// login's secret id is stored sealed with a key derived from the cookie
+// (which the store does not hold): the table alone collects no token.
 type pendingLogins struct {
-	mu sync.Mutex
-	m  map[string]pendingLogin
+	st SessionStore
 }
 
-func (pl *pendingLogins) put(l pendingLogin, now time.Time) string {
+func (pl *pendingLogins) put(ctx context.Context, l pendingLogin) (string, error) {
 	id := auth.RandomString(43)
-	pl.mu.Lock()
-	defer pl.mu.Unlock()
-	for k, v := range pl.m {
-		if now.After(v.expires) {
-			delete(pl.m, k)
-		}
+	sealed, err := sealLogin(id, l.id)
+	if err != nil {
+		return "", err
 	}
-	if len(pl.m) >= maxPendingLogins {
-		for k := range pl.m { // any one: they expire in minutes anyway
-			delete(pl.m, k)
-			break
-		}
+	err = pl.st.PutWebLogin(ctx, store.WebLogin{IDHash: sessionKey(id), LoginSealed: sealed, ApprovalID: l.approval, Code: l.code, ExpiresAt: l.expires})
+	if err != nil {
+		return "", fmt.Errorf("store a pending device login: %w", err)
 	}
-	pl.m[sessionKey(id)] = l
-	return id
+	return id, nil
 }
 
-func (pl *pendingLogins) get(id string) (pendingLogin, bool) {
-	pl.mu.Lock()
-	defer pl.mu.Unlock()
-	l, ok := pl.m[sessionKey(id)]
-	return l, ok
+// get returns the browser's pending login; ok is false for none (or an
+// expired one).
+func (pl *pendingLogins) get(ctx context.Context, id string, now time.Time) (pendingLogin, bool, error) {
+	l, err := pl.st.GetWebLogin(ctx, sessionKey(id))
+	if errdefs.IsNotFound(err) {
+		return pendingLogin{}, false, nil
+	}
+	if err != nil {
+		return pendingLogin{}, false, fmt.Errorf("read a pending device login: %w", err)
+	}
+	if now.After(l.ExpiresAt) {
+		return pendingLogin{}, false, nil
+	}
+	loginID, err := openLogin(id, l.LoginSealed)
+	if err != nil {
+		return pendingLogin{}, false, nil // not this cookie's
+	}
+	return pendingLogin{id: loginID, approval: l.ApprovalID, code: l.Code, expires: l.ExpiresAt}, true, nil
 }
 
-func (pl *pendingLogins) end(id string) {
-	pl.mu.Lock()
-	delete(pl.m, sessionKey(id))
-	pl.mu.Unlock()
+func (pl *pendingLogins) end(ctx context.Context, id string) error {
+	if err := pl.st.DeleteWebLogin(ctx, sessionKey(id)); err != nil {
+		return fmt.Errorf("end a pending device login: %w", err)
+	}
+	return nil
 }
 
-// dropMinted deletes the token a device login minted for s, which ended
-// without signing out (expired, evicted, replaced): nobody else holds it,
-// and it would outlive the session by weeks. It runs in its own goroutine,
-// bounded by pageTimeout; a failure is logged.
-func (d *Dashboard) dropMinted(s *session) {
+// loginAEAD is the cipher sealing a pending login's id under the
+// browser's cookie id.
+func loginAEAD(cookieID string) (cipher.AEAD, error) {
+	key := sha256.Sum256([]byte("kiln dashboard device login\x00" + cookieID))
+	block, err := aes.NewCipher(key[:])
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
+}
+
+func sealLogin(cookieID, loginID string) (string, error) {
+	aead, err := loginAEAD(cookieID)
+	if err != nil {
+		return "", err
+	}
+	nonce := make([]byte, aead.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		return "", err
+	}
+	return base64.RawStdEncoding.EncodeToString(aead.Seal(nonce, nonce, []byte(loginID), nil)), nil
+}
+
+func openLogin(cookieID, sealed string) (string, error) {
+	aead, err := loginAEAD(cookieID)
+	if err != nil {
+		return "", err
+	}
+	b, err := base64.RawStdEncoding.DecodeString(sealed)
+	if err != nil || len(b) < aead.NonceSize() {
+		return "", errors.New("not a sealed login")
+	}
+	v, err := aead.Open(nil, b[:aead.NonceSize()], b[aead.NonceSize():], nil)
+	return string(v), err
+}
+
+// dropMinted deletes the token a device login minted for a session that
+// ended without signing out (expired, evicted, replaced): nobody else
+// holds it, and it would outlive the session by weeks. It runs in its own
+// goroutine, bounded by pageTimeout; a failure is logged.
+func (d *Dashboard) dropMinted(tokenID string) {
 	if d.cfg.Tokens == nil {
 		return
 	}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), pageTimeout)
 		defer cancel()
-		if err := d.cfg.Tokens.DeleteToken(ctx, s.principal, s.principal.TokenID); err != nil && !errdefs.IsNotFound(err) &&
-			!errors.Is(err, errdefs.ErrUnauthenticated) && !errors.Is(err, errdefs.ErrPermission) {
-			d.cfg.Logger.WarnContext(ctx, "dashboard: delete an ended device login's token", "token_id", s.principal.TokenID, "err", err)
+		t, err := d.cfg.Sessions.GetToken(ctx, tokenID)
+		if errdefs.IsNotFound(err) {
+			return // gone already
+		}
+		if err == nil {
+			// The token deletes itself, as its signing out would.
+			err = d.cfg.Tokens.DeleteToken(ctx, t.Principal(), tokenID)
+		}
+		if err != nil && !errdefs.IsNotFound(err) && !errors.Is(err, errdefs.ErrUnauthenticated) && !errors.Is(err, errdefs.ErrPermission) {
+			d.cfg.Logger.WarnContext(ctx, "dashboard: delete an ended device login's token", "token_id", tokenID, "err", err)
 		}
 	}()
+}
+
+// endLogin forgets the browser's pending login (it finished); a failure
+// is logged: the record expires with the login anyway.
+func (d *Dashboard) endLogin(ctx context.Context, id string) {
+	if err := d.logins.end(ctx, id); err != nil {
+		d.cfg.Logger.WarnContext(ctx, "dashboard: device login", "err", err)
+	}
 }
 
 type deviceData struct {
@@ -142,7 +206,12 @@ func (d *Dashboard) startDevice(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, r, nil, http.StatusInternalServerError, "Internal error; see the server log.")
 		return
 	}
-	id := d.logins.put(pendingLogin{id: st.ID, approval: st.ApprovalID, code: st.Code, expires: st.ExpiresAt}, d.cfg.Now())
+	id, err := d.logins.put(ctx, pendingLogin{id: st.ID, approval: st.ApprovalID, code: st.Code, expires: st.ExpiresAt})
+	if err != nil {
+		d.cfg.Logger.ErrorContext(ctx, "dashboard: start device login", "err", err)
+		d.fail(w, r, nil, http.StatusInternalServerError, "Internal error; see the server log.")
+		return
+	}
 	http.SetCookie(w, &http.Cookie{Name: loginCookie, Value: id, Path: "/sign-in/device", MaxAge: int(time.Until(st.ExpiresAt) / time.Second),
 		HttpOnly: true, Secure: d.secureReq(r), SameSite: http.SameSiteStrictMode})
 	d.render(w, r, http.StatusOK, "device", nil, "Sign in", deviceData{Code: st.Code, ApprovalID: st.ApprovalID,
@@ -174,7 +243,11 @@ func (d *Dashboard) waitDevice(w http.ResponseWriter, r *http.Request) {
 	var pending pendingLogin
 	ok := false
 	if err == nil && d.cfg.Logins != nil {
-		pending, ok = d.logins.get(c.Value)
+		if pending, ok, err = d.logins.get(r.Context(), c.Value, d.cfg.Now()); err != nil {
+			d.cfg.Logger.ErrorContext(r.Context(), "dashboard: device login", "err", err)
+			answer(http.StatusInternalServerError, deviceAnswer{Error: "internal error; see the server log"})
+			return
+		}
 	}
 	if !ok {
 		answer(http.StatusNotFound, deviceAnswer{Error: "no login in progress; start again"})
@@ -198,7 +271,7 @@ func (d *Dashboard) waitDevice(w http.ResponseWriter, r *http.Request) {
 		answer(status, deviceAnswer{})
 		return
 	case err != nil:
-		d.logins.end(c.Value)
+		d.endLogin(r.Context(), c.Value)
 		// The browser is not signed in: it reads the domain's message of
 		// a known kind only, never an internal error's text.
 		msg := "internal error; see the server log"
@@ -211,7 +284,7 @@ func (d *Dashboard) waitDevice(w http.ResponseWriter, r *http.Request) {
 		answer(http.StatusOK, deviceAnswer{Error: msg})
 		return
 	}
-	d.logins.end(c.Value)
+	d.endLogin(r.Context(), c.Value)
 	p, err := d.cfg.Authn.Authenticate(r.Context(), secret)
 	if err != nil {
 		d.cfg.Logger.ErrorContext(r.Context(), "dashboard: authenticate a device login's token", "err", err)
@@ -219,9 +292,16 @@ func (d *Dashboard) waitDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if old := d.cookieID(r); old != "" {
-		d.sessions.end(old)
+		if err := d.sessions.end(r.Context(), old); err != nil {
+			d.cfg.Logger.WarnContext(r.Context(), "dashboard: end the replaced session", "err", err)
+		}
 	}
-	id, _ := d.sessions.create(secret, p, true)
+	id, _, err := d.sessions.create(r.Context(), p, true)
+	if err != nil {
+		d.cfg.Logger.ErrorContext(r.Context(), "dashboard: sign in by device login", "err", err)
+		answer(http.StatusInternalServerError, deviceAnswer{Error: "internal error; see the server log"})
+		return
+	}
 	d.setCookie(w, r, id, int(sessionLife/time.Second))
 	http.SetCookie(w, &http.Cookie{Name: loginCookie, Path: "/sign-in/device", MaxAge: -1, HttpOnly: true, Secure: d.secureReq(r), SameSite: http.SameSiteStrictMode})
 	d.cfg.Logger.InfoContext(r.Context(), "dashboard: signed in by device login", "token_id", p.TokenID)

@@ -38,16 +38,18 @@ func homeOf(p auth.Principal) string {
 }
 
 func (d *Dashboard) home(w http.ResponseWriter, r *http.Request) {
-	if _, ok := d.sessions.get(d.cookieID(r)); !ok {
+	s, ok, err := d.sessions.get(r.Context(), d.cookieID(r))
+	if err != nil {
+		d.cfg.Logger.ErrorContext(r.Context(), "dashboard: authenticate session", "err", err)
+		d.fail(w, r, nil, http.StatusInternalServerError, "Internal error; see the server log.")
+		return
+	}
+	if !ok {
 		d.signInPage(w, r)
 		return
 	}
-	_, p, ok := d.session(w, r, true)
-	if !ok {
-		return
-	}
 	d.secure(w)
-	http.Redirect(w, r, homeOf(p), http.StatusSeeOther)
+	http.Redirect(w, r, homeOf(s.principal), http.StatusSeeOther)
 }
 
 type signInData struct {
@@ -110,9 +112,17 @@ func (d *Dashboard) signIn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if old := d.cookieID(r); old != "" {
-		d.sessions.end(old) // a new sign-in replaces the browser's session
+		// A new sign-in replaces the browser's session.
+		if err := d.sessions.end(ctx, old); err != nil {
+			d.cfg.Logger.WarnContext(ctx, "dashboard: end the replaced session", "err", err)
+		}
 	}
-	id, _ := d.sessions.create(secret, p, false)
+	id, _, err := d.sessions.create(ctx, p, false)
+	if err != nil {
+		d.cfg.Logger.ErrorContext(ctx, "dashboard: sign in", "err", err)
+		d.fail(w, r, nil, http.StatusInternalServerError, "Internal error; see the server log.")
+		return
+	}
 	d.setCookie(w, r, id, int(sessionLife/time.Second))
 	d.cfg.Logger.InfoContext(ctx, "dashboard: signed in", "token_id", p.TokenID, "token_kind", p.Kind)
 	if next == "" {
@@ -123,7 +133,12 @@ func (d *Dashboard) signIn(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *Dashboard) signOut(w http.ResponseWriter, r *http.Request) {
-	s, ok := d.sessions.get(d.cookieID(r))
+	s, ok, err := d.sessions.get(r.Context(), d.cookieID(r))
+	if err != nil {
+		d.cfg.Logger.ErrorContext(r.Context(), "dashboard: sign out", "err", err)
+		d.fail(w, r, nil, http.StatusInternalServerError, "Internal error; see the server log.")
+		return
+	}
 	if !ok {
 		d.secure(w)
 		http.Redirect(w, r, "/sign-in", http.StatusSeeOther)
@@ -134,7 +149,11 @@ func (d *Dashboard) signOut(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, r, s, http.StatusForbidden, err.Error())
 		return
 	}
-	d.sessions.take(d.cookieID(r))
+	if err := d.sessions.take(r.Context(), d.cookieID(r)); err != nil {
+		d.cfg.Logger.ErrorContext(r.Context(), "dashboard: sign out", "err", err)
+		d.fail(w, r, s, http.StatusInternalServerError, "Internal error; see the server log.")
+		return
+	}
 	d.setCookie(w, r, "", -1)
 	if s.minted && d.cfg.Tokens != nil {
 		// Nobody else holds the token a device login made for this session.

@@ -1,29 +1,33 @@
 package web
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"sync"
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/auth"
+	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/store"
 )
 
-// A session is one browser's sign-in: the token pasted into the sign-in
-// form, kept in the server's memory only (the browser holds a random
-// session id in an HttpOnly cookie, never the token), and the principal
-// it authenticated as then. Sessions live in memory: a restart of kiln
-// serve signs everyone out.
+// A session is one browser's sign-in: the browser holds a random session
+// id in an HttpOnly cookie; the store keeps the id's hash, the id of the
+// token pasted into the sign-in form (never its secret) and the CSRF
+// token, so any replica answers the browser and a restart signs nobody
+// out. The token is looked up again by its id on every request: deleting
+// or expiring it ends the session.
 type session struct {
-	// secret is the kiln token behind the session, authenticated again on
-	// every request (Dashboard.session); never written anywhere.
-	secret string
-	// principal is who the token was at sign-in; a later authentication
-	// must find the same token.
+	// key is the hash of the cookie's id: the store's key.
+	key string
+	// principal is the session's token as looked up on this request (at
+	// sign-in: as authenticated then).
 	principal auth.Principal
 	// csrf is the session's anti-forgery token, sent back in every form
 	// (a hidden field) and in the X-CSRF-Token header of scripts' POSTs.
@@ -36,46 +40,57 @@ type session struct {
 	seen    time.Time
 }
 
+// SessionStore keeps the dashboard's sessions and pending device logins
+// (the store), and reads the tokens they signed in with.
+type SessionStore interface {
+	store.WebSessions
+	GetToken(ctx context.Context, id string) (auth.Token, error)
+}
+
+var _ SessionStore = store.Store(nil)
+
 // Session limits.
 const (
 	// sessionIdle ends a session nobody used for this long.
 	sessionIdle = 12 * time.Hour
 	// sessionLife ends every session this long after sign-in.
 	sessionLife = 7 * 24 * time.Hour
-	// maxSessions bounds the memory sessions take; signing in beyond it
-	// ends the least recently used one.
-	maxSessions = 10000
 	// maxTokenSessions bounds one token's sessions: its next sign-in ends
 	// its least recently used one. Without it, anyone holding a token
-	// could sign in in a loop and push everyone else's sessions out.
+	// could sign in in a loop and fill the store.
 	maxTokenSessions = 20
+	// touchEvery: a session's last use is written at most this often
+	// (not on every page view); idleness is measured that coarsely.
+	touchEvery = time.Minute
+	// sweepEvery is how often a replica looks for expired sessions
+	// besides the one asked for (a sign-in always does); sweepBatch
+	// bounds one look.
+	sweepEvery = time.Minute
+	sweepBatch = 100
+
 	cookieName       = "kiln_session"
 	secureCookieName = "__Host-kiln_session" // over https
 	csrfField        = "csrf"
 	csrfHeader       = "X-CSRF-Token"
 )
 
-// sessions are the signed-in browsers, by the hash of their cookie's id
-// (what the map holds can not be replayed as a cookie). mu guards m and
-// swept.
+// sessions are the signed-in browsers, kept in the store by the hash of
+// their cookie's id (what the store holds can not be replayed as a
+// cookie). mu guards swept.
 type sessions struct {
-	mu  sync.Mutex
-	m   map[string]*session
+	st  SessionStore
 	now func() time.Time
-	// ended is told of each minted session (a device login's) that ends
-	// other than by take: expired, evicted, replaced, or its token
-	// refused; called without mu held. nil: nobody is told.
-	ended func(*session)
-	// swept is when expire last ran over all sessions.
+	// ended is told the token of each minted session (a device login's)
+	// that ends other than by take: expired, evicted, replaced, or its
+	// token refused. nil: nobody is told.
+	ended func(tokenID string)
+	mu    sync.Mutex
+	// swept is when this replica last looked for expired sessions.
 	swept time.Time
 }
 
-// sweepEvery is how often get looks for expired sessions besides its
-// own (create always does).
-const sweepEvery = time.Minute
-
-func newSessions(now func() time.Time, ended func(*session)) *sessions {
-	return &sessions{m: map[string]*session{}, now: now, ended: ended}
+func newSessions(st SessionStore, now func() time.Time, ended func(tokenID string)) *sessions {
+	return &sessions{st: st, now: now, ended: ended}
 }
 
 func sessionKey(id string) string {
@@ -83,109 +98,123 @@ func sessionKey(id string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// tell calls ended for the minted sessions of gone; mu is not held.
-func (ss *sessions) tell(gone []*session) {
+// tell calls ended for the minted sessions of gone.
+func (ss *sessions) tell(gone []store.WebSession) {
 	if ss.ended == nil {
 		return
 	}
 	for _, s := range gone {
-		if s.minted {
-			ss.ended(s)
+		if s.Minted {
+			ss.ended(s.TokenID)
 		}
 	}
 }
 
-// create starts a session for secret, which authenticated as p, and
-// returns the cookie's id. minted: the token was made for this session
-// (a device login).
-func (ss *sessions) create(secret string, p auth.Principal, minted bool) (string, *session) {
+// expired reports whether a session ended by idleness or age at now.
+func expired(s store.WebSession, now time.Time) bool {
+	return now.Sub(s.SeenAt) > sessionIdle || now.Sub(s.CreatedAt) > sessionLife
+}
+
+// sweep ends expired sessions if this replica did not look for some
+// within sweepEvery (always if force); failures are left to the next.
+func (ss *sessions) sweep(ctx context.Context, now time.Time, force bool) error {
+	ss.mu.Lock()
+	if !force && now.Sub(ss.swept) <= sweepEvery {
+		ss.mu.Unlock()
+		return nil
+	}
+	ss.swept = now
+	ss.mu.Unlock()
+	gone, err := ss.st.ExpireWebSessions(ctx, now.Add(-sessionIdle), now.Add(-sessionLife), sweepBatch)
+	ss.tell(gone)
+	return err
+}
+
+// create starts a session for the token p authenticated as, and returns
+// the cookie's id. minted: the token was made for this session (a device
+// login).
+func (ss *sessions) create(ctx context.Context, p auth.Principal, minted bool) (string, *session, error) {
 	id := auth.RandomString(43)
 	now := ss.now()
-	s := &session{secret: secret, principal: p, csrf: auth.RandomString(43), minted: minted, created: now, seen: now}
-	ss.mu.Lock()
-	gone := ss.expire(now, nil)
-	same, oldestOfToken := 0, ""
-	for k, v := range ss.m {
-		if v.principal.TokenID == p.TokenID {
-			same++
-			if oldestOfToken == "" || v.seen.Before(ss.m[oldestOfToken].seen) {
-				oldestOfToken = k
-			}
-		}
+	s := &session{key: sessionKey(id), principal: p, csrf: auth.RandomString(43), minted: minted, created: now, seen: now}
+	if err := ss.sweep(ctx, now, true); err != nil {
+		return "", nil, fmt.Errorf("expire dashboard sessions: %w", err)
 	}
-	if same >= maxTokenSessions {
-		gone = append(gone, ss.m[oldestOfToken])
-		delete(ss.m, oldestOfToken)
+	over, err := ss.st.CreateWebSession(ctx, store.WebSession{IDHash: s.key, TokenID: p.TokenID, CSRF: s.csrf, Minted: minted,
+		CreatedAt: now, SeenAt: now}, maxTokenSessions)
+	if err != nil {
+		return "", nil, fmt.Errorf("store a dashboard session: %w", err)
 	}
-	if len(ss.m) >= maxSessions {
-		var oldest string
-		for k, v := range ss.m {
-			if oldest == "" || v.seen.Before(ss.m[oldest].seen) {
-				oldest = k
-			}
-		}
-		gone = append(gone, ss.m[oldest])
-		delete(ss.m, oldest)
-	}
-	ss.m[sessionKey(id)] = s
-	ss.mu.Unlock()
-	ss.tell(gone)
-	return id, s
+	ss.tell(over)
+	return id, s, nil
 }
 
-// expire drops ended sessions, appending them to gone; mu is held.
-func (ss *sessions) expire(now time.Time, gone []*session) []*session {
-	ss.swept = now
-	for k, s := range ss.m {
-		if now.Sub(s.seen) > sessionIdle || now.Sub(s.created) > sessionLife {
-			gone = append(gone, s)
-			delete(ss.m, k)
-		}
-	}
-	return gone
-}
-
-// get returns the live session of id and marks it used.
-func (ss *sessions) get(id string) (*session, bool) {
+// get returns the live session of id, its token looked up again, and
+// marks it used. ok is false for no session: none, expired, or its token
+// deleted, expired or not one that signs in (the session then ends). err
+// is the store's failure only.
+func (ss *sessions) get(ctx context.Context, id string) (s *session, ok bool, err error) {
 	if id == "" {
-		return nil, false
+		return nil, false, nil
 	}
 	now := ss.now()
-	ss.mu.Lock()
-	var gone []*session
-	if now.Sub(ss.swept) > sweepEvery {
-		gone = ss.expire(now, nil)
+	if err := ss.sweep(ctx, now, false); err != nil {
+		return nil, false, fmt.Errorf("expire dashboard sessions: %w", err)
 	}
-	s, ok := ss.m[sessionKey(id)]
-	if ok && (now.Sub(s.seen) > sessionIdle || now.Sub(s.created) > sessionLife) {
-		gone = append(gone, s)
-		delete(ss.m, sessionKey(id))
-		ok = false
+	rec, err := ss.st.GetWebSession(ctx, sessionKey(id))
+	if errdefs.IsNotFound(err) {
+		return nil, false, nil
 	}
-	if ok {
-		s.seen = now
+	if err != nil {
+		return nil, false, fmt.Errorf("read a dashboard session: %w", err)
 	}
-	ss.mu.Unlock()
-	ss.tell(gone)
-	return s, ok
+	if expired(rec, now) {
+		return nil, false, ss.end(ctx, id)
+	}
+	t, err := ss.st.GetToken(ctx, rec.TokenID)
+	if err != nil && !errdefs.IsNotFound(err) {
+		return nil, false, fmt.Errorf("look up a dashboard session's token: %w", err)
+	}
+	if err != nil || !signsIn(t, now) {
+		return nil, false, ss.end(ctx, id)
+	}
+	if now.Sub(rec.SeenAt) > touchEvery {
+		if err := ss.st.TouchWebSession(ctx, rec.IDHash, now); err != nil {
+			return nil, false, fmt.Errorf("touch a dashboard session: %w", err)
+		}
+		rec.SeenAt = now
+	}
+	return &session{key: rec.IDHash, principal: t.Principal(), csrf: rec.CSRF, minted: rec.Minted, created: rec.CreatedAt, seen: rec.SeenAt}, true, nil
+}
+
+// signsIn reports whether t may hold a dashboard session at now: an
+// organization or project token that has not expired (what
+// Authenticator.Authenticate checks of them, and what signIn admits).
+func signsIn(t auth.Token, now time.Time) bool {
+	return (t.Kind == auth.TokenOrg || t.Kind == auth.TokenProject) && (t.ExpiresAt.IsZero() || !now.After(t.ExpiresAt))
 }
 
 // end ends the session of id (replaced by a new sign-in, or its token
 // refused), telling ended.
-func (ss *sessions) end(id string) {
-	if s := ss.take(id); s != nil {
-		ss.tell([]*session{s})
+func (ss *sessions) end(ctx context.Context, id string) error {
+	rec, err := ss.st.DeleteWebSession(ctx, sessionKey(id))
+	if errdefs.IsNotFound(err) {
+		return nil
 	}
+	if err != nil {
+		return fmt.Errorf("end a dashboard session: %w", err)
+	}
+	ss.tell([]store.WebSession{rec})
+	return nil
 }
 
-// take ends the session of id and returns it (nil: none), telling nobody:
-// the caller cleans up (signing out).
-func (ss *sessions) take(id string) *session {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	s := ss.m[sessionKey(id)]
-	delete(ss.m, sessionKey(id))
-	return s
+// take ends the session of id, telling nobody: the caller cleans up
+// (signing out).
+func (ss *sessions) take(ctx context.Context, id string) error {
+	if _, err := ss.st.DeleteWebSession(ctx, sessionKey(id)); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("end a dashboard session: %w", err)
+	}
+	return nil
 }
 
 // setCookie gives the browser its session id: HttpOnly (no script reads

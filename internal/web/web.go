@@ -99,14 +99,17 @@ type Authenticator interface {
 	Authenticate(ctx context.Context, secret string) (auth.Principal, error)
 }
 
-// Config is what the dashboard is made of. Builds, Projects, Logs and
-// Authn are required; Runner nil hides Cancel and Rebuild.
+// Config is what the dashboard is made of. Builds, Projects, Logs, Authn
+// and Sessions are required; Runner nil hides Cancel and Rebuild.
 type Config struct {
 	Builds   Builds
 	Projects Projects
 	Logs     Logs
 	Runner   Runner
 	Authn    Authenticator
+	// Sessions keeps the signed-in browsers and their pending device
+	// logins (the store, shared by every replica).
+	Sessions SessionStore
 	Logger   *slog.Logger
 	// Logins starts and finishes device logins, for signing in with an
 	// administrator's approval; Tokens deletes such a login's token when
@@ -151,7 +154,8 @@ type Config struct {
 	Now func() time.Time
 }
 
-// Dashboard serves the web pages. Its sessions live in memory.
+// Dashboard serves the web pages. Its sessions live in the store; its
+// rate limits and caches in this replica's memory.
 type Dashboard struct {
 	cfg      Config
 	sessions *sessions
@@ -169,8 +173,8 @@ type Dashboard struct {
 
 // New makes the dashboard.
 func New(cfg Config) (*Dashboard, error) {
-	if cfg.Builds == nil || cfg.Projects == nil || cfg.Logs == nil || cfg.Authn == nil {
-		return nil, errors.New("web: Builds, Projects, Logs and Authn are required")
+	if cfg.Builds == nil || cfg.Projects == nil || cfg.Logs == nil || cfg.Authn == nil || cfg.Sessions == nil {
+		return nil, errors.New("web: Builds, Projects, Logs, Authn and Sessions are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -178,9 +182,9 @@ func New(cfg Config) (*Dashboard, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	d := &Dashboard{cfg: cfg, logins: &pendingLogins{m: map[string]pendingLogin{}},
+	d := &Dashboard{cfg: cfg, logins: &pendingLogins{st: cfg.Sessions},
 		pages: map[string]*template.Template{}, signIns: newLimiter(signInRate, signInBurst, cfg.Now), livePolls: newLimiter(livePollRate, livePollBurst, cfg.Now)}
-	d.sessions = newSessions(cfg.Now, d.dropMinted)
+	d.sessions = newSessions(cfg.Sessions, cfg.Now, d.dropMinted)
 	for _, name := range []string{"signin", "device", "projects", "project", "build", "audit", "error"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html")
 		if err != nil {
@@ -337,28 +341,16 @@ func (d *Dashboard) failErr(w http.ResponseWriter, r *http.Request, s *session, 
 }
 
 // session returns the request's signed-in session and its principal as
-// of now: the token behind it is authenticated again, so a revoked or
-// expired token ends the session. Without one it answers (a redirect to
-// the sign-in page for a page, 401 for a script) and returns false.
+// of now: the token behind it is looked up again, so a deleted or expired
+// token ends the session. Without one it answers (a redirect to the
+// sign-in page for a page, 401 for a script) and returns false.
 func (d *Dashboard) session(w http.ResponseWriter, r *http.Request, page bool) (*session, auth.Principal, bool) {
 	id := d.cookieID(r)
-	s, ok := d.sessions.get(id)
-	var p auth.Principal
-	var err error
-	if ok {
-		p, err = d.cfg.Authn.Authenticate(r.Context(), s.secret)
-		if err == nil && p.TokenID != s.principal.TokenID {
-			err = errdefs.ErrUnauthenticated
-		}
-		if err != nil && !errors.Is(err, errdefs.ErrUnauthenticated) && !errors.Is(err, errdefs.ErrPermission) {
-			d.cfg.Logger.ErrorContext(r.Context(), "dashboard: authenticate session", "err", err)
-			d.fail(w, r, nil, http.StatusInternalServerError, "Internal error; see the server log.")
-			return nil, auth.Principal{}, false
-		}
-		if err != nil {
-			d.sessions.end(id)
-			ok = false
-		}
+	s, ok, err := d.sessions.get(r.Context(), id)
+	if err != nil {
+		d.cfg.Logger.ErrorContext(r.Context(), "dashboard: authenticate session", "err", err)
+		d.fail(w, r, nil, http.StatusInternalServerError, "Internal error; see the server log.")
+		return nil, auth.Principal{}, false
 	}
 	if !ok {
 		if id != "" {
@@ -384,5 +376,5 @@ func (d *Dashboard) session(w http.ResponseWriter, r *http.Request, page bool) (
 		}
 		return nil, auth.Principal{}, false
 	}
-	return s, p, true
+	return s, s.principal, true
 }

@@ -34,6 +34,7 @@ import (
 // a project token of p1; another organization o2 with a build b3.
 type world struct {
 	srv      *httptest.Server
+	cfg      web.Config // the dashboard's, for another replica (replica)
 	st       *store.SQLite
 	logins   *login.Service
 	audit    *audit.Recorder
@@ -123,7 +124,7 @@ func newWorldWith(t *testing.T, tls bool, edit func(*web.Config)) *world {
 		return []web.Image{{Tag: "v1", Digest: "sha256:feed", PushedAt: now, Size: 3 << 20, Expires: now.Add(week)},
 			{Tag: "v0", Digest: "sha256:beef", PushedAt: now.Add(-week - time.Hour), Size: 1 << 20, Expires: now.Add(-time.Hour)}}, false, nil
 	}
-	cfg := web.Config{Builds: builds, Projects: projects, Logs: st, Authn: authn, Logger: logger,
+	cfg := web.Config{Builds: builds, Projects: projects, Logs: st, Authn: authn, Sessions: st, Logger: logger,
 		QueuePosition: func(b build.Build) int { return 2 }, Logins: w.logins, Tokens: w.tokens, Audit: w.audit, Images: images,
 		Trigger: func(b build.Build) string { return "trigger of " + b.ID }, Samples: st,
 		Queue: func(projectID string) []string {
@@ -134,6 +135,7 @@ func newWorldWith(t *testing.T, tls bool, edit func(*web.Config)) *world {
 	if edit != nil {
 		edit(&cfg)
 	}
+	w.cfg = cfg
 	dash, err := web.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -1148,5 +1150,71 @@ func TestLivePollsAreCheap(t *testing.T) {
 	defer cp.mu.Unlock()
 	if cp.pages != 1 || cp.steps > 3 || cp.resources > 2 {
 		t.Errorf("%d first polls read the project's builds %d times, steps %d, resources %d", n, cp.pages, cp.steps, cp.resources)
+	}
+}
+
+// replica serves another dashboard on the world's store: another kiln
+// serve replica, or this one restarted.
+func (w *world) replica(t *testing.T) *httptest.Server {
+	t.Helper()
+	dash, err := web.New(w.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	dash.Mount(mux)
+	mux.Handle("GET /builds/{id}", dash.BuildPage())
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// A browser whose requests a load balancer spreads over two replicas:
+// the device login it starts on one finishes on the other, the session
+// works on both (its CSRF token too), and signing out on one ends it on
+// both, deleting the login's token.
+func TestSessionsAcrossReplicas(t *testing.T) {
+	w := newWorld(t, false)
+	other := w.replica(t)
+	c := w.browser(t) // cookies do not keep to a port: both replicas get them
+	a := do(t, c, "POST", w.srv.URL+"/sign-in/device", nil, map[string]string{"Origin": w.srv.URL})
+	m := regexp.MustCompile(`id="approval-id">([a-z0-9]{26})<`).FindStringSubmatch(a.body)
+	if m == nil {
+		t.Fatalf("start: %d", a.code)
+	}
+	if _, err := w.logins.Approve(context.Background(), w.admin, m[1]); err != nil {
+		t.Fatal(err)
+	}
+	if a := do(t, c, "POST", other.URL+"/sign-in/device/wait", nil, map[string]string{"Origin": other.URL}); !strings.Contains(a.body, `"done":true`) {
+		t.Fatalf("wait on the other replica: %d %s", a.code, a.body)
+	}
+	if a := do(t, c, "GET", w.srv.URL+"/projects", nil, nil); a.code != 200 {
+		t.Fatalf("projects on the first replica: %d", a.code)
+	}
+	page := do(t, c, "GET", other.URL+"/builds/b1", nil, nil)
+	if page.code != 200 {
+		t.Fatalf("a build on the other replica: %d", page.code)
+	}
+	u, _ := url.Parse(w.srv.URL)
+	kept := c.Jar.Cookies(u)
+	a = do(t, c, "POST", w.srv.URL+"/sign-out", url.Values{"csrf": {csrfOf(t, page.body)}}, map[string]string{"Origin": w.srv.URL})
+	if a.code != http.StatusSeeOther || a.hdr.Get("Location") != "/sign-in" {
+		t.Fatalf("sign out with the other replica's form: %d %q", a.code, a.hdr.Get("Location"))
+	}
+	w.tokens.mu.Lock()
+	deleted := len(w.tokens.deleted)
+	w.tokens.mu.Unlock()
+	if deleted != 1 {
+		t.Errorf("the login's token was not deleted at sign-out (%d deletions)", deleted)
+	}
+	// A browser holding on to the cookie: no replica takes it.
+	if len(kept) == 0 {
+		t.Fatal("no cookie")
+	}
+	for _, u := range []string{w.srv.URL, other.URL} {
+		a := do(t, c, "GET", u+"/projects", nil, map[string]string{"Cookie": kept[0].Name + "=" + kept[0].Value})
+		if a.code != http.StatusSeeOther || !strings.HasPrefix(a.hdr.Get("Location"), "/sign-in") {
+			t.Errorf("%s after sign-out: %d", u, a.code)
+		}
 	}
 }
