@@ -44,6 +44,12 @@ const addrPlaceholder = "{addr}"
 
 // startKiln runs `kiln serve` and waits for /healthz.
 func startKiln(ctx context.Context, bin, buildkitd, data string, extra ...string) (*kilnServer, error) {
+	return startKilnEnv(ctx, bin, buildkitd, data, nil, extra...)
+}
+
+// startKilnEnv is startKiln with variables added to kiln serve's
+// environment (S3 keys).
+func startKilnEnv(ctx context.Context, bin, buildkitd, data string, env []string, extra ...string) (*kilnServer, error) {
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return nil, err
 	}
@@ -66,7 +72,7 @@ func startKiln(ctx context.Context, bin, buildkitd, data string, extra ...string
 	}
 	args := append([]string{"serve", "--data", data, "--addr", addr, "--buildkitd", buildkitd, "--log-level", "info",
 		"--builder-subnets", pool}, extra...)
-	p, err := startProc("kiln serve", filepath.Join(data, "serve.log"), data, cleanEnv(), bin, args...)
+	p, err := startProc("kiln serve", filepath.Join(data, "serve.log"), data, cleanEnv(env...), bin, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	cliv1 "github.com/depot/depot-go/proto/depot/cli/v1"
 	"github.com/depot/depot-go/proto/depot/cli/v1/cliv1connect"
 
+	"github.com/kiln-dev/kiln/internal/blob/s3test"
 	"github.com/kiln-dev/kiln/internal/store/pgtest"
 	"github.com/kiln-dev/kiln/internal/testenv"
 )
@@ -36,8 +37,10 @@ import (
 // column), one kiln serve each; and one Postgres kiln serve against two
 // replicas on one Postgres database (--cluster-key-file), whose requests
 // alternate between the replicas as a load balancer's would. Every server
-// is kiln serve with default flags and its own data directory; the
-// Postgres server is pgtest's (unix socket, fsync off), on this machine.
+// is kiln serve with default flags and its own data directory (the
+// replicas keep images and contexts in a versitygw on loopback, which
+// neither measure touches); the Postgres server is pgtest's (unix socket,
+// fsync off), on this machine.
 func (r *runner) w6(ctx context.Context) error {
 	r.logf("  starting Postgres")
 	pg, err := pgtest.StartStandalone()
@@ -145,6 +148,15 @@ func (r *runner) w6Postgres(ctx context.Context, pg *pgtest.Standalone, db strin
 		r.onCleanup(k.stop)
 		return []*kilnServer{k}, nil
 	}
+	// Replicas keep images and uploaded contexts in S3 (one replica's
+	// disk is its own): a versitygw on loopback.
+	gw, err := s3test.StartStandalone(filepath.Join(r.root, "bin", "versitygw"), filepath.Join(r.tmp, db+"-s3"))
+	if err != nil {
+		return nil, err
+	}
+	r.onCleanup(gw.Stop)
+	env := []string{"AWS_ACCESS_KEY_ID=" + gw.AccessKey, "AWS_SECRET_ACCESS_KEY=" + gw.SecretKey,
+		"KILN_S3_ACCESS_KEY=" + gw.AccessKey, "KILN_S3_SECRET_KEY=" + gw.SecretKey}
 	key := filepath.Join(r.tmp, db+".key")
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
@@ -166,8 +178,11 @@ func (r *runner) w6Postgres(ctx context.Context, pg *pgtest.Standalone, db strin
 				return nil, err
 			}
 		}
-		k, err := startKiln(ctx, r.kilnBin, r.cfg.buildkitd, data, "--store", url,
-			"--cluster-key-file", key, "--replica-id", id, "--advertise-url", "http://"+addrPlaceholder)
+		k, err := startKilnEnv(ctx, r.kilnBin, r.cfg.buildkitd, data, env, "--store", url,
+			"--cluster-key-file", key, "--replica-id", id, "--advertise-url", "http://"+addrPlaceholder,
+			"--registry-s3-bucket", gw.Bucket, "--registry-s3-endpoint", gw.Endpoint, "--registry-s3-region", gw.Region,
+			"--contexts-s3-bucket", gw.Bucket, "--contexts-s3-endpoint", gw.Endpoint, "--contexts-s3-region", gw.Region,
+			"--contexts-s3-prefix", "contexts/")
 		if err != nil {
 			return nil, err
 		}

@@ -55,8 +55,22 @@ const stopGrace = 10 * time.Second
 // printing its log if the test failed.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	bin := binary(t)
-	dir := t.TempDir()
+	s, err := launch(binary(t), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			t.Logf("versitygw (%s) log:\n%s", strings.Join(s.cmd.Args, " "), s.Log())
+		}
+	})
+	return s
+}
+
+// launch starts versitygw from bin with its bucket root and log in dir,
+// and waits until it answers; on an error nothing of it runs.
+func launch(bin, dir string) (*Server, error) {
 	s := &Server{
 		AccessKey: "kiln-test",
 		SecretKey: randomHex(20),
@@ -67,13 +81,17 @@ func Start(t testing.TB) *Server {
 	}
 	// A bucket of the posix backend is a directory under its root.
 	if err := os.MkdirAll(filepath.Join(s.Root, s.Bucket), 0o700); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	logf, err := os.Create(s.log)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	addr := freeAddr(t)
+	addr, err := freeAddr()
+	if err != nil {
+		logf.Close()
+		return nil, err
+	}
 	_, port, _ := net.SplitHostPort(addr)
 	s.Endpoint = "http://" + addr
 	s.LocalhostEndpoint = "http://localhost:" + port
@@ -83,20 +101,14 @@ func Start(t testing.TB) *Server {
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {
 		logf.Close()
-		t.Fatalf("start %s: %v", bin, err)
+		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	s.exited = make(chan struct{})
 	go func() { s.cmd.Wait(); logf.Close(); close(s.exited) }()
-	t.Cleanup(func() {
-		s.Stop()
-		if t.Failed() {
-			t.Logf("versitygw (%s) log:\n%s", strings.Join(s.cmd.Args, " "), s.Log())
-		}
-	})
 	if err := s.waitReady(30 * time.Second); err != nil {
-		t.Fatalf("versitygw on %s: %v\n%s", addr, err, s.Log())
+		return nil, fmt.Errorf("versitygw on %s: %w\n%s", addr, err, s.Log())
 	}
-	return s
+	return s, nil
 }
 
 // Stop ends versitygw (SIGTERM, then SIGKILL after a grace period) and
@@ -157,14 +169,13 @@ func binary(t testing.TB) string {
 	return testenv.Bin(t, "versitygw")
 }
 
-func freeAddr(t testing.TB) string {
-	t.Helper()
+func freeAddr() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	defer l.Close()
-	return l.Addr().String()
+	return l.Addr().String(), nil
 }
 
 func randomHex(n int) string {
