@@ -2,6 +2,8 @@ package engine
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -215,7 +217,27 @@ func (r *Request) sessionSolveOpt(progressOut io.Writer) (client.SolveOpt, error
 		Session:       attachables,
 		CacheImports:  slices.Clone(r.cacheImports),
 		CacheExports:  slices.Clone(r.cacheExports),
+		SharedKey:     r.sharedKey(),
 	}, nil
+}
+
+// sharedKey names the build's local files to the builder, which keeps the
+// last transfer under each key and sends only the files whose size or
+// modification time changed since. Two sources that may hold different
+// files of equal size and time must not share a key, or the second is
+// built with the first's files: two checkouts, two uploads of a tarball
+// made with fixed times (SOURCE_DATE_EPOCH). BuildKit's default key is
+// empty, one for every client of a builder; this one is the machine's and
+// the directories', so a source build (its own extraction directory) never
+// shares one, and a rebuild of one checkout still sends only what changed.
+func (r *Request) sharedKey() string {
+	host, _ := os.Hostname()
+	h := sha256.New()
+	io.WriteString(h, host)
+	for _, name := range slices.Sorted(maps.Keys(r.locals)) {
+		fmt.Fprintf(h, "\x00%s\x00%s", name, r.locals[name])
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
 // exportEntries turns the outputs into BuildKit export entries.

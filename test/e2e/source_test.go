@@ -419,6 +419,30 @@ func TestSourceBuildConcurrentFirstBuildsOneProject(t *testing.T) {
 	}
 }
 
+// Two uploads of one customer whose file differs only in content (the
+// same size, the archive's one modification time, as tarballs made with
+// SOURCE_DATE_EPOCH have) are each built with their own file: the
+// builder's context transfer, which skips files of unchanged size and
+// time, must not compare one upload with the other.
+func TestSourceBuildSameSizeSameTimeFilesAreSent(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	for _, marker := range []string{"first-0", "second0", "third-0"} {
+		data := contextArchive(t, map[string]string{
+			"Dockerfile": baseStages + "FROM busybox\nCOPY id /id\nRUN echo \"built $(cat /id)\"\n",
+			"id":         marker,
+		})
+		b := s.createSource(t, s.Token, customer("reproducible"), data)
+		w := s.watch(t, s.Token, b.BuildId, 3*time.Minute)
+		if w.last.Status != kilnv1.BuildStatus_BUILD_STATUS_SUCCEEDED {
+			t.Fatalf("build of %s: %v %s", marker, w.last.Status, w.last.Error)
+		}
+		if !strings.Contains(w.logs.String(), "built "+marker) {
+			t.Fatalf("the build of %s did not build its own file (a previous upload's was taken for unchanged)\nlog:\n%s", marker, tail(w.logs.String(), 2000))
+		}
+	}
+}
+
 // createSource uploads a context and starts a build of it.
 func (s *server) createSource(t *testing.T, token string, ref *kilnv1.ProjectRef, data []byte) *kilnv1.CreateBuildResponse {
 	t.Helper()
