@@ -19,8 +19,10 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/ticker"
 )
 
@@ -32,20 +34,28 @@ type Replica struct {
 	APIURL      string
 	GatewayAddr string
 	StartedAt   time.Time
+	// HeartbeatAt is its last beat and Age how long before the listing
+	// that was, both by the database's clock: replicas' own clocks may
+	// differ, so liveness is never judged by comparing them.
 	HeartbeatAt time.Time
+	Age         time.Duration
 }
 
 // Store is what the cluster keeps in the database (internal/store).
 type Store interface {
-	// Heartbeat records r as alive now (HeartbeatAt), adding it if new.
+	// Heartbeat records r as alive now (HeartbeatAt, by the database's
+	// clock), adding it if new.
 	Heartbeat(ctx context.Context, r Replica) error
+	// ListReplicas lists the replicas with their Age.
 	ListReplicas(ctx context.Context) ([]Replica, error)
-	// RemoveReplica forgets a replica (it stopped, or it was reaped).
-	RemoveReplica(ctx context.Context, id string) error
+	// RemoveReplica forgets a replica: one that stopped (staleFor 0), or
+	// one reaped, only if it is still silent for staleFor (it may have
+	// come back meanwhile).
+	RemoveReplica(ctx context.Context, id string, staleFor time.Duration) error
 	// PlaceBuilder returns the replica that runs the project's builder for
-	// platform: the one recorded if it beat at or after aliveSince, else
+	// platform: the one recorded if it beat less than timeout ago, else
 	// replica, recorded as its new place.
-	PlaceBuilder(ctx context.Context, projectID, platform, replica string, aliveSince time.Time) (string, error)
+	PlaceBuilder(ctx context.Context, projectID, platform, replica string, timeout time.Duration) (string, error)
 	// PutSecretIfAbsent stores value under name unless a value is already
 	// there, and returns the stored one: the first replica's wins.
 	PutSecretIfAbsent(ctx context.Context, name, value string) (string, error)
@@ -77,9 +87,15 @@ type Cluster struct {
 	cfg   Config
 	log   *slog.Logger
 
-	mu      sync.Mutex
-	members map[string]Replica // as last listed
-	onDead  []func(ctx context.Context, replica string) error
+	mu       sync.Mutex
+	members  map[string]Replica // as last listed
+	listedAt time.Time          // when (this process's monotonic clock)
+	// lastBeat is this replica's last successful beat; healthySince the
+	// start of its current run of them.
+	lastBeat, healthySince time.Time
+	onDead                 []func(ctx context.Context, replica string) error
+	reaping                atomic.Bool // a reap runs (its own goroutine)
+	reaps                  sync.WaitGroup
 }
 
 // New returns the membership of replica cfg.Self in st's cluster; Start
@@ -135,14 +151,41 @@ func (c *Cluster) Start(ctx context.Context, apiURL, gatewayAddr string) error {
 	if err := c.beat(ctx); err != nil {
 		return fmt.Errorf("announce replica %s: %w", self.ID, err)
 	}
+	for _, r := range c.Peers() {
+		if r.APIURL == apiURL {
+			return fmt.Errorf("replica %s advertises %s too; give each replica its own --advertise-url: %w", r.ID, apiURL, errdefs.ErrInvalid)
+		}
+	}
 	return nil
 }
 
-// beat records this replica alive and refreshes the member list.
+// beat records this replica alive and refreshes the member list; it gives
+// up after an Interval (a database that does not answer is a failed beat,
+// not a stalled one).
 func (c *Cluster) beat(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Interval)
+	defer cancel()
 	if err := c.store.Heartbeat(ctx, c.cfg.Self); err != nil {
 		return err
 	}
+	now := time.Now()
+	if err := c.list(ctx); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if now.Sub(c.lastBeat) > 2*c.cfg.Interval {
+		// The first beat, or the first after missed ones: the others may
+		// have missed theirs too, so this replica judges nobody until it
+		// has beaten for a whole timeout (reap).
+		c.healthySince = now
+	}
+	c.lastBeat = now
+	c.mu.Unlock()
+	return nil
+}
+
+// list refreshes the member list.
+func (c *Cluster) list(ctx context.Context) error {
 	rs, err := c.store.ListReplicas(ctx)
 	if err != nil {
 		return err
@@ -152,9 +195,18 @@ func (c *Cluster) beat(ctx context.Context) error {
 		m[r.ID] = r
 	}
 	c.mu.Lock()
-	c.members = m
+	c.members, c.listedAt = m, time.Now()
 	c.mu.Unlock()
 	return nil
+}
+
+// Fenced reports whether this replica has not beaten for so long that the
+// others may take it for dead (and take its work over): it must start no
+// new work until it beats again.
+func (c *Cluster) Fenced() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Since(c.lastBeat) > c.cfg.Timeout-c.cfg.Interval
 }
 
 // Run beats every Interval and reaps dead replicas until ctx ends, then
@@ -173,28 +225,35 @@ func (c *Cluster) Run(ctx context.Context) {
 			c.log.Info("replica heartbeat recovered", "replica", c.Self())
 			failing = false
 		}
-		c.reap(ctx)
+		// Reaping may take long (many builds, a slow database): never
+		// in the way of this replica's own beat.
+		if c.reaping.CompareAndSwap(false, true) {
+			c.reaps.Add(1)
+			go func() {
+				defer c.reaps.Done()
+				defer c.reaping.Store(false)
+				c.reap(ctx)
+			}()
+		}
 	})
+	c.reaps.Wait()
 	stop, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := c.store.RemoveReplica(stop, c.Self()); err != nil {
+	if err := c.store.RemoveReplica(stop, c.Self(), 0); err != nil {
 		c.log.Warn("remove replica record at stop", "replica", c.Self(), "err", err)
 	}
 }
 
-// aliveSince is the oldest beat of a live replica.
-func (c *Cluster) aliveSince() time.Time { return time.Now().Add(-c.cfg.Timeout) }
+// silentFor is how long a listed replica has not beaten: its age at the
+// listing (the database's clock) plus the time since (this process's).
+// Call with mu held.
+func (c *Cluster) silentFor(r Replica) time.Duration { return r.Age + time.Since(c.listedAt) }
 
 // Alive reports whether replica id beat within the timeout (as of the last
 // listing). This replica is always alive to itself.
 func (c *Cluster) Alive(id string) bool {
-	if id == c.Self() {
-		return true
-	}
-	c.mu.Lock()
-	r, ok := c.members[id]
-	c.mu.Unlock()
-	return ok && r.HeartbeatAt.After(c.aliveSince())
+	_, ok := c.Member(id)
+	return ok
 }
 
 // Member returns a live replica's record.
@@ -203,9 +262,9 @@ func (c *Cluster) Member(id string) (Replica, bool) {
 		return c.cfg.Self, true
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	r, ok := c.members[id]
-	c.mu.Unlock()
-	if !ok || !r.HeartbeatAt.After(c.aliveSince()) {
+	if !ok || c.silentFor(r) >= c.cfg.Timeout {
 		return Replica{}, false
 	}
 	return r, true
@@ -214,25 +273,32 @@ func (c *Cluster) Member(id string) (Replica, bool) {
 // PlaceBuilder returns the live replica that runs (or will run) the
 // project's builder for platform; this one if none does.
 func (c *Cluster) PlaceBuilder(ctx context.Context, projectID, platform string) (string, error) {
-	return c.store.PlaceBuilder(ctx, projectID, platform, c.Self(), c.aliveSince())
+	return c.store.PlaceBuilder(ctx, projectID, platform, c.Self(), c.cfg.Timeout)
 }
 
 // reap settles the replicas that stopped beating, on one replica at a
-// time: the OnDead hooks run for each, then it is forgotten.
+// time: the OnDead hooks run for each, then it is forgotten. A replica
+// judges others only once it has itself beaten for a whole timeout: after
+// the database was out of reach, every replica's beat is old, and the
+// first one back must not take the others, alive, for dead.
 func (c *Cluster) reap(ctx context.Context) {
 	c.mu.Lock()
-	var dead []string
-	for id, r := range c.members {
-		if id != c.Self() && !r.HeartbeatAt.After(c.aliveSince()) {
-			dead = append(dead, id)
-		}
-	}
+	judged := time.Since(c.healthySince) >= c.cfg.Timeout
+	stale := len(c.dead()) > 0
 	hooks := c.onDead
 	c.mu.Unlock()
-	if len(dead) == 0 {
+	if !judged || !stale {
 		return
 	}
 	_, err := c.Exclusive(ctx, "replica-reaper", func(ctx context.Context) error {
+		// Listed again under the lock: one that beat again meanwhile is
+		// not dead.
+		if err := c.list(ctx); err != nil {
+			return err
+		}
+		c.mu.Lock()
+		dead := c.dead()
+		c.mu.Unlock()
 		var errs []error
 		for _, id := range dead {
 			c.log.Warn("replica stopped beating; settling what it held", "replica", id, "timeout", c.cfg.Timeout)
@@ -243,7 +309,7 @@ func (c *Cluster) reap(ctx context.Context) {
 				}
 			}
 			if len(failed) == 0 {
-				failed = append(failed, c.store.RemoveReplica(ctx, id))
+				failed = append(failed, c.store.RemoveReplica(ctx, id, c.cfg.Timeout))
 			}
 			errs = append(errs, failed...)
 		}
@@ -252,6 +318,17 @@ func (c *Cluster) reap(ctx context.Context) {
 	if err != nil && ctx.Err() == nil {
 		c.log.Error("reap dead replicas", "err", err)
 	}
+}
+
+// dead lists the other replicas silent for the timeout. Call with mu held.
+func (c *Cluster) dead() []string {
+	var out []string
+	for id, r := range c.members {
+		if id != c.Self() && c.silentFor(r) >= c.cfg.Timeout {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // Exclusive runs fn while this replica holds the named lock, and reports

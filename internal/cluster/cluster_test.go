@@ -40,19 +40,22 @@ func (m *memStore) ListReplicas(context.Context) ([]Replica, error) {
 	defer m.mu.Unlock()
 	var out []Replica
 	for _, r := range m.replicas {
+		r.Age = time.Since(r.HeartbeatAt)
 		out = append(out, r)
 	}
 	return out, nil
 }
 
-func (m *memStore) RemoveReplica(_ context.Context, id string) error {
+func (m *memStore) RemoveReplica(_ context.Context, id string, staleFor time.Duration) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	delete(m.replicas, id)
+	if r, ok := m.replicas[id]; ok && (staleFor <= 0 || time.Since(r.HeartbeatAt) >= staleFor) {
+		delete(m.replicas, id)
+	}
 	return nil
 }
 
-func (m *memStore) PlaceBuilder(context.Context, string, string, string, time.Time) (string, error) {
+func (m *memStore) PlaceBuilder(context.Context, string, string, string, time.Duration) (string, error) {
 	return "", errors.New("not used")
 }
 
@@ -145,6 +148,7 @@ func TestReapDeadReplicas(t *testing.T) {
 	if err := c.Start(ctx, "http://self", "tcp://self"); err != nil {
 		t.Fatal(err)
 	}
+	c.healthySince = time.Now().Add(-time.Hour) // beating for long: it may judge others
 	st.Heartbeat(ctx, Replica{ID: "live"})
 	st.mu.Lock()
 	st.replicas["dead"] = Replica{ID: "dead", HeartbeatAt: time.Now().Add(-time.Hour)}
@@ -195,6 +199,61 @@ func TestReapDeadReplicas(t *testing.T) {
 	<-done
 	if _, ok := st.replicas["self"]; ok {
 		t.Fatal("a clean stop left the replica's record")
+	}
+}
+
+// After the database was out of reach for longer than the timeout, every
+// replica's beat is old: the first one back must not take the others for
+// dead before it has beaten for a whole timeout itself, by which time the
+// live ones have beaten again. And a replica that could not beat for
+// nearly the timeout is fenced: it starts no new work.
+func TestOutageReapsNobodyAlive(t *testing.T) {
+	ctx := context.Background()
+	st := newMemStore()
+	const timeout = 200 * time.Millisecond
+	a, _ := New(st, Config{Self: Replica{ID: "a"}, Interval: 20 * time.Millisecond, Timeout: timeout})
+	b, _ := New(st, Config{Self: Replica{ID: "b"}, Interval: 20 * time.Millisecond, Timeout: timeout})
+	var mu sync.Mutex
+	var settled []string
+	for _, c := range []*Cluster{a, b} {
+		c.OnDead(func(_ context.Context, id string) error {
+			mu.Lock()
+			settled = append(settled, id)
+			mu.Unlock()
+			return nil
+		})
+		if err := c.Start(ctx, "http://"+c.Self(), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a.Fenced() {
+		t.Fatal("fenced right after a beat")
+	}
+	// The database is away for twice the timeout.
+	st.mu.Lock()
+	st.failBeat = errors.New("connection refused")
+	st.mu.Unlock()
+	time.Sleep(2 * timeout)
+	if !a.Fenced() {
+		t.Fatal("not fenced after missing beats for the timeout")
+	}
+	st.mu.Lock()
+	st.failBeat = nil
+	st.mu.Unlock()
+	run, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	// a comes back first; b a little later (its first tick is 20 ms on).
+	wg.Add(2)
+	go func() { defer wg.Done(); a.Run(run) }()
+	time.Sleep(50 * time.Millisecond)
+	go func() { defer wg.Done(); b.Run(run) }()
+	time.Sleep(3 * timeout)
+	cancel()
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(settled) > 0 {
+		t.Fatalf("live replicas settled as dead after an outage: %v", settled)
 	}
 }
 

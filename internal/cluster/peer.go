@@ -36,7 +36,7 @@ func (c *Cluster) Peers() []Replica {
 	defer c.mu.Unlock()
 	var out []Replica
 	for id, r := range c.members {
-		if id != c.Self() && r.HeartbeatAt.After(c.aliveSince()) {
+		if id != c.Self() && c.silentFor(r) < c.cfg.Timeout {
 			out = append(out, r)
 		}
 	}

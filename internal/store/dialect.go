@@ -50,12 +50,17 @@ type dialect struct {
 	// connection, answering a boolean: what TryLock shares between
 	// replicas. Without them TryLock's locks are the process's.
 	sessionLock, sessionUnlock string
+	// nowMs is the database's clock in unix milliseconds: what replicas'
+	// heartbeats are stamped and judged with, so that their own clocks
+	// never need agree.
+	nowMs string
 }
 
 var sqliteDialect = dialect{
 	goose:  goose.DialectSQLite3,
 	instr:  "instr",
 	tables: `SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\_%' ESCAPE '\'`,
+	nowMs:  `CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)`,
 }
 
 var postgresDialect = dialect{
@@ -70,6 +75,7 @@ var postgresDialect = dialect{
 	// with a seed of their own.
 	sessionLock:   "SELECT pg_try_advisory_lock(hashtextextended(?, 1))",
 	sessionUnlock: "SELECT pg_advisory_unlock(hashtextextended(?, 1))",
+	nowMs:         "CAST(extract(epoch from clock_timestamp()) * 1000 AS BIGINT)",
 }
 
 // isUniqueViolation reports whether err is a unique (or primary key)

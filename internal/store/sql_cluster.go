@@ -14,18 +14,19 @@ import (
 // The SQL store keeps the replicas' membership, placements and secrets.
 var _ cluster.Store = (*SQL)(nil)
 
-// Heartbeat records r alive now, adding it if new.
+// Heartbeat records r alive now (the database's now), adding it if new.
 func (s *SQL) Heartbeat(ctx context.Context, r cluster.Replica) error {
-	now := ms(time.Now())
-	_, err := s.exec(ctx, `INSERT INTO replicas (id, api_url, gateway_addr, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?)
+	_, err := s.exec(ctx, `INSERT INTO replicas (id, api_url, gateway_addr, started_at, heartbeat_at) VALUES (?, ?, ?, ?, `+s.d.nowMs+`)
 		ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, gateway_addr = excluded.gateway_addr,
 		started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at`,
-		r.ID, r.APIURL, r.GatewayAddr, ms(r.StartedAt), now)
+		r.ID, r.APIURL, r.GatewayAddr, ms(r.StartedAt))
 	return err
 }
 
+// ListReplicas lists the replicas, each with its Age by the database's
+// clock.
 func (s *SQL) ListReplicas(ctx context.Context) ([]cluster.Replica, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, api_url, gateway_addr, started_at, heartbeat_at FROM replicas ORDER BY id`)
+	rows, err := s.db.QueryContext(ctx, `SELECT id, api_url, gateway_addr, started_at, heartbeat_at, `+s.d.nowMs+` - heartbeat_at FROM replicas ORDER BY id`)
 	if err != nil {
 		return nil, err
 	}
@@ -33,27 +34,33 @@ func (s *SQL) ListReplicas(ctx context.Context) ([]cluster.Replica, error) {
 	var out []cluster.Replica
 	for rows.Next() {
 		var r cluster.Replica
-		var started, beat int64
-		if err := rows.Scan(&r.ID, &r.APIURL, &r.GatewayAddr, &started, &beat); err != nil {
+		var started, beat, age int64
+		if err := rows.Scan(&r.ID, &r.APIURL, &r.GatewayAddr, &started, &beat, &age); err != nil {
 			return nil, err
 		}
-		r.StartedAt, r.HeartbeatAt = fromMs(started), fromMs(beat)
+		r.StartedAt, r.HeartbeatAt, r.Age = fromMs(started), fromMs(beat), time.Duration(age)*time.Millisecond
 		out = append(out, r)
 	}
 	return out, rows.Err()
 }
 
-func (s *SQL) RemoveReplica(ctx context.Context, id string) error {
-	_, err := s.exec(ctx, `DELETE FROM replicas WHERE id = ?`, id)
+// RemoveReplica forgets a replica; with staleFor > 0 only if it has not
+// beaten for that long (by the database's clock).
+func (s *SQL) RemoveReplica(ctx context.Context, id string, staleFor time.Duration) error {
+	if staleFor <= 0 {
+		_, err := s.exec(ctx, `DELETE FROM replicas WHERE id = ?`, id)
+		return err
+	}
+	_, err := s.exec(ctx, `DELETE FROM replicas WHERE id = ? AND `+s.d.nowMs+` - heartbeat_at >= ?`, id, staleFor.Milliseconds())
 	return err
 }
 
 // PlaceBuilder returns the replica running the project's builder for
-// platform if it beat at or after aliveSince, else records replica as its
-// place and returns it. Concurrent callers agree: the row is locked (on
+// platform if it beat less than timeout ago (by the database's clock),
+// else records replica as its place and returns it. Concurrent callers agree: the row is locked (on
 // Postgres; SQLite runs one transaction at a time), and of two first
 // placements the second sees the first's row.
-func (s *SQL) PlaceBuilder(ctx context.Context, projectID, platform, replica string, aliveSince time.Time) (string, error) {
+func (s *SQL) PlaceBuilder(ctx context.Context, projectID, platform, replica string, timeout time.Duration) (string, error) {
 	var owner string
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		err := tx.QueryRowContext(ctx, `SELECT replica FROM builder_placements WHERE project_id = ? AND platform = ?`+s.d.forUpdate,
@@ -74,9 +81,9 @@ func (s *SQL) PlaceBuilder(ctx context.Context, projectID, platform, replica str
 		case owner == replica:
 			return nil
 		}
-		var beat int64
-		err = tx.QueryRowContext(ctx, `SELECT heartbeat_at FROM replicas WHERE id = ?`, owner).Scan(&beat)
-		if err == nil && !fromMs(beat).Before(aliveSince) {
+		var age int64
+		err = tx.QueryRowContext(ctx, `SELECT `+s.d.nowMs+` - heartbeat_at FROM replicas WHERE id = ?`, owner).Scan(&age)
+		if err == nil && age < timeout.Milliseconds() {
 			return nil // its replica lives: the builder is there
 		}
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {

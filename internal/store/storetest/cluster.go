@@ -31,7 +31,14 @@ func replicas(t *testing.T, s store.Store) {
 		time.Since(rs[0].HeartbeatAt) > time.Minute {
 		t.Fatalf("replicas = %+v, %v", rs, err)
 	}
-	if err := s.RemoveReplica(ctx, "r1"); err != nil {
+	// A reaper forgets a replica only while it is still silent.
+	if err := s.RemoveReplica(ctx, "r1", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if rs, _ := s.ListReplicas(ctx); len(rs) != 2 || rs[0].Age > time.Minute || rs[0].Age < -time.Minute {
+		t.Fatalf("a fresh replica was removed as stale, or its age is off: %+v", rs)
+	}
+	if err := s.RemoveReplica(ctx, "r1", 0); err != nil {
 		t.Fatal(err)
 	}
 	if rs, _ := s.ListReplicas(ctx); len(rs) != 1 || rs[0].ID != "r2" {
@@ -62,7 +69,7 @@ func builderPlacement(t *testing.T, s store.Store) {
 			t.Fatal(err)
 		}
 	}
-	alive := time.Now().Add(-time.Minute)
+	alive := time.Minute // beat less than a minute ago: alive
 	if got, err := s.PlaceBuilder(ctx, "p1", "linux/amd64", "r1", alive); err != nil || got != "r1" {
 		t.Fatalf("first place = %q, %v", got, err)
 	}
@@ -72,12 +79,12 @@ func builderPlacement(t *testing.T, s store.Store) {
 	if got, err := s.PlaceBuilder(ctx, "p1", "linux/arm64", "r2", alive); err != nil || got != "r2" {
 		t.Fatalf("another platform = %q, %v", got, err)
 	}
-	// r1 beat before the live window: dead; r2 takes its builder.
-	if got, err := s.PlaceBuilder(ctx, "p1", "linux/amd64", "r2", time.Now().Add(time.Minute)); err != nil || got != "r2" {
+	// r1 beat longer ago than a (tiny) timeout: dead; r2 takes its builder.
+	if got, err := s.PlaceBuilder(ctx, "p1", "linux/amd64", "r2", time.Nanosecond); err != nil || got != "r2" {
 		t.Fatalf("after r1 died = %q, %v; want r2", got, err)
 	}
 	// A replica that is not listed at all is dead too.
-	if err := s.RemoveReplica(ctx, "r2"); err != nil {
+	if err := s.RemoveReplica(ctx, "r2", 0); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := s.PlaceBuilder(ctx, "p1", "linux/amd64", "r1", alive); err != nil || got != "r1" {
