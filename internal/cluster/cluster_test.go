@@ -313,3 +313,30 @@ func TestReplicaID(t *testing.T) {
 		t.Fatal("a corrupt replica-id file accepted")
 	}
 }
+
+// A replica's bearer opens the others' internal API for a while; another
+// cluster's, an old one, or a forged one does not.
+func TestPeerToken(t *testing.T) {
+	st := newMemStore()
+	a, _ := New(st, Config{Self: Replica{ID: "a"}, Key: testKey(1)})
+	b, _ := New(st, Config{Self: Replica{ID: "b"}, Key: testKey(1)})
+	other, _ := New(st, Config{Self: Replica{ID: "c"}, Key: testKey(2)})
+	single, _ := New(st, Config{Self: Replica{ID: "s"}})
+	tok := a.PeerToken()
+	if !b.PeerAuthentic(tok) {
+		t.Fatal("a replica's bearer refused by its peer")
+	}
+	if other.PeerAuthentic(tok) || single.PeerAuthentic(tok) || single.PeerToken() != "" {
+		t.Fatal("a bearer of another cluster (or of none) accepted")
+	}
+	old := a.peerToken(time.Now().Add(-10 * time.Minute).Unix())
+	if b.PeerAuthentic(old) {
+		t.Fatal("a bearer ten minutes old accepted: one seen on the wire would open the API for good")
+	}
+	ts, mac, _ := strings.Cut(tok, ".")
+	for _, forged := range []string{"", ".", ts, ts + ".", "x." + mac, ts + "." + strings.Repeat("0", len(mac)), tok + "0"} {
+		if b.PeerAuthentic(forged) {
+			t.Errorf("forged bearer %q accepted", forged)
+		}
+	}
+}

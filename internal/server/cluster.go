@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/url"
 
 	"github.com/kiln-dev/kiln/internal/cluster"
 	"github.com/kiln-dev/kiln/internal/errdefs"
@@ -25,6 +27,9 @@ func (s *Server) openCluster() error {
 		if cfg.Registry.S3.Bucket == "" || cfg.Source.S3.Bucket == "" {
 			return fmt.Errorf("--cluster-key-file: several replicas need shared storage for images and uploaded contexts: give --registry-s3-bucket and --contexts-s3-bucket (docs/operating.md, Replicas): %w", errdefs.ErrInvalid)
 		}
+		if err := checkAdvertiseURL(cfg.AdvertiseURL); err != nil {
+			return err
+		}
 		var err error
 		if key, err = cluster.LoadKey(cfg.ClusterKeyFile); err != nil {
 			return err
@@ -38,16 +43,39 @@ func (s *Server) openCluster() error {
 	return err
 }
 
-// startCluster announces this replica and beats until bg ends; clusterDone
-// is closed once it stopped and removed its record.
-func (s *Server) startCluster(ctx, bg context.Context) error {
+// checkAdvertiseURL: each replica must be reachable at its own URL (a
+// load balancer's would send builder connections and replicas' calls to
+// any replica), and over TLS, since replicas' calls carry their bearer and
+// answers carry builders' client keys; plain HTTP only on loopback (tests,
+// one machine).
+func checkAdvertiseURL(raw string) error {
+	if raw == "" {
+		return fmt.Errorf("--cluster-key-file: give this replica's own URL with --advertise-url (clients dial its builders' gateway there, other replicas call it there): %w", errdefs.ErrInvalid)
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("--advertise-url %q: %w", raw, errdefs.ErrInvalid)
+	}
+	if u.Scheme != "https" {
+		if ip := net.ParseIP(u.Hostname()); ip == nil || !ip.IsLoopback() {
+			return fmt.Errorf("--advertise-url %q: use https:// (replicas' calls carry their credentials; plain http only on a loopback address): %w", raw, errdefs.ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// startCluster announces this replica and beats until stopCluster;
+// clusterDone is closed once it stopped and removed its record.
+func (s *Server) startCluster(ctx context.Context) error {
 	if err := s.cluster.Start(ctx, s.advertiseURL(), s.gatewayAddr()); err != nil {
 		return err
 	}
+	run, stop := context.WithCancel(context.Background())
+	s.stopCluster = stop
 	s.clusterDone = make(chan struct{})
 	go func() {
 		defer close(s.clusterDone)
-		s.cluster.Run(bg)
+		s.cluster.Run(run)
 	}()
 	return nil
 }

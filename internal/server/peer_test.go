@@ -158,8 +158,8 @@ func TestPeerAPIAuthenticatesAndBoundsBodies(t *testing.T) {
 	st := openPeerStore(t)
 	r := newPeerReplica(t, st, "a", testKey(0))
 	bearer := r.s.cluster.PeerToken()
-	if len(bearer) != 64 || strings.Contains(bearer, string(testKey(0))) {
-		t.Fatalf("bearer %q: want a 32-byte HMAC in hex, not the key", bearer)
+	if _, mac, ok := strings.Cut(bearer, "."); !ok || len(mac) != 64 || strings.Contains(bearer, string(testKey(0))) {
+		t.Fatalf("bearer %q: want a time and a 32-byte HMAC in hex, not the key", bearer)
 	}
 	other, _ := cluster.New(st, cluster.Config{Self: cluster.Replica{ID: "x"}, Key: testKey(1)})
 	connect, proj := r.srv.URL+peerConnectPath, r.srv.URL+peerProjectPath

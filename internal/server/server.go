@@ -131,6 +131,7 @@ type Server struct {
 	telemetry     *telemetry.Exporter // nil without --clickhouse-url
 	cluster       *cluster.Cluster    // this replica's membership (cluster.go)
 	clusterDone   chan struct{}       // closed when its heartbeat loop has stopped
+	stopCluster   context.CancelFunc  // stops it: after this replica's builds are settled
 	peers         *peers              // the other replicas' internal API (peer.go)
 	cancel        context.CancelFunc
 	done          chan struct{}
@@ -554,9 +555,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer cancel()
 	// This replica is announced before it settles what its previous run
 	// left: other replicas then know it lives.
-	if err := s.startCluster(ctx, bg); err != nil {
+	if err := s.startCluster(ctx); err != nil {
 		return err
 	}
+	defer s.stopCluster() // on a failed start below too
 	// Client builds a previous run left running are settled before the
 	// health reaper or any client sees them.
 	if err := s.builds.Reconcile(ctx); err != nil {
@@ -619,6 +621,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.telemetry != nil {
 		s.telemetry.Close() // what is queued or spooled is exported after the next start
 	}
+	// Only now, its builds settled, does this replica leave the cluster:
+	// until then the others must not take its builds for a dead one's.
+	s.stopCluster()
 	<-s.clusterDone // it removed this replica's record (a clean stop is not a death)
 	if err := s.store.Close(); err != nil {
 		s.cfg.Logger.Error("close database", "err", err)
