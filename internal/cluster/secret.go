@@ -2,10 +2,7 @@ package cluster
 
 import (
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -16,10 +13,11 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/atomicfile"
 	"github.com/kiln-dev/kiln/internal/errdefs"
+	"github.com/kiln-dev/kiln/internal/seal"
 )
 
 // keySize is the cluster key's size: AES-256.
-const keySize = 32
+const keySize = seal.KeySize
 
 // LoadKey reads the cluster key file: 32 random bytes written as 64 hex
 // digits (`openssl rand -hex 32`), the same file on every replica. It must
@@ -57,7 +55,7 @@ func (c *Cluster) Secret(ctx context.Context, name string, make func() ([]byte, 
 	if err != nil {
 		return nil, err
 	}
-	sealed, err := seal(c.cfg.Key, name, v)
+	sealed, err := seal.Seal(c.cfg.Key, name, v)
 	if err != nil {
 		return nil, err
 	}
@@ -65,47 +63,11 @@ func (c *Cluster) Secret(ctx context.Context, name string, make func() ([]byte, 
 	if err != nil {
 		return nil, fmt.Errorf("shared secret %s: %w", name, err)
 	}
-	out, err := open(c.cfg.Key, name, stored)
+	out, err := seal.Open(c.cfg.Key, name, stored)
 	if err != nil {
 		return nil, fmt.Errorf("shared secret %s: %w (is every replica given the same --cluster-key-file?)", name, err)
 	}
 	return out, nil
-}
-
-func seal(key []byte, name string, v []byte) (string, error) {
-	aead, err := gcm(key)
-	if err != nil {
-		return "", err
-	}
-	nonce := make([]byte, aead.NonceSize())
-	if _, err := rand.Read(nonce); err != nil {
-		return "", err
-	}
-	return base64.StdEncoding.EncodeToString(aead.Seal(nonce, nonce, v, []byte(name))), nil
-}
-
-func open(key []byte, name, sealed string) ([]byte, error) {
-	aead, err := gcm(key)
-	if err != nil {
-		return nil, err
-	}
-	b, err := base64.StdEncoding.DecodeString(sealed)
-	if err != nil || len(b) < aead.NonceSize() {
-		return nil, errors.New("the stored value is not a sealed secret")
-	}
-	v, err := aead.Open(nil, b[:aead.NonceSize()], b[aead.NonceSize():], []byte(name))
-	if err != nil {
-		return nil, errors.New("it does not open with this replica's cluster key")
-	}
-	return v, nil
-}
-
-func gcm(key []byte) (cipher.AEAD, error) {
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCM(block)
 }
 
 // idRe is what a replica id may be: it names the replica in logs, the

@@ -1,36 +1,26 @@
 package runner
 
 import (
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/kiln-dev/kiln/internal/seal"
 )
 
-// sealer keeps a source build's secrets encrypted at rest (AES-256-GCM
+// sealer keeps a source build's secrets encrypted at rest (internal/seal,
 // with the server's key) from CreateBuild until the build ends, when they
 // are dropped. The build id is the additional data, so a sealed value
 // moved to another build does not open.
 type sealer struct {
-	aead cipher.AEAD
+	key []byte
 }
 
 func newSealer(key []byte) (*sealer, error) {
-	if len(key) < 32 {
+	if len(key) < seal.KeySize {
 		return nil, errors.New("secrets key must be at least 32 bytes")
 	}
-	block, err := aes.NewCipher(key[:32])
-	if err != nil {
-		return nil, err
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, err
-	}
-	return &sealer{aead: aead}, nil
+	return &sealer{key: key[:seal.KeySize]}, nil
 }
 
 func (s *sealer) seal(buildID string, secrets map[string]string) (string, error) {
@@ -41,25 +31,18 @@ func (s *sealer) seal(buildID string, secrets map[string]string) (string, error)
 	if err != nil {
 		return "", err
 	}
-	nonce := make([]byte, s.aead.NonceSize())
-	if _, err := rand.Read(nonce); err != nil {
-		return "", err
-	}
-	out := s.aead.Seal(nonce, nonce, plain, []byte(buildID))
-	return base64.StdEncoding.EncodeToString(out), nil
+	return seal.Seal(s.key, buildID, plain)
 }
 
 func (s *sealer) open(buildID, sealed string) (map[string][]byte, error) {
 	if sealed == "" {
 		return nil, nil
 	}
-	raw, err := base64.StdEncoding.DecodeString(sealed)
-	if err != nil || len(raw) < s.aead.NonceSize() {
+	plain, err := seal.Open(s.key, buildID, sealed)
+	switch {
+	case errors.Is(err, seal.ErrCorrupt):
 		return nil, errors.New("sealed secrets are corrupt")
-	}
-	n := s.aead.NonceSize()
-	plain, err := s.aead.Open(nil, raw[:n], raw[n:], []byte(buildID))
-	if err != nil {
+	case err != nil:
 		return nil, fmt.Errorf("sealed secrets do not open with this server's key: %w", err)
 	}
 	var m map[string]string

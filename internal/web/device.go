@@ -2,11 +2,7 @@ package web
 
 import (
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +12,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/auth"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/login"
+	"github.com/kiln-dev/kiln/internal/seal"
 	"github.com/kiln-dev/kiln/internal/store"
 )
 
@@ -109,39 +106,19 @@ func (pl *pendingLogins) end(ctx context.Context, id string) error {
 	return nil
 }
 
-// loginAEAD is the cipher sealing a pending login's id under the
-// browser's cookie id.
-func loginAEAD(cookieID string) (cipher.AEAD, error) {
+// loginKey is the key sealing a pending login's id under the browser's
+// cookie id: the store's row alone cannot collect the login's token.
+func loginKey(cookieID string) []byte {
 	key := sha256.Sum256([]byte("kiln dashboard device login\x00" + cookieID))
-	block, err := aes.NewCipher(key[:])
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCM(block)
+	return key[:]
 }
 
 func sealLogin(cookieID, loginID string) (string, error) {
-	aead, err := loginAEAD(cookieID)
-	if err != nil {
-		return "", err
-	}
-	nonce := make([]byte, aead.NonceSize())
-	if _, err := rand.Read(nonce); err != nil {
-		return "", err
-	}
-	return base64.RawStdEncoding.EncodeToString(aead.Seal(nonce, nonce, []byte(loginID), nil)), nil
+	return seal.Seal(loginKey(cookieID), "", []byte(loginID))
 }
 
 func openLogin(cookieID, sealed string) (string, error) {
-	aead, err := loginAEAD(cookieID)
-	if err != nil {
-		return "", err
-	}
-	b, err := base64.RawStdEncoding.DecodeString(sealed)
-	if err != nil || len(b) < aead.NonceSize() {
-		return "", errors.New("not a sealed login")
-	}
-	v, err := aead.Open(nil, b[:aead.NonceSize()], b[aead.NonceSize():], nil)
+	v, err := seal.Open(loginKey(cookieID), "", sealed)
 	return string(v), err
 }
 
