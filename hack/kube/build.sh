@@ -3,6 +3,7 @@
 #   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet  (k8s.io/kubernetes and
 #     go.etcd.io/etcd/server/v3, pinned in hack/kube/go.mod and hack/kube/containerd/go.mod)
 #   containerd, ctr, containerd-shim-runc-v2                                 (hack/kube/containerd/go.mod)
+#   kube-network-policies                                                    (hack/kube/netpol/go.mod)
 #   pause        (hack/kube/pause: the pod sandbox process, packed into an image by up.sh)
 #   ociarchive   (hack/kube/ociarchive: packs a rootfs into an OCI archive for `ctr images import`)
 # runc is bin/runc (hack/setup.sh); the CNI plugins are Debian's (/usr/lib/cni).
@@ -65,6 +66,18 @@ for name in containerd ctr containerd-shim-runc-v2; do
     echo "kube/build: $name built in $((SECONDS - start)) s"
   fi
 done
+
+# kube-network-policies (sigs.k8s.io, hack/kube/netpol/go.mod): a NetworkPolicy engine on nftables
+# + nfqueue, since Debian's bridge CNI enforces no policy. hack/kube/netpol.sh runs it as a pod,
+# so it is static. It has no --version: a stamp file beside it records the version built.
+NETPOL_VERSION=$(ver hack/kube/netpol sigs.k8s.io/kube-network-policies)
+if [ ! -x "$out/kube-network-policies" ] || [ "$(cat "$out/kube-network-policies.version" 2>/dev/null)" != "$NETPOL_VERSION" ]; then
+  step "kube-network-policies $NETPOL_VERSION" 2
+  start=$SECONDS
+  (cd hack/kube/netpol && CGO_ENABLED=0 "${nice_cmd[@]}" go build -trimpath -o "../../../$out/kube-network-policies" sigs.k8s.io/kube-network-policies/cmd)
+  echo "$NETPOL_VERSION" >"$out/kube-network-policies.version"
+  echo "kube/build: kube-network-policies built in $((SECONDS - start)) s"
+fi
 
 # The pod sandbox ("pause") program: static, no cgo, so it runs in an image with nothing else;
 # and the image packer. Both are small and stdlib-only.

@@ -4,7 +4,8 @@
 # network namespaces and veths), then exactly the processes whose PIDs are in DIR/pids (kubelet,
 # containerd, scheduler, controller manager, apiserver, etcd), any runc shim still serving
 # DIR's containerd (found by its -address argument, ended by PID), the mounts under DIR, the
-# kubelet's cgroups (kubepods under /sys/fs/cgroup/*/), the CNI bridge and the dummy interface.
+# kubelet's cgroups (kubepods under /sys/fs/cgroup/*/), the nftables tables of netpol.sh's policy
+# engine, the CNI bridge and the address interface (kiln-kube0).
 # DIR itself is kept (logs, certificates); remove it yourself.
 #
 # Usage: hack/kube/down.sh DIR
@@ -70,7 +71,14 @@ for root in /sys/fs/cgroup/*/; do
   find "$root/kubepods" -depth -type d -exec rmdir {} \; 2>/dev/null
   [ -d "$root/kubepods" ] && echo "kube/down: could not remove $root/kubepods" >&2
 done
-# 5. Network: the CNI bridge and the dummy interface.
+# 5. Network: the policy engine's nftables tables if hack/kube/netpol.sh ran it and it could not
+# remove them itself, the CNI bridge and the address interface.
+if [ -e "$dir/netpol.on" ]; then
+  for t in kube-network-policies kube-network-policies-dnscache; do
+    nft list table inet "$t" >/dev/null 2>&1 && nft delete table inet "$t" && echo "kube/down: removed nftables table inet $t"
+  done
+  rm -f "$dir/netpol.on"
+fi
 ip link show "$bridge" >/dev/null 2>&1 && ip link del "$bridge"
 ip link show "$iface" >/dev/null 2>&1 && ip link del "$iface"
 echo "kube/down: done ($dir kept)"
