@@ -110,6 +110,17 @@ func (s *Service) ConnectHere(ctx context.Context, buildID, platform string) (Co
 	if err != nil {
 		return Connection{}, err
 	}
+	// The asker read the placement a moment ago; should it have moved
+	// since (this replica was taken for dead), starting the builder here
+	// would run two of it.
+	owner, err := s.placeBuilder(ctx, b.ProjectID, builder.String())
+	if err != nil {
+		return Connection{}, err
+	}
+	if owner != s.self() {
+		return Connection{}, fmt.Errorf("the builder of project %s (%s) is now on kiln replica %s, not this one; retry: %w",
+			b.ProjectID, builder, owner, errdefs.ErrUnavailable)
+	}
 	return s.connectHere(ctx, b, builder.String())
 }
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"sync"
 	"testing"
 	"time"
@@ -23,13 +24,17 @@ import (
 // service, as `kiln serve` replicas sharing a database are; the engine is
 // a fake (fakeEngine) that records which replica ran what.
 
-// fakeCluster is a replica's membership: its id and the store's locks.
+// fakeCluster is a replica's membership: its id, the store's locks, and
+// whether it is fenced (nil: never).
 type fakeCluster struct {
-	self string
-	st   *store.SQL
+	self   string
+	st     *store.SQL
+	fenced *atomic.Bool
 }
 
 func (c fakeCluster) Self() string { return c.self }
+
+func (c fakeCluster) Fenced() bool { return c.fenced != nil && c.fenced.Load() }
 
 func (c fakeCluster) Exclusive(ctx context.Context, name string, fn func(context.Context) error) (bool, error) {
 	unlock, ok, err := c.st.TryLock(ctx, name)
@@ -186,7 +191,9 @@ func (c *cluster) replica(id string, cfg Config, opts ...func(*Runner)) *Runner 
 	cfg.Logger = logger
 	cfg.RegistryHost = func() string { return "127.0.0.1:1" }
 	st := c.open()
-	cfg.Cluster = fakeCluster{self: id, st: st}
+	if cfg.Cluster == nil {
+		cfg.Cluster = fakeCluster{self: id, st: st}
+	}
 	if cfg.SyncInterval == 0 {
 		cfg.SyncInterval = 50 * time.Millisecond
 	}
@@ -463,6 +470,79 @@ func TestBuildWhoseReplicaDiesTwiceFails(t *testing.T) {
 	got, _ := c.st.GetBuild(ctx, bd.ID)
 	if got.Status != build.Failed || !strings.Contains(got.Error, "restarted once already") || !strings.Contains(got.Error, "RebuildBuild") {
 		t.Errorf("build whose replica died twice: %s %q", got.Status, got.Error)
+	}
+}
+
+// A fenced replica (it has not beaten for so long that the others may take
+// it for dead) claims nothing until it beats again.
+func TestFencedReplicaClaimsNothing(t *testing.T) {
+	c := newCluster(t, 1)
+	fenced := &atomic.Bool{}
+	fenced.Store(true)
+	a := c.replica("a", Config{Cluster: fakeCluster{self: "a", st: c.open(), fenced: fenced}})
+	bd := c.create(a, "p0")
+	time.Sleep(300 * time.Millisecond) // several syncs
+	if got, _ := c.st.GetBuild(context.Background(), bd.ID); got.Status != build.Queued {
+		t.Fatalf("a fenced replica claimed a build: %s on %q", got.Status, got.Replica)
+	}
+	fenced.Store(false)
+	got := c.waitFor(bd.ID, "ended", ended)
+	if got.Status != build.Succeeded || got.Replica != "a" {
+		t.Errorf("after the fence: %s %q on %q", got.Status, got.Error, got.Replica)
+	}
+}
+
+// A source build the store has running on this replica, with no job here
+// (its end could not be recorded, say), is queued again and runs; lost a
+// second time, it fails.
+func TestOrphanedSourceBuildIsQueuedAgain(t *testing.T) {
+	c := newCluster(t, 1)
+	ctx := context.Background()
+	c.engine.hold = func(string, build.Build) bool { return false }
+	a := c.replica("a", Config{})
+	proj, _ := c.st.GetProject(ctx, "p0")
+	orphan := func() build.Build {
+		t.Helper()
+		a.mu.Lock() // no dispatch while the orphan is made
+		defer a.mu.Unlock()
+		bd, err := a.builds.CreateSource(ctx, c.org, proj, build.NewID(), Spec{ContextKey: "ctx_x"}.encode(), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok, err := a.builds.StartSource(ctx, bd.ID, "a"); !ok || err != nil {
+			t.Fatalf("claim: %v %v", ok, err)
+		}
+		return bd
+	}
+	bd := orphan()
+	got := c.waitFor(bd.ID, "ended", ended)
+	if got.Status != build.Succeeded || got.Replica != "a" {
+		t.Fatalf("orphan after its requeue: %s %q on %q", got.Status, got.Error, got.Replica)
+	}
+	logs, _ := c.st.ListBuildLogs(ctx, bd.ID, 0, 100)
+	if len(logs) == 0 || !strings.Contains(logs[0].Message, "lost track of this build") {
+		t.Errorf("no restart note in the log: %+v", logs)
+	}
+
+	// One lost twice: a requeued build carries its note as its error.
+	a.mu.Lock()
+	bd, err := a.builds.CreateSource(ctx, c.org, proj, build.NewID(), Spec{ContextKey: "ctx_x"}.encode(), "")
+	if err == nil {
+		_, _, err = a.builds.StartSource(ctx, bd.ID, "a")
+	}
+	if err == nil {
+		_, _, err = a.builds.RequeueSource(ctx, bd.ID, "a", "restarted: once already")
+	}
+	if err == nil {
+		_, _, err = a.builds.StartSource(ctx, bd.ID, "a")
+	}
+	a.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = c.waitFor(bd.ID, "ended", ended)
+	if got.Status != build.Failed || !strings.Contains(got.Error, "restarted once already") {
+		t.Errorf("orphan lost twice: %s %q", got.Status, got.Error)
 	}
 }
 

@@ -69,9 +69,14 @@ type Config struct {
 }
 
 // Cluster is what the runner needs of the replicas sharing its store
-// (*cluster.Cluster): its own replica id, and store locks.
+// (*cluster.Cluster): its own replica id, whether it is fenced, and store
+// locks.
 type Cluster interface {
 	Self() string
+	// Fenced reports whether this replica has not beaten for so long that
+	// the others may take it for dead: it claims no build until it beats
+	// again (dispatch).
+	Fenced() bool
 	// Exclusive runs fn while this replica holds the named lock; ran is
 	// false, without running fn, while another holder has it.
 	Exclusive(ctx context.Context, name string, fn func(ctx context.Context) error) (ran bool, err error)
@@ -241,7 +246,11 @@ func (r *Runner) Start(ctx context.Context) error {
 				continue
 			}
 			msg := "interrupted: kiln serve stopped while this build was " + string(b.Status) + "; start it again with RebuildBuild"
-			if _, err := r.builds.FinishSource(ctx, b.ID, build.Outcome{Result: build.Result{Status: build.Failed, Error: msg}}); err != nil {
+			// Only while it is still this replica's: taken for dead while
+			// it restarted, another one may have queued it again and run
+			// it since the listing.
+			out := build.Outcome{Result: build.Result{Status: build.Failed, Error: msg}, Replica: b.Replica}
+			if _, err := r.builds.FinishSource(ctx, b.ID, out); err != nil {
 				return err
 			}
 			r.log.Warn("source build interrupted by a restart", "build_id", b.ID, "project_id", b.ProjectID)
@@ -318,10 +327,18 @@ func (r *Runner) insertLocked(projectID string, e queued) {
 // replicas) goes first, then the one whose next build has waited longest;
 // within a project, builds start in the order they were created. So one
 // project's burst cannot starve the others.
+//
+// A fenced replica (Cluster.Fenced) starts nothing: the others may take it
+// for dead and queue its builds again, so a build it claimed now could run
+// twice. Its running builds go on: most fences are a slow or briefly
+// unreachable database, over before anyone takes the replica for dead, and
+// a build that was taken over is stopped by the sync once it reads the
+// store again (its end, recorded only while it is still this replica's,
+// changes nothing: build.Outcome.Replica).
 func (r *Runner) dispatch() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for !r.closed && len(r.running) < r.cfg.MaxConcurrent {
+	for !r.closed && len(r.running) < r.cfg.MaxConcurrent && !r.fenced() {
 		load := make(map[string]int, len(r.queues))
 		for pid := range r.queues {
 			load[pid] = r.perProject[pid] + r.elsewhere[pid]
@@ -345,6 +362,9 @@ func (r *Runner) dispatch() {
 		go r.run(ctx, next, best)
 	}
 }
+
+// fenced reports whether this replica must claim no build now (dispatch).
+func (r *Runner) fenced() bool { return r.cfg.Cluster != nil && r.cfg.Cluster.Fenced() }
 
 // pickProject returns the project whose next build starts next ("" for
 // none): see dispatch.

@@ -87,10 +87,15 @@ func (r *Runner) sync(ctx context.Context) error {
 		}
 	}
 	clear(r.elsewhere)
+	var orphans []build.Build
 	for _, b := range active {
-		if _, ok := r.running[b.ID]; ok && b.Replica == r.self {
+		_, ok := r.running[b.ID]
+		if ok && b.Replica == r.self {
 			mine[b.ID] = true
 			continue
+		}
+		if !ok && b.Replica == r.self && (r.self != "" || r.cfg.Cluster == nil) {
+			orphans = append(orphans, b)
 		}
 		r.elsewhere[b.ProjectID]++
 	}
@@ -130,8 +135,70 @@ func (r *Runner) sync(ctx context.Context) error {
 		r.log.Info("source build stopped here: the store has it ended or on another replica",
 			"build_id", id, "project_id", b.ProjectID, "status", b.Status, "replica", b.Replica)
 	}
+	for _, b := range orphans {
+		if err := r.settleOrphan(ctx, b); err != nil {
+			r.log.Warn("settle a source build this replica lost track of; trying again at the next sync", "build_id", b.ID, "err", err)
+		}
+	}
 	r.dispatch()
 	return nil
+}
+
+// settleOrphan settles source build b, which the store has running on this
+// replica though no job here runs it: its end could not be recorded
+// (FinishSource failed), or its claim was, but the answer was lost. Left
+// alone it would never end, and would hold one of its project's
+// MaxPerProject forever. It is queued again to run from the start, or
+// fails if it was queued again once already (requeueOrFail). A build being
+// claimed here right now is left alone: claims hold claimMu, and a job
+// stays in r.running from before its claim to after its end is recorded.
+func (r *Runner) settleOrphan(ctx context.Context, b build.Build) error {
+	r.claimMu.Lock()
+	defer r.claimMu.Unlock()
+	r.mu.Lock()
+	_, running := r.running[b.ID]
+	r.mu.Unlock()
+	if running {
+		return nil // claimed again here since the sync's read
+	}
+	where := "this replica"
+	if r.self != "" {
+		where = "replica " + r.self
+	}
+	note := fmt.Sprintf("restarted: %s lost track of this build while it was %s (started %s: its end or its start could not be recorded); it was queued again to run from the start",
+		where, b.Status, b.StartedAt.UTC().Format(time.RFC3339))
+	fail := fmt.Sprintf("failed: %s lost track of this build while it was %s, after it had been restarted once already (%s); read its log, then start it again with RebuildBuild",
+		where, b.Status, b.Error)
+	settled, err := r.requeueOrFail(ctx, b, r.self, note, fail)
+	if settled {
+		r.log.Warn("source build settled: no job on this replica ran it", "build_id", b.ID, "project_id", b.ProjectID, "status", b.Status)
+	}
+	return err
+}
+
+// requeueOrFail queues source build b again with note (recorded as its
+// error while it waits, and in its log), or fails it with fail if it was
+// queued again once already (its error is that note): a build lost twice
+// may be what loses them. Either only while the build still runs on
+// replica, as the store says at that moment; settled is false when it
+// did not.
+func (r *Runner) requeueOrFail(ctx context.Context, b build.Build, replica, note, fail string) (settled bool, err error) {
+	if b.Error != "" {
+		got, err := r.builds.FinishSource(ctx, b.ID, build.Outcome{Result: build.Result{Status: build.Failed, Error: fail}, Replica: replica})
+		if err != nil {
+			return false, fmt.Errorf("fail build %s: %w", b.ID, err)
+		}
+		r.hub.notify(b.ID)
+		return got.Status == build.Failed && got.Error == fail, nil
+	}
+	_, ok, err := r.builds.RequeueSource(ctx, b.ID, replica, note)
+	if err != nil {
+		return false, fmt.Errorf("queue build %s again: %w", b.ID, err)
+	}
+	if ok {
+		r.hub.notify(b.ID)
+	}
+	return ok, nil
 }
 
 // claim takes a queued build for this replica (build.Service.StartSource).
@@ -140,14 +207,18 @@ func (r *Runner) sync(ctx context.Context) error {
 // off: later is true then, and when another replica holds the project's
 // lock (it is claiming one of its builds); the build stays queued.
 func (r *Runner) claim(ctx context.Context, id, projectID string) (b build.Build, ok, later bool, err error) {
+	// One claim at a time here: on Postgres each holds a connection for
+	// its lock while it queries on another, and the pool is bounded; and
+	// settleOrphan must not see a build between its claim and its job.
+	r.claimMu.Lock()
+	defer r.claimMu.Unlock()
 	if r.cfg.Cluster == nil {
 		b, ok, err = r.builds.StartSource(ctx, id, r.self)
 		return b, ok, false, err
 	}
-	// One claim at a time here: on Postgres each holds a connection for
-	// its lock while it queries on another, and the pool is bounded.
-	r.claimMu.Lock()
-	defer r.claimMu.Unlock()
+	if r.fenced() {
+		return build.Build{}, false, true, nil // fenced since its dispatch
+	}
 	ran, err := r.cfg.Cluster.Exclusive(ctx, "source-claim/"+projectID, func(ctx context.Context) error {
 		n, err := r.activeIn(ctx, projectID)
 		if err != nil {
@@ -206,22 +277,13 @@ func (r *Runner) SettleDead(ctx context.Context, replica string) error {
 			if !b.IsSource() || b.Replica != replica {
 				continue
 			}
-			if b.Error != "" {
-				// Its requeue note: it was restarted once already.
-				msg := fmt.Sprintf("failed: replica %s stopped while this build was %s, after it had been restarted once already (%s); it may be what stops replicas: read its log, then start it again with RebuildBuild",
-					replica, b.Status, b.Error)
-				_, err := r.builds.FinishSource(ctx, b.ID, build.Outcome{Result: build.Result{Status: build.Failed, Error: msg}})
-				errs = append(errs, err)
-				r.hub.notify(b.ID)
-				continue
-			}
 			note := fmt.Sprintf("restarted: replica %s stopped while this build was %s (started %s); it was queued again to run from the start on a live replica",
 				replica, b.Status, b.StartedAt.UTC().Format(time.RFC3339))
-			if _, _, err := r.builds.RequeueSource(ctx, b.ID, replica, note); err != nil {
-				errs = append(errs, fmt.Errorf("queue build %s again: %w", b.ID, err))
-				continue
+			fail := fmt.Sprintf("failed: replica %s stopped while this build was %s, after it had been restarted once already (%s); it may be what stops replicas: read its log, then start it again with RebuildBuild",
+				replica, b.Status, b.Error)
+			if _, err := r.requeueOrFail(ctx, b, replica, note, fail); err != nil {
+				errs = append(errs, err)
 			}
-			r.hub.notify(b.ID)
 		}
 	}
 	r.kick()

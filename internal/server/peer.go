@@ -97,6 +97,8 @@ var peerKinds = []struct {
 	status int
 }{
 	{"not_found", errdefs.ErrNotFound, http.StatusNotFound},
+	{"already_exists", errdefs.ErrAlreadyExists, http.StatusConflict},
+	{"canceled", errdefs.ErrCanceled, 499}, // a client's cancel, as nginx names it
 	{"invalid", errdefs.ErrInvalid, http.StatusBadRequest},
 	{"permission", errdefs.ErrPermission, http.StatusForbidden},
 	{"failed_precondition", errdefs.ErrFailedPrecondition, http.StatusPreconditionFailed},
@@ -126,7 +128,10 @@ type peerFleet interface {
 // newPeers is s's side of the internal API, over its fleet (already made)
 // and its gateway (made later).
 func newPeers(s *Server) *peers {
-	return &peers{s: s, client: &http.Client{Transport: peerTransport(s.ca)}, fleet: s.fleet,
+	// Never redirected: the bearer goes to the advertised URL and nowhere
+	// else, and a replica's answer is its own.
+	noRedirect := func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &peers{s: s, client: &http.Client{Transport: peerTransport(s.ca), CheckRedirect: noRedirect}, fleet: s.fleet,
 		revokeProject: func(projectID string) { s.gateway.RevokeProject(projectID) }}
 }
 
