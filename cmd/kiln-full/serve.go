@@ -30,7 +30,7 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 		Example: `  kiln serve
   kiln serve --data /srv/kiln --addr 127.0.0.1:7420
   KILN_DATA=/tmp/kiln kiln serve --health-timeout 1m
-  kiln serve --addr 0.0.0.0:7420 --public-url https://kiln.example.com` + oidcServeExample + registryServeExample + sourceServeExample + isolationServeExample + clickhouseServeExample + storeServeExample + replicasServeExample,
+  kiln serve --addr 0.0.0.0:7420 --public-url https://kiln.example.com` + oidcServeExample + registryServeExample + sourceServeExample + isolationServeExample + clickhouseServeExample + storeServeExample + replicasServeExample + kubeServeExample,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var level slog.Level
@@ -78,5 +78,6 @@ DATA/admin.token (mode 0600); the token is never logged.`,
 	registerIsolationFlags(f, &cfg)
 	registerClickHouseFlags(f, &cfg.ClickHouse)
 	registerStoreFlags(f, &cfg)
+	registerKubeFlags(f, &cfg)
 	return cmd
 }

@@ -519,7 +519,7 @@ func (s *Service) EndCreatedBy(ctx context.Context, tokenID string) error {
 // SpecFor turns a project's cache policy and egress allow-list into a
 // builder spec.
 func SpecFor(proj project.Project, platform string) spec.Spec {
-	s := spec.Spec{ProjectID: proj.ID, Platform: platform,
+	s := spec.Spec{ProjectID: proj.ID, Platform: platform, Hardware: proj.Hardware,
 		KeepBytes:    int64(proj.KeepGB) << 30,
 		KeepDuration: time.Duration(proj.KeepDays) * 24 * time.Hour}
 	s.EgressAllow = EgressPrefixes(proj.EgressAllow)

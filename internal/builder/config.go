@@ -76,6 +76,11 @@ insecure-entitlements = []
   enabled = true
   snapshotter = "overlayfs"
   gc = true
+{{- if .Net.Pod}}
+  # RUN steps share the builder pod's network namespace, which its
+  # NetworkPolicy filters; never the node's network.
+  networkMode = "host"
+{{- else}}
   # RUN steps get a network namespace each on this builder's own bridge
   # (kiln's egress policy filters it); never the host's network.
   networkMode = "bridge"
@@ -83,6 +88,7 @@ insecure-entitlements = []
   bridgeName = {{q .Net.Bridge}}
   bridgeSubnet = {{q .Net.Subnet}}
   cniPoolSize = 4
+{{- end}}
 {{- if .Net.CgroupParent}}
   # RUN steps run in cgroups below this builder's (its memory limit).
   defaultCgroupParent = {{q .Net.CgroupParent}}
@@ -125,6 +131,9 @@ insecure-entitlements = []
 // buildkitd.toml: its RUN steps' network, and the cgroup they run under.
 type workerSettings struct {
 	CNIBinDir, Bridge, Subnet string
+	// Pod says buildkitd runs in a Kubernetes pod (internal/builder/kube):
+	// RUN steps use the pod's network namespace, not a bridge of their own.
+	Pod bool
 	// CgroupParent is the builder's cgroup (cgroup.go); its RUN steps get
 	// cgroups below it, under its memory limit. "": BuildKit's default
 	// (/buildkit/<id>, outside any builder's cgroup).
@@ -148,6 +157,22 @@ func renderConfig(spec Spec, insecureRegistries []string, own OwnRegistry, net w
 		return nil, fmt.Errorf("render buildkitd.toml: %w", err)
 	}
 	return b.Bytes(), nil
+}
+
+// PodConfig renders buildkitd.toml for a builder in a Kubernetes pod
+// (internal/builder/kube): as a local builder's, but its RUN steps use the
+// pod's own network, and own.CAFiles are paths inside the pod. It checks
+// the registry hosts (checkRegistryHost).
+func PodConfig(spec Spec, insecureRegistries []string, own OwnRegistry) ([]byte, error) {
+	for _, h := range append(slices.Clone(insecureRegistries), own.Host) {
+		if h == "" {
+			continue
+		}
+		if err := checkRegistryHost(h); err != nil {
+			return nil, fmt.Errorf("registry %q: %w", h, err)
+		}
+	}
+	return renderConfig(spec, insecureRegistries, own, workerSettings{Pod: true})
 }
 
 // checkRegistryHost accepts a registry as BuildKit's [registry."…"] keys

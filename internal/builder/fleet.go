@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/builder/spec"
+	"github.com/kiln-dev/kiln/internal/engine"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/gateway"
 	"github.com/kiln-dev/kiln/internal/pki"
@@ -428,16 +429,17 @@ func (f *Fleet) builderLocked(projectID, platform, arch string) *builder {
 	return b
 }
 
-// Lookup returns the project and socket of the builder named serverName
-// (Endpoint.ServerName): what the gateway splices a connection to.
-func (f *Fleet) Lookup(serverName string) (projectID, socket string, ok bool) {
+// Lookup returns the project of the builder named serverName
+// (Endpoint.ServerName) and its socket: what the gateway splices a
+// connection to.
+func (f *Fleet) Lookup(serverName string) (projectID string, backend engine.Connection, ok bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	b, ok := f.names[serverName]
 	if !ok {
-		return "", "", false
+		return "", engine.Connection{}, false
 	}
-	return b.projectID, b.sock(), true
+	return b.projectID, engine.Connection{Endpoint: "unix://" + b.sock()}, true
 }
 
 // PlatformOf returns the platform ("linux/arm64") of the builder named

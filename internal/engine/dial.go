@@ -36,43 +36,16 @@ const dialCheckTimeout = 30 * time.Second
 // (ListWorkers) so an unreachable builder is reported here, wrapped as
 // errdefs.ErrUnavailable. The caller closes the client.
 func Dial(ctx context.Context, c Connection) (*client.Client, error) {
-	u, err := url.Parse(c.Endpoint)
-	if err != nil || c.Endpoint == "" {
-		return nil, errdefs.Invalidf("builder endpoint %q: want tcp://host:port or unix:///path", c.Endpoint)
+	target, err := parseTarget(c)
+	if err != nil {
+		return nil, err
 	}
-	useTLS := c.CertPEM != "" || c.KeyPEM != "" || c.CACertPEM != ""
-
 	var opts []client.ClientOpt
-	switch u.Scheme {
-	case "tcp":
-		if u.Host == "" {
-			return nil, errdefs.Invalidf("builder endpoint %q: missing host:port", c.Endpoint)
-		}
-		if _, _, err := net.SplitHostPort(u.Host); err != nil {
-			return nil, errdefs.InvalidWrapf(err, "builder endpoint %q", c.Endpoint)
-		}
-		if useTLS {
-			cfg, err := tlsConfig(c, u.Hostname())
-			if err != nil {
-				return nil, err
-			}
-			addr := u.Host
-			opts = append(opts, client.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-				d := &tls.Dialer{Config: cfg}
-				return d.DialContext(ctx, "tcp", addr)
-			}))
-		}
-	case "unix":
-		if u.Path == "" && u.Opaque == "" {
-			return nil, errdefs.Invalidf("builder endpoint %q: missing socket path", c.Endpoint)
-		}
-		if useTLS {
-			return nil, errdefs.Invalidf("builder endpoint %q: TLS credentials are not supported over a unix socket", c.Endpoint)
-		}
-	default:
-		return nil, errdefs.Invalidf("builder endpoint %q: unsupported scheme %q (want tcp:// or unix://)", c.Endpoint, u.Scheme)
+	if target.tls != nil {
+		opts = append(opts, client.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			return target.dial(ctx)
+		}))
 	}
-
 	bk, err := client.New(ctx, c.Endpoint, opts...)
 	if err != nil {
 		return nil, errdefs.Wrapf(errdefs.ErrUnavailable, err, "connecting to builder %s", c.Endpoint)
@@ -84,6 +57,77 @@ func Dial(ctx context.Context, c Connection) (*client.Client, error) {
 		return nil, errdefs.Wrapf(errdefs.ErrUnavailable, err, "connecting to builder %s", c.Endpoint)
 	}
 	return bk, nil
+}
+
+// DialConn opens a raw connection to the builder c names: the stream a
+// BuildKit client speaks gRPC on, over TLS for a tcp:// endpoint with
+// credentials. The builder gateway splices its clients' streams onto it.
+// A builder that cannot be reached is errdefs.ErrUnavailable.
+func DialConn(ctx context.Context, c Connection) (net.Conn, error) {
+	target, err := parseTarget(c)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := target.dial(ctx)
+	if err != nil {
+		return nil, errdefs.Wrapf(errdefs.ErrUnavailable, err, "connecting to builder %s", c.Endpoint)
+	}
+	return conn, nil
+}
+
+// target is a checked Connection: where to dial, and how.
+type target struct {
+	network, addr string
+	tls           *tls.Config // nil: plain
+}
+
+func (t target) dial(ctx context.Context) (net.Conn, error) {
+	if t.tls != nil {
+		d := &tls.Dialer{Config: t.tls}
+		return d.DialContext(ctx, t.network, t.addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, t.network, t.addr)
+}
+
+// parseTarget checks c: a tcp:// endpoint with a host and port (mTLS when
+// CertPEM and CACertPEM are set, plain gRPC otherwise), or a unix://
+// socket (always plain).
+func parseTarget(c Connection) (target, error) {
+	u, err := url.Parse(c.Endpoint)
+	if err != nil || c.Endpoint == "" {
+		return target{}, errdefs.Invalidf("builder endpoint %q: want tcp://host:port or unix:///path", c.Endpoint)
+	}
+	useTLS := c.CertPEM != "" || c.KeyPEM != "" || c.CACertPEM != ""
+	switch u.Scheme {
+	case "tcp":
+		if u.Host == "" {
+			return target{}, errdefs.Invalidf("builder endpoint %q: missing host:port", c.Endpoint)
+		}
+		if _, _, err := net.SplitHostPort(u.Host); err != nil {
+			return target{}, errdefs.InvalidWrapf(err, "builder endpoint %q", c.Endpoint)
+		}
+		t := target{network: "tcp", addr: u.Host}
+		if useTLS {
+			if t.tls, err = tlsConfig(c, u.Hostname()); err != nil {
+				return target{}, err
+			}
+		}
+		return t, nil
+	case "unix":
+		path := u.Path
+		if path == "" {
+			path = u.Opaque
+		}
+		if path == "" {
+			return target{}, errdefs.Invalidf("builder endpoint %q: missing socket path", c.Endpoint)
+		}
+		if useTLS {
+			return target{}, errdefs.Invalidf("builder endpoint %q: TLS credentials are not supported over a unix socket", c.Endpoint)
+		}
+		return target{network: "unix", addr: path}, nil
+	}
+	return target{}, errdefs.Invalidf("builder endpoint %q: unsupported scheme %q (want tcp:// or unix://)", c.Endpoint, u.Scheme)
 }
 
 // tlsConfig builds the client TLS configuration from in-memory PEM.

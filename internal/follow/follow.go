@@ -43,9 +43,9 @@ import (
 
 // Config configures a Follower. Lookup and Store are required.
 type Config struct {
-	// Lookup returns the unix socket of the builder with the TLS server
-	// name serverName (the gateway's Builders.Lookup).
-	Lookup func(serverName string) (projectID, socket string, ok bool)
+	// Lookup returns how to reach the builder with the TLS server name
+	// serverName (the gateway's Builders.Lookup).
+	Lookup func(serverName string) (projectID string, backend engine.Connection, ok bool)
 	// Store records steps and log lines of a build (build.Service.StoreSteps).
 	Store func(ctx context.Context, buildID string, steps []build.Step, logs []build.LogLine) error
 	// Platform returns the platform of the builder named serverName
@@ -342,14 +342,14 @@ func (f *Follower) follow(b *followed, sv *solve, projectID, serverName, ref str
 		f.failed(b)
 		return
 	}
-	_, socket, ok := f.cfg.Lookup(serverName)
+	_, backend, ok := f.cfg.Lookup(serverName)
 	if !ok {
 		log.Warn("follow build: builder is gone")
 		f.failed(b)
 		return
 	}
 	c, err := retry.Value(ctx, retry.Dial, func(ctx context.Context) (*bkclient.Client, error) {
-		return engine.Dial(ctx, engine.Connection{Endpoint: "unix://" + socket})
+		return engine.Dial(ctx, backend)
 	})
 	if err != nil {
 		log.Warn("follow build: builder unreachable; its steps are what the client reports", "err", err)

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kiln-dev/kiln/internal/build"
+	"github.com/kiln-dev/kiln/internal/engine"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/follow"
 )
@@ -104,7 +105,9 @@ func TestFollowerStoresTheBuildersStepsWithinTheLogBudget(t *testing.T) {
 	}}}
 	sock := serve(t, b)
 	out := &sink{steps: map[string]build.Step{}}
-	f, err := follow.New(follow.Config{Lookup: func(string) (string, string, bool) { return "p", sock, true },
+	f, err := follow.New(follow.Config{Lookup: func(string) (string, engine.Connection, bool) {
+		return "p", engine.Connection{Endpoint: "unix://" + sock}, true
+	},
 		Store: out.store, MaxLogBytes: 25, Grace: 50 * time.Millisecond, Flush: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -153,7 +156,9 @@ func TestFollowerStoresTheBuildersStepsWithinTheLogBudget(t *testing.T) {
 // build's record: the build is not Following.
 func TestFollowerGivesUpOnAnUnreachableBuilder(t *testing.T) {
 	out := &sink{steps: map[string]build.Step{}}
-	f, err := follow.New(follow.Config{Lookup: func(string) (string, string, bool) { return "p", filepath.Join(t.TempDir(), "none.sock"), true },
+	f, err := follow.New(follow.Config{Lookup: func(string) (string, engine.Connection, bool) {
+		return "p", engine.Connection{Endpoint: "unix://" + filepath.Join(t.TempDir(), "none.sock")}, true
+	},
 		Store: out.store})
 	if err != nil {
 		t.Fatal(err)
@@ -189,7 +194,9 @@ func TestFollowerNamesStepsWithTheirLabelAndPlatform(t *testing.T) {
 	sock := serve(t, b)
 	out := &sink{steps: map[string]build.Step{}}
 	platforms := map[string]string{"p-amd64.builder.kiln": "linux/amd64", "p-arm64.builder.kiln": "linux/arm64"}
-	f, err := follow.New(follow.Config{Lookup: func(string) (string, string, bool) { return "p", sock, true },
+	f, err := follow.New(follow.Config{Lookup: func(string) (string, engine.Connection, bool) {
+		return "p", engine.Connection{Endpoint: "unix://" + sock}, true
+	},
 		Platform: func(n string) string { return platforms[n] }, Store: out.store, Grace: 50 * time.Millisecond, Flush: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -236,7 +243,9 @@ func TestFollowerKeepsAStepWithTheFirstSolveThatRanIt(t *testing.T) {
 	}}
 	sock := serve(t, b)
 	out := &sink{steps: map[string]build.Step{}}
-	f, err := follow.New(follow.Config{Lookup: func(string) (string, string, bool) { return "p", sock, true },
+	f, err := follow.New(follow.Config{Lookup: func(string) (string, engine.Connection, bool) {
+		return "p", engine.Connection{Endpoint: "unix://" + sock}, true
+	},
 		Store: out.store, Grace: 50 * time.Millisecond, Flush: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -285,11 +294,11 @@ func TestFollowerFollowsOnlyBuildKitRefsUpToABound(t *testing.T) {
 	var mu sync.Mutex
 	lookups := 0
 	f, err := follow.New(follow.Config{
-		Lookup: func(string) (string, string, bool) {
+		Lookup: func(string) (string, engine.Connection, bool) {
 			mu.Lock()
 			defer mu.Unlock()
 			lookups++
-			return "", "", false // builder gone: the solve is given up at once
+			return "", engine.Connection{}, false // builder gone: the solve is given up at once
 		},
 		Store: (&sink{steps: map[string]build.Step{}}).store})
 	if err != nil {
@@ -319,11 +328,11 @@ func TestFollowerIgnoresSolvesOfAnEndedBuild(t *testing.T) {
 	var mu sync.Mutex
 	lookups := map[string]int{}
 	f, err := follow.New(follow.Config{
-		Lookup: func(name string) (string, string, bool) {
+		Lookup: func(name string) (string, engine.Connection, bool) {
 			mu.Lock()
 			defer mu.Unlock()
 			lookups[name]++
-			return "", "", false
+			return "", engine.Connection{}, false
 		},
 		Store: (&sink{steps: map[string]build.Step{}}).store, Grace: 20 * time.Millisecond})
 	if err != nil {
@@ -354,7 +363,7 @@ func TestFollowerAsksSkipOncePerBuild(t *testing.T) {
 	var mu sync.Mutex
 	asked := map[string]int{}
 	f, err := follow.New(follow.Config{
-		Lookup: func(string) (string, string, bool) { return "", "", false },
+		Lookup: func(string) (string, engine.Connection, bool) { return "", engine.Connection{}, false },
 		Store:  (&sink{steps: map[string]build.Step{}}).store,
 		Skip: func(_ context.Context, buildID string) bool {
 			mu.Lock()

@@ -28,6 +28,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kiln-dev/kiln/internal/engine"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 )
 
@@ -42,10 +43,11 @@ func Handles(serverName string) bool {
 
 // Builders resolves a builder's server name.
 type Builders interface {
-	// Lookup returns the project of the builder named serverName and the
-	// unix socket its buildkitd serves on; ok is false for a name no
-	// builder has.
-	Lookup(serverName string) (projectID, socket string, ok bool)
+	// Lookup returns the project of the builder named serverName and how
+	// to reach its buildkitd (a unix socket on this machine, or a pod's
+	// address with kiln's client certificate for it); ok is false for a
+	// name no builder has.
+	Lookup(serverName string) (projectID string, backend engine.Connection, ok bool)
 	// Hold marks the builder named serverName in use while a connection
 	// to it is open, so it is not stopped for idleness under a solve;
 	// release ends the hold (once; later calls do nothing).
@@ -233,7 +235,7 @@ func (g *Gateway) Serve(c *tls.Conn) {
 	}
 	st := c.ConnectionState()
 	name := strings.ToLower(st.ServerName)
-	projectID, socket, ok := g.cfg.Builders.Lookup(name)
+	projectID, backend, ok := g.cfg.Builders.Lookup(name)
 	if !ok || len(st.PeerCertificates) == 0 {
 		c.Close()
 		return
@@ -263,8 +265,7 @@ func (g *Gateway) Serve(c *tls.Conn) {
 		forget()
 		return
 	}
-	var d net.Dialer
-	bc, err := d.DialContext(ctx, "unix", socket)
+	bc, err := engine.DialConn(ctx, backend)
 	if err != nil {
 		g.log.Warn("builder unreachable", "builder", name, "build_id", buildID, "err", err)
 		forget()

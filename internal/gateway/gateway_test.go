@@ -18,6 +18,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/kiln-dev/kiln/internal/engine"
 	"github.com/kiln-dev/kiln/internal/errdefs"
 	"github.com/kiln-dev/kiln/internal/gateway"
 	"github.com/kiln-dev/kiln/internal/pki"
@@ -32,9 +33,9 @@ type builders struct {
 	holds map[string]int // server name → open holds
 }
 
-func (b *builders) Lookup(name string) (string, string, bool) {
+func (b *builders) Lookup(name string) (string, engine.Connection, bool) {
 	v, ok := b.sockets[name]
-	return v[0], v[1], ok
+	return v[0], engine.Connection{Endpoint: "unix://" + v[1]}, ok
 }
 
 func (b *builders) Hold(name string) func() {

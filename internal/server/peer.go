@@ -406,15 +406,12 @@ func (p *peers) apply(ctx context.Context, op peerProjectRequest) error {
 // longer exist: deleted through another replica while this one was down
 // (the deletion's broadcast missed it).
 func (p *peers) dropDeleted(ctx context.Context) {
-	entries, err := os.ReadDir(filepath.Join(p.s.cfg.DataDir, "builders"))
+	ids, err := p.builderProjects(ctx)
 	if err != nil {
+		p.s.cfg.Logger.Warn("list the projects that have builder state", "err", err)
 		return
 	}
-	for _, e := range entries {
-		id := e.Name()
-		if !e.IsDir() || !pki.ValidProjectID(id) {
-			continue
-		}
+	for _, id := range ids {
 		if _, err := p.s.store.GetProject(ctx, id); !errdefs.IsNotFound(err) {
 			continue
 		}
@@ -422,8 +419,31 @@ func (p *peers) dropDeleted(ctx context.Context) {
 			p.s.cfg.Logger.Warn("drop the builder state of a deleted project", "project_id", id, "err", err)
 			continue
 		}
-		p.s.cfg.Logger.Info("dropped the builder state of a project deleted while this replica was down", "project_id", id)
+		p.s.cfg.Logger.Info("dropped the builder state of a deleted project", "project_id", id)
 	}
+}
+
+// builderProjects lists the projects this replica's builders keep state
+// for: those with objects in the namespace of the Kubernetes driver
+// (kube.Fleet.Projects), directories under DATA/builders with the local
+// one.
+func (p *peers) builderProjects(ctx context.Context) ([]string, error) {
+	if l, ok := p.fleet.(interface {
+		Projects(ctx context.Context) ([]string, error)
+	}); ok {
+		return l.Projects(ctx)
+	}
+	entries, err := os.ReadDir(filepath.Join(p.s.cfg.DataDir, "builders"))
+	if err != nil {
+		return nil, nil // no builder ever started here
+	}
+	var ids []string
+	for _, e := range entries {
+		if e.IsDir() && pki.ValidProjectID(e.Name()) {
+			ids = append(ids, e.Name())
+		}
+	}
+	return ids, nil
 }
 
 // everywhere applies a project operation here, then on every other live

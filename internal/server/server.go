@@ -106,13 +106,19 @@ type Config struct {
 	ClusterKeyFile string
 	ReplicaID      string
 	AdvertiseURL   string
+
+	// BuilderDriver runs builders as processes on this machine
+	// (DriverLocal, the default) or as pods on Kubernetes
+	// (DriverKubernetes, configured by Kube).
+	BuilderDriver string
+	Kube          KubeConfig
 }
 
 // Server is a running control plane.
 type Server struct {
 	cfg      Config
 	store    store.Store
-	fleet    *builder.Fleet
+	fleet    builders
 	builds   *build.Service
 	gateway  *gateway.Gateway
 	follow   *follow.Follower // records every build's steps from its builder
@@ -166,7 +172,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err := s.openData(ctx); err != nil {
 		return nil, err
 	}
-	projects, err := s.startServices()
+	projects, err := s.startServices(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -281,33 +287,47 @@ func (s *Server) openData(ctx context.Context) error {
 // startServices creates the audit recorder, the builder fleet, the build
 // service and the builder gateway, and returns the project service over
 // them. Nothing runs yet but the fleet's idle reaper.
-func (s *Server) startServices() (*project.Service, error) {
+func (s *Server) startServices(ctx context.Context) (*project.Service, error) {
 	cfg := s.cfg
 	s.audit = audit.New(s.store, audit.Config{Retention: cfg.AuditRetention, Exclusive: s.cluster.Exclusive}, cfg.Logger)
 	// The fleet calls back into the build service when a builder dies; the
 	// service is created right after, before any builder can start.
 	var builds *build.Service
-	fleet, err := builder.NewFleet(builder.Config{
-		Root:          filepath.Join(cfg.DataDir, "builders"),
-		BuildkitdPath: cfg.BuildkitdPath,
-		CA:            s.ca,
-		IdleTTL:       cfg.BuilderIdle,
-		StallTimeout:  cfg.BuilderStall,
-		MemoryLimit:   cfg.BuilderMemory,
-		OnUsage:       func(u builder.Usage) { builds.RecordBuilderUsage(builderUsage(u)) },
-		Logger:        cfg.Logger,
-		// Only the operator's flags reach buildkitd.toml; builds cannot.
-		InsecureRegistries: cfg.InsecureRegistries,
-		OwnRegistry:        s.ownRegistry,
-		Network:            cfg.BuilderNetwork,
-		PassEnv:            cfg.BuilderEnv,
-		GitPrivateHosts:    cfg.Source.GitPrivateHosts,
-		OnExit: func(projectID, platform string, leases []string, err error) {
-			builds.BuilderLost(projectID, platform, leases, err)
-		},
-	})
-	if err != nil {
-		return nil, err
+	var fleet builders
+	var err error
+	switch cfg.BuilderDriver {
+	case "", DriverLocal:
+		local, err := builder.NewFleet(builder.Config{
+			Root:          filepath.Join(cfg.DataDir, "builders"),
+			BuildkitdPath: cfg.BuildkitdPath,
+			CA:            s.ca,
+			IdleTTL:       cfg.BuilderIdle,
+			StallTimeout:  cfg.BuilderStall,
+			MemoryLimit:   cfg.BuilderMemory,
+			OnUsage:       func(u builder.Usage) { builds.RecordBuilderUsage(builderUsage(u)) },
+			Logger:        cfg.Logger,
+			// Only the operator's flags reach buildkitd.toml; builds cannot.
+			InsecureRegistries: cfg.InsecureRegistries,
+			OwnRegistry:        s.ownRegistry,
+			Network:            cfg.BuilderNetwork,
+			PassEnv:            cfg.BuilderEnv,
+			GitPrivateHosts:    cfg.Source.GitPrivateHosts,
+			OnExit: func(projectID, platform string, leases []string, err error) {
+				builds.BuilderLost(projectID, platform, leases, err)
+			},
+		})
+		if err != nil {
+			return nil, err
+		}
+		fleet = local
+	case DriverKubernetes:
+		kf, err := s.newKubeFleet(ctx, &builds)
+		if err != nil {
+			return nil, err
+		}
+		fleet = kf
+	default:
+		return nil, fmt.Errorf("--builder-driver %q: want local or kubernetes: %w", cfg.BuilderDriver, errdefs.ErrInvalid)
 	}
 	s.fleet = fleet
 	if s.follow, err = follow.New(follow.Config{Lookup: fleet.Lookup, Platform: fleet.PlatformOf, Logger: cfg.Logger,

@@ -22,6 +22,11 @@ type Spec struct {
 	// internal/builder/network.go. Applied at once, also to a running
 	// builder.
 	EgressAllow []netip.Prefix
+	// Hardware is the project's size in Depot's terms (its
+	// depot.core.v1.Hardware value: 0 unspecified, 1 16x32, 2 4x4, ...).
+	// The local driver ignores it; the Kubernetes driver turns it into
+	// the builder pod's resources.
+	Hardware int32
 }
 
 // Endpoint is how a build reaches a builder. buildkitd serves only Socket,
