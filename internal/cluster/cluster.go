@@ -60,8 +60,9 @@ type Store interface {
 	// there, and returns the stored one: the first replica's wins.
 	PutSecretIfAbsent(ctx context.Context, name, value string) (string, error)
 	// TryLock takes the named lock if no other holder has it; ok is false
-	// when another one does. unlock gives it back.
-	TryLock(ctx context.Context, name string) (unlock func(), ok bool, err error)
+	// when another one does. held is ctx, canceled if the lock is lost
+	// before unlock gives it back.
+	TryLock(ctx context.Context, name string) (held context.Context, unlock func(), ok bool, err error)
 }
 
 // Defaults.
@@ -333,12 +334,13 @@ func (c *Cluster) dead() []string {
 
 // Exclusive runs fn while this replica holds the named lock, and reports
 // false without running it when another replica holds it (its turn: the
-// work is being done there).
+// work is being done there). fn's context is canceled if the lock is lost
+// (the store connection holding it broke): fn must stop then.
 func (c *Cluster) Exclusive(ctx context.Context, name string, fn func(ctx context.Context) error) (ran bool, err error) {
-	unlock, ok, err := c.store.TryLock(ctx, name)
+	held, unlock, ok, err := c.store.TryLock(ctx, name)
 	if err != nil || !ok {
 		return false, err
 	}
 	defer unlock()
-	return true, fn(ctx)
+	return true, fn(held)
 }

@@ -69,14 +69,14 @@ func (m *memStore) PutSecretIfAbsent(_ context.Context, name, value string) (str
 	return value, nil
 }
 
-func (m *memStore) TryLock(_ context.Context, name string) (func(), bool, error) {
+func (m *memStore) TryLock(ctx context.Context, name string) (context.Context, func(), bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.locks[name] {
-		return nil, false, nil
+		return nil, nil, false, nil
 	}
 	m.locks[name] = true
-	return func() { m.mu.Lock(); delete(m.locks, name); m.mu.Unlock() }, true, nil
+	return ctx, func() { m.mu.Lock(); delete(m.locks, name); m.mu.Unlock() }, true, nil
 }
 
 func testKey(b byte) []byte {
@@ -183,7 +183,7 @@ func TestReapDeadReplicas(t *testing.T) {
 	// While another replica holds the reaper's lock, this one does not reap.
 	st.replicas["dead2"] = Replica{ID: "dead2", HeartbeatAt: time.Now().Add(-time.Hour)}
 	c.beat(ctx)
-	unlock, _, _ := st.TryLock(ctx, "replica-reaper")
+	_, unlock, _, _ := st.TryLock(ctx, "replica-reaper")
 	c.reap(ctx)
 	if _, ok := st.replicas["dead2"]; !ok {
 		t.Fatal("reaped without the lock")

@@ -37,12 +37,12 @@ func (c fakeCluster) Self() string { return c.self }
 func (c fakeCluster) Fenced() bool { return c.fenced != nil && c.fenced.Load() }
 
 func (c fakeCluster) Exclusive(ctx context.Context, name string, fn func(context.Context) error) (bool, error) {
-	unlock, ok, err := c.st.TryLock(ctx, name)
+	held, unlock, ok, err := c.st.TryLock(ctx, name)
 	if err != nil || !ok {
 		return false, err
 	}
 	defer unlock()
-	return true, fn(ctx)
+	return true, fn(held)
 }
 
 // fakeEngine runs builds for every replica: each run is counted, and

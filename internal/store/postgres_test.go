@@ -168,6 +168,46 @@ func TestPostgresExclusiveLockLost(t *testing.T) {
 	}
 }
 
+// A TryLock whose connection breaks (Postgres restarted, a proxy cut it)
+// is lost: its held context ends with ErrLockLost, so the work under it
+// stops, and another holder can take it.
+func TestPostgresTryLockLost(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	st, err := store.OpenPostgres(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	admin, err := sql.Open("pgx", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	held, unlock, ok, err := st.TryLock(ctx, "registry-gc")
+	if err != nil || !ok {
+		t.Fatalf("lock: %v %v", ok, err)
+	}
+	defer unlock()
+	if _, err := admin.ExecContext(ctx, `SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+		WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()`); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-held.Done():
+		if !errors.Is(context.Cause(held), store.ErrLockLost) {
+			t.Errorf("cause %v, want ErrLockLost", context.Cause(held))
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the lock's context did not end after its connection was killed")
+	}
+	_, again, ok, err := st.TryLock(ctx, "registry-gc")
+	if err != nil || !ok {
+		t.Fatalf("the lost lock could not be taken again: %v %v", ok, err)
+	}
+	again()
+}
+
 // An observed Postgres store (kiln serve's) rewrites its queries below the
 // timing, and the observer hears of queries, execs and transactions.
 func TestPostgresObserved(t *testing.T) {

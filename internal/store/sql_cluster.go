@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -109,31 +110,76 @@ func (s *SQL) PutSecretIfAbsent(ctx context.Context, name, value string) (string
 	return stored, err
 }
 
+// ErrLockLost is the cause of a TryLock's held context when the lock was
+// lost: its connection to the database broke, so another holder may have
+// it now.
+var ErrLockLost = errors.New("store lock lost: its database connection broke")
+
+// lockPing is how often a held lock's connection is checked.
+const lockPing = 2 * time.Second
+
 // TryLock takes the named lock unless another holder has it: on Postgres
 // a session advisory lock on a connection of its own, held until unlock
 // (or until that connection drops, so a dead replica's locks go with it);
 // on SQLite, whose database one process serves, a lock in this process.
-func (s *SQL) TryLock(ctx context.Context, name string) (unlock func(), ok bool, err error) {
+//
+// held is ctx, canceled with ErrLockLost once the lock is lost (its
+// connection is checked every couple of seconds): work done under the
+// lock stops instead of going on beside another holder's. unlock gives
+// the lock back (and cancels held).
+func (s *SQL) TryLock(ctx context.Context, name string) (held context.Context, unlock func(), ok bool, err error) {
 	if s.d.sessionLock == "" {
-		return s.locks.try(name)
+		release, ok, err := s.locks.try(name)
+		if !ok || err != nil {
+			return nil, nil, ok, err
+		}
+		held, cancel := context.WithCancelCause(ctx)
+		return held, func() { cancel(context.Canceled); release() }, true, nil
 	}
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
 	if err := conn.QueryRowContext(ctx, s.d.sessionLock, name).Scan(&ok); err != nil || !ok {
 		conn.Close()
-		return nil, false, err
+		return nil, nil, false, err
 	}
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		var released bool
-		if conn.QueryRowContext(ctx, s.d.sessionUnlock, name).Scan(&released) != nil {
-			// Not back to the pool still holding the lock.
-			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+	held, cancel := context.WithCancelCause(ctx)
+	stop, watched := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watched)
+		t := time.NewTicker(lockPing)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			pctx, pcancel := context.WithTimeout(context.Background(), lockPing)
+			err := conn.PingContext(pctx)
+			pcancel()
+			if err != nil {
+				cancel(fmt.Errorf("%w (lock %q): %v", ErrLockLost, name, err))
+				return
+			}
 		}
-		conn.Close()
+	}()
+	var once sync.Once
+	return held, func() {
+		once.Do(func() {
+			close(stop)
+			<-watched
+			cancel(context.Canceled)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			var released bool
+			if conn.QueryRowContext(ctx, s.d.sessionUnlock, name).Scan(&released) != nil {
+				// Not back to the pool still holding the lock.
+				_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+			}
+			conn.Close()
+		})
 	}, true, nil
 }
 

@@ -130,20 +130,27 @@ func secretsAndLocks(t *testing.T, s store.Store) {
 	if v, err := s.PutSecretIfAbsent(ctx, "ca", "second"); err != nil || v != "first" {
 		t.Fatalf("second put = %q, %v; want the first's", v, err)
 	}
-	unlock, ok, err := s.TryLock(ctx, "gc")
+	held, unlock, ok, err := s.TryLock(ctx, "gc")
 	if err != nil || !ok {
 		t.Fatalf("first lock: %v %v", ok, err)
 	}
-	if _, ok, err := s.TryLock(ctx, "gc"); err != nil || ok {
+	if _, _, ok, err := s.TryLock(ctx, "gc"); err != nil || ok {
 		t.Fatalf("second holder of one lock: %v %v", ok, err)
 	}
-	u2, ok, err := s.TryLock(ctx, "sweep")
+	_, u2, ok, err := s.TryLock(ctx, "sweep")
 	if err != nil || !ok {
 		t.Fatalf("another lock: %v %v", ok, err)
 	}
 	u2()
+	if held.Err() != nil {
+		t.Fatalf("a held lock's context is done: %v", context.Cause(held))
+	}
 	unlock()
-	u3, ok, err := s.TryLock(ctx, "gc")
+	unlock() // twice: nothing more
+	if held.Err() == nil {
+		t.Fatal("an unlocked lock's context is not done")
+	}
+	_, u3, ok, err := s.TryLock(ctx, "gc")
 	if err != nil || !ok {
 		t.Fatalf("lock after unlock: %v %v", ok, err)
 	}
