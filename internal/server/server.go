@@ -228,6 +228,9 @@ func checkConfig(cfg Config) (Config, error) {
 	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
 		return cfg, fmt.Errorf("data dir: %w", err)
 	}
+	if cfg.BuilderDriver == DriverKubernetes {
+		return cfg, nil // buildkitd runs in the builder image
+	}
 	if _, err := os.Stat(cfg.BuildkitdPath); err != nil {
 		return cfg, fmt.Errorf("buildkitd not found at %q (run ./hack/setup.sh or pass --buildkitd): %w", cfg.BuildkitdPath, err)
 	}

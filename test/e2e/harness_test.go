@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/internal/kilntest"
+	"github.com/kiln-dev/kiln/internal/kubetest"
 	"github.com/kiln-dev/kiln/internal/store/pgtest"
 	"github.com/kiln-dev/kiln/internal/testenv"
 )
@@ -88,6 +89,7 @@ func run(m *testing.M) int {
 	flag.Parse()
 	setParallel()
 	code := pgtest.Run(m) // stops the Postgres a test started, if any
+	kubetest.Stop()       // and the Kubernetes cluster
 	if !stopShared() && code == 0 {
 		code = 1
 	}

@@ -272,7 +272,10 @@ func (f *Fleet) ensure(spec builder.Spec) (builder.Endpoint, bool, <-chan struct
 	}
 	b := f.builderLocked(spec.ProjectID, spec.Platform, p.Arch)
 	b.spec, b.caPEM = spec, string(caPEM)
-	if !slices.Equal(f.egress[spec.ProjectID], spec.EgressAllow) {
+	if have, ok := f.egress[spec.ProjectID]; (ok || len(spec.EgressAllow) > 0) && !slices.Equal(have, spec.EgressAllow) {
+		// Recorded now so that the calls until it is applied do not
+		// apply it again; forgotten if it fails, to be tried again.
+		f.egress[spec.ProjectID] = slices.Clone(spec.EgressAllow)
 		go f.setEgressLogged(spec.ProjectID, spec.EgressAllow)
 	}
 	if len(b.leases) == 0 {
@@ -575,6 +578,9 @@ func (f *Fleet) SetEgressAllow(projectID string, allow []netip.Prefix) error {
 
 func (f *Fleet) setEgressLogged(projectID string, allow []netip.Prefix) {
 	if err := f.SetEgressAllow(projectID, allow); err != nil {
+		f.mu.Lock()
+		delete(f.egress, projectID)
+		f.mu.Unlock()
 		f.log.Warn("apply a project's egress allow-list", "project", projectID, "err", err)
 	}
 }

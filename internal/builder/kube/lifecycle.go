@@ -345,7 +345,10 @@ func (f *Fleet) reap() {
 		var stops []idle
 		f.mu.Lock()
 		for _, b := range f.builders {
-			if b.state != builder.StateReady || len(b.leases) > 0 || b.conns > 0 || now.Sub(b.lastUsed) < f.cfg.IdleTTL {
+			// A crashed builder's pod may still run (it never answered):
+			// it goes too.
+			inUse := len(b.leases) > 0 || b.conns > 0 || now.Sub(b.lastUsed) < f.cfg.IdleTTL
+			if (b.state != builder.StateReady && b.state != builder.StateCrashed) || inUse {
 				continue
 			}
 			f.log.Info("scaling idle builder to zero", "project", b.projectID, "platform", b.platform, "idle", now.Sub(b.lastUsed).Round(time.Second))
