@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the single-node Kubernetes that hack/kube/up.sh runs, from pinned Go modules, into bin/kube/:
-#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet  (k8s.io/kubernetes and
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl  (k8s.io/kubernetes and
 #     go.etcd.io/etcd/server/v3, pinned in hack/kube/go.mod and hack/kube/containerd/go.mod)
 #   containerd, ctr, containerd-shim-runc-v2                                 (hack/kube/containerd/go.mod)
 #   kube-network-policies                                                    (hack/kube/netpol/go.mod)
@@ -48,6 +48,14 @@ for c in kube-scheduler:1 kube-apiserver:4 kube-controller-manager:3 kubelet:8; 
     echo "kube/build: $name built in $((SECONDS - start)) s"
   fi
 done
+# kubectl of the cluster's version: the scripts put bin/kube first on PATH (Debian 12's
+# kubernetes-client is 1.20, too old for a 1.34 server). It has no --version.
+if ! { [ -x "$out/kubectl" ] && "$out/kubectl" version --client 2>/dev/null | grep -qF "Client Version: $K8S_VERSION"; }; then
+  step "kubectl $K8S_VERSION" 2
+  start=$SECONDS
+  (cd hack/kube && "${nice_cmd[@]}" go build -ldflags "$k8s_ldflags" -o "../../$out/kubectl" k8s.io/kubernetes/cmd/kubectl)
+  echo "kube/build: kubectl built in $((SECONDS - start)) s"
+fi
 
 if ! have etcd "etcd Version: ${ETCD_VERSION#v}"; then
   step "etcd $ETCD_VERSION" 1
