@@ -6,6 +6,19 @@
 # reachable here) and waits until the node is Ready:
 #   localhost/kiln/pause:1    the pod sandbox (hack/kube/pause), containerd's sandbox image
 #   localhost/kiln/busybox:1  Debian's busybox-static, for test pods
+# Then it makes the cluster what kiln's tests need:
+#   - dynamic volumes: the controller manager's hostPath provisioner and a default StorageClass
+#     "kiln-local" (reclaimPolicy Delete), so a StatefulSet's volumeClaimTemplate binds by itself
+#     and deleting the claim deletes the directory; the directories are under DIR/pv;
+#   - NetworkPolicy enforcement: hack/kube/netpol.sh (kube-network-policies);
+#   - DIR/cluster.env: the cluster's addresses (KUBE_ADDR, KUBE_POD_CIDR, KUBE_HOST_CIDR, ...).
+#
+# Only one cluster fits a machine (fixed addresses, ports and interface names; the machine's
+# current one is named in /run/kiln-kube.dir). A cluster left running under DIR, or under
+# another directory whose owner (below) is gone, is stopped first (hack/kube/down.sh).
+#
+# With KUBE_OWNER_PID set, a watchdog (DIR/pids/watchdog) runs hack/kube/down.sh DIR once that
+# process is gone, so a test binary killed with -9 leaves no cluster running for good.
 #
 # Everything listens on loopback or on KUBE_ADDR, an address on an interface of its own (kiln-kube0)
 # this script creates: kube-apiserver refuses a loopback advertise address. The interface is a
@@ -18,7 +31,7 @@
 #
 # Usage: hack/kube/up.sh DIR
 # Env: KUBE_ADDR (10.213.0.1), KUBE_POD_CIDR (10.215.0.0/24), KUBE_SERVICE_CIDR (10.214.0.0/24),
-#      KUBE_NODE (kiln-kube)
+#      KUBE_NODE (kiln-kube), KUBE_OWNER_PID (none: the cluster runs until down.sh)
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: hack/kube/up.sh DIR" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "kube/up: needs root (containerd, kubelet, a dummy interface)" >&2; exit 1; }
@@ -37,20 +50,74 @@ api_port=16443
 etcd_port=23790
 kubelet_port=20250
 
-for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet containerd ctr containerd-shim-runc-v2 pause ociarchive; do
+# kubectl: bin/kube's, of the cluster's own version (Debian 12's kubernetes-client is 1.20).
+export PATH="$kbin:$PATH"
+for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl containerd ctr containerd-shim-runc-v2 kube-network-policies pause ociarchive; do
   [ -x "$kbin/$b" ] || { echo "kube/up: $kbin/$b is missing: run hack/kube/build.sh" >&2; exit 1; }
 done
 [ -x "$repo/bin/runc" ] || { echo "kube/up: bin/runc is missing: run hack/setup.sh" >&2; exit 1; }
 [ -x /usr/lib/cni/bridge ] || { echo "kube/up: /usr/lib/cni/bridge is missing: apt-get install containernetworking-plugins" >&2; exit 1; }
-command -v kubectl >/dev/null || { echo "kube/up: kubectl is missing: apt-get install kubernetes-client" >&2; exit 1; }
-command -v openssl >/dev/null || { echo "kube/up: openssl is missing" >&2; exit 1; }
+for c in openssl iptables flock curl; do
+  command -v $c >/dev/null || { echo "kube/up: $c is missing: run hack/setup.sh --tests" >&2; exit 1; }
+done
 sock=$dir/containerd/containerd.sock
 [ ${#sock} -lt 100 ] || { echo "kube/up: DIR is too long for containerd's socket path ($sock)" >&2; exit 1; }
 
 t0=$(date +%s.%N)
-mkdir -p "$dir"/{pids,logs,pki,etcd,containerd,kubelet,cni/net.d,cni/ipam,images}
 elapsed() { awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
 log() { echo "kube/up: [$(elapsed) s] $*"; }
+
+# --- a cluster left behind ---
+record=/run/kiln-kube.dir
+# live DIR: prints the names of DIR's recorded processes that still run.
+live() { local f; for f in "$1"/pids/*; do [ -s "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && echo "${f##*/}"; done; return 0; }
+if [ -s "$record" ] && [ "$(cat "$record")" != "$dir" ]; then
+  other=$(cat "$record")
+  if [ -d "$other" ] && [ -n "$(live "$other")" ]; then
+    owner=$(cat "$other/owner" 2>/dev/null || true)
+    if [ -z "$owner" ] || kill -0 "$owner" 2>/dev/null; then
+      echo "kube/up: a cluster runs under $other${owner:+ for pid $owner}: stop it first (hack/kube/down.sh $other)" >&2
+      exit 1
+    fi
+    log "the cluster under $other outlived its owner (pid $owner): stopping it"
+  fi
+  [ -d "$other" ] && "$repo/hack/kube/down.sh" "$other" | sed 's/^/  /'
+  rm -f "$record"
+fi
+if [ -n "$(ls "$dir/pids" 2>/dev/null)" ]; then
+  owner=$(cat "$dir/owner" 2>/dev/null || true)
+  if [ -n "$owner" ] && [ "$owner" != "${KUBE_OWNER_PID:-}" ] && kill -0 "$owner" 2>/dev/null && [ -n "$(live "$dir")" ]; then
+    echo "kube/up: the cluster under $dir runs for pid $owner: stop it first (hack/kube/down.sh $dir)" >&2
+    exit 1
+  fi
+  log "stopping the cluster left under $dir"
+  "$repo/hack/kube/down.sh" "$dir" | sed 's/^/  /'
+fi
+for port in $etcd_port $api_port $kubelet_port; do
+  if [ -n "$(ss -Hltn "sport = :$port")" ]; then
+    echo "kube/up: port $port is taken (a cluster up.sh does not know of?): $(ss -Hltnp "sport = :$port" | awk '{print $NF}')" >&2
+    exit 1
+  fi
+done
+rm -f "$dir/owner"
+mkdir -p "$dir"/{pids,logs,pki,etcd,containerd,kubelet,cni/net.d,cni/ipam,images,pv}
+echo "$dir" >"$record"
+
+# --- the owner's watchdog ---
+if [ -n "${KUBE_OWNER_PID:-}" ]; then
+  kill -0 "$KUBE_OWNER_PID" 2>/dev/null || { echo "kube/up: KUBE_OWNER_PID $KUBE_OWNER_PID is not running" >&2; exit 1; }
+  echo "$KUBE_OWNER_PID" >"$dir/owner"
+  # It waits for this script too, so it never stops a cluster still being started. Its own
+  # session: a ^C to the owner's terminal does not reach it, and its down.sh runs to the end.
+  setsid bash -c '
+    while kill -0 "$1" 2>/dev/null || kill -0 "$2" 2>/dev/null; do sleep 1; done
+    rm -f "$3/pids/watchdog"
+    echo "kube/watchdog: $(date -u +%FT%TZ): owner pid $1 is gone: hack/kube/down.sh $3"
+    exec "$4" "$3"' kube-watchdog "$KUBE_OWNER_PID" $$ "$dir" "$repo/hack/kube/down.sh" \
+    </dev/null >>"$dir/logs/watchdog.log" 2>&1 &
+  echo $! >"$dir/pids/watchdog"
+  log "watchdog (pid $!) stops the cluster when pid $KUBE_OWNER_PID is gone"
+fi
 
 # start NAME CMD...: runs CMD in the background, output to DIR/logs/NAME.log, PID to DIR/pids/NAME.
 start() {
@@ -164,12 +231,21 @@ start kube-apiserver "$kbin/kube-apiserver" \
 wait_for "kube-apiserver is ready" 90 curl -fsS --cacert "$pki/ca.crt" -H "Authorization: Bearer $(token_of kiln-admin)" "https://$addr:$api_port/readyz"
 
 # --- controller manager and scheduler (their own serving ports on loopback) ---
+# Dynamic volumes: the controller manager's hostPath provisioner makes /tmp/hostpath_pv/<uuid> (a
+# fixed path in k8s.io/kubernetes pkg/volume/hostpath) and its deleter removes only under /tmp/.
+# /tmp/hostpath_pv is made a symlink to DIR/pv, so the volumes live under DIR; down.sh removes it.
+if [ -L /tmp/hostpath_pv ] || rmdir /tmp/hostpath_pv 2>/dev/null || [ ! -e /tmp/hostpath_pv ]; then
+  ln -sfn "$dir/pv" /tmp/hostpath_pv
+else
+  log "warning: /tmp/hostpath_pv is a directory with files in it: dynamic volumes go there, not under $dir/pv"
+fi
 start kube-controller-manager "$kbin/kube-controller-manager" \
   --kubeconfig "$dir/kcm.kubeconfig" --authentication-kubeconfig "$dir/kcm.kubeconfig" --authorization-kubeconfig "$dir/kcm.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port 20257 \
   --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
   --service-cluster-ip-range "$svc_cidr" --use-service-account-credentials=true \
-  --controllers '*,-cloud-node-lifecycle' --leader-elect=false --profiling=false
+  --controllers '*,-cloud-node-lifecycle' --leader-elect=false --profiling=false \
+  --enable-hostpath-provisioner
 start kube-scheduler "$kbin/kube-scheduler" \
   --kubeconfig "$dir/scheduler.kubeconfig" --authentication-kubeconfig "$dir/scheduler.kubeconfig" --authorization-kubeconfig "$dir/scheduler.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port 20259 --leader-elect=false --profiling=false
@@ -287,4 +363,35 @@ wait_for "node $node is registered" 90 kc get node "$node"
 wait_for "node $node is Ready" 120 kc wait --for=condition=Ready "node/$node" --timeout=1s
 # The default service account must exist before pods are admitted.
 wait_for "default service account exists" 60 kc get serviceaccount default -n default
+
+# --- the default StorageClass: hostPath volumes the controller manager provisions ---
+kc apply -f - >/dev/null <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: kiln-local
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: kubernetes.io/host-path
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+EOF
+log "default StorageClass kiln-local (hostPath volumes under $dir/pv, deleted with their claim)"
+
+# --- what tests need to know about the cluster ---
+# KUBE_HOST_CIDR: where this host's own connections to pod IPs come from (the CNI bridge's
+# gateway address), for NetworkPolicy ingress ipBlocks that let the host in.
+cat >"$dir/cluster.env" <<EOF
+KUBE_ADDR=$addr
+KUBE_API_PORT=$api_port
+KUBE_POD_CIDR=$pod_cidr
+KUBE_SERVICE_CIDR=$svc_cidr
+KUBE_HOST_CIDR=${pod_cidr%.*}.1/32
+KUBE_NODE=$node
+KUBE_BRIDGE=$bridge
+KUBE_STORAGE_CLASS=kiln-local
+EOF
+
+# --- NetworkPolicy enforcement ---
+"$repo/hack/kube/netpol.sh" "$dir"
+log "NetworkPolicy engine running"
 log "cluster up in $(elapsed) s: export KUBECONFIG=$dir/kubeconfig"
