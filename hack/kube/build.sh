@@ -29,8 +29,9 @@ K8S_VERSION=$(ver hack/kube k8s.io/kubernetes)
 CONTAINERD_VERSION=$(ver hack/kube/containerd github.com/containerd/containerd/v2)
 ETCD_VERSION=$(ver hack/kube/containerd go.etcd.io/etcd/server/v3)
 
-# have BIN WANT: the binary exists and its --version output contains WANT.
-have() { [ -x "$out/$1" ] && "$out/$1" --version 2>/dev/null | grep -qF -- "$2"; }
+# have BIN WANT: the binary exists and its --version output contains WANT. grep reads it all:
+# with -q it would stop at the match, the binary could die of SIGPIPE and pipefail say no.
+have() { [ -x "$out/$1" ] && "$out/$1" --version 2>/dev/null | grep -F -- "$2" >/dev/null; }
 
 step() { # step NAME MINUTES
   echo "kube/build: building $1 (about $2 minutes the first time)..."
@@ -50,7 +51,7 @@ for c in kube-scheduler:1 kube-apiserver:4 kube-controller-manager:3 kubelet:8; 
 done
 # kubectl of the cluster's version: the scripts put bin/kube first on PATH (Debian 12's
 # kubernetes-client is 1.20, too old for a 1.34 server). It has no --version.
-if ! { [ -x "$out/kubectl" ] && "$out/kubectl" version --client 2>/dev/null | grep -qF "Client Version: $K8S_VERSION"; }; then
+if ! { [ -x "$out/kubectl" ] && "$out/kubectl" version --client 2>/dev/null | grep -F "Client Version: $K8S_VERSION" >/dev/null; }; then
   step "kubectl $K8S_VERSION" 2
   start=$SECONDS
   (cd hack/kube && "${nice_cmd[@]}" go build -ldflags "$k8s_ldflags" -o "../../$out/kubectl" k8s.io/kubernetes/cmd/kubectl)

@@ -33,6 +33,20 @@ cp -L /lib64/ld-linux-x86-64.so.2 "$ctx/"
 kiln=$repo/bin/kiln
 export KILN_API_URL=http://127.0.0.1:17420
 mkdir -p "$dir/kiln" "$dir/pids" "$dir/logs"
+# kiln serve (and the builder it starts) run only while this script does: it stops them however
+# it ends; its own PID is in DIR/pids too, so hack/kube/down.sh (the owner's watchdog) ends it
+# with the cluster. SIGPIPE: the reader of its output (a test process) died.
+stop_serve() {
+  local pid; pid=$(cat "$dir/pids/kiln-serve" 2>/dev/null) || return 0
+  kill -TERM "$pid" 2>/dev/null
+  for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  rm -f "$dir/pids/kiln-serve"
+}
+trap 'stop_serve; rm -f "$dir/pids/builder-image"' EXIT
+trap 'exit 143' TERM INT
+trap 'exit 141' PIPE
+echo $$ >"$dir/pids/builder-image"
 if ! { [ -s "$dir/pids/kiln-serve" ] && kill -0 "$(cat "$dir/pids/kiln-serve")" 2>/dev/null; }; then
   # Its builders' RUN-step networks next to the cluster's ranges, clear of the tests' kiln servers
   # (10.128.0.0/9) and of the default 10.200.0.0/16 a developer's kiln serve may hold.
@@ -55,9 +69,5 @@ mkdir -p "$dir/images"
 "$repo/bin/kube/ctr" --address "$dir/containerd/containerd.sock" -n k8s.io images import "$dir/images/builder.tar" \
   >>"$dir/logs/images.log" 2>&1
 # kiln serve (and the builder it started) are not needed any more: free the two cores.
-pid=$(cat "$dir/pids/kiln-serve")
-kill -TERM "$pid"
-for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-rm -f "$dir/pids/kiln-serve"
+stop_serve
 echo "kube/builder-image: $image built by kiln and imported in $((SECONDS - t0)) s"
