@@ -102,6 +102,31 @@ if [ "$for_tests" = 1 ]; then
       github.com/versity/versitygw/cmd/versitygw
   fi
 fi
+# --- Kubernetes test cluster (hack/kube; --tests only) ---
+# The single-node Kubernetes the Kubernetes builder driver's tests run on (internal/kubetest,
+# test/e2e/kube_test.go, docs/kubernetes.md "The test cluster"): etcd, the control plane, the
+# kubelet, kubectl, containerd and the kube-network-policies engine, built from the modules
+# pinned in hack/kube into bin/kube; openssl makes the cluster's certificates, iptables routes
+# pod traffic to the policy engine, flock and setpriv (util-linux) serve its scripts.
+if [ "$for_tests" = 1 ]; then
+  kube_pkgs=()
+  for p in openssl util-linux iptables containernetworking-plugins; do
+    dpkg -s "$p" >/dev/null 2>&1 || kube_pkgs+=("$p")
+  done
+  if [ ${#kube_pkgs[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "setup: installing ${kube_pkgs[*]} needs root (sudo $0)" >&2; exit 1
+    fi
+    echo "setup: apt-get install ${kube_pkgs[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${kube_pkgs[@]}" >/dev/null
+  fi
+  if [ ! -x bin/kube/kubelet ]; then
+    echo "setup: building the Kubernetes test cluster into bin/kube (about 25 minutes the first time, seconds after)..."
+  fi
+  bash hack/kube/build.sh
+fi
+# --- end of the Kubernetes test cluster ---
 echo "setup: building kiln and kiln-full (a few minutes the first time, seconds after)..."
 go build -ldflags "-X github.com/kiln-dev/kiln/internal/cli.Version=$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/ ./cmd/kiln ./cmd/kiln-full
 echo "setup: done: $(bin/kiln version), buildkitd $(bin/buildkitd --version | awk '{print $3}'), $(bin/runc --version | head -1) ($(bin/runc --version | grep '^libseccomp:'))"
