@@ -4,7 +4,7 @@
 # network namespaces and veths), then exactly the processes whose PIDs are in DIR/pids (kubelet,
 # containerd, scheduler, controller manager, apiserver, etcd), any runc shim still serving
 # DIR's containerd (found by its -address argument, ended by PID), the mounts under DIR, the
-# kubelet's cgroups (kubepods under /sys/fs/cgroup/*/), netpol.sh's iptables chains and any
+# kubelet's cgroups (kubepods under /sys/fs/cgroup/*/) and iptables chains, netpol.sh's chains and any
 # nftables table its engine left, the CNI bridge, the address interface (kiln-kube0) and the
 # /tmp/hostpath_pv symlink. The machine-wide ones (cgroups, network, symlink) only when DIR's is
 # the machine's current cluster (/run/kiln-kube.dir names it), so stopping a stale DIR late
@@ -103,6 +103,17 @@ if [ -e "$dir/netpol.on" ]; then
   done
   rm -f "$dir/netpol.on"
 fi
+# The kubelet's own chains (kubelet_network_linux.go): KUBE-FIREWALL in filter (jumped to from
+# INPUT and OUTPUT), KUBE-KUBELET-CANARY in mangle, nat and filter, KUBE-IPTABLES-HINT in mangle;
+# it makes them again when it starts.
+for ipt in iptables ip6tables; do
+  for hook in INPUT OUTPUT; do
+    while $ipt -w 10 -t filter -D "$hook" -j KUBE-FIREWALL 2>/dev/null; do :; done
+  done
+  for tc in filter:KUBE-FIREWALL mangle:KUBE-KUBELET-CANARY nat:KUBE-KUBELET-CANARY filter:KUBE-KUBELET-CANARY mangle:KUBE-IPTABLES-HINT; do
+    $ipt -w 10 -t "${tc%%:*}" -F "${tc#*:}" 2>/dev/null && $ipt -w 10 -t "${tc%%:*}" -X "${tc#*:}" 2>/dev/null
+  done
+done
 ip link show "$bridge" >/dev/null 2>&1 && ip link del "$bridge"
 ip link show "$iface" >/dev/null 2>&1 && ip link del "$iface"
 # 6. The dynamic volumes' symlink (up.sh); the volumes themselves are in DIR/pv.
