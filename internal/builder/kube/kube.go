@@ -144,6 +144,7 @@ type kbuilder struct {
 	podIP    string // while ready
 	podUID   string // the pod it is ready on
 	restarts int32  // its container's restart count when it became ready
+	readyAt  time.Time
 	client   engine.Connection
 	clientAt time.Time
 	leases   map[string]time.Time
@@ -232,11 +233,21 @@ func (f *Fleet) Ensure(spec builder.Spec) (builder.Endpoint, bool, error) {
 
 // Acquire is Ensure that waits until the builder is ready, its start
 // fails, or ctx is done.
+//
+// A ready builder's pod is looked at once more first: one deleted or
+// restarted since the last watch (up to Config.Poll ago) is waited for
+// again rather than handed to a build that would fail on it.
 func (f *Fleet) Acquire(ctx context.Context, spec builder.Spec) (builder.Endpoint, error) {
 	for {
 		ep, ready, changed, err := f.ensure(spec)
-		if err != nil || ready {
+		if err != nil {
 			return ep, err
+		}
+		if ready && f.stillThere(ctx, ep.ServerName) {
+			return ep, nil
+		}
+		if ready {
+			continue // marked lost: waiting for its pod again
 		}
 		select {
 		case <-changed:

@@ -56,6 +56,7 @@ func (f *Fleet) start(ctx context.Context, b *kbuilder, gen int, spec builder.Sp
 	b.podIP, b.podUID, b.restarts = pod.Status.PodIP, string(pod.UID), restartCount(pod)
 	b.client, b.clientAt = conn, time.Now()
 	b.client.Endpoint = ""
+	b.readyAt = time.Now()
 	f.log.Info("builder ready", "project", b.projectID, "platform", b.platform, "pod", pod.Name, "ip", pod.Status.PodIP,
 		"adopted", adopting, "took", time.Since(began).Round(time.Millisecond), "pod_age", time.Since(pod.CreationTimestamp.Time).Round(time.Second))
 	return nil
@@ -253,6 +254,7 @@ func (f *Fleet) watch() {
 			return
 		case <-t.C:
 		}
+		listed := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		list, err := f.k.CoreV1().Pods(f.cfg.Namespace).List(ctx, metav1.ListOptions{LabelSelector: managedSelector})
 		cancel()
@@ -264,40 +266,92 @@ func (f *Fleet) watch() {
 		for i := range list.Items {
 			pods[list.Items[i].Name] = &list.Items[i]
 		}
-		type lost struct {
-			b      *kbuilder
-			leases []string
-			err    error
-		}
 		var gone []lost
 		f.mu.Lock()
 		for _, b := range f.builders {
-			if b.state != builder.StateReady {
-				continue
+			if b.state != builder.StateReady || b.readyAt.After(listed) {
+				continue // not ready, or ready on a pod newer than the list
 			}
-			why := podLost(pods[podName(b.object)], b.podUID, b.restarts)
-			if why == "" {
-				continue
+			if why := podLost(pods[podName(b.object)], b.podUID, b.restarts); why != "" {
+				gone = append(gone, f.lostLocked(b, why))
 			}
-			l := lost{b: b, err: fmt.Errorf("the builder for project %s (%s) %s; retry the build", b.projectID, b.platform, why)}
-			for id := range b.leases {
-				l.leases = append(l.leases, id)
-			}
-			clear(b.leases)
-			b.lastErr = l.err
-			b.podIP, b.podUID = "", ""
-			f.log.Warn("builder pod lost; waiting for it again", "project", b.projectID, "platform", b.platform, "why", why, "builds", len(l.leases))
-			f.startLockedAs(b, true)
-			b.broadcastLocked()
-			gone = append(gone, l)
 		}
 		f.mu.Unlock()
-		for _, l := range gone {
-			if f.cfg.OnExit != nil && len(l.leases) > 0 {
-				f.cfg.OnExit(l.b.projectID, l.b.platform, l.leases, l.err)
-			}
+		f.reportLost(gone)
+	}
+}
+
+// lost is a builder whose pod went, and the builds that were on it.
+type lost struct {
+	b      *kbuilder
+	leases []string
+	err    error
+}
+
+// lostLocked records that b's pod went (why) and waits for its new one.
+// With a connection open through the gateway, a solve was running on it:
+// the builds holding b are returned for reportLost. With none, nothing
+// ran there: the leases carry over to the new pod (a build that was
+// handed the builder a moment ago connects once it is ready), as the
+// local driver's do when it recycles an idle builder.
+func (f *Fleet) lostLocked(b *kbuilder, why string) lost {
+	l := lost{b: b, err: fmt.Errorf("the builder for project %s (%s) %s; retry the build", b.projectID, b.platform, why)}
+	if b.conns > 0 {
+		for id := range b.leases {
+			l.leases = append(l.leases, id)
+		}
+		clear(b.leases)
+	}
+	b.lastErr = l.err
+	b.podIP, b.podUID = "", ""
+	f.log.Warn("builder pod lost; waiting for it again", "project", b.projectID, "platform", b.platform, "why", why, "builds", len(l.leases))
+	f.startLockedAs(b, true)
+	b.broadcastLocked()
+	return l
+}
+
+// reportLost fails the builds that were on lost pods (OnExit).
+func (f *Fleet) reportLost(gone []lost) {
+	for _, l := range gone {
+		if f.cfg.OnExit != nil && len(l.leases) > 0 {
+			f.cfg.OnExit(l.b.projectID, l.b.platform, l.leases, l.err)
 		}
 	}
+}
+
+// stillThere reports whether the ready builder named serverName still has
+// the pod it became ready on; if not, it is marked lost (and waited for
+// again). An API error counts as there: the watch decides then.
+func (f *Fleet) stillThere(ctx context.Context, serverName string) bool {
+	f.mu.Lock()
+	b, ok := f.names[serverName]
+	if !ok || b.state != builder.StateReady {
+		f.mu.Unlock()
+		return ok
+	}
+	uid, restarts := b.podUID, b.restarts
+	f.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	pod, err := f.k.CoreV1().Pods(f.cfg.Namespace).Get(ctx, podName(b.object), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		pod, err = nil, nil
+	}
+	if err != nil {
+		return true
+	}
+	why := podLost(pod, uid, restarts)
+	if why == "" {
+		return true
+	}
+	f.mu.Lock()
+	var gone []lost
+	if b.state == builder.StateReady && b.podUID == uid {
+		gone = append(gone, f.lostLocked(b, why))
+	}
+	f.mu.Unlock()
+	f.reportLost(gone)
+	return false
 }
 
 // podLost says how pod is no longer the one a builder was ready on (uid,
