@@ -74,8 +74,10 @@ func TestKubernetesBuilders(t *testing.T) {
 		t.Fatalf("builder pod %s: phase %q", podOf(projA), phase)
 	}
 	created, _ := time.Parse(time.RFC3339, podField(projA, ".metadata.creationTimestamp"))
+	scheduled, _ := time.Parse(time.RFC3339, podField(projA, `.status.conditions[?(@.type=="PodScheduled")].lastTransitionTime`))
 	ready, _ := time.Parse(time.RFC3339, podField(projA, `.status.conditions[?(@.type=="Ready")].lastTransitionTime`))
-	t.Logf("builder cold start (pod created → buildkitd ready): %s", ready.Sub(created))
+	t.Logf("builder cold start: pod created → scheduled (its volume provisioned and bound) %s, scheduled → buildkitd ready %s",
+		scheduled.Sub(created), ready.Sub(scheduled))
 	for _, kind := range []string{"statefulset", "secret", "pvc"} {
 		if got := kubectl("get", kind, "-l", "kiln.dev/project="+projA, "-o", "name"); got == "" {
 			t.Errorf("no %s labelled with project %s", kind, projA)
@@ -114,8 +116,18 @@ func TestKubernetesBuilders(t *testing.T) {
 		t.Errorf("pod uid %q after its deletion, was %q", newUID, oldUID)
 	}
 
-	// A kiln restart adopts the running pod rather than starting another.
+	// A kiln restart adopts the running pod rather than starting another,
+	// and collects the objects of a project deleted while it was down (a
+	// volume claim labelled as a builder's, of a project the store lacks).
+	c.Apply(t, `{"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+  "metadata": {"name": "state-kb-amd64-gone-0", "namespace": "`+ns+`",
+    "labels": {"app.kubernetes.io/name": "kiln-builder", "app.kubernetes.io/managed-by": "kiln", "kiln.dev/project": "gone", "kiln.dev/platform": "amd64"},
+    "annotations": {"kiln.dev/project-id": "gone"}},
+  "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "`+c.StorageClass+`", "resources": {"requests": {"storage": "1Gi"}}}}`)
 	s.restart(t)
+	eventually(t, time.Minute, "the deleted project's volume claim to be collected", func() bool {
+		return kubectl("get", "pvc", "-l", "kiln.dev/project=gone", "-o", "name") == ""
+	})
 	allCached("build after kiln restarted", build(projA))
 	if uid := podField(projA, ".metadata.uid"); uid != newUID {
 		t.Errorf("kiln's restart replaced the builder pod (%s, was %s)", uid, newUID)
