@@ -176,14 +176,12 @@ type builder struct {
 	state    State
 	net      int // index of its build network in Network.Pool; -1 until the first start
 	run      *run
-	leases   map[string]time.Time // lease id → when it was taken
-	conns    int                  // open gateway connections (Hold); a builder with any is in use
-	lastUsed time.Time            // last Ensure, or release of the last lease or connection; idle time counts from here
-	lastErr  error                // why the last start failed or the run ended; said to clients, so it names no server path
-	retryAt  time.Time            // after a failed start, Ensure returns lastErr until then
-	answered time.Time            // when the stall watch last heard from it (or had no reason to ask: not in use)
-	probing  bool                 // a liveness probe is in flight
-	wedged   error                // set when its run reported running out of disk; the run is recycled once no solve is in progress
+	Use                // its leases and open gateway connections; idle time counts from their end
+	lastErr  error     // why the last start failed or the run ended; said to clients, so it names no server path
+	retryAt  time.Time // after a failed start, Ensure returns lastErr until then
+	answered time.Time // when the stall watch last heard from it (or had no reason to ask: not in use)
+	probing  bool      // a liveness probe is in flight
+	wedged   error     // set when its run reported running out of disk; the run is recycled once no solve is in progress
 	wedgedAt time.Time
 	restart  bool          // start again once the current run is gone (Ensure during a stop)
 	changed  chan struct{} // closed and replaced at every state change; Acquire waits on it
@@ -382,9 +380,7 @@ func (f *Fleet) ensure(spec Spec) (Endpoint, bool, <-chan struct{}, error) {
 		// Applied to the running builder at once, after mu is released.
 		defer func() { go f.applyEgressLogged() }()
 	}
-	if len(b.leases) == 0 {
-		b.lastUsed = time.Now()
-	}
+	b.Touch(time.Now())
 	switch {
 	case b.state == StateReady && b.wedged != nil:
 		// Out of disk: new builds wait for the recycle (watch).
@@ -421,7 +417,6 @@ func (f *Fleet) builderLocked(projectID, platform, arch string) *builder {
 		serverName: projectID + "-" + arch + gateway.ServerNameSuffix,
 		state:      StateStopped,
 		net:        -1,
-		leases:     map[string]time.Time{},
 		changed:    make(chan struct{}),
 	}
 	f.builders[k] = b
@@ -465,9 +460,7 @@ func (f *Fleet) Lease(projectID, platform, leaseID string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	b := f.builderLocked(projectID, platform, arch)
-	if _, ok := b.leases[leaseID]; !ok {
-		b.leases[leaseID] = time.Now()
-	}
+	b.Lease(leaseID, time.Now())
 	if b.sampleLeases == nil {
 		b.sampleLeases = map[string]bool{}
 	}
@@ -485,11 +478,7 @@ func (f *Fleet) Leased(projectID, platform, leaseID string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	b, ok := f.builders[key{projectID, platform}]
-	if !ok || b.state == StateStopped {
-		return false
-	}
-	_, held := b.leases[leaseID]
-	return held
+	return ok && b.state != StateStopped && b.Holds(leaseID)
 }
 
 // Hold marks the builder named serverName in use by an open gateway
@@ -504,18 +493,7 @@ func (f *Fleet) Hold(serverName string) (release func()) {
 	if !ok {
 		return func() {}
 	}
-	b.conns++
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			b.conns--
-			if b.conns == 0 && len(b.leases) == 0 {
-				b.lastUsed = time.Now()
-			}
-		})
-	}
+	return b.Hold(&f.mu)
 }
 
 // Release ends a lease. Idle time counts from the release of the last one.
@@ -528,13 +506,7 @@ func (f *Fleet) Release(projectID, platform, leaseID string) {
 	if !ok {
 		return
 	}
-	if _, ok := b.leases[leaseID]; !ok {
-		return
-	}
-	delete(b.leases, leaseID)
-	if len(b.leases) == 0 && b.conns == 0 {
-		b.lastUsed = time.Now()
-	}
+	b.Release(leaseID, time.Now())
 }
 
 // Reset stops every builder of the project (builds on them fail, and OnExit
@@ -612,7 +584,8 @@ func (f *Fleet) Status() []Status {
 			Socket:    b.sock(),
 			StateDir:  b.dir,
 			LogPath:   b.logPath(),
-			Conns:     b.conns,
+			Conns:     b.Conns(),
+			Leases:    b.LeaseIDs(),
 		}
 		if b.run != nil && b.run.proc != nil {
 			s.PID = b.run.proc.Pid
@@ -620,10 +593,6 @@ func (f *Fleet) Status() []Status {
 		if b.net >= 0 {
 			s.Bridge, s.Subnet = f.cfg.Network.bridge(b.net), f.cfg.Network.subnet(b.net).String()
 		}
-		for l := range b.leases {
-			s.Leases = append(s.Leases, l)
-		}
-		slices.Sort(s.Leases)
 		if b.lastErr != nil {
 			s.Err = b.lastErr.Error()
 		}
@@ -695,14 +664,11 @@ func (f *Fleet) reap() {
 		var runs []*run
 		f.mu.Lock()
 		for _, b := range f.builders {
-			if b.state != StateReady || len(b.leases) > 0 || b.conns > 0 {
-				continue
-			}
-			if now.Sub(b.lastUsed) < f.cfg.IdleTTL {
+			if b.state != StateReady || b.InUse() || b.IdleFor(now) < f.cfg.IdleTTL {
 				continue
 			}
 			if r := f.requestStopLocked(b); r != nil {
-				f.log.Info("stopping idle builder", "project", b.projectID, "platform", b.platform, "idle", now.Sub(b.lastUsed).Round(time.Second))
+				f.log.Info("stopping idle builder", "project", b.projectID, "platform", b.platform, "idle", b.IdleFor(now).Round(time.Second))
 				runs = append(runs, r)
 			}
 		}

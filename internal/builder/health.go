@@ -123,14 +123,14 @@ func (f *Fleet) checkHealth(now time.Time, unobserved bool) {
 		if b.state != StateReady || b.run == nil || b.run.stopping || b.run.cause != nil {
 			continue
 		}
-		inUse := len(b.leases) > 0 || b.conns > 0
+		inUse := b.InUse()
 		if !inUse || unobserved {
 			b.answered = now
 		}
 		var cause error
 		var keep bool
 		switch {
-		case b.wedged != nil && b.conns == 0:
+		case b.wedged != nil && b.Conns() == 0:
 			cause, keep = b.wedged, true
 		case b.wedged != nil && now.Sub(b.wedgedAt) > f.cfg.StallTimeout:
 			cause = b.wedged

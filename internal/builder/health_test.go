@@ -23,7 +23,7 @@ func healthFleet(t *testing.T) (*Fleet, *builder, *exec.Cmd) {
 	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
 	f := &Fleet{cfg: Config{StallTimeout: 10 * time.Second}, log: slog.New(slog.DiscardHandler), builders: map[key]*builder{}}
 	b := &builder{projectID: "p", platform: "linux/amd64", dir: t.TempDir(), state: StateReady,
-		leases: map[string]time.Time{"build-1": time.Now()}, changed: make(chan struct{})}
+		Use: Use{leases: map[string]time.Time{"build-1": time.Now()}}, changed: make(chan struct{})}
 	b.sockDir = b.dir
 	b.run = &run{stop: make(chan struct{}), done: make(chan struct{}), proc: cmd.Process}
 	f.builders[key{"p", "linux/amd64"}] = b

@@ -158,9 +158,7 @@ func (f *Fleet) runBuilder(b *builder, r *run, spec Spec, netIndex int) {
 		b.state = StateReady
 		b.lastErr = nil
 		b.answered = time.Now()
-		if len(b.leases) == 0 {
-			b.lastUsed = time.Now()
-		}
+		b.Touch(time.Now())
 		b.broadcastLocked()
 	}
 	f.mu.Unlock()
@@ -272,14 +270,10 @@ func (f *Fleet) finishRun(b *builder, r *run, err error, duringStart bool, diedA
 		b.state = StateCrashed
 		b.lastErr = err
 		if !r.keepLeases {
-			for l, at := range b.leases {
-				if !at.After(diedAt) {
-					leases = append(leases, l)
-					delete(b.leases, l)
-				}
-			}
+			leases = b.TakeLeases(diedAt, time.Now())
+		} else {
+			b.Touch(time.Now())
 		}
-		b.lastUsed = time.Now()
 		f.log.Warn("builder crashed", "project", b.projectID, "platform", b.platform, "leases", leases, "err", err)
 	}
 	canStart := !f.closed && f.resetting[b.projectID] == 0

@@ -147,9 +147,7 @@ type kbuilder struct {
 	readyAt  time.Time
 	client   engine.Connection
 	clientAt time.Time
-	leases   map[string]time.Time
-	conns    int
-	lastUsed time.Time
+	use      builder.Use
 	lastErr  error
 	retryAt  time.Time
 	restart  bool
@@ -289,9 +287,7 @@ func (f *Fleet) ensure(spec builder.Spec) (builder.Endpoint, bool, <-chan struct
 		f.egress[spec.ProjectID] = slices.Clone(spec.EgressAllow)
 		go f.setEgressLogged(spec.ProjectID, spec.EgressAllow)
 	}
-	if len(b.leases) == 0 {
-		b.lastUsed = time.Now()
-	}
+	b.use.Touch(time.Now())
 	switch {
 	case b.state == builder.StateReady:
 		return b.endpoint(), true, b.changed, nil
@@ -317,7 +313,6 @@ func (f *Fleet) builderLocked(projectID, platform, arch string) *kbuilder {
 		object:     objectName(projectID, arch),
 		serverName: projectID + "-" + arch + gateway.ServerNameSuffix,
 		state:      builder.StateStopped,
-		leases:     map[string]time.Time{},
 		changed:    make(chan struct{}),
 	}
 	f.builders[k] = b
@@ -436,9 +431,7 @@ func (f *Fleet) Lease(projectID, platform, leaseID string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	b := f.builderLocked(projectID, p.String(), p.Arch)
-	if _, ok := b.leases[leaseID]; !ok {
-		b.leases[leaseID] = time.Now()
-	}
+	b.use.Lease(leaseID, time.Now())
 }
 
 // Leased reports whether leaseID holds the builder and it has not
@@ -451,11 +444,7 @@ func (f *Fleet) Leased(projectID, platform, leaseID string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	b, ok := f.builders[key{projectID, p.String()}]
-	if !ok || b.state == builder.StateStopped {
-		return false
-	}
-	_, held := b.leases[leaseID]
-	return held
+	return ok && b.state != builder.StateStopped && b.use.Holds(leaseID)
 }
 
 // Release ends a lease; idle time counts from the release of the last.
@@ -470,13 +459,7 @@ func (f *Fleet) Release(projectID, platform, leaseID string) {
 	if !ok {
 		return
 	}
-	if _, ok := b.leases[leaseID]; !ok {
-		return
-	}
-	delete(b.leases, leaseID)
-	if len(b.leases) == 0 && b.conns == 0 {
-		b.lastUsed = time.Now()
-	}
+	b.use.Release(leaseID, time.Now())
 }
 
 // Hold marks the builder named serverName in use by an open gateway
@@ -488,18 +471,7 @@ func (f *Fleet) Hold(serverName string) (release func()) {
 	if !ok {
 		return func() {}
 	}
-	b.conns++
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			b.conns--
-			if b.conns == 0 && len(b.leases) == 0 {
-				b.lastUsed = time.Now()
-			}
-		})
-	}
+	return b.use.Hold(&f.mu)
 }
 
 // Reset deletes every object of the project's builders (the StatefulSets
@@ -634,15 +606,11 @@ func (f *Fleet) Status() []builder.Status {
 	defer f.mu.Unlock()
 	out := make([]builder.Status, 0, len(f.builders))
 	for _, b := range f.builders {
-		s := builder.Status{ProjectID: b.projectID, Platform: b.platform, State: b.state, Conns: b.conns,
+		s := builder.Status{ProjectID: b.projectID, Platform: b.platform, State: b.state, Conns: b.use.Conns(), Leases: b.use.LeaseIDs(),
 			StateDir: "pvc/" + f.cfg.Namespace + "/" + claimName(b.object), LogPath: "pod/" + f.cfg.Namespace + "/" + podName(b.object)}
 		if b.podIP != "" {
 			s.Socket = "tcp://" + netip.AddrPortFrom(netip.MustParseAddr(b.podIP), port).String()
 		}
-		for l := range b.leases {
-			s.Leases = append(s.Leases, l)
-		}
-		slices.Sort(s.Leases)
 		if b.lastErr != nil {
 			s.Err = b.lastErr.Error()
 		}

@@ -296,11 +296,8 @@ type lost struct {
 // local driver's do when it recycles an idle builder.
 func (f *Fleet) lostLocked(b *kbuilder, why string) lost {
 	l := lost{b: b, err: fmt.Errorf("the builder for project %s (%s) %s; retry the build", b.projectID, b.platform, why)}
-	if b.conns > 0 {
-		for id := range b.leases {
-			l.leases = append(l.leases, id)
-		}
-		clear(b.leases)
+	if b.use.Conns() > 0 {
+		l.leases = b.use.TakeLeases(time.Time{}, time.Now())
 	}
 	b.lastErr = l.err
 	b.podIP, b.podUID = "", ""
@@ -401,11 +398,11 @@ func (f *Fleet) reap() {
 		for _, b := range f.builders {
 			// A crashed builder's pod may still run (it never answered):
 			// it goes too.
-			inUse := len(b.leases) > 0 || b.conns > 0 || now.Sub(b.lastUsed) < f.cfg.IdleTTL
+			inUse := b.use.InUse() || b.use.IdleFor(now) < f.cfg.IdleTTL
 			if (b.state != builder.StateReady && b.state != builder.StateCrashed) || inUse {
 				continue
 			}
-			f.log.Info("scaling idle builder to zero", "project", b.projectID, "platform", b.platform, "idle", now.Sub(b.lastUsed).Round(time.Second))
+			f.log.Info("scaling idle builder to zero", "project", b.projectID, "platform", b.platform, "idle", b.use.IdleFor(now).Round(time.Second))
 			f.stopLocked(b)
 			stops = append(stops, idle{b, b.gen})
 		}
@@ -474,7 +471,8 @@ func (f *Fleet) adopt(ctx context.Context) error {
 		f.mu.Lock()
 		b := f.builderLocked(projectID, platform, arch)
 		b.spec = builder.Spec{ProjectID: projectID, Platform: platform, KeepBytes: builder.DefaultKeepBytes, KeepDuration: builder.DefaultKeepDuration}
-		b.caPEM, b.lastUsed = string(caPEM), time.Now()
+		b.caPEM = string(caPEM)
+		b.use.Touch(time.Now())
 		f.startLockedAs(b, true)
 		f.mu.Unlock()
 		f.log.Info("adopting a running builder", "project", projectID, "platform", platform, "statefulset", s.Name)
@@ -554,31 +552,30 @@ func (f *Fleet) ensureNamespace(ctx context.Context) error {
 // apply creates or replaces a NetworkPolicy.
 func (f *Fleet) apply(ctx context.Context, p *networkingv1.NetworkPolicy) error {
 	api := f.k.NetworkingV1().NetworkPolicies(f.cfg.Namespace)
-	have, err := api.Get(ctx, p.Name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		_, err = api.Create(ctx, p, metav1.CreateOptions{})
-		return err
-	}
-	if err != nil {
-		return err
-	}
-	p.ResourceVersion = have.ResourceVersion
-	_, err = api.Update(ctx, p, metav1.UpdateOptions{})
-	return err
+	return upsert(ctx, p, api.Get, api.Create, api.Update)
 }
 
 // applySecret creates or replaces a Secret.
 func (f *Fleet) applySecret(ctx context.Context, s *corev1.Secret) error {
 	api := f.k.CoreV1().Secrets(f.cfg.Namespace)
-	have, err := api.Get(ctx, s.Name, metav1.GetOptions{})
+	return upsert(ctx, s, api.Get, api.Create, api.Update)
+}
+
+// upsert creates obj, or replaces the object of its name with it.
+func upsert[T metav1.Object](ctx context.Context, obj T,
+	get func(context.Context, string, metav1.GetOptions) (T, error),
+	create func(context.Context, T, metav1.CreateOptions) (T, error),
+	update func(context.Context, T, metav1.UpdateOptions) (T, error),
+) error {
+	have, err := get(ctx, obj.GetName(), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		_, err = api.Create(ctx, s, metav1.CreateOptions{})
+		_, err = create(ctx, obj, metav1.CreateOptions{})
 		return err
 	}
 	if err != nil {
 		return err
 	}
-	s.ResourceVersion = have.ResourceVersion
-	_, err = api.Update(ctx, s, metav1.UpdateOptions{})
+	obj.SetResourceVersion(have.GetResourceVersion())
+	_, err = update(ctx, obj, metav1.UpdateOptions{})
 	return err
 }
