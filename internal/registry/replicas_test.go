@@ -92,7 +92,7 @@ func TestGarbageCollectionOneReplicaAtATime(t *testing.T) {
 		}
 		return ok, err
 	}
-	unlock, ok, err := f.st.TryLock(context.Background(), "registry-gc") // another replica collecting
+	_, unlock, ok, err := f.st.TryLock(context.Background(), "registry-gc") // another replica collecting
 	if err != nil || !ok {
 		t.Fatal(ok, err)
 	}
