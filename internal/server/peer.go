@@ -402,6 +402,9 @@ func (p *peers) apply(ctx context.Context, op peerProjectRequest) error {
 	return fmt.Errorf("operation %q: want reset, delete or egress: %w", op.Op, errdefs.ErrInvalid)
 }
 
+// dropTimeout bounds dropping one deleted project's builder state.
+const dropTimeout = time.Minute
+
 // dropDeleted removes this replica's builder state of projects that no
 // longer exist: deleted through another replica while this one was down
 // (the deletion's broadcast missed it).
@@ -415,8 +418,12 @@ func (p *peers) dropDeleted(ctx context.Context) {
 		if _, err := p.s.store.GetProject(ctx, id); !errdefs.IsNotFound(err) {
 			continue
 		}
-		if err := p.fleet.Reset(ctx, id); err != nil {
-			p.s.cfg.Logger.Warn("drop the builder state of a deleted project", "project_id", id, "err", err)
+		// Bounded: a pod slow to go must not hold up the start.
+		rctx, cancel := context.WithTimeout(ctx, dropTimeout)
+		err := p.fleet.Reset(rctx, id)
+		cancel()
+		if err != nil {
+			p.s.cfg.Logger.Warn("drop the builder state of a deleted project; retried at the next start", "project_id", id, "err", err)
 			continue
 		}
 		p.s.cfg.Logger.Info("dropped the builder state of a deleted project", "project_id", id)
