@@ -116,6 +116,14 @@ func TestKubernetesBuilders(t *testing.T) {
 		t.Errorf("pod uid %q after its deletion, was %q", newUID, oldUID)
 	}
 
+	// buildkitd crashing in its pod: the kubelet restarts it, kiln waits
+	// for it, and the next build is fully cached.
+	kubectl("exec", podOf(projA), "--", "kill", "1")
+	eventually(t, time.Minute, "the builder container to restart", func() bool {
+		return podField(projA, ".status.containerStatuses[0].restartCount") == "1"
+	})
+	allCached("build after buildkitd crashed", build(projA))
+
 	// A kiln restart adopts the running pod rather than starting another,
 	// and collects the objects of a project deleted while it was down (a
 	// volume claim labelled as a builder's, of a project the store lacks).
@@ -141,6 +149,17 @@ func TestKubernetesBuilders(t *testing.T) {
 	}
 	if again := kubectl("get", "pvc", "state-"+podOf(projA), "-o", "jsonpath={.metadata.uid}"); again == claim {
 		t.Errorf("cache reset kept volume claim %s", claim)
+	}
+
+	// An arm64 build gets a builder pod of its own; the cluster has no
+	// arm64 node, so it runs on the amd64 one, under QEMU.
+	arm := t.TempDir()
+	s.mustKiln(t, writeMultiContext(t), "build", "--project", projA, "--platform", "linux/arm64", "-o", "type=local,dest="+arm, ".")
+	if got, _ := os.ReadFile(filepath.Join(arm, "arch")); strings.TrimSpace(string(got)) != "aarch64" {
+		t.Errorf("arm64 build on Kubernetes: uname -m = %q", got)
+	}
+	if sel := kubectl("get", "statefulset", "kb-arm64-"+projA, "-o", "jsonpath={.spec.template.spec.nodeSelector}"); strings.Contains(sel, "kubernetes.io/arch") {
+		t.Errorf("arm64 builder asks for an arm64 node the cluster lacks: %s", sel)
 	}
 
 	// Idle builders scale to zero; the volume stays, and the next build

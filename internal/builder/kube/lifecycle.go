@@ -272,8 +272,8 @@ func (f *Fleet) watch() {
 			if b.state != builder.StateReady || b.readyAt.After(listed) {
 				continue // not ready, or ready on a pod newer than the list
 			}
-			if why := podLost(pods[podName(b.object)], b.podUID, b.restarts); why != "" {
-				gone = append(gone, f.lostLocked(b, why))
+			if why, died := podLost(pods[podName(b.object)], b.podUID, b.restarts); why != "" {
+				gone = append(gone, f.lostLocked(b, why, died))
 			}
 		}
 		f.mu.Unlock()
@@ -288,16 +288,16 @@ type lost struct {
 	err    error
 }
 
-// lostLocked records that b's pod went (why) and waits for its new one.
-// With a connection open through the gateway, a solve was running on it:
-// the builds holding b are returned for reportLost. With none, nothing
-// ran there: the leases carry over to the new pod (a build that was
-// handed the builder a moment ago connects once it is ready), as the
-// local driver's do when it recycles an idle builder.
-func (f *Fleet) lostLocked(b *kbuilder, why string) lost {
+// lostLocked records that b's pod or container went (why), at died, and
+// waits for its new one. The builds that held b from before then, while a
+// connection was open through the gateway (a solve ran there), are
+// returned for reportLost; the others carry over: a build handed the
+// builder since connects to the new container, or once it is ready, as
+// the local driver's leases do when it recycles an idle builder.
+func (f *Fleet) lostLocked(b *kbuilder, why string, died time.Time) lost {
 	l := lost{b: b, err: fmt.Errorf("the builder for project %s (%s) %s; retry the build", b.projectID, b.platform, why)}
 	if b.use.Conns() > 0 {
-		l.leases = b.use.TakeLeases(time.Time{}, time.Now())
+		l.leases = b.use.TakeLeases(died, time.Now())
 	}
 	b.lastErr = l.err
 	b.podIP, b.podUID = "", ""
@@ -337,14 +337,14 @@ func (f *Fleet) stillThere(ctx context.Context, serverName string) bool {
 	if err != nil {
 		return true
 	}
-	why := podLost(pod, uid, restarts)
+	why, died := podLost(pod, uid, restarts)
 	if why == "" {
 		return true
 	}
 	f.mu.Lock()
 	var gone []lost
 	if b.state == builder.StateReady && b.podUID == uid {
-		gone = append(gone, f.lostLocked(b, why))
+		gone = append(gone, f.lostLocked(b, why, died))
 	}
 	f.mu.Unlock()
 	f.reportLost(gone)
@@ -352,27 +352,34 @@ func (f *Fleet) stillThere(ctx context.Context, serverName string) bool {
 }
 
 // podLost says how pod is no longer the one a builder was ready on (uid,
-// with restarts container restarts); "" if it still is.
-func podLost(pod *corev1.Pod, uid string, restarts int32) string {
+// with restarts container restarts), and when that one went, as far as
+// Kubernetes tells (to the second); "" if it still is.
+func podLost(pod *corev1.Pod, uid string, restarts int32) (why string, died time.Time) {
+	now := time.Now()
 	switch {
 	case pod == nil:
-		return "lost its pod"
+		return "lost its pod", now
 	case string(pod.UID) != uid:
-		return "lost its pod (it was replaced)"
+		return "lost its pod (it was replaced)", pod.CreationTimestamp.Time
 	case pod.DeletionTimestamp != nil:
-		return "lost its pod (it is being deleted)"
+		return "lost its pod (it is being deleted)", now
 	case pod.Status.Phase == corev1.PodFailed || pod.Status.Phase == corev1.PodSucceeded:
-		return "lost its pod (" + string(pod.Status.Phase) + ")"
+		return "lost its pod (" + string(pod.Status.Phase) + ")", now
 	case restartCount(pod) != restarts:
-		why := "restarted"
+		why, died := "restarted", now
 		for _, cs := range pod.Status.ContainerStatuses {
-			if t := cs.LastTerminationState.Terminated; t != nil && t.Reason != "" {
-				why += " (" + t.Reason + ")"
+			if t := cs.LastTerminationState.Terminated; t != nil {
+				if t.Reason != "" {
+					why += " (" + t.Reason + ")"
+				}
+				if !t.FinishedAt.IsZero() {
+					died = t.FinishedAt.Time
+				}
 			}
 		}
-		return why
+		return why, died
 	}
-	return ""
+	return "", time.Time{}
 }
 
 // reap scales builders idle for IdleTTL to zero: the pod goes, its

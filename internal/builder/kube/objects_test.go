@@ -4,9 +4,11 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 func testFleet() *Fleet {
@@ -116,15 +118,19 @@ func TestPodLost(t *testing.T) {
 	pod.UID = "u1"
 	pod.Status.Phase = corev1.PodRunning
 	pod.Status.ContainerStatuses = []corev1.ContainerStatus{{RestartCount: 1}}
-	if why := podLost(pod, "u1", 1); why != "" {
+	if why, _ := podLost(pod, "u1", 1); why != "" {
 		t.Errorf("same pod lost: %s", why)
 	}
-	if podLost(nil, "u1", 1) == "" || podLost(pod, "u2", 1) == "" {
-		t.Error("gone or replaced pod not lost")
+	if why, _ := podLost(nil, "u1", 1); why == "" {
+		t.Error("gone pod not lost")
+	}
+	if why, _ := podLost(pod, "u2", 1); why == "" {
+		t.Error("replaced pod not lost")
 	}
 	pod.Status.ContainerStatuses[0].RestartCount = 2
-	pod.Status.ContainerStatuses[0].LastTerminationState.Terminated = &corev1.ContainerStateTerminated{Reason: "OOMKilled"}
-	if why := podLost(pod, "u1", 1); !strings.Contains(why, "OOMKilled") {
-		t.Errorf("restart: %q", why)
+	finished := time.Unix(1000, 0)
+	pod.Status.ContainerStatuses[0].LastTerminationState.Terminated = &corev1.ContainerStateTerminated{Reason: "OOMKilled", FinishedAt: metav1.NewTime(finished)}
+	if why, died := podLost(pod, "u1", 1); !strings.Contains(why, "OOMKilled") || !died.Equal(finished) {
+		t.Errorf("restart: %q at %s", why, died)
 	}
 }
