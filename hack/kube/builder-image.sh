@@ -6,7 +6,7 @@
 # hack/kube/down.sh stops it), a project "kube-builder", then
 #   kiln build -f hack/kube/builder.Dockerfile -o type=oci,dest=DIR/images/builder.tar,name=… CONTEXT
 # The context (DIR/builder-ctx) is assembled here from bin/ (buildkitd, buildctl, runc: hack/setup.sh),
-# Debian's busybox-static and CNI plugins, and the shared libraries those binaries link.
+# Debian's busybox-static, CNI plugins and git, and the shared libraries those binaries link.
 #
 # Usage: hack/kube/builder-image.sh DIR
 set -euo pipefail
@@ -23,8 +23,15 @@ cp /bin/busybox "$ctx/busybox"
 cp "$repo/bin/buildkitd" "$repo/bin/buildctl" "$repo/bin/runc" "$ctx/bin/"
 for p in bridge host-local loopback firewall; do cp "/usr/lib/cni/$p" "$ctx/cni/"; done
 cp "$repo/hack/kube/buildkitd.toml" "$ctx/"
+# git, which BuildKit's git source runs for builds from git contexts: Debian's, with its HTTP(S)
+# helper and the CA certificates it checks servers against.
+mkdir -p "$ctx/git/bin" "$ctx/git/core" "$ctx/certs"
+cp /usr/bin/git "$ctx/git/bin/"
+cp /usr/lib/git-core/git-remote-http "$ctx/git/core/git-remote-http"
+cp /usr/lib/git-core/git-remote-http "$ctx/git/core/git-remote-https"
+cp -L /etc/ssl/certs/ca-certificates.crt "$ctx/certs/"
 # The libraries every binary here links, resolved on this host (glibc's loader goes to /lib64).
-for lib in $(ldd "$ctx"/bin/* "$ctx"/cni/* 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u); do
+for lib in $(ldd "$ctx"/bin/* "$ctx"/cni/* "$ctx"/git/bin/* "$ctx"/git/core/* 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u); do
   cp -L "$lib" "$ctx/lib/"
 done
 cp -L /lib64/ld-linux-x86-64.so.2 "$ctx/"

@@ -38,14 +38,15 @@ var projectIDRe = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
 // 1 to 64 lowercase letters, digits or '-'.
 func ValidProjectID(id string) bool { return projectIDRe.MatchString(id) }
 
-// Authority is the root CA plus a cache of project CAs. It is safe for
-// concurrent use.
+// Authority is the root CA plus a cache of the CAs it signed (projects',
+// the builder clients'). It is safe for concurrent use.
 type Authority struct {
 	dir  string
 	keys Keys
 	root *signer
 
-	// mu serializes loading/creating project CAs and guards projects.
+	// mu serializes loading/creating those CAs and guards projects, keyed
+	// by their Keys name ("projects/<id>", "builder-clients").
 	mu       sync.Mutex
 	projects map[string]*signer
 }
@@ -204,12 +205,21 @@ func (a *Authority) IssueClient(projectID, commonName string, ttl time.Duration)
 // CA. The returned certificate PEM holds the leaf only: peers trust the
 // project CA itself, so no chain is needed.
 func (a *Authority) issue(projectID string, ttl time.Duration, tmpl x509.Certificate) (certPEM, keyPEM []byte, err error) {
-	if ttl <= 0 {
-		return nil, nil, fmt.Errorf("pki: ttl %s: %w", ttl, errdefs.ErrInvalid)
-	}
 	ca, err := a.project(projectID)
 	if err != nil {
 		return nil, nil, err
+	}
+	certPEM, keyPEM, err = a.issueWith(ca, ttl, tmpl)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: issue for project %q: %w", projectID, err)
+	}
+	return certPEM, keyPEM, nil
+}
+
+// issueWith is issue with the CA ca.
+func (a *Authority) issueWith(ca *signer, ttl time.Duration, tmpl x509.Certificate) (certPEM, keyPEM []byte, err error) {
+	if ttl <= 0 {
+		return nil, nil, fmt.Errorf("pki: ttl %s: %w", ttl, errdefs.ErrInvalid)
 	}
 	key, err := newKey()
 	if err != nil {
@@ -226,7 +236,7 @@ func (a *Authority) issue(projectID string, ttl time.Duration, tmpl x509.Certifi
 	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	cert, err := sign(&tmpl, key, ca.cert, ca.key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("pki: issue for project %q: %w", projectID, err)
+		return nil, nil, err
 	}
 	keyPEM, err = encodeKey(key)
 	if err != nil {
@@ -240,12 +250,55 @@ func (a *Authority) project(projectID string) (*signer, error) {
 	if !ValidProjectID(projectID) {
 		return nil, fmt.Errorf("pki: project id %q: %w", projectID, errdefs.ErrInvalid)
 	}
+	s, err := a.intermediate("projects/"+projectID, "kiln project "+projectID+" CA", projectID)
+	if err != nil {
+		return nil, fmt.Errorf("pki: project %q CA: %w", projectID, err)
+	}
+	return s, nil
+}
+
+// builderClientsName names the CA of kiln's own certificates to builders
+// it reaches over the network (BuilderClientCA).
+const builderClientsName = "builder-clients"
+
+// BuilderClientCA returns the PEM of the CA whose client certificates
+// builders away from kiln's machine (Kubernetes pods) accept, and no
+// other: only kiln itself holds its certificates (IssueBuilderClient).
+// Builds' certificates chain to their project's CA, not to this one, so a
+// build cannot talk to a builder pod past kiln's gateway.
+func (a *Authority) BuilderClientCA() ([]byte, error) {
+	s, err := a.intermediate(builderClientsName, "kiln builder clients CA", "")
+	if err != nil {
+		return nil, fmt.Errorf("pki: builder clients CA: %w", err)
+	}
+	return append([]byte(nil), s.certPEM...), nil
+}
+
+// IssueBuilderClient signs kiln's own client certificate to builders away
+// from its machine (BuilderClientCA), CN=commonName, valid for ttl.
+func (a *Authority) IssueBuilderClient(commonName string, ttl time.Duration) (certPEM, keyPEM []byte, err error) {
+	if commonName == "" {
+		return nil, nil, fmt.Errorf("pki: empty common name: %w", errdefs.ErrInvalid)
+	}
+	s, err := a.intermediate(builderClientsName, "kiln builder clients CA", "")
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: builder clients CA: %w", err)
+	}
+	return a.issueWith(s, ttl, x509.Certificate{
+		Subject:     pkix.Name{CommonName: commonName},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+}
+
+// intermediate returns the CA under name, signed by the root, loading or
+// creating it once.
+func (a *Authority) intermediate(name, commonName, unit string) (*signer, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if s, ok := a.projects[projectID]; ok {
+	if s, ok := a.projects[name]; ok {
 		return s, nil
 	}
-	s, err := load(a.keys, "projects/"+projectID, func() (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	s, err := load(a.keys, name, func() (*x509.Certificate, *ecdsa.PrivateKey, error) {
 		key, err := newKey()
 		if err != nil {
 			return nil, nil, err
@@ -255,12 +308,12 @@ func (a *Authority) project(projectID string) (*signer, error) {
 		if notAfter.After(a.root.cert.NotAfter) {
 			notAfter = a.root.cert.NotAfter
 		}
+		subject := pkix.Name{CommonName: commonName, Organization: []string{"kiln"}}
+		if unit != "" {
+			subject.OrganizationalUnit = []string{unit}
+		}
 		tmpl := &x509.Certificate{
-			Subject: pkix.Name{
-				CommonName:         "kiln project " + projectID + " CA",
-				Organization:       []string{"kiln"},
-				OrganizationalUnit: []string{projectID},
-			},
+			Subject:               subject,
 			NotBefore:             now.Add(-clockSkew),
 			NotAfter:              notAfter,
 			KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
@@ -273,9 +326,9 @@ func (a *Authority) project(projectID string) (*signer, error) {
 		return cert, key, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("pki: project %q CA: %w", projectID, err)
+		return nil, err
 	}
-	a.projects[projectID] = s
+	a.projects[name] = s
 	return s, nil
 }
 

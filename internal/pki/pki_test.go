@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"net"
 	"os"
@@ -197,5 +198,53 @@ func TestInvalidInput(t *testing.T) {
 	}
 	if _, _, err := a.IssueServer("p", "", nil, time.Hour); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("empty server name: %v", err)
+	}
+}
+
+// kiln's client certificates to builder pods chain to a CA of their own:
+// a build's certificate (from its project's CA) does not verify against
+// it, even with the project CA as an intermediate, and kiln's does.
+func TestBuilderClientCA(t *testing.T) {
+	a, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := a.BuilderClientCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	verify := func(certPEM []byte, intermediates ...[]byte) error {
+		block, _ := pem.Decode(certPEM)
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		for _, p := range intermediates {
+			pool.AppendCertsFromPEM(p)
+		}
+		_, err = cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		return err
+	}
+	kiln, _, err := a.IssueBuilderClient("kiln-builder-gateway", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := verify(kiln); err != nil {
+		t.Errorf("kiln's certificate: %v", err)
+	}
+	build, _, err := a.IssueClient("p1", "build:b1", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	projectCA, _ := a.ProjectCA("p1")
+	if err := verify(build, projectCA, a.RootPEM()); err == nil {
+		t.Error("a build's certificate verifies against the builder clients' CA")
+	}
+	again, _ := a.BuilderClientCA()
+	if string(again) != string(caPEM) {
+		t.Error("the builder clients' CA changed between calls")
 	}
 }

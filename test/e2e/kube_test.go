@@ -83,6 +83,11 @@ func TestKubernetesBuilders(t *testing.T) {
 			t.Errorf("no %s labelled with project %s", kind, projA)
 		}
 	}
+	// The image has git for git contexts: it runs, and its HTTPS helper
+	// gets as far as the network.
+	if out := kubectl("exec", podOf(projA), "--", "sh", "-c", "git ls-remote https://127.0.0.1:9/r.git 2>&1; true"); !strings.Contains(out, "onnect") {
+		t.Errorf("git in the builder image: %s", out)
+	}
 	if got := podField(projA, ".spec.automountServiceAccountToken"); got != "false" {
 		t.Errorf("builder pod mounts a service account token: %q", got)
 	}

@@ -23,9 +23,11 @@
 // its next build starts on an empty volume. A kiln restart adopts the
 // builders it finds running instead of starting new ones.
 //
-// The gateway reaches a pod at its IP over mutual TLS: kiln's client
-// certificate and the pod's server certificate both come from the
-// project's CA (pki), the pod's issued for the builder's server name.
+// The gateway reaches a pod at its IP over mutual TLS: the pod's server
+// certificate comes from the project's CA, issued for the builder's server
+// name; the pod accepts only client certificates of the builder clients'
+// CA (pki.BuilderClientCA), which only kiln holds, so a build's own
+// certificate (from its project's CA) gets it nowhere but kiln's gateway.
 package kube
 
 import (
@@ -398,13 +400,15 @@ func (f *Fleet) Lookup(serverName string) (string, engine.Connection, bool) {
 	return projectID, conn, true
 }
 
-// clientConn is kiln's credentials to a builder of projectID.
+// clientConn is kiln's credentials to a builder of projectID: a
+// certificate of the builder clients' CA (pki.BuilderClientCA), which
+// only kiln holds, and the project CA the pod's certificate chains to.
 func (f *Fleet) clientConn(projectID, serverName string) (engine.Connection, error) {
 	ca, err := f.cfg.CA.ProjectCA(projectID)
 	if err != nil {
 		return engine.Connection{}, err
 	}
-	cert, key, err := f.cfg.CA.IssueClient(projectID, "kiln-builder-gateway", clientTTL)
+	cert, key, err := f.cfg.CA.IssueBuilderClient("kiln-builder-gateway", clientTTL)
 	if err != nil {
 		return engine.Connection{}, err
 	}

@@ -126,10 +126,10 @@ func (f *Fleet) applyBuilder(ctx context.Context, b *kbuilder, gen int, spec bui
 }
 
 // secretData is what b's pod mounts at /etc/kiln: a server certificate
-// for its server name, the project CA, buildkitd.toml and the CAs of
-// kiln's registry.
+// for its server name, the CA of the clients it accepts (kiln's own, not
+// builds'), buildkitd.toml and the CAs of kiln's registry.
 func (f *Fleet) secretData(b *kbuilder, spec builder.Spec) (map[string][]byte, error) {
-	ca, err := f.cfg.CA.ProjectCA(b.projectID)
+	ca, err := f.cfg.CA.BuilderClientCA()
 	if err != nil {
 		return nil, err
 	}

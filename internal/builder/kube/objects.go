@@ -230,9 +230,9 @@ func templateDigest(t corev1.PodTemplateSpec) string {
 	return hex.EncodeToString(sum[:12])
 }
 
-// secret holds a builder's server certificate and key, the project CA its
-// clients' certificates must chain to, buildkitd.toml and the CA of
-// kiln's registry.
+// secret holds a builder's server certificate and key, the CA its
+// clients' certificates must chain to (pki.BuilderClientCA),
+// buildkitd.toml and the CA of kiln's registry.
 func (f *Fleet) secret(object, projectID, arch string, data map[string][]byte) *corev1.Secret {
 	return &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: object, Namespace: f.cfg.Namespace, Labels: labels(projectID, arch),
