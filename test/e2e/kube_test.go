@@ -34,10 +34,6 @@ COPY --from=1 /probe /probe
 // and project deletion delete the objects.
 func TestKubernetesBuilders(t *testing.T) {
 	c := kubetest.Start(t)
-	// No other test here uses the cluster: it goes with this test rather
-	// than at the end of the run, so that another test binary waiting for
-	// the machine's one cluster (internal/kubetest's) gets it sooner.
-	t.Cleanup(kubetest.Stop)
 	t.Logf("cluster set up in %s (up.sh and the builder image built by kiln)", c.SetUp.Round(time.Second))
 	ns := "kiln-e2e-" + strconv.Itoa(os.Getpid())
 	t.Cleanup(func() { c.Kubectl(t, "delete", "namespace", ns, "--wait=false", "--ignore-not-found") })
