@@ -598,13 +598,19 @@ func (f *Fleet) Status() []Status {
 		}
 		out = append(out, s)
 	}
+	SortStatus(out)
+	return out
+}
+
+// SortStatus orders builders' statuses by project, then platform: how
+// every driver's Status lists them.
+func SortStatus(out []Status) {
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].ProjectID != out[j].ProjectID {
 			return out[i].ProjectID < out[j].ProjectID
 		}
 		return out[i].Platform < out[j].Platform
 	})
-	return out
 }
 
 // Close stops all builders (SIGTERM, then the whole process tree is killed

@@ -620,12 +620,7 @@ func (f *Fleet) Status() []builder.Status {
 		}
 		out = append(out, s)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].ProjectID != out[j].ProjectID {
-			return out[i].ProjectID < out[j].ProjectID
-		}
-		return out[i].Platform < out[j].Platform
-	})
+	builder.SortStatus(out)
 	return out
 }
 
